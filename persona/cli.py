@@ -1,0 +1,373 @@
+"""The `persona` command: a thin shell over the library. Each command's help is its documentation."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+import orjson
+
+from persona import __version__
+from persona.backup import backup as backup_db
+from persona.backup import restore as restore_db
+from persona.core import Persona, load_keyring
+from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
+from persona.errors import PersonaError, TamperError
+from persona.ingest import ingest_jsonl
+from persona.ingest.quarantine import describe
+from persona.settings import Settings
+from persona.verify import verify as verify_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def emit_json(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def friendly(func: F) -> F:
+    """Turn persona's own errors into one clear line and a non-zero exit, never a traceback."""
+
+    @wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TamperError as e:
+            click.echo(f"TAMPERED: {e}", err=True)
+            sys.exit(2)
+        except PersonaError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+    return run  # type: ignore[return-value]
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]()
+    return settings
+
+
+@contextmanager
+def opened(ctx: click.Context) -> Iterator[Persona]:
+    with Persona.open(settings_of(ctx)) as persona:
+        yield persona
+
+
+def parse_subject(text: str) -> tuple[str, str]:
+    namespace, sep, value = text.partition(":")
+    if not sep or not namespace or not value:
+        raise click.BadParameter("use NAMESPACE:VALUE, e.g. email:a@example.com", param_hint="--subject")
+    return namespace.strip(), value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data_dir", metavar="DIR", envvar="PERSONA_DATA",
+              help="Data directory (or PERSONA_DATA). Holds the database; the key file sits in it "
+                   "unless PERSONA_KEY_FILE says otherwise.")
+@click.version_option(__version__, prog_name="persona")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None) -> None:
+    """persona: user profiles kept as encrypted, append-only event logs.
+
+    Every fact about a person is an event in that person's own log, sealed with the
+    person's key. Erasing a person deletes the key.
+    """
+
+    def load() -> Settings:
+        try:
+            return Settings.load(data_dir)
+        except PersonaError as e:
+            raise click.UsageError(str(e)) from e
+
+    ctx.obj = {"settings": load}
+
+
+@cli.command()
+@click.pass_context
+@friendly
+def init(ctx: click.Context) -> None:
+    """Create the data directory, its database and a key file (mode 0600).
+
+    The key file holds a versioned master key, the pseudonym pepper and the receipt
+    signing key. Back it up separately from the data: without it nothing opens. When
+    PERSONA_MASTER_KEY, PERSONA_PEPPER and PERSONA_SIGNING_KEY are set no key file is written.
+    """
+    settings = settings_of(ctx)
+    with Persona.init(settings):
+        pass
+    click.echo(f"initialised {settings.data_dir}")
+    if not settings.keys_from_env:
+        click.echo(f"key file: {settings.key_file} (keep a copy somewhere safe, apart from the data)")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+@friendly
+def ingest(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Append the canonical events of a JSONL FILE (EVENTS.md); '-' reads standard input.
+
+    Valid lines are appended in atomic batches; re-ingesting the same file appends
+    nothing. Bad lines are quarantined (sealed) with the reason and line number and
+    never stop the run. Prints a report: appended, duplicates, quarantined.
+    """
+    with opened(ctx) as persona:
+        if str(file) == "-":
+            report = ingest_jsonl(persona, sys.stdin.buffer, origin="<stdin>")
+        else:
+            if not file.exists():
+                raise click.BadParameter("no such file", param_hint="FILE")
+            with file.open("rb") as handle:
+                report = _ingest_file(persona, handle, file)
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(report.summary())
+
+
+def _ingest_file(persona: Persona, handle: BinaryIO, file: Path) -> Any:
+    if not sys.stderr.isatty():
+        return ingest_jsonl(persona, handle, origin=file.name)
+    with click.progressbar(length=file.stat().st_size, label=f"ingesting {file.name}",
+                           file=sys.stderr, show_eta=True) as bar:
+        return ingest_jsonl(persona, handle, origin=file.name, progress=bar.update)
+
+
+def _profile_id(persona: Persona, subject: str | None, profile: str | None) -> str:
+    if bool(subject) == bool(profile):
+        raise click.UsageError("give exactly one of --subject NS:VALUE or --profile ID")
+    if profile:
+        return profile
+    assert subject
+    found = persona.log.profile_for(*parse_subject(subject))
+    if found is None:
+        raise click.ClickException("no profile is linked to that identifier")
+    return found
+
+
+who = [
+    click.option("--subject", metavar="NS:VALUE", help="An identifier, e.g. email:a@example.com."),
+    click.option("--profile", metavar="ID", help="A profile id (prf_...)."),
+]
+
+
+def with_who(func: F) -> F:
+    for option in reversed(who):
+        func = option(func)
+    return func
+
+
+@cli.command()
+@with_who
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+@friendly
+def profile(ctx: click.Context, subject: str | None, profile: str | None, as_json: bool) -> None:
+    """Show a profile: its id, stream version, event count and identities (hashed)."""
+    with opened(ctx) as persona:
+        info = persona.log.info(_profile_id(persona, subject, profile))
+    doc = {
+        "id": info.id,
+        "version": info.version,
+        "events": info.version,
+        "created_at": info.created_at.isoformat(),
+        "identities": [{"namespace": ns, "hash": h} for ns, h in info.identities],
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(f"profile {info.id}: version {info.version}, {info.version} events, "
+               f"created {info.created_at:%Y-%m-%d %H:%M:%S}Z")
+    for ns, h in info.identities:
+        click.echo(f"  identity {ns}:{h}…")
+
+
+@cli.command()
+@with_who
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@friendly
+def history(ctx: click.Context, subject: str | None, profile: str | None, as_json: bool) -> None:
+    """Print a profile's events, opened, in order."""
+    with opened(ctx) as persona:
+        for event in persona.log.read(_profile_id(persona, subject, profile)):
+            if as_json:
+                click.echo(orjson.dumps(event.as_dict()).decode())
+            else:
+                click.echo(f"{event.version:>5} {event.occurred_at} {event.source:<8} {event.type:<18} "
+                           f"{orjson.dumps(event.data).decode()}")
+
+
+@cli.command()
+@with_who
+@click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the receipt to this file (it is always kept under DIR/receipts/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON only.")
+@click.pass_context
+@friendly
+def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_path: Path | None,
+          as_json: bool) -> None:
+    """Erase a person: delete their key, identity links and derived rows; print a signed receipt.
+
+    The events stay in the log as ciphertext nobody can open. The erasure is also
+    recorded (profile id and time only) in the ledger beside the key file, so that
+    restoring an older backup cannot bring the person back.
+    """
+    with opened(ctx) as persona:
+        if bool(subject) == bool(profile):
+            raise click.UsageError("give exactly one of --subject NS:VALUE or --profile ID")
+        if subject:
+            erasure = erase_subject(persona, *parse_subject(subject))
+        else:
+            assert profile
+            erasure = erase_profile(persona, profile)
+        kept = write_receipt(persona, erasure)
+    if receipt_path:
+        receipt_path.write_bytes(kept.read_bytes())
+    if as_json:
+        emit_json(erasure.receipt)
+    else:
+        body = erasure.receipt["receipt"]
+        counts = ", ".join(f"{k} {v}" for k, v in body["counts"].items())
+        click.echo(f"erased {body['profile_id']} in {erasure.seconds * 1000:.1f} ms ({counts})")
+        click.echo(f"receipt: {receipt_path or kept}")
+    if not erasure.wal_truncated:
+        click.echo("warning: a reader kept the WAL busy; the erased key may linger in it until the next "
+                   "checkpoint. Stop long readers and run `persona verify`.", err=True)
+        sys.exit(3)
+
+
+@cli.group()
+def receipt() -> None:
+    """Erasure receipts."""
+
+
+@receipt.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--public-key", "public_key", metavar="KEY|@FILE",
+              help="The signer's published public key (from `persona keys public`); "
+                   "defaults to the data directory's own.")
+@click.pass_context
+@friendly
+def receipt_verify(ctx: click.Context, file: Path, public_key: str | None) -> None:
+    """Check an erasure receipt's signature offline. Exit 0 if genuine, 1 if not."""
+    if public_key is None:
+        key = load_keyring(settings_of(ctx)).public_key
+    elif public_key.startswith("@"):
+        key = Path(public_key[1:]).read_text("utf-8").strip()
+    else:
+        key = public_key
+    try:
+        doc = orjson.loads(file.read_bytes())
+    except orjson.JSONDecodeError:
+        doc = None
+    body = verify_receipt(doc, key)
+    click.echo(f"valid: profile {body['profile_id']} erased at {body['erased_at']}")
+
+
+@cli.group()
+def keys() -> None:
+    """Master key rotation and the public receipt key."""
+
+
+@keys.command("public")
+@click.pass_context
+@friendly
+def keys_public(ctx: click.Context) -> None:
+    """Print the Ed25519 public key that verifies this store's erasure receipts."""
+    click.echo(load_keyring(settings_of(ctx)).public_key)
+
+
+@keys.command("rotate")
+@click.pass_context
+@friendly
+def keys_rotate(ctx: click.Context) -> None:
+    """Add a new master key version and re-wrap every data key under it.
+
+    Events are not touched. Older versions stay in the key file so that backups
+    taken before the rotation still restore.
+    """
+    with opened(ctx) as persona:
+        result = persona.rotate_keys()
+    click.echo(f"master key is now version {result['kek_version']}; re-wrapped {result['rewrapped']} data keys")
+
+
+@keys.command("rewrap")
+@click.pass_context
+@friendly
+def keys_rewrap(ctx: click.Context) -> None:
+    """Re-wrap every data key under the newest master key version (after adding one to PERSONA_MASTER_KEY)."""
+    with opened(ctx) as persona:
+        result = persona.rewrap()
+    click.echo(f"re-wrapped {result['rewrapped']} data keys under version {result['kek_version']}")
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.pass_context
+@friendly
+def backup(ctx: click.Context, dest: Path) -> None:
+    """Write a consistent copy of the database to DEST (a new file, or a folder). Never the key file."""
+    with opened(ctx) as persona:
+        info = backup_db(persona, dest)
+    click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
+               f"{info.bytes / 1e6:.1f} MB, taken {info.taken_at}")
+
+
+@cli.command()
+@click.argument("source", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do not ask before replacing the database.")
+@click.pass_context
+@friendly
+def restore(ctx: click.Context, source: Path, yes: bool) -> None:
+    """Replace the database with BACKUP, then re-apply every erasure made since.
+
+    Stop every process using the data directory first.
+    """
+    settings = settings_of(ctx)
+    if settings.db_path.exists() and not yes:
+        click.confirm("replace the current database with the backup?", abort=True)
+    info = restore_db(settings, source)
+    click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s)")
+
+
+@cli.command()
+@click.pass_context
+@friendly
+def verify(ctx: click.Context) -> None:
+    """Check every hash chain, that every live event opens, and that the erased hold no key.
+
+    Exit 0 when everything checks out; 2 naming the first bad event otherwise.
+    """
+    with opened(ctx) as persona:
+        report = verify_store(persona)
+    click.echo(f"ok: {report.events} events in {report.streams} streams verified "
+               f"({report.opened} opened, {report.erased} erased profiles hold no key)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+@friendly
+def quarantine(ctx: click.Context, as_json: bool) -> None:
+    """List quarantined records: where they came from and why (their content stays sealed)."""
+    with opened(ctx) as persona:
+        rows = describe(persona)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("quarantine is empty")
+    for row in rows:
+        click.echo(f"#{row['id']:<5} {row['origin']}:{row['line']:<6} {row['reason']}  "
+                   f"({row['size']} bytes, kept until {row['expires_at'][:10]})")
+
+
+def main() -> None:
+    cli(prog_name="persona")

@@ -1,0 +1,63 @@
+"""The exceptions persona raises. Messages never carry personal data or key material."""
+
+from __future__ import annotations
+
+
+class PersonaError(Exception):
+    """Base class for every error persona raises on purpose."""
+
+
+class ConfigurationError(PersonaError):
+    """The data directory, key file or environment is missing or inconsistent."""
+
+
+class KeyMismatchError(ConfigurationError):
+    """The keys supplied do not belong to this database."""
+
+
+class ConcurrencyError(PersonaError):
+    """A stream was appended to since the caller read it (optimistic concurrency)."""
+
+    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"stream {stream_id} is at version {actual}, the append expected {expected}"
+        )
+        self.stream_id = stream_id
+        self.expected = expected
+        self.actual = actual
+
+
+class ErasedError(PersonaError):
+    """The profile was erased: its key is gone and its stream is closed."""
+
+    def __init__(self, profile_id: str) -> None:
+        super().__init__(f"profile {profile_id} has been erased")
+        self.profile_id = profile_id
+
+
+class UnknownProfileError(PersonaError):
+    """No profile has this id, or no profile is linked to this identifier."""
+
+
+class TamperError(PersonaError):
+    """A stored event, key or chain does not check out."""
+
+    def __init__(self, message: str, *, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class ValidationError(PersonaError):
+    """A record does not match the canonical event format (EVENTS.md)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReceiptError(PersonaError):
+    """An erasure receipt is malformed or its signature does not verify."""
+
+
+class CheckpointBusyError(PersonaError):
+    """The WAL could not be truncated because a reader kept an old snapshot open."""

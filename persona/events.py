@@ -1,0 +1,326 @@
+"""The canonical event format (shared/EVENTS.md): validation and normalisation.
+
+Pure: no storage, no clock, no randomness. `now` arrives as an argument.
+Error reasons name the field and the rule, never the offending value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from persona.errors import ValidationError
+from persona.pseudonyms import normalise
+
+MAX_EVENT_ID = 128
+MAX_TEXT = 2048
+_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_UPPER2 = re.compile(r"^[A-Za-z]{2}$")
+_UPPER3 = re.compile(r"^[A-Za-z]{3}$")
+_ENVELOPE = frozenset({"event_id", "source", "type", "occurred_at", "subject", "data"})
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    namespace: str
+    value: str  # normalised; never stored, only hashed
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated canonical event, ready to be appended."""
+
+    event_id: str
+    source: str
+    type: str
+    occurred_at: str  # UTC, fixed-width ISO 8601: sorts as it reads
+    subject: Subject
+    data: dict[str, Any]
+    other: Subject | None = None  # identity_linked: the identifier linked to `subject`
+
+
+# -- field checkers: value -> normalised value, or ValidationError --------------------------
+Check = Callable[[str, Any], Any]
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(field: str, value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field}: must be an ISO 8601 string")
+    try:
+        if _DATE_ONLY.match(value):
+            moment = datetime.fromisoformat(value).replace(tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise ValidationError(f"{field}: not an ISO 8601 date or time") from e
+    if moment.tzinfo is None:
+        raise ValidationError(f"{field}: a time needs a UTC offset (e.g. Z or +08:00)")
+    if moment.year < 1900:
+        raise ValidationError(f"{field}: before 1900")
+    return moment.astimezone(UTC)
+
+
+def text(max_len: int = MAX_TEXT) -> Check:
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError(f"{field}: must be a non-empty string")
+        if len(value) > max_len:
+            raise ValidationError(f"{field}: longer than {max_len} characters")
+        return value
+
+    return check
+
+
+def integer(lo: int, hi: int) -> Check:
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError(f"{field}: must be an integer")
+        if not lo <= value <= hi:
+            raise ValidationError(f"{field}: must be between {lo} and {hi}")
+        return value
+
+    return check
+
+
+def number(lo: float = 0.0) -> Check:
+    def check(field: str, value: Any) -> float | int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            raise ValidationError(f"{field}: must be a number")
+        if value < lo:
+            raise ValidationError(f"{field}: must be at least {lo:g}")
+        return value
+
+    return check
+
+
+def money(field: str, value: Any) -> str:
+    """Amounts are kept as exact decimal strings."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValidationError(f"{field}: must be a decimal number")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation as e:
+        raise ValidationError(f"{field}: must be a decimal number") from e
+    if not amount.is_finite():
+        raise ValidationError(f"{field}: must be a finite number")
+    if amount < 0:
+        raise ValidationError(f"{field}: must not be negative")
+    return str(amount)
+
+
+def boolean(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field}: must be true or false")
+    return value
+
+
+def one_of(*choices: str) -> Check:
+    allowed = frozenset(choices)
+
+    def check(field: str, value: Any) -> str:
+        if value not in allowed:
+            raise ValidationError(f"{field}: must be one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+def code(pattern: re.Pattern[str], what: str) -> Check:
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise ValidationError(f"{field}: must be {what}")
+        return value.upper()
+
+    return check
+
+
+def timestamp(field: str, value: Any) -> str:
+    return utc_text(parse_time(field, value))
+
+
+def text_list(field: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or len(value) > 256:
+        raise ValidationError(f"{field}: must be a list of at most 256 strings")
+    return [text(256)(f"{field}[{i}]", v) for i, v in enumerate(value)]
+
+
+def record(spec: Mapping[str, tuple[Check, bool]]) -> Check:
+    def check(field: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValidationError(f"{field}: must be an object")
+        return _fields(field, value, spec)
+
+    return check
+
+
+def records(spec: Mapping[str, tuple[Check, bool]], max_items: int = 1000) -> Check:
+    one = record(spec)
+
+    def check(field: str, value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list) or len(value) > max_items:
+            raise ValidationError(f"{field}: must be a list of at most {max_items} objects")
+        return [one(f"{field}[{i}]", item) for i, item in enumerate(value)]
+
+    return check
+
+
+def _fields(prefix: str, value: dict[str, Any], spec: Mapping[str, tuple[Check, bool]]) -> dict[str, Any]:
+    out = dict(value)  # fields the spec does not know are kept: formats grow, never shrink
+    for name, (check, required) in spec.items():
+        if name in value and value[name] is not None:
+            out[name] = check(f"{prefix}.{name}", value[name])
+        elif required:
+            raise ValidationError(f"{prefix}.{name}: required")
+        else:
+            out.pop(name, None)
+    return out
+
+
+REQ, OPT = True, False
+SUBJECT_SPEC: dict[str, tuple[Check, bool]] = {"namespace": (text(64), REQ), "value": (text(256), REQ)}
+DATA_SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
+    "profile_updated": {
+        "gender": (one_of("female", "male", "other", "unknown"), OPT),
+        "birth_year": (integer(1880, 2200), OPT),
+        "age": (integer(0, 120), OPT),
+        "region": (text(128), OPT),
+        "city": (text(128), OPT),
+        "country": (code(_UPPER2, "an ISO 3166-1 alpha-2 code"), OPT),
+        "language": (text(35), OPT),
+        "signup_at": (timestamp, OPT),
+    },
+    "order_placed": {
+        "order_id": (text(128), REQ),
+        "amount": (money, REQ),
+        "currency": (code(_UPPER3, "an ISO 4217 code"), REQ),
+        "items": (
+            records({
+                "sku": (text(128), OPT),
+                "category": (text(128), OPT),
+                "qty": (integer(0, 1_000_000), OPT),
+                "price": (money, OPT),
+            }),
+            OPT,
+        ),
+        "channel": (text(64), OPT),
+    },
+    "order_refunded": {"order_id": (text(128), REQ), "amount": (money, REQ)},
+    "page_viewed": {
+        "url": (text(), REQ),
+        "category": (text(128), OPT),
+        "duration_s": (number(), OPT),
+        "session_id": (text(128), OPT),
+        "referrer": (text(), OPT),
+    },
+    "searched": {"query": (text(), REQ), "session_id": (text(128), OPT)},
+    "product_viewed": {
+        "sku": (text(128), REQ),
+        "category": (text(128), REQ),
+        "session_id": (text(128), OPT),
+    },
+    "cart_updated": {"sku": (text(128), REQ), "qty": (integer(-1_000_000, 1_000_000), REQ)},
+    "social_interaction": {
+        "action": (one_of("like", "share", "comment", "follow", "message"), REQ),
+        "target": (text(256), OPT),
+        "category": (text(128), OPT),
+    },
+    "app_session": {
+        "session_id": (text(128), REQ),
+        "minutes": (number(), REQ),
+        "features_used": (text_list, OPT),
+        "platform": (text(64), OPT),
+    },
+    "review_posted": {
+        "sku": (text(128), REQ),
+        "rating": (integer(1, 5), REQ),
+        "text_length": (integer(0, 10_000_000), OPT),
+    },
+    "identity_linked": {"other": (record(SUBJECT_SPEC), REQ)},
+    "consent_changed": {
+        "purpose": (one_of("analytics", "marketing", "personalization"), REQ),
+        "granted": (boolean, REQ),
+    },
+}
+EVENT_TYPES = frozenset(DATA_SPECS)
+
+
+def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:
+    """Deterministic id for a record that has none: the same record always gets the same id."""
+    body = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return "auto-" + hashlib.sha256(source.encode() + b"\x00" + body).hexdigest()[:32]
+
+
+def _subject(field: str, value: Any, default_region: str) -> Subject:
+    fields = record(SUBJECT_SPEC)(field, value)
+    ns = fields["namespace"]
+    try:
+        return Subject(ns, normalise(ns, fields["value"], default_region))
+    except ValidationError as e:
+        raise ValidationError(e.reason.replace("subject.", f"{field}.", 1)) from None
+
+
+def validate(
+    raw: Any,
+    *,
+    now: datetime,
+    max_bytes: int,
+    default_region: str = "CN",
+    max_future: timedelta = timedelta(days=1),
+    size: int | None = None,
+) -> Event:
+    """Check one decoded record against EVENTS.md and return it normalised."""
+    if not isinstance(raw, dict):
+        raise ValidationError("record: must be a JSON object")
+    if size is None:
+        try:
+            size = len(orjson.dumps(raw))
+        except TypeError as e:
+            raise ValidationError("record: contains values that are not JSON") from e
+    if size > max_bytes:
+        raise ValidationError(f"record: larger than the {max_bytes}-byte limit")
+    for name in ("source", "type", "occurred_at", "subject", "data"):
+        if name not in raw or raw[name] is None:
+            raise ValidationError(f"{name}: required")
+    source = raw["source"]
+    if not isinstance(source, str) or not _NAME.match(source):
+        raise ValidationError("source: must be a lower-case name such as shop or web")
+    kind = raw["type"]
+    if kind not in DATA_SPECS:
+        raise ValidationError("type: not a known event type")
+    event_id = raw.get("event_id")
+    if event_id is None:
+        event_id = derive_event_id(source, raw)
+    elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID:
+        raise ValidationError(f"event_id: must be a non-empty string of at most {MAX_EVENT_ID} characters")
+    moment = parse_time("occurred_at", raw["occurred_at"])
+    if moment > now + max_future:
+        raise ValidationError("occurred_at: in the future")
+    subject = _subject("subject", raw["subject"], default_region)
+    data = raw["data"]
+    if not isinstance(data, dict):
+        raise ValidationError("data: must be an object")
+    data = _fields("data", data, DATA_SPECS[kind])
+    other = None
+    if kind == "identity_linked":
+        other = _subject("data.other", data.pop("other"), default_region)
+    extra = set(raw) - _ENVELOPE
+    if extra:
+        raise ValidationError("record: unknown top-level field(s): " + ", ".join(sorted(_safe(k) for k in extra)))
+    return Event(event_id, source, kind, utc_text(moment), subject, data, other)
+
+
+def _safe(name: str) -> str:
+    """Field names are echoed in reasons; keep them short and plain."""
+    return name if _NAME.match(name) else "<field>"

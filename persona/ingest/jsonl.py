@@ -1,0 +1,107 @@
+"""Ingest of canonical JSONL (EVENTS.md): stream, validate, quarantine, append in batches."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from persona.core import Persona
+from persona.errors import ValidationError
+from persona.eventlog import AppendResult, micros
+from persona.events import Event, validate
+from persona.ingest.quarantine import Quarantine
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class IngestReport:
+    origin: str
+    lines: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    profiles_created: int = 0
+    blank: int = 0
+    seconds: float = 0.0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        rate = self.appended / self.seconds if self.seconds else 0.0
+        text = (
+            f"{self.origin}: {self.lines} lines → {self.appended} appended, "
+            f"{self.duplicates} duplicates, {self.quarantined} quarantined, "
+            f"{self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
+        )
+        if self.quarantine_reasons:
+            reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(self.quarantine_reasons.items()))
+            text += f"\n  quarantined by field: {reasons} (see `persona quarantine`)"
+        return text
+
+
+def ingest_jsonl(
+    persona: Persona,
+    lines: Iterable[bytes],
+    *,
+    origin: str,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Append every valid line; quarantine the rest. Memory is bounded by the batch size."""
+    started = time.perf_counter()
+    now = now or datetime.now(UTC)
+    settings = persona.settings
+    report = IngestReport(origin)
+    quarantine = Quarantine(persona, origin, now=now)
+    max_future = timedelta(seconds=settings.max_future_s)
+    with persona.recorder.transaction():
+        persona.recorder.purge_quarantine(micros(now))
+    batch: list[Event] = []
+    total = AppendResult()
+
+    def flush() -> None:
+        if batch:
+            total.add(persona.log.append(batch))
+            batch.clear()
+        quarantine.flush()
+
+    for number, raw in enumerate(lines, start=1):
+        report.lines = number
+        if progress is not None:
+            progress(len(raw))
+        line = raw.strip()
+        if not line:
+            report.blank += 1
+            continue
+        decoded: Any = None
+        try:
+            if len(line) > settings.max_event_bytes:
+                raise ValidationError(f"record: larger than the {settings.max_event_bytes}-byte limit")
+            try:
+                decoded = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise ValidationError("record: not valid JSON") from e
+            batch.append(validate(
+                decoded, now=now, max_bytes=settings.max_event_bytes,
+                default_region=settings.default_region, max_future=max_future, size=len(line),
+            ))
+        except ValidationError as e:
+            quarantine.add(number, line, e.reason, decoded)
+        if len(batch) >= settings.batch_size:
+            flush()
+    flush()
+    report.appended = total.appended
+    report.duplicates = total.duplicates
+    report.profiles_created = total.profiles_created
+    report.quarantined = quarantine.count
+    report.quarantine_reasons = quarantine.reasons
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,57 @@
+"""External identifiers → normalised → keyed hash. The raw value goes no further."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+import phonenumbers
+
+from persona.errors import ValidationError
+
+FIXED_NAMESPACES = frozenset({"email", "phone", "device", "cookie"})
+_SOURCE_USER = re.compile(r"^[a-z][a-z0-9]{0,30}_user$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_ID_CHARS = 256
+
+
+def check_namespace(namespace: str) -> None:
+    if namespace not in FIXED_NAMESPACES and not _SOURCE_USER.match(namespace):
+        raise ValidationError(
+            "subject.namespace: must be email, phone, device, cookie or <source>_user"
+        )
+
+
+def normalise(namespace: str, value: str, default_region: str = "CN") -> str:
+    """The canonical spelling of an identifier; raises ValidationError (without the value)."""
+    check_namespace(namespace)
+    text = value.strip()
+    if not text:
+        raise ValidationError("subject.value: empty")
+    if len(text) > MAX_ID_CHARS:
+        raise ValidationError(f"subject.value: longer than {MAX_ID_CHARS} characters")
+    if namespace == "email":
+        text = text.lower()
+        if not _EMAIL.match(text):
+            raise ValidationError("subject.value: not an e-mail address")
+        return text
+    if namespace == "phone":
+        try:
+            number = phonenumbers.parse(text, default_region)
+        except phonenumbers.NumberParseException as e:
+            raise ValidationError("subject.value: not a phone number") from e
+        if not phonenumbers.is_possible_number(number):
+            raise ValidationError("subject.value: not a possible phone number")
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return text
+
+
+def subject_hash(pepper: bytes, namespace: str, normalised: str) -> bytes:
+    """HMAC-SHA256(pepper, namespace NUL value): the only form in which an identifier is kept."""
+    return hmac.digest(pepper, namespace.encode() + b"\x00" + normalised.encode(), "sha256")
+
+
+def short_hash(digest: bytes) -> str:
+    """What a person may be shown of a link: enough to tell links apart, no more."""
+    return digest.hex()[:12]

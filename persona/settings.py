@@ -1,0 +1,60 @@
+"""The only module that reads the environment. Everything else receives a Settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_NAME = "persona.db"
+KEY_FILE_NAME = "persona.key"
+LEDGER_NAME = "erasures.jsonl"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    key_file: Path
+    master_key: str | None = None  # PERSONA_MASTER_KEY: "base64" or "1:base64,2:base64"
+    pepper: str | None = None  # PERSONA_PEPPER: base64
+    signing_key: str | None = None  # PERSONA_SIGNING_KEY: base64 Ed25519 private key
+    default_region: str = "CN"  # phone numbers without a country code
+    batch_size: int = 5000  # events per ingest transaction
+    max_event_bytes: int = 64 * 1024  # a larger record is quarantined
+    quarantine_days: int = 30  # quarantined records are purged after this many days
+    max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / DB_NAME
+
+    @property
+    def ledger_path(self) -> Path:
+        """The erasure ledger lives beside the key file, not in the database."""
+        return self.key_file.parent / LEDGER_NAME
+
+    @property
+    def keys_from_env(self) -> bool:
+        return any((self.master_key, self.pepper, self.signing_key))
+
+    @classmethod
+    def load(cls, data_dir: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        chosen = data_dir or env.get("PERSONA_DATA")
+        if not chosen:
+            from persona.errors import ConfigurationError
+
+            raise ConfigurationError("no data directory: pass --data DIR or set PERSONA_DATA")
+        root = Path(chosen).expanduser()
+        key_file = Path(env.get("PERSONA_KEY_FILE") or root / KEY_FILE_NAME).expanduser()
+        return cls(
+            data_dir=root,
+            key_file=key_file,
+            master_key=env.get("PERSONA_MASTER_KEY") or None,
+            pepper=env.get("PERSONA_PEPPER") or None,
+            signing_key=env.get("PERSONA_SIGNING_KEY") or None,
+            default_region=env.get("PERSONA_DEFAULT_REGION", "CN"),
+            batch_size=int(env.get("PERSONA_BATCH_SIZE", "5000")),
+            quarantine_days=int(env.get("PERSONA_QUARANTINE_DAYS", "30")),
+        )

@@ -1,0 +1,413 @@
+"""The embedded default: one SQLite database in WAL mode, through sqlite-utils."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from persona.errors import ConfigurationError, PersonaError
+from persona.store.base import Head, QuarantinedRecord, StoredEvent
+
+SCHEMA_VERSION = "1"
+CHUNK = 500  # bound parameters per IN (...) query
+_EVENT_COLUMNS = "position, stream_id, version, event_key, type, recorded_at, payload, hash"
+
+# Tables holding rows derived from a person's events, each keyed by `profile_id`.
+# Erasure deletes from every one of them; later modules register theirs here.
+DERIVED_TABLES: list[str] = []
+
+_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (DELETE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_are_final_update BEFORE UPDATE ON tombstones
+BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_are_final_delete BEFORE DELETE ON tombstones
+BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (DELETE refused)'); END;
+"""
+
+
+def _chunks(items: Sequence[bytes] | Sequence[str]) -> Iterator[Sequence[bytes] | Sequence[str]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class SQLiteRecorder:
+    """A Recorder over one SQLite file. One instance per thread."""
+
+    def __init__(self, path: Path, *, create: bool = False, busy_timeout_ms: int = 30_000) -> None:
+        if not create and not path.exists():
+            raise ConfigurationError("no database in the data directory; run `persona --data DIR init`")
+        self.path = path
+        self._depth = 0
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self.db.enable_wal()
+        for pragma in (
+            "synchronous = NORMAL",
+            "secure_delete = ON",  # deleted cells are zeroed: an erased key leaves no trace
+            f"busy_timeout = {int(busy_timeout_ms)}",
+            "cache_size = -131072",  # 128 MiB: the (stream, version) index outgrows the default
+            "temp_store = MEMORY",
+        ):
+            conn.execute(f"PRAGMA {pragma}")
+        if create:
+            self._create_schema()
+        elif self.get_meta("schema_version") != SCHEMA_VERSION:
+            raise ConfigurationError("the database was not made by this version of persona")
+
+    def _create_schema(self) -> None:
+        db = self.db
+        with self.transaction():
+            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db["events"].create(
+                {
+                    "position": int,
+                    "stream_id": str,
+                    "version": int,
+                    "event_key": bytes,
+                    "type": str,
+                    "recorded_at": int,
+                    "payload": bytes,
+                    "hash": bytes,
+                },
+                pk="position",
+                not_null={"stream_id", "version", "event_key", "type", "recorded_at", "payload", "hash"},
+                if_not_exists=True,
+            )
+            db["events"].create_index(["stream_id", "version"], unique=True, if_not_exists=True)
+            db["events"].create_index(["event_key"], unique=True, if_not_exists=True)
+            db["streams"].create(
+                {"stream_id": str, "version": int, "head": bytes, "created_at": int},
+                pk="stream_id",
+                not_null={"version", "head", "created_at"},
+                if_not_exists=True,
+            )
+            db["keys"].create(
+                {"profile_id": str, "kek_version": int, "wrapped": bytes},
+                pk="profile_id",
+                not_null={"kek_version", "wrapped"},
+                if_not_exists=True,
+            )
+            db["system_keys"].create(
+                {"name": str, "kek_version": int, "wrapped": bytes},
+                pk="name",
+                not_null={"kek_version", "wrapped"},
+                if_not_exists=True,
+            )
+            db["links"].create(
+                {"subject_hash": bytes, "profile_id": str, "namespace": str, "created_at": int},
+                pk="subject_hash",
+                not_null={"profile_id", "namespace", "created_at"},
+                if_not_exists=True,
+            )
+            db["links"].create_index(["profile_id"], if_not_exists=True)
+            db["tombstones"].create(
+                {"profile_id": str, "erased_at": int, "events": int},
+                pk="profile_id",
+                not_null={"erased_at", "events"},
+                if_not_exists=True,
+            )
+            db["quarantine"].create(
+                {
+                    "id": int,
+                    "recorded_at": int,
+                    "origin": str,
+                    "line": int,
+                    "reason": str,
+                    "size": int,
+                    "content": bytes,
+                    "content_hash": bytes,
+                    "expires_at": int,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            db["quarantine"].create_index(["content_hash"], unique=True, if_not_exists=True)
+            db["quarantine"].create_index(["expires_at"], if_not_exists=True)
+            db["quarantine_tags"].create(
+                {"quarantine_id": int, "subject_hash": bytes},
+                pk=("subject_hash", "quarantine_id"),
+                if_not_exists=True,
+            )
+            for statement in _TRIGGERS.strip().split(";\n"):
+                if statement.strip():
+                    self.conn.execute(statement if statement.endswith(";") else statement + ";")
+            self.set_meta("schema_version", SCHEMA_VERSION)
+
+    # -- transactions --------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- meta ----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        try:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- events --------------------------------------------------------------------------
+    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for part in _chunks(keys):
+            sql = f"SELECT event_key FROM events WHERE event_key IN ({_marks(len(part))})"
+            found.update(row[0] for row in self.conn.execute(sql, part))
+        return found
+
+    def insert_events(self, rows: Sequence[tuple[str, int, bytes, str, int, bytes, bytes]]) -> None:
+        try:
+            self.conn.executemany(
+                "INSERT INTO events (stream_id, version, event_key, type, recorded_at, payload, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        except sqlite3.IntegrityError as e:
+            raise PersonaError("an event collided with a stored one (stream version or event id)") from e
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
+        cursor = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version",
+            (stream_id, after_version),
+        )
+        for row in cursor:
+            yield StoredEvent(*row)
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        cursor = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after_position, limit),
+        )
+        return [StoredEvent(*row) for row in cursor]
+
+    def scan_chains(self) -> Iterator[StoredEvent]:
+        """Every event, stream by stream, each stream in version order."""
+        cursor = self.conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY stream_id, version")
+        for row in cursor:
+            yield StoredEvent(*row)
+
+    # -- streams and keys ----------------------------------------------------------------
+    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
+        ids = list(stream_ids)
+        out: dict[str, Head] = {}
+        for part in _chunks(ids):
+            sql = (
+                "SELECT s.stream_id, s.version, s.head, k.kek_version, k.wrapped FROM streams s "
+                f"LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN ({_marks(len(part))})"
+            )
+            for sid, version, head, kek_version, wrapped in self.conn.execute(sql, part):
+                out[sid] = Head(version, head, kek_version, wrapped)
+        return out
+
+    def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> None:
+        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at)."""
+        self.conn.executemany(
+            "INSERT INTO streams (stream_id, version, head, created_at) VALUES (?, 0, ?, ?)",
+            [(pid, genesis, created) for pid, genesis, _, _, created in rows],
+        )
+        self.conn.executemany(
+            "INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)",
+            [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows],
+        )
+
+    def set_heads(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
+        self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_id = ?", rows)
+
+    def created_at(self, stream_id: str) -> int:
+        row = self.conn.execute("SELECT created_at FROM streams WHERE stream_id = ?", (stream_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def kek_versions_in_use(self) -> set[int]:
+        rows = self.conn.execute(
+            "SELECT kek_version FROM keys UNION SELECT kek_version FROM system_keys"
+        ).fetchall()
+        return {int(v) for (v,) in rows}
+
+    def stream_ids(self) -> Iterator[str]:
+        for (sid,) in self.conn.execute("SELECT stream_id FROM streams ORDER BY stream_id"):
+            yield sid
+
+    def wrapped_keys(self) -> Iterator[tuple[str, int, bytes]]:
+        yield from self.conn.execute("SELECT profile_id, kek_version, wrapped FROM keys").fetchall()
+
+    def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
+        self.conn.executemany("UPDATE keys SET kek_version = ?, wrapped = ? WHERE profile_id = ?", rows)
+
+    def system_key(self, name: str) -> tuple[int, bytes] | None:
+        row = self.conn.execute(
+            "SELECT kek_version, wrapped FROM system_keys WHERE name = ?", (name,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def system_keys(self) -> list[tuple[str, int, bytes]]:
+        return self.conn.execute("SELECT name, kek_version, wrapped FROM system_keys").fetchall()
+
+    def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO system_keys (name, kek_version, wrapped) VALUES (?, ?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped",
+            (name, kek_version, wrapped),
+        )
+
+    # -- identity links ------------------------------------------------------------------
+    def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
+        out: dict[bytes, str] = {}
+        for part in _chunks(hashes):
+            sql = f"SELECT subject_hash, profile_id FROM links WHERE subject_hash IN ({_marks(len(part))})"
+            out.update(self.conn.execute(sql, part).fetchall())
+        return out
+
+    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
+        self.conn.executemany(
+            "INSERT INTO links (subject_hash, profile_id, namespace, created_at) VALUES (?, ?, ?, ?)",
+            rows,
+        )
+
+    def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
+        return self.conn.execute(
+            "SELECT subject_hash, namespace FROM links WHERE profile_id = ? ORDER BY created_at, namespace",
+            (profile_id,),
+        ).fetchall()
+
+    # -- erasure -------------------------------------------------------------------------
+    def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
+        """Delete everything that could open or point at the profile; leave a tombstone."""
+        conn = self.conn
+        head = conn.execute("SELECT version FROM streams WHERE stream_id = ?", (profile_id,)).fetchone()
+        events = int(head[0]) if head else 0
+        hashes = [h for (h, _) in self.links_of(profile_id)]
+        counts = {"events": events, "links": len(hashes), "quarantined": self.purge_tagged(hashes)}
+        counts["keys"] = conn.execute("DELETE FROM keys WHERE profile_id = ?", (profile_id,)).rowcount
+        conn.execute("DELETE FROM links WHERE profile_id = ?", (profile_id,))
+        derived = 0
+        for table in DERIVED_TABLES:
+            derived += conn.execute(f"DELETE FROM [{table}] WHERE profile_id = ?", (profile_id,)).rowcount
+        counts["derived_rows"] = derived
+        conn.execute(
+            "INSERT OR IGNORE INTO tombstones (profile_id, erased_at, events) VALUES (?, ?, ?)",
+            (profile_id, erased_at, events),
+        )
+        return counts
+
+    def purge_tagged(self, hashes: Sequence[bytes]) -> int:
+        """Delete quarantined records carrying any of these identifier hashes."""
+        ids: set[int] = set()
+        for part in _chunks(hashes):
+            sql = f"SELECT quarantine_id FROM quarantine_tags WHERE subject_hash IN ({_marks(len(part))})"
+            ids.update(row[0] for row in self.conn.execute(sql, part))
+        self._delete_quarantined(sorted(ids))
+        return len(ids)
+
+    def _delete_quarantined(self, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), CHUNK):
+            part = ids[start : start + CHUNK]
+            self.conn.execute(f"DELETE FROM quarantine WHERE id IN ({_marks(len(part))})", part)
+            self.conn.execute(f"DELETE FROM quarantine_tags WHERE quarantine_id IN ({_marks(len(part))})", part)
+
+    def tombstone(self, profile_id: str) -> int | None:
+        row = self.conn.execute("SELECT erased_at FROM tombstones WHERE profile_id = ?", (profile_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def tombstones(self) -> Iterator[tuple[str, int]]:
+        yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at").fetchall()
+
+    def stream_exists(self, profile_id: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM streams WHERE stream_id = ?", (profile_id,)).fetchone() is not None
+
+    def checkpoint(self, attempts: int = 50, pause_s: float = 0.1) -> bool:
+        """Truncate the WAL so no old page survives there; retry while readers hold it."""
+        for attempt in range(attempts):
+            busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy == 0:
+                return True
+            if attempt + 1 < attempts:
+                time.sleep(pause_s)
+        return False
+
+    # -- quarantine ----------------------------------------------------------------------
+    def quarantine(
+        self,
+        rows: Sequence[tuple[int, str, int, str, int, bytes, bytes, int]],
+        tags: Sequence[Sequence[bytes]],
+    ) -> int:
+        """rows: (recorded_at, origin, line, reason, size, sealed content, content hash, expires_at)."""
+        stored = 0
+        for row, row_tags in zip(rows, tags, strict=True):
+            cursor = self.conn.execute(
+                "INSERT OR IGNORE INTO quarantine (recorded_at, origin, line, reason, size, content,"
+                " content_hash, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            if cursor.rowcount == 0:
+                continue  # the same bad record is already held
+            stored += 1
+            qid = cursor.lastrowid
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO quarantine_tags (quarantine_id, subject_hash) VALUES (?, ?)",
+                [(qid, tag) for tag in row_tags],
+            )
+        return stored
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        rows = self.conn.execute(
+            "SELECT id, recorded_at, origin, line, reason, size, expires_at FROM quarantine ORDER BY id"
+        ).fetchall()
+        return [QuarantinedRecord(*row) for row in rows]
+
+    def quarantined_content(self, qid: int) -> bytes | None:
+        row = self.conn.execute("SELECT content FROM quarantine WHERE id = ?", (qid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def purge_quarantine(self, now: int) -> int:
+        ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= ?", (now,))]
+        self._delete_quarantined(ids)
+        return len(ids)
+
+    # -- maintenance ---------------------------------------------------------------------
+    def backup(self, dest: str) -> None:
+        """A consistent, compacted copy of the database (VACUUM INTO)."""
+        self.conn.execute("VACUUM INTO ?", (dest,))
+
+    def counts(self) -> dict[str, int]:
+        out = {}
+        for table in ("events", "streams", "keys", "links", "tombstones", "quarantine"):
+            out[table] = int(self.conn.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0])
+        return out

@@ -1,0 +1,88 @@
+"""Check the whole store: hash chains, gap-free versions, that live events open, that the
+erased hold no key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from persona.core import Persona
+from persona.crypto import Sealer
+from persona.erasure import ErasureLedger
+from persona.errors import PersonaError, TamperError
+from persona.eventlog import chain_hash, event_aad, genesis
+from persona.store.base import StoredEvent
+
+
+@dataclass
+class VerifyReport:
+    events: int = 0
+    streams: int = 0
+    opened: int = 0
+    erased: int = 0
+
+
+def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Walk every stream; the first bad event raises TamperError naming it."""
+    rec = persona.recorder
+    keyring = persona.keyring
+    heads = rec.heads(list(rec.stream_ids()))
+    erased = dict(rec.tombstones())
+    report = VerifyReport(streams=len(heads), erased=len(erased))
+    current: str | None = None
+    version, prev = 0, b""
+    sealer: Sealer | None = None
+
+    def close_stream(sid: str, version: int, prev: bytes) -> None:
+        head = heads.get(sid)
+        if head is None:
+            raise TamperError(f"stream {sid} has events but no head")
+        if head.version != version or bytes(head.hash) != prev:
+            raise TamperError(f"stream {sid} ends at version {version}, its head says {head.version}")
+
+    def bad(row: StoredEvent, why: str) -> TamperError:
+        return TamperError(
+            f"event at position {row.position} (stream {row.stream_id}, version {row.version}): {why}",
+            position=row.position,
+        )
+
+    seen: set[str] = set()
+    for row in rec.scan_chains():
+        if row.stream_id != current:
+            if current is not None:
+                close_stream(current, version, prev)
+            seen.add(row.stream_id)
+            current, version, prev = row.stream_id, 0, genesis(row.stream_id)
+            head = heads.get(current)
+            sealer = None
+            if head is not None and head.wrapped is not None and head.kek_version is not None:
+                sealer = Sealer(keyring.unwrap(current, head.kek_version, bytes(head.wrapped)))
+        if row.version != version + 1:
+            raise bad(row, f"expected version {version + 1}: a version is missing")
+        key = bytes(row.event_key)
+        prev = chain_hash(prev, row.stream_id, row.version, key, row.type, row.recorded_at, bytes(row.payload))
+        if prev != bytes(row.hash):
+            raise bad(row, "hash chain broken: the row was altered")
+        if sealer is not None:
+            try:
+                sealer.open(bytes(row.payload), event_aad(row.stream_id, row.version, key, row.type))
+            except PersonaError as e:
+                raise bad(row, "payload does not open with the profile's key") from e
+            report.opened += 1
+        version = row.version
+        report.events += 1
+        if progress is not None and report.events % 10_000 == 0:
+            progress(10_000)
+    if current is not None:
+        close_stream(current, version, prev)
+    for sid, head in heads.items():
+        if head.version and sid not in seen:
+            raise TamperError(f"stream {sid} has a head at version {head.version} but no events")
+    ledger = {pid for pid, _ in ErasureLedger(persona.settings.ledger_path).entries()}
+    for sid in sorted(ledger | set(erased)):
+        head = heads.get(sid)
+        if head is not None and head.wrapped is not None:
+            raise TamperError(f"erased profile {sid} still holds a data key")
+        if rec.links_of(sid):
+            raise TamperError(f"erased profile {sid} still has identity links")
+    return report
