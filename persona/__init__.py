@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from persona.core import Persona  # noqa: E402
-from persona.settings import Settings  # noqa: E402
+from persona.core import Persona
+from persona.settings import Settings
 
 __all__ = ["Persona", "Settings", "__version__"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from persona.core import Persona, load_keyring
 from persona.crypto import fingerprint
-from persona.errors import ConfigurationError, KeyMismatchError
 from persona.erasure import reapply_ledger
+from persona.errors import ConfigurationError, KeyMismatchError
 from persona.settings import Settings
 from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
 

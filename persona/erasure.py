@@ -125,9 +125,10 @@ def write_receipt(persona: Persona, erasure: Erasure) -> Path:
 
 def verify_receipt(doc: Any, public_key: str) -> dict[str, Any]:
     """Check a receipt against a published public key; returns its body or raises ReceiptError."""
-    if not isinstance(doc, dict) or not isinstance(doc.get("receipt"), dict) or not isinstance(doc.get("signature"), str):
+    shaped = isinstance(doc, dict) and isinstance(doc.get("receipt"), dict) and isinstance(doc.get("signature"), str)
+    if not shaped:
         raise ReceiptError("not an erasure receipt: expected {\"receipt\": {...}, \"signature\": \"...\"}")
-    body = doc["receipt"]
+    body: dict[str, Any] = doc["receipt"]
     if body.get("type") != RECEIPT_TYPE:
         raise ReceiptError(f"not a {RECEIPT_TYPE} document")
     if body.get("signer") != fingerprint(public_key.encode(), b"ed25519"):

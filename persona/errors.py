@@ -27,6 +27,10 @@ class ConcurrencyError(PersonaError):
         self.actual = actual
 
 
+class DuplicateEventError(PersonaError):
+    """An event id is already in the log."""
+
+
 class ErasedError(PersonaError):
     """The profile was erased: its key is gone and its stream is closed."""
 

@@ -7,10 +7,12 @@ canonical events into sealed, hash-chained rows and back.
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import os
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,9 +22,9 @@ import orjson
 from persona.crypto import Keyring, Sealer, fingerprint
 from persona.errors import (
     ConcurrencyError,
+    DuplicateEventError,
     ErasedError,
     KeyMismatchError,
-    PersonaError,
     UnknownProfileError,
 )
 from persona.events import Event, Subject
@@ -33,8 +35,21 @@ from persona.store.sqlite import SQLiteRecorder
 
 QUARANTINE_KEY = "quarantine"
 _EVENT_AAD = b"persona-event/1\x00"
-_SEALER_CACHE = 20_000
-Row = tuple[str, int, bytes, str, int, bytes, bytes]
+_CACHE_LIMIT = 100_000
+Row = tuple[int, int, bytes, str, int, bytes, bytes]  # stream_no, version, key, type, recorded_at, payload, hash
+Tip = tuple[int, int, bytes, Sealer]  # stream_no, version, chain head, sealer
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Batches allocate many small acyclic objects; the cyclic collector only slows them down."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def micros(moment: datetime) -> int:
@@ -54,20 +69,16 @@ def genesis(stream_id: str) -> bytes:
     return hashlib.sha256(b"persona-genesis\x00" + stream_id.encode()).digest()
 
 
+def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> bytes:
+    """Binds a ciphertext to its place: moved or relabelled, it no longer opens."""
+    return _EVENT_AAD + stream_id.encode() + b"\x00" + version.to_bytes(8, "big") + event_key + kind.encode()
+
+
 def chain_hash(prev: bytes, stream_id: str, version: int, event_key: bytes, kind: str,
                recorded_at: int, payload: bytes) -> bytes:
-    h = hashlib.sha256(prev)
-    h.update(stream_id.encode())
-    h.update(version.to_bytes(8, "big"))
-    h.update(event_key)
-    h.update(kind.encode())
-    h.update(recorded_at.to_bytes(8, "big", signed=True))
-    h.update(payload)
-    return h.digest()
-
-
-def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> bytes:
-    return b"".join((_EVENT_AAD, stream_id.encode(), b"\x00", version.to_bytes(8, "big"), event_key, kind.encode()))
+    """H(previous link, header, recorded_at, payload): the per-stream hash chain."""
+    header = event_aad(stream_id, version, event_key, kind)
+    return hashlib.sha256(prev + header + recorded_at.to_bytes(8, "big", signed=True) + payload).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +141,12 @@ class EventLog:
         self.keyring = keyring
         self.settings = settings
         self._event_key_secret = keyring.derived("event-id")
-        self._sealers: dict[bytes, Sealer] = {}
+        self._sealers: dict[bytes, Sealer] = {}  # wrapped key -> sealer, for reads
+        # Writer cache, valid while no one else writes: identifier hash -> profile id,
+        # and profile id -> (version, chain head, sealer).
+        self._links: dict[bytes, str] = {}
+        self._tips: dict[str, Tip] = {}
+        self._synced: tuple[int, int] | None = None
 
     # -- identifiers ---------------------------------------------------------------------
     def event_key(self, event_id: str) -> bytes:
@@ -153,7 +169,7 @@ class EventLog:
         wrapped = bytes(head.wrapped)
         sealer = self._sealers.get(wrapped)
         if sealer is None:
-            if len(self._sealers) >= _SEALER_CACHE:
+            if len(self._sealers) >= _CACHE_LIMIT:
                 self._sealers.clear()
             sealer = Sealer(self.keyring.unwrap(profile_id, head.kek_version, wrapped))
             self._sealers[wrapped] = sealer
@@ -161,71 +177,121 @@ class EventLog:
 
     def forget_cached_keys(self) -> None:
         self._sealers.clear()
+        self._forget_writer_cache()
+
+    def _forget_writer_cache(self) -> None:
+        self._links.clear()
+        self._tips.clear()
+        self._synced = None
+
+    def _writer_cache_valid(self) -> bool:
+        """True when nobody has written since our last append (checked under the write lock).
+
+        SQLite's data_version changes when another connection commits; the recorder's
+        own commit count changes when this connection commits anything else (an erasure).
+        """
+        return self._synced == (self.recorder.data_version(), self.recorder.commits)
 
     # -- append --------------------------------------------------------------------------
     def append(self, events: Sequence[Event], *, now: datetime | None = None) -> AppendResult:
         """Append a batch, resolving each subject to its profile (new subjects get one).
 
-        Atomic: the whole batch or nothing. Idempotent on event_id.
+        Atomic: the whole batch or nothing. Idempotent on event_id: events already in
+        the log are counted as duplicates and skipped.
         """
-        now = now or datetime.now(UTC)
+        recorded = micros(now or datetime.now(UTC))
         keyed: dict[bytes, Event] = {}
-        for event in events:
-            keyed.setdefault(self.event_key(event.event_id), event)
-        result = AppendResult(duplicates=len(events) - len(keyed))
-        rec = self.recorder
-        with rec.transaction():
-            existing = rec.existing_event_keys(list(keyed))
-            if existing:
-                result.duplicates += len(existing)
-                keyed = {k: e for k, e in keyed.items() if k not in existing}
-            if not keyed:
-                return result
-            hashes: dict[Subject, bytes] = {}
-            for event in keyed.values():
-                for subj in (event.subject, event.other):
-                    if subj is not None and subj not in hashes:
-                        hashes[subj] = self.hash_subject(subj)
-            linked = rec.resolve(list(set(hashes.values())))
-            created: dict[str, Sealer] = {}
-            new_streams, new_links = [], []
-            recorded = micros(now)
-            for event in keyed.values():
-                h = hashes[event.subject]
-                pid = linked.get(h)
-                if pid is None:
-                    pid = linked[h] = new_profile_id()
-                    dek = self.keyring.new_dek()
-                    version, wrapped = self.keyring.wrap(pid, dek)
-                    created[pid] = Sealer(dek)
-                    new_streams.append((pid, genesis(pid), version, wrapped, recorded))
-                    new_links.append((h, pid, event.subject.namespace, recorded))
-                if event.other is not None:
-                    oh = hashes[event.other]
-                    if oh not in linked:  # joining two existing profiles is a merge: see ingest
-                        linked[oh] = pid
-                        new_links.append((oh, pid, event.other.namespace, recorded))
-            if new_streams:
-                rec.create_streams(new_streams)
-            if new_links:
-                rec.insert_links(new_links)
-            result.profiles_created = len(created)
-            by_stream: dict[str, list[tuple[bytes, Event]]] = {}
-            for key, event in keyed.items():
-                by_stream.setdefault(linked[hashes[event.subject]], []).append((key, event))
-            heads = rec.heads(by_stream)
-            rows, new_heads = self._seal(by_stream, heads, hashes, recorded)
-            rec.insert_events(rows)
-            rec.set_heads([(v, h, sid) for sid, (v, h) in new_heads.items()])
-            result.appended = len(rows)
-            result.streams = {sid: v for sid, (v, _) in new_heads.items()}
+        with gc_paused():
+            for event in events:
+                keyed.setdefault(self.event_key(event.event_id), event)
+            try:
+                result = self._append_batch(keyed, recorded, check_duplicates=False)
+            except DuplicateEventError:
+                # The fast path assumes new events; a re-ingest takes the careful one.
+                result = self._append_batch(keyed, recorded, check_duplicates=True)
+        result.duplicates += len(events) - len(keyed)
         return result
+
+    def _append_batch(self, keyed: dict[bytes, Event], recorded: int, *, check_duplicates: bool) -> AppendResult:
+        rec = self.recorder
+        result = AppendResult()
+        try:
+            with rec.transaction():
+                if not self._writer_cache_valid():
+                    self._forget_writer_cache()
+                if check_duplicates:
+                    existing = rec.existing_event_keys(list(keyed))
+                    result.duplicates = len(existing)
+                    keyed = {k: e for k, e in keyed.items() if k not in existing}
+                if keyed:
+                    self._append_locked(keyed, recorded, result)
+        except BaseException:
+            self._forget_writer_cache()
+            raise
+        self._synced = (rec.data_version(), rec.commits)
+        return result
+
+    def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult) -> None:
+        rec = self.recorder
+        pepper = self.keyring.pepper
+        hashes: dict[Subject, bytes] = {}
+        for event in keyed.values():
+            if event.subject not in hashes:
+                hashes[event.subject] = subject_hash(pepper, *event.subject)
+            if event.other is not None and event.other not in hashes:
+                hashes[event.other] = subject_hash(pepper, *event.other)
+        links = self._links
+        unknown = [h for h in set(hashes.values()) if h not in links]
+        if unknown:
+            links.update(rec.resolve(unknown))
+        new_streams, new_links, new_sealers = [], [], []
+        tips = self._tips
+        by_stream: dict[str, list[tuple[bytes, Event]]] = {}
+        for key, event in keyed.items():
+            h = hashes[event.subject]
+            pid = links.get(h)
+            if pid is None:
+                pid = links[h] = new_profile_id()
+                dek = self.keyring.new_dek()
+                version, wrapped = self.keyring.wrap(pid, dek)
+                new_sealers.append(Sealer(dek))
+                new_streams.append((pid, genesis(pid), version, wrapped, recorded))
+                new_links.append((h, pid, event.subject.namespace, recorded))
+            if event.other is not None:
+                oh = hashes[event.other]
+                if oh not in links:  # joining two existing profiles is a merge (identity resolution)
+                    links[oh] = pid
+                    new_links.append((oh, pid, event.other.namespace, recorded))
+            by_stream.setdefault(pid, []).append((key, event))
+        if new_streams:
+            numbers = rec.create_streams(new_streams)
+            for no, (pid, first, *_), sealer in zip(numbers, new_streams, new_sealers, strict=True):
+                tips[pid] = (no, 0, first, sealer)
+        if new_links:
+            rec.insert_links(new_links)
+        missing = [pid for pid in by_stream if pid not in tips]
+        if missing:
+            for pid, head in rec.heads(missing).items():
+                tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
+        rows = self._seal(by_stream, hashes, recorded)
+        rec.insert_events(rows)
+        rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in by_stream])
+        result.appended = len(rows)
+        result.profiles_created = len(new_streams)
+        result.streams = {sid: tips[sid][1] for sid in by_stream}
+        if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
+            self._forget_writer_cache()
 
     def append_to(self, profile_id: str, events: Sequence[Event], *, expected_version: int,
                   now: datetime | None = None) -> int:
-        """Append to one known stream if it is still at `expected_version`; returns the new version."""
-        now = now or datetime.now(UTC)
+        """Append to one known stream if it is still at `expected_version`; returns the new version.
+
+        Raises ConcurrencyError when the stream has moved on, DuplicateEventError when an
+        event id is already in the log.
+        """
+        recorded = micros(now or datetime.now(UTC))
         rec = self.recorder
+        self._forget_writer_cache()
         with rec.transaction():
             head = rec.heads([profile_id]).get(profile_id)
             if head is None:
@@ -239,46 +305,57 @@ class EventLog:
             keyed: dict[bytes, Event] = {}
             for event in events:
                 keyed.setdefault(self.event_key(event.event_id), event)
-            if rec.existing_event_keys(list(keyed)):
-                raise PersonaError("the batch holds an event id that is already in the log")
-            hashes = {e.subject: self.hash_subject(e.subject) for e in events}
-            hashes.update({e.other: self.hash_subject(e.other) for e in events if e.other})
-            rows, new_heads = self._seal({profile_id: list(keyed.items())}, {profile_id: head}, hashes, micros(now))
+            if len(keyed) < len(events) or rec.existing_event_keys(list(keyed)):
+                raise DuplicateEventError("the batch holds an event id that is already in the log")
+            pepper = self.keyring.pepper
+            hashes = {}
+            for event in events:
+                for subj in (event.subject, event.other):
+                    if subj is not None:
+                        hashes[subj] = subject_hash(pepper, *subj)
+            self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.sealer(profile_id, head))
+            rows = self._seal({profile_id: list(keyed.items())}, hashes, recorded)
             rec.insert_events(rows)
-            version, chain = new_heads[profile_id]
-            rec.set_heads([(version, chain, profile_id)])
+            _, version, chain, _ = self._tips[profile_id]
+            rec.set_heads([(version, chain, head.no)])
+        self._forget_writer_cache()
         return version
 
-    def _seal(self, by_stream: dict[str, list[tuple[bytes, Event]]], heads: dict[str, Head],
-              hashes: dict[Subject, bytes], recorded: int) -> tuple[list[Row], dict[str, tuple[int, bytes]]]:
-        """Seal, number and chain each stream's new events: (rows, new head of each stream)."""
-        total = sum(len(v) for v in by_stream.values())
-        nonces = os.urandom(12 * total)
+    def _seal(self, by_stream: dict[str, list[tuple[bytes, Event]]], hashes: dict[Subject, bytes],
+              recorded: int) -> list[Row]:
+        """Seal, number and chain each stream's new events, advancing the cached stream tips."""
+        nonces = os.urandom(12 * sum(len(v) for v in by_stream.values()))
         n = 0
         rows: list[Row] = []
-        new_heads: dict[str, tuple[int, bytes]] = {}
         dumps = orjson.dumps
+        sha256 = hashlib.sha256
+        stamp = recorded.to_bytes(8, "big", signed=True)
+        tips = self._tips
+        refs = {subj: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
+        kinds: dict[str, bytes] = {}
         for sid, items in by_stream.items():
-            head = heads[sid]
-            sealer = self.sealer(sid, head)
-            version, prev = head.version, bytes(head.hash)
+            no, version, prev, sealer = tips[sid]
+            seal = sealer.seal
+            prefix = _EVENT_AAD + sid.encode() + b"\x00"
             for key, event in items:
                 version += 1
                 body: dict[str, Any] = {
                     "id": event.event_id,
                     "src": event.source,
                     "at": event.occurred_at,
-                    "sub": [event.subject.namespace, hashes[event.subject][:16].hex()],
+                    "sub": refs[event.subject],
                     "data": event.data,
                 }
                 if event.other is not None:
-                    body["other"] = [event.other.namespace, hashes[event.other][:16].hex()]
-                payload = sealer.seal(dumps(body), event_aad(sid, version, key, event.type), nonces[n : n + 12])
+                    body["other"] = refs[event.other]
+                kind = kinds.get(event.type) or kinds.setdefault(event.type, event.type.encode())
+                aad = prefix + version.to_bytes(8, "big") + key + kind
+                payload = seal(dumps(body), aad, nonces[n : n + 12])
                 n += 12
-                prev = chain_hash(prev, sid, version, key, event.type, recorded, payload)
-                rows.append((sid, version, key, event.type, recorded, payload, prev))
-            new_heads[sid] = (version, prev)
-        return rows, new_heads
+                prev = sha256(prev + aad + stamp + payload).digest()
+                rows.append((no, version, key, event.type, recorded, payload, prev))
+            tips[sid] = (no, version, prev, sealer)
+        return rows
 
     # -- read ----------------------------------------------------------------------------
     def open_event(self, row: StoredEvent, sealer: Sealer) -> RecordedEvent:
@@ -302,13 +379,14 @@ class EventLog:
 
         Events of erased profiles cannot be opened and are passed over.
         """
-        rows = self.recorder.read_all(after_position, limit)
-        heads = self.recorder.heads({r.stream_id for r in rows})
-        out = []
-        for row in rows:
-            head = heads[row.stream_id]
-            if head.wrapped is not None:
-                out.append(self.open_event(row, self.sealer(row.stream_id, head)))
+        with gc_paused():
+            rows = self.recorder.read_all(after_position, limit)
+            heads = self.recorder.heads({r.stream_id for r in rows})
+            out = []
+            for row in rows:
+                head = heads[row.stream_id]
+                if head.wrapped is not None:
+                    out.append(self.open_event(row, self.sealer(row.stream_id, head)))
         return out, rows[-1].position if rows else after_position
 
     def iter_all(self, after_position: int = 0, page: int = 5000) -> Iterator[RecordedEvent]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,8 +28,7 @@ _UPPER3 = re.compile(r"^[A-Za-z]{3}$")
 _ENVELOPE = frozenset({"event_id", "source", "type", "occurred_at", "subject", "data"})
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+class Subject(NamedTuple):
     namespace: str
     value: str  # normalised; never stored, only hashed
 

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import sqlite_utils
 
-from persona.errors import ConfigurationError, PersonaError
+from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
 from persona.store.base import Head, QuarantinedRecord, StoredEvent
 
 SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
-_EVENT_COLUMNS = "position, stream_id, version, event_key, type, recorded_at, payload, hash"
+# Events carry a small integer stream number (streams.stream_no) instead of the profile id:
+# the (stream, version) index stays a quarter of the size, and appends dirty fewer pages.
+_EVENT_SELECT = (
+    "SELECT e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
+    " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
+)
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
 # Erasure deletes from every one of them; later modules register theirs here.
@@ -50,6 +55,7 @@ class SQLiteRecorder:
             raise ConfigurationError("no database in the data directory; run `persona --data DIR init`")
         self.path = path
         self._depth = 0
+        self.commits = 0  # transactions this connection committed
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
@@ -70,11 +76,11 @@ class SQLiteRecorder:
     def _create_schema(self) -> None:
         db = self.db
         with self.transaction():
-            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db["events"].create(
+            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db.table("events").create(
                 {
                     "position": int,
-                    "stream_id": str,
+                    "stream_no": int,
                     "version": int,
                     "event_key": bytes,
                     "type": str,
@@ -83,43 +89,44 @@ class SQLiteRecorder:
                     "hash": bytes,
                 },
                 pk="position",
-                not_null={"stream_id", "version", "event_key", "type", "recorded_at", "payload", "hash"},
+                not_null={"stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"},
                 if_not_exists=True,
             )
-            db["events"].create_index(["stream_id", "version"], unique=True, if_not_exists=True)
-            db["events"].create_index(["event_key"], unique=True, if_not_exists=True)
-            db["streams"].create(
-                {"stream_id": str, "version": int, "head": bytes, "created_at": int},
-                pk="stream_id",
-                not_null={"version", "head", "created_at"},
+            db.table("events").create_index(["stream_no", "version"], unique=True, if_not_exists=True)
+            db.table("events").create_index(["event_key"], unique=True, if_not_exists=True)
+            db.table("streams").create(
+                {"stream_no": int, "stream_id": str, "version": int, "head": bytes, "created_at": int},
+                pk="stream_no",
+                not_null={"stream_id", "version", "head", "created_at"},
                 if_not_exists=True,
             )
-            db["keys"].create(
+            db.table("streams").create_index(["stream_id"], unique=True, if_not_exists=True)
+            db.table("keys").create(
                 {"profile_id": str, "kek_version": int, "wrapped": bytes},
                 pk="profile_id",
                 not_null={"kek_version", "wrapped"},
                 if_not_exists=True,
             )
-            db["system_keys"].create(
+            db.table("system_keys").create(
                 {"name": str, "kek_version": int, "wrapped": bytes},
                 pk="name",
                 not_null={"kek_version", "wrapped"},
                 if_not_exists=True,
             )
-            db["links"].create(
+            db.table("links").create(
                 {"subject_hash": bytes, "profile_id": str, "namespace": str, "created_at": int},
                 pk="subject_hash",
                 not_null={"profile_id", "namespace", "created_at"},
                 if_not_exists=True,
             )
-            db["links"].create_index(["profile_id"], if_not_exists=True)
-            db["tombstones"].create(
+            db.table("links").create_index(["profile_id"], if_not_exists=True)
+            db.table("tombstones").create(
                 {"profile_id": str, "erased_at": int, "events": int},
                 pk="profile_id",
                 not_null={"erased_at", "events"},
                 if_not_exists=True,
             )
-            db["quarantine"].create(
+            db.table("quarantine").create(
                 {
                     "id": int,
                     "recorded_at": int,
@@ -134,9 +141,9 @@ class SQLiteRecorder:
                 pk="id",
                 if_not_exists=True,
             )
-            db["quarantine"].create_index(["content_hash"], unique=True, if_not_exists=True)
-            db["quarantine"].create_index(["expires_at"], if_not_exists=True)
-            db["quarantine_tags"].create(
+            db.table("quarantine").create_index(["content_hash"], unique=True, if_not_exists=True)
+            db.table("quarantine").create_index(["expires_at"], if_not_exists=True)
+            db.table("quarantine_tags").create(
                 {"quarantine_id": int, "subject_hash": bytes},
                 pk=("subject_hash", "quarantine_id"),
                 if_not_exists=True,
@@ -166,9 +173,14 @@ class SQLiteRecorder:
             raise
         self._depth = 0
         self.conn.execute("COMMIT")
+        self.commits += 1
 
     def close(self) -> None:
         self.conn.close()
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (SQLite's PRAGMA data_version)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -193,19 +205,22 @@ class SQLiteRecorder:
             found.update(row[0] for row in self.conn.execute(sql, part))
         return found
 
-    def insert_events(self, rows: Sequence[tuple[str, int, bytes, str, int, bytes, bytes]]) -> None:
+    def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
+        """rows: (stream_no, version, event_key, type, recorded_at, payload, hash)."""
         try:
             self.conn.executemany(
-                "INSERT INTO events (stream_id, version, event_key, type, recorded_at, payload, hash)"
+                "INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError as e:
-            raise PersonaError("an event collided with a stored one (stream version or event id)") from e
+            if "event_key" in str(e):
+                raise DuplicateEventError("an event id is already in the log") from e
+            raise ConcurrencyError(str(rows[0][0]) if rows else "?", -1, -1) from e
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
         cursor = self.conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE stream_id = ? AND version > ? ORDER BY version",
+            f"{_EVENT_SELECT} WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version",
             (stream_id, after_version),
         )
         for row in cursor:
@@ -213,14 +228,14 @@ class SQLiteRecorder:
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         cursor = self.conn.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            f"{_EVENT_SELECT} WHERE e.position > ? ORDER BY e.position LIMIT ?",
             (after_position, limit),
         )
         return [StoredEvent(*row) for row in cursor]
 
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, each stream in version order."""
-        cursor = self.conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY stream_id, version")
+        cursor = self.conn.execute(f"{_EVENT_SELECT} ORDER BY e.stream_no, e.version")
         for row in cursor:
             yield StoredEvent(*row)
 
@@ -230,26 +245,31 @@ class SQLiteRecorder:
         out: dict[str, Head] = {}
         for part in _chunks(ids):
             sql = (
-                "SELECT s.stream_id, s.version, s.head, k.kek_version, k.wrapped FROM streams s "
+                "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s "
                 f"LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN ({_marks(len(part))})"
             )
-            for sid, version, head, kek_version, wrapped in self.conn.execute(sql, part):
-                out[sid] = Head(version, head, kek_version, wrapped)
+            for sid, no, version, head, kek_version, wrapped in self.conn.execute(sql, part):
+                out[sid] = Head(no, version, head, kek_version, wrapped)
         return out
 
-    def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> None:
-        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at)."""
-        self.conn.executemany(
-            "INSERT INTO streams (stream_id, version, head, created_at) VALUES (?, 0, ?, ?)",
-            [(pid, genesis, created) for pid, genesis, _, _, created in rows],
-        )
+    def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
+        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
+        numbers = [
+            self.conn.execute(
+                "INSERT INTO streams (stream_id, version, head, created_at) VALUES (?, 0, ?, ?) RETURNING stream_no",
+                (pid, genesis, created),
+            ).fetchone()[0]
+            for pid, genesis, _, _, created in rows
+        ]
         self.conn.executemany(
             "INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)",
             [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows],
         )
+        return numbers
 
-    def set_heads(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
-        self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_id = ?", rows)
+    def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
+        """rows: (version, chain head, stream_no)."""
+        self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?", rows)
 
     def created_at(self, stream_id: str) -> int:
         row = self.conn.execute("SELECT created_at FROM streams WHERE stream_id = ?", (stream_id,)).fetchone()
