@@ -17,7 +17,7 @@ from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
-from persona.errors import PersonaError, TamperError
+from persona.errors import PersonaError, TamperError, UnknownProfileError
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
 from persona.settings import Settings
@@ -139,15 +139,18 @@ def _ingest_file(persona: Persona, handle: BinaryIO, file: Path) -> Any:
         return ingest_jsonl(persona, handle, origin=file.name, progress=bar.update)
 
 
-def _profile_id(persona: Persona, subject: str | None, profile: str | None) -> str:
+def require_one(subject: str | None, profile: str | None) -> None:
     if bool(subject) == bool(profile):
         raise click.UsageError("give exactly one of --subject NS:VALUE or --profile ID")
+
+
+def _profile_id(persona: Persona, subject: str | None, profile: str | None) -> str:
     if profile:
         return profile
     assert subject
     found = persona.log.profile_for(*parse_subject(subject))
     if found is None:
-        raise click.ClickException("no profile is linked to that identifier")
+        raise UnknownProfileError("no profile is linked to that identifier")
     return found
 
 
@@ -170,6 +173,7 @@ def with_who(func: F) -> F:
 @friendly
 def profile(ctx: click.Context, subject: str | None, profile: str | None, as_json: bool) -> None:
     """Show a profile: its id, stream version, event count and identities (hashed)."""
+    require_one(subject, profile)
     with opened(ctx) as persona:
         info = persona.log.info(_profile_id(persona, subject, profile))
     doc = {
@@ -195,6 +199,7 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_jso
 @friendly
 def history(ctx: click.Context, subject: str | None, profile: str | None, as_json: bool) -> None:
     """Print a profile's events, opened, in order."""
+    require_one(subject, profile)
     with opened(ctx) as persona:
         for event in persona.log.read(_profile_id(persona, subject, profile)):
             if as_json:
@@ -219,9 +224,8 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
     recorded (profile id and time only) in the ledger beside the key file, so that
     restoring an older backup cannot bring the person back.
     """
+    require_one(subject, profile)
     with opened(ctx) as persona:
-        if bool(subject) == bool(profile):
-            raise click.UsageError("give exactly one of --subject NS:VALUE or --profile ID")
         if subject:
             erasure = erase_subject(persona, *parse_subject(subject))
         else:
@@ -245,7 +249,7 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
 
 @cli.group()
 def receipt() -> None:
-    """Erasure receipts."""
+    """Erasure receipts: check them offline against a published public key."""
 
 
 @receipt.command("verify")
@@ -273,7 +277,7 @@ def receipt_verify(ctx: click.Context, file: Path, public_key: str | None) -> No
 
 @cli.group()
 def keys() -> None:
-    """Master key rotation and the public receipt key."""
+    """Master key rotation, re-wrapping, and the public key that verifies receipts."""
 
 
 @keys.command("public")

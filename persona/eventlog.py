@@ -246,7 +246,7 @@ class EventLog:
             links.update(rec.resolve(unknown))
         new_streams, new_links, new_sealers = [], [], []
         tips = self._tips
-        by_stream: dict[str, list[tuple[bytes, Event]]] = {}
+        items: list[tuple[str, bytes, Event]] = []
         for key, event in keyed.items():
             h = hashes[event.subject]
             pid = links.get(h)
@@ -262,23 +262,24 @@ class EventLog:
                 if oh not in links:  # joining two existing profiles is a merge (identity resolution)
                     links[oh] = pid
                     new_links.append((oh, pid, event.other.namespace, recorded))
-            by_stream.setdefault(pid, []).append((key, event))
+            items.append((pid, key, event))
         if new_streams:
             numbers = rec.create_streams(new_streams)
             for no, (pid, first, *_), sealer in zip(numbers, new_streams, new_sealers, strict=True):
                 tips[pid] = (no, 0, first, sealer)
         if new_links:
             rec.insert_links(new_links)
-        missing = [pid for pid in by_stream if pid not in tips]
+        touched = dict.fromkeys(pid for pid, _, _ in items)
+        missing = [pid for pid in touched if pid not in tips]
         if missing:
             for pid, head in rec.heads(missing).items():
                 tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
-        rows = self._seal(by_stream, hashes, recorded)
+        rows = self._seal(items, hashes, recorded)
         rec.insert_events(rows)
-        rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in by_stream])
+        rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
         result.appended = len(rows)
         result.profiles_created = len(new_streams)
-        result.streams = {sid: tips[sid][1] for sid in by_stream}
+        result.streams = {sid: tips[sid][1] for sid in touched}
         if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
             self._forget_writer_cache()
 
@@ -314,18 +315,16 @@ class EventLog:
                     if subj is not None:
                         hashes[subj] = subject_hash(pepper, *subj)
             self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.sealer(profile_id, head))
-            rows = self._seal({profile_id: list(keyed.items())}, hashes, recorded)
+            rows = self._seal([(profile_id, key, ev) for key, ev in keyed.items()], hashes, recorded)
             rec.insert_events(rows)
             _, version, chain, _ = self._tips[profile_id]
             rec.set_heads([(version, chain, head.no)])
         self._forget_writer_cache()
         return version
 
-    def _seal(self, by_stream: dict[str, list[tuple[bytes, Event]]], hashes: dict[Subject, bytes],
-              recorded: int) -> list[Row]:
-        """Seal, number and chain each stream's new events, advancing the cached stream tips."""
-        nonces = os.urandom(12 * sum(len(v) for v in by_stream.values()))
-        n = 0
+    def _seal(self, items: list[tuple[str, bytes, Event]], hashes: dict[Subject, bytes], recorded: int) -> list[Row]:
+        """Seal, number and chain new events in arrival order, advancing the cached stream tips."""
+        nonces = os.urandom(12 * len(items))
         rows: list[Row] = []
         dumps = orjson.dumps
         sha256 = hashlib.sha256
@@ -333,27 +332,25 @@ class EventLog:
         tips = self._tips
         refs = {subj: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
         kinds: dict[str, bytes] = {}
-        for sid, items in by_stream.items():
+        prefixes: dict[str, bytes] = {}
+        for n, (sid, key, event) in enumerate(items):
             no, version, prev, sealer = tips[sid]
-            seal = sealer.seal
-            prefix = _EVENT_AAD + sid.encode() + b"\x00"
-            for key, event in items:
-                version += 1
-                body: dict[str, Any] = {
-                    "id": event.event_id,
-                    "src": event.source,
-                    "at": event.occurred_at,
-                    "sub": refs[event.subject],
-                    "data": event.data,
-                }
-                if event.other is not None:
-                    body["other"] = refs[event.other]
-                kind = kinds.get(event.type) or kinds.setdefault(event.type, event.type.encode())
-                aad = prefix + version.to_bytes(8, "big") + key + kind
-                payload = seal(dumps(body), aad, nonces[n : n + 12])
-                n += 12
-                prev = sha256(prev + aad + stamp + payload).digest()
-                rows.append((no, version, key, event.type, recorded, payload, prev))
+            version += 1
+            body: dict[str, Any] = {
+                "id": event.event_id,
+                "src": event.source,
+                "at": event.occurred_at,
+                "sub": refs[event.subject],
+                "data": event.data,
+            }
+            if event.other is not None:
+                body["other"] = refs[event.other]
+            kind = kinds.get(event.type) or kinds.setdefault(event.type, event.type.encode())
+            prefix = prefixes.get(sid) or prefixes.setdefault(sid, _EVENT_AAD + sid.encode() + b"\x00")
+            aad = prefix + version.to_bytes(8, "big") + key + kind
+            payload = sealer.seal(dumps(body), aad, nonces[12 * n : 12 * n + 12])
+            prev = sha256(prev + aad + stamp + payload).digest()
+            rows.append((no, version, key, event.type, recorded, payload, prev))
             tips[sid] = (no, version, prev, sealer)
         return rows
 

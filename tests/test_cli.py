@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from persona.cli import cli
+from tests.conftest import jsonl, record
+
+
+def run(data: Path, *args: str, input: bytes | None = None) -> Result:
+    return CliRunner().invoke(cli, ["--data", str(data), *args], input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    assert run(folder, "init").exit_code == 0
+    return folder
+
+
+@pytest.fixture
+def events_file(tmp_path: Path) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(jsonl(
+        record("ann@example.com", event_id="1"),
+        record("ann@example.com", "order_placed", {"order_id": "o1", "amount": "5", "currency": "USD"}, event_id="2"),
+        record("ben@example.com", event_id="3"),
+        b"{broken",
+    ))
+    return path
+
+
+def commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    out = []
+    for name, command in group.commands.items():
+        out.append((prefix + name, command))
+        if isinstance(command, click.Group):
+            out.extend(commands(command, prefix + name + " "))
+    return out
+
+
+def test_every_command_is_documented() -> None:
+    found = commands(cli)
+    assert {name for name, _ in found} >= {
+        "init", "ingest", "profile", "history", "erase", "receipt verify", "keys public", "keys rotate",
+        "backup", "restore", "verify", "quarantine",
+    }
+    for name, command in found:
+        assert command.help and len(command.help.strip()) > 20, f"`persona {name}` has no help text"
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"`persona {name} {param.opts[0]}` has no help text"
+
+
+def test_ingest_json_report_and_idempotency(data: Path, events_file: Path) -> None:
+    first = run(data, "ingest", str(events_file), "--json")
+    report = json.loads(first.output)
+    assert (report["appended"], report["duplicates"], report["quarantined"]) == (3, 0, 1)
+    again = json.loads(run(data, "ingest", str(events_file), "--json").output)
+    assert (again["appended"], again["duplicates"]) == (0, 3)
+    human = run(data, "ingest", str(events_file))
+    assert "0 appended, 3 duplicates, 1 quarantined" in human.output
+
+
+def test_ingest_from_stdin(data: Path) -> None:
+    result = run(data, "ingest", "-", "--json", input=jsonl(record(event_id="s1")))
+    assert json.loads(result.output)["appended"] == 1
+
+
+def test_profile_and_history(data: Path, events_file: Path) -> None:
+    run(data, "ingest", str(events_file))
+    shown = json.loads(run(data, "profile", "--subject", "email:Ann@Example.com", "--json").output)
+    assert shown["version"] == 2 and shown["events"] == 2 and shown["id"].startswith("prf_")
+    assert shown["identities"][0]["namespace"] == "email" and "ann" not in json.dumps(shown)
+    by_id = run(data, "profile", "--profile", shown["id"])
+    assert "version 2, 2 events" in by_id.output
+    lines = run(data, "history", "--profile", shown["id"], "--json").output.splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["page_viewed", "order_placed"]
+    missing = run(data, "profile", "--subject", "email:nobody@example.com")
+    assert missing.exit_code != 0 and "no profile" in missing.output
+
+
+def test_erase_receipt_verify_and_public_key(data: Path, events_file: Path, tmp_path: Path) -> None:
+    run(data, "ingest", str(events_file))
+    receipt_file = tmp_path / "receipt.json"
+    erased = run(data, "erase", "--subject", "email:ann@example.com", "--receipt", str(receipt_file))
+    assert erased.exit_code == 0 and "erased prf_" in erased.output
+    public = run(data, "keys", "public").output.strip()
+    key_file = tmp_path / "signer.pub"
+    key_file.write_text(public)
+    ok = CliRunner().invoke(cli, ["receipt", "verify", str(receipt_file), "--public-key", f"@{key_file}"])
+    assert ok.exit_code == 0 and "valid" in ok.output
+    doc = json.loads(receipt_file.read_text())
+    doc["receipt"]["profile_id"] = "prf_someoneelse"
+    receipt_file.write_text(json.dumps(doc))
+    bad = CliRunner().invoke(cli, ["receipt", "verify", str(receipt_file), "--public-key", public])
+    assert bad.exit_code == 1 and "altered or forged" in bad.output
+    gone = run(data, "profile", "--subject", "email:ann@example.com")
+    assert gone.exit_code != 0
+
+
+def test_keys_rotate_backup_restore_verify(data: Path, events_file: Path, tmp_path: Path) -> None:
+    run(data, "ingest", str(events_file))
+    backup = tmp_path / "b.db"
+    assert "2 live profiles" in run(data, "backup", str(backup)).output
+    run(data, "erase", "--subject", "email:ben@example.com")
+    assert "version 2" in run(data, "keys", "rotate").output
+    restored = run(data, "restore", str(backup), "--yes")
+    assert "re-applied 1 later erasure" in restored.output
+    verified = run(data, "verify")
+    assert verified.exit_code == 0 and "3 events in 2 streams" in verified.output
+    assert run(data, "profile", "--subject", "email:ben@example.com").exit_code != 0
+
+
+def test_quarantine_listing(data: Path, events_file: Path) -> None:
+    run(data, "ingest", str(events_file))
+    rows = json.loads(run(data, "quarantine", "--json").output)
+    assert [(r["line"], r["reason"]) for r in rows] == [(4, "record: not valid JSON")]
+    assert "not valid JSON" in run(data, "quarantine").output
+
+
+def test_errors_are_one_clean_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--data", str(tmp_path / "none"), "verify"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "Traceback" not in result.output
+    usage = CliRunner().invoke(cli, ["--data", str(tmp_path), "profile"])
+    assert usage.exit_code == 2 and "exactly one of" in usage.output
+
+
+def test_console_script_runs_as_a_real_process(tmp_path: Path, events_file: Path) -> None:
+    exe = Path(sys.executable).with_name("persona")
+    env = {**os.environ, "PERSONA_DATA": str(tmp_path / "d")}
+    subprocess.run([exe, "init"], check=True, env=env, capture_output=True)
+    out = subprocess.run([exe, "ingest", str(events_file), "--json"], check=True, env=env, capture_output=True)
+    assert json.loads(out.stdout)["appended"] == 3
+    assert b"Traceback" not in out.stderr

@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from persona import Persona
+from persona.erasure import erase_profile
+from persona.errors import ConcurrencyError, DuplicateEventError, ErasedError, UnknownProfileError
+from persona.store.sqlite import SQLiteRecorder
+from tests.conftest import event
+
+
+def test_round_trip(persona: Persona) -> None:
+    sent = [
+        event("alice@example.com", "page_viewed", {"url": "https://a.example/1", "duration_s": 3}, event_id="e1"),
+        event("alice@example.com", "order_placed", {"order_id": "o1", "amount": "9.90", "currency": "EUR"},
+              event_id="e2"),
+        event("bob@example.com", event_id="e3"),
+    ]
+    result = persona.log.append(sent)
+    assert (result.appended, result.duplicates, result.profiles_created) == (3, 0, 2)
+    alice = persona.log.profile_for("email", "ALICE@example.com")
+    assert alice is not None and alice.startswith("prf_")
+    events = persona.log.read(alice)
+    assert [(e.version, e.event_id, e.type) for e in events] == [(1, "e1", "page_viewed"), (2, "e2", "order_placed")]
+    assert events[0].data == {"url": "https://a.example/1", "duration_s": 3}
+    assert events[1].data["amount"] == "9.90"
+    assert events[0].subject[0] == "email" and "@" not in events[0].subject[1]
+    assert persona.log.info(alice).version == 2
+
+
+def test_profile_ids_are_random_not_derived(persona: Persona, tmp_path: object) -> None:
+    persona.log.append([event("carol@example.com", event_id="c1")])
+    first = persona.log.profile_for("email", "carol@example.com")
+    other = Persona.init(persona.settings.__class__.load(persona.settings.data_dir.parent / "other", env={}))
+    try:
+        other.log.append([event("carol@example.com", event_id="c1")])
+        assert other.log.profile_for("email", "carol@example.com") != first
+    finally:
+        other.close()
+
+
+def test_idempotent_on_event_id(persona: Persona) -> None:
+    batch = [event(f"p{i}@example.com", event_id=f"id-{i}") for i in range(10)]
+    assert persona.log.append(batch).appended == 10
+    again = persona.log.append([*batch, event("p0@example.com", event_id="id-new")])
+    assert (again.appended, again.duplicates) == (1, 10)
+    within = persona.log.append([event(event_id="same"), event(event_id="same")])
+    assert (within.appended, within.duplicates) == (1, 1)
+    assert persona.recorder.counts()["events"] == 12
+
+
+def test_optimistic_concurrency(persona: Persona) -> None:
+    persona.log.append([event(event_id="a1")])
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    assert persona.log.append_to(pid, [event(event_id="a2")], expected_version=1) == 2
+    with pytest.raises(ConcurrencyError) as info:
+        persona.log.append_to(pid, [event(event_id="a3")], expected_version=1)
+    assert (info.value.expected, info.value.actual) == (1, 2)
+    assert [e.event_id for e in persona.log.read(pid)] == ["a1", "a2"]
+    with pytest.raises(DuplicateEventError):
+        persona.log.append_to(pid, [event(event_id="a1")], expected_version=2)
+    with pytest.raises(UnknownProfileError):
+        persona.log.append_to("prf_nobody", [event(event_id="a4")], expected_version=0)
+
+
+def test_conflict_between_two_connections(persona: Persona) -> None:
+    """A second process appends in between: the writer cache must notice, and versions never collide."""
+    persona.log.append([event(event_id="x1")])
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    with Persona.open(persona.settings) as second:
+        second.log.append([event(event_id="x2")])
+        with pytest.raises(ConcurrencyError):
+            persona.log.append_to(pid, [event(event_id="x3")], expected_version=1)
+    persona.log.append([event(event_id="x4")])
+    assert [(e.version, e.event_id) for e in persona.log.read(pid)] == [(1, "x1"), (2, "x2"), (3, "x4")]
+
+
+def test_erasure_by_another_connection_is_seen_by_a_cached_writer(persona: Persona) -> None:
+    persona.log.append([event(event_id="y1")])
+    old = persona.log.profile_for("email", "alice@example.com")
+    assert old is not None
+    with Persona.open(persona.settings) as second:
+        erase_profile(second, old)
+    persona.log.append([event(event_id="y2")])
+    new = persona.log.profile_for("email", "alice@example.com")
+    assert new is not None and new != old
+    assert [e.event_id for e in persona.log.read(new)] == ["y2"]
+    with pytest.raises(ErasedError):
+        persona.log.append_to(old, [event(event_id="y3")], expected_version=1)
+
+
+def test_batch_is_atomic(persona: Persona, monkeypatch: pytest.MonkeyPatch) -> None:
+    persona.log.append([event(event_id="before")])
+
+    def fail(rows: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    monkeypatch.setattr(persona.recorder, "set_heads", fail)
+    with pytest.raises(sqlite3.OperationalError):
+        persona.log.append([event("new@example.com", event_id="n1"), event(event_id="n2")])
+    monkeypatch.undo()
+    assert persona.recorder.counts()["events"] == 1
+    assert persona.log.profile_for("email", "new@example.com") is None
+    result = persona.log.append([event("new@example.com", event_id="n1"), event(event_id="n2")])
+    assert result.appended == 2  # nothing of the failed batch stuck
+
+
+def test_read_all_pages_through_the_global_log_and_skips_the_erased(persona: Persona) -> None:
+    persona.log.append([event(f"u{i % 3}@example.com", event_id=f"g{i}") for i in range(10)])
+    gone = persona.log.profile_for("email", "u0@example.com")
+    assert gone is not None
+    erase_profile(persona, gone)
+    seen, position = [], 0
+    while True:
+        page, last = persona.log.read_all(position, limit=3)
+        if last == position:
+            break
+        seen.extend(page)
+        position = last
+    assert [e.event_id for e in seen] == [f"g{i}" for i in range(10) if i % 3]
+    positions = [e.position for e in seen]
+    assert positions == sorted(positions)
+    assert [e.event_id for e in persona.log.iter_all(after_position=seen[2].position)] == [
+        e.event_id for e in seen[3:]
+    ]
+
+
+def test_the_database_refuses_update_and_delete(persona: Persona) -> None:
+    persona.log.append([event(event_id="t1"), event("bob@example.com", event_id="t2")])
+    bob = persona.log.profile_for("email", "bob@example.com")
+    assert bob is not None
+    erase_profile(persona, bob)
+    conn = sqlite3.connect(persona.settings.db_path)
+    try:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("UPDATE events SET type = 'order_placed'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            conn.execute("DELETE FROM events")
+        with pytest.raises(sqlite3.DatabaseError, match="final"):
+            conn.execute("DELETE FROM tombstones")
+    finally:
+        conn.close()
+
+
+def test_identity_linked_joins_a_new_identifier_to_the_profile(persona: Persona) -> None:
+    persona.log.append([event(event_id="l0"), event(kind="identity_linked",
+                       data={"other": {"namespace": "phone", "value": "13800138000"}}, event_id="l1")])
+    alice = persona.log.profile_for("email", "alice@example.com")
+    assert alice is not None
+    assert persona.log.profile_for("phone", "+86 138 0013 8000") == alice
+    persona.log.append([event("13800138000", namespace="phone", event_id="l2")])
+    assert [e.event_id for e in persona.log.read(alice)] == ["l0", "l1", "l2"]
+    assert sorted(ns for ns, _ in persona.log.info(alice).identities) == ["email", "phone"]
+
+
+def test_no_raw_identifier_reaches_the_database(persona: Persona) -> None:
+    persona.log.append([event("dora.unique@example.com", event_id="d1"),
+                        event("13912345678", namespace="phone", event_id="d2"),
+                        event("device-XYZ-123", namespace="device", event_id="d3")])
+    persona.recorder.checkpoint()
+    raw = persona.settings.db_path.read_bytes()
+    for needle in (b"dora.unique", b"13912345678", b"device-XYZ-123", b"shop.example/p/d1"):
+        assert needle not in raw
+
+
+def test_a_second_connection_opens_the_same_store(persona: Persona) -> None:
+    persona.log.append([event(event_id="s1")])
+    other = SQLiteRecorder(persona.settings.db_path)
+    try:
+        assert other.counts()["events"] == 1
+    finally:
+        other.close()

@@ -1,0 +1,35 @@
+"""Pure modules take clocks, ids, keys and seeds as arguments: they import no I/O."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import persona
+
+PURE = ["events.py"]
+FORBIDDEN = {"os", "time", "random", "secrets", "sqlite3", "sqlite_utils", "persona.store", "persona.core",
+             "persona.cli", "socket", "uuid"}
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_pure_modules_import_no_io() -> None:
+    root = Path(persona.__file__).parent
+    for name in PURE:
+        bad = {m for m in imported(root / name) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)}
+        assert not bad, f"{name} imports {sorted(bad)}"
+
+
+def test_only_settings_reads_the_environment() -> None:
+    root = Path(persona.__file__).parent
+    offenders = [p.name for p in root.rglob("*.py") if p.name != "settings.py" and "os.environ" in p.read_text()]
+    assert offenders == []
