@@ -62,7 +62,7 @@ def receipt_message(body: dict[str, Any]) -> bytes:
 
 
 def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = None,
-                  reapply: bool = False) -> Erasure:
+                  reapply: bool = False, checkpoint_wait_s: float = 5.0) -> Erasure:
     """Delete the profile's key, links and derived rows in one transaction; sign a receipt.
 
     The ledger entry is written before the database commits: a crash in between
@@ -85,7 +85,7 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     with rec.transaction():
         counts = rec.erase(profile_id, erased_at)
     persona.log.forget_cached_keys()
-    truncated = rec.checkpoint()
+    truncated = rec.checkpoint(checkpoint_wait_s)
     body = {
         "type": RECEIPT_TYPE,
         "profile_id": profile_id,

@@ -178,3 +178,22 @@ def test_restore_refuses_a_backup_of_another_store(persona: Persona, tmp_path: P
     Persona.init(other).close()
     with pytest.raises(KeyMismatchError):
         restore(other, info.path)
+
+
+def test_a_reader_holding_the_wal_is_reported_not_ignored(persona: Persona) -> None:
+    import sqlite3
+
+    persona.log.append([event(event_id="1"), event("bob@example.com", event_id="2")])
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    reader = sqlite3.connect(persona.settings.db_path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM keys").fetchone()  # holds a snapshot from before the erasure
+        erasure = erase_profile(persona, pid, checkpoint_wait_s=0.3)
+        assert erasure.wal_truncated is False
+        assert erasure.receipt["receipt"]["wal_truncated"] is False  # the receipt says so, too
+    finally:
+        reader.close()
+    assert persona.recorder.checkpoint()  # once the reader is gone the WAL truncates
+    assert Path(f"{persona.settings.db_path}-wal").stat().st_size == 0

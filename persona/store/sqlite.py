@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +53,7 @@ class SQLiteRecorder:
         if not create and not path.exists():
             raise ConfigurationError("no database in the data directory; run `persona --data DIR init`")
         self.path = path
+        self.busy_timeout_ms = int(busy_timeout_ms)
         self._depth = 0
         self.commits = 0  # transactions this connection committed
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -67,7 +67,7 @@ class SQLiteRecorder:
             "synchronous = NORMAL",
             "wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
             "secure_delete = ON",  # deleted cells are zeroed: an erased key leaves no trace
-            f"busy_timeout = {int(busy_timeout_ms)}",
+            f"busy_timeout = {self.busy_timeout_ms}",
             "cache_size = -131072",  # 128 MiB: the (stream, version) index outgrows the default
             "temp_store = MEMORY",
         ):
@@ -376,15 +376,18 @@ class SQLiteRecorder:
     def stream_exists(self, profile_id: str) -> bool:
         return self.conn.execute("SELECT 1 FROM streams WHERE stream_id = ?", (profile_id,)).fetchone() is not None
 
-    def checkpoint(self, attempts: int = 50, pause_s: float = 0.1) -> bool:
-        """Truncate the WAL so no old page survives there; retry while readers hold it."""
-        for attempt in range(attempts):
+    def checkpoint(self, wait_s: float = 5.0) -> bool:
+        """Truncate the WAL so no old page survives there.
+
+        A reader holding an old snapshot blocks this; SQLite's busy handler retries for
+        up to `wait_s`. Returns False if the WAL could not be truncated in that time.
+        """
+        self.conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        try:
             busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy == 0:
-                return True
-            if attempt + 1 < attempts:
-                time.sleep(pause_s)
-        return False
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        return busy == 0
 
     # -- quarantine ----------------------------------------------------------------------
     def quarantine(
