@@ -387,7 +387,7 @@ class SQLiteRecorder:
             busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-        return busy == 0
+        return bool(busy == 0)
 
     # -- quarantine ----------------------------------------------------------------------
     def quarantine(
