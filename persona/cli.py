@@ -136,7 +136,18 @@ def _ingest_file(persona: Persona, handle: BinaryIO, file: Path) -> Any:
         return ingest_jsonl(persona, handle, origin=file.name)
     with click.progressbar(length=file.stat().st_size, label=f"ingesting {file.name}",
                            file=sys.stderr, show_eta=True) as bar:
-        return ingest_jsonl(persona, handle, origin=file.name, progress=bar.update)
+        pending = 0
+
+        def advance(size: int) -> None:  # redraw per MiB, not per line
+            nonlocal pending
+            pending += size
+            if pending >= 1 << 20:
+                bar.update(pending)
+                pending = 0
+
+        report = ingest_jsonl(persona, handle, origin=file.name, progress=advance)
+        bar.update(pending)
+        return report
 
 
 def require_one(subject: str | None, profile: str | None) -> None:

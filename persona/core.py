@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 
 from persona.crypto import Keyring, Sealer
 from persona.errors import ConfigurationError
 from persona.eventlog import QUARANTINE_KEY, EventLog
 from persona.settings import Settings
+from persona.store.base import Recorder
 from persona.store.sqlite import SQLiteRecorder
 
 
@@ -30,7 +30,7 @@ def load_keyring(settings: Settings) -> Keyring:
 class Persona:
     """One open data directory. Not shared between threads: open one per thread."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, recorder: SQLiteRecorder) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, recorder: Recorder) -> None:
         self.settings = settings
         self.keyring = keyring
         self.recorder = recorder
@@ -52,6 +52,7 @@ class Persona:
             keyring = Keyring.generate()
             keyring.write(settings.key_file)
         recorder = SQLiteRecorder(settings.db_path, create=True)
+        os.chmod(settings.db_path, 0o600)
         persona = cls(settings, keyring, recorder)
         with recorder.transaction():
             persona.log.record_keyring()
@@ -125,8 +126,3 @@ class Persona:
             self.log = EventLog(rec, new, self.settings)
             self.log.record_keyring()
         return {"kek_version": new.current, "rewrapped": rewrapped}
-
-
-def data_files(settings: Settings) -> list[Path]:
-    """Every file persona keeps, for audits and tests of what is on disk."""
-    return sorted(p for p in settings.data_dir.rglob("*") if p.is_file())

@@ -30,8 +30,7 @@ from persona.errors import (
 from persona.events import Event, Subject
 from persona.pseudonyms import normalise, short_hash, subject_hash
 from persona.settings import Settings
-from persona.store.base import Head, StoredEvent
-from persona.store.sqlite import SQLiteRecorder
+from persona.store.base import Head, Recorder, StoredEvent
 
 QUARANTINE_KEY = "quarantine"
 _EVENT_AAD = b"persona-event/1\x00"
@@ -136,7 +135,7 @@ class ProfileInfo:
 class EventLog:
     """Append, read and locate streams. One instance per thread."""
 
-    def __init__(self, recorder: SQLiteRecorder, keyring: Keyring, settings: Settings) -> None:
+    def __init__(self, recorder: Recorder, keyring: Keyring, settings: Settings) -> None:
         self.recorder = recorder
         self.keyring = keyring
         self.settings = settings

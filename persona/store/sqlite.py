@@ -373,9 +373,6 @@ class SQLiteRecorder:
     def tombstones(self) -> Iterator[tuple[str, int]]:
         yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at").fetchall()
 
-    def stream_exists(self, profile_id: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM streams WHERE stream_id = ?", (profile_id,)).fetchone() is not None
-
     def checkpoint(self, wait_s: float = 5.0) -> bool:
         """Truncate the WAL so no old page survives there.
 
