@@ -157,10 +157,12 @@ def text_list(field: str, value: Any) -> list[str]:
 
 
 def record(spec: Mapping[str, tuple[Check, bool]]) -> Check:
+    required = _required(spec)
+
     def check(field: str, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ValidationError(f"{field}: must be an object")
-        return _fields(field, value, spec)
+        return _fields(field, value, spec, required)
 
     return check
 
@@ -176,15 +178,22 @@ def records(spec: Mapping[str, tuple[Check, bool]], max_items: int = 1000) -> Ch
     return check
 
 
-def _fields(prefix: str, value: dict[str, Any], spec: Mapping[str, tuple[Check, bool]]) -> dict[str, Any]:
-    out = dict(value)  # fields the spec does not know are kept: formats grow, never shrink
-    for name, (check, required) in spec.items():
-        if name in value and value[name] is not None:
-            out[name] = check(f"{prefix}.{name}", value[name])
-        elif required:
+def _required(spec: Mapping[str, tuple[Check, bool]]) -> tuple[str, ...]:
+    return tuple(name for name, (_, required) in spec.items() if required)
+
+
+def _fields(prefix: str, value: dict[str, Any], spec: Mapping[str, tuple[Check, bool]],
+            required: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        entry = spec.get(name)
+        if entry is None:
+            out[name] = item  # fields the spec does not know are kept: formats grow, never shrink
+        elif item is not None:
+            out[name] = entry[0](f"{prefix}.{name}", item)
+    for name in required:
+        if name not in out:
             raise ValidationError(f"{prefix}.{name}: required")
-        else:
-            out.pop(name, None)
     return out
 
 
@@ -262,14 +271,21 @@ def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:
     return "auto-" + hashlib.sha256(source.encode() + b"\x00" + body).hexdigest()[:32]
 
 
-_SUBJECT = record(SUBJECT_SPEC)
+DATA_REQUIRED = {kind: _required(spec) for kind, spec in DATA_SPECS.items()}
 
 
 def _subject(field: str, value: Any, default_region: str) -> Subject:
-    fields = _SUBJECT(field, value)
-    ns = fields["namespace"]
+    if not isinstance(value, dict):
+        raise ValidationError(f"{field}: must be an object")
+    namespace, ident = value.get("namespace"), value.get("value")
+    if not isinstance(namespace, str) or not namespace:
+        raise ValidationError(f"{field}.namespace: required")
+    if isinstance(ident, int) and not isinstance(ident, bool):
+        ident = str(ident)  # numeric user ids are common in exports
+    if not isinstance(ident, str):
+        raise ValidationError(f"{field}.value: must be a string")
     try:
-        return Subject(ns, normalise(ns, fields["value"], default_region))
+        return Subject(namespace, normalise(namespace, ident, default_region))
     except ValidationError as e:
         raise ValidationError(e.reason.replace("subject.", f"{field}.", 1)) from None
 
@@ -314,7 +330,7 @@ def validate(
     data = raw["data"]
     if not isinstance(data, dict):
         raise ValidationError("data: must be an object")
-    data = _fields("data", data, DATA_SPECS[kind])
+    data = _fields("data", data, DATA_SPECS[kind], DATA_REQUIRED[kind])
     other = None
     if kind == "identity_linked":
         other = _subject("data.other", data.pop("other"), default_region)
