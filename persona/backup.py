@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from persona.core import Persona, load_keyring
+from persona.core import DirectoryLock, Persona, load_keyring
 from persona.crypto import fingerprint
 from persona.erasure import reapply_ledger
 from persona.errors import ConfigurationError, KeyMismatchError
@@ -38,7 +38,12 @@ def backup(persona: Persona, dest: Path) -> BackupInfo:
     if dest.resolve().parent == data_dir:
         raise ConfigurationError("write backups outside the data directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    persona.recorder.backup(str(dest))
+    os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private from the first byte
+    try:
+        persona.recorder.backup(str(dest))
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
     copy = sqlite3.connect(dest, isolation_level=None)
     try:
         copy.execute(
@@ -60,32 +65,51 @@ class RestoreInfo:
 
 
 def restore(settings: Settings, source: Path) -> RestoreInfo:
-    """Replace the data directory's database with a backup, then re-apply later erasures.
+    """Replace the data directory's database with a backup, after re-applying to it every
+    erasure recorded in the ledger since. Refuses while any process has the store open.
 
-    Stop every process using the data directory first.
+    The backup is prepared beside the database and only swapped in once it is up to
+    date, so a failure half-way leaves the current database as it was.
     """
     if not source.is_file():
         raise ConfigurationError("no such backup file")
     keyring = load_keyring(settings)
+    meta = _backup_meta(source)
+    if meta.get("pepper_fingerprint") != fingerprint(keyring.pepper, b"pepper"):
+        raise KeyMismatchError("the backup was made with a different key file")
+    lock = DirectoryLock(settings, exclusive=True)
+    try:
+        staging = settings.db_path.with_name(settings.db_path.name + ".restoring")
+        for leftover in _with_sidecars(staging):
+            leftover.unlink(missing_ok=True)
+        shutil.copyfile(source, staging)
+        os.chmod(staging, 0o600)
+        with Persona(settings, keyring, SQLiteRecorder(staging)) as persona:
+            persona.log.check_keyring()
+            reapplied = reapply_ledger(persona)
+            if not persona.recorder.checkpoint():
+                raise ConfigurationError("could not checkpoint the restored database")
+        for sidecar in _with_sidecars(settings.db_path)[1:]:
+            sidecar.unlink(missing_ok=True)  # the old database's WAL must not meet the new file
+        os.replace(staging, settings.db_path)
+    finally:
+        lock.release()
+    return RestoreInfo(meta["backup_taken_at"], reapplied)
+
+
+def _with_sidecars(db: Path) -> list[Path]:
+    return [db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")]
+
+
+def _backup_meta(source: Path) -> dict[str, str]:
     try:
         probe = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-        meta = dict(probe.execute("SELECT key, value FROM meta").fetchall())
-        probe.close()
+        try:
+            meta = dict(probe.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            probe.close()
     except sqlite3.DatabaseError as e:
         raise ConfigurationError("the file is not a persona backup") from e
     if meta.get("schema_version") != SCHEMA_VERSION or "backup_taken_at" not in meta:
         raise ConfigurationError("the file is not a persona backup")
-    if meta.get("pepper_fingerprint") != fingerprint(keyring.pepper, b"pepper"):
-        raise KeyMismatchError("the backup was made with a different key file")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    staging = settings.db_path.with_name(settings.db_path.name + ".restoring")
-    shutil.copyfile(source, staging)
-    for suffix in ("-wal", "-shm"):
-        Path(str(settings.db_path) + suffix).unlink(missing_ok=True)
-    os.replace(staging, settings.db_path)
-    os.chmod(settings.db_path, 0o600)
-    with Persona(settings, keyring, SQLiteRecorder(settings.db_path)) as persona:
-        persona.log.check_keyring()
-        reapplied = reapply_ledger(persona)
-        persona.recorder.checkpoint()
-    return RestoreInfo(meta["backup_taken_at"], reapplied)
+    return meta

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,13 @@ def friendly(func: F) -> F:
             sys.exit(2)
         except PersonaError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+        except sqlite3.Error as e:  # SQLite's messages name tables and states, never values
+            click.echo(f"error: database: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(f"error: {e.strerror or e}{where}", err=True)
             sys.exit(1)
 
     return run  # type: ignore[return-value]
@@ -236,6 +244,8 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
     restoring an older backup cannot bring the person back.
     """
     require_one(subject, profile)
+    if receipt_path is not None and not receipt_path.parent.is_dir():
+        raise click.BadParameter("its folder does not exist", param_hint="--receipt")
     with opened(ctx) as persona:
         if subject:
             erasure = erase_subject(persona, *parse_subject(subject))

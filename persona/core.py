@@ -9,6 +9,7 @@ The small Python API for embedding persona:
 
 from __future__ import annotations
 
+import fcntl
 import os
 from datetime import UTC, datetime
 from types import TracebackType
@@ -16,7 +17,7 @@ from types import TracebackType
 from persona.crypto import Keyring, Sealer
 from persona.errors import ConfigurationError
 from persona.eventlog import QUARANTINE_KEY, EventLog
-from persona.settings import Settings
+from persona.settings import LOCK_NAME, Settings
 from persona.store.base import Recorder
 from persona.store.sqlite import SQLiteRecorder
 
@@ -27,19 +28,44 @@ def load_keyring(settings: Settings) -> Keyring:
     return Keyring.read(settings.key_file)
 
 
+class DirectoryLock:
+    """An advisory lock on the data directory: shared while a store is open, exclusive
+    for a restore, which must not swap the database under a running process."""
+
+    def __init__(self, settings: Settings, *, exclusive: bool) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(settings.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            if exclusive:
+                raise ConfigurationError("the data directory is in use by another process; stop it first") from None
+            raise ConfigurationError("the data directory is being restored; try again when it is done") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+
 class Persona:
     """One open data directory. Not shared between threads: open one per thread."""
 
-    def __init__(self, settings: Settings, keyring: Keyring, recorder: Recorder) -> None:
+    def __init__(self, settings: Settings, keyring: Keyring, recorder: Recorder,
+                 lock: DirectoryLock | None = None) -> None:
         self.settings = settings
         self.keyring = keyring
         self.recorder = recorder
         self.log = EventLog(recorder, keyring, settings)
+        self._lock = lock
 
     # -- lifecycle -----------------------------------------------------------------------
     @classmethod
     def init(cls, settings: Settings) -> Persona:
         """Create the data directory, key file (unless keys come from the environment) and database."""
+        if settings.data_dir.exists() and not settings.data_dir.is_dir():
+            raise ConfigurationError("the data directory path is a file")
         if settings.db_path.exists():
             raise ConfigurationError("the data directory already holds a persona database")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -49,11 +75,12 @@ class Persona:
         elif settings.key_file.exists():
             keyring = Keyring.read(settings.key_file)  # e.g. a restore onto a new machine
         else:
-            keyring = Keyring.generate()
+            keyring = Keyring.generate(source=settings.key_file)
             keyring.write(settings.key_file)
+        lock = DirectoryLock(settings, exclusive=False)
         recorder = SQLiteRecorder(settings.db_path, create=True)
         os.chmod(settings.db_path, 0o600)
-        persona = cls(settings, keyring, recorder)
+        persona = cls(settings, keyring, recorder, lock)
         with recorder.transaction():
             persona.log.record_keyring()
             version, wrapped = keyring.wrap(QUARANTINE_KEY, keyring.new_dek())
@@ -64,17 +91,25 @@ class Persona:
     @classmethod
     def open(cls, settings: Settings) -> Persona:
         keyring = load_keyring(settings)
-        recorder = SQLiteRecorder(settings.db_path)
-        persona = cls(settings, keyring, recorder)
+        lock = DirectoryLock(settings, exclusive=False) if settings.data_dir.is_dir() else None
+        try:
+            recorder = SQLiteRecorder(settings.db_path)
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
+        persona = cls(settings, keyring, recorder, lock)
         try:
             persona.log.check_keyring()
         except BaseException:
-            recorder.close()
+            persona.close()
             raise
         return persona
 
     def close(self) -> None:
         self.recorder.close()
+        if self._lock:
+            self._lock.release()
 
     def __enter__(self) -> Persona:
         return self
@@ -93,15 +128,20 @@ class Persona:
         """Add a master key version and re-wrap every data key under it. Events are untouched.
 
         Old versions stay in the key file: backups wrapped under them must still restore.
+        Rotations are serialised by the database's write lock, and each starts from the
+        key file as it is on disk, so two rotating processes cannot lose a version.
         """
         if self.settings.keys_from_env:
             raise ConfigurationError(
                 "the master key comes from PERSONA_MASTER_KEY; add a new version there "
                 "(e.g. '1:<old>,2:<new>') and run `persona keys rewrap`"
             )
-        new = self.keyring.rotated()
-        new.write(self.settings.key_file)  # first: a crash after this leaves a usable keyring
-        return self._rewrap(new)
+        with self.recorder.transaction():
+            on_disk = Keyring.read(self.settings.key_file)
+            EventLog(self.recorder, on_disk, self.settings).check_keyring()
+            new = on_disk.rotated()
+            new.write(self.settings.key_file)  # first: a crash after this leaves a usable keyring
+            return self._rewrap(new)
 
     def rewrap(self) -> dict[str, int]:
         """Re-wrap every data key under the keyring's current master key version."""
@@ -109,20 +149,17 @@ class Persona:
 
     def _rewrap(self, new: Keyring) -> dict[str, int]:
         rec = self.recorder
-        old = self.keyring
-        rewrapped = 0
         with rec.transaction():
-            rows = []
-            for pid, version, wrapped in rec.wrapped_keys():
-                if version == new.current:
-                    continue
-                rows.append((*new.wrap(pid, old.unwrap(pid, version, bytes(wrapped))), pid))
-            rec.rewrap([(v, w, pid) for v, w, pid in rows])
-            rewrapped += len(rows)
+            rows = [
+                (*new.wrap(pid, new.unwrap(pid, version, bytes(wrapped))), pid)
+                for pid, version, wrapped in rec.wrapped_keys()
+                if version != new.current
+            ]
+            rec.rewrap(rows)
             for name, version, wrapped in rec.system_keys():
                 if version != new.current:
-                    rec.put_system_key(name, *new.wrap(name, old.unwrap(name, version, bytes(wrapped))))
+                    rec.put_system_key(name, *new.wrap(name, new.unwrap(name, version, bytes(wrapped))))
             self.keyring = new
             self.log = EventLog(rec, new, self.settings)
             self.log.record_keyring()
-        return {"kek_version": new.current, "rewrapped": rewrapped}
+        return {"kek_version": new.current, "rewrapped": len(rows)}

@@ -76,12 +76,13 @@ class Keyring:
     keks: dict[int, bytes]
     pepper: bytes
     signing_key: Ed25519PrivateKey
+    source: Path | None = None  # the key file, re-read when another process added a version
     _sealers: dict[int, Sealer] = field(default_factory=dict, compare=False, repr=False)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def generate(cls) -> Keyring:
-        return cls({1: os.urandom(KEY_BYTES)}, os.urandom(KEY_BYTES), Ed25519PrivateKey.generate())
+    def generate(cls, source: Path | None = None) -> Keyring:
+        return cls({1: os.urandom(KEY_BYTES)}, os.urandom(KEY_BYTES), Ed25519PrivateKey.generate(), source)
 
     @classmethod
     def from_env(cls, master_key: str | None, pepper: str | None, signing_key: str | None) -> Keyring:
@@ -139,7 +140,7 @@ class Keyring:
             raise ConfigurationError("the key file is incomplete") from e
         if not keks:
             raise ConfigurationError("the key file holds no master key")
-        return cls(keks, pepper, signing)
+        return cls(keks, pepper, signing, path)
 
     def write(self, path: Path) -> None:
         """Atomically (re)write the key file with mode 0600."""
@@ -164,6 +165,11 @@ class Keyring:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)  # make the rename itself durable
+            finally:
+                os.close(folder)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -177,7 +183,7 @@ class Keyring:
         """A keyring with one more KEK version, which becomes current."""
         keks = dict(self.keks)
         keks[self.current + 1] = os.urandom(KEY_BYTES)
-        return Keyring(keks, self.pepper, self.signing_key)
+        return Keyring(keks, self.pepper, self.signing_key, self.source)
 
     def kek_fingerprints(self) -> dict[int, str]:
         return {v: fingerprint(k, b"kek") for v, k in self.keks.items()}
@@ -185,11 +191,22 @@ class Keyring:
     def _kek(self, version: int) -> Sealer:
         sealer = self._sealers.get(version)
         if sealer is None:
+            if version not in self.keks and self.source is not None:
+                self._reload()  # another process rotated the master key since we read the file
             try:
                 sealer = self._sealers[version] = Sealer(self.keks[version])
             except KeyError as e:
                 raise ConfigurationError(f"master key version {version} is not in the keyring") from e
         return sealer
+
+    def _reload(self) -> None:
+        assert self.source is not None
+        fresh = Keyring.read(self.source)
+        if fresh.pepper != self.pepper:
+            raise ConfigurationError("the key file changed under a running process (different pepper)")
+        for version, key in fresh.keks.items():
+            if self.keks.setdefault(version, key) != key:
+                raise ConfigurationError(f"master key version {version} changed in the key file")
 
     @staticmethod
     def _wrap_aad(profile_id: str, version: int) -> bytes:

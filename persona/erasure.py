@@ -25,8 +25,16 @@ class Erasure:
     seconds: float
 
 
+@dataclass(frozen=True)
+class LedgerEntry:
+    erased_at: int
+    profile_id: str | None = None  # a profile erased
+    purged: bytes | None = None  # or: the keyed hash of an identifier with no profile, whose quarantine was purged
+
+
 class ErasureLedger:
-    """Profile ids and erasure times, one JSON object a line, fsynced: nothing personal.
+    """Profile ids (or keyed identifier hashes) and erasure times, one JSON object a line,
+    fsynced: nothing personal.
 
     It lives beside the key file, outside the database, so that a restored backup
     can be brought up to date with every erasure made after it was taken.
@@ -35,25 +43,38 @@ class ErasureLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def record(self, profile_id: str, erased_at: int) -> None:
-        line = orjson.dumps({"profile_id": profile_id, "erased_at": from_micros(erased_at).isoformat()}) + b"\n"
+    def record(self, entry: LedgerEntry) -> None:
+        doc: dict[str, str] = {"erased_at": from_micros(entry.erased_at).isoformat()}
+        if entry.profile_id is not None:
+            doc["profile_id"] = entry.profile_id
+        if entry.purged is not None:
+            doc["purged"] = entry.purged.hex()
+        line = orjson.dumps(doc) + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, line)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    def entries(self) -> list[tuple[str, int]]:
+    def entries(self) -> list[LedgerEntry]:
+        """Every complete entry. A torn last line (a crash mid-write, before the database
+        committed anything) is passed over."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return []
         out = []
         for line in raw.splitlines():
-            if line.strip():
+            try:
                 doc = orjson.loads(line)
-                out.append((doc["profile_id"], micros(datetime.fromisoformat(doc["erased_at"]))))
+                at = micros(datetime.fromisoformat(doc["erased_at"]))
+                purged = bytes.fromhex(doc["purged"]) if "purged" in doc else None
+                out.append(LedgerEntry(at, doc.get("profile_id"), purged))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
         return out
 
 
@@ -65,24 +86,23 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
                   reapply: bool = False, checkpoint_wait_s: float = 5.0) -> Erasure:
     """Delete the profile's key, links and derived rows in one transaction; sign a receipt.
 
-    The ledger entry is written before the database commits: a crash in between
-    leaves an erasure that the next restore (or `persona verify`) finishes.
+    The ledger entry is written inside the transaction, before it commits: after a
+    crash in between, the ledger names an erasure the database lacks; `persona verify`
+    reports it and `persona erase --profile ID` (or a restore) finishes it.
     """
     started = datetime.now(UTC)
-    now = now or started
+    erased_at = micros(now or started)
     rec = persona.recorder
-    head = rec.heads([profile_id]).get(profile_id)
-    if head is None:
-        raise UnknownProfileError(f"no profile {profile_id}")
-    if head.wrapped is None or rec.tombstone(profile_id) is not None:
-        raise ErasedError(profile_id)
-    assert head.kek_version is not None
-    dek = persona.keyring.unwrap(profile_id, head.kek_version, bytes(head.wrapped))
-    key_fingerprint = fingerprint(dek, b"dek")
-    erased_at = micros(now)
-    if not reapply:
-        ErasureLedger(persona.settings.ledger_path).record(profile_id, erased_at)
     with rec.transaction():
+        head = rec.heads([profile_id]).get(profile_id)
+        if head is None:
+            raise UnknownProfileError(f"no profile {profile_id}")
+        if head.wrapped is None or head.kek_version is None or rec.tombstone(profile_id) is not None:
+            raise ErasedError(profile_id)
+        dek = persona.keyring.unwrap(profile_id, head.kek_version, bytes(head.wrapped))
+        key_fingerprint = fingerprint(dek, b"dek")
+        if not reapply:
+            ErasureLedger(persona.settings.ledger_path).record(LedgerEntry(erased_at, profile_id=profile_id))
         counts = rec.erase(profile_id, erased_at)
     persona.log.forget_cached_keys()
     truncated = rec.checkpoint(checkpoint_wait_s)
@@ -100,14 +120,24 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     return Erasure(receipt, truncated, seconds)
 
 
+def purge_identifier(persona: Persona, digest: bytes, *, now: datetime | None = None, reapply: bool = False) -> int:
+    """Purge quarantined records carrying an identifier that no profile holds."""
+    rec = persona.recorder
+    with rec.transaction():
+        if not reapply:
+            entry = LedgerEntry(micros(now or datetime.now(UTC)), purged=digest)
+            ErasureLedger(persona.settings.ledger_path).record(entry)
+        purged = rec.purge_tagged([digest])
+    rec.checkpoint()
+    return purged
+
+
 def erase_subject(persona: Persona, namespace: str, value: str, **kwargs: Any) -> Erasure:
     """Erase whoever this identifier points at; its quarantined records go too."""
     digest = persona.log.hash_identifier(namespace, value)
     profile_id = persona.recorder.resolve([digest]).get(digest)
     if profile_id is None:
-        with persona.recorder.transaction():
-            purged = persona.recorder.purge_tagged([digest])
-        persona.recorder.checkpoint()
+        purged = purge_identifier(persona, digest)
         raise UnknownProfileError(
             "no profile is linked to that identifier"
             + (f" ({purged} quarantined record(s) carrying it were purged)" if purged else "")
@@ -139,11 +169,16 @@ def verify_receipt(doc: Any, public_key: str) -> dict[str, Any]:
 
 
 def reapply_ledger(persona: Persona) -> list[str]:
-    """Erase again every profile the ledger names that the database still holds a key for."""
+    """Erase again every profile the ledger names that the database still holds a key for,
+    and purge again every identifier's quarantined records. Returns the profiles erased."""
     done = []
-    for profile_id, erased_at in ErasureLedger(persona.settings.ledger_path).entries():
-        head = persona.recorder.heads([profile_id]).get(profile_id)
+    for entry in ErasureLedger(persona.settings.ledger_path).entries():
+        if entry.purged is not None:
+            purge_identifier(persona, entry.purged, reapply=True)
+        if entry.profile_id is None:
+            continue
+        head = persona.recorder.heads([entry.profile_id]).get(entry.profile_id)
         if head is not None and head.wrapped is not None:
-            erase_profile(persona, profile_id, now=from_micros(erased_at), reapply=True)
-            done.append(profile_id)
+            erase_profile(persona, entry.profile_id, now=from_micros(entry.erased_at), reapply=True)
+            done.append(entry.profile_id)
     return done

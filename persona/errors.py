@@ -18,13 +18,16 @@ class KeyMismatchError(ConfigurationError):
 class ConcurrencyError(PersonaError):
     """A stream was appended to since the caller read it (optimistic concurrency)."""
 
-    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        super().__init__(
-            f"stream {stream_id} is at version {actual}, the append expected {expected}"
-        )
+    def __init__(self, stream_id: str, expected: int, actual: int, message: str | None = None) -> None:
+        super().__init__(message or f"stream {stream_id} is at version {actual}, the append expected {expected}")
         self.stream_id = stream_id
         self.expected = expected
         self.actual = actual
+
+    @classmethod
+    def unseen(cls) -> ConcurrencyError:
+        """Another writer took a version this append meant to use."""
+        return cls("", -1, -1, "another writer appended to the same stream concurrently; retry the append")
 
 
 class DuplicateEventError(PersonaError):
@@ -57,6 +60,10 @@ class ValidationError(PersonaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class UnfinishedErasureError(PersonaError):
+    """The erasure ledger names a profile whose erasure the database never committed."""
 
 
 class ReceiptError(PersonaError):

@@ -205,8 +205,9 @@ class EventLog:
                 keyed.setdefault(self.event_key(event.event_id), event)
             try:
                 result = self._append_batch(keyed, recorded, check_duplicates=False)
-            except DuplicateEventError:
-                # The fast path assumes new events; a re-ingest takes the careful one.
+            except (DuplicateEventError, ConcurrencyError):
+                # The fast path assumes new events and a current cache; a re-ingest (or a
+                # writer we did not see) takes the careful path, from the database alone.
                 result = self._append_batch(keyed, recorded, check_duplicates=True)
         result.duplicates += len(events) - len(keyed)
         return result
@@ -216,7 +217,7 @@ class EventLog:
         result = AppendResult()
         try:
             with rec.transaction():
-                if not self._writer_cache_valid():
+                if check_duplicates or not self._writer_cache_valid():
                     self._forget_writer_cache()
                 if check_duplicates:
                     existing = rec.existing_event_keys(list(keyed))
@@ -224,10 +225,12 @@ class EventLog:
                     keyed = {k: e for k, e in keyed.items() if k not in existing}
                 if keyed:
                     self._append_locked(keyed, recorded, result)
+                # Read under the write lock: after COMMIT another writer could slip in unseen.
+                seen = rec.data_version()
         except BaseException:
             self._forget_writer_cache()
             raise
-        self._synced = (rec.data_version(), rec.commits)
+        self._synced = (seen, rec.commits)  # our own commit does not change data_version
         return result
 
     def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult) -> None:
@@ -249,6 +252,11 @@ class EventLog:
         for key, event in keyed.items():
             h = hashes[event.subject]
             pid = links.get(h)
+            if pid is None and event.other is not None:
+                pid = links.get(hashes[event.other])  # a new identifier linked to a known person
+                if pid is not None:
+                    links[h] = pid
+                    new_links.append((h, pid, event.subject.namespace, recorded))
             if pid is None:
                 pid = links[h] = new_profile_id()
                 dek = self.keyring.new_dek()

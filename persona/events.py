@@ -67,9 +67,12 @@ def parse_time(field: str, value: Any) -> datetime:
         raise ValidationError(f"{field}: not an ISO 8601 date or time") from e
     if moment.tzinfo is None:
         raise ValidationError(f"{field}: a time needs a UTC offset (e.g. Z or +08:00)")
-    if moment.year < 1900:
-        raise ValidationError(f"{field}: before 1900")
-    return moment.astimezone(UTC)
+    if not 1900 <= moment.year <= 9998:
+        raise ValidationError(f"{field}: outside the years 1900 to 9998")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as e:
+        raise ValidationError(f"{field}: outside the years 1900 to 9998") from e
 
 
 def text(max_len: int = MAX_TEXT) -> Check:

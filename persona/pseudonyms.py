@@ -30,6 +30,10 @@ def normalise(namespace: str, value: str, default_region: str = "CN") -> str:
         raise ValidationError("subject.value: empty")
     if len(text) > MAX_ID_CHARS:
         raise ValidationError(f"subject.value: longer than {MAX_ID_CHARS} characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("subject.value: not valid UTF-8 text") from None
     if namespace == "email":
         text = text.lower()
         if not _EMAIL.match(text):

@@ -10,6 +10,7 @@ from pathlib import Path
 DB_NAME = "persona.db"
 KEY_FILE_NAME = "persona.key"
 LEDGER_NAME = "erasures.jsonl"
+LOCK_NAME = "persona.lock"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,17 @@ class Settings:
             pepper=env.get("PERSONA_PEPPER") or None,
             signing_key=env.get("PERSONA_SIGNING_KEY") or None,
             default_region=env.get("PERSONA_DEFAULT_REGION", "CN"),
-            batch_size=int(env.get("PERSONA_BATCH_SIZE", "20000")),
-            quarantine_days=int(env.get("PERSONA_QUARANTINE_DAYS", "30")),
+            batch_size=_positive(env, "PERSONA_BATCH_SIZE", 20_000),
+            quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
         )
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default
+    if not text.strip().isdigit() or int(text) < 1:
+        from persona.errors import ConfigurationError
+
+        raise ConfigurationError(f"{name} must be a positive whole number")
+    return int(text)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from persona.core import Persona
 from persona.crypto import Sealer
 from persona.erasure import ErasureLedger
-from persona.errors import PersonaError, TamperError
+from persona.errors import PersonaError, TamperError, UnfinishedErasureError
 from persona.eventlog import chain_hash, event_aad, genesis
 from persona.store.base import StoredEvent
 
@@ -78,11 +78,18 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
     for sid, head in heads.items():
         if head.version and sid not in seen:
             raise TamperError(f"stream {sid} has a head at version {head.version} but no events")
-    ledger = {pid for pid, _ in ErasureLedger(persona.settings.ledger_path).entries()}
-    for sid in sorted(ledger | set(erased)):
+    for sid in sorted(erased):
         head = heads.get(sid)
         if head is not None and head.wrapped is not None:
             raise TamperError(f"erased profile {sid} still holds a data key")
         if rec.links_of(sid):
             raise TamperError(f"erased profile {sid} still has identity links")
+    ledger = ErasureLedger(persona.settings.ledger_path).entries()
+    for pid in sorted({e.profile_id for e in ledger if e.profile_id} - set(erased)):
+        head = heads.get(pid)
+        if head is not None and head.wrapped is not None:
+            raise UnfinishedErasureError(
+                f"the erasure of profile {pid} is in the ledger but was never committed (a crash?); "
+                f"finish it with `persona erase --profile {pid}`"
+            )
     return report

@@ -124,7 +124,7 @@ def test_ledger_holds_ids_and_times_only(persona: Persona) -> None:
     assert pid is not None
     erase_profile(persona, pid)
     ledger = ErasureLedger(persona.settings.ledger_path)
-    assert [p for p, _ in ledger.entries()] == [pid]
+    assert [e.profile_id for e in ledger.entries()] == [pid]
     text = persona.settings.ledger_path.read_text()
     assert "alice" not in text and set(orjson.loads(text.splitlines()[0])) == {"profile_id", "erased_at"}
     assert persona.settings.ledger_path.parent == persona.settings.key_file.parent

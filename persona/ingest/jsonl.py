@@ -95,6 +95,9 @@ def ingest_jsonl(
             ))
         except ValidationError as e:
             quarantine.add(number, line, e.reason, decoded)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            # A record no rule foresaw: keep it, never crash the run, never echo it.
+            quarantine.add(number, line, "record: could not be validated", decoded)
         if len(batch) >= settings.batch_size:
             flush()
     flush()

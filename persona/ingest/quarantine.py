@@ -17,6 +17,9 @@ from persona.pseudonyms import normalise, subject_hash
 
 _AAD = b"persona-quarantine/1"
 _EMAIL = re.compile(rb"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,255}\.[A-Za-z]{2,24}")
+_PHONE = re.compile(rb"\+?\d[\d \-().]{5,20}\d")
+# "namespace": "x", "value": "y" pairs, found even in a line too broken to parse
+_PAIR = re.compile(rb'"namespace"\s*:\s*"([a-z_]{1,40})"\s*,\s*"value"\s*:\s*"?([^",}]{1,256})')
 
 
 class Quarantine:
@@ -24,7 +27,7 @@ class Quarantine:
 
     def __init__(self, persona: Persona, origin: str, *, now: datetime) -> None:
         self.persona = persona
-        self.origin = origin
+        self.origin = _EMAIL.sub(b"<email>", origin.encode("utf-8", "replace")).decode()[:200]
         self.sealer = persona.quarantine_sealer()
         self.secret = persona.keyring.derived("quarantine-content")
         self.expires = micros(now + timedelta(days=persona.settings.quarantine_days))
@@ -57,10 +60,15 @@ class Quarantine:
             try:
                 found.add(subject_hash(pepper, namespace, normalise(namespace, value, region)))
             except ValidationError:
-                found.add(subject_hash(pepper, namespace, value.strip()))
-        for match in _EMAIL.findall(raw):
-            email = match.decode("ascii", "replace").lower()
-            found.add(subject_hash(pepper, "email", email))
+                found.add(subject_hash(pepper, namespace, value.strip().encode("utf-8", "replace").decode()))
+        pairs = [(ns.decode(), value.decode("utf-8", "replace")) for ns, value in _PAIR.findall(raw)]
+        pairs += [("email", m.decode("ascii", "replace")) for m in _EMAIL.findall(raw)]
+        pairs += [("phone", m.decode("ascii", "replace")) for m in _PHONE.findall(raw)]
+        for namespace, value in pairs:
+            try:
+                found.add(subject_hash(pepper, namespace, normalise(namespace, value, region)))
+            except ValidationError:
+                continue
         return found
 
 

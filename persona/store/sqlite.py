@@ -220,7 +220,7 @@ class SQLiteRecorder:
         except sqlite3.IntegrityError as e:
             if "event_key" in str(e):
                 raise DuplicateEventError("an event id is already in the log") from e
-            raise ConcurrencyError(str(rows[0][0]) if rows else "?", -1, -1) from e
+            raise ConcurrencyError.unseen() from e
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
         cursor = self.conn.execute(
