@@ -25,6 +25,7 @@ from persona.errors import (
     DuplicateEventError,
     ErasedError,
     KeyMismatchError,
+    TamperError,
     UnknownProfileError,
 )
 from persona.events import Event, Subject
@@ -64,8 +65,8 @@ def new_profile_id() -> str:
     return "prf_" + base64.b32encode(secrets.token_bytes(15)).decode("ascii").lower()
 
 
-def genesis(stream_id: str) -> bytes:
-    return hashlib.sha256(b"persona-genesis\x00" + stream_id.encode()).digest()
+def genesis(chain_key: bytes, stream_id: str) -> bytes:
+    return hashlib.blake2b(b"persona-genesis\x00" + stream_id.encode(), key=chain_key, digest_size=32).digest()
 
 
 def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> bytes:
@@ -73,11 +74,16 @@ def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> byte
     return _EVENT_AAD + stream_id.encode() + b"\x00" + version.to_bytes(8, "big") + event_key + kind.encode()
 
 
-def chain_hash(prev: bytes, stream_id: str, version: int, event_key: bytes, kind: str,
+def chain_hash(chain_key: bytes, prev: bytes, stream_id: str, version: int, event_key: bytes, kind: str,
                recorded_at: int, payload: bytes) -> bytes:
-    """H(previous link, header, recorded_at, payload): the per-stream hash chain."""
+    """Keyed BLAKE2b(previous link, header, recorded_at, payload): the per-stream hash chain.
+
+    Keyed with a secret derived from the pepper, so that someone who can write the
+    database file but holds no keys cannot recompute the chain after altering a row.
+    """
     header = event_aad(stream_id, version, event_key, kind)
-    return hashlib.sha256(prev + header + recorded_at.to_bytes(8, "big", signed=True) + payload).digest()
+    data = prev + header + recorded_at.to_bytes(8, "big", signed=True) + payload
+    return hashlib.blake2b(data, key=chain_key, digest_size=32).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,7 @@ class EventLog:
         self.keyring = keyring
         self.settings = settings
         self._event_key_secret = keyring.derived("event-id")
+        self.chain_key = keyring.derived("chain")
         self._sealers: dict[bytes, Sealer] = {}  # wrapped key -> sealer, for reads
         # Writer cache, valid while no one else writes: identifier hash -> profile id,
         # and profile id -> (version, chain head, sealer).
@@ -262,7 +269,7 @@ class EventLog:
                 dek = self.keyring.new_dek()
                 version, wrapped = self.keyring.wrap(pid, dek)
                 new_sealers.append(Sealer(dek))
-                new_streams.append((pid, genesis(pid), version, wrapped, recorded))
+                new_streams.append((pid, genesis(self.chain_key, pid), version, wrapped, recorded))
                 new_links.append((h, pid, event.subject.namespace, recorded))
             if event.other is not None:
                 oh = hashes[event.other]
@@ -334,7 +341,8 @@ class EventLog:
         nonces = os.urandom(12 * len(items))
         rows: list[Row] = []
         dumps = orjson.dumps
-        sha256 = hashlib.sha256
+        blake2b = hashlib.blake2b
+        chain_key = self.chain_key
         stamp = recorded.to_bytes(8, "big", signed=True)
         tips = self._tips
         refs = {subj: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
@@ -356,7 +364,7 @@ class EventLog:
             prefix = prefixes.get(sid) or prefixes.setdefault(sid, _EVENT_AAD + sid.encode() + b"\x00")
             aad = prefix + version.to_bytes(8, "big") + key + kind
             payload = sealer.seal(dumps(body), aad, nonces[12 * n : 12 * n + 12])
-            prev = sha256(prev + aad + stamp + payload).digest()
+            prev = blake2b(prev + aad + stamp + payload, key=chain_key, digest_size=32).digest()
             rows.append((no, version, key, event.type, recorded, payload, prev))
             tips[sid] = (no, version, prev, sealer)
         return rows
@@ -376,7 +384,15 @@ class EventLog:
         if head is None:
             raise UnknownProfileError(f"no profile {profile_id}")
         sealer = self.sealer(profile_id, head)
-        return [self.open_event(row, sealer) for row in self.recorder.read_stream(profile_id, after_version)]
+        out = []
+        expected = after_version
+        for row in self.recorder.read_stream(profile_id, after_version):
+            expected += 1
+            if row.version != expected:
+                raise TamperError(f"stream {profile_id} skips from version {expected - 1} to {row.version}",
+                                  position=row.position)
+            out.append(self.open_event(row, sealer))
+        return out
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> tuple[list[RecordedEvent], int]:
         """The global log from a position, for catch-up: (opened events, last position read).

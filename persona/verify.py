@@ -26,6 +26,7 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
     """Walk every stream; the first bad event raises TamperError naming it."""
     rec = persona.recorder
     keyring = persona.keyring
+    chain_key = persona.log.chain_key
     heads = rec.heads(list(rec.stream_ids()))
     erased = dict(rec.tombstones())
     report = VerifyReport(streams=len(heads), erased=len(erased))
@@ -52,7 +53,7 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
             if current is not None:
                 close_stream(current, version, prev)
             seen.add(row.stream_id)
-            current, version, prev = row.stream_id, 0, genesis(row.stream_id)
+            current, version, prev = row.stream_id, 0, genesis(chain_key, row.stream_id)
             head = heads.get(current)
             sealer = None
             if head is not None and head.wrapped is not None and head.kek_version is not None:
@@ -60,7 +61,8 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
         if row.version != version + 1:
             raise bad(row, f"expected version {version + 1}: a version is missing")
         key = bytes(row.event_key)
-        prev = chain_hash(prev, row.stream_id, row.version, key, row.type, row.recorded_at, bytes(row.payload))
+        prev = chain_hash(chain_key, prev, row.stream_id, row.version, key, row.type, row.recorded_at,
+                          bytes(row.payload))
         if prev != bytes(row.hash):
             raise bad(row, "hash chain broken: the row was altered")
         if sealer is not None:

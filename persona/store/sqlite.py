@@ -30,6 +30,9 @@ CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON even
 BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (UPDATE refused)'); END;
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (DELETE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_are_written_once BEFORE INSERT ON tombstones
+WHEN EXISTS (SELECT 1 FROM tombstones WHERE profile_id = NEW.profile_id)
+BEGIN SELECT RAISE(IGNORE); END;
 CREATE TRIGGER IF NOT EXISTS tombstones_are_final_update BEFORE UPDATE ON tombstones
 BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (UPDATE refused)'); END;
 CREATE TRIGGER IF NOT EXISTS tombstones_are_final_delete BEFORE DELETE ON tombstones
