@@ -54,10 +54,11 @@ def _key(raw: bytes, what: str) -> bytes:
 class Sealer:
     """AES-256-GCM with one key; reuse the object, it is the expensive part."""
 
-    __slots__ = ("_aead",)
+    __slots__ = ("_aead", "encrypt")
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
+        self.encrypt = self._aead.encrypt  # (nonce, plaintext, aad) -> ciphertext + tag, for hot loops
 
     def seal(self, plaintext: bytes, aad: bytes, nonce: bytes) -> bytes:
         return nonce + self._aead.encrypt(nonce, plaintext, aad)

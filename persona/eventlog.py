@@ -86,6 +86,17 @@ def chain_hash(chain_key: bytes, prev: bytes, stream_id: str, version: int, even
     return hashlib.blake2b(data, key=chain_key, digest_size=32).digest()
 
 
+class _Cursor:
+    """A stream's tip while a batch is sealed."""
+
+    __slots__ = ("encrypt", "head", "no", "prefix", "sealer", "version")
+
+    def __init__(self, sid: str, no: int, version: int, head: bytes, sealer: Sealer) -> None:
+        self.no, self.version, self.head, self.sealer = no, version, head, sealer
+        self.encrypt = sealer.encrypt
+        self.prefix = _EVENT_AAD + sid.encode() + b"\x00"
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
     """An event read back from the log, opened."""
@@ -346,11 +357,10 @@ class EventLog:
         stamp = recorded.to_bytes(8, "big", signed=True)
         tips = self._tips
         refs = {subj: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
-        kinds: dict[str, bytes] = {}
-        prefixes: dict[str, bytes] = {}
+        cursors = {sid: _Cursor(sid, *tips[sid]) for sid in dict.fromkeys(sid for sid, _, _ in items)}
         for n, (sid, key, event) in enumerate(items):
-            no, version, prev, sealer = tips[sid]
-            version += 1
+            at = cursors[sid]
+            version = at.version + 1
             body: dict[str, Any] = {
                 "id": event.event_id,
                 "src": event.source,
@@ -360,13 +370,14 @@ class EventLog:
             }
             if event.other is not None:
                 body["other"] = refs[event.other]
-            kind = kinds.get(event.type) or kinds.setdefault(event.type, event.type.encode())
-            prefix = prefixes.get(sid) or prefixes.setdefault(sid, _EVENT_AAD + sid.encode() + b"\x00")
-            aad = prefix + version.to_bytes(8, "big") + key + kind
-            payload = sealer.seal(dumps(body), aad, nonces[12 * n : 12 * n + 12])
-            prev = blake2b(prev + aad + stamp + payload, key=chain_key, digest_size=32).digest()
-            rows.append((no, version, key, event.type, recorded, payload, prev))
-            tips[sid] = (no, version, prev, sealer)
+            aad = at.prefix + version.to_bytes(8, "big") + key + event.type.encode()
+            nonce = nonces[12 * n : 12 * n + 12]
+            payload = nonce + at.encrypt(nonce, dumps(body), aad)
+            at.head = blake2b(at.head + aad + stamp + payload, key=chain_key, digest_size=32).digest()
+            at.version = version
+            rows.append((at.no, version, key, event.type, recorded, payload, at.head))
+        for sid, at in cursors.items():
+            tips[sid] = (at.no, at.version, at.head, at.sealer)
         return rows
 
     # -- read ----------------------------------------------------------------------------
