@@ -156,8 +156,9 @@ class EventLog:
         self.recorder = recorder
         self.keyring = keyring
         self.settings = settings
-        self._event_key_secret = keyring.derived("event-id")
+        self._event_key_hash = hashlib.blake2b(digest_size=16, key=keyring.derived("event-id"))
         self.chain_key = keyring.derived("chain")
+        self._chain_hash = hashlib.blake2b(digest_size=32, key=self.chain_key)
         self._sealers: dict[bytes, Sealer] = {}  # wrapped key -> sealer, for reads
         # Writer cache, valid while no one else writes: identifier hash -> profile id,
         # and profile id -> (version, chain head, sealer).
@@ -167,7 +168,9 @@ class EventLog:
 
     # -- identifiers ---------------------------------------------------------------------
     def event_key(self, event_id: str) -> bytes:
-        return hashlib.blake2b(event_id.encode(), digest_size=16, key=self._event_key_secret).digest()
+        h = self._event_key_hash.copy()  # copying a keyed state skips re-keying per event
+        h.update(event_id.encode())
+        return h.digest()
 
     def hash_subject(self, subject: Subject) -> bytes:
         return subject_hash(self.keyring.pepper, subject.namespace, subject.value)
@@ -219,8 +222,11 @@ class EventLog:
         recorded = micros(now or datetime.now(UTC))
         keyed: dict[bytes, Event] = {}
         with gc_paused():
+            base = self._event_key_hash  # event_key(), inlined: this loop runs once per event
             for event in events:
-                keyed.setdefault(self.event_key(event.event_id), event)
+                h = base.copy()
+                h.update(event.event_id.encode())
+                keyed.setdefault(h.digest(), event)
             try:
                 result = self._append_batch(keyed, recorded, check_duplicates=False)
             except (DuplicateEventError, ConcurrencyError):
@@ -352,8 +358,7 @@ class EventLog:
         nonces = os.urandom(12 * len(items))
         rows: list[Row] = []
         dumps = orjson.dumps
-        blake2b = hashlib.blake2b
-        chain_key = self.chain_key
+        chained = self._chain_hash
         stamp = recorded.to_bytes(8, "big", signed=True)
         tips = self._tips
         refs = {subj: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
@@ -373,7 +378,9 @@ class EventLog:
             aad = at.prefix + version.to_bytes(8, "big") + key + event.type.encode()
             nonce = nonces[12 * n : 12 * n + 12]
             payload = nonce + at.encrypt(nonce, dumps(body), aad)
-            at.head = blake2b(at.head + aad + stamp + payload, key=chain_key, digest_size=32).digest()
+            link = chained.copy()
+            link.update(at.head + aad + stamp + payload)
+            at.head = link.digest()
             at.version = version
             rows.append((at.no, version, key, event.type, recorded, payload, at.head))
         for sid, at in cursors.items():
