@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,11 +10,18 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from persona import Persona, Settings
 from persona.events import Event, validate
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+# CI runs the same examples every time (a red build is reproducible, never a dice roll);
+# locally hypothesis explores new ones on each run.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture
