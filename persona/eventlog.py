@@ -161,7 +161,7 @@ class EventLog:
         self._chain_hash = hashlib.blake2b(digest_size=32, key=self.chain_key)
         self._sealers: dict[bytes, Sealer] = {}  # wrapped key -> sealer, for reads
         # Writer cache, valid while no one else writes: identifier hash -> profile id,
-        # and profile id -> (version, chain head, sealer).
+        # and profile id -> (stream number, version, chain head, sealer).
         self._links: dict[bytes, str] = {}
         self._tips: dict[str, Tip] = {}
         self._synced: tuple[int, int] | None = None
