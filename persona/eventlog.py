@@ -261,20 +261,22 @@ class EventLog:
         rec = self.recorder
         pepper = self.keyring.pepper
         hashes: dict[Subject, bytes] = {}
-        for event in keyed.values():
-            if event.subject not in hashes:
-                hashes[event.subject] = subject_hash(pepper, *event.subject)
+        pending: list[tuple[bytes, Event, bytes]] = []  # (event key, event, subject hash)
+        for key, event in keyed.items():
+            h = hashes.get(event.subject)
+            if h is None:
+                h = hashes[event.subject] = subject_hash(pepper, *event.subject)
             if event.other is not None and event.other not in hashes:
                 hashes[event.other] = subject_hash(pepper, *event.other)
+            pending.append((key, event, h))
         links = self._links
         unknown = [h for h in set(hashes.values()) if h not in links]
         if unknown:
             links.update(rec.resolve(unknown))
         new_streams, new_links, new_sealers = [], [], []
         tips = self._tips
-        items: list[tuple[str, bytes, Event]] = []
-        for key, event in keyed.items():
-            h = hashes[event.subject]
+        items: list[tuple[str, bytes, Event, bytes]] = []
+        for key, event, h in pending:
             pid = links.get(h)
             if pid is None and event.other is not None:
                 pid = links.get(hashes[event.other])  # a new identifier linked to a known person
@@ -293,19 +295,19 @@ class EventLog:
                 if oh not in links:  # joining two existing profiles is a merge (identity resolution)
                     links[oh] = pid
                     new_links.append((oh, pid, event.other.namespace, recorded))
-            items.append((pid, key, event))
+            items.append((pid, key, event, h))
         if new_streams:
             numbers = rec.create_streams(new_streams)
             for no, (pid, first, *_), sealer in zip(numbers, new_streams, new_sealers, strict=True):
                 tips[pid] = (no, 0, first, sealer)
         if new_links:
             rec.insert_links(new_links)
-        touched = dict.fromkeys(pid for pid, _, _ in items)
+        touched = list(dict.fromkeys(item[0] for item in items))
         missing = [pid for pid in touched if pid not in tips]
         if missing:
             for pid, head in rec.heads(missing).items():
                 tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
-        rows = self._seal(items, hashes, recorded)
+        rows = self._seal(items, touched, hashes, recorded)
         rec.insert_events(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
         result.appended = len(rows)
@@ -346,40 +348,49 @@ class EventLog:
                     if subj is not None:
                         hashes[subj] = subject_hash(pepper, *subj)
             self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.sealer(profile_id, head))
-            rows = self._seal([(profile_id, key, ev) for key, ev in keyed.items()], hashes, recorded)
+            items = [(profile_id, key, ev, hashes[ev.subject]) for key, ev in keyed.items()]
+            rows = self._seal(items, [profile_id], hashes, recorded)
             rec.insert_events(rows)
             _, version, chain, _ = self._tips[profile_id]
             rec.set_heads([(version, chain, head.no)])
         self._forget_writer_cache()
         return version
 
-    def _seal(self, items: list[tuple[str, bytes, Event]], hashes: dict[Subject, bytes], recorded: int) -> list[Row]:
-        """Seal, number and chain new events in arrival order, advancing the cached stream tips."""
+    def _seal(self, items: list[tuple[str, bytes, Event, bytes]], streams: list[str],
+              hashes: dict[Subject, bytes], recorded: int) -> list[Row]:
+        """Seal, number and chain new events in arrival order, advancing the cached stream tips.
+
+        items: (profile id, event key, event, subject hash); streams: the profile ids among them.
+        """
         nonces = os.urandom(12 * len(items))
         rows: list[Row] = []
         dumps = orjson.dumps
         chained = self._chain_hash
         stamp = recorded.to_bytes(8, "big", signed=True)
         tips = self._tips
-        refs = {subj: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
-        cursors = {sid: _Cursor(sid, *tips[sid]) for sid in dict.fromkeys(sid for sid, _, _ in items)}
-        for n, (sid, key, event) in enumerate(items):
+        refs = {digest: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
+        kinds: dict[str, bytes] = {}
+        cursors = {sid: _Cursor(sid, *tips[sid]) for sid in streams}
+        for n, (sid, key, event, h) in enumerate(items):
             at = cursors[sid]
             version = at.version + 1
             body: dict[str, Any] = {
                 "id": event.event_id,
                 "src": event.source,
                 "at": event.occurred_at,
-                "sub": refs[event.subject],
+                "sub": refs[h],
                 "data": event.data,
             }
             if event.other is not None:
-                body["other"] = refs[event.other]
-            aad = at.prefix + version.to_bytes(8, "big") + key + event.type.encode()
+                body["other"] = refs[hashes[event.other]]
+            kind = kinds.get(event.type)
+            if kind is None:
+                kind = kinds[event.type] = event.type.encode()
+            aad = b"".join((at.prefix, version.to_bytes(8, "big"), key, kind))
             nonce = nonces[12 * n : 12 * n + 12]
             payload = nonce + at.encrypt(nonce, dumps(body), aad)
             link = chained.copy()
-            link.update(at.head + aad + stamp + payload)
+            link.update(b"".join((at.head, aad, stamp, payload)))
             at.head = link.digest()
             at.version = version
             rows.append((at.no, version, key, event.type, recorded, payload, at.head))
