@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
+
+__all__ = ["InvalidTag", "Keyring", "Sealer"]
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -54,11 +56,13 @@ def _key(raw: bytes, what: str) -> bytes:
 class Sealer:
     """AES-256-GCM with one key; reuse the object, it is the expensive part."""
 
-    __slots__ = ("_aead", "encrypt")
+    __slots__ = ("_aead", "decrypt", "encrypt")
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
-        self.encrypt = self._aead.encrypt  # (nonce, plaintext, aad) -> ciphertext + tag, for hot loops
+        # the raw (nonce, data, aad) calls, for hot loops; decrypt raises InvalidTag
+        self.encrypt = self._aead.encrypt
+        self.decrypt = self._aead.decrypt
 
     def seal(self, plaintext: bytes, aad: bytes, nonce: bytes) -> bytes:
         return nonce + self._aead.encrypt(nonce, plaintext, aad)

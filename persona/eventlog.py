@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from persona.crypto import Keyring, Sealer, fingerprint
+from persona.crypto import InvalidTag, Keyring, Sealer, fingerprint
 from persona.errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -108,9 +108,13 @@ class RecordedEvent:
     type: str
     source: str
     occurred_at: str
-    recorded_at: datetime
+    recorded_us: int  # microseconds since the epoch, UTC
     subject: tuple[str, str]  # (namespace, short hash): never the identifier itself
     data: dict[str, Any]
+
+    @property
+    def recorded_at(self) -> datetime:
+        return from_micros(self.recorded_us)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -399,13 +403,19 @@ class EventLog:
         return rows
 
     # -- read ----------------------------------------------------------------------------
-    def open_event(self, row: StoredEvent, sealer: Sealer) -> RecordedEvent:
-        aad = event_aad(row.stream_id, row.version, bytes(row.event_key), row.type)
-        body = orjson.loads(sealer.open(bytes(row.payload), aad))
-        return RecordedEvent(
-            row.position, row.stream_id, row.version, body["id"], row.type, body["src"], body["at"],
-            from_micros(row.recorded_at), (body["sub"][0], body["sub"][1][:12]), body["data"],
-        )
+    @staticmethod
+    def open_event(row: StoredEvent, sealer: Sealer) -> RecordedEvent:
+        position, sid, version, key, kind, recorded_us, payload, _ = row
+        aad = b"".join((_EVENT_AAD, sid.encode(), b"\x00", version.to_bytes(8, "big"), key, kind.encode()))
+        try:
+            body = orjson.loads(sealer.decrypt(payload[:12], payload[12:], aad))
+        except InvalidTag:
+            raise TamperError(
+                f"event at position {position} (stream {sid}, version {version}) does not open", position=position
+            ) from None
+        sub = body["sub"]
+        return RecordedEvent(position, sid, version, body["id"], kind, body["src"], body["at"],
+                             recorded_us, (sub[0], sub[1][:12]), body["data"])
 
     def read(self, profile_id: str, after_version: int = 0) -> list[RecordedEvent]:
         """One stream, opened, in version order."""
@@ -430,15 +440,15 @@ class EventLog:
         """
         with gc_paused():
             rows = self.recorder.read_all(after_position, limit)
+            if not rows:
+                return [], after_position
             heads = self.recorder.heads({r.stream_id for r in rows})
-            out = []
-            for row in rows:
-                head = heads[row.stream_id]
-                if head.wrapped is not None:
-                    out.append(self.open_event(row, self.sealer(row.stream_id, head)))
-        return out, rows[-1].position if rows else after_position
+            sealers = {sid: self.sealer(sid, head) for sid, head in heads.items() if head.wrapped is not None}
+            opened = self.open_event
+            out = [opened(row, sealers[row.stream_id]) for row in rows if row.stream_id in sealers]
+        return out, rows[-1].position
 
-    def iter_all(self, after_position: int = 0, page: int = 5000) -> Iterator[RecordedEvent]:
+    def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
         position = after_position
         while True:
             events, last = self.read_all(position, page)

@@ -230,21 +230,19 @@ class SQLiteRecorder:
             f"{_EVENT_SELECT} WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version",
             (stream_id, after_version),
         )
-        for row in cursor:
-            yield StoredEvent(*row)
+        yield from map(StoredEvent._make, cursor)
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         cursor = self.conn.execute(
             f"{_EVENT_SELECT} WHERE e.position > ? ORDER BY e.position LIMIT ?",
             (after_position, limit),
         )
-        return [StoredEvent(*row) for row in cursor]
+        return list(map(StoredEvent._make, cursor))
 
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, each stream in version order."""
         cursor = self.conn.execute(f"{_EVENT_SELECT} ORDER BY e.stream_no, e.version")
-        for row in cursor:
-            yield StoredEvent(*row)
+        yield from map(StoredEvent._make, cursor)
 
     # -- streams and keys ----------------------------------------------------------------
     def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
