@@ -87,3 +87,20 @@ def test_oversized_line_is_quarantined_without_parsing(persona: Persona) -> None
     huge = orjson.dumps(record(data={"url": "https://x.example/" + "a" * 70_000}))
     report = ingest_jsonl(persona, lines(huge + b"\n"), origin="f")
     assert report.quarantined == 1 and "larger than" in describe(persona)[0]["reason"]
+
+
+def test_a_file_of_bad_lines_is_quarantined_in_bounded_batches(persona: Persona, monkeypatch: object) -> None:
+    from persona.ingest import jsonl as module
+
+    stored: list[int] = []
+    original = persona.recorder.quarantine
+
+    def spy(rows: list[object], tags: list[object]) -> int:
+        stored.append(len(rows))
+        return original(rows, tags)  # type: ignore[arg-type]
+
+    persona.recorder.quarantine = spy  # type: ignore[method-assign]
+    data = b"".join(b"bad line %d\n" % i for i in range(2 * module.QUARANTINE_BATCH + 5))
+    report = ingest_jsonl(persona, lines(data), origin="f")
+    assert report.quarantined == 2 * module.QUARANTINE_BATCH + 5
+    assert max(stored) <= module.QUARANTINE_BATCH and sum(stored) == report.quarantined

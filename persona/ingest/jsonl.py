@@ -17,6 +17,7 @@ from persona.events import Event, validate
 from persona.ingest.quarantine import Quarantine
 
 Progress = Callable[[int], None]
+QUARANTINE_BATCH = 1000
 
 
 @dataclass
@@ -98,8 +99,8 @@ def ingest_jsonl(
         except (ValueError, TypeError, OverflowError, RecursionError):
             # A record no rule foresaw: keep it, never crash the run, never echo it.
             quarantine.add(number, line, "record: could not be validated", decoded)
-        if len(batch) >= settings.batch_size:
-            flush()
+        if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
+            flush()  # bounded memory, even for a file that is all bad lines
     flush()
     report.appended = total.appended
     report.duplicates = total.duplicates
