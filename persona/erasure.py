@@ -13,7 +13,7 @@ import orjson
 from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
-from persona.eventlog import from_micros, micros
+from persona.events import from_micros, micros
 
 RECEIPT_TYPE = "persona-erasure-receipt/1"
 

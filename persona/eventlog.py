@@ -28,7 +28,7 @@ from persona.errors import (
     TamperError,
     UnknownProfileError,
 )
-from persona.events import Event, Subject
+from persona.events import Event, RecordedEvent, Subject, from_micros, micros
 from persona.pseudonyms import normalise, short_hash, subject_hash
 from persona.settings import Settings
 from persona.store.base import Head, Recorder, StoredEvent
@@ -50,14 +50,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def micros(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
-
-
-def from_micros(value: int) -> datetime:
-    return datetime.fromtimestamp(value / 1_000_000, UTC)
 
 
 def new_profile_id() -> str:
@@ -95,40 +87,6 @@ class _Cursor:
         self.no, self.version, self.head, self.sealer = no, version, head, sealer
         self.encrypt = sealer.encrypt
         self.prefix = _EVENT_AAD + sid.encode() + b"\x00"
-
-
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
-    """An event read back from the log, opened."""
-
-    position: int
-    profile_id: str
-    version: int
-    event_id: str
-    type: str
-    source: str
-    occurred_at: str
-    recorded_us: int  # microseconds since the epoch, UTC
-    subject: tuple[str, str]  # (namespace, short hash): never the identifier itself
-    data: dict[str, Any]
-
-    @property
-    def recorded_at(self) -> datetime:
-        return from_micros(self.recorded_us)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "position": self.position,
-            "profile_id": self.profile_id,
-            "version": self.version,
-            "event_id": self.event_id,
-            "type": self.type,
-            "source": self.source,
-            "occurred_at": self.occurred_at,
-            "recorded_at": self.recorded_at.isoformat(),
-            "subject": {"namespace": self.subject[0], "hash": self.subject[1]},
-            "data": self.data,
-        }
 
 
 @dataclass

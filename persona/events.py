@@ -46,6 +46,48 @@ class Event:
     other: Subject | None = None  # identity_linked: the identifier linked to `subject`
 
 
+def micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
+
+
+def from_micros(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event read back from the log, opened."""
+
+    position: int
+    profile_id: str
+    version: int
+    event_id: str
+    type: str
+    source: str
+    occurred_at: str
+    recorded_us: int  # microseconds since the epoch, UTC
+    subject: tuple[str, str]  # (namespace, short hash): never the identifier itself
+    data: dict[str, Any]
+
+    @property
+    def recorded_at(self) -> datetime:
+        return from_micros(self.recorded_us)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "profile_id": self.profile_id,
+            "version": self.version,
+            "event_id": self.event_id,
+            "type": self.type,
+            "source": self.source,
+            "occurred_at": self.occurred_at,
+            "recorded_at": self.recorded_at.isoformat(),
+            "subject": {"namespace": self.subject[0], "hash": self.subject[1]},
+            "data": self.data,
+        }
+
+
 # -- field checkers: value -> normalised value, or ValidationError --------------------------
 Check = Callable[[str, Any], Any]
 

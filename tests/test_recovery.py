@@ -14,7 +14,7 @@ from persona.backup import backup, restore
 from persona.crypto import Keyring
 from persona.erasure import ErasureLedger, LedgerEntry, erase_profile, erase_subject
 from persona.errors import ConfigurationError, ErasedError, UnfinishedErasureError, UnknownProfileError
-from persona.eventlog import micros
+from persona.events import micros
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
 from persona.verify import verify

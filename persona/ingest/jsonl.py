@@ -12,8 +12,8 @@ import orjson
 
 from persona.core import Persona
 from persona.errors import ValidationError
-from persona.eventlog import AppendResult, micros
-from persona.events import Event, validate
+from persona.eventlog import AppendResult
+from persona.events import Event, micros, validate
 from persona.ingest.quarantine import Quarantine
 
 Progress = Callable[[int], None]

@@ -12,7 +12,7 @@ from typing import Any
 
 from persona.core import Persona
 from persona.errors import ValidationError
-from persona.eventlog import from_micros, micros
+from persona.events import from_micros, micros
 from persona.pseudonyms import normalise, subject_hash
 
 _AAD = b"persona-quarantine/1"
