@@ -6,6 +6,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -21,6 +22,7 @@ from persona.erasure import erase_profile, erase_subject, verify_receipt, write_
 from persona.errors import PersonaError, TamperError, UnknownProfileError
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
+from persona.profiles import profile_view
 from persona.settings import Settings
 from persona.verify import verify as verify_store
 
@@ -185,30 +187,50 @@ def with_who(func: F) -> F:
     return func
 
 
+def parse_instant(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter("use ISO 8601, e.g. 2026-01-01T00:00:00Z", param_hint=option) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @cli.command()
 @with_who
+@click.option("--as-of", "as_of", metavar="TIME",
+              help="Show the profile as it was at TIME (events that had happened by then), ISO 8601.")
+@click.option("--known-at", "known_at", metavar="TIME",
+              help="Believe only what had been recorded by TIME: what did we know then?")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @friendly
-def profile(ctx: click.Context, subject: str | None, profile: str | None, as_json: bool) -> None:
-    """Show a profile: its id, stream version, event count and identities (hashed)."""
+def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of: str | None, known_at: str | None,
+            as_json: bool) -> None:
+    """Show a profile: id, version, identities (hashed) and attributes with their provenance.
+
+    Replayed from the person's log; with --as-of and --known-at, as it was at an instant.
+    """
     require_one(subject, profile)
+    when, known = parse_instant(as_of, "--as-of"), parse_instant(known_at, "--known-at")
     with opened(ctx) as persona:
-        info = persona.log.info(_profile_id(persona, subject, profile))
-    doc = {
-        "id": info.id,
-        "version": info.version,
-        "events": info.version,
-        "created_at": info.created_at.isoformat(),
-        "identities": [{"namespace": ns, "hash": h} for ns, h in info.identities],
-    }
+        doc = profile_view(persona, _profile_id(persona, subject, profile), as_of=when, known_at=known)
     if as_json:
         emit_json(doc)
         return
-    click.echo(f"profile {info.id}: version {info.version}, {info.version} events, "
-               f"created {info.created_at:%Y-%m-%d %H:%M:%S}Z")
-    for ns, h in info.identities:
-        click.echo(f"  identity {ns}:{h}…")
+    click.echo(f"profile {doc['id']}: version {doc['version']}, {doc['events']} events"
+               + (f" as of {doc['as_of']}" if doc["as_of"] else "")
+               + (f", known at {doc['known_at']}" if doc["known_at"] else ""))
+    for identity in doc["identities"]:
+        click.echo(f"  identity {identity['namespace']}:{identity['hash']}…")
+    for name, attribute in doc["attributes"].items():
+        if name == "consent":
+            granted = ", ".join(f"{p}={v['granted']}" for p, v in attribute.items())
+            click.echo(f"  consent: {granted}")
+        else:
+            sources = ", ".join(sorted({p["source"] for p in attribute["provenance"]}))
+            click.echo(f"  {name}: {attribute['value']}  ({attribute['strategy']}; {sources})")
 
 
 @cli.command()

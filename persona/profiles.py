@@ -1,0 +1,30 @@
+"""A person's profile as of an instant: replayed from their log, never stored as truth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from persona.core import Persona
+from persona.projections import ATTRIBUTES, replay
+from persona.projections.base import visible
+
+
+def profile_view(persona: Persona, profile_id: str, *, as_of: datetime | None = None,
+                 known_at: datetime | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """The profile at `as_of` (events that had happened by then), believing only what had
+    been recorded by `known_at`. Without either: the current profile. Erased stays erased."""
+    info = persona.log.info(profile_id)
+    events = list(visible(persona.log.read(profile_id), as_of=as_of, known_at=known_at))
+    moment = as_of or now or datetime.now(UTC)
+    state = replay(ATTRIBUTES, events)
+    return {
+        "id": info.id,
+        "version": info.version,
+        "events": len(events),
+        "created_at": info.created_at.isoformat(),
+        "as_of": as_of.isoformat() if as_of else None,
+        "known_at": known_at.isoformat() if known_at else None,
+        "identities": [{"namespace": ns, "hash": h} for ns, h in info.identities],
+        "attributes": ATTRIBUTES.view(state, moment),
+    }

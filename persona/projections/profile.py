@@ -1,0 +1,210 @@
+"""Profile attributes fused from the claims of many sources, each value with its provenance.
+
+A claim is (value, source, event id, occurred_at). Each attribute declares how its claims
+are fused:
+
+  latest      the claim that happened last (ties broken by event id)
+  precedence  the most trusted source's latest claim (trust order configured, e.g. crm > shop)
+  weighted    the weighted mean of each source's latest numeric claim (weights per source)
+  union       every distinct value, each with the first claim that made it
+
+Every rule is a selection by a total order or an exact merge, so conflicting claims are
+resolved the same way whatever order they arrive in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Literal
+
+from persona.events import RecordedEvent
+
+Strategy = Literal["latest", "precedence", "weighted", "union"]
+Claim = tuple[Any, str, str, str]  # value, source, event id, occurred_at (UTC, fixed width: sorts as time)
+
+DEFAULT_STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
+    "gender": "precedence",
+    "birth_year": "weighted",
+    "region": "latest",
+    "city": "latest",
+    "country": "latest",
+    "language": "latest",
+    "languages": "union",
+    "signup_at": "precedence",
+})
+DEFAULT_TRUST = ("crm", "shop", "app", "web", "social")
+DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({"crm": 4.0, "shop": 2.0, "app": 1.5, "web": 1.0,
+                                                         "social": 0.5})
+CONSENT_PURPOSES = ("analytics", "marketing", "personalization")
+
+
+@dataclass(frozen=True)
+class FusionPolicy:
+    """How claims are fused. The defaults trust a CRM over a shop over social media."""
+
+    trust: tuple[str, ...] = DEFAULT_TRUST  # most trusted first; other sources rank after these
+    weights: Mapping[str, float] = field(default_factory=lambda: DEFAULT_WEIGHTS)
+    default_weight: float = 1.0
+    strategies: Mapping[str, Strategy] = field(default_factory=lambda: DEFAULT_STRATEGIES)
+
+    def rank(self, source: str) -> int:
+        try:
+            return self.trust.index(source)
+        except ValueError:
+            return len(self.trust)
+
+    def weight(self, source: str) -> float:
+        return float(self.weights.get(source, self.default_weight))
+
+
+def _order(claim: Claim) -> tuple[str, str]:
+    return claim[3], claim[2]  # when it happened, then the event id: a total order
+
+
+def _later(old: Claim | None, new: Claim) -> Claim:
+    return new if old is None or _order(new) > _order(old) else old
+
+
+def _earlier(old: Claim | None, new: Claim) -> Claim:
+    return new if old is None or _order(new) < _order(old) else old
+
+
+# state: {"attributes": {name: selection}, "consent": {purpose: claim}}
+#   latest / earliest / precedence -> Claim
+#   weighted -> {source: Claim}
+#   union -> {value: Claim}
+State = dict[str, dict[str, Any]]
+
+
+class ProfileAttributes:
+    """Who the person is, as the sources claim it: gender, age, location, language, signup, consent."""
+
+    name = "attributes"
+    version = 1
+
+    def __init__(self, policy: FusionPolicy | None = None) -> None:
+        self.policy = policy or FusionPolicy()
+
+    def initial(self) -> State:
+        return {"attributes": {}, "consent": {}}
+
+    def apply(self, state: State, event: RecordedEvent) -> State:
+        if event.type == "profile_updated":
+            for name, value in event.data.items():
+                if name == "age":  # an age is a claim about the birth year, in the year it was made
+                    self._claim(state, "birth_year", int(event.occurred_at[:4]) - int(value), event)
+                elif name in self.policy.strategies:
+                    self._claim(state, name, value, event)
+                    if name == "language" and "languages" in self.policy.strategies:
+                        self._claim(state, "languages", value, event)
+        elif event.type == "consent_changed":
+            purpose = event.data["purpose"]
+            claim: Claim = (bool(event.data["granted"]), event.source, event.event_id, event.occurred_at)
+            state["consent"][purpose] = _later(state["consent"].get(purpose), claim)
+        return state
+
+    def _claim(self, state: State, name: str, value: Any, event: RecordedEvent) -> None:
+        strategy = self.policy.strategies.get(name)
+        if strategy is None:
+            return
+        claim: Claim = (value, event.source, event.event_id, event.occurred_at)
+        held = state["attributes"]
+        current = held.get(name)
+        if strategy == "latest":
+            held[name] = _later(current, claim)
+        elif strategy == "precedence":
+            if current is None or self._precedes(claim, current):
+                held[name] = claim
+        elif strategy == "weighted":
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                by_source = held.setdefault(name, {})
+                by_source[event.source] = _later(by_source.get(event.source), claim)
+        elif strategy == "union":
+            values = held.setdefault(name, {})
+            key = _hashable(value)
+            values[key] = _earlier(values.get(key), claim)
+
+    def _precedes(self, new: Claim, old: Claim) -> bool:
+        rank = self.policy.rank
+        return (-rank(new[1]), *_order(new)) > (-rank(old[1]), *_order(old))
+
+    # -- read-out ------------------------------------------------------------------------
+    def view(self, state: State, as_of: datetime) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, held in sorted(state["attributes"].items()):
+            strategy = self.policy.strategies.get(name)
+            if strategy in ("latest", "precedence"):
+                out[name] = {"value": held[0], "strategy": strategy, "provenance": [_provenance(held)]}
+            elif strategy == "weighted":
+                claims = [held[s] for s in sorted(held)]  # summed in a fixed order: the same bits every time
+                total = sum(self.policy.weight(c[1]) for c in claims)
+                if total > 0:
+                    mean = sum(self.policy.weight(c[1]) * c[0] for c in claims) / total
+                    out[name] = {"value": _number(name, mean), "strategy": strategy,
+                                 "provenance": [_provenance(c) | {"weight": self.policy.weight(c[1])}
+                                                for c in claims]}
+            elif strategy == "union":
+                claims = sorted(held.values(), key=_order)
+                out[name] = {"value": [c[0] for c in claims], "strategy": strategy,
+                             "provenance": [_provenance(c) for c in claims]}
+        if "birth_year" in out:
+            born = out["birth_year"]
+            out["age"] = {"value": as_of.year - born["value"], "strategy": "derived",
+                          "derived_from": "birth_year", "provenance": born["provenance"]}
+        consent: dict[str, dict[str, Any]] = {}
+        for purpose in sorted(set(CONSENT_PURPOSES) | set(state["consent"])):
+            claim = state["consent"].get(purpose)
+            if claim is None:
+                consent[purpose] = {"granted": None, "provenance": []}
+            else:
+                consent[purpose] = {"granted": claim[0], "provenance": [_provenance(claim)]}
+        out["consent"] = consent
+        return out
+
+    # -- snapshots -----------------------------------------------------------------------
+    def dump(self, state: State) -> Any:
+        attributes: dict[str, dict[str, Any]] = {}
+        for name, held in sorted(state["attributes"].items()):
+            if isinstance(held, dict):
+                attributes[name] = {"claims": sorted((list(c) for c in held.values()), key=_dump_order)}
+            else:
+                attributes[name] = {"claim": list(held)}
+        consent = {p: list(c) for p, c in sorted(state["consent"].items())}
+        return {"attributes": attributes, "consent": consent}
+
+    def load(self, dumped: Any) -> State:
+        state = self.initial()
+        for name, entry in dumped["attributes"].items():
+            if "claim" in entry:
+                state["attributes"][name] = tuple(entry["claim"])
+            else:
+                strategy = self.policy.strategies.get(name)
+                claims = [tuple(c) for c in entry["claims"]]
+                if strategy == "weighted":
+                    state["attributes"][name] = {c[1]: c for c in claims}
+                else:
+                    state["attributes"][name] = {_hashable(c[0]): c for c in claims}
+        state["consent"] = {p: tuple(c) for p, c in dumped["consent"].items()}
+        return state
+
+
+def _dump_order(claim: list[Any]) -> tuple[str, str, str]:
+    return claim[3], claim[2], claim[1]
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) or value is None else repr(value)
+
+
+def _number(name: str, value: float) -> float | int:
+    return round(value) if name == "birth_year" else round(value, 6)
+
+
+def _provenance(claim: Claim) -> dict[str, Any]:
+    return {"source": claim[1], "event_id": claim[2], "occurred_at": claim[3]}
+
+
+ATTRIBUTES = ProfileAttributes()
