@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from persona.core import Persona
-from persona.projections import ATTRIBUTES, replay
+from persona.projections import ATTRIBUTES, FEATURES, replay
 from persona.projections.base import visible
 
 
@@ -17,7 +17,7 @@ def profile_view(persona: Persona, profile_id: str, *, as_of: datetime | None = 
     info = persona.log.info(profile_id)
     events = list(visible(persona.log.read(profile_id), as_of=as_of, known_at=known_at))
     moment = as_of or now or datetime.now(UTC)
-    state = replay(ATTRIBUTES, events)
+    attributes, features = replay(ATTRIBUTES, events), replay(FEATURES, events)
     return {
         "id": info.id,
         "version": info.version,
@@ -26,5 +26,6 @@ def profile_view(persona: Persona, profile_id: str, *, as_of: datetime | None = 
         "as_of": as_of.isoformat() if as_of else None,
         "known_at": known_at.isoformat() if known_at else None,
         "identities": [{"namespace": ns, "hash": h} for ns, h in info.identities],
-        "attributes": ATTRIBUTES.view(state, moment),
+        "attributes": ATTRIBUTES.view(attributes, moment),
+        "features": FEATURES.view(features, moment),
     }

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import persona
 
-PURE = ["events.py", "projections/__init__.py", "projections/base.py", "projections/profile.py"]
+PURE = ["events.py", "projections/__init__.py", "projections/base.py", "projections/profile.py",
+        "projections/behavior.py"]
 FORBIDDEN = {"os", "time", "random", "secrets", "sqlite3", "sqlite_utils", "persona.store", "persona.core",
              "persona.cli", "persona.eventlog", "persona.crypto", "socket", "uuid"}
 

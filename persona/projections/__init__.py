@@ -6,6 +6,8 @@ state whatever order they arrive in. Clocks arrive as arguments (`as_of`), never
 """
 
 from persona.projections.base import Projection, replay
+from persona.projections.behavior import FEATURES, BehaviorConfig, BehaviorFeatures
 from persona.projections.profile import ATTRIBUTES, FusionPolicy, ProfileAttributes
 
-__all__ = ["ATTRIBUTES", "FusionPolicy", "ProfileAttributes", "Projection", "replay"]
+__all__ = ["ATTRIBUTES", "FEATURES", "BehaviorConfig", "BehaviorFeatures", "FusionPolicy", "ProfileAttributes",
+           "Projection", "replay"]
