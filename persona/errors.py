@@ -46,6 +46,10 @@ class UnknownProfileError(PersonaError):
     """No profile has this id, or no profile is linked to this identifier."""
 
 
+class UnknownProjectionError(PersonaError):
+    """No projection has this name."""
+
+
 class TamperError(PersonaError):
     """A stored event, key or chain does not check out."""
 

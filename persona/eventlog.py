@@ -95,12 +95,14 @@ class AppendResult:
     duplicates: int = 0
     profiles_created: int = 0
     streams: dict[str, int] = field(default_factory=dict)  # profile id -> new version
+    recorded: list[RecordedEvent] = field(default_factory=list)  # the appended events, when asked to keep them
 
     def add(self, other: AppendResult) -> None:
         self.appended += other.appended
         self.duplicates += other.duplicates
         self.profiles_created += other.profiles_created
         self.streams.update(other.streams)
+        self.recorded.extend(other.recorded)
 
 
 @dataclass(frozen=True)
@@ -175,11 +177,12 @@ class EventLog:
         return self._synced == (self.recorder.data_version(), self.recorder.commits)
 
     # -- append --------------------------------------------------------------------------
-    def append(self, events: Sequence[Event], *, now: datetime | None = None) -> AppendResult:
+    def append(self, events: Sequence[Event], *, now: datetime | None = None, keep: bool = False) -> AppendResult:
         """Append a batch, resolving each subject to its profile (new subjects get one).
 
         Atomic: the whole batch or nothing. Idempotent on event_id: events already in
-        the log are counted as duplicates and skipped.
+        the log are counted as duplicates and skipped. With `keep`, the result carries the
+        appended events as they will read back (for keeping projections current).
         """
         recorded = micros(now or datetime.now(UTC))
         keyed: dict[bytes, Event] = {}
@@ -190,15 +193,16 @@ class EventLog:
                 h.update(event.event_id.encode())
                 keyed.setdefault(h.digest(), event)
             try:
-                result = self._append_batch(keyed, recorded, check_duplicates=False)
+                result = self._append_batch(keyed, recorded, check_duplicates=False, keep=keep)
             except (DuplicateEventError, ConcurrencyError):
                 # The fast path assumes new events and a current cache; a re-ingest (or a
                 # writer we did not see) takes the careful path, from the database alone.
-                result = self._append_batch(keyed, recorded, check_duplicates=True)
+                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep)
         result.duplicates += len(events) - len(keyed)
         return result
 
-    def _append_batch(self, keyed: dict[bytes, Event], recorded: int, *, check_duplicates: bool) -> AppendResult:
+    def _append_batch(self, keyed: dict[bytes, Event], recorded: int, *, check_duplicates: bool,
+                      keep: bool) -> AppendResult:
         rec = self.recorder
         result = AppendResult()
         try:
@@ -210,7 +214,7 @@ class EventLog:
                     result.duplicates = len(existing)
                     keyed = {k: e for k, e in keyed.items() if k not in existing}
                 if keyed:
-                    self._append_locked(keyed, recorded, result)
+                    self._append_locked(keyed, recorded, result, keep)
                 # Read under the write lock: after COMMIT another writer could slip in unseen.
                 seen = rec.data_version()
         except BaseException:
@@ -219,7 +223,7 @@ class EventLog:
         self._synced = (seen, rec.commits)  # our own commit does not change data_version
         return result
 
-    def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult) -> None:
+    def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool) -> None:
         rec = self.recorder
         pepper = self.keyring.pepper
         hashes: dict[Subject, bytes] = {}
@@ -272,6 +276,13 @@ class EventLog:
         rows = self._seal(items, touched, hashes, recorded)
         rec.insert_events(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
+        if keep:  # hand the opened events to projections: no need to read them back
+            start = rec.last_position() - len(rows) + 1  # one writer: the batch took consecutive positions
+            result.recorded = [
+                RecordedEvent(start + n, pid, row[1], event.event_id, event.type, event.source, event.occurred_at,
+                              recorded, (event.subject.namespace, h[:6].hex()), event.data)
+                for n, ((pid, _, event, h), row) in enumerate(zip(items, rows, strict=True))
+            ]
         result.appended = len(rows)
         result.profiles_created = len(new_streams)
         result.streams = {sid: tips[sid][1] for sid in touched}

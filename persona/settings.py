@@ -25,6 +25,7 @@ class Settings:
     max_event_bytes: int = 64 * 1024  # a larger record is quarantined
     quarantine_days: int = 30  # quarantined records are purged after this many days
     max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
+    snapshot_every: int = 100  # events of a stream between snapshots of its projections
 
     @property
     def db_path(self) -> Path:
@@ -58,6 +59,7 @@ class Settings:
             default_region=env.get("PERSONA_DEFAULT_REGION", "CN"),
             batch_size=_positive(env, "PERSONA_BATCH_SIZE", 20_000),
             quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
+            snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
         )
 
 

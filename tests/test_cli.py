@@ -50,7 +50,7 @@ def test_every_command_is_documented() -> None:
     found = commands(cli)
     assert {name for name, _ in found} >= {
         "init", "ingest", "profile", "history", "erase", "receipt verify", "keys public", "keys rotate",
-        "backup", "restore", "verify", "quarantine",
+        "backup", "restore", "verify", "quarantine", "rebuild",
     }
     for name, command in found:
         assert command.help and len(command.help.strip()) > 20, f"`persona {name}` has no help text"

@@ -174,3 +174,18 @@ def test_a_second_connection_opens_the_same_store(persona: Persona) -> None:
         assert other.counts()["events"] == 1
     finally:
         other.close()
+
+
+def test_kept_events_are_exactly_what_reads_back(persona: Persona) -> None:
+    persona.log.append([event("z@example.com", event_id="z0")])
+    result = persona.log.append(
+        [event("z@example.com", event_id="z1"), event("y@example.com", "order_placed",
+                                                      {"order_id": "o", "amount": "2.50", "currency": "EUR"},
+                                                      event_id="y1"),
+         event("z@example.com", "identity_linked", {"other": {"namespace": "cookie", "value": "ck"}},
+               event_id="z2")],
+        keep=True,
+    )
+    read_back = {e.event_id: e for e in persona.log.iter_all()}
+    assert [read_back[e.event_id] for e in result.recorded] == result.recorded
+    assert [e.version for e in result.recorded] == [2, 1, 3]

@@ -15,9 +15,11 @@ from persona.errors import ValidationError
 from persona.eventlog import AppendResult
 from persona.events import Event, micros, validate
 from persona.ingest.quarantine import Quarantine
+from persona.projector import Projector
 
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
+REFRESH_EVERY_S = 5.0  # the profile index and snapshots lag a long ingest by at most this
 
 
 @dataclass
@@ -68,11 +70,27 @@ def ingest_jsonl(
     batch: list[Event] = []
     total = AppendResult()
 
+    projector = Projector(persona)
+    dirty: set[str] = set()
+    refreshed = time.monotonic()
+
+    def refresh() -> None:
+        nonlocal refreshed
+        projector.refresh(sorted(dirty))  # incremental: each state caught up with its new events only
+        dirty.clear()
+        refreshed = time.monotonic()
+
     def flush() -> None:
         if batch:
-            total.add(persona.log.append(batch))
+            appended = persona.log.append(batch, keep=True)
+            projector.advance(appended.recorded)
+            appended.recorded = []
+            total.add(appended)
+            dirty.update(appended.streams)
             batch.clear()
         quarantine.flush()
+        if dirty and time.monotonic() - refreshed >= REFRESH_EVERY_S:
+            refresh()
 
     for number, raw in enumerate(lines, start=1):
         report.lines = number
@@ -102,6 +120,8 @@ def ingest_jsonl(
         if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
             flush()  # bounded memory, even for a file that is all bad lines
     flush()
+    if dirty:
+        refresh()
     report.appended = total.appended
     report.duplicates = total.duplicates
     report.profiles_created = total.profiles_created

@@ -22,8 +22,8 @@ _EVENT_SELECT = (
 )
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
-# Erasure deletes from every one of them; later modules register theirs here.
-DERIVED_TABLES: list[str] = []
+# Erasure deletes from every one of them; `persona rebuild` empties and refills them.
+DERIVED_TABLES: list[str] = ["snapshots", "profile_index"]
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
@@ -79,6 +79,7 @@ class SQLiteRecorder:
             self._create_schema()
         elif self.get_meta("schema_version") != SCHEMA_VERSION:
             raise ConfigurationError("the database was not made by this version of persona")
+        self._create_derived_schema()
 
     def _create_schema(self) -> None:
         db = self.db
@@ -160,6 +161,26 @@ class SQLiteRecorder:
                     self.conn.execute(statement if statement.endswith(";") else statement + ";")
             self.set_meta("schema_version", SCHEMA_VERSION)
 
+    def _create_derived_schema(self) -> None:
+        """Read models and snapshots: disposable, rebuilt from the log (additive, so made on open)."""
+        if "profile_index" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("snapshots").create(
+                {"profile_id": str, "projection": str, "projection_version": int, "stream_version": int,
+                 "payload": bytes},
+                pk=("profile_id", "projection"),
+                not_null={"projection_version", "stream_version", "payload"},
+                if_not_exists=True,
+            )
+            db.table("profile_index").create(
+                {"profile_id": str, "version": int, "doc": str},
+                pk="profile_id",
+                not_null={"version", "doc"},
+                if_not_exists=True,
+            )
+
     # -- transactions --------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -224,6 +245,10 @@ class SQLiteRecorder:
             if "event_key" in str(e):
                 raise DuplicateEventError("an event id is already in the log") from e
             raise ConcurrencyError.unseen() from e
+
+    def last_position(self) -> int:
+        row = self.conn.execute("SELECT max(position) FROM events").fetchone()
+        return int(row[0] or 0)
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
         cursor = self.conn.execute(
@@ -386,6 +411,44 @@ class SQLiteRecorder:
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         return bool(busy == 0)
+
+    # -- snapshots and read models ------------------------------------------------------
+    def snapshots_of(self, profile_id: str) -> dict[str, tuple[int, int, bytes]]:
+        """projection -> (projection version, stream version, sealed state)."""
+        rows = self.conn.execute(
+            "SELECT projection, projection_version, stream_version, payload FROM snapshots WHERE profile_id = ?",
+            (profile_id,),
+        ).fetchall()
+        return {name: (pv, sv, bytes(payload)) for name, pv, sv, payload in rows}
+
+    def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
+        """rows: (profile_id, projection, projection version, stream version, sealed state)."""
+        self.conn.executemany(
+            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (profile_id, projection) DO UPDATE SET"
+            " projection_version = excluded.projection_version, stream_version = excluded.stream_version,"
+            " payload = excluded.payload",
+            rows,
+        )
+
+    def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
+        """rows: (profile_id, version, JSON document of the profile's read-model values)."""
+        self.conn.executemany(
+            "INSERT INTO profile_index (profile_id, version, doc) VALUES (?, ?, ?) ON CONFLICT (profile_id)"
+            " DO UPDATE SET version = excluded.version, doc = excluded.doc",
+            rows,
+        )
+
+    def index_rows(self) -> list[tuple[str, int, str]]:
+        return self.conn.execute("SELECT profile_id, version, doc FROM profile_index ORDER BY profile_id").fetchall()
+
+    def clear_derived(self, projection: str | None = None) -> None:
+        """Empty the profile index and the snapshots (of one projection, or all) before a rebuild."""
+        self.conn.execute("DELETE FROM profile_index")
+        if projection is None:
+            self.conn.execute("DELETE FROM snapshots")
+        else:
+            self.conn.execute("DELETE FROM snapshots WHERE projection = ?", (projection,))
 
     # -- quarantine ----------------------------------------------------------------------
     def quarantine(

@@ -1,0 +1,230 @@
+"""Keeping projections current: sealed snapshots, catch-up, the profile index, full rebuilds.
+
+Nothing here is authoritative: snapshots and the index are derived from the log and can
+be dropped and rebuilt at any time (DESIGN.md invariant 6).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from persona.core import Persona
+from persona.crypto import Sealer
+from persona.errors import ErasedError, UnknownProfileError, UnknownProjectionError
+from persona.events import RecordedEvent, from_micros, micros
+from persona.projections import ATTRIBUTES, FEATURES, Projection
+from persona.settings import Settings
+
+PROJECTIONS: tuple[Projection[Any], ...] = (ATTRIBUTES, FEATURES)
+_AAD = b"persona-snapshot/1\x00"
+_WRITE_BATCH = 500  # profiles per transaction
+
+
+def _aad(profile_id: str, name: str, projection_version: int, stream_version: int) -> bytes:
+    return b"".join((_AAD, profile_id.encode(), b"\x00", name.encode(), b"\x00",
+                     projection_version.to_bytes(4, "big"), stream_version.to_bytes(8, "big")))
+
+
+def canonical(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass
+class Current:
+    """A profile's projection states at its stream's head."""
+
+    profile_id: str
+    version: int
+    states: dict[str, Any]
+    snapshot_versions: dict[str, int]  # stream version each state was last snapshotted at (0: never)
+
+    def last_instant(self) -> datetime | None:
+        """When the latest event folded so far happened: the instant the index is computed for."""
+        times = [micros(datetime.fromisoformat(claim[3]))
+                 for held in self.states[ATTRIBUTES.name]["attributes"].values()
+                 for claim in (held.values() if isinstance(held, dict) else [held])]
+        times += [micros(datetime.fromisoformat(c[3])) for c in self.states[ATTRIBUTES.name]["consent"].values()]
+        times += [fact[0] for fact in self.states[FEATURES.name]]
+        return from_micros(max(times)) if times else None
+
+
+class Projector:
+    """One per open store (and thread)."""
+
+    def __init__(self, persona: Persona, projections: Sequence[Projection[Any]] = PROJECTIONS,
+                 cache_limit: int = 20_000) -> None:
+        self.persona = persona
+        self.projections = tuple(projections)
+        self.snapshot_every = persona.settings.snapshot_every
+        # States already caught up, by profile. Always safe to reuse: only events after their
+        # version are read next time, and the key is checked on every use (erased: dropped).
+        self._cache: dict[str, Current] = {}
+        self._cache_limit = cache_limit
+
+    def _sealer(self, profile_id: str) -> tuple[int, Sealer]:
+        rec = self.persona.recorder
+        head = rec.heads([profile_id]).get(profile_id)
+        if head is None:
+            raise UnknownProfileError(f"no profile {profile_id}")
+        if head.wrapped is None:
+            raise ErasedError(profile_id)
+        return head.version, self.persona.log.sealer(profile_id, head)
+
+    def current(self, profile_id: str) -> Current:
+        """The latest snapshot of each projection, caught up with the events after it."""
+        try:
+            version, sealer = self._sealer(profile_id)
+        except (ErasedError, UnknownProfileError):
+            self._cache.pop(profile_id, None)
+            raise
+        cached = self._cache.get(profile_id)
+        if cached is not None and cached.version <= version:
+            for event in self.persona.log.read(profile_id, after_version=cached.version):
+                for p in self.projections:
+                    cached.states[p.name] = p.apply(cached.states[p.name], event)
+                cached.version = event.version
+            return cached
+        snapshots = self.persona.recorder.snapshots_of(profile_id)
+        states: dict[str, Any] = {}
+        since: dict[str, int] = {}
+        for p in self.projections:
+            snap = snapshots.get(p.name)
+            if snap is not None and snap[0] == p.version and snap[1] <= version:  # a version bump ignores it
+                plain = sealer.open(snap[2], _aad(profile_id, p.name, snap[0], snap[1]))
+                states[p.name], since[p.name] = p.load(orjson.loads(plain)), snap[1]
+            else:
+                states[p.name], since[p.name] = p.initial(), 0
+        current = Current(profile_id, 0, states, since)
+        for event in self.persona.log.read(profile_id, after_version=min(since.values(), default=0)):
+            for p in self.projections:
+                if event.version > since[p.name]:
+                    states[p.name] = p.apply(states[p.name], event)
+            current.version = event.version
+        current.version = max(current.version, *since.values())
+        if len(self._cache) >= self._cache_limit:
+            self._cache.clear()
+        self._cache[profile_id] = current
+        return current
+
+    def advance(self, events: Iterable[RecordedEvent]) -> None:
+        """Fold just-appended events into the cached states, without reading them back.
+
+        A profile not in the cache is left for `current()` to load (snapshot + catch-up)."""
+        for event in events:
+            cached = self._cache.get(event.profile_id)
+            if cached is None and event.version == 1:  # a new profile: nothing to load
+                states = {p.name: p.initial() for p in self.projections}
+                cached = self._cache[event.profile_id] = Current(
+                    event.profile_id, 0, states, {p.name: 0 for p in self.projections})
+            if cached is None or event.version != cached.version + 1:
+                continue  # not cached, or a gap: current() reads what is missing
+            for p in self.projections:
+                cached.states[p.name] = p.apply(cached.states[p.name], event)
+            cached.version = event.version
+
+    def index_doc(self, current: Current) -> str:
+        """The profile index row: every projection's view at the profile's latest event.
+
+        Computed for that instant, not the wall clock, so that a rebuild reproduces it byte
+        for byte; readers recompute time-dependent values (recency, stage) for their own now.
+        """
+        instant = current.last_instant()
+        doc: dict[str, Any] = {"as_of": instant.isoformat() if instant else None}
+        for p in self.projections:
+            view = p.view(current.states[p.name], instant) if instant else {}
+            if p.name == ATTRIBUTES.name:
+                view = {k: ({p_: v["granted"] for p_, v in v.items()} if k == "consent" else v["value"])
+                        for k, v in view.items()}
+            doc[p.name] = view
+        return canonical(doc).decode()
+
+    def snapshot_rows(self, current: Current, sealer: Sealer, *, force: bool = False) -> list[tuple[Any, ...]]:
+        rows = []
+        for p in self.projections:
+            if force or current.version - current.snapshot_versions[p.name] >= self.snapshot_every:
+                aad = _aad(current.profile_id, p.name, p.version, current.version)
+                payload = sealer.seal(canonical(p.dump(current.states[p.name])), aad, os.urandom(12))
+                rows.append((current.profile_id, p.name, p.version, current.version, payload))
+                current.snapshot_versions[p.name] = current.version
+        return rows
+
+    def refresh(self, profile_ids: Iterable[str], *, force_snapshots: bool = False) -> int:
+        """Bring the index (and, every N events, the snapshots) of these profiles up to date."""
+        index, snaps = [], []
+        for profile_id in profile_ids:
+            try:
+                current = self.current(profile_id)
+                _, sealer = self._sealer(profile_id)
+            except (ErasedError, UnknownProfileError):
+                continue  # erased since: nothing of them may be written back
+            index.append((profile_id, current.version, self.index_doc(current)))
+            snaps.extend(self.snapshot_rows(current, sealer, force=force_snapshots))
+        if index:
+            with self.persona.recorder.transaction():
+                self.persona.recorder.put_index(index)
+                if snaps:
+                    self.persona.recorder.put_snapshots(snaps)
+        return len(index)
+
+
+def _rebuild_part(settings: Settings, profile_ids: list[str], only: str | None) -> tuple[list[Any], list[Any]]:
+    """In a worker process: states from the log (and the snapshots kept), index rows, fresh snapshots."""
+    with Persona.open(settings) as persona:
+        projector = Projector(persona)
+        index: list[Any] = []
+        snaps: list[Any] = []
+        for profile_id in profile_ids:
+            try:
+                current = projector.current(profile_id)
+                _, sealer = projector._sealer(profile_id)
+            except (ErasedError, UnknownProfileError):
+                continue
+            index.append((profile_id, current.version, projector.index_doc(current)))
+            rows = projector.snapshot_rows(current, sealer, force=True)
+            snaps.extend(row for row in rows if only is None or row[1] == only)
+        return index, snaps
+
+
+def rebuild(persona: Persona, *, projection: str | None = None, workers: int | None = None,
+            progress: Callable[[int], None] | None = None, chunk: int = 200) -> int:
+    """Drop the snapshots (of every projection, or of one) and the profile index, and rebuild
+    them from the log, in parallel processes. Returns the number of profiles rebuilt."""
+    names = {p.name for p in PROJECTIONS}
+    if projection is not None and projection not in names:
+        raise UnknownProjectionError(f"no projection named {projection!r}; there are: {', '.join(sorted(names))}")
+    rec = persona.recorder
+    erased = {pid for pid, _ in rec.tombstones()}
+    profile_ids = [pid for pid in rec.stream_ids() if pid not in erased]
+    with rec.transaction():
+        rec.clear_derived(projection)
+    parts = [profile_ids[i : i + chunk] for i in range(0, len(profile_ids), chunk)]
+    workers = workers or os.cpu_count() or 1
+    done = 0
+
+    def write(index: list[Any], snaps: list[Any]) -> None:
+        nonlocal done
+        with rec.transaction():
+            rec.put_index(index)
+            rec.put_snapshots(snaps)
+        done += len(index)
+        if progress is not None:
+            progress(len(index))
+
+    if workers <= 1 or len(parts) <= 1:
+        for part in parts:
+            write(*_rebuild_part(persona.settings, part, projection))
+        return done
+    context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for index, snaps in pool.map(_rebuild_part, [persona.settings] * len(parts), parts,
+                                     [projection] * len(parts)):
+            write(index, snaps)
+    return done
