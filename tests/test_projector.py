@@ -137,7 +137,7 @@ def test_the_index_document_shows_values_without_identifiers(persona: Persona) -
                             source="crm", event_id="b1"),
                      record("bo@example.com", "order_placed", {"order_id": "o", "amount": "5", "currency": "EUR"},
                             event_id="b2")], batch=2)
-    (pid, version, doc), = persona.recorder.index_rows()
+    (_, version, doc), = persona.recorder.index_rows()
     parsed = orjson.loads(doc)
     assert version == 2 and parsed["attributes"]["city"] == "Oslo" and parsed["features"]["frequency"] == 1
     assert parsed["as_of"] == "2026-05-01T02:00:00+00:00"  # the latest event's instant, not the wall clock
