@@ -34,5 +34,5 @@ def profile_view(persona: Persona, profile_id: str, *, as_of: datetime | None = 
         "known_at": known_at.isoformat() if known_at else None,
         "identities": [{"namespace": ns, "hash": h} for ns, h in info.identities],
         "attributes": ATTRIBUTES.view(attributes, moment),
-        "features": FEATURES.view(features, moment),
+        "features": FEATURES.view(features, moment) | {"rfm": persona.recorder.rfm_of(profile_id)},
     }

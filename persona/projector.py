@@ -20,6 +20,7 @@ from persona.core import Persona
 from persona.crypto import Sealer
 from persona.errors import ErasedError, UnknownProfileError, UnknownProjectionError
 from persona.events import RecordedEvent, from_micros, micros
+from persona.population import compute_rfm
 from persona.projections import ATTRIBUTES, FEATURES, Projection
 from persona.settings import Settings
 
@@ -221,10 +222,11 @@ def rebuild(persona: Persona, *, projection: str | None = None, workers: int | N
     if workers <= 1 or len(parts) <= 1:
         for part in parts:
             write(*_rebuild_part(persona.settings, part, projection))
-        return done
-    context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for index, snaps in pool.map(_rebuild_part, [persona.settings] * len(parts), parts,
-                                     [projection] * len(parts)):
-            write(index, snaps)
+    else:
+        context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            for index, snaps in pool.map(_rebuild_part, [persona.settings] * len(parts), parts,
+                                         [projection] * len(parts)):
+                write(index, snaps)
+    compute_rfm(persona)  # RFM quintiles: across the population, recomputed at rebuild
     return done

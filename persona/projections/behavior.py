@@ -103,6 +103,18 @@ class BehaviorFeatures:
     def load(self, dumped: Any) -> list[Fact]:
         return [tuple(f) for f in dumped]
 
+    def shift(self, view: dict[str, Any], computed_at: datetime, as_of: datetime) -> dict[str, Any]:
+        """A view computed at one instant, brought to a later one without the facts: recency and
+        lifecycle are recomputed, affinities decay further (exactly: every weight scales alike)."""
+        now = micros(as_of)
+        out = dict(view)
+        last = view.get("last_order_at")
+        out["recency_days"] = _days(now - micros(datetime.fromisoformat(last))) if last else None
+        factor = 0.5 ** ((now - micros(computed_at)) / DAY_US / self.config.half_life_days)
+        out["category_affinity"] = {c: round(v * factor, 6) for c, v in view.get("category_affinity", {}).items()}
+        out["lifecycle_stage"] = _stage(out, now, self.config) if "first_seen_at" in out else None
+        return out
+
     def view(self, state: list[Fact], as_of: datetime) -> dict[str, Any]:
         cfg = self.config
         now = micros(as_of)

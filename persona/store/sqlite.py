@@ -23,7 +23,7 @@ _EVENT_SELECT = (
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
 # Erasure deletes from every one of them; `persona rebuild` empties and refills them.
-DERIVED_TABLES: list[str] = ["snapshots", "profile_index"]
+DERIVED_TABLES: list[str] = ["snapshots", "profile_index", "rfm"]
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
@@ -163,7 +163,7 @@ class SQLiteRecorder:
 
     def _create_derived_schema(self) -> None:
         """Read models and snapshots: disposable, rebuilt from the log (additive, so made on open)."""
-        if "profile_index" in self.db.table_names():
+        if "rfm" in self.db.table_names():
             return
         db = self.db
         with self.transaction():
@@ -178,6 +178,12 @@ class SQLiteRecorder:
                 {"profile_id": str, "version": int, "doc": str},
                 pk="profile_id",
                 not_null={"version", "doc"},
+                if_not_exists=True,
+            )
+            db.table("rfm").create(
+                {"profile_id": str, "r": int, "f": int, "m": int},
+                pk="profile_id",
+                not_null={"r", "f", "m"},
                 if_not_exists=True,
             )
 
@@ -439,12 +445,26 @@ class SQLiteRecorder:
             rows,
         )
 
+    def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
+        """Replace every RFM score: (profile_id, r, f, m)."""
+        self.conn.execute("DELETE FROM rfm")
+        self.conn.executemany("INSERT INTO rfm (profile_id, r, f, m) VALUES (?, ?, ?, ?)", rows)
+
+    def rfm_of(self, profile_id: str) -> dict[str, int] | None:
+        row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = ?", (profile_id,)).fetchone()
+        return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
+
+    def rfm_scores(self) -> dict[str, dict[str, int]]:
+        rows = self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()
+        return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in rows}
+
     def index_rows(self) -> list[tuple[str, int, str]]:
         return self.conn.execute("SELECT profile_id, version, doc FROM profile_index ORDER BY profile_id").fetchall()
 
     def clear_derived(self, projection: str | None = None) -> None:
         """Empty the profile index and the snapshots (of one projection, or all) before a rebuild."""
         self.conn.execute("DELETE FROM profile_index")
+        self.conn.execute("DELETE FROM rfm")
         if projection is None:
             self.conn.execute("DELETE FROM snapshots")
         else:

@@ -1,0 +1,119 @@
+"""Queries across profiles, answered from the profile index (a read model rebuilt from the log):
+listing and filtering, RFM scores, and population aggregates."""
+
+from __future__ import annotations
+
+import bisect
+import statistics
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from persona.core import Persona
+from persona.projections import ATTRIBUTES, FEATURES
+
+
+@dataclass(frozen=True)
+class IndexedProfile:
+    id: str
+    version: int
+    attributes: dict[str, Any]
+    features: dict[str, Any]  # brought to the query's instant: recency, stage and affinities are current
+    rfm: dict[str, int] | None
+
+
+@dataclass(frozen=True)
+class ProfileFilter:
+    lifecycle_stages: frozenset[str] = frozenset()
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # feature -> [lo, hi]
+    rfm_min: Mapping[str, int] = field(default_factory=dict)  # "r" / "f" / "m" -> lowest score wanted
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # attribute -> value wanted
+
+    def accepts(self, profile: IndexedProfile) -> bool:
+        if self.lifecycle_stages and profile.features.get("lifecycle_stage") not in self.lifecycle_stages:
+            return False
+        for name, (lo, hi) in self.ranges.items():
+            value = profile.features.get(name)
+            if not isinstance(value, int | float) or (lo is not None and value < lo) or (
+                    hi is not None and value > hi):
+                return False
+        for key, lowest in self.rfm_min.items():
+            if profile.rfm is None or profile.rfm[key] < lowest:
+                return False
+        return all(profile.attributes.get(k) == v for k, v in self.attributes.items())
+
+
+def indexed(persona: Persona, *, as_of: datetime | None = None) -> Iterator[IndexedProfile]:
+    """Every live profile in the index, in id order, with time-dependent features as of `as_of`."""
+    moment = as_of or datetime.now(UTC)
+    scores = persona.recorder.rfm_scores()
+    for profile_id, version, doc in persona.recorder.index_rows():
+        parsed = orjson.loads(doc)
+        computed = parsed["as_of"]
+        features = parsed.get(FEATURES.name, {})
+        if computed is not None:
+            features = FEATURES.shift(features, datetime.fromisoformat(computed), moment)
+        yield IndexedProfile(profile_id, version, parsed.get(ATTRIBUTES.name, {}), features, scores.get(profile_id))
+
+
+def list_profiles(persona: Persona, where: ProfileFilter | None = None, *, first: int = 50,
+                  after: str | None = None, as_of: datetime | None = None) -> list[IndexedProfile]:
+    """A page of profiles matching the filter, ordered by id; `after` is the last id of the previous page."""
+    out = []
+    for profile in indexed(persona, as_of=as_of):
+        if after is not None and profile.id <= after:
+            continue
+        if where is None or where.accepts(profile):
+            out.append(profile)
+            if len(out) >= first:
+                break
+    return out
+
+
+def quintile_scores(values: Mapping[str, float], *, higher_is_better: bool = True) -> dict[str, int]:
+    """1–5 by quintile of the population, by mid-rank: equal values always share a score,
+    a larger value never scores lower, and with distinct values the ends score 1 and 5."""
+    ordered = sorted(values.values())
+    n = len(ordered)
+    scores = {}
+    for key, value in values.items():
+        below = bisect.bisect_left(ordered, value)
+        equal = bisect.bisect_right(ordered, value) - below
+        score = min(5, 1 + int(5 * (below + equal / 2) / n))
+        scores[key] = score if higher_is_better else 6 - score
+    return scores
+
+
+def compute_rfm(persona: Persona, *, as_of: datetime | None = None) -> int:
+    """Score every buyer 1–5 on recency, frequency and monetary value against the whole
+    population, and store the scores (done by `persona rebuild`). Returns how many were scored."""
+    buyers = [p for p in indexed(persona, as_of=as_of) if p.features.get("frequency")]
+    r = quintile_scores({p.id: p.features["recency_days"] for p in buyers}, higher_is_better=False)
+    f = quintile_scores({p.id: p.features["frequency"] for p in buyers})
+    m = quintile_scores({p.id: p.features["monetary"] for p in buyers})
+    rows = [(p.id, r[p.id], f[p.id], m[p.id]) for p in buyers]
+    with persona.recorder.transaction():
+        persona.recorder.put_rfm(rows)
+    return len(rows)
+
+
+def population(persona: Persona, *, group_by: tuple[str, ...] = ("lifecycle_stage",),
+               metrics: tuple[str, ...] = ("frequency", "monetary"), as_of: datetime | None = None
+               ) -> list[dict[str, Any]]:
+    """Counts and means of numeric features per group (an attribute or a feature's value)."""
+    groups: dict[tuple[Any, ...], list[IndexedProfile]] = {}
+    for profile in indexed(persona, as_of=as_of):
+        key = tuple(profile.features.get(g, profile.attributes.get(g)) for g in group_by)
+        groups.setdefault(key, []).append(profile)
+    out = []
+    for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        row: dict[str, Any] = {g: k for g, k in zip(group_by, key, strict=True)}
+        row["count"] = len(members)
+        for metric in metrics:
+            values = [p.features[metric] for p in members if isinstance(p.features.get(metric), int | float)]
+            row[f"mean_{metric}"] = round(statistics.fmean(values), 4) if values else None
+        out.append(row)
+    return out
