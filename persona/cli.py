@@ -23,6 +23,7 @@ from persona.erasure import erase_profile, erase_subject, verify_receipt, write_
 from persona.errors import PersonaError, TamperError, UnknownProfileError
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
+from persona.population import ProfileFilter, list_profiles, population
 from persona.profiles import profile_view
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
@@ -384,6 +385,63 @@ def restore(ctx: click.Context, source: Path, yes: bool) -> None:
         click.confirm("replace the current database with the backup?", abort=True)
     info = restore_db(settings, source)
     click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s)")
+
+
+@cli.command("profiles")
+@click.option("--stage", "stages", multiple=True, type=click.Choice(["new", "active", "at_risk", "churned"]),
+              help="Only profiles in this lifecycle stage (repeatable).")
+@click.option("--min", "minimums", multiple=True, metavar="FEATURE=N", help="A feature at least N (repeatable).")
+@click.option("--max", "maximums", multiple=True, metavar="FEATURE=N", help="A feature at most N (repeatable).")
+@click.option("--first", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Page size.")
+@click.option("--after", metavar="ID", help="Continue after this profile id (the previous page's last).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@friendly
+def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[str, ...], maximums: tuple[str, ...],
+                  first: int, after: str | None, as_json: bool) -> None:
+    """List profiles from the profile index, filtered by lifecycle stage and feature ranges."""
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    for spec, side in [(m, 0) for m in minimums] + [(m, 1) for m in maximums]:
+        name, sep, number = spec.partition("=")
+        try:
+            value = float(number)
+        except ValueError:
+            raise click.BadParameter(f"use FEATURE=N, not {spec!r}", param_hint="--min/--max") from None
+        if not sep or not name:
+            raise click.BadParameter(f"use FEATURE=N, not {spec!r}", param_hint="--min/--max")
+        lo, hi = ranges.get(name, (None, None))
+        ranges[name] = (value, hi) if side == 0 else (lo, value)
+    where = ProfileFilter(lifecycle_stages=frozenset(stages), ranges=ranges)
+    with opened(ctx) as persona:
+        page = list_profiles(persona, where, first=first, after=after)
+    for p in page:
+        f = p.features
+        if as_json:
+            click.echo(orjson.dumps({"id": p.id, "version": p.version, "attributes": p.attributes,
+                                     "features": f, "rfm": p.rfm}).decode())
+        else:
+            rfm = "".join(str(p.rfm[k]) for k in "rfm") if p.rfm else "-"
+            click.echo(f"{p.id}  v{p.version:<5} {f.get('lifecycle_stage') or '-':<8} orders {f.get('frequency', 0):<4}"
+                       f" spent {f.get('monetary', 0):>10.2f}  rfm {rfm}")
+
+
+@cli.command("stats")
+@click.option("--by", "group_by", multiple=True, default=["lifecycle_stage"], show_default=True,
+              help="Group by this attribute or feature (repeatable).")
+@click.option("--metric", "metrics", multiple=True, default=["frequency", "monetary"], show_default=True,
+              help="Average this numeric feature per group (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+@friendly
+def stats(ctx: click.Context, group_by: tuple[str, ...], metrics: tuple[str, ...], as_json: bool) -> None:
+    """Population aggregates from the profile index: counts and means per group."""
+    with opened(ctx) as persona:
+        rows = population(persona, group_by=tuple(group_by), metrics=tuple(metrics))
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
 
 
 @cli.command()

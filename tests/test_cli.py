@@ -50,7 +50,7 @@ def test_every_command_is_documented() -> None:
     found = commands(cli)
     assert {name for name, _ in found} >= {
         "init", "ingest", "profile", "history", "erase", "receipt verify", "keys public", "keys rotate",
-        "backup", "restore", "verify", "quarantine", "rebuild",
+        "backup", "restore", "verify", "quarantine", "rebuild", "profiles", "stats",
     }
     for name, command in found:
         assert command.help and len(command.help.strip()) > 20, f"`persona {name}` has no help text"
@@ -141,3 +141,17 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path, events_file: Path
     out = subprocess.run([exe, "ingest", str(events_file), "--json"], check=True, env=env, capture_output=True)
     assert json.loads(out.stdout)["appended"] == 3
     assert b"Traceback" not in out.stderr
+
+
+def test_rebuild_profiles_and_stats(data: Path, events_file: Path) -> None:
+    run(data, "ingest", str(events_file))
+    rebuilt = run(data, "rebuild", "--workers", "1")
+    assert rebuilt.exit_code == 0 and "rebuilt 2 profiles" in rebuilt.output
+    lines = [json.loads(line) for line in run(data, "profiles", "--json").output.splitlines()]
+    assert sorted(p["features"]["frequency"] for p in lines) == [0, 1]
+    buyers = run(data, "profiles", "--min", "frequency=1", "--json").output.splitlines()
+    assert len(buyers) == 1 and json.loads(buyers[0])["rfm"] == {"r": 3, "f": 3, "m": 3}
+    assert run(data, "profiles", "--min", "frequency").exit_code == 2
+    table = json.loads(run(data, "stats", "--json").output)
+    assert sum(row["count"] for row in table) == 2
+    assert run(data, "rebuild", "--projection", "nope").exit_code == 1
