@@ -234,6 +234,10 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of:
         else:
             sources = ", ".join(sorted({p["source"] for p in attribute["provenance"]}))
             click.echo(f"  {name}: {attribute['value']}  ({attribute['strategy']}; {sources})")
+    f = doc["features"]
+    shown = ("lifecycle_stage", "frequency", "monetary", "aov", "recency_days", "page_views", "sessions",
+             "top_categories", "conversion_rate")
+    click.echo("  features: " + ", ".join(f"{k}={f[k]}" for k in shown if f.get(k) not in (None, [], {})))
 
 
 @cli.command()
