@@ -10,8 +10,9 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -52,6 +53,23 @@ def micros(moment: datetime) -> int:
 
 def from_micros(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+@lru_cache(maxsize=65_536)
+def _day_micros(day: str) -> int:
+    return (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86_400_000_000
+
+
+def text_micros(text: str) -> int:
+    """Microseconds since the epoch of a stored `occurred_at` (fast for the canonical
+    `YYYY-MM-DDTHH:MM:SS.ffffffZ` that utc_text writes; any ISO 8601 with an offset works)."""
+    if len(text) == 27 and text[26] == "Z" and text[10] == "T":
+        return (_day_micros(text[:10]) + int(text[11:13]) * 3_600_000_000 + int(text[14:16]) * 60_000_000
+                + int(text[17:19]) * 1_000_000 + int(text[20:26]))
+    return micros(datetime.fromisoformat(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import orjson
 from persona.core import Persona
 from persona.crypto import Sealer
 from persona.errors import ErasedError, UnknownProfileError, UnknownProjectionError
+from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros
 from persona.population import compute_rfm
 from persona.projections import ATTRIBUTES, FEATURES, Projection
@@ -177,20 +178,35 @@ class Projector:
 
 
 def _rebuild_part(settings: Settings, profile_ids: list[str], only: str | None) -> tuple[list[Any], list[Any]]:
-    """In a worker process: states from the log (and the snapshots kept), index rows, fresh snapshots."""
+    """In a worker process: fold these streams from the log (one scan for the lot), then
+    index rows and fresh sealed snapshots."""
     with Persona.open(settings) as persona:
         projector = Projector(persona)
-        index: list[Any] = []
-        snaps: list[Any] = []
-        for profile_id in profile_ids:
-            try:
-                current = projector.current(profile_id)
-                _, sealer = projector._sealer(profile_id)
-            except (ErasedError, UnknownProfileError):
-                continue
-            index.append((profile_id, current.version, projector.index_doc(current)))
-            rows = projector.snapshot_rows(current, sealer, force=True)
-            snaps.extend(row for row in rows if only is None or row[1] == only)
+        rec, log = persona.recorder, persona.log
+        with gc_paused():
+            heads = rec.heads(profile_ids)
+            sealers = {pid: log.sealer(pid, head) for pid, head in heads.items() if head.wrapped is not None}
+            kept = {p.name: only is None or p.name == only for p in projector.projections}
+            if only is not None:  # the other projections start from their snapshots
+                currents = {pid: projector.current(pid) for pid in sealers}
+            else:
+                currents = {pid: Current(pid, 0, {p.name: p.initial() for p in projector.projections},
+                                         {p.name: 0 for p in projector.projections}) for pid in sealers}
+                for row in rec.read_streams([heads[pid].no for pid in sealers]):
+                    current = currents[row.stream_id]
+                    event = log.open_event(row, sealers[row.stream_id])
+                    for p in projector.projections:
+                        current.states[p.name] = p.apply(current.states[p.name], event)
+                    current.version = row.version
+            index: list[Any] = []
+            snaps: list[Any] = []
+            for pid in profile_ids:
+                found = currents.get(pid)
+                if found is None:
+                    continue  # erased meanwhile
+                index.append((pid, found.version, projector.index_doc(found)))
+                rows = projector.snapshot_rows(found, sealers[pid], force=True)
+                snaps.extend(row for row in rows if kept[row[1]])
         return index, snaps
 
 

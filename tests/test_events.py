@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from persona.errors import ValidationError
-from persona.events import EVENT_TYPES, derive_event_id, validate
+from persona.events import EVENT_TYPES, derive_event_id, utc_text, validate
 from tests.conftest import NOW, record
 
 
@@ -126,3 +126,15 @@ def test_every_type_has_a_spec() -> None:
     assert {"profile_updated", "order_placed", "order_refunded", "page_viewed", "searched", "product_viewed",
             "cart_updated", "social_interaction", "app_session", "review_posted", "identity_linked",
             "consent_changed"} == EVENT_TYPES
+
+
+@pytest.mark.parametrize("text", ["2026-05-01T02:03:04.000005Z", "1999-12-31T23:59:59.999999Z",
+                                  "2026-05-01T10:03:04+08:00", "2026-05-01"])
+def test_text_micros_matches_the_slow_parse(text: str) -> None:
+    from datetime import UTC, datetime
+
+    from persona.events import micros, text_micros
+
+    moment = datetime.fromisoformat(text)
+    expected = micros(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    assert text_micros(text if moment.tzinfo else utc_text(moment.replace(tzinfo=UTC))) == expected

@@ -23,7 +23,7 @@ from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
-from persona.events import RecordedEvent, micros
+from persona.events import RecordedEvent, micros, text_micros
 
 DAY_US = 86_400_000_000
 Fact = tuple[Any, ...]  # (occurred µs, event id, kind, *fields): JSON-able, sortable
@@ -53,7 +53,7 @@ class BehaviorConfig:
 
 
 def _fact(event: RecordedEvent) -> Fact | None:
-    t = micros(datetime.fromisoformat(event.occurred_at))
+    t = text_micros(event.occurred_at)
     d, eid = event.data, event.event_id
     kind = event.type
     if kind == "order_placed":
@@ -157,6 +157,9 @@ def _consented(facts: list[Fact]) -> Any:
     for f in facts:
         if f[2] == "c":
             changes.setdefault(f[3], []).append((_order(f), f[4]))
+
+    if not changes:
+        return lambda purpose, fact: True
 
     def allowed(purpose: str, fact: Fact) -> bool:
         granted = True
