@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from functools import lru_cache
 
 import phonenumbers
 
@@ -22,6 +23,7 @@ def check_namespace(namespace: str) -> None:
         )
 
 
+@lru_cache(maxsize=65_536)  # the same people recur batch after batch
 def normalise(namespace: str, value: str, default_region: str = "CN") -> str:
     """The canonical spelling of an identifier; raises ValidationError (without the value)."""
     check_namespace(namespace)
