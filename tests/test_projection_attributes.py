@@ -178,3 +178,21 @@ def test_cli_profile_shows_attributes_as_of_and_known_at(persona: Persona, tmp_p
     bad = CliRunner().invoke(cli, ["--data", folder, "profile", "--subject", "email:ann@example.com",
                                    "--as-of", "yesterday"])
     assert bad.exit_code == 2 and "ISO 8601" in bad.output
+
+
+def test_erased_profiles_stay_erased_in_every_past_view(persona: Persona) -> None:
+    import pytest
+
+    from persona.erasure import erase_subject
+    from persona.errors import ErasedError
+    from persona.profiles import profile_view
+
+    ingest_jsonl(persona, io.BytesIO(jsonl(record("gone@example.com", event_id="g1"))), origin="f")
+    pid = persona.log.profile_for("email", "gone@example.com")
+    assert pid is not None
+    assert profile_view(persona, pid, as_of=datetime(2026, 5, 2, tzinfo=UTC))["events"] == 1
+    erase_subject(persona, "email", "gone@example.com")
+    for as_of, known_at in [(None, None), (datetime(2026, 5, 2, tzinfo=UTC), None),
+                            (None, datetime(2030, 1, 1, tzinfo=UTC))]:
+        with pytest.raises(ErasedError):
+            profile_view(persona, pid, as_of=as_of, known_at=known_at)
