@@ -197,6 +197,8 @@ def parse_instant(text: str | None, option: str) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise click.BadParameter("use ISO 8601, e.g. 2026-01-01T00:00:00Z", param_hint=option) from None
+    if not 1900 <= moment.year <= 9998:
+        raise click.BadParameter("use a year from 1900 to 9998", param_hint=option)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -131,9 +131,10 @@ class EventLog:
         self._synced: tuple[int, int] | None = None
 
     # -- identifiers ---------------------------------------------------------------------
-    def event_key(self, event_id: str) -> bytes:
+    def event_key(self, source: str, event_id: str) -> bytes:
+        """The idempotency key: event ids are unique per source (two shops may both send "o1")."""
         h = self._event_key_hash.copy()  # copying a keyed state skips re-keying per event
-        h.update(event_id.encode())
+        h.update(source.encode() + b"\x00" + event_id.encode())
         return h.digest()
 
     def hash_subject(self, subject: Subject) -> bytes:
@@ -190,7 +191,7 @@ class EventLog:
             base = self._event_key_hash  # event_key(), inlined: this loop runs once per event
             for event in events:
                 h = base.copy()
-                h.update(event.event_id.encode())
+                h.update(event.source.encode() + b"\x00" + event.event_id.encode())
                 keyed.setdefault(h.digest(), event)
             try:
                 result = self._append_batch(keyed, recorded, check_duplicates=False, keep=keep)
@@ -311,7 +312,7 @@ class EventLog:
                 raise ConcurrencyError(profile_id, expected_version, head.version)
             keyed: dict[bytes, Event] = {}
             for event in events:
-                keyed.setdefault(self.event_key(event.event_id), event)
+                keyed.setdefault(self.event_key(event.source, event.event_id), event)
             if len(keyed) < len(events) or rec.existing_event_keys(list(keyed)):
                 raise DuplicateEventError("the batch holds an event id that is already in the log")
             pepper = self.keyring.pepper

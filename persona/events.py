@@ -21,6 +21,7 @@ from persona.errors import ValidationError
 from persona.pseudonyms import normalise
 
 MAX_EVENT_ID = 128
+MAX_AMOUNT = Decimal(10) ** 15
 MAX_TEXT = 2048
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -180,6 +181,8 @@ def money(field: str, value: Any) -> str:
         raise ValidationError(f"{field}: must be a finite number")
     if amount < 0:
         raise ValidationError(f"{field}: must not be negative")
+    if amount >= MAX_AMOUNT or amount.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise ValidationError(f"{field}: must be below 10^15 with at most 6 decimal places")
     return str(amount)
 
 

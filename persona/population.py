@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 
 from persona.core import Persona
+from persona.errors import ErasedError, UnknownProfileError
 from persona.projections import ATTRIBUTES, FEATURES
+from persona.projections.profile import attribute_values
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,23 @@ def indexed(persona: Persona, *, as_of: datetime | None = None) -> Iterator[Inde
     scores = persona.recorder.rfm_scores()
     for profile_id, version, doc in persona.recorder.index_rows():
         parsed = orjson.loads(doc)
-        computed = parsed["as_of"]
-        features = parsed.get(FEATURES.name, {})
-        if computed is not None:
-            features = FEATURES.shift(features, datetime.fromisoformat(computed), moment)
-        yield IndexedProfile(profile_id, version, parsed.get(ATTRIBUTES.name, {}), features, scores.get(profile_id))
+        computed = datetime.fromisoformat(parsed["as_of"]) if parsed["as_of"] else None
+        attributes, features = parsed.get(ATTRIBUTES.name, {}), parsed.get(FEATURES.name, {})
+        if computed is not None and moment < computed:
+            # the index was computed after this instant (a question about the past, or events
+            # dated ahead): it cannot be shifted backwards, so this profile is replayed
+            from persona.profiles import profile_view  # profiles -> projector -> population
+
+            try:
+                past = profile_view(persona, profile_id, as_of=moment)
+            except (ErasedError, UnknownProfileError):
+                continue
+            attributes, features = attribute_values(past["attributes"]), past["features"]
+        elif computed is not None:
+            features = FEATURES.shift(features, computed, moment)
+        if isinstance(attributes.get("birth_year"), int):
+            attributes = attributes | {"age": moment.year - attributes["birth_year"]}
+        yield IndexedProfile(profile_id, version, attributes, features, scores.get(profile_id))
 
 
 def list_profiles(persona: Persona, where: ProfileFilter | None = None, *, first: int = 50,

@@ -34,5 +34,7 @@ def profile_view(persona: Persona, profile_id: str, *, as_of: datetime | None = 
         "known_at": known_at.isoformat() if known_at else None,
         "identities": [{"namespace": ns, "hash": h} for ns, h in info.identities],
         "attributes": ATTRIBUTES.view(attributes, moment),
-        "features": FEATURES.view(features, moment) | {"rfm": persona.recorder.rfm_of(profile_id)},
+        # RFM scores are ranks in today's population: shown for the present only
+        "features": FEATURES.view(features, moment) | {
+            "rfm": persona.recorder.rfm_of(profile_id) if as_of is None and known_at is None else None},
     }

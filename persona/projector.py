@@ -23,6 +23,7 @@ from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros
 from persona.population import compute_rfm
 from persona.projections import ATTRIBUTES, FEATURES, Projection
+from persona.projections.profile import attribute_values
 from persona.settings import Settings
 
 PROJECTIONS: tuple[Projection[Any], ...] = (ATTRIBUTES, FEATURES)
@@ -142,10 +143,7 @@ class Projector:
         doc: dict[str, Any] = {"as_of": instant.isoformat() if instant else None}
         for p in self.projections:
             view = p.view(current.states[p.name], instant) if instant else {}
-            if p.name == ATTRIBUTES.name:
-                view = {k: ({p_: v["granted"] for p_, v in v.items()} if k == "consent" else v["value"])
-                        for k, v in view.items()}
-            doc[p.name] = view
+            doc[p.name] = attribute_values(view) if p.name == ATTRIBUTES.name else view
         return canonical(doc).decode()
 
     def snapshot_rows(self, current: Current, sealer: Sealer, *, force: bool = False) -> list[tuple[Any, ...]]:
@@ -205,8 +203,9 @@ def _rebuild_part(settings: Settings, profile_ids: list[str], only: str | None) 
                 if found is None:
                     continue  # erased meanwhile
                 index.append((pid, found.version, projector.index_doc(found)))
+                missing = {name for name, at in found.snapshot_versions.items() if at == 0}
                 rows = projector.snapshot_rows(found, sealers[pid], force=True)
-                snaps.extend(row for row in rows if kept[row[1]])
+                snaps.extend(row for row in rows if kept[row[1]] or row[1] in missing)
         return index, snaps
 
 
@@ -220,29 +219,30 @@ def rebuild(persona: Persona, *, projection: str | None = None, workers: int | N
     rec = persona.recorder
     erased = {pid for pid, _ in rec.tombstones()}
     profile_ids = [pid for pid in rec.stream_ids() if pid not in erased]
-    with rec.transaction():
-        rec.clear_derived(projection)
     parts = [profile_ids[i : i + chunk] for i in range(0, len(profile_ids), chunk)]
     workers = workers or os.cpu_count() or 1
     done = 0
 
     def write(index: list[Any], snaps: list[Any]) -> None:
         nonlocal done
-        with rec.transaction():
-            rec.put_index(index)
-            rec.put_snapshots(snaps)
+        rec.put_index(index)
+        rec.put_snapshots(snaps)
         done += len(index)
         if progress is not None:
             progress(len(index))
 
-    if workers <= 1 or len(parts) <= 1:
-        for part in parts:
-            write(*_rebuild_part(persona.settings, part, projection))
-    else:
-        context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            for index, snaps in pool.map(_rebuild_part, [persona.settings] * len(parts), parts,
-                                         [projection] * len(parts)):
-                write(index, snaps)
-    compute_rfm(persona)  # RFM quintiles: across the population, recomputed at rebuild
+    # One transaction: readers keep the old index until the new one is complete, and a
+    # failure half-way leaves the old one in place. Other writers wait (WAL readers do not).
+    with rec.transaction():
+        rec.clear_derived(projection)
+        if workers <= 1 or len(parts) <= 1:
+            for part in parts:
+                write(*_rebuild_part(persona.settings, part, projection))
+        else:
+            context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                for index, snaps in pool.map(_rebuild_part, [persona.settings] * len(parts), parts,
+                                             [projection] * len(parts)):
+                    write(index, snaps)
+        compute_rfm(persona)  # RFM quintiles: across the population, recomputed at rebuild
     return done

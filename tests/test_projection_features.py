@@ -62,13 +62,13 @@ def test_every_feature_on_a_worked_example() -> None:
         "monetary": 90.0,
         "aov": 30.0,
         "recency_days": 0.125,  # 09:00 -> 12:00 on the as-of day
-        "first_order_at": "2025-03-01T11:00:00Z",
-        "last_order_at": "2025-03-31T09:00:00Z",
+        "first_order_at": "2025-03-01T11:00:00.000000Z",
+        "last_order_at": "2025-03-31T09:00:00.000000Z",
         "refunds": 1,
         "refund_amount": 40.0,
         "interpurchase_mean_days": 14.9583,  # gaps of 9.9167 and 20 days
         "interpurchase_std_days": 5.0417,
-        "expected_next_purchase_at": "2025-04-15T08:00:00Z",  # last order + 14.9583 days
+        "expected_next_purchase_at": "2025-04-15T08:00:00.000000Z",  # last order + 14.9583 days
         "page_views": 1,
         "product_views": 2,
         "searches": 1,
@@ -90,8 +90,8 @@ def test_every_feature_on_a_worked_example() -> None:
         # UTC hours: 0 ×2 (reviews), 8 ×2 (app), 9 ×3 (two orders, a refund), 10 ×3, 11, 12 ×3 (social), 20
         "hour_of_day": [2, 0, 0, 0, 0, 0, 0, 0, 2, 3, 3, 1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
         "day_of_week": [2, 2, 3, 1, 1, 6, 0],  # Monday first; Saturdays 1, 15 and 22 March
-        "first_seen_at": "2025-03-01T10:00:00Z",
-        "last_seen_at": "2025-03-31T09:00:00Z",
+        "first_seen_at": "2025-03-01T10:00:00.000000Z",
+        "last_seen_at": "2025-03-31T09:00:00.000000Z",
         "lifecycle_stage": "active",  # first seen 30.04 days ago (> 30: not new); bought today
     }
     # books: page 10:00, view 10:05 and order 11:00 on 1 March, order 09:00 on 31 March; 30-day half-life

@@ -17,13 +17,13 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import Context, Decimal, localcontext
 from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
-from persona.events import RecordedEvent, micros, text_micros
+from persona.events import RecordedEvent, micros, text_micros, utc_text
 
 DAY_US = 86_400_000_000
 Fact = tuple[Any, ...]  # (occurred µs, event id, kind, *fields): JSON-able, sortable
@@ -109,7 +109,7 @@ class BehaviorFeatures:
         now = micros(as_of)
         out = dict(view)
         last = view.get("last_order_at")
-        out["recency_days"] = _days(now - micros(datetime.fromisoformat(last))) if last else None
+        out["recency_days"] = _days(now - text_micros(last)) if last else None
         factor = 0.5 ** ((now - micros(computed_at)) / DAY_US / self.config.half_life_days)
         out["category_affinity"] = {c: round(v * factor, 6) for c, v in view.get("category_affinity", {}).items()}
         out["lifecycle_stage"] = _stage(out, now, self.config) if "first_seen_at" in out else None
@@ -173,20 +173,29 @@ def _consented(facts: list[Fact]) -> Any:
 
 
 def _iso(us: int | None) -> str | None:
+    """Fixed-width UTC with microseconds, like stored occurred_at: exact, and sorts as time."""
     if us is None:
         return None
-    return datetime.fromtimestamp(us / 1_000_000, UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+    return utc_text(datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us))
 
 
 def _days(us: float) -> float:
     return round(us / DAY_US, 4)
 
 
+_MONEY = Context(prec=60, traps=[])  # sums of many amounts stay exact and never raise
+
+
 def _money(value: Decimal) -> float:
-    return float(value.quantize(Decimal("0.01")))
+    return float(value.quantize(Decimal("0.01"), context=_MONEY))
 
 
 def _orders(facts: Iterable[Fact], now: int) -> dict[str, Any]:
+    with localcontext(_MONEY):
+        return _order_features(facts, now)
+
+
+def _order_features(facts: Iterable[Fact], now: int) -> dict[str, Any]:
     orders = [f for f in facts if f[2] == "o"]
     refunds = [f for f in facts if f[2] == "r"]
     monetary = sum((Decimal(f[3]) for f in orders), Decimal(0))
@@ -323,11 +332,11 @@ def _stage(features: dict[str, Any], now: int, cfg: BehaviorConfig) -> str | Non
     first = features["first_seen_at"]
     if first is None:
         return None
-    first_us = micros(datetime.fromisoformat(first))
+    first_us = text_micros(first)
     if now - first_us <= cfg.new_days * DAY_US:
         return "new"
     last = features["last_order_at"] or features["last_seen_at"]
-    idle = (now - micros(datetime.fromisoformat(last))) / DAY_US
+    idle = (now - text_micros(last)) / DAY_US
     if idle <= cfg.active_days:
         return "active"
     if idle <= cfg.churn_days:

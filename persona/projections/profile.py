@@ -20,7 +20,9 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal
 
-from persona.events import RecordedEvent
+import orjson
+
+from persona.events import DATA_SPECS, RecordedEvent
 
 Strategy = Literal["latest", "precedence", "weighted", "union"]
 Claim = tuple[Any, str, str, str]  # value, source, event id, occurred_at (UTC, fixed width: sorts as time)
@@ -39,6 +41,7 @@ DEFAULT_TRUST = ("crm", "shop", "app", "web", "social")
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({"crm": 4.0, "shop": 2.0, "app": 1.5, "web": 1.0,
                                                          "social": 0.5})
 CONSENT_PURPOSES = ("analytics", "marketing", "personalization")
+CLAIMABLE = frozenset(DATA_SPECS["profile_updated"])  # the fields EVENTS.md defines for profile_updated
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class ProfileAttributes:
     def apply(self, state: State, event: RecordedEvent) -> State:
         if event.type == "profile_updated":
             for name, value in event.data.items():
+                if name not in CLAIMABLE:
+                    continue  # extra fields a source sent along are kept in the log, not fused
                 if name == "age":  # an age is a claim about the birth year, in the year it was made
                     self._claim(state, "birth_year", int(event.occurred_at[:4]) - int(value), event)
                 elif name in self.policy.strategies:
@@ -191,12 +196,21 @@ class ProfileAttributes:
         return state
 
 
+def attribute_values(view: dict[str, Any]) -> dict[str, Any]:
+    """Attribute values without provenance, as the profile index keeps them. Age is left out:
+    it depends on the reader's instant and is derived from birth_year when read."""
+    return {name: ({purpose: v["granted"] for purpose, v in held.items()} if name == "consent" else held["value"])
+            for name, held in view.items() if name != "age"}
+
+
 def _dump_order(claim: list[Any]) -> tuple[str, str, str]:
     return claim[3], claim[2], claim[1]
 
 
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool) or value is None else repr(value)
+def _hashable(value: Any) -> str:
+    """A union's key for a value: strings as they are, anything else as tagged canonical JSON
+    (so "['en']" and ["en"], or 1 and true, stay apart, and a dict keys the same after a snapshot)."""
+    return value if isinstance(value, str) else "\x00" + orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _number(name: str, value: float) -> float | int:

@@ -435,28 +435,41 @@ class SQLiteRecorder:
         ).fetchall()
         return {name: (pv, sv, bytes(payload)) for name, pv, sv, payload in rows}
 
+    # Derived rows are written only for profiles that still hold a key (checked inside the
+    # writing transaction: an erasure committed by another process since the rows were
+    # computed wins), and never replace newer ones (two processes refreshing at once).
     def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
         """rows: (profile_id, projection, projection version, stream version, sealed state)."""
         self.conn.executemany(
             "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (profile_id, projection) DO UPDATE SET"
+            " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
+            " ON CONFLICT (profile_id, projection) DO UPDATE SET"
             " projection_version = excluded.projection_version, stream_version = excluded.stream_version,"
-            " payload = excluded.payload",
+            " payload = excluded.payload"
+            " WHERE excluded.projection_version > snapshots.projection_version"
+            " OR (excluded.projection_version = snapshots.projection_version"
+            " AND excluded.stream_version >= snapshots.stream_version)",
             rows,
         )
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
         """rows: (profile_id, version, JSON document of the profile's read-model values)."""
         self.conn.executemany(
-            "INSERT INTO profile_index (profile_id, version, doc) VALUES (?, ?, ?) ON CONFLICT (profile_id)"
-            " DO UPDATE SET version = excluded.version, doc = excluded.doc",
+            "INSERT INTO profile_index (profile_id, version, doc)"
+            " SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
+            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc"
+            " WHERE excluded.version >= profile_index.version",
             rows,
         )
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         """Replace every RFM score: (profile_id, r, f, m)."""
         self.conn.execute("DELETE FROM rfm")
-        self.conn.executemany("INSERT INTO rfm (profile_id, r, f, m) VALUES (?, ?, ?, ?)", rows)
+        self.conn.executemany(
+            "INSERT INTO rfm (profile_id, r, f, m) SELECT ?1, ?2, ?3, ?4"
+            " WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)",
+            rows,
+        )
 
     def rfm_of(self, profile_id: str) -> dict[str, int] | None:
         row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = ?", (profile_id,)).fetchone()
