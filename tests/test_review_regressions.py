@@ -105,9 +105,10 @@ def test_past_views_carry_no_present_rfm_and_extreme_instants_are_refused(person
     assert profile_view(persona, pid, as_of=datetime(2026, 5, 2, tzinfo=UTC))["features"]["rfm"] is None
     folder = str(persona.settings.data_dir)
     persona.close()
-    bad = CliRunner().invoke(cli, ["--data", folder, "profile", "--profile", pid, "--as-of", "0001-01-01T00:00:00+01:00"])
+    args = ["--data", folder, "profile", "--profile", pid]
+    bad = CliRunner().invoke(cli, [*args, "--as-of", "0001-01-01T00:00:00+01:00"])
     assert bad.exit_code == 2 and "1900" in bad.output
-    ok = CliRunner().invoke(cli, ["--data", folder, "profile", "--profile", pid, "--json"])
+    ok = CliRunner().invoke(cli, [*args, "--json"])
     assert json.loads(ok.output)["features"]["frequency"] == 1
 
 
