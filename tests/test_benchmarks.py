@@ -1,0 +1,21 @@
+"""The benchmark scripts keep working (a smoke run each; their figures are never asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("script", "heading"), [("bench_core.py", "## Core event log"),
+                                                 ("bench_projections.py", "## Projections")])
+def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> None:
+    before = (ROOT / "docs" / "benchmarks.md").read_bytes()
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=True)
+    assert heading in done.stdout and "| measure |" in done.stdout
+    assert (ROOT / "docs" / "benchmarks.md").read_bytes() == before  # a quick run publishes nothing
