@@ -6,7 +6,6 @@ not reset between examples) and checks the store against a small in-memory model
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -351,7 +350,7 @@ def test_a_failing_batch_changes_nothing(
         at = where % (len(good) + 1)
 
         if failure == "unserialisable_event":
-            poison = dataclasses.replace(good[0], event_id="poison", data={"url": "x", "blob": object()})
+            poison = good[0]._replace(event_id="poison", data={"url": "x", "blob": object()})
             with pytest.raises(TypeError):
                 persona.log.append([*good[:at], poison, *good[at:]], now=NOW)
         elif failure == "fails_after_insert":
@@ -374,7 +373,7 @@ def test_a_failing_batch_changes_nothing(
             target = erased_pid if failure == "erased_profile" else live
             assert target is not None and target != (None if failure == "erased_profile" else erased_pid)
             version = persona.recorder.heads([target])[target].version
-            events = [dataclasses.replace(e, subject=good[0].subject) for e in good]
+            events = [e._replace(subject=good[0].subject) for e in good]
             if failure == "stale_version":
                 with pytest.raises(ConcurrencyError):
                     persona.log.append_to(target, events, expected_version=version + (1 if at % 2 else -1), now=NOW)
