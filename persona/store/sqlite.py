@@ -23,7 +23,7 @@ _EVENT_SELECT = (
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
 # Erasure deletes from every one of them; `persona rebuild` empties and refills them.
-DERIVED_TABLES: list[str] = ["snapshots", "profile_index", "rfm"]
+DERIVED_TABLES = ("snapshots", "profile_index", "rfm")
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
@@ -45,8 +45,37 @@ def _chunks(items: Sequence[bytes] | Sequence[str]) -> Iterator[Sequence[bytes] 
         yield items[start : start + CHUNK]
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
+def _expand(sql: str, n: int) -> str:
+    """Constant SQL with one `IN (?*)`, given n bound placeholders. Values are never interpolated."""
+    return sql.replace("(?*)", "(" + ",".join("?" * n) + ")")
+
+
+_SCAN_CHAINS = _EVENT_SELECT + " ORDER BY e.stream_no, e.version"
+_READ_STREAM = _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version"
+_READ_STREAMS = _EVENT_SELECT + " WHERE e.stream_no IN (?*) ORDER BY e.stream_no, e.version"
+_READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
+_EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
+_HEADS = (
+    "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
+    " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
+)
+_RESOLVE = "SELECT subject_hash, profile_id FROM links WHERE subject_hash IN (?*)"
+_TAGGED = "SELECT quarantine_id FROM quarantine_tags WHERE subject_hash IN (?*)"
+_DELETE_QUARANTINED = (
+    "DELETE FROM quarantine WHERE id IN (?*)",
+    "DELETE FROM quarantine_tags WHERE quarantine_id IN (?*)",
+)
+# table names are constants of this module; the statements are built once
+_DELETE_DERIVED = tuple("DELETE FROM [" + table + "] WHERE profile_id = ?" for table in DERIVED_TABLES)
+_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine")
+_COUNT = {table: "SELECT count(*) FROM [" + table + "]" for table in _COUNTED}
+_PRAGMAS = (
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
+    "PRAGMA secure_delete = ON",  # deleted cells are zeroed: an erased key leaves no trace
+    "PRAGMA cache_size = -131072",  # 128 MiB: the (stream, version) index outgrows the default
+    "PRAGMA temp_store = MEMORY",
+)
 
 
 class SQLiteRecorder:
@@ -66,15 +95,9 @@ class SQLiteRecorder:
             # 8 KiB pages: measured ~8% faster appends than 4 KiB; fixed once the file exists.
             conn.execute("PRAGMA page_size = 8192")
         self.db.enable_wal()
-        for pragma in (
-            "synchronous = NORMAL",
-            "wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
-            "secure_delete = ON",  # deleted cells are zeroed: an erased key leaves no trace
-            f"busy_timeout = {self.busy_timeout_ms}",
-            "cache_size = -131072",  # 128 MiB: the (stream, version) index outgrows the default
-            "temp_store = MEMORY",
-        ):
-            conn.execute(f"PRAGMA {pragma}")
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
+        self._set_busy_timeout(self.busy_timeout_ms)
         if create:
             self._create_schema()
         elif self.get_meta("schema_version") != SCHEMA_VERSION:
@@ -209,6 +232,10 @@ class SQLiteRecorder:
         self.conn.execute("COMMIT")
         self.commits += 1
 
+    def _set_busy_timeout(self, ms: int) -> None:
+        """PRAGMA takes no bound parameters: the value is forced to an integer first."""
+        self.conn.execute("PRAGMA busy_timeout = " + str(int(ms)))
+
     def close(self) -> None:
         self.conn.close()
 
@@ -235,7 +262,7 @@ class SQLiteRecorder:
     def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
         found: set[bytes] = set()
         for part in _chunks(keys):
-            sql = f"SELECT event_key FROM events WHERE event_key IN ({_marks(len(part))})"
+            sql = _expand(_EXISTING_KEYS, len(part))
             found.update(row[0] for row in self.conn.execute(sql, part))
         return found
 
@@ -258,7 +285,7 @@ class SQLiteRecorder:
 
     def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
         cursor = self.conn.execute(
-            f"{_EVENT_SELECT} WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version",
+            _READ_STREAM,
             (stream_id, after_version),
         )
         yield from map(StoredEvent._make, cursor)
@@ -268,19 +295,19 @@ class SQLiteRecorder:
         ordered = sorted(stream_numbers)
         for start in range(0, len(ordered), CHUNK):
             part = ordered[start : start + CHUNK]
-            sql = f"{_EVENT_SELECT} WHERE e.stream_no IN ({_marks(len(part))}) ORDER BY e.stream_no, e.version"
+            sql = _expand(_READ_STREAMS, len(part))
             yield from map(StoredEvent._make, self.conn.execute(sql, part))
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         cursor = self.conn.execute(
-            f"{_EVENT_SELECT} WHERE e.position > ? ORDER BY e.position LIMIT ?",
+            _READ_ALL,
             (after_position, limit),
         )
         return list(map(StoredEvent._make, cursor))
 
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, each stream in version order."""
-        cursor = self.conn.execute(f"{_EVENT_SELECT} ORDER BY e.stream_no, e.version")
+        cursor = self.conn.execute(_SCAN_CHAINS)
         yield from map(StoredEvent._make, cursor)
 
     # -- streams and keys ----------------------------------------------------------------
@@ -288,10 +315,7 @@ class SQLiteRecorder:
         ids = list(stream_ids)
         out: dict[str, Head] = {}
         for part in _chunks(ids):
-            sql = (
-                "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s "
-                f"LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN ({_marks(len(part))})"
-            )
+            sql = _expand(_HEADS, len(part))
             for sid, no, version, head, kek_version, wrapped in self.conn.execute(sql, part):
                 out[sid] = Head(no, version, head, kek_version, wrapped)
         return out
@@ -355,7 +379,7 @@ class SQLiteRecorder:
     def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
         out: dict[bytes, str] = {}
         for part in _chunks(hashes):
-            sql = f"SELECT subject_hash, profile_id FROM links WHERE subject_hash IN ({_marks(len(part))})"
+            sql = _expand(_RESOLVE, len(part))
             out.update(self.conn.execute(sql, part).fetchall())
         return out
 
@@ -382,8 +406,8 @@ class SQLiteRecorder:
         counts["keys"] = conn.execute("DELETE FROM keys WHERE profile_id = ?", (profile_id,)).rowcount
         conn.execute("DELETE FROM links WHERE profile_id = ?", (profile_id,))
         derived = 0
-        for table in DERIVED_TABLES:
-            derived += conn.execute(f"DELETE FROM [{table}] WHERE profile_id = ?", (profile_id,)).rowcount
+        for statement in _DELETE_DERIVED:
+            derived += conn.execute(statement, (profile_id,)).rowcount
         counts["derived_rows"] = derived
         conn.execute(
             "INSERT OR IGNORE INTO tombstones (profile_id, erased_at, events) VALUES (?, ?, ?)",
@@ -395,7 +419,7 @@ class SQLiteRecorder:
         """Delete quarantined records carrying any of these identifier hashes."""
         ids: set[int] = set()
         for part in _chunks(hashes):
-            sql = f"SELECT quarantine_id FROM quarantine_tags WHERE subject_hash IN ({_marks(len(part))})"
+            sql = _expand(_TAGGED, len(part))
             ids.update(row[0] for row in self.conn.execute(sql, part))
         self._delete_quarantined(sorted(ids))
         return len(ids)
@@ -403,8 +427,8 @@ class SQLiteRecorder:
     def _delete_quarantined(self, ids: Sequence[int]) -> None:
         for start in range(0, len(ids), CHUNK):
             part = ids[start : start + CHUNK]
-            self.conn.execute(f"DELETE FROM quarantine WHERE id IN ({_marks(len(part))})", part)
-            self.conn.execute(f"DELETE FROM quarantine_tags WHERE quarantine_id IN ({_marks(len(part))})", part)
+            for statement in _DELETE_QUARANTINED:
+                self.conn.execute(_expand(statement, len(part)), part)
 
     def tombstone(self, profile_id: str) -> int | None:
         row = self.conn.execute("SELECT erased_at FROM tombstones WHERE profile_id = ?", (profile_id,)).fetchone()
@@ -419,11 +443,11 @@ class SQLiteRecorder:
         A reader holding an old snapshot blocks this; SQLite's busy handler retries for
         up to `wait_s`. Returns False if the WAL could not be truncated in that time.
         """
-        self.conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        self._set_busy_timeout(int(wait_s * 1000))
         try:
             busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:
-            self.conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            self._set_busy_timeout(self.busy_timeout_ms)
         return bool(busy == 0)
 
     # -- snapshots and read models ------------------------------------------------------
@@ -537,6 +561,6 @@ class SQLiteRecorder:
 
     def counts(self) -> dict[str, int]:
         out = {}
-        for table in ("events", "streams", "keys", "links", "tombstones", "quarantine"):
-            out[table] = int(self.conn.execute(f"SELECT count(*) FROM [{table}]").fetchone()[0])
+        for table, statement in _COUNT.items():
+            out[table] = int(self.conn.execute(statement).fetchone()[0])
         return out
