@@ -48,6 +48,7 @@ class Current:
     version: int
     states: dict[str, Any]
     snapshot_versions: dict[str, int]  # stream version each state was last snapshotted at (0: never)
+    sealer: Sealer | None = None  # the profile's key, as checked by the last current()
 
     def last_instant(self) -> datetime | None:
         """When the latest event folded so far happened: the instant the index is computed for."""
@@ -94,6 +95,7 @@ class Projector:
                 for p in self.projections:
                     cached.states[p.name] = p.apply(cached.states[p.name], event)
                 cached.version = event.version
+            cached.sealer = sealer
             return cached
         snapshots = self.persona.recorder.snapshots_of(profile_id)
         states: dict[str, Any] = {}
@@ -105,7 +107,7 @@ class Projector:
                 states[p.name], since[p.name] = p.load(orjson.loads(plain)), snap[1]
             else:
                 states[p.name], since[p.name] = p.initial(), 0
-        current = Current(profile_id, 0, states, since)
+        current = Current(profile_id, 0, states, since, sealer)
         for event in self.persona.log.read(profile_id, after_version=min(since.values(), default=0)):
             for p in self.projections:
                 if event.version > since[p.name]:
@@ -162,11 +164,11 @@ class Projector:
         for profile_id in profile_ids:
             try:
                 current = self.current(profile_id)
-                _, sealer = self._sealer(profile_id)
             except (ErasedError, UnknownProfileError):
                 continue  # erased since: nothing of them may be written back
+            assert current.sealer is not None
             index.append((profile_id, current.version, self.index_doc(current)))
-            snaps.extend(self.snapshot_rows(current, sealer, force=force_snapshots))
+            snaps.extend(self.snapshot_rows(current, current.sealer, force=force_snapshots))
         if index:
             with self.persona.recorder.transaction():
                 self.persona.recorder.put_index(index)

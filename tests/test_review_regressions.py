@@ -45,8 +45,8 @@ def test_derived_rows_are_never_written_for_an_erased_profile(persona: Persona) 
     projector = Projector(persona)
     current = projector.current(pid)
     doc = projector.index_doc(current)
-    _, sealer = projector._sealer(pid)
-    snaps = projector.snapshot_rows(current, sealer, force=True)
+    assert current.sealer is not None
+    snaps = projector.snapshot_rows(current, current.sealer, force=True)
     with Persona.open(persona.settings) as other:  # another process erases in between
         erase_subject(other, "email", "alice@example.com")
     with persona.recorder.transaction():
