@@ -16,6 +16,7 @@ from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.profile import attribute_values
+from persona.segments import segments
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class IndexedProfile:
     features: dict[str, Any]  # brought to the query's instant: recency, stage and affinities are current
     rfm: dict[str, int] | None
 
+    @property
+    def segments(self) -> list[str]:
+        return segments(self.attributes, self.features, self.rfm)
+
 
 @dataclass(frozen=True)
 class ProfileFilter:
@@ -33,8 +38,11 @@ class ProfileFilter:
     ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)  # feature -> [lo, hi]
     rfm_min: Mapping[str, int] = field(default_factory=dict)  # "r" / "f" / "m" -> lowest score wanted
     attributes: Mapping[str, Any] = field(default_factory=dict)  # attribute -> value wanted
+    segments: frozenset[str] = frozenset()  # every one of these wanted (see persona.segments)
 
     def accepts(self, profile: IndexedProfile) -> bool:
+        if self.segments and not self.segments <= set(profile.segments):
+            return False
         if self.lifecycle_stages and profile.features.get("lifecycle_stage") not in self.lifecycle_stages:
             return False
         for name, (lo, hi) in self.ranges.items():
@@ -48,38 +56,54 @@ class ProfileFilter:
         return all(profile.attributes.get(k) == v for k, v in self.attributes.items())
 
 
-def indexed(persona: Persona, *, as_of: datetime | None = None) -> Iterator[IndexedProfile]:
-    """Every live profile in the index, in id order, with time-dependent features as of `as_of`."""
+def index_rows(persona: Persona, after: str = "", page: int = 500) -> Iterator[tuple[str, int, str]]:
+    """The index in id order, read a page at a time: a first page costs one page."""
+    while True:
+        rows = persona.recorder.index_rows(after, page)
+        yield from rows
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
+
+
+def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | None,
+               moment: datetime, persona: Persona) -> IndexedProfile | None:
+    """One index row brought to `moment` (None: erased or gone since)."""
+    parsed = orjson.loads(doc)
+    computed = datetime.fromisoformat(parsed["as_of"]) if parsed["as_of"] else None
+    attributes, features = parsed.get(ATTRIBUTES.name, {}), parsed.get(FEATURES.name, {})
+    if computed is not None and moment < computed:
+        # the index was computed after this instant (a question about the past, or events
+        # dated ahead): it cannot be shifted backwards, so this profile is replayed
+        from persona.profiles import profile_view  # profiles -> projector -> population
+
+        try:
+            past = profile_view(persona, profile_id, as_of=moment)
+        except (ErasedError, UnknownProfileError):
+            return None
+        attributes, features = attribute_values(past["attributes"]), past["features"]
+    elif computed is not None:
+        features = FEATURES.shift(features, computed, moment)
+    if isinstance(attributes.get("birth_year"), int):
+        attributes = attributes | {"age": moment.year - attributes["birth_year"]}
+    return IndexedProfile(profile_id, version, attributes, features, rfm)
+
+
+def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "") -> Iterator[IndexedProfile]:
+    """Every live profile in the index after an id, in id order, with time-dependent features as of `as_of`."""
     moment = as_of or datetime.now(UTC)
     scores = persona.recorder.rfm_scores()
-    for profile_id, version, doc in persona.recorder.index_rows():
-        parsed = orjson.loads(doc)
-        computed = datetime.fromisoformat(parsed["as_of"]) if parsed["as_of"] else None
-        attributes, features = parsed.get(ATTRIBUTES.name, {}), parsed.get(FEATURES.name, {})
-        if computed is not None and moment < computed:
-            # the index was computed after this instant (a question about the past, or events
-            # dated ahead): it cannot be shifted backwards, so this profile is replayed
-            from persona.profiles import profile_view  # profiles -> projector -> population
-
-            try:
-                past = profile_view(persona, profile_id, as_of=moment)
-            except (ErasedError, UnknownProfileError):
-                continue
-            attributes, features = attribute_values(past["attributes"]), past["features"]
-        elif computed is not None:
-            features = FEATURES.shift(features, computed, moment)
-        if isinstance(attributes.get("birth_year"), int):
-            attributes = attributes | {"age": moment.year - attributes["birth_year"]}
-        yield IndexedProfile(profile_id, version, attributes, features, scores.get(profile_id))
+    for profile_id, version, doc in index_rows(persona, after):
+        profile = from_index(profile_id, version, doc, scores.get(profile_id), moment, persona)
+        if profile is not None:
+            yield profile
 
 
 def list_profiles(persona: Persona, where: ProfileFilter | None = None, *, first: int = 50,
                   after: str | None = None, as_of: datetime | None = None) -> list[IndexedProfile]:
     """A page of profiles matching the filter, ordered by id; `after` is the last id of the previous page."""
     out = []
-    for profile in indexed(persona, as_of=as_of):
-        if after is not None and profile.id <= after:
-            continue
+    for profile in indexed(persona, as_of=as_of, after=after or ""):
         if where is None or where.accepts(profile):
             out.append(profile)
             if len(out) >= first:

@@ -119,6 +119,10 @@ class Projector:
         self._cache[profile_id] = current
         return current
 
+    def forget(self, profile_id: str) -> None:
+        """Drop a profile's cached states (it was erased by another connection)."""
+        self._cache.pop(profile_id, None)
+
     def advance(self, events: Iterable[RecordedEvent]) -> None:
         """Fold just-appended events into the cached states, without reading them back.
 

@@ -26,6 +26,7 @@ class Settings:
     quarantine_days: int = 30  # quarantined records are purged after this many days
     max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
     snapshot_every: int = 100  # events of a stream between snapshots of its projections
+    api_dev: bool = False  # PERSONA_API_DEV=1: the server offers GraphiQL to browsers
 
     @property
     def db_path(self) -> Path:
@@ -60,7 +61,14 @@ class Settings:
             batch_size=_positive(env, "PERSONA_BATCH_SIZE", 20_000),
             quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
             snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
+            api_dev=env.get("PERSONA_API_DEV") == "1",
         )
+
+    def export(self) -> None:
+        """Hand these settings to child processes (the server's workers) through the environment."""
+        os.environ["PERSONA_DATA"] = str(self.data_dir.resolve())
+        os.environ["PERSONA_KEY_FILE"] = str(self.key_file.resolve())
+        os.environ["PERSONA_API_DEV"] = "1" if self.api_dev else "0"
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

@@ -33,9 +33,12 @@ class IngestReport:
     blank: int = 0
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict, repr=False)  # profile id -> its new version
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["changed"]
+        return out
 
     def summary(self) -> str:
         rate = self.appended / self.seconds if self.seconds else 0.0
@@ -125,6 +128,7 @@ def ingest_jsonl(
     report.appended = total.appended
     report.duplicates = total.duplicates
     report.profiles_created = total.profiles_created
+    report.changed = total.streams
     report.quarantined = quarantine.count
     report.quarantine_reasons = quarantine.reasons
     report.seconds = time.perf_counter() - started

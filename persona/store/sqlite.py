@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import Head, QuarantinedRecord, StoredEvent
+from persona.store.base import Head, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
 
 SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
@@ -24,6 +24,13 @@ _EVENT_SELECT = (
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
 # Erasure deletes from every one of them; `persona rebuild` empties and refills them.
 DERIVED_TABLES = ("snapshots", "profile_index", "rfm")
+
+_ACCESS_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
+"""
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
@@ -53,6 +60,24 @@ def _expand(sql: str, n: int) -> str:
 _SCAN_CHAINS = _EVENT_SELECT + " ORDER BY e.stream_no, e.version"
 _READ_STREAM = _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version"
 _READ_STREAMS = _EVENT_SELECT + " WHERE e.stream_no IN (?*) ORDER BY e.stream_no, e.version"
+_READ_PAGE = _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version < ? ORDER BY e.version DESC LIMIT ?"
+_READ_PAGE_TYPED = (
+    _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version < ? AND e.type IN (?*) ORDER BY e.version DESC LIMIT ?"
+)
+# One row per profile for the API: its head, last change, read-model row and RFM scores.
+_PROFILE_ROWS = (
+    "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m"
+    " FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
+    " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
+    " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
+)
+_LINKS_OF_MANY = (
+    "SELECT profile_id, subject_hash, namespace FROM links WHERE profile_id IN (?*) ORDER BY created_at, namespace"
+)
+_TOKEN_SELECT = (
+    "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
+)
+_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
 _EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
 _HEADS = (
@@ -103,6 +128,7 @@ class SQLiteRecorder:
         elif self.get_meta("schema_version") != SCHEMA_VERSION:
             raise ConfigurationError("the database was not made by this version of persona")
         self._create_derived_schema()
+        self._create_access_schema()
 
     def _create_schema(self) -> None:
         db = self.db
@@ -210,6 +236,31 @@ class SQLiteRecorder:
                 if_not_exists=True,
             )
 
+    def _create_access_schema(self) -> None:
+        """API tokens (hashes only) and the append-only audit log (additive, so made on open)."""
+        if "audit" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("api_tokens").create(
+                {"name": str, "digest": bytes, "scopes": str, "created_at": int, "revoked_at": int,
+                 "rate_per_s": float, "epsilon_budget": float, "epsilon_spent": float},
+                pk="name",
+                not_null={"digest", "scopes", "created_at", "rate_per_s", "epsilon_budget", "epsilon_spent"},
+                if_not_exists=True,
+            )
+            db.table("api_tokens").create_index(["digest"], unique=True, if_not_exists=True)
+            db.table("audit").create(
+                {"seq": int, "at": int, "token": str, "operation": str, "profile_id": str, "fields": str},
+                pk="seq",
+                not_null={"at", "token", "operation", "profile_id", "fields"},
+                if_not_exists=True,
+            )
+            db.table("audit").create_index(["profile_id"], if_not_exists=True)
+            for statement in _ACCESS_TRIGGERS.strip().split(";\n"):
+                if statement.strip():
+                    self.conn.execute(statement if statement.endswith(";") else statement + ";")
+
     # -- transactions --------------------------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -297,6 +348,14 @@ class SQLiteRecorder:
             part = ordered[start : start + CHUNK]
             sql = _expand(_READ_STREAMS, len(part))
             yield from map(StoredEvent._make, self.conn.execute(sql, part))
+
+    def read_page(self, stream_id: str, before_version: int, limit: int,
+                  types: Sequence[str] = ()) -> list[StoredEvent]:
+        """Up to `limit` events of one stream older than `before_version`, newest first."""
+        if types:
+            sql = _expand(_READ_PAGE_TYPED, len(types))
+            return list(map(StoredEvent._make, self.conn.execute(sql, (stream_id, before_version, *types, limit))))
+        return list(map(StoredEvent._make, self.conn.execute(_READ_PAGE, (stream_id, before_version, limit))))
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         cursor = self.conn.execute(
@@ -503,8 +562,26 @@ class SQLiteRecorder:
         rows = self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()
         return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in rows}
 
-    def index_rows(self) -> list[tuple[str, int, str]]:
-        return self.conn.execute("SELECT profile_id, version, doc FROM profile_index ORDER BY profile_id").fetchall()
+    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str]]:
+        """Read-model rows in profile id order, after an id; a negative limit reads them all."""
+        return self.conn.execute(
+            "SELECT profile_id, version, doc FROM profile_index WHERE profile_id > ? ORDER BY profile_id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+
+    def profile_rows(self, profile_ids: Sequence[str]) -> list[ProfileRow]:
+        """What the API shows of each profile, in one query per chunk of ids."""
+        out: list[ProfileRow] = []
+        for part in _chunks(profile_ids):
+            out.extend(map(ProfileRow._make, self.conn.execute(_expand(_PROFILE_ROWS, len(part)), part)))
+        return out
+
+    def links_of_many(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
+        """(profile_id, subject hash, namespace) of each profile's identifiers."""
+        out: list[tuple[str, bytes, str]] = []
+        for part in _chunks(profile_ids):
+            out.extend(self.conn.execute(_expand(_LINKS_OF_MANY, len(part)), part).fetchall())
+        return out
 
     def clear_derived(self, projection: str | None = None) -> None:
         """Empty the profile index and the snapshots (of one projection, or all) before a rebuild."""
@@ -553,6 +630,53 @@ class SQLiteRecorder:
         ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= ?", (now,))]
         self._delete_quarantined(ids)
         return len(ids)
+
+    # -- API access ----------------------------------------------------------------------
+    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None:
+        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget); a name is used once."""
+        try:
+            self.conn.execute(
+                "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
+                " epsilon_spent) VALUES (?, ?, ?, ?, ?, ?, 0.0)",
+                row,
+            )
+        except sqlite3.IntegrityError:
+            raise ConfigurationError(f"a token named {row[0]!r} already exists") from None
+
+    def token_by_digest(self, digest: bytes) -> TokenRow | None:
+        row = self.conn.execute(_TOKEN_SELECT + " WHERE digest = ? AND revoked_at IS NULL", (digest,)).fetchone()
+        return None if row is None else TokenRow._make(row)
+
+    def tokens(self) -> list[TokenRow]:
+        return list(map(TokenRow._make, self.conn.execute(_TOKEN_SELECT + " ORDER BY created_at, name")))
+
+    def revoke_token(self, name: str, now: int) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+        return cursor.rowcount == 1
+
+    def spend_epsilon(self, name: str, epsilon: float) -> float | None:
+        """Charge ε to a token's privacy budget; the remaining budget, or None if it would overdraw."""
+        row = self.conn.execute(
+            "UPDATE api_tokens SET epsilon_spent = epsilon_spent + ?1"
+            " WHERE name = ?2 AND revoked_at IS NULL AND epsilon_spent + ?1 <= epsilon_budget + 1e-9"
+            " RETURNING epsilon_budget - epsilon_spent",
+            (epsilon, name),
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
+        """rows: (at, token name, operation, profile_id, comma-separated fields)."""
+        self.conn.executemany(
+            "INSERT INTO audit (at, token, operation, profile_id, fields) VALUES (?, ?, ?, ?, ?)", rows)
+
+    def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
+                   ) -> list[tuple[int, int, str, str, str, str]]:
+        """(seq, at, token, operation, profile_id, fields) in order of writing."""
+        if profile_id is None:
+            return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? AND profile_id = ? ORDER BY seq LIMIT ?",
+                                 (after, profile_id, limit)).fetchall()
 
     # -- maintenance ---------------------------------------------------------------------
     def backup(self, dest: str) -> None:

@@ -1,0 +1,157 @@
+"""Who may ask what: bearer tokens with scopes, per-token rate limits, and the audit log.
+
+A token is shown once, when it is created; the database keeps only a keyed hash of it
+(HMAC-SHA256 under a key derived from the pepper), so a copy of the database cannot be
+used to forge or check tokens offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from persona.core import Persona
+from persona.errors import ConfigurationError
+from persona.events import from_micros, micros
+
+# scope -> what it allows; every field of the schema names one of these
+SCOPES: dict[str, str] = {
+    "profiles:read": "read profiles: attributes, features, segments, identities (short hashes)",
+    "history:read": "read a profile's decrypted event history",
+    "predictions:read": "read model predictions",
+    "insights:read": "population aggregates (k-anonymous, optionally with differential privacy)",
+    "events:write": "ingest events",
+    "erasure:write": "erase profiles (right to erasure)",
+    "models:write": "train and publish models",
+}
+TOKEN_PREFIX = "pst_"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
+DEFAULT_RATE_PER_S = 200.0
+DEFAULT_EPSILON_BUDGET = 10.0
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    scopes: frozenset[str]
+    rate_per_s: float
+    epsilon_budget: float
+    epsilon_spent: float
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def parse_scopes(values: Iterable[str]) -> frozenset[str]:
+    """Scopes from `--scopes a,b --scopes c` or "a b"; unknown names are refused."""
+    scopes = frozenset(part for value in values for part in re.split(r"[\s,]+", value) if part)
+    unknown = sorted(scopes - SCOPES.keys())
+    if unknown:
+        raise ConfigurationError(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
+    if not scopes:
+        raise ConfigurationError("a token needs at least one scope")
+    return scopes
+
+
+def token_digest(persona: Persona, token: str) -> bytes:
+    return hmac.new(persona.keyring.derived("api-token"), token.encode(), hashlib.sha256).digest()
+
+
+def create_token(persona: Persona, name: str, scopes: frozenset[str], *, rate_per_s: float = DEFAULT_RATE_PER_S,
+                 epsilon_budget: float = DEFAULT_EPSILON_BUDGET, now: datetime | None = None) -> str:
+    """A new token (returned once; only its hash is stored)."""
+    if not _NAME.match(name):
+        raise ConfigurationError("a token name is 1–64 letters, digits or _.:@- (starting with a letter or digit)")
+    if not rate_per_s > 0 or not epsilon_budget >= 0:
+        raise ConfigurationError("the rate must be positive and the ε budget not negative")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    created = micros(now or datetime.now(UTC))
+    with persona.recorder.transaction():
+        persona.recorder.put_token(
+            (name, token_digest(persona, token), " ".join(sorted(scopes)), created, rate_per_s, epsilon_budget))
+    return token
+
+
+def list_tokens(persona: Persona) -> list[Token]:
+    return [
+        Token(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget, row.epsilon_spent,
+              from_micros(row.created_at), from_micros(row.revoked_at) if row.revoked_at is not None else None)
+        for row in persona.recorder.tokens()
+    ]
+
+
+def revoke_token(persona: Persona, name: str, *, now: datetime | None = None) -> None:
+    with persona.recorder.transaction():
+        if not persona.recorder.revoke_token(name, micros(now or datetime.now(UTC))):
+            raise ConfigurationError(f"no active token named {name!r}")
+
+
+class TokenCache:
+    """Token lookups for a server: a hit is reused for `ttl_s`, so a revocation takes effect
+    within that time while a busy client costs no query per request."""
+
+    def __init__(self, persona: Persona, ttl_s: float = 2.0) -> None:
+        self.persona = persona
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, Token | None]] = {}
+
+    def lookup(self, token: str) -> Token | None:
+        now = time.monotonic()
+        hit = self._cache.get(token)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        found = None
+        if token.startswith(TOKEN_PREFIX) and len(token) < 100:
+            row = self.persona.recorder.token_by_digest(token_digest(self.persona, token))
+            if row is not None:
+                found = Token(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget,
+                              row.epsilon_spent, from_micros(row.created_at), None)
+        if len(self._cache) > 10_000:
+            self._cache.clear()  # garbage tokens must not grow memory
+        self._cache[token] = (now, found)
+        return found
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per token name: `rate_per_s` sustained, bursts of up to `burst_s` seconds' worth."""
+
+    burst_s: float = 2.0
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (tokens, at)
+
+    def allow(self, token: Token) -> float:
+        """0.0 if the request may go ahead, else the seconds to wait."""
+        now = time.monotonic()
+        capacity = token.rate_per_s * self.burst_s
+        level, at = self._buckets.get(token.name, (capacity, now))
+        level = min(capacity, level + (now - at) * token.rate_per_s)
+        if level < 1.0:
+            self._buckets[token.name] = (level, now)
+            return (1.0 - level) / token.rate_per_s
+        self._buckets[token.name] = (level - 1.0, now)
+        return 0.0
+
+
+@dataclass
+class AuditBuffer:
+    """Reads of people's data, held briefly and written in batches by the server's writer."""
+
+    rows: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+
+    def record(self, token: str, operation: str, profile_id: str, fields: str) -> None:
+        self.rows.append((micros(datetime.now(UTC)), token, operation, profile_id, fields))
+
+    def take(self) -> list[tuple[int, str, str, str, str]]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
+def write_audit(persona: Persona, rows: list[tuple[int, str, str, str, str]]) -> None:
+    if rows:
+        with persona.recorder.transaction():
+            persona.recorder.append_audit(rows)

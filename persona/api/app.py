@@ -1,0 +1,251 @@
+"""The HTTP server: Starlette routes, one fast GraphQL handler, strawberry for websockets.
+
+A GraphQL request over HTTP goes: token (401) → rate limit (429) → body size (413) →
+cached plan: parse, validation, depth, cost (400) → scopes (403) → execution by
+graphql-core on the strawberry schema → errors masked → orjson. Parsing, validation and
+analysis happen once per distinct document (persona.api.plan), which is most of what a
+default GraphQL server spends on a small query.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from graphql import ExecutionResult, GraphQLError, OperationType, execute
+from graphql.pyutils import is_awaitable
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+
+from persona.api.access import Token
+from persona.api.context import ApiState, RequestContext, ServerOptions
+from persona.api.schema import ApiError, schema
+from persona.errors import ConcurrencyError, ErasedError, PersonaError, UnknownProfileError, ValidationError
+from persona.settings import Settings
+
+log = logging.getLogger("persona.api")
+GRAPHQL_SCHEMA = schema._schema
+JSON_TYPE = "application/json"
+
+
+def _error(message: str, code: str, path: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"message": message, "extensions": {"code": code}}
+    if path is not None:
+        out["path"] = path
+    return out
+
+
+def _reply(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"errors": errors}), status, headers, media_type=JSON_TYPE)
+
+
+def masked(error: GraphQLError) -> dict[str, Any]:
+    """What a client may see of an error: messages of known kinds, never internals.
+
+    Unforeseen errors are logged by class and place (never their message, which might
+    hold data) under a reference the client is given.
+    """
+    original = error.original_error
+    if original is None:  # from graphql-core: the request itself is malformed
+        return _error(error.message, "BAD_REQUEST", error.path)
+    if isinstance(original, ApiError):
+        return _error(str(original), original.code, error.path)
+    if isinstance(original, ValidationError):
+        return _error(original.reason, "BAD_REQUEST", error.path)
+    if isinstance(original, UnknownProfileError | ErasedError):
+        return _error("no such profile (unknown, or erased)", "NOT_FOUND", error.path)
+    if isinstance(original, ConcurrencyError):
+        return _error("the profile changed meanwhile; try again", "CONFLICT", error.path)
+    reference = uuid.uuid4().hex[:12]
+    where = traceback.extract_tb(original.__traceback__)[-1:] if original.__traceback__ else []
+    place = f"{where[0].filename}:{where[0].lineno} in {where[0].name}" if where else "?"
+    kind = "PersonaError" if isinstance(original, PersonaError) else type(original).__name__
+    log.error("internal error %s at %s (%s; reference %s)", kind, error.path, place, reference)
+    return _error(f"internal error (reference {reference})", "INTERNAL", error.path)
+
+
+def _bearer(headers: Any) -> str | None:
+    value = headers.get("authorization")
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+class GraphQLEndpoint:
+    """POST and GET /graphql."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except Exception as e:  # a fault of ours: masked, logged by class and place only
+            return _reply(500, [masked(GraphQLError("internal", original_error=e))])
+
+    async def _handle(self, request: Request) -> Response:
+        state: ApiState = request.app.state.api
+        if request.method == "GET" and "text/html" in request.headers.get("accept", "") and not request.query_params:
+            if self.options.dev:
+                return HTMLResponse(get_graphql_ide_html(graphql_ide="graphiql"))
+            return _reply(404, [_error("GraphiQL is served only with `persona serve --dev`", "NOT_FOUND")])
+        raw_token = _bearer(request.headers)
+        token = state.tokens.lookup(raw_token) if raw_token else None
+        if token is None:
+            return _reply(401, [_error("a valid bearer token is required (Authorization: Bearer pst_…)",
+                                       "UNAUTHENTICATED")], {"WWW-Authenticate": "Bearer"})
+        wait = state.limiter.allow(token)
+        if wait:
+            return _reply(429, [_error("too many requests for this token; slow down", "RATE_LIMITED")],
+                          {"Retry-After": str(max(1, round(wait)))})
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        query, variables, operation_name = body
+        plan = state.plans.get(query, operation_name)
+        if plan.errors:
+            return _reply(400, [_error(e.message, "BAD_REQUEST") | (
+                {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
+                if e.locations else {}) for e in plan.errors])
+        if plan.kind is OperationType.SUBSCRIPTION:
+            return _reply(400, [_error("subscriptions run over a websocket (graphql-transport-ws)", "BAD_REQUEST")])
+        if plan.kind is OperationType.MUTATION and request.method == "GET":
+            return _reply(405, [_error("mutations need POST", "BAD_REQUEST")], {"Allow": "POST"})
+        missing = plan.scopes - token.scopes
+        if missing:
+            return _reply(403, [_error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
+        result = await self._execute(state, token, plan, variables, operation_name)
+        out: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            out["errors"] = [masked(e) for e in result.errors]
+        return Response(orjson.dumps(out), 200, media_type=JSON_TYPE)
+
+    async def _body(self, request: Request) -> tuple[str, dict[str, Any] | None, str | None] | Response:
+        limit = self.options.max_request_bytes
+        if request.method == "GET":
+            params = request.query_params
+            doc: Any = {"query": params.get("query"), "operationName": params.get("operationName")}
+            if params.get("variables"):
+                try:
+                    doc["variables"] = orjson.loads(params["variables"])
+                except orjson.JSONDecodeError:
+                    return _reply(400, [_error("variables: not valid JSON", "BAD_REQUEST")])
+        else:
+            declared = request.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                return _reply(413, [_error(f"the request body is over {limit} bytes", "TOO_LARGE")])
+            if JSON_TYPE not in request.headers.get("content-type", ""):
+                return _reply(415, [_error("send the request as application/json", "BAD_REQUEST")])
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return _reply(413, [_error(f"the request body is over {limit} bytes", "TOO_LARGE")])
+                chunks.append(chunk)
+            try:
+                doc = orjson.loads(b"".join(chunks))
+            except orjson.JSONDecodeError:
+                return _reply(400, [_error("the body is not valid JSON", "BAD_REQUEST")])
+        if not isinstance(doc, dict) or not isinstance(doc.get("query"), str) or not doc["query"].strip():
+            return _reply(400, [_error("send {\"query\": \"…\", \"variables\": {…}}", "BAD_REQUEST")])
+        variables = doc.get("variables")
+        name = doc.get("operationName")
+        if variables is not None and not isinstance(variables, dict):
+            return _reply(400, [_error("variables: must be an object", "BAD_REQUEST")])
+        if name is not None and not isinstance(name, str):
+            return _reply(400, [_error("operationName: must be a string", "BAD_REQUEST")])
+        if len(doc["query"]) > self.options.limits.max_document_bytes:
+            return _reply(413, [_error("the query text is too long", "TOO_LARGE")])
+        return doc["query"], variables, name
+
+    async def _execute(self, state: ApiState, token: Token, plan: Any, variables: dict[str, Any] | None,
+                       operation_name: str | None) -> ExecutionResult:
+        context = RequestContext(state, token, plan)
+        result = execute(GRAPHQL_SCHEMA, plan.document, context_value=context, variable_values=variables,
+                         operation_name=operation_name,
+                         executor_class=StrawberryGraphQLCoreExecutionContext)
+        if is_awaitable(result):
+            result = await result
+        assert isinstance(result, ExecutionResult)
+        return result
+
+
+class SocketEndpoint(GraphQL[RequestContext, None]):
+    """Websocket subscriptions (graphql-transport-ws), through strawberry. The token comes
+    in connection_init's payload ({"authorization": "Bearer …"}) or the upgrade's header."""
+
+    def __init__(self) -> None:
+        super().__init__(schema, graphql_ide=None, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+                         keep_alive=True, keep_alive_interval=15, max_subscriptions_per_connection=20)
+
+    async def get_context(self, request: Any, response: Any) -> RequestContext:
+        state: ApiState = request.app.state.api
+        raw = _bearer(request.headers)
+        return RequestContext(state, state.tokens.lookup(raw) if raw else None, None)
+
+    async def on_ws_connect(self, context: RequestContext) -> None:
+        params = context.connection_params
+        raw = None
+        if isinstance(params, dict):
+            value = params.get("authorization") or params.get("Authorization")
+            if isinstance(value, str):
+                raw = _bearer({"authorization": value})
+        if raw is not None:
+            context.token = context.state.tokens.lookup(raw)
+        if context.token is None:
+            raise ConnectionRejectionError({"message": "a valid bearer token is required"})
+
+
+async def healthz(request: Request) -> Response:
+    state: ApiState = request.app.state.api
+    try:
+        state.persona.recorder.get_meta("schema_version")
+    except Exception:
+        return JSONResponse({"status": "unavailable"}, 503)
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings | None = None, options: ServerOptions | None = None) -> Starlette:
+    settings = settings or Settings.load()
+    options = options or ServerOptions()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = ApiState(settings, GRAPHQL_SCHEMA, options)
+        app.state.api = state
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    endpoint = GraphQLEndpoint(options)
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", SocketEndpoint()),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def app_from_env() -> Starlette:
+    """For `uvicorn --factory` with several workers: settings from PERSONA_* variables."""
+    settings = Settings.load()
+    return create_app(settings, ServerOptions(dev=settings.api_dev))
+
+
+__all__ = ["WebSocket", "create_app"]

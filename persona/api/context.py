@@ -1,0 +1,202 @@
+"""The server's state (one per worker process) and each request's context.
+
+Threads: the event loop's thread owns one open store for quick reads (a profile, a
+history page). Writes — ingest, erasure, audit batches, privacy-budget charges — go
+to one writer thread with its own store, and whole-population reads (insights) to a
+second reader thread, so neither a write waiting for SQLite's lock nor a long scan
+ever stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from graphql import GraphQLSchema
+
+from persona.api.access import AuditBuffer, RateLimiter, Token, TokenCache, write_audit
+from persona.api.data import Batch, ProfileData, load_identities, load_predictions, load_profiles, load_sources
+from persona.api.plan import Limits, Plan, PlanCache
+from persona.core import Persona
+from persona.projector import Projector
+from persona.settings import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("persona.api")
+AUDIT_FLUSH_S = 0.25
+
+
+class Worker:
+    """One thread with its own open store; `run(fn, ...)` calls fn(persona, ...) there."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self._settings = settings
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persona-{name}")
+
+    def _persona(self) -> Persona:
+        persona = getattr(self._local, "persona", None)
+        if persona is None:
+            persona = self._local.persona = Persona.open(self._settings)
+        return persona
+
+    def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        return fn(self._persona(), *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, args)
+
+    def close(self) -> None:
+        def shut(_: Persona) -> None:
+            persona = getattr(self._local, "persona", None)
+            if persona is not None:
+                persona.close()
+                self._local.persona = None
+
+        with contextlib.suppress(RuntimeError):
+            self._pool.submit(self._call, shut, ()).result()
+        self._pool.shutdown(wait=True)
+
+
+class ChangeBus:
+    """Wakes subscriptions when a profile changes in this process; changes made elsewhere
+    (the CLI, another worker) are found by the subscriptions' own polling."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+
+    def watch(self, profile_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters.setdefault(profile_id, set()).add(event)
+        return event
+
+    def unwatch(self, profile_id: str, event: asyncio.Event) -> None:
+        waiting = self._waiters.get(profile_id)
+        if waiting is not None:
+            waiting.discard(event)
+            if not waiting:
+                del self._waiters[profile_id]
+
+    def changed(self, profile_ids: set[str] | list[str]) -> None:
+        for profile_id in profile_ids:
+            for event in self._waiters.get(profile_id, ()):
+                event.set()
+
+
+@dataclass
+class ServerOptions:
+    limits: Limits = field(default_factory=Limits)
+    k_anonymity: int = 5  # insight groups with fewer people are suppressed
+    max_request_bytes: int = 1 << 20
+    max_ingest_events: int = 1_000  # per ingestEvents call
+    subscription_poll_s: float = 1.0
+    dev: bool = False
+
+
+class ApiState:
+    """Everything a worker process shares between requests."""
+
+    def __init__(self, settings: Settings, schema: GraphQLSchema, options: ServerOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.persona = Persona.open(settings)  # the event loop's own store, for quick reads
+        self.projector = Projector(self.persona)
+        self.tokens = TokenCache(self.persona)
+        self.limiter = RateLimiter()
+        self.plans = PlanCache(schema, options.limits)
+        self.audit = AuditBuffer()
+        self.bus = ChangeBus()
+        self.writer = Worker(settings, "writer")
+        self.scanner = Worker(settings, "scanner")
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_audit_forever())
+
+    async def flush_audit(self) -> None:
+        rows = self.audit.take()
+        if rows:
+            try:
+                await self.writer.run(write_audit, rows)
+            except Exception:
+                self.audit.rows[:0] = rows  # kept for the next try; never dropped
+                raise
+
+    async def _flush_audit_forever(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_FLUSH_S)
+            try:
+                await self.flush_audit()
+            except Exception as e:  # the database is busy or full: retried, and said so
+                log.warning("audit log write failed (%s); retrying", type(e).__name__)
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush_audit()
+        self.writer.close()
+        self.scanner.close()
+        self.persona.close()
+
+
+class RequestContext:
+    """One request's token, plan and loaders. Loaders batch and cache per request."""
+
+    def __init__(self, state: ApiState, token: Token | None, plan: Plan | None) -> None:
+        self.connection_params: object = None  # a websocket's connection_init payload
+        self.state = state
+        self.token = token
+        self.plan = plan
+        persona, projector = state.persona, state.projector
+        self.profiles: Batch[str, ProfileData | None] = Batch(
+            lambda ids: load_profiles(persona, projector, ids), None)
+        self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: load_identities(persona, ids), [])
+        self.predictions: Batch[str, list[Any]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
+        self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(persona, projector, ids), {})
+        self.updated: Batch[str, datetime | None] = Batch(
+            lambda ids: {p.id: p.updated_at for p in load_profiles(persona, projector, ids).values() if p}, None)
+
+    def announce(self, ids: list[str]) -> None:
+        """A page of profiles is about to be resolved: their lookups go in one batch each."""
+        for loader in (self.identities, self.predictions, self.sources, self.updated):
+            loader.want(ids)
+
+    @property
+    def name(self) -> str:
+        """The token's name (every request that reaches a resolver has a token)."""
+        assert self.token is not None
+        return self.token.name
+
+    def audit(self, operation: str, profile_id: str) -> None:
+        assert self.token is not None and self.plan is not None  # authorized before anything is read
+        self.state.audit.record(self.token.name, operation, profile_id, self.plan.profile_fields)
+
+    def authorize(self, info: Any) -> RequestContext:
+        """For operations that bypass the HTTP handler (websocket subscriptions): the same
+        depth, cost and scope checks, made on the operation being run. A context to use."""
+        from persona.api.plan import analyse
+        from persona.api.schema import ApiError
+
+        if self.token is None:
+            raise ApiError('no valid token: send {"authorization": "Bearer …"} in connection_init', "UNAUTHENTICATED")
+        plan = analyse(self.state.plans.schema, None, info.operation, self.state.options.limits,
+                       fragments=dict(info.fragments))
+        if plan.errors:
+            raise ApiError(plan.errors[0].message, "TOO_COMPLEX")
+        missing = plan.scopes - self.token.scopes
+        if missing:
+            raise ApiError(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")
+        return RequestContext(self.state, self.token, plan)
+
+    def fresh(self) -> RequestContext:
+        """A context with empty loaders (a subscription's next update must not see cached data)."""
+        return RequestContext(self.state, self.token, self.plan)
