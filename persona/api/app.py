@@ -10,8 +10,6 @@ default GraphQL server spends on a small query.
 from __future__ import annotations
 
 import logging
-import traceback
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,8 +30,8 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
-from persona.api.schema import ApiError, schema
-from persona.errors import ConcurrencyError, ErasedError, PersonaError, UnknownProfileError, ValidationError
+from persona.api.errors import error, masked
+from persona.api.schema import schema
 from persona.settings import Settings
 
 log = logging.getLogger("persona.api")
@@ -41,40 +39,8 @@ GRAPHQL_SCHEMA = schema._schema
 JSON_TYPE = "application/json"
 
 
-def _error(message: str, code: str, path: Any = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"message": message, "extensions": {"code": code}}
-    if path is not None:
-        out["path"] = path
-    return out
-
-
 def _reply(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps({"errors": errors}), status, headers, media_type=JSON_TYPE)
-
-
-def masked(error: GraphQLError) -> dict[str, Any]:
-    """What a client may see of an error: messages of known kinds, never internals.
-
-    Unforeseen errors are logged by class and place (never their message, which might
-    hold data) under a reference the client is given.
-    """
-    original = error.original_error
-    if original is None:  # from graphql-core: the request itself is malformed
-        return _error(error.message, "BAD_REQUEST", error.path)
-    if isinstance(original, ApiError):
-        return _error(str(original), original.code, error.path)
-    if isinstance(original, ValidationError):
-        return _error(original.reason, "BAD_REQUEST", error.path)
-    if isinstance(original, UnknownProfileError | ErasedError):
-        return _error("no such profile (unknown, or erased)", "NOT_FOUND", error.path)
-    if isinstance(original, ConcurrencyError):
-        return _error("the profile changed meanwhile; try again", "CONFLICT", error.path)
-    reference = uuid.uuid4().hex[:12]
-    where = traceback.extract_tb(original.__traceback__)[-1:] if original.__traceback__ else []
-    place = f"{where[0].filename}:{where[0].lineno} in {where[0].name}" if where else "?"
-    kind = "PersonaError" if isinstance(original, PersonaError) else type(original).__name__
-    log.error("internal error %s at %s (%s; reference %s)", kind, error.path, place, reference)
-    return _error(f"internal error (reference {reference})", "INTERNAL", error.path)
 
 
 def _bearer(headers: Any) -> str | None:
@@ -102,15 +68,15 @@ class GraphQLEndpoint:
         if request.method == "GET" and "text/html" in request.headers.get("accept", "") and not request.query_params:
             if self.options.dev:
                 return HTMLResponse(get_graphql_ide_html(graphql_ide="graphiql"))
-            return _reply(404, [_error("GraphiQL is served only with `persona serve --dev`", "NOT_FOUND")])
+            return _reply(404, [error("GraphiQL is served only with `persona serve --dev`", "NOT_FOUND")])
         raw_token = _bearer(request.headers)
         token = state.tokens.lookup(raw_token) if raw_token else None
         if token is None:
-            return _reply(401, [_error("a valid bearer token is required (Authorization: Bearer pst_…)",
+            return _reply(401, [error("a valid bearer token is required (Authorization: Bearer pst_…)",
                                        "UNAUTHENTICATED")], {"WWW-Authenticate": "Bearer"})
         wait = state.limiter.allow(token)
         if wait:
-            return _reply(429, [_error("too many requests for this token; slow down", "RATE_LIMITED")],
+            return _reply(429, [error("too many requests for this token; slow down", "RATE_LIMITED")],
                           {"Retry-After": str(max(1, round(wait)))})
         body = await self._body(request)
         if isinstance(body, Response):
@@ -118,16 +84,16 @@ class GraphQLEndpoint:
         query, variables, operation_name = body
         plan = state.plans.get(query, operation_name)
         if plan.errors:
-            return _reply(400, [_error(e.message, "BAD_REQUEST") | (
+            return _reply(400, [error(e.message, "BAD_REQUEST") | (
                 {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
                 if e.locations else {}) for e in plan.errors])
         if plan.kind is OperationType.SUBSCRIPTION:
-            return _reply(400, [_error("subscriptions run over a websocket (graphql-transport-ws)", "BAD_REQUEST")])
+            return _reply(400, [error("subscriptions run over a websocket (graphql-transport-ws)", "BAD_REQUEST")])
         if plan.kind is OperationType.MUTATION and request.method == "GET":
-            return _reply(405, [_error("mutations need POST", "BAD_REQUEST")], {"Allow": "POST"})
+            return _reply(405, [error("mutations need POST", "BAD_REQUEST")], {"Allow": "POST"})
         missing = plan.scopes - token.scopes
         if missing:
-            return _reply(403, [_error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
+            return _reply(403, [error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
         result = await self._execute(state, token, plan, variables, operation_name)
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
@@ -143,33 +109,33 @@ class GraphQLEndpoint:
                 try:
                     doc["variables"] = orjson.loads(params["variables"])
                 except orjson.JSONDecodeError:
-                    return _reply(400, [_error("variables: not valid JSON", "BAD_REQUEST")])
+                    return _reply(400, [error("variables: not valid JSON", "BAD_REQUEST")])
         else:
             declared = request.headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                return _reply(413, [_error(f"the request body is over {limit} bytes", "TOO_LARGE")])
+                return _reply(413, [error(f"the request body is over {limit} bytes", "TOO_LARGE")])
             if JSON_TYPE not in request.headers.get("content-type", ""):
-                return _reply(415, [_error("send the request as application/json", "BAD_REQUEST")])
+                return _reply(415, [error("send the request as application/json", "BAD_REQUEST")])
             chunks, size = [], 0
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    return _reply(413, [_error(f"the request body is over {limit} bytes", "TOO_LARGE")])
+                    return _reply(413, [error(f"the request body is over {limit} bytes", "TOO_LARGE")])
                 chunks.append(chunk)
             try:
                 doc = orjson.loads(b"".join(chunks))
             except orjson.JSONDecodeError:
-                return _reply(400, [_error("the body is not valid JSON", "BAD_REQUEST")])
+                return _reply(400, [error("the body is not valid JSON", "BAD_REQUEST")])
         if not isinstance(doc, dict) or not isinstance(doc.get("query"), str) or not doc["query"].strip():
-            return _reply(400, [_error("send {\"query\": \"…\", \"variables\": {…}}", "BAD_REQUEST")])
+            return _reply(400, [error("send {\"query\": \"…\", \"variables\": {…}}", "BAD_REQUEST")])
         variables = doc.get("variables")
         name = doc.get("operationName")
         if variables is not None and not isinstance(variables, dict):
-            return _reply(400, [_error("variables: must be an object", "BAD_REQUEST")])
+            return _reply(400, [error("variables: must be an object", "BAD_REQUEST")])
         if name is not None and not isinstance(name, str):
-            return _reply(400, [_error("operationName: must be a string", "BAD_REQUEST")])
+            return _reply(400, [error("operationName: must be a string", "BAD_REQUEST")])
         if len(doc["query"]) > self.options.limits.max_document_bytes:
-            return _reply(413, [_error("the query text is too long", "TOO_LARGE")])
+            return _reply(413, [error("the query text is too long", "TOO_LARGE")])
         return doc["query"], variables, name
 
     async def _execute(self, state: ApiState, token: Token, plan: Any, variables: dict[str, Any] | None,

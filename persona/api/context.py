@@ -183,13 +183,14 @@ class RequestContext:
     def authorize(self, info: Any) -> RequestContext:
         """For operations that bypass the HTTP handler (websocket subscriptions): the same
         depth, cost and scope checks, made on the operation being run. A context to use."""
+        from persona.api.errors import ApiError
         from persona.api.plan import analyse
-        from persona.api.schema import ApiError
 
         if self.token is None:
             raise ApiError('no valid token: send {"authorization": "Bearer …"} in connection_init', "UNAUTHENTICATED")
-        plan = analyse(self.state.plans.schema, None, info.operation, self.state.options.limits,
-                       fragments=dict(info.fragments))
+        raw = info._raw_info
+        plan = analyse(self.state.plans.schema, None, raw.operation, self.state.options.limits,
+                       fragments=dict(raw.fragments))
         if plan.errors:
             raise ApiError(plan.errors[0].message, "TOO_COMPLEX")
         missing = plan.scopes - self.token.scopes

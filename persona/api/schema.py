@@ -15,23 +15,18 @@ from typing import Any
 
 import orjson
 import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from persona.api.context import RequestContext
 from persona.api.data import HistoryPage, ProfileData, decode_cursor, encode_cursor, history_page, load_past_profile
-from persona.errors import ErasedError, PersonaError, UnknownProfileError, ValidationError
+from persona.api.errors import ApiError, fault, known
+from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent
 
 DEFAULT_PAGE = 20
-
-
-class ApiError(Exception):
-    """An error whose message is safe to show the client (no data, no internals)."""
-
-    def __init__(self, message: str, code: str = "BAD_REQUEST") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _ctx(info: Info[RequestContext, None]) -> RequestContext:
@@ -496,8 +491,19 @@ class Subscription:
                 yield profile
 
 
-def _safe(error: Exception) -> bool:
-    return isinstance(error, ApiError | PersonaError)
+def _should_mask(error: GraphQLError) -> bool:
+    return error.original_error is not None and known(error.original_error) is None
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+class _Schema(strawberry.Schema):
+    """Operations strawberry runs itself (websocket subscriptions) log errors as the HTTP
+    handler does: class and place, never the message or a traceback."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        for error in errors:
+            if error.original_error is not None and known(error.original_error) is None:
+                fault(error.original_error, error.path)
+
+
+schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+                 extensions=[lambda: MaskErrors(should_mask_error=_should_mask, error_message="internal error")])
