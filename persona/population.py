@@ -56,7 +56,8 @@ class ProfileFilter:
         return all(profile.attributes.get(k) == v for k, v in self.attributes.items())
 
 
-def index_rows(persona: Persona, after: str = "", page: int = 500) -> Iterator[tuple[str, int, str]]:
+def index_rows(persona: Persona, after: str = "", page: int = 500
+               ) -> Iterator[tuple[str, int, str, int | None, int | None, int | None]]:
     """The index in id order, read a page at a time: a first page costs one page."""
     while True:
         rows = persona.recorder.index_rows(after, page)
@@ -92,9 +93,9 @@ def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | No
 def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "") -> Iterator[IndexedProfile]:
     """Every live profile in the index after an id, in id order, with time-dependent features as of `as_of`."""
     moment = as_of or datetime.now(UTC)
-    scores = persona.recorder.rfm_scores()
-    for profile_id, version, doc in index_rows(persona, after):
-        profile = from_index(profile_id, version, doc, scores.get(profile_id), moment, persona)
+    for profile_id, version, doc, r, f, m in index_rows(persona, after):
+        rfm = None if r is None or f is None or m is None else {"r": r, "f": f, "m": m}
+        profile = from_index(profile_id, version, doc, rfm, moment, persona)
         if profile is not None:
             yield profile
 

@@ -562,10 +562,13 @@ class SQLiteRecorder:
         rows = self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()
         return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in rows}
 
-    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str]]:
-        """Read-model rows in profile id order, after an id; a negative limit reads them all."""
+    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
+                                                                     int | None]]:
+        """Read-model rows with RFM scores (profile_id, version, doc, r, f, m) in profile id order,
+        after an id; a negative limit reads them all."""
         return self.conn.execute(
-            "SELECT profile_id, version, doc FROM profile_index WHERE profile_id > ? ORDER BY profile_id LIMIT ?",
+            "SELECT i.profile_id, i.version, i.doc, r.r, r.f, r.m FROM profile_index i"
+            " LEFT JOIN rfm r ON r.profile_id = i.profile_id WHERE i.profile_id > ? ORDER BY i.profile_id LIMIT ?",
             (after, limit),
         ).fetchall()
 
