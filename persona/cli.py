@@ -529,7 +529,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     import uvicorn
 
     from persona.api.access import list_tokens
-    from persona.api.app import create_app
+    from persona.api.app import create_app, log_config
     from persona.api.context import ServerOptions
 
     settings = settings_of(ctx)
@@ -539,7 +539,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
         click.echo("note: no API tokens yet; create one with `persona tokens create --name NAME --scopes …`",
                    err=True)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
-                              "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False}
+                              "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False,
+                              "log_config": log_config()}
     if workers == 1:
         uvicorn.run(create_app(settings, ServerOptions(dev=dev)), **common)
         return

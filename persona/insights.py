@@ -85,19 +85,27 @@ def group_key(profile: IndexedProfile, by: Sequence[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+def check(metric: str | None, epsilon: float | None, bounds: tuple[float, float] | None
+          ) -> tuple[float, float] | None:
+    """Refuse a malformed question before anything is spent on it; the metric's clipping bounds."""
+    if epsilon is not None and not (0 < epsilon <= 10):
+        raise ValidationError("epsilon: must be above 0 and at most 10")
+    if metric is None:
+        return None
+    bounds = bounds or BOUNDS.get(metric)
+    if bounds is None:
+        raise ValidationError(f"metric: {metric!r} is not a numeric feature with declared bounds"
+                              f" (known: {', '.join(sorted(BOUNDS))})")
+    lo, hi = bounds
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValidationError("bounds: need two finite numbers, the first below the second")
+    return bounds
+
+
 def compute(profiles: Iterable[IndexedProfile], *, group_by: Sequence[str], metric: str | None, k: int,
             epsilon: float | None = None, bounds: tuple[float, float] | None = None,
             rng: np.random.Generator | None = None) -> Insights:
-    if metric is not None:
-        bounds = bounds or BOUNDS.get(metric)
-        if bounds is None:
-            raise ValidationError(f"metric: {metric!r} is not a numeric feature with declared bounds"
-                                  f" (known: {', '.join(sorted(BOUNDS))})")
-        lo, hi = bounds
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValidationError("bounds: need two finite numbers, the first below the second")
-    if epsilon is not None and not (0 < epsilon <= 10):
-        raise ValidationError("epsilon: must be above 0 and at most 10")
+    bounds = check(metric, epsilon, bounds)
     groups: dict[tuple[Any, ...], list[float | None]] = {}
     for profile in profiles:
         value = _value(profile, metric) if metric is not None else None

@@ -82,6 +82,9 @@ def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | No
             past = profile_view(persona, profile_id, as_of=moment)
         except (ErasedError, UnknownProfileError):
             return None
+        if past["events"] == 0:
+            return None  # nothing of this person had happened yet
+        version = past["events"]  # the events up to that instant
         attributes, features = attribute_values(past["attributes"]), past["features"]
     elif computed is not None:
         features = FEATURES.shift(features, computed, moment)

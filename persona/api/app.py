@@ -9,7 +9,9 @@ default GraphQL server spends on a small query.
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,19 +26,52 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
-from persona.api.errors import error, masked
+from persona.api.errors import error, masked, scrub
 from persona.api.schema import schema
 from persona.settings import Settings
 
 log = logging.getLogger("persona.api")
 GRAPHQL_SCHEMA = schema._schema
 JSON_TYPE = "application/json"
+
+
+class QueryStringFilter(logging.Filter):
+    """Server log lines name paths without their query strings (`/graphql?…`): a GET query
+    or a websocket URL may carry an identifier. Installed on uvicorn's handlers by `serve`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_without_query(a) for a in record.args)
+        if isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = _QUERY.sub("?…", record.msg)
+        return True
+
+
+_QUERY = re.compile(r"\?[^\s\"']*")
+
+
+def _without_query(value: object) -> object:
+    if isinstance(value, str) and "?" in value:
+        return _QUERY.sub("?…", value)
+    return value
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with the query-string filter on every handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"no_query_strings": {"()": QueryStringFilter}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["no_query_strings"]
+    return config
 
 
 def _reply(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> Response:
@@ -84,7 +119,7 @@ class GraphQLEndpoint:
         query, variables, operation_name = body
         plan = state.plans.get(query, operation_name)
         if plan.errors:
-            return _reply(400, [error(e.message, "BAD_REQUEST") | (
+            return _reply(400, [error(scrub(e.message), "BAD_REQUEST") | (
                 {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
                 if e.locations else {}) for e in plan.errors])
         if plan.kind is OperationType.SUBSCRIPTION:
@@ -142,7 +177,7 @@ class GraphQLEndpoint:
                        operation_name: str | None) -> ExecutionResult:
         context = RequestContext(state, token, plan)
         result = execute(GRAPHQL_SCHEMA, plan.document, context_value=context, variable_values=variables,
-                         operation_name=operation_name,
+                         operation_name=operation_name, is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
                          executor_class=StrawberryGraphQLCoreExecutionContext)
         if is_awaitable(result):
             result = await result

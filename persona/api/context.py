@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from graphql import GraphQLSchema
+from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNode, OperationType
 
 from persona.api.access import AuditBuffer, RateLimiter, Token, TokenCache, write_audit
 from persona.api.data import Batch, ProfileData, load_identities, load_predictions, load_profiles, load_sources
@@ -118,6 +119,11 @@ class ApiState:
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # Everything loaded so far (the schema, libraries, caches) lives as long as the
+        # process: moved out of the collector's sight, so that a full collection walks only
+        # what requests allocate — a measured cut in tail latency under load.
+        gc.collect()
+        gc.freeze()
         self._flusher = asyncio.create_task(self._flush_audit_forever())
 
     async def flush_audit(self) -> None:
@@ -161,7 +167,7 @@ class RequestContext:
             lambda ids: load_profiles(persona, projector, ids), None)
         self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: load_identities(persona, ids), [])
         self.predictions: Batch[str, list[Any]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
-        self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(persona, projector, ids), {})
+        self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
         self.updated: Batch[str, datetime | None] = Batch(
             lambda ids: {p.id: p.updated_at for p in load_profiles(persona, projector, ids).values() if p}, None)
 
@@ -183,16 +189,22 @@ class RequestContext:
     def authorize(self, info: Any) -> RequestContext:
         """For operations that bypass the HTTP handler (websocket subscriptions): the same
         depth, cost and scope checks, made on the operation being run. A context to use."""
+        raw = info._raw_info
+        return self.authorize_operation(raw.operation, dict(raw.fragments))
+
+    def authorize_operation(self, operation: OperationDefinitionNode,
+                            fragments: dict[str, FragmentDefinitionNode]) -> RequestContext:
+        """Raises ApiError (with its code) if this token may not run this operation."""
         from persona.api.errors import ApiError
         from persona.api.plan import analyse
 
+        if operation.operation is not OperationType.SUBSCRIPTION:
+            raise ApiError("only subscriptions run over a websocket: send queries and mutations by HTTP POST")
         if self.token is None:
             raise ApiError('no valid token: send {"authorization": "Bearer …"} in connection_init', "UNAUTHENTICATED")
-        raw = info._raw_info
-        plan = analyse(self.state.plans.schema, None, raw.operation, self.state.options.limits,
-                       fragments=dict(raw.fragments))
+        plan = analyse(self.state.plans.schema, None, operation, self.state.options.limits, fragments=fragments)
         if plan.errors:
-            raise ApiError(plan.errors[0].message, "TOO_COMPLEX")
+            raise ApiError(plan.errors[0].message, "BAD_REQUEST")
         missing = plan.scopes - self.token.scopes
         if missing:
             raise ApiError(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")

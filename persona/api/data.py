@@ -116,16 +116,11 @@ def load_past_profile(persona: Persona, profile_id: str, as_of: datetime) -> Pro
     return ProfileData(profile_id, view["events"], None, attributes, view["features"], None)
 
 
-def load_sources(persona: Persona, projector: Projector, ids: list[str]) -> dict[str, dict[str, Any]]:
+def load_sources(projector: Projector, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Each attribute with its fusion strategy and provenance (source, event, time)."""
-    out = {}
-    for profile_id in ids:
-        try:
-            current = projector.current(profile_id)
-        except (ErasedError, UnknownProfileError):
-            continue
-        out[profile_id] = ATTRIBUTES.view(current.states[ATTRIBUTES.name], datetime.now(UTC))
-    return out
+    now = datetime.now(UTC)
+    return {pid: ATTRIBUTES.view(current.states[ATTRIBUTES.name], now)
+            for pid, current in projector.current_many(ids).items()}
 
 
 def load_identities(persona: Persona, ids: list[str]) -> dict[str, list[dict[str, str]]]:

@@ -8,6 +8,7 @@ that reference — never its message or traceback, which might hold a person's d
 from __future__ import annotations
 
 import logging
+import re
 import traceback
 import uuid
 from typing import Any
@@ -34,8 +35,23 @@ def error(message: str, code: str, path: Any = None) -> dict[str, Any]:
     return out
 
 
+_CANNOT_REPRESENT = re.compile(r"cannot represent[^:]*")
+_FOUND = re.compile(r",? found:? .*$", re.DOTALL)
+
+
+def scrub(message: str) -> str:
+    """graphql-core's messages about bad input quote the value given ("Int cannot represent
+    non-integer value: 'a@b.c'"): keep what was wrong, drop the value, which may be personal."""
+    found = _CANNOT_REPRESENT.search(message)
+    if found is not None:
+        message = message[: found.end()].rstrip() + "."
+    return _FOUND.sub(".", message)
+
+
 def known(original: BaseException | None) -> tuple[str, str] | None:
     """(message, code) for errors a client may read as they are; None for faults of ours."""
+    if isinstance(original, GraphQLError):  # input that does not fit the schema (variables, scalars)
+        return scrub(original.message), "BAD_REQUEST"
     if isinstance(original, ApiError):
         return str(original), original.code
     if isinstance(original, ValidationError):
@@ -59,7 +75,9 @@ def fault(original: BaseException, path: Any = None) -> str:
 def masked(e: GraphQLError) -> dict[str, Any]:
     original = e.original_error
     if original is None:  # from graphql-core: the request itself is malformed
-        return error(e.message, "BAD_REQUEST", e.path)
+        return error(scrub(e.message), "BAD_REQUEST", e.path)
+    if isinstance(original, GraphQLError):
+        return error(scrub(e.message), "BAD_REQUEST", e.path)
     shown = known(original)
     if shown is not None:
         return error(shown[0], shown[1], e.path)

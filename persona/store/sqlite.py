@@ -57,6 +57,11 @@ def _expand(sql: str, n: int) -> str:
     return sql.replace("(?*)", "(" + ",".join("?" * n) + ")")
 
 
+def _expand_pairs(sql: str, n: int) -> str:
+    """Constant SQL with one `VALUES (?**)`, given n rows of two bound placeholders."""
+    return sql.replace("(?**)", ",".join(["(?, ?)"] * n))
+
+
 _SCAN_CHAINS = _EVENT_SELECT + " ORDER BY e.stream_no, e.version"
 _READ_STREAM = _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version"
 _READ_STREAMS = _EVENT_SELECT + " WHERE e.stream_no IN (?*) ORDER BY e.stream_no, e.version"
@@ -73,6 +78,16 @@ _PROFILE_ROWS = (
 )
 _LINKS_OF_MANY = (
     "SELECT profile_id, subject_hash, namespace FROM links WHERE profile_id IN (?*) ORDER BY created_at, namespace"
+)
+_SNAPSHOTS_OF_MANY = (
+    "SELECT profile_id, projection, projection_version, stream_version, payload FROM snapshots WHERE profile_id IN (?*)"
+)
+# the events of several streams, each after its own version: (stream_no, after) pairs joined on the index
+_READ_AFTER = (
+    "WITH want(no, after) AS (VALUES (?**))"
+    " SELECT e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
+    " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
+    " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
 _TOKEN_SELECT = (
     "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
@@ -517,6 +532,21 @@ class SQLiteRecorder:
             (profile_id,),
         ).fetchall()
         return {name: (pv, sv, bytes(payload)) for name, pv, sv, payload in rows}
+
+    def snapshots_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int, bytes]]]:
+        """profile -> projection -> (projection version, stream version, sealed state)."""
+        out: dict[str, dict[str, tuple[int, int, bytes]]] = {}
+        for part in _chunks(profile_ids):
+            for pid, name, pv, sv, payload in self.conn.execute(_expand(_SNAPSHOTS_OF_MANY, len(part)), part):
+                out.setdefault(pid, {})[name] = (pv, sv, bytes(payload))
+        return out
+
+    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
+        """Events of several streams (Head.no), each after its own version, stream by stream."""
+        for start in range(0, len(wanted), CHUNK // 2):
+            part = wanted[start : start + CHUNK // 2]
+            flat = [value for pair in part for value in pair]
+            yield from map(StoredEvent._make, self.conn.execute(_expand_pairs(_READ_AFTER, len(part)), flat))
 
     # Derived rows are written only for profiles that still hold a key (checked inside the
     # writing transaction: an erasure committed by another process since the rows were

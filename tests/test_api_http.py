@@ -1,0 +1,470 @@
+"""The API over real sockets: `persona serve` in a subprocess (uvicorn with uvloop, httptools
+and websockets), listening on 127.0.0.1 only, driven by httpx and the websockets client.
+
+One server serves the module; the log-masking test starts (and stops) one of its own so
+it can read everything the server ever wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from persona import Persona, Settings
+from persona.api.access import create_token
+from persona.ingest import ingest_jsonl
+from tests.conftest import record
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "fixtures" / "sample_events.jsonl"
+LOOPBACK = "127.0.0.1"
+STARTUP_S = 15.0
+PROTOCOL = Subprotocol("graphql-transport-ws")
+INTERNALS = ("Traceback", "sqlite", "SELECT")
+PEOPLE = ("li.wei@example.com", "maria.garcia@example.com", "tom.baker@example.com", "aiko.tanaka@example.com")
+SECRET = PEOPLE[0]
+TOKENS = {
+    "ops": frozenset({"profiles:read", "history:read", "events:write", "erasure:write"}),
+    "reader": frozenset({"profiles:read"}),
+    "auditor": frozenset({"profiles:read", "history:read"}),
+}
+SUBSCRIBE = "subscription($id: ID!) { profileUpdated(id: $id) { id version } }"
+VERSION = "query($id: ID!) { profile(id: $id) { version } }"
+INGEST = "mutation($events: [EventInput!]!) { ingestEvents(events: $events) { appended } }"
+
+
+def check(response: httpx.Response, *, identifiers: bool = True) -> httpx.Response:
+    assert response.status_code != 500, response.text[:500]
+    for word in INTERNALS:
+        assert word not in response.text, f"{word!r} in a response body: {response.text[:500]}"
+    if identifiers:
+        assert not [p for p in PEOPLE if p in response.text.lower()], f"an identifier in: {response.text[:500]}"
+    return response
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    url: str
+    settings: Settings
+    tokens: dict[str, str]
+    ids: dict[str, str]
+    out: Path
+    err: Path
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http") + "/graphql"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, trust_env=False, timeout=10)  # no proxies: loopback only
+
+    def auth(self, token: str | None = "ops") -> dict[str, str]:
+        return {} if token is None else {"Authorization": f"Bearer {self.tokens.get(token, token)}"}
+
+    def post(self, query: str, variables: dict[str, Any] | None = None, *, token: str | None = "ops",
+             checked: bool = True) -> httpx.Response:
+        with self.client() as http:
+            response = http.post("/graphql", json={"query": query, "variables": variables}, headers=self.auth(token))
+        return check(response, identifiers=checked)
+
+    def logs(self) -> str:
+        return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+
+
+def prepare(folder: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
+    settings = Settings.load(folder / "data", env={})
+    with Persona.init(settings) as p:
+        report = ingest_jsonl(p, SAMPLE.read_bytes().splitlines(), origin="sample")
+        assert report.appended > 0
+        tokens = {name: create_token(p, name, scopes) for name, scopes in TOKENS.items()}
+        ids = {}
+        for email in PEOPLE:
+            found = p.log.profile_for("email", email)
+            assert found is not None
+            ids[email] = found
+    return settings, tokens, ids
+
+
+@contextmanager
+def serving(folder: Path) -> Iterator[Server]:
+    """`persona serve` on a free loopback port until the block ends; then it must stop cleanly."""
+    settings, tokens, ids = prepare(folder)
+    port = free_port()
+    out, err = folder / "server.out", folder / "server.err"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    command = [sys.executable, "-m", "persona", "--data", str(settings.data_dir), "serve", "--host", LOOPBACK,
+               "--port", str(port)]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
+    server = Server(f"http://{LOOPBACK}:{port}", settings, tokens, ids, out, err)
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        with server.client() as http:
+            while True:
+                assert process.poll() is None, f"the server exited at startup:\n{server.logs()}"
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, f"the server did not come up:\n{server.logs()}"
+                time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError("the server did not stop on SIGTERM") from None
+    assert "Application shutdown complete" in server.logs(), "the lifespan (audit flush) did not finish"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("served")) as running:
+        yield running
+
+
+# -- websocket helpers ---------------------------------------------------------------------------
+async def send(ws: ClientConnection, message: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(message).decode())
+
+
+async def receive(ws: ClientConnection, timeout: float = 10.0) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if message.get("type") == "ping":
+            await send(ws, {"type": "pong"})
+            continue
+        return message
+
+
+async def opened(server: Server, token: str | None, *, payload: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None) -> ClientConnection:
+    """A graphql-transport-ws connection, initialised with this token (or this exact payload)."""
+    ws = await connect(server.ws_url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10,
+                       additional_headers=headers)
+    assert ws.subprotocol == PROTOCOL
+    if payload is None:
+        payload = {} if token is None else {"authorization": f"Bearer {server.tokens.get(token, token)}"}
+    await send(ws, {"type": "connection_init", "payload": payload})
+    return ws
+
+
+def run(scenario: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario, timeout=60))
+
+
+async def ingest_until_next(server: Server, ws: ClientConnection, email: str, tag: str, *,
+                            directly: bool = False) -> dict[str, Any]:
+    """Ingest an event for this person until the subscription reports it (the first might land
+    before the subscription has read the profile's version, and so not count as news): through
+    the server's ingestEvents, or `directly` into the database as another process would."""
+    async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=10) as http:
+        for attempt in range(5):
+            event = {"source": "web", "type": "page_viewed", "occurredAt": "2026-03-01T10:00:00Z",
+                     "eventId": f"{tag}-{attempt}", "subject": {"namespace": "email", "value": email},
+                     "data": {"url": f"https://shop.example/{tag}/{attempt}"}}
+            if directly:
+                line = orjson.dumps(record(email, "page_viewed", event["data"], event_id=event["eventId"],
+                                           occurred_at=event["occurredAt"]))
+                with Persona.open(server.settings) as p:
+                    assert ingest_jsonl(p, [line], origin="elsewhere").appended == 1
+            else:
+                response = check(await http.post("/graphql", json={"query": INGEST, "variables": {"events": [event]}},
+                                                  headers=server.auth("ops")))
+                assert response.json()["data"]["ingestEvents"]["appended"] == 1
+            try:
+                return await receive(ws, timeout=3)
+            except TimeoutError:
+                continue
+    raise AssertionError("the subscription never reported the new events")
+
+
+# -- plain HTTP ----------------------------------------------------------------------------------
+def test_healthz_and_queries_over_http(server: Server) -> None:
+    with server.client() as http:
+        health = check(http.get("/healthz"))
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        assert "server" not in health.headers
+        got = check(http.get("/graphql", params={"query": VERSION, "variables": orjson.dumps(
+            {"id": server.ids[SECRET]}).decode()}, headers=server.auth("reader")))
+        assert got.status_code == 200 and got.json()["data"]["profile"]["version"] > 0
+        assert check(http.post("/graphql", json={"query": VERSION, "variables": {"id": "x"}})).status_code == 401
+    posted = server.post(VERSION, {"id": server.ids[SECRET]}, token="reader")
+    assert posted.json() == got.json()
+
+
+def test_abuse_over_http_never_breaks_the_server(server: Server) -> None:
+    def huge() -> Iterator[bytes]:  # streamed without a Content-Length
+        yield b'{"query": "{ profiles { nodes { id } } }", "pad": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    with server.client() as http:
+        auth = server.auth("reader")
+        too_big = check(http.post("/graphql", content=huge(), headers=auth | {"content-type": "application/json"}))
+        assert too_big.status_code == 413
+        assert check(http.post("/graphql", content=b"{", headers=auth | {"content-type": "application/json"}
+                               )).status_code == 400
+        assert check(http.post("/graphql", content=b"{}", headers=auth | {"content-type": "text/plain"}
+                               )).status_code == 415
+        assert check(http.get("/graphql", params={"query": INGEST}, headers=auth)).status_code == 405
+        assert check(http.post("/graphql", json={"query": SUBSCRIBE, "variables": {"id": "x"}},
+                               headers=auth)).status_code == 400
+        costly = "{ profiles(first: 100) { nodes { history(first: 100) { nodes { data } } } } }"
+        assert check(http.post("/graphql", json={"query": costly}, headers=server.auth("ops"))).status_code == 400
+    with socket.create_connection((LOOPBACK, int(server.url.rsplit(":", 1)[1])), timeout=10) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        assert raw.recv(1024).startswith(b"HTTP/1.1 400")
+    with server.client() as http:
+        assert http.get("/healthz").status_code == 200
+
+
+def test_audit_is_written_by_the_running_server(server: Server) -> None:
+    pid = server.ids["aiko.tanaka@example.com"]
+    query = "query($id: ID!) { profile(id: $id) { attributes history(first: 1) { nodes { type } } } }"
+    assert server.post(query, {"id": pid}, token="auditor").json()["data"]["profile"]["attributes"]
+    deadline = time.monotonic() + 10
+    with Persona.open(server.settings) as p:
+        while not (rows := [r for r in p.recorder.audit_rows(profile_id=pid) if r[2] == "auditor"]):
+            assert time.monotonic() < deadline, "the audit entry was never written"
+            time.sleep(0.05)
+    assert [(r[3], r[4], r[5]) for r in rows] == [("profile", pid, "attributes,history")]
+
+
+# -- websocket subscriptions ---------------------------------------------------------------------
+def test_subscription_reports_a_new_version(server: Server) -> None:
+    email = "maria.garcia@example.com"
+    pid = server.ids[email]
+    before = server.post(VERSION, {"id": pid}).json()["data"]["profile"]["version"]
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, "ops")
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "1", "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"id": pid}}})
+            message = await ingest_until_next(server, ws, email, "ws-next")
+            await send(ws, {"id": "1", "type": "complete"})
+            return message
+        finally:
+            await ws.close()
+
+    message = run(scenario())
+    assert (message["type"], message["id"]) == ("next", "1"), message
+    assert "errors" not in message["payload"]
+    update = message["payload"]["data"]["profileUpdated"]
+    assert update["id"] == pid and update["version"] > before
+    assert update["version"] <= server.post(VERSION, {"id": pid}).json()["data"]["profile"]["version"]
+
+
+def test_subscription_sees_changes_made_by_another_process(server: Server) -> None:
+    email = "aiko.tanaka@example.com"
+    pid = server.ids[email]
+    before = server.post(VERSION, {"id": pid}).json()["data"]["profile"]["version"]
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, None, headers=server.auth("ops"))  # the token on the upgrade request
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "x", "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"id": pid}}})
+            return await ingest_until_next(server, ws, email, "elsewhere", directly=True)
+        finally:
+            await ws.close()
+
+    message = run(scenario())
+    assert (message["type"], message["id"]) == ("next", "x"), message
+    assert message["payload"]["data"]["profileUpdated"]["version"] > before
+
+
+def test_subscription_ends_when_the_profile_is_erased(server: Server) -> None:
+    email = "tom.baker@example.com"
+    pid = server.ids[email]
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, "ops")
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "e", "type": "subscribe", "payload": {"query": SUBSCRIBE, "variables": {"id": pid}}})
+            assert (await ingest_until_next(server, ws, email, "ws-erase"))["type"] == "next"
+            erase = "mutation($id: ID!) { eraseProfile(id: $id) { profileId } }"
+            async with httpx.AsyncClient(base_url=server.url, trust_env=False, timeout=30) as http:
+                erased = check(await http.post("/graphql", json={"query": erase, "variables": {"id": pid}},
+                                               headers=server.auth("ops")))
+            assert erased.json()["data"]["eraseProfile"]["profileId"] == pid
+            return await receive(ws)
+        finally:
+            await ws.close()
+
+    assert run(scenario()) == {"id": "e", "type": "complete"}
+
+
+@pytest.mark.parametrize("payload", [
+    {},
+    {"authorization": "Bearer pst_not-a-real-token"},
+    {"authorization": "Basic cmVhZGVyOnNlY3JldA=="},
+    {"authorization": "READER"},  # a valid token, but not as `Bearer <token>`
+])
+def test_websocket_needs_a_valid_token(server: Server, payload: dict[str, str]) -> None:
+    if payload.get("authorization") == "READER":
+        payload = {"authorization": server.tokens["reader"]}
+
+    async def scenario() -> int | None:
+        ws = await opened(server, None, payload=payload)
+        try:
+            message = await receive(ws)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None
+        finally:
+            await ws.close()
+        raise AssertionError(f"the connection was accepted: {message}")
+
+    assert run(scenario()) == 4403
+
+
+def test_subscription_needs_the_scopes_of_its_fields(server: Server) -> None:
+    query = "subscription($id: ID!) { profileUpdated(id: $id) { id history { nodes { data } } } }"
+
+    async def scenario() -> list[dict[str, Any]]:
+        ws = await opened(server, "reader")
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "h", "type": "subscribe",
+                            "payload": {"query": query, "variables": {"id": server.ids[SECRET]}}})
+            return [await receive(ws)]
+        finally:
+            await ws.close()
+
+    [message] = run(scenario())
+    assert message["id"] == "h"
+    assert message["type"] == "error", message
+    assert "history:read" in orjson.dumps(message["payload"]).decode()
+
+
+@pytest.mark.parametrize(("token", "query"), [
+    ("reader", "query($id: ID!) { profile(id: $id) { attributes } }"),
+    ("reader", "mutation($id: ID!) { eraseProfile(id: $id) { profileId } }"),  # a scope the token lacks
+    ("ops", "mutation($id: ID!) { eraseProfile(id: $id) { profileId } }"),
+])
+def test_queries_and_mutations_do_not_run_over_the_websocket(server: Server, token: str, query: str) -> None:
+    pid = server.ids["maria.garcia@example.com"]
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, token)
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "q", "type": "subscribe", "payload": {"query": query, "variables": {"id": pid}}})
+            return await receive(ws)
+        finally:
+            await ws.close()
+
+    message = run(scenario())
+    assert message["id"] == "q" and message["type"] in ("next", "error")
+    payload = message["payload"]
+    errors = payload if message["type"] == "error" else payload["errors"]
+    assert any("subscriptions" in e["message"] for e in errors), message
+    if message["type"] == "next":
+        assert not any((payload["data"] or {}).values()), "nothing may be read or written"
+    assert server.post(VERSION, {"id": pid}).json()["data"]["profile"] is not None  # not erased
+
+
+# -- what the server writes ----------------------------------------------------------------------
+def test_server_output_never_holds_an_identifier(tmp_path: Path) -> None:
+    with serving(tmp_path) as server:
+        pid = server.ids[SECRET]
+        wrong = [
+            ('{ profile(subject: {namespace: "email", value: "SECRET"}) { version } }', None),
+            ('{ profile(id: {value: "SECRET"}) { id } }', None),
+            ("query($n: Int) { profiles(first: $n) { nodes { id } } }", {"n": SECRET}),
+            ("query($s: SubjectInput!) { profile(subject: $s) { id } }", {"s": {"namespace": "email",
+                                                                                 "value": [SECRET]}}),
+            ('{ profile(subject: {namespace: "SECRET", value: "SECRET"}) { id } }', None),
+            ("query($id: ID!, $a: String) { profile(id: $id) { history(after: $a) { nodes { id } } } }",
+             {"id": pid, "a": "djp4"}),
+            (INGEST, {"events": [{"source": "web", "type": "page_viewed", "occurredAt": SECRET,
+                                  "subject": {"namespace": "email", "value": SECRET}, "data": {"note": SECRET}}]}),
+            (INGEST, {"events": [{"source": "web", "type": "page_viewed", "occurredAt": "2026-01-01T00:00:00Z",
+                                  "subject": {"namespace": "email", "value": SECRET + "@@"}, "data": {}}]}),
+        ]
+        for query, variables in wrong:
+            response = server.post(query.replace("SECRET", SECRET), variables, checked=False)
+            assert response.status_code in (200, 400)
+        with server.client() as http:
+            assert check(http.get("/graphql", params={"query": '{ profile(subject: {namespace: "email", value: "'
+                                                              + SECRET + '"}) { version } }'},
+                                  headers=server.auth("ops")), identifiers=False).status_code == 200
+            assert check(http.post("/graphql", json={"query": VERSION}, headers={"Authorization": "Bearer " + SECRET})
+                         ).status_code == 401
+            assert check(http.get("/" + SECRET), identifiers=False).status_code == 404
+        with socket.create_connection((LOOPBACK, int(server.url.rsplit(":", 1)[1])), timeout=10) as raw:
+            raw.sendall(b"GET /" + SECRET.encode() + b" HTTP/1.1\r\nHost: " + SECRET.encode() + b"\r\nX: \x00\r\n\r\n")
+            raw.recv(1024)
+
+        async def sockets() -> None:
+            ws = await opened(server, "ops")
+            try:
+                assert (await receive(ws))["type"] == "connection_ack"
+                for n, (query, variables) in enumerate([
+                    (SUBSCRIBE, {"id": {"email": SECRET}}),
+                    ('subscription { profileUpdated(id: {email: "SECRET"}) { id } }'.replace("SECRET", SECRET), None),
+                    (SUBSCRIBE, {"id": SECRET}),
+                ]):
+                    await send(ws, {"id": str(n), "type": "subscribe",
+                                    "payload": {"query": query, "variables": variables}})
+                    assert (await receive(ws))["id"] == str(n)
+            finally:
+                await ws.close()
+            refused = await opened(server, SECRET)
+            try:
+                with pytest.raises(ConnectionClosed):
+                    await receive(refused)
+            finally:
+                await refused.close()
+
+        run(sockets())
+    output = server.logs()
+    assert "Application startup complete" in output, "the server's output was not captured"
+    assert SECRET not in output.lower()
+    assert "li.wei" not in output.lower()
+
+
+def test_websocket_url_is_not_logged(server: Server) -> None:
+    """Like a GET's query string, a websocket URL's may carry an identifier: `persona serve`
+    promises that request lines are not logged."""
+    who = "aiko.tanaka@example.com"
+
+    async def scenario() -> None:
+        url = server.ws_url + "?subject=" + who
+        async with connect(url, subprotocols=[PROTOCOL], proxy=None, open_timeout=10) as ws:
+            await send(ws, {"type": "connection_init", "payload": {}})
+            with pytest.raises(ConnectionClosed):
+                await receive(ws)
+
+    run(scenario())  # uvicorn logs a websocket's line as it accepts it: before the handshake completes
+    assert who not in server.logs(), "a websocket URL's query string was logged"
