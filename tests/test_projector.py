@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from persona import Persona, Settings
 from persona.erasure import erase_subject
-from persona.errors import UnknownProjectionError
+from persona.errors import ErasedError, UnknownProjectionError
 from persona.ingest import ingest_jsonl
 from persona.projections import ATTRIBUTES, FEATURES, BehaviorFeatures, replay
 from persona.projector import Projector, _aad, rebuild
@@ -79,6 +79,37 @@ def test_snapshot_plus_catch_up_equals_full_replay(persona: Persona) -> None:
             assert orjson.dumps(p.dump(current.states[p.name]), option=orjson.OPT_SORT_KEYS) == dumps(
                 persona, pid)[p.name]
         assert projector.current(pid).version == current.version
+
+
+def test_current_many_equals_current_cold_warm_and_after_new_events(persona: Persona) -> None:
+    persona.settings = dataclasses.replace(persona.settings, snapshot_every=5)
+    records = history(240)
+    ingest(persona, records[:200], batch=9)  # snapshots at every 5 events of a stream, events after them
+    ids = sorted(persona.recorder.stream_ids())
+    erase_subject(persona, "email", PEOPLE[0])
+
+    def states(current: Any) -> dict[str, bytes]:
+        return {p.name: orjson.dumps(p.dump(current.states[p.name]), option=orjson.OPT_SORT_KEYS)
+                for p in (ATTRIBUTES, FEATURES)}
+
+    def expected() -> dict[str, tuple[int, dict[str, bytes]]]:
+        out = {}
+        for pid in ids:
+            try:
+                current = Projector(persona).current(pid)
+            except ErasedError:
+                continue
+            out[pid] = (current.version, states(current))
+        return out
+
+    projector = Projector(persona)
+    projector.current(ids[1])  # one profile already cached (warm), the rest cold
+    many = projector.current_many([*ids, "prf_unknown"])
+    assert {pid: (c.version, states(c)) for pid, c in many.items()} == expected()
+    assert len(many) == len(ids) - 1  # the erased and the unknown are left out
+    ingest(persona, records[200:], batch=40)  # new events after what the projector holds
+    again = projector.current_many(ids)
+    assert {pid: (c.version, states(c)) for pid, c in again.items()} == expected()
 
 
 def test_snapshots_are_sealed_and_erasure_removes_them_with_the_index(persona: Persona) -> None:
