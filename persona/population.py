@@ -4,6 +4,7 @@ listing and filtering, RFM scores, and population aggregates."""
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import statistics
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,38 +68,56 @@ def index_rows(persona: Persona, after: str = "", page: int = 500
         after = rows[-1][0]
 
 
+def past_profile(persona: Persona, profile_id: str, moment: datetime) -> IndexedProfile | None:
+    """A profile replayed to an earlier instant: its version is the number of events up to
+    then, and it has no RFM scores (they rank today's population). None if nothing of the
+    person had happened yet, or they are erased."""
+    from persona.profiles import profile_view  # profiles -> projector -> population
+
+    try:
+        past = profile_view(persona, profile_id, as_of=moment)
+    except (ErasedError, UnknownProfileError):
+        return None
+    if past["events"] == 0:
+        return None
+    return _aged(IndexedProfile(profile_id, past["events"], attribute_values(past["attributes"]),
+                                past["features"], None), moment)
+
+
+def _aged(profile: IndexedProfile, moment: datetime) -> IndexedProfile:
+    born = profile.attributes.get("birth_year")
+    if isinstance(born, int) and not isinstance(born, bool):
+        return dataclasses.replace(profile, attributes=profile.attributes | {"age": moment.year - born})
+    return profile
+
+
 def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | None,
-               moment: datetime, persona: Persona) -> IndexedProfile | None:
-    """One index row brought to `moment` (None: erased or gone since)."""
+               moment: datetime, persona: Persona, *, past: bool = False) -> IndexedProfile | None:
+    """One index row brought to `moment` (None: erased or gone since). `past`: `moment` is a
+    question about an earlier instant, not the present."""
     parsed = orjson.loads(doc)
     computed = datetime.fromisoformat(parsed["as_of"]) if parsed["as_of"] else None
     attributes, features = parsed.get(ATTRIBUTES.name, {}), parsed.get(FEATURES.name, {})
     if computed is not None and moment < computed:
-        # the index was computed after this instant (a question about the past, or events
-        # dated ahead): it cannot be shifted backwards, so this profile is replayed
-        from persona.profiles import profile_view  # profiles -> projector -> population
-
-        try:
-            past = profile_view(persona, profile_id, as_of=moment)
-        except (ErasedError, UnknownProfileError):
-            return None
-        if past["events"] == 0:
-            return None  # nothing of this person had happened yet
-        version = past["events"]  # the events up to that instant
-        attributes, features = attribute_values(past["attributes"]), past["features"]
+        if past:  # the index was computed after that instant and cannot be shifted backwards
+            return past_profile(persona, profile_id, moment)
+        # the present, with events dated a little ahead of the clock (ingest accepts up to a
+        # day): the index is taken at its own instant rather than replayed on every read
+        moment = computed
     elif computed is not None:
         features = FEATURES.shift(features, computed, moment)
-    if isinstance(attributes.get("birth_year"), int):
-        attributes = attributes | {"age": moment.year - attributes["birth_year"]}
-    return IndexedProfile(profile_id, version, attributes, features, rfm)
+    return _aged(IndexedProfile(profile_id, version, attributes, features, rfm), moment)
 
 
 def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "") -> Iterator[IndexedProfile]:
-    """Every live profile in the index after an id, in id order, with time-dependent features as of `as_of`."""
+    """Every live profile in the index after an id, in id order, with time-dependent features
+    as of `as_of` (RFM scores only for the present: they rank today's population)."""
     moment = as_of or datetime.now(UTC)
     for profile_id, version, doc, r, f, m in index_rows(persona, after):
-        rfm = None if r is None or f is None or m is None else {"r": r, "f": f, "m": m}
-        profile = from_index(profile_id, version, doc, rfm, moment, persona)
+        rfm = None
+        if as_of is None and r is not None and f is not None and m is not None:
+            rfm = {"r": r, "f": f, "m": m}
+        profile = from_index(profile_id, version, doc, rfm, moment, persona, past=as_of is not None)
         if profile is not None:
             yield profile
 

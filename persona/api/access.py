@@ -20,7 +20,7 @@ from persona.core import Persona
 from persona.errors import ConfigurationError
 from persona.events import from_micros, micros
 
-# scope -> what it allows; every field of the schema names one of these
+# scope -> what it allows (persona.api.plan.FIELD_SCOPES says which fields need which)
 SCOPES: dict[str, str] = {
     "profiles:read": "read profiles: attributes, features, segments, identities (short hashes)",
     "history:read": "read a profile's decrypted event history",
@@ -28,7 +28,7 @@ SCOPES: dict[str, str] = {
     "insights:read": "population aggregates (k-anonymous, optionally with differential privacy)",
     "events:write": "ingest events",
     "erasure:write": "erase profiles (right to erasure)",
-    "models:write": "train and publish models",
+    "models:write": "train and publish models (reserved: the models issue adds the fields it guards)",
 }
 TOKEN_PREFIX = "pst_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
@@ -111,9 +111,10 @@ class TokenCache:
             if row is not None:
                 found = Token(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget,
                               row.epsilon_spent, from_micros(row.created_at), None)
-        if len(self._cache) > 10_000:
-            self._cache.clear()  # garbage tokens must not grow memory
-        self._cache[token] = (now, found)
+        if found is None:
+            self._cache.pop(token, None)  # only valid tokens are kept: garbage cannot evict them
+        else:
+            self._cache[token] = (now, found)
         return found
 
 
@@ -124,16 +125,18 @@ class RateLimiter:
     burst_s: float = 2.0
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (tokens, at)
 
-    def allow(self, token: Token) -> float:
-        """0.0 if the request may go ahead, else the seconds to wait."""
+    def allow(self, key: str, rate_per_s: float) -> float:
+        """0.0 if a request under `key` may go ahead, else the seconds to wait."""
         now = time.monotonic()
-        capacity = token.rate_per_s * self.burst_s
-        level, at = self._buckets.get(token.name, (capacity, now))
-        level = min(capacity, level + (now - at) * token.rate_per_s)
+        capacity = max(1.0, rate_per_s * self.burst_s)  # a slow token still gets its one request
+        level, at = self._buckets.get(key, (capacity, now))
+        level = min(capacity, level + (now - at) * rate_per_s)
         if level < 1.0:
-            self._buckets[token.name] = (level, now)
-            return (1.0 - level) / token.rate_per_s
-        self._buckets[token.name] = (level - 1.0, now)
+            self._buckets[key] = (level, now)
+            return (1.0 - level) / rate_per_s
+        self._buckets[key] = (level - 1.0, now)
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()  # many clients: start afresh rather than grow without bound
         return 0.0
 
 

@@ -23,7 +23,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.execution.is_awaitable import optimized_is_awaitable
@@ -33,13 +32,14 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
-from persona.api.errors import error, masked, scrub
+from persona.api.errors import error, masked, request_values, scrub
 from persona.api.schema import schema
 from persona.settings import Settings
 
 log = logging.getLogger("persona.api")
 GRAPHQL_SCHEMA = schema._schema
 JSON_TYPE = "application/json"
+UNAUTHENTICATED_RATE = 20.0  # requests per second from one address without a valid token
 
 
 class QueryStringFilter(logging.Filter):
@@ -107,9 +107,13 @@ class GraphQLEndpoint:
         raw_token = _bearer(request.headers)
         token = state.tokens.lookup(raw_token) if raw_token else None
         if token is None:
+            client = request.client.host if request.client else "?"
+            if state.limiter.allow("unauthenticated " + client, UNAUTHENTICATED_RATE):
+                return _reply(429, [error("too many requests without a valid token", "RATE_LIMITED")],
+                              {"Retry-After": "1"})
             return _reply(401, [error("a valid bearer token is required (Authorization: Bearer pst_…)",
                                        "UNAUTHENTICATED")], {"WWW-Authenticate": "Bearer"})
-        wait = state.limiter.allow(token)
+        wait = state.limiter.allow(token.name, token.rate_per_s)
         if wait:
             return _reply(429, [error("too many requests for this token; slow down", "RATE_LIMITED")],
                           {"Retry-After": str(max(1, round(wait)))})
@@ -119,20 +123,24 @@ class GraphQLEndpoint:
         query, variables, operation_name = body
         plan = state.plans.get(query, operation_name)
         if plan.errors:
-            return _reply(400, [error(scrub(e.message), "BAD_REQUEST") | (
+            values = request_values(plan.document, variables)
+            return _reply(400, [error(scrub(e.message, values), "BAD_REQUEST") | (
                 {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
                 if e.locations else {}) for e in plan.errors])
         if plan.kind is OperationType.SUBSCRIPTION:
             return _reply(400, [error("subscriptions run over a websocket (graphql-transport-ws)", "BAD_REQUEST")])
-        if plan.kind is OperationType.MUTATION and request.method == "GET":
-            return _reply(405, [error("mutations need POST", "BAD_REQUEST")], {"Allow": "POST"})
+        if request.method == "GET" and (plan.kind is OperationType.MUTATION or plan.identifies):
+            reason = "mutations need POST" if plan.kind is OperationType.MUTATION else (
+                "send identifiers (subject) by POST: URLs end up in logs")
+            return _reply(405, [error(reason, "BAD_REQUEST")], {"Allow": "POST"})
         missing = plan.scopes - token.scopes
         if missing:
             return _reply(403, [error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
         result = await self._execute(state, token, plan, variables, operation_name)
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
-            out["errors"] = [masked(e) for e in result.errors]
+            values = request_values(plan.document, variables)
+            out["errors"] = [masked(e, values) for e in result.errors]
         return Response(orjson.dumps(out), 200, media_type=JSON_TYPE)
 
     async def _body(self, request: Request) -> tuple[str, dict[str, Any] | None, str | None] | Response:
@@ -147,7 +155,9 @@ class GraphQLEndpoint:
                     return _reply(400, [error("variables: not valid JSON", "BAD_REQUEST")])
         else:
             declared = request.headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            if declared is not None and not declared.isdigit():
+                return _reply(400, [error("Content-Length: not a number", "BAD_REQUEST")])
+            if declared is not None and int(declared) > limit:
                 return _reply(413, [error(f"the request body is over {limit} bytes", "TOO_LARGE")])
             if JSON_TYPE not in request.headers.get("content-type", ""):
                 return _reply(415, [error("send the request as application/json", "BAD_REQUEST")])
@@ -169,7 +179,7 @@ class GraphQLEndpoint:
             return _reply(400, [error("variables: must be an object", "BAD_REQUEST")])
         if name is not None and not isinstance(name, str):
             return _reply(400, [error("operationName: must be a string", "BAD_REQUEST")])
-        if len(doc["query"]) > self.options.limits.max_document_bytes:
+        if len(doc["query"].encode()) > self.options.limits.max_document_bytes:
             return _reply(413, [error("the query text is too long", "TOO_LARGE")])
         return doc["query"], variables, name
 
@@ -196,7 +206,7 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
     async def get_context(self, request: Any, response: Any) -> RequestContext:
         state: ApiState = request.app.state.api
         raw = _bearer(request.headers)
-        return RequestContext(state, state.tokens.lookup(raw) if raw else None, None)
+        return RequestContext(state, state.tokens.lookup(raw) if raw else None, None, raw)
 
     async def on_ws_connect(self, context: RequestContext) -> None:
         params = context.connection_params
@@ -206,7 +216,7 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
             if isinstance(value, str):
                 raw = _bearer({"authorization": value})
         if raw is not None:
-            context.token = context.state.tokens.lookup(raw)
+            context.token, context.raw_token = context.state.tokens.lookup(raw), raw
         if context.token is None:
             raise ConnectionRejectionError({"message": "a valid bearer token is required"})
 
@@ -248,5 +258,3 @@ def app_from_env() -> Starlette:
     settings = Settings.load()
     return create_app(settings, ServerOptions(dev=settings.api_dev))
 
-
-__all__ = ["WebSocket", "create_app"]

@@ -157,8 +157,9 @@ class ApiState:
 class RequestContext:
     """One request's token, plan and loaders. Loaders batch and cache per request."""
 
-    def __init__(self, state: ApiState, token: Token | None, plan: Plan | None) -> None:
+    def __init__(self, state: ApiState, token: Token | None, plan: Plan | None, raw_token: str | None = None) -> None:
         self.connection_params: object = None  # a websocket's connection_init payload
+        self.raw_token = raw_token  # kept by websockets, to notice a revocation while subscribed
         self.state = state
         self.token = token
         self.plan = plan
@@ -208,8 +209,10 @@ class RequestContext:
         missing = plan.scopes - self.token.scopes
         if missing:
             raise ApiError(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")
-        return RequestContext(self.state, self.token, plan)
+        if self.state.limiter.allow(self.token.name, self.token.rate_per_s):
+            raise ApiError("too many requests for this token; slow down", "RATE_LIMITED")
+        return RequestContext(self.state, self.token, plan, self.raw_token)
 
     def fresh(self) -> RequestContext:
         """A context with empty loaders (a subscription's next update must not see cached data)."""
-        return RequestContext(self.state, self.token, self.plan)
+        return RequestContext(self.state, self.token, self.plan, self.raw_token)

@@ -16,10 +16,8 @@ from typing import Any, Generic, TypeVar
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent, from_micros, utc_text
-from persona.population import IndexedProfile, from_index
-from persona.profiles import profile_view
+from persona.population import IndexedProfile, from_index, past_profile
 from persona.projections import ATTRIBUTES
-from persona.projections.profile import attribute_values
 from persona.projector import Projector
 from persona.pseudonyms import short_hash
 from persona.segments import segments
@@ -106,14 +104,8 @@ def load_profiles(persona: Persona, projector: Projector, ids: Sequence[str],
 
 def load_past_profile(persona: Persona, profile_id: str, as_of: datetime) -> ProfileData | None:
     """A profile as it stood at `as_of`, replayed from its log."""
-    try:
-        view = profile_view(persona, profile_id, as_of=as_of)
-    except (ErasedError, UnknownProfileError):
-        return None
-    attributes = attribute_values(view["attributes"])
-    if view["events"] == 0:
-        return None  # nothing of this person had happened yet
-    return ProfileData(profile_id, view["events"], None, attributes, view["features"], None)
+    past = past_profile(persona, profile_id, as_of)
+    return None if past is None else ProfileData.of(past)
 
 
 def load_sources(projector: Projector, ids: list[str]) -> dict[str, dict[str, Any]]:

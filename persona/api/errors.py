@@ -13,7 +13,15 @@ import traceback
 import uuid
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import (
+    DocumentNode,
+    FloatValueNode,
+    GraphQLError,
+    IntValueNode,
+    StringValueNode,
+    Visitor,
+    visit,
+)
 
 from persona.errors import ConcurrencyError, ErasedError, UnknownProfileError, ValidationError
 
@@ -36,16 +44,62 @@ def error(message: str, code: str, path: Any = None) -> dict[str, Any]:
 
 
 _CANNOT_REPRESENT = re.compile(r"cannot represent[^:]*")
-_FOUND = re.compile(r",? found:? .*$", re.DOTALL)
+_FOUND = re.compile(r",? found:? .*$", re.DOTALL | re.IGNORECASE)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_SHORTEST_REDACTED = 3  # shorter values identify no one, and would mangle words like "at"
 
 
-def scrub(message: str) -> str:
-    """graphql-core's messages about bad input quote the value given ("Int cannot represent
-    non-integer value: 'a@b.c'"): keep what was wrong, drop the value, which may be personal."""
+def request_values(document: DocumentNode | None, variables: Any) -> list[str]:
+    """Every value a client sent — literals in the document, leaves of the variables — as
+    text, longest first: what an error message must not repeat."""
+    found: set[str] = set()
+    if document is not None:
+        visit(document, _Literals(found))
+
+    def leaves(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                leaves(item)
+        elif isinstance(value, list):
+            for item in value:
+                leaves(item)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            found.add(str(value))
+            if isinstance(value, str):
+                found.add(repr(value)[1:-1])  # as Python quotes it inside a message
+
+    leaves(variables)
+    return sorted((v for v in found if len(v) >= _SHORTEST_REDACTED), key=len, reverse=True)
+
+
+class _Literals(Visitor):
+    def __init__(self, found: set[str]) -> None:
+        super().__init__()
+        self.found = found
+
+    def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
+        self.found.add(node.value)
+
+    def enter_int_value(self, node: IntValueNode, *_: Any) -> None:
+        self.found.add(node.value)
+
+    def enter_float_value(self, node: FloatValueNode, *_: Any) -> None:
+        self.found.add(node.value)
+
+
+def scrub(message: str, values: list[str] | None = None) -> str:
+    """graphql-core's messages about bad input quote what was given ("Int cannot represent
+    non-integer value: 'a@b.c'", "Did you mean …? Found: {…}", "Unexpected Int '138…'"):
+    keep what was wrong, never the value, which may be personal."""
+    if message.startswith("Syntax Error:"):
+        message = _QUOTED.sub("…", message)
     found = _CANNOT_REPRESENT.search(message)
     if found is not None:
         message = message[: found.end()].rstrip() + "."
-    return _FOUND.sub(".", message)
+    message = _FOUND.sub(".", message)
+    for value in values or ():
+        message = message.replace(value, "…")
+    return message
 
 
 def known(original: BaseException | None) -> tuple[str, str] | None:
@@ -72,12 +126,11 @@ def fault(original: BaseException, path: Any = None) -> str:
     return reference
 
 
-def masked(e: GraphQLError) -> dict[str, Any]:
+def masked(e: GraphQLError, values: list[str] | None = None) -> dict[str, Any]:
+    """One error as the client sees it; `values` are the request's own values, never repeated."""
     original = e.original_error
-    if original is None:  # from graphql-core: the request itself is malformed
-        return error(scrub(e.message), "BAD_REQUEST", e.path)
-    if isinstance(original, GraphQLError):
-        return error(scrub(e.message), "BAD_REQUEST", e.path)
+    if original is None or isinstance(original, GraphQLError):  # the request does not fit the schema
+        return error(scrub(e.message, values), "BAD_REQUEST", e.path)
     shown = known(original)
     if shown is not None:
         return error(shown[0], shown[1], e.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from graphql import (
     DocumentNode,
@@ -21,6 +22,7 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
+    NamedTypeNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
@@ -40,6 +42,7 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Subscription", "profileUpdated"): "profiles:read",
     ("Profile", "history"): "history:read",
     ("Profile", "predictions"): "predictions:read",
+    ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
 }
 # list fields whose `first` argument multiplies the cost of what they select
 PAGED: dict[tuple[str, str], int] = {
@@ -56,6 +59,7 @@ class Limits:
     max_page: int = 100
     max_document_bytes: int = 20_000
     max_aliases: int = 30
+    max_introspection: int = 2  # __schema / __type fields per document
 
 
 @dataclass(frozen=True)
@@ -67,63 +71,87 @@ class Plan:
     profile_fields: str = ""  # Profile fields selected anywhere, for the audit log
     depth: int = 0
     cost: int = 0
+    identifies: bool = False  # carries a `subject` (an identifier): never over GET, where URLs get logged
 
     @property
     def kind(self) -> OperationType | None:
         return None if self.operation is None else self.operation.operation
 
 
+class _Summary(NamedTuple):
+    cost: int
+    depth: int  # levels of fields, 1 for a leaf
+    aliases: int
+    introspection: int  # __schema / __type fields
+
+
+_NOTHING = _Summary(0, 0, 0, 0)
+
+
 class _Walk:
+    """One pass over an operation. Each fragment is summarised once per type it is spread
+    on and reused: a document that spreads fragments inside fragments costs its size to
+    analyse, never the exponential size of its expansion."""
+
     def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode], limits: Limits) -> None:
         self.schema = schema
         self.fragments = fragments
         self.limits = limits
         self.scopes: set[str] = set()
         self.profile_fields: set[str] = set()
-        self.depth = 0
-        self.aliases = 0
-        self.errors: list[GraphQLError] = []
+        self.identifies = False  # a `subject` argument: an identifier travels in this request
+        self._memo: dict[tuple[str, str], _Summary] = {}
 
-    def cost(self, parent: GraphQLObjectType, selections: SelectionSetNode, depth: int, seen: frozenset[str]) -> int:
-        total = 0
-        for node in selections.selections:
+    def selections(self, parent: GraphQLObjectType, selection_set: SelectionSetNode,
+                   seen: frozenset[str]) -> _Summary:
+        cost = depth = aliases = introspection = 0
+        for node in selection_set.selections:
             if isinstance(node, FieldNode):
-                total += self.field(parent, node, depth, seen)
+                part = self.field(parent, node, seen)
             elif isinstance(node, InlineFragmentNode):
-                on = parent
-                if node.type_condition is not None:
-                    named = self.schema.get_type(node.type_condition.name.value)
-                    on = named if isinstance(named, GraphQLObjectType) else parent
-                total += self.cost(on, node.selection_set, depth, seen)
+                part = self.selections(self._on(node.type_condition, parent), node.selection_set, seen)
             elif isinstance(node, FragmentSpreadNode):
-                name = node.name.value
-                fragment = self.fragments.get(name)
-                if fragment is None or name in seen:
-                    continue  # validation reports unknown or cyclic fragments
-                named = self.schema.get_type(fragment.type_condition.name.value)
-                on = named if isinstance(named, GraphQLObjectType) else parent
-                total += self.cost(on, fragment.selection_set, depth, seen | {name})
-        return total
+                part = self.fragment(node.name.value, parent, seen)
+            else:  # pragma: no cover - graphql-core has no other selection kinds
+                continue
+            cost += part.cost
+            depth = max(depth, part.depth)
+            aliases += part.aliases
+            introspection += part.introspection
+        return _Summary(cost, depth, aliases, introspection)
 
-    def field(self, parent: GraphQLObjectType, node: FieldNode, depth: int, seen: frozenset[str]) -> int:
+    def _on(self, condition: NamedTypeNode | None, parent: GraphQLObjectType) -> GraphQLObjectType:
+        named = self.schema.get_type(condition.name.value) if condition is not None else None
+        return named if isinstance(named, GraphQLObjectType) else parent
+
+    def fragment(self, name: str, parent: GraphQLObjectType, seen: frozenset[str]) -> _Summary:
+        fragment = self.fragments.get(name)
+        if fragment is None or name in seen:
+            return _NOTHING  # validation reports unknown or cyclic fragments
+        on = self._on(fragment.type_condition, parent)
+        key = (name, on.name)
+        found = self._memo.get(key)
+        if found is None:
+            found = self._memo[key] = self.selections(on, fragment.selection_set, seen | {name})
+        return found
+
+    def field(self, parent: GraphQLObjectType, node: FieldNode, seen: frozenset[str]) -> _Summary:
         name = node.name.value
-        if name in INTROSPECTION:
-            return 0  # schema introspection reads no one's data: free, whatever its depth
-        if node.alias is not None:
-            self.aliases += 1
+        alias = 1 if node.alias is not None else 0
+        if name in INTROSPECTION:  # reads no one's data: not walked, but counted
+            return _Summary(0, 0, alias, 0 if name == "__typename" else 1)
         key = (parent.name, name)
         scope = FIELD_SCOPES.get(key)
         if scope is not None:
             self.scopes.add(scope)
         if parent.name == "Profile":
             self.profile_fields.add(name)
-        self.depth = max(self.depth, depth)
+        if any(argument.name.value == "subject" for argument in node.arguments or ()):
+            self.identifies = True
         definition = parent.fields.get(name)
-        if definition is None or node.selection_set is None:
-            return 1
-        inner = get_named_type(definition.type)
-        if not isinstance(inner, GraphQLObjectType):
-            return 1
+        inner = get_named_type(definition.type) if definition is not None else None
+        if node.selection_set is None or not isinstance(inner, GraphQLObjectType):
+            return _Summary(1, 1, alias, 0)
         times = 1
         if key in PAGED:
             times = PAGED[key]
@@ -132,7 +160,8 @@ class _Walk:
                     # a literal is taken at its word; a variable might be anything up to the page limit
                     value = argument.value
                     times = int(value.value) if isinstance(value, IntValueNode) else self.limits.max_page
-        return 1 + max(times, 1) * self.cost(inner, node.selection_set, depth + 1, seen)
+        below = self.selections(inner, node.selection_set, seen)
+        return _Summary(1 + max(times, 1) * below.cost, 1 + below.depth, alias + below.aliases, below.introspection)
 
 
 def plan(schema: GraphQLSchema, source: str, operation_name: str | None, limits: Limits) -> Plan:
@@ -163,18 +192,24 @@ def analyse(schema: GraphQLSchema, document: DocumentNode | None, operation: Ope
     root = schema.get_root_type(operation.operation)
     assert root is not None
     walk = _Walk(schema, fragments, limits)
-    cost = walk.cost(root, operation.selection_set, 1, frozenset())
+    summary = walk.selections(root, operation.selection_set, frozenset())
     errors = []
-    if walk.depth > limits.max_depth:
-        errors.append(GraphQLError(f"the query is {walk.depth} levels deep; at most {limits.max_depth} are allowed"))
-    if cost > limits.max_cost:
+    if summary.depth > limits.max_depth:
         errors.append(GraphQLError(
-            f"the query would cost {cost} (fields × page sizes); at most {limits.max_cost} is allowed: ask for"
-            " smaller pages or fewer nested lists"))
-    if walk.aliases > limits.max_aliases:
-        errors.append(GraphQLError(f"the query uses {walk.aliases} aliases; at most {limits.max_aliases} are allowed"))
+            f"the query is {summary.depth} levels deep; at most {limits.max_depth} are allowed"))
+    if summary.cost > limits.max_cost:
+        errors.append(GraphQLError(
+            f"the query would cost {summary.cost} (fields × page sizes); at most {limits.max_cost} is allowed: ask"
+            " for smaller pages or fewer nested lists"))
+    if summary.aliases > limits.max_aliases:
+        errors.append(GraphQLError(
+            f"the query uses {summary.aliases} aliases; at most {limits.max_aliases} are allowed"))
+    if summary.introspection > limits.max_introspection:
+        errors.append(GraphQLError(
+            f"the query asks for the schema {summary.introspection} times; at most {limits.max_introspection}"
+            " __schema/__type fields are allowed"))
     return Plan(document or DocumentNode(definitions=()), operation, tuple(errors), frozenset(walk.scopes),
-                ",".join(sorted(walk.profile_fields)), walk.depth, cost)
+                ",".join(sorted(walk.profile_fields)), summary.depth, summary.cost, walk.identifies)
 
 
 class PlanCache:

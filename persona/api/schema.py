@@ -23,7 +23,7 @@ from strawberry.types import Info
 
 from persona.api.context import RequestContext
 from persona.api.data import HistoryPage, ProfileData, decode_cursor, encode_cursor, history_page, load_past_profile
-from persona.api.errors import ApiError, fault, known, scrub
+from persona.api.errors import ApiError, fault, known, request_values, scrub
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent
 
@@ -490,6 +490,8 @@ class Subscription:
                 pass
             finally:
                 state.bus.unwatch(profile_id, wake)
+            if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
+                return  # the token was revoked: the subscription ends with it
             head = state.persona.recorder.heads([profile_id]).get(profile_id)
             if head is None or head.wrapped is None:
                 return  # erased: nothing more will come
@@ -497,7 +499,7 @@ class Subscription:
                 profile = load_profile(ctx.fresh(), profile_id, None, "profileUpdated")
                 if profile is None:
                     return
-                version = profile._data.version
+                version = max(head.version, profile._data.version)  # the log's count, never a replayed one
                 yield profile
 
 
@@ -513,7 +515,10 @@ class WebsocketGuard(SchemaExtension):
             # validated here, then checked: strawberry skips its own validation when this has run
             errors = validate_document(context.schema._schema, document, context.validation_rules)
             operation = get_operation_ast(document, context.operation_name)
-            if not errors and operation is not None:
+            if not errors and operation is None:
+                errors = [GraphQLError("name the operation to run (operationName): the document holds several"
+                                       " or none by that name", extensions={"code": "BAD_REQUEST"})]
+            elif not errors and operation is not None:
                 fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
                 try:
                     context.context.authorize_operation(operation, fragments)
@@ -532,8 +537,10 @@ class _Schema(strawberry.Schema):
     handler does: class and place, never the message or a traceback."""
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        values = request_values(getattr(execution_context, "graphql_document", None),
+                                getattr(execution_context, "variables", None))
         for error in errors:
-            error.message = scrub(error.message)
+            error.message = scrub(error.message, values)
             if error.original_error is not None and known(error.original_error) is None:
                 fault(error.original_error, error.path)
 
