@@ -1,12 +1,16 @@
 """Population insights that protect the people in them.
 
-Groups of fewer than k people are suppressed (k-anonymity). With a privacy budget ε,
-counts, sums and histograms get Laplace noise (differential privacy): the ε is split
-in equal parts between the group's count and, with a metric, the number of people
-having it, their clipped sum (sensitivity = the largest absolute bound) and the
-histogram (a partition: sensitivity 1 per person). Groups partition the population,
-so one query costs ε in all, whatever the number of groups. With noise,
-suppression is decided on the noisy count, so it leaks nothing about the true one.
+Groups of fewer than k people are left out, and so are histogram bins holding fewer than
+k (k-anonymity). Without noise that is all: exact answers are not private against
+differencing (two filters that differ by one person).
+
+With a privacy budget ε the answer is differentially private. Laplace noise goes on the
+group's count and, with a metric, on the number of people having it, their clipped sum
+(sensitivity: the largest absolute bound) and the histogram (a partition: sensitivity 1),
+ε split equally between them. Groups partition the population, so one query costs ε in
+all, whatever the number of groups. Which groups are shown is decided on the noisy count
+against a raised threshold (see DELTA), so the group keys — values taken from the data —
+are protected too: the answer is (ε, δ)-DP.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "birth_year": (1900, 2030),
 }
 HISTOGRAM_BINS = 10
+# With noise, a group is shown only if its noisy count clears k and 1 + b·ln(1/2δ) (b the count's
+# Laplace scale): a group of one person then appears with probability at most δ, so that the
+# group keys themselves — values taken from the data — are (ε, δ)-differentially private.
+DELTA = 1e-6
 
 
 @dataclass
@@ -54,14 +62,14 @@ class Group:
     key: dict[str, Any]
     count: float
     mean: float | None = None
-    histogram: list[tuple[float, float, float]] = field(default_factory=list)  # (from, to, count)
+    histogram: list[tuple[float, float, float | None]] = field(default_factory=list)  # (from, to, count)
 
 
 @dataclass
 class Insights:
     groups: list[Group]
-    suppressed: int
     k: int
+    threshold: float  # the (noisy) count a group needed to be shown
     metric: str | None
     bounds: tuple[float, float] | None
     epsilon: float | None
@@ -114,28 +122,35 @@ def compute(profiles: Iterable[IndexedProfile], *, group_by: Sequence[str], metr
     rng = rng or np.random.default_rng()
     parts = 4 if metric is not None else 1
     scale = None if epsilon is None else parts / epsilon  # Laplace scale for sensitivity 1
-    out, suppressed = [], 0
+    threshold = float(k) if scale is None else max(float(k), 1 + scale * math.log(1 / (2 * DELTA)))
+    out = []
     for key, values in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         count = float(len(values))
         if scale is not None:
             count = max(0.0, count + float(rng.laplace(0.0, scale)))
-        if count < k:
-            suppressed += 1
-            continue
+        if count < threshold:
+            continue  # neither the group nor the fact that it was left out is shown
         group = Group(dict(zip(group_by, key, strict=True)), round(count, 2) if scale else count)
         if metric is not None and bounds is not None:
-            lo, hi = bounds
-            present = np.clip(np.array([v for v in values if v is not None], dtype=float), lo, hi)
-            total = float(present.sum())
-            n = float(len(present))
-            edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
-            counts = np.histogram(present, bins=edges)[0].astype(float)
-            if scale is not None:
-                total += float(rng.laplace(0.0, scale * max(abs(lo), abs(hi))))
-                n = max(1.0, n + float(rng.laplace(0.0, scale)))
-                counts = np.maximum(0.0, counts + rng.laplace(0.0, scale, size=counts.shape))
-            group.mean = round(min(hi, max(lo, total / n)), 4) if n > 0 else None
-            group.histogram = [(float(a), float(b), round(float(c), 2))
-                               for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
+            _describe(group, values, bounds, k, scale, rng)
         out.append(group)
-    return Insights(out, suppressed, k, metric, bounds, epsilon)
+    return Insights(out, k, threshold, metric, bounds, epsilon)
+
+
+def _describe(group: Group, values: list[float | None], bounds: tuple[float, float], k: int,
+              scale: float | None, rng: np.random.Generator) -> None:
+    """The group's mean and histogram of the metric, clipped to the bounds (and noisy with a scale)."""
+    lo, hi = bounds
+    present = np.clip(np.array([v for v in values if v is not None], dtype=float), lo, hi)
+    total = float(present.sum())
+    n = float(len(present))
+    edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
+    counts: list[float | None] = [float(c) for c in np.histogram(present, bins=edges)[0]]
+    if scale is not None:
+        total += float(rng.laplace(0.0, scale * max(abs(lo), abs(hi))))
+        n = max(1.0, n + float(rng.laplace(0.0, scale)))
+        counts = [round(max(0.0, c + float(rng.laplace(0.0, scale))), 2) for c in counts if c is not None]
+    else:  # exact: a bin holding fewer than k people would single them out
+        counts = [None if c is not None and 0 < c < k else c for c in counts]
+    group.mean = round(min(hi, max(lo, total / n)), 4) if n > 0 else None
+    group.histogram = [(float(a), float(b), c) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]

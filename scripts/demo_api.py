@@ -38,7 +38,7 @@ LIST = """{
     pageInfo { hasNextPage endCursor }
   }
 }"""
-INSIGHTS = """{ insights(groupBy: ["country"], metric: "monetary") { groups { key count mean } suppressedGroups k } }"""
+INSIGHTS = """{ insights(groupBy: ["lifecycle_stage"], metric: "monetary") { groups { key count mean } k threshold } }"""
 
 Check = Callable[[dict[str, Any]], str | None]  # None: as expected; else what is wrong
 
@@ -75,7 +75,7 @@ EXAMPLES: list[tuple[str, str, Check]] = [
     ("a profile by e-mail, with features and its latest events", PROFILE, _profile),
     ("the same person as of 1 June 2025 (replayed)", PAST, _past),
     ("profiles, filtered and paginated", LIST, _list),
-    ("population insights (groups under k people are suppressed)", INSIGHTS, _insights),
+    ("population insights (groups under k people are left out)", INSIGHTS, _insights),
 ]
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner, Result
@@ -621,7 +622,7 @@ def test_profiles_filter_attributes_must_be_an_object(api: Api) -> None:
 INSIGHTS = """query($by: [String!], $metric: String, $filter: ProfileFilter, $epsilon: Float, $bounds: [Float!]) {
   insights(groupBy: $by, metric: $metric, filter: $filter, epsilon: $epsilon, bounds: $bounds) {
     groups { key count mean distribution { from to count } }
-    suppressedGroups k metric epsilon epsilonRemaining
+    k threshold metric epsilon epsilonRemaining
   }
 }"""
 
@@ -638,8 +639,8 @@ def test_insights_show_only_groups_of_at_least_k(api: Api, everyone: list[dict[s
     big = {stage: n for stage, n in sizes.items() if n >= k}
     small = [stage for stage, n in sizes.items() if n < k]
     assert big and small, "the data must have groups on both sides of k"
-    assert shown_groups(answer, "lifecycle_stage") == big
-    assert answer["suppressedGroups"] == len(small)
+    assert shown_groups(answer, "lifecycle_stage") == big  # the small groups leave no trace
+    assert answer["threshold"] == k
     assert answer["epsilon"] is None and answer["epsilonRemaining"] is None
 
 
@@ -653,7 +654,7 @@ def api_k1(world: World) -> Iterator[Api]:
 def test_insights_counts_add_up_to_the_population(api_k1: Api, everyone: list[dict[str, Any]],
                                                   by: list[str]) -> None:
     answer = api_k1.data(INSIGHTS, {"by": by}, token="analyst")["insights"]
-    assert answer["k"] == 1 and answer["suppressedGroups"] == 0
+    assert answer["k"] == 1 and answer["threshold"] == 1
     assert sum(g["count"] for g in answer["groups"]) == len(everyone)
 
     def value(p: dict[str, Any], name: str) -> Any:
@@ -673,7 +674,8 @@ def test_insights_metric_mean_and_histogram(api: Api, everyone: list[dict[str, A
         assert group["count"] == len(values) >= answer["k"]
         assert group["mean"] == pytest.approx(statistics.fmean(values), abs=1e-3)
         bins = group["distribution"]
-        assert sum(b["count"] for b in bins) == len(values)
+        true_counts = np.histogram(values, bins=np.linspace(lo, hi, len(bins) + 1))[0]
+        assert [b["count"] for b in bins] == [None if 0 < c < answer["k"] else c for c in true_counts]
         assert bins[0]["from"] == lo and bins[-1]["to"] == hi
         assert all(a["to"] == b["from"] for a, b in pairwise(bins))
 

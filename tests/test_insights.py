@@ -23,11 +23,12 @@ PEOPLE = ([person(i, "CN", 100.0 + i) for i in range(40)] + [person(100 + i, "GB
 def test_exact_counts_and_means_with_small_groups_suppressed() -> None:
     result = compute(PEOPLE, group_by=["country"], metric="monetary", k=5)
     by = {g.key["country"]: g for g in result.groups}
-    assert set(by) == {"CN", "GB"} and result.suppressed == 1  # FR has 3 people, under k
+    assert set(by) == {"CN", "GB"} and result.threshold == 5  # FR has 3 people, under k: left out
     assert (by["CN"].count, by["GB"].count) == (40, 8)
     assert by["CN"].mean == pytest.approx(sum(100.0 + i for i in range(40)) / 40)
     assert by["GB"].mean == 50.0
-    assert len(by["CN"].histogram) == HISTOGRAM_BINS and sum(c for _, _, c in by["CN"].histogram) == 40
+    assert len(by["CN"].histogram) == HISTOGRAM_BINS and sum(c or 0 for _, _, c in by["CN"].histogram) == 40
+    assert [c for _, _, c in by["GB"].histogram] == [8.0] + [0.0] * (HISTOGRAM_BINS - 1)  # 50 is in bin 0
 
 
 def test_the_metric_is_clipped_to_its_declared_bounds() -> None:
@@ -37,18 +38,27 @@ def test_the_metric_is_clipped_to_its_declared_bounds() -> None:
 
 def test_noise_is_added_and_stays_plausible() -> None:
     exact = compute(PEOPLE, group_by=["country"], metric="monetary", k=5)
-    noisy = compute(PEOPLE, group_by=["country"], metric="monetary", k=5, epsilon=1.0,
+    noisy = compute(PEOPLE, group_by=["country"], metric="monetary", k=5, epsilon=4.0,
                     rng=np.random.default_rng(7))
     exact_cn = next(g for g in exact.groups if g.key["country"] == "CN")
     noisy_cn = next(g for g in noisy.groups if g.key["country"] == "CN")
-    assert noisy_cn.count != exact_cn.count  # Laplace noise of scale 4/ε on the count
-    assert abs(noisy_cn.count - exact_cn.count) < 60  # P(|noise| ≥ 60) = e^-15
+    assert noisy_cn.count != exact_cn.count  # Laplace noise of scale 4/ε = 1 on the count
+    assert abs(noisy_cn.count - exact_cn.count) < 15  # P(|noise| ≥ 15) = e^-15
     lo, hi = BOUNDS["monetary"]
     assert noisy_cn.mean is not None and lo <= noisy_cn.mean <= hi
     assert all(c >= 0 for _, _, c in noisy_cn.histogram)
-    again = compute(PEOPLE, group_by=["country"], metric="monetary", k=5, epsilon=1.0,
+    again = compute(PEOPLE, group_by=["country"], metric="monetary", k=5, epsilon=4.0,
                     rng=np.random.default_rng(8))
     assert [g.count for g in again.groups] != [g.count for g in noisy.groups]  # fresh noise every time
+
+
+def test_with_noise_a_group_of_one_never_shows_its_key() -> None:
+    loner = [*PEOPLE, person(999, "IS", 10.0)]  # the only person in Iceland
+    rng = np.random.default_rng(11)
+    for _ in range(300):  # shown with probability ≤ δ = 1e-6 each time
+        result = compute(loner, group_by=["country"], metric=None, k=5, epsilon=0.1, rng=rng)
+        assert all(g.key["country"] != "IS" for g in result.groups)
+        assert result.threshold > 100  # 1 + (1/0.1)·ln(1/2δ)
 
 
 def test_malformed_questions_are_refused_before_anything_is_computed() -> None:

@@ -37,15 +37,20 @@ AUDIT_FLUSH_S = 0.25
 class Worker:
     """One thread with its own open store; `run(fn, ...)` calls fn(persona, ...) there."""
 
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, threads: int = 1) -> None:
         self._settings = settings
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"persona-{name}")
+        self._threads = threads
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"persona-{name}")
+        self._opened: list[Persona] = []
+        self._lock = threading.Lock()
 
     def _persona(self) -> Persona:
         persona = getattr(self._local, "persona", None)
         if persona is None:
             persona = self._local.persona = Persona.open(self._settings)
+            with self._lock:
+                self._opened.append(persona)
         return persona
 
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
@@ -54,16 +59,22 @@ class Worker:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, args)
 
-    def close(self) -> None:
-        def shut(_: Persona) -> None:
-            persona = getattr(self._local, "persona", None)
-            if persona is not None:
-                persona.close()
-                self._local.persona = None
+    async def each(self, fn: Callable[[Persona], None]) -> None:
+        """Call fn(persona) on every store this worker has opened (e.g. to drop cached keys)."""
+        def run() -> None:
+            with self._lock:
+                opened = list(self._opened)
+            for persona in opened:
+                fn(persona)
 
-        with contextlib.suppress(RuntimeError):
-            self._pool.submit(self._call, shut, ()).result()
+        await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    def close(self) -> None:
         self._pool.shutdown(wait=True)
+        with self._lock:
+            for persona in self._opened:
+                persona.close()
+            self._opened.clear()
 
 
 class ChangeBus:
@@ -115,7 +126,7 @@ class ApiState:
         self.audit = AuditBuffer()
         self.bus = ChangeBus()
         self.writer = Worker(settings, "writer")
-        self.scanner = Worker(settings, "scanner")
+        self.scanner = Worker(settings, "scanner", threads=2)
         self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -28,6 +28,7 @@ from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent
 
 DEFAULT_PAGE = 20
+FILTER_TERMS = 20  # per kind of filter: enough to target, too few to turn a listing into a long scan
 
 
 def _ctx(info: Info[RequestContext, None]) -> RequestContext:
@@ -258,9 +259,20 @@ class ProfileFilter:
     def to_filter(self) -> Any:
         from persona.population import ProfileFilter as Where
 
+        for name, given in (("segments", self.segments), ("lifecycleStages", self.lifecycle_stages),
+                            ("features", self.features)):
+            if given is not None and len(given) > FILTER_TERMS:
+                raise ApiError(f"filter.{name}: at most {FILTER_TERMS} terms")
         ranges = {r.name: (r.min, r.max) for r in self.features or ()}
         if self.attributes is not None and not isinstance(self.attributes, dict):
             raise ApiError("filter.attributes: must be an object of attribute → value")
+        if len(self.attributes or {}) > FILTER_TERMS:
+            raise ApiError(f"filter.attributes: at most {FILTER_TERMS} terms")
+        for value in (self.attributes or {}).values():
+            if not (value is None or isinstance(value, bool | int | float) or
+                    (isinstance(value, str) and len(value) <= 200)):
+                raise ApiError("filter.attributes: values are strings (up to 200 characters), numbers, booleans"
+                               " or null")
         rfm = {} if self.rfm_min is None else {"r": self.rfm_min.r, "f": self.rfm_min.f, "m": self.rfm_min.m}
         return Where(lifecycle_stages=frozenset(self.lifecycle_stages or ()), ranges=ranges, rfm_min=rfm,
                      attributes=dict(self.attributes or {}), segments=frozenset(self.segments or ()))
@@ -270,7 +282,7 @@ class ProfileFilter:
 class HistogramBin:
     start: float = strawberry.field(name="from")
     end: float = strawberry.field(name="to")
-    count: float
+    count: float | None = strawberry.field(description="null: fewer than k people (exact answers only)")
 
 
 @strawberry.type
@@ -283,9 +295,11 @@ class InsightGroup:
 
 @strawberry.type
 class Insights:
-    groups: list[InsightGroup]
-    suppressed_groups: int = strawberry.field(description="Groups left out for having fewer than k people")
+    groups: list[InsightGroup] = strawberry.field(
+        description="Groups shown; a group below the threshold is left out without a trace")
     k: int
+    threshold: float = strawberry.field(
+        description="The count a group needed to be shown: k, or more with noise (see docs/api.md)")
     metric: str | None
     epsilon: float | None = strawberry.field(description="The privacy budget this answer spent (null: no noise)")
     epsilon_remaining: float | None
@@ -356,8 +370,8 @@ class Query:
         return load_profile(ctx, profile_id, _instant(as_of, "asOf"), "profile")
 
     @strawberry.field(description="Profiles in id order, filtered; Relay-style cursor pagination")
-    def profiles(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
-                 filter: ProfileFilter | None = None, as_of: datetime | None = None) -> ProfileConnection:
+    async def profiles(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
+                       filter: ProfileFilter | None = None, as_of: datetime | None = None) -> ProfileConnection:
         from persona.population import list_profiles
 
         ctx = _root(info)
@@ -365,7 +379,9 @@ class Query:
         start = decode_cursor("p", after) if after is not None else None
         moment = _instant(as_of, "asOf")
         where = filter.to_filter() if filter is not None else None
-        found = list_profiles(ctx.state.persona, where, first=size + 1, after=start, as_of=moment)
+        # a filter may scan the whole index, a past instant replays every log it meets: off the event loop
+        found = await ctx.state.scanner.run(
+            lambda persona: list_profiles(persona, where, first=size + 1, after=start, as_of=moment))
         page = found[:size]
         ctx.announce([p.id for p in page])
         edges = []
@@ -407,7 +423,7 @@ class Query:
         groups = [InsightGroup(key=g.key, count=g.count, mean=g.mean,
                                distribution=[HistogramBin(start=a, end=b, count=c) for a, b, c in g.histogram])
                   for g in result.groups]
-        return Insights(groups=groups, suppressed_groups=result.suppressed, k=result.k, metric=metric,
+        return Insights(groups=groups, k=result.k, threshold=round(result.threshold, 2), metric=metric,
                         epsilon=epsilon, epsilon_remaining=remaining)
 
 
