@@ -105,7 +105,7 @@ def check(metric: str | None, epsilon: float | None, bounds: tuple[float, float]
         raise ValidationError(f"metric: {metric!r} is not a numeric feature with declared bounds"
                               f" (known: {', '.join(sorted(BOUNDS))})")
     lo, hi = bounds
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and math.isfinite(hi - lo)):
         raise ValidationError("bounds: need two finite numbers, the first below the second")
     return bounds
 

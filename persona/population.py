@@ -109,13 +109,15 @@ def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | No
     return _aged(IndexedProfile(profile_id, version, attributes, features, rfm), moment)
 
 
-def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "") -> Iterator[IndexedProfile]:
+def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "",
+            rfm_scores: bool = True) -> Iterator[IndexedProfile]:
     """Every live profile in the index after an id, in id order, with time-dependent features
-    as of `as_of` (RFM scores only for the present: they rank today's population)."""
+    as of `as_of`. RFM scores rank the population as of the last rebuild: `rfm_scores=False`
+    leaves them out (for questions about the past)."""
     moment = as_of or datetime.now(UTC)
     for profile_id, version, doc, r, f, m in index_rows(persona, after):
         rfm = None
-        if as_of is None and r is not None and f is not None and m is not None:
+        if rfm_scores and r is not None and f is not None and m is not None:
             rfm = {"r": r, "f": f, "m": m}
         profile = from_index(profile_id, version, doc, rfm, moment, persona, past=as_of is not None)
         if profile is not None:
@@ -123,10 +125,11 @@ def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "")
 
 
 def list_profiles(persona: Persona, where: ProfileFilter | None = None, *, first: int = 50,
-                  after: str | None = None, as_of: datetime | None = None) -> list[IndexedProfile]:
+                  after: str | None = None, as_of: datetime | None = None,
+                  rfm_scores: bool = True) -> list[IndexedProfile]:
     """A page of profiles matching the filter, ordered by id; `after` is the last id of the previous page."""
     out = []
-    for profile in indexed(persona, as_of=as_of, after=after or ""):
+    for profile in indexed(persona, as_of=as_of, after=after or "", rfm_scores=rfm_scores):
         if where is None or where.accepts(profile):
             out.append(profile)
             if len(out) >= first:

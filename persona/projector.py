@@ -181,6 +181,10 @@ class Projector:
         """Drop a profile's cached states (it was erased by another connection)."""
         self._cache.pop(profile_id, None)
 
+    def clear(self) -> None:
+        """Drop every cached state."""
+        self._cache.clear()
+
     def advance(self, events: Iterable[RecordedEvent]) -> None:
         """Fold just-appended events into the cached states, without reading them back.
 

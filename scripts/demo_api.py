@@ -38,7 +38,7 @@ LIST = """{
     pageInfo { hasNextPage endCursor }
   }
 }"""
-INSIGHTS = """{ insights(groupBy: ["lifecycle_stage"], metric: "monetary") { groups { key count mean } k threshold } }"""
+INSIGHTS = """{ insights(groupBy: ["lifecycle_stage"], metric: "monetary") { groups { key count mean } threshold } }"""
 
 Check = Callable[[dict[str, Any]], str | None]  # None: as expected; else what is wrong
 
@@ -68,7 +68,7 @@ def _list(data: dict[str, Any]) -> str | None:
 
 def _insights(data: dict[str, Any]) -> str | None:
     i = data["insights"]
-    return None if i["k"] >= 2 and isinstance(i["groups"], list) else "no insights"
+    return None if i["threshold"] >= 2 and isinstance(i["groups"], list) else "no insights"
 
 
 EXAMPLES: list[tuple[str, str, Check]] = [

@@ -468,3 +468,47 @@ def test_websocket_url_is_not_logged(server: Server) -> None:
 
     run(scenario())  # uvicorn logs a websocket's line as it accepts it: before the handshake completes
     assert who not in server.logs(), "a websocket URL's query string was logged"
+
+
+def test_a_revoked_token_ends_its_subscription(server: Server) -> None:
+    from persona.api.access import revoke_token
+
+    with Persona.open(server.settings) as p:
+        token = create_token(p, "short-lived", frozenset({"profiles:read"}))
+    email = "aiko.tanaka@example.com"
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, token)
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "r", "type": "subscribe",
+                            "payload": {"query": SUBSCRIBE, "variables": {"id": server.ids[email]}}})
+            assert (await ingest_until_next(server, ws, email, "ws-revoke"))["type"] == "next"
+            with Persona.open(server.settings) as p:
+                revoke_token(p, "short-lived")
+            while True:  # updates may still arrive until the server notices (its token cache lives 2 s)
+                message = await receive(ws, timeout=15)
+                if message["type"] != "next":
+                    return message
+        finally:
+            await ws.close()
+
+    assert run(scenario()) == {"id": "r", "type": "complete"}
+
+
+def test_a_websocket_document_with_several_operations_needs_a_name(server: Server) -> None:
+    document = SUBSCRIBE.replace("subscription(", "subscription A(") + " query B { __typename }"
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, "reader")
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "n", "type": "subscribe",
+                            "payload": {"query": document, "variables": {"id": server.ids[SECRET]}}})
+            return await receive(ws)
+        finally:
+            await ws.close()
+
+    message = run(scenario())
+    assert (message["id"], message["type"]) == ("n", "error"), message
+    assert "operationName" in message["payload"][0]["message"]

@@ -27,11 +27,13 @@ from persona.api.data import Batch, ProfileData, load_identities, load_predictio
 from persona.api.plan import Limits, Plan, PlanCache
 from persona.core import Persona
 from persona.projector import Projector
+from persona.pseudonyms import normalise
 from persona.settings import Settings
 
 T = TypeVar("T")
 log = logging.getLogger("persona.api")
 AUDIT_FLUSH_S = 0.25
+AUDIT_BACKLOG = 50_000  # unwritten audit entries at which reads of people are refused
 
 
 class Worker:
@@ -128,6 +130,7 @@ class ApiState:
         self.writer = Worker(settings, "writer")
         self.scanner = Worker(settings, "scanner", threads=2)
         self._flusher: asyncio.Task[None] | None = None
+        self._erasures = self.persona.recorder.erasure_mark()
 
     async def start(self) -> None:
         # Everything loaded so far (the schema, libraries, caches) lives as long as the
@@ -153,16 +156,40 @@ class ApiState:
                 await self.flush_audit()
             except Exception as e:  # the database is busy or full: retried, and said so
                 log.warning("audit log write failed (%s); retrying", type(e).__name__)
+            try:
+                await self.forget_the_erased()
+            except Exception as e:
+                log.warning("checking for erasures failed (%s); retrying", type(e).__name__)
+
+    async def forget_the_erased(self) -> None:
+        """After an erasure by anyone (this server, another worker, the CLI), drop every cache
+        that could hold the person: decrypted states, unwrapped keys, normalised identifiers
+        and plans with identifiers typed into them. Reads never served them (each read checks
+        the key), but memory should not outlive the key either."""
+        mark = self.persona.recorder.erasure_mark()
+        if mark == self._erasures:
+            return
+        self._erasures = mark
+        self.projector.clear()
+        self.persona.log.forget_cached_keys()
+        self.plans.clear()
+        normalise.cache_clear()
+        for worker in (self.writer, self.scanner):
+            await worker.each(lambda persona: persona.log.forget_cached_keys())
 
     async def stop(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
-        await self.flush_audit()
-        self.writer.close()
-        self.scanner.close()
-        self.persona.close()
+        try:
+            await self.flush_audit()
+        except Exception as e:
+            log.error("audit entries could not be written at shutdown (%s)", type(e).__name__)
+        finally:
+            self.writer.close()
+            self.scanner.close()
+            self.persona.close()
 
 
 class RequestContext:
@@ -195,7 +222,13 @@ class RequestContext:
         return self.token.name
 
     def audit(self, operation: str, profile_id: str) -> None:
+        """Record a read of a person, before it is served: if the audit log cannot be written
+        (its backlog is full), nothing is read at all."""
+        from persona.api.errors import ApiError
+
         assert self.token is not None and self.plan is not None  # authorized before anything is read
+        if len(self.state.audit.rows) >= AUDIT_BACKLOG:
+            raise ApiError("the audit log cannot be written at the moment, so no profile is served", "UNAVAILABLE")
         self.state.audit.record(self.token.name, operation, profile_id, self.plan.profile_fields)
 
     def authorize(self, info: Any) -> RequestContext:

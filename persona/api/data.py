@@ -147,9 +147,11 @@ def decode_cursor(kind: str, cursor: str) -> str:
 class HistoryPage:
     events: list[RecordedEvent]
     has_next: bool
+    resume_before: int | None = None  # a time-filtered scan stopped early: continue below this version
 
 
 SCAN_PAGE = 200
+SCAN_LIMIT = 2_000  # events decrypted for one time-filtered page at most; the rest is the next page's
 
 
 def history_page(persona: Persona, profile_id: str, *, first: int, before_version: int | None = None,
@@ -173,9 +175,13 @@ def history_page(persona: Persona, profile_id: str, *, first: int, before_versio
         rows = persona.recorder.read_page(profile_id, before, first + 1, types)
         return HistoryPage([log.open_event(row, sealer) for row in rows[:first]], len(rows) > first)
     found: list[RecordedEvent] = []
+    scanned = 0
     while len(found) <= first:
+        if scanned >= SCAN_LIMIT:  # a short page, and a cursor to go on from where the scan stopped
+            return HistoryPage(found, True, before)
         rows = persona.recorder.read_page(profile_id, before, SCAN_PAGE, types)
         for row in rows:
+            scanned += 1
             event = log.open_event(row, sealer)
             if (lo is None or event.occurred_at >= lo) and (hi is None or event.occurred_at < hi):
                 found.append(event)

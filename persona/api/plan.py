@@ -221,6 +221,9 @@ class PlanCache:
         self.size = size
         self._plans: OrderedDict[tuple[str, str | None], Plan] = OrderedDict()
 
+    def clear(self) -> None:
+        self._plans.clear()
+
     def get(self, source: str, operation_name: str | None) -> Plan:
         key = (source, operation_name)
         found = self._plans.get(key)

@@ -151,6 +151,8 @@ class EventConnection:
 def _event_connection(page: HistoryPage) -> EventConnection:
     edges = [EventEdge(cursor=encode_cursor("v", e.version), node=Event(_event=e)) for e in page.events]
     end = edges[-1].cursor if edges else None
+    if page.resume_before is not None:
+        end = encode_cursor("v", page.resume_before)
     return EventConnection(edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=end))
 
 
@@ -381,7 +383,8 @@ class Query:
         where = filter.to_filter() if filter is not None else None
         # a filter may scan the whole index, a past instant replays every log it meets: off the event loop
         found = await ctx.state.scanner.run(
-            lambda persona: list_profiles(persona, where, first=size + 1, after=start, as_of=moment))
+            lambda persona: list_profiles(persona, where, first=size + 1, after=start, as_of=moment,
+                                          rfm_scores=moment is None))  # RFM ranks today's population only
         page = found[:size]
         ctx.announce([p.id for p in page])
         edges = []
@@ -462,7 +465,11 @@ class Mutation:
                                    "data": e.data}
             if e.event_id is not None:
                 raw["event_id"] = e.event_id
-            lines.append(orjson.dumps(raw))
+            try:
+                lines.append(orjson.dumps(raw))
+            except orjson.JSONEncodeError:
+                raise ApiError(f"events[{len(lines)}].data: not storable as JSON (an integer beyond 64 bits, or"
+                               " nesting deeper than 254 levels); nothing of this call was stored") from None
         report = await ctx.state.writer.run(_ingest, lines, f"api:{ctx.name}")
         ctx.state.bus.changed(list(report.changed))
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
@@ -530,7 +537,8 @@ class WebsocketGuard(SchemaExtension):
         if isinstance(context.context, RequestContext) and document is not None:
             # validated here, then checked: strawberry skips its own validation when this has run
             errors = validate_document(context.schema._schema, document, context.validation_rules)
-            operation = get_operation_ast(document, context.operation_name)
+            # the name the client gave, not strawberry's guess (the first operation) when it gave none
+            operation = get_operation_ast(document, getattr(context, "_provided_operation_name", None))
             if not errors and operation is None:
                 errors = [GraphQLError("name the operation to run (operationName): the document holds several"
                                        " or none by that name", extensions={"code": "BAD_REQUEST"})]

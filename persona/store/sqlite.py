@@ -508,6 +508,10 @@ class SQLiteRecorder:
         row = self.conn.execute("SELECT erased_at FROM tombstones WHERE profile_id = ?", (profile_id,)).fetchone()
         return None if row is None else int(row[0])
 
+    def erasure_mark(self) -> int:
+        """Changes whenever a profile is erased (the newest tombstone's row number)."""
+        return int(self.conn.execute("SELECT coalesce(max(rowid), 0) FROM tombstones").fetchone()[0])
+
     def tombstones(self) -> Iterator[tuple[str, int]]:
         yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at").fetchall()
 

@@ -1,0 +1,218 @@
+"""The API under hostile or unusual input: what an independent review found, kept fixed.
+
+In-process (Starlette's TestClient around `create_app`), real files and keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from graphql import OperationType
+
+from persona import Persona, Settings
+from persona.api.access import create_token, list_tokens
+from persona.api.app import create_app
+from persona.api.context import AUDIT_BACKLOG
+from persona.api.data import SCAN_LIMIT
+from persona.api.plan import Limits, plan
+from persona.api.schema import schema
+from persona.erasure import erase_subject
+from persona.ingest import ingest_jsonl
+from persona.population import compute_rfm
+from tests.conftest import record
+from tests.test_api import Api, TestClient, lines_of
+
+MARKER = "zq.marker.7f3@example.com"
+ALL = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read", "events:write",
+                 "erasure:write"})
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Settings, Api, dict[str, str]]]:
+    settings = Settings.load(tmp_path / "data", env={})
+    now = datetime.now(UTC)
+    records = [record(f"p{i}@example.com", "order_placed", {"order_id": f"o{i}", "amount": f"{10 + i}.00",
+                                                           "currency": "EUR"},
+                      event_id=f"o{i}", occurred_at=(now - timedelta(days=30 + i)).isoformat(), source="shop")
+               for i in range(12)]
+    records += [record("p0@example.com", "profile_updated", {"birth_year": 1990}, event_id="born",
+                       occurred_at=(now - timedelta(days=400)).isoformat(), source="crm")]
+    with Persona.init(settings) as p:
+        assert ingest_jsonl(p, lines_of(records), origin="test").appended == len(records)
+        compute_rfm(p)
+        tokens = {"all": create_token(p, "all", ALL), "trickle": create_token(p, "trickle", ALL, rate_per_s=0.2),
+                  "dp": create_token(p, "dp", frozenset({"insights:read"}), epsilon_budget=1.0)}
+        ids = {f"p{i}": p.log.profile_for("email", f"p{i}@example.com") or "" for i in range(12)}
+    with TestClient(create_app(settings)) as client:
+        yield settings, Api(client, tokens), ids
+
+
+def test_nested_fragments_are_analysed_in_linear_time() -> None:
+    levels = 60  # expanded, 2^60 copies of the leaf: analysed naively, this would never end
+    fragments = [f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels)]
+    document = "{ ...F0 } " + " ".join(fragments) + f" fragment F{levels} on Query {{ profile(id: \"x\") {{ id }} }}"
+    made = plan(schema._schema, document, None, Limits())
+    assert made.cost == 2 ** levels * 2 and made.depth == 2
+    assert made.errors and "cost" in made.errors[0].message
+
+
+def test_identifiers_never_come_back_in_errors(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, _ = world
+    subject = "query($s: SubjectInput) { profile(subject: $s) { id } }"
+    ingest = "mutation($e: [EventInput!]!) { ingestEvents(events: $e) { appended } }"
+    attempts: list[tuple[str, dict[str, Any] | None]] = [
+        (subject, {"s": {"namespace": "email", "value": MARKER, "valu": 1}}),  # "Did you mean …? Found: {…}"
+        (subject, {"s": {"namespace": "email", "value": [MARKER]}}),
+        (ingest, {"e": [{"sourc": MARKER, "type": "page_viewed", "occurredAt": "2026-01-01T00:00:00Z",
+                         "subject": {"namespace": "email", "value": MARKER}, "data": {}}]}),
+        ("query($n: Int) { profiles(first: $n) { nodes { id } } }", {"n": MARKER}),
+        ('{ profile(id: {value: "' + MARKER + '"}) { id } }', None),
+        ('{ profile(id: "x", asOf: "' + MARKER + '") { id } }', None),
+        ('{ profile(id: "x") { id } } "' + MARKER + '"', None),  # a syntax error quoting the token
+        ("{ profile(id: \"x\") { id } } 13800138000", None),
+    ]
+    for query, variables in attempts:
+        response = api.post(query, variables, token="all")
+        assert response.status_code in (200, 400)
+        body = response.text
+        assert MARKER not in body and "13800138000" not in body, body
+        assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST", body
+
+
+def test_identifiers_are_refused_over_get(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, ids = world
+    query = '{ profile(subject: {namespace: "email", value: "p1@example.com"}) { id } }'
+    refused = api.raw("GET", token="all", params={"query": query})
+    assert refused.status_code == 405 and "POST" in refused.json()["errors"][0]["message"]
+    by_id = api.raw("GET", token="all", params={"query": f'{{ profile(id: "{ids["p1"]}") {{ id }} }}'})
+    assert by_id.status_code == 200 and by_id.json()["data"]["profile"]["id"] == ids["p1"]
+
+
+def test_a_token_slower_than_one_request_per_burst_still_gets_one(world: tuple[Settings, Api, dict[str, str]]
+                                                                  ) -> None:
+    _, api, _ = world
+    assert api.post("{ __typename }", token="trickle").status_code == 200
+    assert api.post("{ __typename }", token="trickle").status_code == 429
+
+
+def test_requests_without_a_valid_token_are_limited_per_address(world: tuple[Settings, Api, dict[str, str]]
+                                                                ) -> None:
+    _, api, _ = world
+    statuses = {api.post("{ __typename }", token="pst_" + "x" * 43).status_code for _ in range(80)}
+    assert statuses == {401, 429}
+    assert api.post("{ __typename }", token="all").status_code == 200  # the valid token is not affected
+
+
+def test_the_schema_may_be_asked_for_only_twice_per_document(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, _ = world
+    twice = "{ a: __schema { queryType { name } } b: __type(name: \"Profile\") { name } }"
+    assert api.post(twice, token="all").status_code == 200
+    thrice = "{ a: __schema { queryType { name } } b: __schema { queryType { name } } c: __schema { types { name } } }"
+    refused = api.post(thrice, token="all")
+    assert refused.status_code == 400 and "schema" in refused.json()["errors"][0]["message"]
+
+
+def test_an_event_dated_a_little_ahead_keeps_the_profile_whole(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    settings, api, ids = world
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    event = {"source": "web", "type": "page_viewed", "occurredAt": soon, "eventId": "ahead",
+             "subject": {"namespace": "email", "value": "p2@example.com"}, "data": {"url": "https://x.example/"}}
+    done = api.data("mutation($e: [EventInput!]!) { ingestEvents(events: $e) { appended } }", {"e": [event]},
+                    token="all")
+    assert done["ingestEvents"]["appended"] == 1
+    with Persona.open(settings) as p:
+        logged = p.log.info(ids["p2"]).version
+    shown = api.data("query($id: ID) { profile(id: $id) { version features } }", {"id": ids["p2"]}, token="all")
+    assert shown["profile"]["version"] == logged == 2
+    assert shown["profile"]["features"]["page_views"] == 1
+
+
+def test_a_listing_as_of_the_past_agrees_with_one_profile_as_of_the_past(
+        world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, ids = world
+    moment = (datetime.now(UTC) - timedelta(days=20)).isoformat()
+    listing = api.data("query($t: DateTime) { profiles(first: 100, asOf: $t) { nodes { id version attributes"
+                       " features segments } } }", {"t": moment}, token="all")["profiles"]["nodes"]
+    assert listing and all(node["features"]["rfm"] is None for node in listing)  # RFM ranks today only
+    assert not any(s.startswith("rfm:") for node in listing for s in node["segments"])
+    for node in listing:
+        one = api.data("query($id: ID, $t: DateTime) { profile(id: $id, asOf: $t) { version attributes features"
+                       " segments } }", {"id": node["id"], "t": moment}, token="all")["profile"]
+        assert one == {k: node[k] for k in ("version", "attributes", "features", "segments")}
+    aged = next(node for node in listing if node["id"] == ids["p0"])
+    assert aged["attributes"]["age"] == int(moment[:4]) - 1990  # age at that instant, from birth_year
+
+
+def test_unstorable_or_unanswerable_input_is_a_clean_error(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    settings, api, _ = world
+    # JSON bodies turn huge integers into floats (orjson, like JavaScript); a literal keeps them whole
+    huge = api.error('mutation { ingestEvents(events: [{source: "web", type: "page_viewed", occurredAt:'
+                     ' "2026-01-01T00:00:00Z", subject: {namespace: "email", value: "p3@example.com"},'
+                     f' data: {{n: {2 ** 70}}}}}]) {{ appended }} }}', token="all")
+    assert huge["extensions"]["code"] == "BAD_REQUEST" and "64 bits" in huge["message"]
+    wide = api.error('{ insights(metric: "monetary", bounds: [-1e308, 1e308], epsilon: 0.5) { k } }', token="dp")
+    assert wide["extensions"]["code"] == "BAD_REQUEST" and "bounds" in wide["message"]
+    with Persona.open(settings) as p:
+        assert {t.name: t.epsilon_spent for t in list_tokens(p)}["dp"] == 0.0  # refused before anything was spent
+
+
+def test_reads_are_refused_while_the_audit_log_cannot_keep_up(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, ids = world
+    state = api.client.app.state.api  # type: ignore[attr-defined]
+    query = "query($id: ID) { profile(id: $id) { attributes } }"
+    state.audit.rows.extend([(0, "backlog", "profile", ids["p4"], "attributes")] * AUDIT_BACKLOG)
+    try:
+        refused = api.post(query, {"id": ids["p4"]}, token="all").json()
+        assert refused["data"]["profile"] is None and refused["errors"][0]["extensions"]["code"] == "UNAVAILABLE"
+    finally:
+        state.audit.rows.clear()
+    assert api.data(query, {"id": ids["p4"]}, token="all")["profile"]["attributes"] is not None
+
+
+def test_an_erasure_elsewhere_empties_the_servers_caches(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    settings, api, ids = world
+    state = api.client.app.state.api  # type: ignore[attr-defined]
+    pid = ids["p5"]
+    api.data("query($id: ID) { profile(id: $id) { attributeSources history { nodes { id } } } }", {"id": pid},
+             token="all")
+    assert pid in state.projector._cache and state.persona.log._sealers
+    with Persona.open(settings) as other:  # as the CLI would, in another process
+        erase_subject(other, "email", "p5@example.com")
+    deadline = time.monotonic() + 10
+    while pid in state.projector._cache or state.persona.log._sealers:
+        assert time.monotonic() < deadline, "the server kept an erased person's state in memory"
+        api.post("{ __typename }", token="all")  # let the server's event loop run
+        time.sleep(0.05)
+    assert api.data("query($id: ID) { profile(id: $id) { id } }", {"id": pid}, token="all")["profile"] is None
+
+
+def test_a_time_filtered_history_page_stops_scanning_and_goes_on_from_there(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path / "data", env={})
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    records = [record("busy@example.com", event_id=f"b{i}", occurred_at=(base + timedelta(minutes=i)).isoformat())
+               for i in range(SCAN_LIMIT + 500)]
+    with Persona.init(settings) as p:
+        assert ingest_jsonl(p, lines_of(records), origin="test").appended == len(records)
+        token = create_token(p, "h", frozenset({"profiles:read", "history:read"}))
+        pid = p.log.profile_for("email", "busy@example.com")
+    oldest = (base + timedelta(minutes=3)).isoformat()  # only the 4 oldest events match
+    query = """query($id: ID, $after: String, $until: DateTime) { profile(id: $id) {
+      history(first: 10, after: $after, until: $until) { nodes { id } pageInfo { hasNextPage endCursor } } } }"""
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, {"h": token})
+        first = api.data(query, {"id": pid, "until": oldest}, token="h")["profile"]["history"]
+        assert first["nodes"] == [] and first["pageInfo"]["hasNextPage"]  # stopped after SCAN_LIMIT events
+        after = first["pageInfo"]["endCursor"]
+        rest = api.data(query, {"id": pid, "until": oldest, "after": after}, token="h")["profile"]["history"]
+        assert [n["id"] for n in rest["nodes"]] == ["b2", "b1", "b0"] and not rest["pageInfo"]["hasNextPage"]
+
+
+def test_plans_know_when_an_identifier_travels() -> None:
+    made = plan(schema._schema, '{ profile(subject: {namespace: "email", value: "a@b.c"}) { id } }', None, Limits())
+    assert made.identifies and made.kind is OperationType.QUERY
+    assert not plan(schema._schema, '{ profile(id: "x") { id } }', None, Limits()).identifies
