@@ -76,8 +76,6 @@ class Insights:
 
 
 def _value(profile: IndexedProfile, name: str) -> Any:
-    if name == "segment":
-        return None
     if name in profile.features:
         return profile.features[name]
     return profile.attributes.get(name)

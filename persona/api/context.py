@@ -23,7 +23,15 @@ from typing import Any, TypeVar
 from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNode, OperationType
 
 from persona.api.access import AuditBuffer, RateLimiter, Token, TokenCache, write_audit
-from persona.api.data import Batch, ProfileData, load_identities, load_predictions, load_profiles, load_sources
+from persona.api.data import (
+    Batch,
+    ProfileData,
+    load_identities,
+    load_predictions,
+    load_profiles,
+    load_sources,
+    load_updated,
+)
 from persona.api.plan import Limits, Plan, PlanCache
 from persona.core import Persona
 from persona.projector import Projector
@@ -207,8 +215,7 @@ class RequestContext:
         self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: load_identities(persona, ids), [])
         self.predictions: Batch[str, list[Any]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
         self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
-        self.updated: Batch[str, datetime | None] = Batch(
-            lambda ids: {p.id: p.updated_at for p in load_profiles(persona, projector, ids).values() if p}, None)
+        self.updated: Batch[str, datetime | None] = Batch(lambda ids: dict(load_updated(persona, ids)), None)
 
     def announce(self, ids: list[str]) -> None:
         """A page of profiles is about to be resolved: their lookups go in one batch each."""

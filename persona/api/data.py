@@ -44,9 +44,6 @@ class Batch(Generic[K, V]):
     def want(self, keys: Iterable[K]) -> None:
         self._pending.extend(k for k in keys if k not in self._values)
 
-    def prime(self, key: K, value: V) -> None:
-        self._values[key] = value
-
     def get(self, key: K) -> V:
         if key not in self._values:
             keys = list(dict.fromkeys([*self._pending, key]))
@@ -113,6 +110,12 @@ def load_sources(projector: Projector, ids: list[str]) -> dict[str, dict[str, An
     now = datetime.now(UTC)
     return {pid: ATTRIBUTES.view(current.states[ATTRIBUTES.name], now)
             for pid, current in projector.current_many(ids).items()}
+
+
+def load_updated(persona: Persona, ids: list[str]) -> dict[str, datetime]:
+    """When each profile's latest event was recorded (one query, nothing opened or parsed)."""
+    return {row.profile_id: from_micros(row.updated_at) for row in persona.recorder.profile_rows(ids)
+            if row.has_key and row.updated_at is not None}
 
 
 def load_identities(persona: Persona, ids: list[str]) -> dict[str, list[dict[str, str]]]:

@@ -1,0 +1,147 @@
+"""`persona serve`, `persona tokens …` and `persona audit`: the API server's commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import orjson
+
+from persona.cli import cli, emit_json, friendly, opened, settings_of
+from persona.core import Persona
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (each keeps its own caches and rate-limit counters).")
+@click.option("--dev", is_flag=True, help="Serve GraphiQL at /graphql for browsers.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+              help="Server log verbosity (request lines are never logged).")
+@click.pass_context
+@friendly
+def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str) -> None:
+    """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and /healthz.
+
+    Every request needs a bearer token (see `persona tokens create`). Request lines are
+    not logged: a GET query string may carry identifiers.
+    """
+    import dataclasses
+
+    import uvicorn
+
+    from persona.api.access import list_tokens
+    from persona.api.app import create_app, log_config
+    from persona.api.context import ServerOptions
+
+    settings = settings_of(ctx)
+    with Persona.open(settings) as persona:  # a clear error now, not one per worker later
+        active = [t for t in list_tokens(persona) if t.revoked_at is None]
+    if not active:
+        click.echo("note: no API tokens yet; create one with `persona tokens create --name NAME --scopes …`",
+                   err=True)
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
+                              "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False,
+                              "log_config": log_config()}
+    if workers == 1:
+        uvicorn.run(create_app(settings, ServerOptions(dev=dev)), **common)
+        return
+    dataclasses.replace(settings, api_dev=dev).export()
+    uvicorn.run("persona.api.app:app_from_env", factory=True, workers=workers, **common)
+
+
+@cli.group()
+def tokens() -> None:
+    """API bearer tokens: create (shown once), list, revoke."""
+
+
+@tokens.command("create")
+@click.option("--name", required=True, help="Who or what holds it; appears in the audit log.")
+@click.option("--scopes", "scopes", multiple=True, required=True, metavar="SCOPE[,SCOPE…]",
+              help="profiles:read history:read predictions:read insights:read events:write erasure:write"
+                   " models:write")
+@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Requests per second allowed (per server worker), with bursts of twice that.")
+@click.option("--epsilon", "epsilon", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Differential-privacy budget (ε) for noisy insights.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+@friendly
+def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: float, epsilon: float,
+                  as_json: bool) -> None:
+    """Create a token. It is printed once; only a keyed hash of it is stored."""
+    from persona.api.access import create_token, parse_scopes
+
+    wanted = parse_scopes(scopes)
+    with opened(ctx) as persona:
+        token = create_token(persona, name, wanted, rate_per_s=rate, epsilon_budget=epsilon)
+    if as_json:
+        emit_json({"name": name, "scopes": sorted(wanted), "token": token})
+        return
+    click.echo(token)
+    click.echo(f"(token {name!r} with {', '.join(sorted(wanted))}; it is not shown again)", err=True)
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+@friendly
+def tokens_list(ctx: click.Context, as_json: bool) -> None:
+    """Tokens by name, with scopes, rate, privacy budget and state (never the token itself)."""
+    from persona.api.access import list_tokens
+
+    with opened(ctx) as persona:
+        found = list_tokens(persona)
+    rows: list[dict[str, Any]] = [{"name": t.name, "scopes": sorted(t.scopes), "rate_per_s": t.rate_per_s,
+             "epsilon_budget": t.epsilon_budget, "epsilon_spent": round(t.epsilon_spent, 6),
+             "created_at": t.created_at.isoformat(),
+             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None} for t in found]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no tokens")
+    for r in rows:
+        state = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
+        click.echo(f"{r['name']:<20} {state:<28} ε {r['epsilon_spent']}/{r['epsilon_budget']}  "
+                   f"{r['rate_per_s']:g}/s  {' '.join(r['scopes'])}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@click.pass_context
+@friendly
+def tokens_revoke(ctx: click.Context, name: str) -> None:
+    """Revoke a token; running servers refuse it within two seconds."""
+    from persona.api.access import revoke_token
+
+    with opened(ctx) as persona:
+        revoke_token(persona, name)
+    click.echo(f"revoked {name}")
+
+
+@cli.command()
+@click.option("--profile", "profile_id", metavar="ID", help="Only reads of this profile.")
+@click.option("--after", default=0, show_default=True, type=click.IntRange(min=0), help="Entries after this number.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="At most this many entries.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
+@click.pass_context
+@friendly
+def audit(ctx: click.Context, profile_id: str | None, after: int, limit: int, as_json: bool) -> None:
+    """Who read whose profile or history through the API, and which fields (append-only)."""
+    from persona.events import from_micros
+
+    with opened(ctx) as persona:
+        rows = persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
+    for seq, at, token, operation, pid, fields in rows:
+        when = from_micros(at).isoformat()
+        if as_json:
+            click.echo(orjson.dumps({"seq": seq, "at": when, "token": token, "operation": operation,
+                                     "profile_id": pid, "fields": fields.split(",") if fields else []}).decode())
+        else:
+            click.echo(f"#{seq:<6} {when[:23]} {token:<16} {operation:<14} {pid} {fields}")
+    if not rows and not as_json:
+        click.echo("no audit entries")

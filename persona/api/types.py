@@ -1,0 +1,332 @@
+"""The GraphQL object and input types. Names here are a contract (tests/snapshots/schema.graphql).
+
+A profile's fields read from the request's loaders (persona.api.context), which batch
+every per-profile lookup; most resolvers are plain reads of the object (see
+`persona.api.schema._direct_resolvers`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from persona.api.context import RequestContext
+from persona.api.data import HistoryPage, ProfileData, decode_cursor, encode_cursor, history_page
+from persona.api.errors import ApiError
+from persona.errors import ErasedError, UnknownProfileError
+from persona.events import RecordedEvent
+
+DEFAULT_PAGE = 20
+FILTER_TERMS = 20  # per kind of filter: enough to target, too few to turn a listing into a long scan
+
+
+def context_of(info: Info[RequestContext, None]) -> RequestContext:
+    return info.context
+
+
+def root_context(info: Info[RequestContext, None]) -> RequestContext:
+    """Queries and mutations are checked by the HTTP handler; over a websocket only subscriptions run."""
+    ctx: RequestContext = info.context
+    if ctx.plan is None:
+        raise ApiError("only subscriptions run over a websocket: send queries and mutations by HTTP POST")
+    return ctx
+
+
+def page_size(first: int | None, ctx: RequestContext) -> int:
+    limit = ctx.state.options.limits.max_page
+    size = DEFAULT_PAGE if first is None else first
+    if not 1 <= size <= limit:
+        raise ApiError(f"first: must be between 1 and {limit}")
+    return size
+
+
+def _version_cursor(after: str | None) -> int | None:
+    if after is None:
+        return None
+    text = decode_cursor("v", after)
+    if not text.isdigit():
+        raise ApiError("after: not a cursor this API handed out")
+    return int(text)
+
+
+def instant(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ApiError(f"{name}: needs a time zone offset (e.g. 2026-01-31T00:00:00Z)")
+    return value.astimezone(UTC)
+
+
+@strawberry.input(description="An identifier of a person: hashed on arrival, never stored or logged.")
+class SubjectInput:
+    namespace: str
+    value: str
+
+
+@strawberry.type
+class Identity:
+    namespace: str
+    hash: str = strawberry.field(description="A short hash of the identifier, enough to tell links apart")
+
+
+@strawberry.type
+class Prediction:
+    model: str
+    version: int
+    score: float
+    label: str | None
+    computed_at: datetime
+
+
+@strawberry.type
+class Event:
+    _event: strawberry.Private[RecordedEvent]
+
+    @strawberry.field
+    def id(self) -> str:
+        return self._event.event_id
+
+    @strawberry.field
+    def version(self) -> int:
+        return self._event.version
+
+    @strawberry.field
+    def type(self) -> str:
+        return self._event.type
+
+    @strawberry.field
+    def source(self) -> str:
+        return self._event.source
+
+    @strawberry.field
+    def occurred_at(self) -> str:
+        return self._event.occurred_at
+
+    @strawberry.field
+    def recorded_at(self) -> datetime:
+        return self._event.recorded_at
+
+    @strawberry.field
+    def subject(self) -> Identity:
+        return Identity(namespace=self._event.subject[0], hash=self._event.subject[1])
+
+    @strawberry.field
+    def data(self) -> JSON:
+        return JSON(self._event.data)
+
+
+@strawberry.type
+class EventEdge:
+    cursor: str
+    node: Event
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class EventConnection:
+    edges: list[EventEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[Event]:
+        return [edge.node for edge in self.edges]
+
+
+def _event_connection(page: HistoryPage) -> EventConnection:
+    edges = [EventEdge(cursor=encode_cursor("v", e.version), node=Event(_event=e)) for e in page.events]
+    end = edges[-1].cursor if edges else None
+    if page.resume_before is not None:
+        end = encode_cursor("v", page.resume_before)
+    return EventConnection(edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=end))
+
+
+@strawberry.type(description="A person's profile: a projection of their event log.")
+class Profile:
+    id: strawberry.ID
+    _data: strawberry.Private[ProfileData]
+    _as_of: strawberry.Private[datetime | None] = None
+
+    @strawberry.field(description="Events in the profile's log (as of `asOf`, the events up to then)")
+    def version(self) -> int:
+        return self._data.version
+
+    @strawberry.field(description="When the latest event was recorded (null for a profile as of the past)")
+    def updated_at(self, info: Info[RequestContext, None]) -> datetime | None:
+        if self._as_of is not None:
+            return None
+        if self._data.updated_at is not None:
+            return self._data.updated_at
+        return context_of(info).updated.get(self._data.id)
+
+    @strawberry.field(description="Fused attribute values, e.g. {\"city\": \"London\", \"age\": 25}")
+    def attributes(self) -> JSON:
+        return JSON(self._data.attributes)
+
+    @strawberry.field(description="Each attribute's fusion strategy and provenance (source, event id, time)")
+    def attribute_sources(self, info: Info[RequestContext, None]) -> JSON:
+        if self._as_of is not None:
+            raise ApiError("attributeSources: available for the current profile only")
+        return JSON(context_of(info).sources.get(self._data.id))
+
+    @strawberry.field(description="Behaviour features at the question's instant (recency, frequency, …)")
+    def features(self) -> JSON:
+        return JSON(self._data.features | {"rfm": self._data.rfm})
+
+    @strawberry.field(description="Named groups the profile belongs to (see docs/api.md)")
+    def segments(self) -> list[str]:
+        return self._data.segments
+
+    @strawberry.field(description="Scores of published models; empty until a model is trained")
+    def predictions(self, info: Info[RequestContext, None], models: list[str] | None = None) -> list[Prediction]:
+        found: list[Prediction] = context_of(info).predictions.get(self._data.id)
+        return [p for p in found if models is None or p.model in models]
+
+    @strawberry.field(description="Identifiers linked to the person: namespace and a short hash only")
+    def identities(self, info: Info[RequestContext, None]) -> list[Identity]:
+        linked = context_of(info).identities.get(self._data.id)
+        return [Identity(namespace=i["namespace"], hash=i["hash"]) for i in linked]
+
+    @strawberry.field(description="The decrypted event log, newest first")
+    def history(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
+                types: list[str] | None = None, since: datetime | None = None,
+                until: datetime | None = None) -> EventConnection:
+        ctx = context_of(info)
+        size = page_size(first, ctx)
+        before = _version_cursor(after)
+        until_at = instant(until, "until")
+        if self._as_of is not None:
+            end = self._as_of + timedelta(microseconds=1)  # asOf includes its own instant, `until` does not
+            until_at = min(until_at, end) if until_at else end
+        try:
+            page = history_page(ctx.state.persona, self._data.id, first=size, before_version=before,
+                                types=types or (), since=instant(since, "since"), until=until_at)
+        except (UnknownProfileError, ErasedError):
+            raise ApiError("the profile is gone (erased)", "NOT_FOUND") from None
+        return _event_connection(page)
+
+
+@strawberry.type
+class ProfileEdge:
+    cursor: str
+    node: Profile
+
+
+@strawberry.type
+class ProfileConnection:
+    edges: list[ProfileEdge]
+    page_info: PageInfo
+
+    @strawberry.field
+    def nodes(self) -> list[Profile]:
+        return [edge.node for edge in self.edges]
+
+
+@strawberry.input
+class FeatureRange:
+    name: str
+    min: float | None = None
+    max: float | None = None
+
+
+@strawberry.input
+class RfmMin:
+    r: int = 1
+    f: int = 1
+    m: int = 1
+
+
+@strawberry.input
+class ProfileFilter:
+    segments: list[str] | None = strawberry.field(default=None, description="Every one of these segments")
+    lifecycle_stages: list[str] | None = strawberry.field(default=None, description="Any of these stages")
+    rfm_min: RfmMin | None = strawberry.field(default=None, description="Lowest RFM scores wanted")
+    features: list[FeatureRange] | None = strawberry.field(default=None, description="Numeric feature ranges")
+    attributes: JSON | None = strawberry.field(default=None, description='Exact attribute values: {"country": "CN"}')
+
+    def to_filter(self) -> Any:
+        from persona.population import ProfileFilter as Where
+
+        for name, given in (("segments", self.segments), ("lifecycleStages", self.lifecycle_stages),
+                            ("features", self.features)):
+            if given is not None and len(given) > FILTER_TERMS:
+                raise ApiError(f"filter.{name}: at most {FILTER_TERMS} terms")
+        ranges = {r.name: (r.min, r.max) for r in self.features or ()}
+        if self.attributes is not None and not isinstance(self.attributes, dict):
+            raise ApiError("filter.attributes: must be an object of attribute → value")
+        if len(self.attributes or {}) > FILTER_TERMS:
+            raise ApiError(f"filter.attributes: at most {FILTER_TERMS} terms")
+        for value in (self.attributes or {}).values():
+            if not (value is None or isinstance(value, bool | int | float) or
+                    (isinstance(value, str) and len(value) <= 200)):
+                raise ApiError("filter.attributes: values are strings (up to 200 characters), numbers, booleans"
+                               " or null")
+        rfm = {} if self.rfm_min is None else {"r": self.rfm_min.r, "f": self.rfm_min.f, "m": self.rfm_min.m}
+        return Where(lifecycle_stages=frozenset(self.lifecycle_stages or ()), ranges=ranges, rfm_min=rfm,
+                     attributes=dict(self.attributes or {}), segments=frozenset(self.segments or ()))
+
+
+@strawberry.type
+class HistogramBin:
+    start: float = strawberry.field(name="from")
+    end: float = strawberry.field(name="to")
+    count: float | None = strawberry.field(description="null: fewer than k people (exact answers only)")
+
+
+@strawberry.type
+class InsightGroup:
+    key: JSON
+    count: float
+    mean: float | None
+    distribution: list[HistogramBin]
+
+
+@strawberry.type
+class Insights:
+    groups: list[InsightGroup] = strawberry.field(
+        description="Groups shown; a group below the threshold is left out without a trace")
+    k: int
+    threshold: float = strawberry.field(
+        description="The count a group needed to be shown: k, or more with noise (see docs/api.md)")
+    metric: str | None
+    epsilon: float | None = strawberry.field(description="The privacy budget this answer spent (null: no noise)")
+    epsilon_remaining: float | None
+
+
+@strawberry.input(description="One canonical event (see EVENTS.md); validated exactly as `persona ingest` does")
+class EventInput:
+    source: str
+    type: str
+    occurred_at: str
+    subject: SubjectInput
+    data: JSON
+    event_id: str | None = None
+
+
+@strawberry.type
+class IngestResult:
+    received: int
+    appended: int
+    duplicates: int
+    quarantined: int
+    profiles_created: int
+    quarantine_reasons: JSON = strawberry.field(description="Count of quarantined events by reason")
+
+
+@strawberry.type
+class ErasureReceipt:
+    profile_id: str
+    erased_at: datetime
+    key_fingerprint: str
+    wal_truncated: bool
+    counts: JSON
+    signature: str
+    receipt: JSON = strawberry.field(description="The signed document: check it with `persona receipt verify`")
