@@ -272,7 +272,8 @@ class _Schema(strawberry.Schema):
         for error in errors:
             error.message = scrub(error.message, values)
             if error.original_error is not None and known(error.original_error) is None:
-                fault(error.original_error, error.path)
+                reference = fault(error.original_error, error.path)
+                error.extensions = {**(error.extensions or {}), "reference": reference}
 
 
 def _direct_resolvers(built: strawberry.Schema) -> int:
@@ -317,7 +318,15 @@ def _calling(method: Any) -> Any:
     return resolve
 
 
+class _Masked(MaskErrors):
+    """A fault in an operation strawberry ran shows as the HTTP handler shows it."""
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        reference = (error.extensions or {}).get("reference", "?")
+        return GraphQLError(f"internal error (reference {reference})", nodes=error.nodes, path=error.path,
+                            extensions={"code": "INTERNAL"})
+
+
 schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
-                 extensions=[WebsocketGuard,
-                             lambda: MaskErrors(should_mask_error=_should_mask, error_message="internal error")])
+                 extensions=[WebsocketGuard, lambda: _Masked(should_mask_error=_should_mask)])
 DIRECT_RESOLVERS = _direct_resolvers(schema)
