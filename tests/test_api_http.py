@@ -512,3 +512,58 @@ def test_a_websocket_document_with_several_operations_needs_a_name(server: Serve
     message = run(scenario())
     assert (message["id"], message["type"]) == ("n", "error"), message
     assert "operationName" in message["payload"][0]["message"]
+
+
+def test_every_query_and_mutation_over_http(server: Server) -> None:
+    from persona.erasure import verify_receipt
+
+    everything = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read",
+                            "events:write", "erasure:write"})
+    with Persona.open(server.settings) as p:
+        token = create_token(p, "http-everything", everything)
+        public_key = p.keyring.public_key
+    email = "http.everyone@example.com"  # a person of this test's own: erased at its end
+
+    def ask(query: str, variables: dict[str, Any] | None = None) -> Any:
+        response = server.post(query, variables, token=token)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "errors" not in body, body
+        assert email not in response.text
+        return body["data"]
+
+    events = [{"source": "web", "type": "page_viewed", "occurredAt": f"2026-02-0{day}T10:00:00Z",
+               "eventId": f"http-all-{day}", "subject": {"namespace": "email", "value": email},
+               "data": {"url": f"https://shop.example/http/{day}"}} for day in (1, 2, 3, 4)]
+    ingest = "mutation($e: [EventInput!]!) { ingestEvents(events: $e) { appended profilesCreated } }"
+    assert ask(ingest, {"e": events[:3]})["ingestEvents"] == {"appended": 3, "profilesCreated": 1}
+    pid = ask('query($v: String!) { profile(subject: {namespace: "email", value: $v}) { id } }',
+              {"v": email})["profile"]["id"]
+    full = ask("""query($id: ID) { profile(id: $id) { id version updatedAt attributes features segments
+        predictions { model } identities { namespace hash } history(first: 2) {
+          nodes { id type occurredAt data } pageInfo { hasNextPage endCursor } } } }""", {"id": pid})["profile"]
+    assert full["version"] == 3 and full["predictions"] == [] and full["identities"][0]["namespace"] == "email"
+    assert [n["id"] for n in full["history"]["nodes"]] == ["http-all-3", "http-all-2"]
+    assert full["history"]["pageInfo"]["hasNextPage"]
+    past = ask("query($id: ID, $t: DateTime) { profile(id: $id, asOf: $t) { version } }",
+               {"id": pid, "t": "2026-02-02T12:00:00Z"})["profile"]
+    assert past["version"] == 2
+    seen, after = [], None
+    while True:
+        page = ask("query($a: String) { profiles(first: 2, after: $a) { nodes { id } pageInfo { hasNextPage"
+                   " endCursor } } }", {"a": after})["profiles"]
+        seen += [n["id"] for n in page["nodes"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert pid in seen and seen == sorted(set(seen))
+    insights = ask('{ insights(groupBy: ["country"]) { groups { key count } k threshold } }')["insights"]
+    assert insights["k"] == insights["threshold"] == 5
+    assert ask(ingest, {"e": events[3:]})["ingestEvents"]["appended"] == 1
+    assert ask("query($id: ID) { profile(id: $id) { version } }", {"id": pid})["profile"]["version"] == 4
+    erased = ask("mutation($id: ID) { eraseProfile(id: $id) { profileId receipt } }", {"id": pid})["eraseProfile"]
+    assert erased["profileId"] == pid
+    assert verify_receipt(erased["receipt"], public_key)["profile_id"] == pid
+    gone = ask("query($id: ID) { profile(id: $id) { id predictions { model } history { nodes { id } } } }",
+               {"id": pid})
+    assert gone["profile"] is None
