@@ -216,3 +216,56 @@ def test_plans_know_when_an_identifier_travels() -> None:
     made = plan(schema._schema, '{ profile(subject: {namespace: "email", value: "a@b.c"}) { id } }', None, Limits())
     assert made.identifies and made.kind is OperationType.QUERY
     assert not plan(schema._schema, '{ profile(id: "x") { id } }', None, Limits()).identifies
+
+
+@pytest.mark.parametrize("query", [
+    """query($id: ID) { profile(id: $id) { id version updatedAt attributes features segments
+         identities { namespace hash } predictions { model }
+         history(first: 5) { edges { cursor node { id version type source occurredAt recordedAt data
+           subject { namespace hash } } } pageInfo { hasNextPage endCursor } } } }""",
+    "query($id: ID) { a: profile(id: $id) { v1: version v2: version version ...F } } "
+    "fragment F on Profile { version segments }",
+    "query($id: ID) { profile(id: $id) { history(first: 2, after: \"djp4\") { nodes { id } } } }",  # an error
+    "{ profiles(first: 5) { edges { cursor node { id version attributes } } pageInfo { hasNextPage } } }",
+])
+def test_the_short_path_for_plain_fields_answers_as_graphql_core_does(
+        world: tuple[Settings, Api, dict[str, str]], query: str) -> None:
+    import asyncio
+
+    from graphql import ExecutionResult, execute, parse
+    from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+    from persona.api.access import TokenCache
+    from persona.api.context import RequestContext
+    from persona.api.execution import Executor, _plain_fields
+
+    _, api, ids = world
+    state = api.client.app.state.api  # type: ignore[attr-defined]
+    token = TokenCache(state.persona).lookup(api.tokens["all"])
+    made = plan(schema._schema, query, None, Limits())
+    assert token is not None and not made.errors
+
+    def run(executor: type) -> ExecutionResult:
+        async def go() -> ExecutionResult:
+            result = execute(schema._schema, parse(query), context_value=RequestContext(state, token, made),
+                             variable_values={"id": ids["p6"]}, executor_class=executor)
+            return await result if asyncio.iscoroutine(result) else result  # type: ignore[return-value]
+
+        return asyncio.run(go())
+
+    standard, short = run(StrawberryGraphQLCoreExecutionContext), run(Executor)
+    taken = {t.name: set(fields) for t, fields in _plain_fields.items()}
+    assert {"version", "attributes"} <= taken["Profile"]  # the short path was taken
+    assert short.data == standard.data and short.data is not None
+    assert [(e.message, e.path) for e in short.errors or []] == [(e.message, e.path) for e in standard.errors or []]
+    assert list(orjson_keys(short.data)) == list(orjson_keys(standard.data))  # the same order of keys too
+
+
+def orjson_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from orjson_keys(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from orjson_keys(item)

@@ -27,12 +27,12 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
 from persona.api.errors import error, masked, request_values, scrub
+from persona.api.execution import Executor
 from persona.api.schema import schema
 from persona.settings import Settings
 
@@ -188,7 +188,7 @@ class GraphQLEndpoint:
         context = RequestContext(state, token, plan)
         result = execute(GRAPHQL_SCHEMA, plan.document, context_value=context, variable_values=variables,
                          operation_name=operation_name, is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
-                         executor_class=StrawberryGraphQLCoreExecutionContext)
+                         executor_class=Executor)
         if is_awaitable(result):
             result = await result
         assert isinstance(result, ExecutionResult)

@@ -23,6 +23,7 @@ from strawberry.types import Info
 from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
 from persona.api.errors import ApiError, fault, known, request_values, scrub
+from persona.api.execution import mark_plain
 from persona.api.types import (
     ErasureReceipt,
     EventInput,
@@ -308,14 +309,14 @@ def _reading(name: str) -> Any:
     def resolve(source: Any, info: Any) -> Any:
         return getattr(source, name)
 
-    return resolve
+    return mark_plain(resolve)
 
 
 def _calling(method: Any) -> Any:
     def resolve(source: Any, info: Any) -> Any:
         return method(source)
 
-    return resolve
+    return mark_plain(resolve)
 
 
 class _Masked(MaskErrors):
