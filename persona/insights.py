@@ -1,7 +1,7 @@
 """Population insights that protect the people in them.
 
-Groups of fewer than k people are left out, and so are histogram bins holding fewer than
-k (k-anonymity). Without noise that is all: exact answers are not private against
+Groups of fewer than k people are left out, and so is the histogram of a group when any of
+its bins holds fewer than k (k-anonymity). Without noise that is all: exact answers are not private against
 differencing (two filters that differ by one person).
 
 With a privacy budget ε the answer is differentially private. Laplace noise goes on the
@@ -62,7 +62,7 @@ class Group:
     key: dict[str, Any]
     count: float
     mean: float | None = None
-    histogram: list[tuple[float, float, float | None]] = field(default_factory=list)  # (from, to, count)
+    histogram: list[tuple[float, float, float]] = field(default_factory=list)  # (from, to, count)
 
 
 @dataclass
@@ -100,8 +100,8 @@ def check(metric: str | None, epsilon: float | None, bounds: tuple[float, float]
         return None
     bounds = bounds or BOUNDS.get(metric)
     if bounds is None:
-        raise ValidationError(f"metric: {metric!r} is not a numeric feature with declared bounds"
-                              f" (known: {', '.join(sorted(BOUNDS))})")
+        known = ", ".join(sorted(BOUNDS))
+        raise ValidationError(f"metric: not a numeric feature with declared bounds (known: {known})")
     lo, hi = bounds
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi and math.isfinite(hi - lo)):
         raise ValidationError("bounds: need two finite numbers, the first below the second")
@@ -143,12 +143,14 @@ def _describe(group: Group, values: list[float | None], bounds: tuple[float, flo
     total = float(present.sum())
     n = float(len(present))
     edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
-    counts: list[float | None] = [float(c) for c in np.histogram(present, bins=edges)[0]]
+    counts = [float(c) for c in np.histogram(present, bins=edges)[0]]
     if scale is not None:
         total += float(rng.laplace(0.0, scale * max(abs(lo), abs(hi))))
         n = max(1.0, n + float(rng.laplace(0.0, scale)))
-        counts = [round(max(0.0, c + float(rng.laplace(0.0, scale))), 2) for c in counts if c is not None]
-    else:  # exact: a bin holding fewer than k people would single them out
-        counts = [None if c is not None and 0 < c < k else c for c in counts]
+        counts = [round(max(0.0, c + float(rng.laplace(0.0, scale))), 2) for c in counts]
     group.mean = round(min(hi, max(lo, total / n)), 4) if n > 0 else None
+    if scale is None and any(0 < c < k for c in counts):
+        # exact: a bin of fewer than k people would single them out, and hiding just that bin
+        # would not (the group's count minus the others gives it away): no histogram at all
+        return
     group.histogram = [(float(a), float(b), c) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]

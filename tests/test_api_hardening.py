@@ -136,7 +136,7 @@ def test_a_listing_as_of_the_past_agrees_with_one_profile_as_of_the_past(
         world: tuple[Settings, Api, dict[str, str]]) -> None:
     _, api, ids = world
     moment = (datetime.now(UTC) - timedelta(days=20)).isoformat()
-    listing = api.data("query($t: DateTime) { profiles(first: 100, asOf: $t) { nodes { id version attributes"
+    listing = api.data("query($t: DateTime) { profiles(first: 40, asOf: $t) { nodes { id version attributes"
                        " features segments } } }", {"t": moment}, token="all")["profiles"]["nodes"]
     assert listing and all(node["features"]["rfm"] is None for node in listing)  # RFM ranks today only
     assert not any(s.startswith("rfm:") for node in listing for s in node["segments"])

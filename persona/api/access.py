@@ -135,8 +135,9 @@ class RateLimiter:
             self._buckets[key] = (level, now)
             return (1.0 - level) / rate_per_s
         self._buckets[key] = (level - 1.0, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()  # many clients: start afresh rather than grow without bound
+        if len(self._buckets) > 100_000:  # many clients: forget the ones that are back to full
+            self._buckets = {k: (lvl, at) for k, (lvl, at) in self._buckets.items()
+                             if lvl + (now - at) * rate_per_s < capacity}
         return 0.0
 
 

@@ -108,7 +108,7 @@ class GraphQLEndpoint:
         token = state.tokens.lookup(raw_token) if raw_token else None
         if token is None:
             client = request.client.host if request.client else "?"
-            if state.limiter.allow("unauthenticated " + client, UNAUTHENTICATED_RATE):
+            if state.strangers.allow(client, UNAUTHENTICATED_RATE):
                 return _reply(429, [error("too many requests without a valid token", "RATE_LIMITED")],
                               {"Retry-After": "1"})
             return _reply(401, [error("a valid bearer token is required (Authorization: Bearer pst_…)",

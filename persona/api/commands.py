@@ -10,6 +10,8 @@ import orjson
 from persona.cli import cli, emit_json, friendly, opened, settings_of
 from persona.core import Persona
 
+WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP allows 20 KB of query text
+
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
@@ -44,6 +46,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
                    err=True)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                               "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False,
+                              "ws_max_size": WS_MAX_BYTES,
                               "log_config": log_config()}
     if workers == 1:
         uvicorn.run(create_app(settings, ServerOptions(dev=dev)), **common)

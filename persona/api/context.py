@@ -45,39 +45,48 @@ AUDIT_BACKLOG = 50_000  # unwritten audit entries at which reads of people are r
 
 
 class Worker:
-    """One thread with its own open store; `run(fn, ...)` calls fn(persona, ...) there."""
+    """Threads with a store each; `run(fn, ...)` calls fn(persona, ...) on one of them.
+
+    `forget()` asks every thread to drop its cached keys (after an erasure): each does so
+    itself, before its next job and again after a job that was running meanwhile — a
+    store is only ever touched by its own thread.
+    """
 
     def __init__(self, settings: Settings, name: str, threads: int = 1) -> None:
         self._settings = settings
         self._local = threading.local()
-        self._threads = threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"persona-{name}")
         self._opened: list[Persona] = []
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by forget(); each thread compares it with the one it last saw
 
     def _persona(self) -> Persona:
         persona = getattr(self._local, "persona", None)
         if persona is None:
             persona = self._local.persona = Persona.open(self._settings)
+            self._local.generation = self._generation
             with self._lock:
                 self._opened.append(persona)
         return persona
 
+    def _forget_if_asked(self, persona: Persona) -> None:
+        if self._local.generation != self._generation:
+            self._local.generation = self._generation
+            persona.log.forget_cached_keys()
+
     def _call(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        return fn(self._persona(), *args)
+        persona = self._persona()
+        self._forget_if_asked(persona)
+        try:
+            return fn(persona, *args)
+        finally:
+            self._forget_if_asked(persona)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, args)
 
-    async def each(self, fn: Callable[[Persona], None]) -> None:
-        """Call fn(persona) on every store this worker has opened (e.g. to drop cached keys)."""
-        def run() -> None:
-            with self._lock:
-                opened = list(self._opened)
-            for persona in opened:
-                fn(persona)
-
-        await asyncio.get_running_loop().run_in_executor(self._pool, run)
+    def forget(self) -> None:
+        self._generation += 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -131,7 +140,8 @@ class ApiState:
         self.persona = Persona.open(settings)  # the event loop's own store, for quick reads
         self.projector = Projector(self.persona)
         self.tokens = TokenCache(self.persona)
-        self.limiter = RateLimiter()
+        self.limiter = RateLimiter()  # per token
+        self.strangers = RateLimiter()  # per client address, for requests without a valid token
         self.plans = PlanCache(schema, options.limits)
         self.audit = AuditBuffer()
         self.bus = ChangeBus()
@@ -166,11 +176,11 @@ class ApiState:
             except Exception as e:  # the database is busy or full: retried, and said so
                 log.warning("audit log write failed (%s); retrying", type(e).__name__)
             try:
-                await self.forget_the_erased()
+                self.forget_the_erased()
             except Exception as e:
                 log.warning("checking for erasures failed (%s); retrying", type(e).__name__)
 
-    async def forget_the_erased(self) -> None:
+    def forget_the_erased(self) -> None:
         """After an erasure by anyone (this server, another worker, the CLI), drop every cache
         that could hold the person: decrypted states, unwrapped keys, normalised identifiers
         and plans with identifiers typed into them. Reads never served them (each read checks
@@ -183,8 +193,8 @@ class ApiState:
         self.persona.log.forget_cached_keys()
         self.plans.clear()
         normalise.cache_clear()
-        for worker in (self.writer, self.scanner):
-            await worker.each(lambda persona: persona.log.forget_cached_keys())
+        self.writer.forget()
+        self.scanner.forget()
 
     async def stop(self) -> None:
         if self._flusher is not None:
@@ -245,9 +255,10 @@ class RequestContext:
         raw = info._raw_info
         return self.authorize_operation(raw.operation, dict(raw.fragments))
 
-    def authorize_operation(self, operation: OperationDefinitionNode,
-                            fragments: dict[str, FragmentDefinitionNode]) -> RequestContext:
-        """Raises ApiError (with its code) if this token may not run this operation."""
+    def authorize_operation(self, operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode],
+                            *, charge: bool = False) -> RequestContext:
+        """Raises ApiError (with its code) if this token may not run this operation; with
+        `charge`, the operation counts against the token's rate (once, when subscribing)."""
         from persona.api.errors import ApiError
         from persona.api.plan import analyse
 
@@ -261,7 +272,7 @@ class RequestContext:
         missing = plan.scopes - self.token.scopes
         if missing:
             raise ApiError(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")
-        if self.state.limiter.allow(self.token.name, self.token.rate_per_s):
+        if charge and self.state.limiter.allow(self.token.name, self.token.rate_per_s):
             raise ApiError("too many requests for this token; slow down", "RATE_LIMITED")
         return RequestContext(self.state, self.token, plan, self.raw_token)
 

@@ -7,6 +7,7 @@ that reference — never its message or traceback, which might hold a person's d
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import traceback
@@ -22,6 +23,8 @@ from graphql import (
     Visitor,
     visit,
 )
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from persona.errors import ConcurrencyError, ErasedError, UnknownProfileError, ValidationError
 
@@ -56,8 +59,11 @@ def request_values(document: DocumentNode | None, variables: Any) -> list[str]:
     if document is not None:
         visit(document, _Literals(found))
 
+    names = schema_names()
+
     def leaves(value: Any) -> None:
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # a misspelt field name is repeated as given: it could be anything
+            found.update(k for k in map(str, value) if k not in names)
             for item in value.values():
                 leaves(item)
         elif isinstance(value, list):
@@ -68,8 +74,23 @@ def request_values(document: DocumentNode | None, variables: Any) -> list[str]:
             if isinstance(value, str):
                 found.add(repr(value)[1:-1])  # as Python quotes it inside a message
 
-    leaves(variables)
+    for value in (variables or {}).values() if isinstance(variables, dict) else ():
+        leaves(value)  # the variables' own names are the client's, and messages name them
     return sorted((v for v in found if len(v) >= _SHORTEST_REDACTED), key=len, reverse=True)
+
+
+@functools.cache
+def schema_names() -> frozenset[str]:
+    """Every name the schema defines (types, fields, arguments): never redacted from messages."""
+    from persona.api.schema import schema  # the schema's resolvers import this module
+
+    names: set[str] = set()
+    for named in schema._schema.type_map.values():
+        names.add(named.name)
+        for field in getattr(named, "fields", {}).values():
+            names.update(getattr(field, "args", {}))
+        names.update(getattr(named, "fields", {}))
+    return frozenset(names)
 
 
 class _Literals(Visitor):
@@ -106,6 +127,8 @@ def known(original: BaseException | None) -> tuple[str, str] | None:
     """(message, code) for errors a client may read as they are; None for faults of ours."""
     if isinstance(original, GraphQLError):  # input that does not fit the schema (variables, scalars)
         return scrub(original.message), "BAD_REQUEST"
+    if isinstance(original, CannotGetOperationTypeError | InvalidOperationTypeError | MissingQueryError):
+        return "no operation to run: check the query and its operationName", "BAD_REQUEST"
     if isinstance(original, ApiError):
         return str(original), original.code
     if isinstance(original, ValidationError):
@@ -133,5 +156,5 @@ def masked(e: GraphQLError, values: list[str] | None = None) -> dict[str, Any]:
         return error(scrub(e.message, values), "BAD_REQUEST", e.path)
     shown = known(original)
     if shown is not None:
-        return error(shown[0], shown[1], e.path)
+        return error(scrub(shown[0], values), shown[1], e.path)
     return error(f"internal error (reference {fault(original, e.path)})", "INTERNAL", e.path)

@@ -44,6 +44,14 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Profile", "predictions"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
 }
+# arguments that make a field scan or replay rather than read: each adds this to its cost
+# (an `asOf` replays a log; `since`/`until` decrypt up to 2,000 events to compare their times)
+SCANNING: dict[tuple[str, str], frozenset[str]] = {
+    ("Query", "profile"): frozenset({"asOf"}),
+    ("Query", "profiles"): frozenset({"asOf"}),
+    ("Profile", "history"): frozenset({"since", "until"}),
+}
+SCAN_COST = 100
 # list fields whose `first` argument multiplies the cost of what they select
 PAGED: dict[tuple[str, str], int] = {
     ("Query", "profiles"): 20,
@@ -150,8 +158,10 @@ class _Walk:
             self.identifies = True
         definition = parent.fields.get(name)
         inner = get_named_type(definition.type) if definition is not None else None
+        scanning = SCANNING.get(key, frozenset())
+        own = 1 + (SCAN_COST if any(a.name.value in scanning for a in node.arguments or ()) else 0)
         if node.selection_set is None or not isinstance(inner, GraphQLObjectType):
-            return _Summary(1, 1, alias, 0)
+            return _Summary(own, 1, alias, 0)
         times = 1
         if key in PAGED:
             times = PAGED[key]
@@ -161,7 +171,10 @@ class _Walk:
                     value = argument.value
                     times = int(value.value) if isinstance(value, IntValueNode) else self.limits.max_page
         below = self.selections(inner, node.selection_set, seen)
-        return _Summary(1 + max(times, 1) * below.cost, 1 + below.depth, alias + below.aliases, below.introspection)
+        if key == ("Query", "profiles") and own > 1:  # a past listing replays every profile of its page
+            own = 1 + SCAN_COST * max(times, 1)
+        return _Summary(own + max(times, 1) * below.cost, 1 + below.depth, alias + below.aliases,
+                        below.introspection)
 
 
 def plan(schema: GraphQLSchema, source: str, operation_name: str | None, limits: Limits) -> Plan:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import strawberry
 from graphql import FragmentDefinitionNode, GraphQLError, GraphQLObjectType, get_operation_ast
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import MaskErrors, MaxTokensLimiter, SchemaExtension
 from strawberry.schema.schema import validate_document
 from strawberry.types import Info
 
@@ -24,6 +24,7 @@ from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
 from persona.api.errors import ApiError, fault, known, request_values, scrub
 from persona.api.execution import mark_plain
+from persona.api.plan import Limits
 from persona.api.types import (
     ErasureReceipt,
     EventInput,
@@ -39,6 +40,7 @@ from persona.api.types import (
     SubjectInput,
     context_of,
     instant,
+    later,
     page_size,
     root_context,
 )
@@ -58,11 +60,21 @@ def _one_of(id: strawberry.ID | None, subject: SubjectInput | None) -> None:
         raise ApiError("give exactly one of id and subject")
 
 
-def load_profile(ctx: RequestContext, profile_id: str, as_of: datetime | None, operation: str) -> Profile | None:
-    data = ctx.profiles.get(profile_id) if as_of is None else load_past_profile(ctx.state.persona, profile_id, as_of)
+def load_profile(ctx: RequestContext, profile_id: str, operation: str) -> Profile | None:
+    """The current profile, from the read model (the request's loader)."""
+    data = ctx.profiles.get(profile_id)
     if data is None:
         return None
     ctx.audit(operation, profile_id)
+    return Profile(id=strawberry.ID(profile_id), _data=data)
+
+
+async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime) -> Profile | None:
+    """The profile as it stood then: its log replayed on a scanner thread."""
+    data = await ctx.state.scanner.run(load_past_profile, profile_id, as_of)
+    if data is None:
+        return None
+    ctx.audit("profile", profile_id)
     return Profile(id=strawberry.ID(profile_id), _data=data, _as_of=as_of)
 
 
@@ -76,7 +88,10 @@ class Query:
         profile_id = str(id) if id is not None else _resolve_subject(ctx, subject)  # type: ignore[arg-type]
         if profile_id is None:
             return None
-        return load_profile(ctx, profile_id, instant(as_of, "asOf"), "profile")
+        moment = instant(as_of, "asOf")
+        if moment is None:
+            return load_profile(ctx, profile_id, "profile")
+        return later(load_past(ctx, profile_id, moment))
 
     @strawberry.field(description="Profiles in id order, filtered; Relay-style cursor pagination")
     async def profiles(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
@@ -116,6 +131,11 @@ class Query:
         if bounds is not None and (len(bounds) != 2 or not all(math.isfinite(b) for b in bounds)):
             raise ApiError("bounds: give [lowest, highest]")
         where = filter.to_filter() if filter is not None else None
+        if epsilon is not None and where is not None and (where.rfm_min or any(
+                s.startswith("rfm:") or s == "high_value" for s in where.segments)):
+            # RFM scores rank people against each other: one person can move many scores, so
+            # counts filtered on them have no bounded sensitivity and noise would promise nothing
+            raise ApiError("filter: RFM scores and segments cannot filter a differentially private answer")
         clip = (bounds[0], bounds[1]) if bounds is not None else None
         check(metric, epsilon, clip)  # before any budget is spent on a question that cannot be answered
         remaining = None
@@ -226,7 +246,7 @@ class Subscription:
             if head is None or head.wrapped is None:
                 return  # erased: nothing more will come
             if head.version > version:
-                profile = load_profile(ctx.fresh(), profile_id, None, "profileUpdated")
+                profile = load_profile(ctx.fresh(), profile_id, "profileUpdated")
                 if profile is None:
                     return
                 version = max(head.version, profile._data.version)  # the log's count, never a replayed one
@@ -252,7 +272,7 @@ class WebsocketGuard(SchemaExtension):
             elif not errors and operation is not None:
                 fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
                 try:
-                    context.context.authorize_operation(operation, fragments)
+                    context.context.authorize_operation(operation, fragments, charge=True)
                 except ApiError as e:
                     errors = [GraphQLError(str(e), extensions={"code": e.code})]
             context.pre_execution_errors = errors
@@ -271,8 +291,12 @@ class _Schema(strawberry.Schema):
         values = request_values(getattr(execution_context, "graphql_document", None),
                                 getattr(execution_context, "variables", None))
         for error in errors:
+            shown = known(error.original_error) if error.original_error is not None else None
+            if shown is not None and not isinstance(error.original_error, GraphQLError):
+                error.message = shown[0]
+                error.extensions = {**(error.extensions or {}), "code": shown[1]}
             error.message = scrub(error.message, values)
-            if error.original_error is not None and known(error.original_error) is None:
+            if error.original_error is not None and shown is None:
                 reference = fault(error.original_error, error.path)
                 error.extensions = {**(error.extensions or {}), "reference": reference}
 
@@ -319,6 +343,9 @@ def _calling(method: Any) -> Any:
     return mark_plain(resolve)
 
 
+MAX_TOKENS = Limits().max_document_bytes // 2  # as the HTTP handler parses: a document's size, in tokens
+
+
 class _Masked(MaskErrors):
     """A fault in an operation strawberry ran shows as the HTTP handler shows it."""
 
@@ -329,5 +356,6 @@ class _Masked(MaskErrors):
 
 
 schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
-                 extensions=[WebsocketGuard, lambda: _Masked(should_mask_error=_should_mask)])
+                 extensions=[lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS), WebsocketGuard,
+                             lambda: _Masked(should_mask_error=_should_mask)])
 DIRECT_RESOLVERS = _direct_resolvers(schema)

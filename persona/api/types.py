@@ -7,8 +7,9 @@ every per-profile lookup; most resolvers are plain reads of the object (see
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import strawberry
 from strawberry.scalars import JSON
@@ -20,7 +21,10 @@ from persona.api.errors import ApiError
 from persona.errors import ErasedError, UnknownProfileError
 from persona.events import RecordedEvent
 
+T = TypeVar("T")
+
 DEFAULT_PAGE = 20
+MAX_INSTANT = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
 FILTER_TERMS = 20  # per kind of filter: enough to target, too few to turn a listing into a long scan
 
 
@@ -48,9 +52,15 @@ def _version_cursor(after: str | None) -> int | None:
     if after is None:
         return None
     text = decode_cursor("v", after)
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise ApiError("after: not a cursor this API handed out")
     return int(text)
+
+
+def later(pending: Awaitable[T]) -> T:
+    """A synchronous resolver handing graphql-core work to await (done off the event loop):
+    the fast path stays synchronous, the slow one does not block."""
+    return pending  # type: ignore[return-value]
 
 
 def instant(value: datetime | None, name: str) -> datetime | None:
@@ -58,7 +68,10 @@ def instant(value: datetime | None, name: str) -> datetime | None:
         return None
     if value.tzinfo is None:
         raise ApiError(f"{name}: needs a time zone offset (e.g. 2026-01-31T00:00:00Z)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(f"{name}: out of range") from None
 
 
 @strawberry.input(description="An identifier of a person: hashed on arrival, never stored or logged.")
@@ -202,16 +215,23 @@ class Profile:
         ctx = context_of(info)
         size = page_size(first, ctx)
         before = _version_cursor(after)
-        until_at = instant(until, "until")
-        if self._as_of is not None:
+        since_at, until_at = instant(since, "since"), instant(until, "until")
+        if self._as_of is not None and self._as_of < MAX_INSTANT:
             end = self._as_of + timedelta(microseconds=1)  # asOf includes its own instant, `until` does not
             until_at = min(until_at, end) if until_at else end
-        try:
-            page = history_page(ctx.state.persona, self._data.id, first=size, before_version=before,
-                                types=types or (), since=instant(since, "since"), until=until_at)
-        except (UnknownProfileError, ErasedError):
-            raise ApiError("the profile is gone (erased)", "NOT_FOUND") from None
-        return _event_connection(page)
+        profile_id, kinds = self._data.id, types or ()
+
+        def page(persona: Any) -> EventConnection:
+            try:
+                found = history_page(persona, profile_id, first=size, before_version=before, types=kinds,
+                                     since=since_at, until=until_at)
+            except (UnknownProfileError, ErasedError):
+                raise ApiError("the profile is gone (erased)", "NOT_FOUND") from None
+            return _event_connection(found)
+
+        if since_at is None and until_at is None:  # paged by the database: only what is returned is opened
+            return page(ctx.state.persona)
+        return later(ctx.state.scanner.run(page))  # a time filter decrypts to compare: off the event loop
 
 
 @strawberry.type
@@ -278,7 +298,7 @@ class ProfileFilter:
 class HistogramBin:
     start: float = strawberry.field(name="from")
     end: float = strawberry.field(name="to")
-    count: float | None = strawberry.field(description="null: fewer than k people (exact answers only)")
+    count: float
 
 
 @strawberry.type
@@ -286,7 +306,8 @@ class InsightGroup:
     key: JSON
     count: float
     mean: float | None
-    distribution: list[HistogramBin]
+    distribution: list[HistogramBin] = strawberry.field(
+        description="10 bins over the metric's bounds; empty when an exact answer would single someone out")
 
 
 @strawberry.type
