@@ -5,6 +5,7 @@ In-process (Starlette's TestClient around `create_app`), real files and keys.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,11 +20,12 @@ from persona.api.access import create_token, list_tokens
 from persona.api.app import create_app
 from persona.api.context import AUDIT_BACKLOG
 from persona.api.data import SCAN_LIMIT
-from persona.api.plan import Limits, plan
+from persona.api.plan import SCAN_COST, Limits, plan
 from persona.api.schema import schema
 from persona.erasure import erase_subject
 from persona.ingest import ingest_jsonl
-from persona.population import compute_rfm
+from persona.population import IndexedProfile, compute_rfm
+from persona.pseudonyms import normalise
 from tests.conftest import record
 from tests.test_api import Api, TestClient, lines_of
 
@@ -53,12 +55,19 @@ def world(tmp_path: Path) -> Iterator[tuple[Settings, Api, dict[str, str]]]:
 
 
 def test_nested_fragments_are_analysed_in_linear_time() -> None:
+    import threading
+
     levels = 60  # expanded, 2^60 copies of the leaf: analysed naively, this would never end
     fragments = [f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(levels)]
     document = "{ ...F0 } " + " ".join(fragments) + f" fragment F{levels} on Query {{ profile(id: \"x\") {{ id }} }}"
-    made = plan(schema._schema, document, None, Limits())
-    assert made.cost == 2 ** levels * 2 and made.depth == 2
-    assert made.errors and "cost" in made.errors[0].message
+    made: list[Any] = []
+    worker = threading.Thread(target=lambda: made.append(plan(schema._schema, document, None, Limits())),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=60)  # a generous bound: linear takes milliseconds, exponential would take ages
+    assert made, "the analysis did not finish"
+    assert made[0].cost == 2 ** levels * 2 and made[0].depth == 2
+    assert made[0].errors and "cost" in made[0].errors[0].message
 
 
 def test_identifiers_never_come_back_in_errors(world: tuple[Settings, Api, dict[str, str]]) -> None:
@@ -183,11 +192,16 @@ def test_an_erasure_elsewhere_empties_the_servers_caches(world: tuple[Settings, 
     assert pid in state.projector._cache and state.persona.log._sealers
     with Persona.open(settings) as other:  # as the CLI would, in another process
         erase_subject(other, "email", "p5@example.com")
+    planned = state.plans._plans.copy()
+    assert planned and normalise.cache_info().currsize  # plans and normalised identifiers were cached
+    generations = (state.writer._generation, state.scanner._generation)
     deadline = time.monotonic() + 10
     while pid in state.projector._cache or state.persona.log._sealers:
         assert time.monotonic() < deadline, "the server kept an erased person's state in memory"
         api.post("{ __typename }", token="all")  # let the server's event loop run
         time.sleep(0.05)
+    assert not set(planned) & set(state.plans._plans)  # the plans from before are gone
+    assert (state.writer._generation, state.scanner._generation) > generations  # their threads forget too
     assert api.data("query($id: ID) { profile(id: $id) { id } }", {"id": pid}, token="all")["profile"] is None
 
 
@@ -269,3 +283,73 @@ def orjson_keys(value: Any) -> Any:
     elif isinstance(value, list):
         for item in value:
             yield from orjson_keys(item)
+
+
+def test_metric_names_and_misspelt_keys_are_not_repeated(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, _ = world
+    metric = api.post("query($m: String) { insights(metric: $m) { k } }", {"m": MARKER}, token="all")
+    key = api.post("query($s: SubjectInput) { profile(subject: $s) { id } }",
+                   {"s": {"namespace": "email", "value": "x@example.com", MARKER: 1}}, token="all")
+    for response in (metric, key):
+        assert MARKER not in response.text and response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    assert "metric" in metric.json()["errors"][0]["message"]  # what was wrong is still said
+
+
+@pytest.mark.parametrize(("query", "variables"), [
+    ("query($id: ID, $t: DateTime) { profile(id: $id, asOf: $t) { id } }", {"t": "0001-01-01T00:00:00+01:00"}),
+    ("query($id: ID, $t: DateTime) { profile(id: $id, asOf: $t) { id } }", {"t": "9999-12-31T23:00:00-05:00"}),
+    ("query($id: ID, $t: DateTime) { profile(id: $id) { history(since: $t) { nodes { id } } } }",
+     {"t": "0001-01-01T00:00:00+01:00"}),
+    ("query($id: ID, $a: String) { profile(id: $id) { history(after: $a) { nodes { id } } } }",
+     {"a": base64.urlsafe_b64encode(b"v:" + b"9" * 30).decode()}),
+    ("query($id: ID, $a: String) { profile(id: $id) { history(after: $a) { nodes { id } } } }",
+     {"a": base64.urlsafe_b64encode("v:٣".encode()).decode()}),  # a digit, but not an ASCII one
+])
+def test_out_of_range_input_is_a_client_error(world: tuple[Settings, Api, dict[str, str]], query: str,
+                                               variables: dict[str, Any]) -> None:
+    _, api, ids = world
+    response = api.post(query, {"id": ids["p7"]} | variables, token="all")
+    assert response.status_code == 200
+    assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["BAD_REQUEST"]
+
+
+def test_a_profile_as_of_the_very_end_of_time_still_answers(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    _, api, ids = world
+    shown = api.data("query($id: ID) { profile(id: $id, asOf: \"9999-12-31T23:59:59.999999Z\") { version"
+                     " history { nodes { id } } } }", {"id": ids["p7"]}, token="all")["profile"]
+    assert shown["version"] == 1 and len(shown["history"]["nodes"]) == 1
+
+
+def test_scanning_arguments_are_costed() -> None:
+    cheap = plan(schema._schema, '{ profile(id: "x") { version } }', None, Limits())
+    replayed = plan(schema._schema, '{ profile(id: "x", asOf: "2026-01-01T00:00:00Z") { version } }', None,
+                    Limits())
+    assert replayed.cost - cheap.cost == SCAN_COST
+    past_page = plan(schema._schema, '{ profiles(first: 60, asOf: "2026-01-01T00:00:00Z") { nodes { id } } }',
+                     None, Limits())
+    assert past_page.errors and "cost" in past_page.errors[0].message  # 60 replays are too many for one request
+    replay = 'profile(id: "x", asOf: "2026-01-01T00:00:00Z") { id }'
+    aliased = plan(schema._schema, "{ " + " ".join(f"a{i}: {replay}" for i in range(29)) + " }", None, Limits())
+    assert aliased.cost == 29 * (1 + SCAN_COST + 1)  # every aliased replay is paid for
+
+
+def test_rfm_filters_cannot_narrow_a_private_answer(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    settings, api, _ = world
+    for where in ({"rfmMin": {"r": 3}}, {"segments": ["rfm:champions"]}, {"segments": ["high_value"]}):
+        error = api.error("query($f: ProfileFilter) { insights(filter: $f, epsilon: 0.5) { k } }", {"f": where},
+                          token="dp")
+        assert error["extensions"]["code"] == "BAD_REQUEST" and "RFM" in error["message"]
+    with Persona.open(settings) as p:
+        assert {t.name: t.epsilon_spent for t in list_tokens(p)}["dp"] == 0.0
+    exact = api.data('{ insights(filter: {rfmMin: {r: 1}}) { k } }', token="all")  # exact answers may use them
+    assert exact["insights"]["k"] == 5
+
+
+def test_the_documented_thresholds_under_noise() -> None:
+    from persona.insights import compute
+
+    people = [IndexedProfile(f"prf_{i}", 1, {}, {"monetary": 1.0}, None) for i in range(3)]
+    with_metric = compute(people, group_by=["country"], metric="monetary", k=5, epsilon=1.0)
+    without = compute(people, group_by=["country"], metric=None, k=5, epsilon=1.0)
+    assert (round(with_metric.threshold, 1), round(without.threshold, 1)) == (53.5, 14.1)  # as docs/api.md says
+    assert compute(people, group_by=["country"], metric=None, k=5).threshold == 5  # exact: k itself

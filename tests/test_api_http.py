@@ -385,12 +385,8 @@ def test_queries_and_mutations_do_not_run_over_the_websocket(server: Server, tok
             await ws.close()
 
     message = run(scenario())
-    assert message["id"] == "q" and message["type"] in ("next", "error")
-    payload = message["payload"]
-    errors = payload if message["type"] == "error" else payload["errors"]
-    assert any("subscriptions" in e["message"] for e in errors), message
-    if message["type"] == "next":
-        assert not any((payload["data"] or {}).values()), "nothing may be read or written"
+    assert (message["id"], message["type"]) == ("q", "error"), message  # refused before it runs
+    assert any("subscriptions" in e["message"] for e in message["payload"]), message
     assert server.post(VERSION, {"id": pid}).json()["data"]["profile"] is not None  # not erased
 
 
@@ -567,3 +563,67 @@ def test_every_query_and_mutation_over_http(server: Server) -> None:
     gone = ask("query($id: ID) { profile(id: $id) { id predictions { model } history { nodes { id } } } }",
                {"id": pid})
     assert gone["profile"] is None
+
+
+def test_a_websocket_operation_name_picks_the_subscription_or_is_refused(server: Server) -> None:
+    document = SUBSCRIBE.replace("subscription(", "subscription A(") + (
+        " subscription B($id: ID!) { profileUpdated(id: $id) { id } }")
+    email = "aiko.tanaka@example.com"
+
+    async def named(name: str) -> dict[str, Any]:
+        ws = await opened(server, "reader")
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "n", "type": "subscribe", "payload": {
+                "query": document, "operationName": name, "variables": {"id": server.ids[email]}}})
+            if name == "A":
+                return await ingest_until_next(server, ws, email, "ws-named")
+            return await receive(ws)
+        except ConnectionClosed as closed:  # graphql-transport-ws refuses an unknown name by closing
+            return {"closed": closed.rcvd.code if closed.rcvd is not None else None}
+        finally:
+            await ws.close()
+
+    assert run(named("Z")) == {"closed": 4400}
+    update = run(named("A"))
+    assert (update["id"], update["type"]) == ("n", "next")
+
+
+def test_a_slow_token_may_subscribe(server: Server) -> None:
+    with Persona.open(server.settings) as p:
+        token = create_token(p, "slow-subscriber", frozenset({"profiles:read"}), rate_per_s=0.2)
+    email = "aiko.tanaka@example.com"
+
+    async def scenario() -> dict[str, Any]:
+        ws = await opened(server, token)
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "s", "type": "subscribe",
+                            "payload": {"query": SUBSCRIBE, "variables": {"id": server.ids[email]}}})
+            return await ingest_until_next(server, ws, email, "ws-slow")
+        finally:
+            await ws.close()
+
+    message = run(scenario())
+    assert (message["id"], message["type"]) == ("s", "next"), message  # charged once, not twice
+
+
+def test_a_websocket_message_over_64_kib_closes_the_connection(server: Server) -> None:
+    aliases = " ".join(f"a{i}: version" for i in range(8_000))  # ~100 KB
+
+    async def scenario() -> int | None:
+        ws = await opened(server, "reader")
+        try:
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": "big", "type": "subscribe", "payload": {
+                "query": "subscription($id: ID!) { profileUpdated(id: $id) { " + aliases + " } }",
+                "variables": {"id": server.ids[SECRET]}}})
+            await receive(ws)
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd is not None else None
+        finally:
+            await ws.close()
+        raise AssertionError("a 100 KB document was accepted")
+
+    assert run(scenario()) == 1009  # "message too big", before anything is parsed
+    assert server.post(VERSION, {"id": server.ids[SECRET]}, token="reader").status_code == 200
