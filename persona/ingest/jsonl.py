@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -53,6 +53,34 @@ class IngestReport:
         return text
 
 
+class Record(NamedTuple):
+    """One record of a source, as read: where it was, what it said, and what it became."""
+
+    line: int  # its line (or row) number in the source
+    raw: bytes  # as written: what quarantine keeps, sealed, if it is refused
+    events: Sequence[Any]  # the canonical event records it became (several for some sources; none if blank)
+    reason: str | None = None  # why it cannot become events (then `events` is empty)
+    decoded: Any = None  # what it was parsed into, for quarantine's identifier tags
+    size: int = 0  # bytes it took in the source, for progress
+
+
+def jsonl_records(lines: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
+    """Canonical JSONL: one event per line."""
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            yield Record(number, line, (), size=len(raw))
+        elif len(line) > max_bytes:
+            yield Record(number, line, (), f"record: larger than the {max_bytes}-byte limit", size=len(raw))
+        else:
+            try:
+                decoded = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                yield Record(number, line, (), "record: not valid JSON", size=len(raw))
+            else:
+                yield Record(number, line, (decoded,), decoded=decoded, size=len(raw))
+
+
 def ingest_jsonl(
     persona: Persona,
     lines: Iterable[bytes],
@@ -62,6 +90,20 @@ def ingest_jsonl(
     progress: Progress | None = None,
 ) -> IngestReport:
     """Append every valid line; quarantine the rest. Memory is bounded by the batch size."""
+    records = jsonl_records(lines, persona.settings.max_event_bytes)
+    return ingest_records(persona, records, origin=origin, now=now, progress=progress)
+
+
+def ingest_records(
+    persona: Persona,
+    records: Iterable[Record],
+    *,
+    origin: str,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Append the events of every valid record; quarantine the rest, each with its reason and
+    line. A record's events go in together or not at all. Memory is bounded by the batch size."""
     started = time.perf_counter()
     now = now or datetime.now(UTC)
     settings = persona.settings
@@ -95,31 +137,27 @@ def ingest_jsonl(
         if dirty and time.monotonic() - refreshed >= REFRESH_EVERY_S:
             refresh()
 
-    for number, raw in enumerate(lines, start=1):
-        report.lines = number
+    for record in records:
+        report.lines = record.line
         if progress is not None:
-            progress(len(raw))
-        line = raw.strip()
-        if not line:
+            progress(record.size)
+        if record.reason is not None:
+            quarantine.add(record.line, record.raw, record.reason, record.decoded)
+        elif not record.events:
             report.blank += 1
-            continue
-        decoded: Any = None
-        try:
-            if len(line) > settings.max_event_bytes:
-                raise ValidationError(f"record: larger than the {settings.max_event_bytes}-byte limit")
+        else:
             try:
-                decoded = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
-                raise ValidationError("record: not valid JSON") from e
-            batch.append(validate(
-                decoded, now=now, max_bytes=settings.max_event_bytes,
-                default_region=settings.default_region, max_future=max_future, size=len(line),
-            ))
-        except ValidationError as e:
-            quarantine.add(number, line, e.reason, decoded)
-        except (ValueError, TypeError, OverflowError, RecursionError):
-            # A record no rule foresaw: keep it, never crash the run, never echo it.
-            quarantine.add(number, line, "record: could not be validated", decoded)
+                validated = [validate(
+                    event, now=now, max_bytes=settings.max_event_bytes, default_region=settings.default_region,
+                    max_future=max_future, size=len(record.raw) if len(record.events) == 1 else None,
+                ) for event in record.events]
+            except ValidationError as e:
+                quarantine.add(record.line, record.raw, e.reason, record.decoded)
+            except (ValueError, TypeError, OverflowError, RecursionError):
+                # A record no rule foresaw: keep it, never crash the run, never echo it.
+                quarantine.add(record.line, record.raw, "record: could not be validated", record.decoded)
+            else:
+                batch.extend(validated)
         if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
             flush()  # bounded memory, even for a file that is all bad lines
     flush()
