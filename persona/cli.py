@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import sys
 import time
@@ -21,7 +22,8 @@ from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
-from persona.ingest import ingest_jsonl
+from persona.ingest import ingest_jsonl, ingest_records
+from persona.ingest.mapping import SourceMapping, load_mapping, mapped_records
 from persona.ingest.quarantine import describe
 from persona.population import ProfileFilter, list_profiles, population
 from persona.profiles import profile_view
@@ -120,33 +122,53 @@ def init(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A TOML mapping: how a CSV/JSONL export's columns become events (docs/ingest.md).")
+@click.option("--source", metavar="NAME", help="The events' source name (overrides the mapping's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 @friendly
-def ingest(ctx: click.Context, file: Path, as_json: bool) -> None:
-    """Append the canonical events of a JSONL FILE (EVENTS.md); '-' reads standard input.
+def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: str | None, as_json: bool) -> None:
+    """Append the events of FILE; '-' reads standard input.
 
-    Valid lines are appended in atomic batches; re-ingesting the same file appends
-    nothing. Bad lines are quarantined (sealed) with the reason and line number and
-    never stop the run. Prints a report: appended, duplicates, quarantined.
+    Without --mapping, FILE is canonical JSONL (EVENTS.md). With --mapping, FILE is any
+    CSV or JSONL export the mapping describes. Valid records are appended in atomic
+    batches; re-ingesting the same file appends nothing. Bad records are quarantined
+    (sealed) with the reason and line number and never stop the run. Prints a report:
+    appended, duplicates, quarantined.
     """
+    mapping = None
+    if mapping_file is not None:
+        mapping = load_mapping(mapping_file)
+        if source:
+            mapping = dataclasses.replace(mapping, source=source)
+    elif source:
+        raise click.UsageError("--source needs --mapping FILE.toml (built-in sources are not there yet)")
     with opened(ctx) as persona:
         if str(file) == "-":
-            report = ingest_jsonl(persona, sys.stdin.buffer, origin="<stdin>")
+            report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping)
         else:
             if not file.exists():
                 raise click.BadParameter("no such file", param_hint="FILE")
             with file.open("rb") as handle:
-                report = _ingest_file(persona, handle, file)
+                report = _ingest_file(persona, handle, file, mapping)
     if as_json:
         emit_json(report.as_dict())
     else:
         click.echo(report.summary())
 
 
-def _ingest_file(persona: Persona, handle: BinaryIO, file: Path) -> Any:
+def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
+            progress: Callable[[int], None] | None = None) -> Any:
+    if mapping is None:
+        return ingest_jsonl(persona, handle, origin=name, progress=progress)
+    records = mapped_records(mapping, handle, name=name, max_bytes=persona.settings.max_event_bytes)
+    return ingest_records(persona, records, origin=name, progress=progress)
+
+
+def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:
     if not sys.stderr.isatty():
-        return ingest_jsonl(persona, handle, origin=file.name)
+        return _ingest(persona, handle, file.name, mapping)
     with click.progressbar(length=file.stat().st_size, label=f"ingesting {file.name}",
                            file=sys.stderr, show_eta=True) as bar:
         pending = 0
@@ -158,7 +180,7 @@ def _ingest_file(persona: Persona, handle: BinaryIO, file: Path) -> Any:
                 bar.update(pending)
                 pending = 0
 
-        report = ingest_jsonl(persona, handle, origin=file.name, progress=advance)
+        report = _ingest(persona, handle, file.name, mapping, advance)
         bar.update(pending)
         return report
 

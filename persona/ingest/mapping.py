@@ -1,0 +1,397 @@
+"""Any CSV or JSONL export as canonical events, described by a TOML mapping: no code.
+
+    source = "crm"                  # the events' source
+    format = "csv"                  # csv | jsonl (default: from the file's extension)
+    timezone = "Asia/Shanghai"      # for times written without an offset (default UTC)
+    delimiter = ","                 # csv only
+    currencies = { "¥" = "JPY" }    # what a currency mark means in this source
+
+    [[events]]                      # each row makes one event per [[events]] table
+    type = "order_placed"
+    id = "{order_id}"               # optional: the event id, from columns; else derived from content
+    when = { column = "created", formats = ["%d/%m/%Y %H:%M"] }
+    subject = { namespace = "email", column = "email" }
+    # other = { namespace = "phone", column = "phone" }   # identity_linked: the second identifier
+    [events.data]
+    order_id = { column = "order_id", required = true }
+    amount = { column = "total", kind = "amount" }        # "¥1,299.00": amount, and currency if marked
+    currency = { column = "currency", default = "CNY" }   # a declared fill when the column is empty
+    items = { column = "items", kind = "json" }
+
+A field is `{column, kind, map, default, required, formats, unit, labels, separator}` or a
+constant (`channel = "tmall"`). Kinds: text (default), int, number, amount, instant, gender,
+country, bool, json, list. `map` rewrites raw values first (`{ "Y" = "true" }`). A missing
+value is left out unless the field is `required` (the row is quarantined) or has a
+`default`. An event whose subject or time is missing, or all of whose fields are, is
+skipped for that row; a row that yields no event at all is quarantined, as is any row a
+rule refuses — with the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from persona.errors import ConfigurationError, ValidationError
+from persona.events import EVENT_TYPES, utc_text
+from persona.ingest.clean import parse_amount, parse_country, parse_gender, parse_instant, parse_number
+from persona.ingest.jsonl import Record
+
+KINDS = frozenset({"text", "int", "number", "amount", "instant", "gender", "country", "bool", "json", "list"})
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "是", "对"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "否", "不"})
+_TEMPLATE = re.compile(r"\{([^{}]+)\}")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    column: str | None = None
+    constant: Any = None
+    kind: str = "text"
+    map: Mapping[str, Any] = field(default_factory=dict)
+    default: Any = None
+    required: bool = False
+    formats: tuple[str, ...] = ()
+    unit: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    separator: str = ","
+
+
+@dataclass(frozen=True)
+class EventRule:
+    type: str
+    when: Field
+    subject_namespace: str
+    subject: Field
+    data: tuple[Field, ...]
+    id: str | None = None
+    other_namespace: str | None = None
+    other: Field | None = None
+
+
+@dataclass(frozen=True)
+class SourceMapping:
+    source: str
+    format: str | None
+    timezone: tzinfo
+    delimiter: str
+    currencies: Mapping[str, str]
+    events: tuple[EventRule, ...]
+
+
+# -- reading the TOML ----------------------------------------------------------------------------
+def load_mapping(path: Path) -> SourceMapping:
+    """Read and check a mapping file; every mistake is named with where it is."""
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigurationError(f"{path.name}: not valid TOML ({e})") from None
+    return parse_mapping(doc, path.name)
+
+
+def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMapping:
+    source = doc.get("source")
+    if not isinstance(source, str) or not source:
+        raise ConfigurationError(f"{where}: `source` (the events' source name) is required")
+    form = doc.get("format")
+    if form not in (None, "csv", "jsonl"):
+        raise ConfigurationError(f"{where}: `format` is csv or jsonl")
+    try:
+        zone: tzinfo = ZoneInfo(doc["timezone"]) if doc.get("timezone") else UTC
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(f"{where}: `timezone` is not a known time zone (e.g. Asia/Shanghai)") from None
+    delimiter = doc.get("delimiter", ",")
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise ConfigurationError(f"{where}: `delimiter` is one character")
+    currencies = doc.get("currencies", {})
+    if not isinstance(currencies, dict) or not all(isinstance(v, str) for v in currencies.values()):
+        raise ConfigurationError(f"{where}: `currencies` maps marks to ISO 4217 codes")
+    tables = doc.get("events")
+    if not isinstance(tables, list) or not tables:
+        raise ConfigurationError(f"{where}: at least one [[events]] table is required")
+    rules = tuple(_event_rule(t, f"{where}: events[{i}]") for i, t in enumerate(tables))
+    return SourceMapping(source, form, zone, delimiter, currencies, rules)
+
+
+def _event_rule(table: Any, where: str) -> EventRule:
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: must be a table")
+    kind = table.get("type")
+    if kind not in EVENT_TYPES:
+        raise ConfigurationError(f"{where}.type: one of {', '.join(sorted(EVENT_TYPES))}")
+    subject = table.get("subject")
+    if not isinstance(subject, dict) or not isinstance(subject.get("namespace"), str):
+        raise ConfigurationError(f"{where}.subject: needs a namespace and a column")
+    other = table.get("other")
+    if kind == "identity_linked" and not isinstance(other, dict):
+        raise ConfigurationError(f"{where}.other: identity_linked needs the second identifier")
+    data = table.get("data", {})
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where}.data: must be a table")
+    template = table.get("id")
+    if template is not None and (not isinstance(template, str) or not _TEMPLATE.search(template)):
+        raise ConfigurationError(f"{where}.id: a template naming columns, e.g. \"{{order_id}}\"")
+    when = table.get("when")
+    if when is None:
+        raise ConfigurationError(f"{where}.when: the column holding when it happened is required")
+    return EventRule(
+        type=kind,
+        when=_field("when", {"kind": "instant"} | (when if isinstance(when, dict) else {"column": when}), where),
+        subject_namespace=subject["namespace"],
+        subject=_field("subject", {k: v for k, v in subject.items() if k != "namespace"}, where),
+        data=tuple(_field(name, spec, f"{where}.data") for name, spec in data.items()),
+        id=template,
+        other_namespace=other.get("namespace") if isinstance(other, dict) else None,
+        other=_field("other", {k: v for k, v in other.items() if k != "namespace"}, where)
+        if isinstance(other, dict) else None,
+    )
+
+
+def _field(name: str, spec: Any, where: str) -> Field:
+    if not isinstance(spec, dict):
+        return Field(name, constant=spec)  # a constant value
+    unknown = set(spec) - {"column", "value", "kind", "map", "default", "required", "formats", "unit", "labels",
+                           "separator"}
+    if unknown:
+        raise ConfigurationError(f"{where}.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
+    kind = spec.get("kind", "text")
+    if kind not in KINDS:
+        raise ConfigurationError(f"{where}.{name}.kind: one of {', '.join(sorted(KINDS))}")
+    column = spec.get("column")
+    if column is None and "value" not in spec:
+        raise ConfigurationError(f"{where}.{name}: needs a column (or a constant `value`)")
+    formats = spec.get("formats", [])
+    if isinstance(formats, str):
+        formats = [formats]
+    return Field(name, column=column, constant=spec.get("value"), kind=kind, map=spec.get("map", {}),
+                 default=spec.get("default"), required=bool(spec.get("required", False)),
+                 formats=tuple(formats), unit=spec.get("unit"), labels=spec.get("labels", {}),
+                 separator=spec.get("separator", ","))
+
+
+# -- applying it ---------------------------------------------------------------------------------
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _get(row: Mapping[str, Any], column: str) -> Any:
+    """A column, or a dotted path into a JSON record (`customer.email`)."""
+    if column in row:
+        return row[column]
+    value: Any = row
+    for part in column.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
+    """The field's canonical value from a row (None: missing and not required)."""
+    raw = _get(row, rule.column) if rule.column is not None else rule.constant
+    if not _missing(raw) and rule.map:
+        raw = rule.map.get(str(raw).strip(), raw)
+    if _missing(raw):
+        raw = rule.default
+    if _missing(raw):
+        if rule.required:
+            raise ValidationError(f"{rule.name}: required, and the row has none")
+        return None
+    kind, name = rule.kind, rule.name
+    if kind == "text":
+        return str(raw).strip()
+    if kind == "int":
+        number = parse_number(raw, field=name)
+        if number is None or number != number.to_integral_value():
+            raise ValidationError(f"{name}: not a whole number")
+        return int(number)
+    if kind == "number":
+        number = parse_number(raw, field=name)
+        return None if number is None else float(number)
+    if kind == "amount":
+        return parse_amount(raw, field=name, currencies=mapping.currencies)
+    if kind == "instant":
+        moment = parse_instant(raw, field=name, formats=rule.formats, tz=mapping.timezone, unit=rule.unit)
+        return None if moment is None else utc_text(moment)
+    if kind == "gender":
+        return parse_gender(raw, field=name, labels=rule.labels)
+    if kind == "country":
+        return parse_country(raw, field=name)
+    if kind == "bool":
+        word = str(raw).strip().lower()
+        if word in _TRUE or raw is True:
+            return True
+        if word in _FALSE or raw is False:
+            return False
+        raise ValidationError(f"{name}: not a yes/no value")
+    if kind == "json":
+        if not isinstance(raw, str):
+            return raw
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ValidationError(f"{name}: not valid JSON") from None
+    # list
+    if isinstance(raw, list):
+        return raw
+    return [part.strip() for part in str(raw).split(rule.separator) if part.strip()]
+
+
+def row_events(mapping: SourceMapping, row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The canonical event records one row makes (raises ValidationError to refuse the row)."""
+    out = []
+    for rule in mapping.events:
+        occurred = _value(rule.when, row, mapping)
+        subject = _value(rule.subject, row, mapping)
+        if occurred is None or subject is None:
+            continue  # this row does not carry this kind of event
+        data: dict[str, Any] = {}
+        marked = None  # a currency the amount itself was written with ("¥1,299.00")
+        for spec in rule.data:
+            value = _value(spec, row, mapping)
+            if spec.kind == "amount" and value is not None:
+                amount, currency = value
+                value = str(amount)
+                marked = marked or currency
+            if value is not None:
+                data[spec.name] = value
+        if marked is not None:
+            currency_rule = next((spec for spec in rule.data if spec.name == "currency"), None)
+            written = currency_rule is not None and currency_rule.column is not None and not _missing(
+                _get(row, currency_rule.column))
+            if written and str(data.get("currency")).strip().upper() != marked:
+                raise ValidationError("currency: the amount's currency mark and the currency column disagree")
+            data["currency"] = marked  # the mark beats a declared default
+        if rule.data and not data:
+            continue  # every field of it is missing from this row: nothing to say
+        if rule.other is not None:
+            other = _value(rule.other, row, mapping)
+            if other is None:
+                continue
+            data["other"] = {"namespace": rule.other_namespace, "value": str(other)}
+        event: dict[str, Any] = {"source": mapping.source, "type": rule.type, "occurred_at": occurred,
+                                 "subject": {"namespace": rule.subject_namespace, "value": str(subject)},
+                                 "data": data}
+        if rule.id is not None:
+            event["event_id"] = _TEMPLATE.sub(lambda m: _template_value(m.group(1), row), rule.id)
+        out.append(event)
+    if not out:
+        raise ValidationError("row: no event could be made of it (no subject or no time)")
+    return out
+
+
+def _template_value(column: str, row: Mapping[str, Any]) -> str:
+    value = _get(row, column)
+    if _missing(value):
+        raise ValidationError(f"id: the column {column!r} it is made of is empty")
+    return str(value).strip()
+
+
+# -- reading files -------------------------------------------------------------------------------
+class _Lines:
+    """A text stream's lines, remembering those a CSV row was read from (for quarantine)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.taken.append(line)
+        return line
+
+
+def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "",
+                   max_bytes: int = 64 * 1024) -> Iterator[Record]:
+    """Records of a CSV or JSONL file, each with the events the mapping makes of it."""
+    form = mapping.format or ("jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv")
+    if form == "jsonl":
+        yield from _jsonl_rows(mapping, handle, max_bytes)
+    else:
+        yield from _csv_rows(mapping, handle, max_bytes)
+
+
+def _record(mapping: SourceMapping, number: int, raw: bytes, row: Any, size: int, max_bytes: int) -> Record:
+    if len(raw) > max_bytes:
+        return Record(number, raw, (), f"record: larger than the {max_bytes}-byte limit", size=size)
+    try:
+        return Record(number, raw, row_events(mapping, row), decoded=row, size=size)
+    except ValidationError as e:
+        return Record(number, raw, (), e.reason, decoded=row, size=size)
+
+
+def _jsonl_rows(mapping: SourceMapping, handle: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
+    for number, raw in enumerate(handle, start=1):
+        line = raw.strip()
+        if not line:
+            yield Record(number, line, (), size=len(raw))
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            yield Record(number, line, (), "record: not valid JSON", size=len(raw))
+            continue
+        if not isinstance(row, dict):
+            yield Record(number, line, (), "record: must be a JSON object", size=len(raw))
+            continue
+        yield _record(mapping, number, line, row, len(raw), max_bytes)
+
+
+def _csv_rows(mapping: SourceMapping, handle: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
+    text = io.TextIOWrapper(io.BufferedReader(_Binary(handle)), encoding="utf-8-sig", errors="replace", newline="")
+    lines = _Lines(text)
+    reader = csv.reader(lines, delimiter=mapping.delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    lines.taken.clear()
+    read = reader.line_num  # lines consumed so far: a row starts on the next one
+    for values in reader:
+        raw = "".join(lines.taken).rstrip("\r\n").encode()
+        lines.taken.clear()
+        number, read = read + 1, reader.line_num
+        if not any(v.strip() for v in values):
+            yield Record(number, raw, (), size=len(raw))
+            continue
+        if len(values) != len(header):
+            yield Record(number, raw, (), f"row: {len(values)} columns where the header has {len(header)}",
+                         size=len(raw))
+            continue
+        yield _record(mapping, number, raw, dict(zip(header, values, strict=True)), len(raw), max_bytes)
+
+
+class _Binary(io.RawIOBase):
+    """A binary file-like over an iterable of byte chunks (a file, stdin, a list in tests)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
