@@ -22,7 +22,8 @@ from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
-from persona.ingest import ingest_jsonl, ingest_records
+from persona.ingest import ingest_records
+from persona.ingest.jsonl import jsonl_records
 from persona.ingest.mapping import SourceMapping, load_mapping, mapped_records
 from persona.ingest.quarantine import describe
 from persona.population import ProfileFilter, list_profiles, population
@@ -132,7 +133,8 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     """Append the events of FILE; '-' reads standard input.
 
     Without --mapping, FILE is canonical JSONL (EVENTS.md). With --mapping, FILE is any
-    CSV or JSONL export the mapping describes. Valid records are appended in atomic
+    CSV or JSONL export the mapping describes. Standard input is read as a live feed:
+    what arrives is committed and shown in profiles within about a second. Valid records are appended in atomic
     batches; re-ingesting the same file appends nothing. Bad records are quarantined
     (sealed) with the reason and line number and never stop the run. Prints a report:
     appended, duplicates, quarantined.
@@ -146,7 +148,7 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         raise click.UsageError("--source needs --mapping FILE.toml (built-in sources are not there yet)")
     with opened(ctx) as persona:
         if str(file) == "-":
-            report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping)
+            report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping, stream=True)
         else:
             if not file.exists():
                 raise click.BadParameter("no such file", param_hint="FILE")
@@ -159,11 +161,12 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
 
 
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
-            progress: Callable[[int], None] | None = None) -> Any:
+            progress: Callable[[int], None] | None = None, *, stream: bool = False) -> Any:
     if mapping is None:
-        return ingest_jsonl(persona, handle, origin=name, progress=progress)
-    records = mapped_records(mapping, handle, name=name, max_bytes=persona.settings.max_event_bytes)
-    return ingest_records(persona, records, origin=name, progress=progress)
+        records = jsonl_records(handle, persona.settings.max_event_bytes)
+    else:
+        records = mapped_records(mapping, handle, name=name, max_bytes=persona.settings.max_event_bytes)
+    return ingest_records(persona, records, origin=name, progress=progress, stream=stream)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:

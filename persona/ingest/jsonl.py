@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +22,7 @@ from persona.projector import Projector
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
 REFRESH_EVERY_S = 5.0  # the profile index and snapshots lag a long ingest by at most this
+STREAM_PAUSE_S = 0.2  # a live feed quiet for this long has what it sent committed and indexed
 
 
 @dataclass
@@ -94,6 +97,37 @@ def ingest_jsonl(
     return ingest_records(persona, records, origin=origin, now=now, progress=progress)
 
 
+PAUSE = None  # what `_paced` yields when nothing arrived for a while
+
+
+def _paced(records: Iterable[Record], every: float) -> Iterator[Record | None]:
+    """The records, with a PAUSE whenever none arrived for `every` seconds: a reader thread
+    waits on the source (a pipe that may stay quiet for hours), the ingest does not."""
+    arrived: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=10_000)
+
+    def read() -> None:
+        try:
+            for record in records:
+                arrived.put((True, record))
+        except BaseException as e:  # handed over, raised in the ingesting thread
+            arrived.put((False, e))
+        else:
+            arrived.put((False, None))
+
+    threading.Thread(target=read, name="persona-stream-reader", daemon=True).start()
+    while True:
+        try:
+            more, item = arrived.get(timeout=every)
+        except queue.Empty:
+            yield PAUSE
+            continue
+        if not more:
+            if item is not None:
+                raise item
+            return
+        yield item
+
+
 def ingest_records(
     persona: Persona,
     records: Iterable[Record],
@@ -101,11 +135,18 @@ def ingest_records(
     origin: str,
     now: datetime | None = None,
     progress: Progress | None = None,
+    stream: bool = False,
 ) -> IngestReport:
     """Append the events of every valid record; quarantine the rest, each with its reason and
-    line. A record's events go in together or not at all. Memory is bounded by the batch size."""
+    line. A record's events go in together or not at all. Memory is bounded by the batch size.
+
+    `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
+    the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
+    and visible within about a second of arriving, however slowly records come.
+    """
     started = time.perf_counter()
-    now = now or datetime.now(UTC)
+    fixed_now = now
+    now = fixed_now or datetime.now(UTC)
     settings = persona.settings
     report = IngestReport(origin)
     quarantine = Quarantine(persona, origin, now=now)
@@ -137,7 +178,16 @@ def ingest_records(
         if dirty and time.monotonic() - refreshed >= REFRESH_EVERY_S:
             refresh()
 
-    for record in records:
+    waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
+    for record in (_paced(records, STREAM_PAUSE_S) if stream else records):
+        if record is PAUSE:  # a quiet feed: commit what came, and show it
+            flush()
+            if dirty:
+                refresh()
+            waiting_since = None
+            if fixed_now is None:
+                now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
+            continue
         report.lines = record.line
         if progress is not None:
             progress(record.size)
@@ -160,6 +210,15 @@ def ingest_records(
                 batch.extend(validated)
         if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
             flush()  # bounded memory, even for a file that is all bad lines
+        elif stream and (batch or quarantine.rows):
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+            elif time.monotonic() - waiting_since >= STREAM_PAUSE_S * 2:  # a feed that never pauses
+                flush()
+                if dirty:
+                    refresh()
+        if stream and not batch and not quarantine.rows:
+            waiting_since = None
     flush()
     if dirty:
         refresh()

@@ -1,0 +1,83 @@
+"""`persona ingest -` as a live feed: what arrives is durable and visible while the feed stays open."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from persona import Persona, Settings
+from persona.ingest.quarantine import describe
+from tests.conftest import record
+
+
+def visible(settings: Settings, email: str) -> bool:
+    """The person has a profile, and the profile index (what listings read) shows them."""
+    with Persona.open(settings) as p:
+        pid = p.log.profile_for("email", email)
+        return pid is not None and any(row[0] == pid for row in p.recorder.index_rows())
+
+
+def wait_until(condition: object, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def test_a_live_feed_is_committed_and_indexed_while_it_stays_open(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings):
+        pass
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
+                             "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    assert feed.stdin is not None
+    try:
+        feed.stdin.write(orjson.dumps(record("first@example.com", event_id="s1")) + b"\n")
+        feed.stdin.flush()
+        wait_until(lambda: visible(settings, "first@example.com"), "the first record, committed and indexed")
+        assert feed.poll() is None  # the feed is still open: nothing waited for its end
+        feed.stdin.write(b"{not json\n" + orjson.dumps(record("second@example.com", event_id="s2")) + b"\n")
+        feed.stdin.flush()
+        wait_until(lambda: visible(settings, "second@example.com"), "the second record")
+
+        def quarantined() -> bool:
+            with Persona.open(settings) as p:
+                return [r["reason"] for r in describe(p)] == ["record: not valid JSON"]
+
+        wait_until(quarantined, "the bad line, in quarantine")
+        assert feed.poll() is None
+    finally:
+        out, err = feed.communicate(timeout=30)  # closes stdin: the feed ends
+    assert feed.returncode == 0, err.decode(errors="replace")
+    report = orjson.loads(out)
+    assert (report["appended"], report["quarantined"], report["lines"]) == (2, 1, 3)
+
+
+def test_a_feed_that_never_pauses_is_still_committed_as_it_goes(tmp_path: Path) -> None:
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings):
+        pass
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    assert feed.stdin is not None
+    try:
+        sent = 0
+        deadline = time.monotonic() + 15
+        while not visible(settings, "steady0@example.com"):  # one record every 50 ms: never a 0.2 s pause
+            assert time.monotonic() < deadline, "a steady feed was never committed"
+            feed.stdin.write(orjson.dumps(record(f"steady{sent}@example.com", event_id=f"t{sent}")) + b"\n")
+            feed.stdin.flush()
+            sent += 1
+            time.sleep(0.05)
+        assert feed.poll() is None
+    finally:
+        feed.communicate(timeout=30)
+    assert feed.returncode == 0
