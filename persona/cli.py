@@ -24,7 +24,7 @@ from persona.erasure import erase_profile, erase_subject, verify_receipt, write_
 from persona.errors import PersonaError, TamperError, UnknownProfileError
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
-from persona.ingest.mapping import SourceMapping, load_mapping, mapped_records
+from persona.ingest.mapping import SourceMapping, builtin_mapping, load_mapping, mapped_records
 from persona.ingest.quarantine import describe
 from persona.population import ProfileFilter, list_profiles, population
 from persona.profiles import profile_view
@@ -125,7 +125,9 @@ def init(ctx: click.Context) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 @click.option("--mapping", "mapping_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A TOML mapping: how a CSV/JSONL export's columns become events (docs/ingest.md).")
-@click.option("--source", metavar="NAME", help="The events' source name (overrides the mapping's).")
+@click.option("--source", metavar="NAME",
+              help="A built-in source (shop, social, web, app: see docs/ingest.md), or with --mapping the"
+                   " events' source name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 @friendly
@@ -145,7 +147,7 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         if source:
             mapping = dataclasses.replace(mapping, source=source)
     elif source:
-        raise click.UsageError("--source needs --mapping FILE.toml (built-in sources are not there yet)")
+        mapping = builtin_mapping(source)
     with opened(ctx) as persona:
         if str(file) == "-":
             report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping, stream=True)

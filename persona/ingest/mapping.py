@@ -33,9 +33,10 @@ import csv
 import io
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,7 +48,8 @@ from persona.events import EVENT_TYPES, utc_text
 from persona.ingest.clean import parse_amount, parse_country, parse_gender, parse_instant, parse_number
 from persona.ingest.jsonl import Record
 
-KINDS = frozenset({"text", "int", "number", "amount", "instant", "gender", "country", "bool", "json", "list"})
+KINDS = frozenset({"text", "int", "number", "amount", "instant", "gender", "country", "bool", "json", "list",
+                   "minutes_between"})
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "是", "对"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "否", "不"})
 _TEMPLATE = re.compile(r"\{([^{}]+)\}")
@@ -66,14 +68,15 @@ class Field:
     unit: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     separator: str = ","
+    columns: tuple[str, ...] = ()  # minutes_between: (start, end)
+    group: bool = False  # the items of the record's rows (see `group_by`)
 
 
 @dataclass(frozen=True)
 class EventRule:
     type: str
     when: Field
-    subject_namespace: str
-    subject: Field
+    subjects: tuple[tuple[str, Field], ...]  # (namespace, field): the first a row has is the subject
     data: tuple[Field, ...]
     id: str | None = None
     other_namespace: str | None = None
@@ -88,9 +91,22 @@ class SourceMapping:
     delimiter: str
     currencies: Mapping[str, str]
     events: tuple[EventRule, ...]
+    group_by: str | None = None  # consecutive rows with the same value here are one record
+    items: tuple[Field, ...] = ()  # what each row of a record adds to a `group = true` field
 
 
 # -- reading the TOML ----------------------------------------------------------------------------
+BUILT_IN = ("shop", "social", "web", "app")
+
+
+def builtin_mapping(name: str) -> SourceMapping:
+    """One of the mappings persona ships for common exports (persona/ingest/sources/*.toml)."""
+    if name not in BUILT_IN:
+        raise ConfigurationError(f"no built-in source {name!r} (built in: {', '.join(BUILT_IN)}); give --mapping")
+    text = resources.files("persona.ingest.sources").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    return parse_mapping(tomllib.loads(text), f"{name}.toml")
+
+
 def load_mapping(path: Path) -> SourceMapping:
     """Read and check a mapping file; every mistake is named with where it is."""
     try:
@@ -121,7 +137,14 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
     if not isinstance(tables, list) or not tables:
         raise ConfigurationError(f"{where}: at least one [[events]] table is required")
     rules = tuple(_event_rule(t, f"{where}: events[{i}]") for i, t in enumerate(tables))
-    return SourceMapping(source, form, zone, delimiter, currencies, rules)
+    group_by = doc.get("group_by")
+    if group_by is not None and not isinstance(group_by, str):
+        raise ConfigurationError(f"{where}: `group_by` names a column")
+    items = doc.get("items", {})
+    if not isinstance(items, dict):
+        raise ConfigurationError(f"{where}: [items] must be a table of fields")
+    return SourceMapping(source, form, zone, delimiter, currencies, rules, group_by,
+                         tuple(_field(name, spec, f"{where}: items") for name, spec in items.items()))
 
 
 def _event_rule(table: Any, where: str) -> EventRule:
@@ -131,8 +154,9 @@ def _event_rule(table: Any, where: str) -> EventRule:
     if kind not in EVENT_TYPES:
         raise ConfigurationError(f"{where}.type: one of {', '.join(sorted(EVENT_TYPES))}")
     subject = table.get("subject")
-    if not isinstance(subject, dict) or not isinstance(subject.get("namespace"), str):
-        raise ConfigurationError(f"{where}.subject: needs a namespace and a column")
+    choices: list[Any] = subject if isinstance(subject, list) else [subject]
+    if not choices or not all(isinstance(c, dict) and isinstance(c.get("namespace"), str) for c in choices):
+        raise ConfigurationError(f"{where}.subject: needs a namespace and a column (or a list of them)")
     other = table.get("other")
     if kind == "identity_linked" and not isinstance(other, dict):
         raise ConfigurationError(f"{where}.other: identity_linked needs the second identifier")
@@ -148,8 +172,8 @@ def _event_rule(table: Any, where: str) -> EventRule:
     return EventRule(
         type=kind,
         when=_field("when", {"kind": "instant"} | (when if isinstance(when, dict) else {"column": when}), where),
-        subject_namespace=subject["namespace"],
-        subject=_field("subject", {k: v for k, v in subject.items() if k != "namespace"}, where),
+        subjects=tuple((c["namespace"], _field("subject", {k: v for k, v in c.items() if k != "namespace"}, where))
+                       for c in choices),
         data=tuple(_field(name, spec, f"{where}.data") for name, spec in data.items()),
         id=template,
         other_namespace=other.get("namespace") if isinstance(other, dict) else None,
@@ -162,14 +186,17 @@ def _field(name: str, spec: Any, where: str) -> Field:
     if not isinstance(spec, dict):
         return Field(name, constant=spec)  # a constant value
     unknown = set(spec) - {"column", "value", "kind", "map", "default", "required", "formats", "unit", "labels",
-                           "separator"}
+                           "separator", "columns", "group"}
     if unknown:
         raise ConfigurationError(f"{where}.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
     kind = spec.get("kind", "text")
     if kind not in KINDS:
         raise ConfigurationError(f"{where}.{name}.kind: one of {', '.join(sorted(KINDS))}")
     column = spec.get("column")
-    if column is None and "value" not in spec:
+    columns = spec.get("columns", [])
+    if kind == "minutes_between" and (not isinstance(columns, list) or len(columns) != 2):
+        raise ConfigurationError(f"{where}.{name}.columns: minutes_between needs [start, end]")
+    if column is None and "value" not in spec and not spec.get("group") and kind != "minutes_between":
         raise ConfigurationError(f"{where}.{name}: needs a column (or a constant `value`)")
     formats = spec.get("formats", [])
     if isinstance(formats, str):
@@ -177,7 +204,7 @@ def _field(name: str, spec: Any, where: str) -> Field:
     return Field(name, column=column, constant=spec.get("value"), kind=kind, map=spec.get("map", {}),
                  default=spec.get("default"), required=bool(spec.get("required", False)),
                  formats=tuple(formats), unit=spec.get("unit"), labels=spec.get("labels", {}),
-                 separator=spec.get("separator", ","))
+                 separator=spec.get("separator", ","), columns=tuple(columns), group=bool(spec.get("group")))
 
 
 # -- applying it ---------------------------------------------------------------------------------
@@ -199,6 +226,8 @@ def _get(row: Mapping[str, Any], column: str) -> Any:
 
 def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
     """The field's canonical value from a row (None: missing and not required)."""
+    if rule.kind == "minutes_between":
+        return _minutes(rule, row, mapping)
     raw = _get(row, rule.column) if rule.column is not None else rule.constant
     if not _missing(raw) and rule.map:
         raw = rule.map.get(str(raw).strip(), raw)
@@ -248,18 +277,53 @@ def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
     return [part.strip() for part in str(raw).split(rule.separator) if part.strip()]
 
 
-def row_events(mapping: SourceMapping, row: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The canonical event records one row makes (raises ValidationError to refuse the row)."""
+def _minutes(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> float | None:
+    """Minutes from one instant column to another (a session's start and end)."""
+    ends = [parse_instant(_get(row, column), field=rule.name, formats=rule.formats, tz=mapping.timezone,
+                          unit=rule.unit) for column in rule.columns]
+    if ends[0] is None or ends[1] is None:
+        if rule.required:
+            raise ValidationError(f"{rule.name}: required, and the row lacks a start or an end")
+        return None
+    minutes = (ends[1] - ends[0]).total_seconds() / 60
+    if minutes < 0:
+        raise ValidationError(f"{rule.name}: ends before it starts")
+    return round(minutes, 3)
+
+
+def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One item per row of the record (rows that carry none add none)."""
+    out = []
+    for row in rows:
+        item: dict[str, Any] = {}
+        for spec in mapping.items:
+            value = _value(spec, row, mapping)
+            if spec.kind == "amount" and value is not None:
+                value = str(value[0])
+            if value is not None:
+                item[spec.name] = value
+        if item:
+            out.append(item)
+    return out
+
+
+def row_events(mapping: SourceMapping, row: Mapping[str, Any],
+               group: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The canonical event records one row (or group of rows, the first speaking for all)
+    makes; raises ValidationError to refuse it."""
     out = []
     for rule in mapping.events:
         occurred = _value(rule.when, row, mapping)
-        subject = _value(rule.subject, row, mapping)
+        namespace, subject = next(((ns, value) for ns, spec in rule.subjects
+                                   if (value := _value(spec, row, mapping)) is not None), ("", None))
         if occurred is None or subject is None:
             continue  # this row does not carry this kind of event
         data: dict[str, Any] = {}
         marked = None  # a currency the amount itself was written with ("¥1,299.00")
         for spec in rule.data:
-            value = _value(spec, row, mapping)
+            value = None if spec.group and spec.column is None else _value(spec, row, mapping)
+            if spec.group and value is None:  # no items column: the items of the record's rows
+                value = _items(mapping, group or [row]) or None
             if spec.kind == "amount" and value is not None:
                 amount, currency = value
                 value = str(amount)
@@ -277,11 +341,11 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any]) -> list[dict[str,
             continue  # every field of it is missing from this row: nothing to say
         if rule.other is not None:
             other = _value(rule.other, row, mapping)
-            if other is None:
-                continue
+            if other is None or (rule.other_namespace == namespace and str(other) == str(subject)):
+                continue  # nothing to link (or the subject itself)
             data["other"] = {"namespace": rule.other_namespace, "value": str(other)}
         event: dict[str, Any] = {"source": mapping.source, "type": rule.type, "occurred_at": occurred,
-                                 "subject": {"namespace": rule.subject_namespace, "value": str(subject)},
+                                 "subject": {"namespace": namespace, "value": str(subject)},
                                  "data": data}
         if rule.id is not None:
             event["event_id"] = _TEMPLATE.sub(lambda m: _template_value(m.group(1), row), rule.id)
@@ -315,26 +379,54 @@ class _Lines:
         return line
 
 
+Row = tuple[int, bytes, dict[str, Any], int]  # (line, raw, row, size): a row read, not yet mapped
+
+
 def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "",
                    max_bytes: int = 64 * 1024) -> Iterator[Record]:
     """Records of a CSV or JSONL file, each with the events the mapping makes of it."""
     form = mapping.format or ("jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv")
-    if form == "jsonl":
-        yield from _jsonl_rows(mapping, handle, max_bytes)
-    else:
-        yield from _csv_rows(mapping, handle, max_bytes)
+    rows = _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping.delimiter)
+    if mapping.group_by is None:
+        for item in rows:
+            yield item if isinstance(item, Record) else _record(mapping, [item], max_bytes)
+        return
+    group: list[Row] = []
+    key = None
+    for item in rows:
+        if isinstance(item, Record):  # a blank or unreadable row ends the group before it
+            if group:
+                yield _record(mapping, group, max_bytes)
+                group, key = [], None
+            yield item
+            continue
+        value = _get(item[2], mapping.group_by)
+        value = None if _missing(value) else str(value).strip()
+        if group and value != key:
+            yield _record(mapping, group, max_bytes)
+            group = []
+        group.append(item)
+        key = value
+    if group:
+        yield _record(mapping, group, max_bytes)
 
 
-def _record(mapping: SourceMapping, number: int, raw: bytes, row: Any, size: int, max_bytes: int) -> Record:
+def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int) -> Record:
+    number, first = rows[0][0], rows[0][2]
+    raw = b"\n".join(r[1] for r in rows)
+    size = sum(r[3] for r in rows)
     if len(raw) > max_bytes:
         return Record(number, raw, (), f"record: larger than the {max_bytes}-byte limit", size=size)
     try:
-        return Record(number, raw, row_events(mapping, row), decoded=row, size=size)
+        if mapping.group_by is not None and _missing(_get(first, mapping.group_by)):
+            raise ValidationError(f"{mapping.group_by}: the column rows are grouped by is empty")
+        events = row_events(mapping, first, [r[2] for r in rows])
+        return Record(number, raw, events, decoded=first, size=size)
     except ValidationError as e:
-        return Record(number, raw, (), e.reason, decoded=row, size=size)
+        return Record(number, raw, (), e.reason, decoded=first, size=size)
 
 
-def _jsonl_rows(mapping: SourceMapping, handle: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
+def _jsonl_rows(handle: Iterable[bytes]) -> Iterator[Record | Row]:
     for number, raw in enumerate(handle, start=1):
         line = raw.strip()
         if not line:
@@ -348,13 +440,13 @@ def _jsonl_rows(mapping: SourceMapping, handle: Iterable[bytes], max_bytes: int)
         if not isinstance(row, dict):
             yield Record(number, line, (), "record: must be a JSON object", size=len(raw))
             continue
-        yield _record(mapping, number, line, row, len(raw), max_bytes)
+        yield number, line, row, len(raw)
 
 
-def _csv_rows(mapping: SourceMapping, handle: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
+def _csv_rows(handle: Iterable[bytes], delimiter: str) -> Iterator[Record | Row]:
     text = io.TextIOWrapper(io.BufferedReader(_Binary(handle)), encoding="utf-8-sig", errors="replace", newline="")
     lines = _Lines(text)
-    reader = csv.reader(lines, delimiter=mapping.delimiter)
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -367,12 +459,11 @@ def _csv_rows(mapping: SourceMapping, handle: Iterable[bytes], max_bytes: int) -
         number, read = read + 1, reader.line_num
         if not any(v.strip() for v in values):
             yield Record(number, raw, (), size=len(raw))
-            continue
-        if len(values) != len(header):
+        elif len(values) != len(header):
             yield Record(number, raw, (), f"row: {len(values)} columns where the header has {len(header)}",
                          size=len(raw))
-            continue
-        yield _record(mapping, number, raw, dict(zip(header, values, strict=True)), len(raw), max_bytes)
+        else:
+            yield number, raw, dict(zip(header, values, strict=True)), len(raw)
 
 
 class _Binary(io.RawIOBase):

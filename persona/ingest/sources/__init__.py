@@ -1,0 +1,1 @@
+"""The mappings of the built-in sources (`persona ingest FILE --source NAME`)."""

@@ -1,0 +1,81 @@
+"""The built-in sources (`persona ingest FILE --source shop|social|web|app`) on their fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from persona import Persona
+from persona.errors import ConfigurationError
+from persona.ingest import ingest_records
+from persona.ingest.mapping import BUILT_IN, builtin_mapping, mapped_records
+from persona.ingest.quarantine import describe
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sources"
+
+
+def ingest(persona: Persona, source: str, name: str) -> object:
+    path = FIXTURES / name
+    with path.open("rb") as handle:
+        records = mapped_records(builtin_mapping(source), handle, name=path.name)
+        return ingest_records(persona, records, origin=path.name)
+
+
+def test_shop_orders_group_item_rows_link_identifiers_and_read_amounts(persona: Persona) -> None:
+    report = ingest(persona, "shop", "shop_orders.csv")
+    assert {(r["line"], r["reason"]) for r in describe(persona)} == {
+        (6, "data.amount: must not be negative"),
+        (7, "row: no event could be made of it (no subject or no time)"),
+    }
+    li = persona.log.profile_for("shop_user", "u-10442")
+    assert li is not None  # the shop's own id is the subject; the row's e-mail and phone are linked to it
+    assert persona.log.profile_for("email", "li.wei@example.com") == li
+    assert persona.log.profile_for("phone", "+86 139 1234 5678") == li
+    order = next(e for e in persona.log.read(li) if e.type == "order_placed")
+    assert (order.data["amount"], order.data["currency"], order.occurred_at) == (
+        "1299.00", "CNY", "2025-03-04T06:05:00.000000Z")  # ¥, in Shanghai time
+    assert order.data["items"] == [{"sku": "SKU-EL-1", "category": "electronics", "qty": 1, "price": "1299.00"}]
+    maria = persona.log.profile_for("email", "maria.garcia@example.com")
+    assert maria is not None
+    [grouped] = [e for e in persona.log.read(maria) if e.type == "order_placed"]  # two rows, one order
+    assert (grouped.data["amount"], grouped.data["currency"]) == ("45.50", "EUR")
+    assert grouped.data["items"] == [{"sku": "SKU-BO-7", "category": "books", "qty": 2, "price": "12.75"},
+                                     {"sku": "SKU-BO-9", "category": "books", "qty": 1, "price": "20.00"}]
+    assert report.appended == 5  # type: ignore[attr-defined]
+
+
+def test_social_interactions_keyed_by_handle_with_an_email_sometimes(persona: Persona) -> None:
+    ingest(persona, "social", "social.jsonl")
+    handle = persona.log.profile_for("social_user", "@li_wei")
+    assert handle is not None and persona.log.profile_for("email", "li.wei@example.com") == handle
+    actions = [e.data["action"] for e in persona.log.read(handle) if e.type == "social_interaction"]
+    assert actions == ["like", "share"]  # "liked" mapped; the second one dated by epoch milliseconds
+    assert [r["reason"] for r in describe(persona)] == ["data.action: must be one of like, share, comment,"
+                                                        " follow, message"]
+
+
+def test_web_clicks_link_the_cookie_to_the_logged_in_user(persona: Persona) -> None:
+    ingest(persona, "web", "web_clicks.csv")
+    cookie = persona.log.profile_for("cookie", "ck-1")
+    assert cookie is not None and persona.log.profile_for("web_user", "w-77") == cookie
+    views = [e for e in persona.log.read(cookie) if e.type == "page_viewed"]
+    assert [(v.data["duration_s"], v.occurred_at) for v in views] == [
+        (35.5, "2025-03-05T09:00:00.000000Z"), (12.0, "2025-03-05T09:01:00.000000Z")]
+    assert [r["reason"] for r in describe(persona)] == ["url: required, and the row has none"]
+
+
+def test_app_sessions_last_from_start_to_end(persona: Persona) -> None:
+    ingest(persona, "app", "app_usage.csv")
+    device = persona.log.profile_for("device", "ios-4F2A-99C1")
+    assert device is not None and persona.log.profile_for("app_user", "a-5") == device
+    [session] = [e for e in persona.log.read(device) if e.type == "app_session"]
+    assert session.data == {"session_id": "as-1", "minutes": 12.5, "features_used": ["scan", "search"],
+                            "platform": "ios"}
+    assert [r["reason"] for r in describe(persona)] == ["minutes: ends before it starts"]
+
+
+def test_every_built_in_source_loads_and_an_unknown_one_is_named() -> None:
+    assert {builtin_mapping(name).source for name in BUILT_IN} == set(BUILT_IN)
+    with pytest.raises(ConfigurationError, match="built in: shop"):
+        builtin_mapping("crm")
