@@ -215,8 +215,8 @@ def test_the_cli_takes_a_mapping_and_may_rename_the_source(tmp_path: Path) -> No
     with Persona.open(Settings.load(data, env={})) as p:
         ben = p.log.profile_for("email", "ben@example.com")
         assert ben is not None and {e.source for e in p.log.read(ben)} == {"tmall"}
-    refused = runner.invoke(cli, ["--data", str(data), "ingest", str(export), "--source", "shop"])
-    assert refused.exit_code == 2 and "--mapping" in refused.output
+    refused = runner.invoke(cli, ["--data", str(data), "ingest", str(export), "--source", "crm"])
+    assert refused.exit_code == 1 and "no built-in source" in refused.output and "--mapping" in refused.output
 
 
 def test_parse_mapping_keeps_the_declared_settings() -> None:
