@@ -32,6 +32,9 @@ def utc(*parts: int) -> datetime:
     ("2025年03月04日 14:05", utc(2025, 3, 4, 6, 5)),
     ("2025年3月4日 下午2点30分", utc(2025, 3, 4, 6, 30)),
     ("2025年3月4日 14时05分06秒", utc(2025, 3, 4, 6, 5, 6)),
+    ("2025年3月4日 上午12点", utc(2025, 3, 3, 16, 0)),  # 12 a.m.: midnight
+    ("2025年3月4日 晚上12点30分", utc(2025, 3, 4, 16, 30)),  # half past the midnight that ends the 4th
+    (20250304, utc(2025, 3, 3, 16, 0)),  # a compact date written as a number
     ("1741097106", utc(2025, 3, 4, 14, 5, 6)),  # epoch seconds, as text
     ("1741097106250", utc(2025, 3, 4, 14, 5, 6, 250000)),  # epoch milliseconds, as text
     (1741097106, utc(2025, 3, 4, 14, 5, 6)),
@@ -82,7 +85,7 @@ def test_iso_and_epoch_agree_for_any_instant(moment: datetime) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("1,299.00", Decimal("1299.00")), ("1.299,00", Decimal("1299.00")), ("1 299,5", Decimal("1299.5")),
     ("12,50", Decimal("12.50")), ("1,299", Decimal("1299")), ("12,345,678", Decimal("12345678")),
-    ("1.299.000", Decimal("1299000")), ("3.5", Decimal("3.5")), ("-3", Decimal("-3")),
+    ("1.299.000", Decimal("1299000")), ("3.5", Decimal("3.5")), ("-3", Decimal("-3")), ("0,500", Decimal("0.500")),
     ("(12.00)", Decimal("-12.00")), ("12-", Decimal("-12")), (".5", Decimal("0.5")), (7, Decimal("7")),
 ])
 def test_numbers_written_for_people(text: object, expected: Decimal) -> None:

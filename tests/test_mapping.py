@@ -243,4 +243,130 @@ def test_an_amounts_currency_mark_and_a_currency_column_must_agree(persona: Pers
     report = ingest_csv(persona, mapping, text)
     assert (report.appended, report.quarantined) == (1, 1)
     assert [r["reason"] for r in describe(persona)] == [
-        "currency: the amount's currency mark and the currency column disagree"]
+        "currency: the amount's currency mark and the mapped currency disagree"]
+
+
+# -- the shared format of EVENTS.md ---------------------------------------------------------------
+CONTRACT = """
+[source]
+name = "crm"                 # the event's `source`
+format = "csv"               # csv | jsonl
+delimiter = ","              # for csv; "whitespace" splits on runs of blanks
+header = true                # false: columns are named by `columns`
+# columns = ["customer_id", "date", "qty", "amount"]
+
+[event]
+type = "order_placed"        # a constant, or { column = "kind", map = { buy = "order_placed" } }
+
+[subject]
+namespace = "crm_user"
+value = "{customer_id}"      # templates use {column} and {_line} (1-based record number)
+
+[[subject.also]]             # more identifiers on the same record: the same person, linked
+namespace = "phone"
+value = "{phone}"            # skipped when the column is empty
+
+[fields]
+occurred_at = { column = "date", format = "%Y%m%d", tz = "Asia/Shanghai" }
+# format: a strftime pattern, a list of patterns tried in order, "iso", "epoch_s", "epoch_ms" or "auto"
+"data.order_id" = "{customer_id}-{date}-{_line}"
+"data.amount" = { column = "amount", type = "decimal" }   # "¥1,299.00" -> 1299.00
+"data.currency" = "CNY"
+"data.gender" = { column = "sex", map = { "男" = "male", "女" = "female", M = "male", F = "female" } }
+"""
+
+
+def test_the_mapping_format_of_events_md_as_written(persona: Persona, tmp_path: Path) -> None:
+    text = ('customer_id,date,qty,amount,phone,sex\n'
+            'c1,20250304,2,"¥1,299.00",+86 139 0000 2222,男\n'
+            'c2,20250305,1,12.5,,F\n'
+            'c3,20250306,1,$3,,M\n')  # a $ against the mapping's CNY: refused, not guessed
+    report = ingest_csv(persona, mapping_file(tmp_path, CONTRACT), text, name="tx.csv")
+    assert (report.appended, report.quarantined) == (3, 1)  # two orders and c1's phone link
+    c1 = persona.log.profile_for("crm_user", "c1")
+    assert c1 is not None and persona.log.profile_for("phone", "+8613900002222") == c1
+    order = next(e for e in persona.log.read(c1) if e.type == "order_placed")
+    assert order.occurred_at == "2025-03-03T16:00:00.000000Z"  # midnight in Shanghai
+    assert (order.data["order_id"], order.data["amount"], order.data["currency"]) == ("c1-20250304-1", "1299.00",
+                                                                                       "CNY")
+    assert [r["reason"] for r in describe(persona)] == [
+        "currency: the amount's currency mark and the mapped currency disagree"]
+
+
+def test_headerless_whitespace_files_epochs_and_types_from_a_column(persona: Persona, tmp_path: Path) -> None:
+    mapping = mapping_file(tmp_path, """
+        [source]
+        name = "pos"
+        delimiter = "whitespace"
+        header = false
+        columns = ["kind", "who", "at", "amount"]
+        [event]
+        type = { column = "kind", map = { buy = "order_placed", back = "order_refunded" } }
+        [subject]
+        namespace = "pos_user"
+        value = "{who}"
+        [fields]
+        occurred_at = { column = "at", format = "epoch_s" }
+        "data.order_id" = "{who}-{_line}"
+        "data.amount" = { column = "amount", type = "decimal" }
+        "data.currency" = "EUR"
+    """)
+    text = "buy   u1  1741097106  12.50\nback  u1  1741097206  12.50\nsteal u1 1741097306 1\n"
+    report = ingest_csv(persona, mapping, text, name="pos.txt")
+    assert (report.appended, report.quarantined) == (2, 1)
+    pid = persona.log.profile_for("pos_user", "u1")
+    assert pid is not None
+    assert [(e.type, e.data["order_id"], e.occurred_at) for e in persona.log.read(pid)] == [
+        ("order_placed", "u1-1", "2025-03-04T14:05:06.000000Z"),
+        ("order_refunded", "u1-2", "2025-03-04T14:06:46.000000Z")]
+    assert [r["reason"] for r in describe(persona)] == ["type: not an event type (check the mapping's map)"]
+
+
+# -- what broke the reader before ---------------------------------------------------------------
+WEB = """
+source = "web"
+[[events]]
+type = "page_viewed"
+when = "t"
+subject = { namespace = "web_user", column = "uid" }
+[events.data]
+url = { column = "url", required = true }
+"""
+
+
+def test_text_that_is_not_utf_8_is_refused_not_merged(persona: Persona, tmp_path: Path) -> None:
+    rows = "uid,t,url\n张三,2025-01-01,/a\n李四,2025-01-02,/b\n".encode("gb18030")
+    records = mapped_records(load_mapping(mapping_file(tmp_path, WEB)), io.BytesIO(rows), name="gbk.csv")
+    report = ingest_records(persona, records, origin="gbk.csv")
+    assert (report.appended, report.quarantined) == (0, 2)
+    assert {r["reason"] for r in describe(persona)} == {"row: not valid utf-8 text (set `encoding` in the mapping)"}
+    declared = mapping_file(tmp_path, 'encoding = "gb18030"\n' + WEB)  # as many Chinese exports are
+    again = ingest_records(persona, mapped_records(load_mapping(declared), io.BytesIO(rows), name="gbk.csv"),
+                           origin="gbk.csv")
+    assert again.appended == 2
+    zhang, li = persona.log.profile_for("web_user", "张三"), persona.log.profile_for("web_user", "李四")
+    assert zhang is not None and li is not None and zhang != li
+
+
+def test_broken_csv_quoting_and_huge_fields_are_quarantined_row_by_row(persona: Persona, tmp_path: Path) -> None:
+    huge = "x" * 200_000
+    text = f'uid,t,url\nu1,2025-01-01,/a\nu2,2025-01-02,"{huge}"\nu3,2025-01-03,"/unterminated\nu4,2025-01-04,/d\n'
+    report = ingest_csv(persona, mapping_file(tmp_path, WEB), text, name="broken.csv")
+    assert report.appended == 1  # u1; u2 is over the size limit; u3's quote swallows the rest of the file
+    reasons = [r["reason"] for r in describe(persona)]
+    assert reasons[0].startswith("record: larger than") and reasons[1].startswith("row: not valid CSV")
+
+
+def test_integers_beyond_64_bits_are_refused_not_crashing(persona: Persona, tmp_path: Path) -> None:
+    mapping = mapping_file(tmp_path, WEB + 'n = { column = "n", kind = "int" }\n')
+    report = ingest_csv(persona, mapping, "uid,t,url,n\nu1,2025-01-01,/a," + "9" * 30 + "\nu2,2025-01-02,/b,7\n")
+    assert (report.appended, report.quarantined) == (1, 1)
+    assert [r["reason"] for r in describe(persona)] == ["n: out of range"]
+
+
+def test_refused_rows_are_tagged_with_every_identifier_the_mapping_names(persona: Persona, tmp_path: Path) -> None:
+    ingest_csv(persona, mapping_file(tmp_path, WEB), "uid,t,url\nu-77,2025-01-01,\n")  # no url: refused
+    assert len(describe(persona)) == 1
+    with pytest.raises(Exception, match="purged"):
+        erase_subject(persona, "web_user", "u-77")  # no profile; the row naming them goes all the same
+    assert describe(persona) == []

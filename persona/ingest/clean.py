@@ -66,7 +66,10 @@ def parse_instant(value: Any, *, field: str, formats: Sequence[str] = (), tz: tz
         return None
     if isinstance(value, bool):
         raise ValidationError(f"{field}: not a date or time")
-    if isinstance(value, int | float):
+    if isinstance(value, int) and unit is None and len(str(value)) in (8, 14):
+        value = str(value)  # 20250304 written as a number is a date, not an epoch in 1970
+        # (12 digits stay an epoch: milliseconds from 1973 to 2001 have 12 digits too)
+    elif isinstance(value, int | float):
         return _epoch(float(value), field, unit)
     if not isinstance(value, str):
         raise ValidationError(f"{field}: not a date or time")
@@ -119,9 +122,14 @@ def _by_shape(text: str, field: str, unit: str | None) -> datetime | None:
         if found:
             y, mo, d, half, h, mi, s = found.groups()
             hour = int(h or 0)
-            if half in ("下午", "晚上") and hour < 12:
+            day = datetime(int(y), int(mo), int(d))
+            if half == "上午" and hour == 12:  # 上午12点: midnight, as 12 a.m.
+                hour = 0
+            elif half == "晚上" and hour == 12:  # 晚上12点: the midnight that ends the day
+                hour, day = 0, day + timedelta(days=1)
+            elif half in ("下午", "晚上") and hour < 12:
                 hour += 12
-            return datetime(int(y), int(mo), int(d), hour, int(mi or 0), int(s or 0))
+            return day.replace(hour=hour, minute=int(mi or 0), second=int(s or 0))
     except ValueError:  # a 30 February, an hour 25, an offset of 25 hours
         raise ValidationError(f"{field}: not a valid date or time") from None
     return None
@@ -135,8 +143,8 @@ CURRENCY_MARKS: dict[str, str] = {
     "£": "GBP", "₩": "KRW", "₹": "INR", "₽": "RUB",
 }
 _CODE = re.compile(r"^([A-Z]{3})\s*|\s*([A-Z]{3})$")
-_GROUPED_COMMA = re.compile(r"^\d{1,3}(,\d{3})+$")
-_GROUPED_DOT = re.compile(r"^\d{1,3}(\.\d{3}){2,}$")
+_GROUPED_COMMA = re.compile(r"^[1-9]\d{0,2}(,\d{3})+$")  # not "0,500": that is a decimal comma
+_GROUPED_DOT = re.compile(r"^[1-9]\d{0,2}(\.\d{3}){2,}$")
 _SPACES = re.compile(r"[\s\u00a0\u202f\u2009']")
 
 

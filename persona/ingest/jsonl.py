@@ -167,6 +167,9 @@ def ingest_records(
         refreshed = time.monotonic()
 
     def flush() -> None:
+        nonlocal now
+        if stream and fixed_now is None:
+            now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
         if batch:
             appended = persona.log.append(batch, keep=True)
             projector.advance(appended.recorded)
@@ -179,46 +182,49 @@ def ingest_records(
             refresh()
 
     waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
-    for record in (_paced(records, STREAM_PAUSE_S) if stream else records):
-        if record is PAUSE:  # a quiet feed: commit what came, and show it
-            flush()
-            if dirty:
-                refresh()
-            waiting_since = None
-            if fixed_now is None:
-                now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
-            continue
-        report.lines = record.line
-        if progress is not None:
-            progress(record.size)
-        if record.reason is not None:
-            quarantine.add(record.line, record.raw, record.reason, record.decoded)
-        elif not record.events:
-            report.blank += 1
-        else:
-            try:
-                validated = [validate(
-                    event, now=now, max_bytes=settings.max_event_bytes, default_region=settings.default_region,
-                    max_future=max_future, size=len(record.raw) if len(record.events) == 1 else None,
-                ) for event in record.events]
-            except ValidationError as e:
-                quarantine.add(record.line, record.raw, e.reason, record.decoded)
-            except (ValueError, TypeError, OverflowError, RecursionError):
-                # A record no rule foresaw: keep it, never crash the run, never echo it.
-                quarantine.add(record.line, record.raw, "record: could not be validated", record.decoded)
-            else:
-                batch.extend(validated)
-        if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
-            flush()  # bounded memory, even for a file that is all bad lines
-        elif stream and (batch or quarantine.rows):
-            if waiting_since is None:
-                waiting_since = time.monotonic()
-            elif time.monotonic() - waiting_since >= STREAM_PAUSE_S * 2:  # a feed that never pauses
+    try:
+        for record in (_paced(records, STREAM_PAUSE_S) if stream else records):
+            if record is PAUSE:  # a quiet feed: commit what came, and show it
                 flush()
                 if dirty:
                     refresh()
-        if stream and not batch and not quarantine.rows:
-            waiting_since = None
+                waiting_since = None
+                continue
+            report.lines = record.line
+            if progress is not None:
+                progress(record.size)
+            if record.reason is not None:
+                quarantine.add(record.line, record.raw, record.reason, record.decoded)
+            elif not record.events:
+                report.blank += 1
+            else:
+                try:
+                    as_read = len(record.events) == 1 and record.events[0] is record.decoded  # canonical JSONL
+                    validated = [validate(
+                        event, now=now, max_bytes=settings.max_event_bytes, default_region=settings.default_region,
+                        max_future=max_future, size=len(record.raw) if as_read else None,
+                    ) for event in record.events]
+                except ValidationError as e:
+                    quarantine.add(record.line, record.raw, e.reason, record.decoded)
+                except (ValueError, TypeError, OverflowError, RecursionError):
+                    # A record no rule foresaw: keep it, never crash the run, never echo it.
+                    quarantine.add(record.line, record.raw, "record: could not be validated", record.decoded)
+                else:
+                    batch.extend(validated)
+            if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
+                flush()  # bounded memory, even for a file that is all bad lines
+            elif stream and (batch or quarantine.rows):
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                elif time.monotonic() - waiting_since >= STREAM_PAUSE_S * 2:  # a feed that never pauses
+                    flush()
+                    if dirty:
+                        refresh()
+            if stream and not batch and not quarantine.rows:
+                waiting_since = None
+    except Exception:
+        flush()  # what was read and validated before the failure is kept, then the failure is raised
+        raise
     flush()
     if dirty:
         refresh()

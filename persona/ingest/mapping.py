@@ -29,8 +29,11 @@ rule refuses — with the reason.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import dataclasses
 import io
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +51,8 @@ from persona.events import EVENT_TYPES, utc_text
 from persona.ingest.clean import parse_amount, parse_country, parse_gender, parse_instant, parse_number
 from persona.ingest.jsonl import Record
 
+_SURROGATE = re.compile("[\udc80-\udcff]")
+csv.field_size_limit(16 * 1024 * 1024)  # rows over the event size limit are refused by size, not by the reader
 KINDS = frozenset({"text", "int", "number", "amount", "instant", "gender", "country", "bool", "json", "list",
                    "minutes_between"})
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "是", "对"})
@@ -68,19 +73,22 @@ class Field:
     unit: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     separator: str = ","
-    columns: tuple[str, ...] = ()  # minutes_between: (start, end)
+    columns: tuple[str, ...] = ()  # minutes_between: (start, end); or a headerless file's column names
     group: bool = False  # the items of the record's rows (see `group_by`)
+    template: str | None = None  # "{customer_id}-{date}": columns (and {_line}) filled in
+    tz: tzinfo | None = None  # this field's zone, if not the source's
 
 
 @dataclass(frozen=True)
 class EventRule:
-    type: str
+    type: str  # checked when the mapping loads; "" when `type_field` gives it row by row
     when: Field
     subjects: tuple[tuple[str, Field], ...]  # (namespace, field): the first a row has is the subject
     data: tuple[Field, ...]
     id: str | None = None
     other_namespace: str | None = None
     other: Field | None = None
+    type_field: Field | None = None  # the event type from a column (with a map), row by row
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,9 @@ class SourceMapping:
     currencies: Mapping[str, str]
     events: tuple[EventRule, ...]
     group_by: str | None = None  # consecutive rows with the same value here are one record
+    encoding: str = "utf-8"  # of a CSV file (gb18030 for many Chinese exports)
+    header: bool = True  # false: a CSV file's columns are named by `columns`
+    columns: tuple[str, ...] = ()
     items: tuple[Field, ...] = ()  # what each row of a record adds to a `group = true` field
 
 
@@ -117,6 +128,8 @@ def load_mapping(path: Path) -> SourceMapping:
 
 
 def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMapping:
+    if isinstance(doc.get("source"), dict):
+        return _contract_mapping(doc, where)  # the shared format of EVENTS.md: one event per record
     source = doc.get("source")
     if not isinstance(source, str) or not source:
         raise ConfigurationError(f"{where}: `source` (the events' source name) is required")
@@ -143,8 +156,111 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
     items = doc.get("items", {})
     if not isinstance(items, dict):
         raise ConfigurationError(f"{where}: [items] must be a table of fields")
-    return SourceMapping(source, form, zone, delimiter, currencies, rules, group_by,
-                         tuple(_field(name, spec, f"{where}: items") for name, spec in items.items()))
+    encoding = doc.get("encoding", "utf-8")
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise ConfigurationError(f"{where}: `encoding` is not a known text encoding (e.g. utf-8, gb18030)") from None
+    return SourceMapping(source, form, zone, delimiter, currencies, rules, group_by=group_by,
+                         items=tuple(_field(name, spec, f"{where}: items") for name, spec in items.items()),
+                         encoding=codecs.lookup(encoding).name)
+
+
+# type names of EVENTS.md's mapping format -> kinds
+_TYPES = {"decimal": "amount", "amount": "amount", "int": "int", "integer": "int", "float": "number",
+          "number": "number", "string": "text", "text": "text", "bool": "bool", "boolean": "bool", "json": "json",
+          "list": "list", "gender": "gender", "country": "country", "date": "instant", "datetime": "instant",
+          "instant": "instant", "timestamp": "instant"}
+
+
+def _contract_field(name: str, spec: Any, where: str) -> Field:
+    """A field as EVENTS.md writes it: a constant, a "{template}", or {column, type, map, format, tz}."""
+    if isinstance(spec, str) and _TEMPLATE.search(spec):
+        return Field(name, template=spec)
+    if not isinstance(spec, dict):
+        return Field(name, constant=spec)
+    spec = dict(spec)
+    kind = _TYPES.get(spec.pop("type", "string"))
+    if kind is None:
+        raise ConfigurationError(f"{where}.{name}.type: one of {', '.join(sorted(_TYPES))}")
+    form = spec.pop("format", None)
+    zone = spec.pop("tz", None)
+    if form is not None or name == "occurred_at":
+        kind = "instant"
+    unit = {"epoch_s": "s", "epoch_ms": "ms"}.get(form) if isinstance(form, str) else None
+    if form in ("iso", "auto", "epoch_s", "epoch_ms", None):
+        formats: list[str] = []
+    elif isinstance(form, str):
+        formats = [form]
+    elif isinstance(form, list) and all(isinstance(f, str) for f in form):
+        formats = form
+    else:
+        raise ConfigurationError(f"{where}.{name}.format: a strftime pattern, a list of them, iso, epoch_s,"
+                                 " epoch_ms or auto")
+    made = _field(name, {**spec, "kind": kind, "formats": formats, **({"unit": unit} if unit else {})}, where)
+    if zone is not None:
+        try:
+            made = dataclasses.replace(made, tz=ZoneInfo(zone))
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise ConfigurationError(f"{where}.{name}.tz: not a known time zone") from None
+    return made
+
+
+def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
+    """EVENTS.md's mapping: [source], [event], [subject] (+ [[subject.also]]), [fields]."""
+    head = doc["source"]
+    name = head.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"{where}: [source] name is required")
+    form = head.get("format")
+    if form not in (None, "csv", "jsonl"):
+        raise ConfigurationError(f"{where}: [source] format is csv or jsonl")
+    delimiter = head.get("delimiter", ",")
+    if not isinstance(delimiter, str) or (len(delimiter) != 1 and delimiter != "whitespace"):
+        raise ConfigurationError(f"{where}: [source] delimiter is one character or \"whitespace\"")
+    header = head.get("header", True)
+    columns = head.get("columns", [])
+    if not isinstance(header, bool) or not isinstance(columns, list) or (not header and not columns):
+        raise ConfigurationError(f"{where}: [source] header = false needs its `columns`")
+    event = doc.get("event", {})
+    kind = event.get("type") if isinstance(event, dict) else None
+    type_field = None
+    if isinstance(kind, dict):
+        type_field = _field("type", kind, f"{where}: [event]")
+        kind = ""
+    elif kind not in EVENT_TYPES:
+        raise ConfigurationError(f"{where}: [event] type: one of {', '.join(sorted(EVENT_TYPES))}, or"
+                                 " {{column, map}}")
+    subject = doc.get("subject")
+    if not isinstance(subject, dict) or not isinstance(subject.get("namespace"), str) or "value" not in subject:
+        raise ConfigurationError(f"{where}: [subject] needs a namespace and a value")
+    fields = doc.get("fields", {})
+    if not isinstance(fields, dict) or "occurred_at" not in fields:
+        raise ConfigurationError(f"{where}: [fields] occurred_at is required")
+    when = _contract_field("occurred_at", fields["occurred_at"], f"{where}: [fields]")
+    main = (subject["namespace"], _contract_field("subject", subject["value"], f"{where}: [subject]"))
+    data = tuple(_contract_field(key.removeprefix("data."), spec, f"{where}: [fields]")
+                 for key, spec in fields.items() if key.startswith("data."))
+    unknown = [key for key in fields if key not in ("occurred_at", "event_id") and not key.startswith("data.")]
+    if unknown:
+        raise ConfigurationError(f"{where}: [fields] {', '.join(unknown)}: only occurred_at, event_id and data.*")
+    event_id = fields.get("event_id")
+    if event_id is not None and not (isinstance(event_id, str) and _TEMPLATE.search(event_id)):
+        raise ConfigurationError(f"{where}: [fields] event_id is a template, e.g. \"{{order_id}}\"")
+    rules = [EventRule(type=kind, when=when, subjects=(main,), data=data, id=event_id, type_field=type_field)]
+    for i, also in enumerate(subject.get("also", [])):
+        if not isinstance(also, dict) or not isinstance(also.get("namespace"), str) or "value" not in also:
+            raise ConfigurationError(f"{where}: [[subject.also]] {i}: needs a namespace and a value")
+        rules.append(EventRule(type="identity_linked", when=when, subjects=(main,), data=(),
+                               other_namespace=also["namespace"],
+                               other=_contract_field("other", also["value"], f"{where}: [[subject.also]]")))
+    zone = head.get("timezone")
+    try:
+        tz: tzinfo = ZoneInfo(zone) if zone else UTC
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(f"{where}: [source] timezone is not a known time zone") from None
+    return SourceMapping(name, form, tz, delimiter, {}, tuple(rules), header=header,
+                         columns=tuple(str(c) for c in columns))
 
 
 def _event_rule(table: Any, where: str) -> EventRule:
@@ -228,7 +344,11 @@ def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
     """The field's canonical value from a row (None: missing and not required)."""
     if rule.kind == "minutes_between":
         return _minutes(rule, row, mapping)
-    raw = _get(row, rule.column) if rule.column is not None else rule.constant
+    raw: Any
+    if rule.template is not None:
+        raw = _render(rule.template, row)
+    else:
+        raw = _get(row, rule.column) if rule.column is not None else rule.constant
     if not _missing(raw) and rule.map:
         raw = rule.map.get(str(raw).strip(), raw)
     if _missing(raw):
@@ -238,20 +358,28 @@ def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
             raise ValidationError(f"{rule.name}: required, and the row has none")
         return None
     kind, name = rule.kind, rule.name
+    if isinstance(raw, dict | list) and kind not in ("json", "list"):
+        raise ValidationError(f"{name}: not a single value")
     if kind == "text":
         return str(raw).strip()
     if kind == "int":
         number = parse_number(raw, field=name)
         if number is None or number != number.to_integral_value():
             raise ValidationError(f"{name}: not a whole number")
+        if not -(2**63) <= number < 2**63:
+            raise ValidationError(f"{name}: out of range")
         return int(number)
     if kind == "number":
         number = parse_number(raw, field=name)
-        return None if number is None else float(number)
+        if number is None:
+            return None
+        if not math.isfinite(float(number)):
+            raise ValidationError(f"{name}: out of range")
+        return float(number)
     if kind == "amount":
         return parse_amount(raw, field=name, currencies=mapping.currencies)
     if kind == "instant":
-        moment = parse_instant(raw, field=name, formats=rule.formats, tz=mapping.timezone, unit=rule.unit)
+        moment = parse_instant(raw, field=name, formats=rule.formats, tz=rule.tz or mapping.timezone, unit=rule.unit)
         return None if moment is None else utc_text(moment)
     if kind == "gender":
         return parse_gender(raw, field=name, labels=rule.labels)
@@ -318,6 +446,11 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                                    if (value := _value(spec, row, mapping)) is not None), ("", None))
         if occurred is None or subject is None:
             continue  # this row does not carry this kind of event
+        kind = rule.type
+        if rule.type_field is not None:
+            kind = _value(rule.type_field, row, mapping) or ""
+            if kind not in EVENT_TYPES:
+                raise ValidationError("type: not an event type (check the mapping's map)")
         data: dict[str, Any] = {}
         marked = None  # a currency the amount itself was written with ("¥1,299.00")
         for spec in rule.data:
@@ -332,11 +465,11 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                 data[spec.name] = value
         if marked is not None:
             currency_rule = next((spec for spec in rule.data if spec.name == "currency"), None)
-            written = currency_rule is not None and currency_rule.column is not None and not _missing(
-                _get(row, currency_rule.column))
-            if written and str(data.get("currency")).strip().upper() != marked:
-                raise ValidationError("currency: the amount's currency mark and the currency column disagree")
-            data["currency"] = marked  # the mark beats a declared default
+            said = currency_rule is not None and (  # a constant, a template or a column's own value
+                currency_rule.column is None or not _missing(_get(row, currency_rule.column)))
+            if said and str(data.get("currency")).strip().upper() != marked:
+                raise ValidationError("currency: the amount's currency mark and the mapped currency disagree")
+            data["currency"] = marked  # the mark beats a declared default (a fill for when nothing says)
         if rule.data and not data:
             continue  # every field of it is missing from this row: nothing to say
         if rule.other is not None:
@@ -344,7 +477,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
             if other is None or (rule.other_namespace == namespace and str(other) == str(subject)):
                 continue  # nothing to link (or the subject itself)
             data["other"] = {"namespace": rule.other_namespace, "value": str(other)}
-        event: dict[str, Any] = {"source": mapping.source, "type": rule.type, "occurred_at": occurred,
+        event: dict[str, Any] = {"source": mapping.source, "type": kind, "occurred_at": occurred,
                                  "subject": {"namespace": namespace, "value": str(subject)},
                                  "data": data}
         if rule.id is not None:
@@ -353,6 +486,14 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
     if not out:
         raise ValidationError("row: no event could be made of it (no subject or no time)")
     return out
+
+
+def _render(template: str, row: Mapping[str, Any]) -> str | None:
+    """A template with its columns filled in; None when one of them is empty."""
+    try:
+        return _TEMPLATE.sub(lambda m: _template_value(m.group(1), row), template)
+    except ValidationError:
+        return None
 
 
 def _template_value(column: str, row: Mapping[str, Any]) -> str:
@@ -386,7 +527,7 @@ def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str
                    max_bytes: int = 64 * 1024) -> Iterator[Record]:
     """Records of a CSV or JSONL file, each with the events the mapping makes of it."""
     form = mapping.format or ("jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv")
-    rows = _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping.delimiter)
+    rows = _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping)
     if mapping.group_by is None:
         for item in rows:
             yield item if isinstance(item, Record) else _record(mapping, [item], max_bytes)
@@ -423,7 +564,23 @@ def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int) -> Record:
         events = row_events(mapping, first, [r[2] for r in rows])
         return Record(number, raw, events, decoded=first, size=size)
     except ValidationError as e:
-        return Record(number, raw, (), e.reason, decoded=first, size=size)
+        return Record(number, raw, (), e.reason, decoded={"identifiers": _identifiers(mapping, rows)}, size=size)
+
+
+def _identifiers(mapping: SourceMapping, rows: list[Row]) -> list[dict[str, str]]:
+    """The identifiers a refused row carries, as the mapping names them: quarantine tags the
+    row with their hashes, so erasing the person purges the row too."""
+    found = []
+    for rule in mapping.events:
+        named = [(ns, spec) for ns, spec in rule.subjects]
+        if rule.other is not None and rule.other_namespace is not None:
+            named.append((rule.other_namespace, rule.other))
+        for namespace, spec in named:
+            for _, _, row, _ in rows:
+                value = _get(row, spec.column) if spec.column is not None else None
+                if isinstance(value, str | int) and str(value).strip():
+                    found.append({"namespace": namespace, "value": str(value)})
+    return found
 
 
 def _jsonl_rows(handle: Iterable[bytes]) -> Iterator[Record | Row]:
@@ -440,30 +597,69 @@ def _jsonl_rows(handle: Iterable[bytes]) -> Iterator[Record | Row]:
         if not isinstance(row, dict):
             yield Record(number, line, (), "record: must be a JSON object", size=len(raw))
             continue
-        yield number, line, row, len(raw)
+        yield number, line, row | {"_line": str(number)}, len(raw)
 
 
-def _csv_rows(handle: Iterable[bytes], delimiter: str) -> Iterator[Record | Row]:
-    text = io.TextIOWrapper(io.BufferedReader(_Binary(handle)), encoding="utf-8-sig", errors="replace", newline="")
+def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Record | Row]:
+    encoding = mapping.encoding
+    # undecodable bytes are kept (as surrogates) so that their row is refused whole, with its
+    # original bytes: replacing them would make different names look alike
+    text = io.TextIOWrapper(io.BufferedReader(_Binary(handle)), encoding="utf-8-sig" if encoding == "utf-8" else
+                            encoding, errors="surrogateescape", newline="")
     lines = _Lines(text)
-    reader = csv.reader(lines, delimiter=delimiter)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        return
+    reader: Any = (_WhitespaceReader(lines) if mapping.delimiter == "whitespace"
+                   else csv.reader(lines, delimiter=mapping.delimiter, strict=True))
+    if mapping.header:
+        try:
+            header = [h.strip() for h in next(reader)]
+        except (StopIteration, csv.Error):
+            return
+    else:
+        header = list(mapping.columns)
     lines.taken.clear()
+    records = 0
     read = reader.line_num  # lines consumed so far: a row starts on the next one
-    for values in reader:
-        raw = "".join(lines.taken).rstrip("\r\n").encode()
+    while True:
+        try:
+            values = next(reader)
+            error = None
+        except StopIteration:
+            return
+        except csv.Error:  # an unterminated quote, a field over the limit: this row only
+            values, error = [], "row: not valid CSV (an unterminated quote, or a field over the size limit)"
+        raw_text = "".join(lines.taken).rstrip("\r\n")
+        raw = raw_text.encode(encoding if encoding != "utf-8" else "utf-8", "surrogateescape")
         lines.taken.clear()
         number, read = read + 1, reader.line_num
-        if not any(v.strip() for v in values):
+        if error is not None:
+            yield Record(number, raw, (), error, size=len(raw))
+        elif any(_SURROGATE.search(v) for v in values):
+            yield Record(number, raw, (), f"row: not valid {encoding} text (set `encoding` in the mapping)",
+                         size=len(raw))
+        elif not any(v.strip() for v in values):
             yield Record(number, raw, (), size=len(raw))
         elif len(values) != len(header):
             yield Record(number, raw, (), f"row: {len(values)} columns where the header has {len(header)}",
                          size=len(raw))
         else:
-            yield number, raw, dict(zip(header, values, strict=True)), len(raw)
+            records += 1
+            yield number, raw, dict(zip(header, values, strict=True)) | {"_line": str(records)}, len(raw)
+
+
+class _WhitespaceReader:
+    """A reader of lines split on runs of blanks (EVENTS.md's delimiter = "whitespace")."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.line_num = 0
+
+    def __iter__(self) -> _WhitespaceReader:
+        return self
+
+    def __next__(self) -> list[str]:
+        line = next(self._lines)
+        self.line_num += 1
+        return line.split()
 
 
 class _Binary(io.RawIOBase):

@@ -80,6 +80,9 @@ def _candidates(decoded: Any) -> Iterable[tuple[str, str]]:
     data = decoded.get("data")
     if isinstance(data, dict):
         spots.append(data.get("other"))
+    named = decoded.get("identifiers")  # a mapped row names its identifiers (persona.ingest.mapping)
+    if isinstance(named, list):
+        spots.extend(named)
     for spot in spots:
         if isinstance(spot, dict):
             ns, value = spot.get("namespace"), spot.get("value")
