@@ -35,6 +35,7 @@ def utc(*parts: int) -> datetime:
     ("2025年3月4日 上午12点", utc(2025, 3, 3, 16, 0)),  # 12 a.m.: midnight
     ("2025年3月4日 晚上12点30分", utc(2025, 3, 4, 16, 30)),  # half past the midnight that ends the 4th
     (20250304, utc(2025, 3, 3, 16, 0)),  # a compact date written as a number
+    ("2025年3月4日 中午12点", utc(2025, 3, 4, 4, 0)), ("2025年3月4日 凌晨3点", utc(2025, 3, 3, 19, 0)),
     ("1741097106", utc(2025, 3, 4, 14, 5, 6)),  # epoch seconds, as text
     ("1741097106250", utc(2025, 3, 4, 14, 5, 6, 250000)),  # epoch milliseconds, as text
     (1741097106, utc(2025, 3, 4, 14, 5, 6)),
@@ -49,6 +50,12 @@ def test_declared_formats_come_first_and_decide_day_month_order() -> None:
     assert parse_instant("03/04/2025 14:05", field="t", formats=["%m/%d/%Y %H:%M"]) == utc(2025, 3, 4, 14, 5)
     with pytest.raises(ValidationError, match="mapping's formats"):
         parse_instant("04/03/2025", field="t", formats=["%Y%m%d"])
+
+
+def test_a_zone_name_read_by_a_declared_format_counts() -> None:
+    shanghai_wall_clock = parse_instant("2025-03-04 12:00:00 UTC", field="t", formats=["%Y-%m-%d %H:%M:%S %Z"],
+                                        tz=SHANGHAI)
+    assert shanghai_wall_clock == utc(2025, 3, 4, 12, 0)  # UTC as written, not Shanghai's default
 
 
 def test_a_declared_unit_overrides_the_magnitude() -> None:
@@ -152,7 +159,7 @@ def test_numeric_gender_codes_count_only_when_the_mapping_declares_them() -> Non
     ("CN", "CN"), ("chn", "CN"), ("China", "CN"), ("中国", "CN"), ("中華人民共和國", "CN"), ("中國", "CN"),
     ("Germany", "DE"), ("德国", "DE"), ("united   kingdom", "GB"), ("UK", "GB"), ("USA", "US"), ("美国", "US"),
     ("South Korea", "KR"), ("大韩民国", "KR"), ("台灣", "TW"), ("Hong Kong", "HK"), ("Türkiye", "TR"),
-    ("Côte d'Ivoire", "CI"), ("Atlantis", None), ("", None),
+    ("Côte d'Ivoire", "CI"), ("Turkey", "TR"), ("南韓", "KR"), ("Atlantis", None), ("", None),
 ])
 def test_country_names_and_codes(name: str, code: str | None) -> None:
     if code is None and name:

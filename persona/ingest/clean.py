@@ -30,7 +30,7 @@ _ISO_LIKE = re.compile(
 )
 _CHINESE = re.compile(
     r"^(\d{4})\s*年\s*(\d{1,2})\s*月\s*(\d{1,2})\s*[日号]"
-    r"(?:\s*(上午|下午|晚上)?\s*(\d{1,2})\s*[时点:：]\s*(\d{1,2})?\s*(?:分|[:：])?\s*(?:(\d{1,2})\s*秒?)?)?$"
+    r"(?:\s*(上午|中午|下午|晚上|凌晨|早上)?\s*(\d{1,2})\s*[时点:：]\s*(\d{1,2})?\s*(?:分|[:：])?\s*(?:(\d{1,2})\s*秒?)?)?$"
 )
 _COMPACT = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
 
@@ -99,9 +99,12 @@ def _epoch(number: float, field: str, unit: str | None) -> datetime:
 def _by_formats(text: str, formats: Sequence[str]) -> datetime | None:
     for pattern in formats:
         try:
-            return datetime.strptime(text, pattern)
+            moment = datetime.strptime(text, pattern)
         except ValueError:
             continue
+        if "%Z" in pattern and moment.tzinfo is None and re.search(r"\b(UTC|GMT|Z)\b", text):
+            moment = moment.replace(tzinfo=UTC)  # strptime reads the zone's name but keeps the time naive
+        return moment
     return None
 
 
@@ -127,7 +130,7 @@ def _by_shape(text: str, field: str, unit: str | None) -> datetime | None:
                 hour = 0
             elif half == "晚上" and hour == 12:  # 晚上12点: the midnight that ends the day
                 hour, day = 0, day + timedelta(days=1)
-            elif half in ("下午", "晚上") and hour < 12:
+            elif (half in ("下午", "晚上") and hour < 12) or (half == "中午" and hour < 6):  # 中午1点: 13:00
                 hour += 12
             return day.replace(hour=hour, minute=int(mi or 0), second=int(s or 0))
     except ValueError:  # a 30 February, an hour 25, an offset of 25 hours
@@ -264,11 +267,13 @@ COUNTRY_ALIASES: dict[str, str] = {
     "wales": "GB", "northern ireland": "GB", "russia": "RU", "south korea": "KR", "korea": "KR",
     "north korea": "KP", "vietnam": "VN", "iran": "IR", "syria": "SY", "laos": "LA", "czech republic": "CZ",
     "czechia": "CZ", "taiwan": "TW", "hong kong": "HK", "macau": "MO", "macao": "MO", "holland": "NL",
-    "uae": "AE", "bolivia": "BO", "venezuela": "VE", "tanzania": "TZ", "moldova": "MD", "ivory coast": "CI",
+    "uae": "AE", "turkey": "TR", "burma": "MM", "swaziland": "SZ", "cape verde": "CV", "kosovo": "XK",
+    "palestine": "PS", "bolivia": "BO", "venezuela": "VE", "tanzania": "TZ", "moldova": "MD", "ivory coast": "CI",
     "中国": "CN", "中國": "CN", "中华人民共和国": "CN", "中華人民共和國": "CN", "中國大陸": "CN",
     "中国大陆": "CN", "大陆": "CN",
     "香港": "HK", "澳门": "MO", "澳門": "MO", "台湾": "TW", "台灣": "TW", "美国": "US", "美國": "US",
-    "英国": "GB", "英國": "GB", "韩国": "KR", "韓國": "KR", "南韩": "KR", "朝鲜": "KP", "日本": "JP",
+    "英国": "GB", "英國": "GB", "韩国": "KR", "韓國": "KR", "南韩": "KR", "南韓": "KR",
+    "俄罗斯联邦": "RU", "朝鲜": "KP", "日本": "JP",
     "德国": "DE", "德國": "DE", "法国": "FR", "法國": "FR", "俄罗斯": "RU", "俄羅斯": "RU",
     "新加坡": "SG", "马来西亚": "MY", "泰国": "TH", "越南": "VN", "印度": "IN", "澳大利亚": "AU",
     "加拿大": "CA", "意大利": "IT", "西班牙": "ES", "荷兰": "NL", "瑞士": "CH", "瑞典": "SE",
