@@ -353,3 +353,42 @@ def test_the_documented_thresholds_under_noise() -> None:
     without = compute(people, group_by=["country"], metric=None, k=5, epsilon=1.0)
     assert (round(with_metric.threshold, 1), round(without.threshold, 1)) == (53.5, 14.1)  # as docs/api.md says
     assert compute(people, group_by=["country"], metric=None, k=5).threshold == 5  # exact: k itself
+
+
+def test_a_token_may_hold_only_so_many_subscriptions(world: tuple[Settings, Api, dict[str, str]]) -> None:
+    from persona.api.context import ServerOptions
+
+    settings, api, ids = world
+    subscribe = "subscription($id: ID!) { profileUpdated(id: $id) { version } }"
+    with TestClient(create_app(settings, ServerOptions(max_subscriptions_per_token=1))) as client, \
+            client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {"authorization": f"Bearer {api.tokens['all']}"}})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json({"id": "1", "type": "subscribe", "payload": {"query": subscribe, "variables": {"id": ids["p8"]}}})
+        ws.send_json({"id": "2", "type": "subscribe", "payload": {"query": subscribe, "variables": {"id": ids["p9"]}}})
+        refused = ws.receive_json()
+        assert (refused["id"], refused["type"]) == ("2", "error")
+        assert refused["payload"][0]["extensions"]["code"] == "RATE_LIMITED"
+        ws.send_json({"id": "1", "type": "complete"})
+
+
+def test_guessing_tokens_over_websockets_is_throttled_per_address(world: tuple[Settings, Api, dict[str, str]]
+                                                                  ) -> None:
+    from starlette.websockets import WebSocketDisconnect
+
+    settings, _, _ = world
+    with TestClient(create_app(settings)) as client:
+        conn = client.app.state.api.persona.recorder.conn  # type: ignore[attr-defined]
+        lookups: list[str] = []
+        conn.set_trace_callback(lambda sql: lookups.append(sql) if "api_tokens" in sql else None)
+        try:
+            for attempt in range(80):
+                with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+                    ws.send_json({"type": "connection_init",
+                                  "payload": {"authorization": f"Bearer pst_guess{attempt:04d}" + "x" * 30}})
+                    with pytest.raises(WebSocketDisconnect) as closed:
+                        ws.receive_json()
+                    assert closed.value.code == 4403
+        finally:
+            conn.set_trace_callback(None)
+    assert 0 < len(lookups) < 60  # a burst is looked up; then the address waits, and nothing is looked up

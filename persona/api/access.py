@@ -125,6 +125,13 @@ class RateLimiter:
     burst_s: float = 2.0
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (tokens, at)
 
+    def exhausted(self, key: str, rate_per_s: float) -> bool:
+        """Whether a request under `key` would be refused now (nothing is charged)."""
+        if key not in self._buckets:
+            return False
+        level, at = self._buckets[key]
+        return min(max(1.0, rate_per_s * self.burst_s), level + (time.monotonic() - at) * rate_per_s) < 1.0
+
     def allow(self, key: str, rate_per_s: float) -> float:
         """0.0 if a request under `key` may go ahead, else the seconds to wait."""
         now = time.monotonic()

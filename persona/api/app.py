@@ -206,7 +206,9 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
     async def get_context(self, request: Any, response: Any) -> RequestContext:
         state: ApiState = request.app.state.api
         raw = _bearer(request.headers)
-        return RequestContext(state, state.tokens.lookup(raw) if raw else None, None, raw)
+        context = RequestContext(state, state.tokens.lookup(raw) if raw else None, None, raw)
+        context.client = request.client.host if request.client else "?"
+        return context
 
     async def on_ws_connect(self, context: RequestContext) -> None:
         params = context.connection_params
@@ -215,9 +217,13 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
             value = params.get("authorization") or params.get("Authorization")
             if isinstance(value, str):
                 raw = _bearer({"authorization": value})
-        if raw is not None:
+        strangers = context.state.strangers
+        if raw is not None and context.token is None:
+            if strangers.exhausted(context.client, UNAUTHENTICATED_RATE):  # guessing tokens: not even looked up
+                raise ConnectionRejectionError({"message": "too many attempts without a valid token"})
             context.token, context.raw_token = context.state.tokens.lookup(raw), raw
         if context.token is None:
+            strangers.allow(context.client, UNAUTHENTICATED_RATE)
             raise ConnectionRejectionError({"message": "a valid bearer token is required"})
 
 

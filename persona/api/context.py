@@ -128,6 +128,7 @@ class ServerOptions:
     max_request_bytes: int = 1 << 20
     max_ingest_events: int = 1_000  # per ingestEvents call
     subscription_poll_s: float = 1.0
+    max_subscriptions_per_token: int = 50  # open at once, over every connection of this worker
     dev: bool = False
 
 
@@ -145,6 +146,7 @@ class ApiState:
         self.plans = PlanCache(schema, options.limits)
         self.audit = AuditBuffer()
         self.bus = ChangeBus()
+        self.subscriptions: dict[str, int] = {}  # token name -> subscriptions open now
         self.writer = Worker(settings, "writer")
         self.scanner = Worker(settings, "scanner", threads=2)
         self._flusher: asyncio.Task[None] | None = None
@@ -216,6 +218,7 @@ class RequestContext:
 
     def __init__(self, state: ApiState, token: Token | None, plan: Plan | None, raw_token: str | None = None) -> None:
         self.connection_params: object = None  # a websocket's connection_init payload
+        self.client = ""  # a websocket's client address
         self.raw_token = raw_token  # kept by websockets, to notice a revocation while subscribed
         self.state = state
         self.token = token
@@ -274,6 +277,9 @@ class RequestContext:
             raise ApiError(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")
         if charge and self.state.limiter.allow(self.token.name, self.token.rate_per_s):
             raise ApiError("too many requests for this token; slow down", "RATE_LIMITED")
+        cap = self.state.options.max_subscriptions_per_token
+        if charge and self.state.subscriptions.get(self.token.name, 0) >= cap:
+            raise ApiError(f"this token already has {cap} subscriptions open", "RATE_LIMITED")
         return RequestContext(self.state, self.token, plan, self.raw_token)
 
     def fresh(self) -> RequestContext:

@@ -232,25 +232,39 @@ class Subscription:
         if seen is None:
             raise ApiError("no such profile", "NOT_FOUND")
         version = seen.version
-        while True:
-            wake = state.bus.watch(profile_id)
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=state.options.subscription_poll_s)
-            except TimeoutError:
-                pass
-            finally:
-                state.bus.unwatch(profile_id, wake)
-            if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
-                return  # the token was revoked: the subscription ends with it
-            head = state.persona.recorder.heads([profile_id]).get(profile_id)
-            if head is None or head.wrapped is None:
-                return  # erased: nothing more will come
-            if head.version > version:
-                profile = load_profile(ctx.fresh(), profile_id, "profileUpdated")
-                if profile is None:
-                    return
-                version = max(head.version, profile._data.version)  # the log's count, never a replayed one
+        name = ctx.name
+        state.subscriptions[name] = state.subscriptions.get(name, 0) + 1
+        try:
+            async for profile in _updates(ctx, profile_id, version):
                 yield profile
+        finally:
+            state.subscriptions[name] -= 1
+            if not state.subscriptions[name]:
+                del state.subscriptions[name]
+
+
+async def _updates(ctx: RequestContext, profile_id: str, version: int) -> AsyncGenerator[Profile]:
+    """The profile each time its log grows, until it is erased or the token revoked."""
+    state = ctx.state
+    while True:
+        wake = state.bus.watch(profile_id)
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=state.options.subscription_poll_s)
+        except TimeoutError:
+            pass
+        finally:
+            state.bus.unwatch(profile_id, wake)
+        if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
+            return  # the token was revoked: the subscription ends with it
+        head = state.persona.recorder.heads([profile_id]).get(profile_id)
+        if head is None or head.wrapped is None:
+            return  # erased: nothing more will come
+        if head.version > version:
+            profile = load_profile(ctx.fresh(), profile_id, "profileUpdated")
+            if profile is None:
+                return
+            version = max(head.version, profile._data.version)  # the log's count, never a replayed one
+            yield profile
 
 
 class WebsocketGuard(SchemaExtension):
