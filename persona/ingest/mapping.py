@@ -118,6 +118,16 @@ def builtin_mapping(name: str) -> SourceMapping:
     return parse_mapping(tomllib.loads(text), f"{name}.toml")
 
 
+def _zone(name: Any, where: str) -> tzinfo:
+    """A mapping's time zone by its IANA name (none: UTC)."""
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(f"{where}: not a known time zone (e.g. Asia/Shanghai)") from None
+
+
 def load_mapping(path: Path) -> SourceMapping:
     """Read and check a mapping file; every mistake is named with where it is."""
     try:
@@ -136,10 +146,7 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
     form = doc.get("format")
     if form not in (None, "csv", "jsonl"):
         raise ConfigurationError(f"{where}: `format` is csv or jsonl")
-    try:
-        zone: tzinfo = ZoneInfo(doc["timezone"]) if doc.get("timezone") else UTC
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ConfigurationError(f"{where}: `timezone` is not a known time zone (e.g. Asia/Shanghai)") from None
+    zone = _zone(doc.get("timezone"), f"{where}: `timezone`")
     delimiter = doc.get("delimiter", ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise ConfigurationError(f"{where}: `delimiter` is one character")
@@ -199,10 +206,7 @@ def _contract_field(name: str, spec: Any, where: str) -> Field:
                                  " epoch_ms or auto")
     made = _field(name, {**spec, "kind": kind, "formats": formats, **({"unit": unit} if unit else {})}, where)
     if zone is not None:
-        try:
-            made = dataclasses.replace(made, tz=ZoneInfo(zone))
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise ConfigurationError(f"{where}.{name}.tz: not a known time zone") from None
+        made = dataclasses.replace(made, tz=_zone(zone, f"{where}.{name}.tz"))
     return made
 
 
@@ -254,11 +258,7 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
         rules.append(EventRule(type="identity_linked", when=when, subjects=(main,), data=(),
                                other_namespace=also["namespace"],
                                other=_contract_field("other", also["value"], f"{where}: [[subject.also]]")))
-    zone = head.get("timezone")
-    try:
-        tz: tzinfo = ZoneInfo(zone) if zone else UTC
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise ConfigurationError(f"{where}: [source] timezone is not a known time zone") from None
+    tz = _zone(head.get("timezone"), f"{where}: [source] timezone")
     return SourceMapping(name, form, tz, delimiter, {}, tuple(rules), header=header,
                          columns=tuple(str(c) for c in columns))
 
@@ -605,7 +605,7 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
     # undecodable bytes are kept (as surrogates) so that their row is refused whole, with its
     # original bytes: replacing them would make different names look alike
     text = io.TextIOWrapper(io.BufferedReader(_Binary(handle)), encoding="utf-8-sig" if encoding == "utf-8" else
-                            encoding, errors="surrogateescape", newline="")
+                            encoding, errors="surrogateescape", newline="")  # utf-8-sig: a BOM is not data
     lines = _Lines(text)
     reader: Any = (_WhitespaceReader(lines) if mapping.delimiter == "whitespace"
                    else csv.reader(lines, delimiter=mapping.delimiter, strict=True))
@@ -628,7 +628,7 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
         except csv.Error:  # an unterminated quote, a field over the limit: this row only
             values, error = [], "row: not valid CSV (an unterminated quote, or a field over the size limit)"
         raw_text = "".join(lines.taken).rstrip("\r\n")
-        raw = raw_text.encode(encoding if encoding != "utf-8" else "utf-8", "surrogateescape")
+        raw = raw_text.encode(encoding, "surrogateescape")  # the row's bytes as they were in the file
         lines.taken.clear()
         number, read = read + 1, reader.line_num
         if error is not None:

@@ -220,9 +220,7 @@ class SQLiteRecorder:
                 pk=("subject_hash", "quarantine_id"),
                 if_not_exists=True,
             )
-            for statement in _TRIGGERS.strip().split(";\n"):
-                if statement.strip():
-                    self.conn.execute(statement if statement.endswith(";") else statement + ";")
+            self._run_script(_TRIGGERS)
             self.set_meta("schema_version", SCHEMA_VERSION)
 
     def _create_derived_schema(self) -> None:
@@ -251,6 +249,12 @@ class SQLiteRecorder:
                 if_not_exists=True,
             )
 
+    def _run_script(self, script: str) -> None:
+        """Constant statements of this module, one by one (inside the caller's transaction)."""
+        for statement in script.strip().split(";\n"):
+            if statement.strip():
+                self.conn.execute(statement if statement.endswith(";") else statement + ";")
+
     def _create_access_schema(self) -> None:
         """API tokens (hashes only) and the append-only audit log (additive, so made on open)."""
         if "audit" in self.db.table_names():
@@ -272,9 +276,7 @@ class SQLiteRecorder:
                 if_not_exists=True,
             )
             db.table("audit").create_index(["profile_id"], if_not_exists=True)
-            for statement in _ACCESS_TRIGGERS.strip().split(";\n"):
-                if statement.strip():
-                    self.conn.execute(statement if statement.endswith(";") else statement + ";")
+            self._run_script(_ACCESS_TRIGGERS)
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
