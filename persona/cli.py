@@ -22,12 +22,15 @@ from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
+from persona.identity import person_of
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
 from persona.ingest.mapping import SourceMapping, builtin_mapping, load_mapping, mapped_records
 from persona.ingest.quarantine import describe
+from persona.linking import link as link_identities
+from persona.linking import unlink as unlink_identities
 from persona.population import ProfileFilter, list_profiles, population
-from persona.profiles import profile_view
+from persona.profiles import profile_view, read_person
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
 from persona.verify import verify as verify_store
@@ -254,6 +257,8 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of:
     click.echo(f"profile {doc['id']}: version {doc['version']}, {doc['events']} events"
                + (f" as of {doc['as_of']}" if doc["as_of"] else "")
                + (f", known at {doc['known_at']}" if doc["known_at"] else ""))
+    if doc["merged"]:
+        click.echo(f"  merged with {', '.join(doc['merged'])} (linked identifiers; `persona unlink` undoes it)")
     for identity in doc["identities"]:
         click.echo(f"  identity {identity['namespace']}:{identity['hash']}…")
     for name, attribute in doc["attributes"].items():
@@ -275,15 +280,47 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of:
 @click.pass_context
 @friendly
 def history(ctx: click.Context, subject: str | None, profile: str | None, as_json: bool) -> None:
-    """Print a profile's events, opened, in order."""
+    """Print a person's events, opened, in the order they were recorded (a merged person's
+    from every profile merged into them)."""
     require_one(subject, profile)
     with opened(ctx) as persona:
-        for event in persona.log.read(_profile_id(persona, subject, profile)):
+        person = person_of(persona.recorder, _profile_id(persona, subject, profile))
+        for event in read_person(persona, person):
             if as_json:
                 click.echo(orjson.dumps(event.as_dict()).decode())
             else:
-                click.echo(f"{event.version:>5} {event.occurred_at} {event.source:<8} {event.type:<18} "
+                where = f"{event.profile_id} " if person.merged else ""
+                click.echo(f"{where}{event.version:>5} {event.occurred_at} {event.source:<8} {event.type:<18} "
                            f"{orjson.dumps(event.data).decode()}")
+
+
+@cli.command()
+@click.argument("first", metavar="NS:VALUE")
+@click.argument("second", metavar="NS:VALUE")
+@click.pass_context
+@friendly
+def link(ctx: click.Context, first: str, second: str) -> None:
+    """Declare two identifiers one person. If they belong to two profiles, the profiles are
+    merged: each keeps its own events and key, and the person folds them all. One of the
+    two must be known already. Undo with `persona unlink`."""
+    with opened(ctx) as persona:
+        linked = link_identities(persona, parse_subject(first), parse_subject(second))
+    click.echo(f"{'merged into' if linked.merged else 'linked to'} profile {linked.person}")
+
+
+@cli.command()
+@click.argument("first", metavar="NS:VALUE")
+@click.argument("second", metavar="NS:VALUE")
+@click.pass_context
+@friendly
+def unlink(ctx: click.Context, first: str, second: str) -> None:
+    """Undo the merge that joined two identifiers' profiles (a wrong link: a shared phone, a
+    mistyped e-mail). Both people come back with their own histories, and a later record
+    linking the two does not merge them again (only `persona link` does)."""
+    with opened(ctx) as persona:
+        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second))
+    click.echo(f"separated: profiles {unlinked.people[0]} and {unlinked.people[1]}"
+               f" ({unlinked.merges_undone} merge(s) undone)")
 
 
 @cli.command()
@@ -319,6 +356,8 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
         body = erasure.receipt["receipt"]
         counts = ", ".join(f"{k} {v}" for k, v in body["counts"].items())
         click.echo(f"erased {body['profile_id']} in {erasure.seconds * 1000:.1f} ms ({counts})")
+        if body.get("merged_profiles"):
+            click.echo(f"  with the profiles merged into it: {', '.join(body['merged_profiles'])}")
         click.echo(f"receipt: {receipt_path or kept}")
     if not erasure.wal_truncated:
         click.echo("warning: a reader kept the WAL busy; the erased key may linger in it until the next "

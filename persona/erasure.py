@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from persona import identity
 from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
@@ -84,9 +85,12 @@ def receipt_message(body: dict[str, Any]) -> bytes:
 
 def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = None,
                   reapply: bool = False, checkpoint_wait_s: float = 5.0) -> Erasure:
-    """Delete the profile's key, links and derived rows in one transaction; sign a receipt.
+    """Delete the person's keys, links and derived rows in one transaction; sign a receipt.
 
-    The ledger entry is written inside the transaction, before it commits: after a
+    A merged person is erased whole, whichever of their profile ids is given: the key of
+    every stream merged into them is deleted (persona.identity).
+
+    The ledger entries are written inside the transaction, before it commits: after a
     crash in between, the ledger names an erasure the database lacks; `persona verify`
     reports it and `persona erase --profile ID` (or a restore) finishes it.
     """
@@ -94,27 +98,39 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     erased_at = micros(now or started)
     rec = persona.recorder
     with rec.transaction():
-        head = rec.heads([profile_id]).get(profile_id)
-        if head is None:
+        person = identity.person_of(rec, profile_id)
+        heads = rec.heads(person.members)
+        if profile_id not in heads:
             raise UnknownProfileError(f"no profile {profile_id}")
-        if head.wrapped is None or head.kek_version is None or rec.tombstone(profile_id) is not None:
+        if any(head.wrapped is None for head in heads.values()) or rec.tombstone(profile_id) is not None:
             raise ErasedError(profile_id)
-        dek = persona.keyring.unwrap(profile_id, head.kek_version, bytes(head.wrapped))
-        key_fingerprint = fingerprint(dek, b"dek")
+        fingerprints = {}
+        for member in person.members:
+            head = heads[member]
+            assert head.wrapped is not None and head.kek_version is not None
+            fingerprints[member] = fingerprint(persona.keyring.unwrap(member, head.kek_version, bytes(head.wrapped)),
+                                               b"dek")
         if not reapply:
-            ErasureLedger(persona.settings.ledger_path).record(LedgerEntry(erased_at, profile_id=profile_id))
-        counts = rec.erase(profile_id, erased_at)
+            ledger = ErasureLedger(persona.settings.ledger_path)
+            for member in person.members:
+                ledger.record(LedgerEntry(erased_at, profile_id=member))
+        counts: dict[str, int] = {}
+        for member in person.members:
+            for name, count in rec.erase(member, erased_at).items():
+                counts[name] = counts.get(name, 0) + count
     persona.log.forget_cached_keys()
     truncated = rec.checkpoint(checkpoint_wait_s)
-    body = {
+    body: dict[str, Any] = {
         "type": RECEIPT_TYPE,
-        "profile_id": profile_id,
+        "profile_id": person.id,
         "erased_at": from_micros(erased_at).isoformat(),
         "counts": counts,
-        "key_fingerprint": key_fingerprint,
+        "key_fingerprint": fingerprints[person.id],
         "wal_truncated": truncated,
         "signer": fingerprint(persona.keyring.public_key.encode(), b"ed25519"),
     }
+    if person.merged:  # every key deleted, by profile
+        body["merged_profiles"] = {member: fingerprints[member] for member in person.members[1:]}
     receipt = {"receipt": body, "signature": persona.keyring.sign(receipt_message(body))}
     seconds = (datetime.now(UTC) - started).total_seconds()
     return Erasure(receipt, truncated, seconds)

@@ -76,3 +76,11 @@ class ReceiptError(PersonaError):
 
 class CheckpointBusyError(PersonaError):
     """The WAL could not be truncated because a reader kept an old snapshot open."""
+
+
+class LinkError(PersonaError):
+    """Two identifiers cannot be linked or unlinked as asked (the reason says why)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

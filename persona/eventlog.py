@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from persona import identity
 from persona.crypto import InvalidTag, Keyring, Sealer, fingerprint
 from persona.errors import (
     ConcurrencyError,
@@ -96,11 +97,15 @@ class AppendResult:
     profiles_created: int = 0
     streams: dict[str, int] = field(default_factory=dict)  # profile id -> new version
     recorded: list[RecordedEvent] = field(default_factory=list)  # the appended events, when asked to keep them
+    merges: int = 0  # links that joined two existing profiles into one person
+    merges_refused: int = 0  # links joining two people whose merge was undone: kept apart
 
     def add(self, other: AppendResult) -> None:
         self.appended += other.appended
         self.duplicates += other.duplicates
         self.profiles_created += other.profiles_created
+        self.merges += other.merges
+        self.merges_refused += other.merges_refused
         self.streams.update(other.streams)
         self.recorded.extend(other.recorded)
 
@@ -178,12 +183,17 @@ class EventLog:
         return self._synced == (self.recorder.data_version(), self.recorder.commits)
 
     # -- append --------------------------------------------------------------------------
-    def append(self, events: Sequence[Event], *, now: datetime | None = None, keep: bool = False) -> AppendResult:
+    def append(self, events: Sequence[Event], *, now: datetime | None = None, keep: bool = False,
+               relink: bool = False) -> AppendResult:
         """Append a batch, resolving each subject to its profile (new subjects get one).
 
         Atomic: the whole batch or nothing. Idempotent on event_id: events already in
         the log are counted as duplicates and skipped. With `keep`, the result carries the
         appended events as they will read back (for keeping projections current).
+
+        An `identity_linked` event whose two identifiers belong to two existing people merges
+        them (persona.identity) — unless a merge of theirs was undone; with `relink` (an
+        explicit request, not a record's say-so) it is made all the same.
         """
         recorded = micros(now or datetime.now(UTC))
         keyed: dict[bytes, Event] = {}
@@ -194,16 +204,16 @@ class EventLog:
                 h.update(event.source.encode() + b"\x00" + event.event_id.encode())
                 keyed.setdefault(h.digest(), event)
             try:
-                result = self._append_batch(keyed, recorded, check_duplicates=False, keep=keep)
+                result = self._append_batch(keyed, recorded, check_duplicates=False, keep=keep, relink=relink)
             except (DuplicateEventError, ConcurrencyError):
                 # The fast path assumes new events and a current cache; a re-ingest (or a
                 # writer we did not see) takes the careful path, from the database alone.
-                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep)
+                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, relink=relink)
         result.duplicates += len(events) - len(keyed)
         return result
 
     def _append_batch(self, keyed: dict[bytes, Event], recorded: int, *, check_duplicates: bool,
-                      keep: bool) -> AppendResult:
+                      keep: bool, relink: bool = False) -> AppendResult:
         rec = self.recorder
         result = AppendResult()
         try:
@@ -215,7 +225,7 @@ class EventLog:
                     result.duplicates = len(existing)
                     keyed = {k: e for k, e in keyed.items() if k not in existing}
                 if keyed:
-                    self._append_locked(keyed, recorded, result, keep)
+                    self._append_locked(keyed, recorded, result, keep, relink)
                 # Read under the write lock: after COMMIT another writer could slip in unseen.
                 seen = rec.data_version()
         except BaseException:
@@ -224,7 +234,8 @@ class EventLog:
         self._synced = (seen, rec.commits)  # our own commit does not change data_version
         return result
 
-    def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool) -> None:
+    def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool,
+                       relink: bool = False) -> None:
         rec = self.recorder
         pepper = self.keyring.pepper
         hashes: dict[Subject, bytes] = {}
@@ -243,6 +254,7 @@ class EventLog:
         new_streams, new_links, new_sealers = [], [], []
         tips = self._tips
         items: list[tuple[str, bytes, Event, bytes]] = []
+        joins: list[tuple[bytes, Event, str, str]] = []  # a link between two existing profiles
         for key, event, h in pending:
             pid = links.get(h)
             if pid is None and event.other is not None:
@@ -259,9 +271,11 @@ class EventLog:
                 new_links.append((h, pid, event.subject.namespace, recorded))
             if event.other is not None:
                 oh = hashes[event.other]
-                if oh not in links:  # joining two existing profiles is a merge (identity resolution)
+                if oh not in links:
                     links[oh] = pid
                     new_links.append((oh, pid, event.other.namespace, recorded))
+                elif links[oh] != pid:  # joining two existing profiles is a merge (identity resolution)
+                    joins.append((key, event, pid, links[oh]))
             items.append((pid, key, event, h))
         if new_streams:
             numbers = rec.create_streams(new_streams)
@@ -269,6 +283,8 @@ class EventLog:
                 tips[pid] = (no, 0, first, sealer)
         if new_links:
             rec.insert_links(new_links)
+        if joins:
+            self._merge(joins, hashes, items, recorded, result, relink)
         touched = list(dict.fromkeys(item[0] for item in items))
         missing = [pid for pid in touched if pid not in tips]
         if missing:
@@ -289,6 +305,38 @@ class EventLog:
         result.streams = {sid: tips[sid][1] for sid in touched}
         if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
             self._forget_writer_cache()
+
+    def _merge(self, joins: list[tuple[bytes, Event, str, str]], hashes: dict[Subject, bytes],
+               items: list[tuple[str, bytes, Event, bytes]], recorded: int, result: AppendResult,
+               relink: bool) -> None:
+        """Merge the people these links join: record each merge and append a `profiles_merged`
+        event to both streams (ids derived from the link's key: a re-run adds nothing)."""
+        rec = self.recorder
+        people = identity.persons(rec, {pid for join in joins for pid in join[2:]})
+        joined: set[str] = set()
+        for key, event, pid, other_pid in joins:
+            one, other = people[pid], people[other_pid]
+            if one.id == other.id:
+                continue  # one person already (merged earlier, or earlier in this batch)
+            if not relink and identity.kept_apart(rec, one, other):
+                result.merges_refused += 1
+                continue
+            assert event.other is not None
+            h, oh = hashes[event.subject], hashes[event.other]
+            edge = rec.add_merge(pid, other_pid, h, oh, recorded)
+            tag = key.hex()[:32]
+            for side, (stream, subject, digest, peer) in enumerate(
+                    ((pid, event.subject, h, other_pid), (other_pid, event.other, oh, pid))):
+                marker = Event(f"merge:{tag}:{side}", identity.MERGE_SOURCE, identity.MERGED, event.occurred_at,
+                               subject, {"with": peer, "edge": edge, "link": event.event_id})
+                items.append((stream, self.event_key(marker.source, marker.event_id), marker, digest))
+            union = identity.Person(one.id, one.members + other.members)
+            for member in union.members:
+                people[member] = union
+            joined.update(union.members)
+            result.merges += 1
+        if joined:
+            identity.regroup(rec, sorted(joined))
 
     def append_to(self, profile_id: str, events: Sequence[Event], *, expected_version: int,
                   now: datetime | None = None) -> int:

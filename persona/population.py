@@ -80,7 +80,7 @@ def past_profile(persona: Persona, profile_id: str, moment: datetime) -> Indexed
         return None
     if past["events"] == 0:
         return None
-    return _aged(IndexedProfile(profile_id, past["events"], attribute_values(past["attributes"]),
+    return _aged(IndexedProfile(past["id"], past["events"], attribute_values(past["attributes"]),
                                 past["features"], None), moment)
 
 

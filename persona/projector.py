@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from persona import identity
 from persona.core import Persona
 from persona.crypto import Sealer
 from persona.errors import ErasedError, TamperError, UnknownProfileError, UnknownProjectionError
@@ -83,7 +84,21 @@ class Projector:
         return head.version, self.persona.log.sealer(profile_id, head)
 
     def current(self, profile_id: str) -> Current:
-        """The latest snapshot of each projection, caught up with the events after it."""
+        """The person's projection states now: the profile's own (from its latest snapshots,
+        caught up), or, for a merged person, every stream's folded together. `profile_id`
+        may be any stream of the person; the result carries the person's id."""
+        person = identity.person_of(self.persona.recorder, profile_id)
+        if not person.merged:
+            return self.stream_current(profile_id)
+        return self.combine(person, [self.stream_current(member) for member in person.members])
+
+    def combine(self, person: identity.Person, parts: Sequence[Current]) -> Current:
+        """A merged person's states: its streams' states folded together (version: their sum)."""
+        states = {p.name: p.combine([part.states[p.name] for part in parts]) for p in self.projections}
+        return Current(person.id, sum(part.version for part in parts), states, {p.name: 0 for p in self.projections})
+
+    def stream_current(self, profile_id: str) -> Current:
+        """One stream's latest snapshot of each projection, caught up with the events after it."""
         try:
             version, sealer = self._sealer(profile_id)
         except (ErasedError, UnknownProfileError):
@@ -121,8 +136,22 @@ class Projector:
 
     def current_many(self, profile_ids: Sequence[str]) -> dict[str, Current]:
         """`current()` of many profiles in a fixed number of queries (erased and unknown ones
-        are left out): cached states are caught up, the rest start from their snapshots, and
-        every profile's missing events are read in one pass."""
+        are left out), keyed by the ids asked for."""
+        people = identity.persons(self.persona.recorder, profile_ids)
+        streams = self._streams_current([m for person in people.values() for m in person.members])
+        out = {}
+        for pid, person in people.items():
+            if not person.merged:
+                if pid in streams:
+                    out[pid] = streams[pid]
+            elif all(m in streams for m in person.members):
+                out[pid] = self.combine(person, [streams[m] for m in person.members])
+        return out
+
+    def _streams_current(self, profile_ids: Sequence[str]) -> dict[str, Current]:
+        """`stream_current()` of many streams: cached states are caught up, the rest start from
+        their snapshots, and every stream's missing events are read in one pass."""
+        profile_ids = list(dict.fromkeys(profile_ids))
         rec, log = self.persona.recorder, self.persona.log
         heads = rec.heads(profile_ids)
         out: dict[str, Current] = {}
@@ -225,16 +254,20 @@ class Projector:
         return rows
 
     def refresh(self, profile_ids: Iterable[str], *, force_snapshots: bool = False) -> int:
-        """Bring the index (and, every N events, the snapshots) of these profiles up to date."""
+        """Bring the index (one row per person) and, every N events, each stream's snapshots
+        of these profiles up to date."""
         index, snaps = [], []
-        for profile_id in profile_ids:
+        people = identity.persons(self.persona.recorder, profile_ids)
+        for person in {p.id: p for p in people.values()}.values():
             try:
-                current = self.current(profile_id)
+                parts = [self.stream_current(member) for member in person.members]
             except (ErasedError, UnknownProfileError):
                 continue  # erased since: nothing of them may be written back
-            assert current.sealer is not None
-            index.append((profile_id, current.version, self.index_doc(current)))
-            snaps.extend(self.snapshot_rows(current, current.sealer, force=force_snapshots))
+            for part in parts:
+                assert part.sealer is not None
+                snaps.extend(self.snapshot_rows(part, part.sealer, force=force_snapshots))
+            current = self.combine(person, parts) if person.merged else parts[0]
+            index.append((person.id, current.version, self.index_doc(current)))
         if index:
             with self.persona.recorder.transaction():
                 self.persona.recorder.put_index(index)
@@ -243,9 +276,10 @@ class Projector:
         return len(index)
 
 
-def _rebuild_part(settings: Settings, profile_ids: list[str], only: str | None) -> tuple[list[Any], list[Any]]:
-    """In a worker process: fold these streams from the log (one scan for the lot), then
-    index rows and fresh sealed snapshots."""
+def _rebuild_part(settings: Settings, people: list[list[str]], only: str | None) -> tuple[list[Any], list[Any]]:
+    """In a worker process: fold these persons' streams from the log (one scan for the lot),
+    then one index row per person and fresh sealed snapshots per stream."""
+    profile_ids = [member for members in people for member in members]
     with Persona.open(settings) as persona:
         projector = Projector(persona)
         rec, log = persona.recorder, persona.log
@@ -254,7 +288,7 @@ def _rebuild_part(settings: Settings, profile_ids: list[str], only: str | None) 
             sealers = {pid: log.sealer(pid, head) for pid, head in heads.items() if head.wrapped is not None}
             kept = {p.name: only is None or p.name == only for p in projector.projections}
             if only is not None:  # the other projections start from their snapshots
-                currents = {pid: projector.current(pid) for pid in sealers}
+                currents = {pid: projector.stream_current(pid) for pid in sealers}
             else:
                 currents = {pid: Current(pid, 0, {p.name: p.initial() for p in projector.projections},
                                          {p.name: 0 for p in projector.projections}) for pid in sealers}
@@ -266,14 +300,17 @@ def _rebuild_part(settings: Settings, profile_ids: list[str], only: str | None) 
                     current.version = row.version
             index: list[Any] = []
             snaps: list[Any] = []
-            for pid in profile_ids:
-                found = currents.get(pid)
-                if found is None:
+            for members in people:
+                parts = [currents[pid] for pid in members if pid in currents]
+                if len(parts) < len(members):
                     continue  # erased meanwhile
-                index.append((pid, found.version, projector.index_doc(found)))
-                missing = {name for name, at in found.snapshot_versions.items() if at == 0}
-                rows = projector.snapshot_rows(found, sealers[pid], force=True)
-                snaps.extend(row for row in rows if kept[row[1]] or row[1] in missing)
+                for found in parts:
+                    missing = {name for name, at in found.snapshot_versions.items() if at == 0}
+                    rows = projector.snapshot_rows(found, sealers[found.profile_id], force=True)
+                    snaps.extend(row for row in rows if kept[row[1]] or row[1] in missing)
+                person = identity.Person(members[0], tuple(members))
+                current = projector.combine(person, parts) if person.merged else parts[0]
+                index.append((person.id, current.version, projector.index_doc(current)))
         return index, snaps
 
 
@@ -287,7 +324,9 @@ def rebuild(persona: Persona, *, projection: str | None = None, workers: int | N
     rec = persona.recorder
     erased = {pid for pid, _ in rec.tombstones()}
     profile_ids = [pid for pid in rec.stream_ids() if pid not in erased]
-    parts = [profile_ids[i : i + chunk] for i in range(0, len(profile_ids), chunk)]
+    people = list({person.id: list(person.members) for person in identity.persons(rec, profile_ids).values()}
+                  .values())  # a merged person's streams are folded in the same part
+    parts = [people[i : i + chunk] for i in range(0, len(people), chunk)]
     workers = workers or os.cpu_count() or 1
     done = 0
 

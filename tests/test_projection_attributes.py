@@ -196,3 +196,16 @@ def test_erased_profiles_stay_erased_in_every_past_view(persona: Persona) -> Non
                             (None, datetime(2030, 1, 1, tzinfo=UTC))]:
         with pytest.raises(ErasedError):
             profile_view(persona, pid, as_of=as_of, known_at=known_at)
+
+
+@given(claims, st.lists(st.integers(0, 2), min_size=25, max_size=25))
+def test_combining_streams_equals_one_fold_of_all_their_events(spec: list[tuple[str, str, int, int]],
+                                                               owner: list[int]) -> None:
+    """A merged person: the events split over up to three streams, each folded alone, then combined."""
+    events = build(spec)
+    parts = [[e for n, e in enumerate(events) if owner[n] == k] for k in range(3)]
+    states = [replay(ATTRIBUTES, part) for part in parts]
+    dumps = [orjson.dumps(ATTRIBUTES.dump(s)) for s in states]
+    combined = ATTRIBUTES.combine(states)
+    assert orjson.dumps(ATTRIBUTES.dump(combined)) == orjson.dumps(ATTRIBUTES.dump(replay(ATTRIBUTES, events)))
+    assert [orjson.dumps(ATTRIBUTES.dump(s)) for s in states] == dumps  # the inputs are untouched

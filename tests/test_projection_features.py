@@ -148,3 +148,16 @@ def test_any_arrival_order_gives_the_same_features(chosen: list[int], rnd: Any, 
     assert orjson.dumps(FEATURES.dump(a)) == orjson.dumps(FEATURES.dump(b))
     restored = FEATURES.load(orjson.loads(orjson.dumps(FEATURES.dump(a))))
     assert FEATURES.view(restored, AS_OF) == FEATURES.view(a, AS_OF)
+
+
+@settings(max_examples=60)
+@given(st.lists(kinds, unique=True, max_size=len(HISTORY)), st.lists(st.integers(0, 2), min_size=len(HISTORY),
+                                                                    max_size=len(HISTORY)))
+def test_combining_streams_equals_one_fold_of_all_their_events(chosen: list[int], owner: list[int]) -> None:
+    """A merged person: the events split over up to three streams, each folded alone, then combined."""
+    events = [HISTORY[i] for i in chosen]
+    states = [replay(FEATURES, [e for n, e in enumerate(events) if owner[n] == k]) for k in range(3)]
+    sizes = [len(s) for s in states]
+    combined = FEATURES.combine(states)
+    assert orjson.dumps(FEATURES.view(combined, AS_OF)) == orjson.dumps(FEATURES.view(replay(FEATURES, events), AS_OF))
+    assert [len(s) for s in states] == sizes  # the inputs are untouched

@@ -58,7 +58,7 @@ def test_social_interactions_keyed_by_handle_with_an_email_sometimes(persona: Pe
 def test_web_clicks_link_the_cookie_to_the_logged_in_user(persona: Persona) -> None:
     ingest(persona, "web", "web_clicks.csv")
     cookie = persona.log.profile_for("cookie", "ck-1")
-    assert cookie is not None and persona.log.profile_for("web_user", "w-77") == cookie
+    assert cookie is not None and persona.log.profile_for("shop_user", "w-77") == cookie
     views = [e for e in persona.log.read(cookie) if e.type == "page_viewed"]
     assert [(v.data["duration_s"], v.occurred_at) for v in views] == [
         (35.5, "2025-03-05T09:00:00.000000Z"), (12.0, "2025-03-05T09:01:00.000000Z")]
@@ -68,7 +68,7 @@ def test_web_clicks_link_the_cookie_to_the_logged_in_user(persona: Persona) -> N
 def test_app_sessions_last_from_start_to_end(persona: Persona) -> None:
     ingest(persona, "app", "app_usage.csv")
     device = persona.log.profile_for("device", "ios-4F2A-99C1")
-    assert device is not None and persona.log.profile_for("app_user", "a-5") == device
+    assert device is not None and persona.log.profile_for("shop_user", "a-5") == device
     [session] = [e for e in persona.log.read(device) if e.type == "app_session"]
     assert session.data == {"session_id": "as-1", "minutes": 12.5, "features_used": ["scan", "search"],
                             "platform": "ios"}

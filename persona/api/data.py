@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from persona import identity
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent, from_micros, utc_text
@@ -73,34 +74,75 @@ class ProfileData:
         return cls(profile.id, profile.version, updated_at, profile.attributes, profile.features, profile.rfm)
 
 
+@dataclass(frozen=True)
+class PersonRow:
+    """What the read model says of one person (a profile, or several merged ones)."""
+
+    id: str
+    version: int  # events in the person's streams, together
+    updated_at: int | None
+    index_version: int | None
+    index_doc: str | None
+    rfm: dict[str, int] | None
+
+
+def person_rows(persona: Persona, ids: Sequence[str]) -> dict[str, PersonRow]:
+    """Each live id's person row, keyed by the id asked for: one query, plus two more when a
+    merged person is among them (their streams' rows are read and added up)."""
+    out: dict[str, PersonRow] = {}
+    merged = []
+    for row in persona.recorder.profile_rows(ids):
+        if not row.has_key:
+            continue
+        if row.person_id is not None:
+            merged.append(row.profile_id)
+            continue
+        rfm = None if row.r is None else {"r": row.r, "f": row.f or 0, "m": row.m or 0}
+        out[row.profile_id] = PersonRow(row.profile_id, row.version, row.updated_at, row.index_version,
+                                        row.index_doc, rfm)
+    if merged:
+        people = identity.persons(persona.recorder, merged)
+        streams = {r.profile_id: r for r in persona.recorder.profile_rows(
+            sorted({m for person in people.values() for m in person.members}))}
+        for pid, person in people.items():
+            rows = [streams.get(member) for member in person.members]
+            if not all(r is not None and r.has_key for r in rows):
+                continue  # erased meanwhile
+            root = streams[person.id]
+            rfm = None if root.r is None else {"r": root.r, "f": root.f or 0, "m": root.m or 0}
+            times = [r.updated_at for r in rows if r is not None and r.updated_at is not None]
+            out[pid] = PersonRow(person.id, sum(r.version for r in rows if r is not None),
+                                 max(times) if times else None, root.index_version, root.index_doc, rfm)
+    return out
+
+
 def load_profiles(persona: Persona, projector: Projector, ids: Sequence[str],
                   now: datetime | None = None) -> dict[str, ProfileData | None]:
     """Current profiles from the read model, one query for all; None for erased or unknown ids.
+    A merged profile's id answers with the person it belongs to (whose id may differ).
 
     A profile whose index row lags its log (an ingest still running in another process)
     is brought up to date from its snapshot and the events after it.
     """
     moment = now or datetime.now(UTC)
     out: dict[str, ProfileData | None] = {}
-    for row in persona.recorder.profile_rows(ids):
-        if not row.has_key:
-            continue
+    for asked, row in person_rows(persona, ids).items():
         doc = row.index_doc
         if doc is None or row.index_version != row.version:
             try:
-                doc = projector.index_doc(projector.current(row.profile_id))
+                current = projector.current(row.id)
             except (ErasedError, UnknownProfileError):
                 continue
-        rfm = None if row.r is None else {"r": row.r, "f": row.f or 0, "m": row.m or 0}
-        indexed = from_index(row.profile_id, row.version, doc, rfm, moment, persona)
+            doc = projector.index_doc(current)
+        indexed = from_index(row.id, row.version, doc, row.rfm, moment, persona)
         if indexed is not None:
             updated = from_micros(row.updated_at) if row.updated_at is not None else None
-            out[row.profile_id] = ProfileData.of(indexed, updated)
+            out[asked] = ProfileData.of(indexed, updated)
     return out
 
 
 def load_past_profile(persona: Persona, profile_id: str, as_of: datetime) -> ProfileData | None:
-    """A profile as it stood at `as_of`, replayed from its log."""
+    """A profile as it stood at `as_of`, replayed from its log (every stream of a merged person)."""
     past = past_profile(persona, profile_id, as_of)
     return None if past is None else ProfileData.of(past)
 
@@ -113,16 +155,19 @@ def load_sources(projector: Projector, ids: list[str]) -> dict[str, dict[str, An
 
 
 def load_updated(persona: Persona, ids: list[str]) -> dict[str, datetime]:
-    """When each profile's latest event was recorded (one query, nothing opened or parsed)."""
-    return {row.profile_id: from_micros(row.updated_at) for row in persona.recorder.profile_rows(ids)
-            if row.has_key and row.updated_at is not None}
+    """When each profile's latest event was recorded (nothing opened or parsed)."""
+    return {pid: from_micros(row.updated_at) for pid, row in person_rows(persona, ids).items()
+            if row.updated_at is not None}
 
 
 def load_identities(persona: Persona, ids: list[str]) -> dict[str, list[dict[str, str]]]:
-    out: dict[str, list[dict[str, str]]] = {pid: [] for pid in ids}
-    for profile_id, digest, namespace in persona.recorder.links_of_many(ids):
-        out[profile_id].append({"namespace": namespace, "hash": short_hash(bytes(digest))})
-    return out
+    """The identifiers linked to each person (every stream's, for a merged one)."""
+    people = identity.persons(persona.recorder, ids)
+    streams = sorted({m for person in people.values() for m in person.members})
+    linked: dict[str, list[dict[str, str]]] = {pid: [] for pid in streams}
+    for profile_id, digest, namespace in persona.recorder.links_of_many(streams):
+        linked[profile_id].append({"namespace": namespace, "hash": short_hash(bytes(digest))})
+    return {pid: [i for member in person.members for i in linked[member]] for pid, person in people.items()}
 
 
 def load_predictions(persona: Persona, ids: list[str], models: tuple[str, ...] | None) -> dict[str, list[Any]]:
@@ -150,47 +195,72 @@ def decode_cursor(kind: str, cursor: str) -> str:
 class HistoryPage:
     events: list[RecordedEvent]
     has_next: bool
-    resume_before: int | None = None  # a time-filtered scan stopped early: continue below this version
+    resume_before: int | None = None  # a time-filtered scan stopped early: continue below this point
+    by_position: bool = False  # a merged person's pages go by log position, not stream version
 
 
 SCAN_PAGE = 200
 SCAN_LIMIT = 2_000  # events decrypted for one time-filtered page at most; the rest is the next page's
 
 
-def history_page(persona: Persona, profile_id: str, *, first: int, before_version: int | None = None,
-                 types: Sequence[str] = (), since: datetime | None = None,
+def history_page(persona: Persona, profile_id: str, *, first: int, before: int | None = None,
+                 by_position: bool = False, types: Sequence[str] = (), since: datetime | None = None,
                  until: datetime | None = None) -> HistoryPage:
-    """A page of one profile's events, newest first.
+    """A page of one person's events, newest first.
 
     Paging and type filters are answered by the database, so only the events returned
     are decrypted. Occurrence times are sealed inside events: with `since`/`until` the
-    candidates are decrypted a page at a time and filtered.
+    candidates are decrypted a page at a time and filtered. A profile's pages go by its
+    stream's versions; a merged person's by log position across its streams (`before` is
+    then a position: `by_position`). A version cursor of a profile merged since is refused.
     """
-    log = persona.log
-    head = persona.recorder.heads([profile_id]).get(profile_id)
-    if head is None or head.wrapped is None:
+    log, rec = persona.log, persona.recorder
+    person = identity.person_of(rec, profile_id)
+    heads = rec.heads(person.members)
+    if len(heads) < len(person.members) or any(h.wrapped is None for h in heads.values()):
         raise UnknownProfileError("no such profile")
-    sealer = log.sealer(profile_id, head)
-    before = head.version + 1 if before_version is None else before_version
+    sealers = {sid: log.sealer(sid, head) for sid, head in heads.items()}
+    across = person.merged or by_position
+    if person.merged and before is not None and not by_position:
+        raise ValidationError("after: the profile was merged with another since this cursor was handed out;"
+                              " start again from the first page")
+    if across:
+        start = rec.last_position() + 1 if before is None else before
+
+        def read(below: int, limit: int) -> list[Any]:
+            return rec.read_page_across(person.members, below, limit, types)
+
+        def mark(row: Any) -> int:
+            return int(row.position)
+    else:
+        start = heads[profile_id].version + 1 if before is None else before
+
+        def read(below: int, limit: int) -> list[Any]:
+            return rec.read_page(profile_id, below, limit, types)
+
+        def mark(row: Any) -> int:
+            return int(row.version)
     lo = utc_text(since) if since is not None else None
     hi = utc_text(until) if until is not None else None
     if lo is None and hi is None:
-        rows = persona.recorder.read_page(profile_id, before, first + 1, types)
-        return HistoryPage([log.open_event(row, sealer) for row in rows[:first]], len(rows) > first)
+        rows = read(start, first + 1)
+        return HistoryPage([log.open_event(row, sealers[row.stream_id]) for row in rows[:first]],
+                           len(rows) > first, by_position=across)
     found: list[RecordedEvent] = []
     scanned = 0
+    below = start
     while len(found) <= first:
         if scanned >= SCAN_LIMIT:  # a short page, and a cursor to go on from where the scan stopped
-            return HistoryPage(found, True, before)
-        rows = persona.recorder.read_page(profile_id, before, SCAN_PAGE, types)
+            return HistoryPage(found, True, below, by_position=across)
+        rows = read(below, SCAN_PAGE)
         for row in rows:
             scanned += 1
-            event = log.open_event(row, sealer)
+            event = log.open_event(row, sealers[row.stream_id])
             if (lo is None or event.occurred_at >= lo) and (hi is None or event.occurred_at < hi):
                 found.append(event)
                 if len(found) > first:
                     break
         if len(rows) < SCAN_PAGE:
             break
-        before = rows[-1].version
-    return HistoryPage(found[:first], len(found) > first)
+        below = mark(rows[-1])
+    return HistoryPage(found[:first], len(found) > first, by_position=across)

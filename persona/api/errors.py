@@ -26,7 +26,7 @@ from graphql import (
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
-from persona.errors import ConcurrencyError, ErasedError, UnknownProfileError, ValidationError
+from persona.errors import ConcurrencyError, ErasedError, LinkError, UnknownProfileError, ValidationError
 
 log = logging.getLogger("persona.api")
 
@@ -131,7 +131,7 @@ def known(original: BaseException | None) -> tuple[str, str] | None:
         return "no operation to run: check the query and its operationName", "BAD_REQUEST"
     if isinstance(original, ApiError):
         return str(original), original.code
-    if isinstance(original, ValidationError):
+    if isinstance(original, ValidationError | LinkError):
         return original.reason, "BAD_REQUEST"
     if isinstance(original, UnknownProfileError | ErasedError):
         return "no such profile (unknown, or erased)", "NOT_FOUND"

@@ -39,6 +39,8 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Query", "insights"): "insights:read",
     ("Mutation", "ingestEvents"): "events:write",
     ("Mutation", "eraseProfile"): "erasure:write",
+    ("Mutation", "linkIdentities"): "events:write",
+    ("Mutation", "unlinkIdentities"): "events:write",
     ("Subscription", "profileUpdated"): "profiles:read",
     ("Profile", "history"): "history:read",
     ("Profile", "predictions"): "predictions:read",
@@ -154,9 +156,11 @@ class _Walk:
             self.scopes.add(scope)
         if parent.name == "Profile":
             self.profile_fields.add(name)
-        if any(argument.name.value == "subject" for argument in node.arguments or ()):
-            self.identifies = True
         definition = parent.fields.get(name)
+        if definition is not None and any(
+                get_named_type(definition.args[a.name.value].type).name == "SubjectInput"
+                for a in node.arguments or () if a.name.value in definition.args):
+            self.identifies = True  # an identifier travels in this request
         inner = get_named_type(definition.type) if definition is not None else None
         scanning = SCANNING.get(key, frozenset())
         own = 1 + (SCAN_COST if any(a.name.value in scanning for a in node.arguments or ()) else 0)

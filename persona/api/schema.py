@@ -21,7 +21,7 @@ from strawberry.schema.schema import validate_document
 from strawberry.types import Info
 
 from persona.api.context import RequestContext
-from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
+from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile, person_rows
 from persona.api.errors import ApiError, fault, known, request_values, scrub
 from persona.api.execution import mark_plain
 from persona.api.plan import Limits
@@ -65,8 +65,8 @@ def load_profile(ctx: RequestContext, profile_id: str, operation: str) -> Profil
     data = ctx.profiles.get(profile_id)
     if data is None:
         return None
-    ctx.audit(operation, profile_id)
-    return Profile(id=strawberry.ID(profile_id), _data=data)
+    ctx.audit(operation, data.id)
+    return Profile(id=strawberry.ID(data.id), _data=data)  # a merged profile's id: its person's
 
 
 async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime) -> Profile | None:
@@ -74,8 +74,8 @@ async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime) -> Pr
     data = await ctx.state.scanner.run(load_past_profile, profile_id, as_of)
     if data is None:
         return None
-    ctx.audit("profile", profile_id)
-    return Profile(id=strawberry.ID(profile_id), _data=data, _as_of=as_of)
+    ctx.audit("profile", data.id)
+    return Profile(id=strawberry.ID(data.id), _data=data, _as_of=as_of)
 
 
 @strawberry.type
@@ -214,12 +214,53 @@ class Mutation:
         except (UnknownProfileError, ErasedError):
             raise ApiError("no such profile (unknown, or erased already)", "NOT_FOUND") from None
         body = erasure.receipt["receipt"]
-        ctx.state.projector.forget(body["profile_id"])
+        merged = list(body.get("merged_profiles", {}))
+        for pid in [body["profile_id"], *merged]:
+            ctx.state.projector.forget(pid)
         ctx.state.persona.log.forget_cached_keys()
-        ctx.state.bus.changed([body["profile_id"]])
-        return ErasureReceipt(profile_id=body["profile_id"], erased_at=datetime.fromisoformat(body["erased_at"]),
+        ctx.state.bus.changed([body["profile_id"], *merged])
+        return ErasureReceipt(profile_id=body["profile_id"], merged_profiles=merged,
+                              erased_at=datetime.fromisoformat(body["erased_at"]),
                               key_fingerprint=body["key_fingerprint"], wal_truncated=body["wal_truncated"],
                               counts=body["counts"], signature=erasure.receipt["signature"], receipt=erasure.receipt)
+
+
+    @strawberry.mutation(description="Declare two identifiers one person: if they belong to two profiles, the"
+                                     " profiles are merged (undo with unlinkIdentities). One must be known.")
+    async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput) -> Profile:
+        ctx = root_context(info)
+        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value))
+        ctx.state.projector.clear()  # cached states were the streams'; the person is read afresh
+        ctx.state.bus.changed([linked.person])
+        profile = load_profile(ctx.fresh(), linked.person, "linkIdentities")
+        if profile is None:
+            raise ApiError("no such profile (erased meanwhile)", "NOT_FOUND")
+        return profile
+
+    @strawberry.mutation(description="Undo the merge that joined two identifiers' profiles: both people come back"
+                                     " with their own histories. Returns the two profiles.")
+    async def unlink_identities(self, info: Info[RequestContext, None], a: SubjectInput,
+                                b: SubjectInput) -> list[Profile]:
+        ctx = root_context(info)
+        unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value))
+        ctx.state.projector.clear()
+        ctx.state.bus.changed(list(unlinked.people))
+        fresh = ctx.fresh()
+        fresh.profiles.want(unlinked.people)
+        profiles = [load_profile(fresh, pid, "unlinkIdentities") for pid in unlinked.people]
+        return [p for p in profiles if p is not None]
+
+
+def _link(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:
+    from persona.linking import link
+
+    return link(persona, a, b, source="api")
+
+
+def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:
+    from persona.linking import unlink
+
+    return unlink(persona, a, b)
 
 
 @strawberry.type
@@ -231,7 +272,7 @@ class Subscription:
         seen = ctx.profiles.get(profile_id)
         if seen is None:
             raise ApiError("no such profile", "NOT_FOUND")
-        version = seen.version
+        profile_id, version = seen.id, seen.version  # a merged profile's id: its person's
         name = ctx.name
         state.subscriptions[name] = state.subscriptions.get(name, 0) + 1
         try:
@@ -256,14 +297,16 @@ async def _updates(ctx: RequestContext, profile_id: str, version: int) -> AsyncG
             state.bus.unwatch(profile_id, wake)
         if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
             return  # the token was revoked: the subscription ends with it
-        head = state.persona.recorder.heads([profile_id]).get(profile_id)
-        if head is None or head.wrapped is None:
+        row = person_rows(state.persona, [profile_id]).get(profile_id)
+        if row is None:
             return  # erased: nothing more will come
-        if head.version > version:
+        if row.id != profile_id:  # merged into another person since: followed there
+            profile_id, version = row.id, -1
+        if row.version != version:  # grows with each event; a merge undone since can lower it
             profile = load_profile(ctx.fresh(), profile_id, "profileUpdated")
             if profile is None:
                 return
-            version = max(head.version, profile._data.version)  # the log's count, never a replayed one
+            version = profile._data.version
             yield profile
 
 

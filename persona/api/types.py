@@ -18,7 +18,7 @@ from strawberry.types import Info
 from persona.api.context import RequestContext
 from persona.api.data import HistoryPage, ProfileData, decode_cursor, encode_cursor, history_page
 from persona.api.errors import ApiError
-from persona.errors import ErasedError, UnknownProfileError
+from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent
 
 T = TypeVar("T")
@@ -48,13 +48,18 @@ def page_size(first: int | None, ctx: RequestContext) -> int:
     return size
 
 
-def _version_cursor(after: str | None) -> int | None:
+def _history_cursor(after: str | None) -> tuple[int | None, bool]:
+    """(where the next page starts, whether that is a log position): "v" cursors hold a stream
+    version, "q" cursors a log position (a merged person's pages)."""
     if after is None:
-        return None
-    text = decode_cursor("v", after)
+        return None, False
+    try:
+        text, kind = decode_cursor("q", after), "q"
+    except ValidationError:
+        text, kind = decode_cursor("v", after), "v"
     if not (text.isascii() and text.isdigit() and len(text) <= 18):
         raise ApiError("after: not a cursor this API handed out")
-    return int(text)
+    return int(text), kind == "q"
 
 
 def later(pending: Awaitable[T]) -> T:
@@ -107,6 +112,11 @@ class Event:
     def version(self) -> int:
         return self._event.version
 
+    @strawberry.field(description="The profile whose log holds the event: for a merged person, one of its"
+                                  " profiles (the person's id, or a profile merged into it)")
+    def stream(self) -> strawberry.ID:
+        return strawberry.ID(self._event.profile_id)
+
     @strawberry.field
     def type(self) -> str:
         return self._event.type
@@ -155,10 +165,12 @@ class EventConnection:
 
 
 def _event_connection(page: HistoryPage) -> EventConnection:
-    edges = [EventEdge(cursor=encode_cursor("v", e.version), node=Event(_event=e)) for e in page.events]
+    kind = "q" if page.by_position else "v"
+    edges = [EventEdge(cursor=encode_cursor(kind, e.position if page.by_position else e.version),
+                       node=Event(_event=e)) for e in page.events]
     end = edges[-1].cursor if edges else None
     if page.resume_before is not None:
-        end = encode_cursor("v", page.resume_before)
+        end = encode_cursor(kind, page.resume_before)
     return EventConnection(edges=edges, page_info=PageInfo(has_next_page=page.has_next, end_cursor=end))
 
 
@@ -214,7 +226,7 @@ class Profile:
                 until: datetime | None = None) -> EventConnection:
         ctx = context_of(info)
         size = page_size(first, ctx)
-        before = _version_cursor(after)
+        before, by_position = _history_cursor(after)
         since_at, until_at = instant(since, "since"), instant(until, "until")
         if self._as_of is not None and self._as_of < MAX_INSTANT:
             end = self._as_of + timedelta(microseconds=1)  # asOf includes its own instant, `until` does not
@@ -223,10 +235,12 @@ class Profile:
 
         def page(persona: Any) -> EventConnection:
             try:
-                found = history_page(persona, profile_id, first=size, before_version=before, types=kinds,
-                                     since=since_at, until=until_at)
+                found = history_page(persona, profile_id, first=size, before=before, by_position=by_position,
+                                     types=kinds, since=since_at, until=until_at)
             except (UnknownProfileError, ErasedError):
                 raise ApiError("the profile is gone (erased)", "NOT_FOUND") from None
+            except ValidationError as e:
+                raise ApiError(e.reason) from None
             return _event_connection(found)
 
         if since_at is None and until_at is None:  # paged by the database: only what is returned is opened
@@ -345,6 +359,8 @@ class IngestResult:
 @strawberry.type
 class ErasureReceipt:
     profile_id: str
+    merged_profiles: list[str] = strawberry.field(
+        description="Profiles merged into the person, erased with it (each key deleted)")
     erased_at: datetime
     key_fingerprint: str
     wal_truncated: bool

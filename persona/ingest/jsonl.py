@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from persona import identity
 from persona.core import Persona
 from persona.errors import ValidationError
 from persona.eventlog import AppendResult
@@ -33,6 +34,8 @@ class IngestReport:
     duplicates: int = 0
     quarantined: int = 0
     profiles_created: int = 0
+    merges: int = 0  # links that joined two existing profiles into one person
+    merges_refused: int = 0  # such links between two people whose merge was undone
     blank: int = 0
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
@@ -50,6 +53,10 @@ class IngestReport:
             f"{self.duplicates} duplicates, {self.quarantined} quarantined, "
             f"{self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
         )
+        if self.merges or self.merges_refused:
+            text += f"\n  {self.merges} profiles merged into others by linked identifiers"
+            if self.merges_refused:
+                text += f" ({self.merges_refused} links not merged: those merges were undone before)"
         if self.quarantine_reasons:
             reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(self.quarantine_reasons.items()))
             text += f"\n  quarantined by field: {reasons} (see `persona quarantine`)"
@@ -231,7 +238,10 @@ def ingest_records(
     report.appended = total.appended
     report.duplicates = total.duplicates
     report.profiles_created = total.profiles_created
-    report.changed = total.streams
+    report.merges = total.merges
+    report.merges_refused = total.merges_refused
+    people = identity.persons(persona.recorder, total.streams)  # who changed: persons, as the API names them
+    report.changed = {person.id: 0 for person in people.values()} | total.streams
     report.quarantined = quarantine.count
     report.quarantine_reasons = quarantine.reasons
     report.seconds = time.perf_counter() - started

@@ -26,6 +26,11 @@ class Projection(Protocol[S]):
         """Fold one event in. Must give the same final state for any order of the same events."""
         ...
 
+    def combine(self, states: list[S]) -> S:
+        """One state for the events of all these states together (the streams of a merged
+        person): equal to folding all their events into one. Must not modify its inputs."""
+        ...
+
     def view(self, state: S, as_of: datetime) -> dict[str, Any]:
         """The read-out at an instant (ages, recencies and decays depend on it)."""
         ...

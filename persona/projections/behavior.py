@@ -97,6 +97,10 @@ class BehaviorFeatures:
             state.append(fact)
         return state
 
+    def combine(self, states: list[list[Fact]]) -> list[Fact]:
+        """The facts of several streams together (a merged person); the inputs are left as they were."""
+        return [fact for state in states for fact in state]
+
     def dump(self, state: list[Fact]) -> Any:
         return [list(f) for f in sorted(state, key=_order)]
 

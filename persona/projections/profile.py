@@ -112,10 +112,13 @@ class ProfileAttributes:
         return state
 
     def _claim(self, state: State, name: str, value: Any, event: RecordedEvent) -> None:
+        self._hold(state, name, (value, event.source, event.event_id, event.occurred_at))
+
+    def _hold(self, state: State, name: str, claim: Claim) -> None:
         strategy = self.policy.strategies.get(name)
         if strategy is None:
             return
-        claim: Claim = (value, event.source, event.event_id, event.occurred_at)
+        value = claim[0]
         held = state["attributes"]
         current = held.get(name)
         if strategy == "latest":
@@ -126,11 +129,24 @@ class ProfileAttributes:
         elif strategy == "weighted":
             if isinstance(value, int | float) and not isinstance(value, bool):
                 by_source = held.setdefault(name, {})
-                by_source[event.source] = _later(by_source.get(event.source), claim)
+                by_source[claim[1]] = _later(by_source.get(claim[1]), claim)
         elif strategy == "union":
             values = held.setdefault(name, {})
             key = _hashable(value)
             values[key] = _earlier(values.get(key), claim)
+
+    def combine(self, states: list[State]) -> State:
+        """The state of several streams' events together (a merged person): every claim held
+        is offered again under the same rules, so the result is what one fold of all their
+        events gives. The inputs are left as they were."""
+        out = self.initial()
+        for state in states:
+            for name, held in state["attributes"].items():
+                for claim in (held.values() if isinstance(held, dict) else (held,)):
+                    self._hold(out, name, claim)
+            for purpose, claim in state["consent"].items():
+                out["consent"][purpose] = _later(out["consent"].get(purpose), claim)
+        return out
 
     def _precedes(self, new: Claim, old: Claim) -> bool:
         rank = self.policy.rank

@@ -10,7 +10,7 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import Head, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
+from persona.store.base import Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
 
 SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
@@ -71,8 +71,9 @@ _READ_PAGE_TYPED = (
 )
 # One row per profile for the API: its head, last change, read-model row and RFM scores.
 _PROFILE_ROWS = (
-    "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m"
-    " FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
+    "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m,"
+    " m.person_id FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
+    " LEFT JOIN members m ON m.profile_id = s.stream_id"
     " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
     " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
 )
@@ -99,6 +100,15 @@ _HEADS = (
     "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
     " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
 )
+_PERSONS_OF = "SELECT profile_id, person_id FROM members WHERE profile_id IN (?*)"
+_MEMBERS_OF = (
+    "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
+    " WHERE m.person_id IN (?*) ORDER BY s.stream_no"
+)
+_MERGE_EDGES = (
+    "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges WHERE a IN (?*) UNION"
+    " SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges WHERE b IN (?*)"
+)
 _RESOLVE = "SELECT subject_hash, profile_id FROM links WHERE subject_hash IN (?*)"
 _TAGGED = "SELECT quarantine_id FROM quarantine_tags WHERE subject_hash IN (?*)"
 _DELETE_QUARANTINED = (
@@ -107,7 +117,7 @@ _DELETE_QUARANTINED = (
 )
 # table names are constants of this module; the statements are built once
 _DELETE_DERIVED = tuple("DELETE FROM [" + table + "] WHERE profile_id = ?" for table in DERIVED_TABLES)
-_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine")
+_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
 _COUNT = {table: "SELECT count(*) FROM [" + table + "]" for table in _COUNTED}
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
@@ -144,6 +154,7 @@ class SQLiteRecorder:
             raise ConfigurationError("the database was not made by this version of persona")
         self._create_derived_schema()
         self._create_access_schema()
+        self._create_merge_schema()
 
     def _create_schema(self) -> None:
         db = self.db
@@ -248,6 +259,31 @@ class SQLiteRecorder:
                 not_null={"r", "f", "m"},
                 if_not_exists=True,
             )
+
+    def _create_merge_schema(self) -> None:
+        """Merges of profiles found to be one person (additive, so made on open).
+
+        `merges` holds each join (the two streams and the keyed hashes of the identifiers
+        whose link made it; undone ones are kept, so the same wrong link is not made again);
+        `members` maps each stream of a merged person to the person's id (its oldest stream).
+        Both are identity tables, like `links`: erasure deletes the person's rows.
+        """
+        if "members" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("merges").create(
+                {"edge": int, "a": str, "b": str, "a_hash": bytes, "b_hash": bytes, "merged_at": int,
+                 "undone_at": int},
+                pk="edge",
+                not_null={"a", "b", "a_hash", "b_hash", "merged_at"},
+                if_not_exists=True,
+            )
+            db.table("merges").create_index(["a"], if_not_exists=True)
+            db.table("merges").create_index(["b"], if_not_exists=True)
+            db.table("members").create({"profile_id": str, "person_id": str}, pk="profile_id",
+                                       not_null={"person_id"}, if_not_exists=True)
+            db.table("members").create_index(["person_id"], if_not_exists=True)
 
     def _run_script(self, script: str) -> None:
         """Constant statements of this module, one by one (inside the caller's transaction)."""
@@ -374,6 +410,17 @@ class SQLiteRecorder:
             return list(map(StoredEvent._make, self.conn.execute(sql, (stream_id, before_version, *types, limit))))
         return list(map(StoredEvent._make, self.conn.execute(_READ_PAGE, (stream_id, before_version, limit))))
 
+    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
+                         types: Sequence[str] = ()) -> list[StoredEvent]:
+        """Up to `limit` events of several streams (a merged person) recorded before a position,
+        newest first."""
+        ids = ",".join("?" * len(stream_ids))
+        sql = _EVENT_SELECT + " WHERE s.stream_id IN (" + ids + ") AND e.position < ?"
+        if types:
+            sql += " AND e.type IN (" + ",".join("?" * len(types)) + ")"
+        sql += " ORDER BY e.position DESC LIMIT ?"
+        return list(map(StoredEvent._make, self.conn.execute(sql, (*stream_ids, before_position, *types, limit))))
+
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         cursor = self.conn.execute(
             _READ_ALL,
@@ -471,6 +518,54 @@ class SQLiteRecorder:
             (profile_id,),
         ).fetchall()
 
+    # -- merges --------------------------------------------------------------------------
+    def persons_of(self, profile_ids: Sequence[str]) -> dict[str, str]:
+        """Stream -> person id, for the streams that belong to a merged person."""
+        out: dict[str, str] = {}
+        for part in _chunks(profile_ids):
+            out.update(self.conn.execute(_expand(_PERSONS_OF, len(part)), part).fetchall())
+        return out
+
+    def members_of(self, person_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Person id -> its streams (oldest first), for merged persons."""
+        out: dict[str, list[str]] = {}
+        for part in _chunks(person_ids):
+            for person, member in self.conn.execute(_expand(_MEMBERS_OF, len(part)), part):
+                out.setdefault(person, []).append(member)
+        return out
+
+    def merge_edges(self, profile_ids: Sequence[str]) -> list[MergeEdge]:
+        """Every merge (active or undone) touching these streams."""
+        found: dict[int, MergeEdge] = {}
+        for part in _chunks(profile_ids):
+            for row in self.conn.execute(_expand(_MERGE_EDGES, len(part)), [*part, *part]):
+                found[row[0]] = MergeEdge._make(row)
+        return [found[k] for k in sorted(found)]
+
+    def add_merge(self, a: str, b: str, a_hash: bytes, b_hash: bytes, at: int) -> int:
+        row = self.conn.execute(
+            "INSERT INTO merges (a, b, a_hash, b_hash, merged_at) VALUES (?, ?, ?, ?, ?) RETURNING edge",
+            (a, b, a_hash, b_hash, at),
+        ).fetchone()
+        return int(row[0])
+
+    def undo_merges(self, edges: Sequence[int], at: int) -> None:
+        self.conn.executemany("UPDATE merges SET undone_at = ? WHERE edge = ? AND undone_at IS NULL",
+                              [(at, edge) for edge in edges])
+
+    def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
+        """rows: (stream, person id) of merged persons; singles: streams that are their own person again."""
+        self.conn.executemany(
+            "INSERT INTO members (profile_id, person_id) VALUES (?, ?)"
+            " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id", rows)
+        self.conn.executemany("DELETE FROM members WHERE profile_id = ?", [(pid,) for pid in singles])
+
+    def drop_derived(self, profile_ids: Sequence[str]) -> None:
+        """Delete the index and RFM rows of these profile ids (streams now read as part of a person)."""
+        for pid in profile_ids:
+            self.conn.execute("DELETE FROM profile_index WHERE profile_id = ?", (pid,))
+            self.conn.execute("DELETE FROM rfm WHERE profile_id = ?", (pid,))
+
     # -- erasure -------------------------------------------------------------------------
     def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
         """Delete everything that could open or point at the profile; leave a tombstone."""
@@ -481,6 +576,8 @@ class SQLiteRecorder:
         counts = {"events": events, "links": len(hashes), "quarantined": self.purge_tagged(hashes)}
         counts["keys"] = conn.execute("DELETE FROM keys WHERE profile_id = ?", (profile_id,)).rowcount
         conn.execute("DELETE FROM links WHERE profile_id = ?", (profile_id,))
+        counts["merges"] = conn.execute("DELETE FROM merges WHERE a = ?1 OR b = ?1", (profile_id,)).rowcount
+        conn.execute("DELETE FROM members WHERE profile_id = ?", (profile_id,))
         derived = 0
         for statement in _DELETE_DERIVED:
             derived += conn.execute(statement, (profile_id,)).rowcount
