@@ -55,3 +55,69 @@ def test_sigkill_during_ingest_loses_no_committed_batch_and_splits_none(tmp_path
     report = orjson.loads(again.stdout)
     assert (report["appended"], report["duplicates"]) == (total - survived, survived)
     assert stored(settings.db_path) == total
+
+
+def _events_by_type(settings: Settings) -> dict[str, int]:
+    with Persona.open(settings) as p:
+        counts: dict[str, int] = {}
+        for event in p.log.iter_all():
+            counts[event.type] = counts.get(event.type, 0) + 1
+        return counts
+
+
+def test_sigkill_during_mapped_ingest_with_merges_then_rerun_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """A built-in source (web clicks: a page view and a login link per row) whose cookies browse
+    anonymously and then log in with shop accounts seen before: merges happen all along the file."""
+    users, cookies, rows = 200, 400, 24_000
+    shop = tmp_path / "orders.csv"
+    shop.write_text("order_id,user_id,created_at,total\n"
+                    + "".join(f"o{n},u-{n},2025-03-01 10:00:00,{10 + n}\n" for n in range(users)))
+    clicks = tmp_path / "clicks.csv"
+    with clicks.open("w") as f:
+        f.write("cookie_id,user_id,session_id,url,ts,dwell_s,category,referrer\n")
+        for i in range(rows):
+            cookie = i % cookies
+            logged_in = (i // cookies) % 3 == 1  # each cookie's second round of visits is logged in
+            user = f"u-{cookie % users}" if logged_in else ""
+            f.write(f"ck-{cookie},{user},s{i // 50},https://shop.example/p/{i},{1741165200000 + i * 1000},3,books,\n")
+    exe = Path(sys.executable).with_name("persona")
+
+    def prepared(name: str) -> tuple[Settings, dict[str, str]]:
+        settings = Settings.load(tmp_path / name, env={})
+        Persona.init(settings).close()
+        env = {**os.environ, "PERSONA_DATA": str(settings.data_dir), "PERSONA_BATCH_SIZE": "500"}
+        subprocess.run([exe, "ingest", str(shop), "--source", "shop"], env=env, capture_output=True, check=True)
+        return settings, env
+
+    reference, env = prepared("reference")
+    done = subprocess.run([exe, "ingest", str(clicks), "--source", "web", "--json"], env=env, capture_output=True,
+                          check=True)
+    expected = _events_by_type(reference)
+    assert orjson.loads(done.stdout)["merges"] == cookies  # every cookie joined its buyer
+    killed, env = prepared("killed")
+    before = stored(killed.db_path)
+    proc = subprocess.Popen([exe, "ingest", str(clicks), "--source", "web"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while stored(killed.db_path) < before + 6_000 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    partial = _events_by_type(killed)
+    assert 0 < partial.get("page_viewed", 0) < rows
+    # whole records: batches commit in file order, so the survivors are the first rows, each with
+    # its login link when it had one — never a page view without its row's link
+    survived_rows = partial["page_viewed"]
+    assert partial.get("identity_linked", 0) == sum(1 for i in range(survived_rows) if (i // cookies) % 3 == 1)
+    assert partial.get("profiles_merged", 0) % 2 == 0  # both sides of each merge, or neither
+    with Persona.open(killed) as p:
+        assert verify(p).events == stored(killed.db_path)
+    again = subprocess.run([exe, "ingest", str(clicks), "--source", "web", "--json"], env=env,
+                           capture_output=True, check=True)
+    report = orjson.loads(again.stdout)
+    assert report["duplicates"] == partial["page_viewed"] + partial.get("identity_linked", 0)
+    assert _events_by_type(killed) == expected  # nothing lost, nothing twice, the same merges
+    with Persona.open(killed) as p, Persona.open(reference) as r:
+        assert verify(p).events == verify(r).events
+        assert len(p.recorder.index_rows()) == len(r.recorder.index_rows()) == users
