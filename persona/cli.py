@@ -25,7 +25,7 @@ from persona.errors import PersonaError, TamperError, UnknownProfileError
 from persona.identity import person_of
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
-from persona.ingest.mapping import SourceMapping, builtin_mapping, load_mapping, mapped_records
+from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
 from persona.ingest.quarantine import describe
 from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
@@ -167,11 +167,14 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
 
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
             progress: Callable[[int], None] | None = None, *, stream: bool = False) -> Any:
+    limit = persona.settings.max_event_bytes
     if mapping is None:
-        records = jsonl_records(handle, persona.settings.max_event_bytes)
-    else:
-        records = mapped_records(mapping, handle, name=name, max_bytes=persona.settings.max_event_bytes)
-    return ingest_records(persona, records, origin=name, progress=progress, stream=stream)
+        return ingest_records(persona, jsonl_records(handle, limit), origin=name, progress=progress, stream=stream)
+    if stream:  # rows are paced, so that an order's last item rows do not wait for the next order
+        return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit), origin=name,
+                              stream=True, paced=True)
+    return ingest_records(persona, mapped_records(mapping, handle, name=name, max_bytes=limit), origin=name,
+                          progress=progress)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:

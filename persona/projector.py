@@ -257,11 +257,11 @@ class Projector:
         """Bring the index (one row per person) and, every N events, each stream's snapshots
         of these profiles up to date."""
         index, snaps = [], []
-        people = identity.persons(self.persona.recorder, profile_ids)
-        for person in {p.id: p for p in people.values()}.values():
-            try:
-                parts = [self.stream_current(member) for member in person.members]
-            except (ErasedError, UnknownProfileError):
+        people = {p.id: p for p in identity.persons(self.persona.recorder, profile_ids).values()}
+        streams = self._streams_current([member for person in people.values() for member in person.members])
+        for person in people.values():
+            parts = [streams[member] for member in person.members if member in streams]
+            if len(parts) < len(person.members):
                 continue  # erased since: nothing of them may be written back
             for part in parts:
                 assert part.sealer is not None

@@ -81,3 +81,41 @@ def test_a_feed_that_never_pauses_is_still_committed_as_it_goes(tmp_path: Path) 
     finally:
         feed.communicate(timeout=30)
     assert feed.returncode == 0
+
+
+def test_a_live_shop_feed_shows_an_order_without_waiting_for_the_next_one(tmp_path: Path) -> None:
+    """Rows are grouped by order id: the last order of a quiet feed is closed after a short hold,
+    not kept until the next order's first row arrives."""
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings):
+        pass
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
+                             "--source", "shop", "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    assert feed.stdin is not None
+
+    def items_of(email: str) -> int | None:
+        with Persona.open(settings) as p:
+            pid = p.log.profile_for("email", email)
+            if pid is None:
+                return None
+            orders = [e for e in p.log.read(pid) if e.type == "order_placed"]
+            return len(orders[0].data.get("items") or []) if orders else None
+
+    try:
+        feed.stdin.write(b"order_id,email,created_at,total,sku,category,qty,price\n"
+                         b"A-1,live.one@example.com,2025-03-05 10:00:00,30,S1,books,1,10\n"
+                         b"A-1,live.one@example.com,2025-03-05 10:00:00,30,S2,books,1,20\n")
+        feed.stdin.flush()
+        wait_until(lambda: items_of("live.one@example.com") == 2, "the open order, both of its item rows",
+                   timeout=10)
+        assert feed.poll() is None
+        feed.stdin.write(b"A-2,live.two@example.com,2025-03-05 11:00:00,5,S3,home,1,5\n")
+        feed.stdin.flush()
+        wait_until(lambda: items_of("live.two@example.com") == 1, "the next order")
+    finally:
+        out, err = feed.communicate(timeout=30)
+    assert feed.returncode == 0, err.decode(errors="replace")
+    report = orjson.loads(out)
+    assert (report["appended"], report["duplicates"], report["quarantined"]) == (2, 0, 0)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -105,11 +105,12 @@ def ingest_jsonl(
 
 
 PAUSE = None  # what `_paced` yields when nothing arrived for a while
+T = TypeVar("T")
 
 
-def _paced(records: Iterable[Record], every: float) -> Iterator[Record | None]:
-    """The records, with a PAUSE whenever none arrived for `every` seconds: a reader thread
-    waits on the source (a pipe that may stay quiet for hours), the ingest does not."""
+def _paced(records: Iterable[T], every: float) -> Iterator[T | None]:
+    """The records (or rows), with a PAUSE whenever none arrived for `every` seconds: a reader
+    thread waits on the source (a pipe that may stay quiet for hours), the ingest does not."""
     arrived: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=10_000)
 
     def read() -> None:
@@ -137,19 +138,21 @@ def _paced(records: Iterable[Record], every: float) -> Iterator[Record | None]:
 
 def ingest_records(
     persona: Persona,
-    records: Iterable[Record],
+    records: Iterable[Record | None],
     *,
     origin: str,
     now: datetime | None = None,
     progress: Progress | None = None,
     stream: bool = False,
+    paced: bool = False,
 ) -> IngestReport:
     """Append the events of every valid record; quarantine the rest, each with its reason and
     line. A record's events go in together or not at all. Memory is bounded by the batch size.
 
     `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
     the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
-    and visible within about a second of arriving, however slowly records come.
+    and visible within about a second of arriving, however slowly records come. `paced`: the
+    records already carry PAUSE markers (a live feed read by `live_records`).
     """
     started = time.perf_counter()
     fixed_now = now
@@ -190,7 +193,7 @@ def ingest_records(
 
     waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
     try:
-        for record in (_paced(records, STREAM_PAUSE_S) if stream else records):
+        for record in (_paced(records, STREAM_PAUSE_S) if stream and not paced else records):
             if record is PAUSE:  # a quiet feed: commit what came, and show it
                 flush()
                 if dirty:

@@ -49,7 +49,7 @@ import orjson
 from persona.errors import ConfigurationError, ValidationError
 from persona.events import EVENT_TYPES, utc_text
 from persona.ingest.clean import parse_amount, parse_country, parse_gender, parse_instant, parse_number
-from persona.ingest.jsonl import Record
+from persona.ingest.jsonl import PAUSE, STREAM_PAUSE_S, Record, _paced
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(16 * 1024 * 1024)  # rows over the event size limit are refused by size, not by the reader
@@ -521,20 +521,50 @@ class _Lines:
 
 
 Row = tuple[int, bytes, dict[str, Any], int]  # (line, raw, row, size): a row read, not yet mapped
+# A live feed's group (an order's item rows) is closed after this long without a row: its rows
+# must arrive together; a row of the same order coming later is a new record (a duplicate id).
+GROUP_HOLD_S = 0.5
 
 
 def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "",
                    max_bytes: int = 64 * 1024) -> Iterator[Record]:
     """Records of a CSV or JSONL file, each with the events the mapping makes of it."""
+    for item in _mapped(mapping, _rows(mapping, handle, name), max_bytes):
+        if item is not PAUSE:
+            yield item
+
+
+def live_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "", max_bytes: int = 64 * 1024,
+                 every: float = STREAM_PAUSE_S) -> Iterator[Record | None]:
+    """The records of a live feed (stdin), with a PAUSE whenever nothing arrived for `every`
+    seconds. Rows are read by a thread, so that a group (an order's item rows) is closed after
+    GROUP_HOLD_S of quiet rather than when the next group's first row arrives, maybe hours later."""
+    return _mapped(mapping, _paced(_rows(mapping, handle, name), every), max_bytes, every=every)
+
+
+def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterator[Record | Row]:
     form = mapping.format or ("jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv")
-    rows = _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping)
+    return _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping)
+
+
+def _mapped(mapping: SourceMapping, rows: Iterable[Record | Row | None], max_bytes: int,
+            every: float = 0.0) -> Iterator[Record | None]:
     if mapping.group_by is None:
         for item in rows:
-            yield item if isinstance(item, Record) else _record(mapping, [item], max_bytes)
+            yield item if item is PAUSE or isinstance(item, Record) else _record(mapping, [item], max_bytes)
         return
     group: list[Row] = []
     key = None
+    quiet = 0.0
     for item in rows:
+        if item is PAUSE:  # a live feed, quiet: a group held long enough is complete
+            quiet += every
+            if group and quiet >= GROUP_HOLD_S:
+                yield _record(mapping, group, max_bytes)
+                group, key = [], None
+            yield item
+            continue
+        quiet = 0.0
         if isinstance(item, Record):  # a blank or unreadable row ends the group before it
             if group:
                 yield _record(mapping, group, max_bytes)
