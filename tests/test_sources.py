@@ -79,3 +79,22 @@ def test_every_built_in_source_loads_and_an_unknown_one_is_named() -> None:
     assert {builtin_mapping(name).source for name in BUILT_IN} == set(BUILT_IN)
     with pytest.raises(ConfigurationError, match="built in: shop"):
         builtin_mapping("crm")
+
+
+def test_item_rows_of_one_order_must_agree_on_the_order_columns(persona: Persona, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,email,created_at,total,sku,category,qty,price\n"
+                    "B-1,ann@example.com,2025-03-05 10:00:00,30,S1,books,1,10\n"
+                    "B-1,,,,S2,books,1,20\n"  # later rows may leave the order's columns empty
+                    "B-2,ben@example.com,2025-03-05 11:00:00,30,S1,books,1,10\n"
+                    "B-2,ben@example.com,2025-03-05 11:00:00,99,S2,books,1,20\n")  # another total: refused
+    with path.open("rb") as handle:
+        report = ingest_records(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
+                                origin=path.name)
+    assert (report.appended, report.quarantined) == (1, 1)
+    assert [(r["line"], r["reason"]) for r in describe(persona)] == [
+        (4, "total: the rows of one order_id disagree (repeat it on every row, or leave it empty after the first)")]
+    ann = persona.log.profile_for("email", "ann@example.com")
+    assert ann is not None
+    order = next(e for e in persona.log.read(ann) if e.type == "order_placed")
+    assert [i["sku"] for i in order.data["items"]] == ["S1", "S2"]

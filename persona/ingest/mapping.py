@@ -439,6 +439,8 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                group: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The canonical event records one row (or group of rows, the first speaking for all)
     makes; raises ValidationError to refuse it."""
+    if group is not None and len(group) > 1:
+        _check_agreement(mapping, row, group)
     out = []
     for rule in mapping.events:
         occurred = _value(rule.when, row, mapping)
@@ -486,6 +488,32 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
     if not out:
         raise ValidationError("row: no event could be made of it (no subject or no time)")
     return out
+
+
+def _check_agreement(mapping: SourceMapping, first: Mapping[str, Any], group: Sequence[Mapping[str, Any]]) -> None:
+    """The rows of one group (an order's item rows) repeat the record's own columns, or leave
+    them empty: a later row saying otherwise (another total, another customer) is refused,
+    rather than silently losing what it says to the first row's word."""
+    columns: set[str] = set()
+    for rule in mapping.events:
+        fields = [rule.when, *(spec for _, spec in rule.subjects), *(spec for spec in rule.data if not spec.group)]
+        if rule.other is not None:
+            fields.append(rule.other)
+        for spec in fields:
+            columns.update(c for c in (spec.column, *spec.columns) if c is not None)
+    for column in sorted(columns):
+        said = _get(first, column)
+        if _missing(said):
+            continue
+        for row in group[1:]:
+            value = _get(row, column)
+            if not _missing(value) and str(value).strip() != str(said).strip():
+                raise ValidationError(f"{_safe_name(column)}: the rows of one {_safe_name(mapping.group_by or '')}"
+                                      " disagree (repeat it on every row, or leave it empty after the first)")
+
+
+def _safe_name(name: str) -> str:
+    return name if re.fullmatch(r"[\w.\-]{1,64}", name) else "<column>"
 
 
 def _render(template: str, row: Mapping[str, Any]) -> str | None:
