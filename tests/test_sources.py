@@ -98,3 +98,16 @@ def test_item_rows_of_one_order_must_agree_on_the_order_columns(persona: Persona
     assert ann is not None
     order = next(e for e in persona.log.read(ann) if e.type == "order_placed")
     assert [i["sku"] for i in order.data["items"]] == ["S1", "S2"]
+
+
+def test_an_item_price_in_another_currency_than_its_order_is_refused(persona: Persona, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,email,created_at,total,currency,sku,category,qty,price\n"
+                    "C-1,ann@example.com,2025-03-05 10:00:00,€30.00,EUR,S1,books,1,€30.00\n"
+                    "C-2,ann@example.com,2025-03-06 10:00:00,¥30.00,,S1,books,1,$30.00\n")
+    with path.open("rb") as handle:
+        report = ingest_records(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
+                                origin=path.name)
+    assert (report.appended, report.quarantined) == (1, 1)
+    assert [(r["line"], r["reason"]) for r in describe(persona)] == [
+        (3, "items: an item's price is marked with another currency than the order's")]

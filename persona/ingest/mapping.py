@@ -419,14 +419,17 @@ def _minutes(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> flo
     return round(minutes, 3)
 
 
-def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One item per row of the record (rows that carry none add none)."""
+def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]], marks: set[str]) -> list[dict[str, Any]]:
+    """One item per row of the record (rows that carry none add none); the currency marks
+    their prices were written with go into `marks`."""
     out = []
     for row in rows:
         item: dict[str, Any] = {}
         for spec in mapping.items:
             value = _value(spec, row, mapping)
             if spec.kind == "amount" and value is not None:
+                if value[1] is not None:
+                    marks.add(value[1])
                 value = str(value[0])
             if value is not None:
                 item[spec.name] = value
@@ -455,10 +458,11 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                 raise ValidationError("type: not an event type (check the mapping's map)")
         data: dict[str, Any] = {}
         marked = None  # a currency the amount itself was written with ("¥1,299.00")
+        item_marks: set[str] = set()  # and the currencies item prices were written with
         for spec in rule.data:
             value = None if spec.group and spec.column is None else _value(spec, row, mapping)
             if spec.group and value is None:  # no items column: the items of the record's rows
-                value = _items(mapping, group or [row]) or None
+                value = _items(mapping, group or [row], item_marks) or None
             if spec.kind == "amount" and value is not None:
                 amount, currency = value
                 value = str(amount)
@@ -472,6 +476,8 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
             if said and str(data.get("currency")).strip().upper() != marked:
                 raise ValidationError("currency: the amount's currency mark and the mapped currency disagree")
             data["currency"] = marked  # the mark beats a declared default (a fill for when nothing says)
+        if item_marks and item_marks != {str(data.get("currency", "")).strip().upper()}:
+            raise ValidationError("items: an item's price is marked with another currency than the order's")
         if rule.data and not data:
             continue  # every field of it is missing from this row: nothing to say
         if rule.other is not None:
