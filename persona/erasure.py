@@ -99,6 +99,8 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     rec = persona.recorder
     with rec.transaction():
         person = identity.person_of(rec, profile_id)
+        if reapply:  # a ledger entry names one profile: exactly that one (its merges may differ here)
+            person = identity.Person(profile_id, (profile_id,))
         heads = rec.heads(person.members)
         if profile_id not in heads:
             raise UnknownProfileError(f"no profile {profile_id}")
@@ -115,10 +117,18 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
             for member in person.members:
                 ledger.record(LedgerEntry(erased_at, profile_id=member))
         counts: dict[str, int] = {}
+        joined = identity.person_of(rec, profile_id).members
         for member in person.members:
             for name, count in rec.erase(member, erased_at).items():
                 counts[name] = counts.get(name, 0) + count
+        rest = [member for member in joined if member not in person.members]
+        if rest:  # a replayed erasure took one profile out of a person: the others regroup
+            identity.regroup(rec, rest)
     persona.log.forget_cached_keys()
+    if rest:
+        from persona.projector import Projector  # projector -> core; imported only when needed
+
+        Projector(persona).refresh(rest)
     truncated = rec.checkpoint(checkpoint_wait_s)
     body: dict[str, Any] = {
         "type": RECEIPT_TYPE,

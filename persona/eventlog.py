@@ -203,9 +203,12 @@ class EventLog:
                 h = base.copy()
                 h.update(event.source.encode() + b"\x00" + event.event_id.encode())
                 keyed.setdefault(h.digest(), event)
+            nested = self.recorder.in_transaction()
             try:
-                result = self._append_batch(keyed, recorded, check_duplicates=False, keep=keep, relink=relink)
+                result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, relink=relink)
             except (DuplicateEventError, ConcurrencyError):
+                if nested:  # the caller's transaction holds what the failed attempt wrote: theirs to roll back
+                    raise
                 # The fast path assumes new events and a current cache; a re-ingest (or a
                 # writer we did not see) takes the careful path, from the database alone.
                 result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, relink=relink)
@@ -231,7 +234,9 @@ class EventLog:
         except BaseException:
             self._forget_writer_cache()
             raise
-        self._synced = (seen, rec.commits)  # our own commit does not change data_version
+        # Our own commit does not change data_version. Inside a caller's transaction nothing is
+        # committed yet (it may still roll back): the cache is not to be trusted after it.
+        self._synced = None if rec.in_transaction() else (seen, rec.commits)
         return result
 
     def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool,

@@ -21,6 +21,7 @@ from persona.errors import ValidationError
 from persona.pseudonyms import normalise
 
 MAX_EVENT_ID = 128
+RESERVED_SOURCE = "persona"  # the source of the events persona appends itself (persona.identity)
 MAX_AMOUNT = Decimal(10) ** 15
 MAX_TEXT = 2048
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
@@ -380,6 +381,8 @@ def validate(
     source = raw["source"]
     if not isinstance(source, str) or not _valid_name(source):
         raise ValidationError("source: must be a lower-case name such as shop or web")
+    if source == RESERVED_SOURCE:
+        raise ValidationError("source: 'persona' names the events persona appends itself (merges); use another")
     kind = raw["type"]
     if kind not in DATA_SPECS:
         raise ValidationError("type: not a known event type")

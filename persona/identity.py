@@ -28,9 +28,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from persona.events import RESERVED_SOURCE
 from persona.store.base import Recorder
 
-MERGE_SOURCE = "persona"  # the source of the events identity resolution appends itself
+MERGE_SOURCE = RESERVED_SOURCE  # the source of the events identity resolution appends itself (refused on input)
 MERGED = "profiles_merged"
 UNMERGED = "profiles_unmerged"
 SYSTEM_TYPES = frozenset({MERGED, UNMERGED})

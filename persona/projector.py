@@ -269,10 +269,16 @@ class Projector:
             current = self.combine(person, parts) if person.merged else parts[0]
             index.append((person.id, current.version, self.index_doc(current)))
         if index:
-            with self.persona.recorder.transaction():
-                self.persona.recorder.put_index(index)
+            rec = self.persona.recorder
+            with rec.transaction():
+                # Who is whom may have changed since the states were read (a merge or an unmerge by
+                # another process, which refreshes them itself): a row is written only for a person
+                # whose profiles are still exactly those folded. Checked under the write lock.
+                still = identity.persons(rec, [row[0] for row in index])
+                index = [row for row in index if still[row[0]] == people[row[0]]]
+                rec.put_index(index)
                 if snaps:
-                    self.persona.recorder.put_snapshots(snaps)
+                    rec.put_snapshots(snaps)
         return len(index)
 
 

@@ -356,3 +356,109 @@ def test_sources_merge_cookie_into_the_buyer(persona: Persona, tmp_path: Path) -
     assert report.merges == 1
     shop = persona.log.profile_for("shop_user", USER) or ""
     assert features(persona, shop)["page_views"] == 3
+
+
+# -- regressions found in review -----------------------------------------------------------------
+def test_link_needs_profiles_read_to_answer_a_profile(api: tuple[Client, str], persona: Persona) -> None:
+    client, _ = api
+    ingester = create_token(persona, "ingester", frozenset({"events:write"}))
+    pair = {"a": subject("cookie", "ck-fresh"), "b": subject("shop_user", USER)}
+    refused = client.post(LINK, pair, token=ingester)
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN" and refused.get("data") is None
+    assert persona.log.profile_for("cookie", "ck-fresh") is None  # refused before anything ran
+
+
+def _racing(persona: Persona, settings: Settings, meanwhile: Any, refresh: list[str]) -> None:
+    """Another process refreshes these profiles; between its reads and its write, `meanwhile` runs."""
+    with Persona.open(settings) as other:
+        slow = Projector(other)
+        real = slow.index_doc
+
+        def index_doc(current: Any) -> str:
+            doc = real(current)
+            meanwhile()
+            return doc
+
+        slow.index_doc = index_doc  # type: ignore[method-assign]
+        slow.refresh(refresh)
+
+
+def test_a_stale_refresh_never_writes_a_split_persons_row(persona: Persona, settings: Settings,
+                                                          two: tuple[str, str]) -> None:
+    shop, cookie = two
+    ingest(persona, record(COOKIE, "profile_updated", {"country": "KR"}, namespace="cookie", event_id="kr",
+                           occurred_at="2026-03-03T00:00:00Z"))
+    link(persona, ("cookie", COOKIE), ("shop_user", USER))
+    _racing(persona, settings, lambda: unlink(persona, ("cookie", COOKIE), ("shop_user", USER)), [shop])
+    rows = {row[0]: row[2] for row in persona.recorder.index_rows()}
+    assert set(rows) == {shop, cookie} and '"KR"' not in rows[shop] and '"KR"' in rows[cookie]
+    erase_subject(persona, "cookie", COOKIE)
+    persona.recorder.checkpoint()
+    assert b'"KR"' not in raw_bytes_of(persona.settings.data_dir)
+
+
+def test_a_stale_refresh_never_writes_a_merged_profiles_own_row(persona: Persona, settings: Settings,
+                                                                two: tuple[str, str]) -> None:
+    shop, cookie = two
+    _racing(persona, settings, lambda: link(persona, ("cookie", COOKIE), ("shop_user", USER)), [cookie])
+    assert [row[0] for row in persona.recorder.index_rows()] == [shop]  # the person once, the cookie not alone
+    assert len(list(indexed(persona, as_of=NOW))) == 1
+
+
+def test_a_failed_unlink_leaves_no_stale_writer_cache(persona: Persona, two: tuple[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from persona import identity
+    from persona.verify import verify
+
+    link(persona, ("cookie", COOKIE), ("shop_user", USER))
+    ingest(persona, view(4, day=5))  # the writer cache holds both streams' tips
+
+    def full_disk(rec: Any, seeds: Any) -> Any:
+        raise OSError("no space left (injected)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(identity, "regroup", full_disk)
+        with pytest.raises(OSError):
+            unlink(persona, ("cookie", COOKIE), ("shop_user", USER))
+    assert person_of(persona.recorder, two[1]).merged  # rolled back: still one person
+    ingest(persona, view(5, day=6), order(3, "1.00"))
+    link(persona, ("shop_user", USER), ("email", "second@example.com"))
+    assert verify(persona).events == persona.recorder.counts()["events"]  # no version skipped
+
+
+def test_merge_markers_are_never_lost_to_reused_numbers(persona: Persona, two: tuple[str, str]) -> None:
+    shop, _ = two
+    link(persona, ("cookie", COOKIE), ("shop_user", USER))
+    unlink(persona, ("cookie", COOKIE), ("shop_user", USER))
+    erase_subject(persona, "cookie", COOKIE)  # deletes the newest merge row
+    ingest(persona, view(1, "ck-second"))
+    second = persona.log.profile_for("cookie", "ck-second") or ""
+    link(persona, ("cookie", "ck-second"), ("shop_user", USER))
+    unlink(persona, ("cookie", "ck-second"), ("shop_user", USER))
+    assert [e.type for e in persona.log.read(second)][-2:] == [MERGED, UNMERGED]
+    assert [e.type for e in persona.log.read(shop)].count(UNMERGED) == 2
+
+
+def test_the_reserved_source_is_refused_on_input(persona: Persona) -> None:
+    report = ingest(persona, record("x@example.com", event_id="unmerge:1:0", source="persona"))
+    assert (report.appended, report.quarantined) == (0, 1)
+
+
+def test_restoring_an_old_backup_erases_exactly_the_profiles_the_ledger_names(persona: Persona, settings: Settings,
+                                                                              two: tuple[str, str]) -> None:
+    from persona.backup import backup, restore
+
+    shop, cookie = two
+    link(persona, ("cookie", COOKIE), ("shop_user", USER))
+    taken = settings.data_dir.parent / "merged.db"
+    backup(persona, taken)
+    unlink(persona, ("cookie", COOKIE), ("shop_user", USER))
+    erase_subject(persona, "cookie", COOKIE)  # the cookie person only: the shopper never asked
+    persona.close()
+    restore(settings, taken)
+    with Persona.open(settings) as restored:
+        heads = restored.recorder.heads([shop, cookie])
+        assert heads[cookie].wrapped is None and heads[shop].wrapped is not None
+        assert person_of(restored.recorder, shop).members == (shop,)
+        assert [p.id for p in indexed(restored, as_of=NOW)] == [shop]
+        assert features(restored, shop)["frequency"] == 2

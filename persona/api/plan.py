@@ -46,6 +46,11 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Profile", "predictions"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
 }
+# mutations that answer with people's profiles: reading what they return takes its own scope
+RESULT_SCOPES: dict[tuple[str, str], str] = {
+    ("Mutation", "linkIdentities"): "profiles:read",
+    ("Mutation", "unlinkIdentities"): "profiles:read",
+}
 # arguments that make a field scan or replay rather than read: each adds this to its cost
 # (an `asOf` replays a log; `since`/`until` decrypt up to 2,000 events to compare their times)
 SCANNING: dict[tuple[str, str], frozenset[str]] = {
@@ -151,9 +156,10 @@ class _Walk:
         if name in INTROSPECTION:  # reads no one's data: not walked, but counted
             return _Summary(0, 0, alias, 0 if name == "__typename" else 1)
         key = (parent.name, name)
-        scope = FIELD_SCOPES.get(key)
-        if scope is not None:
-            self.scopes.add(scope)
+        for scopes in (FIELD_SCOPES, RESULT_SCOPES):
+            scope = scopes.get(key)
+            if scope is not None:
+                self.scopes.add(scope)
         if parent.name == "Profile":
             self.profile_fields.add(name)
         definition = parent.fields.get(name)

@@ -201,7 +201,7 @@ class Mutation:
         ctx.state.bus.changed(list(report.changed))
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
                             quarantined=report.quarantined, profiles_created=report.profiles_created,
-                            quarantine_reasons=report.quarantine_reasons)
+                            merges=report.merges, quarantine_reasons=report.quarantine_reasons)
 
     @strawberry.mutation(description="Erase a person: their key is deleted, their history unreadable everywhere")
     async def erase_profile(self, info: Info[RequestContext, None], id: strawberry.ID | None = None,

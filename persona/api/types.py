@@ -353,6 +353,7 @@ class IngestResult:
     duplicates: int
     quarantined: int
     profiles_created: int
+    merges: int = strawberry.field(description="Links that joined two existing profiles into one person")
     quarantine_reasons: JSON = strawberry.field(description="Count of quarantined events by reason")
 
 

@@ -100,6 +100,10 @@ _HEADS = (
     "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
     " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
 )
+_MERGES_TABLE = """
+CREATE TABLE IF NOT EXISTS merges (edge INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT NOT NULL, b TEXT NOT NULL,
+a_hash BLOB NOT NULL, b_hash BLOB NOT NULL, merged_at INTEGER NOT NULL, undone_at INTEGER);
+"""
 _PERSONS_OF = "SELECT profile_id, person_id FROM members WHERE profile_id IN (?*)"
 _MEMBERS_OF = (
     "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
@@ -272,13 +276,8 @@ class SQLiteRecorder:
             return
         db = self.db
         with self.transaction():
-            db.table("merges").create(
-                {"edge": int, "a": str, "b": str, "a_hash": bytes, "b_hash": bytes, "merged_at": int,
-                 "undone_at": int},
-                pk="edge",
-                not_null={"a", "b", "a_hash", "b_hash", "merged_at"},
-                if_not_exists=True,
-            )
+            # AUTOINCREMENT: a merge's number is never reused, even after an erasure deleted the newest
+            self._run_script(_MERGES_TABLE)
             db.table("merges").create_index(["a"], if_not_exists=True)
             db.table("merges").create_index(["b"], if_not_exists=True)
             db.table("members").create({"profile_id": str, "person_id": str}, pk="profile_id",
@@ -335,6 +334,10 @@ class SQLiteRecorder:
         self._depth = 0
         self.conn.execute("COMMIT")
         self.commits += 1
+
+    def in_transaction(self) -> bool:
+        """True inside `transaction()`: a nested one commits (or rolls back) with the outermost."""
+        return self._depth > 0
 
     def _set_busy_timeout(self, ms: int) -> None:
         """PRAGMA takes no bound parameters: the value is forced to an integer first."""
