@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import wraps
@@ -168,13 +169,16 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
             progress: Callable[[int], None] | None = None, *, stream: bool = False) -> Any:
     limit = persona.settings.max_event_bytes
-    if mapping is None:
-        return ingest_records(persona, jsonl_records(handle, limit), origin=name, progress=progress, stream=stream)
-    if stream:  # rows are paced, so that an order's last item rows do not wait for the next order
+    if stream and mapping is not None:  # rows are paced, so that an order's last item rows do not wait
         return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit), origin=name,
                               stream=True, paced=True)
-    return ingest_records(persona, mapped_records(mapping, handle, name=name, max_bytes=limit), origin=name,
-                          progress=progress)
+    if mapping is None:
+        records: Iterable[Any] = jsonl_records(handle, limit)
+    else:
+        records = mapped_records(mapping, handle, name=name, max_bytes=limit)
+    # a file on a machine with cores to spare: read, map and validate in a second process
+    parallel = not stream and (os.cpu_count() or 1) > 1
+    return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:

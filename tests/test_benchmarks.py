@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(("script", "heading"), [("bench_core.py", "## Core event log"),
                                                  ("bench_projections.py", "## Projections"),
-                                                 ("bench_api.py", "## GraphQL API")])
+                                                 ("bench_api.py", "## GraphQL API"),
+                                                 ("bench_ingest.py", "## Ingest of raw exports")])
 def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> None:
     before = (ROOT / "docs" / "benchmarks.md").read_bytes()
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--out", str(tmp_path)],

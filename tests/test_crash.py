@@ -27,6 +27,21 @@ def stored(db: Path) -> int:
         conn.close()
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has stopped: it only waits to be reaped
+
+
 def test_sigkill_during_ingest_loses_no_committed_batch_and_splits_none(tmp_path: Path) -> None:
     total, batch = 60_000, 1000
     source = tmp_path / "big.jsonl"
@@ -42,9 +57,15 @@ def test_sigkill_during_ingest_loses_no_committed_batch_and_splits_none(tmp_path
     deadline = time.monotonic() + 60
     while stored(settings.db_path) < 3 * batch and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
+    readers = children(proc.pid)  # the process reading and validating the file, beside the ingest
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    assert readers, "the file was not read in a second process"
+    gone = time.monotonic() + 10
+    while any(alive(pid) for pid in readers):  # orphaned, it notices and stops
+        assert time.monotonic() < gone, "the reading process outlived the killed ingest"
+        time.sleep(0.05)
 
     survived = stored(settings.db_path)
     assert 0 < survived < total

@@ -19,6 +19,7 @@ from persona.eventlog import AppendResult
 from persona.events import Event, micros, validate
 from persona.ingest.quarantine import Quarantine
 from persona.projector import Projector
+from persona.settings import Settings
 
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
@@ -61,6 +62,11 @@ class IngestReport:
             reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(self.quarantine_reasons.items()))
             text += f"\n  quarantined by field: {reasons} (see `persona quarantine`)"
         return text
+
+
+# A record checked: (line, size, refusal reason or None, raw bytes and decoded form when
+# refused, the validated events when accepted — an empty list for a blank line)
+Item = tuple[int, int, str | None, bytes, Any, list[Event] | None]
 
 
 class Record(NamedTuple):
@@ -136,6 +142,36 @@ def _paced(records: Iterable[T], every: float) -> Iterator[T | None]:
         yield item
 
 
+def validated(records: Iterable[Record | None], settings: Settings, clock: Callable[[], datetime]
+              ) -> Iterator[Item | None]:
+    """Each record checked against EVENTS.md (PAUSE markers passed through): an Item with its
+    events, or with the reason it is refused. `clock` gives the ingest's "now" (a live feed's moves)."""
+    max_future = timedelta(seconds=settings.max_future_s)
+    limit, region = settings.max_event_bytes, settings.default_region
+    for record in records:
+        if record is PAUSE:
+            yield PAUSE
+            continue
+        if record.reason is not None:
+            yield record.line, record.size, record.reason, record.raw, record.decoded, None
+            continue
+        if not record.events:
+            yield record.line, record.size, None, b"", None, []
+            continue
+        now = clock()
+        try:
+            as_read = len(record.events) == 1 and record.events[0] is record.decoded  # canonical JSONL
+            events = [validate(event, now=now, max_bytes=limit, default_region=region, max_future=max_future,
+                               size=len(record.raw) if as_read else None) for event in record.events]
+        except ValidationError as e:
+            yield record.line, record.size, e.reason, record.raw, record.decoded, None
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            # A record no rule foresaw: keep it, never crash the run, never echo it.
+            yield record.line, record.size, "record: could not be validated", record.raw, record.decoded, None
+        else:
+            yield record.line, record.size, None, b"", None, events
+
+
 def ingest_records(
     persona: Persona,
     records: Iterable[Record | None],
@@ -145,6 +181,7 @@ def ingest_records(
     progress: Progress | None = None,
     stream: bool = False,
     paced: bool = False,
+    parallel: bool = False,
 ) -> IngestReport:
     """Append the events of every valid record; quarantine the rest, each with its reason and
     line. A record's events go in together or not at all. Memory is bounded by the batch size.
@@ -152,7 +189,9 @@ def ingest_records(
     `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
     the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
     and visible within about a second of arriving, however slowly records come. `paced`: the
-    records already carry PAUSE markers (a live feed read by `live_records`).
+    records already carry PAUSE markers (a live feed read by `live_records`). `parallel` (a
+    file): records are read, mapped and validated in a second process (persona.ingest.pipeline)
+    while this one appends; only for a process that has no other threads running.
     """
     started = time.perf_counter()
     fixed_now = now
@@ -160,7 +199,6 @@ def ingest_records(
     settings = persona.settings
     report = IngestReport(origin)
     quarantine = Quarantine(persona, origin, now=now)
-    max_future = timedelta(seconds=settings.max_future_s)
     with persona.recorder.transaction():
         persona.recorder.purge_quarantine(micros(now))
     batch: list[Event] = []
@@ -191,36 +229,33 @@ def ingest_records(
         if dirty and time.monotonic() - refreshed >= REFRESH_EVERY_S:
             refresh()
 
+    if stream:
+        items = validated(records if paced else _paced(records, STREAM_PAUSE_S), settings, lambda: now)
+    elif parallel:
+        from persona.ingest.pipeline import pipelined
+
+        items = pipelined(lambda: validated(records, settings, lambda: now))
+    else:
+        items = validated(records, settings, lambda: now)
     waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
     try:
-        for record in (_paced(records, STREAM_PAUSE_S) if stream and not paced else records):
-            if record is PAUSE:  # a quiet feed: commit what came, and show it
+        for item in items:
+            if item is PAUSE:  # a quiet feed: commit what came, and show it
                 flush()
                 if dirty:
                     refresh()
                 waiting_since = None
                 continue
-            report.lines = record.line
+            line, size, reason, raw, decoded, events = item
+            report.lines = line
             if progress is not None:
-                progress(record.size)
-            if record.reason is not None:
-                quarantine.add(record.line, record.raw, record.reason, record.decoded)
-            elif not record.events:
+                progress(size)
+            if reason is not None:
+                quarantine.add(line, raw, reason, decoded)
+            elif not events:
                 report.blank += 1
             else:
-                try:
-                    as_read = len(record.events) == 1 and record.events[0] is record.decoded  # canonical JSONL
-                    validated = [validate(
-                        event, now=now, max_bytes=settings.max_event_bytes, default_region=settings.default_region,
-                        max_future=max_future, size=len(record.raw) if as_read else None,
-                    ) for event in record.events]
-                except ValidationError as e:
-                    quarantine.add(record.line, record.raw, e.reason, record.decoded)
-                except (ValueError, TypeError, OverflowError, RecursionError):
-                    # A record no rule foresaw: keep it, never crash the run, never echo it.
-                    quarantine.add(record.line, record.raw, "record: could not be validated", record.decoded)
-                else:
-                    batch.extend(validated)
+                batch.extend(events)
             if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
                 flush()  # bounded memory, even for a file that is all bad lines
             elif stream and (batch or quarantine.rows):

@@ -1,0 +1,68 @@
+"""A file read, mapped and validated in a second process gives exactly what one process gives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from persona import Persona, Settings
+from persona.errors import ConfigurationError
+from persona.ingest import ingest_records
+from persona.ingest.jsonl import Item
+from persona.ingest.mapping import builtin_mapping, mapped_records
+from persona.ingest.pipeline import CHUNK, ReaderError, pipelined
+from persona.ingest.quarantine import describe
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def items(n: int) -> Iterator[Item]:
+    for line in range(1, n + 1):
+        yield line, 10, None, b"", None, []
+
+
+def test_items_come_back_whole_and_in_order() -> None:
+    n = 3 * CHUNK + 7
+    assert list(pipelined(lambda: items(n))) == list(items(n))
+
+
+def test_a_persona_error_in_the_reader_is_raised_as_it_is() -> None:
+    def failing() -> Iterator[Item]:
+        yield from items(5)
+        raise ConfigurationError("no such encoding: set `encoding`")
+
+    got = []
+    with pytest.raises(ConfigurationError, match="no such encoding"):
+        for item in pipelined(failing):
+            got.append(item)
+    assert got == list(items(5))  # what came before the failure is kept
+
+
+def test_any_other_failure_is_named_by_its_class_only() -> None:
+    def leaking() -> Iterator[Item]:
+        raise ValueError("alice@example.com is not a number")
+        yield from items(1)
+
+    with pytest.raises(ReaderError) as raised:
+        list(pipelined(leaking))
+    assert "ValueError" in str(raised.value) and "alice" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("source", "name"), [("shop", "shop_orders.csv"), ("web", "web_clicks.csv"),
+                                              ("social", "social.jsonl"), ("app", "app_usage.csv")])
+def test_parallel_ingest_equals_one_process(tmp_path: Path, source: str, name: str) -> None:
+    results = []
+    for parallel in (False, True):
+        settings = Settings.load(tmp_path / f"data-{parallel}", env={})
+        with Persona.init(settings) as persona:
+            path = FIXTURES / "people" / name
+            with path.open("rb") as handle:
+                report = ingest_records(persona, mapped_records(builtin_mapping(source), handle, name=name),
+                                        origin=name, parallel=parallel)
+            quarantined = [(r["line"], r["reason"]) for r in describe(persona)]
+            results.append((report.appended, report.duplicates, report.quarantined, report.merges, report.lines,
+                            quarantined, persona.recorder.counts()["events"]))
+    assert results[0] == results[1]
+    assert results[0][0] > 0 and results[0][2] > 0  # the sample has both good and bad rows
