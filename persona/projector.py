@@ -243,19 +243,22 @@ class Projector:
             doc[p.name] = attribute_values(view) if p.name == ATTRIBUTES.name else view
         return canonical(doc).decode()
 
-    def snapshot_rows(self, current: Current, sealer: Sealer, *, force: bool = False) -> list[tuple[Any, ...]]:
+    def snapshot_rows(self, current: Current, sealer: Sealer, *, force: bool = False,
+                      every: int | None = None) -> list[tuple[Any, ...]]:
         rows = []
+        every = self.snapshot_every if every is None else min(every, self.snapshot_every)
         for p in self.projections:
-            if force or current.version - current.snapshot_versions[p.name] >= self.snapshot_every:
+            if force or current.version - current.snapshot_versions[p.name] >= every:
                 aad = _aad(current.profile_id, p.name, p.version, current.version)
                 payload = sealer.seal(canonical(p.dump(current.states[p.name])), aad, os.urandom(12))
                 rows.append((current.profile_id, p.name, p.version, current.version, payload))
                 current.snapshot_versions[p.name] = current.version
         return rows
 
-    def refresh(self, profile_ids: Iterable[str], *, force_snapshots: bool = False) -> int:
-        """Bring the index (one row per person) and, every N events, each stream's snapshots
-        of these profiles up to date."""
+    def refresh(self, profile_ids: Iterable[str], *, force_snapshots: bool = False,
+                snapshot_every: int | None = None) -> int:
+        """Bring the index (one row per person) and, every N events (or `snapshot_every`, if
+        fewer), each stream's snapshots of these profiles up to date."""
         index, snaps = [], []
         people = {p.id: p for p in identity.persons(self.persona.recorder, profile_ids).values()}
         streams = self._streams_current([member for person in people.values() for member in person.members])
@@ -265,7 +268,7 @@ class Projector:
                 continue  # erased since: nothing of them may be written back
             for part in parts:
                 assert part.sealer is not None
-                snaps.extend(self.snapshot_rows(part, part.sealer, force=force_snapshots))
+                snaps.extend(self.snapshot_rows(part, part.sealer, force=force_snapshots, every=snapshot_every))
             current = self.combine(person, parts) if person.merged else parts[0]
             index.append((person.id, current.version, self.index_doc(current)))
         if index:

@@ -152,7 +152,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     (out / "benchmarks-ingest.json").write_bytes(orjson.dumps(r, option=orjson.OPT_INDENT_2) + b"\n")
     doc = out / "benchmarks.md"
     begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
-    current = doc.read_text()
+    current = doc.read_text() if doc.exists() else "# Benchmarks\n\nProduced by the scripts in `scripts/`; never edited by hand.\n"
     if begin not in current:
         current = current.rstrip("\n") + "\n\n" + begin + "\n" + end + "\n"
     head, _, rest = current.partition(begin)

@@ -84,7 +84,7 @@ def test_a_shop_export_becomes_orders_profiles_and_links(persona: Persona, tmp_p
     assert held == {
         (4, "row: no event could be made of it (no subject or no time)"),
         (5, "data.amount: must not be negative"),
-        (6, "when: not a date or time in a known format"),
+        (6, "created: not a date or time in a known format"),  # named by the column
         (7, "gender: not a gender label this source's mapping knows"),  # one bad field refuses the whole row
         (8, "row: 4 columns where the header has 8"),
     }

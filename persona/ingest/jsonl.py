@@ -23,7 +23,8 @@ from persona.settings import Settings
 
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
-REFRESH_EVERY_S = 5.0  # the profile index and snapshots lag a long ingest by at most this
+SNAPSHOT_AT_END = 8  # events: a stream this far past its snapshot gets a new one when an ingest ends
+REFRESH_EVERY_S = 5.0  # a long file ingest refreshes the index this often (or less: a fifth of its time)
 STREAM_PAUSE_S = 0.2  # a live feed quiet for this long has what it sent committed and indexed
 
 
@@ -207,12 +208,19 @@ def ingest_records(
     projector = Projector(persona)
     dirty: set[str] = set()
     refreshed = time.monotonic()
+    pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
 
-    def refresh() -> None:
-        nonlocal refreshed
-        projector.refresh(sorted(dirty))  # incremental: each state caught up with its new events only
+    def refresh(*, last: bool = False) -> None:
+        nonlocal refreshed, pause
+        began = time.monotonic()
+        # incremental: each state caught up with its new events only. At the end, every stream
+        # touched is left with a snapshot at most a few events old, so that the next ingest (or
+        # reader) starts from it rather than replaying the stream.
+        projector.refresh(sorted(dirty), snapshot_every=SNAPSHOT_AT_END if last else None)
         dirty.clear()
         refreshed = time.monotonic()
+        # a file touching many people spends at most a fifth of its time refreshing before its end
+        pause = max(REFRESH_EVERY_S, 4 * (refreshed - began))
 
     def flush() -> None:
         nonlocal now
@@ -226,7 +234,7 @@ def ingest_records(
             dirty.update(appended.streams)
             batch.clear()
         quarantine.flush()
-        if dirty and time.monotonic() - refreshed >= REFRESH_EVERY_S:
+        if dirty and time.monotonic() - refreshed >= pause:
             refresh()
 
     if stream:
@@ -272,7 +280,7 @@ def ingest_records(
         raise
     flush()
     if dirty:
-        refresh()
+        refresh(last=True)
     report.appended = total.appended
     report.duplicates = total.duplicates
     report.profiles_created = total.profiles_created

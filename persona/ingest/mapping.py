@@ -36,7 +36,7 @@ import io
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from importlib import resources
@@ -285,9 +285,11 @@ def _event_rule(table: Any, where: str) -> EventRule:
     when = table.get("when")
     if when is None:
         raise ConfigurationError(f"{where}.when: the column holding when it happened is required")
+    when = when if isinstance(when, dict) else {"column": when}
+    named = when.get("column")  # refusals name the column the time was read from
     return EventRule(
         type=kind,
-        when=_field("when", {"kind": "instant"} | (when if isinstance(when, dict) else {"column": when}), where),
+        when=_field(_safe_name(named) if isinstance(named, str) else "when", {"kind": "instant"} | when, where),
         subjects=tuple((c["namespace"], _field("subject", {k: v for k, v in c.items() if k != "namespace"}, where))
                        for c in choices),
         data=tuple(_field(name, spec, f"{where}.data") for name, spec in data.items()),
@@ -342,67 +344,134 @@ def _get(row: Mapping[str, Any], column: str) -> Any:
 
 def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
     """The field's canonical value from a row (None: missing and not required)."""
+    entry = _COMPILED.get(id(rule))
+    if entry is None or entry[0] is not rule or entry[1] is not mapping:  # ids are reused once freed
+        if len(_COMPILED) > 10_000:
+            _COMPILED.clear()
+        entry = _COMPILED[id(rule)] = (rule, mapping, _compile(rule, mapping))
+    return entry[2](row)
+
+
+Getter = Callable[[Mapping[str, Any]], Any]
+_COMPILED: dict[int, tuple[Field, SourceMapping, Getter]] = {}  # a field's rules, turned into one function
+
+
+def _compile(rule: Field, mapping: SourceMapping) -> Getter:
+    """The field's rules as one function of a row, decided once rather than on every row: where
+    the raw value comes from, its value map and default, and how it is converted."""
     if rule.kind == "minutes_between":
-        return _minutes(rule, row, mapping)
-    raw: Any
-    if rule.template is not None:
-        raw = _render(rule.template, row)
-    else:
-        raw = _get(row, rule.column) if rule.column is not None else rule.constant
-    if not _missing(raw) and rule.map:
-        raw = rule.map.get(str(raw).strip(), raw)
-    if _missing(raw):
-        raw = rule.default
-    if _missing(raw):
-        if rule.required:
-            raise ValidationError(f"{rule.name}: required, and the row has none")
-        return None
+        return lambda row: _minutes(rule, row, mapping)
+    template, column, constant = rule.template, rule.column, rule.constant
+    mapped, default, required, kind, name = rule.map, rule.default, rule.required, rule.kind, rule.name
+    dotted = column is not None and "." in column
+    convert = _converter(rule, mapping)
+    structured = kind in ("json", "list")
+
+    def value(row: Mapping[str, Any]) -> Any:
+        if template is not None:
+            raw = _render(template, row)
+        elif column is None:
+            raw = constant
+        else:
+            raw = row.get(column)
+            if raw is None and dotted:
+                raw = _get(row, column)
+        missing = raw is None or (isinstance(raw, str) and (not raw or raw.isspace()))
+        if not missing and mapped:
+            raw = mapped.get(str(raw).strip(), raw)
+            missing = _missing(raw)
+        if missing:
+            raw = default
+            if _missing(raw):
+                if required:
+                    raise ValidationError(f"{name}: required, and the row has none")
+                return None
+        if not structured and isinstance(raw, dict | list):
+            raise ValidationError(f"{name}: not a single value")
+        return convert(raw)
+
+    return value
+
+
+def _converter(rule: Field, mapping: SourceMapping) -> Callable[[Any], Any]:
     kind, name = rule.kind, rule.name
-    if isinstance(raw, dict | list) and kind not in ("json", "list"):
-        raise ValidationError(f"{name}: not a single value")
     if kind == "text":
-        return str(raw).strip()
+        return lambda raw: raw.strip() if isinstance(raw, str) else str(raw).strip()
     if kind == "int":
-        number = parse_number(raw, field=name)
-        if number is None or number != number.to_integral_value():
-            raise ValidationError(f"{name}: not a whole number")
-        if not -(2**63) <= number < 2**63:
-            raise ValidationError(f"{name}: out of range")
-        return int(number)
+        def integer(raw: Any) -> int:
+            number = parse_number(raw, field=name)
+            if number is None or number != number.to_integral_value():
+                raise ValidationError(f"{name}: not a whole number")
+            if not -(2**63) <= number < 2**63:
+                raise ValidationError(f"{name}: out of range")
+            return int(number)
+        return integer
     if kind == "number":
-        number = parse_number(raw, field=name)
-        if number is None:
-            return None
-        if not math.isfinite(float(number)):
-            raise ValidationError(f"{name}: out of range")
-        return float(number)
+        def real(raw: Any) -> float | None:
+            number = parse_number(raw, field=name)
+            if number is None:
+                return None
+            if not math.isfinite(float(number)):
+                raise ValidationError(f"{name}: out of range")
+            return float(number)
+        return real
     if kind == "amount":
-        return parse_amount(raw, field=name, currencies=mapping.currencies)
+        currencies = mapping.currencies
+        return lambda raw: parse_amount(raw, field=name, currencies=currencies)
     if kind == "instant":
-        moment = parse_instant(raw, field=name, formats=rule.formats, tz=rule.tz or mapping.timezone, unit=rule.unit)
-        return None if moment is None else utc_text(moment)
+        key = (name, rule.formats, rule.tz or mapping.timezone, rule.unit)
+        if key not in _INSTANTS:  # shared by the rules that read the same column the same way
+            _INSTANTS[key] = _instant(*key)
+        return _INSTANTS[key]
     if kind == "gender":
-        return parse_gender(raw, field=name, labels=rule.labels)
+        labels = rule.labels
+        return lambda raw: parse_gender(raw, field=name, labels=labels)
     if kind == "country":
-        return parse_country(raw, field=name)
+        return lambda raw: parse_country(raw, field=name)
     if kind == "bool":
-        word = str(raw).strip().lower()
-        if word in _TRUE or raw is True:
-            return True
-        if word in _FALSE or raw is False:
-            return False
-        raise ValidationError(f"{name}: not a yes/no value")
+        def yes_no(raw: Any) -> bool:
+            word = str(raw).strip().lower()
+            if word in _TRUE or raw is True:
+                return True
+            if word in _FALSE or raw is False:
+                return False
+            raise ValidationError(f"{name}: not a yes/no value")
+        return yes_no
     if kind == "json":
-        if not isinstance(raw, str):
+        def decoded(raw: Any) -> Any:
+            if not isinstance(raw, str):
+                return raw
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ValidationError(f"{name}: not valid JSON") from None
+        return decoded
+    separator = rule.separator  # list
+
+    def listed(raw: Any) -> Any:
+        if isinstance(raw, list):
             return raw
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ValidationError(f"{name}: not valid JSON") from None
-    # list
-    if isinstance(raw, list):
-        return raw
-    return [part.strip() for part in str(raw).split(rule.separator) if part.strip()]
+        return [part.strip() for part in str(raw).split(separator) if part.strip()]
+    return listed
+
+
+def _instant(name: str, formats: tuple[str, ...], tz: tzinfo, unit: str | None) -> Callable[[Any], str | None]:
+    """An instant reader. Two rules often read the same column of the same row (an event and its
+    link): the last answer is remembered, so the second reading costs nothing."""
+    last: list[Any] = [_UNSET, None]
+
+    def instant(raw: Any) -> str | None:
+        if raw == last[0] and type(raw) is type(last[0]):
+            return last[1]  # type: ignore[no-any-return]
+        moment = parse_instant(raw, field=name, formats=formats, tz=tz, unit=unit)
+        text = None if moment is None else utc_text(moment)
+        last[0], last[1] = raw, text
+        return text
+    return instant
+
+
+_UNSET = object()
+_INSTANTS: dict[tuple[str, tuple[str, ...], tzinfo, str | None], Callable[[Any], str | None]] = {}
 
 
 def _minutes(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> float | None:
@@ -493,6 +562,10 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
         out.append(event)
     if not out:
         raise ValidationError("row: no event could be made of it (no subject or no time)")
+    # The record's links first: identifiers seen together are one person from the start, so a
+    # new cookie that arrives logged in joins its account's profile instead of getting one of
+    # its own that is merged a moment later.
+    out.sort(key=lambda event: event["type"] != "identity_linked")
     return out
 
 

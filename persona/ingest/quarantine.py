@@ -38,7 +38,9 @@ class Quarantine:
         self.reasons: dict[str, int] = {}
 
     def add(self, line: int, raw: bytes, reason: str, decoded: Any = None) -> None:
-        digest = hashlib.blake2b(raw, digest_size=16, key=self.secret).digest()
+        # the same bad row ingested again is held once; two identical bad rows are two rows
+        where = self.origin.encode() + b"\x00" + str(line).encode() + b"\x00"
+        digest = hashlib.blake2b(where + raw, digest_size=16, key=self.secret).digest()
         sealed = self.sealer.seal(raw, _AAD, os.urandom(12))
         self.rows.append((self.recorded, self.origin, line, reason, len(raw), sealed, digest, self.expires))
         self.tags.append(sorted(self._identifier_hashes(raw, decoded)))
