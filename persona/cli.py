@@ -27,7 +27,7 @@ from persona.identity import person_of
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
 from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
-from persona.ingest.quarantine import describe
+from persona.ingest.quarantine import describe, open_quarantined
 from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
 from persona.population import ProfileFilter, list_profiles, population
@@ -563,12 +563,32 @@ def verify(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the records themselves, opened, to this file (outside the data directory) to fix them.")
+@click.option("--origin", help="With --export: only the records of this source file (e.g. orders.csv).")
 @click.pass_context
 @friendly
-def quarantine(ctx: click.Context, as_json: bool) -> None:
-    """List quarantined records: where they came from and why (their content stays sealed)."""
+def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: str | None) -> None:
+    """List quarantined records: where they came from and why (their content stays sealed).
+
+    To fix them: `--export fix.csv --origin orders.csv` writes their original rows (a CSV
+    export's header is not kept: copy it from the source file), in order; correct them and
+    ingest the file like the original. Rows already in the log are skipped as duplicates;
+    the quarantined copies expire after PERSONA_QUARANTINE_DAYS.
+    """
     with opened(ctx) as persona:
         rows = describe(persona)
+        if export is not None:
+            if export.resolve().is_relative_to(persona.settings.data_dir.resolve()):
+                raise click.BadParameter("opened records must not be written into the data directory",
+                                         param_hint="--export")
+            chosen = [row for row in rows if origin is None or row["origin"] == origin]
+            fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
+            with os.fdopen(fd, "wb") as out:
+                for row in chosen:
+                    out.write((open_quarantined(persona, row["id"]) or b"").rstrip(b"\n") + b"\n")
+            click.echo(f"wrote {len(chosen)} record(s) to {export}", err=True)
+            return
     if as_json:
         emit_json(rows)
         return

@@ -155,3 +155,26 @@ def test_rebuild_profiles_and_stats(data: Path, events_file: Path) -> None:
     table = json.loads(run(data, "stats", "--json").output)
     assert sum(row["count"] for row in table) == 2
     assert run(data, "rebuild", "--projection", "nope").exit_code == 1
+
+
+def test_a_quarantined_row_is_exported_fixed_and_re_ingested(data: Path, tmp_path: Path) -> None:
+    header = "order_id,email,created_at,total\n"
+    orders = tmp_path / "orders.csv"
+    orders.write_text(header + "Q-1,ann@example.com,2025-03-05 10:00:00,30\n"
+                      "Q-2,ben@example.com,2025-03-05 11:00:00,-50\n"
+                      "Q-3,cy@example.com,2025-03-05 12:00:00,12\n")
+    first = json.loads(run(data, "ingest", str(orders), "--source", "shop", "--json").output)
+    assert (first["appended"], first["quarantined"]) == (2, 1)
+    refused = run(data, "quarantine", "--export", str(data / "inside.csv"))
+    assert refused.exit_code != 0 and not (data / "inside.csv").exists()  # never opened into the data directory
+    exported = tmp_path / "fix.csv"
+    done = run(data, "quarantine", "--export", str(exported), "--origin", "orders.csv")
+    assert done.exit_code == 0, done.output
+    assert exported.read_text() == "Q-2,ben@example.com,2025-03-05 11:00:00,-50\n"
+    assert exported.stat().st_mode & 0o777 == 0o600
+    fixed = tmp_path / "orders-fixed.csv"
+    fixed.write_text(header + exported.read_text().replace("-50", "50"))
+    again = json.loads(run(data, "ingest", str(fixed), "--source", "shop", "--json").output)
+    assert (again["appended"], again["quarantined"]) == (1, 0)
+    shown = run(data, "profile", "--subject", "email:ben@example.com", "--json")
+    assert json.loads(shown.output)["features"]["monetary"] == 50.0

@@ -52,7 +52,13 @@ def test_any_other_failure_is_named_by_its_class_only() -> None:
 
 @pytest.mark.parametrize(("source", "name"), [("shop", "shop_orders.csv"), ("web", "web_clicks.csv"),
                                               ("social", "social.jsonl"), ("app", "app_usage.csv")])
-def test_parallel_ingest_equals_one_process(tmp_path: Path, source: str, name: str) -> None:
+def test_parallel_ingest_equals_one_process(tmp_path: Path, source: str, name: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import persona.ingest.pipeline as pipeline
+
+    forked = []
+    real = pipeline.pipelined
+    monkeypatch.setattr(pipeline, "pipelined", lambda produce: forked.append(1) or real(produce))
     results = []
     for parallel in (False, True):
         settings = Settings.load(tmp_path / f"data-{parallel}", env={})
@@ -64,5 +70,6 @@ def test_parallel_ingest_equals_one_process(tmp_path: Path, source: str, name: s
             quarantined = [(r["line"], r["reason"]) for r in describe(persona)]
             results.append((report.appended, report.duplicates, report.quarantined, report.merges, report.lines,
                             quarantined, persona.recorder.counts()["events"]))
+    assert forked == [1]  # the parallel run did read in a second process
     assert results[0] == results[1]
     assert results[0][0] > 0 and results[0][2] > 0  # the sample has both good and bad rows

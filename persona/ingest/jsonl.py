@@ -192,7 +192,7 @@ def ingest_records(
     and visible within about a second of arriving, however slowly records come. `paced`: the
     records already carry PAUSE markers (a live feed read by `live_records`). `parallel` (a
     file): records are read, mapped and validated in a second process (persona.ingest.pipeline)
-    while this one appends; only for a process that has no other threads running.
+    while this one appends — when this process runs no other thread, else in this one.
     """
     started = time.perf_counter()
     fixed_now = now
@@ -239,8 +239,8 @@ def ingest_records(
 
     if stream:
         items = validated(records if paced else _paced(records, STREAM_PAUSE_S), settings, lambda: now)
-    elif parallel:
-        from persona.ingest.pipeline import pipelined
+    elif parallel and threading.active_count() == 1:  # fork only a process with no other thread (whose
+        from persona.ingest.pipeline import pipelined  # locks the child would inherit, held forever)
 
         items = pipelined(lambda: validated(records, settings, lambda: now))
     else:
