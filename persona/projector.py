@@ -6,6 +6,7 @@ be dropped and rebuilt at any time (DESIGN.md invariant 6).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -104,8 +105,9 @@ class Projector:
         except (ErasedError, UnknownProfileError):
             self._cache.pop(profile_id, None)
             raise
-        cached = self._cache.get(profile_id)
+        cached = self._cache.pop(profile_id, None)
         if cached is not None and cached.version <= version:
+            self._cache[profile_id] = cached  # the most recently used last: evicted last
             for event in self.persona.log.read(profile_id, after_version=cached.version):
                 for p in self.projections:
                     cached.states[p.name] = p.apply(cached.states[p.name], event)
@@ -129,8 +131,7 @@ class Projector:
                     states[p.name] = p.apply(states[p.name], event)
             current.version = event.version
         current.version = max(current.version, *since.values())
-        if len(self._cache) >= self._cache_limit:
-            self._cache.clear()
+        self._make_room(1)
         self._cache[profile_id] = current
         return current
 
@@ -163,8 +164,9 @@ class Projector:
                 self._cache.pop(profile_id, None)
                 continue
             sealer = log.sealer(profile_id, head)
-            cached = self._cache.get(profile_id)
+            cached = self._cache.pop(profile_id, None)
             if cached is not None and cached.version <= head.version:
+                self._cache[profile_id] = cached  # the most recently used last: evicted last
                 cached.sealer = sealer
                 out[profile_id] = cached
                 since[profile_id] = {p.name: cached.version for p in self.projections}
@@ -200,11 +202,18 @@ class Projector:
                 if event.version > since[row.stream_id][p.name]:
                     current.states[p.name] = p.apply(current.states[p.name], event)
             current.version = max(current.version, event.version)
-        if len(self._cache) + len(cold) >= self._cache_limit:
-            self._cache.clear()
+        self._make_room(len(cold))
         for profile_id in cold:
             self._cache[profile_id] = out[profile_id]
         return out
+
+    def _make_room(self, incoming: int) -> None:
+        """Drop the states loaded longest ago (and a quarter more, so this runs rarely) when
+        `incoming` more would overflow the cache."""
+        excess = len(self._cache) + incoming - self._cache_limit
+        if excess > 0:
+            for profile_id in list(itertools.islice(self._cache, excess + self._cache_limit // 4)):
+                del self._cache[profile_id]
 
     def forget(self, profile_id: str) -> None:
         """Drop a profile's cached states (it was erased by another connection)."""
@@ -229,6 +238,7 @@ class Projector:
             for p in self.projections:
                 cached.states[p.name] = p.apply(cached.states[p.name], event)
             cached.version = event.version
+        self._make_room(0)
 
     def index_doc(self, current: Current) -> str:
         """The profile index row: every projection's view at the profile's latest event.

@@ -207,3 +207,19 @@ def test_any_order_any_batching_any_snapshot_cadence_gives_the_same_profiles(see
                                                      for k, v in current.states.items()})
                 docs.append(by_person)
     assert docs[0] == docs[1]
+
+
+def test_a_full_cache_drops_the_states_used_longest_ago(persona: Persona) -> None:
+    ingest_jsonl(persona, jsonl(*(record(f"p{n}@example.com", event_id=f"c{n}") for n in range(8))).splitlines(),
+                 origin="t")
+    ids = [persona.log.profile_for("email", f"p{n}@example.com") or "" for n in range(8)]
+    projector = Projector(persona, cache_limit=4)
+    for pid in ids[:4]:
+        projector.current(pid)
+    projector.current(ids[0])  # used again: now the most recent
+    for pid in ids[4:6]:
+        projector.current(pid)
+    kept = set(projector._cache)
+    assert ids[0] in kept and ids[5] in kept and ids[1] not in kept and len(kept) <= 4
+    for pid in ids:  # whatever was dropped is loaded again, the same
+        assert projector.current(pid).version == 1

@@ -23,6 +23,7 @@ from persona.settings import Settings
 
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
+INGEST_CACHE = 100_000  # streams whose states an ingest keeps in memory (~5 KB each at most in practice)
 SNAPSHOT_AT_END = 8  # events: a stream this far past its snapshot gets a new one when an ingest ends
 REFRESH_EVERY_S = 5.0  # a long file ingest refreshes the index this often (or less: a fifth of its time)
 STREAM_PAUSE_S = 0.2  # a live feed quiet for this long has what it sent committed and indexed
@@ -205,7 +206,7 @@ def ingest_records(
     batch: list[Event] = []
     total = AppendResult()
 
-    projector = Projector(persona)
+    projector = Projector(persona, cache_limit=INGEST_CACHE)
     dirty: set[str] = set()
     refreshed = time.monotonic()
     pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
