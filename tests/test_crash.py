@@ -142,3 +142,32 @@ def test_sigkill_during_mapped_ingest_with_merges_then_rerun_equals_an_uninterru
     with Persona.open(killed) as p, Persona.open(reference) as r:
         assert verify(p).events == verify(r).events
         assert len(p.recorder.index_rows()) == len(r.recorder.index_rows()) == users
+
+
+def test_the_reader_of_a_small_file_stops_when_the_ingest_is_killed(tmp_path: Path) -> None:
+    """The reader has sent everything and only waits to finish: killed, the ingest must not leave
+    it behind holding the data directory (a restore waits for it) or the caller's pipes."""
+    from persona.core import DirectoryLock
+
+    source = tmp_path / "small.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(record(f"u{i % 300}@example.com", event_id=f"s{i}")) + b"\n"
+                                for i in range(6000)))
+    data = tmp_path / "data"
+    settings = Settings.load(data, env={})
+    Persona.init(settings).close()
+    env = {**os.environ, "PERSONA_DATA": str(data), "PERSONA_BATCH_SIZE": "100"}  # many small commits
+    proc = subprocess.Popen([Path(sys.executable).with_name("persona"), "ingest", str(source)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while stored(settings.db_path) < 500 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    readers = children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)  # returns: no orphan keeps the pipes open
+    assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    assert readers, "the file was not read in a second process"
+    gone = time.monotonic() + 10
+    while any(alive(pid) for pid in readers):
+        assert time.monotonic() < gone, "the reading process outlived the killed ingest"
+        time.sleep(0.05)
+    DirectoryLock(settings, exclusive=True).release()  # a restore could run now

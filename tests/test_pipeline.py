@@ -73,3 +73,37 @@ def test_parallel_ingest_equals_one_process(tmp_path: Path, source: str, name: s
     assert forked == [1]  # the parallel run did read in a second process
     assert results[0] == results[1]
     assert results[0][0] > 0 and results[0][2] > 0  # the sample has both good and bad rows
+
+
+def test_a_reader_killed_half_way_is_an_error_not_a_hang() -> None:
+    import os
+    import signal
+
+    def dying() -> Iterator[Item]:
+        yield from items(2 * CHUNK + 5)
+        os.kill(os.getpid(), signal.SIGKILL)  # in the child: the OOM killer, say
+        yield from items(1)
+
+    got = 0
+    with pytest.raises(ReaderError, match="ended unexpectedly"):
+        for _ in pipelined(dying):
+            got += 1
+    assert got in (CHUNK, 2 * CHUNK)  # whole chunks only; the rest never arrived
+
+
+def test_a_record_too_deep_to_pass_between_processes_is_quarantined_not_dropped(tmp_path: Path) -> None:
+    import orjson
+
+    from persona.ingest.jsonl import jsonl_records
+
+    lines = [orjson.dumps({"source": "crm", "type": "page_viewed", "occurred_at": "2025-01-01T00:00:00Z",
+                           "subject": {"namespace": "email", "value": f"u{i}@example.com"},
+                           "data": {"url": f"/p{i}"}}) for i in range(50)]
+    lines[20] = (b'{"source":"crm","type":"page_viewed","occurred_at":"2025-01-01T00:00:00Z","subject":'
+                 b'{"namespace":"email","value":"deep@example.com"},"data":{"url":"/x","referrer":'
+                 + b"[" * 600 + b"]" * 600 + b"}}")
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as persona:
+        report = ingest_records(persona, jsonl_records(lines, 1 << 20), origin="deep.jsonl", parallel=True)
+        assert (report.appended, report.quarantined) == (49, 1)
+        assert [r["line"] for r in describe(persona)] == [21]

@@ -93,7 +93,8 @@ def test_item_rows_of_one_order_must_agree_on_the_order_columns(persona: Persona
                                 origin=path.name)
     assert (report.appended, report.quarantined) == (1, 1)
     assert [(r["line"], r["reason"]) for r in describe(persona)] == [
-        (4, "total: the rows of one order_id disagree (repeat it on every row, or leave it empty after the first)")]
+        (4, "total: the rows of one order_id disagree (give it on the first row, and repeat it or leave it empty"
+             " after)")]
     ann = persona.log.profile_for("email", "ann@example.com")
     assert ann is not None
     order = next(e for e in persona.log.read(ann) if e.type == "order_placed")
@@ -111,3 +112,17 @@ def test_an_item_price_in_another_currency_than_its_order_is_refused(persona: Pe
     assert (report.appended, report.quarantined) == (1, 1)
     assert [(r["line"], r["reason"]) for r in describe(persona)] == [
         (3, "items: an item's price is marked with another currency than the order's")]
+
+
+def test_item_rows_agree_by_value_and_may_not_add_what_the_first_lacks(persona: Persona, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,email,phone,created_at,total,sku,category,qty,price\n"
+                    "D-1,Ann@Example.com,,2025-03-05 10:00,¥30.00,S1,books,1,10\n"
+                    "D-1,ann@example.com,,2025-03-05 10:00:00,30,S2,books,1,20\n"  # the same, written otherwise
+                    "D-2,ben@example.com,,2025-03-05 11:00,5,S3,home,1,5\n"
+                    "D-2,ben@example.com,+86 139 1234 5678,2025-03-05 11:00,5,S4,home,1,5\n")  # a phone only here
+    with path.open("rb") as handle:
+        report = ingest_records(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
+                                origin=path.name)
+    assert (report.appended, report.quarantined) == (1, 1)
+    assert [(r["line"], r["reason"].split(":")[0]) for r in describe(persona)] == [(4, "phone")]

@@ -119,3 +119,23 @@ def test_a_live_shop_feed_shows_an_order_without_waiting_for_the_next_one(tmp_pa
     assert feed.returncode == 0, err.decode(errors="replace")
     report = orjson.loads(out)
     assert (report["appended"], report["duplicates"], report["quarantined"]) == (2, 0, 0)
+
+
+def test_a_late_row_of_a_taken_order_is_quarantined_not_lost_as_a_duplicate(tmp_path: Path) -> None:
+    from collections.abc import Iterator
+
+    from persona.ingest.jsonl import ingest_records
+    from persona.ingest.mapping import GROUP_HOLD_S, builtin_mapping, live_records
+
+    def feed() -> Iterator[bytes]:
+        yield b"order_id,email,created_at,total,sku,category,qty,price\n"
+        yield b"L-1,late@example.com,2025-03-05 10:00:00,30,S1,books,1,10\n"
+        time.sleep(GROUP_HOLD_S + 0.4)  # the order is taken with its one row
+        yield b"L-1,late@example.com,2025-03-05 10:00:00,30,S2,books,1,20\n"
+
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as persona:
+        report = ingest_records(persona, live_records(builtin_mapping("shop"), feed(), name="<stdin>"),
+                                origin="<stdin>", stream=True, paced=True)
+        assert (report.appended, report.duplicates, report.quarantined) == (1, 0, 1)
+        assert [r["reason"].split(":")[0] for r in describe(persona)] == ["order_id"]

@@ -571,24 +571,38 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
 
 def _check_agreement(mapping: SourceMapping, first: Mapping[str, Any], group: Sequence[Mapping[str, Any]]) -> None:
     """The rows of one group (an order's item rows) repeat the record's own columns, or leave
-    them empty: a later row saying otherwise (another total, another customer) is refused,
-    rather than silently losing what it says to the first row's word."""
-    columns: set[str] = set()
+    them empty: a later row saying otherwise (another total, another customer) — or the only
+    one saying it at all — is refused, rather than silently losing what it says to the first
+    row's word. Values are compared as read (`30` and `30.00`, `A@x` and `a@x` agree)."""
+    fields: dict[str, Field] = {}  # column -> a field reading it (one is enough to compare)
     for rule in mapping.events:
-        fields = [rule.when, *(spec for _, spec in rule.subjects), *(spec for spec in rule.data if not spec.group)]
+        specs = [rule.when, *(spec for _, spec in rule.subjects), *(spec for spec in rule.data if not spec.group)]
         if rule.other is not None:
-            fields.append(rule.other)
-        for spec in fields:
-            columns.update(c for c in (spec.column, *spec.columns) if c is not None)
-    for column in sorted(columns):
-        said = _get(first, column)
-        if _missing(said):
-            continue
+            specs.append(rule.other)
+        for spec in specs:
+            if spec.column is not None and spec.kind != "minutes_between":
+                fields.setdefault(spec.column, spec)
+            for column in spec.columns:  # minutes_between: two instants
+                fields.setdefault(column, Field(column, column=column, kind="instant", tz=spec.tz,
+                                                formats=spec.formats, unit=spec.unit))
+    for column in sorted(fields):
+        plain = dataclasses.replace(fields[column], map={}, default=None, required=False, template=None)
+        said = _comparable(plain, first, mapping)
         for row in group[1:]:
-            value = _get(row, column)
-            if not _missing(value) and str(value).strip() != str(said).strip():
+            if _missing(_get(row, column)):
+                continue
+            if said is None or _comparable(plain, row, mapping) != said:
                 raise ValidationError(f"{_safe_name(column)}: the rows of one {_safe_name(mapping.group_by or '')}"
-                                      " disagree (repeat it on every row, or leave it empty after the first)")
+                                      " disagree (give it on the first row, and repeat it or leave it empty after)")
+
+
+def _comparable(spec: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
+    value = _value(spec, row, mapping)
+    if spec.kind == "amount" and value is not None:
+        return value[0]  # "¥30.00" and "30" agree; a currency mark is checked against the currency
+    if isinstance(value, str):  # identifiers and labels: "A@x" and "a@x", "CNY" and "cny" agree
+        return value.strip().lower()
+    return value
 
 
 def _safe_name(name: str) -> str:
@@ -663,12 +677,13 @@ def _mapped(mapping: SourceMapping, rows: Iterable[Record | Row | None], max_byt
     group: list[Row] = []
     key = None
     quiet = 0.0
+    taken = None  # a live feed: the group closed after a quiet spell, whose late rows are refused
     for item in rows:
         if item is PAUSE:  # a live feed, quiet: a group held long enough is complete
             quiet += every
             if group and quiet >= GROUP_HOLD_S:
                 yield _record(mapping, group, max_bytes)
-                group, key = [], None
+                group, key, taken = [], None, key
             yield item
             continue
         quiet = 0.0
@@ -680,6 +695,12 @@ def _mapped(mapping: SourceMapping, rows: Iterable[Record | Row | None], max_byt
             continue
         value = _get(item[2], mapping.group_by)
         value = None if _missing(value) else str(value).strip()
+        if value is not None and value == taken:
+            yield Record(item[0], item[1], (), f"{_safe_name(mapping.group_by)}: a row of a record already taken"
+                         f" (its rows came more than {GROUP_HOLD_S:g} s apart); send it again with all its rows",
+                         decoded={"identifiers": _identifiers(mapping, [item])}, size=item[3])
+            continue
+        taken = None
         if group and value != key:
             yield _record(mapping, group, max_bytes)
             group = []

@@ -3,17 +3,22 @@ ingesting process appends, encrypts and keeps projections current.
 
 The child only reads the source and checks records; it never touches the database (it
 inherits the open connection through fork and must not use or close it: it leaves with
-`os._exit`, which runs no finalisers). Validated items come back in chunks, in file order,
-through a bounded queue, so memory stays bounded and a record's events still go in whole or
-not at all — the ingesting process alone decides what is committed, as before. If the
-ingesting process is killed, the child notices its parent is gone and stops.
+`os._exit`, which runs no finalisers). Validated items come back pickled, in chunks, in file
+order, through a one-way pipe whose other ends are closed on both sides, so that either
+process dying is seen by the other: the ingest gets end-of-file (and raises) instead of
+waiting for a chunk that never comes, and an orphaned reader gets a broken pipe and stops. A
+thread of the ingesting process drains the pipe into a bounded queue, so the reader keeps
+working while a batch is committed, and memory stays bounded. A record's events still go in
+whole or not at all: the ingesting process alone decides what is committed, as before.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -21,8 +26,8 @@ from persona.errors import PersonaError
 from persona.ingest.jsonl import Item
 
 CHUNK = 1024  # items per message: pickling many small objects at once is what keeps this cheap
-DEPTH = 8  # chunks in flight at most
-DONE = "done"
+DEPTH = 8  # chunks received but not yet ingested, at most
+UNPICKLABLE = "record: too deeply nested to be handled"
 
 
 class ReaderError(PersonaError):
@@ -32,34 +37,59 @@ class ReaderError(PersonaError):
 def pipelined(produce: Callable[[], Iterable[Item | None]]) -> Iterator[Item]:
     """The items `produce()` makes, made in a child process (fork: `produce` is not pickled)."""
     context = multiprocessing.get_context("fork")
-    channel: Any = context.Queue(maxsize=DEPTH)
-    child = context.Process(target=_produce, args=(produce, channel, os.getpid()), name="persona-reader",
-                            daemon=True)
+    inbound, outbound = context.Pipe(duplex=False)
+    child = context.Process(target=_produce, args=(produce, inbound, outbound), name="persona-reader", daemon=True)
     child.start()
+    outbound.close()  # the child holds the only writing end: its death is our end-of-file
+    received: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=DEPTH)
+    stop = threading.Event()
+
+    def deliver(message: bytes | BaseException) -> None:
+        while not stop.is_set():  # the ingest may stop listening (it failed): then give up
+            try:
+                received.put(message, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def receive() -> None:
+        try:
+            while not stop.is_set():
+                message = inbound.recv_bytes()
+                deliver(message)
+                if message == b"":
+                    return
+        except (EOFError, OSError) as e:  # the reader died, maybe half-way through a message
+            deliver(e)
+
+    receiver = threading.Thread(target=receive, name="persona-reader-pipe", daemon=True)
+    receiver.start()
     try:
         while True:
-            try:
-                message = channel.get(timeout=1.0)
-            except queue.Empty:
-                if not child.is_alive():
-                    raise ReaderError(f"the reading process ended unexpectedly (exit code {child.exitcode})") \
-                        from None
-                continue
-            if message == DONE:
+            message = received.get()
+            if isinstance(message, BaseException):
+                child.join(timeout=5)
+                raise ReaderError(f"the reading process ended unexpectedly (exit code {child.exitcode})")
+            if message == b"":
                 return
-            if isinstance(message, tuple):  # ("error", exception)
-                raise message[1]
-            yield from message
+            kind, body = pickle.loads(message)
+            if kind == "error":
+                raise body
+            yield from body
     finally:
+        stop.set()
         if child.is_alive():
             child.terminate()
-        child.join(timeout=5)
-        channel.close()
+        child.join(timeout=5)  # dead, its end of the pipe closes: the receiver's read ends too
+        receiver.join(timeout=5)
+        inbound.close()
 
 
-def _produce(produce: Callable[[], Iterable[Item | None]], channel: Any, parent: int) -> None:
-    """In the child: make the items and send them in chunks; a failure is sent as it is when it
-    is one of persona's (their messages never carry personal data), else by its class only."""
+def _produce(produce: Callable[[], Iterable[Item | None]], inbound: Any, outbound: Any) -> None:
+    """In the child: make the items and send them in chunks, then an empty message. A failure
+    is sent as it is when it is one of persona's (their messages never carry personal data),
+    else by its class only."""
+    inbound.close()  # only the ingest reads: when it dies, writing here fails and this stops
     chunk: list[Item] = []
     try:
         for item in produce():
@@ -67,30 +97,41 @@ def _produce(produce: Callable[[], Iterable[Item | None]], channel: Any, parent:
                 continue  # a file has no pauses
             chunk.append(item)
             if len(chunk) >= CHUNK:
-                _send(channel, chunk, parent)
+                _send(outbound, chunk)
                 chunk = []
         if chunk:
-            _send(channel, chunk, parent)
-        _send(channel, DONE, parent)
-    except BaseException as e:
+            _send(outbound, chunk)
+            chunk = []
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(1)  # the ingesting process is gone: nobody will read this
+    except BaseException as e:  # handed to the parent, which raises it
         failure = e if isinstance(e, PersonaError | OSError) else ReaderError(
             f"reading the source failed ({type(e).__name__})")
         try:
             if chunk:  # what was read before the failure is kept, as in one process
-                _send(channel, chunk, parent)
-            _send(channel, ("error", failure), parent)
-        except BaseException:
-            _send(channel, ("error", ReaderError(f"reading the source failed ({type(e).__name__})")), parent)
-    finally:
-        channel.close()
-        channel.join_thread()  # everything sent is flushed to the pipe before the process ends
+                _send(outbound, chunk)
+            outbound.send_bytes(pickle.dumps(("error", failure)))
+        except BaseException:  # the parent is gone, or the failure will not pickle
+            os._exit(1)
+    try:
+        outbound.send_bytes(b"")
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(1)
 
 
-def _send(channel: Any, message: Any, parent: int) -> None:
-    while True:
-        try:
-            channel.put(message, timeout=1.0)
-            return
-        except queue.Full:
-            if os.getppid() != parent:  # the ingesting process died: nobody will read this
-                os._exit(1)
+def _send(outbound: Any, chunk: list[Item]) -> None:
+    """Pickled here, not by a background thread that could drop a chunk it fails to pickle: an
+    item that will not pickle (JSON nested hundreds deep) is refused like any bad record."""
+    try:
+        message = pickle.dumps(("items", chunk), protocol=pickle.HIGHEST_PROTOCOL)
+    except (RecursionError, pickle.PicklingError, TypeError, ValueError):
+        fixed: list[Item] = []
+        for item in chunk:
+            try:
+                pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                fixed.append(item)
+            except (RecursionError, pickle.PicklingError, TypeError, ValueError):
+                line, size, _, raw, _, _ = item
+                fixed.append((line, size, UNPICKLABLE, raw, None, None))
+        message = pickle.dumps(("items", fixed), protocol=pickle.HIGHEST_PROTOCOL)
+    outbound.send_bytes(message)
