@@ -458,14 +458,15 @@ def _converter(rule: Field, mapping: SourceMapping) -> Callable[[Any], Any]:
 def _instant(name: str, formats: tuple[str, ...], tz: tzinfo, unit: str | None) -> Callable[[Any], str | None]:
     """An instant reader. Two rules often read the same column of the same row (an event and its
     link): the last answer is remembered, so the second reading costs nothing."""
-    last: list[Any] = [_UNSET, None]
+    last: list[tuple[Any, str | None]] = [(_UNSET, None)]  # one tuple, swapped whole: safe across threads
 
     def instant(raw: Any) -> str | None:
-        if raw == last[0] and type(raw) is type(last[0]):
-            return last[1]  # type: ignore[no-any-return]
+        seen, said = last[0]
+        if raw == seen and type(raw) is type(seen):
+            return said
         moment = parse_instant(raw, field=name, formats=formats, tz=tz, unit=unit)
         text = None if moment is None else utc_text(moment)
-        last[0], last[1] = raw, text
+        last[0] = (raw, text)
         return text
     return instant
 

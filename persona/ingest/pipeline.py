@@ -14,6 +14,7 @@ whole or not at all: the ingesting process alone decides what is committed, as b
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import pickle
@@ -39,7 +40,13 @@ def pipelined(produce: Callable[[], Iterable[Item | None]]) -> Iterator[Item]:
     context = multiprocessing.get_context("fork")
     inbound, outbound = context.Pipe(duplex=False)
     child = context.Process(target=_produce, args=(produce, inbound, outbound), name="persona-reader", daemon=True)
-    child.start()
+    frozen = gc.get_freeze_count()
+    gc.freeze()  # what exists now is the child's too: its collector leaves it (and its finalisers) alone
+    try:
+        child.start()
+    finally:
+        if not frozen:  # a process that froze its own (the API server does) keeps it frozen
+            gc.unfreeze()
     outbound.close()  # the child holds the only writing end: its death is our end-of-file
     received: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=DEPTH)
     stop = threading.Event()
