@@ -318,12 +318,15 @@ class EventLog:
         event to both streams (ids derived from the link's key: a re-run adds nothing)."""
         rec = self.recorder
         people = identity.persons(rec, {pid for join in joins for pid in join[2:]})
+        # merges undone before, between any streams of these people: one query for the batch
+        apart = {frozenset((e.a, e.b)) for e in rec.merge_edges(sorted({m for p in people.values() for m in p.members}))
+                 if e.undone_at is not None}
         joined: set[str] = set()
         for key, event, pid, other_pid in joins:
             one, other = people[pid], people[other_pid]
             if one.id == other.id:
                 continue  # one person already (merged earlier, or earlier in this batch)
-            if not relink and identity.kept_apart(rec, one, other):
+            if not relink and apart and any(frozenset((a, b)) in apart for a in one.members for b in other.members):
                 result.merges_refused += 1
                 continue
             assert event.other is not None

@@ -114,15 +114,6 @@ def regroup(rec: Recorder, seeds: Iterable[str]) -> list[Person]:
     return out
 
 
-def kept_apart(rec: Recorder, one: Person, other: Person) -> bool:
-    """True when a merge of these two was undone: another record's link does not redo it."""
-    theirs = set(other.members)
-    for edge in rec.merge_edges(list(one.members)):
-        if edge.undone_at is not None and (edge.a in theirs or edge.b in theirs):
-            return True
-    return False
-
-
 def edges_between(rec: Recorder, one: Sequence[str], other: Sequence[str]) -> list[int]:
     """Active merges with one end in each group of streams."""
     theirs = set(other)
