@@ -59,6 +59,9 @@ def friendly(func: F) -> F:
         except sqlite3.Error as e:  # SQLite's messages name tables and states, never values
             click.echo(f"error: database: {e}", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except OSError as e:
             where = f": {e.filename}" if e.filename else ""
             click.echo(f"error: {e.strerror or e}{where}", err=True)

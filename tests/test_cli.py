@@ -178,3 +178,17 @@ def test_a_quarantined_row_is_exported_fixed_and_re_ingested(data: Path, tmp_pat
     assert (again["appended"], again["quarantined"]) == (1, 0)
     shown = run(data, "profile", "--subject", "email:ben@example.com", "--json")
     assert json.loads(shown.output)["features"]["monetary"] == 50.0
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(data: Path, tmp_path: Path) -> None:
+    many = tmp_path / "many.jsonl"
+    many.write_bytes(jsonl(*(record("long@example.com", event_id=f"m{i}") for i in range(3000))))
+    assert run(data, "ingest", str(many)).exit_code == 0
+    proc = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(data), "history", "--subject",
+                             "email:long@example.com", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # like `| head -n 1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 141 and err == b""  # as a Unix tool: no "error: Broken pipe"
