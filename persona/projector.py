@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import pickle
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -266,12 +268,15 @@ class Projector:
         return rows
 
     def refresh(self, profile_ids: Iterable[str], *, force_snapshots: bool = False,
-                snapshot_every: int | None = None) -> int:
+                snapshot_every: int | None = None, parallel: bool = False) -> int:
         """Bring the index (one row per person) and, every N events (or `snapshot_every`, if
-        fewer), each stream's snapshots of these profiles up to date."""
-        index, snaps = [], []
+        fewer), each stream's snapshots of these profiles up to date. `parallel`: a process with
+        no other thread computes half of many index rows in a forked child (persona.ingest's
+        last refresh, when its reader process is done and a core is idle)."""
+        snaps = []
         people = {p.id: p for p in identity.persons(self.persona.recorder, profile_ids).values()}
         streams = self._streams_current([member for person in people.values() for member in person.members])
+        work: list[Current] = []
         for person in people.values():
             parts = [streams[member] for member in person.members if member in streams]
             if len(parts) < len(person.members):
@@ -279,8 +284,11 @@ class Projector:
             for part in parts:
                 assert part.sealer is not None
                 snaps.extend(self.snapshot_rows(part, part.sealer, force=force_snapshots, every=snapshot_every))
-            current = self.combine(person, parts) if person.merged else parts[0]
-            index.append((person.id, current.version, self.index_doc(current)))
+            work.append(self.combine(person, parts) if person.merged else parts[0])
+        if parallel and len(work) >= FORK_INDEX_ROWS and threading.active_count() == 1 and os.cpu_count() != 1:
+            index = self._index_rows_forked(work)
+        else:
+            index = [(current.profile_id, current.version, self.index_doc(current)) for current in work]
         if index:
             rec = self.persona.recorder
             with rec.transaction():
@@ -293,6 +301,38 @@ class Projector:
                 if snaps:
                     rec.put_snapshots(snaps)
         return len(index)
+
+
+    def _index_rows_forked(self, work: list[Current]) -> list[tuple[str, int, str]]:
+        """Index rows of these states, the second half computed by a forked child from the states
+        it inherits (no database access there; it leaves by `os._exit`)."""
+        half = len(work) // 2
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child's coverage is not collected
+            status = 1
+            try:
+                os.close(read_end)
+                done = pickle.dumps([(c.profile_id, c.version, self.index_doc(c)) for c in work[half:]])
+                with os.fdopen(write_end, "wb") as out:
+                    out.write(done)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        try:
+            rows = [(current.profile_id, current.version, self.index_doc(current)) for current in work[:half]]
+            with os.fdopen(read_end, "rb") as answer:
+                theirs = answer.read()
+        finally:
+            _, status = os.waitpid(child, 0)
+        if status != 0:  # the child failed: its half is computed here
+            return rows + [(c.profile_id, c.version, self.index_doc(c)) for c in work[half:]]
+        rows.extend(pickle.loads(theirs))
+        return rows
+
+
+FORK_INDEX_ROWS = 4_000  # below this, forking costs more than it saves
 
 
 def _rebuild_part(settings: Settings, people: list[list[str]], only: str | None) -> tuple[list[Any], list[Any]]:

@@ -223,3 +223,22 @@ def test_a_full_cache_drops_the_states_used_longest_ago(persona: Persona) -> Non
     assert ids[0] in kept and ids[5] in kept and ids[1] not in kept and len(kept) <= 4
     for pid in ids:  # whatever was dropped is loaded again, the same
         assert projector.current(pid).version == 1
+
+
+def test_index_rows_computed_half_in_a_forked_child_are_the_same(persona: Persona,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import persona.projector as projector_module
+
+    ingest_jsonl(persona, jsonl(*history(300)).splitlines(), origin="t")
+    pids = list(persona.recorder.stream_ids())
+    assert len(pids) > 4
+    Projector(persona).refresh(pids)
+    alone = persona.recorder.index_rows()
+    monkeypatch.setattr(projector_module, "FORK_INDEX_ROWS", 2)
+    forks = []
+    real_fork = projector_module.os.fork
+    monkeypatch.setattr(projector_module.os, "fork", lambda: forks.append(1) or real_fork())
+    with persona.recorder.transaction():
+        persona.recorder.clear_derived()
+    Projector(persona).refresh(pids, parallel=True)
+    assert forks == [1] and persona.recorder.index_rows() == alone

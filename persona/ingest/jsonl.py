@@ -218,7 +218,8 @@ def ingest_records(
         # incremental: each state caught up with its new events only. At the end, every stream
         # touched is left with a snapshot at most a few events old, so that the next ingest (or
         # reader) starts from it rather than replaying the stream.
-        projector.refresh(sorted(dirty), snapshot_every=SNAPSHOT_AT_END if last else None)
+        projector.refresh(sorted(dirty), snapshot_every=SNAPSHOT_AT_END if last else None,
+                          parallel=last and parallel and not stream)
         dirty.clear()
         refreshed = time.monotonic()
         # a file touching many people spends at most a fifth of its time refreshing before its end
