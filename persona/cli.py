@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -157,6 +158,8 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         mapping = builtin_mapping(source)
     with opened(ctx) as persona:
         if str(file) == "-":
+            # a feed ends with Ctrl+C or a service manager's SIGTERM: both commit what came and report
+            signal.signal(signal.SIGTERM, _interrupt)
             report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping, stream=True)
         else:
             if not file.exists():
@@ -167,6 +170,10 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         emit_json(report.as_dict())
     else:
         click.echo(report.summary())
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,

@@ -126,3 +126,27 @@ def test_item_rows_agree_by_value_and_may_not_add_what_the_first_lacks(persona: 
                                 origin=path.name)
     assert (report.appended, report.quarantined) == (1, 1)
     assert [(r["line"], r["reason"].split(":")[0]) for r in describe(persona)] == [(4, "phone")]
+
+
+@pytest.mark.parametrize("name", ["<stdin>", "clicks.log"])
+def test_a_source_without_a_telling_name_is_read_by_its_first_line(persona: Persona, name: str) -> None:
+    import io
+
+    lines = (b'{"cookie_id": "ck-s1", "url": "https://shop.example/a", "ts": 1741165200000}\n'
+             b'{"cookie_id": "ck-s2", "url": "https://shop.example/b", "ts": 1741165260000}\n')
+    report = ingest_records(persona, mapped_records(builtin_mapping("web"), io.BytesIO(lines), name=name),
+                            origin=name)
+    assert (report.appended, report.quarantined) == (2, 0)
+    as_csv = b"cookie_id,url,ts\nck-s3,https://shop.example/c,1741165300000\n"
+    report = ingest_records(persona, mapped_records(builtin_mapping("web"), io.BytesIO(as_csv), name=name),
+                            origin=name)
+    assert (report.appended, report.quarantined) == (1, 0)
+
+
+def test_an_unreadable_csv_header_is_an_error_not_an_empty_file(persona: Persona) -> None:
+    import io
+
+    broken = b'cookie_id,"url,ts\nck-1,https://a,1741165300000\n'
+    with pytest.raises(ConfigurationError, match="header"):
+        ingest_records(persona, mapped_records(builtin_mapping("web"), io.BytesIO(broken), name="c.csv"),
+                       origin="c.csv")

@@ -139,3 +139,30 @@ def test_a_late_row_of_a_taken_order_is_quarantined_not_lost_as_a_duplicate(tmp_
                                 origin="<stdin>", stream=True, paced=True)
         assert (report.appended, report.duplicates, report.quarantined) == (1, 0, 1)
         assert [r["reason"].split(":")[0] for r in describe(persona)] == ["order_id"]
+
+
+def test_ctrl_c_ends_a_live_feed_with_everything_committed_and_reported(tmp_path: Path) -> None:
+    import signal
+
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings):
+        pass
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
+                                 "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env)
+        assert feed.stdin is not None
+        feed.stdin.write(orjson.dumps(record(f"first{stop}@example.com", event_id=f"y{stop}")) + b"\n")
+        feed.stdin.flush()
+        first = f"first{stop}@example.com"
+        wait_until(lambda: visible(settings, first), "the feed, started and committing")  # noqa: B023
+        feed.stdin.write(orjson.dumps(record(f"last{stop}@example.com", event_id=f"z{stop}")) + b"\n")
+        feed.stdin.flush()
+        time.sleep(0.05)  # arrived, not yet committed (commits wait for a 0.2 s pause)
+        feed.send_signal(stop)
+        out, err = feed.communicate(timeout=30)
+        assert feed.returncode == 0, err.decode(errors="replace")
+        report = orjson.loads(out)
+        assert (report["appended"], report["interrupted"]) == (2, True)
+        assert visible(settings, f"last{stop}@example.com")

@@ -41,6 +41,7 @@ class IngestReport:
     merges: int = 0  # links that joined two existing profiles into one person
     merges_refused: int = 0  # such links between two people whose merge was undone
     blank: int = 0
+    interrupted: bool = False  # a live feed ended by Ctrl+C or SIGTERM (what had come is committed)
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     changed: dict[str, int] = field(default_factory=dict, repr=False)  # profile id -> its new version
@@ -57,6 +58,8 @@ class IngestReport:
             f"{self.duplicates} duplicates, {self.quarantined} quarantined, "
             f"{self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
         )
+        if self.interrupted:
+            text += "\n  the feed was ended by a signal (Ctrl+C or SIGTERM); everything it had sent is committed"
         if self.merges or self.merges_refused:
             text += f"\n  {self.merges} profiles merged into others by linked identifiers"
             if self.merges_refused:
@@ -284,6 +287,11 @@ def ingest_records(
                             refresh()
                 if stream and not batch and not quarantine.rows:
                     waiting_since = None
+        except KeyboardInterrupt:  # Ctrl+C (or SIGTERM, which the CLI turns into it)
+            flush()
+            if not stream:
+                raise
+            report.interrupted = True  # how a live feed usually ends: what came is kept, then reported
         except Exception:
             flush()  # what was read and validated before the failure is kept, then the failure is raised
             raise

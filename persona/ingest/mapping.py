@@ -33,6 +33,7 @@ import codecs
 import csv
 import dataclasses
 import io
+import itertools
 import math
 import re
 import tomllib
@@ -665,7 +666,18 @@ def live_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str =
 
 
 def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterator[Record | Row]:
-    form = mapping.format or ("jsonl" if name.endswith((".jsonl", ".ndjson", ".json")) else "csv")
+    """Rows of a CSV or JSONL source: the mapping's `format`, else the file's extension, else
+    (standard input, `usage.log`) what its first line looks like — a JSON object or not."""
+    form = mapping.format
+    if form is None and name.endswith((".jsonl", ".ndjson", ".json")):
+        form = "jsonl"
+    elif form is None and name.endswith((".csv", ".tsv", ".txt")):
+        form = "csv"
+    if form is None:
+        lines = iter(handle)
+        first = next(lines, b"")
+        handle = itertools.chain([first], lines)
+        form = "jsonl" if first.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "csv"
     return _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping)
 
 
@@ -771,8 +783,11 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
     if mapping.header:
         try:
             header = [h.strip() for h in next(reader)]
-        except (StopIteration, csv.Error):
-            return
+        except StopIteration:
+            return  # an empty file
+        except csv.Error:  # nothing after it can be read: said out loud, not skipped
+            raise ConfigurationError("the first line (the header) is not valid CSV; check the mapping's"
+                                     " `delimiter`, `encoding` and `header`") from None
     else:
         header = list(mapping.columns)
     lines.taken.clear()
