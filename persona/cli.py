@@ -136,10 +136,14 @@ def init(ctx: click.Context) -> None:
 @click.option("--source", metavar="NAME",
               help="A built-in source (shop, social, web, app: see docs/ingest.md), or with --mapping the"
                    " events' source name.")
+@click.option("--format", "form", type=click.Choice(["jsonl", "csv"]),
+              help="How FILE is written (default: the mapping's format, else the file's extension, else its first"
+                   " line). Canonical events are JSONL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 @friendly
-def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: str | None, as_json: bool) -> None:
+def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: str | None, form: str | None,
+           as_json: bool) -> None:
     """Append the events of FILE; '-' reads standard input.
 
     Without --mapping, FILE is canonical JSONL (EVENTS.md). With --mapping, FILE is any
@@ -156,6 +160,11 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
             mapping = dataclasses.replace(mapping, source=source)
     elif source:
         mapping = builtin_mapping(source)
+    if form is not None and mapping is not None:
+        mapping = dataclasses.replace(mapping, format=form)
+    elif form == "csv":
+        raise click.BadParameter("canonical events are JSONL: a CSV export needs --source or --mapping",
+                                 param_hint="--format")
     with opened(ctx) as persona:
         if str(file) == "-":
             # a feed ends with Ctrl+C or a service manager's SIGTERM: both commit what came and report
@@ -181,14 +190,16 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
     limit = persona.settings.max_event_bytes
     if stream and mapping is not None:  # rows are paced, so that an order's last item rows do not wait
         return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit), origin=name,
-                              stream=True, paced=True)
+                              stream=True, paced=True, catch_up=True)
     if mapping is None:
         records: Iterable[Any] = jsonl_records(handle, limit)
     else:
         records = mapped_records(mapping, handle, name=name, max_bytes=limit)
     # a file on a machine with cores to spare: read, map and validate in a second process
     parallel = not stream and (os.cpu_count() or 1) > 1
-    return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel)
+    # catch_up: the index of whatever a killed ingest committed is brought up to date too
+    return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel,
+                          catch_up=True)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:
@@ -593,7 +604,8 @@ def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: s
                 raise click.BadParameter("opened records must not be written into the data directory",
                                          param_hint="--export")
             chosen = [row for row in rows if origin is None or row["origin"] == origin]
-            fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # personal data: owner only
+            fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # personal data: owner only, an existing file included
             with os.fdopen(fd, "wb") as out:
                 for row in chosen:
                     out.write((open_quarantined(persona, row["id"]) or b"").rstrip(b"\n") + b"\n")

@@ -168,6 +168,8 @@ def test_a_quarantined_row_is_exported_fixed_and_re_ingested(data: Path, tmp_pat
     refused = run(data, "quarantine", "--export", str(data / "inside.csv"))
     assert refused.exit_code != 0 and not (data / "inside.csv").exists()  # never opened into the data directory
     exported = tmp_path / "fix.csv"
+    exported.write_text("an older file, readable by all\n")
+    exported.chmod(0o644)
     done = run(data, "quarantine", "--export", str(exported), "--origin", "orders.csv")
     assert done.exit_code == 0, done.output
     assert exported.read_text() == "Q-2,ben@example.com,2025-03-05 11:00:00,-50\n"
@@ -192,3 +194,16 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(data: Path, tmp_path: 
     err = proc.stderr.read()
     proc.stderr.close()
     assert proc.wait(timeout=30) == 141 and err == b""  # as a Unix tool: no "error: Broken pipe"
+
+
+def test_format_option(data: Path, tmp_path: Path) -> None:
+    events = tmp_path / "events.txt"
+    events.write_bytes(jsonl(record("fmt@example.com", event_id="f1")))
+    done = run(data, "ingest", str(events), "--format", "jsonl", "--json")
+    assert json.loads(done.output)["appended"] == 1
+    refused = CliRunner().invoke(cli, ["--data", str(data), "ingest", str(events), "--format", "csv"])
+    assert refused.exit_code == 2 and "canonical events are JSONL" in refused.output
+    clicks = tmp_path / "clicks.data"  # an extension that says nothing; the format says CSV
+    clicks.write_text("cookie_id,url,ts\nck-f,https://shop.example/a,1741165200000\n")
+    done = run(data, "ingest", str(clicks), "--source", "web", "--format", "csv", "--json")
+    assert json.loads(done.output)["appended"] == 1

@@ -142,6 +142,9 @@ def test_sigkill_during_mapped_ingest_with_merges_then_rerun_equals_an_uninterru
     with Persona.open(killed) as p, Persona.open(reference) as r:
         assert verify(p).events == verify(r).events
         assert len(p.recorder.index_rows()) == len(r.recorder.index_rows()) == users
+        # the index caught up with what the killed run committed but never indexed
+        assert p.recorder.lagging_persons() == [] == r.recorder.lagging_persons()
+        assert sorted(row[1] for row in p.recorder.index_rows()) == sorted(row[1] for row in r.recorder.index_rows())
 
 
 def test_the_reader_of_a_small_file_stops_when_the_ingest_is_killed(tmp_path: Path) -> None:

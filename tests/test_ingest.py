@@ -104,3 +104,17 @@ def test_a_file_of_bad_lines_is_quarantined_in_bounded_batches(persona: Persona,
     report = ingest_jsonl(persona, lines(data), origin="f")
     assert report.quarantined == 2 * module.QUARANTINE_BATCH + 5
     assert max(stored) <= module.QUARANTINE_BATCH and sum(stored) == report.quarantined
+
+
+def test_an_ingest_catches_up_the_index_a_killed_one_left_behind(persona: Persona) -> None:
+    from persona.ingest import ingest_records
+    from persona.ingest.jsonl import jsonl_records
+    from tests.conftest import event
+
+    ingest_jsonl(persona, jsonl(record("ann@example.com", event_id="a1")).splitlines(), origin="t")
+    persona.log.append([event("ann@example.com", event_id="a2"), event("bo@example.com", event_id="b1")])
+    assert len(persona.recorder.lagging_persons()) == 2  # committed, never indexed (the process died)
+    lines = jsonl(record("cy@example.com", event_id="c1")).splitlines()
+    ingest_records(persona, jsonl_records(lines, 1 << 16), origin="next", catch_up=True)
+    assert persona.recorder.lagging_persons() == []
+    assert {row[1] for row in persona.recorder.index_rows()} == {1, 2}

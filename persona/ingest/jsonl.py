@@ -188,6 +188,7 @@ def ingest_records(
     stream: bool = False,
     paced: bool = False,
     parallel: bool = False,
+    catch_up: bool = False,
 ) -> IngestReport:
     """Append the events of every valid record; quarantine the rest, each with its reason and
     line. A record's events go in together or not at all. Memory is bounded by the batch size.
@@ -195,7 +196,9 @@ def ingest_records(
     `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
     the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
     and visible within about a second of arriving, however slowly records come. `paced`: the
-    records already carry PAUSE markers (a live feed read by `live_records`). `parallel` (a
+    records already carry PAUSE markers (a live feed read by `live_records`). `catch_up`: first
+    find the persons whose index lags their log (an earlier ingest killed between committing a
+    batch and indexing it) and index them with this ingest's own. `parallel` (a
     file): records are read, mapped and validated in a second process (persona.ingest.pipeline)
     while this one appends — when this process runs no other thread, else in this one.
     """
@@ -211,7 +214,7 @@ def ingest_records(
     total = AppendResult()
 
     projector = Projector(persona, cache_limit=INGEST_CACHE)
-    dirty: set[str] = set()
+    dirty: set[str] = set(persona.recorder.lagging_persons()) if catch_up else set()
     refreshed = time.monotonic()
     pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
 

@@ -104,6 +104,12 @@ _MERGES_TABLE = """
 CREATE TABLE IF NOT EXISTS merges (edge INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT NOT NULL, b TEXT NOT NULL,
 a_hash BLOB NOT NULL, b_hash BLOB NOT NULL, merged_at INTEGER NOT NULL, undone_at INTEGER);
 """
+_LAGGING = (
+    "SELECT p.person FROM (SELECT coalesce(m.person_id, s.stream_id) AS person, sum(s.version) AS version"
+    " FROM streams s JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN members m ON m.profile_id = s.stream_id"
+    " GROUP BY person) p LEFT JOIN profile_index i ON i.profile_id = p.person"
+    " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person"
+)
 _PERSONS_OF = "SELECT profile_id, person_id FROM members WHERE profile_id IN (?*)"
 _MEMBERS_OF = (
     "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
@@ -562,6 +568,11 @@ class SQLiteRecorder:
             "INSERT INTO members (profile_id, person_id) VALUES (?, ?)"
             " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id", rows)
         self.conn.executemany("DELETE FROM members WHERE profile_id = ?", [(pid,) for pid in singles])
+
+    def lagging_persons(self) -> list[str]:
+        """Persons whose index row is missing or older than their streams (a crashed ingest
+        committed batches it never indexed): one scan of the streams."""
+        return [row[0] for row in self.conn.execute(_LAGGING)]
 
     def drop_derived(self, profile_ids: Sequence[str]) -> None:
         """Delete the index and RFM rows of these profile ids (streams now read as part of a person)."""
