@@ -110,6 +110,8 @@ _LAGGING = (
     " GROUP BY person) p LEFT JOIN profile_index i ON i.profile_id = p.person"
     " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person"
 )
+_DROP_PERSON_ROWS = ("DELETE FROM profile_index WHERE profile_id IN (?*)", "DELETE FROM rfm WHERE profile_id IN (?*)")
+_STREAM_NUMBERS = "SELECT stream_id, stream_no FROM streams WHERE stream_id IN (?*)"
 _PERSONS_OF = "SELECT profile_id, person_id FROM members WHERE profile_id IN (?*)"
 _MEMBERS_OF = (
     "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
@@ -454,13 +456,15 @@ class SQLiteRecorder:
 
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
         """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
-        numbers = [
-            self.conn.execute(
-                "INSERT INTO streams (stream_id, version, head, created_at) VALUES (?, 0, ?, ?) RETURNING stream_no",
-                (pid, genesis, created),
-            ).fetchone()[0]
-            for pid, genesis, _, _, created in rows
-        ]
+        self.conn.executemany(
+            "INSERT INTO streams (stream_id, version, head, created_at) VALUES (?, 0, ?, ?)",
+            [(pid, genesis, created) for pid, genesis, _, _, created in rows],
+        )
+        ids = [row[0] for row in rows]
+        found: dict[str, int] = {}
+        for part in _chunks(ids):
+            found.update(self.conn.execute(_expand(_STREAM_NUMBERS, len(part)), part).fetchall())
+        numbers = [found[pid] for pid in ids]
         self.conn.executemany(
             "INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)",
             [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows],
@@ -576,9 +580,9 @@ class SQLiteRecorder:
 
     def drop_derived(self, profile_ids: Sequence[str]) -> None:
         """Delete the index and RFM rows of these profile ids (streams now read as part of a person)."""
-        for pid in profile_ids:
-            self.conn.execute("DELETE FROM profile_index WHERE profile_id = ?", (pid,))
-            self.conn.execute("DELETE FROM rfm WHERE profile_id = ?", (pid,))
+        for part in _chunks(list(profile_ids)):
+            for statement in _DROP_PERSON_ROWS:
+                self.conn.execute(_expand(statement, len(part)), part)
 
     # -- erasure -------------------------------------------------------------------------
     def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
