@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -167,9 +168,18 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
                                  param_hint="--format")
     with opened(ctx) as persona:
         if str(file) == "-":
-            # a feed ends with Ctrl+C or a service manager's SIGTERM: both commit what came and report
-            signal.signal(signal.SIGTERM, _interrupt)
-            report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping, stream=True)
+            # a feed ends with Ctrl+C or a service manager's SIGTERM: what has been read is committed
+            # and reported (a second signal stops at once)
+            stop = threading.Event()
+
+            def ask_to_stop(signum: int, frame: Any) -> None:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                stop.set()
+
+            signal.signal(signal.SIGINT, ask_to_stop)
+            signal.signal(signal.SIGTERM, ask_to_stop)
+            report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping, stream=True, stop=stop)
         else:
             if not file.exists():
                 raise click.BadParameter("no such file", param_hint="FILE")
@@ -181,16 +191,13 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         click.echo(report.summary())
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
-            progress: Callable[[int], None] | None = None, *, stream: bool = False) -> Any:
+            progress: Callable[[int], None] | None = None, *, stream: bool = False,
+            stop: threading.Event | None = None) -> Any:
     limit = persona.settings.max_event_bytes
     if stream and mapping is not None:  # rows are paced, so that an order's last item rows do not wait
-        return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit), origin=name,
-                              stream=True, paced=True, catch_up=True)
+        return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit, stop=stop),
+                              origin=name, stream=True, paced=True, catch_up=True, stop=stop)
     if mapping is None:
         records: Iterable[Any] = jsonl_records(handle, limit)
     else:
@@ -199,7 +206,7 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
     parallel = not stream and (os.cpu_count() or 1) > 1
     # catch_up: the index of whatever a killed ingest committed is brought up to date too
     return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel,
-                          catch_up=True)
+                          catch_up=True, stop=stop)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:
@@ -604,8 +611,9 @@ def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: s
                 raise click.BadParameter("opened records must not be written into the data directory",
                                          param_hint="--export")
             chosen = [row for row in rows if origin is None or row["origin"] == origin]
-            fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # personal data: owner only, an existing file included
+            fd = os.open(export, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.fchmod(fd, 0o600)  # personal data: owner only, an existing file included, before a byte
+            os.ftruncate(fd, 0)
             with os.fdopen(fd, "wb") as out:
                 for row in chosen:
                     out.write((open_quarantined(persona, row["id"]) or b"").rstrip(b"\n") + b"\n")

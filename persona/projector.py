@@ -6,6 +6,7 @@ be dropped and rebuilt at any time (DESIGN.md invariant 6).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -308,7 +309,14 @@ class Projector:
         it inherits (no database access there; it leaves by `os._exit`)."""
         half = len(work) // 2
         read_end, write_end = os.pipe()
-        child = os.fork()
+        frozen = gc.get_freeze_count()
+        gc.freeze()  # the child's collector leaves the inherited objects (and their finalisers) alone
+        child = -1
+        try:
+            child = os.fork()
+        finally:
+            if child != 0 and not frozen:
+                gc.unfreeze()
         if child == 0:  # pragma: no cover - the child's coverage is not collected
             status = 1
             try:
@@ -320,11 +328,12 @@ class Projector:
             finally:
                 os._exit(status)
         os.close(write_end)
+        answer = os.fdopen(read_end, "rb")
         try:
             rows = [(current.profile_id, current.version, self.index_doc(current)) for current in work[:half]]
-            with os.fdopen(read_end, "rb") as answer:
-                theirs = answer.read()
+            theirs = answer.read()
         finally:
+            answer.close()  # on a failure here, the child's write fails and it leaves: never a deadlock
             _, status = os.waitpid(child, 0)
         if status != 0:  # the child failed: its half is computed here
             return rows + [(c.profile_id, c.version, self.index_doc(c)) for c in work[half:]]

@@ -242,3 +242,23 @@ def test_index_rows_computed_half_in_a_forked_child_are_the_same(persona: Person
         persona.recorder.clear_derived()
     Projector(persona).refresh(pids, parallel=True)
     assert forks == [1] and persona.recorder.index_rows() == alone
+
+
+def test_a_failure_beside_the_forked_child_is_raised_not_a_deadlock(persona: Persona,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    ingest_jsonl(persona, jsonl(*history(2000)).splitlines(), origin="t")
+    pids = list(persona.recorder.stream_ids())
+    projector = Projector(persona)
+    work = [projector.current(pid) for pid in pids]
+    parent, real = os.getpid(), projector.index_doc
+
+    def failing_here(current: Any) -> str:
+        if os.getpid() == parent:
+            raise MemoryError("the parent's half failed")
+        return real(current)
+
+    monkeypatch.setattr(projector, "index_doc", failing_here)
+    with pytest.raises(MemoryError):  # the child, blocked writing its half, is released and reaped
+        projector._index_rows_forked(work * 40)

@@ -166,3 +166,34 @@ def test_ctrl_c_ends_a_live_feed_with_everything_committed_and_reported(tmp_path
         report = orjson.loads(out)
         assert (report["appended"], report["interrupted"]) == (2, True)
         assert visible(settings, f"last{stop}@example.com")
+
+
+def test_sigterm_keeps_the_order_a_shop_feed_was_still_holding_open(tmp_path: Path) -> None:
+    import signal
+
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings):
+        pass
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
+                             "--source", "shop", "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    assert feed.stdin is not None
+    feed.stdin.write(b"order_id,email,created_at,total,sku,category,qty,price\n"
+                     b"T-1,held.one@example.com,2025-03-05 10:00:00,30,S1,books,1,10\n")
+    feed.stdin.flush()
+    wait_until(lambda: visible(settings, "held.one@example.com"), "the feed, started and committing")
+    feed.stdin.write(b"T-2,held.two@example.com,2025-03-05 11:00:00,30,S1,books,1,10\n"
+                     b"T-2,held.two@example.com,2025-03-05 11:00:00,30,S2,books,1,20\n")
+    feed.stdin.flush()
+    time.sleep(0.1)  # read, and held open: its order might have more rows
+    feed.send_signal(signal.SIGTERM)
+    out, err = feed.communicate(timeout=30)
+    assert feed.returncode == 0, err.decode(errors="replace")
+    report = orjson.loads(out)
+    assert (report["appended"], report["quarantined"], report["interrupted"]) == (2, 0, True)
+    with Persona.open(settings) as persona:
+        pid = persona.log.profile_for("email", "held.two@example.com")
+        assert pid is not None
+        order = next(e for e in persona.log.read(pid) if e.type == "order_placed")
+        assert len(order.data["items"]) == 2

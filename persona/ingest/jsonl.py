@@ -120,9 +120,10 @@ PAUSE = None  # what `_paced` yields when nothing arrived for a while
 T = TypeVar("T")
 
 
-def _paced(records: Iterable[T], every: float) -> Iterator[T | None]:
+def _paced(records: Iterable[T], every: float, stop: threading.Event | None = None) -> Iterator[T | None]:
     """The records (or rows), with a PAUSE whenever none arrived for `every` seconds: a reader
-    thread waits on the source (a pipe that may stay quiet for hours), the ingest does not."""
+    thread waits on the source (a pipe that may stay quiet for hours), the ingest does not.
+    Once `stop` is set (Ctrl+C or SIGTERM), what has been read is handed over and the records end."""
     arrived: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=10_000)
 
     def read() -> None:
@@ -136,6 +137,17 @@ def _paced(records: Iterable[T], every: float) -> Iterator[T | None]:
 
     threading.Thread(target=read, name="persona-stream-reader", daemon=True).start()
     while True:
+        if stop is not None and stop.is_set():  # the feed is over: what was read, then the end
+            while True:
+                try:
+                    more, item = arrived.get_nowait()
+                except queue.Empty:
+                    return
+                if not more:
+                    if item is not None:
+                        raise item
+                    return
+                yield item
         try:
             more, item = arrived.get(timeout=every)
         except queue.Empty:
@@ -146,6 +158,27 @@ def _paced(records: Iterable[T], every: float) -> Iterator[T | None]:
                 raise item
             return
         yield item
+
+
+class _Collector:
+    """An ingest keeps many long-lived objects (states, caches) and makes millions of short-lived
+    acyclic ones: while any ingest runs, the collector's young generation runs far less often
+    (measured: -27% time on 1M records; a reader process forked meanwhile inherits it). The
+    thresholds are put back when the last ingest of the process ends."""
+
+    lock = threading.Lock()
+    running = 0
+    saved: tuple[int, ...] = (700, 10, 10)
+
+    @classmethod
+    def relax(cls, step: int) -> None:
+        with cls.lock:
+            if step > 0 and cls.running == 0:
+                cls.saved = gc.get_threshold()
+                gc.set_threshold(50_000, 20, 100)
+            cls.running = max(0, cls.running + step)
+            if step < 0 and cls.running == 0:
+                gc.set_threshold(*cls.saved)
 
 
 def validated(records: Iterable[Record | None], settings: Settings, clock: Callable[[], datetime]
@@ -189,6 +222,7 @@ def ingest_records(
     paced: bool = False,
     parallel: bool = False,
     catch_up: bool = False,
+    stop: threading.Event | None = None,
 ) -> IngestReport:
     """Append the events of every valid record; quarantine the rest, each with its reason and
     line. A record's events go in together or not at all. Memory is bounded by the batch size.
@@ -196,7 +230,8 @@ def ingest_records(
     `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
     the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
     and visible within about a second of arriving, however slowly records come. `paced`: the
-    records already carry PAUSE markers (a live feed read by `live_records`). `catch_up`: first
+    records already carry PAUSE markers (a live feed read by `live_records`). `stop` ends a live
+    feed: once it is set, what has been read is committed and reported. `catch_up`: first
     find the persons whose index lags their log (an earlier ingest killed between committing a
     batch and indexing it) and index them with this ingest's own. `parallel` (a
     file): records are read, mapped and validated in a second process (persona.ingest.pipeline)
@@ -237,22 +272,17 @@ def ingest_records(
             now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
         if batch:
             appended = persona.log.append(batch, keep=True)
-            projector.advance(appended.recorded)
-            appended.recorded = []
-            total.add(appended)
+            batch.clear()  # committed: first of all, never to be appended again
             dirty.update(appended.streams)
-            batch.clear()
+            recorded, appended.recorded = appended.recorded, []
+            total.add(appended)
+            projector.advance(recorded)
         quarantine.flush()
         if dirty and time.monotonic() - refreshed >= pause:
             refresh()
 
-    collecting = gc.get_threshold()
-    # An ingest keeps many long-lived objects (states, caches) and makes millions of short-lived
-    # acyclic ones: the collector's young generation is run far less often (measured: -27% time
-    # on 1M records), the reader process forked below inherits the setting, and it is put back.
-    gc.set_threshold(50_000, 20, 100)
     if stream:
-        items = validated(records if paced else _paced(records, STREAM_PAUSE_S), settings, lambda: now)
+        items = validated(records if paced else _paced(records, STREAM_PAUSE_S, stop), settings, lambda: now)
     elif parallel and threading.active_count() == 1:  # fork only a process with no other thread (whose
         from persona.ingest.pipeline import pipelined  # locks the child would inherit, held forever)
 
@@ -261,6 +291,7 @@ def ingest_records(
         items = validated(records, settings, lambda: now)
     waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
     try:
+        _Collector.relax(+1)
         try:
             for item in items:
                 if item is PAUSE:  # a quiet feed: commit what came, and show it
@@ -290,11 +321,9 @@ def ingest_records(
                             refresh()
                 if stream and not batch and not quarantine.rows:
                     waiting_since = None
-        except KeyboardInterrupt:  # Ctrl+C (or SIGTERM, which the CLI turns into it)
+        except KeyboardInterrupt:  # Ctrl+C on a file: what was read and validated is kept
             flush()
-            if not stream:
-                raise
-            report.interrupted = True  # how a live feed usually ends: what came is kept, then reported
+            raise
         except Exception:
             flush()  # what was read and validated before the failure is kept, then the failure is raised
             raise
@@ -302,7 +331,8 @@ def ingest_records(
         if dirty:
             refresh(last=True)
     finally:
-        gc.set_threshold(*collecting)
+        _Collector.relax(-1)
+    report.interrupted = stop is not None and stop.is_set()
     report.appended = total.appended
     report.duplicates = total.duplicates
     report.profiles_created = total.profiles_created

@@ -36,6 +36,7 @@ import io
 import itertools
 import math
 import re
+import threading
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -658,11 +659,12 @@ def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str
 
 
 def live_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "", max_bytes: int = 64 * 1024,
-                 every: float = STREAM_PAUSE_S) -> Iterator[Record | None]:
+                 every: float = STREAM_PAUSE_S, stop: threading.Event | None = None) -> Iterator[Record | None]:
     """The records of a live feed (stdin), with a PAUSE whenever nothing arrived for `every`
     seconds. Rows are read by a thread, so that a group (an order's item rows) is closed after
-    GROUP_HOLD_S of quiet rather than when the next group's first row arrives, maybe hours later."""
-    return _mapped(mapping, _paced(_rows(mapping, handle, name), every), max_bytes, every=every)
+    GROUP_HOLD_S of quiet rather than when the next group's first row arrives, maybe hours later.
+    Once `stop` is set, the rows read so far (an open group included) are the last."""
+    return _mapped(mapping, _paced(_rows(mapping, handle, name), every, stop), max_bytes, every=every)
 
 
 def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterator[Record | Row]:
@@ -673,12 +675,17 @@ def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterato
         form = "jsonl"
     elif form is None and name.endswith((".csv", ".tsv", ".txt")):
         form = "csv"
-    if form is None:
+    if form is None:  # read here, lazily: for a live feed, in its reader thread
         lines = iter(handle)
-        first = next(lines, b"")
-        handle = itertools.chain([first], lines)
-        form = "jsonl" if first.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "csv"
-    return _jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping)
+        seen = []
+        for line in lines:
+            seen.append(line)
+            if line.strip():
+                break
+        handle = itertools.chain(seen, lines)
+        first = seen[-1] if seen else b""
+        form = "jsonl" if first.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{") else "csv"
+    yield from (_jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping))
 
 
 def _mapped(mapping: SourceMapping, rows: Iterable[Record | Row | None], max_bytes: int,
@@ -757,6 +764,8 @@ def _identifiers(mapping: SourceMapping, rows: list[Row]) -> list[dict[str, str]
 def _jsonl_rows(handle: Iterable[bytes]) -> Iterator[Record | Row]:
     for number, raw in enumerate(handle, start=1):
         line = raw.strip()
+        if number == 1:
+            line = line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not data
         if not line:
             yield Record(number, line, (), size=len(raw))
             continue

@@ -331,6 +331,8 @@ class SQLiteRecorder:
             finally:
                 self._depth -= 1
             return
+        if self.conn.in_transaction:  # a BEGIN whose caller was interrupted (Ctrl+C) before it could know
+            self.conn.execute("ROLLBACK")
         self.conn.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
