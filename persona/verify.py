@@ -1,17 +1,18 @@
 """Check the whole store: hash chains, gap-free versions, that live events open, that the
-erased hold no key."""
+erased hold no key, that merged persons are what the recorded merges make."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from persona import identity
 from persona.core import Persona
 from persona.crypto import Sealer
 from persona.erasure import ErasureLedger
 from persona.errors import PersonaError, TamperError, UnfinishedErasureError
 from persona.eventlog import chain_hash, event_aad, genesis
-from persona.store.base import StoredEvent
+from persona.store.base import Head, StoredEvent
 
 
 @dataclass
@@ -86,6 +87,7 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
             raise TamperError(f"erased profile {sid} still holds a data key")
         if rec.links_of(sid):
             raise TamperError(f"erased profile {sid} still has identity links")
+    _check_persons(persona, heads, set(erased))
     ledger = ErasureLedger(persona.settings.ledger_path).entries()
     for pid in sorted({e.profile_id for e in ledger if e.profile_id} - set(erased)):
         head = heads.get(pid)
@@ -95,3 +97,25 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
                 f"finish it with `persona erase --profile {pid}`"
             )
     return report
+
+
+def _check_persons(persona: Persona, heads: dict[str, Head], erased: set[str]) -> None:
+    """Merged persons as the `members` table has them are what the active merges make, named by
+    their oldest stream; no erased profile is part of a merge."""
+    rec = persona.recorder
+    edges = rec.merge_edges(sorted(heads))
+    for edge in edges:
+        for sid in (edge.a, edge.b):
+            if sid in erased:
+                raise TamperError(f"erased profile {sid} is still recorded in a merge")
+    joined = sorted({sid for e in edges if e.undone_at is None for sid in (e.a, e.b)})
+    expected: dict[str, str] = {}
+    for group in identity.components(rec, joined):
+        if len(group) > 1:
+            root = min(group, key=lambda sid: heads[sid].no)
+            expected.update((sid, root) for sid in group)
+    recorded = rec.persons_of(sorted(heads))
+    if recorded != expected:
+        wrong = sorted(set(recorded.items()) ^ set(expected.items()))[0][0]
+        raise TamperError(f"profile {wrong}: the person it belongs to (members) disagrees with the recorded merges")
+

@@ -462,3 +462,18 @@ def test_restoring_an_old_backup_erases_exactly_the_profiles_the_ledger_names(pe
         assert person_of(restored.recorder, shop).members == (shop,)
         assert [p.id for p in indexed(restored, as_of=NOW)] == [shop]
         assert features(restored, shop)["frequency"] == 2
+
+
+def test_verify_checks_persons_against_the_recorded_merges(persona: Persona, two: tuple[str, str]) -> None:
+    from persona.errors import TamperError
+    from persona.verify import verify
+
+    _, cookie = two
+    link(persona, ("cookie", COOKIE), ("shop_user", USER))
+    unlink(persona, ("cookie", COOKIE), ("shop_user", USER))
+    link(persona, ("cookie", COOKIE), ("shop_user", USER))
+    verify(persona)  # consistent after merges, an undo and a relink
+    with persona.recorder.transaction():
+        persona.recorder.set_members([], [cookie])  # the cookie's membership lost
+    with pytest.raises(TamperError, match="disagrees with the recorded merges"):
+        verify(persona)
