@@ -10,7 +10,6 @@ import gc
 import itertools
 import multiprocessing
 import os
-import pickle
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -321,7 +320,7 @@ class Projector:
             status = 1
             try:
                 os.close(read_end)
-                done = pickle.dumps([(c.profile_id, c.version, self.index_doc(c)) for c in work[half:]])
+                done = orjson.dumps([(c.profile_id, c.version, self.index_doc(c)) for c in work[half:]])
                 with os.fdopen(write_end, "wb") as out:
                     out.write(done)
                 status = 0
@@ -337,7 +336,7 @@ class Projector:
             _, status = os.waitpid(child, 0)
         if status != 0:  # the child failed: its half is computed here
             return rows + [(c.profile_id, c.version, self.index_doc(c)) for c in work[half:]]
-        rows.extend(pickle.loads(theirs))
+        rows.extend((pid, version, doc) for pid, version, doc in orjson.loads(theirs))
         return rows
 
 

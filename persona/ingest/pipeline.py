@@ -3,8 +3,10 @@ ingesting process appends, encrypts and keeps projections current.
 
 The child only reads the source and checks records; it never touches the database (it
 inherits the open connection through fork and must not use or close it: it leaves with
-`os._exit`, which runs no finalisers). Validated items come back pickled, in chunks, in file
-order, through a one-way pipe whose other ends are closed on both sides, so that either
+`os._exit`, which runs no finalisers). Validated items come back in chunks, in file order,
+pickled — only between this process and its own child over a private pipe: nothing pickled is
+stored, nothing from outside is unpickled (models, which are stored, use skops) — through a
+one-way pipe whose other ends are closed on both sides, so that either
 process dying is seen by the other: the ingest gets end-of-file (and raises) instead of
 waiting for a chunk that never comes, and an orphaned reader gets a broken pipe and stops. A
 thread of the ingesting process drains the pipe into a bounded queue, so the reader keeps
