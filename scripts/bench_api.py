@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 import orjson
+from _publish import publish
 from bench_projections import mixed_events
 
 from persona import Persona, Settings
@@ -544,16 +545,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     print(text)
     if quick:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks-api.json").write_bytes(orjson.dumps(r, option=orjson.OPT_INDENT_2) + b"\n")
-    doc = out / "benchmarks.md"
-    begin, end = "<!-- api:begin -->", "<!-- api:end -->"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    if begin not in current:
-        current = current.rstrip("\n") + "\n\n" + begin + "\n" + end + "\n"
-    head_text, _, rest = current.partition(begin)
-    _, _, tail = rest.partition(end)
-    doc.write_text(head_text + begin + "\n" + text + end + tail)
+    publish(out, "api", r, text)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _publish import publish
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from persona import Persona, Settings
@@ -279,15 +280,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     if quick:
         print(text)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks-core.json").write_bytes(orjson.dumps(r, option=orjson.OPT_INDENT_2) + b"\n")
-    doc = out / "benchmarks.md"
-    begin, end = "<!-- core:begin -->", "<!-- core:end -->"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n\nProduced by the scripts in `scripts/`; " \
-        "never edited by hand.\n\n" + begin + "\n" + end + "\n"
-    head, _, rest = current.partition(begin)
-    _, _, tail = rest.partition(end)
-    doc.write_text(head + begin + "\n" + text + end + tail)
+    publish(out, "core", r, text)
     print(text)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = 50_000  # raw records/s
@@ -157,16 +158,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     if quick:
         print(text)
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks-ingest.json").write_bytes(orjson.dumps(r, option=orjson.OPT_INDENT_2) + b"\n")
-    doc = out / "benchmarks.md"
-    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n\nProduced by `scripts/`; never edited by hand.\n"
-    if begin not in current:
-        current = current.rstrip("\n") + "\n\n" + begin + "\n" + end + "\n"
-    head, _, rest = current.partition(begin)
-    _, _, tail = rest.partition(end)
-    doc.write_text(head + begin + "\n" + text + end + tail)
+    publish(out, "ingest", r, text)
     print(text)
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
+from _publish import publish
 
 from persona import Persona, Settings
 from persona.eventlog import gc_paused
@@ -162,16 +162,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     print(text)
     if quick:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks-projections.json").write_bytes(orjson.dumps(r, option=orjson.OPT_INDENT_2) + b"\n")
-    doc = out / "benchmarks.md"
-    begin, end = "<!-- projections:begin -->", "<!-- projections:end -->"
-    current = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
-    if begin not in current:
-        current = current.rstrip("\n") + "\n\n" + begin + "\n" + end + "\n"
-    head, _, rest = current.partition(begin)
-    _, _, tail = rest.partition(end)
-    doc.write_text(head + begin + "\n" + text + end + tail)
+    publish(out, "projections", r, text)
 
 
 if __name__ == "__main__":
