@@ -174,6 +174,21 @@ class Out:
         self.lines += 1
         return self.write(row)
 
+    def keep(self, row: list[str] | str, events: int, again: bool) -> None:
+        """A valid record written — and written again when it is `again` re-exported (a duplicate)."""
+        self.data(row)
+        self.records += 1
+        if again:
+            self.data(row)
+            self.records += 1
+            self.duplicates += 1
+            self.duplicate_events += events
+
+    def plant(self, row: list[str] | str, kind: str) -> None:
+        """A bad record, noted with its line and kind."""
+        self.bad.append((self.data(row), kind))
+        self.records += 1
+
     def close(self) -> None:
         self.handle.close()
 
@@ -560,8 +575,7 @@ def write_shop(out: Out, people: list[Person], options: Options) -> None:
         kind = plan.bad()
         if kind is not None:
             row = bad_order(rng, person, t, kind, next_id)
-            out.bad.append((out.data(row), kind))
-            out.records += 1
+            out.plant(row, kind)
             last = row[0]
         waiting = []
         for wait, copy, reformatted in later:
@@ -613,20 +627,13 @@ def write_social(out: Out, people: list[Person], options: Options) -> None:
             line["at"] = t * 1000 + rng.randrange(1000)
         text = json.dumps(line, ensure_ascii=False)
         events = 1 + ("email" in line)
-        out.data(text)
-        out.records += 1
         out.valid += 1
         out.events += events
         person.records["social"] = person.records.get("social", 0) + 1
-        if plan.happens("duplicate", DUP_RATE[SOCIAL]):
-            out.data(text)
-            out.records += 1
-            out.duplicates += 1
-            out.duplicate_events += events
+        out.keep(text, events, plan.happens("duplicate", DUP_RATE[SOCIAL]))
         kind = plan.bad()
         if kind is not None:
-            out.bad.append((out.data(bad_social(rng, person.handle, t, kind, len(out.bad))), kind))
-            out.records += 1
+            out.plant(bad_social(rng, person.handle, t, kind, len(out.bad)), kind)
 
 
 def bad_social(rng: random.Random, handle: str, t: int, kind: str, serial: int) -> str:
@@ -664,20 +671,13 @@ def write_web(out: Out, people: list[Person], options: Options) -> None:
         if plan.happens("late", LATE_RATE[WEB]):
             late.append(row)
             return
-        out.data(row)
-        out.records += 1
-        if plan.happens("duplicate", DUP_RATE[WEB]):
-            out.data(row)
-            out.records += 1
-            out.duplicates += 1
-            out.duplicate_events += 1 + logged
+        out.keep(row, 1 + logged, plan.happens("duplicate", DUP_RATE[WEB]))
         kind = plan.bad()
         if kind is not None:
             ts = int(row[4]) + 1 if kind == "empty_url" else YEAR_2099_MS + int(row[4]) % (365 * DAY * 1000)
             bad = [row[0], "", f"ws-{rng.getrandbits(40):010x}", "" if kind == "empty_url" else row[3], str(ts),
                    "3", "", ""]
-            out.bad.append((out.data(bad), kind))
-            out.records += 1
+            out.plant(bad, kind)
 
     for t, index in keys:
         while pending and pending[0][0] < t * 1000:
@@ -750,13 +750,7 @@ def write_app(out: Out, people: list[Person], options: Options) -> None:
         if plan.happens("late", LATE_RATE[APP]):
             late.append(row)
             continue
-        out.data(row)
-        out.records += 1
-        if plan.happens("duplicate", DUP_RATE[APP]):
-            out.data(row)
-            out.records += 1
-            out.duplicates += 1
-            out.duplicate_events += 1 + signed
+        out.keep(row, 1 + signed, plan.happens("duplicate", DUP_RATE[APP]))
         kind = plan.bad()
         if kind is not None:
             bad = [device, "", f"as-{sequence:08x}", row[3], row[4], "", platform]
@@ -768,8 +762,7 @@ def write_app(out: Out, people: list[Person], options: Options) -> None:
             else:
                 bad[3] = future_time(rng)
                 bad[4] = bad[3][:11] + "23:59:59"
-            out.bad.append((out.data(bad), kind))
-            out.records += 1
+            out.plant(bad, kind)
     for row in late:
         out.data(row)
         out.records += 1

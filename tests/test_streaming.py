@@ -29,15 +29,24 @@ def wait_until(condition: object, what: str, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_live_feed_is_committed_and_indexed_while_it_stays_open(tmp_path: Path) -> None:
+def fresh_store(tmp_path: Path) -> Settings:
     settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings):
-        pass
+    Persona.init(settings).close()
+    return settings
+
+
+def open_feed(settings: Settings, *options: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """`persona ingest -` as a real process, its standard input the feed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
     feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
-                             "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+                             *options], stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE, env=env)
     assert feed.stdin is not None
+    return feed
+
+
+def test_a_live_feed_is_committed_and_indexed_while_it_stays_open(tmp_path: Path) -> None:
+    settings = fresh_store(tmp_path)
+    feed = open_feed(settings, "--json")
     try:
         feed.stdin.write(orjson.dumps(record("first@example.com", event_id="s1")) + b"\n")
         feed.stdin.flush()
@@ -61,13 +70,8 @@ def test_a_live_feed_is_committed_and_indexed_while_it_stays_open(tmp_path: Path
 
 
 def test_a_feed_that_never_pauses_is_still_committed_as_it_goes(tmp_path: Path) -> None:
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings):
-        pass
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert feed.stdin is not None
+    settings = fresh_store(tmp_path)
+    feed = open_feed(settings, stdout=subprocess.DEVNULL)
     try:
         sent = 0
         deadline = time.monotonic() + 15
@@ -86,14 +90,8 @@ def test_a_feed_that_never_pauses_is_still_committed_as_it_goes(tmp_path: Path) 
 def test_a_live_shop_feed_shows_an_order_without_waiting_for_the_next_one(tmp_path: Path) -> None:
     """Rows are grouped by order id: the last order of a quiet feed is closed after a short hold,
     not kept until the next order's first row arrives."""
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings):
-        pass
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
-                             "--source", "shop", "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    assert feed.stdin is not None
+    settings = fresh_store(tmp_path)
+    feed = open_feed(settings, "--source", "shop", "--json")
 
     def items_of(email: str) -> int | None:
         with Persona.open(settings) as p:
@@ -144,15 +142,9 @@ def test_a_late_row_of_a_taken_order_is_quarantined_not_lost_as_a_duplicate(tmp_
 def test_ctrl_c_ends_a_live_feed_with_everything_committed_and_reported(tmp_path: Path) -> None:
     import signal
 
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings):
-        pass
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    settings = fresh_store(tmp_path)
     for stop in (signal.SIGINT, signal.SIGTERM):
-        feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
-                                 "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env)
-        assert feed.stdin is not None
+        feed = open_feed(settings, "--json")
         feed.stdin.write(orjson.dumps(record(f"first{stop}@example.com", event_id=f"y{stop}")) + b"\n")
         feed.stdin.flush()
         first = f"first{stop}@example.com"
@@ -171,14 +163,8 @@ def test_ctrl_c_ends_a_live_feed_with_everything_committed_and_reported(tmp_path
 def test_sigterm_keeps_the_order_a_shop_feed_was_still_holding_open(tmp_path: Path) -> None:
     import signal
 
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings):
-        pass
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    feed = subprocess.Popen([sys.executable, "-m", "persona", "--data", str(settings.data_dir), "ingest", "-",
-                             "--source", "shop", "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env)
-    assert feed.stdin is not None
+    settings = fresh_store(tmp_path)
+    feed = open_feed(settings, "--source", "shop", "--json")
     feed.stdin.write(b"order_id,email,created_at,total,sku,category,qty,price\n"
                      b"T-1,held.one@example.com,2025-03-05 10:00:00,30,S1,books,1,10\n")
     feed.stdin.flush()
