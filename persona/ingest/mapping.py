@@ -346,16 +346,24 @@ def _get(row: Mapping[str, Any], column: str) -> Any:
 
 def _value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
     """The field's canonical value from a row (None: missing and not required)."""
-    entry = _COMPILED.get(id(rule))
-    if entry is None or entry[0] is not rule or entry[1] is not mapping:  # ids are reused once freed
-        if len(_COMPILED) > 10_000:
-            _COMPILED.clear()
-        entry = _COMPILED[id(rule)] = (rule, mapping, _compile(rule, mapping))
-    return entry[2](row)
+    getter: Getter = _once((rule, mapping), lambda: _compile(rule, mapping))
+    return getter(row)
 
 
 Getter = Callable[[Mapping[str, Any]], Any]
-_COMPILED: dict[int, tuple[Field, SourceMapping, Getter]] = {}  # a field's rules, turned into one function
+_ONCE: dict[tuple[int, ...], tuple[tuple[Any, ...], Any]] = {}
+
+
+def _once(owners: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """What `build` makes of these (unhashable, immutable) objects, made once while they live:
+    kept by their ids, with the objects themselves, so that a reused id is never mistaken."""
+    key = tuple(map(id, owners))
+    entry = _ONCE.get(key)
+    if entry is None or any(a is not b for a, b in zip(entry[0], owners, strict=True)):
+        if len(_ONCE) > 10_000:
+            _ONCE.clear()
+        entry = _ONCE[key] = (owners, build())
+    return entry[1]
 
 
 def _compile(rule: Field, mapping: SourceMapping) -> Getter:
@@ -577,7 +585,21 @@ def _check_agreement(mapping: SourceMapping, first: Mapping[str, Any], group: Se
     them empty: a later row saying otherwise (another total, another customer) — or the only
     one saying it at all — is refused, rather than silently losing what it says to the first
     row's word. Values are compared as read (`30` and `30.00`, `A@x` and `a@x` agree)."""
-    fields: dict[str, Field] = {}  # column -> a field reading it (one is enough to compare)
+    fields: dict[str, Field] = _once((mapping,), lambda: _record_columns(mapping))
+    for column, plain in fields.items():
+        said = _comparable(plain, first, mapping)
+        for row in group[1:]:
+            if _missing(_get(row, column)):
+                continue
+            if said is None or _comparable(plain, row, mapping) != said:
+                raise ValidationError(f"{_safe_name(column)}: the rows of one {_safe_name(mapping.group_by or '')}"
+                                      " disagree (give it on the first row, and repeat it or leave it empty after)")
+
+
+def _record_columns(mapping: SourceMapping) -> dict[str, Field]:
+    """Column -> a plain reading of it (no map, default or requirement), for every column a
+    record's own fields read: what the rows of one group must agree on."""
+    fields: dict[str, Field] = {}  # one field per column is enough to compare
     for rule in mapping.events:
         specs = [rule.when, *(spec for _, spec in rule.subjects), *(spec for spec in rule.data if not spec.group)]
         if rule.other is not None:
@@ -588,15 +610,8 @@ def _check_agreement(mapping: SourceMapping, first: Mapping[str, Any], group: Se
             for column in spec.columns:  # minutes_between: two instants
                 fields.setdefault(column, Field(column, column=column, kind="instant", tz=spec.tz,
                                                 formats=spec.formats, unit=spec.unit))
-    for column in sorted(fields):
-        plain = dataclasses.replace(fields[column], map={}, default=None, required=False, template=None)
-        said = _comparable(plain, first, mapping)
-        for row in group[1:]:
-            if _missing(_get(row, column)):
-                continue
-            if said is None or _comparable(plain, row, mapping) != said:
-                raise ValidationError(f"{_safe_name(column)}: the rows of one {_safe_name(mapping.group_by or '')}"
-                                      " disagree (give it on the first row, and repeat it or leave it empty after)")
+    return {column: dataclasses.replace(fields[column], map={}, default=None, required=False, template=None)
+            for column in sorted(fields)}
 
 
 def _comparable(spec: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
