@@ -571,8 +571,12 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
         else:
             done = rebuild_projections(persona, projection=projection, workers=workers)
         events = persona.recorder.counts()["events"]
+        from persona.models.scoring import rescore  # models -> profiles -> projector
+
+        scored = rescore(persona)
     seconds = time.perf_counter() - started
-    click.echo(f"rebuilt {done} profiles ({events} events in the log) in {seconds:.2f}s")
+    click.echo(f"rebuilt {done} profiles ({events} events in the log) in {seconds:.2f}s"
+               + (f"; {scored} predictions of the promoted models rescored" if scored else ""))
 
 
 @cli.command()
@@ -631,6 +635,7 @@ def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: s
 
 # the API server's commands (serve, tokens, audit) live beside it
 from persona.api import commands as _api_commands  # noqa: E402,F401 - registers them on `cli`
+from persona.models import commands as _model_commands  # noqa: E402,F401 - train, models, predict
 
 
 def main() -> None:

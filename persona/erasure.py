@@ -118,6 +118,10 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
                 ledger.record(LedgerEntry(erased_at, profile_id=member))
         counts: dict[str, int] = {}
         joined = identity.person_of(rec, profile_id).members
+        # model versions whose training set held this person: named, and marked for retraining
+        trained_on = rec.models_trained_on(sorted(set(person.members) | set(joined)))
+        if trained_on:
+            rec.mark_models_stale(trained_on, "trained on a person erased since: retrain it")
         for member in person.members:
             for name, count in rec.erase(member, erased_at).items():
                 counts[name] = counts.get(name, 0) + count
@@ -141,6 +145,8 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     }
     if person.merged:  # every key deleted, by profile
         body["merged_profiles"] = {member: fingerprints[member] for member in person.members[1:]}
+    if trained_on:
+        body["models_to_retrain"] = [f"{name} v{version}" for name, version in trained_on]
     receipt = {"receipt": body, "signature": persona.keyring.sign(receipt_message(body))}
     seconds = (datetime.now(UTC) - started).total_seconds()
     return Erasure(receipt, truncated, seconds)

@@ -28,7 +28,7 @@ SCOPES: dict[str, str] = {
     "insights:read": "population aggregates (k-anonymous, optionally with differential privacy)",
     "events:write": "ingest events",
     "erasure:write": "erase profiles (right to erasure)",
-    "models:write": "train and publish models (reserved: the models issue adds the fields it guards)",
+    "models:write": "train models and publish their versions",
 }
 TOKEN_PREFIX = "pst_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")

@@ -171,8 +171,18 @@ def load_identities(persona: Persona, ids: list[str]) -> dict[str, list[dict[str
 
 
 def load_predictions(persona: Persona, ids: list[str], models: tuple[str, ...] | None) -> dict[str, list[Any]]:
-    """Scores of published models for these profiles. No model is published yet: empty lists."""
-    return {pid: [] for pid in ids}
+    """The predictions read model's rows for these persons (persona.models.scoring)."""
+    from persona.api.types import Contribution, Prediction
+    from persona.models.scoring import stored
+
+    out: dict[str, list[Any]] = {}
+    for pid, docs in stored(persona, ids).items():
+        out[pid] = [Prediction(model=d["model"], version=d["version"], score=d["value"], label=d["label"],
+                               probabilities=d["probabilities"],
+                               contributions=[Contribution(**c) for c in d["contributions"]],
+                               as_of=datetime.fromisoformat(d["as_of"]), computed_at=from_micros(d["computed_at"]))
+                    for d in docs if models is None or d["model"] in models]
+    return out
 
 
 # -- history ---------------------------------------------------------------------------------

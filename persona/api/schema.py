@@ -32,6 +32,7 @@ from persona.api.types import (
     IngestResult,
     InsightGroup,
     Insights,
+    Model,
     PageInfo,
     Profile,
     ProfileConnection,
@@ -157,6 +158,16 @@ class Query:
                         epsilon=epsilon, epsilon_remaining=remaining)
 
 
+    @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
+                                  " its training window and its last drift measurement")
+    async def models(self, info: Info[RequestContext, None], name: str | None = None) -> list[Model]:
+        from persona.models import registry
+
+        ctx = root_context(info)
+        found = await ctx.state.scanner.run(lambda persona: registry.versions(persona, name))
+        return [Model.of(v) for v in found]
+
+
 def _spend(persona: Any, name: str, epsilon: float) -> float | None:
     with persona.recorder.transaction():
         remaining: float | None = persona.recorder.spend_epsilon(name, epsilon)
@@ -225,6 +236,22 @@ class Mutation:
                               counts=body["counts"], signature=erasure.receipt["signature"], receipt=erasure.receipt)
 
 
+    @strawberry.mutation(description="Train a model on point-in-time features (names: purchases_next_91d, churn_91d,"
+                                     " clv_91d, days_to_next_purchase, next_category) and store the version; it is"
+                                     " promoted and every profile scored when it beats its best baseline")
+    async def train_model(self, info: Info[RequestContext, None], name: str, horizon: str | None = None,
+                          cutoffs: list[datetime] | None = None) -> Model:
+        from persona.models.registry import ModelError
+
+        ctx = root_context(info)
+        if cutoffs is not None and len(cutoffs) > 12:
+            raise ApiError("cutoffs: at most 12")
+        try:
+            version = await ctx.state.writer.run(_train, name, horizon, cutoffs)
+        except ModelError as e:
+            raise ApiError(str(e)) from None
+        return Model.of(version)
+
     @strawberry.mutation(description="Declare two identifiers one person: if they belong to two profiles, the"
                                      " profiles are merged (undo with unlinkIdentities). One must be known.")
     async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput) -> Profile:
@@ -249,6 +276,17 @@ class Mutation:
         fresh.profiles.want(unlinked.people)
         profiles = [load_profile(fresh, pid, "unlinkIdentities") for pid in unlinked.people]
         return [p for p in profiles if p is not None]
+
+
+def _train(persona: Any, name: str, horizon: str | None, cutoffs: list[datetime] | None) -> Any:
+    from persona.models import registry, scoring
+    from persona.models.tasks import parse_task
+    from persona.models.train import train
+
+    version = registry.save(persona, train(persona, parse_task(name, horizon), cutoffs))
+    if version.status == "promoted":
+        scoring.score_all(persona, name)
+    return version
 
 
 def _link(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:

@@ -92,12 +92,55 @@ class Identity:
 
 
 @strawberry.type
+class Contribution:
+    feature: str
+    value: float | None = strawberry.field(description="The feature's value for this person")
+    effect: float = strawberry.field(description="How much the prediction moves when this feature is set to its"
+                                                 " training median instead (positive: it raised the prediction)")
+
+
+@strawberry.type
 class Prediction:
     model: str
     version: int
-    score: float
-    label: str | None
+    score: float = strawberry.field(description="The predicted count, amount or days; for churn its probability;"
+                                                " for next_category the top class's probability")
+    label: str | None = strawberry.field(description="The class, for classifiers")
+    probabilities: JSON | None = strawberry.field(description="Every class's probability (next_category)")
+    contributions: list[Contribution] = strawberry.field(description="The features that moved it most")
+    as_of: datetime = strawberry.field(description="The instant the features were taken at")
     computed_at: datetime
+
+
+@strawberry.type
+class Model:
+    name: str
+    version: int
+    status: str = strawberry.field(description="candidate, promoted (serving) or retired")
+    task: str = strawberry.field(description="regression, classification or multiclass")
+    family: str = strawberry.field(description="The scikit-learn estimator the search chose")
+    created_at: datetime
+    promoted_at: datetime | None
+    horizon_days: float
+    stale: str | None = strawberry.field(description="Why it should be retrained, if it should")
+    metrics: JSON = strawberry.field(description="Held-out metrics")
+    baselines: JSON = strawberry.field(description="The same metrics of each naive baseline and BG/NBD, same rows")
+    lift: JSON = strawberry.field(description="The model against its best baseline, by the task's main metric")
+    window: JSON = strawberry.field(description="Training cutoffs and horizon")
+    rows: JSON = strawberry.field(description="Training and test row counts")
+    drift: JSON | None = strawberry.field(description="The last drift measurement: PSI per feature, age, reasons")
+    fingerprint: str = strawberry.field(description="A hash of the training set")
+    code: JSON = strawberry.field(description="Versions of persona and the libraries it was trained with")
+
+    @staticmethod
+    def of(v: Any) -> Model:
+        m = v.meta
+        return Model(name=v.name, version=v.version, status=v.status, task=m["task"]["kind"],
+                     family=m["chosen"]["family"], created_at=v.created_at, promoted_at=v.promoted_at,
+                     horizon_days=m["task"]["horizon_days"], stale=v.stale, metrics=JSON(m["metrics"]),
+                     baselines=JSON(m["baselines"]), lift=JSON(m["lift"]), window=JSON(m["window"]),
+                     rows=JSON(m["rows"]), drift=JSON(v.drift) if v.drift else None, fingerprint=m["fingerprint"],
+                     code=JSON(m["code"]))
 
 
 @strawberry.type
@@ -210,7 +253,8 @@ class Profile:
     def segments(self) -> list[str]:
         return self._data.segments
 
-    @strawberry.field(description="Scores of published models; empty until a model is trained")
+    @strawberry.field(description="Predictions of the promoted models (the batch-scored read model), each with"
+                                  " the features behind it")
     def predictions(self, info: Info[RequestContext, None], models: list[str] | None = None) -> list[Prediction]:
         found: list[Prediction] = context_of(info).predictions.get(self._data.id)
         return [p for p in found if models is None or p.model in models]

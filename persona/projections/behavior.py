@@ -134,10 +134,20 @@ class BehaviorFeatures:
         out.update(_reviews(used["reviews"]))
         out.update(_affinity(used["affinity"], now, cfg))
         out.update(_conversion(used["conversion"], cfg))
-        counted = [f for f in facts if f[2] != "c" and allowed(PURPOSES[_GROUP[f[2]]], f)]
-        out.update(_activity(counted))
+        out.update(_activity(_counted(facts, allowed)))
         out["lifecycle_stage"] = _stage(out, now, cfg)
         return out
+
+    def counted(self, state: list[Fact], as_of: datetime) -> list[Fact]:
+        """The facts that count at `as_of`, in time order: happened by then, and each allowed by
+        the consent in force when it happened (consent changes themselves left out)."""
+        now = micros(as_of)
+        facts = sorted((f for f in state if f[0] <= now), key=_order)
+        return _counted(facts, _consented(facts))
+
+
+def _counted(facts: list[Fact], allowed: Any) -> list[Fact]:
+    return [f for f in facts if f[2] != "c" and allowed(PURPOSES[_GROUP[f[2]]], f)]
 
 
 _KINDS = {

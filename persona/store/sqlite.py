@@ -23,7 +23,7 @@ _EVENT_SELECT = (
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
 # Erasure deletes from every one of them; `persona rebuild` empties and refills them.
-DERIVED_TABLES = ("snapshots", "profile_index", "rfm")
+DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
 
 _ACCESS_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
@@ -167,6 +167,7 @@ class SQLiteRecorder:
         self._create_derived_schema()
         self._create_access_schema()
         self._create_merge_schema()
+        self._create_model_schema()
 
     def _create_schema(self) -> None:
         db = self.db
@@ -291,6 +292,32 @@ class SQLiteRecorder:
             db.table("members").create({"profile_id": str, "person_id": str}, pk="profile_id",
                                        not_null={"person_id"}, if_not_exists=True)
             db.table("members").create_index(["person_id"], if_not_exists=True)
+
+    def _create_model_schema(self) -> None:
+        """The model registry (population-level: sealed skops files, metrics, training windows),
+        who each version was trained on (named in erasure receipts; a person's rows go with
+        them), and the predictions read model (additive, so made on open)."""
+        if "predictions" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("models").create(
+                {"name": str, "version": int, "created_at": int, "status": str, "promoted_at": int,
+                 "stale": str, "drift": str, "meta": str, "sha256": str, "blob": bytes},
+                pk=("name", "version"),
+                not_null={"created_at", "status", "meta", "sha256", "blob"},
+                if_not_exists=True,
+            )
+            db.table("model_people").create(
+                {"profile_id": str, "name": str, "version": int}, pk=("profile_id", "name", "version"),
+                if_not_exists=True,
+            )
+            db.table("predictions").create(
+                {"profile_id": str, "model": str, "version": int, "computed_at": int, "doc": str},
+                pk=("profile_id", "model"),
+                not_null={"version", "computed_at", "doc"},
+                if_not_exists=True,
+            )
 
     def _run_script(self, script: str) -> None:
         """Constant statements of this module, one by one (inside the caller's transaction)."""
@@ -602,11 +629,76 @@ class SQLiteRecorder:
         for statement in _DELETE_DERIVED:
             derived += conn.execute(statement, (profile_id,)).rowcount
         counts["derived_rows"] = derived
+        conn.execute("DELETE FROM model_people WHERE profile_id = ?", (profile_id,))
         conn.execute(
             "INSERT OR IGNORE INTO tombstones (profile_id, erased_at, events) VALUES (?, ?, ?)",
             (profile_id, erased_at, events),
         )
         return counts
+
+    # -- models ----------------------------------------------------------------------------
+    def next_model_version(self, name: str) -> int:
+        row = self.conn.execute("SELECT max(version) FROM models WHERE name = ?", (name,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    def add_model(self, name: str, version: int, created_at: int, meta: str, sha256: str, blob: bytes,
+                  people: Sequence[str]) -> None:
+        """A new version of a model, with who it was trained on."""
+        self.conn.execute(
+            "INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"
+            " VALUES (?, ?, ?, 'candidate', ?, ?, ?)", (name, version, created_at, meta, sha256, blob))
+        self.conn.executemany("INSERT OR IGNORE INTO model_people (profile_id, name, version) VALUES (?, ?, ?)",
+                              [(pid, name, version) for pid in people])
+
+    def model_rows(self, name: str | None = None
+                   ) -> list[tuple[str, int, int, str, int | None, str | None, str | None, str, str]]:
+        """(name, version, created_at, status, promoted_at, stale, drift, meta, sha256), newest first per name."""
+        sql = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
+        if name is None:
+            return self.conn.execute(sql + " ORDER BY name, version DESC").fetchall()
+        return self.conn.execute(sql + " WHERE name = ? ORDER BY version DESC", (name,)).fetchall()
+
+    def model_blob(self, name: str, version: int) -> tuple[str, bytes] | None:
+        row = self.conn.execute("SELECT sha256, blob FROM models WHERE name = ? AND version = ?",
+                                (name, version)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def promote_model(self, name: str, version: int, at: int) -> None:
+        """This version serves; the one that served before is kept as 'retired'."""
+        self.conn.execute("UPDATE models SET status = 'retired' WHERE name = ? AND status = 'promoted'", (name,))
+        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = ? WHERE name = ? AND version = ?",
+                          (at, name, version))
+
+    def set_model_drift(self, name: str, version: int, drift: str) -> None:
+        self.conn.execute("UPDATE models SET drift = ? WHERE name = ? AND version = ?", (drift, name, version))
+
+    def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
+        found: set[tuple[str, int]] = set()
+        for part in _chunks(profile_ids):
+            sql = _expand("SELECT DISTINCT name, version FROM model_people WHERE profile_id IN (?*)", len(part))
+            found.update((str(n), int(v)) for n, v in self.conn.execute(sql, part))
+        return sorted(found)
+
+    def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
+        self.conn.executemany("UPDATE models SET stale = ? WHERE name = ? AND version = ?",
+                              [(reason, n, v) for n, v in versions])
+
+    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
+        """rows: (profile_id, model, version, computed_at, doc). With `model`, its old rows go first."""
+        if model is not None:
+            self.conn.execute("DELETE FROM predictions WHERE model = ?", (model,))
+        self.conn.executemany(
+            "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
+            " computed_at = excluded.computed_at, doc = excluded.doc", rows)
+
+    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
+        out: list[tuple[str, str, int, int, str]] = []
+        for part in _chunks(profile_ids):
+            sql = _expand("SELECT profile_id, model, version, computed_at, doc FROM predictions"
+                          " WHERE profile_id IN (?*) ORDER BY model", len(part))
+            out.extend(self.conn.execute(sql, part).fetchall())
+        return out
 
     def purge_tagged(self, hashes: Sequence[bytes]) -> int:
         """Delete quarantined records carrying any of these identifier hashes."""
@@ -743,6 +835,7 @@ class SQLiteRecorder:
         """Empty the profile index and the snapshots (of one projection, or all) before a rebuild."""
         self.conn.execute("DELETE FROM profile_index")
         self.conn.execute("DELETE FROM rfm")
+        self.conn.execute("DELETE FROM predictions")
         if projection is None:
             self.conn.execute("DELETE FROM snapshots")
         else:

@@ -1,0 +1,234 @@
+"""`persona train`, `persona models` and `persona predict`."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from persona.cli import cli, emit_json, friendly, opened, parse_instant
+from persona.core import Persona
+from persona.errors import ValidationError
+from persona.models import drift, registry, scoring
+from persona.models.tasks import FAMILIES, parse_task
+from persona.models.train import train as train_model
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
+               promote: bool | None) -> registry.ModelVersion:
+    trained = train_model(persona, parse_task(name, horizon), cutoffs, progress=_say)
+    version = registry.save(persona, trained, promote=promote)
+    if version.status == "promoted":
+        _say(f"scoring every profile with {name} v{version.version}…")
+        scoring.score_all(persona, name)
+    return version
+
+
+def _describe(v: registry.ModelVersion) -> str:
+    m = v.meta
+    lift = m["lift"]
+    lines = [f"{v.name} v{v.version} [{v.status}{', stale' if v.stale else ''}] {m['chosen']['family']}"
+             f" — trained on {m['rows']['train']:,} rows, tested on {m['rows']['test']:,} held-out rows"]
+    metrics = ", ".join(f"{k} {val:.4f}" for k, val in m["metrics"].items() if k != "rows")
+    lines.append(f"  model: {metrics}")
+    for name, b in m["baselines"].items():
+        lines.append(f"  {name}: " + ", ".join(f"{k} {val:.4f}" for k, val in b.items() if k != "rows"))
+    lines.append(f"  {lift['metric']}: {lift['improvement']:+.1%} against the best baseline")
+    if v.drift:
+        lines.append(f"  drift: max PSI {v.drift['psi_max']:.3f} (measured {v.drift['measured_at'][:19]})"
+                     + (f" — stale: {'; '.join(v.drift['reasons'])}" if v.drift["stale"] else ""))
+    elif v.stale:
+        lines.append(f"  stale: {v.stale}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--horizon", metavar="SPAN", help="Label window, e.g. 91d or 13w (the windowed names carry their own).")
+@click.option("--cutoff", "cutoffs", multiple=True, metavar="T",
+              help="A cutoff instant (repeat; at least three, a horizon apart; the last one is the test set). "
+                   "Default: four cutoffs a horizon apart, ending a horizon before the data does.")
+@click.option("--all", "every", is_flag=True, help="Retrain every model that has a promoted version.")
+@click.option("--if-stale", is_flag=True, help="With --all: only those whose inputs drifted, that are too old, or "
+                                               "that were trained on someone since erased.")
+@click.option("--promote/--no-promote", default=None,
+              help="Serve the new version at once, or not (default: when it beats its best baseline).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new version(s) as JSON.")
+@click.pass_context
+@friendly
+def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tuple[str, ...], every: bool,
+          if_stale: bool, promote: bool | None, as_json: bool) -> None:
+    """Train NAME on point-in-time features and store the version in the registry.
+
+    NAME is one of: purchases_next_{H}d, churn_{H}d, clv_{H}d, days_to_next_purchase,
+    next_category (e.g. purchases_next_91d). Features are each person's projections as of
+    each cutoff; labels come only from the horizon after it. The report shows held-out
+    metrics beside naive baselines and BG/NBD.
+    """
+    if every == bool(name):
+        raise click.UsageError("give a model NAME, or --all")
+    if if_stale and not every:
+        raise click.UsageError("--if-stale goes with --all")
+    when = [parse_instant(c, "--cutoff") for c in cutoffs] or None
+    done: list[registry.ModelVersion] = []
+    with opened(ctx) as persona:
+        if name:
+            done.append(_train_one(persona, name, horizon, when, promote))  # type: ignore[arg-type]
+        else:
+            names = scoring.promoted_names(persona)
+            if not names:
+                _say("no promoted models to retrain")
+            for model in names:
+                current = registry.get(persona, model)
+                if if_stale:
+                    measured = drift.measure(persona, current)
+                    if not measured["stale"]:
+                        _say(f"{model} v{current.version}: current (max PSI {measured['psi_max']:.3f}, "
+                             f"{measured['age_days']:.0f} days old)")
+                        continue
+                    _say(f"{model} v{current.version}: stale — {'; '.join(measured['reasons'])}")
+                days = round(current.meta["task"]["horizon_days"])
+                done.append(_train_one(persona, model, f"{days}d", when, promote))  # type: ignore[arg-type]
+    if as_json:
+        emit_json([v.summary() for v in done])
+        return
+    for v in done:
+        click.echo(_describe(v))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON (metrics, baselines, drift, windows).")
+@click.pass_context
+@friendly
+def models(ctx: click.Context, as_json: bool) -> None:
+    """The model registry: every version, its held-out metrics beside its baselines, and drift."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with opened(ctx) as persona:
+        found = registry.versions(persona)
+    if as_json:
+        emit_json([v.summary() for v in found])
+        return
+    if not found:
+        click.echo("no models yet; train one, e.g. `persona train purchases_next_91d` (tasks: "
+                   + ", ".join(FAMILIES) + ")")
+    for v in found:
+        click.echo(_describe(v))
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=int)
+@click.pass_context
+@friendly
+def models_promote(ctx: click.Context, name: str, version: int) -> None:
+    """Serve VERSION of NAME (and rescore every profile with it)."""
+    with opened(ctx) as persona:
+        v = registry.promote(persona, name, version)
+        scoring.score_all(persona, name)
+    click.echo(f"{name} v{v.version} promoted")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.pass_context
+@friendly
+def models_rollback(ctx: click.Context, name: str) -> None:
+    """Serve again the version of NAME promoted before the current one."""
+    with opened(ctx) as persona:
+        v = registry.rollback(persona, name)
+        scoring.score_all(persona, name)
+    click.echo(f"{name} rolled back to v{v.version}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--as-of", "as_of", metavar="T", help="Score as of this instant (features replayed to it).")
+@click.option("--subjects", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Only these people: one NAMESPACE:VALUE a line, echoed back as given (never stored).")
+@click.option("--version", "version", type=int, help="A version other than the promoted one.")
+@click.option("--format", "form", type=click.Choice(["csv", "jsonl"]), default="jsonl", show_default=True,
+              help="jsonl: one JSON object a line (contributions as a list); csv: one row each, contributions"
+                   " as feature=effect pairs.")
+@click.pass_context
+@friendly
+def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | None, version: int | None,
+            form: str) -> None:
+    """Score every profile (or the --subjects) with NAME; one prediction a line on standard output,
+    with the features that moved it most."""
+    moment = parse_instant(as_of, "--as-of")
+    with opened(ctx) as persona:
+        if subjects is None:
+            found = scoring.predict(persona, name, as_of=moment, version=version)
+            rows: list[dict[str, Any]] = [{"profile_id": p.person, **_flat(p)} for p in found]
+        else:
+            rows = _for_subjects(persona, name, subjects, moment, version)
+    _write(rows, form)
+
+
+def _flat(p: scoring.Prediction) -> dict[str, Any]:
+    return {"model": p.model, "version": p.version, "value": p.value, "label": p.label,
+            "probabilities": p.probabilities, "contributions": p.contributions, "as_of": p.as_of.isoformat()}
+
+
+def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | None, version: int | None
+                  ) -> list[dict[str, Any]]:
+    wanted: list[tuple[str, str | None, str | None]] = []  # (as given, profile id, why none)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        given = line.strip()
+        if not given:
+            continue
+        namespace, sep, value = given.partition(":")
+        if not sep or not namespace or not value:
+            raise ValidationError(f"--subjects line {number}: use NAMESPACE:VALUE")
+        try:
+            pid = persona.log.profile_for(namespace.strip(), value)
+        except ValidationError as e:
+            wanted.append((given, None, e.reason))
+            continue
+        wanted.append((given, pid, None if pid else "no profile is linked to that identifier"))
+    ids = sorted({pid for _, pid, _ in wanted if pid})
+    found = {p.person: p for p in scoring.predict(persona, name, as_of=moment, profile_ids=ids, version=version)} \
+        if ids else {}
+    from persona.identity import persons
+
+    people = persons(persona.recorder, ids)
+    out = []
+    for given, pid, why in wanted:
+        person = people[pid].id if pid else None
+        p = found.get(person) if person else None
+        if p is None:
+            out.append({"subject": given, "profile_id": person, "error": why or "nothing had happened by then"})
+        else:
+            out.append({"subject": given, "profile_id": person, **_flat(p)})
+    return out
+
+
+def _write(rows: list[dict[str, Any]], form: str) -> None:
+    out = sys.stdout
+    if form == "jsonl":
+        for row in rows:
+            out.write(orjson.dumps(row).decode() + "\n")
+        return
+    columns = ["subject", "profile_id", "model", "version", "value", "label", "contributions", "as_of", "error"]
+    if not any("subject" in row for row in rows):
+        columns.remove("subject")
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            if c == "contributions" and value is not None:
+                value = ";".join(f"{x['feature']}={x['effect']:+g}" for x in value)
+            cells.append("" if value is None else value)
+        writer.writerow(cells)

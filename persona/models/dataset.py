@@ -1,0 +1,227 @@
+"""Point-in-time training sets (DESIGN.md invariant 7).
+
+For a cutoff T and a horizon H, a person's features are their projections replayed as of T —
+only facts that had happened by T count, never today's values — and their label comes only
+from what they did in (T, T + H]. Several cutoffs stack into one set, each row tagged with its
+cutoff so that models train on earlier cutoffs and are tested on later ones. Erased people
+cannot be read, so they are in no set made after their erasure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from persona import identity
+from persona.core import Persona
+from persona.events import RecordedEvent, from_micros, micros
+from persona.projections import ATTRIBUTES, FEATURES
+from persona.projections.base import replay
+from persona.projections.behavior import DAY_US, Fact
+from persona.projections.profile import attribute_values
+
+# Features read from the behaviour projection's view, as numbers (missing: NaN, imputed later)
+VIEW_FEATURES = (
+    "frequency", "monetary", "aov", "recency_days", "refunds", "refund_amount", "interpurchase_mean_days",
+    "interpurchase_std_days", "page_views", "product_views", "searches", "sessions", "session_mean_duration_s",
+    "app_sessions", "app_minutes", "reviews", "review_mean_rating", "viewed_skus", "converted_skus",
+    "conversion_rate", "behavior_events", "active_days",
+)
+# ... and derived at the cutoff from the same projection (windows end at the cutoff)
+WINDOW_FEATURES = ("days_since_first_seen", "days_since_last_seen", "orders_last_window", "spend_last_window",
+                   "events_last_30d", "events_last_window", "age", "gender_female", "gender_male")
+MAX_CATEGORIES = 20  # affinity features: the categories most often seen at the training cutoffs
+
+
+@dataclass
+class History:
+    """One person, every event they have (all their streams), folded once."""
+
+    person: str
+    facts: list[Fact] = field(default_factory=list)  # the behaviour projection's state
+    profile_events: list[RecordedEvent] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One person at one cutoff: what was known then, and what happened in the window after."""
+
+    person: str
+    cutoff: int  # index into Dataset.cutoffs
+    features: dict[str, float]
+    categories: dict[str, float]  # category affinity at the cutoff
+    # the BG/NBD summary at the cutoff (days, from the first purchase, or first seen if none)
+    x: float
+    t_x: float
+    age_days: float
+    aov: float | None
+    # what happened after the cutoff, within the horizon
+    orders_after: int
+    spend_after: float
+    days_to_next: float | None
+    next_category: str | None
+
+
+@dataclass
+class Dataset:
+    cutoffs: list[datetime]
+    horizon: timedelta
+    rows: list[Row]
+    end: datetime  # the last instant any event happened
+
+    def people(self) -> list[str]:
+        return sorted({row.person for row in self.rows})
+
+    def fingerprint(self) -> str:
+        """What the set was made of, as a hash: the same people, cutoffs and values give the same."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for c in self.cutoffs:
+            h.update(c.isoformat().encode())
+        h.update(str(self.horizon.total_seconds()).encode())
+        for row in sorted(self.rows, key=lambda r: (r.cutoff, r.person)):
+            h.update(repr((row.person, row.cutoff, sorted(row.features.items()), row.orders_after,
+                           row.spend_after)).encode())
+        return h.hexdigest()
+
+
+def histories(persona: Persona, *, page: int = 20_000) -> dict[str, History]:
+    """Every person with readable events, folded from one pass over the log."""
+    rec = persona.recorder
+    people = identity.persons(rec, list(persona.log.profile_ids()))
+    out: dict[str, History] = {}
+    apply = FEATURES.apply
+    for event in persona.log.iter_all(page=page):
+        person = people.get(event.profile_id)
+        key = person.id if person is not None else event.profile_id
+        history = out.get(key)
+        if history is None:
+            history = out[key] = History(key)
+        apply(history.facts, event)
+        if event.type == "profile_updated":
+            history.profile_events.append(event)
+    return out
+
+
+def data_end(found: Iterable[History]) -> datetime | None:
+    last = max((f[0] for h in found for f in h.facts), default=None)
+    return None if last is None else from_micros(last)
+
+
+def default_cutoffs(end: datetime, horizon: timedelta, count: int = 4) -> list[datetime]:
+    """`count` cutoffs a horizon apart, the last one a horizon before the data ends: every label
+    window is complete, and no training window overlaps a later cutoff's."""
+    last = (end - horizon).replace(hour=0, minute=0, second=0, microsecond=0)
+    return [last - horizon * k for k in reversed(range(count))]
+
+
+def check_cutoffs(cutoffs: Sequence[datetime], horizon: timedelta, end: datetime) -> list[datetime]:
+    """Sorted, and each label window closed by the data and by the next cutoff; else a clear error."""
+    from persona.errors import ValidationError
+
+    ordered = sorted(c.astimezone(UTC) for c in cutoffs)
+    if len(ordered) < 3:
+        raise ValidationError("cutoffs: need at least three (train on the earlier ones, test on the last)")
+    if ordered[-1] + horizon > end:
+        raise ValidationError(f"cutoffs: the last cutoff plus the horizon ends after the data does "
+                              f"({end.date().isoformat()}): its labels would be incomplete")
+    for a, b in pairwise(ordered):
+        if a + horizon > b:
+            raise ValidationError("cutoffs: must be at least one horizon apart, or a training label window "
+                                  "would overlap a later cutoff's")
+    return ordered
+
+
+def build(found: dict[str, History], cutoffs: Sequence[datetime], horizon: timedelta) -> list[Row]:
+    """A row per person and cutoff, for people seen by that cutoff."""
+    rows: list[Row] = []
+    window = int(horizon.total_seconds() * 1_000_000)
+    for person in sorted(found):
+        history = found[person]
+        if not history.facts:
+            continue
+        # the facts that count, in order, as of the end of the last window (consent applied)
+        every = FEATURES.counted(history.facts, from_micros(micros(cutoffs[-1]) + window))
+        for index, cutoff in enumerate(cutoffs):
+            row = _row(history, every, index, cutoff, window)
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def _row(history: History, every: list[Fact], index: int, cutoff: datetime, window: int) -> Row | None:
+    now = micros(cutoff)
+    before = [f for f in every if f[0] <= now]
+    if not before:
+        return None  # not seen yet
+    view = FEATURES.view(history.facts, cutoff)  # the projection as of the cutoff: consent and all
+    features: dict[str, float] = {name: _number(view.get(name)) for name in VIEW_FEATURES}
+    first, last = before[0][0], before[-1][0]
+    orders = [f for f in before if f[2] == "o"]
+    recent = [f for f in orders if f[0] > now - window]
+    features["days_since_first_seen"] = (now - first) / DAY_US
+    features["days_since_last_seen"] = (now - last) / DAY_US
+    features["orders_last_window"] = float(len(recent))
+    features["spend_last_window"] = float(sum(Decimal(f[3]) for f in recent))
+    features["events_last_30d"] = float(sum(1 for f in before if f[0] > now - 30 * DAY_US))
+    features["events_last_window"] = float(sum(1 for f in before if f[0] > now - window))
+    attributes = attribute_values(ATTRIBUTES.view(
+        replay(ATTRIBUTES, history.profile_events, as_of=cutoff), cutoff))
+    age = attributes.get("age")
+    features["age"] = float(age) if isinstance(age, int | float) and not isinstance(age, bool) else float("nan")
+    gender = attributes.get("gender")
+    features["gender_female"] = 1.0 if gender == "female" else 0.0
+    features["gender_male"] = 1.0 if gender == "male" else 0.0
+    after = [f for f in every if now < f[0] <= now + window and f[2] == "o"]
+    if orders:
+        x, t_x, age_days = len(orders) - 1, (orders[-1][0] - orders[0][0]) / DAY_US, (now - orders[0][0]) / DAY_US
+    else:
+        x, t_x, age_days = 0, 0.0, (now - first) / DAY_US
+    return Row(
+        person=history.person, cutoff=index, features=features,
+        categories={c: float(v) for c, v in view.get("category_affinity", {}).items()},
+        x=float(x), t_x=t_x, age_days=age_days, aov=features["aov"] if orders else None,
+        orders_after=len(after), spend_after=float(sum(Decimal(f[3]) for f in after)),
+        days_to_next=(after[0][0] - now) / DAY_US if after else None,
+        next_category=_category(after[0]) if after else None,
+    )
+
+
+def _category(order: Fact) -> str | None:
+    categories = order[4]
+    return str(categories[0]) if categories else None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value)
+
+
+def category_columns(rows: Sequence[Row]) -> list[str]:
+    """The categories worth a feature: most often held by the rows given (training rows)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for c in row.categories:
+            counts[c] = counts.get(c, 0) + 1
+    return sorted(sorted(counts, key=lambda c: (-counts[c], c))[:MAX_CATEGORIES])
+
+
+def matrix(rows: Sequence[Row], names: Sequence[str], categories: Sequence[str],
+           extra: dict[str, NDArray[np.float64]] | None = None) -> NDArray[np.float64]:
+    """Rows as a feature matrix, columns in the order `names` (+ affinities, + extra columns)."""
+    out = np.empty((len(rows), len(names) + len(categories) + len(extra or {})), dtype=np.float64)
+    for i, row in enumerate(rows):
+        out[i, : len(names)] = [row.features[n] for n in names]
+        out[i, len(names) : len(names) + len(categories)] = [row.categories.get(c, 0.0) for c in categories]
+    for j, column in enumerate((extra or {}).values()):
+        out[:, len(names) + len(categories) + j] = column
+    return out

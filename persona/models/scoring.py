@@ -1,0 +1,177 @@
+"""Predictions: a promoted model applied to people's projections as of an instant, each value with
+the features that moved it most, and the batch that writes the predictions read model.
+
+A contribution is what the prediction loses when one feature is set to its training median,
+all else kept: model-agnostic, exact for the model as fitted, and cheap enough to compute for
+every feature of every person in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from persona.core import Persona
+from persona.events import micros
+from persona.identity import person_of
+from persona.models import registry
+from persona.models.bgnbd import BGNBD
+from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, History, _row, histories, matrix
+from persona.models.train import bgnbd_columns
+from persona.profiles import read_person
+from persona.projections import FEATURES
+
+TOP = 5  # contributions kept per prediction
+
+
+@dataclass(frozen=True)
+class Prediction:
+    person: str
+    model: str
+    version: int
+    value: float  # the count, amount or days; the probability of churn; the top class's probability
+    label: str | None  # the class, for classifiers
+    probabilities: dict[str, float] | None
+    contributions: list[dict[str, Any]]
+    as_of: datetime
+
+    def doc(self) -> dict[str, Any]:
+        return {"value": self.value, "label": self.label, "probabilities": self.probabilities,
+                "contributions": self.contributions, "as_of": self.as_of.isoformat()}
+
+
+def history_of(persona: Persona, profile_id: str) -> History:
+    person = person_of(persona.recorder, profile_id)
+    history = History(person.id)
+    for event in read_person(persona, person):
+        FEATURES.apply(history.facts, event)
+        if event.type == "profile_updated":
+            history.profile_events.append(event)
+    return history
+
+
+def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
+            version: int | None = None) -> list[Prediction]:
+    """Score everyone (or these profiles) as of an instant with a version (the promoted one by
+    default). People with nothing by then get no prediction."""
+    loaded = registry.load(persona, name, version)
+    moment = as_of or datetime.now(UTC)
+    if profile_ids is None:
+        found = histories(persona)
+    else:
+        found = {}
+        for pid in profile_ids:
+            history = history_of(persona, pid)
+            found[history.person] = history
+    meta = loaded.version.meta
+    window = int(meta["task"]["horizon_days"] * 86_400_000_000)
+    rows = []
+    for person in sorted(found):
+        history = found[person]
+        if history.facts:
+            row = _row(history, FEATURES.counted(history.facts, moment), 0, moment, window)
+            if row is not None:
+                rows.append(row)
+    if not rows:
+        return []
+    names = [*VIEW_FEATURES, *WINDOW_FEATURES]
+    x = matrix(rows, names, meta["categories"],
+               bgnbd_columns(BGNBD(**meta["bgnbd"]), rows, meta["task"]["horizon_days"], meta["mean_order"]))
+    kind, family = meta["task"]["kind"], meta["task"]["family"]
+    pipeline = loaded.pipeline
+    score = _scorer(pipeline, kind, family)
+    values, labels, probabilities = score(x)
+    effects = _contributions(score, x, meta)
+    features = meta["features"]
+    out = []
+    for i, row in enumerate(rows):
+        order = np.argsort(-np.abs(effects[i]))[:TOP]
+        contributions = [{"feature": features[j], "value": _plain(x[i, j]), "effect": round(float(effects[i, j]), 6)}
+                         for j in order if round(float(effects[i, j]), 6) != 0]
+        out.append(Prediction(row.person, name, loaded.version.version, round(float(values[i]), 6),
+                              labels[i] if labels is not None else None,
+                              probabilities[i] if probabilities is not None else None, contributions, moment))
+    return out
+
+
+Scorer = Any
+
+
+def _scorer(pipeline: Any, kind: str, family: str) -> Scorer:
+    def score(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], list[str] | None, list[dict[str, float]] | None]:
+        if kind == "regression":
+            values = pipeline.predict(x)
+            if family in ("purchases_next", "clv", "days_to_next_purchase"):
+                values = np.clip(values, 0, None)
+            return np.asarray(values, dtype=np.float64), None, None
+        proba = pipeline.predict_proba(x)
+        classes = [str(c) for c in pipeline.classes_]
+        if kind == "classification":
+            positive = proba[:, [float(c) for c in pipeline.classes_].index(1.0)]
+            return positive, ["churn" if p >= 0.5 else "stays" for p in positive], None
+        top = np.argmax(proba, axis=1)
+        return (proba[np.arange(len(top)), top], [classes[k] for k in top],
+                [{c: round(float(p), 6) for c, p in zip(classes, row, strict=True)} for row in proba])
+    return score
+
+
+def _contributions(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any]) -> NDArray[np.float64]:
+    """value(x) − value(x with feature j at its training median), for every row and feature."""
+    base, labels, _ = score(x)
+    out = np.zeros_like(x)
+    reference = meta["reference"]
+    for j, name in enumerate(meta["features"]):
+        median = reference.get(name, {}).get("median")
+        if median is None:
+            continue
+        changed = x.copy()
+        changed[:, j] = median
+        moved, _, moved_probabilities = score(changed)
+        if labels is not None and moved_probabilities is not None:  # multiclass: the predicted class's probability
+            moved = np.array([p[label] for p, label in zip(moved_probabilities, labels, strict=True)])
+        out[:, j] = base - moved
+    return out
+
+
+def _plain(value: float) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), 6)
+
+
+def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> int:
+    """Predictions of the promoted version for everyone, into the read model (replacing the model's
+    earlier rows). Returns how many were written."""
+    moment = as_of or datetime.now(UTC)
+    found = predict(persona, name, as_of=moment)
+    at = micros(moment)
+    rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found]
+    with persona.recorder.transaction():
+        persona.recorder.put_predictions(rows, model=name)
+    return len(rows)
+
+
+def rescore(persona: Persona, *, as_of: datetime | None = None) -> int:
+    """The predictions read model written again for every promoted model (after a rebuild)."""
+    return sum(score_all(persona, name, as_of=as_of) for name in promoted_names(persona))
+
+
+def promoted_names(persona: Persona) -> list[str]:
+    return sorted({v.name for v in registry.versions(persona) if v.status == "promoted"})
+
+
+def stored(persona: Persona, profile_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The read model's predictions for these profiles (by person), newest model first."""
+    out: dict[str, list[dict[str, Any]]] = {pid: [] for pid in profile_ids}
+    for pid, model, version, computed_at, doc in persona.recorder.predictions_of(list(profile_ids)):
+        out.setdefault(pid, []).append({"model": model, "version": version, "computed_at": computed_at,
+                                        **orjson.loads(doc)})
+    return out
+
+
+def horizon_of(meta: dict[str, Any]) -> timedelta:
+    return timedelta(days=float(meta["task"]["horizon_days"]))

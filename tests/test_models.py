@@ -1,0 +1,459 @@
+"""Models and predictions: BG/NBD, point-in-time training sets, held-out evaluation against
+baselines, the skops registry (tamper checks), predictions with explanations, erasure, drift,
+the CLI and the API.
+
+One module-scoped store holds a population with planted propensities (persona.models.synth),
+ingested through the real pipeline; trained versions are shared by the tests that only read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import skops.io as sio
+from click.testing import CliRunner
+from starlette.exceptions import StarletteDeprecationWarning
+
+from persona import Persona, Settings
+from persona.api.access import create_token
+from persona.api.app import create_app
+from persona.cli import cli
+from persona.erasure import erase_profile
+from persona.errors import TamperError, ValidationError
+from persona.ingest import ingest_jsonl
+from persona.models import bgnbd, drift, registry, scoring
+from persona.models import synth as planted
+from persona.models.dataset import build, default_cutoffs, histories
+from persona.models.tasks import parse_horizon, parse_task
+from persona.models.train import Trained, train
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated",
+                            category=StarletteDeprecationWarning)
+    from starlette.testclient import TestClient
+
+PEOPLE = 1500
+TASKS = ("purchases_next_91d", "churn_91d", "clv_91d", "days_to_next_purchase", "next_category")
+
+
+@dataclass
+class Lab:
+    settings: Settings
+    end: datetime
+    trained: dict[str, Trained]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    root = tmp_path_factory.mktemp("lab")
+    events = root / "planted.jsonl"
+    summary = planted.write(events, PEOPLE, seed=3)
+    settings = Settings.load(root / "data", env={})
+    with Persona.init(settings) as p:
+        report = ingest_jsonl(p, events.read_bytes().splitlines(), origin="planted")
+        assert report.appended == summary["events"] and report.quarantined == 0
+        trained = {}
+        for name in TASKS:
+            trained[name] = train(p, parse_task(name))
+            registry.save(p, trained[name], promote=True)
+            scoring.score_all(p, name)
+    return Lab(settings, datetime.fromisoformat(summary["end"]), trained)
+
+
+def opened(lab: Lab) -> Persona:
+    return Persona.open(lab.settings)
+
+
+# -- BG/NBD --------------------------------------------------------------------------------------
+CDNOW = bgnbd.BGNBD(r=0.243, alpha=4.414, a=0.793, b=2.426)  # Fader, Hardie & Lee (2005), in weeks
+
+
+def test_bgnbd_conditional_expectation_matches_the_paper() -> None:
+    # the paper's worked example: x = 2, t_x = 30.43, T = 38.86 weeks -> 1.226 purchases in the next 39 weeks
+    assert CDNOW.expected(39, [2], [30.43], [38.86])[0] == pytest.approx(1.226, abs=5e-4)
+
+
+def test_bgnbd_fit_recovers_the_parameters_it_was_simulated_with() -> None:
+    rng = np.random.default_rng(11)
+    T = rng.uniform(30, 39, 3000)
+    x, t_x = bgnbd.simulate(3000, CDNOW, T, rng)
+    fitted = bgnbd.fit(x, t_x, T)
+    assert fitted.r == pytest.approx(CDNOW.r, rel=0.2)
+    assert fitted.alpha == pytest.approx(CDNOW.alpha, rel=0.3)
+    assert fitted.a == pytest.approx(CDNOW.a, rel=0.35)
+    assert fitted.b == pytest.approx(CDNOW.b, rel=0.45)
+    # and the fit is the maximum: nudging any parameter lowers the likelihood
+    best = bgnbd.log_likelihood(list(fitted.params().values()), x, t_x, T).sum()
+    for i in range(4):
+        nudged = np.array(list(fitted.params().values()))
+        nudged[i] *= 1.1
+        assert bgnbd.log_likelihood(nudged, x, t_x, T).sum() < best
+
+
+def test_bgnbd_predictions_agree_with_the_process_they_model() -> None:
+    """Customers simulated past T: by the law of total expectation, the mean of E[purchases in
+    (T, T + t] | x, t_x, T] is the mean count they really make, and the mean P(none) the share
+    that make none."""
+    rng = np.random.default_rng(5)
+    n, T, t = 20_000, 30.0, 20.0
+    lam = rng.gamma(CDNOW.r, 1 / CDNOW.alpha, n)
+    drop = rng.beta(CDNOW.a, CDNOW.b, n)
+    x, t_x, later = np.zeros(n), np.zeros(n), np.zeros(n)
+    for i in range(n):  # repeat purchases after a first one at 0; each may be the last
+        clock = 0.0
+        while True:
+            clock += rng.exponential(1 / lam[i])
+            if clock > T + t:
+                break
+            if clock <= T:
+                x[i], t_x[i] = x[i] + 1, clock
+            else:
+                later[i] += 1
+            if rng.random() < drop[i]:
+                break
+    age = np.full(n, T)
+    assert CDNOW.expected(t, x, t_x, age).mean() == pytest.approx(later.mean(), rel=0.06)
+    assert CDNOW.p_none(t, x, t_x, age).mean() == pytest.approx(np.mean(later == 0), rel=0.02)
+    # and on a customer level, the likelier alive are those whose last purchase is recent
+    assert np.all(np.diff(CDNOW.p_alive([3, 3, 3], [5, 15, 25], [30, 30, 30])) > 0)
+
+
+# -- point-in-time sets --------------------------------------------------------------------------
+def same(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal feature by feature, a missing value (NaN) equal to a missing value."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or (np.isnan(a[k]) and np.isnan(b[k])) for k in a)
+
+
+def test_a_label_event_just_after_the_cutoff_never_changes_a_feature(lab: Lab, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(lab.settings.data_dir, tmp_path / "copy")  # this test writes: the lab stays as it was
+    with Persona.open(Settings.load(tmp_path / "copy", env={})) as p:
+        found = histories(p)
+        horizon = timedelta(days=91)
+        cutoffs = default_cutoffs(lab.end, horizon)
+        before = {(r.person, r.cutoff): r for r in build(found, cutoffs, horizon)}
+        cutoff = cutoffs[-1]
+        subject = {"namespace": "shop_user", "value": "m-000000"}
+        person = p.log.profile_for("shop_user", "m-000000")
+        assert person in found
+
+        def order(at: datetime, n: int) -> bytes:
+            return orjson.dumps({"event_id": f"leak-{n}", "source": "shop", "type": "order_placed",
+                                 "occurred_at": at.isoformat(), "subject": subject,
+                                 "data": {"order_id": f"leak-{n}", "amount": "999.00", "currency": "CNY",
+                                          "items": [{"sku": "x", "category": "toys", "price": "999.00"}]}})
+
+        ingest_jsonl(p, [order(cutoff + timedelta(microseconds=1), 1)], origin="test")
+        after = {(r.person, r.cutoff): r for r in build(histories(p), cutoffs, horizon)}
+        key = (person, len(cutoffs) - 1)
+        assert same(after[key].features, before[key].features)  # not one feature moved
+        assert after[key].orders_after == before[key].orders_after + 1  # but the label saw it
+        assert after[key].spend_after == pytest.approx(before[key].spend_after + 999)
+        # the same order at the cutoff itself is history: features move (the test can fail)
+        ingest_jsonl(p, [order(cutoff, 2)], origin="test")
+        moved = {(r.person, r.cutoff): r for r in build(histories(p), cutoffs, horizon)}
+        assert moved[key].features["frequency"] == before[key].features["frequency"] + 1
+
+
+def test_cutoffs_are_checked() -> None:
+    end, h = datetime(2026, 1, 1, tzinfo=UTC), timedelta(days=30)
+    from persona.models.dataset import check_cutoffs
+
+    with pytest.raises(ValidationError, match="at least three"):
+        check_cutoffs([end - 3 * h, end - 2 * h], h, end)
+    with pytest.raises(ValidationError, match="ends after the data"):
+        check_cutoffs([end - 3 * h, end - 2 * h, end - h / 2], h, end)
+    with pytest.raises(ValidationError, match="one horizon apart"):
+        check_cutoffs([end - 3 * h, end - 2.5 * h, end - h], h, end)
+    assert check_cutoffs([end - h, end - 3 * h, end - 2 * h], h, end) == [end - 3 * h, end - 2 * h, end - h]
+
+
+def test_task_names_and_horizons() -> None:
+    assert parse_task("purchases_next_91d").horizon == timedelta(days=91)
+    assert parse_task("churn_4w").horizon == timedelta(days=28)
+    assert parse_task("next_category", "30d").horizon == timedelta(days=30)
+    assert parse_horizon("13w") == timedelta(days=91)
+    for bad in ("purchases_next", "churn_91d_x", "spend"):
+        with pytest.raises(ValidationError, match="not a prediction task"):
+            parse_task(bad)
+    with pytest.raises(ValidationError, match="names its own window"):
+        parse_task("churn_91d", "30d")
+    with pytest.raises(ValidationError, match="horizon"):
+        parse_horizon("3 months")
+
+
+# -- held-out evaluation ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", TASKS)
+def test_models_beat_their_baselines_on_held_out_rows(lab: Lab, name: str) -> None:
+    """Every model beats the naive guesses; the purchase-count and churn models beat BG/NBD too.
+    (clv's BG/NBD-times-order-value baseline is reported beside it: at this size the forest's
+    margin over it depends on row order; on 10,000 people it wins by 8%, docs/benchmarks.md.)"""
+    trained = lab.trained[name]
+    main = trained.lift["metric"]
+    naive = {k: b for k, b in trained.baselines.items() if "BG/NBD" not in k}
+    assert len(naive) >= 1
+    assert trained.metrics[main] < min(b[main] for b in naive.values()), (trained.metrics, trained.baselines)
+    if name in ("purchases_next_91d", "churn_91d"):  # the yardstick of customer-base analysis, beaten
+        bg = trained.baselines["BG/NBD"]
+        assert trained.metrics[main] < bg[main]
+        if name == "churn_91d":
+            assert trained.metrics["roc_auc"] > bg["roc_auc"]
+
+
+def test_metrics_are_computed_on_the_held_out_cutoff_only(lab: Lab) -> None:
+    """The reported metrics are the stored pipeline's on the last cutoff's rows — and differ from its
+    (better) score on the rows it was trained on."""
+    trained = lab.trained["purchases_next_91d"]
+    with opened(lab) as p:
+        found = histories(p)
+    rows = build(found, trained.cutoffs, trained.horizon)
+    last = len(trained.cutoffs) - 1
+    test_rows = [r for r in rows if r.cutoff == last]
+    train_rows = [r for r in rows if r.cutoff < last]
+    assert trained.rows == {"train": len(train_rows), "test": len(test_rows)}
+    from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, matrix
+    from persona.models.train import bgnbd_columns
+
+    model = bgnbd.BGNBD(**trained.bgnbd)
+
+    def mse(chosen: list[Any]) -> float:
+        x = matrix(chosen, [*VIEW_FEATURES, *WINDOW_FEATURES], trained.categories,
+                   bgnbd_columns(model, chosen, trained.task.horizon_days, trained.mean_order))
+        predicted = np.clip(trained.pipeline.predict(x), 0, None)
+        return float(np.mean((predicted - np.array([r.orders_after for r in chosen])) ** 2))
+
+    assert mse(test_rows) == pytest.approx(trained.metrics["mse"], rel=1e-9)
+    # no training label window reaches into the test cutoff's, and the naive baseline knows only training labels
+    assert trained.cutoffs[-2] + trained.horizon <= trained.cutoffs[-1]
+    mean = np.mean([r.orders_after for r in train_rows])
+    truth = np.array([r.orders_after for r in test_rows])
+    assert trained.baselines["training mean"]["mse"] == pytest.approx(float(np.mean((truth - mean) ** 2)), rel=1e-9)
+
+
+# -- registry ------------------------------------------------------------------------------------
+def test_registry_keeps_versions_promotes_and_rolls_back(lab: Lab, tmp_path: Path) -> None:
+    with opened(lab) as p:
+        first = registry.get(p, "churn_91d")
+        again = registry.save(p, lab.trained["churn_91d"], promote=True)
+        assert again.version == first.version + 1 and again.status == "promoted"
+        assert registry.get(p, "churn_91d", first.version).status == "retired"
+        back = registry.rollback(p, "churn_91d")
+        assert back.version == first.version and registry.get(p, "churn_91d").version == first.version
+        kept = registry.save(p, lab.trained["churn_91d"], promote=False)
+        assert kept.status == "candidate" and registry.get(p, "churn_91d").version == first.version
+        loaded = registry.load(p, "churn_91d", kept.version)
+        assert loaded.version.sha256 == kept.sha256 and hasattr(loaded.pipeline, "predict_proba")
+
+
+def _blob(settings: Settings, name: str, version: int) -> bytes:
+    with sqlite3.connect(settings.db_path) as conn:
+        row = conn.execute("SELECT blob FROM models WHERE name = ? AND version = ?", (name, version)).fetchone()
+        return bytes(row[0])
+
+
+def _set(settings: Settings, sql: str, *args: Any) -> None:
+    with sqlite3.connect(settings.db_path) as conn:
+        conn.execute(sql, args)
+
+
+@pytest.fixture
+def spare(lab: Lab) -> Iterator[tuple[Persona, registry.ModelVersion]]:
+    """A candidate version of its own, to be tampered with."""
+    with opened(lab) as p:
+        yield p, registry.save(p, lab.trained["clv_91d"], promote=False)
+
+
+def test_a_tampered_model_file_does_not_load(lab: Lab, spare: tuple[Persona, registry.ModelVersion]) -> None:
+    p, v = spare
+    sealed = bytearray(_blob(lab.settings, v.name, v.version))
+    sealed[len(sealed) // 2] ^= 1
+    _set(lab.settings, "UPDATE models SET blob = ? WHERE name = ? AND version = ?", bytes(sealed), v.name, v.version)
+    with pytest.raises(TamperError):
+        registry.load(p, v.name, v.version)
+
+
+def test_a_model_whose_hash_was_changed_does_not_load(lab: Lab, spare: tuple[Persona, registry.ModelVersion]) -> None:
+    p, v = spare
+    _set(lab.settings, "UPDATE models SET sha256 = ? WHERE name = ? AND version = ?", "0" * 64, v.name, v.version)
+    with pytest.raises(TamperError):
+        registry.load(p, v.name, v.version)
+
+
+class Intruder:
+    """Not a scikit-learn type: loading it would run this module's code."""
+
+    def __init__(self) -> None:
+        self.payload = "anything"
+
+
+def test_a_model_file_holding_foreign_types_is_refused(lab: Lab, spare: tuple[Persona, registry.ModelVersion]
+                                                       ) -> None:
+    """Even sealed with the right key and hash (someone holding the key), a file that carries a
+    type outside scikit-learn and NumPy is not deserialised."""
+    import hashlib
+    import os
+
+    p, v = spare
+    data = sio.dumps(Intruder())
+    sha = hashlib.sha256(data).hexdigest()
+    sealed = registry.sealer(p).seal(data, registry._aad(v.name, v.version, sha), os.urandom(12))
+    _set(lab.settings, "UPDATE models SET blob = ?, sha256 = ? WHERE name = ? AND version = ?", sealed, sha,
+         v.name, v.version)
+    with pytest.raises(TamperError, match="Intruder"):
+        registry.load(p, v.name, v.version)
+
+
+def test_models_are_never_pickled(lab: Lab) -> None:
+    with opened(lab) as p:
+        v = registry.get(p, "churn_91d")
+        data = registry.sealer(p).open(_blob(lab.settings, v.name, v.version),
+                                       registry._aad(v.name, v.version, v.sha256))
+    assert data[:2] == b"PK"  # a skops file is a zip archive
+    assert not data.startswith(b"\x80")  # a pickle stream's first byte
+
+
+# -- predictions ---------------------------------------------------------------------------------
+def test_predictions_carry_values_and_the_features_behind_them(lab: Lab) -> None:
+    with opened(lab) as p:
+        found = scoring.predict(p, "next_category")
+        stored = scoring.stored(p, [found[0].person])[found[0].person]
+    assert len(found) == PEOPLE
+    for prediction in found[:50]:
+        assert prediction.label in prediction.probabilities  # type: ignore[operator]
+        assert prediction.value == pytest.approx(max(prediction.probabilities.values()), abs=1e-6)  # type: ignore[union-attr]
+        assert sum(prediction.probabilities.values()) == pytest.approx(1, abs=1e-4)  # type: ignore[union-attr]
+        assert len(prediction.contributions) <= scoring.TOP
+        assert all(c["feature"] in lab.trained["next_category"].features for c in prediction.contributions)
+    assert {d["model"] for d in stored} == set(TASKS)
+
+
+def test_prediction_as_of_the_past_uses_the_past(lab: Lab) -> None:
+    with opened(lab) as p:
+        early = {x.person: x for x in scoring.predict(p, "purchases_next_91d", as_of=lab.end - timedelta(days=400))}
+        late = {x.person: x for x in scoring.predict(p, "purchases_next_91d", as_of=lab.end)}
+    assert len(early) < len(late)  # people born since are not scored in the past
+    assert any(early[k].value != late[k].value for k in early)
+
+
+# -- erasure, rebuild, drift ---------------------------------------------------------------------
+def test_erasure_names_the_models_trained_on_the_person_and_drops_their_predictions(
+        tmp_path: Path) -> None:
+    events = tmp_path / "small.jsonl"
+    planted.write(events, 300, seed=9)
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as p:
+        ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+        trained = train(p, parse_task("churn_91d"))
+        v = registry.save(p, trained, promote=True)
+        scoring.score_all(p, "churn_91d")
+        victim = trained.people[0]
+        assert scoring.stored(p, [victim])[victim]
+        receipt = erase_profile(p, victim).receipt["receipt"]
+        assert receipt["models_to_retrain"] == [f"churn_91d v{v.version}"]
+        assert registry.get(p, "churn_91d").stale
+        assert scoring.stored(p, [victim])[victim] == []
+        assert drift.measure(p, registry.get(p, "churn_91d"))["stale"]
+        again = train(p, parse_task("churn_91d"))
+        assert victim not in again.people and len(again.people) == len(trained.people) - 1
+
+
+def test_drift_is_zero_on_the_training_population_and_large_on_a_shifted_one() -> None:
+    from persona.models.train import reference_of, shares
+
+    rng = np.random.default_rng(2)
+    train_values = rng.normal(10, 2, 5000)
+    ref = reference_of(train_values)
+    assert drift.psi(ref["shares"], shares(rng.normal(10, 2, 5000), ref["edges"])) < 0.02
+    assert drift.psi(ref["shares"], shares(rng.normal(13, 2, 5000), ref["edges"])) > drift.PSI_LIMIT
+
+
+def test_age_makes_a_model_stale(lab: Lab) -> None:
+    with opened(lab) as p:
+        v = registry.get(p, "days_to_next_purchase")
+        fresh = drift.measure(p, v, now=v.created_at + timedelta(days=1), save=False)
+        old = drift.measure(p, v, now=v.created_at + drift.MAX_AGE + timedelta(days=1), save=False)
+    assert not any("age" in r for r in fresh["reasons"])
+    assert any("age" in r for r in old["reasons"]) and old["stale"]
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
+    events = tmp_path / "small.jsonl"
+    planted.write(events, 300, seed=4)
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(cli, ["--data", data, *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("init")
+    run("ingest", str(events))
+    out = run("train", "churn_91d", "--promote")
+    assert "churn_91d v1 [promoted]" in out and "BG/NBD" in out
+    listed = orjson.loads(run("models", "--json"))
+    assert listed[0]["name"] == "churn_91d" and listed[0]["metrics"]["rows"] > 0
+    assert set(listed[0]["baselines"]) == {"population rate", "BG/NBD"}
+    everyone = [orjson.loads(line) for line in run("predict", "churn_91d").splitlines()]
+    assert len(everyone) == 300 and all(0 <= row["value"] <= 1 for row in everyone)
+    subjects = tmp_path / "who.txt"
+    subjects.write_text("shop_user:m-000003\nshop_user: m-000004\nshop_user:nobody\n")
+    rows = [orjson.loads(line) for line in run("predict", "churn_91d", "--subjects", str(subjects)).splitlines()]
+    assert [r["subject"] for r in rows] == ["shop_user:m-000003", "shop_user: m-000004", "shop_user:nobody"]
+    assert "value" in rows[0] and "value" in rows[1] and "no profile" in rows[2]["error"]
+    csv_out = run("predict", "churn_91d", "--format", "csv", "--as-of", "2025-06-01T00:00:00Z")
+    assert csv_out.splitlines()[0].startswith("profile_id,model,version,value")
+    for path in Path(data).iterdir():  # the subjects were echoed, never stored
+        if path.is_file():
+            assert b"m-000003" not in path.read_bytes() and b"nobody" not in path.read_bytes()
+    assert "rescored" in run("rebuild")
+    with Persona.open(Settings.load(data, env={})) as p:
+        assert len(p.recorder.predictions_of([row["profile_id"] for row in everyone])) == 300
+    assert "current" in run("train", "--all", "--if-stale") or "stale" in run("models")
+    bad = runner.invoke(cli, ["--data", data, "train", "spend_91d"])
+    assert bad.exit_code == 1 and "not a prediction task" in bad.output
+
+
+# -- API -----------------------------------------------------------------------------------------
+def test_api_models_train_and_predictions(tmp_path: Path) -> None:
+    events = tmp_path / "small.jsonl"
+    planted.write(events, 300, seed=6)
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as p:
+        ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+        tokens = {"trainer": create_token(p, "trainer", frozenset({"models:write", "predictions:read",
+                                                                     "profiles:read"})),
+                  "reader": create_token(p, "reader", frozenset({"predictions:read", "profiles:read"}))}
+    with TestClient(create_app(settings)) as client:
+        def post(query: str, token: str, status: int = 200) -> dict[str, Any]:
+            response = client.post("/graphql", json={"query": query},
+                                   headers={"Authorization": f"Bearer {tokens[token]}"})
+            assert response.status_code == status, response.text
+            assert "Traceback" not in response.text and "m-0000" not in response.text
+            doc: dict[str, Any] = response.json()
+            return doc
+
+        train_q = 'mutation { trainModel(name: "churn_91d") { name version status metrics baselines lift } }'
+        denied = post(train_q, "reader", 403)
+        assert "models:write" in denied["errors"][0]["message"]
+        made = post(train_q, "trainer")["data"]["trainModel"]
+        assert made["name"] == "churn_91d" and made["version"] == 1 and "BG/NBD" in made["baselines"]
+        bad = post('mutation { trainModel(name: "nonsense") { name } }', "trainer")
+        assert "not a prediction task" in bad["errors"][0]["message"]
+        listed = post("{ models { name version status family window drift } }", "reader")["data"]["models"]
+        assert listed[0]["name"] == "churn_91d" and len(listed[0]["window"]["cutoffs"]) == 4
+        if made["status"] == "promoted":
+            nodes = post("{ profiles(first: 3) { nodes { predictions { model version score label"
+                         " contributions { feature effect } } } } }", "reader")["data"]["profiles"]["nodes"]
+            assert all(n["predictions"][0]["model"] == "churn_91d" for n in nodes)
