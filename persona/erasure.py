@@ -15,6 +15,7 @@ from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.events import from_micros, micros
+from persona.models import ERASED_SINCE
 
 RECEIPT_TYPE = "persona-erasure-receipt/1"
 
@@ -121,7 +122,7 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         # model versions whose training set held this person: named, and marked for retraining
         trained_on = rec.models_trained_on(sorted(set(person.members) | set(joined)))
         if trained_on:
-            rec.mark_models_stale(trained_on, "trained on a person erased since: retrain it")
+            rec.mark_models_stale(trained_on, ERASED_SINCE)
         for member in person.members:
             for name, count in rec.erase(member, erased_at).items():
                 counts[name] = counts.get(name, 0) + count

@@ -457,3 +457,98 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
             nodes = post("{ profiles(first: 3) { nodes { predictions { model version score label"
                          " contributions { feature effect } } } } }", "reader")["data"]["profiles"]["nodes"]
             assert all(n["predictions"][0]["model"] == "churn_91d" for n in nodes)
+
+
+# -- review regressions --------------------------------------------------------------------------
+def _event(n: int, kind: str, at: str, subject: dict[str, str], data: dict[str, Any]) -> bytes:
+    source = {"order_placed": "shop", "identity_linked": "web"}.get(kind, "web")
+    return orjson.dumps({"event_id": f"e{n}", "source": source, "type": kind, "occurred_at": at,
+                         "subject": subject, "data": data})
+
+
+def test_a_merge_counts_from_when_its_link_happened(persona: Persona) -> None:
+    """A cookie that logs in (and so joins an account) after a cutoff is someone else at that cutoff:
+    its earlier browsing is not the account holder's history until the link has happened."""
+    account = {"namespace": "shop_user", "value": "u-1"}
+    cookie = {"namespace": "cookie", "value": "ck-1"}
+    lines = [
+        _event(1, "order_placed", "2025-01-10T00:00:00Z", account,
+               {"order_id": "o1", "amount": "10.00", "currency": "CNY"}),
+        *(_event(10 + i, "page_viewed", f"2025-02-{i + 1:02d}T00:00:00Z", cookie,
+                 {"url": f"https://shop.example/{i}", "session_id": f"s{i}"}) for i in range(5)),
+        _event(2, "identity_linked", "2025-04-01T00:00:00Z", cookie, {"other": account}),
+    ]
+    ingest_jsonl(persona, lines, origin="test")
+    found = histories(persona)
+    assert len(found) == 1  # one person today
+    (history,) = found.values()
+    from persona.models.dataset import rows_at
+
+    window = int(timedelta(days=30).total_seconds() * 1e6)
+    before = rows_at(history, datetime(2025, 3, 1, tzinfo=UTC), window)
+    after = rows_at(history, datetime(2025, 5, 1, tzinfo=UTC), window)
+    assert len(before) == 2 and len(after) == 1
+    account_then = next(r for r in before if r.features["frequency"] == 1)
+    assert account_then.features["page_views"] == 0  # the cookie's pages were not theirs yet
+    assert after[0].features["page_views"] == 5 and after[0].features["frequency"] == 1
+    assert set(after[0].members) == {r.person for r in before}
+
+
+def test_unlinking_drops_the_merged_persons_predictions(persona: Persona) -> None:
+    from persona.linking import link, unlink
+
+    lines = [_event(1, "page_viewed", "2025-02-01T00:00:00Z", {"namespace": "email", "value": "a@example.com"},
+                    {"url": "https://shop.example/a"}),
+             _event(2, "page_viewed", "2025-02-01T00:00:00Z", {"namespace": "email", "value": "b@example.com"},
+                    {"url": "https://shop.example/b"})]
+    ingest_jsonl(persona, lines, origin="test")
+    linked = link(persona, ("email", "a@example.com"), ("email", "b@example.com"))
+    rec = persona.recorder
+    with rec.transaction():
+        rec.put_predictions([(linked.person, "churn_91d", 1, 0, orjson.dumps({"value": 0.5}).decode())])
+    assert rec.predictions_of([linked.person])
+    unlink(persona, ("email", "a@example.com"), ("email", "b@example.com"))
+    assert rec.predictions_of([linked.person]) == []  # the scores of two people together are gone
+
+
+def test_rolling_back_twice_goes_two_versions_back(lab: Lab) -> None:
+    with opened(lab) as p:
+        made = [registry.save(p, lab.trained["days_to_next_purchase"], promote=True) for _ in range(3)]
+        assert registry.rollback(p, "days_to_next_purchase").version == made[1].version
+        assert registry.rollback(p, "days_to_next_purchase").version == made[0].version
+        assert registry.get(p, "days_to_next_purchase", made[2].version).status == "rolled_back"
+
+
+def test_a_model_file_calling_builtins_is_refused(lab: Lab, spare: tuple[Persona, registry.ModelVersion]) -> None:
+    """numpy and builtins callables are code too: only the exact types persona's pipelines hold load."""
+    import builtins
+    import hashlib
+    import os
+
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    p, v = spare
+    data = sio.dumps(Pipeline([("x", FunctionTransformer(np.vectorize(builtins.eval)))]))
+    sha = hashlib.sha256(data).hexdigest()
+    sealed = registry.sealer(p).seal(data, registry._aad(v.name, v.version, sha), os.urandom(12))
+    _set(lab.settings, "UPDATE models SET blob = ?, sha256 = ? WHERE name = ? AND version = ?", sealed, sha,
+         v.name, v.version)
+    with pytest.raises(TamperError, match="does not load"):
+        registry.load(p, v.name, v.version)
+
+
+def test_someone_erased_while_a_model_trained_is_not_recorded_and_marks_it_stale(tmp_path: Path) -> None:
+    events = tmp_path / "small.jsonl"
+    planted.write(events, 300, seed=9)
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as p:
+        ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+        trained = train(p, parse_task("churn_91d"))
+        victim = trained.people[0]
+        erase_profile(p, victim)  # after the set was read, before the version is stored
+        v = registry.save(p, trained, promote=True)
+        assert v.stale and p.recorder.models_trained_on([victim]) == []
+        assert len(p.recorder.models_trained_on(trained.people[1:])) == 1
+        scoring.score_all(p, "churn_91d")
+        assert scoring.stored(p, [victim])[victim] == []

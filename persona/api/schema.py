@@ -250,6 +250,9 @@ class Mutation:
             version = await ctx.state.writer.run(_train, name, horizon, cutoffs)
         except ModelError as e:
             raise ApiError(str(e)) from None
+        except (ValueError, ArithmeticError):  # scikit-learn or SciPy refusing these rows: their words stay here
+            raise ApiError("the model could not be fitted on these rows; try other cutoffs or a longer history"
+                           ) from None
         return Model.of(version)
 
     @strawberry.mutation(description="Declare two identifiers one person: if they belong to two profiles, the"

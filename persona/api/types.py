@@ -256,6 +256,8 @@ class Profile:
     @strawberry.field(description="Predictions of the promoted models (the batch-scored read model), each with"
                                   " the features behind it")
     def predictions(self, info: Info[RequestContext, None], models: list[str] | None = None) -> list[Prediction]:
+        if self._as_of is not None:  # the read model holds today's scores; the past is `persona predict --as-of`
+            raise ApiError("predictions: available for the current profile only")
         found: list[Prediction] = context_of(info).predictions.get(self._data.id)
         return [p for p in found if models is None or p.model in models]
 

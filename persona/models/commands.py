@@ -38,10 +38,12 @@ def _describe(v: registry.ModelVersion) -> str:
     lift = m["lift"]
     lines = [f"{v.name} v{v.version} [{v.status}{', stale' if v.stale else ''}] {m['chosen']['family']}"
              f" — trained on {m['rows']['train']:,} rows, tested on {m['rows']['test']:,} held-out rows"]
-    metrics = ", ".join(f"{k} {val:.4f}" for k, val in m["metrics"].items() if k != "rows")
-    lines.append(f"  model: {metrics}")
+    def shown(metrics: dict[str, Any]) -> str:  # a metric that cannot be computed (AUC of one class) is null
+        return ", ".join(f"{k} {'n/a' if val is None else f'{val:.4f}'}" for k, val in metrics.items() if k != "rows")
+
+    lines.append(f"  model: {shown(m['metrics'])}")
     for name, b in m["baselines"].items():
-        lines.append(f"  {name}: " + ", ".join(f"{k} {val:.4f}" for k, val in b.items() if k != "rows"))
+        lines.append(f"  {name}: {shown(b)}")
     lines.append(f"  {lift['metric']}: {lift['improvement']:+.1%} against the best baseline")
     if v.drift:
         lines.append(f"  drift: max PSI {v.drift['psi_max']:.3f} (measured {v.drift['measured_at'][:19]})"
@@ -219,7 +221,8 @@ def _write(rows: list[dict[str, Any]], form: str) -> None:
         for row in rows:
             out.write(orjson.dumps(row).decode() + "\n")
         return
-    columns = ["subject", "profile_id", "model", "version", "value", "label", "contributions", "as_of", "error"]
+    columns = ["subject", "profile_id", "model", "version", "value", "label", "probabilities", "contributions",
+               "as_of", "error"]
     if not any("subject" in row for row in rows):
         columns.remove("subject")
     writer = csv.writer(out)
@@ -230,5 +233,7 @@ def _write(rows: list[dict[str, Any]], form: str) -> None:
             value = row.get(c)
             if c == "contributions" and value is not None:
                 value = ";".join(f"{x['feature']}={x['effect']:+g}" for x in value)
+            elif c == "probabilities" and value is not None:
+                value = ";".join(f"{label}={p:g}" for label, p in value.items())
             cells.append("" if value is None else value)
         writer.writerow(cells)

@@ -9,6 +9,7 @@ cannot be read, so they are in no set made after their erasure.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,11 +22,10 @@ from numpy.typing import NDArray
 
 from persona import identity
 from persona.core import Persona
-from persona.events import RecordedEvent, from_micros, micros
+from persona.events import RecordedEvent, from_micros, micros, text_micros
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
 from persona.projections.behavior import DAY_US, Fact
-from persona.projections.profile import attribute_values
 
 # Features read from the behaviour projection's view, as numbers (missing: NaN, imputed later)
 VIEW_FEATURES = (
@@ -42,18 +42,47 @@ MAX_CATEGORIES = 20  # affinity features: the categories most often seen at the 
 
 @dataclass
 class History:
-    """One person, every event they have (all their streams), folded once."""
+    """One person today: every event of each of their streams, folded once, and when (in the
+    world) each merge that made them one person happened."""
 
     person: str
-    facts: list[Fact] = field(default_factory=list)  # the behaviour projection's state
-    profile_events: list[RecordedEvent] = field(default_factory=list)
+    members: tuple[str, ...] = ()  # their streams, oldest first (the first names the person)
+    facts: dict[str, list[Fact]] = field(default_factory=dict)  # stream -> the behaviour projection's state
+    profile_events: dict[str, list[RecordedEvent]] = field(default_factory=dict)
+    joins: list[tuple[int, str, str]] = field(default_factory=list)  # (occurred µs, stream, stream)
+
+    def all_facts(self) -> list[Fact]:
+        return [f for facts in self.facts.values() for f in facts]
+
+    def parts(self, at_us: int) -> list[tuple[str, ...]]:
+        """Who this person was at an instant: their streams grouped by the merges that had
+        happened by then (a cookie that logs in next month is someone else until then)."""
+        members = self.members or tuple(self.facts)
+        if len(members) == 1:
+            return [members]
+        root = {m: m for m in members}
+
+        def find(m: str) -> str:
+            while root[m] != m:
+                root[m] = root[root[m]]
+                m = root[m]
+            return m
+
+        for at, a, b in self.joins:
+            if at <= at_us and a in root and b in root:
+                root[find(a)] = find(b)
+        groups: dict[str, list[str]] = {}
+        for m in members:  # in stream order: each group is named by its oldest stream
+            groups.setdefault(find(m), []).append(m)
+        return [tuple(g) for g in groups.values()]
 
 
 @dataclass(frozen=True)
 class Row:
     """One person at one cutoff: what was known then, and what happened in the window after."""
 
-    person: str
+    person: str  # who they were at the cutoff, named by their oldest stream
+    members: tuple[str, ...]  # that person's streams then
     cutoff: int  # index into Dataset.cutoffs
     features: dict[str, float]
     categories: dict[str, float]  # category affinity at the cutoff
@@ -81,8 +110,6 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """What the set was made of, as a hash: the same people, cutoffs and values give the same."""
-        import hashlib
-
         h = hashlib.sha256()
         for c in self.cutoffs:
             h.update(c.isoformat().encode())
@@ -98,21 +125,50 @@ def histories(persona: Persona, *, page: int = 20_000) -> dict[str, History]:
     rec = persona.recorder
     people = identity.persons(rec, list(persona.log.profile_ids()))
     out: dict[str, History] = {}
-    apply = FEATURES.apply
+    merged_at: dict[int, int] = {}  # merge edge -> when its link happened
     for event in persona.log.iter_all(page=page):
         person = people.get(event.profile_id)
         key = person.id if person is not None else event.profile_id
         history = out.get(key)
         if history is None:
-            history = out[key] = History(key)
-        apply(history.facts, event)
-        if event.type == "profile_updated":
-            history.profile_events.append(event)
+            history = out[key] = History(key, person.members if person is not None else (key,))
+        _fold(history, event, merged_at)
+    _joins(rec, out, merged_at)
     return out
 
 
+def history_of(persona: Persona, profile_id: str) -> History:
+    """One person, read stream by stream."""
+    person = identity.person_of(persona.recorder, profile_id)
+    history = History(person.id, person.members)
+    merged_at: dict[int, int] = {}
+    for member in person.members:
+        for event in persona.log.read(member):
+            _fold(history, event, merged_at)
+    _joins(persona.recorder, {person.id: history}, merged_at)
+    return history
+
+
+def _fold(history: History, event: RecordedEvent, merged_at: dict[int, int]) -> None:
+    FEATURES.apply(history.facts.setdefault(event.profile_id, []), event)
+    if event.type == "profile_updated":
+        history.profile_events.setdefault(event.profile_id, []).append(event)
+    elif event.type == identity.MERGED and isinstance(event.data.get("edge"), int):
+        merged_at[event.data["edge"]] = text_micros(event.occurred_at)
+
+
+def _joins(rec: Any, found: dict[str, History], merged_at: dict[int, int]) -> None:
+    merged = [m for h in found.values() if len(h.members) > 1 for m in h.members]
+    if not merged:
+        return
+    owner = {m: h for h in found.values() for m in h.members}
+    for edge in rec.merge_edges(merged):
+        if edge.undone_at is None and edge.a in owner:
+            owner[edge.a].joins.append((merged_at.get(edge.edge, edge.merged_at), edge.a, edge.b))
+
+
 def data_end(found: Iterable[History]) -> datetime | None:
-    last = max((f[0] for h in found for f in h.facts), default=None)
+    last = max((f[0] for h in found for facts in h.facts.values() for f in facts), default=None)
     return None if last is None else from_micros(last)
 
 
@@ -141,28 +197,41 @@ def check_cutoffs(cutoffs: Sequence[datetime], horizon: timedelta, end: datetime
 
 
 def build(found: dict[str, History], cutoffs: Sequence[datetime], horizon: timedelta) -> list[Row]:
-    """A row per person and cutoff, for people seen by that cutoff."""
+    """A row per person and cutoff, for people seen by that cutoff, as they were then."""
     rows: list[Row] = []
     window = int(horizon.total_seconds() * 1_000_000)
     for person in sorted(found):
-        history = found[person]
-        if not history.facts:
-            continue
-        # the facts that count, in order, as of the end of the last window (consent applied)
-        every = FEATURES.counted(history.facts, from_micros(micros(cutoffs[-1]) + window))
         for index, cutoff in enumerate(cutoffs):
-            row = _row(history, every, index, cutoff, window)
-            if row is not None:
-                rows.append(row)
+            rows.extend(rows_at(found[person], cutoff, window, index, labels=True))
     return rows
 
 
-def _row(history: History, every: list[Fact], index: int, cutoff: datetime, window: int) -> Row | None:
+def rows_at(history: History, cutoff: datetime, window: int, index: int = 0, *, labels: bool = False
+            ) -> list[Row]:
+    """The person's rows at an instant: one for each person they were then (merges that had
+    not happened yet keep their streams apart). `labels`: also what happened in the window after."""
+    now = micros(cutoff)
+    out = []
+    for part in history.parts(now):
+        facts = [f for m in part for f in history.facts.get(m, ())]
+        if not facts:
+            continue
+        # the facts that count, in order, up to the end of the label window (consent applied)
+        upto = from_micros(now + window) if labels else cutoff
+        row = _row(part, facts, [e for m in part for e in history.profile_events.get(m, ())],
+                   FEATURES.counted(facts, upto), index, cutoff, window)
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[RecordedEvent], every: list[Fact],
+         index: int, cutoff: datetime, window: int) -> Row | None:
     now = micros(cutoff)
     before = [f for f in every if f[0] <= now]
     if not before:
         return None  # not seen yet
-    view = FEATURES.view(history.facts, cutoff)  # the projection as of the cutoff: consent and all
+    view = FEATURES.view(facts, cutoff)  # the projection as of the cutoff: consent and all
     features: dict[str, float] = {name: _number(view.get(name)) for name in VIEW_FEATURES}
     first, last = before[0][0], before[-1][0]
     orders = [f for f in before if f[2] == "o"]
@@ -173,11 +242,10 @@ def _row(history: History, every: list[Fact], index: int, cutoff: datetime, wind
     features["spend_last_window"] = float(sum(Decimal(f[3]) for f in recent))
     features["events_last_30d"] = float(sum(1 for f in before if f[0] > now - 30 * DAY_US))
     features["events_last_window"] = float(sum(1 for f in before if f[0] > now - window))
-    attributes = attribute_values(ATTRIBUTES.view(
-        replay(ATTRIBUTES, history.profile_events, as_of=cutoff), cutoff))
-    age = attributes.get("age")
+    attributes = ATTRIBUTES.view(replay(ATTRIBUTES, profile_events, as_of=cutoff), cutoff)
+    age = attributes.get("age", {}).get("value")  # derived from birth_year at the cutoff
     features["age"] = float(age) if isinstance(age, int | float) and not isinstance(age, bool) else float("nan")
-    gender = attributes.get("gender")
+    gender = attributes.get("gender", {}).get("value")
     features["gender_female"] = 1.0 if gender == "female" else 0.0
     features["gender_male"] = 1.0 if gender == "male" else 0.0
     after = [f for f in every if now < f[0] <= now + window and f[2] == "o"]
@@ -186,7 +254,7 @@ def _row(history: History, every: list[Fact], index: int, cutoff: datetime, wind
     else:
         x, t_x, age_days = 0, 0.0, (now - first) / DAY_US
     return Row(
-        person=history.person, cutoff=index, features=features,
+        person=part[0], members=part, cutoff=index, features=features,
         categories={c: float(v) for c, v in view.get("category_affinity", {}).items()},
         x=float(x), t_x=t_x, age_days=age_days, aov=features["aov"] if orders else None,
         orders_after=len(after), spend_after=float(sum(Decimal(f[3]) for f in after)),
@@ -196,8 +264,12 @@ def _row(history: History, every: list[Fact], index: int, cutoff: datetime, wind
 
 
 def _category(order: Fact) -> str | None:
+    """The category of an order; one spanning several is labelled with one of them chosen by a
+    hash of the order's event id, so that no category is favoured (the alphabet would be)."""
     categories = order[4]
-    return str(categories[0]) if categories else None
+    if not categories:
+        return None
+    return str(min(categories, key=lambda c: hashlib.sha256(f"{order[1]}\x00{c}".encode()).digest()))
 
 
 def _number(value: Any) -> float:

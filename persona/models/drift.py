@@ -17,9 +17,8 @@ import orjson
 from persona.core import Persona
 from persona.models import registry
 from persona.models.bgnbd import BGNBD
-from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, _row, histories, matrix
+from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, histories, matrix, rows_at
 from persona.models.train import bgnbd_columns, shares
-from persona.projections import FEATURES
 
 PSI_LIMIT = 0.2
 MAX_AGE = timedelta(days=30)
@@ -38,12 +37,7 @@ def measure(persona: Persona, version: registry.ModelVersion, *, now: datetime |
     moment = now or datetime.now(UTC)
     meta = version.meta
     window = int(meta["task"]["horizon_days"] * 86_400_000_000)
-    rows = []
-    for history in histories(persona).values():
-        if history.facts:
-            row = _row(history, FEATURES.counted(history.facts, moment), 0, moment, window)
-            if row is not None:
-                rows.append(row)
+    rows = [row for history in histories(persona).values() for row in rows_at(history, moment, window)]
     names = [*VIEW_FEATURES, *WINDOW_FEATURES]
     x = matrix(rows, names, meta["categories"],
                bgnbd_columns(BGNBD(**meta["bgnbd"]), rows, meta["task"]["horizon_days"], meta["mean_order"]))

@@ -24,12 +24,21 @@ from persona.core import Persona
 from persona.crypto import Sealer
 from persona.errors import PersonaError, TamperError, ValidationError
 from persona.events import from_micros, micros
+from persona.models import ERASED_SINCE
 from persona.models.train import Trained
 
 MODELS_KEY = "models"
-# What a persona pipeline may contain (scikit-learn, NumPy, and persona's own wrapper). Anything
-# else in a file is refused, whatever its hash.
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "persona.models.train.OnTopOf")
+# The types a persona pipeline holds beyond those skops trusts by itself (measured over every
+# candidate of persona.models.train, fitted). Any other type in a file is refused, whatever its
+# hash: a function or class named in a model file is code that loading would run.
+TRUSTED_TYPES = frozenset({
+    "numpy.dtype",
+    "persona.models.train.OnTopOf",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.feature_selection._univariate_selection.f_classif",
+    "sklearn.feature_selection._univariate_selection.f_regression",
+    "sklearn.tree._tree.Tree",
+})
 
 
 class ModelError(PersonaError):
@@ -117,8 +126,14 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
     with rec.transaction():
         version = rec.next_model_version(task.name)  # taken under the write lock; the seal binds it
         sealed = box.seal(data, _aad(task.name, version, sha), os.urandom(12))
+        # someone erased while this trained is not recorded (their profile id is gone everywhere
+        # else) and the version is marked for retraining at once
+        heads = rec.heads(trained.people)
+        kept = [pid for pid in trained.people if pid in heads and heads[pid].wrapped is not None]
         rec.add_model(task.name, version, at, orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY).decode(), sha,
-                      sealed, trained.people)
+                      sealed, kept)
+        if len(kept) < len(trained.people):
+            rec.mark_models_stale([(task.name, version)], ERASED_SINCE)
         beats = trained.lift["improvement"] > 0
         if promote or (promote is None and beats):
             rec.promote_model(task.name, version, at)
@@ -166,7 +181,7 @@ def load(persona: Persona, name: str, version: int | None = None) -> Loaded:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as e:  # skops raises many kinds on a malformed file
         raise TamperError(f"model {name} v{info.version}: not a readable skops file") from e
-    refused = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
+    refused = [t for t in untrusted if t not in TRUSTED_TYPES]
     if refused:
         raise TamperError(f"model {name} v{info.version}: holds types persona does not load: {', '.join(refused)}")
     try:
@@ -184,11 +199,16 @@ def promote(persona: Persona, name: str, version: int, *, now: datetime | None =
 
 
 def rollback(persona: Persona, name: str, *, now: datetime | None = None) -> ModelVersion:
-    """Serve again the version that was promoted before the current one."""
+    """Serve again the version that served before the current one. The current one is marked
+    `rolled_back` and is never a rollback's target again: rolling back twice goes two back."""
     current = get(persona, name)
     earlier = [v for v in versions(persona, name)
-               if v.version != current.version and v.promoted_at is not None]
+               if v.version != current.version and v.promoted_at is not None and v.status != "rolled_back"
+               and current.promoted_at is not None and v.promoted_at <= current.promoted_at]
     if not earlier:
         raise ValidationError(f"{name}: no earlier promoted version to roll back to")
-    target = max(earlier, key=lambda v: v.promoted_at or datetime.min.replace(tzinfo=UTC))
-    return promote(persona, name, target.version, now=now)
+    target = max(earlier, key=lambda v: (v.promoted_at, v.version))
+    with persona.recorder.transaction():
+        persona.recorder.promote_model(name, target.version, micros(now or datetime.now(UTC)))
+        persona.recorder.set_model_status(name, current.version, "rolled_back")
+    return get(persona, name, target.version)

@@ -19,13 +19,10 @@ from numpy.typing import NDArray
 
 from persona.core import Persona
 from persona.events import micros
-from persona.identity import person_of
 from persona.models import registry
 from persona.models.bgnbd import BGNBD
-from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, History, _row, histories, matrix
+from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, histories, history_of, matrix, rows_at
 from persona.models.train import bgnbd_columns
-from persona.profiles import read_person
-from persona.projections import FEATURES
 
 TOP = 5  # contributions kept per prediction
 
@@ -46,16 +43,6 @@ class Prediction:
                 "contributions": self.contributions, "as_of": self.as_of.isoformat()}
 
 
-def history_of(persona: Persona, profile_id: str) -> History:
-    person = person_of(persona.recorder, profile_id)
-    history = History(person.id)
-    for event in read_person(persona, person):
-        FEATURES.apply(history.facts, event)
-        if event.type == "profile_updated":
-            history.profile_events.append(event)
-    return history
-
-
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
             version: int | None = None) -> list[Prediction]:
     """Score everyone (or these profiles) as of an instant with a version (the promoted one by
@@ -71,13 +58,7 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
             found[history.person] = history
     meta = loaded.version.meta
     window = int(meta["task"]["horizon_days"] * 86_400_000_000)
-    rows = []
-    for person in sorted(found):
-        history = found[person]
-        if history.facts:
-            row = _row(history, FEATURES.counted(history.facts, moment), 0, moment, window)
-            if row is not None:
-                rows.append(row)
+    rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window)]
     if not rows:
         return []
     names = [*VIEW_FEATURES, *WINDOW_FEATURES]
@@ -149,9 +130,13 @@ def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> 
     moment = as_of or datetime.now(UTC)
     found = predict(persona, name, as_of=moment)
     at = micros(moment)
-    rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found]
-    with persona.recorder.transaction():
-        persona.recorder.put_predictions(rows, model=name)
+    rec = persona.recorder
+    with rec.transaction():
+        # someone erased while this scored gets no row back (checked under the write lock)
+        heads = rec.heads([p.person for p in found])
+        rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found
+                if p.person in heads and heads[p.person].wrapped is not None]
+        rec.put_predictions(rows, model=name)
     return len(rows)
 
 

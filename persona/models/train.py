@@ -180,6 +180,19 @@ def pipeline() -> Pipeline:
                      ("scale", StandardScaler()), ("reduce", "passthrough"), ("model", Ridge())])
 
 
+def labelled_log_loss(classes: list[Any]) -> Any:
+    """Log-loss over every training class (a scorer): a class missing from a fold's training rows
+    gets no probability rather than breaking the fold."""
+    def score(estimator: Any, x: NDArray[np.float64], y: NDArray[Any]) -> float:
+        proba = estimator.predict_proba(x)
+        full = np.full((len(y), len(classes)), 1e-6)
+        for j, c in enumerate(estimator.classes_):
+            full[:, classes.index(c)] = proba[:, j]
+        full /= full.sum(axis=1, keepdims=True)
+        return -float(log_loss(y, full, labels=classes))
+    return score
+
+
 def time_folds(cutoffs: NDArray[np.int64]) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """Validate on each training cutoff after the first, training on the cutoffs before it."""
     folds = []
@@ -215,8 +228,12 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     if task.kind != "regression" and len(set(y_train.tolist())) < 2:
         raise ValidationError(f"{task.name}: the training rows all have the same label")
 
-    # BG/NBD on the training rows only: a baseline, and two features
-    customers = [r for r in train_rows]
+    # BG/NBD on the training rows of people who had bought (its clock starts at a first purchase):
+    # a baseline, and features
+    customers = [r for r in train_rows if r.aov is not None]
+    if len(customers) < MIN_TRAIN:
+        raise ValidationError(f"{task.name}: too few people had bought anything by the training cutoffs "
+                              f"({len(customers)}; need {MIN_TRAIN})")
     fitted = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
     categories = category_columns(train_rows)
     names = [*VIEW_FEATURES, *WINDOW_FEATURES]
@@ -232,10 +249,16 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         if not keep.all():
             notes.append(f"{int((~keep).sum())} test rows had a class never seen in training")
         x_test, y_test, test_rows = x_test[keep], y_test[keep], [r for r, k in zip(test_rows, keep, strict=True) if k]
+        if len(test_rows) < MIN_TEST:
+            raise ValidationError(f"{task.name}: too few test rows of classes seen in training ({len(test_rows)})")
 
     say(f"searching {task.kind} pipelines on {len(train_rows):,} training rows…")
     folds = time_folds(np.array([r.cutoff for r in train_rows], dtype=np.int64))
-    scoring = "neg_mean_squared_error" if task.kind == "regression" else "neg_log_loss"
+    if not folds:
+        raise ValidationError(f"{task.name}: the training cutoffs leave nothing to validate on (people are seen at "
+                              "one training cutoff only); choose later cutoffs")
+    scoring: Any = "neg_mean_squared_error" if task.kind == "regression" else labelled_log_loss(sorted(set(
+        y_train.tolist())))
     grid, estimator = candidates(task), pipeline()
     base = BASE_COLUMN.get(task.family)
     if base is not None:  # learn what BG/NBD misses, on top of its own prediction
@@ -247,6 +270,8 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         warnings.simplefilter("ignore", category=RuntimeWarning)
         warnings.simplefilter("ignore", category=UserWarning)
         search.fit(x_train, y_train)
+    if not np.isfinite(search.cv_results_["mean_test_score"]).any():
+        raise ValidationError(f"{task.name}: no candidate pipeline could be fitted and validated on these rows")
     best = search.best_estimator_
     steps: Pipeline = best.estimator_ if isinstance(best, OnTopOf) else best
     model = steps.named_steps["model"]
@@ -267,7 +292,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         mean_order=mean_order,
         classes=classes, metrics=metrics, baselines=baselines, lift=lift, chosen=chosen,
         cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint(),
-        people=sorted({r.person for r in rows}), rows={"train": len(train_rows), "test": len(test_rows)},
+        people=sorted({m for r in rows for m in r.members}), rows={"train": len(train_rows), "test": len(test_rows)},
         reference=reference, seconds=time.perf_counter() - started, notes=notes,
     )
 

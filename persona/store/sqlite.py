@@ -110,7 +110,8 @@ _LAGGING = (
     " GROUP BY person) p LEFT JOIN profile_index i ON i.profile_id = p.person"
     " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person"
 )
-_DROP_PERSON_ROWS = ("DELETE FROM profile_index WHERE profile_id IN (?*)", "DELETE FROM rfm WHERE profile_id IN (?*)")
+_DROP_PERSON_ROWS = ("DELETE FROM profile_index WHERE profile_id IN (?*)", "DELETE FROM rfm WHERE profile_id IN (?*)",
+                     "DELETE FROM predictions WHERE profile_id IN (?*)")
 _STREAM_NUMBERS = "SELECT stream_id, stream_no FROM streams WHERE stream_id IN (?*)"
 _PERSONS_OF = "SELECT profile_id, person_id FROM members WHERE profile_id IN (?*)"
 _MEMBERS_OF = (
@@ -668,6 +669,9 @@ class SQLiteRecorder:
         self.conn.execute("UPDATE models SET status = 'retired' WHERE name = ? AND status = 'promoted'", (name,))
         self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = ? WHERE name = ? AND version = ?",
                           (at, name, version))
+
+    def set_model_status(self, name: str, version: int, status: str) -> None:
+        self.conn.execute("UPDATE models SET status = ? WHERE name = ? AND version = ?", (status, name, version))
 
     def set_model_drift(self, name: str, version: int, drift: str) -> None:
         self.conn.execute("UPDATE models SET drift = ? WHERE name = ? AND version = ?", (drift, name, version))
