@@ -375,6 +375,9 @@ def test_drift_is_zero_on_the_training_population_and_large_on_a_shifted_one() -
     ref = reference_of(train_values)
     assert drift.psi(ref["shares"], shares(rng.normal(10, 2, 5000), ref["edges"])) < 0.02
     assert drift.psi(ref["shares"], shares(rng.normal(13, 2, 5000), ref["edges"])) > drift.PSI_LIMIT
+    never = reference_of(np.full(100, np.nan))  # a feature no training row had (no reviews anywhere)
+    assert drift.psi(never["shares"], shares(np.full(40, np.nan), never["edges"])) == 0
+    assert drift.psi(never["shares"], shares(np.ones(40), never["edges"])) > drift.PSI_LIMIT
 
 
 def test_age_makes_a_model_stale(lab: Lab) -> None:
@@ -492,6 +495,12 @@ def test_a_merge_counts_from_when_its_link_happened(persona: Persona) -> None:
     assert account_then.features["page_views"] == 0  # the cookie's pages were not theirs yet
     assert after[0].features["page_views"] == 5 and after[0].features["frequency"] == 1
     assert set(after[0].members) == {r.person for r in before}
+    # an order on the account after the link is the cookie's future too: labelled by who they became
+    ingest_jsonl(persona, [_event(3, "order_placed", "2025-04-10T00:00:00Z", account,
+                                  {"order_id": "o2", "amount": "20.00", "currency": "CNY"})], origin="test")
+    (history,) = histories(persona).values()
+    labelled = rows_at(history, datetime(2025, 3, 15, tzinfo=UTC), window, labels=True)
+    assert [r.orders_after for r in labelled] == [1, 1]
 
 
 def test_unlinking_drops_the_merged_persons_predictions(persona: Persona) -> None:

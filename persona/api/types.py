@@ -116,7 +116,7 @@ class Prediction:
 class Model:
     name: str
     version: int
-    status: str = strawberry.field(description="candidate, promoted (serving) or retired")
+    status: str = strawberry.field(description="candidate, promoted (serving), retired (replaced) or rolled_back")
     task: str = strawberry.field(description="regression, classification or multiclass")
     family: str = strawberry.field(description="The scikit-learn estimator the search chose")
     created_at: datetime

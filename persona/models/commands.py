@@ -25,7 +25,11 @@ def _say(message: str) -> None:
 
 def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
                promote: bool | None) -> registry.ModelVersion:
-    trained = train_model(persona, parse_task(name, horizon), cutoffs, progress=_say)
+    try:
+        trained = train_model(persona, parse_task(name, horizon), cutoffs, progress=_say)
+    except (ValueError, ArithmeticError) as e:  # scikit-learn or SciPy refusing these rows
+        raise ValidationError(f"{name}: the model could not be fitted on these rows ({type(e).__name__}); try "
+                              "other cutoffs or a longer history") from None
     version = registry.save(persona, trained, promote=promote)
     if version.status == "promoted":
         _say(f"scoring every profile with {name} v{version.version}…")
@@ -204,14 +208,15 @@ def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | No
     from persona.identity import persons
 
     people = persons(persona.recorder, ids)
-    out = []
+    by_stream = {m: p for p in found.values() for m in p.members}  # as of a past instant, a subject's
+    out = []                                                       # stream may be a person of its own
     for given, pid, why in wanted:
         person = people[pid].id if pid else None
-        p = found.get(person) if person else None
+        p = by_stream.get(pid) if pid else None
         if p is None:
             out.append({"subject": given, "profile_id": person, "error": why or "nothing had happened by then"})
         else:
-            out.append({"subject": given, "profile_id": person, **_flat(p)})
+            out.append({"subject": given, "profile_id": p.person, **_flat(p)})
     return out
 
 

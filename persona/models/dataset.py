@@ -167,9 +167,11 @@ def _joins(rec: Any, found: dict[str, History], merged_at: dict[int, int]) -> No
             owner[edge.a].joins.append((merged_at.get(edge.edge, edge.merged_at), edge.a, edge.b))
 
 
-def data_end(found: Iterable[History]) -> datetime | None:
+def data_end(found: Iterable[History], now: datetime | None = None) -> datetime | None:
+    """The last instant anything happened (events dated ahead of the clock do not count: the
+    windows after them are not over)."""
     last = max((f[0] for h in found for facts in h.facts.values() for f in facts), default=None)
-    return None if last is None else from_micros(last)
+    return None if last is None else min(from_micros(last), now or datetime.now(UTC))
 
 
 def default_cutoffs(end: datetime, horizon: timedelta, count: int = 4) -> list[datetime]:
@@ -206,29 +208,45 @@ def build(found: dict[str, History], cutoffs: Sequence[datetime], horizon: timed
     return rows
 
 
-def rows_at(history: History, cutoff: datetime, window: int, index: int = 0, *, labels: bool = False
-            ) -> list[Row]:
+def rows_at(history: History, cutoff: datetime, window: int, index: int = 0, *, labels: bool = False,
+            whole: bool = False) -> list[Row]:
     """The person's rows at an instant: one for each person they were then (merges that had
-    not happened yet keep their streams apart). `labels`: also what happened in the window after."""
+    not happened yet keep their streams apart; `whole`: as they are today, one row). `labels`:
+    also what happened in the window after — by the person as they were at its end, so that a
+    cookie which logs in during the window and then orders on the account still counts."""
     now = micros(cutoff)
+    end = now + window
+    later = history.parts(end) if labels else []
     out = []
-    for part in history.parts(now):
+    for part in ((history.members or tuple(history.facts)),) if whole else history.parts(now):
         facts = [f for m in part for f in history.facts.get(m, ())]
         if not facts:
             continue
-        # the facts that count, in order, up to the end of the label window (consent applied)
-        upto = from_micros(now + window) if labels else cutoff
+        label_facts: list[Fact] = []
+        if labels:
+            group = next((g for g in later if part[0] in g), part)
+            grown = [f for m in group for f in history.facts.get(m, ())]
+            if _analytics_withheld(grown, end):
+                continue  # what they did in the window is not ours to count: no label, no row
+            label_facts = [f for f in FEATURES.counted(grown, from_micros(end)) if f[0] > now]
         row = _row(part, facts, [e for m in part for e in history.profile_events.get(m, ())],
-                   FEATURES.counted(facts, upto), index, cutoff, window)
+                   FEATURES.counted(facts, cutoff), label_facts, index, cutoff, window)
         if row is not None:
             out.append(row)
     return out
 
 
-def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[RecordedEvent], every: list[Fact],
-         index: int, cutoff: datetime, window: int) -> Row | None:
+def _analytics_withheld(facts: list[Fact], end: int) -> bool:
+    """Was analytics consent withdrawn by the end of the window (or changed within it)? Then the
+    window's orders were partly or wholly not counted, and a label would read withdrawal as churn."""
+    changes = sorted((f for f in facts if f[2] == "c" and f[3] == "analytics" and f[0] <= end),
+                     key=lambda f: (f[0], f[1]))
+    return bool(changes) and not changes[-1][4]
+
+
+def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[RecordedEvent], before: list[Fact],
+         label_facts: list[Fact], index: int, cutoff: datetime, window: int) -> Row | None:
     now = micros(cutoff)
-    before = [f for f in every if f[0] <= now]
     if not before:
         return None  # not seen yet
     view = FEATURES.view(facts, cutoff)  # the projection as of the cutoff: consent and all
@@ -248,7 +266,7 @@ def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[Recorded
     gender = attributes.get("gender", {}).get("value")
     features["gender_female"] = 1.0 if gender == "female" else 0.0
     features["gender_male"] = 1.0 if gender == "male" else 0.0
-    after = [f for f in every if now < f[0] <= now + window and f[2] == "o"]
+    after = [f for f in label_facts if now < f[0] <= now + window and f[2] == "o"]
     if orders:
         x, t_x, age_days = len(orders) - 1, (orders[-1][0] - orders[0][0]) / DAY_US, (now - orders[0][0]) / DAY_US
     else:

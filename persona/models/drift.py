@@ -26,6 +26,8 @@ _FLOOR = 1e-4  # an empty bin counts as this share: PSI stays finite
 
 
 def psi(expected: list[float] | np.ndarray, actual: list[float] | np.ndarray) -> float:
+    if len(expected) != len(actual):
+        raise ValueError("PSI: the two distributions must have the same bins")
     e = np.maximum(np.asarray(expected, dtype=np.float64), _FLOOR)
     a = np.maximum(np.asarray(actual, dtype=np.float64), _FLOOR)
     return float(np.sum((a - e) * np.log(a / e)))

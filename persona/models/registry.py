@@ -50,7 +50,7 @@ class ModelVersion:
     name: str
     version: int
     created_at: datetime
-    status: str  # candidate | promoted | retired
+    status: str  # candidate | promoted | retired (replaced by a promotion) | rolled_back
     promoted_at: datetime | None
     stale: str | None  # why it should be retrained (an erased person was in its training set), if so
     drift: dict[str, Any] | None  # the last drift measurement (persona.models.drift)
@@ -201,14 +201,14 @@ def promote(persona: Persona, name: str, version: int, *, now: datetime | None =
 def rollback(persona: Persona, name: str, *, now: datetime | None = None) -> ModelVersion:
     """Serve again the version that served before the current one. The current one is marked
     `rolled_back` and is never a rollback's target again: rolling back twice goes two back."""
-    current = get(persona, name)
-    earlier = [v for v in versions(persona, name)
-               if v.version != current.version and v.promoted_at is not None and v.status != "rolled_back"
-               and current.promoted_at is not None and v.promoted_at <= current.promoted_at]
-    if not earlier:
-        raise ValidationError(f"{name}: no earlier promoted version to roll back to")
-    target = max(earlier, key=lambda v: (v.promoted_at, v.version))
-    with persona.recorder.transaction():
+    with persona.recorder.transaction():  # read under the write lock: a promotion meanwhile is seen
+        current = get(persona, name)
+        earlier = [v for v in versions(persona, name)
+                   if v.version != current.version and v.promoted_at is not None and v.status != "rolled_back"
+                   and current.promoted_at is not None and v.promoted_at <= current.promoted_at]
+        if not earlier:
+            raise ValidationError(f"{name}: no earlier promoted version to roll back to")
+        target = max(earlier, key=lambda v: (v.promoted_at, v.version))
         persona.recorder.promote_model(name, target.version, micros(now or datetime.now(UTC)))
         persona.recorder.set_model_status(name, current.version, "rolled_back")
     return get(persona, name, target.version)

@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from persona import identity
 from persona.core import Persona
 from persona.events import micros
 from persona.models import registry
@@ -29,7 +30,8 @@ TOP = 5  # contributions kept per prediction
 
 @dataclass(frozen=True)
 class Prediction:
-    person: str
+    person: str  # the person's id (as of a past instant: who they were then)
+    members: tuple[str, ...]  # their streams
     model: str
     version: int
     value: float  # the count, amount or days; the probability of churn; the top class's probability
@@ -46,7 +48,9 @@ class Prediction:
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
             version: int | None = None) -> list[Prediction]:
     """Score everyone (or these profiles) as of an instant with a version (the promoted one by
-    default). People with nothing by then get no prediction."""
+    default). People with nothing by then get no prediction. Without `as_of`, people are who
+    they are today (one prediction per person, under the person's id); as of a past instant,
+    who they were then (a merge that had not happened yet keeps its streams apart)."""
     loaded = registry.load(persona, name, version)
     moment = as_of or datetime.now(UTC)
     if profile_ids is None:
@@ -58,7 +62,7 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
             found[history.person] = history
     meta = loaded.version.meta
     window = int(meta["task"]["horizon_days"] * 86_400_000_000)
-    rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window)]
+    rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window, whole=as_of is None)]
     if not rows:
         return []
     names = [*VIEW_FEATURES, *WINDOW_FEATURES]
@@ -75,7 +79,7 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
         order = np.argsort(-np.abs(effects[i]))[:TOP]
         contributions = [{"feature": features[j], "value": _plain(x[i, j]), "effect": round(float(effects[i, j]), 6)}
                          for j in order if round(float(effects[i, j]), 6) != 0]
-        out.append(Prediction(row.person, name, loaded.version.version, round(float(values[i]), 6),
+        out.append(Prediction(row.person, row.members, name, loaded.version.version, round(float(values[i]), 6),
                               labels[i] if labels is not None else None,
                               probabilities[i] if probabilities is not None else None, contributions, moment))
     return out
@@ -127,15 +131,16 @@ def _plain(value: float) -> float | None:
 def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> int:
     """Predictions of the promoted version for everyone, into the read model (replacing the model's
     earlier rows). Returns how many were written."""
-    moment = as_of or datetime.now(UTC)
-    found = predict(persona, name, as_of=moment)
-    at = micros(moment)
+    found = predict(persona, name, as_of=as_of)
+    at = micros(found[0].as_of) if found else micros(as_of or datetime.now(UTC))
     rec = persona.recorder
     with rec.transaction():
-        # someone erased while this scored gets no row back (checked under the write lock)
-        heads = rec.heads([p.person for p in found])
+        # checked under the write lock: someone erased while this scored gets no row back, and a
+        # merge or an unlink meanwhile leaves only the rows of ids that still name a person
+        ids = [p.person for p in found]
+        heads, people = rec.heads(ids), identity.persons(rec, ids)
         rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found
-                if p.person in heads and heads[p.person].wrapped is not None]
+                if p.person in heads and heads[p.person].wrapped is not None and people[p.person].id == p.person]
         rec.put_predictions(rows, model=name)
     return len(rows)
 

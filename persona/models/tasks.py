@@ -16,6 +16,7 @@ from persona.models.dataset import Row
 
 Kind = Literal["regression", "classification", "multiclass"]
 DEFAULT_HORIZON = timedelta(days=91)
+MAX_HORIZON_DAYS = 3650
 _WINDOWED = {"purchases_next": "regression", "churn": "classification", "clv": "regression"}
 _PLAIN = {"days_to_next_purchase": "regression", "next_category": "multiclass"}
 _NAME = re.compile(r"^(purchases_next|churn|clv)_(\d+)([dw])$")
@@ -53,8 +54,10 @@ def parse_horizon(text: str) -> timedelta:
     match = re.fullmatch(r"\s*(\d+)\s*([dw])\s*", text or "")
     if match is None or int(match.group(1)) <= 0:
         raise ValidationError("horizon: write it as days or weeks, e.g. 91d or 13w")
-    n = int(match.group(1))
-    return timedelta(days=n * (7 if match.group(2) == "w" else 1))
+    days = int(match.group(1)) * (7 if match.group(2) == "w" else 1)
+    if days > MAX_HORIZON_DAYS:
+        raise ValidationError(f"horizon: at most {MAX_HORIZON_DAYS} days")
+    return timedelta(days=days)
 
 
 def parse_task(name: str, horizon: str | None = None) -> Task:
@@ -65,9 +68,7 @@ def parse_task(name: str, horizon: str | None = None) -> Task:
     match = _NAME.match(name)
     if match is not None:
         family, n, unit = match.groups()
-        window = timedelta(days=int(n) * (7 if unit == "w" else 1))
-        if window.days <= 0:
-            raise ValidationError("name: the window must be at least a day")
+        window = parse_horizon(n + unit)
         if given is not None and given != window:
             raise ValidationError(f"horizon: {name} names its own window ({window.days}d)")
         return Task(name, family, _WINDOWED[family], window)  # type: ignore[arg-type]

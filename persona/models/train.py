@@ -136,7 +136,7 @@ def reference_of(values: NDArray[np.float64]) -> dict[str, Any]:
     edges, and the share of training rows in each bin (the last bin: missing values)."""
     known = values[np.isfinite(values)]
     if not len(known):
-        return {"median": None, "edges": [], "shares": [1.0]}
+        return {"median": None, "edges": [], "shares": shares(values, []).tolist()}
     edges = np.unique(np.quantile(known, np.linspace(0.1, 0.9, 9)))
     return {"median": float(np.median(known)), "edges": edges.tolist(), "shares": shares(values, edges).tolist()}
 
