@@ -69,6 +69,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return Lab(settings, datetime.fromisoformat(summary["end"]), trained)
 
 
+def small_store(tmp_path: Path, *, seed: int, people: int = 300) -> Persona:
+    """A fresh store of planted people (to be used in `with`)."""
+    events = tmp_path / "small.jsonl"
+    planted.write(events, people, seed=seed)
+    p = Persona.init(Settings.load(tmp_path / "data", env={}))
+    ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+    return p
+
+
 def opened(lab: Lab) -> Persona:
     return Persona.open(lab.settings)
 
@@ -289,6 +298,20 @@ def test_a_model_whose_hash_was_changed_does_not_load(lab: Lab, spare: tuple[Per
         registry.load(p, v.name, v.version)
 
 
+def _plant(lab: Lab, spare: tuple[Persona, registry.ModelVersion], obj: Any) -> None:
+    """Store `obj` as the spare version's file, sealed with the right key and hash (as someone
+    holding the key could): only the type check stands in the way."""
+    import hashlib
+    import os
+
+    p, v = spare
+    data = sio.dumps(obj)
+    sha = hashlib.sha256(data).hexdigest()
+    sealed = registry.sealer(p).seal(data, registry._aad(v.name, v.version, sha), os.urandom(12))
+    _set(lab.settings, "UPDATE models SET blob = ?, sha256 = ? WHERE name = ? AND version = ?", sealed, sha,
+         v.name, v.version)
+
+
 class Intruder:
     """Not a scikit-learn type: loading it would run this module's code."""
 
@@ -300,15 +323,9 @@ def test_a_model_file_holding_foreign_types_is_refused(lab: Lab, spare: tuple[Pe
                                                        ) -> None:
     """Even sealed with the right key and hash (someone holding the key), a file that carries a
     type outside scikit-learn and NumPy is not deserialised."""
-    import hashlib
-    import os
 
     p, v = spare
-    data = sio.dumps(Intruder())
-    sha = hashlib.sha256(data).hexdigest()
-    sealed = registry.sealer(p).seal(data, registry._aad(v.name, v.version, sha), os.urandom(12))
-    _set(lab.settings, "UPDATE models SET blob = ?, sha256 = ? WHERE name = ? AND version = ?", sealed, sha,
-         v.name, v.version)
+    _plant(lab, spare, Intruder())
     with pytest.raises(TamperError, match="Intruder"):
         registry.load(p, v.name, v.version)
 
@@ -348,11 +365,7 @@ def test_prediction_as_of_the_past_uses_the_past(lab: Lab) -> None:
 # -- erasure, rebuild, drift ---------------------------------------------------------------------
 def test_erasure_names_the_models_trained_on_the_person_and_drops_their_predictions(
         tmp_path: Path) -> None:
-    events = tmp_path / "small.jsonl"
-    planted.write(events, 300, seed=9)
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings) as p:
-        ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+    with small_store(tmp_path, seed=9) as p:
         trained = train(p, parse_task("churn_91d"))
         v = registry.save(p, trained, promote=True)
         scoring.score_all(p, "churn_91d")
@@ -430,11 +443,8 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
 
 # -- API -----------------------------------------------------------------------------------------
 def test_api_models_train_and_predictions(tmp_path: Path) -> None:
-    events = tmp_path / "small.jsonl"
-    planted.write(events, 300, seed=6)
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings) as p:
-        ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+    with small_store(tmp_path, seed=6) as p:
+        settings = p.settings
         tokens = {"trainer": create_token(p, "trainer", frozenset({"models:write", "predictions:read",
                                                                      "profiles:read"})),
                   "reader": create_token(p, "reader", frozenset({"predictions:read", "profiles:read"}))}
@@ -531,28 +541,18 @@ def test_rolling_back_twice_goes_two_versions_back(lab: Lab) -> None:
 def test_a_model_file_calling_builtins_is_refused(lab: Lab, spare: tuple[Persona, registry.ModelVersion]) -> None:
     """numpy and builtins callables are code too: only the exact types persona's pipelines hold load."""
     import builtins
-    import hashlib
-    import os
 
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
     p, v = spare
-    data = sio.dumps(Pipeline([("x", FunctionTransformer(np.vectorize(builtins.eval)))]))
-    sha = hashlib.sha256(data).hexdigest()
-    sealed = registry.sealer(p).seal(data, registry._aad(v.name, v.version, sha), os.urandom(12))
-    _set(lab.settings, "UPDATE models SET blob = ?, sha256 = ? WHERE name = ? AND version = ?", sealed, sha,
-         v.name, v.version)
+    _plant(lab, spare, Pipeline([("x", FunctionTransformer(np.vectorize(builtins.eval)))]))
     with pytest.raises(TamperError, match="does not load"):
         registry.load(p, v.name, v.version)
 
 
 def test_someone_erased_while_a_model_trained_is_not_recorded_and_marks_it_stale(tmp_path: Path) -> None:
-    events = tmp_path / "small.jsonl"
-    planted.write(events, 300, seed=9)
-    settings = Settings.load(tmp_path / "data", env={})
-    with Persona.init(settings) as p:
-        ingest_jsonl(p, events.read_bytes().splitlines(), origin="small")
+    with small_store(tmp_path, seed=9) as p:
         trained = train(p, parse_task("churn_91d"))
         victim = trained.people[0]
         erase_profile(p, victim)  # after the set was read, before the version is stored

@@ -155,23 +155,18 @@ def candidates(task: Task) -> list[dict[str, Any]]:
     reduce = ["passthrough", PCA(n_components=0.95, random_state=SEED),
               SelectKBest(f_regression if task.kind == "regression" else f_classif, k=12)]
     if task.kind == "regression":
-        return [
-            {"model": [Ridge()], "model__alpha": [0.1, 1.0, 10.0], "reduce": reduce},
-            {"model": [DecisionTreeRegressor(random_state=SEED)], "model__max_depth": [4, 8],
-             "model__min_samples_leaf": [20]},
-            {"model": [RandomForestRegressor(n_estimators=60, min_samples_leaf=10, max_features=0.5,
-                                             random_state=SEED)], "model__max_depth": [10]},
-            {"model": [HistGradientBoostingRegressor(random_state=SEED, max_iter=150)],
-             "model__learning_rate": [0.05, 0.1], "model__max_leaf_nodes": [15, 31]},
-        ]
+        linear: dict[str, Any] = {"model": [Ridge()], "model__alpha": [0.1, 1.0, 10.0]}
+        tree, forest, boost = DecisionTreeRegressor, RandomForestRegressor, HistGradientBoostingRegressor
+    else:
+        linear = {"model": [LogisticRegression(max_iter=2000)], "model__C": [0.1, 1.0, 10.0]}
+        tree, forest, boost = DecisionTreeClassifier, RandomForestClassifier, HistGradientBoostingClassifier
     return [
-        {"model": [LogisticRegression(max_iter=2000)], "model__C": [0.1, 1.0, 10.0], "reduce": reduce},
-        {"model": [DecisionTreeClassifier(random_state=SEED)], "model__max_depth": [4, 8],
-         "model__min_samples_leaf": [20]},
-        {"model": [RandomForestClassifier(n_estimators=60, min_samples_leaf=10, max_features=0.5,
-                                          random_state=SEED)], "model__max_depth": [10]},
-        {"model": [HistGradientBoostingClassifier(random_state=SEED, max_iter=150)],
-         "model__learning_rate": [0.05, 0.1], "model__max_leaf_nodes": [15, 31]},
+        {**linear, "reduce": reduce},
+        {"model": [tree(random_state=SEED)], "model__max_depth": [4, 8], "model__min_samples_leaf": [20]},
+        {"model": [forest(n_estimators=60, min_samples_leaf=10, max_features=0.5, random_state=SEED)],
+         "model__max_depth": [10]},
+        {"model": [boost(random_state=SEED, max_iter=150)], "model__learning_rate": [0.05, 0.1],
+         "model__max_leaf_nodes": [15, 31]},
     ]
 
 
