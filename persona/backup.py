@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from persona.core import DirectoryLock, Persona, load_keyring
-from persona.crypto import fingerprint
+from persona.crypto import Keyring, fingerprint
 from persona.erasure import reapply_ledger
 from persona.errors import ConfigurationError, KeyMismatchError
 from persona.settings import Settings
@@ -78,6 +78,11 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
     if meta.get("pepper_fingerprint") != fingerprint(keyring.pepper, b"pepper"):
         raise KeyMismatchError("the backup was made with a different key file")
     lock = DirectoryLock(settings, exclusive=True)
+    if settings.database_url:
+        try:
+            return RestoreInfo(meta["backup_taken_at"], _restore_postgres(settings, keyring, source))
+        finally:
+            lock.release()
     try:
         staging = settings.db_path.with_name(settings.db_path.name + ".restoring")
         for leftover in _with_sidecars(staging):
@@ -95,6 +100,36 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
     finally:
         lock.release()
     return RestoreInfo(meta["backup_taken_at"], reapplied)
+
+
+def _restore_postgres(settings: Settings, keyring: Keyring, source: Path) -> list[str]:
+    """Replace the PostgreSQL store with the backup in one transaction: the tables are made
+    anew, the backup copied in, and the erasures since re-applied before anyone sees it."""
+    from persona.migrate import copy_store
+    from persona.store.postgres import PostgresRecorder
+
+    assert settings.database_url is not None
+    staging = settings.data_dir / "restoring.db"  # the backup is opened read-write: a copy, here
+    for leftover in _with_sidecars(staging):
+        leftover.unlink(missing_ok=True)
+    shutil.copyfile(source, staging)
+    os.chmod(staging, 0o600)
+    backup = SQLiteRecorder(staging)
+    target = PostgresRecorder(settings.database_url)
+    try:
+        with target.transaction():
+            target.recreate()
+            copy_store(backup, target)
+            persona = Persona(settings, keyring, target)
+            persona.log.check_keyring()
+            reapplied = reapply_ledger(persona)
+        target.checkpoint()
+    finally:
+        target.close()
+        backup.close()
+        for leftover in _with_sidecars(staging):
+            leftover.unlink(missing_ok=True)
+    return reapplied
 
 
 def _with_sidecars(db: Path) -> list[Path]:

@@ -113,19 +113,40 @@ def cli(ctx: click.Context, data_dir: str | None) -> None:
 
 
 @cli.command()
+@click.option("--backend", metavar="URL",
+              help="Keep the store in PostgreSQL (postgresql://user@host:5432/db) instead of the data directory's"
+                   " SQLite file. PERSONA_DATABASE_URL does the same for every command.")
 @click.pass_context
 @friendly
-def init(ctx: click.Context) -> None:
+def init(ctx: click.Context, backend: str | None) -> None:
     """Create the data directory, its database and a key file (mode 0600).
 
     The key file holds a versioned master key, the pseudonym pepper and the receipt
     signing key. Back it up separately from the data: without it nothing opens. When
     PERSONA_MASTER_KEY, PERSONA_PEPPER and PERSONA_SIGNING_KEY are set no key file is written.
+
+    With --backend the log, wrapped keys, links and read models live in PostgreSQL; the
+    key file stays here, and the URL is kept in DIR/backend.url (without any password:
+    give that by PGPASSWORD or ~/.pgpass). Other machines need only a copy of the key file
+    and PERSONA_DATABASE_URL.
     """
+    from persona.store.postgres import is_postgres_url, without_password
+
     settings = settings_of(ctx)
+    if backend is not None:
+        if not is_postgres_url(backend):
+            raise click.BadParameter("give a postgresql://... URL", param_hint="--backend")
+        settings = dataclasses.replace(settings, database_url=backend)
     with Persona.init(settings):
         pass
-    click.echo(f"initialised {settings.data_dir}")
+    if backend is not None:
+        kept, had_password = without_password(backend)
+        fd = os.open(settings.backend_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(kept + "\n")
+        if had_password:
+            click.echo("the password was not written to the data directory: give it by PGPASSWORD or ~/.pgpass")
+    click.echo(f"initialised {settings.data_dir}" + (" (store: PostgreSQL)" if settings.database_url else ""))
     if not settings.keys_from_env:
         click.echo(f"key file: {settings.key_file} (keep a copy somewhere safe, apart from the data)")
 
@@ -442,17 +463,25 @@ def keys_public(ctx: click.Context) -> None:
 
 
 @keys.command("rotate")
+@click.option("--retire", is_flag=True,
+              help="Then destroy every older master key version: wrapped keys copied anywhere before (backups,"
+                   " PostgreSQL's dead rows and WAL, an erased person's key) open nothing any more.")
 @click.pass_context
 @friendly
-def keys_rotate(ctx: click.Context) -> None:
+def keys_rotate(ctx: click.Context, retire: bool) -> None:
     """Add a new master key version and re-wrap every data key under it.
 
     Events are not touched. Older versions stay in the key file so that backups
-    taken before the rotation still restore.
+    taken before the rotation still restore, unless --retire destroys them: backups
+    taken before can then no longer be restored, and every other process must be
+    restarted with (or given a copy of) the new key file.
     """
     with opened(ctx) as persona:
-        result = persona.rotate_keys()
+        result = persona.rotate_keys(retire=retire)
     click.echo(f"master key is now version {result['kek_version']}; re-wrapped {result['rewrapped']} data keys")
+    if retire:
+        click.echo(f"retired {result['retired']} older version(s): destroy every other copy of the old key file,"
+                   " and give other machines the new one")
 
 
 @keys.command("rewrap")
@@ -475,6 +504,47 @@ def backup(ctx: click.Context, dest: Path) -> None:
         info = backup_db(persona, dest)
     click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
                f"{info.bytes / 1e6:.1f} MB, taken {info.taken_at}")
+
+
+@cli.command()
+@click.option("--from", "source", required=True, metavar="STORE",
+              help="The store to copy: sqlite:DIR (a data directory or a .db file) or postgresql://...")
+@click.option("--to", "target", required=True, metavar="STORE", help="A new, empty store, named the same way.")
+@click.pass_context
+@friendly
+def migrate(ctx: click.Context, source: str, target: str) -> None:
+    """Copy a whole store to another backend, then check the copy.
+
+    Events are copied as ciphertext and data keys as wrapped, in one snapshot of the
+    source and one transaction on the target; the check compares row counts of every
+    table, verifies every hash chain and opens every live event. The key file is the
+    data directory's (--data), or that of a sqlite:DIR source.
+    """
+    from persona.migrate import migrate as migrate_store
+    from persona.migrate import parse_target
+
+    try:
+        settings = settings_of(ctx)
+    except click.UsageError:
+        kind, where = parse_target(source)
+        if kind != "sqlite":
+            raise
+        settings = Settings.load(Path(where).parent)
+    counted: dict[str, int] = {}
+
+    def progress(table: str, rows: int) -> None:
+        counted[table] = counted.get(table, 0) + rows
+        if table == "events" and counted[table] % 100_000 < rows:
+            click.echo(f"  {counted[table]:,} events copied", err=True)
+
+    report = migrate_store(settings, source, target, progress)
+    click.echo(f"copied {report.rows['events']:,} events of {report.rows['streams']:,} streams,"
+               f" {report.rows['keys']:,} wrapped keys, {sum(report.rows.values()):,} rows in all")
+    click.echo(f"checked: row counts of {len(report.rows)} tables match; {report.events:,} events verified,"
+               f" {report.opened:,} opened")
+    kind, where = parse_target(target)
+    if kind == "postgresql":
+        click.echo("to use it: set PERSONA_DATABASE_URL to the target URL (the key file stays as it is)")
 
 
 @cli.command()

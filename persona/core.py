@@ -18,8 +18,8 @@ from persona.crypto import Keyring, Sealer
 from persona.errors import ConfigurationError
 from persona.eventlog import QUARANTINE_KEY, EventLog
 from persona.settings import LOCK_NAME, Settings
+from persona.store import open_recorder
 from persona.store.base import Recorder
-from persona.store.sqlite import SQLiteRecorder
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -68,6 +68,8 @@ class Persona:
             raise ConfigurationError("the data directory path is a file")
         if settings.db_path.exists():
             raise ConfigurationError("the data directory already holds a persona database")
+        if settings.database_url and settings.backend_path.exists():
+            raise ConfigurationError("the data directory already names a PostgreSQL store")
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)
         if settings.keys_from_env:
@@ -78,8 +80,13 @@ class Persona:
             keyring = Keyring.generate(source=settings.key_file)
             keyring.write(settings.key_file)
         lock = DirectoryLock(settings, exclusive=False)
-        recorder = SQLiteRecorder(settings.db_path, create=True)
-        os.chmod(settings.db_path, 0o600)
+        try:
+            recorder = open_recorder(settings, create=True)
+        except BaseException:
+            lock.release()
+            raise
+        if settings.database_url is None:
+            os.chmod(settings.db_path, 0o600)
         persona = cls(settings, keyring, recorder, lock)
         with recorder.transaction():
             persona.log.record_keyring()
@@ -93,7 +100,7 @@ class Persona:
         keyring = load_keyring(settings)
         lock = DirectoryLock(settings, exclusive=False) if settings.data_dir.is_dir() else None
         try:
-            recorder = SQLiteRecorder(settings.db_path)
+            recorder = open_recorder(settings)
         except BaseException:
             if lock:
                 lock.release()
@@ -124,24 +131,39 @@ class Persona:
             raise ConfigurationError("the database has no quarantine key")
         return Sealer(self.keyring.unwrap(QUARANTINE_KEY, *stored))
 
-    def rotate_keys(self) -> dict[str, int]:
+    def rotate_keys(self, *, retire: bool = False) -> dict[str, int]:
         """Add a master key version and re-wrap every data key under it. Events are untouched.
 
         Old versions stay in the key file: backups wrapped under them must still restore.
+        With `retire` they are destroyed once every key is re-wrapped: any copy of a wrapped
+        key left elsewhere (a backup, PostgreSQL's dead rows and WAL, an erased person's key
+        recovered from either) then opens nothing, and neither do backups taken before.
         Rotations are serialised by the database's write lock, and each starts from the
         key file as it is on disk, so two rotating processes cannot lose a version.
         """
         if self.settings.keys_from_env:
             raise ConfigurationError(
                 "the master key comes from PERSONA_MASTER_KEY; add a new version there "
-                "(e.g. '1:<old>,2:<new>') and run `persona keys rewrap`"
+                "(e.g. '1:<old>,2:<new>'), run `persona keys rewrap`, then remove the old version"
             )
         with self.recorder.transaction():
             on_disk = Keyring.read(self.settings.key_file)
             EventLog(self.recorder, on_disk, self.settings).check_keyring()
             new = on_disk.rotated()
             new.write(self.settings.key_file)  # first: a crash after this leaves a usable keyring
-            return self._rewrap(new)
+            result = self._rewrap(new)
+            if retire:
+                left = self.recorder.kek_versions_in_use() - {new.current}
+                if left:  # not reached: _rewrap re-wrapped them all in this transaction
+                    raise ConfigurationError(f"keys under master key version(s) {sorted(left)} remain")
+                only = new.retired()
+                self.keyring = only
+                self.log = EventLog(self.recorder, only, self.settings)
+                self.log.record_keyring()
+                result["retired"] = len(new.keks) - 1
+                # last, still under the write lock: the database names only the new version
+                only.write(self.settings.key_file)
+            return result
 
     def rewrap(self) -> dict[str, int]:
         """Re-wrap every data key under the keyring's current master key version."""

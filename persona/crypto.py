@@ -190,6 +190,10 @@ class Keyring:
         keks[self.current + 1] = os.urandom(KEY_BYTES)
         return Keyring(keks, self.pepper, self.signing_key, self.source)
 
+    def retired(self) -> Keyring:
+        """A keyring holding only the current KEK version: every older one is gone."""
+        return Keyring({self.current: self.keks[self.current]}, self.pepper, self.signing_key, self.source)
+
     def kek_fingerprints(self) -> dict[int, str]:
         return {v: fingerprint(k, b"kek") for v, k in self.keks.items()}
 

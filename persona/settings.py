@@ -11,6 +11,7 @@ DB_NAME = "persona.db"
 KEY_FILE_NAME = "persona.key"
 LEDGER_NAME = "erasures.jsonl"
 LOCK_NAME = "persona.lock"
+BACKEND_NAME = "backend.url"  # the PostgreSQL URL a data directory uses (no password: see docs/postgresql.md)
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,19 @@ class Settings:
     max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
     snapshot_every: int = 100  # events of a stream between snapshots of its projections
     api_dev: bool = False  # PERSONA_API_DEV=1: the server offers GraphiQL to browsers
+    database_url: str | None = None  # PERSONA_DATABASE_URL or DIR/backend.url: PostgreSQL; None: SQLite
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / DB_NAME
+
+    @property
+    def backend_path(self) -> Path:
+        return self.data_dir / BACKEND_NAME
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.database_url is None else "postgresql"
 
     @property
     def ledger_path(self) -> Path:
@@ -51,6 +61,9 @@ class Settings:
             raise ConfigurationError("no data directory: pass --data DIR or set PERSONA_DATA")
         root = Path(chosen).expanduser()
         key_file = Path(env.get("PERSONA_KEY_FILE") or root / KEY_FILE_NAME).expanduser()
+        database_url = env.get("PERSONA_DATABASE_URL") or None
+        if database_url is None and (root / BACKEND_NAME).is_file():
+            database_url = (root / BACKEND_NAME).read_text().strip() or None
         return cls(
             data_dir=root,
             key_file=key_file,
@@ -62,6 +75,7 @@ class Settings:
             quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
             snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
             api_dev=env.get("PERSONA_API_DEV") == "1",
+            database_url=database_url,
         )
 
     def export(self) -> None:
@@ -69,6 +83,8 @@ class Settings:
         os.environ["PERSONA_DATA"] = str(self.data_dir.resolve())
         os.environ["PERSONA_KEY_FILE"] = str(self.key_file.resolve())
         os.environ["PERSONA_API_DEV"] = "1" if self.api_dev else "0"
+        if self.database_url:
+            os.environ["PERSONA_DATABASE_URL"] = self.database_url
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

@@ -1,9 +1,17 @@
-"""Shared fixtures: real SQLite files in a temporary directory, real keys."""
+"""Shared fixtures: real SQLite files in a temporary directory, a real PostgreSQL server, real keys.
+
+The conformance suite (the modules in CONFORMANCE) runs each of its tests once per backend:
+their `settings` fixture gives a fresh data directory on SQLite, then one whose store is a
+fresh schema of the PostgreSQL server at PERSONA_TEST_PG (default: the local test database).
+A test about SQLite's own files is marked `sqlite_only` and says so.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,9 +32,47 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
+PG_URL = os.environ.get("PERSONA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ("sqlite", "postgresql")
+CONFORMANCE = {"test_conformance", "test_eventlog", "test_erasure", "test_identity", "test_ingest", "test_keys",
+               "test_projector", "test_recovery", "test_review_regressions", "test_population", "test_purity"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rpartition(".")[2]
+        both = module in CONFORMANCE and metafunc.definition.get_closest_marker("sqlite_only") is None
+        metafunc.parametrize("backend", BACKENDS if both else BACKENDS[:1])
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh, empty schema on the test server: its URL (search_path set), dropped afterwards."""
+    import psycopg
+
+    from persona.store.postgres import close_pool
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {name}")  # a generated name, never input
+    url = f"{PG_URL}?options=-csearch_path%3D{name}"
+    try:
+        yield url
+    finally:
+        close_pool(url)
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings.load(tmp_path / "data", env={})
+def settings(tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    if backend == "sqlite":
+        yield Settings.load(tmp_path / "data", env={})
+        return
+    with pg_schema() as url:
+        # the CLI in this process and child processes find the store the same way users' do
+        monkeypatch.setenv("PERSONA_DATABASE_URL", url)
+        yield Settings.load(tmp_path / "data", env={"PERSONA_DATABASE_URL": url})
 
 
 @pytest.fixture
@@ -64,6 +110,50 @@ def event(*args: Any, **kwargs: Any) -> Event:
 
 def jsonl(*records: dict[str, Any] | bytes) -> bytes:
     return b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in records)
+
+
+def store_bytes(persona: Persona) -> bytes:
+    """Every byte the store keeps: the data directory's files, and on PostgreSQL every page of
+    every table, index and TOAST table of its schema as the server holds them (dead rows too,
+    read through pageinspect)."""
+    raw = raw_bytes_of(persona.settings.data_dir)
+    url = persona.settings.database_url
+    if url is None:
+        return raw
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect SCHEMA public")
+        relations = conn.execute(
+            "SELECT c.oid::regclass::text, pg_relation_size(c.oid) / current_setting('block_size')::int"
+            " FROM pg_class c WHERE c.relkind IN ('r', 'i', 't') AND (c.relnamespace = current_schema()::regnamespace"
+            " OR c.oid IN (SELECT reltoastrelid FROM pg_class WHERE relnamespace = current_schema()::regnamespace)"
+            " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT reltoastrelid FROM pg_class"
+            " WHERE relnamespace = current_schema()::regnamespace)))").fetchall()
+        pages = [raw]
+        for name, blocks in relations:
+            for block in range(int(blocks)):
+                pages.append(conn.execute("SELECT public.get_raw_page(%s, %s)", (name, block)).fetchone()[0])
+    return b"".join(bytes(p) for p in pages)
+
+
+def raw_execute(persona: Persona, statement: str) -> None:
+    """One statement on a connection of its own, straight to the database (no persona code)."""
+    url = persona.settings.database_url
+    if url is None:
+        import sqlite3
+
+        conn = sqlite3.connect(persona.settings.db_path)
+        try:
+            conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+        return
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        pg.execute(statement)  # type: ignore[arg-type]
 
 
 def raw_bytes_of(data_dir: Path) -> bytes:

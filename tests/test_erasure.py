@@ -12,7 +12,7 @@ from persona.erasure import ErasureLedger, erase_profile, erase_subject, verify_
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.ingest import ingest_jsonl
 from persona.verify import verify
-from tests.conftest import event, jsonl, raw_bytes_of, record
+from tests.conftest import event, jsonl, raw_bytes_of, record, store_bytes
 
 ALICE = "Alice.Unique@Example.com"
 URL = "https://shop.example/only-alice/7f3a9c"
@@ -37,12 +37,11 @@ def populate(persona: Persona) -> str:
 
 def test_erasure_leaves_no_trace_in_any_file(persona: Persona) -> None:
     pid = populate(persona)
-    data_dir = persona.settings.data_dir
     wrapped = next(bytes(w) for p, _, w in persona.recorder.wrapped_keys() if p == pid)
     dek = persona.keyring.unwrap(pid, 1, wrapped)
     link = persona.log.hash_identifier("email", ALICE)
     persona.recorder.checkpoint()
-    before = raw_bytes_of(data_dir)
+    before = store_bytes(persona)
     assert wrapped in before and link in before  # the search below can see what it looks for
     assert URL.encode() not in before and ALICE.lower().encode() not in before  # sealed / hashed from the start
 
@@ -52,7 +51,7 @@ def test_erasure_leaves_no_trace_in_any_file(persona: Persona) -> None:
     # derived_rows: its index row; merges: none were made
     assert counts == {"events": 3, "links": 2, "quarantined": 1, "keys": 1, "derived_rows": 1, "merges": 0}
 
-    after = raw_bytes_of(data_dir)
+    after = store_bytes(persona)
     for needle in (URL.encode(), ALICE.encode(), ALICE.lower().encode(), b"13911112222", b"A-77",
                    wrapped, dek, link, persona.log.hash_identifier("phone", "+8613911112222")):
         assert needle not in after
@@ -131,6 +130,7 @@ def test_ledger_holds_ids_and_times_only(persona: Persona) -> None:
     assert persona.settings.ledger_path.parent == persona.settings.key_file.parent
 
 
+@pytest.mark.sqlite_only  # counts statements through SQLite's trace hook
 def test_erasure_cost_does_not_depend_on_history(persona: Persona) -> None:
     """Not a timing test: erasure must not touch the events, only the key, links and derived rows."""
     persona.log.append([event(event_id=f"h{i}") for i in range(2000)])
@@ -181,6 +181,7 @@ def test_restore_refuses_a_backup_of_another_store(persona: Persona, tmp_path: P
         restore(other, info.path)
 
 
+@pytest.mark.sqlite_only  # SQLite's WAL and its checkpoint
 def test_a_reader_holding_the_wal_is_reported_not_ignored(persona: Persona) -> None:
     import sqlite3
 

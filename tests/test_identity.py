@@ -31,7 +31,7 @@ from persona.population import indexed
 from persona.profiles import profile_view, read_person
 from persona.projections import ATTRIBUTES, FEATURES, replay
 from persona.projector import Projector, rebuild
-from tests.conftest import NOW, jsonl, raw_bytes_of, record
+from tests.conftest import NOW, jsonl, record, store_bytes
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
@@ -170,7 +170,7 @@ def test_erasing_a_merged_person_deletes_every_key(persona: Persona, two: tuple[
         with pytest.raises(ErasedError):
             erase_profile(persona, pid)
     persona.recorder.checkpoint()
-    files = raw_bytes_of(persona.settings.data_dir)
+    files = store_bytes(persona)
     assert EMAIL.encode() not in files and COOKIE.encode() not in files
     # a later event for the same cookie starts a new, unrelated person
     ingest(persona, view(4))
@@ -394,7 +394,7 @@ def test_a_stale_refresh_never_writes_a_split_persons_row(persona: Persona, sett
     assert set(rows) == {shop, cookie} and '"KR"' not in rows[shop] and '"KR"' in rows[cookie]
     erase_subject(persona, "cookie", COOKIE)
     persona.recorder.checkpoint()
-    assert b'"KR"' not in raw_bytes_of(persona.settings.data_dir)
+    assert b'"KR"' not in store_bytes(persona)
 
 
 def test_a_stale_refresh_never_writes_a_merged_profiles_own_row(persona: Persona, settings: Settings,

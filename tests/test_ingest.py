@@ -8,7 +8,7 @@ import orjson
 from persona import Persona
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe, open_quarantined
-from tests.conftest import jsonl, raw_bytes_of, record
+from tests.conftest import jsonl, record, store_bytes
 
 
 def lines(data: bytes) -> io.BytesIO:
@@ -43,7 +43,7 @@ def test_quarantined_content_is_never_in_clear_on_disk(persona: Persona) -> None
     ingest_jsonl(persona, lines(jsonl(b'{"broken": "frank.secret@example.com", "url": "https://leak.example/zz"')),
                  origin="f.jsonl")
     persona.recorder.checkpoint()
-    raw = raw_bytes_of(persona.settings.data_dir)
+    raw = store_bytes(persona)
     assert b"frank.secret" not in raw and b"leak.example" not in raw
     assert len(describe(persona)) == 1
 

@@ -20,7 +20,7 @@ from persona.errors import ErasedError, UnknownProjectionError
 from persona.ingest import ingest_jsonl
 from persona.projections import ATTRIBUTES, FEATURES, BehaviorFeatures, replay
 from persona.projector import Projector, _aad, rebuild
-from tests.conftest import jsonl, raw_bytes_of, record
+from tests.conftest import jsonl, record, store_bytes
 
 PEOPLE = [f"p{i}@example.com" for i in range(12)]
 
@@ -122,13 +122,13 @@ def test_snapshots_are_sealed_and_erasure_removes_them_with_the_index(persona: P
     Projector(persona).refresh([pid], force_snapshots=True)
     assert persona.recorder.snapshots_of(pid) and persona.recorder.index_rows()
     persona.recorder.checkpoint()
-    before = raw_bytes_of(persona.settings.data_dir)
+    before = store_bytes(persona)
     assert b"only-ann" not in before  # sealed in the snapshot as in the log
     assert b"secret-cat" in before  # the index holds feature values in clear, for queries across profiles
     receipt = erase_subject(persona, "email", "ann@example.com").receipt["receipt"]
     assert receipt["counts"]["derived_rows"] == 3  # two snapshots and the index row
     assert persona.recorder.snapshots_of(pid) == {} and persona.recorder.index_rows() == []
-    assert b"secret-cat" not in raw_bytes_of(persona.settings.data_dir)
+    assert b"secret-cat" not in store_bytes(persona)
 
 
 def test_a_projection_version_bump_ignores_its_old_snapshots(persona: Persona) -> None:
@@ -225,6 +225,7 @@ def test_a_full_cache_drops_the_states_used_longest_ago(persona: Persona) -> Non
         assert projector.current(pid).version == 1
 
 
+@pytest.mark.sqlite_only  # PostgreSQL's pool runs threads, and a process with threads never forks
 def test_index_rows_computed_half_in_a_forked_child_are_the_same(persona: Persona,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import persona.projector as projector_module

@@ -7,6 +7,31 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+# Every table a store holds, with the columns a copy between backends carries (`persona
+# migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
+TABLES: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "streams": ("stream_no", "stream_id", "version", "head", "created_at"),
+    "events": ("position", "stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"),
+    "keys": ("profile_id", "kek_version", "wrapped"),
+    "system_keys": ("name", "kek_version", "wrapped"),
+    "links": ("subject_hash", "profile_id", "namespace", "created_at"),
+    "tombstones": ("profile_id", "erased_at", "events"),
+    "quarantine": ("id", "recorded_at", "origin", "line", "reason", "size", "content", "content_hash", "expires_at"),
+    "quarantine_tags": ("quarantine_id", "subject_hash"),
+    "merges": ("edge", "a", "b", "a_hash", "b_hash", "merged_at", "undone_at"),
+    "members": ("profile_id", "person_id"),
+    "snapshots": ("profile_id", "projection", "projection_version", "stream_version", "payload"),
+    "profile_index": ("profile_id", "version", "doc"),
+    "rfm": ("profile_id", "r", "f", "m"),
+    "models": ("name", "version", "created_at", "status", "promoted_at", "stale", "drift", "meta", "sha256", "blob"),
+    "model_people": ("profile_id", "name", "version"),
+    "predictions": ("profile_id", "model", "version", "computed_at", "doc"),
+    "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
+                   "epsilon_spent"),
+    "audit": ("seq", "at", "token", "operation", "profile_id", "fields"),
+}
+
 
 class StoredEvent(NamedTuple):
     """One row of the log, as the backend keeps it (a tuple: cheap to make by the million)."""
@@ -213,6 +238,23 @@ class Recorder(Protocol):
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str]]: ...
 
+    # change feed
+    def wait_for_events(self, after_position: int, timeout: float) -> int:
+        """Block until the log grows past a position (or the timeout passes); the newest position."""
+        ...
+
     # maintenance
     def backup(self, dest: str) -> None: ...
+    def snapshot(self) -> AbstractContextManager[None]:
+        """A consistent, read-only view of the whole store for the reads inside it."""
+        ...
+    def dump(self, table: str) -> Iterator[list[tuple[object, ...]]]:
+        """Every row of one of TABLES, its columns in that order, in pages."""
+        ...
+    def load(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """Rows as dump() gives them, numbers kept (inside a transaction, into an empty store)."""
+        ...
+    def finish_load(self) -> None:
+        """After load(): counters continue after the copied numbers."""
+        ...
     def counts(self) -> dict[str, int]: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,10 +11,11 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
+from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
 
 SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
+POLL_S = 0.05  # how often wait_for_events looks for another connection's commit
 # Events carry a small integer stream number (streams.stream_no) instead of the profile id:
 # the (stream, version) index stays a quarter of the size, and appends dirty fewer pages.
 _EVENT_SELECT = (
@@ -931,7 +933,47 @@ class SQLiteRecorder:
         return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? AND profile_id = ? ORDER BY seq LIMIT ?",
                                  (after, profile_id, limit)).fetchall()
 
+    # -- change feed -------------------------------------------------------------------
+    def wait_for_events(self, after_position: int, timeout: float) -> int:
+        """Block until the log grows past a position or `timeout` passes; the newest position.
+
+        SQLite has no notifications: this polls data_version (a cheap PRAGMA) every 50 ms
+        and reads the position only when another connection has committed."""
+        deadline = time.monotonic() + timeout
+        newest = self.last_position()
+        seen = self.data_version()
+        while newest <= after_position and time.monotonic() < deadline:
+            time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
+            now = self.data_version()
+            if now != seen:
+                seen, newest = now, self.last_position()
+        return newest
+
     # -- maintenance ---------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: in WAL mode every read inside it sees one moment of the store."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def dump(self, table: str) -> Iterator[list[tuple[object, ...]]]:
+        columns = TABLES[table]  # a KeyError for anything else: names are never taken from input
+        cursor = self.conn.execute("SELECT " + ", ".join(columns) + " FROM [" + table + "] ORDER BY rowid")
+        while page := cursor.fetchmany(5_000):
+            yield page
+
+    def load(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
+        columns = TABLES[table]
+        verb = "INSERT OR REPLACE" if table == "meta" else "INSERT"
+        self.conn.executemany(verb + " INTO [" + table + "] (" + ", ".join(columns) + ") VALUES ("
+                              + ",".join("?" * len(columns)) + ")", rows)
+
+    def finish_load(self) -> None:
+        """Nothing to do: SQLite numbers new rows after the largest (AUTOINCREMENT remembers it)."""
+
     def backup(self, dest: str) -> None:
         """A consistent, compacted copy of the database (VACUUM INTO)."""
         self.conn.execute("VACUUM INTO ?", (dest,))

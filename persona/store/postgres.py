@@ -1,0 +1,928 @@
+"""PostgreSQL: the same store on a server database, shared by many processes and machines.
+
+What differs from the SQLite default, and why:
+
+- **Writers are serialised by one advisory lock** (`pg_advisory_xact_lock`), taken at the
+  start of every write transaction, like SQLite's write lock. Identity resolution, merges,
+  erasure and the read models all assume that nobody else writes between their read and
+  their write; the lock keeps every invariant the same on both backends, and it makes
+  global positions commit in order, so catch-up by position never skips an event that
+  commits late. Readers never wait for it. The database's own constraints still refuse a
+  duplicate (stream, version) or event id from a writer that ignored the lock.
+- **Events are partitioned by a hash of the stream**, so the log splits evenly and each
+  stream's rows stay together (docs/postgresql.md: the Citus layout). A unique index on a
+  partitioned table must contain the partition key, so the idempotency keys, unique over
+  the whole log, live in their own table, `event_keys`.
+- **Append-only is enforced by triggers** that refuse UPDATE, DELETE and TRUNCATE of
+  events, event keys, tombstones and the audit log.
+- **The change feed**: a transaction that appends events sends NOTIFY on `persona_events`
+  (delivered at COMMIT) with the newest position; `wait_for_events` LISTENs for it.
+- **There is no secure_delete**: a deleted row lingers in the table file until VACUUM
+  reclaims its space, and in WAL segments and base backups beyond that. `checkpoint()`
+  runs VACUUM on the tables erasure deletes from; `persona keys rotate --retire` makes
+  every lingering wrapped key useless (docs/postgresql.md).
+
+Ids are `text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the
+same order on both backends. Every statement is a constant with bound parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
+from persona.store.sqlite import SCHEMA_VERSION
+
+POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
+PARTITIONS = 8  # hash partitions of the event log
+PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
+CHANNEL = "persona_events"
+WRITE_LOCK = 0x70657273  # 'pers': the advisory lock every write transaction takes
+DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
+# Tables erasure deletes from whose dead rows could tell something: rewritten after it (VACUUM
+# FULL), so no page of theirs keeps the erased rows. Snapshots are sealed under the deleted key:
+# a plain VACUUM frees their space.
+_REWRITTEN = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
+              "quarantine", "quarantine_tags")
+
+_ID = 'text COLLATE "C"'
+_SCHEMA = [
+    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
+    "INSERT INTO persona_clock (n) VALUES (0)",
+    "CREATE SEQUENCE events_position_seq",
+    "CREATE TABLE events (position bigint NOT NULL DEFAULT nextval('events_position_seq'),"
+    " stream_no bigint NOT NULL, version integer NOT NULL, event_key bytea NOT NULL, type text NOT NULL,"
+    " recorded_at bigint NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL,"
+    " PRIMARY KEY (stream_no, version)) PARTITION BY HASH (stream_no)",
+    *(f"CREATE TABLE events_p{i} PARTITION OF events FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
+      for i in range(PARTITIONS)),
+    "CREATE INDEX events_position ON events (position)",
+    "CREATE TABLE event_keys (event_key bytea PRIMARY KEY)",
+    f"CREATE TABLE streams (stream_no bigserial PRIMARY KEY, stream_id {_ID} NOT NULL UNIQUE,"
+    " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
+    f"CREATE TABLE keys (profile_id {_ID} PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
+    "CREATE TABLE system_keys (name text PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
+    f"CREATE TABLE links (subject_hash bytea PRIMARY KEY, profile_id {_ID} NOT NULL, namespace text NOT NULL,"
+    " created_at bigint NOT NULL)",
+    "CREATE INDEX links_profile ON links (profile_id)",
+    f"CREATE TABLE tombstones (profile_id {_ID} PRIMARY KEY, erased_at bigint NOT NULL, events integer NOT NULL,"
+    " seq bigserial NOT NULL)",
+    "CREATE TABLE quarantine (id bigserial PRIMARY KEY, recorded_at bigint NOT NULL, origin text NOT NULL,"
+    " line integer NOT NULL, reason text NOT NULL, size integer NOT NULL, content bytea NOT NULL,"
+    " content_hash bytea NOT NULL UNIQUE, expires_at bigint NOT NULL)",
+    "CREATE INDEX quarantine_expires ON quarantine (expires_at)",
+    "CREATE TABLE quarantine_tags (quarantine_id bigint NOT NULL, subject_hash bytea NOT NULL,"
+    " PRIMARY KEY (subject_hash, quarantine_id))",
+    f"CREATE TABLE snapshots (profile_id {_ID} NOT NULL, projection text NOT NULL,"
+    " projection_version integer NOT NULL, stream_version integer NOT NULL, payload bytea NOT NULL,"
+    " PRIMARY KEY (profile_id, projection))",
+    f"CREATE TABLE profile_index (profile_id {_ID} PRIMARY KEY, version integer NOT NULL, doc text NOT NULL)",
+    f"CREATE TABLE rfm (profile_id {_ID} PRIMARY KEY, r integer NOT NULL, f integer NOT NULL, m integer NOT NULL)",
+    f"CREATE TABLE merges (edge bigserial PRIMARY KEY, a {_ID} NOT NULL, b {_ID} NOT NULL, a_hash bytea NOT NULL,"
+    " b_hash bytea NOT NULL, merged_at bigint NOT NULL, undone_at bigint)",
+    "CREATE INDEX merges_a ON merges (a)",
+    "CREATE INDEX merges_b ON merges (b)",
+    f"CREATE TABLE members (profile_id {_ID} PRIMARY KEY, person_id {_ID} NOT NULL)",
+    "CREATE INDEX members_person ON members (person_id)",
+    "CREATE TABLE models (name text NOT NULL, version integer NOT NULL, created_at bigint NOT NULL,"
+    " status text NOT NULL, promoted_at bigint, stale text, drift text, meta text NOT NULL, sha256 text NOT NULL,"
+    " blob bytea NOT NULL, PRIMARY KEY (name, version))",
+    f"CREATE TABLE model_people (profile_id {_ID} NOT NULL, name text NOT NULL, version integer NOT NULL,"
+    " PRIMARY KEY (profile_id, name, version))",
+    f"CREATE TABLE predictions (profile_id {_ID} NOT NULL, model text NOT NULL, version integer NOT NULL,"
+    " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
+    "CREATE TABLE api_tokens (name text PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
+    " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
+    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL)",
+    f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
+    f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL)",
+    "CREATE INDEX audit_profile ON audit (profile_id)",
+    # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
+    # tombstones or the audit log, whoever connects
+    "CREATE FUNCTION persona_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " RAISE EXCEPTION 'persona: % is append-only (% refused)', TG_TABLE_NAME, TG_OP"
+    " USING ERRCODE = 'insufficient_privilege'; END $$",
+    *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+      " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
+      for table in ("events", "event_keys", "tombstones", "audit")),
+    *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+      " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
+      for table in ("events", "event_keys", "tombstones", "audit")),
+]
+
+_DROP = (
+    "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
+    "DROP SEQUENCE events_position_seq",
+    "DROP FUNCTION persona_refuse()",
+)
+
+_EVENT_COLUMNS = "e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
+_EVENT_SELECT = "SELECT " + _EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
+_SCAN_PAGE = ("SELECT e.stream_no, " + _EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
+              " WHERE (e.stream_no, e.version) > (%s, %s) ORDER BY e.stream_no, e.version LIMIT %s")
+_READ_STREAM = _EVENT_SELECT + " WHERE s.stream_id = %s AND e.version > %s ORDER BY e.version"
+_READ_STREAMS = _EVENT_SELECT + " WHERE e.stream_no = ANY(%s::bigint[]) ORDER BY e.stream_no, e.version"
+_READ_PAGE = _EVENT_SELECT + " WHERE s.stream_id = %s AND e.version < %s ORDER BY e.version DESC LIMIT %s"
+_READ_PAGE_TYPED = (_EVENT_SELECT + " WHERE s.stream_id = %s AND e.version < %s AND e.type = ANY(%s::text[])"
+                    " ORDER BY e.version DESC LIMIT %s")
+_READ_ACROSS = (_EVENT_SELECT + " WHERE s.stream_id = ANY(%s::text[]) AND e.position < %s"
+                " AND (%s OR e.type = ANY(%s::text[])) ORDER BY e.position DESC LIMIT %s")
+_READ_ALL = _EVENT_SELECT + " WHERE e.position > %s ORDER BY e.position LIMIT %s"
+_READ_AFTER = (
+    "SELECT " + _EVENT_COLUMNS + " FROM unnest(%s::bigint[], %s::integer[]) AS w(no, after)"
+    " JOIN events e ON e.stream_no = w.no AND e.version > w.after JOIN streams s ON s.stream_no = e.stream_no"
+    " ORDER BY e.stream_no, e.version"
+)
+_PROFILE_ROWS = (
+    "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m,"
+    " m.person_id FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
+    " LEFT JOIN members m ON m.profile_id = s.stream_id"
+    " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
+    " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id = ANY(%s::text[])"
+)
+_HEADS = (
+    "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
+    " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id = ANY(%s::text[])"
+)
+_LAGGING = (
+    "SELECT p.person FROM (SELECT coalesce(m.person_id, s.stream_id) AS person, sum(s.version) AS version"
+    " FROM streams s JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN members m ON m.profile_id = s.stream_id"
+    " GROUP BY 1) p LEFT JOIN profile_index i ON i.profile_id = p.person"
+    " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person"
+)
+_MEMBERS_OF = (
+    "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
+    " WHERE m.person_id = ANY(%s::text[]) ORDER BY s.stream_no"
+)
+_MERGE_EDGES = (
+    "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges"
+    " WHERE a = ANY(%s::text[]) OR b = ANY(%s::text[]) ORDER BY edge"
+)
+_TOKEN_SELECT = (
+    "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
+)
+_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
+_DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
+_DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
+                          for table in ("profile_index", "rfm", "predictions"))
+_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
+_COUNT = {table: f"SELECT count(*) FROM {table}" for table in _COUNTED}
+_VACUUM = (*(f"VACUUM FULL {table}" for table in _REWRITTEN), "VACUUM snapshots")
+
+# the order a dump reads each table in (its key); others by their first column
+_KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
+           "snapshots": ("profile_id", "projection"), "model_people": ("profile_id", "name", "version"),
+           "predictions": ("profile_id", "model"), "models": ("name", "version")}
+_SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
+            ("audit", "seq"))
+
+_pools: dict[tuple[int, str], ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def pool_for(url: str) -> ConnectionPool:
+    """One pool per database and process (a forked child makes its own: sockets are not shared)."""
+    key = (os.getpid(), url)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, name="persona",
+                                  kwargs={"autocommit": True, "application_name": "persona"})
+            try:
+                pool.open(wait=True, timeout=10)
+            except Exception as e:  # the message names the server, never the password
+                pool.close()
+                raise ConfigurationError(f"cannot connect to PostgreSQL ({_where(url)}): {type(e).__name__}") from None
+            _pools[key] = pool
+        return pool
+
+
+def close_pool(url: str) -> None:
+    """Close this process's pool for a database (its connections end)."""
+    with _pools_lock:
+        pool = _pools.pop((os.getpid(), url), None)
+    if pool is not None:
+        pool.close()
+
+
+def _where(url: str) -> str:
+    """host:port/database of a URL, without user or password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an unreadable URL"
+    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def is_postgres_url(text: str | None) -> bool:
+    return bool(text) and str(text).startswith(("postgresql://", "postgres://"))
+
+
+def without_password(url: str) -> tuple[str, bool]:
+    """The URL with any password taken out, and whether it had one."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, False
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = (user + "@" if user else "") + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), True
+
+
+class PostgresRecorder:
+    """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
+
+    def __init__(self, url: str, *, create: bool = False, busy_timeout_ms: int = 30_000) -> None:
+        self.url = url
+        self.pool = pool_for(url)
+        self.conn: psycopg.Connection[Any] = self.pool.getconn(timeout=busy_timeout_ms / 1000)
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self._depth = 0
+        self._mine = 0  # write transactions of this connection (each bumps the clock once)
+        self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
+        self.commits = 0
+        self._listener: psycopg.Connection[Any] | None = None
+        try:
+            self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
+            if create:
+                with self.conn.transaction():  # under the write lock: two inits cannot both create
+                    self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    if self._has_schema():
+                        raise ConfigurationError("the PostgreSQL database already holds a persona store")
+                    for statement in _SCHEMA:
+                        self.conn.execute(statement)
+                    self.set_meta("schema_version", SCHEMA_VERSION)
+            elif not self._has_schema():
+                raise ConfigurationError(f"no persona store in PostgreSQL at {_where(url)};"
+                                         " run `persona --data DIR init --backend URL`")
+            elif self.get_meta("schema_version") != SCHEMA_VERSION:
+                raise ConfigurationError("the database was not made by this version of persona")
+        except BaseException:
+            self.close()
+            raise
+
+    def recreate(self) -> None:
+        """Drop every table of the store and make them anew, empty (inside a transaction:
+        PostgreSQL's DDL is transactional, so others see the old store until COMMIT)."""
+        if not self._depth:
+            raise ConfigurationError("recreate() runs inside a transaction")
+        for statement in _DROP:
+            self.conn.execute(statement)
+        for statement in _SCHEMA:
+            self.conn.execute(statement)
+        self.set_meta("schema_version", SCHEMA_VERSION)
+
+    def _value(self, sql: str) -> Any:
+        """The single value a constant query gives."""
+        row = self.conn.execute(sql).fetchone()
+        if row is None:
+            raise ConfigurationError("the persona store in PostgreSQL is damaged (a counter is missing)")
+        return row[0]
+
+    def _has_schema(self) -> bool:
+        row = self.conn.execute("SELECT to_regclass('persona_clock') IS NOT NULL").fetchone()
+        return bool(row and row[0])
+
+    # -- transactions --------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        conn = self.conn
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            conn.execute("UPDATE persona_clock SET n = n + 1")
+            self._mine += 1
+            self._depth = 1
+            self._appended = False
+            try:
+                yield
+                if self._appended:
+                    conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+            except BaseException:
+                self._mine -= 1
+                raise
+            finally:
+                self._depth = 0
+        self.commits += 1
+
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        conn, self.conn = self.conn, None  # type: ignore[assignment]
+        if conn is not None:
+            self.pool.putconn(conn)  # the pool rolls back anything left open
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits a write (every write transaction bumps
+        the clock once; our own bumps are taken off, as SQLite's data_version does)."""
+        return int(self._value("SELECT n FROM persona_clock")) - self._mine
+
+    # -- change feed ---------------------------------------------------------------------
+    def wait_for_events(self, after_position: int, timeout: float) -> int:
+        """Block until the log grows past `after_position` or `timeout` passes; the newest
+        position. LISTEN/NOTIFY wakes it at once; the position is read again after each
+        wake-up and at the end, so a notification lost (or never sent) costs at most `timeout`."""
+        if self._listener is None:
+            self._listener = psycopg.connect(self.url, autocommit=True, application_name="persona-listen")
+            self._listener.execute("LISTEN " + CHANNEL)
+        deadline = time.monotonic() + timeout
+        newest = self.last_position()
+        while newest <= after_position:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for _ in self._listener.notifies(timeout=left, stop_after=1):
+                pass
+            newest = self.last_position()
+        return newest
+
+    # -- meta ----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (%s, %s)"
+                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    # -- events --------------------------------------------------------------------------
+    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        rows = self.conn.execute("SELECT event_key FROM event_keys WHERE event_key = ANY(%s::bytea[])",
+                                 (list(keys),)).fetchall()
+        return {bytes(r[0]) for r in rows}
+
+    def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
+        """rows: (stream_no, version, event_key, type, recorded_at, payload, hash), by COPY."""
+        if not rows:
+            return
+        conn = self.conn
+        try:
+            # a savepoint: the caller's transaction survives a refusal
+            with conn.transaction(), conn.cursor() as cur:
+                with cur.copy("COPY event_keys (event_key) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row((row[2],))
+                with cur.copy("COPY events (stream_no, version, event_key, type, recorded_at, payload, hash)"
+                              " FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+        except pg_errors.UniqueViolation as e:
+            if e.diag.table_name == "event_keys":
+                raise DuplicateEventError("an event id is already in the log") from None
+            raise ConcurrencyError.unseen() from None
+        self._appended = True  # announced at COMMIT; listeners read the new position themselves
+
+    def last_position(self) -> int:
+        return int(self._value("SELECT coalesce(max(position), 0) FROM events"))
+
+    def _events(self, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
+        return [StoredEvent(p, s, v, bytes(k), t, r, bytes(pl), bytes(h))
+                for p, s, v, k, t, r, pl, h in self.conn.execute(sql, params).fetchall()]
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
+        yield from self._events(_READ_STREAM, (stream_id, after_version))
+
+    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredEvent]:
+        ordered = sorted(stream_numbers)
+        for start in range(0, len(ordered), 500):
+            yield from self._events(_READ_STREAMS, (ordered[start : start + 500],))
+
+    def read_page(self, stream_id: str, before_version: int, limit: int,
+                  types: Sequence[str] = ()) -> list[StoredEvent]:
+        if types:
+            return self._events(_READ_PAGE_TYPED, (stream_id, before_version, list(types), limit))
+        return self._events(_READ_PAGE, (stream_id, before_version, limit))
+
+    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
+                         types: Sequence[str] = ()) -> list[StoredEvent]:
+        return self._events(_READ_ACROSS, (list(stream_ids), before_position, not types, list(types), limit))
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        return self._events(_READ_ALL, (after_position, limit))
+
+    def scan_chains(self) -> Iterator[StoredEvent]:
+        """Every event, stream by stream, in pages: no cursor or transaction is held between them."""
+        last = (0, 0)
+        while True:
+            page = self.conn.execute(_SCAN_PAGE, (*last, PAGE)).fetchall()
+            if not page:
+                return
+            for _, p, s, v, k, t, r, pl, h in page:
+                yield StoredEvent(p, s, v, bytes(k), t, r, bytes(pl), bytes(h))
+            last = (page[-1][0], page[-1][3])
+
+    # -- streams and keys ----------------------------------------------------------------
+    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
+        rows = self.conn.execute(_HEADS, (list(stream_ids),)).fetchall()
+        return {sid: Head(no, version, bytes(head), kek, None if wrapped is None else bytes(wrapped))
+                for sid, no, version, head, kek, wrapped in rows}
+
+    def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
+        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
+        if not rows:
+            return []
+        found = dict(self.conn.execute(
+            "INSERT INTO streams (stream_id, version, head, created_at)"
+            " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bytea[], %s::bigint[])"
+            " RETURNING stream_id, stream_no",
+            ([r[0] for r in rows], [0] * len(rows), [r[1] for r in rows], [r[4] for r in rows])).fetchall())
+        with self.conn.cursor() as cur:
+            cur.executemany("INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (%s, %s, %s)",
+                            [(pid, kek, wrapped) for pid, _, kek, wrapped, _ in rows])
+        return [found[r[0]] for r in rows]
+
+    def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
+        """rows: (version, chain head, stream_no)."""
+        if rows:
+            self.conn.execute(
+                "UPDATE streams s SET version = u.version, head = u.head"
+                " FROM unnest(%s::integer[], %s::bytea[], %s::bigint[]) AS u(version, head, no)"
+                " WHERE s.stream_no = u.no",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
+
+    def created_at(self, stream_id: str) -> int:
+        row = self.conn.execute("SELECT created_at FROM streams WHERE stream_id = %s", (stream_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def kek_versions_in_use(self) -> set[int]:
+        rows = self.conn.execute("SELECT kek_version FROM keys UNION SELECT kek_version FROM system_keys").fetchall()
+        return {int(v) for (v,) in rows}
+
+    def stream_ids(self) -> Iterator[str]:
+        after = ""
+        while True:
+            page = self.conn.execute("SELECT stream_id FROM streams WHERE stream_id > %s ORDER BY stream_id LIMIT %s",
+                                     (after, PAGE)).fetchall()
+            if not page:
+                return
+            for (sid,) in page:
+                yield sid
+            after = page[-1][0]
+
+    def wrapped_keys(self) -> Iterator[tuple[str, int, bytes]]:
+        for pid, kek, wrapped in self.conn.execute("SELECT profile_id, kek_version, wrapped FROM keys").fetchall():
+            yield pid, kek, bytes(wrapped)
+
+    def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany("UPDATE keys SET kek_version = %s, wrapped = %s WHERE profile_id = %s", rows)
+
+    def system_key(self, name: str) -> tuple[int, bytes] | None:
+        row = self.conn.execute("SELECT kek_version, wrapped FROM system_keys WHERE name = %s", (name,)).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def system_keys(self) -> list[tuple[str, int, bytes]]:
+        return [(n, int(v), bytes(w)) for n, v, w in
+                self.conn.execute("SELECT name, kek_version, wrapped FROM system_keys").fetchall()]
+
+    def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
+        self.conn.execute(
+            "INSERT INTO system_keys (name, kek_version, wrapped) VALUES (%s, %s, %s) ON CONFLICT (name)"
+            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped",
+            (name, kek_version, wrapped))
+
+    # -- identity links ------------------------------------------------------------------
+    def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
+        rows = self.conn.execute("SELECT subject_hash, profile_id FROM links WHERE subject_hash = ANY(%s::bytea[])",
+                                 (list(hashes),)).fetchall()
+        return {bytes(h): pid for h, pid in rows}
+
+    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at)"
+                                " VALUES (%s, %s, %s, %s)", rows)
+
+    def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
+        rows = self.conn.execute("SELECT subject_hash, namespace FROM links WHERE profile_id = %s"
+                                 " ORDER BY created_at, namespace", (profile_id,)).fetchall()
+        return [(bytes(h), ns) for h, ns in rows]
+
+    # -- merges --------------------------------------------------------------------------
+    def persons_of(self, profile_ids: Sequence[str]) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT profile_id, person_id FROM members WHERE profile_id = ANY(%s::text[])",
+                                      (list(profile_ids),)).fetchall())
+
+    def members_of(self, person_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for person, member in self.conn.execute(_MEMBERS_OF, (list(person_ids),)).fetchall():
+            out.setdefault(person, []).append(member)
+        return out
+
+    def merge_edges(self, profile_ids: Sequence[str]) -> list[MergeEdge]:
+        ids = list(profile_ids)
+        return [MergeEdge(edge, a, b, bytes(ah), bytes(bh), at, undone)
+                for edge, a, b, ah, bh, at, undone in self.conn.execute(_MERGE_EDGES, (ids, ids)).fetchall()]
+
+    def add_merge(self, a: str, b: str, a_hash: bytes, b_hash: bytes, at: int) -> int:
+        row = self.conn.execute("INSERT INTO merges (a, b, a_hash, b_hash, merged_at) VALUES (%s, %s, %s, %s, %s)"
+                                " RETURNING edge", (a, b, a_hash, b_hash, at)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def undo_merges(self, edges: Sequence[int], at: int) -> None:
+        self.conn.execute("UPDATE merges SET undone_at = %s WHERE edge = ANY(%s::bigint[]) AND undone_at IS NULL",
+                          (at, list(edges)))
+
+    def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany("INSERT INTO members (profile_id, person_id) VALUES (%s, %s)"
+                                " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id", rows)
+        if singles:
+            self.conn.execute("DELETE FROM members WHERE profile_id = ANY(%s::text[])", (list(singles),))
+
+    def lagging_persons(self) -> list[str]:
+        return [row[0] for row in self.conn.execute(_LAGGING).fetchall()]
+
+    def drop_derived(self, profile_ids: Sequence[str]) -> None:
+        ids = list(profile_ids)
+        for statement in _DROP_PERSON_ROWS:
+            self.conn.execute(statement, (ids,))
+
+    # -- erasure -------------------------------------------------------------------------
+    def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
+        conn = self.conn
+        head = conn.execute("SELECT version FROM streams WHERE stream_id = %s", (profile_id,)).fetchone()
+        events = int(head[0]) if head else 0
+        hashes = [h for (h, _) in self.links_of(profile_id)]
+        counts = {"events": events, "links": len(hashes), "quarantined": self.purge_tagged(hashes)}
+        counts["keys"] = conn.execute("DELETE FROM keys WHERE profile_id = %s", (profile_id,)).rowcount
+        conn.execute("DELETE FROM links WHERE profile_id = %s", (profile_id,))
+        counts["merges"] = conn.execute("DELETE FROM merges WHERE a = %s OR b = %s", (profile_id, profile_id)).rowcount
+        conn.execute("DELETE FROM members WHERE profile_id = %s", (profile_id,))
+        counts["derived_rows"] = sum(conn.execute(s, (profile_id,)).rowcount for s in _DELETE_DERIVED)
+        conn.execute("DELETE FROM model_people WHERE profile_id = %s", (profile_id,))
+        conn.execute("INSERT INTO tombstones (profile_id, erased_at, events) VALUES (%s, %s, %s)"
+                     " ON CONFLICT (profile_id) DO NOTHING", (profile_id, erased_at, events))
+        return counts
+
+    def purge_tagged(self, hashes: Sequence[bytes]) -> int:
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT quarantine_id FROM quarantine_tags WHERE subject_hash = ANY(%s::bytea[])",
+            (list(hashes),)).fetchall()]
+        self._delete_quarantined(ids)
+        return len(ids)
+
+    def _delete_quarantined(self, ids: Sequence[int]) -> None:
+        if ids:
+            self.conn.execute("DELETE FROM quarantine WHERE id = ANY(%s::bigint[])", (list(ids),))
+            self.conn.execute("DELETE FROM quarantine_tags WHERE quarantine_id = ANY(%s::bigint[])", (list(ids),))
+
+    def tombstone(self, profile_id: str) -> int | None:
+        row = self.conn.execute("SELECT erased_at FROM tombstones WHERE profile_id = %s", (profile_id,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def erasure_mark(self) -> int:
+        row = self.conn.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()
+        return int(row[0]) if row else 0
+
+    def tombstones(self) -> Iterator[tuple[str, int]]:
+        yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at, seq").fetchall()
+
+    def checkpoint(self, wait_s: float = 5.0) -> bool:
+        """Rewrite the tables erasure deletes from (VACUUM FULL), so that no page of theirs
+        keeps an erased row: a plain VACUUM frees the space but leaves the bytes.
+
+        False if a table could not be locked within `wait_s` (a long reader). Even when it
+        succeeds, WAL segments and base backups keep what they hold until they are recycled
+        or destroyed (docs/postgresql.md); a retiring key rotation makes the wrapped keys
+        among them useless. Outside a transaction only. Takes time in proportion to those
+        tables (the population), not to anyone's history.
+        """
+        if self._depth:
+            return False
+        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_s * 1000)}ms",))
+        try:
+            for statement in _VACUUM:
+                self.conn.execute(statement)
+        except pg_errors.LockNotAvailable:
+            return False
+        finally:
+            self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
+        return True
+
+    # -- models ----------------------------------------------------------------------------
+    def next_model_version(self, name: str) -> int:
+        row = self.conn.execute("SELECT coalesce(max(version), 0) FROM models WHERE name = %s", (name,)).fetchone()
+        return int(row[0] if row else 0) + 1
+
+    def add_model(self, name: str, version: int, created_at: int, meta: str, sha256: str, blob: bytes,
+                  people: Sequence[str]) -> None:
+        self.conn.execute("INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"
+                          " VALUES (%s, %s, %s, 'candidate', %s, %s, %s)",
+                          (name, version, created_at, meta, sha256, blob))
+        if people:
+            self.conn.execute("INSERT INTO model_people (profile_id, name, version)"
+                              " SELECT DISTINCT p, %s, %s FROM unnest(%s::text[]) AS p ON CONFLICT DO NOTHING",
+                              (name, version, list(people)))
+
+    def model_rows(self, name: str | None = None
+                   ) -> list[tuple[str, int, int, str, int | None, str | None, str | None, str, str]]:
+        sql = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
+        if name is None:
+            return self.conn.execute(sql + " ORDER BY name, version DESC").fetchall()
+        return self.conn.execute(sql + " WHERE name = %s ORDER BY version DESC", (name,)).fetchall()
+
+    def model_blob(self, name: str, version: int) -> tuple[str, bytes] | None:
+        row = self.conn.execute("SELECT sha256, blob FROM models WHERE name = %s AND version = %s",
+                                (name, version)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def promote_model(self, name: str, version: int, at: int) -> None:
+        self.conn.execute("UPDATE models SET status = 'retired' WHERE name = %s AND status = 'promoted'", (name,))
+        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = %s WHERE name = %s AND version = %s",
+                          (at, name, version))
+
+    def set_model_status(self, name: str, version: int, status: str) -> None:
+        self.conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s", (status, name, version))
+
+    def set_model_drift(self, name: str, version: int, drift: str) -> None:
+        self.conn.execute("UPDATE models SET drift = %s WHERE name = %s AND version = %s", (drift, name, version))
+
+    def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
+        rows = self.conn.execute("SELECT DISTINCT name, version FROM model_people WHERE profile_id = ANY(%s::text[])",
+                                 (list(profile_ids),)).fetchall()
+        return sorted((str(n), int(v)) for n, v in rows)
+
+    def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
+        if versions:
+            with self.conn.cursor() as cur:
+                cur.executemany("UPDATE models SET stale = %s WHERE name = %s AND version = %s",
+                                [(reason, n, v) for n, v in versions])
+
+    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
+        if model is not None:
+            self.conn.execute("DELETE FROM predictions WHERE model = %s", (model,))
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES (%s, %s, %s, %s, %s)"
+                    " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
+                    " computed_at = excluded.computed_at, doc = excluded.doc", rows)
+
+    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
+        return self.conn.execute("SELECT profile_id, model, version, computed_at, doc FROM predictions"
+                                 " WHERE profile_id = ANY(%s::text[]) ORDER BY profile_id, model",
+                                 (list(profile_ids),)).fetchall()
+
+    # -- snapshots and read models ------------------------------------------------------
+    def snapshots_of(self, profile_id: str) -> dict[str, tuple[int, int, bytes]]:
+        rows = self.conn.execute("SELECT projection, projection_version, stream_version, payload FROM snapshots"
+                                 " WHERE profile_id = %s", (profile_id,)).fetchall()
+        return {name: (pv, sv, bytes(payload)) for name, pv, sv, payload in rows}
+
+    def snapshots_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int, bytes]]]:
+        out: dict[str, dict[str, tuple[int, int, bytes]]] = {}
+        for pid, name, pv, sv, payload in self.conn.execute(
+                "SELECT profile_id, projection, projection_version, stream_version, payload FROM snapshots"
+                " WHERE profile_id = ANY(%s::text[])", (list(profile_ids),)).fetchall():
+            out.setdefault(pid, {})[name] = (pv, sv, bytes(payload))
+        return out
+
+    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            yield from self._events(_READ_AFTER, ([n for n, _ in part], [a for _, a in part]))
+
+    # Derived rows only for profiles that still hold a key, and never over newer ones (as SQLite).
+    def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
+        if not rows:
+            return
+        self.conn.execute(
+            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
+            " SELECT u.* FROM unnest(%s::text[], %s::text[], %s::integer[], %s::integer[], %s::bytea[])"
+            " AS u(pid, projection, pv, sv, payload) WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
+            " ON CONFLICT (profile_id, projection) DO UPDATE SET projection_version = excluded.projection_version,"
+            " stream_version = excluded.stream_version, payload = excluded.payload"
+            " WHERE excluded.projection_version > snapshots.projection_version"
+            " OR (excluded.projection_version = snapshots.projection_version"
+            " AND excluded.stream_version >= snapshots.stream_version)",
+            tuple(list(column) for column in zip(*_last_wins(rows, 2), strict=True)))
+
+    def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
+        if not rows:
+            return
+        self.conn.execute(
+            "INSERT INTO profile_index (profile_id, version, doc)"
+            " SELECT u.* FROM unnest(%s::text[], %s::integer[], %s::text[]) AS u(pid, version, doc)"
+            " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
+            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc"
+            " WHERE excluded.version >= profile_index.version",
+            tuple(list(column) for column in zip(*_last_wins(rows, 1), strict=True)))
+
+    def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
+        self.conn.execute("DELETE FROM rfm")
+        if rows:
+            self.conn.execute(
+                "INSERT INTO rfm (profile_id, r, f, m) SELECT u.* FROM"
+                " unnest(%s::text[], %s::integer[], %s::integer[], %s::integer[]) AS u(pid, r, f, m)"
+                " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)",
+                tuple(list(column) for column in zip(*rows, strict=True)))
+
+    def rfm_of(self, profile_id: str) -> dict[str, int] | None:
+        row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = %s", (profile_id,)).fetchone()
+        return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
+
+    def rfm_scores(self) -> dict[str, dict[str, int]]:
+        return {pid: {"r": r, "f": f, "m": m}
+                for pid, r, f, m in self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()}
+
+    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
+                                                                     int | None]]:
+        return self.conn.execute(
+            "SELECT i.profile_id, i.version, i.doc, r.r, r.f, r.m FROM profile_index i"
+            " LEFT JOIN rfm r ON r.profile_id = i.profile_id WHERE i.profile_id > %s ORDER BY i.profile_id LIMIT %s",
+            (after, None if limit < 0 else limit)).fetchall()
+
+    def profile_rows(self, profile_ids: Sequence[str]) -> list[ProfileRow]:
+        return [ProfileRow._make(row) for row in self.conn.execute(_PROFILE_ROWS, (list(profile_ids),)).fetchall()]
+
+    def links_of_many(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
+        rows = self.conn.execute("SELECT profile_id, subject_hash, namespace FROM links"
+                                 " WHERE profile_id = ANY(%s::text[]) ORDER BY created_at, namespace",
+                                 (list(profile_ids),)).fetchall()
+        return [(pid, bytes(h), ns) for pid, h, ns in rows]
+
+    def clear_derived(self, projection: str | None = None) -> None:
+        for table in ("profile_index", "rfm", "predictions"):
+            self.conn.execute(f"DELETE FROM {table}")
+        if projection is None:
+            self.conn.execute("DELETE FROM snapshots")
+        else:
+            self.conn.execute("DELETE FROM snapshots WHERE projection = %s", (projection,))
+
+    # -- quarantine ----------------------------------------------------------------------
+    def quarantine(self, rows: Sequence[tuple[int, str, int, str, int, bytes, bytes, int]],
+                   tags: Sequence[Sequence[bytes]]) -> int:
+        stored = 0
+        for row, row_tags in zip(rows, tags, strict=True):
+            found = self.conn.execute(
+                "INSERT INTO quarantine (recorded_at, origin, line, reason, size, content, content_hash, expires_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (content_hash) DO NOTHING RETURNING id",
+                row).fetchone()
+            if found is None:
+                continue  # the same bad record is already held
+            stored += 1
+            if row_tags:
+                self.conn.execute("INSERT INTO quarantine_tags (quarantine_id, subject_hash)"
+                                  " SELECT %s, t FROM unnest(%s::bytea[]) AS t ON CONFLICT DO NOTHING",
+                                  (found[0], list(dict.fromkeys(row_tags))))
+        return stored
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        rows = self.conn.execute("SELECT id, recorded_at, origin, line, reason, size, expires_at FROM quarantine"
+                                 " ORDER BY id").fetchall()
+        return [QuarantinedRecord(*row) for row in rows]
+
+    def quarantined_content(self, qid: int) -> bytes | None:
+        row = self.conn.execute("SELECT content FROM quarantine WHERE id = %s", (qid,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def purge_quarantine(self, now: int) -> int:
+        ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= %s", (now,)).fetchall()]
+        self._delete_quarantined(ids)
+        return len(ids)
+
+    # -- API access ----------------------------------------------------------------------
+    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None:
+        try:
+            with self.conn.transaction():
+                self.conn.execute(
+                    "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
+                    " epsilon_spent) VALUES (%s, %s, %s, %s, %s, %s, 0.0)", row)
+        except pg_errors.UniqueViolation:
+            raise ConfigurationError(f"a token named {row[0]!r} already exists") from None
+
+    def token_by_digest(self, digest: bytes) -> TokenRow | None:
+        row = self.conn.execute(_TOKEN_SELECT + " WHERE digest = %s AND revoked_at IS NULL", (digest,)).fetchone()
+        return None if row is None else _token(row)
+
+    def tokens(self) -> list[TokenRow]:
+        return [_token(row) for row in self.conn.execute(_TOKEN_SELECT + " ORDER BY created_at, name").fetchall()]
+
+    def revoke_token(self, name: str, now: int) -> bool:
+        cursor = self.conn.execute("UPDATE api_tokens SET revoked_at = %s WHERE name = %s AND revoked_at IS NULL",
+                                   (now, name))
+        return cursor.rowcount == 1
+
+    def spend_epsilon(self, name: str, epsilon: float) -> float | None:
+        row = self.conn.execute(
+            "UPDATE api_tokens SET epsilon_spent = epsilon_spent + %s"
+            " WHERE name = %s AND revoked_at IS NULL AND epsilon_spent + %s <= epsilon_budget + 1e-9"
+            " RETURNING epsilon_budget - epsilon_spent", (epsilon, name, epsilon)).fetchone()
+        return None if row is None else float(row[0])
+
+    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany("INSERT INTO audit (at, token, operation, profile_id, fields)"
+                                " VALUES (%s, %s, %s, %s, %s)", rows)
+
+    def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
+                   ) -> list[tuple[int, int, str, str, str, str]]:
+        if profile_id is None:
+            return self.conn.execute(_AUDIT_SELECT + " WHERE seq > %s ORDER BY seq LIMIT %s",
+                                     (after, limit)).fetchall()
+        return self.conn.execute(_AUDIT_SELECT + " WHERE seq > %s AND profile_id = %s ORDER BY seq LIMIT %s",
+                                 (after, profile_id, limit)).fetchall()
+
+    # -- maintenance ---------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A REPEATABLE READ, READ ONLY transaction: every read inside it sees one moment."""
+        with self.conn.transaction():
+            self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
+    def dump(self, table: str) -> Iterator[list[tuple[object, ...]]]:
+        columns = TABLES[table]  # a KeyError for anything else: names are never taken from input
+        order = ", ".join(_KEY_OF.get(table, columns[:1]))
+        sql = "SELECT " + ", ".join(columns) + " FROM " + table + " ORDER BY " + order
+        if self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            with self.snapshot():
+                yield from self.dump(table)
+            return
+        with self.conn.cursor(name="persona_dump") as cur:  # server-side: rows come a page at a time
+            cur.execute(sql)
+            while page := cur.fetchmany(PAGE):
+                yield [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row) for row in page]
+
+    def load(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
+        columns = TABLES[table]
+        if table == "meta":
+            with self.conn.cursor() as cur:
+                cur.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)"
+                                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", rows)
+            return
+        with self.conn.cursor() as cur:
+            with cur.copy("COPY " + table + " (" + ", ".join(columns) + ") FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            if table == "events":
+                with cur.copy("COPY event_keys (event_key) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row((row[3],))
+
+    def finish_load(self) -> None:
+        """Counters continue after the largest number copied."""
+        for table, column in _SERIALS:
+            self.conn.execute("SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max(" + column + "), 0) + 1,"
+                              " false) FROM " + table, (table, column))
+        self.conn.execute("SELECT setval('events_position_seq', coalesce(max(position), 0) + 1, false) FROM events")
+
+    def backup(self, dest: str) -> None:
+        """A consistent copy as a SQLite file (ciphertext as it is): `persona restore` and
+        `persona migrate` read it."""
+        from pathlib import Path
+
+        from persona.migrate import copy_store
+        from persona.store.sqlite import SQLiteRecorder
+
+        Path(dest).unlink(missing_ok=True)  # backup() made it empty and private; SQLite makes it anew
+        target = SQLiteRecorder(Path(dest), create=True)
+        try:
+            copy_store(self, target)  # in one snapshot of the whole store
+        finally:
+            target.close()
+        os.chmod(dest, 0o600)
+
+    def counts(self) -> dict[str, int]:
+        out = {}
+        for table, statement in _COUNT.items():
+            row = self.conn.execute(statement).fetchone()
+            out[table] = int(row[0]) if row else 0
+        return out
+
+
+def _token(row: Sequence[Any]) -> TokenRow:
+    name, digest, scopes, created, revoked, rate, budget, spent = row
+    return TokenRow(name, bytes(digest), scopes, created, revoked, rate, budget, spent)
+
+
+def _last_wins(rows: Sequence[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    """One row per key (the first `width` columns), the last given: one INSERT ... ON CONFLICT
+    statement may not touch the same row twice."""
+    return list({row[:width]: row for row in rows}.values())
