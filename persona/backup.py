@@ -12,7 +12,7 @@ from pathlib import Path
 
 from persona.core import DirectoryLock, Persona, load_keyring
 from persona.crypto import Keyring, fingerprint
-from persona.erasure import reapply_ledger
+from persona.erasure import erase_profile, reapply_ledger
 from persona.errors import ConfigurationError, KeyMismatchError
 from persona.settings import Settings
 from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
@@ -103,30 +103,42 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
 
 
 def _restore_postgres(settings: Settings, keyring: Keyring, source: Path) -> list[str]:
-    """Replace the PostgreSQL store with the backup in one transaction: the tables are made
-    anew, the backup copied in, and the erasures since re-applied before anyone sees it."""
+    """Replace the PostgreSQL store with the backup, erasures re-applied first.
+
+    The store is shared by many machines, each with its own ledger: so besides this
+    machine's ledger, every tombstone of the store being replaced is re-applied too. That
+    happens on a private SQLite copy of the backup (secure delete, WAL truncated), so no
+    erased person's rows are ever written to PostgreSQL (or its WAL) again; then the copy
+    replaces the store in one transaction."""
     from persona.migrate import copy_store
     from persona.store.postgres import PostgresRecorder
 
     assert settings.database_url is not None
-    staging = settings.data_dir / "restoring.db"  # the backup is opened read-write: a copy, here
+    staging = settings.data_dir / "restoring.db"  # the backup is opened read-write: a private copy
     for leftover in _with_sidecars(staging):
         leftover.unlink(missing_ok=True)
+    os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # its WAL inherits the mode
     shutil.copyfile(source, staging)
-    os.chmod(staging, 0o600)
-    backup = SQLiteRecorder(staging)
-    target = PostgresRecorder(settings.database_url)
     try:
-        with target.transaction():
-            target.recreate()
-            copy_store(backup, target)
-            persona = Persona(settings, keyring, target)
-            persona.log.check_keyring()
-            reapplied = reapply_ledger(persona)
-        target.checkpoint()
+        target = PostgresRecorder(settings.database_url, create=None)  # a new, empty server is fine too
+        try:
+            erased_here = [pid for pid, _ in target.tombstones()]
+            with Persona(settings, keyring, SQLiteRecorder(staging)) as staged:
+                staged.log.check_keyring()
+                reapplied = reapply_ledger(staged)
+                for pid in erased_here:
+                    head = staged.recorder.heads([pid]).get(pid)
+                    if head is not None and head.wrapped is not None:
+                        erase_profile(staged, pid, reapply=True)
+                        reapplied.append(pid)
+                if not staged.recorder.checkpoint():
+                    raise ConfigurationError("could not checkpoint the restored copy")
+                with target.transaction():
+                    target.recreate()
+                    copy_store(staged.recorder, target)
+        finally:
+            target.close()
     finally:
-        target.close()
-        backup.close()
         for leftover in _with_sidecars(staging):
             leftover.unlink(missing_ok=True)
     return reapplied

@@ -61,6 +61,13 @@ def friendly(func: F) -> F:
         except sqlite3.Error as e:  # SQLite's messages name tables and states, never values
             click.echo(f"error: database: {e}", err=True)
             sys.exit(1)
+        except Exception as e:
+            from persona.store.postgres import describe_error, is_database_error
+
+            if not is_database_error(e):
+                raise
+            click.echo(f"error: database: {describe_error(e)}", err=True)  # never the row's values
+            sys.exit(1)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
@@ -555,10 +562,12 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
 def restore(ctx: click.Context, source: Path, yes: bool) -> None:
     """Replace the database with BACKUP, then re-apply every erasure made since.
 
-    Stop every process using the data directory first.
+    Stop every process using the data directory first (on PostgreSQL: every process
+    using the store, on every machine). On PostgreSQL the store is replaced in one
+    transaction, so a failure half-way leaves it as it was.
     """
     settings = settings_of(ctx)
-    if settings.db_path.exists() and not yes:
+    if (settings.database_url or settings.db_path.exists()) and not yes:
         click.confirm("replace the current database with the backup?", abort=True)
     info = restore_db(settings, source)
     click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s)")

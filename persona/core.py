@@ -152,18 +152,22 @@ class Persona:
             new = on_disk.rotated()
             new.write(self.settings.key_file)  # first: a crash after this leaves a usable keyring
             result = self._rewrap(new)
-            if retire:
-                left = self.recorder.kek_versions_in_use() - {new.current}
-                if left:  # not reached: _rewrap re-wrapped them all in this transaction
-                    raise ConfigurationError(f"keys under master key version(s) {sorted(left)} remain")
-                only = new.retired()
-                self.keyring = only
-                self.log = EventLog(self.recorder, only, self.settings)
-                self.log.record_keyring()
-                result["retired"] = len(new.keks) - 1
-                # last, still under the write lock: the database names only the new version
-                only.write(self.settings.key_file)
+        if not retire:
             return result
+        # The old versions go only once the re-wrap is committed durably and nothing needs them:
+        # a crash anywhere before the key file is rewritten leaves every key openable.
+        with self.recorder.transaction(durable=True):
+            left = self.recorder.kek_versions_in_use() - {new.current}
+            if left:  # a process with an old key file wrapped a key meanwhile: restart it, then retry
+                raise ConfigurationError(f"keys under master key version(s) {sorted(left)} appeared during the"
+                                         " rotation; give every process the new key file and run it again")
+            only = new.retired()
+            self.keyring = only
+            self.log = EventLog(self.recorder, only, self.settings)
+            self.log.record_keyring()
+        only.write(self.settings.key_file)
+        result["retired"] = len(new.keks) - 1
+        return result
 
     def rewrap(self) -> dict[str, int]:
         """Re-wrap every data key under the keyring's current master key version."""

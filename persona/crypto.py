@@ -208,6 +208,11 @@ class Keyring:
                 raise ConfigurationError(f"master key version {version} is not in the keyring") from e
         return sealer
 
+    def refresh(self) -> None:
+        """Take in versions added to the key file since it was read (no-op for keys from the environment)."""
+        if self.source is not None:
+            self._reload()
+
     def _reload(self) -> None:
         assert self.source is not None
         fresh = Keyring.read(self.source)

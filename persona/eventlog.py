@@ -23,6 +23,7 @@ from persona import identity
 from persona.crypto import InvalidTag, Keyring, Sealer, fingerprint
 from persona.errors import (
     ConcurrencyError,
+    ConfigurationError,
     DuplicateEventError,
     ErasedError,
     KeyMismatchError,
@@ -256,7 +257,9 @@ class EventLog:
         unknown = [h for h in set(hashes.values()) if h not in links]
         if unknown:
             links.update(rec.resolve(unknown))
-        new_streams, new_links, new_sealers = [], [], []
+        new_streams: list[tuple[str, bytes, int, bytes, int]] = []
+        new_links: list[tuple[bytes, str, str, int]] = []
+        new_sealers: list[Sealer] = []
         tips = self._tips
         items: list[tuple[str, bytes, Event, bytes]] = []
         joins: list[tuple[bytes, Event, str, str]] = []  # a link between two existing profiles
@@ -268,6 +271,8 @@ class EventLog:
                     links[h] = pid
                     new_links.append((h, pid, event.subject.namespace, recorded))
             if pid is None:
+                if not new_streams:
+                    self.check_current_kek()
                 pid = links[h] = new_profile_id()
                 dek = self.keyring.new_dek()
                 version, wrapped = self.keyring.wrap(pid, dek)
@@ -503,6 +508,19 @@ class EventLog:
         self.recorder.set_meta("pepper_fingerprint", fingerprint(self.keyring.pepper, b"pepper"))
         self.recorder.set_meta("kek_fingerprints", orjson.dumps(
             {str(v): f for v, f in self.keyring.kek_fingerprints().items()}).decode())
+        self.recorder.set_meta("kek_current", str(self.keyring.current))
+
+    def check_current_kek(self) -> None:
+        """Before wrapping a new key (under the write lock): if another process rotated the
+        master key, take the new version from the key file — never wrap under a version that
+        a retiring rotation may have destroyed."""
+        stored = self.recorder.get_meta("kek_current")
+        if stored is None or int(stored) <= self.keyring.current:
+            return
+        self.keyring.refresh()
+        if self.keyring.current < int(stored):
+            raise ConfigurationError(f"the master key was rotated to version {stored} by another process; give this"
+                                     " process the new key file (or PERSONA_MASTER_KEY) and restart it")
 
     def check_keyring(self) -> None:
         rec = self.recorder

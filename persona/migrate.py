@@ -8,6 +8,7 @@ verifies and every live event still opens with its key.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,9 @@ class MigrateReport:
 
 def copy_store(source: Recorder, target: Recorder, progress: Callable[[str, int], None] | None = None
                ) -> dict[str, int]:
-    """Every row of every table, numbers (positions, stream numbers) kept. The target must be empty."""
+    """Every row of every table, numbers (positions, stream numbers) kept, as of one moment of the
+    source (writers may go on: the copy is of that moment). The target must be empty. Returns
+    the rows copied per table."""
     if target.counts()["events"] or target.counts()["streams"]:
         raise ConfigurationError("the target store is not empty; migrate only into a new store")
     copied: dict[str, int] = {}
@@ -59,9 +62,10 @@ def parse_target(text: str) -> tuple[str, str]:
     raise ConfigurationError("name a store as sqlite:DIR (a data directory, or a .db file) or postgresql://...")
 
 
-def check_copy(source: Recorder, target: Recorder) -> dict[str, int]:
-    """The same number of rows in every table, or a TamperError naming the first that differs."""
-    theirs, ours = row_counts(source), row_counts(target)
+def check_copy(copied: dict[str, int], target: Recorder) -> dict[str, int]:
+    """The target holds as many rows of every table as were read from the source's snapshot,
+    or a TamperError naming the first that differs."""
+    theirs, ours = copied, row_counts(target)
     for table in TABLES:
         if theirs[table] != ours[table]:
             raise TamperError(f"table {table}: {theirs[table]} rows in the source, {ours[table]} in the copy")
@@ -81,10 +85,8 @@ def open_store(spec: str, *, create: bool = False) -> Recorder:
         if path.exists():
             raise ConfigurationError("the target SQLite database already exists; migrate only into a new store")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    recorder = SQLiteRecorder(path, create=create)
-    if create:
-        path.chmod(0o600)
-    return recorder
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private before the first byte
+    return SQLiteRecorder(path, create=create)
 
 
 def migrate(settings: Settings, source_spec: str, target_spec: str,
@@ -102,7 +104,7 @@ def migrate(settings: Settings, source_spec: str, target_spec: str,
         target = open_store(target_spec, create=True)
         try:
             report = MigrateReport(rows=copy_store(source, target, progress))
-            check_copy(source, target)
+            check_copy(report.rows, target)
             copy = Persona(settings, keyring, target)
             copy.log.check_keyring()
             checked = verify(copy)

@@ -38,6 +38,19 @@ CONFORMANCE = {"test_conformance", "test_eventlog", "test_erasure", "test_identi
                "test_projector", "test_recovery", "test_review_regressions", "test_population", "test_purity"}
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The PostgreSQL half needs a server: say so plainly, before any test runs."""
+    import psycopg
+
+    try:
+        psycopg.connect(PG_URL, connect_timeout=5).close()
+    except psycopg.OperationalError as e:
+        raise pytest.UsageError(
+            f"the conformance suite runs on PostgreSQL too, and {PG_URL} cannot be reached ({type(e).__name__}):"
+            " start the server (.ci/run does), or point PERSONA_TEST_PG at one (trust auth, an empty database)"
+        ) from None
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         module = metafunc.module.__name__.rpartition(".")[2]

@@ -94,9 +94,11 @@ class Server:
         return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
 
 
-def prepare(folder: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
-    settings = Settings.load(folder / "data", env={})
+def prepare(folder: Path, database_url: str | None = None) -> tuple[Settings, dict[str, str], dict[str, str]]:
+    settings = Settings.load(folder / "data", env={"PERSONA_DATABASE_URL": database_url or ""})
     with Persona.init(settings) as p:
+        if database_url:  # as `persona init --backend URL` leaves it: the server finds its store
+            settings.backend_path.write_text(database_url + "\n")
         report = ingest_jsonl(p, SAMPLE.read_bytes().splitlines(), origin="sample")
         assert report.appended > 0
         tokens = {name: create_token(p, name, scopes) for name, scopes in TOKENS.items()}
@@ -109,9 +111,9 @@ def prepare(folder: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
 
 
 @contextmanager
-def serving(folder: Path) -> Iterator[Server]:
+def serving(folder: Path, database_url: str | None = None) -> Iterator[Server]:
     """`persona serve` on a free loopback port until the block ends; then it must stop cleanly."""
-    settings, tokens, ids = prepare(folder)
+    settings, tokens, ids = prepare(folder, database_url)
     port = free_port()
     out, err = folder / "server.out", folder / "server.err"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}

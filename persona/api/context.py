@@ -15,7 +15,8 @@ import gc
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from persona.api.data import (
 )
 from persona.api.plan import Limits, Plan, PlanCache
 from persona.core import Persona
+from persona.feed import ChangeFeed
 from persona.projector import Projector
 from persona.pseudonyms import normalise
 from persona.settings import Settings
@@ -41,6 +43,7 @@ from persona.settings import Settings
 T = TypeVar("T")
 log = logging.getLogger("persona.api")
 AUDIT_FLUSH_S = 0.25
+FEED_WAIT_S = 1.0  # the change feed's longest wait: how late a missed notification can be
 AUDIT_BACKLOG = 50_000  # unwritten audit entries at which reads of people are refused
 
 
@@ -97,8 +100,9 @@ class Worker:
 
 
 class ChangeBus:
-    """Wakes subscriptions when a profile changes in this process; changes made elsewhere
-    (the CLI, another worker) are found by the subscriptions' own polling."""
+    """Wakes subscriptions when a profile changes: in this process at once, and in any other
+    (the CLI, another worker, another machine) through the change feed (LISTEN/NOTIFY on
+    PostgreSQL, polling on SQLite). Subscriptions also poll, in case both miss it."""
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -150,6 +154,11 @@ class ApiState:
         self.writer = Worker(settings, "writer")
         self.scanner = Worker(settings, "scanner", threads=2)
         self._flusher: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._feed_persona = Persona.open(settings)  # the feed's own connection (it blocks, waiting)
+        self._feed = ChangeFeed(self._feed_persona.recorder)
+        self._feed_thread = ThreadPoolExecutor(1, thread_name_prefix="persona-feed")
+        self._feed_wait: Future[set[str]] | None = None
         self._erasures = self.persona.recorder.erasure_mark()
 
     async def start(self) -> None:
@@ -160,6 +169,20 @@ class ApiState:
         gc.collect()
         gc.freeze()
         self._flusher = asyncio.create_task(self._flush_audit_forever())
+        self._follower = asyncio.create_task(self._follow_forever())
+
+    async def _follow_forever(self) -> None:
+        """Wake the subscriptions of every profile another process appended to."""
+        while True:
+            try:
+                self._feed_wait = self._feed_thread.submit(self._feed.changed_people, FEED_WAIT_S)
+                changed = await asyncio.wrap_future(self._feed_wait)
+            except Exception as e:  # the database is unreachable: said, and tried again
+                log.warning("the change feed failed (%s); retrying", type(e).__name__)
+                await asyncio.sleep(FEED_WAIT_S)
+                continue
+            if changed:
+                self.bus.changed(changed)
 
     async def flush_audit(self) -> None:
         rows = self.audit.take()
@@ -199,6 +222,10 @@ class ApiState:
         self.scanner.forget()
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,6 +238,10 @@ class ApiState:
             self.writer.close()
             self.scanner.close()
             self.persona.close()
+            if self._feed_wait is not None:  # a wait still running in its thread ends within FEED_WAIT_S
+                futures_wait([self._feed_wait], timeout=FEED_WAIT_S + 5)
+            self._feed_thread.shutdown(wait=True)
+            self._feed_persona.close()
 
 
 class RequestContext:

@@ -31,14 +31,15 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
 from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
@@ -47,8 +48,8 @@ from persona.store.sqlite import SCHEMA_VERSION
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
 PARTITIONS = 8  # hash partitions of the event log
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
-CHANNEL = "persona_events"
-WRITE_LOCK = 0x70657273  # 'pers': the advisory lock every write transaction takes
+CHANNEL = "persona_events"  # + ":" + the store's schema: stores in one database do not wake each other
+WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
 DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
 # Tables erasure deletes from whose dead rows could tell something: rewritten after it (VACUUM
 # FULL), so no page of theirs keeps the erased rows. Snapshots are sealed under the deleted key:
@@ -74,7 +75,7 @@ _SCHEMA = [
     " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
     f"CREATE TABLE keys (profile_id {_ID} PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
     "CREATE TABLE system_keys (name text PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
-    f"CREATE TABLE links (subject_hash bytea PRIMARY KEY, profile_id {_ID} NOT NULL, namespace text NOT NULL,"
+    f"CREATE TABLE links (subject_hash bytea PRIMARY KEY, profile_id {_ID} NOT NULL, namespace {_ID} NOT NULL,"
     " created_at bigint NOT NULL)",
     "CREATE INDEX links_profile ON links (profile_id)",
     f"CREATE TABLE tombstones (profile_id {_ID} PRIMARY KEY, erased_at bigint NOT NULL, events integer NOT NULL,"
@@ -96,14 +97,14 @@ _SCHEMA = [
     "CREATE INDEX merges_b ON merges (b)",
     f"CREATE TABLE members (profile_id {_ID} PRIMARY KEY, person_id {_ID} NOT NULL)",
     "CREATE INDEX members_person ON members (person_id)",
-    "CREATE TABLE models (name text NOT NULL, version integer NOT NULL, created_at bigint NOT NULL,"
+    f"CREATE TABLE models (name {_ID} NOT NULL, version integer NOT NULL, created_at bigint NOT NULL,"
     " status text NOT NULL, promoted_at bigint, stale text, drift text, meta text NOT NULL, sha256 text NOT NULL,"
     " blob bytea NOT NULL, PRIMARY KEY (name, version))",
-    f"CREATE TABLE model_people (profile_id {_ID} NOT NULL, name text NOT NULL, version integer NOT NULL,"
+    f"CREATE TABLE model_people (profile_id {_ID} NOT NULL, name {_ID} NOT NULL, version integer NOT NULL,"
     " PRIMARY KEY (profile_id, name, version))",
-    f"CREATE TABLE predictions (profile_id {_ID} NOT NULL, model text NOT NULL, version integer NOT NULL,"
+    f"CREATE TABLE predictions (profile_id {_ID} NOT NULL, model {_ID} NOT NULL, version integer NOT NULL,"
     " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
-    "CREATE TABLE api_tokens (name text PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
+    f"CREATE TABLE api_tokens (name {_ID} PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
     " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
     " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL)",
     f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
@@ -117,9 +118,10 @@ _SCHEMA = [
     *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
       " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
       for table in ("events", "event_keys", "tombstones", "audit")),
+    # (statement triggers are not inherited: each partition refuses TRUNCATE itself)
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
       " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", "event_keys", "tombstones", "audit")),
+      for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
 ]
 
 _DROP = (
@@ -199,6 +201,7 @@ def pool_for(url: str) -> ConnectionPool:
         pool = _pools.get(key)
         if pool is None:
             pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, name="persona",
+                                  check=ConnectionPool.check_connection,  # a dropped connection is replaced
                                   kwargs={"autocommit": True, "application_name": "persona"})
             try:
                 pool.open(wait=True, timeout=10)
@@ -207,6 +210,18 @@ def pool_for(url: str) -> ConnectionPool:
                 raise ConfigurationError(f"cannot connect to PostgreSQL ({_where(url)}): {type(e).__name__}") from None
             _pools[key] = pool
         return pool
+
+
+def is_database_error(error: BaseException) -> bool:
+    return isinstance(error, (psycopg.Error, PoolTimeout))
+
+
+def describe_error(error: BaseException) -> str:
+    """What went wrong, without the DETAIL line: PostgreSQL puts the row's values there
+    ("Key (k)=(...) already exists", "Failing row contains (...)")."""
+    if isinstance(error, psycopg.Error) and error.diag.message_primary:
+        return f"{type(error).__name__}: {error.diag.message_primary}"
+    return type(error).__name__
 
 
 def close_pool(url: str) -> None:
@@ -231,20 +246,26 @@ def is_postgres_url(text: str | None) -> bool:
 
 
 def without_password(url: str) -> tuple[str, bool]:
-    """The URL with any password taken out, and whether it had one."""
+    """The URL with any password taken out (of its user part or its query), and whether it had
+    one. Hosts are left as written: IPv6 literals and lists of hosts stay intact."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url, False
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = (user + "@" if user else "") + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc)), True
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    had = at != "" and ":" in userinfo
+    if had:
+        userinfo = userinfo.split(":", 1)[0]
+    query = parts.query.split("&") if parts.query else []
+    kept = [item for item in query if item.partition("=")[0] != "password"]  # the rest exactly as written
+    had = had or len(kept) != len(query)
+    netloc = (userinfo + "@" if at else "") + hosts
+    return urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))), had
 
 
 class PostgresRecorder:
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
 
-    def __init__(self, url: str, *, create: bool = False, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, url: str, *, create: bool | None = False, busy_timeout_ms: int = 30_000) -> None:
+        """create: True makes a new store (refused if one is there), False opens one, None
+        opens one or makes it (a restore onto a new server)."""
         self.url = url
         self.pool = pool_for(url)
         self.conn: psycopg.Connection[Any] = self.pool.getconn(timeout=busy_timeout_ms / 1000)
@@ -254,11 +275,17 @@ class PostgresRecorder:
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
         self.commits = 0
         self._listener: psycopg.Connection[Any] | None = None
+        self.schema = ""
+        self.channel = CHANNEL
         try:
             self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
-            if create:
+            self.schema = str(self._value("SELECT current_schema()"))
+            self.channel = f"{CHANNEL}:{self.schema}"
+            if create is None and self._has_schema():
+                pass
+            elif create or create is None:
                 with self.conn.transaction():  # under the write lock: two inits cannot both create
-                    self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                    self._lock()
                     if self._has_schema():
                         raise ConfigurationError("the PostgreSQL database already holds a persona store")
                     for statement in _SCHEMA:
@@ -278,11 +305,13 @@ class PostgresRecorder:
         PostgreSQL's DDL is transactional, so others see the old store until COMMIT)."""
         if not self._depth:
             raise ConfigurationError("recreate() runs inside a transaction")
+        clock = int(self._value("SELECT n FROM persona_clock"))  # carried on: data_version never repeats
         for statement in _DROP:
             self.conn.execute(statement)
         for statement in _SCHEMA:
             self.conn.execute(statement)
         self.set_meta("schema_version", SCHEMA_VERSION)
+        self.conn.execute("UPDATE persona_clock SET n = %s", (clock,))
 
     def _value(self, sql: str) -> Any:
         """The single value a constant query gives."""
@@ -297,8 +326,10 @@ class PostgresRecorder:
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, durable: bool = False) -> Iterator[None]:
         if self._depth:
+            if durable:
+                raise ConfigurationError("a durable transaction cannot nest in another")
             self._depth += 1
             try:
                 yield
@@ -307,7 +338,9 @@ class PostgresRecorder:
             return
         conn = self.conn
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            self._lock()
+            if durable:  # whatever the server's setting: COMMIT waits for the WAL flush
+                conn.execute("SET LOCAL synchronous_commit = on")
             conn.execute("UPDATE persona_clock SET n = n + 1")
             self._mine += 1
             self._depth = 1
@@ -315,13 +348,17 @@ class PostgresRecorder:
             try:
                 yield
                 if self._appended:
-                    conn.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+                    conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
             except BaseException:
                 self._mine -= 1
                 raise
             finally:
                 self._depth = 0
         self.commits += 1
+
+    def _lock(self) -> None:
+        """The store's write lock (one per schema), held to the end of the transaction."""
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,))
 
     def in_transaction(self) -> bool:
         return self._depth > 0
@@ -344,17 +381,24 @@ class PostgresRecorder:
         """Block until the log grows past `after_position` or `timeout` passes; the newest
         position. LISTEN/NOTIFY wakes it at once; the position is read again after each
         wake-up and at the end, so a notification lost (or never sent) costs at most `timeout`."""
-        if self._listener is None:
-            self._listener = psycopg.connect(self.url, autocommit=True, application_name="persona-listen")
-            self._listener.execute("LISTEN " + CHANNEL)
         deadline = time.monotonic() + timeout
         newest = self.last_position()
         while newest <= after_position:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            for _ in self._listener.notifies(timeout=left, stop_after=1):
-                pass
+            try:
+                if self._listener is None:
+                    self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                                                     application_name="persona-listen")
+                    self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                for _ in self._listener.notifies(timeout=left, stop_after=1):
+                    pass
+            except psycopg.OperationalError:  # the server went away: listen anew next time, poll meanwhile
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+                time.sleep(min(max(deadline - time.monotonic(), 0), 0.5))
             newest = self.last_position()
         return newest
 
@@ -606,15 +650,27 @@ class PostgresRecorder:
         """Rewrite the tables erasure deletes from (VACUUM FULL), so that no page of theirs
         keeps an erased row: a plain VACUUM frees the space but leaves the bytes.
 
-        False if a table could not be locked within `wait_s` (a long reader). Even when it
-        succeeds, WAL segments and base backups keep what they hold until they are recycled
-        or destroyed (docs/postgresql.md); a retiring key rotation makes the wrapped keys
-        among them useless. Outside a transaction only. Takes time in proportion to those
-        tables (the population), not to anyone's history.
+        VACUUM FULL still copies a deleted row that some open snapshot may see, so first this
+        waits (up to `wait_s`) until no other session holds a snapshot older than now and no
+        replication slot holds back the horizon. False if that, a table's lock, or owning the
+        tables fails. Even when it succeeds, WAL segments and base backups keep what they
+        hold until they are recycled or destroyed (docs/postgresql.md); a retiring key
+        rotation makes the wrapped keys among them useless. Outside a transaction only. Takes
+        time in proportion to those tables (the population), not to anyone's history.
         """
         if self._depth:
             return False
-        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{int(wait_s * 1000)}ms",))
+        since = self._value("SELECT clock_timestamp()")  # after the erasure committed
+        deadline = time.monotonic() + wait_s
+        while self._holding_back(since):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        owned = self.conn.execute("SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c"
+                                  " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(_REWRITTEN),)).fetchone()
+        if not (owned and owned[0]):  # VACUUM would only warn and skip
+            return False
+        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(int(wait_s * 1000), 1)}ms",))
         try:
             for statement in _VACUUM:
                 self.conn.execute(statement)
@@ -622,7 +678,16 @@ class PostgresRecorder:
             return False
         finally:
             self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
+        # a snapshot taken since `since` began after the erasure: it cannot see the erased rows
         return True
+
+    def _holding_back(self, since: Any) -> bool:
+        """Another session's snapshot from before `since`, or a replication slot's horizon."""
+        row = self.conn.execute(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND backend_xmin IS NOT NULL AND coalesce(xact_start, backend_start) < %s)"
+            " + (SELECT count(*) FROM pg_replication_slots WHERE xmin IS NOT NULL)", (since,)).fetchone()
+        return bool(row and row[0])
 
     # -- models ----------------------------------------------------------------------------
     def next_model_version(self, name: str) -> int:
@@ -685,7 +750,7 @@ class PostgresRecorder:
 
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
         return self.conn.execute("SELECT profile_id, model, version, computed_at, doc FROM predictions"
-                                 " WHERE profile_id = ANY(%s::text[]) ORDER BY profile_id, model",
+                                 " WHERE profile_id = ANY(%s::text[]) ORDER BY model, profile_id",
                                  (list(profile_ids),)).fetchall()
 
     # -- snapshots and read models ------------------------------------------------------
@@ -720,7 +785,7 @@ class PostgresRecorder:
             " WHERE excluded.projection_version > snapshots.projection_version"
             " OR (excluded.projection_version = snapshots.projection_version"
             " AND excluded.stream_version >= snapshots.stream_version)",
-            tuple(list(column) for column in zip(*_last_wins(rows, 2), strict=True)))
+            tuple(list(column) for column in zip(*_newest(rows, 2, lambda r: (r[2], r[3])), strict=True)))
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
         if not rows:
@@ -731,7 +796,7 @@ class PostgresRecorder:
             " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
             " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc"
             " WHERE excluded.version >= profile_index.version",
-            tuple(list(column) for column in zip(*_last_wins(rows, 1), strict=True)))
+            tuple(list(column) for column in zip(*_newest(rows, 1, lambda r: r[1]), strict=True)))
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         self.conn.execute("DELETE FROM rfm")
@@ -901,7 +966,7 @@ class PostgresRecorder:
         from persona.migrate import copy_store
         from persona.store.sqlite import SQLiteRecorder
 
-        Path(dest).unlink(missing_ok=True)  # backup() made it empty and private; SQLite makes it anew
+        # persona.backup made the file empty and 0600; SQLite fills it, and its WAL inherits the mode
         target = SQLiteRecorder(Path(dest), create=True)
         try:
             copy_store(self, target)  # in one snapshot of the whole store
@@ -922,7 +987,8 @@ def _token(row: Sequence[Any]) -> TokenRow:
     return TokenRow(name, bytes(digest), scopes, created, revoked, rate, budget, spent)
 
 
-def _last_wins(rows: Sequence[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
-    """One row per key (the first `width` columns), the last given: one INSERT ... ON CONFLICT
-    statement may not touch the same row twice."""
-    return list({row[:width]: row for row in rows}.values())
+def _newest(rows: Sequence[tuple[Any, ...]], width: int, version: Callable[[tuple[Any, ...]], Any]
+            ) -> list[tuple[Any, ...]]:
+    """One row per key (the first `width` columns), the newest by `version`, as SQLite's row-by-row
+    "never over a newer one" leaves it: one INSERT ... ON CONFLICT may not touch a row twice."""
+    return list({row[:width]: row for row in sorted(rows, key=version)}.values())

@@ -353,8 +353,10 @@ class SQLiteRecorder:
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, *, durable: bool = False) -> Iterator[None]:
         if self._depth:
+            if durable:
+                raise ConfigurationError("a durable transaction cannot nest in another")
             self._depth += 1
             try:
                 yield
@@ -363,17 +365,23 @@ class SQLiteRecorder:
             return
         if self.conn.in_transaction:  # a BEGIN whose caller was interrupted (Ctrl+C) before it could know
             self.conn.execute("ROLLBACK")
-        self.conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        if durable:  # WAL synced at this COMMIT: it and every earlier commit survive a power cut
+            self.conn.execute("PRAGMA synchronous = FULL")
         try:
-            yield
-        except BaseException:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+            except BaseException:
+                self._depth = 0
+                self.conn.execute("ROLLBACK")
+                raise
             self._depth = 0
-            self.conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        self.conn.execute("COMMIT")
-        self.commits += 1
+            self.conn.execute("COMMIT")
+            self.commits += 1
+        finally:
+            if durable:
+                self.conn.execute(_PRAGMAS[0])
 
     def in_transaction(self) -> bool:
         """True inside `transaction()`: a nested one commits (or rolls back) with the outermost."""

@@ -1,0 +1,41 @@
+"""The change feed: new events from any process, as they are committed.
+
+On PostgreSQL a committing append sends NOTIFY and the feed wakes at once; on SQLite it
+polls. Either way what it hands out is read by global position, so a wake-up that is
+missed (or never sent) delays an event by at most the wait, and never loses one. Writers
+commit positions in order (one write lock on both backends), so reading after the last
+position seen skips nothing.
+"""
+
+from __future__ import annotations
+
+from persona.store.base import Recorder, StoredEvent
+
+PAGE = 5_000
+
+
+class ChangeFeed:
+    """Events after a position. Rows stay sealed: a follower learns which streams grew."""
+
+    def __init__(self, recorder: Recorder, after_position: int | None = None) -> None:
+        self.recorder = recorder
+        self.position = recorder.last_position() if after_position is None else after_position
+
+    def wait(self, timeout: float) -> list[StoredEvent]:
+        """The events committed since the last call, waiting up to `timeout` seconds for one."""
+        newest = self.recorder.wait_for_events(self.position, timeout)
+        found: list[StoredEvent] = []
+        while self.position < newest:
+            rows = self.recorder.read_all(self.position, PAGE)
+            if not rows:
+                break
+            found.extend(rows)
+            self.position = rows[-1].position
+        return found
+
+    def changed_people(self, timeout: float) -> set[str]:
+        """Ids of the streams that grew, and of the merged persons they belong to."""
+        streams = {row.stream_id for row in self.wait(timeout)}
+        if not streams:
+            return streams
+        return streams | set(self.recorder.persons_of(sorted(streams)).values())

@@ -1,0 +1,201 @@
+"""The store's contract, run against every backend (tests/conftest.py: CONFORMANCE).
+
+Each test here takes the `persona` or `settings` fixture and so runs once on SQLite and once
+on a fresh schema of the real PostgreSQL server: a behaviour cannot exist in only one.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from persona import Persona, Settings
+from persona.backup import backup, restore
+from persona.crypto import Keyring
+from persona.erasure import erase_subject
+from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError, KeyMismatchError, PersonaError
+from persona.feed import ChangeFeed
+from persona.migrate import migrate, row_counts
+from persona.store import open_recorder
+from persona.verify import verify
+from tests.conftest import event, store_bytes
+
+WRITERS = 8
+SHARED_EMAILS = [f"shared{n}@example.com" for n in range(6)]
+
+
+def test_the_database_refuses_a_second_copy_of_a_version_or_an_event(persona: Persona) -> None:
+    """Optimistic concurrency and idempotency hold in the database itself, for a writer that
+    skips persona's checks: a (stream, version) taken twice, or an event id stored twice."""
+    persona.log.append([event(event_id="v1"), event(event_id="v2")])
+    rec = persona.recorder
+    row = next(rec.scan_chains())
+    head = next(iter(rec.heads([row.stream_id]).values()))
+    with pytest.raises(ConcurrencyError), rec.transaction():
+        rec.insert_events([(head.no, 1, b"k" * 32, row.type, row.recorded_at, row.payload, row.hash)])
+    with pytest.raises(DuplicateEventError), rec.transaction():
+        rec.insert_events([(head.no, 3, row.event_key, row.type, row.recorded_at, row.payload, row.hash)])
+    assert rec.counts()["events"] == 2 and verify(persona).events == 2  # both refusals rolled back whole
+
+
+def test_data_version_changes_when_another_connection_commits(persona: Persona) -> None:
+    rec = persona.recorder
+    before = rec.data_version()
+    persona.log.append([event(event_id="mine")])
+    assert rec.data_version() == before  # our own commit is not news to us
+    other = open_recorder(persona.settings)
+    try:
+        with other.transaction():
+            other.set_meta("touched", "1")
+    finally:
+        other.close()
+    assert rec.data_version() != before
+
+
+def test_the_change_feed_wakes_on_another_connections_commit(persona: Persona) -> None:
+    """Long before its timeout: NOTIFY on PostgreSQL, a 50 ms poll on SQLite."""
+    persona.log.append([event(event_id="old")])
+    feed = ChangeFeed(persona.recorder)
+    committed: list[float] = []
+
+    def append_elsewhere() -> None:
+        time.sleep(0.3)
+        with Persona.open(persona.settings) as other:
+            other.log.append([event("bea@example.com", event_id="new1"), event(event_id="new2")])
+            committed.append(time.monotonic())
+
+    writer = threading.Thread(target=append_elsewhere)
+    writer.start()
+    started = time.monotonic()
+    rows = feed.wait(timeout=30)
+    woke = time.monotonic()
+    writer.join()
+    assert woke - started < 15, "the feed slept to its timeout: no wake-up reached it"
+    rows += feed.wait(timeout=0.5)  # both events, whichever wake-up came first
+    assert sorted(r.version for r in rows) == [1, 2] and len({r.stream_id for r in rows}) == 2
+    assert committed and woke - committed[0] < 1.0  # seen within a second of the commit
+    assert feed.wait(timeout=0.1) == []  # nothing twice
+
+
+def _write_concurrently(settings: Settings, writer: int, start: float) -> int:
+    """One of WRITERS processes: batches over shared people, with event ids some other writers
+    send too. Returns how many events it appended."""
+    appended = 0
+    with Persona.open(settings) as persona:
+        while time.time() < start:
+            time.sleep(0.005)
+        for batch in range(6):
+            events = [event(SHARED_EMAILS[(writer + batch + n) % len(SHARED_EMAILS)], event_id=f"w{writer}-{batch}-{n}")
+                      for n in range(15)]
+            events += [event(SHARED_EMAILS[n % len(SHARED_EMAILS)], event_id=f"everyone-{batch}-{n}") for n in range(5)]
+            appended += persona.log.append(events).appended
+    return appended
+
+
+@pytest.mark.slow
+def test_many_writer_processes_lose_nothing_and_never_duplicate_a_version(settings: Settings) -> None:
+    Persona.init(settings).close()
+    context = multiprocessing.get_context("spawn")
+    start = time.time() + 4  # every process starts appending at once, after their imports
+    with context.Pool(WRITERS) as pool:
+        appended = pool.starmap_async(_write_concurrently, [(settings, w, start) for w in range(WRITERS)]).get(180)
+    own, everyone = WRITERS * 6 * 15, 6 * 5
+    assert sum(appended) == own + everyone  # each shared event appended by exactly one writer
+    with Persona.open(settings) as persona:
+        ids = Counter(e.event_id for e in persona.log.iter_all())
+        assert len(ids) == own + everyone and set(ids.values()) == {1}
+        report = verify(persona)  # versions 1..n with no gap, every chain intact, every event opens
+        assert report.events == own + everyone and report.streams == len(SHARED_EMAILS)
+        people = {persona.log.profile_for("email", email) for email in SHARED_EMAILS}
+        assert None not in people and len(people) == len(SHARED_EMAILS)  # one profile per person, never two
+
+
+def test_a_retiring_rotation_makes_a_recovered_wrapped_key_useless(persona: Persona, tmp_path: Path) -> None:
+    """An erased person's wrapped key survives elsewhere (a backup; on PostgreSQL also dead rows,
+    WAL segments and base backups). Before the rotation it still opens their history; after
+    `keys rotate --retire` it opens nothing, under any version the key file holds."""
+    persona.log.append([event("gone@example.com", event_id="g1"), event(event_id="a1")])
+    pid = persona.log.profile_for("email", "gone@example.com")
+    assert pid is not None
+    version, wrapped = next((v, bytes(w)) for p, v, w in persona.recorder.wrapped_keys() if p == pid)
+    assert wrapped in store_bytes(persona)  # what an attacker copying the store's pages would hold
+    old_backup = backup(persona, tmp_path / "before.db")
+    erase_subject(persona, "email", "gone@example.com")
+    assert persona.keyring.unwrap(pid, version, wrapped)  # the risk is real: the old copy still opens
+
+    result = persona.rotate_keys(retire=True)
+    assert result["retired"] == 1 and result["kek_version"] == version + 1
+    on_disk = Keyring.read(persona.settings.key_file)
+    assert set(on_disk.keks) == {version + 1}
+    for ring in (persona.keyring, on_disk):
+        for v in (version, *ring.keks):
+            with pytest.raises(PersonaError):
+                ring.unwrap(pid, v, wrapped)
+    assert verify(persona).opened == 1  # the living are re-wrapped and open
+    persona.close()  # a restore needs the store to itself
+    with pytest.raises(KeyMismatchError, match="lacks master key version"):  # a backup from before brings no one back
+        restore(persona.settings, old_backup.path)
+    with Persona.open(persona.settings) as again:  # and the refused restore changed nothing
+        assert verify(again).erased == 1 and again.log.profile_for("email", "gone@example.com") is None
+        assert again.log.profile_for("email", "alice@example.com") is not None
+
+
+def test_a_process_that_missed_a_rotation_never_wraps_under_a_retired_key(persona: Persona) -> None:
+    persona.log.append([event(event_id="x1")])
+    other = Persona.open(persona.settings)  # another process: its keyring read before the rotation
+    try:
+        other.log.append([event("b@example.com", event_id="b1")])
+        assert persona.rotate_keys(retire=True)["kek_version"] == 2
+        other.log.append([event("late@example.com", event_id="late")])  # a new person: a new key to wrap
+        late = other.log.profile_for("email", "late@example.com")
+        assert {v for p, v, _ in persona.recorder.wrapped_keys() if p == late} == {2}
+    finally:
+        other.close()
+    with Persona.open(persona.settings) as fresh:
+        assert verify(fresh).opened == 3
+
+
+def test_a_retiring_rotation_refuses_keys_from_the_environment(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    env = {"PERSONA_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+           "PERSONA_PEPPER": base64.b64encode(os.urandom(32)).decode(),
+           "PERSONA_SIGNING_KEY": base64.b64encode(os.urandom(32)).decode()}
+    with Persona.init(Settings.load(tmp_path / "data", env=env)) as persona, \
+            pytest.raises(ConfigurationError, match="PERSONA_MASTER_KEY"):
+        persona.rotate_keys(retire=True)
+
+
+def test_migrate_copies_the_store_to_the_other_backend_and_back(persona: Persona, tmp_path: Path) -> None:
+    """Every table, numbers kept (positions, stream numbers), ciphertext as it is: a copy to the
+    other backend and back again reads the same rows as the original."""
+    from tests.conftest import pg_schema
+
+    persona.log.append([event(f"m{n}@example.com", event_id=f"m{n}") for n in range(30)])
+    persona.log.append([event("m1@example.com", "identity_linked",
+                              {"other": {"namespace": "phone", "value": "13800138000"}}, event_id="link")])
+    erase_subject(persona, "email", "m2@example.com")
+    expected = row_counts(persona.recorder)
+    on_sqlite = persona.settings.database_url is None
+    here = f"sqlite:{persona.settings.data_dir}" if on_sqlite else str(persona.settings.database_url)
+    with pg_schema() as first, pg_schema() as second:
+        there = first if on_sqlite else f"sqlite:{tmp_path / 'there'}"
+        back = f"sqlite:{tmp_path / 'back'}" if on_sqlite else second
+        report = migrate(persona.settings, here, there)
+        assert report.rows == expected and (report.events, report.opened) == (31, 30)
+        assert migrate(persona.settings, there, back).rows == expected
+        copy = open_recorder(Settings.load(tmp_path / "back", env={"PERSONA_DATABASE_URL": "" if on_sqlite
+                                                                   else second}))
+        try:
+            assert copy.read_all(0, 100) == persona.recorder.read_all(0, 100)
+            assert copy.heads(copy.stream_ids()) == persona.recorder.heads(persona.recorder.stream_ids())
+        finally:
+            copy.close()
+        with pytest.raises(ConfigurationError, match=r"not empty|already"):
+            migrate(persona.settings, here, there)

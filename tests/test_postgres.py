@@ -1,0 +1,166 @@
+"""What only the PostgreSQL backend has: its command-line set-up, the layout of its tables,
+a served API that hears another process's ingest through LISTEN/NOTIFY, and its errors.
+Everything else runs on both backends (tests/test_conformance.py and CONFORMANCE)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from persona import Persona, Settings
+from persona.cli import cli
+from persona.erasure import erase_profile
+from persona.errors import ConfigurationError
+from persona.store.postgres import PARTITIONS, PostgresRecorder, without_password
+from tests.conftest import event, pg_schema, raw_execute, store_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_init_with_a_backend_keeps_the_url_without_its_password(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PERSONA_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    with pg_schema() as url:
+        secret_url = url.replace("postgres@", "postgres:not-the-password@")  # trust auth: the server ignores it
+        data = tmp_path / "data"
+        result = runner.invoke(cli, ["--data", str(data), "init", "--backend", secret_url])
+        assert result.exit_code == 0, result.output
+        assert "PostgreSQL" in result.output and "PGPASSWORD" in result.output
+        kept = (data / "backend.url").read_text().strip()
+        assert kept == url and "not-the-password" not in kept and (data / "backend.url").stat().st_mode & 0o077 == 0
+        assert not (data / "persona.db").exists()  # the store is in PostgreSQL, only the keys are here
+        source = tmp_path / "in.jsonl"
+        source.write_text('{"source": "web", "type": "page_viewed", "occurred_at": "2026-05-01T10:00:00Z",'
+                          ' "subject": {"namespace": "email", "value": "pg@example.com"},'
+                          ' "data": {"url": "https://shop.example/p/1"}, "event_id": "pg1"}\n')
+        assert runner.invoke(cli, ["--data", str(data), "ingest", str(source)]).exit_code == 0
+        # another machine: a copy of the key file, and the URL in the environment
+        other = tmp_path / "other"
+        other.mkdir()
+        shutil.copy(data / "persona.key", other / "persona.key")
+        with Persona.open(Settings.load(other, env={"PERSONA_DATABASE_URL": url})) as there:
+            assert there.log.profile_for("email", "pg@example.com") is not None
+        again = runner.invoke(cli, ["--data", str(tmp_path / "third"), "init", "--backend", url])
+        assert again.exit_code != 0 and "already holds a persona store" in again.output
+        wrong = runner.invoke(cli, ["--data", str(tmp_path / "fourth"), "init", "--backend", "mysql://x"])
+        assert wrong.exit_code != 0 and "postgresql://" in wrong.output
+
+
+def test_without_password() -> None:
+    assert without_password("postgresql://u:p%40ss@db.example:6432/x?sslmode=require") == (
+        "postgresql://u@db.example:6432/x?sslmode=require", True)
+    assert without_password("postgresql://u@db/x") == ("postgresql://u@db/x", False)
+
+
+def test_an_unreachable_server_is_a_clear_error_that_names_no_password() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        PostgresRecorder("postgresql://someone:hunter2@127.0.0.1:1/nowhere?connect_timeout=2")
+    assert "127.0.0.1:1/nowhere" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+def test_an_empty_database_is_named_and_not_created_by_accident() -> None:
+    with pg_schema() as url, pytest.raises(ConfigurationError, match="persona --data DIR init --backend"):
+        PostgresRecorder(url)
+
+
+def test_events_are_spread_over_hash_partitions_and_cannot_be_truncated(persona: Persona) -> None:
+    persona.log.append([event(f"p{n}@example.com", event_id=f"p{n}") for n in range(64)])
+    url = persona.settings.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as conn:
+        counts = [conn.execute(f"SELECT count(*) FROM events_p{i}").fetchone()[0]  # type: ignore[index]
+                  for i in range(PARTITIONS)]
+        bound = conn.execute("SELECT pg_get_partkeydef('events'::regclass)").fetchone()
+    assert sum(counts) == 64 and sum(1 for c in counts if c) >= PARTITIONS // 2  # 64 streams, spread
+    assert bound is not None and bound[0] == "HASH (stream_no)"
+    for statement in ("TRUNCATE events", "TRUNCATE events_p3", "TRUNCATE event_keys", "TRUNCATE audit",
+                      "DELETE FROM event_keys", "UPDATE events_p3 SET type = 'x'"):
+        with pytest.raises(psycopg.Error, match="append-only"):
+            raw_execute(persona, statement)
+
+
+def test_a_writer_that_skips_the_lock_still_cannot_store_a_version_or_an_event_twice(persona: Persona) -> None:
+    persona.log.append([event(event_id="once")])
+    copy = ("INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
+            " SELECT stream_no, version, {key}, type, recorded_at, payload, hash FROM events LIMIT 1")
+    with pytest.raises(psycopg.errors.UniqueViolation):  # the same (stream, version), another event id
+        raw_execute(persona, copy.format(key="'\\x00'::bytea"))
+    with pytest.raises(psycopg.errors.UniqueViolation):  # the same event id again
+        raw_execute(persona, "INSERT INTO event_keys SELECT event_key FROM events LIMIT 1")
+    assert persona.recorder.counts()["events"] == 1
+
+
+def test_an_old_snapshot_holding_erased_rows_is_reported_not_ignored(persona: Persona) -> None:
+    """VACUUM FULL keeps a deleted row some open snapshot may still see: the erasure says so,
+    and a later checkpoint, once the reader is gone, clears the pages."""
+    persona.log.append([event(event_id="1"), event("bob@example.com", event_id="2")])
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    wrapped = next(bytes(w) for p, _, w in persona.recorder.wrapped_keys() if p == pid)
+    url = persona.settings.database_url
+    assert url is not None
+    with psycopg.connect(url) as reader:  # a transaction of its own: REPEATABLE READ, one snapshot
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute("SELECT count(*) FROM keys").fetchone() == (2,)
+        erasure = erase_profile(persona, pid, checkpoint_wait_s=0.3)
+        assert erasure.wal_truncated is False and erasure.receipt["receipt"]["wal_truncated"] is False
+        assert wrapped in store_bytes(persona)  # still there: the report was right to say so
+    assert persona.recorder.checkpoint()
+    assert wrapped not in store_bytes(persona)
+
+
+@pytest.fixture
+def persona(tmp_path: Path) -> Any:
+    with pg_schema() as url, Persona.init(Settings.load(tmp_path / "data", env={"PERSONA_DATABASE_URL": url})) as p:
+        yield p
+
+
+@pytest.mark.slow
+def test_a_served_subscription_hears_another_process_ingest_within_a_second(tmp_path: Path) -> None:
+    """`persona serve` on PostgreSQL; `persona ingest` in another process; the subscription's
+    next message comes within a second of the ingest's commit (LISTEN/NOTIFY, not the poll)."""
+    from tests.test_api_http import SUBSCRIBE, opened, receive, send, serving
+
+    with pg_schema() as url, serving(tmp_path, url) as server:
+        email = "aiko.tanaka@example.com"
+        pid = server.ids[email]
+        line = (tmp_path / "late.jsonl")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}, "PERSONA_DATABASE_URL": url}
+
+        async def scenario() -> list[float]:
+            ws = await opened(server, "ops")
+            delays = []
+            try:
+                assert (await receive(ws))["type"] == "connection_ack"
+                await send(ws, {"id": "s", "type": "subscribe", "payload": {"query": SUBSCRIBE,
+                                                                            "variables": {"id": pid}}})
+                await asyncio.sleep(1.5)  # the subscription has read the profile's version
+                for n in range(3):
+                    line.write_text('{"source": "web", "type": "page_viewed", "occurred_at": "2026-05-01T10:00:00Z",'
+                                    f' "subject": {{"namespace": "email", "value": "{email}"}},'
+                                    f' "data": {{"url": "https://shop.example/late/{n}"}}, "event_id": "late{n}"}}\n')
+                    process = await asyncio.create_subprocess_exec(
+                        sys.executable, "-m", "persona", "--data", str(server.settings.data_dir), "ingest", str(line),
+                        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    assert await process.wait() == 0
+                    done = time.monotonic()  # the ingest has committed and exited
+                    message = await receive(ws, timeout=10)
+                    assert (message["type"], message["id"]) == ("next", "s"), message
+                    delays.append(time.monotonic() - done)
+            finally:
+                await ws.close()
+            return delays
+
+        delays = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    assert max(delays) < 1.0, delays
