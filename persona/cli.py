@@ -61,19 +61,19 @@ def friendly(func: F) -> F:
         except sqlite3.Error as e:  # SQLite's messages name tables and states, never values
             click.echo(f"error: database: {e}", err=True)
             sys.exit(1)
-        except Exception as e:
-            from persona.store.postgres import describe_error, is_database_error
-
-            if not is_database_error(e):
-                raise
-            click.echo(f"error: database: {describe_error(e)}", err=True)  # never the row's values
-            sys.exit(1)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(141)
         except OSError as e:
             where = f": {e.filename}" if e.filename else ""
             click.echo(f"error: {e.strerror or e}{where}", err=True)
+            sys.exit(1)
+        except Exception as e:
+            from persona.store.postgres import describe_error, is_database_error
+
+            if not is_database_error(e):
+                raise
+            click.echo(f"error: database: {describe_error(e)}", err=True)  # never the row's values
             sys.exit(1)
 
     return run  # type: ignore[return-value]
@@ -511,6 +511,47 @@ def backup(ctx: click.Context, dest: Path) -> None:
         info = backup_db(persona, dest)
     click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
                f"{info.bytes / 1e6:.1f} MB, taken {info.taken_at}")
+
+
+@cli.command()
+@click.option("--after", type=click.IntRange(0), default=None, metavar="POSITION",
+              help="Start after this global position (0: from the first event). Default: only events from now on.")
+@click.option("--refresh", is_flag=True,
+              help="Bring the profile index and snapshots of every person that grows up to date: a catch-up worker"
+                   " for a store that other processes append to without doing so (a bulk copy, say).")
+@click.option("--once", is_flag=True, help="Stop when caught up, instead of waiting for more.")
+@click.option("--wait", type=click.FloatRange(0.05, 60), default=1.0, show_default=True, metavar="SECONDS",
+              help="Longest wait between looks at the log (on PostgreSQL a commit wakes it at once).")
+@click.pass_context
+@friendly
+def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wait: float) -> None:
+    """Follow the log as events are committed by any process, on any machine.
+
+    Prints one JSON line per batch of new events: the last position read, how many
+    events, and the profiles that grew (pseudonymous ids; nothing is opened). Stop with
+    Ctrl+C; carry on later with --after set to the last position printed.
+    """
+    from persona.feed import ChangeFeed
+    from persona.projector import Projector
+
+    with opened(ctx) as persona:
+        feed = ChangeFeed(persona.recorder, after)
+        projector = Projector(persona) if refresh else None
+        try:
+            while True:
+                rows = feed.wait(0 if once else wait, limit=5_000)
+                if not rows:
+                    if once:
+                        break
+                    continue
+                grew = sorted({row.stream_id for row in rows})
+                line: dict[str, Any] = {"position": feed.position, "events": len(rows), "profiles": grew}
+                if projector is not None:
+                    erased = {pid for pid, head in persona.recorder.heads(grew).items() if head.wrapped is None}
+                    line["refreshed"] = projector.refresh([pid for pid in grew if pid not in erased])
+                click.echo(orjson.dumps(line).decode())
+        except KeyboardInterrupt:
+            click.echo(f"stopped after position {feed.position}", err=True)
 
 
 @cli.command()

@@ -20,13 +20,16 @@ class ChangeFeed:
     def __init__(self, recorder: Recorder, after_position: int | None = None) -> None:
         self.recorder = recorder
         self.position = recorder.last_position() if after_position is None else after_position
+        self._known = self.position  # the newest position seen committed
 
-    def wait(self, timeout: float) -> list[StoredEvent]:
-        """The events committed since the last call, waiting up to `timeout` seconds for one."""
-        newest = self.recorder.wait_for_events(self.position, timeout)
+    def wait(self, timeout: float, limit: int | None = None) -> list[StoredEvent]:
+        """The events committed since the last call (at most `limit`), waiting up to `timeout`
+        seconds for one if none is known to be waiting."""
+        if self.position >= self._known:
+            self._known = self.recorder.wait_for_events(self.position, timeout)
         found: list[StoredEvent] = []
-        while self.position < newest:
-            rows = self.recorder.read_all(self.position, PAGE)
+        while self.position < self._known and (limit is None or len(found) < limit):
+            rows = self.recorder.read_all(self.position, PAGE if limit is None else min(PAGE, limit - len(found)))
             if not rows:
                 break
             found.extend(rows)

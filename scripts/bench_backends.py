@@ -128,7 +128,7 @@ def main() -> None:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
                    f"SQLite {sqlite3.sqlite_version}",
-        "postgresql": pg_settings(args.pg),
+        "postgresql_server": pg_settings(args.pg),
         "workload": {"events": args.events, "people": args.people, "runs": args.runs},
     }
     runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "postgresql": []}
@@ -165,7 +165,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         ("erasure of one person, ms (median)", "erase_ms", ".0f"),
     ]
     w = r["workload"]
-    pg = r["postgresql"]
+    pg = r["postgresql_server"]
     text = (
         "## Backends: SQLite and PostgreSQL on the same workload\n\n"
         f"`scripts/bench-backends`: {w['events']:,} events over {w['people']:,} people, ~200-byte payloads,"

@@ -199,3 +199,27 @@ def test_migrate_copies_the_store_to_the_other_backend_and_back(persona: Persona
             copy.close()
         with pytest.raises(ConfigurationError, match=r"not empty|already"):
             migrate(persona.settings, here, there)
+
+
+def test_follow_catches_up_from_any_position_and_refreshes_what_grew(persona: Persona) -> None:
+    """`persona follow`: the catch-up worker. Events appended without a refresh (as a bulk copy
+    would) leave the index behind; `follow --refresh` brings it up to date."""
+    import orjson
+    from click.testing import CliRunner
+
+    from persona.cli import cli
+
+    persona.log.append([event(f"f{n}@example.com", event_id=f"f{n}") for n in range(12)])
+    persona.log.append([event("f1@example.com", event_id="f1-again")])
+    lagging = persona.recorder.lagging_persons()
+    assert len(lagging) == 12  # appended, never indexed
+    data = ["--data", str(persona.settings.data_dir)]
+    result = CliRunner().invoke(cli, [*data, "follow", "--after", "0", "--once", "--refresh"])
+    assert result.exit_code == 0, result.output
+    lines = [orjson.loads(line) for line in result.output.splitlines()]
+    assert sum(line["events"] for line in lines) == 13 and lines[-1]["position"] == persona.recorder.last_position()
+    assert {pid for line in lines for pid in line["profiles"]} == set(lagging)
+    assert sum(line["refreshed"] for line in lines) >= 12 and persona.recorder.lagging_persons() == []
+    assert "f1@example.com" not in result.output  # ids only, never an identifier
+    later = CliRunner().invoke(cli, [*data, "follow", "--after", str(lines[-1]["position"]), "--once"])
+    assert later.exit_code == 0 and later.output == ""  # caught up: nothing twice

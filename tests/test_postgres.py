@@ -21,7 +21,7 @@ from persona import Persona, Settings
 from persona.cli import cli
 from persona.erasure import erase_profile
 from persona.errors import ConfigurationError
-from persona.store.postgres import PARTITIONS, PostgresRecorder, without_password
+from persona.store.postgres import PARTITIONS, PostgresRecorder, close_pool, without_password
 from tests.conftest import event, pg_schema, raw_execute, store_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +55,7 @@ def test_init_with_a_backend_keeps_the_url_without_its_password(tmp_path: Path,
         assert again.exit_code != 0 and "already holds a persona store" in again.output
         wrong = runner.invoke(cli, ["--data", str(tmp_path / "fourth"), "init", "--backend", "mysql://x"])
         assert wrong.exit_code != 0 and "postgresql://" in wrong.output
+        close_pool(secret_url)  # the init's pool (its URL had the password): no threads left behind
 
 
 def test_without_password() -> None:
