@@ -14,6 +14,7 @@ from persona.core import DirectoryLock, Persona, load_keyring
 from persona.crypto import Keyring, fingerprint
 from persona.erasure import erase_profile, reapply_ledger
 from persona.errors import ConfigurationError, KeyMismatchError
+from persona.events import from_micros
 from persona.settings import Settings
 from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
 
@@ -106,38 +107,55 @@ def _restore_postgres(settings: Settings, keyring: Keyring, source: Path) -> lis
     """Replace the PostgreSQL store with the backup, erasures re-applied first.
 
     The store is shared by many machines, each with its own ledger: so besides this
-    machine's ledger, every tombstone of the store being replaced is re-applied too. That
-    happens on a private SQLite copy of the backup (secure delete, WAL truncated), so no
-    erased person's rows are ever written to PostgreSQL (or its WAL) again; then the copy
-    replaces the store in one transaction."""
+    machine's ledger, every tombstone of the store being replaced is re-applied too (at its
+    own time), and kept, for people the backup does not hold yet. That happens on a private
+    SQLite copy of the backup (secure delete, WAL truncated), so no erased person's rows are
+    written to PostgreSQL (or its WAL) again; then the copy replaces the store in one
+    transaction, unless someone was erased meanwhile."""
     from persona.migrate import copy_store
     from persona.store.postgres import PostgresRecorder
 
     assert settings.database_url is not None
+    try:
+        current = PostgresRecorder(settings.database_url)
+    except ConfigurationError:  # no store there yet: a restore onto a new server
+        erased_here: dict[str, int] = {}
+        mark = 0
+    else:
+        try:
+            erased_here, mark = dict(current.tombstones()), current.erasure_mark()
+        finally:
+            current.close()
     staging = settings.data_dir / "restoring.db"  # the backup is opened read-write: a private copy
     for leftover in _with_sidecars(staging):
         leftover.unlink(missing_ok=True)
     os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # its WAL inherits the mode
     shutil.copyfile(source, staging)
     try:
-        target = PostgresRecorder(settings.database_url, create=None)  # a new, empty server is fine too
-        try:
-            erased_here = [pid for pid, _ in target.tombstones()]
-            with Persona(settings, keyring, SQLiteRecorder(staging)) as staged:
-                staged.log.check_keyring()
-                reapplied = reapply_ledger(staged)
-                for pid in erased_here:
-                    head = staged.recorder.heads([pid]).get(pid)
-                    if head is not None and head.wrapped is not None:
-                        erase_profile(staged, pid, reapply=True)
-                        reapplied.append(pid)
-                if not staged.recorder.checkpoint():
-                    raise ConfigurationError("could not checkpoint the restored copy")
+        with Persona(settings, keyring, SQLiteRecorder(staging)) as staged:
+            staged.log.check_keyring()
+            reapplied = reapply_ledger(staged)
+            rec = staged.recorder
+            for pid, erased_at in erased_here.items():
+                head = rec.heads([pid]).get(pid)
+                if head is not None and head.wrapped is not None:
+                    erase_profile(staged, pid, now=from_micros(erased_at), reapply=True)
+                    reapplied.append(pid)
+                elif rec.tombstone(pid) is None:
+                    with rec.transaction():  # not in the backup yet: the tombstone is kept all the same
+                        rec.erase(pid, erased_at)
+            if not rec.checkpoint():
+                raise ConfigurationError("could not checkpoint the restored copy")
+            target = PostgresRecorder(settings.database_url, create=None)
+            try:
                 with target.transaction():
+                    if target.erasure_mark() != mark:
+                        raise ConfigurationError("someone was erased while the backup was prepared; run the"
+                                                 " restore again (nothing was changed)")
                     target.recreate()
-                    copy_store(staged.recorder, target)
-        finally:
-            target.close()
+                    copy_store(rec, target)
+            finally:
+                target.close()
     finally:
         for leftover in _with_sidecars(staging):
             leftover.unlink(missing_ok=True)

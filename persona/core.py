@@ -165,7 +165,10 @@ class Persona:
             self.keyring = only
             self.log = EventLog(self.recorder, only, self.settings)
             self.log.record_keyring()
-        only.write(self.settings.key_file)
+        with self.recorder.transaction():  # the key file, rewritten under the lock from what is on disk now
+            disk = Keyring.read(self.settings.key_file)
+            keep = {v: k for v, k in disk.keks.items() if v >= new.current}
+            Keyring(keep, disk.pepper, disk.signing_key, disk.source).write(self.settings.key_file)
         result["retired"] = len(new.keks) - 1
         return result
 

@@ -12,7 +12,7 @@ from persona.erasure import ErasureLedger, erase_profile, erase_subject, verify_
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.ingest import ingest_jsonl
 from persona.verify import verify
-from tests.conftest import event, jsonl, raw_bytes_of, record, store_bytes
+from tests.conftest import event, jsonl, record, store_bytes
 
 ALICE = "Alice.Unique@Example.com"
 URL = "https://shop.example/only-alice/7f3a9c"
@@ -166,7 +166,7 @@ def test_restore_does_not_resurrect_the_erased(persona: Persona, tmp_path: Path)
             p.log.read(alice)
         assert len(p.log.read(bob)) == 1
         assert verify(p).erased == 1
-    assert URL.encode() not in raw_bytes_of(settings.data_dir)
+        assert URL.encode() not in store_bytes(p)
 
 
 def test_restore_refuses_a_backup_of_another_store(persona: Persona, tmp_path: Path) -> None:

@@ -82,6 +82,7 @@ def sealer(persona: Persona) -> Sealer:
         with rec.transaction():
             stored = rec.system_key(MODELS_KEY)
             if stored is None:
+                persona.log.check_current_kek()  # never under a version a retiring rotation destroyed
                 version, wrapped = persona.keyring.wrap(MODELS_KEY, persona.keyring.new_dek())
                 rec.put_system_key(MODELS_KEY, version, wrapped)
                 stored = (version, wrapped)

@@ -28,13 +28,14 @@ same order on both backends. Every statement is a constant with bound parameters
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -48,7 +49,7 @@ from persona.store.sqlite import SCHEMA_VERSION
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
 PARTITIONS = 8  # hash partitions of the event log
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
-CHANNEL = "persona_events"  # + ":" + the store's schema: stores in one database do not wake each other
+CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
 DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
 # Tables erasure deletes from whose dead rows could tell something: rewritten after it (VACUUM
@@ -254,7 +255,7 @@ def without_password(url: str) -> tuple[str, bool]:
     if had:
         userinfo = userinfo.split(":", 1)[0]
     query = parts.query.split("&") if parts.query else []
-    kept = [item for item in query if item.partition("=")[0] != "password"]  # the rest exactly as written
+    kept = [item for item in query if unquote(item.partition("=")[0]) != "password"]  # the rest as written
     had = had or len(kept) != len(query)
     netloc = (userinfo + "@" if at else "") + hosts
     return urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))), had
@@ -268,8 +269,9 @@ class PostgresRecorder:
         opens one or makes it (a restore onto a new server)."""
         self.url = url
         self.pool = pool_for(url)
-        self.conn: psycopg.Connection[Any] = self.pool.getconn(timeout=busy_timeout_ms / 1000)
         self.busy_timeout_ms = int(busy_timeout_ms)
+        self._conn: psycopg.Connection[Any] | None = self.pool.getconn(timeout=busy_timeout_ms / 1000)
+        self._erased_xid: str | None = None  # the newest erasing transaction's id, for checkpoint()
         self._depth = 0
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
@@ -278,11 +280,13 @@ class PostgresRecorder:
         self.schema = ""
         self.channel = CHANNEL
         try:
-            self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
+            self._settings(self.conn)
             self.schema = str(self._value("SELECT current_schema()"))
-            self.channel = f"{CHANNEL}:{self.schema}"
+            # a channel name is at most 63 bytes: a digest of the schema, not the schema itself
+            self.channel = f"{CHANNEL}_{hashlib.blake2b(self.schema.encode(), digest_size=8).hexdigest()}"
             if create is None and self._has_schema():
-                pass
+                if self.get_meta("schema_version") != SCHEMA_VERSION:
+                    raise ConfigurationError("the database was not made by this version of persona")
             elif create or create is None:
                 with self.conn.transaction():  # under the write lock: two inits cannot both create
                     self._lock()
@@ -299,6 +303,22 @@ class PostgresRecorder:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def conn(self) -> psycopg.Connection[Any]:
+        """This recorder's connection; one the server dropped (a restart, a failover) is
+        replaced by a fresh one from the pool — never inside a transaction, which fails."""
+        conn = self._conn
+        if conn is None:
+            raise ConfigurationError("the store is closed")
+        if conn.broken and not self._depth:
+            self.pool.putconn(conn)  # the pool discards a broken connection
+            conn = self._conn = self.pool.getconn(timeout=self.busy_timeout_ms / 1000)
+            self._settings(conn)
+        return conn
+
+    def _settings(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
 
     def recreate(self) -> None:
         """Drop every table of the store and make them anew, empty (inside a transaction:
@@ -367,7 +387,7 @@ class PostgresRecorder:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        conn, self.conn = self.conn, None  # type: ignore[assignment]
+        conn, self._conn = self._conn, None
         if conn is not None:
             self.pool.putconn(conn)  # the pool rolls back anything left open
 
@@ -382,6 +402,7 @@ class PostgresRecorder:
         position. LISTEN/NOTIFY wakes it at once; the position is read again after each
         wake-up and at the end, so a notification lost (or never sent) costs at most `timeout`."""
         deadline = time.monotonic() + timeout
+        self._listen()  # before the position is read: a commit in between still wakes us
         newest = self.last_position()
         while newest <= after_position:
             left = deadline - time.monotonic()
@@ -389,18 +410,30 @@ class PostgresRecorder:
                 break
             try:
                 if self._listener is None:
-                    self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
-                                                     application_name="persona-listen")
-                    self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    raise psycopg.OperationalError("not listening")
                 for _ in self._listener.notifies(timeout=left, stop_after=1):
                     pass
-            except psycopg.OperationalError:  # the server went away: listen anew next time, poll meanwhile
-                if self._listener is not None:
-                    self._listener.close()
-                    self._listener = None
+            except psycopg.OperationalError:  # the server went away: listen anew, poll meanwhile
+                self._drop_listener()
                 time.sleep(min(max(deadline - time.monotonic(), 0), 0.5))
+                self._listen()
             newest = self.last_position()
         return newest
+
+    def _listen(self) -> None:
+        if self._listener is not None:
+            return
+        try:
+            self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
+                                             application_name="persona-listen")
+            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+        except psycopg.OperationalError:
+            self._drop_listener()
+
+    def _drop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
 
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -609,6 +642,7 @@ class PostgresRecorder:
     # -- erasure -------------------------------------------------------------------------
     def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
         conn = self.conn
+        self._erased_xid = str(self._value("SELECT pg_current_xact_id()"))
         head = conn.execute("SELECT version FROM streams WHERE stream_id = %s", (profile_id,)).fetchone()
         events = int(head[0]) if head else 0
         hashes = [h for (h, _) in self.links_of(profile_id)]
@@ -660,9 +694,9 @@ class PostgresRecorder:
         """
         if self._depth:
             return False
-        since = self._value("SELECT clock_timestamp()")  # after the erasure committed
+        erased = self._erased_xid or str(self._value("SELECT pg_current_xact_id()"))
         deadline = time.monotonic() + wait_s
-        while self._holding_back(since):
+        while self._holding_back(erased):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -678,15 +712,22 @@ class PostgresRecorder:
             return False
         finally:
             self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
-        # a snapshot taken since `since` began after the erasure: it cannot see the erased rows
+        if self._erased_xid == erased:
+            self._erased_xid = None
         return True
 
-    def _holding_back(self, since: Any) -> bool:
-        """Another session's snapshot from before `since`, or a replication slot's horizon."""
+    def _holding_back(self, erased: str) -> bool:
+        """Whether anything may still see rows as they were before transaction `erased`
+        committed: a session's snapshot or transaction from before it (of any role: backend_xmin
+        and backend_xid are shown to all), a prepared transaction, a replication slot's horizon.
+        age() orders transaction ids across wraparound: older is larger."""
         row = self.conn.execute(
-            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
-            " AND backend_xmin IS NOT NULL AND coalesce(xact_start, backend_start) < %s)"
-            " + (SELECT count(*) FROM pg_replication_slots WHERE xmin IS NOT NULL)", (since,)).fetchone()
+            "WITH e AS (SELECT age(xid(%s::xid8)) AS a)"
+            " SELECT (SELECT count(*) FROM pg_stat_activity, e WHERE pid <> pg_backend_pid()"
+            " AND (age(backend_xmin) >= e.a OR age(backend_xid) >= e.a))"
+            " + (SELECT count(*) FROM pg_prepared_xacts, e WHERE age(transaction) >= e.a)"
+            " + (SELECT count(*) FROM pg_replication_slots, e WHERE age(xmin) >= e.a OR age(catalog_xmin) >= e.a)"
+            " FROM e", (erased,)).fetchone()
         return bool(row and row[0])
 
     # -- models ----------------------------------------------------------------------------
