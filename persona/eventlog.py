@@ -63,6 +63,9 @@ def genesis(chain_key: bytes, stream_id: str) -> bytes:
     return hashlib.blake2b(b"persona-genesis\x00" + stream_id.encode(), key=chain_key, digest_size=32).digest()
 
 
+_new_tuple = tuple.__new__  # RecordedEvent(...) without its keyword-taking __new__: replay's hot path
+
+
 def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> bytes:
     """Binds a ciphertext to its place: moved or relabelled, it no longer opens."""
     return _EVENT_AAD + stream_id.encode() + b"\x00" + version.to_bytes(8, "big") + event_key + kind.encode()
@@ -445,8 +448,8 @@ class EventLog:
                 f"event at position {position} (stream {sid}, version {version}) does not open", position=position
             ) from None
         sub = body["sub"]
-        return RecordedEvent(position, sid, version, body["id"], kind, body["src"], body["at"],
-                             recorded_us, (sub[0], sub[1][:12]), body["data"])
+        return _new_tuple(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
+                                          recorded_us, (sub[0], sub[1][:12]), body["data"]))
 
     def read(self, profile_id: str, after_version: int = 0) -> list[RecordedEvent]:
         """One stream, opened, in version order."""
