@@ -138,6 +138,12 @@ class EventLog:
         self._links: dict[bytes, str] = {}
         self._tips: dict[str, Tip] = {}
         self._synced: tuple[int, int] | None = None
+        # Replay cache: stream number -> id, and -> sealer (None: erased), valid while no one is
+        # erased (the store's erasure mark is read per page; a restore re-applies erasures and
+        # is made with every process stopped).
+        self._names: dict[int, str] = {}
+        self._replay: dict[int, Sealer | None] = {}
+        self._replay_mark = -1
 
     # -- identifiers ---------------------------------------------------------------------
     def event_key(self, source: str, event_id: str) -> bytes:
@@ -171,6 +177,7 @@ class EventLog:
 
     def forget_cached_keys(self) -> None:
         self._sealers.clear()
+        self._replay.clear()
         self._forget_writer_cache()
 
     def _forget_writer_cache(self) -> None:
@@ -472,15 +479,42 @@ class EventLog:
 
         Events of erased profiles cannot be opened and are passed over.
         """
+        rec = self.recorder
         with gc_paused():
-            rows = self.recorder.read_all(after_position, limit)
+            rows = rec.read_log(after_position, limit)
             if not rows:
                 return [], after_position
-            heads = self.recorder.heads({r.stream_id for r in rows})
-            sealers = {sid: self.sealer(sid, head) for sid, head in heads.items() if head.wrapped is not None}
-            opened = self.open_event
-            out = [opened(row, sealers[row.stream_id]) for row in rows if row.stream_id in sealers]
-        return out, rows[-1].position
+            names, sealers = self._names, self._replay
+            mark = rec.erasure_mark()
+            if mark != self._replay_mark or len(sealers) > _CACHE_LIMIT or len(names) > _CACHE_LIMIT:
+                sealers.clear()  # someone was erased (here or elsewhere): keys are looked up again
+                names.clear()
+                self._replay_mark = mark
+            unknown = {row[1] for row in rows} - sealers.keys()
+            if unknown:
+                names.update(rec.stream_names(list(unknown - names.keys())))
+                heads = rec.heads([names[no] for no in unknown])
+                for no in unknown:
+                    head = heads.get(names[no])
+                    sealers[no] = None if head is None or head.wrapped is None else self.sealer(names[no], head)
+            # open_event, inlined: this loop runs once per event of a replay
+            out: list[RecordedEvent] = []
+            append, loads, new, join = out.append, orjson.loads, _new_tuple, b"".join
+            for position, no, version, key, kind, recorded_us, payload in rows:
+                sealer = sealers[no]
+                if sealer is None:
+                    continue  # erased: it can never be opened
+                sid = names[no]
+                aad = join((_EVENT_AAD, sid.encode(), b"\x00", version.to_bytes(8, "big"), key, kind.encode()))
+                try:
+                    body = loads(sealer.decrypt(payload[:12], payload[12:], aad))
+                except InvalidTag:
+                    raise TamperError(f"event at position {position} (stream {sid}, version {version}) does not open",
+                                      position=position) from None
+                sub = body["sub"]
+                append(new(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
+                                           recorded_us, (sub[0], sub[1][:12]), body["data"])))
+        return out, rows[-1][0]
 
     def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
         position = after_position

@@ -223,3 +223,13 @@ def test_follow_catches_up_from_any_position_and_refreshes_what_grew(persona: Pe
     assert "f1@example.com" not in result.output  # ids only, never an identifier
     later = CliRunner().invoke(cli, [*data, "follow", "--after", str(lines[-1]["position"]), "--once"])
     assert later.exit_code == 0 and later.output == ""  # caught up: nothing twice
+
+
+def test_replay_never_opens_someone_erased_elsewhere_with_a_key_it_still_holds(persona: Persona) -> None:
+    """Replay keeps each stream's key between pages; an erasure by another process drops them."""
+    persona.log.append([event("bob@example.com", event_id=f"b{n}") for n in range(3)] + [event(event_id="a1")])
+    bob = persona.log.profile_for("email", "bob@example.com")
+    assert sum(1 for e in persona.log.iter_all() if e.profile_id == bob) == 3  # bob's key is now held here
+    with Persona.open(persona.settings) as other:
+        erase_subject(other, "email", "bob@example.com")
+    assert [e.event_id for e in persona.log.iter_all()] == ["a1"]

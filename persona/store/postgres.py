@@ -499,6 +499,15 @@ class PostgresRecorder:
     def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
         return self._events(_READ_ALL, (after_position, limit))
 
+    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
+        return self.conn.execute(
+            "SELECT position, stream_no, version, event_key, type, recorded_at, payload FROM events"
+            " WHERE position > %s ORDER BY position LIMIT %s", (after_position, limit)).fetchall()
+
+    def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]:
+        return dict(self.conn.execute("SELECT stream_no, stream_id FROM streams WHERE stream_no = ANY(%s::bigint[])",
+                                      (list(stream_numbers),)).fetchall())
+
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, in pages: no cursor or transaction is held between them."""
         last = (0, 0)

@@ -479,6 +479,20 @@ class SQLiteRecorder:
         )
         return list(map(StoredEvent._make, cursor))
 
+    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
+        return self.conn.execute(
+            "SELECT position, stream_no, version, event_key, type, recorded_at, payload FROM events"
+            " WHERE position > ? ORDER BY position LIMIT ?", (after_position, limit)).fetchall()
+
+    def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        numbers = list(stream_numbers)
+        for start in range(0, len(numbers), CHUNK):
+            part = numbers[start : start + CHUNK]
+            sql = _expand("SELECT stream_no, stream_id FROM streams WHERE stream_no IN (?*)", len(part))
+            out.update(self.conn.execute(sql, part).fetchall())
+        return out
+
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, each stream in version order."""
         cursor = self.conn.execute(_SCAN_CHAINS)
