@@ -9,6 +9,23 @@ from typing import Any
 import orjson
 
 
+def machine(extra: str | None = None) -> str:
+    """The machine a benchmark ran on, as every report names it."""
+    import os
+    import platform
+    import sqlite3
+
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            + (extra if extra is not None else f"SQLite {sqlite3.sqlite_version}"))
+
+
+def cell(d: dict[str, float], fmt: str) -> str:
+    """A median, with its min–max when there were several runs."""
+    if d.get("runs", 2) == 1:
+        return format(d["median"], fmt)
+    return f"{format(d['median'], fmt)} ({format(d['min'], fmt)}–{format(d['max'], fmt)})"
+
+
 def publish(out: Path, name: str, result: Any, text: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"benchmarks-{name}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")

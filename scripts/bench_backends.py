@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -29,8 +27,8 @@ from typing import Any
 
 import orjson
 import psycopg
-from _publish import publish
-from bench_core import make_events
+from _publish import cell, machine, publish
+from bench_core import make_events, stats
 
 from persona import Persona, Settings
 from persona.erasure import erase_profile
@@ -107,10 +105,6 @@ def one_run(backend: str, data: Path, lines: int, root: Path, pg_url: str, schem
     return out
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -126,8 +120,7 @@ def main() -> None:
     schema = SCHEMA + ("_quick" if args.quick else "")  # a smoke run never touches a real run's schema
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"SQLite {sqlite3.sqlite_version}",
+        "machine": machine(),
         "postgresql_server": pg_settings(args.pg),
         "workload": {"events": args.events, "people": args.people, "runs": args.runs},
     }
@@ -152,11 +145,6 @@ def main() -> None:
 
 def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     s, p = r["sqlite"], r["postgresql"]
-
-    def cell(d: dict[str, float], fmt: str) -> str:
-        if d["runs"] == 1:
-            return format(d["median"], fmt)
-        return f"{format(d['median'], fmt)} ({format(d['min'], fmt)}–{format(d['max'], fmt)})"
 
     rows = [
         ("ingest, events/s (end to end)", "ingest_eps", ",.0f"),

@@ -18,10 +18,7 @@ an object (the peer: select_notifications + mapper; persona: iter_all, which ope
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -30,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _publish import publish
-from bench_core import bench_append, floor, make_events
+from _publish import cell, machine, publish
+from bench_core import bench_append, floor, make_events, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = 5_000
@@ -114,10 +111,6 @@ def bench_peer(records: list[dict[str, Any]], root: Path, batch: int) -> tuple[f
     return stored / append_s, replayed / replay_s, stored
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
@@ -139,8 +132,7 @@ def main() -> None:
     records = make_events(args.events, args.people)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"SQLite {sqlite3.sqlite_version}",
+        "machine": machine(),
         "peer": f"eventsourcing {version('eventsourcing')}, cryptography {version('cryptography')}",
         "workload": {"events": args.events, "people": args.people, "batch": args.batch, "runs": args.runs},
     }
@@ -170,11 +162,6 @@ def main() -> None:
 
 
 def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
-    def cell(d: dict[str, float]) -> str:
-        if d["runs"] == 1:
-            return f"{d['median']:,.0f}"
-        return f"{d['median']:,.0f} ({d['min']:,.0f}–{d['max']:,.0f})"
-
     w, f = r["workload"], r["floor"]
     text = (
         "## Against a peer: the `eventsourcing` library\n\n"
@@ -184,10 +171,10 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         " AES-GCM cipher (`eventsourcing.cryptography:AESCipher`, the faster of its two: its default is"
         " PyCryptodome's), no compressor, each batch saved in one call.\n\n"
         "| | persona | eventsourcing | persona / peer | target |\n|---|---:|---:|---:|---:|\n"
-        f"| append, encrypted | {cell(r['persona']['append'])} | {cell(r['eventsourcing']['append'])} |"
+        f"| append, encrypted | {cell(r['persona']['append'], ',.0f')} | {cell(r['eventsourcing']['append'], ',.0f')} |"
         f" {r['ratio']['append']:.2f}× | ≥ 3× |\n"
-        f"| replay (read + decrypt + decode, log order) | {cell(r['persona']['replay'])} |"
-        f" {cell(r['eventsourcing']['replay'])} | {r['ratio']['replay']:.2f}× | ≥ 3× |\n\n"
+        f"| replay (read + decrypt + decode, log order) | {cell(r['persona']['replay'], ',.0f')} |"
+        f" {cell(r['eventsourcing']['replay'], ',.0f')} | {r['ratio']['replay']:.2f}× | ≥ 3× |\n\n"
         "The floor, in the same run (µs per event, one core): "
         f"orjson encode {f['encode_us']:.2f}, AES-GCM seal {f['seal_us']:.2f}, open {f['open_us']:.2f},"
         f" SQLite insert {f['sqlite_insert_us']:.2f}, scan {f['sqlite_scan_us']:.2f}; encode + seal + insert ="

@@ -180,6 +180,7 @@ _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
 _DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
                           for table in ("profile_index", "rfm", "predictions"))
+_CLEAR_PERSON_ROWS = ("DELETE FROM profile_index", "DELETE FROM rfm", "DELETE FROM predictions")
 _COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
 _COUNT = {table: f"SELECT count(*) FROM {table}" for table in _COUNTED}
 _VACUUM = (*(f"VACUUM FULL {table}" for table in _REWRITTEN), "VACUUM snapshots")
@@ -882,8 +883,8 @@ class PostgresRecorder:
         return [(pid, bytes(h), ns) for pid, h, ns in rows]
 
     def clear_derived(self, projection: str | None = None) -> None:
-        for table in ("profile_index", "rfm", "predictions"):
-            self.conn.execute(f"DELETE FROM {table}")
+        for statement in _CLEAR_PERSON_ROWS:
+            self.conn.execute(statement)
         if projection is None:
             self.conn.execute("DELETE FROM snapshots")
         else:
