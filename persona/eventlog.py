@@ -11,7 +11,7 @@ import gc
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -141,9 +141,13 @@ class EventLog:
         # Replay cache: stream number -> id, and -> sealer (None: erased), valid while no one is
         # erased (the store's erasure mark is read per page; a restore re-applies erasures and
         # is made with every process stopped).
+        # A stream's entry: (its id, its key's decrypt, its AAD prefix); subjects are shared
+        # (namespace, short ref) pairs, so a page of events holds one tuple per person, not per event.
         self._names: dict[int, str] = {}
-        self._replay: dict[int, Sealer | None] = {}
+        self._replay: dict[int, tuple[str, Callable[[bytes, bytes, bytes], bytes], bytes] | None] = {}
         self._replay_mark = -1
+        self._subjects: dict[str, tuple[str, str]] = {}
+        self._kinds: dict[str, bytes] = {}
 
     # -- identifiers ---------------------------------------------------------------------
     def event_key(self, source: str, event_id: str) -> bytes:
@@ -484,37 +488,55 @@ class EventLog:
             rows = rec.read_log(after_position, limit)
             if not rows:
                 return [], after_position
-            names, sealers = self._names, self._replay
+            streams, subjects, kinds = self._replay, self._subjects, self._kinds
             mark = rec.erasure_mark()
-            if mark != self._replay_mark or len(sealers) > _CACHE_LIMIT or len(names) > _CACHE_LIMIT:
-                sealers.clear()  # someone was erased (here or elsewhere): keys are looked up again
-                names.clear()
+            if mark != self._replay_mark or max(len(streams), len(self._names), len(subjects)) > _CACHE_LIMIT:
+                streams.clear()  # someone was erased (here or elsewhere): keys are looked up again
+                self._names.clear()
+                subjects.clear()
                 self._replay_mark = mark
-            unknown = {row[1] for row in rows} - sealers.keys()
+            unknown = {row[1] for row in rows} - streams.keys()
             if unknown:
-                names.update(rec.stream_names(list(unknown - names.keys())))
-                heads = rec.heads([names[no] for no in unknown])
-                for no in unknown:
-                    head = heads.get(names[no])
-                    sealers[no] = None if head is None or head.wrapped is None else self.sealer(names[no], head)
+                self._open_streams(unknown)
             # open_event, inlined: this loop runs once per event of a replay
             out: list[RecordedEvent] = []
             append, loads, new, join = out.append, orjson.loads, _new_tuple, b"".join
             for position, no, version, key, kind, recorded_us, payload in rows:
-                sealer = sealers[no]
-                if sealer is None:
+                stream = streams[no]
+                if stream is None:
                     continue  # erased: it can never be opened
-                sid = names[no]
-                aad = join((_EVENT_AAD, sid.encode(), b"\x00", version.to_bytes(8, "big"), key, kind.encode()))
+                sid, decrypt, prefix = stream
+                kind_bytes = kinds.get(kind)
+                if kind_bytes is None:
+                    kind_bytes = kinds[kind] = kind.encode()
                 try:
-                    body = loads(sealer.decrypt(payload[:12], payload[12:], aad))
+                    body = loads(decrypt(payload[:12], payload[12:], join((prefix, version.to_bytes(8, "big"), key,
+                                                                           kind_bytes))))
                 except InvalidTag:
                     raise TamperError(f"event at position {position} (stream {sid}, version {version}) does not open",
                                       position=position) from None
-                sub = body["sub"]
+                ref = body["sub"][1]
+                subject = subjects.get(ref)
+                if subject is None:
+                    subject = subjects[ref] = (body["sub"][0], ref[:12])
                 append(new(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
-                                           recorded_us, (sub[0], sub[1][:12]), body["data"])))
-        return out, rows[-1][0]
+                                           recorded_us, subject, body["data"])))
+            last = rows[-1][0]
+            del rows  # freed while the collector is off: it never has to look at the page's rows
+        return out, last
+
+    def _open_streams(self, numbers: set[int]) -> None:
+        """Fill the replay cache for these stream numbers (None for an erased stream)."""
+        rec, names, streams = self.recorder, self._names, self._replay
+        names.update(rec.stream_names(list(numbers - names.keys())))
+        heads = rec.heads([names[no] for no in numbers])
+        for no in numbers:
+            sid = names[no]
+            head = heads.get(sid)
+            if head is None or head.wrapped is None:
+                streams[no] = None
+            else:
+                streams[no] = (sid, self.sealer(sid, head).decrypt, _EVENT_AAD + sid.encode() + b"\x00")
 
     def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
         position = after_position

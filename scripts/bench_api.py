@@ -149,6 +149,16 @@ class Server:
             time.sleep(0.05)
         raise BenchError(f"{self.name} did not answer /healthz within {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    def peak_mb(self) -> float | None:
+        """The server's peak resident memory so far (Linux: VmHWM), or None where it cannot be read."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -444,6 +454,7 @@ def main() -> None:
                     else:
                         got = run_python(scenario, 300)
                     measured[scenario.key].append(got)
+            server_peak_mb = servers[0].peak_mb()
             for server in servers:
                 if server.proc.poll() is not None:
                     raise BenchError(f"{server.name} died during the run:\n{server.log_tail()}")
@@ -470,6 +481,7 @@ def main() -> None:
                      "rebuild_s": round(data.rebuild_s, 2), "answers_checked": checked},
         "load": {"client": client, "threads": args.threads, "connections": args.connections,
                  "duration_s": args.duration, "warmup_s": warmup_s, "runs": args.runs},
+        "server_peak_mb": None if server_peak_mb is None else round(server_peak_mb, 1),
         "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
         "scenarios": {},
     }
@@ -527,7 +539,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"Target for (a): ≥ {t['rps']:,} req/s with p99 ≤ {t['p99_ms']:.0f} ms — "
         f"{'not judged (python client)' if t['met'] is None else '**met**' if t['met'] else '**not met**'} "
         f"({head['rps']['median']:,.0f} req/s, "
-        f"p99 {head['p99_ms']['median']:.1f} ms).",
+        f"p99 {head['p99_ms']['median']:.1f} ms)."
+        + (f" Peak resident memory of the `persona serve` process: {r['server_peak_mb']:,.0f} MB."
+           if r.get("server_peak_mb") else ""),
         "",
         f"Method: (a) rotates over {w['profiles_rotated']:,} profile ids and (b) over "
         f"{w['history_profiles_rotated']:,} profiles with at least {HISTORY_PAGE} events, one id per request",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import os
 import platform
 import random
@@ -18,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = ["books", "electronics", "home", "beauty", "sports", "toys", "grocery", "garden"]
 
 
-def make_events(n: int, people: int, seed: int = 1, prefix: str = "ev") -> list[dict[str, Any]]:
+def iter_events(n: int, people: int, seed: int = 1, prefix: str = "ev") -> Iterator[dict[str, Any]]:
     """Behaviour events with ~200-byte data, interleaved across people as they arrive in life."""
     rng = random.Random(seed)
     start = datetime(2025, 1, 1, tzinfo=UTC)
-    out = []
     for i in range(n):
         who = rng.randrange(people)
         cat = rng.choice(CATEGORIES)
-        out.append({
+        yield {
             "event_id": f"{prefix}-{i}",
             "source": "web",
             "type": "page_viewed",
@@ -59,8 +59,18 @@ def make_events(n: int, people: int, seed: int = 1, prefix: str = "ev") -> list[
                 "session_id": f"s-{who}-{i // 50}",
                 "referrer": "https://search.example/q?term=" + cat,
             },
-        })
-    return out
+        }
+
+
+def make_events(n: int, people: int, seed: int = 1, prefix: str = "ev") -> list[dict[str, Any]]:
+    return list(iter_events(n, people, seed, prefix))
+
+
+def batches(n: int, people: int, size: int, seed: int = 1) -> Iterator[list[dict[str, Any]]]:
+    """The same events as make_events, a batch at a time (a million never sit in memory at once)."""
+    source = iter_events(n, people, seed)
+    while batch := list(itertools.islice(source, size)):
+        yield batch
 
 
 def as_events(records: list[dict[str, Any]]) -> list[Event]:
@@ -111,7 +121,12 @@ def floor(records: list[dict[str, Any]], root: Path) -> dict[str, float]:
         for s in sealed:
             aead.decrypt(nonce, s, b"aad")
 
+    def decode() -> None:
+        for b in bodies:
+            orjson.loads(b)
+
     out["encode_us"] = per_event(encode)
+    out["decode_us"] = per_event(decode)
     out["seal_us"] = per_event(seal)
     out["open_us"] = per_event(unseal)
     path = root / "floor.db"

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
                                                  ("bench_ingest.py", "## Ingest of raw exports"),
                                                  ("bench_models.py", "## Models"),
                                                  ("bench_backends.py", "## Backends"),
-                                                 ("bench_peer.py", "## Against a peer")])
+                                                 ("bench_peer.py", "## Against a peer"),
+                                                 ("bench_report.py", "## Report")])
 def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> None:
     before = (ROOT / "docs" / "benchmarks.md").read_bytes()
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--out", str(tmp_path)],
