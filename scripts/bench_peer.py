@@ -1,6 +1,7 @@
 """persona against a peer, in the same run: the `eventsourcing` library (PyPI) on SQLite with
 its AES cipher on, appending and replaying the same events, next to the raw cost floor.
-Writes docs/benchmarks.md (peer section) and docs/benchmarks-peer.json.
+Prints its table; the published comparison is the one `scripts/bench` makes (its report has
+both workloads), so this script writes nothing.
 
     scripts/bench-peer                    # 100,000 events over 2,000 people, 3 runs each, alternating
     scripts/bench-peer --events 1000000 --people 10000
@@ -27,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _publish import cell, machine, publish
+from _publish import cell, machine
 from bench_core import bench_append, floor, make_events, stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,7 +121,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--out", type=Path, help="ignored (kept so that every bench script takes it)")
     args = parser.parse_args()
     if args.quick:
         args.events, args.people, args.runs = 3_000, 100, 1
@@ -160,10 +161,10 @@ def main() -> None:
     results["persona"] = {k: stats(v) for k, v in ours.items()}
     results["eventsourcing"] = {k: stats(v) for k, v in theirs.items()}
     results["ratio"] = {k: results["persona"][k]["median"] / results["eventsourcing"][k]["median"] for k in ours}
-    write_report(results, args.out, quick=args.quick)
+    write_report(results)
 
 
-def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
+def write_report(r: dict[str, Any]) -> None:
     w, f = r["workload"], r["floor"]
     text = (
         "## Against a peer: the `eventsourcing` library\n\n"
@@ -186,8 +187,6 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         " hash chain, and an idempotency key per event.\n"
     )
     print(text)
-    if not quick:
-        publish(out, "peer", r, text)
 
 
 if __name__ == "__main__":

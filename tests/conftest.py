@@ -51,6 +51,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         ) from None
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the hardening suite tried (tests/hardening.py): inputs, faults, kills."""
+    from tests.hardening import TRIED
+
+    if TRIED:
+        terminalreporter.section("hardening: what was tried")
+        for what, count in sorted(TRIED.items()):
+            terminalreporter.write_line(f"{count:>9,}  {what}")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         module = metafunc.module.__name__.rpartition(".")[2]

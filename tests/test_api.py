@@ -48,6 +48,7 @@ from persona.insights import BOUNDS
 from persona.population import compute_rfm, indexed
 from persona.pseudonyms import normalise, short_hash
 from tests.conftest import record
+from tests.hardening import tally
 
 with warnings.catch_warnings():
     # Starlette >= 1.x asks for the `httpx2` fork at import time; the installed httpx works.
@@ -784,6 +785,7 @@ def test_a_field_needs_its_scope(api: Api, token: str, query: str, missing: str)
     doc = response.json()
     assert "data" not in doc
     assert doc["errors"][0]["extensions"]["code"] == "FORBIDDEN" and missing in doc["errors"][0]["message"]
+    tally("scope denials checked (a token lacking exactly the field's scope)")
 
 
 @pytest.mark.parametrize(("token", "query"), [
@@ -854,6 +856,7 @@ def test_too_deep_is_refused(api_shallow: Api, query: str) -> None:
     error = api_shallow.error(query, status=400)
     assert error["extensions"]["code"] == "BAD_REQUEST"
     assert "deep" in error["message"] and "3" in error["message"]
+    tally("query depth or cost bombs refused")
 
 
 def test_shallow_enough_and_introspection_pass_the_depth_limit(api_shallow: Api) -> None:
@@ -869,6 +872,7 @@ def test_shallow_enough_and_introspection_pass_the_depth_limit(api_shallow: Api)
 def test_too_costly_is_refused(api: Api, query: str, variables: dict[str, Any] | None) -> None:
     error = api.error(query, variables, status=400)
     assert error["extensions"]["code"] == "BAD_REQUEST" and "cost" in error["message"]
+    tally("query depth or cost bombs refused")
 
 
 def test_modest_nested_lists_are_served(api: Api) -> None:
@@ -1117,6 +1121,41 @@ def test_every_root_field_has_a_scope() -> None:
     missing = [f for f in fields if f not in FIELD_SCOPES]
     assert not missing, f"root fields without a scope in persona.api.plan.FIELD_SCOPES: {missing}"
     assert set(FIELD_SCOPES.values()) <= set(SCOPES)
+
+
+# Each scoped field of FIELD_SCOPES, touched alone (the subscription's is tested over a socket).
+SCOPE_PROBES: dict[tuple[str, str], str] = {
+    ("Query", "profile"): '{ profile(id: "prf_doesnotexist000000000000") { id } }',
+    ("Query", "profiles"): "{ profiles(first: 1) { nodes { id } } }",
+    ("Query", "insights"): Q_INSIGHTS,
+    ("Query", "models"): "{ models { name } }",
+    ("Mutation", "ingestEvents"): Q_INGEST,
+    ("Mutation", "eraseProfile"): Q_ERASE,
+    ("Mutation", "linkIdentities"): 'mutation { linkIdentities(a: {namespace: "email", value: "a@example.com"},'
+                                    ' b: {namespace: "email", value: "b@example.com"}) { id } }',
+    ("Mutation", "unlinkIdentities"): 'mutation { unlinkIdentities(a: {namespace: "email", value: "a@example.com"},'
+                                      ' b: {namespace: "email", value: "b@example.com"}) { id } }',
+    ("Mutation", "trainModel"): 'mutation { trainModel(name: "churn_91d") { name } }',
+    ("Profile", "history"): Q_HISTORY,
+    ("Profile", "predictions"): Q_PREDICTIONS,
+    ("Profile", "attributeSources"): "{ profiles(first: 1) { nodes { attributeSources } } }",
+}
+
+
+def test_every_scope_is_denied_when_missing(world: World, api: Api) -> None:
+    """A token holding every scope but one is refused, naming it, by each field that needs it."""
+    assert {f for f in FIELD_SCOPES if f[0] != "Subscription"} == set(SCOPE_PROBES)
+    assert set(FIELD_SCOPES.values()) == set(SCOPES)  # every scope guards something
+    with Persona.open(world.settings) as p:
+        lacking = {scope: create_token(p, f"lacks-{scope.replace(':', '-')}", frozenset(SCOPES) - {scope})
+                   for scope in SCOPES}
+    for field, query in SCOPE_PROBES.items():
+        scope = FIELD_SCOPES[field]
+        response = api.post(query, token=lacking[scope])
+        assert response.status_code == 403, (field, response.text[:300])
+        error = response.json()["errors"][0]
+        assert error["extensions"]["code"] == "FORBIDDEN" and scope in error["message"], (field, error)
+        tally("scope denials checked (a token lacking exactly the field's scope)")
 
 
 # -- healthz, GET, GraphiQL ----------------------------------------------------------------------

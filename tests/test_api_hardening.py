@@ -27,6 +27,7 @@ from persona.ingest import ingest_jsonl
 from persona.population import IndexedProfile, compute_rfm
 from persona.pseudonyms import normalise
 from tests.conftest import record
+from tests.hardening import tally
 from tests.test_api import Api, TestClient, lines_of
 
 MARKER = "zq.marker.7f3@example.com"
@@ -68,6 +69,7 @@ def test_nested_fragments_are_analysed_in_linear_time() -> None:
     assert made, "the analysis did not finish"
     assert made[0].cost == 2 ** levels * 2 and made[0].depth == 2
     assert made[0].errors and "cost" in made[0].errors[0].message
+    tally("query depth or cost bombs refused")
 
 
 def test_identifiers_never_come_back_in_errors(world: tuple[Settings, Api, dict[str, str]]) -> None:

@@ -24,6 +24,7 @@ from persona.migrate import migrate, row_counts
 from persona.store import open_recorder
 from persona.verify import verify
 from tests.conftest import event, store_bytes
+from tests.hardening import tally
 
 WRITERS = 8
 SHARED_EMAILS = [f"shared{n}@example.com" for n in range(6)]
@@ -106,6 +107,7 @@ def test_many_writer_processes_lose_nothing_and_never_duplicate_a_version(settin
         appended = pool.starmap_async(_write_concurrently, [(settings, w, start) for w in range(WRITERS)]).get(180)
     own, everyone = WRITERS * 6 * 15, 6 * 5
     assert sum(appended) == own + everyone  # each shared event appended by exactly one writer
+    tally("concurrent writer processes racing on shared streams", WRITERS)
     with Persona.open(settings) as persona:
         ids = Counter(e.event_id for e in persona.log.iter_all())
         assert len(ids) == own + everyone and set(ids.values()) == {1}

@@ -15,6 +15,7 @@ import orjson
 from persona import Persona, Settings
 from persona.verify import verify
 from tests.conftest import record
+from tests.hardening import tally
 
 
 def stored(db: Path) -> int:
@@ -61,6 +62,7 @@ def test_sigkill_during_ingest_loses_no_committed_batch_and_splits_none(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    tally("ingest processes killed with SIGKILL mid-run (then recovered and verified)")
     assert readers, "the file was not read in a second process"
     gone = time.monotonic() + 10
     while any(alive(pid) for pid in readers):  # orphaned, it notices and stops
@@ -125,6 +127,7 @@ def test_sigkill_during_mapped_ingest_with_merges_then_rerun_equals_an_uninterru
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    tally("ingest processes killed with SIGKILL mid-run (then recovered and verified)")
     partial = _events_by_type(killed)
     assert 0 < partial.get("page_viewed", 0) < rows
     # whole records: batches commit in file order, so the survivors are the first rows, each with
@@ -168,6 +171,7 @@ def test_the_reader_of_a_small_file_stops_when_the_ingest_is_killed(tmp_path: Pa
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)  # returns: no orphan keeps the pipes open
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    tally("ingest processes killed with SIGKILL mid-run (then recovered and verified)")
     assert readers, "the file was not read in a second process"
     gone = time.monotonic() + 10
     while any(alive(pid) for pid in readers):

@@ -23,6 +23,7 @@ from persona import Persona, Settings
 from persona.ingest import ingest_records
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.verify import verify
+from tests.hardening import tally
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sources"
 SOURCES = {"shop": "shop_orders.csv", "social": "social.jsonl", "web": "web_clicks.csv", "app": "app_usage.csv"}
@@ -104,6 +105,8 @@ def test_every_fuzzed_row_is_appended_or_quarantined_never_dropped(source: str, 
         report = ingest_records(persona, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
         accounted = report.appended + report.duplicates + report.quarantined + report.blank
         assert accounted >= 1, (row, report)  # never dropped without a word
+        tally("source adapter rows fuzzed (shop, social, web, app)")
+        tally("source adapter rows fuzzed: quarantined with a reason", report.quarantined)
         seen["rows"] += 1
         seen["appended"] += report.appended
         seen["quarantined"] += report.quarantined

@@ -20,6 +20,7 @@ from persona.errors import ErasedError, TamperError
 from persona.eventlog import chain_hash, genesis
 from persona.verify import verify
 from tests.conftest import NOW, event
+from tests.hardening import tally
 
 # How many events each person gets; the last one is erased after the appends.
 EVENTS = {"ann.lee@example.com": 3, "bob.stone@example.org": 2, "cy.nakamura@example.net": 1, "dan.ruiz@example.com": 2}
@@ -119,6 +120,7 @@ def rechain(conn: sqlite3.Connection, stream_no: int, chain_key: bytes) -> None:
 def verify_fails(store: Store) -> TamperError:
     with Persona.open(store.settings) as persona, pytest.raises(TamperError) as info:
         verify(persona)
+    tally("tampered stores (bytes flipped, fields changed, rows swapped, moved, deleted or forged) caught by verify")
     message = str(info.value)
     for person in EVENTS:  # error messages never carry personal data
         assert person not in message and person.split("@")[0] not in message
@@ -147,6 +149,7 @@ def read_events(store: Store, person: str) -> list[str]:
 def read_fails(store: Store, person: str) -> None:
     with Persona.open(store.settings) as persona, pytest.raises(TamperError):
         persona.log.read(store.pid(person))
+    tally("reads of tampered streams refused")
 
 
 def intact_people_still_read(store: Store, *damaged: str) -> None:

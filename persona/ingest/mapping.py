@@ -60,6 +60,7 @@ KINDS = frozenset({"text", "int", "number", "amount", "instant", "gender", "coun
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "是", "对"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "否", "不"})
 _TEMPLATE = re.compile(r"\{([^{}]+)\}")
+_UNITS = ("s", "ms")  # of epoch numbers read as instants
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ def _contract_field(name: str, spec: Any, where: str) -> Field:
     if not isinstance(spec, dict):
         return Field(name, constant=spec)
     spec = dict(spec)
-    kind = _TYPES.get(spec.pop("type", "string"))
+    named = spec.pop("type", "string")
+    kind = _TYPES.get(named) if isinstance(named, str) else None
     if kind is None:
         raise ConfigurationError(f"{where}.{name}.type: one of {', '.join(sorted(_TYPES))}")
     form = spec.pop("format", None)
@@ -234,7 +236,7 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
     if isinstance(kind, dict):
         type_field = _field("type", kind, f"{where}: [event]")
         kind = ""
-    elif kind not in EVENT_TYPES:
+    elif not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise ConfigurationError(f"{where}: [event] type: one of {', '.join(sorted(EVENT_TYPES))}, or"
                                  " {{column, map}}")
     subject = doc.get("subject")
@@ -254,7 +256,10 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
     if event_id is not None and not (isinstance(event_id, str) and _TEMPLATE.search(event_id)):
         raise ConfigurationError(f"{where}: [fields] event_id is a template, e.g. \"{{order_id}}\"")
     rules = [EventRule(type=kind, when=when, subjects=(main,), data=data, id=event_id, type_field=type_field)]
-    for i, also in enumerate(subject.get("also", [])):
+    others = subject.get("also", [])
+    if not isinstance(others, list):
+        raise ConfigurationError(f"{where}: [[subject.also]] is a list of tables (namespace, value)")
+    for i, also in enumerate(others):
         if not isinstance(also, dict) or not isinstance(also.get("namespace"), str) or "value" not in also:
             raise ConfigurationError(f"{where}: [[subject.also]] {i}: needs a namespace and a value")
         rules.append(EventRule(type="identity_linked", when=when, subjects=(main,), data=(),
@@ -269,7 +274,7 @@ def _event_rule(table: Any, where: str) -> EventRule:
     if not isinstance(table, dict):
         raise ConfigurationError(f"{where}: must be a table")
     kind = table.get("type")
-    if kind not in EVENT_TYPES:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise ConfigurationError(f"{where}.type: one of {', '.join(sorted(EVENT_TYPES))}")
     subject = table.get("subject")
     choices: list[Any] = subject if isinstance(subject, list) else [subject]
@@ -308,23 +313,45 @@ def _field(name: str, spec: Any, where: str) -> Field:
     unknown = set(spec) - {"column", "value", "kind", "map", "default", "required", "formats", "unit", "labels",
                            "separator", "columns", "group"}
     if unknown:
-        raise ConfigurationError(f"{where}.{name}: unknown setting(s) {', '.join(sorted(unknown))}")
+        raise ConfigurationError(f"{where}.{name}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}")
+    at = f"{where}.{name}"
     kind = spec.get("kind", "text")
-    if kind not in KINDS:
-        raise ConfigurationError(f"{where}.{name}.kind: one of {', '.join(sorted(KINDS))}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ConfigurationError(f"{at}.kind: one of {', '.join(sorted(KINDS))}")
     column = spec.get("column")
+    if column is not None and not isinstance(column, str):
+        raise ConfigurationError(f"{at}.column: a column name (text)")
     columns = spec.get("columns", [])
-    if kind == "minutes_between" and (not isinstance(columns, list) or len(columns) != 2):
-        raise ConfigurationError(f"{where}.{name}.columns: minutes_between needs [start, end]")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise ConfigurationError(f"{at}.columns: a list of column names")
+    if kind == "minutes_between" and len(columns) != 2:
+        raise ConfigurationError(f"{at}.columns: minutes_between needs [start, end]")
     if column is None and "value" not in spec and not spec.get("group") and kind != "minutes_between":
-        raise ConfigurationError(f"{where}.{name}: needs a column (or a constant `value`)")
+        raise ConfigurationError(f"{at}: needs a column (or a constant `value`)")
     formats = spec.get("formats", [])
     if isinstance(formats, str):
         formats = [formats]
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise ConfigurationError(f"{at}.formats: a strftime pattern or a list of them")
+    for setting in ("map", "labels"):
+        table = spec.get(setting, {})
+        if not isinstance(table, dict) or not all(isinstance(k, str) for k in table):
+            raise ConfigurationError(f"{at}.{setting}: a table of raw value = replacement")
+    if not all(isinstance(v, str) for v in spec.get("labels", {}).values()):
+        raise ConfigurationError(f"{at}.labels: a table of raw value = label (text)")
+    unit = spec.get("unit")
+    if unit is not None and unit not in _UNITS:
+        raise ConfigurationError(f"{at}.unit: one of {', '.join(_UNITS)}")
+    separator = spec.get("separator", ",")
+    if not isinstance(separator, str) or not separator:
+        raise ConfigurationError(f"{at}.separator: one or more characters")
+    for flag in ("required", "group"):
+        if not isinstance(spec.get(flag, False), bool):
+            raise ConfigurationError(f"{at}.{flag}: true or false")
     return Field(name, column=column, constant=spec.get("value"), kind=kind, map=spec.get("map", {}),
-                 default=spec.get("default"), required=bool(spec.get("required", False)),
-                 formats=tuple(formats), unit=spec.get("unit"), labels=spec.get("labels", {}),
-                 separator=spec.get("separator", ","), columns=tuple(columns), group=bool(spec.get("group")))
+                 default=spec.get("default"), required=spec.get("required", False),
+                 formats=tuple(formats), unit=unit, labels=spec.get("labels", {}),
+                 separator=separator, columns=tuple(columns), group=spec.get("group", False))
 
 
 # -- applying it ---------------------------------------------------------------------------------

@@ -1,0 +1,97 @@
+"""Schemathesis against the running server: every query and mutation of the schema, fuzzed.
+
+`persona serve` runs in a subprocess on loopback (as in test_api_http); schemathesis generates
+documents and variables for each root field from the schema itself, and each is sent over HTTP
+with a token holding every scope, so that requests reach the resolvers rather than the gate.
+Whatever it sends, the server answers with a status below 500, a GraphQL body, and nothing of
+its internals or of a person's identifiers; and it is still healthy at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import graphql
+import httpx
+import pytest
+import schemathesis
+from graphql import introspection_from_schema
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from persona import Persona
+from persona.api.access import SCOPES, create_token
+from persona.api.schema import schema as persona_schema
+from tests.hardening import tally
+from tests.test_api_http import INTERNALS, PEOPLE, Server, serving
+
+EXAMPLES = 80  # per root field; nine fields
+LEAKS = (*INTERNALS, 'File "', "persona/", ".py", "psycopg", "Exception")
+
+nodes = schemathesis.graphql.nodes
+
+
+def _json_nodes() -> st.SearchStrategy[graphql.ValueNode]:
+    """Any JSON value as a GraphQL literal: numbers past 64 bits, odd keys, deep nesting."""
+    leaves = st.one_of(st.text().map(nodes.String), st.integers().map(nodes.Int),
+                       st.floats(allow_nan=False, allow_infinity=False).map(nodes.Float),
+                       st.booleans().map(nodes.Boolean), st.just(nodes.Null))
+    return st.recursive(leaves, lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(nodes.List),
+        st.dictionaries(st.from_regex(r"\A[_A-Za-z][_0-9A-Za-z]{0,12}\Z"), inner, max_size=4).map(
+            lambda d: nodes.Object([graphql.ObjectFieldNode(name=graphql.NameNode(value=k), value=v)
+                                    for k, v in d.items()]))), max_leaves=12)
+
+
+schemathesis.graphql.scalar("JSON", _json_nodes())
+schemathesis.graphql.scalar("DateTime", st.one_of(
+    st.datetimes(timezones=st.timezones()).map(lambda d: nodes.String(d.isoformat())),
+    st.text(max_size=30).map(nodes.String)))
+schema = schemathesis.graphql.from_dict(introspection_from_schema(persona_schema._schema))
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, httpx.Client]]:
+    with serving(tmp_path_factory.mktemp("fuzzed")) as server:
+        with Persona.open(server.settings) as p:  # every scope, and no rate limit that would cut the fuzzing short
+            server.tokens["all"] = create_token(p, "all", frozenset(SCOPES), rate_per_s=10_000)
+        with server.client() as http:
+            yield server, http
+        logs = server.logs()
+        assert "Traceback" not in logs, logs[-3000:]
+        assert not [p for p in PEOPLE if p in logs.lower()], "an identifier in the server's log"
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+def test_no_input_breaks_the_server(case: Any, fuzzed: tuple[Server, httpx.Client]) -> None:
+    server, http = fuzzed
+    body = case.body if isinstance(case.body, dict) else {"query": case.body}
+    response = http.post("/graphql", json=body, headers=server.auth("all"))
+    tally("GraphQL requests fuzzed (schemathesis)")
+    assert response.status_code < 500, f"{response.status_code} for {body!r}: {response.text[:300]}"
+    text = response.text
+    for word in LEAKS:
+        assert word not in text, f"{word!r} in the answer to {body!r}: {text[:300]}"
+    assert not [p for p in PEOPLE if p in text.lower()], f"an identifier in the answer to {body!r}"
+    answer = response.json()
+    assert isinstance(answer, dict) and ("data" in answer or "errors" in answer), text[:300]
+    if response.status_code == 429:
+        tally("GraphQL requests rate-limited (429)")
+    if answer.get("errors"):
+        tally("GraphQL requests answered with a clean error")
+        for error in answer["errors"]:
+            assert set(error) <= {"message", "locations", "path", "extensions"}, error
+            assert isinstance(error["message"], str) and error["message"], error
+
+
+def test_the_server_is_healthy_after_the_fuzzing(fuzzed: tuple[Server, httpx.Client]) -> None:
+    server, http = fuzzed
+    assert http.get("/healthz").status_code == 200
+    query = "{ profiles(first: 5) { edges { node { id version } } } }"
+    response = http.post("/graphql", json={"query": query}, headers=server.auth("all"))
+    assert response.status_code == 200 and not response.json().get("errors"), response.text[:300]
+    assert response.json()["data"]["profiles"]["edges"], "the fuzzing left no profile to read"
+
+
