@@ -182,6 +182,8 @@ class EventLog:
     def forget_cached_keys(self) -> None:
         self._sealers.clear()
         self._replay.clear()
+        self._names.clear()
+        self._subjects.clear()
         self._forget_writer_cache()
 
     def _forget_writer_cache(self) -> None:
@@ -490,10 +492,12 @@ class EventLog:
                 return [], after_position
             streams, subjects, kinds = self._replay, self._subjects, self._kinds
             mark = rec.erasure_mark()
-            if mark != self._replay_mark or max(len(streams), len(self._names), len(subjects)) > _CACHE_LIMIT:
+            grown = max(len(streams), len(self._names), len(subjects), len(kinds)) > _CACHE_LIMIT
+            if mark != self._replay_mark or grown:
                 streams.clear()  # someone was erased (here or elsewhere): keys are looked up again
                 self._names.clear()
                 subjects.clear()
+                kinds.clear()
                 self._replay_mark = mark
             unknown = {row[1] for row in rows} - streams.keys()
             if unknown:

@@ -1,6 +1,6 @@
 """The benchmark report: one command for the headline figures of docs/benchmarks.md.
 
-    scripts/bench                 # 100k events / 2k people and 1M events / 10k people, 3 runs; ~25 min
+    scripts/bench                 # 100k events / 2k people and 1M events / 10k people, 3 runs; ~20 min
     scripts/bench --runs 5
     scripts/bench --all           # then every per-area script too (ingest, models, backends, …); ~2 h
     scripts/bench --quick         # a smoke run: tiny sizes, one run, nothing published (used by the tests)
@@ -42,7 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 BATCH = 20_000
 HISTORIES = (10, 1_000, 100_000)
+ERASURES = 3  # people of each history length erased per run (after an untimed first erasure)
 TARGET_RATIO = 3.0
+REBUILD_WORKERS = 2
+MAX_LOAD = 1.5  # 1-minute load average above which a run is refused (--force runs anyway)
 AREA_SCRIPTS = ("bench_core.py", "bench_projections.py", "bench_ingest.py", "bench_models.py",
                 "bench_backends.py")  # --all: each publishes its own section
 
@@ -63,9 +66,8 @@ def measure_persona(events: int, people: int, root: Path) -> dict[str, float]:
     with fresh(root, "persona") as p:
         seconds = 0.0
         for batch in batches(events, people, BATCH):
-            ready = as_events(batch)
-            started = time.perf_counter()
-            p.log.append(ready)
+            started = time.perf_counter()  # building the Event objects counts, as the peer's objects do
+            p.log.append(as_events(batch))
             seconds += time.perf_counter() - started
         out["append_eps"] = events / seconds
         out["append_peak_mb"] = peak_mb()
@@ -76,7 +78,7 @@ def measure_persona(events: int, people: int, root: Path) -> dict[str, float]:
             raise SystemExit(f"replayed {replayed:,} events of {events:,}")
         out["replay_peak_mb"] = peak_mb()
         started = time.perf_counter()
-        rebuilt = rebuild(p)
+        rebuilt = rebuild(p, workers=REBUILD_WORKERS)
         out["rebuild_s"] = time.perf_counter() - started
         out["rebuild_eps"] = events / out["rebuild_s"]
         out["profiles"] = rebuilt
@@ -133,8 +135,8 @@ def measure_erasure(events: int, people: int, root: Path) -> dict[str, float]:
     """Erase one person of each history length, in a store that also holds the background load."""
     from bench_core import bench_erasure, make_events
 
-    timings = bench_erasure(root, make_events(events, people), HISTORIES, 1)
-    return {str(size): ms[0] for size, ms in timings.items()}
+    timings = bench_erasure(root, make_events(events, people), HISTORIES, ERASURES)
+    return {str(size): statistics.median(ms) for size, ms in timings.items()}
 
 
 def measure_floor(events: int, people: int, root: Path) -> dict[str, float]:
@@ -164,15 +166,15 @@ def stats(values: list[float]) -> dict[str, float]:
 
 def run_api(runs: int, out: Path, quick: bool) -> dict[str, Any]:
     """scripts/bench-api in its own process (it publishes its own section); its JSON back."""
-    target = out if not quick else Path(tempfile.mkdtemp(prefix="persona-bench-api-"))
-    argv = [sys.executable, str(SCRIPTS / "bench_api.py"), "--runs", str(runs), "--out", str(target)]
+    argv = [sys.executable, str(SCRIPTS / "bench_api.py"), "--runs", str(runs), "--out", str(out)]
     if quick:
-        argv.append("--quick")
+        argv.append("--quick")  # publishes nothing
     done = subprocess.run(argv, stdout=subprocess.DEVNULL if not quick else subprocess.PIPE, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"bench: scripts/bench-api failed (exit {done.returncode})")
     if quick:
         return {"quick": True}
+    target = out
     result: dict[str, Any] = orjson.loads((target / "benchmarks-api.json").read_bytes())
     return result
 
@@ -183,6 +185,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="also run every per-area benchmark script")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run, nothing published")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--force", action="store_true", help=f"run even when the load average is above {MAX_LOAD}")
     parser.add_argument("--child", nargs=4, metavar=("KIND", "EVENTS", "PEOPLE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -196,6 +199,9 @@ def main() -> None:
         raise SystemExit("the peer is not installed: pip install -e '.[dev]' (scripts/bench's .venv has it)") from None
     if not args.quick and shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk (the GraphQL load generator)")
+    if not args.quick and not args.force and os.getloadavg()[0] > MAX_LOAD:
+        raise SystemExit(f"the machine is busy (load average {os.getloadavg()[0]:.2f} > {MAX_LOAD}): figures would"
+                         " measure the neighbours; wait, or pass --force")
     workloads = [(100_000, 2_000), (1_000_000, 10_000)]
     erasure_background = (100_000, 2_000)
     if args.quick:
@@ -271,19 +277,19 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         "",
         f"| measure | {head(w100)} | {head(w1m)} | unit |",
         "|---|---:|---:|---|",
-        f"| append, encrypted | {both('append_eps', ',.0f')} | events/s |",
+        f"| append, encrypted (from dicts: building the events counts) | {both('append_eps', ',.0f')} | events/s |",
         f"| replay the global log (read, open, decode every event) | {both('replay_eps', ',.0f')} | events/s |",
-        f"| full rebuild of every projection (2 processes) | {both('rebuild_s', ',.1f')} | s |",
+        f"| full rebuild of every projection ({REBUILD_WORKERS} processes) | {both('rebuild_s', ',.1f')} | s |",
         f"| full rebuild, throughput | {both('rebuild_eps', ',.0f')} | events/s |",
         f"| peak memory: appending | {both('append_peak_mb', ',.0f')} | MB resident |",
         f"| peak memory: whole run (append, replay, rebuild's parent) | {both('peak_mb', ',.0f')} | MB resident |",
         f"| store on disk | {both('store_mb', ',.0f')} | MB |",
         "",
         f"**Against a peer** — the same append and replay through the `eventsourcing` library ({r['peer']}) on a"
-        " SQLite file with its `cryptography`-based AES-GCM cipher (`eventsourcing.cryptography:AESCipher`: the"
-        " faster of its two ciphers, about 3× its default PyCryptodome one, as its docs advise for throughput), no"
-        " compressor, one aggregate per person, each batch saved in one call; replay is `select_notifications`"
-        " plus its mapper, page by page:",
+        " SQLite file with its `cryptography`-based AES-GCM cipher (`eventsourcing.cryptography:AESCipher`, the"
+        " faster of its two ciphers, not the PyCryptodome default), no compressor, one aggregate per person, each"
+        " batch saved in one call; its append counts the one creation event per person it stores besides the"
+        " workload's events; replay is `select_notifications` plus its mapper, page by page:",
         "",
         "| workload | measure | persona | eventsourcing | persona / peer | target |",
         "|---|---|---:|---:|---:|---:|",
@@ -297,8 +303,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     e = r["erasure"]
     lines += [
         "",
-        f"**Erasure latency** (key deletion, tombstone, read models and identity links purged, WAL truncated), one"
-        f" person among {e['background_events']:,} background events:",
+        f"**Erasure latency** (key deletion, tombstone, read models and identity links purged, WAL truncated) of one"
+        f" person among {e['background_events']:,} background events; each run's figure is the median of"
+        f" {ERASURES} erasures per history length, sizes in alternating order, after one untimed erasure:",
         "",
         "| events of history | ms |",
         "|---:|---:|",
@@ -347,9 +354,8 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         " floor. Append also pseudonymises"
         " each subject (keyed hash) and resolves it to a profile, keys the event id for idempotency (a second unique"
         " index), binds stream, version, event and type into the AEAD header, extends a per-stream keyed BLAKE2b"
-        " chain and keeps stream heads, in one transaction per batch. Replay also builds each event's object and"
-        " looks up each stream's key; both libraries it calls (the `sqlite3` module per row, `cryptography` per"
-        " event) release and retake the GIL on every call, a cost the floor's tight loops share.",
+        " chain and keeps stream heads, in one transaction per batch. Replay also reads each event's stream,"
+        " version, key and type, rebuilds its AEAD header and builds its object.",
         "",
         "Raw figures of every run: `docs/benchmarks-report.json`. Reproduce: `scripts/bench` (add `--all` for every"
         " section of this file).",

@@ -1156,6 +1156,9 @@ def test_every_scope_is_denied_when_missing(world: World, api: Api) -> None:
         error = response.json()["errors"][0]
         assert error["extensions"]["code"] == "FORBIDDEN" and scope in error["message"], (field, error)
         tally("scope denials checked (a token lacking exactly the field's scope)")
+        control = Q_INSIGHTS if scope == "profiles:read" else "{ profiles(first: 1) { nodes { id } } }"
+        served = api.post(control, token=lacking[scope])  # the same token, asked for what it holds
+        assert served.status_code == 200 and not served.json().get("errors"), (scope, served.text[:300])
 
 
 # -- healthz, GET, GraphiQL ----------------------------------------------------------------------

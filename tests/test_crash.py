@@ -62,7 +62,6 @@ def test_sigkill_during_ingest_loses_no_committed_batch_and_splits_none(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
-    tally("ingest processes killed with SIGKILL mid-run (then recovered and verified)")
     assert readers, "the file was not read in a second process"
     gone = time.monotonic() + 10
     while any(alive(pid) for pid in readers):  # orphaned, it notices and stops
@@ -78,6 +77,7 @@ def test_sigkill_during_ingest_loses_no_committed_batch_and_splits_none(tmp_path
     report = orjson.loads(again.stdout)
     assert (report["appended"], report["duplicates"]) == (total - survived, survived)
     assert stored(settings.db_path) == total
+    tally("ingest processes killed with SIGKILL mid-run, then verified and re-run to completion")
 
 
 def _events_by_type(settings: Settings) -> dict[str, int]:
@@ -127,7 +127,6 @@ def test_sigkill_during_mapped_ingest_with_merges_then_rerun_equals_an_uninterru
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
-    tally("ingest processes killed with SIGKILL mid-run (then recovered and verified)")
     partial = _events_by_type(killed)
     assert 0 < partial.get("page_viewed", 0) < rows
     # whole records: batches commit in file order, so the survivors are the first rows, each with
@@ -148,6 +147,7 @@ def test_sigkill_during_mapped_ingest_with_merges_then_rerun_equals_an_uninterru
         # the index caught up with what the killed run committed but never indexed
         assert p.recorder.lagging_persons() == [] == r.recorder.lagging_persons()
         assert sorted(row[1] for row in p.recorder.index_rows()) == sorted(row[1] for row in r.recorder.index_rows())
+    tally("ingest processes killed with SIGKILL mid-run, then verified and re-run to completion")
 
 
 def test_the_reader_of_a_small_file_stops_when_the_ingest_is_killed(tmp_path: Path) -> None:
@@ -171,10 +171,10 @@ def test_the_reader_of_a_small_file_stops_when_the_ingest_is_killed(tmp_path: Pa
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)  # returns: no orphan keeps the pipes open
     assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
-    tally("ingest processes killed with SIGKILL mid-run (then recovered and verified)")
     assert readers, "the file was not read in a second process"
     gone = time.monotonic() + 10
     while any(alive(pid) for pid in readers):
         assert time.monotonic() < gone, "the reading process outlived the killed ingest"
         time.sleep(0.05)
     DirectoryLock(settings, exclusive=True).release()  # a restore could run now
+    tally("ingest processes killed with SIGKILL mid-run: their reader processes stopped")

@@ -9,6 +9,7 @@ its internals or of a person's identifiers; and it is still healthy at the end.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from persona import Persona
 from persona.api.access import SCOPES, create_token
 from persona.api.schema import schema as persona_schema
-from tests.hardening import tally
+from tests.hardening import TRIED, tally
 from tests.test_api_http import INTERNALS, PEOPLE, Server, serving
 
 EXAMPLES = 80  # per root field; nine fields
@@ -51,6 +52,36 @@ schemathesis.graphql.scalar("DateTime", st.one_of(
 schema = schemathesis.graphql.from_dict(introspection_from_schema(persona_schema._schema))
 
 
+SENT: set[str] = set()  # identifier values the fuzzer sent, to look for in the server's log afterwards
+
+
+def identifiers_in(body: dict[str, Any]) -> set[str]:
+    """The `value` of every SubjectInput in a fuzzed request (inline literals and variables), when
+    distinctive enough that finding it in an answer cannot be chance (8+ characters, 4+ distinct)."""
+    found: set[str] = set()
+
+    def walk_variables(value: Any) -> None:
+        if isinstance(value, dict):
+            if isinstance(value.get("namespace"), str) and isinstance(value.get("value"), str):
+                found.add(value["value"])
+            for inner in value.values():
+                walk_variables(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                walk_variables(inner)
+
+    class Literals(graphql.Visitor):
+        def enter_object_value(self, node: graphql.ObjectValueNode, *_: Any) -> None:
+            fields = {f.name.value: f.value for f in node.fields}
+            if "namespace" in fields and isinstance(fields.get("value"), graphql.StringValueNode):
+                found.add(fields["value"].value)
+
+    with contextlib.suppress(graphql.GraphQLError):  # a document that does not parse carries no literal
+        graphql.visit(graphql.parse(body.get("query") or ""), Literals())
+    walk_variables(body.get("variables"))
+    return {v.strip().lower() for v in found if len(v.strip()) >= 8 and len(set(v.strip())) >= 4}
+
+
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, httpx.Client]]:
     with serving(tmp_path_factory.mktemp("fuzzed")) as server:
@@ -58,9 +89,11 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, h
             server.tokens["all"] = create_token(p, "all", frozenset(SCOPES), rate_per_s=10_000)
         with server.client() as http:
             yield server, http
-        logs = server.logs()
-        assert "Traceback" not in logs, logs[-3000:]
-        assert not [p for p in PEOPLE if p in logs.lower()], "an identifier in the server's log"
+        logs = server.logs().lower()
+        assert "traceback" not in logs, logs[-3000:]
+        assert not [p for p in PEOPLE if p in logs], "a seeded identifier in the server's log"
+        leaked = [v for v in SENT if v in logs]
+        assert not leaked, f"{len(leaked)} fuzzed identifier(s) in the server's log"
 
 
 @schema.parametrize()
@@ -70,13 +103,18 @@ def test_no_input_breaks_the_server(case: Any, fuzzed: tuple[Server, httpx.Clien
     body = case.body if isinstance(case.body, dict) else {"query": case.body}
     response = http.post("/graphql", json=body, headers=server.auth("all"))
     tally("GraphQL requests fuzzed (schemathesis)")
+    sent = identifiers_in(body)
+    SENT.update(sent)
     assert response.status_code < 500, f"{response.status_code} for {body!r}: {response.text[:300]}"
     text = response.text
     for word in LEAKS:
         assert word not in text, f"{word!r} in the answer to {body!r}: {text[:300]}"
-    assert not [p for p in PEOPLE if p in text.lower()], f"an identifier in the answer to {body!r}"
+    assert not [p for p in PEOPLE if p in text.lower()], f"a seeded identifier in the answer to {body!r}"
+    assert not [v for v in sent if v in text.lower()], f"an identifier it was sent, in the answer to {body!r}"
     answer = response.json()
     assert isinstance(answer, dict) and ("data" in answer or "errors" in answer), text[:300]
+    if response.status_code == 200 and answer.get("data") and not answer.get("errors"):
+        tally("GraphQL requests answered with data (reached the resolvers)")
     if response.status_code == 429:
         tally("GraphQL requests rate-limited (429)")
     if answer.get("errors"):
@@ -87,7 +125,11 @@ def test_no_input_breaks_the_server(case: Any, fuzzed: tuple[Server, httpx.Clien
 
 
 def test_the_server_is_healthy_after_the_fuzzing(fuzzed: tuple[Server, httpx.Client]) -> None:
+    """Runs after the fuzzing (file order): the server still answers, and the fuzzing reached it."""
     server, http = fuzzed
+    if TRIED["GraphQL requests fuzzed (schemathesis)"] >= 9 * EXAMPLES // 2:  # the whole module ran
+        assert TRIED["GraphQL requests answered with data (reached the resolvers)"] >= 50, dict(TRIED)
+        assert SENT, "no identifier was ever sent: the leak checks checked nothing"
     assert http.get("/healthz").status_code == 200
     query = "{ profiles(first: 5) { edges { node { id version } } } }"
     response = http.post("/graphql", json={"query": query}, headers=server.auth("all"))

@@ -182,6 +182,7 @@ def test_a_loaded_mapping_accounts_for_every_row(store: Persona) -> None:
             report = ingest_records(store, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
             accounted = report.appended + report.duplicates + report.quarantined + report.blank
             assert accounted >= 1, (doc, row, report)  # never dropped without a word
+            assert report.quarantined <= 1 and not (report.quarantined and report.appended), report  # whole rows
             tally("rows mapped through fuzzed mappings")
             seen["appended"] += report.appended
             seen["quarantined"] += report.quarantined
