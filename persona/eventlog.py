@@ -66,9 +66,14 @@ def genesis(chain_key: bytes, stream_id: str) -> bytes:
 _new_tuple = tuple.__new__  # RecordedEvent(...) without its keyword-taking __new__: replay's hot path
 
 
+def aad_prefix(stream_id: str) -> bytes:
+    """The stream's part of every event's associated data (computed once per stream on hot paths)."""
+    return _EVENT_AAD + stream_id.encode() + b"\x00"
+
+
 def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> bytes:
     """Binds a ciphertext to its place: moved or relabelled, it no longer opens."""
-    return _EVENT_AAD + stream_id.encode() + b"\x00" + version.to_bytes(8, "big") + event_key + kind.encode()
+    return aad_prefix(stream_id) + version.to_bytes(8, "big") + event_key + kind.encode()
 
 
 def chain_hash(chain_key: bytes, prev: bytes, stream_id: str, version: int, event_key: bytes, kind: str,
@@ -91,7 +96,7 @@ class _Cursor:
     def __init__(self, sid: str, no: int, version: int, head: bytes, sealer: Sealer) -> None:
         self.no, self.version, self.head, self.sealer = no, version, head, sealer
         self.encrypt = sealer.encrypt
-        self.prefix = _EVENT_AAD + sid.encode() + b"\x00"
+        self.prefix = aad_prefix(sid)
 
 
 @dataclass
@@ -138,10 +143,9 @@ class EventLog:
         self._links: dict[bytes, str] = {}
         self._tips: dict[str, Tip] = {}
         self._synced: tuple[int, int] | None = None
-        # Replay cache: stream number -> id, and -> sealer (None: erased), valid while no one is
-        # erased (the store's erasure mark is read per page; a restore re-applies erasures and
-        # is made with every process stopped).
-        # A stream's entry: (its id, its key's decrypt, its AAD prefix); subjects are shared
+        # Replay cache, valid while no one is erased (the store's erasure mark is read per page; a
+        # restore re-applies erasures and is made with every process stopped): stream number -> id,
+        # and -> (id, its key's decrypt, its AAD prefix), None when erased; subjects are shared
         # (namespace, short ref) pairs, so a page of events holds one tuple per person, not per event.
         self._names: dict[int, str] = {}
         self._replay: dict[int, tuple[str, Callable[[bytes, bytes, bytes], bytes], bytes] | None] = {}
@@ -453,7 +457,7 @@ class EventLog:
     @staticmethod
     def open_event(row: StoredEvent, sealer: Sealer) -> RecordedEvent:
         position, sid, version, key, kind, recorded_us, payload, _ = row
-        aad = b"".join((_EVENT_AAD, sid.encode(), b"\x00", version.to_bytes(8, "big"), key, kind.encode()))
+        aad = event_aad(sid, version, key, kind)
         try:
             body = orjson.loads(sealer.decrypt(payload[:12], payload[12:], aad))
         except InvalidTag:
@@ -540,7 +544,7 @@ class EventLog:
             if head is None or head.wrapped is None:
                 streams[no] = None
             else:
-                streams[no] = (sid, self.sealer(sid, head).decrypt, _EVENT_AAD + sid.encode() + b"\x00")
+                streams[no] = (sid, self.sealer(sid, head).decrypt, aad_prefix(sid))
 
     def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
         position = after_position

@@ -89,44 +89,19 @@ def measure_persona(events: int, people: int, root: Path) -> dict[str, float]:
 
 def measure_peer(events: int, people: int, root: Path) -> dict[str, float]:
     """The same events through eventsourcing: one aggregate per person, a batch per save."""
-    import warnings
-
     from bench_core import batches
-    from bench_peer import PAGE, peer_application
+    from bench_peer import Peer
 
-    app, person_class = peer_application(root / "peer.db")
-    people_seen: dict[str, Any] = {}
-    save = getattr(app, "collect_events", None) or app.save
-    stored, seconds = 0, 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for batch in batches(events, people, BATCH):
-            started = time.perf_counter()
-            touched: dict[str, Any] = {}
-            for r in batch:
-                email = r["subject"]["value"]
-                person = people_seen.get(email)
-                if person is None:
-                    person = people_seen[email] = person_class(email)
-                    stored += 1
-                person.viewed(r["event_id"], r["occurred_at"], r["data"])
-                touched[email] = person
-            save(*touched.values())
-            seconds += time.perf_counter() - started
-    stored += events
-    out = {"append_eps": stored / seconds, "append_peak_mb": peak_mb(), "stored": stored}
-    recorder, mapper = app.recorder, app.mapper
+    peer = Peer(root / "peer.db")
+    seconds = 0.0
+    for batch in batches(events, people, BATCH):
+        started = time.perf_counter()  # building its aggregates and events counts, as persona's Events do
+        peer.append(batch)
+        seconds += time.perf_counter() - started
+    out = {"append_eps": peer.stored / seconds, "append_peak_mb": peak_mb(), "stored": peer.stored}
     started = time.perf_counter()
-    replayed, position = 0, 1
-    while page := recorder.select_notifications(position, PAGE):
-        for notification in page:
-            mapper.to_domain_event(notification)
-        replayed += len(page)
-        position = page[-1].id + 1
-    out["replay_eps"] = replayed / (time.perf_counter() - started)
-    app.close()
-    if replayed != stored:
-        raise SystemExit(f"the peer replayed {replayed:,} events of {stored:,}")
+    out["replay_eps"] = peer.replay() / (time.perf_counter() - started)
+    peer.close()
     out["peak_mb"] = peak_mb()
     return out
 
