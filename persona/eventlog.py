@@ -40,6 +40,8 @@ _EVENT_AAD = b"persona-event/1\x00"
 _CACHE_LIMIT = 100_000
 Row = tuple[int, int, bytes, str, int, bytes, bytes]  # stream_no, version, key, type, recorded_at, payload, hash
 Tip = tuple[int, int, bytes, Sealer]  # stream_no, version, chain head, sealer
+LogRow = tuple[int, int, int, bytes, str, int, bytes]  # position, stream_no, version, key, type, recorded_at, payload
+_Replay = tuple[str, Callable[[bytes, bytes, bytes], bytes], bytes]  # stream id, its decrypt, its AAD prefix
 
 
 @contextmanager
@@ -148,7 +150,7 @@ class EventLog:
         # and -> (id, its key's decrypt, its AAD prefix), None when erased; subjects are shared
         # (namespace, short ref) pairs, so a page of events holds one tuple per person, not per event.
         self._names: dict[int, str] = {}
-        self._replay: dict[int, tuple[str, Callable[[bytes, bytes, bytes], bytes], bytes] | None] = {}
+        self._replay: dict[int, _Replay | None] = {}
         self._replay_mark = -1
         self._subjects: dict[str, tuple[str, str]] = {}
         self._kinds: dict[str, bytes] = {}
@@ -489,49 +491,72 @@ class EventLog:
 
         Events of erased profiles cannot be opened and are passed over.
         """
-        rec = self.recorder
         with gc_paused():
-            rows = rec.read_log(after_position, limit)
+            rows, keys = self._log_page(after_position, limit)
             if not rows:
                 return [], after_position
-            streams, subjects, kinds = self._replay, self._subjects, self._kinds
-            mark = rec.erasure_mark()
-            grown = max(len(streams), len(self._names), len(subjects), len(kinds)) > _CACHE_LIMIT
-            if mark != self._replay_mark or grown:
-                streams.clear()  # someone was erased (here or elsewhere): keys are looked up again
-                self._names.clear()
-                subjects.clear()
-                kinds.clear()
-                self._replay_mark = mark
-            unknown = {row[1] for row in rows} - streams.keys()
-            if unknown:
-                self._open_streams(unknown)
-            # open_event, inlined: this loop runs once per event of a replay
-            out: list[RecordedEvent] = []
-            append, loads, new, join = out.append, orjson.loads, _new_tuple, b"".join
-            for position, no, version, key, kind, recorded_us, payload in rows:
-                stream = streams[no]
-                if stream is None:
-                    continue  # erased: it can never be opened
-                sid, decrypt, prefix = stream
-                kind_bytes = kinds.get(kind)
-                if kind_bytes is None:
-                    kind_bytes = kinds[kind] = kind.encode()
-                try:
-                    body = loads(decrypt(payload[:12], payload[12:], join((prefix, version.to_bytes(8, "big"), key,
-                                                                           kind_bytes))))
-                except InvalidTag:
-                    raise TamperError(f"event at position {position} (stream {sid}, version {version}) does not open",
-                                      position=position) from None
-                ref = body["sub"][1]
-                subject = subjects.get(ref)
-                if subject is None:
-                    subject = subjects[ref] = (body["sub"][0], ref[:12])
-                append(new(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
-                                           recorded_us, subject, body["data"])))
+            out = list(self._opened(rows, keys))
             last = rows[-1][0]
             del rows  # freed while the collector is off: it never has to look at the page's rows
         return out, last
+
+    def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
+        """Every event from a position, in log order: read a page at a time, each event handed
+        out as it is opened (a consumer that lets go of each event reuses the same memory)."""
+        position = after_position
+        while True:
+            with gc_paused():
+                rows, keys = self._log_page(position, page)
+            if not rows:
+                return
+            yield from self._opened(rows, keys)
+            position = rows[-1][0]
+
+    def _log_page(self, after_position: int, limit: int) -> tuple[list[LogRow], dict[int, _Replay | None]]:
+        """A page of the global log's rows, and what opens them: stream number -> (id, decrypt,
+        AAD prefix), None when erased. The page keeps its own: its consumer may clear the cache."""
+        rec = self.recorder
+        rows = rec.read_log(after_position, limit)
+        if not rows:
+            return rows, {}
+        streams, subjects, kinds = self._replay, self._subjects, self._kinds
+        mark = rec.erasure_mark()
+        grown = max(len(streams), len(self._names), len(subjects), len(kinds)) > _CACHE_LIMIT
+        if mark != self._replay_mark or grown:
+            streams.clear()  # someone was erased (here or elsewhere): keys are looked up again
+            self._names.clear()
+            subjects.clear()
+            kinds.clear()
+            self._replay_mark = mark
+        numbers = {row[1] for row in rows}
+        if unknown := numbers - streams.keys():
+            self._open_streams(unknown)
+        return rows, {no: streams[no] for no in numbers}
+
+    def _opened(self, rows: list[LogRow], streams: dict[int, _Replay | None]) -> Iterator[RecordedEvent]:
+        """open_event, inlined, for a page from _log_page: this loop runs once per event of a replay."""
+        subjects, kinds = self._subjects, self._kinds
+        loads, new, join = orjson.loads, _new_tuple, b"".join
+        for position, no, version, key, kind, recorded_us, payload in rows:
+            stream = streams[no]
+            if stream is None:
+                continue  # erased: it can never be opened
+            sid, decrypt, prefix = stream
+            kind_bytes = kinds.get(kind)
+            if kind_bytes is None:
+                kind_bytes = kinds[kind] = kind.encode()
+            try:
+                body = loads(decrypt(payload[:12], payload[12:], join((prefix, version.to_bytes(8, "big"), key,
+                                                                       kind_bytes))))
+            except InvalidTag:
+                raise TamperError(f"event at position {position} (stream {sid}, version {version}) does not open",
+                                  position=position) from None
+            ref = body["sub"][1]
+            subject = subjects.get(ref)
+            if subject is None:
+                subject = subjects[ref] = (body["sub"][0], ref[:12])
+            yield new(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
+                                      recorded_us, subject, body["data"]))
 
     def _open_streams(self, numbers: set[int]) -> None:
         """Fill the replay cache for these stream numbers (None for an erased stream)."""
@@ -545,15 +570,6 @@ class EventLog:
                 streams[no] = None
             else:
                 streams[no] = (sid, self.sealer(sid, head).decrypt, aad_prefix(sid))
-
-    def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
-        position = after_position
-        while True:
-            events, last = self.read_all(position, page)
-            yield from events
-            if last == position:
-                return
-            position = last
 
     def info(self, profile_id: str) -> ProfileInfo:
         rec = self.recorder
