@@ -492,33 +492,37 @@ class EventLog:
         Events of erased profiles cannot be opened and are passed over.
         """
         with gc_paused():
-            rows, keys = self._log_page(after_position, limit)
+            rows = self._log_page(after_position, limit)
             if not rows:
                 return [], after_position
-            out = list(self._opened(rows, keys))
+            out = list(self._opened(rows))
             last = rows[-1][0]
             del rows  # freed while the collector is off: it never has to look at the page's rows
         return out, last
 
     def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
         """Every event from a position, in log order: read a page at a time, each event handed
-        out as it is opened (a consumer that lets go of each event reuses the same memory)."""
+        out as it is opened (a consumer that lets go of each event reuses the same memory).
+
+        Events are opened as they are handed out: a row that does not open raises TamperError
+        after the events before it, and once an erasure here forgets the cached keys, the
+        erased person's remaining events are passed over, mid-page included.
+        """
         position = after_position
         while True:
             with gc_paused():
-                rows, keys = self._log_page(position, page)
+                rows = self._log_page(position, page)
             if not rows:
                 return
-            yield from self._opened(rows, keys)
+            yield from self._opened(rows)
             position = rows[-1][0]
 
-    def _log_page(self, after_position: int, limit: int) -> tuple[list[LogRow], dict[int, _Replay | None]]:
-        """A page of the global log's rows, and what opens them: stream number -> (id, decrypt,
-        AAD prefix), None when erased. The page keeps its own: its consumer may clear the cache."""
+    def _log_page(self, after_position: int, limit: int) -> list[LogRow]:
+        """A page of the global log's rows, with the replay cache made ready for them."""
         rec = self.recorder
         rows = rec.read_log(after_position, limit)
         if not rows:
-            return rows, {}
+            return rows
         streams, subjects, kinds = self._replay, self._subjects, self._kinds
         mark = rec.erasure_mark()
         grown = max(len(streams), len(self._names), len(subjects), len(kinds)) > _CACHE_LIMIT
@@ -528,17 +532,20 @@ class EventLog:
             subjects.clear()
             kinds.clear()
             self._replay_mark = mark
-        numbers = {row[1] for row in rows}
-        if unknown := numbers - streams.keys():
+        if unknown := {row[1] for row in rows} - streams.keys():
             self._open_streams(unknown)
-        return rows, {no: streams[no] for no in numbers}
+        return rows
 
-    def _opened(self, rows: list[LogRow], streams: dict[int, _Replay | None]) -> Iterator[RecordedEvent]:
+    def _opened(self, rows: list[LogRow]) -> Iterator[RecordedEvent]:
         """open_event, inlined, for a page from _log_page: this loop runs once per event of a replay."""
-        subjects, kinds = self._subjects, self._kinds
+        streams, subjects, kinds = self._replay, self._subjects, self._kinds
         loads, new, join = orjson.loads, _new_tuple, b"".join
         for position, no, version, key, kind, recorded_us, payload in rows:
-            stream = streams[no]
+            try:
+                stream = streams[no]
+            except KeyError:  # the consumer forgot the cached keys mid-page (an erasure): looked up again
+                self._open_streams({row[1] for row in rows} - streams.keys())
+                stream = streams[no]
             if stream is None:
                 continue  # erased: it can never be opened
             sid, decrypt, prefix = stream

@@ -157,9 +157,9 @@ def floor(records: list[dict[str, Any]], root: Path) -> dict[str, float]:
 
 # -- persona ------------------------------------------------------------------------------------
 def bare_replay(log: EventLog, page: int = 20_000) -> float:
-    """The least a Python replay of persona's log can do, in events/s: read every row (the same
-    columns, a page at a time), rebuild each event's associated data, open it and decode it — and
-    nothing else: no event objects, no erasure checks, every stream's key unwrapped beforehand."""
+    """A reference loop beside replay, in events/s: read every row (the same columns, a page at a
+    time), rebuild each event's associated data, open it and decode it — and nothing else: no event
+    objects, no erasure checks, every stream's key unwrapped beforehand."""
     rec = log.recorder
     heads = rec.heads(list(rec.stream_ids()))
     keys = {head.no: (log.sealer(sid, head).decrypt, aad_prefix(sid)) for sid, head in heads.items()}
