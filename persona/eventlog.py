@@ -518,7 +518,7 @@ class EventLog:
             position = rows[-1][0]
 
     def _log_page(self, after_position: int, limit: int) -> list[LogRow]:
-        """A page of the global log's rows, with the replay cache made ready for them."""
+        """A page of the global log's rows; the replay cache is emptied if anyone was erased since."""
         rec = self.recorder
         rows = rec.read_log(after_position, limit)
         if not rows:
@@ -532,8 +532,6 @@ class EventLog:
             subjects.clear()
             kinds.clear()
             self._replay_mark = mark
-        if unknown := {row[1] for row in rows} - streams.keys():
-            self._open_streams(unknown)
         return rows
 
     def _opened(self, rows: list[LogRow]) -> Iterator[RecordedEvent]:
@@ -543,7 +541,7 @@ class EventLog:
         for position, no, version, key, kind, recorded_us, payload in rows:
             try:
                 stream = streams[no]
-            except KeyError:  # the consumer forgot the cached keys mid-page (an erasure): looked up again
+            except KeyError:  # new to the cache, or forgotten mid-page (an erasure): the page's streams, at once
                 self._open_streams({row[1] for row in rows} - streams.keys())
                 stream = streams[no]
             if stream is None:
