@@ -1064,7 +1064,9 @@ def test_reads_are_audited_with_token_operation_and_fields(world: World) -> None
         for node in listed:
             rows = [r for r in p.recorder.audit_rows(profile_id=node["id"]) if r[2] == "auditor" and r[3] != "profile"]
             assert [(r[3], r[5]) for r in rows] == [("profiles", "id,segments")]
-        assert not [r for r in p.recorder.audit_rows(limit=1_000_000) if r[2] == "snoop"]
+        snooped = [r for r in p.recorder.audit_rows(limit=1_000_000) if r[2] == "snoop"]  # refused: no one read
+        assert [(r[3], r[4], r[5], r[6], json.loads(r[7])) for r in snooped] == [
+            ("profiles", "", "", "FORBIDDEN", {"count": 1, "missing": ["predictions:read"]})]
     result = CliRunner().invoke(cli, ["--data", str(world.settings.data_dir), "audit", "--json", "--profile", pid],
                                 catch_exceptions=False)
     assert result.exit_code == 0
@@ -1089,7 +1091,7 @@ def test_audit_is_written_while_the_server_runs(api: Api, world: World) -> None:
 def test_audit_log_refuses_update_and_delete(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path / "data", env={})
     with Persona.init(settings) as p, p.recorder.transaction():
-        p.recorder.append_audit([(1, "someone", "profile", "prf_x", "attributes")])
+        p.recorder.append_audit([(1, "someone", "profile", "prf_x", "attributes", "ok", "{}")])
     conn = sqlite3.connect(settings.db_path)
     try:
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):

@@ -258,7 +258,8 @@ def test_audit_is_written_by_the_running_server(server: Server) -> None:
         while not (rows := [r for r in p.recorder.audit_rows(profile_id=pid) if r[2] == "auditor"]):
             assert time.monotonic() < deadline, "the audit entry was never written"
             time.sleep(0.05)
-    assert [(r[3], r[4], r[5]) for r in rows] == [("profile", pid, "attributes,history")]
+    assert [(r[3], r[4], r[5], r[6]) for r in rows] == [("profile", pid, "attributes,history", "ok"),
+                                                        ("history", pid, "", "ok")]  # one batch: both at once
 
 
 # -- websocket subscriptions ---------------------------------------------------------------------

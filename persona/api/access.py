@@ -1,4 +1,4 @@
-"""Who may ask what: bearer tokens with scopes, per-token rate limits, and the audit log.
+"""Who may ask what: bearer tokens with scopes and per-token rate limits (the audit log: persona.audit).
 
 A token is shown once, when it is created; the database keeps only a keyed hash of it
 (HMAC-SHA256 under a key derived from the pepper), so a copy of the database cannot be
@@ -146,23 +146,3 @@ class RateLimiter:
             self._buckets = {k: (lvl, at) for k, (lvl, at) in self._buckets.items()
                              if lvl + (now - at) * rate_per_s < capacity}
         return 0.0
-
-
-@dataclass
-class AuditBuffer:
-    """Reads of people's data, held briefly and written in batches by the server's writer."""
-
-    rows: list[tuple[int, str, str, str, str]] = field(default_factory=list)
-
-    def record(self, token: str, operation: str, profile_id: str, fields: str) -> None:
-        self.rows.append((micros(datetime.now(UTC)), token, operation, profile_id, fields))
-
-    def take(self) -> list[tuple[int, str, str, str, str]]:
-        rows, self.rows = self.rows, []
-        return rows
-
-
-def write_audit(persona: Persona, rows: list[tuple[int, str, str, str, str]]) -> None:
-    if rows:
-        with persona.recorder.transaction():
-            persona.recorder.append_audit(rows)

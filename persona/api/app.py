@@ -1,10 +1,11 @@
 """The HTTP server: Starlette routes, one fast GraphQL handler, strawberry for websockets.
 
 A GraphQL request over HTTP goes: token (401) → rate limit (429) → body size (413) →
-cached plan: parse, validation, depth, cost (400) → scopes (403) → execution by
-graphql-core on the strawberry schema → errors masked → orjson. Parsing, validation and
-analysis happen once per distinct document (persona.api.plan), which is most of what a
-default GraphQL server spends on a small query.
+cached plan: parse, validation, depth, cost (400) → scopes (403) → population scans priced
+by the population (400) → execution by graphql-core on the strawberry schema → errors
+masked → orjson. Parsing, validation and analysis happen once per distinct document
+(persona.api.plan), which is most of what a default GraphQL server spends on a small query.
+Every refusal on the way is counted in the audit log (persona.audit).
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
-from persona.api.errors import error, masked, request_values, scrub
+from persona.api.errors import ApiError, error, masked, request_values, scrub
 from persona.api.execution import Executor
+from persona.api.plan import Plan
 from persona.api.schema import schema
+from persona.audit import NO_TOKEN
 from persona.settings import Settings
 
 log = logging.getLogger("persona.api")
 GRAPHQL_SCHEMA = schema._schema
 JSON_TYPE = "application/json"
-UNAUTHENTICATED_RATE = 20.0  # requests per second from one address without a valid token
+# codes of errors that refuse a field for who is asking or for the server's state (audited as refusals)
+REFUSALS = frozenset({"UNAUTHENTICATED", "FORBIDDEN", "RATE_LIMITED", "BUDGET_EXHAUSTED", "BUSY", "UNAVAILABLE"})
 
 
 class QueryStringFilter(logging.Filter):
@@ -108,13 +112,16 @@ class GraphQLEndpoint:
         token = state.tokens.lookup(raw_token) if raw_token else None
         if token is None:
             client = request.client.host if request.client else "?"
-            if state.strangers.allow(client, UNAUTHENTICATED_RATE):
+            if state.strangers.allow(client, self.options.unauthenticated_rate):
+                state.audit.refuse(NO_TOKEN, "request", "RATE_LIMITED")
                 return _reply(429, [error("too many requests without a valid token", "RATE_LIMITED")],
                               {"Retry-After": "1"})
+            state.audit.refuse(NO_TOKEN, "request", "UNAUTHENTICATED")
             return _reply(401, [error("a valid bearer token is required (Authorization: Bearer pst_…)",
                                        "UNAUTHENTICATED")], {"WWW-Authenticate": "Bearer"})
         wait = state.limiter.allow(token.name, token.rate_per_s)
         if wait:
+            state.audit.refuse(token.name, "request", "RATE_LIMITED")
             return _reply(429, [error("too many requests for this token; slow down", "RATE_LIMITED")],
                           {"Retry-After": str(max(1, round(wait)))})
         body = await self._body(request)
@@ -123,6 +130,8 @@ class GraphQLEndpoint:
         query, variables, operation_name = body
         plan = state.plans.get(query, operation_name)
         if plan.errors:
+            if plan.over:
+                state.audit.refuse(token.name, _operations(plan), "BAD_REQUEST", {"over": list(plan.over)})
             values = request_values(plan.document, variables)
             return _reply(400, [error(scrub(e.message, values), "BAD_REQUEST") | (
                 {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
@@ -135,12 +144,22 @@ class GraphQLEndpoint:
             return _reply(405, [error(reason, "BAD_REQUEST")], {"Allow": "POST"})
         missing = plan.scopes - token.scopes
         if missing:
+            state.audit.refuse(token.name, _operations(plan), "FORBIDDEN", {"missing": sorted(missing)})
             return _reply(403, [error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
+        if plan.scans:
+            too_costly = plan.too_costly(state.population, self.options.limits)
+            if too_costly is not None:
+                state.audit.refuse(token.name, _operations(plan), "BAD_REQUEST", {"over": ["cost"]})
+                return _reply(400, [error(too_costly.message, "BAD_REQUEST")])
         result = await self._execute(state, token, plan, variables, operation_name)
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
             values = request_values(plan.document, variables)
             out["errors"] = [masked(e, values) for e in result.errors]
+            for e in result.errors:
+                original = e.original_error
+                if isinstance(original, ApiError) and original.code in REFUSALS and e.nodes:
+                    state.audit.refuse(token.name, e.nodes[0].name.value, original.code)  # type: ignore[attr-defined]
         return Response(orjson.dumps(out), 200, media_type=JSON_TYPE)
 
     async def _body(self, request: Request) -> tuple[str, dict[str, Any] | None, str | None] | Response:
@@ -195,9 +214,15 @@ class GraphQLEndpoint:
         return result
 
 
+def _operations(plan: Plan) -> str:
+    """What a refused request asked for, for the audit log: its root fields (schema names)."""
+    return ",".join(plan.roots) or "request"
+
+
 class SocketEndpoint(GraphQL[RequestContext, None]):
     """Websocket subscriptions (graphql-transport-ws), through strawberry. The token comes
-    in connection_init's payload ({"authorization": "Bearer …"}) or the upgrade's header."""
+    in connection_init's payload ({"authorization": "Bearer …"}) or the upgrade's header;
+    either way it is checked when connection_init arrives, under the same rules."""
 
     def __init__(self) -> None:
         super().__init__(schema, graphql_ide=None, subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
@@ -205,8 +230,7 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
 
     async def get_context(self, request: Any, response: Any) -> RequestContext:
         state: ApiState = request.app.state.api
-        raw = _bearer(request.headers)
-        context = RequestContext(state, state.tokens.lookup(raw) if raw else None, None, raw)
+        context = RequestContext(state, None, None, _bearer(request.headers))  # looked up on connection_init
         context.client = request.client.host if request.client else "?"
         return context
 
@@ -217,13 +241,18 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
             value = params.get("authorization") or params.get("Authorization")
             if isinstance(value, str):
                 raw = _bearer({"authorization": value})
-        strangers = context.state.strangers
-        if raw is not None and context.token is None:
-            if strangers.exhausted(context.client, UNAUTHENTICATED_RATE):  # guessing tokens: not even looked up
+        raw = raw or context.raw_token  # the payload's token, else the upgrade header's
+        state = context.state
+        rate = state.options.unauthenticated_rate
+        if raw is not None:
+            if state.strangers.exhausted(context.client, rate):  # guessing tokens: not even looked up
+                state.audit.refuse(NO_TOKEN, "connect", "RATE_LIMITED")
                 raise ConnectionRejectionError({"message": "too many attempts without a valid token"})
-            context.token, context.raw_token = context.state.tokens.lookup(raw), raw
+            context.token = state.tokens.lookup(raw)
+        context.raw_token = raw if context.token is not None else None
         if context.token is None:
-            strangers.allow(context.client, UNAUTHENTICATED_RATE)
+            state.strangers.allow(context.client, rate)
+            state.audit.refuse(NO_TOKEN, "connect", "UNAUTHENTICATED")
             raise ConnectionRejectionError({"message": "a valid bearer token is required"})
 
 

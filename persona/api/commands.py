@@ -22,13 +22,23 @@ WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP 
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]),
               help="Server log verbosity (request lines are never logged).")
+@click.option("--proxy-headers", is_flag=True,
+              help="Take the client's address from X-Forwarded-For (and the scheme from X-Forwarded-Proto) when"
+                   " the connection comes from an address of --forwarded-allow-ips: only behind a reverse proxy"
+                   " that sets them. Off by default: the address is the connection's own.")
+@click.option("--forwarded-allow-ips", metavar="ADDRESSES",
+              help="With --proxy-headers: the proxies trusted to set those headers (comma-separated addresses"
+                   " or networks, e.g. 10.0.0.5,10.1.0.0/16).")
 @click.pass_context
 @friendly
-def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str) -> None:
+def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str, proxy_headers: bool,
+          forwarded_allow_ips: str | None) -> None:
     """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and /healthz.
 
     Every request needs a bearer token (see `persona tokens create`). Request lines are
-    not logged: a GET query string may carry identifiers.
+    not logged: a GET query string may carry identifiers. Forwarded headers are ignored
+    unless --proxy-headers and --forwarded-allow-ips name the proxy that sets them: a
+    client could otherwise choose the address its limits are counted under.
     """
     import dataclasses
 
@@ -39,6 +49,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     from persona.api.context import ServerOptions
 
     settings = settings_of(ctx)
+    proxies = uvicorn_proxies(proxy_headers, forwarded_allow_ips)
     with Persona.open(settings) as persona:  # a clear error now, not one per worker later
         active = [t for t in list_tokens(persona) if t.revoked_at is None]
     if not active:
@@ -47,12 +58,26 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                               "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False,
                               "ws_max_size": WS_MAX_BYTES,
-                              "log_config": log_config()}
+                              "log_config": log_config(), **proxies}
     if workers == 1:
         uvicorn.run(create_app(settings, ServerOptions(dev=dev)), **common)
         return
     dataclasses.replace(settings, api_dev=dev).export()
     uvicorn.run("persona.api.app:app_from_env", factory=True, workers=workers, **common)
+
+
+def uvicorn_proxies(proxy_headers: bool, forwarded_allow_ips: str | None) -> dict[str, Any]:
+    """uvicorn's settings for forwarded headers: trusted only when both options name a proxy
+    (uvicorn by default trusts them from 127.0.0.1, or from FORWARDED_ALLOW_IPS)."""
+    if proxy_headers != (forwarded_allow_ips is not None):
+        raise click.UsageError("--proxy-headers and --forwarded-allow-ips go together: trust forwarded headers"
+                               " only from the proxies named")
+    if not proxy_headers:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    addresses = [part.strip() for part in (forwarded_allow_ips or "").split(",") if part.strip()]
+    if not addresses:
+        raise click.BadParameter("name at least one address or network", param_hint="--forwarded-allow-ips")
+    return {"proxy_headers": True, "forwarded_allow_ips": addresses}
 
 
 @cli.group()
@@ -76,10 +101,12 @@ def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: 
                   as_json: bool) -> None:
     """Create a token. It is printed once; only a keyed hash of it is stored."""
     from persona.api.access import create_token, parse_scopes
+    from persona.audit import record_local
 
     wanted = parse_scopes(scopes)
     with opened(ctx) as persona:
         token = create_token(persona, name, wanted, rate_per_s=rate, epsilon_budget=epsilon)
+        record_local(persona, "tokens", "tokens create", token=name, scopes=sorted(wanted))
     if as_json:
         emit_json({"name": name, "scopes": sorted(wanted), "token": token})
         return
@@ -119,14 +146,16 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
 def tokens_revoke(ctx: click.Context, name: str) -> None:
     """Revoke a token; running servers refuse it within two seconds."""
     from persona.api.access import revoke_token
+    from persona.audit import record_local
 
     with opened(ctx) as persona:
         revoke_token(persona, name)
+        record_local(persona, "tokens", "tokens revoke", token=name)
     click.echo(f"revoked {name}")
 
 
 @cli.command()
-@click.option("--profile", "profile_id", metavar="ID", help="Only reads of this profile.")
+@click.option("--profile", "profile_id", metavar="ID", help="Only entries about this profile.")
 @click.option("--after", default=0, show_default=True, type=click.IntRange(min=0), help="Entries after this number.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000),
               help="At most this many entries.")
@@ -134,17 +163,26 @@ def tokens_revoke(ctx: click.Context, name: str) -> None:
 @click.pass_context
 @friendly
 def audit(ctx: click.Context, profile_id: str | None, after: int, limit: int, as_json: bool) -> None:
-    """Who read whose profile or history through the API, and which fields (append-only)."""
+    """Every access to people's data, through the API or this command line, and every refusal
+    (append-only).
+
+    An entry names the writer (a token, `local:<command>`, or `-` for a request without a
+    valid token), the operation, the profile (empty: the population, or nothing was read),
+    the Profile fields read, the outcome (`ok` or the code of the refusal; refusals are
+    counted, `detail.count`) and the shape of the question — names and counts, never a value.
+    """
     from persona.events import from_micros
 
     with opened(ctx) as persona:
         rows = persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
-    for seq, at, token, operation, pid, fields in rows:
+    for seq, at, token, operation, pid, fields, outcome, detail in rows:
         when = from_micros(at).isoformat()
         if as_json:
             click.echo(orjson.dumps({"seq": seq, "at": when, "token": token, "operation": operation,
-                                     "profile_id": pid, "fields": fields.split(",") if fields else []}).decode())
+                                     "profile_id": pid, "fields": fields.split(",") if fields else [],
+                                     "outcome": outcome, "detail": orjson.loads(detail or "{}")}).decode())
         else:
-            click.echo(f"#{seq:<6} {when[:23]} {token:<16} {operation:<14} {pid} {fields}")
+            shown = "" if detail in ("", "{}") else f" {detail}"
+            click.echo(f"#{seq:<6} {when[:23]} {token:<16} {operation:<16} {outcome:<16} {pid or '-'} {fields}{shown}")
     if not rows and not as_json:
         click.echo("no audit entries")

@@ -2,9 +2,10 @@
 
 Threads: the event loop's thread owns one open store for quick reads (a profile, a
 history page). Writes — ingest, erasure, audit batches, privacy-budget charges — go
-to one writer thread with its own store, and whole-population reads (insights) to a
-second reader thread, so neither a write waiting for SQLite's lock nor a long scan
-ever stalls the event loop.
+to one writer thread with its own store, and longer reads (listing pages, replays,
+time-filtered history) to two scanner threads, so that neither a write waiting for
+SQLite's lock nor a replay stalls the event loop. Population scans (insights, filtered
+listings) go through a gate to processes of their own (persona.api.scans).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNode, OperationType
 
-from persona.api.access import AuditBuffer, RateLimiter, Token, TokenCache, write_audit
+from persona.api.access import RateLimiter, Token, TokenCache
 from persona.api.data import (
     Batch,
     ProfileData,
@@ -33,7 +35,11 @@ from persona.api.data import (
     load_sources,
     load_updated,
 )
+from persona.api.errors import ApiError
 from persona.api.plan import Limits, Plan, PlanCache
+from persona.api.scans import ScanGate, ScanPool
+from persona.audit import NO_TOKEN, AuditBuffer, shape
+from persona.audit import write as write_audit
 from persona.core import Persona
 from persona.feed import ChangeFeed
 from persona.projector import Projector
@@ -43,6 +49,8 @@ from persona.settings import Settings
 T = TypeVar("T")
 log = logging.getLogger("persona.api")
 AUDIT_FLUSH_S = 0.25
+REFUSALS_FLUSH_S = 5.0  # refusals are counted, and written this often (and at shutdown)
+POPULATION_S = 5.0  # how often the population a scan is priced by is counted again
 FEED_WAIT_S = 1.0  # the change feed's longest wait: how late a missed notification can be
 AUDIT_BACKLOG = 50_000  # unwritten audit entries at which reads of people are refused
 
@@ -133,6 +141,11 @@ class ServerOptions:
     max_ingest_events: int = 1_000  # per ingestEvents call
     subscription_poll_s: float = 1.0
     max_subscriptions_per_token: int = 50  # open at once, over every connection of this worker
+    unauthenticated_rate: float = 20.0  # requests per second from one address without a valid token
+    scan_processes: int = 2  # population scans running at once (each in a process of its own)
+    scans_per_token: int = 1  # of them, one token's
+    scan_queue: int = 16  # scans waiting for a process, every token's; one more is refused (BUSY)
+    scan_queue_per_token: int = 4  # of them, one token's; one more is refused (RATE_LIMITED)
     dev: bool = False
 
 
@@ -153,6 +166,12 @@ class ApiState:
         self.subscriptions: dict[str, int] = {}  # token name -> subscriptions open now
         self.writer = Worker(settings, "writer")
         self.scanner = Worker(settings, "scanner", threads=2)
+        self.scans = ScanPool(settings, options.scan_processes)
+        self.gate = ScanGate(options.scan_processes, options.scans_per_token, options.scan_queue,
+                             options.scan_queue_per_token)
+        self.population = self.persona.recorder.index_size()  # what a scan is priced by (plan.scan_cost)
+        self._counted = 0.0  # when the population was last counted (the loop's clock)
+        self._refusals_written = 0.0
         self._flusher: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._feed_persona = Persona.open(settings)  # the feed's own connection (it blocks, waiting)
@@ -184,26 +203,37 @@ class ApiState:
             if changed:
                 self.bus.changed(changed)
 
-    async def flush_audit(self) -> None:
-        rows = self.audit.take()
+    async def flush_audit(self, *, refusals: bool = True) -> None:
+        rows = self.audit.take(refusals=refusals)
         if rows:
             try:
                 await self.writer.run(write_audit, rows)
             except Exception:
-                self.audit.rows[:0] = rows  # kept for the next try; never dropped
+                self.audit.put_back(rows)  # kept for the next try; never dropped
                 raise
 
     async def _flush_audit_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(AUDIT_FLUSH_S)
+            now = loop.time()
             try:
-                await self.flush_audit()
+                due = now - self._refusals_written >= REFUSALS_FLUSH_S
+                await self.flush_audit(refusals=due)
+                if due:
+                    self._refusals_written = now
             except Exception as e:  # the database is busy or full: retried, and said so
                 log.warning("audit log write failed (%s); retrying", type(e).__name__)
             try:
                 self.forget_the_erased()
             except Exception as e:
                 log.warning("checking for erasures failed (%s); retrying", type(e).__name__)
+            if now - self._counted >= POPULATION_S:
+                self._counted = now
+                try:
+                    self.population = await self.scanner.run(lambda persona: persona.recorder.index_size())
+                except Exception as e:
+                    log.warning("counting the population failed (%s); retrying", type(e).__name__)
 
     def forget_the_erased(self) -> None:
         """After an erasure by anyone (this server, another worker, the CLI), drop every cache
@@ -237,6 +267,7 @@ class ApiState:
         finally:
             self.writer.close()
             self.scanner.close()
+            self.scans.close()
             self.persona.close()
             if self._feed_wait is not None:  # a wait still running in its thread ends within FEED_WAIT_S
                 futures_wait([self._feed_wait], timeout=FEED_WAIT_S + 5)
@@ -273,15 +304,37 @@ class RequestContext:
         assert self.token is not None
         return self.token.name
 
-    def audit(self, operation: str, profile_id: str) -> None:
-        """Record a read of a person, before it is served: if the audit log cannot be written
-        (its backlog is full), nothing is read at all."""
-        from persona.api.errors import ApiError
+    def audit(self, operation: str, profile_id: str = "", *, fields: str | None = None, **detail: Any) -> None:
+        """Record an access to a person (or to the population: no profile id), before it is
+        served: if the audit log cannot be written (its backlog is full), nothing is read at
+        all. `fields`: the Profile fields read (by default, those the query selects);
+        `detail`: the shape of the question, never a value."""
+        self.audit_ready()
+        self.record(operation, profile_id, fields=fields, **detail)
 
-        assert self.token is not None and self.plan is not None  # authorized before anything is read
+    def audit_ready(self) -> None:
+        """Refuses (UNAVAILABLE) while the audit log cannot keep up: for a change, before it is made."""
         if len(self.state.audit.rows) >= AUDIT_BACKLOG:
-            raise ApiError("the audit log cannot be written at the moment, so no profile is served", "UNAVAILABLE")
-        self.state.audit.record(self.token.name, operation, profile_id, self.plan.profile_fields)
+            raise ApiError("the audit log cannot be written at the moment, so nothing is served", "UNAVAILABLE")
+
+    def record(self, operation: str, profile_id: str = "", *, fields: str | None = None, **detail: Any) -> None:
+        """Record a change that was made (after audit_ready() allowed it)."""
+        assert self.token is not None and self.plan is not None  # authorized before anything is read
+        self.state.audit.record(self.token.name, operation, profile_id,
+                                self.plan.profile_fields if fields is None else fields, shape(**detail))
+
+    def refused(self, operation: str, code: str, **detail: Any) -> None:
+        """Count a refusal of this request (written with the audit log's next batch of refusals)."""
+        self.state.audit.refuse(self.token.name if self.token is not None else NO_TOKEN, operation, code, detail)
+
+    def scanning(self) -> AbstractAsyncContextManager[None]:
+        """A turn for this token's population scan: waited for, or refused (RATE_LIMITED, BUSY)."""
+        return self.state.gate.slot(self.name)
+
+    async def scan(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(persona, *args) in a scan process, in this token's turn."""
+        async with self.scanning():
+            return await self.state.scans.run(fn, *args)
 
     def authorize(self, info: Any) -> RequestContext:
         """For operations that bypass the HTTP handler (websocket subscriptions): the same
@@ -293,7 +346,14 @@ class RequestContext:
                             *, charge: bool = False) -> RequestContext:
         """Raises ApiError (with its code) if this token may not run this operation; with
         `charge`, the operation counts against the token's rate (once, when subscribing)."""
-        from persona.api.errors import ApiError
+        try:
+            return self._authorize_operation(operation, fragments, charge=charge)
+        except ApiError as e:
+            self.refused("subscribe", e.code)
+            raise
+
+    def _authorize_operation(self, operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode],
+                             *, charge: bool = False) -> RequestContext:
         from persona.api.plan import analyse
 
         if operation.operation is not OperationType.SUBSCRIPTION:

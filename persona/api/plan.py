@@ -61,6 +61,13 @@ SCANNING: dict[tuple[str, str], frozenset[str]] = {
     ("Profile", "history"): frozenset({"since", "until"}),
 }
 SCAN_COST = 100
+# fields that read the whole population (the profile index): each costs one unit per
+# PROFILES_PER_UNIT profiles in it, at least SCAN_COST, when a request arrives (Plan.cost_at)
+POPULATION_SCANS: dict[tuple[str, str], frozenset[str] | None] = {
+    ("Query", "insights"): None,  # always
+    ("Query", "profiles"): frozenset({"filter"}),  # with a filter: a page may take the whole index to fill
+}
+PROFILES_PER_UNIT = 250
 # list fields whose `first` argument multiplies the cost of what they select
 PAGED: dict[tuple[str, str], int] = {
     ("Query", "profiles"): 20,
@@ -77,6 +84,7 @@ class Limits:
     max_document_bytes: int = 20_000
     max_aliases: int = 30
     max_introspection: int = 2  # __schema / __type fields per document
+    max_scans: int = 4  # population scans (insights, filtered listings) per document
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,31 @@ class Plan:
     depth: int = 0
     cost: int = 0
     identifies: bool = False  # carries a `subject` (an identifier): never over GET, where URLs get logged
+    scans: int = 0  # population scans: each costs in proportion to the population (cost_at)
+    roots: tuple[str, ...] = ()  # the root fields selected, for the audit log
+    over: tuple[str, ...] = ()  # the limits the document is over ("depth", "cost", …), for the audit log
 
     @property
     def kind(self) -> OperationType | None:
         return None if self.operation is None else self.operation.operation
+
+    def cost_at(self, population: int) -> int:
+        """The cost of running this document over a population of this many profiles."""
+        return self.cost + self.scans * scan_cost(population)
+
+    def too_costly(self, population: int, limits: Limits) -> GraphQLError | None:
+        """The refusal of a document whose scans would cost more than a request may, or None."""
+        cost = self.cost_at(population)
+        if cost <= limits.max_cost:
+            return None
+        return GraphQLError(
+            f"the query would cost {cost}: {self.scans} population scan(s) over {population} profiles (one unit per"
+            f" {PROFILES_PER_UNIT}) and {self.cost} for its fields; at most {limits.max_cost} is allowed")
+
+
+def scan_cost(population: int) -> int:
+    """What one insights or filtered listing costs over a population of this many profiles."""
+    return max(SCAN_COST, -(-population // PROFILES_PER_UNIT))
 
 
 class _Summary(NamedTuple):
@@ -100,6 +129,7 @@ class _Summary(NamedTuple):
     depth: int  # levels of fields, 1 for a leaf
     aliases: int
     introspection: int  # __schema / __type fields
+    scans: int = 0  # population scans
 
 
 _NOTHING = _Summary(0, 0, 0, 0)
@@ -117,11 +147,12 @@ class _Walk:
         self.scopes: set[str] = set()
         self.profile_fields: set[str] = set()
         self.identifies = False  # a `subject` argument: an identifier travels in this request
+        self.roots: set[str] = set()
         self._memo: dict[tuple[str, str], _Summary] = {}
 
     def selections(self, parent: GraphQLObjectType, selection_set: SelectionSetNode,
                    seen: frozenset[str]) -> _Summary:
-        cost = depth = aliases = introspection = 0
+        cost = depth = aliases = introspection = scans = 0
         for node in selection_set.selections:
             if isinstance(node, FieldNode):
                 part = self.field(parent, node, seen)
@@ -135,7 +166,8 @@ class _Walk:
             depth = max(depth, part.depth)
             aliases += part.aliases
             introspection += part.introspection
-        return _Summary(cost, depth, aliases, introspection)
+            scans += part.scans
+        return _Summary(cost, depth, aliases, introspection, scans)
 
     def _on(self, condition: NamedTypeNode | None, parent: GraphQLObjectType) -> GraphQLObjectType:
         named = self.schema.get_type(condition.name.value) if condition is not None else None
@@ -158,6 +190,8 @@ class _Walk:
         if name in INTROSPECTION:  # reads no one's data: not walked, but counted
             return _Summary(0, 0, alias, 0 if name == "__typename" else 1)
         key = (parent.name, name)
+        if parent in (self.schema.query_type, self.schema.mutation_type, self.schema.subscription_type):
+            self.roots.add(name)
         for scopes in (FIELD_SCOPES, RESULT_SCOPES):
             scope = scopes.get(key)
             if scope is not None:
@@ -172,8 +206,12 @@ class _Walk:
         inner = get_named_type(definition.type) if definition is not None else None
         scanning = SCANNING.get(key, frozenset())
         own = 1 + (SCAN_COST if any(a.name.value in scanning for a in node.arguments or ()) else 0)
+        scans = 0
+        if key in POPULATION_SCANS:
+            when = POPULATION_SCANS[key]
+            scans = 1 if when is None or any(a.name.value in when for a in node.arguments or ()) else 0
         if node.selection_set is None or not isinstance(inner, GraphQLObjectType):
-            return _Summary(own, 1, alias, 0)
+            return _Summary(own, 1, alias, 0, scans)
         times = 1
         if key in PAGED:
             times = PAGED[key]
@@ -186,7 +224,7 @@ class _Walk:
         if key == ("Query", "profiles") and own > 1:  # a past listing replays every profile of its page
             own = 1 + SCAN_COST * max(times, 1)
         return _Summary(own + max(times, 1) * below.cost, 1 + below.depth, alias + below.aliases,
-                        below.introspection)
+                        below.introspection, scans + below.scans)
 
 
 def plan(schema: GraphQLSchema, source: str, operation_name: str | None, limits: Limits) -> Plan:
@@ -218,23 +256,33 @@ def analyse(schema: GraphQLSchema, document: DocumentNode | None, operation: Ope
     assert root is not None
     walk = _Walk(schema, fragments, limits)
     summary = walk.selections(root, operation.selection_set, frozenset())
-    errors = []
+    errors, over = [], []
     if summary.depth > limits.max_depth:
+        over.append("depth")
         errors.append(GraphQLError(
             f"the query is {summary.depth} levels deep; at most {limits.max_depth} are allowed"))
     if summary.cost > limits.max_cost:
+        over.append("cost")
         errors.append(GraphQLError(
             f"the query would cost {summary.cost} (fields × page sizes); at most {limits.max_cost} is allowed: ask"
             " for smaller pages or fewer nested lists"))
     if summary.aliases > limits.max_aliases:
+        over.append("aliases")
         errors.append(GraphQLError(
             f"the query uses {summary.aliases} aliases; at most {limits.max_aliases} are allowed"))
     if summary.introspection > limits.max_introspection:
+        over.append("introspection")
         errors.append(GraphQLError(
             f"the query asks for the schema {summary.introspection} times; at most {limits.max_introspection}"
             " __schema/__type fields are allowed"))
+    if summary.scans > limits.max_scans:
+        over.append("scans")
+        errors.append(GraphQLError(
+            f"the query scans the population {summary.scans} times (insights, filtered listings); at most"
+            f" {limits.max_scans} are allowed"))
     return Plan(document or DocumentNode(definitions=()), operation, tuple(errors), frozenset(walk.scopes),
-                ",".join(sorted(walk.profile_fields)), summary.depth, summary.cost, walk.identifies)
+                ",".join(sorted(walk.profile_fields)), summary.depth, summary.cost, walk.identifies, summary.scans,
+                tuple(sorted(walk.roots)), tuple(over))
 
 
 class PlanCache:

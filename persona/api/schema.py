@@ -20,11 +20,13 @@ from strawberry.extensions import MaskErrors, MaxTokensLimiter, SchemaExtension
 from strawberry.schema.schema import validate_document
 from strawberry.types import Info
 
+from persona import audit
 from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile, person_rows
 from persona.api.errors import ApiError, fault, known, request_values, scrub
 from persona.api.execution import mark_plain
 from persona.api.plan import Limits
+from persona.api.scans import insights_scan, listing_scan
 from persona.api.types import (
     ErasureReceipt,
     EventInput,
@@ -61,21 +63,21 @@ def _one_of(id: strawberry.ID | None, subject: SubjectInput | None) -> None:
         raise ApiError("give exactly one of id and subject")
 
 
-def load_profile(ctx: RequestContext, profile_id: str, operation: str) -> Profile | None:
-    """The current profile, from the read model (the request's loader)."""
+def load_profile(ctx: RequestContext, profile_id: str, operation: str, **detail: Any) -> Profile | None:
+    """The current profile, from the read model (the request's loader); `detail` for the audit log."""
     data = ctx.profiles.get(profile_id)
     if data is None:
         return None
-    ctx.audit(operation, data.id)
+    ctx.audit(operation, data.id, **detail)
     return Profile(id=strawberry.ID(data.id), _data=data)  # a merged profile's id: its person's
 
 
-async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime) -> Profile | None:
+async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime, **detail: Any) -> Profile | None:
     """The profile as it stood then: its log replayed on a scanner thread."""
     data = await ctx.state.scanner.run(load_past_profile, profile_id, as_of)
     if data is None:
         return None
-    ctx.audit("profile", data.id)
+    ctx.audit("profile", data.id, asOf=True, **detail)
     return Profile(id=strawberry.ID(data.id), _data=data, _as_of=as_of)
 
 
@@ -90,9 +92,10 @@ class Query:
         if profile_id is None:
             return None
         moment = instant(as_of, "asOf")
+        by = {"subject": audit.namespace_of(subject.namespace)} if subject is not None else {}
         if moment is None:
-            return load_profile(ctx, profile_id, "profile")
-        return later(load_past(ctx, profile_id, moment))
+            return load_profile(ctx, profile_id, "profile", **by)
+        return later(load_past(ctx, profile_id, moment, **by))
 
     @strawberry.field(description="Profiles in id order, filtered; Relay-style cursor pagination")
     async def profiles(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
@@ -104,15 +107,20 @@ class Query:
         start = decode_cursor("p", after) if after is not None else None
         moment = instant(as_of, "asOf")
         where = filter.to_filter() if filter is not None else None
-        # a filter may scan the whole index, a past instant replays every log it meets: off the event loop
-        found = await ctx.state.scanner.run(
-            lambda persona: list_profiles(persona, where, first=size + 1, after=start, as_of=moment,
-                                          rfm_scores=moment is None))  # RFM ranks today's population only
+        # a past instant replays every log it meets: off the event loop; a filter may scan the whole
+        # index: a population scan, in its token's turn (RFM ranks today's population only)
+        if where is not None:
+            found = await ctx.scan(listing_scan, where, size + 1, start, moment, moment is None)
+        else:
+            found = await ctx.state.scanner.run(
+                lambda persona: list_profiles(persona, where, first=size + 1, after=start, as_of=moment,
+                                              rfm_scores=moment is None))
         page = found[:size]
         ctx.announce([p.id for p in page])
         edges = []
+        shown = audit.filter_shape(where)
         for indexed in page:
-            ctx.audit("profiles", indexed.id)
+            ctx.audit("profiles", indexed.id, filter=shown, asOf=moment is not None)
             node = Profile(id=strawberry.ID(indexed.id), _data=ProfileData.of(indexed), _as_of=moment)
             edges.append(ProfileEdge(cursor=encode_cursor("p", indexed.id), node=node))
         end = edges[-1].cursor if edges else None
@@ -122,8 +130,7 @@ class Query:
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check, compute
-        from persona.population import indexed
+        from persona.insights import check
 
         ctx = root_context(info)
         by = tuple(group_by or ("lifecycle_stage",))
@@ -139,18 +146,21 @@ class Query:
             raise ApiError("filter: RFM scores and segments cannot filter a differentially private answer")
         clip = (bounds[0], bounds[1]) if bounds is not None else None
         check(metric, epsilon, clip)  # before any budget is spent on a question that cannot be answered
-        remaining = None
-        if epsilon is not None:
-            remaining = await ctx.state.writer.run(_spend, ctx.name, epsilon)
-            if remaining is None:
-                raise ApiError("the token's privacy budget (ε) is spent; ask for a new token", "BUDGET_EXHAUSTED")
-        k = ctx.state.options.k_anonymity
-
-        def run(persona: Any) -> Any:
-            people = (p for p in indexed(persona) if where is None or where.accepts(p))
-            return compute(people, group_by=by, metric=metric, k=k, epsilon=epsilon, bounds=clip)
-
-        result = await ctx.state.scanner.run(run)
+        ctx.audit_ready()
+        async with ctx.scanning():  # this token's turn (or a refusal) before any budget is spent
+            remaining = None
+            if epsilon is not None:
+                remaining = await ctx.state.writer.run(_spend, ctx.name, epsilon)
+                if remaining is None:
+                    raise ApiError("the token's privacy budget (ε) is spent; ask for a new token", "BUDGET_EXHAUSTED")
+            k = ctx.state.options.k_anonymity
+            # the question's shape, never its values: names persona knows, kinds of filter terms, ε
+            ctx.record("insights", fields="", groupBy=[audit.named(g) for g in by],
+                       metric=audit.named(metric) if metric else None, filter=audit.filter_shape(where),
+                       epsilon=epsilon, bounds=clip is not None)
+            options = {"group_by": by, "metric": metric, "k": k, "epsilon": epsilon, "bounds": clip}
+            found: tuple[Any, int] = await ctx.state.scans.run(insights_scan, where, options)
+            result, ctx.state.population = found
         groups = [InsightGroup(key=g.key, count=g.count, mean=g.mean,
                                distribution=[HistogramBin(start=a, end=b, count=c) for a, b, c in g.histogram])
                   for g in result.groups]
@@ -208,7 +218,13 @@ class Mutation:
             except orjson.JSONEncodeError:
                 raise ApiError(f"events[{len(lines)}].data: not storable as JSON (an integer beyond 64 bits, or"
                                " nesting deeper than 254 levels); nothing of this call was stored") from None
+        ctx.audit_ready()
         report = await ctx.state.writer.run(_ingest, lines, f"api:{ctx.name}")
+        ctx.record("ingestEvents", fields="", received=len(events), appended=report.appended,
+                   duplicates=report.duplicates, quarantined=report.quarantined,
+                   profilesCreated=report.profiles_created, merges=report.merges)
+        for changed in report.changed:  # whose logs grew: pseudonyms only
+            ctx.record("ingestEvents", changed, fields="")
         ctx.state.bus.changed(list(report.changed))
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
                             quarantined=report.quarantined, profiles_created=report.profiles_created,
@@ -220,12 +236,17 @@ class Mutation:
         ctx = root_context(info)
         _one_of(id, subject)
         who = (subject.namespace, subject.value) if subject is not None else None
+        by = {"subject": audit.namespace_of(subject.namespace)} if subject is not None else {}
+        ctx.audit_ready()
         try:
             erasure = await ctx.state.writer.run(_erase, str(id) if id is not None else None, who)
         except (UnknownProfileError, ErasedError):
+            ctx.refused("eraseProfile", "NOT_FOUND", **by)
             raise ApiError("no such profile (unknown, or erased already)", "NOT_FOUND") from None
         body = erasure.receipt["receipt"]
         merged = list(body.get("merged_profiles", {}))
+        for pid in [body["profile_id"], *merged]:
+            ctx.record("eraseProfile", pid, fields="", **by)
         for pid in [body["profile_id"], *merged]:
             ctx.state.projector.forget(pid)
         ctx.state.persona.log.forget_cached_keys()
@@ -242,10 +263,13 @@ class Mutation:
     async def train_model(self, info: Info[RequestContext, None], name: str, horizon: str | None = None,
                           cutoffs: list[datetime] | None = None) -> Model:
         from persona.models.registry import ModelError
+        from persona.models.tasks import parse_task
 
         ctx = root_context(info)
         if cutoffs is not None and len(cutoffs) > 12:
             raise ApiError("cutoffs: at most 12")
+        parse_task(name, horizon)  # a name that is no task is refused before anything is read
+        ctx.audit("trainModel", fields="", model=name, horizon=horizon is not None, cutoffs=len(cutoffs or ()))
         try:
             version = await ctx.state.writer.run(_train, name, horizon, cutoffs)
         except ModelError as e:
@@ -259,9 +283,12 @@ class Mutation:
                                      " profiles are merged (undo with unlinkIdentities). One must be known.")
     async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput) -> Profile:
         ctx = root_context(info)
+        ctx.audit_ready()
         linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value))
         ctx.state.projector.clear()  # cached states were the streams'; the person is read afresh
         ctx.state.bus.changed([linked.person])
+        namespaces = sorted({audit.namespace_of(a.namespace), audit.namespace_of(b.namespace)})
+        ctx.record("linkIdentities", linked.person, fields="", namespaces=namespaces, merged=linked.merged)
         profile = load_profile(ctx.fresh(), linked.person, "linkIdentities")
         if profile is None:
             raise ApiError("no such profile (erased meanwhile)", "NOT_FOUND")
@@ -272,9 +299,13 @@ class Mutation:
     async def unlink_identities(self, info: Info[RequestContext, None], a: SubjectInput,
                                 b: SubjectInput) -> list[Profile]:
         ctx = root_context(info)
+        ctx.audit_ready()
         unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value))
         ctx.state.projector.clear()
         ctx.state.bus.changed(list(unlinked.people))
+        namespaces = sorted({audit.namespace_of(a.namespace), audit.namespace_of(b.namespace)})
+        for pid in unlinked.people:
+            ctx.record("unlinkIdentities", pid, fields="", namespaces=namespaces, mergesUndone=unlinked.merges_undone)
         fresh = ctx.fresh()
         fresh.profiles.want(unlinked.people)
         profiles = [load_profile(fresh, pid, "unlinkIdentities") for pid in unlinked.people]

@@ -278,6 +278,8 @@ class Profile:
             end = self._as_of + timedelta(microseconds=1)  # asOf includes its own instant, `until` does not
             until_at = min(until_at, end) if until_at else end
         profile_id, kinds = self._data.id, types or ()
+        ctx.audit("history", profile_id, fields="", first=size, types=len(kinds), after=after is not None,
+                  since=since is not None, until=until is not None, asOf=self._as_of is not None)
 
         def page(persona: Any) -> EventConnection:
             try:

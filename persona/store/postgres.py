@@ -59,6 +59,9 @@ _REWRITTEN = ("keys", "links", "merges", "members", "profile_index", "rfm", "pre
               "quarantine", "quarantine_tags")
 
 _ID = 'text COLLATE "C"'
+# columns the audit log gained after it was first made (a store made before them gets them on open)
+_AUDIT_COLUMNS = ("ALTER TABLE audit ADD COLUMN IF NOT EXISTS outcome text NOT NULL DEFAULT 'ok',"
+                  " ADD COLUMN IF NOT EXISTS detail text NOT NULL DEFAULT '{}'")
 _SCHEMA = [
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
@@ -123,7 +126,10 @@ _SCHEMA = [
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
       " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
       for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
+    _AUDIT_COLUMNS,
 ]
+_HAS_AUDIT_COLUMNS = ("SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = current_schema()"
+                      " AND table_name = 'audit' AND column_name IN ('outcome', 'detail')")
 
 _DROP = (
     "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
@@ -176,7 +182,7 @@ _MERGE_EDGES = (
 _TOKEN_SELECT = (
     "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
 )
-_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
+_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
 _DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
                           for table in ("profile_index", "rfm", "predictions"))
@@ -301,9 +307,18 @@ class PostgresRecorder:
                                          " run `persona --data DIR init --backend URL`")
             elif self.get_meta("schema_version") != SCHEMA_VERSION:
                 raise ConfigurationError("the database was not made by this version of persona")
+            self._add_audit_columns()
         except BaseException:
             self.close()
             raise
+
+    def _add_audit_columns(self) -> None:
+        """A store made before the audit log had outcomes and details gets them (once, under the write lock)."""
+        if self._value(_HAS_AUDIT_COLUMNS):
+            return
+        with self.conn.transaction():
+            self._lock()
+            self.conn.execute(_AUDIT_COLUMNS)
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -866,6 +881,9 @@ class PostgresRecorder:
         return {pid: {"r": r, "f": f, "m": m}
                 for pid, r, f, m in self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()}
 
+    def index_size(self) -> int:
+        return int(self._value("SELECT count(*) FROM profile_index"))
+
     def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
                                                                      int | None]]:
         return self.conn.execute(
@@ -951,14 +969,14 @@ class PostgresRecorder:
             " RETURNING epsilon_budget - epsilon_spent", (epsilon, name, epsilon)).fetchone()
         return None if row is None else float(row[0])
 
-    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
+    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO audit (at, token, operation, profile_id, fields)"
-                                " VALUES (%s, %s, %s, %s, %s)", rows)
+                cur.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail)"
+                                " VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
 
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
-                   ) -> list[tuple[int, int, str, str, str, str]]:
+                   ) -> list[tuple[int, int, str, str, str, str, str, str]]:
         if profile_id is None:
             return self.conn.execute(_AUDIT_SELECT + " WHERE seq > %s ORDER BY seq LIMIT %s",
                                      (after, limit)).fetchall()

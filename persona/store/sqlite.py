@@ -33,6 +33,9 @@ BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (UPDATE refused
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
 """
+# columns the audit log gained after it was first made: added on open (old rows: allowed, no detail)
+_AUDIT_COLUMNS = ("ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok';\n"
+                  "ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';")
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
@@ -95,7 +98,7 @@ _READ_AFTER = (
 _TOKEN_SELECT = (
     "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
 )
-_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
+_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
 _EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
 _HEADS = (
@@ -169,6 +172,7 @@ class SQLiteRecorder:
             raise ConfigurationError("the database was not made by this version of persona")
         self._create_derived_schema()
         self._create_access_schema()
+        self._add_audit_columns()
         self._create_merge_schema()
         self._create_model_schema()
 
@@ -350,6 +354,14 @@ class SQLiteRecorder:
             )
             db.table("audit").create_index(["profile_id"], if_not_exists=True)
             self._run_script(_ACCESS_TRIGGERS)
+
+    def _add_audit_columns(self) -> None:
+        """Each entry's outcome and the shape of its question (additive, so made on open)."""
+        if any(row[1] == "outcome" for row in self.conn.execute("PRAGMA table_info(audit)")):
+            return
+        with self.transaction():
+            if not any(row[1] == "outcome" for row in self.conn.execute("PRAGMA table_info(audit)")):
+                self._run_script(_AUDIT_COLUMNS)
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
@@ -835,6 +847,9 @@ class SQLiteRecorder:
         rows = self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()
         return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in rows}
 
+    def index_size(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM profile_index").fetchone()[0])
+
     def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
                                                                      int | None]]:
         """Read-model rows with RFM scores (profile_id, version, doc, r, f, m) in profile id order,
@@ -942,14 +957,14 @@ class SQLiteRecorder:
         ).fetchone()
         return None if row is None else float(row[0])
 
-    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
-        """rows: (at, token name, operation, profile_id, comma-separated fields)."""
-        self.conn.executemany(
-            "INSERT INTO audit (at, token, operation, profile_id, fields) VALUES (?, ?, ?, ?, ?)", rows)
+    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
+        """rows: (at, writer, operation, profile_id, comma-separated fields, outcome, detail)."""
+        self.conn.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
-                   ) -> list[tuple[int, int, str, str, str, str]]:
-        """(seq, at, token, operation, profile_id, fields) in order of writing."""
+                   ) -> list[tuple[int, int, str, str, str, str, str, str]]:
+        """(seq, at, writer, operation, profile_id, fields, outcome, detail) in order of writing."""
         if profile_id is None:
             return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? AND profile_id = ? ORDER BY seq LIMIT ?",
