@@ -20,6 +20,7 @@ import click
 import orjson
 
 from persona import __version__
+from persona.audit import filter_shape, named, namespace_of, record_local
 from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
@@ -213,6 +214,9 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
                 raise click.BadParameter("no such file", param_hint="FILE")
             with file.open("rb") as handle:
                 report = _ingest_file(persona, handle, file, mapping)
+        record_local(persona, "ingest", "ingest", appended=report.appended, duplicates=report.duplicates,
+                     quarantined=report.quarantined, profilesCreated=report.profiles_created, merges=report.merges)
+        record_local(persona, "ingest", "ingest", sorted(report.changed))  # whose logs grew: pseudonyms only
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -259,6 +263,11 @@ def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: Source
 def require_one(subject: str | None, profile: str | None) -> None:
     if bool(subject) == bool(profile):
         raise click.UsageError("give exactly one of --subject NS:VALUE or --profile ID")
+
+
+def _who(subject: str | None) -> dict[str, Any]:
+    """How a command was told whom it is about, for the audit log (never the identifier)."""
+    return {"subject": namespace_of(subject.partition(":")[0])} if subject else {}
 
 
 def _profile_id(persona: Persona, subject: str | None, profile: str | None) -> str:
@@ -314,6 +323,8 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of:
     when, known = parse_instant(as_of, "--as-of"), parse_instant(known_at, "--known-at")
     with opened(ctx) as persona:
         doc = profile_view(persona, _profile_id(persona, subject, profile), as_of=when, known_at=known)
+        record_local(persona, "profile", "profile", [doc["id"]], fields="attributes,features,identities",
+                     asOf=when is not None, knownAt=known is not None, **_who(subject))
     if as_json:
         emit_json(doc)
         return
@@ -348,6 +359,7 @@ def history(ctx: click.Context, subject: str | None, profile: str | None, as_jso
     require_one(subject, profile)
     with opened(ctx) as persona:
         person = person_of(persona.recorder, _profile_id(persona, subject, profile))
+        record_local(persona, "history", "history", [person.id], **_who(subject))
         for event in read_person(persona, person):
             if as_json:
                 click.echo(orjson.dumps(event.as_dict()).decode())
@@ -368,6 +380,8 @@ def link(ctx: click.Context, first: str, second: str) -> None:
     two must be known already. Undo with `persona unlink`."""
     with opened(ctx) as persona:
         linked = link_identities(persona, parse_subject(first), parse_subject(second))
+        record_local(persona, "link", "link", [linked.person], namespaces=_namespaces(first, second),
+                     merged=linked.merged)
     click.echo(f"{'merged into' if linked.merged else 'linked to'} profile {linked.person}")
 
 
@@ -382,8 +396,14 @@ def unlink(ctx: click.Context, first: str, second: str) -> None:
     linking the two does not merge them again (only `persona link` does)."""
     with opened(ctx) as persona:
         unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second))
+        record_local(persona, "unlink", "unlink", unlinked.people, namespaces=_namespaces(first, second),
+                     mergesUndone=unlinked.merges_undone)
     click.echo(f"separated: profiles {unlinked.people[0]} and {unlinked.people[1]}"
                f" ({unlinked.merges_undone} merge(s) undone)")
+
+
+def _namespaces(*subjects: str) -> list[str]:
+    return sorted({namespace_of(subject.partition(":")[0]) for subject in subjects})
 
 
 @cli.command()
@@ -410,6 +430,9 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
         else:
             assert profile
             erasure = erase_profile(persona, profile)
+        body = erasure.receipt["receipt"]
+        record_local(persona, "erase", "erase", [body["profile_id"], *body.get("merged_profiles", {})],
+                     **_who(subject))
         kept = write_receipt(persona, erasure)
     if receipt_path:
         receipt_path.write_bytes(kept.read_bytes())
@@ -641,6 +664,8 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
     where = ProfileFilter(lifecycle_stages=frozenset(stages), ranges=ranges)
     with opened(ctx) as persona:
         page = list_profiles(persona, where, first=first, after=after)
+        record_local(persona, "profiles", "profiles", [p.id for p in page], fields="attributes,features",
+                     filter=filter_shape(where))
     for p in page:
         f = p.features
         if as_json:
@@ -664,6 +689,8 @@ def stats(ctx: click.Context, group_by: tuple[str, ...], metrics: tuple[str, ...
     """Population aggregates from the profile index: counts and means per group."""
     with opened(ctx) as persona:
         rows = population(persona, group_by=tuple(group_by), metrics=tuple(metrics))
+        record_local(persona, "stats", "stats", groupBy=[named(g) for g in group_by],
+                     metrics=[named(m) for m in metrics])
     if as_json:
         emit_json(rows)
         return
@@ -735,6 +762,7 @@ def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: s
                 raise click.BadParameter("opened records must not be written into the data directory",
                                          param_hint="--export")
             chosen = [row for row in rows if origin is None or row["origin"] == origin]
+            record_local(persona, "quarantine", "quarantine export", records=len(chosen))
             fd = os.open(export, os.O_WRONLY | os.O_CREAT, 0o600)
             os.fchmod(fd, 0o600)  # personal data: owner only, an existing file included, before a byte
             os.ftruncate(fd, 0)

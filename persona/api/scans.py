@@ -51,13 +51,14 @@ class ScanGate:
     @contextlib.asynccontextmanager
     async def slot(self, token: str) -> AsyncIterator[None]:
         """Held while this token's scan runs; waits its turn, or raises ApiError at once."""
-        await self._enter(token)
+        await self.acquire(token)
         try:
             yield
         finally:
-            self._leave(token)
+            self.release(token)
 
-    async def _enter(self, token: str) -> None:
+    async def acquire(self, token: str) -> None:
+        """A slot for this token's scan (release it after): at once, after waiting, or ApiError."""
         if self.free and self.running[token] < self.per_token:
             self._start(token)
             return
@@ -74,7 +75,7 @@ class ScanGate:
             await turn
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():  # the slot was handed over just before: give it back
-                self._leave(token)
+                self.release(token)
             else:
                 self.waiting.remove((token, turn))
                 self._unwait(token)
@@ -89,7 +90,7 @@ class ScanGate:
         if not self.waiting_of[token]:
             del self.waiting_of[token]
 
-    def _leave(self, token: str) -> None:
+    def release(self, token: str) -> None:
         self.free += 1
         self.running[token] -= 1
         if not self.running[token]:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 import orjson
 
+from persona.audit import record_local
 from persona.cli import cli, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
 from persona.errors import ValidationError
@@ -25,8 +26,10 @@ def _say(message: str) -> None:
 
 def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
                promote: bool | None) -> registry.ModelVersion:
+    task = parse_task(name, horizon)
+    record_local(persona, "train", "train", model=name, horizon=horizon is not None, cutoffs=len(cutoffs or ()))
     try:
-        trained = train_model(persona, parse_task(name, horizon), cutoffs, progress=_say)
+        trained = train_model(persona, task, cutoffs, progress=_say)
     except (ValueError, ArithmeticError) as e:  # scikit-learn or SciPy refusing these rows
         raise ValidationError(f"{name}: the model could not be fitted on these rows ({type(e).__name__}); try "
                               "other cutoffs or a longer history") from None
@@ -35,6 +38,15 @@ def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[d
         _say(f"scoring every profile with {name} v{version.version}…")
         scoring.score_all(persona, name)
     return version
+
+
+def _model(name: str) -> str:
+    """A model's name as the audit log may repeat it: a task's name, or "other"."""
+    try:
+        parse_task(name)
+    except ValidationError:
+        return "other"
+    return name
 
 
 def _describe(v: registry.ModelVersion) -> str:
@@ -174,6 +186,7 @@ def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | N
     moment = parse_instant(as_of, "--as-of")
     with opened(ctx) as persona:
         if subjects is None:
+            record_local(persona, "predict", "predict", model=_model(name), asOf=moment is not None)
             found = scoring.predict(persona, name, as_of=moment, version=version)
             rows: list[dict[str, Any]] = [{"profile_id": p.person, **_flat(p)} for p in found]
         else:
@@ -203,6 +216,7 @@ def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | No
             continue
         wanted.append((given, pid, None if pid else "no profile is linked to that identifier"))
     ids = sorted({pid for _, pid, _ in wanted if pid})
+    record_local(persona, "predict", "predict", ids, model=_model(name), asOf=moment is not None)
     found = {p.person: p for p in scoring.predict(persona, name, as_of=moment, profile_ids=ids, version=version)} \
         if ids else {}
     from persona.identity import persons
