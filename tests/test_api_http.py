@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +23,18 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import uvicorn
+from click.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from persona import Persona, Settings
 from persona.api.access import create_token
+from persona.api.app import create_app
+from persona.api.commands import uvicorn_proxies
+from persona.api.context import ServerOptions
+from persona.cli import cli
 from persona.ingest import ingest_jsonl
 from tests.conftest import record
 
@@ -111,14 +118,14 @@ def prepare(folder: Path, database_url: str | None = None) -> tuple[Settings, di
 
 
 @contextmanager
-def serving(folder: Path, database_url: str | None = None) -> Iterator[Server]:
+def serving(folder: Path, database_url: str | None = None, *options: str) -> Iterator[Server]:
     """`persona serve` on a free loopback port until the block ends; then it must stop cleanly."""
     settings, tokens, ids = prepare(folder, database_url)
     port = free_port()
     out, err = folder / "server.out", folder / "server.err"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
     command = [sys.executable, "-m", "persona", "--data", str(settings.data_dir), "serve", "--host", LOOPBACK,
-               "--port", str(port)]
+               "--port", str(port), *options]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
     server = Server(f"http://{LOOPBACK}:{port}", settings, tokens, ids, out, err)
@@ -630,3 +637,98 @@ def test_a_websocket_message_over_64_kib_closes_the_connection(server: Server) -
 
     assert run(scenario()) == 1009  # "message too big", before anything is parsed
     assert server.post(VERSION, {"id": server.ids[SECRET]}, token="reader").status_code == 200
+
+
+# -- forwarded headers and the per-address limit -------------------------------------------------
+def rotating(n: int) -> dict[str, str]:
+    """Headers a client sets to look like another client each time (and a token nobody has)."""
+    address = f"203.0.{n // 250}.{n % 250 + 1}"
+    return {"X-Forwarded-For": address, "Forwarded": f"for={address}", "X-Real-IP": address,
+            "Authorization": "Bearer pst_" + "g" * 43}
+
+
+def first_refusal(server: Server, limit: int = 1_000) -> int | None:
+    """How many requests without a valid token, each claiming another address, until one is
+    refused for its address (429); None if none was."""
+    with server.client() as http:
+        for n in range(limit):
+            status = check(http.post("/graphql", json={"query": "{ __typename }"}, headers=rotating(n))).status_code
+            assert status in (401, 429)
+            if status == 429:
+                return n
+    return None
+
+
+def test_forwarded_headers_do_not_choose_the_address_by_default(tmp_path: Path) -> None:
+    with serving(tmp_path) as server:  # every request comes from 127.0.0.1, uvicorn's default trusted proxy
+        refused_at = first_refusal(server)
+        assert refused_at is not None, "rotating X-Forwarded-For escaped the per-address limit"
+        assert refused_at >= 40  # the burst (2 s at 20/s) is granted first
+
+
+def test_forwarded_headers_are_trusted_only_from_the_proxies_named(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for half in (["--proxy-headers"], ["--forwarded-allow-ips", LOOPBACK]):
+        alone = runner.invoke(cli, ["--data", str(tmp_path / "none"), "serve", *half])
+        assert alone.exit_code == 2 and "go together" in alone.output
+    with serving(tmp_path, None, "--proxy-headers", "--forwarded-allow-ips", LOOPBACK) as server:
+        assert first_refusal(server, limit=200) is None  # behind a named proxy, each address is its own
+
+
+# -- websocket tokens, wherever they travel --------------------------------------------------------
+@contextmanager
+def in_thread(settings: Settings, options: ServerOptions) -> Iterator[str]:
+    """The app under a real uvicorn on a loopback port, in this process (for options `serve` does
+    not take); yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, options), host=LOOPBACK, port=port, log_level="warning",
+                            ws="websockets-sansio", **uvicorn_proxies(False, None))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(int(STARTUP_S / 0.01)):
+            if server.started or not thread.is_alive():
+                break
+            time.sleep(0.01)
+        assert server.started, "the server did not start"
+        yield f"http://{LOOPBACK}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+async def connected(url: str, *, header: str | None = None, payload: str | None = None) -> str | int:
+    """connection_init with a token in the upgrade's header or in the payload: the answer's type, or the
+    close code."""
+    headers = {"Authorization": f"Bearer {header}"} if header else None
+    ws = await connect("ws" + url.removeprefix("http") + "/graphql", subprotocols=[PROTOCOL], proxy=None,
+                       open_timeout=10, additional_headers=headers)
+    try:
+        await send(ws, {"type": "connection_init",
+                        "payload": {"authorization": f"Bearer {payload}"} if payload else {}})
+        answer: str = (await receive(ws))["type"]
+        return answer
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else -1
+    finally:
+        await ws.close()
+
+
+def test_a_locked_out_address_is_refused_whichever_way_its_websocket_carries_the_token(tmp_path: Path) -> None:
+    settings, tokens, ids = prepare(tmp_path)
+    valid = tokens["reader"]
+    # one guess per thousand seconds: the first wrong token locks the address out for the test's length
+    with in_thread(settings, ServerOptions(unauthenticated_rate=0.001)) as url:
+        assert run(connected(url, header=valid)) == "connection_ack"  # before: the header works
+        assert run(connected(url, payload=valid)) == "connection_ack"  # and so does the payload
+        assert run(connected(url, payload="pst_" + "w" * 43)) == 4403  # a wrong guess
+        assert run(connected(url, header="pst_" + "w" * 43)) == 4403  # locked out: not even looked up
+        assert run(connected(url, header=valid)) == 4403
+        assert run(connected(url, payload=valid)) == 4403
+        assert run(connected(url, header="pst_" + "w" * 43, payload=valid)) == 4403
+        with httpx.Client(base_url=url, trust_env=False, timeout=10) as http:  # HTTP: a valid token still works
+            answer = http.post("/graphql", json={"query": VERSION, "variables": {"id": ids[SECRET]}},
+                               headers={"Authorization": f"Bearer {valid}"})
+            assert answer.status_code == 200 and answer.json()["data"]["profile"]["version"] > 0
+            assert http.post("/graphql", json={"query": VERSION}).status_code == 429
