@@ -49,7 +49,7 @@ TARGET_RATIO = 3.0
 REBUILD_WORKERS = 2
 MAX_LOAD = 1.5  # 1-minute load average above which a run is refused (--force runs anyway)
 AREA_SCRIPTS = ("bench_core.py", "bench_projections.py", "bench_ingest.py", "bench_models.py",
-                "bench_backends.py")  # --all: each publishes its own section
+                "bench_backends.py", "bench_scans.py")  # --all: each publishes its own section
 
 
 # -- measurements, each in its own child process -----------------------------------------------

@@ -91,7 +91,7 @@ def test_thirty_aliased_insights_are_one_refused_request(store: Store) -> None:
 
 
 def test_the_population_prices_a_scan_when_it_is_asked_for(store: Store) -> None:
-    with TestClient(create_app(store.settings)) as client:
+    with TestClient(create_app(store.settings, ServerOptions(population_every_s=1e9))) as client:  # not recounted
         api = Api(client, store.tokens, default="a")
         state = client.app.state.api  # type: ignore[attr-defined]
         assert state.population == 6  # counted at startup: the sample's people

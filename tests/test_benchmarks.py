@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
                                                  ("bench_models.py", "## Models"),
                                                  ("bench_backends.py", "## Backends"),
                                                  ("bench_peer.py", "## Against a peer"),
+                                                 ("bench_scans.py", "## Point reads during scans"),
                                                  ("bench_report.py", "## Report")])
 def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> None:
     before = (ROOT / "docs" / "benchmarks.md").read_bytes()

@@ -1,10 +1,11 @@
 """Population scans — insights and filtered listings, which may read every profile of the index.
 
 They run in worker processes of their own, at a lower CPU priority, never in the server's
-process: a scan is seconds of Python work, and in a thread it would hold the interpreter
-lock against the event loop, so that every point read waited on it (measured at 100,000
-profiles: point reads' p99 went from ~6 ms to ~60 ms during 10 concurrent scans on two
-threads; docs/benchmarks.md has the figures now).
+process: a scan is seconds of Python work, and in a thread it holds the interpreter lock
+against the event loop, so that every point read waits on it. Measured at 100,000 profiles
+(scripts/bench-scans, a busy 2-core machine): with 10 scans on two threads, point reads'
+p50 went from 0.8 to 9–12 ms and their p99 from 6 to 60–69 ms; in processes their p50
+stays at 0.9 ms (docs/benchmarks.md has the figures).
 
 In front of the processes, a gate: each token runs at most `per_token` scans at once and
 has at most `queue_per_token` waiting; at most `queue` wait in all. Past those a scan is
