@@ -439,6 +439,13 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
     assert "current" in run("train", "--all", "--if-stale") or "stale" in run("models")
     bad = runner.invoke(cli, ["--data", data, "train", "spend_91d"])
     assert bad.exit_code == 1 and "not a prediction task" in bad.output
+    with Persona.open(Settings.load(data, env={})) as p:  # each read of people is in the audit log
+        audited = [(r[2], r[3], r[4], orjson.loads(r[7])) for r in p.recorder.audit_rows(limit=1_000_000)]
+    assert ("local:train", "train", "", {"model": "churn_91d"}) in audited
+    assert ("local:predict", "predict", "", {"model": "churn_91d"}) in audited  # everyone at once
+    assert ("local:predict", "predict", "", {"model": "churn_91d", "asOf": True}) in audited
+    assert len({pid for _, op, pid, _ in audited if op == "predict" and pid}) == 2  # --subjects: the two found
+    assert not [a for a in audited if a[0] == "local:train" and a[3].get("model") != "churn_91d"]
 
 
 # -- API -----------------------------------------------------------------------------------------
