@@ -49,7 +49,7 @@ def now_micros() -> int:
 
 
 def shape(**parts: Any) -> str:
-    """A detail: the parts given, without the empty ones, as compact JSON."""
+    """A detail: the parts given, without the empty ones (None, False, zero, nothing), as compact JSON."""
     return orjson.dumps({k: v for k, v in parts.items() if v not in (None, False, "", [], {}, ())},
                         option=orjson.OPT_SORT_KEYS).decode()
 
