@@ -235,3 +235,44 @@ def test_replay_never_opens_someone_erased_elsewhere_with_a_key_it_still_holds(p
     with Persona.open(persona.settings) as other:
         erase_subject(other, "email", "bob@example.com")
     assert [e.event_id for e in persona.log.iter_all()] == ["a1"]
+
+
+def _drop_token_columns(settings: Settings) -> None:
+    """Make the store look as an earlier release left it: no token bindings or δ budget."""
+    added = ("delta_budget", "delta_spent", "sources", "types")
+    if settings.database_url:
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            for column in added:
+                conn.execute(f"ALTER TABLE api_tokens DROP COLUMN {column}")  # constant names
+            conn.execute("DELETE FROM meta WHERE key = 'schema_revision'")
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        for column in added:
+            conn.execute(f"ALTER TABLE api_tokens DROP COLUMN {column}")
+        conn.execute("DELETE FROM meta WHERE key = 'schema_revision'")
+    finally:
+        conn.close()
+
+
+def test_a_store_from_an_earlier_release_gains_the_new_token_columns(settings: Settings) -> None:
+    from persona.api.access import create_token, list_tokens
+
+    with Persona.init(settings) as p:
+        create_token(p, "old", frozenset({"profiles:read"}), epsilon_budget=2.0)
+    _drop_token_columns(settings)
+    with Persona.open(settings) as p:  # upgraded on open: the old token keeps what it had
+        assert p.recorder.get_meta("schema_revision") == "2"
+        (old,) = list_tokens(p)
+        assert (old.name, old.scopes, old.epsilon_budget) == ("old", frozenset({"profiles:read"}), 2.0)
+        assert (old.delta_budget, old.sources, old.types) == (0.0, frozenset(), frozenset())
+        create_token(p, "new", frozenset({"events:write"}), delta_budget=1e-6, sources=frozenset({"web", "app"}),
+                     types=frozenset({"page_viewed"}))
+    with Persona.open(settings) as p:  # and a second open changes nothing
+        new = {t.name: t for t in list_tokens(p)}["new"]
+        assert (new.delta_budget, new.sources, new.types) == (1e-6, frozenset({"app", "web"}),
+                                                              frozenset({"page_viewed"}))

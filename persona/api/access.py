@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from persona.core import Persona
 from persona.errors import ConfigurationError
 from persona.events import from_micros, micros
+from persona.store.base import TokenRow
 
 # scope -> what it allows (persona.api.plan.FIELD_SCOPES says which fields need which)
 SCOPES: dict[str, str] = {
@@ -34,6 +35,7 @@ TOKEN_PREFIX = "pst_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
 DEFAULT_RATE_PER_S = 200.0
 DEFAULT_EPSILON_BUDGET = 10.0
+DEFAULT_DELTA_BUDGET = 1e-5
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,16 @@ class Token:
     epsilon_spent: float
     created_at: datetime
     revoked_at: datetime | None
+    delta_budget: float = 0.0
+    delta_spent: float = 0.0
+    sources: frozenset[str] = frozenset()  # the sources it may write as (empty: unbound)
+    types: frozenset[str] = frozenset()  # the event types it may write (empty: any but the privileged)
+
+    @classmethod
+    def of(cls, row: TokenRow) -> Token:
+        return cls(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget, row.epsilon_spent,
+                   from_micros(row.created_at), from_micros(row.revoked_at) if row.revoked_at is not None else None,
+                   row.delta_budget, row.delta_spent, frozenset(row.sources.split()), frozenset(row.types.split()))
 
 
 def parse_scopes(values: Iterable[str]) -> frozenset[str]:
@@ -63,26 +75,25 @@ def token_digest(persona: Persona, token: str) -> bytes:
 
 
 def create_token(persona: Persona, name: str, scopes: frozenset[str], *, rate_per_s: float = DEFAULT_RATE_PER_S,
-                 epsilon_budget: float = DEFAULT_EPSILON_BUDGET, now: datetime | None = None) -> str:
+                 epsilon_budget: float = DEFAULT_EPSILON_BUDGET, delta_budget: float = DEFAULT_DELTA_BUDGET,
+                 sources: frozenset[str] = frozenset(), types: frozenset[str] = frozenset(),
+                 now: datetime | None = None) -> str:
     """A new token (returned once; only its hash is stored)."""
     if not _NAME.match(name):
         raise ConfigurationError("a token name is 1–64 letters, digits or _.:@- (starting with a letter or digit)")
-    if not rate_per_s > 0 or not epsilon_budget >= 0:
-        raise ConfigurationError("the rate must be positive and the ε budget not negative")
+    if not rate_per_s > 0 or not epsilon_budget >= 0 or not 0 <= delta_budget < 1:
+        raise ConfigurationError("the rate must be positive, the ε budget not negative and the δ budget in [0, 1)")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     created = micros(now or datetime.now(UTC))
     with persona.recorder.transaction():
         persona.recorder.put_token(
-            (name, token_digest(persona, token), " ".join(sorted(scopes)), created, rate_per_s, epsilon_budget))
+            (name, token_digest(persona, token), " ".join(sorted(scopes)), created, rate_per_s, epsilon_budget,
+             delta_budget, " ".join(sorted(sources)), " ".join(sorted(types))))
     return token
 
 
 def list_tokens(persona: Persona) -> list[Token]:
-    return [
-        Token(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget, row.epsilon_spent,
-              from_micros(row.created_at), from_micros(row.revoked_at) if row.revoked_at is not None else None)
-        for row in persona.recorder.tokens()
-    ]
+    return [Token.of(row) for row in persona.recorder.tokens()]
 
 
 def revoke_token(persona: Persona, name: str, *, now: datetime | None = None) -> None:
@@ -109,8 +120,7 @@ class TokenCache:
         if token.startswith(TOKEN_PREFIX) and len(token) < 100:
             row = self.persona.recorder.token_by_digest(token_digest(self.persona, token))
             if row is not None:
-                found = Token(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget,
-                              row.epsilon_spent, from_micros(row.created_at), None)
+                found = Token.of(row)
         if found is None:
             self._cache.pop(token, None)  # only valid tokens are kept: garbage cannot evict them
         else:

@@ -7,6 +7,17 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+# Additions to a store made by an earlier release, applied when it is opened (each backend
+# adds what is missing under its write lock, then records the revision in `meta`):
+# (revision, table, column, SQL type and default — portable between SQLite and PostgreSQL).
+COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
+    (2, "api_tokens", "delta_budget", "double precision NOT NULL DEFAULT 0.0"),
+    (2, "api_tokens", "delta_spent", "double precision NOT NULL DEFAULT 0.0"),
+    (2, "api_tokens", "sources", "text NOT NULL DEFAULT ''"),
+    (2, "api_tokens", "types", "text NOT NULL DEFAULT ''"),
+)
+SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
+
 # Every table a store holds, with the columns a copy between backends carries (`persona
 # migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -28,7 +39,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "model_people": ("profile_id", "name", "version"),
     "predictions": ("profile_id", "model", "version", "computed_at", "doc"),
     "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
-                   "epsilon_spent"),
+                   "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
     "audit": ("seq", "at", "token", "operation", "profile_id", "fields"),
 }
 
@@ -104,6 +115,10 @@ class TokenRow(NamedTuple):
     rate_per_s: float
     epsilon_budget: float
     epsilon_spent: float
+    delta_budget: float
+    delta_spent: float
+    sources: str  # space-separated sources the token may write as ("": any, but claiming no precedence)
+    types: str  # space-separated event types it may write ("": any but the privileged ones)
 
 
 class Recorder(Protocol):
@@ -237,7 +252,9 @@ class Recorder(Protocol):
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]: ...
 
     # API access: tokens (hashes only) and the append-only audit log
-    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None: ...
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
+        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget, delta_budget, sources, types)."""
+        ...
     def token_by_digest(self, digest: bytes) -> TokenRow | None: ...
     def tokens(self) -> list[TokenRow]: ...
     def revoke_token(self, name: str, now: int) -> bool: ...

@@ -43,7 +43,17 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
+from persona.store.base import (
+    COLUMNS_ADDED,
+    SCHEMA_REVISION,
+    TABLES,
+    Head,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    StoredEvent,
+    TokenRow,
+)
 from persona.store.sqlite import SCHEMA_VERSION
 
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
@@ -107,7 +117,9 @@ _SCHEMA = [
     " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
     f"CREATE TABLE api_tokens (name {_ID} PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
     " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
-    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL)",
+    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL,"
+    " delta_budget double precision NOT NULL, delta_spent double precision NOT NULL,"
+    " sources text NOT NULL, types text NOT NULL)",
     f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
     f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL)",
     "CREATE INDEX audit_profile ON audit (profile_id)",
@@ -173,9 +185,7 @@ _MERGE_EDGES = (
     "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges"
     " WHERE a = ANY(%s::text[]) OR b = ANY(%s::text[]) ORDER BY edge"
 )
-_TOKEN_SELECT = (
-    "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
-)
+_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
 _DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
@@ -296,11 +306,13 @@ class PostgresRecorder:
                     for statement in _SCHEMA:
                         self.conn.execute(statement)
                     self.set_meta("schema_version", SCHEMA_VERSION)
+                    self.set_meta("schema_revision", str(SCHEMA_REVISION))
             elif not self._has_schema():
                 raise ConfigurationError(f"no persona store in PostgreSQL at {_where(url)};"
                                          " run `persona --data DIR init --backend URL`")
             elif self.get_meta("schema_version") != SCHEMA_VERSION:
                 raise ConfigurationError("the database was not made by this version of persona")
+            self._upgrade()
         except BaseException:
             self.close()
             raise
@@ -321,6 +333,16 @@ class PostgresRecorder:
     def _settings(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
 
+    def _upgrade(self) -> None:
+        """Columns added since the store was made (COLUMNS_ADDED), once, under the write lock."""
+        if not self._has_schema() or int(self.get_meta("schema_revision") or 1) >= SCHEMA_REVISION:
+            return
+        with self.conn.transaction():
+            self._lock()
+            for _, table, column, declaration in COLUMNS_ADDED:  # constant names of persona.store.base
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
+            self.set_meta("schema_revision", str(SCHEMA_REVISION))
+
     def recreate(self) -> None:
         """Drop every table of the store and make them anew, empty (inside a transaction:
         PostgreSQL's DDL is transactional, so others see the old store until COMMIT)."""
@@ -332,6 +354,7 @@ class PostgresRecorder:
         for statement in _SCHEMA:
             self.conn.execute(statement)
         self.set_meta("schema_version", SCHEMA_VERSION)
+        self.set_meta("schema_revision", str(SCHEMA_REVISION))
         self.conn.execute("UPDATE persona_clock SET n = %s", (clock,))
 
     def _value(self, sql: str) -> Any:
@@ -923,12 +946,13 @@ class PostgresRecorder:
         return len(ids)
 
     # -- API access ----------------------------------------------------------------------
-    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None:
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
         try:
             with self.conn.transaction():
                 self.conn.execute(
                     "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                    " epsilon_spent) VALUES (%s, %s, %s, %s, %s, %s, 0.0)", row)
+                    " delta_budget, sources, types, epsilon_spent, delta_spent)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0)", row)
         except pg_errors.UniqueViolation:
             raise ConfigurationError(f"a token named {row[0]!r} already exists") from None
 
@@ -1034,8 +1058,8 @@ class PostgresRecorder:
 
 
 def _token(row: Sequence[Any]) -> TokenRow:
-    name, digest, scopes, created, revoked, rate, budget, spent = row
-    return TokenRow(name, bytes(digest), scopes, created, revoked, rate, budget, spent)
+    name, digest, *rest = row
+    return TokenRow(name, bytes(digest), *rest)
 
 
 def _newest(rows: Sequence[tuple[Any, ...]], width: int, version: Callable[[tuple[Any, ...]], Any]

@@ -11,7 +11,17 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
+from persona.store.base import (
+    COLUMNS_ADDED,
+    SCHEMA_REVISION,
+    TABLES,
+    Head,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    StoredEvent,
+    TokenRow,
+)
 
 SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
@@ -92,9 +102,7 @@ _READ_AFTER = (
     " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
     " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
-_TOKEN_SELECT = (
-    "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
-)
+_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
 _EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
@@ -171,6 +179,18 @@ class SQLiteRecorder:
         self._create_access_schema()
         self._create_merge_schema()
         self._create_model_schema()
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Columns added since the store was made (COLUMNS_ADDED), once, under the write lock."""
+        if int(self.get_meta("schema_revision") or 1) >= SCHEMA_REVISION:
+            return
+        with self.transaction():
+            for _, table, column, declaration in COLUMNS_ADDED:
+                present = {row[1] for row in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+                if column not in present:  # constant names of persona.store.base, never input
+                    self.conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {column} {declaration}")
+            self.set_meta("schema_revision", str(SCHEMA_REVISION))
 
     def _create_schema(self) -> None:
         db = self.db
@@ -339,7 +359,7 @@ class SQLiteRecorder:
                  "rate_per_s": float, "epsilon_budget": float, "epsilon_spent": float},
                 pk="name",
                 not_null={"digest", "scopes", "created_at", "rate_per_s", "epsilon_budget", "epsilon_spent"},
-                if_not_exists=True,
+                if_not_exists=True,  # and the columns of COLUMNS_ADDED, by _upgrade
             )
             db.table("api_tokens").create_index(["digest"], unique=True, if_not_exists=True)
             db.table("audit").create(
@@ -909,12 +929,11 @@ class SQLiteRecorder:
         return len(ids)
 
     # -- API access ----------------------------------------------------------------------
-    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None:
-        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget); a name is used once."""
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
         try:
             self.conn.execute(
                 "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                " epsilon_spent) VALUES (?, ?, ?, ?, ?, ?, 0.0)",
+                " delta_budget, sources, types, epsilon_spent, delta_spent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
                 row,
             )
         except sqlite3.IntegrityError:
