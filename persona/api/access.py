@@ -26,7 +26,8 @@ SCOPES: dict[str, str] = {
     "profiles:read": "read profiles: attributes, features, segments, identities (short hashes)",
     "history:read": "read a profile's decrypted event history",
     "predictions:read": "read model predictions",
-    "insights:read": "population aggregates (k-anonymous, optionally with differential privacy)",
+    "insights:read": "population aggregates, differentially private (charged to the token's ε and δ budgets)",
+    "insights:exact": "exact population aggregates (k-anonymous, not private against differencing): with insights:read",
     "events:write": "ingest events",
     "erasure:write": "erase profiles (right to erasure)",
     "models:write": "train models and publish their versions",
@@ -35,7 +36,7 @@ TOKEN_PREFIX = "pst_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")
 DEFAULT_RATE_PER_S = 200.0
 DEFAULT_EPSILON_BUDGET = 10.0
-DEFAULT_DELTA_BUDGET = 1e-5
+DEFAULT_DELTA_BUDGET = 1e-9  # a thousand answers at persona.insights.DELTA (1e-12) each
 
 
 @dataclass(frozen=True)

@@ -63,23 +63,26 @@ def tokens() -> None:
 @tokens.command("create")
 @click.option("--name", required=True, help="Who or what holds it; appears in the audit log.")
 @click.option("--scopes", "scopes", multiple=True, required=True, metavar="SCOPE[,SCOPE…]",
-              help="profiles:read history:read predictions:read insights:read events:write erasure:write"
-                   " models:write")
+              help="profiles:read history:read predictions:read insights:read insights:exact events:write"
+                   " erasure:write models:write")
 @click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Requests per second allowed (per server worker), with bursts of twice that.")
 @click.option("--epsilon", "epsilon", default=10.0, show_default=True, type=click.FloatRange(min=0),
-              help="Differential-privacy budget (ε) for noisy insights.")
+              help="Differential-privacy budget (ε) for private insights (each answer spends 0.01 to 2).")
+@click.option("--delta", "delta", default=1e-9, show_default=True,
+              type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Differential-privacy budget (δ) for private insights (each answer spends at most 1e-12).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @friendly
 def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: float, epsilon: float,
-                  as_json: bool) -> None:
+                  delta: float, as_json: bool) -> None:
     """Create a token. It is printed once; only a keyed hash of it is stored."""
     from persona.api.access import create_token, parse_scopes
 
     wanted = parse_scopes(scopes)
     with opened(ctx) as persona:
-        token = create_token(persona, name, wanted, rate_per_s=rate, epsilon_budget=epsilon)
+        token = create_token(persona, name, wanted, rate_per_s=rate, epsilon_budget=epsilon, delta_budget=delta)
     if as_json:
         emit_json({"name": name, "scopes": sorted(wanted), "token": token})
         return
@@ -99,6 +102,7 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
         found = list_tokens(persona)
     rows: list[dict[str, Any]] = [{"name": t.name, "scopes": sorted(t.scopes), "rate_per_s": t.rate_per_s,
              "epsilon_budget": t.epsilon_budget, "epsilon_spent": round(t.epsilon_spent, 6),
+             "delta_budget": t.delta_budget, "delta_spent": t.delta_spent,
              "created_at": t.created_at.isoformat(),
              "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None} for t in found]
     if as_json:
@@ -109,7 +113,7 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         state = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
         click.echo(f"{r['name']:<20} {state:<28} ε {r['epsilon_spent']}/{r['epsilon_budget']}  "
-                   f"{r['rate_per_s']:g}/s  {' '.join(r['scopes'])}")
+                   f"δ {r['delta_spent']:.3g}/{r['delta_budget']:.3g}  {r['rate_per_s']:g}/s  {' '.join(r['scopes'])}")
 
 
 @tokens.command("revoke")

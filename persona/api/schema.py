@@ -17,6 +17,7 @@ import orjson
 import strawberry
 from graphql import FragmentDefinitionNode, GraphQLError, GraphQLObjectType, get_operation_ast
 from strawberry.extensions import MaskErrors, MaxTokensLimiter, SchemaExtension
+from strawberry.scalars import JSON
 from strawberry.schema.schema import validate_document
 from strawberry.types import Info
 
@@ -24,7 +25,7 @@ from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile, person_rows
 from persona.api.errors import ApiError, fault, known, request_values, scrub
 from persona.api.execution import mark_plain
-from persona.api.plan import Limits
+from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.types import (
     ErasureReceipt,
     EventInput,
@@ -118,14 +119,19 @@ class Query:
         end = edges[-1].cursor if edges else None
         return ProfileConnection(edges=edges, page_info=PageInfo(has_next_page=len(found) > size, end_cursor=end))
 
-    @strawberry.field(description="Population aggregates: k-anonymous, with Laplace noise when epsilon is given")
+    @strawberry.field(description="Population aggregates: differentially private with epsilon (charged to the"
+                                  " token's ε and δ budgets); exact and k-anonymous without (scope insights:exact)")
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check, compute
+        from persona.insights import check, exact, mechanism, private
         from persona.population import indexed
 
         ctx = root_context(info)
+        if epsilon is None and (ctx.token is None or EXACT_SCOPE not in ctx.token.scopes):
+            # the plan refuses this when the document says so; a variable's value is known only here
+            raise ApiError(f"the token lacks the scope(s): {EXACT_SCOPE} (exact insights: ask with epsilon for a"
+                           " differentially private answer)", "FORBIDDEN")
         by = tuple(group_by or ("lifecycle_stage",))
         if len(by) > 3:
             raise ApiError("groupBy: at most 3 dimensions")
@@ -138,25 +144,33 @@ class Query:
             # counts filtered on them have no bounded sensitivity and noise would promise nothing
             raise ApiError("filter: RFM scores and segments cannot filter a differentially private answer")
         clip = (bounds[0], bounds[1]) if bounds is not None else None
-        check(metric, epsilon, clip)  # before any budget is spent on a question that cannot be answered
-        remaining = None
-        if epsilon is not None:
-            remaining = await ctx.state.writer.run(_spend, ctx.name, epsilon)
-            if remaining is None:
-                raise ApiError("the token's privacy budget (ε) is spent; ask for a new token", "BUDGET_EXHAUSTED")
         k = ctx.state.options.k_anonymity
 
-        def run(persona: Any) -> Any:
-            people = (p for p in indexed(persona) if where is None or where.accepts(p))
-            return compute(people, group_by=by, metric=metric, k=k, epsilon=epsilon, bounds=clip)
+        def people(persona: Any) -> Any:
+            return (p for p in indexed(persona) if where is None or where.accepts(p))
 
-        result = await ctx.state.scanner.run(run)
-        groups = [InsightGroup(key=g.key, count=g.count, mean=g.mean,
+        remaining: tuple[float, float] | None = None
+        if epsilon is None:
+            check(metric, clip)
+            result = await ctx.state.scanner.run(
+                lambda persona: exact(people(persona), group_by=by, metric=metric, k=k, bounds=clip))
+        else:
+            # built and costed (ε and δ, from OpenDP's privacy maps) before anything is read or
+            # charged; charged before anything is computed
+            measured = await ctx.state.scanner.run(
+                lambda _: mechanism(metric=metric, epsilon=epsilon, k=k, bounds=clip))
+            remaining = await ctx.state.writer.run(_spend, ctx.name, measured.epsilon, measured.delta)
+            if remaining is None:
+                raise ApiError("the token's privacy budget (ε or δ) is spent; ask for a new token",
+                               "BUDGET_EXHAUSTED")
+            result = await ctx.state.scanner.run(
+                lambda persona: private(people(persona), group_by=by, mechanism=measured))
+        groups = [InsightGroup(key=JSON(g.key), count=g.count, mean=g.mean,
                                distribution=[HistogramBin(start=a, end=b, count=c) for a, b, c in g.histogram])
                   for g in result.groups]
         return Insights(groups=groups, k=result.k, threshold=round(result.threshold, 2), metric=metric,
-                        epsilon=epsilon, epsilon_remaining=remaining)
-
+                        epsilon=result.epsilon, epsilon_remaining=remaining[0] if remaining else None,
+                        delta=result.delta, delta_remaining=remaining[1] if remaining else None)
 
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")
@@ -168,9 +182,9 @@ class Query:
         return [Model.of(v) for v in found]
 
 
-def _spend(persona: Any, name: str, epsilon: float) -> float | None:
+def _spend(persona: Any, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
     with persona.recorder.transaction():
-        remaining: float | None = persona.recorder.spend_epsilon(name, epsilon)
+        remaining: tuple[float, float] | None = persona.recorder.spend_privacy(name, epsilon, delta)
         return remaining
 
 

@@ -378,8 +378,13 @@ class Insights:
     threshold: float = strawberry.field(
         description="The count a group needed to be shown: k, or more with noise (see docs/api.md)")
     metric: str | None
-    epsilon: float | None = strawberry.field(description="The privacy budget this answer spent (null: no noise)")
+    epsilon: float | None = strawberry.field(
+        description="The ε this answer spent, as OpenDP's privacy maps reckon it (null: exact)")
     epsilon_remaining: float | None
+    delta: float | None = strawberry.field(
+        description="The δ this answer spent: no less than the chance that a group of one person is shown"
+                    " (null: exact)")
+    delta_remaining: float | None
 
 
 @strawberry.input(description="One canonical event (see EVENTS.md); validated exactly as `persona ingest` does")

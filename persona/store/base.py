@@ -18,6 +18,23 @@ COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
 )
 SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
 
+# Charging an answer to a token's privacy budget: ε and δ together or neither, never past
+# either budget (a relative slack of 1e-9 absorbs the rounding of sums of charges). One
+# statement for both backends, each putting in its placeholder ("?" or "%s"); the
+# parameters come from `privacy_charge`.
+SPEND_PRIVACY = (
+    "UPDATE api_tokens SET epsilon_spent = epsilon_spent + {p}, delta_spent = delta_spent + {p}"
+    " WHERE name = {p} AND revoked_at IS NULL"
+    " AND epsilon_spent + {p} <= epsilon_budget * (1 + 1e-9) AND delta_spent + {p} <= delta_budget * (1 + 1e-9)"
+    " RETURNING epsilon_budget - epsilon_spent, delta_budget - delta_spent")
+
+
+def privacy_charge(name: str, epsilon: float, delta: float) -> tuple[float, float, str, float, float]:
+    """The parameters of SPEND_PRIVACY; a charge that is negative or not a finite number is refused."""
+    if not (0 <= epsilon < float("inf") and 0 <= delta < float("inf")):  # NaN fails too
+        raise ValueError("a privacy charge is two finite numbers, neither negative")
+    return epsilon, delta, name, epsilon, delta
+
 # Every table a store holds, with the columns a copy between backends carries (`persona
 # migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
 TABLES: dict[str, tuple[str, ...]] = {
@@ -258,7 +275,10 @@ class Recorder(Protocol):
     def token_by_digest(self, digest: bytes) -> TokenRow | None: ...
     def tokens(self) -> list[TokenRow]: ...
     def revoke_token(self, name: str, now: int) -> bool: ...
-    def spend_epsilon(self, name: str, epsilon: float) -> float | None: ...
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        """Charge ε and δ to an active token's budgets, both or neither (SPEND_PRIVACY): what
+        remains of each, or None if either would be overdrawn."""
+        ...
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None: ...
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str]]: ...

@@ -46,6 +46,7 @@ from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventE
 from persona.store.base import (
     COLUMNS_ADDED,
     SCHEMA_REVISION,
+    SPEND_PRIVACY,
     TABLES,
     Head,
     MergeEdge,
@@ -53,6 +54,7 @@ from persona.store.base import (
     QuarantinedRecord,
     StoredEvent,
     TokenRow,
+    privacy_charge,
 )
 from persona.store.sqlite import SCHEMA_VERSION
 
@@ -185,6 +187,7 @@ _MERGE_EDGES = (
     "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges"
     " WHERE a = ANY(%s::text[]) OR b = ANY(%s::text[]) ORDER BY edge"
 )
+_SPEND_PRIVACY = SPEND_PRIVACY.format(p="%s")
 _TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
@@ -968,12 +971,9 @@ class PostgresRecorder:
                                    (now, name))
         return cursor.rowcount == 1
 
-    def spend_epsilon(self, name: str, epsilon: float) -> float | None:
-        row = self.conn.execute(
-            "UPDATE api_tokens SET epsilon_spent = epsilon_spent + %s"
-            " WHERE name = %s AND revoked_at IS NULL AND epsilon_spent + %s <= epsilon_budget + 1e-9"
-            " RETURNING epsilon_budget - epsilon_spent", (epsilon, name, epsilon)).fetchone()
-        return None if row is None else float(row[0])
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        row = self.conn.execute(_SPEND_PRIVACY, privacy_charge(name, epsilon, delta)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
 
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
         if rows:

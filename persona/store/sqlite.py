@@ -14,6 +14,7 @@ from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventE
 from persona.store.base import (
     COLUMNS_ADDED,
     SCHEMA_REVISION,
+    SPEND_PRIVACY,
     TABLES,
     Head,
     MergeEdge,
@@ -21,6 +22,7 @@ from persona.store.base import (
     QuarantinedRecord,
     StoredEvent,
     TokenRow,
+    privacy_charge,
 )
 
 SCHEMA_VERSION = "1"
@@ -102,6 +104,7 @@ _READ_AFTER = (
     " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
     " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
+_SPEND_PRIVACY = SPEND_PRIVACY.format(p="?")
 _TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
@@ -951,15 +954,9 @@ class SQLiteRecorder:
             "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
         return cursor.rowcount == 1
 
-    def spend_epsilon(self, name: str, epsilon: float) -> float | None:
-        """Charge ε to a token's privacy budget; the remaining budget, or None if it would overdraw."""
-        row = self.conn.execute(
-            "UPDATE api_tokens SET epsilon_spent = epsilon_spent + ?1"
-            " WHERE name = ?2 AND revoked_at IS NULL AND epsilon_spent + ?1 <= epsilon_budget + 1e-9"
-            " RETURNING epsilon_budget - epsilon_spent",
-            (epsilon, name),
-        ).fetchone()
-        return None if row is None else float(row[0])
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        row = self.conn.execute(_SPEND_PRIVACY, privacy_charge(name, epsilon, delta)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
 
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str]]) -> None:
         """rows: (at, token name, operation, profile_id, comma-separated fields)."""
