@@ -276,3 +276,53 @@ def test_a_store_from_an_earlier_release_gains_the_new_token_columns(settings: S
         new = {t.name: t for t in list_tokens(p)}["new"]
         assert (new.delta_budget, new.sources, new.types) == (1e-6, frozenset({"app", "web"}),
                                                               frozenset({"page_viewed"}))
+
+
+def test_epsilon_and_delta_are_charged_together_or_not_at_all(settings: Settings) -> None:
+    """A private answer's charge: both budgets or neither, never past either, whoever races."""
+    from persona.api.access import create_token, list_tokens, revoke_token
+
+    def spent(p: Persona, name: str) -> tuple[float, float]:
+        token = {t.name: t for t in list_tokens(p)}[name]
+        return token.epsilon_spent, token.delta_spent
+
+    with Persona.init(settings) as p:
+        create_token(p, "dp", frozenset({"insights:read"}), epsilon_budget=1.0, delta_budget=3e-12)
+        create_token(p, "race", frozenset({"insights:read"}), epsilon_budget=1.0, delta_budget=1e-11)
+        rec = p.recorder
+
+        def spend(epsilon: float, delta: float) -> tuple[float, float] | None:
+            with rec.transaction():
+                return rec.spend_privacy("dp", epsilon, delta)
+
+        assert spend(0.5, 1e-12) == (pytest.approx(0.5), pytest.approx(2e-12))
+        assert spend(0.6, 1e-12) is None  # ε would overdraw: δ is not charged either
+        assert spend(0.1, 2.5e-12) is None  # δ would overdraw: ε is not charged either
+        assert spent(p, "dp") == (0.5, pytest.approx(1e-12))
+        assert spend(0.5, 2e-12) == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-24))  # both, to the end
+        assert spend(1e-6, 0.0) is None and spend(0.0, 1e-15) is None  # nothing is left of either
+        for bad in ((-0.1, 0.0), (0.0, -1e-12), (float("nan"), 0.0), (0.0, float("nan")), (float("inf"), 0.0)):
+            with pytest.raises(ValueError), rec.transaction():
+                rec.spend_privacy("dp", *bad)
+        assert spent(p, "dp") == (pytest.approx(1.0), pytest.approx(3e-12))
+        revoke_token(p, "dp")
+        assert spend(0.0, 0.0) is None  # a revoked token is charged nothing at all
+
+    granted: list[tuple[float, float]] = []
+
+    def racer() -> None:  # each with its own connection, as several API workers would be
+        with Persona.open(settings) as mine:
+            for _ in range(10):
+                with mine.recorder.transaction():
+                    left = mine.recorder.spend_privacy("race", 0.1, 1e-13)
+                if left is not None:
+                    granted.append(left)
+
+    threads = [threading.Thread(target=racer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 10  # 40 tries, ε enough for 10 of them (δ for 100)
+    with Persona.open(settings) as p:
+        assert spent(p, "race") == (pytest.approx(1.0), pytest.approx(1e-12))
