@@ -10,19 +10,20 @@ its noise, sampled exactly on the integers from the operating system's secure ge
 (no floating-point Laplace: Mironov 2012). Neighbouring populations differ by one person,
 who is one row. `mechanism()` builds and costs every part before any data is read; the
 (ε, δ) it reports is what the library's maps say the parts cost together (ε adds up over
-the parts, δ is the first part's), and it is what the caller charges:
+the parts, δ is the first part's), and it is what the caller charges. People are counted
+into groups, and their clipped values summed, here; what one person can move those numbers
+by is the stability the library's own transformations for them report (`make_count_by`,
+`make_count_by_categories`, `make_clamp` >> `make_sum`), and the noise is the library's:
 
-1. which groups are shown, and their counts: `make_count_by` >> `make_laplace_threshold`
-   (discrete Laplace noise on each count; a group is shown only when its noisy count
-   reaches a threshold chosen so that a group of one person appears with probability at
-   most δ — the group keys are values taken from the data). All of ε without a metric,
-   half of it with one.
-2. with a metric, over the groups shown (public by then), a sixth of ε each: how many
-   have it (`make_count_by_categories` >> `make_laplace`), the sum of their values
-   clipped to the bounds and counted in GRID steps from the lower bound (`make_clamp` >>
-   `make_sum` per group, then `make_laplace` over the groups: a person is in one group
-   only), and the histogram (`make_count_by_categories` over (group, bin) >> `make_laplace`).
-   The mean is the noisy sum over the noisy number, a step that adds no privacy cost.
+1. which groups are shown, and their counts: `make_laplace_threshold` (discrete Laplace
+   noise on each count; a group is shown only when its noisy count reaches a threshold
+   chosen so that a group of one person appears with probability at most δ — the group
+   keys are values taken from the data). All of ε without a metric, half of it with one.
+2. with a metric, over the groups shown (public by then), a sixth of ε each and
+   `make_laplace` on a vector over the groups (a person is in one group only): how many
+   have the metric, the sum of their values clipped to the bounds and counted in GRID
+   steps from the lower bound, and the histogram over (group, bin). The mean is the noisy
+   sum over the noisy number, a step that adds no privacy cost.
 """
 
 from __future__ import annotations
@@ -191,17 +192,17 @@ class MetricParts:
 
     name: str
     bounds: tuple[float, float]
-    clipped_sum: dp.Transformation  # one group's values, in GRID steps -> their clipped sum
     numbers: dp.Measurement  # per group shown: how many have the metric
-    sums: dp.Measurement  # per group shown: the clipped sum
+    sums: dp.Measurement  # per group shown: the sum of their values, clipped, in GRID steps from lo
     histogram: dp.Measurement  # per (group shown, bin): how many
+    sum_stability: int  # what one person moves a group's clipped sum by (make_clamp >> make_sum)
 
 
 @dataclass(frozen=True)
 class Mechanism:
     """A private answer's measurements, costed before any data is read."""
 
-    keys: dp.Measurement  # each person's group key -> {key: noisy count}, under `threshold` left out
+    keys: dp.Measurement  # {group key: people} -> {group key: noisy count}, under `threshold` left out
     scale: float  # of the noise on the counts
     threshold: int
     k: int
@@ -212,49 +213,58 @@ class Mechanism:
 
 def mechanism(*, metric: str | None, epsilon: float, k: int, bounds: tuple[float, float] | None = None,
               delta: float = DELTA) -> Mechanism:
-    """Refuses a malformed question (ValidationError) before anything is spent on it."""
+    """Refuses a malformed question (ValidationError) before anything is spent on it.
+
+    Counting people into groups and summing their clipped values are done in Python (OpenDP's
+    transformations would take every person across its interface, element by element: ten
+    times the time at 80,000 profiles); what one person can move those counts and sums by is
+    the library's own stability map of the transformations that compute them."""
     if not EPSILON_FLOOR <= epsilon <= EPSILON_CEILING:  # NaN fails it too
         raise ValidationError(f"epsilon: must be between {EPSILON_FLOOR} and {EPSILON_CEILING}")
     if not 1e-15 <= delta < 1:  # the library's maps work to about 1e-16
         raise ValidationError("delta: must be at least 1e-15 and below 1")
     clip = check(metric, bounds)
-    counts = dp.t.make_count_by(*_STR, TV="i32")
-    key_scale = _scale(lambda s: counts >> dp.m.then_laplace_threshold(scale=s, threshold=max(k, 1)), 1,
-                       epsilon if clip is None else epsilon / 2)
-    keys, threshold, (key_epsilon, key_delta) = _threshold(counts, key_scale, max(k, 1), delta)
+    count_by = dp.t.make_count_by(*_STR, TV="i32")
+    counts = count_by.output_domain, count_by.output_metric
+    person = count_by.map(1)  # (groups, most per group, total) one person adds or removes: (1, 1, 1)
+    key_scale = _scale(lambda s: dp.m.make_laplace_threshold(*counts, scale=s, threshold=max(k, 1)), person,
+                       1 / (epsilon if clip is None else epsilon / 2))
+    keys, threshold, (key_epsilon, key_delta) = _threshold(counts, person, key_scale, max(k, 1), delta)
     if metric is None or clip is None:
         return Mechanism(keys, key_scale, threshold, k, key_epsilon, key_delta, None)
-    clipped_sum = dp.t.make_clamp(*_STEPS, bounds=(0, GRID)) >> dp.t.then_sum()
+    # a person is in one group, has one value and falls in one bin: each vector over the groups
+    # moves by what one category's count, or one group's clipped sum, moves
+    one_count = dp.t.make_count_by_categories(*_STR, categories=["group"], null_category=False, TOA="i32").map(1)
+    one_sum = (dp.t.make_clamp(*_STEPS, bounds=(0, GRID)) >> dp.t.then_sum()).map(1)
     ints = dp.vector_domain(dp.atom_domain(T="i32")), dp.l1_distance(T="i32")
     longs = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
-    # a person added or removed (symmetric distance 1) is in one group, has one value and falls
-    # in one bin: each vector over the groups moves by what one group's count (1) or clipped sum
-    # (the library's stability of clamp >> sum) moves
+
     def laplace(space: tuple[dp.Domain, dp.Metric], d_in: int) -> dp.Measurement:
         return dp.m.make_laplace(*space, scale=_scale(lambda s: dp.m.make_laplace(*space, scale=s), d_in,
-                                                      epsilon / 6))
+                                                      d_in / (epsilon / 6)))
 
-    person, group_sum = 1, clipped_sum.map(1)
-    numbers, sums, histogram = laplace(ints, person), laplace(longs, group_sum), laplace(ints, person)
-    spent = key_epsilon + numbers.map(person) + sums.map(group_sum) + histogram.map(person)
-    parts = MetricParts(metric, clip, clipped_sum, numbers, sums, histogram)
-    return Mechanism(keys, key_scale, threshold, k, spent, key_delta, parts)
+    numbers, sums, histogram = laplace(ints, one_count), laplace(longs, one_sum), laplace(ints, one_count)
+    spent = key_epsilon + numbers.map(one_count) + sums.map(one_sum) + histogram.map(one_count)
+    return Mechanism(keys, key_scale, threshold, k, spent, key_delta,
+                     MetricParts(metric, clip, numbers, sums, histogram, one_sum))
 
 
-def _scale(make: Callable[[float], dp.Measurement], d_in: int, share: float) -> float:
-    """The least noise whose privacy map, for one person's d_in, keeps ε within this share."""
-    scale = d_in / share
+def _scale(make: Callable[[float], dp.Measurement], d_in: Any, start: float) -> float:
+    """The least noise from `start` up whose privacy map, for one person's d_in, gives an ε
+    no more than the one that `start` was worked out for (1/start of the sensitivity)."""
+    wanted = (d_in[1] if isinstance(d_in, tuple) else d_in) / start
+    scale = start
     for _ in range(8):
         if not (math.isfinite(scale) and scale > 0):
             raise ValidationError("epsilon: too small for finite noise")  # unreachable above the floor
         spent = make(scale).map(d_in)
-        if (spent[0] if isinstance(spent, tuple) else spent) <= share:
+        if (spent[0] if isinstance(spent, tuple) else spent) <= wanted:
             return scale
         scale = math.nextafter(scale * (1 + 1e-12), math.inf)  # the maps round up by an ulp or so
     raise ValidationError("epsilon: no noise scale fits it")
 
 
-def _threshold(counts: dp.Transformation, scale: float, least: int, delta: float
+def _threshold(counts: tuple[dp.Domain, dp.Metric], person: Any, scale: float, least: int, delta: float
                ) -> tuple[dp.Measurement, int, tuple[float, float]]:
     """The lowest threshold (at least `least`, at least 2) at which a group of one person is shown
     with probability at most `delta`: the measurement, its threshold and its (ε, δ).
@@ -264,8 +274,8 @@ def _threshold(counts: dp.Transformation, scale: float, least: int, delta: float
     chance of noise ≥ t): the map of the same measurement at threshold t − 1 is the one that
     counts it, and it is the δ charged."""
     def charged(threshold: int) -> tuple[float, float]:
-        spent: tuple[float, float] = (counts >> dp.m.then_laplace_threshold(
-            scale=scale, threshold=threshold - 1)).map(1)
+        spent: tuple[float, float] = dp.m.make_laplace_threshold(
+            *counts, scale=scale, threshold=threshold - 1).map(person)
         return spent
 
     least = max(least, 2)
@@ -281,7 +291,7 @@ def _threshold(counts: dp.Transformation, scale: float, least: int, delta: float
         raise ValidationError("epsilon: no threshold on the counts fits it")
     while threshold > least and charged(threshold - 1)[1] <= delta:
         threshold -= 1
-    measured = counts >> dp.m.then_laplace_threshold(scale=scale, threshold=threshold)
+    measured = dp.m.make_laplace_threshold(*counts, scale=scale, threshold=threshold)
     return measured, threshold, charged(threshold)
 
 
@@ -292,52 +302,36 @@ def _key(key: tuple[Any, ...]) -> str:
 def private(profiles: Iterable[IndexedProfile], *, group_by: Sequence[str], mechanism: Mechanism) -> Insights:
     """Run a costed mechanism over the population (charge its ε and δ first)."""
     parts = mechanism.metric
-    keys: list[str] = []
-    values: list[float | None] = []
+    people: dict[str, list[float | None]] = {}  # each group's people: their metric values
     for profile in profiles:
-        keys.append(_key(group_key(profile, group_by)))
-        if parts is not None:
-            values.append(_number(profile, parts.name))
-    shown: dict[str, int] = mechanism.keys(keys)
+        people.setdefault(_key(group_key(profile, group_by)), []).append(
+            _number(profile, parts.name) if parts is not None else None)
+    shown: dict[str, int] = mechanism.keys({key: len(values) for key, values in people.items()})
     ordered = sorted(shown, key=lambda key: _in_order(tuple(orjson.loads(key))))
     groups = [Group(dict(zip(group_by, orjson.loads(key), strict=True)), float(shown[key])) for key in ordered]
     if parts is not None and groups:
-        _describe_privately(groups, ordered, keys, values, parts)
+        _describe_privately(groups, [people[key] for key in ordered], parts)
     return Insights(groups, mechanism.k, float(mechanism.threshold), parts.name if parts else None,
                     parts.bounds if parts else None, mechanism.epsilon, mechanism.delta)
 
 
-def _describe_privately(groups: list[Group], shown: list[str], keys: list[str], values: list[float | None],
-                        parts: MetricParts) -> None:
+def _describe_privately(groups: list[Group], values: list[list[float | None]], parts: MetricParts) -> None:
     lo, hi = parts.bounds
-    place = {key: i for i, key in enumerate(shown)}
-    having: list[str] = []  # the group of each person who has the metric
-    cells: list[str] = []  # their (group, bin)
-    steps: list[list[int]] = [[] for _ in shown]  # their values, in GRID steps from lo, per group
-    for key, value in zip(keys, values, strict=True):
-        if value is None or key not in place:
-            continue
-        step = round((min(hi, max(lo, value)) - lo) / (hi - lo) * GRID)
-        having.append(key)
-        cells.append(f"{place[key]}/{min(HISTOGRAM_BINS - 1, step * HISTOGRAM_BINS // GRID)}")
-        steps[place[key]].append(step)
-    numbers = _release(dp.t.make_count_by_categories(*_STR, categories=shown, null_category=False, TOA="i32")
-                       >> parts.numbers, having, parts.numbers.map(1))
-    sums = list(parts.sums([parts.clipped_sum(s) for s in steps]))  # charged for clipped_sum.map(1) per person
-    every_cell = [f"{i}/{b}" for i in range(len(shown)) for b in range(HISTOGRAM_BINS)]
-    counts = _release(dp.t.make_count_by_categories(*_STR, categories=every_cell, null_category=False, TOA="i32")
-                      >> parts.histogram, cells, parts.histogram.map(1))
+    numbers = [0] * len(groups)  # how many have the metric
+    sums = [0] * len(groups)  # their values, clipped, in GRID steps from lo
+    cells = [0] * (len(groups) * HISTOGRAM_BINS)  # how many in each (group, bin)
+    for i, group_values in enumerate(values):
+        for value in group_values:
+            if value is None:
+                continue
+            step = round((min(hi, max(lo, value)) - lo) / (hi - lo) * GRID)
+            numbers[i] += 1
+            sums[i] += step
+            cells[i * HISTOGRAM_BINS + min(HISTOGRAM_BINS - 1, step * HISTOGRAM_BINS // GRID)] += 1
+    numbers, sums, cells = parts.numbers(numbers), parts.sums(sums), parts.histogram(cells)
     edges = [lo + (hi - lo) * b / HISTOGRAM_BINS for b in range(HISTOGRAM_BINS)] + [hi]
     for i, group in enumerate(groups):
         if numbers[i] >= 1:
             group.mean = round(min(hi, max(lo, lo + (hi - lo) * sums[i] / GRID / numbers[i])), 4)
-        bins = counts[i * HISTOGRAM_BINS:(i + 1) * HISTOGRAM_BINS]
+        bins = cells[i * HISTOGRAM_BINS:(i + 1) * HISTOGRAM_BINS]
         group.histogram = [(edges[b], edges[b + 1], float(max(0, c))) for b, c in enumerate(bins)]
-
-
-def _release(measured: dp.Measurement, data: Any, paid: float) -> list[int]:
-    """Run a count over people (make_count_by_categories >> a charged part): the chain's map,
-    for one person, must stay within what was charged for the part."""
-    if measured.map(1) > paid:
-        raise RuntimeError("a part of a private answer would cost more than was charged")
-    return list(measured(data))

@@ -107,10 +107,11 @@ def test_malformed_questions_are_refused_before_anything_is_computed() -> None:
 def test_the_charge_is_what_the_privacy_maps_say(metric: str | None, epsilon: float) -> None:
     made = mechanism(metric=metric, epsilon=epsilon, k=5)
     parts = made.metric
-    maps = made.keys.map(1)[0]
+    person = (1, 1, 1)  # one group, by one, in all: what a person added or removed does to the counts
+    maps = made.keys.map(person)[0]
     if parts is not None:
-        maps = maps + parts.numbers.map(1) + parts.sums.map(parts.clipped_sum.map(1)) + parts.histogram.map(1)
-        assert parts.clipped_sum.map(1) == GRID  # one person moves one group's sum by the whole range
+        maps = maps + parts.numbers.map(1) + parts.sums.map(parts.sum_stability) + parts.histogram.map(1)
+        assert parts.sum_stability == GRID  # one person moves one group's sum by the whole range
     assert made.epsilon == maps and epsilon * (1 - 1e-9) <= made.epsilon <= epsilon
     assert 0 < made.delta <= DELTA and math.isfinite(made.scale) and made.threshold >= 5
 
