@@ -32,6 +32,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "audit": ("seq", "at", "token", "operation", "profile_id", "fields"),
 }
 
+# The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
+# and predictions hold people's values in plaintext (for queries), so a backup leaves them out
+# (DESIGN.md invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
+# same); `persona restore` rebuilds them all.
+READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
+BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
+
 
 class StoredEvent(NamedTuple):
     """One row of the log, as the backend keeps it (a tuple: cheap to make by the million)."""
@@ -252,7 +259,6 @@ class Recorder(Protocol):
         ...
 
     # maintenance
-    def backup(self, dest: str) -> None: ...
     def snapshot(self) -> AbstractContextManager[None]:
         """A consistent, read-only view of the whole store for the reads inside it."""
         ...

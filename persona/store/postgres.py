@@ -1009,22 +1009,6 @@ class PostgresRecorder:
                               " false) FROM " + table, (table, column))
         self.conn.execute("SELECT setval('events_position_seq', coalesce(max(position), 0) + 1, false) FROM events")
 
-    def backup(self, dest: str) -> None:
-        """A consistent copy as a SQLite file (ciphertext as it is): `persona restore` and
-        `persona migrate` read it."""
-        from pathlib import Path
-
-        from persona.migrate import copy_store
-        from persona.store.sqlite import SQLiteRecorder
-
-        # persona.backup made the file empty and 0600; SQLite fills it, and its WAL inherits the mode
-        target = SQLiteRecorder(Path(dest), create=True)
-        try:
-            copy_store(self, target)  # in one snapshot of the whole store
-        finally:
-            target.close()
-        os.chmod(dest, 0o600)
-
     def counts(self) -> dict[str, int]:
         out = {}
         for table, statement in _COUNT.items():

@@ -996,10 +996,6 @@ class SQLiteRecorder:
     def finish_load(self) -> None:
         """Nothing to do: SQLite numbers new rows after the largest (AUTOINCREMENT remembers it)."""
 
-    def backup(self, dest: str) -> None:
-        """A consistent, compacted copy of the database (VACUUM INTO)."""
-        self.conn.execute("VACUUM INTO ?", (dest,))
-
     def counts(self) -> dict[str, int]:
         out = {}
         for table, statement in _COUNT.items():
