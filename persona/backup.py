@@ -60,9 +60,9 @@ def backup(persona: Persona, dest: Path) -> BackupInfo:
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private from the first byte
     try:
-        copy = SQLiteRecorder(dest, create=True)  # its WAL, while it lasts, inherits the mode
+        persona.recorder.backup(dest, BACKED_UP)  # its WAL, while it lasts, inherits the mode
+        copy = SQLiteRecorder(dest)
         try:
-            copy_store(persona.recorder, copy, tables=BACKED_UP)  # in one snapshot of the store
             with copy.transaction():
                 copy.set_meta("backup_taken_at", taken_at.isoformat())
             counts = copy.counts()

@@ -21,7 +21,7 @@ from persona.ingest import ingest_jsonl
 from persona.population import compute_rfm
 from persona.profiles import profile_view
 from persona.verify import verify
-from tests.conftest import jsonl, record, store_bytes
+from tests.conftest import NOW, jsonl, record, store_bytes
 
 CAROL = "carol.quxley@example.com"
 CITY = "Quxville-on-Nord"
@@ -60,7 +60,8 @@ def test_a_backup_shows_no_personal_value_without_a_key_and_restore_rebuilds_the
     live = store_bytes(persona)
     for needle in NEEDLES:
         assert needle in live, needle  # the search below can see what it looks for
-    index, rfm, view = persona.recorder.index_rows(), persona.recorder.rfm_scores(), profile_view(persona, carol)
+    index, rfm = persona.recorder.index_rows(), persona.recorder.rfm_scores()
+    view = profile_view(persona, carol, now=NOW)
     assert index and rfm
 
     info = backup(persona, tmp_path / "b.db")
@@ -78,7 +79,7 @@ def test_a_backup_shows_no_personal_value_without_a_key_and_restore_rebuilds_the
     with Persona.open(settings) as p:
         assert p.recorder.index_rows() == index  # rebuilt byte for byte
         assert p.recorder.rfm_scores() == rfm
-        assert profile_view(p, carol) == view
+        assert profile_view(p, carol, now=NOW) == view
         assert verify(p).events == 9
 
 

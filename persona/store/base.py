@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 # Every table a store holds, with the columns a copy between backends carries (`persona
@@ -259,6 +260,10 @@ class Recorder(Protocol):
         ...
 
     # maintenance
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """A consistent copy of these of TABLES into a new persona SQLite database at DEST (an
+        empty file): what `persona backup` writes and `persona restore` reads."""
+        ...
     def snapshot(self) -> AbstractContextManager[None]:
         """A consistent, read-only view of the whole store for the reads inside it."""
         ...

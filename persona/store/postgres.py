@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -43,8 +44,9 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.migrate import copy_store
 from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
-from persona.store.sqlite import SCHEMA_VERSION
+from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
 
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
 PARTITIONS = 8  # hash partitions of the event log
@@ -1008,6 +1010,14 @@ class PostgresRecorder:
             self.conn.execute("SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max(" + column + "), 0) + 1,"
                               " false) FROM " + table, (table, column))
         self.conn.execute("SELECT setval('events_position_seq', coalesce(max(position), 0) + 1, false) FROM events")
+
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """A SQLite file, filled in one REPEATABLE READ snapshot of the store."""
+        target = SQLiteRecorder(dest, create=True)
+        try:
+            copy_store(self, target, tables=tables)
+        finally:
+            target.close()
 
     def counts(self) -> dict[str, int]:
         out = {}
