@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from persona.crypto import Keyring
-from persona.errors import TamperError
+from persona.errors import LedgerError
 from persona.events import from_micros, micros
 
 _DOMAIN = b"persona-erasure-ledger/2\x00"
@@ -45,10 +45,6 @@ _PRINTABLE = frozenset(string.printable.encode()) - frozenset(b"\n\r\x0b\x0c")
 _TAIL_WINDOW = 4096  # bytes read from the end to find the last line: a line is ~200 bytes
 
 log = logging.getLogger("persona.ledger")
-
-
-class LedgerError(TamperError):
-    """The erasure ledger cannot be trusted: a line was altered, removed, moved or added."""
 
 
 @dataclass(frozen=True)
@@ -144,19 +140,20 @@ class ErasureLedger:
         entries: list[LedgerEntry] = []
         prev = self._genesis
         for n, line in enumerate(lines, start=1):
-            entries.append(self._follow(n, line, prev))
-            prev = self._mac_of(line)
+            signed = self._follow(n, line, prev)
+            entries.append(signed.entry)
+            prev = signed.mac
         if tail:
             try:
-                entries.append(self._follow(len(lines) + 1, tail, prev))
+                entries.append(self._follow(len(lines) + 1, tail, prev).entry)
             except LedgerError:
                 if not _torn(tail):
                     raise
                 return entries, True
         return entries, False
 
-    def _follow(self, n: int, line: bytes, prev: str) -> LedgerEntry:
-        """Line n's entry, if it is genuine and follows the line before it (whose MAC is prev)."""
+    def _follow(self, n: int, line: bytes, prev: str) -> _Signed:
+        """Line n, if it is genuine and follows the line before it (whose MAC is prev)."""
         doc = _parse(line)
         if doc is None:
             raise LedgerError(f"erasure ledger line {n} cannot be read: it is not a ledger entry")
@@ -172,7 +169,7 @@ class ErasureLedger:
         if doc["prev"] != prev:
             raise LedgerError(f"erasure ledger line {n} does not follow the line before it: it was copied from"
                               " another ledger, or a line was removed or moved")
-        return found.entry
+        return found
 
     def _verified(self, line: bytes) -> _Signed | None:
         """The line's entry if its MAC checks out and it is byte for byte as written."""
@@ -188,11 +185,6 @@ class ErasureLedger:
         if entry is None or not isinstance(doc["seq"], int):
             return None
         return _Signed(doc["seq"], doc["mac"], entry)
-
-    def _mac_of(self, line: bytes) -> str:
-        doc = _parse(line)
-        assert doc is not None  # checked by _follow
-        return str(doc["mac"])
 
     def _mac(self, body: dict[str, Any]) -> str:
         return hmac.new(self._key, _DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS),

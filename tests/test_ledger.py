@@ -19,9 +19,10 @@ from persona.backup import backup, restore
 from persona.cli import cli
 from persona.crypto import Keyring
 from persona.erasure import erase_subject, ledger_of
+from persona.errors import LedgerError
 from persona.events import micros
 from persona.ingest import ingest_jsonl
-from persona.ledger import ErasureLedger, LedgerEntry, LedgerError
+from persona.ledger import ErasureLedger, LedgerEntry
 from persona.verify import verify
 from tests.conftest import NOW, event, jsonl, record
 from tests.hardening import tally
