@@ -208,3 +208,4 @@ def test_retiring_the_master_key_makes_every_older_backup_unreadable(persona: Pe
         restore(settings, old.path)
     with Persona.open(settings) as p:
         assert verify(p).erased == 1
+
