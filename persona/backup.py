@@ -136,27 +136,28 @@ def _tombstones_now(settings: Settings) -> tuple[dict[str, int], int]:
     A ledger can lose lines off its end, or be replaced whole by an older copy, without a
     trace; and on PostgreSQL every machine keeps its own. So the store's own tombstones are
     carried over to the backup as well."""
-    try:
-        if settings.database_url:
-            from persona.store.postgres import PostgresRecorder  # psycopg: loaded only for PostgreSQL
+    current: Recorder
+    if settings.database_url:
+        from persona.store.postgres import PostgresRecorder  # psycopg: loaded only for PostgreSQL
 
-            try:
-                current: Recorder = PostgresRecorder(settings.database_url)
-            except ConfigurationError:  # no store there yet: a restore onto a new server
-                return {}, 0
-        elif settings.db_path.exists():
-            current = SQLiteRecorder(settings.db_path)
-        else:
-            return {}, 0
         try:
-            return dict(current.tombstones()), current.erasure_mark()
-        finally:
-            current.close()
-    except sqlite3.DatabaseError as e:
-        raise ConfigurationError(
-            "the current database cannot be read, so the erasures it records cannot be carried over to the"
-            " backup; move it out of the data directory to restore without it (the ledger's erasures are still"
-            " re-applied)") from e
+            current = PostgresRecorder(settings.database_url)
+        except ConfigurationError:  # no store there yet: a restore onto a new server
+            return {}, 0
+    elif not settings.db_path.exists():
+        return {}, 0
+    else:
+        try:
+            current = SQLiteRecorder(settings.db_path)
+        except (sqlite3.DatabaseError, ConfigurationError) as e:
+            raise ConfigurationError(
+                "the current database cannot be read, so the erasures it records cannot be carried over to the"
+                " backup; move it out of the data directory to restore without it (the ledger's erasures are"
+                " still re-applied)") from e
+    try:
+        return dict(current.tombstones()), current.erasure_mark()
+    finally:
+        current.close()
 
 
 def _carry_tombstones(staged: Persona, erased_here: dict[str, int]) -> list[str]:

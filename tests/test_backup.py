@@ -209,3 +209,19 @@ def test_retiring_the_master_key_makes_every_older_backup_unreadable(persona: Pe
     with Persona.open(settings) as p:
         assert verify(p).erased == 1
 
+
+
+@pytest.mark.sqlite_only  # the database file itself
+def test_a_current_database_that_cannot_be_read_is_not_silently_passed_over(persona: Persona, tmp_path: Path) -> None:
+    populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", CAROL)
+    settings = persona.settings
+    persona.close()
+    settings.db_path.write_bytes(b"not a database" * 1000)  # its tombstones can no longer be read
+    with pytest.raises(ConfigurationError, match="move it out of the data directory"):
+        restore(settings, info.path)
+    settings.db_path.rename(tmp_path / "damaged.db")
+    restore(settings, info.path)  # the ledger alone still erases Carol
+    with Persona.open(settings) as p:
+        assert p.log.profile_for("email", CAROL) is None and verify(p).erased == 1
