@@ -506,7 +506,13 @@ def keys_rewrap(ctx: click.Context) -> None:
 @click.pass_context
 @friendly
 def backup(ctx: click.Context, dest: Path) -> None:
-    """Write a consistent copy of the database to DEST (a new file, or a folder). Never the key file."""
+    """Write a consistent copy of the store to DEST (a new file, or a folder): never the key file, nor a read model.
+
+    The log stays sealed and the data keys wrapped; the read models that hold values in
+    plaintext (profile index, RFM scores, predictions) are left out, and `persona restore`
+    rebuilds them. Whoever holds the key file can open a backup: `persona keys rotate
+    --retire` makes every backup taken before it unreadable.
+    """
     with opened(ctx) as persona:
         info = backup_db(persona, dest)
     click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
@@ -595,23 +601,32 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
         click.echo("to use it: set PERSONA_DATABASE_URL to the target URL (the key file stays as it is)")
 
 
+TORN_LEDGER = ("note: the erasure ledger's last line was cut short by a crash mid-write (that erasure never"
+               " committed) and was passed over")
+
+
 @cli.command()
 @click.argument("source", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask before replacing the database.")
 @click.pass_context
 @friendly
 def restore(ctx: click.Context, source: Path, yes: bool) -> None:
-    """Replace the database with BACKUP, then re-apply every erasure made since.
+    """Replace the database with BACKUP, re-applying every erasure made since and rebuilding the read models.
 
-    Stop every process using the data directory first (on PostgreSQL: every process
-    using the store, on every machine). On PostgreSQL the store is replaced in one
-    transaction, so a failure half-way leaves it as it was.
+    The erasures come from the ledger beside the key file (refused if any line of it does
+    not verify) and from the tombstones of the store being replaced. The copy is prepared
+    and verified beside the store, then swapped in: a failure half-way leaves the store as
+    it was (on PostgreSQL it is replaced in one transaction). Stop every process using the
+    data directory first (on PostgreSQL: every process using the store, on every machine).
     """
     settings = settings_of(ctx)
     if (settings.database_url or settings.db_path.exists()) and not yes:
         click.confirm("replace the current database with the backup?", abort=True)
     info = restore_db(settings, source)
-    click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s)")
+    if info.ledger_torn:
+        click.echo(TORN_LEDGER, err=True)
+    click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s);"
+               f" rebuilt the read models of {info.rebuilt} profile(s)")
 
 
 @cli.command("profiles")
@@ -703,14 +718,17 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
 @click.pass_context
 @friendly
 def verify(ctx: click.Context) -> None:
-    """Check every hash chain, that every live event opens, and that the erased hold no key.
+    """Check every hash chain, that live events open, that the erased hold no key, and the erasure ledger.
 
-    Exit 0 when everything checks out; 2 naming the first bad event otherwise.
+    Exit 0 when everything checks out; 2 naming the first bad event or ledger line otherwise.
     """
     with opened(ctx) as persona:
         report = verify_store(persona)
+    if report.ledger_torn:
+        click.echo(TORN_LEDGER, err=True)
     click.echo(f"ok: {report.events} events in {report.streams} streams verified "
-               f"({report.opened} opened, {report.erased} erased profiles hold no key)")
+               f"({report.opened} opened, {report.erased} erased profiles hold no key);"
+               f" {report.ledger_entries} erasure ledger entries verified")
 
 
 @cli.command()

@@ -1,8 +1,8 @@
-"""Erasure by key deletion, signed receipts, and the erasure ledger kept beside the key file."""
+"""Erasure by key deletion, signed receipts, and their entries in the erasure ledger (persona.ledger)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +15,7 @@ from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.events import from_micros, micros
+from persona.ledger import ErasureLedger, LedgerEntry
 from persona.models import ERASED_SINCE
 
 RECEIPT_TYPE = "persona-erasure-receipt/1"
@@ -27,57 +28,9 @@ class Erasure:
     seconds: float
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    erased_at: int
-    profile_id: str | None = None  # a profile erased
-    purged: bytes | None = None  # or: the keyed hash of an identifier with no profile, whose quarantine was purged
-
-
-class ErasureLedger:
-    """Profile ids (or keyed identifier hashes) and erasure times, one JSON object a line,
-    fsynced: nothing personal.
-
-    It lives beside the key file, outside the database, so that a restored backup
-    can be brought up to date with every erasure made after it was taken.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def record(self, entry: LedgerEntry) -> None:
-        doc: dict[str, str] = {"erased_at": from_micros(entry.erased_at).isoformat()}
-        if entry.profile_id is not None:
-            doc["profile_id"] = entry.profile_id
-        if entry.purged is not None:
-            doc["purged"] = entry.purged.hex()
-        line = orjson.dumps(doc) + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def entries(self) -> list[LedgerEntry]:
-        """Every complete entry. A torn last line (a crash mid-write, before the database
-        committed anything) is passed over."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in raw.splitlines():
-            try:
-                doc = orjson.loads(line)
-                at = micros(datetime.fromisoformat(doc["erased_at"]))
-                purged = bytes.fromhex(doc["purged"]) if "purged" in doc else None
-                out.append(LedgerEntry(at, doc.get("profile_id"), purged))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-        return out
+def ledger_of(persona: Persona) -> ErasureLedger:
+    """The erasure ledger beside the key file, its lines signed with a key derived from it."""
+    return ErasureLedger.of(persona.settings.ledger_path, persona.keyring)
 
 
 def receipt_message(body: dict[str, Any]) -> bytes:
@@ -114,7 +67,7 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
             fingerprints[member] = fingerprint(persona.keyring.unwrap(member, head.kek_version, bytes(head.wrapped)),
                                                b"dek")
         if not reapply:
-            ledger = ErasureLedger(persona.settings.ledger_path)
+            ledger = ledger_of(persona)
             for member in person.members:
                 ledger.record(LedgerEntry(erased_at, profile_id=member))
         counts: dict[str, int] = {}
@@ -159,7 +112,7 @@ def purge_identifier(persona: Persona, digest: bytes, *, now: datetime | None = 
     with rec.transaction():
         if not reapply:
             entry = LedgerEntry(micros(now or datetime.now(UTC)), purged=digest)
-            ErasureLedger(persona.settings.ledger_path).record(entry)
+            ledger_of(persona).record(entry)
         purged = rec.purge_tagged([digest])
     rec.checkpoint()
     return purged
@@ -201,11 +154,11 @@ def verify_receipt(doc: Any, public_key: str) -> dict[str, Any]:
     return body
 
 
-def reapply_ledger(persona: Persona) -> list[str]:
-    """Erase again every profile the ledger names that the database still holds a key for,
-    and purge again every identifier's quarantined records. Returns the profiles erased."""
+def reapply_ledger(persona: Persona, entries: Iterable[LedgerEntry]) -> list[str]:
+    """Erase again every profile these ledger entries name that the database still holds a key
+    for, and purge again every identifier's quarantined records. Returns the profiles erased."""
     done = []
-    for entry in ErasureLedger(persona.settings.ledger_path).entries():
+    for entry in entries:
         if entry.purged is not None:
             purge_identifier(persona, entry.purged, reapply=True)
         if entry.profile_id is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 # Additions to a store made by an earlier release, applied when it is opened (each backend
@@ -59,6 +60,13 @@ TABLES: dict[str, tuple[str, ...]] = {
                    "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
     "audit": ("seq", "at", "token", "operation", "profile_id", "fields"),
 }
+
+# The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
+# and predictions hold people's values in plaintext (for queries), so a backup leaves them out
+# (DESIGN.md invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
+# same); `persona restore` rebuilds them all.
+READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
+BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
 
 
 class StoredEvent(NamedTuple):
@@ -289,7 +297,10 @@ class Recorder(Protocol):
         ...
 
     # maintenance
-    def backup(self, dest: str) -> None: ...
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """A consistent copy of these of TABLES into a new persona SQLite database at DEST (an
+        empty file): what `persona backup` writes and `persona restore` reads."""
+        ...
     def snapshot(self) -> AbstractContextManager[None]:
         """A consistent, read-only view of the whole store for the reads inside it."""
         ...

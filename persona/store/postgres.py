@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -43,6 +44,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.migrate import copy_store
 from persona.store.base import (
     COLUMNS_ADDED,
     SCHEMA_REVISION,
@@ -56,7 +58,7 @@ from persona.store.base import (
     TokenRow,
     privacy_charge,
 )
-from persona.store.sqlite import SCHEMA_VERSION
+from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
 
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
 PARTITIONS = 8  # hash partitions of the event log
@@ -1033,21 +1035,13 @@ class PostgresRecorder:
                               " false) FROM " + table, (table, column))
         self.conn.execute("SELECT setval('events_position_seq', coalesce(max(position), 0) + 1, false) FROM events")
 
-    def backup(self, dest: str) -> None:
-        """A consistent copy as a SQLite file (ciphertext as it is): `persona restore` and
-        `persona migrate` read it."""
-        from pathlib import Path
-
-        from persona.migrate import copy_store
-        from persona.store.sqlite import SQLiteRecorder
-
-        # persona.backup made the file empty and 0600; SQLite fills it, and its WAL inherits the mode
-        target = SQLiteRecorder(Path(dest), create=True)
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """A SQLite file, filled in one REPEATABLE READ snapshot of the store."""
+        target = SQLiteRecorder(dest, create=True)
         try:
-            copy_store(self, target)  # in one snapshot of the whole store
+            copy_store(self, target, tables=tables)
         finally:
             target.close()
-        os.chmod(dest, 0o600)
 
     def counts(self) -> dict[str, int]:
         out = {}
