@@ -328,14 +328,15 @@ def test_the_writer_is_sealed_with_the_event(persona: Persona) -> None:
     name = "needle-writer-" + os.urandom(4).hex()
     create_token(persona, name, frozenset({"events:write"}), sources=frozenset({"web"}))
     (token,) = [t for t in list_tokens(persona) if t.name == name]
-    report = ingest_jsonl(persona, io.BytesIO(jsonl(record(event_id="sealed-1"))), origin="t", writer=token.writer)
-    assert report.appended == 1
+    lines = jsonl(record(event_id="sealed-1"), record(event_id="sealed-2", source="shop"))  # bound to web only
+    report = ingest_jsonl(persona, io.BytesIO(lines), origin="t", writer=token.writer)
+    assert report.appended == 2
     pid = persona.log.profile_for("email", "alice@example.com")
     assert pid is not None
-    (event,) = persona.log.read(pid)
-    assert (event.writer, event.vouched) == (f"token:{name}", True)  # it is there, opened
-    (from_log,) = [e for e in persona.log.iter_all() if e.profile_id == pid]
-    assert (from_log.writer, from_log.vouched) == (f"token:{name}", True)  # replay opens it the same way
+    opened = [(e.event_id, e.writer, e.vouched) for e in persona.log.read(pid)]
+    assert opened == [("sealed-1", f"token:{name}", True), ("sealed-2", f"token:{name}", False)]  # there, opened
+    replayed = [(e.event_id, e.writer, e.vouched) for e in persona.log.iter_all() if e.profile_id == pid]
+    assert replayed == opened  # replay opens it the same way
     persona.recorder.checkpoint()
     raw = store_bytes(persona)
     assert name.encode() in raw  # positive control: the token's own name is in its row, in the clear
