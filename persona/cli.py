@@ -25,6 +25,7 @@ from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
+from persona.events import local
 from persona.identity import person_of
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
@@ -219,13 +220,16 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         click.echo(report.summary())
 
 
+INGEST = local("ingest")  # the writer sealed into what `persona ingest` appends
+
+
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
             progress: Callable[[int], None] | None = None, *, stream: bool = False,
             stop: threading.Event | None = None) -> Any:
     limit = persona.settings.max_event_bytes
     if stream and mapping is not None:  # rows are paced, so that an order's last item rows do not wait
         return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit, stop=stop),
-                              origin=name, stream=True, paced=True, catch_up=True, stop=stop)
+                              origin=name, stream=True, paced=True, catch_up=True, stop=stop, writer=INGEST)
     if mapping is None:
         records: Iterable[Any] = jsonl_records(handle, limit)
     else:
@@ -234,7 +238,7 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
     parallel = not stream and (os.cpu_count() or 1) > 1
     # catch_up: the index of whatever a killed ingest committed is brought up to date too
     return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel,
-                          catch_up=True, stop=stop)
+                          catch_up=True, stop=stop, writer=INGEST)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:
@@ -329,7 +333,8 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of:
             granted = ", ".join(f"{p}={v['granted']}" for p, v in attribute.items())
             click.echo(f"  consent: {granted}")
         else:
-            sources = ", ".join(sorted({p["source"] for p in attribute["provenance"]}))
+            sources = ", ".join(sorted({f"{p['source']} by {p['writer']}" + ("" if p["vouched"] else " (unvouched)")
+                                        for p in attribute["provenance"]}))
             click.echo(f"  {name}: {attribute['value']}  ({attribute['strategy']}; {sources})")
     f = doc["features"]
     shown = ("lifecycle_stage", "frequency", "monetary", "aov", "recency_days", "page_views", "sessions",
@@ -367,7 +372,7 @@ def link(ctx: click.Context, first: str, second: str) -> None:
     merged: each keeps its own events and key, and the person folds them all. One of the
     two must be known already. Undo with `persona unlink`."""
     with opened(ctx) as persona:
-        linked = link_identities(persona, parse_subject(first), parse_subject(second))
+        linked = link_identities(persona, parse_subject(first), parse_subject(second), writer=local("link"))
     click.echo(f"{'merged into' if linked.merged else 'linked to'} profile {linked.person}")
 
 
@@ -381,7 +386,7 @@ def unlink(ctx: click.Context, first: str, second: str) -> None:
     mistyped e-mail). Both people come back with their own histories, and a later record
     linking the two does not merge them again (only `persona link` does)."""
     with opened(ctx) as persona:
-        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second))
+        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second), writer=local("unlink"))
     click.echo(f"separated: profiles {unlinked.people[0]} and {unlinked.people[1]}"
                f" ({unlinked.merges_undone} merge(s) undone)")
 

@@ -3,6 +3,9 @@
 A token is shown once, when it is created; the database keeps only a keyed hash of it
 (HMAC-SHA256 under a key derived from the pepper), so a copy of the database cannot be
 used to forge or check tokens offline.
+
+A token that writes may be bound to sources and event types (`Token.refusal`), and it is the
+writer sealed into every event it appends (`Token.writer`, DESIGN.md invariant 8).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from datetime import UTC, datetime
 
 from persona.core import Persona
 from persona.errors import ConfigurationError
-from persona.events import from_micros, micros
+from persona.events import EVENT_TYPES, PRIVILEGED_TYPES, Writer, from_micros, micros, valid_source
 from persona.store.base import TokenRow
 
 # scope -> what it allows (persona.api.plan.FIELD_SCOPES says which fields need which)
@@ -59,10 +62,36 @@ class Token:
                    from_micros(row.created_at), from_micros(row.revoked_at) if row.revoked_at is not None else None,
                    row.delta_budget, row.delta_spent, frozenset(row.sources.split()), frozenset(row.types.split()))
 
+    @property
+    def writer(self) -> Writer:
+        """Who its events say wrote them; it vouches for the sources it is bound to (none when unbound)."""
+        return Writer("token:" + self.name, self.sources)
+
+    def grants(self, kind: str) -> bool:
+        """Whether its event types name this one explicitly (what the privileged types need)."""
+        return kind in self.types
+
+    def refusal(self, source: str, kind: str) -> str | None:
+        """Why this token may not write an event of this source and type; None if it may.
+        The reasons repeat neither: both came from the client."""
+        if self.sources and source not in self.sources:
+            return "the token may not write as this source (it is bound to others: see `persona tokens list`)"
+        if kind in PRIVILEGED_TYPES and not self.grants(kind):
+            return ("this event type says who a person is and needs an explicit grant (the token's --types must"
+                    " name it)")
+        if self.types and kind not in self.types:
+            return "the token may not write this event type (it is bound to others: see `persona tokens list`)"
+        return None
+
+
+def parse_names(values: Iterable[str]) -> frozenset[str]:
+    """Names from `--scopes a,b --scopes c` or "a b"."""
+    return frozenset(part for value in values for part in re.split(r"[\s,]+", value) if part)
+
 
 def parse_scopes(values: Iterable[str]) -> frozenset[str]:
     """Scopes from `--scopes a,b --scopes c` or "a b"; unknown names are refused."""
-    scopes = frozenset(part for value in values for part in re.split(r"[\s,]+", value) if part)
+    scopes = parse_names(values)
     unknown = sorted(scopes - SCOPES.keys())
     if unknown:
         raise ConfigurationError(f"unknown scope(s): {', '.join(unknown)} (known: {', '.join(SCOPES)})")
@@ -84,6 +113,7 @@ def create_token(persona: Persona, name: str, scopes: frozenset[str], *, rate_pe
         raise ConfigurationError("a token name is 1–64 letters, digits or _.:@- (starting with a letter or digit)")
     if not rate_per_s > 0 or not epsilon_budget >= 0 or not 0 <= delta_budget < 1:
         raise ConfigurationError("the rate must be positive, the ε budget not negative and the δ budget in [0, 1)")
+    check_bindings(scopes, sources, types)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     created = micros(now or datetime.now(UTC))
     with persona.recorder.transaction():
@@ -91,6 +121,20 @@ def create_token(persona: Persona, name: str, scopes: frozenset[str], *, rate_pe
             (name, token_digest(persona, token), " ".join(sorted(scopes)), created, rate_per_s, epsilon_budget,
              delta_budget, " ".join(sorted(sources)), " ".join(sorted(types))))
     return token
+
+
+def check_bindings(scopes: frozenset[str], sources: frozenset[str], types: frozenset[str]) -> None:
+    """A token's sources are names an event's `source` may take, its types known event types."""
+    unknown = sorted(types - EVENT_TYPES)
+    if unknown:
+        raise ConfigurationError(f"unknown event type(s): {', '.join(unknown)}"
+                                 f" (known: {', '.join(sorted(EVENT_TYPES))})")
+    bad = sorted(source for source in sources if not valid_source(source))
+    if bad:
+        raise ConfigurationError(f"not a source name: {', '.join(bad)} (a lower-case name such as web or shop;"
+                                 " 'persona' is reserved)")
+    if (sources or types) and "events:write" not in scopes:
+        raise ConfigurationError("sources and event types bind what a token writes: give it events:write too")
 
 
 def list_tokens(persona: Persona) -> list[Token]:

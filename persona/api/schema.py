@@ -47,6 +47,7 @@ from persona.api.types import (
     root_context,
 )
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
+from persona.events import Writer
 
 
 # -- the roots ---------------------------------------------------------------------------------
@@ -188,10 +189,20 @@ def _spend(persona: Any, name: str, epsilon: float, delta: float) -> tuple[float
         return remaining
 
 
-def _ingest(persona: Any, lines: list[bytes], origin: str) -> Any:
+def _ingest(persona: Any, lines: list[bytes], origin: str, writer: Writer) -> Any:
     from persona.ingest.jsonl import ingest_jsonl
 
-    return ingest_jsonl(persona, lines, origin=origin)
+    return ingest_jsonl(persona, lines, origin=origin, writer=writer)
+
+
+def _linker(ctx: RequestContext, operation: str) -> Writer:
+    """The writer of a link or unlink: linking says two identifiers are one person, so the token
+    needs identity_linked granted explicitly."""
+    assert ctx.token is not None
+    if not ctx.token.grants("identity_linked"):
+        raise ApiError(f"{operation}: the token needs an explicit grant of identity_linked events (its --types"
+                       " must name them)", "FORBIDDEN")
+    return ctx.token.writer
 
 
 def _erase(persona: Any, profile_id: str | None, subject: tuple[str, str] | None) -> Any:
@@ -210,6 +221,12 @@ class Mutation:
         limit = ctx.state.options.max_ingest_events
         if not 1 <= len(events) <= limit:
             raise ApiError(f"events: send between 1 and {limit} events per call")
+        token = ctx.token
+        assert token is not None
+        for n, e in enumerate(events):  # an access refusal, not a bad record: the whole call, nothing quarantined
+            refused = token.refusal(e.source, e.type)
+            if refused is not None:
+                raise ApiError(f"events[{n}]: {refused}; nothing of this call was stored", "FORBIDDEN")
         lines = []
         for e in events:
             raw: dict[str, Any] = {"source": e.source, "type": e.type, "occurred_at": e.occurred_at,
@@ -222,7 +239,7 @@ class Mutation:
             except orjson.JSONEncodeError:
                 raise ApiError(f"events[{len(lines)}].data: not storable as JSON (an integer beyond 64 bits, or"
                                " nesting deeper than 254 levels); nothing of this call was stored") from None
-        report = await ctx.state.writer.run(_ingest, lines, f"api:{ctx.name}")
+        report = await ctx.state.writer.run(_ingest, lines, f"api:{ctx.name}", token.writer)
         ctx.state.bus.changed(list(report.changed))
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
                             quarantined=report.quarantined, profiles_created=report.profiles_created,
@@ -273,7 +290,8 @@ class Mutation:
                                      " profiles are merged (undo with unlinkIdentities). One must be known.")
     async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput) -> Profile:
         ctx = root_context(info)
-        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value))
+        writer = _linker(ctx, "linkIdentities")
+        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value), writer)
         ctx.state.projector.clear()  # cached states were the streams'; the person is read afresh
         ctx.state.bus.changed([linked.person])
         profile = load_profile(ctx.fresh(), linked.person, "linkIdentities")
@@ -286,7 +304,8 @@ class Mutation:
     async def unlink_identities(self, info: Info[RequestContext, None], a: SubjectInput,
                                 b: SubjectInput) -> list[Profile]:
         ctx = root_context(info)
-        unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value))
+        writer = _linker(ctx, "unlinkIdentities")
+        unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value), writer)
         ctx.state.projector.clear()
         ctx.state.bus.changed(list(unlinked.people))
         fresh = ctx.fresh()
@@ -306,16 +325,16 @@ def _train(persona: Any, name: str, horizon: str | None, cutoffs: list[datetime]
     return version
 
 
-def _link(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:
+def _link(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:
     from persona.linking import link
 
-    return link(persona, a, b, source="api")
+    return link(persona, a, b, source="api", writer=writer)
 
 
-def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:
+def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:
     from persona.linking import unlink
 
-    return unlink(persona, a, b)
+    return unlink(persona, a, b, writer=writer)
 
 
 @strawberry.type

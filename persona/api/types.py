@@ -184,6 +184,11 @@ class Event:
     def data(self) -> JSON:
         return JSON(self._event.data)
 
+    @strawberry.field(description="Who appended it: token:NAME (the API), local:COMMAND (the CLI), library, or"
+                                  " unknown (recorded before writers were)")
+    def writer(self) -> str:
+        return self._event.writer
+
 
 @strawberry.type
 class EventEdge:
@@ -239,7 +244,8 @@ class Profile:
     def attributes(self) -> JSON:
         return JSON(self._data.attributes)
 
-    @strawberry.field(description="Each attribute's fusion strategy and provenance (source, event id, time)")
+    @strawberry.field(description="Each attribute's fusion strategy and provenance (source, writer, whether the"
+                                  " writer vouched for the source, event id, time)")
     def attribute_sources(self, info: Info[RequestContext, None]) -> JSON:
         if self._as_of is not None:
             raise ApiError("attributeSources: available for the current profile only")
