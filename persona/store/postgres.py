@@ -17,10 +17,17 @@ What differs from the SQLite default, and why:
   events, event keys, tombstones and the audit log.
 - **The change feed**: a transaction that appends events sends NOTIFY on `persona_events`
   (delivered at COMMIT) with the newest position; `wait_for_events` LISTENs for it.
-- **There is no secure_delete**: a deleted row lingers in the table file until VACUUM
-  reclaims its space, and in WAL segments and base backups beyond that. `checkpoint()`
-  runs VACUUM on the tables erasure deletes from; `persona keys rotate --retire` makes
-  every lingering wrapped key useless (docs/postgresql.md).
+- **There is no secure_delete, and erasure does not vacuum.** A DELETE leaves a dead row
+  until VACUUM, and VACUUM walks every index of a table, so its time follows the population:
+  run per erasure (as VACUUM FULL once was) it made erasure slow and blocked readers. An
+  erasure deletes the person's rows in its own transaction — gone for every query at once —
+  and notes that a purge is due; one `purge()` (VACUUM with index cleanup, no exclusive lock)
+  then serves every erasure of a window, off the request path (persona.purge). It waits only
+  for snapshots of this database: VACUUM ignores other databases' too. VACUUM leaves no dead
+  row (pg_dirtyread finds none) but does not zero the space it frees inside a page; the
+  rewrite (`purge(rewrite=True)`, VACUUM FULL) does, while reads wait. WAL segments and base
+  backups keep deleted rows beyond either; `persona keys rotate --retire` makes every lingering
+  wrapped key useless (docs/postgresql.md).
 
 Ids are `text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the
 same order on both backends. Every statement is a constant with bound parameters.
