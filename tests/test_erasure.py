@@ -53,7 +53,7 @@ def test_erasure_leaves_no_trace_in_any_file(persona: Persona) -> None:
     # SQLite truncates its WAL at once; PostgreSQL's purge is due later (tests/test_purge.py), and
     # its rewrite (`persona purge --full`) is what leaves no byte behind in any page
     assert erasure.wal_truncated is (True if persona.recorder.purges_at_once else None)
-    assert run(persona, force=True, rewrite=True).done
+    assert run(persona, force=True, rewrite=True, wait_s=30).done  # (a bound: the test server is shared)
 
     after = store_bytes(persona)
     for needle in (URL.encode(), ALICE.encode(), ALICE.lower().encode(), b"13911112222", b"A-77",
