@@ -25,7 +25,7 @@ from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
-from persona.events import local
+from persona.events import from_micros, local, micros
 from persona.identity import person_of
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
@@ -426,10 +426,61 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
         click.echo(f"erased {body['profile_id']} in {erasure.seconds * 1000:.1f} ms ({counts})")
         if body.get("merged_profiles"):
             click.echo(f"  with the profiles merged into it: {', '.join(body['merged_profiles'])}")
+        if "purged_at" in body:
+            click.echo(f"physical purge: done at once ({body['purged_at']})")
+        elif erasure.wal_truncated is None:
+            click.echo(f"physical purge: due by {body['purge_due_by']} (`persona serve` runs it, or `persona purge`)")
         click.echo(f"receipt: {receipt_path or kept}")
-    if not erasure.wal_truncated:
+    if erasure.wal_truncated is False:
         click.echo("warning: a reader kept the WAL busy; the erased key may linger in it until the next "
-                   "checkpoint. Stop long readers and run `persona verify`.", err=True)
+                   "checkpoint. Stop long readers and run `persona purge`.", err=True)
+        sys.exit(3)
+    if erasure.purge_due_by is not None and erasure.purge_due_by < micros(datetime.now(UTC)):
+        click.echo("warning: an earlier purge is overdue: keep `persona serve` running, or run `persona purge`"
+                   " from cron at least once a window (PERSONA_PURGE_WINDOW).", err=True)
+
+
+@cli.command()
+@click.option("--now", "force", is_flag=True, help="Purge even if no purge is due yet.")
+@click.option("--full", "rewrite", is_flag=True,
+              help="PostgreSQL: rewrite the tables (VACUUM FULL), so that no page keeps an erased row's bytes"
+                   " in its free space. Reads of each table wait while it is rewritten: run it off-hours.")
+@click.option("--wait", "wait_s", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for readers that may still see the deleted rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+@friendly
+def purge(ctx: click.Context, force: bool, rewrite: bool, wait_s: float, as_json: bool) -> None:
+    """Physically purge what erasures deleted, if a purge is due: for cron.
+
+    On PostgreSQL an erasure deletes the person's rows at once, and one VACUUM of the tables
+    erasure deletes from serves every erasure of a window (PERSONA_PURGE_WINDOW seconds,
+    900 by default): `persona serve` runs it when due; without a server, run this at least
+    once a window. On SQLite each erasure purges at once; this retries one a reader held up.
+    Exit 0 when done or not due, 3 when it could not finish (it stays due).
+    """
+    from persona.purge import mark_of, run
+
+    with opened(ctx) as persona:
+        outcome = run(persona, force=force, rewrite=rewrite, wait_s=wait_s)
+        last = mark_of(persona.recorder).done
+    when = {"due": outcome.due, "finished": outcome.finished, "last_purge": last}
+    doc: dict[str, Any] = {"ran": outcome.ran, "done": outcome.done, "why_not": outcome.why,
+                           "seconds": round(outcome.seconds, 3),
+                           **{k: from_micros(v).isoformat() if v is not None else None for k, v in when.items()}}
+    if as_json:
+        emit_json(doc)
+    elif outcome.why is not None and not outcome.ran:
+        click.echo(f"not now: {outcome.why}")
+    elif outcome.why is not None:
+        click.echo(f"could not purge: {outcome.why}; it stays due ({doc['due'] or 'now'})", err=True)
+    elif outcome.ran:
+        click.echo(f"purged in {outcome.seconds * 1000:.0f} ms" + (f"; next due {doc['due']}" if doc["due"] else ""))
+    elif outcome.due is not None:
+        click.echo(f"not due until {doc['due']} (--now to purge now)")
+    else:
+        click.echo("nothing awaits a purge" + (f" (last purge {doc['last_purge']})" if last else ""))
+    if outcome.ran and not outcome.done:
         sys.exit(3)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from persona import identity
+from persona import identity, purge
 from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
@@ -24,8 +24,9 @@ RECEIPT_TYPE = "persona-erasure-receipt/1"
 @dataclass(frozen=True)
 class Erasure:
     receipt: dict[str, Any]
-    wal_truncated: bool
+    wal_truncated: bool | None  # SQLite: its WAL was truncated at once; None on PostgreSQL (see purge_due_by)
     seconds: float
+    purge_due_by: int | None = None  # µs: the physical purge is still to come (persona.purge); None: done
 
 
 def ledger_of(persona: Persona) -> ErasureLedger:
@@ -82,28 +83,37 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         rest = [member for member in joined if member not in person.members]
         if rest:  # a replayed erasure took one profile out of a person: the others regroup
             identity.regroup(rec, rest)
+        due: int | None = purge.note(persona, now or started)  # the window counts from the erasure's time
     persona.log.forget_cached_keys()
     if rest:
         from persona.projector import Projector  # projector -> core; imported only when needed
 
         Projector(persona).refresh(rest)
-    truncated = rec.checkpoint(checkpoint_wait_s)
+    truncated = purged_at = None
+    if rec.purges_at_once:  # SQLite: the WAL is truncated now, or the purge stays due (and is retried)
+        purged = purge.run(persona, force=True, wait_s=checkpoint_wait_s)
+        truncated, due, purged_at = purged.done, None if purged.done else purged.due, purged.finished
     body: dict[str, Any] = {
         "type": RECEIPT_TYPE,
         "profile_id": person.id,
         "erased_at": from_micros(erased_at).isoformat(),
         "counts": counts,
         "key_fingerprint": fingerprints[person.id],
-        "wal_truncated": truncated,
         "signer": fingerprint(persona.keyring.public_key.encode(), b"ed25519"),
     }
+    if truncated is not None:
+        body["wal_truncated"] = truncated
+    if due is not None:  # when the deleted rows' physical purge is due (persona.purge) ...
+        body["purge_due_by"] = from_micros(due).isoformat()
+    elif purged_at is not None:  # ... or when it was done, at once
+        body["purged_at"] = from_micros(purged_at).isoformat()
     if person.merged:  # every key deleted, by profile
         body["merged_profiles"] = {member: fingerprints[member] for member in person.members[1:]}
     if trained_on:
         body["models_to_retrain"] = [f"{name} v{version}" for name, version in trained_on]
     receipt = {"receipt": body, "signature": persona.keyring.sign(receipt_message(body))}
     seconds = (datetime.now(UTC) - started).total_seconds()
-    return Erasure(receipt, truncated, seconds)
+    return Erasure(receipt, truncated, seconds, due)
 
 
 def purge_identifier(persona: Persona, digest: bytes, *, now: datetime | None = None, reapply: bool = False) -> int:
@@ -114,7 +124,10 @@ def purge_identifier(persona: Persona, digest: bytes, *, now: datetime | None = 
             entry = LedgerEntry(micros(now or datetime.now(UTC)), purged=digest)
             ledger_of(persona).record(entry)
         purged = rec.purge_tagged([digest])
-    rec.checkpoint()
+        if purged:
+            purge.note(persona)
+    if purged and rec.purges_at_once:
+        purge.run(persona, force=True)
     return purged
 
 

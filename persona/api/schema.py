@@ -205,6 +205,10 @@ def _linker(ctx: RequestContext, operation: str) -> Writer:
     return ctx.token.writer
 
 
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
 def _erase(persona: Any, profile_id: str | None, subject: tuple[str, str] | None) -> Any:
     from persona.erasure import erase_profile, erase_subject
 
@@ -263,7 +267,9 @@ class Mutation:
         ctx.state.bus.changed([body["profile_id"], *merged])
         return ErasureReceipt(profile_id=body["profile_id"], merged_profiles=merged,
                               erased_at=datetime.fromisoformat(body["erased_at"]),
-                              key_fingerprint=body["key_fingerprint"], wal_truncated=body["wal_truncated"],
+                              key_fingerprint=body["key_fingerprint"], wal_truncated=body.get("wal_truncated"),
+                              purged_at=_instant(body.get("purged_at")),
+                              purge_due_by=_instant(body.get("purge_due_by")),
                               counts=body["counts"], signature=erasure.receipt["signature"], receipt=erasure.receipt)
 
 

@@ -421,7 +421,13 @@ class ErasureReceipt:
         description="Profiles merged into the person, erased with it (each key deleted)")
     erased_at: datetime
     key_fingerprint: str
-    wal_truncated: bool
+    wal_truncated: bool | None = strawberry.field(
+        description="SQLite: whether its WAL was truncated at once; null on PostgreSQL (see purgeDueBy)")
+    purged_at: datetime | None = strawberry.field(
+        description="When the deleted rows were physically purged, if that was done at once (SQLite)")
+    purge_due_by: datetime | None = strawberry.field(
+        description="When their physical purge is due, if it is still to come (PostgreSQL: one purge serves"
+                    " the erasures of a window, PERSONA_PURGE_WINDOW)")
     counts: JSON
     signature: str
     receipt: JSON = strawberry.field(description="The signed document: check it with `persona receipt verify`")

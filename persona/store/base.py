@@ -69,6 +69,10 @@ READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
 BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
 
 
+# The meta key of the purge mark: erasures noted, and when their physical purge is due (persona.purge).
+PURGE_MARK = "purge"
+
+
 class StoredEvent(NamedTuple):
     """One row of the log, as the backend keeps it (a tuple: cheap to make by the million)."""
 
@@ -156,6 +160,7 @@ class Recorder(Protocol):
     """
 
     commits: int  # transactions this connection committed
+    purges_at_once: bool  # erasure runs purge() itself (SQLite); else one purge serves a window (persona.purge)
 
     def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]:
         """durable: the commit (and every one before it) survives a power cut once this returns,
@@ -230,7 +235,17 @@ class Recorder(Protocol):
     def erasure_mark(self) -> int:
         """Changes whenever a profile is erased."""
     def checkpoint(self, wait_s: float = 5.0) -> bool:
-        """Make deleted pages unrecoverable from the backend's own logs (SQLite: truncate the WAL)."""
+        """Make deleted rows unrecoverable from the backend's own files: purge(rewrite=True)."""
+        ...
+    def purge_lock(self) -> AbstractContextManager[bool]:
+        """Held while a purge runs (PostgreSQL: across processes): True if this connection has it."""
+        ...
+    def purge(self, wait_s: float = 5.0, *, rewrite: bool = False) -> str | None:
+        """Remove what was deleted from the backend's files, outside a transaction: SQLite truncates
+        its WAL (deleted cells are zeroed already); PostgreSQL vacuums the tables erasure deletes
+        from, so no query or dead-row reader finds an erased row, and with `rewrite` writes them
+        anew, so no page keeps its bytes either. Waits up to `wait_s` for readers that still see
+        the deleted rows. None when done, else why not (never personal data)."""
         ...
 
     # quarantine
