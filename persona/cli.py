@@ -26,6 +26,7 @@ from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
+from persona.events import from_micros, local, micros
 from persona.identity import person_of
 from persona.ingest import ingest_records
 from persona.ingest.jsonl import jsonl_records
@@ -223,13 +224,16 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         click.echo(report.summary())
 
 
+INGEST = local("ingest")  # the writer sealed into what `persona ingest` appends
+
+
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
             progress: Callable[[int], None] | None = None, *, stream: bool = False,
             stop: threading.Event | None = None) -> Any:
     limit = persona.settings.max_event_bytes
     if stream and mapping is not None:  # rows are paced, so that an order's last item rows do not wait
         return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit, stop=stop),
-                              origin=name, stream=True, paced=True, catch_up=True, stop=stop)
+                              origin=name, stream=True, paced=True, catch_up=True, stop=stop, writer=INGEST)
     if mapping is None:
         records: Iterable[Any] = jsonl_records(handle, limit)
     else:
@@ -238,7 +242,7 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
     parallel = not stream and (os.cpu_count() or 1) > 1
     # catch_up: the index of whatever a killed ingest committed is brought up to date too
     return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel,
-                          catch_up=True, stop=stop)
+                          catch_up=True, stop=stop, writer=INGEST)
 
 
 def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:
@@ -340,7 +344,8 @@ def profile(ctx: click.Context, subject: str | None, profile: str | None, as_of:
             granted = ", ".join(f"{p}={v['granted']}" for p, v in attribute.items())
             click.echo(f"  consent: {granted}")
         else:
-            sources = ", ".join(sorted({p["source"] for p in attribute["provenance"]}))
+            sources = ", ".join(sorted({f"{p['source']} by {p['writer']}" + ("" if p["vouched"] else " (unvouched)")
+                                        for p in attribute["provenance"]}))
             click.echo(f"  {name}: {attribute['value']}  ({attribute['strategy']}; {sources})")
     f = doc["features"]
     shown = ("lifecycle_stage", "frequency", "monetary", "aov", "recency_days", "page_views", "sessions",
@@ -379,7 +384,7 @@ def link(ctx: click.Context, first: str, second: str) -> None:
     merged: each keeps its own events and key, and the person folds them all. One of the
     two must be known already. Undo with `persona unlink`."""
     with opened(ctx) as persona:
-        linked = link_identities(persona, parse_subject(first), parse_subject(second))
+        linked = link_identities(persona, parse_subject(first), parse_subject(second), writer=local("link"))
         record_local(persona, "link", "link", [linked.person], namespaces=_namespaces(first, second),
                      merged=linked.merged)
     click.echo(f"{'merged into' if linked.merged else 'linked to'} profile {linked.person}")
@@ -395,7 +400,7 @@ def unlink(ctx: click.Context, first: str, second: str) -> None:
     mistyped e-mail). Both people come back with their own histories, and a later record
     linking the two does not merge them again (only `persona link` does)."""
     with opened(ctx) as persona:
-        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second))
+        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second), writer=local("unlink"))
         record_local(persona, "unlink", "unlink", unlinked.people, namespaces=_namespaces(first, second),
                      mergesUndone=unlinked.merges_undone)
     click.echo(f"separated: profiles {unlinked.people[0]} and {unlinked.people[1]}"
@@ -444,10 +449,61 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
         click.echo(f"erased {body['profile_id']} in {erasure.seconds * 1000:.1f} ms ({counts})")
         if body.get("merged_profiles"):
             click.echo(f"  with the profiles merged into it: {', '.join(body['merged_profiles'])}")
+        if "purged_at" in body:
+            click.echo(f"physical purge: done at once ({body['purged_at']})")
+        elif erasure.wal_truncated is None:
+            click.echo(f"physical purge: due by {body['purge_due_by']} (`persona serve` runs it, or `persona purge`)")
         click.echo(f"receipt: {receipt_path or kept}")
-    if not erasure.wal_truncated:
+    if erasure.wal_truncated is False:
         click.echo("warning: a reader kept the WAL busy; the erased key may linger in it until the next "
-                   "checkpoint. Stop long readers and run `persona verify`.", err=True)
+                   "checkpoint. Stop long readers and run `persona purge`.", err=True)
+        sys.exit(3)
+    if erasure.purge_due_by is not None and erasure.purge_due_by < micros(datetime.now(UTC)):
+        click.echo("warning: an earlier purge is overdue: keep `persona serve` running, or run `persona purge`"
+                   " from cron at least once a window (PERSONA_PURGE_WINDOW).", err=True)
+
+
+@cli.command()
+@click.option("--now", "force", is_flag=True, help="Purge even if no purge is due yet.")
+@click.option("--full", "rewrite", is_flag=True,
+              help="PostgreSQL: rewrite the tables (VACUUM FULL), so that no page keeps an erased row's bytes"
+                   " in its free space. Reads of each table wait while it is rewritten: run it off-hours.")
+@click.option("--wait", "wait_s", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds to wait for readers that may still see the deleted rows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@click.pass_context
+@friendly
+def purge(ctx: click.Context, force: bool, rewrite: bool, wait_s: float, as_json: bool) -> None:
+    """Physically purge what erasures deleted, if a purge is due: for cron.
+
+    On PostgreSQL an erasure deletes the person's rows at once, and one VACUUM of the tables
+    erasure deletes from serves every erasure of a window (PERSONA_PURGE_WINDOW seconds,
+    900 by default): `persona serve` runs it when due; without a server, run this at least
+    once a window. On SQLite each erasure purges at once; this retries one a reader held up.
+    Exit 0 when done or not due, 3 when it could not finish (it stays due).
+    """
+    from persona.purge import mark_of, run
+
+    with opened(ctx) as persona:
+        outcome = run(persona, force=force, rewrite=rewrite, wait_s=wait_s)
+        last = mark_of(persona.recorder).done
+    when = {"due": outcome.due, "finished": outcome.finished, "last_purge": last}
+    doc: dict[str, Any] = {"ran": outcome.ran, "done": outcome.done, "why_not": outcome.why,
+                           "seconds": round(outcome.seconds, 3),
+                           **{k: from_micros(v).isoformat() if v is not None else None for k, v in when.items()}}
+    if as_json:
+        emit_json(doc)
+    elif outcome.why is not None and not outcome.ran:
+        click.echo(f"not now: {outcome.why}")
+    elif outcome.why is not None:
+        click.echo(f"could not purge: {outcome.why}; it stays due ({doc['due'] or 'now'})", err=True)
+    elif outcome.ran:
+        click.echo(f"purged in {outcome.seconds * 1000:.0f} ms" + (f"; next due {doc['due']}" if doc["due"] else ""))
+    elif outcome.due is not None:
+        click.echo(f"not due until {doc['due']} (--now to purge now)")
+    else:
+        click.echo("nothing awaits a purge" + (f" (last purge {doc['last_purge']})" if last else ""))
+    if outcome.ran and not outcome.done:
         sys.exit(3)
 
 
@@ -529,7 +585,13 @@ def keys_rewrap(ctx: click.Context) -> None:
 @click.pass_context
 @friendly
 def backup(ctx: click.Context, dest: Path) -> None:
-    """Write a consistent copy of the database to DEST (a new file, or a folder). Never the key file."""
+    """Write a consistent copy of the store to DEST (a new file, or a folder): never the key file, nor a read model.
+
+    The log stays sealed and the data keys wrapped; the read models that hold values in
+    plaintext (profile index, RFM scores, predictions) are left out, and `persona restore`
+    rebuilds them. Whoever holds the key file can open a backup: `persona keys rotate
+    --retire` makes every backup taken before it unreadable.
+    """
     with opened(ctx) as persona:
         info = backup_db(persona, dest)
     click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
@@ -618,23 +680,32 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
         click.echo("to use it: set PERSONA_DATABASE_URL to the target URL (the key file stays as it is)")
 
 
+TORN_LEDGER = ("note: the erasure ledger's last line was cut short by a crash mid-write (that erasure never"
+               " committed) and was passed over")
+
+
 @cli.command()
 @click.argument("source", metavar="BACKUP", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--yes", is_flag=True, help="Do not ask before replacing the database.")
 @click.pass_context
 @friendly
 def restore(ctx: click.Context, source: Path, yes: bool) -> None:
-    """Replace the database with BACKUP, then re-apply every erasure made since.
+    """Replace the database with BACKUP, re-applying every erasure made since and rebuilding the read models.
 
-    Stop every process using the data directory first (on PostgreSQL: every process
-    using the store, on every machine). On PostgreSQL the store is replaced in one
-    transaction, so a failure half-way leaves it as it was.
+    The erasures come from the ledger beside the key file (refused if any line of it does
+    not verify) and from the tombstones of the store being replaced. The copy is prepared
+    and verified beside the store, then swapped in: a failure half-way leaves the store as
+    it was (on PostgreSQL it is replaced in one transaction). Stop every process using the
+    data directory first (on PostgreSQL: every process using the store, on every machine).
     """
     settings = settings_of(ctx)
     if (settings.database_url or settings.db_path.exists()) and not yes:
         click.confirm("replace the current database with the backup?", abort=True)
     info = restore_db(settings, source)
-    click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s)")
+    if info.ledger_torn:
+        click.echo(TORN_LEDGER, err=True)
+    click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s);"
+               f" rebuilt the read models of {info.rebuilt} profile(s)")
 
 
 @cli.command("profiles")
@@ -730,14 +801,17 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
 @click.pass_context
 @friendly
 def verify(ctx: click.Context) -> None:
-    """Check every hash chain, that every live event opens, and that the erased hold no key.
+    """Check every hash chain, that live events open, that the erased hold no key, and the erasure ledger.
 
-    Exit 0 when everything checks out; 2 naming the first bad event otherwise.
+    Exit 0 when everything checks out; 2 naming the first bad event or ledger line otherwise.
     """
     with opened(ctx) as persona:
         report = verify_store(persona)
+    if report.ledger_torn:
+        click.echo(TORN_LEDGER, err=True)
     click.echo(f"ok: {report.events} events in {report.streams} streams verified "
-               f"({report.opened} opened, {report.erased} erased profiles hold no key)")
+               f"({report.opened} opened, {report.erased} erased profiles hold no key);"
+               f" {report.ledger_entries} erasure ledger entries verified")
 
 
 @cli.command()

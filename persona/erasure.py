@@ -1,8 +1,8 @@
-"""Erasure by key deletion, signed receipts, and the erasure ledger kept beside the key file."""
+"""Erasure by key deletion, signed receipts, and their entries in the erasure ledger (persona.ledger)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,11 +10,12 @@ from typing import Any
 
 import orjson
 
-from persona import identity
+from persona import identity, purge
 from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.events import from_micros, micros
+from persona.ledger import ErasureLedger, LedgerEntry
 from persona.models import ERASED_SINCE
 
 RECEIPT_TYPE = "persona-erasure-receipt/1"
@@ -23,61 +24,14 @@ RECEIPT_TYPE = "persona-erasure-receipt/1"
 @dataclass(frozen=True)
 class Erasure:
     receipt: dict[str, Any]
-    wal_truncated: bool
+    wal_truncated: bool | None  # SQLite: its WAL was truncated at once; None on PostgreSQL (see purge_due_by)
     seconds: float
+    purge_due_by: int | None = None  # µs: the physical purge is still to come (persona.purge); None: done
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    erased_at: int
-    profile_id: str | None = None  # a profile erased
-    purged: bytes | None = None  # or: the keyed hash of an identifier with no profile, whose quarantine was purged
-
-
-class ErasureLedger:
-    """Profile ids (or keyed identifier hashes) and erasure times, one JSON object a line,
-    fsynced: nothing personal.
-
-    It lives beside the key file, outside the database, so that a restored backup
-    can be brought up to date with every erasure made after it was taken.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def record(self, entry: LedgerEntry) -> None:
-        doc: dict[str, str] = {"erased_at": from_micros(entry.erased_at).isoformat()}
-        if entry.profile_id is not None:
-            doc["profile_id"] = entry.profile_id
-        if entry.purged is not None:
-            doc["purged"] = entry.purged.hex()
-        line = orjson.dumps(doc) + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def entries(self) -> list[LedgerEntry]:
-        """Every complete entry. A torn last line (a crash mid-write, before the database
-        committed anything) is passed over."""
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in raw.splitlines():
-            try:
-                doc = orjson.loads(line)
-                at = micros(datetime.fromisoformat(doc["erased_at"]))
-                purged = bytes.fromhex(doc["purged"]) if "purged" in doc else None
-                out.append(LedgerEntry(at, doc.get("profile_id"), purged))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-        return out
+def ledger_of(persona: Persona) -> ErasureLedger:
+    """The erasure ledger beside the key file, its lines signed with a key derived from it."""
+    return ErasureLedger.of(persona.settings.ledger_path, persona.keyring)
 
 
 def receipt_message(body: dict[str, Any]) -> bytes:
@@ -114,7 +68,7 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
             fingerprints[member] = fingerprint(persona.keyring.unwrap(member, head.kek_version, bytes(head.wrapped)),
                                                b"dek")
         if not reapply:
-            ledger = ErasureLedger(persona.settings.ledger_path)
+            ledger = ledger_of(persona)
             for member in person.members:
                 ledger.record(LedgerEntry(erased_at, profile_id=member))
         counts: dict[str, int] = {}
@@ -129,28 +83,37 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         rest = [member for member in joined if member not in person.members]
         if rest:  # a replayed erasure took one profile out of a person: the others regroup
             identity.regroup(rec, rest)
+        due: int | None = purge.note(persona, now or started)  # the window counts from the erasure's time
     persona.log.forget_cached_keys()
     if rest:
         from persona.projector import Projector  # projector -> core; imported only when needed
 
         Projector(persona).refresh(rest)
-    truncated = rec.checkpoint(checkpoint_wait_s)
+    truncated = purged_at = None
+    if rec.purges_at_once:  # SQLite: the WAL is truncated now, or the purge stays due (and is retried)
+        purged = purge.run(persona, force=True, wait_s=checkpoint_wait_s)
+        truncated, due, purged_at = purged.done, None if purged.done else purged.due, purged.finished
     body: dict[str, Any] = {
         "type": RECEIPT_TYPE,
         "profile_id": person.id,
         "erased_at": from_micros(erased_at).isoformat(),
         "counts": counts,
         "key_fingerprint": fingerprints[person.id],
-        "wal_truncated": truncated,
         "signer": fingerprint(persona.keyring.public_key.encode(), b"ed25519"),
     }
+    if truncated is not None:
+        body["wal_truncated"] = truncated
+    if due is not None:  # when the deleted rows' physical purge is due (persona.purge) ...
+        body["purge_due_by"] = from_micros(due).isoformat()
+    elif purged_at is not None:  # ... or when it was done, at once
+        body["purged_at"] = from_micros(purged_at).isoformat()
     if person.merged:  # every key deleted, by profile
         body["merged_profiles"] = {member: fingerprints[member] for member in person.members[1:]}
     if trained_on:
         body["models_to_retrain"] = [f"{name} v{version}" for name, version in trained_on]
     receipt = {"receipt": body, "signature": persona.keyring.sign(receipt_message(body))}
     seconds = (datetime.now(UTC) - started).total_seconds()
-    return Erasure(receipt, truncated, seconds)
+    return Erasure(receipt, truncated, seconds, due)
 
 
 def purge_identifier(persona: Persona, digest: bytes, *, now: datetime | None = None, reapply: bool = False) -> int:
@@ -159,9 +122,12 @@ def purge_identifier(persona: Persona, digest: bytes, *, now: datetime | None = 
     with rec.transaction():
         if not reapply:
             entry = LedgerEntry(micros(now or datetime.now(UTC)), purged=digest)
-            ErasureLedger(persona.settings.ledger_path).record(entry)
+            ledger_of(persona).record(entry)
         purged = rec.purge_tagged([digest])
-    rec.checkpoint()
+        if purged:
+            purge.note(persona)
+    if purged and rec.purges_at_once:
+        purge.run(persona, force=True)
     return purged
 
 
@@ -201,11 +167,11 @@ def verify_receipt(doc: Any, public_key: str) -> dict[str, Any]:
     return body
 
 
-def reapply_ledger(persona: Persona) -> list[str]:
-    """Erase again every profile the ledger names that the database still holds a key for,
-    and purge again every identifier's quarantined records. Returns the profiles erased."""
+def reapply_ledger(persona: Persona, entries: Iterable[LedgerEntry]) -> list[str]:
+    """Erase again every profile these ledger entries name that the database still holds a key
+    for, and purge again every identifier's quarantined records. Returns the profiles erased."""
     done = []
-    for entry in ErasureLedger(persona.settings.ledger_path).entries():
+    for entry in entries:
         if entry.purged is not None:
             purge_identifier(persona, entry.purged, reapply=True)
         if entry.profile_id is None:

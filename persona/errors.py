@@ -58,6 +58,10 @@ class TamperError(PersonaError):
         self.position = position
 
 
+class LedgerError(TamperError):
+    """The erasure ledger cannot be trusted: a line was altered, removed, moved or added."""
+
+
 class ValidationError(PersonaError):
     """A record does not match the canonical event format (EVENTS.md)."""
 

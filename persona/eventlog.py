@@ -30,7 +30,7 @@ from persona.errors import (
     TamperError,
     UnknownProfileError,
 )
-from persona.events import Event, RecordedEvent, Subject, from_micros, micros
+from persona.events import LIBRARY, UNKNOWN_WRITER, Event, RecordedEvent, Subject, Writer, from_micros, micros
 from persona.pseudonyms import normalise, short_hash, subject_hash
 from persona.settings import Settings
 from persona.store.base import Head, Recorder, StoredEvent
@@ -207,7 +207,7 @@ class EventLog:
 
     # -- append --------------------------------------------------------------------------
     def append(self, events: Sequence[Event], *, now: datetime | None = None, keep: bool = False,
-               relink: bool = False) -> AppendResult:
+               relink: bool = False, writer: Writer = LIBRARY) -> AppendResult:
         """Append a batch, resolving each subject to its profile (new subjects get one).
 
         Atomic: the whole batch or nothing. Idempotent on event_id: events already in
@@ -217,6 +217,10 @@ class EventLog:
         An `identity_linked` event whose two identifiers belong to two existing people merges
         them (persona.identity) — unless a merge of theirs was undone; with `relink` (an
         explicit request, not a record's say-so) it is made all the same.
+
+        `writer` is sealed into each event (and the merge markers it causes); it does not
+        take part in the idempotency key, so the same record from another writer is a duplicate.
+        Which events a writer may send is its caller's to check (persona.api.access).
         """
         recorded = micros(now or datetime.now(UTC))
         keyed: dict[bytes, Event] = {}
@@ -228,18 +232,20 @@ class EventLog:
                 keyed.setdefault(h.digest(), event)
             nested = self.recorder.in_transaction()
             try:
-                result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, relink=relink)
+                result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, relink=relink,
+                                            writer=writer)
             except (DuplicateEventError, ConcurrencyError):
                 if nested:  # the caller's transaction holds what the failed attempt wrote: theirs to roll back
                     raise
                 # The fast path assumes new events and a current cache; a re-ingest (or a
                 # writer we did not see) takes the careful path, from the database alone.
-                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, relink=relink)
+                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, relink=relink,
+                                            writer=writer)
         result.duplicates += len(events) - len(keyed)
         return result
 
     def _append_batch(self, keyed: dict[bytes, Event], recorded: int, *, check_duplicates: bool,
-                      keep: bool, relink: bool = False) -> AppendResult:
+                      keep: bool, relink: bool = False, writer: Writer = LIBRARY) -> AppendResult:
         rec = self.recorder
         result = AppendResult()
         try:
@@ -251,7 +257,7 @@ class EventLog:
                     result.duplicates = len(existing)
                     keyed = {k: e for k, e in keyed.items() if k not in existing}
                 if keyed:
-                    self._append_locked(keyed, recorded, result, keep, relink)
+                    self._append_locked(keyed, recorded, result, keep, relink, writer)
                 # Read under the write lock: after COMMIT another writer could slip in unseen.
                 seen = rec.data_version()
         except BaseException:
@@ -263,7 +269,7 @@ class EventLog:
         return result
 
     def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool,
-                       relink: bool = False) -> None:
+                       relink: bool, writer: Writer) -> None:
         rec = self.recorder
         pepper = self.keyring.pepper
         hashes: dict[Subject, bytes] = {}
@@ -322,14 +328,15 @@ class EventLog:
         if missing:
             for pid, head in rec.heads(missing).items():
                 tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
-        rows = self._seal(items, touched, hashes, recorded)
+        rows = self._seal(items, touched, hashes, recorded, writer)
         rec.insert_events(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
         if keep:  # hand the opened events to projections: no need to read them back
             start = rec.last_position() - len(rows) + 1  # one writer: the batch took consecutive positions
             result.recorded = [
                 RecordedEvent(start + n, pid, row[1], event.event_id, event.type, event.source, event.occurred_at,
-                              recorded, (event.subject.namespace, h[:6].hex()), event.data)
+                              recorded, (event.subject.namespace, h[:6].hex()), event.data, writer.name,
+                              writer.vouches(event.source))
                 for n, ((pid, _, event, h), row) in enumerate(zip(items, rows, strict=True))
             ]
         result.appended = len(rows)
@@ -374,7 +381,7 @@ class EventLog:
             identity.regroup(rec, sorted(joined))
 
     def append_to(self, profile_id: str, events: Sequence[Event], *, expected_version: int,
-                  now: datetime | None = None) -> int:
+                  now: datetime | None = None, writer: Writer = LIBRARY) -> int:
         """Append to one known stream if it is still at `expected_version`; returns the new version.
 
         Raises ConcurrencyError when the stream has moved on, DuplicateEventError when an
@@ -406,7 +413,7 @@ class EventLog:
                         hashes[subj] = subject_hash(pepper, *subj)
             self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.sealer(profile_id, head))
             items = [(profile_id, key, ev, hashes[ev.subject]) for key, ev in keyed.items()]
-            rows = self._seal(items, [profile_id], hashes, recorded)
+            rows = self._seal(items, [profile_id], hashes, recorded, writer)
             rec.insert_events(rows)
             _, version, chain, _ = self._tips[profile_id]
             rec.set_heads([(version, chain, head.no)])
@@ -414,10 +421,12 @@ class EventLog:
         return version
 
     def _seal(self, items: list[tuple[str, bytes, Event, bytes]], streams: list[str],
-              hashes: dict[Subject, bytes], recorded: int) -> list[Row]:
+              hashes: dict[Subject, bytes], recorded: int, writer: Writer) -> list[Row]:
         """Seal, number and chain new events in arrival order, advancing the cached stream tips.
 
         items: (profile id, event key, event, subject hash); streams: the profile ids among them.
+        Each payload names its writer ("by"), and holds "vouch": false when the writer did not vouch
+        for the event's source (the common case, a vouched one, costs no bytes).
         """
         nonces = os.urandom(12 * len(items))
         rows: list[Row] = []
@@ -428,6 +437,7 @@ class EventLog:
         refs = {digest: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
         kinds: dict[str, bytes] = {}
         cursors = {sid: _Cursor(sid, *tips[sid]) for sid in streams}
+        by, vouches = writer.name, writer.vouches
         for n, (sid, key, event, h) in enumerate(items):
             at = cursors[sid]
             version = at.version + 1
@@ -437,7 +447,10 @@ class EventLog:
                 "at": event.occurred_at,
                 "sub": refs[h],
                 "data": event.data,
+                "by": by,
             }
+            if not vouches(event.source):
+                body["vouch"] = False  # absent means vouched, as for events written before writers were
             if event.other is not None:
                 body["other"] = refs[hashes[event.other]]
             kind = kinds.get(event.type)
@@ -468,7 +481,8 @@ class EventLog:
             ) from None
         sub = body["sub"]
         return _new_tuple(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
-                                          recorded_us, (sub[0], sub[1][:12]), body["data"]))
+                                          recorded_us, (sub[0], sub[1][:12]), body["data"],
+                                          body.get("by", UNKNOWN_WRITER), body.get("vouch", True)))
 
     def read(self, profile_id: str, after_version: int = 0) -> list[RecordedEvent]:
         """One stream, opened, in version order."""
@@ -561,7 +575,8 @@ class EventLog:
             if subject is None:
                 subject = subjects[ref] = (body["sub"][0], ref[:12])
             yield new(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
-                                      recorded_us, subject, body["data"]))
+                                      recorded_us, subject, body["data"], body.get("by", UNKNOWN_WRITER),
+                                      body.get("vouch", True)))
 
     def _open_streams(self, numbers: set[int]) -> None:
         """Fill the replay cache for these stream numbers (None for an erased stream)."""

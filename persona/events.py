@@ -72,9 +72,39 @@ def text_micros(text: str) -> int:
     return micros(datetime.fromisoformat(text))
 
 
+class Writer(NamedTuple):
+    """Who appends events: an API token (`token:NAME`), a local command (`local:ingest`), or a
+    program using the library (`library`). Its name is sealed into every event it writes.
+
+    `sources` are the sources it vouches for: None for the operator (a local command or the
+    library, which hold the keys anyway) — every source; for a token, those it is bound to
+    (none when unbound). Only a vouched claim takes its source's rank in attribute fusion.
+    """
+
+    name: str
+    sources: frozenset[str] | None = None
+
+    def vouches(self, source: str) -> bool:
+        return self.sources is None or source in self.sources
+
+
+LIBRARY = Writer("library")  # a program calling the library without naming itself
+UNKNOWN_WRITER = "unknown"  # events written before writers were recorded
+
+
+def local(command: str) -> Writer:
+    """A command of the `persona` CLI, run by the operator."""
+    return Writer("local:" + command)
+
+
 class RecordedEvent(NamedTuple):
     """An event read back from the log, opened. A named tuple: replay makes one per event, and
-    a tuple is made at a fraction of a frozen dataclass's cost (measured: bench-peer's replay)."""
+    a tuple is made at a fraction of a frozen dataclass's cost (measured: bench-peer's replay).
+
+    `writer` names who appended it (`Writer.name`; UNKNOWN_WRITER before writers were recorded)
+    and `vouched` says whether that writer vouched for its source (an unknown writer's events
+    keep their source's rank, as they always had: see docs/projections.md).
+    """
 
     position: int
     profile_id: str
@@ -86,6 +116,8 @@ class RecordedEvent(NamedTuple):
     recorded_us: int  # microseconds since the epoch, UTC
     subject: tuple[str, str]  # (namespace, short hash): never the identifier itself
     data: dict[str, Any]
+    writer: str = UNKNOWN_WRITER
+    vouched: bool = True
 
     @property
     def recorded_at(self) -> datetime:
@@ -103,6 +135,8 @@ class RecordedEvent(NamedTuple):
             "recorded_at": self.recorded_at.isoformat(),
             "subject": {"namespace": self.subject[0], "hash": self.subject[1]},
             "data": self.data,
+            "writer": self.writer,
+            "vouched": self.vouched,
         }
 
 
@@ -328,6 +362,9 @@ DATA_SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
     },
 }
 EVENT_TYPES = frozenset(DATA_SPECS)
+# Types that say who a person is (their attributes, their identifiers): a token writes them only
+# when its event types name them (`persona tokens create --types`), never by default.
+PRIVILEGED_TYPES = frozenset({"identity_linked", "profile_updated"})
 
 
 def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:
@@ -406,6 +443,11 @@ def validate(
         extra = set(raw) - _ENVELOPE
         raise ValidationError("record: unknown top-level field(s): " + ", ".join(sorted(_safe(k) for k in extra)))
     return Event(event_id, source, kind, occurred, subject, data, other)
+
+
+def valid_source(name: str) -> bool:
+    """A name that `validate` accepts as an event's `source`."""
+    return _valid_name(name) and name != RESERVED_SOURCE
 
 
 @lru_cache(maxsize=1024)

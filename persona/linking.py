@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from persona import identity
 from persona.core import Persona
 from persona.errors import LinkError, UnknownProfileError
-from persona.events import Event, Subject, micros, utc_text
+from persona.events import LIBRARY, Event, Subject, Writer, micros, utc_text
 from persona.projector import Projector
 from persona.pseudonyms import normalise
 
@@ -33,7 +33,7 @@ def _subject(persona: Persona, namespace: str, value: str) -> Subject:
 
 
 def link(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, source: str = "cli",
-         now: datetime | None = None) -> Linked:
+         now: datetime | None = None, writer: Writer = LIBRARY) -> Linked:
     """Declare two identifiers one person. At least one must be known already; a known pair of
     two people is merged, even if a merge of theirs was undone before (this is the explicit word)."""
     moment = now or datetime.now(UTC)
@@ -46,13 +46,14 @@ def link(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, source: st
         if log.profile_for(*b) is None:
             raise UnknownProfileError("neither identifier is linked to a profile")
     event = Event("link:" + secrets.token_hex(12), source, "identity_linked", utc_text(moment), one, {}, other)
-    result = log.append([event], now=moment, relink=True)
+    result = log.append([event], now=moment, relink=True, writer=writer)
     person = identity.person_of(rec, log.profile_for(*a) or "")
     Projector(persona).refresh(person.members)
     return Linked(person.id, result.merges > 0)
 
 
-def unlink(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, now: datetime | None = None) -> Unlinked:
+def unlink(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, now: datetime | None = None,
+           writer: Writer = LIBRARY) -> Unlinked:
     """Undo the merge that joined these two identifiers' profiles. Each profile keeps its own
     events (they were never moved), so both people come back as they were, with what each
     has done since; the same two are not merged again by a later record, only by `link`."""
@@ -82,7 +83,7 @@ def unlink(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, now: dat
         markers = [Event(f"unmerge:{edge}:{side}", identity.MERGE_SOURCE, identity.UNMERGED, utc_text(moment),
                          _subject(persona, *who), {"with": peer, "edge": edge})
                    for edge in chosen for side, (who, peer) in enumerate(((a, pb), (b, pa)))]
-        log.append(markers, now=moment)
+        log.append(markers, now=moment, writer=writer)
         people = identity.regroup(rec, [pa, pb])
     Projector(persona).refresh([pa, pb])
     by_stream = {m: p.id for p in people for m in p.members}

@@ -9,7 +9,7 @@ verifies and every live event still opens with its key.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,16 +28,16 @@ class MigrateReport:
     opened: int = 0  # checked: live events opened with their keys
 
 
-def copy_store(source: Recorder, target: Recorder, progress: Callable[[str, int], None] | None = None
-               ) -> dict[str, int]:
-    """Every row of every table, numbers (positions, stream numbers) kept, as of one moment of the
-    source (writers may go on: the copy is of that moment). The target must be empty. Returns
-    the rows copied per table."""
+def copy_store(source: Recorder, target: Recorder, progress: Callable[[str, int], None] | None = None,
+               *, tables: Sequence[str] = tuple(TABLES)) -> dict[str, int]:
+    """Every row of every table (or of these), numbers (positions, stream numbers) kept, as of one
+    moment of the source (writers may go on: the copy is of that moment). The target must be
+    empty. Returns the rows copied per table."""
     if target.counts()["events"] or target.counts()["streams"]:
         raise ConfigurationError("the target store is not empty; migrate only into a new store")
     copied: dict[str, int] = {}
     with source.snapshot(), target.transaction():
-        for table in TABLES:
+        for table in tables:
             copied[table] = 0
             for page in source.dump(table):
                 target.load(table, page)

@@ -29,6 +29,7 @@ class Settings:
     snapshot_every: int = 100  # events of a stream between snapshots of its projections
     api_dev: bool = False  # PERSONA_API_DEV=1: the server offers GraphiQL to browsers
     database_url: str | None = None  # PERSONA_DATABASE_URL or DIR/backend.url: PostgreSQL; None: SQLite
+    purge_window_s: int = 15 * 60  # PERSONA_PURGE_WINDOW: one physical purge serves the erasures of this many seconds
 
     @property
     def db_path(self) -> Path:
@@ -74,6 +75,7 @@ class Settings:
             batch_size=_positive(env, "PERSONA_BATCH_SIZE", 20_000),
             quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
             snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
+            purge_window_s=_positive(env, "PERSONA_PURGE_WINDOW", 15 * 60),
             api_dev=env.get("PERSONA_API_DEV") == "1",
             database_url=database_url,
         )

@@ -1,5 +1,6 @@
 """Check the whole store: hash chains, gap-free versions, that live events open, that the
-erased hold no key, that merged persons are what the recorded merges make."""
+erased hold no key, that merged persons are what the recorded merges make, and that every
+line of the erasure ledger is genuine and was committed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from persona import identity
 from persona.core import Persona
 from persona.crypto import Sealer
-from persona.erasure import ErasureLedger
+from persona.erasure import ledger_of
 from persona.errors import PersonaError, TamperError, UnfinishedErasureError
 from persona.eventlog import chain_hash, event_aad, genesis
 from persona.store.base import Head, StoredEvent
@@ -21,10 +22,12 @@ class VerifyReport:
     streams: int = 0
     opened: int = 0
     erased: int = 0
+    ledger_entries: int = 0
+    ledger_torn: bool = False  # its last line was torn by a crash mid-write (that erasure never committed)
 
 
 def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Walk every stream; the first bad event raises TamperError naming it."""
+    """Walk every stream; the first bad event (or erasure ledger line) raises TamperError naming it."""
     rec = persona.recorder
     keyring = persona.keyring
     chain_key = persona.log.chain_key
@@ -88,8 +91,9 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
         if rec.links_of(sid):
             raise TamperError(f"erased profile {sid} still has identity links")
     _check_persons(persona, heads, set(erased))
-    ledger = ErasureLedger(persona.settings.ledger_path).entries()
-    for pid in sorted({e.profile_id for e in ledger if e.profile_id} - set(erased)):
+    ledger = ledger_of(persona).read()
+    report.ledger_entries, report.ledger_torn = len(ledger.entries), ledger.torn
+    for pid in sorted({e.profile_id for e in ledger.entries if e.profile_id} - set(erased)):
         head = heads.get(pid)
         if head is not None and head.wrapped is not None:
             raise UnfinishedErasureError(

@@ -168,9 +168,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     text += (
         "\nBoth stores take one writer at a time (SQLite's write lock; on PostgreSQL an advisory lock, so that"
         " positions commit in order and identity resolution stays exact): PostgreSQL's gain is many processes and"
-        " machines sharing one log, not a faster single writer. Erasure on PostgreSQL rewrites the identity and"
-        " read-model tables (VACUUM FULL), so its cost follows the population, not the person's history"
-        " (docs/postgresql.md).\n"
+        " machines sharing one log, not a faster single writer. Erasure on PostgreSQL deletes the person's rows"
+        " and leaves the VACUUM to one purge per window, off the request path (docs/postgresql.md; its cost as"
+        " the population grows: `scripts/bench-pg-erasure`).\n"
     )
     print(text)
     if not quick:

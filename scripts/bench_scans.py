@@ -182,7 +182,7 @@ def main() -> None:
                 reads = frozenset({"profiles:read"})
                 point_token = create_token(p, "points", reads, rate_per_s=1e9)
                 scan_tokens = [create_token(p, f"scan{n}", frozenset({"insights:read"}), rate_per_s=1e9,
-                                            epsilon_budget=1e9) for n in range(10)]
+                                            epsilon_budget=1e9, delta_budget=1e-3) for n in range(10)]
             port = free_port()
             server = Server("persona serve", [sys.executable, "-m", "persona", "--data", str(data.data_dir),
                                               "serve", "--port", str(port)], port, root / "server.log")

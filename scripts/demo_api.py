@@ -38,7 +38,8 @@ LIST = """{
     pageInfo { hasNextPage endCursor }
   }
 }"""
-INSIGHTS = """{ insights(groupBy: ["lifecycle_stage"], metric: "monetary") { groups { key count mean } threshold } }"""
+INSIGHTS = """{ insights(groupBy: ["lifecycle_stage"], metric: "monetary", epsilon: 1.0) {
+  groups { key count mean } threshold epsilon delta epsilonRemaining deltaRemaining } }"""
 
 Check = Callable[[dict[str, Any]], str | None]  # None: as expected; else what is wrong
 
@@ -68,14 +69,17 @@ def _list(data: dict[str, Any]) -> str | None:
 
 def _insights(data: dict[str, Any]) -> str | None:
     i = data["insights"]
-    return None if i["threshold"] >= 2 and isinstance(i["groups"], list) else "no insights"
+    if not (i["threshold"] >= 2 and isinstance(i["groups"], list)):
+        return "no insights"
+    return None if i["epsilon"] and i["delta"] and i["epsilonRemaining"] is not None else "nothing was charged"
 
 
 EXAMPLES: list[tuple[str, str, Check]] = [
     ("a profile by e-mail, with features and its latest events", PROFILE, _profile),
     ("the same person as of 1 June 2025 (replayed)", PAST, _past),
     ("profiles, filtered and paginated", LIST, _list),
-    ("population insights (groups under k people are left out)", INSIGHTS, _insights),
+    ("population insights, differentially private (ε and δ charged to the token; small groups stay hidden)",
+     INSIGHTS, _insights),
 ]
 
 

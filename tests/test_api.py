@@ -34,17 +34,17 @@ from click.testing import CliRunner, Result
 from starlette.exceptions import StarletteDeprecationWarning
 
 from persona import Persona, Settings
-from persona.api.access import SCOPES, create_token, list_tokens, revoke_token
+from persona.api.access import DEFAULT_DELTA_BUDGET, SCOPES, create_token, list_tokens, revoke_token
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
-from persona.api.plan import FIELD_SCOPES, Limits
+from persona.api.plan import FIELD_SCOPES, UNLESS_ARGUMENT, Limits
 from persona.api.schema import schema
 from persona.cli import cli
 from persona.erasure import verify_receipt
 from persona.errors import ErasedError, ReceiptError, ValidationError
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
-from persona.insights import BOUNDS
+from persona.insights import BOUNDS, DELTA, EPSILON_FLOOR
 from persona.population import compute_rfm, indexed
 from persona.pseudonyms import normalise, short_hash
 from tests.conftest import record
@@ -182,7 +182,7 @@ WORLD_TOKENS: dict[str, tuple[frozenset[str], dict[str, float]]] = {
     "reader": (frozenset({"profiles:read"}), {}),
     "historian": (frozenset({"profiles:read", "history:read"}), {}),
     "oracle": (frozenset({"profiles:read", "predictions:read"}), {}),
-    "analyst": (frozenset({"insights:read"}), {}),
+    "analyst": (frozenset({"insights:read", "insights:exact"}), {}),
     "noisy": (frozenset({"insights:read"}), {"epsilon_budget": 10.0}),
     "tight": (frozenset({"insights:read"}), {"epsilon_budget": 1.5}),
     "careful": (frozenset({"insights:read"}), {"epsilon_budget": 1.0}),
@@ -623,7 +623,7 @@ def test_profiles_filter_attributes_must_be_an_object(api: Api) -> None:
 INSIGHTS = """query($by: [String!], $metric: String, $filter: ProfileFilter, $epsilon: Float, $bounds: [Float!]) {
   insights(groupBy: $by, metric: $metric, filter: $filter, epsilon: $epsilon, bounds: $bounds) {
     groups { key count mean distribution { from to count } }
-    k threshold metric epsilon epsilonRemaining
+    k threshold metric epsilon epsilonRemaining delta deltaRemaining
   }
 }"""
 
@@ -643,6 +643,7 @@ def test_insights_show_only_groups_of_at_least_k(api: Api, everyone: list[dict[s
     assert shown_groups(answer, "lifecycle_stage") == big  # the small groups leave no trace
     assert answer["threshold"] == k
     assert answer["epsilon"] is None and answer["epsilonRemaining"] is None
+    assert answer["delta"] is None and answer["deltaRemaining"] is None
 
 
 @pytest.fixture(scope="module")
@@ -667,7 +668,7 @@ def test_insights_counts_add_up_to_the_population(api_k1: Api, everyone: list[di
 
 def test_insights_metric_mean_and_histogram(api: Api, everyone: list[dict[str, Any]]) -> None:
     shown = hidden = 0
-    for bounds in (None, [0.0, 100_000.0]):  # fine bins (some hold few people), then one coarse bin
+    for bounds in (None, [0.0, 1.0]):  # bins that hold few people, then everyone clipped into the top bin
         answer = api.data(INSIGHTS, {"by": ["country"], "metric": "monetary", "bounds": bounds},
                           token="analyst")["insights"]
         assert answer["metric"] == "monetary" and answer["groups"]
@@ -719,18 +720,31 @@ def test_insights_bad_arguments(api: Api, variables: dict[str, Any], words: str)
 
 
 def test_insights_with_epsilon_are_noisy_and_spend_the_budget(api: Api, world: World) -> None:
-    exact = shown_groups(api.data(INSIGHTS, token="noisy")["insights"], "lifecycle_stage")
-    first = api.data(INSIGHTS, {"epsilon": 1.0}, token="noisy")["insights"]
-    assert first["epsilon"] == 1.0 and first["epsilonRemaining"] == pytest.approx(9.0)
-    second = api.data(INSIGHTS, {"epsilon": 2.5}, token="noisy")["insights"]
-    assert second["epsilonRemaining"] == pytest.approx(6.5)
-    noisy = [shown_groups(first, "lifecycle_stage"), shown_groups(second, "lifecycle_stage")]
-    pairs = [(answer[key], exact[key]) for answer in noisy for key in answer.keys() & exact.keys()]
-    assert pairs, "the large groups must survive the noise"
-    assert any(got != true for got, true in pairs), "answers with epsilon must carry noise"
+    asked = {"by": ["region"], "metric": "monetary"}  # no one has a region: everyone is in one group
+    (whole,) = api.data(INSIGHTS, asked, token="analyst")["insights"]["groups"]
+    assert whole["count"] == world.population
+    first = api.data(INSIGHTS, asked | {"epsilon": 1.0}, token="noisy")["insights"]
+    second = api.data(INSIGHTS, asked | {"epsilon": 2.0}, token="noisy")["insights"]
+    assert (first["epsilonRemaining"], second["epsilonRemaining"]) == (pytest.approx(9.0), pytest.approx(7.0))
+    for answer, epsilon in ((first, 1.0), (second, 2.0)):
+        assert epsilon - 1e-9 <= answer["epsilon"] <= epsilon  # what OpenDP's maps say, never more than asked
+        assert 0 < answer["delta"] <= DELTA
+        # the population (116) is far over the threshold (56 at ε = 1, 29 at ε = 2): shown unless
+        # the count's noise (scale 2 or 1) falls below -60, with probability under e^-30
+        (group,) = answer["groups"]
+        assert group["key"] == whole["key"] and answer["threshold"] <= 56
+        assert abs(group["count"] - whole["count"]) < 60
+        assert 0 <= group["mean"] <= BOUNDS["monetary"][1]
+        assert len(group["distribution"]) == 10 and all(b["count"] >= 0 for b in group["distribution"])
+    assert second["deltaRemaining"] == pytest.approx(DEFAULT_DELTA_BUDGET - first["delta"] - second["delta"])
+    # the mean is the noisy sum over the noisy number: the sum's noise alone (discrete, scale
+    # 6·10⁴/ε in money) leaves a mean equal to the exact one, to 4 decimals, with probability
+    # under 1e-6 each time; both at once under 1e-12
+    assert first["groups"][0]["mean"] != whole["mean"] or second["groups"][0]["mean"] != whole["mean"]
     with Persona.open(world.settings) as p:
-        spent = {t.name: t.epsilon_spent for t in list_tokens(p)}
-    assert spent["noisy"] == pytest.approx(3.5)
+        spent = {t.name: (t.epsilon_spent, t.delta_spent) for t in list_tokens(p)}["noisy"]
+    assert spent == (pytest.approx(first["epsilon"] + second["epsilon"]),
+                     pytest.approx(first["delta"] + second["delta"]))
 
 
 def test_insights_budget_exhausted(api: Api) -> None:
@@ -741,16 +755,17 @@ def test_insights_budget_exhausted(api: Api) -> None:
     assert doc["data"] is None and doc["errors"][0]["extensions"]["code"] == "BUDGET_EXHAUSTED"
     last = api.data(INSIGHTS, {"epsilon": 0.5}, token="tight")["insights"]
     assert last["epsilonRemaining"] == pytest.approx(0.0, abs=1e-6)
-    error = api.error(INSIGHTS, {"epsilon": 0.01}, token="tight")
+    error = api.error(INSIGHTS, {"epsilon": EPSILON_FLOOR}, token="tight")
     assert error["extensions"]["code"] == "BUDGET_EXHAUSTED"
 
 
-@pytest.mark.parametrize("epsilon", [0.0, -1.0, 10.5])
-def test_insights_epsilon_out_of_range_spends_nothing(api: Api, epsilon: float) -> None:
-    error = api.error(INSIGHTS, {"epsilon": epsilon}, token="careful")
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, 2.5, 10.5, 1e300, 1e-320, 5e-324, 0.009])
+def test_insights_epsilon_out_of_range_spends_nothing(api: Api, world: World, epsilon: float) -> None:
+    error = api.error(INSIGHTS, {"epsilon": epsilon, "metric": "monetary"}, token="careful")
     assert error["extensions"]["code"] == "BAD_REQUEST" and "epsilon" in error["message"]
-    probe = api.data(INSIGHTS, {"epsilon": 0.001}, token="careful")["insights"]
-    assert probe["epsilonRemaining"] > 0.95
+    with Persona.open(world.settings) as p:
+        careful = {t.name: t for t in list_tokens(p)}["careful"]
+    assert (careful.epsilon_spent, careful.delta_spent) == (0.0, 0.0)
 
 
 # -- scopes and tokens ---------------------------------------------------------------------------
@@ -769,6 +784,7 @@ Q_INLINE_HISTORY = "{ profiles(first: 1) { nodes { ... on Profile { history { no
     ("reader", Q_HISTORY, "history:read"),
     ("reader", Q_PREDICTIONS, "predictions:read"),
     ("reader", Q_INSIGHTS, "insights:read"),
+    ("noisy", Q_INSIGHTS, "insights:exact"),  # no epsilon: an exact answer
     ("reader", Q_INGEST, "events:write"),
     ("reader", Q_ERASE, "erasure:write"),
     ("reader", Q_HIDDEN_HISTORY, "history:read"),
@@ -777,8 +793,8 @@ Q_INLINE_HISTORY = "{ profiles(first: 1) { nodes { ... on Profile { history { no
     ("historian", Q_PREDICTIONS, "predictions:read"),
     ("writer", Q_ERASE, "erasure:write"),
     ("eraser", Q_INGEST, "events:write"),
-], ids=["history", "predictions", "insights", "ingest", "erase", "history-in-fragment", "history-inline",
-        "profiles", "predictions-2", "erase-by-writer", "ingest-by-eraser"])
+], ids=["history", "predictions", "insights", "insights-exact", "ingest", "erase", "history-in-fragment",
+        "history-inline", "profiles", "predictions-2", "erase-by-writer", "ingest-by-eraser"])
 def test_a_field_needs_its_scope(api: Api, token: str, query: str, missing: str) -> None:
     response = api.post(query, token=token)
     assert response.status_code == 403
@@ -1147,7 +1163,8 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
 def test_every_scope_is_denied_when_missing(world: World, api: Api) -> None:
     """A token holding every scope but one is refused, naming it, by each field that needs it."""
     assert {f for f in FIELD_SCOPES if f[0] != "Subscription"} == set(SCOPE_PROBES)
-    assert set(FIELD_SCOPES.values()) == set(SCOPES)  # every scope guards something
+    # every scope guards something: a field, or a field asked without an argument
+    assert set(FIELD_SCOPES.values()) | {scope for _, scope in UNLESS_ARGUMENT.values()} == set(SCOPES)
     with Persona.open(world.settings) as p:
         lacking = {scope: create_token(p, f"lacks-{scope.replace(':', '-')}", frozenset(SCOPES) - {scope})
                    for scope in SCOPES}
@@ -1160,6 +1177,12 @@ def test_every_scope_is_denied_when_missing(world: World, api: Api) -> None:
         tally("scope denials checked (a token lacking exactly the field's scope)")
         control = Q_INSIGHTS if scope == "profiles:read" else "{ profiles(first: 1) { nodes { id } } }"
         served = api.post(control, token=lacking[scope])  # the same token, asked for what it holds
+        assert served.status_code == 200 and not served.json().get("errors"), (scope, served.text[:300])
+    for (_, name), (argument, scope) in UNLESS_ARGUMENT.items():
+        response = api.post(f"{{ {name} {{ k }} }}", token=lacking[scope])  # without the argument
+        assert response.status_code == 403 and scope in response.json()["errors"][0]["message"], response.text
+        tally("scope denials checked (a token lacking exactly the field's scope)")
+        served = api.post(f"{{ {name}({argument}: 1.0) {{ k }} }}", token=lacking[scope])  # with it
         assert served.status_code == 200 and not served.json().get("errors"), (scope, served.text[:300])
 
 
@@ -1377,7 +1400,7 @@ def test_cli_tokens_list_never_shows_a_token(cli_data: Path) -> None:
     first = json.loads(run(cli_data, "tokens", "create", "--name", "a", "--scopes", "profiles:read,history:read",
                            "--json").stdout)["token"]
     second = run(cli_data, "tokens", "create", "--name", "b", "--scopes", "insights:read", "--scopes",
-                 "events:write", "--rate", "5", "--epsilon", "2").stdout.strip()
+                 "events:write", "--rate", "5", "--epsilon", "2", "--delta", "1e-10").stdout.strip()
     assert second.startswith("pst_")
     listed = run(cli_data, "tokens", "list", "--json")
     human = run(cli_data, "tokens", "list")
@@ -1386,9 +1409,9 @@ def test_cli_tokens_list_never_shows_a_token(cli_data: Path) -> None:
         assert first not in result.output and second not in result.output and "pst_" not in result.output
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
     assert rows["a"]["scopes"] == ["history:read", "profiles:read"] and rows["a"]["revoked_at"] is None
-    assert (rows["b"]["scopes"], rows["b"]["rate_per_s"], rows["b"]["epsilon_budget"]) == (
-        ["events:write", "insights:read"], 5.0, 2.0)
-    assert "a" in human.output and "b" in human.output
+    assert (rows["b"]["scopes"], rows["b"]["rate_per_s"], rows["b"]["epsilon_budget"], rows["b"]["delta_budget"],
+            rows["a"]["delta_budget"]) == (["events:write", "insights:read"], 5.0, 2.0, 1e-10, DEFAULT_DELTA_BUDGET)
+    assert "a" in human.output and "b" in human.output and "δ 0/1e-10" in human.output
 
 
 @pytest.mark.parametrize(("args", "words"), [

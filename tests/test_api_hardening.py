@@ -31,8 +31,8 @@ from tests.hardening import tally
 from tests.test_api import Api, TestClient, lines_of
 
 MARKER = "zq.marker.7f3@example.com"
-ALL = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read", "events:write",
-                 "erasure:write"})
+ALL = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read", "insights:exact",
+                 "events:write", "erasure:write"})
 
 
 @pytest.fixture
@@ -348,13 +348,13 @@ def test_rfm_filters_cannot_narrow_a_private_answer(world: tuple[Settings, Api, 
 
 
 def test_the_documented_thresholds_under_noise() -> None:
-    from persona.insights import compute
+    from persona.insights import exact, mechanism
 
     people = [IndexedProfile(f"prf_{i}", 1, {}, {"monetary": 1.0}, None) for i in range(3)]
-    with_metric = compute(people, group_by=["country"], metric="monetary", k=5, epsilon=1.0)
-    without = compute(people, group_by=["country"], metric=None, k=5, epsilon=1.0)
-    assert (round(with_metric.threshold, 1), round(without.threshold, 1)) == (53.5, 14.1)  # as docs/api.md says
-    assert compute(people, group_by=["country"], metric=None, k=5).threshold == 5  # exact: k itself
+    with_metric = mechanism(metric="monetary", epsilon=1.0, k=5)
+    without = mechanism(metric=None, epsilon=1.0, k=5)
+    assert (with_metric.threshold, without.threshold) == (56, 29)  # as docs/api.md says
+    assert exact(people, group_by=["country"], metric=None, k=5).threshold == 5  # exact: k itself
 
 
 def test_a_token_may_hold_only_so_many_subscriptions(world: tuple[Settings, Api, dict[str, str]]) -> None:

@@ -524,7 +524,7 @@ def test_every_query_and_mutation_over_http(server: Server) -> None:
     from persona.erasure import verify_receipt
 
     everything = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read",
-                            "events:write", "erasure:write"})
+                            "insights:exact", "events:write", "erasure:write"})
     with Persona.open(server.settings) as p:
         token = create_token(p, "http-everything", everything)
         public_key = p.keyring.public_key

@@ -32,8 +32,8 @@ from tests.test_api import SAMPLE, Api, TestClient
 
 INSIGHTS = "{ insights { k } }"
 PROFILE = "query($id: ID!) { profile(id: $id) { version } }"
-TOKENS = {"a": frozenset({"insights:read", "profiles:read"}), "b": frozenset({"insights:read"}),
-          "c": frozenset({"insights:read", "profiles:read"}), "d": frozenset({"insights:read", "profiles:read"})}
+EXACT = frozenset({"insights:read", "insights:exact", "profiles:read"})  # exact answers: the quickest scans
+TOKENS = {"a": EXACT, "b": frozenset({"insights:read"}), "c": EXACT, "d": EXACT}
 
 
 @dataclass
@@ -144,11 +144,11 @@ def test_scans_wait_their_turn_per_token_and_a_full_queue_refuses_cleanly(store:
         first.join()
         second.join()
         assert answers["a"].json()["data"]["insights"]["k"] == 5
-        assert answers["b"].json()["data"]["insights"]["epsilonRemaining"] == pytest.approx(4.0)
+        assert 4.0 <= answers["b"].json()["data"]["insights"]["epsilonRemaining"] < 4.1  # charged its ε, once
         assert not state.gate.waiting and not state.gate.running and state.gate.free == 1
     with Persona.open(store.settings) as p:
         spent = {t.name: t.epsilon_spent for t in list_tokens(p)}
-    assert spent["c"] == 0.0 and spent["b"] == 1.0  # a refused scan spends no budget
+    assert spent["c"] == 0.0 and 0.9 < spent["b"] <= 1.0  # a refused scan spends no budget
 
 
 async def _after_a_turn(read: Any) -> Any:

@@ -72,7 +72,8 @@ def store(tmp_path: Path) -> tuple[Settings, dict[str, str], dict[str, str]]:
         ingest_jsonl(p, SAMPLE.read_bytes().splitlines(), origin="sample")
         ingest_jsonl(p, lines_of(crowd_records(datetime.now(UTC))), origin="crowd")
         compute_rfm(p)
-        tokens = {"ops": create_token(p, "ops", EVERY_SCOPE, epsilon_budget=10.0),
+        tokens = {"ops": create_token(p, "ops", EVERY_SCOPE, epsilon_budget=10.0,
+                                      types=frozenset({"page_viewed", "identity_linked"})),
                   "reader": create_token(p, "reader", frozenset({"profiles:read"})),
                   "trickle": create_token(p, "trickle", frozenset({"profiles:read"}), rate_per_s=0.01),
                   "broke": create_token(p, "broke", frozenset({"insights:read"}), epsilon_budget=0.0)}
@@ -126,10 +127,13 @@ def test_every_api_access_is_audited_with_its_shape_and_never_a_value(
         (ids[LI], "attributes,history", "ok", {"subject": "email"})]
     assert [(e.profile_id, e.fields, e.detail) for e in by_op["history"]] == [
         (ids[LI], "", {"first": 3, "types": 1})]
-    assert [(e.profile_id, e.fields, e.outcome, e.detail) for e in by_op["insights"]] == [
-        ("", "", "ok", {"groupBy": ["country", "other"], "metric": "monetary", "epsilon": 1.0,
-                        "filter": {"attributes": ["country", "other"], "segments": 1,
-                                   "features": {"monetary": ["min", "max"], "other": ["max"]}}})]
+    [insight] = by_op["insights"]
+    charged = insight.detail.pop("charged")  # what the answer cost: ε (no more than asked) and δ
+    assert 0.9 < charged[0] <= 1.0 and 0 < charged[1] <= 1e-12
+    assert (insight.profile_id, insight.fields, insight.outcome, insight.detail) == (
+        "", "", "ok", {"groupBy": ["country", "other"], "metric": "monetary", "epsilon": 1.0,
+                       "filter": {"attributes": ["country", "other"], "segments": 1,
+                                  "features": {"monetary": ["min", "max"], "other": ["max"]}}})
     ingests = by_op["ingestEvents"]
     assert [e.detail for e in ingests if not e.profile_id] == [
         {"received": 2, "appended": 2, "profilesCreated": 1}]
@@ -259,6 +263,8 @@ def test_an_audit_log_from_before_outcomes_gains_them_and_stays_append_only(tmp_
             _execute(p, "ALTER TABLE audit DROP COLUMN outcome", "ALTER TABLE audit DROP COLUMN detail",
                      "INSERT INTO audit (at, token, operation, profile_id, fields) VALUES (1, 'old', 'profile',"
                      " 'prf_old', 'attributes')")
+            with p.recorder.transaction():
+                p.recorder.set_meta("schema_revision", "2")  # the revision before the audit's columns
         with Persona.open(settings) as p:
             with p.recorder.transaction():
                 p.recorder.append_audit([(2, "new", "insights", "", "", "ok", '{"k":5}')])

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
                                                  ("bench_ingest.py", "## Ingest of raw exports"),
                                                  ("bench_models.py", "## Models"),
                                                  ("bench_backends.py", "## Backends"),
+                                                 ("bench_pg_erasure.py", "## Erasure on PostgreSQL"),
                                                  ("bench_peer.py", "## Against a peer"),
                                                  ("bench_scans.py", "## Point reads during scans"),
                                                  ("bench_report.py", "## Report")])

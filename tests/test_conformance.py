@@ -22,6 +22,7 @@ from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventE
 from persona.feed import ChangeFeed
 from persona.migrate import migrate, row_counts
 from persona.store import open_recorder
+from persona.store.base import SCHEMA_REVISION
 from persona.verify import verify
 from tests.conftest import event, store_bytes
 from tests.hardening import tally
@@ -235,3 +236,94 @@ def test_replay_never_opens_someone_erased_elsewhere_with_a_key_it_still_holds(p
     with Persona.open(persona.settings) as other:
         erase_subject(other, "email", "bob@example.com")
     assert [e.event_id for e in persona.log.iter_all()] == ["a1"]
+
+
+def _drop_token_columns(settings: Settings) -> None:
+    """Make the store look as an earlier release left it: no token bindings or δ budget."""
+    added = ("delta_budget", "delta_spent", "sources", "types")
+    if settings.database_url:
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            for column in added:
+                conn.execute(f"ALTER TABLE api_tokens DROP COLUMN {column}")  # constant names
+            conn.execute("DELETE FROM meta WHERE key = 'schema_revision'")
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        for column in added:
+            conn.execute(f"ALTER TABLE api_tokens DROP COLUMN {column}")
+        conn.execute("DELETE FROM meta WHERE key = 'schema_revision'")
+    finally:
+        conn.close()
+
+
+def test_a_store_from_an_earlier_release_gains_the_new_token_columns(settings: Settings) -> None:
+    from persona.api.access import create_token, list_tokens
+
+    with Persona.init(settings) as p:
+        create_token(p, "old", frozenset({"profiles:read"}), epsilon_budget=2.0)
+    _drop_token_columns(settings)
+    with Persona.open(settings) as p:  # upgraded on open: the old token keeps what it had
+        assert p.recorder.get_meta("schema_revision") == str(SCHEMA_REVISION)
+        (old,) = list_tokens(p)
+        assert (old.name, old.scopes, old.epsilon_budget) == ("old", frozenset({"profiles:read"}), 2.0)
+        assert (old.delta_budget, old.sources, old.types) == (0.0, frozenset(), frozenset())
+        create_token(p, "new", frozenset({"events:write"}), delta_budget=1e-6, sources=frozenset({"web", "app"}),
+                     types=frozenset({"page_viewed"}))
+    with Persona.open(settings) as p:  # and a second open changes nothing
+        new = {t.name: t for t in list_tokens(p)}["new"]
+        assert (new.delta_budget, new.sources, new.types) == (1e-6, frozenset({"app", "web"}),
+                                                              frozenset({"page_viewed"}))
+
+
+def test_epsilon_and_delta_are_charged_together_or_not_at_all(settings: Settings) -> None:
+    """A private answer's charge: both budgets or neither, never past either, whoever races."""
+    from persona.api.access import create_token, list_tokens, revoke_token
+
+    def spent(p: Persona, name: str) -> tuple[float, float]:
+        token = {t.name: t for t in list_tokens(p)}[name]
+        return token.epsilon_spent, token.delta_spent
+
+    with Persona.init(settings) as p:
+        create_token(p, "dp", frozenset({"insights:read"}), epsilon_budget=1.0, delta_budget=3e-12)
+        create_token(p, "race", frozenset({"insights:read"}), epsilon_budget=1.0, delta_budget=1e-11)
+        rec = p.recorder
+
+        def spend(epsilon: float, delta: float) -> tuple[float, float] | None:
+            with rec.transaction():
+                return rec.spend_privacy("dp", epsilon, delta)
+
+        assert spend(0.5, 1e-12) == (pytest.approx(0.5), pytest.approx(2e-12))
+        assert spend(0.6, 1e-12) is None  # ε would overdraw: δ is not charged either
+        assert spend(0.1, 2.5e-12) is None  # δ would overdraw: ε is not charged either
+        assert spent(p, "dp") == (0.5, pytest.approx(1e-12))
+        assert spend(0.5, 2e-12) == (pytest.approx(0.0, abs=1e-12), pytest.approx(0.0, abs=1e-24))  # both, to the end
+        assert spend(1e-6, 0.0) is None and spend(0.0, 1e-15) is None  # nothing is left of either
+        for bad in ((-0.1, 0.0), (0.0, -1e-12), (float("nan"), 0.0), (0.0, float("nan")), (float("inf"), 0.0)):
+            with pytest.raises(ValueError), rec.transaction():
+                rec.spend_privacy("dp", *bad)
+        assert spent(p, "dp") == (pytest.approx(1.0), pytest.approx(3e-12))
+        revoke_token(p, "dp")
+        assert spend(0.0, 0.0) is None  # a revoked token is charged nothing at all
+
+    granted: list[tuple[float, float]] = []
+
+    def racer() -> None:  # each with its own connection, as several API workers would be
+        with Persona.open(settings) as mine:
+            for _ in range(10):
+                with mine.recorder.transaction():
+                    left = mine.recorder.spend_privacy("race", 0.1, 1e-13)
+                if left is not None:
+                    granted.append(left)
+
+    threads = [threading.Thread(target=racer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 10  # 40 tries, ε enough for 10 of them (δ for 100)
+    with Persona.open(settings) as p:
+        assert spent(p, "race") == (pytest.approx(1.0), pytest.approx(1e-12))

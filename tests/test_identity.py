@@ -278,7 +278,7 @@ class Client:
 @pytest.fixture
 def api(settings: Settings, two: tuple[str, str], persona: Persona) -> Iterator[tuple[Client, str]]:
     writer = create_token(persona, "linker", frozenset({"events:write", "profiles:read", "history:read",
-                                                        "erasure:write"}))
+                                                        "erasure:write"}), types=frozenset({"identity_linked"}))
     reader = create_token(persona, "reader", frozenset({"profiles:read"}))
     with TestClient(create_app(settings)) as client:
         yield Client(client, writer), reader

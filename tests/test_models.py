@@ -363,6 +363,24 @@ def test_prediction_as_of_the_past_uses_the_past(lab: Lab) -> None:
 
 
 # -- erasure, rebuild, drift ---------------------------------------------------------------------
+def test_restore_rescores_the_promoted_models_whose_predictions_a_backup_leaves_out(lab: Lab,
+                                                                                  tmp_path: Path) -> None:
+    from persona.backup import backup, restore
+
+    with small_store(tmp_path, seed=5, people=60) as p:
+        registry.save(p, lab.trained["churn_91d"], promote=True)
+        assert scoring.score_all(p, "churn_91d") == 60
+        people = list(p.recorder.stream_ids())
+        info = backup(p, tmp_path / "b.db")
+        settings = p.settings
+    with sqlite3.connect(f"file:{info.path}?mode=ro", uri=True) as conn:  # values with the features behind them
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 0
+    restore(settings, info.path)
+    with Persona.open(settings) as p:
+        assert sorted(pid for pid, model, *_ in p.recorder.predictions_of(people) if model == "churn_91d") == sorted(
+            people)
+
+
 def test_erasure_names_the_models_trained_on_the_person_and_drops_their_predictions(
         tmp_path: Path) -> None:
     with small_store(tmp_path, seed=9) as p:

@@ -168,7 +168,8 @@ def test_cli_profile_shows_attributes_as_of_and_known_at(persona: Persona, tmp_p
                                               "--json"]).output)
     assert now["attributes"]["city"]["value"] == "Lyon" and now["events"] == 2
     assert now["attributes"]["gender"]["provenance"] == [
-        {"source": "crm", "event_id": "p1", "occurred_at": "2025-01-01T00:00:00.000000Z"}]
+        {"source": "crm", "writer": "library", "vouched": True, "event_id": "p1",
+         "occurred_at": "2025-01-01T00:00:00.000000Z"}]
     then = json.loads(CliRunner().invoke(cli, ["--data", folder, "profile", "--subject", "email:ann@example.com",
                                                "--as-of", "2025-02-01T00:00:00Z", "--json"]).output)
     assert then["attributes"]["city"]["value"] == "Paris" and then["events"] == 1

@@ -12,11 +12,12 @@ import pytest
 from persona import Persona
 from persona.backup import backup, restore
 from persona.crypto import Keyring
-from persona.erasure import ErasureLedger, LedgerEntry, erase_profile, erase_subject
+from persona.erasure import erase_profile, erase_subject, ledger_of
 from persona.errors import ConfigurationError, ErasedError, UnfinishedErasureError, UnknownProfileError
 from persona.events import micros
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
+from persona.ledger import LedgerEntry
 from persona.verify import verify
 from tests.conftest import NOW, event, jsonl, record
 
@@ -114,7 +115,7 @@ def test_an_unfinished_erasure_is_reported_and_can_be_finished(persona: Persona)
     pid = persona.log.profile_for("email", "alice@example.com")
     assert pid is not None
     # the ledger was written, then the process died before the database committed
-    ErasureLedger(persona.settings.ledger_path).record(LedgerEntry(micros(NOW), profile_id=pid))
+    ledger_of(persona).record(LedgerEntry(micros(NOW), profile_id=pid))
     with pytest.raises(UnfinishedErasureError, match=f"persona erase --profile {pid}"):
         verify(persona)
     erase_profile(persona, pid)

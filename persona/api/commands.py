@@ -88,30 +88,58 @@ def tokens() -> None:
 @tokens.command("create")
 @click.option("--name", required=True, help="Who or what holds it; appears in the audit log.")
 @click.option("--scopes", "scopes", multiple=True, required=True, metavar="SCOPE[,SCOPE…]",
-              help="profiles:read history:read predictions:read insights:read events:write erasure:write"
-                   " models:write")
+              help="profiles:read history:read predictions:read insights:read insights:exact events:write"
+                   " erasure:write models:write")
 @click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Requests per second allowed (per server worker), with bursts of twice that.")
 @click.option("--epsilon", "epsilon", default=10.0, show_default=True, type=click.FloatRange(min=0),
-              help="Differential-privacy budget (ε) for noisy insights.")
+              help="Differential-privacy budget (ε) for private insights (each answer spends 0.01 to 2).")
+@click.option("--delta", "delta", default=1e-9, show_default=True,
+              type=click.FloatRange(min=0, max=1, max_open=True),
+              help="Differential-privacy budget (δ) for private insights (each answer spends at most 1e-12).")
+@click.option("--sources", "sources", multiple=True, metavar="SOURCE[,SOURCE…]",
+              help="With events:write: the only sources its events may name (e.g. web,app). Its attribute claims"
+                   " then take these sources' rank in fusion; an unbound token's rank below every source.")
+@click.option("--types", "types", multiple=True, metavar="TYPE[,TYPE…]",
+              help="With events:write: the only event types it may write (e.g. page_viewed,app_session)."
+                   " profile_updated and identity_linked (and linkIdentities/unlinkIdentities) need naming here.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @friendly
 def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: float, epsilon: float,
-                  as_json: bool) -> None:
-    """Create a token. It is printed once; only a keyed hash of it is stored."""
-    from persona.api.access import create_token, parse_scopes
+                  delta: float, sources: tuple[str, ...], types: tuple[str, ...], as_json: bool) -> None:
+    """Create a token. It is printed once; only a keyed hash of it is stored.
+
+    A writing token may be bound to sources and event types; every event it writes records
+    its name (sealed), as `token:NAME`.
+    """
+    from persona.api.access import check_bindings, create_token, parse_names, parse_scopes
     from persona.audit import record_local
 
     wanted = parse_scopes(scopes)
+    bound, kinds = parse_names(sources), parse_names(types)
+    check_bindings(wanted, bound, kinds)  # before the store is opened
     with opened(ctx) as persona:
-        token = create_token(persona, name, wanted, rate_per_s=rate, epsilon_budget=epsilon)
-        record_local(persona, "tokens", "tokens create", token=name, scopes=sorted(wanted))
+        token = create_token(persona, name, wanted, rate_per_s=rate, epsilon_budget=epsilon, delta_budget=delta,
+                             sources=bound, types=kinds)
+        record_local(persona, "tokens", "tokens create", token=name, scopes=sorted(wanted), sources=sorted(bound),
+                     types=sorted(kinds))
     if as_json:
-        emit_json({"name": name, "scopes": sorted(wanted), "token": token})
+        emit_json({"name": name, "scopes": sorted(wanted), "sources": sorted(bound), "types": sorted(kinds),
+                   "token": token})
         return
     click.echo(token)
-    click.echo(f"(token {name!r} with {', '.join(sorted(wanted))}; it is not shown again)", err=True)
+    click.echo(f"(token {name!r} with {', '.join(sorted(wanted))}{_writes(bound, kinds, wanted)};"
+               " it is not shown again)", err=True)
+
+
+def _writes(sources: frozenset[str] | list[str], types: frozenset[str] | list[str], scopes: Any) -> str:
+    """What a token may write, said briefly ("" for a token that does not write)."""
+    if "events:write" not in scopes:
+        return ""
+    where = f"as {','.join(sorted(sources))}" if sources else "as any source (unbound: no source's rank)"
+    what = f"only {','.join(sorted(types))}" if types else "any type but profile_updated, identity_linked"
+    return f"; writes {where}, {what}"
 
 
 @tokens.command("list")
@@ -119,13 +147,16 @@ def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: 
 @click.pass_context
 @friendly
 def tokens_list(ctx: click.Context, as_json: bool) -> None:
-    """Tokens by name, with scopes, rate, privacy budget and state (never the token itself)."""
+    """Tokens by name, with scopes, rate, privacy budget, what they may write (sources, event types)
+    and state (never the token itself)."""
     from persona.api.access import list_tokens
 
     with opened(ctx) as persona:
         found = list_tokens(persona)
     rows: list[dict[str, Any]] = [{"name": t.name, "scopes": sorted(t.scopes), "rate_per_s": t.rate_per_s,
              "epsilon_budget": t.epsilon_budget, "epsilon_spent": round(t.epsilon_spent, 6),
+             "delta_budget": t.delta_budget, "delta_spent": t.delta_spent,
+             "sources": sorted(t.sources), "types": sorted(t.types),
              "created_at": t.created_at.isoformat(),
              "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None} for t in found]
     if as_json:
@@ -136,7 +167,8 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         state = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
         click.echo(f"{r['name']:<20} {state:<28} ε {r['epsilon_spent']}/{r['epsilon_budget']}  "
-                   f"{r['rate_per_s']:g}/s  {' '.join(r['scopes'])}")
+                   f"δ {r['delta_spent']:.3g}/{r['delta_budget']:.3g}  {r['rate_per_s']:g}/s  {' '.join(r['scopes'])}"
+                   f"{_writes(r['sources'], r['types'], r['scopes'])}")
 
 
 @tokens.command("revoke")

@@ -6,6 +6,8 @@ to one writer thread with its own store, and longer reads (listing pages, replay
 time-filtered history) to two scanner threads, so that neither a write waiting for
 SQLite's lock nor a replay stalls the event loop. Population scans (insights, filtered
 listings) go through a gate to processes of their own (persona.api.scans).
+The physical purge after erasures (persona.purge: on PostgreSQL one VACUUM per window)
+runs on a thread of its own, never the writer's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -44,6 +47,7 @@ from persona.core import Persona
 from persona.feed import ChangeFeed
 from persona.projector import Projector
 from persona.pseudonyms import normalise
+from persona.purge import run as purge_when_due
 from persona.settings import Settings
 
 T = TypeVar("T")
@@ -52,6 +56,7 @@ AUDIT_FLUSH_S = 0.25
 REFUSALS_FLUSH_S = 5.0  # refusals are counted, and written this often (and at shutdown)
 FEED_WAIT_S = 1.0  # the change feed's longest wait: how late a missed notification can be
 AUDIT_BACKLOG = 50_000  # unwritten audit entries at which reads of people are refused
+PURGE_RETRY_S = 10.0  # after a purge that could not finish (an old snapshot, a lock)
 
 
 class Worker:
@@ -139,6 +144,7 @@ class ServerOptions:
     max_request_bytes: int = 1 << 20
     max_ingest_events: int = 1_000  # per ingestEvents call
     subscription_poll_s: float = 1.0
+    purge_poll_s: float = 30.0  # how often the server looks for a purge to run (at most the purge window)
     max_subscriptions_per_token: int = 50  # open at once, over every connection of this worker
     unauthenticated_rate: float = 20.0  # requests per second from one address without a valid token
     scan_processes: int = 2  # population scans running at once (each in a process of its own)
@@ -172,7 +178,9 @@ class ApiState:
         self.population = self.persona.recorder.index_size()  # what a scan is priced by (plan.scan_cost)
         self._counted = 0.0  # when the population was last counted (the loop's clock)
         self._refusals_written = 0.0
+        self.purger = Worker(settings, "purge")
         self._flusher: asyncio.Task[None] | None = None
+        self._purging: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._feed_persona = Persona.open(settings)  # the feed's own connection (it blocks, waiting)
         self._feed = ChangeFeed(self._feed_persona.recorder)
@@ -190,6 +198,7 @@ class ApiState:
         self._counted = asyncio.get_running_loop().time()  # counted just now, when the state was made
         self._flusher = asyncio.create_task(self._flush_audit_forever())
         self._follower = asyncio.create_task(self._follow_forever())
+        self._purging = asyncio.create_task(self._purge_forever())
 
     async def _follow_forever(self) -> None:
         """Wake the subscriptions of every profile another process appended to."""
@@ -203,6 +212,23 @@ class ApiState:
                 continue
             if changed:
                 self.bus.changed(changed)
+
+    async def _purge_forever(self) -> None:
+        """Run the physical purge when it falls due, on the purge thread: the writer never waits
+        for it. Every worker process looks; one purges (the others find it running, or done)."""
+        while True:
+            wait = min(self.options.purge_poll_s, self.settings.purge_window_s)  # sees other processes' erasures
+            try:
+                outcome = await self.purger.run(purge_when_due)
+                if outcome.why is not None:  # another process is purging, or this one could not finish
+                    if outcome.ran:
+                        log.warning("the purge could not finish (%s); retrying", outcome.why)
+                    wait = min(wait, PURGE_RETRY_S)
+                elif outcome.due is not None:  # sleep until it falls due, looking meanwhile as usual
+                    wait = min(wait, max(outcome.due / 1e6 - time.time(), 0.0))
+            except Exception as e:  # the database is unreachable: said, and tried again
+                log.warning("the purge failed (%s); retrying", type(e).__name__)
+            await asyncio.sleep(wait)
 
     async def flush_audit(self, *, refusals: bool = True) -> None:
         rows = self.audit.take(refusals=refusals)
@@ -253,6 +279,10 @@ class ApiState:
         self.scanner.forget()
 
     async def stop(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -269,6 +299,7 @@ class ApiState:
             self.writer.close()
             self.scanner.close()
             self.scans.close()
+            self.purger.close()  # a purge running finishes first
             self.persona.close()
             if self._feed_wait is not None:  # a wait still running in its thread ends within FEED_WAIT_S
                 futures_wait([self._feed_wait], timeout=FEED_WAIT_S + 5)

@@ -23,6 +23,7 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     NamedTypeNode,
+    NullValueNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
@@ -48,6 +49,13 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Profile", "predictions"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
 }
+# fields that need one more scope unless an argument is given: (type, field) -> (argument, scope).
+# `insights` without `epsilon` is exact, not differentially private. A literal (or no argument)
+# decides here; when a variable carries it, the resolver checks its value.
+UNLESS_ARGUMENT: dict[tuple[str, str], tuple[str, str]] = {
+    ("Query", "insights"): ("epsilon", "insights:exact"),
+}
+EXACT_SCOPE = UNLESS_ARGUMENT[("Query", "insights")][1]
 # mutations that answer with people's profiles: reading what they return takes its own scope
 RESULT_SCOPES: dict[tuple[str, str], str] = {
     ("Mutation", "linkIdentities"): "profiles:read",
@@ -195,6 +203,11 @@ class _Walk:
         for scopes in (FIELD_SCOPES, RESULT_SCOPES):
             scope = scopes.get(key)
             if scope is not None:
+                self.scopes.add(scope)
+        if key in UNLESS_ARGUMENT:
+            needed, scope = UNLESS_ARGUMENT[key]
+            given = next((a.value for a in node.arguments or () if a.name.value == needed), None)
+            if given is None or isinstance(given, NullValueNode):
                 self.scopes.add(scope)
         if parent.name == "Profile":
             self.profile_fields.add(name)

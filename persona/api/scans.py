@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import os
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from persona.api.errors import ApiError
 from persona.core import Persona
-from persona.insights import Insights, compute
+from persona.insights import Insights, exact, mechanism, private
 from persona.population import IndexedProfile, ProfileFilter, indexed, list_profiles
 from persona.settings import Settings
 
@@ -158,18 +158,29 @@ class ScanPool:
 
 
 # -- the scans (run in those processes) ----------------------------------------------------------
-def insights_scan(persona: Persona, where: ProfileFilter | None, options: dict[str, Any]) -> tuple[Insights, int]:
-    """The answer, and how many profiles were read."""
+def insights_scan(persona: Persona, where: ProfileFilter | None, group_by: tuple[str, ...], metric: str | None,
+                  k: int, bounds: tuple[float, float] | None, epsilon: float | None,
+                  charged: tuple[float, float] | None) -> tuple[Insights, int]:
+    """The answer, and how many profiles were read. A private answer's mechanism is built here
+    again from the same question (OpenDP's measurements do not travel between processes): it
+    must cost what the server charged (ε, δ), or nothing is answered."""
     scanned = 0
 
-    def people() -> Any:
+    def people() -> Iterator[IndexedProfile]:
         nonlocal scanned
         for profile in indexed(persona):
             scanned += 1
             if where is None or where.accepts(profile):
                 yield profile
 
-    return compute(people(), **options), scanned
+    if epsilon is None:
+        answer = exact(people(), group_by=group_by, metric=metric, k=k, bounds=bounds)
+    else:
+        measured = mechanism(metric=metric, epsilon=epsilon, k=k, bounds=bounds)
+        if (measured.epsilon, measured.delta) != charged:
+            raise RuntimeError("the mechanism built for the scan is not the one charged")
+        answer = private(people(), group_by=group_by, mechanism=measured)
+    return answer, scanned
 
 
 def listing_scan(persona: Persona, where: ProfileFilter | None, first: int, after: str | None,

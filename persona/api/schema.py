@@ -17,6 +17,7 @@ import orjson
 import strawberry
 from graphql import FragmentDefinitionNode, GraphQLError, GraphQLObjectType, get_operation_ast
 from strawberry.extensions import MaskErrors, MaxTokensLimiter, SchemaExtension
+from strawberry.scalars import JSON
 from strawberry.schema.schema import validate_document
 from strawberry.types import Info
 
@@ -25,7 +26,7 @@ from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile, person_rows
 from persona.api.errors import ApiError, fault, known, request_values, scrub
 from persona.api.execution import mark_plain
-from persona.api.plan import Limits
+from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
 from persona.api.types import (
     ErasureReceipt,
@@ -48,6 +49,7 @@ from persona.api.types import (
     root_context,
 )
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
+from persona.events import Writer
 
 
 # -- the roots ---------------------------------------------------------------------------------
@@ -126,13 +128,18 @@ class Query:
         end = edges[-1].cursor if edges else None
         return ProfileConnection(edges=edges, page_info=PageInfo(has_next_page=len(found) > size, end_cursor=end))
 
-    @strawberry.field(description="Population aggregates: k-anonymous, with Laplace noise when epsilon is given")
+    @strawberry.field(description="Population aggregates: differentially private with epsilon (charged to the"
+                                  " token's ε and δ budgets); exact and k-anonymous without (scope insights:exact)")
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check
+        from persona.insights import check, mechanism
 
         ctx = root_context(info)
+        if epsilon is None and (ctx.token is None or EXACT_SCOPE not in ctx.token.scopes):
+            # the plan refuses this when the document says so; a variable's value is known only here
+            raise ApiError(f"the token lacks the scope(s): {EXACT_SCOPE} (exact insights: ask with epsilon for a"
+                           " differentially private answer)", "FORBIDDEN")
         by = tuple(group_by or ("lifecycle_stage",))
         if len(by) > 3:
             raise ApiError("groupBy: at most 3 dimensions")
@@ -145,28 +152,38 @@ class Query:
             # counts filtered on them have no bounded sensitivity and noise would promise nothing
             raise ApiError("filter: RFM scores and segments cannot filter a differentially private answer")
         clip = (bounds[0], bounds[1]) if bounds is not None else None
-        check(metric, epsilon, clip)  # before any budget is spent on a question that cannot be answered
+        k = ctx.state.options.k_anonymity
+        charged: tuple[float, float] | None = None
+        if epsilon is None:
+            check(metric, clip)
+        else:
+            # built and costed (ε and δ, from OpenDP's privacy maps) before anything is read or
+            # charged; charged before anything is computed
+            measured = await ctx.state.scanner.run(
+                lambda _: mechanism(metric=metric, epsilon=epsilon, k=k, bounds=clip))
+            charged = measured.epsilon, measured.delta
         ctx.audit_ready()
-        async with ctx.scanning():  # this token's turn (or a refusal) before any budget is spent
-            remaining = None
-            if epsilon is not None:
-                remaining = await ctx.state.writer.run(_spend, ctx.name, epsilon)
+        remaining: tuple[float, float] | None = None
+        async with ctx.scanning():  # this token's turn (or a refusal) before anything is charged
+            if charged is not None:
+                remaining = await ctx.state.writer.run(_spend, ctx.name, *charged)
                 if remaining is None:
-                    raise ApiError("the token's privacy budget (ε) is spent; ask for a new token", "BUDGET_EXHAUSTED")
-            k = ctx.state.options.k_anonymity
+                    raise ApiError("the token's privacy budget (ε or δ) is spent; ask for a new token",
+                                   "BUDGET_EXHAUSTED")
             # the question's shape, never its values: names persona knows, kinds of filter terms, ε
             ctx.record("insights", fields="", groupBy=[audit.named(g) for g in by],
                        metric=audit.named(metric) if metric else None, filter=audit.filter_shape(where),
-                       epsilon=epsilon, bounds=clip is not None)
-            options = {"group_by": by, "metric": metric, "k": k, "epsilon": epsilon, "bounds": clip}
-            found: tuple[Any, int] = await ctx.state.scans.run(insights_scan, where, options)
+                       epsilon=epsilon, charged=list(charged) if charged else None, bounds=clip is not None)
+            # computed in a scan process (the mechanism built again there from the same question)
+            found: tuple[Any, int] = await ctx.state.scans.run(insights_scan, where, by, metric, k, clip, epsilon,
+                                                               charged)
             result, ctx.state.population = found
-        groups = [InsightGroup(key=g.key, count=g.count, mean=g.mean,
+        groups = [InsightGroup(key=JSON(g.key), count=g.count, mean=g.mean,
                                distribution=[HistogramBin(start=a, end=b, count=c) for a, b, c in g.histogram])
                   for g in result.groups]
         return Insights(groups=groups, k=result.k, threshold=round(result.threshold, 2), metric=metric,
-                        epsilon=epsilon, epsilon_remaining=remaining)
-
+                        epsilon=result.epsilon, epsilon_remaining=remaining[0] if remaining else None,
+                        delta=result.delta, delta_remaining=remaining[1] if remaining else None)
 
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")
@@ -178,16 +195,30 @@ class Query:
         return [Model.of(v) for v in found]
 
 
-def _spend(persona: Any, name: str, epsilon: float) -> float | None:
+def _spend(persona: Any, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
     with persona.recorder.transaction():
-        remaining: float | None = persona.recorder.spend_epsilon(name, epsilon)
+        remaining: tuple[float, float] | None = persona.recorder.spend_privacy(name, epsilon, delta)
         return remaining
 
 
-def _ingest(persona: Any, lines: list[bytes], origin: str) -> Any:
+def _ingest(persona: Any, lines: list[bytes], origin: str, writer: Writer) -> Any:
     from persona.ingest.jsonl import ingest_jsonl
 
-    return ingest_jsonl(persona, lines, origin=origin)
+    return ingest_jsonl(persona, lines, origin=origin, writer=writer)
+
+
+def _linker(ctx: RequestContext, operation: str) -> Writer:
+    """The writer of a link or unlink: linking says two identifiers are one person, so the token
+    needs identity_linked granted explicitly."""
+    assert ctx.token is not None
+    if not ctx.token.grants("identity_linked"):
+        raise ApiError(f"{operation}: the token needs an explicit grant of identity_linked events (its --types"
+                       " must name them)", "FORBIDDEN")
+    return ctx.token.writer
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
 
 
 def _erase(persona: Any, profile_id: str | None, subject: tuple[str, str] | None) -> Any:
@@ -206,6 +237,12 @@ class Mutation:
         limit = ctx.state.options.max_ingest_events
         if not 1 <= len(events) <= limit:
             raise ApiError(f"events: send between 1 and {limit} events per call")
+        token = ctx.token
+        assert token is not None
+        for n, e in enumerate(events):  # an access refusal, not a bad record: the whole call, nothing quarantined
+            refused = token.refusal(e.source, e.type)
+            if refused is not None:
+                raise ApiError(f"events[{n}]: {refused}; nothing of this call was stored", "FORBIDDEN")
         lines = []
         for e in events:
             raw: dict[str, Any] = {"source": e.source, "type": e.type, "occurred_at": e.occurred_at,
@@ -219,7 +256,7 @@ class Mutation:
                 raise ApiError(f"events[{len(lines)}].data: not storable as JSON (an integer beyond 64 bits, or"
                                " nesting deeper than 254 levels); nothing of this call was stored") from None
         ctx.audit_ready()
-        report = await ctx.state.writer.run(_ingest, lines, f"api:{ctx.name}")
+        report = await ctx.state.writer.run(_ingest, lines, f"api:{ctx.name}", token.writer)
         ctx.record("ingestEvents", fields="", received=len(events), appended=report.appended,
                    duplicates=report.duplicates, quarantined=report.quarantined,
                    profilesCreated=report.profiles_created, merges=report.merges)
@@ -253,7 +290,9 @@ class Mutation:
         ctx.state.bus.changed([body["profile_id"], *merged])
         return ErasureReceipt(profile_id=body["profile_id"], merged_profiles=merged,
                               erased_at=datetime.fromisoformat(body["erased_at"]),
-                              key_fingerprint=body["key_fingerprint"], wal_truncated=body["wal_truncated"],
+                              key_fingerprint=body["key_fingerprint"], wal_truncated=body.get("wal_truncated"),
+                              purged_at=_instant(body.get("purged_at")),
+                              purge_due_by=_instant(body.get("purge_due_by")),
                               counts=body["counts"], signature=erasure.receipt["signature"], receipt=erasure.receipt)
 
 
@@ -284,7 +323,8 @@ class Mutation:
     async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput) -> Profile:
         ctx = root_context(info)
         ctx.audit_ready()
-        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value))
+        writer = _linker(ctx, "linkIdentities")
+        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value), writer)
         ctx.state.projector.clear()  # cached states were the streams'; the person is read afresh
         ctx.state.bus.changed([linked.person])
         namespaces = sorted({audit.namespace_of(a.namespace), audit.namespace_of(b.namespace)})
@@ -300,7 +340,8 @@ class Mutation:
                                 b: SubjectInput) -> list[Profile]:
         ctx = root_context(info)
         ctx.audit_ready()
-        unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value))
+        writer = _linker(ctx, "unlinkIdentities")
+        unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value), writer)
         ctx.state.projector.clear()
         ctx.state.bus.changed(list(unlinked.people))
         namespaces = sorted({audit.namespace_of(a.namespace), audit.namespace_of(b.namespace)})
@@ -323,16 +364,16 @@ def _train(persona: Any, name: str, horizon: str | None, cutoffs: list[datetime]
     return version
 
 
-def _link(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:
+def _link(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:
     from persona.linking import link
 
-    return link(persona, a, b, source="api")
+    return link(persona, a, b, source="api", writer=writer)
 
 
-def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str]) -> Any:
+def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:
     from persona.linking import unlink
 
-    return unlink(persona, a, b)
+    return unlink(persona, a, b, writer=writer)
 
 
 @strawberry.type

@@ -184,6 +184,11 @@ class Event:
     def data(self) -> JSON:
         return JSON(self._event.data)
 
+    @strawberry.field(description="Who appended it: token:NAME (the API), local:COMMAND (the CLI), library, or"
+                                  " unknown (recorded before writers were)")
+    def writer(self) -> str:
+        return self._event.writer
+
 
 @strawberry.type
 class EventEdge:
@@ -239,7 +244,8 @@ class Profile:
     def attributes(self) -> JSON:
         return JSON(self._data.attributes)
 
-    @strawberry.field(description="Each attribute's fusion strategy and provenance (source, event id, time)")
+    @strawberry.field(description="Each attribute's fusion strategy and provenance (source, writer, whether the"
+                                  " writer vouched for the source, event id, time)")
     def attribute_sources(self, info: Info[RequestContext, None]) -> JSON:
         if self._as_of is not None:
             raise ApiError("attributeSources: available for the current profile only")
@@ -380,8 +386,13 @@ class Insights:
     threshold: float = strawberry.field(
         description="The count a group needed to be shown: k, or more with noise (see docs/api.md)")
     metric: str | None
-    epsilon: float | None = strawberry.field(description="The privacy budget this answer spent (null: no noise)")
+    epsilon: float | None = strawberry.field(
+        description="The ε this answer spent, as OpenDP's privacy maps reckon it (null: exact)")
     epsilon_remaining: float | None
+    delta: float | None = strawberry.field(
+        description="The δ this answer spent: no less than the chance that a group of one person is shown"
+                    " (null: exact)")
+    delta_remaining: float | None
 
 
 @strawberry.input(description="One canonical event (see EVENTS.md); validated exactly as `persona ingest` does")
@@ -412,7 +423,13 @@ class ErasureReceipt:
         description="Profiles merged into the person, erased with it (each key deleted)")
     erased_at: datetime
     key_fingerprint: str
-    wal_truncated: bool
+    wal_truncated: bool | None = strawberry.field(
+        description="SQLite: whether its WAL was truncated at once; null on PostgreSQL (see purgeDueBy)")
+    purged_at: datetime | None = strawberry.field(
+        description="When the deleted rows were physically purged, if that was done at once (SQLite)")
+    purge_due_by: datetime | None = strawberry.field(
+        description="When their physical purge is due, if it is still to come (PostgreSQL: one purge serves"
+                    " the erasures of a window, PERSONA_PURGE_WINDOW)")
     counts: JSON
     signature: str
     receipt: JSON = strawberry.field(description="The signed document: check it with `persona receipt verify`")

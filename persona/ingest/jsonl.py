@@ -17,7 +17,7 @@ from persona import identity
 from persona.core import Persona
 from persona.errors import ValidationError
 from persona.eventlog import AppendResult
-from persona.events import Event, micros, validate
+from persona.events import LIBRARY, Event, Writer, micros, validate
 from persona.ingest.quarantine import Quarantine
 from persona.projector import Projector
 from persona.settings import Settings
@@ -110,10 +110,11 @@ def ingest_jsonl(
     origin: str,
     now: datetime | None = None,
     progress: Progress | None = None,
+    writer: Writer = LIBRARY,
 ) -> IngestReport:
     """Append every valid line; quarantine the rest. Memory is bounded by the batch size."""
     records = jsonl_records(lines, persona.settings.max_event_bytes)
-    return ingest_records(persona, records, origin=origin, now=now, progress=progress)
+    return ingest_records(persona, records, origin=origin, now=now, progress=progress, writer=writer)
 
 
 PAUSE = None  # what `_paced` yields when nothing arrived for a while
@@ -223,9 +224,11 @@ def ingest_records(
     parallel: bool = False,
     catch_up: bool = False,
     stop: threading.Event | None = None,
+    writer: Writer = LIBRARY,
 ) -> IngestReport:
     """Append the events of every valid record; quarantine the rest, each with its reason and
     line. A record's events go in together or not at all. Memory is bounded by the batch size.
+    Each event records `writer` (sealed with it): who appended it.
 
     `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
     the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
@@ -271,7 +274,7 @@ def ingest_records(
         if stream and fixed_now is None:
             now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
         if batch:
-            appended = persona.log.append(batch, keep=True)
+            appended = persona.log.append(batch, keep=True, writer=writer)
             batch.clear()  # committed: first of all, never to be appended again
             dirty.update(appended.streams)
             recorded, appended.recorded = appended.recorded, []

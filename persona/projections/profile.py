@@ -1,12 +1,18 @@
 """Profile attributes fused from the claims of many sources, each value with its provenance.
 
-A claim is (value, source, event id, occurred_at). Each attribute declares how its claims
-are fused:
+A claim is (value, source, event id, occurred_at, writer, vouched). Each attribute declares
+how its claims are fused:
 
   latest      the claim that happened last (ties broken by event id)
   precedence  the most trusted source's latest claim (trust order configured, e.g. crm > shop)
   weighted    the weighted mean of each source's latest numeric claim (weights per source)
   union       every distinct value, each with the first claim that made it
+
+A source's rank and weight are earned, not claimed: only a claim whose writer vouched for its
+source (a token bound to it, or the operator) has them (DESIGN.md invariant 8). Any other claim
+ranks below every source in `precedence`, and in `weighted` it is held under its writer rather
+than the source it names and counts only while no vouched claim exists: it fills a gap, it
+never overrides.
 
 Every rule is a selection by a total order or an exact merge, so conflicting claims are
 resolved the same way whatever order they arrive in.
@@ -25,7 +31,9 @@ import orjson
 from persona.events import DATA_SPECS, RecordedEvent
 
 Strategy = Literal["latest", "precedence", "weighted", "union"]
-Claim = tuple[Any, str, str, str]  # value, source, event id, occurred_at (UTC, fixed width: sorts as time)
+# value, source, event id, occurred_at (UTC, fixed width: sorts as time), writer, vouched (its writer vouched
+# for its source: see persona.events.Writer)
+Claim = tuple[Any, str, str, str, str, bool]
 
 DEFAULT_STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
     "gender": "precedence",
@@ -59,6 +67,10 @@ class FusionPolicy:
         except ValueError:
             return len(self.trust)
 
+    def claim_rank(self, claim: Claim) -> int:
+        """Its source's rank if its writer vouched for the source; else below every source."""
+        return self.rank(claim[1]) if claim[5] else len(self.trust) + 1
+
     def weight(self, source: str) -> float:
         return float(self.weights.get(source, self.default_weight))
 
@@ -77,16 +89,21 @@ def _earlier(old: Claim | None, new: Claim) -> Claim:
 
 # state: {"attributes": {name: selection}, "consent": {purpose: claim}}
 #   latest / earliest / precedence -> Claim
-#   weighted -> {source: Claim}
+#   weighted -> {slot: Claim}: a vouched claim's slot is its source, any other's UNVOUCHED + its writer
 #   union -> {value: Claim}
 State = dict[str, dict[str, Any]]
+UNVOUCHED = "?"  # no source name starts with it (persona.events.valid_source)
+
+
+def _slot(claim: Claim) -> str:
+    return claim[1] if claim[5] else UNVOUCHED + claim[4]
 
 
 class ProfileAttributes:
     """Who the person is, as the sources claim it: gender, age, location, language, signup, consent."""
 
     name = "attributes"
-    version = 1
+    version = 2  # 2: claims carry their writer; a source's rank and weight need its writer's vouching
 
     def __init__(self, policy: FusionPolicy | None = None) -> None:
         self.policy = policy or FusionPolicy()
@@ -107,12 +124,14 @@ class ProfileAttributes:
                         self._claim(state, "languages", value, event)
         elif event.type == "consent_changed":
             purpose = event.data["purpose"]
-            claim: Claim = (bool(event.data["granted"]), event.source, event.event_id, event.occurred_at)
+            claim: Claim = (bool(event.data["granted"]), event.source, event.event_id, event.occurred_at,
+                            event.writer, event.vouched)
             state["consent"][purpose] = _later(state["consent"].get(purpose), claim)
         return state
 
     def _claim(self, state: State, name: str, value: Any, event: RecordedEvent) -> None:
-        self._hold(state, name, (value, event.source, event.event_id, event.occurred_at))
+        self._hold(state, name, (value, event.source, event.event_id, event.occurred_at, event.writer,
+                                 event.vouched))
 
     def _hold(self, state: State, name: str, claim: Claim) -> None:
         strategy = self.policy.strategies.get(name)
@@ -128,8 +147,9 @@ class ProfileAttributes:
                 held[name] = claim
         elif strategy == "weighted":
             if isinstance(value, int | float) and not isinstance(value, bool):
-                by_source = held.setdefault(name, {})
-                by_source[claim[1]] = _later(by_source.get(claim[1]), claim)
+                by_slot = held.setdefault(name, {})
+                slot = _slot(claim)
+                by_slot[slot] = _later(by_slot.get(slot), claim)
         elif strategy == "union":
             values = held.setdefault(name, {})
             key = _hashable(value)
@@ -149,8 +169,11 @@ class ProfileAttributes:
         return out
 
     def _precedes(self, new: Claim, old: Claim) -> bool:
-        rank = self.policy.rank
-        return (-rank(new[1]), *_order(new)) > (-rank(old[1]), *_order(old))
+        rank = self.policy.claim_rank
+        return (-rank(new), *_order(new)) > (-rank(old), *_order(old))
+
+    def _weight(self, claim: Claim) -> float:
+        return self.policy.weight(claim[1]) if claim[5] else self.policy.default_weight
 
     # -- read-out ------------------------------------------------------------------------
     def view(self, state: State, as_of: datetime) -> dict[str, Any]:
@@ -161,12 +184,13 @@ class ProfileAttributes:
                 out[name] = {"value": held[0], "strategy": strategy, "provenance": [_provenance(held)]}
             elif strategy == "weighted":
                 claims = [held[s] for s in sorted(held)]  # summed in a fixed order: the same bits every time
-                total = sum(self.policy.weight(c[1]) for c in claims)
+                vouched = [c for c in claims if c[5]]
+                claims = vouched or claims  # unvouched claims fill a gap only
+                total = sum(self._weight(c) for c in claims)
                 if total > 0:
-                    mean = sum(self.policy.weight(c[1]) * c[0] for c in claims) / total
+                    mean = sum(self._weight(c) * c[0] for c in claims) / total
                     out[name] = {"value": _number(name, mean), "strategy": strategy,
-                                 "provenance": [_provenance(c) | {"weight": self.policy.weight(c[1])}
-                                                for c in claims]}
+                                 "provenance": [_provenance(c) | {"weight": self._weight(c)} for c in claims]}
             elif strategy == "union":
                 claims = sorted(held.values(), key=_order)
                 out[name] = {"value": [c[0] for c in claims], "strategy": strategy,
@@ -205,7 +229,7 @@ class ProfileAttributes:
                 strategy = self.policy.strategies.get(name)
                 claims = [tuple(c) for c in entry["claims"]]
                 if strategy == "weighted":
-                    state["attributes"][name] = {c[1]: c for c in claims}
+                    state["attributes"][name] = {_slot(c): c for c in claims}
                 else:
                     state["attributes"][name] = {_hashable(c[0]): c for c in claims}
         state["consent"] = {p: tuple(c) for p, c in dumped["consent"].items()}
@@ -219,8 +243,8 @@ def attribute_values(view: dict[str, Any]) -> dict[str, Any]:
             for name, held in view.items() if name != "age"}
 
 
-def _dump_order(claim: list[Any]) -> tuple[str, str, str]:
-    return claim[3], claim[2], claim[1]
+def _dump_order(claim: list[Any]) -> tuple[str, str, str, str]:
+    return claim[3], claim[2], claim[1], claim[4]
 
 
 def _hashable(value: Any) -> str:
@@ -234,7 +258,8 @@ def _number(name: str, value: float) -> float | int:
 
 
 def _provenance(claim: Claim) -> dict[str, Any]:
-    return {"source": claim[1], "event_id": claim[2], "occurred_at": claim[3]}
+    return {"source": claim[1], "writer": claim[4], "vouched": claim[5], "event_id": claim[2],
+            "occurred_at": claim[3]}
 
 
 ATTRIBUTES = ProfileAttributes()

@@ -5,7 +5,38 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Protocol
+
+# Additions to a store made by an earlier release, applied when it is opened (each backend
+# adds what is missing under its write lock, then records the revision in `meta`):
+# (revision, table, column, SQL type and default — portable between SQLite and PostgreSQL).
+COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
+    (2, "api_tokens", "delta_budget", "double precision NOT NULL DEFAULT 0.0"),
+    (2, "api_tokens", "delta_spent", "double precision NOT NULL DEFAULT 0.0"),
+    (2, "api_tokens", "sources", "text NOT NULL DEFAULT ''"),
+    (2, "api_tokens", "types", "text NOT NULL DEFAULT ''"),
+    (3, "audit", "outcome", "text NOT NULL DEFAULT 'ok'"),  # old entries: allowed accesses…
+    (3, "audit", "detail", "text NOT NULL DEFAULT '{}'"),  # …whose shape was not kept
+)
+SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
+
+# Charging an answer to a token's privacy budget: ε and δ together or neither, never past
+# either budget (a relative slack of 1e-9 absorbs the rounding of sums of charges). One
+# statement for both backends, each putting in its placeholder ("?" or "%s"); the
+# parameters come from `privacy_charge`.
+SPEND_PRIVACY = (
+    "UPDATE api_tokens SET epsilon_spent = epsilon_spent + {p}, delta_spent = delta_spent + {p}"
+    " WHERE name = {p} AND revoked_at IS NULL"
+    " AND epsilon_spent + {p} <= epsilon_budget * (1 + 1e-9) AND delta_spent + {p} <= delta_budget * (1 + 1e-9)"
+    " RETURNING epsilon_budget - epsilon_spent, delta_budget - delta_spent")
+
+
+def privacy_charge(name: str, epsilon: float, delta: float) -> tuple[float, float, str, float, float]:
+    """The parameters of SPEND_PRIVACY; a charge that is negative or not a finite number is refused."""
+    if not (0 <= epsilon < float("inf") and 0 <= delta < float("inf")):  # NaN fails too
+        raise ValueError("a privacy charge is two finite numbers, neither negative")
+    return epsilon, delta, name, epsilon, delta
 
 # Every table a store holds, with the columns a copy between backends carries (`persona
 # migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
@@ -28,9 +59,20 @@ TABLES: dict[str, tuple[str, ...]] = {
     "model_people": ("profile_id", "name", "version"),
     "predictions": ("profile_id", "model", "version", "computed_at", "doc"),
     "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
-                   "epsilon_spent"),
+                   "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
     "audit": ("seq", "at", "token", "operation", "profile_id", "fields", "outcome", "detail"),
 }
+
+# The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
+# and predictions hold people's values in plaintext (for queries), so a backup leaves them out
+# (DESIGN.md invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
+# same); `persona restore` rebuilds them all.
+READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
+BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
+
+
+# The meta key of the purge mark: erasures noted, and when their physical purge is due (persona.purge).
+PURGE_MARK = "purge"
 
 
 class StoredEvent(NamedTuple):
@@ -104,6 +146,10 @@ class TokenRow(NamedTuple):
     rate_per_s: float
     epsilon_budget: float
     epsilon_spent: float
+    delta_budget: float
+    delta_spent: float
+    sources: str  # space-separated sources the token may write as ("": any, but claiming no precedence)
+    types: str  # space-separated event types it may write ("": any but the privileged ones)
 
 
 class Recorder(Protocol):
@@ -116,6 +162,7 @@ class Recorder(Protocol):
     """
 
     commits: int  # transactions this connection committed
+    purges_at_once: bool  # erasure runs purge() itself (SQLite); else one purge serves a window (persona.purge)
 
     def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]:
         """durable: the commit (and every one before it) survives a power cut once this returns,
@@ -190,7 +237,17 @@ class Recorder(Protocol):
     def erasure_mark(self) -> int:
         """Changes whenever a profile is erased."""
     def checkpoint(self, wait_s: float = 5.0) -> bool:
-        """Make deleted pages unrecoverable from the backend's own logs (SQLite: truncate the WAL)."""
+        """Make deleted rows unrecoverable from the backend's own files: purge(rewrite=True)."""
+        ...
+    def purge_lock(self) -> AbstractContextManager[bool]:
+        """Held while a purge runs (PostgreSQL: across processes): True if this connection has it."""
+        ...
+    def purge(self, wait_s: float = 5.0, *, rewrite: bool = False) -> str | None:
+        """Remove what was deleted from the backend's files, outside a transaction: SQLite truncates
+        its WAL (deleted cells are zeroed already); PostgreSQL vacuums the tables erasure deletes
+        from, so no query or dead-row reader finds an erased row, and with `rewrite` writes them
+        anew, so no page keeps its bytes either. Waits up to `wait_s` for readers that still see
+        the deleted rows. None when done, else why not (never personal data)."""
         ...
 
     # quarantine
@@ -240,11 +297,16 @@ class Recorder(Protocol):
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]: ...
 
     # API access: tokens (hashes only) and the append-only audit log
-    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None: ...
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
+        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget, delta_budget, sources, types)."""
+        ...
     def token_by_digest(self, digest: bytes) -> TokenRow | None: ...
     def tokens(self) -> list[TokenRow]: ...
     def revoke_token(self, name: str, now: int) -> bool: ...
-    def spend_epsilon(self, name: str, epsilon: float) -> float | None: ...
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        """Charge ε and δ to an active token's budgets, both or neither (SPEND_PRIVACY): what
+        remains of each, or None if either would be overdrawn."""
+        ...
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None: ...
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str, str, str]]: ...
@@ -255,7 +317,10 @@ class Recorder(Protocol):
         ...
 
     # maintenance
-    def backup(self, dest: str) -> None: ...
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """A consistent copy of these of TABLES into a new persona SQLite database at DEST (an
+        empty file): what `persona backup` writes and `persona restore` reads."""
+        ...
     def snapshot(self) -> AbstractContextManager[None]:
         """A consistent, read-only view of the whole store for the reads inside it."""
         ...

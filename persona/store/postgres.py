@@ -17,10 +17,17 @@ What differs from the SQLite default, and why:
   events, event keys, tombstones and the audit log.
 - **The change feed**: a transaction that appends events sends NOTIFY on `persona_events`
   (delivered at COMMIT) with the newest position; `wait_for_events` LISTENs for it.
-- **There is no secure_delete**: a deleted row lingers in the table file until VACUUM
-  reclaims its space, and in WAL segments and base backups beyond that. `checkpoint()`
-  runs VACUUM on the tables erasure deletes from; `persona keys rotate --retire` makes
-  every lingering wrapped key useless (docs/postgresql.md).
+- **There is no secure_delete, and erasure does not vacuum.** A DELETE leaves a dead row
+  until VACUUM, and VACUUM walks every index of a table, so its time follows the population:
+  run per erasure (as VACUUM FULL once was) it made erasure slow and blocked readers. An
+  erasure deletes the person's rows in its own transaction — gone for every query at once —
+  and notes that a purge is due; one `purge()` (VACUUM with index cleanup, no exclusive lock)
+  then serves every erasure of a window, off the request path (persona.purge). It waits only
+  for snapshots of this database: VACUUM ignores other databases' too. VACUUM leaves no dead
+  row (pg_dirtyread finds none) but does not zero the space it frees inside a page; the
+  rewrite (`purge(rewrite=True)`, VACUUM FULL) does, while reads wait. WAL segments and base
+  backups keep deleted rows beyond either; `persona keys rotate --retire` makes every lingering
+  wrapped key useless (docs/postgresql.md).
 
 Ids are `text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the
 same order on both backends. Every statement is a constant with bound parameters.
@@ -34,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -43,8 +51,22 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
-from persona.store.sqlite import SCHEMA_VERSION
+from persona.migrate import copy_store
+from persona.store.base import (
+    COLUMNS_ADDED,
+    PURGE_MARK,
+    SCHEMA_REVISION,
+    SPEND_PRIVACY,
+    TABLES,
+    Head,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    StoredEvent,
+    TokenRow,
+    privacy_charge,
+)
+from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
 
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
 PARTITIONS = 8  # hash partitions of the event log
@@ -52,16 +74,21 @@ PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held betw
 CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
 DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
-# Tables erasure deletes from whose dead rows could tell something: rewritten after it (VACUUM
-# FULL), so no page of theirs keeps the erased rows. Snapshots are sealed under the deleted key:
-# a plain VACUUM frees their space.
-_REWRITTEN = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
-              "quarantine", "quarantine_tags")
+PURGE_LOCK = 0x70757267  # 'purg' (and a hash of the schema): one purge of a store at a time
+# Tables erasure deletes from whose dead rows could tell something. Snapshots are sealed under
+# the deleted key: vacuumed with them, never rewritten.
+_ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
+                "quarantine", "quarantine_tags")
+# The batched purge (persona.purge). INDEX_CLEANUP ON: by default VACUUM leaves the indexes alone
+# when few pages hold dead rows, as one window's erasures always are, and an index entry keeps its
+# key (a link's hash, a profile id). TRUNCATE false: emptied pages at a table's end stay (reused by
+# later rows) rather than cut off under an exclusive lock that readers would queue behind.
+_VACUUM = ("VACUUM (INDEX_CLEANUP ON, TRUNCATE false) " + ", ".join((*_ERASED_FROM, "snapshots")),)
+# The rewrite (`persona purge --full`): each table written anew and its old files dropped, so no
+# page keeps an erased row's bytes in its free space; reads of a table wait while it is rewritten.
+_REWRITE = ("VACUUM FULL " + ", ".join(_ERASED_FROM), "VACUUM (INDEX_CLEANUP ON) snapshots")
 
 _ID = 'text COLLATE "C"'
-# columns the audit log gained after it was first made (a store made before them gets them on open)
-_AUDIT_COLUMNS = ("ALTER TABLE audit ADD COLUMN IF NOT EXISTS outcome text NOT NULL DEFAULT 'ok',"
-                  " ADD COLUMN IF NOT EXISTS detail text NOT NULL DEFAULT '{}'")
 _SCHEMA = [
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
@@ -110,9 +137,12 @@ _SCHEMA = [
     " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
     f"CREATE TABLE api_tokens (name {_ID} PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
     " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
-    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL)",
+    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL,"
+    " delta_budget double precision NOT NULL, delta_spent double precision NOT NULL,"
+    " sources text NOT NULL, types text NOT NULL)",
     f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
-    f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL)",
+    f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL, outcome text NOT NULL,"
+    " detail text NOT NULL)",
     "CREATE INDEX audit_profile ON audit (profile_id)",
     # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
     # tombstones or the audit log, whoever connects
@@ -126,10 +156,7 @@ _SCHEMA = [
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
       " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
       for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
-    _AUDIT_COLUMNS,
 ]
-_HAS_AUDIT_COLUMNS = ("SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = current_schema()"
-                      " AND table_name = 'audit' AND column_name IN ('outcome', 'detail')")
 
 _DROP = (
     "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
@@ -179,9 +206,8 @@ _MERGE_EDGES = (
     "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges"
     " WHERE a = ANY(%s::text[]) OR b = ANY(%s::text[]) ORDER BY edge"
 )
-_TOKEN_SELECT = (
-    "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
-)
+_SPEND_PRIVACY = SPEND_PRIVACY.format(p="%s")
+_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
 _DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
@@ -189,7 +215,6 @@ _DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[
 _CLEAR_PERSON_ROWS = ("DELETE FROM profile_index", "DELETE FROM rfm", "DELETE FROM predictions")
 _COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
 _COUNT = {table: f"SELECT count(*) FROM {table}" for table in _COUNTED}
-_VACUUM = (*(f"VACUUM FULL {table}" for table in _REWRITTEN), "VACUUM snapshots")
 
 # the order a dump reads each table in (its key); others by their first column
 _KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
@@ -271,6 +296,8 @@ def without_password(url: str) -> tuple[str, bool]:
 class PostgresRecorder:
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
 
+    purges_at_once = False  # VACUUM's cost follows the population: one purge serves a window of erasures
+
     def __init__(self, url: str, *, create: bool | None = False, busy_timeout_ms: int = 30_000) -> None:
         """create: True makes a new store (refused if one is there), False opens one, None
         opens one or makes it (a restore onto a new server)."""
@@ -278,7 +305,6 @@ class PostgresRecorder:
         self.pool = pool_for(url)
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._conn: psycopg.Connection[Any] | None = self.pool.getconn(timeout=busy_timeout_ms / 1000)
-        self._erased_xid: str | None = None  # the newest erasing transaction's id, for checkpoint()
         self._depth = 0
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
@@ -302,23 +328,16 @@ class PostgresRecorder:
                     for statement in _SCHEMA:
                         self.conn.execute(statement)
                     self.set_meta("schema_version", SCHEMA_VERSION)
+                    self.set_meta("schema_revision", str(SCHEMA_REVISION))
             elif not self._has_schema():
                 raise ConfigurationError(f"no persona store in PostgreSQL at {_where(url)};"
                                          " run `persona --data DIR init --backend URL`")
             elif self.get_meta("schema_version") != SCHEMA_VERSION:
                 raise ConfigurationError("the database was not made by this version of persona")
-            self._add_audit_columns()
+            self._upgrade()
         except BaseException:
             self.close()
             raise
-
-    def _add_audit_columns(self) -> None:
-        """A store made before the audit log had outcomes and details gets them (once, under the write lock)."""
-        if self._value(_HAS_AUDIT_COLUMNS):
-            return
-        with self.conn.transaction():
-            self._lock()
-            self.conn.execute(_AUDIT_COLUMNS)
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -336,6 +355,16 @@ class PostgresRecorder:
     def _settings(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
 
+    def _upgrade(self) -> None:
+        """Columns added since the store was made (COLUMNS_ADDED), once, under the write lock."""
+        if not self._has_schema() or int(self.get_meta("schema_revision") or 1) >= SCHEMA_REVISION:
+            return
+        with self.conn.transaction():
+            self._lock()
+            for _, table, column, declaration in COLUMNS_ADDED:  # constant names of persona.store.base
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
+            self.set_meta("schema_revision", str(SCHEMA_REVISION))
+
     def recreate(self) -> None:
         """Drop every table of the store and make them anew, empty (inside a transaction:
         PostgreSQL's DDL is transactional, so others see the old store until COMMIT)."""
@@ -347,6 +376,7 @@ class PostgresRecorder:
         for statement in _SCHEMA:
             self.conn.execute(statement)
         self.set_meta("schema_version", SCHEMA_VERSION)
+        self.set_meta("schema_revision", str(SCHEMA_REVISION))
         self.conn.execute("UPDATE persona_clock SET n = %s", (clock,))
 
     def _value(self, sql: str) -> Any:
@@ -667,7 +697,6 @@ class PostgresRecorder:
     # -- erasure -------------------------------------------------------------------------
     def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
         conn = self.conn
-        self._erased_xid = str(self._value("SELECT pg_current_xact_id()"))
         head = conn.execute("SELECT version FROM streams WHERE stream_id = %s", (profile_id,)).fetchone()
         events = int(head[0]) if head else 0
         hashes = [h for (h, _) in self.links_of(profile_id)]
@@ -706,54 +735,74 @@ class PostgresRecorder:
         yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at, seq").fetchall()
 
     def checkpoint(self, wait_s: float = 5.0) -> bool:
-        """Rewrite the tables erasure deletes from (VACUUM FULL), so that no page of theirs
-        keeps an erased row: a plain VACUUM frees the space but leaves the bytes.
+        return self.purge(wait_s, rewrite=True) is None
 
-        VACUUM FULL still copies a deleted row that some open snapshot may see, so first this
-        waits (up to `wait_s`) until no other session holds a snapshot older than now and no
-        replication slot holds back the horizon. False if that, a table's lock, or owning the
-        tables fails. Even when it succeeds, WAL segments and base backups keep what they
-        hold until they are recycled or destroyed (docs/postgresql.md); a retiring key
-        rotation makes the wrapped keys among them useless. Outside a transaction only. Takes
-        time in proportion to those tables (the population), not to anyone's history.
+    def purge(self, wait_s: float = 5.0, *, rewrite: bool = False) -> str | None:
+        """VACUUM the tables erasure deletes from: their dead rows and index entries go, and no
+        query, nor pg_dirtyread, finds them again. It takes no lock that readers or writers wait
+        for, and scans only pages that changed, plus every index of those tables: time follows
+        the population, hence one purge per window (persona.purge). What it does not do is zero
+        the freed space inside each page; `rewrite` (VACUUM FULL) writes the tables anew instead,
+        while reads of each wait (docs/postgresql.md).
+
+        VACUUM keeps a dead row that some open snapshot of this database may still see, so first
+        this waits (up to `wait_s`) until none is older than the newest erasure: no session's
+        snapshot or transaction (of any role: backend_xmin and backend_xid are shown to all), no
+        prepared transaction, no replication slot's horizon. Snapshots in other databases do not
+        hold back VACUUM of this one's tables, and are not waited for. Outside a transaction only.
         """
         if self._depth:
-            return False
-        erased = self._erased_xid or str(self._value("SELECT pg_current_xact_id()"))
+            return "it cannot run inside a transaction"
+        conn = self.conn
         deadline = time.monotonic() + wait_s
-        while self._holding_back(erased):
+        while self._holding_back():
             if time.monotonic() >= deadline:
-                return False
+                return "a session of this database holds a snapshot from before an erasure"
             time.sleep(0.05)
-        owned = self.conn.execute("SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c"
-                                  " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(_REWRITTEN),)).fetchone()
-        if not (owned and owned[0]):  # VACUUM would only warn and skip
-            return False
-        self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(int(wait_s * 1000), 1)}ms",))
+        if not self._value_of("SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c"
+                              " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(_ERASED_FROM),)):
+            return "the database user does not own the store's tables"  # VACUUM would only warn and skip
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(int(wait_s * 1000), 1)}ms",))
         try:
-            for statement in _VACUUM:
-                self.conn.execute(statement)
+            for statement in _REWRITE if rewrite else _VACUUM:
+                conn.execute(statement)
         except pg_errors.LockNotAvailable:
-            return False
+            return "a table's lock was not had in time"
         finally:
-            self.conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
-        if self._erased_xid == erased:
-            self._erased_xid = None
-        return True
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
+        return None
 
-    def _holding_back(self, erased: str) -> bool:
-        """Whether anything may still see rows as they were before transaction `erased`
-        committed: a session's snapshot or transaction from before it (of any role: backend_xmin
-        and backend_xid are shown to all), a prepared transaction, a replication slot's horizon.
-        age() orders transaction ids across wraparound: older is larger."""
-        row = self.conn.execute(
-            "WITH e AS (SELECT age(xid(%s::xid8)) AS a)"
+    @contextmanager
+    def purge_lock(self) -> Iterator[bool]:
+        """A session lock (one per schema), so one purge runs at a time over every process; a purge
+        that dies with its connection lets it go."""
+        mine = bool(self._value_of("SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)))
+        try:
+            yield mine
+        finally:
+            if mine and not self.conn.broken:
+                self.conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", (PURGE_LOCK,))
+
+    def _value_of(self, sql: str, params: Sequence[Any]) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def _holding_back(self) -> bool:
+        """Whether anything in this database may still see rows as they were before the newest
+        erasure committed: the transaction that last wrote the purge mark (each erasure does, and
+        a purge as it starts), or, before any erasure, this moment. age() orders transaction ids
+        across wraparound: older is larger."""
+        return bool(self._value_of(
+            "WITH e AS (SELECT coalesce((SELECT age(xmin) FROM meta WHERE key = %s), age(xid(pg_current_xact_id())))"
+            " AS a)"
             " SELECT (SELECT count(*) FROM pg_stat_activity, e WHERE pid <> pg_backend_pid()"
+            " AND (datname = current_database() OR datname IS NULL)"
             " AND (age(backend_xmin) >= e.a OR age(backend_xid) >= e.a))"
-            " + (SELECT count(*) FROM pg_prepared_xacts, e WHERE age(transaction) >= e.a)"
-            " + (SELECT count(*) FROM pg_replication_slots, e WHERE age(xmin) >= e.a OR age(catalog_xmin) >= e.a)"
-            " FROM e", (erased,)).fetchone()
-        return bool(row and row[0])
+            " + (SELECT count(*) FROM pg_prepared_xacts, e WHERE database = current_database()"
+            " AND age(transaction) >= e.a)"
+            " + (SELECT count(*) FROM pg_replication_slots, e WHERE (database IS NULL OR database = current_database())"
+            " AND age(xmin) >= e.a)"
+            " FROM e", (PURGE_MARK,)))
 
     # -- models ----------------------------------------------------------------------------
     def next_model_version(self, name: str) -> int:
@@ -941,12 +990,13 @@ class PostgresRecorder:
         return len(ids)
 
     # -- API access ----------------------------------------------------------------------
-    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None:
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
         try:
             with self.conn.transaction():
                 self.conn.execute(
                     "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                    " epsilon_spent) VALUES (%s, %s, %s, %s, %s, %s, 0.0)", row)
+                    " delta_budget, sources, types, epsilon_spent, delta_spent)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0)", row)
         except pg_errors.UniqueViolation:
             raise ConfigurationError(f"a token named {row[0]!r} already exists") from None
 
@@ -962,12 +1012,9 @@ class PostgresRecorder:
                                    (now, name))
         return cursor.rowcount == 1
 
-    def spend_epsilon(self, name: str, epsilon: float) -> float | None:
-        row = self.conn.execute(
-            "UPDATE api_tokens SET epsilon_spent = epsilon_spent + %s"
-            " WHERE name = %s AND revoked_at IS NULL AND epsilon_spent + %s <= epsilon_budget + 1e-9"
-            " RETURNING epsilon_budget - epsilon_spent", (epsilon, name, epsilon)).fetchone()
-        return None if row is None else float(row[0])
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        row = self.conn.execute(_SPEND_PRIVACY, privacy_charge(name, epsilon, delta)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
 
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
         if rows:
@@ -1027,21 +1074,13 @@ class PostgresRecorder:
                               " false) FROM " + table, (table, column))
         self.conn.execute("SELECT setval('events_position_seq', coalesce(max(position), 0) + 1, false) FROM events")
 
-    def backup(self, dest: str) -> None:
-        """A consistent copy as a SQLite file (ciphertext as it is): `persona restore` and
-        `persona migrate` read it."""
-        from pathlib import Path
-
-        from persona.migrate import copy_store
-        from persona.store.sqlite import SQLiteRecorder
-
-        # persona.backup made the file empty and 0600; SQLite fills it, and its WAL inherits the mode
-        target = SQLiteRecorder(Path(dest), create=True)
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """A SQLite file, filled in one REPEATABLE READ snapshot of the store."""
+        target = SQLiteRecorder(dest, create=True)
         try:
-            copy_store(self, target)  # in one snapshot of the whole store
+            copy_store(self, target, tables=tables)
         finally:
             target.close()
-        os.chmod(dest, 0o600)
 
     def counts(self) -> dict[str, int]:
         out = {}
@@ -1052,8 +1091,8 @@ class PostgresRecorder:
 
 
 def _token(row: Sequence[Any]) -> TokenRow:
-    name, digest, scopes, created, revoked, rate, budget, spent = row
-    return TokenRow(name, bytes(digest), scopes, created, revoked, rate, budget, spent)
+    name, digest, *rest = row
+    return TokenRow(name, bytes(digest), *rest)
 
 
 def _newest(rows: Sequence[tuple[Any, ...]], width: int, version: Callable[[tuple[Any, ...]], Any]

@@ -11,7 +11,19 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.store.base import TABLES, Head, MergeEdge, ProfileRow, QuarantinedRecord, StoredEvent, TokenRow
+from persona.store.base import (
+    COLUMNS_ADDED,
+    SCHEMA_REVISION,
+    SPEND_PRIVACY,
+    TABLES,
+    Head,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    StoredEvent,
+    TokenRow,
+    privacy_charge,
+)
 
 SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
@@ -33,9 +45,6 @@ BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (UPDATE refused
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
 """
-# columns the audit log gained after it was first made: added on open (old rows: allowed, no detail)
-_AUDIT_COLUMNS = ("ALTER TABLE audit ADD COLUMN outcome TEXT NOT NULL DEFAULT 'ok';\n"
-                  "ALTER TABLE audit ADD COLUMN detail TEXT NOT NULL DEFAULT '{}';")
 
 _TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
@@ -95,9 +104,8 @@ _READ_AFTER = (
     " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
     " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
-_TOKEN_SELECT = (
-    "SELECT name, digest, scopes, created_at, revoked_at, rate_per_s, epsilon_budget, epsilon_spent FROM api_tokens"
-)
+_SPEND_PRIVACY = SPEND_PRIVACY.format(p="?")
+_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
 _EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
@@ -149,6 +157,8 @@ _PRAGMAS = (
 class SQLiteRecorder:
     """A Recorder over one SQLite file. One instance per thread."""
 
+    purges_at_once = True  # a WAL checkpoint costs little: each erasure runs it
+
     def __init__(self, path: Path, *, create: bool = False, busy_timeout_ms: int = 30_000) -> None:
         if not create and not path.exists():
             raise ConfigurationError("no database in the data directory; run `persona --data DIR init`")
@@ -172,9 +182,20 @@ class SQLiteRecorder:
             raise ConfigurationError("the database was not made by this version of persona")
         self._create_derived_schema()
         self._create_access_schema()
-        self._add_audit_columns()
         self._create_merge_schema()
         self._create_model_schema()
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Columns added since the store was made (COLUMNS_ADDED), once, under the write lock."""
+        if int(self.get_meta("schema_revision") or 1) >= SCHEMA_REVISION:
+            return
+        with self.transaction():
+            for _, table, column, declaration in COLUMNS_ADDED:
+                present = {row[1] for row in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+                if column not in present:  # constant names of persona.store.base, never input
+                    self.conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {column} {declaration}")
+            self.set_meta("schema_revision", str(SCHEMA_REVISION))
 
     def _create_schema(self) -> None:
         db = self.db
@@ -343,7 +364,7 @@ class SQLiteRecorder:
                  "rate_per_s": float, "epsilon_budget": float, "epsilon_spent": float},
                 pk="name",
                 not_null={"digest", "scopes", "created_at", "rate_per_s", "epsilon_budget", "epsilon_spent"},
-                if_not_exists=True,
+                if_not_exists=True,  # and the columns of COLUMNS_ADDED, by _upgrade
             )
             db.table("api_tokens").create_index(["digest"], unique=True, if_not_exists=True)
             db.table("audit").create(
@@ -354,14 +375,6 @@ class SQLiteRecorder:
             )
             db.table("audit").create_index(["profile_id"], if_not_exists=True)
             self._run_script(_ACCESS_TRIGGERS)
-
-    def _add_audit_columns(self) -> None:
-        """Each entry's outcome and the shape of its question (additive, so made on open)."""
-        if any(row[1] == "outcome" for row in self.conn.execute("PRAGMA table_info(audit)")):
-            return
-        with self.transaction():
-            if not any(row[1] == "outcome" for row in self.conn.execute("PRAGMA table_info(audit)")):
-                self._run_script(_AUDIT_COLUMNS)
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
@@ -779,6 +792,14 @@ class SQLiteRecorder:
             self._set_busy_timeout(self.busy_timeout_ms)
         return bool(busy == 0)
 
+    @contextmanager
+    def purge_lock(self) -> Iterator[bool]:
+        yield True  # checkpoints may run side by side
+
+    def purge(self, wait_s: float = 5.0, *, rewrite: bool = False) -> str | None:
+        """The checkpoint: secure_delete already zeroed the deleted cells in place."""
+        return None if self.checkpoint(wait_s) else "a reader holds the WAL"
+
     # -- snapshots and read models ------------------------------------------------------
     def snapshots_of(self, profile_id: str) -> dict[str, tuple[int, int, bytes]]:
         """projection -> (projection version, stream version, sealed state)."""
@@ -924,12 +945,11 @@ class SQLiteRecorder:
         return len(ids)
 
     # -- API access ----------------------------------------------------------------------
-    def put_token(self, row: tuple[str, bytes, str, int, float, float]) -> None:
-        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget); a name is used once."""
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
         try:
             self.conn.execute(
                 "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                " epsilon_spent) VALUES (?, ?, ?, ?, ?, ?, 0.0)",
+                " delta_budget, sources, types, epsilon_spent, delta_spent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
                 row,
             )
         except sqlite3.IntegrityError:
@@ -947,15 +967,9 @@ class SQLiteRecorder:
             "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
         return cursor.rowcount == 1
 
-    def spend_epsilon(self, name: str, epsilon: float) -> float | None:
-        """Charge ε to a token's privacy budget; the remaining budget, or None if it would overdraw."""
-        row = self.conn.execute(
-            "UPDATE api_tokens SET epsilon_spent = epsilon_spent + ?1"
-            " WHERE name = ?2 AND revoked_at IS NULL AND epsilon_spent + ?1 <= epsilon_budget + 1e-9"
-            " RETURNING epsilon_budget - epsilon_spent",
-            (epsilon, name),
-        ).fetchone()
-        return None if row is None else float(row[0])
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        row = self.conn.execute(_SPEND_PRIVACY, privacy_charge(name, epsilon, delta)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
 
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
         """rows: (at, writer, operation, profile_id, comma-separated fields, outcome, detail)."""
@@ -1011,9 +1025,20 @@ class SQLiteRecorder:
     def finish_load(self) -> None:
         """Nothing to do: SQLite numbers new rows after the largest (AUTOINCREMENT remembers it)."""
 
-    def backup(self, dest: str) -> None:
-        """A consistent, compacted copy of the database (VACUUM INTO)."""
-        self.conn.execute("VACUUM INTO ?", (dest,))
+    def backup(self, dest: Path, tables: Sequence[str]) -> None:
+        """The schema made in DEST, then the tables copied by SQLite itself (no row passes through
+        Python), in one read transaction of this database."""
+        SQLiteRecorder(dest, create=True).close()
+        self.conn.execute("ATTACH DATABASE ? AS copy", (str(dest),))
+        try:
+            with self.snapshot():
+                for table in tables:
+                    columns = ", ".join(TABLES[table])  # a KeyError for anything else: names are constants
+                    verb = "INSERT OR REPLACE" if table == "meta" else "INSERT"
+                    self.conn.execute(verb + " INTO copy.[" + table + "] (" + columns + ") SELECT " + columns
+                                      + " FROM main.[" + table + "]")
+        finally:
+            self.conn.execute("DETACH DATABASE copy")
 
     def counts(self) -> dict[str, int]:
         out = {}

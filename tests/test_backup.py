@@ -1,0 +1,227 @@
+"""Backups and restores, as someone holding a backup file but no key sees them, and as an
+attacker with write access to the ledger or the backup would try them. Both backends."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from persona import Persona
+from persona.backup import backup, restore
+from persona.cli import cli
+from persona.crypto import Keyring
+from persona.erasure import erase_subject
+from persona.errors import ConfigurationError, ErasedError, KeyMismatchError, TamperError
+from persona.ingest import ingest_jsonl
+from persona.population import compute_rfm
+from persona.profiles import profile_view
+from persona.verify import verify
+from tests.conftest import NOW, jsonl, record, store_bytes
+
+CAROL = "carol.quxley@example.com"
+CITY = "Quxville-on-Nord"
+CATEGORY = "zither-strings"
+# What the read models show of Carol, as the live store keeps them (canonical JSON)
+NEEDLES = (CITY.encode(), CATEGORY.encode(), b'"birth_year":1937', b'"gender":"other"', b"4817.23")
+READ_MODELS = ("profile_index", "rfm", "predictions", "snapshots")
+
+
+def populate(persona: Persona) -> str:
+    """Carol among a few other buyers, with attribute and feature values found nowhere else."""
+    others = [record(f"p{i}@example.com", "order_placed", {"order_id": f"o{i}", "amount": f"{10 + i}.00",
+                                                           "currency": "CNY"}, event_id=f"p{i}") for i in range(6)]
+    carol = [
+        record(CAROL, "profile_updated", {"city": CITY, "birth_year": 1937, "gender": "other"}, source="crm",
+               event_id="c1"),
+        record(CAROL, "order_placed", {"order_id": "Q-1", "amount": "4817.23", "currency": "CNY",
+                                       "items": [{"sku": "zs-1", "category": CATEGORY}]}, event_id="c2"),
+        record(CAROL, "product_viewed", {"sku": "zs-1", "category": CATEGORY}, event_id="c3"),
+    ]
+    ingest_jsonl(persona, io.BytesIO(jsonl(*others, *carol)), origin="f.jsonl")
+    assert compute_rfm(persona) == 7  # RFM scores: made by `persona rebuild`
+    pid = persona.log.profile_for("email", CAROL)
+    assert pid is not None
+    return pid
+
+
+def rows_in(db: Path, table: str) -> int:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # constant names
+
+
+def test_a_backup_shows_no_personal_value_without_a_key_and_restore_rebuilds_the_read_models(
+        persona: Persona, tmp_path: Path) -> None:
+    carol = populate(persona)
+    live = store_bytes(persona)
+    for needle in NEEDLES:
+        assert needle in live, needle  # the search below can see what it looks for
+    index, rfm = persona.recorder.index_rows(), persona.recorder.rfm_scores()
+    view = profile_view(persona, carol, now=NOW)
+    assert index and rfm
+
+    info = backup(persona, tmp_path / "b.db")
+    raw = info.path.read_bytes()
+    assert info.events == 9 and raw.startswith(b"SQLite format 3")
+    for needle in (*NEEDLES, CAROL.encode()):
+        assert needle not in raw, needle
+    assert [rows_in(info.path, t) for t in READ_MODELS] == [0, 0, 0, 0]
+    assert not Path(f"{info.path}-wal").exists() and info.path.stat().st_mode & 0o777 == 0o600
+
+    settings = persona.settings
+    persona.close()
+    restored = restore(settings, info.path)
+    assert restored.rebuilt == 7 and restored.reapplied == []
+    with Persona.open(settings) as p:
+        assert p.recorder.index_rows() == index  # rebuilt byte for byte
+        assert p.recorder.rfm_scores() == rfm
+        assert profile_view(p, carol, now=NOW) == view
+        assert verify(p).events == 9
+
+
+def test_a_backup_from_before_an_erasure_holds_nothing_of_the_person_in_clear(persona: Persona,
+                                                                              tmp_path: Path) -> None:
+    populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", CAROL)
+    raw = info.path.read_bytes()
+    for needle in NEEDLES:
+        assert needle not in raw, needle
+    settings = persona.settings
+    persona.close()
+    assert len(restore(settings, info.path).reapplied) == 1
+    with Persona.open(settings) as p:
+        assert p.log.profile_for("email", CAROL) is None
+        after = store_bytes(p)
+        for needle in NEEDLES:
+            assert needle not in after, needle
+
+
+def flip_in_line(ledger: Path, line: int, field: bytes) -> None:
+    """Change one character of a value on one line of the ledger, keeping it valid JSON."""
+    lines = ledger.read_bytes().split(b"\n")
+    at = lines[line].index(field) + len(field) + 2  # past '":"' to the value's second character
+    assert 0 < at < len(lines[line])
+    changed = bytearray(lines[line])
+    changed[at] = ord("0") if changed[at] != ord("0") else ord("1")
+    lines[line] = bytes(changed)
+    ledger.write_bytes(b"\n".join(lines))
+
+
+def test_a_tampered_ledger_line_is_refused_and_nobody_comes_back(persona: Persona, tmp_path: Path) -> None:
+    populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", CAROL)
+    erase_subject(persona, "email", "p1@example.com")
+    settings = persona.settings
+    persona.close()
+    good = settings.ledger_path.read_bytes()
+    for line, field in ((0, b"profile_id"), (1, b"profile_id"), (0, b"erased_at")):
+        settings.ledger_path.write_bytes(good)
+        flip_in_line(settings.ledger_path, line, field)
+        verified = CliRunner().invoke(cli, ["--data", str(settings.data_dir), "verify"])
+        assert verified.exit_code == 2 and "erasure ledger line" in verified.output, verified.output
+        with pytest.raises(TamperError, match=f"erasure ledger line {line + 1}"):
+            restore(settings, info.path)
+        with Persona.open(settings) as p:  # the refused restore changed nothing
+            assert p.log.profile_for("email", CAROL) is None
+            assert p.log.profile_for("email", "p1@example.com") is None
+
+
+def test_restore_keeps_the_current_stores_erasures_even_without_a_ledger(persona: Persona, tmp_path: Path) -> None:
+    carol = populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", CAROL)
+    erased_at = persona.recorder.tombstone(carol)
+    settings = persona.settings
+    persona.close()
+    settings.ledger_path.unlink()  # lost, or deleted by someone who wants Carol back
+    assert restore(settings, info.path).reapplied == [carol]
+    with Persona.open(settings) as p:
+        assert p.log.profile_for("email", CAROL) is None and p.recorder.tombstone(carol) == erased_at
+        with pytest.raises(ErasedError):
+            p.log.read(carol)
+        assert verify(p).erased == 1
+
+
+def tamper_backup(path: Path, statement: str, *args: object) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("DROP TRIGGER IF EXISTS events_are_append_only_update")
+        conn.execute(statement, args)
+
+
+def test_a_backup_altered_since_it_was_taken_is_refused(persona: Persona, tmp_path: Path) -> None:
+    carol = populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    settings = persona.settings
+    persona.close()
+    with closing(sqlite3.connect(info.path)) as conn:
+        position, payload = conn.execute("SELECT position, payload FROM events ORDER BY position DESC").fetchone()
+    flipped = bytearray(payload)
+    flipped[20] ^= 0x01
+    tamper_backup(info.path, "UPDATE events SET payload = ? WHERE position = ?", bytes(flipped), position)
+    with pytest.raises(TamperError, match=f"position {position}"):
+        restore(settings, info.path)
+    with Persona.open(settings) as p:  # nothing was changed
+        assert verify(p).events == 9 and profile_view(p, carol)["attributes"]["city"]["value"] == CITY
+
+
+def test_read_models_smuggled_into_a_backup_are_rebuilt_not_restored(persona: Persona, tmp_path: Path) -> None:
+    carol = populate(persona)
+    index = persona.recorder.index_rows()
+    info = backup(persona, tmp_path / "b.db")
+    settings = persona.settings
+    persona.close()
+    tamper_backup(info.path, "INSERT OR REPLACE INTO profile_index (profile_id, version, doc) VALUES (?, 99, ?)", carol,
+                  '{"attributes":{"city":"Forged"}}')
+    restore(settings, info.path)
+    with Persona.open(settings) as p:
+        assert p.recorder.index_rows() == index
+
+
+def test_retiring_the_master_key_makes_every_older_backup_unreadable(persona: Persona, tmp_path: Path) -> None:
+    """The documented way (`persona keys rotate --retire`): nothing in a backup taken before opens
+    with the key file after it; restoring it is refused."""
+    carol = populate(persona)
+    old = backup(persona, tmp_path / "old.db")
+    with closing(sqlite3.connect(f"file:{old.path}?mode=ro", uri=True)) as conn:
+        wrapped = [(pid, version, bytes(w)) for pid, version, w in conn.execute("SELECT * FROM keys")]
+    assert any(pid == carol for pid, _, _ in wrapped)
+    for pid, version, w in wrapped:
+        persona.keyring.unwrap(pid, version, w)  # the risk is real: before, every key in it opens
+    erase_subject(persona, "email", CAROL)
+    settings = persona.settings
+    persona.close()
+
+    result = CliRunner().invoke(cli, ["--data", str(settings.data_dir), "keys", "rotate", "--retire"])
+    assert result.exit_code == 0 and "retired 1 older version" in result.output, result.output
+    ring = Keyring.read(settings.key_file)
+    for pid, version, w in wrapped:
+        for v in {version, *ring.keks}:
+            with pytest.raises((TamperError, ConfigurationError)):
+                ring.unwrap(pid, v, w)
+    with pytest.raises(KeyMismatchError, match="lacks master key version"):
+        restore(settings, old.path)
+    with Persona.open(settings) as p:
+        assert verify(p).erased == 1
+
+
+
+@pytest.mark.sqlite_only  # the database file itself
+def test_a_current_database_that_cannot_be_read_is_not_silently_passed_over(persona: Persona, tmp_path: Path) -> None:
+    populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", CAROL)
+    settings = persona.settings
+    persona.close()
+    settings.db_path.write_bytes(b"not a database" * 1000)  # its tombstones can no longer be read
+    with pytest.raises(ConfigurationError, match="move it out of the data directory"):
+        restore(settings, info.path)
+    settings.db_path.rename(tmp_path / "damaged.db")
+    restore(settings, info.path)  # the ledger alone still erases Carol
+    with Persona.open(settings) as p:
+        assert p.log.profile_for("email", CAROL) is None and verify(p).erased == 1
