@@ -4,7 +4,11 @@ run `insights` over the whole population back to back — first with a token eac
 with one token. Writes the scans section of docs/benchmarks.md and docs/benchmarks-scans.json.
 
     scripts/bench-scans                # 600,000 events over 100,000 people; 3 runs of 20 s per phase
+    scripts/bench-scans --baseline /tmp/before --baseline-label "main 72a0aa0"   # beside an older tree
     scripts/bench-scans --quick        # a smoke run (small sizes; publishes nothing)
+
+With --baseline (a tree holding persona/, e.g. from `git archive`), a second server runs that
+tree's code over the same data, and the phases alternate between the two, run by run.
 """
 
 from __future__ import annotations
@@ -148,6 +152,37 @@ def run_phase(phase: Phase, port: int, point_token: str, scan_tokens: list[str],
             "scan_p50_s": statistics.median(scans.latencies_ms) / 1000 if scans.latencies_ms else None}
 
 
+def warm_up(port: int, token: str) -> None:
+    """One scan before anything is measured (a server's scan processes start with its first)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        status, doc = post(conn, token, orjson.dumps({"query": SCAN_QUERY}))
+    finally:
+        conn.close()
+    if status != 200 or doc.get("errors"):
+        raise BenchError(f"the warm-up scan failed: HTTP {status}: {str(doc)[:300]}")
+
+
+def serve_command(data_dir: Path, port: int, tree: Path | None) -> list[str]:
+    """`persona serve` with this tree's code, or another tree's (its persona/ first on the path)."""
+    if tree is None:
+        return [sys.executable, "-m", "persona", "--data", str(data_dir), "serve", "--port", str(port)]
+    start = f"import sys; sys.path.insert(0, {str(tree)!r}); from persona.cli import main; main()"
+    return [sys.executable, "-c", start, "--data", str(data_dir), "serve", "--port", str(port)]
+
+
+def summary(runs: list[dict[str, Any]], phase: Phase) -> dict[str, Any]:
+    refused: Counter[str] = Counter()
+    for r in runs:
+        refused.update(r["scans_refused"])
+    scan_p50 = [r["scan_p50_s"] for r in runs if r["scan_p50_s"] is not None]
+    return {"label": phase.label, "reads": stats([r["reads"] for r in runs]),
+            "p50_ms": stats([r["p50_ms"] for r in runs]), "p99_ms": stats([r["p99_ms"] for r in runs]),
+            "max_ms": stats([r["max_ms"] for r in runs]),
+            "scans_answered": stats([r["scans_answered"] for r in runs]),
+            "scans_refused": dict(refused), "scan_p50_s": stats(scan_p50) if scan_p50 else None, "raw": runs}
+
+
 def stats(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
 
@@ -162,17 +197,25 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--label", default="this tree", help="how the report names this tree's code")
+    parser.add_argument("--baseline", type=Path, help="a tree (with persona/) to measure beside this one")
+    parser.add_argument("--baseline-label", default="before", help="how the report names the baseline")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
+    trees: dict[str, Path | None] = {"this": None}
+    if args.baseline is not None:
+        if not (args.baseline / "persona" / "__init__.py").is_file():
+            sys.exit(f"bench-scans: {args.baseline} holds no persona/ package")
+        trees["baseline"] = args.baseline.resolve()
     if args.quick:
         args.events, args.people, args.runs, args.duration = 6_000, 1_000, 1, 2.0
     signal.signal(signal.SIGTERM, _terminated)
     load_before = os.getloadavg()
-    measured: dict[str, list[dict[str, Any]]] = {p.key: [] for p in PHASES}
+    measured: dict[str, dict[str, list[dict[str, Any]]]] = {code: {p.key: [] for p in PHASES} for code in trees}
     with tempfile.TemporaryDirectory(prefix="persona-bench-scans-") as tmp:
         root = Path(tmp)
-        server = None
+        servers: dict[str, tuple[Server, int]] = {}
         try:
             print(f"building {args.events:,} events over {args.people:,} people…", file=sys.stderr)
             data = build_dataset(root, args.events, args.people, heavy=max(1, args.events // 2_000),
@@ -183,25 +226,30 @@ def main() -> None:
                 point_token = create_token(p, "points", reads, rate_per_s=1e9)
                 scan_tokens = [create_token(p, f"scan{n}", frozenset({"insights:read"}), rate_per_s=1e9,
                                             epsilon_budget=1e9, delta_budget=1e-3) for n in range(10)]
-            port = free_port()
-            server = Server("persona serve", [sys.executable, "-m", "persona", "--data", str(data.data_dir),
-                                              "serve", "--port", str(port)], port, root / "server.log")
-            server.wait_healthy()
+            for code, tree in trees.items():
+                port = free_port()
+                servers[code] = (Server(f"persona serve ({code})", serve_command(data.data_dir, port, tree), port,
+                                        root / f"server-{code}.log"), port)
+                servers[code][0].wait_healthy()
+                warm_up(port, scan_tokens[0])
             for run in range(args.runs):
-                for phase in PHASES:
-                    print(f"run {run + 1}/{args.runs}: {phase.key}…", file=sys.stderr)
-                    measured[phase.key].append(run_phase(phase, port, point_token, scan_tokens,
-                                                         data.profile_ids, args.duration))
-                    time.sleep(2.0)  # scans still running after their clients stopped finish
-            if server.proc.poll() is not None:
-                raise BenchError(f"the server died during the run:\n{server.log_tail()}")
-            logged = server.log_path.read_text(errors="replace")
-            if "Traceback" in logged or "internal error" in logged:
-                raise BenchError(f"the server logged errors during the run:\n{server.log_tail()}")
+                order = list(trees) if run % 2 == 0 else list(reversed(trees))  # neither always first
+                for code in order:
+                    for phase in PHASES:
+                        print(f"run {run + 1}/{args.runs}, {code}: {phase.key}…", file=sys.stderr)
+                        measured[code][phase.key].append(run_phase(phase, servers[code][1], point_token,
+                                                                   scan_tokens, data.profile_ids, args.duration))
+                        time.sleep(2.0)  # scans still running after their clients stopped finish
+            for server, _ in servers.values():
+                if server.proc.poll() is not None:
+                    raise BenchError(f"{server.name} died during the run:\n{server.log_tail()}")
+                logged = server.log_path.read_text(errors="replace")
+                if "Traceback" in logged or "internal error" in logged:
+                    raise BenchError(f"{server.name} logged errors during the run:\n{server.log_tail()}")
         except BenchError as e:
             sys.exit(f"bench-scans: {e}")
         finally:
-            if server is not None:
+            for server, _ in servers.values():
                 server.stop()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -212,20 +260,12 @@ def main() -> None:
                      "runs": args.runs},
         "load_average": {"before": [round(x, 2) for x in load_before],
                          "after": [round(x, 2) for x in os.getloadavg()]},
-        "phases": {},
+        "label": args.label,
+        "baseline": args.baseline_label if args.baseline is not None else None,
+        "phases": {phase.key: summary(measured["this"][phase.key], phase) for phase in PHASES},
     }
-    for phase in PHASES:
-        runs = measured[phase.key]
-        refused: Counter[str] = Counter()
-        for r in runs:
-            refused.update(r["scans_refused"])
-        scan_p50 = [r["scan_p50_s"] for r in runs if r["scan_p50_s"] is not None]
-        results["phases"][phase.key] = {
-            "label": phase.label, "reads": stats([r["reads"] for r in runs]),
-            "p50_ms": stats([r["p50_ms"] for r in runs]), "p99_ms": stats([r["p99_ms"] for r in runs]),
-            "max_ms": stats([r["max_ms"] for r in runs]),
-            "scans_answered": stats([r["scans_answered"] for r in runs]),
-            "scans_refused": dict(refused), "scan_p50_s": stats(scan_p50) if scan_p50 else None, "raw": runs}
+    if args.baseline is not None:
+        results["baseline_phases"] = {phase.key: summary(measured["baseline"][phase.key], phase) for phase in PHASES}
     write_report(results, args.out, quick=args.quick)
 
 
@@ -239,15 +279,18 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"phase, median of {w['runs']} runs (min–max) · load average {r['load_average']['before'][0]:.2f} before, "
         f"{r['load_average']['after'][0]:.2f} after",
         "",
-        "| while | point reads | p50 ms | p99 ms | max ms | scans answered | scans refused | scan p50 s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| while | code | point reads | p50 ms | p99 ms | max ms | scans answered | scans refused | scan p50 s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in r["phases"].values():
-        refused = ", ".join(f"{n:,} {code}" for code, n in sorted(row["scans_refused"].items())) or "—"
-        scan_p50 = cell(row["scan_p50_s"], ".1f") if row["scan_p50_s"] else "—"
-        lines.append(f"| {row['label']} | {cell(row['reads'], ',.0f')} | {cell(row['p50_ms'], '.1f')} "
-                     f"| {cell(row['p99_ms'], '.1f')} | {cell(row['max_ms'], '.0f')} "
-                     f"| {cell(row['scans_answered'], ',.0f')} | {refused} | {scan_p50} |")
+    codes = [(r["label"], "phases")] + ([(r["baseline"], "baseline_phases")] if r.get("baseline") else [])
+    for key in r["phases"]:
+        for code, where in codes:
+            row = r[where][key]
+            refused = ", ".join(f"{n:,} {name}" for name, n in sorted(row["scans_refused"].items())) or "—"
+            scan_p50 = cell(row["scan_p50_s"], ".1f") if row["scan_p50_s"] else "—"
+            lines.append(f"| {row['label']} | {code} | {cell(row['reads'], ',.0f')} | {cell(row['p50_ms'], '.1f')} "
+                         f"| {cell(row['p99_ms'], '.1f')} | {cell(row['max_ms'], '.0f')} "
+                         f"| {cell(row['scans_answered'], ',.0f')} | {refused} | {scan_p50} |")
     lines += [
         "",
         f"Method: one client reads profiles by id (`{w['point_query']}`, rotating over 1,000 ids), one request",
@@ -255,7 +298,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"`{w['scan_query']}`",
         f"back to back (a refused one — `BUSY` or `RATE_LIMITED` — waits {BACKOFF_S:g} s and asks again). Every",
         "point read must be answered; any other error, a server error or a logged fault refuses the run.",
-        "Clients and server share the machine's cores.",
+        "Clients and server share the machine's cores." + (
+            f" `{r['baseline']}` is the same run against that tree's code (`--baseline`), on the same data,"
+            " the two servers taking turns run by run." if r.get("baseline") else ""),
         "",
     ]
     text = "\n".join(lines)
