@@ -35,9 +35,8 @@ if os.environ.get("CI"):
 PG_URL = os.environ.get("PERSONA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
 CONFORMANCE = {"test_backup", "test_conformance", "test_eventlog", "test_erasure", "test_identity", "test_ingest",
-               "test_keys", "test_projector", "test_recovery", "test_review_regressions", "test_population",
-               "test_purity",
-               "test_write_tokens"}
+               "test_keys", "test_projector", "test_promises", "test_recovery", "test_review_regressions",
+               "test_population", "test_purity", "test_write_tokens"}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
