@@ -121,6 +121,30 @@ def test_verify_notices_an_erased_profile_holding_a_key_link_or_merge_again(sett
     assert "ok:" not in result.stdout
 
 
+def test_verify_notices_an_erasure_whose_tombstone_was_removed(settings: Settings) -> None:
+    """The tombstone is what a PostgreSQL restore re-erases from, and what `verify` counts: someone
+    who gets past the triggers and deletes it must not leave a store that verifies."""
+    with Persona.init(settings) as persona:
+        persona.log.append([event("ann@example.com", event_id="a1"), event("bob@example.com", event_id="b1")])
+        ann = persona.log.profile_for("email", "ann@example.com")
+        assert ann is not None
+        erase_subject(persona, "email", "ann@example.com")
+        assert verify(persona).erased == 1
+    if settings.database_url is None:  # the attacker drops SQLite's trigger, or switches PostgreSQL's off
+        raw(settings, "DROP TRIGGER tombstones_are_final_delete")
+        raw(settings, "DELETE FROM tombstones")
+    else:
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True) as pg:
+            pg.execute("SET session_replication_role = replica")
+            pg.execute("DELETE FROM tombstones")
+    with Persona.open(settings) as persona, pytest.raises(TamperError, match=f"profile {ann} has no data key and no"
+                                                          " tombstone"):
+        verify(persona)
+    assert run_cli(settings, "verify").exit_code == 2
+
+
 # -- quarantine expiry -----------------------------------------------------------------------------
 def test_quarantined_records_expire_after_PERSONA_QUARANTINE_DAYS(settings: Settings) -> None:
     three = with_env(settings, PERSONA_QUARANTINE_DAYS="3")
