@@ -210,13 +210,19 @@ def test_a_served_subscription_hears_another_process_ingest_through_notify(tmp_p
                     await ws.close()
                 return versions
 
-            versions = asyncio.run(asyncio.wait_for(scenario(), timeout=600))
-            assert versions == sorted(set(versions)) and len(versions) == 3  # each ingest heard once, in order
-            # Stopping waits for the change feed's wait in flight (an hour long): the next one is
-            # short again, and one more commit wakes this one.
-            monkeypatch.setattr(context, "FEED_WAIT_S", 1.0)
-            with Persona.open(settings) as p:
-                p.log.append([event("wake.up@example.com", event_id="wake")])
+            try:
+                versions = asyncio.run(asyncio.wait_for(scenario(), timeout=600))
+                assert versions == sorted(set(versions)) and len(versions) == 3  # each ingest heard, in order
+            finally:
+                # Stopping waits for the change feed's wait in flight, an hour long: the next one is
+                # short again, and a commit (and, should NOTIFY be what broke, a notification of
+                # our own) wakes this one.
+                monkeypatch.setattr(context, "FEED_WAIT_S", 1.0)
+                with Persona.open(settings) as p:
+                    p.log.append([event("wake.up@example.com", event_id="wake")])
+                    channel = p.recorder.channel  # type: ignore[attr-defined]
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute("SELECT pg_notify(%s, '')", (channel,))
 
 
 def test_restore_reapplies_erasures_made_on_other_machines(persona: Persona, tmp_path: Path) -> None:
