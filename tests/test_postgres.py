@@ -203,7 +203,7 @@ def test_a_served_subscription_hears_another_process_ingest_through_notify(tmp_p
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         assert await process.wait() == 0
                         # the deadline ends a hang (the polls would take an hour); pings do not extend it
-                        message = await asyncio.wait_for(receive(ws), timeout=120)
+                        message = await asyncio.wait_for(receive(ws, timeout=120), timeout=120)
                         assert (message["type"], message["id"]) == ("next", "s"), message
                         versions.append(message["payload"]["data"]["profileUpdated"]["version"])
                 finally:
