@@ -93,13 +93,12 @@ def test_the_change_feed_wakes_on_another_connections_commit(persona: Persona) -
     assert feed.wait(timeout=0.1) == []  # nothing twice
 
 
-def _write_concurrently(settings: Settings, writer: int, start: float) -> int:
+def _write_concurrently(settings: Settings, writer: int, ready: Any) -> int:
     """One of WRITERS processes: batches over shared people, with event ids some other writers
     send too. Returns how many events it appended."""
     appended = 0
     with Persona.open(settings) as persona:
-        while time.time() < start:
-            time.sleep(0.005)
+        ready.wait(timeout=120)  # every process starts appending at once, whatever its imports took
         for batch in range(6):
             events = [event(SHARED_EMAILS[(writer + batch + n) % len(SHARED_EMAILS)], event_id=f"w{writer}-{batch}-{n}")
                       for n in range(15)]
@@ -112,9 +111,9 @@ def _write_concurrently(settings: Settings, writer: int, start: float) -> int:
 def test_many_writer_processes_lose_nothing_and_never_duplicate_a_version(settings: Settings) -> None:
     Persona.init(settings).close()
     context = multiprocessing.get_context("spawn")
-    start = time.time() + 4  # every process starts appending at once, after their imports
-    with context.Pool(WRITERS) as pool:
-        appended = pool.starmap_async(_write_concurrently, [(settings, w, start) for w in range(WRITERS)]).get(180)
+    with context.Manager() as manager, context.Pool(WRITERS) as pool:
+        ready = manager.Barrier(WRITERS)  # one task per process: each holds its own until all are in
+        appended = pool.starmap_async(_write_concurrently, [(settings, w, ready) for w in range(WRITERS)]).get(300)
     own, everyone = WRITERS * 6 * 15, 6 * 5
     assert sum(appended) == own + everyone  # each shared event appended by exactly one writer
     tally("concurrent writer processes racing on shared streams", WRITERS)
