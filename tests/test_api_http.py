@@ -609,7 +609,9 @@ def test_a_slow_token_may_subscribe(server: Server) -> None:
             await ws.close()
 
     message = run(scenario())
-    assert (message["id"], message["type"]) == ("s", "next"), message  # charged once, not twice
+    assert (message["id"], message["type"]) == ("s", "next"), message
+    assert "errors" not in message["payload"], message  # charged once, not twice (a second charge is refused)
+    assert message["payload"]["data"]["profileUpdated"]["id"] == server.ids[email]
 
 
 def test_a_websocket_message_over_64_kib_closes_the_connection(server: Server) -> None:
