@@ -589,6 +589,8 @@ def test_a_websocket_operation_name_picks_the_subscription_or_is_refused(server:
     assert run(named("Z")) == {"closed": 4400}
     update = run(named("A"))
     assert (update["id"], update["type"]) == ("n", "next")
+    assert "errors" not in update["payload"], update  # subscription A ran (B asks for the id only)
+    assert set(update["payload"]["data"]["profileUpdated"]) == {"id", "version"}
 
 
 def test_a_slow_token_may_subscribe(server: Server) -> None:

@@ -256,13 +256,12 @@ def test_a_crash_between_the_ledger_and_the_commit_is_reported_and_finished(sett
         assert done.exit_code == 0, done.output
         assert f"erased {ann}" in done.stdout
     else:
-        done = run_cli(settings, "restore", str(taken), "--yes")
+        done = run_cli(settings, "restore", str(taken), "--yes")  # the backup still holds ann's key
         assert done.exit_code == 0, done.output
-        assert "re-applied 1 later erasure" in done.stdout
     result = run_cli(settings, "verify")
     assert result.exit_code == 0, result.output
-    assert "1 erased" in result.stdout
     with Persona.open(settings) as persona:
+        assert verify(persona).erased == 1
         with pytest.raises(ErasedError):
             persona.log.read(ann)
         assert persona.recorder.tombstone(ann) is not None
