@@ -9,7 +9,9 @@ import subprocess
 import sys
 import termios
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -207,3 +209,30 @@ def test_sigterm_keeps_the_order_a_shop_feed_was_still_holding_open(tmp_path: Pa
         assert pid is not None
         order = next(e for e in persona.log.read(pid) if e.type == "order_placed")
         assert len(order.data["items"]) == 2
+
+
+def test_a_live_feed_keeps_each_quarantined_record_from_when_it_came(tmp_path: Path) -> None:
+    """A feed runs for days: what it quarantines is kept PERSONA_QUARANTINE_DAYS from its own
+    arrival, not from when the feed began (which would cut its time short, or end it at once)."""
+    settings = fresh_store(tmp_path)
+    feed = open_feed(settings, "--json")
+
+    def held() -> list[dict[str, Any]]:
+        with Persona.open(settings) as p:
+            return describe(p)
+
+    try:
+        feed.stdin.write(orjson.dumps(record("early@example.com", event_id="q1")) + b"\n")
+        feed.stdin.flush()
+        wait_until(lambda: visible(settings, "early@example.com"), "the feed, started and committing")
+        sent = datetime.now(UTC)  # the feed began before this
+        feed.stdin.write(b"{not json\n")
+        feed.stdin.flush()
+        wait_until(lambda: len(held()) == 1, "the bad line, in quarantine")
+    finally:
+        feed.communicate(timeout=60)
+    assert feed.returncode == 0
+    (row,) = held()
+    recorded, expires = (datetime.fromisoformat(row[k]) for k in ("recorded_at", "expires_at"))
+    assert recorded >= sent
+    assert expires - recorded == timedelta(days=settings.quarantine_days)
