@@ -84,6 +84,9 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
     for sid, head in heads.items():
         if head.version and sid not in seen:
             raise TamperError(f"stream {sid} has a head at version {head.version} but no events")
+        # the key and the tombstone go and come in one transaction, and heads were read first
+        if head.wrapped is None and sid not in erased:
+            raise TamperError(f"profile {sid} has no data key and no tombstone: the record of its erasure was removed")
     for sid in sorted(erased):
         head = heads.get(sid)
         if head is not None and head.wrapped is not None:

@@ -9,6 +9,7 @@ A test about SQLite's own files is marked `sqlite_only` and says so.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,9 +36,8 @@ if os.environ.get("CI"):
 PG_URL = os.environ.get("PERSONA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
 CONFORMANCE = {"test_backup", "test_conformance", "test_eventlog", "test_erasure", "test_identity", "test_ingest",
-               "test_keys", "test_projector", "test_recovery", "test_review_regressions", "test_population",
-               "test_purity",
-               "test_write_tokens"}
+               "test_keys", "test_projector", "test_promises", "test_recovery", "test_review_regressions",
+               "test_population", "test_purity", "test_write_tokens"}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -104,6 +104,19 @@ def settings(tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> I
 def persona(settings: Settings) -> Iterator[Persona]:
     with Persona.init(settings) as p:
         yield p
+
+
+class Clock:
+    """A monotonic clock that moves only when the test says so (for rate limits and caches)."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()  # from the real clock's present: never behind what it replaces
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def record(

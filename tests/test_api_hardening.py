@@ -16,8 +16,8 @@ import pytest
 from graphql import OperationType
 
 from persona import Persona, Settings
-from persona.api.access import create_token, list_tokens
-from persona.api.app import create_app
+from persona.api.access import RateLimiter, create_token, list_tokens
+from persona.api.app import UNAUTHENTICATED_RATE, create_app
 from persona.api.context import AUDIT_BACKLOG
 from persona.api.data import SCAN_LIMIT
 from persona.api.plan import SCAN_COST, Limits, plan
@@ -26,7 +26,7 @@ from persona.erasure import erase_subject
 from persona.ingest import ingest_jsonl
 from persona.population import IndexedProfile, compute_rfm
 from persona.pseudonyms import normalise
-from tests.conftest import record
+from tests.conftest import Clock, record
 from tests.hardening import tally
 from tests.test_api import Api, TestClient, lines_of
 
@@ -107,6 +107,14 @@ def test_identifiers_are_refused_over_get(world: tuple[Settings, Api, dict[str, 
 def test_a_token_slower_than_one_request_per_burst_still_gets_one(world: tuple[Settings, Api, dict[str, str]]
                                                                   ) -> None:
     _, api, _ = world
+    clock = Clock()
+    api.client.app.state.api.limiter.clock = clock  # type: ignore[attr-defined]
+    assert api.post("{ __typename }", token="trickle").status_code == 200
+    refused = api.post("{ __typename }", token="trickle")
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "5"  # one request in 5 s
+    clock.advance(4.5)
+    assert api.post("{ __typename }", token="trickle").status_code == 429
+    clock.advance(1)
     assert api.post("{ __typename }", token="trickle").status_code == 200
     assert api.post("{ __typename }", token="trickle").status_code == 429
 
@@ -114,9 +122,15 @@ def test_a_token_slower_than_one_request_per_burst_still_gets_one(world: tuple[S
 def test_requests_without_a_valid_token_are_limited_per_address(world: tuple[Settings, Api, dict[str, str]]
                                                                 ) -> None:
     _, api, _ = world
-    statuses = {api.post("{ __typename }", token="pst_" + "x" * 43).status_code for _ in range(80)}
-    assert statuses == {401, 429}
+    clock = Clock()
+    api.client.app.state.api.strangers.clock = clock  # type: ignore[attr-defined]
+    burst = int(UNAUTHENTICATED_RATE * RateLimiter().burst_s)
+    statuses = [api.post("{ __typename }", token="pst_" + "x" * 43).status_code for _ in range(burst + 3)]
+    assert statuses == [401] * burst + [429] * 3
     assert api.post("{ __typename }", token="all").status_code == 200  # the valid token is not affected
+    clock.advance(1.5 / UNAUTHENTICATED_RATE)  # one more guess's worth
+    statuses = [api.post("{ __typename }", token="pst_" + "y" * 43).status_code for _ in range(2)]
+    assert statuses == [401, 429]
 
 
 def test_the_schema_may_be_asked_for_only_twice_per_document(world: tuple[Settings, Api, dict[str, str]]) -> None:

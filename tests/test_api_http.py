@@ -597,11 +597,15 @@ def test_a_websocket_operation_name_picks_the_subscription_or_is_refused(server:
     assert run(named("Z")) == {"closed": 4400}
     update = run(named("A"))
     assert (update["id"], update["type"]) == ("n", "next")
+    assert "errors" not in update["payload"], update  # subscription A ran (B asks for the id only)
+    assert set(update["payload"]["data"]["profileUpdated"]) == {"id", "version"}
 
 
 def test_a_slow_token_may_subscribe(server: Server) -> None:
     with Persona.open(server.settings) as p:
-        token = create_token(p, "slow-subscriber", frozenset({"profiles:read"}), rate_per_s=0.2)
+        # one request per 1,000 s: nothing refills while the test runs, however slow the machine,
+        # so a second charge for the same subscription would be refused
+        token = create_token(p, "slow-subscriber", frozenset({"profiles:read"}), rate_per_s=0.001)
     email = "aiko.tanaka@example.com"
 
     async def scenario() -> dict[str, Any]:
@@ -615,7 +619,9 @@ def test_a_slow_token_may_subscribe(server: Server) -> None:
             await ws.close()
 
     message = run(scenario())
-    assert (message["id"], message["type"]) == ("s", "next"), message  # charged once, not twice
+    assert (message["id"], message["type"]) == ("s", "next"), message
+    assert "errors" not in message["payload"], message  # charged once, not twice (a second charge is refused)
+    assert message["payload"]["data"]["profileUpdated"]["id"] == server.ids[email]
 
 
 def test_a_websocket_message_over_64_kib_closes_the_connection(server: Server) -> None:

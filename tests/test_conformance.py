@@ -7,10 +7,12 @@ on a fresh schema of the real PostgreSQL server: a behaviour cannot exist in onl
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,38 +61,45 @@ def test_data_version_changes_when_another_connection_commits(persona: Persona) 
     assert rec.data_version() != before
 
 
+def waiting_in(thread: threading.Thread, function: str, local: str) -> bool:
+    """Whether `thread` is inside `function` and past the line that sets `local` (read from its
+    live stack): an event the test can observe, instead of guessing a sleep long enough."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function and local in frame.f_locals:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_the_change_feed_wakes_on_another_connections_commit(persona: Persona) -> None:
-    """Long before its timeout: NOTIFY on PostgreSQL, a 50 ms poll on SQLite."""
+    """Long before its timeout (an hour): NOTIFY on PostgreSQL, a 50 ms poll on SQLite. The other
+    connection commits only once the feed is seen waiting, past reading the newest position, so
+    what ends the wait can only be the commit's wake-up."""
     persona.log.append([event(event_id="old")])
     feed = ChangeFeed(persona.recorder)
-    committed: list[float] = []
-
-    def append_elsewhere() -> None:
-        time.sleep(0.3)
-        with Persona.open(persona.settings) as other:
-            other.log.append([event("bea@example.com", event_id="new1"), event(event_id="new2")])
-            committed.append(time.monotonic())
-
-    writer = threading.Thread(target=append_elsewhere)
-    writer.start()
-    started = time.monotonic()
-    rows = feed.wait(timeout=30)
-    woke = time.monotonic()
-    writer.join()
-    assert woke - started < 15, "the feed slept to its timeout: no wake-up reached it"
-    rows += feed.wait(timeout=0.5)  # both events, whichever wake-up came first
+    woken: list[list[Any]] = []
+    waiter = threading.Thread(target=lambda: woken.append(feed.wait(timeout=3600)), daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 60  # these deadlines end a hang; they measure nothing
+    while not waiting_in(waiter, "wait_for_events", "newest"):
+        assert waiter.is_alive() and time.monotonic() < deadline, "the feed never started waiting"
+        time.sleep(0.01)
+    with Persona.open(persona.settings) as other:
+        other.log.append([event("bea@example.com", event_id="new1"), event(event_id="new2")])
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and woken, "the feed slept on: no wake-up reached it"
+    rows = woken[0] + feed.wait(timeout=0.5)  # both events, whichever wake-up came first
     assert sorted(r.version for r in rows) == [1, 2] and len({r.stream_id for r in rows}) == 2
-    assert committed and woke - committed[0] < 1.0  # seen within a second of the commit
     assert feed.wait(timeout=0.1) == []  # nothing twice
 
 
-def _write_concurrently(settings: Settings, writer: int, start: float) -> int:
+def _write_concurrently(settings: Settings, writer: int, ready: Any) -> int:
     """One of WRITERS processes: batches over shared people, with event ids some other writers
     send too. Returns how many events it appended."""
     appended = 0
     with Persona.open(settings) as persona:
-        while time.time() < start:
-            time.sleep(0.005)
+        ready.wait(timeout=120)  # every process starts appending at once, whatever its imports took
         for batch in range(6):
             events = [event(SHARED_EMAILS[(writer + batch + n) % len(SHARED_EMAILS)], event_id=f"w{writer}-{batch}-{n}")
                       for n in range(15)]
@@ -103,9 +112,9 @@ def _write_concurrently(settings: Settings, writer: int, start: float) -> int:
 def test_many_writer_processes_lose_nothing_and_never_duplicate_a_version(settings: Settings) -> None:
     Persona.init(settings).close()
     context = multiprocessing.get_context("spawn")
-    start = time.time() + 4  # every process starts appending at once, after their imports
-    with context.Pool(WRITERS) as pool:
-        appended = pool.starmap_async(_write_concurrently, [(settings, w, start) for w in range(WRITERS)]).get(180)
+    with context.Manager() as manager, context.Pool(WRITERS) as pool:
+        ready = manager.Barrier(WRITERS)  # one task per process: each holds its own until all are in
+        appended = pool.starmap_async(_write_concurrently, [(settings, w, ready) for w in range(WRITERS)]).get(300)
     own, everyone = WRITERS * 6 * 15, 6 * 5
     assert sum(appended) == own + everyone  # each shared event appended by exactly one writer
     tally("concurrent writer processes racing on shared streams", WRITERS)

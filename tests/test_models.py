@@ -454,7 +454,13 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
     assert "rescored" in run("rebuild")
     with Persona.open(Settings.load(data, env={})) as p:
         assert len(p.recorder.predictions_of([row["profile_id"] for row in everyone])) == 300
-    assert "current" in run("train", "--all", "--if-stale") or "stale" in run("models")
+    retrained = run("train", "--all", "--if-stale")
+    # The planted history starts on 2024-01-01 (persona.models.synth.START) and stays in the past:
+    # measured today, every person's days_since_first_seen is far past anything it trained on.
+    assert "churn_91d v1: stale — feature drift" in retrained and "days_since_first_seen" in retrained, retrained
+    assert "churn_91d v2 [promoted]" in retrained  # retrained on the same rows: it beats its baselines again
+    assert {v["version"]: v["status"] for v in orjson.loads(run("models", "--json"))} == {1: "retired",
+                                                                                       2: "promoted"}
     bad = runner.invoke(cli, ["--data", data, "train", "spend_91d"])
     assert bad.exit_code == 1 and "not a prediction task" in bad.output
     with Persona.open(Settings.load(data, env={})) as p:  # each read of people is in the audit log
@@ -491,10 +497,15 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
         assert "not a prediction task" in bad["errors"][0]["message"]
         listed = post("{ models { name version status family window drift } }", "reader")["data"]["models"]
         assert listed[0]["name"] == "churn_91d" and len(listed[0]["window"]["cutoffs"]) == 4
-        if made["status"] == "promoted":
-            nodes = post("{ profiles(first: 3) { nodes { predictions { model version score label"
-                         " contributions { feature effect } } } } }", "reader")["data"]["profiles"]["nodes"]
-            assert all(n["predictions"][0]["model"] == "churn_91d" for n in nodes)
+        # the planted people (seed 6) make a model that beats its best baseline on held-out rows:
+        # promoted, and every profile scored with it
+        assert made["lift"]["improvement"] > 0, made["lift"]
+        assert made["status"] == "promoted" and listed[0]["status"] == "promoted"
+        nodes = post("{ profiles(first: 3) { nodes { predictions { model version score label"
+                     " contributions { feature effect } } } } }", "reader")["data"]["profiles"]["nodes"]
+        assert len(nodes) == 3
+        assert all(n["predictions"][0]["model"] == "churn_91d" and n["predictions"][0]["version"] == 1
+                   and n["predictions"][0]["contributions"] for n in nodes)
 
 
 # -- review regressions --------------------------------------------------------------------------

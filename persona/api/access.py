@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -151,13 +151,14 @@ class TokenCache:
     """Token lookups for a server: a hit is reused for `ttl_s`, so a revocation takes effect
     within that time while a busy client costs no query per request."""
 
-    def __init__(self, persona: Persona, ttl_s: float = 2.0) -> None:
+    def __init__(self, persona: Persona, ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.persona = persona
         self.ttl_s = ttl_s
+        self.clock = clock
         self._cache: dict[str, tuple[float, Token | None]] = {}
 
     def lookup(self, token: str) -> Token | None:
-        now = time.monotonic()
+        now = self.clock()
         hit = self._cache.get(token)
         if hit is not None and now - hit[0] < self.ttl_s:
             return hit[1]
@@ -178,6 +179,7 @@ class RateLimiter:
     """A token bucket per token name: `rate_per_s` sustained, bursts of up to `burst_s` seconds' worth."""
 
     burst_s: float = 2.0
+    clock: Callable[[], float] = time.monotonic  # seconds; a test passes a clock it moves itself
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (tokens, at)
 
     def exhausted(self, key: str, rate_per_s: float) -> bool:
@@ -185,11 +187,11 @@ class RateLimiter:
         if key not in self._buckets:
             return False
         level, at = self._buckets[key]
-        return min(max(1.0, rate_per_s * self.burst_s), level + (time.monotonic() - at) * rate_per_s) < 1.0
+        return min(max(1.0, rate_per_s * self.burst_s), level + (self.clock() - at) * rate_per_s) < 1.0
 
     def allow(self, key: str, rate_per_s: float) -> float:
         """0.0 if a request under `key` may go ahead, else the seconds to wait."""
-        now = time.monotonic()
+        now = self.clock()
         capacity = max(1.0, rate_per_s * self.burst_s)  # a slow token still gets its one request
         level, at = self._buckets.get(key, (capacity, now))
         level = min(capacity, level + (now - at) * rate_per_s)

@@ -245,7 +245,8 @@ def ingest_records(
     now = fixed_now or datetime.now(UTC)
     settings = persona.settings
     report = IngestReport(origin)
-    quarantine = Quarantine(persona, origin, now=now)
+    # each rejected record is kept from when it was quarantined (a live feed runs for days)
+    quarantine = Quarantine(persona, origin, clock=lambda: fixed_now or datetime.now(UTC))
     with persona.recorder.transaction():
         persona.recorder.purge_quarantine(micros(now))
     batch: list[Event] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,13 +25,13 @@ _PAIR = re.compile(rb'"namespace"\s*:\s*"([a-z_]{1,40})"\s*,\s*"value"\s*:\s*"?(
 class Quarantine:
     """Collects rejected records for one ingest run and stores them in batches."""
 
-    def __init__(self, persona: Persona, origin: str, *, now: datetime) -> None:
+    def __init__(self, persona: Persona, origin: str, *, clock: Callable[[], datetime]) -> None:
         self.persona = persona
         self.origin = _EMAIL.sub(b"<email>", origin.encode("utf-8", "replace")).decode()[:200]
         self.sealer = persona.quarantine_sealer()
         self.secret = persona.keyring.derived("quarantine-content")
-        self.expires = micros(now + timedelta(days=persona.settings.quarantine_days))
-        self.recorded = micros(now)
+        self.clock = clock
+        self.keep = timedelta(days=persona.settings.quarantine_days)
         self.rows: list[tuple[int, str, int, str, int, bytes, bytes, int]] = []
         self.tags: list[list[bytes]] = []
         self.count = 0
@@ -42,7 +42,8 @@ class Quarantine:
         where = self.origin.encode() + b"\x00" + str(line).encode() + b"\x00"
         digest = hashlib.blake2b(where + raw, digest_size=16, key=self.secret).digest()
         sealed = self.sealer.seal(raw, _AAD, os.urandom(12))
-        self.rows.append((self.recorded, self.origin, line, reason, len(raw), sealed, digest, self.expires))
+        now = self.clock()
+        self.rows.append((micros(now), self.origin, line, reason, len(raw), sealed, digest, micros(now + self.keep)))
         self.tags.append(sorted(self._identifier_hashes(raw, decoded)))
         self.count += 1
         kind = reason.split(":", 1)[0]

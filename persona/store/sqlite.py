@@ -991,8 +991,8 @@ class SQLiteRecorder:
         SQLite has no notifications: this polls data_version (a cheap PRAGMA) every 50 ms
         and reads the position only when another connection has committed."""
         deadline = time.monotonic() + timeout
+        seen = self.data_version()  # first: a commit between the two reads still shows as a change
         newest = self.last_position()
-        seen = self.data_version()
         while newest <= after_position and time.monotonic() < deadline:
             time.sleep(min(POLL_S, max(deadline - time.monotonic(), 0)))
             now = self.data_version()
