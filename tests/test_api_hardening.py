@@ -17,7 +17,7 @@ from graphql import OperationType
 
 from persona import Persona, Settings
 from persona.api.access import RateLimiter, create_token, list_tokens
-from persona.api.app import UNAUTHENTICATED_RATE, create_app
+from persona.api.app import create_app
 from persona.api.context import AUDIT_BACKLOG
 from persona.api.data import SCAN_LIMIT
 from persona.api.plan import SCAN_COST, Limits, plan
@@ -123,12 +123,14 @@ def test_requests_without_a_valid_token_are_limited_per_address(world: tuple[Set
                                                                 ) -> None:
     _, api, _ = world
     clock = Clock()
-    api.client.app.state.api.strangers.clock = clock  # type: ignore[attr-defined]
-    burst = int(UNAUTHENTICATED_RATE * RateLimiter().burst_s)
+    state = api.client.app.state.api  # type: ignore[attr-defined]
+    state.strangers.clock = clock
+    rate = state.options.unauthenticated_rate
+    burst = int(rate * RateLimiter().burst_s)
     statuses = [api.post("{ __typename }", token="pst_" + "x" * 43).status_code for _ in range(burst + 3)]
     assert statuses == [401] * burst + [429] * 3
     assert api.post("{ __typename }", token="all").status_code == 200  # the valid token is not affected
-    clock.advance(1.5 / UNAUTHENTICATED_RATE)  # one more guess's worth
+    clock.advance(1.5 / rate)  # one more guess's worth
     statuses = [api.post("{ __typename }", token="pst_" + "y" * 43).status_code for _ in range(2)]
     assert statuses == [401, 429]
 
