@@ -3,9 +3,9 @@
 They run in worker processes of their own, at a lower CPU priority, never in the server's
 process: a scan is seconds of Python work, and in a thread it holds the interpreter lock
 against the event loop, so that every point read waits on it. Measured at 100,000 profiles
-(scripts/bench-scans, a busy 2-core machine): with 10 scans on two threads, point reads'
-p50 went from 0.8 to 9–12 ms and their p99 from 6 to 60–69 ms; in processes their p50
-stays at 0.9 ms (docs/benchmarks.md has the figures).
+with 10 scans running (scripts/bench-scans --baseline, 2 cores): point reads' p99 is 2.4 ms
+with the scans in processes against 21.9 ms with them on two threads (1.1 ms idle), and
+4.6 times as many point reads are answered meanwhile (docs/benchmarks.md).
 
 In front of the processes, a gate: each token runs at most `per_token` scans at once and
 has at most `queue_per_token` waiting; at most `queue` wait in all. Past those a scan is
