@@ -24,7 +24,7 @@ from persona.audit import filter_shape, named, namespace_of, record_local
 from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
-from persona.erasure import erase_profile, erase_subject, verify_receipt, write_receipt
+from persona.erasure import erase_profile, erase_subject, ledger_of, verify_receipt, write_receipt
 from persona.errors import PersonaError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
 from persona.identity import person_of
@@ -697,6 +697,8 @@ def restore(ctx: click.Context, source: Path, yes: bool) -> None:
     and verified beside the store, then swapped in: a failure half-way leaves the store as
     it was (on PostgreSQL it is replaced in one transaction). Stop every process using the
     data directory first (on PostgreSQL: every process using the store, on every machine).
+    An unsigned ledger (written by an older persona) is refused: check it and sign it with
+    `persona ledger adopt` first.
     """
     settings = settings_of(ctx)
     if (settings.database_url or settings.db_path.exists()) and not yes:
@@ -804,6 +806,8 @@ def verify(ctx: click.Context) -> None:
     """Check every hash chain, that live events open, that the erased hold no key, and the erasure ledger.
 
     Exit 0 when everything checks out; 2 naming the first bad event or ledger line otherwise.
+    An unsigned ledger (written by an older persona) is refused until `persona ledger adopt`
+    has signed it.
     """
     with opened(ctx) as persona:
         report = verify_store(persona)
@@ -812,6 +816,65 @@ def verify(ctx: click.Context) -> None:
     click.echo(f"ok: {report.events} events in {report.streams} streams verified "
                f"({report.opened} opened, {report.erased} erased profiles hold no key);"
                f" {report.ledger_entries} erasure ledger entries verified")
+
+
+@cli.group()
+def ledger() -> None:
+    """The erasure ledger beside the key file: adopt one an older persona wrote, unsigned."""
+
+
+@ledger.command("adopt")
+@click.option("--yes", is_flag=True, help="Do not ask before signing the entries listed.")
+@click.pass_context
+@friendly
+def ledger_adopt(ctx: click.Context, yes: bool) -> None:
+    """Sign the entries of an erasure ledger an older persona wrote unsigned, after you have checked them.
+
+    An unsigned ledger is never trusted on sight: `verify`, `restore` and `erase` refuse it,
+    since anyone who could write the file could have left erasures out (a restore would then
+    bring those people back) or named people never erased. This lists its entries (profile
+    ids and keyed hashes, never an identifier) and names those whose profile is still live
+    here: an erasure that never committed (a crash), or a line someone added. Once you have
+    compared the list with a copy of the ledger you trust, the entries are signed into the
+    chain, in order; the old file is kept beside it as erasures.jsonl.*.unsigned.
+    """
+    with opened(ctx) as persona:
+        book = ledger_of(persona)
+        found = book.unsigned_entries()
+        if not found.entries:
+            click.echo("nothing to adopt: the erasure ledger is signed already (or there is none)")
+            return
+        named = sorted({e.profile_id for e in found.entries if e.profile_id})
+        heads = persona.recorder.heads(named)
+        live = {pid for pid, head in heads.items() if head.wrapped is not None}
+        click.echo(f"the erasure ledger {persona.settings.ledger_path} is not signed; its {len(found.entries)}"
+                   " entries, in order:")
+        for n, entry in enumerate(found.entries, start=1):
+            when = from_micros(entry.erased_at).isoformat()
+            if entry.profile_id is None:
+                assert entry.purged is not None
+                click.echo(f"  {n:>5}  {when}  quarantine purged of identifier {entry.purged.hex()[:16]}…")
+                continue
+            note = ""
+            if entry.profile_id in live:
+                note = ("  <- still has a live profile here: an erasure that never committed, or a line someone"
+                        " added (after adopting, `persona verify` names it and `persona erase --profile` finishes it)")
+            elif entry.profile_id not in heads:
+                note = "  (no such profile in this store)"
+            click.echo(f"  {n:>5}  {when}  profile {entry.profile_id}{note}")
+        if found.torn:
+            click.echo(TORN_LEDGER)
+        detail: dict[str, Any] = {"entries": len(found.entries), "profiles": len(named), "live": len(live),
+                                  "torn": found.torn}
+        if not yes and not click.confirm("sign these entries into the erasure ledger?"):
+            record_local(persona, "ledger", "ledger adopt", outcome="declined", **detail)
+            click.echo("nothing was signed", err=True)
+            sys.exit(1)
+        adopted = book.adopt(expected=found.entries)
+        record_local(persona, "ledger", "ledger adopt", **detail)
+    click.echo(f"signed {adopted.adopted} erasure ledger entries; the old file is kept beside it (*.unsigned)")
+    if live:
+        click.echo(f"warning: {len(live)} of them name a live profile: run `persona verify`", err=True)
 
 
 @cli.command()

@@ -62,6 +62,11 @@ class LedgerError(TamperError):
     """The erasure ledger cannot be trusted: a line was altered, removed, moved or added."""
 
 
+class UnsignedLedgerError(LedgerError):
+    """The erasure ledger is of the older, unsigned kind: trusted only once an operator adopts it
+    (`persona ledger adopt`)."""
+
+
 class ValidationError(PersonaError):
     """A record does not match the canonical event format (EVENTS.md)."""
 

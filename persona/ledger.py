@@ -13,9 +13,12 @@ What a chain cannot show is that lines were cut off its end, or that the whole f
 swapped for an older one: `persona restore` therefore also applies the current database's
 tombstones (see persona.backup).
 
-A ledger written by an older persona (plain JSON lines, no MAC) is adopted into the chain,
-line by line and in order, the first time it is opened with the key; the old file is kept
-beside it, renamed. Lines without a MAC after that are refused like any other alteration.
+A ledger written by an older persona (plain JSON lines, no MAC) is never adopted on sight:
+unsigned, it proves nothing (anyone could have written it, leaving out erasures or naming
+people who were never erased), so reading it and appending to it are refused (UNSIGNED)
+until an operator has looked at its entries and signs them with `persona ledger adopt`
+(`adopt()`), line by line and in order; the old file is kept beside it, renamed. Lines
+without a MAC after that are refused like any other alteration.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ from typing import Any
 import orjson
 
 from persona.crypto import Keyring
-from persona.errors import LedgerError
+from persona.errors import LedgerError, UnsignedLedgerError
 from persona.events import from_micros, micros
 
 _DOMAIN = b"persona-erasure-ledger/2\x00"
 _FIELDS = ("seq", "erased_at", "profile_id", "purged", "prev", "mac")
 _PRINTABLE = frozenset(string.printable.encode()) - frozenset(b"\n\r\x0b\x0c")
 _TAIL_WINDOW = 4096  # bytes read from the end to find the last line: a line is ~200 bytes
+UNSIGNED = ("the erasure ledger is not signed: an older persona wrote it, or someone replaced it; nothing was"
+            " read from it and nothing was erased. Check its entries and sign them with `persona ledger adopt`")
 
 log = logging.getLogger("persona.ledger")
 
@@ -58,7 +63,7 @@ class LedgerEntry:
 class LedgerRead:
     entries: list[LedgerEntry]
     torn: bool = False  # a torn final line (a crash mid-write) was passed over
-    adopted: int = 0  # lines of an unsigned, older ledger adopted into the chain by this read
+    adopted: int = 0  # lines of an unsigned, older ledger signed into the chain (by adopt())
 
 
 @dataclass(frozen=True)
@@ -79,15 +84,15 @@ class ErasureLedger:
         return cls(path, keyring.derived("erasure-ledger"))
 
     # -- writing ---------------------------------------------------------------------------
-    def record(self, entry: LedgerEntry) -> int:
-        """Append one entry, chained to the last, and fsync it. Returns how many lines of an
-        older, unsigned ledger were adopted first (0 but once)."""
-        adopted = self.adopt()
+    def record(self, entry: LedgerEntry) -> None:
+        """Append one entry, chained to the last, and fsync it. An unsigned ledger is refused
+        (UNSIGNED): nothing is chained to lines nobody signed."""
         with self._locked(create=True) as fd:
+            if self._unsigned(fd):
+                raise UnsignedLedgerError(UNSIGNED)
             seq, prev = self._head(fd)
             _write_all(fd, self._line(seq + 1, entry, prev))
             os.fsync(fd)
-        return adopted
 
     def _line(self, seq: int, entry: LedgerEntry, prev: str) -> bytes:
         doc: dict[str, Any] = {"seq": seq, "erased_at": from_micros(entry.erased_at).isoformat()}
@@ -125,11 +130,12 @@ class ErasureLedger:
         """Every entry, each line checked. Raises LedgerError naming the first bad line."""
         if not self.path.exists():
             return LedgerRead([])
-        adopted = self.adopt()
         with self._locked(create=False) as fd:
+            if self._unsigned(fd):
+                raise UnsignedLedgerError(UNSIGNED)
             raw = _read_all(fd)
         entries, torn = self._check(raw)
-        return LedgerRead(entries, torn, adopted)
+        return LedgerRead(entries, torn)
 
     def entries(self) -> list[LedgerEntry]:
         return self.read().entries
@@ -191,19 +197,37 @@ class ErasureLedger:
                         hashlib.sha256).hexdigest()
 
     # -- adopting an unsigned ledger (written before lines were signed) --------------------
-    def adopt(self) -> int:
-        """If the ledger is of the older, unsigned kind, sign it as a chain of the same entries, in
-        order (the old file is kept beside it, renamed). Returns how many entries were adopted."""
+    def unsigned_entries(self) -> LedgerRead:
+        """The entries of an older, unsigned ledger, as adopt() would sign them, changing nothing
+        (none if the ledger is signed, or absent). Raises LedgerError if a line other than a
+        torn last one cannot be read."""
         if not self.path.exists():
-            return 0
+            return LedgerRead([])
         with self._locked(create=False) as fd:
             if not self._unsigned(fd):
-                return 0
-            adopted, torn = self._adopt(fd)
-        log.warning("adopted %d entries of an older, unsigned erasure ledger into the signed chain%s;"
-                    " the old file is kept beside it with the suffix .unsigned", adopted,
+                return LedgerRead([])
+            entries, torn = _unsigned_entries(_read_all(fd))
+        return LedgerRead(entries, torn)
+
+    def adopt(self, expected: list[LedgerEntry] | None = None) -> LedgerRead:
+        """Sign an older, unsigned ledger as a chain of the same entries, in order (the old file
+        is kept beside it, renamed), if an operator asked for it: never on sight (UNSIGNED).
+        With `expected` (the entries they were shown), refuses if the file holds others by now.
+        Returns the entries signed (none if the ledger was signed already)."""
+        if not self.path.exists():
+            return LedgerRead([])
+        with self._locked(create=False) as fd:
+            if not self._unsigned(fd):
+                return LedgerRead([])
+            entries, torn = _unsigned_entries(_read_all(fd))
+            if expected is not None and entries != expected:
+                raise LedgerError("the unsigned erasure ledger changed since its entries were listed; nothing was"
+                                  " signed: run `persona ledger adopt` again")
+            self._sign(entries)
+        log.warning("signed %d entries of an older, unsigned erasure ledger into the chain, as asked%s;"
+                    " the old file is kept beside it with the suffix .unsigned", len(entries),
                     " (a torn last line, a crash mid-write, was passed over)" if torn else "")
-        return adopted
+        return LedgerRead(entries, torn, len(entries))
 
     def _unsigned(self, fd: int) -> bool:
         """Whether the file is an older, unsigned ledger: no line of it is signed. (A signed
@@ -216,25 +240,9 @@ class ErasureLedger:
         signed = any(doc is not None and "mac" in doc for doc in map(_parse, lines))
         return not signed and any(_unsigned_entry(line) is not None for line in lines)
 
-    def _adopt(self, fd: int) -> tuple[int, bool]:
-        """Rewrite an unsigned ledger as a signed chain of the same entries, in order; keep the
-        old file beside it. Refuses (changing nothing) if any line but a torn last one cannot
-        be read, or if signed lines are mixed in."""
-        lines = _read_all(fd).split(b"\n")
-        tail = lines.pop()
-        entries = []
-        for n, line in enumerate(lines, start=1):
-            entry = _unsigned_entry(line)
-            if entry is None:
-                raise LedgerError(f"erasure ledger line {n} cannot be read, so the older, unsigned ledger cannot be"
-                                  " adopted; nothing was changed: correct or remove that line by hand")
-            entries.append(entry)
-        last = _unsigned_entry(tail) if tail else None
-        if last is not None:
-            entries.append(last)  # complete but for its line break
-        elif tail and not _torn(tail):
-            raise LedgerError("the older, unsigned erasure ledger ends in a line that cannot be read, so it cannot"
-                              " be adopted; nothing was changed: correct or remove that line by hand")
+    def _sign(self, entries: list[LedgerEntry]) -> None:
+        """Replace the (locked) unsigned ledger by a signed chain of these entries; keep the old
+        file beside it."""
         prev, out = self._genesis, bytearray()
         for seq, entry in enumerate(entries, start=1):
             line = self._line(seq, entry, prev)
@@ -251,7 +259,6 @@ class ErasureLedger:
         os.link(self.path, kept)  # the old file stays, under a new name
         os.replace(fresh, self.path)
         _fsync_dir(self.path.parent)
-        return len(entries), bool(tail) and last is None
 
     # -- locking ---------------------------------------------------------------------------
     @contextmanager
@@ -284,6 +291,27 @@ def _entry(doc: dict[str, Any]) -> LedgerEntry | None:
     if (profile_id is None) == (purged is None) or not isinstance(profile_id, str | None):
         return None
     return LedgerEntry(at, profile_id, purged)
+
+
+def _unsigned_entries(raw: bytes) -> tuple[list[LedgerEntry], bool]:
+    """The entries of an older, unsigned ledger, in order, and whether a torn last line (a crash
+    mid-write) was passed over. Refuses if any other line cannot be read."""
+    lines = raw.split(b"\n")
+    tail = lines.pop()
+    entries = []
+    for n, line in enumerate(lines, start=1):
+        entry = _unsigned_entry(line)
+        if entry is None:
+            raise LedgerError(f"erasure ledger line {n} cannot be read, so the older, unsigned ledger cannot be"
+                              " adopted; nothing was changed: correct or remove that line by hand")
+        entries.append(entry)
+    last = _unsigned_entry(tail) if tail else None
+    if last is not None:
+        entries.append(last)  # complete but for its line break
+    elif tail and not _torn(tail):
+        raise LedgerError("the older, unsigned erasure ledger ends in a line that cannot be read, so it cannot"
+                          " be adopted; nothing was changed: correct or remove that line by hand")
+    return entries, bool(tail) and last is None
 
 
 def _unsigned_entry(line: bytes) -> LedgerEntry | None:

@@ -1,6 +1,6 @@
 """The erasure ledger as an attacker with write access to it would try it: every byte flipped,
 lines removed, moved or copied from another ledger; a crash mid-write; an older, unsigned
-ledger adopted once, losing nothing."""
+ledger refused until an operator adopts it, then adopted once, losing nothing."""
 
 from __future__ import annotations
 
@@ -171,15 +171,15 @@ def test_an_unsigned_ledger_is_adopted_once_in_order_losing_nothing(tmp_path: Pa
     path.write_bytes(UNSIGNED)
     ledger = ErasureLedger(path, KEY)
     with caplog.at_level(logging.WARNING, logger="persona.ledger"):
-        read = ledger.read()
-    assert read.adopted == 4 and "adopted 4 entries" in caplog.text and "torn last line" in caplog.text
+        read = ledger.adopt()
+    assert read.adopted == 4 and "signed 4 entries" in caplog.text and "torn last line" in caplog.text
+    assert ledger.read().entries == read.entries
     assert [(e.profile_id, e.purged) for e in read.entries] == [
         ("prf_old1", None), (None, bytes(range(32))), ("prf_old2", None), ("prf_old3", None)]
     assert [e.erased_at - AT for e in read.entries] == [0, 1_000_000, 2_000_000, 3_000_000]
     kept = list(tmp_path.glob("erasures.jsonl.*.unsigned"))
     assert len(kept) == 1 and kept[0].read_bytes() == UNSIGNED  # the old file, as it was
-    again = ledger.read()
-    assert again.adopted == 0 and again.entries == read.entries  # once only
+    assert ledger.adopt().adopted == 0 and ledger.read().entries == read.entries  # once only
     ledger.record(ENTRIES[0])
     assert ledger.read().entries == [*read.entries, ENTRIES[0]]
     path.write_bytes(path.read_bytes() + UNSIGNED.splitlines(keepends=True)[0])
@@ -191,10 +191,12 @@ def test_an_unsigned_ledger_with_an_unreadable_line_is_refused_unchanged(tmp_pat
     path = tmp_path / "erasures.jsonl"
     broken = UNSIGNED.replace(b'"prf_old3"}', b'"prf_old3"]')
     path.write_bytes(broken)
-    with pytest.raises(LedgerError, match="line 4 cannot be read"):
+    with pytest.raises(LedgerError, match="not signed"):
         ErasureLedger(path, KEY).read()
-    with pytest.raises(LedgerError, match="line 4 cannot be read"):
+    with pytest.raises(LedgerError, match="not signed"):
         ErasureLedger(path, KEY).record(ENTRIES[0])
+    with pytest.raises(LedgerError, match="line 4 cannot be read"):
+        ErasureLedger(path, KEY).adopt()
     assert path.read_bytes() == broken and not list(tmp_path.glob("*.unsigned"))
 
 
@@ -205,7 +207,10 @@ def test_a_store_whose_ledger_an_older_persona_wrote_keeps_its_erasures(persona:
     erase_subject(persona, "email", "zed@example.com")
     ledger = persona.settings.ledger_path
     ledger.write_bytes(orjson.dumps({"erased_at": NOW.isoformat(), "profile_id": zed}) + b"\n")  # the old format
-    assert verify(persona).ledger_entries == 1  # adopted on the first open with the key
+    with pytest.raises(LedgerError, match="persona ledger adopt"):
+        verify(persona)  # never adopted on sight
+    assert ledger_of(persona).adopt().adopted == 1
+    assert verify(persona).ledger_entries == 1
     assert "mac" in orjson.loads(ledger.read_bytes())
     settings = persona.settings
     persona.close()
@@ -247,3 +252,113 @@ def test_the_ledger_key_comes_from_the_key_file(persona: Persona, tmp_path: Path
     assert len(ledger_of(persona).read().entries) == 1
     with pytest.raises(LedgerError, match="another key file"):
         ErasureLedger.of(persona.settings.ledger_path, Keyring.generate()).read()
+
+
+# -- an unsigned ledger is never adopted on sight: only `persona ledger adopt` signs one --------------------------
+
+
+def test_an_unsigned_ledger_is_refused_until_adoption_is_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "erasures.jsonl"
+    path.write_bytes(UNSIGNED)
+    ledger = ErasureLedger(path, KEY)
+    for attempt in (ledger.read, lambda: ledger.record(ENTRIES[0])):
+        with pytest.raises(LedgerError, match="persona ledger adopt"):
+            attempt()
+        assert path.read_bytes() == UNSIGNED and not list(tmp_path.glob("*.unsigned"))  # nothing signed, nothing kept
+    found = ledger.unsigned_entries()  # what adoption would sign, changing nothing
+    assert [(e.profile_id, e.purged) for e in found.entries] == [
+        ("prf_old1", None), (None, bytes(range(32))), ("prf_old2", None), ("prf_old3", None)] and found.torn
+    assert path.read_bytes() == UNSIGNED
+    adopted = ledger.adopt()
+    assert adopted.adopted == 4 and adopted.entries == found.entries and adopted.torn
+    assert ledger.read().entries == found.entries
+    assert ledger.unsigned_entries().entries == [] and ledger.adopt().adopted == 0  # once only
+
+
+def test_adoption_signs_only_the_entries_that_were_shown(tmp_path: Path) -> None:
+    path = tmp_path / "erasures.jsonl"
+    path.write_bytes(UNSIGNED)
+    ledger = ErasureLedger(path, KEY)
+    shown = ledger.unsigned_entries().entries
+    path.write_bytes(UNSIGNED.splitlines(keepends=True)[0])  # changed between the listing and the answer
+    with pytest.raises(LedgerError, match="changed"):
+        ledger.adopt(expected=shown)
+    assert path.read_bytes() == UNSIGNED.splitlines(keepends=True)[0]
+
+
+def test_an_unreadable_line_of_an_unsigned_ledger_is_refused_and_only_a_torn_last_line_passed_over(
+        tmp_path: Path) -> None:
+    path = tmp_path / "erasures.jsonl"
+    broken = UNSIGNED.replace(b'"prf_old3"}', b'"prf_old3"]')
+    path.write_bytes(broken)
+    ledger = ErasureLedger(path, KEY)
+    for attempt in (ledger.unsigned_entries, ledger.adopt):
+        with pytest.raises(LedgerError, match="line 4 cannot be read"):
+            attempt()
+    assert path.read_bytes() == broken and not list(tmp_path.glob("*.unsigned"))
+
+
+def test_a_forged_unsigned_ledger_erases_no_one_and_resurrects_no_one(persona: Persona, tmp_path: Path) -> None:
+    persona.log.append([event("ann@example.com", event_id="1"), event("bob@example.com", event_id="2"),
+                        event("cid@example.com", event_id="3")])
+    ann, bob, cid = (persona.log.profile_for("email", f"{n}@example.com") for n in ("ann", "bob", "cid"))
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", "cid@example.com")
+    settings = persona.settings
+    persona.close()
+    # the attacker swaps in an unsigned ledger that forgets Cid and names Ann instead
+    forged = orjson.dumps({"erased_at": NOW.isoformat(), "profile_id": ann}) + b"\n"
+    settings.ledger_path.write_bytes(forged)
+    data = ["--data", str(settings.data_dir)]
+    for command in (["verify"], ["restore", str(info.path), "--yes"], ["erase", "--subject", "email:bob@example.com"]):
+        result = CliRunner().invoke(cli, [*data, *command])
+        assert result.exit_code == 2 and "persona ledger adopt" in result.output, (command, result.output)
+    assert settings.ledger_path.read_bytes() == forged
+    with Persona.open(settings) as p:  # nothing was restored, erased or signed
+        assert p.log.profile_for("email", "ann@example.com") == ann
+        assert p.log.profile_for("email", "bob@example.com") == bob
+        assert p.log.profile_for("email", "cid@example.com") is None and p.recorder.tombstone(cid) is not None
+    # on a new machine (no current store to carry tombstones from) the forged ledger would be all there is
+    settings.db_path.rename(tmp_path / "moved.db")
+    with pytest.raises(LedgerError, match="persona ledger adopt"):
+        restore(settings, info.path)
+    assert not settings.db_path.exists()  # Cid was not brought back
+
+
+def test_a_store_whose_older_ledger_is_adopted_through_the_command_line(persona: Persona, tmp_path: Path) -> None:
+    persona.log.append([event("zed@example.com", event_id="1"), event("yan@example.com", event_id="2")])
+    zed = persona.log.profile_for("email", "zed@example.com")
+    yan = persona.log.profile_for("email", "yan@example.com")
+    info = backup(persona, tmp_path / "b.db")
+    erase_subject(persona, "email", "zed@example.com")
+    settings = persona.settings
+    persona.close()
+    # the old format, with a line naming Yan, who was never erased here (a crash mid-erasure, or a forgery)
+    old = b"".join(orjson.dumps({"erased_at": NOW.isoformat(), "profile_id": pid}) + b"\n" for pid in (zed, yan))
+    settings.ledger_path.write_bytes(old + b'{"erased_at":"2026-06-0')  # and a torn last line
+    data = ["--data", str(settings.data_dir)]
+    result = CliRunner().invoke(cli, [*data, "verify"])
+    assert result.exit_code == 2 and "persona ledger adopt" in result.output, result.output
+
+    declined = CliRunner().invoke(cli, [*data, "ledger", "adopt"], input="n\n")
+    assert declined.exit_code != 0 and "mac" not in settings.ledger_path.read_text()
+    for shown in (declined.output,):
+        assert zed in shown and yan in shown and "example.com" not in shown  # pseudonyms, never identifiers
+        assert "still has a live profile" in shown and shown.count("still has a live profile") == 1
+        assert f"{yan}" in shown.split("still has a live profile")[0].splitlines()[-1]
+        assert "cut short by a crash" in shown
+
+    adopted = CliRunner().invoke(cli, [*data, "ledger", "adopt"], input="y\n")
+    assert adopted.exit_code == 0 and "signed 2 erasure ledger entries" in adopted.output, adopted.output
+    again = CliRunner().invoke(cli, [*data, "ledger", "adopt", "--yes"])
+    assert again.exit_code == 0 and "nothing to adopt" in again.output, again.output
+    result = CliRunner().invoke(cli, [*data, "audit", "--json"])
+    entries = [orjson.loads(line) for line in result.output.splitlines()]
+    adoptions = [e for e in entries if e["operation"] == "ledger adopt"]
+    assert [(e["token"], e["outcome"]) for e in adoptions] == [("local:ledger", "declined"), ("local:ledger", "ok")]
+    assert adoptions[1]["detail"] == {"entries": 2, "live": 1, "profiles": 2, "torn": True}
+    assert "example.com" not in result.output
+    # the unfinished erasure of Yan is now reported, and finished by a restore
+    result = CliRunner().invoke(cli, [*data, "verify"])
+    assert result.exit_code == 1 and f"erase --profile {yan}" in result.output, result.output
+    assert sorted(restore(settings, info.path).reapplied) == sorted([zed, yan])
