@@ -10,6 +10,13 @@ A restore prepares the backup in a private folder beside the database: it re-app
 erasure of the ledger (which must verify, line by line) and every tombstone of the store it
 replaces, verifies the whole copy, rebuilds the read models from the log, and only then swaps
 it in, so a failure half-way leaves the current store as it was.
+
+A backup is older than the store it replaces, and so is its access control: tokens revoked
+since, privacy budgets spent since, an audit log that has grown since. A restore keeps the
+replaced store's (read in the same snapshot as its tombstones): its tokens replace the
+backup's, rows and budgets as they are; its audit entries that the backup lacks follow the
+backup's, in their order (the log is append-only: a restore removes no entry), and a purge it
+had pending stays due. The restore itself is audited (`local:restore`).
 """
 
 from __future__ import annotations
@@ -18,10 +25,15 @@ import dataclasses
 import os
 import shutil
 import sqlite3
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 
+from persona import purge
+from persona.audit import local_entries
 from persona.core import DirectoryLock, Persona, load_keyring
 from persona.crypto import fingerprint
 from persona.erasure import erase_profile, reapply_ledger
@@ -99,7 +111,7 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
     lock = DirectoryLock(settings, exclusive=True)
     try:
         ledger = ErasureLedger.of(settings.ledger_path, keyring).read()  # refuses a damaged ledger first
-        erased_here, mark = _tombstones_now(settings)
+        current = _current_state(settings)
         folder = settings.data_dir / STAGING
         shutil.rmtree(folder, ignore_errors=True)  # a restore that died half-way
         folder.mkdir(mode=0o700)
@@ -111,14 +123,20 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
             staged_settings = dataclasses.replace(settings, data_dir=folder, database_url=None)
             with Persona(staged_settings, keyring, SQLiteRecorder(staged_db)) as staged:
                 staged.log.check_keyring()
+                with staged.recorder.transaction():
+                    _carry_access(staged.recorder, current.tokens, current.audit, current.purge)
                 reapplied = reapply_ledger(staged, ledger.entries)
-                reapplied += _carry_tombstones(staged, erased_here)
+                reapplied += _carry_tombstones(staged, current.tombstones)
                 verify(staged)  # a backup altered since it was taken goes no further
                 rebuilt = _rebuild_read_models(staged)
+                with staged.recorder.transaction():
+                    staged.recorder.append_audit(local_entries(
+                        "restore", "restore", reapplied=len(reapplied), rebuilt=rebuilt, ledgerTorn=ledger.torn,
+                        ledgerEntries=len(ledger.entries), tombstonesCarried=len(current.tombstones)))
                 if not staged.recorder.checkpoint():
                     raise ConfigurationError("could not checkpoint the restored copy")
                 if settings.database_url:
-                    _replace_postgres(settings.database_url, staged.recorder, mark)
+                    _replace_postgres(settings.database_url, staged.recorder, current.mark)
             if not settings.database_url:
                 for sidecar in _with_sidecars(settings.db_path)[1:]:
                     sidecar.unlink(missing_ok=True)  # the old database's WAL must not meet the new file
@@ -130,12 +148,28 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
     return RestoreInfo(meta["backup_taken_at"], reapplied, rebuilt, ledger.torn)
 
 
-def _tombstones_now(settings: Settings) -> tuple[dict[str, int], int]:
-    """The erasures the store being replaced records (profile id -> when), and its erasure mark.
+@dataclass(frozen=True)
+class _Current:
+    """What the store being replaced holds that a backup must not roll back, read in one snapshot."""
+
+    tombstones: dict[str, int]  # profile id -> when erased
+    mark: int  # its erasure mark (PostgreSQL: no one may be erased while the restore is prepared)
+    tokens: list[tuple[object, ...]]  # api_tokens rows (TABLES order): revocations, budgets spent
+    audit: list[tuple[object, ...]]  # audit rows (TABLES order), by number
+    purge: purge.Mark  # a purge it had pending
+
+
+NOTHING = _Current({}, 0, [], [], purge.Mark())
+
+
+def _current_state(settings: Settings) -> _Current:
+    """The erasures, tokens, audit log and purge mark of the store being replaced.
 
     A ledger can lose lines off its end, or be replaced whole by an older copy, without a
     trace; and on PostgreSQL every machine keeps its own. So the store's own tombstones are
-    carried over to the backup as well."""
+    carried over to the backup as well. Its tokens and audit log are carried over too: a
+    backup's are older (a token revoked since would live again, a budget spent since would be
+    whole again, and the record of every access since would be gone)."""
     current: Recorder
     if settings.database_url:
         from persona.store.postgres import PostgresRecorder  # psycopg: loaded only for PostgreSQL
@@ -143,9 +177,9 @@ def _tombstones_now(settings: Settings) -> tuple[dict[str, int], int]:
         try:
             current = PostgresRecorder(settings.database_url)
         except ConfigurationError:  # no store there yet: a restore onto a new server
-            return {}, 0
+            return NOTHING
     elif not settings.db_path.exists():
-        return {}, 0
+        return NOTHING
     else:
         try:
             current = SQLiteRecorder(settings.db_path)
@@ -155,9 +189,46 @@ def _tombstones_now(settings: Settings) -> tuple[dict[str, int], int]:
                 " backup; move it out of the data directory to restore without it (the ledger's erasures are"
                 " still re-applied)") from e
     try:
-        return dict(current.tombstones()), current.erasure_mark()
+        with current.snapshot():
+            return _Current(dict(current.tombstones()), current.erasure_mark(),
+                            list(chain.from_iterable(current.dump("api_tokens"))),
+                            list(chain.from_iterable(current.dump("audit"))), purge.mark_of(current))
     finally:
         current.close()
+
+
+def _carry_access(rec: Recorder, tokens: Sequence[tuple[object, ...]], audit: Sequence[tuple[object, ...]],
+                  pending: purge.Mark) -> None:
+    """Inside a transaction of the store that replaces another: the replaced store's tokens over
+    its own (same name: the replaced store's row), the replaced store's audit entries it lacks
+    after its own, in their order, and the purge the replaced store had pending."""
+    rec.load("api_tokens", tokens)
+    rec.load("audit", _audit_to_add(rec, audit))
+    rec.finish_load()
+    purge.carry(rec, pending)
+
+
+def _audit_to_add(rec: Recorder, current: Sequence[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """The entries of `current` (audit rows by number) that the store lacks, numbered after its
+    last in their order. An entry is one the store has if an entry of the store says the same
+    (when, who, what, whose, outcome, detail), each matching once: a backup of this store is a
+    prefix of its log, so those entries keep their numbers; one of another line of history
+    (an older restore) has entries of its own, which stay where they are."""
+    have = list(chain.from_iterable(rec.dump("audit")))
+    same = 0  # the common prefix, number and entry alike: the usual case, compared in order
+    while same < min(len(have), len(current)) and have[same] == current[same]:
+        same += 1
+    unmatched = Counter(tuple(row[1:]) for row in have[same:])
+    last = max((int(str(row[0])) for row in have[-1:]), default=0)
+    added: list[tuple[object, ...]] = []
+    for row in current[same:]:
+        entry = tuple(row[1:])
+        if unmatched[entry]:
+            unmatched[entry] -= 1
+            continue
+        last = max(int(str(row[0])), last + 1)
+        added.append((last, *entry))
+    return added
 
 
 def _carry_tombstones(staged: Persona, erased_here: dict[str, int]) -> list[str]:
@@ -194,12 +265,17 @@ def _replace_postgres(url: str, staged: Recorder, mark: int) -> None:
 
     target = PostgresRecorder(url, create=None)
     try:
-        with target.transaction():
+        with target.transaction():  # under the store's write lock: no token, budget or audit entry changes now
             if target.erasure_mark() != mark:
                 raise ConfigurationError("someone was erased while the backup was prepared; run the"
                                          " restore again (nothing was changed)")
+            # read again, as of this moment (the copy already holds what the first read found)
+            tokens = list(chain.from_iterable(target.dump("api_tokens")))
+            audit = list(chain.from_iterable(target.dump("audit")))
+            pending = purge.mark_of(target)
             target.recreate()
             copy_store(staged, target)
+            _carry_access(target, tokens, audit, pending)
     finally:
         target.close()
 

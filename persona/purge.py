@@ -68,6 +68,14 @@ def _write(rec: Recorder, mark: Mark) -> None:
     rec.set_meta(PURGE_MARK, orjson.dumps({"due": mark.due, "taken": mark.taken, "done": mark.done}).decode())
 
 
+def carry(rec: Recorder, earlier: Mark) -> None:
+    """Inside a transaction of a store that replaces another whole (a restore): the purge the
+    replaced store had pending stays due, and its last purge stays on record."""
+    mark = mark_of(rec)
+    done = max((t for t in (mark.done, earlier.done) if t is not None), default=None)
+    _write(rec, Mark(_earliest(mark.due, earlier.pending), mark.taken, done))
+
+
 def window_s(persona: Persona) -> int:
     return 0 if persona.recorder.purges_at_once else persona.settings.purge_window_s
 

@@ -225,3 +225,75 @@ def test_a_current_database_that_cannot_be_read_is_not_silently_passed_over(pers
     restore(settings, info.path)  # the ledger alone still erases Carol
     with Persona.open(settings) as p:
         assert p.log.profile_for("email", CAROL) is None and verify(p).erased == 1
+
+
+def test_restore_keeps_revocations_spent_budgets_and_the_audit_log_of_the_store_it_replaces(
+        persona: Persona, tmp_path: Path) -> None:
+    """An older backup holds the access control of its time: tokens since revoked, budgets since
+    spent, an audit log since grown. A restore must not roll them back."""
+    from persona.api.access import create_token, revoke_token, token_digest
+    from persona.audit import record_local
+
+    carol = populate(persona)
+    leaked = create_token(persona, "leaked", frozenset({"profiles:read"}))
+    analyst = create_token(persona, "analyst", frozenset({"insights:read"}), epsilon_budget=1.0, delta_budget=1e-9)
+    record_local(persona, "profile", "profile", [carol], fields="attributes")
+    info = backup(persona, tmp_path / "b.db")
+    before = persona.recorder.audit_rows(limit=100_000)
+
+    revoke_token(persona, "leaked")
+    with persona.recorder.transaction():
+        assert persona.recorder.spend_privacy("analyst", 0.75, 1e-12) is not None  # most of the budget, spent
+    later = create_token(persona, "later", frozenset({"profiles:read"}))
+    record_local(persona, "history", "history", [carol])  # accesses after the backup: the record must stay
+    record_local(persona, "stats", "stats", groupBy=["country"])
+    tokens_then = {t.name: t for t in persona.recorder.tokens()}
+    audit_then = persona.recorder.audit_rows(limit=100_000)
+    assert len(audit_then) > len(before)
+    settings = persona.settings
+    persona.close()
+
+    restore(settings, info.path)
+    with Persona.open(settings) as p:
+        tokens_now = {t.name: t for t in p.recorder.tokens()}
+        assert tokens_now == tokens_then  # every row as the replaced store had it
+        assert p.recorder.token_by_digest(token_digest(p, leaked)) is None  # still revoked
+        assert p.recorder.token_by_digest(token_digest(p, later)) is not None  # made after the backup, kept
+        assert p.recorder.token_by_digest(token_digest(p, analyst)) is not None
+        with p.recorder.transaction():  # what was spent stays spent: 0.75 + 0.5 > 1
+            assert p.recorder.spend_privacy("analyst", 0.5, 1e-12) is None
+        audit_now = p.recorder.audit_rows(limit=100_000)
+        assert audit_now[:len(audit_then)] == audit_then  # every entry kept, numbered and ordered as it was
+        assert [r[3] for r in audit_now[len(audit_then):]] == ["restore"]  # then the restore's own
+        assert audit_now[-1][2] == "local:restore" and audit_now[-1][6] == "ok"
+        assert [row[0] for row in audit_now] == sorted({row[0] for row in audit_now})
+
+
+def test_restore_keeps_the_audit_entries_of_both_stores_when_their_histories_differ(
+        persona: Persona, tmp_path: Path) -> None:
+    """A backup of another line of history (an older restore, a copy) has entries the current
+    store lacks, under the same numbers: restored, the audit is the backup's entries, then every
+    current entry not among them, in their order."""
+    from persona.audit import record_local
+
+    populate(persona)
+    record_local(persona, "stats", "stats", groupBy=["country"])
+    info = backup(persona, tmp_path / "b.db")
+    ours = persona.recorder.audit_rows(limit=100_000)
+    with closing(sqlite3.connect(info.path)) as conn:  # the backup's line: one entry this store never had
+        conn.execute("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail)"
+                     " VALUES (1, 'local:profile', 'profile', '', '', 'ok', '{}')")
+        conn.commit()
+        theirs = conn.execute("SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
+                              " ORDER BY seq").fetchall()
+    record_local(persona, "profiles", "profiles", filter={"segments": 1})
+    current = persona.recorder.audit_rows(limit=100_000)
+    settings = persona.settings
+    persona.close()
+    restore(settings, info.path)
+    with Persona.open(settings) as p:
+        audit_now = p.recorder.audit_rows(limit=100_000)
+    assert audit_now[:len(theirs)] == theirs
+    added = [row[1:] for row in audit_now[len(theirs):]]
+    assert added[:-1] == [row[1:] for row in current[len(ours):]] and added[-1][2] == "restore"
+    assert [row[0] for row in audit_now] == sorted({row[0] for row in audit_now})

@@ -328,7 +328,8 @@ class Recorder(Protocol):
         """Every row of one of TABLES, its columns in that order, in pages."""
         ...
     def load(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
-        """Rows as dump() gives them, numbers kept (inside a transaction, into an empty store)."""
+        """Rows as dump() gives them, numbers kept (inside a transaction, into an empty store; a
+        meta key or an API token of the same name already there is replaced)."""
         ...
     def finish_load(self) -> None:
         """After load(): counters continue after the copied numbers."""

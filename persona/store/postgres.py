@@ -209,6 +209,9 @@ _MERGE_EDGES = (
 _SPEND_PRIVACY = SPEND_PRIVACY.format(p="%s")
 _TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
+_LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + ") VALUES ("
+                + ", ".join(["%s"] * len(TABLES["api_tokens"])) + ") ON CONFLICT (name) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in TABLES["api_tokens"][1:]))
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
 _DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
                           for table in ("profile_index", "rfm", "predictions"))
@@ -1057,6 +1060,10 @@ class PostgresRecorder:
             with self.conn.cursor() as cur:
                 cur.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)"
                                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value", rows)
+            return
+        if table == "api_tokens":  # a token already there is replaced (a restore keeps the replaced store's)
+            with self.conn.cursor() as cur:
+                cur.executemany(_LOAD_TOKENS, rows)
             return
         with self.conn.cursor() as cur:
             with cur.copy("COPY " + table + " (" + ", ".join(columns) + ") FROM STDIN") as copy:

@@ -1017,8 +1017,10 @@ class SQLiteRecorder:
             yield page
 
     def load(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
+        """Rows as dump() gives them; a meta key or a token already there is replaced (a restore
+        puts the replaced store's tokens over the backup's)."""
         columns = TABLES[table]
-        verb = "INSERT OR REPLACE" if table == "meta" else "INSERT"
+        verb = "INSERT OR REPLACE" if table in ("meta", "api_tokens") else "INSERT"
         self.conn.executemany(verb + " INTO [" + table + "] (" + ", ".join(columns) + ") VALUES ("
                               + ",".join("?" * len(columns)) + ")", rows)
 
