@@ -592,8 +592,9 @@ def backup(ctx: click.Context, dest: Path) -> None:
     rebuilds them. Whoever holds the key file can open a backup: `persona keys rotate
     --retire` makes every backup taken before it unreadable.
     """
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "backup") as audit:
         info = backup_db(persona, dest)
+        audit.update(events=info.events, profiles=info.profiles)
     click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
                f"{info.bytes / 1e6:.1f} MB, taken {info.taken_at}")
 
@@ -653,6 +654,7 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     table, verifies every hash chain and opens every live event. The key file is the
     data directory's (--data), or that of a sqlite:DIR source.
     """
+    from persona.migrate import audit as migrate_audit
     from persona.migrate import migrate as migrate_store
     from persona.migrate import parse_target
 
@@ -670,7 +672,15 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
         if table == "events" and counted[table] % 100_000 < rows:
             click.echo(f"  {counted[table]:,} events copied", err=True)
 
-    report = migrate_store(settings, source, target, progress)
+    kinds = {"from": parse_target(source)[0], "to": parse_target(target)[0]}
+    try:
+        report = migrate_store(settings, source, target, progress)
+    except PersonaError as e:
+        _record_failure("migrate", e, lambda outcome: migrate_audit(source, outcome, **kinds))
+        raise
+    done = {"events": report.rows["events"], "rows": sum(report.rows.values()), **kinds}
+    migrate_audit(target, "ok", **done)  # the copy's own log says how it was made
+    migrate_audit(source, "ok", **done)  # and the source's, that everything in it was copied out
     click.echo(f"copied {report.rows['events']:,} events of {report.rows['streams']:,} streams,"
                f" {report.rows['keys']:,} wrapped keys, {sum(report.rows.values()):,} rows in all")
     click.echo(f"checked: row counts of {len(report.rows)} tables match; {report.events:,} events verified,"
@@ -678,6 +688,30 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     kind, where = parse_target(target)
     if kind == "postgresql":
         click.echo("to use it: set PERSONA_DATABASE_URL to the target URL (the key file stays as it is)")
+
+
+@contextmanager
+def audited(persona: Persona, command: str, **detail: Any) -> Iterator[dict[str, Any]]:
+    """An entry in the audit log for a command that reads (or replaces) everyone's data:
+    `local:COMMAND`, ok with the counts the body puts in the dict it is given, or the outcome
+    it failed with (TAMPERED, FAILED)."""
+    found: dict[str, Any] = {}
+    try:
+        yield found
+    except PersonaError as e:
+        _record_failure(command, e, lambda outcome: record_local(persona, command, command, outcome=outcome,
+                                                                 **detail))
+        raise
+    record_local(persona, command, command, **detail, **found)
+
+
+def _record_failure(command: str, error: PersonaError, write: Callable[[str], None]) -> None:
+    """The failed run's entry, if the store takes one (it may be what failed): the failure itself
+    is what the user is told about either way."""
+    try:
+        write("TAMPERED" if isinstance(error, TamperError) else "FAILED")
+    except Exception:  # the original error goes on; this one is only noted
+        click.echo(f"note: this {command} could not be recorded in the audit log", err=True)
 
 
 TORN_LEDGER = ("note: the erasure ledger's last line was cut short by a crash mid-write (that erasure never"
@@ -703,7 +737,17 @@ def restore(ctx: click.Context, source: Path, yes: bool) -> None:
     settings = settings_of(ctx)
     if (settings.database_url or settings.db_path.exists()) and not yes:
         click.confirm("replace the current database with the backup?", abort=True)
-    info = restore_db(settings, source)
+    try:
+        info = restore_db(settings, source)  # a restore that is done audits itself, in the store it made
+    except PersonaError as e:
+        if settings.database_url or settings.db_path.exists():  # in the store it left as it was
+
+            def write(outcome: str) -> None:
+                with Persona.open(settings) as persona:
+                    record_local(persona, "restore", "restore", outcome=outcome)
+
+            _record_failure("restore", e, write)
+        raise
     if info.ledger_torn:
         click.echo(TORN_LEDGER, err=True)
     click.echo(f"restored the backup taken {info.taken_at}; re-applied {len(info.reapplied)} later erasure(s);"
@@ -782,7 +826,7 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
     Nothing outside the log and the keys is authoritative: the result is what ingest
     maintains incrementally (the snapshots' plaintext and the index rows, byte for byte).
     """
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "rebuild", projection=projection is not None) as audit:
         total = sum(1 for _ in persona.recorder.stream_ids())
         started = time.perf_counter()
         if sys.stderr.isatty():
@@ -794,6 +838,7 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
         from persona.models.scoring import rescore  # models -> profiles -> projector
 
         scored = rescore(persona)
+        audit.update(profiles=done, predictions=scored)
     seconds = time.perf_counter() - started
     click.echo(f"rebuilt {done} profiles ({events} events in the log) in {seconds:.2f}s"
                + (f"; {scored} predictions of the promoted models rescored" if scored else ""))
@@ -809,8 +854,10 @@ def verify(ctx: click.Context) -> None:
     An unsigned ledger (written by an older persona) is refused until `persona ledger adopt`
     has signed it.
     """
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "verify") as audit:
         report = verify_store(persona)
+        audit.update(events=report.events, streams=report.streams, opened=report.opened, erased=report.erased,
+                     ledgerEntries=report.ledger_entries, ledgerTorn=report.ledger_torn)
     if report.ledger_torn:
         click.echo(TORN_LEDGER, err=True)
     click.echo(f"ok: {report.events} events in {report.streams} streams verified "

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from persona.errors import ConfigurationError, TamperError
 from persona.store.base import TABLES, Recorder
@@ -114,3 +114,16 @@ def migrate(settings: Settings, source_spec: str, target_spec: str,
     finally:
         source.close()
     return report
+
+
+def audit(spec: str, outcome: str, **detail: Any) -> None:
+    """An entry in the audit log of the store at `spec`: `persona migrate` read every person's data
+    out of the source (and made the target: its own log says how)."""
+    from persona.audit import local_entries
+
+    store = open_store(spec)
+    try:
+        with store.transaction():
+            store.append_audit(local_entries("migrate", "migrate", outcome=outcome, **detail))
+    finally:
+        store.close()

@@ -312,3 +312,56 @@ def test_websocket_refusals_are_audited(store: tuple[Settings, dict[str, str], d
     refused = {(e.writer, e.operation, e.outcome) for e in entries(settings) if e.outcome != "ok"}
     assert refused == {("-", "connect", "UNAUTHENTICATED"), ("reader", "subscribe", "FORBIDDEN")}
 
+
+
+def test_local_commands_that_touch_everyones_data_are_audited_with_their_outcome(tmp_path: Path) -> None:
+    """backup, restore, migrate, verify and rebuild read (or replace) every person's data: each
+    leaves an entry — `local:<command>`, what, the outcome — refused runs included."""
+    settings = Settings.load(tmp_path / "data", env={})
+    data = ["--data", str(settings.data_dir)]
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, [*data, *args])
+        assert result.exit_code == code, (args, result.output)
+        return result.output
+
+    run("init")
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(orjson.dumps(record(email, event_id=email)) + b"\n" for email in (LI, MARIA)))
+    run("ingest", str(events))
+    (tmp_path / "backups").mkdir()
+    run("backup", str(tmp_path / "backups"))
+    backup_file = next((tmp_path / "backups").iterdir())
+    run("verify")
+    run("rebuild", "--workers", "1")
+    good = settings.ledger_path.read_bytes() if settings.ledger_path.exists() else None
+    run("erase", "--subject", f"email:{MARIA}")
+    ledger = settings.ledger_path.read_bytes()
+    settings.ledger_path.write_bytes(ledger.replace(b'"seq":1', b'"seq":2'))  # tampered with
+    run("verify", code=2)
+    run("restore", str(backup_file), "--yes", code=2)
+    settings.ledger_path.write_bytes(ledger)
+    assert good is None
+    run("restore", str(backup_file), "--yes")
+    run("migrate", "--from", f"sqlite:{settings.data_dir}", "--to", f"sqlite:{tmp_path / 'copy'}")
+
+    shown = [json.loads(line) for line in run("audit", "--json").splitlines()]
+    local = [(e["token"], e["operation"], e["outcome"]) for e in shown
+             if e["operation"] in ("backup", "verify", "rebuild", "restore", "migrate")]
+    assert local == [
+        ("local:backup", "backup", "ok"), ("local:verify", "verify", "ok"), ("local:rebuild", "rebuild", "ok"),
+        ("local:verify", "verify", "TAMPERED"), ("local:restore", "restore", "TAMPERED"),
+        ("local:restore", "restore", "ok"), ("local:migrate", "migrate", "ok")]
+    by_op = {(e["operation"], e["outcome"]): e for e in shown}
+    assert by_op[("backup", "ok")]["detail"] == {"events": 2, "profiles": 2}
+    assert by_op[("verify", "ok")]["detail"] == {"events": 2, "streams": 2, "opened": 2}
+    assert by_op[("rebuild", "ok")]["detail"] == {"profiles": 2}
+    assert by_op[("restore", "ok")]["detail"]["reapplied"] == 1
+    assert by_op[("migrate", "ok")]["detail"]["events"] == 2 and by_op[("migrate", "ok")]["detail"]["to"] == "sqlite"
+    assert all(e["profile_id"] == "" for e in shown if e["operation"] in ("backup", "verify", "rebuild", "migrate"))
+    text = json.dumps(shown)
+    assert LI not in text and MARIA not in text and str(tmp_path) not in text  # no identifier, no path
+    # the copy's own log says how it was made
+    with sqlite3.connect(tmp_path / "copy" / "persona.db") as copy:
+        last = copy.execute("SELECT token, operation, outcome FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    assert last == ("local:migrate", "migrate", "ok")
