@@ -894,8 +894,8 @@ def ledger_adopt(ctx: click.Context, yes: bool) -> None:
         named = sorted({e.profile_id for e in found.entries if e.profile_id})
         heads = persona.recorder.heads(named)
         live = {pid for pid, head in heads.items() if head.wrapped is not None}
-        click.echo(f"the erasure ledger {persona.settings.ledger_path} is not signed; its {len(found.entries)}"
-                   " entries, in order:")
+        click.echo(f"the erasure ledger {persona.settings.ledger_path} is not signed; the entries it holds"
+                   f" ({len(found.entries)}), in order:")
         for n, entry in enumerate(found.entries, start=1):
             when = from_micros(entry.erased_at).isoformat()
             if entry.profile_id is None:
