@@ -220,7 +220,7 @@ def test_acknowledged_events_survive_sigkills_of_the_server(tmp_path: Path) -> N
     of what was: answered events come back as duplicates), and verify passes."""
     from tests.test_api_http import free_port
 
-    seed = 20261205 if os.environ.get("CI") else random.randrange(2**32)
+    seed = int(os.environ.get("PERSONA_HARDEN_SEED") or (20261205 if os.environ.get("CI") else random.randrange(2**32)))
     rng = random.Random(seed)
     data = tmp_path / "data"
     settings = Settings.load(data, env={})
