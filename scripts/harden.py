@@ -177,7 +177,7 @@ def render(r: dict[str, Any]) -> str:
     lines += [
         "",
         "Method: after each SIGKILL (at a uniformly random moment while two clients send ingestEvents calls of 1 to",
-        "40 new events back to back), the store is opened: every event of an answered call must be there, none",
+        "20 new events back to back), the store is opened: every event of an answered call must be there, none",
         "twice, and `verify` must pass; the restarted server is then sent again every call the kill cut short",
         "and a few that were answered (which must come back as duplicates). The fuzzing sends schemathesis'",
         "documents for every query and mutation to a running server with an all-scopes token (no 5xx, no",

@@ -249,13 +249,13 @@ def test_acknowledged_events_survive_sigkills_of_the_server(tmp_path: Path) -> N
 
     def feed(url: str, client: int, round_: int, stop: threading.Event, unanswered: list[list[str]],
              failures: list[BaseException]) -> None:
-        """Calls of 1 to 40 new events, one after the other, until the server is killed."""
+        """Calls of 1 to 20 new events, one after the other, until the server is killed."""
         nonlocal made
         try:
             with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
                 while not stop.is_set():
                     with lock:
-                        size = rng.randint(1, 40)
+                        size = rng.randint(1, 20)
                         ids = [f"k{round_}-{client}-{made + n}" for n in range(size)]
                         made += size
                     counts = send(http, ids)
@@ -299,7 +299,7 @@ def test_acknowledged_events_survive_sigkills_of_the_server(tmp_path: Path) -> N
         feeders = [threading.Thread(target=feed, args=(url, c, kill, stop, unanswered, failures)) for c in range(2)]
         for t in feeders:
             t.start()
-        time.sleep(rng.uniform(0.05, 1.5))  # a random point of the ingest
+        time.sleep(rng.uniform(0.05, 1.0))  # a random point of the ingest
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
         stop.set()
