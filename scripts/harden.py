@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "mode": "long" if long else "quick",
-        "command": "scripts/harden" + (" --quick" if args.quick else "") + "".join(f" {a}" for a in extra),
+        "command": "scripts/harden" + (" --quick" if args.quick else "") + (" -- " + " ".join(extra) if extra else ""),
         "modules": chosen,
         "seed": seed,
         "duration_s": round(duration, 1),
