@@ -279,47 +279,53 @@ def test_acknowledged_events_survive_sigkills_of_the_server(tmp_path: Path) -> N
         except BaseException as e:  # raised again in the test's thread
             failures.append(e)
 
+    log = tmp_path / "server.log"
     for kill in range(KILLS_OF_THE_SERVER):
         port = free_port()
-        server = _start_server(data, port, tmp_path / "server.log")
+        server = _start_server(data, port, log)
         url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
-            deadline = time.monotonic() + 30
-            while True:
-                assert server.poll() is None, f"the server exited at startup: {(tmp_path / 'server.log').read_text()}"
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.02)
-            # the clients' retries: whatever was never answered, and a few calls that were
-            resent = unanswered + rng.sample(answered, min(len(answered), 3))
-            unanswered = []
-            for ids in resent:
-                counts = send(http, ids)
-                assert counts is not None, "the server died while nobody killed it"
-                with lock:
-                    if set(ids) <= acknowledged:
-                        assert counts["appended"] == 0, f"seed {seed}: answered events appended again: {counts}"
-                    acknowledged.update(ids)
+        try:
+            with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+                deadline = time.monotonic() + 30
+                while True:
+                    assert server.poll() is None, f"the server exited at startup: {log.read_text()}"
+                    try:
+                        if http.get("/healthz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, "the server did not come up"
+                    time.sleep(0.02)
+                # the clients' retries: whatever was never answered, and a few calls that were
+                resent = unanswered + rng.sample(answered, min(len(answered), 3))
+                unanswered = []
+                for ids in resent:
+                    counts = send(http, ids)
+                    assert counts is not None, "the server died while nobody killed it"
+                    with lock:
+                        if set(ids) <= acknowledged:
+                            assert counts["appended"] == 0, f"seed {seed}: answered events appended again: {counts}"
+                        acknowledged.update(ids)
 
-        stop = threading.Event()
-        failures: list[BaseException] = []
-        feeders = [threading.Thread(target=feed, args=(url, c, kill, stop, unanswered, failures)) for c in range(2)]
-        for t in feeders:
-            t.start()
-        time.sleep(rng.uniform(0.05, 1.0))  # a random point of the ingest
-        server.send_signal(signal.SIGKILL)
-        server.wait(timeout=30)
-        stop.set()
-        for t in feeders:
-            t.join(timeout=60)
-            assert not t.is_alive(), "a client hung on the killed server"
-        if failures:
-            raise failures[0]
-        assert server.returncode == -signal.SIGKILL
+            stop = threading.Event()
+            failures: list[BaseException] = []
+            feeders = [threading.Thread(target=feed, args=(url, c, kill, stop, unanswered, failures)) for c in range(2)]
+            for t in feeders:
+                t.start()
+            time.sleep(rng.uniform(0.05, 1.0))  # a random point of the ingest
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=30)
+            stop.set()
+            for t in feeders:
+                t.join(timeout=60)
+                assert not t.is_alive(), "a client hung on the killed server"
+            if failures:
+                raise failures[0]
+            assert server.returncode == -signal.SIGKILL
+        finally:  # a failure leaves no server behind
+            if server.poll() is None:
+                server.kill()
+                server.wait(timeout=30)
 
         with Persona.open(settings) as p:
             stored = Counter(e.event_id for e in p.log.iter_all())
@@ -338,5 +344,5 @@ def test_acknowledged_events_survive_sigkills_of_the_server(tmp_path: Path) -> N
         assert not twice, f"seed {seed}, kill {kill + 1}: {twice} event(s) stored twice"
         assert report.events == sum(stored.values())
     tally(ACKNOWLEDGED, len(acknowledged))
-    assert "Traceback" not in (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log.read_text()
     assert len(acknowledged) > KILLS_OF_THE_SERVER, "the server was killed before answering anything, every time"
