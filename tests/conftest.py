@@ -53,6 +53,25 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         ) from None
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """PERSONA_HARDEN_REPORT=path: what the hardening suite tried, as JSON, added to what the
+    file holds (scripts/harden reads it), with the run's outcome."""
+    path = os.environ.get("PERSONA_HARDEN_REPORT")
+    if not path:
+        return
+    from tests.hardening import LONG, TRIED
+
+    report = Path(path)
+    merged: dict[str, Any] = orjson.loads(report.read_bytes()) if report.exists() and report.stat().st_size else {}
+    tried = merged.setdefault("tried", {})
+    for what, count in TRIED.items():
+        tried[what] = tried.get(what, 0) + count
+    runs = merged.setdefault("runs", [])
+    runs.append({"long": LONG, "exitstatus": int(exitstatus), "tests": session.testscollected,
+                 "failed": session.testsfailed})
+    report.write_bytes(orjson.dumps(merged, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """What the hardening suite tried (tests/hardening.py): inputs, faults, kills."""
     from tests.hardening import TRIED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,3 +28,52 @@ def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> Non
                           capture_output=True, text=True, timeout=1800, check=True)  # ends a hang; no measure
     assert heading in done.stdout and "\n|---" in done.stdout  # a heading and a table
     assert (ROOT / "docs" / "benchmarks.md").read_bytes() == before  # a quick run publishes nothing
+
+
+def _harden() -> Any:
+    """scripts/harden.py as a module (it imports scripts/_publish as its siblings do)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import harden
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return harden
+
+
+def test_harden_holds_the_long_run_to_its_floors_and_publishes_its_section(tmp_path: Path) -> None:
+    """scripts/harden's judging and publishing, on made-up reports (running the suite is the script's job)."""
+    from tests import hardening as h
+
+    harden = _harden()
+    long_run = {h.KILLS: 100, h.ACKNOWLEDGED: 90_000, h.ACKNOWLEDGED_LOST: 0, h.DUPLICATED: 0, h.VERIFY_FAILED: 0,
+                h.REQUESTS: 10_800, h.ANSWERED_5XX: 0, h.ECHOED: 0, h.SOURCE_ROWS: 102_000, h.SOURCE_DROPPED: 0,
+                h.SOURCE_QUARANTINED: 90_000, "mapping documents fuzzed": 6_000}
+    assert all(m["met"] for m in harden.judge(long_run, long=True, sweep=False))
+    for missed in ({h.KILLS: 99}, {h.REQUESTS: 9_999}, {h.SOURCE_ROWS: 99_999}, {h.ACKNOWLEDGED_LOST: 1},
+                   {h.DUPLICATED: 1}, {h.VERIFY_FAILED: 1}, {h.ANSWERED_5XX: 1}, {h.ECHOED: 1}, {h.SOURCE_DROPPED: 1}):
+        marks = harden.judge(long_run | missed, long=True, sweep=False)
+        assert [m["label"] for m in marks if not m["met"]], missed
+    assert all(m["met"] for m in harden.judge(long_run | {h.KILLS: 2, h.REQUESTS: 720, h.SOURCE_ROWS: 240},
+                                              long=False, sweep=False))  # --quick: CI's floors
+    without_kills = {k: v for k, v in long_run.items() if k != h.KILLS}
+    assert not all(m["met"] for m in harden.judge(without_kills, long=True, sweep=False))  # never counted: missed
+    # the tamper sweep, once it exists: its flips (under whatever words it tallies them) must be counted
+    assert not all(m["met"] for m in harden.judge(long_run, long=True, sweep=True))
+    assert all(m["met"] for m in harden.judge(long_run | {"stores with one byte flipped": 4096}, long=True, sweep=True))
+    assert harden.SWEEP not in harden.modules(tmp_path, long=True)
+    (tmp_path / "tests").mkdir()
+    (tmp_path / harden.SWEEP).write_text("")
+    assert harden.SWEEP in harden.modules(tmp_path, long=True) and harden.SWEEP not in harden.modules(tmp_path,
+                                                                                                        long=False)
+
+    result = {"when": "2026-12-05T07:00:00+00:00", "machine": "x86_64, 2 cores", "mode": "long",
+              "command": "scripts/harden", "modules": list(harden.MODULES), "seed": 7, "duration_s": 1500.0,
+              "load_average": {"before": [1.0, 1.0, 1.0], "after": [1.5, 1.0, 1.0]},
+              "pytest": {"exit": 0, "tests": 21, "failed": 0}, "marks": harden.judge(long_run, long=True, sweep=False),
+              "tried": long_run, "passed": True}
+    text = harden.render(result)
+    assert text.startswith("## Hardening (`scripts/harden`)") and "\n|---" in text
+    assert "| 10,800 | ≥ 10,000 | met |" in text and "mapping documents fuzzed 6,000" in text
+    harden.publish(tmp_path / "docs", "hardening", result, text)
+    assert "<!-- hardening:begin -->\n## Hardening" in (tmp_path / "docs" / "benchmarks.md").read_text()
+    assert (tmp_path / "docs" / "benchmarks-hardening.json").exists()

@@ -1,21 +1,36 @@
-"""A crash mid-ingest leaves whole batches or nothing: SIGKILL a real ingest process."""
+"""A crash mid-ingest leaves whole batches or nothing: SIGKILL a real ingest process, or a
+server in the middle of acknowledging ingestEvents calls."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 
 from persona import Persona, Settings
+from persona.api.access import create_token
 from persona.verify import verify
 from tests.conftest import record
-from tests.hardening import tally
+from tests.hardening import (
+    ACKNOWLEDGED,
+    ACKNOWLEDGED_LOST,
+    DUPLICATED,
+    KILLS,
+    VERIFY_FAILED,
+    sized,
+    tally,
+)
 
 
 def stored(db: Path) -> int:
@@ -178,3 +193,156 @@ def test_the_reader_of_a_small_file_stops_when_the_ingest_is_killed(tmp_path: Pa
         time.sleep(0.05)
     DirectoryLock(settings, exclusive=True).release()  # a restore could run now
     tally("ingest processes killed with SIGKILL mid-run: their reader processes stopped")
+
+
+INGEST = "mutation($events: [EventInput!]!) { ingestEvents(events: $events) { appended duplicates quarantined } }"
+KILLS_OF_THE_SERVER = sized(2, 100)
+
+
+def _event(event_id: str, rng: random.Random) -> dict[str, Any]:
+    return {"source": "web", "type": "page_viewed", "occurredAt": "2026-05-01T10:00:00+00:00",
+            "subject": {"namespace": "email", "value": f"p{rng.randrange(500)}@example.com"},
+            "data": {"url": f"https://shop.example/p/{event_id}"}, "eventId": event_id}
+
+
+def _start_server(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    command = [sys.executable, "-m", "persona", "--data", str(data), "serve", "--host", "127.0.0.1", "--port",
+               str(port), "--log-level", "warning"]
+    with log.open("ab") as err:
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
+def test_acknowledged_events_survive_sigkills_of_the_server(tmp_path: Path) -> None:
+    """`persona serve` takes ingestEvents calls from two clients and is killed with SIGKILL at a
+    random moment, again and again. After each kill: every event whose call was answered is
+    stored, no event is stored twice (the clients then resend what was never answered, and some
+    of what was: answered events come back as duplicates), and verify passes."""
+    from tests.test_api_http import free_port
+
+    seed = int(os.environ.get("PERSONA_HARDEN_SEED") or (20261205 if os.environ.get("CI") else random.randrange(2**32)))
+    rng = random.Random(seed)
+    data = tmp_path / "data"
+    settings = Settings.load(data, env={})
+    with Persona.init(settings) as p:
+        token = create_token(p, "feeder", frozenset({"events:write"}), rate_per_s=100_000)
+    headers = {"Authorization": f"Bearer {token}"}
+    acknowledged: set[str] = set()
+    unanswered: list[list[str]] = []  # calls cut short by a kill: resent after the restart
+    answered: list[list[str]] = []
+    lock = threading.Lock()
+    made = 0
+
+    def send(http: httpx.Client, ids: list[str]) -> dict[str, int] | None:
+        """The call's counts when it was answered; None when the kill cut it short. A refusal
+        for now (a full audit backlog, a rate limit: nothing stored) is sent again after a pause."""
+        for attempt in range(50):
+            try:
+                response = http.post("/graphql", json={"query": INGEST, "variables": {
+                    "events": [_event(i, random.Random(i)) for i in ids]}}, headers=headers)
+            except httpx.TransportError:
+                return None
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            codes = {e.get("extensions", {}).get("code") for e in body.get("errors") or []}
+            if response.status_code == 429 or codes & {"UNAVAILABLE", "RATE_LIMITED"}:
+                tally("ingestEvents calls refused for now (audit backlog or rate limit), sent again")
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            break
+        assert response.status_code == 200, f"seed {seed}: {response.status_code} {response.text[:300]}"
+        assert not body.get("errors"), f"seed {seed}: {body}"
+        counts: dict[str, int] = body["data"]["ingestEvents"]
+        assert counts["quarantined"] == 0 and counts["appended"] + counts["duplicates"] == len(ids), (seed, counts)
+        return counts
+
+    def feed(url: str, client: int, round_: int, stop: threading.Event, unanswered: list[list[str]],
+             failures: list[BaseException]) -> None:
+        """Calls of 1 to 20 new events, one after the other, until the server is killed."""
+        nonlocal made
+        try:
+            with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+                while not stop.is_set():
+                    with lock:
+                        size = rng.randint(1, 20)
+                        ids = [f"k{round_}-{client}-{made + n}" for n in range(size)]
+                        made += size
+                    counts = send(http, ids)
+                    with lock:
+                        if counts is None:
+                            unanswered.append(ids)
+                            return
+                        acknowledged.update(ids)
+                        answered.append(ids)
+        except BaseException as e:  # raised again in the test's thread
+            failures.append(e)
+
+    log = tmp_path / "server.log"
+    for kill in range(KILLS_OF_THE_SERVER):
+        port = free_port()
+        server = _start_server(data, port, log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with httpx.Client(base_url=url, trust_env=False, timeout=30) as http:
+                deadline = time.monotonic() + 30
+                while True:
+                    assert server.poll() is None, f"the server exited at startup: {log.read_text()}"
+                    try:
+                        if http.get("/healthz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, "the server did not come up"
+                    time.sleep(0.02)
+                # the clients' retries: whatever was never answered, and a few calls that were
+                resent = unanswered + rng.sample(answered, min(len(answered), 3))
+                unanswered = []
+                for ids in resent:
+                    counts = send(http, ids)
+                    assert counts is not None, "the server died while nobody killed it"
+                    with lock:
+                        if set(ids) <= acknowledged:
+                            assert counts["appended"] == 0, f"seed {seed}: answered events appended again: {counts}"
+                        acknowledged.update(ids)
+
+            stop = threading.Event()
+            failures: list[BaseException] = []
+            feeders = [threading.Thread(target=feed, args=(url, c, kill, stop, unanswered, failures)) for c in range(2)]
+            for t in feeders:
+                t.start()
+            time.sleep(rng.uniform(0.05, 1.0))  # a random point of the ingest
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=30)
+            stop.set()
+            for t in feeders:
+                t.join(timeout=60)
+                assert not t.is_alive(), "a client hung on the killed server"
+            if failures:
+                raise failures[0]
+            assert server.returncode == -signal.SIGKILL
+        finally:  # a failure leaves no server behind
+            if server.poll() is None:
+                server.kill()
+                server.wait(timeout=30)
+
+        with Persona.open(settings) as p:
+            stored = Counter(e.event_id for e in p.log.iter_all())
+            twice = sum(1 for n in stored.values() if n > 1)
+            lost = len(acknowledged - stored.keys())
+            tally(KILLS)
+            tally(ACKNOWLEDGED_LOST, lost)
+            tally(DUPLICATED, twice)
+            try:
+                report = verify(p)
+            except Exception:
+                tally(VERIFY_FAILED)
+                raise
+            tally(VERIFY_FAILED, 0)
+        assert not lost, f"seed {seed}, kill {kill + 1}: {lost} acknowledged event(s) lost"
+        assert not twice, f"seed {seed}, kill {kill + 1}: {twice} event(s) stored twice"
+        assert report.events == sum(stored.values())
+    tally(ACKNOWLEDGED, len(acknowledged))
+    assert "Traceback" not in log.read_text()
+    assert len(acknowledged) > KILLS_OF_THE_SERVER, "the server was killed before answering anything, every time"

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from persona import Persona
 from persona.api.access import SCOPES, create_token
 from persona.api.schema import schema as persona_schema
-from tests.hardening import TRIED, tally
+from tests.hardening import ANSWERED_5XX, ECHOED, REQUESTS, TRIED, sized, tally
 from tests.test_api_http import INTERNALS, PEOPLE, Server, serving
 
-EXAMPLES = 80  # per root field; nine fields
+EXAMPLES = sized(80, 1200)  # per root field; nine fields: 10,800 requests in the long run
 LEAKS = (*INTERNALS, 'File "', "persona/", ".py", "psycopg", "Exception")
 
 nodes = schemathesis.graphql.nodes
@@ -102,15 +102,19 @@ def test_no_input_breaks_the_server(case: Any, fuzzed: tuple[Server, httpx.Clien
     server, http = fuzzed
     body = case.body if isinstance(case.body, dict) else {"query": case.body}
     response = http.post("/graphql", json=body, headers=server.auth("all"))
-    tally("GraphQL requests fuzzed (schemathesis)")
+    tally(REQUESTS)
     sent = identifiers_in(body)
     SENT.update(sent)
+    tally(ANSWERED_5XX, response.status_code >= 500)
     assert response.status_code < 500, f"{response.status_code} for {body!r}: {response.text[:300]}"
     text = response.text
     for word in LEAKS:
         assert word not in text, f"{word!r} in the answer to {body!r}: {text[:300]}"
-    assert not [p for p in PEOPLE if p in text.lower()], f"a seeded identifier in the answer to {body!r}"
-    assert not [v for v in sent if v in text.lower()], f"an identifier it was sent, in the answer to {body!r}"
+    seeded = [p for p in PEOPLE if p in text.lower()]
+    echoed = [v for v in sent if v in text.lower()]
+    tally(ECHOED, bool(seeded or echoed))
+    assert not seeded, f"a seeded identifier in the answer to {body!r}"
+    assert not echoed, f"an identifier it was sent, in the answer to {body!r}"
     answer = response.json()
     assert isinstance(answer, dict) and ("data" in answer or "errors" in answer), text[:300]
     if response.status_code == 200 and answer.get("data") and not answer.get("errors"):
@@ -127,7 +131,7 @@ def test_no_input_breaks_the_server(case: Any, fuzzed: tuple[Server, httpx.Clien
 def test_the_server_is_healthy_after_the_fuzzing(fuzzed: tuple[Server, httpx.Client]) -> None:
     """Runs after the fuzzing (file order): the server still answers, and the fuzzing reached it."""
     server, http = fuzzed
-    if TRIED["GraphQL requests fuzzed (schemathesis)"] >= 9 * EXAMPLES // 2:  # the whole module ran
+    if TRIED[REQUESTS] >= 9 * EXAMPLES // 2:  # the whole module ran
         assert TRIED["GraphQL requests answered with data (reached the resolvers)"] >= 50, dict(TRIED)
         assert SENT, "no identifier was ever sent: the leak checks checked nothing"
     assert http.get("/healthz").status_code == 200

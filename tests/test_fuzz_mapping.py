@@ -28,7 +28,7 @@ from persona.events import EVENT_TYPES
 from persona.ingest import ingest_records
 from persona.ingest.mapping import KINDS, SourceMapping, mapped_records, parse_mapping
 from persona.verify import verify
-from tests.hardening import tally
+from tests.hardening import sized, tally
 
 COLUMNS = ("email", "phone", "when", "amount", "note", "kind", "qty")
 FORMATS = ("%Y-%m-%d", "%d/%m/%Y %H:%M", "%Y-%m-%dT%H:%M:%S%z", "%s", "%Q nonsense", "")
@@ -121,7 +121,7 @@ def load(doc: dict[str, Any]) -> SourceMapping | None:
     return mapping
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=sized(1500, 6000), deadline=None, suppress_health_check=list(HealthCheck))
 @given(doc=documents)
 def test_any_document_loads_or_is_refused_with_a_clear_error(doc: dict[str, Any]) -> None:
     tally("mapping documents fuzzed")
@@ -174,7 +174,7 @@ GOOD_ROW = dict.fromkeys(COLUMNS, "x") | {"email": "ann@example.com", "when": "2
 def test_a_loaded_mapping_accounts_for_every_row(store: Persona) -> None:
     seen = {"examples": 0, "appended": 0, "quarantined": 0}
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=sized(250, 1000), deadline=None, suppress_health_check=list(HealthCheck))
     @given(doc=documents, rows=rows, jsonl=st.booleans())
     @example(doc=PLAIN, rows=[GOOD_ROW], jsonl=False)
     @example(doc=PLAIN, rows=[GOOD_ROW | {"when": "not a moment"}], jsonl=True)

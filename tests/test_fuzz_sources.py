@@ -23,10 +23,20 @@ from persona import Persona, Settings
 from persona.ingest import ingest_records
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.verify import verify
-from tests.hardening import tally
+from tests.hardening import (
+    SOURCE_APPENDED,
+    SOURCE_BLANK,
+    SOURCE_DROPPED,
+    SOURCE_DUPLICATES,
+    SOURCE_QUARANTINED,
+    SOURCE_ROWS,
+    sized,
+    tally,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sources"
 SOURCES = {"shop": "shop_orders.csv", "social": "social.jsonl", "web": "web_clicks.csv", "app": "app_usage.csv"}
+ROWS = sized(60, 25_500)  # per source: 102,000 rows in the long run
 ODD = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=12),
@@ -98,15 +108,19 @@ def test_every_fuzzed_row_is_appended_or_quarantined_never_dropped(source: str, 
     persona = stores[source]
     seen = {"rows": 0, "appended": 0, "quarantined": 0}
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=ROWS, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(row=rows_of(name))
     def one_row(row: dict[str, Any]) -> None:
         data = encode(name, row)
         report = ingest_records(persona, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
         accounted = report.appended + report.duplicates + report.quarantined + report.blank
+        tally(SOURCE_ROWS)
+        tally(SOURCE_APPENDED, report.appended)
+        tally(SOURCE_DUPLICATES, report.duplicates)
+        tally(SOURCE_QUARANTINED, report.quarantined)
+        tally(SOURCE_BLANK, report.blank)
+        tally(SOURCE_DROPPED, accounted < 1)
         assert accounted >= 1, (row, report)  # never dropped without a word
-        tally("source adapter rows fuzzed (shop, social, web, app)")
-        tally("source adapter rows fuzzed: quarantined with a reason", report.quarantined)
         seen["rows"] += 1
         seen["appended"] += report.appended
         seen["quarantined"] += report.quarantined
