@@ -29,7 +29,7 @@ from persona.api.access import Token, create_token, list_tokens
 from persona.cli import cli
 from persona.errors import ConfigurationError
 from persona.eventlog import chain_hash, event_aad
-from persona.events import PRIVILEGED_TYPES, RecordedEvent, Writer, local, micros, utc_text
+from persona.events import LIBRARY, PRIVILEGED_TYPES, RecordedEvent, Writer, local, micros, utc_text
 from persona.ingest import ingest_jsonl
 from persona.linking import link
 from persona.projections import ATTRIBUTES, replay
@@ -234,19 +234,33 @@ def test_an_unvouched_claim_fills_a_gap_but_never_outranks(served: tuple[Server,
     assert (gender["writer"], gender["vouched"]) == ("token:partner", False)
 
 
-def test_re_sending_a_record_by_another_writer_is_a_duplicate(served: tuple[Server, dict[str, str]]) -> None:
+def test_a_token_cannot_squat_another_writers_event_id(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding A: the idempotency key was (source, event id) whoever wrote it, so a token could
+    send first an event id another writer would send later (or replay one it had seen) and the
+    legitimate event was dropped as a duplicate. A token's keys are now its own."""
     server, tokens = served
-    first = event_input("page_viewed", {"url": "https://shop.example/twice"}, source="web", event_id="twice-1")
-    assert ask(server, tokens["web-tracker"], INGEST, {"events": [first]})["data"]["ingestEvents"] == {
+    squatted = event_input("page_viewed", {"url": "https://shop.example/squat"}, source="web", event_id="squat-1")
+    assert ask(server, tokens["intruder"], INGEST, {"events": [squatted]})["data"]["ingestEvents"] == {
         "appended": 1, "duplicates": 0}
-    for token in ("web-any", "intruder", "partner"):
-        again = ask(server, tokens[token], INGEST, {"events": [first]})["data"]["ingestEvents"]
-        assert again == {"appended": 0, "duplicates": 1}, token
+    # the legitimate writer sends its event with that id afterwards: it is stored, not dropped
+    mine = {**squatted, "data": {"url": "https://shop.example/legit"}}
+    assert ask(server, tokens["web-tracker"], INGEST, {"events": [mine]})["data"]["ingestEvents"] == {
+        "appended": 1, "duplicates": 0}
+    # each writer re-sending its own event is a duplicate, as before
+    for token, event in (("web-tracker", mine), ("intruder", squatted)):
+        assert ask(server, tokens[token], INGEST, {"events": [event]})["data"]["ingestEvents"] == {
+            "appended": 0, "duplicates": 1}, token
+    # replaying another writer's id stores the replayer's own event under its own name, never in the other's
+    for token in ("web-any", "partner"):
+        assert ask(server, tokens[token], INGEST, {"events": [mine]})["data"]["ingestEvents"]["appended"] == 1
     with Persona.open(server.settings) as p:
         pid = p.log.profile_for("email", VICTIM)
         assert pid is not None
-        (kept,) = [e for e in p.log.read(pid) if e.event_id == "twice-1"]
-        assert kept.writer == "token:web-tracker"  # the first writer's record stands
+        kept = sorted((e.writer, e.data["url"]) for e in p.log.read(pid) if e.event_id == "squat-1")
+        assert kept == [("token:intruder", "https://shop.example/squat"), ("token:partner", "https://shop.example/legit"),
+                        ("token:web-any", "https://shop.example/legit"),
+                        ("token:web-tracker", "https://shop.example/legit")]
+        assert verify(p).events > 0
 
 
 # -- the library and the command line -------------------------------------------------------------
@@ -344,12 +358,28 @@ def test_the_writer_is_sealed_with_the_event(persona: Persona) -> None:
     assert b"sealed-1" not in raw and b'"vouch"' not in raw
 
 
-def test_another_writer_re_ingesting_is_a_duplicate(persona: Persona) -> None:
-    lines = jsonl(record(event_id="d1"), record("bob@example.com", event_id="d2"))
-    first = ingest_jsonl(persona, io.BytesIO(lines), origin="a", writer=local("ingest"))
-    again = ingest_jsonl(persona, io.BytesIO(lines), origin="b", writer=Writer("token:other", frozenset({"web"})))
-    assert (first.appended, again.appended, again.duplicates) == (2, 0, 2)
-    assert {e.writer for e in persona.log.iter_all()} == {"local:ingest"}
+def test_a_token_cannot_pre_empt_local_ingest(persona: Persona) -> None:
+    """An order id a shop export will carry, sent first by a token (bound or not): the export's
+    event is still appended. The operator's commands share one key space, as before."""
+    order = record("alice@example.com", "order_placed", {"order_id": "o-1", "amount": "10.00", "currency": "EUR"},
+                   event_id="o-1", source="shop")
+    squat = {**order, "type": "page_viewed", "data": {"url": "https://shop.example/x"}}
+    for writer in (Writer("token:squatter", frozenset()), Writer("token:shop-feed", frozenset({"shop"}))):
+        assert ingest_jsonl(persona, io.BytesIO(jsonl(squat)), origin="t", writer=writer).appended == 1
+    first = ingest_jsonl(persona, io.BytesIO(jsonl(order)), origin="a", writer=local("ingest"))
+    assert (first.appended, first.duplicates) == (1, 0)
+    for writer in (local("ingest"), LIBRARY):  # local re-ingest (any command, the library) stays idempotent
+        again = ingest_jsonl(persona, io.BytesIO(jsonl(order)), origin="b", writer=writer)
+        assert (again.appended, again.duplicates) == (0, 1)
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    assert sorted((e.writer, e.type) for e in persona.log.read(pid)) == [
+        ("local:ingest", "order_placed"), ("token:shop-feed", "page_viewed"), ("token:squatter", "page_viewed")]
+    # keys of events written before (unbound, by anyone) stay what they were: the operator's are unchanged
+    assert persona.log.event_key("shop", "o-1") == persona.log.event_key("shop", "o-1", local("ingest"))
+    assert persona.log.event_key("shop", "o-1", Writer("token:a", frozenset())) != persona.log.event_key(
+        "shop", "o-1", Writer("token:b", frozenset()))
+    assert verify(persona).events == 3
 
 
 def _append_as_an_earlier_release(persona: Persona, email: str, kind: str, data: dict[str, Any], *, source: str,
