@@ -372,9 +372,10 @@ DATA_SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
     },
 }
 EVENT_TYPES = frozenset(DATA_SPECS)
-# Types that say who a person is (their attributes, their identifiers): a token writes them only
-# when its event types name them (`persona tokens create --types`), never by default.
-PRIVILEGED_TYPES = frozenset({"identity_linked", "profile_updated"})
+# Types that say who a person is (their attributes, their identifiers) or what may be done with their
+# data (consent): a token writes them only when its event types name them (`persona tokens create
+# --types`), never by default.
+PRIVILEGED_TYPES = frozenset({"consent_changed", "identity_linked", "profile_updated"})
 
 
 def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:

@@ -32,7 +32,7 @@ from persona.eventlog import chain_hash, event_aad
 from persona.events import LIBRARY, PRIVILEGED_TYPES, RecordedEvent, Writer, local, micros, utc_text
 from persona.ingest import ingest_jsonl
 from persona.linking import link
-from persona.projections import ATTRIBUTES, replay
+from persona.projections import ATTRIBUTES, FEATURES, replay
 from persona.projector import Projector
 from persona.verify import verify
 from tests.conftest import jsonl, record, store_bytes
@@ -80,6 +80,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
                 "linker": create_token(p, "linker", frozenset({"events:write", "profiles:read"}),
                                        types=frozenset({"identity_linked"})),
                 "unlinker": create_token(p, "unlinker", frozenset({"events:write", "profiles:read"})),
+                "consent-partner": create_token(p, "consent-partner", frozenset({"events:write"}),
+                                                types=frozenset({"consent_changed", "profile_updated"})),
             }
         yield server, tokens
 
@@ -261,6 +263,48 @@ def test_a_token_cannot_squat_another_writers_event_id(served: tuple[Server, dic
                         ("token:web-any", "https://shop.example/legit"),
                         ("token:web-tracker", "https://shop.example/legit")]
         assert verify(p).events > 0
+
+
+def test_consent_changed_needs_an_explicit_grant(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding B: consent decides what may be counted about a person; like profile_updated and
+    identity_linked, a token writes consent_changed only when its --types name it."""
+    server, tokens = served
+    before = victim(server, tokens)
+    withdraw = event_input("consent_changed", {"purpose": "analytics", "granted": False}, source="web",
+                           event_id="consent-squat-1", occurred_at="2026-03-04T10:00:00Z")
+    for token in ("intruder", "web-any", "web-tracker", "partner"):
+        assert PRIVILEGED_GRANT in forbidden(ask(server, tokens[token], INGEST, {"events": [withdraw]}), 0), token
+    assert victim(server, tokens) == before
+
+
+def test_an_unvouched_claim_never_overrides_a_latest_value_or_consent(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding B: for latest-wins attributes and consent, the newest claim used to win whoever
+    wrote it: an unbound token granted the types replaced a CRM's city and withdrew (or gave) consent.
+    An unvouched claim now fills a gap only."""
+    server, tokens = served
+    before = victim(server, tokens, WHO)
+    assert before["attributes"]["consent"]["analytics"] is True
+    late = "2026-04-01T10:00:00Z"  # later than anything a vouched writer said
+    claims = [event_input("profile_updated", {"city": "Atlantis", "country": "AQ", "language": "xx"}, source="crm",
+                          event_id="cp-claim-1", occurred_at=late),
+              event_input("consent_changed", {"purpose": "analytics", "granted": False}, source="crm",
+                          event_id="cp-consent-1", occurred_at=late)]
+    done = ask(server, tokens["consent-partner"], INGEST, {"events": claims})
+    assert done["data"]["ingestEvents"]["appended"] == 2  # granted: stored, with its writer
+    after = victim(server, tokens, WHO)
+    for name in ("city", "country", "language", "consent"):
+        assert after["attributes"][name] == before["attributes"][name], name
+    for name in ("city", "country", "language"):
+        assert [p["writer"] for p in after["attributeSources"][name]["provenance"]] != ["token:consent-partner"]
+    # a person no vouched writer described: the unvouched claims are all there is, and say so
+    stranger = subject("email", "consent-stranger@example.com")
+    alone = [{**claims[0], "subject": stranger, "eventId": "cp-claim-2"},
+             {**claims[1], "subject": stranger, "eventId": "cp-consent-2"}]
+    assert ask(server, tokens["consent-partner"], INGEST, {"events": alone})["data"]["ingestEvents"]["appended"] == 2
+    found = ask(server, tokens["reader"], WHO, {"ns": "email", "v": "consent-stranger@example.com"})["data"]["profile"]
+    assert (found["attributes"]["city"], found["attributes"]["consent"]["analytics"]) == ("Atlantis", False)
+    (city,) = found["attributeSources"]["city"]["provenance"]
+    assert (city["writer"], city["vouched"]) == ("token:consent-partner", False)
 
 
 # -- the library and the command line -------------------------------------------------------------
@@ -478,6 +522,49 @@ def test_two_writers_claiming_the_same_source() -> None:
     # the same writer bound to the source (vouched) does rank as the CRM
     trusted = forged._replace(writer="local:ingest", vouched=True)
     assert ATTRIBUTES.view(replay(ATTRIBUTES, [crm, trusted]), AS_OF)["gender"]["value"] == "male"
+
+
+def test_unvouched_latest_and_consent_claims_only_fill_gaps() -> None:
+    crm = claim({"city": "Madrid", "language": "es"}, source="crm", at="2025-01-01T00:00:00+00:00", event_id="c1",
+                writer="local:ingest", vouched=True)
+    forged = claim({"city": "Atlantis", "language": "xx"}, source="crm", at="2026-01-01T00:00:00+00:00",
+                   event_id="f1", writer="token:intruder", vouched=False)
+    granted = claim({"purpose": "marketing", "granted": False}, source="crm", at="2025-01-02T00:00:00+00:00",
+                    event_id="c2", writer="local:ingest", vouched=True, kind="consent_changed")
+    flipped = claim({"purpose": "marketing", "granted": True}, source="crm", at="2026-01-02T00:00:00+00:00",
+                    event_id="f2", writer="token:intruder", vouched=False, kind="consent_changed")
+    for events in ([crm, forged, granted, flipped], [flipped, forged, granted, crm]):
+        out = ATTRIBUTES.view(replay(ATTRIBUTES, events), AS_OF)
+        assert (out["city"]["value"], out["language"]["value"]) == ("Madrid", "es")
+        assert out["consent"]["marketing"]["granted"] is False
+        assert out["consent"]["marketing"]["provenance"][0]["writer"] == "local:ingest"
+    alone = ATTRIBUTES.view(replay(ATTRIBUTES, [forged, flipped]), AS_OF)  # a gap: filled, and says by whom
+    assert (alone["city"]["value"], alone["consent"]["marketing"]["granted"]) == ("Atlantis", True)
+    # a later vouched claim displaces the unvouched one, whatever the order the fold meets them
+    later = crm._replace(occurred_at="2026-02-01T00:00:00.000000Z", event_id="c3")
+    assert ATTRIBUTES.view(replay(ATTRIBUTES, [later, forged]), AS_OF)["city"]["value"] == "Madrid"
+    state = replay(ATTRIBUTES, [forged, flipped])
+    merged = ATTRIBUTES.combine([state, replay(ATTRIBUTES, [crm, granted])])  # a merged person: the same rule
+    assert ATTRIBUTES.dump(merged) == ATTRIBUTES.dump(replay(ATTRIBUTES, [crm, forged, granted, flipped]))
+
+
+def test_an_unvouched_consent_change_does_not_override_a_vouched_one_in_features() -> None:
+    """The consent in force when each event happened decides what the features count: an unvouched
+    grant after a vouched withdrawal must not bring the withdrawn orders back."""
+    withdrawn = claim({"purpose": "analytics", "granted": False}, source="crm", at="2025-01-01T00:00:00+00:00",
+                      event_id="c1", writer="local:ingest", vouched=True, kind="consent_changed")
+    regranted = claim({"purpose": "analytics", "granted": True}, source="crm", at="2025-02-01T00:00:00+00:00",
+                      event_id="f1", writer="token:intruder", vouched=False, kind="consent_changed")
+    order = claim({"order_id": "o1", "amount": "50.00", "currency": "EUR"}, source="shop",
+                  at="2025-03-01T00:00:00+00:00", event_id="o1", writer="local:ingest", vouched=True,
+                  kind="order_placed")
+    seen = FEATURES.view(replay(FEATURES, [withdrawn, regranted, order]), AS_OF)
+    assert seen.get("frequency", 0) == 0 and FEATURES.counted(replay(FEATURES, [withdrawn, regranted, order]),
+                                                             AS_OF) == []
+    # alone, an unvouched withdrawal fills the gap (erring on the side of counting less)
+    unvouched_withdrawal = withdrawn._replace(writer="token:intruder", vouched=False)
+    assert FEATURES.counted(replay(FEATURES, [unvouched_withdrawal, order]), AS_OF) == []
+    assert len(FEATURES.counted(replay(FEATURES, [order]), AS_OF)) == 1
 
 
 writers = st.tuples(st.sampled_from(["token:a", "token:b", "local:ingest", "unknown"]), st.booleans())
