@@ -133,7 +133,7 @@ class Query:
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check, mechanism
+        from persona.insights import check_exact, mechanism
 
         ctx = root_context(info)
         if epsilon is None and (ctx.token is None or EXACT_SCOPE not in ctx.token.scopes):
@@ -151,11 +151,16 @@ class Query:
             # RFM scores rank people against each other: one person can move many scores, so
             # counts filtered on them have no bounded sensitivity and noise would promise nothing
             raise ApiError("filter: RFM scores and segments cannot filter a differentially private answer")
+        if epsilon is None and where is not None and where.ranges:
+            # a numeric range moved a step at a time adds or drops one person at a time (bisection):
+            # two exact answers then differ by that person alone, their value or their group
+            raise ApiError("filter.features: numeric ranges cannot filter an exact answer (moved a step at a time they"
+                           " single out one person); ask with epsilon for a differentially private answer")
         clip = (bounds[0], bounds[1]) if bounds is not None else None
         k = ctx.state.options.k_anonymity
         charged: tuple[float, float] | None = None
         if epsilon is None:
-            check(metric, clip)
+            check_exact(metric, clip)
         else:
             # built and costed (ε and δ, from OpenDP's privacy maps) before anything is read or
             # charged; charged before anything is computed
