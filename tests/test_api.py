@@ -1174,6 +1174,8 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Profile", "history"): Q_HISTORY,
     ("Profile", "predictions"): Q_PREDICTIONS,
     ("Profile", "attributeSources"): "{ profiles(first: 1) { nodes { attributeSources } } }",
+    ("IngestResult", "profilesCreated"): "mutation { ingestEvents(events: []) { profilesCreated } }",
+    ("IngestResult", "merges"): "mutation { ingestEvents(events: []) { merges } }",
 }
 
 

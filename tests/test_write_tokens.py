@@ -307,6 +307,33 @@ def test_an_unvouched_claim_never_overrides_a_latest_value_or_consent(served: tu
     assert (city["writer"], city["vouched"]) == ("token:consent-partner", False)
 
 
+def test_identity_resolution_results_need_profiles_read(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding E: ingestEvents told a token with only events:write how many profiles its
+    call created and how many merges it made: whether an identifier was known already, and who
+    is one person. Those two fields need profiles:read; the rest of the report does not."""
+    server, tokens = served
+    known = event_input("page_viewed", {"url": "https://shop.example/probe"}, source="web", event_id="probe-1")
+    for field in ("profilesCreated", "merges"):
+        query = INGEST.replace("appended duplicates", f"appended {field}")
+        response = server.post(query, {"events": [{**known, "eventId": f"probe-{field}"}]},
+                               token=tokens["web-tracker"])
+        assert response.status_code == 403, response.text[:300]
+        (error,) = response.json()["errors"]
+        assert error["extensions"]["code"] == "FORBIDDEN" and "profiles:read" in error["message"]
+    with Persona.open(server.settings) as p:  # refused before anything ran: nothing stored
+        pid = p.log.profile_for("email", VICTIM)
+        assert pid is not None
+        assert not [e for e in p.log.read(pid) if e.event_id.startswith("probe-")]
+    # without them the report is there; with profiles:read, all of it
+    assert ask(server, tokens["web-tracker"], INGEST, {"events": [known]})["data"]["ingestEvents"] == {
+        "appended": 1, "duplicates": 0}
+    linked = {**event_input("identity_linked", {"other": subject("cookie", "ck-probe")}, source="web",
+                            event_id="probe-link")}
+    full = INGEST.replace("appended duplicates", "appended profilesCreated merges")
+    assert ask(server, tokens["linker"], full, {"events": [linked]})["data"]["ingestEvents"] == {
+        "appended": 1, "profilesCreated": 0, "merges": 0}
+
+
 # -- the library and the command line -------------------------------------------------------------
 def test_token_refusals() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)

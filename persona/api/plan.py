@@ -48,6 +48,9 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Profile", "history"): "history:read",
     ("Profile", "predictions"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
+    # identity resolution's results: whether an identifier was known already, who is one person
+    ("IngestResult", "profilesCreated"): "profiles:read",
+    ("IngestResult", "merges"): "profiles:read",
 }
 # fields that need one more scope unless an argument is given: (type, field) -> (argument, scope).
 # `insights` without `epsilon` is exact, not differentially private. A literal (or no argument)
