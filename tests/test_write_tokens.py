@@ -82,6 +82,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
                 "unlinker": create_token(p, "unlinker", frozenset({"events:write", "profiles:read"})),
                 "consent-partner": create_token(p, "consent-partner", frozenset({"events:write"}),
                                                 types=frozenset({"consent_changed", "profile_updated"})),
+                "web-linker": create_token(p, "web-linker", frozenset({"events:write", "profiles:read"}),
+                                           sources=frozenset({"web"}), types=frozenset({"identity_linked"})),
+                "multi-linker": create_token(p, "multi-linker", frozenset({"events:write", "profiles:read"}),
+                                             sources=frozenset({"web", "app"}), types=frozenset({"identity_linked"})),
             }
         yield server, tokens
 
@@ -332,6 +336,50 @@ def test_identity_resolution_results_need_profiles_read(served: tuple[Server, di
     full = INGEST.replace("appended duplicates", "appended profilesCreated merges")
     assert ask(server, tokens["linker"], full, {"events": [linked]})["data"]["ingestEvents"] == {
         "appended": 1, "profilesCreated": 0, "merges": 0}
+
+
+LINK_AS = ("mutation($a: SubjectInput!, $b: SubjectInput!, $source: String) {"
+           " linkIdentities(a: $a, b: $b, source: $source) { id } }")
+
+
+def test_a_link_is_written_as_the_tokens_bound_source(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding F: linkIdentities wrote its identity_linked event as source "api" whatever the
+    token was bound to, so a token bound to web wrote as a source it holds no binding for. A bound
+    token now links as its source (naming one of them when it has several, and never another);
+    an unbound one as "api", unvouched, as before (no source's rank to gain)."""
+    server, tokens = served
+    victim_id = victim(server, tokens)["id"]
+    email = subject("email", VICTIM)
+
+    def linked(token: str, cookie: str, source: str | None = None) -> dict[str, Any]:
+        return ask(server, tokens[token], LINK_AS, {"a": subject("cookie", cookie), "b": email, "source": source})
+
+    def written(cookie: str) -> tuple[str, str, bool]:
+        """The link's event: the newest identity_linked in the victim's stream (a new cookie's link
+        goes to the known identifier's profile)."""
+        with Persona.open(server.settings) as p:
+            assert p.log.profile_for("cookie", cookie) is not None
+            event = max((e for e in p.log.read(victim_id) if e.type == "identity_linked"), key=lambda e: e.version)
+            return event.source, event.writer, event.vouched
+
+    assert linked("web-linker", "ck-web-1")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-web-1") == ("web", "token:web-linker", True)
+    assert linked("web-linker", "ck-web-2", "web")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-web-2") == ("web", "token:web-linker", True)
+    for token, source in (("web-linker", "crm"), ("web-linker", "api"), ("multi-linker", "crm")):
+        message = forbidden(linked(token, "ck-posing", source))
+        assert "source" in message and "crm" not in message, (token, source)
+    several = linked("multi-linker", "ck-posing")  # bound to two: it must say which
+    assert several["errors"][0]["extensions"]["code"] == "BAD_REQUEST" and "source" in several["errors"][0]["message"]
+    assert linked("multi-linker", "ck-app-1", "app")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-app-1") == ("app", "token:multi-linker", True)
+    with Persona.open(server.settings) as p:
+        assert p.log.profile_for("cookie", "ck-posing") is None  # nothing of a refused link was stored
+    # an unbound token links as "api", vouching for nothing; naming a source gains it no rank
+    assert linked("linker", "ck-unbound-1")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-unbound-1") == ("api", "token:linker", False)
+    assert linked("linker", "ck-unbound-2", "crm")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-unbound-2") == ("crm", "token:linker", False)
 
 
 # -- the library and the command line -------------------------------------------------------------
