@@ -156,10 +156,11 @@ class EventLog:
         self._kinds: dict[str, bytes] = {}
 
     # -- identifiers ---------------------------------------------------------------------
-    def event_key(self, source: str, event_id: str) -> bytes:
-        """The idempotency key: event ids are unique per source (two shops may both send "o1")."""
+    def event_key(self, source: str, event_id: str, writer: Writer = LIBRARY) -> bytes:
+        """The idempotency key: event ids are unique per source (two shops may both send "o1"), and
+        a token's are its own (`Writer.key_scope`); the operator's are what they always were."""
         h = self._event_key_hash.copy()  # copying a keyed state skips re-keying per event
-        h.update(source.encode() + b"\x00" + event_id.encode())
+        h.update(writer.key_scope(source) + source.encode() + b"\x00" + event_id.encode())
         return h.digest()
 
     def hash_subject(self, subject: Subject) -> bytes:
@@ -218,17 +219,23 @@ class EventLog:
         them (persona.identity) — unless a merge of theirs was undone; with `relink` (an
         explicit request, not a record's say-so) it is made all the same.
 
-        `writer` is sealed into each event (and the merge markers it causes); it does not
-        take part in the idempotency key, so the same record from another writer is a duplicate.
-        Which events a writer may send is its caller's to check (persona.api.access).
+        `writer` is sealed into each event (and the merge markers it causes). The operator's
+        events share one idempotency key space (the same record from another local command is a
+        duplicate); a token's keys are bound to it (`Writer.key_scope`), so no token can pre-empt
+        or replay another writer's event ids. Which events a writer may send is its caller's to
+        check (persona.api.access).
         """
         recorded = micros(now or datetime.now(UTC))
         keyed: dict[bytes, Event] = {}
+        scopes: dict[str, bytes] = {}
         with gc_paused():
             base = self._event_key_hash  # event_key(), inlined: this loop runs once per event
             for event in events:
+                scope = scopes.get(event.source)
+                if scope is None:
+                    scope = scopes[event.source] = writer.key_scope(event.source) + event.source.encode() + b"\x00"
                 h = base.copy()
-                h.update(event.source.encode() + b"\x00" + event.event_id.encode())
+                h.update(scope + event.event_id.encode())
                 keyed.setdefault(h.digest(), event)
             nested = self.recorder.in_transaction()
             try:
@@ -402,7 +409,7 @@ class EventLog:
                 raise ConcurrencyError(profile_id, expected_version, head.version)
             keyed: dict[bytes, Event] = {}
             for event in events:
-                keyed.setdefault(self.event_key(event.source, event.event_id), event)
+                keyed.setdefault(self.event_key(event.source, event.event_id, writer), event)
             if len(keyed) < len(events) or rec.existing_event_keys(list(keyed)):
                 raise DuplicateEventError("the batch holds an event id that is already in the log")
             pepper = self.keyring.pepper

@@ -87,6 +87,16 @@ class Writer(NamedTuple):
     def vouches(self, source: str) -> bool:
         return self.sources is None or source in self.sources
 
+    def key_scope(self, source: str) -> bytes:
+        """What binds the idempotency key of its event from this source to it: nothing for the
+        operator (one key space, as ever: re-ingesting a file appends nothing, whoever runs it);
+        for a token, its name, so that no token can send first an event id another writer will
+        send (dropping theirs as a duplicate) or replay another writer's. Persona's own markers
+        (RESERVED_SOURCE, ids it derives itself) stay in the common space."""
+        if self.sources is None or source == RESERVED_SOURCE:
+            return b""
+        return self.name.encode() + b"\x01"  # no source name holds \x01 or ":": never a local key's prefix
+
 
 LIBRARY = Writer("library")  # a program calling the library without naming itself
 UNKNOWN_WRITER = "unknown"  # events written before writers were recorded
@@ -362,9 +372,10 @@ DATA_SPECS: dict[str, dict[str, tuple[Check, bool]]] = {
     },
 }
 EVENT_TYPES = frozenset(DATA_SPECS)
-# Types that say who a person is (their attributes, their identifiers): a token writes them only
-# when its event types name them (`persona tokens create --types`), never by default.
-PRIVILEGED_TYPES = frozenset({"identity_linked", "profile_updated"})
+# Types that say who a person is (their attributes, their identifiers) or what may be done with their
+# data (consent): a token writes them only when its event types name them (`persona tokens create
+# --types`), never by default.
+PRIVILEGED_TYPES = frozenset({"consent_changed", "identity_linked", "profile_updated"})
 
 
 def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:

@@ -1,9 +1,13 @@
 """Population insights that protect the people in them, in two kinds with their own entry points.
 
 `exact`: counts, means and histograms as they are, k-anonymous — a group of fewer than k
-people is left out, and so is a group's histogram when any bin holds 1 to k−1 of them.
-Exact answers are not private against differencing (two filters that differ by one person
-tell that person's value apart), which is why the API gives them only to tokens granted it.
+people is left out, a group's mean and histogram when fewer than k of its people have the
+metric, and its histogram when any bin holds 1 to k−1 of them. The metric is clipped to its
+declared bounds only (`check_exact`): narrowed bounds would clip everyone outside them to
+their ends and leave the few between to a mean. Exact answers are not private against
+differencing (two filters that differ by one person tell that person's value apart): the API
+gives them only to tokens granted it, and refuses them the numeric ranges that would let
+a caller move a filter one person at a time (persona.api.schema).
 
 `private`: differentially private through OpenDP — its measurements, its privacy maps and
 its noise, sampled exactly on the integers from the operating system's secure generator
@@ -152,11 +156,24 @@ def check(metric: str | None, bounds: tuple[float, float] | None) -> tuple[float
     return float(lo), float(hi)
 
 
+def check_exact(metric: str | None, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """An exact answer's clipping bounds: the declared ones, never narrowed. Narrowed, they clip
+    everyone outside to their ends, so an exact mean gives away the values between: with the
+    lower end just under one person's value, n × mean − (n − 1) × lo is theirs (and the same mean
+    at a slightly higher end tells how many are above it). A private answer may narrow them."""
+    clip = check(metric, bounds)
+    if bounds is not None and metric is not None and clip != BOUNDS[metric]:
+        raise ValidationError("bounds: an exact answer clips to the declared bounds only (narrowed, they would"
+                              " single out the values between them); ask with epsilon to narrow them")
+    return clip
+
+
 # -- exact --------------------------------------------------------------------------------------
 def exact(profiles: Iterable[IndexedProfile], *, group_by: Sequence[str], metric: str | None, k: int,
           bounds: tuple[float, float] | None = None) -> Insights:
-    """Counts (and the metric's mean and histogram) per group of at least k people."""
-    clip = check(metric, bounds)
+    """Counts per group of at least k people, and the metric's mean and histogram where at least
+    k of them have it."""
+    clip = check_exact(metric, bounds)
     groups: dict[tuple[Any, ...], list[float | None]] = {}
     for profile in profiles:
         groups.setdefault(group_key(profile, group_by), []).append(
@@ -175,7 +192,11 @@ def exact(profiles: Iterable[IndexedProfile], *, group_by: Sequence[str], metric
 def _describe_exactly(group: Group, values: list[float | None], bounds: tuple[float, float], k: int) -> None:
     lo, hi = bounds
     present = np.clip(np.array([v for v in values if v is not None], dtype=float), lo, hi)
-    group.mean = round(float(present.mean()), 4) if len(present) else None
+    if len(present) < k:
+        # k people in the group but fewer with the metric: their mean is the few's, one person's
+        # value when one has it (and any histogram of them has a bin of 1 to k−1)
+        return
+    group.mean = round(float(present.mean()), 4)
     edges = np.linspace(lo, hi, HISTOGRAM_BINS + 1)
     counts = [float(c) for c in np.histogram(present, bins=edges)[0]]
     if any(0 < c < k for c in counts):

@@ -104,6 +104,31 @@ def test_the_population_prices_a_scan_when_it_is_asked_for(store: Store) -> None
         assert api.data(PROFILE, {"id": store.someone})["profile"]["version"] > 0
 
 
+PAST_LISTING = '{ profiles(first: 1, filter: {}, asOf: "2025-10-01T00:00:00Z") { nodes { id } } }'
+
+
+def test_a_past_filtered_listing_is_priced_by_the_population_it_replays(store: Store) -> None:
+    """Review finding D: a filtered listing with asOf brings every profile it meets back to that
+    instant by replaying its log (the index cannot be shifted backwards): a population scan of
+    replays, each many times an index read, priced as one index scan (one unit per 250 profiles).
+    It is priced by the population it replays, and refused where that is too much."""
+    past = plan(schema._schema, PAST_LISTING, None, Limits())
+    present = plan(schema._schema, PAST_LISTING.replace(', asOf: "2025-10-01T00:00:00Z"', ""), None, Limits())
+    assert past.scans == present.scans == 1 and not past.errors
+    assert past.too_costly(100_000, Limits()) is not None  # 100,000 logs replayed in one request
+    assert present.too_costly(100_000, Limits()) is None  # 100,000 index rows read: fits
+    assert past.cost_at(100_000) - past.cost > 10 * (present.cost_at(100_000) - present.cost)
+    assert past.cost_at(6) == past.cost + SCAN_COST  # a small population still costs a replay's worth
+    with TestClient(create_app(store.settings, ServerOptions(population_every_s=1e9))) as client:
+        api = Api(client, store.tokens, default="a")
+        state = client.app.state.api  # type: ignore[attr-defined]
+        assert api.data(PAST_LISTING)["profiles"]["nodes"]  # the sample's six people: fine
+        state.population = 100_000
+        refused = api.post(PAST_LISTING)
+        assert refused.status_code == 400 and "100000 profiles" in refused.json()["errors"][0]["message"]
+        assert api.data(PAST_LISTING.replace(', asOf: "2025-10-01T00:00:00Z"', ""))["profiles"]["nodes"]
+
+
 # -- the gate ----------------------------------------------------------------------------------
 def test_scans_wait_their_turn_per_token_and_a_full_queue_refuses_cleanly(store: Store) -> None:
     options = ServerOptions(scan_processes=1, scans_per_token=1, scan_queue=2, scan_queue_per_token=1)

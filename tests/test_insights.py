@@ -61,15 +61,45 @@ def test_exact_counts_and_means_with_small_groups_suppressed() -> None:
 
 
 def test_the_metric_is_clipped_to_its_declared_bounds() -> None:
-    result = exact(PEOPLE, group_by=["country"], metric="monetary", k=5, bounds=(0.0, 60.0))
-    assert {g.key["country"]: g.mean for g in result.groups} == {"CN": 60.0, "GB": 50.0}
+    above = [person(300 + i, "DE", 20_000.0 + i) for i in range(5)]  # over the declared 10,000
+    result = exact(above, group_by=["country"], metric="monetary", k=5)
+    (group,) = result.groups
+    assert group.mean == BOUNDS["monetary"][1] and [c for _, _, c in group.histogram][-1] == 5
+    assert exact(above, group_by=["country"], metric="monetary", k=5, bounds=BOUNDS["monetary"]).groups == [group]
 
 
-def test_the_narrowest_bounds_allowed_still_give_a_histogram() -> None:
-    lo, hi = BOUNDS["monetary"]
-    narrowest = (lo, lo + (hi - lo) * 1e-6)  # 0.01 wide: every value is clipped to the top
-    result = exact(PEOPLE, group_by=["country"], metric="monetary", k=5, bounds=narrowest)
-    assert {g.key["country"]: [c for _, _, c in g.histogram][-1] for g in result.groups} == {"CN": 40, "GB": 8}
+@pytest.mark.parametrize("bounds", [(0.0, 60.0), (0.0, 0.01), (4_000.0, 10_000.0)])
+def test_exact_answers_take_no_narrowed_bounds(bounds: tuple[float, float]) -> None:
+    """Review finding C: narrowed bounds clip everyone outside them to their ends, so an exact mean
+    gives away the values between them: with lo just under one person's spend, sum − n·lo is
+    theirs alone (and the same mean at a slightly higher lo says how many are above). An exact
+    answer clips to the declared bounds only; narrowing is for private answers."""
+    lo, hi = bounds
+    spends = sorted(p.features["monetary"] for p in CROWD if "monetary" in p.features)
+    n, victim = len(spends), spends[-1]
+    assert spends[-2] <= victim - 1  # the richest alone above victim − 1
+    with pytest.raises(ValidationError, match="bounds"):
+        answer = exact(CROWD, group_by=["lifecycle_stage"], metric="monetary", k=5,
+                        bounds=(victim - 1, BOUNDS["monetary"][1]))
+        (group,) = answer.groups  # what the attack read before: one person's spend, exactly
+        assert abs(n * (group.mean or 0) - (n - 1) * (victim - 1) - victim) > 0.1  # within the means' rounding
+    with pytest.raises(ValidationError, match="bounds"):
+        exact(PEOPLE, group_by=["country"], metric="monetary", k=5, bounds=(lo, hi))
+    # a private answer may still narrow them (its noise covers the whole narrowed range)
+    assert mechanism(metric="monetary", epsilon=1.0, k=5, bounds=bounds).metric is not None
+
+
+def test_an_exact_mean_needs_k_people_who_have_the_value() -> None:
+    """Review finding C: a group of k or more people of whom fewer than k have the metric showed
+    the mean of those few: one person's value, when one has it."""
+    few = [person(i, "ES", None) for i in range(9)] + [person(9, "ES", 1234.5)]
+    (group,) = exact(few, group_by=["country"], metric="monetary", k=5).groups
+    assert group.count == 10  # the group is shown: ten people
+    assert group.mean is None and group.histogram == []  # but not one person's spend
+    four = few[:5] + [person(10 + i, "ES", 100.0 * (i + 1)) for i in range(4)]  # 4 of 9 have it
+    assert exact(four, group_by=["country"], metric="monetary", k=5).groups[0].mean is None
+    five = [*four, person(20, "ES", 500.0)]  # 5 of 10: shown
+    assert exact(five, group_by=["country"], metric="monetary", k=5).groups[0].mean == 300.0
 
 
 # -- refusals ------------------------------------------------------------------------------------

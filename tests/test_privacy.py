@@ -191,10 +191,59 @@ def bisect(api: Api, token: str, epsilon: float | None) -> tuple[float | None, l
     return everyone[0] * everyone[1] - below[0] * below[1], refusals
 
 
+def test_bisecting_the_top_spender_is_refused_even_with_exact_insights(crowd: Crowd) -> None:
+    """Review finding C: with insights:exact the bisection recovered the top spend to the cent (it
+    was this test's positive control). A numeric range moved a step at a time is what singles one
+    person out: an exact answer takes none, so the bisection gets its first sum and no other."""
+    insider = crowd.token("insider", {"insights:read", "insights:exact"})
+    estimate, refusals = bisect(crowd.api, insider, None)
+    assert estimate is None and refusals == ["BAD_REQUEST"] * 61
+    body = crowd.api.post(ASK, {"by": ["region"], "metric": "monetary", "filter": {
+        "features": [{"name": "frequency", "min": 1}]}}, token=insider).json()
+    (error,) = body["errors"]
+    assert "filter.features" in error["message"] and "epsilon" in error["message"]
+    assert str(TOP_SPEND)[:6] not in str(body)
+    # the unfiltered answer is still there, and so are exact answers filtered otherwise
+    assert crowd.api.data(ASK, {"by": ["gender"], "metric": "monetary", "filter": {"attributes": {"country": "FR"}}},
+                          token=insider)["insights"]["groups"]
+    assert crowd.spent(insider) == (0.0, 0.0)
+
+
+def test_an_exact_mean_needs_k_people_who_have_the_value(crowd: Crowd) -> None:
+    """Review finding C: a group of k or more people of whom one has the metric showed that one
+    person's value as the group's mean."""
+    with Persona.open(crowd.settings) as p:  # one person of the crowd posts the only review
+        done = ingest_jsonl(p, lines_of([record("q007@privacy.example", "review_posted", {"sku": "s-1", "rating": 2},
+                                                event_id="q7-review", source="shop")]), origin="review")
+        assert done.appended == 1
+    insider = crowd.token("reviews-insider", {"insights:read", "insights:exact"})
+    answer = crowd.api.data(ASK, {"by": ["gender"], "metric": "review_mean_rating"}, token=insider)["insights"]
+    assert {g["key"]["gender"]: (g["count"], g["mean"]) for g in answer["groups"]} == {
+        "female": (300, None), "male": (300, None)}
+
+
+def test_exact_insights_take_no_narrowed_bounds(crowd: Crowd) -> None:
+    """Review finding C: bounds narrowed to just under the top spend clipped everyone else to the
+    lower end, and 600 × mean − 599 × lo was the top spend."""
+    insider = crowd.token("bounds-insider", {"insights:read", "insights:exact"})
+    lo = TOP_SPEND - 3
+    query = ASK.replace("$epsilon: Float)", "$epsilon: Float, $bounds: [Float!])").replace(
+        "epsilon: $epsilon)", "epsilon: $epsilon, bounds: $bounds)")
+    body = crowd.api.post(query, {"by": ["region"], "metric": "monetary", "bounds": [lo, 10_000]},
+                          token=insider).json()
+    if body.get("data"):  # what the attack read before
+        (group,) = body["data"]["insights"]["groups"]
+        assert abs(PEOPLE * group["mean"] - (PEOPLE - 1) * lo - TOP_SPEND) > 1, "the top spend, recovered"
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "BAD_REQUEST" and "bounds" in error["message"]
+    # the declared bounds may be given; private answers may still narrow them
+    assert crowd.api.data(query, {"by": ["region"], "metric": "monetary", "bounds": [0, 10_000]},
+                          token=insider)["insights"]["groups"]
+    assert crowd.api.data(query, {"by": ["region"], "metric": "monetary", "bounds": [lo, 10_000], "epsilon": 1.0},
+                          token=insider)["insights"]["epsilon"] == pytest.approx(1.0)
+
+
 def test_bisecting_the_top_spender_needs_exact_insights_and_a_budget_it_cannot_have(crowd: Crowd) -> None:
-    # positive control: with exact insights the attack works, to the precision of the rounded means
-    control, none = bisect(crowd.api, crowd.token("insider", {"insights:read", "insights:exact"}), None)
-    assert none == [] and control == pytest.approx(TOP_SPEND, abs=0.1)
     # a reader's token: every exact question is refused, and nothing is charged
     reader = crowd.token("attacker", {"insights:read"}, epsilon_budget=1.0)
     estimate, refusals = bisect(crowd.api, reader, None)

@@ -29,10 +29,10 @@ from persona.api.access import Token, create_token, list_tokens
 from persona.cli import cli
 from persona.errors import ConfigurationError
 from persona.eventlog import chain_hash, event_aad
-from persona.events import PRIVILEGED_TYPES, RecordedEvent, Writer, local, micros, utc_text
+from persona.events import LIBRARY, PRIVILEGED_TYPES, RecordedEvent, Writer, local, micros, utc_text
 from persona.ingest import ingest_jsonl
 from persona.linking import link
-from persona.projections import ATTRIBUTES, replay
+from persona.projections import ATTRIBUTES, FEATURES, replay
 from persona.projector import Projector
 from persona.verify import verify
 from tests.conftest import jsonl, record, store_bytes
@@ -80,6 +80,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
                 "linker": create_token(p, "linker", frozenset({"events:write", "profiles:read"}),
                                        types=frozenset({"identity_linked"})),
                 "unlinker": create_token(p, "unlinker", frozenset({"events:write", "profiles:read"})),
+                "consent-partner": create_token(p, "consent-partner", frozenset({"events:write"}),
+                                                types=frozenset({"consent_changed", "profile_updated"})),
+                "web-linker": create_token(p, "web-linker", frozenset({"events:write", "profiles:read"}),
+                                           sources=frozenset({"web"}), types=frozenset({"identity_linked"})),
+                "multi-linker": create_token(p, "multi-linker", frozenset({"events:write", "profiles:read"}),
+                                             sources=frozenset({"web", "app"}), types=frozenset({"identity_linked"})),
             }
         yield server, tokens
 
@@ -234,19 +240,146 @@ def test_an_unvouched_claim_fills_a_gap_but_never_outranks(served: tuple[Server,
     assert (gender["writer"], gender["vouched"]) == ("token:partner", False)
 
 
-def test_re_sending_a_record_by_another_writer_is_a_duplicate(served: tuple[Server, dict[str, str]]) -> None:
+def test_a_token_cannot_squat_another_writers_event_id(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding A: the idempotency key was (source, event id) whoever wrote it, so a token could
+    send first an event id another writer would send later (or replay one it had seen) and the
+    legitimate event was dropped as a duplicate. A token's keys are now its own."""
     server, tokens = served
-    first = event_input("page_viewed", {"url": "https://shop.example/twice"}, source="web", event_id="twice-1")
-    assert ask(server, tokens["web-tracker"], INGEST, {"events": [first]})["data"]["ingestEvents"] == {
+    squatted = event_input("page_viewed", {"url": "https://shop.example/squat"}, source="web", event_id="squat-1")
+    assert ask(server, tokens["intruder"], INGEST, {"events": [squatted]})["data"]["ingestEvents"] == {
         "appended": 1, "duplicates": 0}
-    for token in ("web-any", "intruder", "partner"):
-        again = ask(server, tokens[token], INGEST, {"events": [first]})["data"]["ingestEvents"]
-        assert again == {"appended": 0, "duplicates": 1}, token
+    # the legitimate writer sends its event with that id afterwards: it is stored, not dropped
+    mine = {**squatted, "data": {"url": "https://shop.example/legit"}}
+    assert ask(server, tokens["web-tracker"], INGEST, {"events": [mine]})["data"]["ingestEvents"] == {
+        "appended": 1, "duplicates": 0}
+    # each writer re-sending its own event is a duplicate, as before
+    for token, event in (("web-tracker", mine), ("intruder", squatted)):
+        assert ask(server, tokens[token], INGEST, {"events": [event]})["data"]["ingestEvents"] == {
+            "appended": 0, "duplicates": 1}, token
+    # replaying another writer's id stores the replayer's own event under its own name, never in the other's
+    for token in ("web-any", "partner"):
+        assert ask(server, tokens[token], INGEST, {"events": [mine]})["data"]["ingestEvents"]["appended"] == 1
     with Persona.open(server.settings) as p:
         pid = p.log.profile_for("email", VICTIM)
         assert pid is not None
-        (kept,) = [e for e in p.log.read(pid) if e.event_id == "twice-1"]
-        assert kept.writer == "token:web-tracker"  # the first writer's record stands
+        kept = sorted((e.writer, e.data["url"]) for e in p.log.read(pid) if e.event_id == "squat-1")
+        assert kept == [("token:intruder", "https://shop.example/squat"), ("token:partner", "https://shop.example/legit"),
+                        ("token:web-any", "https://shop.example/legit"),
+                        ("token:web-tracker", "https://shop.example/legit")]
+        assert verify(p).events > 0
+
+
+def test_consent_changed_needs_an_explicit_grant(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding B: consent decides what may be counted about a person; like profile_updated and
+    identity_linked, a token writes consent_changed only when its --types name it."""
+    server, tokens = served
+    before = victim(server, tokens)
+    withdraw = event_input("consent_changed", {"purpose": "analytics", "granted": False}, source="web",
+                           event_id="consent-squat-1", occurred_at="2026-03-04T10:00:00Z")
+    for token in ("intruder", "web-any", "web-tracker", "partner"):
+        assert PRIVILEGED_GRANT in forbidden(ask(server, tokens[token], INGEST, {"events": [withdraw]}), 0), token
+    assert victim(server, tokens) == before
+
+
+def test_an_unvouched_claim_never_overrides_a_latest_value_or_consent(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding B: for latest-wins attributes and consent, the newest claim used to win whoever
+    wrote it: an unbound token granted the types replaced a CRM's city and withdrew (or gave) consent.
+    An unvouched claim now fills a gap only."""
+    server, tokens = served
+    before = victim(server, tokens, WHO)
+    assert before["attributes"]["consent"]["analytics"] is True
+    late = "2026-04-01T10:00:00Z"  # later than anything a vouched writer said
+    claims = [event_input("profile_updated", {"city": "Atlantis", "country": "AQ", "language": "xx"}, source="crm",
+                          event_id="cp-claim-1", occurred_at=late),
+              event_input("consent_changed", {"purpose": "analytics", "granted": False}, source="crm",
+                          event_id="cp-consent-1", occurred_at=late)]
+    done = ask(server, tokens["consent-partner"], INGEST, {"events": claims})
+    assert done["data"]["ingestEvents"]["appended"] == 2  # granted: stored, with its writer
+    after = victim(server, tokens, WHO)
+    for name in ("city", "country", "language", "consent"):
+        assert after["attributes"][name] == before["attributes"][name], name
+    for name in ("city", "country", "language"):
+        assert [p["writer"] for p in after["attributeSources"][name]["provenance"]] != ["token:consent-partner"]
+    # a person no vouched writer described: the unvouched claims are all there is, and say so
+    stranger = subject("email", "consent-stranger@example.com")
+    alone = [{**claims[0], "subject": stranger, "eventId": "cp-claim-2"},
+             {**claims[1], "subject": stranger, "eventId": "cp-consent-2"}]
+    assert ask(server, tokens["consent-partner"], INGEST, {"events": alone})["data"]["ingestEvents"]["appended"] == 2
+    found = ask(server, tokens["reader"], WHO, {"ns": "email", "v": "consent-stranger@example.com"})["data"]["profile"]
+    assert (found["attributes"]["city"], found["attributes"]["consent"]["analytics"]) == ("Atlantis", False)
+    (city,) = found["attributeSources"]["city"]["provenance"]
+    assert (city["writer"], city["vouched"]) == ("token:consent-partner", False)
+
+
+def test_identity_resolution_results_need_profiles_read(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding E: ingestEvents told a token with only events:write how many profiles its
+    call created and how many merges it made: whether an identifier was known already, and who
+    is one person. Those two fields need profiles:read; the rest of the report does not."""
+    server, tokens = served
+    known = event_input("page_viewed", {"url": "https://shop.example/probe"}, source="web", event_id="probe-1")
+    for field in ("profilesCreated", "merges"):
+        query = INGEST.replace("appended duplicates", f"appended {field}")
+        response = server.post(query, {"events": [{**known, "eventId": f"probe-{field}"}]},
+                               token=tokens["web-tracker"])
+        assert response.status_code == 403, response.text[:300]
+        (error,) = response.json()["errors"]
+        assert error["extensions"]["code"] == "FORBIDDEN" and "profiles:read" in error["message"]
+    with Persona.open(server.settings) as p:  # refused before anything ran: nothing stored
+        pid = p.log.profile_for("email", VICTIM)
+        assert pid is not None
+        assert not [e for e in p.log.read(pid) if e.event_id.startswith("probe-")]
+    # without them the report is there; with profiles:read, all of it
+    assert ask(server, tokens["web-tracker"], INGEST, {"events": [known]})["data"]["ingestEvents"] == {
+        "appended": 1, "duplicates": 0}
+    linked = {**event_input("identity_linked", {"other": subject("cookie", "ck-probe")}, source="web",
+                            event_id="probe-link")}
+    full = INGEST.replace("appended duplicates", "appended profilesCreated merges")
+    assert ask(server, tokens["linker"], full, {"events": [linked]})["data"]["ingestEvents"] == {
+        "appended": 1, "profilesCreated": 0, "merges": 0}
+
+
+LINK_AS = ("mutation($a: SubjectInput!, $b: SubjectInput!, $source: String) {"
+           " linkIdentities(a: $a, b: $b, source: $source) { id } }")
+
+
+def test_a_link_is_written_as_the_tokens_bound_source(served: tuple[Server, dict[str, str]]) -> None:
+    """Review finding F: linkIdentities wrote its identity_linked event as source "api" whatever the
+    token was bound to, so a token bound to web wrote as a source it holds no binding for. A bound
+    token now links as its source (naming one of them when it has several, and never another);
+    an unbound one as "api", unvouched, as before (no source's rank to gain)."""
+    server, tokens = served
+    victim_id = victim(server, tokens)["id"]
+    email = subject("email", VICTIM)
+
+    def linked(token: str, cookie: str, source: str | None = None) -> dict[str, Any]:
+        return ask(server, tokens[token], LINK_AS, {"a": subject("cookie", cookie), "b": email, "source": source})
+
+    def written(cookie: str) -> tuple[str, str, bool]:
+        """The link's event: the newest identity_linked in the victim's stream (a new cookie's link
+        goes to the known identifier's profile)."""
+        with Persona.open(server.settings) as p:
+            assert p.log.profile_for("cookie", cookie) is not None
+            event = max((e for e in p.log.read(victim_id) if e.type == "identity_linked"), key=lambda e: e.version)
+            return event.source, event.writer, event.vouched
+
+    assert linked("web-linker", "ck-web-1")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-web-1") == ("web", "token:web-linker", True)
+    assert linked("web-linker", "ck-web-2", "web")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-web-2") == ("web", "token:web-linker", True)
+    for token, source in (("web-linker", "crm"), ("web-linker", "api"), ("multi-linker", "crm")):
+        message = forbidden(linked(token, "ck-posing", source))
+        assert "source" in message and "crm" not in message, (token, source)
+    several = linked("multi-linker", "ck-posing")  # bound to two: it must say which
+    assert several["errors"][0]["extensions"]["code"] == "BAD_REQUEST" and "source" in several["errors"][0]["message"]
+    assert linked("multi-linker", "ck-app-1", "app")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-app-1") == ("app", "token:multi-linker", True)
+    with Persona.open(server.settings) as p:
+        assert p.log.profile_for("cookie", "ck-posing") is None  # nothing of a refused link was stored
+    # an unbound token links as "api", vouching for nothing; naming a source gains it no rank
+    assert linked("linker", "ck-unbound-1")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-unbound-1") == ("api", "token:linker", False)
+    assert linked("linker", "ck-unbound-2", "crm")["data"]["linkIdentities"]["id"] == victim_id
+    assert written("ck-unbound-2") == ("crm", "token:linker", False)
 
 
 # -- the library and the command line -------------------------------------------------------------
@@ -344,12 +477,28 @@ def test_the_writer_is_sealed_with_the_event(persona: Persona) -> None:
     assert b"sealed-1" not in raw and b'"vouch"' not in raw
 
 
-def test_another_writer_re_ingesting_is_a_duplicate(persona: Persona) -> None:
-    lines = jsonl(record(event_id="d1"), record("bob@example.com", event_id="d2"))
-    first = ingest_jsonl(persona, io.BytesIO(lines), origin="a", writer=local("ingest"))
-    again = ingest_jsonl(persona, io.BytesIO(lines), origin="b", writer=Writer("token:other", frozenset({"web"})))
-    assert (first.appended, again.appended, again.duplicates) == (2, 0, 2)
-    assert {e.writer for e in persona.log.iter_all()} == {"local:ingest"}
+def test_a_token_cannot_pre_empt_local_ingest(persona: Persona) -> None:
+    """An order id a shop export will carry, sent first by a token (bound or not): the export's
+    event is still appended. The operator's commands share one key space, as before."""
+    order = record("alice@example.com", "order_placed", {"order_id": "o-1", "amount": "10.00", "currency": "EUR"},
+                   event_id="o-1", source="shop")
+    squat = {**order, "type": "page_viewed", "data": {"url": "https://shop.example/x"}}
+    for writer in (Writer("token:squatter", frozenset()), Writer("token:shop-feed", frozenset({"shop"}))):
+        assert ingest_jsonl(persona, io.BytesIO(jsonl(squat)), origin="t", writer=writer).appended == 1
+    first = ingest_jsonl(persona, io.BytesIO(jsonl(order)), origin="a", writer=local("ingest"))
+    assert (first.appended, first.duplicates) == (1, 0)
+    for writer in (local("ingest"), LIBRARY):  # local re-ingest (any command, the library) stays idempotent
+        again = ingest_jsonl(persona, io.BytesIO(jsonl(order)), origin="b", writer=writer)
+        assert (again.appended, again.duplicates) == (0, 1)
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    assert sorted((e.writer, e.type) for e in persona.log.read(pid)) == [
+        ("local:ingest", "order_placed"), ("token:shop-feed", "page_viewed"), ("token:squatter", "page_viewed")]
+    # keys of events written before (unbound, by anyone) stay what they were: the operator's are unchanged
+    assert persona.log.event_key("shop", "o-1") == persona.log.event_key("shop", "o-1", local("ingest"))
+    assert persona.log.event_key("shop", "o-1", Writer("token:a", frozenset())) != persona.log.event_key(
+        "shop", "o-1", Writer("token:b", frozenset()))
+    assert verify(persona).events == 3
 
 
 def _append_as_an_earlier_release(persona: Persona, email: str, kind: str, data: dict[str, Any], *, source: str,
@@ -448,6 +597,49 @@ def test_two_writers_claiming_the_same_source() -> None:
     # the same writer bound to the source (vouched) does rank as the CRM
     trusted = forged._replace(writer="local:ingest", vouched=True)
     assert ATTRIBUTES.view(replay(ATTRIBUTES, [crm, trusted]), AS_OF)["gender"]["value"] == "male"
+
+
+def test_unvouched_latest_and_consent_claims_only_fill_gaps() -> None:
+    crm = claim({"city": "Madrid", "language": "es"}, source="crm", at="2025-01-01T00:00:00+00:00", event_id="c1",
+                writer="local:ingest", vouched=True)
+    forged = claim({"city": "Atlantis", "language": "xx"}, source="crm", at="2026-01-01T00:00:00+00:00",
+                   event_id="f1", writer="token:intruder", vouched=False)
+    granted = claim({"purpose": "marketing", "granted": False}, source="crm", at="2025-01-02T00:00:00+00:00",
+                    event_id="c2", writer="local:ingest", vouched=True, kind="consent_changed")
+    flipped = claim({"purpose": "marketing", "granted": True}, source="crm", at="2026-01-02T00:00:00+00:00",
+                    event_id="f2", writer="token:intruder", vouched=False, kind="consent_changed")
+    for events in ([crm, forged, granted, flipped], [flipped, forged, granted, crm]):
+        out = ATTRIBUTES.view(replay(ATTRIBUTES, events), AS_OF)
+        assert (out["city"]["value"], out["language"]["value"]) == ("Madrid", "es")
+        assert out["consent"]["marketing"]["granted"] is False
+        assert out["consent"]["marketing"]["provenance"][0]["writer"] == "local:ingest"
+    alone = ATTRIBUTES.view(replay(ATTRIBUTES, [forged, flipped]), AS_OF)  # a gap: filled, and says by whom
+    assert (alone["city"]["value"], alone["consent"]["marketing"]["granted"]) == ("Atlantis", True)
+    # a later vouched claim displaces the unvouched one, whatever the order the fold meets them
+    later = crm._replace(occurred_at="2026-02-01T00:00:00.000000Z", event_id="c3")
+    assert ATTRIBUTES.view(replay(ATTRIBUTES, [later, forged]), AS_OF)["city"]["value"] == "Madrid"
+    state = replay(ATTRIBUTES, [forged, flipped])
+    merged = ATTRIBUTES.combine([state, replay(ATTRIBUTES, [crm, granted])])  # a merged person: the same rule
+    assert ATTRIBUTES.dump(merged) == ATTRIBUTES.dump(replay(ATTRIBUTES, [crm, forged, granted, flipped]))
+
+
+def test_an_unvouched_consent_change_does_not_override_a_vouched_one_in_features() -> None:
+    """The consent in force when each event happened decides what the features count: an unvouched
+    grant after a vouched withdrawal must not bring the withdrawn orders back."""
+    withdrawn = claim({"purpose": "analytics", "granted": False}, source="crm", at="2025-01-01T00:00:00+00:00",
+                      event_id="c1", writer="local:ingest", vouched=True, kind="consent_changed")
+    regranted = claim({"purpose": "analytics", "granted": True}, source="crm", at="2025-02-01T00:00:00+00:00",
+                      event_id="f1", writer="token:intruder", vouched=False, kind="consent_changed")
+    order = claim({"order_id": "o1", "amount": "50.00", "currency": "EUR"}, source="shop",
+                  at="2025-03-01T00:00:00+00:00", event_id="o1", writer="local:ingest", vouched=True,
+                  kind="order_placed")
+    seen = FEATURES.view(replay(FEATURES, [withdrawn, regranted, order]), AS_OF)
+    assert seen.get("frequency", 0) == 0 and FEATURES.counted(replay(FEATURES, [withdrawn, regranted, order]),
+                                                             AS_OF) == []
+    # alone, an unvouched withdrawal fills the gap (erring on the side of counting less)
+    unvouched_withdrawal = withdrawn._replace(writer="token:intruder", vouched=False)
+    assert FEATURES.counted(replay(FEATURES, [unvouched_withdrawal, order]), AS_OF) == []
+    assert len(FEATURES.counted(replay(FEATURES, [order]), AS_OF)) == 1
 
 
 writers = st.tuples(st.sampled_from(["token:a", "token:b", "local:ingest", "unknown"]), st.booleans())

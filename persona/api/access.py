@@ -77,8 +77,8 @@ class Token:
         if self.sources and source not in self.sources:
             return "the token may not write as this source (it is bound to others: see `persona tokens list`)"
         if kind in PRIVILEGED_TYPES and not self.grants(kind):
-            return ("this event type says who a person is and needs an explicit grant (the token's --types must"
-                    " name it)")
+            return ("this event type says who a person is or what their data may be used for, and needs an"
+                    " explicit grant (the token's --types must name it)")
         if self.types and kind not in self.types:
             return "the token may not write this event type (it is bound to others: see `persona tokens list`)"
         return None

@@ -102,7 +102,8 @@ def tokens() -> None:
                    " then take these sources' rank in fusion; an unbound token's rank below every source.")
 @click.option("--types", "types", multiple=True, metavar="TYPE[,TYPE…]",
               help="With events:write: the only event types it may write (e.g. page_viewed,app_session)."
-                   " profile_updated and identity_linked (and linkIdentities/unlinkIdentities) need naming here.")
+                   " profile_updated, consent_changed and identity_linked (and linkIdentities/unlinkIdentities)"
+                   " need naming here.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @friendly
@@ -138,7 +139,8 @@ def _writes(sources: frozenset[str] | list[str], types: frozenset[str] | list[st
     if "events:write" not in scopes:
         return ""
     where = f"as {','.join(sorted(sources))}" if sources else "as any source (unbound: no source's rank)"
-    what = f"only {','.join(sorted(types))}" if types else "any type but profile_updated, identity_linked"
+    what = (f"only {','.join(sorted(types))}" if types
+            else "any type but profile_updated, consent_changed, identity_linked")
     return f"; writes {where}, {what}"
 
 

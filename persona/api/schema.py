@@ -11,7 +11,7 @@ import asyncio
 import math
 from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import strawberry
@@ -49,7 +49,7 @@ from persona.api.types import (
     root_context,
 )
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
-from persona.events import Writer
+from persona.events import Writer, valid_source
 
 
 # -- the roots ---------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ class Query:
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check, mechanism
+        from persona.insights import check_exact, mechanism
 
         ctx = root_context(info)
         if epsilon is None and (ctx.token is None or EXACT_SCOPE not in ctx.token.scopes):
@@ -151,11 +151,16 @@ class Query:
             # RFM scores rank people against each other: one person can move many scores, so
             # counts filtered on them have no bounded sensitivity and noise would promise nothing
             raise ApiError("filter: RFM scores and segments cannot filter a differentially private answer")
+        if epsilon is None and where is not None and where.ranges:
+            # a numeric range moved a step at a time adds or drops one person at a time (bisection):
+            # two exact answers then differ by that person alone, their value or their group
+            raise ApiError("filter.features: numeric ranges cannot filter an exact answer (moved a step at a time they"
+                           " single out one person); ask with epsilon for a differentially private answer")
         clip = (bounds[0], bounds[1]) if bounds is not None else None
         k = ctx.state.options.k_anonymity
         charged: tuple[float, float] | None = None
         if epsilon is None:
-            check(metric, clip)
+            check_exact(metric, clip)
         else:
             # built and costed (ε and δ, from OpenDP's privacy maps) before anything is read or
             # charged; charged before anything is computed
@@ -215,6 +220,25 @@ def _linker(ctx: RequestContext, operation: str) -> Writer:
         raise ApiError(f"{operation}: the token needs an explicit grant of identity_linked events (its --types"
                        " must name them)", "FORBIDDEN")
     return ctx.token.writer
+
+
+def _link_source(ctx: RequestContext, source: str | None) -> str:
+    """The source a link is written as. A token bound to sources writes as one of them (its only
+    one by default; named when it has several), never as another: the binding holds for links as
+    for ingestEvents. An unbound token writes as "api" by default, or as the source it names: it
+    vouches for none, so no name gains its claims a source's rank."""
+    assert ctx.token is not None
+    bound = ctx.token.sources
+    if source is None:
+        if len(bound) > 1:
+            raise ApiError("source: the token is bound to several sources: name the one this link is written as")
+        return next(iter(bound)) if bound else "api"
+    if bound and source not in bound:
+        raise ApiError("linkIdentities: the token may not write as this source (it is bound to others: see"
+                       " `persona tokens list`)", "FORBIDDEN")
+    if not valid_source(source):
+        raise ApiError("source: must be a lower-case name such as shop or web ('persona' is reserved)")
+    return source
 
 
 def _instant(text: str | None) -> datetime | None:
@@ -320,11 +344,17 @@ class Mutation:
 
     @strawberry.mutation(description="Declare two identifiers one person: if they belong to two profiles, the"
                                      " profiles are merged (undo with unlinkIdentities). One must be known.")
-    async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput) -> Profile:
+    async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput,
+                              source: Annotated[str | None, strawberry.argument(
+                                  description="The source the link is written as: one the token is bound to (its"
+                                              " only one by default); \"api\" for an unbound token")] = None,
+                              ) -> Profile:
         ctx = root_context(info)
         ctx.audit_ready()
         writer = _linker(ctx, "linkIdentities")
-        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value), writer)
+        written_as = _link_source(ctx, source)
+        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value), writer,
+                                            written_as)
         ctx.state.projector.clear()  # cached states were the streams'; the person is read afresh
         ctx.state.bus.changed([linked.person])
         namespaces = sorted({audit.namespace_of(a.namespace), audit.namespace_of(b.namespace)})
@@ -364,10 +394,10 @@ def _train(persona: Any, name: str, horizon: str | None, cutoffs: list[datetime]
     return version
 
 
-def _link(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:
+def _link(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer, source: str) -> Any:
     from persona.linking import link
 
-    return link(persona, a, b, source="api", writer=writer)
+    return link(persona, a, b, source=source, writer=writer)
 
 
 def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:

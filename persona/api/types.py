@@ -411,8 +411,10 @@ class IngestResult:
     appended: int
     duplicates: int
     quarantined: int
-    profiles_created: int
-    merges: int = strawberry.field(description="Links that joined two existing profiles into one person")
+    profiles_created: int = strawberry.field(
+        description="Profiles this call created (scope profiles:read: it tells whether an identifier was known)")
+    merges: int = strawberry.field(
+        description="Links that joined two existing profiles into one person (scope profiles:read)")
     quarantine_reasons: JSON = strawberry.field(description="Count of quarantined events by reason")
 
 

@@ -25,7 +25,7 @@ from persona.core import Persona
 from persona.events import RecordedEvent, from_micros, micros, text_micros
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
-from persona.projections.behavior import DAY_US, Fact
+from persona.projections.behavior import DAY_US, Fact, consent_changes
 
 # Features read from the behaviour projection's view, as numbers (missing: NaN, imputed later)
 VIEW_FEATURES = (
@@ -239,7 +239,7 @@ def rows_at(history: History, cutoff: datetime, window: int, index: int = 0, *, 
 def _analytics_withheld(facts: list[Fact], end: int) -> bool:
     """Was analytics consent withdrawn by the end of the window (or changed within it)? Then the
     window's orders were partly or wholly not counted, and a label would read withdrawal as churn."""
-    changes = sorted((f for f in facts if f[2] == "c" and f[3] == "analytics" and f[0] <= end),
+    changes = sorted(consent_changes(f for f in facts if f[0] <= end).get("analytics", ()),
                      key=lambda f: (f[0], f[1]))
     return bool(changes) and not changes[-1][4]
 

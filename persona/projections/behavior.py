@@ -74,8 +74,8 @@ def _fact(event: RecordedEvent) -> Fact | None:
         return (t, eid, "a", d["session_id"], d["minutes"], sorted(set(d.get("features_used") or [])))
     if kind == "review_posted":
         return (t, eid, "w", d["rating"])
-    if kind == "consent_changed":
-        return (t, eid, "c", d["purpose"], bool(d["granted"]))
+    if kind == "consent_changed":  # whether its writer vouched for its source: see consent_changes
+        return (t, eid, "c", d["purpose"], bool(d["granted"]), event.vouched)
     return None
 
 
@@ -83,7 +83,7 @@ class BehaviorFeatures:
     """Recency, frequency, monetary value, browsing, sessions, affinities, lifecycle and more."""
 
     name = "features"
-    version = 1
+    version = 2  # 2: a consent fact says whether its writer vouched (an unvouched one only fills a gap)
 
     def __init__(self, config: BehaviorConfig | None = None) -> None:
         self.config = config or BehaviorConfig()
@@ -165,12 +165,23 @@ def _order(fact: Fact) -> tuple[int, str]:
     return fact[0], fact[1]
 
 
-def _consented(facts: list[Fact]) -> Any:
-    """A test: was this purpose granted when this fact happened? Granted until withdrawn."""
-    changes: dict[str, list[tuple[tuple[int, str], bool]]] = {}
+def consent_changes(facts: Iterable[Fact]) -> dict[str, list[Fact]]:
+    """The consent changes that count, by purpose, in the order given: a purpose any vouched
+    writer spoke of keeps only the vouched changes (an unvouched writer's fill a gap, never
+    override). Facts folded before writers were recorded have no flag: vouched, as they were."""
+    found: dict[str, list[Fact]] = {}
     for f in facts:
         if f[2] == "c":
-            changes.setdefault(f[3], []).append((_order(f), f[4]))
+            found.setdefault(f[3], []).append(f)
+    for purpose, changes in found.items():
+        vouched = [f for f in changes if len(f) < 6 or f[5]]
+        found[purpose] = vouched or changes
+    return found
+
+
+def _consented(facts: list[Fact]) -> Any:
+    """A test: was this purpose granted when this fact happened? Granted until withdrawn."""
+    changes = {purpose: [(_order(f), f[4]) for f in found] for purpose, found in consent_changes(facts).items()}
 
     if not changes:
         return lambda purpose, fact: True

@@ -10,9 +10,9 @@ how its claims are fused:
 
 A source's rank and weight are earned, not claimed: only a claim whose writer vouched for its
 source (a token bound to it, or the operator) has them (DESIGN.md invariant 8). Any other claim
-ranks below every source in `precedence`, and in `weighted` it is held under its writer rather
-than the source it names and counts only while no vouched claim exists: it fills a gap, it
-never overrides.
+ranks below every source in `precedence`; in `latest` (and consent) it loses to any vouched
+claim, however much newer; in `weighted` it is held under its writer rather than the source it
+names and counts only while no vouched claim exists: it fills a gap, it never overrides.
 
 Every rule is a selection by a total order or an exact merge, so conflicting claims are
 resolved the same way whatever order they arrive in.
@@ -83,6 +83,15 @@ def _later(old: Claim | None, new: Claim) -> Claim:
     return new if old is None or _order(new) > _order(old) else old
 
 
+def _trusted_order(claim: Claim) -> tuple[bool, str, str]:
+    return claim[5], claim[3], claim[2]  # any vouched claim first, then the latest: still a total order
+
+
+def _latest(old: Claim | None, new: Claim) -> Claim:
+    """The latest claim, an unvouched one only while no vouched claim is held (it fills a gap)."""
+    return new if old is None or _trusted_order(new) > _trusted_order(old) else old
+
+
 def _earlier(old: Claim | None, new: Claim) -> Claim:
     return new if old is None or _order(new) < _order(old) else old
 
@@ -103,7 +112,9 @@ class ProfileAttributes:
     """Who the person is, as the sources claim it: gender, age, location, language, signup, consent."""
 
     name = "attributes"
-    version = 2  # 2: claims carry their writer; a source's rank and weight need its writer's vouching
+    # 2: claims carry their writer; a source's rank and weight need its writer's vouching.
+    # 3: an unvouched claim never displaces a vouched one in `latest` attributes and consent
+    version = 3
 
     def __init__(self, policy: FusionPolicy | None = None) -> None:
         self.policy = policy or FusionPolicy()
@@ -126,7 +137,7 @@ class ProfileAttributes:
             purpose = event.data["purpose"]
             claim: Claim = (bool(event.data["granted"]), event.source, event.event_id, event.occurred_at,
                             event.writer, event.vouched)
-            state["consent"][purpose] = _later(state["consent"].get(purpose), claim)
+            state["consent"][purpose] = _latest(state["consent"].get(purpose), claim)
         return state
 
     def _claim(self, state: State, name: str, value: Any, event: RecordedEvent) -> None:
@@ -141,7 +152,7 @@ class ProfileAttributes:
         held = state["attributes"]
         current = held.get(name)
         if strategy == "latest":
-            held[name] = _later(current, claim)
+            held[name] = _latest(current, claim)
         elif strategy == "precedence":
             if current is None or self._precedes(claim, current):
                 held[name] = claim
@@ -165,7 +176,7 @@ class ProfileAttributes:
                 for claim in (held.values() if isinstance(held, dict) else (held,)):
                     self._hold(out, name, claim)
             for purpose, claim in state["consent"].items():
-                out["consent"][purpose] = _later(out["consent"].get(purpose), claim)
+                out["consent"][purpose] = _latest(out["consent"].get(purpose), claim)
         return out
 
     def _precedes(self, new: Claim, old: Claim) -> bool:
