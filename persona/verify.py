@@ -4,6 +4,7 @@ line of the erasure ledger is genuine and was committed."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from persona.crypto import Sealer
 from persona.erasure import ledger_of
 from persona.errors import PersonaError, TamperError, UnfinishedErasureError
 from persona.eventlog import chain_hash, event_aad, genesis
-from persona.store.base import Head, StoredEvent
+from persona.store.base import TABLES, Head, StoredEvent
 
 
 @dataclass
@@ -26,9 +27,38 @@ class VerifyReport:
     ledger_torn: bool = False  # its last line was torn by a crash mid-write (that erasure never committed)
 
 
+# What a damaged row makes Python's decoders raise (bad UTF-8, JSON, types where a column had
+# another): to verify, a finding like any other, never a crash.
+UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
+
+
 def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Walk every stream; the first bad event (or erasure ledger line) raises TamperError naming it."""
+    """Check the store's structure, then walk every stream, all in one snapshot; the first bad
+    event (or erasure ledger line, or table) raises TamperError naming it."""
+    _raise_first(persona.recorder.damage())
+    try:
+        with persona.recorder.snapshot():
+            report = _verify(persona, progress)
+    except UNREADABLE as e:
+        raise TamperError(f"a row does not read as persona wrote it ({type(e).__name__})") from None
+    except sqlite3.Error as e:
+        if "decode" not in str(e):  # its message quotes the damaged value: never shown
+            raise
+        raise TamperError("a text value does not decode: the file was altered") from None
+    _raise_first(persona.recorder.schema_problems())  # after the rows: a dropped trigger is found
+    return report  # …but an altered row is named first
+
+
+def _raise_first(problems: list[str]) -> None:
+    if problems:
+        raise TamperError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyReport:
     rec = persona.recorder
+    for table in TABLES:  # every row reads back: a damaged text value is found here, not by a reader
+        for _ in rec.dump(table):
+            pass
     keyring = persona.keyring
     chain_key = persona.log.chain_key
     heads = rec.heads(list(rec.stream_ids()))

@@ -1082,6 +1082,15 @@ class PostgresRecorder:
         finally:
             target.close()
 
+    def damage(self) -> list[str]:
+        """Nothing for verify to add: the server owns its files (and its page checksums); no client
+        flips a byte of them. The rows themselves are checked by verify."""
+        return []
+
+    def schema_problems(self) -> list[str]:
+        """Not compared on PostgreSQL yet (only the server's roles can alter it)."""
+        return []
+
     def counts(self) -> dict[str, int]:
         out = {}
         for table, statement in _COUNT.items():

@@ -105,6 +105,8 @@ _READ_AFTER = (
     " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
 _SPEND_PRIVACY = SPEND_PRIVACY.format(p="?")
+# the schema as verify compares it with a fresh store's (root pages differ from file to file)
+_SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_stat%'"
 _TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
@@ -1039,6 +1041,28 @@ class SQLiteRecorder:
                                       + " FROM main.[" + table + "]")
         finally:
             self.conn.execute("DETACH DATABASE copy")
+
+    def damage(self) -> list[str]:
+        """What SQLite's own check finds wrong with the file: its b-trees, indexes and constraints."""
+        found = [str(row[0]) for row in self.conn.execute("PRAGMA integrity_check(20)")]
+        if found == ["ok"]:
+            return []  # the messages name pages and indexes, never values, but a count says enough
+        return [f"the database file is damaged ({len(found)} problem(s) in its b-trees or indexes)"]
+
+    def schema_problems(self) -> list[str]:
+        """Every difference between this store's schema and the one this code makes: a table,
+        index or trigger altered, added or removed."""
+        reference = SQLiteRecorder(Path(":memory:"), create=True)
+        try:
+            want = set(reference.conn.execute(_SCHEMA).fetchall())
+        finally:
+            reference.close()
+        have = set(self.conn.execute(_SCHEMA).fetchall())
+        problems = [f"the schema's {kind} {name!r} is not the one persona makes"
+                    for kind, name, *_ in sorted(have - want, key=str)]
+        problems += [f"the schema's {kind} {name!r} is missing" for kind, name, *_ in sorted(want - have, key=str)
+                     if (kind, name) not in {(k, n) for k, n, *_ in have}]
+        return problems
 
     def counts(self) -> dict[str, int]:
         out = {}
