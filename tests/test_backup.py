@@ -192,7 +192,8 @@ def test_retiring_the_master_key_makes_every_older_backup_unreadable(persona: Pe
     carol = populate(persona)
     old = backup(persona, tmp_path / "old.db")
     with closing(sqlite3.connect(f"file:{old.path}?mode=ro", uri=True)) as conn:
-        wrapped = [(pid, version, bytes(w)) for pid, version, w in conn.execute("SELECT * FROM keys")]
+        rows = conn.execute("SELECT profile_id, kek_version, wrapped FROM keys")
+        wrapped = [(pid, version, bytes(w)) for pid, version, w in rows]
     assert any(pid == carol for pid, _, _ in wrapped)
     for pid, version, w in wrapped:
         persona.keyring.unwrap(pid, version, w)  # the risk is real: before, every key in it opens
