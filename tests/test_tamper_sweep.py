@@ -2,7 +2,8 @@
 reader sees.
 
 A small sample store is built with the CLI (people from two sources, a merge, an erasure, a
-quarantined record, an API token, audit entries), closed, and rewritten with small pages (so
+quarantined record, an API token, audit entries, rebuilt snapshots and RFM scores; no model,
+whose training needs far more people than a sample has), closed, and rewritten with small pages (so
 that a few hundred offsets reach every kind of page). Then, for each offset in a seeded sample
 (every byte with PERSONA_HARDEN=long), one byte of a copy is flipped and `persona verify` runs
 on it, in this process: either it reports a problem (a non-zero exit and one clear line, never a
@@ -81,6 +82,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run("--data", str(data), "erase", "--subject", "email:" + PEOPLE[3])
     _run("--data", str(data), "tokens", "create", "--name", "reader", "--scopes", "profiles:read")
     _run("--data", str(data), "profile", "--subject", "email:" + PEOPLE[2])  # an audit entry
+    _run("--data", str(data), "rebuild")  # sealed snapshots and RFM scores too
     db = Settings.load(data, env={}).db_path
     with closing(sqlite3.connect(db, isolation_level=None)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
