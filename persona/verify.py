@@ -57,7 +57,7 @@ def _raise_first(problems: list[str]) -> None:
 
 def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyReport:
     rec = persona.recorder
-    _check_tags(persona)
+    owners = _check_tags(persona)
     keyring = persona.keyring
     chain_key = persona.log.chain_key
     heads = rec.heads(list(rec.stream_ids()))
@@ -123,6 +123,7 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
         if rec.links_of(sid):
             raise TamperError(f"erased profile {sid} still has identity links")
     _check_persons(persona, heads, set(erased))
+    _check_owners(persona, owners, heads, set(erased))
     ledger = ledger_of(persona).read()
     report.ledger_entries, report.ledger_torn = len(ledger.entries), ledger.torn
     for pid in sorted({e.profile_id for e in ledger.entries if e.profile_id} - set(erased)):
@@ -135,20 +136,54 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
     return report
 
 
-def _check_tags(persona: Persona) -> None:
+# tables whose rows belong to one stream (by this column): none may name a stream that is not there
+_OWNED = {"keys": "profile_id", "tombstones": "profile_id", "links": "profile_id", "members": "profile_id",
+          "snapshots": "profile_id", "profile_index": "profile_id", "rfm": "profile_id", "predictions": "profile_id",
+          "model_people": "profile_id", "merges": "a"}
+
+
+def _check_tags(persona: Persona) -> dict[str, set[str]]:
     """Every row of every table outside the log matches its keyed tag (persona.integrity); every
-    row is read, so a damaged text value is found here rather than by a reader."""
+    row is read, so a damaged text value is found here rather than by a reader. Returns the
+    streams the rows of each table in _OWNED belong to."""
     tagger = persona.recorder.tagger
     if tagger is None:
         raise TamperError("the store's rows cannot be checked without the key file")
+    owners: dict[str, set[str]] = {}
     for table, columns in TAGGED.items():
         names = TABLES[table]
         where, at = [names.index(c) for c in columns], names.index(TAG)
-        bad = sum(not tagger.matches(table, [row[i] for i in where], row[at])
-                  for page in persona.recorder.dump(table) for row in page)
+        owner = names.index(_OWNED[table]) if table in _OWNED else None
+        found: set[str] = set()
+        bad = 0
+        for page in persona.recorder.dump(table):
+            for row in page:
+                bad += not tagger.matches(table, [row[i] for i in where], row[at])
+                if owner is not None:
+                    found.add(str(row[owner]))
         if bad:
             raise TamperError(f"{bad} row(s) of table {table} do not match their integrity tag:"
                               " altered, added or copied in since they were written")
+        if owner is not None:
+            owners[table] = found
+    return owners
+
+
+def _check_owners(persona: Persona, owners: dict[str, set[str]], heads: dict[str, Head],
+                  erased: set[str]) -> None:
+    """Rows that belong to a stream name one that exists; the erased keep nothing but their
+    tombstone; every system key unwraps with the key file."""
+    for table, found in owners.items():
+        orphans = len(found - set(heads))
+        if orphans:
+            raise TamperError(f"{orphans} stream(s) named in table {table} do not exist")
+        if table not in ("tombstones", "merges") and found & erased:
+            raise TamperError(f"table {table} still holds rows of {len(found & erased)} erased profile(s)")
+    for name, version, wrapped in persona.recorder.system_keys():
+        try:
+            persona.keyring.unwrap(name, version, bytes(wrapped))
+        except PersonaError:
+            raise TamperError(f"the system key {name!r} does not unwrap with the key file") from None
 
 
 def _check_persons(persona: Persona, heads: dict[str, Head], erased: set[str]) -> None:

@@ -199,3 +199,28 @@ def test_every_flipped_byte_is_caught_or_changes_nothing(sample: Path, tmp_path:
     summary = f"{dict(counts)}; escaped by table: {dict(by_table)}"
     examples = "\n".join(f"  offset {o.offset} ({o.where}): {o.kind} {o.note}" for o in bad[:40])
     assert not bad, summary + "\n" + examples
+
+
+def test_rows_tagged_rightly_but_naming_no_stream_or_an_erased_one_are_found(sample: Path, tmp_path: Path) -> None:
+    """What tags cannot say (they bind a row's content, not its company): a key for a stream
+    that is not there, identity links left to an erased profile. Forged here with the tag key."""
+    work = tmp_path / "data"
+    shutil.copytree(sample, work)
+    settings = Settings.load(work, env={})
+    with Persona.open(settings) as persona:
+        tagger = persona.recorder.tagger
+        assert tagger is not None
+        erased = next(iter(dict(persona.recorder.tombstones())))
+    cases = {
+        "do not exist": ("keys", ("prf_nobody", 1, b"\0" * 40)),
+        "erased profile": ("links", (b"\1" * 32, erased, "email", 1)),
+    }
+    for why, (table, values) in cases.items():
+        copy = tmp_path / why.replace(" ", "_")
+        shutil.copytree(work, copy)
+        with closing(sqlite3.connect(Settings.load(copy, env={}).db_path, isolation_level=None)) as conn:
+            marks = ",".join("?" * (len(values) + 1))  # constant shapes: the test's own rows
+            conn.execute(f"INSERT INTO {table} ({', '.join(TABLES[table])}) VALUES ({marks})",
+                         (*values, tagger(table, values)))
+        code, output, crash = _verify(copy)
+        assert crash is None and code == 2 and why in output, output
