@@ -947,26 +947,29 @@ class PostgresRecorder:
         if not rows:
             return
         self.conn.execute(
-            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
-            " SELECT u.* FROM unnest(%s::text[], %s::text[], %s::integer[], %s::integer[], %s::bytea[])"
-            " AS u(pid, projection, pv, sv, payload) WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
+            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload, tag)"
+            " SELECT u.* FROM unnest(%s::text[], %s::text[], %s::integer[], %s::integer[], %s::bytea[], %s::bytea[])"
+            " AS u(pid, projection, pv, sv, payload, tag)"
+            " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
             " ON CONFLICT (profile_id, projection) DO UPDATE SET projection_version = excluded.projection_version,"
-            " stream_version = excluded.stream_version, payload = excluded.payload, tag = NULL"
+            " stream_version = excluded.stream_version, payload = excluded.payload, tag = excluded.tag"
             " WHERE excluded.projection_version > snapshots.projection_version"
             " OR (excluded.projection_version = snapshots.projection_version"
             " AND excluded.stream_version >= snapshots.stream_version)",
-            tuple(list(column) for column in zip(*_newest(rows, 2, lambda r: (r[2], r[3])), strict=True)))
+            tuple(list(column) for column in zip(*[(*row, self._tag("snapshots", row))
+                                                   for row in _newest(rows, 2, lambda r: (r[2], r[3]))], strict=True)))
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
         if not rows:
             return
         self.conn.execute(
-            "INSERT INTO profile_index (profile_id, version, doc)"
-            " SELECT u.* FROM unnest(%s::text[], %s::integer[], %s::text[]) AS u(pid, version, doc)"
+            "INSERT INTO profile_index (profile_id, version, doc, tag)"
+            " SELECT u.* FROM unnest(%s::text[], %s::integer[], %s::text[], %s::bytea[]) AS u(pid, version, doc, tag)"
             " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
-            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc, tag = NULL"
+            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc, tag = excluded.tag"
             " WHERE excluded.version >= profile_index.version",
-            tuple(list(column) for column in zip(*_newest(rows, 1, lambda r: r[1]), strict=True)))
+            tuple(list(column) for column in zip(*[(*row, self._tag("profile_index", row))
+                                                   for row in _newest(rows, 1, lambda r: r[1])], strict=True)))
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         self.conn.execute("DELETE FROM rfm")

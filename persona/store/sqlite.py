@@ -884,25 +884,25 @@ class SQLiteRecorder:
     def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
         """rows: (profile_id, projection, projection version, stream version, sealed state)."""
         self.conn.executemany(
-            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
-            " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
+            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload, tag)"
+            " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
             " ON CONFLICT (profile_id, projection) DO UPDATE SET"
             " projection_version = excluded.projection_version, stream_version = excluded.stream_version,"
-            " payload = excluded.payload, tag = NULL"
+            " payload = excluded.payload, tag = excluded.tag"
             " WHERE excluded.projection_version > snapshots.projection_version"
             " OR (excluded.projection_version = snapshots.projection_version"
             " AND excluded.stream_version >= snapshots.stream_version)",
-            rows,
+            [(*row, self._tag("snapshots", row)) for row in rows],  # tagged here: no second write of each
         )
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
         """rows: (profile_id, version, JSON document of the profile's read-model values)."""
         self.conn.executemany(
-            "INSERT INTO profile_index (profile_id, version, doc)"
-            " SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
-            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc, tag = NULL"
+            "INSERT INTO profile_index (profile_id, version, doc, tag)"
+            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
+            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc, tag = excluded.tag"
             " WHERE excluded.version >= profile_index.version",
-            rows,
+            [(*row, self._tag("profile_index", row)) for row in rows],  # tagged here: no second write of each
         )
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
