@@ -164,6 +164,10 @@ _SCHEMA += [f"ALTER TABLE {table} ADD COLUMN {column} {declaration}"
             for revision, table, column, declaration in COLUMNS_ADDED if revision == 4]
 _SCHEMA += UNTAGGED_INDEXES
 
+_TRIGGER_NAMES = tuple(statement.split()[2] for statement in _SCHEMA if statement.startswith("CREATE TRIGGER "))
+_TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                     " WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")
+
 _DROP = (
     "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
     "DROP SEQUENCE events_position_seq",
@@ -1148,8 +1152,13 @@ class PostgresRecorder:
         return []
 
     def schema_problems(self) -> list[str]:
-        """Not compared on PostgreSQL yet (only the server's roles can alter it)."""
-        return []
+        """The append-only triggers are all there and enabled (only a role that owns the tables can
+        drop or disable them; the rest of the schema is not compared on PostgreSQL)."""
+        found = dict(self.conn.execute(_TRIGGERS_PRESENT).fetchall())
+        problems = [f"the schema's trigger {name!r} is missing" for name in _TRIGGER_NAMES if name not in found]
+        problems += [f"the schema's trigger {name!r} is disabled" for name in _TRIGGER_NAMES
+                     if found.get(name, "O") == "D"]
+        return problems
 
     def counts(self) -> dict[str, int]:
         out = {}
