@@ -222,6 +222,8 @@ _UNTAGGED = {table: "SELECT ctid::text, " + ", ".join(columns) + " FROM " + tabl
              for table, columns in TAGGED.items()}
 _COUNT_UNTAGGED = {table: "SELECT count(*) FROM " + table + " WHERE tag IS NULL" for table in TAGGED}
 _SET_TAG = {table: "UPDATE " + table + " SET tag = %s WHERE ctid = %s::tid" for table in TAGGED}
+_ANY_UNTAGGED = " UNION ALL ".join(f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM {table} WHERE tag IS NULL)"
+                                   for table in RETAGGED)
 _TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
@@ -448,11 +450,10 @@ class PostgresRecorder:
         """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
         if self.tagger is None:
             return
-        for table in RETAGGED:
+        for (table,) in self.conn.execute(_ANY_UNTAGGED).fetchall():  # one round trip when none is
             rows = self.conn.execute(_UNTAGGED[table]).fetchall()
-            if rows:
-                with self.conn.cursor() as cur:
-                    cur.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
+            with self.conn.cursor() as cur:
+                cur.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
 
     def adopt_tags(self) -> int:
         """Tag every untagged row as it stands (once, when a store made before tags is opened): the
@@ -632,9 +633,15 @@ class PostgresRecorder:
             " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bytea[], %s::bigint[])"
             " RETURNING stream_id, stream_no",
             ([r[0] for r in rows], [0] * len(rows), [r[1] for r in rows], [r[4] for r in rows])).fetchall())
-        with self.conn.cursor() as cur:
-            cur.executemany("INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (%s, %s, %s)",
-                            [(pid, kek, wrapped) for pid, _, kek, wrapped, _ in rows])
+        keys = [(pid, kek, wrapped) for pid, _, kek, wrapped, _ in rows]
+        with self.conn.cursor() as cur:  # tagged here, in a round trip or two, rather than at COMMIT
+            cur.executemany("INSERT INTO keys (profile_id, kek_version, wrapped, tag) VALUES (%s, %s, %s, %s)",
+                            [(*key, self._tag("keys", key)) for key in keys])
+        if self.tagger is not None:
+            self.conn.execute("UPDATE streams s SET tag = u.tag FROM unnest(%s::bigint[], %s::bytea[]) AS u(no, tag)"
+                              " WHERE s.stream_no = u.no",
+                              ([found[r[0]] for r in rows],
+                               [self.tagger("streams", (found[r[0]], r[0], r[4])) for r in rows]))
         return [found[r[0]] for r in rows]
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
@@ -696,8 +703,8 @@ class PostgresRecorder:
     def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at)"
-                                " VALUES (%s, %s, %s, %s)", rows)
+                cur.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag)"
+                                " VALUES (%s, %s, %s, %s, %s)", [(*row, self._tag("links", row)) for row in rows])
 
     def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
         rows = self.conn.execute("SELECT subject_hash, namespace FROM links WHERE profile_id = %s"

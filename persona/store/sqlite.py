@@ -594,10 +594,9 @@ class SQLiteRecorder:
         for part in _chunks(ids):
             found.update(self.conn.execute(_expand(_STREAM_NUMBERS, len(part)), part).fetchall())
         numbers = [found[pid] for pid in ids]
-        self.conn.executemany(
-            "INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)",
-            [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows],
-        )
+        keys = [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows]
+        self.conn.executemany("INSERT INTO keys (profile_id, kek_version, wrapped, tag) VALUES (?, ?, ?, ?)",
+                              [(*key, self._tag("keys", key)) for key in keys])  # tagged here, not at COMMIT
         return numbers
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
@@ -650,8 +649,8 @@ class SQLiteRecorder:
 
     def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
         self.conn.executemany(
-            "INSERT INTO links (subject_hash, profile_id, namespace, created_at) VALUES (?, ?, ?, ?)",
-            rows,
+            "INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag) VALUES (?, ?, ?, ?, ?)",
+            [(*row, self._tag("links", row)) for row in rows],  # tagged here, not at COMMIT
         )
 
     def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
