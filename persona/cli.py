@@ -805,9 +805,10 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
 @click.pass_context
 @friendly
 def verify(ctx: click.Context) -> None:
-    """Check every hash chain, that live events open, that the erased hold no key, and the erasure ledger.
+    """Check the whole store: hash chains, that live events open, every row's tag, erasures, ledger, schema.
 
-    Exit 0 when everything checks out; 2 naming the first bad event or ledger line otherwise.
+    Exit 0 when everything checks out; 2 naming the first bad event, table or ledger line
+    otherwise (1 when the file is too damaged to open).
     """
     try:
         with opened(ctx) as persona:

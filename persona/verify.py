@@ -1,6 +1,11 @@
-"""Check the whole store: hash chains, gap-free versions, that live events open, that the
-erased hold no key, that merged persons are what the recorded merges make, and that every
-line of the erasure ledger is genuine and was committed."""
+"""Check the whole store: the file itself (SQLite's integrity check), hash chains, gap-free
+versions, that live events open, that every other row matches its keyed tag (persona.integrity)
+and names a stream that exists, that the erased hold no key, that merged persons are what the
+recorded merges make, that every line of the erasure ledger is genuine and was committed, and
+that the schema is the one this code makes.
+
+The read models (index, snapshots, RFM, predictions) are tagged like the rest rather than
+recomputed: checking a tag is one HMAC per row, recomputing them would replay every person."""
 
 from __future__ import annotations
 
