@@ -224,3 +224,17 @@ def test_rows_tagged_rightly_but_naming_no_stream_or_an_erased_one_are_found(sam
                          (*values, tagger(table, values)))
         code, output, crash = _verify(copy)
         assert crash is None and code == 2 and why in output, output
+
+
+def test_a_tag_binds_the_table_each_value_and_its_type() -> None:
+    from persona.integrity import Tagger
+
+    tag = Tagger(b"k" * 32)
+    one = tag("links", (b"ab", "c", 1, None))
+    assert len(one) == 16 and tag.matches("links", (b"ab", "c", 1, None), one)
+    for table, values in [("keys", (b"ab", "c", 1, None)), ("links", (b"a", "bc", 1, None)),
+                          ("links", (b"ab", "c", "1", None)), ("links", (b"ab", "c", 1.0, None)),
+                          ("links", (b"ab", "c", 1, "")), ("links", ("ab", "c", 1, None))]:
+        assert not tag.matches(table, values, one), (table, values)
+    assert not Tagger(b"K" * 32).matches("links", (b"ab", "c", 1, None), one)  # another store's key
+    assert not tag.matches("links", (b"ab", "c", 1, None), None)  # untagged
