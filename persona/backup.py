@@ -74,6 +74,7 @@ def backup(persona: Persona, dest: Path) -> BackupInfo:
     try:
         persona.recorder.backup(dest, BACKED_UP)  # its WAL, while it lasts, inherits the mode
         copy = SQLiteRecorder(dest)
+        copy.tagger = persona.recorder.tagger  # the row it writes is tagged like the rows copied
         try:
             with copy.transaction():
                 copy.set_meta("backup_taken_at", taken_at.isoformat())
@@ -127,6 +128,8 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
                     _carry_access(staged.recorder, current.tokens, current.audit, current.purge)
                 reapplied = reapply_ledger(staged, ledger.entries)
                 reapplied += _carry_tombstones(staged, current.tombstones)
+                with staged.recorder.transaction():  # read models it carries (an older persona's, or
+                    staged.recorder.clear_derived()  # smuggled in) are not checked: they are rebuilt
                 verify(staged)  # a backup altered since it was taken goes no further
                 rebuilt = _rebuild_read_models(staged)
                 with staged.recorder.transaction():

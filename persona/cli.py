@@ -38,6 +38,7 @@ from persona.population import ProfileFilter, list_profiles, population
 from persona.profiles import profile_view, read_person
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
+from persona.verify import UNREADABLE
 from persona.verify import verify as verify_store
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -60,8 +61,11 @@ def friendly(func: F) -> F:
         except PersonaError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except sqlite3.Error as e:  # SQLite's messages name tables and states, never values
-            click.echo(f"error: database: {e}", err=True)
+        except sqlite3.Error as e:  # SQLite's messages name tables and states, never values…
+            text = str(e)
+            if "decode" in text:  # …but one: "Could not decode to UTF-8 column 'c' with text '…'"
+                text = "a damaged text value could not be decoded (the file was altered?)"
+            click.echo(f"error: database: {text}", err=True)
             sys.exit(1)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -848,16 +852,19 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
 @click.pass_context
 @friendly
 def verify(ctx: click.Context) -> None:
-    """Check every hash chain, that live events open, that the erased hold no key, and the erasure ledger.
+    """Check the whole store: hash chains, that live events open, every row's tag, erasures, ledger, schema.
 
-    Exit 0 when everything checks out; 2 naming the first bad event or ledger line otherwise.
-    An unsigned ledger (written by an older persona) is refused until `persona ledger adopt`
-    has signed it.
+    Exit 0 when everything checks out; 2 naming the first bad event, table or ledger line
+    otherwise (1 when the file is too damaged to open). An unsigned ledger (written by an older
+    persona) is refused until `persona ledger adopt` has signed it.
     """
-    with opened(ctx) as persona, audited(persona, "verify") as audit:
-        report = verify_store(persona)
-        audit.update(events=report.events, streams=report.streams, opened=report.opened, erased=report.erased,
-                     ledgerEntries=report.ledger_entries, ledgerTorn=report.ledger_torn)
+    try:
+        with opened(ctx) as persona, audited(persona, "verify") as audit:
+            report = verify_store(persona)
+            audit.update(events=report.events, streams=report.streams, opened=report.opened, erased=report.erased,
+                         ledgerEntries=report.ledger_entries, ledgerTorn=report.ledger_torn)
+    except UNREADABLE as e:  # opening read a damaged schema or meta row
+        raise TamperError(f"the store does not read as persona wrote it ({type(e).__name__})") from None
     if report.ledger_torn:
         click.echo(TORN_LEDGER, err=True)
     click.echo(f"ok: {report.events} events in {report.streams} streams verified "

@@ -17,6 +17,7 @@ from types import TracebackType
 from persona.crypto import Keyring, Sealer
 from persona.errors import ConfigurationError
 from persona.eventlog import QUARANTINE_KEY, EventLog
+from persona.integrity import ADOPTED, KEY_PURPOSE, Tagger
 from persona.settings import LOCK_NAME, Settings
 from persona.store import open_recorder
 from persona.store.base import Recorder
@@ -57,6 +58,9 @@ class Persona:
         self.settings = settings
         self.keyring = keyring
         self.recorder = recorder
+        recorder.tagger = Tagger(keyring.derived(KEY_PURPOSE))
+        if recorder.get_meta(ADOPTED) is None:  # a store made before row tags: its rows, as they stand
+            recorder.adopt_tags()
         self.log = EventLog(recorder, keyring, settings)
         self._lock = lock
 

@@ -1,9 +1,15 @@
-"""Check the whole store: hash chains, gap-free versions, that live events open, that the
-erased hold no key, that merged persons are what the recorded merges make, and that every
-line of the erasure ledger is genuine and was committed."""
+"""Check the whole store: the file itself (SQLite's integrity check), hash chains, gap-free
+versions, that live events open, that every other row matches its keyed tag (persona.integrity)
+and names a stream that exists, that the erased hold no key, that merged persons are what the
+recorded merges make, that every line of the erasure ledger is genuine and was committed, and
+that the schema is the one this code makes.
+
+The read models (index, snapshots, RFM, predictions) are tagged like the rest rather than
+recomputed: checking a tag is one HMAC per row, recomputing them would replay every person."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +19,8 @@ from persona.crypto import Sealer
 from persona.erasure import ledger_of
 from persona.errors import PersonaError, TamperError, UnfinishedErasureError
 from persona.eventlog import chain_hash, event_aad, genesis
-from persona.store.base import Head, StoredEvent
+from persona.integrity import TAGGED
+from persona.store.base import TABLES, TAG, Head, StoredEvent
 
 
 @dataclass
@@ -26,9 +33,36 @@ class VerifyReport:
     ledger_torn: bool = False  # its last line was torn by a crash mid-write (that erasure never committed)
 
 
+# What a damaged row makes Python's decoders raise (bad UTF-8, JSON, types where a column had
+# another): to verify, a finding like any other, never a crash.
+UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
+
+
 def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Walk every stream; the first bad event (or erasure ledger line) raises TamperError naming it."""
+    """Check the store's structure, then walk every stream, all in one snapshot; the first bad
+    event (or erasure ledger line, or table) raises TamperError naming it."""
+    _raise_first(persona.recorder.damage())
+    try:
+        with persona.recorder.snapshot():
+            report = _verify(persona, progress)
+    except UNREADABLE as e:
+        raise TamperError(f"a row does not read as persona wrote it ({type(e).__name__})") from None
+    except sqlite3.Error as e:
+        if "decode" not in str(e):  # its message quotes the damaged value: never shown
+            raise
+        raise TamperError("a text value does not decode: the file was altered") from None
+    _raise_first(persona.recorder.schema_problems())  # after the rows: a dropped trigger is found
+    return report  # …but an altered row is named first
+
+
+def _raise_first(problems: list[str]) -> None:
+    if problems:
+        raise TamperError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyReport:
     rec = persona.recorder
+    owners = _check_tags(persona)
     keyring = persona.keyring
     chain_key = persona.log.chain_key
     heads = rec.heads(list(rec.stream_ids()))
@@ -94,6 +128,7 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
         if rec.links_of(sid):
             raise TamperError(f"erased profile {sid} still has identity links")
     _check_persons(persona, heads, set(erased))
+    _check_owners(persona, owners, heads, set(erased))
     ledger = ledger_of(persona).read()
     report.ledger_entries, report.ledger_torn = len(ledger.entries), ledger.torn
     for pid in sorted({e.profile_id for e in ledger.entries if e.profile_id} - set(erased)):
@@ -104,6 +139,56 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
                 f"finish it with `persona erase --profile {pid}`"
             )
     return report
+
+
+# tables whose rows belong to one stream (by this column): none may name a stream that is not there
+_OWNED = {"keys": "profile_id", "tombstones": "profile_id", "links": "profile_id", "members": "profile_id",
+          "snapshots": "profile_id", "profile_index": "profile_id", "rfm": "profile_id", "predictions": "profile_id",
+          "model_people": "profile_id", "merges": "a"}
+
+
+def _check_tags(persona: Persona) -> dict[str, set[str]]:
+    """Every row of every table outside the log matches its keyed tag (persona.integrity); every
+    row is read, so a damaged text value is found here rather than by a reader. Returns the
+    streams the rows of each table in _OWNED belong to."""
+    tagger = persona.recorder.tagger
+    if tagger is None:
+        raise TamperError("the store's rows cannot be checked without the key file")
+    owners: dict[str, set[str]] = {}
+    for table, columns in TAGGED.items():
+        names = TABLES[table]
+        where, at = [names.index(c) for c in columns], names.index(TAG)
+        owner = names.index(_OWNED[table]) if table in _OWNED else None
+        found: set[str] = set()
+        bad = 0
+        for page in persona.recorder.dump(table):
+            for row in page:
+                bad += not tagger.matches(table, [row[i] for i in where], row[at])
+                if owner is not None:
+                    found.add(str(row[owner]))
+        if bad:
+            raise TamperError(f"{bad} row(s) of table {table} do not match their integrity tag:"
+                              " altered, added or copied in since they were written")
+        if owner is not None:
+            owners[table] = found
+    return owners
+
+
+def _check_owners(persona: Persona, owners: dict[str, set[str]], heads: dict[str, Head],
+                  erased: set[str]) -> None:
+    """Rows that belong to a stream name one that exists; the erased keep nothing but their
+    tombstone; every system key unwraps with the key file."""
+    for table, found in owners.items():
+        orphans = len(found - set(heads))
+        if orphans:
+            raise TamperError(f"{orphans} stream(s) named in table {table} do not exist")
+        if table not in ("tombstones", "merges") and found & erased:
+            raise TamperError(f"table {table} still holds rows of {len(found & erased)} erased profile(s)")
+    for name, version, wrapped in persona.recorder.system_keys():
+        try:
+            persona.keyring.unwrap(name, version, bytes(wrapped))
+        except PersonaError:
+            raise TamperError(f"the system key {name!r} does not unwrap with the key file") from None
 
 
 def _check_persons(persona: Persona, heads: dict[str, Head], erased: set[str]) -> None:

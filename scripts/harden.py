@@ -38,7 +38,10 @@ from _publish import machine, publish  # noqa: E402
 from tests import hardening as h  # noqa: E402
 
 MODULES = ("tests/test_crash.py", "tests/test_fuzz_api.py", "tests/test_fuzz_sources.py", "tests/test_fuzz_mapping.py")
-SWEEP = "tests/test_tamper_sweep.py"  # every single-byte flip of a sample store: long mode only, when present
+SWEEP = "tests/test_tamper_sweep.py"  # every single-byte flip of a sample store: long mode only
+# the attacks of the privacy review (issue 17), each a regression test, run again beside the long run
+ATTACKS = ("tests/test_privacy.py", "tests/test_write_tokens.py", "tests/test_backup.py", "tests/test_ledger.py",
+           "tests/test_audit.py", "tests/test_api_scans.py", "tests/test_purge.py", "tests/test_api_http.py")
 
 
 @dataclass(frozen=True)
@@ -73,8 +76,8 @@ SHOWN = {h.SOURCE_APPENDED, h.SOURCE_DUPLICATES, h.SOURCE_QUARANTINED, h.SOURCE_
 
 
 def modules(root: Path, *, long: bool) -> list[str]:
-    """The test modules to run: the tamper sweep too in the long run, once it exists."""
-    return [*MODULES, *([SWEEP] if long and (root / SWEEP).is_file() else [])]
+    """The test modules to run: in the long run, the tamper sweep and the attacks too."""
+    return [*MODULES, *([SWEEP, *ATTACKS] if long else [])]
 
 
 def count(tried: dict[str, int], mark: Mark) -> int | None:

@@ -336,3 +336,47 @@ def test_epsilon_and_delta_are_charged_together_or_not_at_all(settings: Settings
     assert len(granted) == 10  # 40 tries, ε enough for 10 of them (δ for 100)
     with Persona.open(settings) as p:
         assert spent(p, "race") == (pytest.approx(1.0), pytest.approx(1e-12))
+
+
+def _drop_row_tags(settings: Settings) -> None:
+    """Make the store look as a release before row tags left it: no `tag` columns, no mark."""
+    from persona.integrity import RETAGGED, TAGGED
+
+    statements = [f"DROP INDEX {table}_untagged" for table in RETAGGED]  # constant names
+    statements += [f"ALTER TABLE {table} DROP COLUMN tag" for table in TAGGED]
+    statements += ["DELETE FROM meta WHERE key IN ('schema_revision', 'row_tags')"]
+    if settings.database_url:
+        import psycopg
+
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)  # type: ignore[arg-type]
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(settings.db_path, isolation_level=None)
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
+
+
+def test_a_store_made_before_row_tags_adopts_them_once_and_then_checks_them(settings: Settings) -> None:
+    from persona.api.access import create_token
+    from persona.audit import record_local
+    from tests.conftest import raw_execute
+
+    with Persona.init(settings) as p:
+        p.log.append([event("ann@example.com", event_id="a1"), event("bob@example.com", event_id="b1")])
+        erase_subject(p, "email", "bob@example.com")  # a tombstone: append-only, like the audit log
+        create_token(p, "old", frozenset({"profiles:read"}))
+        record_local(p, "profile", "profile read")
+    _drop_row_tags(settings)
+    with Persona.open(settings) as p:  # the columns come back, and every row is tagged as it stands
+        assert p.recorder.get_meta("row_tags") == "1"
+        verify(p)
+        assert p.recorder.schema_problems() == []
+    raw_execute(p, "UPDATE api_tokens SET scopes = 'profiles:read history:read'")
+    with Persona.open(settings) as p, pytest.raises(PersonaError, match="table api_tokens"):
+        verify(p)

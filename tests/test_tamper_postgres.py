@@ -359,3 +359,18 @@ def test_cli_verify_on_postgresql(store: Store, damage: str) -> None:
     assert "TAMPERED" in err and "ok:" not in out and "Traceback" not in out + err
     assert f"position {named.position}" in err and f"stream {named.stream_id}" in err
     assert f"version {named.version}" in err
+
+
+# -- (f) outside the log: the triggers, and the rows of other tables (their keyed tags) -----------------
+@pytest.mark.parametrize(("sql", "says"), [
+    ("ALTER TABLE audit DISABLE TRIGGER audit_append_only", "trigger 'audit_append_only' is disabled"),
+    ("DROP TRIGGER tombstones_append_only ON tombstones", "trigger 'tombstones_append_only' is missing"),
+    ("UPDATE tombstones SET erased_at = erased_at + 1", "table tombstones do not match their integrity tag"),
+    ("UPDATE links SET namespace = 'phone'", "table links do not match their integrity tag"),
+    ("UPDATE meta SET value = value || ' ' WHERE key = 'created_at'", "table meta do not match their integrity tag"),
+    ("UPDATE streams SET created_at = created_at - 1", "table streams do not match their integrity tag"),
+])
+def test_an_altered_trigger_or_row_outside_the_log_is_detected(store: Store, sql: str, says: str) -> None:
+    with attacker(store) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+    assert says in str(verify_fails(store))

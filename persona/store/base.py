@@ -6,7 +6,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from persona.integrity import Tagger
 
 # Additions to a store made by an earlier release, applied when it is opened (each backend
 # adds what is missing under its write lock, then records the revision in `meta`):
@@ -18,6 +21,10 @@ COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
     (2, "api_tokens", "types", "text NOT NULL DEFAULT ''"),
     (3, "audit", "outcome", "text NOT NULL DEFAULT 'ok'"),  # old entries: allowed accesses…
     (3, "audit", "detail", "text NOT NULL DEFAULT '{}'"),  # …whose shape was not kept
+    *((4, table, "tag", "bytea") for table in (  # keyed row tags (persona.integrity), NULL until tagged
+        "meta", "streams", "keys", "system_keys", "links", "tombstones", "quarantine", "quarantine_tags", "merges",
+        "members", "snapshots", "profile_index", "rfm", "models", "model_people", "predictions", "api_tokens",
+        "audit")),
 )
 SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
 
@@ -26,7 +33,7 @@ SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
 # statement for both backends, each putting in its placeholder ("?" or "%s"); the
 # parameters come from `privacy_charge`.
 SPEND_PRIVACY = (
-    "UPDATE api_tokens SET epsilon_spent = epsilon_spent + {p}, delta_spent = delta_spent + {p}"
+    "UPDATE api_tokens SET epsilon_spent = epsilon_spent + {p}, delta_spent = delta_spent + {p}, tag = NULL"
     " WHERE name = {p} AND revoked_at IS NULL"
     " AND epsilon_spent + {p} <= epsilon_budget * (1 + 1e-9) AND delta_spent + {p} <= delta_budget * (1 + 1e-9)"
     " RETURNING epsilon_budget - epsilon_spent, delta_budget - delta_spent")
@@ -67,6 +74,11 @@ TABLES: dict[str, tuple[str, ...]] = {
 # and predictions hold people's values in plaintext (for queries), so a backup leaves them out
 # (DESIGN.md invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
 # same); `persona restore` rebuilds them all.
+# Every table but the log carries `tag`, a keyed hash of its row (persona.integrity), carried by
+# copies like any column: a backup or migrated store checks out with the same key file.
+TAG = "tag"
+TABLES = {table: columns + ((TAG,) if table != "events" else ()) for table, columns in TABLES.items()}
+
 READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
 BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
 
@@ -162,6 +174,11 @@ class Recorder(Protocol):
     """
 
     commits: int  # transactions this connection committed
+    tagger: Tagger | None  # computes row tags (persona.integrity); set by Persona, with the key file
+
+    def adopt_tags(self) -> int:
+        """Tag every untagged row as it stands and note it in meta (persona.integrity): how many."""
+        ...
     purges_at_once: bool  # erasure runs purge() itself (SQLite); else one purge serves a window (persona.purge)
 
     def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]:
@@ -333,5 +350,11 @@ class Recorder(Protocol):
         ...
     def finish_load(self) -> None:
         """After load(): counters continue after the copied numbers."""
+        ...
+    def damage(self) -> list[str]:
+        """What is wrong with the store's files as the backend checks them (never values)."""
+        ...
+    def schema_problems(self) -> list[str]:
+        """How the store's schema differs from the one this code makes (never values)."""
         ...
     def counts(self) -> dict[str, int]: ...

@@ -51,6 +51,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.integrity import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES, Tagger
 from persona.migrate import copy_store
 from persona.store.base import (
     COLUMNS_ADDED,
@@ -158,6 +159,15 @@ _SCHEMA = [
       for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
 ]
 
+# the row tags (persona.integrity), as the additive migration adds them to an older store
+_SCHEMA += [f"ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            for revision, table, column, declaration in COLUMNS_ADDED if revision == 4]
+_SCHEMA += UNTAGGED_INDEXES
+
+_TRIGGER_NAMES = tuple(statement.split()[2] for statement in _SCHEMA if statement.startswith("CREATE TRIGGER "))
+_TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                     " WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")
+
 _DROP = (
     "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
     "DROP SEQUENCE events_position_seq",
@@ -207,7 +217,14 @@ _MERGE_EDGES = (
     " WHERE a = ANY(%s::text[]) OR b = ANY(%s::text[]) ORDER BY edge"
 )
 _SPEND_PRIVACY = SPEND_PRIVACY.format(p="%s")
-_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
+# row tags (persona.integrity): the untagged rows of each table, by ctid, with the columns tagged
+_UNTAGGED = {table: "SELECT ctid::text, " + ", ".join(columns) + " FROM " + table + " WHERE tag IS NULL"
+             for table, columns in TAGGED.items()}
+_COUNT_UNTAGGED = {table: "SELECT count(*) FROM " + table + " WHERE tag IS NULL" for table in TAGGED}
+_SET_TAG = {table: "UPDATE " + table + " SET tag = %s WHERE ctid = %s::tid" for table in TAGGED}
+_ANY_UNTAGGED = " UNION ALL ".join(f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM {table} WHERE tag IS NULL)"
+                                   for table in RETAGGED)
+_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + ") VALUES ("
                 + ", ".join(["%s"] * len(TABLES["api_tokens"])) + ") ON CONFLICT (name) DO UPDATE SET "
@@ -312,6 +329,7 @@ class PostgresRecorder:
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
         self.commits = 0
+        self.tagger: Tagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         self._listener: psycopg.Connection[Any] | None = None
         self.schema = ""
         self.channel = CHANNEL
@@ -366,6 +384,8 @@ class PostgresRecorder:
             self._lock()
             for _, table, column, declaration in COLUMNS_ADDED:  # constant names of persona.store.base
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
+            for statement in UNTAGGED_INDEXES:
+                self.conn.execute(statement)
             self.set_meta("schema_revision", str(SCHEMA_REVISION))
 
     def recreate(self) -> None:
@@ -416,6 +436,7 @@ class PostgresRecorder:
             self._appended = False
             try:
                 yield
+                self._retag()
                 if self._appended:
                     conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
             except BaseException:
@@ -424,6 +445,38 @@ class PostgresRecorder:
             finally:
                 self._depth = 0
         self.commits += 1
+
+    def _tag(self, table: str, values: Sequence[object]) -> bytes | None:
+        return None if self.tagger is None else self.tagger(table, values)
+
+    def _retag(self) -> None:
+        """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
+        if self.tagger is None:
+            return
+        for (table,) in self.conn.execute(_ANY_UNTAGGED).fetchall():  # one round trip when none is
+            rows = self.conn.execute(_UNTAGGED[table]).fetchall()
+            with self.conn.cursor() as cur:
+                cur.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
+
+    def adopt_tags(self) -> int:
+        """Tag every untagged row as it stands (once, when a store made before tags is opened): the
+        append-only tables' triggers are disabled for it, inside the transaction."""
+        if self.tagger is None:
+            raise ConfigurationError("row tags need the key file")
+        adopted = 0
+        with self.transaction():
+            for table in TAGGED_ON_INSERT:
+                rows = self.conn.execute(_UNTAGGED[table]).fetchall()
+                if rows:
+                    self.conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")  # constants
+                    with self.conn.cursor() as cur:
+                        cur.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
+                    self.conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+                    adopted += len(rows)
+            for table in RETAGGED:
+                adopted += int(self._value(_COUNT_UNTAGGED[table]))
+            self.set_meta(ADOPTED, "1")
+        return adopted
 
     def _lock(self) -> None:
         """The store's write lock (one per schema), held to the end of the transaction."""
@@ -491,7 +544,7 @@ class PostgresRecorder:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT INTO meta (key, value) VALUES (%s, %s)"
-                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+                          " ON CONFLICT (key) DO UPDATE SET value = excluded.value, tag = NULL", (key, value))
 
     # -- events --------------------------------------------------------------------------
     def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
@@ -583,9 +636,15 @@ class PostgresRecorder:
             " SELECT * FROM unnest(%s::text[], %s::integer[], %s::bytea[], %s::bigint[])"
             " RETURNING stream_id, stream_no",
             ([r[0] for r in rows], [0] * len(rows), [r[1] for r in rows], [r[4] for r in rows])).fetchall())
-        with self.conn.cursor() as cur:
-            cur.executemany("INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (%s, %s, %s)",
-                            [(pid, kek, wrapped) for pid, _, kek, wrapped, _ in rows])
+        keys = [(pid, kek, wrapped) for pid, _, kek, wrapped, _ in rows]
+        with self.conn.cursor() as cur:  # tagged here, in a round trip or two, rather than at COMMIT
+            cur.executemany("INSERT INTO keys (profile_id, kek_version, wrapped, tag) VALUES (%s, %s, %s, %s)",
+                            [(*key, self._tag("keys", key)) for key in keys])
+        if self.tagger is not None:
+            self.conn.execute("UPDATE streams s SET tag = u.tag FROM unnest(%s::bigint[], %s::bytea[]) AS u(no, tag)"
+                              " WHERE s.stream_no = u.no",
+                              ([found[r[0]] for r in rows],
+                               [self.tagger("streams", (found[r[0]], r[0], r[4])) for r in rows]))
         return [found[r[0]] for r in rows]
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
@@ -622,7 +681,7 @@ class PostgresRecorder:
 
     def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
         with self.conn.cursor() as cur:
-            cur.executemany("UPDATE keys SET kek_version = %s, wrapped = %s WHERE profile_id = %s", rows)
+            cur.executemany("UPDATE keys SET kek_version = %s, wrapped = %s, tag = NULL WHERE profile_id = %s", rows)
 
     def system_key(self, name: str) -> tuple[int, bytes] | None:
         row = self.conn.execute("SELECT kek_version, wrapped FROM system_keys WHERE name = %s", (name,)).fetchone()
@@ -635,7 +694,7 @@ class PostgresRecorder:
     def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
         self.conn.execute(
             "INSERT INTO system_keys (name, kek_version, wrapped) VALUES (%s, %s, %s) ON CONFLICT (name)"
-            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped",
+            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped, tag = NULL",
             (name, kek_version, wrapped))
 
     # -- identity links ------------------------------------------------------------------
@@ -647,8 +706,8 @@ class PostgresRecorder:
     def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at)"
-                                " VALUES (%s, %s, %s, %s)", rows)
+                cur.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag)"
+                                " VALUES (%s, %s, %s, %s, %s)", [(*row, self._tag("links", row)) for row in rows])
 
     def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
         rows = self.conn.execute("SELECT subject_hash, namespace FROM links WHERE profile_id = %s"
@@ -678,14 +737,16 @@ class PostgresRecorder:
         return int(row[0])
 
     def undo_merges(self, edges: Sequence[int], at: int) -> None:
-        self.conn.execute("UPDATE merges SET undone_at = %s WHERE edge = ANY(%s::bigint[]) AND undone_at IS NULL",
+        self.conn.execute("UPDATE merges SET undone_at = %s, tag = NULL"
+                          " WHERE edge = ANY(%s::bigint[]) AND undone_at IS NULL",
                           (at, list(edges)))
 
     def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
         if rows:
             with self.conn.cursor() as cur:
                 cur.executemany("INSERT INTO members (profile_id, person_id) VALUES (%s, %s)"
-                                " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id", rows)
+                                " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id, tag = NULL",
+                                rows)
         if singles:
             self.conn.execute("DELETE FROM members WHERE profile_id = ANY(%s::text[])", (list(singles),))
 
@@ -710,8 +771,9 @@ class PostgresRecorder:
         conn.execute("DELETE FROM members WHERE profile_id = %s", (profile_id,))
         counts["derived_rows"] = sum(conn.execute(s, (profile_id,)).rowcount for s in _DELETE_DERIVED)
         conn.execute("DELETE FROM model_people WHERE profile_id = %s", (profile_id,))
-        conn.execute("INSERT INTO tombstones (profile_id, erased_at, events) VALUES (%s, %s, %s)"
-                     " ON CONFLICT (profile_id) DO NOTHING", (profile_id, erased_at, events))
+        conn.execute("INSERT INTO tombstones (profile_id, erased_at, events, tag) VALUES (%s, %s, %s, %s)"
+                     " ON CONFLICT (profile_id) DO NOTHING",
+                     (profile_id, erased_at, events, self._tag("tombstones", (profile_id, erased_at, events))))
         return counts
 
     def purge_tagged(self, hashes: Sequence[bytes]) -> int:
@@ -835,15 +897,19 @@ class PostgresRecorder:
         return None if row is None else (str(row[0]), bytes(row[1]))
 
     def promote_model(self, name: str, version: int, at: int) -> None:
-        self.conn.execute("UPDATE models SET status = 'retired' WHERE name = %s AND status = 'promoted'", (name,))
-        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = %s WHERE name = %s AND version = %s",
+        self.conn.execute("UPDATE models SET status = 'retired', tag = NULL WHERE name = %s AND status = 'promoted'",
+                          (name,))
+        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = %s, tag = NULL"
+                          " WHERE name = %s AND version = %s",
                           (at, name, version))
 
     def set_model_status(self, name: str, version: int, status: str) -> None:
-        self.conn.execute("UPDATE models SET status = %s WHERE name = %s AND version = %s", (status, name, version))
+        self.conn.execute("UPDATE models SET status = %s, tag = NULL WHERE name = %s AND version = %s",
+                          (status, name, version))
 
     def set_model_drift(self, name: str, version: int, drift: str) -> None:
-        self.conn.execute("UPDATE models SET drift = %s WHERE name = %s AND version = %s", (drift, name, version))
+        self.conn.execute("UPDATE models SET drift = %s, tag = NULL WHERE name = %s AND version = %s",
+                          (drift, name, version))
 
     def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
         rows = self.conn.execute("SELECT DISTINCT name, version FROM model_people WHERE profile_id = ANY(%s::text[])",
@@ -853,7 +919,7 @@ class PostgresRecorder:
     def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
         if versions:
             with self.conn.cursor() as cur:
-                cur.executemany("UPDATE models SET stale = %s WHERE name = %s AND version = %s",
+                cur.executemany("UPDATE models SET stale = %s, tag = NULL WHERE name = %s AND version = %s",
                                 [(reason, n, v) for n, v in versions])
 
     def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
@@ -864,7 +930,7 @@ class PostgresRecorder:
                 cur.executemany(
                     "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES (%s, %s, %s, %s, %s)"
                     " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
-                    " computed_at = excluded.computed_at, doc = excluded.doc", rows)
+                    " computed_at = excluded.computed_at, doc = excluded.doc, tag = NULL", rows)
 
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
         return self.conn.execute("SELECT profile_id, model, version, computed_at, doc FROM predictions"
@@ -895,26 +961,29 @@ class PostgresRecorder:
         if not rows:
             return
         self.conn.execute(
-            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
-            " SELECT u.* FROM unnest(%s::text[], %s::text[], %s::integer[], %s::integer[], %s::bytea[])"
-            " AS u(pid, projection, pv, sv, payload) WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
+            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload, tag)"
+            " SELECT u.* FROM unnest(%s::text[], %s::text[], %s::integer[], %s::integer[], %s::bytea[], %s::bytea[])"
+            " AS u(pid, projection, pv, sv, payload, tag)"
+            " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
             " ON CONFLICT (profile_id, projection) DO UPDATE SET projection_version = excluded.projection_version,"
-            " stream_version = excluded.stream_version, payload = excluded.payload"
+            " stream_version = excluded.stream_version, payload = excluded.payload, tag = excluded.tag"
             " WHERE excluded.projection_version > snapshots.projection_version"
             " OR (excluded.projection_version = snapshots.projection_version"
             " AND excluded.stream_version >= snapshots.stream_version)",
-            tuple(list(column) for column in zip(*_newest(rows, 2, lambda r: (r[2], r[3])), strict=True)))
+            tuple(list(column) for column in zip(*[(*row, self._tag("snapshots", row))
+                                                   for row in _newest(rows, 2, lambda r: (r[2], r[3]))], strict=True)))
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
         if not rows:
             return
         self.conn.execute(
-            "INSERT INTO profile_index (profile_id, version, doc)"
-            " SELECT u.* FROM unnest(%s::text[], %s::integer[], %s::text[]) AS u(pid, version, doc)"
+            "INSERT INTO profile_index (profile_id, version, doc, tag)"
+            " SELECT u.* FROM unnest(%s::text[], %s::integer[], %s::text[], %s::bytea[]) AS u(pid, version, doc, tag)"
             " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)"
-            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc"
+            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc, tag = excluded.tag"
             " WHERE excluded.version >= profile_index.version",
-            tuple(list(column) for column in zip(*_newest(rows, 1, lambda r: r[1]), strict=True)))
+            tuple(list(column) for column in zip(*[(*row, self._tag("profile_index", row))
+                                                   for row in _newest(rows, 1, lambda r: r[1])], strict=True)))
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         self.conn.execute("DELETE FROM rfm")
@@ -1011,7 +1080,8 @@ class PostgresRecorder:
         return [_token(row) for row in self.conn.execute(_TOKEN_SELECT + " ORDER BY created_at, name").fetchall()]
 
     def revoke_token(self, name: str, now: int) -> bool:
-        cursor = self.conn.execute("UPDATE api_tokens SET revoked_at = %s WHERE name = %s AND revoked_at IS NULL",
+        cursor = self.conn.execute("UPDATE api_tokens SET revoked_at = %s, tag = NULL"
+                                   " WHERE name = %s AND revoked_at IS NULL",
                                    (now, name))
         return cursor.rowcount == 1
 
@@ -1022,8 +1092,9 @@ class PostgresRecorder:
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
         if rows:
             with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail)"
-                                " VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+                cur.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
+                                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                                [(*row, self._tag("audit", row)) for row in rows])
 
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str, str, str]]:
@@ -1058,8 +1129,8 @@ class PostgresRecorder:
         columns = TABLES[table]
         if table == "meta":
             with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO meta (key, value) VALUES (%s, %s)"
-                                " ON CONFLICT (key) DO UPDATE SET value = excluded.value", rows)
+                cur.executemany("INSERT INTO meta (key, value, tag) VALUES (%s, %s, %s)"
+                                " ON CONFLICT (key) DO UPDATE SET value = excluded.value, tag = excluded.tag", rows)
             return
         if table == "api_tokens":  # a token already there is replaced (a restore keeps the replaced store's)
             with self.conn.cursor() as cur:
@@ -1088,6 +1159,20 @@ class PostgresRecorder:
             copy_store(self, target, tables=tables)
         finally:
             target.close()
+
+    def damage(self) -> list[str]:
+        """Nothing for verify to add: the server owns its files (and its page checksums); no client
+        flips a byte of them. The rows themselves are checked by verify."""
+        return []
+
+    def schema_problems(self) -> list[str]:
+        """The append-only triggers are all there and enabled (only a role that owns the tables can
+        drop or disable them; the rest of the schema is not compared on PostgreSQL)."""
+        found = dict(self.conn.execute(_TRIGGERS_PRESENT).fetchall())
+        problems = [f"the schema's trigger {name!r} is missing" for name in _TRIGGER_NAMES if name not in found]
+        problems += [f"the schema's trigger {name!r} is disabled" for name in _TRIGGER_NAMES
+                     if found.get(name, "O") == "D"]
+        return problems
 
     def counts(self) -> dict[str, int]:
         out = {}

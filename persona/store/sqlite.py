@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.integrity import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES, Tagger
 from persona.store.base import (
     COLUMNS_ADDED,
     SCHEMA_REVISION,
@@ -105,7 +106,15 @@ _READ_AFTER = (
     " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
 _SPEND_PRIVACY = SPEND_PRIVACY.format(p="?")
-_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"]) + " FROM api_tokens"
+# row tags (persona.integrity): the untagged rows of each table, by rowid, with the columns tagged
+_UNTAGGED = {table: "SELECT rowid, " + ", ".join(columns) + " FROM [" + table + "] WHERE tag IS NULL"
+             for table, columns in TAGGED.items()}
+_COUNT_UNTAGGED = {table: "SELECT count(*) FROM [" + table + "] WHERE tag IS NULL" for table in TAGGED}
+_SET_TAG = {table: "UPDATE [" + table + "] SET tag = ? WHERE rowid = ?" for table in TAGGED}
+_UPDATE_TRIGGERS = {"audit": ("audit_is_append_only_update",), "tombstones": ("tombstones_are_final_update",)}
+# the schema as verify compares it with a fresh store's (root pages differ from file to file)
+_SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_stat%'"
+_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
 _AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
 _EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
@@ -166,6 +175,7 @@ class SQLiteRecorder:
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._depth = 0
         self.commits = 0  # transactions this connection committed
+        self.tagger: Tagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
@@ -195,6 +205,8 @@ class SQLiteRecorder:
                 present = {row[1] for row in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
                 if column not in present:  # constant names of persona.store.base, never input
                     self.conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {column} {declaration}")
+            for statement in UNTAGGED_INDEXES:
+                self.conn.execute(statement)
             self.set_meta("schema_revision", str(SCHEMA_REVISION))
 
     def _create_schema(self) -> None:
@@ -402,11 +414,49 @@ class SQLiteRecorder:
                 self.conn.execute("ROLLBACK")
                 raise
             self._depth = 0
+            try:
+                self._retag()
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
             self.conn.execute("COMMIT")
             self.commits += 1
         finally:
             if durable:
                 self.conn.execute(_PRAGMAS[0])
+
+    def _tag(self, table: str, values: Sequence[object]) -> bytes | None:
+        return None if self.tagger is None else self.tagger(table, values)
+
+    def _retag(self) -> None:
+        """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
+        if self.tagger is None:
+            return
+        for table in RETAGGED:
+            rows = self.conn.execute(_UNTAGGED[table]).fetchall()
+            if rows:
+                self.conn.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
+
+    def adopt_tags(self) -> int:
+        """Tag every untagged row as it stands (once, when a store made before tags is opened): the
+        append-only tables' UPDATE triggers are lifted for it, and put back in the same transaction."""
+        if self.tagger is None:
+            raise ConfigurationError("row tags need the key file")
+        adopted = 0
+        with self.transaction():
+            for table in TAGGED_ON_INSERT:
+                rows = self.conn.execute(_UNTAGGED[table]).fetchall()
+                if rows:
+                    for trigger in _UPDATE_TRIGGERS[table]:
+                        self.conn.execute("DROP TRIGGER IF EXISTS " + trigger)  # constant names
+                    self.conn.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
+                    adopted += len(rows)
+            self._run_script(_TRIGGERS)
+            self._run_script(_ACCESS_TRIGGERS)
+            for table in RETAGGED:
+                adopted += int(self.conn.execute(_COUNT_UNTAGGED[table]).fetchone()[0])
+            self.set_meta(ADOPTED, "1")
+        return adopted
 
     def in_transaction(self) -> bool:
         """True inside `transaction()`: a nested one commits (or rolls back) with the outermost."""
@@ -433,8 +483,8 @@ class SQLiteRecorder:
 
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",  # a new row: untagged (and before the
+            # column exists, in a store being made)
             (key, value),
         )
 
@@ -544,10 +594,9 @@ class SQLiteRecorder:
         for part in _chunks(ids):
             found.update(self.conn.execute(_expand(_STREAM_NUMBERS, len(part)), part).fetchall())
         numbers = [found[pid] for pid in ids]
-        self.conn.executemany(
-            "INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)",
-            [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows],
-        )
+        keys = [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows]
+        self.conn.executemany("INSERT INTO keys (profile_id, kek_version, wrapped, tag) VALUES (?, ?, ?, ?)",
+                              [(*key, self._tag("keys", key)) for key in keys])  # tagged here, not at COMMIT
         return numbers
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
@@ -572,7 +621,7 @@ class SQLiteRecorder:
         yield from self.conn.execute("SELECT profile_id, kek_version, wrapped FROM keys").fetchall()
 
     def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
-        self.conn.executemany("UPDATE keys SET kek_version = ?, wrapped = ? WHERE profile_id = ?", rows)
+        self.conn.executemany("UPDATE keys SET kek_version = ?, wrapped = ?, tag = NULL WHERE profile_id = ?", rows)
 
     def system_key(self, name: str) -> tuple[int, bytes] | None:
         row = self.conn.execute(
@@ -586,7 +635,7 @@ class SQLiteRecorder:
     def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
         self.conn.execute(
             "INSERT INTO system_keys (name, kek_version, wrapped) VALUES (?, ?, ?) ON CONFLICT (name)"
-            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped",
+            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped, tag = NULL",
             (name, kek_version, wrapped),
         )
 
@@ -600,8 +649,8 @@ class SQLiteRecorder:
 
     def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
         self.conn.executemany(
-            "INSERT INTO links (subject_hash, profile_id, namespace, created_at) VALUES (?, ?, ?, ?)",
-            rows,
+            "INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag) VALUES (?, ?, ?, ?, ?)",
+            [(*row, self._tag("links", row)) for row in rows],  # tagged here, not at COMMIT
         )
 
     def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
@@ -642,14 +691,14 @@ class SQLiteRecorder:
         return int(row[0])
 
     def undo_merges(self, edges: Sequence[int], at: int) -> None:
-        self.conn.executemany("UPDATE merges SET undone_at = ? WHERE edge = ? AND undone_at IS NULL",
+        self.conn.executemany("UPDATE merges SET undone_at = ?, tag = NULL WHERE edge = ? AND undone_at IS NULL",
                               [(at, edge) for edge in edges])
 
     def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
         """rows: (stream, person id) of merged persons; singles: streams that are their own person again."""
         self.conn.executemany(
             "INSERT INTO members (profile_id, person_id) VALUES (?, ?)"
-            " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id", rows)
+            " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id, tag = NULL", rows)
         self.conn.executemany("DELETE FROM members WHERE profile_id = ?", [(pid,) for pid in singles])
 
     def lagging_persons(self) -> list[str]:
@@ -681,8 +730,8 @@ class SQLiteRecorder:
         counts["derived_rows"] = derived
         conn.execute("DELETE FROM model_people WHERE profile_id = ?", (profile_id,))
         conn.execute(
-            "INSERT OR IGNORE INTO tombstones (profile_id, erased_at, events) VALUES (?, ?, ?)",
-            (profile_id, erased_at, events),
+            "INSERT OR IGNORE INTO tombstones (profile_id, erased_at, events, tag) VALUES (?, ?, ?, ?)",
+            (profile_id, erased_at, events, self._tag("tombstones", (profile_id, erased_at, events))),
         )
         return counts
 
@@ -715,15 +764,19 @@ class SQLiteRecorder:
 
     def promote_model(self, name: str, version: int, at: int) -> None:
         """This version serves; the one that served before is kept as 'retired'."""
-        self.conn.execute("UPDATE models SET status = 'retired' WHERE name = ? AND status = 'promoted'", (name,))
-        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = ? WHERE name = ? AND version = ?",
+        self.conn.execute("UPDATE models SET status = 'retired', tag = NULL WHERE name = ? AND status = 'promoted'",
+                          (name,))
+        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = ?, tag = NULL"
+                          " WHERE name = ? AND version = ?",
                           (at, name, version))
 
     def set_model_status(self, name: str, version: int, status: str) -> None:
-        self.conn.execute("UPDATE models SET status = ? WHERE name = ? AND version = ?", (status, name, version))
+        self.conn.execute("UPDATE models SET status = ?, tag = NULL WHERE name = ? AND version = ?",
+                          (status, name, version))
 
     def set_model_drift(self, name: str, version: int, drift: str) -> None:
-        self.conn.execute("UPDATE models SET drift = ? WHERE name = ? AND version = ?", (drift, name, version))
+        self.conn.execute("UPDATE models SET drift = ?, tag = NULL WHERE name = ? AND version = ?",
+                          (drift, name, version))
 
     def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
         found: set[tuple[str, int]] = set()
@@ -733,7 +786,7 @@ class SQLiteRecorder:
         return sorted(found)
 
     def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
-        self.conn.executemany("UPDATE models SET stale = ? WHERE name = ? AND version = ?",
+        self.conn.executemany("UPDATE models SET stale = ?, tag = NULL WHERE name = ? AND version = ?",
                               [(reason, n, v) for n, v in versions])
 
     def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
@@ -743,7 +796,7 @@ class SQLiteRecorder:
         self.conn.executemany(
             "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
-            " computed_at = excluded.computed_at, doc = excluded.doc", rows)
+            " computed_at = excluded.computed_at, doc = excluded.doc, tag = NULL", rows)
 
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
         out: list[tuple[str, str, int, int, str]] = []
@@ -830,25 +883,25 @@ class SQLiteRecorder:
     def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
         """rows: (profile_id, projection, projection version, stream version, sealed state)."""
         self.conn.executemany(
-            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload)"
-            " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
+            "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload, tag)"
+            " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
             " ON CONFLICT (profile_id, projection) DO UPDATE SET"
             " projection_version = excluded.projection_version, stream_version = excluded.stream_version,"
-            " payload = excluded.payload"
+            " payload = excluded.payload, tag = excluded.tag"
             " WHERE excluded.projection_version > snapshots.projection_version"
             " OR (excluded.projection_version = snapshots.projection_version"
             " AND excluded.stream_version >= snapshots.stream_version)",
-            rows,
+            [(*row, self._tag("snapshots", row)) for row in rows],  # tagged here: no second write of each
         )
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
         """rows: (profile_id, version, JSON document of the profile's read-model values)."""
         self.conn.executemany(
-            "INSERT INTO profile_index (profile_id, version, doc)"
-            " SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
-            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc"
+            "INSERT INTO profile_index (profile_id, version, doc, tag)"
+            " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
+            " ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version, doc = excluded.doc, tag = excluded.tag"
             " WHERE excluded.version >= profile_index.version",
-            rows,
+            [(*row, self._tag("profile_index", row)) for row in rows],  # tagged here: no second write of each
         )
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
@@ -964,7 +1017,7 @@ class SQLiteRecorder:
 
     def revoke_token(self, name: str, now: int) -> bool:
         cursor = self.conn.execute(
-            "UPDATE api_tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now, name))
+            "UPDATE api_tokens SET revoked_at = ?, tag = NULL WHERE name = ? AND revoked_at IS NULL", (now, name))
         return cursor.rowcount == 1
 
     def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
@@ -973,8 +1026,8 @@ class SQLiteRecorder:
 
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
         """rows: (at, writer, operation, profile_id, comma-separated fields, outcome, detail)."""
-        self.conn.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail)"
-                              " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*row, self._tag("audit", row)) for row in rows])
 
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str, str, str]]:
@@ -1041,6 +1094,28 @@ class SQLiteRecorder:
                                       + " FROM main.[" + table + "]")
         finally:
             self.conn.execute("DETACH DATABASE copy")
+
+    def damage(self) -> list[str]:
+        """What SQLite's own check finds wrong with the file: its b-trees, indexes and constraints."""
+        found = [str(row[0]) for row in self.conn.execute("PRAGMA integrity_check(20)")]
+        if found == ["ok"]:
+            return []  # the messages name pages and indexes, never values, but a count says enough
+        return [f"the database file is damaged ({len(found)} problem(s) in its b-trees or indexes)"]
+
+    def schema_problems(self) -> list[str]:
+        """Every difference between this store's schema and the one this code makes: a table,
+        index or trigger altered, added or removed."""
+        reference = SQLiteRecorder(Path(":memory:"), create=True)
+        try:
+            want = set(reference.conn.execute(_SCHEMA).fetchall())
+        finally:
+            reference.close()
+        have = set(self.conn.execute(_SCHEMA).fetchall())
+        problems = [f"the schema's {kind} {name!r} is not the one persona makes"
+                    for kind, name, *_ in sorted(have - want, key=str)]
+        problems += [f"the schema's {kind} {name!r} is missing" for kind, name, *_ in sorted(want - have, key=str)
+                     if (kind, name) not in {(k, n) for k, n, *_ in have}]
+        return problems
 
     def counts(self) -> dict[str, int]:
         out = {}

@@ -1,0 +1,85 @@
+"""Keyed row tags: what `verify` checks every table outside the hash-chained log by.
+
+Each row of a tagged table carries `tag`, an HMAC (under a key derived from the pepper) of the
+table's name and the row's values in its TAGGED columns, so a row altered on disk — a flipped
+byte, a value changed by hand — no longer matches its tag. The tag binds the row's content,
+its primary key included, never its place in the file.
+
+Who writes them. Rows of most tables are inserted or updated with `tag` NULL (an UPDATE sets
+it NULL in the same statement), and the recorder tags every untagged row just before the
+transaction commits (`retag`: a partial index finds them). The audit log and the tombstones
+refuse every UPDATE (append-only triggers), so their writers tag each row as they insert it.
+
+Adoption. A store made before tags existed gets the `tag` columns by the additive migration
+(COLUMNS_ADDED), and its rows are tagged once, as they are, the first time persona opens it
+(meta `row_tags`): rows present at adoption are trusted as they stand then; `persona verify`
+before upgrading checks them against the log as far as it can. A process of an older release
+writing to the store afterwards leaves untagged rows, which verify reports.
+
+What is not tagged: the events (their hash chain covers them) and, of `streams`, the version
+and head that every append moves (verify recomputes both from the chain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Sequence
+
+from persona.store.base import TABLES, TAG
+
+TAG_BYTES = 16
+KEY_PURPOSE = "row-tags"
+ADOPTED = "row_tags"  # meta key: the rows of this store carry tags
+
+# table -> the columns its tag covers
+TAGGED: dict[str, tuple[str, ...]] = {
+    table: tuple(c for c in columns if c != TAG) for table, columns in TABLES.items() if TAG in columns
+}
+TAGGED["streams"] = ("stream_no", "stream_id", "created_at")
+TAGGED["audit"] = tuple(c for c in TAGGED["audit"] if c != "seq")  # tagged as inserted: before its number
+# tables whose rows are tagged by their writer (their triggers refuse the UPDATE a retag is)
+TAGGED_ON_INSERT = ("audit", "tombstones")
+RETAGGED = tuple(table for table in TAGGED if table not in TAGGED_ON_INSERT)
+# what finds the rows a transaction left untagged, at its end (both backends; constant names)
+UNTAGGED_INDEXES = tuple(f"CREATE INDEX IF NOT EXISTS {table}_untagged ON {table} (tag) WHERE tag IS NULL"
+                         for table in RETAGGED)
+
+
+def _canonical(table: str, values: Sequence[object]) -> bytes:
+    """An unambiguous encoding: each value typed and length-prefixed (the same from both backends)."""
+    parts = [table.encode()]
+    for value in values:
+        if value is None:
+            parts.append(b"n")
+        elif isinstance(value, bool):
+            parts.append(b"i" + str(int(value)).encode())
+        elif isinstance(value, int):
+            parts.append(b"i" + str(value).encode())
+        elif isinstance(value, float):
+            parts.append(b"f" + repr(value).encode())
+        elif isinstance(value, str):
+            parts.append(b"s" + value.encode("utf-8", "surrogatepass"))
+        elif isinstance(value, bytes | bytearray | memoryview):
+            parts.append(b"b" + bytes(value))
+        else:
+            raise TypeError(f"a column of {table} holds a {type(value).__name__}")
+    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+
+
+class Tagger:
+    """Computes row tags with one store's key (from Keyring.derived(KEY_PURPOSE))."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, table: str, values: Sequence[object]) -> bytes:
+        return hmac.new(self._key, _canonical(table, values), hashlib.sha256).digest()[:TAG_BYTES]
+
+    def matches(self, table: str, values: Sequence[object], tag: object) -> bool:
+        if not isinstance(tag, bytes | bytearray | memoryview):
+            return False
+        return hmac.compare_digest(self(table, values), bytes(tag))
