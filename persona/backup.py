@@ -2,9 +2,11 @@
 
 A backup is a SQLite file (from either backend) holding the log as ciphertext, the data keys
 as wrapped, identity links as keyed hashes, tombstones, the sealed quarantine, merges, the
-sealed model registry, API token hashes and the audit log; never the key file, and none of
-the read models (store.base.READ_MODELS): the profile index, RFM scores and predictions hold
-people's values in plaintext for queries, so they never leave the live store.
+sealed model registry (each version's file, and in a backup its meta and drift too: training
+medians, decile edges and category names are people's values), API token hashes and the audit
+log; never the key file, and none of the read models (store.base.READ_MODELS): the profile
+index, RFM scores and predictions hold people's values in plaintext for queries, so they never
+leave the live store.
 
 A restore prepares the backup in a private folder beside the database: it re-applies every
 erasure of the ledger (which must verify, line by line) and every tombstone of the store it
@@ -21,6 +23,7 @@ had pending stays due. The restore itself is audited (`local:restore`).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import shutil
@@ -42,12 +45,15 @@ from persona.events import from_micros
 from persona.ledger import ErasureLedger
 from persona.migrate import copy_store
 from persona.projector import rebuild
-from persona.settings import DB_NAME, Settings
+from persona.settings import DB_NAME, STAGING, Settings
 from persona.store.base import BACKED_UP, Recorder
 from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
 from persona.verify import verify
 
-STAGING = ".restoring"  # the folder in the data directory where a restore prepares the backup
+# A model version's meta (its features' training medians and decile edges, the category names it
+# learned, its classes) and drift (PSI by feature name) are derived from people's values: in a
+# backup they are sealed under the models' key, bound to the version and column; restore opens them.
+SEALED_META = "sealed:"
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,9 @@ def backup(persona: Persona, dest: Path) -> BackupInfo:
     if dest.exists():
         raise ConfigurationError("the backup destination already exists; choose a new file")
     data_dir = persona.settings.data_dir.resolve()
-    if dest.resolve().parent == data_dir:
-        raise ConfigurationError("write backups outside the data directory")
+    if dest.resolve().is_relative_to(data_dir):  # symlinks resolved: wherever it would really land
+        raise ConfigurationError("write backups outside the data directory (a backup there holds the wrapped"
+                                 " keys of people erased later, beyond the reach of erasure)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private from the first byte
     try:
@@ -76,8 +83,10 @@ def backup(persona: Persona, dest: Path) -> BackupInfo:
         copy = SQLiteRecorder(dest)
         copy.tagger = persona.recorder.tagger  # the row it writes is tagged like the rows copied
         try:
+            copy.conn.execute("PRAGMA secure_delete = ON")  # the plaintext meta replaced leaves no trace
             with copy.transaction():
                 copy.set_meta("backup_taken_at", taken_at.isoformat())
+                _seal_model_meta(persona, copy)
             counts = copy.counts()
             copy.conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, for readers too
         finally:
@@ -124,6 +133,8 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
             staged_settings = dataclasses.replace(settings, data_dir=folder, database_url=None)
             with Persona(staged_settings, keyring, SQLiteRecorder(staged_db)) as staged:
                 staged.log.check_keyring()
+                with staged.recorder.transaction():
+                    _open_model_meta(staged)
                 with staged.recorder.transaction():
                     _carry_access(staged.recorder, current.tokens, current.audit, current.purge)
                 reapplied = reapply_ledger(staged, ledger.entries)
@@ -281,6 +292,45 @@ def _replace_postgres(url: str, staged: Recorder, mark: int) -> None:
             _carry_access(target, tokens, audit, pending)
     finally:
         target.close()
+
+
+def _meta_aad(name: str, version: int, column: str) -> bytes:
+    return b"persona-model-meta/1\x00" + name.encode() + b"\x00" + str(version).encode() + b"\x00" + column.encode()
+
+
+def _seal_model_meta(persona: Persona, copy: SQLiteRecorder) -> None:
+    """Inside a transaction of the backup copy: every model version's meta and drift sealed."""
+    rows = copy.conn.execute("SELECT name, version, meta, drift FROM models").fetchall()
+    if not rows:
+        return
+    from persona.models.registry import sealer  # scikit-learn: loaded only when there is a model
+
+    box = sealer(persona)  # the backup holds the same key, wrapped (system_keys)
+    for name, version, meta, drift in rows:
+        sealed = [None if value is None else SEALED_META + base64.b64encode(
+            box.seal(str(value).encode(), _meta_aad(name, int(version), column), os.urandom(12))).decode()
+            for column, value in (("meta", meta), ("drift", drift))]
+        copy.conn.execute("UPDATE models SET meta = ?, drift = ? WHERE name = ? AND version = ?",
+                          (*sealed, name, version))
+
+
+def _open_model_meta(staged: Persona) -> None:
+    """Inside a transaction of the staged copy: the sealed meta and drift of every version opened
+    (a backup from before they were sealed holds them open already)."""
+    assert isinstance(staged.recorder, SQLiteRecorder)
+    conn = staged.recorder.conn
+    rows = conn.execute("SELECT name, version, meta, drift FROM models").fetchall()
+    if not any(str(meta).startswith(SEALED_META) for _, _, meta, _ in rows):
+        return
+    from persona.models.registry import sealer
+
+    box = sealer(staged)
+    for name, version, meta, drift in rows:
+        opened = [value if value is None or not str(value).startswith(SEALED_META) else box.open(
+            base64.b64decode(str(value).removeprefix(SEALED_META)), _meta_aad(name, int(version), column)).decode()
+            for column, value in (("meta", meta), ("drift", drift))]
+        conn.execute("UPDATE models SET meta = ?, drift = ? WHERE name = ? AND version = ?",
+                     (*opened, name, version))
 
 
 def _with_sidecars(db: Path) -> list[Path]:

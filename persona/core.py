@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from datetime import UTC, datetime
 from types import TracebackType
 
@@ -18,7 +19,7 @@ from persona.crypto import Keyring, Sealer
 from persona.errors import ConfigurationError
 from persona.eventlog import QUARANTINE_KEY, EventLog
 from persona.integrity import ADOPTED, KEY_PURPOSE, Tagger
-from persona.settings import LOCK_NAME, Settings
+from persona.settings import LOCK_NAME, STAGING, Settings
 from persona.store import open_recorder
 from persona.store.base import Recorder
 
@@ -43,6 +44,19 @@ class DirectoryLock:
             if exclusive:
                 raise ConfigurationError("the data directory is in use by another process; stop it first") from None
             raise ConfigurationError("the data directory is being restored; try again when it is done") from None
+        # Whoever holds the lock knows no restore is running (a restore holds it, exclusive, while
+        # it lives): a restore folder here is one a killed restore left. It is a whole store with
+        # read models in clear that no later erasure would reach, so it goes at once.
+        staging = settings.data_dir / STAGING
+        self.stale_restore = staging.exists() or staging.is_symlink()
+        if self.stale_restore:
+            if staging.is_symlink():
+                staging.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)  # another process may be removing it too
+            if staging.exists():
+                self.release()
+                raise ConfigurationError(f"a restore killed half-way left {STAGING} in the data directory and it"
+                                         " cannot be removed; remove it (it holds people's values in clear)")
 
     def release(self) -> None:
         if self._fd >= 0:

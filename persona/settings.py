@@ -11,6 +11,7 @@ DB_NAME = "persona.db"
 KEY_FILE_NAME = "persona.key"
 LEDGER_NAME = "erasures.jsonl"
 LOCK_NAME = "persona.lock"
+STAGING = ".restoring"  # the folder in the data directory where a restore prepares the backup
 BACKEND_NAME = "backend.url"  # the PostgreSQL URL a data directory uses (no password: see docs/postgresql.md)
 
 

@@ -7,11 +7,13 @@ import io
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
-from persona import Persona
+from persona import Persona, Settings
 from persona.backup import backup, restore
 from persona.cli import cli
 from persona.crypto import Keyring
@@ -301,3 +303,125 @@ def test_restore_keeps_the_audit_entries_of_both_stores_when_their_histories_dif
     added = [row[1:] for row in audit_now[len(theirs):]]
     assert added[:-1] == [row[1:] for row in current[len(ours):]] and added[-1][2] == "restore"
     assert [row[0] for row in audit_now] == sorted({row[0] for row in audit_now})
+
+
+@pytest.fixture(scope="module")
+def planted_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A few planted people (their events, to ingest) and a model trained on them once: with so
+    few training rows, its features' medians and decile edges are individual people's values."""
+    from persona.models import synth as planted
+    from persona.models.tasks import parse_task
+    from persona.models.train import train
+
+    root = tmp_path_factory.mktemp("planted")
+    planted.write(root / "planted.jsonl", 100, seed=5)
+    with Persona.init(Settings.load(root / "data", env={})) as p:
+        ingest_jsonl(p, (root / "planted.jsonl").read_bytes().splitlines(), origin="planted")
+        return root / "planted.jsonl", train(p, parse_task("churn_91d"))
+
+
+def test_a_backup_shows_nothing_a_model_learned_of_people_without_a_key_and_restore_reopens_it(
+        persona: Persona, tmp_path: Path, planted_model: tuple[Path, Any]) -> None:
+    from persona.models import drift, registry, scoring
+
+    events, trained = planted_model
+    ingest_jsonl(persona, events.read_bytes().splitlines(), origin="planted")
+    saved = registry.save(persona, trained, promote=True)
+    drift.measure(persona, saved)
+    assert scoring.score_all(persona, "churn_91d") == 100
+    before = [v.summary() | {"meta": v.meta} for v in registry.versions(persona)]
+    # what the version's meta and drift tell of the people it was trained on
+    needles = [b"affinity_" + c.encode() for c in trained.categories]
+    for ref in trained.reference.values():
+        if ref["edges"]:
+            needles += [orjson.dumps(ref["edges"]), orjson.dumps({"median": ref["median"]})[1:-1]]
+    assert trained.categories and len(needles) > 10
+    stored = b"".join(str(row[i]).encode() for row in persona.recorder.model_rows() for i in (6, 7))  # drift, meta
+    for needle in needles:
+        assert needle in stored, needle  # the search below can see what it looks for (PostgreSQL compresses them)
+
+    info = backup(persona, tmp_path / "b.db")
+    raw = info.path.read_bytes()
+    for needle in needles:
+        assert needle not in raw, needle
+    with closing(sqlite3.connect(f"file:{info.path}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT meta, drift FROM models").fetchall()
+    assert len(rows) == 1 and all(str(v).startswith("sealed:") for row in rows for v in row)
+
+    settings = persona.settings
+    persona.close()
+    restore(settings, info.path)
+    with Persona.open(settings) as p:
+        assert [v.summary() | {"meta": v.meta} for v in registry.versions(p)] == before
+        assert registry.load(p, "churn_91d").version.version == saved.version
+        people = list(p.recorder.stream_ids())
+        assert sorted(pid for pid, model, *_ in p.recorder.predictions_of(people) if model == "churn_91d") == sorted(
+            people)
+        assert scoring.score_all(p, "churn_91d") == 100
+
+
+def test_a_backup_anywhere_inside_the_data_directory_is_refused(persona: Persona, tmp_path: Path) -> None:
+    """A backup in the data directory holds the wrapped keys of people erased after it, where no
+    erasure reaches: refused in the directory itself, in any folder below it, and through a link."""
+    populate(persona)
+    data = persona.settings.data_dir
+    (data / "receipts").mkdir()
+    (tmp_path / "outside").symlink_to(data / "receipts", target_is_directory=True)
+    (tmp_path / "link.db").symlink_to(data / "receipts" / "linked.db")
+    for dest in (data / "b.db", data / "receipts" / "b.db", data / "receipts", data / "new" / "b.db",
+                 tmp_path / "outside" / "b.db", tmp_path / "outside", tmp_path / "link.db"):
+        with pytest.raises(ConfigurationError, match="outside the data directory"):
+            backup(persona, dest)
+    assert sorted(p.name for p in (data / "receipts").iterdir()) == [] and not (data / "new").exists()
+    result = CliRunner().invoke(cli, ["--data", str(data), "backup", str(data / "receipts" / "c.db")])
+    assert result.exit_code != 0 and "outside the data directory" in result.output, result.output
+    assert backup(persona, tmp_path / "fine" / "b.db").path.is_file()
+
+
+def test_a_restore_folder_left_by_a_killed_restore_does_not_outlive_it(persona: Persona, tmp_path: Path) -> None:
+    """A restore killed after rebuilding the read models leaves DATA/.restoring: a whole store with
+    people's values in clear that no later erasure would touch. The next open removes it (no restore
+    is running: one holds the directory's lock while it lives); a running restore's is left alone."""
+    import subprocess
+    import sys
+
+    populate(persona)
+    info = backup(persona, tmp_path / "b.db")
+    settings = persona.settings
+    persona.close()
+    staging = settings.data_dir / ".restoring"
+    # a restore killed mid-way: the lock it held dies with it, its folder stays
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import os, shutil, signal, sys\n"
+        "from pathlib import Path\n"
+        "from persona.core import DirectoryLock\n"
+        "from persona.settings import Settings\n"
+        "settings = Settings.load(Path(sys.argv[1]), env={})\n"
+        "lock = DirectoryLock(settings, exclusive=True)\n"
+        "folder = settings.data_dir / '.restoring'\n"
+        "folder.mkdir(mode=0o700)\n"
+        "shutil.copyfile(sys.argv[2], folder / 'persona.db')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"), str(settings.data_dir), str(info.path)])
+    assert child.wait(timeout=60) == -9
+    assert (staging / "persona.db").is_file()
+    with Persona.open(settings) as p:
+        assert not staging.exists()
+        assert verify(p).events == 9
+
+    staging.mkdir()  # left the same way, then the next restore finds it
+    (staging / "persona.db").write_bytes(b"left behind")
+    restore(settings, info.path)
+    assert not staging.exists()
+
+    from persona.core import DirectoryLock  # a restore that is running keeps its folder
+
+    running = DirectoryLock(settings, exclusive=True)
+    try:
+        staging.mkdir()
+        with pytest.raises(ConfigurationError, match="being restored"):
+            Persona.open(settings)
+        assert staging.is_dir()
+    finally:
+        running.release()
+    CliRunner().invoke(cli, ["--data", str(settings.data_dir), "verify"])
+    assert not staging.exists()
