@@ -278,6 +278,7 @@ def _replace_postgres(url: str, staged: Recorder, mark: int) -> None:
     from persona.store.postgres import PostgresRecorder
 
     target = PostgresRecorder(url, create=None)
+    target.tagger = staged.tagger  # the rows written here (tokens, audit, the purge mark) tagged as the copy's are
     try:
         with target.transaction():  # under the store's write lock: no token, budget or audit entry changes now
             if target.erasure_mark() != mark:

@@ -680,11 +680,11 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     try:
         report = migrate_store(settings, source, target, progress)
     except PersonaError as e:
-        _record_failure("migrate", e, lambda outcome: migrate_audit(source, outcome, **kinds))
+        _record_failure("migrate", e, lambda outcome: migrate_audit(settings, source, outcome, **kinds))
         raise
     done = {"events": report.rows["events"], "rows": sum(report.rows.values()), **kinds}
-    migrate_audit(target, "ok", **done)  # the copy's own log says how it was made
-    migrate_audit(source, "ok", **done)  # and the source's, that everything in it was copied out
+    migrate_audit(settings, target, "ok", **done)  # the copy's own log says how it was made
+    migrate_audit(settings, source, "ok", **done)  # and the source's, that everything in it was copied out
     click.echo(f"copied {report.rows['events']:,} events of {report.rows['streams']:,} streams,"
                f" {report.rows['keys']:,} wrapped keys, {sum(report.rows.values()):,} rows in all")
     click.echo(f"checked: row counts of {len(report.rows)} tables match; {report.events:,} events verified,"

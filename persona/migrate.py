@@ -116,13 +116,17 @@ def migrate(settings: Settings, source_spec: str, target_spec: str,
     return report
 
 
-def audit(spec: str, outcome: str, **detail: Any) -> None:
+def audit(settings: Settings, spec: str, outcome: str, **detail: Any) -> None:
     """An entry in the audit log of the store at `spec`: `persona migrate` read every person's data
-    out of the source (and made the target: its own log says how)."""
+    out of the source (and made the target: its own log says how). Tagged under the key file of
+    `settings`, as every audit entry is (persona.integrity)."""
     from persona.audit import local_entries
+    from persona.core import load_keyring
+    from persona.integrity import KEY_PURPOSE, Tagger
 
     store = open_store(spec)
     try:
+        store.tagger = Tagger(load_keyring(settings).derived(KEY_PURPOSE))
         with store.transaction():
             store.append_audit(local_entries("migrate", "migrate", outcome=outcome, **detail))
     finally:

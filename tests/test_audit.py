@@ -28,8 +28,11 @@ from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.audit import AuditBuffer, filter_shape, named
 from persona.cli import cli
+from persona.core import load_keyring
 from persona.ingest import ingest_jsonl
+from persona.migrate import open_store
 from persona.population import ProfileFilter, compute_rfm
+from persona.verify import verify
 from tests.conftest import pg_schema, record
 from tests.test_api import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of
 
@@ -365,3 +368,7 @@ def test_local_commands_that_touch_everyones_data_are_audited_with_their_outcome
     with sqlite3.connect(tmp_path / "copy" / "persona.db") as copy:
         last = copy.execute("SELECT token, operation, outcome FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     assert last == ("local:migrate", "migrate", "ok")
+    # and each entry is tagged as every audit entry is: both stores still verify
+    run("verify")
+    with Persona(settings, load_keyring(settings), open_store(f"sqlite:{tmp_path / 'copy'}")) as copied:
+        assert verify(copied).events == 2
