@@ -287,8 +287,10 @@ def test_restore_keeps_the_audit_entries_of_both_stores_when_their_histories_dif
     info = backup(persona, tmp_path / "b.db")
     ours = persona.recorder.audit_rows(limit=100_000)
     with closing(sqlite3.connect(info.path)) as conn:  # the backup's line: one entry this store never had
-        conn.execute("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail)"
-                     " VALUES (1, 'local:profile', 'profile', '', '', 'ok', '{}')")
+        entry = (1, "local:profile", "profile", "", "", "ok", "{}")  # tagged as its writer would have
+        assert persona.recorder.tagger is not None
+        conn.execute("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*entry, persona.recorder.tagger("audit", entry)))
         conn.commit()
         theirs = conn.execute("SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
                               " ORDER BY seq").fetchall()
