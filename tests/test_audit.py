@@ -417,3 +417,24 @@ def test_every_other_local_command_that_opens_people_is_audited_once_with_its_ou
     stored = audit_bytes(settings).lower()
     for needle in (ghost, LI, MARIA, "prf_doesnotexist"):
         assert needle.lower().encode() not in stored, needle
+
+
+def test_an_api_erasure_of_an_identifier_no_profile_holds_is_audited_with_what_it_purged(tmp_path: Path) -> None:
+    """eraseProfile by an identifier no profile holds still purges its quarantined records and
+    writes a ledger line: its NOT_FOUND entry says how many records went, never the identifier."""
+    ghost = "zq.ghost@example.com"
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as p:
+        broken = b'{"subject": {"namespace": "email", "value": "' + ghost.encode() + b'"}, "data": '
+        ingest_jsonl(p, [orjson.dumps(record(LI, event_id="li")), broken], origin="f")
+        token = create_token(p, "ops", frozenset({"erasure:write"}))
+    erase = "mutation($s: SubjectInput, $id: ID) { eraseProfile(subject: $s, id: $id) { profileId } }"
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, {"ops": token}, default="ops")
+        for variables in ({"s": {"namespace": "email", "value": ghost}}, {"id": "prf_doesnotexist000000000000"}):
+            gone = api.post(erase, variables).json()
+            assert gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    found = [(e.operation, e.profile_id, e.outcome, e.detail) for e in entries(settings) if e.writer == "ops"]
+    assert found == [("eraseProfile", "", "NOT_FOUND", {"subject": "email", "quarantinePurged": 1, "count": 1}),
+                     ("eraseProfile", "", "NOT_FOUND", {"count": 1})]
+    assert ghost.encode() not in audit_bytes(settings).lower()
