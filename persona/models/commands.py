@@ -14,7 +14,7 @@ import orjson
 from persona.audit import record_local
 from persona.cli import audited, cli, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
-from persona.errors import ValidationError
+from persona.errors import PersonaError, ValidationError
 from persona.models import drift, registry, scoring
 from persona.models.tasks import FAMILIES, parse_task
 from persona.models.train import train as train_model
@@ -188,8 +188,9 @@ def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | N
     moment = parse_instant(as_of, "--as-of")
     with opened(ctx) as persona:
         if subjects is None:
-            record_local(persona, "predict", "predict", model=_model(name), asOf=moment is not None)
-            found = scoring.predict(persona, name, as_of=moment, version=version)
+            with audited(persona, "predict", model=_model(name), asOf=moment is not None) as audit:
+                found = scoring.predict(persona, name, as_of=moment, version=version)
+                audit["predictions"] = len(found)
             rows: list[dict[str, Any]] = [{"profile_id": p.person, **_flat(p)} for p in found]
         else:
             rows = _for_subjects(persona, name, subjects, moment, version)
@@ -218,9 +219,14 @@ def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | No
             continue
         wanted.append((given, pid, None if pid else "no profile is linked to that identifier"))
     ids = sorted({pid for _, pid, _ in wanted if pid})
-    record_local(persona, "predict", "predict", ids, model=_model(name), asOf=moment is not None)
-    found = {p.person: p for p in scoring.predict(persona, name, as_of=moment, profile_ids=ids, version=version)} \
-        if ids else {}
+    shape: dict[str, Any] = {"model": _model(name), "asOf": moment is not None}
+    try:
+        found = {p.person: p for p in scoring.predict(persona, name, as_of=moment, profile_ids=ids,
+                                                      version=version)} if ids else {}
+    except PersonaError:
+        record_local(persona, "predict", "predict", outcome="FAILED", subjects=len(ids), **shape)
+        raise
+    record_local(persona, "predict", "predict", ids, **shape)  # once it has run: each person scored
     from persona.identity import persons
 
     people = persons(persona.recorder, ids)
