@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -25,7 +25,7 @@ from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, ledger_of, verify_receipt, write_receipt
-from persona.errors import PersonaError, TamperError, UnknownProfileError
+from persona.errors import ErasedError, PersonaError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
 from persona.identity import person_of
 from persona.ingest import ingest_records
@@ -434,11 +434,20 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
     if receipt_path is not None and not receipt_path.parent.is_dir():
         raise click.BadParameter("its folder does not exist", param_hint="--receipt")
     with opened(ctx) as persona:
-        if subject:
-            erasure = erase_subject(persona, *parse_subject(subject))
-        else:
-            assert profile
-            erasure = erase_profile(persona, profile)
+        try:
+            if subject:
+                erasure = erase_subject(persona, *parse_subject(subject))
+            else:
+                assert profile
+                erasure = erase_profile(persona, profile)
+        except (UnknownProfileError, ErasedError) as e:  # nobody erased; a subject's quarantined records may be
+            purged = e.purged if isinstance(e, UnknownProfileError) else 0
+            record_local(persona, "erase", "erase", outcome="NOT_FOUND", quarantinePurged=purged, **_who(subject))
+            raise
+        except PersonaError as e:
+            _record_failure("erase", e, lambda outcome: record_local(persona, "erase", "erase", outcome=outcome,
+                                                                     **_who(subject)))
+            raise
         body = erasure.receipt["receipt"]
         record_local(persona, "erase", "erase", [body["profile_id"], *body.get("merged_profiles", {})],
                      **_who(subject))
@@ -488,9 +497,10 @@ def purge(ctx: click.Context, force: bool, rewrite: bool, wait_s: float, as_json
     """
     from persona.purge import mark_of, run
 
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "purge", now=force, full=rewrite) as audit:
         outcome = run(persona, force=force, rewrite=rewrite, wait_s=wait_s)
         last = mark_of(persona.recorder).done
+        audit.update(ran=outcome.ran, unfinished=outcome.ran and not outcome.done)
     when = {"due": outcome.due, "finished": outcome.finished, "last_purge": last}
     doc: dict[str, Any] = {"ran": outcome.ran, "done": outcome.done, "why_not": outcome.why,
                            "seconds": round(outcome.seconds, 3),
@@ -566,8 +576,9 @@ def keys_rotate(ctx: click.Context, retire: bool) -> None:
     taken before can then no longer be restored, and every other process must be
     restarted with (or given a copy of) the new key file.
     """
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "keys", operation="keys rotate", retire=retire) as audit:
         result = persona.rotate_keys(retire=retire)
+        audit.update(rewrapped=result["rewrapped"], retired=result.get("retired", 0))
     click.echo(f"master key is now version {result['kek_version']}; re-wrapped {result['rewrapped']} data keys")
     if retire:
         click.echo(f"retired {result['retired']} older version(s): destroy every other copy of the old key file,"
@@ -579,8 +590,9 @@ def keys_rotate(ctx: click.Context, retire: bool) -> None:
 @friendly
 def keys_rewrap(ctx: click.Context) -> None:
     """Re-wrap every data key under the newest master key version (after adding one to PERSONA_MASTER_KEY)."""
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "keys", operation="keys rewrap") as audit:
         result = persona.rewrap()
+        audit.update(rewrapped=result["rewrapped"])
     click.echo(f"re-wrapped {result['rewrapped']} data keys under version {result['kek_version']}")
 
 
@@ -627,21 +639,31 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
     with opened(ctx) as persona:
         feed = ChangeFeed(persona.recorder, after)
         projector = Projector(persona) if refresh else None
-        try:
-            while True:
-                rows = feed.wait(0 if once else wait, limit=5_000)
-                if not rows:
-                    if once:
-                        break
-                    continue
-                grew = sorted({row.stream_id for row in rows})
-                line: dict[str, Any] = {"position": feed.position, "events": len(rows), "profiles": grew}
-                if projector is not None:
-                    erased = {pid for pid, head in persona.recorder.heads(grew).items() if head.wrapped is None}
-                    line["refreshed"] = projector.refresh([pid for pid in grew if pid not in erased])
-                click.echo(orjson.dumps(line).decode())
-        except KeyboardInterrupt:
-            click.echo(f"stopped after position {feed.position}", err=True)
+        refreshing: AbstractContextManager[dict[str, Any]] = (
+            audited(persona, "follow", refresh=True) if refresh else nullcontext({}))
+        if refresh:  # a stop by SIGTERM too ends the run as Ctrl+C does: its entry is written
+            previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+            ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+        with refreshing as audit:  # --refresh opens people: one entry per run, with its counts, when it stops
+            audit.update(batches=0, events=0, refreshed=0)
+            try:
+                while True:
+                    rows = feed.wait(0 if once else wait, limit=5_000)
+                    if not rows:
+                        if once:
+                            break
+                        continue
+                    grew = sorted({row.stream_id for row in rows})
+                    line: dict[str, Any] = {"position": feed.position, "events": len(rows), "profiles": grew}
+                    if projector is not None:
+                        erased = {pid for pid, head in persona.recorder.heads(grew).items() if head.wrapped is None}
+                        line["refreshed"] = projector.refresh([pid for pid in grew if pid not in erased])
+                        audit["batches"] += 1
+                        audit["events"] += len(rows)
+                        audit["refreshed"] += line["refreshed"]
+                    click.echo(orjson.dumps(line).decode())
+            except KeyboardInterrupt:
+                click.echo(f"stopped after position {feed.position}", err=True)
 
 
 @cli.command()
@@ -695,25 +717,29 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
 
 
 @contextmanager
-def audited(persona: Persona, command: str, **detail: Any) -> Iterator[dict[str, Any]]:
+def audited(persona: Persona, command: str, *, operation: str | None = None,
+            **detail: Any) -> Iterator[dict[str, Any]]:
     """An entry in the audit log for a command that reads (or replaces) everyone's data:
     `local:COMMAND`, ok with the counts the body puts in the dict it is given, or the outcome
-    it failed with (TAMPERED, FAILED)."""
+    it failed with (TAMPERED, FAILED; the counts so far with it): one entry per run, written
+    when the run ends (an interrupted one included, as FAILED)."""
     found: dict[str, Any] = {}
+    what = operation or command
     try:
         yield found
-    except PersonaError as e:
-        _record_failure(command, e, lambda outcome: record_local(persona, command, command, outcome=outcome,
-                                                                 **detail))
+    except (PersonaError, KeyboardInterrupt) as e:
+        _record_failure(command, e, lambda outcome: record_local(persona, command, what, outcome=outcome,
+                                                                 **detail, **found))
         raise
-    record_local(persona, command, command, **detail, **found)
+    record_local(persona, command, what, **detail, **found)
 
 
-def _record_failure(command: str, error: PersonaError, write: Callable[[str], None]) -> None:
+def _record_failure(command: str, error: BaseException, write: Callable[[str], None]) -> None:
     """The failed run's entry, if the store takes one (it may be what failed): the failure itself
     is what the user is told about either way."""
     try:
-        write("TAMPERED" if isinstance(error, TamperError) else "FAILED")
+        write("TAMPERED" if isinstance(error, TamperError)
+              else "INTERRUPTED" if isinstance(error, KeyboardInterrupt) else "FAILED")
     except Exception:  # the original error goes on; this one is only noted
         click.echo(f"note: this {command} could not be recorded in the audit log", err=True)
 

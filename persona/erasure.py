@@ -137,10 +137,12 @@ def erase_subject(persona: Persona, namespace: str, value: str, **kwargs: Any) -
     profile_id = persona.recorder.resolve([digest]).get(digest)
     if profile_id is None:
         purged = purge_identifier(persona, digest)
-        raise UnknownProfileError(
+        error = UnknownProfileError(
             "no profile is linked to that identifier"
             + (f" ({purged} quarantined record(s) carrying it were purged)" if purged else "")
         )
+        error.purged = purged
+        raise error
     return erase_profile(persona, profile_id, **kwargs)
 
 

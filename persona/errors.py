@@ -45,6 +45,8 @@ class ErasedError(PersonaError):
 class UnknownProfileError(PersonaError):
     """No profile has this id, or no profile is linked to this identifier."""
 
+    purged = 0  # an erasure by identifier: the quarantined records carrying it that were purged all the same
+
 
 class UnknownProjectionError(PersonaError):
     """No projection has this name."""

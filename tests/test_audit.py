@@ -149,7 +149,8 @@ def test_every_api_access_is_audited_with_its_shape_and_never_a_value(
     assert all(e.detail == {"namespaces": ["email"], "mergesUndone": 1} for e in unlinks)
     assert [(e.profile_id, e.outcome, e.detail) for e in by_op["eraseProfile"]] == [
         (erased, "ok", {"subject": "email"}), ("", "NOT_FOUND", {"subject": "email", "count": 1})]
-    assert [e.detail for e in by_op["trainModel"]] == [{"model": "churn_91d", "cutoffs": 1}]
+    assert [(e.outcome, e.detail) for e in by_op["trainModel"]] == [  # refused, recorded once it had run
+        ("BAD_REQUEST", {"model": "churn_91d", "cutoffs": 1, "count": 1})]
     # nothing a client sent as a value, and no identifier, is in the audit table
     raw = audit_bytes(settings)
     stored = raw.lower()
@@ -372,3 +373,75 @@ def test_local_commands_that_touch_everyones_data_are_audited_with_their_outcome
     run("verify")
     with Persona(settings, load_keyring(settings), open_store(f"sqlite:{tmp_path / 'copy'}")) as copied:
         assert verify(copied).events == 2
+
+
+def test_every_other_local_command_that_opens_people_is_audited_once_with_its_outcome(tmp_path: Path) -> None:
+    """keys rotate and rewrap (every data key unwrapped), purge, follow --refresh (people opened,
+    one entry per run with its counts), train and models promote/rollback (everyone rescored),
+    and every path of erase — an identifier no profile holds, whose quarantined records are
+    purged all the same, included: one entry each, with the outcome, never an identifier."""
+    settings = Settings.load(tmp_path / "data", env={})
+    data = ["--data", str(settings.data_dir)]
+    ghost = "zq.ghost@example.com"
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, [*data, *args])
+        assert result.exit_code == code, (args, result.output)
+        return result.output
+
+    run("init")
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(orjson.dumps(record(email, event_id=email)) + b"\n" for email in (LI, MARIA))
+                       + b'{"subject": {"namespace": "email", "value": "' + ghost.encode() + b'"}, "data": \n')
+    run("ingest", str(events))
+    before = len(entries(settings))
+    run("keys", "rotate")
+    run("keys", "rewrap")
+    run("purge", "--now")
+    run("follow", "--refresh", "--after", "0", "--once")
+    run("follow", "--after", "0", "--once")  # opens nobody: not audited
+    run("train", "churn_91d", "--cutoff", "2026-01-01T00:00:00Z", code=1)  # one cutoff: refused
+    run("models", "promote", "churn_91d", "7", code=1)  # no such version
+    run("models", "rollback", "churn_91d", code=1)
+    run("erase", "--subject", f"email:{ghost}", code=1)  # no profile; its quarantined record is purged
+    run("erase", "--profile", "prf_doesnotexist000000000000", code=1)
+    run("erase", "--subject", f"email:{MARIA}")
+    run("erase", "--subject", f"email:{MARIA}", code=1)  # erased already
+    found = entries(settings)[before:]
+    assert [(e.writer, e.operation, e.outcome) for e in found] == [
+        ("local:keys", "keys rotate", "ok"), ("local:keys", "keys rewrap", "ok"), ("local:purge", "purge", "ok"),
+        ("local:follow", "follow", "ok"), ("local:train", "train", "FAILED"),
+        ("local:models", "models promote", "FAILED"), ("local:models", "models rollback", "FAILED"),
+        ("local:erase", "erase", "NOT_FOUND"), ("local:erase", "erase", "NOT_FOUND"), ("local:erase", "erase", "ok"),
+        ("local:erase", "erase", "NOT_FOUND")]
+    assert [e.detail for e in found[:4]] == [{"rewrapped": 2}, {}, {"now": True, "ran": True},  # none left to re-wrap
+                                             {"refresh": True, "batches": 1, "events": 2, "refreshed": 2}]
+    assert found[4].detail == {"model": "churn_91d", "cutoffs": 1}
+    assert found[5].detail == found[6].detail == {"model": "churn_91d"}
+    assert [e.detail for e in found[7:]] == [{"subject": "email", "quarantinePurged": 1}, {},
+                                             {"subject": "email"}, {"subject": "email"}]
+    assert all(e.profile_id == "" for e in found if e.outcome != "ok" or e.operation != "erase")
+    stored = audit_bytes(settings).lower()
+    for needle in (ghost, LI, MARIA, "prf_doesnotexist"):
+        assert needle.lower().encode() not in stored, needle
+
+
+def test_an_api_erasure_of_an_identifier_no_profile_holds_is_audited_with_what_it_purged(tmp_path: Path) -> None:
+    """eraseProfile by an identifier no profile holds still purges its quarantined records and
+    writes a ledger line: its NOT_FOUND entry says how many records went, never the identifier."""
+    ghost = "zq.ghost@example.com"
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as p:
+        broken = b'{"subject": {"namespace": "email", "value": "' + ghost.encode() + b'"}, "data": '
+        ingest_jsonl(p, [orjson.dumps(record(LI, event_id="li")), broken], origin="f")
+        token = create_token(p, "ops", frozenset({"erasure:write"}))
+    erase = "mutation($s: SubjectInput, $id: ID) { eraseProfile(subject: $s, id: $id) { profileId } }"
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, {"ops": token}, default="ops")
+        for variables in ({"s": {"namespace": "email", "value": ghost}}, {"id": "prf_doesnotexist000000000000"}):
+            gone = api.post(erase, variables).json()
+            assert gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    found = [(e.operation, e.profile_id, e.outcome, e.detail) for e in entries(settings) if e.writer == "ops"]
+    assert found == [("eraseProfile", "", "NOT_FOUND", {"subject": "email", "quarantinePurged": 1, "count": 1}),
+                     ("eraseProfile", "", "NOT_FOUND", {"count": 1})]
+    assert ghost.encode() not in audit_bytes(settings).lower()

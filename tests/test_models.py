@@ -465,9 +465,11 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
     assert bad.exit_code == 1 and "not a prediction task" in bad.output
     with Persona.open(Settings.load(data, env={})) as p:  # each read of people is in the audit log
         audited = [(r[2], r[3], r[4], orjson.loads(r[7])) for r in p.recorder.audit_rows(limit=1_000_000)]
-    assert ("local:train", "train", "", {"model": "churn_91d"}) in audited
-    assert ("local:predict", "predict", "", {"model": "churn_91d"}) in audited  # everyone at once
-    assert ("local:predict", "predict", "", {"model": "churn_91d", "asOf": True}) in audited
+    trains = [(pid, d) for w, op, pid, d in audited if w == "local:train"]  # written once each had run
+    assert ("", {"model": "churn_91d", "version": 1, "promoted": True, "predictions": 300}) in trains
+    predicts = [(pid, d) for w, op, pid, d in audited if w == "local:predict" and not pid]
+    assert ("", {"model": "churn_91d", "predictions": 300}) in predicts  # everyone at once
+    assert [d for _, d in predicts if d.get("asOf")] and all(d["model"] == "churn_91d" for _, d in predicts)
     assert len({pid for _, op, pid, _ in audited if op == "predict" and pid}) == 2  # --subjects: the two found
     assert not [a for a in audited if a[0] == "local:train" and a[3].get("model") != "churn_91d"]
 

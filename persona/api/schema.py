@@ -301,8 +301,9 @@ class Mutation:
         ctx.audit_ready()
         try:
             erasure = await ctx.state.writer.run(_erase, str(id) if id is not None else None, who)
-        except (UnknownProfileError, ErasedError):
-            ctx.refused("eraseProfile", "NOT_FOUND", **by)
+        except (UnknownProfileError, ErasedError) as e:  # a subject's quarantined records may be purged all the same
+            purged = e.purged if isinstance(e, UnknownProfileError) else 0
+            ctx.refused("eraseProfile", "NOT_FOUND", quarantinePurged=purged, **by)
             raise ApiError("no such profile (unknown, or erased already)", "NOT_FOUND") from None
         body = erasure.receipt["receipt"]
         merged = list(body.get("merged_profiles", {}))
@@ -332,14 +333,22 @@ class Mutation:
         if cutoffs is not None and len(cutoffs) > 12:
             raise ApiError("cutoffs: at most 12")
         parse_task(name, horizon)  # a name that is no task is refused before anything is read
-        ctx.audit("trainModel", fields="", model=name, horizon=horizon is not None, cutoffs=len(cutoffs or ()))
+        shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
+        ctx.audit_ready()  # recorded once it has run, with its outcome
         try:
             version = await ctx.state.writer.run(_train, name, horizon, cutoffs)
         except ModelError as e:
+            ctx.refused("trainModel", "BAD_REQUEST", **shape)
             raise ApiError(str(e)) from None
         except (ValueError, ArithmeticError):  # scikit-learn or SciPy refusing these rows: their words stay here
+            ctx.refused("trainModel", "BAD_REQUEST", **shape)
             raise ApiError("the model could not be fitted on these rows; try other cutoffs or a longer history"
                            ) from None
+        except BaseException as e:  # refused with the code the client is told (a ValidationError's), or FAILED
+            told = known(e)
+            ctx.refused("trainModel", told[1] if told is not None else "FAILED", **shape)
+            raise
+        ctx.record("trainModel", fields="", **shape, version=version.version, promoted=version.status == "promoted")
         return Model.of(version)
 
     @strawberry.mutation(description="Declare two identifiers one person: if they belong to two profiles, the"

@@ -12,9 +12,9 @@ import click
 import orjson
 
 from persona.audit import record_local
-from persona.cli import cli, emit_json, friendly, opened, parse_instant
+from persona.cli import audited, cli, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
-from persona.errors import ValidationError
+from persona.errors import PersonaError, ValidationError
 from persona.models import drift, registry, scoring
 from persona.models.tasks import FAMILIES, parse_task
 from persona.models.train import train as train_model
@@ -27,16 +27,18 @@ def _say(message: str) -> None:
 def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
                promote: bool | None) -> registry.ModelVersion:
     task = parse_task(name, horizon)
-    record_local(persona, "train", "train", model=name, horizon=horizon is not None, cutoffs=len(cutoffs or ()))
-    try:
-        trained = train_model(persona, task, cutoffs, progress=_say)
-    except (ValueError, ArithmeticError) as e:  # scikit-learn or SciPy refusing these rows
-        raise ValidationError(f"{name}: the model could not be fitted on these rows ({type(e).__name__}); try "
-                              "other cutoffs or a longer history") from None
-    version = registry.save(persona, trained, promote=promote)
-    if version.status == "promoted":
-        _say(f"scoring every profile with {name} v{version.version}…")
-        scoring.score_all(persona, name)
+    shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
+    with audited(persona, "train", **shape) as audit:  # written when done, with its outcome
+        try:
+            trained = train_model(persona, task, cutoffs, progress=_say)
+        except (ValueError, ArithmeticError) as e:  # scikit-learn or SciPy refusing these rows
+            raise ValidationError(f"{name}: the model could not be fitted on these rows ({type(e).__name__}); try "
+                                  "other cutoffs or a longer history") from None
+        version = registry.save(persona, trained, promote=promote)
+        audit.update(version=version.version, promoted=version.status == "promoted")
+        if version.status == "promoted":
+            _say(f"scoring every profile with {name} v{version.version}…")
+            audit["predictions"] = scoring.score_all(persona, name)
     return version
 
 
@@ -150,9 +152,9 @@ def models(ctx: click.Context, as_json: bool) -> None:
 @friendly
 def models_promote(ctx: click.Context, name: str, version: int) -> None:
     """Serve VERSION of NAME (and rescore every profile with it)."""
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "models", operation="models promote", model=_model(name)) as audit:
         v = registry.promote(persona, name, version)
-        scoring.score_all(persona, name)
+        audit.update(version=v.version, predictions=scoring.score_all(persona, name))
     click.echo(f"{name} v{v.version} promoted")
 
 
@@ -162,9 +164,9 @@ def models_promote(ctx: click.Context, name: str, version: int) -> None:
 @friendly
 def models_rollback(ctx: click.Context, name: str) -> None:
     """Serve again the version of NAME promoted before the current one."""
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, audited(persona, "models", operation="models rollback", model=_model(name)) as audit:
         v = registry.rollback(persona, name)
-        scoring.score_all(persona, name)
+        audit.update(version=v.version, predictions=scoring.score_all(persona, name))
     click.echo(f"{name} rolled back to v{v.version}")
 
 
@@ -186,8 +188,9 @@ def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | N
     moment = parse_instant(as_of, "--as-of")
     with opened(ctx) as persona:
         if subjects is None:
-            record_local(persona, "predict", "predict", model=_model(name), asOf=moment is not None)
-            found = scoring.predict(persona, name, as_of=moment, version=version)
+            with audited(persona, "predict", model=_model(name), asOf=moment is not None) as audit:
+                found = scoring.predict(persona, name, as_of=moment, version=version)
+                audit["predictions"] = len(found)
             rows: list[dict[str, Any]] = [{"profile_id": p.person, **_flat(p)} for p in found]
         else:
             rows = _for_subjects(persona, name, subjects, moment, version)
@@ -216,9 +219,14 @@ def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | No
             continue
         wanted.append((given, pid, None if pid else "no profile is linked to that identifier"))
     ids = sorted({pid for _, pid, _ in wanted if pid})
-    record_local(persona, "predict", "predict", ids, model=_model(name), asOf=moment is not None)
-    found = {p.person: p for p in scoring.predict(persona, name, as_of=moment, profile_ids=ids, version=version)} \
-        if ids else {}
+    shape: dict[str, Any] = {"model": _model(name), "asOf": moment is not None}
+    try:
+        found = {p.person: p for p in scoring.predict(persona, name, as_of=moment, profile_ids=ids,
+                                                      version=version)} if ids else {}
+    except PersonaError:
+        record_local(persona, "predict", "predict", outcome="FAILED", subjects=len(ids), **shape)
+        raise
+    record_local(persona, "predict", "predict", ids, **shape)  # once it has run: each person scored
     from persona.identity import persons
 
     people = persons(persona.recorder, ids)
