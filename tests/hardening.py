@@ -30,8 +30,11 @@ SOURCE_DUPLICATES = "source adapter rows fuzzed: found a duplicate"
 SOURCE_QUARANTINED = "source adapter rows fuzzed: quarantined with a reason"
 SOURCE_BLANK = "source adapter rows fuzzed: blank (nothing to ingest)"
 SOURCE_DROPPED = "source adapter rows fuzzed: dropped without a word"
-TAMPER_FLIPS = "single-byte flips of a sample store, each caught by verify"
-TAMPER_MISSED = "single-byte flips of a sample store that verify missed"
+TAMPER_FLIPS = "single-byte flips of a sample store, each caught by verify or changing nothing a reader sees"
+TAMPER_CAUGHT = "single-byte flips of a sample store: caught by verify"
+TAMPER_UNCHANGED = "single-byte flips of a sample store: changing nothing a reader sees"
+TAMPER_MISSED = "single-byte flips of a sample store that verify missed (or a reader crashed on)"
+TAMPER_SKIPPED = "bytes of the sample store left unflipped"
 
 
 def tally(what: str, n: int = 1) -> None:

@@ -57,14 +57,16 @@ def test_harden_holds_the_long_run_to_its_floors_and_publishes_its_section(tmp_p
                                               long=False, sweep=False))  # --quick: CI's floors
     without_kills = {k: v for k, v in long_run.items() if k != h.KILLS}
     assert not all(m["met"] for m in harden.judge(without_kills, long=True, sweep=False))  # never counted: missed
-    # the tamper sweep, once it exists: its flips (under whatever words it tallies them) must be counted
+    # the tamper sweep runs in the long run only: its flips must be counted, none missed, no byte left out
     assert not all(m["met"] for m in harden.judge(long_run, long=True, sweep=True))
-    assert all(m["met"] for m in harden.judge(long_run | {"stores with one byte flipped": 4096}, long=True, sweep=True))
-    assert harden.SWEEP not in harden.modules(tmp_path, long=True)
-    (tmp_path / "tests").mkdir()
-    (tmp_path / harden.SWEEP).write_text("")
+    swept = long_run | {h.TAMPER_FLIPS: 56_832, h.TAMPER_MISSED: 0, h.TAMPER_SKIPPED: 0}
+    assert all(m["met"] for m in harden.judge(swept, long=True, sweep=True))
+    for missed in ({h.TAMPER_MISSED: 1}, {h.TAMPER_SKIPPED: 1}):
+        assert not all(m["met"] for m in harden.judge(swept | missed, long=True, sweep=True)), missed
     assert harden.SWEEP in harden.modules(tmp_path, long=True) and harden.SWEEP not in harden.modules(tmp_path,
                                                                                                         long=False)
+    assert set(harden.ATTACKS) <= set(harden.modules(tmp_path, long=True))
+    assert all((ROOT / module).is_file() for module in harden.modules(ROOT, long=True))
 
     result = {"when": "2026-12-05T07:00:00+00:00", "machine": "x86_64, 2 cores", "mode": "long",
               "command": "scripts/harden", "modules": list(harden.MODULES), "seed": 7, "duration_s": 1500.0,
