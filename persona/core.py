@@ -74,7 +74,12 @@ class Persona:
         self.recorder = recorder
         recorder.tagger = Tagger(keyring.derived(KEY_PURPOSE))
         if recorder.get_meta(ADOPTED) is None:  # a store made before row tags: its rows, as they stand
-            recorder.adopt_tags()
+            adopted = recorder.adopt_tags()
+            if adopted:  # on the record: a store made to look older would have tampered rows adopted
+                from persona.audit import local_entries  # audit -> core (for its types)
+
+                with recorder.transaction():
+                    recorder.append_audit(local_entries("open", "adopt row tags", rows=adopted))
         self.log = EventLog(recorder, keyring, settings)
         self._lock = lock
 

@@ -6,6 +6,7 @@ on a fresh schema of the real PostgreSQL server: a behaviour cannot exist in onl
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sys
 import threading
@@ -377,6 +378,11 @@ def test_a_store_made_before_row_tags_adopts_them_once_and_then_checks_them(sett
         assert p.recorder.get_meta("row_tags") == "1"
         verify(p)
         assert p.recorder.schema_problems() == []
+        # on the record, with how many rows were taken as they stood (a store made to look older
+        # than it is would have its rows adopted: the audit log shows when that happened)
+        *_, (_, _, writer, operation, _, _, outcome, detail) = p.recorder.audit_rows(limit=1000)
+        assert (writer, operation, outcome) == ("local:open", "adopt row tags", "ok")
+        assert json.loads(detail)["rows"] >= 4
     raw_execute(p, "UPDATE api_tokens SET scopes = 'profiles:read history:read'")
     with Persona.open(settings) as p, pytest.raises(PersonaError, match="table api_tokens"):
         verify(p)
