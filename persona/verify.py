@@ -141,8 +141,10 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
     return report
 
 
-# tables whose rows belong to one stream (by this column): none may name a stream that is not there
-_OWNED = {"keys": "profile_id", "tombstones": "profile_id", "links": "profile_id", "members": "profile_id",
+# tables whose rows belong to one stream (by this column): none may name a stream that is not there.
+# Not tombstones: a restore of a backup older than a stream keeps the tombstone of its erasure
+# (its rows are gone; the tombstone re-erases it should a later backup hold them).
+_OWNED = {"keys": "profile_id", "links": "profile_id", "members": "profile_id",
           "snapshots": "profile_id", "profile_index": "profile_id", "rfm": "profile_id", "predictions": "profile_id",
           "model_people": "profile_id", "merges": "a"}
 

@@ -181,7 +181,8 @@ def test_every_flipped_byte_is_caught_or_changes_nothing(sample: Path, tmp_path:
     tally(h.TAMPER_CAUGHT, counts["detected"])
     tally(h.TAMPER_UNCHANGED, counts["unchanged"])
     tally(h.TAMPER_MISSED, counts["missed"] + counts["crashed"])
-    tally(h.TAMPER_SKIPPED, size - len(outcomes))
+    if LONG:  # every byte, or scripts/harden says how many were left out
+        tally(h.TAMPER_SKIPPED, size - len(outcomes))
     bad = [o for o in outcomes if o.kind in ("missed", "crashed")]
     by_table = Counter((o.kind, o.where) for o in bad)
     summary = f"{dict(counts)}; escaped by table: {dict(by_table)}"

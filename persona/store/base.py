@@ -177,7 +177,7 @@ class Recorder(Protocol):
     tagger: Tagger | None  # computes row tags (persona.integrity); set by Persona, with the key file
 
     def adopt_tags(self) -> int:
-        """Tag every untagged row as it stands and note it in meta (persona.integrity): how many."""
+        """Tag every untagged row as it stands and note it in meta (persona.integrity): how many, meta's left out."""
         ...
     purges_at_once: bool  # erasure runs purge() itself (SQLite); else one purge serves a window (persona.purge)
 

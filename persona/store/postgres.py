@@ -473,8 +473,9 @@ class PostgresRecorder:
                         cur.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
                     self.conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
                     adopted += len(rows)
-            for table in RETAGGED:
-                adopted += int(self._value(_COUNT_UNTAGGED[table]))
+            for table in RETAGGED:  # (meta's rows too, uncounted: every store has some, a new one too)
+                if table != "meta":
+                    adopted += int(self._value(_COUNT_UNTAGGED[table]))
             self.set_meta(ADOPTED, "1")
         return adopted
 

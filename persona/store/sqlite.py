@@ -453,8 +453,9 @@ class SQLiteRecorder:
                     adopted += len(rows)
             self._run_script(_TRIGGERS)
             self._run_script(_ACCESS_TRIGGERS)
-            for table in RETAGGED:
-                adopted += int(self.conn.execute(_COUNT_UNTAGGED[table]).fetchone()[0])
+            for table in RETAGGED:  # (meta's rows too, uncounted: every store has some, a new one too)
+                if table != "meta":
+                    adopted += int(self.conn.execute(_COUNT_UNTAGGED[table]).fetchone()[0])
             self.set_meta(ADOPTED, "1")
         return adopted
 
