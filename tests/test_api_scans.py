@@ -23,7 +23,7 @@ from persona.api.access import create_token, list_tokens
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.api.errors import ApiError
-from persona.api.plan import PROFILES_PER_UNIT, SCAN_COST, Limits, plan, scan_cost
+from persona.api.plan import PROFILES_PER_UNIT, SCAN_COST, Limits, about, plan, scan_cost
 from persona.api.scans import ScanGate, ScanPool
 from persona.api.schema import schema
 from persona.ingest import ingest_jsonl
@@ -67,7 +67,12 @@ def test_a_scan_costs_in_proportion_to_the_population() -> None:
     assert scan_cost(80_000) < scan_cost(800_000) < scan_cost(8_000_000)
     assert one.too_costly(1_000_000, Limits()) is None  # one scan of a million profiles fits
     message = one.too_costly(2_000_000, Limits())
-    assert message is not None and "2000000 profiles" in message.message
+    assert message is not None and "about 2,000,000 profiles" in message.message
+    # rounded: the refusal does not tell a caller that one person came or went
+    neighbours = [one.too_costly(n, Limits()) for n in (2_012_344, 2_012_345)]
+    assert neighbours[0] is not None and neighbours[1] is not None
+    assert neighbours[0].message == neighbours[1].message and "about 2,000,000 profiles" in neighbours[0].message
+    assert [about(n) for n in (7, 99, 100, 1_234, 98_765, 2_012_345)] == [7, 99, 100, 1_200, 99_000, 2_000_000]
     filtered = plan(schema._schema, "{ a: profiles(filter: {}) { nodes { id } } b: profiles { nodes { id } } }",
                     None, Limits())
     assert filtered.scans == 1  # a filtered listing may read the whole index to fill a page; a plain one does not
@@ -98,7 +103,7 @@ def test_the_population_prices_a_scan_when_it_is_asked_for(store: Store) -> None
         assert api.data(INSIGHTS)["insights"]["k"] == 5
         state.population = 10_000_000  # as if the index held ten million people
         refused = api.post(INSIGHTS)
-        assert refused.status_code == 400 and "10000000 profiles" in refused.json()["errors"][0]["message"]
+        assert refused.status_code == 400 and "about 10,000,000 profiles" in refused.json()["errors"][0]["message"]
         assert api.post("{ profiles(first: 1, filter: {}) { nodes { id } } }").status_code == 400
         assert api.data("{ profiles(first: 1) { nodes { id } } }")["profiles"]["nodes"]  # a page: no scan
         assert api.data(PROFILE, {"id": store.someone})["profile"]["version"] > 0
@@ -125,7 +130,7 @@ def test_a_past_filtered_listing_is_priced_by_the_population_it_replays(store: S
         assert api.data(PAST_LISTING)["profiles"]["nodes"]  # the sample's six people: fine
         state.population = 100_000
         refused = api.post(PAST_LISTING)
-        assert refused.status_code == 400 and "100000 profiles" in refused.json()["errors"][0]["message"]
+        assert refused.status_code == 400 and "about 100,000 profiles" in refused.json()["errors"][0]["message"]
         assert api.data(PAST_LISTING.replace(', asOf: "2025-10-01T00:00:00Z"', ""))["profiles"]["nodes"]
 
 

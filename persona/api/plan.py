@@ -137,9 +137,17 @@ class Plan:
             return None
         replaying = (f", {self.replays} of them replaying each profile's log to a past instant (one unit per"
                      f" {PAST_PROFILES_PER_UNIT})") if self.replays else ""
+        # the population and the cost it makes, rounded: an exact count here, which a scan
+        # refreshes, would tell a caller watching it that one person came or went
         return GraphQLError(
-            f"the query would cost {cost}: {self.scans} population scan(s) over {population} profiles (one unit per"
-            f" {PROFILES_PER_UNIT}{replaying}) and {self.cost} for its fields; at most {limits.max_cost} is allowed")
+            f"the query would cost about {about(cost):,}: {self.scans} population scan(s) over about"
+            f" {about(population):,} profiles (one unit per {PROFILES_PER_UNIT}{replaying}) and {self.cost} for its"
+            f" fields; at most {limits.max_cost} is allowed")
+
+
+def about(n: int) -> int:
+    """`n` to two significant figures."""
+    return n if n < 100 else round(n, 2 - len(str(n)))
 
 
 def scan_cost(population: int) -> int:
