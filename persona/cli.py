@@ -181,7 +181,7 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
            as_json: bool) -> None:
     """Append the events of FILE; '-' reads standard input.
 
-    Without --mapping, FILE is canonical JSONL (EVENTS.md). With --mapping, FILE is any
+    Without --mapping, FILE is canonical JSONL (docs/events.md). With --mapping, FILE is any
     CSV or JSONL export the mapping describes. Standard input is read as a live feed:
     what arrives is committed and shown in profiles within about a second. Valid records are appended in atomic
     batches; re-ingesting the same file appends nothing. Bad records are quarantined

@@ -70,7 +70,7 @@ class UnsignedLedgerError(LedgerError):
 
 
 class ValidationError(PersonaError):
-    """A record does not match the canonical event format (EVENTS.md)."""
+    """A record does not match the canonical event format (docs/events.md)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

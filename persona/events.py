@@ -1,4 +1,4 @@
-"""The canonical event format (shared/EVENTS.md): validation and normalisation.
+"""The canonical event format (docs/events.md): validation and normalisation.
 
 Pure: no storage, no clock, no randomness. `now` arrives as an argument.
 Error reasons name the field and the rule, never the offending value.
@@ -412,7 +412,7 @@ def validate(
     max_future: timedelta = timedelta(days=1),
     size: int | None = None,
 ) -> Event:
-    """Check one decoded record against EVENTS.md and return it normalised."""
+    """Check one decoded record against docs/events.md and return it normalised."""
     if not isinstance(raw, dict):
         raise ValidationError("record: must be a JSON object")
     if size is None:

@@ -1,7 +1,7 @@
 """Keeping projections current: sealed snapshots, catch-up, the profile index, full rebuilds.
 
 Nothing here is authoritative: snapshots and the index are derived from the log and can
-be dropped and rebuilt at any time (DESIGN.md invariant 6).
+be dropped and rebuilt at any time (docs/design.md, invariant 6).
 """
 
 from __future__ import annotations

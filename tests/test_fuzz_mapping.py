@@ -4,7 +4,7 @@ applied to any rows, never crashes and never drops a row — each is appended, a
 quarantined with a reason.
 
 Documents are drawn from the language's own grammar (both forms: `[[events]]` tables and
-EVENTS.md's `[source]`/`[fields]`), every value now and then swapped for any other TOML value,
+the sectioned `[source]`/`[fields]` form), every value now and then swapped for any other TOML value,
 so that the draws reach both the checks and the code behind them."""
 
 from __future__ import annotations

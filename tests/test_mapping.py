@@ -246,7 +246,7 @@ def test_an_amounts_currency_mark_and_a_currency_column_must_agree(persona: Pers
         "currency: the amount's currency mark and the mapped currency disagree"]
 
 
-# -- the shared format of EVENTS.md ---------------------------------------------------------------
+# -- the sectioned form ([source], [event], [subject], [fields]; docs/ingest.md) ------------------
 CONTRACT = """
 [source]
 name = "crm"                 # the event's `source`

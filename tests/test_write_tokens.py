@@ -1,4 +1,4 @@
-"""Every write has a known writer (DESIGN.md invariant 8): tokens bound to sources and event types,
+"""Every write has a known writer (docs/design.md, invariant 8): tokens bound to sources and event types,
 the writer sealed into each event, and attribute fusion that gives a source's rank only to a
 writer who vouches for it.
 

@@ -5,7 +5,7 @@ A token is shown once, when it is created; the database keeps only a keyed hash 
 used to forge or check tokens offline.
 
 A token that writes may be bound to sources and event types (`Token.refusal`), and it is the
-writer sealed into every event it appends (`Token.writer`, DESIGN.md invariant 8).
+writer sealed into every event it appends (`Token.writer`, docs/design.md, invariant 8).
 """
 
 from __future__ import annotations

@@ -395,7 +395,7 @@ class Insights:
     delta_remaining: float | None
 
 
-@strawberry.input(description="One canonical event (see EVENTS.md); validated exactly as `persona ingest` does")
+@strawberry.input(description="One canonical event (see docs/events.md); validated exactly as `persona ingest` does")
 class EventInput:
     source: str
     type: str

@@ -1,4 +1,4 @@
-"""Ingest of canonical JSONL (EVENTS.md): stream, validate, quarantine, append in batches."""
+"""Ingest of canonical JSONL (docs/events.md): stream, validate, quarantine, append in batches."""
 
 from __future__ import annotations
 
@@ -184,7 +184,7 @@ class _Collector:
 
 def validated(records: Iterable[Record | None], settings: Settings, clock: Callable[[], datetime]
               ) -> Iterator[Item | None]:
-    """Each record checked against EVENTS.md (PAUSE markers passed through): an Item with its
+    """Each record checked against docs/events.md (PAUSE markers passed through): an Item with its
     events, or with the reason it is refused. `clock` gives the ingest's "now" (a live feed's moves)."""
     max_future = timedelta(seconds=settings.max_future_s)
     limit, region = settings.max_event_bytes, settings.default_region

@@ -142,7 +142,7 @@ def load_mapping(path: Path) -> SourceMapping:
 
 def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMapping:
     if isinstance(doc.get("source"), dict):
-        return _contract_mapping(doc, where)  # the shared format of EVENTS.md: one event per record
+        return _contract_mapping(doc, where)  # the sectioned form (docs/ingest.md): one event per record
     source = doc.get("source")
     if not isinstance(source, str) or not source:
         raise ConfigurationError(f"{where}: `source` (the events' source name) is required")
@@ -176,7 +176,7 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
                          encoding=codecs.lookup(encoding).name)
 
 
-# type names of EVENTS.md's mapping format -> kinds
+# type names of the sectioned form (docs/ingest.md) -> kinds
 _TYPES = {"decimal": "amount", "amount": "amount", "int": "int", "integer": "int", "float": "number",
           "number": "number", "string": "text", "text": "text", "bool": "bool", "boolean": "bool", "json": "json",
           "list": "list", "gender": "gender", "country": "country", "date": "instant", "datetime": "instant",
@@ -184,7 +184,7 @@ _TYPES = {"decimal": "amount", "amount": "amount", "int": "int", "integer": "int
 
 
 def _contract_field(name: str, spec: Any, where: str) -> Field:
-    """A field as EVENTS.md writes it: a constant, a "{template}", or {column, type, map, format, tz}."""
+    """A field as the sectioned form writes it: a constant, a "{template}", or {column, type, map, format, tz}."""
     if isinstance(spec, str) and _TEMPLATE.search(spec):
         return Field(name, template=spec)
     if not isinstance(spec, dict):
@@ -215,7 +215,7 @@ def _contract_field(name: str, spec: Any, where: str) -> Field:
 
 
 def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
-    """EVENTS.md's mapping: [source], [event], [subject] (+ [[subject.also]]), [fields]."""
+    """The sectioned form (docs/ingest.md): [source], [event], [subject] (+ [[subject.also]]), [fields]."""
     head = doc["source"]
     name = head.get("name")
     if not isinstance(name, str) or not name:
@@ -872,7 +872,7 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
 
 
 class _WhitespaceReader:
-    """A reader of lines split on runs of blanks (EVENTS.md's delimiter = "whitespace")."""
+    """A reader of lines split on runs of blanks (the sectioned form's delimiter = "whitespace")."""
 
     def __init__(self, lines: Iterable[str]) -> None:
         self._lines = iter(lines)

@@ -1,4 +1,4 @@
-"""Point-in-time training sets (DESIGN.md invariant 7).
+"""Point-in-time training sets (docs/design.md, invariant 7).
 
 For a cutoff T and a horizon H, a person's features are their projections replayed as of T —
 only facts that had happened by T count, never today's values — and their label comes only

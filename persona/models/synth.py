@@ -8,7 +8,7 @@ model that reads behaviour should beat BG/NBD on who buys next, how much, and wh
 
     python -m persona.models.synth --people 10000 --out events.jsonl [--seed 1] [--days 730]
 
-Writes canonical JSONL (EVENTS.md), then `persona ingest events.jsonl`. Deterministic for a
+Writes canonical JSONL (docs/events.md), then `persona ingest events.jsonl`. Deterministic for a
 seed. The truth (each person's λ, p and when they became inactive) goes beside it as
 `<out>.truth.json`.
 """

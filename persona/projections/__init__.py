@@ -1,4 +1,4 @@
-"""Projections: pure, versioned folds over a person's events (DESIGN.md invariant 5).
+"""Projections: pure, versioned folds over a person's events (docs/design.md, invariant 5).
 
 Every fold here is order-independent: its state is a set of selections (the best claim
 by a total order), exact sums and sorted collections, so the same events give the same

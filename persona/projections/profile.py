@@ -9,7 +9,7 @@ how its claims are fused:
   union       every distinct value, each with the first claim that made it
 
 A source's rank and weight are earned, not claimed: only a claim whose writer vouched for its
-source (a token bound to it, or the operator) has them (DESIGN.md invariant 8). Any other claim
+source (a token bound to it, or the operator) has them (docs/design.md, invariant 8). Any other claim
 ranks below every source in `precedence`; in `latest` (and consent) it loses to any vouched
 claim, however much newer; in `weighted` it is held under its writer rather than the source it
 names and counts only while no vouched claim exists: it fills a gap, it never overrides.
@@ -49,7 +49,7 @@ DEFAULT_TRUST = ("crm", "shop", "app", "web", "social")
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({"crm": 4.0, "shop": 2.0, "app": 1.5, "web": 1.0,
                                                          "social": 0.5})
 CONSENT_PURPOSES = ("analytics", "marketing", "personalization")
-CLAIMABLE = frozenset(DATA_SPECS["profile_updated"])  # the fields EVENTS.md defines for profile_updated
+CLAIMABLE = frozenset(DATA_SPECS["profile_updated"])  # the fields docs/events.md defines for profile_updated
 
 
 @dataclass(frozen=True)

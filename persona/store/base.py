@@ -72,7 +72,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 
 # The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
 # and predictions hold people's values in plaintext (for queries), so a backup leaves them out
-# (DESIGN.md invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
+# (docs/design.md, invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
 # same); `persona restore` rebuilds them all.
 # Every table but the log carries `tag`, a keyed hash of its row (persona.integrity), carried by
 # copies like any column: a backup or migrated store checks out with the same key file.
