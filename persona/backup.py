@@ -65,10 +65,11 @@ class BackupInfo:
     profiles: int
 
 
-def backup(persona: Persona, dest: Path) -> BackupInfo:
-    """Write a consistent copy of the store, read models left out, to DEST (a file, or a folder)."""
+def backup(persona: Persona, dest: Path, *, folder: bool = False) -> BackupInfo:
+    """Write a consistent copy of the store, read models left out, to DEST (a file, or a folder:
+    one that exists, or any when FOLDER, created if need be)."""
     taken_at = datetime.now(UTC)
-    if dest.is_dir():
+    if folder or dest.is_dir():
         dest = dest / f"persona-{taken_at.strftime('%Y%m%dT%H%M%SZ')}.db"
     if dest.exists():
         raise ConfigurationError("the backup destination already exists; choose a new file")

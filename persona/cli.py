@@ -597,11 +597,14 @@ def keys_rewrap(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("dest", type=click.Path())
 @click.pass_context
 @friendly
-def backup(ctx: click.Context, dest: Path) -> None:
+def backup(ctx: click.Context, dest: str) -> None:
     """Write a consistent copy of the store to DEST (a new file, or a folder): never the key file, nor a read model.
+
+    A DEST that is a folder, or ends in `/`, gets a new file inside it named after the time
+    (the folder is created if need be).
 
     The log stays sealed and the data keys wrapped; the read models that hold values in
     plaintext (profile index, RFM scores, predictions) are left out, and `persona restore`
@@ -609,7 +612,7 @@ def backup(ctx: click.Context, dest: Path) -> None:
     --retire` makes every backup taken before it unreadable.
     """
     with opened(ctx) as persona, audited(persona, "backup") as audit:
-        info = backup_db(persona, dest)
+        info = backup_db(persona, Path(dest), folder=dest.endswith(("/", os.sep)))
         audit.update(events=info.events, profiles=info.profiles)
     click.echo(f"backup {info.path}: {info.events} events, {info.profiles} live profiles, "
                f"{info.bytes / 1e6:.1f} MB, taken {info.taken_at}")

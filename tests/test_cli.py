@@ -207,3 +207,21 @@ def test_format_option(data: Path, tmp_path: Path) -> None:
     clicks.write_text("cookie_id,url,ts\nck-f,https://shop.example/a,1741165200000\n")
     done = run(data, "ingest", str(clicks), "--source", "web", "--format", "csv", "--json")
     assert json.loads(done.output)["appended"] == 1
+
+
+def test_backup_to_a_folder_writes_a_file_inside_it(tmp_path: Path, events_file: Path) -> None:
+    exe = Path(sys.executable).with_name("persona")
+    env = {**os.environ, "PERSONA_DATA": str(tmp_path / "d")}
+    subprocess.run([exe, "init"], check=True, env=env, capture_output=True)
+    subprocess.run([exe, "ingest", str(events_file)], check=True, env=env, capture_output=True)
+    new, existing = tmp_path / "new", tmp_path / "existing"
+    existing.mkdir()
+    for folder, typed in ((new, str(new) + "/"), (existing, str(existing))):
+        out = subprocess.run([exe, "backup", typed], check=True, env=env, capture_output=True, text=True)
+        inside = list(folder.iterdir())
+        assert folder.is_dir() and len(inside) == 1 and inside[0].suffix == ".db", out.stdout
+        assert str(inside[0]) in out.stdout
+    inside_data = subprocess.run([exe, "backup", str(tmp_path / "d" / "b") + "/"], env=env, capture_output=True,
+                                 text=True)
+    assert inside_data.returncode == 1 and "outside the data directory" in inside_data.stderr
+    assert not (tmp_path / "d" / "b").exists()
