@@ -34,7 +34,7 @@ from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records,
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
-from persona.population import ProfileFilter, list_profiles, population
+from persona.population import GROUPABLE, LABELS, RANGEABLE, ProfileFilter, list_profiles, population
 from persona.profiles import profile_view, read_person
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
@@ -809,6 +809,7 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
             raise click.BadParameter(f"use FEATURE=N, not {spec!r}", param_hint="--min/--max") from None
         if not sep or not name:
             raise click.BadParameter(f"use FEATURE=N, not {spec!r}", param_hint="--min/--max")
+        name = known_name(name, RANGEABLE, "--min/--max", "a numeric feature")
         lo, hi = ranges.get(name, (None, None))
         ranges[name] = (value, hi) if side == 0 else (lo, value)
     where = ProfileFilter(lifecycle_stages=frozenset(stages), ranges=ranges)
@@ -836,7 +837,11 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
 @click.pass_context
 @friendly
 def stats(ctx: click.Context, group_by: tuple[str, ...], metrics: tuple[str, ...], as_json: bool) -> None:
-    """Population aggregates from the profile index: counts and means per group."""
+    """Population aggregates from the profile index: counts and means per group.
+
+    A list-valued name (languages, top_categories) groups the profiles whose lists are equal."""
+    group_by = tuple(known_name(g, GROUPABLE, "--by", "an attribute or feature") for g in group_by)
+    metrics = tuple(known_name(m, RANGEABLE, "--metric", "a numeric feature") for m in metrics)
     with opened(ctx) as persona:
         rows = population(persona, group_by=tuple(group_by), metrics=tuple(metrics))
         record_local(persona, "stats", "stats", groupBy=[named(g) for g in group_by],
@@ -845,7 +850,22 @@ def stats(ctx: click.Context, group_by: tuple[str, ...], metrics: tuple[str, ...
         emit_json(rows)
         return
     for row in rows:
-        click.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+        click.echo("  ".join(f"{k}={_shown(v)}" for k, v in row.items()))
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def known_name(name: str, valid: frozenset[str], option: str, what: str) -> str:
+    """A feature or attribute name as typed, or as `persona profiles` labels it; else a usage
+    error listing the valid ones (the name typed is the user's own, safe to repeat)."""
+    name = LABELS.get(name, name)
+    if name not in valid:
+        labels = [label for label, meant in LABELS.items() if meant in valid]
+        raise click.BadParameter(f"{name!r} is not {what} persona knows; use one of "
+                                 + ", ".join(sorted(valid) + labels), param_hint=option)
+    return name
 
 
 @cli.command()

@@ -16,8 +16,18 @@ import orjson
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError
 from persona.projections import ATTRIBUTES, FEATURES
-from persona.projections.profile import attribute_values
+from persona.projections.profile import DEFAULT_STRATEGIES, attribute_values
 from persona.segments import segments
+
+_BLANK = FEATURES.view(FEATURES.initial(), datetime(2000, 1, 1, tzinfo=UTC))
+# The names a range may bound (numbers, or none yet) and a population may be grouped by (one
+# value, or a list: its values together are the group; a mapping per profile groups nothing).
+RANGEABLE = frozenset(name for name, value in _BLANK.items() if not isinstance(value, bool) and (
+    isinstance(value, int | float) or (value is None and not name.endswith("_at")))) - {"lifecycle_stage"}
+GROUPABLE = frozenset(name for name, value in _BLANK.items() if not isinstance(value, dict)) | frozenset(
+    DEFAULT_STRATEGIES) | {"age"}
+# The labels `persona profiles` prints for a feature, accepted where the feature's name goes
+LABELS = {"orders": "frequency", "spent": "monetary", "stage": "lifecycle_stage"}
 
 
 @dataclass(frozen=True)
@@ -164,13 +174,22 @@ def compute_rfm(persona: Persona, *, as_of: datetime | None = None) -> int:
     return len(rows)
 
 
+def _hashable(value: Any) -> Any:
+    """A list's values together (a tuple), a mapping's sorted items: any value can name a group."""
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
 def population(persona: Persona, *, group_by: tuple[str, ...] = ("lifecycle_stage",),
                metrics: tuple[str, ...] = ("frequency", "monetary"), as_of: datetime | None = None
                ) -> list[dict[str, Any]]:
     """Counts and means of numeric features per group (an attribute or a feature's value)."""
     groups: dict[tuple[Any, ...], list[IndexedProfile]] = {}
     for profile in indexed(persona, as_of=as_of):
-        key = tuple(profile.features.get(g, profile.attributes.get(g)) for g in group_by)
+        key = tuple(_hashable(profile.features.get(g, profile.attributes.get(g))) for g in group_by)
         groups.setdefault(key, []).append(profile)
     out = []
     for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):

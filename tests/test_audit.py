@@ -237,7 +237,9 @@ def test_local_commands_are_audited_as_local(tmp_path: Path,
     run("link", f"email:{MARKERS[0]}", f"email:{MARIA}")
     run("unlink", f"email:{MARKERS[0]}", f"email:{MARIA}")
     run("profiles", "--first", "2", "--min", "monetary=1")
-    run("stats", "--by", "country", "--by", MARKERS[0])
+    run("stats", "--by", "country")
+    refused = runner.invoke(cli, ["--data", data, "stats", "--by", "country", "--by", MARKERS[0]])
+    assert refused.exit_code == 2  # a name persona does not know is refused before anything is read or written
     run("erase", "--subject", f"email:{MARKERS[0]}")
     found = [e for e in entries(settings) if e.writer.startswith("local:")]
     seen = {(e.writer, e.operation) for e in found}
@@ -250,7 +252,7 @@ def test_local_commands_are_audited_as_local(tmp_path: Path,
     assert {e.profile_id for e in found if e.operation == "unlink"} >= {ids[MARIA]}
     listed = [e for e in found if e.operation == "profiles"]
     assert len(listed) == 2 and listed[0].detail == {"filter": {"features": {"monetary": ["min"]}}}
-    assert one["stats"].detail == {"groupBy": ["country", "other"], "metrics": ["frequency", "monetary"]}
+    assert one["stats"].detail == {"groupBy": ["country"], "metrics": ["frequency", "monetary"]}
     ingests = [e for e in found if e.operation == "ingest"]
     assert [e.detail for e in ingests if not e.profile_id] == [{"appended": 1, "profilesCreated": 1}]
     erased = [e.profile_id for e in found if e.operation == "erase"]

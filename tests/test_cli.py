@@ -225,3 +225,28 @@ def test_backup_to_a_folder_writes_a_file_inside_it(tmp_path: Path, events_file:
                                  text=True)
     assert inside_data.returncode == 1 and "outside the data directory" in inside_data.stderr
     assert not (tmp_path / "d" / "b").exists()
+
+
+def test_stats_by_a_list_and_unknown_names_are_refused_with_the_valid_ones(data: Path, tmp_path: Path) -> None:
+    path = tmp_path / "langs.jsonl"
+    path.write_bytes(jsonl(
+        record("ann@example.com", "profile_updated", {"language": "en"}, event_id="1"),
+        record("ann@example.com", "profile_updated", {"language": "fr"}, event_id="3", source="crm"),
+        record("ben@example.com", "order_placed", {"order_id": "o1", "amount": "5", "currency": "USD",
+                                                    "items": [{"sku": "s", "category": "shoes"}]}, event_id="2"),
+    ))
+    assert run(data, "ingest", str(path)).exit_code == 0
+    for name in ("languages", "top_categories", "hour_of_day"):
+        grouped = run(data, "stats", "--by", name, "--json")
+        assert grouped.exit_code == 0, grouped.output
+        assert sum(row["count"] for row in json.loads(grouped.output)) == 2
+    assert "languages=en,fr  count=1" in run(data, "stats", "--by", "languages").output
+    for args in (("stats", "--by", "nope"), ("stats", "--by", "category_affinity"), ("profiles", "--min", "nope=1"),
+                 ("profiles", "--max", "lifecycle_stage=1")):
+        refused = CliRunner().invoke(cli, ["--data", str(data), *args])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output
+        assert "use one of" in refused.output and "frequency" in refused.output, refused.output
+    assert "orders" in run(data, "profiles").output and "spent" in run(data, "profiles").output
+    buyers = run(data, "profiles", "--min", "orders=1", "--max", "spent=5", "--json").output.splitlines()
+    assert len(buyers) == 1 and json.loads(buyers[0])["features"]["frequency"] == 1
+    assert run(data, "stats", "--by", "stage", "--json").exit_code == 0
