@@ -34,7 +34,7 @@ from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records,
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
-from persona.population import GROUPABLE, LABELS, RANGEABLE, ProfileFilter, list_profiles, population
+from persona.population import GROUPABLE, LABELS, RANGEABLE, ProfileFilter, indexed, list_profiles, population
 from persona.profiles import profile_view, read_person
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
@@ -815,6 +815,9 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
     where = ProfileFilter(lifecycle_stages=frozenset(stages), ranges=ranges)
     with opened(ctx) as persona:
         page = list_profiles(persona, where, first=first, after=after)
+        more = 0
+        if page and len(page) == first and not as_json:  # counted for a person reading, who pages by hand
+            more = sum(1 for p in indexed(persona, after=page[-1].id, rfm_scores=False) if where.accepts(p))
         record_local(persona, "profiles", "profiles", [p.id for p in page], fields="attributes,features",
                      filter=filter_shape(where))
     for p in page:
@@ -826,6 +829,15 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
             rfm = "".join(str(p.rfm[k]) for k in "rfm") if p.rfm else "-"
             click.echo(f"{p.id}  v{p.version:<5} {f.get('lifecycle_stage') or '-':<8} orders {f.get('frequency', 0):<4}"
                        f" spent {f.get('monetary', 0):>10.2f}  rfm {rfm}")
+    if as_json:
+        return
+    filtered = bool(stages or minimums or maximums)
+    if not page:
+        click.echo("no profiles " + ("match" if filtered else "in the index" + (" after that id" if after else
+                   " (ingest events first, or `persona rebuild` if they are in the log)")), err=True)
+    elif more:
+        click.echo(f"{more} more; the next page: persona profiles --after {page[-1].id}"
+                   + (" with the same filters" if filtered else ""), err=True)
 
 
 @cli.command("stats")
@@ -849,6 +861,9 @@ def stats(ctx: click.Context, group_by: tuple[str, ...], metrics: tuple[str, ...
     if as_json:
         emit_json(rows)
         return
+    if not rows:
+        click.echo("no profiles in the index (ingest events first, or `persona rebuild` if they are in the log)",
+                   err=True)
     for row in rows:
         click.echo("  ".join(f"{k}={_shown(v)}" for k, v in row.items()))
 

@@ -250,3 +250,26 @@ def test_stats_by_a_list_and_unknown_names_are_refused_with_the_valid_ones(data:
     buyers = run(data, "profiles", "--min", "orders=1", "--max", "spent=5", "--json").output.splitlines()
     assert len(buyers) == 1 and json.loads(buyers[0])["features"]["frequency"] == 1
     assert run(data, "stats", "--by", "stage", "--json").exit_code == 0
+
+
+def test_profiles_say_how_many_more_and_how_to_page_and_empty_stores_say_so(tmp_path: Path,
+                                                                            events_file: Path) -> None:
+    exe = Path(sys.executable).with_name("persona")
+    env = {**os.environ, "PERSONA_DATA": str(tmp_path / "d")}
+
+    def persona(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, *args], check=True, env=env, capture_output=True, text=True)
+
+    persona("init")
+    for command in ("profiles", "stats"):
+        empty = persona(command)
+        assert empty.stdout == "" and "no profiles in the index" in empty.stderr
+    assert persona("stats", "--json").stdout.strip() == "[]"
+    persona("ingest", str(events_file))
+    first = persona("profiles", "--first", "1")
+    shown = first.stdout.split()[0]
+    assert f"1 more; the next page: persona profiles --after {shown}" in first.stderr
+    rest = persona("profiles", "--first", "1", "--after", shown)
+    assert rest.stdout and rest.stdout.split()[0] != shown and "more" not in rest.stderr
+    assert "no profiles match" in persona("profiles", "--min", "frequency=99").stderr
+    assert persona("profiles", "--first", "1", "--json").stderr == ""
