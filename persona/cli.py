@@ -25,7 +25,7 @@ from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, ledger_of, verify_receipt, write_receipt
-from persona.errors import ErasedError, PersonaError, TamperError, UnknownProfileError
+from persona.errors import ConfigurationError, ErasedError, PersonaError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
 from persona.identity import person_of
 from persona.ingest import ingest_records
@@ -92,7 +92,14 @@ def settings_of(ctx: click.Context) -> Settings:
 
 @contextmanager
 def opened(ctx: click.Context) -> Iterator[Persona]:
-    with Persona.open(settings_of(ctx)) as persona:
+    settings = settings_of(ctx)
+    if not settings.database_url and not settings.db_path.exists():  # before anything is created there
+        where = settings.data_dir
+        if where.exists() and not where.is_dir():
+            raise ConfigurationError(f"--data {where} is a file, not a data directory")
+        raise ConfigurationError(f"no persona store in {where}" + ("" if where.is_dir() else " (no such directory)")
+                                 + f"; create one with `persona --data {where} init`")
+    with Persona.open(settings) as persona:
         yield persona
 
 
@@ -539,6 +546,9 @@ def receipt_verify(ctx: click.Context, file: Path, public_key: str | None) -> No
         key = load_keyring(settings_of(ctx)).public_key
     elif public_key.startswith("@"):
         key = Path(public_key[1:]).read_text("utf-8").strip()
+    elif Path(public_key).is_file():  # a key is base64 text, never a file's path: the user meant @FILE
+        raise click.BadParameter(f"{public_key!r} is a file; pass its contents with @{public_key}",
+                                 param_hint="--public-key")
     else:
         key = public_key
     try:

@@ -88,9 +88,9 @@ class Persona:
     def init(cls, settings: Settings) -> Persona:
         """Create the data directory, key file (unless keys come from the environment) and database."""
         if settings.data_dir.exists() and not settings.data_dir.is_dir():
-            raise ConfigurationError("the data directory path is a file")
+            raise ConfigurationError(f"the data directory {settings.data_dir} is a file")
         if settings.db_path.exists():
-            raise ConfigurationError("the data directory already holds a persona database")
+            raise ConfigurationError(f"the data directory {settings.data_dir} already holds a persona database")
         if settings.database_url and settings.backend_path.exists():
             raise ConfigurationError("the data directory already names a PostgreSQL store")
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -128,13 +128,13 @@ class Keyring:
             doc = json.loads(path.read_text("utf-8"))
         except FileNotFoundError as e:
             raise ConfigurationError(
-                "no key file; run `persona --data DIR init` or set PERSONA_MASTER_KEY, "
+                f"no key file at {path}; run `persona --data DIR init` or set PERSONA_MASTER_KEY, "
                 "PERSONA_PEPPER and PERSONA_SIGNING_KEY"
             ) from e
         except (OSError, ValueError) as e:
-            raise ConfigurationError("the key file cannot be read") from e
+            raise ConfigurationError(f"the key file {path} cannot be read") from e
         if not isinstance(doc, dict) or doc.get("format") != KEY_FILE_FORMAT:
-            raise ConfigurationError(f"the key file is not a {KEY_FILE_FORMAT} file")
+            raise ConfigurationError(f"the key file {path} is not a {KEY_FILE_FORMAT} file")
         try:
             keks = {int(v): _key(b64d(k, "master key"), "master key") for v, k in doc["kek"].items()}
             pepper = _key(b64d(doc["pepper"], "pepper"), "pepper")

@@ -273,3 +273,24 @@ def test_profiles_say_how_many_more_and_how_to_page_and_empty_stores_say_so(tmp_
     assert rest.stdout and rest.stdout.split()[0] != shown and "more" not in rest.stderr
     assert "no profiles match" in persona("profiles", "--min", "frequency=99").stderr
     assert persona("profiles", "--first", "1", "--json").stderr == ""
+
+
+def test_data_errors_name_the_path_and_a_key_file_path_hints_at_at_file(tmp_path: Path, data: Path,
+                                                                       events_file: Path) -> None:
+    typo, a_file = tmp_path / "typo", tmp_path / "plain"
+    a_file.write_text("x")
+    for where, says in ((typo, "no such directory"), (a_file, "is a file"), (tmp_path, "no persona store")):
+        result = CliRunner().invoke(cli, ["--data", str(where), "verify"])
+        assert result.exit_code == 1 and str(where) in result.output and says in result.output, result.output
+    assert not typo.exists()  # a mistyped --data is not created on the way to the error
+    (tmp_path / "nokey").mkdir()
+    assert run(tmp_path / "nokey", "init").exit_code == 0
+    (tmp_path / "nokey" / "persona.key").unlink()
+    lost = CliRunner().invoke(cli, ["--data", str(tmp_path / "nokey"), "verify"])
+    assert lost.exit_code == 1 and str(tmp_path / "nokey" / "persona.key") in lost.output
+    run(data, "ingest", str(events_file))
+    receipt_file, key_file = tmp_path / "receipt.json", tmp_path / "signer.pub"
+    run(data, "erase", "--subject", "email:ann@example.com", "--receipt", str(receipt_file))
+    key_file.write_text(run(data, "keys", "public").output.strip())
+    hinted = CliRunner().invoke(cli, ["receipt", "verify", str(receipt_file), "--public-key", str(key_file)])
+    assert hinted.exit_code == 2 and f"@{key_file}" in hinted.output
