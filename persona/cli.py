@@ -192,8 +192,9 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     CSV or JSONL export the mapping describes. Standard input is read as a live feed:
     what arrives is committed and shown in profiles within about a second. Valid records are appended in atomic
     batches; re-ingesting the same file appends nothing. Bad records are quarantined
-    (sealed) with the reason and line number and never stop the run. Prints a report:
-    appended, duplicates, quarantined.
+    (sealed) with the reason and line number and never stop the run. Prints a report: the
+    input lines read, the events appended (a line can hold several), the duplicate events
+    skipped and the lines quarantined (--json keeps the keys lines, appended, duplicates, quarantined).
     """
     mapping = None
     if mapping_file is not None:

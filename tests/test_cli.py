@@ -66,7 +66,9 @@ def test_ingest_json_report_and_idempotency(data: Path, events_file: Path) -> No
     again = json.loads(run(data, "ingest", str(events_file), "--json").output)
     assert (again["appended"], again["duplicates"]) == (0, 3)
     human = run(data, "ingest", str(events_file))
-    assert "0 appended, 3 duplicates, 1 quarantined" in human.output
+    assert ("4 input lines read → 0 events appended, 3 duplicate events skipped (already in the log),"
+            " 1 lines quarantined; 0 new profiles") in human.output
+    assert {"lines", "appended", "duplicates", "quarantined", "blank", "profiles_created"} <= set(again)
 
 
 def test_ingest_from_stdin(data: Path) -> None:

@@ -54,9 +54,10 @@ class IngestReport:
     def summary(self) -> str:
         rate = self.appended / self.seconds if self.seconds else 0.0
         text = (
-            f"{self.origin}: {self.lines} lines → {self.appended} appended, "
-            f"{self.duplicates} duplicates, {self.quarantined} quarantined, "
-            f"{self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
+            f"{self.origin}: {self.lines} input lines read → {self.appended} events appended, "
+            f"{self.duplicates} duplicate events skipped (already in the log), {self.quarantined} lines quarantined"
+            + (f", {self.blank} blank lines" if self.blank else "")
+            + f"; {self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
         )
         if self.interrupted:
             text += "\n  the feed was ended by a signal (Ctrl+C or SIGTERM); everything it had sent is committed"
