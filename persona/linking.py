@@ -65,8 +65,8 @@ def unlink(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, now: dat
         raise UnknownProfileError("an identifier is not linked to any profile")
     pa, pb = found[ha], found[hb]
     if pa == pb:
-        raise LinkError("these identifiers were first seen together and share one profile's history, which"
-                        " cannot be split; only a merge of two profiles can be undone")
+        raise LinkError("these identifiers share one profile's history (first seen together, or a new identifier"
+                        " joined to it by a link), which cannot be split; only a merge of two profiles can be undone")
     with rec.transaction():
         person = identity.person_of(rec, pa)
         if pb not in person.members:

@@ -296,3 +296,16 @@ def test_data_errors_name_the_path_and_a_key_file_path_hints_at_at_file(tmp_path
     key_file.write_text(run(data, "keys", "public").output.strip())
     hinted = CliRunner().invoke(cli, ["receipt", "verify", str(receipt_file), "--public-key", str(key_file)])
     assert hinted.exit_code == 2 and f"@{key_file}" in hinted.output
+
+
+def test_link_says_whether_unlink_can_undo_it(data: Path, events_file: Path) -> None:
+    run(data, "ingest", str(events_file))
+    merged = run(data, "link", "email:ann@example.com", "email:ben@example.com")
+    assert "merged into" in merged.output and "`persona unlink` undoes it" in merged.output
+    assert "1 merge(s) undone" in run(data, "unlink", "email:ann@example.com", "email:ben@example.com").output
+    joined = run(data, "link", "email:ann@example.com", "email:new@example.com")
+    assert "no merge made: `persona unlink` has nothing to undo" in joined.output
+    refused = CliRunner().invoke(cli, ["--data", str(data), "unlink", "email:ann@example.com",
+                                       "email:new@example.com"])
+    assert refused.exit_code == 1 and "joined to it by a link" in refused.output
+    assert "Traceback" not in refused.output and "new@example.com" not in refused.output
