@@ -204,10 +204,7 @@ class ErasureLedger:
         if not self.path.exists():
             return LedgerRead([])
         with self._locked(create=False) as fd:
-            if not self._unsigned(fd):
-                return LedgerRead([])
-            entries, torn = _unsigned_entries(_read_all(fd))
-        return LedgerRead(entries, torn)
+            return self._unsigned_read(fd) or LedgerRead([])
 
     def adopt(self, expected: list[LedgerEntry] | None = None) -> LedgerRead:
         """Sign an older, unsigned ledger as a chain of the same entries, in order (the old file
@@ -217,9 +214,10 @@ class ErasureLedger:
         if not self.path.exists():
             return LedgerRead([])
         with self._locked(create=False) as fd:
-            if not self._unsigned(fd):
+            found = self._unsigned_read(fd)
+            if found is None:
                 return LedgerRead([])
-            entries, torn = _unsigned_entries(_read_all(fd))
+            entries, torn = found.entries, found.torn
             if expected is not None and entries != expected:
                 raise LedgerError("the unsigned erasure ledger changed since its entries were listed; nothing was"
                                   " signed: run `persona ledger adopt` again")
@@ -228,6 +226,13 @@ class ErasureLedger:
                     " the old file is kept beside it with the suffix .unsigned", len(entries),
                     " (a torn last line, a crash mid-write, was passed over)" if torn else "")
         return LedgerRead(entries, torn, len(entries))
+
+    def _unsigned_read(self, fd: int) -> LedgerRead | None:
+        """The entries of an older, unsigned ledger (None if it is signed)."""
+        if not self._unsigned(fd):
+            return None
+        entries, torn = _unsigned_entries(_read_all(fd))
+        return LedgerRead(entries, torn)
 
     def _unsigned(self, fd: int) -> bool:
         """Whether the file is an older, unsigned ledger: no line of it is signed. (A signed

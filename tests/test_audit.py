@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -320,16 +320,22 @@ def test_websocket_refusals_are_audited(store: tuple[Settings, dict[str, str], d
 
 
 
+def commands(settings: Settings) -> Callable[..., str]:
+    """`persona --data DIR ARGS…` in this process: its output, once its exit code is `code`."""
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, ["--data", str(settings.data_dir), *args])
+        assert result.exit_code == code, (args, result.output)
+        return result.output
+
+    return run
+
+
 def test_local_commands_that_touch_everyones_data_are_audited_with_their_outcome(tmp_path: Path) -> None:
     """backup, restore, migrate, verify and rebuild read (or replace) every person's data: each
     leaves an entry — `local:<command>`, what, the outcome — refused runs included."""
     settings = Settings.load(tmp_path / "data", env={})
-    data = ["--data", str(settings.data_dir)]
-
-    def run(*args: str, code: int = 0) -> str:
-        result = CliRunner().invoke(cli, [*data, *args])
-        assert result.exit_code == code, (args, result.output)
-        return result.output
+    run = commands(settings)
 
     run("init")
     events = tmp_path / "events.jsonl"
@@ -383,13 +389,8 @@ def test_every_other_local_command_that_opens_people_is_audited_once_with_its_ou
     and every path of erase — an identifier no profile holds, whose quarantined records are
     purged all the same, included: one entry each, with the outcome, never an identifier."""
     settings = Settings.load(tmp_path / "data", env={})
-    data = ["--data", str(settings.data_dir)]
+    run = commands(settings)
     ghost = "zq.ghost@example.com"
-
-    def run(*args: str, code: int = 0) -> str:
-        result = CliRunner().invoke(cli, [*data, *args])
-        assert result.exit_code == code, (args, result.output)
-        return result.output
 
     run("init")
     events = tmp_path / "events.jsonl"
