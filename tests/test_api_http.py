@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from websockets.typing import Subprotocol
 from persona import Persona, Settings
 from persona.api.access import create_token
 from persona.api.app import create_app
-from persona.api.commands import uvicorn_proxies
+from persona.api.commands import GRACEFUL_SHUTDOWN_S, uvicorn_proxies
 from persona.api.context import ServerOptions
 from persona.cli import cli
 from persona.ingest import ingest_jsonl
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "fixtures" / "sample_events.jsonl"
 LOOPBACK = "127.0.0.1"
 STARTUP_S = 15.0
+STOP_S = GRACEFUL_SHUTDOWN_S + 15.0  # open connections get their grace, then the lifespan's own stop
 PROTOCOL = Subprotocol("graphql-transport-ws")
 INTERNALS = ("Traceback", "sqlite", "SELECT")
 PEOPLE = ("li.wei@example.com", "maria.garcia@example.com", "tom.baker@example.com", "aiko.tanaka@example.com")
@@ -80,6 +82,25 @@ class Server:
     ids: dict[str, str]
     out: Path
     err: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        """SIGTERM; the server must exit within STOP_S, its lifespan (the audit's flush) finished.
+        If it hangs, SIGABRT makes faulthandler write every thread's stack into the logs shown."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            raise AssertionError(f"the server did not stop on SIGTERM:\n{self.logs()[-6000:]}") from None
+        assert "Application shutdown complete" in self.logs(), "the lifespan (audit flush) did not finish"
 
     @property
     def ws_url(self) -> str:
@@ -123,12 +144,12 @@ def serving(folder: Path, database_url: str | None = None, *options: str) -> Ite
     settings, tokens, ids = prepare(folder, database_url)
     port = free_port()
     out, err = folder / "server.out", folder / "server.err"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")} | {"PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-m", "persona", "--data", str(settings.data_dir), "serve", "--host", LOOPBACK,
                "--port", str(port), *options]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
-    server = Server(f"http://{LOOPBACK}:{port}", settings, tokens, ids, out, err)
+    server = Server(f"http://{LOOPBACK}:{port}", settings, tokens, ids, out, err, process)
     try:
         deadline = time.monotonic() + STARTUP_S
         with server.client() as http:
@@ -143,14 +164,7 @@ def serving(folder: Path, database_url: str | None = None, *options: str) -> Ite
                 time.sleep(0.05)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise AssertionError("the server did not stop on SIGTERM") from None
-    assert "Application shutdown complete" in server.logs(), "the lifespan (audit flush) did not finish"
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -458,6 +472,38 @@ def test_server_output_never_holds_an_identifier(tmp_path: Path) -> None:
     assert "Application startup complete" in output, "the server's output was not captured"
     assert SECRET not in output.lower()
     assert "li.wei" not in output.lower()
+
+
+def test_the_server_stops_on_sigterm_with_subscriptions_and_a_half_sent_request_open(tmp_path: Path) -> None:
+    """A client that never lets go (open subscriptions it stops answering, a request whose body never
+    comes) does not keep the server up: SIGTERM ends it in time, the lifespan (audit flush) done."""
+    sockets: list[ClientConnection] = []
+
+    async def subscribed(server: Server) -> None:
+        for n in range(3):
+            ws = await opened(server, "ops")
+            assert (await receive(ws))["type"] == "connection_ack"
+            await send(ws, {"id": str(n), "type": "subscribe",
+                            "payload": {"query": SUBSCRIBE, "variables": {"id": server.ids[SECRET]}}})
+            sockets.append(ws)
+
+    async def closed() -> None:
+        for ws in sockets:
+            await ws.close()
+
+    loop = asyncio.new_event_loop()  # not running while the server stops: the clients answer nothing
+    try:
+        with serving(tmp_path) as server:
+            loop.run_until_complete(asyncio.wait_for(subscribed(server), 60))
+            with socket.create_connection((LOOPBACK, httpx.URL(server.url).port or 80)) as stalled:
+                stalled.sendall(b"POST /graphql HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+                assert server.post(VERSION, {"id": server.ids[SECRET]}).status_code == 200
+                started = time.monotonic()
+                server.stop()  # SIGTERM, at most STOP_S, and the lifespan's last log line
+                assert time.monotonic() - started < STOP_S
+    finally:
+        loop.run_until_complete(closed())
+        loop.close()
 
 
 def test_websocket_url_is_not_logged(server: Server) -> None:

@@ -10,6 +10,7 @@ import orjson
 from persona.cli import cli, emit_json, friendly, opened, settings_of
 from persona.core import Persona
 
+GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM, open requests and subscriptions get this long before they are cancelled
 WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP allows 20 KB of query text
 
 
@@ -38,7 +39,9 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     Every request needs a bearer token (see `persona tokens create`). Request lines are
     not logged: a GET query string may carry identifiers. Forwarded headers are ignored
     unless --proxy-headers and --forwarded-allow-ips name the proxy that sets them: a
-    client could otherwise choose the address its limits are counted under.
+    client could otherwise choose the address its limits are counted under. On SIGTERM or
+    Ctrl-C, requests and subscriptions still open get 10 seconds, then are cancelled; the
+    audit is written before the server exits.
     """
     import dataclasses
 
@@ -57,7 +60,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
                    err=True)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                               "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False,
-                              "ws_max_size": WS_MAX_BYTES,
+                              "ws_max_size": WS_MAX_BYTES, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
                               "log_config": log_config(), **proxies}
     if workers == 1:
         uvicorn.run(create_app(settings, ServerOptions(dev=dev)), **common)
