@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from persona.errors import ValidationError
-from persona.pseudonyms import normalise
+from persona.pseudonyms import admit
 
 MAX_EVENT_ID = 128
 RESERVED_SOURCE = "persona"  # the source of the events persona appends itself (persona.identity)
@@ -398,7 +398,7 @@ def _subject(field: str, value: Any, default_region: str) -> Subject:
     if not isinstance(ident, str):
         raise ValidationError(f"{field}.value: must be a string")
     try:
-        return Subject(namespace, normalise(namespace, ident, default_region))
+        return Subject(namespace, admit(namespace, ident, default_region))
     except ValidationError as e:
         raise ValidationError(e.reason.replace("subject.", f"{field}.", 1)) from None
 

@@ -52,6 +52,18 @@ def normalise(namespace: str, value: str, default_region: str = "CN") -> str:
     return text
 
 
+@lru_cache(maxsize=65_536)
+def admit(namespace: str, value: str, default_region: str = "CN") -> str:
+    """The canonical spelling of an identifier a new event may carry: as `normalise`, and a phone
+    must also be a valid number for its region (a 10-digit `1860000333` is a possible CN number
+    but no CN number has it: refused, never a person of its own). Looking an identifier up, or
+    erasing it, takes `normalise` alone, so that what was stored before this rule is still found."""
+    text = normalise(namespace, value, default_region)
+    if namespace == "phone" and not phonenumbers.is_valid_number(phonenumbers.parse(text)):
+        raise ValidationError("subject.value: not a valid phone number for its region")
+    return text
+
+
 def subject_hash(pepper: bytes, namespace: str, normalised: str) -> bytes:
     """HMAC-SHA256(pepper, namespace NUL value): the only form in which an identifier is kept."""
     return hmac.digest(pepper, namespace.encode() + b"\x00" + normalised.encode(), "sha256")

@@ -3,10 +3,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import phonenumbers
 import pytest
 
 from persona.errors import ValidationError
 from persona.events import EVENT_TYPES, derive_event_id, utc_text, validate
+from persona.pseudonyms import normalise
 from tests.conftest import NOW, record
 
 
@@ -42,6 +44,22 @@ def test_phone_goes_to_e164_with_default_region() -> None:
     us = check(record("(415) 555-0100", namespace="phone", kind="searched", data={"query": "x"}),
                default_region="US")
     assert us.subject.value == "+14155550100"
+
+
+def test_a_phone_must_be_valid_for_its_region_not_only_of_a_possible_length() -> None:
+    """Issue 18: a 10-digit `1860000333` has the length of a CN number (fixed lines have 10 digits)
+    but no CN number is written so, and it became a person of its own. A new event refuses it,
+    naming the rule and not the number; looking it up still spells it as before, so that what was
+    stored before the rule can be found and erased."""
+    assert phonenumbers.is_possible_number(phonenumbers.parse("1860000333", "CN"))  # what let it in
+    for spelled in ("1860000333", "+86 186 0000 333"):
+        said = reason(record(spelled, namespace="phone", kind="searched", data={"query": "x"}))
+        assert said == "subject.value: not a valid phone number for its region"
+    linked = record(kind="identity_linked", data={"other": {"namespace": "phone", "value": "1860000333"}})
+    assert reason(linked) == "data.other.value: not a valid phone number for its region"
+    assert check(record("18600003333", namespace="phone", kind="searched", data={"query": "x"})).subject.value == (
+        "+8618600003333")  # the same number with its eleventh digit: a valid mobile number
+    assert normalise("phone", "1860000333") == "+861860000333"
 
 
 def test_derived_event_id_is_deterministic_and_content_bound() -> None:

@@ -46,7 +46,7 @@ from persona.audit import write as write_audit
 from persona.core import Persona
 from persona.feed import ChangeFeed
 from persona.projector import Projector
-from persona.pseudonyms import normalise
+from persona.pseudonyms import admit, normalise
 from persona.purge import run as purge_when_due
 from persona.settings import Settings
 
@@ -275,6 +275,7 @@ class ApiState:
         self.persona.log.forget_cached_keys()
         self.plans.clear()
         normalise.cache_clear()
+        admit.cache_clear()
         self.writer.forget()
         self.scanner.forget()
 
