@@ -59,8 +59,8 @@ def test_every_feature_on_a_worked_example() -> None:
     out = features(HISTORY)
     assert out == {
         "frequency": 3,
-        "monetary": 90.0,
-        "aov": 30.0,
+        "monetary": 50.0,  # net: 90.00 ordered, 40.00 of it refunded
+        "aov": 30.0,  # the orders as placed
         "recency_days": 0.125,  # 09:00 -> 12:00 on the as-of day
         "first_order_at": "2025-03-01T11:00:00.000000Z",
         "last_order_at": "2025-03-31T09:00:00.000000Z",
@@ -99,6 +99,21 @@ def test_every_feature_on_a_worked_example() -> None:
     ages = [(AS_OF - datetime.fromisoformat(t).replace(tzinfo=UTC)).total_seconds() / 86_400 for t in seen]
     assert out["category_affinity"]["books"] == round(sum(0.5 ** (age / 30) for age in ages), 6)
     assert out["category_affinity"]["kitchen"] == round(0.5 ** (20.125 / 30), 6)
+
+
+def test_refunds_reduce_monetary_value_never_below_zero_and_only_once_they_happened() -> None:
+    """Issue 18: monetary value is net spend. A refund counts from when it happened (not before:
+    the as-of view of 14 March still holds the whole order) and a refund of an order the log never
+    saw placed (bought before the log began) takes a person's spend to 0, not below."""
+    before_refund = features(HISTORY, as_of=datetime(2025, 3, 14, tzinfo=UTC))
+    assert (before_refund["monetary"], before_refund["refunds"], before_refund["refund_amount"]) == (60.0, 0, 0.0)
+    assert features(HISTORY)["monetary"] == 50.0
+    unseen = fact("order_refunded", {"order_id": "o0", "amount": "500.00"}, source="shop",
+                  at="2025-03-20T09:00:00+00:00", event_id="r0")
+    out = features([*HISTORY, unseen])
+    assert (out["monetary"], out["refunds"], out["refund_amount"], out["aov"]) == (0.0, 2, 540.0, 30.0)
+    only = features([unseen])
+    assert (only["monetary"], only["frequency"], only["aov"], only["refund_amount"]) == (0.0, 0, None, 500.0)
 
 
 def test_lifecycle_thresholds_are_configurable() -> None:

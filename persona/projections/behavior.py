@@ -223,20 +223,22 @@ def _orders(facts: Iterable[Fact], now: int) -> dict[str, Any]:
 def _order_features(facts: Iterable[Fact], now: int) -> dict[str, Any]:
     orders = [f for f in facts if f[2] == "o"]
     refunds = [f for f in facts if f[2] == "r"]
-    monetary = sum((Decimal(f[3]) for f in orders), Decimal(0))
+    spent = sum((Decimal(f[3]) for f in orders), Decimal(0))
+    refunded = sum((Decimal(f[3]) for f in refunds), Decimal(0))
     times = [f[0] for f in orders]
     gaps = [(b - a) / DAY_US for a, b in pairwise(times)]
     mean = sum(gaps) / len(gaps) if gaps else None
     std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps)) if gaps and mean is not None else None
     return {
         "frequency": len(orders),
-        "monetary": _money(monetary),
-        "aov": _money(monetary / len(orders)) if orders else None,
+        # net spend: refunds taken off, never below 0 (a refund of an order placed before the log began)
+        "monetary": _money(max(spent - refunded, Decimal(0))),
+        "aov": _money(spent / len(orders)) if orders else None,  # the orders as placed, refunds aside
         "recency_days": _days(now - times[-1]) if times else None,
         "first_order_at": _iso(times[0]) if times else None,
         "last_order_at": _iso(times[-1]) if times else None,
         "refunds": len(refunds),
-        "refund_amount": _money(sum((Decimal(f[3]) for f in refunds), Decimal(0))),
+        "refund_amount": _money(refunded),
         "interpurchase_mean_days": round(mean, 4) if mean is not None else None,
         "interpurchase_std_days": round(std, 4) if std is not None else None,
         "expected_next_purchase_at": _iso(times[-1] + round(mean * DAY_US)) if mean is not None else None,
