@@ -194,7 +194,8 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     batches; re-ingesting the same file appends nothing. Bad records are quarantined
     (sealed) with the reason and line number and never stop the run. Prints a report: the
     input lines read, the events appended (a line can hold several), the duplicate events
-    skipped and the lines quarantined (--json keeps the keys lines, appended, duplicates, quarantined).
+    skipped, the lines quarantined and the records a mapping's `where` filtered out (--json keeps
+    the keys lines, appended, duplicates, quarantined, and adds filtered).
     """
     mapping = None
     if mapping_file is not None:

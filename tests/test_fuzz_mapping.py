@@ -66,11 +66,20 @@ field_spec = chaos(st.one_of(
 subject = chaos(st.one_of(st.just({"namespace": "email", "column": "email"}), st.fixed_dictionaries(
     {"namespace": chaos(st.sampled_from(["email", "phone", "customer_id"])), "column": chaos(columns)},
     optional={"kind": st.just("text")})))
+type_map = chaos(st.fixed_dictionaries({"column": chaos(columns), "map": chaos(st.dictionaries(
+    st.sampled_from(["a", "b", "3", ""]), chaos(st.sampled_from(sorted(EVENT_TYPES))), max_size=3))}))
+where = chaos(st.dictionaries(columns, chaos(st.one_of(
+    st.fixed_dictionaries({"equals": chaos(st.sampled_from(["a", "b", "3", ""]))}),
+    st.sampled_from(["in", "not_in"]).flatmap(lambda operator: st.fixed_dictionaries(
+        {operator: chaos(st.lists(st.sampled_from(["a", "b", "3", ""]), max_size=3))})),
+    st.dictionaries(st.sampled_from(["in", "not_in", "equals", "like"]), raw, min_size=1, max_size=2))),
+    max_size=2))
 event_table = chaos(st.fixed_dictionaries(
-    {"type": chaos(st.one_of(st.sampled_from(["profile_updated", "searched"]), st.sampled_from(sorted(EVENT_TYPES)))),
+    {"type": chaos(st.one_of(st.sampled_from(["profile_updated", "searched"]), st.sampled_from(sorted(EVENT_TYPES)),
+                             type_map)),
      "when": chaos(st.one_of(st.just("when"), columns, field_spec)),
      "subject": st.one_of(subject, st.lists(subject, max_size=2))},
-    optional={"id": chaos(st.sampled_from(["{note}", "{email}-{when}", "{missing}", "no template"])),
+    optional={"id": chaos(st.sampled_from(["{note}", "{email}-{when}", "{missing}", "no template", "{note}-{_type}"])),
               "data": chaos(st.dictionaries(st.sampled_from(["amount", "note", "qty", "kind", "query", "x"]),
                                             field_spec, max_size=4)),
               "other": subject}))
@@ -82,7 +91,8 @@ events_doc = st.fixed_dictionaries(
               "currencies": chaos(st.dictionaries(st.sampled_from(["¥", "€", "$"]), st.sampled_from(["CNY", "EUR"]))),
               "group_by": chaos(columns),
               "items": chaos(st.dictionaries(st.sampled_from(["sku", "qty"]), field_spec, max_size=2)),
-              "encoding": chaos(st.sampled_from(["utf-8", "gb18030", "latin-1", "klingon"]))})
+              "encoding": chaos(st.sampled_from(["utf-8", "gb18030", "latin-1", "klingon"])),
+              "where": where})
 contract_field = chaos(st.one_of(st.sampled_from(["{note}", "{email}", "constant"]), st.fixed_dictionaries(
     {"column": chaos(columns)},
     optional={"type": chaos(st.sampled_from(["string", "decimal", "int", "datetime", "bool", "unknown"])),
@@ -104,8 +114,9 @@ contract_doc = st.fixed_dictionaries(
                                                 {"namespace": st.just("phone"), "value": contract_field}),
                                                 max_size=2))})),
      "fields": chaos(st.fixed_dictionaries({"occurred_at": contract_field}, optional={
-         "event_id": chaos(st.sampled_from(["{note}", "plain"])), "data.amount": contract_field,
-         "data.note": contract_field, "extra": contract_field}))})
+         "event_id": chaos(st.sampled_from(["{note}", "plain", "{note}-{_type}"])), "data.amount": contract_field,
+         "data.note": contract_field, "extra": contract_field}))},
+    optional={"where": where})
 documents = st.one_of(events_doc, contract_doc)
 
 
@@ -190,13 +201,14 @@ def test_a_loaded_mapping_accounts_for_every_row(store: Persona) -> None:
         for row in rows:
             data = encode(mapping, [row], jsonl)
             report = ingest_records(store, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
-            accounted = report.appended + report.duplicates + report.quarantined + report.blank
-            assert accounted >= 1, (doc, row, report)  # never dropped without a word
+            accounted = report.appended + report.duplicates + report.quarantined + report.blank + report.filtered
+            assert accounted >= 1, (doc, row, report)  # never dropped without a word (`where`: counted as filtered)
             if not jsonl and mapping.delimiter == "whitespace":  # no quoting there: a line break in a cell ends
                 lines = io.StringIO(data.decode(mapping.encoding, "replace"), newline="").readlines()  # the line
                 assert report.quarantined <= len(lines) - mapping.header, report  # each line whole
             else:
                 assert report.quarantined <= 1 and not (report.quarantined and report.appended), report  # whole rows
+                assert report.filtered <= 1 and not (report.filtered and accounted > 1), report  # filtered whole
             tally("rows mapped through fuzzed mappings")
             seen["appended"] += report.appended
             seen["quarantined"] += report.quarantined

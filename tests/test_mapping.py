@@ -246,6 +246,130 @@ def test_an_amounts_currency_mark_and_a_currency_column_must_agree(persona: Pers
         "currency: the amount's currency mark and the mapped currency disagree"]
 
 
+# -- shop exports with order statuses (issue 18): `where`, a type from a column, refunds -----------
+STATUSES = """
+source = "shop"
+timezone = "Asia/Shanghai"
+
+[where]
+status = { not_in = ["待付款", "已取消"] }      # unpaid and cancelled orders are no orders
+
+[[events]]
+id = "{order_id}-{_type}"
+when = "created"
+subject = [{ namespace = "email", column = "email" }, { namespace = "phone", column = "phone" }]
+[events.type]
+column = "status"
+map = { "已付款" = "order_placed", "已发货" = "order_placed", "已退款" = "order_refunded" }
+[events.data]
+order_id = { column = "order_id", required = true }
+amount = { column = "total", kind = "amount", required = true }
+currency = "CNY"
+
+[[events]]
+type = "identity_linked"
+when = "created"
+subject = { namespace = "email", column = "email" }
+other = { namespace = "phone", column = "phone" }
+"""
+
+STATUS_ROWS = """order_id,email,phone,created,total,status
+B-1,ann@example.com,,2025-03-04 10:00,¥100.00,已付款
+B-2,ann@example.com,,2025-03-05 10:00,¥50.00,待付款
+B-3,ann@example.com,,2025-03-06 10:00,¥30.00,已取消
+B-1,ann@example.com,,2025-03-07 10:00,-¥40.00,已退款
+B-4,ben@example.com,,2025-03-08 10:00,¥20.00,已发货
+B-4,ben@example.com,,2025-03-09 10:00,¥20.00,已退款
+B-5,ben@example.com,,2025-03-09 11:00,¥20.00,交易关闭
+B-6,ben@example.com,,2025-03-09 12:00,¥20.00,
+B-7,ben@example.com,,2025-03-10 10:00,-¥5.00,已付款
+B-8,,1860000333,2025-03-11 10:00,¥9.00,已付款
+B-9,cy@example.com,1860000333,2025-03-12 10:00,¥9.00,已付款
+"""
+
+
+def test_where_leaves_rows_out_counted_and_a_column_chooses_the_event_type(persona: Persona, tmp_path: Path) -> None:
+    """Unpaid and cancelled rows are filtered out (counted, not quarantined); paid and shipped
+    rows are orders, refunded rows refunds — `-¥40.00` or `¥20.00` alike a positive amount
+    refunded, with ids of their own so that a refund is not taken for its order's duplicate. A
+    status nobody mapped, a negative order and a phone invalid for its region are quarantined."""
+    mapping = mapping_file(tmp_path, STATUSES)
+    report = ingest_csv(persona, mapping, STATUS_ROWS)
+    assert (report.appended, report.filtered, report.quarantined, report.blank) == (4, 2, 5, 0), report
+    assert report.as_dict()["filtered"] == 2 and "2 records filtered out by the mapping's `where`" in report.summary()
+    assert sorted((r["line"], r["reason"]) for r in describe(persona)) == [
+        (8, "status: a value the mapping's type map does not list"),  # 交易关闭: not guessed at
+        (9, "status: a value the mapping's type map does not list"),  # empty
+        (10, "data.amount: must not be negative"),  # a minus sign is read as a refund's only
+        (11, "subject.value: not a valid phone number for its region"),  # its only identifier
+        (12, "data.other.value: not a valid phone number for its region"),  # a row is all or nothing
+    ]
+    ann = persona.log.profile_for("email", "ann@example.com")
+    ben = persona.log.profile_for("email", "ben@example.com")
+    assert ann is not None and ben is not None
+    assert [(e.event_id, e.type, e.data["amount"]) for e in persona.log.read(ann)] == [
+        ("B-1-order_placed", "order_placed", "100.00"), ("B-1-order_refunded", "order_refunded", "40.00")]
+    assert [(e.event_id, e.type, e.data["amount"]) for e in persona.log.read(ben)] == [
+        ("B-4-order_placed", "order_placed", "20.00"), ("B-4-order_refunded", "order_refunded", "20.00")]
+    assert persona.log.profile_for("email", "cy@example.com") is None  # no person made of a refused row
+    again = ingest_csv(persona, mapping, STATUS_ROWS)
+    assert (again.appended, again.duplicates, again.filtered, again.quarantined) == (0, 4, 2, 5)
+
+
+def test_a_row_refused_for_an_invalid_phone_is_purged_with_the_number(persona: Persona, tmp_path: Path) -> None:
+    ingest_csv(persona, mapping_file(tmp_path, STATUSES), STATUS_ROWS)
+    assert {r["line"] for r in describe(persona)} >= {11, 12}
+    with pytest.raises(Exception, match=r"2 quarantined record\(s\) carrying it were purged"):
+        erase_subject(persona, "phone", "1860000333")  # looked up as spelled before the rule
+    assert not {r["line"] for r in describe(persona)} & {11, 12}
+
+
+def test_a_group_is_filtered_out_whole_or_refused_when_its_rows_disagree(persona: Persona, tmp_path: Path) -> None:
+    mapping = mapping_file(tmp_path, 'group_by = "order_id"\n' + STATUSES.replace(
+        'currency = "CNY"', 'currency = "CNY"\nitems = { group = true }') + '[items]\nsku = { column = "sku" }\n')
+    text = ("order_id,email,phone,created,total,status,sku\n"
+            "G-1,ann@example.com,,2025-03-04 10:00,¥9.00,待付款,S1\n"
+            "G-1,ann@example.com,,2025-03-04 10:00,¥9.00,待付款,S2\n"
+            "G-2,ann@example.com,,2025-03-05 10:00,¥9.00,已付款,S1\n"
+            "G-2,ann@example.com,,2025-03-05 10:00,¥9.00,,S2\n"
+            "G-3,ann@example.com,,2025-03-06 10:00,¥9.00,已付款,S1\n"
+            "G-3,ann@example.com,,2025-03-06 10:00,¥9.00,待付款,S2\n"
+            "G-4,ann@example.com,,2025-03-07 10:00,¥9.00,待付款,S1\n"
+            "G-4,ann@example.com,,2025-03-07 10:00,¥9.00,已付款,S2\n")
+    report = ingest_csv(persona, mapping, text)
+    assert (report.appended, report.filtered, report.quarantined) == (1, 1, 2), report
+    assert sorted(r["line"] for r in describe(persona)) == [6, 8]
+    assert {r["reason"].split(":")[0] for r in describe(persona)} == {"status"}  # the column they disagree on
+    ann = persona.log.profile_for("email", "ann@example.com")
+    assert ann is not None
+    assert [(e.event_id, len(e.data["items"])) for e in persona.log.read(ann)] == [("G-2-order_placed", 2)]
+
+
+BASE = "source='x'\n[[events]]\nwhen='t'\nsubject={namespace='email', column='e'}\n"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    (BASE + "type='searched'\n[where]\nstatus={like='x'}", "where.status: unknown operator 'like'"),
+    (BASE + "type='searched'\n[where]\nstatus={in=['a'], not_in=['b']}", "where.status: one operator"),
+    (BASE + "type='searched'\n[where]\nstatus={in='a'}", "where.status.in: a non-empty list of texts"),
+    (BASE + "type='searched'\n[where]\nstatus={not_in=[]}", "where.status.not_in: a non-empty list"),
+    (BASE + "type='searched'\n[where]\nstatus={equals=3}", "where.status.equals: a text (numbers in quotes)"),
+    ("where='status'\n" + BASE + "type='searched'", "[where] must be a table"),
+    (BASE + "type={column='s', map={paid='bought'}}", "events[0].type.map: a table of the column's values"),
+    (BASE + "type={column='s'}", "events[0].type.map"),
+    (BASE + "type={map={paid='order_placed'}}", "events[0].type.column"),
+    (BASE + "type={column='s', map={paid='order_placed'}, default='x'}", "events[0].type: unknown setting(s) default"),
+    (BASE + "type={column='s', map={paid='order_placed'}}\nid='{o}'", "events[0].id: with the type read from a"),
+    (BASE + "type={column='s', map={a='identity_linked'}}", "events[0].other"),
+])
+def test_a_broken_filter_or_type_map_says_where(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigurationError) as refused:
+        load_mapping(path)
+    assert words in str(refused.value) and str(refused.value).startswith("broken.toml")
+
+
 # -- the sectioned form ([source], [event], [subject], [fields]; docs/ingest.md) ------------------
 CONTRACT = """
 [source]
@@ -319,7 +443,7 @@ def test_headerless_whitespace_files_epochs_and_types_from_a_column(persona: Per
     assert [(e.type, e.data["order_id"], e.occurred_at) for e in persona.log.read(pid)] == [
         ("order_placed", "u1-1", "2025-03-04T14:05:06.000000Z"),
         ("order_refunded", "u1-2", "2025-03-04T14:06:46.000000Z")]
-    assert [r["reason"] for r in describe(persona)] == ["type: not an event type (check the mapping's map)"]
+    assert [r["reason"] for r in describe(persona)] == ["kind: a value the mapping's type map does not list"]
 
 
 # -- what broke the reader before ---------------------------------------------------------------

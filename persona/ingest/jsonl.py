@@ -41,6 +41,7 @@ class IngestReport:
     merges: int = 0  # links that joined two existing profiles into one person
     merges_refused: int = 0  # such links between two people whose merge was undone
     blank: int = 0
+    filtered: int = 0  # records a mapping's `where` left out (not refused: nothing to quarantine)
     interrupted: bool = False  # a live feed ended by Ctrl+C or SIGTERM (what had come is committed)
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
@@ -57,6 +58,7 @@ class IngestReport:
             f"{self.origin}: {self.lines} input lines read → {self.appended} events appended, "
             f"{self.duplicates} duplicate events skipped (already in the log), {self.quarantined} lines quarantined"
             + (f", {self.blank} blank lines" if self.blank else "")
+            + (f", {self.filtered} records filtered out by the mapping's `where`" if self.filtered else "")
             + f"; {self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
         )
         if self.interrupted:
@@ -72,8 +74,10 @@ class IngestReport:
 
 
 # A record checked: (line, size, refusal reason or None, raw bytes and decoded form when
-# refused, the validated events when accepted — an empty list for a blank line)
+# refused, the validated events when accepted — an empty list for a blank line, or for a record
+# a mapping's `where` left out, whose decoded form is then FILTERED)
 Item = tuple[int, int, str | None, bytes, Any, list[Event] | None]
+FILTERED = "filtered"
 
 
 class Record(NamedTuple):
@@ -85,6 +89,7 @@ class Record(NamedTuple):
     reason: str | None = None  # why it cannot become events (then `events` is empty)
     decoded: Any = None  # what it was parsed into, for quarantine's identifier tags
     size: int = 0  # bytes it took in the source, for progress
+    filtered: bool = False  # left out by a mapping's `where` (then `events` is empty): counted, not refused
 
 
 def jsonl_records(lines: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
@@ -197,7 +202,7 @@ def validated(records: Iterable[Record | None], settings: Settings, clock: Calla
             yield record.line, record.size, record.reason, record.raw, record.decoded, None
             continue
         if not record.events:
-            yield record.line, record.size, None, b"", None, []
+            yield record.line, record.size, None, b"", FILTERED if record.filtered else None, []
             continue
         now = clock()
         try:
@@ -311,6 +316,8 @@ def ingest_records(
                     progress(size)
                 if reason is not None:
                     quarantine.add(line, raw, reason, decoded)
+                elif not events and decoded == FILTERED:
+                    report.filtered += 1
                 elif not events:
                     report.blank += 1
                 else:

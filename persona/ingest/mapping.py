@@ -6,9 +6,12 @@
     delimiter = ","                 # csv only
     currencies = { "¥" = "JPY" }    # what a currency mark means in this source
 
+    [where]                         # optional: only the rows (records) every condition keeps
+    status = { not_in = ["unpaid", "cancelled"] }   # or { in = [...] }, { equals = "..." }
+
     [[events]]                      # each row makes one event per [[events]] table
-    type = "order_placed"
-    id = "{order_id}"               # optional: the event id, from columns; else derived from content
+    type = "order_placed"           # or { column = "status", map = { "paid" = "order_placed", ... } }
+    id = "{order_id}"               # optional: the event id, from columns (and {_type}); else derived from content
     when = { column = "created", formats = ["%d/%m/%Y %H:%M"] }
     subject = { namespace = "email", column = "email" }
     # other = { namespace = "phone", column = "phone" }   # identity_linked: the second identifier
@@ -24,7 +27,7 @@ country, bool, json, list. `map` rewrites raw values first (`{ "Y" = "true" }`).
 value is left out unless the field is `required` (the row is quarantined) or has a
 `default`. An event whose subject or time is missing, or all of whose fields are, is
 skipped for that row; a row that yields no event at all is quarantined, as is any row a
-rule refuses — with the reason.
+rule refuses — with the reason. A row `where` leaves out is counted as filtered, not refused.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ _TRUE = frozenset({"true", "t", "yes", "y", "1", "是", "对"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "否", "不"})
 _TEMPLATE = re.compile(r"\{([^{}]+)\}")
 _UNITS = ("s", "ms")  # of epoch numbers read as instants
+_OPERATORS = ("equals", "in", "not_in")  # of a `where` condition
+REFUND = "order_refunded"  # its amount is the amount refunded: a mapping reads `-¥39.00` there as 39.00
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,22 @@ class EventRule:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """One `where` condition: a record is kept when its column's value, trimmed, is among
+    `values` (`keep`: `in`, `equals`) or is not (`not_in`). An empty cell is the value ""."""
+
+    column: str
+    values: frozenset[str]
+    keep: bool
+
+    def holds(self, row: Mapping[str, Any]) -> bool:
+        value = _get(row, self.column)
+        if isinstance(value, dict | list):
+            raise ValidationError(f"{_safe_name(self.column)}: `where` reads one value, and it holds several")
+        return (("" if value is None else str(value).strip()) in self.values) == self.keep
+
+
+@dataclass(frozen=True)
 class SourceMapping:
     source: str
     format: str | None
@@ -107,6 +128,7 @@ class SourceMapping:
     header: bool = True  # false: a CSV file's columns are named by `columns`
     columns: tuple[str, ...] = ()
     items: tuple[Field, ...] = ()  # what each row of a record adds to a `group = true` field
+    where: tuple[Condition, ...] = ()  # a record is kept when all of them hold for its first row
 
 
 # -- reading the TOML ----------------------------------------------------------------------------
@@ -173,7 +195,52 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
         raise ConfigurationError(f"{where}: `encoding` is not a known text encoding (e.g. utf-8, gb18030)") from None
     return SourceMapping(source, form, zone, delimiter, currencies, rules, group_by=group_by,
                          items=tuple(_field(name, spec, f"{where}: items") for name, spec in items.items()),
-                         encoding=codecs.lookup(encoding).name)
+                         encoding=codecs.lookup(encoding).name, where=_conditions(doc.get("where", {}), where))
+
+
+def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
+    """The `[where]` table: column = { equals = "x" } | { in = [...] } | { not_in = [...] }."""
+    if not isinstance(table, dict):
+        raise ConfigurationError(f"{where}: [where] must be a table of column = {{ in | not_in | equals = … }}")
+    conditions = []
+    for column, test in table.items():
+        at = f"{where}: where.{_safe_name(column)}"
+        if not isinstance(test, dict) or len(test) != 1:
+            raise ConfigurationError(f"{at}: one operator, e.g. {{ not_in = [\"unpaid\"] }} ({', '.join(_OPERATORS)})")
+        [(operator, values)] = test.items()
+        if operator not in _OPERATORS:
+            raise ConfigurationError(f"{at}: unknown operator {_safe_name(str(operator))!r}"
+                                     f" (one of {', '.join(_OPERATORS)})")
+        values = [values] if operator == "equals" else values
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise ConfigurationError(f"{at}.{operator}: " + ("a text" if operator == "equals" else
+                                                            "a non-empty list of texts") + " (numbers in quotes)")
+        conditions.append(Condition(column, frozenset(v.strip() for v in values), keep=operator != "not_in"))
+    return tuple(conditions)
+
+
+def _type_field(spec: Any, where: str) -> Field:
+    """An event type read from a column: { column = "status", map = { "paid" = "order_placed", … } }."""
+    unknown = set(spec) - {"column", "map"}
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}"
+                                 " (a type from a column is {column, map})")
+    column, table = spec.get("column"), spec.get("map")
+    if not isinstance(column, str) or not column:
+        raise ConfigurationError(f"{where}.column: the column the event type is read from")
+    if not isinstance(table, dict) or not table or not all(isinstance(v, str) and v in EVENT_TYPES
+                                                            for v in table.values()):
+        raise ConfigurationError(f"{where}.map: a table of the column's values, each = an event type"
+                                 f" ({', '.join(sorted(EVENT_TYPES))})")
+    return Field("type", column=column, map={str(k).strip(): v for k, v in table.items()})
+
+
+def _typed_id(template: str | None, type_field: Field | None, where: str) -> None:
+    """An event type read from a column makes several types of one order (placed, refunded):
+    an `id` template must tell them apart, else the refund is skipped as the order's duplicate."""
+    if template is not None and type_field is not None and "{_type}" not in template:
+        raise ConfigurationError(f"{where}: with the type read from a column, put {{_type}} in the id"
+                                 " (e.g. \"{order_id}-{_type}\"): an order and its refund must not share one")
 
 
 # type names of the sectioned form (docs/ingest.md) -> kinds
@@ -234,7 +301,7 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
     kind = event.get("type") if isinstance(event, dict) else None
     type_field = None
     if isinstance(kind, dict):
-        type_field = _field("type", kind, f"{where}: [event]")
+        type_field = _type_field(kind, f"{where}: [event] type")
         kind = ""
     elif not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise ConfigurationError(f"{where}: [event] type: one of {', '.join(sorted(EVENT_TYPES))}, or"
@@ -255,6 +322,7 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
     event_id = fields.get("event_id")
     if event_id is not None and not (isinstance(event_id, str) and _TEMPLATE.search(event_id)):
         raise ConfigurationError(f"{where}: [fields] event_id is a template, e.g. \"{{order_id}}\"")
+    _typed_id(event_id, type_field, f"{where}: [fields] event_id")
     rules = [EventRule(type=kind, when=when, subjects=(main,), data=data, id=event_id, type_field=type_field)]
     others = subject.get("also", [])
     if not isinstance(others, list):
@@ -267,21 +335,26 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
                                other=_contract_field("other", also["value"], f"{where}: [[subject.also]]")))
     tz = _zone(head.get("timezone"), f"{where}: [source] timezone")
     return SourceMapping(name, form, tz, delimiter, {}, tuple(rules), header=header,
-                         columns=tuple(str(c) for c in columns))
+                         columns=tuple(str(c) for c in columns), where=_conditions(doc.get("where", {}), where))
 
 
 def _event_rule(table: Any, where: str) -> EventRule:
     if not isinstance(table, dict):
         raise ConfigurationError(f"{where}: must be a table")
     kind = table.get("type")
-    if not isinstance(kind, str) or kind not in EVENT_TYPES:
-        raise ConfigurationError(f"{where}.type: one of {', '.join(sorted(EVENT_TYPES))}")
+    type_field = None
+    if isinstance(kind, dict):  # read row by row from a column
+        type_field = _type_field(kind, f"{where}.type")
+        kind = ""
+    elif not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise ConfigurationError(f"{where}.type: one of {', '.join(sorted(EVENT_TYPES))}, or {{column, map}}")
+    kinds = set(type_field.map.values()) if type_field is not None else {kind}
     subject = table.get("subject")
     choices: list[Any] = subject if isinstance(subject, list) else [subject]
     if not choices or not all(isinstance(c, dict) and isinstance(c.get("namespace"), str) for c in choices):
         raise ConfigurationError(f"{where}.subject: needs a namespace and a column (or a list of them)")
     other = table.get("other")
-    if kind == "identity_linked" and not isinstance(other, dict):
+    if "identity_linked" in kinds and not isinstance(other, dict):
         raise ConfigurationError(f"{where}.other: identity_linked needs the second identifier")
     data = table.get("data", {})
     if not isinstance(data, dict):
@@ -289,6 +362,7 @@ def _event_rule(table: Any, where: str) -> EventRule:
     template = table.get("id")
     if template is not None and (not isinstance(template, str) or not _TEMPLATE.search(template)):
         raise ConfigurationError(f"{where}.id: a template naming columns, e.g. \"{{order_id}}\"")
+    _typed_id(template, type_field, f"{where}.id")
     when = table.get("when")
     if when is None:
         raise ConfigurationError(f"{where}.when: the column holding when it happened is required")
@@ -296,6 +370,7 @@ def _event_rule(table: Any, where: str) -> EventRule:
     named = when.get("column")  # refusals name the column the time was read from
     return EventRule(
         type=kind,
+        type_field=type_field,
         when=_field(_safe_name(named) if isinstance(named, str) else "when", {"kind": "instant"} | when, where),
         subjects=tuple((c["namespace"], _field("subject", {k: v for k, v in c.items() if k != "namespace"}, where))
                        for c in choices),
@@ -558,11 +633,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                                    if (value := _value(spec, row, mapping)) is not None), ("", None))
         if occurred is None or subject is None:
             continue  # this row does not carry this kind of event
-        kind = rule.type
-        if rule.type_field is not None:
-            kind = _value(rule.type_field, row, mapping) or ""
-            if kind not in EVENT_TYPES:
-                raise ValidationError("type: not an event type (check the mapping's map)")
+        kind = rule.type if rule.type_field is None else _event_type(rule.type_field, row)
         data: dict[str, Any] = {}
         marked = None  # a currency the amount itself was written with ("¥1,299.00")
         item_marks: set[str] = set()  # and the currencies item prices were written with
@@ -572,7 +643,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                 value = _items(mapping, group or [row], item_marks) or None
             if spec.kind == "amount" and value is not None:
                 amount, currency = value
-                value = str(amount)
+                value = str(abs(amount) if kind == REFUND and spec.name == "amount" else amount)
                 marked = marked or currency
             if value is not None:
                 data[spec.name] = value
@@ -596,7 +667,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                                  "subject": {"namespace": namespace, "value": str(subject)},
                                  "data": data}
         if rule.id is not None:
-            event["event_id"] = _TEMPLATE.sub(lambda m: _template_value(m.group(1), row), rule.id)
+            event["event_id"] = _event_id(rule.id, row, kind)
         out.append(event)
     if not out:
         raise ValidationError("row: no event could be made of it (no subject or no time)")
@@ -605,6 +676,17 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
     # its own that is merged a moment later.
     out.sort(key=lambda event: event["type"] != "identity_linked")
     return out
+
+
+def _event_type(spec: Field, row: Mapping[str, Any]) -> str:
+    """The event type the row's column names through the mapping's map. A value the map does
+    not list (an empty one too) refuses the row: a status nobody mapped is never guessed at."""
+    column = spec.column or ""  # _type_field always gives one
+    value = _get(row, column)
+    kind = spec.map.get(str(value).strip()) if isinstance(value, str | int) else None
+    if kind is None:
+        raise ValidationError(f"{_safe_name(column)}: a value the mapping's type map does not list")
+    return str(kind)
 
 
 def _check_agreement(mapping: SourceMapping, first: Mapping[str, Any], group: Sequence[Mapping[str, Any]]) -> None:
@@ -631,12 +713,16 @@ def _record_columns(mapping: SourceMapping) -> dict[str, Field]:
         specs = [rule.when, *(spec for _, spec in rule.subjects), *(spec for spec in rule.data if not spec.group)]
         if rule.other is not None:
             specs.append(rule.other)
+        if rule.type_field is not None:
+            specs.append(rule.type_field)
         for spec in specs:
             if spec.column is not None and spec.kind != "minutes_between":
                 fields.setdefault(spec.column, spec)
             for column in spec.columns:  # minutes_between: two instants
                 fields.setdefault(column, Field(column, column=column, kind="instant", tz=spec.tz,
                                                 formats=spec.formats, unit=spec.unit))
+    for condition in mapping.where:  # a group is kept or filtered out whole
+        fields.setdefault(condition.column, Field(condition.column, column=condition.column))
     return {column: dataclasses.replace(fields[column], map={}, default=None, required=False, template=None)
             for column in sorted(fields)}
 
@@ -660,6 +746,11 @@ def _render(template: str, row: Mapping[str, Any]) -> str | None:
         return _TEMPLATE.sub(lambda m: _template_value(m.group(1), row), template)
     except ValidationError:
         return None
+
+
+def _event_id(template: str, row: Mapping[str, Any], kind: str) -> str:
+    """An `id` template filled in: its columns, and `{_type}` the event's type."""
+    return _TEMPLATE.sub(lambda m: kind if m.group(1) == "_type" else _template_value(m.group(1), row), template)
 
 
 def _template_value(column: str, row: Mapping[str, Any]) -> str:
@@ -781,6 +872,10 @@ def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int) -> Record:
     try:
         if mapping.group_by is not None and _missing(_get(first, mapping.group_by)):
             raise ValidationError(f"{mapping.group_by}: the column rows are grouped by is empty")
+        if not all(condition.holds(first) for condition in mapping.where):
+            if len(rows) > 1:  # filtered out whole, or refused when its rows disagree on what it says
+                _check_agreement(mapping, first, [r[2] for r in rows])
+            return Record(number, raw, (), size=size, filtered=True)
         events = row_events(mapping, first, [r[2] for r in rows])
         return Record(number, raw, events, decoded=first, size=size)
     except ValidationError as e:
