@@ -4,7 +4,6 @@ point to is in the repository."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -38,28 +37,46 @@ def test_nothing_points_outside_the_repository_for_its_specs() -> None:
     assert "EVENTS.md" not in helped and "DESIGN.md" not in helped
 
 
+def run_persona(data: Path, *args: str) -> bytes:
+    """The real command, in its own process, on a data directory; its standard output."""
+    done = subprocess.run([sys.executable, "-m", "persona", "--data", str(data), *args], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
 def test_the_worked_example_of_docs_events_ingests_as_it_says(tmp_path: Path) -> None:
     """docs/events.md's Chinese one-row-per-item export, run as the page says, by the real
-    command: cancelled rows dropped first (its awk line), then two orders for two people, the
-    first with both its items; a second run appends nothing."""
+    command: the unpaid and cancelled orders filtered out by the mapping's `where` (counted, not
+    quarantined), two orders for two people (the first with both its items), the first order's
+    bag refunded (`-¥39.00`, its own row) taking 39.00 off that person's monetary value, and the
+    10-digit phone no region has quarantined with its reason. The number is nowhere in the data
+    directory; a second run appends nothing."""
     export = ROOT / "fixtures" / "sources" / "zh_orders.csv"
     raw = export.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw  # as exports come: BOM and CRLF
-    kept = tmp_path / "kept.csv"
-    awk = subprocess.run(["awk", "-F,", "$NF !~ /^已取消/", str(export)], check=True, capture_output=True)
-    kept.write_bytes(awk.stdout)
-    assert awk.stdout.count(b"\r\n") == raw.count(b"\r\n") - 1  # the cancelled order's row, and only it
-    exe = Path(sys.executable).with_name("persona")
-    env = {**os.environ, "PERSONA_DATA": str(tmp_path / "data")}
-    subprocess.run([exe, "init"], check=True, env=env, capture_output=True)
+    assert "待付款".encode() in raw and "已取消".encode() in raw and "已退款".encode() in raw
+    assert b",1860000333," in raw  # the positive control of the byte search below
+    data = tmp_path / "data"
+    run_persona(data, "init")
     mapping = str(ROOT / "fixtures" / "sources" / "zh_orders.toml")
-    first = json.loads(subprocess.run([exe, "ingest", str(kept), "--mapping", mapping, "--json"], check=True, env=env,
-                                      capture_output=True).stdout)
-    assert (first["appended"], first["quarantined"], first["profiles_created"]) == (2, 0, 2), first
-    again = json.loads(subprocess.run([exe, "ingest", str(kept), "--mapping", mapping, "--json"], check=True, env=env,
-                                      capture_output=True).stdout)
-    assert (again["appended"], again["duplicates"]) == (0, 2), again
-    shown = subprocess.run([exe, "history", "--subject", "phone:+8613800138000", "--json"], check=True, env=env,
-                           capture_output=True).stdout
-    orders = [json.loads(line) for line in shown.splitlines()]
-    assert [len(o["data"]["items"]) for o in orders] == [2] and float(orders[0]["data"]["amount"]) == 157.0
+    first = json.loads(run_persona(data, "ingest", str(export), "--mapping", mapping, "--json"))
+    counts = ("lines", "appended", "duplicates", "filtered", "quarantined", "profiles_created")
+    assert tuple(first[k] for k in counts) == (8, 3, 0, 2, 1, 2), first
+    assert first["quarantine_reasons"] == {"subject.value": 1}, first
+    again = run_persona(data, "ingest", str(export), "--mapping", mapping).decode()
+    assert "0 events appended, 3 duplicate events skipped" in again and "2 records filtered out" in again, again
+    shown = run_persona(data, "history", "--subject", "phone:13800138000", "--json")
+    events = [json.loads(line) for line in shown.splitlines()]
+    assert [(e["event_id"], e["type"], e["data"]["amount"]) for e in events] == [
+        ("E20250304001-order_placed", "order_placed", "157.00"),
+        ("E20250304001-order_refunded", "order_refunded", "39.00")]
+    assert len(events[0]["data"]["items"]) == 2
+    profile = json.loads(run_persona(data, "profile", "--subject", "phone:13800138000", "--json"))
+    features = profile["features"]
+    assert (features["frequency"], features["monetary"], features["refunds"], features["refund_amount"]) == (
+        1, 118.0, 1, 39.0), features  # 157.00 ordered, 39.00 refunded
+    held = json.loads(run_persona(data, "quarantine", "--json"))
+    assert {(r["line"], r["reason"]) for r in held} == {(7, "subject.value: not a valid phone number for its region")}
+    for path in data.rglob("*"):
+        if path.is_file():
+            assert b"1860000333" not in path.read_bytes(), path  # sealed, and tagged by its hash only
