@@ -345,6 +345,22 @@ def test_a_group_is_filtered_out_whole_or_refused_when_its_rows_disagree(persona
     assert [(e.event_id, len(e.data["items"])) for e in persona.log.read(ann)] == [("G-2-order_placed", 2)]
 
 
+def test_where_in_and_equals_compare_trimmed_text_and_every_condition_must_hold(persona: Persona,
+                                                                               tmp_path: Path) -> None:
+    mapping = load_mapping(mapping_file(tmp_path, WEB + '[where]\nstatus = { in = ["1", "paid"] }\n'
+                                                        'channel = { equals = "web" }\n'))
+    lines = [{"uid": "u1", "t": "2025-01-01", "url": "/a", "status": 1, "channel": " web "},  # kept: "1", "web"
+             {"uid": "u2", "t": "2025-01-01", "url": "/b", "status": "paid", "channel": "app"},  # channel: out
+             {"uid": "u3", "t": "2025-01-01", "url": "/c", "status": "unpaid", "channel": "web"},  # status: out
+             {"uid": "u4", "t": "2025-01-01", "url": "/d", "channel": "web"},  # no status: "", out
+             {"uid": "u5", "t": "2025-01-01", "url": "/e", "status": ["paid"], "channel": "web"}]  # not one value
+    text = b"".join(orjson.dumps(line) + b"\n" for line in lines)
+    report = ingest_records(persona, mapped_records(mapping, io.BytesIO(text), name="pages.jsonl"), origin="pages")
+    assert (report.appended, report.filtered, report.quarantined) == (1, 3, 1), report
+    assert [r["reason"] for r in describe(persona)] == ["status: `where` reads one value, and it holds several"]
+    assert persona.log.profile_for("web_user", "u1") is not None and persona.log.profile_for("web_user", "u2") is None
+
+
 BASE = "source='x'\n[[events]]\nwhen='t'\nsubject={namespace='email', column='e'}\n"
 
 
