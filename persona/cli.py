@@ -36,7 +36,7 @@ from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
 from persona.population import GROUPABLE, LABELS, RANGEABLE, ProfileFilter, indexed, list_profiles, population
 from persona.profiles import profile_view, read_person
-from persona.progress import Interruption, ProgressLines, reading, stopped_by_signals
+from persona.progress import Interruption, ProgressLines, counting, reading, stopped_by_signals
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
 from persona.verify import UNREADABLE
@@ -196,6 +196,12 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     (sealed) with the reason and line number and never stop the run. Prints a report: the
     input lines read, the events appended (a line can hold several), the duplicate events
     skipped and the lines quarantined (--json keeps the keys lines, appended, duplicates, quarantined).
+
+    Ctrl+C or SIGTERM stops a FILE at the next record: what was read is committed and indexed, the
+    report says the run was interrupted, and the exit status is 130 (SIGINT) or 143 (SIGTERM); run
+    the same command again to append the rest (what is already in the log is skipped as
+    duplicates). A second signal stops at once. Standard input ends so as a feed does, with status
+    0. Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
     """
     mapping = None
     if mapping_file is not None:
@@ -923,6 +929,7 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
 
     Nothing outside the log and the keys is authoritative: the result is what ingest
     maintains incrementally (the snapshots' plaintext and the index rows, byte for byte).
+    Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
     """
     with opened(ctx) as persona, audited(persona, "rebuild", projection=projection is not None) as audit:
         total = sum(1 for _ in persona.recorder.stream_ids())
@@ -930,8 +937,10 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
         if sys.stderr.isatty():
             with click.progressbar(length=total, label="rebuilding", file=sys.stderr, show_eta=True) as bar:
                 done = rebuild_projections(persona, projection=projection, workers=workers, progress=bar.update)
-        else:
-            done = rebuild_projections(persona, projection=projection, workers=workers)
+        else:  # a log or a CI job: a line every PERSONA_PROGRESS_S seconds, not a bar
+            lines = ProgressLines(persona.settings.progress_s, lambda line: click.echo(line, err=True),
+                                  counting("rebuilding", total, "profiles"))
+            done = rebuild_projections(persona, projection=projection, workers=workers, progress=lines)
         events = persona.recorder.counts()["events"]
         from persona.models.scoring import rescore  # models -> profiles -> projector
 

@@ -309,7 +309,6 @@ def ingest_records(
             for item in items:
                 if stop is not None and stop.is_set() and not stream:
                     cut_short = True
-                    items.close()  # the reader (a process, maybe) stops before what was read is committed
                     break
                 if item is PAUSE:  # a quiet feed: commit what came, and show it
                     flush()
@@ -344,6 +343,8 @@ def ingest_records(
         except Exception:
             flush()  # what was read and validated before the failure is kept, then the failure is raised
             raise
+        finally:
+            items.close()  # the reader (a process, maybe) never outlives the loop, however it ends
         flush()
         if dirty:
             refresh(last=True)
