@@ -12,13 +12,15 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import orjson
+import pytest
 
 from persona import Persona, Settings
 from persona.verify import verify
-from tests.conftest import record
+from tests.conftest import pg_schema, record
 from tests.test_audit import entries
 from tests.test_crash import alive, children, stored
 
@@ -35,11 +37,23 @@ def big_file(tmp_path: Path, lines: int = LINES) -> Path:
     return source
 
 
-def fresh(tmp_path: Path) -> tuple[Settings, dict[str, str]]:
-    settings = Settings.load(tmp_path / "data", env={})
+def fresh(tmp_path: Path, database_url: str | None = None) -> tuple[Settings, dict[str, str]]:
+    settings = Settings.load(tmp_path / "data", env={"PERSONA_DATABASE_URL": database_url or ""})
     Persona.init(settings).close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    env |= {"PERSONA_DATABASE_URL": database_url} if database_url else {}
     return settings, {**env, "PERSONA_BATCH_SIZE": str(BATCH), "PERSONA_PROGRESS_S": "0.1"}
+
+
+def committed(settings: Settings) -> int:
+    """Events in the store, read without opening it as persona does (nothing waits on this)."""
+    if settings.database_url is None:
+        return stored(settings.db_path)
+    import psycopg
+
+    with psycopg.connect(settings.database_url) as conn:
+        found = conn.execute("SELECT count(*) FROM events").fetchone()
+    return int(found[0]) if found else 0
 
 
 def persona(settings: Settings, *args: str) -> list[str]:
@@ -62,7 +76,7 @@ def interrupted(settings: Settings, env: dict[str, str], source: Path, stop: sig
         proc = subprocess.Popen(persona(settings, "ingest", str(source), *(["--json"] if json else [])), env=env,
                                 stdout=stdout, stderr=stderr, start_new_session=True)
     deadline = time.monotonic() + 300
-    while proc.poll() is None and not (stored(settings.db_path) >= 3 * BATCH and PROGRESS.search(err.read_text())):
+    while proc.poll() is None and not (committed(settings) >= 3 * BATCH and PROGRESS.search(err.read_text())):
         assert time.monotonic() < deadline, "the ingest never got going"
         time.sleep(0.02)
     readers = children(proc.pid)
@@ -75,7 +89,6 @@ def interrupted(settings: Settings, env: dict[str, str], source: Path, stop: sig
 
 
 def assert_no_reader_left(readers: list[int]) -> None:
-    assert readers, "the file was not read in a second process"
     gone = time.monotonic() + 30
     while any(alive(pid) for pid in readers):
         assert time.monotonic() < gone, "the reading process outlived the interrupted ingest"
@@ -105,10 +118,10 @@ def assert_indexed(settings: Settings, events: int) -> None:
         assert verify(p).events == events
 
 
-def assert_rerun_appends_the_rest(settings: Settings, env: dict[str, str], source: Path, committed: int) -> None:
+def assert_rerun_appends_the_rest(settings: Settings, env: dict[str, str], source: Path, before: int) -> None:
     again = orjson.loads(run(settings, env, "ingest", str(source), "--json").stdout)
-    assert (again["appended"], again["duplicates"], again["interrupted"]) == (LINES - committed, committed, False)
-    assert stored(settings.db_path) == LINES  # what a clean run stores: nothing twice, nothing missing
+    assert (again["appended"], again["duplicates"], again["interrupted"]) == (LINES - before, before, False)
+    assert committed(settings) == LINES  # what a clean run stores: nothing twice, nothing missing
     assert_indexed(settings, LINES)
 
 
@@ -127,6 +140,7 @@ def test_ctrl_c_mid_file_commits_and_indexes_what_was_read_reports_it_and_a_reru
     assert "run the same command again to append the rest" in done.stdout
     assert 3 * BATCH <= appended == lines < LINES  # stopped mid-file: every line read is in the log
     assert stored(settings.db_path) == appended
+    assert readers, "the file was not read in a second process"  # (on SQLite; on PostgreSQL its pool has threads)
     assert_no_reader_left(readers)
     assert_listed(settings, env, appended)
     [run_entry] = [e for e in entries(settings) if e.writer == "local:ingest" and "appended" in e.detail]
@@ -134,14 +148,20 @@ def test_ctrl_c_mid_file_commits_and_indexes_what_was_read_reports_it_and_a_reru
     assert_rerun_appends_the_rest(settings, env, source, appended)
 
 
-def test_sigterm_mid_file_reports_as_json_exits_143_and_a_rerun_appends_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_sigterm_mid_file_reports_as_json_exits_143_and_a_rerun_appends_the_rest(tmp_path: Path, store: str) -> None:
+    with pg_schema() if store == "postgresql" else nullcontext(None) as url:
+        sigterm_mid_file(tmp_path, url)
+
+
+def sigterm_mid_file(tmp_path: Path, database_url: str | None) -> None:
     source = big_file(tmp_path)
-    settings, env = fresh(tmp_path)
+    settings, env = fresh(tmp_path, database_url)
     done, readers = interrupted(settings, env, source, signal.SIGTERM, group=False, json=True)  # `kill PID`
     assert done.returncode == 143, done.stderr
     report = orjson.loads(done.stdout)
     assert report["interrupted"] is True
-    assert 3 * BATCH <= report["appended"] == report["lines"] == stored(settings.db_path) < LINES
+    assert 3 * BATCH <= report["appended"] == report["lines"] == committed(settings) < LINES
     assert_no_reader_left(readers)
     assert_indexed(settings, report["appended"])
     assert_rerun_appends_the_rest(settings, env, source, report["appended"])
@@ -162,6 +182,7 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path: Pat
         assert time.monotonic() < deadline, "the ingest never got going"
         time.sleep(0.02)
     readers = children(proc.pid)
+    assert readers, "the file was not read in a second process"
     os.killpg(proc.pid, signal.SIGINT)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=300)
@@ -169,11 +190,11 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path: Pat
     assert "stopped at once by a second signal" in err.read_text() and "Traceback" not in err.read_text()
     assert out.read_text() == ""  # no report: it would say the index is current, and it may not be
     assert_no_reader_left(readers)
-    committed = stored(settings.db_path)
+    kept = stored(settings.db_path)
     with Persona.open(settings) as p:
-        assert verify(p).events == committed
+        assert verify(p).events == kept
     assert "INTERRUPTED" in [e.outcome for e in entries(settings) if e.writer == "local:ingest"]
-    assert_rerun_appends_the_rest(settings, env, source, committed)
+    assert_rerun_appends_the_rest(settings, env, source, kept)
 
 
 def test_without_a_terminal_a_file_ingest_prints_progress_lines_never_one_per_record(tmp_path: Path) -> None:
