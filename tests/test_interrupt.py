@@ -6,11 +6,13 @@ a terminal, a long ingest says how far it has got in a line to stderr every so o
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,6 +21,8 @@ import orjson
 import pytest
 
 from persona import Persona, Settings
+from persona.ingest import IngestReport, ingest_records
+from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.verify import verify
 from tests.conftest import pg_schema, record
 from tests.test_audit import entries
@@ -197,6 +201,52 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path: Pat
         assert verify(p).events == kept
     assert "INTERRUPTED" in [e.outcome for e in entries(settings) if e.writer == "local:ingest"]
     assert_rerun_appends_the_rest(settings, env, source, kept)
+
+
+def test_a_stopped_ingest_ends_at_a_whole_record_committed_indexed_and_its_reader_gone(persona: Persona,
+                                                                                       tmp_path: Path) -> None:
+    """The library's side, with no timing in it: `stop` is set while the 700th order (three rows,
+    one per item) is handled, by the progress callback in the ingesting process, as a signal
+    handler would. The ingest ends at that order: every order read is in the log whole, every
+    person of them indexed, the reader process gone; ingesting the file again appends the rest."""
+    orders, stop_at = 2_000, 700
+    source = tmp_path / "orders.csv"
+    with source.open("w") as f:
+        f.write("order_id,email,created_at,total,sku,category,qty,price\n")
+        for n in range(orders):
+            f.write("".join(f"o{n},c{n // 4}@example.com,2025-03-05 10:00:00,60,S{k},books,1,20\n" for k in range(3)))
+    stop = threading.Event()
+    handled = 0
+    readers: list[multiprocessing.process.BaseProcess] = []  # the file's reader, when it has its own process
+
+    def progress(size: int) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == stop_at:
+            readers.extend(multiprocessing.active_children())
+            stop.set()
+
+    def ingest() -> IngestReport:
+        with source.open("rb") as handle:
+            records = mapped_records(builtin_mapping("shop"), handle, name=source.name)
+            return ingest_records(persona, records, origin=source.name, progress=progress, parallel=True,
+                                  catch_up=True, stop=stop)
+
+    report = ingest()
+    assert readers, "the file was not read in a second process"
+    assert multiprocessing.active_children() == []  # the reader is gone
+    first_line = 2 + 3 * (stop_at - 1)  # of the last order taken (a record's line is where it starts)
+    assert (report.interrupted, report.lines, report.appended) == (True, first_line, stop_at)
+    assert f"interrupted (Ctrl+C or SIGTERM) after input line {first_line}:" in report.summary()
+    placed = [e for e in persona.log.iter_all() if e.type == "order_placed"]
+    assert sorted(e.data["order_id"] for e in placed) == sorted(f"o{n}" for n in range(stop_at))
+    assert {len(e.data["items"]) for e in placed} == {3}  # no order split
+    assert persona.recorder.lagging_persons() == []
+    assert len(persona.recorder.index_rows()) == stop_at // 4
+    stop.clear()
+    rest = ingest()
+    assert (rest.interrupted, rest.appended, rest.duplicates) == (False, orders - stop_at, stop_at)
+    assert len(persona.recorder.index_rows()) == orders // 4
 
 
 def test_without_a_terminal_a_file_ingest_prints_progress_lines_never_one_per_record(tmp_path: Path) -> None:
