@@ -189,6 +189,12 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
            as_json: bool) -> None:
     """Append the events of FILE; '-' reads standard input.
 
+    Ctrl+C or SIGTERM stops a FILE at the next record: what was read is committed and indexed, the
+    report says the run was interrupted, and the exit status is 130 (SIGINT) or 143 (SIGTERM); run
+    the same command again to append the rest (what is already in the log is skipped as
+    duplicates). A second signal stops at once. Standard input ends so as a feed does, with status
+    0. Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
+
     Without --mapping, FILE is canonical JSONL (docs/events.md). With --mapping, FILE is any
     CSV or JSONL export the mapping describes. Standard input is read as a live feed:
     what arrives is committed and shown in profiles within about a second. Valid records are appended in atomic
@@ -196,12 +202,6 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     (sealed) with the reason and line number and never stop the run. Prints a report: the
     input lines read, the events appended (a line can hold several), the duplicate events
     skipped and the lines quarantined (--json keeps the keys lines, appended, duplicates, quarantined).
-
-    Ctrl+C or SIGTERM stops a FILE at the next record: what was read is committed and indexed, the
-    report says the run was interrupted, and the exit status is 130 (SIGINT) or 143 (SIGTERM); run
-    the same command again to append the rest (what is already in the log is skipped as
-    duplicates). A second signal stops at once. Standard input ends so as a feed does, with status
-    0. Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
     """
     mapping = None
     if mapping_file is not None:

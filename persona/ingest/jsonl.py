@@ -41,11 +41,11 @@ class IngestReport:
     merges: int = 0  # links that joined two existing profiles into one person
     merges_refused: int = 0  # such links between two people whose merge was undone
     blank: int = 0
-    interrupted: bool = False  # ended by Ctrl+C or SIGTERM: a live feed's end, or a file cut short
+    interrupted: bool = False  # a live feed ended by Ctrl+C or SIGTERM (what had come is committed)
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     changed: dict[str, int] = field(default_factory=dict, repr=False)  # profile id -> its new version
-    live: bool = field(default=False, repr=False)  # a live feed (standard input), not a file
+    live: bool = field(default=False, repr=False)  # a live feed; else `interrupted` is a file cut short by one
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
