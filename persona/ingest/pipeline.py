@@ -141,12 +141,12 @@ def _produce(produce: Callable[[], Iterable[Item | None]], inbound: Any, outboun
 @contextmanager
 def _signals_blocked() -> Iterator[None]:
     """SIGINT and SIGTERM held back in this thread (a fork's child starts so); any that came
-    meanwhile is delivered on leaving."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
+    meanwhile is delivered on leaving, when the thread's mask is put back as it was."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _send(outbound: Any, chunk: list[Item]) -> None:
