@@ -20,7 +20,7 @@ import click
 import orjson
 
 from persona import __version__
-from persona.audit import filter_shape, named, namespace_of, record_local
+from persona.audit import OK, filter_shape, named, namespace_of, record_local
 from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
@@ -36,6 +36,7 @@ from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
 from persona.population import GROUPABLE, LABELS, RANGEABLE, ProfileFilter, indexed, list_profiles, population
 from persona.profiles import profile_view, read_person
+from persona.progress import Interruption, ProgressLines, counting, reading, stopped_by_signals
 from persona.projector import rebuild as rebuild_projections
 from persona.settings import Settings
 from persona.verify import UNREADABLE
@@ -188,6 +189,12 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
            as_json: bool) -> None:
     """Append the events of FILE; '-' reads standard input.
 
+    Ctrl+C or SIGTERM stops a FILE at the next record: what was read is committed and indexed, the
+    report says the run was interrupted, and the exit status is 130 (SIGINT) or 143 (SIGTERM); run
+    the same command again to append the rest (what is already in the log is skipped as
+    duplicates). A second signal stops at once. Standard input ends so as a feed does, with status
+    0. Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
+
     Without --mapping, FILE is canonical JSONL (docs/events.md). With --mapping, FILE is any
     CSV or JSONL export the mapping describes. Standard input is read as a live feed:
     what arrives is committed and shown in profiles within about a second. Valid records are appended in atomic
@@ -209,35 +216,31 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     elif form == "csv":
         raise click.BadParameter("canonical events are JSONL: a CSV export needs --source or --mapping",
                                  param_hint="--format")
-    with opened(ctx) as persona:
+    # Ctrl+C or SIGTERM: a feed (its usual end) or a file stops, what was read is committed and
+    # indexed, and the report says so; a second signal stops at once
+    with opened(ctx) as persona, stopped_by_signals() as stop, stopped_at_once(persona, stop):
         if str(file) == "-":
-            # a feed ends with Ctrl+C or a service manager's SIGTERM: what has been read is committed
-            # and reported (a second signal stops at once)
-            stop = threading.Event()
-
-            def ask_to_stop(signum: int, frame: Any) -> None:
-                if stop.is_set():
-                    raise KeyboardInterrupt
-                stop.set()
-
-            signal.signal(signal.SIGINT, ask_to_stop)
-            signal.signal(signal.SIGTERM, ask_to_stop)
             report = _ingest(persona, sys.stdin.buffer, "<stdin>", mapping, stream=True, stop=stop)
         else:
             if not file.exists():
                 raise click.BadParameter("no such file", param_hint="FILE")
             with file.open("rb") as handle:
-                report = _ingest_file(persona, handle, file, mapping)
-        record_local(persona, "ingest", "ingest", appended=report.appended, duplicates=report.duplicates,
-                     quarantined=report.quarantined, profilesCreated=report.profiles_created, merges=report.merges)
+                report = _ingest_file(persona, handle, file, mapping, stop)
+        cut_short = report.interrupted and not report.live  # a file's rest is still to be appended
+        record_local(persona, "ingest", "ingest", outcome=INTERRUPTED if cut_short else OK, appended=report.appended,
+                     duplicates=report.duplicates, quarantined=report.quarantined,
+                     profilesCreated=report.profiles_created, merges=report.merges)
         record_local(persona, "ingest", "ingest", sorted(report.changed))  # whose logs grew: pseudonyms only
     if as_json:
         emit_json(report.as_dict())
     else:
         click.echo(report.summary())
+    if cut_short:
+        sys.exit(stop.exit_status)  # 130 (SIGINT) or 143 (SIGTERM), as a shell expects
 
 
 INGEST = local("ingest")  # the writer sealed into what `persona ingest` appends
+INTERRUPTED = "INTERRUPTED"  # the audit outcome of a run stopped by Ctrl+C or SIGTERM before its end
 
 
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
@@ -258,9 +261,27 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
                           catch_up=True, stop=stop, writer=INGEST)
 
 
-def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None) -> Any:
-    if not sys.stderr.isatty():
-        return _ingest(persona, handle, file.name, mapping)
+@contextmanager
+def stopped_at_once(persona: Persona, stop: Interruption) -> Iterator[None]:
+    """A second Ctrl+C or SIGTERM: the ingest stops without indexing or reporting what it
+    committed (whole batches; the next ingest indexes them). Said in one line, and audited."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _record_failure("ingest", KeyboardInterrupt(), lambda outcome: record_local(persona, "ingest", "ingest",
+                                                                                  outcome=outcome))
+        click.echo("stopped at once by a second signal: the batches committed before it are kept (the next ingest"
+                   " indexes them); ingesting the same input again appends the rest (what is already in the log is"
+                   " skipped as duplicates)", err=True)
+        sys.exit(stop.exit_status)
+
+
+def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: SourceMapping | None,
+                 stop: Interruption) -> Any:
+    if not sys.stderr.isatty():  # a log or a CI job: a line every PERSONA_PROGRESS_S seconds, not a bar
+        lines = ProgressLines(persona.settings.progress_s, lambda line: click.echo(line, err=True),
+                              reading(file.name, file.stat().st_size))
+        return _ingest(persona, handle, file.name, mapping, lines, stop=stop)
     with click.progressbar(length=file.stat().st_size, label=f"ingesting {file.name}",
                            file=sys.stderr, show_eta=True) as bar:
         pending = 0
@@ -272,7 +293,7 @@ def _ingest_file(persona: Persona, handle: BinaryIO, file: Path, mapping: Source
                 bar.update(pending)
                 pending = 0
 
-        report = _ingest(persona, handle, file.name, mapping, advance)
+        report = _ingest(persona, handle, file.name, mapping, advance, stop=stop)
         bar.update(pending)
         return report
 
@@ -758,7 +779,7 @@ def _record_failure(command: str, error: BaseException, write: Callable[[str], N
     is what the user is told about either way."""
     try:
         write("TAMPERED" if isinstance(error, TamperError)
-              else "INTERRUPTED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+              else INTERRUPTED if isinstance(error, KeyboardInterrupt) else "FAILED")
     except Exception:  # the original error goes on; this one is only noted
         click.echo(f"note: this {command} could not be recorded in the audit log", err=True)
 
@@ -909,6 +930,7 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
 
     Nothing outside the log and the keys is authoritative: the result is what ingest
     maintains incrementally (the snapshots' plaintext and the index rows, byte for byte).
+    Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
     """
     with opened(ctx) as persona, audited(persona, "rebuild", projection=projection is not None) as audit:
         total = sum(1 for _ in persona.recorder.stream_ids())
@@ -916,8 +938,10 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
         if sys.stderr.isatty():
             with click.progressbar(length=total, label="rebuilding", file=sys.stderr, show_eta=True) as bar:
                 done = rebuild_projections(persona, projection=projection, workers=workers, progress=bar.update)
-        else:
-            done = rebuild_projections(persona, projection=projection, workers=workers)
+        else:  # a log or a CI job: a line every PERSONA_PROGRESS_S seconds, not a bar
+            lines = ProgressLines(persona.settings.progress_s, lambda line: click.echo(line, err=True),
+                                  counting("rebuilding", total, "profiles"))
+            done = rebuild_projections(persona, projection=projection, workers=workers, progress=lines)
         events = persona.recorder.counts()["events"]
         from persona.models.scoring import rescore  # models -> profiles -> projector
 

@@ -31,6 +31,7 @@ class Settings:
     api_dev: bool = False  # PERSONA_API_DEV=1: the server offers GraphiQL to browsers
     database_url: str | None = None  # PERSONA_DATABASE_URL or DIR/backend.url: PostgreSQL; None: SQLite
     purge_window_s: int = 15 * 60  # PERSONA_PURGE_WINDOW: one physical purge serves the erasures of this many seconds
+    progress_s: float = 10.0  # PERSONA_PROGRESS_S: seconds between progress lines when stderr is no terminal
 
     @property
     def db_path(self) -> Path:
@@ -77,6 +78,7 @@ class Settings:
             quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
             snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
             purge_window_s=_positive(env, "PERSONA_PURGE_WINDOW", 15 * 60),
+            progress_s=_seconds(env, "PERSONA_PROGRESS_S", 10.0),
             api_dev=env.get("PERSONA_API_DEV") == "1",
             database_url=database_url,
         )
@@ -99,3 +101,18 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
 
         raise ConfigurationError(f"{name} must be a positive whole number")
     return int(text)
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < float("inf"):
+        from persona.errors import ConfigurationError
+
+        raise ConfigurationError(f"{name} must be a positive number of seconds")
+    return seconds

@@ -6,7 +6,7 @@ import gc
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
@@ -46,10 +46,11 @@ class IngestReport:
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     changed: dict[str, int] = field(default_factory=dict, repr=False)  # profile id -> its new version
+    live: bool = field(default=False, repr=False)  # a live feed; else `interrupted` is a file cut short by one
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["changed"]
+        del out["changed"], out["live"]
         return out
 
     def summary(self) -> str:
@@ -61,8 +62,12 @@ class IngestReport:
             + (f", {self.filtered} records filtered out by the mapping's `where`" if self.filtered else "")
             + f"; {self.profiles_created} new profiles in {self.seconds:.2f}s ({rate:,.0f} events/s)"
         )
-        if self.interrupted:
+        if self.interrupted and self.live:
             text += "\n  the feed was ended by a signal (Ctrl+C or SIGTERM); everything it had sent is committed"
+        elif self.interrupted:
+            text += (f"\n  interrupted (Ctrl+C or SIGTERM) after input line {self.lines}: what was read is committed"
+                     " and in the profile index; run the same command again to append the rest (what is already"
+                     " in the log is skipped as duplicates)")
         if self.merges or self.merges_refused:
             text += f"\n  {self.merges} profiles merged into others by linked identifiers"
             if self.merges_refused:
@@ -189,7 +194,7 @@ class _Collector:
 
 
 def validated(records: Iterable[Record | None], settings: Settings, clock: Callable[[], datetime]
-              ) -> Iterator[Item | None]:
+              ) -> Generator[Item | None, None, None]:
     """Each record checked against docs/events.md (PAUSE markers passed through): an Item with its
     events, or with the reason it is refused. `clock` gives the ingest's "now" (a live feed's moves)."""
     max_future = timedelta(seconds=settings.max_future_s)
@@ -240,7 +245,9 @@ def ingest_records(
     the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
     and visible within about a second of arriving, however slowly records come. `paced`: the
     records already carry PAUSE markers (a live feed read by `live_records`). `stop` ends a live
-    feed: once it is set, what has been read is committed and reported. `catch_up`: first
+    feed: once it is set, what has been read is committed and reported. A file stops at the next
+    record instead: its reader is stopped, what was read is committed and indexed, and the report
+    says it was interrupted (the rest is appended by ingesting the file again). `catch_up`: first
     find the persons whose index lags their log (an earlier ingest killed between committing a
     batch and indexing it) and index them with this ingest's own. `parallel` (a
     file): records are read, mapped and validated in a second process (persona.ingest.pipeline)
@@ -300,10 +307,14 @@ def ingest_records(
     else:
         items = validated(records, settings, lambda: now)
     waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
+    cut_short = False  # a file asked to `stop` before its end
     try:
         _Collector.relax(+1)
         try:
             for item in items:
+                if stop is not None and stop.is_set() and not stream:
+                    cut_short = True
+                    break
                 if item is PAUSE:  # a quiet feed: commit what came, and show it
                     flush()
                     if dirty:
@@ -339,12 +350,15 @@ def ingest_records(
         except Exception:
             flush()  # what was read and validated before the failure is kept, then the failure is raised
             raise
+        finally:
+            items.close()  # the reader (a process, maybe) never outlives the loop, however it ends
         flush()
         if dirty:
             refresh(last=True)
     finally:
         _Collector.relax(-1)
-    report.interrupted = stop is not None and stop.is_set()
+    report.interrupted = cut_short or (stream and stop is not None and stop.is_set())
+    report.live = stream
     report.appended = total.appended
     report.duplicates = total.duplicates
     report.profiles_created = total.profiles_created

@@ -8,7 +8,10 @@ pickled — only between this process and its own child over a private pipe: not
 stored, nothing from outside is unpickled (models, which are stored, use skops) — through a
 one-way pipe whose other ends are closed on both sides, so that either
 process dying is seen by the other: the ingest gets end-of-file (and raises) instead of
-waiting for a chunk that never comes, and an orphaned reader gets a broken pipe and stops. A
+waiting for a chunk that never comes, and an orphaned reader gets a broken pipe and stops.
+The reader ignores SIGINT and SIGTERM, which a terminal's Ctrl+C or a service manager sends
+to the whole process group: the ingesting process alone decides when reading ends (it may
+stop at the next record and commit what was read) and ends the reader itself. A
 thread of the ingesting process drains the pipe into a bounded queue, so the reader keeps
 working while a batch is committed, and memory stays bounded. A record's events still go in
 whole or not at all: the ingesting process alone decides what is committed, as before.
@@ -21,8 +24,10 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from persona.errors import PersonaError
@@ -31,13 +36,14 @@ from persona.ingest.jsonl import Item
 CHUNK = 1024  # items per message: pickling many small objects at once is what keeps this cheap
 DEPTH = 8  # chunks received but not yet ingested, at most
 UNPICKLABLE = "record: too deeply nested to be handled"
+STOPPING = {signal.SIGINT, signal.SIGTERM}  # sent to the whole process group: the ingest handles them
 
 
 class ReaderError(PersonaError):
     """The reading process failed in a way that has no persona error of its own."""
 
 
-def pipelined(produce: Callable[[], Iterable[Item | None]]) -> Iterator[Item]:
+def pipelined(produce: Callable[[], Iterable[Item | None]]) -> Generator[Item, None, None]:
     """The items `produce()` makes, made in a child process (fork: `produce` is not pickled)."""
     context = multiprocessing.get_context("fork")
     inbound, outbound = context.Pipe(duplex=False)
@@ -45,7 +51,8 @@ def pipelined(produce: Callable[[], Iterable[Item | None]]) -> Iterator[Item]:
     frozen = gc.get_freeze_count()
     gc.freeze()  # what exists now is the child's too: its collector leaves it (and its finalisers) alone
     try:
-        child.start()
+        with _signals_blocked():  # until the child has made them ignored (none is lost here: they wait)
+            child.start()
     finally:
         if not frozen:  # a process that froze its own (the API server does) keeps it frozen
             gc.unfreeze()
@@ -88,7 +95,7 @@ def pipelined(produce: Callable[[], Iterable[Item | None]]) -> Iterator[Item]:
     finally:
         stop.set()
         if child.is_alive():
-            child.terminate()
+            child.kill()  # it ignores SIGTERM; it holds nothing to finish (it never touches the database)
         child.join(timeout=5)  # dead, its end of the pipe closes: the receiver's read ends too
         receiver.join(timeout=5)
         inbound.close()
@@ -98,6 +105,9 @@ def _produce(produce: Callable[[], Iterable[Item | None]], inbound: Any, outboun
     """In the child: make the items and send them in chunks, then an empty message. A failure
     is sent as it is when it is one of persona's (their messages never carry personal data),
     else by its class only."""
+    for signum in STOPPING:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
     inbound.close()  # only the ingest reads: when it dies, writing here fails and this stops
     chunk: list[Item] = []
     try:
@@ -126,6 +136,17 @@ def _produce(produce: Callable[[], Iterable[Item | None]], inbound: Any, outboun
         outbound.send_bytes(b"")
     except (BrokenPipeError, ConnectionResetError):
         os._exit(1)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back in this thread (a fork's child starts so); any that came
+    meanwhile is delivered on leaving, when the thread's mask is put back as it was."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _send(outbound: Any, chunk: list[Item]) -> None:
