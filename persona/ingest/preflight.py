@@ -30,6 +30,7 @@ SIGNATURES = (
     (b"\xfe\xff", "UTF-16 text"),
 )
 _ISOLATED_HIGH = re.compile(rb"(?<![\x80-\xff])[\x80-\xff](?![\x80-\xff])")
+_EMAIL = re.compile(r"[\w.%+\-]+@[\w.\-]+\.[A-Za-z]{2,24}")
 _VALUE_LIKE = re.compile(r"@|\d{5,}")  # an e-mail address or a long number: a row's values, not names
 
 
@@ -44,19 +45,20 @@ def preflight(path: Path, mapping: SourceMapping | None, *, mapping_name: str = 
     with path.open("rb") as handle:
         head = handle.read(BLOCK)
     whole = len(head) < BLOCK
-    check_text(head, path.name)
+    name = _EMAIL.sub("<email>", path.name)  # as quarantine names the file: an address in it is not repeated
+    check_text(head, name)
     form = "jsonl" if jsonl and mapping is None else _format(mapping, path.name, head)
     encoding = mapping.encoding if mapping is not None and form == "csv" else "utf-8"
-    check_encoding(head, path.name, encoding, whole=whole, settable=mapping is not None and form == "csv")
+    check_encoding(head, name, encoding, whole=whole, settable=mapping is not None and form == "csv")
     if mapping is None and form == "csv":
         raise ConfigurationError(
-            f"{path.name} looks like CSV, but without --mapping or --source a file is read as canonical JSONL"
+            f"{name} looks like CSV, but without --mapping or --source a file is read as canonical JSONL"
             " events: give --mapping FILE.toml (how its columns become events) or --source NAME (a built-in"
             f" export layout: shop, social, web, app); {GUIDE}")
     if mapping is not None and form == "csv":
         header = _header(path, mapping) if mapping.header else list(mapping.columns)
         if header is not None:
-            check_header(header, mapping, path.name, mapping_name, builtin=builtin)
+            check_header(header, mapping, name, mapping_name, builtin=builtin)
 
 
 def check_namespaces(mapping: SourceMapping, mapping_name: str) -> None:
