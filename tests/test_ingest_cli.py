@@ -93,6 +93,26 @@ def test_a_mapping_naming_a_column_the_header_lacks_is_refused_naming_it_and_the
     assert done.returncode == 0 and report(done)["appended"] > 0
 
 
+def test_a_built_in_source_checks_only_the_columns_every_row_needs(data: Path, tmp_path: Path) -> None:
+    """The shop's export may lack user_id, phone, currency, items…: a copy of its mapping given with
+    --mapping describes one export and wants them all; the built-in wants the time, the order id,
+    the total and one identifier."""
+    orders = tmp_path / "orders.csv"
+    orders.write_text("order_id,email,created_at,total\nS-1,ann@example.com,2025-03-04 14:05,¥12.00\n")
+    done = persona(data, "ingest", str(orders), "--source", "shop", "--json")
+    assert done.returncode == 0 and report(done)["appended"] > 0
+    copy = tmp_path / "shop.toml"
+    copy.write_text((ROOT / "persona" / "ingest" / "sources" / "shop.toml").read_text(encoding="utf-8"))
+    error = refused(persona(data, "ingest", str(orders), "--mapping", str(copy)))
+    assert "lacks: channel, items, user_id or phone, phone, sku, category, qty, price;" in error
+    assert "currency" not in error.split(";")[0]  # a field with a default may be missing
+    dateless = tmp_path / "dateless.csv"
+    dateless.write_text("order_id,email,total\nS-2,bo@example.com,¥12.00\n")
+    error = refused(persona(data, "ingest", str(dateless), "--source", "shop"))
+    assert "the built-in source shop names column(s) the header of dateless.csv lacks: created_at;" in error
+    assert "ann@example.com" not in error and "bo@example.com" not in error
+
+
 def test_a_file_without_a_header_line_is_not_listed_as_one(data: Path, tmp_path: Path) -> None:
     """Its first line holds a customer's values: the error says what is wrong without showing them."""
     rows = EXPORT.read_text(encoding="utf-8-sig").splitlines()[1:]
