@@ -697,19 +697,20 @@ def _rule_columns(rule: EventRule, *, needed_only: bool) -> list[tuple[str, ...]
     fields += [rule.type_field] if rule.type_field is not None else []
     fields += [spec for spec in rule.data if spec.default is None and (spec.required or not needed_only)]
     fields += [rule.other] if rule.other is not None and not needed_only else []
-    ids = [] if rule.id is None else [column for column in _TEMPLATE.findall(rule.id) if column != "_line"]
+    ids = [] if rule.id is None else [column for column in _TEMPLATE.findall(rule.id) if not column.startswith("_")]
     return ([subjects] if subjects else []) + [(column,) for spec in fields for column in _field_columns(spec)] + [
         (column,) for column in ids]
 
 
 def _field_columns(spec: Field) -> list[str]:
-    """The columns one field reads: its column, a duration's two, or those of its template."""
+    """The columns one field reads: its column, a duration's two, or those of its template (whose
+    names with a leading underscore, {_line}, are persona's own)."""
     named = [spec.column] if spec.column is not None else []
     if spec.kind == "minutes_between":
         named += spec.columns
     if spec.template is not None:
-        named += _TEMPLATE.findall(spec.template)
-    return [column for column in named if column != "_line"]
+        named += [column for column in _TEMPLATE.findall(spec.template) if not column.startswith("_")]
+    return named
 
 
 # -- reading files -------------------------------------------------------------------------------
