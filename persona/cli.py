@@ -28,9 +28,11 @@ from persona.erasure import erase_profile, erase_subject, ledger_of, verify_rece
 from persona.errors import ConfigurationError, ErasedError, PersonaError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
 from persona.identity import person_of
-from persona.ingest import ingest_records
+from persona.ingest import IngestReport, ingest_records
+from persona.ingest.dryrun import dry_run as dry_run_records
 from persona.ingest.jsonl import jsonl_records
 from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
+from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
@@ -183,10 +185,13 @@ def init(ctx: click.Context, backend: str | None) -> None:
               help="How FILE is written (default: the mapping's format, else the file's extension, else its first"
                    " line). Canonical events are JSONL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Read, map and validate everything and report what a real run would append, skip as"
+                   " duplicates and quarantine, storing nothing (the audit log notes the dry run).")
 @click.pass_context
 @friendly
 def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: str | None, form: str | None,
-           as_json: bool) -> None:
+           as_json: bool, dry_run: bool) -> None:
     """Append the events of FILE; '-' reads standard input.
 
     Ctrl+C or SIGTERM stops a FILE at the next record: what was read is committed and indexed, the
@@ -203,6 +208,13 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     input lines read, the events appended (a line can hold several), the duplicate events
     skipped, the lines quarantined and the records a mapping's `where` filtered out (--json keeps
     the keys lines, appended, duplicates, quarantined, and adds filtered).
+
+    A mistake about the whole file is refused before anything is stored or quarantined, with
+    one error: a file that is not text (a zip or .xlsx workbook, gzip, PDF), one not in UTF-8
+    (or the mapping's `encoding`), a CSV file given without --mapping or --source, a mapping
+    naming a namespace persona does not know or a CSV column the file's header lacks. A run
+    that appended nothing, found no duplicate and quarantined something exits with status 1
+    (after its report).
     """
     mapping = None
     if mapping_file is not None:
@@ -216,6 +228,12 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     elif form == "csv":
         raise click.BadParameter("canonical events are JSONL: a CSV export needs --source or --mapping",
                                  param_hint="--format")
+    if str(file) != "-" and file.is_file():
+        preflight(file, mapping, mapping_name=mapping_file.name if mapping_file else f"the built-in source {source}",
+                  builtin=mapping_file is None and source is not None, jsonl=form == "jsonl")
+    if dry_run:
+        _dry_run(ctx, file, mapping, as_json)
+        return
     # Ctrl+C or SIGTERM: a feed (its usual end) or a file stops, what was read is committed and
     # indexed, and the report says so; a second signal stops at once
     with opened(ctx) as persona, stopped_by_signals() as stop, stopped_at_once(persona, stop):
@@ -237,10 +255,39 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         click.echo(report.summary())
     if cut_short:
         sys.exit(stop.exit_status)  # 130 (SIGINT) or 143 (SIGTERM), as a shell expects
+    refuse_if_all_quarantined(report, dry_run=False)
 
 
 INGEST = local("ingest")  # the writer sealed into what `persona ingest` appends
 INTERRUPTED = "INTERRUPTED"  # the audit outcome of a run stopped by Ctrl+C or SIGTERM before its end
+
+
+def refuse_if_all_quarantined(report: IngestReport, *, dry_run: bool) -> None:
+    """Exit 1, after the report, from a run that appended nothing, found no duplicate and quarantined
+    something: every record it read was refused, which a script must not take for success."""
+    if report.quarantined and not report.appended and not report.duplicates:
+        click.echo("error: nothing would be appended: every record would be quarantined (see the reasons above)"
+                   if dry_run else "error: nothing was appended: every record was quarantined (see the reasons"
+                   " above and `persona quarantine`)", err=True)
+        sys.exit(1)
+
+
+def _dry_run(ctx: click.Context, file: Path, mapping: SourceMapping | None, as_json: bool) -> None:
+    """What `persona ingest` would report, with nothing stored (persona.ingest.dryrun)."""
+    if str(file) != "-" and not file.exists():
+        raise click.BadParameter("no such file", param_hint="FILE")
+    with opened(ctx) as persona, (nullcontext(sys.stdin.buffer) if str(file) == "-" else file.open("rb")) as handle:
+        name, limit = ("<stdin>" if str(file) == "-" else file.name), persona.settings.max_event_bytes
+        records = (jsonl_records(handle, limit) if mapping is None
+                   else mapped_records(mapping, handle, name=name, max_bytes=limit))
+        report = dry_run_records(persona, records, origin=name, writer=INGEST)
+        record_local(persona, "ingest", "ingest dry run", appended=report.appended, duplicates=report.duplicates,
+                     quarantined=report.quarantined)
+    if as_json:
+        emit_json({"dry_run": True, **report.as_dict()})
+    else:
+        click.echo("dry run: nothing was stored or quarantined; a real run would report:\n" + report.summary())
+    refuse_if_all_quarantined(report, dry_run=True)
 
 
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
@@ -1036,22 +1083,48 @@ def ledger_adopt(ctx: click.Context, yes: bool) -> None:
 
 
 @cli.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--export", "export", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the records themselves, opened, to this file (outside the data directory) to fix them.")
 @click.option("--origin", help="With --export: only the records of this source file (e.g. orders.csv).")
+@click.option("--resolve", is_flag=True, help="Remove the records ID... (as listed: 12 or #12) once fixed.")
+@click.option("--purge", is_flag=True, help="Remove every quarantined record (asks first, unless --yes).")
+@click.option("--yes", is_flag=True, help="With --purge: do not ask first.")
 @click.pass_context
 @friendly
-def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: str | None) -> None:
+def quarantine(ctx: click.Context, ids: tuple[str, ...], as_json: bool, export: Path | None, origin: str | None,
+               resolve: bool, purge: bool, yes: bool) -> None:
     """List quarantined records: where they came from and why (their content stays sealed).
+
+    Each record shows the reason of the latest run that refused it: ingesting the same file
+    again with another mapping shows that mapping's reason.
 
     To fix them: `--export fix.csv --origin orders.csv` writes their original rows (a CSV
     export's header is not kept: copy it from the source file), in order; correct them and
     ingest the file like the original. Rows already in the log are skipped as duplicates;
-    the quarantined copies expire after PERSONA_QUARANTINE_DAYS.
+    the quarantined copies expire after PERSONA_QUARANTINE_DAYS, or go at once with
+    `--resolve ID...` (those records; an ID not held refuses the whole command) or `--purge`
+    (all of them). Both are written to the audit log.
     """
+    if ids and not resolve:
+        raise click.UsageError("record IDs are given with --resolve")
+    if sum((resolve, purge, export is not None)) > 1:
+        raise click.UsageError("give one of --resolve, --purge and --export")
+    if resolve and not ids:
+        raise click.UsageError("--resolve needs the IDs of the records to remove (as `persona quarantine` lists them)")
+    if purge and not yes:
+        click.confirm("remove every quarantined record?", abort=True)
     with opened(ctx) as persona:
         rows = describe(persona)
+        if resolve or purge:
+            gone = _quarantined_ids(ids, {row["id"] for row in rows}) if resolve else [row["id"] for row in rows]
+            with persona.recorder.transaction():
+                persona.recorder.drop_quarantined(gone)
+            record_local(persona, "quarantine", "quarantine resolve" if resolve else "quarantine purge",
+                         records=len(gone))
+            click.echo(f"removed {len(gone)} quarantined record(s)")
+            return
         if export is not None:
             if export.resolve().is_relative_to(persona.settings.data_dir.resolve()):
                 raise click.BadParameter("opened records must not be written into the data directory",
@@ -1074,6 +1147,22 @@ def quarantine(ctx: click.Context, as_json: bool, export: Path | None, origin: s
     for row in rows:
         click.echo(f"#{row['id']:<5} {row['origin']}:{row['line']:<6} {row['reason']}  "
                    f"({row['size']} bytes, kept until {row['expires_at'][:10]})")
+
+
+def _quarantined_ids(given: Iterable[str], held: set[int]) -> list[int]:
+    """The ids given (12 or #12, as listed), each one a record held: else nothing is removed."""
+    ids = []
+    for text in given:
+        try:
+            ids.append(int(text.strip().removeprefix("#")))
+        except ValueError:
+            raise click.BadParameter("an ID is a record's number, as `persona quarantine` lists it (12 or #12)",
+                                     param_hint="ID") from None
+    unknown = sorted(set(ids) - held)
+    if unknown:
+        raise click.BadParameter(f"no quarantined record {', '.join(f'#{n}' for n in unknown)} (nothing was removed;"
+                                 " `persona quarantine` lists those held)", param_hint="ID")
+    return sorted(set(ids))
 
 
 # the API server's commands (serve, tokens, audit) live beside it

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
 
 from persona import Persona
-from persona.ingest import ingest_jsonl
+from persona.events import micros
+from persona.ingest import Quarantine, ingest_jsonl
 from persona.ingest.quarantine import describe, open_quarantined
-from tests.conftest import jsonl, record, store_bytes
+from persona.store.base import TABLES
+from tests.conftest import NOW, jsonl, record, store_bytes
 
 
 def lines(data: bytes) -> io.BytesIO:
@@ -118,3 +121,67 @@ def test_an_ingest_catches_up_the_index_a_killed_one_left_behind(persona: Person
     ingest_records(persona, jsonl_records(lines, 1 << 16), origin="next", catch_up=True)
     assert persona.recorder.lagging_persons() == []
     assert {row[1] for row in persona.recorder.index_rows()} == {1, 2}
+
+
+def every_row(persona: Persona) -> dict[str, list[tuple[object, ...]]]:
+    return {table: [row for page in persona.recorder.dump(table) for row in page] for table in TABLES}
+
+
+def test_a_dry_run_stores_nothing_and_counts_what_the_real_run_then_does(persona: Persona) -> None:
+    """Duplicates of the log and within the file, a link that merges two people (its marker
+    events are appended too), a bad line and a blank: the dry run's report is the real run's, and
+    no row of any table (keys, links, merges, quarantine, the audit log…) differs after it."""
+    from persona.ingest import ingest_records
+    from persona.ingest.dryrun import dry_run
+    from persona.ingest.jsonl import jsonl_records
+
+    ingest_jsonl(persona, jsonl(record("ann@example.com", event_id="a1"),
+                                record("13800138000", namespace="phone", event_id="p1")).splitlines(), origin="t")
+    data = jsonl(record("ann@example.com", event_id="a1"), record("cy@example.com", event_id="c1"),
+                 record("cy@example.com", event_id="c1"), b"", b"{broken",
+                 record("ann@example.com", "identity_linked", {"other": {"namespace": "phone", "value": "13800138000"}},
+                        event_id="l1"))
+    before = every_row(persona)
+    dry = dry_run(persona, jsonl_records(data.splitlines(keepends=True), 1 << 16), origin="f.jsonl")
+    assert every_row(persona) == before and describe(persona) == []
+    assert (dry.appended, dry.duplicates, dry.quarantined, dry.blank, dry.merges) == (4, 2, 1, 1, 1)
+    real = ingest_records(persona, jsonl_records(data.splitlines(keepends=True), 1 << 16), origin="f.jsonl")
+    counted = ("lines", "appended", "duplicates", "quarantined", "blank", "profiles_created", "merges",
+               "quarantine_reasons")
+    assert {k: getattr(dry, k) for k in counted} == {k: getattr(real, k) for k in counted}
+    assert persona.recorder.counts()["events"] == len(before["events"]) + real.appended
+
+
+def test_a_record_refused_again_is_held_once_with_the_latest_reason(persona: Persona) -> None:
+    bad = b'{"source": "web", "type": "page_viewed", "subject": {"namespace": "email", "value": "eve@example.com"}}'
+    ingest_jsonl(persona, [bad], origin="f.jsonl", now=NOW)
+    first = describe(persona)
+    assert [r["reason"].split(":")[0] for r in first] == ["occurred_at"]
+    later = NOW + timedelta(days=1)
+    with persona.recorder.transaction():  # another run's reason for the same line of the same file
+        persona.recorder.quarantine([(micros(later), "f.jsonl", 1, "data: another run's reason", len(bad), b"sealed",
+                                      first_hash(persona, bad), micros(later + timedelta(days=3)))], [[]])
+    again = describe(persona)
+    assert len(again) == 1 and again[0]["id"] == first[0]["id"]
+    assert again[0]["reason"] == "data: another run's reason" and again[0]["recorded_at"] == later.isoformat()
+    assert open_quarantined(persona, again[0]["id"]) == bad  # the content held is the first run's, unchanged
+    # erasing eve still finds the record by the first run's tag
+    assert persona.recorder.purge_tagged([persona.log.hash_identifier("email", "eve@example.com")]) == 1
+
+
+def first_hash(persona: Persona, raw: bytes) -> bytes:
+    """The content hash Quarantine gives line 1 of f.jsonl holding `raw`."""
+    quarantine = Quarantine(persona, "f.jsonl", clock=lambda: NOW)
+    quarantine.add(1, raw, "x: y")
+    return quarantine.rows[0][6]
+
+
+def test_drop_quarantined_removes_those_records_and_their_tags_only(persona: Persona) -> None:
+    ingest_jsonl(persona, jsonl(b'{"x": "ann@example.com"}', b'{"x": "bob@example.com"}',
+                                b'{"x": "cy@example.com"}').splitlines(), origin="f.jsonl")
+    held = [r["id"] for r in describe(persona)]
+    with persona.recorder.transaction():
+        persona.recorder.drop_quarantined([held[0], held[2], 10_000])  # an id not held is passed over
+    assert [r["id"] for r in describe(persona)] == [held[1]]
+    tags = [row[1] for page in persona.recorder.dump("quarantine_tags") for row in page]
+    assert tags == [persona.log.hash_identifier("email", "bob@example.com")]

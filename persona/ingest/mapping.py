@@ -760,6 +760,57 @@ def _template_value(column: str, row: Mapping[str, Any]) -> str:
     return str(value).strip()
 
 
+# -- the columns a mapping reads -----------------------------------------------------------------
+def columns_named(mapping: SourceMapping) -> list[tuple[str, ...]]:
+    """Every column the mapping reads, but for fields with a `default` (which fills a column an
+    export lacks), each entry a choice: a list of subjects is one entry (a row's subject is the
+    first of them it has, so a header needs one of them), any other column is an entry of its own.
+    In the order the mapping names them, each once."""
+    choices = _grouping_columns(mapping)
+    choices += [choice for rule in mapping.events for choice in _rule_columns(rule, needed_only=False)]
+    choices += [(column,) for spec in mapping.items if spec.default is None for column in _field_columns(spec)]
+    return list(dict.fromkeys(choices))
+
+
+def columns_needed(mapping: SourceMapping) -> list[tuple[str, ...]]:
+    """The columns without which no row makes its events (as `columns_named` gives them): the rows'
+    grouping and, for each event other than a link (skipped when a row lacks it), its time, subject,
+    id and type and the fields it requires. A built-in mapping also names columns an export may lack."""
+    choices = _grouping_columns(mapping)
+    choices += [choice for rule in mapping.events if rule.type != "identity_linked"
+                for choice in _rule_columns(rule, needed_only=True)]
+    return list(dict.fromkeys(choices))
+
+
+def _grouping_columns(mapping: SourceMapping) -> list[tuple[str, ...]]:
+    """The columns that decide which rows make a record and whether it is kept: `group_by` and
+    every `[where]` column (a filter on a column the export lacks would keep or drop every row)."""
+    grouping = [(mapping.group_by,)] if mapping.group_by else []
+    return grouping + [(condition.column,) for condition in mapping.where]
+
+
+def _rule_columns(rule: EventRule, *, needed_only: bool) -> list[tuple[str, ...]]:
+    subjects = tuple(spec.column for _, spec in rule.subjects if spec.column is not None)
+    fields = [rule.when, *(spec for _, spec in rule.subjects if spec.column is None)]  # (templates)
+    fields += [rule.type_field] if rule.type_field is not None else []
+    fields += [spec for spec in rule.data if spec.default is None and (spec.required or not needed_only)]
+    fields += [rule.other] if rule.other is not None and not needed_only else []
+    ids = [] if rule.id is None else [column for column in _TEMPLATE.findall(rule.id) if not column.startswith("_")]
+    return ([subjects] if subjects else []) + [(column,) for spec in fields for column in _field_columns(spec)] + [
+        (column,) for column in ids]
+
+
+def _field_columns(spec: Field) -> list[str]:
+    """The columns one field reads: its column, a duration's two, or those of its template (whose
+    names with a leading underscore, {_line}, are persona's own)."""
+    named = [spec.column] if spec.column is not None else []
+    if spec.kind == "minutes_between":
+        named += spec.columns
+    if spec.template is not None:
+        named += [column for column in _TEMPLATE.findall(spec.template) if not column.startswith("_")]
+    return named
+
+
 # -- reading files -------------------------------------------------------------------------------
 class _Lines:
     """A text stream's lines, remembering those a CSV row was read from (for quarantine)."""
@@ -928,7 +979,7 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
                    else csv.reader(lines, delimiter=mapping.delimiter, strict=True))
     if mapping.header:
         try:
-            header = [h.strip() for h in next(reader)]
+            header = [h.removeprefix("\ufeff").strip() for h in next(reader)]  # a BOM in any encoding
         except StopIteration:
             return  # an empty file
         except csv.Error:  # nothing after it can be read: said out loud, not skipped

@@ -46,7 +46,7 @@ class Quarantine:
         self.rows.append((micros(now), self.origin, line, reason, len(raw), sealed, digest, micros(now + self.keep)))
         self.tags.append(sorted(self._identifier_hashes(raw, decoded)))
         self.count += 1
-        kind = reason.split(":", 1)[0]
+        kind = reason_kind(reason)
         self.reasons[kind] = self.reasons.get(kind, 0) + 1
 
     def flush(self) -> None:
@@ -73,6 +73,11 @@ class Quarantine:
             except ValidationError:
                 continue
         return found
+
+
+def reason_kind(reason: str) -> str:
+    """What a refusal is counted under in a report: the field or part it names ("amount: …")."""
+    return reason.split(":", 1)[0]
 
 
 def _candidates(decoded: Any) -> Iterable[tuple[str, str]]:

@@ -1035,17 +1035,22 @@ class PostgresRecorder:
                    tags: Sequence[Sequence[bytes]]) -> int:
         stored = 0
         for row, row_tags in zip(rows, tags, strict=True):
-            found = self.conn.execute(
-                "INSERT INTO quarantine (recorded_at, origin, line, reason, size, content, content_hash, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (content_hash) DO NOTHING RETURNING id",
-                row).fetchone()
-            if found is None:
-                continue  # the same bad record is already held
-            stored += 1
+            held = self.conn.execute("SELECT id FROM quarantine WHERE content_hash = %s", (row[6],)).fetchone()
+            if held is None:
+                made = self.conn.execute(
+                    "INSERT INTO quarantine (recorded_at, origin, line, reason, size, content, content_hash,"
+                    " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id", row).fetchone()
+                assert made is not None
+                qid = made[0]
+                stored += 1
+            else:  # the same bad record, refused again: this run's reason
+                qid = held[0]
+                self.conn.execute("UPDATE quarantine SET recorded_at = %s, reason = %s, expires_at = %s WHERE id = %s",
+                                  (row[0], row[3], row[7], qid))
             if row_tags:
                 self.conn.execute("INSERT INTO quarantine_tags (quarantine_id, subject_hash)"
                                   " SELECT %s, t FROM unnest(%s::bytea[]) AS t ON CONFLICT DO NOTHING",
-                                  (found[0], list(dict.fromkeys(row_tags))))
+                                  (qid, list(dict.fromkeys(row_tags))))
         return stored
 
     def quarantined(self) -> list[QuarantinedRecord]:
@@ -1061,6 +1066,9 @@ class PostgresRecorder:
         ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= %s", (now,)).fetchall()]
         self._delete_quarantined(ids)
         return len(ids)
+
+    def drop_quarantined(self, ids: Sequence[int]) -> None:
+        self._delete_quarantined(sorted(set(ids)))
 
     # -- API access ----------------------------------------------------------------------
     def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:

@@ -965,18 +965,20 @@ class SQLiteRecorder:
         rows: Sequence[tuple[int, str, int, str, int, bytes, bytes, int]],
         tags: Sequence[Sequence[bytes]],
     ) -> int:
-        """rows: (recorded_at, origin, line, reason, size, sealed content, content hash, expires_at)."""
         stored = 0
         for row, row_tags in zip(rows, tags, strict=True):
-            cursor = self.conn.execute(
-                "INSERT OR IGNORE INTO quarantine (recorded_at, origin, line, reason, size, content,"
-                " content_hash, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            if cursor.rowcount == 0:
-                continue  # the same bad record is already held
-            stored += 1
-            qid = cursor.lastrowid
+            held = self.conn.execute("SELECT id FROM quarantine WHERE content_hash = ?", (row[6],)).fetchone()
+            if held is None:
+                qid = self.conn.execute(
+                    "INSERT INTO quarantine (recorded_at, origin, line, reason, size, content,"
+                    " content_hash, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                ).lastrowid
+                stored += 1
+            else:  # the same bad record, refused again: this run's reason
+                qid = held[0]
+                self.conn.execute("UPDATE quarantine SET recorded_at = ?, reason = ?, expires_at = ? WHERE id = ?",
+                                  (row[0], row[3], row[7], qid))
             self.conn.executemany(
                 "INSERT OR IGNORE INTO quarantine_tags (quarantine_id, subject_hash) VALUES (?, ?)",
                 [(qid, tag) for tag in row_tags],
@@ -997,6 +999,9 @@ class SQLiteRecorder:
         ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= ?", (now,))]
         self._delete_quarantined(ids)
         return len(ids)
+
+    def drop_quarantined(self, ids: Sequence[int]) -> None:
+        self._delete_quarantined(sorted(set(ids)))
 
     # -- API access ----------------------------------------------------------------------
     def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
