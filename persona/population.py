@@ -17,6 +17,7 @@ import orjson
 
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError
+from persona.events import text_micros
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.profile import DEFAULT_STRATEGIES, attribute_values
 from persona.segments import segments
@@ -165,18 +166,28 @@ def quintile_scores(values: Mapping[str, float], *, higher_is_better: bool = Tru
     return scores
 
 
-def compute_rfm(persona: Persona, *, as_of: datetime | None = None) -> int:
+def compute_rfm(persona: Persona) -> int:
     """Score every buyer 1–5 on recency, frequency and monetary value against the whole
     population, and store the scores (done by `persona rebuild`, after `persona ingest`, and by
-    RfmSchedule's owners). Returns how many were scored."""
-    buyers = [p for p in indexed(persona, as_of=as_of) if p.features.get("frequency")]
-    r = quintile_scores({p.id: p.features["recency_days"] for p in buyers}, higher_is_better=False)
-    f = quintile_scores({p.id: p.features["frequency"] for p in buyers})
-    m = quintile_scores({p.id: p.features["monetary"] for p in buyers})
-    rows = [(p.id, r[p.id], f[p.id], m[p.id]) for p in buyers]
+    RfmSchedule's owners). Returns how many were scored.
+
+    Recency ranks the last order's instant, which orders buyers as recency_days does at any
+    instant: the scores move with orders, never with the clock. Only the scores that changed
+    are written (each written row is tagged: a full rewrite of 100,000 costs more than the read)."""
+    bought: dict[str, tuple[int, float, float]] = {}
+    for profile_id, _, doc, *_ in index_rows(persona):
+        features = orjson.loads(doc).get(FEATURES.name, {})
+        if features.get("frequency"):
+            bought[profile_id] = (text_micros(features["last_order_at"]), features["frequency"], features["monetary"])
+    r = quintile_scores({pid: facts[0] for pid, facts in bought.items()})
+    f = quintile_scores({pid: facts[1] for pid, facts in bought.items()})
+    m = quintile_scores({pid: facts[2] for pid, facts in bought.items()})
     with persona.recorder.transaction():
-        persona.recorder.put_rfm(rows)
-    return len(rows)
+        old = persona.recorder.rfm_scores()
+        rows = [(pid, r[pid], f[pid], m[pid]) for pid in bought
+                if old.get(pid) != {"r": r[pid], "f": f[pid], "m": m[pid]}]
+        persona.recorder.change_rfm(rows, [pid for pid in old if pid not in bought])
+    return len(bought)
 
 
 class RfmSchedule:
