@@ -31,7 +31,7 @@ REFUSAL_KEYS = 10_000  # distinct (writer, operation, outcome, detail) refusals 
 # Names an entry may repeat: the attributes and features persona defines. Anything else a
 # client typed where a name goes (an e-mail address as a `groupBy`, say) is written "other".
 NAMES = (frozenset(FEATURES.view(FEATURES.initial(), datetime(2000, 1, 1, tzinfo=UTC))) | CLAIMABLE
-         | frozenset(DEFAULT_STRATEGIES) | {"consent", "rfm"})
+         | frozenset(DEFAULT_STRATEGIES) | {"consent", "rfm", "rfm_segment"})
 
 
 class Entry(NamedTuple):

@@ -36,7 +36,17 @@ from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.linking import link as link_identities
 from persona.linking import unlink as unlink_identities
-from persona.population import GROUPABLE, LABELS, RANGEABLE, ProfileFilter, indexed, list_profiles, population
+from persona.population import (
+    GROUPABLE,
+    LABELS,
+    RANGEABLE,
+    ProfileFilter,
+    RfmSchedule,
+    compute_rfm,
+    indexed,
+    list_profiles,
+    population,
+)
 from persona.profiles import profile_view, read_person
 from persona.progress import Interruption, ProgressLines, counting, reading, stopped_by_signals
 from persona.projector import rebuild as rebuild_projections
@@ -244,6 +254,8 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
                 raise click.BadParameter("no such file", param_hint="FILE")
             with file.open("rb") as handle:
                 report = _ingest_file(persona, handle, file, mapping, stop)
+        if report.appended:  # the scores rank the population: one new order can move everyone's
+            compute_rfm(persona)
         cut_short = report.interrupted and not report.live  # a file's rest is still to be appended
         record_local(persona, "ingest", "ingest", outcome=INTERRUPTED if cut_short else OK, appended=report.appended,
                      duplicates=report.duplicates, quarantined=report.quarantined,
@@ -718,7 +730,8 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
 
     Prints one JSON line per batch of new events: the last position read, how many
     events, and the profiles that grew (pseudonymous ids; nothing is opened). Stop with
-    Ctrl+C; carry on later with --after set to the last position printed.
+    Ctrl+C; carry on later with --after set to the last position printed. With --refresh,
+    the RFM scores are computed again after changes, at most every 5 seconds and when caught up.
     """
     from persona.feed import ChangeFeed
     from persona.projector import Projector
@@ -731,12 +744,16 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
         if refresh:  # a stop by SIGTERM too ends the run as Ctrl+C does: its entry is written
             previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
             ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+        rfm = RfmSchedule()
         with refreshing as audit:  # --refresh opens people: one entry per run, with its counts, when it stops
             audit.update(batches=0, events=0, refreshed=0)
             try:
                 while True:
                     rows = feed.wait(0 if once else wait, limit=5_000)
                     if not rows:
+                        if rfm.pending:  # caught up: the scores too
+                            rfm.scoring()
+                            compute_rfm(persona)
                         if once:
                             break
                         continue
@@ -748,6 +765,11 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
                         audit["batches"] += 1
                         audit["events"] += len(rows)
                         audit["refreshed"] += line["refreshed"]
+                        if line["refreshed"]:
+                            rfm.changed()
+                        if rfm.due():
+                            rfm.scoring()
+                            compute_rfm(persona)
                     click.echo(orjson.dumps(line).decode())
             except KeyboardInterrupt:
                 click.echo(f"stopped after position {feed.position}", err=True)
@@ -908,7 +930,7 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
         f = p.features
         if as_json:
             click.echo(orjson.dumps({"id": p.id, "version": p.version, "attributes": p.attributes,
-                                     "features": f, "rfm": p.rfm}).decode())
+                                     "features": f, "rfm": p.rfm, "segments": p.segments}).decode())
         else:
             rfm = "".join(str(p.rfm[k]) for k in "rfm") if p.rfm else "-"
             click.echo(f"{p.id}  v{p.version:<5} {f.get('lifecycle_stage') or '-':<8} orders {f.get('frequency', 0):<4}"
@@ -926,7 +948,7 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
 
 @cli.command("stats")
 @click.option("--by", "group_by", multiple=True, default=["lifecycle_stage"], show_default=True,
-              help="Group by this attribute or feature (repeatable).")
+              help="Group by this attribute or feature, or rfm_segment (champions, loyal, ...) (repeatable).")
 @click.option("--metric", "metrics", multiple=True, default=["frequency", "monetary"], show_default=True,
               help="Average this numeric feature per group (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

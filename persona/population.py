@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 import statistics
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,19 +17,22 @@ import orjson
 
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError
+from persona.events import text_micros
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.profile import DEFAULT_STRATEGIES, attribute_values
 from persona.segments import segments
 
+RFM_SEGMENT = "rfm_segment"  # a group name: the profile's rfm:<segment> (persona.segments), if scored
 _BLANK = FEATURES.view(FEATURES.initial(), datetime(2000, 1, 1, tzinfo=UTC))
 # The names a range may bound (numbers, or none yet) and a population may be grouped by (one
 # value, or a list: its values together are the group; a mapping per profile groups nothing).
 RANGEABLE = frozenset(name for name, value in _BLANK.items() if not isinstance(value, bool) and (
     isinstance(value, int | float) or (value is None and not name.endswith("_at")))) - {"lifecycle_stage"}
 GROUPABLE = frozenset(name for name, value in _BLANK.items() if not isinstance(value, dict)) | frozenset(
-    DEFAULT_STRATEGIES) | {"age"}
+    DEFAULT_STRATEGIES) | {"age", RFM_SEGMENT}
 # The labels `persona profiles` prints for a feature, accepted where the feature's name goes
 LABELS = {"orders": "frequency", "spent": "monetary", "stage": "lifecycle_stage"}
+RFM_EVERY_S = 5.0  # the server and `follow --refresh` score RFM again at most this often after a change
 
 
 @dataclass(frozen=True)
@@ -161,17 +166,52 @@ def quintile_scores(values: Mapping[str, float], *, higher_is_better: bool = Tru
     return scores
 
 
-def compute_rfm(persona: Persona, *, as_of: datetime | None = None) -> int:
+def compute_rfm(persona: Persona) -> int:
     """Score every buyer 1–5 on recency, frequency and monetary value against the whole
-    population, and store the scores (done by `persona rebuild`). Returns how many were scored."""
-    buyers = [p for p in indexed(persona, as_of=as_of) if p.features.get("frequency")]
-    r = quintile_scores({p.id: p.features["recency_days"] for p in buyers}, higher_is_better=False)
-    f = quintile_scores({p.id: p.features["frequency"] for p in buyers})
-    m = quintile_scores({p.id: p.features["monetary"] for p in buyers})
-    rows = [(p.id, r[p.id], f[p.id], m[p.id]) for p in buyers]
+    population, and store the scores (done by `persona rebuild`, after `persona ingest`, and by
+    RfmSchedule's owners). Returns how many were scored.
+
+    Recency ranks the last order's instant, which orders buyers as recency_days does at any
+    instant: the scores move with orders, never with the clock. Only the scores that changed
+    are written (each written row is tagged: a full rewrite of 100,000 costs more than the read)."""
+    bought: dict[str, tuple[int, float, float]] = {}
+    for profile_id, _, doc, *_ in index_rows(persona):
+        features = orjson.loads(doc).get(FEATURES.name, {})
+        if features.get("frequency"):
+            bought[profile_id] = (text_micros(features["last_order_at"]), features["frequency"], features["monetary"])
+    r = quintile_scores({pid: facts[0] for pid, facts in bought.items()})
+    f = quintile_scores({pid: facts[1] for pid, facts in bought.items()})
+    m = quintile_scores({pid: facts[2] for pid, facts in bought.items()})
     with persona.recorder.transaction():
-        persona.recorder.put_rfm(rows)
-    return len(rows)
+        old = persona.recorder.rfm_scores()
+        rows = [(pid, r[pid], f[pid], m[pid]) for pid in bought
+                if old.get(pid) != {"r": r[pid], "f": f[pid], "m": m[pid]}]
+        persona.recorder.change_rfm(rows, [pid for pid in old if pid not in bought])
+    return len(bought)
+
+
+class RfmSchedule:
+    """When to score RFM again for a process that sees changes arrive one after another (the
+    server, `follow --refresh`): after a change, at most every `every` seconds. A pass reads the
+    whole index (docs/benchmarks.md has its cost), so it is coalesced rather than made per write;
+    the scores are at most `every` seconds (plus a pass) behind the log."""
+
+    def __init__(self, every: float = RFM_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._scored = -math.inf
+        self.pending = False
+
+    def changed(self) -> None:
+        self.pending = True
+
+    def due(self) -> bool:
+        return self.pending and self._clock() - self._scored >= self.every
+
+    def scoring(self) -> None:
+        """A pass is starting: what changes from now on waits for the next one."""
+        self.pending = False
+        self._scored = self._clock()
 
 
 def _hashable(value: Any) -> Any:
@@ -183,13 +223,20 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _group_of(profile: IndexedProfile, name: str) -> Any:
+    if name == RFM_SEGMENT:
+        return next((label.removeprefix("rfm:") for label in profile.segments if label.startswith("rfm:")), None)
+    return _hashable(profile.features.get(name, profile.attributes.get(name)))
+
+
 def population(persona: Persona, *, group_by: tuple[str, ...] = ("lifecycle_stage",),
                metrics: tuple[str, ...] = ("frequency", "monetary"), as_of: datetime | None = None
                ) -> list[dict[str, Any]]:
-    """Counts and means of numeric features per group (an attribute or a feature's value)."""
+    """Counts and means of numeric features per group (an attribute or a feature's value, or
+    the RFM segment)."""
     groups: dict[tuple[Any, ...], list[IndexedProfile]] = {}
     for profile in indexed(persona, as_of=as_of):
-        key = tuple(_hashable(profile.features.get(g, profile.attributes.get(g))) for g in group_by)
+        key = tuple(_group_of(profile, g) for g in group_by)
         groups.setdefault(key, []).append(profile)
     out = []
     for key, members in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):

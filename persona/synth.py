@@ -4,7 +4,9 @@
 
 writes four exports that the built-in sources read (`persona ingest FILE --source NAME`) and
 `truth.json`, what a perfect system would conclude from them. The same arguments always give
-the same bytes: one `random.Random` per file, seeded from `--seed`; no wall clock.
+the same bytes: one `random.Random` per file, seeded from `--seed`. The one use of the wall clock
+is the default span: the `--days` before today (UTC), so that the people look current when
+ingested — a mix of new, active, at-risk and churned customers. `--end` or `--start` fixes it.
 
 The people
 ----------
@@ -54,8 +56,8 @@ records per source), `files` (lines, records, valid, duplicates, bad, late per f
 `expected_ingest` (what `persona ingest --json` should report into an empty store: the
 duplicates and the quarantined records exactly; `events`, the events the records make, is
 what is appended before identity resolution adds its own), `bad_rows` (line numbers) with
-`bad_row_kinds`, `duplicates` and `late`. The data spans `--start` + `--days`: keep it in the
-past, as the ingest refuses events from the future.
+`bad_row_kinds`, `duplicates` and `late`. The data spans `--days` up to `--end` (default today),
+or from `--start`: keep it in the past, as the ingest refuses events from the future.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ APP_HEADER = ["device_id", "user_id", "session_id", "start", "end", "features", 
 SHANGHAI = timezone(timedelta(hours=8))  # no daylight saving since 1991
 DAY = 86_400
 YEAR_2099_MS = 4_070_908_800_000  # 2099-01-01T00:00:00Z
+DAYS = 730  # the default span: long enough for people who left a year ago, and ones who just came
 
 BAD_KINDS = {
     SHOP: ("negative_total", "bad_date", "future", "no_identifier", "currency_conflict"),
@@ -276,9 +279,12 @@ def build_people(options: Options) -> list[Person]:
     people = []
     for index in range(options.people):
         channels = _pick_channels(rng)
+        # they stay 30-100% of the span, and come any day of it: those who come late are cut short
+        # by its end, still active (the last month's newcomers are new), the others lapse
         length = int(span * rng.uniform(0.3, 1.0))
-        begin = options.start_s + rng.randrange(span - length + 1)
-        person = Person(index, channels, (begin, begin + length), tuple(rng.sample(CATEGORIES, 3)))
+        begin = options.start_s + (span - DAY) * rng.randrange(span - length + 1) // (span - length + 1)
+        end = min(begin + length, options.start_s + span)
+        person = Person(index, channels, (begin, max(end, begin + DAY)), tuple(rng.sample(CATEGORIES, 3)))
         surname, given = rng.choice(SURNAMES), rng.choice(GIVEN)
         shop, web, app, social = (c in channels for c in ("shop", "web", "app", "social"))
         if web or app or (shop and rng.random() < 0.7):
@@ -844,14 +850,19 @@ def parser() -> argparse.ArgumentParser:
                     "truth.json (who is who, valid orders and spend per person, bad rows by line, duplicates, "
                     "late events). The same arguments always write the same bytes.",
         epilog="With the defaults a person makes about 26 lines: --people 38500 writes about 1M (or --people 20000 "
-               "--scale-events 2: fewer, busier people). Keep --start and --days in the past: the ingest refuses "
-               "events from the future.")
+               "--scale-events 2: fewer, busier people). The activity ends before today unless --end or --start "
+               "says otherwise (give one for the same bytes on another day); keep it in the past: the ingest "
+               "refuses events from the future.")
     p.add_argument("--people", type=_positive(int), required=True, metavar="N", help="how many people")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write into (created)")
     p.add_argument("--seed", type=int, default=1, metavar="S", help="random seed (default 1)")
-    p.add_argument("--start", type=date.fromisoformat, default=date(2024, 1, 1), metavar="YYYY-MM-DD",
-                   help="first day of activity, UTC (default 2024-01-01)")
-    p.add_argument("--days", type=_positive(int), default=365, metavar="D", help="days of activity (default 365)")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--end", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+                      help="the activity stops before this day, UTC (default today: current-looking people)")
+    when.add_argument("--start", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD",
+                      help="first day of activity, UTC, instead of counting back from --end")
+    p.add_argument("--days", type=_positive(int), default=DAYS, metavar="D",
+                   help=f"days of activity (default {DAYS})")
     p.add_argument("--orders-per-person", type=_positive(float), default=3.0, metavar="F",
                    help="mean orders of a person who shops (default 3)")
     p.add_argument("--scale-events", type=_positive(float), default=1.0, metavar="F",
@@ -861,7 +872,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    options = Options(args.people, args.seed, args.start, args.days, args.orders_per_person, args.scale_events)
+    start = args.start or (args.end or datetime.now(UTC).date()) - timedelta(days=args.days)
+    options = Options(args.people, args.seed, start, args.days, args.orders_per_person, args.scale_events)
     stats = generate(args.out, options)
     files = ", ".join(f"{name} {s['lines']} lines ({s['bad']} bad, {s['duplicates']} duplicates)"
                       for name, s in stats.items())

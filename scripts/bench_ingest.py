@@ -50,7 +50,8 @@ def generate(people: int, seed: int, where: Path) -> dict[str, Any]:
     if not truth.exists():
         print(f"generating {people:,} people into {where}…", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "persona.synth", "--people", str(people), "--seed", str(seed),
-                        "--out", str(where)], check=True, stdout=subprocess.DEVNULL)
+                        "--start", "2024-01-01", "--days", "365", "--out", str(where)],  # the same data any day
+                       check=True, stdout=subprocess.DEVNULL)
     doc: dict[str, Any] = orjson.loads(truth.read_bytes())
     return doc
 

@@ -1278,6 +1278,30 @@ def event_input(email: str, kind: str, data: dict[str, Any], event_id: str | Non
     return out
 
 
+def test_rfm_scores_follow_ingest_events_within_seconds(fresh: Fresh) -> None:
+    """The server scores RFM again after ingestEvents appended something: on its writer thread,
+    coalesced (at most every RFM_EVERY_S), not in the request, and not only at `persona rebuild`."""
+    ann = FRESH_PEOPLE[0]
+    pid = fresh.ids[ann]
+    with Persona.open(fresh.settings) as p:
+        assert p.recorder.rfm_of(pid) is None
+    ordered = {"order_id": "o-rfm", "amount": "10", "currency": "EUR"}
+    sent = [event_input(ann, "order_placed", ordered, "rfm-1", "2026-02-02T10:00:00Z", "shop")]
+    assert fresh.api.data(INGEST, {"events": sent})["ingestEvents"]["appended"] == 1
+    deadline = time.monotonic() + 30
+    while True:
+        with Persona.open(fresh.settings) as p:
+            if p.recorder.rfm_of(pid) is not None:
+                break
+        assert time.monotonic() < deadline, "no RFM scores 30 s after ingestEvents"
+        time.sleep(0.2)
+    seen = fresh.api.data(SEGMENTS_OF, {"ns": "email", "v": ann})["profile"]
+    assert seen["features"]["rfm"] is not None and any(s.startswith("rfm:") for s in seen["segments"])
+
+
+SEGMENTS_OF = "query($ns: String!, $v: String!) { profile(subject: {namespace: $ns, value: $v}) { features segments } }"
+
+
 def test_ingest_events_appends_quarantines_and_deduplicates(fresh: Fresh) -> None:
     ann = FRESH_PEOPLE[0]
     api = fresh.api

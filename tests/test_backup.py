@@ -45,7 +45,7 @@ def populate(persona: Persona) -> str:
         record(CAROL, "product_viewed", {"sku": "zs-1", "category": CATEGORY}, event_id="c3"),
     ]
     ingest_jsonl(persona, io.BytesIO(jsonl(*others, *carol)), origin="f.jsonl")
-    assert compute_rfm(persona) == 7  # RFM scores: made by `persona rebuild`
+    assert compute_rfm(persona) == 7  # RFM scores: made by `persona rebuild` and `persona ingest`
     pid = persona.log.profile_for("email", CAROL)
     assert pid is not None
     return pid

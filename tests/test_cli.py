@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -143,6 +145,50 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path, events_file: Path
     out = subprocess.run([exe, "ingest", str(events_file), "--json"], check=True, env=env, capture_output=True)
     assert json.loads(out.stdout)["appended"] == 3
     assert b"Traceback" not in out.stderr
+
+
+def test_ingest_leaves_rfm_scores_and_segments_current_without_a_rebuild(tmp_path: Path) -> None:
+    """The real command: `persona ingest` scores RFM at its end, so `profiles` and `stats` show
+    the scores and segments at once, and the next ingest's orders move them."""
+    exe = Path(sys.executable).with_name("persona")
+    env = {**os.environ, "PERSONA_DATA": str(tmp_path / "d")}
+    today = datetime.now(UTC)
+
+    def orders(name: str, count: int, days_ago: int, amount: int) -> list[dict[str, Any]]:
+        return [record(f"{name}@example.com", "order_placed", {"order_id": f"{name}-{days_ago}-{k}",
+                                                               "amount": str(amount), "currency": "EUR"},
+                       source="shop", occurred_at=(today - timedelta(days=days_ago + 40 * k)).isoformat())
+                for k in range(count)]
+
+    def persona(*args: str) -> str:
+        done = subprocess.run([exe, *args], check=True, env=env, capture_output=True, text=True)
+        assert "Traceback" not in done.stderr
+        return done.stdout
+
+    def listed() -> dict[str, Any]:
+        lines = [json.loads(line) for line in persona("profiles", "--min", "frequency=1", "--json").splitlines()]
+        return {p["id"]: p for p in lines}
+
+    def segments() -> dict[str, int]:
+        return {row["rfm_segment"]: row["count"] for row in json.loads(persona("stats", "--by", "rfm_segment",
+                                                                               "--json"))}
+
+    first = tmp_path / "first.jsonl"  # five buyers: the more orders, the more recent and the more spent
+    first.write_bytes(jsonl(*(row for i in range(5) for row in orders(f"c{i}", i + 1, 10 * (5 - i), 10 * (i + 1)))))
+    persona("init")
+    persona("ingest", str(first))
+    scored = listed()
+    assert len(scored) == 5 and all(p["rfm"] is not None for p in scored.values())
+    best = max(scored.values(), key=lambda p: p["features"]["frequency"])
+    assert best["rfm"] == {"r": 5, "f": 5, "m": 5} and "rfm:champions" in best["segments"]
+    assert segments() == {"champions": 2, "needs_attention": 1, "hibernating": 2}  # c3 and c4: r ≥ 4 and f ≥ 4
+
+    later = tmp_path / "later.jsonl"  # someone buys more, and more recently, than anyone
+    later.write_bytes(jsonl(*orders("new", 9, 0, 1000)))
+    persona("ingest", str(later))
+    again = listed()
+    assert len(again) == 6 and again[best["id"]]["rfm"] == {"r": 4, "f": 4, "m": 4}
+    assert segments()["champions"] == 2 and sum(segments().values()) == 6
 
 
 def test_rebuild_profiles_and_stats(data: Path, events_file: Path) -> None:

@@ -216,16 +216,17 @@ def test_migrate_copies_the_store_to_the_other_backend_and_back(persona: Persona
 
 def test_follow_catches_up_from_any_position_and_refreshes_what_grew(persona: Persona) -> None:
     """`persona follow`: the catch-up worker. Events appended without a refresh (as a bulk copy
-    would) leave the index behind; `follow --refresh` brings it up to date."""
+    would) leave the index behind; `follow --refresh` brings it up to date, RFM scores too."""
     import orjson
     from click.testing import CliRunner
 
     from persona.cli import cli
 
     persona.log.append([event(f"f{n}@example.com", event_id=f"f{n}") for n in range(12)])
-    persona.log.append([event("f1@example.com", event_id="f1-again")])
+    persona.log.append([event("f1@example.com", "order_placed", {"order_id": "o1", "amount": "5", "currency": "EUR"},
+                              event_id="f1-again", source="shop")])
     lagging = persona.recorder.lagging_persons()
-    assert len(lagging) == 12  # appended, never indexed
+    assert len(lagging) == 12 and persona.recorder.rfm_scores() == {}  # appended, never indexed nor scored
     data = ["--data", str(persona.settings.data_dir)]
     result = CliRunner().invoke(cli, [*data, "follow", "--after", "0", "--once", "--refresh"])
     assert result.exit_code == 0, result.output
@@ -233,6 +234,8 @@ def test_follow_catches_up_from_any_position_and_refreshes_what_grew(persona: Pe
     assert sum(line["events"] for line in lines) == 13 and lines[-1]["position"] == persona.recorder.last_position()
     assert {pid for line in lines for pid in line["profiles"]} == set(lagging)
     assert sum(line["refreshed"] for line in lines) >= 12 and persona.recorder.lagging_persons() == []
+    assert persona.recorder.rfm_scores() == {persona.log.profile_for("email", "f1@example.com"): {"r": 3, "f": 3,
+                                                                                                  "m": 3}}
     assert "f1@example.com" not in result.output  # ids only, never an identifier
     later = CliRunner().invoke(cli, [*data, "follow", "--after", str(lines[-1]["position"]), "--once"])
     assert later.exit_code == 0 and later.output == ""  # caught up: nothing twice

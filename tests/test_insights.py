@@ -254,3 +254,15 @@ def test_segments_of_a_profile() -> None:
                       {"lifecycle_stage": "active", "top_categories": ["books", "toys"]}, {"r": 5, "f": 5, "m": 5})
     assert labels == ["stage:active", "rfm:champions", "high_value", "affinity:books", "consent:marketing"]
     assert segments({}, {}, None) == []
+
+
+@pytest.mark.parametrize(("r", "f", "name"), [(5, 5, "at_risk"), (5, 3, "at_risk"), (4, 4, "at_risk"),
+                                              (5, 2, "hibernating"), (1, 1, "hibernating"), (3, 5, "at_risk")])
+def test_a_churned_profile_is_never_a_champion_whatever_its_scores(r: int, f: int, name: str) -> None:
+    """Recency is ranked within the population, the stage is absolute: in a population that has
+    mostly lapsed, the least lapsed score r 5, and a churned one of them is lapsed all the same."""
+    assert rfm_segment(r, f, "churned") == name
+    labels = segments({}, {"lifecycle_stage": "churned"}, {"r": r, "f": f, "m": 5})
+    assert labels == ["stage:churned", f"rfm:{name}", "high_value"]
+    for stage in ("new", "active", "at_risk", None):  # the other stages leave the scores to speak
+        assert rfm_segment(r, f, stage) == rfm_segment(r, f)

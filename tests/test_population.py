@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from persona import Persona
 from persona.ingest import ingest_jsonl
-from persona.population import ProfileFilter, list_profiles, population, quintile_scores
+from persona.population import ProfileFilter, compute_rfm, list_profiles, population, quintile_scores
 from persona.projections import FEATURES, replay
 from persona.projector import rebuild
+from persona.verify import verify
 from tests.conftest import jsonl, record
 from tests.test_projection_features import HISTORY
 
@@ -84,6 +85,25 @@ def test_rebuild_scores_rfm_and_the_index_answers_filters_and_pages(persona: Per
     later = list_profiles(persona, ProfileFilter(lifecycle_stages=frozenset({"churned"})),
                           as_of=datetime(2027, 6, 1, tzinfo=UTC), first=100)
     assert len(later) == 11
+
+
+def test_rfm_scores_move_with_orders_never_with_the_clock(persona: Persona) -> None:
+    """Scored again, an unchanged population writes nothing; a new buyer with the latest order
+    scores r 5 and moves the others; the rows written are tagged (verify reads every tag)."""
+    shop(persona)
+    assert compute_rfm(persona) == 10
+    scores = persona.recorder.rfm_scores()
+    browser = persona.log.profile_for("email", "browser@example.com")
+    assert browser is not None and browser not in scores
+    assert compute_rfm(persona) == 10 and persona.recorder.rfm_scores() == scores
+    ingest_jsonl(persona, io.BytesIO(jsonl(record("browser@example.com", "order_placed", {
+        "order_id": "late", "amount": "1", "currency": "EUR"}, occurred_at="2025-12-01T00:00:00Z", event_id="l",
+        source="shop"))), origin="g")
+    assert compute_rfm(persona) == 11
+    after = persona.recorder.rfm_scores()
+    assert after[browser] == {"r": 5, "f": 1, "m": 1}
+    assert any(after[pid] != old for pid, old in scores.items())  # the others moved down the ranks
+    assert verify(persona).events > 0
 
 
 def test_population_aggregates(persona: Persona) -> None:

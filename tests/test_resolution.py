@@ -131,7 +131,7 @@ def test_a_larger_generated_population_resolves_too(tmp_path: Path) -> None:
     from persona.synth import main as generate
 
     out = tmp_path / "gen"
-    generate(["--people", "400", "--seed", "11", "--out", str(out)])
+    generate(["--people", "400", "--seed", "11", "--end", NOW.date().isoformat(), "--out", str(out)])
     truth = orjson.loads((out / "truth.json").read_bytes())
     settings = Settings.load(tmp_path / "data", env={})
     with Persona.init(settings) as persona:

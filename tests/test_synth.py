@@ -6,6 +6,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from persona.ingest import ingest_records
 from persona.ingest.clean import parse_amount
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.ingest.quarantine import describe
+from persona.population import compute_rfm, indexed
 from persona.pseudonyms import normalise
 from persona.synth import APP, BAD_KINDS, FILES, SHOP, SOCIAL, WEB, main
 
@@ -73,17 +75,19 @@ def identifiers_of(name: str, row: dict[str, Any]) -> list[Identifier]:
 
 
 def test_the_same_arguments_write_the_same_bytes(tmp_path: Path) -> None:
-    one = generate(tmp_path / "one", 30, 5, "--orders-per-person", "2.5")
-    two = generate(tmp_path / "two", 30, 5, "--orders-per-person", "2.5")
+    one = generate(tmp_path / "one", 30, 5, "--orders-per-person", "2.5", "--end", "2026-01-01")
+    two = generate(tmp_path / "two", 30, 5, "--orders-per-person", "2.5", "--end", "2026-01-01")
     for name in (*FILES, "truth.json"):
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
-    other = generate(tmp_path / "other", 30, 6, "--orders-per-person", "2.5")
+    other = generate(tmp_path / "other", 30, 6, "--orders-per-person", "2.5", "--end", "2026-01-01")
     for name in (*FILES, "truth.json"):
         assert (one / name).read_bytes() != (other / name).read_bytes(), name
 
 
 def test_the_committed_sample_is_what_the_generator_writes(tmp_path: Path) -> None:
-    fresh = generate(tmp_path, 60, 7)  # scripts/generate --people 60 --seed 7 --out fixtures/people
+    # scripts/generate --people 60 --seed 7 --start 2024-01-01 --days 365 --out fixtures/people: a committed
+    # file cannot move with the clock, so its dates are fixed
+    fresh = generate(tmp_path, 60, 7, "--start", "2024-01-01", "--days", "365")
     for name in (*FILES, "truth.json"):
         assert (SAMPLE / name).read_bytes() == (fresh / name).read_bytes(), f"regenerate fixtures/people: {name}"
 
@@ -100,8 +104,60 @@ def test_help_describes_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--people", "--out", "--seed", "--start", "--days", "--orders-per-person", "--scale-events"):
+    for option in ("--people", "--out", "--seed", "--end", "--start", "--days", "--orders-per-person",
+                   "--scale-events"):
         assert option in text
+
+
+def order_times(directory: Path) -> list[datetime]:
+    """When each valid order of the sample happened (the shop's exact time formats only)."""
+    out = []
+    for _, row in valid_rows(directory, SHOP):
+        written = row["created_at"]
+        if written.endswith("Z") or written[10:11] == "T":
+            out.append(datetime.fromisoformat(written.replace("Z", "+00:00")))
+    return out
+
+
+def test_the_activity_ends_before_today_unless_told_otherwise(tmp_path: Path) -> None:
+    today = datetime.now(UTC).date()
+    recent = generate(tmp_path / "recent", 40, 2)
+    assert truth_of(recent)["arguments"]["start"] == (today - timedelta(days=730)).isoformat()
+    times = order_times(recent)
+    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    assert times and max(times) < midnight and min(times) >= midnight - timedelta(days=730)
+    assert max(times) > midnight - timedelta(days=60)  # people still buying: the data looks current
+
+    fixed = generate(tmp_path / "fixed", 40, 2, "--end", "2025-07-01", "--days", "100")
+    assert truth_of(fixed)["arguments"]["start"] == "2025-03-23"
+    assert max(order_times(fixed)) < datetime(2025, 7, 1, tzinfo=UTC)
+    same = generate(tmp_path / "same", 40, 2, "--start", "2025-03-23", "--days", "100")
+    for name in (*FILES, "truth.json"):  # --end counts back to the --start it names
+        assert (fixed / name).read_bytes() == (same / name).read_bytes(), name
+    with pytest.raises(SystemExit) as refused:
+        main(["--people", "3", "--out", str(tmp_path / "x"), "--start", "2025-01-01", "--end", "2025-02-01"])
+    assert refused.value.code == 2
+
+
+def test_generated_people_are_a_realistic_mix_of_lifecycle_stages(tmp_path: Path, persona: Persona) -> None:
+    """Ingested the day they are generated, the people are new, active, at risk and churned, no
+    stage most of them; and no RFM segment contradicts the stage (docs/projections.md)."""
+    out = generate(tmp_path / "gen", 300, 4)
+    for name in FILES:
+        with (out / name).open("rb") as handle:
+            ingest_records(persona, mapped_records(builtin_mapping(SOURCES[name]), handle, name=name), origin=name)
+    compute_rfm(persona)
+    profiles = list(indexed(persona))
+    stages = Counter(p.features["lifecycle_stage"] for p in profiles)
+    assert set(stages) == {"new", "active", "at_risk", "churned"}, stages
+    assert all(count <= 0.6 * len(profiles) for count in stages.values()), stages
+    assert stages["new"] >= 0.02 * len(profiles) and stages["churned"] >= 0.05 * len(profiles), stages
+    labels = [set(p.segments) for p in profiles]
+    assert sum("rfm:champions" in s for s in labels) >= 10
+    assert not any({"stage:churned", "rfm:champions"} <= s for s in labels)
+    lapsed = [p for p in profiles if p.features["lifecycle_stage"] == "churned" and p.rfm is not None]
+    assert lapsed and {s for p in lapsed for s in p.segments if s.startswith("rfm:")} <= {"rfm:at_risk",
+                                                                                          "rfm:hibernating"}
 
 
 def test_counts_add_up(sample: Path) -> None:

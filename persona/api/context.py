@@ -7,7 +7,9 @@ time-filtered history) to two scanner threads, so that neither a write waiting f
 SQLite's lock nor a replay stalls the event loop. Population scans (insights, filtered
 listings) go through a gate to processes of their own (persona.api.scans).
 The physical purge after erasures (persona.purge: on PostgreSQL one VACUUM per window)
-runs on a thread of its own, never the writer's.
+runs on a thread of its own, never the writer's. RFM scores rank the whole population: after
+ingestEvents appended something they are computed again on the writer thread, at most every
+RFM_EVERY_S (persona.population), not per request.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from persona.audit import NO_TOKEN, AuditBuffer, shape
 from persona.audit import write as write_audit
 from persona.core import Persona
 from persona.feed import ChangeFeed
+from persona.population import RfmSchedule, compute_rfm
 from persona.projector import Projector
 from persona.pseudonyms import admit, normalise
 from persona.purge import run as purge_when_due
@@ -187,6 +190,7 @@ class ApiState:
         self._feed_thread = ThreadPoolExecutor(1, thread_name_prefix="persona-feed")
         self._feed_wait: Future[set[str]] | None = None
         self._erasures = self.persona.recorder.erasure_mark()
+        self.rfm = RfmSchedule()  # ingestEvents marks it; the flusher's loop scores when due
 
     async def start(self) -> None:
         # Everything loaded so far (the schema, libraries, caches) lives as long as the
@@ -255,12 +259,24 @@ class ApiState:
                 self.forget_the_erased()
             except Exception as e:
                 log.warning("checking for erasures failed (%s); retrying", type(e).__name__)
+            await self.score_rfm()
             if now - self._counted >= self.options.population_every_s:
                 self._counted = now
                 try:
                     self.population = await self.scanner.run(lambda persona: persona.recorder.index_size())
                 except Exception as e:
                     log.warning("counting the population failed (%s); retrying", type(e).__name__)
+
+    async def score_rfm(self, *, due: bool = False) -> None:
+        """Score RFM again if it is due (`due`: whatever the time, if anything changed)."""
+        if not (self.rfm.due() or (due and self.rfm.pending)):
+            return
+        self.rfm.scoring()
+        try:
+            await self.writer.run(compute_rfm)
+        except Exception as e:  # the database is busy: tried again at the next tick
+            self.rfm.changed()
+            log.warning("scoring RFM failed (%s); retrying", type(e).__name__)
 
     def forget_the_erased(self) -> None:
         """After an erasure by anyone (this server, another worker, the CLI), drop every cache
@@ -293,6 +309,7 @@ class ApiState:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         try:
+            await self.score_rfm(due=True)
             await self.flush_audit()
         except Exception as e:
             log.error("audit entries could not be written at shutdown (%s)", type(e).__name__)

@@ -287,6 +287,8 @@ class Mutation:
         for changed in report.changed:  # whose logs grew: pseudonyms only
             ctx.record("ingestEvents", changed, fields="")
         ctx.state.bus.changed(list(report.changed))
+        if report.appended:
+            ctx.state.rfm.changed()  # scored again within RFM_EVERY_S, on the writer thread
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
                             quarantined=report.quarantined, profiles_created=report.profiles_created,
                             merges=report.merges, quarantine_reasons=report.quarantine_reasons)

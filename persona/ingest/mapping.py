@@ -785,7 +785,7 @@ def columns_needed(mapping: SourceMapping) -> list[tuple[str, ...]]:
 def _grouping_columns(mapping: SourceMapping) -> list[tuple[str, ...]]:
     """The columns that decide which rows make a record and whether it is kept: `group_by` and
     every `[where]` column (a filter on a column the export lacks would keep or drop every row)."""
-    grouping = [(mapping.group_by,)] if mapping.group_by else []
+    grouping: list[tuple[str, ...]] = [(mapping.group_by,)] if mapping.group_by else []
     return grouping + [(condition.column,) for condition in mapping.where]
 
 

@@ -995,6 +995,17 @@ class PostgresRecorder:
                 " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid)",
                 tuple(list(column) for column in zip(*rows, strict=True)))
 
+    def change_rfm(self, rows: Sequence[tuple[str, int, int, int]], gone: Sequence[str]) -> None:
+        if gone:
+            self.conn.execute("DELETE FROM rfm WHERE profile_id = ANY(%s::text[])", (list(gone),))
+        if rows:
+            self.conn.execute(
+                "INSERT INTO rfm (profile_id, r, f, m) SELECT u.* FROM"
+                " unnest(%s::text[], %s::integer[], %s::integer[], %s::integer[]) AS u(pid, r, f, m)"
+                " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid) ON CONFLICT (profile_id)"
+                " DO UPDATE SET r = excluded.r, f = excluded.f, m = excluded.m, tag = NULL",
+                tuple(list(column) for column in zip(*rows, strict=True)))
+
     def rfm_of(self, profile_id: str) -> dict[str, int] | None:
         row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = %s", (profile_id,)).fetchone()
         return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}

@@ -914,6 +914,15 @@ class SQLiteRecorder:
             rows,
         )
 
+    def change_rfm(self, rows: Sequence[tuple[str, int, int, int]], gone: Sequence[str]) -> None:
+        self.conn.executemany("DELETE FROM rfm WHERE profile_id = ?", [(pid,) for pid in gone])
+        self.conn.executemany(
+            "INSERT INTO rfm (profile_id, r, f, m) SELECT ?1, ?2, ?3, ?4"
+            " WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1) ON CONFLICT (profile_id)"
+            " DO UPDATE SET r = excluded.r, f = excluded.f, m = excluded.m, tag = NULL",
+            rows,
+        )
+
     def rfm_of(self, profile_id: str) -> dict[str, int] | None:
         row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = ?", (profile_id,)).fetchone()
         return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
