@@ -701,3 +701,34 @@ def test_too_little_data_names_the_cutoffs_tried_and_what_to_try(cadence: tuple[
     plain = persona_cli(data, "train", "days_to_next_purchase", "--horizon", "182d")
     assert plain.returncode == 1 and f"a shorter --horizon (e.g. --horizon {fits}d)" in plain.stderr
     assert f"Cutoffs tried (examples at each): {listed};" in plain.stderr
+
+
+def test_the_headline_rule_of_each_task() -> None:
+    """The rule itself, at its edges: R² of 0 passes and below fails; ROC-AUC must be above every
+    baseline's (ties fail); accuracy may tie the favourite category's; a lift of zero fails."""
+    from persona.models.train import shortfalls
+
+    def lift(improvement: float, metric: str = "log_loss") -> dict[str, Any]:
+        return {"metric": metric, "baseline": 0.6, "against": "BG/NBD", "model": 0.6 * (1 - improvement),
+                "improvement": improvement}
+
+    regression = parse_task("clv_91d")
+    assert shortfalls(regression, {"r2": 0.0}, {}, lift(0.1, "mse")) == []
+    assert shortfalls(regression, {"r2": -0.12}, {}, lift(0.1, "mse")) == [
+        "R² -0.12 < 0 (worse than predicting the held-out rows' mean)"]
+    assert shortfalls(regression, {"r2": 0.3}, {}, lift(0.0, "mse")) == [
+        "MSE 0.6 is no better than its best baseline's (BG/NBD: 0.6)"]
+    churn = parse_task("churn_91d")
+    ranked = {"population rate": {"roc_auc": 0.5}, "BG/NBD": {"roc_auc": 0.74}}
+    assert shortfalls(churn, {"roc_auc": 0.75}, ranked, lift(0.1)) == []
+    assert shortfalls(churn, {"roc_auc": 0.74}, ranked, lift(0.1)) == [
+        "ROC-AUC 0.740 ≤ 0.740 of the BG/NBD baseline (ranks no better than it)"]
+    assert shortfalls(churn, {"roc_auc": 0.55}, {"population rate": {"roc_auc": 0.5},
+                                                 "BG/NBD": {"roc_auc": float("nan")}}, lift(0.1)) == []
+    assert "all of one class" in shortfalls(churn, {"roc_auc": float("nan")}, ranked, lift(0.1))[0]
+    category = parse_task("next_category")
+    favourite = {"population frequencies": {"accuracy": 0.3}, "favourite category so far": {"accuracy": 0.42}}
+    assert shortfalls(category, {"accuracy": 0.42}, favourite, lift(0.1)) == []
+    assert shortfalls(category, {"accuracy": 0.41}, favourite, lift(0.1)) == [
+        "accuracy 0.410 < 0.420 of the favourite category so far baseline (guessing each person's favourite "
+        "category does better)"]

@@ -77,7 +77,7 @@ class ModelVersion:
         if self.status == "candidate":
             if shortfalls:
                 return f"kept as candidate: {shortfalls}"
-            return "kept as candidate: not promoted by request" if promotion["override"] == "no-promote" else None
+            return "kept as candidate: asked not to promote it" if promotion["override"] == "no-promote" else None
         return f"promoted by request although {shortfalls}" if shortfalls else None
 
 

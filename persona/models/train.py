@@ -269,7 +269,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     customers = [r for r in train_rows if r.aov is not None]
     if len(customers) < MIN_TRAIN:
         raise too_little(f"too few people had bought anything by the training cutoffs ({len(customers)}; need "
-                         f"{MIN_TRAIN})", Counter(r.cutoff for r in customers), "who had bought")
+                         f"{MIN_TRAIN})", Counter(r.cutoff for r in customers), "people who had bought")
     fitted = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
     categories = category_columns(train_rows)
     names = [*VIEW_FEATURES, *WINDOW_FEATURES]
