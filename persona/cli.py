@@ -475,16 +475,19 @@ def history(ctx: click.Context, subject: str | None, profile: str | None, as_jso
 def link(ctx: click.Context, first: str, second: str) -> None:
     """Declare two identifiers one person. If they belong to two profiles, the profiles are
     merged: each keeps its own events and key, and the person folds them all. One of the
-    two must be known already. `persona unlink` undoes a merge; a new identifier joined to a
-    known profile shares its history and cannot be taken back out."""
+    two must be known already; a new one gets a profile of its own, merged the same way, where
+    what arrives for it from then on goes. `persona unlink` undoes the merge."""
     with opened(ctx) as persona:
         linked = link_identities(persona, parse_subject(first), parse_subject(second), writer=local("link"))
         record_local(persona, "link", "link", [linked.person], namespaces=_namespaces(first, second),
                      merged=linked.merged)
-    if linked.merged:
+    if linked.created:
+        click.echo(f"merged into profile {linked.person}, the new identifier with a profile of its own"
+                   " (`persona unlink` undoes it)")
+    elif linked.merged:
         click.echo(f"merged into profile {linked.person} (`persona unlink` undoes it)")
-    else:  # a new identifier joined, or the two were one person already: no merge for unlink to undo
-        click.echo(f"linked to profile {linked.person} (no merge made: `persona unlink` has nothing to undo)")
+    else:
+        click.echo(f"already one person: profile {linked.person} (no merge made)")
 
 
 @cli.command()

@@ -208,7 +208,7 @@ class EventLog:
 
     # -- append --------------------------------------------------------------------------
     def append(self, events: Sequence[Event], *, now: datetime | None = None, keep: bool = False,
-               relink: bool = False, writer: Writer = LIBRARY) -> AppendResult:
+               explicit: bool = False, writer: Writer = LIBRARY) -> AppendResult:
         """Append a batch, resolving each subject to its profile (new subjects get one).
 
         Atomic: the whole batch or nothing. Idempotent on event_id: events already in
@@ -216,8 +216,10 @@ class EventLog:
         appended events as they will read back (for keeping projections current).
 
         An `identity_linked` event whose two identifiers belong to two existing people merges
-        them (persona.identity) — unless a merge of theirs was undone; with `relink` (an
-        explicit request, not a record's say-so) it is made all the same.
+        them (persona.identity) — unless a merge of theirs was undone. With `explicit` (a link
+        asked for by hand, `persona link` or `linkIdentities`, not a record's say-so) it is made
+        all the same, and a new identifier gets a profile of its own, merged with the known one,
+        rather than joining its stream: the merge is then one that an unlink can undo.
 
         `writer` is sealed into each event (and the merge markers it causes). The operator's
         events share one idempotency key space (the same record from another local command is a
@@ -239,20 +241,20 @@ class EventLog:
                 keyed.setdefault(h.digest(), event)
             nested = self.recorder.in_transaction()
             try:
-                result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, relink=relink,
+                result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, explicit=explicit,
                                             writer=writer)
             except (DuplicateEventError, ConcurrencyError):
                 if nested:  # the caller's transaction holds what the failed attempt wrote: theirs to roll back
                     raise
                 # The fast path assumes new events and a current cache; a re-ingest (or a
                 # writer we did not see) takes the careful path, from the database alone.
-                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, relink=relink,
+                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, explicit=explicit,
                                             writer=writer)
         result.duplicates += len(events) - len(keyed)
         return result
 
     def _append_batch(self, keyed: dict[bytes, Event], recorded: int, *, check_duplicates: bool,
-                      keep: bool, relink: bool = False, writer: Writer = LIBRARY) -> AppendResult:
+                      keep: bool, explicit: bool = False, writer: Writer = LIBRARY) -> AppendResult:
         rec = self.recorder
         result = AppendResult()
         try:
@@ -264,7 +266,7 @@ class EventLog:
                     result.duplicates = len(existing)
                     keyed = {k: e for k, e in keyed.items() if k not in existing}
                 if keyed:
-                    self._append_locked(keyed, recorded, result, keep, relink, writer)
+                    self._append_locked(keyed, recorded, result, keep, explicit, writer)
                 # Read under the write lock: after COMMIT another writer could slip in unseen.
                 seen = rec.data_version()
         except BaseException:
@@ -276,7 +278,7 @@ class EventLog:
         return result
 
     def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool,
-                       relink: bool, writer: Writer) -> None:
+                       explicit: bool, writer: Writer) -> None:
         rec = self.recorder
         pepper = self.keyring.pepper
         hashes: dict[Subject, bytes] = {}
@@ -298,27 +300,35 @@ class EventLog:
         tips = self._tips
         items: list[tuple[str, bytes, Event, bytes]] = []
         joins: list[tuple[bytes, Event, str, str]] = []  # a link between two existing profiles
+
+        def open_stream(digest: bytes, namespace: str) -> str:
+            if not new_streams:
+                self.check_current_kek()
+            pid = links[digest] = new_profile_id()
+            dek = self.keyring.new_dek()
+            version, wrapped = self.keyring.wrap(pid, dek)
+            new_sealers.append(Sealer(dek))
+            new_streams.append((pid, genesis(self.chain_key, pid), version, wrapped, recorded))
+            new_links.append((digest, pid, namespace, recorded))
+            return pid
+
         for key, event, h in pending:
             pid = links.get(h)
-            if pid is None and event.other is not None:
-                pid = links.get(hashes[event.other])  # a new identifier linked to a known person
+            if pid is None and event.other is not None and not explicit:
+                pid = links.get(hashes[event.other])  # a new identifier seen with a known person
                 if pid is not None:
                     links[h] = pid
                     new_links.append((h, pid, event.subject.namespace, recorded))
             if pid is None:
-                if not new_streams:
-                    self.check_current_kek()
-                pid = links[h] = new_profile_id()
-                dek = self.keyring.new_dek()
-                version, wrapped = self.keyring.wrap(pid, dek)
-                new_sealers.append(Sealer(dek))
-                new_streams.append((pid, genesis(self.chain_key, pid), version, wrapped, recorded))
-                new_links.append((h, pid, event.subject.namespace, recorded))
+                pid = open_stream(h, event.subject.namespace)
             if event.other is not None:
                 oh = hashes[event.other]
                 if oh not in links:
-                    links[oh] = pid
-                    new_links.append((oh, pid, event.other.namespace, recorded))
+                    if explicit:  # a profile of its own, merged below: an unlink can take it apart again
+                        joins.append((key, event, pid, open_stream(oh, event.other.namespace)))
+                    else:
+                        links[oh] = pid
+                        new_links.append((oh, pid, event.other.namespace, recorded))
                 elif links[oh] != pid:  # joining two existing profiles is a merge (identity resolution)
                     joins.append((key, event, pid, links[oh]))
             items.append((pid, key, event, h))
@@ -329,7 +339,7 @@ class EventLog:
         if new_links:
             rec.insert_links(new_links)
         if joins:
-            self._merge(joins, hashes, items, recorded, result, relink)
+            self._merge(joins, hashes, items, recorded, result, explicit)
         touched = list(dict.fromkeys(item[0] for item in items))
         missing = [pid for pid in touched if pid not in tips]
         if missing:
@@ -354,7 +364,7 @@ class EventLog:
 
     def _merge(self, joins: list[tuple[bytes, Event, str, str]], hashes: dict[Subject, bytes],
                items: list[tuple[str, bytes, Event, bytes]], recorded: int, result: AppendResult,
-               relink: bool) -> None:
+               explicit: bool) -> None:
         """Merge the people these links join: record each merge and append a `profiles_merged`
         event to both streams (ids derived from the link's key: a re-run adds nothing)."""
         rec = self.recorder
@@ -367,7 +377,7 @@ class EventLog:
             one, other = people[pid], people[other_pid]
             if one.id == other.id:
                 continue  # one person already (merged earlier, or earlier in this batch)
-            if not relink and apart and any(frozenset((a, b)) in apart for a in one.members for b in other.members):
+            if not explicit and apart and any(frozenset((a, b)) in apart for a in one.members for b in other.members):
                 result.merges_refused += 1
                 continue
             assert event.other is not None
@@ -478,18 +488,41 @@ class EventLog:
     # -- read ----------------------------------------------------------------------------
     @staticmethod
     def open_event(row: StoredEvent, sealer: Sealer) -> RecordedEvent:
-        position, sid, version, key, kind, recorded_us, payload, _ = row
-        aad = event_aad(sid, version, key, kind)
-        try:
-            body = orjson.loads(sealer.decrypt(payload[:12], payload[12:], aad))
-        except InvalidTag:
-            raise TamperError(
-                f"event at position {position} (stream {sid}, version {version}) does not open", position=position
-            ) from None
+        position, sid, version, _, kind, recorded_us, _, _ = row
+        body = EventLog._body(row, sealer)
         sub = body["sub"]
         return _new_tuple(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
                                           recorded_us, (sub[0], sub[1][:12]), body["data"],
                                           body.get("by", UNKNOWN_WRITER), body.get("vouch", True)))
+
+    @staticmethod
+    def _body(row: StoredEvent, sealer: Sealer) -> dict[str, Any]:
+        position, sid, version, key, kind, _, payload, _ = row
+        try:
+            body: dict[str, Any] = orjson.loads(sealer.decrypt(payload[:12], payload[12:],
+                                                               event_aad(sid, version, key, kind)))
+        except InvalidTag:
+            raise TamperError(
+                f"event at position {position} (stream {sid}, version {version}) does not open", position=position
+            ) from None
+        return body
+
+    def linked_by_hand(self, profile_id: str, one: bytes, other: bytes, prefix: str) -> bool:
+        """Does this stream hold a link asked for by hand (its event id starts with `prefix`) between
+        these two identifiers (keyed hashes)? Read from the sealed payloads: an event read back
+        names its subject only."""
+        head = self.recorder.heads([profile_id]).get(profile_id)
+        if head is None or head.wrapped is None:
+            return False
+        sealer = self.sealer(profile_id, head)
+        pair = {one[:16].hex(), other[:16].hex()}
+        for row in self.recorder.read_stream(profile_id, 0):
+            if row.type == "identity_linked":
+                body = self._body(row, sealer)
+                ids = {body["sub"][1], body["other"][1]} if "other" in body else set()
+                if str(body["id"]).startswith(prefix) and ids == pair:
+                    return True
+        return False
 
     def read(self, profile_id: str, after_version: int = 0) -> list[RecordedEvent]:
         """One stream, opened, in version order."""

@@ -19,8 +19,10 @@ Keeping the streams apart is what makes the two hard cases right:
   event of theirs becomes unreadable at once; after an undo, erasing one of the two people
   leaves the other's history readable, because it was never sealed under the erased key.
 
-New identifiers seen with a known one go to that identifier's stream, so after an undo
-they stay with the person they arrived with.
+New identifiers seen with a known one on a record go to that identifier's stream, so after
+an undo they stay with the person they arrived with. A link asked for by hand is different
+(persona.linking): a new identifier it names gets a stream of its own, merged, so that an
+undo can take it back out with whatever arrived for it since.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Linking and unlinking identifiers by hand: the operator's (or the API's) say over identity
 resolution. A link of two people's identifiers merges them; an unlink undoes the merge that
-joined them (see persona.identity for how persons are kept)."""
+joined them (see persona.identity for how persons are kept). A link that names a new
+identifier gives it a profile of its own and merges it with the known one, so that it too can
+be undone: whatever arrives for the new identifier afterwards goes to its own profile."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ from persona.events import LIBRARY, Event, Subject, Writer, micros, utc_text
 from persona.projector import Projector
 from persona.pseudonyms import normalise
 
+LINK_PREFIX = "link:"  # the event id of a link by hand
+
 
 @dataclass(frozen=True)
 class Linked:
     person: str  # the person both identifiers now belong to
-    merged: bool  # a merge was made (False: they were one person already, or one was new)
+    merged: bool  # a merge was made (False: they were one person already)
+    created: bool  # the new identifier was given a profile of its own (merged, so unlink can undo it)
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ def _subject(persona: Persona, namespace: str, value: str) -> Subject:
 def link(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, source: str = "cli",
          now: datetime | None = None, writer: Writer = LIBRARY) -> Linked:
     """Declare two identifiers one person. At least one must be known already; a known pair of
-    two people is merged, even if a merge of theirs was undone before (this is the explicit word)."""
+    two people is merged, even if a merge of theirs was undone before (this is the explicit word).
+    A new identifier gets a profile of its own, merged with the known one's person."""
     moment = now or datetime.now(UTC)
     one, other = _subject(persona, *a), _subject(persona, *b)
     if one == other:
@@ -45,11 +51,11 @@ def link(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, source: st
         one, other = other, one  # the event goes to a known identifier's profile
         if log.profile_for(*b) is None:
             raise UnknownProfileError("neither identifier is linked to a profile")
-    event = Event("link:" + secrets.token_hex(12), source, "identity_linked", utc_text(moment), one, {}, other)
-    result = log.append([event], now=moment, relink=True, writer=writer)
+    event = Event(LINK_PREFIX + secrets.token_hex(12), source, "identity_linked", utc_text(moment), one, {}, other)
+    result = log.append([event], now=moment, explicit=True, writer=writer)
     person = identity.person_of(rec, log.profile_for(*a) or "")
     Projector(persona).refresh(person.members)
-    return Linked(person.id, result.merges > 0)
+    return Linked(person.id, result.merges > 0, result.profiles_created > 0)
 
 
 def unlink(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, now: datetime | None = None,
@@ -65,8 +71,12 @@ def unlink(persona: Persona, a: tuple[str, str], b: tuple[str, str], *, now: dat
         raise UnknownProfileError("an identifier is not linked to any profile")
     pa, pb = found[ha], found[hb]
     if pa == pb:
-        raise LinkError("these identifiers share one profile's history (first seen together, or a new identifier"
-                        " joined to it by a link), which cannot be split; only a merge of two profiles can be undone")
+        if log.linked_by_hand(pa, ha, hb, LINK_PREFIX):
+            raise LinkError("these identifiers were linked by an earlier release of persona, which joined the new one"
+                            " to the known one's profile: they share its history, so that link cannot be undone"
+                            " (a link made since gives a new identifier a profile of its own, which unlink splits)")
+        raise LinkError("these identifiers were first seen together and share one profile's history, which cannot"
+                        " be split; only a merge of two profiles can be undone")
     with rec.transaction():
         person = identity.person_of(rec, pa)
         if pb not in person.members:

@@ -350,8 +350,11 @@ def test_link_says_whether_unlink_can_undo_it(data: Path, events_file: Path) -> 
     assert "merged into" in merged.output and "`persona unlink` undoes it" in merged.output
     assert "1 merge(s) undone" in run(data, "unlink", "email:ann@example.com", "email:ben@example.com").output
     joined = run(data, "link", "email:ann@example.com", "email:new@example.com")
-    assert "no merge made: `persona unlink` has nothing to undo" in joined.output
+    assert "the new identifier with a profile of its own (`persona unlink` undoes it)" in joined.output
+    again = run(data, "link", "email:new@example.com", "email:ann@example.com")
+    assert "already one person" in again.output and "no merge made" in again.output
+    assert "1 merge(s) undone" in run(data, "unlink", "email:ann@example.com", "email:new@example.com").output
     refused = CliRunner().invoke(cli, ["--data", str(data), "unlink", "email:ann@example.com",
                                        "email:new@example.com"])
-    assert refused.exit_code == 1 and "joined to it by a link" in refused.output
+    assert refused.exit_code == 1 and "different people" in refused.output
     assert "Traceback" not in refused.output and "new@example.com" not in refused.output

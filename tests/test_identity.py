@@ -477,3 +477,91 @@ def test_verify_checks_persons_against_the_recorded_merges(persona: Persona, two
         persona.recorder.set_members([], [cookie])  # the cookie's membership lost
     with pytest.raises(TamperError, match="disagrees with the recorded merges"):
         verify(persona)
+
+
+# -- a link by hand of a new identifier ----------------------------------------------------------
+NEW = "new.kim@example.com"
+
+
+@pytest.mark.parametrize("erased_first", ["new", "known"])
+def test_a_link_by_hand_of_a_new_identifier_is_a_merge_unlink_undoes(persona: Persona, two: tuple[str, str],
+                                                                     erased_first: str) -> None:
+    from persona.verify import verify
+
+    shop, _ = two
+    linked = link(persona, ("shop_user", USER), ("email", NEW), now=NOW)
+    new = persona.log.profile_for("email", NEW)
+    assert linked.merged and linked.created and new not in (None, shop)
+    assert person_of(persona.recorder, new or "").members == (shop, new) and linked.person == shop
+    assert [e.type for e in persona.log.read(new or "")] == [MERGED]  # its own stream: nothing moved into it
+    ingest(persona, order(7, "30.00", NEW, "email"))  # arrives for the new identifier: its own stream
+    assert [e.type for e in persona.log.read(new or "")] == [MERGED, "order_placed"]
+    assert features(persona, shop)["frequency"] == 3  # the person folds both
+    undone = unlink(persona, ("shop_user", USER), ("email", NEW), now=NOW)
+    assert undone.people == (shop, new) and undone.merges_undone == 1
+    assert person_of(persona.recorder, new or "").members == (new,)
+    assert (features(persona, shop)["frequency"], features(persona, shop)["monetary"]) == (2, 150.0)
+    assert (features(persona, new or "")["frequency"], features(persona, new or "")["monetary"]) == (1, 30.0)
+    assert {p.id for p in indexed(persona, as_of=NOW)} == {shop, two[1], new}
+    verify(persona)
+    gone, kept = (("email", NEW), shop) if erased_first == "new" else (("shop_user", USER), new or "")
+    erase_subject(persona, *gone)
+    assert features(persona, kept)["frequency"] == (2 if kept == shop else 1)  # the other is still readable
+    verify(persona)
+    erase_profile(persona, kept)
+    verify(persona)
+
+
+def test_a_link_by_an_earlier_release_of_a_new_identifier_is_refused_as_such(persona: Persona,
+                                                                             two: tuple[str, str]) -> None:
+    """Before, `link` joined a new identifier to the known profile's own stream (as a record does):
+    one history, which no unlink can split. The refusal says which case it is."""
+    from persona.events import Event, Subject
+
+    shop, _ = two
+    earlier = Event("link:" + "0" * 24, "cli", "identity_linked", "2026-03-05T00:00:00Z", Subject("shop_user", USER),
+                    {}, Subject("email", NEW))
+    persona.log.append([earlier], now=NOW)  # what the earlier release appended
+    assert persona.log.profile_for("email", NEW) == shop
+    with pytest.raises(LinkError, match="linked by an earlier release of persona") as refused:
+        unlink(persona, ("email", NEW), ("shop_user", USER))
+    assert NEW not in str(refused.value) and USER not in str(refused.value)
+    with pytest.raises(LinkError, match="first seen together"):  # the e-mail came on the shop's own record
+        unlink(persona, ("shop_user", USER), ("email", EMAIL))
+
+
+def test_cli_links_a_new_identifier_and_unlinks_it_with_its_own_events(settings: Settings, two: tuple[str, str],
+                                                                        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    shop, _ = two
+
+    def persona_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "persona", "--data", str(settings.data_dir), *args],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert NEW not in done.stdout + done.stderr.replace(f"email:{NEW}", "")  # echoed as given only
+        return done
+
+    linked = persona_cli("link", f"shop_user:{USER}", f"email:{NEW}")
+    assert f"merged into profile {shop}, the new identifier with a profile of its own" in linked.stdout
+    assert "`persona unlink` undoes it" in linked.stdout
+    events = tmp_path / "new.jsonl"
+    events.write_bytes(jsonl(order(7, "30.00", NEW, "email")))
+    persona_cli("ingest", str(events))
+    assert orjson.loads(persona_cli("profile", "--subject", f"email:{NEW}", "--json").stdout)["id"] == shop
+    assert "1 merge(s) undone" in persona_cli("unlink", f"shop_user:{USER}", f"email:{NEW}").stdout
+    theirs = orjson.loads(persona_cli("profile", "--subject", f"email:{NEW}", "--json").stdout)
+    ours = orjson.loads(persona_cli("profile", "--subject", f"shop_user:{USER}", "--json").stdout)
+    assert theirs["id"] != shop and ours["id"] == shop and theirs["merged"] == ours["merged"] == []
+    assert (theirs["features"]["frequency"], ours["features"]["frequency"]) == (1, 2)
+    history = [orjson.loads(line) for line in persona_cli("history", "--subject", f"email:{NEW}", "--json"
+                                                          ).stdout.splitlines()]
+    assert {e["profile_id"] for e in history} == {theirs["id"]}
+    assert [e["type"] for e in history if e["type"] not in (MERGED, UNMERGED)] == ["order_placed"]
+    persona_cli("verify")
+    persona_cli("erase", "--subject", f"email:{NEW}")
+    after = orjson.loads(persona_cli("profile", "--subject", f"shop_user:{USER}", "--json").stdout)
+    assert after["features"]["frequency"] == 2
+    persona_cli("verify")

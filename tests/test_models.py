@@ -9,6 +9,8 @@ ingested through the real pipeline; trained versions are shared by the tests tha
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -490,7 +492,7 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
             doc: dict[str, Any] = response.json()
             return doc
 
-        train_q = 'mutation { trainModel(name: "churn_91d") { name version status metrics baselines lift } }'
+        train_q = 'mutation { trainModel(name: "churn_91d") { name version status why metrics baselines lift } }'
         denied = post(train_q, "reader", 403)
         assert "models:write" in denied["errors"][0]["message"]
         made = post(train_q, "trainer")["data"]["trainModel"]
@@ -502,7 +504,7 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
         # the planted people (seed 6) make a model that beats its best baseline on held-out rows:
         # promoted, and every profile scored with it
         assert made["lift"]["improvement"] > 0, made["lift"]
-        assert made["status"] == "promoted" and listed[0]["status"] == "promoted"
+        assert made["status"] == "promoted" and listed[0]["status"] == "promoted" and made["why"] is None
         nodes = post("{ profiles(first: 3) { nodes { predictions { model version score label"
                      " contributions { feature effect } } } } }", "reader")["data"]["profiles"]["nodes"]
         assert len(nodes) == 3
@@ -599,3 +601,134 @@ def test_someone_erased_while_a_model_trained_is_not_recorded_and_marks_it_stale
         assert len(p.recorder.models_trained_on(trained.people[1:])) == 1
         scoring.score_all(p, "churn_91d")
         assert scoring.stored(p, [victim])[victim] == []
+
+
+# -- honest promotion ----------------------------------------------------------------------------
+CLOSED = timedelta(days=20)  # how late every order after the last cutoff comes
+FIRST_CUTOFF = datetime(2024, 5, 1, tzinfo=UTC)
+CADENCE_CUTOFFS = [FIRST_CUTOFF + timedelta(days=91) * k for k in range(3)]
+
+
+def cadence_events(path: Path, people: int = 240) -> tuple[datetime, datetime]:
+    """People who each buy like clockwork, every 10 to 50 days, from 2024-01-01 — until the shop
+    closes at the last of CADENCE_CUTOFFS, and every later order comes CLOSED late. At the
+    training cutoffs the days to the next order are each person's cadence less the days since
+    their last order: a model learns that, and beats the training mean and median by far on the
+    held-out rows. But nothing it can see knew of the closure, so it misses every held-out row by
+    about 20 days, more than the rows spread about their own mean: R² < 0. Returns the first and
+    the last order's instants."""
+    rng = np.random.default_rng(12)
+    start, closed = datetime(2024, 1, 1, tzinfo=UTC), CADENCE_CUTOFFS[-1]
+    until = closed + timedelta(days=120)
+    lines, first, last = [], until, start
+    for n in range(people):
+        period = timedelta(days=int(rng.integers(10, 51)))
+        at = start + timedelta(days=float(rng.uniform(0, period.days)))
+        subject = {"namespace": "shop_user", "value": f"c-{n:04d}"}
+        k = 0
+        while at <= until:
+            when = at if at <= closed else at + CLOSED
+            lines.append(orjson.dumps({"event_id": f"c{n}-{k}", "source": "shop", "type": "order_placed",
+                                       "occurred_at": when.isoformat(), "subject": subject,
+                                       "data": {"order_id": f"c{n}-{k}", "amount": "20.00", "currency": "CNY"}}))
+            first, last, at, k = min(first, when), max(last, when), at + period, k + 1
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return first, last
+
+
+def persona_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `persona` command, in its own process."""
+    return subprocess.run([sys.executable, "-m", "persona", "--data", str(data), *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cadence(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, datetime, datetime]:
+    root = tmp_path_factory.mktemp("cadence")
+    first, last = cadence_events(root / "orders.jsonl")
+    data = root / "data"
+    assert persona_cli(data, "init").returncode == 0
+    ingested = persona_cli(data, "ingest", str(root / "orders.jsonl"))
+    assert ingested.returncode == 0, ingested.stderr
+    return data, first, last
+
+
+def test_a_model_that_beats_its_baselines_but_has_negative_r2_stays_a_candidate(
+        cadence: tuple[Path, datetime, datetime]) -> None:
+    data, _, _ = cadence
+    cutoffs = [arg for c in CADENCE_CUTOFFS for arg in ("--cutoff", c.isoformat())]
+    made = persona_cli(data, "train", "days_to_next_purchase", *cutoffs, "--json")
+    assert made.returncode == 0, made.stderr
+    (v,) = orjson.loads(made.stdout)
+    assert v["lift"]["improvement"] > 0.05, v["lift"]  # it beats the training mean and median on MSE...
+    assert v["metrics"]["r2"] < 0, v["metrics"]  # ...and is worse than the held-out rows' own mean
+    assert v["status"] == "candidate"
+    assert v["promotion"] == {"eligible": False, "override": None, "shortfalls": [
+        f"R² {v['metrics']['r2']:.2f} < 0 (worse than predicting the held-out rows' mean)"]}
+    assert v["why"].startswith("kept as candidate: R² -")
+    listed = persona_cli(data, "models")
+    assert "days_to_next_purchase v1 [candidate]" in listed.stdout
+    assert "kept as candidate: R² -" in listed.stdout and "worse than predicting" in listed.stdout
+    served = persona_cli(data, "predict", "days_to_next_purchase")
+    assert served.returncode == 1 and "no promoted version" in served.stderr
+    # promoted by hand, it is served: the registry still says what it lacks
+    assert persona_cli(data, "models", "promote", "days_to_next_purchase", "1").returncode == 0
+    listed = persona_cli(data, "models")
+    assert "days_to_next_purchase v1 [promoted]" in listed.stdout
+    assert "promoted by request although R² -" in listed.stdout
+
+
+def test_too_little_data_names_the_cutoffs_tried_and_what_to_try(cadence: tuple[Path, datetime, datetime]
+                                                                 ) -> None:
+    data, start, last = cadence
+    horizon = timedelta(days=182)
+    tried = default_cutoffs(last, horizon)
+    assert tried[1] < start < tried[2]  # two cutoffs before anyone was seen: one training cutoff is left
+    refused = persona_cli(data, "train", "purchases_next_182d")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    message = refused.stderr
+    assert "nothing to validate on" in message
+    counts = {c.date().isoformat(): n for c, n in zip(tried, (0, 0, 240, 240), strict=True)}
+    listed = ", ".join(f"{day} ({n}{' — the test set' if day == tried[-1].date().isoformat() else ''})"
+                       for day, n in counts.items())
+    assert f"Cutoffs tried (examples at each): {listed};" in message, message
+    fits = (last - start).days // 6
+    assert f"a shorter horizon (purchases_next_{fits}d)" in message
+    assert f"the data runs from {start.date()} to {last.date()}." in message
+    assert (f"other --cutoff instants (at least three, a horizon apart, from {(start + timedelta(days=1)).date()} to "
+            f"{(last - horizon).date()})") in message
+    # a task without a window in its name is told the --horizon option
+    plain = persona_cli(data, "train", "days_to_next_purchase", "--horizon", "182d")
+    assert plain.returncode == 1 and f"a shorter --horizon (e.g. --horizon {fits}d)" in plain.stderr
+    assert f"Cutoffs tried (examples at each): {listed};" in plain.stderr
+
+
+def test_the_headline_rule_of_each_task() -> None:
+    """The rule itself, at its edges: R² of 0 passes and below fails; ROC-AUC must be above every
+    baseline's (ties fail); accuracy may tie the favourite category's; a lift of zero fails."""
+    from persona.models.train import shortfalls
+
+    def lift(improvement: float, metric: str = "log_loss") -> dict[str, Any]:
+        return {"metric": metric, "baseline": 0.6, "against": "BG/NBD", "model": 0.6 * (1 - improvement),
+                "improvement": improvement}
+
+    regression = parse_task("clv_91d")
+    assert shortfalls(regression, {"r2": 0.0}, {}, lift(0.1, "mse")) == []
+    assert shortfalls(regression, {"r2": -0.12}, {}, lift(0.1, "mse")) == [
+        "R² -0.12 < 0 (worse than predicting the held-out rows' mean)"]
+    assert shortfalls(regression, {"r2": 0.3}, {}, lift(0.0, "mse")) == [
+        "MSE 0.6 is no better than its best baseline's (BG/NBD: 0.6)"]
+    churn = parse_task("churn_91d")
+    ranked = {"population rate": {"roc_auc": 0.5}, "BG/NBD": {"roc_auc": 0.74}}
+    assert shortfalls(churn, {"roc_auc": 0.75}, ranked, lift(0.1)) == []
+    assert shortfalls(churn, {"roc_auc": 0.74}, ranked, lift(0.1)) == [
+        "ROC-AUC 0.740 ≤ 0.740 of the BG/NBD baseline (ranks no better than it)"]
+    assert shortfalls(churn, {"roc_auc": 0.55}, {"population rate": {"roc_auc": 0.5},
+                                                 "BG/NBD": {"roc_auc": float("nan")}}, lift(0.1)) == []
+    assert "all of one class" in shortfalls(churn, {"roc_auc": float("nan")}, ranked, lift(0.1))[0]
+    category = parse_task("next_category")
+    favourite = {"population frequencies": {"accuracy": 0.3}, "favourite category so far": {"accuracy": 0.42}}
+    assert shortfalls(category, {"accuracy": 0.42}, favourite, lift(0.1)) == []
+    assert shortfalls(category, {"accuracy": 0.41}, favourite, lift(0.1)) == [
+        "accuracy 0.410 < 0.420 of the favourite category so far baseline (guessing each person's favourite "
+        "category does better)"]

@@ -325,7 +325,8 @@ class Mutation:
 
     @strawberry.mutation(description="Train a model on point-in-time features (names: purchases_next_91d, churn_91d,"
                                      " clv_91d, days_to_next_purchase, next_category) and store the version; it is"
-                                     " promoted and every profile scored when it beats its best baseline")
+                                     " promoted and every profile scored when it beats its best baseline and is no"
+                                     " worse on the task's headline metric (else `why` says what it lacks)")
     async def train_model(self, info: Info[RequestContext, None], name: str, horizon: str | None = None,
                           cutoffs: list[datetime] | None = None) -> Model:
         from persona.models.registry import ModelError

@@ -123,6 +123,9 @@ class Model:
     promoted_at: datetime | None
     horizon_days: float
     stale: str | None = strawberry.field(description="Why it should be retrained, if it should")
+    why: str | None = strawberry.field(description="Why it was kept as a candidate, or served although it falls "
+                                                   "short (it must beat its best baseline and not lose on the "
+                                                   "headline metric)")
     metrics: JSON = strawberry.field(description="Held-out metrics")
     baselines: JSON = strawberry.field(description="The same metrics of each naive baseline and BG/NBD, same rows")
     lift: JSON = strawberry.field(description="The model against its best baseline, by the task's main metric")
@@ -137,7 +140,7 @@ class Model:
         m = v.meta
         return Model(name=v.name, version=v.version, status=v.status, task=m["task"]["kind"],
                      family=m["chosen"]["family"], created_at=v.created_at, promoted_at=v.promoted_at,
-                     horizon_days=m["task"]["horizon_days"], stale=v.stale, metrics=JSON(m["metrics"]),
+                     horizon_days=m["task"]["horizon_days"], stale=v.stale, why=v.why(), metrics=JSON(m["metrics"]),
                      baselines=JSON(m["baselines"]), lift=JSON(m["lift"]), window=JSON(m["window"]),
                      rows=JSON(m["rows"]), drift=JSON(v.drift) if v.drift else None, fingerprint=m["fingerprint"],
                      code=JSON(m["code"]))

@@ -63,6 +63,9 @@ def _describe(v: registry.ModelVersion) -> str:
     for name, b in m["baselines"].items():
         lines.append(f"  {name}: {shown(b)}")
     lines.append(f"  {lift['metric']}: {lift['improvement']:+.1%} against the best baseline")
+    why = v.why()
+    if why:
+        lines.append(f"  {why}")
     if v.drift:
         lines.append(f"  drift: max PSI {v.drift['psi_max']:.3f} (measured {v.drift['measured_at'][:19]})"
                      + (f" — stale: {'; '.join(v.drift['reasons'])}" if v.drift["stale"] else ""))
@@ -81,7 +84,8 @@ def _describe(v: registry.ModelVersion) -> str:
 @click.option("--if-stale", is_flag=True, help="With --all: only those whose inputs drifted, that are too old, or "
                                                "that were trained on someone since erased.")
 @click.option("--promote/--no-promote", default=None,
-              help="Serve the new version at once, or not (default: when it beats its best baseline).")
+              help="Serve the new version at once, or not (default: when it beats its best baseline on the "
+                   "main metric and is no worse on the headline one: R² ≥ 0, accuracy, ROC-AUC).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new version(s) as JSON.")
 @click.pass_context
 @friendly

@@ -174,6 +174,12 @@ def data_end(found: Iterable[History], now: datetime | None = None) -> datetime 
     return None if last is None else min(from_micros(last), now or datetime.now(UTC))
 
 
+def data_start(found: Iterable[History]) -> datetime | None:
+    """The first instant anything happened."""
+    first = min((f[0] for h in found for facts in h.facts.values() for f in facts), default=None)
+    return None if first is None else from_micros(first)
+
+
 def default_cutoffs(end: datetime, horizon: timedelta, count: int = 4) -> list[datetime]:
     """`count` cutoffs a horizon apart, the last one a horizon before the data ends: every label
     window is complete, and no training window overlaps a later cutoff's."""

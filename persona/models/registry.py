@@ -65,7 +65,20 @@ class ModelVersion:
                 "stale": self.stale, "task": m["task"], "metrics": m["metrics"], "baselines": m["baselines"],
                 "lift": m["lift"], "chosen": m["chosen"], "window": m["window"], "rows": m["rows"],
                 "fingerprint": m["fingerprint"], "code": m["code"], "sha256": self.sha256,
-                "drift": self.drift}
+                "drift": self.drift, "promotion": m.get("promotion"), "why": self.why()}
+
+    def why(self) -> str | None:
+        """Why a candidate was not promoted when trained, or why a promoted one was not by itself
+        (versions stored before the rule was recorded say nothing)."""
+        promotion = self.meta.get("promotion")
+        if promotion is None:
+            return None
+        shortfalls = "; ".join(promotion["shortfalls"])
+        if self.status == "candidate":
+            if shortfalls:
+                return f"kept as candidate: {shortfalls}"
+            return "kept as candidate: asked not to promote it" if promotion["override"] == "no-promote" else None
+        return f"promoted by request although {shortfalls}" if shortfalls else None
 
 
 @dataclass(frozen=True)
@@ -105,8 +118,10 @@ def code_versions() -> dict[str, str]:
 
 def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now: datetime | None = None
          ) -> ModelVersion:
-    """Store a trained version. `promote`: serve it at once; None (the default) promotes it when it
-    beats its best baseline on held-out rows."""
+    """Store a trained version. `promote`: serve it at once, or not; None (the default) promotes it
+    when it has no shortfalls (persona.models.train.shortfalls: it beats its best baseline on the
+    main metric and is no worse on the headline metric, on held-out rows). The shortfalls are kept
+    with the version."""
     data = sio.dumps(trained.pipeline)
     sha = hashlib.sha256(data).hexdigest()
     task = trained.task
@@ -120,6 +135,8 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
                    "horizon_days": trained.horizon.total_seconds() / 86_400},
         "reference": trained.reference, "people": len(trained.people), "seconds": round(trained.seconds, 3),
         "notes": trained.notes, "code": code_versions(),
+        "promotion": {"eligible": not trained.shortfalls, "shortfalls": trained.shortfalls,
+                      "override": None if promote is None else "promote" if promote else "no-promote"},
     }
     at = micros(now or datetime.now(UTC))
     rec = persona.recorder
@@ -135,8 +152,7 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
                       sealed, kept)
         if len(kept) < len(trained.people):
             rec.mark_models_stale([(task.name, version)], ERASED_SINCE)
-        beats = trained.lift["improvement"] > 0
-        if promote or (promote is None and beats):
+        if promote or (promote is None and not trained.shortfalls):
             rec.promote_model(task.name, version, at)
     return get(persona, task.name, version)
 

@@ -13,7 +13,7 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ from persona.models.dataset import (
     category_columns,
     check_cutoffs,
     data_end,
+    data_start,
     default_cutoffs,
     histories,
     matrix,
@@ -65,6 +66,9 @@ from persona.models.tasks import Task
 BGNBD_FEATURES = ("bgnbd_expected", "bgnbd_p_alive", "bgnbd_expected_spend")
 SEED = 7
 MIN_TRAIN, MIN_TEST = 30, 10
+MAIN_METRIC = {"regression": "mse", "classification": "log_loss", "multiclass": "log_loss"}  # the search's
+METRIC_NAMES = {"mse": "MSE", "log_loss": "log-loss"}
+FAVOURITE = "favourite category so far"
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Trained:
     reference: dict[str, dict[str, Any]]  # per feature: training median, bins and shares (drift, explanations)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    shortfalls: list[str] = field(default_factory=list)  # why it should stay a candidate (none: promote it)
 
 
 def bgnbd_columns(model: bgnbd.BGNBD, rows: Sequence[Row], horizon_days: float, mean_order: float
@@ -188,6 +193,36 @@ def labelled_log_loss(classes: list[Any]) -> Any:
     return score
 
 
+def too_little_data(task: Task, problem: str, cutoffs: Sequence[datetime], counts: Sequence[int], what: str,
+                    start: datetime, end: datetime) -> ValidationError:
+    """A refusal for too little data: the problem, each cutoff tried with how many examples it gave,
+    and what to try instead, by the options' real names."""
+    tried = ", ".join(f"{_day(c)} ({n:,}{' — the test set' if i == len(cutoffs) - 1 else ''})"
+                      for i, (c, n) in enumerate(zip(cutoffs, counts, strict=True)))
+    days = int(task.horizon_days)
+    fits = (end - start).days // 6  # default cutoffs then leave two horizons of history before the first
+    tips = []
+    if 0 < fits < days:
+        tips.append(f"a shorter horizon ({task.family}_{fits}d)" if task.family != task.name
+                    else f"a shorter --horizon (e.g. --horizon {fits}d)")
+    first, latest = _midnight(start + timedelta(days=1) - timedelta(microseconds=1)), _midnight(end - task.horizon)
+    if first <= latest:
+        tips.append(f"other --cutoff instants (at least three, a horizon apart, from {_day(first)} to "
+                    f"{_day(latest)})")
+    return ValidationError(f"{task.name}: {problem}. Cutoffs tried ({what} at each): {tried}; the data runs from "
+                           f"{start.date().isoformat()} to {end.date().isoformat()}."
+                           + (f" Try {' or '.join(tips)}." if tips else ""))
+
+
+def _midnight(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _day(instant: datetime) -> str:
+    at = instant.astimezone(UTC)
+    return at.date().isoformat() if at == _midnight(at) else at.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def time_folds(cutoffs: NDArray[np.int64]) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
     """Validate on each training cutoff after the first, training on the cutoffs before it."""
     folds = []
@@ -212,11 +247,17 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     dataset = Dataset(chosen_cutoffs, task.horizon, build(found, chosen_cutoffs, task.horizon), end)
     rows, y = task.labels(dataset.rows)
     last = len(chosen_cutoffs) - 1
+    examples = Counter(r.cutoff for r in rows)
+
+    def too_little(problem: str, counts: Counter[int] = examples, what: str = "examples") -> ValidationError:
+        return too_little_data(task, problem, chosen_cutoffs, [counts[i] for i in range(len(chosen_cutoffs))],
+                               what, data_start(found.values()) or end, end)
+
     train_idx = np.array([i for i, r in enumerate(rows) if r.cutoff < last], dtype=np.int64)
     test_idx = np.array([i for i, r in enumerate(rows) if r.cutoff == last], dtype=np.int64)
     if len(train_idx) < MIN_TRAIN or len(test_idx) < MIN_TEST:
-        raise ValidationError(f"{task.name}: too few rows to learn from ({len(train_idx)} to train, "
-                              f"{len(test_idx)} to test; need {MIN_TRAIN} and {MIN_TEST})")
+        raise too_little(f"too few examples to learn from ({len(train_idx)} to train, {len(test_idx)} to test; "
+                         f"need {MIN_TRAIN} and {MIN_TEST})")
     train_rows = [rows[i] for i in train_idx]
     test_rows = [rows[i] for i in test_idx]
     y_train, y_test = y[train_idx], y[test_idx]
@@ -227,8 +268,8 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     # a baseline, and features
     customers = [r for r in train_rows if r.aov is not None]
     if len(customers) < MIN_TRAIN:
-        raise ValidationError(f"{task.name}: too few people had bought anything by the training cutoffs "
-                              f"({len(customers)}; need {MIN_TRAIN})")
+        raise too_little(f"too few people had bought anything by the training cutoffs ({len(customers)}; need "
+                         f"{MIN_TRAIN})", Counter(r.cutoff for r in customers), "people who had bought")
     fitted = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
     categories = category_columns(train_rows)
     names = [*VIEW_FEATURES, *WINDOW_FEATURES]
@@ -245,13 +286,13 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
             notes.append(f"{int((~keep).sum())} test rows had a class never seen in training")
         x_test, y_test, test_rows = x_test[keep], y_test[keep], [r for r, k in zip(test_rows, keep, strict=True) if k]
         if len(test_rows) < MIN_TEST:
-            raise ValidationError(f"{task.name}: too few test rows of classes seen in training ({len(test_rows)})")
+            raise too_little(f"too few test examples of classes seen in training ({len(test_rows)}; need {MIN_TEST})")
 
     say(f"searching {task.kind} pipelines on {len(train_rows):,} training rows…")
     folds = time_folds(np.array([r.cutoff for r in train_rows], dtype=np.int64))
     if not folds:
-        raise ValidationError(f"{task.name}: the training cutoffs leave nothing to validate on (people are seen at "
-                              "one training cutoff only); choose later cutoffs")
+        raise too_little("the training cutoffs leave nothing to validate on (people are seen at one training "
+                         "cutoff only)")
     scoring: Any = "neg_mean_squared_error" if task.kind == "regression" else labelled_log_loss(sorted(set(
         y_train.tolist())))
     grid, estimator = candidates(task), pipeline()
@@ -277,9 +318,10 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
                          if k.removeprefix("estimator__") not in ("model", "reduce")}}
 
     metrics, baselines, classes = evaluate(task, best, x_test, y_test, test_rows, train_rows, y_train, fitted)
-    main = {"regression": "mse", "classification": "log_loss", "multiclass": "log_loss"}[task.kind]
-    best_baseline = min(b[main] for b in baselines.values())
-    lift = {"metric": main, "baseline": best_baseline, "model": metrics[main],
+    main = MAIN_METRIC[task.kind]
+    against = min(baselines, key=lambda k: baselines[k][main])
+    best_baseline = baselines[against][main]
+    lift = {"metric": main, "baseline": best_baseline, "against": against, "model": metrics[main],
             "improvement": (best_baseline - metrics[main]) / best_baseline if best_baseline else 0.0}
     reference = {name: reference_of(x_train[:, j]) for j, name in enumerate(features)}
     return Trained(
@@ -289,7 +331,37 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint(),
         people=sorted({m for r in rows for m in r.members}), rows={"train": len(train_rows), "test": len(test_rows)},
         reference=reference, seconds=time.perf_counter() - started, notes=notes,
+        shortfalls=shortfalls(task, metrics, baselines, lift),
     )
+
+
+def shortfalls(task: Task, metrics: dict[str, float], baselines: dict[str, dict[str, float]],
+               lift: dict[str, Any]) -> list[str]:
+    """Why a version should stay a candidate; none when it may be served. It must beat its best
+    baseline on the task's main metric, and be no worse on the task's headline metric: R² ≥ 0
+    (regression: no worse than the held-out rows' own mean), accuracy ≥ the favourite-category
+    baseline's (next category), ROC-AUC above every baseline's (churn: better than chance, and
+    ranking better than BG/NBD)."""
+    out = []
+    main = lift["metric"]
+    if not lift["improvement"] > 0:
+        out.append(f"{METRIC_NAMES[main]} {lift['model']:.4g} is no better than its best baseline's "
+                   f"({lift.get('against', 'best baseline')}: {lift['baseline']:.4g})")
+    if task.kind == "regression":
+        if not metrics["r2"] >= 0:
+            out.append(f"R² {metrics['r2']:.2f} < 0 (worse than predicting the held-out rows' mean)")
+    elif task.kind == "classification":
+        ranked = {k: b["roc_auc"] for k, b in baselines.items() if np.isfinite(b["roc_auc"])}
+        auc = metrics["roc_auc"]
+        if not np.isfinite(auc):
+            out.append("ROC-AUC cannot be computed: the held-out rows are all of one class")
+        elif ranked and auc <= max(ranked.values()):
+            name = max(ranked, key=lambda k: ranked[k])
+            out.append(f"ROC-AUC {auc:.3f} ≤ {ranked[name]:.3f} of the {name} baseline (ranks no better than it)")
+    elif metrics["accuracy"] < baselines[FAVOURITE]["accuracy"]:
+        out.append(f"accuracy {metrics['accuracy']:.3f} < {baselines[FAVOURITE]['accuracy']:.3f} of the {FAVOURITE}"
+                   " baseline (guessing each person's favourite category does better)")
+    return out
 
 
 def evaluate(task: Task, model: Pipeline, x_test: NDArray[np.float64], y_test: NDArray[Any], test_rows: list[Row],
@@ -336,7 +408,7 @@ def evaluate(task: Task, model: Pipeline, x_test: NDArray[np.float64], y_test: N
         favourite.append(row)
     return _multiclass(y_test, proba, classes), {
         "population frequencies": _multiclass(y_test, np.tile(prior_row, (len(y_test), 1)), classes),
-        "favourite category so far": _multiclass(y_test, np.array(favourite), classes),
+        FAVOURITE: _multiclass(y_test, np.array(favourite), classes),
     }, classes
 
 
