@@ -358,3 +358,16 @@ def test_link_says_whether_unlink_can_undo_it(data: Path, events_file: Path) -> 
                                        "email:new@example.com"])
     assert refused.exit_code == 1 and "different people" in refused.output
     assert "Traceback" not in refused.output and "new@example.com" not in refused.output
+
+
+def test_a_command_that_trains_nothing_loads_no_machine_learning_library() -> None:
+    """scikit-learn and skops take seconds to import: `persona profiles` or `persona ingest` must not
+    pay for them (they once took 6 of every command's 6.5 s of start-up); `persona train` does."""
+    probe = ("import sys; from persona.cli import cli; "
+             "print(sorted(m for m in ('sklearn', 'skops', 'scipy') if m in sys.modules))")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+    train = subprocess.run([sys.executable, "-m", "persona", "train", "--help"], capture_output=True, text=True,
+                           timeout=120, cwd=root)
+    assert train.returncode == 0 and "--horizon" in train.stdout

@@ -6,7 +6,7 @@ import csv
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -15,9 +15,10 @@ from persona.audit import record_local
 from persona.cli import audited, cli, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
 from persona.errors import PersonaError, ValidationError
-from persona.models import drift, registry, scoring
 from persona.models.tasks import FAMILIES, parse_task
-from persona.models.train import train as train_model
+
+if TYPE_CHECKING:  # scikit-learn and skops load in seconds: only the model commands import them
+    from persona.models import registry, scoring
 
 
 def _say(message: str) -> None:
@@ -26,6 +27,9 @@ def _say(message: str) -> None:
 
 def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
                promote: bool | None) -> registry.ModelVersion:
+    from persona.models import registry, scoring
+    from persona.models.train import train as train_model
+
     task = parse_task(name, horizon)
     shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
     with audited(persona, "train", **shape) as audit:  # written when done, with its outcome
@@ -102,6 +106,8 @@ def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tu
         raise click.UsageError("give a model NAME, or --all")
     if if_stale and not every:
         raise click.UsageError("--if-stale goes with --all")
+    from persona.models import drift, registry, scoring
+
     when = [parse_instant(c, "--cutoff") for c in cutoffs] or None
     done: list[registry.ModelVersion] = []
     with opened(ctx) as persona:
@@ -138,6 +144,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     with opened(ctx) as persona:
+        from persona.models import registry
+
         found = registry.versions(persona)
     if as_json:
         emit_json([v.summary() for v in found])
@@ -157,6 +165,8 @@ def models(ctx: click.Context, as_json: bool) -> None:
 def models_promote(ctx: click.Context, name: str, version: int) -> None:
     """Serve VERSION of NAME (and rescore every profile with it)."""
     with opened(ctx) as persona, audited(persona, "models", operation="models promote", model=_model(name)) as audit:
+        from persona.models import registry, scoring
+
         v = registry.promote(persona, name, version)
         audit.update(version=v.version, predictions=scoring.score_all(persona, name))
     click.echo(f"{name} v{v.version} promoted")
@@ -169,6 +179,8 @@ def models_promote(ctx: click.Context, name: str, version: int) -> None:
 def models_rollback(ctx: click.Context, name: str) -> None:
     """Serve again the version of NAME promoted before the current one."""
     with opened(ctx) as persona, audited(persona, "models", operation="models rollback", model=_model(name)) as audit:
+        from persona.models import registry, scoring
+
         v = registry.rollback(persona, name)
         audit.update(version=v.version, predictions=scoring.score_all(persona, name))
     click.echo(f"{name} rolled back to v{v.version}")
@@ -189,6 +201,8 @@ def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | N
             form: str) -> None:
     """Score every profile (or the --subjects) with NAME; one prediction a line on standard output,
     with the features that moved it most."""
+    from persona.models import scoring
+
     moment = parse_instant(as_of, "--as-of")
     with opened(ctx) as persona:
         if subjects is None:
@@ -208,6 +222,8 @@ def _flat(p: scoring.Prediction) -> dict[str, Any]:
 
 def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | None, version: int | None
                   ) -> list[dict[str, Any]]:
+    from persona.models import scoring
+
     wanted: list[tuple[str, str | None, str | None]] = []  # (as given, profile id, why none)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         given = line.strip()
