@@ -11,6 +11,7 @@ from persona.events import micros
 from persona.ingest import Quarantine, ingest_jsonl
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.store.base import TABLES
+from persona.verify import verify
 from tests.conftest import NOW, jsonl, record, store_bytes
 
 
@@ -165,6 +166,9 @@ def test_a_record_refused_again_is_held_once_with_the_latest_reason(persona: Per
     assert len(again) == 1 and again[0]["id"] == first[0]["id"]
     assert again[0]["reason"] == "data: another run's reason" and again[0]["recorded_at"] == later.isoformat()
     assert open_quarantined(persona, again[0]["id"]) == bad  # the content held is the first run's, unchanged
+    ingest_jsonl(persona, [bad], origin="f.jsonl", now=later)  # and a real second run of the same file
+    assert len(describe(persona)) == 1
+    verify(persona)  # the row rewritten with the run's reason is tagged again: no "altered since written"
     # erasing eve still finds the record by the first run's tag
     assert persona.recorder.purge_tagged([persona.log.hash_identifier("email", "eve@example.com")]) == 1
 

@@ -1056,8 +1056,8 @@ class PostgresRecorder:
                 stored += 1
             else:  # the same bad record, refused again: this run's reason
                 qid = held[0]
-                self.conn.execute("UPDATE quarantine SET recorded_at = %s, reason = %s, expires_at = %s WHERE id = %s",
-                                  (row[0], row[3], row[7], qid))
+                self.conn.execute("UPDATE quarantine SET recorded_at = %s, reason = %s, expires_at = %s, tag = NULL"
+                                  " WHERE id = %s", (row[0], row[3], row[7], qid))
             if row_tags:
                 self.conn.execute("INSERT INTO quarantine_tags (quarantine_id, subject_hash)"
                                   " SELECT %s, t FROM unnest(%s::bytea[]) AS t ON CONFLICT DO NOTHING",
