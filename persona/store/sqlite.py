@@ -986,8 +986,8 @@ class SQLiteRecorder:
                 stored += 1
             else:  # the same bad record, refused again: this run's reason
                 qid = held[0]
-                self.conn.execute("UPDATE quarantine SET recorded_at = ?, reason = ?, expires_at = ?, tag = NULL WHERE id = ?",
-                                  (row[0], row[3], row[7], qid))
+                self.conn.execute("UPDATE quarantine SET recorded_at = ?, reason = ?, expires_at = ?, tag = NULL"
+                                  " WHERE id = ?", (row[0], row[3], row[7], qid))
             self.conn.executemany(
                 "INSERT OR IGNORE INTO quarantine_tags (quarantine_id, subject_hash) VALUES (?, ?)",
                 [(qid, tag) for tag in row_tags],
