@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from persona.core import Persona
 from persona.eventlog import AppendResult
 from persona.events import LIBRARY, Event, Writer
-from persona.ingest.jsonl import FILTERED, PAUSE, IngestReport, Record, validated
+from persona.ingest.jsonl import PAUSE, IngestReport, Record, validated
 from persona.ingest.quarantine import reason_kind
 
 
@@ -47,12 +47,8 @@ def dry_run(persona: Persona, records: Iterable[Record | None], *, origin: str, 
                     report.quarantined += 1
                     kind = reason_kind(reason)
                     report.quarantine_reasons[kind] = report.quarantine_reasons.get(kind, 0) + 1
-                elif not events and decoded == FILTERED:
-                    report.filtered += 1
-                elif not events:
-                    report.blank += 1
-                else:
-                    batch.extend(events)
+                elif not report.count_empty(decoded, events):
+                    batch.extend(events or ())
                 if len(batch) >= persona.settings.batch_size:
                     append()
             append()

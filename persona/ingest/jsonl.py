@@ -48,6 +48,17 @@ class IngestReport:
     changed: dict[str, int] = field(default_factory=dict, repr=False)  # profile id -> its new version
     live: bool = field(default=False, repr=False)  # a live feed; else `interrupted` is a file cut short by one
 
+    def count_empty(self, decoded: Any, events: list[Event] | None) -> bool:
+        """Count a valid record with nothing to append (left out by a mapping's `where`, or a blank
+        line) and say so; False when it has events to append."""
+        if events:
+            return False
+        if decoded == FILTERED:
+            self.filtered += 1
+        else:
+            self.blank += 1
+        return True
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         del out["changed"], out["live"]
@@ -327,12 +338,8 @@ def ingest_records(
                     progress(size)
                 if reason is not None:
                     quarantine.add(line, raw, reason, decoded)
-                elif not events and decoded == FILTERED:
-                    report.filtered += 1
-                elif not events:
-                    report.blank += 1
-                else:
-                    batch.extend(events)
+                elif not report.count_empty(decoded, events):
+                    batch.extend(events or ())
                 if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
                     flush()  # bounded memory, even for a file that is all bad lines
                 elif stream and (batch or quarantine.rows):
