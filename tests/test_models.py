@@ -341,6 +341,36 @@ def test_models_are_never_pickled(lab: Lab) -> None:
     assert not data.startswith(b"\x80")  # a pickle stream's first byte
 
 
+# -- native thread pools -------------------------------------------------------------------------
+def test_training_and_scoring_hold_the_native_thread_pools_to_one_thread(lab: Lab,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenMP and BLAS pools spinning on every core collapse a run on a shared machine (models/threads.py):
+    while persona trains or scores, each pool runs one thread; afterwards they are as they were."""
+    from threadpoolctl import threadpool_info
+
+    from persona.models import train as training
+
+    before = {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()}
+    assert any(pool["user_api"] == "openmp" for pool in threadpool_info())  # scikit-learn's is loaded
+    seen: list[int] = []
+
+    def looking(real: Any) -> Any:
+        def histories_seen(*args: Any, **kwargs: Any) -> Any:
+            seen.extend(pool["num_threads"] for pool in threadpool_info())
+            return real(*args, **kwargs)
+        return histories_seen
+
+    monkeypatch.setattr(training, "histories", looking(training.histories))
+    monkeypatch.setattr(scoring, "histories", looking(scoring.histories))
+    with opened(lab) as p:
+        assert scoring.predict(p, "churn_91d")
+        scored = len(seen)
+        with pytest.raises(ValidationError):  # stops early, after reading the histories
+            train(p, parse_task("churn_91d"), cutoffs=[lab.end + timedelta(days=1)])
+    assert scored and len(seen) > scored and set(seen) == {1}, seen
+    assert {pool["filepath"]: pool["num_threads"] for pool in threadpool_info()} == before
+
+
 # -- predictions ---------------------------------------------------------------------------------
 def test_predictions_carry_values_and_the_features_behind_them(lab: Lab) -> None:
     with opened(lab) as p:

@@ -23,6 +23,7 @@ from persona.events import micros
 from persona.models import registry
 from persona.models.bgnbd import BGNBD
 from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, histories, history_of, matrix, rows_at
+from persona.models.threads import one_thread
 from persona.models.train import bgnbd_columns
 
 TOP = 5  # contributions kept per prediction
@@ -45,6 +46,7 @@ class Prediction:
                 "contributions": self.contributions, "as_of": self.as_of.isoformat()}
 
 
+@one_thread
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
             version: int | None = None) -> list[Prediction]:
     """Score everyone (or these profiles) as of an instant with a version (the promoted one by

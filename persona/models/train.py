@@ -62,6 +62,7 @@ from persona.models.dataset import (
     matrix,
 )
 from persona.models.tasks import Task
+from persona.models.threads import one_thread
 
 BGNBD_FEATURES = ("bgnbd_expected", "bgnbd_p_alive", "bgnbd_expected_spend")
 SEED = 7
@@ -233,6 +234,7 @@ def time_folds(cutoffs: NDArray[np.int64]) -> list[tuple[NDArray[np.int64], NDAr
     return folds
 
 
+@one_thread
 def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = None,
           progress: Any = None) -> Trained:
     started = time.perf_counter()
