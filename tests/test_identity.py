@@ -336,7 +336,7 @@ def test_a_stale_version_cursor_of_a_merged_profile_is_a_clean_error(api: tuple[
 
 def test_sources_merge_cookie_into_the_buyer(persona: Persona, tmp_path: Path) -> None:
     """The built-in web source: a cookie browsing anonymously, then logged in with a known shop account."""
-    from persona.ingest.jsonl import ingest_records
+    from persona.ingest import ingest_records
     from persona.ingest.mapping import builtin_mapping, mapped_records
 
     ingest(persona, order(1, "10.00"))

@@ -94,7 +94,7 @@ def test_oversized_line_is_quarantined_without_parsing(persona: Persona) -> None
 
 
 def test_a_file_of_bad_lines_is_quarantined_in_bounded_batches(persona: Persona, monkeypatch: object) -> None:
-    from persona.ingest import jsonl as module
+    from persona.ingest import engine as module
 
     stored: list[int] = []
     original = persona.recorder.quarantine

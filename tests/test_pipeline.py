@@ -10,7 +10,7 @@ import pytest
 from persona import Persona, Settings
 from persona.errors import ConfigurationError
 from persona.ingest import ingest_records
-from persona.ingest.jsonl import Item
+from persona.ingest.engine import Item
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.ingest.pipeline import CHUNK, ReaderError, pipelined
 from persona.ingest.quarantine import describe

@@ -141,7 +141,7 @@ def test_a_live_shop_feed_shows_an_order_without_waiting_for_the_next_one(tmp_pa
 def test_a_late_row_of_a_taken_order_is_quarantined_not_lost_as_a_duplicate(tmp_path: Path) -> None:
     from collections.abc import Iterator
 
-    from persona.ingest.jsonl import ingest_records
+    from persona.ingest import ingest_records
     from persona.ingest.mapping import GROUP_HOLD_S, builtin_mapping, live_records
 
     settings = Settings.load(tmp_path / "data", env={})

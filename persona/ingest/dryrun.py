@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from persona.core import Persona
 from persona.eventlog import AppendResult
 from persona.events import LIBRARY, Event, Writer
-from persona.ingest.jsonl import PAUSE, IngestReport, Record, validated
+from persona.ingest.engine import PAUSE, IngestReport, Record, validated
 from persona.ingest.quarantine import reason_kind
 
 

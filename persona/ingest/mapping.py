@@ -54,7 +54,7 @@ import orjson
 from persona.errors import ConfigurationError, ValidationError
 from persona.events import EVENT_TYPES, utc_text
 from persona.ingest.clean import parse_amount, parse_country, parse_gender, parse_instant, parse_number
-from persona.ingest.jsonl import PAUSE, STREAM_PAUSE_S, Record, _paced
+from persona.ingest.engine import PAUSE, STREAM_PAUSE_S, Record, paced_records
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(16 * 1024 * 1024)  # rows over the event size limit are refused by size, not by the reader
@@ -848,7 +848,7 @@ def live_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str =
     seconds. Rows are read by a thread, so that a group (an order's item rows) is closed after
     GROUP_HOLD_S of quiet rather than when the next group's first row arrives, maybe hours later.
     Once `stop` is set, the rows read so far (an open group included) are the last."""
-    return _mapped(mapping, _paced(_rows(mapping, handle, name), every, stop), max_bytes, every=every)
+    return _mapped(mapping, paced_records(_rows(mapping, handle, name), every, stop), max_bytes, every=every)
 
 
 def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterator[Record | Row]:
