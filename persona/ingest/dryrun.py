@@ -19,7 +19,7 @@ class _Undo(Exception):
 
 def dry_run(persona: Persona, records: Iterable[Record | None], *, origin: str, now: datetime | None = None,
             writer: Writer = LIBRARY) -> IngestReport:
-    """The report `ingest_records` would give for these records, with nothing stored: every record
+    """The report `ingest_file` would give for these records, with nothing stored: every record
     is read, mapped and validated, and the valid ones are appended by the event log itself, in one
     transaction that is then rolled back — so duplicates (in the log already, or earlier in the
     same records), new profiles and merges are counted exactly as a real run counts them. No

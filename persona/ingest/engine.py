@@ -203,146 +203,201 @@ def validated(records: Iterable[Record | None], settings: Settings, clock: Calla
             yield record.line, record.size, None, b"", None, events
 
 
-def ingest_records(
+def ingest_file(
     persona: Persona,
-    records: Iterable[Record | None],
+    records: Iterable[Record],
     *,
     origin: str,
     now: datetime | None = None,
     progress: Progress | None = None,
-    stream: bool = False,
-    paced: bool = False,
     parallel: bool = False,
     catch_up: bool = False,
     stop: threading.Event | None = None,
     writer: Writer = LIBRARY,
 ) -> IngestReport:
-    """Append the events of every valid record; quarantine the rest, each with its reason and
-    line. A record's events go in together or not at all. Memory is bounded by the batch size.
-    Each event records `writer` (sealed with it): who appended it.
+    """Append the events of every valid record of a file (a finite source); quarantine the rest,
+    each with its reason and line. A record's events go in together or not at all. Memory is
+    bounded by the batch size. Each event records `writer` (sealed with it): who appended it.
 
-    `stream`: the source is a live feed (stdin): whatever arrived is committed, and shown in
-    the profile index, whenever the feed pauses for STREAM_PAUSE_S — each record is durable
-    and visible within about a second of arriving, however slowly records come. `paced`: the
-    records already carry PAUSE markers (a live feed read by `live_records`). `stop` ends a live
-    feed: once it is set, what has been read is committed and reported. A file stops at the next
-    record instead: its reader is stopped, what was read is committed and indexed, and the report
+    `progress` is told the size of each record read. `stop` (Ctrl+C or SIGTERM) stops the file at
+    the next record: its reader is stopped, what was read is committed and indexed, and the report
     says it was interrupted (the rest is appended by ingesting the file again). `catch_up`: first
     find the persons whose index lags their log (an earlier ingest killed between committing a
-    batch and indexing it) and index them with this ingest's own. `parallel` (a
-    file): records are read, mapped and validated in a second process (persona.ingest.pipeline)
-    while this one appends — when this process runs no other thread, else in this one.
+    batch and indexing it) and index them with this ingest's own. `parallel`: records are read,
+    mapped and validated in a second process (persona.ingest.pipeline) while this one appends —
+    when this process runs no other thread, else in this one.
     """
-    started = time.perf_counter()
-    fixed_now = now
-    now = fixed_now or datetime.now(UTC)
-    settings = persona.settings
-    report = IngestReport(origin)
-    # each rejected record is kept from when it was quarantined (a live feed runs for days)
-    quarantine = Quarantine(persona, origin, clock=lambda: fixed_now or datetime.now(UTC))
-    with persona.recorder.transaction():
-        persona.recorder.purge_quarantine(micros(now))
-    batch: list[Event] = []
-    total = AppendResult()
+    run = _Run(persona, origin, now=now, catch_up=catch_up, writer=writer)
+    items: Generator[Item | None, None, None]
+    if parallel and threading.active_count() == 1:  # fork only a process with no other thread (whose
+        from persona.ingest.pipeline import pipelined  # locks the child would inherit, held forever)
 
-    projector = Projector(persona, cache_limit=INGEST_CACHE)
-    dirty: set[str] = set(persona.recorder.lagging_persons()) if catch_up else set()
-    refreshed = time.monotonic()
-    pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
+        items = pipelined(lambda: validated(records, persona.settings, run.clock))
+    else:
+        items = validated(records, persona.settings, run.clock)
 
-    def refresh(*, last: bool = False) -> None:
-        nonlocal refreshed, pause
+    def take(item: Item | None) -> bool:
+        if stop is not None and stop.is_set():
+            return False  # cut short before its end
+        run.take(item, progress)
+        return True
+
+    finished = _drive(run, items, take, parallel=parallel)
+    return run.report(interrupted=not finished)
+
+
+def ingest_feed(
+    persona: Persona,
+    records: Iterable[Record | None],
+    *,
+    origin: str,
+    stop: threading.Event | None = None,
+    writer: Writer = LIBRARY,
+) -> IngestReport:
+    """Append the events of every valid record of a live feed (stdin, open for days); quarantine
+    the rest, as a file's. The records carry a PAUSE whenever the feed was quiet for a moment
+    (`live_records`, `live_jsonl_records`): whatever arrived is then committed, and shown in the
+    profile index — each record is durable and visible within about a second of arriving,
+    however slowly records come, and a feed that never pauses is committed as often. "Now" (what
+    is too far in the future) moves with the feed. The persons whose index lags their log (an
+    earlier ingest killed between committing a batch and indexing it) are indexed first. `stop`,
+    the event its reader was given, ends the feed: what has been read is committed, and the
+    report says the feed was ended by a signal.
+    """
+    run = _Run(persona, origin, now=None, catch_up=True, writer=writer, live=True)
+    waiting_since: float | None = None  # when the oldest record not yet committed came
+
+    def take(item: Item | None) -> bool:
+        nonlocal waiting_since
+        if not run.take(item) and run.pending():
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+            elif time.monotonic() - waiting_since >= STREAM_PAUSE_S * 2:  # a feed that never pauses
+                run.settle()
+        if not run.pending():
+            waiting_since = None
+        return True
+
+    _drive(run, validated(records, persona.settings, run.clock), take)
+    return run.report(interrupted=stop is not None and stop.is_set())
+
+
+class _Run:
+    """What a file ingest and a live feed share: the batch and the quarantine being filled,
+    committing them, keeping the profile index current, and the report."""
+
+    def __init__(self, persona: Persona, origin: str, *, now: datetime | None, catch_up: bool, writer: Writer,
+                 live: bool = False) -> None:
+        self.started = time.perf_counter()
+        self.persona, self.writer, self.live = persona, writer, live
+        self.now = now or datetime.now(UTC)  # a live feed's "now" moves on at each commit
+        self.result = IngestReport(origin)
+        # each rejected record is kept from when it was quarantined (a live feed runs for days)
+        self.quarantine = Quarantine(persona, origin, clock=lambda: now or datetime.now(UTC))
+        with persona.recorder.transaction():
+            persona.recorder.purge_quarantine(micros(self.now))
+        self.batch: list[Event] = []
+        self.total = AppendResult()
+        self.projector = Projector(persona, cache_limit=INGEST_CACHE)
+        self.dirty: set[str] = set(persona.recorder.lagging_persons()) if catch_up else set()
+        self.refreshed = time.monotonic()
+        self.pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def pending(self) -> bool:
+        """Whether anything taken is not committed yet."""
+        return bool(self.batch or self.quarantine.rows)
+
+    def take(self, item: Item | None, progress: Progress | None = None) -> bool:
+        """One validated item into the batch or the quarantine; True when they were committed
+        (a batch full, or a quiet feed's PAUSE)."""
+        if item is PAUSE:  # a quiet feed: commit what came, and show it
+            self.settle()
+            return True
+        line, size, reason, raw, decoded, events = item
+        self.result.lines = line
+        if progress is not None:
+            progress(size)
+        if reason is not None:
+            self.quarantine.add(line, raw, reason, decoded)
+        elif not self.result.count_empty(decoded, events):
+            self.batch.extend(events or ())
+        if len(self.batch) >= self.persona.settings.batch_size or len(self.quarantine.rows) >= QUARANTINE_BATCH:
+            self.flush()  # bounded memory, even for a file that is all bad lines
+            return True
+        return False
+
+    def refresh(self, *, last: bool = False, parallel: bool = False) -> None:
         began = time.monotonic()
         # incremental: each state caught up with its new events only. At the end, every stream
         # touched is left with a snapshot at most a few events old, so that the next ingest (or
         # reader) starts from it rather than replaying the stream.
-        projector.refresh(sorted(dirty), snapshot_every=SNAPSHOT_AT_END if last else None,
-                          parallel=last and parallel and not stream)
-        dirty.clear()
-        refreshed = time.monotonic()
+        self.projector.refresh(sorted(self.dirty), snapshot_every=SNAPSHOT_AT_END if last else None,
+                               parallel=last and parallel)
+        self.dirty.clear()
+        self.refreshed = time.monotonic()
         # a file touching many people spends at most a fifth of its time refreshing before its end
-        pause = max(REFRESH_EVERY_S, 4 * (refreshed - began))
+        self.pause = max(REFRESH_EVERY_S, 4 * (self.refreshed - began))
 
-    def flush() -> None:
-        nonlocal now
-        if stream and fixed_now is None:
-            now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
-        if batch:
-            appended = persona.log.append(batch, keep=True, writer=writer)
-            batch.clear()  # committed: first of all, never to be appended again
-            dirty.update(appended.streams)
+    def flush(self) -> None:
+        if self.live:
+            self.now = datetime.now(UTC)  # a feed runs for days: "the future" moves with it
+        if self.batch:
+            appended = self.persona.log.append(self.batch, keep=True, writer=self.writer)
+            self.batch.clear()  # committed: first of all, never to be appended again
+            self.dirty.update(appended.streams)
             recorded, appended.recorded = appended.recorded, []
-            total.add(appended)
-            projector.advance(recorded)
-        quarantine.flush()
-        if dirty and time.monotonic() - refreshed >= pause:
-            refresh()
+            self.total.add(appended)
+            self.projector.advance(recorded)
+        self.quarantine.flush()
+        if self.dirty and time.monotonic() - self.refreshed >= self.pause:
+            self.refresh()
 
-    if stream:
-        items = validated(records if paced else paced_records(records, STREAM_PAUSE_S, stop), settings, lambda: now)
-    elif parallel and threading.active_count() == 1:  # fork only a process with no other thread (whose
-        from persona.ingest.pipeline import pipelined  # locks the child would inherit, held forever)
+    def settle(self) -> None:
+        """Commit what was taken, and show it in the index now."""
+        self.flush()
+        if self.dirty:
+            self.refresh()
 
-        items = pipelined(lambda: validated(records, settings, lambda: now))
-    else:
-        items = validated(records, settings, lambda: now)
-    waiting_since: float | None = None  # a stream: when the oldest record not yet committed came
-    cut_short = False  # a file asked to `stop` before its end
+    def report(self, *, interrupted: bool) -> IngestReport:
+        report, total = self.result, self.total
+        report.interrupted = interrupted
+        report.live = self.live
+        report.appended = total.appended
+        report.duplicates = total.duplicates
+        report.profiles_created = total.profiles_created
+        report.merges = total.merges
+        report.merges_refused = total.merges_refused
+        people = identity.persons(self.persona.recorder, total.streams)  # who changed: persons, as the API names them
+        report.changed = {person.id: 0 for person in people.values()} | total.streams
+        report.quarantined = self.quarantine.count
+        report.quarantine_reasons = self.quarantine.reasons
+        report.seconds = time.perf_counter() - self.started
+        return report
+
+
+def _drive(run: _Run, items: Generator[Item | None, None, None], take: Callable[[Item | None], bool], *,
+           parallel: bool = False) -> bool:
+    """Each item to `take`, until the items end (True) or `take` says to stop (False); then what
+    was taken is committed and the index brought up to date (`parallel`: in a second process)."""
+    finished = True
     try:
         _Collector.relax(+1)
         try:
             for item in items:
-                if stop is not None and stop.is_set() and not stream:
-                    cut_short = True
+                if not take(item):
+                    finished = False
                     break
-                if item is PAUSE:  # a quiet feed: commit what came, and show it
-                    flush()
-                    if dirty:
-                        refresh()
-                    waiting_since = None
-                    continue
-                line, size, reason, raw, decoded, events = item
-                report.lines = line
-                if progress is not None:
-                    progress(size)
-                if reason is not None:
-                    quarantine.add(line, raw, reason, decoded)
-                elif not report.count_empty(decoded, events):
-                    batch.extend(events or ())
-                if len(batch) >= settings.batch_size or len(quarantine.rows) >= QUARANTINE_BATCH:
-                    flush()  # bounded memory, even for a file that is all bad lines
-                elif stream and (batch or quarantine.rows):
-                    if waiting_since is None:
-                        waiting_since = time.monotonic()
-                    elif time.monotonic() - waiting_since >= STREAM_PAUSE_S * 2:  # a feed that never pauses
-                        flush()
-                        if dirty:
-                            refresh()
-                if stream and not batch and not quarantine.rows:
-                    waiting_since = None
-        except KeyboardInterrupt:  # Ctrl+C on a file: what was read and validated is kept
-            flush()
-            raise
-        except Exception:
-            flush()  # what was read and validated before the failure is kept, then the failure is raised
+        except (KeyboardInterrupt, Exception):  # Ctrl+C on a file, or a failure: what was read and
+            run.flush()  # validated before it is kept, then it is raised
             raise
         finally:
             items.close()  # the reader (a process, maybe) never outlives the loop, however it ends
-        flush()
-        if dirty:
-            refresh(last=True)
+        run.flush()
+        if run.dirty:
+            run.refresh(last=True, parallel=parallel)
     finally:
         _Collector.relax(-1)
-    report.interrupted = cut_short or (stream and stop is not None and stop.is_set())
-    report.live = stream
-    report.appended = total.appended
-    report.duplicates = total.duplicates
-    report.profiles_created = total.profiles_created
-    report.merges = total.merges
-    report.merges_refused = total.merges_refused
-    people = identity.persons(persona.recorder, total.streams)  # who changed: persons, as the API names them
-    report.changed = {person.id: 0 for person in people.values()} | total.streams
-    report.quarantined = quarantine.count
-    report.quarantine_reasons = quarantine.reasons
-    report.seconds = time.perf_counter() - started
-    return report
+    return finished

@@ -1,7 +1,9 @@
-"""The canonical JSONL reader (docs/events.md): one event per line, as records for the engine."""
+"""The canonical JSONL reader (docs/events.md): one event per line, as records for the engine
+(persona.ingest.engine) — a file's, or a live feed's with its pauses."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
@@ -9,7 +11,7 @@ import orjson
 
 from persona.core import Persona
 from persona.events import LIBRARY, Writer
-from persona.ingest.engine import IngestReport, Progress, Record, ingest_records
+from persona.ingest.engine import STREAM_PAUSE_S, IngestReport, Progress, Record, ingest_file, paced_records
 
 
 def jsonl_records(lines: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
@@ -29,6 +31,13 @@ def jsonl_records(lines: Iterable[bytes], max_bytes: int) -> Iterator[Record]:
                 yield Record(number, line, (decoded,), decoded=decoded, size=len(raw))
 
 
+def live_jsonl_records(lines: Iterable[bytes], max_bytes: int, *, every: float = STREAM_PAUSE_S,
+                       stop: threading.Event | None = None) -> Iterator[Record | None]:
+    """The records of a live feed of canonical JSONL (stdin), read by a thread, with a PAUSE
+    whenever nothing arrived for `every` seconds (see `paced_records`; `ingest_feed` takes them)."""
+    return paced_records(jsonl_records(lines, max_bytes), every, stop)
+
+
 def ingest_jsonl(
     persona: Persona,
     lines: Iterable[bytes],
@@ -40,4 +49,4 @@ def ingest_jsonl(
 ) -> IngestReport:
     """Append every valid line; quarantine the rest. Memory is bounded by the batch size."""
     records = jsonl_records(lines, persona.settings.max_event_bytes)
-    return ingest_records(persona, records, origin=origin, now=now, progress=progress, writer=writer)
+    return ingest_file(persona, records, origin=origin, now=now, progress=progress, writer=writer)
