@@ -28,9 +28,9 @@ from persona.erasure import erase_profile, erase_subject, ledger_of, verify_rece
 from persona.errors import ConfigurationError, ErasedError, PersonaError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
 from persona.identity import person_of
-from persona.ingest import IngestReport, ingest_records
+from persona.ingest import IngestReport, ingest_feed, ingest_file
 from persona.ingest.dryrun import dry_run as dry_run_records
-from persona.ingest.jsonl import jsonl_records
+from persona.ingest.jsonl import jsonl_records, live_jsonl_records
 from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
 from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
@@ -306,18 +306,19 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
             progress: Callable[[int], None] | None = None, *, stream: bool = False,
             stop: threading.Event | None = None) -> Any:
     limit = persona.settings.max_event_bytes
-    if stream and mapping is not None:  # rows are paced, so that an order's last item rows do not wait
-        return ingest_records(persona, live_records(mapping, handle, name=name, max_bytes=limit, stop=stop),
-                              origin=name, stream=True, paced=True, catch_up=True, stop=stop, writer=INGEST)
+    if stream:  # rows are paced, so that an order's last item rows do not wait
+        feed = (live_jsonl_records(handle, limit, stop=stop) if mapping is None
+                else live_records(mapping, handle, name=name, max_bytes=limit, stop=stop))
+        return ingest_feed(persona, feed, origin=name, stop=stop, writer=INGEST)
     if mapping is None:
         records: Iterable[Any] = jsonl_records(handle, limit)
     else:
         records = mapped_records(mapping, handle, name=name, max_bytes=limit)
     # a file on a machine with cores to spare: read, map and validate in a second process
-    parallel = not stream and (os.cpu_count() or 1) > 1
+    parallel = (os.cpu_count() or 1) > 1
     # catch_up: the index of whatever a killed ingest committed is brought up to date too
-    return ingest_records(persona, records, origin=name, progress=progress, stream=stream, parallel=parallel,
-                          catch_up=True, stop=stop, writer=INGEST)
+    return ingest_file(persona, records, origin=name, progress=progress, parallel=parallel, catch_up=True,
+                       stop=stop, writer=INGEST)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from persona import Persona, Settings
 from persona.errors import ConfigurationError
 from persona.events import EVENT_TYPES
-from persona.ingest import ingest_records
+from persona.ingest import ingest_file
 from persona.ingest.mapping import KINDS, SourceMapping, mapped_records, parse_mapping
 from persona.verify import verify
 from tests.hardening import sized, tally
@@ -200,7 +200,7 @@ def test_a_loaded_mapping_accounts_for_every_row(store: Persona) -> None:
         name = "fuzz.jsonl" if jsonl else "fuzz.csv"
         for row in rows:
             data = encode(mapping, [row], jsonl)
-            report = ingest_records(store, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
+            report = ingest_file(store, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
             accounted = report.appended + report.duplicates + report.quarantined + report.blank + report.filtered
             assert accounted >= 1, (doc, row, report)  # never dropped without a word (`where`: counted as filtered)
             if not jsonl and mapping.delimiter == "whitespace":  # no quoting there: a line break in a cell ends

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from persona import Persona, Settings
-from persona.ingest import ingest_records
+from persona.ingest import ingest_file
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.verify import verify
 from tests.hardening import (
@@ -112,7 +112,7 @@ def test_every_fuzzed_row_is_appended_or_quarantined_never_dropped(source: str, 
     @given(row=rows_of(name))
     def one_row(row: dict[str, Any]) -> None:
         data = encode(name, row)
-        report = ingest_records(persona, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
+        report = ingest_file(persona, mapped_records(mapping, io.BytesIO(data), name=name), origin=name)
         accounted = report.appended + report.duplicates + report.quarantined + report.blank
         tally(SOURCE_ROWS)
         tally(SOURCE_APPENDED, report.appended)

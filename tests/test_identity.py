@@ -336,7 +336,7 @@ def test_a_stale_version_cursor_of_a_merged_profile_is_a_clean_error(api: tuple[
 
 def test_sources_merge_cookie_into_the_buyer(persona: Persona, tmp_path: Path) -> None:
     """The built-in web source: a cookie browsing anonymously, then logged in with a known shop account."""
-    from persona.ingest.jsonl import ingest_records
+    from persona.ingest import ingest_file
     from persona.ingest.mapping import builtin_mapping, mapped_records
 
     ingest(persona, order(1, "10.00"))
@@ -346,13 +346,13 @@ def test_sources_merge_cookie_into_the_buyer(persona: Persona, tmp_path: Path) -
                       f"{COOKIE},,s1,https://shop.example/b,1741165260000,5,books,\n")
     mapping = builtin_mapping("web")
     with clicks.open("rb") as handle:
-        ingest_records(persona, mapped_records(mapping, handle, name="clicks.csv"), origin="clicks", now=NOW)
+        ingest_file(persona, mapped_records(mapping, handle, name="clicks.csv"), origin="clicks", now=NOW)
     assert persona.log.profile_for("cookie", COOKIE) != persona.log.profile_for("shop_user", USER)
     clicks.write_text("cookie_id,user_id,session_id,url,ts,dwell_s,category,referrer\n"
                       f"{COOKIE},{USER},s2,https://shop.example/c,1741165300000,5,books,\n")
     with clicks.open("rb") as handle:
-        report = ingest_records(persona, mapped_records(mapping, handle, name="clicks.csv"), origin="clicks2",
-                                now=NOW)
+        report = ingest_file(persona, mapped_records(mapping, handle, name="clicks.csv"), origin="clicks2",
+                             now=NOW)
     assert report.merges == 1
     shop = persona.log.profile_for("shop_user", USER) or ""
     assert features(persona, shop)["page_views"] == 3

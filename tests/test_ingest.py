@@ -94,7 +94,7 @@ def test_oversized_line_is_quarantined_without_parsing(persona: Persona) -> None
 
 
 def test_a_file_of_bad_lines_is_quarantined_in_bounded_batches(persona: Persona, monkeypatch: object) -> None:
-    from persona.ingest import jsonl as module
+    from persona.ingest import engine as module
 
     stored: list[int] = []
     original = persona.recorder.quarantine
@@ -111,7 +111,7 @@ def test_a_file_of_bad_lines_is_quarantined_in_bounded_batches(persona: Persona,
 
 
 def test_an_ingest_catches_up_the_index_a_killed_one_left_behind(persona: Persona) -> None:
-    from persona.ingest import ingest_records
+    from persona.ingest import ingest_file
     from persona.ingest.jsonl import jsonl_records
     from tests.conftest import event
 
@@ -119,7 +119,7 @@ def test_an_ingest_catches_up_the_index_a_killed_one_left_behind(persona: Person
     persona.log.append([event("ann@example.com", event_id="a2"), event("bo@example.com", event_id="b1")])
     assert len(persona.recorder.lagging_persons()) == 2  # committed, never indexed (the process died)
     lines = jsonl(record("cy@example.com", event_id="c1")).splitlines()
-    ingest_records(persona, jsonl_records(lines, 1 << 16), origin="next", catch_up=True)
+    ingest_file(persona, jsonl_records(lines, 1 << 16), origin="next", catch_up=True)
     assert persona.recorder.lagging_persons() == []
     assert {row[1] for row in persona.recorder.index_rows()} == {1, 2}
 
@@ -132,7 +132,7 @@ def test_a_dry_run_stores_nothing_and_counts_what_the_real_run_then_does(persona
     """Duplicates of the log and within the file, a link that merges two people (its marker
     events are appended too), a bad line and a blank: the dry run's report is the real run's, and
     no row of any table (keys, links, merges, quarantine, the audit log…) differs after it."""
-    from persona.ingest import ingest_records
+    from persona.ingest import ingest_file
     from persona.ingest.dryrun import dry_run
     from persona.ingest.jsonl import jsonl_records
 
@@ -146,7 +146,7 @@ def test_a_dry_run_stores_nothing_and_counts_what_the_real_run_then_does(persona
     dry = dry_run(persona, jsonl_records(data.splitlines(keepends=True), 1 << 16), origin="f.jsonl")
     assert every_row(persona) == before and describe(persona) == []
     assert (dry.appended, dry.duplicates, dry.quarantined, dry.blank, dry.merges) == (4, 2, 1, 1, 1)
-    real = ingest_records(persona, jsonl_records(data.splitlines(keepends=True), 1 << 16), origin="f.jsonl")
+    real = ingest_file(persona, jsonl_records(data.splitlines(keepends=True), 1 << 16), origin="f.jsonl")
     counted = ("lines", "appended", "duplicates", "quarantined", "blank", "profiles_created", "merges",
                "quarantine_reasons")
     assert {k: getattr(dry, k) for k in counted} == {k: getattr(real, k) for k in counted}

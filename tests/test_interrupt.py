@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from persona import Persona, Settings
-from persona.ingest import IngestReport, ingest_records
+from persona.ingest import IngestReport, ingest_file
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.verify import verify
 from tests.conftest import pg_schema, record
@@ -229,8 +229,8 @@ def test_a_stopped_ingest_ends_at_a_whole_record_committed_indexed_and_its_reade
     def ingest() -> IngestReport:
         with source.open("rb") as handle:
             records = mapped_records(builtin_mapping("shop"), handle, name=source.name)
-            return ingest_records(persona, records, origin=source.name, progress=progress, parallel=True,
-                                  catch_up=True, stop=stop)
+            return ingest_file(persona, records, origin=source.name, progress=progress, parallel=True,
+                               catch_up=True, stop=stop)
 
     report = ingest()
     assert readers, "the file was not read in a second process"

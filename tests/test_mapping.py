@@ -15,7 +15,7 @@ from persona import Persona, Settings
 from persona.cli import cli
 from persona.erasure import erase_subject
 from persona.errors import ConfigurationError
-from persona.ingest import ingest_records
+from persona.ingest import ingest_file
 from persona.ingest.mapping import load_mapping, mapped_records, parse_mapping
 from persona.ingest.quarantine import describe
 from persona.profiles import profile_view
@@ -73,7 +73,7 @@ def mapping_file(tmp_path: Path, text: str = SHOP) -> Path:
 
 def ingest_csv(persona: Persona, mapping: Path, text: str, name: str = "orders.csv") -> Any:
     records = mapped_records(load_mapping(mapping), io.BytesIO(text.encode()), name=name)
-    return ingest_records(persona, records, origin=name)
+    return ingest_file(persona, records, origin=name)
 
 
 def test_a_shop_export_becomes_orders_profiles_and_links(persona: Persona, tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_jsonl_exports_with_nested_fields_epochs_lists_and_value_maps(persona: P
     ]
     text = "\n".join(orjson.dumps(line).decode() for line in lines) + "\nnot json\n"
     records = mapped_records(load_mapping(mapping), io.BytesIO(text.encode()), name="usage.log")
-    report = ingest_records(persona, records, origin="usage.log")
+    report = ingest_file(persona, records, origin="usage.log")
     assert (report.appended, report.quarantined) == (2, 2)
     assert {(r["line"], r["reason"]) for r in describe(persona)} == {
         (3, "session_id: required, and the row has none"), (4, "record: not valid JSON")}
@@ -355,7 +355,7 @@ def test_where_in_and_equals_compare_trimmed_text_and_every_condition_must_hold(
              {"uid": "u4", "t": "2025-01-01", "url": "/d", "channel": "web"},  # no status: "", out
              {"uid": "u5", "t": "2025-01-01", "url": "/e", "status": ["paid"], "channel": "web"}]  # not one value
     text = b"".join(orjson.dumps(line) + b"\n" for line in lines)
-    report = ingest_records(persona, mapped_records(mapping, io.BytesIO(text), name="pages.jsonl"), origin="pages")
+    report = ingest_file(persona, mapped_records(mapping, io.BytesIO(text), name="pages.jsonl"), origin="pages")
     assert (report.appended, report.filtered, report.quarantined) == (1, 3, 1), report
     assert [r["reason"] for r in describe(persona)] == ["status: `where` reads one value, and it holds several"]
     assert persona.log.profile_for("web_user", "u1") is not None and persona.log.profile_for("web_user", "u2") is None
@@ -477,12 +477,12 @@ url = { column = "url", required = true }
 def test_text_that_is_not_utf_8_is_refused_not_merged(persona: Persona, tmp_path: Path) -> None:
     rows = "uid,t,url\n张三,2025-01-01,/a\n李四,2025-01-02,/b\n".encode("gb18030")
     records = mapped_records(load_mapping(mapping_file(tmp_path, WEB)), io.BytesIO(rows), name="gbk.csv")
-    report = ingest_records(persona, records, origin="gbk.csv")
+    report = ingest_file(persona, records, origin="gbk.csv")
     assert (report.appended, report.quarantined) == (0, 2)
     assert {r["reason"] for r in describe(persona)} == {"row: not valid utf-8 text (set `encoding` in the mapping)"}
     declared = mapping_file(tmp_path, 'encoding = "gb18030"\n' + WEB)  # as many Chinese exports are
-    again = ingest_records(persona, mapped_records(load_mapping(declared), io.BytesIO(rows), name="gbk.csv"),
-                           origin="gbk.csv")
+    again = ingest_file(persona, mapped_records(load_mapping(declared), io.BytesIO(rows), name="gbk.csv"),
+                        origin="gbk.csv")
     assert again.appended == 2
     zhang, li = persona.log.profile_for("web_user", "张三"), persona.log.profile_for("web_user", "李四")
     assert zhang is not None and li is not None and zhang != li

@@ -9,8 +9,8 @@ import pytest
 
 from persona import Persona, Settings
 from persona.errors import ConfigurationError
-from persona.ingest import ingest_records
-from persona.ingest.jsonl import Item
+from persona.ingest import ingest_file
+from persona.ingest.engine import Item
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.ingest.pipeline import CHUNK, ReaderError, pipelined
 from persona.ingest.quarantine import describe
@@ -65,8 +65,8 @@ def test_parallel_ingest_equals_one_process(tmp_path: Path, source: str, name: s
         with Persona.init(settings) as persona:
             path = FIXTURES / "people" / name
             with path.open("rb") as handle:
-                report = ingest_records(persona, mapped_records(builtin_mapping(source), handle, name=name),
-                                        origin=name, parallel=parallel)
+                report = ingest_file(persona, mapped_records(builtin_mapping(source), handle, name=name),
+                                     origin=name, parallel=parallel)
             quarantined = [(r["line"], r["reason"]) for r in describe(persona)]
             results.append((report.appended, report.duplicates, report.quarantined, report.merges, report.lines,
                             quarantined, persona.recorder.counts()["events"]))
@@ -104,6 +104,6 @@ def test_a_record_too_deep_to_pass_between_processes_is_quarantined_not_dropped(
                  + b"[" * 600 + b"]" * 600 + b"}}")
     settings = Settings.load(tmp_path / "data", env={})
     with Persona.init(settings) as persona:
-        report = ingest_records(persona, jsonl_records(lines, 1 << 20), origin="deep.jsonl", parallel=True)
+        report = ingest_file(persona, jsonl_records(lines, 1 << 20), origin="deep.jsonl", parallel=True)
         assert (report.appended, report.quarantined) == (49, 1)
         assert [r["line"] for r in describe(persona)] == [21]

@@ -18,7 +18,7 @@ import pytest
 
 from persona import Persona, Settings
 from persona.identity import person_of
-from persona.ingest import ingest_records
+from persona.ingest import ingest_file
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.ingest.quarantine import describe
 from persona.population import indexed
@@ -35,8 +35,8 @@ def ingest_all(persona: Persona, order: tuple[tuple[str, str], ...] = FILES) -> 
     reports = {}
     for source, name in order:
         with (FIXTURE / name).open("rb") as handle:
-            reports[name] = ingest_records(persona, mapped_records(builtin_mapping(source), handle, name=name),
-                                           origin=name, now=NOW)
+            reports[name] = ingest_file(persona, mapped_records(builtin_mapping(source), handle, name=name),
+                                        origin=name, now=NOW)
     return reports
 
 
@@ -137,8 +137,8 @@ def test_a_larger_generated_population_resolves_too(tmp_path: Path) -> None:
     with Persona.init(settings) as persona:
         for source, name in FILES:
             with (out / name).open("rb") as handle:
-                ingest_records(persona, mapped_records(builtin_mapping(source), handle, name=name), origin=name,
-                               now=NOW)
+                ingest_file(persona, mapped_records(builtin_mapping(source), handle, name=name), origin=name,
+                            now=NOW)
         where = {tuple(i): p["person"] for p in truth["people"] for i in p["identifiers"]}
         found: dict[Any, Any] = {}
         for key in where:

@@ -8,7 +8,7 @@ import pytest
 
 from persona import Persona
 from persona.errors import ConfigurationError
-from persona.ingest import ingest_records
+from persona.ingest import ingest_file
 from persona.ingest.mapping import BUILT_IN, builtin_mapping, mapped_records
 from persona.ingest.quarantine import describe
 
@@ -19,7 +19,7 @@ def ingest(persona: Persona, source: str, name: str) -> object:
     path = FIXTURES / name
     with path.open("rb") as handle:
         records = mapped_records(builtin_mapping(source), handle, name=path.name)
-        return ingest_records(persona, records, origin=path.name)
+        return ingest_file(persona, records, origin=path.name)
 
 
 def test_shop_orders_group_item_rows_link_identifiers_and_read_amounts(persona: Persona) -> None:
@@ -89,8 +89,8 @@ def test_item_rows_of_one_order_must_agree_on_the_order_columns(persona: Persona
                     "B-2,ben@example.com,2025-03-05 11:00:00,30,S1,books,1,10\n"
                     "B-2,ben@example.com,2025-03-05 11:00:00,99,S2,books,1,20\n")  # another total: refused
     with path.open("rb") as handle:
-        report = ingest_records(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
-                                origin=path.name)
+        report = ingest_file(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
+                             origin=path.name)
     assert (report.appended, report.quarantined) == (1, 1)
     assert [(r["line"], r["reason"]) for r in describe(persona)] == [
         (4, "total: the rows of one order_id disagree (give it on the first row, and repeat it or leave it empty"
@@ -107,8 +107,8 @@ def test_an_item_price_in_another_currency_than_its_order_is_refused(persona: Pe
                     "C-1,ann@example.com,2025-03-05 10:00:00,€30.00,EUR,S1,books,1,€30.00\n"
                     "C-2,ann@example.com,2025-03-06 10:00:00,¥30.00,,S1,books,1,$30.00\n")
     with path.open("rb") as handle:
-        report = ingest_records(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
-                                origin=path.name)
+        report = ingest_file(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
+                             origin=path.name)
     assert (report.appended, report.quarantined) == (1, 1)
     assert [(r["line"], r["reason"]) for r in describe(persona)] == [
         (3, "items: an item's price is marked with another currency than the order's")]
@@ -122,8 +122,8 @@ def test_item_rows_agree_by_value_and_may_not_add_what_the_first_lacks(persona: 
                     "D-2,ben@example.com,,2025-03-05 11:00,5,S3,home,1,5\n"
                     "D-2,ben@example.com,+86 139 1234 5678,2025-03-05 11:00,5,S4,home,1,5\n")  # a phone only here
     with path.open("rb") as handle:
-        report = ingest_records(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
-                                origin=path.name)
+        report = ingest_file(persona, mapped_records(builtin_mapping("shop"), handle, name=path.name),
+                             origin=path.name)
     assert (report.appended, report.quarantined) == (1, 1)
     assert [(r["line"], r["reason"].split(":")[0]) for r in describe(persona)] == [(4, "phone")]
 
@@ -134,12 +134,12 @@ def test_a_source_without_a_telling_name_is_read_by_its_first_line(persona: Pers
 
     lines = (b'{"cookie_id": "ck-s1", "url": "https://shop.example/a", "ts": 1741165200000}\n'
              b'{"cookie_id": "ck-s2", "url": "https://shop.example/b", "ts": 1741165260000}\n')
-    report = ingest_records(persona, mapped_records(builtin_mapping("web"), io.BytesIO(lines), name=name),
-                            origin=name)
+    report = ingest_file(persona, mapped_records(builtin_mapping("web"), io.BytesIO(lines), name=name),
+                         origin=name)
     assert (report.appended, report.quarantined) == (2, 0)
     as_csv = b"cookie_id,url,ts\nck-s3,https://shop.example/c,1741165300000\n"
-    report = ingest_records(persona, mapped_records(builtin_mapping("web"), io.BytesIO(as_csv), name=name),
-                            origin=name)
+    report = ingest_file(persona, mapped_records(builtin_mapping("web"), io.BytesIO(as_csv), name=name),
+                         origin=name)
     assert (report.appended, report.quarantined) == (1, 0)
 
 
@@ -148,5 +148,5 @@ def test_an_unreadable_csv_header_is_an_error_not_an_empty_file(persona: Persona
 
     broken = b'cookie_id,"url,ts\nck-1,https://a,1741165300000\n'
     with pytest.raises(ConfigurationError, match="header"):
-        ingest_records(persona, mapped_records(builtin_mapping("web"), io.BytesIO(broken), name="c.csv"),
-                       origin="c.csv")
+        ingest_file(persona, mapped_records(builtin_mapping("web"), io.BytesIO(broken), name="c.csv"),
+                    origin="c.csv")

@@ -141,7 +141,7 @@ def test_a_live_shop_feed_shows_an_order_without_waiting_for_the_next_one(tmp_pa
 def test_a_late_row_of_a_taken_order_is_quarantined_not_lost_as_a_duplicate(tmp_path: Path) -> None:
     from collections.abc import Iterator
 
-    from persona.ingest.jsonl import ingest_records
+    from persona.ingest import ingest_feed
     from persona.ingest.mapping import GROUP_HOLD_S, builtin_mapping, live_records
 
     settings = Settings.load(tmp_path / "data", env={})
@@ -159,8 +159,7 @@ def test_a_late_row_of_a_taken_order_is_quarantined_not_lost_as_a_duplicate(tmp_
         yield b"L-1,late@example.com,2025-03-05 10:00:00,30,S2,books,1,20\n"
 
     with Persona.init(settings) as persona:
-        report = ingest_records(persona, live_records(builtin_mapping("shop"), feed(), name="<stdin>"),
-                                origin="<stdin>", stream=True, paced=True)
+        report = ingest_feed(persona, live_records(builtin_mapping("shop"), feed(), name="<stdin>"), origin="<stdin>")
         assert (report.appended, report.duplicates, report.quarantined) == (1, 0, 1)
         assert [r["reason"].split(":")[0] for r in describe(persona)] == ["order_id"]
 

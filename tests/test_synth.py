@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from persona import Persona
-from persona.ingest import ingest_records
+from persona.ingest import ingest_file
 from persona.ingest.clean import parse_amount
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.ingest.quarantine import describe
@@ -145,7 +145,7 @@ def test_generated_people_are_a_realistic_mix_of_lifecycle_stages(tmp_path: Path
     out = generate(tmp_path / "gen", 300, 4)
     for name in FILES:
         with (out / name).open("rb") as handle:
-            ingest_records(persona, mapped_records(builtin_mapping(SOURCES[name]), handle, name=name), origin=name)
+            ingest_file(persona, mapped_records(builtin_mapping(SOURCES[name]), handle, name=name), origin=name)
     compute_rfm(persona)
     profiles = list(indexed(persona))
     stages = Counter(p.features["lifecycle_stage"] for p in profiles)
@@ -295,7 +295,7 @@ def test_ingest_quarantines_exactly_the_bad_rows_and_drops_the_duplicates(person
     for name in FILES:
         with (SAMPLE / name).open("rb") as handle:
             records = mapped_records(builtin_mapping(SOURCES[name]), handle, name=name)
-            report = ingest_records(persona, records, origin=name)
+            report = ingest_file(persona, records, origin=name)
         expected = truth["expected_ingest"][name]
         assert (report.duplicates, report.quarantined) == (expected["duplicates"], expected["quarantined"]), name
         assert report.appended >= expected["events"]  # identity resolution may add its own (merges)

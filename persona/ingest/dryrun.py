@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from persona.core import Persona
 from persona.eventlog import AppendResult
 from persona.events import LIBRARY, Event, Writer
-from persona.ingest.jsonl import PAUSE, IngestReport, Record, validated
+from persona.ingest.engine import PAUSE, IngestReport, Record, validated
 from persona.ingest.quarantine import reason_kind
 
 
@@ -19,7 +19,7 @@ class _Undo(Exception):
 
 def dry_run(persona: Persona, records: Iterable[Record | None], *, origin: str, now: datetime | None = None,
             writer: Writer = LIBRARY) -> IngestReport:
-    """The report `ingest_records` would give for these records, with nothing stored: every record
+    """The report `ingest_file` would give for these records, with nothing stored: every record
     is read, mapped and validated, and the valid ones are appended by the event log itself, in one
     transaction that is then rolled back — so duplicates (in the log already, or earlier in the
     same records), new profiles and merges are counted exactly as a real run counts them. No

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from persona.errors import PersonaError
-from persona.ingest.jsonl import Item
+from persona.ingest.engine import Item
 
 CHUNK = 1024  # items per message: pickling many small objects at once is what keeps this cheap
 DEPTH = 8  # chunks received but not yet ingested, at most
