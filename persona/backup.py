@@ -43,11 +43,12 @@ from persona.erasure import erase_profile, reapply_ledger
 from persona.errors import ConfigurationError, KeyMismatchError
 from persona.events import from_micros
 from persona.ledger import ErasureLedger
-from persona.migrate import copy_store
 from persona.projector import rebuild
 from persona.settings import DB_NAME, STAGING, Settings
 from persona.store.base import BACKED_UP, Recorder
-from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
+from persona.store.copy import copy_store
+from persona.store.schema import SCHEMA_VERSION
+from persona.store.sqlite import SQLiteRecorder
 from persona.verify import verify
 
 # A model version's meta (its features' training medians and decile edges, the category names it

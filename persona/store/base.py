@@ -6,27 +6,29 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
-if TYPE_CHECKING:
-    from persona.integrity import Tagger
-
-# Additions to a store made by an earlier release, applied when it is opened (each backend
-# adds what is missing under its write lock, then records the revision in `meta`):
-# (revision, table, column, SQL type and default — portable between SQLite and PostgreSQL).
-COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
-    (2, "api_tokens", "delta_budget", "double precision NOT NULL DEFAULT 0.0"),
-    (2, "api_tokens", "delta_spent", "double precision NOT NULL DEFAULT 0.0"),
-    (2, "api_tokens", "sources", "text NOT NULL DEFAULT ''"),
-    (2, "api_tokens", "types", "text NOT NULL DEFAULT ''"),
-    (3, "audit", "outcome", "text NOT NULL DEFAULT 'ok'"),  # old entries: allowed accesses…
-    (3, "audit", "detail", "text NOT NULL DEFAULT '{}'"),  # …whose shape was not kept
-    *((4, table, "tag", "bytea") for table in (  # keyed row tags (persona.integrity), NULL until tagged
-        "meta", "streams", "keys", "system_keys", "links", "tombstones", "quarantine", "quarantine_tags", "merges",
-        "members", "snapshots", "profile_index", "rfm", "models", "model_people", "predictions", "api_tokens",
-        "audit")),
+from persona.store.schema import (
+    BACKED_UP,
+    COLUMNS_ADDED,
+    PURGE_MARK,
+    READ_MODELS,
+    SCHEMA_REVISION,
+    SCHEMA_VERSION,
+    TABLES,
+    TAG,
 )
-SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
+
+__all__ = ["BACKED_UP", "COLUMNS_ADDED", "PURGE_MARK", "READ_MODELS", "SCHEMA_REVISION", "SCHEMA_VERSION", "TABLES",
+           "TAG"]  # (the schema's names, for the modules that read them here)
+
+
+class RowTagger(Protocol):
+    """What computes and checks row tags (persona.integrity.Tagger, made from the key file)."""
+
+    def __call__(self, table: str, values: Sequence[object]) -> bytes: ...
+    def matches(self, table: str, values: Sequence[object], tag: object) -> bool: ...
+
 
 # Charging an answer to a token's privacy budget: ε and δ together or neither, never past
 # either budget (a relative slack of 1e-9 absorbs the rounding of sums of charges). One
@@ -44,48 +46,6 @@ def privacy_charge(name: str, epsilon: float, delta: float) -> tuple[float, floa
     if not (0 <= epsilon < float("inf") and 0 <= delta < float("inf")):  # NaN fails too
         raise ValueError("a privacy charge is two finite numbers, neither negative")
     return epsilon, delta, name, epsilon, delta
-
-# Every table a store holds, with the columns a copy between backends carries (`persona
-# migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
-TABLES: dict[str, tuple[str, ...]] = {
-    "meta": ("key", "value"),
-    "streams": ("stream_no", "stream_id", "version", "head", "created_at"),
-    "events": ("position", "stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"),
-    "keys": ("profile_id", "kek_version", "wrapped"),
-    "system_keys": ("name", "kek_version", "wrapped"),
-    "links": ("subject_hash", "profile_id", "namespace", "created_at"),
-    "tombstones": ("profile_id", "erased_at", "events"),
-    "quarantine": ("id", "recorded_at", "origin", "line", "reason", "size", "content", "content_hash", "expires_at"),
-    "quarantine_tags": ("quarantine_id", "subject_hash"),
-    "merges": ("edge", "a", "b", "a_hash", "b_hash", "merged_at", "undone_at"),
-    "members": ("profile_id", "person_id"),
-    "snapshots": ("profile_id", "projection", "projection_version", "stream_version", "payload"),
-    "profile_index": ("profile_id", "version", "doc"),
-    "rfm": ("profile_id", "r", "f", "m"),
-    "models": ("name", "version", "created_at", "status", "promoted_at", "stale", "drift", "meta", "sha256", "blob"),
-    "model_people": ("profile_id", "name", "version"),
-    "predictions": ("profile_id", "model", "version", "computed_at", "doc"),
-    "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
-                   "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
-    "audit": ("seq", "at", "token", "operation", "profile_id", "fields", "outcome", "detail"),
-}
-
-# The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
-# and predictions hold people's values in plaintext (for queries), so a backup leaves them out
-# (docs/design.md, invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
-# same); `persona restore` rebuilds them all.
-# Every table but the log carries `tag`, a keyed hash of its row (persona.integrity), carried by
-# copies like any column: a backup or migrated store checks out with the same key file.
-TAG = "tag"
-TABLES = {table: columns + ((TAG,) if table != "events" else ()) for table, columns in TABLES.items()}
-
-READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
-BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
-
-
-# The meta key of the purge mark: erasures noted, and when their physical purge is due (persona.purge).
-PURGE_MARK = "purge"
-
 
 class StoredEvent(NamedTuple):
     """One row of the log, as the backend keeps it (a tuple: cheap to make by the million)."""
@@ -174,7 +134,7 @@ class Recorder(Protocol):
     """
 
     commits: int  # transactions this connection committed
-    tagger: Tagger | None  # computes row tags (persona.integrity); set by Persona, with the key file
+    tagger: RowTagger | None  # computes row tags (persona.integrity); set by Persona, with the key file
 
     def adopt_tags(self) -> int:
         """Tag every untagged row as it stands and note it in meta (persona.integrity): how many, meta's left out."""

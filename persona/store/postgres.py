@@ -51,43 +51,52 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.integrity import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES, Tagger
-from persona.migrate import copy_store
 from persona.store.base import (
-    COLUMNS_ADDED,
-    PURGE_MARK,
-    SCHEMA_REVISION,
     SPEND_PRIVACY,
-    TABLES,
     Head,
     MergeEdge,
     ProfileRow,
     QuarantinedRecord,
+    RowTagger,
     StoredEvent,
     TokenRow,
     privacy_charge,
 )
-from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
+from persona.store.copy import copy_store
+from persona.store.schema import (
+    ADOPTED,
+    COLUMNS_ADDED,
+    COUNTED,
+    DERIVED_TABLES,
+    ERASED_FROM,
+    PERSON_ROWS,
+    PURGE_MARK,
+    RETAGGED,
+    SCHEMA_REVISION,
+    SCHEMA_VERSION,
+    TABLES,
+    TAGGED,
+    TAGGED_ON_INSERT,
+    UNTAGGED_INDEXES,
+)
+from persona.store.sqlite import SQLiteRecorder
 
 POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
 PARTITIONS = 8  # hash partitions of the event log
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
 CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
-DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
 PURGE_LOCK = 0x70757267  # 'purg' (and a hash of the schema): one purge of a store at a time
-# Tables erasure deletes from whose dead rows could tell something. Snapshots are sealed under
-# the deleted key: vacuumed with them, never rewritten.
-_ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
-                "quarantine", "quarantine_tags")
+# The tables erasure deletes from (schema.ERASED_FROM) are the ones whose dead rows could tell
+# something. Snapshots are sealed under the deleted key: vacuumed with them, never rewritten.
 # The batched purge (persona.purge). INDEX_CLEANUP ON: by default VACUUM leaves the indexes alone
 # when few pages hold dead rows, as one window's erasures always are, and an index entry keeps its
 # key (a link's hash, a profile id). TRUNCATE false: emptied pages at a table's end stay (reused by
 # later rows) rather than cut off under an exclusive lock that readers would queue behind.
-_VACUUM = ("VACUUM (INDEX_CLEANUP ON, TRUNCATE false) " + ", ".join((*_ERASED_FROM, "snapshots")),)
+_VACUUM = ("VACUUM (INDEX_CLEANUP ON, TRUNCATE false) " + ", ".join((*ERASED_FROM, "snapshots")),)
 # The rewrite (`persona purge --full`): each table written anew and its old files dropped, so no
 # page keeps an erased row's bytes in its free space; reads of a table wait while it is rewritten.
-_REWRITE = ("VACUUM FULL " + ", ".join(_ERASED_FROM), "VACUUM (INDEX_CLEANUP ON) snapshots")
+_REWRITE = ("VACUUM FULL " + ", ".join(ERASED_FROM), "VACUUM (INDEX_CLEANUP ON) snapshots")
 
 _ID = 'text COLLATE "C"'
 _SCHEMA = [
@@ -230,11 +239,9 @@ _LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + "
                 + ", ".join(["%s"] * len(TABLES["api_tokens"])) + ") ON CONFLICT (name) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in TABLES["api_tokens"][1:]))
 _DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
-_DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
-                          for table in ("profile_index", "rfm", "predictions"))
-_CLEAR_PERSON_ROWS = ("DELETE FROM profile_index", "DELETE FROM rfm", "DELETE FROM predictions")
-_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
-_COUNT = {table: f"SELECT count(*) FROM {table}" for table in _COUNTED}
+_DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])" for table in PERSON_ROWS)
+_CLEAR_PERSON_ROWS = tuple(f"DELETE FROM {table}" for table in PERSON_ROWS)
+_COUNT = {table: f"SELECT count(*) FROM {table}" for table in COUNTED}
 
 # the order a dump reads each table in (its key); others by their first column
 _KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
@@ -329,7 +336,7 @@ class PostgresRecorder:
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
         self.commits = 0
-        self.tagger: Tagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
+        self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         self._listener: psycopg.Connection[Any] | None = None
         self.schema = ""
         self.channel = CHANNEL
@@ -826,7 +833,7 @@ class PostgresRecorder:
                 return "a session of this database holds a snapshot from before an erasure"
             time.sleep(0.05)
         if not self._value_of("SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c"
-                              " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(_ERASED_FROM),)):
+                              " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(ERASED_FROM),)):
             return "the database user does not own the store's tables"  # VACUUM would only warn and skip
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(int(wait_s * 1000), 1)}ms",))
         try:

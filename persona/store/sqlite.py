@@ -11,22 +11,31 @@ from pathlib import Path
 import sqlite_utils
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.integrity import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES, Tagger
 from persona.store.base import (
-    COLUMNS_ADDED,
-    SCHEMA_REVISION,
     SPEND_PRIVACY,
-    TABLES,
     Head,
     MergeEdge,
     ProfileRow,
     QuarantinedRecord,
+    RowTagger,
     StoredEvent,
     TokenRow,
     privacy_charge,
 )
+from persona.store.schema import (
+    ADOPTED,
+    COLUMNS_ADDED,
+    COUNTED,
+    DERIVED_TABLES,
+    RETAGGED,
+    SCHEMA_REVISION,
+    SCHEMA_VERSION,
+    TABLES,
+    TAGGED,
+    TAGGED_ON_INSERT,
+    UNTAGGED_INDEXES,
+)
 
-SCHEMA_VERSION = "1"
 CHUNK = 500  # bound parameters per IN (...) query
 POLL_S = 0.05  # how often wait_for_events looks for another connection's commit
 # Events carry a small integer stream number (streams.stream_no) instead of the profile id:
@@ -35,10 +44,6 @@ _EVENT_SELECT = (
     "SELECT e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
     " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
 )
-
-# Tables holding rows derived from a person's events, each keyed by `profile_id`.
-# Erasure deletes from every one of them; `persona rebuild` empties and refills them.
-DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
 
 _ACCESS_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
@@ -152,8 +157,7 @@ _DELETE_QUARANTINED = (
 )
 # table names are constants of this module; the statements are built once
 _DELETE_DERIVED = tuple("DELETE FROM [" + table + "] WHERE profile_id = ?" for table in DERIVED_TABLES)
-_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
-_COUNT = {table: "SELECT count(*) FROM [" + table + "]" for table in _COUNTED}
+_COUNT = {table: "SELECT count(*) FROM [" + table + "]" for table in COUNTED}
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
@@ -175,7 +179,7 @@ class SQLiteRecorder:
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._depth = 0
         self.commits = 0  # transactions this connection committed
-        self.tagger: Tagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
+        self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
