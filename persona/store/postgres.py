@@ -50,7 +50,14 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    DuplicateEventError,
+    StoreBusyError,
+    StoreDamagedError,
+    StoreError,
+)
 from persona.store.base import (
     SPEND_PRIVACY,
     Head,
@@ -62,6 +69,7 @@ from persona.store.base import (
     TokenRow,
     privacy_charge,
 )
+from persona.store.boundary import translating
 from persona.store.copy import copy_store
 from persona.store.schema import (
     ADOPTED,
@@ -276,6 +284,17 @@ def is_database_error(error: BaseException) -> bool:
     return isinstance(error, (psycopg.Error, PoolTimeout))
 
 
+def translate(error: BaseException) -> StoreError | None:
+    """persona's error for one of psycopg's: its message without the DETAIL line (describe_error)."""
+    if not is_database_error(error):
+        return None
+    if isinstance(error, PoolTimeout | pg_errors.LockNotAvailable | pg_errors.DeadlockDetected):
+        return StoreBusyError(describe_error(error))
+    if isinstance(error, pg_errors.DataCorrupted | pg_errors.IndexCorrupted):
+        return StoreDamagedError(describe_error(error))
+    return StoreError(describe_error(error))
+
+
 def describe_error(error: BaseException) -> str:
     """What went wrong, without the DETAIL line: PostgreSQL puts the row's values there
     ("Key (k)=(...) already exists", "Failing row contains (...)")."""
@@ -320,6 +339,7 @@ def without_password(url: str) -> tuple[str, bool]:
     return urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))), had
 
 
+@translating(translate)
 class PostgresRecorder:
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
 
@@ -918,6 +938,14 @@ class PostgresRecorder:
     def set_model_drift(self, name: str, version: int, drift: str) -> None:
         self.conn.execute("UPDATE models SET drift = %s, tag = NULL WHERE name = %s AND version = %s",
                           (drift, name, version))
+
+    def model_meta(self) -> list[tuple[str, int, str, str | None]]:
+        return [(str(n), int(v), str(m), None if d is None else str(d))
+                for n, v, m, d in self.conn.execute("SELECT name, version, meta, drift FROM models").fetchall()]
+
+    def replace_model_meta(self, name: str, version: int, meta: str | None, drift: str | None) -> None:
+        self.conn.execute("UPDATE models SET meta = %s, drift = %s WHERE name = %s AND version = %s",
+                          (meta, drift, name, version))
 
     def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
         rows = self.conn.execute("SELECT DISTINCT name, version FROM model_people WHERE profile_id = ANY(%s::text[])",

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import sqlite_utils
 
-from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    DuplicateEventError,
+    StoreBusyError,
+    StoreDamagedError,
+    StoreError,
+    UndecodableValueError,
+)
 from persona.store.base import (
     SPEND_PRIVACY,
     Head,
@@ -22,6 +30,7 @@ from persona.store.base import (
     TokenRow,
     privacy_charge,
 )
+from persona.store.boundary import translating
 from persona.store.schema import (
     ADOPTED,
     COLUMNS_ADDED,
@@ -167,6 +176,35 @@ _PRAGMAS = (
 )
 
 
+def translate(error: BaseException) -> StoreError | None:
+    """persona's error for one of sqlite3's. SQLite's messages name tables and states, never
+    values, but one: "Could not decode to UTF-8 column 'c' with text '…'" is never passed on."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    text = str(error)
+    if "decode" in text:
+        return UndecodableValueError()
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return StoreBusyError(text)
+    if type(error) is sqlite3.DatabaseError:  # not a database, malformed: what SQLite says of a damaged file
+        return StoreDamagedError(text)
+    return StoreError(text)
+
+
+def read_meta(path: Path) -> dict[str, str]:
+    """The meta table of a SQLite file, opened read-only (a backup, before it is trusted);
+    StoreError if it is not a database that has one."""
+    try:
+        probe = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return dict(probe.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            probe.close()
+    except sqlite3.Error as e:
+        raise (translate(e) or StoreError(type(e).__name__)) from e
+
+
+@translating(translate)
 class SQLiteRecorder:
     """A Recorder over one SQLite file. One instance per thread."""
 
@@ -783,6 +821,14 @@ class SQLiteRecorder:
         self.conn.execute("UPDATE models SET drift = ?, tag = NULL WHERE name = ? AND version = ?",
                           (drift, name, version))
 
+    def model_meta(self) -> list[tuple[str, int, str, str | None]]:
+        return [(str(n), int(v), str(m), None if d is None else str(d))
+                for n, v, m, d in self.conn.execute("SELECT name, version, meta, drift FROM models").fetchall()]
+
+    def replace_model_meta(self, name: str, version: int, meta: str | None, drift: str | None) -> None:
+        self.conn.execute("UPDATE models SET meta = ?, drift = ? WHERE name = ? AND version = ?",
+                          (meta, drift, name, version))
+
     def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
         found: set[tuple[str, int]] = set()
         for part in _chunks(profile_ids):
@@ -1113,6 +1159,10 @@ class SQLiteRecorder:
                                       + " FROM main.[" + table + "]")
         finally:
             self.conn.execute("DETACH DATABASE copy")
+
+    def single_file(self) -> None:
+        """Leave WAL mode: the file alone holds the database (a backup, for its readers too)."""
+        self.conn.execute("PRAGMA journal_mode = DELETE")
 
     def damage(self) -> list[str]:
         """What SQLite's own check finds wrong with the file: its b-trees, indexes and constraints."""
