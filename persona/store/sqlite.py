@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -19,23 +20,11 @@ from persona.errors import (
     StoreError,
     UndecodableValueError,
 )
-from persona.store.base import (
-    SPEND_PRIVACY,
-    Head,
-    MergeEdge,
-    ProfileRow,
-    QuarantinedRecord,
-    RowTagger,
-    StoredEvent,
-    TokenRow,
-    privacy_charge,
-)
 from persona.store.boundary import translating
+from persona.store.rows import RowTagger, StoredEvent
 from persona.store.schema import (
     ADOPTED,
     COLUMNS_ADDED,
-    COUNTED,
-    DERIVED_TABLES,
     RETAGGED,
     SCHEMA_REVISION,
     SCHEMA_VERSION,
@@ -44,15 +33,11 @@ from persona.store.schema import (
     TAGGED_ON_INSERT,
     UNTAGGED_INDEXES,
 )
+from persona.store.shared import Row, SQLRecorder
+from persona.store.sql import EVENT_COLUMNS, EVENT_SELECT, Statements
 
 CHUNK = 500  # bound parameters per IN (...) query
 POLL_S = 0.05  # how often wait_for_events looks for another connection's commit
-# Events carry a small integer stream number (streams.stream_no) instead of the profile id:
-# the (stream, version) index stays a quarter of the size, and appends dirty fewer pages.
-_EVENT_SELECT = (
-    "SELECT e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
-    " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
-)
 
 _ACCESS_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
@@ -76,50 +61,18 @@ BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (DELETE refused)'); END
 """
 
 
-def _chunks(items: Sequence[bytes] | Sequence[str]) -> Iterator[Sequence[bytes] | Sequence[str]]:
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]
-
-
-def _expand(sql: str, n: int) -> str:
-    """Constant SQL with one `IN (?*)`, given n bound placeholders. Values are never interpolated."""
-    return sql.replace("(?*)", "(" + ",".join("?" * n) + ")")
-
-
 def _expand_pairs(sql: str, n: int) -> str:
     """Constant SQL with one `VALUES (?**)`, given n rows of two bound placeholders."""
     return sql.replace("(?**)", ",".join(["(?, ?)"] * n))
 
 
-_SCAN_CHAINS = _EVENT_SELECT + " ORDER BY e.stream_no, e.version"
-_READ_STREAM = _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version > ? ORDER BY e.version"
-_READ_STREAMS = _EVENT_SELECT + " WHERE e.stream_no IN (?*) ORDER BY e.stream_no, e.version"
-_READ_PAGE = _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version < ? ORDER BY e.version DESC LIMIT ?"
-_READ_PAGE_TYPED = (
-    _EVENT_SELECT + " WHERE s.stream_id = ? AND e.version < ? AND e.type IN (?*) ORDER BY e.version DESC LIMIT ?"
-)
-# One row per profile for the API: its head, last change, read-model row and RFM scores.
-_PROFILE_ROWS = (
-    "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m,"
-    " m.person_id FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
-    " LEFT JOIN members m ON m.profile_id = s.stream_id"
-    " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
-    " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
-)
-_LINKS_OF_MANY = (
-    "SELECT profile_id, subject_hash, namespace FROM links WHERE profile_id IN (?*) ORDER BY created_at, namespace"
-)
-_SNAPSHOTS_OF_MANY = (
-    "SELECT profile_id, projection, projection_version, stream_version, payload FROM snapshots WHERE profile_id IN (?*)"
-)
+_SCAN_CHAINS = EVENT_SELECT + " ORDER BY e.stream_no, e.version"
 # the events of several streams, each after its own version: (stream_no, after) pairs joined on the index
 _READ_AFTER = (
     "WITH want(no, after) AS (VALUES (?**))"
-    " SELECT e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
-    " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
+    " SELECT " + EVENT_COLUMNS + " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
     " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
 )
-_SPEND_PRIVACY = SPEND_PRIVACY.format(p="?")
 # row tags (persona.integrity): the untagged rows of each table, by rowid, with the columns tagged
 _UNTAGGED = {table: "SELECT rowid, " + ", ".join(columns) + " FROM [" + table + "] WHERE tag IS NULL"
              for table, columns in TAGGED.items()}
@@ -128,45 +81,11 @@ _SET_TAG = {table: "UPDATE [" + table + "] SET tag = ? WHERE rowid = ?" for tabl
 _UPDATE_TRIGGERS = {"audit": ("audit_is_append_only_update",), "tombstones": ("tombstones_are_final_update",)}
 # the schema as verify compares it with a fresh store's (root pages differ from file to file)
 _SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_stat%'"
-_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
-_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
-_READ_ALL = _EVENT_SELECT + " WHERE e.position > ? ORDER BY e.position LIMIT ?"
-_EXISTING_KEYS = "SELECT event_key FROM events WHERE event_key IN (?*)"
-_HEADS = (
-    "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
-    " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id IN (?*)"
-)
 _MERGES_TABLE = """
 CREATE TABLE IF NOT EXISTS merges (edge INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT NOT NULL, b TEXT NOT NULL,
 a_hash BLOB NOT NULL, b_hash BLOB NOT NULL, merged_at INTEGER NOT NULL, undone_at INTEGER);
 """
-_LAGGING = (
-    "SELECT p.person FROM (SELECT coalesce(m.person_id, s.stream_id) AS person, sum(s.version) AS version"
-    " FROM streams s JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN members m ON m.profile_id = s.stream_id"
-    " GROUP BY person) p LEFT JOIN profile_index i ON i.profile_id = p.person"
-    " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person"
-)
-_DROP_PERSON_ROWS = ("DELETE FROM profile_index WHERE profile_id IN (?*)", "DELETE FROM rfm WHERE profile_id IN (?*)",
-                     "DELETE FROM predictions WHERE profile_id IN (?*)")
 _STREAM_NUMBERS = "SELECT stream_id, stream_no FROM streams WHERE stream_id IN (?*)"
-_PERSONS_OF = "SELECT profile_id, person_id FROM members WHERE profile_id IN (?*)"
-_MEMBERS_OF = (
-    "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
-    " WHERE m.person_id IN (?*) ORDER BY s.stream_no"
-)
-_MERGE_EDGES = (
-    "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges WHERE a IN (?*) UNION"
-    " SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges WHERE b IN (?*)"
-)
-_RESOLVE = "SELECT subject_hash, profile_id FROM links WHERE subject_hash IN (?*)"
-_TAGGED = "SELECT quarantine_id FROM quarantine_tags WHERE subject_hash IN (?*)"
-_DELETE_QUARANTINED = (
-    "DELETE FROM quarantine WHERE id IN (?*)",
-    "DELETE FROM quarantine_tags WHERE quarantine_id IN (?*)",
-)
-# table names are constants of this module; the statements are built once
-_DELETE_DERIVED = tuple("DELETE FROM [" + table + "] WHERE profile_id = ?" for table in DERIVED_TABLES)
-_COUNT = {table: "SELECT count(*) FROM [" + table + "]" for table in COUNTED}
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
@@ -205,9 +124,10 @@ def read_meta(path: Path) -> dict[str, str]:
 
 
 @translating(translate)
-class SQLiteRecorder:
+class SQLiteRecorder(SQLRecorder):
     """A Recorder over one SQLite file. One instance per thread."""
 
+    sql = Statements().formatted(p="?", in_list="IN (?*)", event_keys="events")
     purges_at_once = True  # a WAL checkpoint costs little: each erasure runs it
 
     def __init__(self, path: Path, *, create: bool = False, busy_timeout_ms: int = 30_000) -> None:
@@ -430,18 +350,55 @@ class SQLiteRecorder:
             db.table("audit").create_index(["profile_id"], if_not_exists=True)
             self._run_script(_ACCESS_TRIGGERS)
 
+    # -- how statements run ----------------------------------------------------------------
+    def _bind(self, sql: str, params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+        """Each list of values in its `IN (?*)`: one bound placeholder per value, never a value in the text."""
+        if not any(isinstance(value, list) for value in params):
+            return sql, params
+        pieces = iter(sql.split("(?*)"))
+        text, flat = [next(pieces)], []
+        for value in params:
+            if isinstance(value, list):
+                text += ["(" + ",".join("?" * len(value)) + ")", next(pieces)]
+                flat += value
+            else:
+                flat.append(value)
+        return "".join(text), flat
+
+    def _chunks(self, values: Sequence[Any]) -> Iterator[list[Any]]:
+        for start in range(0, len(values), CHUNK):  # SQLite binds a bounded number of parameters
+            yield list(values[start : start + CHUNK])
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(*self._bind(sql, params)).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        row: Row | None = self.conn.execute(*self._bind(sql, params)).fetchone()
+        return row
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(*self._bind(sql, params)).rowcount
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def _events(self, sql: str, params: Sequence[Any]) -> Iterator[StoredEvent]:
+        return map(StoredEvent._make, self.conn.execute(*self._bind(sql, params)))  # read as they are used
+
+    def _insert_unique(self, sql: str, params: Sequence[Any]) -> bool:
+        try:
+            self.conn.execute(sql, params)
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def _add_model_people(self, name: str, version: int, people: Sequence[str]) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO model_people (profile_id, name, version) VALUES (?, ?, ?)",
+                              [(pid, name, version) for pid in people])
+
     # -- transactions --------------------------------------------------------------------
     @contextmanager
-    def transaction(self, *, durable: bool = False) -> Iterator[None]:
-        if self._depth:
-            if durable:
-                raise ConfigurationError("a durable transaction cannot nest in another")
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+    def _outermost(self, durable: bool) -> Iterator[None]:
         if self.conn.in_transaction:  # a BEGIN whose caller was interrupted (Ctrl+C) before it could know
             self.conn.execute("ROLLBACK")
         if durable:  # WAL synced at this COMMIT: it and every earlier commit survive a power cut
@@ -466,9 +423,6 @@ class SQLiteRecorder:
         finally:
             if durable:
                 self.conn.execute(_PRAGMAS[0])
-
-    def _tag(self, table: str, values: Sequence[object]) -> bytes | None:
-        return None if self.tagger is None else self.tagger(table, values)
 
     def _retag(self) -> None:
         """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
@@ -501,10 +455,6 @@ class SQLiteRecorder:
             self.set_meta(ADOPTED, "1")
         return adopted
 
-    def in_transaction(self) -> bool:
-        """True inside `transaction()`: a nested one commits (or rolls back) with the outermost."""
-        return self._depth > 0
-
     def _set_busy_timeout(self, ms: int) -> None:
         """PRAGMA takes no bound parameters: the value is forced to an integer first."""
         self.conn.execute("PRAGMA busy_timeout = " + str(int(ms)))
@@ -532,13 +482,6 @@ class SQLiteRecorder:
         )
 
     # -- events --------------------------------------------------------------------------
-    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
-        for part in _chunks(keys):
-            sql = _expand(_EXISTING_KEYS, len(part))
-            found.update(row[0] for row in self.conn.execute(sql, part))
-        return found
-
     def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
         """rows: (stream_no, version, event_key, type, recorded_at, payload, hash)."""
         try:
@@ -552,80 +495,12 @@ class SQLiteRecorder:
                 raise DuplicateEventError("an event id is already in the log") from e
             raise ConcurrencyError.unseen() from e
 
-    def last_position(self) -> int:
-        row = self.conn.execute("SELECT max(position) FROM events").fetchone()
-        return int(row[0] or 0)
-
-    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
-        cursor = self.conn.execute(
-            _READ_STREAM,
-            (stream_id, after_version),
-        )
-        yield from map(StoredEvent._make, cursor)
-
-    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredEvent]:
-        """Every event of these streams (by Head.no), stream by stream, each in version order."""
-        ordered = sorted(stream_numbers)
-        for start in range(0, len(ordered), CHUNK):
-            part = ordered[start : start + CHUNK]
-            sql = _expand(_READ_STREAMS, len(part))
-            yield from map(StoredEvent._make, self.conn.execute(sql, part))
-
-    def read_page(self, stream_id: str, before_version: int, limit: int,
-                  types: Sequence[str] = ()) -> list[StoredEvent]:
-        """Up to `limit` events of one stream older than `before_version`, newest first."""
-        if types:
-            sql = _expand(_READ_PAGE_TYPED, len(types))
-            return list(map(StoredEvent._make, self.conn.execute(sql, (stream_id, before_version, *types, limit))))
-        return list(map(StoredEvent._make, self.conn.execute(_READ_PAGE, (stream_id, before_version, limit))))
-
-    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
-                         types: Sequence[str] = ()) -> list[StoredEvent]:
-        """Up to `limit` events of several streams (a merged person) recorded before a position,
-        newest first."""
-        ids = ",".join("?" * len(stream_ids))
-        sql = _EVENT_SELECT + " WHERE s.stream_id IN (" + ids + ") AND e.position < ?"
-        if types:
-            sql += " AND e.type IN (" + ",".join("?" * len(types)) + ")"
-        sql += " ORDER BY e.position DESC LIMIT ?"
-        return list(map(StoredEvent._make, self.conn.execute(sql, (*stream_ids, before_position, *types, limit))))
-
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        cursor = self.conn.execute(
-            _READ_ALL,
-            (after_position, limit),
-        )
-        return list(map(StoredEvent._make, cursor))
-
-    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
-        return self.conn.execute(
-            "SELECT position, stream_no, version, event_key, type, recorded_at, payload FROM events"
-            " WHERE position > ? ORDER BY position LIMIT ?", (after_position, limit)).fetchall()
-
-    def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]:
-        out: dict[int, str] = {}
-        numbers = list(stream_numbers)
-        for start in range(0, len(numbers), CHUNK):
-            part = numbers[start : start + CHUNK]
-            sql = _expand("SELECT stream_no, stream_id FROM streams WHERE stream_no IN (?*)", len(part))
-            out.update(self.conn.execute(sql, part).fetchall())
-        return out
-
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, each stream in version order."""
         cursor = self.conn.execute(_SCAN_CHAINS)
         yield from map(StoredEvent._make, cursor)
 
     # -- streams and keys ----------------------------------------------------------------
-    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
-        ids = list(stream_ids)
-        out: dict[str, Head] = {}
-        for part in _chunks(ids):
-            sql = _expand(_HEADS, len(part))
-            for sid, no, version, head, kek_version, wrapped in self.conn.execute(sql, part):
-                out[sid] = Head(no, version, head, kek_version, wrapped)
-        return out
-
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
         """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
         self.conn.executemany(
@@ -634,8 +509,8 @@ class SQLiteRecorder:
         )
         ids = [row[0] for row in rows]
         found: dict[str, int] = {}
-        for part in _chunks(ids):
-            found.update(self.conn.execute(_expand(_STREAM_NUMBERS, len(part)), part).fetchall())
+        for part in self._chunks(ids):
+            found.update(self._all(_STREAM_NUMBERS, (part,)))
         numbers = [found[pid] for pid in ids]
         keys = [(pid, kek_version, wrapped) for pid, _, kek_version, wrapped, _ in rows]
         self.conn.executemany("INSERT INTO keys (profile_id, kek_version, wrapped, tag) VALUES (?, ?, ?, ?)",
@@ -646,236 +521,11 @@ class SQLiteRecorder:
         """rows: (version, chain head, stream_no)."""
         self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?", rows)
 
-    def created_at(self, stream_id: str) -> int:
-        row = self.conn.execute("SELECT created_at FROM streams WHERE stream_id = ?", (stream_id,)).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def kek_versions_in_use(self) -> set[int]:
-        rows = self.conn.execute(
-            "SELECT kek_version FROM keys UNION SELECT kek_version FROM system_keys"
-        ).fetchall()
-        return {int(v) for (v,) in rows}
-
     def stream_ids(self) -> Iterator[str]:
         for (sid,) in self.conn.execute("SELECT stream_id FROM streams ORDER BY stream_id"):
             yield sid
 
-    def wrapped_keys(self) -> Iterator[tuple[str, int, bytes]]:
-        yield from self.conn.execute("SELECT profile_id, kek_version, wrapped FROM keys").fetchall()
-
-    def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
-        self.conn.executemany("UPDATE keys SET kek_version = ?, wrapped = ?, tag = NULL WHERE profile_id = ?", rows)
-
-    def system_key(self, name: str) -> tuple[int, bytes] | None:
-        row = self.conn.execute(
-            "SELECT kek_version, wrapped FROM system_keys WHERE name = ?", (name,)
-        ).fetchone()
-        return None if row is None else (row[0], row[1])
-
-    def system_keys(self) -> list[tuple[str, int, bytes]]:
-        return self.conn.execute("SELECT name, kek_version, wrapped FROM system_keys").fetchall()
-
-    def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
-        self.conn.execute(
-            "INSERT INTO system_keys (name, kek_version, wrapped) VALUES (?, ?, ?) ON CONFLICT (name)"
-            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped, tag = NULL",
-            (name, kek_version, wrapped),
-        )
-
-    # -- identity links ------------------------------------------------------------------
-    def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
-        out: dict[bytes, str] = {}
-        for part in _chunks(hashes):
-            sql = _expand(_RESOLVE, len(part))
-            out.update(self.conn.execute(sql, part).fetchall())
-        return out
-
-    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
-        self.conn.executemany(
-            "INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag) VALUES (?, ?, ?, ?, ?)",
-            [(*row, self._tag("links", row)) for row in rows],  # tagged here, not at COMMIT
-        )
-
-    def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
-        return self.conn.execute(
-            "SELECT subject_hash, namespace FROM links WHERE profile_id = ? ORDER BY created_at, namespace",
-            (profile_id,),
-        ).fetchall()
-
-    # -- merges --------------------------------------------------------------------------
-    def persons_of(self, profile_ids: Sequence[str]) -> dict[str, str]:
-        """Stream -> person id, for the streams that belong to a merged person."""
-        out: dict[str, str] = {}
-        for part in _chunks(profile_ids):
-            out.update(self.conn.execute(_expand(_PERSONS_OF, len(part)), part).fetchall())
-        return out
-
-    def members_of(self, person_ids: Sequence[str]) -> dict[str, list[str]]:
-        """Person id -> its streams (oldest first), for merged persons."""
-        out: dict[str, list[str]] = {}
-        for part in _chunks(person_ids):
-            for person, member in self.conn.execute(_expand(_MEMBERS_OF, len(part)), part):
-                out.setdefault(person, []).append(member)
-        return out
-
-    def merge_edges(self, profile_ids: Sequence[str]) -> list[MergeEdge]:
-        """Every merge (active or undone) touching these streams."""
-        found: dict[int, MergeEdge] = {}
-        for part in _chunks(profile_ids):
-            for row in self.conn.execute(_expand(_MERGE_EDGES, len(part)), [*part, *part]):
-                found[row[0]] = MergeEdge._make(row)
-        return [found[k] for k in sorted(found)]
-
-    def add_merge(self, a: str, b: str, a_hash: bytes, b_hash: bytes, at: int) -> int:
-        row = self.conn.execute(
-            "INSERT INTO merges (a, b, a_hash, b_hash, merged_at) VALUES (?, ?, ?, ?, ?) RETURNING edge",
-            (a, b, a_hash, b_hash, at),
-        ).fetchone()
-        return int(row[0])
-
-    def undo_merges(self, edges: Sequence[int], at: int) -> None:
-        self.conn.executemany("UPDATE merges SET undone_at = ?, tag = NULL WHERE edge = ? AND undone_at IS NULL",
-                              [(at, edge) for edge in edges])
-
-    def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
-        """rows: (stream, person id) of merged persons; singles: streams that are their own person again."""
-        self.conn.executemany(
-            "INSERT INTO members (profile_id, person_id) VALUES (?, ?)"
-            " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id, tag = NULL", rows)
-        self.conn.executemany("DELETE FROM members WHERE profile_id = ?", [(pid,) for pid in singles])
-
-    def lagging_persons(self) -> list[str]:
-        """Persons whose index row is missing or older than their streams (a crashed ingest
-        committed batches it never indexed): one scan of the streams."""
-        return [row[0] for row in self.conn.execute(_LAGGING)]
-
-    def drop_derived(self, profile_ids: Sequence[str]) -> None:
-        """Delete the index and RFM rows of these profile ids (streams now read as part of a person)."""
-        for part in _chunks(list(profile_ids)):
-            for statement in _DROP_PERSON_ROWS:
-                self.conn.execute(_expand(statement, len(part)), part)
-
     # -- erasure -------------------------------------------------------------------------
-    def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
-        """Delete everything that could open or point at the profile; leave a tombstone."""
-        conn = self.conn
-        head = conn.execute("SELECT version FROM streams WHERE stream_id = ?", (profile_id,)).fetchone()
-        events = int(head[0]) if head else 0
-        hashes = [h for (h, _) in self.links_of(profile_id)]
-        counts = {"events": events, "links": len(hashes), "quarantined": self.purge_tagged(hashes)}
-        counts["keys"] = conn.execute("DELETE FROM keys WHERE profile_id = ?", (profile_id,)).rowcount
-        conn.execute("DELETE FROM links WHERE profile_id = ?", (profile_id,))
-        counts["merges"] = conn.execute("DELETE FROM merges WHERE a = ?1 OR b = ?1", (profile_id,)).rowcount
-        conn.execute("DELETE FROM members WHERE profile_id = ?", (profile_id,))
-        derived = 0
-        for statement in _DELETE_DERIVED:
-            derived += conn.execute(statement, (profile_id,)).rowcount
-        counts["derived_rows"] = derived
-        conn.execute("DELETE FROM model_people WHERE profile_id = ?", (profile_id,))
-        conn.execute(
-            "INSERT OR IGNORE INTO tombstones (profile_id, erased_at, events, tag) VALUES (?, ?, ?, ?)",
-            (profile_id, erased_at, events, self._tag("tombstones", (profile_id, erased_at, events))),
-        )
-        return counts
-
-    # -- models ----------------------------------------------------------------------------
-    def next_model_version(self, name: str) -> int:
-        row = self.conn.execute("SELECT max(version) FROM models WHERE name = ?", (name,)).fetchone()
-        return int(row[0] or 0) + 1
-
-    def add_model(self, name: str, version: int, created_at: int, meta: str, sha256: str, blob: bytes,
-                  people: Sequence[str]) -> None:
-        """A new version of a model, with who it was trained on."""
-        self.conn.execute(
-            "INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"
-            " VALUES (?, ?, ?, 'candidate', ?, ?, ?)", (name, version, created_at, meta, sha256, blob))
-        self.conn.executemany("INSERT OR IGNORE INTO model_people (profile_id, name, version) VALUES (?, ?, ?)",
-                              [(pid, name, version) for pid in people])
-
-    def model_rows(self, name: str | None = None
-                   ) -> list[tuple[str, int, int, str, int | None, str | None, str | None, str, str]]:
-        """(name, version, created_at, status, promoted_at, stale, drift, meta, sha256), newest first per name."""
-        sql = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
-        if name is None:
-            return self.conn.execute(sql + " ORDER BY name, version DESC").fetchall()
-        return self.conn.execute(sql + " WHERE name = ? ORDER BY version DESC", (name,)).fetchall()
-
-    def model_blob(self, name: str, version: int) -> tuple[str, bytes] | None:
-        row = self.conn.execute("SELECT sha256, blob FROM models WHERE name = ? AND version = ?",
-                                (name, version)).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
-
-    def promote_model(self, name: str, version: int, at: int) -> None:
-        """This version serves; the one that served before is kept as 'retired'."""
-        self.conn.execute("UPDATE models SET status = 'retired', tag = NULL WHERE name = ? AND status = 'promoted'",
-                          (name,))
-        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = ?, tag = NULL"
-                          " WHERE name = ? AND version = ?",
-                          (at, name, version))
-
-    def set_model_status(self, name: str, version: int, status: str) -> None:
-        self.conn.execute("UPDATE models SET status = ?, tag = NULL WHERE name = ? AND version = ?",
-                          (status, name, version))
-
-    def set_model_drift(self, name: str, version: int, drift: str) -> None:
-        self.conn.execute("UPDATE models SET drift = ?, tag = NULL WHERE name = ? AND version = ?",
-                          (drift, name, version))
-
-    def model_meta(self) -> list[tuple[str, int, str, str | None]]:
-        return [(str(n), int(v), str(m), None if d is None else str(d))
-                for n, v, m, d in self.conn.execute("SELECT name, version, meta, drift FROM models").fetchall()]
-
-    def replace_model_meta(self, name: str, version: int, meta: str | None, drift: str | None) -> None:
-        self.conn.execute("UPDATE models SET meta = ?, drift = ? WHERE name = ? AND version = ?",
-                          (meta, drift, name, version))
-
-    def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
-        found: set[tuple[str, int]] = set()
-        for part in _chunks(profile_ids):
-            sql = _expand("SELECT DISTINCT name, version FROM model_people WHERE profile_id IN (?*)", len(part))
-            found.update((str(n), int(v)) for n, v in self.conn.execute(sql, part))
-        return sorted(found)
-
-    def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
-        self.conn.executemany("UPDATE models SET stale = ?, tag = NULL WHERE name = ? AND version = ?",
-                              [(reason, n, v) for n, v in versions])
-
-    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
-        """rows: (profile_id, model, version, computed_at, doc). With `model`, its old rows go first."""
-        if model is not None:
-            self.conn.execute("DELETE FROM predictions WHERE model = ?", (model,))
-        self.conn.executemany(
-            "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
-            " computed_at = excluded.computed_at, doc = excluded.doc, tag = NULL", rows)
-
-    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
-        out: list[tuple[str, str, int, int, str]] = []
-        for part in _chunks(profile_ids):
-            sql = _expand("SELECT profile_id, model, version, computed_at, doc FROM predictions"
-                          " WHERE profile_id IN (?*) ORDER BY model", len(part))
-            out.extend(self.conn.execute(sql, part).fetchall())
-        return out
-
-    def purge_tagged(self, hashes: Sequence[bytes]) -> int:
-        """Delete quarantined records carrying any of these identifier hashes."""
-        ids: set[int] = set()
-        for part in _chunks(hashes):
-            sql = _expand(_TAGGED, len(part))
-            ids.update(row[0] for row in self.conn.execute(sql, part))
-        self._delete_quarantined(sorted(ids))
-        return len(ids)
-
-    def _delete_quarantined(self, ids: Sequence[int]) -> None:
-        for start in range(0, len(ids), CHUNK):
-            part = ids[start : start + CHUNK]
-            for statement in _DELETE_QUARANTINED:
-                self.conn.execute(_expand(statement, len(part)), part)
-
-    def tombstone(self, profile_id: str) -> int | None:
-        row = self.conn.execute("SELECT erased_at FROM tombstones WHERE profile_id = ?", (profile_id,)).fetchone()
-        return None if row is None else int(row[0])
-
     def erasure_mark(self) -> int:
         """Changes whenever a profile is erased (the newest tombstone's row number)."""
         return int(self.conn.execute("SELECT coalesce(max(rowid), 0) FROM tombstones").fetchone()[0])
@@ -905,22 +555,6 @@ class SQLiteRecorder:
         return None if self.checkpoint(wait_s) else "a reader holds the WAL"
 
     # -- snapshots and read models ------------------------------------------------------
-    def snapshots_of(self, profile_id: str) -> dict[str, tuple[int, int, bytes]]:
-        """projection -> (projection version, stream version, sealed state)."""
-        rows = self.conn.execute(
-            "SELECT projection, projection_version, stream_version, payload FROM snapshots WHERE profile_id = ?",
-            (profile_id,),
-        ).fetchall()
-        return {name: (pv, sv, bytes(payload)) for name, pv, sv, payload in rows}
-
-    def snapshots_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int, bytes]]]:
-        """profile -> projection -> (projection version, stream version, sealed state)."""
-        out: dict[str, dict[str, tuple[int, int, bytes]]] = {}
-        for part in _chunks(profile_ids):
-            for pid, name, pv, sv, payload in self.conn.execute(_expand(_SNAPSHOTS_OF_MANY, len(part)), part):
-                out.setdefault(pid, {})[name] = (pv, sv, bytes(payload))
-        return out
-
     def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
         """Events of several streams (Head.no), each after its own version, stream by stream."""
         for start in range(0, len(wanted), CHUNK // 2):
@@ -972,135 +606,6 @@ class SQLiteRecorder:
             " DO UPDATE SET r = excluded.r, f = excluded.f, m = excluded.m, tag = NULL",
             rows,
         )
-
-    def rfm_of(self, profile_id: str) -> dict[str, int] | None:
-        row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = ?", (profile_id,)).fetchone()
-        return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
-
-    def rfm_scores(self) -> dict[str, dict[str, int]]:
-        rows = self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()
-        return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in rows}
-
-    def index_size(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM profile_index").fetchone()[0])
-
-    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
-                                                                     int | None]]:
-        """Read-model rows with RFM scores (profile_id, version, doc, r, f, m) in profile id order,
-        after an id; a negative limit reads them all."""
-        return self.conn.execute(
-            "SELECT i.profile_id, i.version, i.doc, r.r, r.f, r.m FROM profile_index i"
-            " LEFT JOIN rfm r ON r.profile_id = i.profile_id WHERE i.profile_id > ? ORDER BY i.profile_id LIMIT ?",
-            (after, limit),
-        ).fetchall()
-
-    def profile_rows(self, profile_ids: Sequence[str]) -> list[ProfileRow]:
-        """What the API shows of each profile, in one query per chunk of ids."""
-        out: list[ProfileRow] = []
-        for part in _chunks(profile_ids):
-            out.extend(map(ProfileRow._make, self.conn.execute(_expand(_PROFILE_ROWS, len(part)), part)))
-        return out
-
-    def links_of_many(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
-        """(profile_id, subject hash, namespace) of each profile's identifiers."""
-        out: list[tuple[str, bytes, str]] = []
-        for part in _chunks(profile_ids):
-            out.extend(self.conn.execute(_expand(_LINKS_OF_MANY, len(part)), part).fetchall())
-        return out
-
-    def clear_derived(self, projection: str | None = None) -> None:
-        """Empty the profile index and the snapshots (of one projection, or all) before a rebuild."""
-        self.conn.execute("DELETE FROM profile_index")
-        self.conn.execute("DELETE FROM rfm")
-        self.conn.execute("DELETE FROM predictions")
-        if projection is None:
-            self.conn.execute("DELETE FROM snapshots")
-        else:
-            self.conn.execute("DELETE FROM snapshots WHERE projection = ?", (projection,))
-
-    # -- quarantine ----------------------------------------------------------------------
-    def quarantine(
-        self,
-        rows: Sequence[tuple[int, str, int, str, int, bytes, bytes, int]],
-        tags: Sequence[Sequence[bytes]],
-    ) -> int:
-        stored = 0
-        for row, row_tags in zip(rows, tags, strict=True):
-            held = self.conn.execute("SELECT id FROM quarantine WHERE content_hash = ?", (row[6],)).fetchone()
-            if held is None:
-                qid = self.conn.execute(
-                    "INSERT INTO quarantine (recorded_at, origin, line, reason, size, content,"
-                    " content_hash, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                ).lastrowid
-                stored += 1
-            else:  # the same bad record, refused again: this run's reason
-                qid = held[0]
-                self.conn.execute("UPDATE quarantine SET recorded_at = ?, reason = ?, expires_at = ?, tag = NULL"
-                                  " WHERE id = ?", (row[0], row[3], row[7], qid))
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO quarantine_tags (quarantine_id, subject_hash) VALUES (?, ?)",
-                [(qid, tag) for tag in row_tags],
-            )
-        return stored
-
-    def quarantined(self) -> list[QuarantinedRecord]:
-        rows = self.conn.execute(
-            "SELECT id, recorded_at, origin, line, reason, size, expires_at FROM quarantine ORDER BY id"
-        ).fetchall()
-        return [QuarantinedRecord(*row) for row in rows]
-
-    def quarantined_content(self, qid: int) -> bytes | None:
-        row = self.conn.execute("SELECT content FROM quarantine WHERE id = ?", (qid,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def purge_quarantine(self, now: int) -> int:
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= ?", (now,))]
-        self._delete_quarantined(ids)
-        return len(ids)
-
-    def drop_quarantined(self, ids: Sequence[int]) -> None:
-        self._delete_quarantined(sorted(set(ids)))
-
-    # -- API access ----------------------------------------------------------------------
-    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
-        try:
-            self.conn.execute(
-                "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                " delta_budget, sources, types, epsilon_spent, delta_spent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 0)",
-                row,
-            )
-        except sqlite3.IntegrityError:
-            raise ConfigurationError(f"a token named {row[0]!r} already exists") from None
-
-    def token_by_digest(self, digest: bytes) -> TokenRow | None:
-        row = self.conn.execute(_TOKEN_SELECT + " WHERE digest = ? AND revoked_at IS NULL", (digest,)).fetchone()
-        return None if row is None else TokenRow._make(row)
-
-    def tokens(self) -> list[TokenRow]:
-        return list(map(TokenRow._make, self.conn.execute(_TOKEN_SELECT + " ORDER BY created_at, name")))
-
-    def revoke_token(self, name: str, now: int) -> bool:
-        cursor = self.conn.execute(
-            "UPDATE api_tokens SET revoked_at = ?, tag = NULL WHERE name = ? AND revoked_at IS NULL", (now, name))
-        return cursor.rowcount == 1
-
-    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
-        row = self.conn.execute(_SPEND_PRIVACY, privacy_charge(name, epsilon, delta)).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
-
-    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
-        """rows: (at, writer, operation, profile_id, comma-separated fields, outcome, detail)."""
-        self.conn.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
-                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(*row, self._tag("audit", row)) for row in rows])
-
-    def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
-                   ) -> list[tuple[int, int, str, str, str, str, str, str]]:
-        """(seq, at, writer, operation, profile_id, fields, outcome, detail) in order of writing."""
-        if profile_id is None:
-            return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
-        return self.conn.execute(_AUDIT_SELECT + " WHERE seq > ? AND profile_id = ? ORDER BY seq LIMIT ?",
-                                 (after, profile_id, limit)).fetchall()
 
     # -- change feed -------------------------------------------------------------------
     def wait_for_events(self, after_position: int, timeout: float) -> int:
@@ -1185,9 +690,3 @@ class SQLiteRecorder:
         problems += [f"the schema's {kind} {name!r} is missing" for kind, name, *_ in sorted(want - have, key=str)
                      if (kind, name) not in {(k, n) for k, n, *_ in have}]
         return problems
-
-    def counts(self) -> dict[str, int]:
-        out = {}
-        for table, statement in _COUNT.items():
-            out[table] = int(self.conn.execute(statement).fetchone()[0])
-        return out
