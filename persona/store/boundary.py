@@ -11,10 +11,20 @@ from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from persona.errors import StoreError
+from persona.errors import StoreBusyError, StoreDamagedError, StoreError
 
 T = TypeVar("T")
 Translate = Callable[[BaseException], StoreError | None]  # None: not a driver error
+
+
+def store_error(message: str, *, busy: bool = False, damaged: bool = False) -> StoreError:
+    """persona's error for a driver's: busy (locked past the wait), damaged (not a database, or not
+    readable as one), else plain. The message must name no value."""
+    if busy:
+        return StoreBusyError(message)
+    if damaged:
+        return StoreDamagedError(message)
+    return StoreError(message)
 
 
 def translating(translate: Translate) -> Callable[[type[T]], type[T]]:

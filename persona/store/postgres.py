@@ -50,15 +50,8 @@ from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from persona.errors import (
-    ConcurrencyError,
-    ConfigurationError,
-    DuplicateEventError,
-    StoreBusyError,
-    StoreDamagedError,
-    StoreError,
-)
-from persona.store.boundary import translating
+from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError, StoreError
+from persona.store.boundary import store_error, translating
 from persona.store.copy import copy_store
 from persona.store.rows import RowTagger, StoredEvent
 from persona.store.schema import (
@@ -235,11 +228,9 @@ def translate(error: BaseException) -> StoreError | None:
     """persona's error for one of psycopg's: its message without the DETAIL line (describe_error)."""
     if not is_database_error(error):
         return None
-    if isinstance(error, PoolTimeout | pg_errors.LockNotAvailable | pg_errors.DeadlockDetected):
-        return StoreBusyError(describe_error(error))
-    if isinstance(error, pg_errors.DataCorrupted | pg_errors.IndexCorrupted):
-        return StoreDamagedError(describe_error(error))
-    return StoreError(describe_error(error))
+    return store_error(describe_error(error),
+                       busy=isinstance(error, PoolTimeout | pg_errors.LockNotAvailable | pg_errors.DeadlockDetected),
+                       damaged=isinstance(error, pg_errors.DataCorrupted | pg_errors.IndexCorrupted))
 
 
 def describe_error(error: BaseException) -> str:

@@ -11,28 +11,10 @@ from typing import Any
 
 import sqlite_utils
 
-from persona.errors import (
-    ConcurrencyError,
-    ConfigurationError,
-    DuplicateEventError,
-    StoreBusyError,
-    StoreDamagedError,
-    StoreError,
-    UndecodableValueError,
-)
-from persona.store.boundary import translating
+from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError, StoreError, UndecodableValueError
+from persona.store import schema
+from persona.store.boundary import store_error, translating
 from persona.store.rows import RowTagger, StoredEvent
-from persona.store.schema import (
-    ADOPTED,
-    COLUMNS_ADDED,
-    RETAGGED,
-    SCHEMA_REVISION,
-    SCHEMA_VERSION,
-    TABLES,
-    TAGGED,
-    TAGGED_ON_INSERT,
-    UNTAGGED_INDEXES,
-)
 from persona.store.shared import Row, SQLRecorder
 from persona.store.sql import EVENT_COLUMNS, EVENT_SELECT, Statements
 
@@ -75,9 +57,9 @@ _READ_AFTER = (
 )
 # row tags (persona.integrity): the untagged rows of each table, by rowid, with the columns tagged
 _UNTAGGED = {table: "SELECT rowid, " + ", ".join(columns) + " FROM [" + table + "] WHERE tag IS NULL"
-             for table, columns in TAGGED.items()}
-_COUNT_UNTAGGED = {table: "SELECT count(*) FROM [" + table + "] WHERE tag IS NULL" for table in TAGGED}
-_SET_TAG = {table: "UPDATE [" + table + "] SET tag = ? WHERE rowid = ?" for table in TAGGED}
+             for table, columns in schema.TAGGED.items()}
+_COUNT_UNTAGGED = {table: "SELECT count(*) FROM [" + table + "] WHERE tag IS NULL" for table in schema.TAGGED}
+_SET_TAG = {table: "UPDATE [" + table + "] SET tag = ? WHERE rowid = ?" for table in schema.TAGGED}
 _UPDATE_TRIGGERS = {"audit": ("audit_is_append_only_update",), "tombstones": ("tombstones_are_final_update",)}
 # the schema as verify compares it with a fresh store's (root pages differ from file to file)
 _SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_stat%'"
@@ -103,11 +85,9 @@ def translate(error: BaseException) -> StoreError | None:
     text = str(error)
     if "decode" in text:
         return UndecodableValueError()
-    if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-        return StoreBusyError(text)
-    if type(error) is sqlite3.DatabaseError:  # not a database, malformed: what SQLite says of a damaged file
-        return StoreDamagedError(text)
-    return StoreError(text)
+    busy = isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+    damaged = type(error) is sqlite3.DatabaseError  # not a database, malformed: what SQLite says of a damaged file
+    return store_error(text, busy=busy, damaged=damaged)
 
 
 def read_meta(path: Path) -> dict[str, str]:
@@ -150,7 +130,7 @@ class SQLiteRecorder(SQLRecorder):
         self._set_busy_timeout(self.busy_timeout_ms)
         if create:
             self._create_schema()
-        elif self.get_meta("schema_version") != SCHEMA_VERSION:
+        elif self.get_meta("schema_version") != schema.SCHEMA_VERSION:
             raise ConfigurationError("the database was not made by this version of persona")
         self._create_derived_schema()
         self._create_access_schema()
@@ -159,17 +139,17 @@ class SQLiteRecorder(SQLRecorder):
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """Columns added since the store was made (COLUMNS_ADDED), once, under the write lock."""
-        if int(self.get_meta("schema_revision") or 1) >= SCHEMA_REVISION:
+        """Columns added since the store was made (schema.COLUMNS_ADDED), once, under the write lock."""
+        if int(self.get_meta("schema_revision") or 1) >= schema.SCHEMA_REVISION:
             return
         with self.transaction():
-            for _, table, column, declaration in COLUMNS_ADDED:
+            for _, table, column, declaration in schema.COLUMNS_ADDED:
                 present = {row[1] for row in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
                 if column not in present:  # constant names of persona.store.base, never input
                     self.conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {column} {declaration}")
-            for statement in UNTAGGED_INDEXES:
+            for statement in schema.UNTAGGED_INDEXES:
                 self.conn.execute(statement)
-            self.set_meta("schema_revision", str(SCHEMA_REVISION))
+            self.set_meta("schema_revision", str(schema.SCHEMA_REVISION))
 
     def _create_schema(self) -> None:
         db = self.db
@@ -247,7 +227,7 @@ class SQLiteRecorder(SQLRecorder):
                 if_not_exists=True,
             )
             self._run_script(_TRIGGERS)
-            self.set_meta("schema_version", SCHEMA_VERSION)
+            self.set_meta("schema_version", schema.SCHEMA_VERSION)
 
     def _create_derived_schema(self) -> None:
         """Read models and snapshots: disposable, rebuilt from the log (additive, so made on open)."""
@@ -338,7 +318,7 @@ class SQLiteRecorder(SQLRecorder):
                  "rate_per_s": float, "epsilon_budget": float, "epsilon_spent": float},
                 pk="name",
                 not_null={"digest", "scopes", "created_at", "rate_per_s", "epsilon_budget", "epsilon_spent"},
-                if_not_exists=True,  # and the columns of COLUMNS_ADDED, by _upgrade
+                if_not_exists=True,  # and the columns of schema.COLUMNS_ADDED, by _upgrade
             )
             db.table("api_tokens").create_index(["digest"], unique=True, if_not_exists=True)
             db.table("audit").create(
@@ -428,7 +408,7 @@ class SQLiteRecorder(SQLRecorder):
         """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
         if self.tagger is None:
             return
-        for table in RETAGGED:
+        for table in schema.RETAGGED:
             rows = self.conn.execute(_UNTAGGED[table]).fetchall()
             if rows:
                 self.conn.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
@@ -440,7 +420,7 @@ class SQLiteRecorder(SQLRecorder):
             raise ConfigurationError("row tags need the key file")
         adopted = 0
         with self.transaction():
-            for table in TAGGED_ON_INSERT:
+            for table in schema.TAGGED_ON_INSERT:
                 rows = self.conn.execute(_UNTAGGED[table]).fetchall()
                 if rows:
                     for trigger in _UPDATE_TRIGGERS[table]:
@@ -449,10 +429,10 @@ class SQLiteRecorder(SQLRecorder):
                     adopted += len(rows)
             self._run_script(_TRIGGERS)
             self._run_script(_ACCESS_TRIGGERS)
-            for table in RETAGGED:  # (meta's rows too, uncounted: every store has some, a new one too)
+            for table in schema.RETAGGED:  # (meta's rows too, uncounted: every store has some, a new one too)
                 if table != "meta":
                     adopted += int(self.conn.execute(_COUNT_UNTAGGED[table]).fetchone()[0])
-            self.set_meta(ADOPTED, "1")
+            self.set_meta(schema.ADOPTED, "1")
         return adopted
 
     def _set_busy_timeout(self, ms: int) -> None:
@@ -634,7 +614,7 @@ class SQLiteRecorder(SQLRecorder):
             self.conn.execute("COMMIT")
 
     def dump(self, table: str) -> Iterator[list[tuple[object, ...]]]:
-        columns = TABLES[table]  # a KeyError for anything else: names are never taken from input
+        columns = schema.TABLES[table]  # a KeyError for anything else: names are never taken from input
         cursor = self.conn.execute("SELECT " + ", ".join(columns) + " FROM [" + table + "] ORDER BY rowid")
         while page := cursor.fetchmany(5_000):
             yield page
@@ -642,7 +622,7 @@ class SQLiteRecorder(SQLRecorder):
     def load(self, table: str, rows: Sequence[tuple[object, ...]]) -> None:
         """Rows as dump() gives them; a meta key or a token already there is replaced (a restore
         puts the replaced store's tokens over the backup's)."""
-        columns = TABLES[table]
+        columns = schema.TABLES[table]
         verb = "INSERT OR REPLACE" if table in ("meta", "api_tokens") else "INSERT"
         self.conn.executemany(verb + " INTO [" + table + "] (" + ", ".join(columns) + ") VALUES ("
                               + ",".join("?" * len(columns)) + ")", rows)
@@ -658,7 +638,7 @@ class SQLiteRecorder(SQLRecorder):
         try:
             with self.snapshot():
                 for table in tables:
-                    columns = ", ".join(TABLES[table])  # a KeyError for anything else: names are constants
+                    columns = ", ".join(schema.TABLES[table])  # a KeyError for anything else: names are constants
                     verb = "INSERT OR REPLACE" if table == "meta" else "INSERT"
                     self.conn.execute(verb + " INTO copy.[" + table + "] (" + columns + ") SELECT " + columns
                                       + " FROM main.[" + table + "]")
