@@ -29,36 +29,56 @@ What differs from the SQLite default, and why:
   backups keep deleted rows beyond either; `persona keys rotate --retire` makes every lingering
   wrapped key useless (docs/postgresql.md).
 
-Ids are `text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the
-same order on both backends. Every statement is a constant with bound parameters.
+- **Lists are bound as one array** (`= ANY(%s::text[])`), whatever their length: one round
+  trip where SQLite binds a placeholder per value in chunks. Bulk writes (new streams, heads,
+  snapshots, the index, RFM scores, who a model was trained on) send whole columns as arrays
+  through `unnest`, and the log and copies go by COPY: each statement is a round trip, which
+  SQLite, in-process, does not pay. Rows to be untagged are found by `ctid`, SQLite's by rowid.
+- **Long reads page by key** (`scan_chains`, `stream_ids`), holding no cursor or transaction
+  between pages; `dump` reads through a server-side cursor inside a REPEATABLE READ snapshot.
+- **`data_version` is a counter** (`persona_clock`) that every write transaction bumps, since
+  PostgreSQL has no PRAGMA data_version; counters continue after a load by `setval`.
+- **Errors lose their DETAIL line** when translated (persona.errors.StoreError): PostgreSQL
+  puts a row's values there.
+
+Everything else — the statements that differ only in placeholder or list syntax, and the
+methods over them — is written once (persona.store.sql, persona.store.shared). Ids are
+`text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the same order on
+both backends. Every statement is a constant with bound parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql as pg_sql
-from psycopg_pool import ConnectionPool, PoolTimeout
 
-from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError, StoreError
-from persona.store.boundary import store_error, translating
+from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
+from persona.store.boundary import translating
 from persona.store.copy import copy_store
+from persona.store.postgres_pool import (
+    close_pool,
+    describe_error,
+    is_database_error,
+    is_postgres_url,
+    pool_for,
+    translate,
+    where,
+    without_password,
+)
+from persona.store.postgres_purge import PostgresPurge
+from persona.store.postgres_schema import DROP, PARTITIONS, SCHEMA, TRIGGER_NAMES, TRIGGERS_PRESENT
 from persona.store.rows import RowTagger, StoredEvent
 from persona.store.schema import (
     ADOPTED,
     COLUMNS_ADDED,
-    ERASED_FROM,
-    PURGE_MARK,
     RETAGGED,
     SCHEMA_REVISION,
     SCHEMA_VERSION,
@@ -71,108 +91,12 @@ from persona.store.shared import Row, SQLRecorder
 from persona.store.sql import EVENT_COLUMNS, Statements
 from persona.store.sqlite import SQLiteRecorder
 
-POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
-PARTITIONS = 8  # hash partitions of the event log
+__all__ = ["PARTITIONS", "PostgresRecorder", "close_pool", "describe_error", "is_database_error", "is_postgres_url",
+           "pool_for", "without_password"]  # (the pool's names, for the modules that read them here)
+
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
 CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
-PURGE_LOCK = 0x70757267  # 'purg' (and a hash of the schema): one purge of a store at a time
-# The tables erasure deletes from (schema.ERASED_FROM) are the ones whose dead rows could tell
-# something. Snapshots are sealed under the deleted key: vacuumed with them, never rewritten.
-# The batched purge (persona.purge). INDEX_CLEANUP ON: by default VACUUM leaves the indexes alone
-# when few pages hold dead rows, as one window's erasures always are, and an index entry keeps its
-# key (a link's hash, a profile id). TRUNCATE false: emptied pages at a table's end stay (reused by
-# later rows) rather than cut off under an exclusive lock that readers would queue behind.
-_VACUUM = ("VACUUM (INDEX_CLEANUP ON, TRUNCATE false) " + ", ".join((*ERASED_FROM, "snapshots")),)
-# The rewrite (`persona purge --full`): each table written anew and its old files dropped, so no
-# page keeps an erased row's bytes in its free space; reads of a table wait while it is rewritten.
-_REWRITE = ("VACUUM FULL " + ", ".join(ERASED_FROM), "VACUUM (INDEX_CLEANUP ON) snapshots")
-
-_ID = 'text COLLATE "C"'
-_SCHEMA = [
-    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
-    "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
-    "INSERT INTO persona_clock (n) VALUES (0)",
-    "CREATE SEQUENCE events_position_seq",
-    "CREATE TABLE events (position bigint NOT NULL DEFAULT nextval('events_position_seq'),"
-    " stream_no bigint NOT NULL, version integer NOT NULL, event_key bytea NOT NULL, type text NOT NULL,"
-    " recorded_at bigint NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL,"
-    " PRIMARY KEY (stream_no, version)) PARTITION BY HASH (stream_no)",
-    *(f"CREATE TABLE events_p{i} PARTITION OF events FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
-      for i in range(PARTITIONS)),
-    "CREATE INDEX events_position ON events (position)",
-    "CREATE TABLE event_keys (event_key bytea PRIMARY KEY)",
-    f"CREATE TABLE streams (stream_no bigserial PRIMARY KEY, stream_id {_ID} NOT NULL UNIQUE,"
-    " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
-    f"CREATE TABLE keys (profile_id {_ID} PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
-    "CREATE TABLE system_keys (name text PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
-    f"CREATE TABLE links (subject_hash bytea PRIMARY KEY, profile_id {_ID} NOT NULL, namespace {_ID} NOT NULL,"
-    " created_at bigint NOT NULL)",
-    "CREATE INDEX links_profile ON links (profile_id)",
-    f"CREATE TABLE tombstones (profile_id {_ID} PRIMARY KEY, erased_at bigint NOT NULL, events integer NOT NULL,"
-    " seq bigserial NOT NULL)",
-    "CREATE TABLE quarantine (id bigserial PRIMARY KEY, recorded_at bigint NOT NULL, origin text NOT NULL,"
-    " line integer NOT NULL, reason text NOT NULL, size integer NOT NULL, content bytea NOT NULL,"
-    " content_hash bytea NOT NULL UNIQUE, expires_at bigint NOT NULL)",
-    "CREATE INDEX quarantine_expires ON quarantine (expires_at)",
-    "CREATE TABLE quarantine_tags (quarantine_id bigint NOT NULL, subject_hash bytea NOT NULL,"
-    " PRIMARY KEY (subject_hash, quarantine_id))",
-    f"CREATE TABLE snapshots (profile_id {_ID} NOT NULL, projection text NOT NULL,"
-    " projection_version integer NOT NULL, stream_version integer NOT NULL, payload bytea NOT NULL,"
-    " PRIMARY KEY (profile_id, projection))",
-    f"CREATE TABLE profile_index (profile_id {_ID} PRIMARY KEY, version integer NOT NULL, doc text NOT NULL)",
-    f"CREATE TABLE rfm (profile_id {_ID} PRIMARY KEY, r integer NOT NULL, f integer NOT NULL, m integer NOT NULL)",
-    f"CREATE TABLE merges (edge bigserial PRIMARY KEY, a {_ID} NOT NULL, b {_ID} NOT NULL, a_hash bytea NOT NULL,"
-    " b_hash bytea NOT NULL, merged_at bigint NOT NULL, undone_at bigint)",
-    "CREATE INDEX merges_a ON merges (a)",
-    "CREATE INDEX merges_b ON merges (b)",
-    f"CREATE TABLE members (profile_id {_ID} PRIMARY KEY, person_id {_ID} NOT NULL)",
-    "CREATE INDEX members_person ON members (person_id)",
-    f"CREATE TABLE models (name {_ID} NOT NULL, version integer NOT NULL, created_at bigint NOT NULL,"
-    " status text NOT NULL, promoted_at bigint, stale text, drift text, meta text NOT NULL, sha256 text NOT NULL,"
-    " blob bytea NOT NULL, PRIMARY KEY (name, version))",
-    f"CREATE TABLE model_people (profile_id {_ID} NOT NULL, name {_ID} NOT NULL, version integer NOT NULL,"
-    " PRIMARY KEY (profile_id, name, version))",
-    f"CREATE TABLE predictions (profile_id {_ID} NOT NULL, model {_ID} NOT NULL, version integer NOT NULL,"
-    " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
-    f"CREATE TABLE api_tokens (name {_ID} PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
-    " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
-    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL,"
-    " delta_budget double precision NOT NULL, delta_spent double precision NOT NULL,"
-    " sources text NOT NULL, types text NOT NULL)",
-    f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
-    f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL, outcome text NOT NULL,"
-    " detail text NOT NULL)",
-    "CREATE INDEX audit_profile ON audit (profile_id)",
-    # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
-    # tombstones or the audit log, whoever connects
-    "CREATE FUNCTION persona_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-    " RAISE EXCEPTION 'persona: % is append-only (% refused)', TG_TABLE_NAME, TG_OP"
-    " USING ERRCODE = 'insufficient_privilege'; END $$",
-    *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
-      " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", "event_keys", "tombstones", "audit")),
-    # (statement triggers are not inherited: each partition refuses TRUNCATE itself)
-    *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
-      " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
-]
-
-# the row tags (persona.integrity), as the additive migration adds them to an older store
-_SCHEMA += [f"ALTER TABLE {table} ADD COLUMN {column} {declaration}"
-            for revision, table, column, declaration in COLUMNS_ADDED if revision == 4]
-_SCHEMA += UNTAGGED_INDEXES
-
-_TRIGGER_NAMES = tuple(statement.split()[2] for statement in _SCHEMA if statement.startswith("CREATE TRIGGER "))
-_TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-                     " WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")
-
-_DROP = (
-    "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
-    "DROP SEQUENCE events_position_seq",
-    "DROP FUNCTION persona_refuse()",
-)
-
 _SCAN_PAGE = ("SELECT e.stream_no, " + EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
               " WHERE (e.stream_no, e.version) > (%s, %s) ORDER BY e.stream_no, e.version LIMIT %s")
 _READ_AFTER = (
@@ -198,87 +122,8 @@ _KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subjec
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
             ("audit", "seq"))
 
-_pools: dict[tuple[int, str], ConnectionPool] = {}
-_pools_lock = threading.Lock()
-
-
-def pool_for(url: str) -> ConnectionPool:
-    """One pool per database and process (a forked child makes its own: sockets are not shared)."""
-    key = (os.getpid(), url)
-    with _pools_lock:
-        pool = _pools.get(key)
-        if pool is None:
-            pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, name="persona",
-                                  check=ConnectionPool.check_connection,  # a dropped connection is replaced
-                                  kwargs={"autocommit": True, "application_name": "persona"})
-            try:
-                pool.open(wait=True, timeout=10)
-            except Exception as e:  # the message names the server, never the password
-                pool.close()
-                raise ConfigurationError(f"cannot connect to PostgreSQL ({_where(url)}): {type(e).__name__}") from None
-            _pools[key] = pool
-        return pool
-
-
-def is_database_error(error: BaseException) -> bool:
-    return isinstance(error, (psycopg.Error, PoolTimeout))
-
-
-def translate(error: BaseException) -> StoreError | None:
-    """persona's error for one of psycopg's: its message without the DETAIL line (describe_error)."""
-    if not is_database_error(error):
-        return None
-    return store_error(describe_error(error),
-                       busy=isinstance(error, PoolTimeout | pg_errors.LockNotAvailable | pg_errors.DeadlockDetected),
-                       damaged=isinstance(error, pg_errors.DataCorrupted | pg_errors.IndexCorrupted))
-
-
-def describe_error(error: BaseException) -> str:
-    """What went wrong, without the DETAIL line: PostgreSQL puts the row's values there
-    ("Key (k)=(...) already exists", "Failing row contains (...)")."""
-    if isinstance(error, psycopg.Error) and error.diag.message_primary:
-        return f"{type(error).__name__}: {error.diag.message_primary}"
-    return type(error).__name__
-
-
-def close_pool(url: str) -> None:
-    """Close this process's pool for a database (its connections end)."""
-    with _pools_lock:
-        pool = _pools.pop((os.getpid(), url), None)
-    if pool is not None:
-        pool.close()
-
-
-def _where(url: str) -> str:
-    """host:port/database of a URL, without user or password."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "an unreadable URL"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-def is_postgres_url(text: str | None) -> bool:
-    return bool(text) and str(text).startswith(("postgresql://", "postgres://"))
-
-
-def without_password(url: str) -> tuple[str, bool]:
-    """The URL with any password taken out (of its user part or its query), and whether it had
-    one. Hosts are left as written: IPv6 literals and lists of hosts stay intact."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    had = at != "" and ":" in userinfo
-    if had:
-        userinfo = userinfo.split(":", 1)[0]
-    query = parts.query.split("&") if parts.query else []
-    kept = [item for item in query if unquote(item.partition("=")[0]) != "password"]  # the rest as written
-    had = had or len(kept) != len(query)
-    netloc = (userinfo + "@" if at else "") + hosts
-    return urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))), had
-
-
 @translating(translate)
-class PostgresRecorder(SQLRecorder):
+class PostgresRecorder(SQLRecorder, PostgresPurge):
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
 
     sql = Statements().formatted(p="%s", in_list="= ANY(%s::{type}[])", event_keys="event_keys")
@@ -312,12 +157,12 @@ class PostgresRecorder(SQLRecorder):
                     self._lock()
                     if self._has_schema():
                         raise ConfigurationError("the PostgreSQL database already holds a persona store")
-                    for statement in _SCHEMA:
+                    for statement in SCHEMA:
                         self.conn.execute(statement)
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.set_meta("schema_revision", str(SCHEMA_REVISION))
             elif not self._has_schema():
-                raise ConfigurationError(f"no persona store in PostgreSQL at {_where(url)};"
+                raise ConfigurationError(f"no persona store in PostgreSQL at {where(url)};"
                                          " run `persona --data DIR init --backend URL`")
             elif self.get_meta("schema_version") != SCHEMA_VERSION:
                 raise ConfigurationError("the database was not made by this version of persona")
@@ -360,9 +205,9 @@ class PostgresRecorder(SQLRecorder):
         if not self._depth:
             raise ConfigurationError("recreate() runs inside a transaction")
         clock = int(self._value("SELECT n FROM persona_clock"))  # carried on: data_version never repeats
-        for statement in _DROP:
+        for statement in DROP:
             self.conn.execute(statement)
-        for statement in _SCHEMA:
+        for statement in SCHEMA:
             self.conn.execute(statement)
         self.set_meta("schema_version", SCHEMA_VERSION)
         self.set_meta("schema_revision", str(SCHEMA_REVISION))
@@ -543,7 +388,7 @@ class PostgresRecorder(SQLRecorder):
 
     # -- events --------------------------------------------------------------------------
     def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
-        """rows: (stream_no, version, event_key, type, recorded_at, payload, hash), by COPY."""
+        # by COPY, the keys first: their table refuses an event id already in the log
         if not rows:
             return
         conn = self.conn
@@ -576,7 +421,6 @@ class PostgresRecorder(SQLRecorder):
 
     # -- streams and keys ----------------------------------------------------------------
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
-        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
         if not rows:
             return []
         found = dict(self.conn.execute(
@@ -596,7 +440,6 @@ class PostgresRecorder(SQLRecorder):
         return [found[r[0]] for r in rows]
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
-        """rows: (version, chain head, stream_no)."""
         if rows:
             self.conn.execute(
                 "UPDATE streams s SET version = u.version, head = u.head"
@@ -622,76 +465,6 @@ class PostgresRecorder(SQLRecorder):
 
     def tombstones(self) -> Iterator[tuple[str, int]]:
         yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at, seq").fetchall()
-
-    def checkpoint(self, wait_s: float = 5.0) -> bool:
-        return self.purge(wait_s, rewrite=True) is None
-
-    def purge(self, wait_s: float = 5.0, *, rewrite: bool = False) -> str | None:
-        """VACUUM the tables erasure deletes from: their dead rows and index entries go, and no
-        query, nor pg_dirtyread, finds them again. It takes no lock that readers or writers wait
-        for, and scans only pages that changed, plus every index of those tables: time follows
-        the population, hence one purge per window (persona.purge). What it does not do is zero
-        the freed space inside each page; `rewrite` (VACUUM FULL) writes the tables anew instead,
-        while reads of each wait (docs/postgresql.md).
-
-        VACUUM keeps a dead row that some open snapshot of this database may still see, so first
-        this waits (up to `wait_s`) until none is older than the newest erasure: no session's
-        snapshot or transaction (of any role: backend_xmin and backend_xid are shown to all), no
-        prepared transaction, no replication slot's horizon. Snapshots in other databases do not
-        hold back VACUUM of this one's tables, and are not waited for. Outside a transaction only.
-        """
-        if self._depth:
-            return "it cannot run inside a transaction"
-        conn = self.conn
-        deadline = time.monotonic() + wait_s
-        while self._holding_back():
-            if time.monotonic() >= deadline:
-                return "a session of this database holds a snapshot from before an erasure"
-            time.sleep(0.05)
-        if not self._value_of("SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c"
-                              " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(ERASED_FROM),)):
-            return "the database user does not own the store's tables"  # VACUUM would only warn and skip
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(int(wait_s * 1000), 1)}ms",))
-        try:
-            for statement in _REWRITE if rewrite else _VACUUM:
-                conn.execute(statement)
-        except pg_errors.LockNotAvailable:
-            return "a table's lock was not had in time"
-        finally:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
-        return None
-
-    @contextmanager
-    def purge_lock(self) -> Iterator[bool]:
-        """A session lock (one per schema), so one purge runs at a time over every process; a purge
-        that dies with its connection lets it go."""
-        mine = bool(self._value_of("SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)))
-        try:
-            yield mine
-        finally:
-            if mine and not self.conn.broken:
-                self.conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", (PURGE_LOCK,))
-
-    def _value_of(self, sql: str, params: Sequence[Any]) -> Any:
-        row = self.conn.execute(sql, params).fetchone()
-        return None if row is None else row[0]
-
-    def _holding_back(self) -> bool:
-        """Whether anything in this database may still see rows as they were before the newest
-        erasure committed: the transaction that last wrote the purge mark (each erasure does, and
-        a purge as it starts), or, before any erasure, this moment. age() orders transaction ids
-        across wraparound: older is larger."""
-        return bool(self._value_of(
-            "WITH e AS (SELECT coalesce((SELECT age(xmin) FROM meta WHERE key = %s), age(xid(pg_current_xact_id())))"
-            " AS a)"
-            " SELECT (SELECT count(*) FROM pg_stat_activity, e WHERE pid <> pg_backend_pid()"
-            " AND (datname = current_database() OR datname IS NULL)"
-            " AND (age(backend_xmin) >= e.a OR age(backend_xid) >= e.a))"
-            " + (SELECT count(*) FROM pg_prepared_xacts, e WHERE database = current_database()"
-            " AND age(transaction) >= e.a)"
-            " + (SELECT count(*) FROM pg_replication_slots, e WHERE (database IS NULL OR database = current_database())"
-            " AND age(xmin) >= e.a)"
-            " FROM e", (PURGE_MARK,)))
 
     # -- snapshots and read models ------------------------------------------------------
     def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
@@ -812,9 +585,9 @@ class PostgresRecorder(SQLRecorder):
     def schema_problems(self) -> list[str]:
         """The append-only triggers are all there and enabled (only a role that owns the tables can
         drop or disable them; the rest of the schema is not compared on PostgreSQL)."""
-        found = dict(self.conn.execute(_TRIGGERS_PRESENT).fetchall())
-        problems = [f"the schema's trigger {name!r} is missing" for name in _TRIGGER_NAMES if name not in found]
-        problems += [f"the schema's trigger {name!r} is disabled" for name in _TRIGGER_NAMES
+        found = dict(self.conn.execute(TRIGGERS_PRESENT).fetchall())
+        problems = [f"the schema's trigger {name!r} is missing" for name in TRIGGER_NAMES if name not in found]
+        problems += [f"the schema's trigger {name!r} is disabled" for name in TRIGGER_NAMES
                      if found.get(name, "O") == "D"]
         return problems
 

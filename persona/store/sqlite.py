@@ -1,4 +1,27 @@
-"""The embedded default: one SQLite database in WAL mode, through sqlite-utils."""
+"""The embedded default: one SQLite database in WAL mode, through sqlite-utils.
+
+What differs from PostgreSQL (persona.store.postgres), and why:
+
+- **One writer at a time, by SQLite's own lock**: `BEGIN IMMEDIATE` takes the write lock at the
+  start of every write transaction (the busy timeout waits for it); readers never wait in WAL
+  mode. A `durable` transaction syncs the WAL at its COMMIT (synchronous FULL for it, NORMAL
+  otherwise: a power cut may lose the last commits, never corrupt the file).
+- **The schema is made on open as well as on create** (every addition since the first release is
+  additive), by sqlite-utils, and `schema_problems` compares it with a fresh store's in memory.
+  Append-only is enforced by triggers that RAISE(ABORT); a second tombstone is ignored.
+- **Lists are bound one placeholder per value** (`IN (?*)`, expanded when the statement runs),
+  in chunks of CHUNK: SQLite bounds the parameters of one statement. Bulk writes are
+  `executemany`: in-process, a row costs a call, not a round trip. Untagged rows are found by
+  rowid. Long reads stream from one cursor.
+- **Erasure is physical at once**: secure_delete zeroes the cells a DELETE frees, and each
+  erasure truncates the WAL (`purges_at_once`), so no page of the file or its WAL keeps them.
+- **No notifications**: `wait_for_events` polls PRAGMA data_version (cheap) every POLL_S.
+- **A backup is SQLite copying itself** (ATTACH, then INSERT ... SELECT: no row passes through
+  Python); after a load AUTOINCREMENT numbers new rows after the copied ones by itself.
+
+Everything else — the statements that differ only in placeholder or list syntax, and the
+methods over them — is written once (persona.store.sql, persona.store.shared).
+"""
 
 from __future__ import annotations
 
@@ -17,31 +40,10 @@ from persona.store.boundary import store_error, translating
 from persona.store.rows import RowTagger, StoredEvent
 from persona.store.shared import Row, SQLRecorder
 from persona.store.sql import EVENT_COLUMNS, EVENT_SELECT, Statements
+from persona.store.sqlite_schema import ACCESS_TRIGGERS, TRIGGERS, UPDATE_TRIGGERS, SQLiteSchema
 
 CHUNK = 500  # bound parameters per IN (...) query
 POLL_S = 0.05  # how often wait_for_events looks for another connection's commit
-
-_ACCESS_TRIGGERS = """
-CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (UPDATE refused)'); END;
-CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
-"""
-
-_TRIGGERS = """
-CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (UPDATE refused)'); END;
-CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (DELETE refused)'); END;
-CREATE TRIGGER IF NOT EXISTS tombstones_are_written_once BEFORE INSERT ON tombstones
-WHEN EXISTS (SELECT 1 FROM tombstones WHERE profile_id = NEW.profile_id)
-BEGIN SELECT RAISE(IGNORE); END;
-CREATE TRIGGER IF NOT EXISTS tombstones_are_final_update BEFORE UPDATE ON tombstones
-BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (UPDATE refused)'); END;
-CREATE TRIGGER IF NOT EXISTS tombstones_are_final_delete BEFORE DELETE ON tombstones
-BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (DELETE refused)'); END;
-"""
-
 
 def _expand_pairs(sql: str, n: int) -> str:
     """Constant SQL with one `VALUES (?**)`, given n rows of two bound placeholders."""
@@ -60,13 +62,8 @@ _UNTAGGED = {table: "SELECT rowid, " + ", ".join(columns) + " FROM [" + table + 
              for table, columns in schema.TAGGED.items()}
 _COUNT_UNTAGGED = {table: "SELECT count(*) FROM [" + table + "] WHERE tag IS NULL" for table in schema.TAGGED}
 _SET_TAG = {table: "UPDATE [" + table + "] SET tag = ? WHERE rowid = ?" for table in schema.TAGGED}
-_UPDATE_TRIGGERS = {"audit": ("audit_is_append_only_update",), "tombstones": ("tombstones_are_final_update",)}
 # the schema as verify compares it with a fresh store's (root pages differ from file to file)
 _SCHEMA = "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name NOT LIKE 'sqlite_stat%'"
-_MERGES_TABLE = """
-CREATE TABLE IF NOT EXISTS merges (edge INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT NOT NULL, b TEXT NOT NULL,
-a_hash BLOB NOT NULL, b_hash BLOB NOT NULL, merged_at INTEGER NOT NULL, undone_at INTEGER);
-"""
 _STREAM_NUMBERS = "SELECT stream_id, stream_no FROM streams WHERE stream_id IN (?*)"
 _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
@@ -104,7 +101,7 @@ def read_meta(path: Path) -> dict[str, str]:
 
 
 @translating(translate)
-class SQLiteRecorder(SQLRecorder):
+class SQLiteRecorder(SQLRecorder, SQLiteSchema):
     """A Recorder over one SQLite file. One instance per thread."""
 
     sql = Statements().formatted(p="?", in_list="IN (?*)", event_keys="events")
@@ -137,198 +134,6 @@ class SQLiteRecorder(SQLRecorder):
         self._create_merge_schema()
         self._create_model_schema()
         self._upgrade()
-
-    def _upgrade(self) -> None:
-        """Columns added since the store was made (schema.COLUMNS_ADDED), once, under the write lock."""
-        if int(self.get_meta("schema_revision") or 1) >= schema.SCHEMA_REVISION:
-            return
-        with self.transaction():
-            for _, table, column, declaration in schema.COLUMNS_ADDED:
-                present = {row[1] for row in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
-                if column not in present:  # constant names of persona.store.base, never input
-                    self.conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {column} {declaration}")
-            for statement in schema.UNTAGGED_INDEXES:
-                self.conn.execute(statement)
-            self.set_meta("schema_revision", str(schema.SCHEMA_REVISION))
-
-    def _create_schema(self) -> None:
-        db = self.db
-        with self.transaction():
-            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db.table("events").create(
-                {
-                    "position": int,
-                    "stream_no": int,
-                    "version": int,
-                    "event_key": bytes,
-                    "type": str,
-                    "recorded_at": int,
-                    "payload": bytes,
-                    "hash": bytes,
-                },
-                pk="position",
-                not_null={"stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"},
-                if_not_exists=True,
-            )
-            db.table("events").create_index(["stream_no", "version"], unique=True, if_not_exists=True)
-            db.table("events").create_index(["event_key"], unique=True, if_not_exists=True)
-            db.table("streams").create(
-                {"stream_no": int, "stream_id": str, "version": int, "head": bytes, "created_at": int},
-                pk="stream_no",
-                not_null={"stream_id", "version", "head", "created_at"},
-                if_not_exists=True,
-            )
-            db.table("streams").create_index(["stream_id"], unique=True, if_not_exists=True)
-            db.table("keys").create(
-                {"profile_id": str, "kek_version": int, "wrapped": bytes},
-                pk="profile_id",
-                not_null={"kek_version", "wrapped"},
-                if_not_exists=True,
-            )
-            db.table("system_keys").create(
-                {"name": str, "kek_version": int, "wrapped": bytes},
-                pk="name",
-                not_null={"kek_version", "wrapped"},
-                if_not_exists=True,
-            )
-            db.table("links").create(
-                {"subject_hash": bytes, "profile_id": str, "namespace": str, "created_at": int},
-                pk="subject_hash",
-                not_null={"profile_id", "namespace", "created_at"},
-                if_not_exists=True,
-            )
-            db.table("links").create_index(["profile_id"], if_not_exists=True)
-            db.table("tombstones").create(
-                {"profile_id": str, "erased_at": int, "events": int},
-                pk="profile_id",
-                not_null={"erased_at", "events"},
-                if_not_exists=True,
-            )
-            db.table("quarantine").create(
-                {
-                    "id": int,
-                    "recorded_at": int,
-                    "origin": str,
-                    "line": int,
-                    "reason": str,
-                    "size": int,
-                    "content": bytes,
-                    "content_hash": bytes,
-                    "expires_at": int,
-                },
-                pk="id",
-                if_not_exists=True,
-            )
-            db.table("quarantine").create_index(["content_hash"], unique=True, if_not_exists=True)
-            db.table("quarantine").create_index(["expires_at"], if_not_exists=True)
-            db.table("quarantine_tags").create(
-                {"quarantine_id": int, "subject_hash": bytes},
-                pk=("subject_hash", "quarantine_id"),
-                if_not_exists=True,
-            )
-            self._run_script(_TRIGGERS)
-            self.set_meta("schema_version", schema.SCHEMA_VERSION)
-
-    def _create_derived_schema(self) -> None:
-        """Read models and snapshots: disposable, rebuilt from the log (additive, so made on open)."""
-        if "rfm" in self.db.table_names():
-            return
-        db = self.db
-        with self.transaction():
-            db.table("snapshots").create(
-                {"profile_id": str, "projection": str, "projection_version": int, "stream_version": int,
-                 "payload": bytes},
-                pk=("profile_id", "projection"),
-                not_null={"projection_version", "stream_version", "payload"},
-                if_not_exists=True,
-            )
-            db.table("profile_index").create(
-                {"profile_id": str, "version": int, "doc": str},
-                pk="profile_id",
-                not_null={"version", "doc"},
-                if_not_exists=True,
-            )
-            db.table("rfm").create(
-                {"profile_id": str, "r": int, "f": int, "m": int},
-                pk="profile_id",
-                not_null={"r", "f", "m"},
-                if_not_exists=True,
-            )
-
-    def _create_merge_schema(self) -> None:
-        """Merges of profiles found to be one person (additive, so made on open).
-
-        `merges` holds each join (the two streams and the keyed hashes of the identifiers
-        whose link made it; undone ones are kept, so the same wrong link is not made again);
-        `members` maps each stream of a merged person to the person's id (its oldest stream).
-        Both are identity tables, like `links`: erasure deletes the person's rows.
-        """
-        if "members" in self.db.table_names():
-            return
-        db = self.db
-        with self.transaction():
-            # AUTOINCREMENT: a merge's number is never reused, even after an erasure deleted the newest
-            self._run_script(_MERGES_TABLE)
-            db.table("merges").create_index(["a"], if_not_exists=True)
-            db.table("merges").create_index(["b"], if_not_exists=True)
-            db.table("members").create({"profile_id": str, "person_id": str}, pk="profile_id",
-                                       not_null={"person_id"}, if_not_exists=True)
-            db.table("members").create_index(["person_id"], if_not_exists=True)
-
-    def _create_model_schema(self) -> None:
-        """The model registry (population-level: sealed skops files, metrics, training windows),
-        who each version was trained on (named in erasure receipts; a person's rows go with
-        them), and the predictions read model (additive, so made on open)."""
-        if "predictions" in self.db.table_names():
-            return
-        db = self.db
-        with self.transaction():
-            db.table("models").create(
-                {"name": str, "version": int, "created_at": int, "status": str, "promoted_at": int,
-                 "stale": str, "drift": str, "meta": str, "sha256": str, "blob": bytes},
-                pk=("name", "version"),
-                not_null={"created_at", "status", "meta", "sha256", "blob"},
-                if_not_exists=True,
-            )
-            db.table("model_people").create(
-                {"profile_id": str, "name": str, "version": int}, pk=("profile_id", "name", "version"),
-                if_not_exists=True,
-            )
-            db.table("predictions").create(
-                {"profile_id": str, "model": str, "version": int, "computed_at": int, "doc": str},
-                pk=("profile_id", "model"),
-                not_null={"version", "computed_at", "doc"},
-                if_not_exists=True,
-            )
-
-    def _run_script(self, script: str) -> None:
-        """Constant statements of this module, one by one (inside the caller's transaction)."""
-        for statement in script.strip().split(";\n"):
-            if statement.strip():
-                self.conn.execute(statement if statement.endswith(";") else statement + ";")
-
-    def _create_access_schema(self) -> None:
-        """API tokens (hashes only) and the append-only audit log (additive, so made on open)."""
-        if "audit" in self.db.table_names():
-            return
-        db = self.db
-        with self.transaction():
-            db.table("api_tokens").create(
-                {"name": str, "digest": bytes, "scopes": str, "created_at": int, "revoked_at": int,
-                 "rate_per_s": float, "epsilon_budget": float, "epsilon_spent": float},
-                pk="name",
-                not_null={"digest", "scopes", "created_at", "rate_per_s", "epsilon_budget", "epsilon_spent"},
-                if_not_exists=True,  # and the columns of schema.COLUMNS_ADDED, by _upgrade
-            )
-            db.table("api_tokens").create_index(["digest"], unique=True, if_not_exists=True)
-            db.table("audit").create(
-                {"seq": int, "at": int, "token": str, "operation": str, "profile_id": str, "fields": str},
-                pk="seq",
-                not_null={"at", "token", "operation", "profile_id", "fields"},
-                if_not_exists=True,
-            )
-            db.table("audit").create_index(["profile_id"], if_not_exists=True)
-            self._run_script(_ACCESS_TRIGGERS)
 
     # -- how statements run ----------------------------------------------------------------
     def _bind(self, sql: str, params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
@@ -423,12 +228,12 @@ class SQLiteRecorder(SQLRecorder):
             for table in schema.TAGGED_ON_INSERT:
                 rows = self.conn.execute(_UNTAGGED[table]).fetchall()
                 if rows:
-                    for trigger in _UPDATE_TRIGGERS[table]:
+                    for trigger in UPDATE_TRIGGERS[table]:
                         self.conn.execute("DROP TRIGGER IF EXISTS " + trigger)  # constant names
                     self.conn.executemany(_SET_TAG[table], [(self.tagger(table, row[1:]), row[0]) for row in rows])
                     adopted += len(rows)
-            self._run_script(_TRIGGERS)
-            self._run_script(_ACCESS_TRIGGERS)
+            self._run_script(TRIGGERS)
+            self._run_script(ACCESS_TRIGGERS)
             for table in schema.RETAGGED:  # (meta's rows too, uncounted: every store has some, a new one too)
                 if table != "meta":
                     adopted += int(self.conn.execute(_COUNT_UNTAGGED[table]).fetchone()[0])
@@ -463,7 +268,6 @@ class SQLiteRecorder(SQLRecorder):
 
     # -- events --------------------------------------------------------------------------
     def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
-        """rows: (stream_no, version, event_key, type, recorded_at, payload, hash)."""
         try:
             self.conn.executemany(
                 "INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
@@ -476,13 +280,11 @@ class SQLiteRecorder(SQLRecorder):
             raise ConcurrencyError.unseen() from e
 
     def scan_chains(self) -> Iterator[StoredEvent]:
-        """Every event, stream by stream, each stream in version order."""
         cursor = self.conn.execute(_SCAN_CHAINS)
         yield from map(StoredEvent._make, cursor)
 
     # -- streams and keys ----------------------------------------------------------------
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
-        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
         self.conn.executemany(
             "INSERT INTO streams (stream_id, version, head, created_at) VALUES (?, 0, ?, ?)",
             [(pid, genesis, created) for pid, genesis, _, _, created in rows],
@@ -498,7 +300,6 @@ class SQLiteRecorder(SQLRecorder):
         return numbers
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
-        """rows: (version, chain head, stream_no)."""
         self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?", rows)
 
     def stream_ids(self) -> Iterator[str]:
@@ -536,17 +337,13 @@ class SQLiteRecorder(SQLRecorder):
 
     # -- snapshots and read models ------------------------------------------------------
     def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
-        """Events of several streams (Head.no), each after its own version, stream by stream."""
         for start in range(0, len(wanted), CHUNK // 2):
             part = wanted[start : start + CHUNK // 2]
             flat = [value for pair in part for value in pair]
             yield from map(StoredEvent._make, self.conn.execute(_expand_pairs(_READ_AFTER, len(part)), flat))
 
-    # Derived rows are written only for profiles that still hold a key (checked inside the
-    # writing transaction: an erasure committed by another process since the rows were
-    # computed wins), and never replace newer ones (two processes refreshing at once).
+    # derived rows only for profiles that still hold a key, never over newer ones (protocols.ReadModels)
     def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
-        """rows: (profile_id, projection, projection version, stream version, sealed state)."""
         self.conn.executemany(
             "INSERT INTO snapshots (profile_id, projection, projection_version, stream_version, payload, tag)"
             " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
@@ -560,7 +357,6 @@ class SQLiteRecorder(SQLRecorder):
         )
 
     def put_index(self, rows: Sequence[tuple[str, int, str]]) -> None:
-        """rows: (profile_id, version, JSON document of the profile's read-model values)."""
         self.conn.executemany(
             "INSERT INTO profile_index (profile_id, version, doc, tag)"
             " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = ?1)"
@@ -570,7 +366,6 @@ class SQLiteRecorder(SQLRecorder):
         )
 
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
-        """Replace every RFM score: (profile_id, r, f, m)."""
         self.conn.execute("DELETE FROM rfm")
         self.conn.executemany(
             "INSERT INTO rfm (profile_id, r, f, m) SELECT ?1, ?2, ?3, ?4"
