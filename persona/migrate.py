@@ -1,4 +1,6 @@
-"""Copying a whole store between backends: ciphertext as it is, wrapped keys as they are.
+"""Migrating a whole store between backends: ciphertext as it is, wrapped keys as they are.
+The copy itself is persona.store.copy; this module opens the stores, checks the copy with the
+key file, and audits it.
 
 `persona migrate --from sqlite:DIR --to postgresql://...` (or back) copies every table in
 one read snapshot of the source and one transaction on the target, then checks that the

@@ -1,8 +1,10 @@
 """Storage backends. Recorders keep opaque rows; sealing happens above them.
 
 The package is a leaf: it imports nothing of persona but persona.errors. What a backend must
-do is in base.py (small protocols composed into `Recorder`), what a store holds in schema.py,
-the methods both backends share in shared.py, and copying a store in copy.py.
+do is protocols.py (small protocols composed into `Recorder`; base.py names them all, with the
+rows of rows.py), what a store holds schema.py, the SQL both backends run sql.py and the
+methods over it shared.py, where driver errors stop boundary.py, and copying a store copy.py.
+The backends are sqlite.py and postgres.py, each with the parts that are its alone.
 """
 
 from __future__ import annotations
