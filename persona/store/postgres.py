@@ -122,6 +122,7 @@ _KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subjec
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
             ("audit", "seq"))
 
+
 @translating(translate)
 class PostgresRecorder(SQLRecorder, PostgresPurge):
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
