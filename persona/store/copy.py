@@ -7,13 +7,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from persona.errors import ConfigurationError, TamperError
-from persona.store.base import Recorder
+from persona.store.protocols import Connection, Maintenance, Recorder
 from persona.store.schema import TABLES
 
 
-def copy_store(source: Recorder, target: Recorder, progress: Callable[[str, int], None] | None = None,
+class Copyable(Connection, Maintenance, Protocol):
+    """What a copy needs of a store: its transactions and snapshots, dump, load and counts."""
+
+
+def copy_store(source: Copyable, target: Copyable, progress: Callable[[str, int], None] | None = None,
                *, tables: Sequence[str] = tuple(TABLES)) -> dict[str, int]:
     """Every row of every table (or of these), numbers (positions, stream numbers) kept, as of one
     moment of the source (writers may go on: the copy is of that moment). The target must be
@@ -33,11 +38,11 @@ def copy_store(source: Recorder, target: Recorder, progress: Callable[[str, int]
     return copied
 
 
-def row_counts(recorder: Recorder) -> dict[str, int]:
+def row_counts(recorder: Copyable) -> dict[str, int]:
     return {table: sum(len(page) for page in recorder.dump(table)) for table in TABLES}
 
 
-def check_copy(copied: dict[str, int], target: Recorder) -> dict[str, int]:
+def check_copy(copied: dict[str, int], target: Copyable) -> dict[str, int]:
     """The target holds as many rows of every table as were read from the source's snapshot,
     or a TamperError naming the first that differs."""
     theirs, ours = copied, row_counts(target)
