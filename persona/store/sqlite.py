@@ -45,6 +45,7 @@ from persona.store.sqlite_schema import ACCESS_TRIGGERS, TRIGGERS, UPDATE_TRIGGE
 CHUNK = 500  # bound parameters per IN (...) query
 POLL_S = 0.05  # how often wait_for_events looks for another connection's commit
 
+
 def _expand_pairs(sql: str, n: int) -> str:
     """Constant SQL with one `VALUES (?**)`, given n rows of two bound placeholders."""
     return sql.replace("(?**)", ",".join(["(?, ?)"] * n))
