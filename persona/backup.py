@@ -27,7 +27,6 @@ import base64
 import dataclasses
 import os
 import shutil
-import sqlite3
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,14 +39,15 @@ from persona.audit import local_entries
 from persona.core import DirectoryLock, Persona, load_keyring
 from persona.crypto import fingerprint
 from persona.erasure import erase_profile, reapply_ledger
-from persona.errors import ConfigurationError, KeyMismatchError
+from persona.errors import ConfigurationError, KeyMismatchError, StoreError
 from persona.events import from_micros
 from persona.ledger import ErasureLedger
-from persona.migrate import copy_store
 from persona.projector import rebuild
 from persona.settings import DB_NAME, STAGING, Settings
 from persona.store.base import BACKED_UP, Recorder
-from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
+from persona.store.copy import copy_store
+from persona.store.schema import SCHEMA_VERSION
+from persona.store.sqlite import SQLiteRecorder, read_meta
 from persona.verify import verify
 
 # A model version's meta (its features' training medians and decile edges, the category names it
@@ -84,12 +84,11 @@ def backup(persona: Persona, dest: Path, *, folder: bool = False) -> BackupInfo:
         copy = SQLiteRecorder(dest)
         copy.tagger = persona.recorder.tagger  # the row it writes is tagged like the rows copied
         try:
-            copy.conn.execute("PRAGMA secure_delete = ON")  # the plaintext meta replaced leaves no trace
-            with copy.transaction():
+            with copy.transaction():  # (secure_delete is on: the plaintext meta replaced leaves no trace)
                 copy.set_meta("backup_taken_at", taken_at.isoformat())
                 _seal_model_meta(persona, copy)
             counts = copy.counts()
-            copy.conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, for readers too
+            copy.single_file()  # one self-contained file, for readers too
         finally:
             copy.close()
     except BaseException:
@@ -198,7 +197,7 @@ def _current_state(settings: Settings) -> _Current:
     else:
         try:
             current = SQLiteRecorder(settings.db_path)
-        except (sqlite3.DatabaseError, ConfigurationError) as e:
+        except (StoreError, ConfigurationError) as e:
             raise ConfigurationError(
                 "the current database cannot be read, so the erasures it records cannot be carried over to the"
                 " backup; move it out of the data directory to restore without it (the ledger's erasures are"
@@ -302,7 +301,7 @@ def _meta_aad(name: str, version: int, column: str) -> bytes:
 
 def _seal_model_meta(persona: Persona, copy: SQLiteRecorder) -> None:
     """Inside a transaction of the backup copy: every model version's meta and drift sealed."""
-    rows = copy.conn.execute("SELECT name, version, meta, drift FROM models").fetchall()
+    rows = copy.model_meta()
     if not rows:
         return
     from persona.models.registry import sealer  # scikit-learn: loaded only when there is a model
@@ -312,16 +311,13 @@ def _seal_model_meta(persona: Persona, copy: SQLiteRecorder) -> None:
         sealed = [None if value is None else SEALED_META + base64.b64encode(
             box.seal(str(value).encode(), _meta_aad(name, int(version), column), os.urandom(12))).decode()
             for column, value in (("meta", meta), ("drift", drift))]
-        copy.conn.execute("UPDATE models SET meta = ?, drift = ? WHERE name = ? AND version = ?",
-                          (*sealed, name, version))
+        copy.replace_model_meta(name, version, sealed[0], sealed[1])
 
 
 def _open_model_meta(staged: Persona) -> None:
     """Inside a transaction of the staged copy: the sealed meta and drift of every version opened
     (a backup from before they were sealed holds them open already)."""
-    assert isinstance(staged.recorder, SQLiteRecorder)
-    conn = staged.recorder.conn
-    rows = conn.execute("SELECT name, version, meta, drift FROM models").fetchall()
+    rows = staged.recorder.model_meta()
     if not any(str(meta).startswith(SEALED_META) for _, _, meta, _ in rows):
         return
     from persona.models.registry import sealer
@@ -331,8 +327,7 @@ def _open_model_meta(staged: Persona) -> None:
         opened = [value if value is None or not str(value).startswith(SEALED_META) else box.open(
             base64.b64decode(str(value).removeprefix(SEALED_META)), _meta_aad(name, int(version), column)).decode()
             for column, value in (("meta", meta), ("drift", drift))]
-        conn.execute("UPDATE models SET meta = ?, drift = ? WHERE name = ? AND version = ?",
-                     (*opened, name, version))
+        staged.recorder.replace_model_meta(name, version, opened[0], opened[1])
 
 
 def _with_sidecars(db: Path) -> list[Path]:
@@ -341,12 +336,8 @@ def _with_sidecars(db: Path) -> list[Path]:
 
 def _backup_meta(source: Path) -> dict[str, str]:
     try:
-        probe = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-        try:
-            meta = dict(probe.execute("SELECT key, value FROM meta").fetchall())
-        finally:
-            probe.close()
-    except sqlite3.DatabaseError as e:
+        meta = read_meta(source)
+    except StoreError as e:
         raise ConfigurationError("the file is not a persona backup") from e
     if meta.get("schema_version") != SCHEMA_VERSION or "backup_taken_at" not in meta:
         raise ConfigurationError("the file is not a persona backup")

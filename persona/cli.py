@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
 from persona.erasure import erase_profile, erase_subject, ledger_of, verify_receipt, write_receipt
-from persona.errors import ConfigurationError, ErasedError, PersonaError, TamperError, UnknownProfileError
+from persona.errors import ConfigurationError, ErasedError, PersonaError, StoreError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
 from persona.identity import person_of
 from persona.ingest import IngestReport, ingest_feed, ingest_file
@@ -74,11 +73,8 @@ def friendly(func: F) -> F:
         except PersonaError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
-        except sqlite3.Error as e:  # SQLite's messages name tables and states, never values…
-            text = str(e)
-            if "decode" in text:  # …but one: "Could not decode to UTF-8 column 'c' with text '…'"
-                text = "a damaged text value could not be decoded (the file was altered?)"
-            click.echo(f"error: database: {text}", err=True)
+        except StoreError as e:  # the store's translation of its driver's error: never a row's values
+            click.echo(f"error: database: {e}", err=True)
             sys.exit(1)
         except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -86,13 +82,6 @@ def friendly(func: F) -> F:
         except OSError as e:
             where = f": {e.filename}" if e.filename else ""
             click.echo(f"error: {e.strerror or e}{where}", err=True)
-            sys.exit(1)
-        except Exception as e:
-            from persona.store.postgres import describe_error, is_database_error
-
-            if not is_database_error(e):
-                raise
-            click.echo(f"error: database: {describe_error(e)}", err=True)  # never the row's values
             sys.exit(1)
 
     return run  # type: ignore[return-value]

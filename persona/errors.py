@@ -95,3 +95,26 @@ class LinkError(PersonaError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class StoreError(Exception):
+    """The database failed or refused an operation: the driver's error (sqlite3, psycopg),
+    translated where it leaves the store package. Its message names tables and states, never
+    a row's values. Not a PersonaError: persona does not raise it on purpose, and code that
+    handles persona's refusals lets it pass, as it let the driver's errors pass."""
+
+
+class StoreBusyError(StoreError):
+    """The database stayed locked or busy (another connection held it) past the wait."""
+
+
+class StoreDamagedError(StoreError):
+    """The file is not a database, or what it holds does not read as the database wrote it."""
+
+
+class UndecodableValueError(StoreDamagedError):
+    """A stored text value does not decode: the file was altered. (SQLite's own message
+    quotes the damaged value, so it is never passed on.)"""
+
+    def __init__(self) -> None:
+        super().__init__("a damaged text value could not be decoded (the file was altered?)")

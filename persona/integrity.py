@@ -27,24 +27,15 @@ import hmac
 import struct
 from collections.abc import Sequence
 
-from persona.store.base import TABLES, TAG
+from persona.store.schema import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES
+
+# Which columns each table's tag covers, and which tables are tagged by their writer, are the
+# store's schema (persona.store.schema); they are named here too for the modules that check them.
+__all__ = ["ADOPTED", "KEY_PURPOSE", "RETAGGED", "TAGGED", "TAGGED_ON_INSERT", "TAG_BYTES", "UNTAGGED_INDEXES",
+           "Tagger"]
 
 TAG_BYTES = 16
 KEY_PURPOSE = "row-tags"
-ADOPTED = "row_tags"  # meta key: the rows of this store carry tags
-
-# table -> the columns its tag covers
-TAGGED: dict[str, tuple[str, ...]] = {
-    table: tuple(c for c in columns if c != TAG) for table, columns in TABLES.items() if TAG in columns
-}
-TAGGED["streams"] = ("stream_no", "stream_id", "created_at")
-TAGGED["audit"] = tuple(c for c in TAGGED["audit"] if c != "seq")  # tagged as inserted: before its number
-# tables whose rows are tagged by their writer (their triggers refuse the UPDATE a retag is)
-TAGGED_ON_INSERT = ("audit", "tombstones")
-RETAGGED = tuple(table for table in TAGGED if table not in TAGGED_ON_INSERT)
-# what finds the rows a transaction left untagged, at its end (both backends; constant names)
-UNTAGGED_INDEXES = tuple(f"CREATE INDEX IF NOT EXISTS {table}_untagged ON {table} (tag) WHERE tag IS NULL"
-                         for table in RETAGGED)
 
 
 def _canonical(table: str, values: Sequence[object]) -> bytes:

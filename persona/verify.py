@@ -9,7 +9,6 @@ recomputed: checking a tag is one HMAC per row, recomputing them would replay ev
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from persona import identity
 from persona.core import Persona
 from persona.crypto import Sealer
 from persona.erasure import ledger_of
-from persona.errors import PersonaError, TamperError, UnfinishedErasureError
+from persona.errors import PersonaError, TamperError, UndecodableValueError, UnfinishedErasureError
 from persona.eventlog import chain_hash, event_aad, genesis
 from persona.integrity import TAGGED
 from persona.store.base import TABLES, TAG, Head, StoredEvent
@@ -47,9 +46,7 @@ def verify(persona: Persona, progress: Callable[[int], None] | None = None) -> V
             report = _verify(persona, progress)
     except UNREADABLE as e:
         raise TamperError(f"a row does not read as persona wrote it ({type(e).__name__})") from None
-    except sqlite3.Error as e:
-        if "decode" not in str(e):  # its message quotes the damaged value: never shown
-            raise
+    except UndecodableValueError:
         raise TamperError("a text value does not decode: the file was altered") from None
     _raise_first(persona.recorder.schema_problems())  # after the rows: a dropped trigger is found
     return report  # …but an altered row is named first

@@ -29,194 +29,81 @@ What differs from the SQLite default, and why:
   backups keep deleted rows beyond either; `persona keys rotate --retire` makes every lingering
   wrapped key useless (docs/postgresql.md).
 
-Ids are `text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the
-same order on both backends. Every statement is a constant with bound parameters.
+- **Lists are bound as one array** (`= ANY(%s::text[])`), whatever their length: one round
+  trip where SQLite binds a placeholder per value in chunks. Bulk writes (new streams, heads,
+  snapshots, the index, RFM scores, who a model was trained on) send whole columns as arrays
+  through `unnest`, and the log and copies go by COPY: each statement is a round trip, which
+  SQLite, in-process, does not pay. Rows to be untagged are found by `ctid`, SQLite's by rowid.
+- **Long reads page by key** (`scan_chains`, `stream_ids`), holding no cursor or transaction
+  between pages; `dump` reads through a server-side cursor inside a REPEATABLE READ snapshot.
+- **`data_version` is a counter** (`persona_clock`) that every write transaction bumps, since
+  PostgreSQL has no PRAGMA data_version; counters continue after a load by `setval`.
+- **Errors lose their DETAIL line** when translated (persona.errors.StoreError): PostgreSQL
+  puts a row's values there.
+
+Everything else — the statements that differ only in placeholder or list syntax, and the
+methods over them — is written once (persona.store.sql, persona.store.shared). Ids are
+`text COLLATE "C"`: byte order, as in SQLite, so pages of profiles come in the same order on
+both backends. Every statement is a constant with bound parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg import sql as pg_sql
 
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError
-from persona.integrity import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES, Tagger
-from persona.migrate import copy_store
-from persona.store.base import (
-    COLUMNS_ADDED,
-    PURGE_MARK,
-    SCHEMA_REVISION,
-    SPEND_PRIVACY,
-    TABLES,
-    Head,
-    MergeEdge,
-    ProfileRow,
-    QuarantinedRecord,
-    StoredEvent,
-    TokenRow,
-    privacy_charge,
+from persona.store.boundary import translating
+from persona.store.copy import copy_store
+from persona.store.postgres_pool import (
+    close_pool,
+    describe_error,
+    is_database_error,
+    is_postgres_url,
+    pool_for,
+    translate,
+    where,
+    without_password,
 )
-from persona.store.sqlite import SCHEMA_VERSION, SQLiteRecorder
+from persona.store.postgres_purge import PostgresPurge
+from persona.store.postgres_schema import DROP, PARTITIONS, SCHEMA, TRIGGER_NAMES, TRIGGERS_PRESENT
+from persona.store.rows import RowTagger, StoredEvent
+from persona.store.schema import (
+    ADOPTED,
+    COLUMNS_ADDED,
+    RETAGGED,
+    SCHEMA_REVISION,
+    SCHEMA_VERSION,
+    TABLES,
+    TAGGED,
+    TAGGED_ON_INSERT,
+    UNTAGGED_INDEXES,
+)
+from persona.store.shared import Row, SQLRecorder
+from persona.store.sql import EVENT_COLUMNS, Statements
+from persona.store.sqlite import SQLiteRecorder
 
-POOL_SIZE = 16  # connections per process and database: one per open store (thread), and the API's few
-PARTITIONS = 8  # hash partitions of the event log
+__all__ = ["PARTITIONS", "PostgresRecorder", "close_pool", "describe_error", "is_database_error", "is_postgres_url",
+           "pool_for", "without_password"]  # (the pool's names, for the modules that read them here)
+
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
 CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
-DERIVED_TABLES = ("snapshots", "profile_index", "rfm", "predictions")
-PURGE_LOCK = 0x70757267  # 'purg' (and a hash of the schema): one purge of a store at a time
-# Tables erasure deletes from whose dead rows could tell something. Snapshots are sealed under
-# the deleted key: vacuumed with them, never rewritten.
-_ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
-                "quarantine", "quarantine_tags")
-# The batched purge (persona.purge). INDEX_CLEANUP ON: by default VACUUM leaves the indexes alone
-# when few pages hold dead rows, as one window's erasures always are, and an index entry keeps its
-# key (a link's hash, a profile id). TRUNCATE false: emptied pages at a table's end stay (reused by
-# later rows) rather than cut off under an exclusive lock that readers would queue behind.
-_VACUUM = ("VACUUM (INDEX_CLEANUP ON, TRUNCATE false) " + ", ".join((*_ERASED_FROM, "snapshots")),)
-# The rewrite (`persona purge --full`): each table written anew and its old files dropped, so no
-# page keeps an erased row's bytes in its free space; reads of a table wait while it is rewritten.
-_REWRITE = ("VACUUM FULL " + ", ".join(_ERASED_FROM), "VACUUM (INDEX_CLEANUP ON) snapshots")
-
-_ID = 'text COLLATE "C"'
-_SCHEMA = [
-    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
-    "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
-    "INSERT INTO persona_clock (n) VALUES (0)",
-    "CREATE SEQUENCE events_position_seq",
-    "CREATE TABLE events (position bigint NOT NULL DEFAULT nextval('events_position_seq'),"
-    " stream_no bigint NOT NULL, version integer NOT NULL, event_key bytea NOT NULL, type text NOT NULL,"
-    " recorded_at bigint NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL,"
-    " PRIMARY KEY (stream_no, version)) PARTITION BY HASH (stream_no)",
-    *(f"CREATE TABLE events_p{i} PARTITION OF events FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
-      for i in range(PARTITIONS)),
-    "CREATE INDEX events_position ON events (position)",
-    "CREATE TABLE event_keys (event_key bytea PRIMARY KEY)",
-    f"CREATE TABLE streams (stream_no bigserial PRIMARY KEY, stream_id {_ID} NOT NULL UNIQUE,"
-    " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
-    f"CREATE TABLE keys (profile_id {_ID} PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
-    "CREATE TABLE system_keys (name text PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
-    f"CREATE TABLE links (subject_hash bytea PRIMARY KEY, profile_id {_ID} NOT NULL, namespace {_ID} NOT NULL,"
-    " created_at bigint NOT NULL)",
-    "CREATE INDEX links_profile ON links (profile_id)",
-    f"CREATE TABLE tombstones (profile_id {_ID} PRIMARY KEY, erased_at bigint NOT NULL, events integer NOT NULL,"
-    " seq bigserial NOT NULL)",
-    "CREATE TABLE quarantine (id bigserial PRIMARY KEY, recorded_at bigint NOT NULL, origin text NOT NULL,"
-    " line integer NOT NULL, reason text NOT NULL, size integer NOT NULL, content bytea NOT NULL,"
-    " content_hash bytea NOT NULL UNIQUE, expires_at bigint NOT NULL)",
-    "CREATE INDEX quarantine_expires ON quarantine (expires_at)",
-    "CREATE TABLE quarantine_tags (quarantine_id bigint NOT NULL, subject_hash bytea NOT NULL,"
-    " PRIMARY KEY (subject_hash, quarantine_id))",
-    f"CREATE TABLE snapshots (profile_id {_ID} NOT NULL, projection text NOT NULL,"
-    " projection_version integer NOT NULL, stream_version integer NOT NULL, payload bytea NOT NULL,"
-    " PRIMARY KEY (profile_id, projection))",
-    f"CREATE TABLE profile_index (profile_id {_ID} PRIMARY KEY, version integer NOT NULL, doc text NOT NULL)",
-    f"CREATE TABLE rfm (profile_id {_ID} PRIMARY KEY, r integer NOT NULL, f integer NOT NULL, m integer NOT NULL)",
-    f"CREATE TABLE merges (edge bigserial PRIMARY KEY, a {_ID} NOT NULL, b {_ID} NOT NULL, a_hash bytea NOT NULL,"
-    " b_hash bytea NOT NULL, merged_at bigint NOT NULL, undone_at bigint)",
-    "CREATE INDEX merges_a ON merges (a)",
-    "CREATE INDEX merges_b ON merges (b)",
-    f"CREATE TABLE members (profile_id {_ID} PRIMARY KEY, person_id {_ID} NOT NULL)",
-    "CREATE INDEX members_person ON members (person_id)",
-    f"CREATE TABLE models (name {_ID} NOT NULL, version integer NOT NULL, created_at bigint NOT NULL,"
-    " status text NOT NULL, promoted_at bigint, stale text, drift text, meta text NOT NULL, sha256 text NOT NULL,"
-    " blob bytea NOT NULL, PRIMARY KEY (name, version))",
-    f"CREATE TABLE model_people (profile_id {_ID} NOT NULL, name {_ID} NOT NULL, version integer NOT NULL,"
-    " PRIMARY KEY (profile_id, name, version))",
-    f"CREATE TABLE predictions (profile_id {_ID} NOT NULL, model {_ID} NOT NULL, version integer NOT NULL,"
-    " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
-    f"CREATE TABLE api_tokens (name {_ID} PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
-    " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
-    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL,"
-    " delta_budget double precision NOT NULL, delta_spent double precision NOT NULL,"
-    " sources text NOT NULL, types text NOT NULL)",
-    f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
-    f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL, outcome text NOT NULL,"
-    " detail text NOT NULL)",
-    "CREATE INDEX audit_profile ON audit (profile_id)",
-    # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
-    # tombstones or the audit log, whoever connects
-    "CREATE FUNCTION persona_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-    " RAISE EXCEPTION 'persona: % is append-only (% refused)', TG_TABLE_NAME, TG_OP"
-    " USING ERRCODE = 'insufficient_privilege'; END $$",
-    *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
-      " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", "event_keys", "tombstones", "audit")),
-    # (statement triggers are not inherited: each partition refuses TRUNCATE itself)
-    *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
-      " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
-]
-
-# the row tags (persona.integrity), as the additive migration adds them to an older store
-_SCHEMA += [f"ALTER TABLE {table} ADD COLUMN {column} {declaration}"
-            for revision, table, column, declaration in COLUMNS_ADDED if revision == 4]
-_SCHEMA += UNTAGGED_INDEXES
-
-_TRIGGER_NAMES = tuple(statement.split()[2] for statement in _SCHEMA if statement.startswith("CREATE TRIGGER "))
-_TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-                     " WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")
-
-_DROP = (
-    "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
-    "DROP SEQUENCE events_position_seq",
-    "DROP FUNCTION persona_refuse()",
-)
-
-_EVENT_COLUMNS = "e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
-_EVENT_SELECT = "SELECT " + _EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
-_SCAN_PAGE = ("SELECT e.stream_no, " + _EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
+_SCAN_PAGE = ("SELECT e.stream_no, " + EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
               " WHERE (e.stream_no, e.version) > (%s, %s) ORDER BY e.stream_no, e.version LIMIT %s")
-_READ_STREAM = _EVENT_SELECT + " WHERE s.stream_id = %s AND e.version > %s ORDER BY e.version"
-_READ_STREAMS = _EVENT_SELECT + " WHERE e.stream_no = ANY(%s::bigint[]) ORDER BY e.stream_no, e.version"
-_READ_PAGE = _EVENT_SELECT + " WHERE s.stream_id = %s AND e.version < %s ORDER BY e.version DESC LIMIT %s"
-_READ_PAGE_TYPED = (_EVENT_SELECT + " WHERE s.stream_id = %s AND e.version < %s AND e.type = ANY(%s::text[])"
-                    " ORDER BY e.version DESC LIMIT %s")
-_READ_ACROSS = (_EVENT_SELECT + " WHERE s.stream_id = ANY(%s::text[]) AND e.position < %s"
-                " AND (%s OR e.type = ANY(%s::text[])) ORDER BY e.position DESC LIMIT %s")
-_READ_ALL = _EVENT_SELECT + " WHERE e.position > %s ORDER BY e.position LIMIT %s"
 _READ_AFTER = (
-    "SELECT " + _EVENT_COLUMNS + " FROM unnest(%s::bigint[], %s::integer[]) AS w(no, after)"
+    "SELECT " + EVENT_COLUMNS + " FROM unnest(%s::bigint[], %s::integer[]) AS w(no, after)"
     " JOIN events e ON e.stream_no = w.no AND e.version > w.after JOIN streams s ON s.stream_no = e.stream_no"
     " ORDER BY e.stream_no, e.version"
 )
-_PROFILE_ROWS = (
-    "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m,"
-    " m.person_id FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
-    " LEFT JOIN members m ON m.profile_id = s.stream_id"
-    " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
-    " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id = ANY(%s::text[])"
-)
-_HEADS = (
-    "SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
-    " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id = ANY(%s::text[])"
-)
-_LAGGING = (
-    "SELECT p.person FROM (SELECT coalesce(m.person_id, s.stream_id) AS person, sum(s.version) AS version"
-    " FROM streams s JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN members m ON m.profile_id = s.stream_id"
-    " GROUP BY 1) p LEFT JOIN profile_index i ON i.profile_id = p.person"
-    " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person"
-)
-_MEMBERS_OF = (
-    "SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
-    " WHERE m.person_id = ANY(%s::text[]) ORDER BY s.stream_no"
-)
-_MERGE_EDGES = (
-    "SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges"
-    " WHERE a = ANY(%s::text[]) OR b = ANY(%s::text[]) ORDER BY edge"
-)
-_SPEND_PRIVACY = SPEND_PRIVACY.format(p="%s")
 # row tags (persona.integrity): the untagged rows of each table, by ctid, with the columns tagged
 _UNTAGGED = {table: "SELECT ctid::text, " + ", ".join(columns) + " FROM " + table + " WHERE tag IS NULL"
              for table, columns in TAGGED.items()}
@@ -224,17 +111,9 @@ _COUNT_UNTAGGED = {table: "SELECT count(*) FROM " + table + " WHERE tag IS NULL"
 _SET_TAG = {table: "UPDATE " + table + " SET tag = %s WHERE ctid = %s::tid" for table in TAGGED}
 _ANY_UNTAGGED = " UNION ALL ".join(f"SELECT '{table}' WHERE EXISTS (SELECT 1 FROM {table} WHERE tag IS NULL)"
                                    for table in RETAGGED)
-_TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
-_AUDIT_SELECT = "SELECT seq, at, token, operation, profile_id, fields, outcome, detail FROM audit"
 _LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + ") VALUES ("
                 + ", ".join(["%s"] * len(TABLES["api_tokens"])) + ") ON CONFLICT (name) DO UPDATE SET "
                 + ", ".join(f"{c} = excluded.{c}" for c in TABLES["api_tokens"][1:]))
-_DELETE_DERIVED = tuple(f"DELETE FROM {table} WHERE profile_id = %s" for table in DERIVED_TABLES)
-_DROP_PERSON_ROWS = tuple(f"DELETE FROM {table} WHERE profile_id = ANY(%s::text[])"
-                          for table in ("profile_index", "rfm", "predictions"))
-_CLEAR_PERSON_ROWS = ("DELETE FROM profile_index", "DELETE FROM rfm", "DELETE FROM predictions")
-_COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
-_COUNT = {table: f"SELECT count(*) FROM {table}" for table in _COUNTED}
 
 # the order a dump reads each table in (its key); others by their first column
 _KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
@@ -243,79 +122,12 @@ _KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subjec
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
             ("audit", "seq"))
 
-_pools: dict[tuple[int, str], ConnectionPool] = {}
-_pools_lock = threading.Lock()
 
-
-def pool_for(url: str) -> ConnectionPool:
-    """One pool per database and process (a forked child makes its own: sockets are not shared)."""
-    key = (os.getpid(), url)
-    with _pools_lock:
-        pool = _pools.get(key)
-        if pool is None:
-            pool = ConnectionPool(url, min_size=1, max_size=POOL_SIZE, open=False, name="persona",
-                                  check=ConnectionPool.check_connection,  # a dropped connection is replaced
-                                  kwargs={"autocommit": True, "application_name": "persona"})
-            try:
-                pool.open(wait=True, timeout=10)
-            except Exception as e:  # the message names the server, never the password
-                pool.close()
-                raise ConfigurationError(f"cannot connect to PostgreSQL ({_where(url)}): {type(e).__name__}") from None
-            _pools[key] = pool
-        return pool
-
-
-def is_database_error(error: BaseException) -> bool:
-    return isinstance(error, (psycopg.Error, PoolTimeout))
-
-
-def describe_error(error: BaseException) -> str:
-    """What went wrong, without the DETAIL line: PostgreSQL puts the row's values there
-    ("Key (k)=(...) already exists", "Failing row contains (...)")."""
-    if isinstance(error, psycopg.Error) and error.diag.message_primary:
-        return f"{type(error).__name__}: {error.diag.message_primary}"
-    return type(error).__name__
-
-
-def close_pool(url: str) -> None:
-    """Close this process's pool for a database (its connections end)."""
-    with _pools_lock:
-        pool = _pools.pop((os.getpid(), url), None)
-    if pool is not None:
-        pool.close()
-
-
-def _where(url: str) -> str:
-    """host:port/database of a URL, without user or password."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        return "an unreadable URL"
-    return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-def is_postgres_url(text: str | None) -> bool:
-    return bool(text) and str(text).startswith(("postgresql://", "postgres://"))
-
-
-def without_password(url: str) -> tuple[str, bool]:
-    """The URL with any password taken out (of its user part or its query), and whether it had
-    one. Hosts are left as written: IPv6 literals and lists of hosts stay intact."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    had = at != "" and ":" in userinfo
-    if had:
-        userinfo = userinfo.split(":", 1)[0]
-    query = parts.query.split("&") if parts.query else []
-    kept = [item for item in query if unquote(item.partition("=")[0]) != "password"]  # the rest as written
-    had = had or len(kept) != len(query)
-    netloc = (userinfo + "@" if at else "") + hosts
-    return urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))), had
-
-
-class PostgresRecorder:
+@translating(translate)
+class PostgresRecorder(SQLRecorder, PostgresPurge):
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
 
+    sql = Statements().formatted(p="%s", in_list="= ANY(%s::{type}[])", event_keys="event_keys")
     purges_at_once = False  # VACUUM's cost follows the population: one purge serves a window of erasures
 
     def __init__(self, url: str, *, create: bool | None = False, busy_timeout_ms: int = 30_000) -> None:
@@ -329,7 +141,7 @@ class PostgresRecorder:
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
         self.commits = 0
-        self.tagger: Tagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
+        self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         self._listener: psycopg.Connection[Any] | None = None
         self.schema = ""
         self.channel = CHANNEL
@@ -346,12 +158,12 @@ class PostgresRecorder:
                     self._lock()
                     if self._has_schema():
                         raise ConfigurationError("the PostgreSQL database already holds a persona store")
-                    for statement in _SCHEMA:
+                    for statement in SCHEMA:
                         self.conn.execute(statement)
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.set_meta("schema_revision", str(SCHEMA_REVISION))
             elif not self._has_schema():
-                raise ConfigurationError(f"no persona store in PostgreSQL at {_where(url)};"
+                raise ConfigurationError(f"no persona store in PostgreSQL at {where(url)};"
                                          " run `persona --data DIR init --backend URL`")
             elif self.get_meta("schema_version") != SCHEMA_VERSION:
                 raise ConfigurationError("the database was not made by this version of persona")
@@ -394,9 +206,9 @@ class PostgresRecorder:
         if not self._depth:
             raise ConfigurationError("recreate() runs inside a transaction")
         clock = int(self._value("SELECT n FROM persona_clock"))  # carried on: data_version never repeats
-        for statement in _DROP:
+        for statement in DROP:
             self.conn.execute(statement)
-        for statement in _SCHEMA:
+        for statement in SCHEMA:
             self.conn.execute(statement)
         self.set_meta("schema_version", SCHEMA_VERSION)
         self.set_meta("schema_revision", str(SCHEMA_REVISION))
@@ -413,18 +225,52 @@ class PostgresRecorder:
         row = self.conn.execute("SELECT to_regclass('persona_clock') IS NOT NULL").fetchone()
         return bool(row and row[0])
 
+    # -- how statements run ----------------------------------------------------------------
+    def _bind(self, sql: str, params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+        return sql, params  # a list of values is bound as one array
+
+    def _chunks(self, values: Sequence[Any]) -> Iterator[list[Any]]:
+        if values:
+            yield list(values)  # an array of any length is one parameter
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(sql, rows)
+
+    def _events(self, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
+        return [StoredEvent(p, s, v, bytes(k), t, r, bytes(pl), bytes(h))
+                for p, s, v, k, t, r, pl, h in self.conn.execute(sql, params).fetchall()]
+
+    def _insert_unique(self, sql: str, params: Sequence[Any]) -> bool:
+        try:
+            with self.conn.transaction():  # a savepoint: the caller's transaction survives a refusal
+                self.conn.execute(sql, params)
+        except pg_errors.UniqueViolation:
+            return False
+        return True
+
+    def _add_model_people(self, name: str, version: int, people: Sequence[str]) -> None:
+        if people:  # one statement for the whole training set
+            self.conn.execute("INSERT INTO model_people (profile_id, name, version)"
+                              " SELECT DISTINCT p, %s, %s FROM unnest(%s::text[]) AS p ON CONFLICT DO NOTHING",
+                              (name, version, list(people)))
+
+    def _limit(self, limit: int) -> int | None:
+        return None if limit < 0 else limit  # LIMIT NULL: no limit
+
     # -- transactions --------------------------------------------------------------------
     @contextmanager
-    def transaction(self, *, durable: bool = False) -> Iterator[None]:
-        if self._depth:
-            if durable:
-                raise ConfigurationError("a durable transaction cannot nest in another")
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+    def _outermost(self, durable: bool) -> Iterator[None]:
         conn = self.conn
         with conn.transaction():
             self._lock()
@@ -445,9 +291,6 @@ class PostgresRecorder:
             finally:
                 self._depth = 0
         self.commits += 1
-
-    def _tag(self, table: str, values: Sequence[object]) -> bytes | None:
-        return None if self.tagger is None else self.tagger(table, values)
 
     def _retag(self) -> None:
         """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
@@ -482,9 +325,6 @@ class PostgresRecorder:
     def _lock(self) -> None:
         """The store's write lock (one per schema), held to the end of the transaction."""
         self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,))
-
-    def in_transaction(self) -> bool:
-        return self._depth > 0
 
     def close(self) -> None:
         if self._listener is not None:
@@ -529,7 +369,7 @@ class PostgresRecorder:
         try:
             self._listener = psycopg.connect(self.url, autocommit=True, connect_timeout=10,
                                              application_name="persona-listen")
-            self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            self._listener.execute(pg_sql.SQL("LISTEN {}").format(pg_sql.Identifier(self.channel)))
         except psycopg.OperationalError:
             self._drop_listener()
 
@@ -548,13 +388,8 @@ class PostgresRecorder:
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value, tag = NULL", (key, value))
 
     # -- events --------------------------------------------------------------------------
-    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
-        rows = self.conn.execute("SELECT event_key FROM event_keys WHERE event_key = ANY(%s::bytea[])",
-                                 (list(keys),)).fetchall()
-        return {bytes(r[0]) for r in rows}
-
     def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
-        """rows: (stream_no, version, event_key, type, recorded_at, payload, hash), by COPY."""
+        # by COPY, the keys first: their table refuses an event id already in the log
         if not rows:
             return
         conn = self.conn
@@ -574,43 +409,6 @@ class PostgresRecorder:
             raise ConcurrencyError.unseen() from None
         self._appended = True  # announced at COMMIT; listeners read the new position themselves
 
-    def last_position(self) -> int:
-        return int(self._value("SELECT coalesce(max(position), 0) FROM events"))
-
-    def _events(self, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
-        return [StoredEvent(p, s, v, bytes(k), t, r, bytes(pl), bytes(h))
-                for p, s, v, k, t, r, pl, h in self.conn.execute(sql, params).fetchall()]
-
-    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
-        yield from self._events(_READ_STREAM, (stream_id, after_version))
-
-    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredEvent]:
-        ordered = sorted(stream_numbers)
-        for start in range(0, len(ordered), 500):
-            yield from self._events(_READ_STREAMS, (ordered[start : start + 500],))
-
-    def read_page(self, stream_id: str, before_version: int, limit: int,
-                  types: Sequence[str] = ()) -> list[StoredEvent]:
-        if types:
-            return self._events(_READ_PAGE_TYPED, (stream_id, before_version, list(types), limit))
-        return self._events(_READ_PAGE, (stream_id, before_version, limit))
-
-    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
-                         types: Sequence[str] = ()) -> list[StoredEvent]:
-        return self._events(_READ_ACROSS, (list(stream_ids), before_position, not types, list(types), limit))
-
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        return self._events(_READ_ALL, (after_position, limit))
-
-    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
-        return self.conn.execute(
-            "SELECT position, stream_no, version, event_key, type, recorded_at, payload FROM events"
-            " WHERE position > %s ORDER BY position LIMIT %s", (after_position, limit)).fetchall()
-
-    def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]:
-        return dict(self.conn.execute("SELECT stream_no, stream_id FROM streams WHERE stream_no = ANY(%s::bigint[])",
-                                      (list(stream_numbers),)).fetchall())
-
     def scan_chains(self) -> Iterator[StoredEvent]:
         """Every event, stream by stream, in pages: no cursor or transaction is held between them."""
         last = (0, 0)
@@ -623,13 +421,7 @@ class PostgresRecorder:
             last = (page[-1][0], page[-1][3])
 
     # -- streams and keys ----------------------------------------------------------------
-    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
-        rows = self.conn.execute(_HEADS, (list(stream_ids),)).fetchall()
-        return {sid: Head(no, version, bytes(head), kek, None if wrapped is None else bytes(wrapped))
-                for sid, no, version, head, kek, wrapped in rows}
-
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
-        """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
         if not rows:
             return []
         found = dict(self.conn.execute(
@@ -649,21 +441,12 @@ class PostgresRecorder:
         return [found[r[0]] for r in rows]
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
-        """rows: (version, chain head, stream_no)."""
         if rows:
             self.conn.execute(
                 "UPDATE streams s SET version = u.version, head = u.head"
                 " FROM unnest(%s::integer[], %s::bytea[], %s::bigint[]) AS u(version, head, no)"
                 " WHERE s.stream_no = u.no",
                 ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]))
-
-    def created_at(self, stream_id: str) -> int:
-        row = self.conn.execute("SELECT created_at FROM streams WHERE stream_id = %s", (stream_id,)).fetchone()
-        return 0 if row is None else int(row[0])
-
-    def kek_versions_in_use(self) -> set[int]:
-        rows = self.conn.execute("SELECT kek_version FROM keys UNION SELECT kek_version FROM system_keys").fetchall()
-        return {int(v) for (v,) in rows}
 
     def stream_ids(self) -> Iterator[str]:
         after = ""
@@ -676,123 +459,7 @@ class PostgresRecorder:
                 yield sid
             after = page[-1][0]
 
-    def wrapped_keys(self) -> Iterator[tuple[str, int, bytes]]:
-        for pid, kek, wrapped in self.conn.execute("SELECT profile_id, kek_version, wrapped FROM keys").fetchall():
-            yield pid, kek, bytes(wrapped)
-
-    def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany("UPDATE keys SET kek_version = %s, wrapped = %s, tag = NULL WHERE profile_id = %s", rows)
-
-    def system_key(self, name: str) -> tuple[int, bytes] | None:
-        row = self.conn.execute("SELECT kek_version, wrapped FROM system_keys WHERE name = %s", (name,)).fetchone()
-        return None if row is None else (int(row[0]), bytes(row[1]))
-
-    def system_keys(self) -> list[tuple[str, int, bytes]]:
-        return [(n, int(v), bytes(w)) for n, v, w in
-                self.conn.execute("SELECT name, kek_version, wrapped FROM system_keys").fetchall()]
-
-    def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
-        self.conn.execute(
-            "INSERT INTO system_keys (name, kek_version, wrapped) VALUES (%s, %s, %s) ON CONFLICT (name)"
-            " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped, tag = NULL",
-            (name, kek_version, wrapped))
-
-    # -- identity links ------------------------------------------------------------------
-    def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
-        rows = self.conn.execute("SELECT subject_hash, profile_id FROM links WHERE subject_hash = ANY(%s::bytea[])",
-                                 (list(hashes),)).fetchall()
-        return {bytes(h): pid for h, pid in rows}
-
-    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
-        if rows:
-            with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag)"
-                                " VALUES (%s, %s, %s, %s, %s)", [(*row, self._tag("links", row)) for row in rows])
-
-    def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
-        rows = self.conn.execute("SELECT subject_hash, namespace FROM links WHERE profile_id = %s"
-                                 " ORDER BY created_at, namespace", (profile_id,)).fetchall()
-        return [(bytes(h), ns) for h, ns in rows]
-
-    # -- merges --------------------------------------------------------------------------
-    def persons_of(self, profile_ids: Sequence[str]) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT profile_id, person_id FROM members WHERE profile_id = ANY(%s::text[])",
-                                      (list(profile_ids),)).fetchall())
-
-    def members_of(self, person_ids: Sequence[str]) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for person, member in self.conn.execute(_MEMBERS_OF, (list(person_ids),)).fetchall():
-            out.setdefault(person, []).append(member)
-        return out
-
-    def merge_edges(self, profile_ids: Sequence[str]) -> list[MergeEdge]:
-        ids = list(profile_ids)
-        return [MergeEdge(edge, a, b, bytes(ah), bytes(bh), at, undone)
-                for edge, a, b, ah, bh, at, undone in self.conn.execute(_MERGE_EDGES, (ids, ids)).fetchall()]
-
-    def add_merge(self, a: str, b: str, a_hash: bytes, b_hash: bytes, at: int) -> int:
-        row = self.conn.execute("INSERT INTO merges (a, b, a_hash, b_hash, merged_at) VALUES (%s, %s, %s, %s, %s)"
-                                " RETURNING edge", (a, b, a_hash, b_hash, at)).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    def undo_merges(self, edges: Sequence[int], at: int) -> None:
-        self.conn.execute("UPDATE merges SET undone_at = %s, tag = NULL"
-                          " WHERE edge = ANY(%s::bigint[]) AND undone_at IS NULL",
-                          (at, list(edges)))
-
-    def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
-        if rows:
-            with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO members (profile_id, person_id) VALUES (%s, %s)"
-                                " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id, tag = NULL",
-                                rows)
-        if singles:
-            self.conn.execute("DELETE FROM members WHERE profile_id = ANY(%s::text[])", (list(singles),))
-
-    def lagging_persons(self) -> list[str]:
-        return [row[0] for row in self.conn.execute(_LAGGING).fetchall()]
-
-    def drop_derived(self, profile_ids: Sequence[str]) -> None:
-        ids = list(profile_ids)
-        for statement in _DROP_PERSON_ROWS:
-            self.conn.execute(statement, (ids,))
-
     # -- erasure -------------------------------------------------------------------------
-    def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
-        conn = self.conn
-        head = conn.execute("SELECT version FROM streams WHERE stream_id = %s", (profile_id,)).fetchone()
-        events = int(head[0]) if head else 0
-        hashes = [h for (h, _) in self.links_of(profile_id)]
-        counts = {"events": events, "links": len(hashes), "quarantined": self.purge_tagged(hashes)}
-        counts["keys"] = conn.execute("DELETE FROM keys WHERE profile_id = %s", (profile_id,)).rowcount
-        conn.execute("DELETE FROM links WHERE profile_id = %s", (profile_id,))
-        counts["merges"] = conn.execute("DELETE FROM merges WHERE a = %s OR b = %s", (profile_id, profile_id)).rowcount
-        conn.execute("DELETE FROM members WHERE profile_id = %s", (profile_id,))
-        counts["derived_rows"] = sum(conn.execute(s, (profile_id,)).rowcount for s in _DELETE_DERIVED)
-        conn.execute("DELETE FROM model_people WHERE profile_id = %s", (profile_id,))
-        conn.execute("INSERT INTO tombstones (profile_id, erased_at, events, tag) VALUES (%s, %s, %s, %s)"
-                     " ON CONFLICT (profile_id) DO NOTHING",
-                     (profile_id, erased_at, events, self._tag("tombstones", (profile_id, erased_at, events))))
-        return counts
-
-    def purge_tagged(self, hashes: Sequence[bytes]) -> int:
-        ids = [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT quarantine_id FROM quarantine_tags WHERE subject_hash = ANY(%s::bytea[])",
-            (list(hashes),)).fetchall()]
-        self._delete_quarantined(ids)
-        return len(ids)
-
-    def _delete_quarantined(self, ids: Sequence[int]) -> None:
-        if ids:
-            self.conn.execute("DELETE FROM quarantine WHERE id = ANY(%s::bigint[])", (list(ids),))
-            self.conn.execute("DELETE FROM quarantine_tags WHERE quarantine_id = ANY(%s::bigint[])", (list(ids),))
-
-    def tombstone(self, profile_id: str) -> int | None:
-        row = self.conn.execute("SELECT erased_at FROM tombstones WHERE profile_id = %s", (profile_id,)).fetchone()
-        return None if row is None else int(row[0])
-
     def erasure_mark(self) -> int:
         row = self.conn.execute("SELECT coalesce(max(seq), 0) FROM tombstones").fetchone()
         return int(row[0]) if row else 0
@@ -800,158 +467,7 @@ class PostgresRecorder:
     def tombstones(self) -> Iterator[tuple[str, int]]:
         yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at, seq").fetchall()
 
-    def checkpoint(self, wait_s: float = 5.0) -> bool:
-        return self.purge(wait_s, rewrite=True) is None
-
-    def purge(self, wait_s: float = 5.0, *, rewrite: bool = False) -> str | None:
-        """VACUUM the tables erasure deletes from: their dead rows and index entries go, and no
-        query, nor pg_dirtyread, finds them again. It takes no lock that readers or writers wait
-        for, and scans only pages that changed, plus every index of those tables: time follows
-        the population, hence one purge per window (persona.purge). What it does not do is zero
-        the freed space inside each page; `rewrite` (VACUUM FULL) writes the tables anew instead,
-        while reads of each wait (docs/postgresql.md).
-
-        VACUUM keeps a dead row that some open snapshot of this database may still see, so first
-        this waits (up to `wait_s`) until none is older than the newest erasure: no session's
-        snapshot or transaction (of any role: backend_xmin and backend_xid are shown to all), no
-        prepared transaction, no replication slot's horizon. Snapshots in other databases do not
-        hold back VACUUM of this one's tables, and are not waited for. Outside a transaction only.
-        """
-        if self._depth:
-            return "it cannot run inside a transaction"
-        conn = self.conn
-        deadline = time.monotonic() + wait_s
-        while self._holding_back():
-            if time.monotonic() >= deadline:
-                return "a session of this database holds a snapshot from before an erasure"
-            time.sleep(0.05)
-        if not self._value_of("SELECT bool_and(pg_has_role(c.relowner, 'USAGE')) FROM pg_class c"
-                              " WHERE c.oid = ANY(%s::text[]::regclass[])", (list(_ERASED_FROM),)):
-            return "the database user does not own the store's tables"  # VACUUM would only warn and skip
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{max(int(wait_s * 1000), 1)}ms",))
-        try:
-            for statement in _REWRITE if rewrite else _VACUUM:
-                conn.execute(statement)
-        except pg_errors.LockNotAvailable:
-            return "a table's lock was not had in time"
-        finally:
-            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
-        return None
-
-    @contextmanager
-    def purge_lock(self) -> Iterator[bool]:
-        """A session lock (one per schema), so one purge runs at a time over every process; a purge
-        that dies with its connection lets it go."""
-        mine = bool(self._value_of("SELECT pg_try_advisory_lock(%s, hashtext(current_schema()))", (PURGE_LOCK,)))
-        try:
-            yield mine
-        finally:
-            if mine and not self.conn.broken:
-                self.conn.execute("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", (PURGE_LOCK,))
-
-    def _value_of(self, sql: str, params: Sequence[Any]) -> Any:
-        row = self.conn.execute(sql, params).fetchone()
-        return None if row is None else row[0]
-
-    def _holding_back(self) -> bool:
-        """Whether anything in this database may still see rows as they were before the newest
-        erasure committed: the transaction that last wrote the purge mark (each erasure does, and
-        a purge as it starts), or, before any erasure, this moment. age() orders transaction ids
-        across wraparound: older is larger."""
-        return bool(self._value_of(
-            "WITH e AS (SELECT coalesce((SELECT age(xmin) FROM meta WHERE key = %s), age(xid(pg_current_xact_id())))"
-            " AS a)"
-            " SELECT (SELECT count(*) FROM pg_stat_activity, e WHERE pid <> pg_backend_pid()"
-            " AND (datname = current_database() OR datname IS NULL)"
-            " AND (age(backend_xmin) >= e.a OR age(backend_xid) >= e.a))"
-            " + (SELECT count(*) FROM pg_prepared_xacts, e WHERE database = current_database()"
-            " AND age(transaction) >= e.a)"
-            " + (SELECT count(*) FROM pg_replication_slots, e WHERE (database IS NULL OR database = current_database())"
-            " AND age(xmin) >= e.a)"
-            " FROM e", (PURGE_MARK,)))
-
-    # -- models ----------------------------------------------------------------------------
-    def next_model_version(self, name: str) -> int:
-        row = self.conn.execute("SELECT coalesce(max(version), 0) FROM models WHERE name = %s", (name,)).fetchone()
-        return int(row[0] if row else 0) + 1
-
-    def add_model(self, name: str, version: int, created_at: int, meta: str, sha256: str, blob: bytes,
-                  people: Sequence[str]) -> None:
-        self.conn.execute("INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"
-                          " VALUES (%s, %s, %s, 'candidate', %s, %s, %s)",
-                          (name, version, created_at, meta, sha256, blob))
-        if people:
-            self.conn.execute("INSERT INTO model_people (profile_id, name, version)"
-                              " SELECT DISTINCT p, %s, %s FROM unnest(%s::text[]) AS p ON CONFLICT DO NOTHING",
-                              (name, version, list(people)))
-
-    def model_rows(self, name: str | None = None
-                   ) -> list[tuple[str, int, int, str, int | None, str | None, str | None, str, str]]:
-        sql = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
-        if name is None:
-            return self.conn.execute(sql + " ORDER BY name, version DESC").fetchall()
-        return self.conn.execute(sql + " WHERE name = %s ORDER BY version DESC", (name,)).fetchall()
-
-    def model_blob(self, name: str, version: int) -> tuple[str, bytes] | None:
-        row = self.conn.execute("SELECT sha256, blob FROM models WHERE name = %s AND version = %s",
-                                (name, version)).fetchone()
-        return None if row is None else (str(row[0]), bytes(row[1]))
-
-    def promote_model(self, name: str, version: int, at: int) -> None:
-        self.conn.execute("UPDATE models SET status = 'retired', tag = NULL WHERE name = %s AND status = 'promoted'",
-                          (name,))
-        self.conn.execute("UPDATE models SET status = 'promoted', promoted_at = %s, tag = NULL"
-                          " WHERE name = %s AND version = %s",
-                          (at, name, version))
-
-    def set_model_status(self, name: str, version: int, status: str) -> None:
-        self.conn.execute("UPDATE models SET status = %s, tag = NULL WHERE name = %s AND version = %s",
-                          (status, name, version))
-
-    def set_model_drift(self, name: str, version: int, drift: str) -> None:
-        self.conn.execute("UPDATE models SET drift = %s, tag = NULL WHERE name = %s AND version = %s",
-                          (drift, name, version))
-
-    def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
-        rows = self.conn.execute("SELECT DISTINCT name, version FROM model_people WHERE profile_id = ANY(%s::text[])",
-                                 (list(profile_ids),)).fetchall()
-        return sorted((str(n), int(v)) for n, v in rows)
-
-    def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
-        if versions:
-            with self.conn.cursor() as cur:
-                cur.executemany("UPDATE models SET stale = %s, tag = NULL WHERE name = %s AND version = %s",
-                                [(reason, n, v) for n, v in versions])
-
-    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
-        if model is not None:
-            self.conn.execute("DELETE FROM predictions WHERE model = %s", (model,))
-        if rows:
-            with self.conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES (%s, %s, %s, %s, %s)"
-                    " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
-                    " computed_at = excluded.computed_at, doc = excluded.doc, tag = NULL", rows)
-
-    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
-        return self.conn.execute("SELECT profile_id, model, version, computed_at, doc FROM predictions"
-                                 " WHERE profile_id = ANY(%s::text[]) ORDER BY model, profile_id",
-                                 (list(profile_ids),)).fetchall()
-
     # -- snapshots and read models ------------------------------------------------------
-    def snapshots_of(self, profile_id: str) -> dict[str, tuple[int, int, bytes]]:
-        rows = self.conn.execute("SELECT projection, projection_version, stream_version, payload FROM snapshots"
-                                 " WHERE profile_id = %s", (profile_id,)).fetchall()
-        return {name: (pv, sv, bytes(payload)) for name, pv, sv, payload in rows}
-
-    def snapshots_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int, bytes]]]:
-        out: dict[str, dict[str, tuple[int, int, bytes]]] = {}
-        for pid, name, pv, sv, payload in self.conn.execute(
-                "SELECT profile_id, projection, projection_version, stream_version, payload FROM snapshots"
-                " WHERE profile_id = ANY(%s::text[])", (list(profile_ids),)).fetchall():
-            out.setdefault(pid, {})[name] = (pv, sv, bytes(payload))
-        return out
-
     def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
@@ -1005,124 +521,6 @@ class PostgresRecorder:
                 " WHERE EXISTS (SELECT 1 FROM keys k WHERE k.profile_id = u.pid) ON CONFLICT (profile_id)"
                 " DO UPDATE SET r = excluded.r, f = excluded.f, m = excluded.m, tag = NULL",
                 tuple(list(column) for column in zip(*rows, strict=True)))
-
-    def rfm_of(self, profile_id: str) -> dict[str, int] | None:
-        row = self.conn.execute("SELECT r, f, m FROM rfm WHERE profile_id = %s", (profile_id,)).fetchone()
-        return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
-
-    def rfm_scores(self) -> dict[str, dict[str, int]]:
-        return {pid: {"r": r, "f": f, "m": m}
-                for pid, r, f, m in self.conn.execute("SELECT profile_id, r, f, m FROM rfm").fetchall()}
-
-    def index_size(self) -> int:
-        return int(self._value("SELECT count(*) FROM profile_index"))
-
-    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
-                                                                     int | None]]:
-        return self.conn.execute(
-            "SELECT i.profile_id, i.version, i.doc, r.r, r.f, r.m FROM profile_index i"
-            " LEFT JOIN rfm r ON r.profile_id = i.profile_id WHERE i.profile_id > %s ORDER BY i.profile_id LIMIT %s",
-            (after, None if limit < 0 else limit)).fetchall()
-
-    def profile_rows(self, profile_ids: Sequence[str]) -> list[ProfileRow]:
-        return [ProfileRow._make(row) for row in self.conn.execute(_PROFILE_ROWS, (list(profile_ids),)).fetchall()]
-
-    def links_of_many(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
-        rows = self.conn.execute("SELECT profile_id, subject_hash, namespace FROM links"
-                                 " WHERE profile_id = ANY(%s::text[]) ORDER BY created_at, namespace",
-                                 (list(profile_ids),)).fetchall()
-        return [(pid, bytes(h), ns) for pid, h, ns in rows]
-
-    def clear_derived(self, projection: str | None = None) -> None:
-        for statement in _CLEAR_PERSON_ROWS:
-            self.conn.execute(statement)
-        if projection is None:
-            self.conn.execute("DELETE FROM snapshots")
-        else:
-            self.conn.execute("DELETE FROM snapshots WHERE projection = %s", (projection,))
-
-    # -- quarantine ----------------------------------------------------------------------
-    def quarantine(self, rows: Sequence[tuple[int, str, int, str, int, bytes, bytes, int]],
-                   tags: Sequence[Sequence[bytes]]) -> int:
-        stored = 0
-        for row, row_tags in zip(rows, tags, strict=True):
-            held = self.conn.execute("SELECT id FROM quarantine WHERE content_hash = %s", (row[6],)).fetchone()
-            if held is None:
-                made = self.conn.execute(
-                    "INSERT INTO quarantine (recorded_at, origin, line, reason, size, content, content_hash,"
-                    " expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id", row).fetchone()
-                assert made is not None
-                qid = made[0]
-                stored += 1
-            else:  # the same bad record, refused again: this run's reason
-                qid = held[0]
-                self.conn.execute("UPDATE quarantine SET recorded_at = %s, reason = %s, expires_at = %s, tag = NULL"
-                                  " WHERE id = %s", (row[0], row[3], row[7], qid))
-            if row_tags:
-                self.conn.execute("INSERT INTO quarantine_tags (quarantine_id, subject_hash)"
-                                  " SELECT %s, t FROM unnest(%s::bytea[]) AS t ON CONFLICT DO NOTHING",
-                                  (qid, list(dict.fromkeys(row_tags))))
-        return stored
-
-    def quarantined(self) -> list[QuarantinedRecord]:
-        rows = self.conn.execute("SELECT id, recorded_at, origin, line, reason, size, expires_at FROM quarantine"
-                                 " ORDER BY id").fetchall()
-        return [QuarantinedRecord(*row) for row in rows]
-
-    def quarantined_content(self, qid: int) -> bytes | None:
-        row = self.conn.execute("SELECT content FROM quarantine WHERE id = %s", (qid,)).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def purge_quarantine(self, now: int) -> int:
-        ids = [r[0] for r in self.conn.execute("SELECT id FROM quarantine WHERE expires_at <= %s", (now,)).fetchall()]
-        self._delete_quarantined(ids)
-        return len(ids)
-
-    def drop_quarantined(self, ids: Sequence[int]) -> None:
-        self._delete_quarantined(sorted(set(ids)))
-
-    # -- API access ----------------------------------------------------------------------
-    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
-        try:
-            with self.conn.transaction():
-                self.conn.execute(
-                    "INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                    " delta_budget, sources, types, epsilon_spent, delta_spent)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 0, 0)", row)
-        except pg_errors.UniqueViolation:
-            raise ConfigurationError(f"a token named {row[0]!r} already exists") from None
-
-    def token_by_digest(self, digest: bytes) -> TokenRow | None:
-        row = self.conn.execute(_TOKEN_SELECT + " WHERE digest = %s AND revoked_at IS NULL", (digest,)).fetchone()
-        return None if row is None else _token(row)
-
-    def tokens(self) -> list[TokenRow]:
-        return [_token(row) for row in self.conn.execute(_TOKEN_SELECT + " ORDER BY created_at, name").fetchall()]
-
-    def revoke_token(self, name: str, now: int) -> bool:
-        cursor = self.conn.execute("UPDATE api_tokens SET revoked_at = %s, tag = NULL"
-                                   " WHERE name = %s AND revoked_at IS NULL",
-                                   (now, name))
-        return cursor.rowcount == 1
-
-    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
-        row = self.conn.execute(_SPEND_PRIVACY, privacy_charge(name, epsilon, delta)).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
-
-    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
-        if rows:
-            with self.conn.cursor() as cur:
-                cur.executemany("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
-                                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                                [(*row, self._tag("audit", row)) for row in rows])
-
-    def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
-                   ) -> list[tuple[int, int, str, str, str, str, str, str]]:
-        if profile_id is None:
-            return self.conn.execute(_AUDIT_SELECT + " WHERE seq > %s ORDER BY seq LIMIT %s",
-                                     (after, limit)).fetchall()
-        return self.conn.execute(_AUDIT_SELECT + " WHERE seq > %s AND profile_id = %s ORDER BY seq LIMIT %s",
-                                 (after, profile_id, limit)).fetchall()
 
     # -- maintenance ---------------------------------------------------------------------
     @contextmanager
@@ -1188,24 +586,11 @@ class PostgresRecorder:
     def schema_problems(self) -> list[str]:
         """The append-only triggers are all there and enabled (only a role that owns the tables can
         drop or disable them; the rest of the schema is not compared on PostgreSQL)."""
-        found = dict(self.conn.execute(_TRIGGERS_PRESENT).fetchall())
-        problems = [f"the schema's trigger {name!r} is missing" for name in _TRIGGER_NAMES if name not in found]
-        problems += [f"the schema's trigger {name!r} is disabled" for name in _TRIGGER_NAMES
+        found = dict(self.conn.execute(TRIGGERS_PRESENT).fetchall())
+        problems = [f"the schema's trigger {name!r} is missing" for name in TRIGGER_NAMES if name not in found]
+        problems += [f"the schema's trigger {name!r} is disabled" for name in TRIGGER_NAMES
                      if found.get(name, "O") == "D"]
         return problems
-
-    def counts(self) -> dict[str, int]:
-        out = {}
-        for table, statement in _COUNT.items():
-            row = self.conn.execute(statement).fetchone()
-            out[table] = int(row[0]) if row else 0
-        return out
-
-
-def _token(row: Sequence[Any]) -> TokenRow:
-    name, digest, *rest = row
-    return TokenRow(name, bytes(digest), *rest)
-
 
 def _newest(rows: Sequence[tuple[Any, ...]], width: int, version: Callable[[tuple[Any, ...]], Any]
             ) -> list[tuple[Any, ...]]:

@@ -1,0 +1,94 @@
+"""The PostgreSQL store's schema: plain DDL, made in one transaction on create (and by a restore's
+recreate()); later additions come from schema.COLUMNS_ADDED on open. SQLite's is made by
+sqlite-utils (persona.store.sqlite_schema)."""
+
+from __future__ import annotations
+
+from persona.store.schema import COLUMNS_ADDED, TABLES, UNTAGGED_INDEXES
+
+PARTITIONS = 8  # hash partitions of the event log
+
+_ID = 'text COLLATE "C"'
+SCHEMA = [
+    "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
+    "INSERT INTO persona_clock (n) VALUES (0)",
+    "CREATE SEQUENCE events_position_seq",
+    "CREATE TABLE events (position bigint NOT NULL DEFAULT nextval('events_position_seq'),"
+    " stream_no bigint NOT NULL, version integer NOT NULL, event_key bytea NOT NULL, type text NOT NULL,"
+    " recorded_at bigint NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL,"
+    " PRIMARY KEY (stream_no, version)) PARTITION BY HASH (stream_no)",
+    *(f"CREATE TABLE events_p{i} PARTITION OF events FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
+      for i in range(PARTITIONS)),
+    "CREATE INDEX events_position ON events (position)",
+    "CREATE TABLE event_keys (event_key bytea PRIMARY KEY)",
+    f"CREATE TABLE streams (stream_no bigserial PRIMARY KEY, stream_id {_ID} NOT NULL UNIQUE,"
+    " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
+    f"CREATE TABLE keys (profile_id {_ID} PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
+    "CREATE TABLE system_keys (name text PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
+    f"CREATE TABLE links (subject_hash bytea PRIMARY KEY, profile_id {_ID} NOT NULL, namespace {_ID} NOT NULL,"
+    " created_at bigint NOT NULL)",
+    "CREATE INDEX links_profile ON links (profile_id)",
+    f"CREATE TABLE tombstones (profile_id {_ID} PRIMARY KEY, erased_at bigint NOT NULL, events integer NOT NULL,"
+    " seq bigserial NOT NULL)",
+    "CREATE TABLE quarantine (id bigserial PRIMARY KEY, recorded_at bigint NOT NULL, origin text NOT NULL,"
+    " line integer NOT NULL, reason text NOT NULL, size integer NOT NULL, content bytea NOT NULL,"
+    " content_hash bytea NOT NULL UNIQUE, expires_at bigint NOT NULL)",
+    "CREATE INDEX quarantine_expires ON quarantine (expires_at)",
+    "CREATE TABLE quarantine_tags (quarantine_id bigint NOT NULL, subject_hash bytea NOT NULL,"
+    " PRIMARY KEY (subject_hash, quarantine_id))",
+    f"CREATE TABLE snapshots (profile_id {_ID} NOT NULL, projection text NOT NULL,"
+    " projection_version integer NOT NULL, stream_version integer NOT NULL, payload bytea NOT NULL,"
+    " PRIMARY KEY (profile_id, projection))",
+    f"CREATE TABLE profile_index (profile_id {_ID} PRIMARY KEY, version integer NOT NULL, doc text NOT NULL)",
+    f"CREATE TABLE rfm (profile_id {_ID} PRIMARY KEY, r integer NOT NULL, f integer NOT NULL, m integer NOT NULL)",
+    f"CREATE TABLE merges (edge bigserial PRIMARY KEY, a {_ID} NOT NULL, b {_ID} NOT NULL, a_hash bytea NOT NULL,"
+    " b_hash bytea NOT NULL, merged_at bigint NOT NULL, undone_at bigint)",
+    "CREATE INDEX merges_a ON merges (a)",
+    "CREATE INDEX merges_b ON merges (b)",
+    f"CREATE TABLE members (profile_id {_ID} PRIMARY KEY, person_id {_ID} NOT NULL)",
+    "CREATE INDEX members_person ON members (person_id)",
+    f"CREATE TABLE models (name {_ID} NOT NULL, version integer NOT NULL, created_at bigint NOT NULL,"
+    " status text NOT NULL, promoted_at bigint, stale text, drift text, meta text NOT NULL, sha256 text NOT NULL,"
+    " blob bytea NOT NULL, PRIMARY KEY (name, version))",
+    f"CREATE TABLE model_people (profile_id {_ID} NOT NULL, name {_ID} NOT NULL, version integer NOT NULL,"
+    " PRIMARY KEY (profile_id, name, version))",
+    f"CREATE TABLE predictions (profile_id {_ID} NOT NULL, model {_ID} NOT NULL, version integer NOT NULL,"
+    " computed_at bigint NOT NULL, doc text NOT NULL, PRIMARY KEY (profile_id, model))",
+    f"CREATE TABLE api_tokens (name {_ID} PRIMARY KEY, digest bytea NOT NULL UNIQUE, scopes text NOT NULL,"
+    " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
+    " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL,"
+    " delta_budget double precision NOT NULL, delta_spent double precision NOT NULL,"
+    " sources text NOT NULL, types text NOT NULL)",
+    f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
+    f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL, outcome text NOT NULL,"
+    " detail text NOT NULL)",
+    "CREATE INDEX audit_profile ON audit (profile_id)",
+    # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
+    # tombstones or the audit log, whoever connects
+    "CREATE FUNCTION persona_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " RAISE EXCEPTION 'persona: % is append-only (% refused)', TG_TABLE_NAME, TG_OP"
+    " USING ERRCODE = 'insufficient_privilege'; END $$",
+    *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+      " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
+      for table in ("events", "event_keys", "tombstones", "audit")),
+    # (statement triggers are not inherited: each partition refuses TRUNCATE itself)
+    *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+      " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
+      for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
+]
+
+# the row tags (persona.integrity), as the additive migration adds them to an older store
+SCHEMA += [f"ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+            for revision, table, column, declaration in COLUMNS_ADDED if revision == 4]
+SCHEMA += UNTAGGED_INDEXES
+
+TRIGGER_NAMES = tuple(statement.split()[2] for statement in SCHEMA if statement.startswith("CREATE TRIGGER "))
+TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                     " WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")
+
+DROP = (
+    "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
+    "DROP SEQUENCE events_position_seq",
+    "DROP FUNCTION persona_refuse()",
+)

@@ -1,0 +1,95 @@
+"""What a store holds, named once for both backends: its tables and columns, the schema's
+version and additions, which tables are derived, what erasure deletes, and which columns each
+row tag covers (persona.integrity computes the tags; the store only keeps them)."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = "1"  # meta `schema_version`: a store made by another layout is refused
+
+# Additions to a store made by an earlier release, applied when it is opened (each backend
+# adds what is missing under its write lock, then records the revision in `meta`):
+# (revision, table, column, SQL type and default — portable between SQLite and PostgreSQL).
+COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
+    (2, "api_tokens", "delta_budget", "double precision NOT NULL DEFAULT 0.0"),
+    (2, "api_tokens", "delta_spent", "double precision NOT NULL DEFAULT 0.0"),
+    (2, "api_tokens", "sources", "text NOT NULL DEFAULT ''"),
+    (2, "api_tokens", "types", "text NOT NULL DEFAULT ''"),
+    (3, "audit", "outcome", "text NOT NULL DEFAULT 'ok'"),  # old entries: allowed accesses…
+    (3, "audit", "detail", "text NOT NULL DEFAULT '{}'"),  # …whose shape was not kept
+    *((4, table, "tag", "bytea") for table in (  # keyed row tags (persona.integrity), NULL until tagged
+        "meta", "streams", "keys", "system_keys", "links", "tombstones", "quarantine", "quarantine_tags", "merges",
+        "members", "snapshots", "profile_index", "rfm", "models", "model_people", "predictions", "api_tokens",
+        "audit")),
+)
+SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
+
+# Every table a store holds, with the columns a copy between backends carries (`persona
+# migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
+TABLES: dict[str, tuple[str, ...]] = {
+    "meta": ("key", "value"),
+    "streams": ("stream_no", "stream_id", "version", "head", "created_at"),
+    "events": ("position", "stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"),
+    "keys": ("profile_id", "kek_version", "wrapped"),
+    "system_keys": ("name", "kek_version", "wrapped"),
+    "links": ("subject_hash", "profile_id", "namespace", "created_at"),
+    "tombstones": ("profile_id", "erased_at", "events"),
+    "quarantine": ("id", "recorded_at", "origin", "line", "reason", "size", "content", "content_hash", "expires_at"),
+    "quarantine_tags": ("quarantine_id", "subject_hash"),
+    "merges": ("edge", "a", "b", "a_hash", "b_hash", "merged_at", "undone_at"),
+    "members": ("profile_id", "person_id"),
+    "snapshots": ("profile_id", "projection", "projection_version", "stream_version", "payload"),
+    "profile_index": ("profile_id", "version", "doc"),
+    "rfm": ("profile_id", "r", "f", "m"),
+    "models": ("name", "version", "created_at", "status", "promoted_at", "stale", "drift", "meta", "sha256", "blob"),
+    "model_people": ("profile_id", "name", "version"),
+    "predictions": ("profile_id", "model", "version", "computed_at", "doc"),
+    "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
+                   "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
+    "audit": ("seq", "at", "token", "operation", "profile_id", "fields", "outcome", "detail"),
+}
+
+# The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
+# and predictions hold people's values in plaintext (for queries), so a backup leaves them out
+# (docs/design.md, invariant 6), and the snapshots with them (sealed, but rebuilt on restore all the
+# same); `persona restore` rebuilds them all.
+# Every table but the log carries `tag`, a keyed hash of its row (persona.integrity), carried by
+# copies like any column: a backup or migrated store checks out with the same key file.
+TAG = "tag"
+TABLES = {table: columns + ((TAG,) if table != "events" else ()) for table, columns in TABLES.items()}
+
+READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
+BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
+
+# Tables holding rows derived from a person's events, each keyed by `profile_id`.
+# Erasure deletes from every one of them; `persona rebuild` empties and refills them.
+DERIVED_TABLES = READ_MODELS
+# The derived rows of a person (not the snapshots, which are a stream's): dropped when streams
+# merge into one person, emptied before a rebuild.
+PERSON_ROWS = ("profile_index", "rfm", "predictions")
+
+# What erasure deletes (shared.SQLRecorder.erase): the key, the links, the merges and memberships,
+# the derived rows, who the models were trained on, and the quarantined records tagged with the
+# person's identifiers. The tables whose dead rows could tell something (all but the snapshots,
+# sealed under the deleted key) are the ones a PostgreSQL purge vacuums.
+ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
+               "quarantine", "quarantine_tags")
+
+# The tables `counts()` reports.
+COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
+
+# The meta key of the purge mark: erasures noted, and when their physical purge is due (persona.purge).
+PURGE_MARK = "purge"
+
+# Row tags (persona.integrity computes them): table -> the columns its tag covers.
+TAGGED: dict[str, tuple[str, ...]] = {
+    table: tuple(c for c in columns if c != TAG) for table, columns in TABLES.items() if TAG in columns
+}
+TAGGED["streams"] = ("stream_no", "stream_id", "created_at")
+TAGGED["audit"] = tuple(c for c in TAGGED["audit"] if c != "seq")  # tagged as inserted: before its number
+# tables whose rows are tagged by their writer (their triggers refuse the UPDATE a retag is)
+TAGGED_ON_INSERT = ("audit", "tombstones")
+RETAGGED = tuple(table for table in TAGGED if table not in TAGGED_ON_INSERT)
+# what finds the rows a transaction left untagged, at its end (both backends; constant names)
+UNTAGGED_INDEXES = tuple(f"CREATE INDEX IF NOT EXISTS {table}_untagged ON {table} (tag) WHERE tag IS NULL"
+                         for table in RETAGGED)
+ADOPTED = "row_tags"  # meta key: the rows of this store carry tags

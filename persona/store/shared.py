@@ -1,0 +1,407 @@
+"""The methods both backends share, written once over a few primitives each backend gives:
+its statements (persona.store.sql, in its syntax), how a list of values is bound (`_bind`), how
+a long list is split (`_chunks`), and how a statement runs (`_all`, `_one`, `_run`, `_many`,
+`_events`). What differs — DDL, transactions and locking, notifications, paging, bulk
+writes — stays in each backend's module, whose docstring says why. The contract of every
+method is on its protocol (persona.store.protocols)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar
+
+from persona.errors import ConfigurationError
+from persona.store.rows import Head, MergeEdge, ProfileRow, QuarantinedRecord, RowTagger, StoredEvent, TokenRow
+from persona.store.schema import COUNTED
+from persona.store.sql import Statements, privacy_charge
+
+Row = tuple[Any, ...]
+
+
+class SQLRecorder:
+    """A Recorder but for what differs between the backends (the subclasses give it)."""
+
+    sql: ClassVar[Statements]
+    tagger: RowTagger | None
+    _depth: int
+
+    # -- what each backend gives -------------------------------------------------------
+    def _bind(self, sql: str, params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+        """The statement and parameters to run, where each list in `params` is the values of
+        the next list placeholder of `sql`."""
+        raise NotImplementedError
+
+    def _chunks(self, values: Sequence[Any]) -> Iterator[list[Any]]:
+        """The values in lists as long as one statement may bind (none when there are none)."""
+        raise NotImplementedError
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        raise NotImplementedError
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        raise NotImplementedError
+
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; the rows it changed."""
+        raise NotImplementedError
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError
+
+    def _events(self, sql: str, params: Sequence[Any]) -> Iterable[StoredEvent]:
+        raise NotImplementedError
+
+    def _insert_unique(self, sql: str, params: Sequence[Any]) -> bool:
+        """Insert a row; False if a unique key refused it (and the transaction goes on)."""
+        raise NotImplementedError
+
+    def _add_model_people(self, name: str, version: int, people: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def _limit(self, limit: int) -> int | None:
+        """A LIMIT's value for "a negative limit reads them all"."""
+        return limit
+
+    def _outermost(self, durable: bool) -> AbstractContextManager[None]:
+        """The outermost transaction: begun under the store's write lock, the rows it wrote tagged
+        before it commits (or rolled back), `_depth` 1 inside it."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, durable: bool = False) -> Iterator[None]:
+        if self._depth:  # a nested one commits (or rolls back) with the outermost
+            if durable:
+                raise ConfigurationError("a durable transaction cannot nest in another")
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with self._outermost(durable):
+            yield
+
+    def in_transaction(self) -> bool:
+        return self._depth > 0
+
+    def _tag(self, table: str, values: Sequence[object]) -> bytes | None:
+        return None if self.tagger is None else self.tagger(table, values)
+
+    def _column(self, sql: str, values: Sequence[Any]) -> list[Any]:
+        """The first column of a query with one list, over chunks of the values."""
+        return [row[0] for part in self._chunks(values) for row in self._all(sql, (part,))]
+
+    def _pairs(self, sql: str, values: Sequence[Any]) -> list[tuple[Any, Any]]:
+        return [(a, b) for part in self._chunks(values) for a, b in self._all(sql, (part,))]
+
+    # events
+    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        return {bytes(key) for key in self._column(self.sql.existing_keys, keys)}
+
+    def last_position(self) -> int:
+        row = self._one(self.sql.last_position)
+        return int(row[0]) if row else 0
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
+        yield from self._events(self.sql.read_stream, (stream_id, after_version))
+
+    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredEvent]:
+        ordered = sorted(stream_numbers)
+        for start in range(0, len(ordered), 500):
+            yield from self._events(self.sql.read_streams, (ordered[start : start + 500],))
+
+    def read_page(self, stream_id: str, before_version: int, limit: int,
+                  types: Sequence[str] = ()) -> list[StoredEvent]:
+        if types:
+            return list(self._events(self.sql.read_page_typed, (stream_id, before_version, list(types), limit)))
+        return list(self._events(self.sql.read_page, (stream_id, before_version, limit)))
+
+    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
+                         types: Sequence[str] = ()) -> list[StoredEvent]:
+        if types:
+            return list(self._events(self.sql.read_across_typed,
+                                     (list(stream_ids), before_position, list(types), limit)))
+        return list(self._events(self.sql.read_across, (list(stream_ids), before_position, limit)))
+
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
+        return list(self._events(self.sql.read_all, (after_position, limit)))
+
+    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
+        return self._all(self.sql.read_log, (after_position, limit))
+
+    def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]:
+        return dict(self._pairs(self.sql.stream_names, stream_numbers))
+
+    # streams and keys
+    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
+        return {sid: Head(no, version, bytes(head), kek, None if wrapped is None else bytes(wrapped))
+                for part in self._chunks(list(stream_ids))
+                for sid, no, version, head, kek, wrapped in self._all(self.sql.heads, (part,))}
+
+    def created_at(self, stream_id: str) -> int:
+        row = self._one(self.sql.created_at, (stream_id,))
+        return 0 if row is None else int(row[0])
+
+    def kek_versions_in_use(self) -> set[int]:
+        return {int(v) for (v,) in self._all(self.sql.kek_versions)}
+
+    def wrapped_keys(self) -> Iterator[tuple[str, int, bytes]]:
+        for pid, kek, wrapped in self._all(self.sql.wrapped_keys):
+            yield pid, kek, bytes(wrapped)
+
+    def rewrap(self, rows: Sequence[tuple[int, bytes, str]]) -> None:
+        self._many(self.sql.rewrap, rows)
+
+    def system_key(self, name: str) -> tuple[int, bytes] | None:
+        row = self._one(self.sql.system_key, (name,))
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def system_keys(self) -> list[tuple[str, int, bytes]]:
+        return [(n, int(v), bytes(w)) for n, v, w in self._all(self.sql.system_keys)]
+
+    def put_system_key(self, name: str, kek_version: int, wrapped: bytes) -> None:
+        self._run(self.sql.put_system_key, (name, kek_version, wrapped))
+
+    # identity links and merges
+    def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
+        return {bytes(h): pid for h, pid in self._pairs(self.sql.resolve, hashes)}
+
+    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
+        self._many(self.sql.insert_links, [(*row, self._tag("links", row)) for row in rows])  # tagged here
+
+    def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
+        return [(bytes(h), ns) for h, ns in self._all(self.sql.links_of, (profile_id,))]
+
+    def links_of_many(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
+        return [(pid, bytes(h), ns) for part in self._chunks(profile_ids)
+                for pid, h, ns in self._all(self.sql.links_of_many, (part,))]
+
+    def persons_of(self, profile_ids: Sequence[str]) -> dict[str, str]:
+        return dict(self._pairs(self.sql.persons_of, profile_ids))
+
+    def members_of(self, person_ids: Sequence[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for person, member in self._pairs(self.sql.members_of, person_ids):
+            out.setdefault(person, []).append(member)
+        return out
+
+    def merge_edges(self, profile_ids: Sequence[str]) -> list[MergeEdge]:
+        found = {row[0]: MergeEdge(row[0], row[1], row[2], bytes(row[3]), bytes(row[4]), row[5], row[6])
+                 for part in self._chunks(profile_ids) for row in self._all(self.sql.merge_edges, (part, part))}
+        return [found[edge] for edge in sorted(found)]
+
+    def add_merge(self, a: str, b: str, a_hash: bytes, b_hash: bytes, at: int) -> int:
+        row = self._one(self.sql.add_merge, (a, b, a_hash, b_hash, at))
+        assert row is not None
+        return int(row[0])
+
+    def undo_merges(self, edges: Sequence[int], at: int) -> None:
+        for part in self._chunks(edges):
+            self._run(self.sql.undo_merges, (at, part))
+
+    def set_members(self, rows: Sequence[tuple[str, str]], singles: Sequence[str]) -> None:
+        self._many(self.sql.set_members, rows)
+        for part in self._chunks(singles):
+            self._run(self.sql.drop_members, (part,))
+
+    def lagging_persons(self) -> list[str]:
+        return [row[0] for row in self._all(self.sql.lagging)]
+
+    def drop_derived(self, profile_ids: Sequence[str]) -> None:
+        for part in self._chunks(profile_ids):
+            for statement in self.sql.drop_person_rows:
+                self._run(statement, (part,))
+
+    # erasure
+    def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
+        sql = self.sql
+        head = self._one(sql.stream_version, (profile_id,))
+        events = int(head[0]) if head else 0
+        hashes = [h for (h, _) in self.links_of(profile_id)]
+        counts = {"events": events, "links": len(hashes), "quarantined": self.purge_tagged(hashes)}
+        counts["keys"] = self._run(sql.erase_key, (profile_id,))
+        self._run(sql.erase_links, (profile_id,))
+        counts["merges"] = self._run(sql.erase_merges, (profile_id, profile_id))
+        self._run(sql.erase_members, (profile_id,))
+        counts["derived_rows"] = sum(self._run(statement, (profile_id,)) for statement in sql.erase_derived)
+        self._run(sql.erase_model_people, (profile_id,))
+        self._run(sql.write_tombstone,
+                  (profile_id, erased_at, events, self._tag("tombstones", (profile_id, erased_at, events))))
+        return counts
+
+    def purge_tagged(self, hashes: Sequence[bytes]) -> int:
+        ids = sorted(set(self._column(self.sql.tagged, hashes)))
+        self._delete_quarantined(ids)
+        return len(ids)
+
+    def _delete_quarantined(self, ids: Sequence[int]) -> None:
+        for part in self._chunks(ids):
+            for statement in self.sql.delete_quarantined:
+                self._run(statement, (part,))
+
+    def tombstone(self, profile_id: str) -> int | None:
+        row = self._one(self.sql.tombstone, (profile_id,))
+        return None if row is None else int(row[0])
+
+    # quarantine
+    def quarantine(self, rows: Sequence[tuple[int, str, int, str, int, bytes, bytes, int]],
+                   tags: Sequence[Sequence[bytes]]) -> int:
+        stored = 0
+        for row, row_tags in zip(rows, tags, strict=True):
+            held = self._one(self.sql.held, (row[6],))
+            if held is None:
+                made = self._one(self.sql.hold, row)
+                assert made is not None
+                qid = made[0]
+                stored += 1
+            else:  # the same bad record, refused again: this run's reason
+                qid = held[0]
+                self._run(self.sql.hold_again, (row[0], row[3], row[7], qid))
+            self._many(self.sql.tag_held, [(qid, tag) for tag in dict.fromkeys(row_tags)])
+        return stored
+
+    def quarantined(self) -> list[QuarantinedRecord]:
+        return [QuarantinedRecord(*row) for row in self._all(self.sql.quarantined)]
+
+    def quarantined_content(self, qid: int) -> bytes | None:
+        row = self._one(self.sql.quarantined_content, (qid,))
+        return None if row is None else bytes(row[0])
+
+    def purge_quarantine(self, now: int) -> int:
+        ids = [row[0] for row in self._all(self.sql.expired, (now,))]
+        self._delete_quarantined(ids)
+        return len(ids)
+
+    def drop_quarantined(self, ids: Sequence[int]) -> None:
+        self._delete_quarantined(sorted(set(ids)))
+
+    # read models
+    def snapshots_of(self, profile_id: str) -> dict[str, tuple[int, int, bytes]]:
+        return {name: (pv, sv, bytes(payload))
+                for name, pv, sv, payload in self._all(self.sql.snapshots_of, (profile_id,))}
+
+    def snapshots_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, tuple[int, int, bytes]]]:
+        out: dict[str, dict[str, tuple[int, int, bytes]]] = {}
+        for part in self._chunks(profile_ids):
+            for pid, name, pv, sv, payload in self._all(self.sql.snapshots_of_many, (part,)):
+                out.setdefault(pid, {})[name] = (pv, sv, bytes(payload))
+        return out
+
+    def rfm_of(self, profile_id: str) -> dict[str, int] | None:
+        row = self._one(self.sql.rfm_of, (profile_id,))
+        return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
+
+    def rfm_scores(self) -> dict[str, dict[str, int]]:
+        return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in self._all(self.sql.rfm_scores)}
+
+    def index_size(self) -> int:
+        row = self._one(self.sql.index_size)
+        return int(row[0]) if row else 0
+
+    def index_rows(self, after: str = "", limit: int = -1) -> list[tuple[str, int, str, int | None, int | None,
+                                                                     int | None]]:
+        return self._all(self.sql.index_rows, (after, self._limit(limit)))
+
+    def profile_rows(self, profile_ids: Sequence[str]) -> list[ProfileRow]:
+        return [ProfileRow._make(row) for part in self._chunks(profile_ids)
+                for row in self._all(self.sql.profile_rows, (part,))]
+
+    def clear_derived(self, projection: str | None = None) -> None:
+        for statement in self.sql.clear_person_rows:
+            self._run(statement)
+        if projection is None:
+            self._run(self.sql.clear_snapshots)
+        else:
+            self._run(self.sql.clear_projection, (projection,))
+
+    # models
+    def next_model_version(self, name: str) -> int:
+        row = self._one(self.sql.next_model_version, (name,))
+        return int(row[0] if row else 0) + 1
+
+    def add_model(self, name: str, version: int, created_at: int, meta: str, sha256: str, blob: bytes,
+                  people: Sequence[str]) -> None:
+        self._run(self.sql.add_model, (name, version, created_at, meta, sha256, blob))
+        self._add_model_people(name, version, people)
+
+    def model_rows(self, name: str | None = None
+                   ) -> list[tuple[str, int, int, str, int | None, str | None, str | None, str, str]]:
+        if name is None:
+            return self._all(self.sql.model_rows)
+        return self._all(self.sql.model_rows_of, (name,))
+
+    def model_blob(self, name: str, version: int) -> tuple[str, bytes] | None:
+        row = self._one(self.sql.model_blob, (name, version))
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def promote_model(self, name: str, version: int, at: int) -> None:
+        self._run(self.sql.retire_model, (name,))
+        self._run(self.sql.promote_model, (at, name, version))
+
+    def set_model_status(self, name: str, version: int, status: str) -> None:
+        self._run(self.sql.set_model_status, (status, name, version))
+
+    def set_model_drift(self, name: str, version: int, drift: str) -> None:
+        self._run(self.sql.set_model_drift, (drift, name, version))
+
+    def model_meta(self) -> list[tuple[str, int, str, str | None]]:
+        return self._all(self.sql.model_meta)
+
+    def replace_model_meta(self, name: str, version: int, meta: str | None, drift: str | None) -> None:
+        self._run(self.sql.replace_model_meta, (meta, drift, name, version))
+
+    def models_trained_on(self, profile_ids: Sequence[str]) -> list[tuple[str, int]]:
+        return sorted({(str(n), int(v)) for n, v in self._pairs(self.sql.trained_on, profile_ids)})
+
+    def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
+        self._many(self.sql.mark_stale, [(reason, n, v) for n, v in versions])
+
+    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
+        if model is not None:
+            self._run(self.sql.drop_predictions, (model,))
+        self._many(self.sql.put_predictions, rows)
+
+    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
+        return [row for part in self._chunks(profile_ids) for row in self._all(self.sql.predictions_of, (part,))]
+
+    # access
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
+        if not self._insert_unique(self.sql.put_token, row):
+            raise ConfigurationError(f"a token named {row[0]!r} already exists")
+
+    def token_by_digest(self, digest: bytes) -> TokenRow | None:
+        row = self._one(self.sql.token_by_digest, (digest,))
+        return None if row is None else _token(row)
+
+    def tokens(self) -> list[TokenRow]:
+        return [_token(row) for row in self._all(self.sql.tokens)]
+
+    def revoke_token(self, name: str, now: int) -> bool:
+        return self._run(self.sql.revoke_token, (now, name)) == 1
+
+    def spend_privacy(self, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
+        row = self._one(self.sql.spend_privacy, privacy_charge(name, epsilon, delta))
+        return None if row is None else (float(row[0]), float(row[1]))
+
+    def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
+        self._many(self.sql.append_audit, [(*row, self._tag("audit", row)) for row in rows])
+
+    def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
+                   ) -> list[tuple[int, int, str, str, str, str, str, str]]:
+        if profile_id is None:
+            return self._all(self.sql.audit_rows, (after, limit))
+        return self._all(self.sql.audit_rows_of, (after, profile_id, limit))
+
+    def counts(self) -> dict[str, int]:
+        out = {}
+        for table, statement in zip(COUNTED, self.sql.counts, strict=True):
+            row = self._one(statement)
+            out[table] = int(row[0]) if row else 0
+        return out
+
+
+def _token(row: Sequence[Any]) -> TokenRow:
+    name, digest, *rest = row
+    return TokenRow(name, bytes(digest), *rest)

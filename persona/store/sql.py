@@ -1,0 +1,192 @@
+"""The statements both backends run, written once.
+
+Each is text with `{p}` where a value is bound and `{text}`, `{bytea}` or `{bigint}` where a
+list of values is (an IN list of that type); `Statements.formatted` puts in a backend's
+placeholder and its list syntax once, at import: SQLite's `?` and `IN (?*)` (the marker is
+expanded to one `?` per value when the statement runs), PostgreSQL's `%s` and `= ANY(%s::text[])`
+(one array parameter). Only constant table and column names are ever put into the text;
+every value is bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from persona.store.schema import COUNTED, DERIVED_TABLES, PERSON_ROWS, TABLES
+
+EVENT_COLUMNS = "e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
+# Events carry a small integer stream number (streams.stream_no) instead of the profile id:
+# the (stream, version) index stays a quarter of the size, and appends dirty fewer pages.
+EVENT_SELECT = "SELECT " + EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
+TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
+AUDIT_SELECT = "SELECT " + ", ".join(TABLES["audit"][:-1]) + " FROM audit"
+MODEL_SELECT = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
+
+# Charging an answer to a token's privacy budget: ε and δ together or neither, never past
+# either budget (a relative slack of 1e-9 absorbs the rounding of sums of charges). The
+# parameters come from `privacy_charge`.
+SPEND_PRIVACY = (
+    "UPDATE api_tokens SET epsilon_spent = epsilon_spent + {p}, delta_spent = delta_spent + {p}, tag = NULL"
+    " WHERE name = {p} AND revoked_at IS NULL"
+    " AND epsilon_spent + {p} <= epsilon_budget * (1 + 1e-9) AND delta_spent + {p} <= delta_budget * (1 + 1e-9)"
+    " RETURNING epsilon_budget - epsilon_spent, delta_budget - delta_spent")
+
+
+def privacy_charge(name: str, epsilon: float, delta: float) -> tuple[float, float, str, float, float]:
+    """The parameters of SPEND_PRIVACY; a charge that is negative or not a finite number is refused."""
+    if not (0 <= epsilon < float("inf") and 0 <= delta < float("inf")):  # NaN fails too
+        raise ValueError("a privacy charge is two finite numbers, neither negative")
+    return epsilon, delta, name, epsilon, delta
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    # the log
+    existing_keys: str = "SELECT event_key FROM {event_keys} WHERE event_key {bytea}"
+    last_position: str = "SELECT coalesce(max(position), 0) FROM events"
+    read_stream: str = EVENT_SELECT + " WHERE s.stream_id = {p} AND e.version > {p} ORDER BY e.version"
+    read_streams: str = EVENT_SELECT + " WHERE e.stream_no {bigint} ORDER BY e.stream_no, e.version"
+    read_page: str = EVENT_SELECT + " WHERE s.stream_id = {p} AND e.version < {p} ORDER BY e.version DESC LIMIT {p}"
+    read_page_typed: str = (EVENT_SELECT + " WHERE s.stream_id = {p} AND e.version < {p} AND e.type {text}"
+                            " ORDER BY e.version DESC LIMIT {p}")
+    read_across: str = (EVENT_SELECT + " WHERE s.stream_id {text} AND e.position < {p}"
+                        " ORDER BY e.position DESC LIMIT {p}")
+    read_across_typed: str = (EVENT_SELECT + " WHERE s.stream_id {text} AND e.position < {p} AND e.type {text}"
+                              " ORDER BY e.position DESC LIMIT {p}")
+    read_all: str = EVENT_SELECT + " WHERE e.position > {p} ORDER BY e.position LIMIT {p}"
+    read_log: str = ("SELECT position, stream_no, version, event_key, type, recorded_at, payload FROM events"
+                     " WHERE position > {p} ORDER BY position LIMIT {p}")
+    stream_names: str = "SELECT stream_no, stream_id FROM streams WHERE stream_no {bigint}"
+    # streams and keys
+    heads: str = ("SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
+                  " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id {text}")
+    created_at: str = "SELECT created_at FROM streams WHERE stream_id = {p}"
+    kek_versions: str = "SELECT kek_version FROM keys UNION SELECT kek_version FROM system_keys"
+    wrapped_keys: str = "SELECT profile_id, kek_version, wrapped FROM keys"
+    rewrap: str = "UPDATE keys SET kek_version = {p}, wrapped = {p}, tag = NULL WHERE profile_id = {p}"
+    system_key: str = "SELECT kek_version, wrapped FROM system_keys WHERE name = {p}"
+    system_keys: str = "SELECT name, kek_version, wrapped FROM system_keys"
+    put_system_key: str = (
+        "INSERT INTO system_keys (name, kek_version, wrapped) VALUES ({p}, {p}, {p}) ON CONFLICT (name)"
+        " DO UPDATE SET kek_version = excluded.kek_version, wrapped = excluded.wrapped, tag = NULL")
+    # identity links and merges
+    resolve: str = "SELECT subject_hash, profile_id FROM links WHERE subject_hash {bytea}"
+    insert_links: str = ("INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag)"
+                         " VALUES ({p}, {p}, {p}, {p}, {p})")
+    links_of: str = "SELECT subject_hash, namespace FROM links WHERE profile_id = {p} ORDER BY created_at, namespace"
+    links_of_many: str = ("SELECT profile_id, subject_hash, namespace FROM links WHERE profile_id {text}"
+                          " ORDER BY created_at, namespace")
+    persons_of: str = "SELECT profile_id, person_id FROM members WHERE profile_id {text}"
+    members_of: str = ("SELECT m.person_id, m.profile_id FROM members m JOIN streams s ON s.stream_id = m.profile_id"
+                       " WHERE m.person_id {text} ORDER BY s.stream_no")
+    merge_edges: str = ("SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges WHERE a {text} UNION"
+                        " SELECT edge, a, b, a_hash, b_hash, merged_at, undone_at FROM merges WHERE b {text}")
+    add_merge: str = ("INSERT INTO merges (a, b, a_hash, b_hash, merged_at) VALUES ({p}, {p}, {p}, {p}, {p})"
+                      " RETURNING edge")
+    undo_merges: str = "UPDATE merges SET undone_at = {p}, tag = NULL WHERE edge {bigint} AND undone_at IS NULL"
+    set_members: str = ("INSERT INTO members (profile_id, person_id) VALUES ({p}, {p})"
+                        " ON CONFLICT (profile_id) DO UPDATE SET person_id = excluded.person_id, tag = NULL")
+    drop_members: str = "DELETE FROM members WHERE profile_id {text}"
+    lagging: str = (
+        "SELECT p.person FROM (SELECT coalesce(m.person_id, s.stream_id) AS person, sum(s.version) AS version"
+        " FROM streams s JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN members m ON m.profile_id = s.stream_id"
+        " GROUP BY 1) p LEFT JOIN profile_index i ON i.profile_id = p.person"
+        " WHERE i.version IS NULL OR i.version != p.version ORDER BY p.person")
+    drop_person_rows: tuple[str, ...] = tuple(f"DELETE FROM {table} WHERE profile_id {{text}}"
+                                              for table in PERSON_ROWS)
+    # erasure (schema.ERASED_FROM)
+    stream_version: str = "SELECT version FROM streams WHERE stream_id = {p}"
+    erase_key: str = "DELETE FROM keys WHERE profile_id = {p}"
+    erase_links: str = "DELETE FROM links WHERE profile_id = {p}"
+    erase_merges: str = "DELETE FROM merges WHERE a = {p} OR b = {p}"
+    erase_members: str = "DELETE FROM members WHERE profile_id = {p}"
+    erase_derived: tuple[str, ...] = tuple(f"DELETE FROM {table} WHERE profile_id = {{p}}" for table in DERIVED_TABLES)
+    erase_model_people: str = "DELETE FROM model_people WHERE profile_id = {p}"
+    write_tombstone: str = ("INSERT INTO tombstones (profile_id, erased_at, events, tag) VALUES ({p}, {p}, {p}, {p})"
+                            " ON CONFLICT (profile_id) DO NOTHING")
+    tombstone: str = "SELECT erased_at FROM tombstones WHERE profile_id = {p}"
+    # quarantine
+    tagged: str = "SELECT DISTINCT quarantine_id FROM quarantine_tags WHERE subject_hash {bytea}"
+    delete_quarantined: tuple[str, ...] = ("DELETE FROM quarantine WHERE id {bigint}",
+                                           "DELETE FROM quarantine_tags WHERE quarantine_id {bigint}")
+    held: str = "SELECT id FROM quarantine WHERE content_hash = {p}"
+    hold: str = ("INSERT INTO quarantine (recorded_at, origin, line, reason, size, content, content_hash, expires_at)"
+                 " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id")
+    hold_again: str = ("UPDATE quarantine SET recorded_at = {p}, reason = {p}, expires_at = {p}, tag = NULL"
+                       " WHERE id = {p}")
+    tag_held: str = ("INSERT INTO quarantine_tags (quarantine_id, subject_hash) VALUES ({p}, {p})"
+                     " ON CONFLICT DO NOTHING")
+    quarantined: str = "SELECT id, recorded_at, origin, line, reason, size, expires_at FROM quarantine ORDER BY id"
+    quarantined_content: str = "SELECT content FROM quarantine WHERE id = {p}"
+    expired: str = "SELECT id FROM quarantine WHERE expires_at <= {p}"
+    # read models
+    snapshots_of: str = ("SELECT projection, projection_version, stream_version, payload FROM snapshots"
+                         " WHERE profile_id = {p}")
+    snapshots_of_many: str = ("SELECT profile_id, projection, projection_version, stream_version, payload"
+                              " FROM snapshots WHERE profile_id {text}")
+    rfm_of: str = "SELECT r, f, m FROM rfm WHERE profile_id = {p}"
+    rfm_scores: str = "SELECT profile_id, r, f, m FROM rfm"
+    index_size: str = "SELECT count(*) FROM profile_index"
+    index_rows: str = ("SELECT i.profile_id, i.version, i.doc, r.r, r.f, r.m FROM profile_index i"
+                       " LEFT JOIN rfm r ON r.profile_id = i.profile_id WHERE i.profile_id > {p}"
+                       " ORDER BY i.profile_id LIMIT {p}")
+    # one row per profile for the API: its head, last change, read-model row and RFM scores
+    profile_rows: str = (
+        "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m,"
+        " m.person_id FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
+        " LEFT JOIN members m ON m.profile_id = s.stream_id"
+        " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
+        " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id {text}")
+    clear_person_rows: tuple[str, ...] = tuple(f"DELETE FROM {table}" for table in PERSON_ROWS)
+    clear_snapshots: str = "DELETE FROM snapshots"
+    clear_projection: str = "DELETE FROM snapshots WHERE projection = {p}"
+    # models
+    next_model_version: str = "SELECT coalesce(max(version), 0) FROM models WHERE name = {p}"
+    add_model: str = ("INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"
+                      " VALUES ({p}, {p}, {p}, 'candidate', {p}, {p}, {p})")
+    model_rows: str = MODEL_SELECT + " ORDER BY name, version DESC"
+    model_rows_of: str = MODEL_SELECT + " WHERE name = {p} ORDER BY version DESC"
+    model_blob: str = "SELECT sha256, blob FROM models WHERE name = {p} AND version = {p}"
+    retire_model: str = "UPDATE models SET status = 'retired', tag = NULL WHERE name = {p} AND status = 'promoted'"
+    promote_model: str = ("UPDATE models SET status = 'promoted', promoted_at = {p}, tag = NULL"
+                          " WHERE name = {p} AND version = {p}")
+    set_model_status: str = "UPDATE models SET status = {p}, tag = NULL WHERE name = {p} AND version = {p}"
+    set_model_drift: str = "UPDATE models SET drift = {p}, tag = NULL WHERE name = {p} AND version = {p}"
+    model_meta: str = "SELECT name, version, meta, drift FROM models"
+    replace_model_meta: str = "UPDATE models SET meta = {p}, drift = {p} WHERE name = {p} AND version = {p}"
+    trained_on: str = "SELECT DISTINCT name, version FROM model_people WHERE profile_id {text}"
+    mark_stale: str = "UPDATE models SET stale = {p}, tag = NULL WHERE name = {p} AND version = {p}"
+    drop_predictions: str = "DELETE FROM predictions WHERE model = {p}"
+    put_predictions: str = (
+        "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES ({p}, {p}, {p}, {p}, {p})"
+        " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
+        " computed_at = excluded.computed_at, doc = excluded.doc, tag = NULL")
+    predictions_of: str = ("SELECT profile_id, model, version, computed_at, doc FROM predictions"
+                           " WHERE profile_id {text} ORDER BY model, profile_id")
+    # access
+    put_token: str = ("INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
+                      " delta_budget, sources, types, epsilon_spent, delta_spent)"
+                      " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, 0, 0)")
+    token_by_digest: str = TOKEN_SELECT + " WHERE digest = {p} AND revoked_at IS NULL"
+    tokens: str = TOKEN_SELECT + " ORDER BY created_at, name"
+    revoke_token: str = "UPDATE api_tokens SET revoked_at = {p}, tag = NULL WHERE name = {p} AND revoked_at IS NULL"
+    spend_privacy: str = SPEND_PRIVACY
+    append_audit: str = ("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
+                         " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+    audit_rows: str = AUDIT_SELECT + " WHERE seq > {p} ORDER BY seq LIMIT {p}"
+    audit_rows_of: str = AUDIT_SELECT + " WHERE seq > {p} AND profile_id = {p} ORDER BY seq LIMIT {p}"
+    counts: tuple[str, ...] = tuple(f"SELECT count(*) FROM {table}" for table in COUNTED)
+
+    def formatted(self, *, p: str, in_list: str, event_keys: str) -> Statements:
+        """Every statement in one backend's syntax: `in_list` is the list form with `{type}` in it
+        ("IN (?*)", or "= ANY(%s::{type}[])"), `event_keys` the table holding the log's event keys."""
+        names = {"p": p, "event_keys": event_keys,
+                 **{kind: in_list.format(type=kind) for kind in ("text", "bytea", "bigint")}}
+        done: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            text = getattr(self, field.name)
+            done[field.name] = (text.format(**names) if isinstance(text, str)
+                                else tuple(part.format(**names) for part in text))
+        return dataclasses.replace(self, **done)

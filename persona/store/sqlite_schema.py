@@ -1,0 +1,247 @@
+"""The SQLite store's schema, made by sqlite-utils: on create, and on every open the parts a
+later release added (each is additive), then the columns of schema.COLUMNS_ADDED. PostgreSQL's
+is plain DDL (persona.store.postgres_schema)."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import sqlite_utils
+
+from persona.store import schema
+
+# append-only, in the file: no UPDATE or DELETE of the log, the tombstones or the audit log
+ACCESS_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
+"""
+
+TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (DELETE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_are_written_once BEFORE INSERT ON tombstones
+WHEN EXISTS (SELECT 1 FROM tombstones WHERE profile_id = NEW.profile_id)
+BEGIN SELECT RAISE(IGNORE); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_are_final_update BEFORE UPDATE ON tombstones
+BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS tombstones_are_final_delete BEFORE DELETE ON tombstones
+BEGIN SELECT RAISE(ABORT, 'persona: tombstones are final (DELETE refused)'); END;
+"""
+
+# the UPDATE triggers lifted while rows written before row tags are tagged (adopt_tags)
+UPDATE_TRIGGERS = {"audit": ("audit_is_append_only_update",), "tombstones": ("tombstones_are_final_update",)}
+
+_MERGES_TABLE = """
+CREATE TABLE IF NOT EXISTS merges (edge INTEGER PRIMARY KEY AUTOINCREMENT, a TEXT NOT NULL, b TEXT NOT NULL,
+a_hash BLOB NOT NULL, b_hash BLOB NOT NULL, merged_at INTEGER NOT NULL, undone_at INTEGER);
+"""
+
+
+class SQLiteSchema:
+    """Making and upgrading the schema: a part of SQLiteRecorder."""
+
+    if TYPE_CHECKING:
+        conn: sqlite3.Connection
+        db: sqlite_utils.Database
+
+        def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]: ...
+        def get_meta(self, key: str) -> str | None: ...
+        def set_meta(self, key: str, value: str) -> None: ...
+
+    def _upgrade(self) -> None:
+        """Columns added since the store was made (schema.COLUMNS_ADDED), once, under the write lock."""
+        if int(self.get_meta("schema_revision") or 1) >= schema.SCHEMA_REVISION:
+            return
+        with self.transaction():
+            for _, table, column, declaration in schema.COLUMNS_ADDED:
+                present = {row[1] for row in self.conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+                if column not in present:  # constant names of persona.store.base, never input
+                    self.conn.execute(f"ALTER TABLE [{table}] ADD COLUMN {column} {declaration}")
+            for statement in schema.UNTAGGED_INDEXES:
+                self.conn.execute(statement)
+            self.set_meta("schema_revision", str(schema.SCHEMA_REVISION))
+
+    def _create_schema(self) -> None:
+        db = self.db
+        with self.transaction():
+            db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db.table("events").create(
+                {
+                    "position": int,
+                    "stream_no": int,
+                    "version": int,
+                    "event_key": bytes,
+                    "type": str,
+                    "recorded_at": int,
+                    "payload": bytes,
+                    "hash": bytes,
+                },
+                pk="position",
+                not_null={"stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"},
+                if_not_exists=True,
+            )
+            db.table("events").create_index(["stream_no", "version"], unique=True, if_not_exists=True)
+            db.table("events").create_index(["event_key"], unique=True, if_not_exists=True)
+            db.table("streams").create(
+                {"stream_no": int, "stream_id": str, "version": int, "head": bytes, "created_at": int},
+                pk="stream_no",
+                not_null={"stream_id", "version", "head", "created_at"},
+                if_not_exists=True,
+            )
+            db.table("streams").create_index(["stream_id"], unique=True, if_not_exists=True)
+            db.table("keys").create(
+                {"profile_id": str, "kek_version": int, "wrapped": bytes},
+                pk="profile_id",
+                not_null={"kek_version", "wrapped"},
+                if_not_exists=True,
+            )
+            db.table("system_keys").create(
+                {"name": str, "kek_version": int, "wrapped": bytes},
+                pk="name",
+                not_null={"kek_version", "wrapped"},
+                if_not_exists=True,
+            )
+            db.table("links").create(
+                {"subject_hash": bytes, "profile_id": str, "namespace": str, "created_at": int},
+                pk="subject_hash",
+                not_null={"profile_id", "namespace", "created_at"},
+                if_not_exists=True,
+            )
+            db.table("links").create_index(["profile_id"], if_not_exists=True)
+            db.table("tombstones").create(
+                {"profile_id": str, "erased_at": int, "events": int},
+                pk="profile_id",
+                not_null={"erased_at", "events"},
+                if_not_exists=True,
+            )
+            db.table("quarantine").create(
+                {
+                    "id": int,
+                    "recorded_at": int,
+                    "origin": str,
+                    "line": int,
+                    "reason": str,
+                    "size": int,
+                    "content": bytes,
+                    "content_hash": bytes,
+                    "expires_at": int,
+                },
+                pk="id",
+                if_not_exists=True,
+            )
+            db.table("quarantine").create_index(["content_hash"], unique=True, if_not_exists=True)
+            db.table("quarantine").create_index(["expires_at"], if_not_exists=True)
+            db.table("quarantine_tags").create(
+                {"quarantine_id": int, "subject_hash": bytes},
+                pk=("subject_hash", "quarantine_id"),
+                if_not_exists=True,
+            )
+            self._run_script(TRIGGERS)
+            self.set_meta("schema_version", schema.SCHEMA_VERSION)
+
+    def _create_derived_schema(self) -> None:
+        """Read models and snapshots: disposable, rebuilt from the log (additive, so made on open)."""
+        if "rfm" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("snapshots").create(
+                {"profile_id": str, "projection": str, "projection_version": int, "stream_version": int,
+                 "payload": bytes},
+                pk=("profile_id", "projection"),
+                not_null={"projection_version", "stream_version", "payload"},
+                if_not_exists=True,
+            )
+            db.table("profile_index").create(
+                {"profile_id": str, "version": int, "doc": str},
+                pk="profile_id",
+                not_null={"version", "doc"},
+                if_not_exists=True,
+            )
+            db.table("rfm").create(
+                {"profile_id": str, "r": int, "f": int, "m": int},
+                pk="profile_id",
+                not_null={"r", "f", "m"},
+                if_not_exists=True,
+            )
+
+    def _create_merge_schema(self) -> None:
+        """Merges of profiles found to be one person (additive, so made on open).
+
+        `merges` holds each join (the two streams and the keyed hashes of the identifiers
+        whose link made it; undone ones are kept, so the same wrong link is not made again);
+        `members` maps each stream of a merged person to the person's id (its oldest stream).
+        Both are identity tables, like `links`: erasure deletes the person's rows.
+        """
+        if "members" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            # AUTOINCREMENT: a merge's number is never reused, even after an erasure deleted the newest
+            self._run_script(_MERGES_TABLE)
+            db.table("merges").create_index(["a"], if_not_exists=True)
+            db.table("merges").create_index(["b"], if_not_exists=True)
+            db.table("members").create({"profile_id": str, "person_id": str}, pk="profile_id",
+                                       not_null={"person_id"}, if_not_exists=True)
+            db.table("members").create_index(["person_id"], if_not_exists=True)
+
+    def _create_model_schema(self) -> None:
+        """The model registry (population-level: sealed skops files, metrics, training windows),
+        who each version was trained on (named in erasure receipts; a person's rows go with
+        them), and the predictions read model (additive, so made on open)."""
+        if "predictions" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("models").create(
+                {"name": str, "version": int, "created_at": int, "status": str, "promoted_at": int,
+                 "stale": str, "drift": str, "meta": str, "sha256": str, "blob": bytes},
+                pk=("name", "version"),
+                not_null={"created_at", "status", "meta", "sha256", "blob"},
+                if_not_exists=True,
+            )
+            db.table("model_people").create(
+                {"profile_id": str, "name": str, "version": int}, pk=("profile_id", "name", "version"),
+                if_not_exists=True,
+            )
+            db.table("predictions").create(
+                {"profile_id": str, "model": str, "version": int, "computed_at": int, "doc": str},
+                pk=("profile_id", "model"),
+                not_null={"version", "computed_at", "doc"},
+                if_not_exists=True,
+            )
+
+    def _run_script(self, script: str) -> None:
+        """Constant statements of this module, one by one (inside the caller's transaction)."""
+        for statement in script.strip().split(";\n"):
+            if statement.strip():
+                self.conn.execute(statement if statement.endswith(";") else statement + ";")
+
+    def _create_access_schema(self) -> None:
+        """API tokens (hashes only) and the append-only audit log (additive, so made on open)."""
+        if "audit" in self.db.table_names():
+            return
+        db = self.db
+        with self.transaction():
+            db.table("api_tokens").create(
+                {"name": str, "digest": bytes, "scopes": str, "created_at": int, "revoked_at": int,
+                 "rate_per_s": float, "epsilon_budget": float, "epsilon_spent": float},
+                pk="name",
+                not_null={"digest", "scopes", "created_at", "rate_per_s", "epsilon_budget", "epsilon_spent"},
+                if_not_exists=True,  # and the columns of schema.COLUMNS_ADDED, by _upgrade
+            )
+            db.table("api_tokens").create_index(["digest"], unique=True, if_not_exists=True)
+            db.table("audit").create(
+                {"seq": int, "at": int, "token": str, "operation": str, "profile_id": str, "fields": str},
+                pk="seq",
+                not_null={"at", "token", "operation", "profile_id", "fields"},
+                if_not_exists=True,
+            )
+            db.table("audit").create_index(["profile_id"], if_not_exists=True)
+            self._run_script(ACCESS_TRIGGERS)
