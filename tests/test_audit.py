@@ -448,3 +448,32 @@ def test_an_api_erasure_of_an_identifier_no_profile_holds_is_audited_with_what_i
     assert found == [("eraseProfile", "", "NOT_FOUND", {"subject": "email", "quarantinePurged": 1, "count": 1}),
                      ("eraseProfile", "", "NOT_FOUND", {"count": 1})]
     assert ghost.encode() not in audit_bytes(settings).lower()
+
+
+def test_a_flush_cancelled_at_shutdown_while_its_write_waits_loses_no_entry(tmp_path: Path) -> None:
+    """The flusher's write queued behind a long job on the writer thread when the server stops:
+    cancelling the flusher must not cancel the write (its entries were taken from the buffer)."""
+    import asyncio
+    import threading
+
+    from persona.api.app import GRAPHQL_SCHEMA
+    from persona.api.context import ApiState
+
+    settings = Settings.load(tmp_path / "data", env={})
+    Persona.init(settings).close()
+    release = threading.Event()
+
+    async def serve_and_stop() -> None:
+        state = ApiState(settings, GRAPHQL_SCHEMA, ServerOptions())
+        await state.start()
+        busy = asyncio.ensure_future(state.writer.run(lambda persona: release.wait(10)))  # e.g. an ingest
+        state.audit.record("ops", "ingestEvents", "", "", "{}")
+        flushing = asyncio.ensure_future(state.flush_audit())
+        await asyncio.sleep(0.1)  # the write waits behind the busy job
+        flushing.cancel()  # as stop() cancels the flusher
+        release.set()
+        await busy
+        await state.stop()
+
+    asyncio.run(serve_and_stop())
+    assert [(e.writer, e.operation) for e in entries(settings)] == [("ops", "ingestEvents")]

@@ -183,6 +183,7 @@ class ApiState:
         self._refusals_written = 0.0
         self.purger = Worker(settings, "purge")
         self._flusher: asyncio.Task[None] | None = None
+        self._audit_writes: set[asyncio.Future[None]] = set()  # flushes' writes under way
         self._purging: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._feed_persona = Persona.open(settings)  # the feed's own connection (it blocks, waiting)
@@ -236,12 +237,21 @@ class ApiState:
 
     async def flush_audit(self, *, refusals: bool = True) -> None:
         rows = self.audit.take(refusals=refusals)
-        if rows:
-            try:
-                await self.writer.run(write_audit, rows)
-            except Exception:
+        if not rows:
+            return
+        writing = asyncio.ensure_future(self.writer.run(write_audit, rows))
+
+        def kept(job: asyncio.Future[None]) -> None:
+            if job.cancelled() or job.exception() is not None:
                 self.audit.put_back(rows)  # kept for the next try; never dropped
-                raise
+
+        writing.add_done_callback(kept)
+        self._audit_writes.add(writing)
+        writing.add_done_callback(self._audit_writes.discard)
+        # Shielded: a flush cancelled at shutdown while its write waits behind another job on the
+        # writer thread would otherwise cancel that job before it runs, and lose its entries;
+        # stop() waits for it instead.
+        await asyncio.shield(writing)
 
     async def _flush_audit_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -308,6 +318,8 @@ class ApiState:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        if self._audit_writes:  # a write the flusher began: done (or failed, its entries put back) first
+            await asyncio.wait(list(self._audit_writes))
         try:
             await self.score_rfm(due=True)
             await self.flush_audit()
