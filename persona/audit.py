@@ -90,6 +90,13 @@ def record_local(persona: Persona, command: str, operation: str, profile_ids: It
     write(persona, local_entries(command, operation, profile_ids, fields=fields, outcome=outcome, **detail))
 
 
+def entries(persona: Persona, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
+            ) -> list[tuple[int, int, str, str, str, str, str, str]]:
+    """Entries after number `after` (at most `limit`; only those about `profile_id` if given), in
+    order: (seq, at µs, writer, operation, profile id, fields, outcome, detail JSON)."""
+    return persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
+
+
 def write(persona: Persona, entries: list[Entry]) -> None:
     if entries:
         with persona.recorder.transaction():

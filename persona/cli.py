@@ -24,18 +24,15 @@ from persona.audit import OK, filter_shape, named, namespace_of, record_local
 from persona.backup import backup as backup_db
 from persona.backup import restore as restore_db
 from persona.core import Persona, load_keyring
-from persona.erasure import erase_profile, erase_subject, ledger_of, verify_receipt, write_receipt
+from persona.erasure import ledger_of, verify_receipt, write_receipt
 from persona.errors import ConfigurationError, ErasedError, PersonaError, TamperError, UnknownProfileError
 from persona.events import from_micros, local, micros
-from persona.identity import person_of
 from persona.ingest import IngestReport, ingest_records
 from persona.ingest.dryrun import dry_run as dry_run_records
 from persona.ingest.jsonl import jsonl_records
 from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
 from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
-from persona.linking import link as link_identities
-from persona.linking import unlink as unlink_identities
 from persona.population import (
     GROUPABLE,
     LABELS,
@@ -49,7 +46,10 @@ from persona.population import (
 )
 from persona.profiles import profile_view, read_person
 from persona.progress import Interruption, ProgressLines, counting, reading, stopped_by_signals
-from persona.projector import rebuild as rebuild_projections
+from persona.services.people import erase as erase_person
+from persona.services.people import link_identities, unlink_identities
+from persona.services.people import person as person_of
+from persona.services.store import drop_quarantined, live_and_erased, stream_count
 from persona.settings import Settings
 from persona.verify import UNREADABLE
 from persona.verify import verify as verify_store
@@ -456,7 +456,7 @@ def history(ctx: click.Context, subject: str | None, profile: str | None, as_jso
     from every profile merged into them)."""
     require_one(subject, profile)
     with opened(ctx) as persona:
-        person = person_of(persona.recorder, _profile_id(persona, subject, profile))
+        person = person_of(persona, _profile_id(persona, subject, profile))
         record_local(persona, "history", "history", [person.id], **_who(subject))
         for event in read_person(persona, person):
             if as_json:
@@ -478,7 +478,7 @@ def link(ctx: click.Context, first: str, second: str) -> None:
     two must be known already; a new one gets a profile of its own, merged the same way, where
     what arrives for it from then on goes. `persona unlink` undoes the merge."""
     with opened(ctx) as persona:
-        linked = link_identities(persona, parse_subject(first), parse_subject(second), writer=local("link"))
+        linked = link_identities(persona, parse_subject(first), parse_subject(second), local("link"))
         record_local(persona, "link", "link", [linked.person], namespaces=_namespaces(first, second),
                      merged=linked.merged)
     if linked.created:
@@ -500,7 +500,7 @@ def unlink(ctx: click.Context, first: str, second: str) -> None:
     mistyped e-mail). Both people come back with their own histories, and a later record
     linking the two does not merge them again (only `persona link` does)."""
     with opened(ctx) as persona:
-        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second), writer=local("unlink"))
+        unlinked = unlink_identities(persona, parse_subject(first), parse_subject(second), local("unlink"))
         record_local(persona, "unlink", "unlink", unlinked.people, namespaces=_namespaces(first, second),
                      mergesUndone=unlinked.merges_undone)
     click.echo(f"separated: profiles {unlinked.people[0]} and {unlinked.people[1]}"
@@ -531,11 +531,7 @@ def erase(ctx: click.Context, subject: str | None, profile: str | None, receipt_
         raise click.BadParameter("its folder does not exist", param_hint="--receipt")
     with opened(ctx) as persona:
         try:
-            if subject:
-                erasure = erase_subject(persona, *parse_subject(subject))
-            else:
-                assert profile
-                erasure = erase_profile(persona, profile)
+            erasure = erase_person(persona, profile_id=profile, subject=parse_subject(subject) if subject else None)
         except (UnknownProfileError, ErasedError) as e:  # nobody erased; a subject's quarantined records may be
             purged = e.purged if isinstance(e, UnknownProfileError) else 0
             record_local(persona, "erase", "erase", outcome="NOT_FOUND", quarantinePurged=purged, **_who(subject))
@@ -591,11 +587,11 @@ def purge(ctx: click.Context, force: bool, rewrite: bool, wait_s: float, as_json
     once a window. On SQLite each erasure purges at once; this retries one a reader held up.
     Exit 0 when done or not due, 3 when it could not finish (it stays due).
     """
-    from persona.purge import mark_of, run
+    from persona.purge import last_purge, run
 
     with opened(ctx) as persona, audited(persona, "purge", now=force, full=rewrite) as audit:
         outcome = run(persona, force=force, rewrite=rewrite, wait_s=wait_s)
-        last = mark_of(persona.recorder).done
+        last = last_purge(persona)
         audit.update(ran=outcome.ran, unfinished=outcome.ran and not outcome.done)
     when = {"due": outcome.due, "finished": outcome.finished, "last_purge": last}
     doc: dict[str, Any] = {"ran": outcome.ran, "done": outcome.done, "why_not": outcome.why,
@@ -740,7 +736,7 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
     from persona.projector import Projector
 
     with opened(ctx) as persona:
-        feed = ChangeFeed(persona.recorder, after)
+        feed = ChangeFeed.of(persona, after)
         projector = Projector(persona) if refresh else None
         refreshing: AbstractContextManager[dict[str, Any]] = (
             audited(persona, "follow", refresh=True) if refresh else nullcontext({}))
@@ -763,7 +759,7 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
                     grew = sorted({row.stream_id for row in rows})
                     line: dict[str, Any] = {"position": feed.position, "events": len(rows), "profiles": grew}
                     if projector is not None:
-                        erased = {pid for pid, head in persona.recorder.heads(grew).items() if head.wrapped is None}
+                        erased = live_and_erased(persona, grew)[1]
                         line["refreshed"] = projector.refresh([pid for pid in grew if pid not in erased])
                         audit["batches"] += 1
                         audit["events"] += len(rows)
@@ -1005,19 +1001,18 @@ def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> 
     Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
     """
     with opened(ctx) as persona, audited(persona, "rebuild", projection=projection is not None) as audit:
-        total = sum(1 for _ in persona.recorder.stream_ids())
+        from persona.services.models import rebuild_and_rescore  # heavy: loaded when the command runs
+
+        total = stream_count(persona)
         started = time.perf_counter()
         if sys.stderr.isatty():
             with click.progressbar(length=total, label="rebuilding", file=sys.stderr, show_eta=True) as bar:
-                done = rebuild_projections(persona, projection=projection, workers=workers, progress=bar.update)
+                rebuilt = rebuild_and_rescore(persona, projection=projection, workers=workers, progress=bar.update)
         else:  # a log or a CI job: a line every PERSONA_PROGRESS_S seconds, not a bar
             lines = ProgressLines(persona.settings.progress_s, lambda line: click.echo(line, err=True),
                                   counting("rebuilding", total, "profiles"))
-            done = rebuild_projections(persona, projection=projection, workers=workers, progress=lines)
-        events = persona.recorder.counts()["events"]
-        from persona.models.scoring import rescore  # models -> profiles -> projector
-
-        scored = rescore(persona)
+            rebuilt = rebuild_and_rescore(persona, projection=projection, workers=workers, progress=lines)
+        done, events, scored = rebuilt.profiles, rebuilt.events, rebuilt.predictions
         audit.update(profiles=done, predictions=scored)
     seconds = time.perf_counter() - started
     click.echo(f"rebuilt {done} profiles ({events} events in the log) in {seconds:.2f}s"
@@ -1075,8 +1070,7 @@ def ledger_adopt(ctx: click.Context, yes: bool) -> None:
             click.echo("nothing to adopt: the erasure ledger is signed already (or there is none)")
             return
         named = sorted({e.profile_id for e in found.entries if e.profile_id})
-        heads = persona.recorder.heads(named)
-        live = {pid for pid, head in heads.items() if head.wrapped is not None}
+        live, erased = live_and_erased(persona, named)
         click.echo(f"the erasure ledger {persona.settings.ledger_path} is not signed; the entries it holds"
                    f" ({len(found.entries)}), in order:")
         for n, entry in enumerate(found.entries, start=1):
@@ -1089,7 +1083,7 @@ def ledger_adopt(ctx: click.Context, yes: bool) -> None:
             if entry.profile_id in live:
                 note = ("  <- still has a live profile here: an erasure that never committed, or a line someone"
                         " added (after adopting, `persona verify` names it and `persona erase --profile` finishes it)")
-            elif entry.profile_id not in heads:
+            elif entry.profile_id not in erased:
                 note = "  (no such profile in this store)"
             click.echo(f"  {n:>5}  {when}  profile {entry.profile_id}{note}")
         if found.torn:
@@ -1144,8 +1138,7 @@ def quarantine(ctx: click.Context, ids: tuple[str, ...], as_json: bool, export: 
         rows = describe(persona)
         if resolve or purge:
             gone = _quarantined_ids(ids, {row["id"] for row in rows}) if resolve else [row["id"] for row in rows]
-            with persona.recorder.transaction():
-                persona.recorder.drop_quarantined(gone)
+            drop_quarantined(persona, gone)
             record_local(persona, "quarantine", "quarantine resolve" if resolve else "quarantine purge",
                          records=len(gone))
             click.echo(f"removed {len(gone)} quarantined record(s)")

@@ -23,7 +23,6 @@ import pytest
 from click.testing import CliRunner
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.audit import AuditBuffer, filter_shape, named
@@ -32,6 +31,7 @@ from persona.core import load_keyring
 from persona.ingest import ingest_jsonl
 from persona.migrate import open_store
 from persona.population import ProfileFilter, compute_rfm
+from persona.tokens import create_token
 from persona.verify import verify
 from tests.conftest import pg_schema, record
 from tests.test_api import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of

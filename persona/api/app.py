@@ -30,14 +30,15 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
 from persona.api.errors import ApiError, error, masked, request_values, scrub
 from persona.api.execution import Executor
 from persona.api.plan import Plan
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
+from persona.services.store import check_reachable
 from persona.settings import Settings
+from persona.tokens import Token
 
 log = logging.getLogger("persona.api")
 GRAPHQL_SCHEMA = schema._schema
@@ -259,7 +260,7 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
 async def healthz(request: Request) -> Response:
     state: ApiState = request.app.state.api
     try:
-        state.persona.recorder.get_meta("schema_version")
+        check_reachable(state.persona)
     except Exception:
         return JSONResponse({"status": "unavailable"}, 503)
     return JSONResponse({"status": "ok"})

@@ -47,9 +47,9 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
 
     import uvicorn
 
-    from persona.api.access import list_tokens
     from persona.api.app import create_app, log_config
     from persona.api.context import ServerOptions
+    from persona.tokens import list_tokens
 
     settings = settings_of(ctx)
     proxies = uvicorn_proxies(proxy_headers, forwarded_allow_ips)
@@ -117,8 +117,8 @@ def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: 
     A writing token may be bound to sources and event types; every event it writes records
     its name (sealed), as `token:NAME`.
     """
-    from persona.api.access import check_bindings, create_token, parse_names, parse_scopes
     from persona.audit import record_local
+    from persona.tokens import check_bindings, create_token, parse_names, parse_scopes
 
     wanted = parse_scopes(scopes)
     bound, kinds = parse_names(sources), parse_names(types)
@@ -154,7 +154,7 @@ def _writes(sources: frozenset[str] | list[str], types: frozenset[str] | list[st
 def tokens_list(ctx: click.Context, as_json: bool) -> None:
     """Tokens by name, with scopes, rate, privacy budget, what they may write (sources, event types)
     and state (never the token itself)."""
-    from persona.api.access import list_tokens
+    from persona.tokens import list_tokens
 
     with opened(ctx) as persona:
         found = list_tokens(persona)
@@ -182,8 +182,8 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
 @friendly
 def tokens_revoke(ctx: click.Context, name: str) -> None:
     """Revoke a token; running servers refuse it within two seconds."""
-    from persona.api.access import revoke_token
     from persona.audit import record_local
+    from persona.tokens import revoke_token
 
     with opened(ctx) as persona:
         revoke_token(persona, name)
@@ -208,10 +208,11 @@ def audit(ctx: click.Context, profile_id: str | None, after: int, limit: int, as
     the Profile fields read, the outcome (`ok` or the code of the refusal; refusals are
     counted, `detail.count`) and the shape of the question — names and counts, never a value.
     """
+    from persona.audit import entries
     from persona.events import from_micros
 
     with opened(ctx) as persona:
-        rows = persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
+        rows = entries(persona, after=after, limit=limit, profile_id=profile_id)
     for seq, at, token, operation, pid, fields, outcome, detail in rows:
         when = from_micros(at).isoformat()
         if as_json:

@@ -16,10 +16,11 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from persona.api.context import RequestContext
-from persona.api.data import HistoryPage, ProfileData, decode_cursor, encode_cursor, history_page
+from persona.api.data import ProfileData, decode_cursor, encode_cursor
 from persona.api.errors import ApiError
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent
+from persona.reading import HistoryPage, history_page
 
 T = TypeVar("T")
 

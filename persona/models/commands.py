@@ -16,6 +16,7 @@ from persona.cli import audited, cli, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
 from persona.errors import PersonaError, ValidationError
 from persona.models.tasks import FAMILIES, parse_task
+from persona.services.people import persons
 
 if TYPE_CHECKING:  # scikit-learn and skops load in seconds: only the model commands import them
     from persona.models import registry, scoring
@@ -27,22 +28,16 @@ def _say(message: str) -> None:
 
 def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
                promote: bool | None) -> registry.ModelVersion:
-    from persona.models import registry, scoring
-    from persona.models.train import train as train_model
+    from persona.services.models import train_and_publish  # heavy: loaded when the command runs
 
-    task = parse_task(name, horizon)
+    parse_task(name, horizon)  # a name that is no task is refused before the audit entry opens
     shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
     with audited(persona, "train", **shape) as audit:  # written when done, with its outcome
-        try:
-            trained = train_model(persona, task, cutoffs, progress=_say)
-        except (ValueError, ArithmeticError) as e:  # scikit-learn or SciPy refusing these rows
-            raise ValidationError(f"{name}: the model could not be fitted on these rows ({type(e).__name__}); try "
-                                  "other cutoffs or a longer history") from None
-        version = registry.save(persona, trained, promote=promote)
+        published = train_and_publish(persona, name, horizon, cutoffs, promote=promote, progress=_say)
+        version = published.version
         audit.update(version=version.version, promoted=version.status == "promoted")
-        if version.status == "promoted":
-            _say(f"scoring every profile with {name} v{version.version}…")
-            audit["predictions"] = scoring.score_all(persona, name)
+        if published.predictions is not None:
+            audit["predictions"] = published.predictions
     return version
 
 
@@ -165,10 +160,11 @@ def models(ctx: click.Context, as_json: bool) -> None:
 def models_promote(ctx: click.Context, name: str, version: int) -> None:
     """Serve VERSION of NAME (and rescore every profile with it)."""
     with opened(ctx) as persona, audited(persona, "models", operation="models promote", model=_model(name)) as audit:
-        from persona.models import registry, scoring
+        from persona.services.models import promote  # heavy: loaded when the command runs
 
-        v = registry.promote(persona, name, version)
-        audit.update(version=v.version, predictions=scoring.score_all(persona, name))
+        published = promote(persona, name, version)
+        v = published.version
+        audit.update(version=v.version, predictions=published.predictions)
     click.echo(f"{name} v{v.version} promoted")
 
 
@@ -179,10 +175,11 @@ def models_promote(ctx: click.Context, name: str, version: int) -> None:
 def models_rollback(ctx: click.Context, name: str) -> None:
     """Serve again the version of NAME promoted before the current one."""
     with opened(ctx) as persona, audited(persona, "models", operation="models rollback", model=_model(name)) as audit:
-        from persona.models import registry, scoring
+        from persona.services.models import rollback  # heavy: loaded when the command runs
 
-        v = registry.rollback(persona, name)
-        audit.update(version=v.version, predictions=scoring.score_all(persona, name))
+        published = rollback(persona, name)
+        v = published.version
+        audit.update(version=v.version, predictions=published.predictions)
     click.echo(f"{name} rolled back to v{v.version}")
 
 
@@ -247,9 +244,7 @@ def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | No
         record_local(persona, "predict", "predict", outcome="FAILED", subjects=len(ids), **shape)
         raise
     record_local(persona, "predict", "predict", ids, **shape)  # once it has run: each person scored
-    from persona.identity import persons
-
-    people = persons(persona.recorder, ids)
+    people = persons(persona, ids)
     by_stream = {m: p for p in found.values() for m in p.members}  # as of a past instant, a subject's
     out = []                                                       # stream may be a person of its own
     for given, pid, why in wanted:
