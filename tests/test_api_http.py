@@ -32,9 +32,9 @@ from websockets.typing import Subprotocol
 
 from persona import Persona, Settings
 from persona.api.app import create_app
-from persona.api.commands import GRACEFUL_SHUTDOWN_S, uvicorn_proxies
 from persona.api.context import ServerOptions
 from persona.cli import cli
+from persona.cli.serve import GRACEFUL_SHUTDOWN_S, uvicorn_proxies
 from persona.ingest import ingest_jsonl
 from persona.tokens import create_token
 from tests.conftest import record

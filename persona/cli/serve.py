@@ -7,14 +7,14 @@ from typing import Any
 import click
 import orjson
 
-from persona.cli import cli, emit_json, friendly, opened, settings_of
+from persona.cli.common import emit_json, friendly, opened, settings_of
 from persona.core import Persona
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM, open requests and subscriptions get this long before they are cancelled
 WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP allows 20 KB of query text
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -83,7 +83,7 @@ def uvicorn_proxies(proxy_headers: bool, forwarded_allow_ips: str | None) -> dic
     return {"proxy_headers": True, "forwarded_allow_ips": addresses}
 
 
-@cli.group()
+@click.group()
 def tokens() -> None:
     """API bearer tokens: create (shown once), list, revoke."""
 
@@ -191,7 +191,7 @@ def tokens_revoke(ctx: click.Context, name: str) -> None:
     click.echo(f"revoked {name}")
 
 
-@cli.command()
+@click.command()
 @click.option("--profile", "profile_id", metavar="ID", help="Only entries about this profile.")
 @click.option("--after", default=0, show_default=True, type=click.IntRange(min=0), help="Entries after this number.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000),

@@ -12,7 +12,7 @@ import click
 import orjson
 
 from persona.audit import record_local
-from persona.cli import audited, cli, emit_json, friendly, opened, parse_instant
+from persona.cli.common import audited, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
 from persona.errors import PersonaError, ValidationError
 from persona.models.tasks import FAMILIES, parse_task
@@ -73,7 +73,7 @@ def _describe(v: registry.ModelVersion) -> str:
     return "\n".join(lines)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False)
 @click.option("--horizon", metavar="SPAN", help="Label window, e.g. 91d or 13w (the windowed names carry their own).")
 @click.option("--cutoff", "cutoffs", multiple=True, metavar="T",
@@ -130,7 +130,7 @@ def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tu
         click.echo(_describe(v))
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (metrics, baselines, drift, windows).")
 @click.pass_context
 @friendly
@@ -183,7 +183,7 @@ def models_rollback(ctx: click.Context, name: str) -> None:
     click.echo(f"{name} rolled back to v{v.version}")
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--as-of", "as_of", metavar="T", help="Score as of this instant (features replayed to it).")
 @click.option("--subjects", type=click.Path(exists=True, dir_okay=False, path_type=Path),
