@@ -14,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from persona.core import Persona
 from persona.events import micros
-from persona.population import ProfileFilter
 from persona.projections import FEATURES
 from persona.projections.profile import CLAIMABLE, DEFAULT_STRATEGIES
 from persona.pseudonyms import FIXED_NAMESPACES
+
+if TYPE_CHECKING:  # the store opens with an entry of its own (persona.core): types only, from here
+    from persona.core import Persona
+    from persona.population import ProfileFilter
 
 OK = "ok"
 NO_TOKEN = "-"  # the writer of a request that came without a valid token

@@ -187,7 +187,7 @@ def _current_state(settings: Settings) -> _Current:
     whole again, and the record of every access since would be gone)."""
     current: Recorder
     if settings.database_url:
-        from persona.store.postgres import PostgresRecorder  # psycopg: loaded only for PostgreSQL
+        from persona.store.postgres import PostgresRecorder  # heavy: psycopg, loaded only for PostgreSQL
 
         try:
             current = PostgresRecorder(settings.database_url)
@@ -276,7 +276,7 @@ def _rebuild_read_models(staged: Persona) -> int:
 def _replace_postgres(url: str, staged: Recorder, mark: int) -> None:
     """The PostgreSQL store replaced by the prepared copy in one transaction, unless someone was
     erased meanwhile. No erased person's rows are written to PostgreSQL (or its WAL) again."""
-    from persona.store.postgres import PostgresRecorder
+    from persona.store.postgres import PostgresRecorder  # heavy: psycopg, only for PostgreSQL
 
     target = PostgresRecorder(url, create=None)
     target.tagger = staged.tagger  # the rows written here (tokens, audit, the purge mark) tagged as the copy's are
@@ -305,7 +305,7 @@ def _seal_model_meta(persona: Persona, copy: SQLiteRecorder) -> None:
     rows = copy.conn.execute("SELECT name, version, meta, drift FROM models").fetchall()
     if not rows:
         return
-    from persona.models.registry import sealer  # scikit-learn: loaded only when there is a model
+    from persona.models.registry import sealer  # heavy: loaded only when there is a model
 
     box = sealer(persona)  # the backup holds the same key, wrapped (system_keys)
     for name, version, meta, drift in rows:
@@ -324,7 +324,7 @@ def _open_model_meta(staged: Persona) -> None:
     rows = conn.execute("SELECT name, version, meta, drift FROM models").fetchall()
     if not any(str(meta).startswith(SEALED_META) for _, _, meta, _ in rows):
         return
-    from persona.models.registry import sealer
+    from persona.models.registry import sealer  # heavy: loaded only when there is a model
 
     box = sealer(staged)
     for name, version, meta, drift in rows:

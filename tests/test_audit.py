@@ -30,7 +30,8 @@ from persona.cli import cli
 from persona.core import load_keyring
 from persona.ingest import ingest_jsonl
 from persona.migrate import open_store
-from persona.population import ProfileFilter, compute_rfm
+from persona.population import ProfileFilter
+from persona.rfm import compute_rfm
 from persona.tokens import create_token
 from persona.verify import verify
 from tests.conftest import pg_schema, record

@@ -20,8 +20,8 @@ from persona.crypto import Keyring
 from persona.erasure import erase_subject
 from persona.errors import ConfigurationError, ErasedError, KeyMismatchError, TamperError
 from persona.ingest import ingest_jsonl
-from persona.population import compute_rfm
 from persona.profiles import profile_view
+from persona.rfm import compute_rfm
 from persona.verify import verify
 from tests.conftest import NOW, jsonl, record, store_bytes
 

@@ -183,13 +183,27 @@ def test_the_graph_sees_imports_in_functions_and_relative_ones_but_not_type_chec
 
 
 # -- persona ------------------------------------------------------------------------------------------
+def _without_upward_store_imports(graph: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+    return {m: (set(targets) if not _in(m, STORE) else {t for t in targets if _in(t, STORE) or t in STORE_MAY_IMPORT})
+            for m, targets in graph.items()}
+
+
+INGEST = "persona.ingest"
+
+
 def test_no_import_cycle_inside_persona() -> None:
-    """The store's imports of modules above it are left to the test below, which forbids them
-    all: together the two forbid every cycle."""
-    graph = import_graph()
-    graph = {m: (targets if not _in(m, STORE) else {t for t in targets if _in(t, STORE) or t in STORE_MAY_IMPORT})
-             for m, targets in graph.items()}
-    assert not cycles(graph), "import cycles:\n" + shown(graph)
+    """The store's imports of modules above it are left to test_the_store_imports_nothing_above_it,
+    which forbids them all, and cycles within the ingest package to the test after this one:
+    together the three forbid every cycle."""
+    graph = _without_upward_store_imports(import_graph())
+    found = [group for group in entangled(graph) if not all(_in(m, INGEST) for m in group)]
+    assert not found, "import cycles:\n" + shown(graph)
+
+
+def test_the_ingest_package_has_no_import_cycle() -> None:
+    graph = _without_upward_store_imports(import_graph())
+    inside = {m: {t for t in targets if _in(t, INGEST)} for m, targets in graph.items() if _in(m, INGEST)}
+    assert not cycles(inside), "import cycles:\n" + shown(inside)
 
 
 def test_the_store_imports_nothing_above_it() -> None:

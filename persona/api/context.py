@@ -9,7 +9,7 @@ listings) go through a gate to processes of their own (persona.api.scans).
 The physical purge after erasures (persona.purge: on PostgreSQL one VACUUM per window)
 runs on a thread of its own, never the writer's. RFM scores rank the whole population: after
 ingestEvents appended something they are computed again on the writer thread, at most every
-RFM_EVERY_S (persona.population), not per request.
+RFM_EVERY_S (persona.rfm), not per request.
 """
 
 from __future__ import annotations
@@ -40,17 +40,17 @@ from persona.api.data import (
     load_updated,
 )
 from persona.api.errors import ApiError
-from persona.api.plan import Limits, Plan, PlanCache
+from persona.api.plan import Limits, Plan, PlanCache, analyse
 from persona.api.scans import ScanGate, ScanPool
 from persona.audit import NO_TOKEN, AuditBuffer, shape
 from persona.audit import write as write_audit
 from persona.caches import forget_caches
 from persona.core import Persona
 from persona.feed import ChangeFeed
-from persona.population import RfmSchedule, compute_rfm
 from persona.projector import Projector
 from persona.purge import run as purge_when_due
 from persona.reading import identities_of
+from persona.rfm import RfmSchedule, compute_rfm
 from persona.services.store import erasure_mark, population_size
 from persona.settings import Settings
 from persona.tokens import Token
@@ -336,7 +336,7 @@ class RequestContext:
         self.profiles: Batch[str, ProfileData | None] = Batch(
             lambda ids: load_profiles(persona, projector, ids), None)
         self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: identities_of(persona, ids), [])
-        self.predictions: Batch[str, list[Any]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
+        self.predictions: Batch[str, list[dict[str, Any]]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
         self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
         self.updated: Batch[str, datetime | None] = Batch(lambda ids: dict(load_updated(persona, ids)), None)
 
@@ -401,8 +401,6 @@ class RequestContext:
 
     def _authorize_operation(self, operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode],
                              *, charge: bool = False) -> RequestContext:
-        from persona.api.plan import analyse
-
         if operation.operation is not OperationType.SUBSCRIPTION:
             raise ApiError("only subscriptions run over a websocket: send queries and mutations by HTTP POST")
         if self.token is None:

@@ -123,19 +123,14 @@ def load_updated(persona: Persona, ids: list[str]) -> dict[str, datetime]:
 
 
 
-def load_predictions(persona: Persona, ids: list[str], models: tuple[str, ...] | None) -> dict[str, list[Any]]:
-    """The predictions read model's rows for these persons (persona.models.scoring)."""
-    from persona.api.types import Contribution, Prediction
-    from persona.models.scoring import stored
+def load_predictions(persona: Persona, ids: list[str], models: tuple[str, ...] | None
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """The predictions read model's rows for these persons, as stored (persona.models.scoring;
+    persona.api.types makes them Predictions)."""
+    from persona.models.scoring import stored  # heavy: loaded when a request first asks for predictions
 
-    out: dict[str, list[Any]] = {}
-    for pid, docs in stored(persona, ids).items():
-        out[pid] = [Prediction(model=d["model"], version=d["version"], score=d["value"], label=d["label"],
-                               probabilities=d["probabilities"],
-                               contributions=[Contribution(**c) for c in d["contributions"]],
-                               as_of=datetime.fromisoformat(d["as_of"]), computed_at=from_micros(d["computed_at"]))
-                    for d in docs if models is None or d["model"] in models]
-    return out
+    return {pid: [d for d in docs if models is None or d["model"] in models]
+            for pid, docs in stored(persona, ids).items()}
 
 
 # -- history ---------------------------------------------------------------------------------

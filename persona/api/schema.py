@@ -24,7 +24,7 @@ from strawberry.types import Info
 from persona import audit
 from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
-from persona.api.errors import ApiError, fault, known, request_values, scrub
+from persona.api.errors import ApiError, fault, known, request_values, schema_names, scrub
 from persona.api.execution import mark_plain
 from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
@@ -54,7 +54,9 @@ from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import Writer, valid_source
 from persona.ingest import IngestReport
 from persona.ingest.jsonl import ingest_jsonl
+from persona.insights import check_exact, mechanism
 from persona.models.tasks import parse_task
+from persona.population import list_profiles
 from persona.reading import person_rows
 from persona.services.people import erase, link_identities, unlink_identities
 from persona.tokens import spend_privacy_budget
@@ -110,8 +112,6 @@ class Query:
     @strawberry.field(description="Profiles in id order, filtered; Relay-style cursor pagination")
     async def profiles(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
                        filter: ProfileFilter | None = None, as_of: datetime | None = None) -> ProfileConnection:
-        from persona.population import list_profiles
-
         ctx = root_context(info)
         size = page_size(first, ctx)
         start = decode_cursor("p", after) if after is not None else None
@@ -141,8 +141,6 @@ class Query:
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check_exact, mechanism
-
         ctx = root_context(info)
         if epsilon is None and (ctx.token is None or EXACT_SCOPE not in ctx.token.scopes):
             # the plan refuses this when the document says so; a variable's value is known only here
@@ -201,7 +199,7 @@ class Query:
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")
     async def models(self, info: Info[RequestContext, None], name: str | None = None) -> list[Model]:
-        from persona.models import registry
+        from persona.models import registry  # heavy: loaded when the query runs
 
         ctx = root_context(info)
         found = await ctx.state.scanner.run(lambda persona: registry.versions(persona, name))
@@ -324,7 +322,7 @@ class Mutation:
     async def train_model(self, info: Info[RequestContext, None], name: str, horizon: str | None = None,
                           cutoffs: list[datetime] | None = None) -> Model:
         from persona.models.registry import ModelError  # heavy: loaded when the mutation runs
-        from persona.services.models import UnfittableError, train_and_publish
+        from persona.services.models import UnfittableError, train_and_publish  # heavy: as above
 
         ctx = root_context(info)
         if cutoffs is not None and len(cutoffs) > 12:
@@ -472,7 +470,7 @@ class _Schema(strawberry.Schema):
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         values = request_values(getattr(execution_context, "graphql_document", None),
-                                getattr(execution_context, "variables", None))
+                                getattr(execution_context, "variables", None), schema_names(self._schema))
         for error in errors:
             shown = known(error.original_error) if error.original_error is not None else None
             if shown is not None and not isinstance(error.original_error, GraphQLError):

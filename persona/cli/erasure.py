@@ -28,6 +28,8 @@ from persona.core import load_keyring
 from persona.erasure import ledger_of, verify_receipt, write_receipt
 from persona.errors import ErasedError, PersonaError, UnknownProfileError
 from persona.events import from_micros, micros
+from persona.purge import last_purge
+from persona.purge import run as run_purge
 from persona.services.people import erase as erase_person
 from persona.services.store import live_and_erased
 
@@ -108,10 +110,8 @@ def purge(ctx: click.Context, force: bool, rewrite: bool, wait_s: float, as_json
     once a window. On SQLite each erasure purges at once; this retries one a reader held up.
     Exit 0 when done or not due, 3 when it could not finish (it stays due).
     """
-    from persona.purge import last_purge, run
-
     with opened(ctx) as persona, audited(persona, "purge", now=force, full=rewrite) as audit:
-        outcome = run(persona, force=force, rewrite=rewrite, wait_s=wait_s)
+        outcome = run_purge(persona, force=force, rewrite=rewrite, wait_s=wait_s)
         last = last_purge(persona)
         audit.update(ran=outcome.ran, unfinished=outcome.ran and not outcome.done)
     when = {"due": outcome.due, "finished": outcome.finished, "last_purge": last}

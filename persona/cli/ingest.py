@@ -29,10 +29,8 @@ from persona.ingest.jsonl import jsonl_records
 from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
 from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
-from persona.population import (
-    compute_rfm,
-)
 from persona.progress import Interruption, ProgressLines, reading, stopped_by_signals
+from persona.rfm import compute_rfm
 from persona.services.store import drop_quarantined
 
 

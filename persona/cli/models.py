@@ -101,7 +101,7 @@ def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tu
         raise click.UsageError("give a model NAME, or --all")
     if if_stale and not every:
         raise click.UsageError("--if-stale goes with --all")
-    from persona.models import drift, registry, scoring
+    from persona.models import drift, registry, scoring  # heavy: loaded when the command runs
 
     when = [parse_instant(c, "--cutoff") for c in cutoffs] or None
     done: list[registry.ModelVersion] = []
@@ -139,7 +139,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     with opened(ctx) as persona:
-        from persona.models import registry
+        from persona.models import registry  # heavy: loaded when the command runs
 
         found = registry.versions(persona)
     if as_json:
@@ -198,7 +198,7 @@ def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | N
             form: str) -> None:
     """Score every profile (or the --subjects) with NAME; one prediction a line on standard output,
     with the features that moved it most."""
-    from persona.models import scoring
+    from persona.models import scoring  # heavy: loaded when the command runs
 
     moment = parse_instant(as_of, "--as-of")
     with opened(ctx) as persona:
@@ -219,7 +219,7 @@ def _flat(p: scoring.Prediction) -> dict[str, Any]:
 
 def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | None, version: int | None
                   ) -> list[dict[str, Any]]:
-    from persona.models import scoring
+    from persona.models import scoring  # heavy: loaded when the command runs
 
     wanted: list[tuple[str, str | None, str | None]] = []  # (as given, profile id, why none)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

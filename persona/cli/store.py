@@ -27,11 +27,13 @@ from persona.cli.common import (
 )
 from persona.core import Persona
 from persona.errors import PersonaError, TamperError
-from persona.population import (
-    RfmSchedule,
-    compute_rfm,
-)
+from persona.feed import ChangeFeed
+from persona.migrate import audit as migrate_audit
+from persona.migrate import migrate as migrate_store
+from persona.migrate import parse_target
 from persona.progress import ProgressLines, counting
+from persona.projector import Projector
+from persona.rfm import RfmSchedule, compute_rfm
 from persona.services.store import live_and_erased, stream_count
 from persona.settings import Settings
 from persona.verify import UNREADABLE
@@ -56,7 +58,7 @@ def init(ctx: click.Context, backend: str | None) -> None:
     give that by PGPASSWORD or ~/.pgpass). Other machines need only a copy of the key file
     and PERSONA_DATABASE_URL.
     """
-    from persona.store.postgres import is_postgres_url, without_password
+    from persona.store.postgres import is_postgres_url, without_password  # heavy: psycopg, loaded when the command runs
 
     settings = settings_of(ctx)
     if backend is not None:
@@ -118,9 +120,6 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
     Ctrl+C; carry on later with --after set to the last position printed. With --refresh,
     the RFM scores are computed again after changes, at most every 5 seconds and when caught up.
     """
-    from persona.feed import ChangeFeed
-    from persona.projector import Projector
-
     with opened(ctx) as persona:
         feed = ChangeFeed.of(persona, after)
         projector = Projector(persona) if refresh else None
@@ -174,10 +173,6 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     table, verifies every hash chain and opens every live event. The key file is the
     data directory's (--data), or that of a sqlite:DIR source.
     """
-    from persona.migrate import audit as migrate_audit
-    from persona.migrate import migrate as migrate_store
-    from persona.migrate import parse_target
-
     try:
         settings = settings_of(ctx)
     except click.UsageError:
