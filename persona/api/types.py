@@ -18,6 +18,7 @@ from strawberry.types import Info
 from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor
 from persona.api.errors import ApiError
+from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import RecordedEvent, from_micros
 from persona.population import ProfileFilter as Where
@@ -299,7 +300,7 @@ class Profile:
         ctx.audit("history", profile_id, fields="", first=size, types=len(kinds), after=after is not None,
                   since=since is not None, until=until is not None, asOf=self._as_of is not None)
 
-        def page(persona: Any) -> EventConnection:
+        def page(persona: Persona) -> EventConnection:
             try:
                 found = history_page(persona, profile_id, first=size, before=before, by_position=by_position,
                                      types=kinds, since=since_at, until=until_at)
@@ -352,7 +353,7 @@ class ProfileFilter:
     features: list[FeatureRange] | None = strawberry.field(default=None, description="Numeric feature ranges")
     attributes: JSON | None = strawberry.field(default=None, description='Exact attribute values: {"country": "CN"}')
 
-    def to_filter(self) -> Any:
+    def to_filter(self) -> Where:
         for name, given in (("segments", self.segments), ("lifecycleStages", self.lifecycle_stages),
                             ("features", self.features)):
             if given is not None and len(given) > FILTER_TERMS:
