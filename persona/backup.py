@@ -267,7 +267,7 @@ def _rebuild_read_models(staged: Persona) -> int:
     predictions."""
     rebuilt = rebuild(staged)
     if any(row[3] == "promoted" for row in staged.recorder.model_rows()):
-        from persona.models.scoring import rescore  # scikit-learn: loaded only when there is a model
+        from persona.models.scoring import rescore  # heavy: scikit-learn, loaded only when there is a model
 
         rescore(staged)
     return rebuilt
