@@ -14,16 +14,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from persona.core import Persona
 from persona.events import micros
-from persona.population import ProfileFilter
 from persona.projections import FEATURES
 from persona.projections.profile import CLAIMABLE, DEFAULT_STRATEGIES
 from persona.pseudonyms import FIXED_NAMESPACES
+
+if TYPE_CHECKING:  # the store opens with an entry of its own (persona.core): types only, from here
+    from persona.core import Persona
+    from persona.population import ProfileFilter
 
 OK = "ok"
 NO_TOKEN = "-"  # the writer of a request that came without a valid token
@@ -88,6 +90,13 @@ def record_local(persona: Persona, command: str, operation: str, profile_ids: It
                  fields: str = "", outcome: str = OK, **detail: Any) -> None:
     """An access by a command of this machine's command line, written at once."""
     write(persona, local_entries(command, operation, profile_ids, fields=fields, outcome=outcome, **detail))
+
+
+def entries(persona: Persona, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
+            ) -> list[tuple[int, int, str, str, str, str, str, str]]:
+    """Entries after number `after` (at most `limit`; only those about `profile_id` if given), in
+    order: (seq, at µs, writer, operation, profile id, fields, outcome, detail JSON)."""
+    return persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
 
 
 def write(persona: Persona, entries: list[Entry]) -> None:

@@ -186,7 +186,7 @@ def _current_state(settings: Settings) -> _Current:
     whole again, and the record of every access since would be gone)."""
     current: Recorder
     if settings.database_url:
-        from persona.store.postgres import PostgresRecorder  # psycopg: loaded only for PostgreSQL
+        from persona.store.postgres import PostgresRecorder  # heavy: psycopg, loaded only for PostgreSQL
 
         try:
             current = PostgresRecorder(settings.database_url)
@@ -266,7 +266,7 @@ def _rebuild_read_models(staged: Persona) -> int:
     predictions."""
     rebuilt = rebuild(staged)
     if any(row[3] == "promoted" for row in staged.recorder.model_rows()):
-        from persona.models.scoring import rescore  # scikit-learn: loaded only when there is a model
+        from persona.models.scoring import rescore  # heavy: scikit-learn, loaded only when there is a model
 
         rescore(staged)
     return rebuilt
@@ -275,7 +275,7 @@ def _rebuild_read_models(staged: Persona) -> int:
 def _replace_postgres(url: str, staged: Recorder, mark: int) -> None:
     """The PostgreSQL store replaced by the prepared copy in one transaction, unless someone was
     erased meanwhile. No erased person's rows are written to PostgreSQL (or its WAL) again."""
-    from persona.store.postgres import PostgresRecorder
+    from persona.store.postgres import PostgresRecorder  # heavy: psycopg, only for PostgreSQL
 
     target = PostgresRecorder(url, create=None)
     target.tagger = staged.tagger  # the rows written here (tokens, audit, the purge mark) tagged as the copy's are
@@ -304,7 +304,7 @@ def _seal_model_meta(persona: Persona, copy: SQLiteRecorder) -> None:
     rows = copy.model_meta()
     if not rows:
         return
-    from persona.models.registry import sealer  # scikit-learn: loaded only when there is a model
+    from persona.models.registry import sealer  # heavy: loaded only when there is a model
 
     box = sealer(persona)  # the backup holds the same key, wrapped (system_keys)
     for name, version, meta, drift in rows:
@@ -320,7 +320,7 @@ def _open_model_meta(staged: Persona) -> None:
     rows = staged.recorder.model_meta()
     if not any(str(meta).startswith(SEALED_META) for _, _, meta, _ in rows):
         return
-    from persona.models.registry import sealer
+    from persona.models.registry import sealer  # heavy: loaded only when there is a model
 
     box = sealer(staged)
     for name, version, meta, drift in rows:

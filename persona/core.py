@@ -15,6 +15,7 @@ import shutil
 from datetime import UTC, datetime
 from types import TracebackType
 
+from persona.audit import local_entries
 from persona.crypto import Keyring, Sealer
 from persona.errors import ConfigurationError
 from persona.eventlog import QUARANTINE_KEY, EventLog
@@ -76,8 +77,6 @@ class Persona:
         if recorder.get_meta(ADOPTED) is None:  # a store made before row tags: its rows, as they stand
             adopted = recorder.adopt_tags()
             if adopted:  # on the record: a store made to look older would have tampered rows adopted
-                from persona.audit import local_entries  # audit -> core (for its types)
-
                 with recorder.transaction():
                     recorder.append_audit(local_entries("open", "adopt row tags", rows=adopted))
         self.log = EventLog(recorder, keyring, settings)

@@ -11,12 +11,14 @@ from typing import Any
 import orjson
 
 from persona import identity, purge
+from persona.caches import forget_caches
 from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.events import from_micros, micros
 from persona.ledger import ErasureLedger, LedgerEntry
 from persona.models import ERASED_SINCE
+from persona.projector import Projector
 
 RECEIPT_TYPE = "persona-erasure-receipt/1"
 
@@ -84,10 +86,8 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         if rest:  # a replayed erasure took one profile out of a person: the others regroup
             identity.regroup(rec, rest)
         due: int | None = purge.note(persona, now or started)  # the window counts from the erasure's time
-    persona.log.forget_cached_keys()
+    forget_caches(persona, identifiers=False)  # a server drops the rest when it sees the erasure
     if rest:
-        from persona.projector import Projector  # projector -> core; imported only when needed
-
         Projector(persona).refresh(rest)
     truncated = purged_at = None
     if rec.purges_at_once:  # SQLite: the WAL is truncated now, or the purge stays due (and is retried)

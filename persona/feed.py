@@ -9,7 +9,12 @@ position seen skips nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from persona.store.base import Recorder, StoredEvent
+
+if TYPE_CHECKING:
+    from persona.core import Persona
 
 PAGE = 5_000
 
@@ -21,6 +26,11 @@ class ChangeFeed:
         self.recorder = recorder
         self.position = recorder.last_position() if after_position is None else after_position
         self._known = self.position  # the newest position seen committed
+
+    @classmethod
+    def of(cls, persona: Persona, after_position: int | None = None) -> ChangeFeed:
+        """The feed of an open store's log (its own connection: the feed blocks, waiting)."""
+        return cls(persona.recorder, after_position)
 
     def wait(self, timeout: float, limit: int | None = None) -> list[StoredEvent]:
         """The events committed since the last call (at most `limit`), waiting up to `timeout`

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from persona.store.copy import check_copy, copy_store, open_store, parse_target, row_counts
+from persona.store import open_store, parse_target
+from persona.store.copy import check_copy, copy_store, row_counts
 
 if TYPE_CHECKING:
     from persona.settings import Settings

@@ -1,14 +1,11 @@
 """Queries across profiles, answered from the profile index (a read model rebuilt from the log):
-listing and filtering, RFM scores, and population aggregates."""
+listing and filtering, and population aggregates (the RFM scores they show: persona.rfm)."""
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
-import math
 import statistics
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +14,10 @@ import orjson
 
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError
-from persona.events import text_micros
+from persona.profiles import profile_view
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.profile import DEFAULT_STRATEGIES, attribute_values
+from persona.rfm import index_rows
 from persona.segments import segments
 
 RFM_SEGMENT = "rfm_segment"  # a group name: the profile's rfm:<segment> (persona.segments), if scored
@@ -32,7 +30,6 @@ GROUPABLE = frozenset(name for name, value in _BLANK.items() if not isinstance(v
     DEFAULT_STRATEGIES) | {"age", RFM_SEGMENT}
 # The labels `persona profiles` prints for a feature, accepted where the feature's name goes
 LABELS = {"orders": "frequency", "spent": "monetary", "stage": "lifecycle_stage"}
-RFM_EVERY_S = 5.0  # the server and `follow --refresh` score RFM again at most this often after a change
 
 
 @dataclass(frozen=True)
@@ -72,23 +69,12 @@ class ProfileFilter:
         return all(profile.attributes.get(k) == v for k, v in self.attributes.items())
 
 
-def index_rows(persona: Persona, after: str = "", page: int = 500
-               ) -> Iterator[tuple[str, int, str, int | None, int | None, int | None]]:
-    """The index in id order, read a page at a time: a first page costs one page."""
-    while True:
-        rows = persona.recorder.index_rows(after, page)
-        yield from rows
-        if len(rows) < page:
-            return
-        after = rows[-1][0]
 
 
 def past_profile(persona: Persona, profile_id: str, moment: datetime) -> IndexedProfile | None:
     """A profile replayed to an earlier instant: its version is the number of events up to
     then, and it has no RFM scores (they rank today's population). None if nothing of the
     person had happened yet, or they are erased."""
-    from persona.profiles import profile_view  # profiles -> projector -> population
-
     try:
         past = profile_view(persona, profile_id, as_of=moment)
     except (ErasedError, UnknownProfileError):
@@ -152,66 +138,10 @@ def list_profiles(persona: Persona, where: ProfileFilter | None = None, *, first
     return out
 
 
-def quintile_scores(values: Mapping[str, float], *, higher_is_better: bool = True) -> dict[str, int]:
-    """1–5 by quintile of the population, by mid-rank: equal values always share a score,
-    a larger value never scores lower, and with distinct values the ends score 1 and 5."""
-    ordered = sorted(values.values())
-    n = len(ordered)
-    scores = {}
-    for key, value in values.items():
-        below = bisect.bisect_left(ordered, value)
-        equal = bisect.bisect_right(ordered, value) - below
-        score = min(5, 1 + int(5 * (below + equal / 2) / n))
-        scores[key] = score if higher_is_better else 6 - score
-    return scores
 
 
-def compute_rfm(persona: Persona) -> int:
-    """Score every buyer 1–5 on recency, frequency and monetary value against the whole
-    population, and store the scores (done by `persona rebuild`, after `persona ingest`, and by
-    RfmSchedule's owners). Returns how many were scored.
-
-    Recency ranks the last order's instant, which orders buyers as recency_days does at any
-    instant: the scores move with orders, never with the clock. Only the scores that changed
-    are written (each written row is tagged: a full rewrite of 100,000 costs more than the read)."""
-    bought: dict[str, tuple[int, float, float]] = {}
-    for profile_id, _, doc, *_ in index_rows(persona):
-        features = orjson.loads(doc).get(FEATURES.name, {})
-        if features.get("frequency"):
-            bought[profile_id] = (text_micros(features["last_order_at"]), features["frequency"], features["monetary"])
-    r = quintile_scores({pid: facts[0] for pid, facts in bought.items()})
-    f = quintile_scores({pid: facts[1] for pid, facts in bought.items()})
-    m = quintile_scores({pid: facts[2] for pid, facts in bought.items()})
-    with persona.recorder.transaction():
-        old = persona.recorder.rfm_scores()
-        rows = [(pid, r[pid], f[pid], m[pid]) for pid in bought
-                if old.get(pid) != {"r": r[pid], "f": f[pid], "m": m[pid]}]
-        persona.recorder.change_rfm(rows, [pid for pid in old if pid not in bought])
-    return len(bought)
 
 
-class RfmSchedule:
-    """When to score RFM again for a process that sees changes arrive one after another (the
-    server, `follow --refresh`): after a change, at most every `every` seconds. A pass reads the
-    whole index (docs/benchmarks.md has its cost), so it is coalesced rather than made per write;
-    the scores are at most `every` seconds (plus a pass) behind the log."""
-
-    def __init__(self, every: float = RFM_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every = every
-        self._clock = clock
-        self._scored = -math.inf
-        self.pending = False
-
-    def changed(self) -> None:
-        self.pending = True
-
-    def due(self) -> bool:
-        return self.pending and self._clock() - self._scored >= self.every
-
-    def scoring(self) -> None:
-        """A pass is starting: what changes from now on waits for the next one."""
-        self.pending = False
-        self._scored = self._clock()
 
 
 def _hashable(value: Any) -> Any:

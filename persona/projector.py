@@ -25,9 +25,9 @@ from persona.crypto import Sealer
 from persona.errors import ErasedError, TamperError, UnknownProfileError, UnknownProjectionError
 from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros
-from persona.population import compute_rfm
 from persona.projections import ATTRIBUTES, FEATURES, Projection
 from persona.projections.profile import attribute_values
+from persona.rfm import compute_rfm
 from persona.settings import Settings
 
 PROJECTIONS: tuple[Projection[Any], ...] = (ATTRIBUTES, FEATURES)

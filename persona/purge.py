@@ -64,6 +64,11 @@ def mark_of(rec: Recorder) -> Mark:
     return Mark(doc.get("due"), doc.get("taken"), doc.get("done"))
 
 
+def last_purge(persona: Persona) -> int | None:
+    """When the last purge finished (µs), if one ever did."""
+    return mark_of(persona.recorder).done
+
+
 def _write(rec: Recorder, mark: Mark) -> None:
     rec.set_meta(PURGE_MARK, orjson.dumps({"due": mark.due, "taken": mark.taken, "done": mark.done}).decode())
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from persona.errors import ConfigurationError
+
 DB_NAME = "persona.db"
 KEY_FILE_NAME = "persona.key"
 LEDGER_NAME = "erasures.jsonl"
@@ -59,8 +61,6 @@ class Settings:
         env = os.environ if env is None else env
         chosen = data_dir or env.get("PERSONA_DATA")
         if not chosen:
-            from persona.errors import ConfigurationError
-
             raise ConfigurationError("no data directory: pass --data DIR or set PERSONA_DATA")
         root = Path(chosen).expanduser()
         key_file = Path(env.get("PERSONA_KEY_FILE") or root / KEY_FILE_NAME).expanduser()
@@ -97,8 +97,6 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     if text is None or not text.strip():
         return default
     if not text.strip().isdigit() or int(text) < 1:
-        from persona.errors import ConfigurationError
-
         raise ConfigurationError(f"{name} must be a positive whole number")
     return int(text)
 
@@ -112,7 +110,5 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     except ValueError:
         seconds = 0.0
     if not 0 < seconds < float("inf"):
-        from persona.errors import ConfigurationError
-
         raise ConfigurationError(f"{name} must be a positive number of seconds")
     return seconds

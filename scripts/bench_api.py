@@ -37,9 +37,9 @@ from _publish import publish
 from bench_projections import mixed_events
 
 from persona import Persona, Settings
-from persona.api.access import SCOPES, create_token
 from persona.events import Event, Subject
 from persona.projector import rebuild
+from persona.tokens import SCOPES, create_token
 
 ROOT = Path(__file__).resolve().parent.parent
 CEILING = Path(__file__).resolve().parent / "bench_api_ceiling.py"

@@ -26,9 +26,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from persona import Persona, Settings
-from persona.api.data import encode_cursor, history_page, load_profiles
+from persona.api.data import encode_cursor, load_profiles
 from persona.errors import ErasedError, UnknownProfileError
 from persona.projector import Projector
+from persona.reading import history_page
 
 JSON_TYPE = "application/json"
 HISTORY_PAGE = 50

@@ -35,7 +35,7 @@ from _publish import cell, machine, publish
 from bench_api import BenchError, Server, build_dataset, free_port, version
 
 from persona import Persona, Settings
-from persona.api.access import create_token
+from persona.tokens import create_token
 
 ROOT = Path(__file__).resolve().parent.parent
 POINT_QUERY = "query($id: ID!){profile(id:$id){attributes features}}"

@@ -34,7 +34,6 @@ from click.testing import CliRunner, Result
 from starlette.exceptions import StarletteDeprecationWarning
 
 from persona import Persona, Settings
-from persona.api.access import DEFAULT_DELTA_BUDGET, SCOPES, create_token, list_tokens, revoke_token
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.api.plan import FIELD_SCOPES, UNLESS_ARGUMENT, Limits
@@ -45,8 +44,10 @@ from persona.errors import ErasedError, ReceiptError, ValidationError
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe
 from persona.insights import BOUNDS, DELTA, EPSILON_FLOOR
-from persona.population import compute_rfm, indexed
+from persona.population import indexed
 from persona.pseudonyms import normalise, short_hash
+from persona.rfm import compute_rfm
+from persona.tokens import DEFAULT_DELTA_BUDGET, SCOPES, create_token, list_tokens, revoke_token
 from tests.conftest import Clock, record
 from tests.hardening import tally
 

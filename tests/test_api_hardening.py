@@ -16,16 +16,18 @@ import pytest
 from graphql import OperationType
 
 from persona import Persona, Settings
-from persona.api.access import RateLimiter, create_token, list_tokens
+from persona.api.access import RateLimiter
 from persona.api.app import create_app
 from persona.api.context import AUDIT_BACKLOG
-from persona.api.data import SCAN_LIMIT
 from persona.api.plan import SCAN_COST, Limits, plan
 from persona.api.schema import schema
 from persona.erasure import erase_subject
 from persona.ingest import ingest_jsonl
-from persona.population import IndexedProfile, compute_rfm
+from persona.population import IndexedProfile
 from persona.pseudonyms import normalise
+from persona.reading import SCAN_LIMIT
+from persona.rfm import compute_rfm
+from persona.tokens import create_token, list_tokens
 from tests.conftest import Clock, record
 from tests.hardening import tally
 from tests.test_api import Api, TestClient, lines_of

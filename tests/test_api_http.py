@@ -31,12 +31,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
-from persona.api.commands import GRACEFUL_SHUTDOWN_S, uvicorn_proxies
 from persona.api.context import ServerOptions
 from persona.cli import cli
+from persona.cli.serve import GRACEFUL_SHUTDOWN_S, uvicorn_proxies
 from persona.ingest import ingest_jsonl
+from persona.tokens import create_token
 from tests.conftest import record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -523,7 +523,7 @@ def test_websocket_url_is_not_logged(server: Server) -> None:
 
 
 def test_a_revoked_token_ends_its_subscription(server: Server) -> None:
-    from persona.api.access import revoke_token
+    from persona.tokens import revoke_token
 
     with Persona.open(server.settings) as p:
         token = create_token(p, "short-lived", frozenset({"profiles:read"}))

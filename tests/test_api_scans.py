@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from persona import Persona, Settings
-from persona.api.access import create_token, list_tokens
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.api.errors import ApiError
@@ -27,6 +26,7 @@ from persona.api.plan import PROFILES_PER_UNIT, SCAN_COST, Limits, about, plan, 
 from persona.api.scans import ScanGate, ScanPool
 from persona.api.schema import schema
 from persona.ingest import ingest_jsonl
+from persona.tokens import create_token, list_tokens
 from tests.scan_jobs import die, where_am_i
 from tests.test_api import SAMPLE, Api, TestClient
 

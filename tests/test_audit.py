@@ -23,7 +23,6 @@ import pytest
 from click.testing import CliRunner
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.audit import AuditBuffer, filter_shape, named
@@ -31,7 +30,9 @@ from persona.cli import cli
 from persona.core import load_keyring
 from persona.ingest import ingest_jsonl
 from persona.migrate import open_store
-from persona.population import ProfileFilter, compute_rfm
+from persona.population import ProfileFilter
+from persona.rfm import compute_rfm
+from persona.tokens import create_token
 from persona.verify import verify
 from tests.conftest import pg_schema, record
 from tests.test_api import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of

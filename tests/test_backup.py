@@ -20,8 +20,8 @@ from persona.crypto import Keyring
 from persona.erasure import erase_subject
 from persona.errors import ConfigurationError, ErasedError, KeyMismatchError, TamperError
 from persona.ingest import ingest_jsonl
-from persona.population import compute_rfm
 from persona.profiles import profile_view
+from persona.rfm import compute_rfm
 from persona.verify import verify
 from tests.conftest import NOW, jsonl, record, store_bytes
 
@@ -237,8 +237,8 @@ def test_restore_keeps_revocations_spent_budgets_and_the_audit_log_of_the_store_
         persona: Persona, tmp_path: Path) -> None:
     """An older backup holds the access control of its time: tokens since revoked, budgets since
     spent, an audit log since grown. A restore must not roll them back."""
-    from persona.api.access import create_token, revoke_token, token_digest
     from persona.audit import record_local
+    from persona.tokens import create_token, revoke_token, token_digest
 
     carol = populate(persona)
     leaked = create_token(persona, "leaked", frozenset({"profiles:read"}))

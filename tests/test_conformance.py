@@ -274,7 +274,7 @@ def _drop_token_columns(settings: Settings) -> None:
 
 
 def test_a_store_from_an_earlier_release_gains_the_new_token_columns(settings: Settings) -> None:
-    from persona.api.access import create_token, list_tokens
+    from persona.tokens import create_token, list_tokens
 
     with Persona.init(settings) as p:
         create_token(p, "old", frozenset({"profiles:read"}), epsilon_budget=2.0)
@@ -294,7 +294,7 @@ def test_a_store_from_an_earlier_release_gains_the_new_token_columns(settings: S
 
 def test_epsilon_and_delta_are_charged_together_or_not_at_all(settings: Settings) -> None:
     """A private answer's charge: both budgets or neither, never past either, whoever races."""
-    from persona.api.access import create_token, list_tokens, revoke_token
+    from persona.tokens import create_token, list_tokens, revoke_token
 
     def spent(p: Persona, name: str) -> tuple[float, float]:
         token = {t.name: t for t in list_tokens(p)}[name]
@@ -367,8 +367,8 @@ def _drop_row_tags(settings: Settings) -> None:
 
 
 def test_a_store_made_before_row_tags_adopts_them_once_and_then_checks_them(settings: Settings) -> None:
-    from persona.api.access import create_token
     from persona.audit import record_local
+    from persona.tokens import create_token
     from tests.conftest import raw_execute
 
     with Persona.init(settings) as p:

@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from persona import Persona, Settings
-from persona.api.access import create_token
+from persona.tokens import create_token
 from persona.verify import verify
 from tests.conftest import record
 from tests.hardening import (

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from persona import Persona
-from persona.api.access import SCOPES, create_token
 from persona.api.schema import schema as persona_schema
+from persona.tokens import SCOPES, create_token
 from tests.hardening import ANSWERED_5XX, ECHOED, REQUESTS, TRIED, sized, tally
 from tests.test_api_http import INTERNALS, PEOPLE, Server, serving
 

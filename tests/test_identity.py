@@ -18,9 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
-from persona.api.data import history_page
 from persona.cli import cli
 from persona.erasure import erase_profile, erase_subject, verify_receipt
 from persona.errors import ErasedError, LinkError, UnknownProfileError
@@ -31,6 +29,8 @@ from persona.population import indexed
 from persona.profiles import profile_view, read_person
 from persona.projections import ATTRIBUTES, FEATURES, replay
 from persona.projector import Projector, rebuild
+from persona.reading import history_page
+from persona.tokens import create_token
 from tests.conftest import NOW, jsonl, record, store_bytes
 
 with warnings.catch_warnings():

@@ -26,7 +26,6 @@ from click.testing import CliRunner
 from starlette.exceptions import StarletteDeprecationWarning
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
 from persona.cli import cli
 from persona.erasure import erase_profile
@@ -37,6 +36,7 @@ from persona.models import synth as planted
 from persona.models.dataset import build, default_cutoffs, histories
 from persona.models.tasks import parse_horizon, parse_task
 from persona.models.train import Trained, train
+from persona.tokens import create_token
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated",

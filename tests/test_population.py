@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from persona import Persona
 from persona.ingest import ingest_jsonl
-from persona.population import ProfileFilter, compute_rfm, list_profiles, population, quintile_scores
+from persona.population import ProfileFilter, list_profiles, population
 from persona.projections import FEATURES, replay
 from persona.projector import rebuild
+from persona.rfm import compute_rfm, quintile_scores
 from persona.verify import verify
 from tests.conftest import jsonl, record
 from tests.test_projection_features import HISTORY

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from persona import Persona, Settings
-from persona.api.access import create_token, list_tokens
 from persona.api.app import create_app
 from persona.ingest import ingest_jsonl
 from persona.insights import EPSILON_CEILING, EPSILON_FLOOR
+from persona.tokens import create_token, list_tokens
 from tests.conftest import record
 from tests.test_api import Api, TestClient, lines_of
 

@@ -30,7 +30,6 @@ from click.testing import CliRunner, Result
 from starlette.exceptions import StarletteDeprecationWarning
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
 from persona.backup import backup
 from persona.cli import cli
@@ -39,6 +38,7 @@ from persona.errors import ErasedError, KeyMismatchError, TamperError
 from persona.ingest import ingest_jsonl
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.linking import link
+from persona.tokens import create_token
 from persona.verify import verify
 from tests.conftest import NOW, event, jsonl, record, store_bytes
 

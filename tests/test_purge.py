@@ -22,7 +22,6 @@ from psycopg import sql
 from starlette.exceptions import StarletteDeprecationWarning
 
 from persona import Persona, Settings
-from persona.api.access import create_token
 from persona.api.app import create_app
 from persona.api.context import ServerOptions
 from persona.cli import cli
@@ -31,6 +30,7 @@ from persona.errors import ConfigurationError
 from persona.events import micros
 from persona.projector import Projector
 from persona.purge import Mark, mark_of, run
+from persona.tokens import create_token
 from tests.conftest import PG_URL, event, pg_schema
 from tests.test_erasure import ALICE, populate
 

@@ -26,18 +26,6 @@ def imports(path: Path) -> set[str]:
     return found
 
 
-def test_the_store_imports_nothing_of_persona_above_it() -> None:
-    store = sorted((PACKAGE / "store").glob("*.py"))
-    assert len(store) > 5, "the positive control: the store's modules are found"
-    above = {str(path.relative_to(PACKAGE)): sorted(name for name in imports(path)
-                                                    if name.split(".")[0] == "persona"
-                                                    and not name.startswith("persona.store")
-                                                    and name != "persona.errors")
-             for path in store}
-    assert {path: names for path, names in above.items() if names} == {}
-    assert imports(PACKAGE / "errors.py") <= {"__future__"}  # persona.errors is a leaf itself
-
-
 def test_no_module_outside_the_store_imports_a_database_driver() -> None:
     assert "sqlite3" in imports(PACKAGE / "store" / "sqlite.py"), "the positive control: a driver import is seen"
     outside = {str(path.relative_to(PACKAGE)): sorted(name for name in imports(path)

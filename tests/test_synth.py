@@ -18,8 +18,9 @@ from persona.ingest import ingest_file
 from persona.ingest.clean import parse_amount
 from persona.ingest.mapping import builtin_mapping, mapped_records
 from persona.ingest.quarantine import describe
-from persona.population import compute_rfm, indexed
+from persona.population import indexed
 from persona.pseudonyms import normalise
+from persona.rfm import compute_rfm
 from persona.synth import APP, BAD_KINDS, FILES, SHOP, SOCIAL, WEB, main
 
 SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "people"

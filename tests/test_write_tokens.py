@@ -25,7 +25,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from persona import Persona, Settings
-from persona.api.access import Token, create_token, list_tokens
 from persona.cli import cli
 from persona.errors import ConfigurationError
 from persona.eventlog import chain_hash, event_aad
@@ -34,6 +33,7 @@ from persona.ingest import ingest_jsonl
 from persona.linking import link
 from persona.projections import ATTRIBUTES, FEATURES, replay
 from persona.projector import Projector
+from persona.tokens import Token, create_token, list_tokens
 from persona.verify import verify
 from tests.conftest import jsonl, record, store_bytes
 from tests.test_api_http import Server, serving

@@ -30,14 +30,15 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from persona.api.access import Token
 from persona.api.context import ApiState, RequestContext, ServerOptions
-from persona.api.errors import ApiError, error, masked, request_values, scrub
+from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
 from persona.api.execution import Executor
 from persona.api.plan import Plan
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
+from persona.services.store import check_reachable
 from persona.settings import Settings
+from persona.tokens import Token
 
 log = logging.getLogger("persona.api")
 GRAPHQL_SCHEMA = schema._schema
@@ -69,7 +70,7 @@ def _without_query(value: object) -> object:
 
 def log_config() -> dict[str, Any]:
     """uvicorn's logging configuration with the query-string filter on every handler."""
-    from uvicorn.config import LOGGING_CONFIG
+    from uvicorn.config import LOGGING_CONFIG  # heavy: loaded when the server starts
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"no_query_strings": {"()": QueryStringFilter}}
@@ -132,7 +133,7 @@ class GraphQLEndpoint:
         if plan.errors:
             if plan.over:
                 state.audit.refuse(token.name, _operations(plan), "BAD_REQUEST", {"over": list(plan.over)})
-            values = request_values(plan.document, variables)
+            values = request_values(plan.document, variables, schema_names(GRAPHQL_SCHEMA))
             return _reply(400, [error(scrub(e.message, values), "BAD_REQUEST") | (
                 {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
                 if e.locations else {}) for e in plan.errors])
@@ -154,7 +155,7 @@ class GraphQLEndpoint:
         result = await self._execute(state, token, plan, variables, operation_name)
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
-            values = request_values(plan.document, variables)
+            values = request_values(plan.document, variables, schema_names(GRAPHQL_SCHEMA))
             out["errors"] = [masked(e, values) for e in result.errors]
             for e in result.errors:
                 original = e.original_error
@@ -259,7 +260,7 @@ class SocketEndpoint(GraphQL[RequestContext, None]):
 async def healthz(request: Request) -> Response:
     state: ApiState = request.app.state.api
     try:
-        state.persona.recorder.get_meta("schema_version")
+        check_reachable(state.persona)
     except Exception:
         return JSONResponse({"status": "unavailable"}, 503)
     return JSONResponse({"status": "ok"})

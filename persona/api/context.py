@@ -9,7 +9,7 @@ listings) go through a gate to processes of their own (persona.api.scans).
 The physical purge after erasures (persona.purge: on PostgreSQL one VACUUM per window)
 runs on a thread of its own, never the writer's. RFM scores rank the whole population: after
 ingestEvents appended something they are computed again on the writer thread, at most every
-RFM_EVERY_S (persona.population), not per request.
+RFM_EVERY_S (persona.rfm), not per request.
 """
 
 from __future__ import annotations
@@ -30,28 +30,30 @@ from typing import Any, TypeVar
 
 from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNode, OperationType
 
-from persona.api.access import RateLimiter, Token, TokenCache
+from persona.api.access import RateLimiter, TokenCache
 from persona.api.data import (
     Batch,
     ProfileData,
-    load_identities,
     load_predictions,
     load_profiles,
     load_sources,
     load_updated,
 )
 from persona.api.errors import ApiError
-from persona.api.plan import Limits, Plan, PlanCache
+from persona.api.plan import Limits, Plan, PlanCache, analyse
 from persona.api.scans import ScanGate, ScanPool
 from persona.audit import NO_TOKEN, AuditBuffer, shape
 from persona.audit import write as write_audit
+from persona.caches import forget_caches
 from persona.core import Persona
 from persona.feed import ChangeFeed
-from persona.population import RfmSchedule, compute_rfm
 from persona.projector import Projector
-from persona.pseudonyms import admit, normalise
 from persona.purge import run as purge_when_due
+from persona.reading import identities_of
+from persona.rfm import RfmSchedule, compute_rfm
+from persona.services.store import erasure_mark, population_size
 from persona.settings import Settings
+from persona.tokens import Token
 
 T = TypeVar("T")
 log = logging.getLogger("persona.api")
@@ -178,7 +180,7 @@ class ApiState:
         self.scans = ScanPool(settings, options.scan_processes)
         self.gate = ScanGate(options.scan_processes, options.scans_per_token, options.scan_queue,
                              options.scan_queue_per_token)
-        self.population = self.persona.recorder.index_size()  # what a scan is priced by (plan.scan_cost)
+        self.population = population_size(self.persona)  # what a scan is priced by (plan.scan_cost)
         self._counted = 0.0  # when the population was last counted (the loop's clock)
         self._refusals_written = 0.0
         self.purger = Worker(settings, "purge")
@@ -187,10 +189,10 @@ class ApiState:
         self._purging: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._feed_persona = Persona.open(settings)  # the feed's own connection (it blocks, waiting)
-        self._feed = ChangeFeed(self._feed_persona.recorder)
+        self._feed = ChangeFeed.of(self._feed_persona)
         self._feed_thread = ThreadPoolExecutor(1, thread_name_prefix="persona-feed")
         self._feed_wait: Future[set[str]] | None = None
-        self._erasures = self.persona.recorder.erasure_mark()
+        self._erasures = erasure_mark(self.persona)
         self.rfm = RfmSchedule()  # ingestEvents marks it; the flusher's loop scores when due
 
     async def start(self) -> None:
@@ -273,7 +275,7 @@ class ApiState:
             if now - self._counted >= self.options.population_every_s:
                 self._counted = now
                 try:
-                    self.population = await self.scanner.run(lambda persona: persona.recorder.index_size())
+                    self.population = await self.scanner.run(population_size)
                 except Exception as e:
                     log.warning("counting the population failed (%s); retrying", type(e).__name__)
 
@@ -293,17 +295,12 @@ class ApiState:
         that could hold the person: decrypted states, unwrapped keys, normalised identifiers
         and plans with identifiers typed into them. Reads never served them (each read checks
         the key), but memory should not outlive the key either."""
-        mark = self.persona.recorder.erasure_mark()
+        mark = erasure_mark(self.persona)
         if mark == self._erasures:
             return
         self._erasures = mark
-        self.projector.clear()
-        self.persona.log.forget_cached_keys()
-        self.plans.clear()
-        normalise.cache_clear()
-        admit.cache_clear()
-        self.writer.forget()
-        self.scanner.forget()
+        forget_caches(self.persona, also=(self.projector.clear, self.plans.clear, self.writer.forget,
+                                          self.scanner.forget))
 
     async def stop(self) -> None:
         if self._purging is not None:
@@ -350,8 +347,8 @@ class RequestContext:
         persona, projector = state.persona, state.projector
         self.profiles: Batch[str, ProfileData | None] = Batch(
             lambda ids: load_profiles(persona, projector, ids), None)
-        self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: load_identities(persona, ids), [])
-        self.predictions: Batch[str, list[Any]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
+        self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: identities_of(persona, ids), [])
+        self.predictions: Batch[str, list[dict[str, Any]]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
         self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
         self.updated: Batch[str, datetime | None] = Batch(lambda ids: dict(load_updated(persona, ids)), None)
 
@@ -416,8 +413,6 @@ class RequestContext:
 
     def _authorize_operation(self, operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode],
                              *, charge: bool = False) -> RequestContext:
-        from persona.api.plan import analyse
-
         if operation.operation is not OperationType.SUBSCRIPTION:
             raise ApiError("only subscriptions run over a websocket: send queries and mutations by HTTP POST")
         if self.token is None:

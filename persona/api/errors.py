@@ -18,6 +18,7 @@ from graphql import (
     DocumentNode,
     FloatValueNode,
     GraphQLError,
+    GraphQLSchema,
     IntValueNode,
     StringValueNode,
     Visitor,
@@ -52,14 +53,13 @@ _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _SHORTEST_REDACTED = 3  # shorter values identify no one, and would mangle words like "at"
 
 
-def request_values(document: DocumentNode | None, variables: Any) -> list[str]:
+def request_values(document: DocumentNode | None, variables: Any, names: frozenset[str]) -> list[str]:
     """Every value a client sent — literals in the document, leaves of the variables — as
-    text, longest first: what an error message must not repeat."""
+    text, longest first: what an error message must not repeat. `names`: the schema's own
+    (schema_names), which a misspelt field name is not taken for."""
     found: set[str] = set()
     if document is not None:
         visit(document, _Literals(found))
-
-    names = schema_names()
 
     def leaves(value: Any) -> None:
         if isinstance(value, dict):  # a misspelt field name is repeated as given: it could be anything
@@ -80,12 +80,10 @@ def request_values(document: DocumentNode | None, variables: Any) -> list[str]:
 
 
 @functools.cache
-def schema_names() -> frozenset[str]:
+def schema_names(schema: GraphQLSchema) -> frozenset[str]:
     """Every name the schema defines (types, fields, arguments): never redacted from messages."""
-    from persona.api.schema import schema  # the schema's resolvers import this module
-
     names: set[str] = set()
-    for named in schema._schema.type_map.values():
+    for named in schema.type_map.values():
         names.add(named.name)
         for field in getattr(named, "fields", {}).values():
             names.update(getattr(field, "args", {}))

@@ -23,8 +23,8 @@ from strawberry.types import Info
 
 from persona import audit
 from persona.api.context import RequestContext
-from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile, person_rows
-from persona.api.errors import ApiError, fault, known, request_values, scrub
+from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
+from persona.api.errors import ApiError, fault, known, request_values, schema_names, scrub
 from persona.api.execution import mark_plain
 from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
@@ -48,8 +48,18 @@ from persona.api.types import (
     page_size,
     root_context,
 )
+from persona.caches import forget_caches
+from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import Writer, valid_source
+from persona.ingest import IngestReport
+from persona.ingest.jsonl import ingest_jsonl
+from persona.insights import check_exact, mechanism
+from persona.models.tasks import parse_task
+from persona.population import list_profiles
+from persona.reading import person_rows
+from persona.services.people import erase, link_identities, unlink_identities
+from persona.tokens import spend_privacy_budget
 
 
 # -- the roots ---------------------------------------------------------------------------------
@@ -102,8 +112,6 @@ class Query:
     @strawberry.field(description="Profiles in id order, filtered; Relay-style cursor pagination")
     async def profiles(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
                        filter: ProfileFilter | None = None, as_of: datetime | None = None) -> ProfileConnection:
-        from persona.population import list_profiles
-
         ctx = root_context(info)
         size = page_size(first, ctx)
         start = decode_cursor("p", after) if after is not None else None
@@ -133,8 +141,6 @@ class Query:
     async def insights(self, info: Info[RequestContext, None], group_by: list[str] | None = None,
                        metric: str | None = None, filter: ProfileFilter | None = None,
                        epsilon: float | None = None, bounds: list[float] | None = None) -> Insights:
-        from persona.insights import check_exact, mechanism
-
         ctx = root_context(info)
         if epsilon is None and (ctx.token is None or EXACT_SCOPE not in ctx.token.scopes):
             # the plan refuses this when the document says so; a variable's value is known only here
@@ -171,7 +177,7 @@ class Query:
         remaining: tuple[float, float] | None = None
         async with ctx.scanning():  # this token's turn (or a refusal) before anything is charged
             if charged is not None:
-                remaining = await ctx.state.writer.run(_spend, ctx.name, *charged)
+                remaining = await ctx.state.writer.run(spend_privacy_budget, ctx.name, *charged)
                 if remaining is None:
                     raise ApiError("the token's privacy budget (ε or δ) is spent; ask for a new token",
                                    "BUDGET_EXHAUSTED")
@@ -193,22 +199,14 @@ class Query:
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")
     async def models(self, info: Info[RequestContext, None], name: str | None = None) -> list[Model]:
-        from persona.models import registry
+        from persona.models import registry  # heavy: loaded when the query runs
 
         ctx = root_context(info)
         found = await ctx.state.scanner.run(lambda persona: registry.versions(persona, name))
         return [Model.of(v) for v in found]
 
 
-def _spend(persona: Any, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:
-    with persona.recorder.transaction():
-        remaining: tuple[float, float] | None = persona.recorder.spend_privacy(name, epsilon, delta)
-        return remaining
-
-
-def _ingest(persona: Any, lines: list[bytes], origin: str, writer: Writer) -> Any:
-    from persona.ingest.jsonl import ingest_jsonl
-
+def _ingest(persona: Persona, lines: list[bytes], origin: str, writer: Writer) -> IngestReport:
     return ingest_jsonl(persona, lines, origin=origin, writer=writer)
 
 
@@ -243,14 +241,6 @@ def _link_source(ctx: RequestContext, source: str | None) -> str:
 
 def _instant(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
-
-
-def _erase(persona: Any, profile_id: str | None, subject: tuple[str, str] | None) -> Any:
-    from persona.erasure import erase_profile, erase_subject
-
-    if subject is not None:
-        return erase_subject(persona, *subject)
-    return erase_profile(persona, profile_id)  # type: ignore[arg-type]
 
 
 @strawberry.type
@@ -291,7 +281,7 @@ class Mutation:
             ctx.state.rfm.changed()  # scored again within RFM_EVERY_S, on the writer thread
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
                             quarantined=report.quarantined, profiles_created=report.profiles_created,
-                            merges=report.merges, quarantine_reasons=report.quarantine_reasons)
+                            merges=report.merges, quarantine_reasons=JSON(report.quarantine_reasons))
 
     @strawberry.mutation(description="Erase a person: their key is deleted, their history unreadable everywhere")
     async def erase_profile(self, info: Info[RequestContext, None], id: strawberry.ID | None = None,
@@ -302,7 +292,8 @@ class Mutation:
         by = {"subject": audit.namespace_of(subject.namespace)} if subject is not None else {}
         ctx.audit_ready()
         try:
-            erasure = await ctx.state.writer.run(_erase, str(id) if id is not None else None, who)
+            erasure = await ctx.state.writer.run(
+                lambda persona: erase(persona, profile_id=str(id) if id is not None else None, subject=who))
         except (UnknownProfileError, ErasedError) as e:  # a subject's quarantined records may be purged all the same
             purged = e.purged if isinstance(e, UnknownProfileError) else 0
             ctx.refused("eraseProfile", "NOT_FOUND", quarantinePurged=purged, **by)
@@ -313,14 +304,15 @@ class Mutation:
             ctx.record("eraseProfile", pid, fields="", **by)
         for pid in [body["profile_id"], *merged]:
             ctx.state.projector.forget(pid)
-        ctx.state.persona.log.forget_cached_keys()
+        forget_caches(ctx.state.persona, identifiers=False)  # the rest when the flusher sees the erasure
         ctx.state.bus.changed([body["profile_id"], *merged])
         return ErasureReceipt(profile_id=body["profile_id"], merged_profiles=merged,
                               erased_at=datetime.fromisoformat(body["erased_at"]),
                               key_fingerprint=body["key_fingerprint"], wal_truncated=body.get("wal_truncated"),
                               purged_at=_instant(body.get("purged_at")),
                               purge_due_by=_instant(body.get("purge_due_by")),
-                              counts=body["counts"], signature=erasure.receipt["signature"], receipt=erasure.receipt)
+                              counts=body["counts"], signature=erasure.receipt["signature"],
+                              receipt=JSON(erasure.receipt))
 
 
     @strawberry.mutation(description="Train a model on point-in-time features (names: purchases_next_91d, churn_91d,"
@@ -329,8 +321,8 @@ class Mutation:
                                      " worse on the task's headline metric (else `why` says what it lacks)")
     async def train_model(self, info: Info[RequestContext, None], name: str, horizon: str | None = None,
                           cutoffs: list[datetime] | None = None) -> Model:
-        from persona.models.registry import ModelError
-        from persona.models.tasks import parse_task
+        from persona.models.registry import ModelError  # heavy: loaded when the mutation runs
+        from persona.services.models import UnfittableError, train_and_publish  # heavy: as above
 
         ctx = root_context(info)
         if cutoffs is not None and len(cutoffs) > 12:
@@ -339,11 +331,11 @@ class Mutation:
         shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
         ctx.audit_ready()  # recorded once it has run, with its outcome
         try:
-            version = await ctx.state.writer.run(_train, name, horizon, cutoffs)
+            version = (await ctx.state.writer.run(train_and_publish, name, horizon, cutoffs)).version
         except ModelError as e:
             ctx.refused("trainModel", "BAD_REQUEST", **shape)
             raise ApiError(str(e)) from None
-        except (ValueError, ArithmeticError):  # scikit-learn or SciPy refusing these rows: their words stay here
+        except (UnfittableError, ValueError, ArithmeticError):  # scikit-learn or SciPy refusing these rows
             ctx.refused("trainModel", "BAD_REQUEST", **shape)
             raise ApiError("the model could not be fitted on these rows; try other cutoffs or a longer history"
                            ) from None
@@ -365,7 +357,7 @@ class Mutation:
         ctx.audit_ready()
         writer = _linker(ctx, "linkIdentities")
         written_as = _link_source(ctx, source)
-        linked = await ctx.state.writer.run(_link, (a.namespace, a.value), (b.namespace, b.value), writer,
+        linked = await ctx.state.writer.run(link_identities, (a.namespace, a.value), (b.namespace, b.value), writer,
                                             written_as)
         ctx.state.projector.clear()  # cached states were the streams'; the person is read afresh
         ctx.state.bus.changed([linked.person])
@@ -383,7 +375,7 @@ class Mutation:
         ctx = root_context(info)
         ctx.audit_ready()
         writer = _linker(ctx, "unlinkIdentities")
-        unlinked = await ctx.state.writer.run(_unlink, (a.namespace, a.value), (b.namespace, b.value), writer)
+        unlinked = await ctx.state.writer.run(unlink_identities, (a.namespace, a.value), (b.namespace, b.value), writer)
         ctx.state.projector.clear()
         ctx.state.bus.changed(list(unlinked.people))
         namespaces = sorted({audit.namespace_of(a.namespace), audit.namespace_of(b.namespace)})
@@ -393,29 +385,6 @@ class Mutation:
         fresh.profiles.want(unlinked.people)
         profiles = [load_profile(fresh, pid, "unlinkIdentities") for pid in unlinked.people]
         return [p for p in profiles if p is not None]
-
-
-def _train(persona: Any, name: str, horizon: str | None, cutoffs: list[datetime] | None) -> Any:
-    from persona.models import registry, scoring
-    from persona.models.tasks import parse_task
-    from persona.models.train import train
-
-    version = registry.save(persona, train(persona, parse_task(name, horizon), cutoffs))
-    if version.status == "promoted":
-        scoring.score_all(persona, name)
-    return version
-
-
-def _link(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer, source: str) -> Any:
-    from persona.linking import link
-
-    return link(persona, a, b, source=source, writer=writer)
-
-
-def _unlink(persona: Any, a: tuple[str, str], b: tuple[str, str], writer: Writer) -> Any:
-    from persona.linking import unlink
-
-    return unlink(persona, a, b, writer=writer)
 
 
 @strawberry.type
@@ -501,7 +470,7 @@ class _Schema(strawberry.Schema):
 
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         values = request_values(getattr(execution_context, "graphql_document", None),
-                                getattr(execution_context, "variables", None))
+                                getattr(execution_context, "variables", None), schema_names(self._schema))
         for error in errors:
             shown = known(error.original_error) if error.original_error is not None else None
             if shown is not None and not isinstance(error.original_error, GraphQLError):

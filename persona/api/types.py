@@ -16,10 +16,13 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from persona.api.context import RequestContext
-from persona.api.data import HistoryPage, ProfileData, decode_cursor, encode_cursor, history_page
+from persona.api.data import ProfileData, decode_cursor, encode_cursor
 from persona.api.errors import ApiError
+from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
-from persona.events import RecordedEvent
+from persona.events import RecordedEvent, from_micros
+from persona.population import ProfileFilter as Where
+from persona.reading import HistoryPage, history_page
 
 T = TypeVar("T")
 
@@ -110,6 +113,13 @@ class Prediction:
     contributions: list[Contribution] = strawberry.field(description="The features that moved it most")
     as_of: datetime = strawberry.field(description="The instant the features were taken at")
     computed_at: datetime
+
+
+def _prediction(d: dict[str, Any]) -> Prediction:
+    """A row of the predictions read model (persona.api.data.load_predictions)."""
+    return Prediction(model=d["model"], version=d["version"], score=d["value"], label=d["label"],
+                      probabilities=d["probabilities"], contributions=[Contribution(**c) for c in d["contributions"]],
+                      as_of=datetime.fromisoformat(d["as_of"]), computed_at=from_micros(d["computed_at"]))
 
 
 @strawberry.type
@@ -267,8 +277,8 @@ class Profile:
     def predictions(self, info: Info[RequestContext, None], models: list[str] | None = None) -> list[Prediction]:
         if self._as_of is not None:  # the read model holds today's scores; the past is `persona predict --as-of`
             raise ApiError("predictions: available for the current profile only")
-        found: list[Prediction] = context_of(info).predictions.get(self._data.id)
-        return [p for p in found if models is None or p.model in models]
+        found = context_of(info).predictions.get(self._data.id)
+        return [_prediction(d) for d in found if models is None or d["model"] in models]
 
     @strawberry.field(description="Identifiers linked to the person: namespace and a short hash only")
     def identities(self, info: Info[RequestContext, None]) -> list[Identity]:
@@ -290,7 +300,7 @@ class Profile:
         ctx.audit("history", profile_id, fields="", first=size, types=len(kinds), after=after is not None,
                   since=since is not None, until=until is not None, asOf=self._as_of is not None)
 
-        def page(persona: Any) -> EventConnection:
+        def page(persona: Persona) -> EventConnection:
             try:
                 found = history_page(persona, profile_id, first=size, before=before, by_position=by_position,
                                      types=kinds, since=since_at, until=until_at)
@@ -343,9 +353,7 @@ class ProfileFilter:
     features: list[FeatureRange] | None = strawberry.field(default=None, description="Numeric feature ranges")
     attributes: JSON | None = strawberry.field(default=None, description='Exact attribute values: {"country": "CN"}')
 
-    def to_filter(self) -> Any:
-        from persona.population import ProfileFilter as Where
-
+    def to_filter(self) -> Where:
         for name, given in (("segments", self.segments), ("lifecycleStages", self.lifecycle_stages),
                             ("features", self.features)):
             if given is not None and len(given) > FILTER_TERMS:

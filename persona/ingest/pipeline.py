@@ -28,10 +28,12 @@ import signal
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persona.errors import PersonaError
-from persona.ingest.engine import Item
+
+if TYPE_CHECKING:  # the engine imports this module (when it forks): the type alone, not a cycle
+    from persona.ingest.engine import Item
 
 CHUNK = 1024  # items per message: pickling many small objects at once is what keeps this cheap
 DEPTH = 8  # chunks received but not yet ingested, at most

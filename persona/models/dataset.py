@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from persona import identity
 from persona.core import Persona
+from persona.errors import ValidationError
 from persona.events import RecordedEvent, from_micros, micros, text_micros
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
@@ -189,8 +190,6 @@ def default_cutoffs(end: datetime, horizon: timedelta, count: int = 4) -> list[d
 
 def check_cutoffs(cutoffs: Sequence[datetime], horizon: timedelta, end: datetime) -> list[datetime]:
     """Sorted, and each label window closed by the data and by the next cutoff; else a clear error."""
-    from persona.errors import ValidationError
-
     ordered = sorted(c.astimezone(UTC) for c in cutoffs)
     if len(ordered) < 3:
         raise ValidationError("cutoffs: need at least three (train on the earlier ones, test on the last)")

@@ -9,13 +9,15 @@ The backends are sqlite.py and postgres.py, each with the parts that are its alo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Protocol
 
+from persona.errors import ConfigurationError
 from persona.store.base import Head, Recorder, StoredEvent
 from persona.store.sqlite import SQLiteRecorder
 
-__all__ = ["Head", "Recorder", "SQLiteRecorder", "StoredEvent", "open_recorder"]
+__all__ = ["Head", "Recorder", "SQLiteRecorder", "StoredEvent", "open_recorder", "open_store", "parse_target"]
 
 
 class Where(Protocol):
@@ -35,3 +37,30 @@ def open_recorder(settings: Where, *, create: bool = False) -> Recorder:
 
         return PostgresRecorder(settings.database_url, create=create)
     return SQLiteRecorder(settings.db_path, create=create)
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """('sqlite', path of the database file) or ('postgresql', URL)."""
+    if text.startswith(("postgresql://", "postgres://")):
+        return "postgresql", text
+    if text.startswith("sqlite:"):
+        path = Path(text.removeprefix("sqlite:")).expanduser()
+        return "sqlite", str(path / "persona.db" if path.suffix != ".db" else path)
+    raise ConfigurationError("name a store as sqlite:DIR (a data directory, or a .db file) or postgresql://...")
+
+
+def open_store(spec: str, *, create: bool = False) -> Recorder:
+    """The store a spec of parse_target names; with `create`, a new one (a SQLite file is made
+    private before its first byte, and one already there is refused)."""
+    kind, where = parse_target(spec)
+    if kind == "postgresql":
+        from persona.store.postgres import PostgresRecorder  # psycopg loads only when used
+
+        return PostgresRecorder(where, create=create)
+    path = Path(where)
+    if create:
+        if path.exists():
+            raise ConfigurationError("the target SQLite database already exists; migrate only into a new store")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private before the first byte
+    return SQLiteRecorder(path, create=create)

@@ -4,13 +4,11 @@ backends with it, and a PostgreSQL store's backup is a copy into a SQLite file."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from persona.errors import ConfigurationError, TamperError
-from persona.store.protocols import Connection, Maintenance, Recorder
+from persona.store.protocols import Connection, Maintenance
 from persona.store.schema import TABLES
 
 
@@ -50,32 +48,3 @@ def check_copy(copied: dict[str, int], target: Copyable) -> dict[str, int]:
         if theirs[table] != ours[table]:
             raise TamperError(f"table {table}: {theirs[table]} rows in the source, {ours[table]} in the copy")
     return ours
-
-
-def parse_target(text: str) -> tuple[str, str]:
-    """('sqlite', path of the database file) or ('postgresql', URL)."""
-    if text.startswith(("postgresql://", "postgres://")):
-        return "postgresql", text
-    if text.startswith("sqlite:"):
-        path = Path(text.removeprefix("sqlite:")).expanduser()
-        return "sqlite", str(path / "persona.db" if path.suffix != ".db" else path)
-    raise ConfigurationError("name a store as sqlite:DIR (a data directory, or a .db file) or postgresql://...")
-
-
-def open_store(spec: str, *, create: bool = False) -> Recorder:
-    """The store a spec of parse_target names; with `create`, a new one (a SQLite file is made
-    private before its first byte, and one already there is refused)."""
-    kind, where = parse_target(spec)
-    if kind == "postgresql":
-        from persona.store.postgres import PostgresRecorder  # psycopg loads only when used
-
-        return PostgresRecorder(where, create=create)
-    from persona.store.sqlite import SQLiteRecorder
-
-    path = Path(where)
-    if create:
-        if path.exists():
-            raise ConfigurationError("the target SQLite database already exists; migrate only into a new store")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # private before the first byte
-    return SQLiteRecorder(path, create=create)

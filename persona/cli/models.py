@@ -12,10 +12,11 @@ import click
 import orjson
 
 from persona.audit import record_local
-from persona.cli import audited, cli, emit_json, friendly, opened, parse_instant
+from persona.cli.common import audited, emit_json, friendly, opened, parse_instant
 from persona.core import Persona
 from persona.errors import PersonaError, ValidationError
 from persona.models.tasks import FAMILIES, parse_task
+from persona.services.people import persons
 
 if TYPE_CHECKING:  # scikit-learn and skops load in seconds: only the model commands import them
     from persona.models import registry, scoring
@@ -27,22 +28,16 @@ def _say(message: str) -> None:
 
 def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[datetime] | None,
                promote: bool | None) -> registry.ModelVersion:
-    from persona.models import registry, scoring
-    from persona.models.train import train as train_model
+    from persona.services.models import train_and_publish  # heavy: loaded when the command runs
 
-    task = parse_task(name, horizon)
+    parse_task(name, horizon)  # a name that is no task is refused before the audit entry opens
     shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
     with audited(persona, "train", **shape) as audit:  # written when done, with its outcome
-        try:
-            trained = train_model(persona, task, cutoffs, progress=_say)
-        except (ValueError, ArithmeticError) as e:  # scikit-learn or SciPy refusing these rows
-            raise ValidationError(f"{name}: the model could not be fitted on these rows ({type(e).__name__}); try "
-                                  "other cutoffs or a longer history") from None
-        version = registry.save(persona, trained, promote=promote)
+        published = train_and_publish(persona, name, horizon, cutoffs, promote=promote, progress=_say)
+        version = published.version
         audit.update(version=version.version, promoted=version.status == "promoted")
-        if version.status == "promoted":
-            _say(f"scoring every profile with {name} v{version.version}…")
-            audit["predictions"] = scoring.score_all(persona, name)
+        if published.predictions is not None:
+            audit["predictions"] = published.predictions
     return version
 
 
@@ -78,7 +73,7 @@ def _describe(v: registry.ModelVersion) -> str:
     return "\n".join(lines)
 
 
-@cli.command()
+@click.command()
 @click.argument("name", required=False)
 @click.option("--horizon", metavar="SPAN", help="Label window, e.g. 91d or 13w (the windowed names carry their own).")
 @click.option("--cutoff", "cutoffs", multiple=True, metavar="T",
@@ -106,7 +101,7 @@ def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tu
         raise click.UsageError("give a model NAME, or --all")
     if if_stale and not every:
         raise click.UsageError("--if-stale goes with --all")
-    from persona.models import drift, registry, scoring
+    from persona.models import drift, registry, scoring  # heavy: loaded when the command runs
 
     when = [parse_instant(c, "--cutoff") for c in cutoffs] or None
     done: list[registry.ModelVersion] = []
@@ -135,7 +130,7 @@ def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tu
         click.echo(_describe(v))
 
 
-@cli.group(invoke_without_command=True)
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON (metrics, baselines, drift, windows).")
 @click.pass_context
 @friendly
@@ -144,7 +139,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     with opened(ctx) as persona:
-        from persona.models import registry
+        from persona.models import registry  # heavy: loaded when the command runs
 
         found = registry.versions(persona)
     if as_json:
@@ -165,10 +160,11 @@ def models(ctx: click.Context, as_json: bool) -> None:
 def models_promote(ctx: click.Context, name: str, version: int) -> None:
     """Serve VERSION of NAME (and rescore every profile with it)."""
     with opened(ctx) as persona, audited(persona, "models", operation="models promote", model=_model(name)) as audit:
-        from persona.models import registry, scoring
+        from persona.services.models import promote  # heavy: loaded when the command runs
 
-        v = registry.promote(persona, name, version)
-        audit.update(version=v.version, predictions=scoring.score_all(persona, name))
+        published = promote(persona, name, version)
+        v = published.version
+        audit.update(version=v.version, predictions=published.predictions)
     click.echo(f"{name} v{v.version} promoted")
 
 
@@ -179,14 +175,15 @@ def models_promote(ctx: click.Context, name: str, version: int) -> None:
 def models_rollback(ctx: click.Context, name: str) -> None:
     """Serve again the version of NAME promoted before the current one."""
     with opened(ctx) as persona, audited(persona, "models", operation="models rollback", model=_model(name)) as audit:
-        from persona.models import registry, scoring
+        from persona.services.models import rollback  # heavy: loaded when the command runs
 
-        v = registry.rollback(persona, name)
-        audit.update(version=v.version, predictions=scoring.score_all(persona, name))
+        published = rollback(persona, name)
+        v = published.version
+        audit.update(version=v.version, predictions=published.predictions)
     click.echo(f"{name} rolled back to v{v.version}")
 
 
-@cli.command()
+@click.command()
 @click.argument("name")
 @click.option("--as-of", "as_of", metavar="T", help="Score as of this instant (features replayed to it).")
 @click.option("--subjects", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -201,7 +198,7 @@ def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | N
             form: str) -> None:
     """Score every profile (or the --subjects) with NAME; one prediction a line on standard output,
     with the features that moved it most."""
-    from persona.models import scoring
+    from persona.models import scoring  # heavy: loaded when the command runs
 
     moment = parse_instant(as_of, "--as-of")
     with opened(ctx) as persona:
@@ -222,7 +219,7 @@ def _flat(p: scoring.Prediction) -> dict[str, Any]:
 
 def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | None, version: int | None
                   ) -> list[dict[str, Any]]:
-    from persona.models import scoring
+    from persona.models import scoring  # heavy: loaded when the command runs
 
     wanted: list[tuple[str, str | None, str | None]] = []  # (as given, profile id, why none)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -247,9 +244,7 @@ def _for_subjects(persona: Persona, name: str, path: Path, moment: datetime | No
         record_local(persona, "predict", "predict", outcome="FAILED", subjects=len(ids), **shape)
         raise
     record_local(persona, "predict", "predict", ids, **shape)  # once it has run: each person scored
-    from persona.identity import persons
-
-    people = persons(persona.recorder, ids)
+    people = persons(persona, ids)
     by_stream = {m: p for p in found.values() for m in p.members}  # as of a past instant, a subject's
     out = []                                                       # stream may be a person of its own
     for given, pid, why in wanted:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
 import orjson
 
-from persona.cli import cli, emit_json, friendly, opened, settings_of
+from persona.audit import entries, record_local
+from persona.cli.common import emit_json, friendly, opened, settings_of
 from persona.core import Persona
+from persona.events import from_micros
+from persona.tokens import check_bindings, create_token, list_tokens, parse_names, parse_scopes, revoke_token
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM, open requests and subscriptions get this long before they are cancelled
 WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP allows 20 KB of query text
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -43,14 +47,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     Ctrl-C, requests and subscriptions still open get 10 seconds, then are cancelled; the
     audit is written before the server exits.
     """
-    import dataclasses
+    import uvicorn  # heavy: loaded when the command runs
 
-    import uvicorn
-
-    from persona.api.access import list_tokens
-    from persona.api.app import create_app, log_config
-    from persona.api.context import ServerOptions
-
+    from persona.api.app import create_app, log_config  # heavy: loaded when the command runs
+    from persona.api.context import ServerOptions  # heavy: loaded when the command runs
     settings = settings_of(ctx)
     proxies = uvicorn_proxies(proxy_headers, forwarded_allow_ips)
     with Persona.open(settings) as persona:  # a clear error now, not one per worker later
@@ -83,7 +83,7 @@ def uvicorn_proxies(proxy_headers: bool, forwarded_allow_ips: str | None) -> dic
     return {"proxy_headers": True, "forwarded_allow_ips": addresses}
 
 
-@cli.group()
+@click.group()
 def tokens() -> None:
     """API bearer tokens: create (shown once), list, revoke."""
 
@@ -117,9 +117,6 @@ def tokens_create(ctx: click.Context, name: str, scopes: tuple[str, ...], rate: 
     A writing token may be bound to sources and event types; every event it writes records
     its name (sealed), as `token:NAME`.
     """
-    from persona.api.access import check_bindings, create_token, parse_names, parse_scopes
-    from persona.audit import record_local
-
     wanted = parse_scopes(scopes)
     bound, kinds = parse_names(sources), parse_names(types)
     check_bindings(wanted, bound, kinds)  # before the store is opened
@@ -154,8 +151,6 @@ def _writes(sources: frozenset[str] | list[str], types: frozenset[str] | list[st
 def tokens_list(ctx: click.Context, as_json: bool) -> None:
     """Tokens by name, with scopes, rate, privacy budget, what they may write (sources, event types)
     and state (never the token itself)."""
-    from persona.api.access import list_tokens
-
     with opened(ctx) as persona:
         found = list_tokens(persona)
     rows: list[dict[str, Any]] = [{"name": t.name, "scopes": sorted(t.scopes), "rate_per_s": t.rate_per_s,
@@ -182,16 +177,13 @@ def tokens_list(ctx: click.Context, as_json: bool) -> None:
 @friendly
 def tokens_revoke(ctx: click.Context, name: str) -> None:
     """Revoke a token; running servers refuse it within two seconds."""
-    from persona.api.access import revoke_token
-    from persona.audit import record_local
-
     with opened(ctx) as persona:
         revoke_token(persona, name)
         record_local(persona, "tokens", "tokens revoke", token=name)
     click.echo(f"revoked {name}")
 
 
-@cli.command()
+@click.command()
 @click.option("--profile", "profile_id", metavar="ID", help="Only entries about this profile.")
 @click.option("--after", default=0, show_default=True, type=click.IntRange(min=0), help="Entries after this number.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 1_000_000),
@@ -208,10 +200,8 @@ def audit(ctx: click.Context, profile_id: str | None, after: int, limit: int, as
     the Profile fields read, the outcome (`ok` or the code of the refusal; refusals are
     counted, `detail.count`) and the shape of the question — names and counts, never a value.
     """
-    from persona.events import from_micros
-
     with opened(ctx) as persona:
-        rows = persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
+        rows = entries(persona, after=after, limit=limit, profile_id=profile_id)
     for seq, at, token, operation, pid, fields, outcome, detail in rows:
         when = from_micros(at).isoformat()
         if as_json:

@@ -1,0 +1,145 @@
+"""People as the read model and the log hold them, read in batches: person rows (a merged
+person's streams added up), the identifiers linked to each person, and pages of a person's
+history (the API's loaders: persona.api.data)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from persona import identity
+from persona.core import Persona
+from persona.errors import UnknownProfileError, ValidationError
+from persona.events import RecordedEvent, utc_text
+from persona.pseudonyms import short_hash
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    """What the read model says of one person (a profile, or several merged ones)."""
+
+    id: str
+    version: int  # events in the person's streams, together
+    updated_at: int | None
+    index_version: int | None
+    index_doc: str | None
+    rfm: dict[str, int] | None
+
+
+def person_rows(persona: Persona, ids: Sequence[str]) -> dict[str, PersonRow]:
+    """Each live id's person row, keyed by the id asked for: one query, plus two more when a
+    merged person is among them (their streams' rows are read and added up)."""
+    out: dict[str, PersonRow] = {}
+    merged = []
+    for row in persona.recorder.profile_rows(ids):
+        if not row.has_key:
+            continue
+        if row.person_id is not None:
+            merged.append(row.profile_id)
+            continue
+        rfm = None if row.r is None else {"r": row.r, "f": row.f or 0, "m": row.m or 0}
+        out[row.profile_id] = PersonRow(row.profile_id, row.version, row.updated_at, row.index_version,
+                                        row.index_doc, rfm)
+    if merged:
+        people = identity.persons(persona.recorder, merged)
+        streams = {r.profile_id: r for r in persona.recorder.profile_rows(
+            sorted({m for person in people.values() for m in person.members}))}
+        for pid, person in people.items():
+            rows = [streams.get(member) for member in person.members]
+            if not all(r is not None and r.has_key for r in rows):
+                continue  # erased meanwhile
+            root = streams[person.id]
+            rfm = None if root.r is None else {"r": root.r, "f": root.f or 0, "m": root.m or 0}
+            times = [r.updated_at for r in rows if r is not None and r.updated_at is not None]
+            out[pid] = PersonRow(person.id, sum(r.version for r in rows if r is not None),
+                                 max(times) if times else None, root.index_version, root.index_doc, rfm)
+    return out
+
+
+def identities_of(persona: Persona, ids: list[str]) -> dict[str, list[dict[str, str]]]:
+    """The identifiers linked to each person (every stream's, for a merged one)."""
+    people = identity.persons(persona.recorder, ids)
+    streams = sorted({m for person in people.values() for m in person.members})
+    linked: dict[str, list[dict[str, str]]] = {pid: [] for pid in streams}
+    for profile_id, digest, namespace in persona.recorder.links_of_many(streams):
+        linked[profile_id].append({"namespace": namespace, "hash": short_hash(bytes(digest))})
+    return {pid: [i for member in person.members for i in linked[member]] for pid, person in people.items()}
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    events: list[RecordedEvent]
+    has_next: bool
+    resume_before: int | None = None  # a time-filtered scan stopped early: continue below this point
+    by_position: bool = False  # a merged person's pages go by log position, not stream version
+
+
+SCAN_PAGE = 200
+
+
+SCAN_LIMIT = 2_000  # events decrypted for one time-filtered page at most; the rest is the next page's
+
+
+def history_page(persona: Persona, profile_id: str, *, first: int, before: int | None = None,
+                 by_position: bool = False, types: Sequence[str] = (), since: datetime | None = None,
+                 until: datetime | None = None) -> HistoryPage:
+    """A page of one person's events, newest first.
+
+    Paging and type filters are answered by the database, so only the events returned
+    are decrypted. Occurrence times are sealed inside events: with `since`/`until` the
+    candidates are decrypted a page at a time and filtered. A profile's pages go by its
+    stream's versions; a merged person's by log position across its streams (`before` is
+    then a position: `by_position`). A version cursor of a profile merged since is refused.
+    """
+    log, rec = persona.log, persona.recorder
+    person = identity.person_of(rec, profile_id)
+    heads = rec.heads(person.members)
+    if len(heads) < len(person.members) or any(h.wrapped is None for h in heads.values()):
+        raise UnknownProfileError("no such profile")
+    sealers = {sid: log.sealer(sid, head) for sid, head in heads.items()}
+    across = person.merged or by_position
+    if person.merged and before is not None and not by_position:
+        raise ValidationError("after: the profile was merged with another since this cursor was handed out;"
+                              " start again from the first page")
+    if across:
+        start = rec.last_position() + 1 if before is None else before
+
+        def read(below: int, limit: int) -> list[Any]:
+            return rec.read_page_across(person.members, below, limit, types)
+
+        def mark(row: Any) -> int:
+            return int(row.position)
+    else:
+        start = heads[profile_id].version + 1 if before is None else before
+
+        def read(below: int, limit: int) -> list[Any]:
+            return rec.read_page(profile_id, below, limit, types)
+
+        def mark(row: Any) -> int:
+            return int(row.version)
+    lo = utc_text(since) if since is not None else None
+    hi = utc_text(until) if until is not None else None
+    if lo is None and hi is None:
+        rows = read(start, first + 1)
+        return HistoryPage([log.open_event(row, sealers[row.stream_id]) for row in rows[:first]],
+                           len(rows) > first, by_position=across)
+    found: list[RecordedEvent] = []
+    scanned = 0
+    below = start
+    while len(found) <= first:
+        if scanned >= SCAN_LIMIT:  # a short page, and a cursor to go on from where the scan stopped
+            return HistoryPage(found, True, below, by_position=across)
+        rows = read(below, SCAN_PAGE)
+        for row in rows:
+            scanned += 1
+            event = log.open_event(row, sealers[row.stream_id])
+            if (lo is None or event.occurred_at >= lo) and (hi is None or event.occurred_at < hi):
+                found.append(event)
+                if len(found) > first:
+                    break
+        if len(rows) < SCAN_PAGE:
+            break
+        below = mark(rows[-1])
+    return HistoryPage(found[:first], len(found) > first, by_position=across)

@@ -1,0 +1,33 @@
+"""persona.caches.forget_caches: the one place that knows every cache of personal data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from persona import Persona, Settings
+from persona.caches import forget_caches
+from persona.ingest.jsonl import ingest_jsonl
+from persona.pseudonyms import admit, normalise
+from tests.conftest import jsonl, record
+
+
+def test_forget_caches_drops_identifiers_keys_and_what_it_is_given(tmp_path: Path) -> None:
+    normalise("email", "someone@example.com")
+    admit("email", "someone@example.com")
+    assert normalise.cache_info().currsize and admit.cache_info().currsize
+    cleared: list[str] = []
+    with Persona.init(Settings.load(tmp_path / "data", env={})) as persona:
+        ingest_jsonl(persona, jsonl(record("someone@example.com", event_id="1")).splitlines(), origin="test")
+        assert persona.log._sealers  # the person's key, unwrapped
+        forget_caches(persona, also=(lambda: cleared.append("projector"), lambda: cleared.append("plans")))
+        assert not persona.log._sealers
+    assert normalise.cache_info().currsize == 0 and admit.cache_info().currsize == 0
+    assert cleared == ["projector", "plans"]
+
+
+def test_an_erasure_keeps_the_process_identifier_caches_for_its_server_to_drop() -> None:
+    """What an erasure drops itself (its store's keys) and what it leaves to a server that sees it
+    (tests/test_api_hardening.py: an erasure elsewhere empties the server's caches)."""
+    normalise("email", "other@example.com")
+    forget_caches(identifiers=False)
+    assert normalise.cache_info().currsize
