@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -23,6 +23,9 @@ from hypothesis import settings as hypothesis_settings
 
 from persona import Persona, Settings
 from persona.events import Event, validate
+
+if TYPE_CHECKING:
+    from tests.api_world import Api, World
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -123,6 +126,24 @@ def settings(tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch) -> I
 def persona(settings: Settings) -> Iterator[Persona]:
     with Persona.init(settings) as p:
         yield p
+
+
+# The GraphQL API's tests share these (tests/api_world.py): a world and an app over it, built once per
+# test module that asks for them, so that a module's tokens, budgets and audit are its own. The API
+# loads only then: its helpers are imported inside the fixtures.
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    from tests.api_world import make_world
+
+    return make_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def api(world: World) -> Iterator[Api]:
+    from tests.api_world import serve
+
+    with serve(world) as running:
+        yield running
 
 
 class Clock:

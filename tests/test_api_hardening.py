@@ -26,9 +26,9 @@ from persona.erasure import erase_subject
 from persona.ingest import ingest_jsonl
 from persona.population import IndexedProfile, compute_rfm
 from persona.pseudonyms import normalise
+from tests.api_world import Api, TestClient, lines_of
 from tests.conftest import Clock, record
 from tests.hardening import tally
-from tests.test_api import Api, TestClient, lines_of
 
 MARKER = "zq.marker.7f3@example.com"
 ALL = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read", "insights:exact",

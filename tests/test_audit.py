@@ -33,8 +33,8 @@ from persona.ingest import ingest_jsonl
 from persona.migrate import open_store
 from persona.population import ProfileFilter, compute_rfm
 from persona.verify import verify
+from tests.api_world import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of
 from tests.conftest import pg_schema, record
-from tests.test_api import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of
 
 LI = "li.wei@example.com"
 MARIA = "maria.garcia@example.com"
