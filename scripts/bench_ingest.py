@@ -1,5 +1,5 @@
 """Benchmark of end-to-end ingest of raw multi-source exports: `persona ingest FILE --source NAME`
-run as a user runs it, on a synthetic dataset (persona.synth) of the four channels — CSV and
+run as a user runs it, on a synthetic dataset (persona.testing.exports) of the four channels — CSV and
 JSONL parsing, mapping, cleaning, validation, quarantine, pseudonymisation, identity resolution
 (with merges), encryption, the append, and keeping projections and the profile index current.
 Writes docs/benchmarks.md (ingest section) and docs/benchmarks-ingest.json.
@@ -49,7 +49,7 @@ def generate(people: int, seed: int, where: Path) -> dict[str, Any]:
     truth = where / "truth.json"
     if not truth.exists():
         print(f"generating {people:,} people into {where}…", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "persona.synth", "--people", str(people), "--seed", str(seed),
+        subprocess.run([sys.executable, "-m", "persona.testing.exports", "--people", str(people), "--seed", str(seed),
                         "--start", "2024-01-01", "--days", "365", "--out", str(where)],  # the same data any day
                        check=True, stdout=subprocess.DEVNULL)
     doc: dict[str, Any] = orjson.loads(truth.read_bytes())
@@ -208,7 +208,8 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         "## Ingest of raw exports (`scripts/bench-ingest`)",
         "",
         f"{r['when']} · {r['machine']} · {w['records']:,} raw records (rows and lines) of four channels for "
-        f"{w['people']:,} synthetic people (`persona.synth`, seed {w['seed']}), {w['planted_bad_rows']:,} of them "
+        f"{w['people']:,} synthetic people (`persona.testing.exports`, seed {w['seed']}), "
+        f"{w['planted_bad_rows']:,} of them "
         f"planted bad · `persona ingest FILE --source NAME`, one process per file, timed from start to exit · "
         f"median of {w['runs']} run(s) (min–max)",
         "",

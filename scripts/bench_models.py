@@ -1,5 +1,5 @@
 """Benchmark of the models: for each prediction task, on people with planted propensities
-(persona.models.synth), the held-out metric next to every baseline, and the time to train
+(persona.testing.planted), the held-out metric next to every baseline, and the time to train
 (point-in-time set, search, evaluation, registry) and to batch-score every profile.
 Writes docs/benchmarks.md (models section) and docs/benchmarks-models.json.
 
@@ -32,9 +32,9 @@ def one_run(people: int, seed: int, where: Path, tasks: tuple[str, ...]) -> dict
     from persona import Persona, Settings
     from persona.ingest import ingest_jsonl
     from persona.models import registry, scoring
-    from persona.models import synth as planted
     from persona.models.tasks import parse_task
     from persona.models.train import train
+    from persona.testing import planted
 
     events = where / "planted.jsonl"
     if not events.exists():
@@ -112,7 +112,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         "## Models (`scripts/bench-models`)",
         "",
         f"{r['when']} · {r['machine']} · {w['people']:,} people with planted propensities "
-        f"(`persona.models.synth`, seed {w['seed']}; {w['events']:,} events, ingested in "
+        f"(`persona.testing.planted`, seed {w['seed']}; {w['events']:,} events, ingested in "
         f"{r['ingest_seconds']['median']:.1f} s) · four cutoffs 91 days apart: trained on the first three, "
         f"every metric on the last one's rows only · timings median of {w['runs']} run(s) (min–max)",
         "",

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
@@ -23,6 +23,9 @@ from hypothesis import settings as hypothesis_settings
 
 from persona import Persona, Settings
 from persona.events import Event, validate
+
+if TYPE_CHECKING:
+    from tests.api_world import Api, World
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -36,7 +39,7 @@ if os.environ.get("CI"):
 PG_URL = os.environ.get("PERSONA_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
 CONFORMANCE = {"test_backup", "test_conformance", "test_eventlog", "test_erasure", "test_identity", "test_ingest",
-               "test_keys", "test_projector", "test_promises", "test_recovery", "test_review_regressions",
+               "test_keys", "test_projector", "test_promises", "test_recovery", "test_profiles",
                "test_population", "test_purity", "test_write_tokens"}
 
 
@@ -125,6 +128,24 @@ def persona(settings: Settings) -> Iterator[Persona]:
         yield p
 
 
+# The GraphQL API's tests share these (tests/api_world.py): a world and an app over it, built once per
+# test module that asks for them, so that a module's tokens, budgets and audit are its own. The API
+# loads only then: its helpers are imported inside the fixtures.
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    from tests.api_world import make_world
+
+    return make_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def api(world: World) -> Iterator[Api]:
+    from tests.api_world import serve
+
+    with serve(world) as running:
+        yield running
+
+
 class Clock:
     """A monotonic clock that moves only when the test says so (for rate limits and caches)."""
 
@@ -167,6 +188,11 @@ def event(*args: Any, **kwargs: Any) -> Event:
 
 def jsonl(*records: dict[str, Any] | bytes) -> bytes:
     return b"".join((r if isinstance(r, bytes) else orjson.dumps(r)) + b"\n" for r in records)
+
+
+def order(email: str, eid: str, amount: str, at: str = "2026-05-01T00:00:00Z") -> dict[str, object]:
+    return record(email, "order_placed", {"order_id": eid, "amount": amount, "currency": "EUR"},
+                  occurred_at=at, event_id=eid, source="shop")
 
 
 def store_bytes(persona: Persona) -> bytes:

@@ -28,9 +28,9 @@ from persona.pseudonyms import normalise
 from persona.reading import SCAN_LIMIT
 from persona.rfm import compute_rfm
 from persona.tokens import create_token, list_tokens
+from tests.api_world import Api, TestClient, lines_of
 from tests.conftest import Clock, record
 from tests.hardening import tally
-from tests.test_api import Api, TestClient, lines_of
 
 MARKER = "zq.marker.7f3@example.com"
 ALL = frozenset({"profiles:read", "history:read", "predictions:read", "insights:read", "insights:exact",

@@ -27,8 +27,8 @@ from persona.api.scans import ScanGate, ScanPool
 from persona.api.schema import schema
 from persona.ingest import ingest_jsonl
 from persona.tokens import create_token, list_tokens
+from tests.api_world import SAMPLE, Api, TestClient
 from tests.scan_jobs import die, where_am_i
-from tests.test_api import SAMPLE, Api, TestClient
 
 INSIGHTS = "{ insights { k } }"
 PROFILE = "query($id: ID!) { profile(id: $id) { version } }"

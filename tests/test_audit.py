@@ -34,8 +34,8 @@ from persona.population import ProfileFilter
 from persona.rfm import compute_rfm
 from persona.tokens import create_token
 from persona.verify import verify
+from tests.api_world import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of
 from tests.conftest import pg_schema, record
-from tests.test_api import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of
 
 LI = "li.wei@example.com"
 MARIA = "maria.garcia@example.com"

@@ -311,9 +311,9 @@ def test_restore_keeps_the_audit_entries_of_both_stores_when_their_histories_dif
 def planted_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """A few planted people (their events, to ingest) and a model trained on them once: with so
     few training rows, its features' medians and decile edges are individual people's values."""
-    from persona.models import synth as planted
     from persona.models.tasks import parse_task
     from persona.models.train import train
+    from persona.testing import planted
 
     root = tmp_path_factory.mktemp("planted")
     planted.write(root / "planted.jsonl", 100, seed=5)

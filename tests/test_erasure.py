@@ -11,6 +11,7 @@ from persona.crypto import Keyring
 from persona.erasure import erase_profile, erase_subject, ledger_of, verify_receipt
 from persona.errors import ErasedError, ReceiptError, UnknownProfileError
 from persona.ingest import ingest_jsonl
+from persona.projector import Projector
 from persona.purge import mark_of, run
 from persona.verify import verify
 from tests.conftest import event, jsonl, record, store_bytes
@@ -207,3 +208,22 @@ def test_a_reader_holding_the_wal_is_reported_not_ignored(persona: Persona) -> N
     assert run(persona).done and mark_of(persona.recorder).pending is None  # `persona purge` (or the server) retries
     assert persona.recorder.checkpoint()  # once the reader is gone the WAL truncates
     assert Path(f"{persona.settings.db_path}-wal").stat().st_size == 0
+
+
+def test_derived_rows_are_never_written_for_an_erased_profile(persona: Persona) -> None:
+    persona.log.append([event(event_id="e1")])
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    projector = Projector(persona)
+    current = projector.current(pid)
+    doc = projector.index_doc(current)
+    assert current.sealer is not None
+    snaps = projector.snapshot_rows(current, current.sealer, force=True)
+    with Persona.open(persona.settings) as other:  # another process erases in between
+        erase_subject(other, "email", "alice@example.com")
+    with persona.recorder.transaction():
+        persona.recorder.put_index([(pid, current.version, doc)])
+        persona.recorder.put_snapshots(snaps)
+        persona.recorder.put_rfm([(pid, 5, 5, 5)])
+    assert persona.recorder.index_rows() == [] and persona.recorder.snapshots_of(pid) == {}
+    assert persona.recorder.rfm_scores() == {}

@@ -201,3 +201,10 @@ def test_kept_events_are_exactly_what_reads_back(persona: Persona) -> None:
     read_back = {e.event_id: e for e in persona.log.iter_all()}
     assert [read_back[e.event_id] for e in result.recorded] == result.recorded
     assert [e.version for e in result.recorded] == [2, 1, 3]
+
+
+def test_event_ids_are_unique_per_source(persona: Persona) -> None:
+    result = persona.log.append([event(event_id="o1", source="shop"), event(event_id="o1", source="crm")])
+    assert (result.appended, result.duplicates) == (2, 0)
+    again = persona.log.append([event(event_id="o1", source="shop")])
+    assert (again.appended, again.duplicates) == (0, 1)

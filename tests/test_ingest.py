@@ -10,9 +10,10 @@ from persona import Persona
 from persona.events import micros
 from persona.ingest import Quarantine, ingest_jsonl
 from persona.ingest.quarantine import describe, open_quarantined
+from persona.profiles import profile_view
 from persona.store.base import TABLES
 from persona.verify import verify
-from tests.conftest import NOW, jsonl, record, store_bytes
+from tests.conftest import NOW, jsonl, order, record, store_bytes
 
 
 def lines(data: bytes) -> io.BytesIO:
@@ -189,3 +190,16 @@ def test_drop_quarantined_removes_those_records_and_their_tags_only(persona: Per
     assert [r["id"] for r in describe(persona)] == [held[1]]
     tags = [row[1] for page in persona.recorder.dump("quarantine_tags") for row in page]
     assert tags == [persona.log.hash_identifier("email", "bob@example.com")]
+
+
+def test_absurd_amounts_are_quarantined_and_large_ones_do_not_break_features(persona: Persona) -> None:
+    report = ingest_jsonl(persona, io.BytesIO(jsonl(order("a@example.com", "x1", "1e30"),
+                                                    order("a@example.com", "x2", "0.0000001"),
+                                                    *[order("a@example.com", f"ok{i}", "999999999999999.99")
+                                                      for i in range(3)])), origin="f")
+    assert (report.appended, report.quarantined) == (3, 2)
+    assert all("below 10^15" in r["reason"] for r in describe(persona))
+    pid = persona.log.profile_for("email", "a@example.com")
+    assert pid is not None
+    assert profile_view(persona, pid)["features"]["monetary"] == 2999999999999999.97
+    assert len(persona.recorder.index_rows()) == 1

@@ -2,7 +2,7 @@
 baselines, the skops registry (tamper checks), predictions with explanations, erasure, drift,
 the CLI and the API.
 
-One module-scoped store holds a population with planted propensities (persona.models.synth),
+One module-scoped store holds a population with planted propensities (persona.testing.planted),
 ingested through the real pipeline; trained versions are shared by the tests that only read.
 """
 
@@ -32,10 +32,10 @@ from persona.erasure import erase_profile
 from persona.errors import TamperError, ValidationError
 from persona.ingest import ingest_jsonl
 from persona.models import bgnbd, drift, registry, scoring
-from persona.models import synth as planted
 from persona.models.dataset import build, default_cutoffs, histories
 from persona.models.tasks import parse_horizon, parse_task
 from persona.models.train import Trained, train
+from persona.testing import planted
 from persona.tokens import create_token
 
 with warnings.catch_warnings():
@@ -487,7 +487,7 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
     with Persona.open(Settings.load(data, env={})) as p:
         assert len(p.recorder.predictions_of([row["profile_id"] for row in everyone])) == 300
     retrained = run("train", "--all", "--if-stale")
-    # The planted history starts on 2024-01-01 (persona.models.synth.START) and stays in the past:
+    # The planted history starts on 2024-01-01 (persona.testing.planted.START) and stays in the past:
     # measured today, every person's days_since_first_seen is far past anything it trained on.
     assert "churn_91d v1: stale — feature drift" in retrained and "days_since_first_seen" in retrained, retrained
     assert "churn_91d v2 [promoted]" in retrained  # retrained on the same rows: it beats its baselines again

@@ -16,7 +16,7 @@ from persona.projections import FEATURES, replay
 from persona.projector import rebuild
 from persona.rfm import compute_rfm, quintile_scores
 from persona.verify import verify
-from tests.conftest import jsonl, record
+from tests.conftest import jsonl, order, record
 from tests.test_projection_features import HISTORY
 
 
@@ -114,3 +114,20 @@ def test_population_aggregates(persona: Persona) -> None:
     assert table["DE"]["count"] == 5 and table["DE"]["mean_frequency"] == 6.0  # people 1,3,5,7,9 -> 2,4,6,8,10
     assert table["FR"]["count"] == 5 and table["FR"]["mean_frequency"] == 5.0
     assert table[None]["count"] == 1
+
+
+def test_questions_about_the_past_and_future_dated_events_use_replay(persona: Persona) -> None:
+    ingest_jsonl(persona, io.BytesIO(jsonl(order("b@example.com", "p1", "10", at="2026-04-01T00:00:00Z"),
+                                           order("b@example.com", "p2", "90", at="2026-05-20T00:00:00Z"))),
+                 origin="f")
+    past = list_profiles(persona, as_of=datetime(2026, 4, 15, tzinfo=UTC))[0]
+    assert past.features["frequency"] == 1 and past.features["recency_days"] == 14.0
+    assert "category_affinity" in past.features
+
+
+def test_age_in_the_index_is_derived_for_the_readers_instant(persona: Persona) -> None:
+    ingest_jsonl(persona, io.BytesIO(jsonl(record("c@example.com", "profile_updated", {"birth_year": 1990},
+                                                  occurred_at="2020-01-01T00:00:00Z", source="crm",
+                                                  event_id="c1"))), origin="f")
+    (profile,) = list_profiles(persona, as_of=datetime(2030, 6, 1, tzinfo=UTC))
+    assert profile.attributes["age"] == 40

@@ -25,8 +25,8 @@ from persona.api.app import create_app
 from persona.ingest import ingest_jsonl
 from persona.insights import EPSILON_CEILING, EPSILON_FLOOR
 from persona.tokens import create_token, list_tokens
+from tests.api_world import Api, TestClient, lines_of
 from tests.conftest import record
-from tests.test_api import Api, TestClient, lines_of
 
 PEOPLE = 600
 TOP_SPEND = 10 + (PEOPLE - 1) * 7.31  # person i spends 10 + 7.31·i: the last spends the most

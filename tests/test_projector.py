@@ -18,9 +18,10 @@ from persona import Persona, Settings
 from persona.erasure import erase_subject
 from persona.errors import ErasedError, UnknownProjectionError
 from persona.ingest import ingest_jsonl
+from persona.profiles import profile_view
 from persona.projections import ATTRIBUTES, FEATURES, BehaviorFeatures, replay
 from persona.projector import Projector, _aad, rebuild
-from tests.conftest import jsonl, record, store_bytes
+from tests.conftest import event, jsonl, record, store_bytes
 
 PEOPLE = [f"p{i}@example.com" for i in range(12)]
 
@@ -264,3 +265,25 @@ def test_a_failure_beside_the_forked_child_is_raised_not_a_deadlock(persona: Per
     monkeypatch.setattr(projector, "index_doc", failing_here)
     with pytest.raises(MemoryError):  # the child, blocked writing its half, is released and reaped
         projector._index_rows_forked(work * 40)
+
+
+def test_an_older_index_row_never_replaces_a_newer_one(persona: Persona) -> None:
+    persona.log.append([event(event_id="v1")])
+    pid = persona.log.profile_for("email", "alice@example.com")
+    assert pid is not None
+    stale = Projector(persona)
+    old = stale.index_doc(stale.current(pid))
+    persona.log.append([event(event_id="v2")])
+    Projector(persona).refresh([pid])
+    with persona.recorder.transaction():
+        persona.recorder.put_index([(pid, 1, old)])
+    assert persona.recorder.index_rows()[0][1] == 2
+
+
+def test_undeclared_profile_fields_are_not_fused(persona: Persona) -> None:
+    ingest_jsonl(persona, io.BytesIO(jsonl(record("d@example.com", "profile_updated",
+                                                  {"language": "en", "languages": {"b": 1, "a": 2}},
+                                                  event_id="d1"))), origin="f")
+    pid = persona.log.profile_for("email", "d@example.com")
+    assert pid is not None
+    assert profile_view(persona, pid)["attributes"]["languages"]["value"] == ["en"]

@@ -128,7 +128,7 @@ def test_the_order_files_arrive_in_does_not_change_who_is_who(world: Any, tmp_pa
 
 def test_a_larger_generated_population_resolves_too(tmp_path: Path) -> None:
     """400 freshly generated people (another seed): the fixture is not a lucky draw."""
-    from persona.synth import main as generate
+    from persona.testing.exports import main as generate
 
     out = tmp_path / "gen"
     generate(["--people", "400", "--seed", "11", "--end", NOW.date().isoformat(), "--out", str(out)])

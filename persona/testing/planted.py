@@ -6,7 +6,7 @@ the BG/NBD model cannot see: they browse (at a rate that grows with λ) and use 
 while active, and what they browse follows the same category taste as what they buy. So a
 model that reads behaviour should beat BG/NBD on who buys next, how much, and what.
 
-    python -m persona.models.synth --people 10000 --out events.jsonl [--seed 1] [--days 730]
+    python -m persona.testing.planted --people 10000 --out events.jsonl [--seed 1] [--days 730]
 
 Writes canonical JSONL (docs/events.md), then `persona ingest events.jsonl`. Deterministic for a
 seed. The truth (each person's λ, p and when they became inactive) goes beside it as

@@ -1,4 +1,4 @@
-"""The synthetic dataset generator (persona.synth): deterministic, and its truth.json true to its files."""
+"""The synthetic dataset generator (persona.testing.exports): deterministic, and its truth.json true to its files."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from persona.ingest.quarantine import describe
 from persona.population import indexed
 from persona.pseudonyms import normalise
 from persona.rfm import compute_rfm
-from persona.synth import APP, BAD_KINDS, FILES, SHOP, SOCIAL, WEB, main
+from persona.testing.exports import APP, BAD_KINDS, FILES, SHOP, SOCIAL, WEB, main
 
 SAMPLE = Path(__file__).resolve().parent.parent / "fixtures" / "people"
 SOURCES = {SHOP: "shop", SOCIAL: "social", WEB: "web", APP: "app"}
