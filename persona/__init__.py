@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
     """Persona, imported when first asked for: `import persona` (and so `persona --help`) loads
     no store."""
     if name == "Persona":
-        from persona.core import Persona  # heavy: the store (sqlite_utils, numpy) loads with it
+        from persona.core import Persona  # heavy: the store, cryptography and the event log load with it
 
         return Persona
     raise AttributeError(f"module 'persona' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 import pytest
 from click.testing import CliRunner, Result
 
@@ -403,6 +404,27 @@ def test_persona_version_starts_in_well_under_a_second() -> None:
                   if line.startswith("import time:") and line.split("|")[2].strip() == "persona.cli"]
     assert len(cumulative) == 1, done.stderr[-2000:]
     assert cumulative[0] < 1_500_000, f"importing persona.cli took {cumulative[0] / 1e6:.2f} s"
+
+
+def test_ingesting_a_small_jsonl_file_loads_no_heavy_library(tmp_path: Path) -> None:
+    """`persona ingest` of a few canonical events starts in about 0.3 s: opening an existing store
+    loads neither sqlite-utils nor NumPy (only making a table does), and a JSONL file never loads the
+    mapping language. Checked on what the real run imported (`python -X importtime`)."""
+    root = Path(__file__).resolve().parent.parent
+    data = tmp_path / "data"
+    assert CliRunner().invoke(cli, ["--data", str(data), "init"]).exit_code == 0
+    events = tmp_path / "one.jsonl"
+    events.write_bytes(orjson.dumps({"source": "web", "type": "page_viewed", "occurred_at": "2026-03-01T10:00:00Z",
+                                     "event_id": "w-1", "subject": {"namespace": "cookie", "value": "c-1"},
+                                     "data": {"url": "https://shop.example/"}}) + b"\n")
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "persona", "--data", str(data), "ingest",
+                           str(events)], capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0 and "1 events appended" in done.stdout, done.stdout + done.stderr[-2000:]
+    loaded = {line.split("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "persona.ingest.engine" in loaded, "the positive control: the run's imports are seen"
+    heavy = sorted(m for m in loaded if m.split(".")[0] in (*HEAVY, "numpy", "sqlite_utils")
+                   or m.startswith("persona.ingest.mapping"))
+    assert heavy == [], heavy
 
 
 def test_the_command_list_says_what_each_command_says_of_itself() -> None:

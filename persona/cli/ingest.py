@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
@@ -26,12 +26,14 @@ from persona.events import local
 from persona.ingest import IngestReport, ingest_feed, ingest_file
 from persona.ingest.dryrun import dry_run as dry_run_records
 from persona.ingest.jsonl import jsonl_records, live_jsonl_records
-from persona.ingest.mapping import SourceMapping, builtin_mapping, live_records, load_mapping, mapped_records
 from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.progress import Interruption, ProgressLines, reading, stopped_by_signals
 from persona.rfm import compute_rfm
 from persona.services.store import drop_quarantined
+
+if TYPE_CHECKING:
+    from persona.ingest.mapping import SourceMapping
 
 
 @click.command()
@@ -78,10 +80,14 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     """
     mapping = None
     if mapping_file is not None:
+        from persona.ingest.mapping import load_mapping  # heavy: only a mapped ingest loads the mapping language
+
         mapping = load_mapping(mapping_file)
         if source:
             mapping = dataclasses.replace(mapping, source=source)
     elif source:
+        from persona.ingest.mapping import builtin_mapping  # heavy: as above
+
         mapping = builtin_mapping(source)
     if form is not None and mapping is not None:
         mapping = dataclasses.replace(mapping, format=form)
@@ -139,9 +145,7 @@ def _dry_run(ctx: click.Context, file: Path, mapping: SourceMapping | None, as_j
         raise click.BadParameter("no such file", param_hint="FILE")
     with opened(ctx) as persona, (nullcontext(sys.stdin.buffer) if str(file) == "-" else file.open("rb")) as handle:
         name, limit = ("<stdin>" if str(file) == "-" else file.name), persona.settings.max_event_bytes
-        records = (jsonl_records(handle, limit) if mapping is None
-                   else mapped_records(mapping, handle, name=name, max_bytes=limit))
-        report = dry_run_records(persona, records, origin=name, writer=INGEST)
+        report = dry_run_records(persona, _records(mapping, handle, name, limit), origin=name, writer=INGEST)
         record_local(persona, "ingest", "ingest dry run", appended=report.appended, duplicates=report.duplicates,
                      quarantined=report.quarantined)
     if as_json:
@@ -151,18 +155,27 @@ def _dry_run(ctx: click.Context, file: Path, mapping: SourceMapping | None, as_j
     refuse_if_all_quarantined(report, dry_run=True)
 
 
+def _records(mapping: SourceMapping | None, handle: BinaryIO, name: str, limit: int, *, live: bool = False,
+             stop: threading.Event | None = None) -> Iterable[Any]:
+    """FILE's records: canonical JSONL, or the rows of an export through its mapping; `live`:
+    a feed, paced so that a quiet one has what it sent committed."""
+    if mapping is None:
+        return live_jsonl_records(handle, limit, stop=stop) if live else jsonl_records(handle, limit)
+    from persona.ingest.mapping import live_records, mapped_records  # loaded already, with the mapping
+
+    if live:
+        return live_records(mapping, handle, name=name, max_bytes=limit, stop=stop)
+    return mapped_records(mapping, handle, name=name, max_bytes=limit)
+
+
 def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMapping | None,
             progress: Callable[[int], None] | None = None, *, stream: bool = False,
             stop: threading.Event | None = None) -> Any:
     limit = persona.settings.max_event_bytes
     if stream:  # rows are paced, so that an order's last item rows do not wait
-        feed = (live_jsonl_records(handle, limit, stop=stop) if mapping is None
-                else live_records(mapping, handle, name=name, max_bytes=limit, stop=stop))
+        feed = _records(mapping, handle, name, limit, live=True, stop=stop)
         return ingest_feed(persona, feed, origin=name, stop=stop, writer=INGEST)
-    if mapping is None:
-        records: Iterable[Any] = jsonl_records(handle, limit)
-    else:
-        records = mapped_records(mapping, handle, name=name, max_bytes=limit)
+    records = _records(mapping, handle, name, limit)
     # a file on a machine with cores to spare: read, map and validate in a second process
     parallel = (os.cpu_count() or 1) > 1
     # catch_up: the index of whatever a killed ingest committed is brought up to date too

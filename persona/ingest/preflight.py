@@ -13,10 +13,13 @@ import io
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from persona.errors import ConfigurationError, ValidationError
-from persona.ingest.mapping import SourceMapping, columns_named, columns_needed
 from persona.pseudonyms import check_namespace
+
+if TYPE_CHECKING:
+    from persona.ingest.mapping import SourceMapping
 
 BLOCK = 64 * 1024  # how much of the file the checks look at
 GUIDE = "see docs/ingest.md"
@@ -106,6 +109,11 @@ def check_encoding(head: bytes, name: str, encoding: str, *, whole: bool, settab
 def check_header(header: list[str], mapping: SourceMapping, name: str, mapping_name: str, *,
                  builtin: bool) -> None:
     """Every column the mapping names (a built-in one: every column each row needs) is in the header."""
+    from persona.ingest.mapping import (  # heavy: a JSONL ingest never loads the mapping language
+        columns_named,
+        columns_needed,
+    )
+
     wanted = columns_needed(mapping) if builtin else columns_named(mapping)
     present = set(header)
     missing = [" or ".join(choice) for choice in wanted if not present.intersection(choice)]

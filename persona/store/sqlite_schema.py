@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any
 
 from persona.store import schema
 
@@ -48,11 +46,20 @@ class SQLiteSchema:
 
     if TYPE_CHECKING:
         conn: sqlite3.Connection
-        db: sqlite_utils.Database
 
         def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]: ...
         def get_meta(self, key: str) -> str | None: ...
         def set_meta(self, key: str, value: str) -> None: ...
+
+    def _table_names(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _tables(self) -> Any:
+        """sqlite-utils over this connection, to make tables: loaded only when one is made (it
+        imports NumPy, a fifth of a second that opening a store need not spend)."""
+        import sqlite_utils  # heavy: loaded when a table is made
+
+        return sqlite_utils.Database(self.conn)
 
     def _upgrade(self) -> None:
         """Columns added since the store was made (schema.COLUMNS_ADDED), once, under the write lock."""
@@ -68,7 +75,7 @@ class SQLiteSchema:
             self.set_meta("schema_revision", str(schema.SCHEMA_REVISION))
 
     def _create_schema(self) -> None:
-        db = self.db
+        db = self._tables()
         with self.transaction():
             db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
             db.table("events").create(
@@ -147,9 +154,9 @@ class SQLiteSchema:
 
     def _create_derived_schema(self) -> None:
         """Read models and snapshots: disposable, rebuilt from the log (additive, so made on open)."""
-        if "rfm" in self.db.table_names():
+        if "rfm" in self._table_names():
             return
-        db = self.db
+        db = self._tables()
         with self.transaction():
             db.table("snapshots").create(
                 {"profile_id": str, "projection": str, "projection_version": int, "stream_version": int,
@@ -179,9 +186,9 @@ class SQLiteSchema:
         `members` maps each stream of a merged person to the person's id (its oldest stream).
         Both are identity tables, like `links`: erasure deletes the person's rows.
         """
-        if "members" in self.db.table_names():
+        if "members" in self._table_names():
             return
-        db = self.db
+        db = self._tables()
         with self.transaction():
             # AUTOINCREMENT: a merge's number is never reused, even after an erasure deleted the newest
             self._run_script(_MERGES_TABLE)
@@ -195,9 +202,9 @@ class SQLiteSchema:
         """The model registry (population-level: sealed skops files, metrics, training windows),
         who each version was trained on (named in erasure receipts; a person's rows go with
         them), and the predictions read model (additive, so made on open)."""
-        if "predictions" in self.db.table_names():
+        if "predictions" in self._table_names():
             return
-        db = self.db
+        db = self._tables()
         with self.transaction():
             db.table("models").create(
                 {"name": str, "version": int, "created_at": int, "status": str, "promoted_at": int,
@@ -225,9 +232,9 @@ class SQLiteSchema:
 
     def _create_access_schema(self) -> None:
         """API tokens (hashes only) and the append-only audit log (additive, so made on open)."""
-        if "audit" in self.db.table_names():
+        if "audit" in self._table_names():
             return
-        db = self.db
+        db = self._tables()
         with self.transaction():
             db.table("api_tokens").create(
                 {"name": str, "digest": bytes, "scopes": str, "created_at": int, "revoked_at": int,
