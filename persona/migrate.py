@@ -12,16 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from persona.store import open_store, parse_target
-from persona.store.copy import check_copy, copy_store, row_counts
-
-if TYPE_CHECKING:
-    from persona.settings import Settings
-
-__all__ = ["MigrateReport", "audit", "check_copy", "copy_store", "migrate", "open_store", "parse_target",
-           "row_counts"]  # the copy itself lives beside the stores (persona.store.copy)
+from persona.audit import local_entries
+from persona.core import Persona, load_keyring
+from persona.integrity import KEY_PURPOSE, Tagger
+from persona.settings import Settings
+from persona.store import open_store
+from persona.store.copy import check_copy, copy_store
+from persona.verify import verify
 
 
 @dataclass
@@ -36,9 +35,6 @@ def migrate(settings: Settings, source_spec: str, target_spec: str,
     """Copy the store at `source_spec` into a new one at `target_spec`, then check the copy:
     row counts of every table, every hash chain, every live event opened (with the keyring
     of `settings`, which must be the store's)."""
-    from persona.core import Persona, load_keyring
-    from persona.verify import verify
-
     keyring = load_keyring(settings)
     source = open_store(source_spec)
     try:
@@ -62,10 +58,6 @@ def audit(settings: Settings, spec: str, outcome: str, **detail: Any) -> None:
     """An entry in the audit log of the store at `spec`: `persona migrate` read every person's data
     out of the source (and made the target: its own log says how). Tagged under the key file of
     `settings`, as every audit entry is (persona.integrity)."""
-    from persona.audit import local_entries
-    from persona.core import load_keyring
-    from persona.integrity import KEY_PURPOSE, Tagger
-
     store = open_store(spec)
     try:
         store.tagger = Tagger(load_keyring(settings).derived(KEY_PURPOSE))

@@ -29,9 +29,9 @@ from persona.audit import AuditBuffer, filter_shape, named
 from persona.cli import cli
 from persona.core import load_keyring
 from persona.ingest import ingest_jsonl
-from persona.migrate import open_store
 from persona.population import ProfileFilter
 from persona.rfm import compute_rfm
+from persona.store import open_store
 from persona.tokens import create_token
 from persona.verify import verify
 from tests.api_world import SAMPLE, Api, TestClient, crowd_email, crowd_records, lines_of

@@ -23,9 +23,10 @@ from persona.crypto import Keyring
 from persona.erasure import erase_subject
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError, KeyMismatchError, PersonaError
 from persona.feed import ChangeFeed
-from persona.migrate import migrate, row_counts
+from persona.migrate import migrate
 from persona.store import open_recorder
 from persona.store.base import SCHEMA_REVISION
+from persona.store.copy import row_counts
 from persona.verify import verify
 from tests.conftest import event, store_bytes
 from tests.hardening import tally

@@ -30,12 +30,12 @@ from persona.errors import PersonaError, TamperError
 from persona.feed import ChangeFeed
 from persona.migrate import audit as migrate_audit
 from persona.migrate import migrate as migrate_store
-from persona.migrate import parse_target
 from persona.progress import ProgressLines, counting
 from persona.projector import Projector
 from persona.rfm import RfmSchedule, compute_rfm
 from persona.services.store import live_and_erased, stream_count
 from persona.settings import Settings
+from persona.store import parse_target
 from persona.verify import UNREADABLE
 from persona.verify import verify as verify_store
 
