@@ -1,0 +1,546 @@
+#!/usr/bin/env python3
+"""Measurement study for issue 20 (store v2): candidate SQLite event-store layouts, same workload.
+
+Each design is built in a fresh SQLite file in a temp dir (WAL, synchronous=NORMAL, page_size
+8192) and fed the same synthetic bulk ingest: events of ~200-byte JSON payloads from a seeded RNG,
+arriving in batches of B events; each batch touches B/4 people picked at random among S, a few
+events each (an export's interleaving), and ~2% of each batch's events are re-sent (an earlier
+event's key, same person) so the idempotency check really finds and skips duplicates.
+
+Every design does the real work: per-stream AES-GCM keys (cryptography's AESGCM) with associated
+data binding stream/version(s)/event key(s)/type, a keyed-BLAKE2b per-stream hash chain, the
+append-only triggers, and the uniqueness checks it relies on. Stream tips (version, chain head)
+are cached in memory during the bulk ingest, as the library's writer cache does, and written to
+the `streams` table once per batch.
+
+Designs:
+  today      one row per event; UNIQUE(stream_no, version) and UNIQUE(event_key) indexes;
+             cache_size 128 MiB and wal_autocheckpoint 500 pages, as persona.store.sqlite sets.
+  tuned      the same event rows, but the event_key index replaced by a WITHOUT ROWID table
+             keys(event_key PRIMARY KEY); each batch's rows inserted grouped by stream and its
+             keys in sorted order; cache_size 1 GiB; wal_autocheckpoint 10,000 pages.
+  chunks_kt  (c1) one row per (stream, batch): the person's events of the batch sealed as ONE
+             AES-GCM blob (orjson list); rowid = first global position; UNIQUE(stream_no,
+             first_version); the chunk's sorted event keys in a column; idempotency by a global
+             WITHOUT ROWID keys table (one random insert per event, but one structure).
+  chunks_ps  (c2) the same chunks, no global keys table: the check reads the keys columns of the
+             batch's streams' chunks (a range read per person; the key determines the person).
+  chunks_bf  (c3) chunks_ps plus an in-memory Bloom filter over all keys (16 bits/key, 4 probes),
+             rebuilt from the store at open (the rebuild is timed); exact check only on a hit.
+
+Per design it reports: append ev/s overall and per 100k-event window (first and last), the share
+of append time spent in the duplicate check, p50/p99 of 500 single-event transactions at the end
+(stream head read from the table, check, seal, chain, insert, head update, commit), full replay
+(scan + decrypt + orjson decode every event) in stream order and in global order, bytes on disk
+per event after a TRUNCATE checkpoint, and the peak RSS of the process (each design runs in its
+own subprocess).
+
+    scripts/study_store_v2.py --quick                       # 20k events, all designs, < 1 min
+    scripts/study_store_v2.py --events 1000000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+DESIGNS = ("today", "tuned", "chunks_kt", "chunks_ps", "chunks_bf")
+TYPES = ("order_placed", "page_viewed", "email_opened", "cart_updated", "refund_issued")
+CHANNELS = ("web", "app", "store", "phone")
+MASTER = b"study-store-v2-master-key-000000"
+CHAIN_KEY = hashlib.blake2b(b"chain", key=MASTER).digest()
+RECORDED_AT = 1_760_000_000_000_000
+IN_CHUNK = 5000  # parameters per IN (...) query
+
+Event = tuple[int, bytes, str, dict[str, Any]]  # stream_no, event_key, type, body
+
+
+def stream_id(no: int) -> str:
+    return f"prf_{no:026d}"
+
+
+class Workload:
+    """Seeded batches; every design sees the very same events in the same order."""
+
+    def __init__(self, events: int, streams: int, batch: int, seed: int = 20) -> None:
+        self.events, self.streams, self.batch = events, streams, batch
+        self.rng = random.Random(seed)
+        self.keys = bytearray()  # every key offered so far (16 bytes each)
+        self.owner = array("i")  # the stream of each key
+
+    def _body(self, kind: str) -> dict[str, Any]:
+        r = self.rng
+        return {"type": kind, "source": "shop-export", "occurred_at": RECORDED_AT - r.randrange(10**12),
+                "data": {"sku": f"SKU-{r.randrange(10**6):06d}", "amount": r.randrange(100, 99999) / 100,
+                         "currency": "EUR", "channel": r.choice(CHANNELS), "qty": r.randrange(1, 9),
+                         "note": r.randbytes(24).hex()}}
+
+    def batches(self) -> Iterator[list[Event]]:
+        r, done = self.rng, 0
+        while done < self.events:
+            n = min(self.batch, self.events - done)
+            people = r.sample(range(self.streams), max(1, min(self.streams, n // 4)))
+            out: list[Event] = []
+            for _ in range(n):
+                if self.owner and r.random() < 0.02:  # re-sent: an earlier event, same person
+                    i = r.randrange(len(self.owner))
+                    key, no = bytes(self.keys[16 * i:16 * i + 16]), self.owner[i]
+                else:
+                    key, no = r.randbytes(16), r.choice(people)
+                kind = r.choice(TYPES)
+                out.append((no, key, kind, self._body(kind)))
+            for no, key, _, _ in out:
+                self.keys += key
+                self.owner.append(no)
+            done += n
+            yield out
+
+
+class Design:
+    """The shared part: connection, per-stream keys, tips, the streams table, triggers."""
+
+    name = ""
+    cache_kib = 131072
+    autocheckpoint = 500
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        c = self.conn
+        c.execute("PRAGMA page_size = 8192")
+        c.execute("PRAGMA journal_mode = wal")
+        for pragma in ("synchronous = NORMAL", f"wal_autocheckpoint = {self.autocheckpoint}",
+                       f"cache_size = -{self.cache_kib}", "temp_store = MEMORY"):
+            c.execute("PRAGMA " + pragma)
+        c.execute("CREATE TABLE streams (stream_no INTEGER PRIMARY KEY, stream_id TEXT NOT NULL UNIQUE,"
+                  " version INTEGER NOT NULL, head BLOB NOT NULL)")
+        self.create()
+        self.aeads: dict[int, AESGCM] = {}
+        self.prefixes: dict[int, bytes] = {}
+        self.tips: dict[int, list[Any]] = {}  # stream_no -> [version, head]
+        self.position = 0
+        self.dup_seconds = 0.0
+        self.duplicates = 0
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def triggers(self, table: str) -> None:
+        for op in ("UPDATE", "DELETE"):
+            self.conn.execute(f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                              f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END")
+
+    def aead(self, no: int) -> AESGCM:
+        a = self.aeads.get(no)
+        if a is None:
+            a = self.aeads[no] = AESGCM(hashlib.blake2b(no.to_bytes(8, "big"), key=MASTER, digest_size=32).digest())
+            self.prefixes[no] = b"persona-event\x00" + stream_id(no).encode() + b"\x00"
+        return a
+
+    def tip(self, no: int) -> list[Any]:
+        t = self.tips.get(no)
+        if t is None:
+            self.aead(no)
+            head = hashlib.blake2b(b"genesis\x00" + stream_id(no).encode(), key=CHAIN_KEY).digest()
+            t = self.tips[no] = [0, head]
+            self.conn.execute("INSERT INTO streams VALUES (?, ?, 0, ?)", (no, stream_id(no), head))
+        return t
+
+    def append_batch(self, batch: list[Event]) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        t0 = time.perf_counter()
+        seen = self.known([(no, key) for no, key, _, _ in batch])
+        self.dup_seconds += time.perf_counter() - t0
+        fresh, inbatch = [], set()
+        for e in batch:
+            if e[1] in seen or e[1] in inbatch:
+                self.duplicates += 1
+            else:
+                inbatch.add(e[1])
+                fresh.append(e)
+        touched = self.write(fresh)
+        self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?",
+                              [(self.tips[no][0], self.tips[no][1], no) for no in touched])
+        self.conn.execute("COMMIT")
+
+    def append_one(self, e: Event) -> None:
+        """A live-feed append: its own transaction, the head read from the table (no cache)."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        version, head = c.execute("SELECT version, head FROM streams WHERE stream_no = ?", (e[0],)).fetchone()
+        self.tips[e[0]] = [version, head]
+        if not self.known([(e[0], e[1])]):
+            self.write([e])
+            c.execute("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?",
+                      (self.tips[e[0]][0], self.tips[e[0]][1], e[0]))
+        c.execute("COMMIT")
+
+    def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        raise NotImplementedError
+
+    def write(self, events: list[Event]) -> list[int]:
+        raise NotImplementedError
+
+    def replay(self, order: str) -> int:
+        raise NotImplementedError
+
+    def in_query(self, sql: str, values: list[Any]) -> Iterator[Any]:
+        for i in range(0, len(values), IN_CHUNK):
+            part = values[i:i + IN_CHUNK]
+            yield from self.conn.execute(sql.replace("?*", ",".join("?" * len(part))), part)
+
+
+class Today(Design):
+    name = "today"
+
+    def create(self) -> None:
+        self.conn.executescript(
+            "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,"
+            " version INTEGER NOT NULL, event_key BLOB NOT NULL, type TEXT NOT NULL,"
+            " recorded_at INTEGER NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);"
+            "CREATE UNIQUE INDEX events_stream_version ON events (stream_no, version);"
+            "CREATE UNIQUE INDEX events_key ON events (event_key);")
+        self.triggers("events")
+
+    def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        return {r[0] for r in self.in_query("SELECT event_key FROM events WHERE event_key IN (?*)",
+                                            [k for _, k in keys])}
+
+    def ordered(self, events: list[Event]) -> list[Event]:
+        return events
+
+    def write(self, events: list[Event]) -> list[int]:
+        rows, dumps, blake = [], orjson.dumps, hashlib.blake2b
+        touched: dict[int, None] = {}
+        nonces = os.urandom(12 * len(events))
+        for n, (no, key, kind, body) in enumerate(self.ordered(events)):
+            t = self.tip(no)
+            version = t[0] + 1
+            header = self.prefixes[no] + version.to_bytes(8, "big") + key + kind.encode()
+            nonce = nonces[12 * n:12 * n + 12]
+            payload = nonce + self.aeads[no].encrypt(nonce, dumps(body), header)
+            h = blake(t[1] + header + RECORDED_AT.to_bytes(8, "big") + payload, key=CHAIN_KEY).digest()
+            t[0], t[1] = version, h
+            touched[no] = None
+            rows.append((no, version, key, kind, RECORDED_AT, payload, h))
+        self.insert(rows)
+        return list(touched)
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        self.conn.executemany("INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
+                              " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def replay(self, order: str) -> int:
+        sql = "SELECT stream_no, version, event_key, type, payload FROM events ORDER BY " + (
+            "stream_no, version" if order == "stream" else "position")
+        n, loads, aeads, prefixes = 0, orjson.loads, self.aeads, self.prefixes
+        for no, version, key, kind, payload in self.conn.execute(sql):
+            header = prefixes[no] + version.to_bytes(8, "big") + key + kind.encode()
+            loads(aeads[no].decrypt(payload[:12], payload[12:], header))
+            n += 1
+        return n
+
+
+class Tuned(Today):
+    name = "tuned"
+    cache_kib = 1048576
+    autocheckpoint = 10000
+
+    def create(self) -> None:
+        self.conn.executescript(
+            "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,"
+            " version INTEGER NOT NULL, event_key BLOB NOT NULL, type TEXT NOT NULL,"
+            " recorded_at INTEGER NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);"
+            "CREATE UNIQUE INDEX events_stream_version ON events (stream_no, version);"
+            "CREATE TABLE event_keys (event_key BLOB PRIMARY KEY) WITHOUT ROWID;")
+        self.triggers("events")
+        self.triggers("event_keys")
+
+    def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        return {r[0] for r in self.in_query("SELECT event_key FROM event_keys WHERE event_key IN (?*)",
+                                            sorted(k for _, k in keys))}
+
+    def ordered(self, events: list[Event]) -> list[Event]:
+        return sorted(events, key=lambda e: e[0])  # grouped by stream: one leaf walk of the index
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        super().insert(rows)
+        self.conn.executemany("INSERT INTO event_keys VALUES (?)", sorted((r[2],) for r in rows))
+
+
+class Chunks(Design):
+    """One row per (stream, batch); the chunk's rowid is its first global position."""
+
+    name = "chunks"
+    cache_kib = 262144
+    autocheckpoint = 10000
+    key_table = False
+
+    def create(self) -> None:
+        self.conn.executescript(
+            "CREATE TABLE chunks (first_position INTEGER PRIMARY KEY, last_position INTEGER NOT NULL,"
+            " stream_no INTEGER NOT NULL, first_version INTEGER NOT NULL, last_version INTEGER NOT NULL,"
+            " recorded_at INTEGER NOT NULL, keys BLOB NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);"
+            "CREATE UNIQUE INDEX chunks_stream_version ON chunks (stream_no, first_version);")
+        self.triggers("chunks")
+        if self.key_table:
+            self.conn.execute("CREATE TABLE event_keys (event_key BLOB PRIMARY KEY) WITHOUT ROWID")
+            self.triggers("event_keys")
+
+    def stream_keys(self, streams: list[int]) -> dict[int, list[bytes]]:
+        out: dict[int, list[bytes]] = {}
+        for no, keys in self.in_query("SELECT stream_no, keys FROM chunks WHERE stream_no IN (?*)", streams):
+            out.setdefault(no, []).append(keys)
+        return out
+
+    def exact(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        """Per-stream check: each key against its own person's chunks' key lists."""
+        per = {no: b"".join(blobs) for no, blobs in self.stream_keys(sorted({no for no, _ in keys})).items()}
+        seen = set()
+        for no, key in keys:
+            blob = per.get(no)
+            if blob is None:
+                continue
+            i = blob.find(key)
+            while i >= 0 and i % 16:
+                i = blob.find(key, i + 1)
+            if i >= 0:
+                seen.add(key)
+        return seen
+
+    def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        if self.key_table:
+            return {r[0] for r in self.in_query("SELECT event_key FROM event_keys WHERE event_key IN (?*)",
+                                                sorted(k for _, k in keys))}
+        return self.exact(keys)
+
+    def write(self, events: list[Event]) -> list[int]:
+        groups: dict[int, list[Event]] = {}
+        for e in events:
+            groups.setdefault(e[0], []).append(e)
+        rows, dumps, blake = [], orjson.dumps, hashlib.blake2b
+        nonces = os.urandom(12 * len(groups))
+        for n, (no, evs) in enumerate(groups.items()):
+            t = self.tip(no)
+            first, last = t[0] + 1, t[0] + len(evs)
+            order = sorted(e[1] for e in evs)  # the column holds the keys sorted; each event names its own
+            keys = b"".join(order)  # key by its index there, inside the sealed list
+            index = {k: i for i, k in enumerate(order)}
+            plain = dumps([[index[e[1]], e[2], e[3]] for e in evs])
+            header = (self.prefixes[no] + first.to_bytes(8, "big") + last.to_bytes(8, "big")
+                      + blake(keys, digest_size=32).digest())
+            nonce = nonces[12 * n:12 * n + 12]
+            payload = nonce + self.aeads[no].encrypt(nonce, plain, header)
+            h = blake(t[1] + header + RECORDED_AT.to_bytes(8, "big") + payload, key=CHAIN_KEY).digest()
+            t[0], t[1] = last, h
+            pos = self.position + 1
+            self.position += len(evs)
+            rows.append((pos, self.position, no, first, last, RECORDED_AT, keys, payload, h))
+        self.conn.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        if self.key_table:
+            self.conn.executemany("INSERT INTO event_keys VALUES (?)", sorted((e[1],) for e in events))
+        self.added(events)
+        return list(groups)
+
+    def added(self, events: list[Event]) -> None:
+        pass
+
+    def replay(self, order: str) -> int:
+        sql = "SELECT stream_no, first_version, last_version, keys, payload FROM chunks ORDER BY " + (
+            "stream_no, first_version" if order == "stream" else "first_position")
+        n, loads, aeads, prefixes, blake = 0, orjson.loads, self.aeads, self.prefixes, hashlib.blake2b
+        for no, first, last, keys, payload in self.conn.execute(sql):
+            header = (prefixes[no] + first.to_bytes(8, "big") + last.to_bytes(8, "big")
+                      + blake(keys, digest_size=32).digest())
+            n += len(loads(aeads[no].decrypt(payload[:12], payload[12:], header)))
+        return n
+
+
+class ChunksKeyTable(Chunks):
+    name = "chunks_kt"
+    key_table = True
+
+
+class ChunksPerStream(Chunks):
+    name = "chunks_ps"
+
+
+class ChunksBloom(Chunks):
+    """An in-memory Bloom filter (16 bits per key, 4 probes of 32 bits of the key itself: event
+    keys are keyed hashes, uniform already); exact per-stream check only for filter hits."""
+
+    name = "chunks_bf"
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        bits = 1 << max(16, (16 * capacity - 1).bit_length())
+        self.mask = bits - 1
+        self.bits = bytearray(bits // 8)
+        self.hits = 0
+        super().__init__(path)
+
+    def add(self, key: bytes) -> None:
+        b, m = self.bits, self.mask
+        for j in (0, 4, 8, 12):
+            p = int.from_bytes(key[j:j + 4], "little") & m
+            b[p >> 3] |= 1 << (p & 7)
+
+    def maybe(self, key: bytes) -> bool:
+        b, m = self.bits, self.mask
+        for j in (0, 4, 8, 12):
+            p = int.from_bytes(key[j:j + 4], "little") & m
+            if not b[p >> 3] & (1 << (p & 7)):
+                return False
+        return True
+
+    def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        maybe = self.maybe
+        hits = [(no, k) for no, k in keys if maybe(k)]
+        self.hits += len(hits)
+        return self.exact(hits) if hits else set()
+
+    def added(self, events: list[Event]) -> None:
+        add = self.add
+        for e in events:
+            add(e[1])
+
+    def rebuild(self) -> float:
+        """Opening the store: the filter rebuilt from every chunk's key list."""
+        t0 = time.perf_counter()
+        self.bits = bytearray(len(self.bits))
+        add = self.add
+        for (keys,) in self.conn.execute("SELECT keys FROM chunks"):
+            for i in range(0, len(keys), 16):
+                add(keys[i:i + 16])
+        return time.perf_counter() - t0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        path = Path(tmp) / "store.db"
+        classes: dict[str, type[Design]] = {"today": Today, "tuned": Tuned, "chunks_kt": ChunksKeyTable,
+                                            "chunks_ps": ChunksPerStream}
+        d: Design = ChunksBloom(path, int(args.events * 1.1) + 1000) if name == "chunks_bf" else classes[name](path)
+        work = Workload(args.events, args.streams, args.batch, args.seed)
+        marks: list[tuple[int, float]] = [(0, 0.0)]
+        offered, spent = 0, 0.0
+        deadline = time.monotonic() + args.budget
+        for batch in work.batches():
+            t0 = time.perf_counter()
+            d.append_batch(batch)
+            spent += time.perf_counter() - t0
+            offered += len(batch)
+            marks.append((offered, spent))
+            if time.monotonic() > deadline:
+                print(f"  {name}: budget of {args.budget}s spent after {offered} events; stopping", file=sys.stderr)
+                break
+        window = 100_000 if offered >= 200_000 else max(args.batch, offered // 5)
+
+        def rate(lo: int, hi: int) -> float:
+            a = min(marks, key=lambda m: abs(m[0] - lo))
+            b = min(marks, key=lambda m: abs(m[0] - hi))
+            return (b[0] - a[0]) / (b[1] - a[1]) if b[1] > a[1] else 0.0
+
+        windows = [round(rate(lo, lo + window)) for lo in range(0, offered - window + 1, window)]
+        # single-event appends on the large store: fresh keys to random known streams, plus 2% re-sent
+        r = random.Random(args.seed + 1)
+        lat = []
+        streams = list(d.tips)
+        for i in range(500):
+            if i % 50 == 7:
+                j = r.randrange(len(work.owner))
+                e: Event = (work.owner[j], bytes(work.keys[16 * j:16 * j + 16]), "page_viewed", {"x": 1})
+            else:
+                e = (r.choice(streams), r.randbytes(16), "page_viewed", work._body("page_viewed"))
+            t0 = time.perf_counter()
+            d.append_one(e)
+            lat.append((time.perf_counter() - t0) * 1000)
+        lat.sort()
+        d.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        stored = offered - d.duplicates + 500
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        replays = {}
+        for order in ("stream", "global"):
+            t0 = time.perf_counter()
+            n = d.replay(order)
+            replays[order] = round(n / (time.perf_counter() - t0))
+        out: dict[str, Any] = {
+            "design": name, "events_offered": offered, "duplicates_skipped": d.duplicates,
+            "append_overall": round(offered / spent), "append_first_window": windows[0] if windows else None,
+            "append_last_window": windows[-1] if windows else None, "window": window, "windows": windows,
+            "dup_check_share": round(d.dup_seconds / spent, 4), "single_p50_ms": round(statistics.median(lat), 3),
+            "single_p99_ms": round(lat[int(0.99 * len(lat)) - 1], 3), "replay_stream": replays["stream"],
+            "replay_global": replays["global"], "bytes_per_event": round(size / stored, 1),
+        }
+        if isinstance(d, ChunksBloom):
+            out["bloom_rebuild_s"] = round(d.rebuild(), 2)
+            out["bloom_hits"] = d.hits
+            out["bloom_mib"] = round(len(d.bits) / 2**20, 1)
+        d.conn.close()
+        out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--streams", type=int, default=50_000)
+    p.add_argument("--batch", type=int, default=20_000)
+    p.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated, of: " + ", ".join(DESIGNS))
+    p.add_argument("--quick", action="store_true", help="20k events (batches of 2,000), for a smoke run")
+    p.add_argument("--seed", type=int, default=20)
+    p.add_argument("--budget", type=float, default=180.0, help="seconds of ingest per design before it stops")
+    p.add_argument("--tmp", default=None, help="directory for the temporary stores")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one design in this process
+    args = p.parse_args()
+    if args.quick:
+        args.events, args.batch = 20_000, 2_000
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    names = [n.strip() for n in args.designs.split(",") if n.strip()]
+    for n in names:
+        if n not in DESIGNS:
+            p.error(f"unknown design {n!r}")
+    print(f"# python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} cores; "
+          f"{args.events} events, {args.streams} streams, batches of {args.batch}", file=sys.stderr)
+    results = []
+    for n in names:
+        cmd = [sys.executable, __file__, "--one", n, "--events", str(args.events), "--streams", str(args.streams),
+               "--batch", str(args.batch), "--seed", str(args.seed), "--budget", str(args.budget)]
+        if args.tmp:
+            cmd += ["--tmp", args.tmp]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    cols = ("design", "append_first_window", "append_last_window", "append_overall", "dup_check_share",
+            "single_p50_ms", "single_p99_ms", "replay_stream", "replay_global", "bytes_per_event", "peak_rss_mb")
+    print("| " + " | ".join(cols) + " |")
+    for res in results:
+        print("| " + " | ".join(str(res.get(c)) for c in cols) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
