@@ -4,8 +4,9 @@
 Each design is built in a fresh SQLite file in a temp dir (WAL, synchronous=NORMAL, page_size
 8192) and fed the same synthetic bulk ingest: events of ~200-byte JSON payloads from a seeded RNG,
 arriving in batches of B events; each batch touches B/4 people picked at random among S, a few
-events each (an export's interleaving), and ~2% of each batch's events are re-sent (an earlier
-event's key, same person) so the idempotency check really finds and skips duplicates.
+events each (an export's interleaving; --per-person sets how many), and ~2% of each batch's
+events are re-sent (an earlier event's key, same person) so the idempotency check really finds
+and skips duplicates.
 
 Every design does the real work: per-stream AES-GCM keys (cryptography's AESGCM) with associated
 data binding stream/version(s)/event key(s)/type, a keyed-BLAKE2b per-stream hash chain, the
@@ -25,6 +26,7 @@ Designs:
              WITHOUT ROWID keys table (one random insert per event, but one structure).
   chunks_ps  (c2) the same chunks, no global keys table: the check reads the keys columns of the
              batch's streams' chunks (a range read per person; the key determines the person).
+  chunks_psg chunks_ps plus a BEFORE INSERT trigger that enforces gapless versions in the database.
   chunks_bf  (c3) chunks_ps plus an in-memory Bloom filter over all keys (16 bits/key, 4 probes),
              rebuilt from the store at open (the rebuild is timed); exact check only on a hit.
 
@@ -61,7 +63,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-DESIGNS = ("today", "tuned", "chunks_kt", "chunks_ps", "chunks_bf")
+DESIGNS = ("today", "tuned", "chunks_kt", "chunks_ps", "chunks_bf", "chunks_psg")
 TYPES = ("order_placed", "page_viewed", "email_opened", "cart_updated", "refund_issued")
 CHANNELS = ("web", "app", "store", "phone")
 MASTER = b"study-store-v2-master-key-000000"
@@ -79,8 +81,8 @@ def stream_id(no: int) -> str:
 class Workload:
     """Seeded batches; every design sees the very same events in the same order."""
 
-    def __init__(self, events: int, streams: int, batch: int, seed: int = 20) -> None:
-        self.events, self.streams, self.batch = events, streams, batch
+    def __init__(self, events: int, streams: int, batch: int, seed: int = 20, per_person: float = 4.0) -> None:
+        self.events, self.streams, self.batch, self.per_person = events, streams, batch, per_person
         self.rng = random.Random(seed)
         self.keys = bytearray()  # every key offered so far (16 bytes each)
         self.owner = array("i")  # the stream of each key
@@ -96,7 +98,7 @@ class Workload:
         r, done = self.rng, 0
         while done < self.events:
             n = min(self.batch, self.events - done)
-            people = r.sample(range(self.streams), max(1, min(self.streams, n // 4)))
+            people = r.sample(range(self.streams), max(1, min(self.streams, int(n / self.per_person))))
             out: list[Event] = []
             for _ in range(n):
                 if self.owner and r.random() < 0.02:  # re-sent: an earlier event, same person
@@ -381,6 +383,21 @@ class ChunksPerStream(Chunks):
     name = "chunks_ps"
 
 
+class ChunksGapless(ChunksPerStream):
+    """chunks_ps with gapless versions enforced by the database: a BEFORE INSERT trigger refuses a
+    chunk whose first_version is not the stream's last chunk's last_version + 1."""
+
+    name = "chunks_psg"
+
+    def create(self) -> None:
+        super().create()
+        self.conn.execute(
+            "CREATE TRIGGER chunks_are_gapless BEFORE INSERT ON chunks WHEN NEW.first_version <> 1 + coalesce("
+            "(SELECT last_version FROM chunks WHERE stream_no = NEW.stream_no ORDER BY first_version DESC LIMIT 1), 0)"
+            " OR NEW.last_version < NEW.first_version"
+            " BEGIN SELECT RAISE(ABORT, 'chunks: versions must follow the stream without a gap'); END")
+
+
 class ChunksBloom(Chunks):
     """An in-memory Bloom filter (16 bits per key, 4 probes of 32 bits of the key itself: event
     keys are keyed hashes, uniform already); exact per-stream check only for filter hits."""
@@ -438,9 +455,9 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         path = Path(tmp) / "store.db"
         classes: dict[str, type[Design]] = {"today": Today, "tuned": Tuned, "chunks_kt": ChunksKeyTable,
-                                            "chunks_ps": ChunksPerStream}
+                                            "chunks_ps": ChunksPerStream, "chunks_psg": ChunksGapless}
         d: Design = ChunksBloom(path, int(args.events * 1.1) + 1000) if name == "chunks_bf" else classes[name](path)
-        work = Workload(args.events, args.streams, args.batch, args.seed)
+        work = Workload(args.events, args.streams, args.batch, args.seed, args.per_person)
         marks: list[tuple[int, float]] = [(0, 0.0)]
         offered, spent = 0, 0.0
         deadline = time.monotonic() + args.budget
@@ -508,6 +525,8 @@ def main() -> None:
     p.add_argument("--designs", default=",".join(DESIGNS), help="comma-separated, of: " + ", ".join(DESIGNS))
     p.add_argument("--quick", action="store_true", help="20k events (batches of 2,000), for a smoke run")
     p.add_argument("--seed", type=int, default=20)
+    p.add_argument("--per-person", type=float, default=4.0,
+                   help="mean events per person in a batch (a batch touches batch/per_person people)")
     p.add_argument("--budget", type=float, default=180.0, help="seconds of ingest per design before it stops")
     p.add_argument("--tmp", default=None, help="directory for the temporary stores")
     p.add_argument("--json", default=None, help="write the results here")
@@ -527,7 +546,8 @@ def main() -> None:
     results = []
     for n in names:
         cmd = [sys.executable, __file__, "--one", n, "--events", str(args.events), "--streams", str(args.streams),
-               "--batch", str(args.batch), "--seed", str(args.seed), "--budget", str(args.budget)]
+               "--batch", str(args.batch), "--seed", str(args.seed), "--budget", str(args.budget),
+               "--per-person", str(args.per_person)]
         if args.tmp:
             cmd += ["--tmp", args.tmp]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
