@@ -27,6 +27,9 @@ Designs:
   chunks_ps  (c2) the same chunks, no global keys table: the check reads the keys columns of the
              batch's streams' chunks (a range read per person; the key determines the person).
   chunks_psg chunks_ps plus a BEFORE INSERT trigger that enforces gapless versions in the database.
+  chunks_2t  (d) chunks with an exact global key set in two tiers: a small hot keys_recent table
+             moved into keys_main in one sorted pass every 200,000 keys (a trigger keeps the key
+             set append-only: a key leaves keys_recent only once it is in keys_main).
   chunks_bf  (c3) chunks_ps plus an in-memory Bloom filter over all keys (16 bits/key, 4 probes),
              rebuilt from the store at open (the rebuild is timed); exact check only on a hit.
 
@@ -63,7 +66,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-DESIGNS = ("today", "tuned", "chunks_kt", "chunks_ps", "chunks_bf", "chunks_psg")
+DESIGNS = ("today", "tuned", "chunks_kt", "chunks_ps", "chunks_bf", "chunks_psg", "chunks_2t")
 TYPES = ("order_placed", "page_viewed", "email_opened", "cart_updated", "refund_issued")
 CHANNELS = ("web", "app", "store", "phone")
 MASTER = b"study-store-v2-master-key-000000"
@@ -398,6 +401,44 @@ class ChunksGapless(ChunksPerStream):
             " BEGIN SELECT RAISE(ABORT, 'chunks: versions must follow the stream without a gap'); END")
 
 
+class ChunksTwoTier(Chunks):
+    """(d) chunks with a global, exact key structure in two tiers: each batch's keys go to a small
+    `keys_recent` table (its few pages stay hot, so a commit dirties few of them); once it holds
+    MERGE_AT keys they move in one sorted pass into `keys_main` and leave `keys_recent`, in the
+    same transaction. A trigger lets a key leave `keys_recent` only once it is in `keys_main`:
+    the key set as a whole stays append-only. The check queries both tables."""
+
+    name = "chunks_2t"
+    merge_at = 200_000
+
+    def create(self) -> None:
+        super().create()
+        self.conn.executescript(
+            "CREATE TABLE keys_main (event_key BLOB PRIMARY KEY) WITHOUT ROWID;"
+            "CREATE TABLE keys_recent (event_key BLOB PRIMARY KEY) WITHOUT ROWID;"
+            "CREATE TRIGGER keys_recent_leave_only_merged BEFORE DELETE ON keys_recent"
+            " WHEN NOT EXISTS (SELECT 1 FROM keys_main WHERE event_key = OLD.event_key)"
+            " BEGIN SELECT RAISE(ABORT, 'event keys are append-only'); END;")
+        self.triggers("keys_main")
+        self.recent = 0
+        self.merge_seconds = 0.0
+
+    def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
+        values = sorted(k for _, k in keys)
+        return {r[0] for table in ("keys_recent", "keys_main") for r in self.in_query(
+            f"SELECT event_key FROM {table} WHERE event_key IN (?*)", values)}
+
+    def added(self, events: list[Event]) -> None:
+        self.conn.executemany("INSERT INTO keys_recent VALUES (?)", sorted((e[1],) for e in events))
+        self.recent += len(events)
+        if self.recent >= self.merge_at:
+            t0 = time.perf_counter()
+            self.conn.execute("INSERT INTO keys_main SELECT event_key FROM keys_recent ORDER BY event_key")
+            self.conn.execute("DELETE FROM keys_recent")
+            self.recent = 0
+            self.merge_seconds += time.perf_counter() - t0
+
+
 class ChunksBloom(Chunks):
     """An in-memory Bloom filter (16 bits per key, 4 probes of 32 bits of the key itself: event
     keys are keyed hashes, uniform already); exact per-stream check only for filter hits."""
@@ -455,7 +496,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         path = Path(tmp) / "store.db"
         classes: dict[str, type[Design]] = {"today": Today, "tuned": Tuned, "chunks_kt": ChunksKeyTable,
-                                            "chunks_ps": ChunksPerStream, "chunks_psg": ChunksGapless}
+                                            "chunks_ps": ChunksPerStream, "chunks_psg": ChunksGapless,
+                                            "chunks_2t": ChunksTwoTier}
         d: Design = ChunksBloom(path, int(args.events * 1.1) + 1000) if name == "chunks_bf" else classes[name](path)
         work = Workload(args.events, args.streams, args.batch, args.seed, args.per_person)
         marks: list[tuple[int, float]] = [(0, 0.0)]
@@ -512,6 +554,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict[str, Any]:
             out["bloom_rebuild_s"] = round(d.rebuild(), 2)
             out["bloom_hits"] = d.hits
             out["bloom_mib"] = round(len(d.bits) / 2**20, 1)
+        if isinstance(d, ChunksTwoTier):
+            out["merge_s"] = round(d.merge_seconds, 2)
         d.conn.close()
         out["peak_rss_mb"] = round(peak_rss_mb(), 1)
         return out
