@@ -211,16 +211,18 @@ class Design:
             yield from self.conn.execute(sql.replace("?*", ",".join("?" * len(part))), part)
 
 
+# today's rows (persona.store.sqlite_schema), without the index on event_key
+EVENT_ROWS = ("CREATE TABLE events (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,"
+              " version INTEGER NOT NULL, event_key BLOB NOT NULL, type TEXT NOT NULL,"
+              " recorded_at INTEGER NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);"
+              "CREATE UNIQUE INDEX events_stream_version ON events (stream_no, version);")
+
+
 class Today(Design):
     name = "today"
 
     def create(self) -> None:
-        self.conn.executescript(
-            "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,"
-            " version INTEGER NOT NULL, event_key BLOB NOT NULL, type TEXT NOT NULL,"
-            " recorded_at INTEGER NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);"
-            "CREATE UNIQUE INDEX events_stream_version ON events (stream_no, version);"
-            "CREATE UNIQUE INDEX events_key ON events (event_key);")
+        self.conn.executescript(EVENT_ROWS + "CREATE UNIQUE INDEX events_key ON events (event_key);")
         self.triggers("events")
 
     def known(self, keys: list[tuple[int, bytes]]) -> set[bytes]:
@@ -268,12 +270,7 @@ class Tuned(Today):
     autocheckpoint = 10000
 
     def create(self) -> None:
-        self.conn.executescript(
-            "CREATE TABLE events (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,"
-            " version INTEGER NOT NULL, event_key BLOB NOT NULL, type TEXT NOT NULL,"
-            " recorded_at INTEGER NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);"
-            "CREATE UNIQUE INDEX events_stream_version ON events (stream_no, version);"
-            "CREATE TABLE event_keys (event_key BLOB PRIMARY KEY) WITHOUT ROWID;")
+        self.conn.executescript(EVENT_ROWS + "CREATE TABLE event_keys (event_key BLOB PRIMARY KEY) WITHOUT ROWID;")
         self.triggers("events")
         self.triggers("event_keys")
 
