@@ -79,6 +79,11 @@ class Persona:
             if adopted:  # on the record: a store made to look older would have tampered rows adopted
                 with recorder.transaction():
                     recorder.append_audit(local_entries("open", "adopt row tags", rows=adopted))
+        if recorder.upgraded:  # on the record too; the meta rows the upgrade wrote are tagged at its commit
+            with recorder.transaction():
+                recorder.append_audit(local_entries("open", "upgrade the store format",
+                                                    to=int(recorder.get_meta("schema_version") or 0)))
+            recorder.upgraded = False
         self.log = EventLog(recorder, keyring, settings)
         self._lock = lock
 

@@ -11,7 +11,7 @@ import gc
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,15 +33,18 @@ from persona.errors import (
 from persona.events import LIBRARY, UNKNOWN_WRITER, Event, RecordedEvent, Subject, Writer, from_micros, micros
 from persona.pseudonyms import normalise, short_hash, subject_hash
 from persona.settings import Settings
-from persona.store.base import Head, Recorder, StoredEvent
+from persona.store.base import CHUNK_CAP, Head, Recorder, StoredChunk
+from persona.store.rows import ChunkRow, LogChunk
 
 QUARANTINE_KEY = "quarantine"
 _EVENT_AAD = b"persona-event/1\x00"
+_CHUNK_AAD = b"persona-chunk/1\x00"
 _CACHE_LIMIT = 100_000
-Row = tuple[int, int, bytes, str, int, bytes, bytes]  # stream_no, version, key, type, recorded_at, payload, hash
 Tip = tuple[int, int, bytes, Sealer]  # stream_no, version, chain head, sealer
-LogRow = tuple[int, int, int, bytes, str, int, bytes]  # position, stream_no, version, key, type, recorded_at, payload
-_Replay = tuple[str, Callable[[bytes, bytes, bytes], bytes], bytes]  # stream id, its decrypt, its AAD prefix
+Decrypt = Callable[[bytes, bytes, bytes], bytes]
+Prefixes = tuple[bytes, bytes]  # a stream's part of a one-event chunk's associated data, and of a longer one's
+Item = tuple[str, bytes, Event, bytes]  # profile id, event key, event, subject hash
+_Replay = tuple[str, Decrypt, Prefixes]  # stream id, its decrypt, its AAD prefixes
 
 
 @contextmanager
@@ -69,36 +72,93 @@ _new_tuple = tuple.__new__  # RecordedEvent(...) without its keyword-taking __ne
 
 
 def aad_prefix(stream_id: str) -> bytes:
-    """The stream's part of every event's associated data (computed once per stream on hot paths)."""
+    """The stream's part of a one-event chunk's associated data (computed once per stream on hot paths)."""
     return _EVENT_AAD + stream_id.encode() + b"\x00"
 
 
+def aad_prefixes(stream_id: str) -> Prefixes:
+    """The stream's part of the associated data of a one-event chunk, and of a longer one."""
+    sid = stream_id.encode() + b"\x00"
+    return _EVENT_AAD + sid, _CHUNK_AAD + sid
+
+
 def event_aad(stream_id: str, version: int, event_key: bytes, kind: str) -> bytes:
-    """Binds a ciphertext to its place: moved or relabelled, it no longer opens."""
+    """A one-event chunk's associated data: binds the ciphertext to its place (moved or relabelled,
+    it no longer opens). It is what every event's was before chunks, so those read as chunks of one."""
     return aad_prefix(stream_id) + version.to_bytes(8, "big") + event_key + kind.encode()
 
 
-def chain_hash(chain_key: bytes, prev: bytes, stream_id: str, version: int, event_key: bytes, kind: str,
-               recorded_at: int, payload: bytes) -> bytes:
-    """Keyed BLAKE2b(previous link, header, recorded_at, payload): the per-stream hash chain.
+def chunk_aad(stream_id: str, first: int, last: int, keys: bytes, types: str) -> bytes:
+    """A chunk's associated data: its stream, its versions, and every event's key and type, so
+    that no event can be moved, dropped, reordered or relabelled without the chunk failing to open."""
+    if first == last:
+        return event_aad(stream_id, first, keys, types)
+    return b"".join((aad_prefixes(stream_id)[1], first.to_bytes(8, "big"), last.to_bytes(8, "big"), keys,
+                     types.encode()))
+
+
+def chain_hash(chain_key: bytes, prev: bytes, aad: bytes, recorded_at: int, payload: bytes) -> bytes:
+    """Keyed BLAKE2b(previous link, header, recorded_at, payload): the per-stream hash chain, one
+    link per chunk, its header the chunk's associated data (chunk_aad).
 
     Keyed with a secret derived from the pepper, so that someone who can write the
     database file but holds no keys cannot recompute the chain after altering a row.
     """
-    header = event_aad(stream_id, version, event_key, kind)
-    data = prev + header + recorded_at.to_bytes(8, "big", signed=True) + payload
+    data = prev + aad + recorded_at.to_bytes(8, "big", signed=True) + payload
     return hashlib.blake2b(data, key=chain_key, digest_size=32).digest()
+
+
+def open_bodies(position: int, stream_id: str, decrypt: Decrypt, prefixes: Prefixes, first: int, last: int,
+                types: str, keys: bytes, payload: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """A chunk's sealed event bodies and their types, in version order; TamperError if it does not
+    open (altered, moved, or under another key) or holds another number of events than it says."""
+    try:
+        if first == last:
+            aad = b"".join((prefixes[0], first.to_bytes(8, "big"), keys, types.encode()))
+            bodies = [orjson.loads(decrypt(payload[:12], payload[12:], aad))]
+            kinds = [types]
+        else:
+            aad = b"".join((prefixes[1], first.to_bytes(8, "big"), last.to_bytes(8, "big"), keys, types.encode()))
+            bodies = orjson.loads(decrypt(payload[:12], payload[12:], aad))
+            kinds = types.split(" ")
+    except InvalidTag:
+        where = (f"event at position {position} (stream {stream_id}, version {first})" if first == last else
+                 f"events at positions {position}-{position + last - first} (stream {stream_id},"
+                 f" versions {first}-{last})")
+        raise TamperError(f"{where} do{'es' if first == last else ''} not open", position=position) from None
+    if len(bodies) != last - first + 1 or len(kinds) != len(bodies):
+        raise TamperError(f"the chunk at position {position} (stream {stream_id}) holds {len(bodies)} events,"
+                          f" not {last - first + 1}", position=position)
+    return bodies, kinds
+
+
+def open_chunk(position: int, stream_id: str, decrypt: Decrypt, prefixes: Prefixes, first: int, last: int,
+               recorded_us: int, types: str, keys: bytes, payload: bytes,
+               subjects: dict[str, tuple[str, str]]) -> list[RecordedEvent]:
+    """A chunk's events, opened; `subjects` shares one (namespace, short ref) tuple per person."""
+    bodies, kinds = open_bodies(position, stream_id, decrypt, prefixes, first, last, types, keys, payload)
+    out = []
+    new = _new_tuple
+    for n, body in enumerate(bodies):
+        ref = body["sub"][1]
+        subject = subjects.get(ref)
+        if subject is None:
+            subject = subjects[ref] = (body["sub"][0], ref[:12])
+        out.append(new(RecordedEvent, (position + n, stream_id, first + n, body["id"], kinds[n], body["src"],
+                                       body["at"], recorded_us, subject, body["data"], body.get("by", UNKNOWN_WRITER),
+                                       body.get("vouch", True))))
+    return out
 
 
 class _Cursor:
     """A stream's tip while a batch is sealed."""
 
-    __slots__ = ("encrypt", "head", "no", "prefix", "sealer", "version")
+    __slots__ = ("encrypt", "head", "no", "prefixes", "sealer", "version")
 
     def __init__(self, sid: str, no: int, version: int, head: bytes, sealer: Sealer) -> None:
         self.no, self.version, self.head, self.sealer = no, version, head, sealer
         self.encrypt = sealer.encrypt
-        self.prefix = aad_prefix(sid)
+        self.prefixes = aad_prefixes(sid)
 
 
 @dataclass
@@ -153,7 +213,6 @@ class EventLog:
         self._replay: dict[int, _Replay | None] = {}
         self._replay_mark = -1
         self._subjects: dict[str, tuple[str, str]] = {}
-        self._kinds: dict[str, bytes] = {}
 
     # -- identifiers ---------------------------------------------------------------------
     def event_key(self, source: str, event_id: str, writer: Writer = LIBRARY) -> bytes:
@@ -298,7 +357,7 @@ class EventLog:
         new_links: list[tuple[bytes, str, str, int]] = []
         new_sealers: list[Sealer] = []
         tips = self._tips
-        items: list[tuple[str, bytes, Event, bytes]] = []
+        items: list[Item] = []
         joins: list[tuple[bytes, Event, str, str]] = []  # a link between two existing profiles
 
         def open_stream(digest: bytes, namespace: str) -> str:
@@ -345,18 +404,17 @@ class EventLog:
         if missing:
             for pid, head in rec.heads(missing).items():
                 tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
-        rows = self._seal(items, touched, hashes, recorded, writer)
-        rec.insert_events(rows)
+        rows, ordered = self._seal(items, touched, hashes, recorded, writer)
+        start = rec.insert_chunks(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
         if keep:  # hand the opened events to projections: no need to read them back
-            start = rec.last_position() - len(rows) + 1  # one writer: the batch took consecutive positions
             result.recorded = [
-                RecordedEvent(start + n, pid, row[1], event.event_id, event.type, event.source, event.occurred_at,
+                RecordedEvent(start + n, pid, version, event.event_id, event.type, event.source, event.occurred_at,
                               recorded, (event.subject.namespace, h[:6].hex()), event.data, writer.name,
                               writer.vouches(event.source))
-                for n, ((pid, _, event, h), row) in enumerate(zip(items, rows, strict=True))
+                for n, (pid, _, event, h, version) in enumerate(ordered)
             ]
-        result.appended = len(rows)
+        result.appended = len(ordered)
         result.profiles_created = len(new_streams)
         result.streams = {sid: tips[sid][1] for sid in touched}
         if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
@@ -430,82 +488,101 @@ class EventLog:
                         hashes[subj] = subject_hash(pepper, *subj)
             self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.sealer(profile_id, head))
             items = [(profile_id, key, ev, hashes[ev.subject]) for key, ev in keyed.items()]
-            rows = self._seal(items, [profile_id], hashes, recorded, writer)
-            rec.insert_events(rows)
+            rows, _ = self._seal(items, [profile_id], hashes, recorded, writer)
+            rec.insert_chunks(rows)
             _, version, chain, _ = self._tips[profile_id]
             rec.set_heads([(version, chain, head.no)])
         self._forget_writer_cache()
         return version
 
-    def _seal(self, items: list[tuple[str, bytes, Event, bytes]], streams: list[str],
-              hashes: dict[Subject, bytes], recorded: int, writer: Writer) -> list[Row]:
-        """Seal, number and chain new events in arrival order, advancing the cached stream tips.
+    def _seal(self, items: list[Item], streams: list[str], hashes: dict[Subject, bytes], recorded: int,
+              writer: Writer) -> tuple[list[ChunkRow], list[tuple[str, bytes, Event, bytes, int]]]:
+        """Seal, number and chain new events, advancing the cached stream tips: each stream's events
+        of the batch (in arrival order) sealed together, CHUNK_CAP at most per chunk, the streams in
+        the order their first event arrived. Returns the chunks, and the items in log order with
+        their versions.
 
         items: (profile id, event key, event, subject hash); streams: the profile ids among them.
-        Each payload names its writer ("by"), and holds "vouch": false when the writer did not vouch
+        Each body names its writer ("by"), and holds "vouch": false when the writer did not vouch
         for the event's source (the common case, a vouched one, costs no bytes).
         """
-        nonces = os.urandom(12 * len(items))
-        rows: list[Row] = []
+        grouped: dict[str, list[Item]] = {sid: [] for sid in streams}
+        for item in items:
+            grouped[item[0]].append(item)
+        rows: list[ChunkRow] = []
+        ordered: list[tuple[str, bytes, Event, bytes, int]] = []
         dumps = orjson.dumps
         chained = self._chain_hash
         stamp = recorded.to_bytes(8, "big", signed=True)
         tips = self._tips
         refs = {digest: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
-        kinds: dict[str, bytes] = {}
-        cursors = {sid: _Cursor(sid, *tips[sid]) for sid in streams}
         by, vouches = writer.name, writer.vouches
-        for n, (sid, key, event, h) in enumerate(items):
-            at = cursors[sid]
-            version = at.version + 1
-            body: dict[str, Any] = {
-                "id": event.event_id,
-                "src": event.source,
-                "at": event.occurred_at,
-                "sub": refs[h],
-                "data": event.data,
-                "by": by,
-            }
-            if not vouches(event.source):
-                body["vouch"] = False  # absent means vouched, as for events written before writers were
-            if event.other is not None:
-                body["other"] = refs[hashes[event.other]]
-            kind = kinds.get(event.type)
-            if kind is None:
-                kind = kinds[event.type] = event.type.encode()
-            aad = b"".join((at.prefix, version.to_bytes(8, "big"), key, kind))
-            nonce = nonces[12 * n : 12 * n + 12]
-            payload = nonce + at.encrypt(nonce, dumps(body), aad)
-            link = chained.copy()
-            link.update(b"".join((at.head, aad, stamp, payload)))
-            at.head = link.digest()
-            at.version = version
-            rows.append((at.no, version, key, event.type, recorded, payload, at.head))
-        for sid, at in cursors.items():
+        join = b"".join
+        for sid, its in grouped.items():
+            at = _Cursor(sid, *tips[sid])
+            for start in range(0, len(its), CHUNK_CAP):
+                part = its[start : start + CHUNK_CAP]
+                bodies = []
+                for _, _, event, h in part:
+                    body: dict[str, Any] = {
+                        "id": event.event_id,
+                        "src": event.source,
+                        "at": event.occurred_at,
+                        "sub": refs[h],
+                        "data": event.data,
+                        "by": by,
+                    }
+                    if not vouches(event.source):
+                        body["vouch"] = False  # absent means vouched, as for events written before writers were
+                    if event.other is not None:
+                        body["other"] = refs[hashes[event.other]]
+                    bodies.append(body)
+                first, last = at.version + 1, at.version + len(part)
+                keys = join([item[1] for item in part])
+                types = " ".join([item[2].type for item in part])
+                if first == last:  # sealed as an event was before chunks
+                    aad = join((at.prefixes[0], first.to_bytes(8, "big"), keys, types.encode()))
+                    plain = dumps(bodies[0])
+                else:
+                    aad = join((at.prefixes[1], first.to_bytes(8, "big"), last.to_bytes(8, "big"), keys,
+                                types.encode()))
+                    plain = dumps(bodies)
+                nonce = os.urandom(12)
+                payload = nonce + at.encrypt(nonce, plain, aad)
+                link = chained.copy()
+                link.update(join((at.head, aad, stamp, payload)))
+                at.head = link.digest()
+                at.version = last
+                rows.append((at.no, first, last, recorded, types, keys, payload, at.head))
+                ordered.extend((pid, key, event, h, first + n) for n, (pid, key, event, h) in enumerate(part))
             tips[sid] = (at.no, at.version, at.head, at.sealer)
-        return rows
+        return rows, ordered
 
     # -- read ----------------------------------------------------------------------------
-    @staticmethod
-    def open_event(row: StoredEvent, sealer: Sealer) -> RecordedEvent:
-        position, sid, version, _, kind, recorded_us, _, _ = row
-        body = EventLog._body(row, sealer)
-        sub = body["sub"]
-        return _new_tuple(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
-                                          recorded_us, (sub[0], sub[1][:12]), body["data"],
-                                          body.get("by", UNKNOWN_WRITER), body.get("vouch", True)))
+    def open_chunk(self, row: StoredChunk, sealer: Sealer) -> list[RecordedEvent]:
+        """A chunk's events, opened (TamperError if it does not open)."""
+        return open_chunk(row.position, row.stream_id, sealer.decrypt, aad_prefixes(row.stream_id), row.first_version,
+                          row.last_version, row.recorded_at, row.types, row.keys, row.payload, {})
 
-    @staticmethod
-    def _body(row: StoredEvent, sealer: Sealer) -> dict[str, Any]:
-        position, sid, version, key, kind, _, payload, _ = row
-        try:
-            body: dict[str, Any] = orjson.loads(sealer.decrypt(payload[:12], payload[12:],
-                                                               event_aad(sid, version, key, kind)))
-        except InvalidTag:
-            raise TamperError(
-                f"event at position {position} (stream {sid}, version {version}) does not open", position=position
-            ) from None
-        return body
+    def open_streams(self, rows: Iterable[StoredChunk], sealers: Mapping[str, Sealer],
+                     after: Mapping[str, int] | None = None) -> Iterator[RecordedEvent]:
+        """The events of chunks read stream by stream (each in version order), opened: each
+        stream's after its version in `after` (0 if absent); TamperError where a version is missing."""
+        reached: dict[str, int] = {}
+        subjects: dict[str, tuple[str, str]] = {}
+        for row in rows:
+            sid = row.stream_id
+            at = reached.get(sid)
+            if at is None:
+                at = after.get(sid, 0) if after else 0
+            if row.first_version > at + 1:
+                raise TamperError(f"stream {sid} skips from version {at} to {row.first_version}", position=row.position)
+            events = open_chunk(row.position, sid, sealers[sid].decrypt, aad_prefixes(sid), row.first_version,
+                                row.last_version, row.recorded_at, row.types, row.keys, row.payload, subjects)
+            reached[sid] = max(at, row.last_version)
+            for event in events:
+                if event.version > at:
+                    yield event
 
     def linked_by_hand(self, profile_id: str, one: bytes, other: bytes, prefix: str) -> bool:
         """Does this stream hold a link asked for by hand (its event id starts with `prefix`) between
@@ -514,14 +591,16 @@ class EventLog:
         head = self.recorder.heads([profile_id]).get(profile_id)
         if head is None or head.wrapped is None:
             return False
-        sealer = self.sealer(profile_id, head)
+        decrypt, prefixes = self.sealer(profile_id, head).decrypt, aad_prefixes(profile_id)
         pair = {one[:16].hex(), other[:16].hex()}
         for row in self.recorder.read_stream(profile_id, 0):
-            if row.type == "identity_linked":
-                body = self._body(row, sealer)
-                ids = {body["sub"][1], body["other"][1]} if "other" in body else set()
-                if str(body["id"]).startswith(prefix) and ids == pair:
-                    return True
+            if "identity_linked" in row.types.split(" "):
+                bodies, kinds = open_bodies(row.position, profile_id, decrypt, prefixes, row.first_version,
+                                            row.last_version, row.types, row.keys, row.payload)
+                for body, kind in zip(bodies, kinds, strict=True):
+                    ids = {body["sub"][1], body["other"][1]} if "other" in body else set()
+                    if kind == "identity_linked" and str(body["id"]).startswith(prefix) and ids == pair:
+                        return True
         return False
 
     def read(self, profile_id: str, after_version: int = 0) -> list[RecordedEvent]:
@@ -530,18 +609,12 @@ class EventLog:
         if head is None:
             raise UnknownProfileError(f"no profile {profile_id}")
         sealer = self.sealer(profile_id, head)
-        out = []
-        expected = after_version
-        for row in self.recorder.read_stream(profile_id, after_version):
-            expected += 1
-            if row.version != expected:
-                raise TamperError(f"stream {profile_id} skips from version {expected - 1} to {row.version}",
-                                  position=row.position)
-            out.append(self.open_event(row, sealer))
-        return out
+        return list(self.open_streams(self.recorder.read_stream(profile_id, after_version), {profile_id: sealer},
+                                      {profile_id: after_version}))
 
     def read_all(self, after_position: int = 0, limit: int = 1000) -> tuple[list[RecordedEvent], int]:
-        """The global log from a position, for catch-up: (opened events, last position read).
+        """The global log from a position, for catch-up: (opened events, last position read);
+        `limit` events at most, unless one chunk holds more (it is read whole).
 
         Events of erased profiles cannot be opened and are passed over.
         """
@@ -549,18 +622,23 @@ class EventLog:
             rows = self._log_page(after_position, limit)
             if not rows:
                 return [], after_position
-            out = list(self._opened(rows))
-            last = rows[-1][0]
+            out: list[RecordedEvent] = []
+            last = after_position
+            for row in rows:
+                if len(out) >= limit:
+                    break
+                out.extend(self._opened([row], after_position))
+                last = row[0] + row[3] - row[2]
             del rows  # freed while the collector is off: it never has to look at the page's rows
         return out, last
 
-    def iter_all(self, after_position: int = 0, page: int = 20_000) -> Iterator[RecordedEvent]:
-        """Every event from a position, in log order: read a page at a time, each event handed
-        out as it is opened (a consumer that lets go of each event reuses the same memory).
+    def iter_all(self, after_position: int = 0, page: int = 2_000) -> Iterator[RecordedEvent]:
+        """Every event from a position, in log order: read a page of chunks at a time, each event
+        handed out as it is opened (a consumer that lets go of each event reuses the same memory).
 
-        Events are opened as they are handed out: a row that does not open raises TamperError
-        after the events before it, and once an erasure here forgets the cached keys, the
-        erased person's remaining events are passed over, mid-page included.
+        Events are opened a chunk at a time as they are handed out: a chunk that does not open
+        raises TamperError after the events before it, and once an erasure here forgets the cached
+        keys, the erased person's remaining events are passed over, mid-page included.
         """
         position = after_position
         while True:
@@ -568,31 +646,31 @@ class EventLog:
                 rows = self._log_page(position, page)
             if not rows:
                 return
-            yield from self._opened(rows)
-            position = rows[-1][0]
+            yield from self._opened(rows, position)
+            last = rows[-1]
+            position = last[0] + last[3] - last[2]
 
-    def _log_page(self, after_position: int, limit: int) -> list[LogRow]:
-        """A page of the global log's rows; the replay cache is emptied if anyone was erased since."""
+    def _log_page(self, after_position: int, limit: int) -> list[LogChunk]:
+        """A page of the global log's chunks; the replay cache is emptied if anyone was erased since."""
         rec = self.recorder
         rows = rec.read_log(after_position, limit)
         if not rows:
             return rows
-        streams, subjects, kinds = self._replay, self._subjects, self._kinds
+        streams, subjects = self._replay, self._subjects
         mark = rec.erasure_mark()
-        grown = max(len(streams), len(self._names), len(subjects), len(kinds)) > _CACHE_LIMIT
+        grown = max(len(streams), len(self._names), len(subjects)) > _CACHE_LIMIT
         if mark != self._replay_mark or grown:
             streams.clear()  # someone was erased (here or elsewhere): keys are looked up again
             self._names.clear()
             subjects.clear()
-            kinds.clear()
             self._replay_mark = mark
         return rows
 
-    def _opened(self, rows: list[LogRow]) -> Iterator[RecordedEvent]:
-        """open_event, inlined, for a page from _log_page: this loop runs once per event of a replay."""
-        streams, subjects, kinds = self._replay, self._subjects, self._kinds
-        loads, new, join = orjson.loads, _new_tuple, b"".join
-        for position, no, version, key, kind, recorded_us, payload in rows:
+    def _opened(self, rows: list[LogChunk], after_position: int) -> Iterator[RecordedEvent]:
+        """The events of a page from _log_page after a position, opened: this loop runs once per
+        chunk of a replay."""
+        streams, subjects = self._replay, self._subjects
+        for position, no, first, last, recorded_us, types, keys, payload in rows:
             try:
                 stream = streams[no]
             except KeyError:  # new to the cache, or forgotten mid-page (an erasure): the page's streams, at once
@@ -600,23 +678,12 @@ class EventLog:
                 stream = streams[no]
             if stream is None:
                 continue  # erased: it can never be opened
-            sid, decrypt, prefix = stream
-            kind_bytes = kinds.get(kind)
-            if kind_bytes is None:
-                kind_bytes = kinds[kind] = kind.encode()
-            try:
-                body = loads(decrypt(payload[:12], payload[12:], join((prefix, version.to_bytes(8, "big"), key,
-                                                                       kind_bytes))))
-            except InvalidTag:
-                raise TamperError(f"event at position {position} (stream {sid}, version {version}) does not open",
-                                  position=position) from None
-            ref = body["sub"][1]
-            subject = subjects.get(ref)
-            if subject is None:
-                subject = subjects[ref] = (body["sub"][0], ref[:12])
-            yield new(RecordedEvent, (position, sid, version, body["id"], kind, body["src"], body["at"],
-                                      recorded_us, subject, body["data"], body.get("by", UNKNOWN_WRITER),
-                                      body.get("vouch", True)))
+            sid, decrypt, prefixes = stream
+            events = open_chunk(position, sid, decrypt, prefixes, first, last, recorded_us, types, keys, payload,
+                                subjects)
+            if position <= after_position:  # the chunk holding the next position starts before it
+                events = events[after_position - position + 1 :]
+            yield from events
 
     def _open_streams(self, numbers: set[int]) -> None:
         """Fill the replay cache for these stream numbers (None for an erased stream)."""
@@ -629,7 +696,7 @@ class EventLog:
             if head is None or head.wrapped is None:
                 streams[no] = None
             else:
-                streams[no] = (sid, self.sealer(sid, head).decrypt, aad_prefix(sid))
+                streams[no] = (sid, self.sealer(sid, head).decrypt, aad_prefixes(sid))
 
     def info(self, profile_id: str) -> ProfileInfo:
         rec = self.recorder

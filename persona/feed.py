@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from persona.store.base import Recorder, StoredEvent
+from persona.store.base import Recorder, StoredChunk
 
 if TYPE_CHECKING:
     from persona.core import Persona
@@ -20,7 +20,7 @@ PAGE = 5_000
 
 
 class ChangeFeed:
-    """Events after a position. Rows stay sealed: a follower learns which streams grew."""
+    """Events after a position. Chunks stay sealed: a follower learns which streams grew."""
 
     def __init__(self, recorder: Recorder, after_position: int | None = None) -> None:
         self.recorder = recorder
@@ -32,19 +32,24 @@ class ChangeFeed:
         """The feed of an open store's log (its own connection: the feed blocks, waiting)."""
         return cls(persona.recorder, after_position)
 
-    def wait(self, timeout: float, limit: int | None = None) -> list[StoredEvent]:
-        """The events committed since the last call (at most `limit`), waiting up to `timeout`
-        seconds for one if none is known to be waiting."""
+    def wait(self, timeout: float, limit: int | None = None) -> list[StoredChunk]:
+        """The chunks of the events committed since the last call (at most `limit` chunks),
+        waiting up to `timeout` seconds for one if none is known to be waiting."""
         if self.position >= self._known:
             self._known = self.recorder.wait_for_events(self.position, timeout)
-        found: list[StoredEvent] = []
+        found: list[StoredChunk] = []
         while self.position < self._known and (limit is None or len(found) < limit):
             rows = self.recorder.read_all(self.position, PAGE if limit is None else min(PAGE, limit - len(found)))
             if not rows:
                 break
             found.extend(rows)
-            self.position = rows[-1].position
+            self.position = rows[-1].last_position
         return found
+
+    @staticmethod
+    def events_in(rows: list[StoredChunk], after_position: int) -> int:
+        """How many events these chunks (from `wait`, after that position) hold after it."""
+        return sum(row.last_position - max(row.position - 1, after_position) for row in rows)
 
     def changed_people(self, timeout: float) -> set[str]:
         """Ids of the streams that grew, and of the merged persons they belong to."""

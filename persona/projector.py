@@ -22,7 +22,7 @@ import orjson
 from persona import identity
 from persona.core import Persona
 from persona.crypto import Sealer
-from persona.errors import ErasedError, TamperError, UnknownProfileError, UnknownProjectionError
+from persona.errors import ErasedError, UnknownProfileError, UnknownProjectionError
 from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros
 from persona.projections import ATTRIBUTES, FEATURES, Projection
@@ -191,17 +191,12 @@ class Projector:
             current.version = max(current.snapshot_versions.values(), default=0)
         wanted = [(heads[pid].no, min(since[pid].values(), default=0)) for pid in out
                   if heads[pid].version > min(since[pid].values(), default=0)]
-        expected = {pid: min(since[pid].values(), default=0) + 1 for pid in out}
-        for row in rec.read_after(wanted):
-            if row.version != expected[row.stream_id]:
-                raise TamperError(f"stream {row.stream_id} skips from version {expected[row.stream_id] - 1}"
-                                  f" to {row.version}", position=row.position)
-            expected[row.stream_id] += 1
-            current = out[row.stream_id]
-            assert current.sealer is not None
-            event = log.open_event(row, current.sealer)
+        sealers = {pid: current.sealer for pid, current in out.items() if current.sealer is not None}
+        for event in log.open_streams(rec.read_after(wanted), sealers,
+                                      {pid: min(since[pid].values(), default=0) for pid in out}):
+            current = out[event.profile_id]
             for p in self.projections:
-                if event.version > since[row.stream_id][p.name]:
+                if event.version > since[event.profile_id][p.name]:
                     current.states[p.name] = p.apply(current.states[p.name], event)
             current.version = max(current.version, event.version)
         self._make_room(len(cold))
@@ -359,12 +354,11 @@ def _rebuild_part(settings: Settings, people: list[list[str]], only: str | None)
             else:
                 currents = {pid: Current(pid, 0, {p.name: p.initial() for p in projector.projections},
                                          {p.name: 0 for p in projector.projections}) for pid in sealers}
-                for row in rec.read_streams([heads[pid].no for pid in sealers]):
-                    current = currents[row.stream_id]
-                    event = log.open_event(row, sealers[row.stream_id])
+                for event in log.open_streams(rec.read_streams([heads[pid].no for pid in sealers]), sealers):
+                    current = currents[event.profile_id]
                     for p in projector.projections:
                         current.states[p.name] = p.apply(current.states[p.name], event)
-                    current.version = row.version
+                    current.version = event.version
             index: list[Any] = []
             snaps: list[Any] = []
             for members in people:

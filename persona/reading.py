@@ -4,16 +4,17 @@ history (the API's loaders: persona.api.data)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from persona import identity
 from persona.core import Persona
 from persona.errors import UnknownProfileError, ValidationError
 from persona.events import RecordedEvent, utc_text
 from persona.pseudonyms import short_hash
+from persona.store.base import StoredChunk
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ def history_page(persona: Persona, profile_id: str, *, first: int, before: int |
                  until: datetime | None = None) -> HistoryPage:
     """A page of one person's events, newest first.
 
-    Paging and type filters are answered by the database, so only the events returned
-    are decrypted. Occurrence times are sealed inside events: with `since`/`until` the
-    candidates are decrypted a page at a time and filtered. A profile's pages go by its
+    Paging is answered by the database, and types from the chunks' plaintext type lists, so only
+    the chunks holding events returned are decrypted. Occurrence times are sealed inside
+    events: with `since`/`until` the candidates are decrypted a page at a time and filtered. A profile's pages go by its
     stream's versions; a merged person's by log position across its streams (`before` is
     then a position: `by_position`). A version cursor of a profile merged since is refused.
     """
@@ -106,40 +107,54 @@ def history_page(persona: Persona, profile_id: str, *, first: int, before: int |
     if across:
         start = rec.last_position() + 1 if before is None else before
 
-        def read(below: int, limit: int) -> list[Any]:
-            return rec.read_page_across(person.members, below, limit, types)
+        def read(below: int) -> list[StoredChunk]:
+            return rec.read_page_across(person.members, below, SCAN_PAGE)
 
-        def mark(row: Any) -> int:
+        def mark(event: RecordedEvent) -> int:
+            return int(event.position)
+
+        def chunk_mark(row: StoredChunk) -> int:
             return int(row.position)
     else:
         start = heads[profile_id].version + 1 if before is None else before
 
-        def read(below: int, limit: int) -> list[Any]:
-            return rec.read_page(profile_id, below, limit, types)
+        def read(below: int) -> list[StoredChunk]:
+            return rec.read_page(profile_id, below, SCAN_PAGE)
 
-        def mark(row: Any) -> int:
-            return int(row.version)
+        def mark(event: RecordedEvent) -> int:
+            return int(event.version)
+
+        def chunk_mark(row: StoredChunk) -> int:
+            return int(row.first_version)
+    wanted = set(types)
+
+    def newest_first() -> Iterator[RecordedEvent]:
+        """The events below the cursor of the wanted types, newest first: a chunk none of whose
+        types is wanted is passed over unopened (its types are stored beside its sealed events)."""
+        below = start
+        while True:
+            rows = read(below)
+            for row in rows:
+                if wanted and wanted.isdisjoint(row.types.split(" ")):
+                    continue
+                for event in reversed(log.open_chunk(row, sealers[row.stream_id])):
+                    if mark(event) < start and (not wanted or event.type in wanted):
+                        yield event
+            if len(rows) < SCAN_PAGE:
+                return
+            below = chunk_mark(rows[-1])
+
     lo = utc_text(since) if since is not None else None
     hi = utc_text(until) if until is not None else None
     if lo is None and hi is None:
-        rows = read(start, first + 1)
-        return HistoryPage([log.open_event(row, sealers[row.stream_id]) for row in rows[:first]],
-                           len(rows) > first, by_position=across)
+        page = list(itertools.islice(newest_first(), first + 1))
+        return HistoryPage(page[:first], len(page) > first, by_position=across)
     found: list[RecordedEvent] = []
-    scanned = 0
-    below = start
-    while len(found) <= first:
+    for scanned, event in enumerate(newest_first()):
         if scanned >= SCAN_LIMIT:  # a short page, and a cursor to go on from where the scan stopped
-            return HistoryPage(found, True, below, by_position=across)
-        rows = read(below, SCAN_PAGE)
-        for row in rows:
-            scanned += 1
-            event = log.open_event(row, sealers[row.stream_id])
-            if (lo is None or event.occurred_at >= lo) and (hi is None or event.occurred_at < hi):
-                found.append(event)
-                if len(found) > first:
-                    break
-        if len(rows) < SCAN_PAGE:
-            break
-        below = mark(rows[-1])
+            return HistoryPage(found, True, mark(event) + 1, by_position=across)
+        if (lo is None or event.occurred_at >= lo) and (hi is None or event.occurred_at < hi):
+            found.append(event)
+            if len(found) > first:
+                break
     return HistoryPage(found[:first], len(found) > first, by_position=across)

@@ -17,9 +17,9 @@ from persona.core import Persona
 from persona.crypto import Sealer
 from persona.erasure import ledger_of
 from persona.errors import PersonaError, TamperError, UndecodableValueError, UnfinishedErasureError
-from persona.eventlog import chain_hash, event_aad, genesis
+from persona.eventlog import aad_prefixes, chain_hash, chunk_aad, genesis, open_bodies
 from persona.integrity import TAGGED
-from persona.store.base import TABLES, TAG, Head, StoredEvent
+from persona.store.base import KEY_SIZE, TABLES, TAG, Head, StoredChunk
 
 
 @dataclass
@@ -57,6 +57,9 @@ def _raise_first(problems: list[str]) -> None:
         raise TamperError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
+KEY_CHECK_BATCH = 5_000  # event keys looked up in the key set at once
+
+
 def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyReport:
     rec = persona.recorder
     owners = _check_tags(persona)
@@ -76,13 +79,24 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
         if head.version != version or bytes(head.hash) != prev:
             raise TamperError(f"stream {sid} ends at version {version}, its head says {head.version}")
 
-    def bad(row: StoredEvent, why: str) -> TamperError:
-        return TamperError(
-            f"event at position {row.position} (stream {row.stream_id}, version {row.version}): {why}",
-            position=row.position,
-        )
+    def bad(row: StoredChunk, why: str) -> TamperError:
+        where = (f"event at position {row.position} (stream {row.stream_id}, version {row.first_version})"
+                 if row.first_version == row.last_version else
+                 f"events at positions {row.position}-{row.last_position} (stream {row.stream_id},"
+                 f" versions {row.first_version}-{row.last_version})")
+        return TamperError(f"{where}: {why}", position=row.position)
 
     seen: set[str] = set()
+    pending: list[tuple[StoredChunk, bytes]] = []  # chunks' keys, checked against the key set in batches
+
+    def keys_recorded() -> None:
+        found = rec.existing_event_keys([key for _, key in pending])
+        for row, key in pending:
+            if key not in found:
+                raise bad(row, "an event's key is missing from the log's key set (the idempotency record was"
+                               " altered)")
+        pending.clear()
+
     for row in rec.scan_chains():
         if row.stream_id != current:
             if current is not None:
@@ -93,25 +107,36 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
             sealer = None
             if head is not None and head.wrapped is not None and head.kek_version is not None:
                 sealer = Sealer(keyring.unwrap(current, head.kek_version, bytes(head.wrapped)))
-        if row.version != version + 1:
+        if row.first_version != version + 1:
             raise bad(row, f"expected version {version + 1}: a version is missing")
-        key = bytes(row.event_key)
-        prev = chain_hash(chain_key, prev, row.stream_id, row.version, key, row.type, row.recorded_at,
-                          bytes(row.payload))
+        if (row.last_version < row.first_version or len(row.keys) != KEY_SIZE * row.size
+                or len(row.types.split(" ")) != row.size):
+            raise bad(row, "the chunk's versions, keys and types do not agree")
+        aad = chunk_aad(row.stream_id, row.first_version, row.last_version, bytes(row.keys), row.types)
+        prev = chain_hash(chain_key, prev, aad, row.recorded_at, bytes(row.payload))
         if prev != bytes(row.hash):
             raise bad(row, "hash chain broken: the row was altered")
         if sealer is not None:
             try:
-                sealer.open(bytes(row.payload), event_aad(row.stream_id, row.version, key, row.type))
+                open_bodies(row.position, row.stream_id, sealer.decrypt, aad_prefixes(row.stream_id),
+                            row.first_version, row.last_version, row.types, bytes(row.keys), bytes(row.payload))
             except PersonaError as e:
                 raise bad(row, "payload does not open with the profile's key") from e
-            report.opened += 1
-        version = row.version
-        report.events += 1
-        if progress is not None and report.events % 10_000 == 0:
+            report.opened += row.size
+        version = row.last_version
+        report.events += row.size
+        pending.extend((row, bytes(row.keys[n : n + KEY_SIZE])) for n in range(0, len(row.keys), KEY_SIZE))
+        if len(pending) >= KEY_CHECK_BATCH:
+            keys_recorded()
+        if progress is not None and report.events // 10_000 != (report.events - row.size) // 10_000:
             progress(10_000)
     if current is not None:
         close_stream(current, version, prev)
+    keys_recorded()
+    recorded = rec.counts()["events"]  # one key per event: every event's is there, so any other is extra
+    if recorded != report.events:
+        raise TamperError(f"the log's key set holds {recorded} keys for {report.events} events: keys were added"
+                          " or removed")
     for sid, head in heads.items():
         if head.version and sid not in seen:
             raise TamperError(f"stream {sid} has a head at version {head.version} but no events")

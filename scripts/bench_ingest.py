@@ -97,53 +97,66 @@ def writer_floor(root: Path, env: dict[str, str], batch: int = 20_000) -> dict[s
     chain_base = hashlib.blake2b(digest_size=32, key=chain_secret)
     recorded = time.time_ns() // 1000
     stamp = recorded.to_bytes(8, "big", signed=True)
-    streams: dict[str, list[Any]] = {}  # profile id -> [number, version, chain head, sealer, AAD prefix]
+    streams: dict[str, list[Any]] = {}  # profile id -> [number, version, chain head, sealer, AAD prefixes]
     links: set[bytes] = set()
+    position = 0
     gc.collect()
     gc.disable()
     started = time.perf_counter()
     for start in range(0, len(events), batch):
         part = events[start : start + batch]
-        new_streams, new_keys, new_links, rows, touched = [], [], [], [], {}
-        nonces = os.urandom(12 * len(part))
+        new_streams, new_keys, new_links, rows, keys = [], [], [], [], []
+        grouped: dict[str, list[tuple[bytes, str, bytes]]] = {}  # profile id -> its (key, type, body)
         conn.execute("BEGIN IMMEDIATE")
-        for n, (pid, ident, kind, event_id, source, at, data) in enumerate(part):
+        for pid, ident, kind, event_id, source, at, data in part:
             namespace = ident.partition(":")[0]
             digest = hmac.digest(pepper, ident.encode(), "sha256")
             if digest not in links:
                 links.add(digest)
                 new_links.append((digest, pid, namespace, recorded))
-            tip = streams.get(pid)
-            if tip is None:
+            if pid not in streams:
                 dek = os.urandom(32)
                 nonce = os.urandom(12)
                 new_keys.append((pid, 1, nonce + kek.encrypt(nonce, dek, pid.encode())))
-                tip = streams[pid] = [len(streams) + 1, 0, os.urandom(32), AESGCM(dek),
-                                      b"persona-event/1\x00" + pid.encode() + b"\x00"]
-                new_streams.append((tip[0], pid, 0, tip[2], recorded))
+                streams[pid] = [len(streams) + 1, 0, os.urandom(32), AESGCM(dek),
+                                (b"persona-event/1\x00" + pid.encode() + b"\x00",
+                                 b"persona-chunk/1\x00" + pid.encode() + b"\x00")]
+                new_streams.append((streams[pid][0], pid, 0, streams[pid][2], recorded))
             key_hash = event_base.copy()
             key_hash.update(source.encode() + b"\x00" + event_id.encode())
-            key = key_hash.digest()
-            tip[1] += 1
-            aad = b"".join((tip[4], tip[1].to_bytes(8, "big"), key, kind.encode()))
-            nonce = nonces[12 * n : 12 * n + 12]
-            body = orjson.dumps({"id": event_id, "src": source, "at": at, "sub": [namespace, digest[:16].hex()],
-                                 "data": data})
-            payload = nonce + tip[3].encrypt(nonce, body, aad)
+            grouped.setdefault(pid, []).append((key_hash.digest(), kind, {
+                "id": event_id, "src": source, "at": at, "sub": [namespace, digest[:16].hex()], "data": data}))
+        for pid, its in grouped.items():  # a chunk per person per batch, as persona's writer seals them
+            tip = streams[pid]
+            first, last = tip[1] + 1, tip[1] + len(its)
+            key_bytes = b"".join(k for k, _, _ in its)
+            kinds = " ".join(t for _, t, _ in its)
+            if first == last:
+                aad = b"".join((tip[4][0], first.to_bytes(8, "big"), key_bytes, kinds.encode()))
+                plain = orjson.dumps(its[0][2])
+            else:
+                aad = b"".join((tip[4][1], first.to_bytes(8, "big"), last.to_bytes(8, "big"), key_bytes,
+                                kinds.encode()))
+                plain = orjson.dumps([body for _, _, body in its])
+            nonce = os.urandom(12)
+            payload = nonce + tip[3].encrypt(nonce, plain, aad)
             link = chain_base.copy()
             link.update(b"".join((tip[2], aad, stamp, payload)))
-            tip[2] = link.digest()
-            rows.append((tip[0], tip[1], key, kind, recorded, payload, tip[2]))
-            touched[pid] = tip
+            tip[1], tip[2] = last, link.digest()
+            rows.append((position + 1, tip[0], first, last, recorded, kinds, key_bytes, payload, tip[2]))
+            position += len(its)
+            keys.extend(k for k, _, _ in its)
         conn.executemany("INSERT INTO streams (stream_no, stream_id, version, head, created_at)"
                          " VALUES (?, ?, ?, ?, ?)", new_streams)
         conn.executemany("INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)", new_keys)
         conn.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at) VALUES (?, ?, ?, ?)",
                          new_links)
-        conn.executemany("INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        keys.sort()
+        conn.executemany("INSERT INTO event_keys (event_key) VALUES (?)", [(k,) for k in keys])
+        conn.executemany("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types,"
+                         " keys, payload, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?",
-                         [(tip[1], tip[2], tip[0]) for tip in touched.values()])
+                         [(streams[pid][1], streams[pid][2], streams[pid][0]) for pid in grouped])
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # what is committed is also in the database file
     seconds = time.perf_counter() - started

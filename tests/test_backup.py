@@ -152,8 +152,8 @@ def test_restore_keeps_the_current_stores_erasures_even_without_a_ledger(persona
 
 def tamper_backup(path: Path, statement: str, *args: object) -> None:
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        trigger = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'events_are_append_only_update'").fetchone()
-        conn.execute("DROP TRIGGER IF EXISTS events_are_append_only_update")
+        trigger = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'chunks_are_append_only_update'").fetchone()
+        conn.execute("DROP TRIGGER IF EXISTS chunks_are_append_only_update")
         conn.execute(statement, args)
         if trigger is not None:  # put back as it was (verify compares the schema with persona's)
             conn.execute(trigger[0])
@@ -165,11 +165,11 @@ def test_a_backup_altered_since_it_was_taken_is_refused(persona: Persona, tmp_pa
     settings = persona.settings
     persona.close()
     with closing(sqlite3.connect(info.path)) as conn:
-        position, payload = conn.execute("SELECT position, payload FROM events ORDER BY position DESC").fetchone()
+        position, payload = conn.execute("SELECT position, payload FROM chunks ORDER BY position DESC").fetchone()
     flipped = bytearray(payload)
     flipped[20] ^= 0x01
-    tamper_backup(info.path, "UPDATE events SET payload = ? WHERE position = ?", bytes(flipped), position)
-    with pytest.raises(TamperError, match=f"position {position}"):
+    tamper_backup(info.path, "UPDATE chunks SET payload = ? WHERE position = ?", bytes(flipped), position)
+    with pytest.raises(TamperError, match=f"positions? {position}"):
         restore(settings, info.path)
     with Persona.open(settings) as p:  # nothing was changed
         assert verify(p).events == 9 and profile_view(p, carol)["attributes"]["city"]["value"] == CITY

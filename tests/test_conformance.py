@@ -36,17 +36,27 @@ SHARED_EMAILS = [f"shared{n}@example.com" for n in range(6)]
 
 
 def test_the_database_refuses_a_second_copy_of_a_version_or_an_event(persona: Persona) -> None:
-    """Optimistic concurrency and idempotency hold in the database itself, for a writer that
-    skips persona's checks: a (stream, version) taken twice, or an event id stored twice."""
+    """Optimistic concurrency, gapless versions and idempotency hold in the database itself, for a
+    writer that skips persona's checks: a version taken twice, a version skipped, a chunk whose
+    keys or types do not match its versions, an event id stored twice."""
     persona.log.append([event(event_id="v1"), event(event_id="v2")])
     rec = persona.recorder
     row = next(rec.scan_chains())
+    assert (row.first_version, row.last_version) == (1, 2)  # one batch, one chunk
     head = next(iter(rec.heads([row.stream_id]).values()))
-    with pytest.raises(ConcurrencyError), rec.transaction():
-        rec.insert_events([(head.no, 1, b"k" * 32, row.type, row.recorded_at, row.payload, row.hash)])
+    def keys(n: int) -> bytes:  # n new event keys
+        return b"".join(bytes([i + 1]) * 16 for i in range(n))
+
+    for first, last, types, new in ((2, 2, "page_viewed", keys(1)),  # version 2 again
+                                    (1, 3, "page_viewed page_viewed page_viewed", keys(3)),  # overlapping
+                                    (4, 4, "page_viewed", keys(1)),  # version 3 skipped
+                                    (3, 4, "page_viewed page_viewed", keys(1)),  # a key short
+                                    (3, 4, "page_viewed", keys(2))):  # a type short
+        with pytest.raises(ConcurrencyError), rec.transaction():
+            rec.insert_chunks([(head.no, first, last, row.recorded_at, types, new, row.payload, row.hash)])
     with pytest.raises(DuplicateEventError), rec.transaction():
-        rec.insert_events([(head.no, 3, row.event_key, row.type, row.recorded_at, row.payload, row.hash)])
-    assert rec.counts()["events"] == 2 and verify(persona).events == 2  # both refusals rolled back whole
+        rec.insert_chunks([(head.no, 3, 3, row.recorded_at, "page_viewed", row.keys[16:], row.payload, row.hash)])
+    assert rec.counts()["events"] == 2 and verify(persona).events == 2  # every refusal rolled back whole
 
 
 def test_data_version_changes_when_another_connection_commits(persona: Persona) -> None:
@@ -92,7 +102,7 @@ def test_the_change_feed_wakes_on_another_connections_commit(persona: Persona) -
     waiter.join(timeout=60)
     assert not waiter.is_alive() and woken, "the feed slept on: no wake-up reached it"
     rows = woken[0] + feed.wait(timeout=0.5)  # both events, whichever wake-up came first
-    assert sorted(r.version for r in rows) == [1, 2] and len({r.stream_id for r in rows}) == 2
+    assert sorted(r.last_version for r in rows) == [1, 2] and len({r.stream_id for r in rows}) == 2
     assert feed.wait(timeout=0.1) == []  # nothing twice
 
 

@@ -36,7 +36,7 @@ from tests.hardening import (
 def stored(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM event_keys").fetchone()[0])
     except sqlite3.OperationalError:
         return 0
     finally:

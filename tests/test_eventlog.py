@@ -116,32 +116,37 @@ def test_read_all_pages_through_the_global_log_and_skips_the_erased(persona: Per
     erase_profile(persona, gone)
     seen, position = [], 0
     while True:
-        page, last = persona.log.read_all(position, limit=3)
+        page, last = persona.log.read_all(position, limit=2)
         if last == position:
             break
         seen.extend(page)
         position = last
-    assert [e.event_id for e in seen] == [f"g{i}" for i in range(10) if i % 3]
+    # one batch: each person's events are sealed together, so the log holds them person by
+    # person (in the order each first arrived), each person's in arrival order
+    assert [e.event_id for e in seen] == ["g1", "g4", "g7", "g2", "g5", "g8"]
     positions = [e.position for e in seen]
-    assert positions == sorted(positions)
-    assert [e.event_id for e in persona.log.iter_all(after_position=seen[2].position)] == [
-        e.event_id for e in seen[3:]
-    ]
+    assert positions == sorted(positions) and len(set(positions)) == len(positions)
+    for n, e in enumerate(seen):  # from any position, a chunk's first, middle or last event
+        assert [e.event_id for e in persona.log.iter_all(after_position=e.position)] == [
+            e.event_id for e in seen[n + 1 :]]
+        assert persona.log.read_all(e.position, limit=100)[0] == seen[n + 1 :]
 
 
 def test_iter_all_hands_out_events_as_opened_while_its_consumer_erases(persona: Persona) -> None:
     """iter_all yields in the middle of a page: a consumer that erases someone (which forgets the
     cached keys) must not break the page under way, and sees none of that person's events after."""
     persona.log.append([event(f"u{i % 4}@example.com", event_id=f"g{i}") for i in range(12)])
-    gone = persona.log.profile_for("email", "u1@example.com")
-    assert gone is not None
+    # the log: u0's g0 g4 g8, u1's g1 g5 g9, u2's g2 g6 g10, u3's g3 g7 g11 (a chunk each)
+    later = [persona.log.profile_for("email", f"u{n}@example.com") for n in (2, 3)]
     seen = []
-    for e in persona.log.iter_all(page=6):
+    for e in persona.log.iter_all(page=3):  # chunks of u0, u1, u2 in the first page, u3's in the next
         seen.append(e.event_id)
-        if e.event_id == "g2":
-            erase_profile(persona, gone)  # u1's g5 is in the page under way; g9 in the next
-    assert seen == [f"g{i}" for i in range(12) if i not in (5, 9)]
-    assert [e.event_id for e in persona.log.iter_all(page=6)] == [f"g{i}" for i in range(12) if i % 4 != 1]
+        if e.event_id == "g5":
+            for pid in later:
+                assert pid is not None
+                erase_profile(persona, pid)  # u2's chunk is in the page under way, u3's in the next
+    assert seen == ["g0", "g4", "g8", "g1", "g5", "g9"]
+    assert [e.event_id for e in persona.log.iter_all(page=1)] == seen
 
 
 def test_the_database_refuses_update_and_delete(persona: Persona) -> None:
@@ -150,7 +155,8 @@ def test_the_database_refuses_update_and_delete(persona: Persona) -> None:
     assert bob is not None
     erase_profile(persona, bob)
     # straight to the database, past persona's code: the database itself refuses
-    for statement in ("UPDATE events SET type = 'order_placed'", "DELETE FROM events", "DELETE FROM tombstones",
+    for statement in ("UPDATE chunks SET types = 'order_placed'", "DELETE FROM chunks", "DELETE FROM event_keys",
+                      "UPDATE event_keys SET event_key = event_key", "DELETE FROM tombstones",
                       "UPDATE tombstones SET erased_at = 0"):
         with pytest.raises(Exception, match=r"persona: .*(append-only|final)"):
             raw_execute(persona, statement)
@@ -200,7 +206,8 @@ def test_kept_events_are_exactly_what_reads_back(persona: Persona) -> None:
     )
     read_back = {e.event_id: e for e in persona.log.iter_all()}
     assert [read_back[e.event_id] for e in result.recorded] == result.recorded
-    assert [e.version for e in result.recorded] == [2, 1, 3]
+    assert [e.version for e in result.recorded] == [2, 3, 1]  # in log order: z's chunk (z1, z2), then y's
+    assert [e.position for e in result.recorded] == [2, 3, 4]
 
 
 def test_event_ids_are_unique_per_source(persona: Persona) -> None:

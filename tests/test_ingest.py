@@ -151,7 +151,7 @@ def test_a_dry_run_stores_nothing_and_counts_what_the_real_run_then_does(persona
     counted = ("lines", "appended", "duplicates", "quarantined", "blank", "profiles_created", "merges",
                "quarantine_reasons")
     assert {k: getattr(dry, k) for k in counted} == {k: getattr(real, k) for k in counted}
-    assert persona.recorder.counts()["events"] == len(before["events"]) + real.appended
+    assert persona.recorder.counts()["events"] == len(before["event_keys"]) + real.appended
 
 
 def test_a_record_refused_again_is_held_once_with_the_latest_reason(persona: Persona) -> None:

@@ -94,7 +94,7 @@ def test_a_mapping_naming_a_column_the_header_lacks_is_refused_naming_it_and_the
     assert "mine.toml" in error and "zh_orders.csv lacks: 订单总额;" in error
     assert f"the header's columns are {HEADER.replace(',', ', ')} (" in error
     assert "13800138000" not in error and "138 0013 8000" not in error  # column names, never a value
-    assert quarantined(data) == [] and every_row(data)["events"] == []
+    assert quarantined(data) == [] and every_row(data)["event_keys"] == []
     done = persona(data, "ingest", str(EXPORT), "--mapping", str(MAPPING), "--json")  # the right mapping: control
     assert done.returncode == 0 and report(done)["appended"] > 0
 
@@ -106,7 +106,7 @@ def test_a_where_on_a_column_the_header_lacks_is_refused_not_left_to_keep_every_
     wrong = mapping_with(tmp_path, '"订单状态" = { not_in', '"订单状况" = { not_in')
     error = refused(persona(data, "ingest", str(EXPORT), "--mapping", str(wrong), "--dry-run"))
     assert "zh_orders.csv lacks: 订单状况;" in error
-    assert quarantined(data) == [] and every_row(data)["events"] == []
+    assert quarantined(data) == [] and every_row(data)["event_keys"] == []
 
 
 def test_a_built_in_source_checks_only_the_columns_every_row_needs(data: Path, tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def committed(settings: Settings) -> int:
     import psycopg
 
     with psycopg.connect(settings.database_url) as conn:
-        found = conn.execute("SELECT count(*) FROM events").fetchone()
+        found = conn.execute("SELECT count(*) FROM event_keys").fetchone()
     return int(found[0]) if found else 0
 
 

@@ -79,30 +79,33 @@ def test_an_empty_database_is_named_and_not_created_by_accident() -> None:
         PostgresRecorder(url)
 
 
-def test_events_are_spread_over_hash_partitions_and_cannot_be_truncated(persona: Persona) -> None:
+def test_chunks_are_spread_over_hash_partitions_and_cannot_be_truncated(persona: Persona) -> None:
     persona.log.append([event(f"p{n}@example.com", event_id=f"p{n}") for n in range(64)])
     url = persona.settings.database_url
     assert url is not None
     with psycopg.connect(url, autocommit=True) as conn:
-        counts = [conn.execute(f"SELECT count(*) FROM events_p{i}").fetchone()[0]  # type: ignore[index]
+        counts = [conn.execute(f"SELECT count(*) FROM chunks_p{i}").fetchone()[0]  # type: ignore[index]
                   for i in range(PARTITIONS)]
-        bound = conn.execute("SELECT pg_get_partkeydef('events'::regclass)").fetchone()
+        bound = conn.execute("SELECT pg_get_partkeydef('chunks'::regclass)").fetchone()
     assert sum(counts) == 64 and sum(1 for c in counts if c) >= PARTITIONS // 2  # 64 streams, spread
     assert bound is not None and bound[0] == "HASH (stream_no)"
-    for statement in ("TRUNCATE events", "TRUNCATE events_p3", "TRUNCATE event_keys", "TRUNCATE audit",
-                      "DELETE FROM event_keys", "UPDATE events_p3 SET type = 'x'"):
+    for statement in ("TRUNCATE chunks", "TRUNCATE chunks_p3", "TRUNCATE event_keys", "TRUNCATE audit",
+                      "DELETE FROM event_keys", "UPDATE chunks_p3 SET types = 'x'", "DELETE FROM chunks"):
         with pytest.raises(psycopg.Error, match="append-only"):
             raw_execute(persona, statement)
 
 
 def test_a_writer_that_skips_the_lock_still_cannot_store_a_version_or_an_event_twice(persona: Persona) -> None:
     persona.log.append([event(event_id="once")])
-    copy = ("INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
-            " SELECT stream_no, version, {key}, type, recorded_at, payload, hash FROM events LIMIT 1")
-    with pytest.raises(psycopg.errors.UniqueViolation):  # the same (stream, version), another event id
-        raw_execute(persona, copy.format(key="'\\x00'::bytea"))
+    copy = ("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types, keys,"
+            " payload, hash) SELECT position + {shift}, stream_no, first_version + {shift}, last_version + {shift},"
+            " recorded_at, types, keys, payload, hash FROM chunks LIMIT 1")
+    with pytest.raises(psycopg.errors.UniqueViolation):  # the same (stream, version) again
+        raw_execute(persona, copy.format(shift=0))
+    with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream"):  # version 2 skipped
+        raw_execute(persona, copy.format(shift=2))
     with pytest.raises(psycopg.errors.UniqueViolation):  # the same event id again
-        raw_execute(persona, "INSERT INTO event_keys SELECT event_key FROM events LIMIT 1")
+        raw_execute(persona, "INSERT INTO event_keys SELECT keys FROM chunks LIMIT 1")
     assert persona.recorder.counts()["events"] == 1
 
 

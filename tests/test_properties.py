@@ -29,11 +29,12 @@ from persona.errors import (
     UnknownProfileError,
 )
 from persona.events import Event
+from persona.store.rows import ChunkRow
 from persona.verify import verify
 from tests.conftest import NOW, event
 
 PEOPLE = ("ann@example.com", "bob@example.org", "chen.wei@example.cn")
-TABLES = ("events", "streams", "keys", "links", "tombstones")
+TABLES = ("chunks", "event_keys", "streams", "keys", "links", "tombstones")
 SETTINGS = settings(max_examples=40, deadline=None)
 
 
@@ -63,7 +64,7 @@ def table_dump(persona: Persona) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def stored_count(persona: Persona) -> int:
-    return int(persona.recorder.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    return int(persona.recorder.conn.execute("SELECT count(*) FROM event_keys").fetchone()[0])  # a key per event
 
 
 # -- the model ----------------------------------------------------------------------------------
@@ -130,10 +131,10 @@ def check_global_order(persona: Persona, model: Model) -> None:
         if not page:
             break
         rows.extend(page)
-        position = page[-1].position
-    positions = [r.position for r in rows]
-    assert all(a < b for a, b in pairwise(positions))
-    assert len(rows) == len(model.owner)
+        position = page[-1].last_position
+    assert all(a.last_position < b.position for a, b in pairwise(rows))  # chunks in order, none twice
+    assert all(a.last_position + 1 == b.position for a, b in pairwise(rows))  # and no position skipped
+    assert sum(r.size for r in rows) == len(model.owner)
     opened = list(persona.log.iter_all(page=3))
     assert all(a.position < b.position for a, b in pairwise(opened))
     live = {(pid, e.event_id) for pid, evs in model.streams.items() if pid not in model.erased for e in evs}
@@ -354,19 +355,19 @@ def test_a_failing_batch_changes_nothing(
             with pytest.raises(TypeError):
                 persona.log.append([*good[:at], poison, *good[at:]], now=NOW)
         elif failure == "fails_after_insert":
-            real_insert = persona.recorder.insert_events
+            real_insert = persona.recorder.insert_chunks
 
-            def insert_then_fail(rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
+            def insert_then_fail(rows: Sequence[ChunkRow]) -> int:
                 real_insert(rows)
-                assert stored_count(persona) == len(snapshot["events"]) + len(good)  # really inserted
+                assert stored_count(persona) == len(snapshot["event_keys"]) + len(good)  # really inserted
                 raise sqlite3.OperationalError("disk I/O error (injected)")
 
-            persona.recorder.insert_events = insert_then_fail  # type: ignore[method-assign]
+            persona.recorder.insert_chunks = insert_then_fail  # type: ignore[method-assign]
             try:
                 with pytest.raises(sqlite3.OperationalError, match="injected"):
                     persona.log.append(good, now=NOW)
             finally:
-                del persona.recorder.insert_events
+                del persona.recorder.insert_chunks
         else:
             # The warm-up append gave before[0]'s person a live profile (a new one if erased).
             live = persona.log.profile_for("email", PEOPLE[before[0][0]])

@@ -133,6 +133,7 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
             audit.update(batches=0, events=0, refreshed=0)
             try:
                 while True:
+                    was = feed.position
                     rows = feed.wait(0 if once else wait, limit=5_000)
                     if not rows:
                         if rfm.pending:  # caught up: the scores too
@@ -142,12 +143,13 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
                             break
                         continue
                     grew = sorted({row.stream_id for row in rows})
-                    line: dict[str, Any] = {"position": feed.position, "events": len(rows), "profiles": grew}
+                    events = feed.events_in(rows, was)
+                    line: dict[str, Any] = {"position": feed.position, "events": events, "profiles": grew}
                     if projector is not None:
                         erased = live_and_erased(persona, grew)[1]
                         line["refreshed"] = projector.refresh([pid for pid in grew if pid not in erased])
                         audit["batches"] += 1
-                        audit["events"] += len(rows)
+                        audit["events"] += events
                         audit["refreshed"] += line["refreshed"]
                         if line["refreshed"]:
                             rfm.changed()
@@ -184,7 +186,7 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
 
     def progress(table: str, rows: int) -> None:
         counted[table] = counted.get(table, 0) + rows
-        if table == "events" and counted[table] % 100_000 < rows:
+        if table == "event_keys" and counted[table] % 100_000 < rows:  # one key per event
             click.echo(f"  {counted[table]:,} events copied", err=True)
 
     kinds = {"from": parse_target(source)[0], "to": parse_target(target)[0]}
@@ -193,10 +195,10 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     except PersonaError as e:
         record_failure("migrate", e, lambda outcome: migrate_audit(settings, source, outcome, **kinds))
         raise
-    done = {"events": report.rows["events"], "rows": sum(report.rows.values()), **kinds}
+    done = {"events": report.rows["event_keys"], "rows": sum(report.rows.values()), **kinds}
     migrate_audit(settings, target, "ok", **done)  # the copy's own log says how it was made
     migrate_audit(settings, source, "ok", **done)  # and the source's, that everything in it was copied out
-    click.echo(f"copied {report.rows['events']:,} events of {report.rows['streams']:,} streams,"
+    click.echo(f"copied {report.rows['event_keys']:,} events of {report.rows['streams']:,} streams,"
                f" {report.rows['keys']:,} wrapped keys, {sum(report.rows.values()):,} rows in all")
     click.echo(f"checked: row counts of {len(report.rows)} tables match; {report.events:,} events verified,"
                f" {report.opened:,} opened")

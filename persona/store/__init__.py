@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Protocol
 
 from persona.errors import ConfigurationError
-from persona.store.base import Head, Recorder, StoredEvent
+from persona.store.base import Head, Recorder, StoredChunk
 from persona.store.sqlite import SQLiteRecorder
 
-__all__ = ["Head", "Recorder", "SQLiteRecorder", "StoredEvent", "open_recorder", "open_store", "parse_target"]
+__all__ = ["Head", "Recorder", "SQLiteRecorder", "StoredChunk", "open_recorder", "open_store", "parse_target"]
 
 
 class Where(Protocol):

@@ -18,7 +18,17 @@ from persona.store.protocols import (
     Recorder,
     Streams,
 )
-from persona.store.rows import Head, MergeEdge, ProfileRow, QuarantinedRecord, RowTagger, StoredEvent, TokenRow
+from persona.store.rows import (
+    CHUNK_CAP,
+    KEY_SIZE,
+    Head,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    RowTagger,
+    StoredChunk,
+    TokenRow,
+)
 from persona.store.schema import (
     BACKED_UP,
     COLUMNS_ADDED,
@@ -31,7 +41,35 @@ from persona.store.schema import (
 )
 from persona.store.sql import SPEND_PRIVACY, privacy_charge
 
-__all__ = ["BACKED_UP", "COLUMNS_ADDED", "PURGE_MARK", "READ_MODELS", "SCHEMA_REVISION", "SCHEMA_VERSION",
-           "SPEND_PRIVACY", "TABLES", "TAG", "Access", "Connection", "Erasure", "EventLog", "Head", "Identities",
-           "Maintenance", "MergeEdge", "ModelRegistry", "ProfileRow", "Quarantine", "QuarantinedRecord",
-           "ReadModels", "Recorder", "RowTagger", "StoredEvent", "Streams", "TokenRow", "privacy_charge"]
+__all__ = [
+    "BACKED_UP",
+    "CHUNK_CAP",
+    "COLUMNS_ADDED",
+    "KEY_SIZE",
+    "PURGE_MARK",
+    "READ_MODELS",
+    "SCHEMA_REVISION",
+    "SCHEMA_VERSION",
+    "SPEND_PRIVACY",
+    "TABLES",
+    "TAG",
+    "Access",
+    "Connection",
+    "Erasure",
+    "EventLog",
+    "Head",
+    "Identities",
+    "Maintenance",
+    "MergeEdge",
+    "ModelRegistry",
+    "ProfileRow",
+    "Quarantine",
+    "QuarantinedRecord",
+    "ReadModels",
+    "Recorder",
+    "RowTagger",
+    "StoredChunk",
+    "Streams",
+    "TokenRow",
+    "privacy_charge",
+]

@@ -7,14 +7,15 @@ What differs from the SQLite default, and why:
   erasure and the read models all assume that nobody else writes between their read and
   their write; the lock keeps every invariant the same on both backends, and it makes
   global positions commit in order, so catch-up by position never skips an event that
-  commits late. Readers never wait for it. The database's own constraints still refuse a
-  duplicate (stream, version) or event id from a writer that ignored the lock.
-- **Events are partitioned by a hash of the stream**, so the log splits evenly and each
+  commits late. Readers never wait for it. The database's own constraints and triggers still
+  refuse a duplicate or missing version, or an event id already in the log, from a writer that
+  ignored the lock.
+- **Chunks are partitioned by a hash of the stream**, so the log splits evenly and each
   stream's rows stay together (docs/postgresql.md: the Citus layout). A unique index on a
-  partitioned table must contain the partition key, so the idempotency keys, unique over
-  the whole log, live in their own table, `event_keys`.
+  partitioned table must contain the partition key, so positions are kept increasing by the
+  insert trigger (with an index on them), not by a unique key.
 - **Append-only is enforced by triggers** that refuse UPDATE, DELETE and TRUNCATE of
-  events, event keys, tombstones and the audit log.
+  chunks, event keys, tombstones and the audit log.
 - **The change feed**: a transaction that appends events sends NOTIFY on `persona_events`
   (delivered at COMMIT) with the newest position; `wait_for_events` LISTENs for it.
 - **There is no secure_delete, and erasure does not vacuum.** A DELETE leaves a dead row
@@ -50,6 +51,7 @@ both backends. Every statement is a constant with bound parameters.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,8 +76,8 @@ from persona.store.postgres_pool import (
     without_password,
 )
 from persona.store.postgres_purge import PostgresPurge
-from persona.store.postgres_schema import DROP, PARTITIONS, SCHEMA, TRIGGER_NAMES, TRIGGERS_PRESENT
-from persona.store.rows import RowTagger, StoredEvent
+from persona.store.postgres_schema import DROP, PARTITIONS, SCHEMA, TRIGGER_NAMES, TRIGGERS_PRESENT, UPGRADE_LOG
+from persona.store.rows import RowTagger, StoredChunk
 from persona.store.schema import (
     ADOPTED,
     COLUMNS_ADDED,
@@ -86,23 +88,25 @@ from persona.store.schema import (
     TAGGED,
     TAGGED_ON_INSERT,
     UNTAGGED_INDEXES,
+    UPGRADABLE,
 )
 from persona.store.shared import Row, SQLRecorder
-from persona.store.sql import EVENT_COLUMNS, Statements
+from persona.store.sql import CHUNK_COLUMNS, Statements
 from persona.store.sqlite import SQLiteRecorder
 
 __all__ = ["PARTITIONS", "PostgresRecorder", "close_pool", "describe_error", "is_database_error", "is_postgres_url",
            "pool_for", "without_password"]  # (the pool's names, for the modules that read them here)
 
+log = logging.getLogger("persona.store")
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
 CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
-_SCAN_PAGE = ("SELECT e.stream_no, " + EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
-              " WHERE (e.stream_no, e.version) > (%s, %s) ORDER BY e.stream_no, e.version LIMIT %s")
+_SCAN_PAGE = ("SELECT c.stream_no, " + CHUNK_COLUMNS + " FROM chunks c JOIN streams s ON s.stream_no = c.stream_no"
+              " WHERE (c.stream_no, c.last_version) > (%s, %s) ORDER BY c.stream_no, c.last_version LIMIT %s")
 _READ_AFTER = (
-    "SELECT " + EVENT_COLUMNS + " FROM unnest(%s::bigint[], %s::integer[]) AS w(no, after)"
-    " JOIN events e ON e.stream_no = w.no AND e.version > w.after JOIN streams s ON s.stream_no = e.stream_no"
-    " ORDER BY e.stream_no, e.version"
+    "SELECT " + CHUNK_COLUMNS + " FROM unnest(%s::bigint[], %s::integer[]) AS w(no, after)"
+    " JOIN chunks c ON c.stream_no = w.no AND c.last_version > w.after JOIN streams s ON s.stream_no = c.stream_no"
+    " ORDER BY c.stream_no, c.last_version"
 )
 # row tags (persona.integrity): the untagged rows of each table, by ctid, with the columns tagged
 _UNTAGGED = {table: "SELECT ctid::text, " + ", ".join(columns) + " FROM " + table + " WHERE tag IS NULL"
@@ -116,7 +120,7 @@ _LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + "
                 + ", ".join(f"{c} = excluded.{c}" for c in TABLES["api_tokens"][1:]))
 
 # the order a dump reads each table in (its key); others by their first column
-_KEY_OF = {"events": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
+_KEY_OF = {"chunks": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
            "snapshots": ("profile_id", "projection"), "model_people": ("profile_id", "name", "version"),
            "predictions": ("profile_id", "model"), "models": ("name", "version")}
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
@@ -127,7 +131,7 @@ _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"
 class PostgresRecorder(SQLRecorder, PostgresPurge):
     """A Recorder over one PostgreSQL connection, taken from the process's pool. One per thread."""
 
-    sql = Statements().formatted(p="%s", in_list="= ANY(%s::{type}[])", event_keys="event_keys")
+    sql = Statements().formatted(p="%s", in_list="= ANY(%s::{type}[])")
     purges_at_once = False  # VACUUM's cost follows the population: one purge serves a window of erasures
 
     def __init__(self, url: str, *, create: bool | None = False, busy_timeout_ms: int = 30_000) -> None:
@@ -141,6 +145,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
         self.commits = 0
+        self.upgraded = False
         self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         self._listener: psycopg.Connection[Any] | None = None
         self.schema = ""
@@ -151,8 +156,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             # a channel name is at most 63 bytes: a digest of the schema, not the schema itself
             self.channel = f"{CHANNEL}_{hashlib.blake2b(self.schema.encode(), digest_size=8).hexdigest()}"
             if create is None and self._has_schema():
-                if self.get_meta("schema_version") != SCHEMA_VERSION:
-                    raise ConfigurationError("the database was not made by this version of persona")
+                self._check_version()
             elif create or create is None:
                 with self.conn.transaction():  # under the write lock: two inits cannot both create
                     self._lock()
@@ -165,8 +169,8 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             elif not self._has_schema():
                 raise ConfigurationError(f"no persona store in PostgreSQL at {where(url)};"
                                          " run `persona --data DIR init --backend URL`")
-            elif self.get_meta("schema_version") != SCHEMA_VERSION:
-                raise ConfigurationError("the database was not made by this version of persona")
+            else:
+                self._check_version()
             self._upgrade()
         except BaseException:
             self.close()
@@ -187,6 +191,22 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
 
     def _settings(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
+
+    def _check_version(self) -> None:
+        """Refuse a store of another layout; upgrade one of format 1 in place (schema.UPGRADABLE)."""
+        if self.get_meta("schema_version") == UPGRADABLE:
+            with self.conn.transaction():
+                self._lock()
+                if self.get_meta("schema_version") == UPGRADABLE:  # not upgraded meanwhile by another process
+                    events = int(self._value("SELECT count(*) FROM event_keys"))
+                    log.warning("upgrading the store's event log to format %s (%d events): once, in place",
+                                SCHEMA_VERSION, events)
+                    for statement in UPGRADE_LOG:
+                        self.conn.execute(statement)
+                    self.set_meta("schema_version", SCHEMA_VERSION)
+                    self.upgraded = True
+        if self.get_meta("schema_version") != SCHEMA_VERSION:
+            raise ConfigurationError("the database was not made by this version of persona")
 
     def _upgrade(self) -> None:
         """Columns added since the store was made (COLUMNS_ADDED), once, under the write lock."""
@@ -247,9 +267,9 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             with self.conn.cursor() as cur:
                 cur.executemany(sql, rows)
 
-    def _events(self, sql: str, params: Sequence[Any]) -> list[StoredEvent]:
-        return [StoredEvent(p, s, v, bytes(k), t, r, bytes(pl), bytes(h))
-                for p, s, v, k, t, r, pl, h in self.conn.execute(sql, params).fetchall()]
+    def _events(self, sql: str, params: Sequence[Any]) -> list[StoredChunk]:
+        return [StoredChunk(p, s, f, la, r, t, bytes(k), bytes(pl), bytes(h))
+                for p, s, f, la, r, t, k, pl, h in self.conn.execute(sql, params).fetchall()]
 
     def _insert_unique(self, sql: str, params: Sequence[Any]) -> bool:
         try:
@@ -388,19 +408,17 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value, tag = NULL", (key, value))
 
     # -- events --------------------------------------------------------------------------
-    def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
+    def _insert_log(self, keys: Sequence[bytes], rows: Sequence[tuple[Any, ...]]) -> None:
         # by COPY, the keys first: their table refuses an event id already in the log
-        if not rows:
-            return
         conn = self.conn
         try:
             # a savepoint: the caller's transaction survives a refusal
             with conn.transaction(), conn.cursor() as cur:
                 with cur.copy("COPY event_keys (event_key) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row((row[2],))
-                with cur.copy("COPY events (stream_no, version, event_key, type, recorded_at, payload, hash)"
-                              " FROM STDIN") as copy:
+                    for key in keys:
+                        copy.write_row((key,))
+                with cur.copy("COPY chunks (position, stream_no, first_version, last_version, recorded_at, types, keys,"
+                              " payload, hash) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
         except pg_errors.UniqueViolation as e:
@@ -409,16 +427,16 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             raise ConcurrencyError.unseen() from None
         self._appended = True  # announced at COMMIT; listeners read the new position themselves
 
-    def scan_chains(self) -> Iterator[StoredEvent]:
+    def scan_chains(self) -> Iterator[StoredChunk]:
         """Every event, stream by stream, in pages: no cursor or transaction is held between them."""
         last = (0, 0)
         while True:
             page = self.conn.execute(_SCAN_PAGE, (*last, PAGE)).fetchall()
             if not page:
                 return
-            for _, p, s, v, k, t, r, pl, h in page:
-                yield StoredEvent(p, s, v, bytes(k), t, r, bytes(pl), bytes(h))
-            last = (page[-1][0], page[-1][3])
+            for _, p, s, f, la, r, t, k, pl, h in page:
+                yield StoredChunk(p, s, f, la, r, t, bytes(k), bytes(pl), bytes(h))
+            last = (page[-1][0], page[-1][4])
 
     # -- streams and keys ----------------------------------------------------------------
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
@@ -468,7 +486,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
         yield from self.conn.execute("SELECT profile_id, erased_at FROM tombstones ORDER BY erased_at, seq").fetchall()
 
     # -- snapshots and read models ------------------------------------------------------
-    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
+    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredChunk]:
         for start in range(0, len(wanted), 500):
             part = wanted[start : start + 500]
             yield from self._events(_READ_AFTER, ([n for n, _ in part], [a for _, a in part]))
@@ -554,21 +572,15 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             with self.conn.cursor() as cur:
                 cur.executemany(_LOAD_TOKENS, rows)
             return
-        with self.conn.cursor() as cur:
-            with cur.copy("COPY " + table + " (" + ", ".join(columns) + ") FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            if table == "events":
-                with cur.copy("COPY event_keys (event_key) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row((row[3],))
+        with self.conn.cursor() as cur, cur.copy("COPY " + table + " (" + ", ".join(columns) + ") FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def finish_load(self) -> None:
         """Counters continue after the largest number copied."""
         for table, column in _SERIALS:
             self.conn.execute("SELECT setval(pg_get_serial_sequence(%s, %s), coalesce(max(" + column + "), 0) + 1,"
                               " false) FROM " + table, (table, column))
-        self.conn.execute("SELECT setval('events_position_seq', coalesce(max(position), 0) + 1, false) FROM events")
 
     def backup(self, dest: Path, tables: Sequence[str]) -> None:
         """A SQLite file, filled in one REPEATABLE READ snapshot of the store."""

@@ -4,23 +4,60 @@ sqlite-utils (persona.store.sqlite_schema)."""
 
 from __future__ import annotations
 
+from persona.store.rows import CHUNK_CAP, KEY_SIZE
 from persona.store.schema import COLUMNS_ADDED, TABLES, UNTAGGED_INDEXES
 
 PARTITIONS = 8  # hash partitions of the event log
 
 _ID = 'text COLLATE "C"'
+# The log: chunks (a stream's consecutive events sealed together, schema.TABLES), hash-partitioned
+# by stream; `position` is its first event's global position.
+LOG_TABLES = (
+    "CREATE TABLE chunks (position bigint NOT NULL, stream_no bigint NOT NULL, first_version integer NOT NULL,"
+    " last_version integer NOT NULL, recorded_at bigint NOT NULL, types text NOT NULL, keys bytea NOT NULL,"
+    " payload bytea NOT NULL, hash bytea NOT NULL, PRIMARY KEY (stream_no, last_version))"
+    " PARTITION BY HASH (stream_no)",
+    *(f"CREATE TABLE chunks_p{i} PARTITION OF chunks FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
+      for i in range(PARTITIONS)),
+    "CREATE INDEX chunks_position ON chunks (position)",
+)
+# A chunk continues its stream (first version = the stream's last + 1), holds 1..CHUNK_CAP events
+# with one key and one type each, and starts after the log's last position; the log is
+# append-only (statement triggers are not inherited: each partition refuses TRUNCATE itself).
+LOG_TRIGGERS = (
+    "CREATE FUNCTION persona_chunk_continues() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " DECLARE stream_last integer; log_last bigint; BEGIN"
+    " SELECT max(c.last_version) INTO stream_last FROM chunks c WHERE c.stream_no = NEW.stream_no;"
+    " SELECT c.position + c.last_version - c.first_version INTO log_last FROM chunks c"
+    " ORDER BY c.position DESC LIMIT 1;"
+    " IF NEW.first_version <> coalesce(stream_last, 0) + 1 OR NEW.last_version < NEW.first_version"
+    f" OR NEW.last_version - NEW.first_version >= {CHUNK_CAP}"
+    f" OR length(NEW.keys) <> {KEY_SIZE} * (NEW.last_version - NEW.first_version + 1)"
+    " OR length(NEW.types) - length(replace(NEW.types, ' ', '')) <> NEW.last_version - NEW.first_version"
+    " OR NEW.position <= coalesce(log_last, 0) THEN"
+    " RAISE EXCEPTION 'persona: a chunk must continue its stream and the log (refused)'"
+    " USING ERRCODE = 'unique_violation', TABLE = 'chunks'; END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER chunks_continue BEFORE INSERT ON chunks FOR EACH ROW EXECUTE FUNCTION persona_chunk_continues()",
+    "CREATE TRIGGER chunks_append_only BEFORE UPDATE OR DELETE ON chunks FOR EACH ROW"
+    " EXECUTE FUNCTION persona_refuse()",
+    *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION"
+      " persona_refuse()" for table in ("chunks", *(f"chunks_p{i}" for i in range(PARTITIONS)))),
+)
+# A store of format 1 (one row per event) becomes one of chunks (schema.UPGRADABLE): each event a
+# chunk of one, its columns as they are; its keys are in event_keys already.
+UPGRADE_LOG = (
+    *LOG_TABLES,
+    "INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types, keys, payload, hash)"
+    " SELECT position, stream_no, version, version, recorded_at, type, event_key, payload, hash FROM events",
+    "DROP TABLE events",
+    "DROP SEQUENCE events_position_seq",
+    *LOG_TRIGGERS,
+)
 SCHEMA = [
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
     "INSERT INTO persona_clock (n) VALUES (0)",
-    "CREATE SEQUENCE events_position_seq",
-    "CREATE TABLE events (position bigint NOT NULL DEFAULT nextval('events_position_seq'),"
-    " stream_no bigint NOT NULL, version integer NOT NULL, event_key bytea NOT NULL, type text NOT NULL,"
-    " recorded_at bigint NOT NULL, payload bytea NOT NULL, hash bytea NOT NULL,"
-    " PRIMARY KEY (stream_no, version)) PARTITION BY HASH (stream_no)",
-    *(f"CREATE TABLE events_p{i} PARTITION OF events FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
-      for i in range(PARTITIONS)),
-    "CREATE INDEX events_position ON events (position)",
+    *LOG_TABLES,
     "CREATE TABLE event_keys (event_key bytea PRIMARY KEY)",
     f"CREATE TABLE streams (stream_no bigserial PRIMARY KEY, stream_id {_ID} NOT NULL UNIQUE,"
     " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
@@ -71,11 +108,11 @@ SCHEMA = [
     " USING ERRCODE = 'insufficient_privilege'; END $$",
     *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
       " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", "event_keys", "tombstones", "audit")),
-    # (statement triggers are not inherited: each partition refuses TRUNCATE itself)
+      for table in ("event_keys", "tombstones", "audit")),
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
       " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
-      for table in ("events", *(f"events_p{i}" for i in range(PARTITIONS)), "event_keys", "tombstones", "audit")),
+      for table in ("event_keys", "tombstones", "audit")),
+    *LOG_TRIGGERS,
 ]
 
 # the row tags (persona.integrity), as the additive migration adds them to an older store
@@ -88,7 +125,6 @@ TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_clas
                      " WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal")
 
 DROP = (
-    "DROP TABLE " + ", ".join(["persona_clock", "event_keys", *TABLES]),
-    "DROP SEQUENCE events_position_seq",
-    "DROP FUNCTION persona_refuse()",
+    "DROP TABLE " + ", ".join(["persona_clock", *TABLES]),
+    "DROP FUNCTION persona_refuse(), persona_chunk_continues()",
 )

@@ -14,13 +14,24 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
-from persona.store.rows import Head, MergeEdge, ProfileRow, QuarantinedRecord, RowTagger, StoredEvent, TokenRow
+from persona.store.rows import (
+    ChunkRow,
+    Head,
+    LogChunk,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    RowTagger,
+    StoredChunk,
+    TokenRow,
+)
 
 
 class Connection(Protocol):
     """Transactions, consistent reads, the `meta` table and the row tags of one connection."""
 
     commits: int  # transactions this connection committed
+    upgraded: bool  # opening it upgraded the store's format (schema.UPGRADABLE): its meta rows need their tags anew
     tagger: RowTagger | None  # computes row tags (persona.integrity); set by Persona, with the key file
 
     def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]:
@@ -45,36 +56,48 @@ class Connection(Protocol):
 
 
 class EventLog(Protocol):
-    """The append-only log. Rows to insert are (stream_no, version, event_key, type, recorded_at,
-    payload, hash); streams are named by their number (Head.no) where the caller holds it."""
+    """The append-only log: chunks, each a stream's consecutive events sealed together
+    (rows.StoredChunk), and the set of every event's idempotency key. Streams are named by their
+    number (Head.no) where the caller holds it."""
 
     def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]: ...
-    def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None: ...
-    def last_position(self) -> int: ...
-    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]: ...
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]: ...
-    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
-        """Replay's read: (position, stream_no, version, event_key, type, recorded_at, payload) in
-        log order — no chain hash, and streams by number (ids from stream_names)."""
+    def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
+        """Append chunks (rows.ChunkRow) at the next positions, in order, and their events' keys;
+        returns the first chunk's position. DuplicateEventError if a key is in the log already;
+        ConcurrencyError if a chunk does not continue its stream (the database refuses a gap or
+        an overlap of versions)."""
+        ...
+    def last_position(self) -> int:
+        """The position of the log's last event (0 when empty)."""
+        ...
+    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredChunk]:
+        """The chunks holding a stream's events after a version, in version order (the first
+        may start at or before it)."""
+        ...
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredChunk]:
+        """Up to `limit` chunks holding events after a position, in log order."""
+        ...
+    def read_log(self, after_position: int, limit: int) -> list[LogChunk]:
+        """Replay's read: up to `limit` chunks holding events after a position, in log order
+        (rows.LogChunk: no chain hash, streams by number, ids from stream_names)."""
         ...
     def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]: ...
-    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredEvent]:
-        """Every event of these streams (by Head.no), stream by stream, each in version order."""
+    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredChunk]:
+        """Every chunk of these streams (by Head.no), stream by stream, each in version order."""
         ...
-    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
-        """Events of several streams (Head.no), each after its own version, stream by stream."""
+    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredChunk]:
+        """The chunks of several streams (Head.no) holding events after each one's own version,
+        stream by stream."""
         ...
-    def read_page(self, stream_id: str, before_version: int, limit: int,
-                  types: Sequence[str] = ()) -> list[StoredEvent]:
-        """Up to `limit` events of one stream older than `before_version`, newest first."""
+    def read_page(self, stream_id: str, before_version: int, limit: int) -> list[StoredChunk]:
+        """Up to `limit` chunks of one stream holding events older than `before_version`, newest first."""
         ...
-    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
-                         types: Sequence[str] = ()) -> list[StoredEvent]:
-        """Up to `limit` events of several streams (a merged person) recorded before a position,
-        newest first."""
+    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int) -> list[StoredChunk]:
+        """Up to `limit` chunks of several streams (a merged person) holding events before a
+        position, newest first."""
         ...
-    def scan_chains(self) -> Iterator[StoredEvent]:
-        """Every event, stream by stream, each stream in version order."""
+    def scan_chains(self) -> Iterator[StoredChunk]:
+        """Every chunk, stream by stream, each stream in version order."""
         ...
     def wait_for_events(self, after_position: int, timeout: float) -> int:
         """Block until the log grows past a position (or the timeout passes); the newest position."""

@@ -14,17 +14,39 @@ class RowTagger(Protocol):
     def matches(self, table: str, values: Sequence[object], tag: object) -> bool: ...
 
 
-class StoredEvent(NamedTuple):
-    """One row of the log, as the backend keeps it (a tuple: cheap to make by the million)."""
+class StoredChunk(NamedTuple):
+    """One row of the log: consecutive events of one stream, sealed together (a tuple: cheap to
+    make by the million). A chunk of one event is sealed exactly as an event was before chunks
+    (persona.eventlog), so a store of that format is a store of one-event chunks."""
 
-    position: int  # global, increasing: the catch-up cursor
+    position: int  # global position of its first event; the next ones follow (the catch-up cursor)
     stream_id: str  # the profile id
-    version: int  # 1..n within the stream, no gaps
-    event_key: bytes  # keyed hash of the event id: the idempotency key
-    type: str
+    first_version: int  # versions first..last within the stream: 1..n, no gaps, no overlap
+    last_version: int
     recorded_at: int  # microseconds since the epoch, UTC
+    types: str  # the events' types, space-separated, in version order
+    keys: bytes  # the events' idempotency keys (keyed hashes of their ids), KEY_SIZE bytes each
     payload: bytes  # nonce + AES-GCM ciphertext
     hash: bytes  # chain: H(previous hash, this row's header and payload)
+
+    @property
+    def size(self) -> int:
+        """How many events it holds."""
+        return self.last_version - self.first_version + 1
+
+    @property
+    def last_position(self) -> int:
+        return self.position + self.last_version - self.first_version
+
+
+# A chunk to insert: (stream_no, first_version, last_version, recorded_at, types, keys, payload, hash)
+ChunkRow = tuple[int, int, int, int, str, bytes, bytes, bytes]
+# A chunk as replay reads it: (position, stream_no, first_version, last_version, recorded_at, types, keys,
+# payload): no chain hash, and the stream by number (ids from stream_names)
+LogChunk = tuple[int, int, int, int, int, str, bytes, bytes]
+
+KEY_SIZE = 16  # bytes of an event's idempotency key
+CHUNK_CAP = 256  # events in one chunk at most: reading one event decrypts a bounded amount
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,10 @@ row tag covers (persona.integrity computes the tags; the store only keeps them).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "1"  # meta `schema_version`: a store made by another layout is refused
+SCHEMA_VERSION = "2"  # meta `schema_version`: a store made by another layout is refused…
+# …but one: a store of format 1 (one row per event) is upgraded in place when it is opened
+# (each event becomes a chunk of one, sealed as it was: no key is needed, nothing is re-sealed).
+UPGRADABLE = "1"
 
 # Additions to a store made by an earlier release, applied when it is opened (each backend
 # adds what is missing under its write lock, then records the revision in `meta`):
@@ -28,7 +31,11 @@ SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
 TABLES: dict[str, tuple[str, ...]] = {
     "meta": ("key", "value"),
     "streams": ("stream_no", "stream_id", "version", "head", "created_at"),
-    "events": ("position", "stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"),
+    # the log: one row per chunk (a stream's consecutive events, sealed together), and the set of
+    # every event's idempotency key, never deleted from (erasure included)
+    "chunks": ("position", "stream_no", "first_version", "last_version", "recorded_at", "types", "keys", "payload",
+               "hash"),
+    "event_keys": ("event_key",),
     "keys": ("profile_id", "kek_version", "wrapped"),
     "system_keys": ("name", "kek_version", "wrapped"),
     "links": ("subject_hash", "profile_id", "namespace", "created_at"),
@@ -55,7 +62,8 @@ TABLES: dict[str, tuple[str, ...]] = {
 # Every table but the log carries `tag`, a keyed hash of its row (persona.integrity), carried by
 # copies like any column: a backup or migrated store checks out with the same key file.
 TAG = "tag"
-TABLES = {table: columns + ((TAG,) if table != "events" else ()) for table, columns in TABLES.items()}
+LOG = ("chunks", "event_keys")  # sealed and chained, or keyed hashes: no row tag
+TABLES = {table: columns + ((TAG,) if table not in LOG else ()) for table, columns in TABLES.items()}
 
 READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
 BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
@@ -74,8 +82,9 @@ PERSON_ROWS = ("profile_index", "rfm", "predictions")
 ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
                "quarantine", "quarantine_tags")
 
-# The tables `counts()` reports.
-COUNTED = ("events", "streams", "keys", "links", "tombstones", "quarantine", "merges")
+# What `counts()` reports, and the table counted for each (one key per event: the events).
+COUNTED = {"events": "event_keys", **{table: table for table in ("streams", "keys", "links", "tombstones",
+                                                                  "quarantine", "merges")}}
 
 # The meta key of the purge mark: erasures noted, and when their physical purge is due (persona.purge).
 PURGE_MARK = "purge"

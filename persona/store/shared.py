@@ -12,7 +12,18 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 from persona.errors import ConfigurationError
-from persona.store.rows import Head, MergeEdge, ProfileRow, QuarantinedRecord, RowTagger, StoredEvent, TokenRow
+from persona.store.rows import (
+    KEY_SIZE,
+    ChunkRow,
+    Head,
+    LogChunk,
+    MergeEdge,
+    ProfileRow,
+    QuarantinedRecord,
+    RowTagger,
+    StoredChunk,
+    TokenRow,
+)
 from persona.store.schema import COUNTED
 from persona.store.sql import Statements, privacy_charge
 
@@ -49,7 +60,7 @@ class SQLRecorder:
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         raise NotImplementedError
 
-    def _events(self, sql: str, params: Sequence[Any]) -> Iterable[StoredEvent]:
+    def _events(self, sql: str, params: Sequence[Any]) -> Iterable[StoredChunk]:
         raise NotImplementedError
 
     def _insert_unique(self, sql: str, params: Sequence[Any]) -> bool:
@@ -104,32 +115,41 @@ class SQLRecorder:
         row = self._one(self.sql.last_position)
         return int(row[0]) if row else 0
 
-    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredEvent]:
+    def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
+        start = position = self.last_position() + 1  # under the write lock: no one else appends
+        placed = []
+        for row in rows:
+            placed.append((position, *row))
+            position += row[2] - row[1] + 1
+        if placed:
+            keys = sorted(row[5][n : n + KEY_SIZE] for row in rows for n in range(0, len(row[5]), KEY_SIZE))
+            self._insert_log(keys, placed)
+        return start
+
+    def _insert_log(self, keys: Sequence[bytes], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Add the event keys (sorted) and the chunks (their positions given): DuplicateEventError
+        if a key is already in the log, ConcurrencyError if the database refuses a chunk."""
+        raise NotImplementedError
+
+    def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredChunk]:
         yield from self._events(self.sql.read_stream, (stream_id, after_version))
 
-    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredEvent]:
+    def read_streams(self, stream_numbers: Sequence[int]) -> Iterator[StoredChunk]:
         ordered = sorted(stream_numbers)
         for start in range(0, len(ordered), 500):
             yield from self._events(self.sql.read_streams, (ordered[start : start + 500],))
 
-    def read_page(self, stream_id: str, before_version: int, limit: int,
-                  types: Sequence[str] = ()) -> list[StoredEvent]:
-        if types:
-            return list(self._events(self.sql.read_page_typed, (stream_id, before_version, list(types), limit)))
+    def read_page(self, stream_id: str, before_version: int, limit: int) -> list[StoredChunk]:
         return list(self._events(self.sql.read_page, (stream_id, before_version, limit)))
 
-    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int,
-                         types: Sequence[str] = ()) -> list[StoredEvent]:
-        if types:
-            return list(self._events(self.sql.read_across_typed,
-                                     (list(stream_ids), before_position, list(types), limit)))
+    def read_page_across(self, stream_ids: Sequence[str], before_position: int, limit: int) -> list[StoredChunk]:
         return list(self._events(self.sql.read_across, (list(stream_ids), before_position, limit)))
 
-    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredEvent]:
-        return list(self._events(self.sql.read_all, (after_position, limit)))
+    def read_all(self, after_position: int = 0, limit: int = 1000) -> list[StoredChunk]:
+        return list(self._events(self.sql.read_all, (after_position, after_position, limit)))
 
-    def read_log(self, after_position: int, limit: int) -> list[tuple[int, int, int, bytes, str, int, bytes]]:
-        return self._all(self.sql.read_log, (after_position, limit))
+    def read_log(self, after_position: int, limit: int) -> list[LogChunk]:
+        return self._all(self.sql.read_log, (after_position, after_position, limit))
 
     def stream_names(self, stream_numbers: Sequence[int]) -> dict[int, str]:
         return dict(self._pairs(self.sql.stream_names, stream_numbers))
@@ -396,7 +416,7 @@ class SQLRecorder:
 
     def counts(self) -> dict[str, int]:
         out = {}
-        for table, statement in zip(COUNTED, self.sql.counts, strict=True):
+        for table, statement in zip(COUNTED, self.sql.counts, strict=True):  # COUNTED's keys
             row = self._one(statement)
             out[table] = int(row[0]) if row else 0
         return out

@@ -14,12 +14,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from persona.store.rows import CHUNK_CAP
 from persona.store.schema import COUNTED, DERIVED_TABLES, PERSON_ROWS, TABLES
 
-EVENT_COLUMNS = "e.position, s.stream_id, e.version, e.event_key, e.type, e.recorded_at, e.payload, e.hash"
-# Events carry a small integer stream number (streams.stream_no) instead of the profile id:
-# the (stream, version) index stays a quarter of the size, and appends dirty fewer pages.
-EVENT_SELECT = "SELECT " + EVENT_COLUMNS + " FROM events e JOIN streams s ON s.stream_no = e.stream_no"
+CHUNK_COLUMNS = ("c.position, s.stream_id, c.first_version, c.last_version, c.recorded_at, c.types, c.keys,"
+                 " c.payload, c.hash")
+# Chunks carry a small integer stream number (streams.stream_no) instead of the profile id:
+# the (stream, last version) index stays small, and appends dirty fewer pages.
+CHUNK_SELECT = "SELECT " + CHUNK_COLUMNS + " FROM chunks c JOIN streams s ON s.stream_no = c.stream_no"
+LAST_POSITION = "c.position + c.last_version - c.first_version"
+# The chunks holding positions after a given one: a chunk holds at most CHUNK_CAP events, so the
+# one holding the next position starts fewer than CHUNK_CAP positions before it (a rowid range).
+AFTER_POSITION = f"c.position > {{p}} - {CHUNK_CAP} AND {LAST_POSITION} > {{p}}"
 TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
 AUDIT_SELECT = "SELECT " + ", ".join(TABLES["audit"][:-1]) + " FROM audit"
 MODEL_SELECT = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
@@ -44,20 +50,17 @@ def privacy_charge(name: str, epsilon: float, delta: float) -> tuple[float, floa
 @dataclass(frozen=True, slots=True)
 class Statements:
     # the log
-    existing_keys: str = "SELECT event_key FROM {event_keys} WHERE event_key {bytea}"
-    last_position: str = "SELECT coalesce(max(position), 0) FROM events"
-    read_stream: str = EVENT_SELECT + " WHERE s.stream_id = {p} AND e.version > {p} ORDER BY e.version"
-    read_streams: str = EVENT_SELECT + " WHERE e.stream_no {bigint} ORDER BY e.stream_no, e.version"
-    read_page: str = EVENT_SELECT + " WHERE s.stream_id = {p} AND e.version < {p} ORDER BY e.version DESC LIMIT {p}"
-    read_page_typed: str = (EVENT_SELECT + " WHERE s.stream_id = {p} AND e.version < {p} AND e.type {text}"
-                            " ORDER BY e.version DESC LIMIT {p}")
-    read_across: str = (EVENT_SELECT + " WHERE s.stream_id {text} AND e.position < {p}"
-                        " ORDER BY e.position DESC LIMIT {p}")
-    read_across_typed: str = (EVENT_SELECT + " WHERE s.stream_id {text} AND e.position < {p} AND e.type {text}"
-                              " ORDER BY e.position DESC LIMIT {p}")
-    read_all: str = EVENT_SELECT + " WHERE e.position > {p} ORDER BY e.position LIMIT {p}"
-    read_log: str = ("SELECT position, stream_no, version, event_key, type, recorded_at, payload FROM events"
-                     " WHERE position > {p} ORDER BY position LIMIT {p}")
+    existing_keys: str = "SELECT event_key FROM event_keys WHERE event_key {bytea}"
+    last_position: str = "SELECT " + LAST_POSITION + " FROM chunks c ORDER BY c.position DESC LIMIT 1"
+    read_stream: str = CHUNK_SELECT + " WHERE s.stream_id = {p} AND c.last_version > {p} ORDER BY c.last_version"
+    read_streams: str = CHUNK_SELECT + " WHERE c.stream_no {bigint} ORDER BY c.stream_no, c.last_version"
+    read_page: str = (CHUNK_SELECT + " WHERE s.stream_id = {p} AND c.first_version < {p}"
+                      " ORDER BY c.last_version DESC LIMIT {p}")
+    read_across: str = (CHUNK_SELECT + " WHERE s.stream_id {text} AND c.position < {p}"
+                        " ORDER BY c.position DESC LIMIT {p}")
+    read_all: str = CHUNK_SELECT + " WHERE " + AFTER_POSITION + " ORDER BY c.position LIMIT {p}"
+    read_log: str = ("SELECT c.position, c.stream_no, c.first_version, c.last_version, c.recorded_at, c.types, c.keys,"
+                     " c.payload FROM chunks c WHERE " + AFTER_POSITION + " ORDER BY c.position LIMIT {p}")
     stream_names: str = "SELECT stream_no, stream_id FROM streams WHERE stream_no {bigint}"
     # streams and keys
     heads: str = ("SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
@@ -135,7 +138,7 @@ class Statements:
     # one row per profile for the API: its head, last change, read-model row and RFM scores
     profile_rows: str = (
         "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, i.doc, r.r, r.f, r.m,"
-        " m.person_id FROM streams s LEFT JOIN events e ON e.stream_no = s.stream_no AND e.version = s.version"
+        " m.person_id FROM streams s LEFT JOIN chunks e ON e.stream_no = s.stream_no AND e.last_version = s.version"
         " LEFT JOIN members m ON m.profile_id = s.stream_id"
         " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
         " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id {text}")
@@ -177,12 +180,12 @@ class Statements:
                          " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
     audit_rows: str = AUDIT_SELECT + " WHERE seq > {p} ORDER BY seq LIMIT {p}"
     audit_rows_of: str = AUDIT_SELECT + " WHERE seq > {p} AND profile_id = {p} ORDER BY seq LIMIT {p}"
-    counts: tuple[str, ...] = tuple(f"SELECT count(*) FROM {table}" for table in COUNTED)
+    counts: tuple[str, ...] = tuple(f"SELECT count(*) FROM {table}" for table in COUNTED.values())
 
-    def formatted(self, *, p: str, in_list: str, event_keys: str) -> Statements:
+    def formatted(self, *, p: str, in_list: str) -> Statements:
         """Every statement in one backend's syntax: `in_list` is the list form with `{type}` in it
-        ("IN (?*)", or "= ANY(%s::{type}[])"), `event_keys` the table holding the log's event keys."""
-        names = {"p": p, "event_keys": event_keys,
+        ("IN (?*)", or "= ANY(%s::{type}[])")."""
+        names = {"p": p,
                  **{kind: in_list.format(type=kind) for kind in ("text", "bytea", "bigint")}}
         done: dict[str, Any] = {}
         for field in dataclasses.fields(self):

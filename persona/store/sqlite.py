@@ -35,9 +35,9 @@ from typing import Any
 from persona.errors import ConcurrencyError, ConfigurationError, DuplicateEventError, StoreError, UndecodableValueError
 from persona.store import schema
 from persona.store.boundary import store_error, translating
-from persona.store.rows import RowTagger, StoredEvent
+from persona.store.rows import RowTagger, StoredChunk
 from persona.store.shared import Row, SQLRecorder
-from persona.store.sql import EVENT_COLUMNS, EVENT_SELECT, Statements
+from persona.store.sql import CHUNK_COLUMNS, CHUNK_SELECT, Statements
 from persona.store.sqlite_schema import ACCESS_TRIGGERS, TRIGGERS, UPDATE_TRIGGERS, SQLiteSchema
 
 CHUNK = 500  # bound parameters per IN (...) query
@@ -49,12 +49,12 @@ def _expand_pairs(sql: str, n: int) -> str:
     return sql.replace("(?**)", ",".join(["(?, ?)"] * n))
 
 
-_SCAN_CHAINS = EVENT_SELECT + " ORDER BY e.stream_no, e.version"
-# the events of several streams, each after its own version: (stream_no, after) pairs joined on the index
+_SCAN_CHAINS = CHUNK_SELECT + " ORDER BY c.stream_no, c.last_version"
+# the chunks of several streams holding events after each one's own version: (stream_no, after) pairs
 _READ_AFTER = (
     "WITH want(no, after) AS (VALUES (?**))"
-    " SELECT " + EVENT_COLUMNS + " FROM want JOIN events e ON e.stream_no = want.no AND e.version > want.after"
-    " JOIN streams s ON s.stream_no = e.stream_no ORDER BY e.stream_no, e.version"
+    " SELECT " + CHUNK_COLUMNS + " FROM want JOIN chunks c ON c.stream_no = want.no AND c.last_version > want.after"
+    " JOIN streams s ON s.stream_no = c.stream_no ORDER BY c.stream_no, c.last_version"
 )
 # row tags (persona.integrity): the untagged rows of each table, by rowid, with the columns tagged
 _UNTAGGED = {table: "SELECT rowid, " + ", ".join(columns) + " FROM [" + table + "] WHERE tag IS NULL"
@@ -103,7 +103,7 @@ def read_meta(path: Path) -> dict[str, str]:
 class SQLiteRecorder(SQLRecorder, SQLiteSchema):
     """A Recorder over one SQLite file. One instance per thread."""
 
-    sql = Statements().formatted(p="?", in_list="IN (?*)", event_keys="events")
+    sql = Statements().formatted(p="?", in_list="IN (?*)")
     purges_at_once = True  # a WAL checkpoint costs little: each erasure runs it
 
     def __init__(self, path: Path, *, create: bool = False, busy_timeout_ms: int = 30_000) -> None:
@@ -113,6 +113,7 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         self.busy_timeout_ms = int(busy_timeout_ms)
         self._depth = 0
         self.commits = 0  # transactions this connection committed
+        self.upgraded = False
         self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn = conn
@@ -126,6 +127,8 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         self._set_busy_timeout(self.busy_timeout_ms)
         if create:
             self._create_schema()
+        elif self.get_meta("schema_version") == schema.UPGRADABLE:
+            self._upgrade_log()
         elif self.get_meta("schema_version") != schema.SCHEMA_VERSION:
             raise ConfigurationError("the database was not made by this version of persona")
         self._create_derived_schema()
@@ -166,8 +169,8 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self.conn.executemany(sql, rows)
 
-    def _events(self, sql: str, params: Sequence[Any]) -> Iterator[StoredEvent]:
-        return map(StoredEvent._make, self.conn.execute(*self._bind(sql, params)))  # read as they are used
+    def _events(self, sql: str, params: Sequence[Any]) -> Iterator[StoredChunk]:
+        return map(StoredChunk._make, self.conn.execute(*self._bind(sql, params)))  # read as they are used
 
     def _insert_unique(self, sql: str, params: Sequence[Any]) -> bool:
         try:
@@ -266,21 +269,23 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         )
 
     # -- events --------------------------------------------------------------------------
-    def insert_events(self, rows: Sequence[tuple[int, int, bytes, str, int, bytes, bytes]]) -> None:
+    def _insert_log(self, keys: Sequence[bytes], rows: Sequence[tuple[Any, ...]]) -> None:
+        try:
+            self.conn.executemany("INSERT INTO event_keys (event_key) VALUES (?)", [(key,) for key in keys])
+        except sqlite3.IntegrityError as e:
+            raise DuplicateEventError("an event id is already in the log") from e
         try:
             self.conn.executemany(
-                "INSERT INTO events (stream_no, version, event_key, type, recorded_at, payload, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types, keys,"
+                " payload, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         except sqlite3.IntegrityError as e:
-            if "event_key" in str(e):
-                raise DuplicateEventError("an event id is already in the log") from e
             raise ConcurrencyError.unseen() from e
 
-    def scan_chains(self) -> Iterator[StoredEvent]:
+    def scan_chains(self) -> Iterator[StoredChunk]:
         cursor = self.conn.execute(_SCAN_CHAINS)
-        yield from map(StoredEvent._make, cursor)
+        yield from map(StoredChunk._make, cursor)
 
     # -- streams and keys ----------------------------------------------------------------
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
@@ -335,11 +340,11 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         return None if self.checkpoint(wait_s) else "a reader holds the WAL"
 
     # -- snapshots and read models ------------------------------------------------------
-    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredEvent]:
+    def read_after(self, wanted: Sequence[tuple[int, int]]) -> Iterator[StoredChunk]:
         for start in range(0, len(wanted), CHUNK // 2):
             part = wanted[start : start + CHUNK // 2]
             flat = [value for pair in part for value in pair]
-            yield from map(StoredEvent._make, self.conn.execute(_expand_pairs(_READ_AFTER, len(part)), flat))
+            yield from map(StoredChunk._make, self.conn.execute(_expand_pairs(_READ_AFTER, len(part)), flat))
 
     # derived rows only for profiles that still hold a key, never over newer ones (protocols.ReadModels)
     def put_snapshots(self, rows: Sequence[tuple[str, str, int, int, bytes]]) -> None:
@@ -409,7 +414,8 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
 
     def dump(self, table: str) -> Iterator[list[tuple[object, ...]]]:
         columns = schema.TABLES[table]  # a KeyError for anything else: names are never taken from input
-        cursor = self.conn.execute("SELECT " + ", ".join(columns) + " FROM [" + table + "] ORDER BY rowid")
+        order = "event_key" if table == "event_keys" else "rowid"  # (a WITHOUT ROWID table)
+        cursor = self.conn.execute("SELECT " + ", ".join(columns) + " FROM [" + table + "] ORDER BY " + order)
         while page := cursor.fetchmany(5_000):
             yield page
 

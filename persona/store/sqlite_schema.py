@@ -4,11 +4,15 @@ is plain DDL (persona.store.postgres_schema)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from persona.store import schema
+from persona.store.rows import CHUNK_CAP, KEY_SIZE
+
+log = logging.getLogger("persona.store")
 
 # append-only, in the file: no UPDATE or DELETE of the log, the tombstones or the audit log
 ACCESS_TRIGGERS = """
@@ -18,11 +22,36 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
 """
 
-TRIGGERS = """
-CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
+# The log (schema.TABLES "chunks" and "event_keys"): a chunk's rowid is its first event's position.
+LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,
+first_version INTEGER NOT NULL, last_version INTEGER NOT NULL, recorded_at INTEGER NOT NULL, types TEXT NOT NULL,
+keys BLOB NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS chunks_stream ON chunks (stream_no, last_version);
+CREATE TABLE IF NOT EXISTS event_keys (event_key BLOB PRIMARY KEY) WITHOUT ROWID;
+"""
+
+# Append-only, gapless, in the file: a chunk continues its stream (first version = the stream's
+# last + 1), holds 1..CHUNK_CAP events with one key and one type each, and starts after the log's
+# last position (one index seek each); no UPDATE or DELETE of the log, its keys, the tombstones
+# or the audit log.
+TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS chunks_continue_their_stream BEFORE INSERT ON chunks
+WHEN NEW.first_version != coalesce((SELECT max(last_version) FROM chunks WHERE stream_no = NEW.stream_no), 0) + 1
+OR NEW.last_version < NEW.first_version OR NEW.last_version - NEW.first_version >= {CHUNK_CAP}
+OR length(NEW.keys) != {KEY_SIZE} * (NEW.last_version - NEW.first_version + 1)
+OR length(NEW.types) - length(replace(NEW.types, ' ', '')) != NEW.last_version - NEW.first_version
+OR NEW.position <= coalesce((SELECT position + last_version - first_version FROM chunks
+ORDER BY position DESC LIMIT 1), 0)
+BEGIN SELECT RAISE(ABORT, 'persona: a chunk must continue its stream and the log (refused)'); END;
+CREATE TRIGGER IF NOT EXISTS chunks_are_append_only_update BEFORE UPDATE ON chunks
 BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (UPDATE refused)'); END;
-CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
+CREATE TRIGGER IF NOT EXISTS chunks_are_append_only_delete BEFORE DELETE ON chunks
 BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (DELETE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS event_keys_are_append_only_update BEFORE UPDATE ON event_keys
+BEGIN SELECT RAISE(ABORT, 'persona: event keys are append-only (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS event_keys_are_append_only_delete BEFORE DELETE ON event_keys
+BEGIN SELECT RAISE(ABORT, 'persona: event keys are append-only (DELETE refused)'); END;
 CREATE TRIGGER IF NOT EXISTS tombstones_are_written_once BEFORE INSERT ON tombstones
 WHEN EXISTS (SELECT 1 FROM tombstones WHERE profile_id = NEW.profile_id)
 BEGIN SELECT RAISE(IGNORE); END;
@@ -46,6 +75,7 @@ class SQLiteSchema:
 
     if TYPE_CHECKING:
         conn: sqlite3.Connection
+        upgraded: bool
 
         def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]: ...
         def get_meta(self, key: str) -> str | None: ...
@@ -74,27 +104,31 @@ class SQLiteSchema:
                 self.conn.execute(statement)
             self.set_meta("schema_revision", str(schema.SCHEMA_REVISION))
 
+    def _upgrade_log(self) -> None:
+        """A store of format 1 (one row per event) becomes one of chunks, in one transaction: each
+        event a chunk of one, its columns copied as they are (sealed and chained as before, so no
+        key is needed), its key into the key set; then the old table goes."""
+        with self.transaction():
+            if self.get_meta("schema_version") != schema.UPGRADABLE:
+                return  # another process upgraded it meanwhile
+            events = int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+            log.warning("upgrading the store's event log to format %s (%d events): once, in place",
+                        schema.SCHEMA_VERSION, events)
+            self._run_script(LOG_SCHEMA)
+            self.conn.execute("INSERT INTO event_keys (event_key) SELECT event_key FROM events ORDER BY event_key")
+            self.conn.execute("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at,"
+                              " types, keys, payload, hash) SELECT position, stream_no, version, version, recorded_at,"
+                              " type, event_key, payload, hash FROM events ORDER BY position")
+            self.conn.execute("DROP TABLE events")  # its triggers and indexes with it
+            self._run_script(TRIGGERS)
+            self.set_meta("schema_version", schema.SCHEMA_VERSION)
+            self.upgraded = True
+
     def _create_schema(self) -> None:
         db = self._tables()
         with self.transaction():
             db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db.table("events").create(
-                {
-                    "position": int,
-                    "stream_no": int,
-                    "version": int,
-                    "event_key": bytes,
-                    "type": str,
-                    "recorded_at": int,
-                    "payload": bytes,
-                    "hash": bytes,
-                },
-                pk="position",
-                not_null={"stream_no", "version", "event_key", "type", "recorded_at", "payload", "hash"},
-                if_not_exists=True,
-            )
-            db.table("events").create_index(["stream_no", "version"], unique=True, if_not_exists=True)
-            db.table("events").create_index(["event_key"], unique=True, if_not_exists=True)
+            self._run_script(LOG_SCHEMA)
             db.table("streams").create(
                 {"stream_no": int, "stream_id": str, "version": int, "head": bytes, "created_at": int},
                 pk="stream_no",
