@@ -408,10 +408,12 @@ class EventLog:
         start = rec.insert_chunks(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
         if keep:  # hand the opened events to projections: no need to read them back
+            subjects = {h: (subj.namespace, h[:6].hex()) for subj, h in hashes.items()}  # one tuple per person
+            vouched = {source: writer.vouches(source) for source in {item[2].source for item in ordered}}
+            by, new = writer.name, _new_tuple
             result.recorded = [
-                RecordedEvent(start + n, pid, version, event.event_id, event.type, event.source, event.occurred_at,
-                              recorded, (event.subject.namespace, h[:6].hex()), event.data, writer.name,
-                              writer.vouches(event.source))
+                new(RecordedEvent, (start + n, pid, version, event.event_id, event.type, event.source,
+                                    event.occurred_at, recorded, subjects[h], event.data, by, vouched[event.source]))
                 for n, (pid, _, event, h, version) in enumerate(ordered)
             ]
         result.appended = len(ordered)

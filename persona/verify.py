@@ -133,6 +133,10 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
     if current is not None:
         close_stream(current, version, prev)
     keys_recorded()
+    overlapping = rec.overlapping_chunks()  # positions are neither chained nor sealed: checked here
+    if overlapping:
+        raise TamperError(f"{overlapping} chunk(s) of the log overlap the positions of the chunk before them:"
+                          " a position was altered")
     recorded = rec.counts()["events"]  # one key per event: every event's is there, so any other is extra
     if recorded != report.events:
         raise TamperError(f"the log's key set holds {recorded} keys for {report.events} events: keys were added"

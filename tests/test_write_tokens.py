@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from persona import Persona, Settings
 from persona.cli import cli
 from persona.errors import ConfigurationError
-from persona.eventlog import chain_hash, event_aad
+from persona.eventlog import chain_hash, chunk_aad
 from persona.events import LIBRARY, PRIVILEGED_TYPES, RecordedEvent, Writer, local, micros, utc_text
 from persona.ingest import ingest_jsonl
 from persona.linking import link
@@ -513,11 +513,12 @@ def _append_as_an_earlier_release(persona: Persona, email: str, kind: str, data:
     version, key = head.version + 1, log.event_key(source, event_id)
     body = {"id": event_id, "src": source, "at": utc_text(datetime.fromisoformat(occurred_at)),
             "sub": ["email", digest[:16].hex()], "data": data}
-    aad, nonce, recorded = event_aad(pid, version, key, kind), os.urandom(12), micros(datetime.now(UTC))
+    # a chunk of one event: its associated data is what an event's was before chunks (event_aad)
+    aad, nonce, recorded = chunk_aad(pid, version, version, key, kind), os.urandom(12), micros(datetime.now(UTC))
     payload = log.sealer(pid, head).seal(orjson.dumps(body), aad, nonce)
-    chained = chain_hash(log.chain_key, bytes(head.hash), pid, version, key, kind, recorded, payload)
-    with rec.transaction():
-        rec.insert_events([(head.no, version, key, kind, recorded, payload, chained)])
+    chained = chain_hash(log.chain_key, bytes(head.hash), aad, recorded, payload)
+    with rec.transaction():  # a chunk of one event, its key into the key set
+        rec.insert_chunks([(head.no, version, version, recorded, kind, key, payload, chained)])
         rec.set_heads([(version, chained, head.no)])
     log.forget_cached_keys()
 

@@ -99,6 +99,10 @@ class EventLog(Protocol):
     def scan_chains(self) -> Iterator[StoredChunk]:
         """Every chunk, stream by stream, each stream in version order."""
         ...
+    def overlapping_chunks(self) -> int:
+        """How many chunks start at or before the last position of the chunk before them in the
+        log (0 unless a position was altered behind the store's back)."""
+        ...
     def wait_for_events(self, after_position: int, timeout: float) -> int:
         """Block until the log grows past a position (or the timeout passes); the newest position."""
         ...

@@ -131,6 +131,10 @@ class SQLRecorder:
         if a key is already in the log, ConcurrencyError if the database refuses a chunk."""
         raise NotImplementedError
 
+    def overlapping_chunks(self) -> int:
+        row = self._one(self.sql.overlapping)
+        return int(row[0]) if row else 0
+
     def read_stream(self, stream_id: str, after_version: int = 0) -> Iterator[StoredChunk]:
         yield from self._events(self.sql.read_stream, (stream_id, after_version))
 

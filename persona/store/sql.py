@@ -61,6 +61,9 @@ class Statements:
     read_all: str = CHUNK_SELECT + " WHERE " + AFTER_POSITION + " ORDER BY c.position LIMIT {p}"
     read_log: str = ("SELECT c.position, c.stream_no, c.first_version, c.last_version, c.recorded_at, c.types, c.keys,"
                      " c.payload FROM chunks c WHERE " + AFTER_POSITION + " ORDER BY c.position LIMIT {p}")
+    # chunks whose positions overlap the chunk before them in the log (a position altered on disk)
+    overlapping: str = ("SELECT count(*) FROM (SELECT c.position, lag(" + LAST_POSITION + ") OVER (ORDER BY c.position)"
+                        " AS before FROM chunks c) o WHERE o.position <= o.before")
     stream_names: str = "SELECT stream_no, stream_id FROM streams WHERE stream_no {bigint}"
     # streams and keys
     heads: str = ("SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
