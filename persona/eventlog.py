@@ -150,17 +150,6 @@ def open_chunk(position: int, stream_id: str, decrypt: Decrypt, prefixes: Prefix
     return out
 
 
-class _Cursor:
-    """A stream's tip while a batch is sealed."""
-
-    __slots__ = ("encrypt", "head", "no", "prefixes", "sealer", "version")
-
-    def __init__(self, sid: str, no: int, version: int, head: bytes, sealer: Sealer) -> None:
-        self.no, self.version, self.head, self.sealer = no, version, head, sealer
-        self.encrypt = sealer.encrypt
-        self.prefixes = aad_prefixes(sid)
-
-
 @dataclass
 class AppendResult:
     appended: int = 0
@@ -213,6 +202,7 @@ class EventLog:
         self._replay: dict[int, _Replay | None] = {}
         self._replay_mark = -1
         self._subjects: dict[str, tuple[str, str]] = {}
+        self._kinds: dict[str, bytes] = {}
 
     # -- identifiers ---------------------------------------------------------------------
     def event_key(self, source: str, event_id: str, writer: Writer = LIBRARY) -> bytes:
@@ -404,7 +394,7 @@ class EventLog:
         if missing:
             for pid, head in rec.heads(missing).items():
                 tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
-        rows, ordered = self._seal(items, touched, hashes, recorded, writer)
+        rows, ordered = self._seal(items, touched, hashes, recorded, writer, keep=keep)
         start = rec.insert_chunks(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
         if keep:  # hand the opened events to projections: no need to read them back
@@ -416,7 +406,7 @@ class EventLog:
                                     event.occurred_at, recorded, subjects[h], event.data, by, vouched[event.source]))
                 for n, (pid, _, event, h, version) in enumerate(ordered)
             ]
-        result.appended = len(ordered)
+        result.appended = len(items)
         result.profiles_created = len(new_streams)
         result.streams = {sid: tips[sid][1] for sid in touched}
         if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
@@ -498,11 +488,12 @@ class EventLog:
         return version
 
     def _seal(self, items: list[Item], streams: list[str], hashes: dict[Subject, bytes], recorded: int,
-              writer: Writer) -> tuple[list[ChunkRow], list[tuple[str, bytes, Event, bytes, int]]]:
+              writer: Writer, *, keep: bool = False) -> tuple[list[ChunkRow], list[tuple[str, bytes, Event, bytes,
+                                                                                         int]]]:
         """Seal, number and chain new events, advancing the cached stream tips: each stream's events
         of the batch (in arrival order) sealed together, CHUNK_CAP at most per chunk, the streams in
-        the order their first event arrived. Returns the chunks, and the items in log order with
-        their versions.
+        the order their first event arrived. Returns the chunks, and with `keep` the items in log
+        order with their versions.
 
         items: (profile id, event key, event, subject hash); streams: the profile ids among them.
         Each body names its writer ("by"), and holds "vouch": false when the writer did not vouch
@@ -518,12 +509,17 @@ class EventLog:
         stamp = recorded.to_bytes(8, "big", signed=True)
         tips = self._tips
         refs = {digest: [subj.namespace, digest[:16].hex()] for subj, digest in hashes.items()}
-        by, vouches = writer.name, writer.vouches
+        by = writer.name
+        unvouched = {source for source in {item[2].source for item in items} if not writer.vouches(source)}
+        nonces = os.urandom(12 * len(items))  # at most one chunk per event
+        used = 0
         join = b"".join
         for sid, its in grouped.items():
-            at = _Cursor(sid, *tips[sid])
+            no, version, head, sealer = tips[sid]
+            encrypt = sealer.encrypt
+            named = sid.encode() + b"\x00"
             for start in range(0, len(its), CHUNK_CAP):
-                part = its[start : start + CHUNK_CAP]
+                part = its[start : start + CHUNK_CAP] if len(its) > CHUNK_CAP else its
                 bodies = []
                 for _, _, event, h in part:
                     body: dict[str, Any] = {
@@ -534,30 +530,33 @@ class EventLog:
                         "data": event.data,
                         "by": by,
                     }
-                    if not vouches(event.source):
+                    if unvouched and event.source in unvouched:
                         body["vouch"] = False  # absent means vouched, as for events written before writers were
                     if event.other is not None:
                         body["other"] = refs[hashes[event.other]]
                     bodies.append(body)
-                first, last = at.version + 1, at.version + len(part)
-                keys = join([item[1] for item in part])
-                types = " ".join([item[2].type for item in part])
-                if first == last:  # sealed as an event was before chunks
-                    aad = join((at.prefixes[0], first.to_bytes(8, "big"), keys, types.encode()))
+                first, last = version + 1, version + len(part)
+                if first == last:  # sealed as an event was before chunks (event_aad)
+                    keys, types = part[0][1], part[0][2].type
+                    aad = join((_EVENT_AAD, named, first.to_bytes(8, "big"), keys, types.encode()))
                     plain = dumps(bodies[0])
-                else:
-                    aad = join((at.prefixes[1], first.to_bytes(8, "big"), last.to_bytes(8, "big"), keys,
+                else:  # chunk_aad
+                    keys = join([item[1] for item in part])
+                    types = " ".join([item[2].type for item in part])
+                    aad = join((_CHUNK_AAD, named, first.to_bytes(8, "big"), last.to_bytes(8, "big"), keys,
                                 types.encode()))
                     plain = dumps(bodies)
-                nonce = os.urandom(12)
-                payload = nonce + at.encrypt(nonce, plain, aad)
+                nonce = nonces[used : used + 12]
+                used += 12
+                payload = nonce + encrypt(nonce, plain, aad)
                 link = chained.copy()
-                link.update(join((at.head, aad, stamp, payload)))
-                at.head = link.digest()
-                at.version = last
-                rows.append((at.no, first, last, recorded, types, keys, payload, at.head))
-                ordered.extend((pid, key, event, h, first + n) for n, (pid, key, event, h) in enumerate(part))
-            tips[sid] = (at.no, at.version, at.head, at.sealer)
+                link.update(join((head, aad, stamp, payload)))
+                head = link.digest()
+                version = last
+                rows.append((no, first, last, recorded, types, keys, payload, head))
+                if keep:
+                    ordered.extend((pid, key, event, h, first + n) for n, (pid, key, event, h) in enumerate(part))
+            tips[sid] = (no, version, head, sealer)
         return rows, ordered
 
     # -- read ----------------------------------------------------------------------------
@@ -660,18 +659,20 @@ class EventLog:
             return rows
         streams, subjects = self._replay, self._subjects
         mark = rec.erasure_mark()
-        grown = max(len(streams), len(self._names), len(subjects)) > _CACHE_LIMIT
+        grown = max(len(streams), len(self._names), len(subjects), len(self._kinds)) > _CACHE_LIMIT
         if mark != self._replay_mark or grown:
             streams.clear()  # someone was erased (here or elsewhere): keys are looked up again
             self._names.clear()
             subjects.clear()
+            self._kinds.clear()
             self._replay_mark = mark
         return rows
 
     def _opened(self, rows: list[LogChunk], after_position: int) -> Iterator[RecordedEvent]:
         """The events of a page from _log_page after a position, opened: this loop runs once per
-        chunk of a replay."""
-        streams, subjects = self._replay, self._subjects
+        chunk of a replay (a chunk of one, the commonest in a live log, is opened inline)."""
+        streams, subjects, kinds = self._replay, self._subjects, self._kinds
+        loads, new, join = orjson.loads, _new_tuple, b"".join
         for position, no, first, last, recorded_us, types, keys, payload in rows:
             try:
                 stream = streams[no]
@@ -681,11 +682,33 @@ class EventLog:
             if stream is None:
                 continue  # erased: it can never be opened
             sid, decrypt, prefixes = stream
-            events = open_chunk(position, sid, decrypt, prefixes, first, last, recorded_us, types, keys, payload,
-                                subjects)
-            if position <= after_position:  # the chunk holding the next position starts before it
-                events = events[after_position - position + 1 :]
-            yield from events
+            kind = kinds.get(types)
+            if kind is None:
+                kind = kinds[types] = types.encode()
+            try:
+                if first == last:
+                    bodies = [loads(decrypt(payload[:12], payload[12:], join((prefixes[0], first.to_bytes(8, "big"),
+                                                                              keys, kind))))]
+                    names = [types]
+                else:
+                    bodies = loads(decrypt(payload[:12], payload[12:], join((prefixes[1], first.to_bytes(8, "big"),
+                                                                             last.to_bytes(8, "big"), keys, kind))))
+                    names = types.split(" ")
+                    if len(bodies) != last - first + 1 or len(names) != len(bodies):
+                        raise InvalidTag
+            except InvalidTag:  # open_bodies names what is wrong (TamperError)
+                open_bodies(position, sid, decrypt, prefixes, first, last, types, keys, payload)
+                raise
+            skip = after_position - position + 1 if position <= after_position else 0  # a chunk begun before
+            for n in range(skip, len(bodies)):
+                body = bodies[n]
+                ref = body["sub"][1]
+                subject = subjects.get(ref)
+                if subject is None:
+                    subject = subjects[ref] = (body["sub"][0], ref[:12])
+                yield new(RecordedEvent, (position + n, sid, first + n, body["id"], names[n], body["src"], body["at"],
+                                          recorded_us, subject, body["data"], body.get("by", UNKNOWN_WRITER),
+                                          body.get("vouch", True)))
 
     def _open_streams(self, numbers: set[int]) -> None:
         """Fill the replay cache for these stream numbers (None for an erased stream)."""
