@@ -5,7 +5,8 @@
     scripts/bench --all           # then every per-area script too (ingest, models, backends, …); ~2 h
     scripts/bench --quick         # a smoke run: tiny sizes, one run, nothing published (used by the tests)
 
-In every run, on each workload (~200-byte payloads, batches of 20,000): append (encrypted),
+In every run, on each workload (~200-byte payloads, batches of 20,000): append (encrypted), the
+same events as canonical JSONL through the `persona ingest FILE` command (timed start to exit),
 replay of the global log (read, open, decode every event) and a reference loop (the same reads,
 opens and decodes on the same store, in the same process, with no event objects and no erasure
 checks), full rebuild of every projection,
@@ -90,6 +91,30 @@ def measure_persona(events: int, people: int, root: Path) -> dict[str, float]:
     return out
 
 
+def measure_ingest(events: int, people: int, root: Path) -> dict[str, float]:
+    """The same events as canonical JSONL through the `persona ingest FILE` command into a fresh
+    store: the command's own process, timed from start to exit (validation, identity
+    resolution, sealing, projections kept current, the report)."""
+    from bench_core import iter_events
+
+    data, jsonl = root / "data", root / "events.jsonl"
+    with jsonl.open("wb") as out:
+        for record in iter_events(events, people):
+            out.write(orjson.dumps(record) + b"\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    persona = [sys.executable, "-m", "persona", "--data", str(data)]
+    subprocess.run([*persona, "init"], check=True, stdout=subprocess.DEVNULL, env=env, cwd=ROOT)
+    started = time.perf_counter()
+    done = subprocess.run([*persona, "ingest", "--json", str(jsonl)], check=True, stdout=subprocess.PIPE, env=env,
+                          cwd=ROOT)
+    seconds = time.perf_counter() - started
+    report = orjson.loads(done.stdout)
+    if report["appended"] != events:
+        raise SystemExit(f"persona ingest appended {report['appended']:,} events of {events:,}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: the command
+    return {"ingest_eps": events / seconds, "ingest_peak_mb": peak}
+
+
 def measure_peer(events: int, people: int, root: Path) -> dict[str, float]:
     """The same events through eventsourcing: one aggregate per person, a batch per save."""
     from bench_core import batches
@@ -123,7 +148,8 @@ def measure_floor(events: int, people: int, root: Path) -> dict[str, float]:
     return floor(make_events(events, people), root)
 
 
-MEASURES = {"persona": measure_persona, "peer": measure_peer, "erasure": measure_erasure, "floor": measure_floor}
+MEASURES = {"persona": measure_persona, "ingest": measure_ingest, "peer": measure_peer, "erasure": measure_erasure,
+            "floor": measure_floor}
 
 
 def child(kind: str, events: int, people: int) -> dict[str, Any]:
@@ -198,12 +224,12 @@ def main() -> None:
         print(f"run {run + 1}/{args.runs}: the floor…", file=sys.stderr)
         raw.setdefault("floor", []).append(child("floor", *workloads[0]))
         for events, people in workloads:
-            for kind in ("persona", "peer"):
+            for kind in ("persona", "ingest", "peer"):
                 print(f"run {run + 1}/{args.runs}: {kind}, {events:,} events over {people:,} people…",
                       file=sys.stderr)
                 got = child(kind, events, people)
                 raw.setdefault(f"{kind}/{events}", []).append(got)
-                print(f"  append {got['append_eps']:,.0f} ev/s, replay {got['replay_eps']:,.0f} ev/s",
+                print("  " + ", ".join(f"{key} {value:,.0f}" for key, value in got.items() if key.endswith("_eps")),
                       file=sys.stderr)
         print(f"run {run + 1}/{args.runs}: erasure at {', '.join(f'{h:,}' for h in HISTORIES[:-1])} and"
               f" {HISTORIES[-1]:,} events of history…", file=sys.stderr)
@@ -213,12 +239,15 @@ def main() -> None:
     results["load_average_after"] = round(os.getloadavg()[0], 2)
     results["workloads"] = []
     for events, people in workloads:
-        ours, theirs = raw[f"persona/{events}"], raw[f"peer/{events}"]
+        ours = [{**a, **b} for a, b in zip(raw[f"persona/{events}"], raw[f"ingest/{events}"], strict=True)]
+        theirs = raw[f"peer/{events}"]
         entry: dict[str, Any] = {"events": events, "people": people}
         entry["persona"] = {k: stats([r[k] for r in ours]) for k in ours[0]}
         entry["peer"] = {k: stats([r[k] for r in theirs]) for k in theirs[0]}
         entry["ratio"] = {k: entry["persona"][k]["median"] / entry["peer"][k]["median"]
                           for k in ("append_eps", "replay_eps")}
+        entry["ratio"]["ingest_eps"] = (entry["persona"]["ingest_eps"]["median"]
+                                        / entry["peer"]["append_eps"]["median"])  # the peer has no ingest
         results["workloads"].append(entry)
     results["erasure"] = {"background_events": erasure_background[0],
                           "ms": {k: stats([r[k] for r in raw["erasure"]]) for k in raw["erasure"][0]}}
@@ -256,6 +285,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         f"| measure | {head(w100)} | {head(w1m)} | unit |",
         "|---|---:|---:|---|",
         f"| append, encrypted (from dicts: building the events counts) | {both('append_eps', ',.0f')} | events/s |",
+        "| ingest canonical JSONL with the `persona ingest FILE` command (its process, start to exit: validation,"
+        f" projections kept current) | {both('ingest_eps', ',.0f')} | events/s |",
+        f"| peak memory: the ingest command | {both('ingest_peak_mb', ',.0f')} | MB resident |",
         f"| replay the global log (read, open, decode every event) | {both('replay_eps', ',.0f')} | events/s |",
         "| replay, reference loop: the same reads, opens and decodes, no event objects or erasure checks (run"
         f" after replay, in its process) | {both('bare_replay_eps', ',.0f')} | events/s |",
@@ -276,11 +308,14 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         "|---|---|---:|---:|---:|---:|",
     ]
     for w in (w100, w1m):
-        for key, label in (("append_eps", "append, events/s"), ("replay_eps", "replay, events/s")):
+        for key, label, theirs in (("append_eps", "append, events/s", "append_eps"),
+                                   ("ingest_eps", "`persona ingest` of JSONL, events/s (peer: its append)",
+                                    "append_eps"),
+                                   ("replay_eps", "replay, events/s", "replay_eps")):
             ratio = w["ratio"][key]
             verdict = "met" if ratio >= TARGET_RATIO else "**not met**"
-            lines.append(f"| {head(w)} | {label} | {cell(w['persona'][key], ',.0f')} | {cell(w['peer'][key], ',.0f')}"
-                         f" | {ratio:.2f}× | ≥ {TARGET_RATIO:.0f}× ({verdict}) |")
+            lines.append(f"| {head(w)} | {label} | {cell(w['persona'][key], ',.0f')} |"
+                         f" {cell(w['peer'][theirs], ',.0f')} | {ratio:.2f}× | ≥ {TARGET_RATIO:.0f}× ({verdict}) |")
     bare = [w["persona"]["bare_replay_eps"]["median"] / w["peer"]["replay_eps"]["median"] for w in (w100, w1m)]
     lines += [
         "",
