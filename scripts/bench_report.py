@@ -87,6 +87,7 @@ def measure_persona(events: int, people: int, root: Path) -> dict[str, float]:
         out["rebuild_eps"] = events / out["rebuild_s"]
         out["profiles"] = rebuilt
         out["store_mb"] = sum(f.stat().st_size for f in (root / "persona").iterdir()) / 1e6
+        out["bytes_per_event"] = out["store_mb"] * 1e6 / events
     out["peak_mb"] = peak_mb()
     return out
 
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--all", action="store_true", help="also run every per-area benchmark script")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one run, nothing published")
+    parser.add_argument("--large", action="store_true",
+                        help="also 10,000,000 events over 100,000 people: the scaling curve (adds hours)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--force", action="store_true", help=f"run even when the load average is above {MAX_LOAD}")
     parser.add_argument("--child", nargs=4, metavar=("KIND", "EVENTS", "PEOPLE", "DIR"), help=argparse.SUPPRESS)
@@ -206,10 +209,11 @@ def main() -> None:
     if not args.quick and not args.force and os.getloadavg()[0] > MAX_LOAD:
         raise SystemExit(f"the machine is busy (load average {os.getloadavg()[0]:.2f} > {MAX_LOAD}): figures would"
                          " measure the neighbours; wait, or pass --force")
-    workloads = [(100_000, 2_000), (1_000_000, 10_000)]
+    workloads = [(100_000, 2_000), (1_000_000, 10_000)] + ([(10_000_000, 100_000)] if args.large else [])
     erasure_background = (100_000, 2_000)
     if args.quick:
-        workloads, erasure_background, args.runs = [(2_000, 50), (6_000, 200)], (2_000, 50), 1
+        workloads = [(2_000, 50), (6_000, 200)] + ([(20_000, 2_000)] if args.large else [])
+        erasure_background, args.runs = (2_000, 50), 1
     started = time.monotonic()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -266,7 +270,7 @@ def main() -> None:
 
 
 def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
-    w100, w1m = r["workloads"]
+    w100, w1m = r["workloads"][:2]
     f = {k: v["median"] for k, v in r["floor"].items()}
 
     def both(key: str, fmt: str, who: str = "persona") -> str:
@@ -386,10 +390,52 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         " section of this file).",
         "",
     ]
+    lines += scaling(r["workloads"])
     text = "\n".join(lines)
     print(text)
     if not quick:
         publish(out, "report", r, text, first=True)
+
+
+FLAT = 0.75  # at the largest size, append and replay keep at least this share of their smallest size's rate
+
+
+def scaling(workloads: list[dict[str, Any]]) -> list[str]:
+    """The scaling curve (with --large: up to 10,000,000 events): every figure per size, and
+    append and replay against the smallest size's."""
+    if len(workloads) < 3:
+        return []
+    first = workloads[0]
+
+    def share(w: dict[str, Any], key: str) -> str:
+        return f"{w['persona'][key]['median'] / first['persona'][key]['median']:.2f}"
+
+    lines = [
+        f"**Scaling** (`scripts/bench --large`): the same measures at every size, persona and the peer in the same"
+        f" run; \"vs the smallest\" is the median rate over the median at {first['events']:,} events (target: at"
+        f" least {FLAT:.2f} for append and replay at the largest size):",
+        "",
+        "| events / people | append ev/s | vs the smallest | replay ev/s | vs the smallest | `persona ingest` JSONL"
+        " ev/s | rebuild s | bytes on disk per event | peak RSS MB (append, whole run, ingest command) | peer"
+        " append ev/s | peer replay ev/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for w in workloads:
+        ours, theirs = w["persona"], w["peer"]
+        lines.append(
+            f"| {w['events']:,} / {w['people']:,} | {cell(ours['append_eps'], ',.0f')} | {share(w, 'append_eps')} |"
+            f" {cell(ours['replay_eps'], ',.0f')} | {share(w, 'replay_eps')} | {cell(ours['ingest_eps'], ',.0f')} |"
+            f" {cell(ours['rebuild_s'], ',.1f')} | {ours['bytes_per_event']['median']:,.0f} |"
+            f" {ours['append_peak_mb']['median']:,.0f}, {ours['peak_mb']['median']:,.0f},"
+            f" {ours['ingest_peak_mb']['median']:,.0f} | {cell(theirs['append_eps'], ',.0f')} |"
+            f" {cell(theirs['replay_eps'], ',.0f')} |")
+    last = workloads[-1]
+    held = [key for key in ("append_eps", "replay_eps")
+            if last["persona"][key]["median"] / first["persona"][key]["median"] >= FLAT]
+    lines += ["", f"Flat to {last['events']:,} events within {1 - FLAT:.0%}: append"
+              f" {'met' if 'append_eps' in held else '**not met**'}, replay"
+              f" {'met' if 'replay_eps' in held else '**not met**'}.", ""]
+    return lines
 
 
 if __name__ == "__main__":

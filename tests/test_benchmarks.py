@@ -30,6 +30,13 @@ def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> Non
     assert (ROOT / "docs" / "benchmarks.md").read_bytes() == before  # a quick run publishes nothing
 
 
+def test_the_report_draws_the_scaling_curve_with_large(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_report.py"), "--quick", "--large", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=1800, check=True)
+    out = done.stdout
+    assert "**Scaling**" in out and "| 20,000 / 2,000 |" in out and "Flat to 20,000 events" in out
+
+
 def _harden() -> Any:
     """scripts/harden.py as a module (it imports scripts/_publish as its siblings do)."""
     sys.path.insert(0, str(ROOT / "scripts"))
