@@ -69,7 +69,7 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
     erased = dict(rec.tombstones())
     report = VerifyReport(streams=len(heads), erased=len(erased))
     current: str | None = None
-    version, prev = 0, b""
+    version, prev, last_position = 0, b"", 0
     sealer: Sealer | None = None
 
     def close_stream(sid: str, version: int, prev: bytes) -> None:
@@ -103,12 +103,15 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
                 close_stream(current, version, prev)
             seen.add(row.stream_id)
             current, version, prev = row.stream_id, 0, genesis(chain_key, row.stream_id)
+            last_position = 0
             head = heads.get(current)
             sealer = None
             if head is not None and head.wrapped is not None and head.kek_version is not None:
                 sealer = Sealer(keyring.unwrap(current, head.kek_version, bytes(head.wrapped)))
         if row.first_version != version + 1:
             raise bad(row, f"expected version {version + 1}: a version is missing")
+        if version and row.position <= last_position:  # positions are neither chained nor sealed
+            raise bad(row, "it comes before the stream's earlier events in the log: a position was altered")
         if (row.last_version < row.first_version or len(row.keys) != KEY_SIZE * row.size
                 or len(row.types.split(" ")) != row.size):
             raise bad(row, "the chunk's versions, keys and types do not agree")
@@ -123,7 +126,7 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
             except PersonaError as e:
                 raise bad(row, "payload does not open with the profile's key") from e
             report.opened += row.size
-        version = row.last_version
+        version, last_position = row.last_version, row.last_position
         report.events += row.size
         pending.extend((row, bytes(row.keys[n : n + KEY_SIZE])) for n in range(0, len(row.keys), KEY_SIZE))
         if len(pending) >= KEY_CHECK_BATCH:

@@ -27,7 +27,7 @@ from persona.settings import Settings
 from persona.store import SQLiteRecorder
 from persona.store.copy import copy_store
 from persona.store.postgres import PostgresRecorder
-from persona.store.schema import SCHEMA_VERSION
+from persona.store.schema import ADOPTED, COLUMNS_ADDED, SCHEMA_VERSION
 from persona.verify import verify
 from tests.conftest import pg_schema
 
@@ -159,8 +159,11 @@ FORMAT1_POSTGRES = (
 )
 
 
-def test_a_format1_postgres_store_is_upgraded_in_place_when_opened(old_store: Settings,
+@pytest.mark.parametrize("revision", [4, 3], ids=["with-row-tags", "before-row-tags"])
+def test_a_format1_postgres_store_is_upgraded_in_place_when_opened(old_store: Settings, revision: int,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Revision 3 is a store made before row tags (the PostgreSQL backend predates them): the columns
+    of revision 4 are added before the log is upgraded, and its rows are adopted when opened."""
     conn = sqlite3.connect(old_store.db_path)  # the old rows, read before anything opens the file
     try:
         rows = conn.execute("SELECT position, stream_no, version, event_key, type, recorded_at, payload, hash"
@@ -184,6 +187,12 @@ def test_a_format1_postgres_store_is_upgraded_in_place_when_opened(old_store: Se
                 for row in rows:
                     copy.write_row(row)
             admin.execute("INSERT INTO event_keys SELECT event_key FROM events")
+            if revision == 3:  # as that release left it: no row tags, none adopted
+                for column_revision, table, column, _ in COLUMNS_ADDED:
+                    if column_revision == 4:
+                        admin.execute(f"ALTER TABLE {table} DROP COLUMN {column} CASCADE")  # constant names
+                admin.execute("UPDATE meta SET value = '3' WHERE key = 'schema_revision'")
+                admin.execute("DELETE FROM meta WHERE key = %s", (ADOPTED,))
         settings = Settings.load(old_store.data_dir, env={"PERSONA_DATABASE_URL": url})
         with caplog.at_level(logging.WARNING, logger="persona.store"), Persona.open(settings) as persona:
             assert f"upgrading the store's event log to format {SCHEMA_VERSION} ({EVENTS} events)" in caplog.text

@@ -431,6 +431,18 @@ def test_a_chunk_moved_onto_the_positions_of_another_is_detected(store: Store) -
     assert "overlap the positions of the chunk before them" in str(verify_fails(store))
 
 
+def test_two_chunks_of_a_stream_with_their_positions_swapped_are_detected(store: Store) -> None:
+    """No overlap, every chunk intact and chained: but the log would hand out the stream's version 2
+    before its version 1 (a replay folds events in log order)."""
+    one, two = store.row(ANN, 1), store.row(ANN, 2)
+    assert one.size == two.size == 1 and one.position < two.position
+    with attacker(store.db) as conn:
+        conn.execute("UPDATE chunks SET position = -1 WHERE position = ?", (one.position,))
+        conn.execute("UPDATE chunks SET position = ? WHERE position = ?", (one.position, two.position))
+        conn.execute("UPDATE chunks SET position = ? WHERE position = -1", (two.position,))
+    assert "comes before the stream's earlier events in the log" in str(verify_fails(store))
+
+
 # -- (f) the log's triggers -------------------------------------------------------------------------
 CHUNK = "position, stream_no, first_version, last_version, recorded_at, types, keys, payload, hash"
 REFUSED = {

@@ -195,6 +195,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
     def _check_version(self) -> None:
         """Refuse a store of another layout; upgrade one of format 1 in place (schema.UPGRADABLE)."""
         if self.get_meta("schema_version") == UPGRADABLE:
+            self._upgrade()  # first the columns a release before added (the upgrade writes tagged meta rows)
             with self.conn.transaction():
                 self._lock()
                 if self.get_meta("schema_version") == UPGRADABLE:  # not upgraded meanwhile by another process
