@@ -108,6 +108,13 @@ def chain_hash(chain_key: bytes, prev: bytes, aad: bytes, recorded_at: int, payl
     return hashlib.blake2b(data, key=chain_key, digest_size=32).digest()
 
 
+def chunk_place(position: int, stream_id: str, first: int, last: int) -> str:
+    """Where a chunk is, as errors name it (positions and versions, never a value)."""
+    if first == last:
+        return f"event at position {position} (stream {stream_id}, version {first})"
+    return f"events at positions {position}-{position + last - first} (stream {stream_id}, versions {first}-{last})"
+
+
 def open_bodies(position: int, stream_id: str, decrypt: Decrypt, prefixes: Prefixes, first: int, last: int,
                 types: str, keys: bytes, payload: bytes) -> tuple[list[dict[str, Any]], list[str]]:
     """A chunk's sealed event bodies and their types, in version order; TamperError if it does not
@@ -122,9 +129,7 @@ def open_bodies(position: int, stream_id: str, decrypt: Decrypt, prefixes: Prefi
             bodies = orjson.loads(decrypt(payload[:12], payload[12:], aad))
             kinds = types.split(" ")
     except InvalidTag:
-        where = (f"event at position {position} (stream {stream_id}, version {first})" if first == last else
-                 f"events at positions {position}-{position + last - first} (stream {stream_id},"
-                 f" versions {first}-{last})")
+        where = chunk_place(position, stream_id, first, last)
         raise TamperError(f"{where} do{'es' if first == last else ''} not open", position=position) from None
     if len(bodies) != last - first + 1 or len(kinds) != len(bodies):
         raise TamperError(f"the chunk at position {position} (stream {stream_id}) holds {len(bodies)} events,"

@@ -17,7 +17,7 @@ from persona.core import Persona
 from persona.crypto import Sealer
 from persona.erasure import ledger_of
 from persona.errors import PersonaError, TamperError, UndecodableValueError, UnfinishedErasureError
-from persona.eventlog import aad_prefixes, chain_hash, chunk_aad, genesis, open_bodies
+from persona.eventlog import aad_prefixes, chain_hash, chunk_aad, chunk_place, genesis, open_bodies
 from persona.integrity import TAGGED
 from persona.store.base import KEY_SIZE, TABLES, TAG, Head, StoredChunk
 
@@ -80,10 +80,7 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
             raise TamperError(f"stream {sid} ends at version {version}, its head says {head.version}")
 
     def bad(row: StoredChunk, why: str) -> TamperError:
-        where = (f"event at position {row.position} (stream {row.stream_id}, version {row.first_version})"
-                 if row.first_version == row.last_version else
-                 f"events at positions {row.position}-{row.last_position} (stream {row.stream_id},"
-                 f" versions {row.first_version}-{row.last_version})")
+        where = chunk_place(row.position, row.stream_id, row.first_version, row.last_version)
         return TamperError(f"{where}: {why}", position=row.position)
 
     seen: set[str] = set()

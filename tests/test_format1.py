@@ -27,7 +27,7 @@ from persona.settings import Settings
 from persona.store import SQLiteRecorder
 from persona.store.copy import copy_store
 from persona.store.postgres import PostgresRecorder
-from persona.store.schema import ADOPTED, COLUMNS_ADDED, SCHEMA_VERSION
+from persona.store.schema import ADOPTED, COLUMNS_ADDED, LOG, SCHEMA_VERSION, TABLES
 from persona.verify import verify
 from tests.conftest import pg_schema
 
@@ -175,7 +175,7 @@ def test_a_format1_postgres_store_is_upgraded_in_place_when_opened(old_store: Se
         source = SQLiteRecorder(old_store.db_path)  # upgraded, to copy every other table as it is
         target = PostgresRecorder(url, create=True)
         try:
-            copy_store(source, target, tables=_all_but_log())
+            copy_store(source, target, tables=[table for table in TABLES if table not in LOG])
         finally:
             source.close()
             target.close()
@@ -200,9 +200,3 @@ def test_a_format1_postgres_store_is_upgraded_in_place_when_opened(old_store: Se
         with psycopg.connect(url) as admin:
             assert admin.execute("SELECT to_regclass('events') IS NULL AND to_regclass('events_position_seq')"
                                  " IS NULL").fetchone() == (True,)
-
-
-def _all_but_log() -> list[str]:
-    from persona.store.schema import TABLES
-
-    return [table for table in TABLES if table not in ("chunks", "event_keys")]
