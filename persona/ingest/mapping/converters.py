@@ -23,8 +23,13 @@ _FALSE = frozenset({"false", "f", "no", "n", "0", "否", "不"})
 
 def field_value(rule: Field, row: Mapping[str, Any], mapping: SourceMapping) -> Any:
     """The field's canonical value from a row (None: missing and not required)."""
+    return compiled(rule, mapping)(row)
+
+
+def compiled(rule: Field, mapping: SourceMapping) -> Getter:
+    """The field as one function of a row (made once per field and mapping)."""
     getter: Getter = once((rule, mapping), lambda: _compile(rule, mapping))
-    return getter(row)
+    return getter
 
 
 Getter = Callable[[Mapping[str, Any]], Any]

@@ -40,9 +40,10 @@ class _Lines:
 
 
 def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "",
-                   max_bytes: int = 64 * 1024) -> Iterator[Record]:
-    """Records of a CSV or JSONL file, each with the events the mapping makes of it."""
-    for item in mapped_rows(mapping, _rows(mapping, handle, name), max_bytes):
+                   max_bytes: int = 64 * 1024, columnar: bool = True) -> Iterator[Record]:
+    """Records of a CSV or JSONL file, each with the events the mapping makes of it (`columnar`:
+    its fields converted a window of rows at a time; False: row by row — the same records)."""
+    for item in mapped_rows(mapping, _rows(mapping, handle, name), max_bytes, columnar=columnar):
         if item is not PAUSE:
             yield item
 

@@ -5,11 +5,12 @@ and the columns a mapping reads, for checking a file's header before it is read.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from persona.errors import ValidationError
 from persona.ingest.engine import PAUSE, Record
+from persona.ingest.mapping.columnar import ColumnConverter
 from persona.ingest.mapping.converters import field_value, once, template_value
 from persona.ingest.mapping.spec import TEMPLATE, EventRule, Field, SourceMapping, column_value, is_missing, safe_name
 
@@ -40,16 +41,20 @@ def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]], marks: set
 
 
 def row_events(mapping: SourceMapping, row: Mapping[str, Any],
-               group: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+               group: Sequence[Mapping[str, Any]] | None = None,
+               value_of: Callable[[Field], Any] | None = None) -> list[dict[str, Any]]:
     """The canonical event records one row (or group of rows, the first speaking for all)
-    makes; raises ValidationError to refuse it."""
+    makes; raises ValidationError to refuse it. `value_of` gives a field's value for this row
+    when it was converted already (a batch's columns, persona.ingest.mapping.columnar): it
+    answers, or raises, exactly as `field_value` would."""
     if group is not None and len(group) > 1:
         _check_agreement(mapping, row, group)
+    get = value_of or (lambda spec: field_value(spec, row, mapping))
     out = []
     for rule in mapping.events:
-        occurred = field_value(rule.when, row, mapping)
+        occurred = get(rule.when)
         namespace, subject = next(((ns, value) for ns, spec in rule.subjects
-                                   if (value := field_value(spec, row, mapping)) is not None), ("", None))
+                                   if (value := get(spec)) is not None), ("", None))
         if occurred is None or subject is None:
             continue  # this row does not carry this kind of event
         kind = rule.type if rule.type_field is None else _event_type(rule.type_field, row)
@@ -57,7 +62,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
         marked = None  # a currency the amount itself was written with ("¥1,299.00")
         item_marks: set[str] = set()  # and the currencies item prices were written with
         for spec in rule.data:
-            value = None if spec.group and spec.column is None else field_value(spec, row, mapping)
+            value = None if spec.group and spec.column is None else get(spec)
             if spec.group and value is None:  # no items column: the items of the record's rows
                 value = _items(mapping, group or [row], item_marks) or None
             if spec.kind == "amount" and value is not None:
@@ -78,7 +83,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
         if rule.data and not data:
             continue  # every field of it is missing from this row: nothing to say
         if rule.other is not None:
-            other = field_value(rule.other, row, mapping)
+            other = get(rule.other)
             if other is None or (rule.other_namespace == namespace and str(other) == str(subject)):
                 continue  # nothing to link (or the subject itself)
             data["other"] = {"namespace": rule.other_namespace, "value": str(other)}
@@ -213,12 +218,18 @@ def _field_columns(spec: Field) -> list[str]:
 
 # -- rows into records ---------------------------------------------------------------------------
 def mapped_rows(mapping: SourceMapping, rows: Iterable[Record | Row | None], max_bytes: int,
-                every: float = 0.0) -> Iterator[Record | None]:
+                every: float = 0.0, columnar: bool = False) -> Iterator[Record | None]:
     """Rows (as a reader gives them, with a live feed's PAUSEs, `every` seconds apart) as records:
-    each row one, or with `group_by`, each run of rows with the same value there."""
+    each row one, or with `group_by`, each run of rows with the same value there. `columnar` (a
+    file, not a feed): the fields are converted a window of rows at a time
+    (persona.ingest.mapping.columnar), with the same results."""
+    converter = None
+    if columnar:
+        converter = ColumnConverter(mapping)
+        rows = converter.rows(rows)  # type: ignore[arg-type]  # a file's rows: no PAUSE among them
     if mapping.group_by is None:
         for item in rows:
-            yield item if item is PAUSE or isinstance(item, Record) else _record(mapping, [item], max_bytes)
+            yield item if item is PAUSE or isinstance(item, Record) else _record(mapping, [item], max_bytes, converter)
         return
     group: list[Row] = []
     key = None
@@ -248,15 +259,16 @@ def mapped_rows(mapping: SourceMapping, rows: Iterable[Record | Row | None], max
             continue
         taken = None
         if group and value != key:
-            yield _record(mapping, group, max_bytes)
+            yield _record(mapping, group, max_bytes, converter)
             group = []
         group.append(item)
         key = value
     if group:
-        yield _record(mapping, group, max_bytes)
+        yield _record(mapping, group, max_bytes, converter)
 
 
-def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int) -> Record:
+def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int, converter: ColumnConverter | None = None
+            ) -> Record:
     number, first = rows[0][0], rows[0][2]
     raw = b"\n".join(r[1] for r in rows)
     size = sum(r[3] for r in rows)
@@ -269,7 +281,9 @@ def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int) -> Record:
             if len(rows) > 1:  # filtered out whole, or refused when its rows disagree on what it says
                 _check_agreement(mapping, first, [r[2] for r in rows])
             return Record(number, raw, (), size=size, filtered=True)
-        events = row_events(mapping, first, [r[2] for r in rows])
+        # the first row speaks for the record: its fields as converted with its window
+        value_of = None if converter is None else converter.value_of(rows[0])
+        events = row_events(mapping, first, [r[2] for r in rows] if len(rows) > 1 else None, value_of)
         return Record(number, raw, events, decoded=first, size=size)
     except ValidationError as e:
         return Record(number, raw, (), e.reason, decoded={"identifiers": _identifiers(mapping, rows)}, size=size)
