@@ -159,6 +159,17 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+# the fixed-width UTC form `utc_text` writes: a time in it is read without being rewritten
+_CANONICAL_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
+
+
+def _canonical_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as e:  # 2024-02-30: the right shape, not a day
+        raise ValidationError("occurred_at: not an ISO 8601 date or time") from e
+
+
 def parse_time(field: str, value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValidationError(f"{field}: must be an ISO 8601 string")
@@ -378,9 +389,11 @@ EVENT_TYPES = frozenset(DATA_SPECS)
 PRIVILEGED_TYPES = frozenset({"consent_changed", "identity_linked", "profile_updated"})
 
 
-def derive_event_id(source: str, raw: Mapping[str, Any]) -> str:
-    """Deterministic id for a record that has none: the same record always gets the same id."""
-    body = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+def derive_event_id(source: str, raw: Mapping[str, Any], body: bytes | None = None) -> str:
+    """Deterministic id for a record that has none: the same record always gets the same id
+    (`body`: the record as encoded here already)."""
+    if body is None:
+        body = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return "auto-" + hashlib.sha256(source.encode() + b"\x00" + body).hexdigest()[:32]
 
 
@@ -415,11 +428,13 @@ def validate(
     """Check one decoded record against docs/events.md and return it normalised."""
     if not isinstance(raw, dict):
         raise ValidationError("record: must be a JSON object")
+    body = None  # the record as its derived id hashes it: sorted keys, and the same length as it is written
     if size is None:
         try:
-            size = len(orjson.dumps(raw))
+            body = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)  # (keys that are not text: not JSON)
         except TypeError as e:
             raise ValidationError("record: contains values that are not JSON") from e
+        size = len(body)
     if size > max_bytes:
         raise ValidationError(f"record: larger than the {max_bytes}-byte limit")
     for name in ("source", "type", "occurred_at", "subject", "data"):
@@ -435,13 +450,17 @@ def validate(
         raise ValidationError("type: not a known event type")
     event_id = raw.get("event_id")
     if event_id is None:
-        event_id = derive_event_id(source, raw)
+        event_id = derive_event_id(source, raw, body)
     elif not isinstance(event_id, str) or not event_id or len(event_id) > MAX_EVENT_ID:
         raise ValidationError(f"event_id: must be a non-empty string of at most {MAX_EVENT_ID} characters")
-    moment = parse_time("occurred_at", raw["occurred_at"])
+    occurred = raw["occurred_at"]
+    if type(occurred) is str and _CANONICAL_TIME.match(occurred) and 1900 <= int(occurred[:4]) <= 9998:
+        moment = _canonical_time(occurred)  # already as persona writes it (a mapping's times are): kept as it is
+    else:
+        moment = parse_time("occurred_at", occurred)
+        occurred = moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # parse_time gave UTC
     if moment > now + max_future:
         raise ValidationError("occurred_at: in the future")
-    occurred = moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # parse_time gave UTC
     subject = _subject("subject", raw["subject"], default_region)
     data = raw["data"]
     if not isinstance(data, dict):

@@ -81,16 +81,7 @@ class ColumnConverter:
         for window in self.windows:
             found = window.get(row[0])
             if found is not None:
-                columns, at = found
-
-                def value(spec: Field) -> Any:
-                    column = columns.get(id(spec))
-                    if column is None:  # a field this converter does not know (never for its mapping)
-                        raise LookupError("a field outside the mapping")
-                    got = column[at]
-                    return got.raise_() if type(got) is _Failed else got
-
-                return value
+                return _reader(*found)
         return None
 
     def _convert(self, items: list[Record | Row]) -> None:
@@ -132,6 +123,14 @@ class ColumnConverter:
 
 
 _UNSEEN = object()
+
+
+def _reader(columns: dict[int, list[Any]], at: int) -> ValueOf:
+    def value(spec: Field) -> Any:
+        got = columns[id(spec)][at]
+        return got.raise_() if type(got) is _Failed else got
+
+    return value
 
 
 def _call(getter: Getter, row: Mapping[str, Any]) -> Any:

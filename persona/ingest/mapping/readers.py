@@ -42,8 +42,9 @@ class _Lines:
 def mapped_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str = "",
                    max_bytes: int = 64 * 1024, columnar: bool = True) -> Iterator[Record]:
     """Records of a CSV or JSONL file, each with the events the mapping makes of it (`columnar`:
-    its fields converted a window of rows at a time; False: row by row — the same records)."""
-    for item in mapped_rows(mapping, _rows(mapping, handle, name), max_bytes, columnar=columnar):
+    CSV parsed by polars a block at a time and the fields converted a window of rows at a time;
+    False: row by row, as a live feed is read — the same records)."""
+    for item in mapped_rows(mapping, _rows(mapping, handle, name, columnar), max_bytes, columnar=columnar):
         if item is not PAUSE:
             yield item
 
@@ -57,7 +58,8 @@ def live_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str =
     return mapped_rows(mapping, paced_records(_rows(mapping, handle, name), every, stop), max_bytes, every=every)
 
 
-def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterator[Record | Row]:
+def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str, blocks: bool = False
+          ) -> Iterator[Record | Row]:
     """Rows of a CSV or JSONL source: the mapping's `format`, else the file's extension, else
     (standard input, `usage.log`) what its first line looks like — a JSON object or not."""
     form = mapping.format
@@ -75,7 +77,7 @@ def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str) -> Iterato
         handle = itertools.chain(seen, lines)
         first = seen[-1] if seen else b""
         form = "jsonl" if first.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{") else "csv"
-    yield from (_jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping))
+    yield from (_jsonl_rows(handle) if form == "jsonl" else _csv_rows(handle, mapping, blocks))
 
 
 def _jsonl_rows(handle: Iterable[bytes]) -> Iterator[Record | Row]:
@@ -97,16 +99,169 @@ def _jsonl_rows(handle: Iterable[bytes]) -> Iterator[Record | Row]:
         yield number, line, row | {"_line": str(number)}, len(raw)
 
 
-def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Record | Row]:
-    encoding = mapping.encoding
+def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping, blocks: bool) -> Iterator[Record | Row]:
+    """A CSV file's rows. `blocks` (a file, not a live feed, whose rows must go on as they come):
+    a UTF-8 file with a one-character delimiter is parsed by polars a block of lines at a time;
+    the first block that is not plain — a quoted field over several lines, a quote the CSV rules
+    do not allow where it is, a lone carriage return, bytes that are not UTF-8 — and everything
+    after it are read by the csv module, as every other file is. Both give the same rows, line
+    numbers and refusals."""
+    count = _Count()
+    delimiter = mapping.delimiter
+    simple = len(delimiter) == 1 and delimiter.isascii() and delimiter not in "\"\r\n"
+    if not blocks or mapping.encoding != "utf-8" or not simple:
+        yield from _classic_rows(_text(handle, mapping.encoding), mapping, count, None)
+        return
+    plain = re.compile(_PLAIN_ROW.format(d=re.escape(delimiter)))
+    header = None if mapping.header else list(mapping.columns)
+    pieces = _blocks(handle)
+    for block in pieces:
+        if count.read == 0:
+            block = block.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark is not data
+        text = _plain_text(block, plain)
+        if text is not None and header is None:
+            line, _, text = text.partition("\n")
+            header = [h.removeprefix("\ufeff").strip() for h in next(csv.reader([line], delimiter=delimiter), [])]
+            count.read = 1
+        parsed = None if text is None or header is None else _parse_plain(text, len(header), delimiter)
+        if text is None or parsed is None:  # this block and the rest of the file, by the csv module
+            rest = itertools.chain([block], pieces)
+            yield from _classic_rows(_text(rest, "utf-8"), mapping, count, header)
+            return
+        assert header is not None  # read from the block's first line, or named by the mapping
+        yield from _plain_rows(*parsed, header, delimiter, count)
+
+
+# one CSV row on one line whose quotes are where RFC 4180 puts them: a field is quoted whole (a
+# quote inside doubled) or holds no quote
+_PLAIN_ROW = r'(?:"(?:[^"]|"")*"|[^"{d}]*)(?:{d}(?:"(?:[^"]|"")*"|[^"{d}]*))*'
+BLOCK = 4 << 20  # bytes of CSV parsed together
+
+
+class _Count:
+    """Where a CSV file's reading is: lines consumed, and rows read (each row's `_line`)."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.records = 0
+
+
+def _blocks(handle: Iterable[bytes]) -> Iterator[bytes]:
+    """The file in blocks of about BLOCK bytes, each ending at a line's end (the last may not)."""
+    read = getattr(handle, "read", None)
+    pieces: Iterator[bytes] = iter(lambda: read(BLOCK), b"") if read is not None else iter(handle)
+    carry = b""
+    gathered: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        gathered.append(piece)
+        size += len(piece)
+        if size < BLOCK:
+            continue
+        data = carry + b"".join(gathered)
+        gathered, size = [], 0
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut]
+            carry = data[cut:]
+        else:  # one line longer than a block: gathered on
+            carry = data
+    data = carry + b"".join(gathered)
+    if data:
+        yield data
+
+
+def _plain_text(block: bytes, plain: re.Pattern[str]) -> str | None:
+    """The block as text when each of its lines is one plain CSV row (None: read it otherwise)."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):
+            return None  # a lone carriage return ends a line for the csv module
+        text = text.replace("\r\n", "\n")
+    if "\x01" in text:  # the marker `_parse_plain` appends to each line
+        return None
+    if '"' in text and not all(plain.fullmatch(line) for line in text.split("\n") if '"' in line):
+        return None
+    return text
+
+
+def _parse_plain(text: str, width: int, delimiter: str) -> tuple[list[str], list[list[Any]]] | None:
+    """A block's lines, and the columns polars reads of those that are not blank, each line a row,
+    plus a marker column: a field appended to every line, which is not where it belongs in a row
+    with too few or too many fields. None: polars did not read one row per line (then the csv
+    module reads the block)."""
+    import polars  # imported with the first CSV file: its start-up is not every command's
+
+    lines = text.split("\n") if text else []
+    if text.endswith("\n"):
+        lines.pop()
+    filled = [line for line in lines if line.strip()]
+    names = [f"c{i}" for i in range(width + 1)]
+    if not filled:
+        return lines, [[] for _ in names]
+    marker = delimiter + "\x01\n"
+    try:
+        frame = polars.read_csv((marker.join(filled) + marker).encode(), has_header=False,
+                                schema=dict.fromkeys(names, polars.String), extra_columns="ignore",
+                                missing_columns="insert", empty_string_is_null=False, truncate_ragged_lines=True,
+                                separator=delimiter, quote_char='"', comment_prefix=None, raise_if_empty=False)
+    except polars.exceptions.PolarsError:
+        return None
+    if frame.height != len(filled) or frame.width != len(names):
+        return None
+    return lines, [frame.get_column(name).to_list() for name in names]
+
+
+def _plain_rows(lines: list[str], columns: list[list[Any]], header: list[str], delimiter: str, count: _Count
+                ) -> Iterator[Record | Row]:
+    """The rows of a block of plain lines, as `_parse_plain` read them."""
+    width = len(header)
+    marks = columns[-1]
+    values = zip(*columns[:-1], strict=True)
+    base = count.read
+    at = 0
+    for offset, line in enumerate(lines):
+        number = base + offset + 1
+        raw = line.encode()
+        if not line.strip():
+            yield Record(number, raw, (), size=len(raw))
+            continue
+        row = next(values)
+        mark = marks[at]
+        at += 1
+        if mark != "\x01":
+            found = len(next(csv.reader([line], delimiter=delimiter, strict=True)))
+            yield Record(number, raw, (), f"row: {found} columns where the header has {width}", size=len(raw))
+        elif not any(v.strip() for v in row):
+            yield Record(number, raw, (), size=len(raw))
+        else:
+            count.records += 1
+            out = dict(zip(header, row, strict=True))
+            out["_line"] = str(count.records)
+            yield number, raw, out, len(raw)
+    count.read = base + len(lines)
+
+
+def _text(chunks: Iterable[bytes], encoding: str) -> io.TextIOWrapper:
     # undecodable bytes are kept (as surrogates) so that their row is refused whole, with its
     # original bytes: replacing them would make different names look alike
-    text = io.TextIOWrapper(io.BufferedReader(_Binary(handle)), encoding="utf-8-sig" if encoding == "utf-8" else
+    return io.TextIOWrapper(io.BufferedReader(_Binary(chunks)), encoding="utf-8-sig" if encoding == "utf-8" else
                             encoding, errors="surrogateescape", newline="")  # utf-8-sig: a BOM is not data
+
+
+def _classic_rows(text: io.TextIOWrapper, mapping: SourceMapping, count: _Count, header: list[str] | None
+                  ) -> Iterator[Record | Row]:
+    """Rows read by the csv module, from where `count` says the file's reading is (its header
+    read already, or None: read here)."""
+    encoding = mapping.encoding
     lines = _Lines(text)
     reader: Any = (_WhitespaceReader(lines) if mapping.delimiter == "whitespace"
                    else csv.reader(lines, delimiter=mapping.delimiter, strict=True))
-    if mapping.header:
+    base = count.read
+    if header is None and mapping.header:
         try:
             header = [h.removeprefix("\ufeff").strip() for h in next(reader)]  # a BOM in any encoding
         except StopIteration:
@@ -114,11 +269,10 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
         except csv.Error:  # nothing after it can be read: said out loud, not skipped
             raise ConfigurationError("the first line (the header) is not valid CSV; check the mapping's"
                                      " `delimiter`, `encoding` and `header`") from None
-    else:
+    elif header is None:
         header = list(mapping.columns)
     lines.taken.clear()
-    records = 0
-    read = reader.line_num  # lines consumed so far: a row starts on the next one
+    read = base + reader.line_num  # lines consumed so far: a row starts on the next one
     while True:
         try:
             values = next(reader)
@@ -130,7 +284,8 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
         raw_text = "".join(lines.taken).rstrip("\r\n")
         raw = raw_text.encode(encoding, "surrogateescape")  # the row's bytes as they were in the file
         lines.taken.clear()
-        number, read = read + 1, reader.line_num
+        number = read + 1
+        read = count.read = base + reader.line_num
         if error is not None:
             yield Record(number, raw, (), error, size=len(raw))
         elif any(_SURROGATE.search(v) for v in values):
@@ -142,8 +297,8 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping) -> Iterator[Recor
             yield Record(number, raw, (), f"row: {len(values)} columns where the header has {len(header)}",
                          size=len(raw))
         else:
-            records += 1
-            yield number, raw, dict(zip(header, values, strict=True)) | {"_line": str(records)}, len(raw)
+            count.records += 1
+            yield number, raw, dict(zip(header, values, strict=True)) | {"_line": str(count.records)}, len(raw)
 
 
 class _WhitespaceReader:
