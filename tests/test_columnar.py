@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from persona.ingest.mapping import builtin_mapping, mapped_records, parse_mapping
-from persona.ingest.mapping import columnar, readers
+from persona.ingest.mapping import builtin_mapping, columnar, mapped_records, parse_mapping, readers
 from persona.ingest.mapping.spec import SourceMapping
 from persona.testing.exports import APP, SHOP, SOCIAL, WEB, main
 
@@ -50,7 +49,8 @@ def test_the_synthetic_exports_map_alike_both_ways(exports: Path, name: str,
 WEB_MAPPING = parse_mapping({
     "source": "web", "format": "csv",
     "events": [{"type": "page_viewed", "when": {"column": "ts"}, "subject": {"namespace": "cookie", "column": "cookie"},
-                "data": {"url": {"column": "url", "required": True}, "duration_s": {"column": "dwell", "kind": "number"},
+                "data": {"url": {"column": "url", "required": True},
+                         "duration_s": {"column": "dwell", "kind": "number"},
                          "category": {"column": "category", "map": {"elec": "electronics"}}}},
                {"type": "identity_linked", "when": {"column": "ts"},
                 "subject": {"namespace": "cookie", "column": "cookie"},
