@@ -119,6 +119,10 @@ def test_the_cli_ingests_each_format_alike_and_exports_refused_rows_as_json_line
     rows = [json.loads(line) for line in export.read_text().splitlines()]
     assert rows == [dict(zip(HEADER, ["A3", None, None, "2025-03-05T09:30:00", 30, "app"], strict=True)),
                     dict(zip(HEADER, ["A4", "cy@example.com", None, "not a time", 30, "app"], strict=True))]
+    rows[0]["email"], rows[1]["created_at"] = "dee@example.com", "2025-03-06 10:00"  # fixed
+    export.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    fixed = persona(data, "ingest", str(export), "--source", "shop", "--format", "jsonl", "--json")
+    assert json.loads(fixed.stdout)["appended"] == 2 and json.loads(fixed.stdout)["quarantined"] == 0
 
 
 # -- typed values ----------------------------------------------------------------------------------

@@ -254,8 +254,9 @@ def quarantine(ctx: click.Context, ids: tuple[str, ...], as_json: bool, export: 
     again with another mapping shows that mapping's reason.
 
     To fix them: `--export fix.csv --origin orders.csv` writes their original rows (a CSV
-    export's header is not kept: copy it from the source file), in order; correct them and
-    ingest the file like the original. Rows already in the log are skipped as duplicates;
+    export's header is not kept: copy it from the source file; a Parquet file's or a workbook's
+    rows are JSON lines, one object each), in order; correct them and ingest the file like the
+    original. Rows already in the log are skipped as duplicates;
     the quarantined copies expire after PERSONA_QUARANTINE_DAYS, or go at once with
     `--resolve ID...` (those records; an ID not held refuses the whole command) or `--purge`
     (all of them). Both are written to the audit log.
