@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 @click.option("--source", metavar="NAME",
               help="A built-in source (shop, social, web, app: see docs/ingest.md), or with --mapping the"
                    " events' source name.")
-@click.option("--format", "form", type=click.Choice(["jsonl", "csv"]),
+@click.option("--format", "form", type=click.Choice(["jsonl", "csv", "parquet", "xlsx"]),
               help="How FILE is written (default: the mapping's format, else the file's extension, else its first"
-                   " line). Canonical events are JSONL.")
+                   " line; a .parquet or .xlsx extension beats a mapping's csv or jsonl). Canonical events are"
+                   " JSONL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Read, map and validate everything and report what a real run would append, skip as"
@@ -63,7 +64,8 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     0. Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
 
     Without --mapping, FILE is canonical JSONL (docs/events.md). With --mapping, FILE is any
-    CSV or JSONL export the mapping describes. Standard input is read as a live feed:
+    CSV, JSONL, Parquet or Excel (.xlsx) export the mapping describes (Parquet and Excel from a
+    file only, not standard input). Standard input is read as a live feed:
     what arrives is committed and shown in profiles within about a second. Valid records are appended in atomic
     batches; re-ingesting the same file appends nothing. Bad records are quarantined
     (sealed) with the reason and line number and never stop the run. Prints a report: the
@@ -72,7 +74,8 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
     the keys lines, appended, duplicates, quarantined, and adds filtered).
 
     A mistake about the whole file is refused before anything is stored or quarantined, with
-    one error: a file that is not text (a zip or .xlsx workbook, gzip, PDF), one not in UTF-8
+    one error: a file that is not text where text is expected (a zip, gzip, PDF), a Parquet file or
+    workbook that cannot be read or lacks the mapping's sheet, one not in UTF-8
     (or the mapping's `encoding`), a CSV file given without --mapping or --source, a mapping
     naming a namespace persona does not know or a CSV column the file's header lacks. A run
     that appended nothing, found no duplicate and quarantined something exits with status 1
@@ -91,9 +94,12 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
         mapping = builtin_mapping(source)
     if form is not None and mapping is not None:
         mapping = dataclasses.replace(mapping, format=form)
-    elif form == "csv":
-        raise click.BadParameter("canonical events are JSONL: a CSV export needs --source or --mapping",
+    elif form in ("csv", "parquet", "xlsx"):
+        raise click.BadParameter(f"canonical events are JSONL: a {form} export needs --source or --mapping",
                                  param_hint="--format")
+    if str(file) == "-" and mapping is not None and mapping.format in ("parquet", "xlsx"):
+        raise click.BadParameter(f"a {mapping.format} file is read from a file, not standard input (it is read"
+                                 " by its end first): give its path", param_hint="FILE")
     if str(file) != "-" and file.is_file():
         preflight(file, mapping, mapping_name=mapping_file.name if mapping_file else f"the built-in source {source}",
                   builtin=mapping_file is None and source is not None, jsonl=form == "jsonl")
@@ -176,11 +182,20 @@ def _ingest(persona: Persona, handle: BinaryIO, name: str, mapping: SourceMappin
         feed = _records(mapping, handle, name, limit, live=True, stop=stop)
         return ingest_feed(persona, feed, origin=name, stop=stop, writer=INGEST)
     records = _records(mapping, handle, name, limit)
-    # a file on a machine with cores to spare: read, map and validate in a second process
-    parallel = (os.cpu_count() or 1) > 1
+    # a file on a machine with cores to spare: read, map and validate in a second process; but
+    # not a Parquet file: polars' threads do not survive a fork (persona.ingest.mapping.tables)
+    parallel = (os.cpu_count() or 1) > 1 and not _parquet(mapping, name)
     # catch_up: the index of whatever a killed ingest committed is brought up to date too
     return ingest_file(persona, records, origin=name, progress=progress, parallel=parallel, catch_up=True,
                        stop=stop, writer=INGEST)
+
+
+def _parquet(mapping: SourceMapping | None, name: str) -> bool:
+    if mapping is None:
+        return False
+    from persona.ingest.mapping.tables import table_format  # loaded already, with the mapping
+
+    return table_format(mapping, name) == "parquet"
 
 
 @contextmanager
@@ -239,8 +254,9 @@ def quarantine(ctx: click.Context, ids: tuple[str, ...], as_json: bool, export: 
     again with another mapping shows that mapping's reason.
 
     To fix them: `--export fix.csv --origin orders.csv` writes their original rows (a CSV
-    export's header is not kept: copy it from the source file), in order; correct them and
-    ingest the file like the original. Rows already in the log are skipped as duplicates;
+    export's header is not kept: copy it from the source file; a Parquet file's or a workbook's
+    rows are JSON lines, one object each), in order; correct them and ingest the file like the
+    original. Rows already in the log are skipped as duplicates;
     the quarantined copies expire after PERSONA_QUARANTINE_DAYS, or go at once with
     `--resolve ID...` (those records; an ID not held refuses the whole command) or `--purge`
     (all of them). Both are written to the audit log.

@@ -1,5 +1,6 @@
 """Whole-file mistakes, found before a record is read into the store: a file that is not text (a
-zip or .xlsx workbook, gzip, PDF), text in another encoding, a CSV export given as canonical
+zip or .xlsx workbook, gzip, PDF) where text is expected, text in another encoding, a Parquet file
+or workbook that cannot be read (or lacks the mapping's sheet), a CSV export given as canonical
 JSONL, a mapping naming a namespace persona does not know or a column the file's header lacks.
 Each is refused with one error that names the file and what to do; nothing is quarantined, since
 every record would be, for the same reason. Errors name columns and namespaces, never a value.
@@ -25,7 +26,8 @@ BLOCK = 64 * 1024  # how much of the file the checks look at
 GUIDE = "see docs/ingest.md"
 # the first bytes of files that are not text: (signature, what the file is)
 SIGNATURES = (
-    (b"PK\x03\x04", "a zip archive (an .xlsx or .ods workbook is one)"),
+    (b"PK\x03\x04", "a zip archive (an .xlsx workbook is one: name it .xlsx, or give --format xlsx; an .ods"
+                     " workbook too)"),
     (b"\xd0\xcf\x11\xe0", "an old Excel workbook (.xls)"),
     (b"\x1f\x8b", "a gzip-compressed file"),
     (b"%PDF", "a PDF document"),
@@ -45,10 +47,14 @@ def preflight(path: Path, mapping: SourceMapping | None, *, mapping_name: str = 
     user said the file is JSONL (--format jsonl)."""
     if mapping is not None:
         check_namespaces(mapping, mapping_name)
+    name = _EMAIL.sub("<email>", path.name)  # as quarantine names the file: an address in it is not repeated
+    table = _table(mapping, path.name, name)
+    if table is not None and mapping is not None:
+        _check_table(path, mapping, table, name, mapping_name, builtin=builtin)
+        return
     with path.open("rb") as handle:
         head = handle.read(BLOCK)
     whole = len(head) < BLOCK
-    name = _EMAIL.sub("<email>", path.name)  # as quarantine names the file: an address in it is not repeated
     check_text(head, name)
     form = "jsonl" if jsonl and mapping is None else _format(mapping, path.name, head)
     encoding = mapping.encoding if mapping is not None and form == "csv" else "utf-8"
@@ -62,6 +68,32 @@ def preflight(path: Path, mapping: SourceMapping | None, *, mapping_name: str = 
         header = _header(path, mapping) if mapping.header else list(mapping.columns)
         if header is not None:
             check_header(header, mapping, name, mapping_name, builtin=builtin)
+
+
+def _table(mapping: SourceMapping | None, file_name: str, name: str) -> str | None:
+    """parquet or xlsx, as the ingest will read the file (persona.ingest.mapping.tables), else None.
+    Without a mapping, such a file is refused: canonical events are JSONL."""
+    suffix = Path(file_name).suffix.lower()
+    if mapping is None:
+        if suffix in (".parquet", ".pq", ".xlsx", ".xlsm"):
+            raise ConfigurationError(f"{name} is a Parquet or Excel file: give --mapping FILE.toml (how its columns"
+                                     " become events) or --source NAME; without them a file is read as canonical"
+                                     f" JSONL events; {GUIDE}")
+        return None
+    from persona.ingest.mapping.tables import table_format  # loaded already, with the mapping
+
+    return table_format(mapping, file_name)
+
+
+def _check_table(path: Path, mapping: SourceMapping, form: str, name: str, mapping_name: str, *,
+                 builtin: bool) -> None:
+    """A Parquet file or a workbook opens (and has the mapping's sheet), and has the columns the
+    mapping names — a struct's fields as dotted paths."""
+    from persona.ingest.mapping.tables import table_header  # loaded already, with the mapping
+
+    header = table_header(path, mapping, form)
+    if header:  # an empty sheet or file: nothing will be read, nothing to check
+        check_header(header, mapping, name, mapping_name, builtin=builtin)
 
 
 def check_namespaces(mapping: SourceMapping, mapping_name: str) -> None:

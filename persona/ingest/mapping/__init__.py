@@ -1,7 +1,8 @@
-"""Any CSV or JSONL export as canonical events, described by a TOML mapping: no code.
+"""Any CSV, JSONL, Parquet or Excel (.xlsx) export as canonical events, described by a TOML mapping: no code.
 
     source = "crm"                  # the events' source
-    format = "csv"                  # csv | jsonl (default: from the file's extension)
+    format = "csv"                  # csv | jsonl | parquet | xlsx (default: from the file's extension)
+    sheet = "Orders"                # xlsx only (default: the first sheet)
     timezone = "Asia/Shanghai"      # for times written without an offset (default UTC)
     delimiter = ","                 # csv only
     currencies = { "¥" = "JPY" }    # what a currency mark means in this source

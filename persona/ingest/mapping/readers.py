@@ -18,6 +18,7 @@ from persona.errors import ConfigurationError
 from persona.ingest.engine import PAUSE, STREAM_PAUSE_S, Record, paced_records
 from persona.ingest.mapping.rows import Row, mapped_rows
 from persona.ingest.mapping.spec import SourceMapping
+from persona.ingest.mapping.tables import parquet_rows, table_format, xlsx_rows
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
 csv.field_size_limit(16 * 1024 * 1024)  # rows over the event size limit are refused by size, not by the reader
@@ -61,7 +62,12 @@ def live_records(mapping: SourceMapping, handle: Iterable[bytes], *, name: str =
 def _rows(mapping: SourceMapping, handle: Iterable[bytes], name: str, blocks: bool = False
           ) -> Iterator[Record | Row]:
     """Rows of a CSV or JSONL source: the mapping's `format`, else the file's extension, else
-    (standard input, `usage.log`) what its first line looks like — a JSON object or not."""
+    (standard input, `usage.log`) what its first line looks like — a JSON object or not. A Parquet
+    or Excel file's: persona.ingest.mapping.tables (their extension beats a mapping's csv or jsonl)."""
+    table = table_format(mapping, name)
+    if table is not None:
+        yield from (parquet_rows if table == "parquet" else xlsx_rows)(handle, mapping, name=name)
+        return
     form = mapping.format
     if form is None and name.endswith((".jsonl", ".ndjson", ".json")):
         form = "jsonl"

@@ -25,6 +25,7 @@ KINDS = frozenset({"text", "int", "number", "amount", "instant", "gender", "coun
 TEMPLATE = re.compile(r"\{([^{}]+)\}")
 _UNITS = ("s", "ms")  # of epoch numbers read as instants
 _OPERATORS = ("equals", "in", "not_in")  # of a `where` condition
+FORMATS = (None, "csv", "jsonl", "parquet", "xlsx")  # of a mapped file (None: from its extension)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class SourceMapping:
     columns: tuple[str, ...] = ()
     items: tuple[Field, ...] = ()  # what each row of a record adds to a `group = true` field
     where: tuple[Condition, ...] = ()  # a record is kept when all of them hold for its first row
+    sheet: str | None = None  # of an Excel workbook (default: its first)
 
 
 # -- reading the TOML ----------------------------------------------------------------------------
@@ -128,8 +130,8 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
     if not isinstance(source, str) or not source:
         raise ConfigurationError(f"{where}: `source` (the events' source name) is required")
     form = doc.get("format")
-    if form not in (None, "csv", "jsonl"):
-        raise ConfigurationError(f"{where}: `format` is csv or jsonl")
+    if form not in FORMATS:
+        raise ConfigurationError(f"{where}: `format` is csv, jsonl, parquet or xlsx")
     zone = _zone(doc.get("timezone"), f"{where}: `timezone`")
     delimiter = doc.get("delimiter", ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
@@ -154,7 +156,15 @@ def parse_mapping(doc: Mapping[str, Any], where: str = "mapping") -> SourceMappi
         raise ConfigurationError(f"{where}: `encoding` is not a known text encoding (e.g. utf-8, gb18030)") from None
     return SourceMapping(source, form, zone, delimiter, currencies, rules, group_by=group_by,
                          items=tuple(_field(name, spec, f"{where}: items") for name, spec in items.items()),
-                         encoding=codecs.lookup(encoding).name, where=_conditions(doc.get("where", {}), where))
+                         encoding=codecs.lookup(encoding).name, where=_conditions(doc.get("where", {}), where),
+                         sheet=_sheet(doc.get("sheet"), f"{where}: `sheet`"))
+
+
+def _sheet(name: Any, where: str) -> str | None:
+    """The workbook's sheet a mapping reads (None: the first)."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f"{where}: the name of a sheet of the workbook (text)")
+    return name
 
 
 def _conditions(table: Any, where: str) -> tuple[Condition, ...]:
@@ -247,8 +257,8 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"{where}: [source] name is required")
     form = head.get("format")
-    if form not in (None, "csv", "jsonl"):
-        raise ConfigurationError(f"{where}: [source] format is csv or jsonl")
+    if form not in FORMATS:
+        raise ConfigurationError(f"{where}: [source] format is csv, jsonl, parquet or xlsx")
     delimiter = head.get("delimiter", ",")
     if not isinstance(delimiter, str) or (len(delimiter) != 1 and delimiter != "whitespace"):
         raise ConfigurationError(f"{where}: [source] delimiter is one character or \"whitespace\"")
@@ -294,7 +304,8 @@ def _contract_mapping(doc: Mapping[str, Any], where: str) -> SourceMapping:
                                other=_contract_field("other", also["value"], f"{where}: [[subject.also]]")))
     tz = _zone(head.get("timezone"), f"{where}: [source] timezone")
     return SourceMapping(name, form, tz, delimiter, {}, tuple(rules), header=header,
-                         columns=tuple(str(c) for c in columns), where=_conditions(doc.get("where", {}), where))
+                         columns=tuple(str(c) for c in columns), where=_conditions(doc.get("where", {}), where),
+                         sheet=_sheet(head.get("sheet"), f"{where}: [source] sheet"))
 
 
 def _event_rule(table: Any, where: str) -> EventRule:
