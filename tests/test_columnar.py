@@ -8,6 +8,8 @@ UTF-8, rows too short or too long, the marker the fast path appends written in a
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,28 @@ def test_a_plain_file_is_parsed_by_polars_alone(exports: Path, monkeypatch: pyte
     monkeypatch.setattr(readers, "_classic_rows", refuse)
     records = list(mapped_records(builtin_mapping("web"), io.BytesIO((exports / WEB).read_bytes()), name=WEB))
     assert sum(1 for record in records if record.events) > 1000
+
+
+FORK_AFTER_POLARS = """
+import sys
+from pathlib import Path
+import polars
+from persona import Persona
+from persona.ingest import ingest_file
+from persona.ingest.mapping import builtin_mapping, mapped_records
+from persona.settings import Settings
+
+polars.DataFrame({"a": list(range(100_000))}).sort("a")  # polars' threads at work in this process
+persona = Persona.init(Settings.load(Path(sys.argv[1])))
+with open(sys.argv[2], "rb") as handle:
+    records = mapped_records(builtin_mapping("web"), handle, name="web_clicks.csv")
+    report = ingest_file(persona, records, origin="web_clicks.csv", parallel=True)
+print(report.appended)
+"""
+
+
+def test_a_reader_forked_after_polars_was_used_does_not_hang(exports: Path, tmp_path: Path) -> None:
+    """polars' thread pool does not survive a fork: the forked reader then reads CSV with the csv module."""
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_POLARS, str(tmp_path / "data"), str(exports / WEB)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert int(done.stdout.strip()) > 1000

@@ -25,6 +25,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,10 @@ from persona.errors import PersonaError
 if TYPE_CHECKING:  # the engine imports this module (when it forks): the type alone, not a cycle
     from persona.ingest.engine import Item
 
+# polars' thread pool does not survive a fork: a reader forked from a process that had loaded
+# polars reads CSV with the csv module (persona.ingest.mapping.readers), and Parquet is never
+# read in a forked reader (persona.cli.ingest)
+POLARS_INHERITED = False
 CHUNK = 1024  # items per message: pickling many small objects at once is what keeps this cheap
 DEPTH = 8  # chunks received but not yet ingested, at most
 UNPICKLABLE = "record: too deeply nested to be handled"
@@ -107,6 +112,8 @@ def _produce(produce: Callable[[], Iterable[Item | None]], inbound: Any, outboun
     """In the child: make the items and send them in chunks, then an empty message. A failure
     is sent as it is when it is one of persona's (their messages never carry personal data),
     else by its class only."""
+    global POLARS_INHERITED
+    POLARS_INHERITED = "polars" in sys.modules
     for signum in STOPPING:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)

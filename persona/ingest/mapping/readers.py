@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from persona.errors import ConfigurationError
+from persona.ingest import pipeline
 from persona.ingest.engine import PAUSE, STREAM_PAUSE_S, Record, paced_records
 from persona.ingest.mapping.rows import Row, mapped_rows
 from persona.ingest.mapping.spec import SourceMapping
@@ -115,7 +116,7 @@ def _csv_rows(handle: Iterable[bytes], mapping: SourceMapping, blocks: bool) -> 
     count = _Count()
     delimiter = mapping.delimiter
     simple = len(delimiter) == 1 and delimiter.isascii() and delimiter not in "\"\r\n"
-    if not blocks or mapping.encoding != "utf-8" or not simple:
+    if not blocks or mapping.encoding != "utf-8" or not simple or pipeline.POLARS_INHERITED:
         yield from _classic_rows(_text(handle, mapping.encoding), mapping, count, None)
         return
     plain = re.compile(_PLAIN_ROW.format(d=re.escape(delimiter)))
