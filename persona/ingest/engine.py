@@ -24,7 +24,8 @@ from persona.settings import Settings
 
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
-INGEST_CACHE = 100_000  # streams whose states an ingest keeps in memory (~5 KB each at most in practice)
+INGEST_CACHE = 30_000  # streams whose states an ingest keeps in memory (≈3 KB each in the benchmark data)
+REFRESH_SLICE = 5_000  # profiles whose states a refresh of the index holds at once
 SNAPSHOT_AT_END = 8  # events: a stream this far past its snapshot gets a new one when an ingest ends
 REFRESH_EVERY_S = 5.0  # a long file ingest refreshes the index this often (or less: a fifth of its time)
 STREAM_PAUSE_S = 0.2  # a live feed quiet for this long has what it sent committed and indexed
@@ -334,8 +335,10 @@ class _Run:
         # incremental: each state caught up with its new events only. At the end, every stream
         # touched is left with a snapshot at most a few events old, so that the next ingest (or
         # reader) starts from it rather than replaying the stream.
-        self.projector.refresh(sorted(self.dirty), snapshot_every=SNAPSHOT_AT_END if last else None,
-                               parallel=last and parallel)
+        dirty = sorted(self.dirty)
+        for start in range(0, len(dirty), REFRESH_SLICE):  # a slice at a time: memory stays bounded
+            self.projector.refresh(dirty[start:start + REFRESH_SLICE],
+                                   snapshot_every=SNAPSHOT_AT_END if last else None, parallel=last and parallel)
         self.dirty.clear()
         self.refreshed = time.monotonic()
         # a file touching many people spends at most a fifth of its time refreshing before its end

@@ -68,7 +68,7 @@ _PRAGMAS = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA wal_autocheckpoint = 500",  # pages: checkpoint at ~4 MiB, which bounds erasure's TRUNCATE
     "PRAGMA secure_delete = ON",  # deleted cells are zeroed: an erased key leaves no trace
-    "PRAGMA cache_size = -131072",  # 128 MiB: the (stream, version) index outgrows the default
+    "PRAGMA cache_size = -65536",  # 64 MiB: the (stream, version) index outgrows the default
     "PRAGMA temp_store = MEMORY",
 )
 

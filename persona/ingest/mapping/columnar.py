@@ -22,7 +22,7 @@ from persona.ingest.mapping.converters import Getter, compiled
 from persona.ingest.mapping.spec import Field, SourceMapping, column_value
 
 WINDOW = 4096  # rows converted together: enough to find the repeats, small enough to stay in cache
-MEMO_LIMIT = 200_000  # distinct values remembered per field (a column of unique times would grow forever)
+MEMO_LIMIT = 100_000  # distinct values remembered per field, at most
 Row = tuple[int, bytes, dict[str, Any], int]  # as persona.ingest.mapping.rows names it
 ValueOf = Callable[[Field], Any]
 
@@ -97,9 +97,12 @@ class ColumnConverter:
         column = spec.column
         if column is None:  # a constant
             return [_call(getter, {})] * len(rows)
-        memo = self.memos[repr(spec)]
+        memo = self.memos.get(repr(spec))
+        if memo is None:  # a column of (nearly) unique values: nothing to remember
+            return [_call(getter, {column: column_value(row[2], column)}) for row in rows]
         if len(memo) > MEMO_LIMIT:
             memo.clear()
+        before = len(memo)
         dotted = "." in column
         out = []
         for row in rows:
@@ -119,6 +122,8 @@ class ColumnConverter:
             if got is _UNSEEN:
                 got = memo[key] = _call(getter, {column: raw})
             out.append(got)
+        if len(rows) >= 256 and len(memo) - before > len(rows) // 2:  # most values new: stop remembering
+            del self.memos[repr(spec)]
         return out
 
 
