@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the engine imports this module (when it forks): the type al
 # read in a forked reader (persona.cli.ingest)
 POLARS_INHERITED = False
 CHUNK = 1024  # items per message: pickling many small objects at once is what keeps this cheap
-DEPTH = 8  # chunks received but not yet ingested, at most
+DEPTH = 32  # chunks received but not yet ingested, at most
 UNPICKLABLE = "record: too deeply nested to be handled"
 STOPPING = {signal.SIGINT, signal.SIGTERM}  # sent to the whole process group: the ingest handles them
 
