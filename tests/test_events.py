@@ -62,6 +62,13 @@ def test_a_phone_must_be_valid_for_its_region_not_only_of_a_possible_length() ->
     assert normalise("phone", "1860000333") == "+861860000333"
 
 
+def test_a_time_in_persona_s_form_is_kept_and_any_other_is_rewritten_to_it() -> None:
+    kept = check(record() | {"occurred_at": "2024-02-10T10:00:00.000000Z"})
+    assert kept.occurred_at == "2024-02-10T10:00:00.000000Z"
+    moved = check(record() | {"occurred_at": "2024-02-10T18:00:00.5+08:00"})
+    assert moved.occurred_at == "2024-02-10T10:00:00.500000Z"
+
+
 def test_derived_event_id_is_deterministic_and_content_bound() -> None:
     a, b = record(), record()
     assert check(a).event_id == check(b).event_id == derive_event_id("web", a)
@@ -77,6 +84,11 @@ def test_derived_event_id_is_deterministic_and_content_bound() -> None:
         (lambda r: r.update(occurred_at="yesterday"), "occurred_at: not an ISO 8601"),
         (lambda r: r.update(occurred_at="2026-05-01T10:00:00"), "occurred_at: a time needs a UTC offset"),
         (lambda r: r.update(occurred_at="2099-01-01T00:00:00Z"), "occurred_at: in the future"),
+        # persona's own fixed-width form is kept as it is: still a real day, in range, not ahead
+        (lambda r: r.update(occurred_at="2024-02-30T10:00:00.000000Z"), "occurred_at: not an ISO 8601"),
+        (lambda r: r.update(occurred_at="1899-12-31T23:59:59.000000Z"), "occurred_at: outside the years"),
+        (lambda r: r.update(occurred_at="2099-01-01T00:00:00.000000Z"), "occurred_at: in the future"),
+        (lambda r: r.update(occurred_at="2024-02-10T10:00:00.000000Z\n"), "occurred_at: not an ISO 8601"),
         (lambda r: r["subject"].update(namespace="passport"), "subject.namespace"),
         (lambda r: r["subject"].update(value="not-an-email"), "subject.value: not an e-mail address"),
         (lambda r: r.update(data=[1]), "data: must be an object"),
