@@ -212,6 +212,15 @@ class Projector:
             for profile_id in list(itertools.islice(self._cache, excess + self._cache_limit // 4)):
                 del self._cache[profile_id]
 
+    def shrink(self) -> int:
+        """Drop the older half of the cached states, and keep the cache that small from now on
+        (memory is short); how many were dropped. Dropped states are read again when needed."""
+        dropped = len(self._cache) // 2
+        for profile_id in list(itertools.islice(self._cache, dropped)):
+            del self._cache[profile_id]
+        self._cache_limit = max(1_000, min(self._cache_limit, len(self._cache)))
+        return dropped
+
     def forget(self, profile_id: str) -> None:
         """Drop a profile's cached states (it was erased by another connection)."""
         self._cache.pop(profile_id, None)
@@ -335,7 +344,7 @@ class Projector:
         return rows
 
 
-FORK_INDEX_ROWS = 4_000  # below this, forking costs more than it saves
+FORK_INDEX_ROWS = 1_000  # below this, forking costs more than it saves
 
 
 def _rebuild_part(settings: Settings, people: list[list[str]], only: str | None) -> tuple[list[Any], list[Any]]:

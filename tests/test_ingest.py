@@ -203,3 +203,33 @@ def test_absurd_amounts_are_quarantined_and_large_ones_do_not_break_features(per
     assert pid is not None
     assert profile_view(persona, pid)["features"]["monetary"] == 2999999999999999.97
     assert len(persona.recorder.index_rows()) == 1
+
+
+def test_an_ingest_short_of_memory_drops_cached_states_and_indexes_the_same(tmp_path: Path,
+                                                                           monkeypatch: object) -> None:
+    """Above PERSONA_INGEST_MEMORY_MB an ingest drops half of its cached states (read back from
+    snapshots and the log when next needed): the index it leaves is the same as with memory to spare."""
+    from persona.projector import Projector
+    from persona.settings import Settings
+
+    shrunk: list[int] = []
+    original = Projector.shrink
+
+    def spy(self: Projector) -> int:
+        shrunk.append(original(self))
+        return shrunk[-1]
+
+    monkeypatch.setattr(Projector, "shrink", spy)  # type: ignore[attr-defined]
+    data = jsonl(*(order(f"u{i % 23}@example.com", f"o{i}", f"{i % 9 + 1}.50", f"2026-05-{i % 28 + 1:02d}T10:00:00Z")
+                   if i % 3 == 0 else record(f"u{i % 23}@example.com", event_id=f"e{i}") for i in range(600)))
+    docs = []
+    for name, budget in (("roomy", "100000"), ("short", "1")):
+        env = {"PERSONA_BATCH_SIZE": "60", "PERSONA_INGEST_MEMORY_MB": budget}
+        persona = Persona.init(Settings.load(tmp_path / name, env=env))
+        report = ingest_jsonl(persona, lines(data), origin="f", now=NOW)
+        assert report.appended == 600
+        docs.append(sorted(row[2] for row in persona.recorder.index_rows()))
+        persona.close()
+        assert bool(shrunk) == (name == "short")  # 1 MB: dropped at the first batch, not at every one after
+    assert len(docs[0]) == 23 and docs[0] == docs[1]
+    assert 1 <= len(shrunk) < 10

@@ -5,6 +5,7 @@ with their reasons, the rest appended in batches and indexed; a live feed's reco
 from __future__ import annotations
 
 import gc
+import os
 import queue
 import threading
 import time
@@ -25,7 +26,7 @@ from persona.settings import Settings
 Progress = Callable[[int], None]
 QUARANTINE_BATCH = 1000
 INGEST_CACHE = 30_000  # streams whose states an ingest keeps in memory (≈3 KB each in the benchmark data)
-REFRESH_SLICE = 5_000  # profiles whose states a refresh of the index holds at once
+REFRESH_SLICE = 2_000  # profiles whose states a refresh of the index holds at once
 SNAPSHOT_AT_END = 8  # events: a stream this far past its snapshot gets a new one when an ingest ends
 REFRESH_EVERY_S = 5.0  # a long file ingest refreshes the index this often (or less: a fifth of its time)
 STREAM_PAUSE_S = 0.2  # a live feed quiet for this long has what it sent committed and indexed
@@ -151,6 +152,15 @@ def paced_records(records: Iterable[T], every: float, stop: threading.Event | No
                 raise item
             return
         yield item
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now, in MB (None where /proc does not say)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class _Collector:
@@ -303,6 +313,7 @@ class _Run:
         self.dirty: set[str] = set(persona.recorder.lagging_persons()) if catch_up else set()
         self.refreshed = time.monotonic()
         self.pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
+        self.held_at = 0.0  # resident MB when cached states were last dropped
 
     def clock(self) -> datetime:
         return self.now
@@ -354,9 +365,19 @@ class _Run:
             recorded, appended.recorded = appended.recorded, []
             self.total.add(appended)
             self.projector.advance(recorded)
+            self.hold_memory()
         self.quarantine.flush()
         if self.dirty and time.monotonic() - self.refreshed >= self.pause:
             self.refresh()
+
+    def hold_memory(self) -> None:
+        """Above PERSONA_INGEST_MEMORY_MB of resident memory, drop half of the cached states
+        (a projection's state grows with its person's history): again only once memory grew
+        on by a twentieth, since freed memory is kept by the process for what comes next."""
+        resident = resident_mb()
+        if resident is not None and resident > max(self.persona.settings.ingest_memory_mb, self.held_at * 1.05):
+            self.projector.shrink()
+            self.held_at = resident
 
     def settle(self) -> None:
         """Commit what was taken, and show it in the index now."""
