@@ -52,8 +52,10 @@ class ColumnConverter:
             if rule.other is not None:
                 specs.append(rule.other)
             for spec in specs:
-                if not (spec.group and spec.column is None):  # a record's items: gathered row by row
+                if not (spec.group and spec.column is None):  # a record's items: gathered from its rows
                     fields.setdefault(id(spec), spec)
+        for spec in mapping.items:  # what each row adds to a record's items
+            fields.setdefault(id(spec), spec)
         # fields that read the same column the same way (an event's time and its link's) are
         # converted once: one column, and one memo, per distinct field
         self.alike: dict[int, str] = {key: repr(spec) for key, spec in fields.items()}

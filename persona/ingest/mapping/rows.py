@@ -21,14 +21,17 @@ Row = tuple[int, bytes, dict[str, Any], int]  # (line, raw, row, size): a row re
 GROUP_HOLD_S = 0.5
 
 
-def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]], marks: set[str]) -> list[dict[str, Any]]:
+def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]], marks: set[str],
+           values: Sequence[Callable[[Field], Any] | None] = ()) -> list[dict[str, Any]]:
     """One item per row of the record (rows that carry none add none); the currency marks
-    their prices were written with go into `marks`."""
+    their prices were written with go into `marks`. `values`: each row's converted fields, when
+    they were converted already (as `row_events` takes them)."""
     out = []
-    for row in rows:
+    for at, row in enumerate(rows):
         item: dict[str, Any] = {}
+        converted = values[at] if at < len(values) else None
         for spec in mapping.items:
-            value = field_value(spec, row, mapping)
+            value = converted(spec) if converted is not None else field_value(spec, row, mapping)
             if spec.kind == "amount" and value is not None:
                 if value[1] is not None:
                     marks.add(value[1])
@@ -42,11 +45,13 @@ def _items(mapping: SourceMapping, rows: Sequence[Mapping[str, Any]], marks: set
 
 def row_events(mapping: SourceMapping, row: Mapping[str, Any],
                group: Sequence[Mapping[str, Any]] | None = None,
-               value_of: Callable[[Field], Any] | None = None) -> list[dict[str, Any]]:
+               value_of: Callable[[Field], Any] | None = None,
+               values: Sequence[Callable[[Field], Any] | None] = ()) -> list[dict[str, Any]]:
     """The canonical event records one row (or group of rows, the first speaking for all)
     makes; raises ValidationError to refuse it. `value_of` gives a field's value for this row
     when it was converted already (a batch's columns, persona.ingest.mapping.columnar): it
-    answers, or raises, exactly as `field_value` would."""
+    answers, or raises, exactly as `field_value` would; `values` does for each row of the group
+    (or None for a row to read as it is), for the items they carry."""
     if group is not None and len(group) > 1:
         _check_agreement(mapping, row, group)
     get = value_of or (lambda spec: field_value(spec, row, mapping))
@@ -64,7 +69,7 @@ def row_events(mapping: SourceMapping, row: Mapping[str, Any],
         for spec in rule.data:
             value = None if spec.group and spec.column is None else get(spec)
             if spec.group and value is None:  # no items column: the items of the record's rows
-                value = _items(mapping, group or [row], item_marks) or None
+                value = _items(mapping, group or [row], item_marks, values or (value_of,)) or None
             if spec.kind == "amount" and value is not None:
                 amount, currency = value
                 value = str(abs(amount) if kind == REFUND and spec.name == "amount" else amount)
@@ -282,8 +287,9 @@ def _record(mapping: SourceMapping, rows: list[Row], max_bytes: int, converter: 
                 _check_agreement(mapping, first, [r[2] for r in rows])
             return Record(number, raw, (), size=size, filtered=True)
         # the first row speaks for the record: its fields as converted with its window
-        value_of = None if converter is None else converter.value_of(rows[0])
-        events = row_events(mapping, first, [r[2] for r in rows] if len(rows) > 1 else None, value_of)
+        values = [] if converter is None else [converter.value_of(r) for r in rows]
+        events = row_events(mapping, first, [r[2] for r in rows] if len(rows) > 1 else None,
+                            values[0] if values else None, values)
         return Record(number, raw, events, decoded=first, size=size)
     except ValidationError as e:
         return Record(number, raw, (), e.reason, decoded={"identifiers": _identifiers(mapping, rows)}, size=size)
