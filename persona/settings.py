@@ -26,7 +26,7 @@ class Settings:
     signing_key: str | None = None  # PERSONA_SIGNING_KEY: base64 Ed25519 private key
     default_region: str = "CN"  # phone numbers without a country code
     batch_size: int = 20_000  # events per ingest transaction
-    ingest_memory_mb: int = 300  # PERSONA_INGEST_MEMORY_MB: an ingest drops cached states above this resident size
+    ingest_memory_mb: int = 400  # PERSONA_INGEST_MEMORY_MB: an ingest drops cached states above this resident size
     max_event_bytes: int = 64 * 1024  # a larger record is quarantined
     quarantine_days: int = 30  # quarantined records are purged after this many days
     max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
@@ -76,7 +76,7 @@ class Settings:
             signing_key=env.get("PERSONA_SIGNING_KEY") or None,
             default_region=env.get("PERSONA_DEFAULT_REGION", "CN"),
             batch_size=_positive(env, "PERSONA_BATCH_SIZE", 20_000),
-            ingest_memory_mb=_positive(env, "PERSONA_INGEST_MEMORY_MB", 300),
+            ingest_memory_mb=_positive(env, "PERSONA_INGEST_MEMORY_MB", 400),
             quarantine_days=_positive(env, "PERSONA_QUARANTINE_DAYS", 30),
             snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
             purge_window_s=_positive(env, "PERSONA_PURGE_WINDOW", 15 * 60),
