@@ -44,8 +44,8 @@ class ColumnConverter:
     reader's rows (and its records: blank or unreadable rows) through unchanged, converting
     each window as it is first reached; `value_of(row)` then reads a row's converted values."""
 
-    def __init__(self, mapping: SourceMapping, window: int = WINDOW) -> None:
-        self.mapping, self.window = mapping, window
+    def __init__(self, mapping: SourceMapping, window: int | None = None) -> None:
+        self.mapping, self.window = mapping, window or WINDOW
         fields: dict[int, Field] = {}
         for rule in mapping.events:
             specs = [rule.when, *(spec for _, spec in rule.subjects), *rule.data]
