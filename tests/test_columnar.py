@@ -64,6 +64,7 @@ TRICKS = [
     "\r\n",  # blank
     "   \r\n",  # blanks only
     ",,,,,\r\n",  # every cell empty
+    ",,\r\n",  # every cell empty, and too few of them: blank, not refused
     'ck-q,2024-03-01T10:00:00Z,"https://shop.example/a,b",3,"say ""hi""",u-q\r\n',  # quotes as the rules allow
     'ck-m,2024-03-01,"https://shop.example/\r\nnext line",3,elec,u-m\r\n',  # a field over two lines
     'ck-bad,2024-03-01,https://shop.example/x"y,3,elec,u-b\r\n',  # a quote inside an unquoted field

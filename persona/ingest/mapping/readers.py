@@ -9,7 +9,7 @@ import io
 import itertools
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -225,7 +225,6 @@ def _parse_plain(text: str, width: int, delimiter: str) -> tuple[list[str], list
 def _plain_rows(lines: list[str], columns: list[list[Any]], header: list[str], delimiter: str, count: _Count
                 ) -> Iterator[Record | Row]:
     """The rows of a block of plain lines, as `_parse_plain` read them."""
-    width = len(header)
     marks = columns[-1]
     values = zip(*columns[:-1], strict=True)
     base = count.read
@@ -236,19 +235,11 @@ def _plain_rows(lines: list[str], columns: list[list[Any]], header: list[str], d
         if not line.strip():
             yield Record(number, raw, (), size=len(raw))
             continue
-        row = next(values)
-        mark = marks[at]
+        row: Sequence[str] = next(values)
+        if marks[at] != "\x01":  # too few or too many fields: the csv module says how many
+            row = next(csv.reader([line], delimiter=delimiter, strict=True))
         at += 1
-        if mark != "\x01":
-            found = len(next(csv.reader([line], delimiter=delimiter, strict=True)))
-            yield Record(number, raw, (), f"row: {found} columns where the header has {width}", size=len(raw))
-        elif not any(v.strip() for v in row):
-            yield Record(number, raw, (), size=len(raw))
-        else:
-            count.records += 1
-            out = dict(zip(header, row, strict=True))
-            out["_line"] = str(count.records)
-            yield number, raw, out, len(raw)
+        yield _csv_row(number, raw, row, header, count)
     count.read = base + len(lines)
 
 
@@ -298,14 +289,20 @@ def _classic_rows(text: io.TextIOWrapper, mapping: SourceMapping, count: _Count,
         elif any(_SURROGATE.search(v) for v in values):
             yield Record(number, raw, (), f"row: not valid {encoding} text (set `encoding` in the mapping)",
                          size=len(raw))
-        elif not any(v.strip() for v in values):
-            yield Record(number, raw, (), size=len(raw))
-        elif len(values) != len(header):
-            yield Record(number, raw, (), f"row: {len(values)} columns where the header has {len(header)}",
-                         size=len(raw))
         else:
-            count.records += 1
-            yield number, raw, dict(zip(header, values, strict=True)) | {"_line": str(count.records)}, len(raw)
+            yield _csv_row(number, raw, values, header, count)
+
+
+def _csv_row(number: int, raw: bytes, values: Sequence[str], header: list[str], count: _Count) -> Record | Row:
+    """A row's fields, however they were parsed: a blank row, a row of another width than the
+    header's (refused), or a row, numbered among the rows (its `_line`)."""
+    if not any(v.strip() for v in values):
+        return Record(number, raw, (), size=len(raw))
+    if len(values) != len(header):
+        return Record(number, raw, (), f"row: {len(values)} columns where the header has {len(header)}",
+                      size=len(raw))
+    count.records += 1
+    return number, raw, dict(zip(header, values, strict=True)) | {"_line": str(count.records)}, len(raw)
 
 
 class _WhitespaceReader:
