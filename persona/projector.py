@@ -68,7 +68,7 @@ class Projector:
     """One per open store (and thread)."""
 
     def __init__(self, persona: Persona, projections: Sequence[Projection[Any]] = PROJECTIONS,
-                 cache_limit: int = 20_000) -> None:
+                 cache_limit: int = 20_000, keep_dropped: bool = False) -> None:
         self.persona = persona
         self.projections = tuple(projections)
         self.snapshot_every = persona.settings.snapshot_every
@@ -76,6 +76,9 @@ class Projector:
         # version are read next time, and the key is checked on every use (erased: dropped).
         self._cache: dict[str, Current] = {}
         self._cache_limit = cache_limit
+        # an ingest's: a state dropped for room is snapshotted first when ahead of its snapshots
+        # (read back from one snapshot, not by replaying what it had folded)
+        self._keep_dropped = keep_dropped
 
     def _sealer(self, profile_id: str) -> tuple[int, Sealer]:
         rec = self.persona.recorder
@@ -206,20 +209,41 @@ class Projector:
 
     def _make_room(self, incoming: int) -> None:
         """Drop the states loaded longest ago (and a quarter more, so this runs rarely) when
-        `incoming` more would overflow the cache."""
+        `incoming` more would overflow the cache (snapshotted first, for a writer's projector)."""
         excess = len(self._cache) + incoming - self._cache_limit
         if excess > 0:
-            for profile_id in list(itertools.islice(self._cache, excess + self._cache_limit // 4)):
-                del self._cache[profile_id]
+            dropped = [self._cache.pop(pid) for pid in list(itertools.islice(self._cache,
+                                                                               excess + self._cache_limit // 4))]
+            if self._keep_dropped:
+                self._snapshot(dropped)
 
     def shrink(self) -> int:
         """Drop the older half of the cached states, and keep the cache that small from now on
-        (memory is short); how many were dropped. Dropped states are read again when needed."""
-        dropped = len(self._cache) // 2
-        for profile_id in list(itertools.islice(self._cache, dropped)):
-            del self._cache[profile_id]
+        (memory is short); how many were dropped (snapshotted first, for a writer's projector)."""
+        dropped = [self._cache.pop(pid) for pid in list(itertools.islice(self._cache, len(self._cache) // 2))]
+        if self._keep_dropped:
+            self._snapshot(dropped)
         self._cache_limit = max(1_000, min(self._cache_limit, len(self._cache)))
-        return dropped
+        return len(dropped)
+
+    def _snapshot(self, states: Sequence[Current]) -> None:
+        """Seal a snapshot of each of these states that is ahead of its last one (in one
+        transaction; never for a profile erased meanwhile: `put_snapshots` checks its key)."""
+        behind = [c for c in states if any(c.version > at for at in c.snapshot_versions.values())]
+        if not behind:
+            return
+        rec, log = self.persona.recorder, self.persona.log
+        with rec.transaction():
+            heads = rec.heads([c.profile_id for c in behind if c.sealer is None])
+            rows = []
+            for current in behind:
+                sealer, head = current.sealer, heads.get(current.profile_id)
+                if sealer is None and head is not None and head.wrapped is not None:
+                    sealer = log.sealer(current.profile_id, head)
+                if sealer is not None:
+                    rows.extend(self.snapshot_rows(current, sealer, force=True))
+            if rows:
+                rec.put_snapshots(rows)
 
     def forget(self, profile_id: str) -> None:
         """Drop a profile's cached states (it was erased by another connection)."""

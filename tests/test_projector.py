@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from persona import Persona, Settings
 from persona.erasure import erase_subject
 from persona.errors import ErasedError, UnknownProjectionError
+from persona.events import validate
 from persona.ingest import ingest_jsonl
 from persona.profiles import profile_view
 from persona.projections import ATTRIBUTES, FEATURES, BehaviorFeatures, replay
 from persona.projector import Projector, _aad, rebuild
-from tests.conftest import event, jsonl, record, store_bytes
+from tests.conftest import NOW, event, jsonl, record, store_bytes
 
 PEOPLE = [f"p{i}@example.com" for i in range(12)]
 
@@ -225,6 +226,52 @@ def test_a_full_cache_drops_the_states_used_longest_ago(persona: Persona) -> Non
     assert ids[0] in kept and ids[5] in kept and ids[1] not in kept and len(kept) <= 4
     for pid in ids:  # whatever was dropped is loaded again, the same
         assert projector.current(pid).version == 1
+
+
+def test_a_writers_projector_snapshots_what_it_drops_and_reads_it_back_the_same(persona: Persona) -> None:
+    """An ingest's projector (keep_dropped) seals a snapshot of each state it drops for room that
+    is ahead of its snapshots (never of a profile erased meanwhile), so that reading it back opens
+    one snapshot instead of replaying the log; a reader's projector writes nothing."""
+    records = history(240)
+    ingest(persona, records[:120], batch=120)
+    erased = persona.log.profile_for("email", PEOPLE[0])
+    ids = [erased, *sorted(set(persona.recorder.stream_ids()) - {erased})]  # cached first: dropped first
+    reader, writer = Projector(persona), Projector(persona, keep_dropped=True)
+    for projector in (reader, writer):
+        for pid in ids:
+            projector.current(pid)
+    appended = persona.log.append([validate(r, now=NOW, max_bytes=64 * 1024) for r in records[120:]], keep=True)
+    assert set(appended.streams) == set(ids)
+    for projector in (reader, writer):
+        projector.advance(appended.recorded)  # every state now ahead of its snapshots
+    erase_subject(persona, "email", PEOPLE[0])
+    before = snapshot_plaintexts(persona)
+    assert reader.shrink() == len(ids) // 2
+    assert snapshot_plaintexts(persona) == before  # a reader's projector never writes
+    held = {pid: (c.version, {p.name: orjson.dumps(p.dump(c.states[p.name]), option=orjson.OPT_SORT_KEYS)
+                              for p in (ATTRIBUTES, FEATURES)}) for pid, c in writer._cache.items()}
+    dropped = list(writer._cache)[: len(ids) // 2]
+    assert writer.shrink() == len(dropped) and not set(dropped) & set(writer._cache)
+    after = snapshot_plaintexts(persona)
+    assert not any(pid == erased for pid, _ in after)
+    for pid in dropped[1:]:
+        version, states = held[pid]
+        assert version == persona.log.info(pid).version
+        for p in (ATTRIBUTES, FEATURES):
+            assert after[(pid, p.name)] == (version, states[p.name])  # sealed at the version it had reached
+        assert dumps(persona, pid) == states  # and what replaying the whole log gives
+    reads: list[int] = []
+    original = persona.log.read
+
+    def read(pid: str, after_version: int = 0) -> Any:
+        reads.append(after_version)
+        return original(pid, after_version=after_version)
+
+    persona.log.read = read  # type: ignore[method-assign]
+    fresh = Projector(persona)
+    for pid in dropped[1:]:
+        assert fresh.stream_current(pid).version == held[pid][0]
+    assert reads == [held[pid][0] for pid in dropped[1:]]  # from the snapshot on: nothing left to replay
 
 
 @pytest.mark.sqlite_only  # PostgreSQL's pool runs threads, and a process with threads never forks

@@ -309,7 +309,7 @@ class _Run:
             persona.recorder.purge_quarantine(micros(self.now))
         self.batch: list[Event] = []
         self.total = AppendResult()
-        self.projector = Projector(persona, cache_limit=INGEST_CACHE)
+        self.projector = Projector(persona, cache_limit=INGEST_CACHE, keep_dropped=True)
         self.dirty: set[str] = set(persona.recorder.lagging_persons()) if catch_up else set()
         self.refreshed = time.monotonic()
         self.pause = REFRESH_EVERY_S  # between refreshes of a long file ingest
@@ -353,7 +353,7 @@ class _Run:
         self.dirty.clear()
         self.refreshed = time.monotonic()
         # a file touching many people spends at most a fifth of its time refreshing before its end
-        self.pause = max(REFRESH_EVERY_S, 4 * (self.refreshed - began))
+        self.pause = max(REFRESH_EVERY_S, 9 * (self.refreshed - began))
 
     def flush(self) -> None:
         if self.live:
