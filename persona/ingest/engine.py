@@ -28,7 +28,7 @@ QUARANTINE_BATCH = 1000
 INGEST_CACHE = 30_000  # streams whose states an ingest keeps in memory (≈3 KB each in the benchmark data)
 REFRESH_SLICE = 2_000  # profiles whose states a refresh of the index holds at once
 SNAPSHOT_AT_END = 8  # events: a stream this far past its snapshot gets a new one when an ingest ends
-REFRESH_EVERY_S = 5.0  # a long file ingest refreshes the index this often (or less: a fifth of its time)
+REFRESH_EVERY_S = 5.0  # a long file ingest refreshes the index this often (or less: a tenth of its time)
 STREAM_PAUSE_S = 0.2  # a live feed quiet for this long has what it sent committed and indexed
 
 
@@ -352,7 +352,7 @@ class _Run:
                                    snapshot_every=SNAPSHOT_AT_END if last else None, parallel=last and parallel)
         self.dirty.clear()
         self.refreshed = time.monotonic()
-        # a file touching many people spends at most a fifth of its time refreshing before its end
+        # a file touching many people spends at most a tenth of its time refreshing before its end
         self.pause = max(REFRESH_EVERY_S, 9 * (self.refreshed - began))
 
     def flush(self) -> None:
