@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from persona.projections import FEATURES, BehaviorConfig, BehaviorFeatures, replay
@@ -176,3 +176,22 @@ def test_combining_streams_equals_one_fold_of_all_their_events(chosen: list[int]
     combined = FEATURES.combine(states)
     assert orjson.dumps(FEATURES.view(combined, AS_OF)) == orjson.dumps(FEATURES.view(replay(FEATURES, events), AS_OF))
     assert [len(s) for s in states] == sizes  # the inputs are untouched
+
+
+@settings(max_examples=300, deadline=None)
+@example([-1, 0, 3_599_999_999, 3_600_000_000, 86_399_999_999, 86_400_000_000, -86_400_000_001])
+@given(st.lists(st.integers(min_value=-2_208_988_800_000_000, max_value=253_402_300_799_999_999), max_size=40))
+def test_hours_weekdays_and_active_days_agree_with_the_calendar(instants: list[int]) -> None:
+    """The activity histogram is counted from integer microseconds; it says what the calendar
+    says of each instant in UTC — before 1970, at the edge of an hour or a day, up to 9999."""
+    from datetime import timedelta
+
+    from persona.projections.behavior import _activity
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    moments = [epoch + timedelta(microseconds=us) for us in sorted(instants)]
+    got = _activity([(us, "e", "p") for us in sorted(instants)])
+    assert got["hour_of_day"] == [sum(1 for m in moments if m.hour == h) for h in range(24)]
+    assert got["day_of_week"] == [sum(1 for m in moments if m.weekday() == d) for d in range(7)]
+    assert got["active_days"] == len({m.date() for m in moments})
+    assert got["behavior_events"] == len(instants)

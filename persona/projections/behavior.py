@@ -26,6 +26,7 @@ from typing import Any
 from persona.events import RecordedEvent, micros, text_micros, utc_text
 
 DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
 Fact = tuple[Any, ...]  # (occurred µs, event id, kind, *fields): JSON-able, sortable
 
 # which purpose each group of features serves
@@ -38,6 +39,7 @@ PURPOSES: Mapping[str, str] = MappingProxyType({
     "affinity": "personalization",
     "conversion": "personalization",
 })
+_PURPOSE_NAMES = tuple(sorted(set(PURPOSES.values())))
 _GROUP = {"o": "orders", "r": "orders", "p": "browsing", "v": "browsing", "s": "browsing", "x": "social",
           "a": "app", "w": "reviews"}
 
@@ -124,8 +126,8 @@ class BehaviorFeatures:
         now = micros(as_of)
         facts = sorted((f for f in state if f[0] <= now), key=_order)
         allowed = _consented(facts)
-        used = {group: [f for f in facts if f[2] in kinds and allowed(PURPOSES[group], f)]
-                for group, kinds in _KINDS.items()}
+        granted = {purpose: [f for f in facts if allowed(purpose, f)] for purpose in _PURPOSE_NAMES}
+        used = {group: [f for f in granted[PURPOSES[group]] if f[2] in kinds] for group, kinds in _KINDS.items()}
         out: dict[str, Any] = {}
         out.update(_orders(used["orders"], now))
         out.update(_browsing(used["browsing"]))
@@ -340,11 +342,11 @@ def _activity(facts: list[Fact]) -> dict[str, Any]:
     hours = [0] * 24
     weekdays = [0] * 7
     days = set()
-    for f in facts:
-        moment = datetime.fromtimestamp(f[0] / 1_000_000, UTC)
-        hours[moment.hour] += 1
-        weekdays[moment.weekday()] += 1
-        days.add(moment.date())
+    for f in facts:  # in UTC, from the integer microseconds (exact, and no datetime per fact)
+        day, into = divmod(f[0], DAY_US)
+        hours[into // HOUR_US] += 1
+        weekdays[(day + 3) % 7] += 1  # 1 January 1970 was a Thursday: weekday() 3
+        days.add(day)
     return {
         "behavior_events": len(facts),
         "active_days": len(days),
