@@ -212,18 +212,20 @@ class Projector:
         `incoming` more would overflow the cache (snapshotted first, for a writer's projector)."""
         excess = len(self._cache) + incoming - self._cache_limit
         if excess > 0:
-            dropped = [self._cache.pop(pid) for pid in list(itertools.islice(self._cache,
-                                                                               excess + self._cache_limit // 4))]
-            if self._keep_dropped:
-                self._snapshot(dropped)
+            self._drop(excess + self._cache_limit // 4)
 
     def shrink(self) -> int:
         """Drop the older half of the cached states, and keep the cache that small from now on
         (memory is short); how many were dropped (snapshotted first, for a writer's projector)."""
-        dropped = [self._cache.pop(pid) for pid in list(itertools.islice(self._cache, len(self._cache) // 2))]
+        dropped = self._drop(len(self._cache) // 2)
+        self._cache_limit = max(1_000, min(self._cache_limit, len(self._cache)))
+        return dropped
+
+    def _drop(self, count: int) -> int:
+        """Drop the `count` states loaded longest ago (a writer's projector snapshots them first)."""
+        dropped = [self._cache.pop(pid) for pid in list(itertools.islice(self._cache, count))]
         if self._keep_dropped:
             self._snapshot(dropped)
-        self._cache_limit = max(1_000, min(self._cache_limit, len(self._cache)))
         return len(dropped)
 
     def _snapshot(self, states: Sequence[Current]) -> None:

@@ -192,6 +192,15 @@ class Design:
         t0 = time.perf_counter()
         seen = self.known([(no, key) for no, key, _, _ in batch])
         self.dup_seconds += time.perf_counter() - t0
+        fresh = self.fresh(batch, seen)
+        touched = self.write(fresh)
+        self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?",
+                              [(self.tips[no][0], self.tips[no][1], no) for no in touched])
+        self.conn.execute("COMMIT")
+
+    def fresh(self, batch: list[Event], seen: set[bytes]) -> list[Event]:
+        """The batch's events whose keys are neither stored (`seen`) nor earlier in the batch;
+        the rest counted as duplicates."""
         fresh, inbatch = [], set()
         for e in batch:
             if e[1] in seen or e[1] in inbatch:
@@ -199,10 +208,7 @@ class Design:
             else:
                 inbatch.add(e[1])
                 fresh.append(e)
-        touched = self.write(fresh)
-        self.conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?",
-                              [(self.tips[no][0], self.tips[no][1], no) for no in touched])
-        self.conn.execute("COMMIT")
+        return fresh
 
     def append_one(self, e: Event) -> None:
         """A live-feed append: its own transaction, the head read from the table (no cache)."""
@@ -533,13 +539,7 @@ class ChunkStore(Chunks):
         t1 = clock()
         self.dup_seconds += t1 - t0
         ph["check"] += t1 - t0
-        fresh, inbatch = [], set()
-        for e in batch:
-            if e[1] in seen or e[1] in inbatch:
-                self.duplicates += 1
-            else:
-                inbatch.add(e[1])
-                fresh.append(e)
+        fresh = self.fresh(batch, seen)
         touched = self.write(fresh)
         t2 = clock()
         self.heads(touched)
