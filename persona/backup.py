@@ -46,7 +46,7 @@ from persona.projector import rebuild
 from persona.settings import DB_NAME, STAGING, Settings
 from persona.store.base import BACKED_UP, Recorder
 from persona.store.copy import copy_store
-from persona.store.schema import SCHEMA_VERSION, UPGRADABLE  # a backup of format 1 is upgraded as it is staged
+from persona.store.schema import SCHEMA_VERSION, UPGRADABLE  # a backup of an earlier format is upgraded as it is staged
 from persona.store.sqlite import SQLiteRecorder, read_meta
 from persona.verify import verify
 
@@ -339,6 +339,6 @@ def _backup_meta(source: Path) -> dict[str, str]:
         meta = read_meta(source)
     except StoreError as e:
         raise ConfigurationError("the file is not a persona backup") from e
-    if meta.get("schema_version") not in (SCHEMA_VERSION, UPGRADABLE) or "backup_taken_at" not in meta:
+    if meta.get("schema_version") not in (SCHEMA_VERSION, *UPGRADABLE) or "backup_taken_at" not in meta:
         raise ConfigurationError("the file is not a persona backup")
     return meta

@@ -9,6 +9,7 @@ recomputed: checking a tag is one HMAC per row, recomputing them would replay ev
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from persona.errors import PersonaError, TamperError, UndecodableValueError, Unf
 from persona.eventlog import aad_prefixes, chain_hash, chunk_aad, chunk_place, genesis, open_bodies
 from persona.integrity import TAGGED
 from persona.store.base import KEY_SIZE, TABLES, TAG, Head, StoredChunk
+from persona.store.keyset import generation_of
 
 
 @dataclass
@@ -84,14 +86,17 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
         return TamperError(f"{where}: {why}", position=row.position)
 
     seen: set[str] = set()
-    pending: list[tuple[StoredChunk, bytes]] = []  # chunks' keys, checked against the key set in batches
+    # chunks' keys by their generation of the key set, checked against it in batches
+    pending: dict[int, list[tuple[StoredChunk, bytes]]] = defaultdict(list)
+    per_generation: Counter[int] = Counter()  # events at each generation's positions
 
     def keys_recorded() -> None:
-        found = rec.existing_event_keys([key for _, key in pending])
-        for row, key in pending:
-            if key not in found:
-                raise bad(row, "an event's key is missing from the log's key set (the idempotency record was"
-                               " altered)")
+        for generation, keyed in pending.items():
+            found = rec.keys_in(generation, [key for _, key in keyed])
+            for row, key in keyed:
+                if key not in found:
+                    raise bad(row, "an event's key is missing from the log's key set (the idempotency record was"
+                                   " altered)")
         pending.clear()
 
     for row in rec.scan_chains():
@@ -125,8 +130,11 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
             report.opened += row.size
         version, last_position = row.last_version, row.last_position
         report.events += row.size
-        pending.extend((row, bytes(row.keys[n : n + KEY_SIZE])) for n in range(0, len(row.keys), KEY_SIZE))
-        if len(pending) >= KEY_CHECK_BATCH:
+        for n in range(row.size):
+            generation = generation_of(row.position + n)
+            pending[generation].append((row, bytes(row.keys[n * KEY_SIZE : (n + 1) * KEY_SIZE])))
+            per_generation[generation] += 1
+        if sum(map(len, pending.values())) >= KEY_CHECK_BATCH:
             keys_recorded()
         if progress is not None and report.events // 10_000 != (report.events - row.size) // 10_000:
             progress(10_000)
@@ -141,6 +149,7 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
     if recorded != report.events:
         raise TamperError(f"the log's key set holds {recorded} keys for {report.events} events: keys were added"
                           " or removed")
+    _raise_first(rec.key_set_problems(per_generation))
     for sid, head in heads.items():
         if head.version and sid not in seen:
             raise TamperError(f"stream {sid} has a head at version {head.version} but no events")

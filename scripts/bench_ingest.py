@@ -85,6 +85,7 @@ def writer_floor(root: Path, env: dict[str, str], batch: int = 20_000) -> dict[s
     store with persona's schema and pragmas (random keys: nothing here is kept)."""
     from persona.core import Persona
     from persona.settings import Settings
+    from persona.store.keyset import generation_of
 
     with Persona.open(Settings.load(root, env=env)) as source:
         # (stream, subject reference — a stand-in identifier of the same size, kind, id, source, time, data)
@@ -145,15 +146,15 @@ def writer_floor(root: Path, env: dict[str, str], batch: int = 20_000) -> dict[s
             link.update(b"".join((tip[2], aad, stamp, payload)))
             tip[1], tip[2] = last, link.digest()
             rows.append((position + 1, tip[0], first, last, recorded, kinds, key_bytes, payload, tip[2]))
+            keys.extend((generation_of(position + 1 + n), k) for n, (k, _, _) in enumerate(its))  # (format 3)
             position += len(its)
-            keys.extend(k for k, _, _ in its)
         conn.executemany("INSERT INTO streams (stream_no, stream_id, version, head, created_at)"
                          " VALUES (?, ?, ?, ?, ?)", new_streams)
         conn.executemany("INSERT INTO keys (profile_id, kek_version, wrapped) VALUES (?, ?, ?)", new_keys)
         conn.executemany("INSERT INTO links (subject_hash, profile_id, namespace, created_at) VALUES (?, ?, ?, ?)",
                          new_links)
         keys.sort()
-        conn.executemany("INSERT INTO event_keys (event_key) VALUES (?)", [(k,) for k in keys])
+        conn.executemany("INSERT INTO event_keys (generation, event_key) VALUES (?, ?)", keys)
         conn.executemany("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types,"
                          " keys, payload, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         conn.executemany("UPDATE streams SET version = ?, head = ? WHERE stream_no = ?",

@@ -105,7 +105,7 @@ def test_a_writer_that_skips_the_lock_still_cannot_store_a_version_or_an_event_t
     with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream"):  # version 2 skipped
         raw_execute(persona, copy.format(shift=2))
     with pytest.raises(psycopg.errors.UniqueViolation):  # the same event id again
-        raw_execute(persona, "INSERT INTO event_keys SELECT keys FROM chunks LIMIT 1")
+        raw_execute(persona, "INSERT INTO event_keys SELECT 0, keys FROM chunks LIMIT 1")
     assert persona.recorder.counts()["events"] == 1
 
 

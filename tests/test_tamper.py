@@ -399,7 +399,7 @@ KEY_SET = {  # what is done to event_keys, and what verify says
     "a key deleted": ("DELETE FROM event_keys WHERE event_key = :key", "missing from the log's key set"),
     "a key replaced": ("UPDATE event_keys SET event_key = randomblob(16) WHERE event_key = :key",
                        "missing from the log's key set"),  # as many keys as events
-    "a key added": ("INSERT INTO event_keys (event_key) VALUES (randomblob(16))",
+    "a key added": ("INSERT INTO event_keys (generation, event_key) VALUES (0, randomblob(16))",
                     "the log's key set holds 9 keys for 8 events"),
 }
 
@@ -533,7 +533,7 @@ def test_a_forged_row_appended_without_moving_the_head_is_detected(store: Store)
             " recorded_at, types, ?, payload, hash FROM chunks WHERE position = ?",
             (key, last.position),
         )
-        conn.execute("INSERT INTO event_keys (event_key) VALUES (?)", (key,))  # the key set agrees with the log
+        conn.execute("INSERT INTO event_keys (generation, event_key) VALUES (0, ?)", (key,))  # the key set agrees
     error = verify_fails(store)
     assert f"stream {last.stream_id}" in str(error) and "version 4" in str(error)
     assert "hash chain broken" in str(error)

@@ -358,7 +358,7 @@ def test_a_forged_row_appended_without_moving_the_head_is_detected(store: Store)
         conn.execute(
             f"INSERT INTO chunks ({CHUNK}) SELECT (SELECT max(position) + 1 FROM chunks), stream_no, 4, 4,"
             " recorded_at, types, %s, payload, hash FROM chunks WHERE position = %s", (key, last.position))
-        conn.execute("INSERT INTO event_keys (event_key) VALUES (%s)", (key,))  # the key set agrees with the log
+        conn.execute("INSERT INTO event_keys (generation, event_key) VALUES (0, %s)", (key,))  # the key set agrees
     error = verify_fails(store)
     assert f"stream {last.stream_id}" in str(error) and "version 4" in str(error)
     assert "hash chain broken" in str(error)

@@ -76,7 +76,15 @@ from persona.store.postgres_pool import (
     without_password,
 )
 from persona.store.postgres_purge import PostgresPurge
-from persona.store.postgres_schema import DROP, PARTITIONS, SCHEMA, TRIGGER_NAMES, TRIGGERS_PRESENT, UPGRADE_LOG
+from persona.store.postgres_schema import (
+    DROP,
+    PARTITIONS,
+    SCHEMA,
+    TRIGGER_NAMES,
+    TRIGGERS_PRESENT,
+    UPGRADE_KEYS,
+    UPGRADE_LOG,
+)
 from persona.store.rows import RowTagger, StoredChunk
 from persona.store.schema import (
     ADOPTED,
@@ -120,7 +128,8 @@ _LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + "
                 + ", ".join(f"{c} = excluded.{c}" for c in TABLES["api_tokens"][1:]))
 
 # the order a dump reads each table in (its key); others by their first column
-_KEY_OF = {"chunks": ("position",), "quarantine_tags": ("quarantine_id", "subject_hash"),
+_KEY_OF = {"chunks": ("position",), "event_keys": ("generation", "event_key"),
+           "quarantine_tags": ("quarantine_id", "subject_hash"),
            "snapshots": ("profile_id", "projection"), "model_people": ("profile_id", "name", "version"),
            "predictions": ("profile_id", "model"), "models": ("name", "version")}
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
@@ -193,17 +202,23 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
         conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{self.busy_timeout_ms}ms",))
 
     def _check_version(self) -> None:
-        """Refuse a store of another layout; upgrade one of format 1 in place (schema.UPGRADABLE)."""
-        if self.get_meta("schema_version") == UPGRADABLE:
+        """Refuse a store of another layout; upgrade one of an earlier format in place, one format
+        after the other (schema.UPGRADABLE; SQLiteSchema._upgrade_log says what each step does)."""
+        if self.get_meta("schema_version") in UPGRADABLE:
             self._upgrade()  # first the columns a release before added (the upgrade writes tagged meta rows)
             with self.conn.transaction():
                 self._lock()
-                if self.get_meta("schema_version") == UPGRADABLE:  # not upgraded meanwhile by another process
+                found = self.get_meta("schema_version")
+                if found in UPGRADABLE:  # not upgraded meanwhile by another process
                     events = int(self._value("SELECT count(*) FROM event_keys"))
                     log.warning("upgrading the store's event log to format %s (%d events): once, in place",
                                 SCHEMA_VERSION, events)
-                    for statement in UPGRADE_LOG:
+                    for statement in (*(UPGRADE_LOG if found == "1" else ()), *UPGRADE_KEYS):
                         self.conn.execute(statement)
+                    keys = self._key_set_from_log()
+                    if keys != events:
+                        log.warning("the key set held %d keys for %d events; it was made anew from the log",
+                                    events, keys)
                     self.set_meta("schema_version", SCHEMA_VERSION)
                     self.upgraded = True
         if self.get_meta("schema_version") != SCHEMA_VERSION:
@@ -409,15 +424,13 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value, tag = NULL", (key, value))
 
     # -- events --------------------------------------------------------------------------
-    def _insert_log(self, keys: Sequence[bytes], rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
         # by COPY, the keys first: their table refuses an event id already in the log
         conn = self.conn
         try:
             # a savepoint: the caller's transaction survives a refusal
             with conn.transaction(), conn.cursor() as cur:
-                with cur.copy("COPY event_keys (event_key) FROM STDIN") as copy:
-                    for key in keys:
-                        copy.write_row((key,))
+                self._insert_keys(keys)
                 with cur.copy("COPY chunks (position, stream_no, first_version, last_version, recorded_at, types, keys,"
                               " payload, hash) FROM STDIN") as copy:
                     for row in rows:
@@ -427,6 +440,11 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
                 raise DuplicateEventError("an event id is already in the log") from None
             raise ConcurrencyError.unseen() from None
         self._appended = True  # announced at COMMIT; listeners read the new position themselves
+
+    def _insert_keys(self, keys: Sequence[tuple[int, bytes]]) -> None:
+        with self.conn.cursor() as cur, cur.copy("COPY event_keys (generation, event_key) FROM STDIN") as copy:
+            for key in keys:
+                copy.write_row(key)
 
     def scan_chains(self) -> Iterator[StoredChunk]:
         """Every event, stream by stream, in pages: no cursor or transaction is held between them."""

@@ -4,6 +4,7 @@ sqlite-utils (persona.store.sqlite_schema)."""
 
 from __future__ import annotations
 
+from persona.store.keyset import FILTER_BITS
 from persona.store.rows import CHUNK_CAP, KEY_SIZE
 from persona.store.schema import COLUMNS_ADDED, TABLES, UNTAGGED_INDEXES
 
@@ -43,8 +44,36 @@ LOG_TRIGGERS = (
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION"
       " persona_refuse()" for table in ("chunks", *(f"chunks_p{i}" for i in range(PARTITIONS)))),
 )
+# The key set in generations (persona.store.keyset): keys go only to generations not sealed yet
+# (checked once per statement, over the rows it inserted); a generation is sealed in order, by a
+# filter that counts its keys; neither table is ever updated, deleted from or truncated.
+KEY_SET = (
+    "CREATE TABLE event_keys (generation integer NOT NULL, event_key bytea NOT NULL,"
+    " PRIMARY KEY (generation, event_key))",
+    "CREATE TABLE key_filters (generation integer PRIMARY KEY, keys integer NOT NULL, bits bytea NOT NULL)",
+    "CREATE FUNCTION persona_keys_go_to_open_generations() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " IF EXISTS (SELECT 1 FROM new_keys k WHERE k.generation <= (SELECT coalesce(max(f.generation), -1)"
+    f" FROM key_filters f) OR length(k.event_key) <> {KEY_SIZE}) THEN"
+    " RAISE EXCEPTION 'persona: a sealed generation of event keys takes no more keys (refused)'"
+    " USING ERRCODE = 'insufficient_privilege'; END IF; RETURN NULL; END $$",
+    "CREATE TRIGGER event_keys_go_to_open_generations AFTER INSERT ON event_keys REFERENCING NEW TABLE AS new_keys"
+    " FOR EACH STATEMENT EXECUTE FUNCTION persona_keys_go_to_open_generations()",
+    "CREATE FUNCTION persona_seal_in_order() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    " IF NEW.generation <> (SELECT coalesce(max(f.generation), -1) + 1 FROM key_filters f)"
+    " OR NEW.keys <> (SELECT count(*) FROM event_keys k WHERE k.generation = NEW.generation)"
+    f" OR length(NEW.bits) <> {FILTER_BITS // 8} THEN"
+    " RAISE EXCEPTION 'persona: generations are sealed in order, each filter over its keys (refused)'"
+    " USING ERRCODE = 'insufficient_privilege'; END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER key_filters_seal_in_order BEFORE INSERT ON key_filters FOR EACH ROW"
+    " EXECUTE FUNCTION persona_seal_in_order()",
+    *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+      " FOR EACH ROW EXECUTE FUNCTION persona_refuse()" for table in ("event_keys", "key_filters")),
+    *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+      " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()" for table in ("event_keys", "key_filters")),
+)
 # A store of format 1 (one row per event) becomes one of chunks (schema.UPGRADABLE): each event a
-# chunk of one, its columns as they are; its keys are in event_keys already.
+# chunk of one, its columns as they are. Then (format 2 too) the key set is made anew in generations
+# (PostgresRecorder._check_version: filled from the chunks, the passed generations sealed).
 UPGRADE_LOG = (
     *LOG_TABLES,
     "INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types, keys, payload, hash)"
@@ -53,12 +82,12 @@ UPGRADE_LOG = (
     "DROP SEQUENCE events_position_seq",
     *LOG_TRIGGERS,
 )
+UPGRADE_KEYS = ("DROP TABLE event_keys", *KEY_SET)
 SCHEMA = [
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
     "INSERT INTO persona_clock (n) VALUES (0)",
     *LOG_TABLES,
-    "CREATE TABLE event_keys (event_key bytea PRIMARY KEY)",
     f"CREATE TABLE streams (stream_no bigserial PRIMARY KEY, stream_id {_ID} NOT NULL UNIQUE,"
     " version integer NOT NULL, head bytea NOT NULL, created_at bigint NOT NULL)",
     f"CREATE TABLE keys (profile_id {_ID} PRIMARY KEY, kek_version integer NOT NULL, wrapped bytea NOT NULL)",
@@ -108,11 +137,12 @@ SCHEMA = [
     " USING ERRCODE = 'insufficient_privilege'; END $$",
     *(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
       " FOR EACH ROW EXECUTE FUNCTION persona_refuse()"
-      for table in ("event_keys", "tombstones", "audit")),
+      for table in ("tombstones", "audit")),
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
       " FOR EACH STATEMENT EXECUTE FUNCTION persona_refuse()"
-      for table in ("event_keys", "tombstones", "audit")),
+      for table in ("tombstones", "audit")),
     *LOG_TRIGGERS,
+    *KEY_SET,
 ]
 
 # the row tags (persona.integrity), as the additive migration adds them to an older store
@@ -126,5 +156,6 @@ TRIGGERS_PRESENT = ("SELECT t.tgname, t.tgenabled FROM pg_trigger t JOIN pg_clas
 
 DROP = (
     "DROP TABLE " + ", ".join(["persona_clock", *TABLES]),
-    "DROP FUNCTION persona_refuse(), persona_chunk_continues()",
+    "DROP FUNCTION persona_refuse(), persona_chunk_continues(), persona_keys_go_to_open_generations(),"
+    " persona_seal_in_order()",
 )

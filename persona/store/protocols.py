@@ -9,7 +9,7 @@ ConcurrencyError, anything else the database refuses a StoreError (persona.error
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -60,7 +60,17 @@ class EventLog(Protocol):
     (rows.StoredChunk), and the set of every event's idempotency key. Streams are named by their
     number (Head.no) where the caller holds it."""
 
-    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]: ...
+    def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of these keys are in the log's key set, in any generation (persona.store.keyset)."""
+        ...
+    def keys_in(self, generation: int, keys: Sequence[bytes]) -> set[bytes]:
+        """Which of these keys one generation of the key set holds."""
+        ...
+    def key_set_problems(self, events_per_generation: Mapping[int, int]) -> list[str]:
+        """What is wrong with the key set (for verify): each generation must hold as many keys as
+        its positions hold events, no key may be in two, the generations the log has passed must be
+        sealed, and each filter must be the one its keys make."""
+        ...
     def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
         """Append chunks (rows.ChunkRow) at the next positions, in order, and their events' keys;
         returns the first chunk's position. DuplicateEventError if a key is in the log already;

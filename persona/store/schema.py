@@ -4,10 +4,11 @@ row tag covers (persona.integrity computes the tags; the store only keeps them).
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "2"  # meta `schema_version`: a store made by another layout is refused…
-# …but one: a store of format 1 (one row per event) is upgraded in place when it is opened
-# (each event becomes a chunk of one, sealed as it was: no key is needed, nothing is re-sealed).
-UPGRADABLE = "1"
+SCHEMA_VERSION = "3"  # meta `schema_version`: a store made by another layout is refused…
+# …but those of earlier formats, upgraded in place when opened, one format after the other: format 1
+# (one row per event) to 2 (chunks: each event becomes a chunk of one, sealed as it was, so no key
+# is needed and nothing is re-sealed), format 2 to 3 (the key set in generations, persona.store.keyset).
+UPGRADABLE = ("1", "2")
 
 # Additions to a store made by an earlier release, applied when it is opened (each backend
 # adds what is missing under its write lock, then records the revision in `meta`):
@@ -32,10 +33,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "meta": ("key", "value"),
     "streams": ("stream_no", "stream_id", "version", "head", "created_at"),
     # the log: one row per chunk (a stream's consecutive events, sealed together), and the set of
-    # every event's idempotency key, never deleted from (erasure included)
+    # every event's idempotency key, never deleted from (erasure included), in generations
     "chunks": ("position", "stream_no", "first_version", "last_version", "recorded_at", "types", "keys", "payload",
                "hash"),
-    "event_keys": ("event_key",),
+    "event_keys": ("generation", "event_key"),
+    "key_filters": ("generation", "keys", "bits"),  # a sealed generation of event_keys: its Bloom filter
     "keys": ("profile_id", "kek_version", "wrapped"),
     "system_keys": ("name", "kek_version", "wrapped"),
     "links": ("subject_hash", "profile_id", "namespace", "created_at"),
@@ -62,7 +64,7 @@ TABLES: dict[str, tuple[str, ...]] = {
 # Every table but the log carries `tag`, a keyed hash of its row (persona.integrity), carried by
 # copies like any column: a backup or migrated store checks out with the same key file.
 TAG = "tag"
-LOG = ("chunks", "event_keys")  # sealed and chained, or keyed hashes: no row tag
+LOG = ("chunks", "event_keys", "key_filters")  # sealed and chained, keyed hashes, or their filters: no row tag
 TABLES = {table: columns + ((TAG,) if table not in LOG else ()) for table, columns in TABLES.items()}
 
 READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")

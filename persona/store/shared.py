@@ -7,11 +7,12 @@ method is on its protocol (persona.store.protocols)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
-from persona.errors import ConfigurationError
+from persona.errors import ConfigurationError, DuplicateEventError
+from persona.store.keyset import KeyFilter, generation_of, sealed_by
 from persona.store.rows import (
     KEY_SIZE,
     ChunkRow,
@@ -36,6 +37,9 @@ class SQLRecorder:
     sql: ClassVar[Statements]
     tagger: RowTagger | None
     _depth: int
+    # the sealed generations' key filters, in generation order, as committed (None: not read yet,
+    # or forgotten when a transaction rolled back: it may have sealed one that never was)
+    _key_filters: list[KeyFilter] | None = None
 
     # -- what each backend gives -------------------------------------------------------
     def _bind(self, sql: str, params: Sequence[Any]) -> tuple[str, Sequence[Any]]:
@@ -91,8 +95,12 @@ class SQLRecorder:
             finally:
                 self._depth -= 1
             return
-        with self._outermost(durable):
-            yield
+        try:
+            with self._outermost(durable):
+                yield
+        except BaseException:
+            self._key_filters = None
+            raise
 
     def in_transaction(self) -> bool:
         return self._depth > 0
@@ -109,27 +117,126 @@ class SQLRecorder:
 
     # events
     def existing_event_keys(self, keys: Sequence[bytes]) -> set[bytes]:
-        return {bytes(key) for key in self._column(self.sql.existing_keys, keys)}
+        keys = [bytes(key) for key in keys]
+        filters = self._sealed_filters()
+        found: set[bytes] = set()
+        for g in range(len(filters), generation_of(self.last_position()) + 1):  # the open one(s): exactly
+            found |= self.keys_in(g, keys)
+        for g, key_filter in enumerate(filters):  # the sealed ones: exactly only where the filter may hold it
+            found |= self.keys_in(g, [keys[n] for n in key_filter.maybe(keys)])
+        return found
+
+    def keys_in(self, generation: int, keys: Sequence[bytes]) -> set[bytes]:
+        return {bytes(key) for part in self._chunks(keys)
+                for (key,) in self._all(self.sql.keys_in_generation, (generation, part))}
+
+    def key_set_problems(self, events_per_generation: Mapping[int, int]) -> list[str]:
+        """What is wrong with the key set, given how many events each generation's positions hold."""
+        sizes: dict[int, int] = {int(g): int(n) for g, n in self._all(self.sql.generation_sizes)}
+        problems = [f"generation {g} of the key set holds {sizes.get(g, 0)} keys for {n} events"
+                    for g, n in sorted(events_per_generation.items()) if sizes.get(g, 0) != n]
+        problems += [f"generation {g} of the key set holds {n} keys of no event" for g, n in sorted(sizes.items())
+                     if g not in events_per_generation]
+        repeated = self._one(self.sql.repeated_keys)
+        if repeated and repeated[0]:
+            problems.append(f"{repeated[0]} event key(s) are in more than one generation of the key set")
+        filters = self._all(self.sql.key_filter_rows)
+        sealed = sealed_by(self.last_position())
+        if len(filters) != sealed:
+            problems.append(f"{len(filters)} generation(s) of the key set are sealed where the log has passed {sealed}")
+        for g, keys, bits in filters:
+            counted = [0]
+            if bytes(bits) != KeyFilter.build(self._generation_pages(g, counted)).bits or counted[0] != keys:
+                problems.append(f"the filter of generation {g} of the key set does not match its keys")
+        return problems
+
+    def _sealed_filters(self) -> list[KeyFilter]:
+        """The sealed generations' filters: those sealed since the last call are read (filters are
+        never changed, so the ones read stay right)."""
+        filters = self._key_filters if self._key_filters is not None else []
+        for _, bits in self._all(self.sql.key_filters_from, (len(filters),)):
+            filters.append(KeyFilter(bytes(bits)))
+        self._key_filters = filters
+        return filters
+
+    def _seal(self, generation: int) -> None:
+        """Seal a generation the log has passed: its filter built from its keys and stored (the
+        database then refuses any key into it)."""
+        counted = [0]
+        key_filter = KeyFilter.build(self._generation_pages(generation, counted))
+        self._run(self.sql.seal_generation, (generation, counted[0], key_filter.bits))
+        self._sealed_filters()
+
+    def _generation_pages(self, generation: int, counted: list[int]) -> Iterator[bytes]:
+        """A generation's keys in key order, a page at a time, each page one concatenation (a
+        million keys as objects would take 100 MB); counted[0] adds up the keys."""
+        after = b""
+        while page := [bytes(key) for (key,) in self._all(self.sql.generation_keys, (generation, after, 65_536))]:
+            counted[0] += len(page)
+            after = page[-1]
+            yield b"".join(page)
 
     def last_position(self) -> int:
         row = self._one(self.sql.last_position)
         return int(row[0]) if row else 0
 
     def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
-        start = position = self.last_position() + 1  # under the write lock: no one else appends
+        last = self.last_position()  # under the write lock: no one else appends
+        start = position = last + 1
         placed = []
         for row in rows:
             placed.append((position, *row))
             position += row[2] - row[1] + 1
-        if placed:
-            keys = sorted(row[5][n : n + KEY_SIZE] for row in rows for n in range(0, len(row[5]), KEY_SIZE))
-            self._insert_log(keys, placed)
+        if not placed:
+            return start
+        filters = self._sealed_filters()
+        while len(filters) < sealed_by(last):  # (a store is never left so: sealing is part of an append)
+            self._seal(len(filters))
+        keyed = sorted((generation_of(at + n // KEY_SIZE), keys[n : n + KEY_SIZE])  # an event's key: by its position
+                       for (at, *_), (*_, keys, _, _) in zip(placed, rows, strict=True)
+                       for n in range(0, len(keys), KEY_SIZE))
+        self._refuse_known(keyed, generation_of(last))
+        self._insert_log(keyed, placed)
+        for generation in range(len(filters), sealed_by(position - 1)):
+            self._seal(generation)
         return start
 
-    def _insert_log(self, keys: Sequence[bytes], rows: Sequence[tuple[Any, ...]]) -> None:
-        """Add the event keys (sorted) and the chunks (their positions given): DuplicateEventError
-        if a key is already in the log, ConcurrencyError if the database refuses a chunk."""
+    def _refuse_known(self, keyed: Sequence[tuple[int, bytes]], open_generation: int) -> None:
+        """DuplicateEventError if a key is in the log already where the database would not refuse
+        it: in a sealed generation (its filter first, then exactly), or in the open generation
+        when the key goes to the next one (an append that crosses a generation's end)."""
+        keys = [key for _, key in keyed]
+        for g, key_filter in enumerate(self._sealed_filters()):
+            if self.keys_in(g, [keys[n] for n in key_filter.maybe(keys)]):
+                raise DuplicateEventError("an event id is already in the log")
+        later = [key for g, key in keyed if g > open_generation]
+        if later and self.keys_in(open_generation, later):
+            raise DuplicateEventError("an event id is already in the log")
+
+    def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Add the event keys ((generation, key), sorted) and the chunks (their positions given):
+        DuplicateEventError if the database refuses a key, ConcurrencyError if it refuses a chunk."""
         raise NotImplementedError
+
+    def _insert_keys(self, keys: Sequence[tuple[int, bytes]]) -> None:
+        """Add event keys ((generation, key)) to the key set, as they are."""
+        raise NotImplementedError
+
+    def _key_set_from_log(self) -> int:
+        """Fill an empty key set from the chunks' own key lists (bound into each chunk's seal and
+        chain), then seal every generation the log has passed: upgrading a store to format 3.
+        Returns how many keys it holds."""
+        after, total = 0, 0
+        while page := self.read_log(after, 5_000):
+            keyed = sorted((generation_of(position + n // KEY_SIZE), bytes(keys[n : n + KEY_SIZE]))
+                           for position, _, _, _, _, _, keys, _ in page for n in range(0, len(keys), KEY_SIZE))
+            self._insert_keys(keyed)
+            total += len(keyed)
+            position, _, first, last, *_ = page[-1]
+            after = position + last - first
+        for generation in range(len(self._sealed_filters()), sealed_by(after)):
+            self._seal(generation)
+        return total
 
     def overlapping_chunks(self) -> int:
         row = self._one(self.sql.overlapping)

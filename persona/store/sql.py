@@ -50,7 +50,17 @@ def privacy_charge(name: str, epsilon: float, delta: float) -> tuple[float, floa
 @dataclass(frozen=True, slots=True)
 class Statements:
     # the log
-    existing_keys: str = "SELECT event_key FROM event_keys WHERE event_key {bytea}"
+    # the key set in generations (persona.store.keyset)
+    keys_in_generation: str = "SELECT event_key FROM event_keys WHERE generation = {p} AND event_key {bytea}"
+    generation_keys: str = ("SELECT event_key FROM event_keys WHERE generation = {p} AND event_key > {p}"
+                            " ORDER BY event_key LIMIT {p}")
+    key_filters_from: str = "SELECT generation, bits FROM key_filters WHERE generation >= {p} ORDER BY generation"
+    sealed_generations: str = "SELECT count(*) FROM key_filters"
+    seal_generation: str = "INSERT INTO key_filters (generation, keys, bits) VALUES ({p}, {p}, {p})"
+    key_filter_rows: str = "SELECT generation, keys, bits FROM key_filters ORDER BY generation"
+    generation_sizes: str = "SELECT generation, count(*) FROM event_keys GROUP BY generation ORDER BY generation"
+    repeated_keys: str = ("SELECT count(*) FROM (SELECT event_key FROM event_keys GROUP BY event_key"
+                          " HAVING count(*) > 1) r")
     last_position: str = "SELECT " + LAST_POSITION + " FROM chunks c ORDER BY c.position DESC LIMIT 1"
     read_stream: str = CHUNK_SELECT + " WHERE s.stream_id = {p} AND c.last_version > {p} ORDER BY c.last_version"
     read_streams: str = CHUNK_SELECT + " WHERE c.stream_no {bigint} ORDER BY c.stream_no, c.last_version"

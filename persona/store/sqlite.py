@@ -127,7 +127,7 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         self._set_busy_timeout(self.busy_timeout_ms)
         if create:
             self._create_schema()
-        elif self.get_meta("schema_version") == schema.UPGRADABLE:
+        elif self.get_meta("schema_version") in schema.UPGRADABLE:
             self._upgrade_log()
         elif self.get_meta("schema_version") != schema.SCHEMA_VERSION:
             raise ConfigurationError("the database was not made by this version of persona")
@@ -269,9 +269,9 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         )
 
     # -- events --------------------------------------------------------------------------
-    def _insert_log(self, keys: Sequence[bytes], rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
         try:
-            self.conn.executemany("INSERT INTO event_keys (event_key) VALUES (?)", [(key,) for key in keys])
+            self._insert_keys(keys)
         except sqlite3.IntegrityError as e:
             raise DuplicateEventError("an event id is already in the log") from e
         try:
@@ -282,6 +282,9 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
             )
         except sqlite3.IntegrityError as e:
             raise ConcurrencyError.unseen() from e
+
+    def _insert_keys(self, keys: Sequence[tuple[int, bytes]]) -> None:
+        self.conn.executemany("INSERT INTO event_keys (generation, event_key) VALUES (?, ?)", keys)
 
     def scan_chains(self) -> Iterator[StoredChunk]:
         cursor = self.conn.execute(_SCAN_CHAINS)
@@ -414,7 +417,7 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
 
     def dump(self, table: str) -> Iterator[list[tuple[object, ...]]]:
         columns = schema.TABLES[table]  # a KeyError for anything else: names are never taken from input
-        order = "event_key" if table == "event_keys" else "rowid"  # (a WITHOUT ROWID table)
+        order = "generation, event_key" if table == "event_keys" else "rowid"  # (a WITHOUT ROWID table)
         cursor = self.conn.execute("SELECT " + ", ".join(columns) + " FROM [" + table + "] ORDER BY " + order)
         while page := cursor.fetchmany(5_000):
             yield page

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from persona.store import schema
+from persona.store.keyset import FILTER_BITS
 from persona.store.rows import CHUNK_CAP, KEY_SIZE
 
 log = logging.getLogger("persona.store")
@@ -22,13 +23,16 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'persona: the audit log is append-only (DELETE refused)'); END;
 """
 
-# The log (schema.TABLES "chunks" and "event_keys"): a chunk's rowid is its first event's position.
+# The log (schema.TABLES "chunks", "event_keys", "key_filters"): a chunk's rowid is its first event's
+# position; the key set is in generations (persona.store.keyset), each sealed one with its filter.
 LOG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (position INTEGER PRIMARY KEY, stream_no INTEGER NOT NULL,
 first_version INTEGER NOT NULL, last_version INTEGER NOT NULL, recorded_at INTEGER NOT NULL, types TEXT NOT NULL,
 keys BLOB NOT NULL, payload BLOB NOT NULL, hash BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS chunks_stream ON chunks (stream_no, last_version);
-CREATE TABLE IF NOT EXISTS event_keys (event_key BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS event_keys (generation INTEGER NOT NULL, event_key BLOB NOT NULL,
+PRIMARY KEY (generation, event_key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_filters (generation INTEGER PRIMARY KEY, keys INTEGER NOT NULL, bits BLOB NOT NULL);
 """
 
 # Append-only, gapless, in the file: a chunk continues its stream (first version = the stream's
@@ -48,6 +52,18 @@ CREATE TRIGGER IF NOT EXISTS chunks_are_append_only_update BEFORE UPDATE ON chun
 BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (UPDATE refused)'); END;
 CREATE TRIGGER IF NOT EXISTS chunks_are_append_only_delete BEFORE DELETE ON chunks
 BEGIN SELECT RAISE(ABORT, 'persona: events are append-only (DELETE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS event_keys_go_to_open_generations BEFORE INSERT ON event_keys
+WHEN NEW.generation <= coalesce((SELECT max(generation) FROM key_filters), -1) OR length(NEW.event_key) != {KEY_SIZE}
+BEGIN SELECT RAISE(ABORT, 'persona: a sealed generation of event keys takes no more keys (refused)'); END;
+CREATE TRIGGER IF NOT EXISTS key_filters_seal_in_order BEFORE INSERT ON key_filters
+WHEN NEW.generation != coalesce((SELECT max(generation) FROM key_filters), -1) + 1
+OR NEW.keys != (SELECT count(*) FROM event_keys WHERE generation = NEW.generation)
+OR length(NEW.bits) != {FILTER_BITS // 8}
+BEGIN SELECT RAISE(ABORT, 'persona: generations are sealed in order, each filter over its keys (refused)'); END;
+CREATE TRIGGER IF NOT EXISTS key_filters_are_append_only_update BEFORE UPDATE ON key_filters
+BEGIN SELECT RAISE(ABORT, 'persona: key filters are append-only (UPDATE refused)'); END;
+CREATE TRIGGER IF NOT EXISTS key_filters_are_append_only_delete BEFORE DELETE ON key_filters
+BEGIN SELECT RAISE(ABORT, 'persona: key filters are append-only (DELETE refused)'); END;
 CREATE TRIGGER IF NOT EXISTS event_keys_are_append_only_update BEFORE UPDATE ON event_keys
 BEGIN SELECT RAISE(ABORT, 'persona: event keys are append-only (UPDATE refused)'); END;
 CREATE TRIGGER IF NOT EXISTS event_keys_are_append_only_delete BEFORE DELETE ON event_keys
@@ -80,6 +96,7 @@ class SQLiteSchema:
         def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]: ...
         def get_meta(self, key: str) -> str | None: ...
         def set_meta(self, key: str, value: str) -> None: ...
+        def _key_set_from_log(self) -> int: ...
 
     def _table_names(self) -> set[str]:
         return {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -105,22 +122,30 @@ class SQLiteSchema:
             self.set_meta("schema_revision", str(schema.SCHEMA_REVISION))
 
     def _upgrade_log(self) -> None:
-        """A store of format 1 (one row per event) becomes one of chunks, in one transaction: each
-        event a chunk of one, its columns copied as they are (sealed and chained as before, so no
-        key is needed), its key into the key set; then the old table goes."""
+        """A store of an earlier format (schema.UPGRADABLE) becomes one of this format, in one
+        transaction. Format 1 (one row per event): each event becomes a chunk of one, its columns
+        copied as they are (sealed and chained as before, so no key is needed), and the old table
+        goes. Format 2 (and 1, then): the key set is made anew in generations from the chunks' own
+        key lists, and the generations the log has passed are sealed."""
         with self.transaction():
-            if self.get_meta("schema_version") != schema.UPGRADABLE:
+            found = self.get_meta("schema_version")
+            if found not in schema.UPGRADABLE:
                 return  # another process upgraded it meanwhile
-            events = int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+            table = "events" if found == "1" else "event_keys"  # constant names
+            events = int(self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             log.warning("upgrading the store's event log to format %s (%d events): once, in place",
                         schema.SCHEMA_VERSION, events)
+            self.conn.execute("DROP TABLE IF EXISTS event_keys")  # its triggers with it
             self._run_script(LOG_SCHEMA)
-            self.conn.execute("INSERT INTO event_keys (event_key) SELECT event_key FROM events ORDER BY event_key")
-            self.conn.execute("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at,"
-                              " types, keys, payload, hash) SELECT position, stream_no, version, version, recorded_at,"
-                              " type, event_key, payload, hash FROM events ORDER BY position")
-            self.conn.execute("DROP TABLE events")  # its triggers and indexes with it
+            if found == "1":
+                self.conn.execute("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at,"
+                                  " types, keys, payload, hash) SELECT position, stream_no, version, version,"
+                                  " recorded_at, type, event_key, payload, hash FROM events ORDER BY position")
+                self.conn.execute("DROP TABLE events")  # its triggers and indexes with it
             self._run_script(TRIGGERS)
+            keys = self._key_set_from_log()
+            if keys != events:
+                log.warning("the key set held %d keys for %d events; it was made anew from the log", events, keys)
             self.set_meta("schema_version", schema.SCHEMA_VERSION)
             self.upgraded = True
 
