@@ -18,7 +18,7 @@ import pytest
 from persona import Persona, Settings
 from persona.backup import backup, restore
 from persona.erasure import erase_subject
-from persona.errors import DuplicateEventError, TamperError
+from persona.errors import DuplicateEventError, StoreError, TamperError
 from persona.events import Event
 from persona.migrate import migrate
 from persona.store import keyset
@@ -122,6 +122,8 @@ def test_the_store_refuses_a_key_already_in_the_log_wherever_it_is(persona: Pers
             append([new[0], new[1], known])  # positions 2G+7..2G+9: the last goes to generation 3
         with pytest.raises(DuplicateEventError):
             append([known])  # position 2G+7: the open generation
+    with pytest.raises(DuplicateEventError):
+        append([new[0], new[1], new[0]])  # one new key twice, on both sides of a generation's end
     assert rec.counts()["events"] == 2 * G + 6  # every refusal rolled back whole
     append(new)  # and the same chunk with new keys goes in, crossing into generation 3
     assert sealed(persona) == [(0, G), (1, G), (2, G)]
@@ -209,7 +211,7 @@ def lift(persona: Persona, table: str) -> None:
         raw_execute(persona, f"ALTER TABLE {table} DISABLE TRIGGER USER")
 
 
-@pytest.mark.parametrize("damage", ["filter bits", "filter dropped", "key added", "key moved"])
+@pytest.mark.parametrize("damage", ["filter bits", "filter dropped", "filter renumbered", "key added", "key moved"])
 def test_verify_finds_a_key_set_altered_behind_the_stores_back(persona: Persona, damage: str) -> None:
     persona.log.append(people_events(3 * G + 2))
     assert verify(persona).events == 3 * G + 2
@@ -222,7 +224,15 @@ def test_verify_finds_a_key_set_altered_behind_the_stores_back(persona: Persona,
     elif damage == "filter dropped":
         lift(persona, "key_filters")
         raw_execute(persona, "DELETE FROM key_filters WHERE generation = 2")
-        expected = "2 generation"
+        expected = "sealed generations are 2 where the log has passed 3"
+    elif damage == "filter renumbered":  # as many filters as generations passed, generation 0's now empty
+        lift(persona, "key_filters")
+        raw_execute(persona, "UPDATE key_filters SET generation = -1, keys = 0, bits = " + (
+            "zeroblob(length(bits))" if persona.settings.database_url is None
+            else "decode(repeat('00', length(bits)), 'hex')") + " WHERE generation = 0")
+        expected = "sealed generations are 3 where the log has passed 3"
+        with Persona.open(persona.settings) as writer, pytest.raises(StoreError, match="not numbered"):
+            writer.log.append(people_events(3))  # a writer reading the filters anew takes no empty one for 0
     elif damage == "key added":  # into the open generation: the trigger allows it, verify does not
         raw_execute(persona, "INSERT INTO event_keys (generation, event_key) VALUES (3, " + (
             "randomblob(16))" if persona.settings.database_url is None else "decode(md5('x'), 'hex'))"))

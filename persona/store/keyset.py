@@ -11,7 +11,8 @@ generation's end, that generation is *sealed*: a Bloom filter is built once from
 stored beside it in `key_filters`, and the database then refuses any key into it. A new batch's
 keys are checked against the open generation by its primary key and against the sealed ones by
 their filters, held in memory (2 MiB per generation), with an exact lookup only for a key a filter
-does not rule out (about one key in 30,000 per sealed generation).
+does not rule out (about one new key in 1,400 per sealed generation: batched, one query per
+generation and batch).
 
 The filters are built the same way from the same keys every time, so `persona verify` rebuilds
 each one and compares it byte for byte.
@@ -24,7 +25,7 @@ from typing import Any
 
 GENERATION_KEYS = 1 << 20  # keys per generation (events at 1,048,576 consecutive positions)
 FILTER_BITS = 1 << 24  # bits of every generation's filter: 16 per key of a full generation (2 MiB)
-PROBES = 7  # bit positions tested per key: ≈1 false positive in 30,000 keys for a full generation
+PROBES = 7  # bit positions tested per key: ≈1 false positive in 1,400 other keys for a full generation
 _MASK = FILTER_BITS - 1
 _SMALL = 32  # batches up to this many keys are probed in Python: numpy's fixed cost per call is larger
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
-from persona.errors import ConfigurationError, DuplicateEventError
+from persona.errors import ConfigurationError, DuplicateEventError, StoreError
 from persona.store.keyset import KeyFilter, generation_of, sealed_by
 from persona.store.rows import (
     KEY_SIZE,
@@ -142,8 +142,9 @@ class SQLRecorder:
             problems.append(f"{repeated[0]} event key(s) are in more than one generation of the key set")
         filters = self._all(self.sql.key_filter_rows)
         sealed = sealed_by(self.last_position())
-        if len(filters) != sealed:
-            problems.append(f"{len(filters)} generation(s) of the key set are sealed where the log has passed {sealed}")
+        if [g for g, _, _ in filters] != list(range(sealed)):
+            problems.append(f"the key set's sealed generations are {len(filters)} where the log has passed {sealed}"
+                            " (each of 0.. with its filter)")
         for g, keys, bits in filters:
             counted = [0]
             if bytes(bits) != KeyFilter.build(self._generation_pages(g, counted)).bits or counted[0] != keys:
@@ -152,10 +153,18 @@ class SQLRecorder:
 
     def _sealed_filters(self) -> list[KeyFilter]:
         """The sealed generations' filters: those sealed since the last call are read (filters are
-        never changed, so the ones read stay right)."""
+        never changed, so the ones read stay right), all of them again if the store holds fewer
+        than were read (a restore of an older backup put it back in time)."""
         filters = self._key_filters if self._key_filters is not None else []
-        for _, bits in self._all(self.sql.key_filters_from, (len(filters),)):
-            filters.append(KeyFilter(bytes(bits)))
+        row = self._one(self.sql.sealed_generations)
+        sealed = int(row[0]) if row else 0
+        if sealed < len(filters):
+            filters = []
+        if sealed > len(filters):
+            for generation, bits in self._all(self.sql.key_filters_from, (len(filters),)):
+                if generation != len(filters):  # (verify names it; a writer must not guess)
+                    raise StoreError(f"the key set's filters are not numbered 0..{sealed - 1}: run `persona verify`")
+                filters.append(KeyFilter(bytes(bits)))
         self._key_filters = filters
         return filters
 
@@ -195,22 +204,26 @@ class SQLRecorder:
         keyed = sorted((generation_of(at + n // KEY_SIZE), keys[n : n + KEY_SIZE])  # an event's key: by its position
                        for (at, *_), (*_, keys, _, _) in zip(placed, rows, strict=True)
                        for n in range(0, len(keys), KEY_SIZE))
-        self._refuse_known(keyed, generation_of(last))
+        if len({key for _, key in keyed}) < len(keyed):  # (the database refuses it only within a generation)
+            raise DuplicateEventError("an event id is in the batch twice")
+        self._refuse_known(keyed, filters, generation_of(last))
         self._insert_log(keyed, placed)
         for generation in range(len(filters), sealed_by(position - 1)):
             self._seal(generation)
         return start
 
-    def _refuse_known(self, keyed: Sequence[tuple[int, bytes]], open_generation: int) -> None:
+    def _refuse_known(self, keyed: Sequence[tuple[int, bytes]], filters: Sequence[KeyFilter],
+                      open_generation: int) -> None:
         """DuplicateEventError if a key is in the log already where the database would not refuse
-        it: in a sealed generation (its filter first, then exactly), or in the open generation
-        when the key goes to the next one (an append that crosses a generation's end)."""
+        it: in a sealed generation (its filter first, then exactly), or in the generation of the
+        log's last event, not sealed yet, when the key goes to the next one (an append that
+        crosses a generation's end)."""
         keys = [key for _, key in keyed]
-        for g, key_filter in enumerate(self._sealed_filters()):
+        for g, key_filter in enumerate(filters):
             if self.keys_in(g, [keys[n] for n in key_filter.maybe(keys)]):
                 raise DuplicateEventError("an event id is already in the log")
         later = [key for g, key in keyed if g > open_generation]
-        if later and self.keys_in(open_generation, later):
+        if later and open_generation >= len(filters) and self.keys_in(open_generation, later):
             raise DuplicateEventError("an event id is already in the log")
 
     def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
