@@ -131,8 +131,8 @@ class SQLiteSchema:
             found = self.get_meta("schema_version")
             if found not in schema.UPGRADABLE:
                 return  # another process upgraded it meanwhile
-            table = "events" if found == "1" else "event_keys"  # constant names
-            events = int(self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            counted = "SELECT count(*) FROM events" if found == "1" else "SELECT count(*) FROM event_keys"
+            events = int(self.conn.execute(counted).fetchone()[0])
             log.warning("upgrading the store's event log to format %s (%d events): once, in place",
                         schema.SCHEMA_VERSION, events)
             self.conn.execute("DROP TABLE IF EXISTS event_keys")  # its triggers with it
