@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from persona import identity
-from persona.crypto import InvalidTag, Keyring, Sealer, fingerprint
+from persona.crypto import InvalidTag, Keyring, Sealer, encrypter, fingerprint
 from persona.errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -40,7 +40,10 @@ QUARANTINE_KEY = "quarantine"
 _EVENT_AAD = b"persona-event/1\x00"
 _CHUNK_AAD = b"persona-chunk/1\x00"
 _CACHE_LIMIT = 100_000
-Tip = tuple[int, int, bytes, Sealer]  # stream_no, version, chain head, sealer
+# Sealers kept for reads: each holds an OpenSSL context, ≈1.6 KB with its methods, where making
+# one costs ≈0.5 µs: a writer's stream tips keep the 32-byte data keys instead (docs/ingest.md, "Speed").
+_SEALER_LIMIT = 20_000
+Tip = tuple[int, int, bytes, bytes]  # stream_no, version, chain head, data key
 Decrypt = Callable[[bytes, bytes, bytes], bytes]
 Prefixes = tuple[bytes, bytes]  # a stream's part of a one-event chunk's associated data, and of a longer one's
 Item = tuple[str, bytes, Event, bytes]  # profile id, event key, event, subject hash
@@ -234,11 +237,17 @@ class EventLog:
         wrapped = bytes(head.wrapped)
         sealer = self._sealers.get(wrapped)
         if sealer is None:
-            if len(self._sealers) >= _CACHE_LIMIT:
+            if len(self._sealers) >= _SEALER_LIMIT:
                 self._sealers.clear()
             sealer = Sealer(self.keyring.unwrap(profile_id, head.kek_version, wrapped))
             self._sealers[wrapped] = sealer
         return sealer
+
+    def data_key(self, profile_id: str, head: Head) -> bytes:
+        """A stream's data key, unwrapped (ErasedError once erased): what a writer's tip holds."""
+        if head.wrapped is None or head.kek_version is None:
+            raise ErasedError(profile_id)
+        return self.keyring.unwrap(profile_id, head.kek_version, bytes(head.wrapped))
 
     def forget_cached_keys(self) -> None:
         self._sealers.clear()
@@ -350,7 +359,7 @@ class EventLog:
             links.update(rec.resolve(unknown))
         new_streams: list[tuple[str, bytes, int, bytes, int]] = []
         new_links: list[tuple[bytes, str, str, int]] = []
-        new_sealers: list[Sealer] = []
+        new_keys: list[bytes] = []
         tips = self._tips
         items: list[Item] = []
         joins: list[tuple[bytes, Event, str, str]] = []  # a link between two existing profiles
@@ -361,7 +370,7 @@ class EventLog:
             pid = links[digest] = new_profile_id()
             dek = self.keyring.new_dek()
             version, wrapped = self.keyring.wrap(pid, dek)
-            new_sealers.append(Sealer(dek))
+            new_keys.append(dek)
             new_streams.append((pid, genesis(self.chain_key, pid), version, wrapped, recorded))
             new_links.append((digest, pid, namespace, recorded))
             return pid
@@ -388,8 +397,8 @@ class EventLog:
             items.append((pid, key, event, h))
         if new_streams:
             numbers = rec.create_streams(new_streams)
-            for no, (pid, first, *_), sealer in zip(numbers, new_streams, new_sealers, strict=True):
-                tips[pid] = (no, 0, first, sealer)
+            for no, (pid, first, *_), dek in zip(numbers, new_streams, new_keys, strict=True):
+                tips[pid] = (no, 0, first, dek)
         if new_links:
             rec.insert_links(new_links)
         if joins:
@@ -398,7 +407,7 @@ class EventLog:
         missing = [pid for pid in touched if pid not in tips]
         if missing:
             for pid, head in rec.heads(missing).items():
-                tips[pid] = (head.no, head.version, bytes(head.hash), self.sealer(pid, head))
+                tips[pid] = (head.no, head.version, bytes(head.hash), self.data_key(pid, head))
         rows, ordered = self._seal(items, touched, hashes, recorded, writer, keep=keep)
         start = rec.insert_chunks(rows)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
@@ -483,7 +492,7 @@ class EventLog:
                 for subj in (event.subject, event.other):
                     if subj is not None:
                         hashes[subj] = subject_hash(pepper, *subj)
-            self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.sealer(profile_id, head))
+            self._tips[profile_id] = (head.no, head.version, bytes(head.hash), self.data_key(profile_id, head))
             items = [(profile_id, key, ev, hashes[ev.subject]) for key, ev in keyed.items()]
             rows, _ = self._seal(items, [profile_id], hashes, recorded, writer)
             rec.insert_chunks(rows)
@@ -520,8 +529,8 @@ class EventLog:
         used = 0
         join = b"".join
         for sid, its in grouped.items():
-            no, version, head, sealer = tips[sid]
-            encrypt = sealer.encrypt
+            no, version, head, dek = tips[sid]
+            encrypt = encrypter(dek)
             named = sid.encode() + b"\x00"
             for start in range(0, len(its), CHUNK_CAP):
                 part = its[start : start + CHUNK_CAP] if len(its) > CHUNK_CAP else its
@@ -561,7 +570,7 @@ class EventLog:
                 rows.append((no, first, last, recorded, types, keys, payload, head))
                 if keep:
                     ordered.extend((pid, key, event, h, first + n) for n, (pid, key, event, h) in enumerate(part))
-            tips[sid] = (no, version, head, sealer)
+            tips[sid] = (no, version, head, dek)
         return rows, ordered
 
     # -- read ----------------------------------------------------------------------------
