@@ -20,21 +20,25 @@ from websockets.asyncio.client import connect
 
 PROFILE = """{
   profile(subject: {namespace: "email", value: "li.wei@example.com"}) {
-    id version updatedAt attributes segments
-    features
+    id version updatedAt segments
+    attributeValues { city country consent { marketing } }
+    featureValues { frequency monetary recencyDays lifecycleStage topCategories }
     predictions { model score }
     identities { namespace hash }
-    history(first: 3) { nodes { type occurredAt source data } pageInfo { hasNextPage endCursor } }
+    history(first: 3) {
+      nodes { __typename type occurredAt source ... on OrderPlaced { amount currency items { sku } } }
+      pageInfo { hasNextPage endCursor }
+    }
   }
 }"""
 PAST = """{
   profile(subject: {namespace: "phone", value: "+86 139 1234 5678"}, asOf: "2025-06-01T00:00:00Z") {
-    version attributes features
+    version attributeValues { city } featureValues { frequency lifecycleStage }
   }
 }"""
 LIST = """{
   profiles(first: 3, filter: {lifecycleStages: ["active", "at_risk", "churned", "new"]}) {
-    edges { cursor node { id segments features } }
+    edges { cursor node { id segments featureValues { lifecycleStage } } }
     pageInfo { hasNextPage endCursor }
   }
 }"""
@@ -48,7 +52,7 @@ def _profile(data: dict[str, Any]) -> str | None:
     p = data["profile"]
     if p is None:
         return "li.wei@example.com has no profile"
-    if p["attributes"].get("city") is None or "frequency" not in p["features"]:
+    if p["attributeValues"]["city"] is None or p["featureValues"]["frequency"] is None:
         return "attributes or features missing"
     if len(p["history"]["nodes"]) != 3 or not p["history"]["pageInfo"]["hasNextPage"]:
         return "history page is not 3 events with more to come"

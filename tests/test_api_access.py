@@ -219,6 +219,7 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Profile", "history"): Q_HISTORY,
     ("Profile", "predictions"): Q_PREDICTIONS,
     ("Profile", "attributeSources"): "{ profiles(first: 1) { nodes { attributeSources } } }",
+    ("Profile", "attributeProvenance"): "{ profiles(first: 1) { nodes { attributeProvenance { name } } } }",
     ("IngestResult", "profilesCreated"): "mutation { ingestEvents(events: []) { profilesCreated } }",
     ("IngestResult", "merges"): "mutation { ingestEvents(events: []) { merges } }",
 }

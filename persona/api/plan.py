@@ -18,6 +18,7 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLInterfaceType,
     GraphQLObjectType,
     GraphQLSchema,
     InlineFragmentNode,
@@ -48,6 +49,7 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Profile", "history"): "history:read",
     ("Profile", "predictions"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
+    ("Profile", "attributeProvenance"): "history:read",  # the same, typed
     # identity resolution's results: whether an identifier was known already, who is one person
     ("IngestResult", "profilesCreated"): "profiles:read",
     ("IngestResult", "merges"): "profiles:read",
@@ -93,6 +95,7 @@ PAGED: dict[tuple[str, str], int] = {
     ("Profile", "history"): 20,
 }
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
+Composite = GraphQLObjectType | GraphQLInterfaceType  # what a selection set is read on
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class _Walk:
         self.roots: set[str] = set()
         self._memo: dict[tuple[str, str], _Summary] = {}
 
-    def selections(self, parent: GraphQLObjectType, selection_set: SelectionSetNode,
+    def selections(self, parent: Composite, selection_set: SelectionSetNode,
                    seen: frozenset[str]) -> _Summary:
         cost = depth = aliases = introspection = scans = replays = 0
         for node in selection_set.selections:
@@ -207,11 +210,13 @@ class _Walk:
             replays += part.replays
         return _Summary(cost, depth, aliases, introspection, scans, replays)
 
-    def _on(self, condition: NamedTypeNode | None, parent: GraphQLObjectType) -> GraphQLObjectType:
+    def _on(self, condition: NamedTypeNode | None, parent: Composite) -> Composite:
+        """The type a fragment's fields are read on: its condition (an object type, or an interface
+        such as Event), else where it is spread."""
         named = self.schema.get_type(condition.name.value) if condition is not None else None
-        return named if isinstance(named, GraphQLObjectType) else parent
+        return named if isinstance(named, GraphQLObjectType | GraphQLInterfaceType) else parent
 
-    def fragment(self, name: str, parent: GraphQLObjectType, seen: frozenset[str]) -> _Summary:
+    def fragment(self, name: str, parent: Composite, seen: frozenset[str]) -> _Summary:
         fragment = self.fragments.get(name)
         if fragment is None or name in seen:
             return _NOTHING  # validation reports unknown or cyclic fragments
@@ -222,7 +227,7 @@ class _Walk:
             found = self._memo[key] = self.selections(on, fragment.selection_set, seen | {name})
         return found
 
-    def field(self, parent: GraphQLObjectType, node: FieldNode, seen: frozenset[str]) -> _Summary:
+    def field(self, parent: Composite, node: FieldNode, seen: frozenset[str]) -> _Summary:
         name = node.name.value
         alias = 1 if node.alias is not None else 0
         if name in INTROSPECTION:  # reads no one's data: not walked, but counted
@@ -255,7 +260,7 @@ class _Walk:
             when = POPULATION_SCANS[key]
             scans = 1 if when is None or arguments & when else 0
             replays = 1 if scans and arguments & REPLAYING_SCANS.get(key, frozenset()) else 0
-        if node.selection_set is None or not isinstance(inner, GraphQLObjectType):
+        if node.selection_set is None or not isinstance(inner, GraphQLObjectType | GraphQLInterfaceType):
             return _Summary(own, 1, alias, 0, scans, replays)
         times = 1
         if key in PAGED:

@@ -25,9 +25,11 @@ from persona import audit
 from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
 from persona.api.errors import ApiError, fault, known, request_values, schema_names, scrub
+from persona.api.event_types import EVENT_CLASSES, OtherEvent
 from persona.api.execution import mark_plain
 from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
+from persona.api.typed import counts
 from persona.api.types import (
     ErasureReceipt,
     EventInput,
@@ -281,7 +283,8 @@ class Mutation:
             ctx.state.rfm.changed()  # scored again within RFM_EVERY_S, on the writer thread
         return IngestResult(received=len(events), appended=report.appended, duplicates=report.duplicates,
                             quarantined=report.quarantined, profiles_created=report.profiles_created,
-                            merges=report.merges, quarantine_reasons=JSON(report.quarantine_reasons))
+                            merges=report.merges, quarantine_reasons=JSON(report.quarantine_reasons),
+                            quarantined_by=counts(report.quarantine_reasons))
 
     @strawberry.mutation(description="Erase a person: their key is deleted, their history unreadable everywhere")
     async def erase_profile(self, info: Info[RequestContext, None], id: strawberry.ID | None = None,
@@ -311,7 +314,8 @@ class Mutation:
                               key_fingerprint=body["key_fingerprint"], wal_truncated=body.get("wal_truncated"),
                               purged_at=_instant(body.get("purged_at")),
                               purge_due_by=_instant(body.get("purge_due_by")),
-                              counts=body["counts"], signature=erasure.receipt["signature"],
+                              counts=body["counts"], deleted=counts(body["counts"]),
+                              signature=erasure.receipt["signature"],
                               receipt=JSON(erasure.receipt))
 
 
@@ -536,7 +540,7 @@ class _Masked(MaskErrors):
                             extensions={"code": "INTERNAL"})
 
 
-schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription,
+schema = _Schema(query=Query, mutation=Mutation, subscription=Subscription, types=[*EVENT_CLASSES.values(), OtherEvent],
                  extensions=[lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS), WebsocketGuard,
                              lambda: _Masked(should_mask_error=_should_mask)])
 DIRECT_RESOLVERS = _direct_resolvers(schema)

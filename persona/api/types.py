@@ -18,9 +18,11 @@ from strawberry.types import Info
 from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor
 from persona.api.errors import ApiError
+from persona.api.event_types import Event, Identity, event_node
+from persona.api.typed import Attributes, AttributeSource, Count, Features, attribute_sources
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
-from persona.events import RecordedEvent, from_micros
+from persona.events import from_micros
 from persona.population import ProfileFilter as Where
 from persona.reading import HistoryPage, history_page
 
@@ -89,12 +91,6 @@ class SubjectInput:
 
 
 @strawberry.type
-class Identity:
-    namespace: str
-    hash: str = strawberry.field(description="A short hash of the identifier, enough to tell links apart")
-
-
-@strawberry.type
 class Contribution:
     feature: str
     value: float | None = strawberry.field(description="The feature's value for this person")
@@ -157,53 +153,6 @@ class Model:
 
 
 @strawberry.type
-class Event:
-    _event: strawberry.Private[RecordedEvent]
-
-    @strawberry.field
-    def id(self) -> str:
-        return self._event.event_id
-
-    @strawberry.field
-    def version(self) -> int:
-        return self._event.version
-
-    @strawberry.field(description="The profile whose log holds the event: for a merged person, one of its"
-                                  " profiles (the person's id, or a profile merged into it)")
-    def stream(self) -> strawberry.ID:
-        return strawberry.ID(self._event.profile_id)
-
-    @strawberry.field
-    def type(self) -> str:
-        return self._event.type
-
-    @strawberry.field
-    def source(self) -> str:
-        return self._event.source
-
-    @strawberry.field
-    def occurred_at(self) -> str:
-        return self._event.occurred_at
-
-    @strawberry.field
-    def recorded_at(self) -> datetime:
-        return self._event.recorded_at
-
-    @strawberry.field
-    def subject(self) -> Identity:
-        return Identity(namespace=self._event.subject[0], hash=self._event.subject[1])
-
-    @strawberry.field
-    def data(self) -> JSON:
-        return JSON(self._event.data)
-
-    @strawberry.field(description="Who appended it: token:NAME (the API), local:COMMAND (the CLI), library, or"
-                                  " unknown (recorded before writers were)")
-    def writer(self) -> str:
-        return self._event.writer
-
-
-@strawberry.type
 class EventEdge:
     cursor: str
     node: Event
@@ -228,7 +177,7 @@ class EventConnection:
 def _event_connection(page: HistoryPage) -> EventConnection:
     kind = "q" if page.by_position else "v"
     edges = [EventEdge(cursor=encode_cursor(kind, e.position if page.by_position else e.version),
-                       node=Event(_event=e)) for e in page.events]
+                       node=event_node(e)) for e in page.events]
     end = edges[-1].cursor if edges else None
     if page.resume_before is not None:
         end = encode_cursor(kind, page.resume_before)
@@ -253,20 +202,39 @@ class Profile:
             return self._data.updated_at
         return context_of(info).updated.get(self._data.id)
 
-    @strawberry.field(description="Fused attribute values, e.g. {\"city\": \"London\", \"age\": 25}")
+    @strawberry.field(description="Fused attribute values, e.g. {\"city\": \"London\", \"age\": 25}",
+                      deprecation_reason="Use attributeValues: a field per attribute, `custom` for the rest")
     def attributes(self) -> JSON:
         return JSON(self._data.attributes)
 
+    @strawberry.field(description="Fused attribute values (as of `asOf`, if given)")
+    def attribute_values(self) -> Attributes:
+        return Attributes.of(self._data.attributes)
+
     @strawberry.field(description="Each attribute's fusion strategy and provenance (source, writer, whether the"
-                                  " writer vouched for the source, event id, time)")
+                                  " writer vouched for the source, event id, time)",
+                      deprecation_reason="Use attributeProvenance: the same, typed")
     def attribute_sources(self, info: Info[RequestContext, None]) -> JSON:
         if self._as_of is not None:
             raise ApiError("attributeSources: available for the current profile only")
         return JSON(context_of(info).sources.get(self._data.id))
 
-    @strawberry.field(description="Behaviour features at the question's instant (recency, frequency, …)")
+    @strawberry.field(description="Each attribute's fused value, the rule that fused it and the claims behind it"
+                                  " (source, writer, whether the writer vouched for the source, event id, time);"
+                                  " consent as consent.PURPOSE")
+    def attribute_provenance(self, info: Info[RequestContext, None]) -> list[AttributeSource]:
+        if self._as_of is not None:
+            raise ApiError("attributeProvenance: available for the current profile only")
+        return attribute_sources(context_of(info).sources.get(self._data.id))
+
+    @strawberry.field(description="Behaviour features at the question's instant (recency, frequency, …)",
+                      deprecation_reason="Use featureValues: a field per feature")
     def features(self) -> JSON:
         return JSON(self._data.features | {"rfm": self._data.rfm})
+
+    @strawberry.field(description="Behaviour features at the question's instant (as of `asOf`, if given)")
+    def feature_values(self) -> Features:
+        return Features.of(self._data.features, self._data.rfm)
 
     @strawberry.field(description="Named groups the profile belongs to (see docs/api.md)")
     def segments(self) -> list[str]:
@@ -426,7 +394,9 @@ class IngestResult:
         description="Profiles this call created (scope profiles:read: it tells whether an identifier was known)")
     merges: int = strawberry.field(
         description="Links that joined two existing profiles into one person (scope profiles:read)")
-    quarantine_reasons: JSON = strawberry.field(description="Count of quarantined events by reason")
+    quarantine_reasons: JSON = strawberry.field(description="Count of quarantined events by reason",
+                                                deprecation_reason="Use quarantinedBy: the same counts, typed")
+    quarantined_by: list[Count] = strawberry.field(description="Quarantined events, counted by reason")
 
 
 @strawberry.type
@@ -443,6 +413,7 @@ class ErasureReceipt:
     purge_due_by: datetime | None = strawberry.field(
         description="When their physical purge is due, if it is still to come (PostgreSQL: one purge serves"
                     " the erasures of a window, PERSONA_PURGE_WINDOW)")
-    counts: JSON
+    counts: JSON = strawberry.field(deprecation_reason="Use deleted: the same counts, typed")
+    deleted: list[Count] = strawberry.field(description="Rows deleted, by table (the person's key among them)")
     signature: str
     receipt: JSON = strawberry.field(description="The signed document: check it with `persona receipt verify`")
