@@ -529,8 +529,35 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
         assert made["name"] == "churn_91d" and made["version"] == 1 and "BG/NBD" in made["baselines"]
         bad = post('mutation { trainModel(name: "nonsense") { name } }', "trainer")
         assert "not a prediction task" in bad["errors"][0]["message"]
-        listed = post("{ models { name version status family window drift } }", "reader")["data"]["models"]
+        listed = post("{ models { name version status family window drift rows metrics baselines lift code"
+                      " heldOut { name value } baselineMetrics { name metrics { name value } }"
+                      " gain { metric model baseline against improvement }"
+                      " training { cutoffs horizonDays trainRows testRows } lastDrift { psiMax } libraries } }",
+                      "reader")["data"]["models"]
         assert listed[0]["name"] == "churn_91d" and len(listed[0]["window"]["cutoffs"]) == 4
+        typed = listed[0]  # the typed fields say what the deprecated JSON says
+        assert {f["name"]: f["value"] for f in typed["heldOut"]} == typed["metrics"]
+        assert {b["name"]: {f["name"]: f["value"] for f in b["metrics"]} for b in typed["baselineMetrics"]} == \
+            typed["baselines"]
+        assert typed["gain"] == typed["lift"] and typed["gain"]["improvement"] > 0
+        assert [datetime.fromisoformat(c) for c in typed["training"]["cutoffs"]] == [
+            datetime.fromisoformat(c) for c in typed["window"]["cutoffs"]]
+        assert (typed["training"]["trainRows"], typed["training"]["testRows"]) == (typed["rows"]["train"],
+                                                                                   typed["rows"]["test"])
+        assert typed["training"]["horizonDays"] == typed["window"]["horizon_days"] == 91
+        assert typed["lastDrift"] is None and typed["drift"] is None  # not measured yet
+        assert typed["libraries"] == [f"{k} {v}" for k, v in sorted(typed["code"].items())]
+        with Persona.open(settings) as p:
+            from persona.models import drift, registry
+
+            drift.measure(p, registry.get(p, "churn_91d"))
+        measured = post("{ models { drift lastDrift { measuredAt people psiMax psiLimit psiTop { name value }"
+                        " ageDays stale reasons } } }", "reader")["data"]["models"][0]
+        said, typed_drift = measured["drift"], measured["lastDrift"]
+        assert typed_drift["people"] == said["people"] > 0 and typed_drift["psiMax"] == said["psi_max"]
+        assert [(f["name"], f["value"]) for f in typed_drift["psiTop"]] == [(d["feature"], d["psi"])
+                                                                           for d in said["psi_top"]]
+        assert (typed_drift["stale"], typed_drift["reasons"]) == (said["stale"], said["reasons"])
         # the planted people (seed 6) make a model that beats its best baseline on held-out rows:
         # promoted, and every profile scored with it
         assert made["lift"]["improvement"] > 0, made["lift"]

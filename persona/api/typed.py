@@ -212,3 +212,75 @@ def _claims(provenance: list[dict[str, Any]]) -> list[Claim]:
     return [Claim(source=p["source"], writer=p["writer"], vouched=p["vouched"], event_id=p["event_id"],
                   occurred_at=datetime.fromisoformat(p["occurred_at"]), weight=p.get("weight"))
             for p in provenance]
+
+
+# -- models ------------------------------------------------------------------------------------
+@strawberry.type(description="A named figure: a metric (mse, mae, r2, roc_auc, log_loss, brier, accuracy, rows),"
+                             " a feature's drift, a library's version")
+class Figure:
+    name: str
+    value: float | None = strawberry.field(description="null: not a number (e.g. AUC over one class)")
+
+
+def figures(mapping: Mapping[str, Any] | None) -> list[Figure]:
+    out = []
+    for name, value in sorted((mapping or {}).items()):
+        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        out.append(Figure(name=name, value=None if number is None or number != number else number))
+    return out
+
+
+@strawberry.type(description="A naive baseline (or BG/NBD) scored on the model's own held-out rows")
+class Baseline:
+    name: str
+    metrics: list[Figure]
+
+
+@strawberry.type(description="The model against its best baseline, by the task's main metric (lower is better)")
+class Lift:
+    metric: str
+    model: float
+    baseline: float
+    against: str = strawberry.field(description="The best baseline's name")
+    improvement: float = strawberry.field(description="(baseline - model) / baseline: above 0, the model is better")
+
+
+@strawberry.type(description="What the model was trained on: the cutoffs its labelled rows were taken at")
+class TrainingWindow:
+    cutoffs: list[datetime]
+    horizon_days: float
+    train_rows: int
+    test_rows: int
+
+
+@strawberry.type(description="The last drift measurement of a served model")
+class Drift:
+    measured_at: datetime
+    people: int
+    psi_max: float = strawberry.field(description="The largest population stability index over the features")
+    psi_limit: float
+    psi_top: list[Figure] = strawberry.field(description="The features that moved most, by PSI")
+    age_days: float
+    stale: bool
+    reasons: list[str]
+
+
+def model_parts(meta: Mapping[str, Any], drift: Mapping[str, Any] | None
+                ) -> tuple[list[Figure], list[Baseline], Lift, TrainingWindow, Drift | None, list[str]]:
+    """The registry's metadata of a model version (persona.models.registry) as typed parts."""
+    lift, window, rows = meta["lift"], meta["window"], meta["rows"]
+    return (
+        figures(meta["metrics"]),
+        [Baseline(name=name, metrics=figures(scores)) for name, scores in sorted(meta["baselines"].items())],
+        Lift(metric=lift["metric"], model=float(lift["model"]), baseline=float(lift["baseline"]),
+             against=str(lift.get("against", "")), improvement=float(lift["improvement"])),
+        TrainingWindow(cutoffs=[datetime.fromisoformat(c) for c in window["cutoffs"]],
+                       horizon_days=float(window["horizon_days"]), train_rows=int(rows["train"]),
+                       test_rows=int(rows["test"])),
+        None if not drift else Drift(
+            measured_at=datetime.fromisoformat(drift["measured_at"]), people=int(drift["people"]),
+            psi_max=float(drift["psi_max"]), psi_limit=float(drift["psi_limit"]),
+            psi_top=[Figure(name=p["feature"], value=float(p["psi"])) for p in drift["psi_top"]],
+            age_days=float(drift["age_days"]), stale=bool(drift["stale"]), reasons=list(drift["reasons"])),
+        [f"{package} {version}" for package, version in sorted(meta["code"].items())],
+    )

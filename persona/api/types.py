@@ -19,7 +19,19 @@ from persona.api.context import RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor
 from persona.api.errors import ApiError
 from persona.api.event_types import Event, Identity, event_node
-from persona.api.typed import Attributes, AttributeSource, Count, Features, attribute_sources
+from persona.api.typed import (
+    Attributes,
+    AttributeSource,
+    Baseline,
+    Count,
+    Drift,
+    Features,
+    Figure,
+    Lift,
+    TrainingWindow,
+    attribute_sources,
+    model_parts,
+)
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import from_micros
@@ -132,24 +144,40 @@ class Model:
     why: str | None = strawberry.field(description="Why it was kept as a candidate, or served although it falls "
                                                    "short (it must beat its best baseline and not lose on the "
                                                    "headline metric)")
-    metrics: JSON = strawberry.field(description="Held-out metrics")
-    baselines: JSON = strawberry.field(description="The same metrics of each naive baseline and BG/NBD, same rows")
-    lift: JSON = strawberry.field(description="The model against its best baseline, by the task's main metric")
-    window: JSON = strawberry.field(description="Training cutoffs and horizon")
-    rows: JSON = strawberry.field(description="Training and test row counts")
-    drift: JSON | None = strawberry.field(description="The last drift measurement: PSI per feature, age, reasons")
+    metrics: JSON = strawberry.field(description="Held-out metrics",
+                                     deprecation_reason="Use heldOut: the same metrics, typed")
+    baselines: JSON = strawberry.field(description="The same metrics of each naive baseline and BG/NBD, same rows",
+                                       deprecation_reason="Use baselineMetrics: the same, typed")
+    lift: JSON = strawberry.field(description="The model against its best baseline, by the task's main metric",
+                                  deprecation_reason="Use gain: the same, typed")
+    window: JSON = strawberry.field(description="Training cutoffs and horizon",
+                                    deprecation_reason="Use training: cutoffs, horizon and row counts, typed")
+    rows: JSON = strawberry.field(description="Training and test row counts",
+                                  deprecation_reason="Use training: cutoffs, horizon and row counts, typed")
+    drift: JSON | None = strawberry.field(description="The last drift measurement: PSI per feature, age, reasons",
+                                          deprecation_reason="Use lastDrift: the same, typed")
     fingerprint: str = strawberry.field(description="A hash of the training set")
-    code: JSON = strawberry.field(description="Versions of persona and the libraries it was trained with")
+    code: JSON = strawberry.field(description="Versions of persona and the libraries it was trained with",
+                                  deprecation_reason="Use libraries: the same, typed")
+    held_out: list[Figure] = strawberry.field(description="Held-out metrics of the model")
+    baseline_metrics: list[Baseline] = strawberry.field(
+        description="The same metrics of each naive baseline and BG/NBD, on the same rows")
+    gain: Lift = strawberry.field(description="The model against its best baseline, by the task's main metric")
+    training: TrainingWindow
+    last_drift: Drift | None = strawberry.field(description="The last drift measurement (null: none yet)")
+    libraries: list[str] = strawberry.field(description="persona and the libraries it was trained with, versioned")
 
     @staticmethod
     def of(v: Any) -> Model:
         m = v.meta
+        held_out, baselines, gain, training, drift, libraries = model_parts(m, v.drift)
         return Model(name=v.name, version=v.version, status=v.status, task=m["task"]["kind"],
                      family=m["chosen"]["family"], created_at=v.created_at, promoted_at=v.promoted_at,
                      horizon_days=m["task"]["horizon_days"], stale=v.stale, why=v.why(), metrics=JSON(m["metrics"]),
                      baselines=JSON(m["baselines"]), lift=JSON(m["lift"]), window=JSON(m["window"]),
                      rows=JSON(m["rows"]), drift=JSON(v.drift) if v.drift else None, fingerprint=m["fingerprint"],
-                     code=JSON(m["code"]))
+                     code=JSON(m["code"]), held_out=held_out, baseline_metrics=baselines, gain=gain,
+                     training=training, last_drift=drift, libraries=libraries)
 
 
 @strawberry.type
