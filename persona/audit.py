@@ -68,14 +68,16 @@ def namespace_of(namespace: str) -> str:
 
 def filter_shape(where: ProfileFilter | None) -> dict[str, Any] | None:
     """Which kinds of terms a filter used, naming attributes and features, never their values
-    (for a feature range: which ends were given, not where they are)."""
+    (for a feature range: which ends were given, not where they are; for a rule: the names it
+    reads, never its text, which holds values)."""
     if where is None:
         return None
     ranges = {named(name): [side for side, given in (("min", lo), ("max", hi)) if given is not None]
               for name, (lo, hi) in where.ranges.items()}
     out = {"segments": len(where.segments), "lifecycleStages": len(where.lifecycle_stages),
            "features": ranges, "attributes": sorted({named(name) for name in where.attributes}),
-           "rfmMin": sorted(where.rfm_min)}
+           "rfmMin": sorted(where.rfm_min),
+           "rule": list(where.rule.names) if where.rule else []}  # names of persona.rules' vocabulary only
     return {k: v for k, v in out.items() if v}
 
 

@@ -18,6 +18,7 @@ from persona.profiles import profile_view
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.profile import DEFAULT_STRATEGIES, attribute_values
 from persona.rfm import index_rows
+from persona.rules import Rule
 from persona.segments import segments
 
 RFM_SEGMENT = "rfm_segment"  # a group name: the profile's rfm:<segment> (persona.segments), if scored
@@ -52,9 +53,12 @@ class ProfileFilter:
     rfm_min: Mapping[str, int] = field(default_factory=dict)  # "r" / "f" / "m" -> lowest score wanted
     attributes: Mapping[str, Any] = field(default_factory=dict)  # attribute -> value wanted
     segments: frozenset[str] = frozenset()  # every one of these wanted (see persona.segments)
+    rule: Rule | None = None  # a segment rule the profile must satisfy (persona.rules)
 
     def accepts(self, profile: IndexedProfile) -> bool:
         if self.segments and not self.segments <= set(profile.segments):
+            return False
+        if self.rule is not None and not self.rule(profile.attributes, profile.features, profile.rfm):
             return False
         if self.lifecycle_stages and profile.features.get("lifecycle_stage") not in self.lifecycle_stages:
             return False

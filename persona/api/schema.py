@@ -154,6 +154,11 @@ class Query:
         if bounds is not None and (len(bounds) != 2 or not all(math.isfinite(b) for b in bounds)):
             raise ApiError("bounds: give [lowest, highest]")
         where = filter.to_filter() if filter is not None else None
+        if where is not None and where.rule is not None:
+            # a rule compares values (a threshold moved a step at a time singles out one person) and
+            # may read RFM scores: insights take the terms whose privacy accounting is known
+            raise ApiError("filter.rule: not accepted by insights (a rule's comparisons could single out a person);"
+                           " filter with segments, lifecycleStages, features or attributes")
         if epsilon is not None and where is not None and (where.rfm_min or any(
                 s.startswith("rfm:") or s == "high_value" for s in where.segments)):
             # RFM scores rank people against each other: one person can move many scores, so

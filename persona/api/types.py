@@ -37,6 +37,7 @@ from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import from_micros
 from persona.population import ProfileFilter as Where
 from persona.reading import HistoryPage, history_page
+from persona.rules import RuleError, compile_rule
 
 T = TypeVar("T")
 
@@ -348,6 +349,8 @@ class ProfileFilter:
     rfm_min: RfmMin | None = strawberry.field(default=None, description="Lowest RFM scores wanted")
     features: list[FeatureRange] | None = strawberry.field(default=None, description="Numeric feature ranges")
     attributes: JSON | None = strawberry.field(default=None, description='Exact attribute values: {"country": "CN"}')
+    rule: str | None = strawberry.field(default=None, description='A segment rule (docs/segments.md), e.g. "monetary >'
+                                                                  ' 1000 and consent.marketing"; listings only')
 
     def to_filter(self) -> Where:
         for name, given in (("segments", self.segments), ("lifecycleStages", self.lifecycle_stages),
@@ -365,8 +368,12 @@ class ProfileFilter:
                 raise ApiError("filter.attributes: values are strings (up to 200 characters), numbers, booleans"
                                " or null")
         rfm = {} if self.rfm_min is None else {"r": self.rfm_min.r, "f": self.rfm_min.f, "m": self.rfm_min.m}
+        try:
+            rule = None if self.rule is None else compile_rule(self.rule)
+        except RuleError as e:
+            raise ApiError(f"filter.{e.reason}") from None
         return Where(lifecycle_stages=frozenset(self.lifecycle_stages or ()), ranges=ranges, rfm_min=rfm,
-                     attributes=dict(self.attributes or {}), segments=frozenset(self.segments or ()))
+                     attributes=dict(self.attributes or {}), segments=frozenset(self.segments or ()), rule=rule)
 
 
 @strawberry.type

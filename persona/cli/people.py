@@ -30,6 +30,7 @@ from persona.population import (
     population,
 )
 from persona.profiles import profile_view, read_person
+from persona.rules import RuleError, compile_rule
 from persona.services.people import link_identities, unlink_identities
 from persona.services.people import person as person_of
 
@@ -149,14 +150,16 @@ def _namespaces(*subjects: str) -> list[str]:
               help="Only profiles in this lifecycle stage (repeatable).")
 @click.option("--min", "minimums", multiple=True, metavar="FEATURE=N", help="A feature at least N (repeatable).")
 @click.option("--max", "maximums", multiple=True, metavar="FEATURE=N", help="A feature at most N (repeatable).")
+@click.option("--where", "rule", metavar="RULE", help='A segment rule (docs/segments.md), e.g. "monetary > 1000 and'
+                                                          ' consent.marketing".')
 @click.option("--first", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Page size.")
 @click.option("--after", metavar="ID", help="Continue after this profile id (the previous page's last).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
 @click.pass_context
 @friendly
 def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[str, ...], maximums: tuple[str, ...],
-                  first: int, after: str | None, as_json: bool) -> None:
-    """List profiles from the profile index, filtered by lifecycle stage and feature ranges."""
+                  rule: str | None, first: int, after: str | None, as_json: bool) -> None:
+    """List profiles from the profile index, filtered by lifecycle stage, feature ranges and a rule."""
     ranges: dict[str, tuple[float | None, float | None]] = {}
     for spec, side in [(m, 0) for m in minimums] + [(m, 1) for m in maximums]:
         name, sep, number = spec.partition("=")
@@ -169,7 +172,11 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
         name = known_name(name, RANGEABLE, "--min/--max", "a numeric feature")
         lo, hi = ranges.get(name, (None, None))
         ranges[name] = (value, hi) if side == 0 else (lo, value)
-    where = ProfileFilter(lifecycle_stages=frozenset(stages), ranges=ranges)
+    try:
+        compiled = None if rule is None else compile_rule(rule)
+    except RuleError as e:
+        raise click.BadParameter(e.reason.removeprefix("rule: "), param_hint="--where") from None
+    where = ProfileFilter(lifecycle_stages=frozenset(stages), ranges=ranges, rule=compiled)
     with opened(ctx) as persona:
         page = list_profiles(persona, where, first=first, after=after)
         more = 0
@@ -188,7 +195,7 @@ def profiles_list(ctx: click.Context, stages: tuple[str, ...], minimums: tuple[s
                        f" spent {f.get('monetary', 0):>10.2f}  rfm {rfm}")
     if as_json:
         return
-    filtered = bool(stages or minimums or maximums)
+    filtered = bool(stages or minimums or maximums or rule)
     if not page:
         click.echo("no profiles " + ("match" if filtered else "in the index" + (" after that id" if after else
                    " (ingest events first, or `persona rebuild` if they are in the log)")), err=True)
