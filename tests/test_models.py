@@ -384,6 +384,17 @@ def test_predictions_carry_values_and_the_features_behind_them(lab: Lab) -> None
         assert len(prediction.contributions) <= scoring.TOP
         assert all(c["feature"] in lab.trained["next_category"].features for c in prediction.contributions)
     assert {d["model"] for d in stored} == set(TASKS)
+    from persona.api.types import _prediction  # the API's typed classes: every class, the likeliest first
+
+    for doc in stored:
+        served = _prediction(doc)
+        if doc["model"] != "next_category":
+            assert served.classes is None
+            continue
+        assert served.classes is not None and served.classes[0].name == doc["label"]
+        assert {c.name: c.value for c in served.classes} == doc["probabilities"]
+        values = [c.value for c in served.classes]
+        assert values == sorted(values, reverse=True)  # type: ignore[type-var]
 
 
 def test_prediction_as_of_the_past_uses_the_past(lab: Lab) -> None:

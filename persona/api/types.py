@@ -118,16 +118,27 @@ class Prediction:
     score: float = strawberry.field(description="The predicted count, amount or days; for churn its probability;"
                                                 " for next_category the top class's probability")
     label: str | None = strawberry.field(description="The class, for classifiers")
-    probabilities: JSON | None = strawberry.field(description="Every class's probability (next_category)")
+    probabilities: JSON | None = strawberry.field(description="Every class's probability (next_category)",
+                                                  deprecation_reason="Use classes: the same, typed")
+    classes: list[Figure] | None = strawberry.field(
+        description="Every class with its probability, the likeliest first (next_category; null for others)")
     contributions: list[Contribution] = strawberry.field(description="The features that moved it most")
     as_of: datetime = strawberry.field(description="The instant the features were taken at")
     computed_at: datetime
 
 
+def _classes(probabilities: dict[str, float] | None) -> list[Figure] | None:
+    if probabilities is None:
+        return None
+    ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [Figure(name=label, value=float(p)) for label, p in ranked]
+
+
 def _prediction(d: dict[str, Any]) -> Prediction:
     """A row of the predictions read model (persona.api.data.load_predictions)."""
     return Prediction(model=d["model"], version=d["version"], score=d["value"], label=d["label"],
-                      probabilities=d["probabilities"], contributions=[Contribution(**c) for c in d["contributions"]],
+                      probabilities=d["probabilities"], classes=_classes(d["probabilities"]),
+                      contributions=[Contribution(**c) for c in d["contributions"]],
                       as_of=datetime.fromisoformat(d["as_of"]), computed_at=from_micros(d["computed_at"]))
 
 
