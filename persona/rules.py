@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from persona.errors import ValidationError
@@ -82,7 +82,8 @@ class Token:
 
 
 class RuleError(ValidationError):
-    """A rule that cannot be parsed: says what was expected, and where."""
+    """A rule that cannot be parsed: says what was expected, and where. Whatever of the rule a
+    message quotes comes last, after ", found" (the API leaves that part out: a rule holds values)."""
 
 
 def tokens(rule: str) -> list[Token]:
@@ -90,7 +91,8 @@ def tokens(rule: str) -> list[Token]:
     while at < len(rule):
         found = _TOKEN.match(rule, at)
         if found is None:
-            raise RuleError(f"rule: {rule[at]!r} (character {at + 1}) is not part of the rule language")
+            raise RuleError(f"rule: a character that is not part of the rule language, found {rule[at]!r}"
+                            f" (character {at + 1})")
         kind = found.lastgroup or ""
         text = found.group()
         if kind == "name" and text.lower() in _WORDS:
@@ -108,7 +110,7 @@ class Rule:
 
     text: str
     names: tuple[str, ...]
-    holds: Predicate
+    holds: Predicate = field(compare=False)  # closures: two parses of one text are the same rule
 
     def __call__(self, attributes: Mapping[str, Any], features: Mapping[str, Any],
                  rfm: Mapping[str, int] | None) -> bool:
@@ -121,26 +123,30 @@ class Rule:
 
 def compile_rule(text: str) -> Rule:
     """A rule, parsed once (RuleError if it is not one)."""
-    return Rule(text, tuple(names_in(text)), parse(text))
+    parser = _parsed(text)
+    return Rule(text, tuple(dict.fromkeys(parser.names)), parser.predicate)
 
 
 def parse(rule: str) -> Predicate:
     """The predicate of a rule over (attributes, features, rfm); RuleError if it is not a rule."""
-    if not isinstance(rule, str) or not rule.strip():
-        raise RuleError("rule: empty")
-    if len(rule) > MAX_RULE:
-        raise RuleError(f"rule: longer than {MAX_RULE} characters")
-    parser = _Parser(tokens(rule))
-    predicate = parser.disjunction(0)
-    if parser.peek().kind != "end":
-        raise RuleError(f"rule: expected 'and', 'or' or the end of the rule, found {parser.peek().show()}")
-    return predicate
+    return _parsed(rule).predicate
 
 
 def names_in(rule: str) -> list[str]:
     """The names a rule reads (canonical: aliases resolved), in order, each once."""
-    found = [_ALIASES.get(t.text, t.text) for t in tokens(rule) if t.kind == "name"]
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(_parsed(rule).names))
+
+
+def _parsed(rule: str) -> _Parser:
+    if not isinstance(rule, str) or not rule.strip():  # sizes first: nothing of a huge rule is read
+        raise RuleError("rule: empty")
+    if len(rule) > MAX_RULE:
+        raise RuleError(f"rule: longer than {MAX_RULE} characters")
+    parser = _Parser(tokens(rule))
+    parser.predicate = parser.disjunction(0)
+    if parser.peek().kind != "end":
+        raise RuleError(f"rule: expected 'and', 'or' or the end of the rule, found {parser.peek().show()}")
+    return parser
 
 
 class _Parser:
@@ -148,6 +154,8 @@ class _Parser:
         self.items = items
         self.at = 0
         self.terms = 0
+        self.names: list[str] = []  # canonical, in the order read
+        self.predicate: Predicate = lambda a, f, r: False
 
     def peek(self) -> Token:
         return self.items[self.at]
@@ -182,8 +190,8 @@ class _Parser:
         return lambda a, f, r: all(p(a, f, r) for p in parts)
 
     def unary(self, depth: int) -> Predicate:
-        if depth >= MAX_DEPTH:
-            raise RuleError(f"rule: nested more than {MAX_DEPTH} levels deep (at {self.peek().show()})")
+        if depth > MAX_DEPTH:
+            raise RuleError(f"rule: nested more than {MAX_DEPTH} levels deep, found {self.peek().show()}")
         token = self.peek()
         if token.kind == "word" and token.text == "not":
             self.take()
@@ -207,7 +215,8 @@ class _Parser:
         name = _ALIASES.get(token.text, token.text)
         kind = NAMES.get(name)
         if kind is None:
-            raise RuleError(f"rule: unknown name {token.show()}; known: {', '.join(sorted(NAMES))}")
+            raise RuleError(f"rule: an unknown name (known: {', '.join(sorted(NAMES))}), found {token.show()}")
+        self.names.append(name)
         read = _reader(name)
         after = self.peek()
         if after.kind == "op":
@@ -219,7 +228,7 @@ class _Parser:
             self.take()
             if kind != LIST:
                 raise RuleError(f"rule: {name} is a {kind}, not a list: 'contains' ({after.show()}) does not apply")
-            wanted = self.value(TEXT, name)
+            wanted = self.value(LIST, name)
             return lambda a, f, r: _holds(read(a, f, r), wanted)
         if after.kind == "word" and after.text == "is":
             self.take()
@@ -267,16 +276,17 @@ class _Parser:
         if kind == NUMBER and token.kind == "number":
             number = float(token.text)
             if not math.isfinite(number):
-                raise RuleError(f"rule: {token.show()} is not a finite number")
+                raise RuleError(f"rule: {name} holds a number: expected a finite number, found {token.show()}")
             return number
-        if kind == TEXT and token.kind == "text":
+        if kind in (TEXT, LIST) and token.kind == "text":
             return _unquote(token.text)
         if kind == FLAG and token.kind == "word" and token.text in ("true", "false"):
             return token.text == "true"
         raise RuleError(f"rule: {name} holds a {kind}: expected {_WANTED[kind]}, found {token.show()}")
 
 
-_WANTED = {NUMBER: "a number", TEXT: 'a text in quotes ("…")', FLAG: "true or false", LIST: 'a text in quotes ("…")'}
+_WANTED = {NUMBER: "a number", TEXT: 'a text in quotes ("…")', FLAG: "true or false",
+           LIST: 'a text in quotes ("…") to look for'}
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
     "<": lambda x, y: x < y, "<=": lambda x, y: x <= y, ">": lambda x, y: x > y, ">=": lambda x, y: x >= y,
     "=": lambda x, y: x == y,

@@ -286,3 +286,27 @@ def test_profiles_filtered_by_a_rule(server: Server) -> None:
         time.sleep(0.1)
     assert ["city", "frequency"] in ruled and ["country"] in ruled
     assert "Shanghai" not in str(details) and "CN" not in str(details)
+
+
+def test_typed_model_parts_survive_numbers_stored_as_null() -> None:
+    """orjson stores NaN and infinities as null: a typed field says null, and the model still lists."""
+    from persona.api.typed import model_parts
+    from persona.api.types import _classes
+
+    meta = {"metrics": {"roc_auc": None, "log_loss": 0.5, "rows": 120.0},
+            "baselines": {"BG/NBD": {"roc_auc": float("nan"), "log_loss": 0.6}},
+            "lift": {"metric": "log_loss", "model": None, "baseline": 0.6, "against": "BG/NBD", "improvement": None},
+            "window": {"cutoffs": ["2026-01-01T00:00:00+00:00"], "horizon_days": 91.0},
+            "rows": {"train": 100, "test": 20}, "code": {"persona": "0.1"}}
+    drift = {"measured_at": "2026-02-01T00:00:00+00:00", "people": 10, "psi_max": None, "psi_limit": 0.25,
+             "psi_top": [{"feature": "recency", "psi": None}], "age_days": 31.0, "stale": False, "reasons": []}
+    held_out, baselines, gain, training, last, libraries = model_parts(meta, drift)
+    assert [(f.name, f.value) for f in held_out] == [("log_loss", 0.5), ("roc_auc", None), ("rows", 120.0)]
+    assert [(f.name, f.value) for f in baselines[0].metrics] == [("log_loss", 0.6), ("roc_auc", None)]
+    assert (gain.model, gain.baseline, gain.improvement) == (None, 0.6, None)
+    assert (training.train_rows, training.test_rows, training.horizon_days) == (100, 20, 91.0)
+    assert last is not None and last.psi_max is None and last.psi_top[0].value is None
+    assert libraries == ["persona 0.1"]
+    classes = _classes({"books": 0.2, "garden": None, "toys": 0.8})  # type: ignore[dict-item]
+    assert classes is not None and [(c.name, c.value) for c in classes] == [("toys", 0.8), ("books", 0.2),
+                                                                             ("garden", None)]

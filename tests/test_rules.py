@@ -57,7 +57,7 @@ def test_a_rule_means_what_it_says(rule: str, buyer: bool, browser: bool) -> Non
 
 def test_keywords_are_case_insensitive_names_are_not() -> None:
     assert holds("monetary > 10 AND NOT consent.analytics", BUYER)
-    with pytest.raises(RuleError, match="unknown name 'Monetary'"):
+    with pytest.raises(RuleError, match=r"an unknown name .*, found 'Monetary'"):
         parse("Monetary > 10")
 
 
@@ -72,21 +72,22 @@ def test_keywords_are_case_insensitive_names_are_not() -> None:
     ("top_categories = 'books'", "use 'contains'"),
     ("frequency contains 'x'", "not a list"),
     ("consent.marketing in [true]", "'in \\[...\\]' takes a number or a text"),
-    ("consent.sharing", "unknown name 'consent.sharing'"),
-    ("__import__('os').system('id')", "'.' \\(character 17\\) is not part of the rule language"),
-    ("__import__('os')", "unknown name '__import__'"),
+    ("consent.sharing", "found 'consent.sharing'"),
+    ("__import__('os').system('id')", "not part of the rule language, found '.' \\(character 17\\)"),
+    ("__import__('os')", "an unknown name \\(known: .*\\), found '__import__'"),
     ("monetary > 1 and", "expected a name"),
     ("monetary > 1 or or frequency > 1", "expected a name"),
     ("(monetary > 1", "expected '\\)'"),
     ("monetary > 1)", "expected 'and', 'or' or the end of the rule"),
     ("monetary > 1 frequency > 1", "expected 'and', 'or' or the end of the rule, found 'frequency' \\(character 14\\)"),
-    ("monetary ; drop table x", "';' \\(character 10\\) is not part of the rule language"),
-    ("country = \"FR", "'\"' \\(character 11\\) is not part of the rule language"),
+    ("monetary ; drop table x", "not part of the rule language, found ';' \\(character 10\\)"),
+    ("country = \"FR", "not part of the rule language, found '\"' \\(character 11\\)"),
     ("lifecycle_stage in [\"a\",]", 'expected a text in quotes'),
     ("lifecycle_stage in []", "expected a text in quotes"),
     ("age is 3", "expected 'null' after 'is'"),
-    ("monetary > 1e999", "not a finite number"),
-    ("rfm.x > 1", "unknown name 'rfm.x'"),
+    ("monetary > 1e999", "expected a finite number, found '1e999'"),
+    ("rfm.x > 1", "found 'rfm.x'"),
+    ("top_categories contains 5", "top_categories holds a list: expected a text in quotes"),
 ])
 def test_a_bad_rule_is_refused_saying_what_and_where(rule: str, message: str) -> None:
     with pytest.raises(RuleError, match=message):
@@ -103,9 +104,30 @@ def test_huge_and_deep_rules_are_refused_before_they_cost_anything() -> None:
         parse("(" * 500 + "frequency > 1" + ")" * 500)  # no RecursionError: refused at MAX_DEPTH
     with pytest.raises(RuleError, match=f"nested more than {MAX_DEPTH}"):
         parse("not " * 400 + "consent.marketing")
-    assert parse("not " * (MAX_DEPTH - 1) + "consent.marketing")(*BUYER) is False  # 15 nots: odd, so false
+    assert parse("not " * MAX_DEPTH + "consent.marketing")(*BUYER) is True  # 16 nots: even, so as is
+    assert parse("(" * MAX_DEPTH + "consent.marketing" + ")" * MAX_DEPTH)(*BUYER) is True
+    with pytest.raises(RuleError, match=f"nested more than {MAX_DEPTH}"):
+        parse("not " * (MAX_DEPTH + 1) + "consent.marketing")
     with pytest.raises(RuleError, match="more than 100 values"):
         parse("lifecycle_stage in [" + ", ".join(f'"s{n}"' for n in range(101)) + "]")
+
+
+@pytest.mark.parametrize("rule", [
+    'city = "Secretville" and', "not " * 17 + "Secretville", "Secretville = 'x'", "monetary > 13812345678e999",
+    'city = "Secretville" frequency > 1', 'city = "Secretville\'', "Secretville ! 1", "age > 'Secretville'",
+    'lifecycle_stage in ["Secretville" "x"]', "(" * 3000 + "Secretville",
+])
+def test_what_the_api_says_of_a_bad_rule_never_quotes_it(rule: str) -> None:
+    """The API drops what follows ", found" and any whole value a client sent (persona.api.errors.scrub):
+    every message quotes the rule only there, so no value of a rule comes back in an error."""
+    from persona.api.errors import scrub
+    from persona.rules import compile_rule
+
+    with pytest.raises(RuleError) as refused:
+        compile_rule(rule)
+    said = scrub(f"filter.{refused.value.reason}", [rule])
+    assert "Secretville" not in said and "13812345678" not in said, said
+    assert said.startswith("filter.rule: ")
 
 
 def test_text_values_are_taken_literally() -> None:

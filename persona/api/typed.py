@@ -9,6 +9,7 @@ new field, never a new key inside a blob.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
@@ -222,12 +223,16 @@ class Figure:
     value: float | None = strawberry.field(description="null: not a number (e.g. AUC over one class)")
 
 
+def finite(value: Any) -> float | None:
+    """A stored number as a float; null for anything else (NaN and infinities are stored as null)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 def figures(mapping: Mapping[str, Any] | None) -> list[Figure]:
-    out = []
-    for name, value in sorted((mapping or {}).items()):
-        number = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-        out.append(Figure(name=name, value=None if number is None or number != number else number))
-    return out
+    return [Figure(name=name, value=finite(value)) for name, value in sorted((mapping or {}).items())]
 
 
 @strawberry.type(description="A naive baseline (or BG/NBD) scored on the model's own held-out rows")
@@ -239,10 +244,11 @@ class Baseline:
 @strawberry.type(description="The model against its best baseline, by the task's main metric (lower is better)")
 class Lift:
     metric: str
-    model: float
-    baseline: float
+    model: float | None
+    baseline: float | None
     against: str = strawberry.field(description="The best baseline's name")
-    improvement: float = strawberry.field(description="(baseline - model) / baseline: above 0, the model is better")
+    improvement: float | None = strawberry.field(
+        description="(baseline - model) / baseline: above 0, the model is better")
 
 
 @strawberry.type(description="What the model was trained on: the cutoffs its labelled rows were taken at")
@@ -257,10 +263,10 @@ class TrainingWindow:
 class Drift:
     measured_at: datetime
     people: int
-    psi_max: float = strawberry.field(description="The largest population stability index over the features")
-    psi_limit: float
+    psi_max: float | None = strawberry.field(description="The largest population stability index over the features")
+    psi_limit: float | None
     psi_top: list[Figure] = strawberry.field(description="The features that moved most, by PSI")
-    age_days: float
+    age_days: float | None
     stale: bool
     reasons: list[str]
 
@@ -272,15 +278,15 @@ def model_parts(meta: Mapping[str, Any], drift: Mapping[str, Any] | None
     return (
         figures(meta["metrics"]),
         [Baseline(name=name, metrics=figures(scores)) for name, scores in sorted(meta["baselines"].items())],
-        Lift(metric=lift["metric"], model=float(lift["model"]), baseline=float(lift["baseline"]),
-             against=str(lift.get("against", "")), improvement=float(lift["improvement"])),
+        Lift(metric=lift["metric"], model=finite(lift["model"]), baseline=finite(lift["baseline"]),
+             against=str(lift.get("against", "")), improvement=finite(lift["improvement"])),
         TrainingWindow(cutoffs=[datetime.fromisoformat(c) for c in window["cutoffs"]],
                        horizon_days=float(window["horizon_days"]), train_rows=int(rows["train"]),
                        test_rows=int(rows["test"])),
         None if not drift else Drift(
             measured_at=datetime.fromisoformat(drift["measured_at"]), people=int(drift["people"]),
-            psi_max=float(drift["psi_max"]), psi_limit=float(drift["psi_limit"]),
-            psi_top=[Figure(name=p["feature"], value=float(p["psi"])) for p in drift["psi_top"]],
-            age_days=float(drift["age_days"]), stale=bool(drift["stale"]), reasons=list(drift["reasons"])),
+            psi_max=finite(drift["psi_max"]), psi_limit=finite(drift["psi_limit"]),
+            psi_top=[Figure(name=p["feature"], value=finite(p["psi"])) for p in drift["psi_top"]],
+            age_days=finite(drift["age_days"]), stale=bool(drift["stale"]), reasons=list(drift["reasons"])),
         [f"{package} {version}" for package, version in sorted(meta["code"].items())],
     )

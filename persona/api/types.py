@@ -30,6 +30,7 @@ from persona.api.typed import (
     Lift,
     TrainingWindow,
     attribute_sources,
+    finite,
     model_parts,
 )
 from persona.core import Persona
@@ -130,8 +131,9 @@ class Prediction:
 def _classes(probabilities: dict[str, float] | None) -> list[Figure] | None:
     if probabilities is None:
         return None
-    ranked = sorted(probabilities.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [Figure(name=label, value=float(p)) for label, p in ranked]
+    ranked = sorted(((label, finite(p)) for label, p in probabilities.items()),
+                    key=lambda lp: (lp[1] is None, -(lp[1] or 0.0), lp[0]))  # a null (not a number) last
+    return [Figure(name=label, value=p) for label, p in ranked]
 
 
 def _prediction(d: dict[str, Any]) -> Prediction:
