@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -67,13 +68,18 @@ def create_app(data_dir: Path) -> Starlette:
             page = history_page(request.app.state.persona, profile_id, first=HISTORY_PAGE)
         except (UnknownProfileError, ErasedError):
             return _json({"error": "no such profile"}, 404)
-        edges = [{"cursor": encode_cursor("v", e.version), "type": e.type, "occurredAt": e.occurred_at,
+        edges = [{"cursor": encode_cursor("v", e.version), "type": e.type, "occurredAt": _instant(e.occurred_at),
                   "source": e.source, "data": e.data} for e in page.events]
         return _json({"edges": edges, "hasNextPage": page.has_next,
                       "endCursor": edges[-1]["cursor"] if edges else None})
 
     routes = [Route("/healthz", healthz), Route("/profile", profile), Route("/history", history)]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _instant(text: str) -> str:
+    """A stored time as the API's DateTime writes it (ISO 8601, +00:00): the same answer, the same work."""
+    return datetime.fromisoformat(text).isoformat()
 
 
 def main() -> None:

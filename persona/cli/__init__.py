@@ -55,8 +55,8 @@ COMMANDS = {
                                           " on standard output, with the features that moved it most."),
     "profile": Entry("people", "profile", "Show a profile: id, version, identities (hashed) and attributes with their"
                                           " provenance."),
-    "profiles": Entry("people", "profiles_list", "List profiles from the profile index, filtered by lifecycle stage"
-                                                 " and feature ranges."),
+    "profiles": Entry("people", "profiles_list", "List profiles from the profile index, filtered by lifecycle stage,"
+                                                 " feature ranges and a rule."),
     "purge": Entry("erasure", "purge", "Physically purge what erasures deleted, if a purge is due: for cron."),
     "quarantine": Entry("ingest", "quarantine", "List quarantined records: where they came from and why (their"
                                                 " content stays sealed)."),
