@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class Settings:
     max_future_s: int = 24 * 3600  # occurred_at may be at most this far ahead of now
     snapshot_every: int = 100  # events of a stream between snapshots of its projections
     api_dev: bool = False  # PERSONA_API_DEV=1: the server offers GraphiQL to browsers
+    cors_origins: tuple[str, ...] = ()  # PERSONA_CORS_ORIGINS, comma-separated: browser origins that may call the API
     database_url: str | None = None  # PERSONA_DATABASE_URL or DIR/backend.url: PostgreSQL; None: SQLite
     purge_window_s: int = 15 * 60  # PERSONA_PURGE_WINDOW: one physical purge serves the erasures of this many seconds
     progress_s: float = 10.0  # PERSONA_PROGRESS_S: seconds between progress lines when stderr is no terminal
@@ -82,6 +84,7 @@ class Settings:
             purge_window_s=_positive(env, "PERSONA_PURGE_WINDOW", 15 * 60),
             progress_s=_seconds(env, "PERSONA_PROGRESS_S", 10.0),
             api_dev=env.get("PERSONA_API_DEV") == "1",
+            cors_origins=cors_origins(env.get("PERSONA_CORS_ORIGINS", "").split(",")),
             database_url=database_url,
         )
 
@@ -90,8 +93,27 @@ class Settings:
         os.environ["PERSONA_DATA"] = str(self.data_dir.resolve())
         os.environ["PERSONA_KEY_FILE"] = str(self.key_file.resolve())
         os.environ["PERSONA_API_DEV"] = "1" if self.api_dev else "0"
+        os.environ["PERSONA_CORS_ORIGINS"] = ",".join(self.cors_origins)
         if self.database_url:
             os.environ["PERSONA_DATABASE_URL"] = self.database_url
+
+
+_ORIGIN = re.compile(r"https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?")
+
+
+def cors_origins(given: Iterable[str]) -> tuple[str, ...]:
+    """Browser origins allowed to call the API, each exactly scheme://host[:port] (what a browser
+    sends in Origin: no path, no wildcard — a `*` would let any page use a token it holds)."""
+    out = []
+    for text in given:
+        origin = text.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigurationError(f"a CORS origin is scheme://host[:port], e.g. https://shop.example,"
+                                     f" not {origin!r}")
+        out.append(origin)
+    return tuple(dict.fromkeys(out))
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

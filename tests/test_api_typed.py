@@ -310,3 +310,50 @@ def test_typed_model_parts_survive_numbers_stored_as_null() -> None:
     classes = _classes({"books": 0.2, "garden": None, "toys": 0.8})  # type: ignore[dict-item]
     assert classes is not None and [(c.name, c.value) for c in classes] == [("toys", 0.8), ("books", 0.2),
                                                                              ("garden", None)]
+
+
+# -- CORS: frontends of the origins named, no one else ----------------------------------------------
+SHOP = "https://shop.example"
+
+
+def test_cors_answers_the_origins_named_and_no_other(tmp_path: Path) -> None:
+    options = ("--cors-origin", SHOP, "--cors-origin", "http://localhost:5173")
+    with serving(tmp_path, None, *options) as running, running.client() as http:
+        asked = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+        allowed = http.options("/graphql", headers={"Origin": SHOP, **asked})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == SHOP
+        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        assert "access-control-allow-credentials" not in allowed.headers  # bearer tokens, never cookies
+        other = http.options("/graphql", headers={"Origin": "https://evil.example", **asked})
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        sibling = http.options("/graphql", headers={"Origin": "https://shop.example.evil.example", **asked})
+        assert "access-control-allow-origin" not in sibling.headers
+        query = {"query": "{ profile(id: \"prf_none\") { id } }"}
+        answered = http.post("/graphql", json=query, headers={"Origin": SHOP, **running.auth("reader")})
+        assert answered.status_code == 200 and answered.headers["access-control-allow-origin"] == SHOP
+        foreign = http.post("/graphql", json=query, headers={"Origin": "https://evil.example",
+                                                             **running.auth("reader")})
+        assert "access-control-allow-origin" not in foreign.headers  # a browser keeps the answer from the page
+        anonymous = http.post("/graphql", json=query, headers={"Origin": SHOP})
+        assert anonymous.status_code == 401  # CORS lets a page ask; only a token lets it read
+
+
+def test_without_cors_origins_no_page_of_another_origin_may_call(server: Server) -> None:
+    with server.client() as http:
+        preflight = http.options("/graphql", headers={"Origin": SHOP, "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
+
+
+@pytest.mark.parametrize("origin", ["*", "https://shop.example/path", "shop.example", "javascript:alert(1)",
+                                    "https://", "ftp://shop.example"])
+def test_a_cors_origin_must_be_one_exact_origin(tmp_path: Path, origin: str) -> None:
+    from click.testing import CliRunner
+
+    from persona.cli import cli
+
+    data = str(tmp_path / "data")
+    assert CliRunner().invoke(cli, ["--data", data, "init"]).exit_code == 0
+    refused = CliRunner().invoke(cli, ["--data", data, "serve", "--port", "0", "--cors-origin", origin])
+    assert refused.exit_code != 0 and "a CORS origin is scheme://host[:port]" in refused.output

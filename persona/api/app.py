@@ -21,6 +21,8 @@ import orjson
 from graphql import ExecutionResult, GraphQLError, OperationType, execute
 from graphql.pyutils import is_awaitable
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -286,11 +288,19 @@ def create_app(settings: Settings | None = None, options: ServerOptions | None =
         Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", SocketEndpoint()),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = []
+    if options.cors_origins:
+        # a browser page of a listed origin may call the API with a token it holds (a minted one, a
+        # user's own): bearer tokens only, never cookies, so credentials stay off; any other origin's
+        # preflight is refused and its answers carry no Access-Control-Allow-Origin
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(options.cors_origins),
+                                     allow_methods=["GET", "POST"], allow_headers=["authorization", "content-type"],
+                                     allow_credentials=False, max_age=600))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def app_from_env() -> Starlette:
     """For `uvicorn --factory` with several workers: settings from PERSONA_* variables."""
     settings = Settings.load()
-    return create_app(settings, ServerOptions(dev=settings.api_dev))
+    return create_app(settings, ServerOptions(dev=settings.api_dev, cors_origins=settings.cors_origins))
 

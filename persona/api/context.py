@@ -158,6 +158,7 @@ class ServerOptions:
     scan_queue_per_token: int = 4  # of them, one token's; one more is refused (RATE_LIMITED)
     population_every_s: float = 5.0  # how often the population a scan is priced by is counted again
     dev: bool = False
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call /graphql (none: no CORS at all)
 
 
 class ApiState:

@@ -12,6 +12,7 @@ from persona.audit import entries, record_local
 from persona.cli.common import emit_json, friendly, opened, settings_of
 from persona.core import Persona
 from persona.events import from_micros
+from persona.settings import cors_origins
 from persona.tokens import check_bindings, create_token, list_tokens, parse_names, parse_scopes, revoke_token
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM, open requests and subscriptions get this long before they are cancelled
@@ -34,10 +35,13 @@ WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP 
 @click.option("--forwarded-allow-ips", metavar="ADDRESSES",
               help="With --proxy-headers: the proxies trusted to set those headers (comma-separated addresses"
                    " or networks, e.g. 10.0.0.5,10.1.0.0/16).")
+@click.option("--cors-origin", "cors_origin", multiple=True, metavar="ORIGIN",
+              help="A browser origin allowed to call the API, e.g. https://shop.example (repeatable; adds to"
+                   " PERSONA_CORS_ORIGINS). None by default: pages of other origins cannot call it.")
 @click.pass_context
 @friendly
 def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str, proxy_headers: bool,
-          forwarded_allow_ips: str | None) -> None:
+          forwarded_allow_ips: str | None, cors_origin: tuple[str, ...]) -> None:
     """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and /healthz.
 
     Every request needs a bearer token (see `persona tokens create`). Request lines are
@@ -52,6 +56,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     from persona.api.app import create_app, log_config  # heavy: loaded when the command runs
     from persona.api.context import ServerOptions  # heavy: loaded when the command runs
     settings = settings_of(ctx)
+    settings = dataclasses.replace(settings, cors_origins=cors_origins([*settings.cors_origins, *cors_origin]))
     proxies = uvicorn_proxies(proxy_headers, forwarded_allow_ips)
     with Persona.open(settings) as persona:  # a clear error now, not one per worker later
         active = [t for t in list_tokens(persona) if t.revoked_at is None]
@@ -63,7 +68,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
                               "ws_max_size": WS_MAX_BYTES, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
                               "log_config": log_config(), **proxies}
     if workers == 1:
-        uvicorn.run(create_app(settings, ServerOptions(dev=dev)), **common)
+        uvicorn.run(create_app(settings, ServerOptions(dev=dev, cors_origins=settings.cors_origins)), **common)
         return
     dataclasses.replace(settings, api_dev=dev).export()
     uvicorn.run("persona.api.app:app_from_env", factory=True, workers=workers, **common)
