@@ -3,7 +3,6 @@ listing and filtering, and population aggregates (the RFM scores they show: pers
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -14,12 +13,15 @@ import orjson
 
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError
+from persona.indexed import IndexedProfile, aged, computed_at, present
 from persona.profiles import profile_view
-from persona.projections import ATTRIBUTES, FEATURES
+from persona.projections import FEATURES
 from persona.projections.profile import DEFAULT_STRATEGIES, attribute_values
 from persona.rfm import index_rows
 from persona.rules import Rule
-from persona.segments import segments
+
+__all__ = ["GROUPABLE", "LABELS", "RANGEABLE", "RFM_SEGMENT", "IndexedProfile", "ProfileFilter", "from_index",
+           "indexed", "list_profiles", "past_profile", "population"]
 
 RFM_SEGMENT = "rfm_segment"  # a group name: the profile's rfm:<segment> (persona.segments), if scored
 _BLANK = FEATURES.view(FEATURES.initial(), datetime(2000, 1, 1, tzinfo=UTC))
@@ -31,19 +33,6 @@ GROUPABLE = frozenset(name for name, value in _BLANK.items() if not isinstance(v
     DEFAULT_STRATEGIES) | {"age", RFM_SEGMENT}
 # The labels `persona profiles` prints for a feature, accepted where the feature's name goes
 LABELS = {"orders": "frequency", "spent": "monetary", "stage": "lifecycle_stage"}
-
-
-@dataclass(frozen=True)
-class IndexedProfile:
-    id: str
-    version: int
-    attributes: dict[str, Any]
-    features: dict[str, Any]  # brought to the query's instant: recency, stage and affinities are current
-    rfm: dict[str, int] | None
-
-    @property
-    def segments(self) -> list[str]:
-        return segments(self.attributes, self.features, self.rfm)
 
 
 @dataclass(frozen=True)
@@ -85,15 +74,8 @@ def past_profile(persona: Persona, profile_id: str, moment: datetime) -> Indexed
         return None
     if past["events"] == 0:
         return None
-    return _aged(IndexedProfile(past["id"], past["events"], attribute_values(past["attributes"]),
-                                past["features"], None), moment)
-
-
-def _aged(profile: IndexedProfile, moment: datetime) -> IndexedProfile:
-    born = profile.attributes.get("birth_year")
-    if isinstance(born, int) and not isinstance(born, bool):
-        return dataclasses.replace(profile, attributes=profile.attributes | {"age": moment.year - born})
-    return profile
+    return aged(IndexedProfile(past["id"], past["events"], attribute_values(past["attributes"]),
+                               past["features"], None), moment)
 
 
 def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | None,
@@ -101,17 +83,11 @@ def from_index(profile_id: str, version: int, doc: str, rfm: dict[str, int] | No
     """One index row brought to `moment` (None: erased or gone since). `past`: `moment` is a
     question about an earlier instant, not the present."""
     parsed = orjson.loads(doc)
-    computed = datetime.fromisoformat(parsed["as_of"]) if parsed["as_of"] else None
-    attributes, features = parsed.get(ATTRIBUTES.name, {}), parsed.get(FEATURES.name, {})
-    if computed is not None and moment < computed:
-        if past:  # the index was computed after that instant and cannot be shifted backwards
-            return past_profile(persona, profile_id, moment)
-        # the present, with events dated a little ahead of the clock (ingest accepts up to a
-        # day): the index is taken at its own instant rather than replayed on every read
-        moment = computed
-    elif computed is not None:
-        features = FEATURES.shift(features, computed, moment)
-    return _aged(IndexedProfile(profile_id, version, attributes, features, rfm), moment)
+    computed = computed_at(parsed)
+    if past and computed is not None and moment < computed:
+        # the index was computed after that instant and cannot be shifted backwards
+        return past_profile(persona, profile_id, moment)
+    return present(profile_id, version, parsed, rfm, moment)
 
 
 def indexed(persona: Persona, *, as_of: datetime | None = None, after: str = "",

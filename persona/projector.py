@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from persona import identity
+from persona import identity, memberships
 from persona.core import Persona
 from persona.crypto import Sealer
 from persona.errors import ErasedError, UnknownProfileError, UnknownProjectionError
@@ -330,6 +330,10 @@ class Projector:
                 rec.put_index(index)
                 if snaps:
                     rec.put_snapshots(snaps)
+                # live segments change in the same commit as the rows that change them; the other
+                # streams of a merged person are no longer anyone's, and leave theirs
+                memberships.follow(self.persona, index, [member for pid, *_ in index
+                                                         for member in people[pid].members if member != pid])
         return len(index)
 
 
@@ -448,4 +452,5 @@ def rebuild(persona: Persona, *, projection: str | None = None, workers: int | N
                                              [projection] * len(parts)):
                     write(index, snaps)
         compute_rfm(persona)  # RFM quintiles: across the population, recomputed at rebuild
+        memberships.sweep(persona)  # reconciled, not emptied: members keep their `since`
     return done

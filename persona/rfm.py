@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import orjson
 
+from persona import memberships
 from persona.core import Persona
 from persona.events import text_micros
 from persona.projections import FEATURES
@@ -62,7 +63,10 @@ def compute_rfm(persona: Persona) -> int:
         old = persona.recorder.rfm_scores()
         rows = [(pid, r[pid], f[pid], m[pid]) for pid in bought
                 if old.get(pid) != {"r": r[pid], "f": f[pid], "m": m[pid]}]
-        persona.recorder.change_rfm(rows, [pid for pid in old if pid not in bought])
+        gone = [pid for pid in old if pid not in bought]
+        persona.recorder.change_rfm(rows, gone)
+    if rows or gone:
+        memberships.after_scoring(persona)  # the segments that read the scores
     return len(bought)
 
 

@@ -37,6 +37,8 @@ class Settings:
     database_url: str | None = None  # PERSONA_DATABASE_URL or DIR/backend.url: PostgreSQL; None: SQLite
     purge_window_s: int = 15 * 60  # PERSONA_PURGE_WINDOW: one physical purge serves the erasures of this many seconds
     progress_s: float = 10.0  # PERSONA_PROGRESS_S: seconds between progress lines when stderr is no terminal
+    segment_sweep_s: float = 60.0  # PERSONA_SEGMENT_SWEEP: how often the server sweeps segments the clock moves
+    segment_changes_days: int = 7  # PERSONA_SEGMENT_CHANGES_DAYS: segment entries and exits kept this long
 
     @property
     def db_path(self) -> Path:
@@ -83,6 +85,8 @@ class Settings:
             snapshot_every=_positive(env, "PERSONA_SNAPSHOT_EVERY", 100),
             purge_window_s=_positive(env, "PERSONA_PURGE_WINDOW", 15 * 60),
             progress_s=_seconds(env, "PERSONA_PROGRESS_S", 10.0),
+            segment_sweep_s=_seconds(env, "PERSONA_SEGMENT_SWEEP", 60.0),
+            segment_changes_days=_positive(env, "PERSONA_SEGMENT_CHANGES_DAYS", 7),
             api_dev=env.get("PERSONA_API_DEV") == "1",
             cors_origins=cors_origins(env.get("PERSONA_CORS_ORIGINS", "").split(",")),
             database_url=database_url,
@@ -94,6 +98,7 @@ class Settings:
         os.environ["PERSONA_KEY_FILE"] = str(self.key_file.resolve())
         os.environ["PERSONA_API_DEV"] = "1" if self.api_dev else "0"
         os.environ["PERSONA_CORS_ORIGINS"] = ",".join(self.cors_origins)
+        os.environ["PERSONA_SEGMENT_SWEEP"] = str(self.segment_sweep_s)
         if self.database_url:
             os.environ["PERSONA_DATABASE_URL"] = self.database_url
 

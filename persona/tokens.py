@@ -35,6 +35,8 @@ SCOPES: dict[str, str] = {
     "events:write": "ingest events",
     "erasure:write": "erase profiles (right to erasure)",
     "models:write": "train models and publish their versions",
+    "segments:read": "live segments: their rules and k-anonymous sizes; with profiles:read, who enters and leaves",
+    "segments:write": "define and remove live segments",
 }
 TOKEN_PREFIX = "pst_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")

@@ -181,7 +181,8 @@ def _verify(persona: Persona, progress: Callable[[int], None] | None) -> VerifyR
 # (its rows are gone; the tombstone re-erases it should a later backup hold them).
 _OWNED = {"keys": "profile_id", "links": "profile_id", "members": "profile_id",
           "snapshots": "profile_id", "profile_index": "profile_id", "rfm": "profile_id", "predictions": "profile_id",
-          "model_people": "profile_id", "merges": "a"}
+          "model_people": "profile_id", "merges": "a", "segment_members": "profile_id",
+          "segment_changes": "profile_id"}
 
 
 def _check_tags(persona: Persona) -> dict[str, set[str]]:

@@ -216,6 +216,9 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Mutation", "unlinkIdentities"): 'mutation { unlinkIdentities(a: {namespace: "email", value: "a@example.com"},'
                                       ' b: {namespace: "email", value: "b@example.com"}) { id } }',
     ("Mutation", "trainModel"): 'mutation { trainModel(name: "churn_91d") { name } }',
+    ("Query", "segments"): "{ segments { name size } }",
+    ("Mutation", "createSegment"): 'mutation { createSegment(name: "probe", rule: "frequency > 0") { name } }',
+    ("Mutation", "deleteSegment"): 'mutation { deleteSegment(name: "probe") }',
     ("Profile", "history"): Q_HISTORY,
     ("Profile", "predictions"): Q_PREDICTIONS,
     ("Profile", "attributeSources"): "{ profiles(first: 1) { nodes { attributeSources } } }",

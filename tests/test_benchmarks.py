@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
                                                  ("bench_api.py", "## GraphQL API"),
                                                  ("bench_ingest.py", "## Ingest of raw exports"),
                                                  ("bench_feed.py", "## Live feed"),
+                                                 ("bench_segments.py", "## Live segments"),
                                                  ("bench_models.py", "## Models"),
                                                  ("bench_backends.py", "## Backends"),
                                                  ("bench_pg_erasure.py", "## Erasure on PostgreSQL"),

@@ -357,8 +357,10 @@ def _drop_row_tags(settings: Settings) -> None:
     """Make the store look as a release before row tags left it: no `tag` columns, no mark."""
     from persona.integrity import RETAGGED, TAGGED
 
-    statements = [f"DROP INDEX {table}_untagged" for table in RETAGGED]  # constant names
-    statements += [f"ALTER TABLE {table} DROP COLUMN tag" for table in TAGGED]
+    later = ("segments", "segment_members", "segment_changes")  # schema revision 5: not there yet
+    statements = [f"DROP TABLE {table}" for table in later]  # constant names
+    statements += [f"DROP INDEX {table}_untagged" for table in RETAGGED if table not in later]
+    statements += [f"ALTER TABLE {table} DROP COLUMN tag" for table in TAGGED if table not in later]
     statements += ["DELETE FROM meta WHERE key IN ('schema_revision', 'row_tags')"]
     if settings.database_url:
         import psycopg

@@ -30,10 +30,12 @@ from typing import Any, TypeVar
 
 from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNode, OperationType
 
+from persona import memberships
 from persona.api.access import RateLimiter, TokenCache
 from persona.api.data import (
     Batch,
     ProfileData,
+    load_memberships,
     load_predictions,
     load_profiles,
     load_sources,
@@ -47,6 +49,7 @@ from persona.audit import write as write_audit
 from persona.caches import forget_caches
 from persona.core import Persona
 from persona.feed import ChangeFeed
+from persona.memberships import Membership
 from persona.projector import Projector
 from persona.purge import run as purge_when_due
 from persona.reading import identities_of
@@ -116,6 +119,9 @@ class Worker:
             self._opened.clear()
 
 
+ANYONE = ""  # what a watcher of every profile's changes watches (no profile id is empty)
+
+
 class ChangeBus:
     """Wakes subscriptions when a profile changes: in this process at once, and in any other
     (the CLI, another worker, another machine) through the change feed (LISTEN/NOTIFY on
@@ -139,6 +145,9 @@ class ChangeBus:
     def changed(self, profile_ids: set[str] | list[str]) -> None:
         for profile_id in profile_ids:
             for event in self._waiters.get(profile_id, ()):
+                event.set()
+        if profile_ids:
+            for event in self._waiters.get(ANYONE, ()):
                 event.set()
 
 
@@ -185,6 +194,8 @@ class ApiState:
         self._counted = 0.0  # when the population was last counted (the loop's clock)
         self._refusals_written = 0.0
         self.purger = Worker(settings, "purge")
+        self.sweeper = Worker(settings, "segments")  # sweeps of live segments: never in the writer's way
+        self._sweeping: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._audit_writes: set[asyncio.Future[None]] = set()  # flushes' writes under way
         self._purging: asyncio.Task[None] | None = None
@@ -207,6 +218,7 @@ class ApiState:
         self._flusher = asyncio.create_task(self._flush_audit_forever())
         self._follower = asyncio.create_task(self._follow_forever())
         self._purging = asyncio.create_task(self._purge_forever())
+        self._sweeping = asyncio.create_task(self._sweep_forever())
 
     async def _follow_forever(self) -> None:
         """Wake the subscriptions of every profile another process appended to."""
@@ -237,6 +249,19 @@ class ApiState:
             except Exception as e:  # the database is unreachable: said, and tried again
                 log.warning("the purge failed (%s); retrying", type(e).__name__)
             await asyncio.sleep(wait)
+
+    async def _sweep_forever(self) -> None:
+        """Every PERSONA_SEGMENT_SWEEP seconds, the live segments the clock moves are swept
+        (persona.memberships): who entered or left with no event is found, noted and announced."""
+        while True:
+            await asyncio.sleep(self.settings.segment_sweep_s)
+            try:
+                swept = await self.sweeper.run(lambda persona: memberships.sweep(persona, which=lambda s: s.clocked))
+            except Exception as e:  # the database is unreachable: said, and tried again
+                log.warning("the segment sweep failed (%s); retrying", type(e).__name__)
+                continue
+            if swept.entered or swept.left:
+                self.bus.changed([ANYONE])
 
     async def flush_audit(self, *, refusals: bool = True) -> None:
         rows = self.audit.take(refusals=refusals)
@@ -304,10 +329,11 @@ class ApiState:
                                           self.scanner.forget))
 
     async def stop(self) -> None:
-        if self._purging is not None:
-            self._purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._purging
+        for task in (self._purging, self._sweeping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._follower is not None:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -328,6 +354,7 @@ class ApiState:
             self.scanner.close()
             self.scans.close()
             self.purger.close()  # a purge running finishes first
+            self.sweeper.close()
             self.persona.close()
             if self._feed_wait is not None:  # a wait still running in its thread ends within FEED_WAIT_S
                 futures_wait([self._feed_wait], timeout=FEED_WAIT_S + 5)
@@ -352,10 +379,11 @@ class RequestContext:
         self.predictions: Batch[str, list[dict[str, Any]]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
         self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
         self.updated: Batch[str, datetime | None] = Batch(lambda ids: dict(load_updated(persona, ids)), None)
+        self.segments: Batch[str, list[Membership]] = Batch(lambda ids: load_memberships(persona, ids), [])
 
     def announce(self, ids: list[str]) -> None:
         """A page of profiles is about to be resolved: their lookups go in one batch each."""
-        for loader in (self.identities, self.predictions, self.sources, self.updated):
+        for loader in (self.identities, self.predictions, self.sources, self.updated, self.segments):
             loader.want(ids)
 
     @property

@@ -45,7 +45,11 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Mutation", "linkIdentities"): "events:write",
     ("Mutation", "unlinkIdentities"): "events:write",
     ("Mutation", "trainModel"): "models:write",
+    ("Query", "segments"): "segments:read",
+    ("Mutation", "createSegment"): "segments:write",
+    ("Mutation", "deleteSegment"): "segments:write",
     ("Subscription", "profileUpdated"): "profiles:read",
+    ("Subscription", "segmentChanged"): "segments:read",
     ("Profile", "history"): "history:read",
     ("Profile", "predictions"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
@@ -65,6 +69,7 @@ EXACT_SCOPE = UNLESS_ARGUMENT[("Query", "insights")][1]
 RESULT_SCOPES: dict[tuple[str, str], str] = {
     ("Mutation", "linkIdentities"): "profiles:read",
     ("Mutation", "unlinkIdentities"): "profiles:read",
+    ("Subscription", "segmentChanged"): "profiles:read",  # who entered and left: people, by profile id
 }
 # arguments that make a field scan or replay rather than read: each adds this to its cost
 # (an `asOf` replays a log; `since`/`until` decrypt up to 2,000 events to compare their times)

@@ -21,8 +21,8 @@ from strawberry.scalars import JSON
 from strawberry.schema.schema import validate_document
 from strawberry.types import Info
 
-from persona import audit
-from persona.api.context import RequestContext
+from persona import audit, memberships
+from persona.api.context import ANYONE, RequestContext
 from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_past_profile
 from persona.api.errors import ApiError, fault, known, request_values, schema_names, scrub
 from persona.api.event_types import EVENT_CLASSES, OtherEvent
@@ -43,6 +43,8 @@ from persona.api.types import (
     ProfileConnection,
     ProfileEdge,
     ProfileFilter,
+    Segment,
+    SegmentChange,
     SubjectInput,
     context_of,
     instant,
@@ -60,6 +62,7 @@ from persona.insights import check_exact, mechanism
 from persona.models.tasks import parse_task
 from persona.population import list_profiles
 from persona.reading import person_rows
+from persona.rules import RuleError, compile_rule
 from persona.services.people import erase, link_identities, unlink_identities
 from persona.tokens import spend_privacy_budget
 
@@ -203,6 +206,14 @@ class Query:
                         epsilon=result.epsilon, epsilon_remaining=remaining[0] if remaining else None,
                         delta=result.delta, delta_remaining=remaining[1] if remaining else None)
 
+    @strawberry.field(description="The live segments (docs/segments.md), each with its rule and k-anonymous size")
+    async def segments(self, info: Info[RequestContext, None]) -> list[Segment]:
+        ctx = root_context(info)
+        ctx.audit("segments", fields="")
+        found, sizes = await ctx.state.scanner.run(_segments)
+        k = ctx.state.options.k_anonymity
+        return [Segment.of(d, sizes.get(d.name, 0), k) for d in found]
+
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")
     async def models(self, info: Info[RequestContext, None], name: str | None = None) -> list[Model]:
@@ -211,6 +222,10 @@ class Query:
         ctx = root_context(info)
         found = await ctx.state.scanner.run(lambda persona: registry.versions(persona, name))
         return [Model.of(v) for v in found]
+
+
+def _segments(persona: Persona) -> tuple[list[memberships.Segment], dict[str, int]]:
+    return memberships.definitions(persona), memberships.sizes(persona)
 
 
 def _ingest(persona: Persona, lines: list[bytes], origin: str, writer: Writer) -> IngestReport:
@@ -355,6 +370,42 @@ class Mutation:
         ctx.record("trainModel", fields="", **shape, version=version.version, promoted=version.status == "promoted")
         return Model.of(version)
 
+    @strawberry.mutation(description="Define a live segment by a rule (docs/segments.md) and find its members now;"
+                                     " from then on every ingest keeps them current")
+    async def create_segment(self, info: Info[RequestContext, None], name: str, rule: str) -> Segment:
+        ctx = root_context(info)
+        try:
+            memberships.check_name(name)
+            compiled = compile_rule(rule)
+        except RuleError as e:
+            raise ApiError(e.reason) from None
+        except memberships.SegmentError as e:
+            raise ApiError(f"name: {e.reason}") from None
+        ctx.audit_ready()
+        by = f"token:{ctx.name}"
+        try:
+            # its first sweep reads the whole index: on the sweeper's thread, never in the writer's way
+            made = await ctx.state.sweeper.run(lambda persona: memberships.add_segment(persona, name, rule, by=by))
+        except memberships.SegmentError as e:
+            ctx.refused("createSegment", "BAD_REQUEST", segment=name)
+            raise ApiError(e.reason) from None
+        ctx.record("createSegment", fields="", segment=name, names=list(compiled.names))
+        ctx.state.bus.changed([ANYONE])
+        _, sizes = await ctx.state.scanner.run(_segments)
+        return Segment.of(made, sizes.get(name, 0), ctx.state.options.k_anonymity)
+
+    @strawberry.mutation(description="Remove a live segment, its memberships and its changes; false if there was"
+                                     " none of that name")
+    async def delete_segment(self, info: Info[RequestContext, None], name: str) -> bool:
+        ctx = root_context(info)
+        ctx.audit_ready()
+        try:
+            await ctx.state.writer.run(lambda persona: memberships.remove_segment(persona, name))
+        except memberships.SegmentError:
+            return False
+        ctx.record("deleteSegment", fields="", segment=name)
+        return True
+
     @strawberry.mutation(description="Declare two identifiers one person: if they belong to two profiles, the"
                                      " profiles are merged (undo with unlinkIdentities). One must be known.")
     async def link_identities(self, info: Info[RequestContext, None], a: SubjectInput, b: SubjectInput,
@@ -411,6 +462,43 @@ class Subscription:
         try:
             async for profile in _updates(ctx, profile_id, version):
                 yield profile
+        finally:
+            state.subscriptions[name] -= 1
+            if not state.subscriptions[name]:
+                del state.subscriptions[name]
+
+
+    @strawberry.subscription(description="Each entry into and exit from the live segments (every one, or those"
+                                         " named), in order, from the moment of subscribing; ends when the token is"
+                                         " revoked")
+    async def segment_changed(self, info: Info[RequestContext, None], segments: list[str] | None = None
+                              ) -> AsyncGenerator[SegmentChange]:
+        ctx = context_of(info).authorize(info)
+        if segments is not None and not 1 <= len(segments) <= memberships.MAX_SEGMENTS:
+            raise ApiError(f"segments: name between 1 and {memberships.MAX_SEGMENTS}, or leave it out for all")
+        state, wanted = ctx.state, frozenset(segments or ())
+        after = await state.scanner.run(memberships.last_change)
+        name = ctx.name
+        state.subscriptions[name] = state.subscriptions.get(name, 0) + 1
+        try:
+            while True:
+                wake = state.bus.watch(ANYONE)
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=state.options.subscription_poll_s)
+                except TimeoutError:
+                    pass
+                finally:
+                    state.bus.unwatch(ANYONE, wake)
+                if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
+                    return  # the token was revoked: the subscription ends with it
+                for change in await state.scanner.run(memberships.changes, after):
+                    after = change.seq
+                    if wanted and change.segment not in wanted:
+                        continue
+                    ctx.audit("segmentChanged", change.profile_id, fields="", segment=change.segment,
+                              entered=change.entered)
+                    yield SegmentChange(segment=change.segment, profile_id=strawberry.ID(change.profile_id),
+                                        entered=change.entered, at=change.at)
         finally:
             state.subscriptions[name] -= 1
             if not state.subscriptions[name]:

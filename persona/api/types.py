@@ -36,6 +36,7 @@ from persona.api.typed import (
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import from_micros
+from persona.memberships import Segment as SegmentDefinition
 from persona.population import ProfileFilter as Where
 from persona.reading import HistoryPage, history_page
 from persona.rules import RuleError, compile_rule
@@ -282,6 +283,14 @@ class Profile:
     def segments(self) -> list[str]:
         return self._data.segments
 
+    @strawberry.field(description="The live segments the person is in now (Query.segments), each with when they"
+                                  " entered it")
+    def live_segments(self, info: Info[RequestContext, None]) -> list[SegmentMembership]:
+        if self._as_of is not None:  # membership is kept for the present; the past is a rule filter with asOf
+            raise ApiError("liveSegments: available for the current profile only")
+        return [SegmentMembership(segment=m.segment, since=m.since)
+                for m in context_of(info).segments.get(self._data.id)]
+
     @strawberry.field(description="Predictions of the promoted models (the batch-scored read model), each with"
                                   " the features behind it")
     def predictions(self, info: Info[RequestContext, None], models: list[str] | None = None) -> list[Prediction]:
@@ -323,6 +332,41 @@ class Profile:
         if since_at is None and until_at is None:  # paged by the database: only what is returned is opened
             return page(ctx.state.persona)
         return later(ctx.state.scanner.run(page))  # a time filter decrypts to compare: off the event loop
+
+
+@strawberry.type(description="A person's place in a live segment")
+class SegmentMembership:
+    segment: str
+    since: datetime = strawberry.field(description="When the person entered it (this time)")
+
+
+@strawberry.type(description="A live segment: a named rule (docs/segments.md) whose members persona keeps current")
+class Segment:
+    name: str
+    rule: str
+    created_at: datetime
+    created_by: str = strawberry.field(description="Who defined it: token:NAME, or local:segments (the command line)")
+    size: int | None = strawberry.field(description="Its members now; null when there are some but fewer than k"
+                                                    " (k-anonymous, like exact insights: not private against"
+                                                    " differencing)")
+    clocked: bool = strawberry.field(description="Its rule reads a value the clock moves (recency_days,"
+                                                 " lifecycle_stage, age): members also enter and leave with no event,"
+                                                 " found by the server's sweep (PERSONA_SEGMENT_SWEEP seconds)")
+    scored: bool = strawberry.field(description="Its rule reads RFM scores: members move when the population is"
+                                                " scored again")
+
+    @classmethod
+    def of(cls, found: SegmentDefinition, size: int, k: int) -> Segment:
+        return cls(name=found.name, rule=found.rule.text, created_at=found.created_at, created_by=found.created_by,
+                   size=None if 0 < size < k else size, clocked=found.clocked, scored=found.scored)
+
+
+@strawberry.type(description="A person entered or left a live segment")
+class SegmentChange:
+    segment: str
+    profile_id: strawberry.ID
+    entered: bool = strawberry.field(description="true: entered; false: left")
+    at: datetime
 
 
 @strawberry.type

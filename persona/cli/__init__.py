@@ -65,6 +65,8 @@ COMMANDS = {
     "receipt": Entry("erasure", "receipt", "Erasure receipts: check them offline against a published public key."),
     "restore": Entry("store", "restore", "Replace the database with BACKUP, re-applying every erasure made since and"
                                          " rebuilding the read models."),
+    "segments": Entry("segments", "segments", "Live segments: named rules kept current on ingest (add, list, members,"
+                                              " refresh, remove)."),
     "serve": Entry("serve", "serve", "Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and"
                                      " /healthz."),
     "stats": Entry("people", "stats", "Population aggregates from the profile index: counts and means per group."),

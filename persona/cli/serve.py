@@ -38,10 +38,13 @@ WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP 
 @click.option("--cors-origin", "cors_origin", multiple=True, metavar="ORIGIN",
               help="A browser origin allowed to call the API, e.g. https://shop.example (repeatable; adds to"
                    " PERSONA_CORS_ORIGINS). None by default: pages of other origins cannot call it.")
+@click.option("--segment-sweep", "segment_sweep", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="How often live segments the clock moves (rules on recency_days, lifecycle_stage, age) are swept"
+                   " for who entered or left with no event [default: PERSONA_SEGMENT_SWEEP, or 60].")
 @click.pass_context
 @friendly
 def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str, proxy_headers: bool,
-          forwarded_allow_ips: str | None, cors_origin: tuple[str, ...]) -> None:
+          forwarded_allow_ips: str | None, cors_origin: tuple[str, ...], segment_sweep: float | None) -> None:
     """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and /healthz.
 
     Every request needs a bearer token (see `persona tokens create`). Request lines are
@@ -56,7 +59,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     from persona.api.app import create_app, log_config  # heavy: loaded when the command runs
     from persona.api.context import ServerOptions  # heavy: loaded when the command runs
     settings = settings_of(ctx)
-    settings = dataclasses.replace(settings, cors_origins=cors_origins([*settings.cors_origins, *cors_origin]))
+    settings = dataclasses.replace(settings, cors_origins=cors_origins([*settings.cors_origins, *cors_origin]),
+                                   segment_sweep_s=segment_sweep or settings.segment_sweep_s)
     proxies = uvicorn_proxies(proxy_headers, forwarded_allow_ips)
     with Persona.open(settings) as persona:  # a clear error now, not one per worker later
         active = [t for t in list_tokens(persona) if t.revoked_at is None]
@@ -97,7 +101,7 @@ def tokens() -> None:
 @click.option("--name", required=True, help="Who or what holds it; appears in the audit log.")
 @click.option("--scopes", "scopes", multiple=True, required=True, metavar="SCOPE[,SCOPE…]",
               help="profiles:read history:read predictions:read insights:read insights:exact events:write"
-                   " erasure:write models:write")
+                   " erasure:write models:write segments:read segments:write")
 @click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Requests per second allowed (per server worker), with bursts of twice that.")
 @click.option("--epsilon", "epsilon", default=10.0, show_default=True, type=click.FloatRange(min=0),

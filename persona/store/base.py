@@ -16,6 +16,7 @@ from persona.store.protocols import (
     Quarantine,
     ReadModels,
     Recorder,
+    Segments,
     Streams,
 )
 from persona.store.rows import (
@@ -68,6 +69,7 @@ __all__ = [
     "ReadModels",
     "Recorder",
     "RowTagger",
+    "Segments",
     "StoredChunk",
     "Streams",
     "TokenRow",

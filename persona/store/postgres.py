@@ -80,6 +80,7 @@ from persona.store.postgres_schema import (
     DROP,
     PARTITIONS,
     SCHEMA,
+    SEGMENT_DDL,
     TRIGGER_NAMES,
     TRIGGERS_PRESENT,
     UPGRADE_KEYS,
@@ -131,9 +132,10 @@ _LOAD_TOKENS = ("INSERT INTO api_tokens (" + ", ".join(TABLES["api_tokens"]) + "
 _KEY_OF = {"chunks": ("position",), "event_keys": ("generation", "event_key"),
            "quarantine_tags": ("quarantine_id", "subject_hash"),
            "snapshots": ("profile_id", "projection"), "model_people": ("profile_id", "name", "version"),
-           "predictions": ("profile_id", "model"), "models": ("name", "version")}
+           "predictions": ("profile_id", "model"), "models": ("name", "version"),
+           "segment_members": ("segment", "profile_id")}
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
-            ("audit", "seq"))
+            ("audit", "seq"), ("segment_changes", "seq"))
 
 
 @translating(translate)
@@ -232,7 +234,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             self._lock()
             for _, table, column, declaration in COLUMNS_ADDED:  # constant names of persona.store.base
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
-            for statement in UNTAGGED_INDEXES:
+            for statement in (*SEGMENT_DDL, *UNTAGGED_INDEXES):
                 self.conn.execute(statement)
             self.set_meta("schema_revision", str(SCHEMA_REVISION))
 

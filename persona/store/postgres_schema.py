@@ -83,6 +83,17 @@ UPGRADE_LOG = (
     *LOG_TRIGGERS,
 )
 UPGRADE_KEYS = ("DROP TABLE event_keys", *KEY_SET)
+# Live segments (schema revision 5): made with the rest, or added to an older store when opened.
+SEGMENT_DDL = (
+    f"CREATE TABLE IF NOT EXISTS segments (name {_ID} PRIMARY KEY, rule text NOT NULL, created_at bigint NOT NULL,"
+    " created_by text NOT NULL, tag bytea)",
+    f"CREATE TABLE IF NOT EXISTS segment_members (segment {_ID} NOT NULL, profile_id {_ID} NOT NULL,"
+    " since bigint NOT NULL, tag bytea, PRIMARY KEY (segment, profile_id))",
+    "CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (profile_id)",
+    f"CREATE TABLE IF NOT EXISTS segment_changes (seq bigserial PRIMARY KEY, at bigint NOT NULL,"
+    f" segment {_ID} NOT NULL, profile_id {_ID} NOT NULL, entered integer NOT NULL, tag bytea)",
+    "CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id)",
+)
 SCHEMA = [
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     "CREATE TABLE persona_clock (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL)",
@@ -130,6 +141,7 @@ SCHEMA = [
     f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL, outcome text NOT NULL,"
     " detail text NOT NULL)",
     "CREATE INDEX audit_profile ON audit (profile_id)",
+    *SEGMENT_DDL,
     # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
     # tombstones or the audit log, whoever connects
     "CREATE FUNCTION persona_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"

@@ -256,6 +256,12 @@ class ReadModels(Protocol):
         """Set these profiles' scores (profile_id, r, f, m) and delete those of `gone`: the rest stay."""
         ...
     def rfm_scores(self) -> dict[str, dict[str, int]]: ...
+    def rfm_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """The RFM scores of those of these profiles that have any."""
+        ...
+    def index_versions(self, profile_ids: Sequence[str]) -> dict[str, int]:
+        """The version of each of these profiles' index rows, for those that have one."""
+        ...
     def rfm_of(self, profile_id: str) -> dict[str, int] | None: ...
     def clear_derived(self, projection: str | None = None) -> None:
         """Empty the profile index, RFM scores, predictions and the snapshots (of one projection, or
@@ -295,6 +301,43 @@ class ModelRegistry(Protocol):
         """rows: (profile_id, model, version, computed_at, doc). With `model`, its old rows go first."""
         ...
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]: ...
+
+
+class Segments(Protocol):
+    """Live segments: named rules (their text only; persona.rules parses them), who is in each
+    and since when, and every entry and exit in order of writing."""
+
+    def segment_definitions(self) -> list[tuple[str, str, int, str]]:
+        """(name, rule, created_at, created_by) of every segment, by name."""
+        ...
+    def add_segment(self, name: str, rule: str, created_at: int, created_by: str) -> bool:
+        """False if a segment of that name exists (it is left as it is)."""
+        ...
+    def remove_segment(self, name: str) -> bool:
+        """The segment, its members and its changes go; False if there was none."""
+        ...
+    def segment_sizes(self) -> dict[str, int]:
+        """Members of each segment that has any."""
+        ...
+    def memberships(self, profile_ids: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        """(segment, profile_id, since) of these profiles (of everyone: None)."""
+        ...
+    def segment_members(self, name: str, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
+        """(profile_id, since) of a segment's members after an id, in id order."""
+        ...
+    def change_memberships(self, entered: Sequence[tuple[str, str]], left: Sequence[tuple[str, str]],
+                           at: int) -> None:
+        """(segment, profile_id) pairs entering (since `at`) and leaving, each noted as a change at `at`."""
+        ...
+    def segment_changes(self, after: int = 0, limit: int = 1000) -> list[tuple[int, int, str, str, bool]]:
+        """(seq, at, segment, profile_id, entered) after a number, in order of writing."""
+        ...
+    def last_segment_change(self) -> int:
+        """The number of the latest change kept (0: none)."""
+        ...
+    def prune_segment_changes(self, before: int) -> int:
+        """Forget the changes noted before an instant; how many."""
+        ...
 
 
 class Access(Protocol):
@@ -345,6 +388,6 @@ class Maintenance(Protocol):
     def counts(self) -> dict[str, int]: ...
 
 
-class Recorder(Connection, EventLog, Streams, Identities, Erasure, Quarantine, ReadModels, ModelRegistry, Access,
-               Maintenance, Protocol):
+class Recorder(Connection, EventLog, Streams, Identities, Erasure, Quarantine, ReadModels, ModelRegistry, Segments,
+               Access, Maintenance, Protocol):
     """Everything a store does: what `persona.recorder` is. Depend on the smaller protocol you use."""

@@ -25,7 +25,9 @@ COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
         "members", "snapshots", "profile_index", "rfm", "models", "model_people", "predictions", "api_tokens",
         "audit")),
 )
-SCHEMA_REVISION = max(revision for revision, *_ in COLUMNS_ADDED)
+# Tables added by a later release are made, when missing, every time a store is opened (each
+# backend's schema module): revision 5 added the live segments.
+SCHEMA_REVISION = 5
 
 # Every table a store holds, with the columns a copy between backends carries (`persona
 # migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
@@ -55,6 +57,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
                    "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
     "audit": ("seq", "at", "token", "operation", "profile_id", "fields", "outcome", "detail"),
+    # live segments (persona.memberships): named rules, who is in each and since when, and every
+    # entry and exit in order (what subscriptions and destinations follow)
+    "segments": ("name", "rule", "created_at", "created_by"),
+    "segment_members": ("segment", "profile_id", "since"),
+    "segment_changes": ("seq", "at", "segment", "profile_id", "entered"),
 }
 
 # The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
@@ -67,11 +74,15 @@ TAG = "tag"
 LOG = ("chunks", "event_keys", "key_filters")  # sealed and chained, keyed hashes, or their filters: no row tag
 TABLES = {table: columns + ((TAG,) if table not in LOG else ()) for table, columns in TABLES.items()}
 
-READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions")
+# Segment memberships and their changes say who is in a group defined on those values: left out
+# too, and made again after a restore (their `since` starts then). A rebuild reconciles them rather
+# than emptying them, so a member since last month stays one since last month.
+READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions", "segment_members", "segment_changes")
 BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
-# Erasure deletes from every one of them; `persona rebuild` empties and refills them.
+# Erasure deletes from every one of them; `persona rebuild` empties and refills them (the segment
+# rows: reconciles them, persona.memberships).
 DERIVED_TABLES = READ_MODELS
 # The derived rows of a person (not the snapshots, which are a stream's): dropped when streams
 # merge into one person, emptied before a rebuild.
@@ -81,8 +92,8 @@ PERSON_ROWS = ("profile_index", "rfm", "predictions")
 # the derived rows, who the models were trained on, and the quarantined records tagged with the
 # person's identifiers. The tables whose dead rows could tell something (all but the snapshots,
 # sealed under the deleted key) are the ones a PostgreSQL purge vacuums.
-ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "model_people",
-               "quarantine", "quarantine_tags")
+ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "segment_members",
+               "segment_changes", "model_people", "quarantine", "quarantine_tags")
 
 # What `counts()` reports, and the table counted for each (one key per event: the events).
 COUNTED = {"events": "event_keys", **{table: table for table in ("streams", "keys", "links", "tombstones",

@@ -437,6 +437,13 @@ class SQLRecorder:
         row = self._one(self.sql.rfm_of, (profile_id,))
         return None if row is None else {"r": row[0], "f": row[1], "m": row[2]}
 
+    def rfm_of_many(self, profile_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        return {pid: {"r": r, "f": f, "m": m} for part in self._chunks(profile_ids)
+                for pid, r, f, m in self._all(self.sql.rfm_of_many, (part,))}
+
+    def index_versions(self, profile_ids: Sequence[str]) -> dict[str, int]:
+        return {pid: int(version) for pid, version in self._pairs(self.sql.index_versions, profile_ids)}
+
     def rfm_scores(self) -> dict[str, dict[str, int]]:
         return {pid: {"r": r, "f": f, "m": m} for pid, r, f, m in self._all(self.sql.rfm_scores)}
 
@@ -459,6 +466,47 @@ class SQLRecorder:
             self._run(self.sql.clear_snapshots)
         else:
             self._run(self.sql.clear_projection, (projection,))
+
+    # live segments
+    def segment_definitions(self) -> list[tuple[str, str, int, str]]:
+        return [(name, rule, int(at), by) for name, rule, at, by in self._all(self.sql.segment_definitions)]
+
+    def add_segment(self, name: str, rule: str, created_at: int, created_by: str) -> bool:
+        return self._run(self.sql.add_segment, (name, rule, created_at, created_by)) == 1
+
+    def remove_segment(self, name: str) -> bool:
+        *_, removed = [self._run(statement, (name,)) for statement in self.sql.remove_segment]
+        return removed == 1
+
+    def segment_sizes(self) -> dict[str, int]:
+        return {name: int(n) for name, n in self._all(self.sql.segment_sizes)}
+
+    def memberships(self, profile_ids: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+        if profile_ids is None:
+            return [(segment, pid, int(since)) for segment, pid, since in self._all(self.sql.memberships)]
+        return [(segment, pid, int(since)) for part in self._chunks(profile_ids)
+                for segment, pid, since in self._all(self.sql.memberships_of, (part,))]
+
+    def segment_members(self, name: str, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
+        return [(pid, int(since)) for pid, since in self._all(self.sql.segment_members, (name, after, limit))]
+
+    def change_memberships(self, entered: Sequence[tuple[str, str]], left: Sequence[tuple[str, str]],
+                           at: int) -> None:
+        self._many(self.sql.leave_segment, left)
+        self._many(self.sql.enter_segment, [(segment, pid, at) for segment, pid in entered])
+        self._many(self.sql.note_segment_change, [(at, segment, pid, 1) for segment, pid in entered]
+                   + [(at, segment, pid, 0) for segment, pid in left])
+
+    def segment_changes(self, after: int = 0, limit: int = 1000) -> list[tuple[int, int, str, str, bool]]:
+        return [(int(seq), int(at), segment, pid, bool(entered))
+                for seq, at, segment, pid, entered in self._all(self.sql.segment_changes, (after, limit))]
+
+    def last_segment_change(self) -> int:
+        row = self._one(self.sql.last_segment_change)
+        return int(row[0]) if row else 0
+
+    def prune_segment_changes(self, before: int) -> int:
+        return self._run(self.sql.prune_segment_changes, (before,))
 
     # models
     def next_model_version(self, name: str) -> int:

@@ -144,6 +144,8 @@ class Statements:
                               " FROM snapshots WHERE profile_id {text}")
     rfm_of: str = "SELECT r, f, m FROM rfm WHERE profile_id = {p}"
     rfm_scores: str = "SELECT profile_id, r, f, m FROM rfm"
+    rfm_of_many: str = "SELECT profile_id, r, f, m FROM rfm WHERE profile_id {text}"
+    index_versions: str = "SELECT profile_id, version FROM profile_index WHERE profile_id {text}"
     index_size: str = "SELECT count(*) FROM profile_index"
     index_rows: str = ("SELECT i.profile_id, i.version, i.doc, r.r, r.f, r.m FROM profile_index i"
                        " LEFT JOIN rfm r ON r.profile_id = i.profile_id WHERE i.profile_id > {p}"
@@ -158,6 +160,28 @@ class Statements:
     clear_person_rows: tuple[str, ...] = tuple(f"DELETE FROM {table}" for table in PERSON_ROWS)
     clear_snapshots: str = "DELETE FROM snapshots"
     clear_projection: str = "DELETE FROM snapshots WHERE projection = {p}"
+    # live segments (persona.memberships)
+    segment_definitions: str = "SELECT name, rule, created_at, created_by FROM segments ORDER BY name"
+    add_segment: str = ("INSERT INTO segments (name, rule, created_at, created_by) VALUES ({p}, {p}, {p}, {p})"
+                        " ON CONFLICT (name) DO NOTHING")
+    remove_segment: tuple[str, ...] = ("DELETE FROM segment_members WHERE segment = {p}",
+                                       "DELETE FROM segment_changes WHERE segment = {p}",
+                                       "DELETE FROM segments WHERE name = {p}")
+    segment_sizes: str = "SELECT segment, count(*) FROM segment_members GROUP BY segment"
+    memberships_of: str = ("SELECT segment, profile_id, since FROM segment_members WHERE profile_id {text}"
+                           " ORDER BY profile_id, segment")
+    memberships: str = "SELECT segment, profile_id, since FROM segment_members ORDER BY segment, profile_id"
+    segment_members: str = ("SELECT profile_id, since FROM segment_members WHERE segment = {p} AND profile_id > {p}"
+                            " ORDER BY profile_id LIMIT {p}")
+    enter_segment: str = ("INSERT INTO segment_members (segment, profile_id, since) VALUES ({p}, {p}, {p})"
+                          " ON CONFLICT (segment, profile_id) DO NOTHING")
+    leave_segment: str = "DELETE FROM segment_members WHERE segment = {p} AND profile_id = {p}"
+    note_segment_change: str = ("INSERT INTO segment_changes (at, segment, profile_id, entered)"
+                                " VALUES ({p}, {p}, {p}, {p})")
+    segment_changes: str = ("SELECT seq, at, segment, profile_id, entered FROM segment_changes WHERE seq > {p}"
+                            " ORDER BY seq LIMIT {p}")
+    last_segment_change: str = "SELECT coalesce(max(seq), 0) FROM segment_changes"
+    prune_segment_changes: str = "DELETE FROM segment_changes WHERE at < {p}"
     # models
     next_model_version: str = "SELECT coalesce(max(version), 0) FROM models WHERE name = {p}"
     add_model: str = ("INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"

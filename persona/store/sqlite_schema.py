@@ -86,6 +86,20 @@ a_hash BLOB NOT NULL, b_hash BLOB NOT NULL, merged_at INTEGER NOT NULL, undone_a
 """
 
 
+# Live segments (schema revision 5; made on open when missing). AUTOINCREMENT: a change's number is
+# never reused, even after an erasure deleted the newest, so a follower's place stays good.
+SEGMENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS segments (name TEXT PRIMARY KEY, rule TEXT NOT NULL, created_at INTEGER NOT NULL,
+created_by TEXT NOT NULL, tag BLOB);
+CREATE TABLE IF NOT EXISTS segment_members (segment TEXT NOT NULL, profile_id TEXT NOT NULL, since INTEGER NOT NULL,
+tag BLOB, PRIMARY KEY (segment, profile_id));
+CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (profile_id);
+CREATE TABLE IF NOT EXISTS segment_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
+segment TEXT NOT NULL, profile_id TEXT NOT NULL, entered INTEGER NOT NULL, tag BLOB);
+CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id);
+"""
+
+
 class SQLiteSchema:
     """Making and upgrading the schema: a part of SQLiteRecorder."""
 
@@ -282,6 +296,13 @@ class SQLiteSchema:
                 not_null={"version", "computed_at", "doc"},
                 if_not_exists=True,
             )
+
+    def _create_segment_schema(self) -> None:
+        """Live segments: definitions, memberships, changes (additive, so made on open)."""
+        if "segment_changes" in self._table_names():
+            return
+        with self.transaction():
+            self._run_script(SEGMENT_SCHEMA)
 
     def _run_script(self, script: str) -> None:
         """Constant statements of this module, one by one (inside the caller's transaction)."""
