@@ -141,6 +141,7 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
                 reapplied += _carry_tombstones(staged, current.tombstones)
                 with staged.recorder.transaction():  # read models it carries (an older persona's, or
                     staged.recorder.clear_derived()  # smuggled in) are not checked: they are rebuilt
+                    staged.recorder.clear_memberships()  # (memberships too: made anew, since the restore)
                 verify(staged)  # a backup altered since it was taken goes no further
                 rebuilt = _rebuild_read_models(staged)
                 with staged.recorder.transaction():

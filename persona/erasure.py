@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from persona import identity, purge
+from persona import destinations, identity, purge
 from persona.caches import forget_caches
 from persona.core import Persona
 from persona.crypto import fingerprint, verify_signature
@@ -79,6 +79,8 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         trained_on = rec.models_trained_on(sorted(set(person.members) | set(joined)))
         if trained_on:
             rec.mark_models_stale(trained_on, ERASED_SINCE)
+        # every destination that received them is sent a deletion notice (queued here, in the erasure)
+        notified = destinations.notify_erasure(persona, sorted(set(person.members) | set(joined)), erased_at)
         for member in person.members:
             for name, count in rec.erase(member, erased_at).items():
                 counts[name] = counts.get(name, 0) + count
@@ -93,6 +95,7 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     if rec.purges_at_once:  # SQLite: the WAL is truncated now, or the purge stays due (and is retried)
         purged = purge.run(persona, force=True, wait_s=checkpoint_wait_s)
         truncated, due, purged_at = purged.done, None if purged.done else purged.due, purged.finished
+    notices = destinations.send_notices(persona, person.members) if notified else []
     body: dict[str, Any] = {
         "type": RECEIPT_TYPE,
         "profile_id": person.id,
@@ -109,6 +112,9 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         body["purged_at"] = from_micros(purged_at).isoformat()
     if person.merged:  # every key deleted, by profile
         body["merged_profiles"] = {member: fingerprints[member] for member in person.members[1:]}
+    if notices:  # each destination that had received them, and whether it acknowledged the deletion
+        body["destinations_notified"] = [{"destination": n["destination"], "acknowledged": n["acknowledged"],
+                                          "outcome": n["outcome"]} for n in notices]
     if trained_on:
         body["models_to_retrain"] = [f"{name} v{version}" for name, version in trained_on]
     receipt = {"receipt": body, "signature": persona.keyring.sign(receipt_message(body))}

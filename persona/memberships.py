@@ -43,6 +43,7 @@ MAX_SEGMENTS = 100  # a refresh tests every one against every person it touches
 CLOCKED = frozenset({"recency_days", "lifecycle_stage", "stage", "age"})
 RFM_NAMES = frozenset({"rfm.r", "rfm.f", "rfm.m"})
 _PAGE = 1_000  # index rows a sweep reads at a time
+_SWEPT = "segments.swept"  # meta: when the clocked segments were last swept (µs), by any process
 
 
 class SegmentError(ValidationError):
@@ -186,6 +187,10 @@ def follow(persona: Persona, rows: Sequence[tuple[str, int, str]], absorbed: Col
     if not segments or not (rows or absorbed):
         return 0
     now = now or datetime.now(UTC)
+    # only the rows the index holds now: put_index writes no row of a person erased meanwhile, nor
+    # over a newer one (another writer's), and memberships follow what it holds
+    held_at = rec.index_versions([pid for pid, _, _ in rows])
+    rows = [row for row in rows if held_at.get(row[0]) == row[1]]
     ids = [pid for pid, _, _ in rows]
     rfm = rec.rfm_of_many(ids) if any(s.scored for s in segments) else {}
     wanted = {pid: _wanted(segments, present(pid, version, orjson.loads(doc), rfm.get(pid), now))
@@ -217,39 +222,60 @@ def sweep(persona: Persona, *, only: Collection[str] | None = None,
           progress: Callable[[int], None] | None = None) -> Swept:
     """Test every person in the index against these segments (`only` names them; `which` picks
     them; all by default) as of `now`, and write the entries and exits found. Read outside the
-    write lock; a change is written only for a person whose index row is still the one tested."""
+    write lock; a change is written only for a person whose index row and RFM scores are still
+    those tested, and only for a segment still defined as it was."""
     rec = persona.recorder
     segments = [s for s in definitions(persona) if (only is None or s.name in only) and (which is None or which(s))]
     if not segments:
         return Swept(0, 0, 0)
-    names = {s.name for s in segments}
+    scored = any(s.scored for s in segments)
     now = now or datetime.now(UTC)
-    tested: dict[str, int] = {}  # profile -> index version tested
+    tested: dict[str, tuple[int, dict[str, int] | None]] = {}  # profile -> index version and RFM scores tested
     wanted: dict[str, set[str]] = {}
     for pid, version, doc, rfm in _index(persona):
-        tested[pid] = version
+        tested[pid] = (version, rfm if scored else None)
         found = _wanted(segments, present(pid, version, orjson.loads(doc), rfm, now))
         if found:
             wanted[pid] = found
         if progress is not None and len(tested) % _PAGE == 0:
             progress(_PAGE)
     with rec.transaction():
+        # a segment removed (or removed and defined anew) meanwhile is left alone
+        still_defined = {(d.name, d.rule.text, d.created_at) for d in definitions(persona)}
+        names = {s.name for s in segments if (s.name, s.rule.text, s.created_at) in still_defined}
+        wanted = {pid: found & names for pid, found in wanted.items()}
         held: dict[str, set[str]] = {}
-        for name, pid, _ in rec.memberships():
-            if name in names:
-                held.setdefault(pid, set()).add(name)
+        for name, pid, _ in rec.memberships(segments=sorted(names)):
+            held.setdefault(pid, set()).add(name)
         entering = {pid: found - held.get(pid, set()) for pid, found in wanted.items()}
         leaving = {pid: found - wanted.get(pid, set()) for pid, found in held.items()}
         touched = sorted({pid for pid, n in entering.items() if n} | {pid for pid, n in leaving.items() if n})
-        now_at = rec.index_versions(touched)
+        versions = rec.index_versions(touched)
+        scores = rec.rfm_of_many(touched) if scored else {}
         # unchanged since it was tested, or out of the index (erased, merged into another) and not tested
-        still = {pid for pid in touched if now_at.get(pid) == tested.get(pid)}
+        still = {pid for pid in touched
+                 if (versions.get(pid), scores.get(pid)) == tested.get(pid, (None, None))}
         entered = [(name, pid) for pid in touched if pid in still for name in sorted(entering.get(pid, ()))]
         left = [(name, pid) for pid in touched if pid in still for name in sorted(leaving.get(pid, ()))]
         if entered or left:
             rec.change_memberships(entered, left, micros(now))
         rec.prune_segment_changes(micros(now - timedelta(days=persona.settings.segment_changes_days)))
     return Swept(len(entered), len(left), len(tested))
+
+
+def sweep_if_due(persona: Persona, every_s: float, *, now: datetime | None = None) -> Swept | None:
+    """The server's sweep of the clocked segments, at most once every `every_s` seconds across
+    every process of the store (several workers take turns: the first to find it due sweeps)."""
+    rec = persona.recorder
+    moment = now or datetime.now(UTC)
+    if not any(s.clocked for s in definitions(persona)):
+        return None
+    with rec.transaction():
+        last = int(rec.get_meta(_SWEPT) or 0)
+        if micros(moment) - last < every_s * 1_000_000 * 0.9:
+            return None  # another process swept just now
+        rec.set_meta(_SWEPT, str(micros(moment)))
+    return sweep(persona, which=lambda s: s.clocked, now=moment)
 
 
 def after_scoring(persona: Persona) -> Swept:

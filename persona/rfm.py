@@ -63,11 +63,16 @@ def compute_rfm(persona: Persona) -> int:
         old = persona.recorder.rfm_scores()
         rows = [(pid, r[pid], f[pid], m[pid]) for pid in bought
                 if old.get(pid) != {"r": r[pid], "f": f[pid], "m": m[pid]}]
-        gone = [pid for pid in old if pid not in bought]
-        persona.recorder.change_rfm(rows, gone)
-    if rows or gone:
-        memberships.after_scoring(persona)  # the segments that read the scores
+        persona.recorder.change_rfm(rows, [pid for pid in old if pid not in bought])
     return len(bought)
+
+
+def score(persona: Persona) -> int:
+    """compute_rfm, then a sweep of the live segments that read the scores (persona.memberships):
+    for a command line; a server sweeps on a thread of its own."""
+    scored = compute_rfm(persona)
+    memberships.after_scoring(persona)
+    return scored
 
 
 class RfmSchedule:

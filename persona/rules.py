@@ -313,6 +313,12 @@ def _example(name: str, kind: str) -> str:
     return {NUMBER: f"{name} > 100", TEXT: f'{name} = "…"', LIST: f'{name} contains "…"'}.get(kind, name)
 
 
+def value_of(name: str, attributes: Mapping[str, Any], features: Mapping[str, Any],
+             rfm: Mapping[str, int] | None) -> Any:
+    """A name's value for a profile, as a rule reads it (None: the profile has none)."""
+    return _reader(_ALIASES.get(name, name))(attributes, features, rfm)
+
+
 def _reader(name: str) -> Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, int] | None], Any]:
     """Where a name's value is read: features, attributes, consent (an attribute) or the RFM scores."""
     if name in _FEATURES:

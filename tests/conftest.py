@@ -40,7 +40,8 @@ PG_URL = os.environ.get("PERSONA_TEST_PG", "postgresql://postgres@127.0.0.1:5432
 BACKENDS = ("sqlite", "postgresql")
 CONFORMANCE = {"test_backup", "test_conformance", "test_eventlog", "test_erasure", "test_identity", "test_ingest",
                "test_keys", "test_keyset", "test_projector", "test_promises", "test_recovery", "test_profiles",
-               "test_population", "test_purity", "test_write_tokens", "test_memberships"}
+               "test_population", "test_purity", "test_write_tokens", "test_memberships",
+               "test_destinations"}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -233,3 +233,52 @@ def test_erasure_takes_the_person_out_of_every_segment(server: Server) -> None:
     with Persona.open(server.settings) as p:
         assert p.recorder.memberships([server.ids[person]]) == []
         assert all(pid != server.ids[person] for *_, pid, _ in p.recorder.segment_changes(0, 100_000))
+
+
+def test_a_served_store_posts_webhooks_and_its_erasure_receipt_lists_the_notices(server: Server) -> None:
+    """The server's delivery loop: an ingestEvents that moves a person into a followed segment is
+    POSTed, signed, within seconds; eraseProfile sends the deletion notice before its receipt."""
+    from persona import destinations
+    from tests.webhooks import receiving
+
+    person = PEOPLE[1]
+    ask(server, CREATE, {"n": "hooked", "r": "frequency >= 60"}, token="curator")
+    with receiving() as hook:
+        with Persona.open(server.settings) as p:
+            destinations.add_destination(p, "crm", hook.url, segments=["hooked"], fields=["frequency"], by="test")
+            secret = destinations.secret_of(p, destinations.destination(p, "crm"))
+        events = [order_input(person, f"hooked-{i}", "1", now_text(timedelta(hours=-1 - i))) for i in range(60)]
+        ask(server, INGEST, {"events": events})
+        (entered,) = hook.wait(1)
+        destinations.verify(secret, entered.headers["persona-signature"], entered.body)
+        assert entered.doc["type"] == "entered" and entered.doc["profile_id"] == server.ids[person]
+        assert entered.doc["profile"]["frequency"] >= 60 and set(entered.doc["profile"]) == {"frequency"}
+        receipt = ask(server, "mutation($id: ID!) { eraseProfile(id: $id) { destinationsNotified { destination"
+                              " acknowledged outcome } } }", {"id": server.ids[person]})["eraseProfile"]
+        assert receipt["destinationsNotified"] == [{"destination": "crm", "acknowledged": True,
+                                                    "outcome": "HTTP 204"}]
+        notice = hook.wait(2)[-1]
+        destinations.verify(secret, notice.headers["persona-signature"], notice.body)
+        assert notice.doc["type"] == "erased" and notice.doc["profile_id"] == server.ids[person]
+
+
+def test_profile_consent_shows_each_purpose_with_its_provenance(server: Server) -> None:
+    person = PEOPLE[3]
+    query = "query($id: ID) { profile(id: $id) { consent { purpose granted since source vouched } } }"
+    before = {c["purpose"]: c for c in ask(server, query, {"id": server.ids[person]})["profile"]["consent"]}
+    assert set(before) == {"analytics", "marketing", "personalization"}
+    at = now_text(timedelta(minutes=-1))
+    withdraw = {"source": "web", "type": "consent_changed", "occurredAt": at, "eventId": "withdraw-marketing",
+                "subject": {"namespace": "email", "value": person},
+                "data": {"purpose": "marketing", "granted": False}}
+    with Persona.open(server.settings) as p:
+        token = create_token(p, "consent-writer", frozenset({"events:write"}), types=frozenset({"consent_changed"}))
+    assert server.post(INGEST, {"events": [withdraw]}, token=token).json()["data"]["ingestEvents"]["appended"] == 1
+    after = {c["purpose"]: c for c in ask(server, query, {"id": server.ids[person]})["profile"]["consent"]}
+    assert after["marketing"]["granted"] is False and after["marketing"]["source"] == "web"
+    assert after["marketing"]["vouched"] is False  # an unbound token vouches for no source
+    assert datetime.fromisoformat(after["marketing"]["since"]) == datetime.fromisoformat(at)
+    assert after["analytics"] == before["analytics"]
+    refused = server.post("query($id: ID) { profile(id: $id, asOf: \"2026-01-01T00:00:00Z\") { consent { purpose }"
+                          " } }", {"id": server.ids[person]}).json()
+    assert refused["errors"][0]["message"].startswith("consent: available for the current profile only")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sqlite3
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from persona import Persona, Settings
+from persona import Persona, Settings, memberships
 from persona.backup import backup, restore
 from persona.cli import cli
 from persona.crypto import Keyring
 from persona.erasure import erase_subject
 from persona.errors import ConfigurationError, ErasedError, KeyMismatchError, TamperError
+from persona.events import micros
 from persona.ingest import ingest_jsonl
 from persona.profiles import profile_view
 from persona.rfm import compute_rfm
@@ -30,7 +32,8 @@ CITY = "Quxville-on-Nord"
 CATEGORY = "zither-strings"
 # What the read models show of Carol, as the live store keeps them (canonical JSON)
 NEEDLES = (CITY.encode(), CATEGORY.encode(), b'"birth_year":1937', b'"gender":"other"', b"4817.23")
-READ_MODELS = ("profile_index", "rfm", "predictions", "snapshots")
+READ_MODELS = ("profile_index", "rfm", "predictions", "snapshots", "segment_members", "segment_changes",
+               "deliveries")
 
 
 def populate(persona: Persona) -> str:
@@ -46,6 +49,7 @@ def populate(persona: Persona) -> str:
     ]
     ingest_jsonl(persona, io.BytesIO(jsonl(*others, *carol)), origin="f.jsonl")
     assert compute_rfm(persona) == 7  # RFM scores: made by `persona rebuild` and `persona ingest`
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")  # who is in it: a read model too
     pid = persona.log.profile_for("email", CAROL)
     assert pid is not None
     return pid
@@ -71,7 +75,7 @@ def test_a_backup_shows_no_personal_value_without_a_key_and_restore_rebuilds_the
     assert info.events == 9 and raw.startswith(b"SQLite format 3")
     for needle in (*NEEDLES, CAROL.encode()):
         assert needle not in raw, needle
-    assert [rows_in(info.path, t) for t in READ_MODELS] == [0, 0, 0, 0]
+    assert [rows_in(info.path, t) for t in READ_MODELS] == [0] * len(READ_MODELS)
     assert not Path(f"{info.path}-wal").exists() and info.path.stat().st_mode & 0o777 == 0o600
 
     settings = persona.settings
@@ -183,9 +187,16 @@ def test_read_models_smuggled_into_a_backup_are_rebuilt_not_restored(persona: Pe
     persona.close()
     tamper_backup(info.path, "INSERT OR REPLACE INTO profile_index (profile_id, version, doc) VALUES (?, 99, ?)", carol,
                   '{"attributes":{"city":"Forged"}}')
+    tamper_backup(info.path, "INSERT INTO segment_members (segment, profile_id, since) VALUES ('buyers', ?, 1)", carol)
+    tamper_backup(info.path, "INSERT INTO segment_changes (at, segment, profile_id, entered) VALUES"
+                             " (1, 'buyers', ?, 1)", carol)
+    began = micros(datetime.now(UTC))
     restore(settings, info.path)
     with Persona.open(settings) as p:
         assert p.recorder.index_rows() == index
+        members = p.recorder.memberships()  # made anew by the restore: every buyer, since it ran
+        assert len(members) == 7 and all(since >= began for *_, since in members)
+        assert all(at >= began for _, at, *_ in p.recorder.segment_changes(0, 1000))
 
 
 def test_retiring_the_master_key_makes_every_older_backup_unreadable(persona: Persona, tmp_path: Path) -> None:

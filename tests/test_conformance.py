@@ -357,7 +357,8 @@ def _drop_row_tags(settings: Settings) -> None:
     """Make the store look as a release before row tags left it: no `tag` columns, no mark."""
     from persona.integrity import RETAGGED, TAGGED
 
-    later = ("segments", "segment_members", "segment_changes")  # schema revision 5: not there yet
+    later = ("segments", "segment_members", "segment_changes",  # schema revisions 5 and 6: not there yet
+             "destinations", "destination_people", "deliveries")
     statements = [f"DROP TABLE {table}" for table in later]  # constant names
     statements += [f"DROP INDEX {table}_untagged" for table in RETAGGED if table not in later]
     statements += [f"ALTER TABLE {table} DROP COLUMN tag" for table in TAGGED if table not in later]

@@ -14,7 +14,7 @@ from persona.errors import PersonaError
 from persona.ingest import ingest_jsonl
 from persona.linking import link
 from persona.projector import rebuild
-from persona.rfm import compute_rfm
+from persona.rfm import compute_rfm, score
 from persona.rules import RuleError
 from persona.verify import verify
 from tests.conftest import jsonl, raw_execute, record
@@ -112,7 +112,9 @@ def test_segments_on_rfm_scores_follow_each_scoring(persona: Persona) -> None:
     cid = pid(persona, "cid@example.com")
     assert members(persona, "top") == {cid}
     ingest(persona, buy("bob@example.com", "b9", 9000, 1))
-    compute_rfm(persona)  # bob now spends most: the scores move, and the segment with them
+    compute_rfm(persona)  # bob now spends most: the scores move…
+    assert members(persona, "top") == {cid}  # …and the segment with them once swept: a command's `score` does
+    score(persona)
     assert members(persona, "top") == {pid(persona, "bob@example.com")}
 
 
@@ -214,3 +216,40 @@ def test_changes_older_than_the_retention_are_pruned_by_a_sweep(persona: Persona
     days = persona.settings.segment_changes_days
     memberships.sweep(persona, now=datetime.now(UTC) + timedelta(days=days, hours=1))
     assert memberships.changes(persona) == []
+
+
+def test_follow_writes_nothing_for_a_row_the_index_did_not_take(persona: Persona) -> None:
+    """A refresh that read a person before another process erased them (or indexed a newer
+    version) hands follow() a row put_index refused: no membership may come of it."""
+    shop(persona)
+    memberships.add_segment(persona, "french", 'country = "FR"', by="test")
+    ann = pid(persona, "ann@example.com")
+    (row,) = [r for r in persona.recorder.index_rows() if r[0] == ann]
+    erase_subject(persona, "email", "ann@example.com")
+    with persona.recorder.transaction():
+        assert memberships.follow(persona, [(ann, row[1], row[2])]) == 0
+    assert persona.recorder.memberships([ann]) == []
+    cid = pid(persona, "cid@example.com")
+    (old,) = [r for r in persona.recorder.index_rows() if r[0] == cid]
+    ingest(persona, lives("cid@example.com", "DE", "cp2"))  # a newer row: cid leaves
+    with persona.recorder.transaction():
+        assert memberships.follow(persona, [(cid, old[1], old[2])]) == 0  # the older one changes nothing
+    assert cid not in members(persona, "french")
+    verify(persona)
+
+
+def test_a_sweep_leaves_alone_a_segment_removed_or_redefined_while_it_read(persona: Persona,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    shop(persona)
+    memberships.add_segment(persona, "french", 'country = "FR"', by="test")
+    reading = memberships._index
+
+    def meanwhile(p: Persona) -> Any:
+        yield from reading(p)
+        memberships.remove_segment(p, "french")  # by another writer, as the sweep finishes reading
+        p.recorder.add_segment("french", "frequency >= 100", 1, "test")
+
+    raw_execute(persona, "DELETE FROM segment_members")  # so that the sweep has entries to write
+    monkeypatch.setattr(memberships, "_index", meanwhile)
+    assert memberships.sweep(persona) == memberships.Swept(0, 0, 3)
+    assert persona.recorder.memberships() == []  # nobody is put in the new "french" by the old rule

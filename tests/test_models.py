@@ -578,6 +578,23 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
         assert len(nodes) == 3
         assert all(n["predictions"][0]["model"] == "churn_91d" and n["predictions"][0]["version"] == 1
                    and n["predictions"][0]["contributions"] for n in nodes)
+        # a person who withdraws personalization consent is served no prediction, however recent the scores
+        with Persona.open(settings) as p:
+            who = p.log.profile_for("shop_user", "m-000001")
+            ingest_jsonl(p, [orjson.dumps({"event_id": "no-perso", "source": "crm", "type": "consent_changed",
+                                           "occurred_at": datetime.now(UTC).isoformat(),
+                                           "subject": {"namespace": "shop_user", "value": "m-000001"},
+                                           "data": {"purpose": "personalization", "granted": False}})],
+                         origin="consent")
+        one = "query($id: ID) { profile(id: $id) { predictions { model } consent { purpose granted source } } }"
+        response = client.post("/graphql", json={"query": one, "variables": {"id": who}},
+                               headers={"Authorization": f"Bearer {tokens['reader']}"}).json()["data"]["profile"]
+        assert response["predictions"] == []
+        assert {c["purpose"]: (c["granted"], c["source"]) for c in response["consent"]}["personalization"] == (
+            False, "crm")
+        others = [n for n in post("{ profiles(first: 3) { nodes { id predictions { model } } } }", "reader")[
+            "data"]["profiles"]["nodes"] if n["id"] != who]
+        assert others and all(len(n["predictions"]) == 1 for n in others)  # the others are still served
 
 
 # -- review regressions --------------------------------------------------------------------------

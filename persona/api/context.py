@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNode, OperationType
 
-from persona import memberships
+from persona import destinations, memberships
 from persona.api.access import RateLimiter, TokenCache
 from persona.api.data import (
     Batch,
@@ -119,6 +119,7 @@ class Worker:
             self._opened.clear()
 
 
+DELIVERY_POLL_S = 1.0  # webhook deliveries: a pass at least this often
 ANYONE = ""  # what a watcher of every profile's changes watches (no profile id is empty)
 
 
@@ -196,6 +197,8 @@ class ApiState:
         self.purger = Worker(settings, "purge")
         self.sweeper = Worker(settings, "segments")  # sweeps of live segments: never in the writer's way
         self._sweeping: asyncio.Task[None] | None = None
+        self.courier = Worker(settings, "deliveries")  # webhooks: their POSTs wait on the network, not the writer
+        self._delivering: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._audit_writes: set[asyncio.Future[None]] = set()  # flushes' writes under way
         self._purging: asyncio.Task[None] | None = None
@@ -219,6 +222,7 @@ class ApiState:
         self._follower = asyncio.create_task(self._follow_forever())
         self._purging = asyncio.create_task(self._purge_forever())
         self._sweeping = asyncio.create_task(self._sweep_forever())
+        self._delivering = asyncio.create_task(self._deliver_forever())
 
     async def _follow_forever(self) -> None:
         """Wake the subscriptions of every profile another process appended to."""
@@ -256,12 +260,29 @@ class ApiState:
         while True:
             await asyncio.sleep(self.settings.segment_sweep_s)
             try:
-                swept = await self.sweeper.run(lambda persona: memberships.sweep(persona, which=lambda s: s.clocked))
+                swept = await self.sweeper.run(memberships.sweep_if_due, self.settings.segment_sweep_s)
             except Exception as e:  # the database is unreachable: said, and tried again
                 log.warning("the segment sweep failed (%s); retrying", type(e).__name__)
                 continue
-            if swept.entered or swept.left:
+            if swept is not None and (swept.entered or swept.left):
                 self.bus.changed([ANYONE])
+
+    async def _deliver_forever(self) -> None:
+        """Webhook deliveries (persona.destinations): a pass whenever a profile changes, and at
+        least every DELIVERY_POLL_S (retries fall due, other processes change segments)."""
+        while True:
+            wake = self.bus.watch(ANYONE)
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=DELIVERY_POLL_S)
+            except TimeoutError:
+                pass
+            finally:
+                self.bus.unwatch(ANYONE, wake)
+            try:
+                await self.courier.run(destinations.deliver)
+            except Exception as e:  # the database is unreachable: said, and tried again
+                log.warning("the webhook deliveries failed (%s); retrying", type(e).__name__)
+                await asyncio.sleep(DELIVERY_POLL_S)
 
     async def flush_audit(self, *, refusals: bool = True) -> None:
         rows = self.audit.take(refusals=refusals)
@@ -312,6 +333,7 @@ class ApiState:
         self.rfm.scoring()
         try:
             await self.writer.run(compute_rfm)
+            await self.sweeper.run(memberships.after_scoring)  # off the writer: it reads the whole index
         except Exception as e:  # the database is busy: tried again at the next tick
             self.rfm.changed()
             log.warning("scoring RFM failed (%s); retrying", type(e).__name__)
@@ -329,7 +351,7 @@ class ApiState:
                                           self.scanner.forget))
 
     async def stop(self) -> None:
-        for task in (self._purging, self._sweeping):
+        for task in (self._purging, self._sweeping, self._delivering):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -355,6 +377,7 @@ class ApiState:
             self.scans.close()
             self.purger.close()  # a purge running finishes first
             self.sweeper.close()
+            self.courier.close()
             self.persona.close()
             if self._feed_wait is not None:  # a wait still running in its thread ends within FEED_WAIT_S
                 futures_wait([self._feed_wait], timeout=FEED_WAIT_S + 5)

@@ -31,6 +31,7 @@ from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
 from persona.api.typed import counts
 from persona.api.types import (
+    DestinationNotice,
     ErasureReceipt,
     EventInput,
     HistogramBin,
@@ -96,6 +97,9 @@ async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime, **det
         return None
     ctx.audit("profile", data.id, asOf=True, **detail)
     return Profile(id=strawberry.ID(data.id), _data=data, _as_of=as_of)
+
+
+CHANGES_PAGE = 1_000  # segment changes read at a time by a segmentChanged subscription
 
 
 @strawberry.type
@@ -335,6 +339,8 @@ class Mutation:
                               purged_at=_instant(body.get("purged_at")),
                               purge_due_by=_instant(body.get("purge_due_by")),
                               counts=body["counts"], deleted=counts(body["counts"]),
+                              destinations_notified=[DestinationNotice(**n)
+                                                     for n in body.get("destinations_notified", [])],
                               signature=erasure.receipt["signature"],
                               receipt=JSON(erasure.receipt))
 
@@ -491,14 +497,18 @@ class Subscription:
                     state.bus.unwatch(ANYONE, wake)
                 if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
                     return  # the token was revoked: the subscription ends with it
-                for change in await state.scanner.run(memberships.changes, after):
-                    after = change.seq
-                    if wanted and change.segment not in wanted:
-                        continue
-                    ctx.audit("segmentChanged", change.profile_id, fields="", segment=change.segment,
-                              entered=change.entered)
-                    yield SegmentChange(segment=change.segment, profile_id=strawberry.ID(change.profile_id),
-                                        entered=change.entered, at=change.at)
+                while True:  # every change since the last look, a page at a time
+                    found = await state.scanner.run(memberships.changes, after, CHANGES_PAGE)
+                    for change in found:
+                        after = change.seq
+                        if wanted and change.segment not in wanted:
+                            continue
+                        ctx.audit("segmentChanged", change.profile_id, fields="", segment=change.segment,
+                                  entered=change.entered)
+                        yield SegmentChange(segment=change.segment, profile_id=strawberry.ID(change.profile_id),
+                                            entered=change.entered, at=change.at)
+                    if len(found) < CHANGES_PAGE:
+                        break
         finally:
             state.subscriptions[name] -= 1
             if not state.subscriptions[name]:

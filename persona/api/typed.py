@@ -209,6 +209,32 @@ def attribute_sources(view: Mapping[str, Any] | None) -> list[AttributeSource]:
     return out
 
 
+@strawberry.type(description="A consent purpose's current state and where it comes from")
+class ConsentState:
+    purpose: str = strawberry.field(description="analytics, marketing or personalization")
+    granted: bool | None = strawberry.field(description="null: never asked")
+    since: datetime | None = strawberry.field(description="When the consent event in force happened")
+    source: str | None = strawberry.field(description="The source of that event (crm, web, …)")
+    vouched: bool | None = strawberry.field(description="Whether its writer vouched for that source")
+
+
+def consent_states(view: Mapping[str, Any] | None) -> list[ConsentState]:
+    """Every purpose, asked or not, from the attributes' view (the claim in force: the latest)."""
+    held = (view or {}).get("consent", {})
+    out = []
+    for purpose in CONSENT_PURPOSES:
+        given = held.get(purpose)
+        if given is None:
+            out.append(ConsentState(purpose=purpose, granted=None, since=None, source=None, vouched=None))
+            continue
+        claim = max(given["provenance"], key=lambda p: p["occurred_at"], default=None)
+        out.append(ConsentState(purpose=purpose, granted=given["granted"],
+                                since=None if claim is None else datetime.fromisoformat(claim["occurred_at"]),
+                                source=None if claim is None else claim["source"],
+                                vouched=None if claim is None else claim["vouched"]))
+    return out
+
+
 def _claims(provenance: list[dict[str, Any]]) -> list[Claim]:
     return [Claim(source=p["source"], writer=p["writer"], vouched=p["vouched"], event_id=p["event_id"],
                   occurred_at=datetime.fromisoformat(p["occurred_at"]), weight=p.get("weight"))

@@ -23,6 +23,7 @@ from persona.api.typed import (
     Attributes,
     AttributeSource,
     Baseline,
+    ConsentState,
     Count,
     Drift,
     Features,
@@ -30,6 +31,7 @@ from persona.api.typed import (
     Lift,
     TrainingWindow,
     attribute_sources,
+    consent_states,
     finite,
     model_parts,
 )
@@ -46,6 +48,12 @@ T = TypeVar("T")
 DEFAULT_PAGE = 20
 MAX_INSTANT = datetime.max.replace(tzinfo=UTC) - timedelta(microseconds=1)
 FILTER_TERMS = 20  # per kind of filter: enough to target, too few to turn a listing into a long scan
+
+
+def withdrawn(attributes: dict[str, Any], purpose: str) -> bool:
+    """The person said no to this purpose (consent never asked is not a no)."""
+    given = attributes.get("consent")
+    return isinstance(given, dict) and given.get(purpose) is False
 
 
 def context_of(info: Info[RequestContext, None]) -> RequestContext:
@@ -291,11 +299,21 @@ class Profile:
         return [SegmentMembership(segment=m.segment, since=m.since)
                 for m in context_of(info).segments.get(self._data.id)]
 
+    @strawberry.field(description="Each consent purpose's current state (granted, withdrawn or never asked), with"
+                                  " when and from which source the consent in force came")
+    def consent(self, info: Info[RequestContext, None]) -> list[ConsentState]:
+        if self._as_of is not None:
+            raise ApiError("consent: available for the current profile only (attributeValues.consent holds the"
+                           " values as of asOf)")
+        return consent_states(context_of(info).sources.get(self._data.id))
+
     @strawberry.field(description="Predictions of the promoted models (the batch-scored read model), each with"
-                                  " the features behind it")
+                                  " the features behind it; none for a person who withdrew personalization consent")
     def predictions(self, info: Info[RequestContext, None], models: list[str] | None = None) -> list[Prediction]:
         if self._as_of is not None:  # the read model holds today's scores; the past is `persona predict --as-of`
             raise ApiError("predictions: available for the current profile only")
+        if withdrawn(self._data.attributes, "personalization"):
+            return []  # personalised output is withheld from anyone who said no to it
         found = context_of(info).predictions.get(self._data.id)
         return [_prediction(d) for d in found if models is None or d["model"] in models]
 
@@ -491,6 +509,13 @@ class IngestResult:
     quarantined_by: list[Count] = strawberry.field(description="Quarantined events, counted by reason")
 
 
+@strawberry.type(description="A deletion notice sent to a webhook destination by an erasure")
+class DestinationNotice:
+    destination: str
+    acknowledged: bool = strawberry.field(description="It answered 2xx before the receipt was signed")
+    outcome: str = strawberry.field(description='The attempt\'s outcome: "HTTP 204", "timeout", …')
+
+
 @strawberry.type
 class ErasureReceipt:
     profile_id: str
@@ -507,5 +532,8 @@ class ErasureReceipt:
                     " the erasures of a window, PERSONA_PURGE_WINDOW)")
     counts: JSON = strawberry.field(deprecation_reason="Use deleted: the same counts, typed")
     deleted: list[Count] = strawberry.field(description="Rows deleted, by table (the person's key among them)")
+    destinations_notified: list[DestinationNotice] = strawberry.field(
+        description="Each webhook destination that had received the person, sent a signed deletion notice, and"
+                    " whether it acknowledged it (those that did not are retried)")
     signature: str
     receipt: JSON = strawberry.field(description="The signed document: check it with `persona receipt verify`")

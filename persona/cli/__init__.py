@@ -33,6 +33,9 @@ COMMANDS = {
                                      " refusal (append-only)."),
     "backup": Entry("store", "backup", "Write a consistent copy of the store to DEST (a new file, or a folder): never"
                                        " the key file, nor a read model."),
+    "destinations": Entry("destinations", "destinations", "Webhook destinations: signed POSTs on segment entries and"
+                                                          " exits, changes of chosen fields, and erasure (add,"
+                                                          " status, deliver, retry, remove)."),
     "erase": Entry("erasure", "erase", "Erase a person: delete their key, identity links and derived rows; print a"
                                        " signed receipt."),
     "follow": Entry("store", "follow", "Follow the log as events are committed by any process, on any machine."),

@@ -29,7 +29,7 @@ from persona.ingest.jsonl import jsonl_records, live_jsonl_records
 from persona.ingest.preflight import preflight
 from persona.ingest.quarantine import describe, open_quarantined
 from persona.progress import Interruption, ProgressLines, reading, stopped_by_signals
-from persona.rfm import compute_rfm
+from persona.rfm import score as score_rfm
 from persona.services.store import drop_quarantined
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ def ingest(ctx: click.Context, file: Path, mapping_file: Path | None, source: st
             with file.open("rb") as handle:
                 report = _ingest_file(persona, handle, file, mapping, stop)
         if report.appended:  # the scores rank the population: one new order can move everyone's
-            compute_rfm(persona)
+            score_rfm(persona)
         cut_short = report.interrupted and not report.live  # a file's rest is still to be appended
         record_local(persona, "ingest", "ingest", outcome=INTERRUPTED if cut_short else OK, appended=report.appended,
                      duplicates=report.duplicates, quarantined=report.quarantined,

@@ -32,7 +32,8 @@ from persona.migrate import audit as migrate_audit
 from persona.migrate import migrate as migrate_store
 from persona.progress import ProgressLines, counting
 from persona.projector import Projector
-from persona.rfm import RfmSchedule, compute_rfm
+from persona.rfm import RfmSchedule
+from persona.rfm import score as score_rfm
 from persona.services.store import live_and_erased, stream_count
 from persona.settings import Settings
 from persona.store import parse_target
@@ -138,7 +139,7 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
                     if not rows:
                         if rfm.pending:  # caught up: the scores too
                             rfm.scoring()
-                            compute_rfm(persona)
+                            score_rfm(persona)
                         if once:
                             break
                         continue
@@ -155,7 +156,7 @@ def follow(ctx: click.Context, after: int | None, refresh: bool, once: bool, wai
                             rfm.changed()
                         if rfm.due():
                             rfm.scoring()
-                            compute_rfm(persona)
+                            score_rfm(persona)
                     click.echo(orjson.dumps(line).decode())
             except KeyboardInterrupt:
                 click.echo(f"stopped after position {feed.position}", err=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from persona.store.protocols import (
     Access,
     Connection,
+    Destinations,
     Erasure,
     EventLog,
     Identities,
@@ -22,6 +23,7 @@ from persona.store.protocols import (
 from persona.store.rows import (
     CHUNK_CAP,
     KEY_SIZE,
+    DeliveryRow,
     Head,
     MergeEdge,
     ProfileRow,
@@ -56,6 +58,8 @@ __all__ = [
     "TAG",
     "Access",
     "Connection",
+    "DeliveryRow",
+    "Destinations",
     "Erasure",
     "EventLog",
     "Head",

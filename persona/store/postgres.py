@@ -77,6 +77,7 @@ from persona.store.postgres_pool import (
 )
 from persona.store.postgres_purge import PostgresPurge
 from persona.store.postgres_schema import (
+    DESTINATION_DDL,
     DROP,
     PARTITIONS,
     SCHEMA,
@@ -133,9 +134,9 @@ _KEY_OF = {"chunks": ("position",), "event_keys": ("generation", "event_key"),
            "quarantine_tags": ("quarantine_id", "subject_hash"),
            "snapshots": ("profile_id", "projection"), "model_people": ("profile_id", "name", "version"),
            "predictions": ("profile_id", "model"), "models": ("name", "version"),
-           "segment_members": ("segment", "profile_id")}
+           "segment_members": ("segment", "profile_id"), "destination_people": ("destination", "profile_id")}
 _SERIALS = (("streams", "stream_no"), ("tombstones", "seq"), ("quarantine", "id"), ("merges", "edge"),
-            ("audit", "seq"), ("segment_changes", "seq"))
+            ("audit", "seq"), ("segment_changes", "seq"), ("deliveries", "seq"))
 
 
 @translating(translate)
@@ -234,7 +235,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             self._lock()
             for _, table, column, declaration in COLUMNS_ADDED:  # constant names of persona.store.base
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
-            for statement in (*SEGMENT_DDL, *UNTAGGED_INDEXES):
+            for statement in (*SEGMENT_DDL, *DESTINATION_DDL, *UNTAGGED_INDEXES):
                 self.conn.execute(statement)
             self.set_meta("schema_revision", str(SCHEMA_REVISION))
 

@@ -93,6 +93,22 @@ SEGMENT_DDL = (
     f"CREATE TABLE IF NOT EXISTS segment_changes (seq bigserial PRIMARY KEY, at bigint NOT NULL,"
     f" segment {_ID} NOT NULL, profile_id {_ID} NOT NULL, entered integer NOT NULL, tag bytea)",
     "CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id)",
+    "CREATE INDEX IF NOT EXISTS segment_changes_at ON segment_changes (at)",
+)
+# Webhook destinations (schema revision 6): the same.
+DESTINATION_DDL = (
+    f"CREATE TABLE IF NOT EXISTS destinations (name {_ID} PRIMARY KEY, url text NOT NULL, segments text NOT NULL,"
+    " fields text NOT NULL, on_change text NOT NULL, purpose text NOT NULL, secret bytea NOT NULL,"
+    " created_at bigint NOT NULL, created_by text NOT NULL, tag bytea)",
+    f"CREATE TABLE IF NOT EXISTS destination_people (destination {_ID} NOT NULL, profile_id {_ID} NOT NULL,"
+    " first_at bigint NOT NULL, digest bytea, tag bytea, PRIMARY KEY (destination, profile_id))",
+    "CREATE INDEX IF NOT EXISTS destination_people_profile ON destination_people (profile_id)",
+    f"CREATE TABLE IF NOT EXISTS deliveries (seq bigserial PRIMARY KEY, destination {_ID} NOT NULL,"
+    f" kind text NOT NULL, profile_id {_ID} NOT NULL, segment {_ID} NOT NULL, created_at bigint NOT NULL,"
+    " attempts integer NOT NULL, next_at bigint NOT NULL, status text NOT NULL, outcome text NOT NULL,"
+    " done_at bigint, tag bytea)",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_profile ON deliveries (profile_id)",
 )
 SCHEMA = [
     "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
@@ -142,6 +158,7 @@ SCHEMA = [
     " detail text NOT NULL)",
     "CREATE INDEX audit_profile ON audit (profile_id)",
     *SEGMENT_DDL,
+    *DESTINATION_DDL,
     # append-only, in the database: no UPDATE, DELETE or TRUNCATE of the log, its keys,
     # tombstones or the audit log, whoever connects
     "CREATE FUNCTION persona_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"

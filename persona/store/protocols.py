@@ -16,6 +16,7 @@ from typing import Protocol
 
 from persona.store.rows import (
     ChunkRow,
+    DeliveryRow,
     Head,
     LogChunk,
     MergeEdge,
@@ -319,8 +320,10 @@ class Segments(Protocol):
     def segment_sizes(self) -> dict[str, int]:
         """Members of each segment that has any."""
         ...
-    def memberships(self, profile_ids: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
-        """(segment, profile_id, since) of these profiles (of everyone: None)."""
+    def memberships(self, profile_ids: Sequence[str] | None = None, *, segments: Sequence[str] | None = None
+                    ) -> list[tuple[str, str, int]]:
+        """(segment, profile_id, since) of these profiles; with none given, every member of these
+        segments (of every segment: None)."""
         ...
     def segment_members(self, name: str, after: str = "", limit: int = 1000) -> list[tuple[str, int]]:
         """(profile_id, since) of a segment's members after an id, in id order."""
@@ -337,6 +340,59 @@ class Segments(Protocol):
         ...
     def prune_segment_changes(self, before: int) -> int:
         """Forget the changes noted before an instant; how many."""
+        ...
+    def clear_memberships(self) -> None:
+        """Empty the memberships and changes (a restore makes them anew)."""
+        ...
+
+
+class Destinations(Protocol):
+    """Webhook destinations (their secrets sealed above the store), who each has received, and the
+    deliveries: an outbox of POSTs, each pending until acknowledged, skipped or dead-lettered."""
+
+    def destination_rows(self) -> list[tuple[str, str, str, str, str, str, bytes, int, str]]:
+        """(name, url, segments, fields, on_change, purpose, sealed secret, created_at, created_by), by name."""
+        ...
+    def add_destination(self, row: tuple[str, str, str, str, str, str, bytes, int, str]) -> bool:
+        """False if one of that name exists."""
+        ...
+    def remove_destination(self, name: str) -> bool:
+        """The destination goes, with its deliveries and who it received; False if there was none."""
+        ...
+    def enqueue_deliveries(self, rows: Sequence[tuple[str, str, str, str, int, int]]) -> None:
+        """rows: (destination, kind, profile_id, segment, created_at, due at): pending deliveries."""
+        ...
+    def due_deliveries(self, now: int, limit: int) -> list[DeliveryRow]:
+        """Pending deliveries due by `now`, oldest first."""
+        ...
+    def lease_delivery(self, seq: int, now: int, until: int) -> bool:
+        """Claim a due delivery until an instant (another sender skips it meanwhile); False if it
+        is no longer due (another sender has it)."""
+        ...
+    def finish_delivery(self, seq: int, status: str, attempts: int, next_at: int, outcome: str,
+                        done_at: int | None) -> None: ...
+    def delivery_states(self) -> list[tuple[str, str, int, int | None]]:
+        """(destination, status, how many, latest done_at) of every destination's deliveries."""
+        ...
+    def deliveries(self, destination: str, status: str, limit: int = 100) -> list[DeliveryRow]: ...
+    def deliveries_of(self, seqs: Sequence[int]) -> list[DeliveryRow]: ...
+    def erasure_notices(self, profile_ids: Sequence[str]) -> list[DeliveryRow]:
+        """The deletion notices of these profiles still pending."""
+        ...
+    def requeue_dead(self, destination: str, now: int) -> int:
+        """A destination's dead letters, pending again from their first attempt; how many."""
+        ...
+    def prune_deliveries(self, before: int) -> int:
+        """Forget the deliveries done before an instant (never a deletion notice); how many."""
+        ...
+    def received_by(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, bytes | None]]:
+        """(destination, profile_id, first_at, digest of the fields last sent) of these profiles."""
+        ...
+    def note_received(self, rows: Sequence[tuple[str, str, int, bytes | None]]) -> None:
+        """These destinations received these profiles (first_at kept; the digest replaced)."""
+        ...
+    def forget_received(self, profile_ids: Sequence[str]) -> int:
+        """Who received these profiles, and their deliveries still to go but the deletion notices, go."""
         ...
 
 
@@ -389,5 +445,5 @@ class Maintenance(Protocol):
 
 
 class Recorder(Connection, EventLog, Streams, Identities, Erasure, Quarantine, ReadModels, ModelRegistry, Segments,
-               Access, Maintenance, Protocol):
+               Destinations, Access, Maintenance, Protocol):
     """Everything a store does: what `persona.recorder` is. Depend on the smaller protocol you use."""

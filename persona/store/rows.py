@@ -111,3 +111,19 @@ class TokenRow(NamedTuple):
     delta_spent: float
     sources: str  # space-separated sources the token may write as ("": any, but claiming no precedence)
     types: str  # space-separated event types it may write ("": any but the privileged ones)
+
+
+class DeliveryRow(NamedTuple):
+    """A webhook delivery (persona.destinations): one POST to one destination, until acknowledged."""
+
+    seq: int
+    destination: str
+    kind: str  # entered, left, changed, erased
+    profile_id: str
+    segment: str  # the segment entered or left ("" for the other kinds)
+    created_at: int
+    attempts: int
+    next_at: int  # µs: when it is due (again)
+    status: str  # pending, delivered, dead (given up after the attempts allowed), skipped
+    outcome: str  # the last attempt's: "HTTP 204", "timeout", "refused" (never a body)
+    done_at: int | None

@@ -26,8 +26,8 @@ COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
         "audit")),
 )
 # Tables added by a later release are made, when missing, every time a store is opened (each
-# backend's schema module): revision 5 added the live segments.
-SCHEMA_REVISION = 5
+# backend's schema module): revision 5 added the live segments, 6 the webhook destinations.
+SCHEMA_REVISION = 6
 
 # Every table a store holds, with the columns a copy between backends carries (`persona
 # migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
@@ -62,6 +62,15 @@ TABLES: dict[str, tuple[str, ...]] = {
     "segments": ("name", "rule", "created_at", "created_by"),
     "segment_members": ("segment", "profile_id", "since"),
     "segment_changes": ("seq", "at", "segment", "profile_id", "entered"),
+    # webhook destinations (persona.destinations): each one's address, what it takes and its secret
+    # (sealed under the destinations' key); who each has received (for erasure notices, and the
+    # keyed digest of the fields last sent); and the deliveries, an outbox, each until acknowledged
+    # or dead-lettered
+    "destinations": ("name", "url", "segments", "fields", "on_change", "purpose", "secret", "created_at",
+                     "created_by"),
+    "destination_people": ("destination", "profile_id", "first_at", "digest"),
+    "deliveries": ("seq", "destination", "kind", "profile_id", "segment", "created_at", "attempts", "next_at",
+                   "status", "outcome", "done_at"),
 }
 
 # The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores
@@ -78,7 +87,10 @@ TABLES = {table: columns + ((TAG,) if table not in LOG else ()) for table, colum
 # too, and made again after a restore (their `since` starts then). A rebuild reconciles them rather
 # than emptying them, so a member since last month stays one since last month.
 READ_MODELS = ("snapshots", "profile_index", "rfm", "predictions", "segment_members", "segment_changes")
-BACKED_UP = tuple(table for table in TABLES if table not in READ_MODELS)
+# The deliveries name who entered which segment when: left out of backups too. Who each destination
+# received is kept (profile ids only): a restore re-applies the erasures made since, and their
+# deletion notices go to every destination that received the person.
+BACKED_UP = tuple(table for table in TABLES if table not in (*READ_MODELS, "deliveries"))
 
 # Tables holding rows derived from a person's events, each keyed by `profile_id`.
 # Erasure deletes from every one of them; `persona rebuild` empties and refills them (the segment
@@ -89,11 +101,13 @@ DERIVED_TABLES = READ_MODELS
 PERSON_ROWS = ("profile_index", "rfm", "predictions")
 
 # What erasure deletes (shared.SQLRecorder.erase): the key, the links, the merges and memberships,
-# the derived rows, who the models were trained on, and the quarantined records tagged with the
-# person's identifiers. The tables whose dead rows could tell something (all but the snapshots,
-# sealed under the deleted key) are the ones a PostgreSQL purge vacuums.
+# the derived rows, who the models were trained on, the quarantined records tagged with the
+# person's identifiers, and (persona.destinations, in the same transaction) who received them and
+# what was still to be sent, but the deletion notices. The tables whose dead rows could tell
+# something (all but the snapshots, sealed under the deleted key) are the ones a PostgreSQL purge
+# vacuums.
 ERASED_FROM = ("keys", "links", "merges", "members", "profile_index", "rfm", "predictions", "segment_members",
-               "segment_changes", "model_people", "quarantine", "quarantine_tags")
+               "segment_changes", "model_people", "quarantine", "quarantine_tags", "destination_people", "deliveries")
 
 # What `counts()` reports, and the table counted for each (one key per event: the events).
 COUNTED = {"events": "event_keys", **{table: table for table in ("streams", "keys", "links", "tombstones",

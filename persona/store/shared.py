@@ -16,6 +16,7 @@ from persona.store.keyset import KeyFilter, generation_of, sealed_by
 from persona.store.rows import (
     KEY_SIZE,
     ChunkRow,
+    DeliveryRow,
     Head,
     LogChunk,
     MergeEdge,
@@ -481,9 +482,12 @@ class SQLRecorder:
     def segment_sizes(self) -> dict[str, int]:
         return {name: int(n) for name, n in self._all(self.sql.segment_sizes)}
 
-    def memberships(self, profile_ids: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
+    def memberships(self, profile_ids: Sequence[str] | None = None, *, segments: Sequence[str] | None = None
+                    ) -> list[tuple[str, str, int]]:
         if profile_ids is None:
-            return [(segment, pid, int(since)) for segment, pid, since in self._all(self.sql.memberships)]
+            names = [name for name, *_ in self.segment_definitions()] if segments is None else list(segments)
+            return [(segment, pid, int(since)) for part in self._chunks(names)
+                    for segment, pid, since in self._all(self.sql.memberships, (part,))]
         return [(segment, pid, int(since)) for part in self._chunks(profile_ids)
                 for segment, pid, since in self._all(self.sql.memberships_of, (part,))]
 
@@ -507,6 +511,66 @@ class SQLRecorder:
 
     def prune_segment_changes(self, before: int) -> int:
         return self._run(self.sql.prune_segment_changes, (before,))
+
+    def clear_memberships(self) -> None:
+        for statement in self.sql.clear_memberships:
+            self._run(statement)
+
+    # webhook destinations
+    def destination_rows(self) -> list[tuple[str, str, str, str, str, str, bytes, int, str]]:
+        return [(*row[:6], bytes(row[6]), int(row[7]), row[8]) for row in self._all(self.sql.destination_rows)]
+
+    def add_destination(self, row: tuple[str, str, str, str, str, str, bytes, int, str]) -> bool:
+        return self._run(self.sql.add_destination, row) == 1
+
+    def remove_destination(self, name: str) -> bool:
+        *_, removed = [self._run(statement, (name,)) for statement in self.sql.remove_destination]
+        return removed == 1
+
+    def enqueue_deliveries(self, rows: Sequence[tuple[str, str, str, str, int, int]]) -> None:
+        self._many(self.sql.enqueue_delivery, rows)
+
+    def due_deliveries(self, now: int, limit: int) -> list[DeliveryRow]:
+        return [DeliveryRow._make(row) for row in self._all(self.sql.due_deliveries, (now, limit))]
+
+    def lease_delivery(self, seq: int, now: int, until: int) -> bool:
+        return self._run(self.sql.lease_delivery, (until, seq, now)) == 1
+
+    def finish_delivery(self, seq: int, status: str, attempts: int, next_at: int, outcome: str,
+                        done_at: int | None) -> None:
+        self._run(self.sql.finish_delivery, (status, attempts, next_at, outcome, done_at, seq))
+
+    def delivery_states(self) -> list[tuple[str, str, int, int | None]]:
+        return [(d, s, int(n), None if last is None else int(last))
+                for d, s, n, last in self._all(self.sql.delivery_states)]
+
+    def deliveries(self, destination: str, status: str, limit: int = 100) -> list[DeliveryRow]:
+        return [DeliveryRow._make(row) for row in self._all(self.sql.deliveries_in, (destination, status, limit))]
+
+    def deliveries_of(self, seqs: Sequence[int]) -> list[DeliveryRow]:
+        return [DeliveryRow._make(row) for part in self._chunks(seqs)
+                for row in self._all(self.sql.deliveries_of, (part,))]
+
+    def erasure_notices(self, profile_ids: Sequence[str]) -> list[DeliveryRow]:
+        return [DeliveryRow._make(row) for part in self._chunks(profile_ids)
+                for row in self._all(self.sql.erasure_notices, (part,))]
+
+    def requeue_dead(self, destination: str, now: int) -> int:
+        return self._run(self.sql.requeue_dead, (now, destination))
+
+    def prune_deliveries(self, before: int) -> int:
+        return self._run(self.sql.prune_deliveries, (before,))
+
+    def received_by(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, bytes | None]]:
+        return [(d, pid, int(at), None if digest is None else bytes(digest)) for part in self._chunks(profile_ids)
+                for d, pid, at, digest in self._all(self.sql.received_by, (part,))]
+
+    def note_received(self, rows: Sequence[tuple[str, str, int, bytes | None]]) -> None:
+        self._many(self.sql.note_received, rows)
+
+    def forget_received(self, profile_ids: Sequence[str]) -> int:
+        return sum(self._run(statement, (part,)) for part in self._chunks(profile_ids)
+                   for statement in self.sql.forget_received)
 
     # models
     def next_model_version(self, name: str) -> int:

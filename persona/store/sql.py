@@ -28,6 +28,8 @@ LAST_POSITION = "c.position + c.last_version - c.first_version"
 AFTER_POSITION = f"c.position > {{p}} - {CHUNK_CAP} AND {LAST_POSITION} > {{p}}"
 TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
 AUDIT_SELECT = "SELECT " + ", ".join(TABLES["audit"][:-1]) + " FROM audit"
+DELIVERY_SELECT = ("SELECT seq, destination, kind, profile_id, segment, created_at, attempts, next_at, status,"
+                   " outcome, done_at FROM deliveries")
 MODEL_SELECT = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
 
 # Charging an answer to a token's privacy budget: ε and δ together or neither, never past
@@ -170,7 +172,8 @@ class Statements:
     segment_sizes: str = "SELECT segment, count(*) FROM segment_members GROUP BY segment"
     memberships_of: str = ("SELECT segment, profile_id, since FROM segment_members WHERE profile_id {text}"
                            " ORDER BY profile_id, segment")
-    memberships: str = "SELECT segment, profile_id, since FROM segment_members ORDER BY segment, profile_id"
+    memberships: str = ("SELECT segment, profile_id, since FROM segment_members WHERE segment {text}"
+                        " ORDER BY segment, profile_id")
     segment_members: str = ("SELECT profile_id, since FROM segment_members WHERE segment = {p} AND profile_id > {p}"
                             " ORDER BY profile_id LIMIT {p}")
     enter_segment: str = ("INSERT INTO segment_members (segment, profile_id, since) VALUES ({p}, {p}, {p})"
@@ -182,6 +185,39 @@ class Statements:
                             " ORDER BY seq LIMIT {p}")
     last_segment_change: str = "SELECT coalesce(max(seq), 0) FROM segment_changes"
     prune_segment_changes: str = "DELETE FROM segment_changes WHERE at < {p}"
+    clear_memberships: tuple[str, ...] = ("DELETE FROM segment_members", "DELETE FROM segment_changes")
+    # webhook destinations (persona.destinations)
+    destination_rows: str = ("SELECT name, url, segments, fields, on_change, purpose, secret, created_at, created_by"
+                             " FROM destinations ORDER BY name")
+    add_destination: str = ("INSERT INTO destinations (name, url, segments, fields, on_change, purpose, secret,"
+                            " created_at, created_by) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+                            " ON CONFLICT (name) DO NOTHING")
+    remove_destination: tuple[str, ...] = ("DELETE FROM deliveries WHERE destination = {p}",
+                                           "DELETE FROM destination_people WHERE destination = {p}",
+                                           "DELETE FROM destinations WHERE name = {p}")
+    enqueue_delivery: str = ("INSERT INTO deliveries (destination, kind, profile_id, segment, created_at, attempts,"
+                             " next_at, status, outcome) VALUES ({p}, {p}, {p}, {p}, {p}, 0, {p}, 'pending', '')")
+    due_deliveries: str = (DELIVERY_SELECT + " WHERE status = 'pending' AND next_at <= {p} ORDER BY seq LIMIT {p}")
+    lease_delivery: str = ("UPDATE deliveries SET next_at = {p}, tag = NULL"
+                           " WHERE seq = {p} AND status = 'pending' AND next_at <= {p}")
+    finish_delivery: str = ("UPDATE deliveries SET status = {p}, attempts = {p}, next_at = {p}, outcome = {p},"
+                            " done_at = {p}, tag = NULL WHERE seq = {p}")
+    delivery_states: str = ("SELECT destination, status, count(*), max(done_at) FROM deliveries"
+                            " GROUP BY destination, status ORDER BY destination, status")
+    deliveries_in: str = DELIVERY_SELECT + " WHERE destination = {p} AND status = {p} ORDER BY seq LIMIT {p}"
+    deliveries_of: str = DELIVERY_SELECT + " WHERE seq {bigint} ORDER BY seq"
+    erasure_notices: str = (DELIVERY_SELECT + " WHERE profile_id {text} AND kind = 'erased' AND status = 'pending'"
+                            " ORDER BY seq")
+    requeue_dead: str = ("UPDATE deliveries SET status = 'pending', attempts = 0, next_at = {p}, outcome = '',"
+                         " tag = NULL WHERE destination = {p} AND status = 'dead'")
+    prune_deliveries: str = "DELETE FROM deliveries WHERE status != 'pending' AND kind != 'erased' AND done_at < {p}"
+    received_by: str = ("SELECT destination, profile_id, first_at, digest FROM destination_people"
+                        " WHERE profile_id {text} ORDER BY profile_id, destination")
+    note_received: str = ("INSERT INTO destination_people (destination, profile_id, first_at, digest)"
+                          " VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (destination, profile_id)"
+                          " DO UPDATE SET digest = excluded.digest, tag = NULL")
+    forget_received: tuple[str, ...] = ("DELETE FROM destination_people WHERE profile_id {text}",
+                                        "DELETE FROM deliveries WHERE profile_id {text} AND kind != 'erased'")
     # models
     next_model_version: str = "SELECT coalesce(max(version), 0) FROM models WHERE name = {p}"
     add_model: str = ("INSERT INTO models (name, version, created_at, status, meta, sha256, blob)"

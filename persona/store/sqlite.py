@@ -136,6 +136,7 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         self._create_merge_schema()
         self._create_model_schema()
         self._create_segment_schema()
+        self._create_destination_schema()
         self._upgrade()
 
     # -- how statements run ----------------------------------------------------------------

@@ -97,6 +97,24 @@ CREATE INDEX IF NOT EXISTS segment_members_profile ON segment_members (profile_i
 CREATE TABLE IF NOT EXISTS segment_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL,
 segment TEXT NOT NULL, profile_id TEXT NOT NULL, entered INTEGER NOT NULL, tag BLOB);
 CREATE INDEX IF NOT EXISTS segment_changes_profile ON segment_changes (profile_id);
+CREATE INDEX IF NOT EXISTS segment_changes_at ON segment_changes (at);
+"""
+
+
+# Webhook destinations (schema revision 6; made on open when missing).
+DESTINATION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS destinations (name TEXT PRIMARY KEY, url TEXT NOT NULL, segments TEXT NOT NULL,
+fields TEXT NOT NULL, on_change TEXT NOT NULL, purpose TEXT NOT NULL, secret BLOB NOT NULL, created_at INTEGER NOT NULL,
+created_by TEXT NOT NULL, tag BLOB);
+CREATE TABLE IF NOT EXISTS destination_people (destination TEXT NOT NULL, profile_id TEXT NOT NULL,
+first_at INTEGER NOT NULL, digest BLOB, tag BLOB, PRIMARY KEY (destination, profile_id));
+CREATE INDEX IF NOT EXISTS destination_people_profile ON destination_people (profile_id);
+CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL,
+kind TEXT NOT NULL, profile_id TEXT NOT NULL, segment TEXT NOT NULL, created_at INTEGER NOT NULL,
+attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, status TEXT NOT NULL, outcome TEXT NOT NULL, done_at INTEGER,
+tag BLOB);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_profile ON deliveries (profile_id);
 """
 
 
@@ -303,6 +321,13 @@ class SQLiteSchema:
             return
         with self.transaction():
             self._run_script(SEGMENT_SCHEMA)
+
+    def _create_destination_schema(self) -> None:
+        """Webhook destinations, who each received, deliveries (additive, so made on open)."""
+        if "deliveries" in self._table_names():
+            return
+        with self.transaction():
+            self._run_script(DESTINATION_SCHEMA)
 
     def _run_script(self, script: str) -> None:
         """Constant statements of this module, one by one (inside the caller's transaction)."""

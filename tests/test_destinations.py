@@ -1,0 +1,284 @@
+"""Webhook destinations (persona.destinations), against a real HTTP receiver on 127.0.0.1: signed
+POSTs on segment entries and exits and on changes of chosen fields, granted fields only, consent
+per purpose, retries with backoff, dead letters, and the deletion notice an erasure sends."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from persona import Persona, destinations, memberships
+from persona.erasure import erase_subject, verify_receipt
+from persona.verify import verify
+from tests.test_memberships import buy, ingest, lives, pid
+from tests.webhooks import Received, Receiver, receiving
+
+LATER = timedelta(hours=2)  # past every backoff but the last ones
+
+
+def consent(email: str, purpose: str, granted: bool, eid: str) -> dict[str, Any]:
+    from tests.conftest import record
+
+    return record(email, "consent_changed", {"purpose": purpose, "granted": granted}, source="crm",
+                  occurred_at=(datetime.now(UTC) - timedelta(days=1)).isoformat(), event_id=eid)
+
+
+def secret_of(persona: Persona, name: str) -> bytes:
+    return destinations.secret_of(persona, destinations.destination(persona, name))
+
+
+def checked(persona: Persona, name: str, request: Received) -> Any:
+    """What a receiver does: the signature over the body, within the tolerance."""
+    destinations.verify(secret_of(persona, name), request.headers["persona-signature"], request.body)
+    return request.doc
+
+
+@pytest.fixture
+def hook() -> Any:
+    with receiving() as receiver:
+        yield receiver
+
+
+def test_entries_and_exits_are_posted_signed_with_granted_fields_only(persona: Persona, hook: Receiver) -> None:
+    memberships.add_segment(persona, "spenders", "monetary >= 1000", by="test")
+    _, secret = destinations.add_destination(persona, "crm", hook.url, segments=["spenders"],
+                                             fields=["monetary", "country"], by="test")
+    assert secret.startswith("whsec_") and secret.encode() == secret_of(persona, "crm")
+    ingest(persona, buy("ann@example.com", "a1", 1500, 3), lives("ann@example.com", "FR", "ap"),
+           buy("bob@example.com", "b1", 20, 3))
+    done = destinations.deliver(persona)
+    assert (done.queued, done.delivered) == (1, 1)
+    (request,) = hook.wait(1)
+    doc = checked(persona, "crm", request)
+    ann = pid(persona, "ann@example.com")
+    assert doc["type"] == "entered" and doc["segment"] == "spenders" and doc["profile_id"] == ann
+    assert doc["profile"] == {"monetary": 1500.0, "country": "FR"}  # what was granted, nothing else
+    assert request.headers["persona-event"] == "entered"
+    assert request.headers["persona-delivery"].startswith("dlv_")
+    assert "ann@example.com" not in request.body.decode()
+    # she leaves (a refund takes her under 1000): sent too
+    from tests.conftest import record
+    ingest(persona, record("ann@example.com", "order_refunded", {"order_id": "a1", "amount": "1500",
+                                                                 "currency": "EUR"},
+                           source="shop", occurred_at=(datetime.now(UTC) - timedelta(days=1)).isoformat(),
+                           event_id="r1"))
+    assert destinations.deliver(persona).delivered == 1
+    left = checked(persona, "crm", hook.wait(2)[1])
+    assert (left["type"], left["profile_id"], left["segment"]) == ("left", ann, "spenders") and "profile" not in left
+    verify(persona)
+
+
+def test_a_refused_delivery_is_retried_with_backoff_the_same_key_then_dead_lettered(persona: Persona,
+                                                                                    hook: Receiver) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    destinations.add_destination(persona, "flaky", hook.url, segments=["buyers"], by="test")
+    hook.answers = [500, 503]
+    ingest(persona, buy("ann@example.com", "a1", 10, 3))
+    first = destinations.deliver(persona)
+    assert [(a.status, a.outcome) for a in first.attempts] == [("pending", "HTTP 500")]
+    assert destinations.deliver(persona).attempts == []  # not due again for a second
+    second = destinations.send_due(persona, now=datetime.now(UTC) + timedelta(seconds=2))
+    assert [(a.status, a.outcome) for a in second] == [("pending", "HTTP 503")]
+    third = destinations.send_due(persona, now=datetime.now(UTC) + timedelta(seconds=10))
+    assert [a.status for a in third] == ["delivered"]
+    keys = {r.headers["persona-delivery"] for r in hook.wait(3)}
+    assert len(keys) == 1  # one delivery, one idempotency key, three attempts
+    # a destination that never answers 2xx: given up after the attempts allowed, kept as a dead letter
+    hook.answers = [500] * destinations.MAX_ATTEMPTS
+    ingest(persona, buy("bob@example.com", "b1", 10, 3))
+    destinations.deliver(persona)
+    moment = datetime.now(UTC)
+    for n in range(destinations.MAX_ATTEMPTS):
+        moment += timedelta(seconds=destinations.RETRY_S[min(n, len(destinations.RETRY_S) - 1)] + 1)
+        destinations.send_due(persona, now=moment)
+    (state,) = destinations.status(persona)
+    assert state["deliveries"]["dead"] == 1 and state["deliveries"]["delivered"] == 1
+    (letter,) = state["dead_letters"]
+    assert letter["attempts"] == destinations.MAX_ATTEMPTS and letter["outcome"] == "HTTP 500"
+    assert letter["profile_id"] == pid(persona, "bob@example.com")
+    assert destinations.retry(persona, "flaky") == 1
+    assert destinations.deliver(persona).delivered == 1  # the receiver answers 204 again
+
+
+def test_an_unreachable_destination_is_an_outcome_not_a_crash(persona: Persona) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    with receiving() as gone:
+        url = gone.url  # a port nobody listens on once this block ends
+    destinations.add_destination(persona, "gone", url, segments=["buyers"], by="test")
+    ingest(persona, buy("ann@example.com", "a1", 10, 3))
+    (attempt,) = destinations.deliver(persona).attempts
+    assert attempt.status == "pending" and attempt.outcome == "connection refused"
+
+
+def test_erasure_sends_every_destination_that_received_the_person_a_signed_notice(persona: Persona,
+                                                                                  hook: Receiver) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    memberships.add_segment(persona, "whales", "monetary >= 100000", by="test")
+    with receiving() as other, receiving() as bystander:
+        destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], by="test")
+        destinations.add_destination(persona, "ads", other.url, segments=["buyers"], by="test")
+        destinations.add_destination(persona, "never", bystander.url, segments=["whales"], by="test")
+        ingest(persona, buy("ann@example.com", "a1", 10, 3), buy("bob@example.com", "b1", 10, 3))
+        destinations.deliver(persona)
+        ann = pid(persona, "ann@example.com")
+        other.answers = [500]  # the ads tool is down when she is erased
+        erasure = erase_subject(persona, "email", "ann@example.com")
+        notified = {n["destination"]: n for n in erasure.receipt["receipt"]["destinations_notified"]}
+        assert set(notified) == {"crm", "ads"}
+        assert notified["crm"]["acknowledged"] is True and notified["ads"]["acknowledged"] is False
+        assert notified["ads"]["outcome"] == "HTTP 500"
+        verify_receipt(erasure.receipt, persona.keyring.public_key)  # the list is signed with the rest
+        notice = checked(persona, "crm", hook.wait(2)[-1])
+        assert notice == {"type": "erased", "profile_id": ann, "sent_at": notice["sent_at"],
+                          "queued_at": notice["queued_at"]}
+        assert bystander.requests == []
+        # the ads tool's notice is retried like any delivery, and nothing else of hers is left to send
+        assert [a.kind for a in destinations.send_due(persona, now=datetime.now(UTC) + timedelta(seconds=2))] == [
+            "erased"]
+        assert other.wait(2)[-1].doc["type"] == "erased"
+        assert persona.recorder.received_by([ann]) == []
+        verify(persona)
+
+
+def test_a_marketing_destination_never_receives_a_person_without_marketing_consent(persona: Persona,
+                                                                                  hook: Receiver) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    destinations.add_destination(persona, "mailer", hook.url, segments=["buyers"], purpose="marketing", by="test")
+    ingest(persona, consent("ann@example.com", "marketing", True, "c1"), buy("ann@example.com", "a1", 10, 3),
+           consent("bob@example.com", "marketing", False, "c2"), buy("bob@example.com", "b1", 10, 3),
+           buy("cid@example.com", "c1", 10, 3))  # never asked: no consent either
+    done = destinations.deliver(persona)
+    assert sorted((a.status, a.outcome) for a in done.attempts) == [
+        ("delivered", "HTTP 204"), ("skipped", "no marketing consent"), ("skipped", "no marketing consent")]
+    assert [checked(persona, "mailer", r)["profile_id"] for r in hook.wait(1)] == [pid(persona, "ann@example.com")]
+
+
+def test_a_change_of_a_watched_field_is_sent_to_destinations_that_received_the_person(persona: Persona,
+                                                                                     hook: Receiver) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], fields=["country", "frequency"],
+                                 on_change=["country"], by="test")
+    ingest(persona, buy("ann@example.com", "a1", 10, 3), lives("ann@example.com", "FR", "p1"))
+    destinations.deliver(persona)
+    ingest(persona, buy("ann@example.com", "a2", 10, 2))  # frequency moves: not watched
+    assert destinations.deliver(persona).attempts == []
+    ingest(persona, lives("ann@example.com", "DE", "p2"))  # country moves: watched
+    done = destinations.deliver(persona)
+    assert [a.kind for a in done.attempts] == ["changed"]
+    changed = checked(persona, "crm", hook.wait(2)[-1])
+    assert changed["profile"] == {"country": "DE", "frequency": 2} and changed["type"] == "changed"
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("ftp://example.com/hook", "http:// or https://"),
+    ("https://user:pw@example.com/hook", "user or password"),
+    ("https:///nohost", "with a host"),
+    ("https://example.com:99999/", "port out of range"),
+    ("https://example.com/#x", "fragment"),
+])
+def test_bad_urls_are_refused(persona: Persona, url: str, said: str) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    with pytest.raises(destinations.DestinationError, match=said):
+        destinations.add_destination(persona, "x", url, segments=["buyers"], by="test")
+
+
+def test_bad_definitions_are_refused(persona: Persona) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    url = "https://hooks.example.com/in"
+    cases = [({"segments": ["nope"]}, "no segment named nope"),
+             ({"segments": ["buyers"], "fields": ["salary"]}, "unknown field"),
+             ({"segments": ["buyers"], "fields": ["country"], "on_change": ["city"]}, "only fields it was granted"),
+             ({}, "at least one"),
+             ({"segments": ["buyers"], "purpose": "spam"}, "purpose")]
+    for options, said in cases:
+        with pytest.raises(destinations.DestinationError, match=said):
+            destinations.add_destination(persona, "x", url, by="test", **options)
+    destinations.add_destination(persona, "x", url, segments=["buyers"], by="test")
+    with pytest.raises(destinations.DestinationError, match="exists"):
+        destinations.add_destination(persona, "x", url, segments=["buyers"], by="test")
+
+
+def test_a_receiver_refuses_a_forged_tampered_or_replayed_request() -> None:
+    secret, body = b"whsec_test", b'{"type":"entered","profile_id":"prf_x"}'
+    now = int(time.time())
+    good = destinations.sign(secret, now, body)
+    assert destinations.verify(secret, good, body) == now
+    with pytest.raises(destinations.DestinationError, match="does not match"):
+        destinations.verify(secret, good, body.replace(b"prf_x", b"prf_y"))  # tampered
+    with pytest.raises(destinations.DestinationError, match="does not match"):
+        destinations.verify(b"whsec_other", good, body)  # forged with another key
+    with pytest.raises(destinations.DestinationError, match="too old"):
+        old = now - destinations.TOLERANCE_S - 1
+        destinations.verify(secret, destinations.sign(secret, old, body), body)  # replayed later
+    for header in (None, "", "v1=abc", "t=abc,v1=00", f"t={now}"):
+        with pytest.raises(destinations.DestinationError):
+            destinations.verify(secret, header, body)
+
+
+def test_secrets_are_sealed_and_no_file_holds_one(persona: Persona, hook: Receiver) -> None:
+    from tests.conftest import store_bytes
+
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    _, secret = destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], by="test")
+    assert secret.encode() not in store_bytes(persona)
+
+
+def test_a_new_destination_is_sent_its_segments_members_and_only_later_changes(persona: Persona,
+                                                                              hook: Receiver) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    with receiving() as early:
+        destinations.add_destination(persona, "early", early.url, segments=["buyers"], by="test")
+        ingest(persona, buy("ann@example.com", "a1", 10, 3))  # a change the first has yet to be sent
+        destinations.add_destination(persona, "late", hook.url, segments=["buyers"], by="test")
+        destinations.deliver(persona)
+        assert [r.doc["profile_id"] for r in early.wait(1)] == [pid(persona, "ann@example.com")]
+    (backfill,) = hook.wait(1)  # her, once: as a member now, not also as the change before it was added
+    assert (backfill.doc["type"], backfill.doc["profile_id"]) == ("entered", pid(persona, "ann@example.com"))
+    ingest(persona, buy("bob@example.com", "b1", 10, 3))
+    destinations.deliver(persona)
+    assert [r.doc["profile_id"] for r in hook.wait(2)] == [pid(persona, "ann@example.com"),
+                                                          pid(persona, "bob@example.com")]
+
+
+def test_the_command_line_adds_shows_delivers_retries_and_removes(persona: Persona, hook: Receiver) -> None:
+    from click.testing import CliRunner
+
+    from persona.cli import cli
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["--data", str(persona.settings.data_dir), *args], catch_exceptions=False)
+
+    assert run("segments", "add", "buyers", "frequency >= 1").exit_code == 0
+    bad = run("destinations", "add", "ftp://example.com/x", "--segments", "buyers")
+    assert bad.exit_code == 2 and "http:// or https://" in bad.output
+    made = run("destinations", "add", hook.url, "--segments", "buyers", "--fields", "monetary,country", "--json")
+    assert made.exit_code == 0, made.output
+    doc = orjson.loads(made.stdout)
+    assert doc["name"] == "127-0-0-1" or doc["name"].startswith("d-127")
+    assert doc["secret"].startswith("whsec_") and doc["fields"] == ["monetary", "country"]
+    name = doc["name"]
+    hook.answers = [500] * destinations.MAX_ATTEMPTS
+    ingest(persona, buy("ann@example.com", "a1", 10, 3))
+    delivered = run("destinations", "deliver")
+    assert delivered.exit_code == 0 and "1 sent: 0 delivered, 1 failed" in delivered.output
+    moment = datetime.now(UTC)
+    for seconds in destinations.RETRY_S:
+        moment += timedelta(seconds=seconds + 1)
+        destinations.send_due(persona, now=moment)
+    shown = orjson.loads(run("destinations", "status", "--json").stdout)
+    assert shown[0]["deliveries"]["dead"] == 1 and shown[0]["dead_letters"][0]["outcome"] == "HTTP 500"
+    text = run("destinations", "status", name).output
+    assert "1 dead" in text and "dead letter" in text and "HTTP 500" in text
+    assert "1 dead letter of" in run("destinations", "retry", name).output
+    assert "1 delivered" in run("destinations", "deliver").output
+    assert "removed destination" in run("destinations", "remove", name).output
+    assert "no destinations" in run("destinations", "status").output
+    missing = run("destinations", "remove", name)
+    assert missing.exit_code == 1 and "no destination of that name" in missing.output
+    kinds = [r[3] for r in persona.recorder.audit_rows(limit=1000)]
+    assert {"destinations add", "destinations deliver", "destinations retry", "destinations remove"} <= set(kinds)
+    assert doc["secret"] not in str(persona.recorder.audit_rows(limit=1000))
