@@ -18,7 +18,7 @@ import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from persona.core import Persona
 from persona.errors import ConfigurationError
@@ -35,6 +35,7 @@ SCOPES: dict[str, str] = {
     "events:write": "ingest events",
     "erasure:write": "erase profiles (right to erasure)",
     "models:write": "train models and publish their versions",
+    "tokens:mint": "mint short-lived tokens that read one person's profile (for that person's own web page)",
     "segments:read": "live segments: their rules and k-anonymous sizes; with profiles:read, who enters and leaves",
     "segments:write": "define and remove live segments",
 }
@@ -58,12 +59,18 @@ class Token:
     delta_spent: float = 0.0
     sources: frozenset[str] = frozenset()  # the sources it may write as (empty: unbound)
     types: frozenset[str] = frozenset()  # the event types it may write (empty: any but the privileged)
+    subject: str = ""  # minted for this person: reads their profile only ("": not bound)
+    expires_at: datetime | None = None  # a minted token's end
 
     @classmethod
     def of(cls, row: TokenRow) -> Token:
         return cls(row.name, frozenset(row.scopes.split()), row.rate_per_s, row.epsilon_budget, row.epsilon_spent,
                    from_micros(row.created_at), from_micros(row.revoked_at) if row.revoked_at is not None else None,
-                   row.delta_budget, row.delta_spent, frozenset(row.sources.split()), frozenset(row.types.split()))
+                   row.delta_budget, row.delta_spent, frozenset(row.sources.split()), frozenset(row.types.split()),
+                   row.subject, from_micros(row.expires_at) if row.expires_at is not None else None)
+
+    def expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and (now or datetime.now(UTC)) >= self.expires_at
 
     @property
     def writer(self) -> Writer:
@@ -122,8 +129,49 @@ def create_token(persona: Persona, name: str, scopes: frozenset[str], *, rate_pe
     with persona.recorder.transaction():
         persona.recorder.put_token(
             (name, token_digest(persona, token), " ".join(sorted(scopes)), created, rate_per_s, epsilon_budget,
-             delta_budget, " ".join(sorted(sources)), " ".join(sorted(types))))
+             delta_budget, " ".join(sorted(sources)), " ".join(sorted(types)), "", None))
     return token
+
+
+# What a minted token may be given: reads of its one person (their profile with its features,
+# attributes, consent, live segments and identities; their predictions), never their history.
+MINTABLE = frozenset({"profiles:read", "predictions:read"})
+MINT_TTL_S = (60, 86_400)  # the shortest and longest life a minted token may be given
+MINTED_RATE_PER_S = 20.0  # requests per second of one minted token (a page, not a crawler)
+
+
+@dataclass(frozen=True)
+class Minted:
+    name: str
+    token: str  # shown once, to the minter: a hash of it is kept
+    profile_id: str
+    scopes: frozenset[str]
+    expires_at: datetime
+
+
+def mint_token(persona: Persona, minter: Token, profile_id: str, *, ttl_s: int = 900,
+               scopes: frozenset[str] = frozenset({"profiles:read"}), now: datetime | None = None) -> Minted:
+    """A token for one person's own page: it reads that person's profile only, for `ttl_s` seconds,
+    with at most the scopes of MINTABLE the minter holds itself. It dies with the person's erasure
+    (persona.store: `erase` revokes it). The caller checks the profile is there."""
+    if "tokens:mint" not in minter.scopes or minter.subject:
+        raise ConfigurationError("only a token with tokens:mint, bound to no one, mints tokens")
+    if not MINT_TTL_S[0] <= ttl_s <= MINT_TTL_S[1]:
+        raise ConfigurationError(f"a minted token lives {MINT_TTL_S[0]} to {MINT_TTL_S[1]:,} seconds")
+    if not scopes or scopes - MINTABLE:
+        raise ConfigurationError(f"a minted token may read only: {', '.join(sorted(MINTABLE))}")
+    if scopes - minter.scopes:
+        raise ConfigurationError(f"the minting token lacks the scope(s) it would grant: "
+                                 f"{', '.join(sorted(scopes - minter.scopes))}")
+    moment = now or datetime.now(UTC)
+    name = f"{minter.name[:40]}:{secrets.token_hex(8)}"
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires = moment + timedelta(seconds=ttl_s)
+    with persona.recorder.transaction():
+        persona.recorder.put_token(
+            (name, token_digest(persona, token), " ".join(sorted(scopes)), micros(moment),
+             min(MINTED_RATE_PER_S, minter.rate_per_s), 0.0, 0.0, "", "", profile_id, micros(expires)))
+    return Minted(name, token, profile_id, scopes, expires)
 
 
 def check_bindings(scopes: frozenset[str], sources: frozenset[str], types: frozenset[str]) -> None:
@@ -155,7 +203,10 @@ def lookup_token(persona: Persona, token: str) -> Token | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) >= 100:
         return None
     row = persona.recorder.token_by_digest(token_digest(persona, token))
-    return None if row is None else Token.of(row)
+    if row is None:
+        return None
+    found = Token.of(row)
+    return None if found.expired() else found
 
 
 def spend_privacy_budget(persona: Persona, name: str, epsilon: float, delta: float) -> tuple[float, float] | None:

@@ -219,6 +219,7 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Query", "segments"): "{ segments { name size } }",
     ("Mutation", "createSegment"): 'mutation { createSegment(name: "probe", rule: "frequency > 0") { name } }',
     ("Mutation", "deleteSegment"): 'mutation { deleteSegment(name: "probe") }',
+    ("Mutation", "mintToken"): 'mutation { mintToken(id: "prf_doesnotexist000000000000") { token } }',
     ("Profile", "history"): Q_HISTORY,
     ("Profile", "predictions"): Q_PREDICTIONS,
     ("Profile", "attributeSources"): "{ profiles(first: 1) { nodes { attributeSources } } }",

@@ -356,12 +356,15 @@ def test_epsilon_and_delta_are_charged_together_or_not_at_all(settings: Settings
 def _drop_row_tags(settings: Settings) -> None:
     """Make the store look as a release before row tags left it: no `tag` columns, no mark."""
     from persona.integrity import RETAGGED, TAGGED
+    from persona.store.schema import COLUMNS_ADDED
 
     later = ("segments", "segment_members", "segment_changes",  # schema revisions 5 and 6: not there yet
              "destinations", "destination_people", "deliveries")
     statements = [f"DROP TABLE {table}" for table in later]  # constant names
     statements += [f"DROP INDEX {table}_untagged" for table in RETAGGED if table not in later]
     statements += [f"ALTER TABLE {table} DROP COLUMN tag" for table in TAGGED if table not in later]
+    statements += [f"ALTER TABLE {table} DROP COLUMN {column}"  # added after the tags (revision 6)
+                   for revision, table, column, _ in COLUMNS_ADDED if revision > 4]
     statements += ["DELETE FROM meta WHERE key IN ('schema_revision', 'row_tags')"]
     if settings.database_url:
         import psycopg

@@ -24,7 +24,7 @@ class TokenCache:
     def lookup(self, token: str) -> Token | None:
         now = self.clock()
         hit = self._cache.get(token)
-        if hit is not None and now - hit[0] < self.ttl_s:
+        if hit is not None and now - hit[0] < self.ttl_s and (hit[1] is None or not hit[1].expired()):
             return hit[1]
         found = lookup_token(self.persona, token)
         if found is None:

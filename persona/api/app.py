@@ -32,7 +32,7 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from persona.api.context import ApiState, RequestContext, ServerOptions
+from persona.api.context import BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
 from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
 from persona.api.execution import Executor
 from persona.api.plan import Plan
@@ -149,6 +149,9 @@ class GraphQLEndpoint:
         if missing:
             state.audit.refuse(token.name, _operations(plan), "FORBIDDEN", {"missing": sorted(missing)})
             return _reply(403, [error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
+        if token.subject and not bound_may_run(plan):
+            state.audit.refuse(token.name, _operations(plan), "FORBIDDEN", {"bound": True})
+            return _reply(403, [error(BOUND_ONLY, "FORBIDDEN")])
         if plan.scans:
             too_costly = plan.too_costly(state.population, self.options.limits)
             if too_costly is not None:

@@ -52,7 +52,7 @@ from persona.feed import ChangeFeed
 from persona.memberships import Membership
 from persona.projector import Projector
 from persona.purge import run as purge_when_due
-from persona.reading import identities_of
+from persona.reading import identities_of, person_rows
 from persona.rfm import RfmSchedule, compute_rfm
 from persona.services.store import erasure_mark, population_size
 from persona.settings import Settings
@@ -117,6 +117,19 @@ class Worker:
             for persona in self._opened:
                 persona.close()
             self._opened.clear()
+
+
+# A token minted for one person (persona.tokens.mint_token) runs these root fields only, on them
+BOUND_ROOTS = {OperationType.QUERY: frozenset({"profile"}),
+               OperationType.SUBSCRIPTION: frozenset({"profileUpdated"})}
+BOUND_ONLY = ("a token minted for one person reads only that person's profile (query profile, subscription"
+              " profileUpdated)")
+
+
+def bound_may_run(plan: Plan) -> bool:
+    """Whether a token bound to one person may run this operation at all (its resolvers then check
+    that the profile asked for is that person's)."""
+    return plan.kind is not None and set(plan.roots) <= BOUND_ROOTS.get(plan.kind, frozenset())
 
 
 DELIVERY_POLL_S = 1.0  # webhook deliveries: a pass at least this often
@@ -475,12 +488,24 @@ class RequestContext:
         missing = plan.scopes - self.token.scopes
         if missing:
             raise ApiError(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")
+        if self.token.subject and not bound_may_run(plan):
+            raise ApiError(BOUND_ONLY, "FORBIDDEN")
         if charge and self.state.limiter.allow(self.token.name, self.token.rate_per_s):
             raise ApiError("too many requests for this token; slow down", "RATE_LIMITED")
         cap = self.state.options.max_subscriptions_per_token
         if charge and self.state.subscriptions.get(self.token.name, 0) >= cap:
             raise ApiError(f"this token already has {cap} subscriptions open", "RATE_LIMITED")
         return RequestContext(self.state, self.token, plan, self.raw_token)
+
+    def check_bound(self, person_id: str) -> None:
+        """A token minted for one person reads that person only (a merged person: under the id
+        they go by now): FORBIDDEN for anyone else, the same answer whether they exist or not."""
+        bound = self.token.subject if self.token is not None else ""
+        if not bound or bound == person_id:
+            return
+        row = person_rows(self.state.persona, [bound]).get(bound)
+        if row is None or row.id != person_id:
+            raise ApiError("this token reads only the person it was minted for", "FORBIDDEN")
 
     def fresh(self) -> RequestContext:
         """A context with empty loaders (a subscription's next update must not see cached data)."""

@@ -47,6 +47,7 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Mutation", "trainModel"): "models:write",
     ("Query", "segments"): "segments:read",
     ("Mutation", "createSegment"): "segments:write",
+    ("Mutation", "mintToken"): "tokens:mint",
     ("Mutation", "deleteSegment"): "segments:write",
     ("Subscription", "profileUpdated"): "profiles:read",
     ("Subscription", "segmentChanged"): "segments:read",

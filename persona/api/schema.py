@@ -38,6 +38,7 @@ from persona.api.types import (
     IngestResult,
     InsightGroup,
     Insights,
+    MintedToken,
     Model,
     PageInfo,
     Profile,
@@ -65,7 +66,7 @@ from persona.population import list_profiles
 from persona.reading import person_rows
 from persona.rules import RuleError, compile_rule
 from persona.services.people import erase, link_identities, unlink_identities
-from persona.tokens import spend_privacy_budget
+from persona.tokens import MINT_TTL_S, MINTABLE, mint_token, spend_privacy_budget
 
 
 # -- the roots ---------------------------------------------------------------------------------
@@ -84,6 +85,7 @@ def _one_of(id: strawberry.ID | None, subject: SubjectInput | None) -> None:
 def load_profile(ctx: RequestContext, profile_id: str, operation: str, **detail: Any) -> Profile | None:
     """The current profile, from the read model (the request's loader); `detail` for the audit log."""
     data = ctx.profiles.get(profile_id)
+    ctx.check_bound(data.id if data is not None else "")  # a minted token: its person, or FORBIDDEN
     if data is None:
         return None
     ctx.audit(operation, data.id, **detail)
@@ -93,6 +95,7 @@ def load_profile(ctx: RequestContext, profile_id: str, operation: str, **detail:
 async def load_past(ctx: RequestContext, profile_id: str, as_of: datetime, **detail: Any) -> Profile | None:
     """The profile as it stood then: its log replayed on a scanner thread."""
     data = await ctx.state.scanner.run(load_past_profile, profile_id, as_of)
+    ctx.check_bound(data.id if data is not None else "")
     if data is None:
         return None
     ctx.audit("profile", data.id, asOf=True, **detail)
@@ -376,6 +379,40 @@ class Mutation:
         ctx.record("trainModel", fields="", **shape, version=version.version, promoted=version.status == "promoted")
         return Model.of(version)
 
+    @strawberry.mutation(description="Mint a short-lived token for one person's own page: it reads that person's"
+                                     " profile only (their features, attributes, consent, live segments and, with"
+                                     " predictions:read, predictions), never their history or anyone else, until it"
+                                     " expires or they are erased")
+    async def mint_token(self, info: Info[RequestContext, None], id: strawberry.ID | None = None,
+                         subject: SubjectInput | None = None,
+                         ttl_seconds: Annotated[int, strawberry.argument(
+                             description="How long it works: 60 to 86,400 seconds")] = 900,
+                         scopes: Annotated[list[str] | None, strawberry.argument(
+                             description="profiles:read (the default) and/or predictions:read: no more than the"
+                                         " minting token holds")] = None) -> MintedToken:
+        ctx = root_context(info)
+        _one_of(id, subject)
+        assert ctx.token is not None
+        wanted = frozenset(scopes or ("profiles:read",))
+        if len(wanted) > len(MINTABLE) or wanted - MINTABLE:
+            raise ApiError(f"scopes: a minted token may read only {', '.join(sorted(MINTABLE))}")
+        if wanted - ctx.token.scopes:
+            raise ApiError("scopes: the minting token lacks a scope it would grant", "FORBIDDEN")
+        if not MINT_TTL_S[0] <= ttl_seconds <= MINT_TTL_S[1]:
+            raise ApiError(f"ttlSeconds: from {MINT_TTL_S[0]} to {MINT_TTL_S[1]}")
+        profile_id = str(id) if id is not None else _resolve_subject(ctx, subject)  # type: ignore[arg-type]
+        data = ctx.profiles.get(profile_id) if profile_id is not None else None
+        if data is None:
+            raise ApiError("no such profile (unknown, or erased)", "NOT_FOUND")
+        ctx.audit_ready()
+        minter = ctx.token
+        minted = await ctx.state.writer.run(
+            lambda persona: mint_token(persona, minter, data.id, ttl_s=ttl_seconds, scopes=wanted))
+        by = {"subject": audit.namespace_of(subject.namespace)} if subject is not None else {}
+        ctx.record("mintToken", data.id, fields="", minted=minted.name, scopes=sorted(wanted), ttl=ttl_seconds, **by)
+        return MintedToken(token=minted.token, name=minted.name, profile_id=strawberry.ID(data.id),
+                           scopes=sorted(wanted), expires_at=minted.expires_at)
+
     @strawberry.mutation(description="Define a live segment by a rule (docs/segments.md) and find its members now;"
                                      " from then on every ingest keeps them current")
     async def create_segment(self, info: Info[RequestContext, None], name: str, rule: str) -> Segment:
@@ -460,6 +497,7 @@ class Subscription:
         ctx = context_of(info).authorize(info)
         state, profile_id = ctx.state, str(id)
         seen = ctx.profiles.get(profile_id)
+        ctx.check_bound(seen.id if seen is not None else "")
         if seen is None:
             raise ApiError("no such profile", "NOT_FOUND")
         profile_id, version = seen.id, seen.version  # a merged profile's id: its person's

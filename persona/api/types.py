@@ -509,6 +509,15 @@ class IngestResult:
     quarantined_by: list[Count] = strawberry.field(description="Quarantined events, counted by reason")
 
 
+@strawberry.type(description="A token for one person's own page (shown once: only a hash of it is kept)")
+class MintedToken:
+    token: str = strawberry.field(description="Send it as `Authorization: Bearer …`; it is not shown again")
+    name: str = strawberry.field(description="Its name in the audit log: the minting token's, then a random part")
+    profile_id: strawberry.ID = strawberry.field(description="The one person it reads")
+    scopes: list[str]
+    expires_at: datetime
+
+
 @strawberry.type(description="A deletion notice sent to a webhook destination by an erasure")
 class DestinationNotice:
     destination: str

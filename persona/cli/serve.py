@@ -101,7 +101,7 @@ def tokens() -> None:
 @click.option("--name", required=True, help="Who or what holds it; appears in the audit log.")
 @click.option("--scopes", "scopes", multiple=True, required=True, metavar="SCOPE[,SCOPE…]",
               help="profiles:read history:read predictions:read insights:read insights:exact events:write"
-                   " erasure:write models:write segments:read segments:write")
+                   " erasure:write models:write segments:read segments:write tokens:mint")
 @click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Requests per second allowed (per server worker), with bursts of twice that.")
 @click.option("--epsilon", "epsilon", default=10.0, show_default=True, type=click.FloatRange(min=0),
@@ -154,27 +154,33 @@ def _writes(sources: frozenset[str] | list[str], types: frozenset[str] | list[st
 
 
 @tokens.command("list")
+@click.option("--minted", is_flag=True, help="Also the tokens minted for one person (mintToken) still working.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @friendly
-def tokens_list(ctx: click.Context, as_json: bool) -> None:
+def tokens_list(ctx: click.Context, minted: bool, as_json: bool) -> None:
     """Tokens by name, with scopes, rate, privacy budget, what they may write (sources, event types)
-    and state (never the token itself)."""
+    and state (never the token itself). Tokens minted for one person are left out unless --minted
+    (and then only those that still work)."""
     with opened(ctx) as persona:
-        found = list_tokens(persona)
+        found = [t for t in list_tokens(persona)
+                 if not t.subject or (minted and t.revoked_at is None and not t.expired())]
     rows: list[dict[str, Any]] = [{"name": t.name, "scopes": sorted(t.scopes), "rate_per_s": t.rate_per_s,
              "epsilon_budget": t.epsilon_budget, "epsilon_spent": round(t.epsilon_spent, 6),
              "delta_budget": t.delta_budget, "delta_spent": t.delta_spent,
              "sources": sorted(t.sources), "types": sorted(t.types),
              "created_at": t.created_at.isoformat(),
-             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None} for t in found]
+             "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
+             "profile_id": t.subject or None,
+             "expires_at": t.expires_at.isoformat() if t.expires_at else None} for t in found]
     if as_json:
         emit_json(rows)
         return
     if not rows:
         click.echo("no tokens")
     for r in rows:
-        state = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else "active"
+        state = f"revoked {r['revoked_at'][:19]}" if r["revoked_at"] else (
+            f"for {r['profile_id']} until {r['expires_at'][:19]}" if r["profile_id"] else "active")
         click.echo(f"{r['name']:<20} {state:<28} ε {r['epsilon_spent']}/{r['epsilon_budget']}  "
                    f"δ {r['delta_spent']:.3g}/{r['delta_budget']:.3g}  {r['rate_per_s']:g}/s  {' '.join(r['scopes'])}"
                    f"{_writes(r['sources'], r['types'], r['scopes'])}")

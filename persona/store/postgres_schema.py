@@ -152,7 +152,7 @@ SCHEMA = [
     " created_at bigint NOT NULL, revoked_at bigint, rate_per_s double precision NOT NULL,"
     " epsilon_budget double precision NOT NULL, epsilon_spent double precision NOT NULL,"
     " delta_budget double precision NOT NULL, delta_spent double precision NOT NULL,"
-    " sources text NOT NULL, types text NOT NULL)",
+    " sources text NOT NULL, types text NOT NULL, subject text NOT NULL DEFAULT '', expires_at bigint)",
     f"CREATE TABLE audit (seq bigserial PRIMARY KEY, at bigint NOT NULL, token text NOT NULL,"
     f" operation text NOT NULL, profile_id {_ID} NOT NULL, fields text NOT NULL, outcome text NOT NULL,"
     " detail text NOT NULL)",

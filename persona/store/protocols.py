@@ -179,7 +179,7 @@ class Erasure(Protocol):
 
     def erase(self, profile_id: str, erased_at: int) -> dict[str, int]:
         """Delete the key, links, merges, tagged quarantine and derived rows (schema.ERASED_FROM);
-        write a tombstone. Returns counts."""
+        revoke the tokens minted for the profile; write a tombstone. Returns counts."""
         ...
     def purge_tagged(self, hashes: Sequence[bytes]) -> int:
         """Delete quarantined records carrying any of these identifier hashes."""
@@ -399,8 +399,9 @@ class Destinations(Protocol):
 class Access(Protocol):
     """API access: tokens (hashes only) and the append-only audit log."""
 
-    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
-        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget, delta_budget, sources, types)."""
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str, str, int | None]) -> None:
+        """row: (name, digest, scopes, created_at, rate_per_s, epsilon_budget, delta_budget, sources, types,
+        subject, expires_at)."""
         ...
     def token_by_digest(self, digest: bytes) -> TokenRow | None: ...
     def tokens(self) -> list[TokenRow]: ...

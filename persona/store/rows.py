@@ -111,6 +111,8 @@ class TokenRow(NamedTuple):
     delta_spent: float
     sources: str  # space-separated sources the token may write as ("": any, but claiming no precedence)
     types: str  # space-separated event types it may write ("": any but the privileged ones)
+    subject: str = ""  # a minted token's person: it reads that profile only ("": not bound)
+    expires_at: int | None = None  # µs: when a minted token stops working (None: never)
 
 
 class DeliveryRow(NamedTuple):

@@ -24,6 +24,8 @@ COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
         "meta", "streams", "keys", "system_keys", "links", "tombstones", "quarantine", "quarantine_tags", "merges",
         "members", "snapshots", "profile_index", "rfm", "models", "model_people", "predictions", "api_tokens",
         "audit")),
+    (6, "api_tokens", "subject", "text NOT NULL DEFAULT ''"),  # a minted token's person ('': bound to none)
+    (6, "api_tokens", "expires_at", "bigint"),  # when a minted token stops working (NULL: never)
 )
 # Tables added by a later release are made, when missing, every time a store is opened (each
 # backend's schema module): revision 5 added the live segments, 6 the webhook destinations.
@@ -55,7 +57,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "model_people": ("profile_id", "name", "version"),
     "predictions": ("profile_id", "model", "version", "computed_at", "doc"),
     "api_tokens": ("name", "digest", "scopes", "created_at", "revoked_at", "rate_per_s", "epsilon_budget",
-                   "epsilon_spent", "delta_budget", "delta_spent", "sources", "types"),
+                   "epsilon_spent", "delta_budget", "delta_spent", "sources", "types", "subject", "expires_at"),
     "audit": ("seq", "at", "token", "operation", "profile_id", "fields", "outcome", "detail"),
     # live segments (persona.memberships): named rules, who is in each and since when, and every
     # entry and exit in order (what subscriptions and destinations follow)

@@ -372,6 +372,9 @@ class SQLRecorder:
         self._run(sql.erase_members, (profile_id,))
         counts["derived_rows"] = sum(self._run(statement, (profile_id,)) for statement in sql.erase_derived)
         self._run(sql.erase_model_people, (profile_id,))
+        minted = self._run(sql.revoke_bound_tokens, (erased_at, profile_id))  # tokens minted for them
+        if minted:
+            counts["tokens"] = minted
         self._run(sql.write_tombstone,
                   (profile_id, erased_at, events, self._tag("tombstones", (profile_id, erased_at, events))))
         return counts
@@ -623,7 +626,7 @@ class SQLRecorder:
         return [row for part in self._chunks(profile_ids) for row in self._all(self.sql.predictions_of, (part,))]
 
     # access
-    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str]) -> None:
+    def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str, str, int | None]) -> None:
         if not self._insert_unique(self.sql.put_token, row):
             raise ConfigurationError(f"a token named {row[0]!r} already exists")
 

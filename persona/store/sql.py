@@ -243,8 +243,10 @@ class Statements:
                            " WHERE profile_id {text} ORDER BY model, profile_id")
     # access
     put_token: str = ("INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
-                      " delta_budget, sources, types, epsilon_spent, delta_spent)"
-                      " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, 0, 0)")
+                      " delta_budget, sources, types, subject, expires_at, epsilon_spent, delta_spent)"
+                      " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, 0, 0)")
+    revoke_bound_tokens: str = ("UPDATE api_tokens SET revoked_at = {p}, tag = NULL"
+                                " WHERE subject = {p} AND revoked_at IS NULL")
     token_by_digest: str = TOKEN_SELECT + " WHERE digest = {p} AND revoked_at IS NULL"
     tokens: str = TOKEN_SELECT + " ORDER BY created_at, name"
     revoke_token: str = "UPDATE api_tokens SET revoked_at = {p}, tag = NULL WHERE name = {p} AND revoked_at IS NULL"
