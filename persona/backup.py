@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
 
-from persona import purge
+from persona import destinations, purge
 from persona.audit import local_entries
 from persona.core import DirectoryLock, Persona, load_keyring
 from persona.crypto import fingerprint
@@ -144,6 +144,7 @@ def restore(settings: Settings, source: Path) -> RestoreInfo:
                     staged.recorder.clear_memberships()  # (memberships too: made anew, since the restore)
                 verify(staged)  # a backup altered since it was taken goes no further
                 rebuilt = _rebuild_read_models(staged)
+                destinations.after_restore(staged)  # webhooks follow the changes from here
                 with staged.recorder.transaction():
                     staged.recorder.append_audit(local_entries(
                         "restore", "restore", reapplied=len(reapplied), rebuilt=rebuilt, ledgerTorn=ledger.torn,

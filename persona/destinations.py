@@ -75,7 +75,8 @@ class DestinationError(ValidationError):
 @dataclass(frozen=True)
 class Destination:
     name: str
-    url: str
+    host: str  # shown by `status`; the URL itself is sealed (a hook URL often holds a token)
+    sealed_url: bytes
     segments: tuple[str, ...]
     fields: tuple[str, ...]  # granted: the only values a body carries
     on_change: tuple[str, ...]  # a change of any of these (granted) fields is sent
@@ -122,6 +123,10 @@ def check_url(url: str) -> str:
     if parts.fragment:
         raise DestinationError("a destination's URL has no #fragment")
     try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise DestinationError("a destination's URL has a host name that is not valid") from None
+    try:
         parts.port  # noqa: B018 - a port out of range raises here
     except ValueError:
         raise DestinationError("a destination's URL has a port out of range") from None
@@ -152,16 +157,17 @@ def _sealer(persona: Persona) -> Sealer:
     return Sealer(persona.keyring.unwrap(DESTINATIONS_KEY, *stored))
 
 
-def _aad(name: str) -> bytes:
-    return b"persona-destination-secret/1\x00" + name.encode()
+def _aad(name: str, part: str) -> bytes:
+    return b"persona-destination/1\x00" + part.encode() + b"\x00" + name.encode()
 
 
 def add_destination(persona: Persona, name: str, url: str, *, segments: Iterable[str] = (),
                     fields: Iterable[str] = (), on_change: Iterable[str] = (), purpose: str = "", by: str,
                     now: datetime | None = None) -> tuple[Destination, str]:
     """A new destination and its secret (shown once by the command that makes it; the store keeps
-    it sealed). Refused: a bad name or URL, a segment that does not exist, a field rules do not
-    know, a change watched on a field not granted, an unknown purpose."""
+    it, and the URL, sealed). It is sent the present members of its segments as entries, then
+    every change. Refused: a bad name or URL, no segment or one that does not exist, a field
+    rules do not know, a change watched on a field not granted, an unknown purpose."""
     if not isinstance(name, str) or not NAME.match(name):
         raise DestinationError("a destination's name is 1 to 64 characters: a lower-case letter, then lower-case"
                                " letters, digits, '_' or '-'")
@@ -169,8 +175,9 @@ def add_destination(persona: Persona, name: str, url: str, *, segments: Iterable
     followed = tuple(dict.fromkeys(s.strip() for s in segments if s.strip()))
     granted = _names(fields, "fields")
     watched = _names(on_change, "on-change")
-    if not followed and not watched:
-        raise DestinationError("a destination follows segments, changes of fields, or both: give at least one")
+    if not followed:
+        raise DestinationError("segments: a destination follows at least one live segment (whose members it is"
+                               " sent, and whose changes of fields with --on-change)")
     if set(watched) - set(granted):
         raise DestinationError("on-change: only fields it was granted (a change of another would tell of it)")
     if purpose and purpose not in CONSENT_PURPOSES:
@@ -180,9 +187,12 @@ def add_destination(persona: Persona, name: str, url: str, *, segments: Iterable
     if missing:
         raise DestinationError(f"segments: no segment named {', '.join(missing)} (see `persona segments list`)")
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-    sealed = _sealer(persona).seal(secret.encode(), _aad(name), secrets.token_bytes(12))
+    sealer = _sealer(persona)
     at = now or datetime.now(UTC)
-    row = (name, url, ",".join(followed), ",".join(granted), ",".join(watched), purpose, sealed, micros(at), by)
+    host = urlsplit(url).hostname or ""
+    row = (name, host, sealer.seal(url.encode(), _aad(name, "url"), secrets.token_bytes(12)), ",".join(followed),
+           ",".join(granted), ",".join(watched), purpose,
+           sealer.seal(secret.encode(), _aad(name, "secret"), secrets.token_bytes(12)), micros(at), by)
     rec = persona.recorder
     with rec.transaction():
         if any(d.name == name for d in destinations(persona)):
@@ -192,22 +202,35 @@ def add_destination(persona: Persona, name: str, url: str, *, segments: Iterable
         enqueue(persona, at)
         rec.add_destination(row)
         rec.set_meta(_CURSOR, str(rec.last_segment_change()))
-        if watched and rec.get_meta(_POSITION) is None:
+        if watched:
             rec.set_meta(_POSITION, str(rec.last_position()))
         at_us = micros(at)
-        rec.enqueue_deliveries([(name, "entered", pid, segment, at_us, at_us) for segment in followed
-                                for pid, _ in rec.segment_members(segment, "", 10_000_000)])
+        for segment in followed:
+            after = ""
+            while True:
+                members = rec.segment_members(segment, after, _PAGE)
+                rec.enqueue_deliveries([(_new_key(), name, "entered", pid, segment, at_us, at_us)
+                                        for pid, _ in members])
+                if len(members) < _PAGE:
+                    break
+                after = members[-1][0]
     return _of(row), secret
 
 
-def _of(row: tuple[str, str, str, str, str, str, bytes, int, str]) -> Destination:
-    name, url, segments, fields, on_change, purpose, sealed, at, by = row
+def _new_key() -> str:
+    """A delivery's idempotency key: random, so that no two deliveries of any store ever share one
+    (a restore starts the deliveries' numbers again; their keys stay apart)."""
+    return "dlv_" + secrets.token_hex(16)
+
+
+def _of(row: tuple[str, str, bytes, str, str, str, str, bytes, int, str]) -> Destination:
+    name, host, url, segments, fields, on_change, purpose, sealed, at, by = row
 
     def split(text: str) -> tuple[str, ...]:
         return tuple(part for part in text.split(",") if part)
 
-    return Destination(name, url, split(segments), split(fields), split(on_change), purpose, from_micros(at), by,
-                       sealed)
+    return Destination(name, host, url, split(segments), split(fields), split(on_change), purpose, from_micros(at),
+                       by, sealed)
 
 
 def destinations(persona: Persona) -> list[Destination]:
@@ -221,45 +244,72 @@ def destination(persona: Persona, name: str) -> Destination:
     return found
 
 
-def remove_destination(persona: Persona, name: str) -> None:
+def remove_destination(persona: Persona, name: str, *, forget: bool = False) -> None:
+    """Remove a destination. While it holds people (received, not erased since), it is refused
+    unless `forget`: their erasures could no longer reach it."""
+    rec = persona.recorder
+    with rec.transaction():
+        destination(persona, name)
+        held = rec.received_count(name)
+        if held and not forget:
+            raise DestinationError(f"the destination holds {held:,} people's data: once it is removed, their"
+                                   " erasures cannot reach it (update its URL instead, or remove it with --forget)")
+        rec.remove_destination(name)
+
+
+def update_destination(persona: Persona, name: str, *, url: str | None = None, rotate_secret: bool = False
+                       ) -> str | None:
+    """A new URL, a new secret, or both; the new secret if one was made. Who it received stays."""
+    found = destination(persona, name)
+    if url is not None:
+        check_url(url)
+    sealer = _sealer(persona)
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32) if rotate_secret else None
+    new_url = sealer.seal(url.encode(), _aad(name, "url"), secrets.token_bytes(12)) if url else found.sealed_url
+    host = urlsplit(url).hostname or "" if url else found.host
+    new_secret = sealer.seal(secret.encode(), _aad(name, "secret"), secrets.token_bytes(12)) if secret \
+        else found.sealed_secret
     with persona.recorder.transaction():
-        if not persona.recorder.remove_destination(name):
+        if not persona.recorder.update_destination(name, host, new_url, new_secret):
             raise DestinationError("no destination of that name")
+    return secret
 
 
 def secret_of(persona: Persona, found: Destination) -> bytes:
-    return _sealer(persona).open(found.sealed_secret, _aad(found.name))
+    return _sealer(persona).open(found.sealed_secret, _aad(found.name, "secret"))
+
+
+def url_of(persona: Persona, found: Destination) -> str:
+    return _sealer(persona).open(found.sealed_url, _aad(found.name, "url")).decode()
 
 
 # -- signatures ---------------------------------------------------------------------------------
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={mac}"
+def _mac(secret: bytes, timestamp: int, delivery: str, body: bytes) -> str:
+    return hmac.new(secret, f"{timestamp}.{delivery}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def verify(secret: bytes | str, header: str | None, body: bytes, *, now: float | None = None,
-           tolerance_s: float = TOLERANCE_S) -> int:
+def sign(secret: bytes, timestamp: int, delivery: str, body: bytes) -> str:
+    """The Persona-Signature header: the HMAC binds the time, the delivery's key and the body."""
+    return f"t={timestamp},v1={_mac(secret, timestamp, delivery, body)}"
+
+
+def verify(secret: bytes | str, header: str | None, delivery: str | None, body: bytes, *,
+           now: float | None = None, tolerance_s: float = TOLERANCE_S) -> int:
     """What a receiver runs on each request: the signature header's timestamp, if the HMAC of the
-    body is right and the timestamp within the tolerance; DestinationError otherwise. (A replay
-    within the tolerance carries an idempotency key seen before: drop it.)"""
+    time, the Persona-Delivery key and the body is right and the time within the tolerance;
+    DestinationError otherwise. (A replay within the tolerance carries a key seen before: drop it.)"""
     key = secret.encode() if isinstance(secret, str) else secret
     parts = dict(part.split("=", 1) for part in (header or "").split(",") if "=" in part)
     try:
         timestamp = int(parts.get("t", ""))
     except ValueError:
         raise DestinationError("the signature header has no timestamp") from None
-    expected = sign(key, timestamp, body).split("v1=", 1)[1]
-    if not hmac.compare_digest(expected, parts.get("v1", "")):
+    given = parts.get("v1", "").encode("utf-8", "replace")
+    if not hmac.compare_digest(_mac(key, timestamp, delivery or "", body).encode(), given):
         raise DestinationError("the signature does not match the body")
     if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
         raise DestinationError("the signature is too old (or from the future): a replay?")
     return timestamp
-
-
-def idempotency_key(persona: Persona, destination: str, seq: int) -> str:
-    """The same for every attempt of one delivery, different for every delivery of every store."""
-    key = persona.keyring.derived("delivery-keys")
-    return "dlv_" + hmac.new(key, f"{destination}\x00{seq}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 # -- turning changes into deliveries --------------------------------------------------------------
@@ -312,7 +362,7 @@ def _segment_changes(persona: Persona, followers: dict[str, list[str]], at: int)
         after = int(rec.get_meta(_CURSOR) or rec.last_segment_change())
         while True:
             changes = rec.segment_changes(after, _PAGE)
-            rows = [(name, "entered" if entered else "left", pid, segment, at, at)
+            rows = [(_new_key(), name, "entered" if entered else "left", pid, segment, at, at)
                     for _, _, segment, pid, entered in changes for name in followers.get(segment, ())]
             rec.enqueue_deliveries(rows)
             queued += len(rows)
@@ -340,28 +390,39 @@ def _changed_fields(persona: Persona, watching: list[Destination], now: datetime
     if not grown:
         return 0
     people = sorted(grown | set(rec.persons_of(sorted(grown)).values()))
-    received = {(d, pid): digest for d, pid, _, digest in rec.received_by(people)}
+    # (a digest not yet written: a first send under way, or never acknowledged: nothing to compare with)
+    received = {(d, pid): digest for d, pid, _, digest in rec.received_by(people) if digest is not None}
     profiles = _present(persona, people, now)
     at = micros(now)
-    rows: list[tuple[str, str, str, str, int, int]] = []
+    rows: list[tuple[str, str, str, str, str, int, int]] = []
     for d in watching:
         for pid, profile in profiles.items():
             if (d.name, pid) in received and received[(d.name, pid)] != _digest(persona, _values(d, profile,
                                                                                                   d.on_change)):
-                rows.append((d.name, "changed", pid, "", at, at))
+                rows.append((_new_key(), d.name, "changed", pid, "", at, at))
     with rec.transaction():
         rec.enqueue_deliveries(rows)
         rec.set_meta(_POSITION, str(feed.position))
     return len(rows)
 
 
+def after_restore(persona: Persona) -> None:
+    """A restored store's memberships were made anew (their changes numbered from 1 again): the
+    destinations follow the changes from here, and are not sent every member again."""
+    rec = persona.recorder
+    with rec.transaction():
+        rec.set_meta(_CURSOR, str(rec.last_segment_change()))
+        rec.set_meta(_POSITION, str(rec.last_position()))
+
+
 def notify_erasure(persona: Persona, profile_ids: Sequence[str], at: int) -> int:
     """Inside an erasure's transaction: a deletion notice to every destination that received any of
-    these profiles, and who received them (and what was still to go to them) forgotten."""
+    these profiles (or is being sent one now: a send holds its place before its request goes),
+    and who received them, and what was still to go to them, forgotten."""
     rec = persona.recorder
     received = rec.received_by(profile_ids)
     rec.forget_received(profile_ids)
-    rec.enqueue_deliveries([(d, "erased", pid, "", at, at) for d, pid, _, _ in received])
+    rec.enqueue_notices([(_new_key(), d, pid, at, at) for d, pid, _, _ in received])
     return len(received)
 
 
@@ -392,6 +453,8 @@ def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str
         return f"network error ({type(e).__name__})"
     except http.client.HTTPException as e:
         return f"bad response ({type(e).__name__})"
+    except Exception as e:  # anything else (an encoding, a library's surprise): an outcome, never a crash
+        return f"error ({type(e).__name__})"
     finally:
         connection.close()
 
@@ -425,11 +488,16 @@ def _refusal(found: Destination, row: DeliveryRow, profile: Any, received: bool)
 def send_due(persona: Persona, *, now: datetime | None = None, only: Sequence[int] | None = None,
              limit: int = 500, deadline: float | None = None) -> list[Attempt]:
     """Send the deliveries due (or just those numbered `only`), each once: acknowledged (2xx), to
-    be retried, or dead-lettered after its last attempt. `deadline` (time.monotonic()) stops the
-    pass early."""
+    be retried, or dead-lettered after its last attempt. Each is leased before it is sent, and its
+    outcome written only while the lease holds, so two senders never both send one within a
+    lease. A destination that fails is left for the rest of the pass. `deadline`
+    (time.monotonic()) ends the pass early; `now` is the pass's clock (tests move it)."""
     rec = persona.recorder
-    moment = now or datetime.now(UTC)
-    at = micros(moment)
+
+    def clock() -> datetime:
+        return now if now is not None else datetime.now(UTC)
+
+    at = micros(clock())
     if only is not None:
         due = [row for row in rec.deliveries_of(only) if row.status == "pending" and row.next_at <= at]
     else:
@@ -437,53 +505,67 @@ def send_due(persona: Persona, *, now: datetime | None = None, only: Sequence[in
     if not due:
         return []
     by_name = {d.name: d for d in destinations(persona)}
-    keys: dict[str, bytes] = {}
-    profiles = _present(persona, sorted({row.profile_id for row in due if row.kind != "erased"}), moment)
-    received = {(d, pid) for d, pid, _, _ in rec.received_by(sorted({row.profile_id for row in due}))}
+    keys: dict[str, tuple[bytes, str]] = {}
+    failing: set[str] = set()
     out = []
     for row in due:
         if deadline is not None and time.monotonic() >= deadline:
             break
         found = by_name.get(row.destination)
+        if found is None or found.name in failing:
+            continue
+        moment = clock()
+        leased_until = micros(moment) + LEASE_S * 1_000_000
         with rec.transaction():
-            if found is None or not rec.lease_delivery(row.seq, at, at + LEASE_S * 1_000_000):
-                continue  # removed meanwhile, or another sender has it
-        profile = profiles.get(row.profile_id)
-        why = _refusal(found, row, profile, (row.destination, row.profile_id) in received)
+            attempts_so_far = rec.lease_delivery(row.seq, micros(moment), leased_until)
+            if attempts_so_far is None:
+                continue  # another sender has it, or its person was erased
+            # read now, under the lease: consent and the granted values as they are when it goes
+            profile = (_present(persona, [row.profile_id], moment).get(row.profile_id)
+                       if row.kind != "erased" else None)
+            received = any(d == found.name for d, *_ in rec.received_by([row.profile_id]))
+            why = _refusal(found, row, profile, received)
+            if why is None and row.kind in ("entered", "changed"):
+                rec.hold_received(found.name, row.profile_id, micros(moment))  # an erasure from now on notifies it
         if why is not None:
             with rec.transaction():
-                rec.finish_delivery(row.seq, "skipped", row.attempts, row.next_at, why, micros(datetime.now(UTC)))
+                rec.finish_delivery(row.seq, leased_until, "skipped", attempts_so_far, leased_until, why,
+                                    micros(clock()))
             out.append(Attempt(found.name, row.seq, row.kind, "skipped", why))
             continue
         if found.name not in keys:
-            keys[found.name] = secret_of(persona, found)
+            keys[found.name] = (secret_of(persona, found), url_of(persona, found))
+        secret, url = keys[found.name]
         sent_at = datetime.now(UTC)
         body = orjson.dumps(_body(persona, found, row, profile, sent_at))
         headers = {"Content-Type": "application/json", "User-Agent": "persona-webhooks/1",
-                   "Persona-Signature": sign(keys[found.name], int(sent_at.timestamp()), body),
-                   "Persona-Delivery": idempotency_key(persona, found.name, row.seq), "Persona-Event": row.kind}
+                   "Persona-Signature": sign(secret, int(sent_at.timestamp()), row.key, body),
+                   "Persona-Delivery": row.key, "Persona-Event": row.kind}
         timeout = TIMEOUT_S if deadline is None else max(0.1, min(TIMEOUT_S, deadline - time.monotonic()))
-        outcome = _post(found.url, body, headers, timeout)
-        attempts, done = row.attempts + 1, datetime.now(UTC)
+        outcome = _post(url, body, headers, timeout)
+        attempts, done = attempts_so_far + 1, clock()
+        next_at, finished = leased_until, micros(done)
+        if outcome.startswith("HTTP 2"):
+            status = "delivered"
+        elif attempts >= MAX_ATTEMPTS:
+            status = "dead"
+        else:
+            status, next_at, finished = "pending", micros(done) + RETRY_S[attempts - 1] * 1_000_000, 0
         with rec.transaction():
-            if outcome.startswith("HTTP 2"):
-                rec.finish_delivery(row.seq, "delivered", attempts, row.next_at, outcome, micros(done))
-                if row.kind in ("entered", "changed") and profile is not None:
-                    rec.note_received([(found.name, row.profile_id, micros(done),
-                                        _digest(persona, _values(found, profile, found.on_change)))])
-                status = "delivered"
-            elif attempts >= MAX_ATTEMPTS:
-                rec.finish_delivery(row.seq, "dead", attempts, row.next_at, outcome, micros(done))
-                status = "dead"
-            else:
-                retry = micros(done) + RETRY_S[attempts - 1] * 1_000_000
-                rec.finish_delivery(row.seq, "pending", attempts, retry, outcome, None)
-                status = "pending"
-        out.append(Attempt(found.name, row.seq, row.kind, status, outcome))
+            kept = rec.finish_delivery(row.seq, leased_until, status, attempts, next_at, outcome, finished or None)
+            if kept and status == "delivered" and row.kind in ("entered", "changed") and profile is not None:
+                rec.note_received([(found.name, row.profile_id, micros(done),
+                                    _digest(persona, _values(found, profile, found.on_change)))])
+        if status != "delivered":
+            failing.add(found.name)  # its other deliveries wait for the next pass
+        out.append(Attempt(found.name, row.seq, row.kind, status if kept else "lost lease", outcome))
     return out
 
 
 _pruned: dict[str, float] = {}  # store -> when this process last pruned its deliveries (time.monotonic())
+
+
+PASS_S = 30.0  # a delivery pass sends for at most this long (then the next pass goes on)
 
 
 def deliver(persona: Persona, *, now: datetime | None = None, limit: int = 500) -> Pass:
@@ -492,7 +574,7 @@ def deliver(persona: Persona, *, now: datetime | None = None, limit: int = 500) 
     if not persona.recorder.destination_rows():
         return Pass(0, [])
     queued = enqueue(persona, now)
-    attempts = send_due(persona, now=now, limit=limit)
+    attempts = send_due(persona, now=now, limit=limit, deadline=time.monotonic() + PASS_S)
     where = str(persona.settings.database_url or persona.settings.db_path)
     if time.monotonic() - _pruned.get(where, -3600.0) >= 3600:
         _pruned[where] = time.monotonic()
@@ -510,13 +592,13 @@ def send_notices(persona: Persona, profile_ids: Sequence[str], *, wait_s: float 
     if not notices:
         return []
     done = {a.seq: a for a in send_due(persona, only=[row.seq for row in notices],
-                                       deadline=time.monotonic() + wait_s)}
+                                       deadline=time.monotonic() + wait_s)} if wait_s > 0 else {}
     out = []
     for row in notices:
         attempt = done.get(row.seq)
         out.append({"destination": row.destination, "profile_id": row.profile_id,
                     "acknowledged": attempt is not None and attempt.status == "delivered",
-                    "outcome": attempt.outcome if attempt is not None else "not tried yet"})
+                    "outcome": attempt.outcome if attempt is not None else "queued"})
     return out
 
 
@@ -538,7 +620,7 @@ def status(persona: Persona, *, dead_letters: int = 20) -> list[dict[str, Any]]:
     for d in destinations(persona):
         dead = persona.recorder.deliveries(d.name, "dead", dead_letters)
         delivered_at = last.get(d.name)
-        out.append({"name": d.name, "url": d.url, "segments": list(d.segments), "fields": list(d.fields),
+        out.append({"name": d.name, "host": d.host, "segments": list(d.segments), "fields": list(d.fields),
                     "on_change": list(d.on_change), "purpose": d.purpose or None,
                     "created_at": d.created_at.isoformat(), "created_by": d.created_by,
                     "deliveries": {s: states.get(d.name, {}).get(s, 0)

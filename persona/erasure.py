@@ -41,7 +41,8 @@ def receipt_message(body: dict[str, Any]) -> bytes:
 
 
 def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = None,
-                  reapply: bool = False, checkpoint_wait_s: float = 5.0) -> Erasure:
+                  reapply: bool = False, checkpoint_wait_s: float = 5.0,
+                  notice_wait_s: float = destinations.NOTICE_WAIT_S) -> Erasure:
     """Delete the person's keys, links and derived rows in one transaction; sign a receipt.
 
     A merged person is erased whole, whichever of their profile ids is given: the key of
@@ -80,7 +81,7 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
         if trained_on:
             rec.mark_models_stale(trained_on, ERASED_SINCE)
         # every destination that received them is sent a deletion notice (queued here, in the erasure)
-        notified = destinations.notify_erasure(persona, sorted(set(person.members) | set(joined)), erased_at)
+        notified = destinations.notify_erasure(persona, list(person.members), erased_at)
         for member in person.members:
             for name, count in rec.erase(member, erased_at).items():
                 counts[name] = counts.get(name, 0) + count
@@ -95,7 +96,10 @@ def erase_profile(persona: Persona, profile_id: str, *, now: datetime | None = N
     if rec.purges_at_once:  # SQLite: the WAL is truncated now, or the purge stays due (and is retried)
         purged = purge.run(persona, force=True, wait_s=checkpoint_wait_s)
         truncated, due, purged_at = purged.done, None if purged.done else purged.due, purged.finished
-    notices = destinations.send_notices(persona, person.members) if notified else []
+    # sent now, for the receipt to say who acknowledged; a re-applied erasure (a restore) only queues
+    # them: the restored store's deliveries go when it serves
+    notices = destinations.send_notices(persona, person.members, wait_s=0 if reapply else notice_wait_s) \
+        if notified else []
     body: dict[str, Any] = {
         "type": RECEIPT_TYPE,
         "profile_id": person.id,

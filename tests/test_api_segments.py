@@ -250,7 +250,8 @@ def test_a_served_store_posts_webhooks_and_its_erasure_receipt_lists_the_notices
         events = [order_input(person, f"hooked-{i}", "1", now_text(timedelta(hours=-1 - i))) for i in range(60)]
         ask(server, INGEST, {"events": events})
         (entered,) = hook.wait(1)
-        destinations.verify(secret, entered.headers["persona-signature"], entered.body)
+        destinations.verify(secret, entered.headers["persona-signature"], entered.headers["persona-delivery"],
+                            entered.body)
         assert entered.doc["type"] == "entered" and entered.doc["profile_id"] == server.ids[person]
         assert entered.doc["profile"]["frequency"] >= 60 and set(entered.doc["profile"]) == {"frequency"}
         receipt = ask(server, "mutation($id: ID!) { eraseProfile(id: $id) { destinationsNotified { destination"
@@ -258,7 +259,8 @@ def test_a_served_store_posts_webhooks_and_its_erasure_receipt_lists_the_notices
         assert receipt["destinationsNotified"] == [{"destination": "crm", "acknowledged": True,
                                                     "outcome": "HTTP 204"}]
         notice = hook.wait(2)[-1]
-        destinations.verify(secret, notice.headers["persona-signature"], notice.body)
+        destinations.verify(secret, notice.headers["persona-signature"], notice.headers["persona-delivery"],
+                            notice.body)
         assert notice.doc["type"] == "erased" and notice.doc["profile_id"] == server.ids[person]
 
 

@@ -33,7 +33,8 @@ def secret_of(persona: Persona, name: str) -> bytes:
 
 def checked(persona: Persona, name: str, request: Received) -> Any:
     """What a receiver does: the signature over the body, within the tolerance."""
-    destinations.verify(secret_of(persona, name), request.headers["persona-signature"], request.body)
+    destinations.verify(secret_of(persona, name), request.headers["persona-signature"],
+                        request.headers["persona-delivery"], request.body)
     return request.doc
 
 
@@ -179,6 +180,7 @@ def test_a_change_of_a_watched_field_is_sent_to_destinations_that_received_the_p
     ("https:///nohost", "with a host"),
     ("https://example.com:99999/", "port out of range"),
     ("https://example.com/#x", "fragment"),
+    ("https://" + "a" * 64 + ".example.com/", "host name that is not valid"),
 ])
 def test_bad_urls_are_refused(persona: Persona, url: str, said: str) -> None:
     memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
@@ -203,28 +205,32 @@ def test_bad_definitions_are_refused(persona: Persona) -> None:
 
 
 def test_a_receiver_refuses_a_forged_tampered_or_replayed_request() -> None:
-    secret, body = b"whsec_test", b'{"type":"entered","profile_id":"prf_x"}'
+    secret, body, key = b"whsec_test", b'{"type":"entered","profile_id":"prf_x"}', "dlv_1"
     now = int(time.time())
-    good = destinations.sign(secret, now, body)
-    assert destinations.verify(secret, good, body) == now
+    good = destinations.sign(secret, now, key, body)
+    assert destinations.verify(secret, good, key, body) == now
     with pytest.raises(destinations.DestinationError, match="does not match"):
-        destinations.verify(secret, good, body.replace(b"prf_x", b"prf_y"))  # tampered
+        destinations.verify(secret, good, key, body.replace(b"prf_x", b"prf_y"))  # tampered
     with pytest.raises(destinations.DestinationError, match="does not match"):
-        destinations.verify(b"whsec_other", good, body)  # forged with another key
+        destinations.verify(b"whsec_other", good, key, body)  # forged with another key
+    with pytest.raises(destinations.DestinationError, match="does not match"):
+        destinations.verify(secret, good, "dlv_2", body)  # replayed under a fresh idempotency key
     with pytest.raises(destinations.DestinationError, match="too old"):
         old = now - destinations.TOLERANCE_S - 1
-        destinations.verify(secret, destinations.sign(secret, old, body), body)  # replayed later
-    for header in (None, "", "v1=abc", "t=abc,v1=00", f"t={now}"):
+        destinations.verify(secret, destinations.sign(secret, old, key, body), key, body)  # replayed later
+    for header in (None, "", "v1=abc", "t=abc,v1=00", f"t={now}", f"t={now},v1=\u00e9\u00e9"):
         with pytest.raises(destinations.DestinationError):
-            destinations.verify(secret, header, body)
+            destinations.verify(secret, header, key, body)
 
 
 def test_secrets_are_sealed_and_no_file_holds_one(persona: Persona, hook: Receiver) -> None:
     from tests.conftest import store_bytes
 
     memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
-    _, secret = destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], by="test")
-    assert secret.encode() not in store_bytes(persona)
+    _, secret = destinations.add_destination(persona, "crm", hook.url + "?token=hunter2", segments=["buyers"],
+                                             by="test")
+    kept = store_bytes(persona)
+    assert secret.encode() not in kept and b"hunter2" not in kept  # a hook URL's token is sealed too
 
 
 def test_a_new_destination_is_sent_its_segments_members_and_only_later_changes(persona: Persona,
@@ -275,10 +281,84 @@ def test_the_command_line_adds_shows_delivers_retries_and_removes(persona: Perso
     assert "1 dead" in text and "dead letter" in text and "HTTP 500" in text
     assert "1 dead letter of" in run("destinations", "retry", name).output
     assert "1 delivered" in run("destinations", "deliver").output
-    assert "removed destination" in run("destinations", "remove", name).output
+    held = run("destinations", "remove", name)  # it holds ann now: her erasure could not reach it
+    assert held.exit_code == 1 and "holds 1 people's data" in held.output
+    rotated = run("destinations", "update", name, "--rotate-secret")
+    assert rotated.exit_code == 0 and rotated.stdout.startswith("whsec_") and rotated.stdout.strip() != doc["secret"]
+    assert secret_of(persona, name).decode() == rotated.stdout.strip()
+    assert "removed destination" in run("destinations", "remove", name, "--forget").output
     assert "no destinations" in run("destinations", "status").output
     missing = run("destinations", "remove", name)
     assert missing.exit_code == 1 and "no destination of that name" in missing.output
     kinds = [r[3] for r in persona.recorder.audit_rows(limit=1000)]
-    assert {"destinations add", "destinations deliver", "destinations retry", "destinations remove"} <= set(kinds)
+    assert {"destinations add", "destinations deliver", "destinations retry", "destinations update",
+            "destinations remove"} <= set(kinds)
     assert doc["secret"] not in str(persona.recorder.audit_rows(limit=1000))
+    assert hook.url not in str(persona.recorder.audit_rows(limit=1000))
+
+
+def test_an_erasure_during_a_send_still_notifies_and_leaves_nothing(persona: Persona, hook: Receiver,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The person is erased while their entry is on the wire: the destination that is receiving
+    them is sent the deletion notice, and nothing of them is written back when the answer comes."""
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], fields=["frequency"], by="test")
+    ingest(persona, buy("ann@example.com", "a1", 10, 3))
+    ann = pid(persona, "ann@example.com")
+    posting = destinations._post
+    receipts: list[Any] = []
+
+    def erased_meanwhile(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str:
+        outcome = posting(url, body, headers, timeout)
+        if headers["Persona-Event"] == "entered":
+            receipts.append(erase_subject(persona, "email", "ann@example.com", notice_wait_s=0))
+        return outcome
+
+    monkeypatch.setattr(destinations, "_post", erased_meanwhile)
+    (attempt,) = destinations.deliver(persona).attempts
+    assert attempt.status == "lost lease"  # its row went with her: nothing written back
+    (receipt,) = receipts
+    assert [n["destination"] for n in receipt.receipt["receipt"]["destinations_notified"]] == ["crm"]
+    monkeypatch.setattr(destinations, "_post", posting)
+    assert [a.kind for a in destinations.deliver(persona).attempts] == ["erased"]
+    assert [r.doc["type"] for r in hook.wait(2)] == ["entered", "erased"]
+    assert persona.recorder.received_by([ann]) == []
+    verify(persona)
+
+
+def test_a_leased_delivery_is_sent_by_one_sender_only(persona: Persona, hook: Receiver) -> None:
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], by="test")
+    ingest(persona, buy("ann@example.com", "a1", 10, 3))
+    destinations.enqueue(persona)
+    (row,) = persona.recorder.due_deliveries(10**18, 10)
+    now = int(datetime.now(UTC).timestamp() * 1e6)
+    with persona.recorder.transaction():  # another sender holds it
+        assert persona.recorder.lease_delivery(row.seq, now, now + 60_000_000) == 0
+    assert destinations.send_due(persona) == []
+    assert destinations.send_due(persona, now=datetime.now(UTC) + timedelta(seconds=61))[0].status == "delivered"
+    with persona.recorder.transaction():  # the first sender's late answer changes nothing
+        assert not persona.recorder.finish_delivery(row.seq, now + 60_000_000, "pending", 1, now, "HTTP 500", None)
+    assert len(hook.wait(1)) == 1
+
+
+def test_a_restore_neither_repeats_keys_nor_resends_every_member(persona: Persona, hook: Receiver,
+                                                                tmp_path: Any) -> None:
+    from persona.backup import backup, restore
+
+    memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
+    destinations.add_destination(persona, "crm", hook.url, segments=["buyers"], by="test")
+    ingest(persona, buy("ann@example.com", "a1", 10, 3))
+    destinations.deliver(persona)
+    first = hook.wait(1)[0].headers["persona-delivery"]
+    info = backup(persona, tmp_path / "b.db")
+    settings = persona.settings
+    persona.close()
+    restore(settings, info.path)
+    with Persona.open(settings) as p:
+        assert destinations.deliver(p).attempts == []  # her membership was made anew, not re-sent
+        ingest(p, buy("bob@example.com", "b1", 10, 3))
+        assert destinations.deliver(p).delivered == 1
+        second = hook.wait(2)[1]
+        assert second.headers["persona-delivery"] != first and second.doc["profile_id"] == pid(p, "bob@example.com")
+        verify(p)

@@ -211,6 +211,7 @@ class ApiState:
         self.sweeper = Worker(settings, "segments")  # sweeps of live segments: never in the writer's way
         self._sweeping: asyncio.Task[None] | None = None
         self.courier = Worker(settings, "deliveries")  # webhooks: their POSTs wait on the network, not the writer
+        self.eraser = Worker(settings, "erasure")  # erasures send deletion notices before signing their receipt
         self._delivering: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._audit_writes: set[asyncio.Future[None]] = set()  # flushes' writes under way
@@ -361,7 +362,8 @@ class ApiState:
             return
         self._erasures = mark
         forget_caches(self.persona, also=(self.projector.clear, self.plans.clear, self.writer.forget,
-                                          self.scanner.forget))
+                                          self.scanner.forget, self.courier.forget, self.eraser.forget,
+                                          self.sweeper.forget))
 
     async def stop(self) -> None:
         for task in (self._purging, self._sweeping, self._delivering):
@@ -391,6 +393,7 @@ class ApiState:
             self.purger.close()  # a purge running finishes first
             self.sweeper.close()
             self.courier.close()
+            self.eraser.close()
             self.persona.close()
             if self._feed_wait is not None:  # a wait still running in its thread ends within FEED_WAIT_S
                 futures_wait([self._feed_wait], timeout=FEED_WAIT_S + 5)

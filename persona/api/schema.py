@@ -322,7 +322,8 @@ class Mutation:
         by = {"subject": audit.namespace_of(subject.namespace)} if subject is not None else {}
         ctx.audit_ready()
         try:
-            erasure = await ctx.state.writer.run(
+            # on a thread of its own: its deletion notices wait on the network, never the writer
+            erasure = await ctx.state.eraser.run(
                 lambda persona: erase(persona, profile_id=str(id) if id is not None else None, subject=who))
         except (UnknownProfileError, ErasedError) as e:  # a subject's quarantined records may be purged all the same
             purged = e.purged if isinstance(e, UnknownProfileError) else 0

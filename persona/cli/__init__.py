@@ -35,7 +35,7 @@ COMMANDS = {
                                        " the key file, nor a read model."),
     "destinations": Entry("destinations", "destinations", "Webhook destinations: signed POSTs on segment entries and"
                                                           " exits, changes of chosen fields, and erasure (add,"
-                                                          " status, deliver, retry, remove)."),
+                                                          " status, deliver, retry, update, remove)."),
     "erase": Entry("erasure", "erase", "Erase a person: delete their key, identity links and derived rows; print a"
                                        " signed receipt."),
     "follow": Entry("store", "follow", "Follow the log as events are committed by any process, on any machine."),

@@ -26,11 +26,11 @@ def default_name(url: str) -> str:
 @click.group()
 def destinations() -> None:
     """Webhook destinations: signed POSTs on segment entries and exits, changes of chosen fields,
-    and erasure (add, status, deliver, retry, remove).
+    and erasure (add, status, deliver, retry, update, remove).
 
     Each POST carries the profile id and only the fields the destination was granted, signed with
-    HMAC-SHA256 (header Persona-Signature: t=TIMESTAMP,v1=HEX over "TIMESTAMP.BODY"), with an
-    idempotency key (Persona-Delivery) that stays the same on retries. Failed deliveries are
+    HMAC-SHA256 (header Persona-Signature: t=TIMESTAMP,v1=HEX over "TIMESTAMP.KEY.BODY"), KEY being
+    the delivery's idempotency key (header Persona-Delivery), the same on every retry. Failed deliveries are
     retried with backoff (1 s to 1 h), then kept as dead letters. Erasing a person sends every
     destination that received them a signed deletion notice. `persona serve` delivers
     continuously; `persona destinations deliver` runs one pass (for cron).
@@ -67,7 +67,7 @@ def destinations_add(ctx: click.Context, url: str, name: str | None, segments: t
         record_local(persona, "destinations", "destinations add", destination=made.name, segments=list(made.segments),
                      granted=list(made.fields), on_change=list(made.on_change), purpose=made.purpose or None)
     if as_json:
-        emit_json({"name": made.name, "url": made.url, "segments": list(made.segments), "fields": list(made.fields),
+        emit_json({"name": made.name, "host": made.host, "segments": list(made.segments), "fields": list(made.fields),
                    "on_change": list(made.on_change), "purpose": made.purpose or None, "secret": secret})
         return
     click.echo(secret)
@@ -96,7 +96,7 @@ def destinations_status(ctx: click.Context, name: str | None, dead_letters: int,
         click.echo("no destinations; add one with `persona destinations add URL --segments NAME`")
     for r in rows:
         d = r["deliveries"]
-        click.echo(f"{r['name']}  {r['url']}")
+        click.echo(f"{r['name']}  {r['host']}")
         click.echo(f"  segments: {', '.join(r['segments']) or '-'}  fields: {', '.join(r['fields']) or '-'}"
                    f"  on change: {', '.join(r['on_change']) or '-'}  purpose: {r['purpose'] or '-'}")
         click.echo(f"  deliveries: {d['pending']} pending, {d['delivered']} delivered, {d['skipped']} skipped,"
@@ -132,14 +132,41 @@ def destinations_retry(ctx: click.Context, name: str) -> None:
     click.echo(f"{count} dead letter{'' if count == 1 else 's'} of {name} queued again")
 
 
-@destinations.command("remove")
+@destinations.command("update")
 @click.argument("name")
+@click.option("--url", help="Its new address (the people it received stay: their erasures still reach it).")
+@click.option("--rotate-secret", is_flag=True, help="A new signing secret, printed once; the old one stops now.")
 @click.pass_context
 @friendly
-def destinations_remove(ctx: click.Context, name: str) -> None:
-    """Remove destination NAME, its deliveries and who it received (it gets no deletion notices
-    after this)."""
+def destinations_update(ctx: click.Context, name: str, url: str | None, rotate_secret: bool) -> None:
+    """Give destination NAME a new URL or a new signing secret."""
+    if url is None and not rotate_secret:
+        raise click.UsageError("give --url, --rotate-secret or both")
+    if url is not None:
+        try:
+            hooks.check_url(url)
+        except hooks.DestinationError as e:
+            raise click.BadParameter(e.reason, param_hint="--url") from None
     with opened(ctx) as persona:
-        hooks.remove_destination(persona, name)
-        record_local(persona, "destinations", "destinations remove", destination=name)
+        secret = hooks.update_destination(persona, name, url=url, rotate_secret=rotate_secret)
+        record_local(persona, "destinations", "destinations update", destination=name, url=url is not None,
+                     rotated=rotate_secret)
+    if secret is not None:
+        click.echo(secret)
+    click.echo(f"updated destination {name}" + ("; its new signing secret above is not shown again"
+                                               if secret else ""), err=secret is not None)
+
+
+@destinations.command("remove")
+@click.argument("name")
+@click.option("--forget", is_flag=True, help="Remove it although it holds people's data: their erasures will"
+                                               " no longer reach it.")
+@click.pass_context
+@friendly
+def destinations_remove(ctx: click.Context, name: str, forget: bool) -> None:
+    """Remove destination NAME, its deliveries and who it received. Refused while it holds people
+    it was sent (their erasures could not reach it any more) unless --forget."""
+    with opened(ctx) as persona:
+        hooks.remove_destination(persona, name, forget=forget)
+        record_local(persona, "destinations", "destinations remove", destination=name, forget=forget)
     click.echo(f"removed destination {name}")

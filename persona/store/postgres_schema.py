@@ -97,13 +97,15 @@ SEGMENT_DDL = (
 )
 # Webhook destinations (schema revision 6): the same.
 DESTINATION_DDL = (
-    f"CREATE TABLE IF NOT EXISTS destinations (name {_ID} PRIMARY KEY, url text NOT NULL, segments text NOT NULL,"
+    f"CREATE TABLE IF NOT EXISTS destinations (name {_ID} PRIMARY KEY, host text NOT NULL, url bytea NOT NULL,"
+    " segments text NOT NULL,"
     " fields text NOT NULL, on_change text NOT NULL, purpose text NOT NULL, secret bytea NOT NULL,"
     " created_at bigint NOT NULL, created_by text NOT NULL, tag bytea)",
     f"CREATE TABLE IF NOT EXISTS destination_people (destination {_ID} NOT NULL, profile_id {_ID} NOT NULL,"
     " first_at bigint NOT NULL, digest bytea, tag bytea, PRIMARY KEY (destination, profile_id))",
     "CREATE INDEX IF NOT EXISTS destination_people_profile ON destination_people (profile_id)",
-    f"CREATE TABLE IF NOT EXISTS deliveries (seq bigserial PRIMARY KEY, destination {_ID} NOT NULL,"
+    f"CREATE TABLE IF NOT EXISTS deliveries (seq bigserial PRIMARY KEY, key text NOT NULL UNIQUE,"
+    f" destination {_ID} NOT NULL,"
     f" kind text NOT NULL, profile_id {_ID} NOT NULL, segment {_ID} NOT NULL, created_at bigint NOT NULL,"
     " attempts integer NOT NULL, next_at bigint NOT NULL, status text NOT NULL, outcome text NOT NULL,"
     " done_at bigint, tag bytea)",

@@ -350,27 +350,45 @@ class Destinations(Protocol):
     """Webhook destinations (their secrets sealed above the store), who each has received, and the
     deliveries: an outbox of POSTs, each pending until acknowledged, skipped or dead-lettered."""
 
-    def destination_rows(self) -> list[tuple[str, str, str, str, str, str, bytes, int, str]]:
-        """(name, url, segments, fields, on_change, purpose, sealed secret, created_at, created_by), by name."""
+    def destination_rows(self) -> list[tuple[str, str, bytes, str, str, str, str, bytes, int, str]]:
+        """(name, host, sealed url, segments, fields, on_change, purpose, sealed secret, created_at,
+        created_by), by name."""
         ...
-    def add_destination(self, row: tuple[str, str, str, str, str, str, bytes, int, str]) -> bool:
+    def add_destination(self, row: tuple[str, str, bytes, str, str, str, str, bytes, int, str]) -> bool:
         """False if one of that name exists."""
+        ...
+    def update_destination(self, name: str, host: str, url: bytes, secret: bytes) -> bool:
+        """A new address and secret (both sealed); False if there is none of that name."""
         ...
     def remove_destination(self, name: str) -> bool:
         """The destination goes, with its deliveries and who it received; False if there was none."""
         ...
-    def enqueue_deliveries(self, rows: Sequence[tuple[str, str, str, str, int, int]]) -> None:
-        """rows: (destination, kind, profile_id, segment, created_at, due at): pending deliveries."""
+    def received_count(self, name: str) -> int:
+        """How many people the destination holds (received, not erased since)."""
+        ...
+    def enqueue_deliveries(self, rows: Sequence[tuple[str, str, str, str, str, int, int]]) -> None:
+        """rows: (key, destination, kind, profile_id, segment, created_at, due at): pending deliveries,
+        each queued only if its profile still has a key (not erased)."""
+        ...
+    def enqueue_notices(self, rows: Sequence[tuple[str, str, str, int, int]]) -> None:
+        """rows: (key, destination, profile_id, created_at, due at): pending deletion notices."""
         ...
     def due_deliveries(self, now: int, limit: int) -> list[DeliveryRow]:
         """Pending deliveries due by `now`, oldest first."""
         ...
-    def lease_delivery(self, seq: int, now: int, until: int) -> bool:
-        """Claim a due delivery until an instant (another sender skips it meanwhile); False if it
-        is no longer due (another sender has it)."""
+    def lease_delivery(self, seq: int, now: int, until: int) -> int | None:
+        """Claim a due delivery until an instant (another sender skips it meanwhile): its attempts
+        so far, or None if it is no longer due (another sender has it, or it is gone)."""
         ...
-    def finish_delivery(self, seq: int, status: str, attempts: int, next_at: int, outcome: str,
-                        done_at: int | None) -> None: ...
+    def hold_received(self, destination: str, profile_id: str, at: int) -> None:
+        """The destination is about to receive the person: noted before the request goes, so that an
+        erasure meanwhile notifies it (a digest of what it was sent comes with the answer)."""
+        ...
+    def finish_delivery(self, seq: int, leased_until: int, status: str, attempts: int, next_at: int, outcome: str,
+                        done_at: int | None) -> bool:
+        """The outcome of a leased attempt; False (nothing written) if the lease was lost meanwhile
+        (another sender took it over) or the delivery is gone (its person erased)."""
+        ...
     def delivery_states(self) -> list[tuple[str, str, int, int | None]]:
         """(destination, status, how many, latest done_at) of every destination's deliveries."""
         ...

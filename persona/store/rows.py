@@ -119,6 +119,7 @@ class DeliveryRow(NamedTuple):
     """A webhook delivery (persona.destinations): one POST to one destination, until acknowledged."""
 
     seq: int
+    key: str  # its idempotency key: random, the same on every attempt, never reused (restores included)
     destination: str
     kind: str  # entered, left, changed, erased
     profile_id: str

@@ -64,15 +64,15 @@ TABLES: dict[str, tuple[str, ...]] = {
     "segments": ("name", "rule", "created_at", "created_by"),
     "segment_members": ("segment", "profile_id", "since"),
     "segment_changes": ("seq", "at", "segment", "profile_id", "entered"),
-    # webhook destinations (persona.destinations): each one's address, what it takes and its secret
-    # (sealed under the destinations' key); who each has received (for erasure notices, and the
-    # keyed digest of the fields last sent); and the deliveries, an outbox, each until acknowledged
-    # or dead-lettered
-    "destinations": ("name", "url", "segments", "fields", "on_change", "purpose", "secret", "created_at",
+    # webhook destinations (persona.destinations): each one's host, its address and secret (both
+    # sealed under the destinations' key: a hook URL often holds a token) and what it takes; who
+    # each has received (for erasure notices, and the keyed digest of the fields last sent); and the
+    # deliveries, an outbox, each until acknowledged or dead-lettered
+    "destinations": ("name", "host", "url", "segments", "fields", "on_change", "purpose", "secret", "created_at",
                      "created_by"),
     "destination_people": ("destination", "profile_id", "first_at", "digest"),
-    "deliveries": ("seq", "destination", "kind", "profile_id", "segment", "created_at", "attempts", "next_at",
-                   "status", "outcome", "done_at"),
+    "deliveries": ("seq", "key", "destination", "kind", "profile_id", "segment", "created_at", "attempts",
+                   "next_at", "status", "outcome", "done_at"),
 }
 
 # The read models: derived from the log and rebuilt by `persona rebuild`. The index, RFM scores

@@ -520,28 +520,44 @@ class SQLRecorder:
             self._run(statement)
 
     # webhook destinations
-    def destination_rows(self) -> list[tuple[str, str, str, str, str, str, bytes, int, str]]:
-        return [(*row[:6], bytes(row[6]), int(row[7]), row[8]) for row in self._all(self.sql.destination_rows)]
+    def destination_rows(self) -> list[tuple[str, str, bytes, str, str, str, str, bytes, int, str]]:
+        return [(row[0], row[1], bytes(row[2]), *row[3:7], bytes(row[7]), int(row[8]), row[9])
+                for row in self._all(self.sql.destination_rows)]
 
-    def add_destination(self, row: tuple[str, str, str, str, str, str, bytes, int, str]) -> bool:
+    def add_destination(self, row: tuple[str, str, bytes, str, str, str, str, bytes, int, str]) -> bool:
         return self._run(self.sql.add_destination, row) == 1
+
+    def update_destination(self, name: str, host: str, url: bytes, secret: bytes) -> bool:
+        return self._run(self.sql.update_destination, (host, url, secret, name)) == 1
 
     def remove_destination(self, name: str) -> bool:
         *_, removed = [self._run(statement, (name,)) for statement in self.sql.remove_destination]
         return removed == 1
 
-    def enqueue_deliveries(self, rows: Sequence[tuple[str, str, str, str, int, int]]) -> None:
-        self._many(self.sql.enqueue_delivery, rows)
+    def received_count(self, name: str) -> int:
+        row = self._one(self.sql.received_count, (name,))
+        return int(row[0]) if row else 0
+
+    def enqueue_deliveries(self, rows: Sequence[tuple[str, str, str, str, str, int, int]]) -> None:
+        self._many(self.sql.enqueue_delivery, [(*row, row[3]) for row in rows])
+
+    def enqueue_notices(self, rows: Sequence[tuple[str, str, str, int, int]]) -> None:
+        self._many(self.sql.enqueue_notice, rows)
 
     def due_deliveries(self, now: int, limit: int) -> list[DeliveryRow]:
         return [DeliveryRow._make(row) for row in self._all(self.sql.due_deliveries, (now, limit))]
 
-    def lease_delivery(self, seq: int, now: int, until: int) -> bool:
-        return self._run(self.sql.lease_delivery, (until, seq, now)) == 1
+    def lease_delivery(self, seq: int, now: int, until: int) -> int | None:
+        row = self._one(self.sql.lease_delivery, (until, seq, now))
+        return None if row is None else int(row[0])
 
-    def finish_delivery(self, seq: int, status: str, attempts: int, next_at: int, outcome: str,
-                        done_at: int | None) -> None:
-        self._run(self.sql.finish_delivery, (status, attempts, next_at, outcome, done_at, seq))
+    def hold_received(self, destination: str, profile_id: str, at: int) -> None:
+        self._run(self.sql.hold_received, (destination, profile_id, at))
+
+    def finish_delivery(self, seq: int, leased_until: int, status: str, attempts: int, next_at: int, outcome: str,
+                        done_at: int | None) -> bool:
+        return self._run(self.sql.finish_delivery,
+                         (status, attempts, next_at, outcome, done_at, seq, leased_until)) == 1
 
     def delivery_states(self) -> list[tuple[str, str, int, int | None]]:
         return [(d, s, int(n), None if last is None else int(last))

@@ -28,7 +28,7 @@ LAST_POSITION = "c.position + c.last_version - c.first_version"
 AFTER_POSITION = f"c.position > {{p}} - {CHUNK_CAP} AND {LAST_POSITION} > {{p}}"
 TOKEN_SELECT = "SELECT " + ", ".join(TABLES["api_tokens"][:-1]) + " FROM api_tokens"  # not its tag
 AUDIT_SELECT = "SELECT " + ", ".join(TABLES["audit"][:-1]) + " FROM audit"
-DELIVERY_SELECT = ("SELECT seq, destination, kind, profile_id, segment, created_at, attempts, next_at, status,"
+DELIVERY_SELECT = ("SELECT seq, key, destination, kind, profile_id, segment, created_at, attempts, next_at, status,"
                    " outcome, done_at FROM deliveries")
 MODEL_SELECT = "SELECT name, version, created_at, status, promoted_at, stale, drift, meta, sha256 FROM models"
 
@@ -187,21 +187,31 @@ class Statements:
     prune_segment_changes: str = "DELETE FROM segment_changes WHERE at < {p}"
     clear_memberships: tuple[str, ...] = ("DELETE FROM segment_members", "DELETE FROM segment_changes")
     # webhook destinations (persona.destinations)
-    destination_rows: str = ("SELECT name, url, segments, fields, on_change, purpose, secret, created_at, created_by"
-                             " FROM destinations ORDER BY name")
-    add_destination: str = ("INSERT INTO destinations (name, url, segments, fields, on_change, purpose, secret,"
-                            " created_at, created_by) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
+    destination_rows: str = ("SELECT name, host, url, segments, fields, on_change, purpose, secret, created_at,"
+                             " created_by FROM destinations ORDER BY name")
+    add_destination: str = ("INSERT INTO destinations (name, host, url, segments, fields, on_change, purpose, secret,"
+                            " created_at, created_by) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
                             " ON CONFLICT (name) DO NOTHING")
+    update_destination: str = ("UPDATE destinations SET host = {p}, url = {p}, secret = {p}, tag = NULL"
+                               " WHERE name = {p}")
     remove_destination: tuple[str, ...] = ("DELETE FROM deliveries WHERE destination = {p}",
                                            "DELETE FROM destination_people WHERE destination = {p}",
                                            "DELETE FROM destinations WHERE name = {p}")
-    enqueue_delivery: str = ("INSERT INTO deliveries (destination, kind, profile_id, segment, created_at, attempts,"
-                             " next_at, status, outcome) VALUES ({p}, {p}, {p}, {p}, {p}, 0, {p}, 'pending', '')")
+    received_count: str = "SELECT count(*) FROM destination_people WHERE destination = {p}"
+    # a delivery about a live person: queued only while they are (an erasure committed meanwhile wins)
+    enqueue_delivery: str = ("INSERT INTO deliveries (key, destination, kind, profile_id, segment, created_at,"
+                             " attempts, next_at, status, outcome) SELECT {p}, {p}, {p}, {p}, {p}, {p}, 0, {p},"
+                             " 'pending', '' WHERE EXISTS (SELECT 1 FROM keys WHERE profile_id = {p})")
+    enqueue_notice: str = ("INSERT INTO deliveries (key, destination, kind, profile_id, segment, created_at, attempts,"
+                           " next_at, status, outcome)"
+                           " VALUES ({p}, {p}, 'erased', {p}, '', {p}, 0, {p}, 'pending', '')")
     due_deliveries: str = (DELIVERY_SELECT + " WHERE status = 'pending' AND next_at <= {p} ORDER BY seq LIMIT {p}")
     lease_delivery: str = ("UPDATE deliveries SET next_at = {p}, tag = NULL"
-                           " WHERE seq = {p} AND status = 'pending' AND next_at <= {p}")
+                           " WHERE seq = {p} AND status = 'pending' AND next_at <= {p} RETURNING attempts")
     finish_delivery: str = ("UPDATE deliveries SET status = {p}, attempts = {p}, next_at = {p}, outcome = {p},"
-                            " done_at = {p}, tag = NULL WHERE seq = {p}")
+                            " done_at = {p}, tag = NULL WHERE seq = {p} AND next_at = {p} AND status = 'pending'")
+    hold_received: str = ("INSERT INTO destination_people (destination, profile_id, first_at, digest)"
+                          " VALUES ({p}, {p}, {p}, NULL) ON CONFLICT (destination, profile_id) DO NOTHING")
     delivery_states: str = ("SELECT destination, status, count(*), max(done_at) FROM deliveries"
                             " GROUP BY destination, status ORDER BY destination, status")
     deliveries_in: str = DELIVERY_SELECT + " WHERE destination = {p} AND status = {p} ORDER BY seq LIMIT {p}"

@@ -103,13 +103,15 @@ CREATE INDEX IF NOT EXISTS segment_changes_at ON segment_changes (at);
 
 # Webhook destinations (schema revision 6; made on open when missing).
 DESTINATION_SCHEMA = """
-CREATE TABLE IF NOT EXISTS destinations (name TEXT PRIMARY KEY, url TEXT NOT NULL, segments TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS destinations (name TEXT PRIMARY KEY, host TEXT NOT NULL, url BLOB NOT NULL,
+segments TEXT NOT NULL,
 fields TEXT NOT NULL, on_change TEXT NOT NULL, purpose TEXT NOT NULL, secret BLOB NOT NULL, created_at INTEGER NOT NULL,
 created_by TEXT NOT NULL, tag BLOB);
 CREATE TABLE IF NOT EXISTS destination_people (destination TEXT NOT NULL, profile_id TEXT NOT NULL,
 first_at INTEGER NOT NULL, digest BLOB, tag BLOB, PRIMARY KEY (destination, profile_id));
 CREATE INDEX IF NOT EXISTS destination_people_profile ON destination_people (profile_id);
-CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, destination TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+destination TEXT NOT NULL,
 kind TEXT NOT NULL, profile_id TEXT NOT NULL, segment TEXT NOT NULL, created_at INTEGER NOT NULL,
 attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, status TEXT NOT NULL, outcome TEXT NOT NULL, done_at INTEGER,
 tag BLOB);
