@@ -233,6 +233,11 @@ def _of(row: tuple[str, str, bytes, str, str, str, str, bytes, int, str]) -> Des
                        by, sealed)
 
 
+def any_defined(persona: Persona) -> bool:
+    """Whether the store has a destination at all (one small read)."""
+    return bool(persona.recorder.destination_rows())
+
+
 def destinations(persona: Persona) -> list[Destination]:
     return [_of(row) for row in persona.recorder.destination_rows()]
 

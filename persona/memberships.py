@@ -278,6 +278,11 @@ def sweep_if_due(persona: Persona, every_s: float, *, now: datetime | None = Non
     return sweep(persona, which=lambda s: s.clocked, now=moment)
 
 
+def any_scored(persona: Persona) -> bool:
+    """Whether a segment reads RFM scores (and so is swept after each scoring)."""
+    return any(s.scored for s in definitions(persona))
+
+
 def after_scoring(persona: Persona) -> Swept:
     """RFM scores were written: the segments that read them are swept."""
     return sweep(persona, which=lambda s: s.scored)

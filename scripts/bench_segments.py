@@ -60,12 +60,13 @@ def persona(data: Path, *args: str, check: bool = True) -> subprocess.CompletedP
                           capture_output=True, check=check)
 
 
-def ingest_run(exports: Path, data: Path, segments: int) -> dict[str, Any]:
+def ingest_run(exports: Path, data: Path, segments: int, channels: tuple[tuple[str, str], ...] = CHANNELS
+               ) -> dict[str, Any]:
     persona(data, "init")
     for n, rule in enumerate(RULES[:segments]):
         persona(data, "segments", "add", f"s{n}", rule)
     events, seconds = 0, 0.0
-    for name, source in CHANNELS:
+    for name, source in channels:
         began = time.perf_counter()
         done = persona(data, "ingest", str(exports / name), "--source", source, "--json")
         seconds += time.perf_counter() - began
@@ -223,7 +224,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     if args.quick:
-        args.people, args.runs, args.live = 200, 1, 5
+        args.people, args.runs, args.live, args.segments = 100, 1, 3, 3
     if min(args.people, args.runs, args.live) <= 0:
         parser.error("--people, --runs and --live are positive")
     result: dict[str, Any] = {"people": args.people, "segments": args.segments,
@@ -238,7 +239,8 @@ def main() -> None:
             for kind, segments in (("none", 0), ("segments", args.segments)):
                 data = Path(tmp) / f"{kind}-{run}"
                 print(f"run {run + 1}: ingest with {segments} segments…", file=sys.stderr)
-                result["ingest"][kind].append(ingest_run(exports, data, segments))
+                result["ingest"][kind].append(ingest_run(exports, data, segments,
+                                                         CHANNELS[:1] if args.quick else CHANNELS))
                 last = data
         print("sweeping…", file=sys.stderr)
         result["sweep"] = sweep_times(last)

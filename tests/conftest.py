@@ -59,11 +59,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """PERSONA_HARDEN_REPORT=path: what the hardening suite tried, as JSON, added to what the
-    file holds (scripts/harden reads it), with the run's outcome."""
+    file holds (scripts/harden reads it), with the run's outcome. Under pytest-xdist a worker hands
+    its counts to the controlling process (pytest_testnodedown), which writes them."""
+    from tests.hardening import LONG, TRIED
+
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # a worker: its tallies go to the controller
+        output["tried"] = dict(TRIED)
+        return
     path = os.environ.get("PERSONA_HARDEN_REPORT")
     if not path:
         return
-    from tests.hardening import LONG, TRIED
 
     report = Path(path)
     merged: dict[str, Any] = orjson.loads(report.read_bytes()) if report.exists() and report.stat().st_size else {}
@@ -74,6 +80,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     runs.append({"long": LONG, "exitstatus": int(exitstatus), "tests": session.testscollected,
                  "failed": session.testsfailed})
     report.write_bytes(orjson.dumps(merged, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist, in the controlling process: a worker's tallies, added to the run's."""
+    from tests.hardening import TRIED
+
+    TRIED.update(getattr(node, "workeroutput", {}).get("tried", {}))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -293,6 +293,8 @@ class ApiState:
             finally:
                 self.bus.unwatch(ANYONE, wake)
             try:
+                if not destinations.any_defined(self.persona):  # a glance from the loop's own connection:
+                    continue  # the courier's thread opens the store only once there is a destination
                 await self.courier.run(destinations.deliver)
             except Exception as e:  # the database is unreachable: said, and tried again
                 log.warning("the webhook deliveries failed (%s); retrying", type(e).__name__)
@@ -347,7 +349,8 @@ class ApiState:
         self.rfm.scoring()
         try:
             await self.writer.run(compute_rfm)
-            await self.sweeper.run(memberships.after_scoring)  # off the writer: it reads the whole index
+            if memberships.any_scored(self.persona):
+                await self.sweeper.run(memberships.after_scoring)  # off the writer: it reads the whole index
         except Exception as e:  # the database is busy: tried again at the next tick
             self.rfm.changed()
             log.warning("scoring RFM failed (%s); retrying", type(e).__name__)
