@@ -198,6 +198,17 @@ def revoke_token(persona: Persona, name: str, *, now: datetime | None = None) ->
             raise ConfigurationError(f"no active token named {name!r}")
 
 
+MINTED_KEPT_S = 86_400  # an expired minted token is kept this long (for `tokens list`), then deleted
+
+
+def prune_minted(persona: Persona, now: datetime | None = None) -> int:
+    """Delete the minted tokens that expired over a day ago (a shop mints one per visit: they would
+    pile up). Their audit entries stay, under their names."""
+    before = micros(now or datetime.now(UTC)) - MINTED_KEPT_S * 1_000_000
+    with persona.recorder.transaction():
+        return persona.recorder.prune_minted(before)
+
+
 def lookup_token(persona: Persona, token: str) -> Token | None:
     """The token a client presents, if it is one (active or revoked); None for anything else."""
     if not token.startswith(TOKEN_PREFIX) or len(token) >= 100:

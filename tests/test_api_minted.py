@@ -125,3 +125,20 @@ def test_a_minted_token_expires_and_dies_with_its_persons_erasure(server: Server
     assert any(r[2] == minted["name"] and r[3] == "profile" and r[4] == server.ids[PEOPLE[2]] for r in rows)
     assert any(r[2] == "shop" and r[3] == "mintToken" and r[4] == server.ids[PEOPLE[2]] for r in rows)
     assert minted["token"] not in str(rows)
+
+
+def test_minted_tokens_expired_a_day_ago_are_deleted_and_no_other(server: Server) -> None:
+    from persona.tokens import MINTED_KEPT_S, list_tokens, prune_minted
+
+    with Persona.open(server.settings) as p:
+        shop = lookup_token(p, server.tokens["shop"])
+        assert shop is not None
+        long_ago = mint_token(p, shop, server.ids[PEOPLE[0]], ttl_s=60,
+                              now=datetime.now(UTC) - timedelta(seconds=MINTED_KEPT_S + 120))
+        lately = mint_token(p, shop, server.ids[PEOPLE[0]], ttl_s=60, now=datetime.now(UTC) - timedelta(hours=1))
+        before = {t.name for t in list_tokens(p)}
+        assert prune_minted(p) >= 1
+        after = {t.name for t in list_tokens(p)}
+        assert long_ago.name not in after and lately.name in after  # kept a day after it expired
+        assert before - after == {t for t in before - after if ":" in t}  # only minted ones went
+        assert {"shop", "bare-minter", "ops", "reader"} <= after

@@ -56,7 +56,7 @@ from persona.reading import identities_of, person_rows
 from persona.rfm import RfmSchedule, compute_rfm
 from persona.services.store import erasure_mark, population_size
 from persona.settings import Settings
-from persona.tokens import Token
+from persona.tokens import Token, prune_minted
 
 T = TypeVar("T")
 log = logging.getLogger("persona.api")
@@ -132,6 +132,7 @@ def bound_may_run(plan: Plan) -> bool:
     return plan.kind is not None and set(plan.roots) <= BOUND_ROOTS.get(plan.kind, frozenset())
 
 
+PRUNE_TOKENS_S = 3600.0  # how often a server deletes the minted tokens long expired
 DELIVERY_POLL_S = 1.0  # webhook deliveries: a pass at least this often
 ANYONE = ""  # what a watcher of every profile's changes watches (no profile id is empty)
 
@@ -270,11 +271,17 @@ class ApiState:
 
     async def _sweep_forever(self) -> None:
         """Every PERSONA_SEGMENT_SWEEP seconds, the live segments the clock moves are swept
-        (persona.memberships): who entered or left with no event is found, noted and announced."""
+        (persona.memberships): who entered or left with no event is found, noted and announced.
+        Hourly, on the same thread, the minted tokens expired a day ago are deleted."""
+        loop = asyncio.get_running_loop()
+        pruned = loop.time()
         while True:
             await asyncio.sleep(self.settings.segment_sweep_s)
             try:
                 swept = await self.sweeper.run(memberships.sweep_if_due, self.settings.segment_sweep_s)
+                if loop.time() - pruned >= PRUNE_TOKENS_S:
+                    pruned = loop.time()
+                    await self.sweeper.run(prune_minted)
             except Exception as e:  # the database is unreachable: said, and tried again
                 log.warning("the segment sweep failed (%s); retrying", type(e).__name__)
                 continue

@@ -653,6 +653,9 @@ class SQLRecorder:
     def tokens(self) -> list[TokenRow]:
         return [_token(row) for row in self._all(self.sql.tokens)]
 
+    def prune_minted(self, before: int) -> int:
+        return self._run(self.sql.prune_minted, (before,))
+
     def revoke_token(self, name: str, now: int) -> bool:
         return self._run(self.sql.revoke_token, (now, name)) == 1
 

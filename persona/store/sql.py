@@ -255,6 +255,7 @@ class Statements:
     put_token: str = ("INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
                       " delta_budget, sources, types, subject, expires_at, epsilon_spent, delta_spent)"
                       " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, 0, 0)")
+    prune_minted: str = "DELETE FROM api_tokens WHERE subject != '' AND expires_at < {p}"
     revoke_bound_tokens: str = ("UPDATE api_tokens SET revoked_at = {p}, tag = NULL"
                                 " WHERE subject = {p} AND revoked_at IS NULL")
     token_by_digest: str = TOKEN_SELECT + " WHERE digest = {p} AND revoked_at IS NULL"
