@@ -158,6 +158,21 @@ class Persona:
             raise ConfigurationError("the database has no quarantine key")
         return Sealer(self.keyring.unwrap(QUARANTINE_KEY, *stored))
 
+    def system_sealer(self, name: str) -> Sealer:
+        """A data key of the store's own (not a person's: the models', the webhook secrets'), wrapped
+        by the master key like the rest and made on first use."""
+        rec = self.recorder
+        stored = rec.system_key(name)
+        if stored is None:
+            with rec.transaction():
+                stored = rec.system_key(name)
+                if stored is None:
+                    self.log.check_current_kek()  # never under a version a retiring rotation destroyed
+                    version, wrapped = self.keyring.wrap(name, self.keyring.new_dek())
+                    rec.put_system_key(name, version, wrapped)
+                    stored = (version, wrapped)
+        return Sealer(self.keyring.unwrap(name, *stored))
+
     def rotate_keys(self, *, retire: bool = False) -> dict[str, int]:
         """Add a master key version and re-wrap every data key under it. Events are untouched.
 

@@ -144,17 +144,7 @@ def _names(given: Iterable[str], what: str) -> tuple[str, ...]:
 
 def _sealer(persona: Persona) -> Sealer:
     """The destinations' own data key, made on first use."""
-    rec = persona.recorder
-    stored = rec.system_key(DESTINATIONS_KEY)
-    if stored is None:
-        with rec.transaction():
-            stored = rec.system_key(DESTINATIONS_KEY)
-            if stored is None:
-                persona.log.check_current_kek()
-                version, wrapped = persona.keyring.wrap(DESTINATIONS_KEY, persona.keyring.new_dek())
-                rec.put_system_key(DESTINATIONS_KEY, version, wrapped)
-                stored = (version, wrapped)
-    return Sealer(persona.keyring.unwrap(DESTINATIONS_KEY, *stored))
+    return persona.system_sealer(DESTINATIONS_KEY)
 
 
 def _aad(name: str, part: str) -> bytes:
@@ -593,7 +583,7 @@ def send_notices(persona: Persona, profile_ids: Sequence[str], *, wait_s: float 
                  ) -> list[dict[str, Any]]:
     """An erasure's deletion notices, sent now (within `wait_s` in all): for its receipt, each
     destination notified and whether it acknowledged; those that did not are retried later."""
-    notices = _notices(persona, profile_ids)
+    notices = persona.recorder.erasure_notices(profile_ids)
     if not notices:
         return []
     done = {a.seq: a for a in send_due(persona, only=[row.seq for row in notices],
@@ -605,10 +595,6 @@ def send_notices(persona: Persona, profile_ids: Sequence[str], *, wait_s: float 
                     "acknowledged": attempt is not None and attempt.status == "delivered",
                     "outcome": attempt.outcome if attempt is not None else "queued"})
     return out
-
-
-def _notices(persona: Persona, profile_ids: Sequence[str]) -> list[DeliveryRow]:
-    return persona.recorder.erasure_notices(profile_ids)
 
 
 # -- status -------------------------------------------------------------------------------------

@@ -288,13 +288,13 @@ def after_scoring(persona: Persona) -> Swept:
     return sweep(persona, which=lambda s: s.scored)
 
 
-def describe(persona: Persona, k: int | None = None) -> list[dict[str, Any]]:
-    """Every segment with its size: fewer than `k` members (but some) is said as null."""
+def describe(persona: Persona) -> list[dict[str, Any]]:
+    """Every segment with its rule, its size and what keeps it current (for the command line)."""
     counted = sizes(persona)
     out = []
     for s in definitions(persona):
         n = counted.get(s.name, 0)
         out.append({"name": s.name, "rule": s.rule.text, "created_at": s.created_at.isoformat(),
-                    "created_by": s.created_by, "members": None if k is not None and 0 < n < k else n,
+                    "created_by": s.created_by, "members": n,
                     "swept": "clock" if s.clocked else ("rfm" if s.scored else "events")})
     return out

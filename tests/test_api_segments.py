@@ -19,6 +19,7 @@ from persona.ingest import ingest_jsonl
 from persona.tokens import create_token
 from tests.conftest import jsonl, record
 from tests.test_api_http import PEOPLE, Server, opened, receive, run, send, serving
+from tests.test_api_typed import ask
 
 TOKENS = {
     "curator": frozenset({"segments:read", "segments:write"}),
@@ -39,14 +40,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         with Persona.open(running.settings) as p:
             running.tokens.update({name: create_token(p, name, scopes) for name, scopes in TOKENS.items()})
         yield running
-
-
-def ask(server: Server, query: str, variables: dict[str, Any] | None = None, token: str = "ops") -> Any:
-    response = server.post(query, variables, token=token)
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]
 
 
 def refused(server: Server, query: str, variables: dict[str, Any] | None = None, token: str = "curator") -> str:

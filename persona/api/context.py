@@ -35,7 +35,6 @@ from persona.api.access import RateLimiter, TokenCache
 from persona.api.data import (
     Batch,
     ProfileData,
-    load_memberships,
     load_predictions,
     load_profiles,
     load_sources,
@@ -428,7 +427,7 @@ class RequestContext:
         self.predictions: Batch[str, list[dict[str, Any]]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
         self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
         self.updated: Batch[str, datetime | None] = Batch(lambda ids: dict(load_updated(persona, ids)), None)
-        self.segments: Batch[str, list[Membership]] = Batch(lambda ids: load_memberships(persona, ids), [])
+        self.segments: Batch[str, list[Membership]] = Batch(lambda ids: memberships.of_many(persona, ids), [])
 
     def announce(self, ids: list[str]) -> None:
         """A page of profiles is about to be resolved: their lookups go in one batch each."""

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from persona import memberships
 from persona.core import Persona
 from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import from_micros
-from persona.memberships import Membership
 from persona.population import IndexedProfile, from_index, past_profile
 from persona.projections import ATTRIBUTES
 from persona.projector import Projector
@@ -133,11 +131,6 @@ def load_predictions(persona: Persona, ids: list[str], models: tuple[str, ...] |
 
     return {pid: [d for d in docs if models is None or d["model"] in models]
             for pid, docs in stored(persona, ids).items()}
-
-
-def load_memberships(persona: Persona, ids: list[str]) -> dict[str, list[Membership]]:
-    """The live segments each of these persons is in, by segment name, each since when."""
-    return memberships.of_many(persona, ids)
 
 
 # -- history ---------------------------------------------------------------------------------

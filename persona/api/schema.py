@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -496,22 +497,15 @@ class Subscription:
     @strawberry.subscription(description="The profile, each time its log grows; ends when it is erased")
     async def profile_updated(self, info: Info[RequestContext, None], id: strawberry.ID) -> AsyncGenerator[Profile]:
         ctx = context_of(info).authorize(info)
-        state, profile_id = ctx.state, str(id)
+        profile_id = str(id)
         seen = ctx.profiles.get(profile_id)
         ctx.check_bound(seen.id if seen is not None else "")
         if seen is None:
             raise ApiError("no such profile", "NOT_FOUND")
         profile_id, version = seen.id, seen.version  # a merged profile's id: its person's
-        name = ctx.name
-        state.subscriptions[name] = state.subscriptions.get(name, 0) + 1
-        try:
+        with _counted(ctx):
             async for profile in _updates(ctx, profile_id, version):
                 yield profile
-        finally:
-            state.subscriptions[name] -= 1
-            if not state.subscriptions[name]:
-                del state.subscriptions[name]
-
 
     @strawberry.subscription(description="Each entry into and exit from the live segments (every one, or those"
                                          " named), in order, from the moment of subscribing; ends when the token is"
@@ -523,19 +517,8 @@ class Subscription:
             raise ApiError(f"segments: name between 1 and {memberships.MAX_SEGMENTS}, or leave it out for all")
         state, wanted = ctx.state, frozenset(segments or ())
         after = await state.scanner.run(memberships.last_change)
-        name = ctx.name
-        state.subscriptions[name] = state.subscriptions.get(name, 0) + 1
-        try:
-            while True:
-                wake = state.bus.watch(ANYONE)
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout=state.options.subscription_poll_s)
-                except TimeoutError:
-                    pass
-                finally:
-                    state.bus.unwatch(ANYONE, wake)
-                if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
-                    return  # the token was revoked: the subscription ends with it
+        with _counted(ctx):
+            while await _woken(ctx, ANYONE):
                 while True:  # every change since the last look, a page at a time
                     found = await state.scanner.run(memberships.changes, after, CHANGES_PAGE)
                     for change in found:
@@ -548,25 +531,39 @@ class Subscription:
                                             entered=change.entered, at=change.at)
                     if len(found) < CHANGES_PAGE:
                         break
-        finally:
-            state.subscriptions[name] -= 1
-            if not state.subscriptions[name]:
-                del state.subscriptions[name]
+
+
+@contextmanager
+def _counted(ctx: RequestContext) -> Iterator[None]:
+    """A subscription open, counted against its token's limit while it lasts."""
+    counts, name = ctx.state.subscriptions, ctx.name
+    counts[name] = counts.get(name, 0) + 1
+    try:
+        yield
+    finally:
+        counts[name] -= 1
+        if not counts[name]:
+            del counts[name]
+
+
+async def _woken(ctx: RequestContext, key: str) -> bool:
+    """Wait until `key` changes (a profile id, or ANYONE) or the poll interval passes; False once
+    the subscription's token is revoked: the subscription ends with it."""
+    state = ctx.state
+    wake = state.bus.watch(key)
+    try:
+        await asyncio.wait_for(wake.wait(), timeout=state.options.subscription_poll_s)
+    except TimeoutError:
+        pass
+    finally:
+        state.bus.unwatch(key, wake)
+    return ctx.raw_token is not None and state.tokens.lookup(ctx.raw_token) is not None
 
 
 async def _updates(ctx: RequestContext, profile_id: str, version: int) -> AsyncGenerator[Profile]:
     """The profile each time its log grows, until it is erased or the token revoked."""
     state = ctx.state
-    while True:
-        wake = state.bus.watch(profile_id)
-        try:
-            await asyncio.wait_for(wake.wait(), timeout=state.options.subscription_poll_s)
-        except TimeoutError:
-            pass
-        finally:
-            state.bus.unwatch(profile_id, wake)
-        if ctx.raw_token is None or state.tokens.lookup(ctx.raw_token) is None:
-            return  # the token was revoked: the subscription ends with it
+    while await _woken(ctx, profile_id):
         row = person_rows(state.persona, [profile_id]).get(profile_id)
         if row is None:
             return  # erased: nothing more will come

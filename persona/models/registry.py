@@ -89,17 +89,7 @@ class Loaded:
 
 def sealer(persona: Persona) -> Sealer:
     """The models' own data key, made on first use."""
-    rec = persona.recorder
-    stored = rec.system_key(MODELS_KEY)
-    if stored is None:
-        with rec.transaction():
-            stored = rec.system_key(MODELS_KEY)
-            if stored is None:
-                persona.log.check_current_kek()  # never under a version a retiring rotation destroyed
-                version, wrapped = persona.keyring.wrap(MODELS_KEY, persona.keyring.new_dek())
-                rec.put_system_key(MODELS_KEY, version, wrapped)
-                stored = (version, wrapped)
-    return Sealer(persona.keyring.unwrap(MODELS_KEY, *stored))
+    return persona.system_sealer(MODELS_KEY)
 
 
 def _aad(name: str, version: int, sha256: str) -> bytes:
