@@ -39,6 +39,8 @@ class Settings:
     progress_s: float = 10.0  # PERSONA_PROGRESS_S: seconds between progress lines when stderr is no terminal
     segment_sweep_s: float = 60.0  # PERSONA_SEGMENT_SWEEP: how often the server sweeps segments the clock moves
     segment_changes_days: int = 7  # PERSONA_SEGMENT_CHANGES_DAYS: segment entries and exits kept this long
+    answer_cache_mb: int = 64  # PERSONA_ANSWER_CACHE_MB: profile answers a server worker keeps (0: none)
+    answer_cache_s: float = 10.0  # PERSONA_ANSWER_CACHE_S: how long a kept answer lives (its clock values' age)
 
     @property
     def db_path(self) -> Path:
@@ -87,6 +89,8 @@ class Settings:
             progress_s=_seconds(env, "PERSONA_PROGRESS_S", 10.0),
             segment_sweep_s=_seconds(env, "PERSONA_SEGMENT_SWEEP", 60.0),
             segment_changes_days=_positive(env, "PERSONA_SEGMENT_CHANGES_DAYS", 7),
+            answer_cache_mb=_whole(env, "PERSONA_ANSWER_CACHE_MB", 64),
+            answer_cache_s=_seconds(env, "PERSONA_ANSWER_CACHE_S", 10.0),
             api_dev=env.get("PERSONA_API_DEV") == "1",
             cors_origins=cors_origins(env.get("PERSONA_CORS_ORIGINS", "").split(",")),
             database_url=database_url,
@@ -99,6 +103,8 @@ class Settings:
         os.environ["PERSONA_API_DEV"] = "1" if self.api_dev else "0"
         os.environ["PERSONA_CORS_ORIGINS"] = ",".join(self.cors_origins)
         os.environ["PERSONA_SEGMENT_SWEEP"] = str(self.segment_sweep_s)
+        os.environ["PERSONA_ANSWER_CACHE_MB"] = str(self.answer_cache_mb)
+        os.environ["PERSONA_ANSWER_CACHE_S"] = str(self.answer_cache_s)
         if self.database_url:
             os.environ["PERSONA_DATABASE_URL"] = self.database_url
 
@@ -119,6 +125,15 @@ def cors_origins(given: Iterable[str]) -> tuple[str, ...]:
                                      f" not {origin!r}")
         out.append(origin)
     return tuple(dict.fromkeys(out))
+
+
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if text is None or not text.strip():
+        return default
+    if not text.strip().isdigit():
+        raise ConfigurationError(f"{name} must be a whole number (0 or more)")
+    return int(text)
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

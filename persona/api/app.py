@@ -32,10 +32,11 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from persona.api.context import BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
+from persona.api.answers import matches, stamps
+from persona.api.context import AUDIT_BACKLOG, BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
 from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
 from persona.api.execution import Executor
-from persona.api.plan import Plan
+from persona.api.plan import Cacheable, Plan
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
 from persona.services.store import check_reachable
@@ -157,7 +158,49 @@ class GraphQLEndpoint:
             if too_costly is not None:
                 state.audit.refuse(token.name, _operations(plan), "BAD_REQUEST", {"over": ["cost"]})
                 return _reply(400, [error(too_costly.message, "BAD_REQUEST")])
-        result = await self._execute(state, token, plan, variables, operation_name)
+        if plan.cacheable is not None and state.answers.enabled:
+            ids = plan.cacheable.profile_ids(variables)
+            if ids is not None:
+                return await self._cached(request, state, token, plan, plan.cacheable, ids, query, variables,
+                                          operation_name)
+        context = RequestContext(state, token, plan)
+        result = await self._execute(context, variables, operation_name)
+        return Response(self._encoded(state, token, plan, variables, result), 200, media_type=JSON_TYPE)
+
+    async def _cached(self, request: Request, state: ApiState, token: Token, plan: Plan, cacheable: Cacheable,
+                      ids: list[str], query: str, variables: dict[str, Any] | None,
+                      operation_name: str | None) -> Response:
+        """A profile query through the answer cache (persona.api.answers): the same answer as
+        executing it, audited the same, with an ETag that If-None-Match can name."""
+        answers = state.answers
+        key = answers.key(query, operation_name, variables, token, cacheable, stamps(state.persona, ids))
+        kept = answers.get(key)
+        if kept is not None and len(state.audit.rows) < AUDIT_BACKLOG:  # else executed: refused as usual
+            for entry in kept.audit:
+                state.audit.record(token.name, *entry)
+            answers.hits += 1
+            return self._conditional(request, kept.body, kept.etag)
+        answers.misses += 1
+        context = RequestContext(state, token, plan)
+        context.recorded = []
+        result = await self._execute(context, variables, operation_name)
+        body = self._encoded(state, token, plan, variables, result)
+        if result.errors:
+            return Response(body, 200, media_type=JSON_TYPE)  # never kept, and no ETag
+        return self._conditional(request, body, answers.put(key, body, context.recorded).etag)
+
+    @staticmethod
+    def _conditional(request: Request, body: bytes, etag: str) -> Response:
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
+        if matches(request.headers.get("if-none-match"), etag):
+            request.app.state.api.answers.revalidated += 1
+            return Response(None, 304, headers)
+        return Response(body, 200, headers, media_type=JSON_TYPE)
+
+    @staticmethod
+    def _encoded(state: ApiState, token: Token, plan: Plan, variables: dict[str, Any] | None,
+                 result: ExecutionResult) -> bytes:
+        """The answer's JSON, errors masked; refusals among them counted in the audit log."""
         out: dict[str, Any] = {"data": result.data}
         if result.errors:
             values = request_values(plan.document, variables, schema_names(GRAPHQL_SCHEMA))
@@ -166,7 +209,7 @@ class GraphQLEndpoint:
                 original = e.original_error
                 if isinstance(original, ApiError) and original.code in REFUSALS and e.nodes:
                     state.audit.refuse(token.name, e.nodes[0].name.value, original.code)  # type: ignore[attr-defined]
-        return Response(orjson.dumps(out), 200, media_type=JSON_TYPE)
+        return orjson.dumps(out)
 
     async def _body(self, request: Request) -> tuple[str, dict[str, Any] | None, str | None] | Response:
         limit = self.options.max_request_bytes
@@ -208,10 +251,11 @@ class GraphQLEndpoint:
             return _reply(413, [error("the query text is too long", "TOO_LARGE")])
         return doc["query"], variables, name
 
-    async def _execute(self, state: ApiState, token: Token, plan: Any, variables: dict[str, Any] | None,
+    @staticmethod
+    async def _execute(context: RequestContext, variables: dict[str, Any] | None,
                        operation_name: str | None) -> ExecutionResult:
-        context = RequestContext(state, token, plan)
-        result = execute(GRAPHQL_SCHEMA, plan.document, context_value=context, variable_values=variables,
+        assert context.plan is not None
+        result = execute(GRAPHQL_SCHEMA, context.plan.document, context_value=context, variable_values=variables,
                          operation_name=operation_name, is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
                          executor_class=Executor)
         if is_awaitable(result):

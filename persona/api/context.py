@@ -32,6 +32,7 @@ from graphql import FragmentDefinitionNode, GraphQLSchema, OperationDefinitionNo
 
 from persona import destinations, memberships
 from persona.api.access import RateLimiter, TokenCache
+from persona.api.answers import AnswerCache
 from persona.api.data import (
     Batch,
     ProfileData,
@@ -197,6 +198,8 @@ class ApiState:
         self.strangers = RateLimiter()  # per client address, for requests without a valid token
         self.plans = PlanCache(schema, options.limits)
         self.audit = AuditBuffer()
+        self.answers = AnswerCache(self.persona.keyring.derived("answer-etag"), settings.answer_cache_mb << 20,
+                                   settings.answer_cache_s)
         self.bus = ChangeBus()
         self.subscriptions: dict[str, int] = {}  # token name -> subscriptions open now
         self.writer = Worker(settings, "writer")
@@ -340,6 +343,7 @@ class ApiState:
                 self.forget_the_erased()
             except Exception as e:
                 log.warning("checking for erasures failed (%s); retrying", type(e).__name__)
+            self.answers.drop_expired()
             await self.score_rfm()
             if now - self._counted >= self.options.population_every_s:
                 self._counted = now
@@ -363,18 +367,21 @@ class ApiState:
 
     def forget_the_erased(self) -> None:
         """After an erasure by anyone (this server, another worker, the CLI), drop every cache
-        that could hold the person: decrypted states, unwrapped keys, normalised identifiers
-        and plans with identifiers typed into them. Reads never served them (each read checks
-        the key), but memory should not outlive the key either."""
+        that could hold the person: decrypted states, unwrapped keys, normalised identifiers,
+        plans with identifiers typed into them, kept answers. Reads never served them (each read
+        checks the key, or the person's stamp), but memory should not outlive the key either."""
         mark = erasure_mark(self.persona)
         if mark == self._erasures:
             return
         self._erasures = mark
-        forget_caches(self.persona, also=(self.projector.clear, self.plans.clear, self.writer.forget,
-                                          self.scanner.forget, self.courier.forget, self.eraser.forget,
-                                          self.sweeper.forget))
+        forget_caches(self.persona, also=(self.projector.clear, self.plans.clear, self.answers.clear,
+                                          self.writer.forget, self.scanner.forget, self.courier.forget,
+                                          self.eraser.forget, self.sweeper.forget))
 
     async def stop(self) -> None:
+        if self.answers.hits or self.answers.misses:
+            log.info("answer cache: %d hits (%d of them revalidated, 304), %d misses", self.answers.hits,
+                     self.answers.revalidated, self.answers.misses)
         for task in (self._purging, self._sweeping, self._delivering):
             if task is not None:
                 task.cancel()
@@ -420,6 +427,7 @@ class RequestContext:
         self.state = state
         self.token = token
         self.plan = plan
+        self.recorded: list[tuple[str, str, str, str]] | None = None  # a list: the audit entries are kept here too
         persona, projector = state.persona, state.projector
         self.profiles: Batch[str, ProfileData | None] = Batch(
             lambda ids: load_profiles(persona, projector, ids), None)
@@ -456,8 +464,10 @@ class RequestContext:
     def record(self, operation: str, profile_id: str = "", *, fields: str | None = None, **detail: Any) -> None:
         """Record a change that was made (after audit_ready() allowed it)."""
         assert self.token is not None and self.plan is not None  # authorized before anything is read
-        self.state.audit.record(self.token.name, operation, profile_id,
-                                self.plan.profile_fields if fields is None else fields, shape(**detail))
+        entry = (operation, profile_id, self.plan.profile_fields if fields is None else fields, shape(**detail))
+        self.state.audit.record(self.token.name, *entry)
+        if self.recorded is not None:  # for the answer cache: a hit is audited as this read was
+            self.recorded.append(entry)
 
     def refused(self, operation: str, code: str, **detail: Any) -> None:
         """Count a refusal of this request (written with the audit log's next batch of refusals)."""

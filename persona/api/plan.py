@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from graphql import (
     DocumentNode,
@@ -28,6 +28,8 @@ from graphql import (
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
+    StringValueNode,
+    VariableNode,
     get_named_type,
     parse,
     validate,
@@ -101,6 +103,10 @@ PAGED: dict[tuple[str, str], int] = {
     ("Profile", "history"): 20,
 }
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
+# Profile fields whose values the clock never moves (the rest — features, attributes with an age,
+# segment labels — read recency and lifecycle): a query selecting only these is answered from the
+# answer cache (persona.api.answers) for as long as the profile does not change
+CLOCK_FREE = frozenset({"id", "version", "updatedAt", "history", "identities", "liveSegments", "predictions"})
 Composite = GraphQLObjectType | GraphQLInterfaceType  # what a selection set is read on
 
 
@@ -113,6 +119,50 @@ class Limits:
     max_aliases: int = 30
     max_introspection: int = 2  # __schema / __type fields per document
     max_scans: int = 4  # population scans (insights, filtered listings) per document
+
+
+@dataclass(frozen=True)
+class Cacheable:
+    """A query the answer cache may answer: only `profile(id: …)` roots, each id a literal or a variable."""
+
+    ids: tuple[tuple[str, str], ...]  # ("literal", value) or ("variable", name), one per root profile
+    clocked: bool  # selects a value the clock moves, or asks asOf: its answers are keyed by the tick too
+
+    def profile_ids(self, variables: dict[str, Any] | None) -> list[str] | None:
+        """The ids this request reads, or None when a variable does not hold one (execution says why)."""
+        out = []
+        for kind, value in self.ids:
+            if kind == "variable":
+                given = (variables or {}).get(value)
+                if not isinstance(given, str):
+                    return None
+                value = given
+            out.append(value)
+        return out
+
+
+def cacheable(operation: OperationDefinitionNode, profile_fields: set[str]) -> Cacheable | None:
+    """What the answer cache needs of a query made of `profile(id: …)` fields only, else None."""
+    if operation.operation is not OperationType.QUERY:
+        return None
+    ids, clocked = [], bool(profile_fields - CLOCK_FREE)
+    for node in operation.selection_set.selections:
+        if not isinstance(node, FieldNode):
+            return None  # a fragment at the root: not worth following
+        if node.name.value == "__typename":
+            continue
+        arguments = {a.name.value: a.value for a in node.arguments or ()}
+        if node.name.value != "profile" or "id" not in arguments or "subject" in arguments:
+            return None  # an identifier is looked up (and hashed) by the resolver: never keyed
+        given = arguments["id"]
+        if isinstance(given, VariableNode):
+            ids.append(("variable", given.name.value))
+        elif isinstance(given, StringValueNode | IntValueNode):
+            ids.append(("literal", given.value))
+        else:
+            return None
+        clocked = clocked or "asOf" in arguments
+    return Cacheable(tuple(ids), clocked) if ids else None
 
 
 @dataclass(frozen=True)
@@ -129,6 +179,7 @@ class Plan:
     roots: tuple[str, ...] = ()  # the root fields selected, for the audit log
     over: tuple[str, ...] = ()  # the limits the document is over ("depth", "cost", …), for the audit log
     replays: int = 0  # of the scans, those that replay every profile they meet (past filtered listings)
+    cacheable: Cacheable | None = None  # answers the answer cache may keep (persona.api.answers)
 
     @property
     def kind(self) -> OperationType | None:
@@ -338,7 +389,8 @@ def analyse(schema: GraphQLSchema, document: DocumentNode | None, operation: Ope
             f" {limits.max_scans} are allowed"))
     return Plan(document or DocumentNode(definitions=()), operation, tuple(errors), frozenset(walk.scopes),
                 ",".join(sorted(walk.profile_fields)), summary.depth, summary.cost, walk.identifies, summary.scans,
-                tuple(sorted(walk.roots)), tuple(over), summary.replays)
+                tuple(sorted(walk.roots)), tuple(over), summary.replays,
+                None if errors else cacheable(operation, walk.profile_fields))
 
 
 class PlanCache:

@@ -41,16 +41,25 @@ WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP 
 @click.option("--segment-sweep", "segment_sweep", type=click.FloatRange(min=0.1), metavar="SECONDS",
               help="How often live segments the clock moves (rules on recency_days, lifecycle_stage, age) are swept"
                    " for who entered or left with no event [default: PERSONA_SEGMENT_SWEEP, or 60].")
+@click.option("--answer-cache-mb", "answer_cache_mb", type=click.IntRange(min=0), metavar="MB",
+              help="Memory each worker gives to profile answers kept for the next identical read (0: none)"
+                   " [default: PERSONA_ANSWER_CACHE_MB, or 64].")
+@click.option("--answer-cache-seconds", "answer_cache_s", type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="How long a kept answer lives: the most its clock-moved values (recency, lifecycle) can lag"
+                   " [default: PERSONA_ANSWER_CACHE_S, or 10].")
 @click.pass_context
 @friendly
 def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str, proxy_headers: bool,
-          forwarded_allow_ips: str | None, cors_origin: tuple[str, ...], segment_sweep: float | None) -> None:
+          forwarded_allow_ips: str | None, cors_origin: tuple[str, ...], segment_sweep: float | None,
+          answer_cache_mb: int | None, answer_cache_s: float | None) -> None:
     """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and /healthz.
 
     Every request needs a bearer token (see `persona tokens create`). Request lines are
     not logged: a GET query string may carry identifiers. Forwarded headers are ignored
     unless --proxy-headers and --forwarded-allow-ips name the proxy that sets them: a
-    client could otherwise choose the address its limits are counted under. On SIGTERM or
+    client could otherwise choose the address its limits are counted under. A profile query's
+    answer is kept for the next identical read until the profile changes (at most
+    --answer-cache-seconds), and carries an ETag: If-None-Match is answered 304. On SIGTERM or
     Ctrl-C, requests and subscriptions still open get 10 seconds, then are cancelled; the
     audit is written before the server exits.
     """
@@ -60,7 +69,10 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     from persona.api.context import ServerOptions  # heavy: loaded when the command runs
     settings = settings_of(ctx)
     settings = dataclasses.replace(settings, cors_origins=cors_origins([*settings.cors_origins, *cors_origin]),
-                                   segment_sweep_s=segment_sweep or settings.segment_sweep_s)
+                                   segment_sweep_s=segment_sweep or settings.segment_sweep_s,
+                                   answer_cache_mb=settings.answer_cache_mb if answer_cache_mb is None
+                                   else answer_cache_mb,
+                                   answer_cache_s=answer_cache_s or settings.answer_cache_s)
     proxies = uvicorn_proxies(proxy_headers, forwarded_allow_ips)
     with Persona.open(settings) as persona:  # a clear error now, not one per worker later
         active = [t for t in list_tokens(persona) if t.revoked_at is None]

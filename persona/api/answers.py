@@ -1,0 +1,148 @@
+"""The answer cache and the event-sourced ETag: a profile query answered again without running it.
+
+A profile's answer is a function of its log and of a few rows derived from it. Each request
+for a cacheable query (persona.api.plan, `Cacheable`: only `profile(id: …)` roots) is keyed by
+
+- what it asks: the document, the operation name and the variables;
+- who asks: the token's scopes and the person a minted token is bound to, so that nothing is
+  ever served across scopes or to another person's token;
+- the stamp of every profile it reads, looked up in the store for each request: the person the
+  id belongs to now, their log's version (every event, merge and consent), their index row's
+  version, RFM scores, predictions (model, version, when scored) and live-segment memberships;
+  an erased person has no stamp;
+- the clock's tick, when the query selects a value the clock moves (recency, lifecycle, decay,
+  age: every Profile field outside `CLOCK_FREE`): such an answer is at most `ttl_s` old.
+
+The key, hashed with a secret derived from the store's pepper, is the answer's ETag: a request
+whose `If-None-Match` names it is answered 304 by any worker. A hit is audited exactly as the
+read it repeats (the same entries, under the asking token's name), and refused the same way
+when the audit log cannot keep up. Answers with errors are never kept; every entry expires
+after `ttl_s`, and the whole cache is dropped when anyone erases anyone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from persona.api.plan import Cacheable
+from persona.core import Persona
+from persona.reading import person_rows
+from persona.tokens import Token
+
+AuditEntry = tuple[str, str, str, str]  # operation, profile id, fields, detail: as AuditBuffer.record takes them
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: bytes
+    etag: str
+    audit: tuple[AuditEntry, ...]
+    expires: float  # time.monotonic()
+
+
+def stamps(persona: Persona, ids: Sequence[str]) -> list[Any]:
+    """What each profile's answer depends on in the store, read now (see the module's text)."""
+    rows = person_rows(persona, ids)
+    people = sorted({row.id for row in rows.values()})
+    derived: dict[str, list[Any]] = {pid: [] for pid in people}
+    if people:
+        for pid, model, version, computed_at, _doc in persona.recorder.predictions_of(people):
+            derived[pid].append(("p", model, version, computed_at))
+        for segment, pid, since in persona.recorder.memberships(people):
+            derived[pid].append(("s", segment, since))
+    out: list[Any] = []
+    for asked in ids:
+        row = rows.get(asked)
+        if row is None:
+            out.append(None)  # unknown or erased: its answer is null (or an error, which is not kept)
+            continue
+        rfm = None if row.rfm is None else (row.rfm["r"], row.rfm["f"], row.rfm["m"])
+        # the version sums a merged person's streams; the latest record time makes an unmerge
+        # (which appends to both) differ from any earlier state whose sum happened to be the same
+        out.append((row.id, row.version, row.updated_at, row.index_version, rfm, sorted(derived.get(row.id, ()))))
+    return out
+
+
+class AnswerCache:
+    """Answers by key, at most `max_bytes` of bodies, in the order they were kept: each lives
+    `ttl_s`, so the oldest is also the first to expire, and the first pushed out when full."""
+
+    def __init__(self, secret: bytes, max_bytes: int, ttl_s: float) -> None:
+        self._secret = secret
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._answers: OrderedDict[bytes, Answer] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = self.revalidated = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0 and self.ttl_s > 0
+
+    def key(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, token: Token,
+            cacheable: Cacheable, stamped: list[Any], now: float | None = None) -> bytes:
+        tick = int((time.time() if now is None else now) // self.ttl_s) if cacheable.clocked else None
+        material = orjson.dumps([query, operation_name, variables, sorted(token.scopes), token.subject, stamped, tick],
+                                option=orjson.OPT_SORT_KEYS)
+        return hashlib.blake2b(material, digest_size=18, key=self._secret).digest()
+
+    @staticmethod
+    def etag(key: bytes) -> str:
+        return '"' + base64.urlsafe_b64encode(key).decode() + '"'
+
+    def get(self, key: bytes) -> Answer | None:
+        found = self._answers.get(key)
+        if found is None:
+            return None
+        if found.expires <= time.monotonic():
+            self._drop(key)
+            return None
+        return found
+
+    def put(self, key: bytes, body: bytes, audit: list[AuditEntry]) -> Answer:
+        answer = Answer(body, self.etag(key), tuple(audit), time.monotonic() + self.ttl_s)
+        if len(body) > self.max_bytes // 4:  # one answer never takes most of the cache
+            return answer
+        if key in self._answers:
+            self._drop(key)
+        self._answers[key] = answer
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._answers)))
+        return answer
+
+    def _drop(self, key: bytes) -> None:
+        gone = self._answers.pop(key)
+        self._bytes -= len(gone.body)
+
+    def drop_expired(self) -> None:
+        """Answers past their time, out of memory (they would never be served anyway)."""
+        now = time.monotonic()
+        while self._answers:
+            key, oldest = next(iter(self._answers.items()))
+            if oldest.expires > now:
+                return
+            self._drop(key)
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names this ETag (one of a list; weak or strong). `*` never
+    does: it would answer 304 for an answer the client never held."""
+    if not if_none_match:
+        return False
+    return any(candidate.strip().removeprefix("W/") == etag for candidate in if_none_match.split(","))
