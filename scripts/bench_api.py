@@ -10,6 +10,7 @@ section of docs/benchmarks.md and docs/benchmarks-api.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import os
 import platform
@@ -49,6 +50,8 @@ PROFILE_QUERY = ("query($id: ID!){profile(id:$id){attributeValues{gender age cit
 HISTORY_QUERY = ("query($id: ID!){profile(id:$id){history(first:50){edges{cursor node{type occurredAt source data}} "
                  "pageInfo{hasNextPage endCursor}}}}")
 HISTORY_PAGE = 50
+READS = 5  # reads of each profile between changes, in the answer cache's scenarios
+CACHE_TARGET = 0.60  # of the ceiling, for (a) through the answer cache (issue 22, Deliver 5)
 TARGET_RPS, TARGET_P99_MS = 3_000, 20.0
 WRK_MISSING = "wrk not found: apt-get install wrk"
 
@@ -76,6 +79,8 @@ class Dataset:
     token: str
     profile_ids: list[str]  # rotated by the profile scenario
     history_ids: list[str]  # profiles with at least 50 events
+    all_ids: list[str]  # every profile: the answer cache's rotation, read 5 times each
+    all_history_ids: list[str]  # every profile with at least 50 events
     profiles: int
     events: int
     append_s: float
@@ -100,7 +105,7 @@ def build_dataset(root: Path, events: int, people: int, heavy: int, heavy_share:
         token = create_token(persona, "bench", reads, rate_per_s=1e9)
         ids = list(persona.recorder.stream_ids())
         heads = persona.recorder.heads(ids)
-        history_ids = [pid for pid in ids if heads[pid].version >= HISTORY_PAGE]
+        history_ids = all_history = [pid for pid in ids if heads[pid].version >= HISTORY_PAGE]
         if not history_ids:
             raise BenchError(f"no profile has {HISTORY_PAGE} events: raise --events or lower --people")
         rng = random.Random(3)
@@ -109,8 +114,8 @@ def build_dataset(root: Path, events: int, people: int, heavy: int, heavy_share:
         persona.recorder.checkpoint()
     finally:
         persona.close()
-    return Dataset(settings.data_dir, token, profile_ids, history_ids, profiles, events, append_s, rebuild_s,
-                   settings.db_path.stat().st_size / 1e6)
+    return Dataset(settings.data_dir, token, profile_ids, history_ids, ids, all_history, profiles, events, append_s,
+                   rebuild_s, settings.db_path.stat().st_size / 1e6)
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -192,17 +197,22 @@ class Scenario:
     method: str
     requests: list[tuple[str, bytes | None]]  # (path, body), rotated one per request
     headers: dict[str, str]
+    repeat: int = 1  # each request sent this many times in a row before the next
+    etags: list[str] | None = None  # If-None-Match per request (a client revalidating what it holds)
+    kind: str = ""  # "profile" or "history": the ceiling it is compared with
 
 
-def graphql_scenario(key: str, label: str, port: int, query: str, ids: list[str], token: str) -> Scenario:
+def graphql_scenario(key: str, label: str, port: int, query: str, ids: list[str], token: str, *,
+                     repeat: int = 1) -> Scenario:
     bodies = [("/graphql", orjson.dumps({"query": query, "variables": {"id": pid}})) for pid in ids]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    return Scenario(key, label, port, "/graphql", "POST", bodies, headers)
+    kind = "history" if query is HISTORY_QUERY else "profile"
+    return Scenario(key, label, port, "/graphql", "POST", bodies, headers, repeat=repeat, kind=kind)
 
 
 def ceiling_scenario(key: str, label: str, port: int, route: str, ids: list[str]) -> Scenario:
     paths = [(f"{route}?id={urllib.parse.quote(pid, safe='')}", None) for pid in ids]
-    return Scenario(key, label, port, route, "GET", paths, {})
+    return Scenario(key, label, port, route, "GET", paths, {}, kind=route.strip("/"))
 
 
 def lua_string(text: str) -> str:
@@ -218,18 +228,25 @@ def lua_string(text: str) -> str:
 
 
 def lua_script(scenario: Scenario) -> str:
+    """wrk's script: the rotation, each request `repeat` times in a row, with its If-None-Match if any."""
     lines = [f"wrk.method = {lua_string(scenario.method)}"]
     lines += [f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in scenario.headers.items()]
     lines.append("local requests = {")
-    for path, body in scenario.requests:
-        lines.append(f"  {{{lua_string(path)}, {lua_string(body.decode()) if body is not None else 'nil'}}},")
+    for n, (path, body) in enumerate(scenario.requests):
+        etag = lua_string(scenario.etags[n]) if scenario.etags else "nil"
+        lines.append(f"  {{{lua_string(path)}, {lua_string(body.decode()) if body is not None else 'nil'}, {etag}}},")
     lines += [
         "}",
-        "local i = 0",
+        f"local repeat_each = {scenario.repeat}",
+        "local i = -1",
         "function request()",
-        "  i = i % #requests + 1",
-        "  local r = requests[i]",
-        "  return wrk.format(nil, r[1], nil, r[2])",
+        "  i = i + 1",
+        "  local r = requests[math.floor(i / repeat_each) % #requests + 1]",
+        "  if r[3] == nil then return wrk.format(nil, r[1], nil, r[2]) end",
+        "  local headers = {}",  # wrk.format takes the whole header set: the script's own, and this one
+        "  for k, v in pairs(wrk.headers) do headers[k] = v end",
+        '  headers["If-None-Match"] = r[3]',
+        "  return wrk.format(nil, r[1], headers, r[2])",
         "end",
         "",
     ]
@@ -238,6 +255,10 @@ def lua_script(scenario: Scenario) -> str:
 
 def check_body(scenario: Scenario, status: int, body: bytes) -> dict[str, Any]:
     """One answer, parsed and checked: the shape the scenario asks for, no errors."""
+    if scenario.etags is not None:
+        if status != 304 or body:
+            raise BenchError(f"{scenario.key}: HTTP {status} to a request naming the answer's ETag: {body[:300]!r}")
+        return {}
     if status != 200:
         raise BenchError(f"{scenario.key}: HTTP {status}: {body[:300]!r}")
     doc = orjson.loads(body)
@@ -254,7 +275,7 @@ def check_body(scenario: Scenario, status: int, body: bytes) -> dict[str, Any]:
             found = {"edges": [{"cursor": e["cursor"], **e["node"]} for e in history["edges"]],
                      "hasNextPage": history["pageInfo"]["hasNextPage"],
                      "endCursor": history["pageInfo"]["endCursor"]}
-    if scenario.key.endswith("history"):
+    if scenario.kind == "history":
         edges = found["edges"]
         if (len(edges) != HISTORY_PAGE or not isinstance(found["hasNextPage"], bool)
                 or found["endCursor"] != edges[-1]["cursor"]):
@@ -280,8 +301,19 @@ def verify(scenarios: list[Scenario]) -> int:
     for scenario in scenarios:
         conn = http.client.HTTPConnection("127.0.0.1", scenario.port, timeout=10)
         try:
+            if scenario.etags is not None:  # what a client holds: each answer's ETag, asked for once
+                scenario.etags = []
+                for path, body in scenario.requests:
+                    conn.request(scenario.method, path, body, scenario.headers)
+                    response = conn.getresponse()
+                    response.read()
+                    etag = response.getheader("ETag")
+                    if response.status != 200 or not etag:
+                        raise BenchError(f"{scenario.key}: HTTP {response.status}, no ETag to revalidate with")
+                    scenario.etags.append(etag)
             for n, (path, body) in enumerate(scenario.requests):
-                conn.request(scenario.method, path, body, scenario.headers)
+                headers = scenario.headers | ({"If-None-Match": scenario.etags[n]} if scenario.etags else {})
+                conn.request(scenario.method, path, body, headers)
                 response = conn.getresponse()
                 found = check_body(scenario, response.status, response.read())
                 checked += 1
@@ -394,6 +426,18 @@ def run_wrk(wrk: str, scenario: Scenario, script: Path, *, threads: int, connect
     return parse_wrk(done.stdout)
 
 
+_CACHE_COUNTS = re.compile(r"answer cache: (\d+) hits \((\d+) of them revalidated, 304\), (\d+) misses")
+
+
+def cache_counts(server: Server) -> dict[str, int] | None:
+    """The answer cache's counts a stopped server logged (hits, revalidated, misses), if any."""
+    found = _CACHE_COUNTS.search(server.log_tail(200))
+    if found is None:
+        return None
+    hits, revalidated, misses = (int(x) for x in found.groups())
+    return {"hits": hits, "revalidated": revalidated, "misses": misses}
+
+
 def run_python(scenario: Scenario, count: int) -> dict[str, float]:
     """A small sequential load loop on one keep-alive connection: for machines without wrk.
     It measures the client as much as the server; its figures are not comparable."""
@@ -402,9 +446,11 @@ def run_python(scenario: Scenario, count: int) -> dict[str, float]:
     try:
         started = time.perf_counter()
         for n in range(count):
-            path, body = scenario.requests[n % len(scenario.requests)]
+            at = n // scenario.repeat % len(scenario.requests)
+            path, body = scenario.requests[at]
+            headers = scenario.headers | ({"If-None-Match": scenario.etags[at]} if scenario.etags else {})
             sent = time.perf_counter()
-            conn.request(scenario.method, path, body, scenario.headers)
+            conn.request(scenario.method, path, body, headers)
             response = conn.getresponse()
             response.read()
             latencies.append((time.perf_counter() - sent) * 1000)
@@ -473,13 +519,27 @@ def main() -> None:
         try:
             print(f"building {args.events:,} events over {args.people:,} profiles…", file=sys.stderr)
             data = build_dataset(root, args.events, args.people, args.heavy, args.heavy_share, args.rotate)
-            api_port, ceiling_port = free_port(), free_port()
-            servers.append(Server("persona serve", [sys.executable, "-m", "persona", "--data", str(data.data_dir),
-                                                    "serve", "--port", str(api_port)], api_port, root / "api.log"))
+            ports = {name: free_port() for name in ("api", "cached", "revalidated", "api_2w", "ceiling")}
+
+            def persona_serve(name: str, *options: str) -> Server:
+                argv = [sys.executable, "-m", "persona", "--data", str(data.data_dir), "serve", "--port",
+                        str(ports[name]), *options]
+                return Server(f"persona serve ({name})", argv, ports[name], root / f"{name}.log")
+
+            # uncached: the answer cache off; cached: a cache far smaller than the rotation, so that each
+            # profile's 5 reads in a row miss once (as after a change) and its answer is pushed out before
+            # the rotation comes back; revalidated: the default cache, asked with If-None-Match
+            servers.append(persona_serve("api", "--answer-cache-mb", "0"))
+            servers.append(persona_serve("cached", "--answer-cache-mb", "1"))
+            servers.append(persona_serve("revalidated"))
+            servers.append(persona_serve("api_2w", "--workers", "2", "--answer-cache-mb", "0"))
             servers.append(Server("ceiling", [sys.executable, str(CEILING), "--data", str(data.data_dir),
-                                              "--port", str(ceiling_port)], ceiling_port, root / "ceiling.log"))
+                                              "--port", str(ports["ceiling"])], ports["ceiling"], root / "ceiling.log"))
             for server in servers:
                 server.wait_healthy()
+            api_port, ceiling_port = ports["api"], ports["ceiling"]
+            everyone = list(data.all_ids)
+            random.Random(5).shuffle(everyone)
             scenarios = [
                 graphql_scenario("profile", "(a) `profile(id)`: typed attributes, features, predictions", api_port,
                                  PROFILE_QUERY, data.profile_ids, data.token),
@@ -489,6 +549,20 @@ def main() -> None:
                                  "/profile", data.profile_ids),
                 ceiling_scenario("ceiling_history", f"ceiling for (b): bare Starlette JSON, same {HISTORY_PAGE} events",
                                  ceiling_port, "/history", data.history_ids),
+                graphql_scenario("cached_profile", f"(c) (a) through the answer cache, each profile read {READS} times"
+                                 " between changes", ports["cached"], PROFILE_QUERY, everyone, data.token,
+                                 repeat=READS),
+                graphql_scenario("cached_history", f"(d) (b) through the answer cache, each page read {READS} times"
+                                 " between changes", ports["cached"], HISTORY_QUERY, data.all_history_ids, data.token,
+                                 repeat=READS),
+                dataclasses.replace(
+                    graphql_scenario("revalidated_history", "(e) (b) revalidated: If-None-Match naming the page held,"
+                                     " answered 304", ports["revalidated"], HISTORY_QUERY, data.history_ids,
+                                     data.token), etags=[]),
+                graphql_scenario("profile_2w", "(a) with `--workers 2`", ports["api_2w"], PROFILE_QUERY,
+                                 data.profile_ids, data.token),
+                graphql_scenario("history_2w", "(b) with `--workers 2`", ports["api_2w"], HISTORY_QUERY,
+                                 data.history_ids, data.token),
             ]
             print("checking every answer of every rotation…", file=sys.stderr)
             checked = verify(scenarios)
@@ -513,7 +587,8 @@ def main() -> None:
                         got = run_python(scenario, 300)
                     measured[scenario.key].append(got)
             print("the GraphQL layer's floor: the same queries executed in this process…", file=sys.stderr)
-            floor = graphql_floor(data.data_dir, data.token, [sc for sc in scenarios if sc.path == "/graphql"],
+            floor = graphql_floor(data.data_dir, data.token,
+                                  [sc for sc in scenarios if sc.key in ("profile", "history")],
                                   200 if args.quick else 3_000)
             server_peak_mb = servers[0].peak_mb()
             for server in servers:
@@ -527,6 +602,7 @@ def main() -> None:
         finally:
             for server in servers:
                 server.stop()
+        caches = {server.name: cache_counts(server) for server in servers}
     load_after = os.getloadavg()
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -538,6 +614,7 @@ def main() -> None:
         "workload": {"events": data.events, "profiles": data.profiles, "people": args.people,
                      "heavy_people": args.heavy, "heavy_share": args.heavy_share,
                      "profiles_rotated": len(data.profile_ids), "history_profiles_rotated": len(data.history_ids),
+                     "history_profiles_all": len(data.all_history_ids),
                      "db_mb": round(data.db_mb, 1), "append_s": round(data.append_s, 2),
                      "rebuild_s": round(data.rebuild_s, 2), "answers_checked": checked},
         "load": {"client": client, "threads": args.threads, "connections": args.connections,
@@ -556,8 +633,11 @@ def main() -> None:
             "raw": runs,
         }
     s = results["scenarios"]
+    for scenario in scenarios:
+        if not scenario.key.startswith("ceiling"):
+            s[scenario.key]["vs_ceiling"] = s[scenario.key]["rps"]["median"] / s[f"ceiling_{scenario.kind}"]["rps"][
+                "median"]
     for kind in ("profile", "history"):
-        s[kind]["vs_ceiling"] = s[kind]["rps"]["median"] / s[f"ceiling_{kind}"]["rps"]["median"]
         # Deliver 5's measure: a served request's cost (one worker: 1/throughput) against the ceiling's
         # plus the GraphQL layer's own floor; target at most 1.25×
         served_us, ceiling_us = 1e6 / s[kind]["rps"]["median"], 1e6 / s[f"ceiling_{kind}"]["rps"]["median"]
@@ -569,6 +649,14 @@ def main() -> None:
     if client != "wrk":
         met = None  # a Python client measures itself
     results["target"] = {"rps": TARGET_RPS, "p99_ms": TARGET_P99_MS, "met": met}
+    judged = client == "wrk"
+    results["p99_target"] = {kind: None if not judged else s[kind]["p99_ms"]["median"] <= TARGET_P99_MS
+                             for kind in ("profile", "history")}
+    results["cache_target"] = {"share": CACHE_TARGET, "reads": READS,
+                               "met": None if not judged else s["cached_profile"]["vs_ceiling"] >= CACHE_TARGET}
+    results["scaling"] = {kind: s[f"{kind}_2w"]["rps"]["median"] / s[kind]["rps"]["median"]
+                          for kind in ("profile", "history")}
+    results["answer_cache"] = {name: counts for name, counts in caches.items() if counts is not None}
     write_report(results, args.out, quick=args.quick)
 
 
@@ -594,7 +682,8 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         "| measure | req/s | p50 ms | p99 ms | of the ceiling |",
         "|---|---:|---:|---:|---:|",
     ]
-    for key in ("profile", "history", "ceiling_profile", "ceiling_history"):
+    for key in ("profile", "history", "cached_profile", "cached_history", "revalidated_history", "profile_2w",
+                "history_2w", "ceiling_profile", "ceiling_history"):
         row = s[key]
         share = f"{row['vs_ceiling']:.0%}" if "vs_ceiling" in row else "—"
         lines.append(f"| {row['label']} | {cell(row['rps'], '{:,.0f}')} | {cell(row['p50_ms'], '{:.1f}')} "
@@ -612,14 +701,37 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
                          f"{ceiling_us + row['floor_us']:,.0f} µs | {row['over_floors']:.2f}× |")
     t = r["target"]
     head = s["profile"]
+
+    def verdict(met: bool | None) -> str:
+        return "not judged (python client)" if met is None else "**met**" if met else "**not met**"
+
+    counts = r.get("answer_cache", {})
+    cached, revalidated = counts.get("persona serve (cached)"), counts.get("persona serve (revalidated)")
+    p99 = r["p99_target"]
     lines += [
         "",
-        f"Target for (a): ≥ {t['rps']:,} req/s with p99 ≤ {t['p99_ms']:.0f} ms — "
-        f"{'not judged (python client)' if t['met'] is None else '**met**' if t['met'] else '**not met**'} "
-        f"({head['rps']['median']:,.0f} req/s, "
-        f"p99 {head['p99_ms']['median']:.1f} ms)."
-        + (f" Peak resident memory of the `persona serve` process: {r['server_peak_mb']:,.0f} MB."
+        f"Targets. (a) ≥ {t['rps']:,} req/s with p99 ≤ {t['p99_ms']:.0f} ms: {verdict(t['met'])} "
+        f"({head['rps']['median']:,.0f} req/s, p99 {head['p99_ms']['median']:.1f} ms). (b) p99 ≤ "
+        f"{t['p99_ms']:.0f} ms: {verdict(p99['history'])} ({s['history']['p99_ms']['median']:.1f} ms). (c) through"
+        f" the answer cache ≥ {r['cache_target']['share']:.0%} of the ceiling: {verdict(r['cache_target']['met'])}"
+        f" ({s['cached_profile']['vs_ceiling']:.0%})."
+        + (f" Peak resident memory of the uncached `persona serve` process: {r['server_peak_mb']:,.0f} MB."
            if r.get("server_peak_mb") else ""),
+        "",
+        f"Scaling from one worker to two (`persona serve --workers 2`, the cache off, wrk on the same 2 cores):"
+        f" {r['scaling']['profile']:.2f}× for (a), {r['scaling']['history']:.2f}× for (b).",
+        "",
+        "The answer cache (persona.api.answers) keys each answer by the profile's stamp in the store, the query,"
+        " its variables and the token's scopes; every hit is audited. (c) and (d) read each of"
+        f" {w['profiles']:,} profiles (each of {w.get('history_profiles_all', 0):,} pages) {r['cache_target']['reads']}"
+        " times in a row from a server whose cache (`--answer-cache-mb 1`) is far smaller than the rotation: the"
+        " first read misses, as after a change, and the answer is pushed out before the rotation comes back."
+        + (f" That server counted {cached['hits']:,} hits and {cached['misses']:,} misses"
+           f" ({cached['hits'] / max(cached['hits'] + cached['misses'], 1):.0%} hits, warm-up and checks included)."
+           if cached else "")
+        + " (e) sends each page's ETag as a client holding the page would; every answer is a 304"
+        + (f" ({revalidated['revalidated']:,} of them, {revalidated['misses']:,} after re-running an expired answer)."
+           if revalidated else "."),
         "",
         f"Method: (a) rotates over {w['profiles_rotated']:,} profile ids and (b) over "
         f"{w['history_profiles_rotated']:,} profiles with at least {HISTORY_PAGE} events, one id per request",

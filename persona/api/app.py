@@ -79,6 +79,8 @@ def log_config() -> dict[str, Any]:
     config["filters"] = {"no_query_strings": {"()": QueryStringFilter}}
     for handler in config["handlers"].values():
         handler["filters"] = ["no_query_strings"]
+    # persona's own lines (warnings; the answer cache's counts at shutdown) through uvicorn's handler
+    config["loggers"]["persona"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
 
 
