@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from persona import identity
 from persona.core import Persona
@@ -158,3 +159,32 @@ def history_page(persona: Persona, profile_id: str, *, first: int, before: int |
             if len(found) > first:
                 break
     return HistoryPage(found[:first], len(found) > first, by_position=across)
+
+
+def stamps(persona: Persona, ids: Sequence[str]) -> list[Any]:
+    """What each profile's current answer depends on in the store, read now (the API's answer
+    cache keys answers by it: persona.api.answers): the person the id belongs to, their streams'
+    version and latest record, their index row's version, RFM scores, predictions and live-segment
+    memberships. None for an unknown or erased id. One statement, plus three for merged persons."""
+    out: dict[str, Any] = {}
+    merged = []
+    for (pid, version, updated_at, has_key, index_version, r, f, m, person_id, predicted,
+         segmented) in persona.recorder.answer_stamps(ids):
+        if person_id is not None:
+            merged.append(pid)
+        elif has_key:
+            out[pid] = (pid, version, updated_at, index_version, (r, f, m), predicted, segmented)
+    if merged:
+        rows = person_rows(persona, merged)
+        people = sorted({row.id for row in rows.values()})
+        derived: dict[str, list[Any]] = {pid: [] for pid in people}
+        for pid, model, version, computed_at, _doc in persona.recorder.predictions_of(people):
+            derived[pid].append(("p", model, version, computed_at))
+        for segment, pid, since in persona.recorder.memberships(people):
+            derived[pid].append(("s", segment, since))
+        for asked, row in rows.items():
+            # the version sums a merged person's streams; the latest record time makes an unmerge
+            # (which appends to both) differ from any earlier state whose sum happened to be the same
+            rfm = None if row.rfm is None else (row.rfm["r"], row.rfm["f"], row.rfm["m"])
+            out[asked] = (row.id, row.version, row.updated_at, row.index_version, rfm, sorted(derived[row.id]))
+    return [out.get(asked) for asked in ids]  # None: unknown or erased (a null answer, or an error)

@@ -5,6 +5,7 @@ by this server, another process, a segment, an erasure — and If-None-Match is 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,12 +16,14 @@ import httpx
 import orjson
 import pytest
 
-from persona import Persona, memberships
-from persona.api.answers import AnswerCache, matches, stamps
+from persona import Persona, linking, memberships
+from persona.api.answers import AnswerCache, matches
 from persona.audit import entries
+from persona.erasure import erase_profile
 from persona.ingest import ingest_jsonl
+from persona.reading import stamps
 from persona.tokens import create_token, lookup_token, mint_token
-from tests.conftest import record
+from tests.conftest import pg_schema, record
 from tests.test_api_http import PEOPLE, Server, check, prepare, serving
 
 PROFILE = ("query($id: ID!) { profile(id: $id) { id version attributeValues { city } featureValues"
@@ -81,13 +84,14 @@ def test_a_read_again_is_the_same_answer_with_an_etag_and_if_none_match_is_304(s
     etag = first.headers["etag"]
     assert etag == again.headers["etag"] and etag.startswith('"') and len(etag) > 20
     assert first.headers["cache-control"] == "private, no-cache" and first.headers["vary"] == "Authorization"
-    for method in ("POST", "GET"):
-        unchanged = get(server, STILL, PEOPLE[0], etag=etag, method=method)
-        assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["etag"] == etag
-    listed = get(server, STILL, PEOPLE[0], etag=f'"forged", W/{etag}')  # one of a list, weak or strong
+    unchanged = get(server, STILL, PEOPLE[0], etag=etag, method="GET")
+    assert unchanged.status_code == 304 and unchanged.content == b"" and unchanged.headers["etag"] == etag
+    by_post = get(server, STILL, PEOPLE[0], etag=etag)  # RFC 9110: 304 is for GET and HEAD; others 412
+    assert by_post.status_code == 412 and by_post.json()["errors"][0]["extensions"]["code"] == "NOT_MODIFIED"
+    listed = get(server, STILL, PEOPLE[0], etag=f'"forged", W/{etag}', method="GET")  # one of a list, weak or strong
     assert listed.status_code == 304
     for forged in ('"forged"', "*", etag[:-2] + '"', etag + "x"):
-        assert get(server, STILL, PEOPLE[0], etag=forged).status_code == 200, forged
+        assert get(server, STILL, PEOPLE[0], etag=forged, method="GET").status_code == 200, forged
     other = get(server, STILL, PEOPLE[1])
     assert other.headers["etag"] != etag and other.json()["data"]["profile"]["id"] == server.ids[PEOPLE[1]]
 
@@ -98,7 +102,7 @@ def test_every_read_is_audited_hits_and_304s_alike_under_the_asking_token(server
     etag = get(server, STILL, person).headers["etag"]  # one execution
     for _ in range(3):
         assert get(server, STILL, person).status_code == 200  # three kept answers
-    assert get(server, STILL, person, etag=etag).status_code == 304  # one revalidation
+    assert get(server, STILL, person, etag=etag, method="GET").status_code == 304  # one revalidation
     twin = get(server, STILL, person, token="twin")  # the same scopes: the same answer, its own name
     assert twin.headers["etag"] == etag
     ops = audited(server, person, "ops", before["ops"] + 10)[before["ops"]:]  # each read: its profile, its history
@@ -149,7 +153,7 @@ def test_scopes_never_share_an_answer(server: Server) -> None:
     ops, reader = get(server, query, person), get(server, query, person, token="reader")
     assert ops.content == reader.content  # the same data, but kept and tagged apart
     assert ops.headers["etag"] != reader.headers["etag"]
-    assert get(server, query, person, token="reader", etag=ops.headers["etag"]).status_code == 200
+    assert get(server, query, person, token="reader", etag=ops.headers["etag"], method="GET").status_code == 200
     # a field the token may not read is refused as ever, whatever the cache holds for others
     assert get(server, HISTORY, person).status_code == 200
     refused = get(server, HISTORY, person, token="reader")
@@ -164,12 +168,12 @@ def test_a_minted_token_never_gets_another_persons_kept_answer(server: Server) -
         assert shop is not None
         minted = mint_token(p, shop, server.ids[PEOPLE[0]]).token
     for etag in (None, kept.headers["etag"]):
-        other = get(server, query, PEOPLE[1], token=minted, etag=etag)
+        other = get(server, query, PEOPLE[1], token=minted, etag=etag, method="GET")
         assert other.status_code == 200 and other.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
         assert other.json()["data"]["profile"] is None and "etag" not in other.headers
     own = get(server, query, PEOPLE[0], token=minted)
     assert own.json()["data"]["profile"]["id"] == server.ids[PEOPLE[0]]
-    assert get(server, query, PEOPLE[0], token=minted, etag=own.headers["etag"]).status_code == 304
+    assert get(server, query, PEOPLE[0], token=minted, etag=own.headers["etag"], method="GET").status_code == 304
 
 
 def test_an_erased_person_is_never_answered_from_memory(server: Server) -> None:
@@ -205,19 +209,23 @@ def test_clock_values_are_kept_one_tick_and_a_history_keeps_its_etag(tmp_path_fa
         time.sleep(2.1)
         later = get(running, PROFILE, PEOPLE[0])
         assert later.headers["etag"] not in {c.headers["etag"] for c in clocked}  # a new tick: recency moved on
-        assert get(running, HISTORY, PEOPLE[0], etag=history).status_code == 304  # no clock in it: still current
+        # no clock in it: still current, though its kept answer expired and was made again
+        assert get(running, HISTORY, PEOPLE[0], etag=history, method="GET").status_code == 304
     with serving(tmp_path_factory.mktemp("nocache"), None, "--answer-cache-mb", "0") as running:
         plain = get(running, PROFILE, PEOPLE[0])
         assert plain.status_code == 200 and "etag" not in plain.headers
 
 
 # -- the parts, in this process ------------------------------------------------------------------
-def test_stamps_move_with_every_source_of_an_answer(tmp_path: Path) -> None:
-    settings, _tokens, ids = prepare(tmp_path)
-    pid = ids[PEOPLE[0]]
-    with Persona.open(settings) as p:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_stamps_move_with_every_source_of_an_answer(tmp_path: Path, store: str) -> None:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_schema()) if store == "postgresql" else None
+        settings, _tokens, ids = prepare(tmp_path, url)
+        pid, other = ids[PEOPLE[0]], ids[PEOPLE[1]]
+        p = stack.enter_context(Persona.open(settings))
         seen = [stamps(p, [pid])[0]]
-        assert seen[0] is not None and stamps(p, ["prf_nobody"]) == [None]
+        assert seen[0] is not None and stamps(p, ["prf_nobody", pid])[0] is None
         p.recorder.change_rfm([(pid, 5, 4, 3)], [])
         seen.append(stamps(p, [pid])[0])
         p.recorder.put_predictions([(pid, "churn_30d", 1, 1_000, orjson.dumps({"score": 0.5}).decode())])
@@ -230,21 +238,36 @@ def test_stamps_move_with_every_source_of_an_answer(tmp_path: Path) -> None:
                                    occurred_at=datetime.now(UTC).isoformat()))
         assert ingest_jsonl(p, [line], origin="t").appended == 1
         seen.append(stamps(p, [pid])[0])
-        assert len({orjson.dumps(s) for s in seen}) == len(seen), seen
         assert stamps(p, [pid])[0] == seen[-1]  # nothing changed: the same stamp
+        # a merge: both ids answer as one person, whose stamp is neither's alone; an unmerge parts them
+        linking.link(p, ("email", PEOPLE[0]), ("email", PEOPLE[1]))
+        joined = stamps(p, [pid, other])
+        assert joined[0] == joined[1] and joined[0][0] in (pid, other)
+        seen.append(joined[0])
+        linking.unlink(p, ("email", PEOPLE[0]), ("email", PEOPLE[1]))
+        parted = stamps(p, [pid, other])
+        assert parted[0] != parted[1] and parted[0][0] == pid
+        seen.append(parted[0])
+        erase_profile(p, pid)
+        assert stamps(p, [pid, other])[0] is None and stamps(p, [other]) == [parted[1]]
+        assert len({orjson.dumps(s) for s in seen}) == len(seen), seen
 
 
 def test_the_cache_is_bounded_expires_and_matches_only_its_etags() -> None:
-    cache = AnswerCache(b"k" * 32, max_bytes=1_000, ttl_s=60)
-    for n in range(10):
-        cache.put(bytes([n]), b"x" * 200, [("profile", f"p{n}", "id", "{}")])
-    assert len(cache) == 5 and cache.get(bytes([0])) is None and cache.get(bytes([9])) is not None
-    cache.put(b"big", b"x" * 300, [])  # over a quarter of the cache: answered, never kept
+    cache = AnswerCache(b"k" * 32, max_bytes=10_000, ttl_s=60)
+    for n in range(10):  # each charged its body, ETag, audit entry and overhead: about 1,840 bytes
+        cache.put(bytes([n]), b"x" * 1_400, [("profile", f"p{n}", "id", "{}")])
+    assert len(cache) == 5 and cache.get(bytes([4])) is None and cache.get(bytes([5])) is not None
+    for n in range(100):  # made-up ids answered null are charged too: a flood of them stays bounded
+        cache.put(b"null" + bytes([n]), b'{"data":{"profile":null}}', [])
+    assert len(cache) < 25
+    cache.put(b"big", b"x" * 2_500, [])  # over a quarter of the cache: answered, never kept
     assert cache.get(b"big") is None
-    short = AnswerCache(b"k" * 32, max_bytes=1_000, ttl_s=0.05)
+    short = AnswerCache(b"k" * 32, max_bytes=10_000, ttl_s=0.05)
     short.put(b"a", b"x", [])
     time.sleep(0.1)
     short.drop_expired()
     assert len(short) == 0 and short.get(b"a") is None
-    etag = AnswerCache.etag(b"\x00" * 18)
+    etag = cache.etag(b"\x00" * 18, b"{}")
+    assert etag != cache.etag(b"\x00" * 18, b"{ }") != AnswerCache(b"j" * 32, 1, 1).etag(b"\x00" * 18, b"{ }")
     assert matches(etag, etag) and matches(f'W/{etag}', etag) and not matches("*", etag) and not matches(None, etag)

@@ -13,8 +13,9 @@ for a cacheable query (persona.api.plan, `Cacheable`: only `profile(id: …)` ro
 - the clock's tick, when the query selects a value the clock moves (recency, lifecycle, decay,
   age: every Profile field outside `CLOCK_FREE`): such an answer is at most `ttl_s` old.
 
-The key, hashed with a secret derived from the store's pepper, is the answer's ETag: a request
-whose `If-None-Match` names it is answered 304 by any worker. A hit is audited exactly as the
+The key and the answer's bytes, hashed with a secret derived from the store's pepper, make its
+ETag: a GET whose `If-None-Match` names it is answered 304 by any worker (a POST, 412: RFC 9110
+answers 304 to GET and HEAD only). A hit is audited exactly as the
 read it repeats (the same entries, under the asking token's name), and refused the same way
 when the audit log cannot keep up. Answers with errors are never kept; every entry expires
 after `ttl_s`, and the whole cache is dropped when anyone erases anyone.
@@ -26,15 +27,12 @@ import base64
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from persona.api.plan import Cacheable
-from persona.core import Persona
-from persona.reading import person_rows
 from persona.tokens import Token
 
 AuditEntry = tuple[str, str, str, str]  # operation, profile id, fields, detail: as AuditBuffer.record takes them
@@ -48,31 +46,9 @@ class Answer:
     expires: float  # time.monotonic()
 
 
-def stamps(persona: Persona, ids: Sequence[str]) -> list[Any]:
-    """What each profile's answer depends on in the store, read now (see the module's text)."""
-    rows = person_rows(persona, ids)
-    people = sorted({row.id for row in rows.values()})
-    derived: dict[str, list[Any]] = {pid: [] for pid in people}
-    if people:
-        for pid, model, version, computed_at, _doc in persona.recorder.predictions_of(people):
-            derived[pid].append(("p", model, version, computed_at))
-        for segment, pid, since in persona.recorder.memberships(people):
-            derived[pid].append(("s", segment, since))
-    out: list[Any] = []
-    for asked in ids:
-        row = rows.get(asked)
-        if row is None:
-            out.append(None)  # unknown or erased: its answer is null (or an error, which is not kept)
-            continue
-        rfm = None if row.rfm is None else (row.rfm["r"], row.rfm["f"], row.rfm["m"])
-        # the version sums a merged person's streams; the latest record time makes an unmerge
-        # (which appends to both) differ from any earlier state whose sum happened to be the same
-        out.append((row.id, row.version, row.updated_at, row.index_version, rfm, sorted(derived.get(row.id, ()))))
-    return out
-
-
 class AnswerCache:
-    """Answers by key, at most `max_bytes` of bodies, in the order they were kept: each lives
+    """Answers by key, at most `max_bytes` of them (bodies, audit entries and overhead), in the order
+    they were kept: each lives
     `ttl_s`, so the oldest is also the first to expire, and the first pushed out when full."""
 
     def __init__(self, secret: bytes, max_bytes: int, ttl_s: float) -> None:
@@ -94,9 +70,13 @@ class AnswerCache:
                                 option=orjson.OPT_SORT_KEYS)
         return hashlib.blake2b(material, digest_size=18, key=self._secret).digest()
 
-    @staticmethod
-    def etag(key: bytes) -> str:
-        return '"' + base64.urlsafe_b64encode(key).decode() + '"'
+    def etag(self, key: bytes, body: bytes) -> str:
+        """The answer's ETag: its key and its bytes, hashed with the secret. The bytes make it change
+        with whatever the key cannot see (a new release's rendering, a rebuilt index), so a client's
+        copy is never confirmed after the server would answer differently."""
+        digest = hashlib.blake2b(key + hashlib.blake2b(body, digest_size=32).digest(), digest_size=18,
+                                 key=self._secret).digest()
+        return '"' + base64.urlsafe_b64encode(digest).decode() + '"'
 
     def get(self, key: bytes) -> Answer | None:
         found = self._answers.get(key)
@@ -108,20 +88,20 @@ class AnswerCache:
         return found
 
     def put(self, key: bytes, body: bytes, audit: list[AuditEntry]) -> Answer:
-        answer = Answer(body, self.etag(key), tuple(audit), time.monotonic() + self.ttl_s)
-        if len(body) > self.max_bytes // 4:  # one answer never takes most of the cache
+        answer = Answer(body, self.etag(key, body), tuple(audit), time.monotonic() + self.ttl_s)
+        if _size(answer) > self.max_bytes // 4:  # one answer never takes most of the cache
             return answer
         if key in self._answers:
             self._drop(key)
         self._answers[key] = answer
-        self._bytes += len(body)
+        self._bytes += _size(answer)
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._answers)))
         return answer
 
     def _drop(self, key: bytes) -> None:
         gone = self._answers.pop(key)
-        self._bytes -= len(gone.body)
+        self._bytes -= _size(gone)
 
     def drop_expired(self) -> None:
         """Answers past their time, out of memory (they would never be served anyway)."""
@@ -138,6 +118,15 @@ class AnswerCache:
 
     def __len__(self) -> int:
         return len(self._answers)
+
+
+ENTRY_OVERHEAD = 400  # bytes an answer costs beyond its own strings: its key, objects, the dictionary's slot
+
+
+def _size(answer: Answer) -> int:
+    """What an answer is charged against the cache's bytes: a null answer for a made-up id is not free."""
+    return (len(answer.body) + len(answer.etag) + ENTRY_OVERHEAD
+            + sum(len(part) for entry in answer.audit for part in entry))
 
 
 def matches(if_none_match: str | None, etag: str) -> bool:

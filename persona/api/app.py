@@ -32,13 +32,14 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from persona.api.answers import matches, stamps
+from persona.api.answers import matches
 from persona.api.context import AUDIT_BACKLOG, BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
 from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
 from persona.api.execution import Executor
 from persona.api.plan import Cacheable, Plan
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
+from persona.reading import stamps
 from persona.services.store import check_reachable
 from persona.settings import Settings
 from persona.tokens import Token
@@ -193,10 +194,15 @@ class GraphQLEndpoint:
 
     @staticmethod
     def _conditional(request: Request, body: bytes, etag: str) -> Response:
+        """The answer with its ETag; if If-None-Match names that ETag, the client holds the answer
+        already: a GET is answered 304 (no body), any other method 412 (RFC 9110, 13.1.2)."""
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
         if matches(request.headers.get("if-none-match"), etag):
             request.app.state.api.answers.revalidated += 1
-            return Response(None, 304, headers)
+            if request.method == "GET":
+                return Response(None, 304, headers)
+            return _reply(412, [error("If-None-Match: the answer has not changed (send the query by GET to be"
+                                      " answered 304 Not Modified)", "NOT_MODIFIED")], headers)
         return Response(body, 200, headers, media_type=JSON_TYPE)
 
     @staticmethod

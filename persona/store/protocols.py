@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from persona.store.rows import (
     ChunkRow,
@@ -249,6 +249,10 @@ class ReadModels(Protocol):
         ...
     def profile_rows(self, profile_ids: Sequence[str]) -> list[ProfileRow]:
         """What the API shows of each profile."""
+        ...
+    def answer_stamps(self, profile_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """What an answer about each profile depends on: (profile_id, version, updated_at, has_key,
+        index_version, r, f, m, person_id, digest of its predictions, digest of its memberships)."""
         ...
     def put_rfm(self, rows: Sequence[tuple[str, int, int, int]]) -> None:
         """Replace every RFM score: (profile_id, r, f, m)."""

@@ -463,6 +463,9 @@ class SQLRecorder:
         return [ProfileRow._make(row) for part in self._chunks(profile_ids)
                 for row in self._all(self.sql.profile_rows, (part,))]
 
+    def answer_stamps(self, profile_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for part in self._chunks(profile_ids) for row in self._all(self.sql.answer_stamps, (part,))]
+
     def clear_derived(self, projection: str | None = None) -> None:
         for statement in self.sql.clear_person_rows:
             self._run(statement)

@@ -159,6 +159,18 @@ class Statements:
         " LEFT JOIN members m ON m.profile_id = s.stream_id"
         " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
         " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id {text}")
+    # what an answer about each profile depends on (persona.reading.stamps): its profile_rows
+    # columns but the document, and a digest of its predictions and live-segment memberships
+    answer_stamps: str = (
+        "SELECT s.stream_id, s.version, e.recorded_at, k.profile_id IS NOT NULL, i.version, r.r, r.f, r.m,"
+        " m.person_id, (SELECT count(*) || ':' || sum(p.version) || ':' || sum(p.computed_at) || ':'"
+        " || max(p.computed_at) FROM predictions p WHERE p.profile_id = s.stream_id),"
+        " (SELECT count(*) || ':' || sum(g.since) || ':' || max(g.since) FROM segment_members g"
+        " WHERE g.profile_id = s.stream_id)"
+        " FROM streams s LEFT JOIN chunks e ON e.stream_no = s.stream_no AND e.last_version = s.version"
+        " LEFT JOIN members m ON m.profile_id = s.stream_id"
+        " LEFT JOIN keys k ON k.profile_id = s.stream_id LEFT JOIN profile_index i ON i.profile_id = s.stream_id"
+        " LEFT JOIN rfm r ON r.profile_id = s.stream_id WHERE s.stream_id {text}")
     clear_person_rows: tuple[str, ...] = tuple(f"DELETE FROM {table}" for table in PERSON_ROWS)
     clear_snapshots: str = "DELETE FROM snapshots"
     clear_projection: str = "DELETE FROM snapshots WHERE projection = {p}"
