@@ -6,6 +6,7 @@ by this server, another process, a segment, an erasure — and If-None-Match is 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -184,6 +185,16 @@ def test_an_erased_person_is_never_answered_from_memory(server: Server) -> None:
     assert erased.json()["data"]["eraseProfile"]["profileId"] == server.ids[person]
     gone = get(server, HISTORY, person, etag=kept.headers["etag"])
     assert gone.status_code == 200 and gone.json()["data"]["profile"] is None
+    # documents persisted by hash may hold identifiers typed into them: forgotten with the rest
+    digest = hashlib.sha256(HISTORY.encode()).hexdigest()
+    by_hash = {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": digest}},
+               "variables": {"id": server.ids[PEOPLE[0]]}}
+    assert persisted(server, {"query": HISTORY, **by_hash}).status_code == 200
+    server.post("mutation($id: ID!) { eraseProfile(id: $id) { profileId } }", {"id": server.ids[PEOPLE[2]]})
+    deadline = time.monotonic() + 5
+    while "PERSISTED_QUERY_NOT_FOUND" not in persisted(server, by_hash).text:
+        assert time.monotonic() < deadline, "a persisted document outlived an erasure"
+        time.sleep(0.1)
 
 
 def test_errors_are_never_kept_and_carry_no_etag(server: Server) -> None:
@@ -214,6 +225,44 @@ def test_clock_values_are_kept_one_tick_and_a_history_keeps_its_etag(tmp_path_fa
     with serving(tmp_path_factory.mktemp("nocache"), None, "--answer-cache-mb", "0") as running:
         plain = get(running, PROFILE, PEOPLE[0])
         assert plain.status_code == 200 and "etag" not in plain.headers
+
+
+def persisted(server: Server, doc: dict[str, Any], *, token: str = "ops", method: str = "POST",
+              etag: str | None = None) -> httpx.Response:
+    headers = server.auth(token) | ({"If-None-Match": etag} if etag else {})
+    with server.client() as http:
+        if method == "GET":
+            params = {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in doc.items()}
+            return check(http.get("/graphql", params=params, headers=headers))
+        return check(http.post("/graphql", json=doc, headers=headers))
+
+
+def test_persisted_queries_are_sent_by_hash_and_keep_every_check(server: Server) -> None:
+    """Apollo's automatic persisted queries: the hash alone once the document was sent with it."""
+    digest = hashlib.sha256(STILL.encode()).hexdigest()
+    by_hash = {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": digest}},
+               "variables": {"id": server.ids[PEOPLE[1]]}}
+    unknown = persisted(server, by_hash)
+    assert unknown.status_code == 200 and unknown.json()["errors"][0]["extensions"]["code"] == (
+        "PERSISTED_QUERY_NOT_FOUND")
+    for wrong in ({"version": 1, "sha256Hash": "0" * 64}, {"version": 2, "sha256Hash": digest},
+                  {"version": 1, "sha256Hash": "not hex"}, "nonsense"):
+        refused = persisted(server, {"query": STILL, "variables": by_hash["variables"],
+                                     "extensions": {"persistedQuery": wrong}})
+        assert refused.status_code == 400 and "persistedQuery" in refused.text, wrong
+    sent = persisted(server, {"query": STILL, **by_hash})
+    assert sent.status_code == 200 and sent.json()["data"]["profile"]["id"] == server.ids[PEOPLE[1]]
+    again = persisted(server, by_hash)
+    assert again.content == sent.content and again.headers["etag"] == sent.headers["etag"]
+    short = persisted(server, by_hash, method="GET", etag=sent.headers["etag"])  # a short URL, revalidated
+    assert short.status_code == 304
+    history = "query($id: ID!) { profile(id: $id) { history(first: 2) { nodes { type } } } }"
+    persisted(server, {"query": history, "variables": by_hash["variables"], "extensions": {
+        "persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(history.encode()).hexdigest()}}})
+    lacking = persisted(server, {"extensions": {"persistedQuery": {
+        "version": 1, "sha256Hash": hashlib.sha256(history.encode()).hexdigest()}},
+        "variables": by_hash["variables"]}, token="reader")
+    assert lacking.status_code == 403 and "history:read" in lacking.text
 
 
 # -- the parts, in this process ------------------------------------------------------------------

@@ -11,6 +11,7 @@ Every refusal on the way is counted in the audit log (persona.audit).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ from persona.api.answers import matches
 from persona.api.context import AUDIT_BACKLOG, BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
 from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
 from persona.api.execution import Executor
-from persona.api.plan import Cacheable, Plan
+from persona.api.plan import Cacheable, Plan, PlanCache
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
 from persona.reading import stamps
@@ -64,6 +65,7 @@ class QueryStringFilter(logging.Filter):
 
 
 _QUERY = re.compile(r"\?[^\s\"']*")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _without_query(value: object) -> object:
@@ -224,11 +226,12 @@ class GraphQLEndpoint:
         if request.method == "GET":
             params = request.query_params
             doc: Any = {"query": params.get("query"), "operationName": params.get("operationName")}
-            if params.get("variables"):
-                try:
-                    doc["variables"] = orjson.loads(params["variables"])
-                except orjson.JSONDecodeError:
-                    return _reply(400, [error("variables: not valid JSON", "BAD_REQUEST")])
+            for part in ("variables", "extensions"):
+                if params.get(part):
+                    try:
+                        doc[part] = orjson.loads(params[part])
+                    except orjson.JSONDecodeError:
+                        return _reply(400, [error(f"{part}: not valid JSON", "BAD_REQUEST")])
         else:
             declared = request.headers.get("content-length")
             if declared is not None and not declared.isdigit():
@@ -247,7 +250,14 @@ class GraphQLEndpoint:
                 doc = orjson.loads(b"".join(chunks))
             except orjson.JSONDecodeError:
                 return _reply(400, [error("the body is not valid JSON", "BAD_REQUEST")])
-        if not isinstance(doc, dict) or not isinstance(doc.get("query"), str) or not doc["query"].strip():
+        if not isinstance(doc, dict):
+            return _reply(400, [error("send {\"query\": \"…\", \"variables\": {…}}", "BAD_REQUEST")])
+        persisted = self._persisted(request, doc)
+        if isinstance(persisted, Response):
+            return persisted
+        if persisted is not None:
+            doc["query"] = persisted
+        if not isinstance(doc.get("query"), str) or not doc["query"].strip():
             return _reply(400, [error("send {\"query\": \"…\", \"variables\": {…}}", "BAD_REQUEST")])
         variables = doc.get("variables")
         name = doc.get("operationName")
@@ -258,6 +268,35 @@ class GraphQLEndpoint:
         if len(doc["query"].encode()) > self.options.limits.max_document_bytes:
             return _reply(413, [error("the query text is too long", "TOO_LARGE")])
         return doc["query"], variables, name
+
+    @staticmethod
+    def _persisted(request: Request, doc: dict[str, Any]) -> str | Response | None:
+        """Apollo's automatic persisted queries: `extensions.persistedQuery.sha256Hash` names a document
+        sent once with it (and checked against it); later requests send the hash alone. The document
+        text, or None when the request names none, or the refusal."""
+        extensions = doc.get("extensions")
+        if extensions is None:
+            return None
+        found = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
+        if found is None:
+            return None
+        digest = found.get("sha256Hash") if isinstance(found, dict) else None
+        if (not isinstance(found, dict) or found.get("version") != 1 or not isinstance(digest, str)
+                or not _SHA256.fullmatch(digest)):
+            return _reply(400, [error("extensions.persistedQuery: {\"version\": 1, \"sha256Hash\": 64 hex"
+                                      " digits} is expected", "BAD_REQUEST")])
+        plans: PlanCache = request.app.state.api.plans
+        query = doc.get("query")
+        if isinstance(query, str):  # registered now, if the hash is the document's
+            if hashlib.sha256(query.encode()).hexdigest() != digest.lower():
+                return _reply(400, [error("extensions.persistedQuery: the hash is not the query's SHA-256",
+                                          "BAD_REQUEST")])
+            plans.persist(digest.lower(), query)
+            return None
+        known = plans.persisted(digest.lower())
+        if known is None:  # Apollo's clients answer this by sending the query with its hash
+            return _reply(200, [error("PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND")])
+        return known
 
     @staticmethod
     async def _execute(context: RequestContext, variables: dict[str, Any] | None,

@@ -394,16 +394,33 @@ def analyse(schema: GraphQLSchema, document: DocumentNode | None, operation: Ope
 
 
 class PlanCache:
-    """Plans by (document text, operation name): the parse and validation of a repeated query are free."""
+    """Plans by (document text, operation name): the parse and validation of a repeated query are free.
+    Also the documents registered as persisted queries, by their SHA-256 (Apollo's automatic
+    persisted queries): a client then sends the hash alone."""
 
     def __init__(self, schema: GraphQLSchema, limits: Limits, size: int = 1_000) -> None:
         self.schema = schema
         self.limits = limits
         self.size = size
         self._plans: OrderedDict[tuple[str, str | None], Plan] = OrderedDict()
+        self._persisted: OrderedDict[str, str] = OrderedDict()  # sha256 hex -> document text
 
     def clear(self) -> None:
+        """Forget every plan and persisted document (a document may hold identifiers typed into it)."""
         self._plans.clear()
+        self._persisted.clear()
+
+    def persist(self, sha256: str, source: str) -> None:
+        self._persisted[sha256] = source
+        self._persisted.move_to_end(sha256)
+        if len(self._persisted) > self.size:
+            self._persisted.popitem(last=False)
+
+    def persisted(self, sha256: str) -> str | None:
+        found = self._persisted.get(sha256)
+        if found is not None:
+            self._persisted.move_to_end(sha256)
+        return found
 
     def get(self, source: str, operation_name: str | None) -> Plan:
         key = (source, operation_name)
