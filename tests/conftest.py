@@ -99,6 +99,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"{count:>9,}  {what}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis names each GraphQL operation's test `test[Query.profile]` but gives them all one
+    node id; pytest-xdist schedules by node id, so it ran one operation of thirteen. Each gets the
+    id its name says."""
+    counted: dict[str, int] = {}
+    for item in items:
+        counted[item.nodeid] = counted.get(item.nodeid, 0) + 1
+    for item in items:
+        _, bracket, suffix = item.name.partition("[")
+        if counted[item.nodeid] > 1 and bracket and not item.nodeid.endswith("]"):
+            named = f"{item.nodeid}[{suffix}"
+            if hasattr(item, "_id"):  # pytest 9 keeps a structured id
+                from _pytest.nodeid import NodeId
+
+                item._id = NodeId.parse(named)
+            else:
+                item._nodeid = named
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         module = metafunc.module.__name__.rpartition(".")[2]
