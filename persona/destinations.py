@@ -30,11 +30,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import re
 import secrets
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -130,7 +133,27 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 - a port out of range raises here
     except ValueError:
         raise DestinationError("a destination's URL has a port out of range") from None
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        literal = None  # a name: its addresses are checked whenever it is resolved to send
+    if literal is not None and _never(literal):
+        raise DestinationError(f"a destination may not be at a {_never(literal)} address")
     return url
+
+
+def _never(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """Why no webhook may go to this address ("" if it may): link-local addresses hold cloud
+    instances' metadata services (credentials, at 169.254.169.254), and multicast, unspecified or
+    reserved ones are no web server's. Loopback and private networks stay allowed: a team's own
+    tools often live there."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for why, hit in (("link-local", address.is_link_local), ("multicast", address.is_multicast),
+                     ("unspecified", address.is_unspecified), ("reserved", address.is_reserved)):
+        if hit:
+            return why
+    return ""
 
 
 def _names(given: Iterable[str], what: str) -> tuple[str, ...]:
@@ -422,17 +445,79 @@ def notify_erasure(persona: Persona, profile_ids: Sequence[str], at: int) -> int
 
 
 # -- sending ------------------------------------------------------------------------------------
+_RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="persona-dns")
+
+
+def _connected(addresses: list[str], port: int, timeout: float) -> socket.socket:
+    """A socket to the first of these addresses that answers (as socket.create_connection does for a name)."""
+    error: OSError = OSError("no address")
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout)
+        except OSError as e:
+            error = e
+    raise error
+
+
+class _Pinned(http.client.HTTPConnection):
+    """A connection to the addresses already resolved and checked, whatever the name resolves to
+    by the time it connects (DNS rebinding): the Host header keeps the name."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._addresses = addresses
+
+    def connect(self) -> None:
+        self.sock = _connected(self._addresses, self.port, self.timeout or TIMEOUT_S)
+
+
+class _PinnedTLS(http.client.HTTPSConnection):
+    """The same over TLS: the certificate is checked against the name, not the address."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._addresses = addresses
+
+    def connect(self) -> None:
+        sock = _connected(self._addresses, self.port, self.timeout or TIMEOUT_S)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def _resolve(host: str, port: int, timeout: float) -> list[str]:
+    """The address to send to: the name resolved within `timeout` (getaddrinfo has no timeout of
+    its own; a resolution still running after it finishes on its thread, unheeded). Raises
+    TimeoutError, OSError, or DestinationError when any address it has is one no webhook may use."""
+    infos = _RESOLVER.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM).result(timeout=timeout)
+    addresses = [str(info[4][0]) for info in infos]
+    for address in addresses:
+        why = _never(ipaddress.ip_address(address.partition("%")[0]))
+        if why:
+            raise DestinationError(f"the host resolves to a {why} address")
+    if not addresses:
+        raise OSError("no address")
+    return list(dict.fromkeys(addresses))
+
+
 def _post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str:
     """POST once; the outcome as it is recorded ("HTTP 204", "timeout", …): never a body. No
-    redirect is followed and no proxy is used."""
+    redirect is followed and no proxy is used; the host's name is resolved within the timeout and
+    the connection made to the address checked (persona.destinations._never)."""
     parts = urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout,
-                                                 context=ssl.create_default_context())
-    else:
-        connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    started = time.monotonic()
+    try:
+        addresses = _resolve(host, port, timeout)
+    except TimeoutError:
+        return "timeout (resolving the host)"
+    except DestinationError as e:
+        return f"refused: {e}"
+    except OSError as e:
+        return f"network error ({type(e).__name__})"
+    left = max(0.1, timeout - (time.monotonic() - started))
+    connection: http.client.HTTPConnection = (_PinnedTLS(host, port, addresses, left) if parts.scheme == "https"
+                                              else _Pinned(host, port, addresses, left))
     try:
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()

@@ -181,11 +181,37 @@ def test_a_change_of_a_watched_field_is_sent_to_destinations_that_received_the_p
     ("https://example.com:99999/", "port out of range"),
     ("https://example.com/#x", "fragment"),
     ("https://" + "a" * 64 + ".example.com/", "host name that is not valid"),
+    # where no webhook belongs: a cloud instance's metadata service (its credentials), link-local,
+    # multicast, unspecified and reserved addresses, in IPv4, IPv6 and IPv4-mapped IPv6
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://[fe80::1]/hook", "link-local"),
+    ("http://[::ffff:169.254.169.254]/", "link-local"),
+    ("http://224.0.0.1/hook", "multicast"),
+    ("http://0.0.0.0:8080/hook", "unspecified"),
+    ("http://[::]/hook", "unspecified"),
+    ("http://240.0.0.1/hook", "reserved"),
 ])
 def test_bad_urls_are_refused(persona: Persona, url: str, said: str) -> None:
     memberships.add_segment(persona, "buyers", "frequency >= 1", by="test")
     with pytest.raises(destinations.DestinationError, match=said):
         destinations.add_destination(persona, "x", url, segments=["buyers"], by="test")
+
+
+def test_a_stored_url_that_resolves_where_no_webhook_belongs_is_refused_when_sent() -> None:
+    """A URL stored before the check (or whose name resolves there now) is refused at each send,
+    resolved once and checked before any connection: nothing is sent to it."""
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]:8080/"):
+        outcome = destinations._post(url, b"{}", {"Content-Type": "application/json"}, timeout=2.0)
+        assert outcome == "refused: the host resolves to a link-local address", outcome
+
+
+def test_a_name_is_resolved_and_the_checked_address_connected(hook: Receiver) -> None:
+    """`localhost` (and not the receiver's literal address): the name is resolved within the timeout,
+    each address checked, and the request reaches the receiver with the name in its Host header."""
+    url = hook.url.replace("127.0.0.1", "localhost")
+    assert destinations._post(url, b"{}", {"Content-Type": "application/json"}, timeout=5.0) == "HTTP 204"
+    (got,) = hook.requests
+    assert got.headers["host"].startswith("localhost:")
 
 
 def test_bad_definitions_are_refused(persona: Persona) -> None:
