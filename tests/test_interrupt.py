@@ -192,7 +192,9 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path: Pat
     os.killpg(proc.pid, signal.SIGINT)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=300)
-    assert proc.returncode == 130, err.read_text()  # the first signal's status
+    # the status of the signal handled first: SIGINT's as a rule, SIGTERM's when the kernel hands that
+    # one to the process first (both go to the group at once; a loaded machine did so once)
+    assert proc.returncode in (130, 143), err.read_text()
     assert "stopped at once by a second signal" in err.read_text() and "Traceback" not in err.read_text()
     assert out.read_text() == ""  # no report: it would say the index is current, and it may not be
     assert_no_reader_left(readers)
