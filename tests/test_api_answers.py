@@ -265,6 +265,27 @@ def test_persisted_queries_are_sent_by_hash_and_keep_every_check(server: Server)
     assert lacking.status_code == 403 and "history:read" in lacking.text
 
 
+def test_a_stamp_that_cannot_be_read_means_the_query_is_executed_not_a_500(
+        api: Any, world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store refusing the stamp's read (locked, gone for a moment): the query runs as it would
+    without the cache, whose errors are GraphQL's own; nothing is kept."""
+    import sqlite3
+
+    import persona.api.app as served
+
+    def refused(*_: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    query = "query($id: ID!) { profile(id: $id) { id version } }"
+    person = next(iter(world.ids.values()))
+    monkeypatch.setattr(served, "stamps", refused)
+    response = api.post(query, {"id": person})
+    assert response.status_code == 200 and response.json()["data"]["profile"]["id"] == person
+    assert "etag" not in response.headers
+    monkeypatch.undo()
+    assert "etag" in api.post(query, {"id": person}).headers
+
+
 # -- the parts, in this process ------------------------------------------------------------------
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_stamps_move_with_every_source_of_an_answer(tmp_path: Path, store: str) -> None:
