@@ -142,6 +142,14 @@ def prepare(folder: Path, database_url: str | None = None) -> tuple[Settings, di
 def serving(folder: Path, database_url: str | None = None, *options: str) -> Iterator[Server]:
     """`persona serve` on a free loopback port until the block ends; then it must stop cleanly."""
     settings, tokens, ids = prepare(folder, database_url)
+    with served(settings, folder, tokens, ids, *options) as server:
+        yield server
+
+
+@contextmanager
+def served(settings: Settings, folder: Path, tokens: dict[str, str], ids: dict[str, str],
+           *options: str) -> Iterator[Server]:
+    """`persona serve` over a store made already, until the block ends; then it must stop cleanly."""
     port = free_port()
     out, err = folder / "server.out", folder / "server.err"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")} | {"PYTHONFAULTHANDLER": "1"}

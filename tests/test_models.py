@@ -11,22 +11,20 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
 import skops.io as sio
 from click.testing import CliRunner
-from starlette.exceptions import StarletteDeprecationWarning
 
 from persona import Persona, Settings
-from persona.api.app import create_app
 from persona.cli import cli
 from persona.erasure import erase_profile
 from persona.errors import TamperError, ValidationError
@@ -37,11 +35,7 @@ from persona.models.tasks import parse_horizon, parse_task
 from persona.models.train import Trained, train
 from persona.testing import planted
 from persona.tokens import create_token
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated",
-                            category=StarletteDeprecationWarning)
-    from starlette.testclient import TestClient
+from tests.test_api_http import served
 
 PEOPLE = 1500
 TASKS = ("purchases_next_91d", "churn_91d", "clv_91d", "days_to_next_purchase", "next_category")
@@ -519,12 +513,16 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
 
 # -- API -----------------------------------------------------------------------------------------
 def test_api_models_train_and_predictions(tmp_path: Path) -> None:
+    """Through a real server (`persona serve` on 127.0.0.1): trainModel, the registry's typed fields
+    beside their deprecated JSON, drift, predictions with contributions, and predictions withheld
+    from a person who withdrew personalization consent."""
     with small_store(tmp_path, seed=6) as p:
         settings = p.settings
         tokens = {"trainer": create_token(p, "trainer", frozenset({"models:write", "predictions:read",
                                                                      "profiles:read"})),
                   "reader": create_token(p, "reader", frozenset({"predictions:read", "profiles:read"}))}
-    with TestClient(create_app(settings)) as client:
+    with served(settings, tmp_path, tokens, {}) as server, \
+            httpx.Client(base_url=server.url, trust_env=False, timeout=300) as client:  # training takes a while
         def post(query: str, token: str, status: int = 200) -> dict[str, Any]:
             response = client.post("/graphql", json={"query": query},
                                    headers={"Authorization": f"Bearer {tokens[token]}"})
