@@ -35,9 +35,9 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -137,8 +137,9 @@ def check_url(url: str) -> str:
         literal = ipaddress.ip_address(parts.hostname)
     except ValueError:
         literal = None  # a name: its addresses are checked whenever it is resolved to send
-    if literal is not None and _never(literal):
-        raise DestinationError(f"a destination may not be at a {_never(literal)} address")
+    why = _never(literal) if literal is not None else ""
+    if why:
+        raise DestinationError(f"a destination may not be at a {why} address")
     return url
 
 
@@ -445,9 +446,6 @@ def notify_erasure(persona: Persona, profile_ids: Sequence[str], at: int) -> int
 
 
 # -- sending ------------------------------------------------------------------------------------
-_RESOLVER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="persona-dns")
-
-
 def _connected(addresses: list[str], port: int, timeout: float) -> socket.socket:
     """A socket to the first of these addresses that answers (as socket.create_connection does for a name)."""
     error: OSError = OSError("no address")
@@ -484,10 +482,27 @@ class _PinnedTLS(http.client.HTTPSConnection):
 
 
 def _resolve(host: str, port: int, timeout: float) -> list[str]:
-    """The address to send to: the name resolved within `timeout` (getaddrinfo has no timeout of
-    its own; a resolution still running after it finishes on its thread, unheeded). Raises
-    TimeoutError, OSError, or DestinationError when any address it has is one no webhook may use."""
-    infos = _RESOLVER.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM).result(timeout=timeout)
+    """The addresses to send to: the name resolved within `timeout` (getaddrinfo has no timeout of
+    its own: it runs on a thread of its own, which ends with it — no pool's threads outlive a send,
+    so a process that sends and then ingests may still fork its reader; one still running after the
+    timeout finishes unheeded). Raises TimeoutError, OSError, or DestinationError when any address
+    it has is one no webhook may use."""
+    found: list[Any] = []
+
+    def resolve() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as e:
+            found.append(e)
+
+    worker = threading.Thread(target=resolve, name="persona-dns", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not found:
+        raise TimeoutError(f"resolving took over {timeout:.1f} s")
+    if isinstance(found[0], OSError):
+        raise found[0]
+    infos = found[0]
     addresses = [str(info[4][0]) for info in infos]
     for address in addresses:
         why = _never(ipaddress.ip_address(address.partition("%")[0]))
