@@ -127,22 +127,18 @@ def cors_origins(given: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+def _whole(env: Mapping[str, str], name: str, default: int, *, least: int = 0) -> int:
     text = env.get(name)
     if text is None or not text.strip():
         return default
-    if not text.strip().isdigit():
-        raise ConfigurationError(f"{name} must be a whole number (0 or more)")
+    if not text.strip().isdigit() or int(text) < least:
+        raise ConfigurationError(f"{name} must be a positive whole number" if least else
+                                 f"{name} must be a whole number (0 or more)")
     return int(text)
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
-    text = env.get(name)
-    if text is None or not text.strip():
-        return default
-    if not text.strip().isdigit() or int(text) < 1:
-        raise ConfigurationError(f"{name} must be a positive whole number")
-    return int(text)
+    return _whole(env, name, default, least=1)
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

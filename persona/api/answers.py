@@ -15,9 +15,9 @@ for a cacheable query (persona.api.plan, `Cacheable`: only `profile(id: …)` ro
 
 The key and the answer's bytes, hashed with a secret derived from the store's pepper, make its
 ETag: a GET whose `If-None-Match` names it is answered 304 by any worker (a POST, 412: RFC 9110
-answers 304 to GET and HEAD only). A hit is audited exactly as the
-read it repeats (the same entries, under the asking token's name), and refused the same way
-when the audit log cannot keep up. Answers with errors are never kept; every entry expires
+answers 304 to GET and HEAD only). A hit is audited exactly as the read it repeats (the same
+entries, under the asking token's name), and refused the same way when the audit log cannot
+keep up. Answers with errors are never kept; every entry expires
 after `ttl_s`, and the whole cache is dropped when anyone erases anyone.
 """
 
@@ -35,6 +35,7 @@ import orjson
 from persona.api.plan import Cacheable
 from persona.tokens import Token
 
+ENTRY_OVERHEAD = 400  # bytes an answer costs beyond its own strings: its key, objects, the dictionary's slot
 AuditEntry = tuple[str, str, str, str]  # operation, profile id, fields, detail: as AuditBuffer.record takes them
 
 
@@ -45,11 +46,17 @@ class Answer:
     audit: tuple[AuditEntry, ...]
     expires: float  # time.monotonic()
 
+    @property
+    def size(self) -> int:
+        """What it is charged against the cache's bytes: a null answer for a made-up id is not free."""
+        return (len(self.body) + len(self.etag) + ENTRY_OVERHEAD
+                + sum(len(part) for entry in self.audit for part in entry))
+
 
 class AnswerCache:
     """Answers by key, at most `max_bytes` of them (bodies, audit entries and overhead), in the order
-    they were kept: each lives
-    `ttl_s`, so the oldest is also the first to expire, and the first pushed out when full."""
+    they were kept: each lives `ttl_s`, so the oldest is also the first to expire, and the first
+    pushed out when full."""
 
     def __init__(self, secret: bytes, max_bytes: int, ttl_s: float) -> None:
         self._secret = secret
@@ -64,8 +71,8 @@ class AnswerCache:
         return self.max_bytes > 0 and self.ttl_s > 0
 
     def key(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, token: Token,
-            cacheable: Cacheable, stamped: list[Any], now: float | None = None) -> bytes:
-        tick = int((time.time() if now is None else now) // self.ttl_s) if cacheable.clocked else None
+            cacheable: Cacheable, stamped: list[Any]) -> bytes:
+        tick = int(time.time() // self.ttl_s) if cacheable.clocked else None
         material = orjson.dumps([query, operation_name, variables, sorted(token.scopes), token.subject, stamped, tick],
                                 option=orjson.OPT_SORT_KEYS)
         return hashlib.blake2b(material, digest_size=18, key=self._secret).digest()
@@ -89,19 +96,20 @@ class AnswerCache:
 
     def put(self, key: bytes, body: bytes, audit: list[AuditEntry]) -> Answer:
         answer = Answer(body, self.etag(key, body), tuple(audit), time.monotonic() + self.ttl_s)
-        if _size(answer) > self.max_bytes // 4:  # one answer never takes most of the cache
+        size = answer.size
+        if size > self.max_bytes // 4:  # one answer never takes most of the cache
             return answer
         if key in self._answers:
             self._drop(key)
         self._answers[key] = answer
-        self._bytes += _size(answer)
+        self._bytes += size
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._answers)))
         return answer
 
     def _drop(self, key: bytes) -> None:
         gone = self._answers.pop(key)
-        self._bytes -= _size(gone)
+        self._bytes -= gone.size
 
     def drop_expired(self) -> None:
         """Answers past their time, out of memory (they would never be served anyway)."""
@@ -118,15 +126,6 @@ class AnswerCache:
 
     def __len__(self) -> int:
         return len(self._answers)
-
-
-ENTRY_OVERHEAD = 400  # bytes an answer costs beyond its own strings: its key, objects, the dictionary's slot
-
-
-def _size(answer: Answer) -> int:
-    """What an answer is charged against the cache's bytes: a null answer for a made-up id is not free."""
-    return (len(answer.body) + len(answer.etag) + ENTRY_OVERHEAD
-            + sum(len(part) for entry in answer.audit for part in entry))
 
 
 def matches(if_none_match: str | None, etag: str) -> bool:

@@ -33,7 +33,7 @@ from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from persona.api.answers import matches
+from persona.api.answers import AnswerCache, matches
 from persona.api.context import AUDIT_BACKLOG, BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
 from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
 from persona.api.execution import Executor
@@ -168,8 +168,11 @@ class GraphQLEndpoint:
             if ids is not None:
                 return await self._cached(request, state, token, plan, plan.cacheable, ids, query, variables,
                                           operation_name)
-        context = RequestContext(state, token, plan)
-        result = await self._execute(context, variables, operation_name)
+        return await self._uncached(state, token, plan, variables, operation_name)
+
+    async def _uncached(self, state: ApiState, token: Token, plan: Plan, variables: dict[str, Any] | None,
+                        operation_name: str | None) -> Response:
+        result = await self._execute(RequestContext(state, token, plan), variables, operation_name)
         return Response(self._encoded(state, token, plan, variables, result), 200, media_type=JSON_TYPE)
 
     async def _cached(self, request: Request, state: ApiState, token: Token, plan: Plan, cacheable: Cacheable,
@@ -181,16 +184,14 @@ class GraphQLEndpoint:
         try:
             stamped = stamps(state.persona, ids)
         except Exception:  # the store cannot be read now: executed as usual, which says so as a GraphQL error
-            context = RequestContext(state, token, plan)
-            result = await self._execute(context, variables, operation_name)
-            return Response(self._encoded(state, token, plan, variables, result), 200, media_type=JSON_TYPE)
+            return await self._uncached(state, token, plan, variables, operation_name)
         key = answers.key(query, operation_name, variables, token, cacheable, stamped)
         kept = answers.get(key)
         if kept is not None and len(state.audit.rows) < AUDIT_BACKLOG:  # else executed: refused as usual
             for entry in kept.audit:
                 state.audit.record(token.name, *entry)
             answers.hits += 1
-            return self._conditional(request, kept.body, kept.etag)
+            return self._conditional(request, answers, kept.body, kept.etag)
         answers.misses += 1
         context = RequestContext(state, token, plan)
         context.recorded = []
@@ -198,15 +199,15 @@ class GraphQLEndpoint:
         body = self._encoded(state, token, plan, variables, result)
         if result.errors:
             return Response(body, 200, media_type=JSON_TYPE)  # never kept, and no ETag
-        return self._conditional(request, body, answers.put(key, body, context.recorded).etag)
+        return self._conditional(request, answers, body, answers.put(key, body, context.recorded).etag)
 
     @staticmethod
-    def _conditional(request: Request, body: bytes, etag: str) -> Response:
+    def _conditional(request: Request, answers: AnswerCache, body: bytes, etag: str) -> Response:
         """The answer with its ETag; if If-None-Match names that ETag, the client holds the answer
         already: a GET is answered 304 (no body), any other method 412 (RFC 9110, 13.1.2)."""
         headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Authorization"}
         if matches(request.headers.get("if-none-match"), etag):
-            request.app.state.api.answers.revalidated += 1
+            answers.revalidated += 1
             if request.method == "GET":
                 return Response(None, 304, headers)
             return _reply(412, [error("If-None-Match: the answer has not changed (send the query by GET to be"
@@ -291,15 +292,16 @@ class GraphQLEndpoint:
                 or not _SHA256.fullmatch(digest)):
             return _reply(400, [error("extensions.persistedQuery: {\"version\": 1, \"sha256Hash\": 64 hex"
                                       " digits} is expected", "BAD_REQUEST")])
+        digest = digest.lower()
         plans: PlanCache = request.app.state.api.plans
         query = doc.get("query")
         if isinstance(query, str):  # registered now, if the hash is the document's
-            if hashlib.sha256(query.encode()).hexdigest() != digest.lower():
+            if hashlib.sha256(query.encode()).hexdigest() != digest:
                 return _reply(400, [error("extensions.persistedQuery: the hash is not the query's SHA-256",
                                           "BAD_REQUEST")])
-            plans.persist(digest.lower(), query)
+            plans.persist(digest, query)
             return None
-        known = plans.persisted(digest.lower())
+        known = plans.persisted(digest)
         if known is None:  # Apollo's clients answer this by sending the query with its hash
             return _reply(200, [error("PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND")])
         return known
