@@ -68,7 +68,7 @@ class Tagger:
         self._key = key
 
     def __call__(self, table: str, values: Sequence[object]) -> bytes:
-        return hmac.new(self._key, _canonical(table, values), hashlib.sha256).digest()[:TAG_BYTES]
+        return hmac.digest(self._key, _canonical(table, values), "sha256")[:TAG_BYTES]
 
     def matches(self, table: str, values: Sequence[object], tag: object) -> bool:
         if not isinstance(tag, bytes | bytearray | memoryview):

@@ -271,14 +271,14 @@ def test_a_stamp_that_cannot_be_read_means_the_query_is_executed_not_a_500(
     without the cache, whose errors are GraphQL's own; nothing is kept."""
     import sqlite3
 
-    import persona.api.app as served
+    import persona.api.answers as answers_module
 
     def refused(*_: Any) -> Any:
         raise sqlite3.OperationalError("database is locked")
 
     query = "query($id: ID!) { profile(id: $id) { id version } }"
     person = next(iter(world.ids.values()))
-    monkeypatch.setattr(served, "stamps", refused)
+    monkeypatch.setattr(answers_module, "stamps", refused)
     response = api.post(query, {"id": person})
     assert response.status_code == 200 and response.json()["data"]["profile"]["id"] == person
     assert "etag" not in response.headers
@@ -321,6 +321,48 @@ def test_stamps_move_with_every_source_of_an_answer(tmp_path: Path, store: str) 
         erase_profile(p, pid)
         assert stamps(p, [pid, other])[0] is None and stamps(p, [other]) == [parted[1]]
         assert len({orjson.dumps(s) for s in seen}) == len(seen), seen
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_remembered_stamps_are_read_again_after_any_write(tmp_path: Path, store: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache remembers stamps while the store is unchanged (SQLite: data_version and the
+    connection's own writes), and reads them again after a write by another connection or by its own;
+    where the backend has no cheap mark (PostgreSQL), every request reads them."""
+    import persona.api.answers as answers_module
+
+    reads: list[list[str]] = []
+
+    def counted(persona: Persona, ids: list[str]) -> list[Any]:
+        reads.append(list(ids))
+        return stamps(persona, ids)
+
+    monkeypatch.setattr(answers_module, "stamps", counted)
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_schema()) if store == "postgresql" else None
+        settings, _tokens, ids = prepare(tmp_path, url)
+        pid, other = ids[PEOPLE[0]], ids[PEOPLE[1]]
+        serving_side = stack.enter_context(Persona.open(settings))
+        elsewhere = stack.enter_context(Persona.open(settings))  # another worker, the CLI
+        cache = AnswerCache(b"k" * 32, max_bytes=1 << 20, ttl_s=60)
+        first = cache.stamps(serving_side, [pid, other])
+        assert first == stamps(serving_side, [pid, other]) and None not in first
+        again = cache.stamps(serving_side, [pid])
+        assert again == first[:1]
+        remembered = store == "sqlite"
+        assert len(reads) == (1 if remembered else 2)
+        elsewhere.recorder.change_rfm([(pid, 5, 4, 3)], [])  # another connection's write
+        moved = cache.stamps(serving_side, [pid])
+        assert moved != first[:1] and moved == stamps(serving_side, [pid])
+        serving_side.recorder.change_rfm([(pid, 1, 1, 1)], [])  # its own connection's write
+        assert cache.stamps(serving_side, [pid]) == stamps(serving_side, [pid]) != moved
+        erase_profile(elsewhere, other)
+        assert cache.stamps(serving_side, [other, pid])[0] is None
+        cache.clear()
+        reads.clear()
+        twice = cache.stamps(serving_side, [pid, pid])
+        assert twice[0] == twice[1] is not None
+        assert reads == [[pid]] if remembered else [[pid, pid]]  # remembered: an id asked twice read once
 
 
 def test_the_cache_is_bounded_expires_and_matches_only_its_etags() -> None:

@@ -285,6 +285,26 @@ def test_an_audit_log_from_before_outcomes_gains_them_and_stays_append_only(tmp_
             assert len(p.recorder.audit_rows()) == 2
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_batch_of_entries_goes_in_whole_in_order_each_row_tagged_as_its_own(tmp_path: Path, kind: str) -> None:
+    """A server's flush writes many rows per statement (AUDIT_ROWS_AT_ONCE): a batch over two of them,
+    with values that differ row by row, reads back as it was sent, and verify checks every row's tag."""
+    from persona.audit import write
+    from persona.store.shared import AUDIT_ROWS_AT_ONCE
+
+    count = 2 * AUDIT_ROWS_AT_ONCE + 37
+    sent = [(1_000 + n, f"t{n % 3}", "profile", f"prf_{n:04d}", "id,version" if n % 2 else "", "ok",
+             orjson.dumps({"n": n}).decode()) for n in range(count)]
+    with _store(tmp_path, kind) as settings:
+        with Persona.init(settings) as p:
+            write(p, sent[:1])
+            write(p, sent[1:])
+            assert [row[1:] for row in p.recorder.audit_rows(limit=count + 1)] == sent
+            verify(p)  # raises on the first row whose tag is not its own
+            with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+                _execute(p, "UPDATE audit SET profile_id = 'prf_9999' WHERE at = 1100")
+
+
 def _execute(p: Persona, *statements: str) -> None:
     with p.recorder.transaction():
         for statement in statements:

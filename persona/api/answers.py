@@ -6,10 +6,11 @@ for a cacheable query (persona.api.plan, `Cacheable`: only `profile(id: …)` ro
 - what it asks: the document, the operation name and the variables;
 - who asks: the token's scopes and the person a minted token is bound to, so that nothing is
   ever served across scopes or to another person's token;
-- the stamp of every profile it reads, looked up in the store for each request: the person the
-  id belongs to now, their log's version (every event, merge and consent), their index row's
-  version, RFM scores, predictions (model, version, when scored) and live-segment memberships;
-  an erased person has no stamp;
+- the stamp of every profile it reads: the person the id belongs to now, their log's version
+  (every event, merge and consent), their index row's version, RFM scores, predictions (model,
+  version, when scored) and live-segment memberships; an erased person has no stamp. Stamps are
+  read from the store, and remembered only while its change mark (SQLite: data_version and this
+  connection's own writes) stays the same: any write anywhere, and they are read again;
 - the clock's tick, when the query selects a value the clock moves (recency, lifecycle, decay,
   age: every Profile field outside `CLOCK_FREE`): such an answer is at most `ttl_s` old.
 
@@ -33,8 +34,11 @@ from typing import Any
 import orjson
 
 from persona.api.plan import Cacheable
+from persona.core import Persona
+from persona.reading import stamps
 from persona.tokens import Token
 
+STAMPS_KEPT = 20_000  # profiles whose stamps are remembered while the store is unchanged
 ENTRY_OVERHEAD = 400  # bytes an answer costs beyond its own strings: its key, objects, the dictionary's slot
 AuditEntry = tuple[str, str, str, str]  # operation, profile id, fields, detail: as AuditBuffer.record takes them
 
@@ -64,11 +68,28 @@ class AnswerCache:
         self.ttl_s = ttl_s
         self._answers: OrderedDict[bytes, Answer] = OrderedDict()
         self._bytes = 0
+        self._mark: Any = None  # the store's change mark the stamps below were read under
+        self._stamps: dict[str, Any] = {}
         self.hits = self.misses = self.revalidated = 0
 
     @property
     def enabled(self) -> bool:
         return self.max_bytes > 0 and self.ttl_s > 0
+
+    def stamps(self, persona: Persona, ids: list[str]) -> list[Any]:
+        """Each profile's stamp (persona.reading.stamps), read from the store unless it was read since
+        the last write to it. The mark is read before the stamps: a write landing between the two
+        leaves a mark that the next request finds changed, never a stale stamp taken for current."""
+        mark = persona.recorder.change_mark()
+        if mark is None:
+            return stamps(persona, ids)
+        if mark != self._mark or len(self._stamps) >= STAMPS_KEPT:
+            self._stamps.clear()
+            self._mark = mark
+        missing = [pid for pid in dict.fromkeys(ids) if pid not in self._stamps]
+        if missing:
+            self._stamps.update(zip(missing, stamps(persona, missing)))
+        return [self._stamps[pid] for pid in ids]
 
     def key(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, token: Token,
             cacheable: Cacheable, stamped: list[Any]) -> bytes:
@@ -123,6 +144,8 @@ class AnswerCache:
     def clear(self) -> None:
         self._answers.clear()
         self._bytes = 0
+        self._stamps.clear()
+        self._mark = None
 
     def __len__(self) -> int:
         return len(self._answers)

@@ -40,7 +40,6 @@ from persona.api.execution import Executor
 from persona.api.plan import Cacheable, Plan, PlanCache
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
-from persona.reading import stamps
 from persona.services.store import check_reachable
 from persona.settings import Settings
 from persona.tokens import Token
@@ -182,7 +181,7 @@ class GraphQLEndpoint:
         executing it, audited the same, with an ETag that If-None-Match can name."""
         answers = state.answers
         try:
-            stamped = stamps(state.persona, ids)
+            stamped = answers.stamps(state.persona, ids)
         except Exception:  # the store cannot be read now: executed as usual, which says so as a GraphQL error
             return await self._uncached(state, token, plan, variables, operation_name)
         key = answers.key(query, operation_name, variables, token, cacheable, stamped)

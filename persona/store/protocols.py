@@ -9,7 +9,7 @@ ConcurrencyError, anything else the database refuses a StoreError (persona.error
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +48,11 @@ class Connection(Protocol):
     def close(self) -> None: ...
     def data_version(self) -> int:
         """Changes whenever another connection commits."""
+        ...
+    def change_mark(self) -> Hashable | None:
+        """A value read in one cheap step that differs between two reads whenever anything was
+        written to the store in between, by this connection or any other, in any process; None
+        where the backend has no such step cheaper than the reads it would spare."""
         ...
     def get_meta(self, key: str) -> str | None: ...
     def set_meta(self, key: str, value: str) -> None: ...

@@ -30,6 +30,7 @@ from persona.store.schema import COUNTED
 from persona.store.sql import Statements, privacy_charge
 
 Row = tuple[Any, ...]
+AUDIT_ROWS_AT_ONCE = 100  # audit entries per INSERT: 800 values, under any SQLite build's limit of 999
 
 
 class SQLRecorder:
@@ -667,7 +668,10 @@ class SQLRecorder:
         return None if row is None else (float(row[0]), float(row[1]))
 
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
-        self._many(self.sql.append_audit, [(*row, self._tag("audit", row)) for row in rows])
+        for start in range(0, len(rows), AUDIT_ROWS_AT_ONCE):
+            part = rows[start:start + AUDIT_ROWS_AT_ONCE]
+            self._run(self.sql.append_audit + ", ".join([self.sql.audit_values] * len(part)),
+                      [value for row in part for value in (*row, self._tag("audit", row))])
 
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str, str, str]]:

@@ -274,8 +274,10 @@ class Statements:
     tokens: str = TOKEN_SELECT + " ORDER BY created_at, name"
     revoke_token: str = "UPDATE api_tokens SET revoked_at = {p}, tag = NULL WHERE name = {p} AND revoked_at IS NULL"
     spend_privacy: str = SPEND_PRIVACY
-    append_audit: str = ("INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag)"
-                         " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})")
+    # entries go in many rows to a statement (AUDIT_ROWS_AT_ONCE): one step of the database, where one
+    # per row made a server's writer thread and its request loop trade the interpreter back and forth
+    append_audit: str = "INSERT INTO audit (at, token, operation, profile_id, fields, outcome, detail, tag) VALUES "
+    audit_values: str = "({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
     audit_rows: str = AUDIT_SELECT + " WHERE seq > {p} ORDER BY seq LIMIT {p}"
     audit_rows_of: str = AUDIT_SELECT + " WHERE seq > {p} AND profile_id = {p} ORDER BY seq LIMIT {p}"
     counts: tuple[str, ...] = tuple(f"SELECT count(*) FROM {table}" for table in COUNTED.values())

@@ -255,6 +255,11 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
         """Changes whenever another connection commits (SQLite's PRAGMA data_version)."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
+    def change_mark(self) -> tuple[int, int, int]:
+        """Other connections' commits (data_version), and this one's: its transactions and the rows
+        its statements changed (total_changes, which counts a write outside `transaction()` too)."""
+        return self.data_version(), self.commits, self.conn.total_changes
+
     # -- meta ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         try:
