@@ -357,3 +357,33 @@ def test_a_cors_origin_must_be_one_exact_origin(tmp_path: Path, origin: str) -> 
     assert CliRunner().invoke(cli, ["--data", data, "init"]).exit_code == 0
     refused = CliRunner().invoke(cli, ["--data", data, "serve", "--port", "0", "--cors-origin", origin])
     assert refused.exit_code != 0 and "a CORS origin is scheme://host[:port]" in refused.output
+
+
+def test_fields_collected_once_per_document_answer_each_execution_as_its_own(server: Server) -> None:
+    """persona.api.execution keeps each object's collected fields across executions of one document:
+    the same document asked for one person after another (aliases, a fragment, a list of objects)
+    answers each exactly as a document of its own would; a document with a directive is collected at
+    each execution, so its variables still decide what it selects."""
+    shared = ("query($id: ID!) { profile(id: $id) { id first: featureValues { ...F } again: featureValues"
+              " { frequency } attributeValues { city } } } fragment F on Features { frequency rfm { r f m } }")
+    people = [server.ids[name] for name in PEOPLE]
+    answers = [ask(server, shared, {"id": pid})["profile"] for pid in people * 2]
+    for n, pid in enumerate(people * 2):
+        alone = ask(server, shared.replace("{ id first", "{  id first"), {"id": pid})["profile"]  # another plan
+        assert answers[n] == alone and answers[n]["id"] == pid
+        assert set(alone["first"]) == {"frequency", "rfm"} and set(alone["again"]) == {"frequency"}
+    assert len({orjson.dumps(a) for a in answers}) == len(people)
+    directed = "query($id: ID!, $f: Boolean!) { profile(id: $id) { id featureValues @include(if: $f) { frequency } } }"
+    for wanted in (True, False, True, False):
+        got = ask(server, directed, {"id": people[0], "f": wanted})["profile"]
+        assert ("featureValues" in got) is wanted
+
+
+def test_only_a_document_without_directives_keeps_its_collected_fields() -> None:
+    from persona.api.plan import Limits, plan
+
+    plain = plan(schema._schema, "{ profile(id: \"x\") { id } }", None, Limits())
+    directed = plan(schema._schema, "query($f: Boolean!) { profile(id: \"x\") { id @skip(if: $f) } }", None, Limits())
+    in_fragment = plan(schema._schema, "{ profile(id: \"x\") { ...P } } fragment P on Profile { id @include(if: true) }",
+                       None, Limits())
+    assert plain.subfields == {} and directed.subfields is None and in_fragment.subfields is None

@@ -9,10 +9,11 @@ do not cover, and nothing too deep or too costly is executed at all.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from graphql import (
+    DirectiveNode,
     DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
@@ -24,6 +25,7 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     NamedTypeNode,
+    Node,
     NullValueNode,
     OperationDefinitionNode,
     OperationType,
@@ -180,6 +182,9 @@ class Plan:
     over: tuple[str, ...] = ()  # the limits the document is over ("depth", "cost", …), for the audit log
     replays: int = 0  # of the scans, those that replay every profile they meet (past filtered listings)
     cacheable: Cacheable | None = None  # answers the answer cache may keep (persona.api.answers)
+    # each object's fields as graphql-core collects them, kept across executions of this document by
+    # persona.api.execution; None when a directive (@skip, @include…) could make them differ between two
+    subfields: dict[Any, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> OperationType | None:
@@ -203,6 +208,17 @@ class Plan:
             f"the query would cost about {about(cost):,}: {self.scans} population scan(s) over about"
             f" {about(population):,} profiles (one unit per {PROFILES_PER_UNIT}{replaying}) and {self.cost} for its"
             f" fields; at most {limits.max_cost} is allowed")
+
+
+def _directed(node: Any) -> bool:
+    """Whether a directive appears anywhere in the document (in a selection, a fragment, an operation)."""
+    if isinstance(node, DirectiveNode):
+        return True
+    if isinstance(node, tuple | list):
+        return any(_directed(child) for child in node)
+    if isinstance(node, Node):
+        return any(_directed(getattr(node, key)) for key in node.keys if key != "loc")
+    return False
 
 
 def about(n: int) -> int:
@@ -390,7 +406,8 @@ def analyse(schema: GraphQLSchema, document: DocumentNode | None, operation: Ope
     return Plan(document or DocumentNode(definitions=()), operation, tuple(errors), frozenset(walk.scopes),
                 ",".join(sorted(walk.profile_fields)), summary.depth, summary.cost, walk.identifies, summary.scans,
                 tuple(sorted(walk.roots)), tuple(over), summary.replays,
-                None if errors else cacheable(operation, walk.profile_fields))
+                None if errors else cacheable(operation, walk.profile_fields),
+                None if document is None or _directed(document) else {})
 
 
 class PlanCache:
