@@ -22,7 +22,6 @@ and head that every append moves (verify recomputes both from the chain).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 from collections.abc import Sequence

@@ -384,6 +384,6 @@ def test_only_a_document_without_directives_keeps_its_collected_fields() -> None
 
     plain = plan(schema._schema, "{ profile(id: \"x\") { id } }", None, Limits())
     directed = plan(schema._schema, "query($f: Boolean!) { profile(id: \"x\") { id @skip(if: $f) } }", None, Limits())
-    in_fragment = plan(schema._schema, "{ profile(id: \"x\") { ...P } } fragment P on Profile { id @include(if: true) }",
-                       None, Limits())
+    in_fragment = plan(schema._schema, "{ profile(id: \"x\") { ...P } } fragment P on Profile"
+                       " { id @include(if: true) }", None, Limits())
     assert plain.subfields == {} and directed.subfields is None and in_fragment.subfields is None

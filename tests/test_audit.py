@@ -295,14 +295,13 @@ def test_a_batch_of_entries_goes_in_whole_in_order_each_row_tagged_as_its_own(tm
     count = 2 * AUDIT_ROWS_AT_ONCE + 37
     sent = [(1_000 + n, f"t{n % 3}", "profile", f"prf_{n:04d}", "id,version" if n % 2 else "", "ok",
              orjson.dumps({"n": n}).decode()) for n in range(count)]
-    with _store(tmp_path, kind) as settings:
-        with Persona.init(settings) as p:
-            write(p, sent[:1])
-            write(p, sent[1:])
-            assert [row[1:] for row in p.recorder.audit_rows(limit=count + 1)] == sent
-            verify(p)  # raises on the first row whose tag is not its own
-            with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
-                _execute(p, "UPDATE audit SET profile_id = 'prf_9999' WHERE at = 1100")
+    with _store(tmp_path, kind) as settings, Persona.init(settings) as p:
+        write(p, sent[:1])
+        write(p, sent[1:])
+        assert [row[1:] for row in p.recorder.audit_rows(limit=count + 1)] == sent
+        verify(p)  # raises on the first row whose tag is not its own
+        with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+            _execute(p, "UPDATE audit SET profile_id = 'prf_9999' WHERE at = 1100")
 
 
 def _execute(p: Persona, *statements: str) -> None:

@@ -88,7 +88,7 @@ class AnswerCache:
             self._mark = mark
         missing = [pid for pid in dict.fromkeys(ids) if pid not in self._stamps]
         if missing:
-            self._stamps.update(zip(missing, stamps(persona, missing)))
+            self._stamps.update(zip(missing, stamps(persona, missing), strict=True))
         return [self._stamps[pid] for pid in ids]
 
     def key(self, query: str, operation_name: str | None, variables: dict[str, Any] | None, token: Token,
