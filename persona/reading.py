@@ -5,7 +5,7 @@ history (the API's loaders: persona.api.data)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -159,6 +159,13 @@ def history_page(persona: Persona, profile_id: str, *, first: int, before: int |
             if len(found) > first:
                 break
     return HistoryPage(found[:first], len(found) > first, by_position=across)
+
+
+def change_mark(persona: Persona) -> Hashable | None:
+    """A value that differs between two reads whenever anything was written to the store in
+    between, by any connection in any process; None where the backend has no cheap way to tell
+    (persona.store.protocols, `Connection.change_mark`)."""
+    return persona.recorder.change_mark()
 
 
 def stamps(persona: Persona, ids: Sequence[str]) -> list[Any]:

@@ -35,7 +35,7 @@ import orjson
 
 from persona.api.plan import Cacheable
 from persona.core import Persona
-from persona.reading import stamps
+from persona.reading import change_mark, stamps
 from persona.tokens import Token
 
 STAMPS_KEPT = 20_000  # profiles whose stamps are remembered while the store is unchanged
@@ -80,7 +80,7 @@ class AnswerCache:
         """Each profile's stamp (persona.reading.stamps), read from the store unless it was read since
         the last write to it. The mark is read before the stamps: a write landing between the two
         leaves a mark that the next request finds changed, never a stale stamp taken for current."""
-        mark = persona.recorder.change_mark()
+        mark = change_mark(persona)
         if mark is None:
             return stamps(persona, ids)
         if mark != self._mark or len(self._stamps) >= STAMPS_KEPT:
