@@ -668,6 +668,24 @@ def main() -> None:
     write_report(results, args.out, quick=args.quick)
 
 
+def queueing_floor(s: dict[str, Any], connections: int) -> str:
+    """What the p99 target meets before persona adds anything: with `connections` requests always in
+    flight on one worker, each waits for the others (Little's law), so the mean latency is at least
+    connections × (ceiling + floor) per request; the bare ceiling's own p99 runs its mean latency
+    times a tail ratio, which the same server cannot beat."""
+    parts = []
+    for key, name in (("profile", "(a)"), ("history", "(b)")):
+        row, ceiling = s[key], s[f"ceiling_{key}"]
+        if "floor_us" not in row:
+            continue
+        mean_ms = connections * (1e3 / ceiling["rps"]["median"] + row["floor_us"] / 1e3)
+        tail = ceiling["p99_ms"]["median"] / (connections * 1e3 / ceiling["rps"]["median"])
+        parts.append(f"{name} {mean_ms:.1f} ms mean, ≈ {mean_ms * tail:.0f} ms p99 at the ceiling's tail ratio"
+                     f" {tail:.1f}")
+    return (f"The floor under p99 at {connections} connections on one worker (each request waits for the others:"
+            f" connections × (ceiling + floor)): " + "; ".join(parts) + ".")
+
+
 def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     w, load, s = r["workload"], r["load"], r["scenarios"]
     if load["client"] == "wrk":
@@ -707,6 +725,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         if "floor_us" in row:
             lines.append(f"| {row['label']} | {row['floor_us']:,.0f} µs | {row['served_us']:,.0f} µs | "
                          f"{ceiling_us + row['floor_us']:,.0f} µs | {row['over_floors']:.2f}× |")
+    lines += ["", queueing_floor(s, load["connections"])]
     t = r["target"]
     head = s["profile"]
 
