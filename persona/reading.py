@@ -66,8 +66,32 @@ def identities_of(persona: Persona, ids: list[str]) -> dict[str, list[dict[str, 
     streams = sorted({m for person in people.values() for m in person.members})
     linked: dict[str, list[dict[str, str]]] = {pid: [] for pid in streams}
     for profile_id, digest, namespace in persona.recorder.links_of_many(streams):
-        linked[profile_id].append({"namespace": namespace, "hash": short_hash(bytes(digest))})
+        linked[profile_id].append({"namespace": namespace, "hash": short_hash(bytes(digest)), "profile": profile_id})
     return {pid: [i for member in person.members for i in linked[member]] for pid, person in people.items()}
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Two of a person's profiles joined by the link of two identifiers (short hashes)."""
+
+    profiles: tuple[str, str]
+    identifiers: tuple[str, str]
+    merged_at: int  # µs
+    undone_at: int | None
+
+
+def merges_of(persona: Persona, ids: list[str]) -> dict[str, list[Merge]]:
+    """How each person's profiles were joined: the merges of their profiles, oldest first,
+    undone ones included (with when), so that an unlinked pair shows as such."""
+    people = identity.persons(persona.recorder, ids)
+    streams = sorted({m for person in people.values() for m in person.members})
+    edges = persona.recorder.merge_edges(streams) if streams else []
+    out: dict[str, list[Merge]] = {}
+    for pid, person in people.items():
+        members = set(person.members)
+        out[pid] = [Merge((e.a, e.b), (short_hash(e.a_hash), short_hash(e.b_hash)), e.merged_at, e.undone_at)
+                    for e in edges if e.a in members or e.b in members]
+    return out
 
 
 @dataclass(frozen=True)

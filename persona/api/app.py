@@ -19,8 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from graphql import ExecutionResult, GraphQLError, OperationType, execute
-from graphql.pyutils import is_awaitable
+from graphql import ExecutionResult, GraphQLError, OperationType
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -29,26 +28,23 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from persona.api.answers import AnswerCache, matches
 from persona.api.context import AUDIT_BACKLOG, BOUND_ONLY, ApiState, RequestContext, ServerOptions, bound_may_run
-from persona.api.errors import ApiError, error, masked, request_values, schema_names, scrub
-from persona.api.execution import Executor
+from persona.api.errors import error, masked, request_values, schema_names, scrub
 from persona.api.plan import Cacheable, Plan, PlanCache
+from persona.api.run import GRAPHQL_SCHEMA, answer_of, execute_plan, operations_of
 from persona.api.schema import schema
 from persona.audit import NO_TOKEN
+from persona.console import Console
 from persona.services.store import check_reachable
 from persona.settings import Settings
 from persona.tokens import Token
 
 log = logging.getLogger("persona.api")
-GRAPHQL_SCHEMA = schema._schema
 JSON_TYPE = "application/json"
-# codes of errors that refuse a field for who is asking or for the server's state (audited as refusals)
-REFUSALS = frozenset({"UNAUTHENTICATED", "FORBIDDEN", "RATE_LIMITED", "BUDGET_EXHAUSTED", "BUSY", "UNAVAILABLE"})
 
 
 class QueryStringFilter(logging.Filter):
@@ -139,7 +135,7 @@ class GraphQLEndpoint:
         plan = state.plans.get(query, operation_name)
         if plan.errors:
             if plan.over:
-                state.audit.refuse(token.name, _operations(plan), "BAD_REQUEST", {"over": list(plan.over)})
+                state.audit.refuse(token.name, operations_of(plan), "BAD_REQUEST", {"over": list(plan.over)})
             values = request_values(plan.document, variables, schema_names(GRAPHQL_SCHEMA))
             return _reply(400, [error(scrub(e.message, values), "BAD_REQUEST") | (
                 {"locations": [{"line": loc.line, "column": loc.column} for loc in e.locations]}
@@ -152,15 +148,15 @@ class GraphQLEndpoint:
             return _reply(405, [error(reason, "BAD_REQUEST")], {"Allow": "POST"})
         missing = plan.scopes - token.scopes
         if missing:
-            state.audit.refuse(token.name, _operations(plan), "FORBIDDEN", {"missing": sorted(missing)})
+            state.audit.refuse(token.name, operations_of(plan), "FORBIDDEN", {"missing": sorted(missing)})
             return _reply(403, [error(f"the token lacks the scope(s): {', '.join(sorted(missing))}", "FORBIDDEN")])
         if token.subject and not bound_may_run(plan):
-            state.audit.refuse(token.name, _operations(plan), "FORBIDDEN", {"bound": True})
+            state.audit.refuse(token.name, operations_of(plan), "FORBIDDEN", {"bound": True})
             return _reply(403, [error(BOUND_ONLY, "FORBIDDEN")])
         if plan.scans:
             too_costly = plan.too_costly(state.population, self.options.limits)
             if too_costly is not None:
-                state.audit.refuse(token.name, _operations(plan), "BAD_REQUEST", {"over": ["cost"]})
+                state.audit.refuse(token.name, operations_of(plan), "BAD_REQUEST", {"over": ["cost"]})
                 return _reply(400, [error(too_costly.message, "BAD_REQUEST")])
         if plan.cacheable is not None and state.answers.enabled:
             ids = plan.cacheable.profile_ids(variables)
@@ -216,16 +212,7 @@ class GraphQLEndpoint:
     @staticmethod
     def _encoded(state: ApiState, token: Token, plan: Plan, variables: dict[str, Any] | None,
                  result: ExecutionResult) -> bytes:
-        """The answer's JSON, errors masked; refusals among them counted in the audit log."""
-        out: dict[str, Any] = {"data": result.data}
-        if result.errors:
-            values = request_values(plan.document, variables, schema_names(GRAPHQL_SCHEMA))
-            out["errors"] = [masked(e, values) for e in result.errors]
-            for e in result.errors:
-                original = e.original_error
-                if isinstance(original, ApiError) and original.code in REFUSALS and e.nodes:
-                    state.audit.refuse(token.name, e.nodes[0].name.value, original.code)  # type: ignore[attr-defined]
-        return orjson.dumps(out)
+        return orjson.dumps(answer_of(state, token, plan, variables, result))
 
     async def _body(self, request: Request) -> tuple[str, dict[str, Any] | None, str | None] | Response:
         limit = self.options.max_request_bytes
@@ -308,19 +295,7 @@ class GraphQLEndpoint:
     @staticmethod
     async def _execute(context: RequestContext, variables: dict[str, Any] | None,
                        operation_name: str | None) -> ExecutionResult:
-        assert context.plan is not None
-        result = execute(GRAPHQL_SCHEMA, context.plan.document, context_value=context, variable_values=variables,
-                         operation_name=operation_name, is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
-                         executor_class=Executor)
-        if is_awaitable(result):
-            result = await result
-        assert isinstance(result, ExecutionResult)
-        return result
-
-
-def _operations(plan: Plan) -> str:
-    """What a refused request asked for, for the audit log: its root fields (schema names)."""
-    return ",".join(plan.roots) or "request"
+        return await execute_plan(context, variables, operation_name)
 
 
 class SocketEndpoint(GraphQL[RequestContext, None]):
@@ -388,6 +363,7 @@ def create_app(settings: Settings | None = None, options: ServerOptions | None =
         Route("/healthz", healthz, methods=["GET"]),
         Route("/graphql", endpoint.handle, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", SocketEndpoint()),
+        *Console().routes(),  # the web console at /console (persona.console)
     ]
     middleware = []
     if options.cors_origins:

@@ -52,7 +52,7 @@ from persona.feed import ChangeFeed
 from persona.memberships import Membership
 from persona.projector import Projector
 from persona.purge import run as purge_when_due
-from persona.reading import identities_of, person_rows
+from persona.reading import Merge, identities_of, merges_of, person_rows
 from persona.rfm import RfmSchedule, compute_rfm
 from persona.services.store import erasure_mark, population_size
 from persona.settings import Settings
@@ -432,6 +432,7 @@ class RequestContext:
         self.profiles: Batch[str, ProfileData | None] = Batch(
             lambda ids: load_profiles(persona, projector, ids), None)
         self.identities: Batch[str, list[dict[str, str]]] = Batch(lambda ids: identities_of(persona, ids), [])
+        self.merges: Batch[str, list[Merge]] = Batch(lambda ids: merges_of(persona, ids), [])
         self.predictions: Batch[str, list[dict[str, Any]]] = Batch(lambda ids: load_predictions(persona, ids, None), [])
         self.sources: Batch[str, dict[str, Any]] = Batch(lambda ids: load_sources(projector, ids), {})
         self.updated: Batch[str, datetime | None] = Batch(lambda ids: dict(load_updated(persona, ids)), None)
@@ -439,7 +440,7 @@ class RequestContext:
 
     def announce(self, ids: list[str]) -> None:
         """A page of profiles is about to be resolved: their lookups go in one batch each."""
-        for loader in (self.identities, self.predictions, self.sources, self.updated, self.segments):
+        for loader in (self.identities, self.merges, self.predictions, self.sources, self.updated, self.segments):
             loader.want(ids)
 
     @property

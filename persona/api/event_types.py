@@ -20,6 +20,8 @@ from persona.events import RecordedEvent
 class Identity:
     namespace: str
     hash: str = strawberry.field(description="A short hash of the identifier, enough to tell links apart")
+    profile_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The profile it is linked to: one of a merged person's (null on an event's subject)")
 
 
 

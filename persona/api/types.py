@@ -320,7 +320,17 @@ class Profile:
     @strawberry.field(description="Identifiers linked to the person: namespace and a short hash only")
     def identities(self, info: Info[RequestContext, None]) -> list[Identity]:
         linked = context_of(info).identities.get(self._data.id)
-        return [Identity(namespace=i["namespace"], hash=i["hash"]) for i in linked]
+        return [Identity(namespace=i["namespace"], hash=i["hash"], profile_id=strawberry.ID(i["profile"]))
+                for i in linked]
+
+    @strawberry.field(description="How the person's profiles were joined: each merge of two of them by the link of"
+                                  " two identifiers (short hashes), oldest first; an undone one (unlinkIdentities)"
+                                  " with when")
+    def merges(self, info: Info[RequestContext, None]) -> list[Merge]:
+        return [Merge(profiles=[strawberry.ID(p) for p in m.profiles], identifiers=list(m.identifiers),
+                      merged_at=from_micros(m.merged_at),
+                      undone_at=None if m.undone_at is None else from_micros(m.undone_at))
+                for m in context_of(info).merges.get(self._data.id)]
 
     @strawberry.field(description="The decrypted event log, newest first")
     def history(self, info: Info[RequestContext, None], first: int | None = None, after: str | None = None,
@@ -350,6 +360,14 @@ class Profile:
         if since_at is None and until_at is None:  # paged by the database: only what is returned is opened
             return page(ctx.state.persona)
         return later(ctx.state.scanner.run(page))  # a time filter decrypts to compare: off the event loop
+
+
+@strawberry.type(description="Two profiles found to be one person by the link of two identifiers")
+class Merge:
+    profiles: list[strawberry.ID] = strawberry.field(description="The two profiles joined")
+    identifiers: list[str] = strawberry.field(description="Short hashes of the two identifiers whose link joined them")
+    merged_at: datetime
+    undone_at: datetime | None = strawberry.field(description="When unlinkIdentities undid it (null: in force)")
 
 
 @strawberry.type(description="A person's place in a live segment")

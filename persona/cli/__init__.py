@@ -70,7 +70,8 @@ COMMANDS = {
                                          " rebuilding the read models."),
     "segments": Entry("segments", "segments", "Live segments: named rules kept current on ingest (add, list, members,"
                                               " refresh, remove)."),
-    "serve": Entry("serve", "serve", "Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and"
+    "serve": Entry("serve", "serve", "Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws), the"
+                                     " web console at /console (sign in with a token; docs/console.md) and"
                                      " /healthz."),
     "stats": Entry("people", "stats", "Population aggregates from the profile index: counts and means per group."),
     "tokens": Entry("serve", "tokens", "API bearer tokens: create (shown once), list, revoke."),

@@ -52,7 +52,8 @@ WS_MAX_BYTES = 64 * 1024  # a websocket message (a subscription document): HTTP 
 def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log_level: str, proxy_headers: bool,
           forwarded_allow_ips: str | None, cors_origin: tuple[str, ...], segment_sweep: float | None,
           answer_cache_mb: int | None, answer_cache_s: float | None) -> None:
-    """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws) and /healthz.
+    """Serve the GraphQL API at /graphql (HTTP and graphql-transport-ws), the web console at
+    /console (sign in with a token; docs/console.md) and /healthz.
 
     Every request needs a bearer token (see `persona tokens create`). Request lines are
     not logged: a GET query string may carry identifiers. Forwarded headers are ignored
@@ -79,6 +80,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, dev: bool, log
     if not active:
         click.echo("note: no API tokens yet; create one with `persona tokens create --name NAME --scopes …`",
                    err=True)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"console: http://{shown}:{port}/console (sign in with an API token)", err=True)
     common: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                               "loop": "uvloop", "http": "httptools", "ws": "websockets-sansio", "server_header": False,
                               "ws_max_size": WS_MAX_BYTES, "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,

@@ -1,0 +1,520 @@
+"""The console's pages: Starlette endpoints rendering Jinja templates from what the GraphQL
+schema answers the signed-in token (persona.console.client).
+
+Every page is plain HTML and CSS: no script runs in it, so the Content-Security-Policy allows
+none. Reads are GETs whose URLs carry only pseudonymous profile ids, filters and cursors; an
+identifier travels only in a POST body, is hashed by the API as any request's would be, and is
+never echoed back, logged or put in a URL. Each action is a POST with the session's CSRF token
+and the console's own Origin.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from persona.api.context import ApiState
+from persona.api.errors import fault
+from persona.audit import NO_TOKEN
+from persona.console import charts, documents
+from persona.console.client import Answer, ask
+from persona.console.session import COOKIE, SESSION_S, Session, Sessions
+from persona.erasure import verify_receipt
+from persona.errors import ReceiptError
+from persona.tokens import SCOPES, Token
+
+PREFIX = "/console"
+FORM_TYPE = "application/x-www-form-urlencoded"
+MAX_FORM_BYTES = 64 << 10  # a receipt is the largest thing a form sends back (a few kB)
+PAGE = 25  # people and events per page
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
+       " base-uri 'none'")
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # a POST's Origin is sent (no-referrer makes it "null")
+    "Cache-Control": "no-store",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+NAMESPACES = ("email", "phone", "device", "<source>_user")
+
+
+class Refusal(Exception):
+    """A request the console answers with a page of its own (an error page, or a redirect)."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+class Unfit(Exception):
+    """A request refused before anything is read: its form or its origin (a status and why)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+@dataclass
+class Visit:
+    """A signed-in request: the server's state, the token and the session it came with."""
+
+    request: Request
+    state: ApiState
+    token: Token
+    session: Session
+    csrf: str
+
+    def may(self, scope: str) -> bool:
+        return scope in self.token.scopes
+
+    @property
+    def may_link(self) -> bool:
+        """Link and unlink identifiers: events:write with identity_linked granted by name (as the API asks)."""
+        return self.may("events:write") and self.may("profiles:read") and self.token.grants("identity_linked")
+
+
+Handler = Callable[[Visit], Awaitable[Response]]
+
+
+class Console:
+    """The pages, their templates and the session keys (made when the server's state is)."""
+
+    def __init__(self) -> None:
+        self.env = Environment(loader=PackageLoader("persona.console", "templates"),
+                               autoescape=select_autoescape(default=True, default_for_string=True))
+        self.env.filters["when"] = _when
+        self.env.filters["number"] = _number
+        self.env.filters["short"] = lambda text: str(text)[:12]
+        self._sessions: Sessions | None = None
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Mount(PREFIX, routes=[
+                Route("/", self.home, methods=["GET"]),
+                Route("/sign-in", self.sign_in_page, methods=["GET"]),
+                Route("/sign-in", self.sign_in, methods=["POST"]),
+                Route("/sign-out", self.signed_in(self.sign_out, action=True), methods=["POST"]),
+                Route("/people", self.signed_in(self.people), methods=["GET"]),
+                Route("/find", self.signed_in(self.find, action=True), methods=["POST"]),
+                Route("/person/{pid}", self.signed_in(self.person), methods=["GET"]),
+                Route("/person/{pid}/timeline", self.signed_in(self.timeline), methods=["GET"]),
+                Route("/person/{pid}/unlink", self.signed_in(self.unlink, action=True), methods=["POST"]),
+                Route("/person/{pid}/erase", self.signed_in(self.erase_page), methods=["GET"]),
+                Route("/person/{pid}/erase", self.signed_in(self.erase, action=True), methods=["POST"]),
+                Route("/receipt", self.signed_in(self.receipt, action=True), methods=["POST"]),
+                Mount("/static", StaticFiles(packages=[("persona.console", "static")]), name="static"),
+            ]),
+        ]
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def sessions(self, state: ApiState) -> Sessions:
+        if self._sessions is None:
+            self._sessions = Sessions(state.persona.keyring.derived("console-session"))
+        return self._sessions
+
+    def render(self, name: str, status: int = 200, visit: Visit | None = None, **values: Any) -> Response:
+        values.setdefault("title", "persona")
+        page = self.env.get_template(name).render(visit=visit, prefix=PREFIX, scopes=SCOPES, **values)
+        return HTMLResponse(page, status, headers=HEADERS)
+
+    def problem(self, visit: Visit | None, status: int, message: str, *, missing: tuple[str, ...] = ()) -> Response:
+        return self.render("problem.html", status, visit, title="persona — " + ("not allowed" if missing else
+                                                                                 "problem"),
+                           message=message, missing=missing)
+
+    def refused(self, visit: Visit, answer: Answer) -> Response | None:
+        """The page for an answer that was refused or failed as a whole; None if it can be shown."""
+        if answer.refused:
+            return self.problem(visit, 403, "Your token does not allow this page.", missing=answer.missing)
+        code = answer.code()
+        if answer.data is None or (code is not None and all(v is None for v in answer.data.values())):
+            status = {"NOT_FOUND": 404, "RATE_LIMITED": 429, "FORBIDDEN": 403, "BAD_REQUEST": 400,
+                      "UNAVAILABLE": 503, "BUSY": 503}.get(code or "", 500)
+            return self.problem(visit, status, answer.problems[0].message if answer.problems else "no answer")
+        return None
+
+    def signed_in(self, handler: Handler, *, action: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                visit = self._visit(request)
+                if action:
+                    _same_origin(request)
+                    form = await _form(request)
+                    if not self.sessions(visit.state).csrf_ok(visit.session, form.get("csrf")):
+                        visit.state.audit.refuse(visit.token.name, "console", "FORBIDDEN", {"csrf": True})
+                        raise Refusal(self.problem(visit, 403, "This form has expired or did not come from this"
+                                                               " console: reload the page and try again."))
+                    request.state.form = form
+                return await handler(visit)
+            except Refusal as refusal:
+                return refusal.response
+            except Unfit as unfit:
+                return self.problem(None, unfit.status, unfit.message)
+            except Exception as e:  # a fault of ours: the page says so, the log names its class and place only
+                reference = fault(e, "console")
+                return self.problem(None, 500, f"Something went wrong on the server (reference {reference}).")
+        return endpoint
+
+    def _visit(self, request: Request) -> Visit:
+        state: ApiState = request.app.state.api
+        sessions = self.sessions(state)
+        session = sessions.open(request.cookies.get(COOKIE), time.time())
+        token = state.tokens.lookup(session.token) if session is not None else None
+        if session is None or token is None or token.subject:
+            if request.cookies.get(COOKIE):
+                state.audit.refuse(NO_TOKEN, "console", "UNAUTHENTICATED")
+            response = RedirectResponse(f"{PREFIX}/sign-in", 303, headers=HEADERS)
+            response.delete_cookie(COOKIE, path=PREFIX)
+            raise Refusal(response)
+        visit = Visit(request, state, token, session, sessions.csrf(session))
+        wait = state.limiter.allow(token.name, token.rate_per_s)
+        if wait:
+            state.audit.refuse(token.name, "console", "RATE_LIMITED")
+            raise Refusal(self.problem(visit, 429, "Too many requests for this token; wait a moment."))
+        return visit
+
+    # -- signing in and out ----------------------------------------------------------------------
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse(f"{PREFIX}/people", 303, headers=HEADERS)
+
+    async def sign_in_page(self, request: Request) -> Response:
+        return self.render("sign_in.html", title="persona — sign in")
+
+    async def sign_in(self, request: Request) -> Response:
+        state: ApiState = request.app.state.api
+        try:
+            _same_origin(request)
+            form = await _form(request)
+        except Unfit as unfit:
+            return self.problem(None, unfit.status, unfit.message)
+        client = request.client.host if request.client else "?"
+        if state.strangers.allow(client, state.options.unauthenticated_rate):
+            state.audit.refuse(NO_TOKEN, "console.signIn", "RATE_LIMITED")
+            return self.render("sign_in.html", 429, title="persona — sign in",
+                               error="Too many attempts from this address; wait a moment.")
+        raw = form.get("token", "").strip()
+        token = state.tokens.lookup(raw) if raw else None
+        if token is None:
+            state.audit.refuse(NO_TOKEN, "console.signIn", "UNAUTHENTICATED")
+            return self.render("sign_in.html", 401, title="persona — sign in",
+                               error="That is not a valid token (create one with `persona tokens create`).")
+        if token.subject:
+            state.audit.refuse(token.name, "console.signIn", "FORBIDDEN", {"bound": True})
+            return self.render("sign_in.html", 403, title="persona — sign in",
+                               error="A token minted for one person's own page cannot sign in to the console.")
+        cookie, _ = self.sessions(state).seal(raw, time.time())
+        state.audit.record(token.name, "console.signIn", "")
+        response = RedirectResponse(f"{PREFIX}/people", 303, headers=HEADERS)
+        response.set_cookie(COOKIE, cookie, max_age=SESSION_S, path=PREFIX, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def sign_out(self, visit: Visit) -> Response:
+        response = RedirectResponse(f"{PREFIX}/sign-in", 303, headers=HEADERS)
+        response.delete_cookie(COOKIE, path=PREFIX)
+        return response
+
+    # -- people ------------------------------------------------------------------------------------
+    async def people(self, visit: Visit) -> Response:
+        after = _cursor(visit.request.query_params.get("after"))
+        answer = await ask(visit.state, visit.token, documents.PEOPLE, {"first": PAGE, "after": after})
+        if answer.refused:
+            return self.render("people.html", visit=visit, title="persona — people", people=None,
+                               missing=answer.missing, namespaces=NAMESPACES)
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        found = answer.data["profiles"]
+        return self.render("people.html", visit=visit, title="persona — people", people=found,
+                           namespaces=NAMESPACES, next_page=_link(f"{PREFIX}/people", after=found["pageInfo"][
+                               "endCursor"]) if found["pageInfo"]["hasNextPage"] else None)
+
+    async def find(self, visit: Visit) -> Response:
+        form: dict[str, str] = visit.request.state.form
+        profile_id = form.get("id", "").strip()
+        if profile_id:
+            return RedirectResponse(_link(f"{PREFIX}/person/{_path_part(profile_id)}"), 303, headers=HEADERS)
+        namespace, value = form.get("namespace", "").strip(), form.get("value", "")
+        if not namespace or not value.strip():
+            return self.problem(visit, 400, "Give a profile id, or an identifier's namespace and value.")
+        answer = await ask(visit.state, visit.token, documents.FIND,
+                           {"subject": {"namespace": namespace, "value": value}})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        if answer.data["profile"] is None:
+            return self.problem(visit, 404, f"No profile has that {namespace} identifier (or it was erased).")
+        return RedirectResponse(f"{PREFIX}/person/{_path_part(answer.data['profile']['id'])}", 303,
+                                headers=HEADERS)
+
+    async def person(self, visit: Visit) -> Response:
+        pid = visit.request.path_params["pid"]
+        as_of = _instant(visit.request.query_params.get("asOf"), "as of")
+        if isinstance(as_of, _Bad):
+            return self.problem(visit, 400, as_of.message)
+        document = documents.person(visit.token.scopes, as_of=as_of is not None)
+        answer = await ask(visit.state, visit.token, document, {"id": pid, "asOf": as_of})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        profile = answer.data["profile"]
+        if profile is None:
+            return self.render("gone.html", 404, visit, title="persona — no such person", pid=pid)
+        features = profile["featureValues"]
+        return self.render(
+            "person.html", visit=visit, title=f"persona — person {pid[:12]}", p=profile, pid=pid, as_of=as_of,
+            problems=answer.problems, attributes=_attributes(profile["attributeValues"]),
+            features=_features(features),
+            hours=charts.columns(features["hourOfDay"], [str(h) for h in range(24)], label_every=3,
+                                 summary="Events by hour of the day (UTC)"),
+            weekdays=charts.columns(features["dayOfWeek"], list(DAYS), summary="Events by day of the week"),
+            affinity=charts.rows([c["score"] for c in features["categoryAffinity"]],
+                                 [c["category"] for c in features["categoryAffinity"]],
+                                 summary="Affinity to each category") if features["categoryAffinity"] else None,
+            predictions=[(p, charts.rows([c["effect"] for c in p["contributions"]],
+                                         [c["feature"] for c in p["contributions"]],
+                                         summary=f"What moved {p['model']}'s prediction"))
+                         for p in profile.get("predictions") or ()],
+            graph=_graph(profile), namespaces=NAMESPACES)
+
+    async def timeline(self, visit: Visit) -> Response:
+        pid, params = visit.request.path_params["pid"], visit.request.query_params
+        as_of = _instant(params.get("asOf"), "as of")
+        since = _instant(params.get("since"), "since")
+        until = _instant(params.get("until"), "until")
+        for bad in (as_of, since, until):
+            if isinstance(bad, _Bad):
+                return self.problem(visit, 400, bad.message)
+        types = [t for t in (params.get("types") or "").replace(",", " ").split() if t][:20]
+        after = _cursor(params.get("after"))
+        answer = await ask(visit.state, visit.token, documents.TIMELINE,
+                           {"id": pid, "asOf": as_of, "first": PAGE, "after": after, "types": types or None,
+                            "since": since, "until": until})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        profile = answer.data["profile"]
+        if profile is None:
+            return self.render("gone.html", 404, visit, title="persona — no such person", pid=pid)
+        if profile.get("history") is None:
+            return self.problem(visit, 400, answer.problems[0].message if answer.problems else "no history")
+        history = profile["history"]
+        kept = {"asOf": params.get("asOf"), "since": params.get("since"), "until": params.get("until"),
+                "types": " ".join(types) or None}
+        next_page = (_link(f"{PREFIX}/person/{_path_part(pid)}/timeline", **kept, after=history["pageInfo"][
+            "endCursor"]) if history["pageInfo"]["hasNextPage"] else None)
+        return self.render("timeline.html", visit=visit, title=f"persona — timeline of {pid[:12]}", p=profile,
+                           pid=pid, events=[_event(e["node"]) for e in history["edges"]], filters=kept,
+                           next_page=next_page, first_page=after is not None)
+
+    # -- actions -----------------------------------------------------------------------------------
+    async def unlink(self, visit: Visit) -> Response:
+        form: dict[str, str] = visit.request.state.form
+        pid = visit.request.path_params["pid"]
+        subjects = []
+        for side in ("a", "b"):
+            namespace, value = form.get(f"{side}_namespace", "").strip(), form.get(f"{side}_value", "")
+            if not namespace or not value.strip():
+                return self.problem(visit, 400, "Give both identifiers: a namespace and a value each.")
+            subjects.append({"namespace": namespace, "value": value})
+        answer = await ask(visit.state, visit.token, documents.UNLINK, {"a": subjects[0], "b": subjects[1]})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        return self.render("unlinked.html", visit=visit, title="persona — unlinked", pid=pid,
+                           people=answer.data["unlinkIdentities"])
+
+    async def erase_page(self, visit: Visit) -> Response:
+        pid = visit.request.path_params["pid"]
+        if not visit.may("erasure:write"):
+            return self.problem(visit, 403, "Your token does not allow erasing people.", missing=("erasure:write",))
+        return self.render("erase.html", visit=visit, title="persona — erase a person", pid=pid)
+
+    async def erase(self, visit: Visit) -> Response:
+        form: dict[str, str] = visit.request.state.form
+        pid = visit.request.path_params["pid"]
+        if form.get("confirm", "").strip() != pid:
+            return self.render("erase.html", 400, visit, title="persona — erase a person", pid=pid,
+                               error="Type the profile id exactly to confirm.")
+        answer = await ask(visit.state, visit.token, documents.ERASE, {"id": pid})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        receipt = answer.data["eraseProfile"]
+        return self.render("receipt.html", visit=visit, title="persona — erased", r=receipt,
+                           document=orjson.dumps(receipt["receipt"]).decode())
+
+    async def receipt(self, visit: Visit) -> Response:
+        """A receipt shown after an erasure, sent back to be downloaded: only a receipt this
+        server signed is answered, so the endpoint cannot be made to serve anything else."""
+        form: dict[str, str] = visit.request.state.form
+        try:
+            doc = orjson.loads(form.get("receipt", ""))
+            body = verify_receipt(doc, visit.state.persona.keyring.public_key)
+        except (orjson.JSONDecodeError, ReceiptError):
+            return self.problem(visit, 400, "That is not a receipt this server signed.")
+        name = f"erasure-{body['profile_id'][:32]}.json"
+        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n", 200, media_type="application/json",
+                        headers=HEADERS | {"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Bad:
+    message: str
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if FORM_TYPE not in request.headers.get("content-type", ""):
+        raise Unfit(415, "Send the form as application/x-www-form-urlencoded.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise Unfit(413, "The form is too large.")
+        chunks.append(chunk)
+    try:
+        pairs = parse_qsl(b"".join(chunks).decode(), keep_blank_values=True, max_num_fields=40,
+                          strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise Unfit(400, "The form could not be read.") from None
+    return dict(pairs)
+
+
+def _same_origin(request: Request) -> None:
+    """A POST must come from a page of this server: its Origin (sent by every browser with a
+    POST) names this host, or it is refused before anything is read."""
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "")
+    if origin is None or origin == "null" or origin.split("://", 1)[-1] != host:
+        raise Unfit(403, "This form must be sent from the console's own pages.")
+
+
+def _instant(text: str | None, name: str) -> str | _Bad | None:
+    """A time a form gave (a date, or a date and time, UTC unless it says otherwise) as ISO 8601."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        return _Bad(f"{name}: give a date (2026-01-31) or a date and time (2026-01-31T14:00)")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _cursor(text: str | None) -> str | None:
+    return text if text and len(text) <= 200 else None
+
+
+def _path_part(text: str) -> str:
+    """A profile id as a path segment: anything but what ids are made of is dropped, so a link
+    built from it stays one segment of the console."""
+    return "".join(ch for ch in text if ch.isalnum() or ch in "-_.")[:100] or "-"
+
+
+def _link(path: str, **params: str | None) -> str:
+    kept = {k: v for k, v in params.items() if v}
+    return f"{path}?{urlencode(kept)}" if kept else path
+
+
+def _when(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _number(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    return str(value)
+
+
+def _attributes(values: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for name, value in values.items():
+        if name in ("consent", "custom"):
+            continue
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or None
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.append((name, str(value)))  # a year, an age: no thousands separator
+            continue
+        out.append((name, _when(value) if name.endswith("At") else _number(value)))
+    for name, value in sorted((values.get("custom") or {}).items()):
+        out.append((name, orjson.dumps(value).decode() if not isinstance(value, str) else value))
+    return out
+
+
+FEATURE_ROWS = (("frequency", "orders"), ("monetary", "spent"), ("aov", "average order"),
+                ("recencyDays", "days since last order"), ("firstOrderAt", "first order"),
+                ("lastOrderAt", "last order"), ("expectedNextPurchaseAt", "next order expected"),
+                ("refunds", "refunds"), ("sessions", "sessions"), ("pageViews", "page views"),
+                ("productViews", "product views"), ("conversionRate", "conversion rate"),
+                ("appSessions", "app sessions"), ("reviews", "reviews"), ("reviewMeanRating", "mean rating"),
+                ("activeDays", "active days"), ("firstSeenAt", "first seen"), ("lastSeenAt", "last seen"))
+
+
+def _features(values: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(label, _when(values.get(name)) if name.endswith("At") else _number(values.get(name)))
+            for name, label in FEATURE_ROWS]
+
+
+def _event(node: dict[str, Any]) -> dict[str, Any]:
+    data = node.get("data") or {}
+    shown = [(k, v if isinstance(v, str) else orjson.dumps(v).decode()) for k, v in sorted(data.items())][:12]
+    return node | {"fields": shown}
+
+
+@dataclass(frozen=True)
+class Graph:
+    width: int
+    height: int
+    nodes: list[tuple[str, float, float]]  # profile id, x, y
+    edges: list[tuple[float, float, float, float, bool]]  # x1, y1, x2, y2, undone
+
+
+def _graph(profile: dict[str, Any]) -> Graph | None:
+    """The profiles merged into the person, on a circle, with their merges as lines."""
+    merges = profile.get("merges") or []
+    members = list(dict.fromkeys([profile["id"], *(p for m in merges for p in m["profiles"]),
+                                  *(i["profileId"] for i in profile.get("identities") or () if i["profileId"])]))
+    if len(members) < 2:
+        return None
+    width, height, radius = 360, 220, 80
+    places = {pid: (width / 2 + radius * math.cos(2 * math.pi * i / len(members) - math.pi / 2),
+                    height / 2 + radius * math.sin(2 * math.pi * i / len(members) - math.pi / 2))
+              for i, pid in enumerate(members)}
+    edges = [(*places[m["profiles"][0]], *places[m["profiles"][1]], m["undoneAt"] is not None) for m in merges]
+    return Graph(width, height, [(pid, *places[pid]) for pid in members], edges)
