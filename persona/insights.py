@@ -50,6 +50,9 @@ dp.enable_features("contrib")  # the library's measurements that have a proof bu
 
 # Clipping bounds of numeric features for sums and histograms: declared, never taken from
 # the data (bounds learnt from the data would themselves leak). A question may narrow them.
+# RFM scores as groups (an exact answer's only: one person can move many people's scores, so a
+# count grouped by them has no bounded sensitivity and noise would promise nothing)
+RFM_GROUPS = {"rfm_r": "r", "rfm_f": "f", "rfm_m": "m"}
 BOUNDS: dict[str, tuple[float, float]] = {
     "frequency": (0, 100),
     "monetary": (0, 10_000),
@@ -114,6 +117,9 @@ class Insights:
 def _value(profile: IndexedProfile, name: str) -> Any:
     if name in profile.features:
         return profile.features[name]
+    score = RFM_GROUPS.get(name)
+    if score is not None:
+        return profile.rfm.get(score) if profile.rfm else None
     return profile.attributes.get(name)
 
 

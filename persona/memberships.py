@@ -26,7 +26,7 @@ import functools
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -160,6 +160,28 @@ def sizes(persona: Persona) -> dict[str, int]:
     """Members of every segment (0 for an empty one), by name."""
     counted = persona.recorder.segment_sizes()
     return {name: counted.get(name, 0) for name, *_ in persona.recorder.segment_definitions()}
+
+
+def size_history(persona: Persona, days: int, *, now: datetime | None = None) -> dict[str, list[tuple[date, int]]]:
+    """Each segment's size at the end of each of the last `days` days (today last), walked back
+    from its size now through the entries and exits kept (PERSONA_SEGMENT_CHANGES_DAYS: a day
+    older than that shows the size the kept changes lead back to)."""
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    first = today - timedelta(days=days - 1)
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    net: dict[str, dict[int, int]] = {}
+    for name, number, entered, left in persona.recorder.segment_daily_changes(micros(start)):
+        net.setdefault(name, {})[number] = entered - left
+    epoch = date(1970, 1, 1)
+    out: dict[str, list[tuple[date, int]]] = {}
+    for name, size in sizes(persona).items():
+        moves, series = net.get(name, {}), []
+        for offset in range(days):
+            day = today - timedelta(days=offset)
+            series.append((day, size))
+            size -= moves.get((day - epoch).days, 0)  # the size at the end of the day before
+        out[name] = series[::-1]
+    return out
 
 
 def changes(persona: Persona, after: int = 0, limit: int = 1000) -> list[Change]:

@@ -422,6 +422,18 @@ def test_insights_counts_add_up_to_the_population(api_k1: Api, everyone: list[di
     assert {tuple(g["key"][name] for name in by): g["count"] for g in answer["groups"]} == expected
 
 
+def test_insights_group_by_rfm_scores_exactly_and_never_privately(api_k1: Api, api: Api,
+                                                                  everyone: list[dict[str, Any]]) -> None:
+    scored = Counter((p["features"]["rfm"]["r"], p["features"]["rfm"]["f"]) for p in everyone if p["features"]["rfm"])
+    assert len(scored) > 3 and all(1 <= r <= 5 and 1 <= f <= 5 for r, f in scored)
+    answer = api_k1.data(INSIGHTS, {"by": ["rfm_r", "rfm_f"]}, token="analyst")["insights"]
+    counted = {(g["key"]["rfm_r"], g["key"]["rfm_f"]): g["count"] for g in answer["groups"]}
+    assert {key: n for key, n in counted.items() if None not in key} == scored  # the grid: every scored person
+    assert sum(counted.values()) == len(everyone)  # the unscored in a group of their own
+    error = api.error(INSIGHTS, {"by": ["rfm_r"], "epsilon": 1.0}, token="noisy")
+    assert "RFM scores cannot group a differentially private answer" in error["message"]
+
+
 def test_insights_metric_mean_and_histogram(api: Api, api_k1: Api, everyone: list[dict[str, Any]]) -> None:
     shown = hidden = 0
     # the declared bounds, left out or given (exact answers narrow none); at k = 5 bins hold few

@@ -216,6 +216,8 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Mutation", "unlinkIdentities"): 'mutation { unlinkIdentities(a: {namespace: "email", value: "a@example.com"},'
                                       ' b: {namespace: "email", value: "b@example.com"}) { id } }',
     ("Mutation", "trainModel"): 'mutation { trainModel(name: "churn_91d") { name } }',
+    ("Mutation", "promoteModel"): 'mutation { promoteModel(name: "churn_91d", version: 1) { name } }',
+    ("Mutation", "rollbackModel"): 'mutation { rollbackModel(name: "churn_91d") { name } }',
     ("Query", "segments"): "{ segments { name size } }",
     ("Mutation", "createSegment"): 'mutation { createSegment(name: "probe", rule: "frequency > 0") { name } }',
     ("Mutation", "deleteSegment"): 'mutation { deleteSegment(name: "probe") }',

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from persona import Persona
+from persona import Persona, memberships
 from persona.ingest import ingest_jsonl
 from persona.tokens import create_token
 from tests.conftest import jsonl, record
@@ -277,3 +277,30 @@ def test_profile_consent_shows_each_purpose_with_its_provenance(server: Server) 
     refused = server.post("query($id: ID) { profile(id: $id, asOf: \"2026-01-01T00:00:00Z\") { consent { purpose }"
                           " } }", {"id": server.ids[person]}).json()
     assert refused["errors"][0]["message"].startswith("consent: available for the current profile only")
+
+
+def test_a_segments_history_walks_back_from_its_size_through_the_changes_kept(server: Server) -> None:
+    ask(server, CREATE, {"n": "history", "r": "behavior_events > 0"}, token="curator")
+    found = {s["name"]: s for s in ask(server, "{ segments { name size history(days: 3) { day size } } }",
+                                       token="sizes")["segments"]}["history"]
+    today = datetime.now(UTC).date()
+    assert [h["day"] for h in found["history"]] == [str(today - timedelta(days=n)) for n in (2, 1, 0)]
+    with Persona.open(server.settings) as p:
+        members = memberships.sizes(p)["history"]
+        # the library, as of two days on: nobody the day before it was made, its size since
+        later = memberships.size_history(p, 4, now=datetime.now(UTC) + timedelta(days=2))["history"]
+    assert members > 0 and found["size"] == (None if members < 5 else members)
+    # everyone entered today, when the segment was made: the days before it had nobody
+    assert [h["size"] for h in found["history"]] == [0, 0, found["size"]]
+    assert [size for _, size in later] == [0, members, members, members]
+    assert [day for day, _ in later] == [today - timedelta(days=1) + timedelta(days=n) for n in range(4)]
+    for days in (0, -1, 367):
+        assert "days: between 1 and 366" in refused(server, f"{{ segments {{ history(days: {days}) {{ size }} }} }}",
+                                                    token="sizes")
+    small = ask(server, CREATE, {"n": "small-history", "r": f'city = "{city_of(server, PEOPLE[0])}"'},
+                token="curator")["createSegment"]
+    assert small["size"] is None
+    listed = {s["name"]: s for s in ask(server, "{ segments { name history { size } } }", token="sizes")["segments"]}
+    assert listed["small-history"]["history"][-1]["size"] is None  # fewer than k: not said, today or any day
+    ask(server, 'mutation { deleteSegment(name: "history") }', token="curator")
+    ask(server, 'mutation { deleteSegment(name: "small-history") }', token="curator")

@@ -122,6 +122,9 @@ def test_every_api_access_is_audited_with_its_shape_and_never_a_value(
         assert gone["errors"][0]["extensions"]["code"] == "NOT_FOUND"
         trained = api.post('mutation { trainModel(name: "churn_91d", cutoffs: ["2026-01-01T00:00:00Z"]) { name } }')
         assert trained.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"  # one cutoff: refused, read
+        for change in ('promoteModel(name: "churn_91d", version: 1)', 'rollbackModel(name: "churn_91d")'):
+            refused = api.post(f"mutation {{ {change} {{ name }} }}").json()["errors"][0]  # no such model
+            assert refused["extensions"]["code"] == "BAD_REQUEST" and "no model named" in refused["message"]
     found = entries(settings)
     ours = [e for e in found if e.writer == "ops"]
     by_op: dict[str, list[Entry]] = {}
@@ -152,6 +155,10 @@ def test_every_api_access_is_audited_with_its_shape_and_never_a_value(
         (erased, "ok", {"subject": "email"}), ("", "NOT_FOUND", {"subject": "email", "count": 1})]
     assert [(e.outcome, e.detail) for e in by_op["trainModel"]] == [  # refused, recorded once it had run
         ("BAD_REQUEST", {"model": "churn_91d", "cutoffs": 1, "count": 1})]
+    assert [(e.outcome, e.detail) for e in by_op["promoteModel"]] == [
+        ("BAD_REQUEST", {"model": "churn_91d", "version": 1, "count": 1})]
+    assert [(e.outcome, e.detail) for e in by_op["rollbackModel"]] == [
+        ("BAD_REQUEST", {"model": "churn_91d", "count": 1})]
     # nothing a client sent as a value, and no identifier, is in the audit table
     raw = audit_bytes(settings)
     stored = raw.lower()

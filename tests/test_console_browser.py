@@ -24,6 +24,10 @@ from persona.audit import entries
 from persona.erasure import verify_receipt
 from persona.ingest import ingest_jsonl
 from persona.linking import link
+from persona.memberships import add_segment
+from persona.models import drift, registry, scoring
+from persona.models.tasks import parse_task
+from persona.models.train import train
 from persona.tokens import SCOPES, create_token, revoke_token
 from tests.api_world import IDENTIFIERS, LI, World, make_world
 from tests.conftest import record
@@ -42,6 +46,8 @@ PAGE = 25  # events per page of the timeline (persona.console.pages.PAGE)
 CONSOLE_TOKENS: dict[str, tuple[frozenset[str], dict[str, Any]]] = {
     "admin": (frozenset(SCOPES) - {"tokens:mint"}, {"types": frozenset({"identity_linked"})}),  # may unlink
     "viewer": (frozenset({"profiles:read"}), {}),
+    "modeller": (frozenset({"predictions:read"}), {}),  # sees models, may not promote
+    "private": (frozenset({"insights:read"}), {"epsilon_budget": 2.0}),  # the population through noise only
 }
 
 
@@ -118,6 +124,11 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         report = ingest_jsonl(persona, [orjson.dumps(r) for r in (*orders, *views)], origin="console")
         assert report.appended == 32
         world.ids[CARA] = persona.log.profile_for("email", CARA) or ""
+        add_segment(persona, "spenders", "monetary > 100", by="test")
+        for _ in range(2):  # two versions of one model: one served, one to roll back to
+            registry.save(persona, train(persona, parse_task("churn_91d")), promote=True)
+        scoring.score_all(persona, "churn_91d")
+        drift.measure(persona, registry.get(persona, "churn_91d"))  # the served version's drift, per feature
         linked = link(persona, ("email", ANN), ("email", BEN))
         assert linked.merged
         world.ids[ANN] = linked.person
@@ -167,6 +178,9 @@ def test_find_a_person_by_identifier_never_puts_it_in_a_url_and_the_view_is_audi
         assert page.locator(f"h2:text-is('{section.capitalize()}')").count() == 1, section
     assert page.locator("figure.chart svg rect.bar").count() > 0  # the activity charts drew bars
     assert page.locator("text=Where each came from").count() == 1  # provenance: history:read held
+    predictions = page.locator("section[aria-labelledby=pred-title]")
+    assert "churn_91d v" in predictions.text_content()
+    assert predictions.locator("figure.chart rect.bar").count() >= 1  # what moved it, as bars
     assert console.audit_of(pid, "admin"), "the page view is not in the audit log"
 
 
@@ -362,3 +376,63 @@ def test_revoking_the_token_ends_its_sessions_and_signing_out_ends_this_one(cons
             break
         time.sleep(0.5)
     assert other.url.endswith("/console/sign-in")
+
+
+def test_the_population_page_draws_the_funnel_distributions_rfm_grid_and_segments(console: Console) -> None:
+    page = console.page()
+    page.click("nav >> text=Population")
+    assert page.url.endswith("/console/population")
+    body = console.check(page, "population")
+    assert "spenders" in body and "monetary &gt; 100" in body
+    assert page.locator("h3:text-is('Lifecycle funnel') + figure rect.bar").count() == 4  # the four stages
+    assert page.locator("table.heat td").count() == 25  # R × F
+    assert page.locator("table.heat td:not(:empty)").count() >= 1
+    assert "k-anonymous" in body
+    page.select_option("#metric", "frequency")
+    page.click("form.inline button[type=submit]")
+    assert "metric=frequency" in page.url and "Mean frequency per stage" in page.text_content("main")
+    assert page.locator("figure.chart").count() >= 6  # segments, funnel, means, a histogram per stage
+    console.check(page)
+
+
+def test_a_token_with_noisy_insights_only_spends_its_budget_on_request(console: Console) -> None:
+    page = console.page("private")
+    page.goto(console.url + "/population")
+    text = page.text_content("main")
+    assert "spends ε" in text and "Needs the scope insights:exact" in text
+    assert page.locator("h3:text-is('Lifecycle funnel')").count() == 0  # nothing computed, nothing spent
+    console.check(page, "population-private")
+    page.fill("#epsilon", "0.5")
+    page.click("form.inline button[type=submit]")
+    assert "Differentially private: ε 0.5" in page.text_content("main")
+    assert "1.5 left" in page.text_content("main")
+    page.fill("#epsilon", "9")  # more than the form allows: refused by the server too
+    page.evaluate("document.querySelector('#epsilon').removeAttribute('max')")
+    page.click("form.inline button[type=submit]")
+    assert "from 0.01 to 5" in page.text_content("main")
+
+
+def test_models_show_metrics_beside_baselines_and_drift_and_roll_back_for_a_writer(console: Console) -> None:
+    page = console.page()
+    page.click("nav >> text=Models")
+    body = console.check(page, "models")
+    assert "churn_91d" in body and "promoted" in body
+    assert page.locator("th:text-is('this model')").count() == 2  # one table per version
+    assert page.locator("text=Drift per feature (PSI) of churn_91d v2").count() >= 1  # the served one's, charted
+    assert page.locator("figure.chart svg rect.bar").count() >= 1
+    page.click("text=Roll back to the previous version")
+    assert "is rolled back" in page.text_content("[role=status]")
+    assert "rolled_back" in page.text_content("main")
+    page.click("text=Promote v2")  # serve the newer one again: a rolled-back version is promoted by hand
+    assert "v2 is served now" in page.text_content("[role=status]")
+    reader = console.page("modeller")
+    reader.goto(console.url + "/models")
+    assert reader.locator("button", has_text="Roll back").count() == 0
+    assert reader.locator("button", has_text="Promote").count() == 0
+    csrf = reader.get_attribute("input[name=csrf]", "value")
+    forged = reader.request.post(console.url + "/models/rollback", form={"csrf": csrf, "name": "churn_91d"},
+                                 headers={"Origin": console.server.url})
+    assert forged.status == 403 and "models:write" in forged.text()
+    viewer = console.page("viewer")
+    response = viewer.goto(console.url + "/models")
+    assert response.status == 403 and "predictions:read" in viewer.text_content("main")

@@ -49,6 +49,8 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Mutation", "linkIdentities"): "events:write",
     ("Mutation", "unlinkIdentities"): "events:write",
     ("Mutation", "trainModel"): "models:write",
+    ("Mutation", "promoteModel"): "models:write",
+    ("Mutation", "rollbackModel"): "models:write",
     ("Query", "segments"): "segments:read",
     ("Mutation", "createSegment"): "segments:write",
     ("Mutation", "mintToken"): "tokens:mint",

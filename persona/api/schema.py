@@ -11,7 +11,7 @@ import asyncio
 import math
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -32,6 +32,7 @@ from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
 from persona.api.typed import counts
 from persona.api.types import (
+    MAX_HISTORY_DAYS,
     DestinationNotice,
     ErasureReceipt,
     EventInput,
@@ -61,7 +62,7 @@ from persona.errors import ErasedError, UnknownProfileError, ValidationError
 from persona.events import Writer, valid_source
 from persona.ingest import IngestReport
 from persona.ingest.jsonl import ingest_jsonl
-from persona.insights import check_exact, mechanism
+from persona.insights import RFM_GROUPS, check_exact, mechanism
 from persona.models.tasks import parse_task
 from persona.population import list_profiles
 from persona.reading import person_rows
@@ -162,6 +163,9 @@ class Query:
         by = tuple(group_by or ("lifecycle_stage",))
         if len(by) > 3:
             raise ApiError("groupBy: at most 3 dimensions")
+        if epsilon is not None and RFM_GROUPS.keys() & set(by):
+            raise ApiError("groupBy: RFM scores cannot group a differentially private answer (one person moves many"
+                           " people's scores); ask for an exact, k-anonymous answer")
         if bounds is not None and (len(bounds) != 2 or not all(math.isfinite(b) for b in bounds)):
             raise ApiError("bounds: give [lowest, highest]")
         where = filter.to_filter() if filter is not None else None
@@ -218,9 +222,9 @@ class Query:
     async def segments(self, info: Info[RequestContext, None]) -> list[Segment]:
         ctx = root_context(info)
         ctx.audit("segments", fields="")
-        found, sizes = await ctx.state.scanner.run(_segments)
+        found, sizes, history = await ctx.state.scanner.run(_segments)
         k = ctx.state.options.k_anonymity
-        return [Segment.of(d, sizes.get(d.name, 0), k) for d in found]
+        return [Segment.of(d, sizes.get(d.name, 0), k, history.get(d.name)) for d in found]
 
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")
@@ -232,8 +236,24 @@ class Query:
         return [Model.of(v) for v in found]
 
 
-def _segments(persona: Persona) -> tuple[list[memberships.Segment], dict[str, int]]:
-    return memberships.definitions(persona), memberships.sizes(persona)
+async def _republish(info: Info[RequestContext, None], operation: str, change: Any, **shape: Any) -> Model:
+    """Promote or roll back on the writer (it rescores every profile), audited with its outcome."""
+    from persona.models.registry import ModelError  # heavy: loaded when the mutation runs
+
+    ctx = root_context(info)
+    ctx.audit_ready()
+    try:
+        published = await ctx.state.writer.run(change)
+    except (ModelError, ValidationError) as e:
+        ctx.refused(operation, "BAD_REQUEST", **shape)
+        raise ApiError(str(e)) from None
+    ctx.record(operation, fields="", **shape, served=published.version.version)
+    return Model.of(published.version)
+
+
+def _segments(persona: Persona) -> tuple[list[memberships.Segment], dict[str, int], dict[str, list[tuple[date, int]]]]:
+    days = min(persona.settings.segment_changes_days, MAX_HISTORY_DAYS)  # no further back than changes are kept
+    return memberships.definitions(persona), memberships.sizes(persona), memberships.size_history(persona, days)
 
 
 def _ingest(persona: Persona, lines: list[bytes], origin: str, writer: Writer) -> IngestReport:
@@ -381,6 +401,21 @@ class Mutation:
         ctx.record("trainModel", fields="", **shape, version=version.version, promoted=version.status == "promoted")
         return Model.of(version)
 
+    @strawberry.mutation(description="Serve a version of a model (its registry entry says which), and score every"
+                                     " profile with it")
+    async def promote_model(self, info: Info[RequestContext, None], name: str, version: int) -> Model:
+        from persona.services.models import promote  # heavy: loaded when the mutation runs
+
+        return await _republish(info, "promoteModel", lambda persona: promote(persona, name, version),
+                                model=name, version=version)
+
+    @strawberry.mutation(description="Serve again the version of a model promoted before the current one (marked"
+                                     " rolled_back), and score every profile with it")
+    async def rollback_model(self, info: Info[RequestContext, None], name: str) -> Model:
+        from persona.services.models import rollback  # heavy: loaded when the mutation runs
+
+        return await _republish(info, "rollbackModel", lambda persona: rollback(persona, name), model=name)
+
     @strawberry.mutation(description="Mint a short-lived token for one person's own page: it reads that person's"
                                      " profile only (their features, attributes, consent, live segments and, with"
                                      " predictions:read, predictions), never their history or anyone else, until it"
@@ -436,8 +471,8 @@ class Mutation:
             raise ApiError(e.reason) from None
         ctx.record("createSegment", fields="", segment=name, names=list(compiled.names))
         ctx.state.bus.changed([ANYONE])
-        _, sizes = await ctx.state.scanner.run(_segments)
-        return Segment.of(made, sizes.get(name, 0), ctx.state.options.k_anonymity)
+        _, sizes, history = await ctx.state.scanner.run(_segments)
+        return Segment.of(made, sizes.get(name, 0), ctx.state.options.k_anonymity, history.get(name))
 
     @strawberry.mutation(description="Remove a live segment, its memberships and its changes; false if there was"
                                      " none of that name")

@@ -7,8 +7,9 @@ every per-profile lookup; most resolvers are plain reads of the object (see
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import strawberry
@@ -376,6 +377,9 @@ class SegmentMembership:
     since: datetime = strawberry.field(description="When the person entered it (this time)")
 
 
+MAX_HISTORY_DAYS = 366
+
+
 @strawberry.type(description="A live segment: a named rule (docs/segments.md) whose members persona keeps current")
 class Segment:
     name: str
@@ -390,11 +394,30 @@ class Segment:
                                                  " found by the server's sweep (PERSONA_SEGMENT_SWEEP seconds)")
     scored: bool = strawberry.field(description="Its rule reads RFM scores: members move when the population is"
                                                 " scored again")
+    _history: strawberry.Private[list[tuple[date, int]]] = dataclasses.field(default_factory=list)
+    _k: strawberry.Private[int] = 0
+
+    @strawberry.field(description="Its size at the end of each of the last `days` days (today last), walked back"
+                                  " from now through the entries and exits kept (PERSONA_SEGMENT_CHANGES_DAYS, 7 by"
+                                  " default: no further back than that); k-anonymous like `size`")
+    def history(self, days: int = 7) -> list[SegmentSize]:
+        if not 1 <= days <= MAX_HISTORY_DAYS:
+            raise ApiError(f"days: between 1 and {MAX_HISTORY_DAYS}")
+        return [SegmentSize(day=day, size=None if 0 < size < self._k else size)
+                for day, size in self._history[-days:]]
 
     @classmethod
-    def of(cls, found: SegmentDefinition, size: int, k: int) -> Segment:
+    def of(cls, found: SegmentDefinition, size: int, k: int, history: list[tuple[date, int]] | None = None
+           ) -> Segment:
         return cls(name=found.name, rule=found.rule.text, created_at=found.created_at, created_by=found.created_by,
-                   size=None if 0 < size < k else size, clocked=found.clocked, scored=found.scored)
+                   size=None if 0 < size < k else size, clocked=found.clocked, scored=found.scored,
+                   _history=history or [], _k=k)
+
+
+@strawberry.type(description="A live segment's size at the end of a day (UTC)")
+class SegmentSize:
+    day: date
+    size: int | None = strawberry.field(description="null when there were some but fewer than k")
 
 
 @strawberry.type(description="A person entered or left a live segment")

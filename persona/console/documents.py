@@ -66,3 +66,28 @@ ERASE = """mutation ConsoleErase($id: ID!) {
 UNLINK = """mutation ConsoleUnlink($a: SubjectInput!, $b: SubjectInput!) {
   unlinkIdentities(a: $a, b: $b) { id version }
 }"""
+
+SEGMENTS = """query ConsoleSegments { segments { name rule size createdAt createdBy clocked scored
+  history(days: 30) { day size } } }"""
+
+STAGES = """query ConsoleStages($metric: String!, $epsilon: Float) {
+  insights(groupBy: ["lifecycle_stage"], metric: $metric, epsilon: $epsilon) {
+    groups { key count mean distribution { from to count } } k threshold epsilon epsilonRemaining
+  }
+}"""
+
+RFM_GRID = """query ConsoleRfm { insights(groupBy: ["rfm_r", "rfm_f"]) { groups { key count } k } }"""
+
+MODELS = """query ConsoleModels { models {
+  name version status task family createdAt promotedAt horizonDays stale why fingerprint libraries
+  heldOut { name value } baselineMetrics { name metrics { name value } }
+  gain { metric model baseline against improvement }
+  training { cutoffs horizonDays trainRows testRows }
+  lastDrift { measuredAt people psiMax psiLimit psiTop { name value } ageDays stale reasons }
+} }"""
+
+PROMOTE = """mutation ConsolePromote($name: String!, $version: Int!) {
+  promoteModel(name: $name, version: $version) { name version status }
+}"""
+
+ROLLBACK = """mutation ConsoleRollback($name: String!) { rollbackModel(name: $name) { name version status } }"""

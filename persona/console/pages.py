@@ -33,6 +33,7 @@ from persona.console.client import Answer, ask
 from persona.console.session import COOKIE, SESSION_S, Session, Sessions
 from persona.erasure import verify_receipt
 from persona.errors import ReceiptError
+from persona.insights import BOUNDS
 from persona.tokens import SCOPES, Token
 
 PREFIX = "/console"
@@ -51,6 +52,8 @@ HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+STAGE_ORDER = ("new", "active", "at_risk", "churned")
+METRICS = tuple(BOUNDS)  # the features insights may measure (persona.insights.BOUNDS)
 NAMESPACES = ("email", "phone", "device", "<source>_user")
 
 
@@ -99,6 +102,7 @@ class Console:
         self.env.filters["when"] = _when
         self.env.filters["number"] = _number
         self.env.filters["short"] = lambda text: str(text)[:12]
+        self.env.filters["eps"] = lambda value: "—" if value is None else f"{float(value):.4g}"
         self._sessions: Sessions | None = None
 
     def routes(self) -> list[BaseRoute]:
@@ -116,6 +120,11 @@ class Console:
                 Route("/person/{pid}/erase", self.signed_in(self.erase_page), methods=["GET"]),
                 Route("/person/{pid}/erase", self.signed_in(self.erase, action=True), methods=["POST"]),
                 Route("/receipt", self.signed_in(self.receipt, action=True), methods=["POST"]),
+                Route("/models", self.signed_in(self.models), methods=["GET"]),
+                Route("/models/promote", self.signed_in(self.promote, action=True), methods=["POST"]),
+                Route("/models/rollback", self.signed_in(self.rollback, action=True), methods=["POST"]),
+                Route("/population", self.signed_in(self.population), methods=["GET"]),
+                Route("/population", self.signed_in(self.population, action=True), methods=["POST"]),
                 Mount("/static", StaticFiles(packages=[("persona.console", "static")]), name="static"),
             ]),
         ]
@@ -378,6 +387,85 @@ class Console:
                         headers=HEADERS | {"Content-Disposition": f'attachment; filename="{name}"'})
 
 
+    # -- the population ------------------------------------------------------------------------------
+    async def population(self, visit: Visit) -> Response:
+        """Segments and their sizes over time; the lifecycle funnel, a feature's distribution and its
+        mean per stage; the RFM grid. Exact and k-anonymous for a token with insights:exact; for one
+        with insights:read only, differentially private on request (a POST: each one spends ε)."""
+        form: dict[str, str] = getattr(visit.request.state, "form", {})
+        params = visit.request.query_params
+        metric = form.get("metric") or params.get("metric") or "monetary"
+        if metric not in METRICS:
+            return self.problem(visit, 400, f"metric: one of {', '.join(METRICS)}")
+        exact = visit.may("insights:exact") and visit.may("insights:read")
+        epsilon: float | None = None
+        if visit.request.method == "POST":
+            try:
+                epsilon = float(form.get("epsilon", ""))
+            except ValueError:
+                epsilon = -1.0
+            if not 0.01 <= epsilon <= 5.0:
+                return self.problem(visit, 400, "ε: a number from 0.01 to 5")
+        values: dict[str, Any] = {"metric": metric, "metrics": METRICS, "exact": exact, "epsilon": epsilon,
+                                  "problems": []}
+        if visit.may("segments:read"):
+            answer = await ask(visit.state, visit.token, documents.SEGMENTS)
+            values["segments"] = _segments(answer.data["segments"]) if answer.data else None
+            values["problems"] += answer.problems
+        if visit.may("insights:read") and (exact or epsilon is not None):
+            answer = await ask(visit.state, visit.token, documents.STAGES, {"metric": metric, "epsilon": epsilon})
+            values["problems"] += answer.problems
+            if answer.data and answer.data["insights"]:
+                values["stages"] = _stages(answer.data["insights"], metric)
+            if exact:
+                grid = await ask(visit.state, visit.token, documents.RFM_GRID)
+                values["problems"] += grid.problems
+                values["rfm"] = _rfm_grid(grid.data["insights"]) if grid.data and grid.data["insights"] else None
+        return self.render("population.html", visit=visit, title="persona — population", **values)
+
+
+    # -- models --------------------------------------------------------------------------------------
+    async def models(self, visit: Visit, done: str | None = None) -> Response:
+        """The registry: each model's versions, held-out metrics beside the baselines', lift, the
+        training window, drift per feature; promote and roll back for a token with models:write."""
+        answer = await ask(visit.state, visit.token, documents.MODELS)
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for version in answer.data["models"]:
+            grouped.setdefault(version["name"], []).append(_model(version))
+        for versions in grouped.values():
+            versions.sort(key=lambda v: -v["version"])
+        return self.render("models.html", visit=visit, title="persona — models", models=grouped, done=done)
+
+    async def promote(self, visit: Visit) -> Response:
+        form: dict[str, str] = visit.request.state.form
+        name, version = form.get("name", ""), form.get("version", "")
+        if not version.isdigit() or len(version) > 9:
+            return self.problem(visit, 400, "version: a version number")
+        answer = await ask(visit.state, visit.token, documents.PROMOTE, {"name": name, "version": int(version)})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        served = answer.data["promoteModel"]
+        return await self.models(visit, done=f"{served['name']} v{served['version']} is served now; every profile"
+                                             " was scored with it.")
+
+    async def rollback(self, visit: Visit) -> Response:
+        form: dict[str, str] = visit.request.state.form
+        answer = await ask(visit.state, visit.token, documents.ROLLBACK, {"name": form.get("name", "")})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        served = answer.data["rollbackModel"]
+        return await self.models(visit, done=f"{served['name']} is rolled back: v{served['version']} is served again;"
+                                             " every profile was scored with it.")
+
+
 # -- helpers -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Bad:
@@ -518,3 +606,93 @@ def _graph(profile: dict[str, Any]) -> Graph | None:
               for i, pid in enumerate(members)}
     edges = [(*places[m["profiles"][0]], *places[m["profiles"][1]], m["undoneAt"] is not None) for m in merges]
     return Graph(width, height, [(pid, *places[pid]) for pid in members], edges)
+
+
+@dataclass(frozen=True)
+class SegmentRow:
+    name: str
+    rule: str
+    size: int | None
+    created_at: str
+    created_by: str
+    trend: charts.Chart | None
+
+
+def _segments(found: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for seg in found:
+        sizes = [h["size"] for h in seg["history"]]
+        trend = None
+        if sizes and all(size is not None for size in sizes):
+            trend = charts.columns([float(size) for size in sizes], [h["day"][5:] for h in seg["history"]],
+                                   summary=f"{seg['name']}: members at the end of each day",
+                                   label_every=max(1, len(sizes) // 4), width=320, height=90)
+        rows.append(SegmentRow(seg["name"], seg["rule"], seg["size"], seg["createdAt"], seg["createdBy"], trend))
+    shown = [r for r in rows if r.size is not None]
+    sizes_chart = charts.rows([float(r.size or 0) for r in shown], [r.name for r in shown],
+                              summary="Members of each live segment now") if shown else None
+    return {"rows": rows, "chart": sizes_chart}
+
+
+def _stages(insights: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The funnel (people per lifecycle stage, in the stages' order), the metric's mean per stage and
+    its distribution per stage, from one insights answer."""
+    by_stage = {(g["key"] or {}).get("lifecycle_stage"): g for g in insights["groups"]}
+    ordered = [(stage, by_stage[stage]) for stage in STAGE_ORDER if stage in by_stage]
+    ordered += [(str(stage), g) for stage, g in by_stage.items() if stage not in STAGE_ORDER]
+    funnel = charts.rows([g["count"] for _, g in ordered], [stage for stage, _ in ordered],
+                         summary="People in each lifecycle stage", shown=[_number(round(g["count"])) for _, g in
+                                                                          ordered]) if ordered else None
+    with_mean = [(stage, g) for stage, g in ordered if g["mean"] is not None]
+    means = charts.rows([g["mean"] for _, g in with_mean], [stage for stage, _ in with_mean],
+                        summary=f"Mean {metric} in each lifecycle stage") if with_mean else None
+    histograms = []
+    for stage, g in ordered:
+        bins = g["distribution"]
+        if bins:
+            histograms.append(charts.columns(
+                [max(b["count"], 0.0) for b in bins], [_number(b["from"]) for b in bins], label_every=2,
+                summary=f"{metric} among {stage} people: people per tenth of [{_number(bins[0]['from'])},"
+                        f" {_number(bins[-1]['to'])}]", width=360, height=120))
+    return {"funnel": funnel, "means": means, "histograms": histograms, "k": insights["k"],
+            "threshold": insights["threshold"], "epsilon": insights["epsilon"],
+            "remaining": insights["epsilonRemaining"], "suppressed": not ordered}
+
+
+@dataclass(frozen=True)
+class Grid:
+    cells: list[tuple[int, int, int | None, int]]  # r, f, count (None: fewer than k), shade 0–5
+    k: int
+
+
+def _rfm_grid(insights: dict[str, Any]) -> Grid | None:
+    counts = {((g["key"] or {}).get("rfm_r"), (g["key"] or {}).get("rfm_f")): round(g["count"])
+              for g in insights["groups"]}
+    counts = {key: n for key, n in counts.items() if None not in key}
+    if not counts:
+        return None
+    top = max(counts.values())
+    cells = []
+    for r in range(5, 0, -1):
+        for f in range(1, 6):
+            n = counts.get((r, f))
+            cells.append((r, f, n, 0 if not n else 1 + min(4, int(4 * n / top))))
+    return Grid(cells, insights["k"])
+
+
+def _model(version: dict[str, Any]) -> dict[str, Any]:
+    """A registry entry with its drift as a chart: the population stability index of the features
+    that moved most, against the limit that marks the model stale."""
+    drift = version.get("lastDrift")
+    chart = None
+    if drift and drift["psiTop"]:
+        top = [f for f in drift["psiTop"] if f["value"] is not None]
+        if top:
+            chart = charts.rows([f["value"] for f in top], [f["name"] for f in top],
+                                summary=f"Drift per feature (PSI) of {version['name']} v{version['version']}"
+                                        + (f"; the limit is {drift['psiLimit']:.2f}" if drift["psiLimit"] else ""))
+    baselines = {b["name"]: {m["name"]: m["value"] for m in b["metrics"]} for b in version["baselineMetrics"]}
+    metrics = [m["name"] for m in version["heldOut"] if m["name"] != "rows"]
+    table = [(name, next(m["value"] for m in version["heldOut"] if m["name"] == name),
+              [baselines[b].get(name) for b in baselines]) for name in metrics]
+    return version | {"drift_chart": chart, "baseline_names": list(baselines), "table": table}

@@ -344,6 +344,9 @@ class Segments(Protocol):
     def segment_changes(self, after: int = 0, limit: int = 1000) -> list[tuple[int, int, str, str, bool]]:
         """(seq, at, segment, profile_id, entered) after a number, in order of writing."""
         ...
+    def segment_daily_changes(self, since: int) -> list[tuple[str, int, int, int]]:
+        """(segment, day since the epoch (UTC), entries, exits) per segment and day, from `since` (µs) on."""
+        ...
     def last_segment_change(self) -> int:
         """The number of the latest change kept (0: none)."""
         ...

@@ -512,6 +512,10 @@ class SQLRecorder:
         return [(int(seq), int(at), segment, pid, bool(entered))
                 for seq, at, segment, pid, entered in self._all(self.sql.segment_changes, (after, limit))]
 
+    def segment_daily_changes(self, since: int) -> list[tuple[str, int, int, int]]:
+        return [(segment, int(day), int(entered), int(left))
+                for segment, day, entered, left in self._all(self.sql.segment_daily_changes, (since,))]
+
     def last_segment_change(self) -> int:
         row = self._one(self.sql.last_segment_change)
         return int(row[0]) if row else 0

@@ -196,6 +196,9 @@ class Statements:
     segment_changes: str = ("SELECT seq, at, segment, profile_id, entered FROM segment_changes WHERE seq > {p}"
                             " ORDER BY seq LIMIT {p}")
     last_segment_change: str = "SELECT coalesce(max(seq), 0) FROM segment_changes"
+    # entries and exits per segment and day (days since the epoch, UTC) from an instant on
+    segment_daily_changes: str = ("SELECT segment, at / 86400000000 AS day, sum(entered), count(*) - sum(entered)"
+                                  " FROM segment_changes WHERE at >= {p} GROUP BY segment, day ORDER BY segment, day")
     prune_segment_changes: str = "DELETE FROM segment_changes WHERE at < {p}"
     clear_memberships: tuple[str, ...] = ("DELETE FROM segment_members", "DELETE FROM segment_changes")
     # webhook destinations (persona.destinations)
