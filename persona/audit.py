@@ -46,6 +46,9 @@ class Entry(NamedTuple):
     detail: str  # a JSON object: the shape of the question
 
 
+Row = tuple[int, int, str, str, str, str, str, str]  # seq, at µs, writer, operation, profile, fields, outcome, detail
+
+
 def now_micros() -> int:
     return micros(datetime.now(UTC))
 
@@ -99,6 +102,18 @@ def entries(persona: Persona, *, after: int = 0, limit: int = 1000, profile_id: 
     """Entries after number `after` (at most `limit`; only those about `profile_id` if given), in
     order: (seq, at µs, writer, operation, profile id, fields, outcome, detail JSON)."""
     return persona.recorder.audit_rows(after=after, limit=limit, profile_id=profile_id)
+
+
+def latest(persona: Persona, *, before: int | None = None, limit: int = 50, profile_id: str | None = None
+           ) -> list[Row]:
+    """Entries below number `before` (all if None), the newest first; only about `profile_id` if given."""
+    return persona.recorder.audit_latest(before=before, limit=limit, profile_id=profile_id)
+
+
+def ingest_runs(persona: Persona, *, within: int, limit: int = 20) -> list[Row]:
+    """The entries of ingest runs (`persona ingest`, `ingestEvents`: their counts) among the newest
+    `within` entries, the newest first."""
+    return persona.recorder.audit_ingests(within=within, limit=limit)
 
 
 def write(persona: Persona, entries: list[Entry]) -> None:

@@ -38,6 +38,7 @@ SCOPES: dict[str, str] = {
     "tokens:mint": "mint short-lived tokens that read one person's profile (for that person's own web page)",
     "segments:read": "live segments: their rules and k-anonymous sizes; with profiles:read, who enters and leaves",
     "segments:write": "define and remove live segments",
+    "operations:read": "ingest runs, the quarantine's reasons, webhook destinations' deliveries and the audit log",
 }
 TOKEN_PREFIX = "pst_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}$")

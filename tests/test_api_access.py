@@ -219,6 +219,7 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Mutation", "promoteModel"): 'mutation { promoteModel(name: "churn_91d", version: 1) { name } }',
     ("Mutation", "rollbackModel"): 'mutation { rollbackModel(name: "churn_91d") { name } }',
     ("Query", "segments"): "{ segments { name size } }",
+    ("Query", "operations"): "{ operations { audit(first: 1) { seq } } }",
     ("Mutation", "createSegment"): 'mutation { createSegment(name: "probe", rule: "frequency > 0") { name } }',
     ("Mutation", "deleteSegment"): 'mutation { deleteSegment(name: "probe") }',
     ("Mutation", "mintToken"): 'mutation { mintToken(id: "prf_doesnotexist000000000000") { token } }',

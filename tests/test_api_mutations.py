@@ -207,3 +207,46 @@ def test_erase_profile_by_subject(fresh: Fresh) -> None:
 def test_erase_refusals(fresh: Fresh, variables: dict[str, Any], code: str) -> None:
     error = fresh.api.error(ERASE, variables)
     assert error["extensions"]["code"] == code
+
+
+OPERATIONS = """query($before: Int, $profileId: ID, $first: Int!) { operations {
+  ingestRuns { writer outcome received appended duplicates quarantined profilesCreated merges }
+  quarantine { id origin line reason size }
+  destinations { name }
+  audit(first: $first, before: $before, profileId: $profileId) { seq writer operation profileId outcome detail }
+} }"""
+
+
+def test_operations_show_ingest_runs_the_quarantines_reasons_and_the_audit_log(fresh: Fresh) -> None:
+    ann = FRESH_PEOPLE[0]
+    api = fresh.api
+    sent = [event_input(ann, "page_viewed", {"url": "https://shop.example/ops"}, "ops-1", "2026-02-01T10:00:00Z"),
+            event_input(ann, "page_viewed", {"url": "https://shop.example/"}, "ops-2", "last friday")]
+    assert api.data(INGEST, {"events": sent})["ingestEvents"]["quarantined"] == 1
+    api.data(VERSION_OF, {"ns": "email", "v": ann})  # a read of Ann: audited
+    time.sleep(0.6)  # the server writes its audit entries every AUDIT_FLUSH_S
+    found = api.data(OPERATIONS, {"first": 200})["operations"]
+    assert found["ingestRuns"][0] == {"writer": "ops", "outcome": "ok", "received": 2, "appended": 1,
+                                      "duplicates": 0, "quarantined": 1, "profilesCreated": 0, "merges": 0}
+    [held] = [q for q in found["quarantine"] if q["origin"] == "api:ops"]
+    assert held["reason"].startswith("occurred_at") and held["size"] > 0
+    assert "friday" not in str(found)  # a quarantined record's content stays sealed
+    assert found["destinations"] == []
+    seqs = [e["seq"] for e in found["audit"]]
+    assert seqs == sorted(seqs, reverse=True) and len(seqs) > 2  # newest first
+    pid = fresh.ids[ann]
+    assert any(e["operation"] == "profile" and e["profileId"] == pid for e in found["audit"])
+    mine = api.data(OPERATIONS, {"first": 200, "profileId": pid})["operations"]["audit"]
+    assert mine and {e["profileId"] for e in mine} == {pid}
+    older = api.data(OPERATIONS, {"first": 2, "before": seqs[1]})["operations"]["audit"]
+    assert [e["seq"] for e in older] == seqs[2:4]  # the next page: below the number given
+    for first in (0, 201):
+        error = api.error(OPERATIONS, {"first": first})
+        assert "first: between 1 and 200" in error["message"]
+    time.sleep(0.6)
+    read = api.data(OPERATIONS, {"first": 50})["operations"]["audit"]
+    assert {"operations.audit", "operations.ingestRuns", "operations.quarantine"} <= {e["operation"] for e in read}
+    with Persona.open(fresh.settings) as p:
+        reader = create_token(p, "no-ops", frozenset({"profiles:read"}))
+    refused = api.post(OPERATIONS, {"first": 5}, token=reader)
+    assert refused.status_code == 403 and "operations:read" in refused.text

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -178,9 +179,7 @@ def test_find_a_person_by_identifier_never_puts_it_in_a_url_and_the_view_is_audi
         assert page.locator(f"h2:text-is('{section.capitalize()}')").count() == 1, section
     assert page.locator("figure.chart svg rect.bar").count() > 0  # the activity charts drew bars
     assert page.locator("text=Where each came from").count() == 1  # provenance: history:read held
-    predictions = page.locator("section[aria-labelledby=pred-title]")
-    assert "churn_91d v" in predictions.text_content()
-    assert predictions.locator("figure.chart rect.bar").count() >= 1  # what moved it, as bars
+    assert "churn_91d v" in page.locator("section[aria-labelledby=pred-title]").text_content()
     assert console.audit_of(pid, "admin"), "the page view is not in the audit log"
 
 
@@ -436,3 +435,54 @@ def test_models_show_metrics_beside_baselines_and_drift_and_roll_back_for_a_writ
     viewer = console.page("viewer")
     response = viewer.goto(console.url + "/models")
     assert response.status == 403 and "predictions:read" in viewer.text_content("main")
+
+
+def test_operations_show_ingest_runs_the_quarantine_and_the_audit_log_but_never_sealed_content(
+        console: Console) -> None:
+    with httpx.Client(base_url=console.server.url, trust_env=False) as http:  # an ingest through the API
+        sent = [{"source": "web", "type": "page_viewed", "occurredAt": when, "eventId": f"ops-{n}",
+                 "subject": {"namespace": "email", "value": CARA}, "data": {"url": "https://shop.example/"}}
+                for n, when in enumerate(("2026-03-30T10:00:00Z", "the day after tomorrow"))]
+        answer = http.post("/graphql", json={"query": "mutation($e: [EventInput!]!) { ingestEvents(events: $e)"
+                                                      " { appended quarantined } }", "variables": {"e": sent}},
+                           headers={"Authorization": f"Bearer {console.server.tokens['writer']}"})
+        assert answer.json()["data"]["ingestEvents"] == {"appended": 1, "quarantined": 1}
+    time.sleep(0.6)  # the server writes its audit entries every AUDIT_FLUSH_S
+    page = console.page()
+    page.click("nav >> text=Operations")
+    body = console.check(page, "operations")
+    runs = page.locator("section[aria-labelledby=runs-title] tbody tr")
+    assert runs.count() >= 1 and "writer" in runs.first.text_content()
+    quarantine = page.locator("section[aria-labelledby=q-title]").text_content()
+    assert "api:writer" in quarantine and "occurred_at" in quarantine
+    assert "day after tomorrow" not in body  # the quarantined record's content stays sealed
+    assert page.locator("section[aria-labelledby=a-title] tbody tr").count() == 50  # a page of the audit log
+    page.click("text=Older entries")
+    assert "before=" in page.url
+    pid = console.world.ids[LI]
+    page.fill("#profile", pid)
+    page.click("section[aria-labelledby=a-title] button[type=submit]")
+    whose = page.locator("section[aria-labelledby=a-title] tbody td:nth-child(5)").all_text_contents()
+    assert whose and {w.strip() for w in whose} == {pid[:12]}
+    viewer = console.page("viewer")
+    response = viewer.goto(console.url + "/operations")
+    assert response.status == 403 and "operations:read" in viewer.text_content("main")
+
+
+def test_a_prediction_shows_the_features_that_moved_it_as_bars(console: Console) -> None:
+    query = "{ profiles(first: 100) { nodes { id predictions { model contributions { feature effect } } } } }"
+    with httpx.Client(base_url=console.server.url, trust_env=False) as http:
+        nodes = http.post("/graphql", json={"query": query}, headers={
+            "Authorization": f"Bearer {console.server.tokens['admin']}"}).json()["data"]["profiles"]["nodes"]
+    explained = [(n["id"], p["contributions"]) for n in nodes for p in n["predictions"] if p["contributions"]]
+    assert explained, "no prediction with contributions among 100 people"
+    pid, contributions = explained[0]
+    page = console.page()
+    page.goto(f"{console.url}/person/{pid}")
+    section = page.locator("section[aria-labelledby=pred-title]")
+    bars = section.locator("figure.chart rect.bar")
+    assert bars.count() == len(contributions)  # one bar per feature that moved it
+    titles = section.locator("figure.chart rect.bar title").all_text_contents()
+    assert [t.split(":")[0] for t in titles] == [c["feature"] for c in contributions]
+    negative = sum(1 for c in contributions if c["effect"] < 0)
+    assert section.locator("rect.bar.negative").count() == negative  # lowered it: drawn the other way

@@ -52,6 +52,7 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Mutation", "promoteModel"): "models:write",
     ("Mutation", "rollbackModel"): "models:write",
     ("Query", "segments"): "segments:read",
+    ("Query", "operations"): "operations:read",
     ("Mutation", "createSegment"): "segments:write",
     ("Mutation", "mintToken"): "tokens:mint",
     ("Mutation", "deleteSegment"): "segments:write",

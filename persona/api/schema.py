@@ -28,6 +28,7 @@ from persona.api.data import ProfileData, decode_cursor, encode_cursor, load_pas
 from persona.api.errors import ApiError, fault, known, request_values, schema_names, scrub
 from persona.api.event_types import EVENT_CLASSES, OtherEvent
 from persona.api.execution import mark_plain
+from persona.api.operations import Operations
 from persona.api.plan import EXACT_SCOPE, Limits
 from persona.api.scans import insights_scan, listing_scan
 from persona.api.typed import counts
@@ -225,6 +226,12 @@ class Query:
         found, sizes, history = await ctx.state.scanner.run(_segments)
         k = ctx.state.options.k_anonymity
         return [Segment.of(d, sizes.get(d.name, 0), k, history.get(d.name)) for d in found]
+
+    @strawberry.field(description="What an operator watches: ingest runs, the quarantine, webhook destinations and"
+                                  " the audit log (scope operations:read)")
+    def operations(self, info: Info[RequestContext, None]) -> Operations:
+        root_context(info)
+        return Operations()
 
     @strawberry.field(description="The model registry: every version with held-out metrics beside its baselines,"
                                   " its training window and its last drift measurement")

@@ -91,3 +91,11 @@ PROMOTE = """mutation ConsolePromote($name: String!, $version: Int!) {
 }"""
 
 ROLLBACK = """mutation ConsoleRollback($name: String!) { rollbackModel(name: $name) { name version status } }"""
+
+OPERATIONS = """query ConsoleOperations($before: Int, $profileId: ID) { operations {
+  ingestRuns(first: 20) { seq at writer outcome received appended duplicates quarantined profilesCreated merges }
+  quarantine(first: 50) { id recordedAt origin line reason size expiresAt }
+  destinations { name host segments fields onChange purpose pending delivered skipped dead lastDeliveredAt
+    deadLetters { delivery kind profileId segment attempts outcome } }
+  audit(first: 50, before: $before, profileId: $profileId) { seq at writer operation profileId fields outcome detail }
+} }"""

@@ -120,6 +120,7 @@ class Console:
                 Route("/person/{pid}/erase", self.signed_in(self.erase_page), methods=["GET"]),
                 Route("/person/{pid}/erase", self.signed_in(self.erase, action=True), methods=["POST"]),
                 Route("/receipt", self.signed_in(self.receipt, action=True), methods=["POST"]),
+                Route("/operations", self.signed_in(self.operations), methods=["GET"]),
                 Route("/models", self.signed_in(self.models), methods=["GET"]),
                 Route("/models/promote", self.signed_in(self.promote, action=True), methods=["POST"]),
                 Route("/models/rollback", self.signed_in(self.rollback, action=True), methods=["POST"]),
@@ -423,6 +424,29 @@ class Console:
                 values["rfm"] = _rfm_grid(grid.data["insights"]) if grid.data and grid.data["insights"] else None
         return self.render("population.html", visit=visit, title="persona — population", **values)
 
+
+    # -- operations ----------------------------------------------------------------------------------
+    async def operations(self, visit: Visit) -> Response:
+        """Ingest runs and their counts, the quarantine's reasons (content stays sealed), destinations
+        and their deliveries, the audit log (paged, or one person's)."""
+        params = visit.request.query_params
+        before = params.get("before")
+        if before is not None and (not before.isdigit() or len(before) > 9):
+            return self.problem(visit, 400, "before: an entry's number")
+        person = (params.get("profile") or "").strip() or None
+        answer = await ask(visit.state, visit.token, documents.OPERATIONS,
+                           {"before": int(before) if before else None, "profileId": person})
+        failed = self.refused(visit, answer)
+        if failed is not None:
+            return failed
+        assert answer.data is not None
+        found = answer.data["operations"]
+        audit = found["audit"]
+        older = _link(f"{PREFIX}/operations", before=str(audit[-1]["seq"]), profile=person) if len(audit) == 50 \
+            else None
+        return self.render("operations.html", visit=visit, title="persona — operations", ops=found,
+                           entries=[e | {"shape": orjson.dumps(e["detail"]).decode()} for e in audit],
+                           older=older, person=person, problems=answer.problems)
 
     # -- models --------------------------------------------------------------------------------------
     async def models(self, visit: Visit, done: str | None = None) -> Response:

@@ -446,6 +446,13 @@ class Access(Protocol):
     def append_audit(self, rows: Sequence[tuple[int, str, str, str, str, str, str]]) -> None:
         """rows: (at, writer, operation, profile_id, comma-separated fields, outcome, detail)."""
         ...
+    def audit_latest(self, *, before: int | None = None, limit: int = 50, profile_id: str | None = None
+                     ) -> list[tuple[int, int, str, str, str, str, str, str]]:
+        """Entries below number `before` (all if None), the newest first; about `profile_id` if given."""
+        ...
+    def audit_ingests(self, *, within: int, limit: int = 20) -> list[tuple[int, int, str, str, str, str, str, str]]:
+        """The ingest runs' entries (their counts) among the newest `within` entries, the newest first."""
+        ...
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str, str, str]]:
         """(seq, at, writer, operation, profile_id, fields, outcome, detail) in order of writing."""

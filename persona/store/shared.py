@@ -677,6 +677,18 @@ class SQLRecorder:
             self._run(self.sql.append_audit + ", ".join([self.sql.audit_values] * len(part)),
                       [value for row in part for value in (*row, self._tag("audit", row))])
 
+    def audit_latest(self, *, before: int | None = None, limit: int = 50, profile_id: str | None = None
+                     ) -> list[tuple[int, int, str, str, str, str, str, str]]:
+        below = before if before is not None else 2**62
+        if profile_id is None:
+            return self._all(self.sql.audit_latest, (below, limit))
+        return self._all(self.sql.audit_latest_of, (below, profile_id, limit))
+
+    def audit_ingests(self, *, within: int, limit: int = 20) -> list[tuple[int, int, str, str, str, str, str, str]]:
+        row = self._one(self.sql.audit_last)
+        last = int(row[0]) if row else 0
+        return self._all(self.sql.audit_ingests, (last - within, limit))
+
     def audit_rows(self, *, after: int = 0, limit: int = 1000, profile_id: str | None = None
                    ) -> list[tuple[int, int, str, str, str, str, str, str]]:
         if profile_id is None:

@@ -283,6 +283,13 @@ class Statements:
     audit_values: str = "({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
     audit_rows: str = AUDIT_SELECT + " WHERE seq > {p} ORDER BY seq LIMIT {p}"
     audit_rows_of: str = AUDIT_SELECT + " WHERE seq > {p} AND profile_id = {p} ORDER BY seq LIMIT {p}"
+    # the newest first, below a number (the console's operations page)
+    audit_latest: str = AUDIT_SELECT + " WHERE seq < {p} ORDER BY seq DESC LIMIT {p}"
+    audit_latest_of: str = AUDIT_SELECT + " WHERE seq < {p} AND profile_id = {p} ORDER BY seq DESC LIMIT {p}"
+    # ingest runs (`persona ingest`, `ingestEvents`): their counts, among the newest entries after a number
+    audit_ingests: str = (AUDIT_SELECT + " WHERE seq > {p} AND operation IN ('ingest', 'ingestEvents')"
+                          " AND profile_id = '' ORDER BY seq DESC LIMIT {p}")
+    audit_last: str = "SELECT coalesce(max(seq), 0) FROM audit"
     counts: tuple[str, ...] = tuple(f"SELECT count(*) FROM {table}" for table in COUNTED.values())
 
     def formatted(self, *, p: str, in_list: str) -> Statements:
