@@ -10,6 +10,7 @@ import base64
 import gc
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -65,6 +66,15 @@ def gc_paused() -> Iterator[None]:
 def new_profile_id() -> str:
     """Random: a profile id reveals nothing, even to someone holding the pepper."""
     return "prf_" + base64.b32encode(secrets.token_bytes(15)).decode("ascii").lower()
+
+
+PROFILE_ID = re.compile(r"prf_[a-z2-7]{24}")
+
+
+def is_profile_id(text: object) -> bool:
+    """Whether text has a profile id's form (prf_ and 24 base32 characters): anything else a
+    client typed where an id goes (an e-mail address, a NUL) is never stored, logged or linked."""
+    return isinstance(text, str) and PROFILE_ID.fullmatch(text) is not None
 
 
 def genesis(chain_key: bytes, stream_id: str) -> bytes:

@@ -8,11 +8,13 @@ import base64
 import time
 from typing import Any
 
+import orjson
 import pytest
 
 from persona import Persona
 from persona.audit import entries
 from persona.console.session import CLOCK_SKEW_S, SESSION_S, Sessions
+from persona.erasure import erase_profile
 from persona.tokens import create_token, lookup_token, mint_token
 from tests.api_world import LI, Api, World, check
 
@@ -87,14 +89,10 @@ def test_forms_of_the_wrong_kind_or_size_are_refused_before_anything_is_read(api
     found = api.client.post("/console/find", data={"csrf": csrf, "id": pid}, headers={"Origin": ORIGIN},
                             follow_redirects=False)
     assert check(found).status_code == 303 and found.headers["location"] == f"/console/person/{pid}"
-    # an id that tries to leave the console's paths stays one path segment
-    odd = api.client.post("/console/find", data={"csrf": csrf, "id": "../../graphql?x=1"},
-                          headers={"Origin": ORIGIN}, follow_redirects=False)
-    assert odd.headers["location"].startswith("/console/person/") and "/" not in odd.headers["location"][16:]
     bad_time = check(api.client.get(f"/console/person/{pid}?asOf=yesterday"))
     assert bad_time.status_code == 400 and "give a date" in bad_time.text
-    unknown = check(api.client.get("/console/person/prf_nobody"))
-    assert unknown.status_code == 404 and "No such person" in unknown.text
+    unknown = check(api.client.get("/console/person/prf_" + "a" * 24))
+    assert unknown.status_code == 404 and "No such person" in unknown.text and "prf_" + "a" * 24 in unknown.text
 
 
 def test_a_page_without_a_session_sends_to_sign_in_and_a_stale_cookie_is_dropped(api: Api) -> None:
@@ -120,3 +118,89 @@ def test_every_console_answer_carries_the_security_headers(api: Api, path: str) 
     assert answer.headers["content-security-policy"].startswith("default-src 'none'")
     assert answer.headers["x-frame-options"] == "DENY"
     assert answer.headers["referrer-policy"] == "same-origin"
+
+
+def _csrf(page_text: str) -> str:
+    return page_text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def test_what_is_not_a_profile_id_is_refused_never_linked_stored_or_echoed(api: Api, world: World) -> None:
+    api.client.cookies.clear()
+    assert _sign_in(api, world.tokens["reader"]).status_code == 303
+    csrf = _csrf(api.client.get("/console/people").text)
+    for typed in (LI, "+44 7700 900123", "prf_short", "../../graphql"):  # an identifier in the id box, junk
+        answer = check(api.client.post("/console/find", data={"csrf": csrf, "id": typed}, headers={"Origin": ORIGIN},
+                                       follow_redirects=False))
+        assert answer.status_code == 400 and "location" not in answer.headers
+        assert typed.lower() not in answer.text.lower() and "not a profile id" in answer.text
+    for path in ("/console/person/li.weiexample.com", "/console/person/447700900123/timeline"):
+        answer = check(api.client.get(path))
+        assert answer.status_code == 404 and "li.wei" not in answer.text and "447700900123" not in answer.text
+    for odd in ("0001-01-01T00:00+01:00", "9999-12-31T23:59-01:00"):  # out of range once in UTC: a 400
+        answer = check(api.client.get(f"/console/person/{world.ids[LI]}", params={"asOf": odd}))
+        assert answer.status_code == 400 and "out of range" in answer.text
+
+
+def test_the_operations_page_and_api_take_only_a_profile_id_as_a_filter(api: Api, world: World) -> None:
+    with Persona.open(world.settings) as persona:
+        ops = create_token(persona, "console-ops", frozenset({"operations:read"}))
+    api.client.cookies.clear()
+    assert _sign_in(api, ops).status_code == 303
+    assert check(api.client.get("/console/operations")).status_code == 200
+    for profile in ("\x00", LI, "x" * 60_000):
+        answer = check(api.client.get("/console/operations", params={"profile": profile}))
+        assert answer.status_code == 400 and "a profile id" in answer.text
+    for before in ("²", "-1", "1" * 12):
+        assert check(api.client.get("/console/operations", params={"before": before})).status_code == 400
+    error = api.error("query($p: ID) { operations { audit(profileId: $p) { seq } } }", {"p": "a\x00b"}, token=ops)
+    assert "profileId: not a profile id" in error["message"]
+    time.sleep(0.6)  # the audit flusher: nothing it holds was refused by the store
+    with Persona.open(world.settings) as persona:
+        stored = [e for e in entries(persona, limit=1_000_000) if e[2] == "console-ops"]
+    assert stored and all(e[4] == "" or e[4].startswith("prf_") for e in stored)
+
+
+def test_signing_out_ends_the_session_even_for_a_copied_cookie(api: Api, world: World) -> None:
+    api.client.cookies.clear()
+    assert _sign_in(api, world.tokens["reader"]).status_code == 303
+    copied = api.client.cookies.get("persona_console", path="/console")
+    csrf = _csrf(api.client.get("/console/people").text)
+    out = check(api.client.post("/console/sign-out", data={"csrf": csrf}, headers={"Origin": ORIGIN},
+                                follow_redirects=False))
+    assert out.status_code == 303
+    api.client.cookies.clear()
+    api.client.cookies.set("persona_console", copied, path="/console")
+    again = check(api.client.get("/console/people", follow_redirects=False))
+    assert again.status_code == 303 and again.headers["location"] == "/console/sign-in"
+
+
+def test_origins_must_match_scheme_and_host_and_only_failed_sign_ins_are_counted(api: Api, world: World) -> None:
+    api.client.cookies.clear()
+    for origin in ("https://testserver", "ftp://testserver", "testserver", "null", "http://testserver.evil"):
+        assert _sign_in(api, world.tokens["reader"], origin=origin).status_code == 403
+    for _ in range(60):  # more than the address's burst of failures: successes are never charged
+        assert _sign_in(api, world.tokens["reader"]).status_code == 303
+    codes = [_sign_in(api, "pst_" + "x" * 40).status_code for _ in range(60)]
+    assert codes[0] == 401 and codes[-1] == 429  # guessing tokens is slowed down
+    assert _sign_in(api, world.tokens["reader"]).status_code == 429  # until the bucket refills
+
+
+def test_a_receipt_is_downloaded_only_if_signed_here_and_only_what_is_signed(api: Api, world: World) -> None:
+    with Persona.open(world.settings) as persona:
+        eraser = create_token(persona, "console-eraser", frozenset({"erasure:write"}))
+        victim = persona.log.profile_for("email", "p100@crowd.example")
+        assert victim is not None
+        receipt = erase_profile(persona, victim).receipt
+    api.client.cookies.clear()
+    time.sleep(2.1)  # the address's sign-in bucket, emptied by the test before, refills
+    assert _sign_in(api, eraser).status_code == 303
+    csrf = _csrf(api.client.get("/console/people").text)
+    sent = orjson.dumps(receipt | {"note": "<script>alert(1)</script>"}).decode()
+    answer = check(api.client.post("/console/receipt", data={"csrf": csrf, "receipt": sent},
+                                   headers={"Origin": ORIGIN}))
+    assert answer.status_code == 200 and answer.headers["content-disposition"].startswith("attachment;")
+    assert orjson.loads(answer.content) == receipt  # the extra key is not echoed
+    forged = receipt | {"receipt": receipt["receipt"] | {"profile_id": "prf_" + "a" * 24}}
+    refused = check(api.client.post("/console/receipt", data={"csrf": csrf, "receipt": orjson.dumps(forged).decode()},
+                                    headers={"Origin": ORIGIN}))
+    assert refused.status_code == 400 and "not a receipt this server signed" in refused.text

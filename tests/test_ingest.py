@@ -233,3 +233,11 @@ def test_an_ingest_short_of_memory_drops_cached_states_and_indexes_the_same(tmp_
         assert bool(shrunk) == (name == "short")  # 1 MB: dropped at the first batch, not at every one after
     assert len(docs[0]) == 23 and docs[0] == docs[1]
     assert 1 <= len(shrunk) < 10
+
+
+def test_a_quarantines_origin_names_no_phone_number_or_email_but_keeps_dates(persona: Persona) -> None:
+    for origin, shown in (("export-+447700900125.jsonl", "export-<phone>.jsonl"),
+                          ("calls-447700900125.csv", "calls-<phone>.csv"),
+                          ("orders of ann@example.com", "orders of <email>"),
+                          ("orders-2026-01-31.csv", "orders-2026-01-31.csv")):
+        assert Quarantine(persona, origin, clock=lambda: NOW).origin == shown

@@ -18,6 +18,7 @@ from persona.api.context import RequestContext
 from persona.api.errors import ApiError
 from persona.api.types import later, root_context
 from persona.core import Persona
+from persona.eventlog import is_profile_id
 from persona.events import from_micros
 from persona.ingest.quarantine import describe
 
@@ -168,6 +169,8 @@ class Operations:
     def audit(self, info: Info[RequestContext, None], first: int = 50, before: int | None = None,
               profile_id: strawberry.ID | None = None) -> list[AuditEntry]:
         size = _first(first)
+        if profile_id is not None and not is_profile_id(str(profile_id)):
+            raise ApiError("profileId: not a profile id (prf_ and 24 letters and digits)")
         ctx = root_context(info)
         ctx.audit("operations.audit", str(profile_id or ""), fields="", first=size, before=before is not None)
 

@@ -11,6 +11,7 @@ and the console's own Origin.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,12 +34,14 @@ from persona.console.client import Answer, ask
 from persona.console.session import COOKIE, SESSION_S, Session, Sessions
 from persona.erasure import verify_receipt
 from persona.errors import ReceiptError
+from persona.eventlog import is_profile_id
 from persona.insights import BOUNDS
 from persona.tokens import SCOPES, Token
 
 PREFIX = "/console"
 FORM_TYPE = "application/x-www-form-urlencoded"
-MAX_FORM_BYTES = 64 << 10  # a receipt is the largest thing a form sends back (a few kB)
+MAX_FORM_BYTES = 64 << 10
+_DIGITS = re.compile(r"[0-9]{1,9}")  # a receipt is the largest thing a form sends back (a few kB)
 PAGE = 25  # people and events per page
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none';"
        " base-uri 'none'")
@@ -161,6 +164,9 @@ class Console:
         async def endpoint(request: Request) -> Response:
             try:
                 visit = self._visit(request)
+                pid = request.path_params.get("pid")
+                if pid is not None and not is_profile_id(pid):
+                    raise Refusal(self.render("gone.html", 404, visit, title="persona — no such person", pid=None))
                 if action:
                     _same_origin(request)
                     form = await _form(request)
@@ -212,13 +218,15 @@ class Console:
         except Unfit as unfit:
             return self.problem(None, unfit.status, unfit.message)
         client = request.client.host if request.client else "?"
-        if state.strangers.allow(client, state.options.unauthenticated_rate):
+        rate = state.options.unauthenticated_rate
+        if state.strangers.exhausted(client, rate):  # guessing tokens: not even looked up
             state.audit.refuse(NO_TOKEN, "console.signIn", "RATE_LIMITED")
             return self.render("sign_in.html", 429, title="persona — sign in",
-                               error="Too many attempts from this address; wait a moment.")
+                               error="Too many failed attempts from this address; wait a moment.")
         raw = form.get("token", "").strip()
         token = state.tokens.lookup(raw) if raw else None
         if token is None:
+            state.strangers.allow(client, rate)  # only a failed attempt is charged to the address
             state.audit.refuse(NO_TOKEN, "console.signIn", "UNAUTHENTICATED")
             return self.render("sign_in.html", 401, title="persona — sign in",
                                error="That is not a valid token (create one with `persona tokens create`).")
@@ -234,6 +242,7 @@ class Console:
         return response
 
     async def sign_out(self, visit: Visit) -> Response:
+        self.sessions(visit.state).end(visit.session, time.time())
         response = RedirectResponse(f"{PREFIX}/sign-in", 303, headers=HEADERS)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response
@@ -258,7 +267,10 @@ class Console:
         form: dict[str, str] = visit.request.state.form
         profile_id = form.get("id", "").strip()
         if profile_id:
-            return RedirectResponse(_link(f"{PREFIX}/person/{_path_part(profile_id)}"), 303, headers=HEADERS)
+            if not is_profile_id(profile_id):  # an identifier typed in the wrong box: never put in a URL
+                return self.problem(visit, 400, "That is not a profile id (prf_ and 24 letters and digits); to find"
+                                                " someone by an identifier, use the identifier's box.")
+            return RedirectResponse(f"{PREFIX}/person/{profile_id}", 303, headers=HEADERS)
         namespace, value = form.get("namespace", "").strip(), form.get("value", "")
         if not namespace or not value.strip():
             return self.problem(visit, 400, "Give a profile id, or an identifier's namespace and value.")
@@ -270,8 +282,7 @@ class Console:
         assert answer.data is not None
         if answer.data["profile"] is None:
             return self.problem(visit, 404, f"No profile has that {namespace} identifier (or it was erased).")
-        return RedirectResponse(f"{PREFIX}/person/{_path_part(answer.data['profile']['id'])}", 303,
-                                headers=HEADERS)
+        return RedirectResponse(f"{PREFIX}/person/{answer.data['profile']['id']}", 303, headers=HEADERS)
 
     async def person(self, visit: Visit) -> Response:
         pid = visit.request.path_params["pid"]
@@ -306,12 +317,13 @@ class Console:
 
     async def timeline(self, visit: Visit) -> Response:
         pid, params = visit.request.path_params["pid"], visit.request.query_params
-        as_of = _instant(params.get("asOf"), "as of")
-        since = _instant(params.get("since"), "since")
-        until = _instant(params.get("until"), "until")
-        for bad in (as_of, since, until):
-            if isinstance(bad, _Bad):
-                return self.problem(visit, 400, bad.message)
+        times: dict[str, str | None] = {}
+        for key, name in (("asOf", "as of"), ("since", "since"), ("until", "until")):
+            found = _instant(params.get(key), name)
+            if isinstance(found, _Bad):
+                return self.problem(visit, 400, found.message)
+            times[key] = found
+        as_of, since, until = times["asOf"], times["since"], times["until"]
         types = [t for t in (params.get("types") or "").replace(",", " ").split() if t][:20]
         after = _cursor(params.get("after"))
         answer = await ask(visit.state, visit.token, documents.TIMELINE,
@@ -327,10 +339,9 @@ class Console:
         if profile.get("history") is None:
             return self.problem(visit, 400, answer.problems[0].message if answer.problems else "no history")
         history = profile["history"]
-        kept = {"asOf": params.get("asOf"), "since": params.get("since"), "until": params.get("until"),
-                "types": " ".join(types) or None}
-        next_page = (_link(f"{PREFIX}/person/{_path_part(pid)}/timeline", **kept, after=history["pageInfo"][
-            "endCursor"]) if history["pageInfo"]["hasNextPage"] else None)
+        kept = {"asOf": as_of, "since": since, "until": until, "types": " ".join(types) or None}
+        next_page = (_link(f"{PREFIX}/person/{pid}/timeline", **kept, after=history["pageInfo"]["endCursor"])
+                     if history["pageInfo"]["hasNextPage"] else None)
         return self.render("timeline.html", visit=visit, title=f"persona — timeline of {pid[:12]}", p=profile,
                            pid=pid, events=[_event(e["node"]) for e in history["edges"]], filters=kept,
                            next_page=next_page, first_page=after is not None)
@@ -384,7 +395,8 @@ class Console:
         except (orjson.JSONDecodeError, ReceiptError):
             return self.problem(visit, 400, "That is not a receipt this server signed.")
         name = f"erasure-{body['profile_id'][:32]}.json"
-        return Response(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n", 200, media_type="application/json",
+        signed = {"receipt": doc["receipt"], "signature": doc["signature"]}  # nothing the signature does not cover
+        return Response(orjson.dumps(signed, option=orjson.OPT_INDENT_2) + b"\n", 200, media_type="application/json",
                         headers=HEADERS | {"Content-Disposition": f'attachment; filename="{name}"'})
 
 
@@ -431,9 +443,11 @@ class Console:
         and their deliveries, the audit log (paged, or one person's)."""
         params = visit.request.query_params
         before = params.get("before")
-        if before is not None and (not before.isdigit() or len(before) > 9):
+        if before is not None and not _DIGITS.fullmatch(before):
             return self.problem(visit, 400, "before: an entry's number")
         person = (params.get("profile") or "").strip() or None
+        if person is not None and not is_profile_id(person):
+            return self.problem(visit, 400, "profile: a profile id (prf_ and 24 letters and digits)")
         answer = await ask(visit.state, visit.token, documents.OPERATIONS,
                            {"before": int(before) if before else None, "profileId": person})
         failed = self.refused(visit, answer)
@@ -467,7 +481,7 @@ class Console:
     async def promote(self, visit: Visit) -> Response:
         form: dict[str, str] = visit.request.state.form
         name, version = form.get("name", ""), form.get("version", "")
-        if not version.isdigit() or len(version) > 9:
+        if not _DIGITS.fullmatch(version):
             return self.problem(visit, 400, "version: a version number")
         answer = await ask(visit.state, visit.token, documents.PROMOTE, {"name": name, "version": int(version)})
         failed = self.refused(visit, answer)
@@ -517,8 +531,8 @@ def _same_origin(request: Request) -> None:
     """A POST must come from a page of this server: its Origin (sent by every browser with a
     POST) names this host, or it is refused before anything is read."""
     origin = request.headers.get("origin")
-    host = request.headers.get("host", "")
-    if origin is None or origin == "null" or origin.split("://", 1)[-1] != host:
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin is None or origin != own:
         raise Unfit(403, "This form must be sent from the console's own pages.")
 
 
@@ -533,17 +547,14 @@ def _instant(text: str | None, name: str) -> str | _Bad | None:
         return _Bad(f"{name}: give a date (2026-01-31) or a date and time (2026-01-31T14:00)")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except OverflowError:
+        return _Bad(f"{name}: out of range")
 
 
 def _cursor(text: str | None) -> str | None:
     return text if text and len(text) <= 200 else None
-
-
-def _path_part(text: str) -> str:
-    """A profile id as a path segment: anything but what ids are made of is dropped, so a link
-    built from it stays one segment of the console."""
-    return "".join(ch for ch in text if ch.isalnum() or ch in "-_.")[:100] or "-"
 
 
 def _link(path: str, **params: str | None) -> str:

@@ -29,6 +29,7 @@ COOKIE = "persona_console"
 SESSION_S = 8 * 3600  # a sign-in lasts a working day at most
 CLOCK_SKEW_S = 60  # a cookie made this far in the future (another worker's clock) is still taken
 _AAD = b"persona-console-session-v1"
+MAX_ENDED = 100_000  # sessions signed out and remembered until they expire
 _MAX_COOKIE = 512  # a sealed token is about 200 characters: anything far longer is not ours
 
 
@@ -45,6 +46,14 @@ class Sessions:
     def __init__(self, secret: bytes) -> None:
         self._aead = AESGCM(_derive(secret, "seal"))
         self._csrf = _derive(secret, "csrf")
+        self._ended: dict[str, int] = {}  # sessions signed out in this process -> when they would expire
+
+    def end(self, session: Session, now: float) -> None:
+        """Sign a session out: its cookie, even copied before, opens nothing in this process again
+        (every process of the server forgets it only when it would have expired anyway)."""
+        self._ended = {sid: until for sid, until in self._ended.items() if until > now}
+        if len(self._ended) < MAX_ENDED:
+            self._ended[session.sid] = session.at + SESSION_S
 
     def seal(self, token: str, now: float) -> tuple[str, Session]:
         session = Session(token, secrets.token_hex(16), int(now))
@@ -67,7 +76,7 @@ class Sessions:
         token, sid, at = doc.get("t"), doc.get("s"), doc.get("a")
         if not (isinstance(token, str) and isinstance(sid, str) and isinstance(at, int)):
             return None
-        if not at - CLOCK_SKEW_S <= now < at + SESSION_S:
+        if not at - CLOCK_SKEW_S <= now < at + SESSION_S or sid in self._ended:
             return None
         return Session(token, sid, at)
 

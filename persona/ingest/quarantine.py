@@ -18,6 +18,8 @@ from persona.pseudonyms import normalise, subject_hash
 _AAD = b"persona-quarantine/1"
 _EMAIL = re.compile(rb"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9.\-]{1,255}\.[A-Za-z]{2,24}")
 _PHONE = re.compile(rb"\+?\d[\d \-().]{5,20}\d")
+# a phone number in a file's name: an international one, or nine digits or more in a row (a date is neither)
+_ORIGIN_PHONE = re.compile(rb"\+\d[\d \-.]{5,}\d|\d{9,}")
 # "namespace": "x", "value": "y" pairs, found even in a line too broken to parse
 _PAIR = re.compile(rb'"namespace"\s*:\s*"([a-z_]{1,40})"\s*,\s*"value"\s*:\s*"?([^",}]{1,256})')
 
@@ -27,7 +29,8 @@ class Quarantine:
 
     def __init__(self, persona: Persona, origin: str, *, clock: Callable[[], datetime]) -> None:
         self.persona = persona
-        self.origin = _EMAIL.sub(b"<email>", origin.encode("utf-8", "replace")).decode()[:200]
+        named = _EMAIL.sub(b"<email>", origin.encode("utf-8", "replace"))
+        self.origin = _ORIGIN_PHONE.sub(b"<phone>", named).decode("utf-8", "replace")[:200]
         self.sealer = persona.quarantine_sealer()
         self.secret = persona.keyring.derived("quarantine-content")
         self.clock = clock
