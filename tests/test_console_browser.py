@@ -145,6 +145,8 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     logs = server.logs()
     for secret in (*IDENTIFIERS, *tokens.values()):
         assert secret not in logs, "a raw identifier or a token in the server's log"
+    for payload in ("shop.example", "ORD-", "SKU-", "Shanghai"):  # values of decrypted events and attributes
+        assert payload not in logs, "a decrypted value in the server's log"
 
 
 def test_sign_in_refuses_a_wrong_token_then_signs_in_with_a_cookie_no_script_can_read(console: Console) -> None:
@@ -303,6 +305,23 @@ def test_a_token_without_the_scopes_sees_less_and_is_refused_the_rest(console: C
     assert answer.status == 403 and "erasure:write" in answer.text()
     with Persona.open(console.world.settings) as persona:
         assert persona.log.profile_for("email", LI) == pid  # still there
+    # unlinking by hand, with this session's form token: refused for want of events:write
+    person = console.world.ids[ANN]
+    answer = page.request.post(f"{console.url}/person/{person}/unlink", form={
+        "csrf": csrf, "a_namespace": "email", "a_value": ANN, "b_namespace": "email", "b_value": BEN},
+        headers={"Origin": console.server.url})
+    assert answer.status == 403 and "events:write" in answer.text() and ANN not in answer.text()
+    # a token that cannot read profiles finds no one, lists no one, sees no person
+    blind = console.page("modeller")
+    assert "Needs the scope profiles:read" in blind.text_content("main")
+    blind.fill("#find-namespace", "email")
+    blind.fill("#find-value", LI)
+    blind.click("form:has(#find-value) button[type=submit]")
+    assert "profiles:read" in blind.text_content("main") and "/person/" not in blind.url
+    response = blind.goto(f"{console.url}/person/{pid}")
+    assert response.status == 403 and "profiles:read" in blind.text_content("main")
+    response = blind.goto(f"{console.url}/person/{pid}?asOf=2026-01-01")  # time travel: refused the same
+    assert response.status == 403
 
 
 def test_forms_from_elsewhere_and_forged_sessions_are_refused(console: Console) -> None:
