@@ -369,7 +369,8 @@ def test_pages_fit_a_phone(console: Console) -> None:
     pid = console.world.ids[LI]
     page = console.page(viewport=PHONE)
     for path, shot in ((f"/person/{pid}", "person-phone"), (f"/person/{pid}/timeline", "timeline-phone"),
-                       ("/people", "people-phone")):
+                       ("/people", "people-phone"), ("/population", "population-phone"),
+                       ("/models", "models-phone"), ("/operations", "operations-phone")):
         page.goto(console.url + path)
         width = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         assert width[0] <= width[1], f"{path} is wider than a phone: {width}"
