@@ -217,9 +217,9 @@ def test_nothing_outside_the_command_line_imports_it() -> None:
 
 
 def test_the_command_line_and_the_api_do_not_touch_the_store() -> None:
-    """They call the library (persona.services, persona.tokens, persona.reading, ...), which alone
-    holds a Persona's recorder."""
-    offenders = [f"{path.relative_to(ROOT.parent)}:{n}" for package in ("cli", "api")
+    """They (and the console) call the library (persona.services, persona.tokens, persona.reading,
+    ...), which alone holds a Persona's recorder."""
+    offenders = [f"{path.relative_to(ROOT.parent)}:{n}" for package in ("cli", "api", "console")
                  for path in sorted((ROOT / package).rglob("*.py"))
                  for n, line in enumerate(path.read_text().splitlines(), start=1) if "recorder" in line]
     assert offenders == []
