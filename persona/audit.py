@@ -116,10 +116,23 @@ def ingest_runs(persona: Persona, *, within: int, limit: int = 20) -> list[Row]:
     return persona.recorder.audit_ingests(within=within, limit=limit)
 
 
+MAX_TEXT = 4_096  # characters of one field of an entry; a profile id is 28
+
+
 def write(persona: Persona, entries: list[Entry]) -> None:
+    """Store entries in one transaction. Every field is made storable first (no NUL, which
+    PostgreSQL refuses in text, and no field longer than MAX_TEXT), so that one entry can never
+    make its whole batch fail again and again and hold up the audit log."""
     if entries:
         with persona.recorder.transaction():
-            persona.recorder.append_audit(entries)
+            persona.recorder.append_audit([_storable(e) for e in entries])
+
+
+def _storable(entry: Entry) -> Entry:
+    texts = entry[1:]
+    if all(len(t) <= MAX_TEXT and "\x00" not in t for t in texts):
+        return entry
+    return Entry(entry.at, *(t.replace("\x00", "\ufffd")[:MAX_TEXT] for t in texts))
 
 
 @dataclass

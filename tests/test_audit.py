@@ -504,3 +504,22 @@ def test_a_flush_cancelled_at_shutdown_while_its_write_waits_loses_no_entry(tmp_
 
     asyncio.run(serve_and_stop())
     assert [(e.writer, e.operation) for e in entries(settings)] == [("ops", "ingestEvents")]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_entry_with_a_nul_or_a_huge_field_is_stored_made_safe_and_holds_up_nothing(tmp_path: Path,
+                                                                                  kind: str) -> None:
+    """A value PostgreSQL refuses (a NUL in text) or an unbounded one must never fail its batch:
+    the flusher would put the batch back and try it forever, and nothing after it would be stored."""
+    from persona.audit import MAX_TEXT, Entry, write
+
+    sent = [Entry(1, "t", "operations.audit", "a\x00b", "", "ok", "{}"),
+            Entry(2, "t", "profile", "x" * 100_000, "", "ok", "{}"),
+            Entry(3, "t", "profile", "prf_after", "", "ok", '{"n":1}')]
+    with _store(tmp_path, kind) as settings, Persona.init(settings) as p:
+        write(p, sent)
+        stored = [row[1:] for row in p.recorder.audit_rows()]
+        verify(p)
+    assert stored == [(1, "t", "operations.audit", "a\ufffdb", "", "ok", "{}"),
+                      (2, "t", "profile", "x" * MAX_TEXT, "", "ok", "{}"),
+                      (3, "t", "profile", "prf_after", "", "ok", '{"n":1}')]
