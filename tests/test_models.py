@@ -815,3 +815,12 @@ def test_the_headline_rule_of_each_task() -> None:
     assert shortfalls(category, {"accuracy": 0.41}, favourite, lift(0.1)) == [
         "accuracy 0.410 < 0.420 of the favourite category so far baseline (guessing each person's favourite "
         "category does better)"]
+
+
+def test_expected_calibration_error_is_the_row_weighted_gap_between_probability_and_outcome() -> None:
+    from persona.models.train import expected_calibration_error as ece
+
+    assert ece(np.array([0.0, 0.0, 1.0, 1.0]), np.array([0.1, 0.1, 0.9, 0.9])) == pytest.approx(0.1)
+    assert ece(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.9, 0.9, 0.9, 0.9])) == pytest.approx(0.4)  # overconfident
+    assert ece(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.0)
+    assert ece(np.array([1.0]), np.array([1.0])) == pytest.approx(0.0)  # p = 1 falls in the last bin

@@ -423,7 +423,23 @@ def _classification(y: NDArray[np.float64], proba: NDArray[np.float64]) -> dict[
     clipped = np.clip(proba, 1e-6, 1 - 1e-6)
     auc = float(roc_auc_score(y, clipped)) if len(set(y.tolist())) > 1 else float("nan")
     return {"roc_auc": auc, "log_loss": float(log_loss(y, clipped, labels=[0.0, 1.0])),
-            "brier": float(brier_score_loss(y, clipped)), "rows": float(len(y))}
+            "brier": float(brier_score_loss(y, clipped)), "ece": expected_calibration_error(y, clipped),
+            "rows": float(len(y))}
+
+
+def expected_calibration_error(y: NDArray[np.float64], proba: NDArray[np.float64], bins: int = 10) -> float:
+    """How far predicted probabilities are from what happened: the rows grouped in `bins`
+    equal-width bins of probability, the gap between each bin's mean probability and its share
+    of positives, weighted by the bin's rows (0: perfectly calibrated)."""
+    if len(y) == 0:
+        return float("nan")
+    which = np.minimum((proba * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += float(inside.sum()) * abs(float(proba[inside].mean()) - float(y[inside].mean()))
+    return gap / len(y)
 
 
 def _multiclass(y: NDArray[Any], proba: NDArray[np.float64], classes: list[str]) -> dict[str, float]:
