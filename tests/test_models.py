@@ -824,3 +824,17 @@ def test_expected_calibration_error_is_the_row_weighted_gap_between_probability_
     assert ece(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.9, 0.9, 0.9, 0.9])) == pytest.approx(0.4)  # overconfident
     assert ece(np.array([1.0, 0.0, 1.0, 0.0]), np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.0)
     assert ece(np.array([1.0]), np.array([1.0])) == pytest.approx(0.0)  # p = 1 falls in the last bin
+
+
+def test_training_twice_on_the_same_history_gives_the_same_model_and_records_its_seed(tmp_path: Path) -> None:
+    with small_store(tmp_path, seed=21, people=300) as p:
+        task = parse_task("churn_91d")
+        first = train(p, task)
+        again = train(p, task, first.cutoffs)
+        assert (again.metrics, again.baselines, again.chosen, again.rows) == (
+            first.metrics, first.baselines, first.chosen, first.rows)
+        assert again.fingerprint == first.fingerprint  # the same rows
+        probe = np.random.default_rng(0).uniform(0, 5, (50, len(first.features)))
+        assert np.array_equal(first.pipeline.predict_proba(probe), again.pipeline.predict_proba(probe))
+        saved = registry.save(p, again, promote=False)
+        assert saved.meta["seed"] == first.seed == again.seed

@@ -124,7 +124,7 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
         "window": {"cutoffs": [c.isoformat() for c in trained.cutoffs],
                    "horizon_days": trained.horizon.total_seconds() / 86_400},
         "reference": trained.reference, "people": len(trained.people), "seconds": round(trained.seconds, 3),
-        "notes": trained.notes, "code": code_versions(),
+        "notes": trained.notes, "code": code_versions(), "seed": trained.seed,
         "promotion": {"eligible": not trained.shortfalls, "shortfalls": trained.shortfalls,
                       "override": None if promote is None else "promote" if promote else "no-promote"},
     }

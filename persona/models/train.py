@@ -96,6 +96,7 @@ class Trained:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     shortfalls: list[str] = field(default_factory=list)  # why it should stay a candidate (none: promote it)
+    seed: int = SEED  # every random choice of the search and the models (recorded in the registry)
 
 
 def bgnbd_columns(model: bgnbd.BGNBD, rows: Sequence[Row], horizon_days: float, mean_order: float
