@@ -6,6 +6,10 @@ Writes docs/benchmarks.md (models section) and docs/benchmarks-models.json.
     scripts/bench-models                 # 10,000 people, 1 run
     scripts/bench-models --runs 3        # timings as median of 3 (metrics are the same each run)
     scripts/bench-models --quick         # a smoke run of two tasks (used by the tests); publishes nothing
+
+It also runs the out-of-time check of issue 21 (item 7) on purchase logs shaped like real ones
+(persona.testing.purchases), one customer cohort and continuous acquisition: each task trained on
+the whole log, scored as of its end, against what happened next and against BG/NBD.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from _publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +69,74 @@ def one_run(people: int, seed: int, where: Path, tasks: tuple[str, ...]) -> dict
     return out
 
 
+OOT_TASKS = ("purchases_next_91d", "churn_91d")
+COHORTS = ("one", "continuous")
+
+
+def out_of_time(people: int, seed: int, where: Path, cohort: str) -> dict[str, Any]:
+    """The check "as a user would" (issue 21, item 7): a purchase log shaped like real ones
+    (persona.testing.purchases), each task trained on everything up to its end and scored as of
+    its end, then compared with what the generator says happened in the 91 days after it, beside
+    BG/NBD fitted on the same history."""
+    import numpy as np
+    from sklearn.metrics import log_loss, mean_absolute_error, mean_squared_error, roc_auc_score
+
+    from persona import Persona, Settings
+    from persona.ingest import ingest_jsonl
+    from persona.models import bgnbd, registry, scoring
+    from persona.models.tasks import parse_task
+    from persona.models.train import train
+    from persona.testing import purchases
+
+    log = where / f"orders-{cohort}-{seed}.jsonl"
+    summary = purchases.write(log, people, seed=seed, cohort=cohort)
+    end = datetime.fromisoformat(summary["end"].replace("Z", "+00:00"))
+    truth = {t["subject"]: t for t in summary["truth"]}
+    days: dict[str, list[float]] = {}
+    for line in log.read_bytes().splitlines():
+        event = orjson.loads(line)
+        moment = datetime.fromisoformat(event["occurred_at"].replace("Z", "+00:00"))
+        days.setdefault(event["subject"]["value"], []).append((moment - purchases.START).total_seconds() / 86_400)
+    subjects = sorted(days)
+    end_day = (end - purchases.START).total_seconds() / 86_400
+    x = np.array([len(days[s]) - 1 for s in subjects], float)
+    t_x = np.array([max(days[s]) - min(days[s]) for s in subjects])
+    big_t = np.array([end_day - min(days[s]) for s in subjects])
+    fitted = bgnbd.fit(x, t_x, big_t)
+    actual = np.array([truth[s]["future_orders"] for s in subjects], float)
+    bought = (actual > 0).astype(float)
+    baseline = {"purchases_next_91d": fitted.expected(91, x, t_x, big_t),
+                "churn_91d": fitted.p_none(91, x, t_x, big_t)}
+    out: dict[str, Any] = {"people": people, "cohort": cohort, "orders": summary["orders"],
+                           "future_orders": summary["future_orders"], "bgnbd": fitted.params(), "tasks": {}}
+    settings = Settings.load(where / f"oot-{cohort}-{time.monotonic_ns()}", env={})
+    with Persona.init(settings) as p:
+        ingest_jsonl(p, log.read_bytes().splitlines(), origin=log.name)
+        profile_of = {s: p.log.profile_for("shop_user", s) for s in subjects}
+        for name in OOT_TASKS:
+            print(f"  out of time, {cohort} cohort: {name}…", file=sys.stderr)
+            trained = train(p, parse_task(name))
+            version = registry.save(p, trained, promote=True)
+            found = {pr.person: pr.value for pr in scoring.predict(p, name, as_of=end, version=version.version)}
+            served = np.array([found.get(profile_of[s] or "", np.nan) for s in subjects])
+            missing = int(np.isnan(served).sum())
+            served = np.nan_to_num(served, nan=0.0 if name != "churn_91d" else 1.0)
+            rows: dict[str, dict[str, float]] = {}
+            for who, values in (("persona", served), ("BG/NBD", baseline[name])):
+                if name == "churn_91d":
+                    clipped = np.clip(values, 1e-6, 1 - 1e-6)
+                    rows[who] = {"log_loss": float(log_loss(1 - bought, clipped, labels=[0.0, 1.0])),
+                                 "auc": float(roc_auc_score(1 - bought, clipped)),
+                                 "churned_predicted": float(clipped.sum()), "churned": float((1 - bought).sum())}
+                else:
+                    rows[who] = {"rmse": float(np.sqrt(mean_squared_error(actual, values))),
+                                 "mae": float(mean_absolute_error(actual, values)),
+                                 "auc": float(roc_auc_score(bought, values)),
+                                 "predicted": float(values.sum()), "happened": float(actual.sum())}
+            out["tasks"][name] = {"chosen": trained.chosen["family"], "missing": missing, **rows}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=10_000)
@@ -71,11 +144,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help=f"300 people, two tasks ({', '.join(QUICK_TASKS)}): a smoke test; publishes nothing")
+    parser.add_argument("--oot-people", type=int, default=10_000,
+                        help="customers of the out-of-time check's purchase logs (persona.testing.purchases)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
-    tasks = TASKS
+    tasks, cohorts = TASKS, COHORTS
     if args.quick:
-        args.people, args.runs, tasks = 300, 1, QUICK_TASKS
+        args.people, args.runs, tasks, args.oot_people, cohorts = 300, 1, QUICK_TASKS, 400, ("continuous",)
     import sklearn
 
     with tempfile.TemporaryDirectory(prefix="persona-bench-models-") as tmp:
@@ -83,6 +158,7 @@ def main() -> None:
         for run in range(args.runs):
             print(f"run {run + 1}/{args.runs}: {args.people:,} people…", file=sys.stderr)
             runs.append(one_run(args.people, args.seed, Path(tmp), tasks))
+        checks = [out_of_time(args.oot_people, args.seed, Path(tmp), cohort) for cohort in cohorts]
 
     def stats(values: list[float]) -> dict[str, float]:
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -98,8 +174,34 @@ def main() -> None:
                          "score_seconds": stats([r["tasks"][name]["score_seconds"] for r in runs])}
                   for name in tasks},
         "ingest_seconds": stats([r["ingest_seconds"] for r in runs]),
+        "out_of_time": checks,
     }
     write_report(result, args.out, quick=args.quick)
+
+
+def out_of_time_lines(checks: list[dict[str, Any]]) -> list[str]:
+    if not checks:
+        return []
+    lines = ["### Out of time, as a user would check it (issue 21, item 7)", "",
+             "A purchase log shaped like real ones (`persona.testing.purchases`: BG/NBD purchases and dropout,"
+             " Gamma-Gamma spend, CDNOW's parameters, two years), each task trained on all of it and scored as"
+             " of its end; what the generator says happened in the 91 days after, beside BG/NBD fitted on the same"
+             " history. Better: lower RMSE, MAE and log-loss; higher AUC.", "",
+             "| customers acquired | task | measure | persona | BG/NBD | persona better |",
+             "|---|---|---|---:|---:|---|"]
+    for check in checks:
+        for name, t in check["tasks"].items():
+            measures = ("rmse", "mae", "auc") if name != "churn_91d" else ("log_loss", "auc")
+            for m in measures:
+                ours, theirs = t["persona"][m], t["BG/NBD"][m]
+                better = ours > theirs if m == "auc" else ours < theirs
+                lines.append(f"| {check['cohort']} cohort, {check['people']:,} | {name} ({t['chosen']}) | {m} "
+                             f"| {ours:.4f} | {theirs:.4f} | {'yes' if better else '**no**'} |")
+            if name != "churn_91d":
+                lines.append(f"| | {name} | purchases predicted / happened | {t['persona']['predicted']:,.0f} "
+                             f"| {t['BG/NBD']['predicted']:,.0f} | {t['persona']['happened']:,.0f} happened |")
+    lines.append("")
+    return lines
 
 
 def _fmt(value: float) -> str:
@@ -139,6 +241,7 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     total_score = sum(t["score_seconds"]["median"] for t in r["tasks"].values())
     lines += ["", f"All {len(r['tasks'])} tasks: {total_train:.0f} s of training and {total_score:.0f} s of batch "
                   f"scoring for {w['people']:,} profiles.", ""]
+    lines += out_of_time_lines(r.get("out_of_time", []))
     text = "\n".join(lines)
     if quick:
         print(text)
