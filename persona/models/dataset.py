@@ -207,7 +207,7 @@ def build(found: dict[str, History], cutoffs: Sequence[datetime], horizon: timed
     """A row per person and cutoff, for people seen by that cutoff, as they were then."""
     rows: list[Row] = []
     window = int(horizon.total_seconds() * 1_000_000)
-    for person in sorted(found):
+    for person in found:  # in the order people first appear in the log: the data decides, not their random ids
         for index, cutoff in enumerate(cutoffs):
             rows.extend(rows_at(found[person], cutoff, window, index, labels=True))
     return rows
