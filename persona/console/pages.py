@@ -30,7 +30,7 @@ from persona.api.context import ApiState
 from persona.api.errors import fault
 from persona.audit import NO_TOKEN
 from persona.console import charts, documents
-from persona.console.client import Answer, ask
+from persona.console.client import Answer, Problem, ask
 from persona.console.session import COOKIE, SESSION_S, Session, Sessions
 from persona.erasure import verify_receipt
 from persona.errors import ReceiptError
@@ -149,16 +149,23 @@ class Console:
                                                                                  "problem"),
                            message=message, missing=missing)
 
-    def refused(self, visit: Visit, answer: Answer) -> Response | None:
-        """The page for an answer that was refused or failed as a whole; None if it can be shown."""
+    def whole(self, visit: Visit, answer: Answer) -> dict[str, Any]:
+        """The answer's data; for an answer refused or failed as a whole, Refusal with its page."""
         if answer.refused:
-            return self.problem(visit, 403, "Your token does not allow this page.", missing=answer.missing)
+            raise Refusal(self.problem(visit, 403, "Your token does not allow this page.", missing=answer.missing))
         code = answer.code()
         if answer.data is None or (code is not None and all(v is None for v in answer.data.values())):
             status = {"NOT_FOUND": 404, "RATE_LIMITED": 429, "FORBIDDEN": 403, "BAD_REQUEST": 400,
                       "UNAVAILABLE": 503, "BUSY": 503}.get(code or "", 500)
-            return self.problem(visit, status, answer.problems[0].message if answer.problems else "no answer")
-        return None
+            raise Refusal(self.problem(visit, status, answer.problems[0].message if answer.problems
+                                       else "no answer"))
+        return answer.data
+
+    async def answered(self, visit: Visit, document: str, variables: dict[str, Any] | None = None
+                       ) -> tuple[dict[str, Any], list[Problem]]:
+        """Ask a document as the signed-in token: its data and the problems of the parts that failed."""
+        answer = await ask(visit.state, visit.token, document, variables)
+        return self.whole(visit, answer), answer.problems
 
     def signed_in(self, handler: Handler, *, action: bool = False) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -254,11 +261,7 @@ class Console:
         if answer.refused:
             return self.render("people.html", visit=visit, title="persona — people", people=None,
                                missing=answer.missing, namespaces=NAMESPACES)
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        found = answer.data["profiles"]
+        found = self.whole(visit, answer)["profiles"]
         return self.render("people.html", visit=visit, title="persona — people", people=found,
                            namespaces=NAMESPACES, next_page=_link(f"{PREFIX}/people", after=found["pageInfo"][
                                "endCursor"]) if found["pageInfo"]["hasNextPage"] else None)
@@ -274,15 +277,10 @@ class Console:
         namespace, value = form.get("namespace", "").strip(), form.get("value", "")
         if not namespace or not value.strip():
             return self.problem(visit, 400, "Give a profile id, or an identifier's namespace and value.")
-        answer = await ask(visit.state, visit.token, documents.FIND,
-                           {"subject": {"namespace": namespace, "value": value}})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        if answer.data["profile"] is None:
+        data, _ = await self.answered(visit, documents.FIND, {"subject": {"namespace": namespace, "value": value}})
+        if data["profile"] is None:
             return self.problem(visit, 404, f"No profile has that {namespace} identifier (or it was erased).")
-        return RedirectResponse(f"{PREFIX}/person/{answer.data['profile']['id']}", 303, headers=HEADERS)
+        return RedirectResponse(f"{PREFIX}/person/{data['profile']['id']}", 303, headers=HEADERS)
 
     async def person(self, visit: Visit) -> Response:
         pid = visit.request.path_params["pid"]
@@ -290,18 +288,14 @@ class Console:
         if isinstance(as_of, _Bad):
             return self.problem(visit, 400, as_of.message)
         document = documents.person(visit.token.scopes, as_of=as_of is not None)
-        answer = await ask(visit.state, visit.token, document, {"id": pid, "asOf": as_of})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        profile = answer.data["profile"]
+        data, problems = await self.answered(visit, document, {"id": pid, "asOf": as_of})
+        profile = data["profile"]
         if profile is None:
             return self.render("gone.html", 404, visit, title="persona — no such person", pid=pid)
         features = profile["featureValues"]
         return self.render(
             "person.html", visit=visit, title=f"persona — person {pid[:12]}", p=profile, pid=pid, as_of=as_of,
-            problems=answer.problems, attributes=_attributes(profile["attributeValues"]),
+            problems=problems, attributes=_attributes(profile["attributeValues"]),
             features=_features(features),
             hours=charts.columns(features["hourOfDay"], [str(h) for h in range(24)], label_every=3,
                                  summary="Events by hour of the day (UTC)"),
@@ -326,18 +320,14 @@ class Console:
         as_of, since, until = times["asOf"], times["since"], times["until"]
         types = [t for t in (params.get("types") or "").replace(",", " ").split() if t][:20]
         after = _cursor(params.get("after"))
-        answer = await ask(visit.state, visit.token, documents.TIMELINE,
-                           {"id": pid, "asOf": as_of, "first": PAGE, "after": after, "types": types or None,
-                            "since": since, "until": until})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        profile = answer.data["profile"]
+        data, problems = await self.answered(visit, documents.TIMELINE, {
+            "id": pid, "asOf": as_of, "first": PAGE, "after": after, "types": types or None, "since": since,
+            "until": until})
+        profile = data["profile"]
         if profile is None:
             return self.render("gone.html", 404, visit, title="persona — no such person", pid=pid)
         if profile.get("history") is None:
-            return self.problem(visit, 400, answer.problems[0].message if answer.problems else "no history")
+            return self.problem(visit, 400, problems[0].message if problems else "no history")
         history = profile["history"]
         kept = {"asOf": as_of, "since": since, "until": until, "types": " ".join(types) or None}
         next_page = (_link(f"{PREFIX}/person/{pid}/timeline", **kept, after=history["pageInfo"]["endCursor"])
@@ -356,13 +346,9 @@ class Console:
             if not namespace or not value.strip():
                 return self.problem(visit, 400, "Give both identifiers: a namespace and a value each.")
             subjects.append({"namespace": namespace, "value": value})
-        answer = await ask(visit.state, visit.token, documents.UNLINK, {"a": subjects[0], "b": subjects[1]})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
+        data, _ = await self.answered(visit, documents.UNLINK, {"a": subjects[0], "b": subjects[1]})
         return self.render("unlinked.html", visit=visit, title="persona — unlinked", pid=pid,
-                           people=answer.data["unlinkIdentities"])
+                           people=data["unlinkIdentities"])
 
     async def erase_page(self, visit: Visit) -> Response:
         pid = visit.request.path_params["pid"]
@@ -376,12 +362,8 @@ class Console:
         if form.get("confirm", "").strip() != pid:
             return self.render("erase.html", 400, visit, title="persona — erase a person", pid=pid,
                                error="Type the profile id exactly to confirm.")
-        answer = await ask(visit.state, visit.token, documents.ERASE, {"id": pid})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        receipt = answer.data["eraseProfile"]
+        data, _ = await self.answered(visit, documents.ERASE, {"id": pid})
+        receipt = data["eraseProfile"]
         return self.render("receipt.html", visit=visit, title="persona — erased", r=receipt,
                            document=orjson.dumps(receipt["receipt"]).decode())
 
@@ -448,31 +430,23 @@ class Console:
         person = (params.get("profile") or "").strip() or None
         if person is not None and not is_profile_id(person):
             return self.problem(visit, 400, "profile: a profile id (prf_ and 24 letters and digits)")
-        answer = await ask(visit.state, visit.token, documents.OPERATIONS,
-                           {"before": int(before) if before else None, "profileId": person})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        found = answer.data["operations"]
+        data, problems = await self.answered(visit, documents.OPERATIONS,
+                                             {"before": int(before) if before else None, "profileId": person})
+        found = data["operations"]
         audit = found["audit"]
         older = _link(f"{PREFIX}/operations", before=str(audit[-1]["seq"]), profile=person) if len(audit) == 50 \
             else None
         return self.render("operations.html", visit=visit, title="persona — operations", ops=found,
                            entries=[e | {"shape": orjson.dumps(e["detail"]).decode()} for e in audit],
-                           older=older, person=person, problems=answer.problems)
+                           older=older, person=person, problems=problems)
 
     # -- models --------------------------------------------------------------------------------------
     async def models(self, visit: Visit, done: str | None = None) -> Response:
         """The registry: each model's versions, held-out metrics beside the baselines', lift, the
         training window, drift per feature; promote and roll back for a token with models:write."""
-        answer = await ask(visit.state, visit.token, documents.MODELS)
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
+        data, _ = await self.answered(visit, documents.MODELS)
         grouped: dict[str, list[dict[str, Any]]] = {}
-        for version in answer.data["models"]:
+        for version in data["models"]:
             grouped.setdefault(version["name"], []).append(_model(version))
         for versions in grouped.values():
             versions.sort(key=lambda v: -v["version"])
@@ -483,23 +457,15 @@ class Console:
         name, version = form.get("name", ""), form.get("version", "")
         if not _DIGITS.fullmatch(version):
             return self.problem(visit, 400, "version: a version number")
-        answer = await ask(visit.state, visit.token, documents.PROMOTE, {"name": name, "version": int(version)})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        served = answer.data["promoteModel"]
+        data, _ = await self.answered(visit, documents.PROMOTE, {"name": name, "version": int(version)})
+        served = data["promoteModel"]
         return await self.models(visit, done=f"{served['name']} v{served['version']} is served now; every profile"
                                              " was scored with it.")
 
     async def rollback(self, visit: Visit) -> Response:
         form: dict[str, str] = visit.request.state.form
-        answer = await ask(visit.state, visit.token, documents.ROLLBACK, {"name": form.get("name", "")})
-        failed = self.refused(visit, answer)
-        if failed is not None:
-            return failed
-        assert answer.data is not None
-        served = answer.data["rollbackModel"]
+        data, _ = await self.answered(visit, documents.ROLLBACK, {"name": form.get("name", "")})
+        served = data["rollbackModel"]
         return await self.models(visit, done=f"{served['name']} is rolled back: v{served['version']} is served again;"
                                              " every profile was scored with it.")
 
