@@ -80,6 +80,15 @@ class Console:
         visited: list[str] = []
         page.on("framenavigated", lambda frame: visited.append(frame.url))
         page.visited = visited
+        click = page.click
+
+        def click_then_load(selector: str, **options: Any) -> None:
+            # A click returns once the navigation it starts has committed, when the new document
+            # may not have been parsed yet (page.content() is then ""): wait for it to load.
+            click(selector, **options)
+            page.wait_for_load_state("load")
+
+        page.click = click_then_load
         if token is not None:
             page.goto(self.url + "/sign-in")
             page.fill("#token", self.server.tokens[token])
@@ -90,6 +99,7 @@ class Console:
     def check(self, page: Any, shot: str | None = None) -> str:
         """What every page must be: no raw identifier in it, no secret in any URL visited, no
         accessibility violation (axe-core); and, given a name, its screenshot."""
+        page.wait_for_load_state("load")
         body = page.content().lower()
         leaked = [value for value in IDENTIFIERS if value.lower() in body]
         assert not leaked, f"raw identifier(s) {leaked} in the page {page.url}"
