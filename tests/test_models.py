@@ -8,6 +8,7 @@ ingested through the real pipeline; trained versions are shared by the tests tha
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -178,8 +179,11 @@ def test_cutoffs_are_checked() -> None:
         check_cutoffs([end - 3 * h, end - 2 * h], h, end)
     with pytest.raises(ValidationError, match="ends after the data"):
         check_cutoffs([end - 3 * h, end - 2 * h, end - h / 2], h, end)
-    with pytest.raises(ValidationError, match="one horizon apart"):
-        check_cutoffs([end - 3 * h, end - 2.5 * h, end - h], h, end)
+    # a training label window must close before the test cutoff: only one of these does
+    with pytest.raises(ValidationError, match="two a horizon or more before the last"):
+        check_cutoffs([end - 3 * h, end - 1.5 * h, end - h], h, end)
+    # cutoffs closer than a horizon are fine (monthly ones for a 91-day task): the split keeps them apart
+    assert len(check_cutoffs([end - 3 * h, end - 2.5 * h, end - 2 * h, end - 1.5 * h, end - h], h, end)) == 5
     assert check_cutoffs([end - h, end - 3 * h, end - 2 * h], h, end) == [end - 3 * h, end - 2 * h, end - h]
 
 
@@ -216,36 +220,50 @@ def test_models_beat_their_baselines_on_held_out_rows(lab: Lab, name: str) -> No
 
 
 def test_metrics_are_computed_on_the_held_out_cutoff_only(lab: Lab) -> None:
-    """The reported metrics are the stored pipeline's on the last cutoff's rows — and differ from its
-    (better) score on the rows it was trained on."""
+    """The reported metrics are those of a fit on the cutoffs whose labels had closed when the last
+    one began, measured on the last cutoff's rows only; the version stored is then refit on every
+    cutoff for serving, with the same choices (issue 21, item 2)."""
+    from sklearn.base import clone
+
+    from persona.models.dataset import closed_before, matrix
+    from persona.models.train import Served, columns_by_cutoff, fit_at
+
     trained = lab.trained["purchases_next_91d"]
     with opened(lab) as p:
         found = histories(p)
     rows = build(found, trained.cutoffs, trained.horizon)
     last = len(trained.cutoffs) - 1
+    learn = closed_before(trained.cutoffs, trained.horizon, last)
+    assert learn and max(learn) < last - 1  # monthly cutoffs: the ones just before the test are left out
     test_rows = [r for r in rows if r.cutoff == last]
-    train_rows = [r for r in rows if r.cutoff < last]
-    assert trained.rows == {"train": len(train_rows), "test": len(test_rows)}
-    from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, matrix
-    from persona.models.train import bgnbd_columns
+    train_rows = [r for r in rows if r.cutoff in learn]
+    assert trained.rows == {"train": len(train_rows), "test": len(test_rows), "serving": len(rows)}
+    # no label window of a row the evaluation learnt from reaches into the test cutoff's
+    assert all(trained.cutoffs[r.cutoff] + trained.horizon <= trained.cutoffs[last] for r in train_rows)
+    fits = {i: fit_at([r for r in rows if r.cutoff == i], 7 + i) for i in range(len(trained.cutoffs))}
+    assert all(f is not None for f in fits.values())
+    columns = columns_by_cutoff(fits, rows, trained.task.horizon_days, trained.mean_order)  # type: ignore[arg-type]
+    x = matrix(rows, trained.features, columns)
+    y = np.array([r.orders_after for r in rows], dtype=np.float64)
+    at = np.array([r.cutoff for r in rows])
+    served = trained.pipeline
+    assert isinstance(served, Served) and 0.0 <= served.weight <= 1.0
+    evaluation = Served(clone(served.estimator).fit(x[np.isin(at, learn)], y[np.isin(at, learn)]), served.column,
+                        served.weight, served.calibration)
 
-    model = bgnbd.BGNBD(**trained.bgnbd)
+    def mse(model: Any, where: np.ndarray) -> float:
+        return float(np.mean((np.clip(model.predict(x[where]), 0, None) - y[where]) ** 2))
 
-    def mse(chosen: list[Any]) -> float:
-        x = matrix(chosen, [*VIEW_FEATURES, *WINDOW_FEATURES], trained.categories,
-                   bgnbd_columns(model, chosen, trained.task.horizon_days, trained.mean_order))
-        predicted = np.clip(trained.pipeline.predict(x), 0, None)
-        return float(np.mean((predicted - np.array([r.orders_after for r in chosen])) ** 2))
-
-    assert mse(test_rows) == pytest.approx(trained.metrics["mse"], rel=1e-9)
-    # no training label window reaches into the test cutoff's, and the naive baseline knows only training labels
-    assert trained.cutoffs[-2] + trained.horizon <= trained.cutoffs[-1]
+    test = at == last
+    assert mse(evaluation, test) == pytest.approx(trained.metrics["mse"], rel=1e-9)
+    assert mse(served, test) < trained.metrics["mse"]  # the serving refit has seen the test rows' labels
     mean = np.mean([r.orders_after for r in train_rows])
     truth = np.array([r.orders_after for r in test_rows])
     assert trained.baselines["training mean"]["mse"] == pytest.approx(float(np.mean((truth - mean) ** 2)), rel=1e-9)
+    assert trained.baselines["BG/NBD"]["mse"] == pytest.approx(
+        float(np.mean((columns["bgnbd_expected"][test] - y[test]) ** 2)), rel=1e-9)  # BG/NBD as of the test cutoff
 
 
-# -- registry ------------------------------------------------------------------------------------
 def test_registry_keeps_versions_promotes_and_rolls_back(lab: Lab, tmp_path: Path) -> None:
     with opened(lab) as p:
         first = registry.get(p, "churn_91d")
@@ -543,7 +561,7 @@ def test_api_models_train_and_predictions(tmp_path: Path) -> None:
                       " gain { metric model baseline against improvement }"
                       " training { cutoffs horizonDays trainRows testRows } lastDrift { psiMax } libraries } }",
                       "reader")["data"]["models"]
-        assert listed[0]["name"] == "churn_91d" and len(listed[0]["window"]["cutoffs"]) == 4
+        assert listed[0]["name"] == "churn_91d" and len(listed[0]["window"]["cutoffs"]) >= 4
         typed = listed[0]  # the typed fields say what the deprecated JSON says
         assert {f["name"]: f["value"] for f in typed["heldOut"]} == typed["metrics"]
         assert {b["name"]: {f["name"]: f["value"] for f in b["metrics"]} for b in typed["baselineMetrics"]} == \
@@ -765,17 +783,19 @@ def test_too_little_data_names_the_cutoffs_tried_and_what_to_try(cadence: tuple[
                                                                  ) -> None:
     data, start, last = cadence
     horizon = timedelta(days=182)
-    tried = default_cutoffs(last, horizon)
-    assert tried[1] < start < tried[2]  # two cutoffs before anyone was seen: one training cutoff is left
+    tried = default_cutoffs(last, horizon, start)
+    assert len(tried) >= 3 and tried[0] >= start  # monthly, from a month after the data begins
     refused = persona_cli(data, "train", "purchases_next_182d")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     message = refused.stderr
-    assert "nothing to validate on" in message
-    counts = {c.date().isoformat(): n for c, n in zip(tried, (0, 0, 240, 240), strict=True)}
-    listed = ", ".join(f"{day} ({n}{' — the test set' if day == tried[-1].date().isoformat() else ''})"
-                       for day, n in counts.items())
-    assert f"Cutoffs tried (examples at each): {listed};" in message, message
-    fits = (last - start).days // 6
+    assert "nothing to validate on" in message  # no training cutoff has another a horizon before it
+    said = re.search(r"Cutoffs tried \(examples at each\): (.*?);", message)
+    assert said is not None, message
+    listed = re.findall(r"(\d{4}-\d\d-\d\d) \((\d+)( — the test set)?\)", said.group(1))
+    assert [day for day, _, _ in listed] == [c.date().isoformat() for c in tried]
+    counts = [int(n) for _, n, _ in listed]
+    assert counts == sorted(counts) and counts[-1] == 240 and [t for _, _, t in listed][-1]  # the last: the test
+    fits = ((last - start).days - 31) // 3
     assert f"a shorter horizon (purchases_next_{fits}d)" in message
     assert f"the data runs from {start.date()} to {last.date()}." in message
     assert (f"other --cutoff instants (at least three, a horizon apart, from {(start + timedelta(days=1)).date()} to "
@@ -783,7 +803,7 @@ def test_too_little_data_names_the_cutoffs_tried_and_what_to_try(cadence: tuple[
     # a task without a window in its name is told the --horizon option
     plain = persona_cli(data, "train", "days_to_next_purchase", "--horizon", "182d")
     assert plain.returncode == 1 and f"a shorter --horizon (e.g. --horizon {fits}d)" in plain.stderr
-    assert f"Cutoffs tried (examples at each): {listed};" in plain.stderr
+    assert said.group(0) in plain.stderr
 
 
 def test_the_headline_rule_of_each_task() -> None:

@@ -61,6 +61,22 @@ def test_order_values_follow_the_gamma_gamma_spend_model(drawn: list) -> None:
     assert float(np.mean(means)) == pytest.approx(shape.mean_order, rel=0.1)  # E[s/ν] = s γ / (q − 1)
 
 
+def test_regularity_keeps_the_rate_and_makes_the_gaps_regular() -> None:
+    """Gaps of Gamma(k, kλ): the mean gap stays 1/λ, its coefficient of variation falls to 1/√k."""
+    for k in (1.0, 3.0):
+        busy = Shape(regularity=k, r=5.0, alpha=50.0, a=0.01, b=50)  # about 70 orders each, hardly any dropout
+        found = customers(1000, seed=5, days=DAYS, future_days=0, shape=busy)
+        scaled, cvs = [], []
+        for c in found:
+            gaps = np.diff([day for day, _ in c.orders])
+            if c.rate * DAYS > 60 and len(gaps) >= 30:  # many gaps: the window's end biases few
+                scaled.extend(gaps * c.rate)  # in units of the customer's own mean gap
+                cvs.append(gaps.std() / gaps.mean())
+        assert len(cvs) > 50
+        assert float(np.mean(scaled)) == pytest.approx(1.0, rel=0.1)
+        assert float(np.median(cvs)) == pytest.approx(1 / np.sqrt(k), rel=0.2)
+
+
 def test_cohorts_are_acquired_at_once_or_over_time_and_a_seed_draws_the_same_log() -> None:
     one = customers(500, seed=3, cohort="one")
     assert max(c.orders[0][0] for c in one) <= 30

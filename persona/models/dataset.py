@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,10 @@ VIEW_FEATURES = (
 # ... and derived at the cutoff from the same projection (windows end at the cutoff)
 WINDOW_FEATURES = ("days_since_first_seen", "days_since_last_seen", "orders_last_window", "spend_last_window",
                    "events_last_30d", "events_last_window", "age", "gender_female", "gender_male")
+# ... and relative to the person's own age and pace, so that they mean the same at any age or season
+# (issue 21): the trend of their last two windows, how late they are against their own cadence
+PACE_FEATURES = ("orders_previous_window", "order_trend", "orders_per_month_since_first", "days_since_last_order",
+                 "recency_over_cadence", "interpurchase_cv", "longest_gap_days")
 MAX_CATEGORIES = 20  # affinity features: the categories most often seen at the training cutoffs
 
 
@@ -181,26 +184,56 @@ def data_start(found: Iterable[History]) -> datetime | None:
     return None if first is None else from_micros(first)
 
 
-def default_cutoffs(end: datetime, horizon: timedelta, count: int = 4) -> list[datetime]:
-    """`count` cutoffs a horizon apart, the last one a horizon before the data ends: every label
-    window is complete, and no training window overlaps a later cutoff's."""
-    last = (end - horizon).replace(hour=0, minute=0, second=0, microsecond=0)
-    return [last - horizon * k for k in reversed(range(count))]
+MAX_CUTOFFS = 12  # by default: about a year of monthly cutoffs
+STEP = timedelta(days=30)
+
+
+def step_of(horizon: timedelta) -> timedelta:
+    """The default spacing of cutoffs: about a month, a whole fraction of the horizon (91 days: every
+    30⅓ days, so that three steps are one horizon), never more than the horizon."""
+    parts = max(1, round(horizon / STEP))
+    return horizon / parts
+
+
+def default_cutoffs(end: datetime, horizon: timedelta, start: datetime | None = None,
+                    count: int = MAX_CUTOFFS) -> list[datetime]:
+    """Rolling cutoffs about a month apart (`step_of`), the last one a horizon before the data ends
+    (every label window is complete), going back as far as the data allows (a step of history
+    before the first), at most `count`; at least three, however short the data."""
+    last = _midnight(end - horizon)
+    step = step_of(horizon)
+    out = [last]
+    while len(out) < count:
+        earlier = _midnight(last - step * len(out))
+        if len(out) >= 3 and start is not None and earlier < start + step:
+            break
+        out.append(earlier)
+    return sorted(out)
+
+
+def _midnight(instant: datetime) -> datetime:
+    return instant.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def check_cutoffs(cutoffs: Sequence[datetime], horizon: timedelta, end: datetime) -> list[datetime]:
-    """Sorted, and each label window closed by the data and by the next cutoff; else a clear error."""
-    ordered = sorted(c.astimezone(UTC) for c in cutoffs)
+    """Sorted, distinct, the last label window closed by the data, and at least two cutoffs whose
+    label windows close before the last one (the held-out test) begins; else a clear error."""
+    ordered = sorted({c.astimezone(UTC) for c in cutoffs})
     if len(ordered) < 3:
         raise ValidationError("cutoffs: need at least three (train on the earlier ones, test on the last)")
     if ordered[-1] + horizon > end:
         raise ValidationError(f"cutoffs: the last cutoff plus the horizon ends after the data does "
                               f"({end.date().isoformat()}): its labels would be incomplete")
-    for a, b in pairwise(ordered):
-        if a + horizon > b:
-            raise ValidationError("cutoffs: must be at least one horizon apart, or a training label window "
-                                  "would overlap a later cutoff's")
+    if len(closed_before(ordered, horizon, len(ordered) - 1)) < 2:
+        raise ValidationError("cutoffs: need at least two a horizon or more before the last one (the test set): "
+                              "a training label window must close before the test begins")
     return ordered
+
+
+def closed_before(cutoffs: Sequence[datetime], horizon: timedelta, index: int) -> list[int]:
+    """The cutoffs whose label windows had closed by cutoff `index`: all a model may learn from
+    when it is tested there (a later one's labels would tell it what happened after the test began)."""
+    return [i for i, c in enumerate(cutoffs) if c + horizon <= cutoffs[index]]
 
 
 def build(found: dict[str, History], cutoffs: Sequence[datetime], horizon: timedelta) -> list[Row]:
@@ -271,6 +304,7 @@ def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[Recorded
     gender = attributes.get("gender", {}).get("value")
     features["gender_female"] = 1.0 if gender == "female" else 0.0
     features["gender_male"] = 1.0 if gender == "male" else 0.0
+    features.update(_pace(orders, now, window))
     after = [f for f in label_facts if now < f[0] <= now + window and f[2] == "o"]
     if orders:
         x, t_x, age_days = len(orders) - 1, (orders[-1][0] - orders[0][0]) / DAY_US, (now - orders[0][0]) / DAY_US
@@ -284,6 +318,32 @@ def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[Recorded
         days_to_next=(after[0][0] - now) / DAY_US if after else None,
         next_category=_category(after[0]) if after else None,
     )
+
+
+def _pace(orders: list[Fact], now: int, window: int) -> dict[str, float]:
+    """The person's buying relative to their own history: the window before the last one and the
+    trend between them; orders a month since their first; days since the last order, and that over
+    their mean gap between orders (above 1: later than their habit); the gaps' coefficient of
+    variation (0: clockwork) and the longest gap, the time since the last order included."""
+    nan = float("nan")
+    previous = sum(1 for f in orders if now - 2 * window < f[0] <= now - window)
+    latest = sum(1 for f in orders if f[0] > now - window)
+    out = {"orders_previous_window": float(previous), "order_trend": float(latest - previous),
+           "orders_per_month_since_first": nan, "days_since_last_order": nan, "recency_over_cadence": nan,
+           "interpurchase_cv": nan, "longest_gap_days": nan}
+    if not orders:
+        return out
+    times = [f[0] for f in orders]
+    since = (now - times[-1]) / DAY_US
+    out["days_since_last_order"] = since
+    out["orders_per_month_since_first"] = len(times) / max((now - times[0]) / DAY_US, 1.0) * 30.0
+    gaps = np.diff(np.array(times, dtype=np.float64)) / DAY_US
+    out["longest_gap_days"] = float(max(gaps.max(), since)) if len(gaps) else since
+    if len(gaps):
+        mean = float(gaps.mean())
+        out["recency_over_cadence"] = since / mean if mean > 0 else nan
+        out["interpurchase_cv"] = float(gaps.std()) / mean if mean > 0 and len(gaps) > 1 else nan
+    return out
 
 
 def _category(order: Fact) -> str | None:
@@ -310,13 +370,17 @@ def category_columns(rows: Sequence[Row]) -> list[str]:
     return sorted(sorted(counts, key=lambda c: (-counts[c], c))[:MAX_CATEGORIES])
 
 
-def matrix(rows: Sequence[Row], names: Sequence[str], categories: Sequence[str],
-           extra: dict[str, NDArray[np.float64]] | None = None) -> NDArray[np.float64]:
-    """Rows as a feature matrix, columns in the order `names` (+ affinities, + extra columns)."""
-    out = np.empty((len(rows), len(names) + len(categories) + len(extra or {})), dtype=np.float64)
-    for i, row in enumerate(rows):
-        out[i, : len(names)] = [row.features[n] for n in names]
-        out[i, len(names) : len(names) + len(categories)] = [row.categories.get(c, 0.0) for c in categories]
-    for j, column in enumerate((extra or {}).values()):
-        out[:, len(names) + len(categories) + j] = column
+def matrix(rows: Sequence[Row], features: Sequence[str], extra: dict[str, NDArray[np.float64]] | None = None
+           ) -> NDArray[np.float64]:
+    """Rows as a feature matrix, a column per name in `features`: a row feature, `affinity_<category>`,
+    or a column of `extra` (a name the rows lack, as of a version trained before it existed: missing)."""
+    out = np.full((len(rows), len(features)), np.nan, dtype=np.float64)
+    for j, name in enumerate(features):
+        if extra is not None and name in extra:
+            out[:, j] = extra[name]
+        elif name.startswith("affinity_"):
+            category = name.removeprefix("affinity_")
+            out[:, j] = [row.categories.get(category, 0.0) for row in rows]
+        else:
+            out[:, j] = [row.features.get(name, np.nan) for row in rows]
     return out

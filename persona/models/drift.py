@@ -17,8 +17,8 @@ import orjson
 from persona.core import Persona
 from persona.models import registry
 from persona.models.bgnbd import BGNBD
-from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, histories, matrix, rows_at
-from persona.models.train import bgnbd_columns, shares
+from persona.models.dataset import histories, matrix, rows_at
+from persona.models.train import bgnbd_columns, fit_at, shares
 
 PSI_LIMIT = 0.2
 MAX_AGE = timedelta(days=30)
@@ -40,9 +40,8 @@ def measure(persona: Persona, version: registry.ModelVersion, *, now: datetime |
     meta = version.meta
     window = int(meta["task"]["horizon_days"] * 86_400_000_000)
     rows = [row for history in histories(persona).values() for row in rows_at(history, moment, window)]
-    names = [*VIEW_FEATURES, *WINDOW_FEATURES]
-    x = matrix(rows, names, meta["categories"],
-               bgnbd_columns(BGNBD(**meta["bgnbd"]), rows, meta["task"]["horizon_days"], meta["mean_order"]))
+    fitted = fit_at(rows) or BGNBD(**meta["bgnbd"])  # as scoring everyone does: BG/NBD as of the instant
+    x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
     by_feature = {}
     for j, name in enumerate(meta["features"]):
         ref = meta["reference"].get(name)

@@ -34,6 +34,7 @@ MODELS_KEY = "models"
 TRUSTED_TYPES = frozenset({
     "numpy.dtype",
     "persona.models.train.OnTopOf",
+    "persona.models.train.Served",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.feature_selection._univariate_selection.f_classif",
     "sklearn.feature_selection._univariate_selection.f_regression",

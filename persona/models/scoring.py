@@ -22,9 +22,9 @@ from persona.core import Persona
 from persona.events import micros
 from persona.models import registry
 from persona.models.bgnbd import BGNBD
-from persona.models.dataset import VIEW_FEATURES, WINDOW_FEATURES, histories, history_of, matrix, rows_at
+from persona.models.dataset import histories, history_of, matrix, rows_at
 from persona.models.threads import one_thread
-from persona.models.train import bgnbd_columns
+from persona.models.train import bgnbd_columns, fit_at
 
 TOP = 5  # contributions kept per prediction
 
@@ -67,9 +67,10 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
     rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window, whole=as_of is None)]
     if not rows:
         return []
-    names = [*VIEW_FEATURES, *WINDOW_FEATURES]
-    x = matrix(rows, names, meta["categories"],
-               bgnbd_columns(BGNBD(**meta["bgnbd"]), rows, meta["task"]["horizon_days"], meta["mean_order"]))
+    # BG/NBD needs no labels: scoring everyone, it is fitted on everyone as of the instant scored; a
+    # few people are scored with the fit made at the end of the training data (issue 21, item 3)
+    fitted = (fit_at(rows) if profile_ids is None else None) or BGNBD(**meta["bgnbd"])
+    x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
     kind, family = meta["task"]["kind"], meta["task"]["family"]
     pipeline = loaded.pipeline
     score = _scorer(pipeline, kind, family)

@@ -48,6 +48,7 @@ from persona.core import Persona
 from persona.errors import ValidationError
 from persona.models import bgnbd
 from persona.models.dataset import (
+    PACE_FEATURES,
     VIEW_FEATURES,
     WINDOW_FEATURES,
     Dataset,
@@ -55,18 +56,23 @@ from persona.models.dataset import (
     build,
     category_columns,
     check_cutoffs,
+    closed_before,
     data_end,
     data_start,
     default_cutoffs,
     histories,
     matrix,
+    rows_at,
 )
 from persona.models.tasks import Task
 from persona.models.threads import one_thread
 
-BGNBD_FEATURES = ("bgnbd_expected", "bgnbd_p_alive", "bgnbd_expected_spend")
+BGNBD_FEATURES = ("bgnbd_expected", "bgnbd_p_alive", "bgnbd_expected_spend", "bgnbd_p_none")
 SEED = 7
 MIN_TRAIN, MIN_TEST = 30, 10
+BACKTEST_FOLDS = 3  # the latest cutoffs a model is validated (and shrunk toward BG/NBD) on
+FIT_SAMPLE = 20_000  # the customers a BG/NBD fit at an instant reads at most (a seeded sample)
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the model's share in a blend with BG/NBD
 MAIN_METRIC = {"regression": "mse", "classification": "log_loss", "multiclass": "log_loss"}  # the search's
 METRIC_NAMES = {"mse": "MSE", "log_loss": "log-loss"}
 FAVOURITE = "favourite category so far"
@@ -101,15 +107,42 @@ class Trained:
 
 def bgnbd_columns(model: bgnbd.BGNBD, rows: Sequence[Row], horizon_days: float, mean_order: float
                   ) -> dict[str, NDArray[np.float64]]:
-    """BG/NBD's expected purchases in the horizon, P(alive), and the expected purchases priced at
-    the person's average order (the training rows' average for those who never bought)."""
+    """BG/NBD's expected purchases in the horizon, P(alive), the expected purchases priced at the
+    person's average order (the training rows' average for those who never bought), and P(no
+    purchase in the horizon)."""
     x = np.array([r.x for r in rows])
     t_x = np.array([r.t_x for r in rows])
     age = np.array([r.age_days for r in rows])
     expected = model.expected(horizon_days, x, t_x, age)
     aov = np.array([r.aov if r.aov is not None else mean_order for r in rows], dtype=np.float64)
     return {"bgnbd_expected": expected, "bgnbd_p_alive": model.p_alive(x, t_x, age),
-            "bgnbd_expected_spend": expected * aov}
+            "bgnbd_expected_spend": expected * aov, "bgnbd_p_none": model.p_none(horizon_days, x, t_x, age)}
+
+
+def fit_at(rows: Sequence[Row], seed: int = 0) -> bgnbd.BGNBD | None:
+    """BG/NBD fitted on everyone known at one instant (rows of one cutoff, or of the scoring
+    instant): it needs no labels, so it may use all the data up to then (issue 21, item 3). None
+    when too few people had bought. Above FIT_SAMPLE customers, a seeded sample of them."""
+    customers = [r for r in rows if r.aov is not None]
+    if len(customers) < MIN_TRAIN:
+        return None
+    if len(customers) > FIT_SAMPLE:
+        keep = np.sort(np.random.default_rng(seed).choice(len(customers), FIT_SAMPLE, replace=False))
+        customers = [customers[i] for i in keep]
+    return bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
+
+
+def columns_by_cutoff(fits: dict[int, bgnbd.BGNBD], rows: Sequence[Row], horizon_days: float, mean_order: float
+                      ) -> dict[str, NDArray[np.float64]]:
+    """The BG/NBD columns of rows from several cutoffs, each from the fit at its own cutoff."""
+    out = {name: np.zeros(len(rows)) for name in BGNBD_FEATURES}
+    at = np.array([r.cutoff for r in rows], dtype=np.int64)
+    for cutoff, model in fits.items():
+        where = np.flatnonzero(at == cutoff)
+        if len(where):
+            for name, values in bgnbd_columns(model, [rows[int(i)] for i in where], horizon_days, mean_order).items():
+                out[name][where] = values
+    return out
 
 
 def mean_order_value(rows: Sequence[Row]) -> float:
@@ -118,7 +151,9 @@ def mean_order_value(rows: Sequence[Row]) -> float:
 
 
 # regression tasks whose BG/NBD baseline is also a feature: their models learn the correction to it
-BASE_COLUMN = {"purchases_next": "bgnbd_expected", "clv": "bgnbd_expected_spend"}
+ON_TOP_OF = {"purchases_next": "bgnbd_expected", "clv": "bgnbd_expected_spend"}
+# tasks with a BG/NBD prediction of their own: what a served model is shrunk toward
+BASE_COLUMN = {**ON_TOP_OF, "churn": "bgnbd_p_none"}
 
 
 class OnTopOf(RegressorMixin, BaseEstimator):  # type: ignore[misc]
@@ -136,6 +171,61 @@ class OnTopOf(RegressorMixin, BaseEstimator):  # type: ignore[misc]
 
     def predict(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray(x[:, self.column] + self.estimator_.predict(x), dtype=np.float64)
+
+
+class Served(BaseEstimator):  # type: ignore[misc]
+    """What a version serves: a fitted model shrunk toward the BG/NBD column of the same task,
+    weight × model + (1 − weight) × BG/NBD (weight 1: the model alone; 0: BG/NBD itself), the
+    weight chosen on the backtest; for a classifier, then optionally recalibrated (Platt: the
+    probability's logit scaled and shifted) where that lowered the backtest's log-loss."""
+
+    def __init__(self, estimator: Any = None, column: int = -1, weight: float = 1.0,
+                 calibration: list[float] | None = None) -> None:
+        self.estimator = estimator
+        self.column = column
+        self.weight = weight
+        self.calibration = calibration
+
+    @property
+    def classes_(self) -> Any:
+        return self.estimator.classes_
+
+    def predict(self, x: NDArray[np.float64]) -> NDArray[Any]:
+        if hasattr(self.estimator, "predict_proba"):
+            return np.asarray(np.where(self.predict_proba(x)[:, 1] >= 0.5, self.classes_[1], self.classes_[0]))
+        return blend(np.asarray(self.estimator.predict(x), dtype=np.float64), self._base(x), self.weight)
+
+    def predict_proba(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        positive = [float(c) for c in self.classes_].index(1.0)
+        mixed = calibrate(blend(self.estimator.predict_proba(x)[:, positive], self._base(x), self.weight),
+                          self.calibration)
+        out = np.empty((len(x), 2))
+        out[:, positive], out[:, 1 - positive] = mixed, 1.0 - mixed
+        return out
+
+    def _base(self, x: NDArray[np.float64]) -> NDArray[np.float64] | None:
+        return x[:, self.column] if self.column >= 0 else None
+
+
+def blend(model: NDArray[np.float64], base: NDArray[np.float64] | None, weight: float) -> NDArray[np.float64]:
+    if base is None or weight >= 1.0:
+        return model
+    return np.asarray(weight * model + (1.0 - weight) * np.nan_to_num(base, nan=0.0), dtype=np.float64)
+
+
+def calibrate(proba: NDArray[np.float64], calibration: list[float] | None) -> NDArray[np.float64]:
+    if not calibration:
+        return proba
+    scale, shift = calibration
+    clipped = np.clip(proba, 1e-6, 1 - 1e-6)
+    return np.asarray(1.0 / (1.0 + np.exp(-(scale * np.log(clipped / (1 - clipped)) + shift))), dtype=np.float64)
+
+
+def platt(proba: NDArray[np.float64], y: NDArray[np.float64]) -> list[float]:
+    """Scale and shift of the logit that best fit these outcomes (logistic regression on it)."""
+    clipped = np.clip(proba, 1e-6, 1 - 1e-6)
+    fitted = LogisticRegression(C=1e4, max_iter=1000).fit(np.log(clipped / (1 - clipped))[:, None], y)
+    return [float(fitted.coef_[0, 0]), float(fitted.intercept_[0])]
 
 
 def reference_of(values: NDArray[np.float64]) -> dict[str, Any]:
@@ -202,7 +292,7 @@ def too_little_data(task: Task, problem: str, cutoffs: Sequence[datetime], count
     tried = ", ".join(f"{_day(c)} ({n:,}{' — the test set' if i == len(cutoffs) - 1 else ''})"
                       for i, (c, n) in enumerate(zip(cutoffs, counts, strict=True)))
     days = int(task.horizon_days)
-    fits = (end - start).days // 6  # default cutoffs then leave two horizons of history before the first
+    fits = ((end - start).days - 31) // 3  # default cutoffs then leave a fold: a month, then three horizons
     tips = []
     if 0 < fits < days:
         tips.append(f"a shorter horizon ({task.family}_{fits}d)" if task.family != task.name
@@ -225,14 +315,69 @@ def _day(instant: datetime) -> str:
     return at.date().isoformat() if at == _midnight(at) else at.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def time_folds(cutoffs: NDArray[np.int64]) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
-    """Validate on each training cutoff after the first, training on the cutoffs before it."""
-    folds = []
-    for c in sorted(set(cutoffs.tolist()))[1:]:
-        train, valid = np.flatnonzero(cutoffs < c), np.flatnonzero(cutoffs == c)
+def backtest_folds(cutoffs: Sequence[datetime], horizon: timedelta, learn: Sequence[int],
+                   count: int = BACKTEST_FOLDS) -> list[tuple[list[int], int]]:
+    """The latest `count` cutoffs a model can be validated on, each with the cutoffs whose label
+    windows had closed by then (a model learns only from what was known at the cutoff it is
+    validated on: a rolling origin, as it will be served)."""
+    folds = [(closed_before(cutoffs, horizon, v), v) for v in learn]
+    return [(before, v) for before, v in folds if before][-count:]
+
+
+def time_folds(cutoff_of_row: NDArray[np.int64], folds: Sequence[tuple[list[int], int]]
+               ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """The backtest's folds as row indices (scikit-learn's `cv`)."""
+    out = []
+    for before, v in folds:
+        train, valid = np.flatnonzero(np.isin(cutoff_of_row, before)), np.flatnonzero(cutoff_of_row == v)
         if len(train) and len(valid):
-            folds.append((train, valid))
-    return folds
+            out.append((train, valid))
+    return out
+
+
+def _predicted(task: Task, model: Any, x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A regressor's values (counts and amounts clipped at 0) or a classifier's P(class 1)."""
+    if task.kind == "classification":
+        return np.asarray(model.predict_proba(x)[:, [float(c) for c in model.classes_].index(1.0)], dtype=np.float64)
+    values = np.asarray(model.predict(x), dtype=np.float64)
+    return np.clip(values, 0, None) if task.family in ("purchases_next", "clv") else values
+
+
+def _loss(task: Task, y: NDArray[np.float64], predicted: NDArray[np.float64]) -> float:
+    if task.kind == "classification":
+        return float(log_loss(y, np.clip(predicted, 1e-6, 1 - 1e-6), labels=[0.0, 1.0]))
+    return float(mean_squared_error(y, predicted))
+
+
+def shrink(task: Task, backtest: list[tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]]
+           ) -> tuple[float, list[float] | None]:
+    """The model's weight in its blend with BG/NBD, and a classifier's calibration, from the
+    backtest's (model, BG/NBD, outcome) at each fold. The weight is the one whose worst fold,
+    measured as its loss over BG/NBD's, is best (the smaller weight on a tie): a model that beats
+    BG/NBD at some cutoffs and loses at others is shrunk until it loses at none, and weight 0 —
+    BG/NBD itself — is always a candidate. Platt scaling is kept only if, fitted on the other
+    folds, it lowers each held-out fold's loss on average."""
+    y = np.concatenate([t for _, _, t in backtest])
+    floors = [max(_loss(task, t, b), 1e-12) for _, b, t in backtest]
+    worst = [max(_loss(task, t, blend(m, b, float(w))) / floor for (m, b, t), floor in zip(backtest, floors,
+                                                                                           strict=True))
+             for w in WEIGHTS]
+    weight = float(WEIGHTS[int(np.argmin(np.round(worst, 9)))])
+    if task.kind != "classification" or len(backtest) < 2:
+        return weight, None
+    mixed = [blend(m, b, weight) for m, b, _ in backtest]
+    plain, scaled = [], []
+    for k, (_, _, y_k) in enumerate(backtest):
+        others = [i for i in range(len(backtest)) if i != k]
+        y_rest = np.concatenate([backtest[i][2] for i in others])
+        if len(set(y_rest.tolist())) < 2:
+            return weight, None
+        fitted = platt(np.concatenate([mixed[i] for i in others]), y_rest)
+        plain.append(_loss(task, y_k, mixed[k]))
+        scaled.append(_loss(task, y_k, calibrate(mixed[k], fitted)))
+    if float(np.mean(scaled)) < float(np.mean(plain)):
+        return weight, platt(np.concatenate(mixed), y)
+    return weight, None
 
 
 @one_thread
@@ -245,7 +390,8 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     end = data_end(found.values())
     if end is None:
         raise ValidationError("no events to learn from")
-    chosen_cutoffs = check_cutoffs(cutoffs or default_cutoffs(end, task.horizon), task.horizon, end)
+    start = data_start(found.values()) or end
+    chosen_cutoffs = check_cutoffs(cutoffs or default_cutoffs(end, task.horizon, start), task.horizon, end)
     say(f"building the point-in-time set at {len(chosen_cutoffs)} cutoffs…")
     dataset = Dataset(chosen_cutoffs, task.horizon, build(found, chosen_cutoffs, task.horizon), end)
     rows, y = task.labels(dataset.rows)
@@ -254,10 +400,14 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
 
     def too_little(problem: str, counts: Counter[int] = examples, what: str = "examples") -> ValidationError:
         return too_little_data(task, problem, chosen_cutoffs, [counts[i] for i in range(len(chosen_cutoffs))],
-                               what, data_start(found.values()) or end, end)
+                               what, start, end)
 
-    train_idx = np.array([i for i, r in enumerate(rows) if r.cutoff < last], dtype=np.int64)
-    test_idx = np.array([i for i, r in enumerate(rows) if r.cutoff == last], dtype=np.int64)
+    # the held-out test is the last cutoff; the evaluation fit learns only from cutoffs whose labels
+    # had closed by then; the version that serves is refit on every cutoff (issue 21, item 2)
+    learn = closed_before(chosen_cutoffs, task.horizon, last)
+    cutoff_of_row = np.array([r.cutoff for r in rows], dtype=np.int64)
+    train_idx = np.flatnonzero(np.isin(cutoff_of_row, learn))
+    test_idx = np.flatnonzero(cutoff_of_row == last)
     if len(train_idx) < MIN_TRAIN or len(test_idx) < MIN_TEST:
         raise too_little(f"too few examples to learn from ({len(train_idx)} to train, {len(test_idx)} to test; "
                          f"need {MIN_TRAIN} and {MIN_TEST})")
@@ -267,19 +417,25 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     if task.kind != "regression" and len(set(y_train.tolist())) < 2:
         raise ValidationError(f"{task.name}: the training rows all have the same label")
 
-    # BG/NBD on the training rows of people who had bought (its clock starts at a first purchase):
-    # a baseline, and features
+    # BG/NBD at each cutoff on everyone known then (its clock starts at a first purchase; no labels
+    # needed), and at the end of the data for serving: a baseline, and features
+    say("fitting BG/NBD at each cutoff…")
     customers = [r for r in train_rows if r.aov is not None]
     if len(customers) < MIN_TRAIN:
         raise too_little(f"too few people had bought anything by the training cutoffs ({len(customers)}; need "
                          f"{MIN_TRAIN})", Counter(r.cutoff for r in customers), "people who had bought")
-    fitted = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
+    pooled = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
+    fits = {i: fit_at([r for r in dataset.rows if r.cutoff == i], SEED + i) or pooled
+            for i in range(len(chosen_cutoffs))}
+    window = int(task.horizon.total_seconds() * 1_000_000)
+    serving_fit = fit_at([row for h in found.values() for row in rows_at(h, end, window)], SEED) or fits[last]
+
     categories = category_columns(train_rows)
-    names = [*VIEW_FEATURES, *WINDOW_FEATURES]
     mean_order = mean_order_value(train_rows)
-    x_train = matrix(train_rows, names, categories, bgnbd_columns(fitted, train_rows, task.horizon_days, mean_order))
-    x_test = matrix(test_rows, names, categories, bgnbd_columns(fitted, test_rows, task.horizon_days, mean_order))
-    features = [*names, *(f"affinity_{c}" for c in categories), *BGNBD_FEATURES]
+    features = [*VIEW_FEATURES, *WINDOW_FEATURES, *PACE_FEATURES, *(f"affinity_{c}" for c in categories),
+                *BGNBD_FEATURES]
+    x_all = matrix(rows, features, columns_by_cutoff(fits, rows, task.horizon_days, mean_order))
+    x_train, x_test = x_all[train_idx], x_all[test_idx]
 
     notes: list[str] = []
     if task.kind == "multiclass":  # a class the training rows lack cannot be predicted: kept out of the test
@@ -292,50 +448,102 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
             raise too_little(f"too few test examples of classes seen in training ({len(test_rows)}; need {MIN_TEST})")
 
     say(f"searching {task.kind} pipelines on {len(train_rows):,} training rows…")
-    folds = time_folds(np.array([r.cutoff for r in train_rows], dtype=np.int64))
+    backtest = backtest_folds(chosen_cutoffs, task.horizon, learn)
+    folds = time_folds(cutoff_of_row[train_idx], backtest)
     if not folds:
-        raise too_little("the training cutoffs leave nothing to validate on (people are seen at one training "
-                         "cutoff only)")
+        raise too_little("the training cutoffs leave nothing to validate on (no training cutoff has another "
+                         "a horizon before it with people in both)")
     scoring: Any = "neg_mean_squared_error" if task.kind == "regression" else labelled_log_loss(sorted(set(
         y_train.tolist())))
     grid, estimator = candidates(task), pipeline()
-    base = BASE_COLUMN.get(task.family)
-    if base is not None:  # learn what BG/NBD misses, on top of its own prediction
-        estimator = OnTopOf(estimator, features.index(base))
+    on_top = ON_TOP_OF.get(task.family)
+    if on_top is not None:  # learn what BG/NBD misses, on top of its own prediction
+        estimator = OnTopOf(estimator, features.index(on_top))
         grid = [{f"estimator__{k}": v for k, v in space.items()} for space in grid]
     search = GridSearchCV(estimator, grid, cv=folds, scoring=scoring, refit=True, n_jobs=1, error_score=np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=ConvergenceWarning)
-        warnings.simplefilter("ignore", category=RuntimeWarning)
-        warnings.simplefilter("ignore", category=UserWarning)
+    with _quiet():
         search.fit(x_train, y_train)
     if not np.isfinite(search.cv_results_["mean_test_score"]).any():
         raise ValidationError(f"{task.name}: no candidate pipeline could be fitted and validated on these rows")
     best = search.best_estimator_
     steps: Pipeline = best.estimator_ if isinstance(best, OnTopOf) else best
     model = steps.named_steps["model"]
-    chosen = {"family": type(model).__name__, "reduce": type(steps.named_steps["reduce"]).__name__
+    chosen: dict[str, Any] = {"family": type(model).__name__, "reduce": type(steps.named_steps["reduce"]).__name__
               if steps.named_steps["reduce"] != "passthrough" else None,
-              "on_top_of": base, "cv_score": float(search.best_score_), "folds": len(folds),
+              "on_top_of": on_top, "cv_score": float(search.best_score_), "folds": len(folds),
               "params": {k.removeprefix("estimator__"): v for k, v in search.best_params_.items()
                          if k.removeprefix("estimator__") not in ("model", "reduce")}}
 
-    metrics, baselines, classes = evaluate(task, best, x_test, y_test, test_rows, train_rows, y_train, fitted)
+    # the backtest: the chosen pipeline refit at each fold's cutoff on what was known then, beside BG/NBD
+    base = BASE_COLUMN.get(task.family)
+    column = features.index(base) if base is not None else -1
+    weight, calibration = 1.0, None
+    if base is not None:
+        say(f"backtesting at {len(folds)} cutoffs against BG/NBD…")
+        outcomes = []
+        with _quiet():
+            for fold_train, fold_valid in folds:
+                fitted_fold = clone(best).fit(x_train[fold_train], y_train[fold_train])
+                outcomes.append((_predicted(task, fitted_fold, x_train[fold_valid]), x_train[fold_valid, column],
+                                 np.asarray(y_train[fold_valid], dtype=np.float64)))
+        weight, calibration = shrink(task, outcomes)
+        chosen["backtest"] = [{"cutoff": chosen_cutoffs[v].isoformat(), "rows": len(t),
+                               "model": _loss(task, t, m), "BG/NBD": _loss(task, t, b),
+                               "served": _loss(task, t, calibrate(blend(m, b, weight), calibration))}
+                              for (_, v), (m, b, t) in zip(backtest[-len(outcomes):], outcomes, strict=True)]
+        notes.append(served_as(weight, calibration is not None))
+    chosen["served"] = {"weight": weight, "calibrated": calibration is not None, "as": _as(weight, base)}
+    evaluated = Served(best, column, weight, calibration) if base is not None else best
+
+    metrics, baselines, classes = evaluate(task, evaluated, x_test, y_test, test_rows, train_rows, y_train, fits[last])
+    if weight < 1.0:
+        metrics_alone = evaluate(task, best, x_test, y_test, test_rows, train_rows, y_train, fits[last])[0]
+        chosen["model_alone"] = metrics_alone
     main = MAIN_METRIC[task.kind]
-    against = min(baselines, key=lambda k: baselines[k][main])
-    best_baseline = baselines[against][main]
+    compared = {k: v for k, v in baselines.items() if not (weight == 0.0 and k.startswith("BG/NBD"))}
+    against = min(compared, key=lambda k: compared[k][main])
+    best_baseline = compared[against][main]
     lift = {"metric": main, "baseline": best_baseline, "against": against, "model": metrics[main],
             "improvement": (best_baseline - metrics[main]) / best_baseline if best_baseline else 0.0}
-    reference = {name: reference_of(x_train[:, j]) for j, name in enumerate(features)}
+
+    say(f"refitting on all {len(rows):,} rows for serving…")
+    with _quiet():
+        refit = clone(best).fit(x_all, y)
+    reference = {name: reference_of(x_all[:, j]) for j, name in enumerate(features)}
     return Trained(
-        task=task, pipeline=best, features=features, categories=categories, bgnbd=fitted.params(),
-        mean_order=mean_order,
+        task=task, pipeline=Served(refit, column, weight, calibration) if base is not None else refit,
+        features=features, categories=categories,
+        bgnbd=serving_fit.params(), mean_order=mean_order,
         classes=classes, metrics=metrics, baselines=baselines, lift=lift, chosen=chosen,
         cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint(),
-        people=sorted({m for r in rows for m in r.members}), rows={"train": len(train_rows), "test": len(test_rows)},
+        people=sorted({m for r in rows for m in r.members}),
+        rows={"train": len(train_rows), "test": len(test_rows), "serving": len(rows)},
         reference=reference, seconds=time.perf_counter() - started, notes=notes,
-        shortfalls=shortfalls(task, metrics, baselines, lift),
+        shortfalls=shortfalls(task, metrics, {k: v for k, v in baselines.items() if k in compared}, lift),
     )
+
+
+def _as(weight: float, base: str | None) -> str:
+    return "model" if base is None or weight >= 1.0 else "BG/NBD" if weight <= 0.0 else "blend"
+
+
+def served_as(weight: float, calibrated: bool) -> str:
+    how = " (recalibrated)" if calibrated else ""
+    if weight >= 1.0:
+        return f"serving the learned model{how}: it beat BG/NBD across the backtest"
+    if weight <= 0.0:
+        return f"serving BG/NBD itself{how}: the learned model did not beat it across the backtest"
+    return (f"serving {weight:.2f} × the learned model + {1 - weight:.2f} × BG/NBD{how}: the blend did best "
+            f"across the backtest")
+
+
+class _quiet(warnings.catch_warnings):
+    """Convergence and numeric warnings of candidates the search then rejects stay out of the output."""
+
+    def __enter__(self) -> None:
+        super().__enter__()
+        for category in (ConvergenceWarning, RuntimeWarning, UserWarning):
+            warnings.simplefilter("ignore", category=category)
 
 
 def shortfalls(task: Task, metrics: dict[str, float], baselines: dict[str, dict[str, float]],

@@ -1,7 +1,8 @@
 """A purchase log with the shape of real ones, and what happens after it (issue 21, item 8).
 
 Each customer buys as the models of customer-base analysis say, and nothing else: while
-active, at a rate λ ~ Gamma(r, α) per day (heterogeneous rates); after each repeat purchase,
+active, at a rate λ ~ Gamma(r, α) per day (heterogeneous rates; by default as a Poisson process,
+or with more regular gaps, `--regularity k`); after each repeat purchase,
 inactive for good with probability p ~ Beta(a, b) (beta-geometric dropout, BG/NBD); each order
 worth z ~ Gamma(shape s, rate ν), with ν ~ Gamma(q, γ) per customer (the Gamma-Gamma spend
 model). The defaults are the parameters fitted on the CDNOW log (Fader, Hardie and Lee 2005;
@@ -14,6 +15,7 @@ the period); the log covers `days` days (two years by default). The generator go
 predicted at the end of the log.
 
     python -m persona.testing.purchases --people 10000 --out orders.jsonl [--cohort one] [--seed 1]
+        [--regularity 2]
 
 writes orders.jsonl (canonical JSONL, docs/events.md), orders.jsonl.future.jsonl and
 orders.jsonl.truth.json (each customer's λ, p, ν, birth and what they did after the log).
@@ -46,6 +48,10 @@ class Shape:
     spend_shape: float = 6.25  # s: an order's value ~ Gamma(s, rate ν)
     spend_q: float = 3.74  # ν ~ Gamma(q, rate γ)
     spend_gamma: float = 15.44
+    # the shape k of the gaps between purchases, Gamma(k, rate kλ): the same mean 1/λ; 1 is Poisson
+    # (BG/NBD exactly), above 1 more regular, as many real shoppers are (Platzer & Reutterer 2016,
+    # "Ticking away the moments": k of 2 to 4 in several retail logs; CDNOW's is about 1)
+    regularity: float = 1.0
 
     @property
     def mean_order(self) -> float:
@@ -79,7 +85,7 @@ def customers(people: int, *, seed: int = 1, days: int = 730, future_days: int =
         t, inactive = float(births[n]), None
         days_of = [t]
         while True:  # BG/NBD: alive at the first purchase; may drop out after each repeat one
-            t += rng.exponential(1.0 / rates[n])
+            t += rng.gamma(shape.regularity, 1.0 / (shape.regularity * rates[n]))
             if t > end:
                 break
             days_of.append(t)
@@ -133,10 +139,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=730, help="days the log covers")
     parser.add_argument("--future-days", type=int, default=91, help="days after the log written apart")
     parser.add_argument("--cohort", choices=COHORTS, default="continuous")
+    parser.add_argument("--regularity", type=float, default=1.0,
+                        help="shape k of the gaps between purchases (1: Poisson, BG/NBD exactly; 2-4: more regular)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     summary = write(args.out, args.people, seed=args.seed, days=args.days, future_days=args.future_days,
-                    cohort=args.cohort)
+                    cohort=args.cohort, shape=Shape(regularity=args.regularity))
     print(f"{summary['orders']:,} orders of {args.people:,} customers → {args.out};"
           f" {summary['future_orders']:,} in the {args.future_days} days after it → {args.out}.future.jsonl")
 
