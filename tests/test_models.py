@@ -863,3 +863,68 @@ def test_training_twice_on_the_same_history_gives_the_same_model_and_records_its
         first.metrics, first.baselines, first.chosen, first.rows)
     probe = np.random.default_rng(0).uniform(0, 5, (50, len(first.features)))
     assert np.array_equal(first.pipeline.predict_proba(probe), again.pipeline.predict_proba(probe))
+
+
+def test_the_backtest_shrinks_a_model_toward_bgnbd_until_it_loses_at_no_cutoff() -> None:
+    """Issue 21, item 1: served is the model, BG/NBD itself, or a blend — whichever loses least to
+    BG/NBD at its worst backtest cutoff; a model better on average but worse at one cutoff is shrunk."""
+    from persona.models.train import Served, shrink
+
+    rng = np.random.default_rng(3)
+    task = parse_task("purchases_next_91d")
+    truth = [rng.poisson(1.0, 2000).astype(float) for _ in range(3)]
+    noisy = [t + rng.normal(0, 1.0, len(t)) for t in truth]  # BG/NBD: unbiased, noisy
+    # a model that makes BG/NBD's errors, smaller, at every cutoff: nothing to gain from BG/NBD, served alone
+    sharp = [t + 0.3 * (b - t) for t, b in zip(truth, noisy, strict=True)]
+    assert shrink(task, list(zip(sharp, noisy, truth, strict=True))) == (1.0, None)
+    # a model that makes BG/NBD's errors and is biased besides, at every cutoff: BG/NBD itself
+    useless = [b + 2.0 for b in noisy]
+    assert shrink(task, list(zip(useless, noisy, truth, strict=True))) == (0.0, None)
+    # far better at two cutoffs, far worse at the third (it does not carry over): shrunk, not dropped
+    mixed = [sharp[0], sharp[1], truth[2] + 3.0]
+    weight, _ = shrink(task, list(zip(mixed, noisy, truth, strict=True)))
+    assert 0.0 < weight < 1.0
+    for m, b, t in zip(mixed, noisy, truth, strict=True):  # at no cutoff worse than BG/NBD
+        assert np.mean((weight * m + (1 - weight) * b - t) ** 2) <= np.mean((b - t) ** 2)
+    # what serves: weight × model + (1 − weight) × the BG/NBD column; weight 0 is that column exactly
+    x = np.column_stack([rng.normal(size=50), rng.uniform(0, 3, 50)])
+
+    class Fixed:
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return np.full(len(x), 2.0)
+
+    assert np.array_equal(Served(Fixed(), 1, 0.0).predict(x), x[:, 1])
+    assert np.allclose(Served(Fixed(), 1, 0.25).predict(x), 0.5 + 0.75 * x[:, 1])
+
+
+def test_the_backtest_recalibrates_a_classifier_only_where_it_helps() -> None:
+    from persona.models.train import Served, calibrate, shrink
+
+    rng = np.random.default_rng(4)
+    task = parse_task("churn_91d")
+    folds = []
+    for _ in range(3):
+        p = rng.uniform(0.02, 0.98, 4000)
+        y = (rng.uniform(size=len(p)) < p).astype(float)
+        folds.append((p, p, y))  # model and BG/NBD both calibrated
+    weight, calibration = shrink(task, folds)
+    assert calibration is None
+    overconfident = [(np.clip(p + (p - 0.5) * 0.9, 0.001, 0.999), b, y) for p, b, y in folds]
+    weight, calibration = shrink(task, [(m, np.full(len(m), 0.5), y) for m, _, y in overconfident])
+    assert calibration is not None and 0 < calibration[0] < 1  # logits pulled in
+    p, y = overconfident[0][0], overconfident[0][2]
+
+    def loss(q: np.ndarray) -> float:
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    assert loss(calibrate(p, calibration)) < loss(p)
+
+    class Proba:
+        classes_ = np.array([0.0, 1.0])
+
+        def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            return np.column_stack([1 - x[:, 0], x[:, 0]])
+
+    x = np.column_stack([p[:20], np.full(20, 0.5)])
+    served = Served(Proba(), 1, 1.0, calibration).predict_proba(x)
+    assert np.allclose(served[:, 1], calibrate(p[:20], calibration)) and np.allclose(served.sum(axis=1), 1.0)
