@@ -238,8 +238,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         "",
         f"{r['when']} · {r['machine']} · {w['people']:,} people with planted propensities "
         f"(`persona.testing.planted`, seed {w['seed']}; {w['events']:,} events, ingested in "
-        f"{r['ingest_seconds']['median']:.1f} s) · four cutoffs 91 days apart: trained on the first three, "
-        f"every metric on the last one's rows only · timings median of {w['runs']} run(s) (min–max)",
+        f"{r['ingest_seconds']['median']:.1f} s) · the default monthly cutoffs: every metric on the last one's "
+        f"rows only, learnt from the cutoffs whose labels had closed by then; *served* is what the version "
+        f"serves after its backtest against BG/NBD · timings median of {w['runs']} run(s) (min–max)",
         "",
         "| task | model chosen | held-out metric | model | best baseline | lift | train s | score all s |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -249,6 +250,13 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
         best = min(t["baselines"], key=lambda b: t["baselines"][b][lift["metric"]])
         family = t["chosen"]["family"] + (f" on top of {t['chosen']['on_top_of']}" if t["chosen"].get("on_top_of")
                                           else "")
+        served = t["chosen"].get("served", {})
+        if served.get("as") == "BG/NBD":
+            family = f"BG/NBD itself (the backtest refused {family})"
+        elif served.get("as") == "blend":
+            family = f"{served['weight']:.2f} × {family} + BG/NBD"
+        if served.get("calibrated"):
+            family += ", recalibrated"
         tr, sc = t["train_seconds"], t["score_seconds"]
         lines.append(f"| {name} | {family} | {lift['metric']} | {_fmt(lift['model'])} | {_fmt(lift['baseline'])} "
                      f"({best}) | {lift['improvement']:+.1%} | {tr['median']:.1f} ({tr['min']:.1f}–{tr['max']:.1f}) "

@@ -907,10 +907,10 @@ def test_the_backtest_recalibrates_a_classifier_only_where_it_helps() -> None:
         p = rng.uniform(0.02, 0.98, 4000)
         y = (rng.uniform(size=len(p)) < p).astype(float)
         folds.append((p, p, y))  # model and BG/NBD both calibrated
-    weight, calibration = shrink(task, folds)
+    _, calibration = shrink(task, folds)
     assert calibration is None
     overconfident = [(np.clip(p + (p - 0.5) * 0.9, 0.001, 0.999), b, y) for p, b, y in folds]
-    weight, calibration = shrink(task, [(m, np.full(len(m), 0.5), y) for m, _, y in overconfident])
+    _, calibration = shrink(task, [(m, np.full(len(m), 0.5), y) for m, _, y in overconfident])
     assert calibration is not None and 0 < calibration[0] < 1  # logits pulled in
     p, y = overconfident[0][0], overconfident[0][2]
 

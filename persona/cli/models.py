@@ -62,6 +62,7 @@ def _describe(v: registry.ModelVersion) -> str:
     for name, b in m["baselines"].items():
         lines.append(f"  {name}: {shown(b)}")
     lines.append(f"  {lift['metric']}: {lift['improvement']:+.1%} against the best baseline")
+    lines += [f"  {note}" for note in m.get("notes", [])]  # what serves after the backtest, among others
     why = v.why()
     if why:
         lines.append(f"  {why}")
@@ -77,8 +78,9 @@ def _describe(v: registry.ModelVersion) -> str:
 @click.argument("name", required=False)
 @click.option("--horizon", metavar="SPAN", help="Label window, e.g. 91d or 13w (the windowed names carry their own).")
 @click.option("--cutoff", "cutoffs", multiple=True, metavar="T",
-              help="A cutoff instant (repeat; at least three, a horizon apart; the last one is the test set). "
-                   "Default: four cutoffs a horizon apart, ending a horizon before the data does.")
+              help="A cutoff instant (repeat; at least three, two of them a horizon or more before the last, which "
+                   "is the test set). Default: monthly cutoffs, as many as the data allows up to 12, ending a "
+                   "horizon before the data does.")
 @click.option("--all", "every", is_flag=True, help="Retrain every model that has a promoted version.")
 @click.option("--if-stale", is_flag=True, help="With --all: only those whose inputs drifted, that are too old, or "
                                                "that were trained on someone since erased.")

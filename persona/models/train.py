@@ -479,7 +479,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     column = features.index(base) if base is not None else -1
     weight, calibration = 1.0, None
     if base is not None:
-        say(f"backtesting at {len(folds)} cutoffs against BG/NBD…")
+        say(f"backtesting at {len(folds)} cutoff{'s' if len(folds) > 1 else ''} against BG/NBD…")
         outcomes = []
         with _quiet():
             for fold_train, fold_valid in folds:
