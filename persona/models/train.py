@@ -344,25 +344,43 @@ def _predicted(task: Task, model: Any, x: NDArray[np.float64]) -> NDArray[np.flo
 
 
 def _loss(task: Task, y: NDArray[np.float64], predicted: NDArray[np.float64]) -> float:
+    return float(np.mean(_row_losses(task, y, predicted)))
+
+
+def _row_losses(task: Task, y: NDArray[np.float64], predicted: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each row's squared error, or its log-loss (classification)."""
     if task.kind == "classification":
-        return float(log_loss(y, np.clip(predicted, 1e-6, 1 - 1e-6), labels=[0.0, 1.0]))
-    return float(mean_squared_error(y, predicted))
+        p = np.clip(predicted, 1e-6, 1 - 1e-6)
+        return np.asarray(-(y * np.log(p) + (1 - y) * np.log(1 - p)), dtype=np.float64)
+    return np.asarray((predicted - y) ** 2, dtype=np.float64)
+
+
+CONFIDENCE = 2.0  # standard errors: a blend must beat BG/NBD by more than chance at every backtest cutoff
 
 
 def shrink(task: Task, backtest: list[tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]]
            ) -> tuple[float, list[float] | None]:
     """The model's weight in its blend with BG/NBD, and a classifier's calibration, from the
-    backtest's (model, BG/NBD, outcome) at each fold. The weight is the one whose worst fold,
-    measured as its loss over BG/NBD's, is best (the smaller weight on a tie): a model that beats
-    BG/NBD at some cutoffs and loses at others is shrunk until it loses at none, and weight 0 —
-    BG/NBD itself — is always a candidate. Platt scaling is kept only if, fitted on the other
-    folds, it lowers each held-out fold's loss on average."""
+    backtest's (model, BG/NBD, outcome) at each fold. A weight is judged at its worst fold, by how
+    much it could lose to BG/NBD there: the mean of its rows' losses less BG/NBD's, plus two
+    standard errors of that mean, over BG/NBD's loss. The best such worst case wins (the smaller
+    weight on a tie), so a model that beats BG/NBD at some cutoffs and loses at others is shrunk
+    until it loses at none, a gain within chance is not taken, and weight 0 — BG/NBD itself, whose
+    worst case is 0 — is served unless some blend beats it clearly everywhere. Platt scaling is
+    kept only if, fitted on the other folds, it lowers each held-out fold's loss on average."""
     y = np.concatenate([t for _, _, t in backtest])
-    floors = [max(_loss(task, t, b), 1e-12) for _, b, t in backtest]
-    worst = [max(_loss(task, t, blend(m, b, float(w))) / floor for (m, b, t), floor in zip(backtest, floors,
-                                                                                           strict=True))
-             for w in WEIGHTS]
-    weight = float(WEIGHTS[int(np.argmin(np.round(worst, 9)))])
+    bases = [_row_losses(task, t, b) for _, b, t in backtest]
+
+    def worst(weight: float) -> float:
+        out = -np.inf
+        for (m, b, t), base in zip(backtest, bases, strict=True):
+            d = _row_losses(task, t, blend(m, b, weight)) - base
+            bound = float(d.mean()) + CONFIDENCE * float(d.std()) / np.sqrt(max(len(d), 1))
+            out = max(out, bound / max(float(base.mean()), 1e-12))
+        return out
+
+    scores = [0.0 if w == 0.0 else worst(float(w)) for w in WEIGHTS]
+    weight = float(WEIGHTS[int(np.argmin(np.round(scores, 9)))])
     if task.kind != "classification" or len(backtest) < 2:
         return weight, None
     mixed = [blend(m, b, weight) for m, b, _ in backtest]
