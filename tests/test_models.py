@@ -33,7 +33,7 @@ from persona.ingest import ingest_jsonl
 from persona.models import bgnbd, drift, registry, scoring
 from persona.models.dataset import build, default_cutoffs, histories
 from persona.models.tasks import parse_horizon, parse_task
-from persona.models.train import Trained, train
+from persona.models.train import Trained, train, train_many
 from persona.testing import planted
 from persona.tokens import create_token
 from tests.test_api_http import served
@@ -59,10 +59,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
         report = ingest_jsonl(p, events.read_bytes().splitlines(), origin="planted")
         assert report.appended == summary["events"] and report.quarantined == 0
         trained = {}
-        for name in TASKS:
-            trained[name] = train(p, parse_task(name))
-            registry.save(p, trained[name], promote=True)
-            scoring.score_all(p, name)
+        for name, made in train_many(p, [parse_task(name) for name in TASKS]).items():  # one read, one set
+            assert isinstance(made, Trained), made
+            trained[name] = made
+            registry.save(p, made, promote=True)
+        scoring.score_many(p, list(TASKS))
     return Lab(settings, datetime.fromisoformat(summary["end"]), trained)
 
 
@@ -529,6 +530,35 @@ def test_cli_train_models_predict_and_rebuild(tmp_path: Path) -> None:
     assert not [a for a in audited if a[0] == "local:train" and a[3].get("model") != "churn_91d"]
 
 
+def test_cli_trains_several_tasks_from_one_read_and_all_five_when_none_is_served(tmp_path: Path) -> None:
+    from persona.cli.models import DEFAULT_TASKS
+
+    events = tmp_path / "small.jsonl"
+    planted.write(events, 300, seed=5)
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--data", data, "init"]).exit_code == 0
+    assert runner.invoke(cli, ["--data", data, "ingest", str(events)]).exit_code == 0
+    some = runner.invoke(cli, ["--data", data, "train", "churn_91d", "purchases_next_3000d", "clv_91d",
+                               "--no-promote"])
+    assert some.exit_code == 1 and "Traceback" not in some.output
+    assert "error: purchases_next_3000d: cutoffs: need at least two a horizon or more before the last" in some.output
+    assert "1 of 3 could not be trained: purchases_next_3000d" in some.output
+    assert "churn_91d v1 [candidate]" in some.output and "clv_91d v1 [candidate]" in some.output  # kept
+    assert "reading every person's history…" in some.output and some.output.count("reading every") == 1
+    # nothing is served yet: --all trains the five tasks, from one read
+    every = runner.invoke(cli, ["--data", data, "train", "--all", "--json"])
+    assert every.exit_code == 0, every.output
+    assert every.stderr.count("reading every person's history") == 1
+    assert every.stderr.count("building the point-in-time set") == 1  # the five share the 91-day horizon
+    made = orjson.loads(every.stdout)
+    assert sorted(v["name"] for v in made) == sorted(DEFAULT_TASKS)
+    with Persona.open(Settings.load(data, env={})) as p:
+        trains = [(r[6], orjson.loads(r[7])) for r in p.recorder.audit_rows(limit=100_000) if r[2] == "local:train"]
+    assert ("FAILED", {"model": "purchases_next_3000d"}) in trains
+    assert len([d for outcome, d in trains if outcome != "FAILED"]) == 2 + len(DEFAULT_TASKS)
+
+
 # -- API -----------------------------------------------------------------------------------------
 def test_api_models_train_and_predictions(tmp_path: Path) -> None:
     """Through a real server (`persona serve` on 127.0.0.1): trainModel, the registry's typed fields
@@ -928,3 +958,35 @@ def test_the_backtest_recalibrates_a_classifier_only_where_it_helps() -> None:
     x = np.column_stack([p[:20], np.full(20, 0.5)])
     served = Served(Proba(), 1, 1.0, calibration).predict_proba(x)
     assert np.allclose(served[:, 1], calibrate(p[:20], calibration)) and np.allclose(served.sum(axis=1), 1.0)
+
+
+def test_tasks_trained_together_share_one_read_and_learn_what_each_learns_alone(lab: Lab,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """`train --all` (issue 21, item 6): one read of every history and, per horizon, one point-in-time
+    set for every task; each task's model and metrics are those it gets trained alone."""
+    from persona.models import train as training
+
+    reads: list[int] = []
+    built: list[int] = []
+    real_histories, real_build = training.histories, training.build
+    monkeypatch.setattr(training, "histories", lambda *a, **k: reads.append(1) or real_histories(*a, **k))
+    monkeypatch.setattr(training, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    with opened(lab) as p:
+        together = train_many(p, [parse_task(name) for name in ("churn_91d", "purchases_next_91d",
+                                                                 "purchases_next_30d", "next_category")])
+        assert len(reads) == 1 and len(built) == 2  # two horizons: 91 days (three tasks) and 30
+        alone = train(p, parse_task("churn_91d"))
+    assert len(reads) == 2
+    churn = together["churn_91d"]
+    assert isinstance(churn, Trained) and not isinstance(together["purchases_next_30d"], Exception)
+    assert churn.metrics == alone.metrics and churn.chosen == alone.chosen and churn.features == alone.features
+    assert churn.metrics == lab.trained["churn_91d"].metrics  # and those of the lab's own run of all five
+
+
+def test_a_task_that_cannot_be_trained_does_not_stop_the_others(lab: Lab) -> None:
+    with opened(lab) as p:
+        made = train_many(p, [parse_task("purchases_next_3000d"), parse_task("churn_30d")])
+    assert isinstance(made["purchases_next_3000d"], ValidationError)
+    assert "a horizon or more before the last" in str(made["purchases_next_3000d"])
+    assert isinstance(made["churn_30d"], Trained) and made["churn_30d"].task.horizon_days == 30

@@ -75,7 +75,8 @@ COMMANDS = {
                                      " /healthz."),
     "stats": Entry("people", "stats", "Population aggregates from the profile index: counts and means per group."),
     "tokens": Entry("serve", "tokens", "API bearer tokens: create (shown once), list, revoke."),
-    "train": Entry("models", "train", "Train NAME on point-in-time features and store the version in the registry."),
+    "train": Entry("models", "train", "Train each NAME on point-in-time features and store the versions in the"
+                                      " registry."),
     "unlink": Entry("people", "unlink", "Undo the merge that joined two identifiers' profiles (a wrong link: a shared"
                                         " phone, a mistyped e-mail). Both people come back with their own histories,"
                                         " and a later record linking the two does not merge them again (only"

@@ -74,14 +74,19 @@ def _describe(v: registry.ModelVersion) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_TASKS = ("purchases_next_91d", "churn_91d", "clv_91d", "days_to_next_purchase", "next_category")
+
+
 @click.command()
-@click.argument("name", required=False)
+@click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--horizon", metavar="SPAN", help="Label window, e.g. 91d or 13w (the windowed names carry their own).")
 @click.option("--cutoff", "cutoffs", multiple=True, metavar="T",
               help="A cutoff instant (repeat; at least three, two of them a horizon or more before the last, which "
                    "is the test set). Default: monthly cutoffs, as many as the data allows up to 12, ending a "
                    "horizon before the data does.")
-@click.option("--all", "every", is_flag=True, help="Retrain every model that has a promoted version.")
+@click.option("--all", "every", is_flag=True,
+              help=f"Retrain every model that has a promoted version; with none yet, train the {len(DEFAULT_TASKS)} "
+                   f"tasks ({', '.join(DEFAULT_TASKS)}).")
 @click.option("--if-stale", is_flag=True, help="With --all: only those whose inputs drifted, that are too old, or "
                                                "that were trained on someone since erased.")
 @click.option("--promote/--no-promote", default=None,
@@ -90,31 +95,32 @@ def _describe(v: registry.ModelVersion) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the new version(s) as JSON.")
 @click.pass_context
 @friendly
-def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tuple[str, ...], every: bool,
+def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutoffs: tuple[str, ...], every: bool,
           if_stale: bool, promote: bool | None, as_json: bool) -> None:
-    """Train NAME on point-in-time features and store the version in the registry.
+    """Train each NAME on point-in-time features and store the versions in the registry.
 
     NAME is one of: purchases_next_{H}d, churn_{H}d, clv_{H}d, days_to_next_purchase,
     next_category (e.g. purchases_next_91d). Features are each person's projections as of
     each cutoff; labels come only from the horizon after it. The report shows held-out
-    metrics beside naive baselines and BG/NBD.
+    metrics beside naive baselines and BG/NBD. Several names (or --all) share one read of
+    every history, and the tasks of one horizon one point-in-time set.
     """
-    if every == bool(name):
-        raise click.UsageError("give a model NAME, or --all")
+    if every == bool(names):
+        raise click.UsageError("give one or more model NAMEs, or --all")
     if if_stale and not every:
         raise click.UsageError("--if-stale goes with --all")
     from persona.models import drift, registry, scoring  # heavy: loaded when the command runs
 
     when = [parse_instant(c, "--cutoff") for c in cutoffs] or None
-    done: list[registry.ModelVersion] = []
     with opened(ctx) as persona:
-        if name:
-            done.append(_train_one(persona, name, horizon, when, promote))  # type: ignore[arg-type]
-        else:
-            names = scoring.promoted_names(persona)
-            if not names:
+        wanted: list[tuple[str, str | None]] = [(n, horizon) for n in names]
+        if every:
+            promoted = scoring.promoted_names(persona)
+            if not promoted and if_stale:
                 _say("no promoted models to retrain")
-            for model in names:
+            elif not promoted:
+                wanted = [(n, horizon) for n in DEFAULT_TASKS]
+            for model in promoted:
                 current = registry.get(persona, model)
                 if if_stale:
                     measured = drift.measure(persona, current)
@@ -123,13 +129,48 @@ def train(ctx: click.Context, name: str | None, horizon: str | None, cutoffs: tu
                              f"{measured['age_days']:.0f} days old)")
                         continue
                     _say(f"{model} v{current.version}: stale — {'; '.join(measured['reasons'])}")
-                days = round(current.meta["task"]["horizon_days"])
-                done.append(_train_one(persona, model, f"{days}d", when, promote))  # type: ignore[arg-type]
+                wanted.append((model, f"{round(current.meta['task']['horizon_days'])}d"))
+        for model, span in wanted:  # a name that is no task is refused before anything is read
+            parse_task(model, span)
+        done = _train(persona, wanted, when, promote) if wanted else []  # type: ignore[arg-type]
     if as_json:
         emit_json([v.summary() for v in done])
         return
     for v in done:
         click.echo(_describe(v))
+
+
+def _train(persona: Persona, wanted: list[tuple[str, str | None]], cutoffs: list[datetime] | None,
+           promote: bool | None) -> list[registry.ModelVersion]:
+    """One task as before; several from one read (persona.services.models.train_and_publish_many),
+    each with its own audit entry. A task that cannot be trained is reported, the others are kept,
+    and the command then fails naming it."""
+    if len(wanted) == 1:
+        return [_train_one(persona, wanted[0][0], wanted[0][1], cutoffs, promote)]
+    from persona.services.models import train_and_publish_many  # heavy: loaded when the command runs
+
+    results = train_and_publish_many(persona, wanted, cutoffs, promote=promote, progress=_say)
+    done, failed = [], []
+    for model, span in wanted:
+        result = results[parse_task(model, span).name]
+        shape: dict[str, Any] = {"model": _model(model), "horizon": span is not None, "cutoffs": len(cutoffs or ())}
+        if isinstance(result, PersonaError):
+            record_local(persona, "train", "train", outcome="FAILED", **shape)
+            said = str(result)
+            _say(f"error: {said if said.startswith(f'{model}:') else f'{model}: {said}'}")
+            failed.append(model)
+            continue
+        version = result.version
+        shape.update(version=version.version, promoted=version.status == "promoted")
+        if result.predictions is not None:
+            shape["predictions"] = result.predictions
+        record_local(persona, "train", "train", **shape)
+        done.append(version)
+    if failed:
+        for v in done:
+            click.echo(_describe(v))
+        raise ValidationError(f"{len(failed)} of {len(wanted)} could not be trained: {', '.join(failed)}")
+    return done
 
 
 @click.group(invoke_without_command=True)

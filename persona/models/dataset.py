@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ WINDOW_FEATURES = ("days_since_first_seen", "days_since_last_seen", "orders_last
 # (issue 21): the trend of their last two windows, how late they are against their own cadence
 PACE_FEATURES = ("orders_previous_window", "order_trend", "orders_per_month_since_first", "days_since_last_order",
                  "recency_over_cadence", "interpurchase_cv", "longest_gap_days")
+ROW_FEATURES = (*VIEW_FEATURES, *WINDOW_FEATURES, *PACE_FEATURES)  # every row has each
 MAX_CATEGORIES = 20  # affinity features: the categories most often seen at the training cutoffs
 
 
@@ -375,12 +377,26 @@ def matrix(rows: Sequence[Row], features: Sequence[str], extra: dict[str, NDArra
     """Rows as a feature matrix, a column per name in `features`: a row feature, `affinity_<category>`,
     or a column of `extra` (a name the rows lack, as of a version trained before it existed: missing)."""
     out = np.full((len(rows), len(features)), np.nan, dtype=np.float64)
+    if not rows:
+        return out
+    extra = extra or {}
+    known = set(ROW_FEATURES)
+    plain = [(j, n) for j, n in enumerate(features) if n not in extra and n in known]
+    affinity = [(j, n.removeprefix("affinity_")) for j, n in enumerate(features)
+                if n not in extra and n not in known and n.startswith("affinity_")]
+    if plain:  # one C-level lookup of every name per row
+        take = itemgetter(*(n for _, n in plain))
+        block = np.array([take(row.features) for row in rows], dtype=np.float64).reshape(len(rows), len(plain))
+        out[:, [j for j, _ in plain]] = block
+    if affinity:
+        out[:, [j for j, _ in affinity]] = 0.0
+        where = {c: j for j, c in affinity}
+        for i, row in enumerate(rows):
+            for c, v in row.categories.items():
+                j = where.get(c)
+                if j is not None:
+                    out[i, j] = v
     for j, name in enumerate(features):
-        if extra is not None and name in extra:
+        if name in extra:
             out[:, j] = extra[name]
-        elif name.startswith("affinity_"):
-            category = name.removeprefix("affinity_")
-            out[:, j] = [row.categories.get(category, 0.0) for row in rows]
-        else:
-            out[:, j] = [row.features.get(name, np.nan) for row in rows]
     return out

@@ -24,7 +24,7 @@ from persona.models import registry
 from persona.models.bgnbd import BGNBD
 from persona.models.dataset import histories, history_of, matrix, rows_at
 from persona.models.threads import one_thread
-from persona.models.train import bgnbd_columns, fit_at
+from persona.models.train import Histories, bgnbd_columns, fit_at
 
 TOP = 5  # contributions kept per prediction
 
@@ -48,28 +48,38 @@ class Prediction:
 
 @one_thread
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
-            version: int | None = None) -> list[Prediction]:
+            version: int | None = None, read: Histories | None = None, moment: datetime | None = None
+            ) -> list[Prediction]:
     """Score everyone (or these profiles) as of an instant with a version (the promoted one by
     default). People with nothing by then get no prediction. Without `as_of`, people are who
     they are today (one prediction per person, under the person's id); as of a past instant,
-    who they were then (a merge that had not happened yet keeps its streams apart)."""
+    who they were then (a merge that had not happened yet keeps its streams apart). `read`:
+    every history already read, shared by the models scored together (`score_many`, which also
+    gives them one `moment` for "now")."""
     loaded = registry.load(persona, name, version)
-    moment = as_of or datetime.now(UTC)
+    moment = as_of or moment or datetime.now(UTC)
+    meta = loaded.version.meta
+    window = int(meta["task"]["horizon_days"] * 86_400_000_000)
     if profile_ids is None:
-        found = histories(persona)
-    else:
+        # BG/NBD needs no labels: scoring everyone, it is fitted on everyone as of the instant scored
+        # (issue 21, item 3), once for all the models of one horizon scored together
+        read = read or Histories(histories(persona), None, None)
+        key = (moment, window, as_of is None)
+        if key not in read.instants:
+            rows = [row for person in sorted(read.found)
+                    for row in rows_at(read.found[person], moment, window, whole=as_of is None)]
+            read.instants[key] = (rows, fit_at(rows))
+        rows, at_instant = read.instants[key]
+    else:  # a few people: BG/NBD as fitted at the end of the training data
         found = {}
         for pid in profile_ids:
             history = history_of(persona, pid)
             found[history.person] = history
-    meta = loaded.version.meta
-    window = int(meta["task"]["horizon_days"] * 86_400_000_000)
-    rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window, whole=as_of is None)]
+        rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window, whole=as_of is None)]
+        at_instant = None
     if not rows:
         return []
-    # BG/NBD needs no labels: scoring everyone, it is fitted on everyone as of the instant scored; a
-    # few people are scored with the fit made at the end of the training data (issue 21, item 3)
-    fitted = (fit_at(rows) if profile_ids is None else None) or BGNBD(**meta["bgnbd"])
+    fitted = at_instant or BGNBD(**meta["bgnbd"])
     x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
     kind, family = meta["task"]["kind"], meta["task"]["family"]
     pipeline = loaded.pipeline
@@ -134,23 +144,38 @@ def _plain(value: float) -> float | None:
 def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> int:
     """Predictions of the promoted version for everyone, into the read model (replacing the model's
     earlier rows). Returns how many were written."""
-    found = predict(persona, name, as_of=as_of)
-    at = micros(found[0].as_of) if found else micros(as_of or datetime.now(UTC))
-    rec = persona.recorder
-    with rec.transaction():
-        # checked under the write lock: someone erased while this scored gets no row back, and a
-        # merge or an unlink meanwhile leaves only the rows of ids that still name a person
-        ids = [p.person for p in found]
-        heads, people = rec.heads(ids), identity.persons(rec, ids)
-        rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found
-                if p.person in heads and heads[p.person].wrapped is not None and people[p.person].id == p.person]
-        rec.put_predictions(rows, model=name)
-    return len(rows)
+    return score_many(persona, [name], as_of=as_of)[name]
+
+
+@one_thread
+def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None = None,
+               progress: Any = None) -> dict[str, int]:
+    """score_all for several models from one read of every history, at one instant (for the models
+    of one horizon, one set of rows and one BG/NBD fit too). Returns how many rows each wrote."""
+    read = Histories(histories(persona), None, None)
+    moment = as_of or datetime.now(UTC)
+    written: dict[str, int] = {}
+    for name in names:
+        if progress is not None:
+            progress(f"scoring every profile with {name}…")
+        found = predict(persona, name, as_of=as_of, read=read, moment=moment)
+        at = micros(found[0].as_of) if found else micros(moment)
+        rec = persona.recorder
+        with rec.transaction():
+            # checked under the write lock: someone erased while this scored gets no row back, and a
+            # merge or an unlink meanwhile leaves only the rows of ids that still name a person
+            ids = [p.person for p in found]
+            heads, people = rec.heads(ids), identity.persons(rec, ids)
+            rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found
+                    if p.person in heads and heads[p.person].wrapped is not None and people[p.person].id == p.person]
+            rec.put_predictions(rows, model=name)
+        written[name] = len(rows)
+    return written
 
 
 def rescore(persona: Persona, *, as_of: datetime | None = None) -> int:
     """The predictions read model written again for every promoted model (after a rebuild)."""
-    return sum(score_all(persona, name, as_of=as_of) for name in promoted_names(persona))
+    return sum(score_many(persona, promoted_names(persona), as_of=as_of).values())
 
 
 def promoted_names(persona: Persona) -> list[str]:

@@ -52,6 +52,7 @@ from persona.models.dataset import (
     VIEW_FEATURES,
     WINDOW_FEATURES,
     Dataset,
+    History,
     Row,
     build,
     category_columns,
@@ -72,6 +73,8 @@ SEED = 7
 MIN_TRAIN, MIN_TEST = 30, 10
 BACKTEST_FOLDS = 3  # the latest cutoffs a model is validated (and shrunk toward BG/NBD) on
 FIT_SAMPLE = 20_000  # the customers a BG/NBD fit at an instant reads at most (a seeded sample)
+SEARCH_ROWS = 20_000  # the training rows the search and the backtest learn from at most (a seeded sample)
+FIT_ROWS = 200_000  # the rows the evaluation fit and the serving refit learn from at most
 WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the model's share in a blend with BG/NBD
 MAIN_METRIC = {"regression": "mse", "classification": "log_loss", "multiclass": "log_loss"}  # the search's
 METRIC_NAMES = {"mse": "MSE", "log_loss": "log-loss"}
@@ -325,14 +328,21 @@ def backtest_folds(cutoffs: Sequence[datetime], horizon: timedelta, learn: Seque
 
 
 def time_folds(cutoff_of_row: NDArray[np.int64], folds: Sequence[tuple[list[int], int]]
-               ) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
-    """The backtest's folds as row indices (scikit-learn's `cv`)."""
+               ) -> list[tuple[NDArray[np.int64], NDArray[np.int64], int]]:
+    """The backtest's folds as row indices (train, validate) and the cutoff validated on."""
     out = []
     for before, v in folds:
         train, valid = np.flatnonzero(np.isin(cutoff_of_row, before)), np.flatnonzero(cutoff_of_row == v)
         if len(train) and len(valid):
-            out.append((train, valid))
+            out.append((train, valid, v))
     return out
+
+
+def sample(n: int, limit: int, seed: int = SEED) -> NDArray[np.int64]:
+    """All of range(n), or a seeded sample of `limit` of them, in order."""
+    if n <= limit:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)).astype(np.int64)
 
 
 def _predicted(task: Task, model: Any, x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -398,20 +408,103 @@ def shrink(task: Task, backtest: list[tuple[NDArray[np.float64], NDArray[np.floa
     return weight, None
 
 
+@dataclass
+class Shared:
+    """What every task of one horizon and set of cutoffs learns from, made once (`train_many`):
+    the point-in-time rows, BG/NBD at each cutoff and at the end of the data, and the feature
+    matrix of every row."""
+
+    dataset: Dataset
+    index: dict[int, int]  # id(row) -> its line in x
+    fits: dict[int, bgnbd.BGNBD]
+    serving_fit: bgnbd.BGNBD | None
+    categories: list[str]
+    mean_order: float
+    features: list[str]
+    x: NDArray[np.float64]
+
+
+@dataclass
+class Histories:
+    """Every person's history, read once for several tasks, and the Shared parts made from it."""
+
+    found: dict[str, History]
+    end: datetime | None
+    start: datetime | None
+    shared: dict[tuple[float, tuple[datetime, ...]], Shared] = field(default_factory=dict)
+    # scoring: (instant, window, whole) -> everyone's rows then, and BG/NBD fitted on them
+    instants: dict[tuple[datetime, int, bool], tuple[list[Row], bgnbd.BGNBD | None]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, persona: Persona) -> Histories:
+        found = histories(persona)
+        return cls(found, data_end(found.values()), data_start(found.values()))
+
+
+def _shared(read: Histories, dataset: Dataset, learn: list[int], task: Task, say: Any) -> Shared:
+    """BG/NBD at each cutoff on everyone known then (its clock starts at a first purchase; no labels
+    needed) and at the end of the data for serving — a baseline, and features — and the matrix."""
+    say("fitting BG/NBD at each cutoff…")
+    known = [r for r in dataset.rows if r.cutoff in learn]
+    at = {i: fit_at([r for r in dataset.rows if r.cutoff == i], SEED + i) for i in range(len(dataset.cutoffs))}
+    fits: dict[int, bgnbd.BGNBD] = {i: f for i, f in at.items() if f is not None}
+    if len(fits) < len(at):  # too few customers at some cutoff: the training rows' fit there
+        pooled = fit_at(known, SEED)
+        assert pooled is not None  # the caller checked there are enough
+        fits = {i: f or pooled for i, f in at.items()}
+    window = int(task.horizon.total_seconds() * 1_000_000)
+    assert read.end is not None
+    serving_fit = fit_at([row for h in read.found.values() for row in rows_at(h, read.end, window)], SEED)
+    categories = category_columns(known)
+    mean_order = mean_order_value(known)
+    features = [*VIEW_FEATURES, *WINDOW_FEATURES, *PACE_FEATURES, *(f"affinity_{c}" for c in categories),
+                *BGNBD_FEATURES]
+    x = matrix(dataset.rows, features, columns_by_cutoff(fits, dataset.rows, task.horizon_days, mean_order))
+    return Shared(dataset, {id(r): i for i, r in enumerate(dataset.rows)}, fits, serving_fit, categories,
+                  mean_order, features, x)
+
+
 @one_thread
-def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = None,
-          progress: Any = None) -> Trained:
-    started = time.perf_counter()
+def train_many(persona: Persona, tasks: Sequence[Task], cutoffs: Sequence[datetime] | None = None,
+               progress: Any = None) -> dict[str, Trained | ValidationError]:
+    """Several tasks from one read of every history, and — for the tasks of one horizon — one
+    point-in-time set, one BG/NBD fit per cutoff and one feature matrix (`persona train --all`).
+    A task that cannot be trained gets its error, and the others go on."""
     say = progress or (lambda message: None)
     say("reading every person's history…")
-    found = histories(persona)
-    end = data_end(found.values())
+    read = Histories.read(persona)
+    out: dict[str, Trained | ValidationError] = {}
+    for task in tasks:
+        say(f"{task.name}:")
+        try:
+            out[task.name] = train(persona, task, cutoffs, progress=progress, read=read)
+        except ValidationError as e:
+            out[task.name] = e
+    return out
+
+
+@one_thread
+def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = None,
+          progress: Any = None, read: Histories | None = None) -> Trained:
+    """Train one task. `read`: histories already read (and the parts made from them), shared by
+    the tasks trained together (`train_many`)."""
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    if read is None:
+        say("reading every person's history…")
+        read = Histories.read(persona)
+    end = read.end
     if end is None:
         raise ValidationError("no events to learn from")
-    start = data_start(found.values()) or end
+    start = read.start or end
     chosen_cutoffs = check_cutoffs(cutoffs or default_cutoffs(end, task.horizon, start), task.horizon, end)
-    say(f"building the point-in-time set at {len(chosen_cutoffs)} cutoffs…")
-    dataset = Dataset(chosen_cutoffs, task.horizon, build(found, chosen_cutoffs, task.horizon), end)
+    key = (task.horizon.total_seconds(), tuple(chosen_cutoffs))
+    shared = read.shared.get(key)
+    if shared is None:
+        say(f"building the point-in-time set at {len(chosen_cutoffs)} cutoffs…")
+        dataset = Dataset(chosen_cutoffs, task.horizon, build(read.found, chosen_cutoffs, task.horizon), end)
+    else:
+        dataset = shared.dataset
     rows, y = task.labels(dataset.rows)
     last = len(chosen_cutoffs) - 1
     examples = Counter(r.cutoff for r in rows)
@@ -434,25 +527,15 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     y_train, y_test = y[train_idx], y[test_idx]
     if task.kind != "regression" and len(set(y_train.tolist())) < 2:
         raise ValidationError(f"{task.name}: the training rows all have the same label")
-
-    # BG/NBD at each cutoff on everyone known then (its clock starts at a first purchase; no labels
-    # needed), and at the end of the data for serving: a baseline, and features
-    say("fitting BG/NBD at each cutoff…")
     customers = [r for r in train_rows if r.aov is not None]
     if len(customers) < MIN_TRAIN:
         raise too_little(f"too few people had bought anything by the training cutoffs ({len(customers)}; need "
                          f"{MIN_TRAIN})", Counter(r.cutoff for r in customers), "people who had bought")
-    pooled = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
-    fits = {i: fit_at([r for r in dataset.rows if r.cutoff == i], SEED + i) or pooled
-            for i in range(len(chosen_cutoffs))}
-    window = int(task.horizon.total_seconds() * 1_000_000)
-    serving_fit = fit_at([row for h in found.values() for row in rows_at(h, end, window)], SEED) or fits[last]
-
-    categories = category_columns(train_rows)
-    mean_order = mean_order_value(train_rows)
-    features = [*VIEW_FEATURES, *WINDOW_FEATURES, *PACE_FEATURES, *(f"affinity_{c}" for c in categories),
-                *BGNBD_FEATURES]
-    x_all = matrix(rows, features, columns_by_cutoff(fits, rows, task.horizon_days, mean_order))
+    if shared is None:
+        shared = read.shared[key] = _shared(read, dataset, learn, task, say)
+    features = shared.features
+    fits = shared.fits
+    x_all = shared.x[[shared.index[id(r)] for r in rows]]
     x_train, x_test = x_all[train_idx], x_all[test_idx]
 
     notes: list[str] = []
@@ -471,6 +554,11 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     if not folds:
         raise too_little("the training cutoffs leave nothing to validate on (no training cutoff has another "
                          "a horizon before it with people in both)")
+    # on many rows the search and the backtest learn from a seeded sample (they compare, and the
+    # comparison holds on a sample); the version that serves learns from up to FIT_ROWS
+    searched = sample(len(train_idx), SEARCH_ROWS)
+    kept = np.zeros(len(train_idx), dtype=bool)
+    kept[searched] = True
     scoring: Any = "neg_mean_squared_error" if task.kind == "regression" else labelled_log_loss(sorted(set(
         y_train.tolist())))
     grid, estimator = candidates(task), pipeline()
@@ -478,17 +566,23 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     if on_top is not None:  # learn what BG/NBD misses, on top of its own prediction
         estimator = OnTopOf(estimator, features.index(on_top))
         grid = [{f"estimator__{k}": v for k, v in space.items()} for space in grid]
-    search = GridSearchCV(estimator, grid, cv=folds, scoring=scoring, refit=True, n_jobs=1, error_score=np.nan)
+    search = GridSearchCV(estimator, grid, cv=[(a, b) for a, b, _ in time_folds(cutoff_of_row[train_idx][searched],
+                                                                                 backtest)],
+                          scoring=scoring, refit=False, n_jobs=1, error_score=np.nan)
     with _quiet():
-        search.fit(x_train, y_train)
+        search.fit(x_train[searched], y_train[searched])
     if not np.isfinite(search.cv_results_["mean_test_score"]).any():
         raise ValidationError(f"{task.name}: no candidate pipeline could be fitted and validated on these rows")
-    best = search.best_estimator_
+    unfitted = clone(estimator).set_params(**search.best_params_)
+    learnt = sample(len(train_idx), FIT_ROWS)
+    with _quiet():
+        best = clone(unfitted).fit(x_train[learnt], y_train[learnt])
     steps: Pipeline = best.estimator_ if isinstance(best, OnTopOf) else best
     model = steps.named_steps["model"]
     chosen: dict[str, Any] = {"family": type(model).__name__, "reduce": type(steps.named_steps["reduce"]).__name__
               if steps.named_steps["reduce"] != "passthrough" else None,
               "on_top_of": on_top, "cv_score": float(search.best_score_), "folds": len(folds),
+              "searched_rows": len(searched),
               "params": {k.removeprefix("estimator__"): v for k, v in search.best_params_.items()
                          if k.removeprefix("estimator__") not in ("model", "reduce")}}
 
@@ -500,15 +594,16 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         say(f"backtesting at {len(folds)} cutoff{'s' if len(folds) > 1 else ''} against BG/NBD…")
         outcomes = []
         with _quiet():
-            for fold_train, fold_valid in folds:
-                fitted_fold = clone(best).fit(x_train[fold_train], y_train[fold_train])
+            for fold_train, fold_valid, _ in folds:
+                fold_train = fold_train[kept[fold_train]]
+                fitted_fold = clone(unfitted).fit(x_train[fold_train], y_train[fold_train])
                 outcomes.append((_predicted(task, fitted_fold, x_train[fold_valid]), x_train[fold_valid, column],
                                  np.asarray(y_train[fold_valid], dtype=np.float64)))
         weight, calibration = shrink(task, outcomes)
         chosen["backtest"] = [{"cutoff": chosen_cutoffs[v].isoformat(), "rows": len(t),
                                "model": _loss(task, t, m), "BG/NBD": _loss(task, t, b),
                                "served": _loss(task, t, calibrate(blend(m, b, weight), calibration))}
-                              for (_, v), (m, b, t) in zip(backtest[-len(outcomes):], outcomes, strict=True)]
+                              for (_, _, v), (m, b, t) in zip(folds, outcomes, strict=True)]
         notes.append(served_as(weight, calibration is not None))
     chosen["served"] = {"weight": weight, "calibrated": calibration is not None, "as": _as(weight, base)}
     evaluated = Served(best, column, weight, calibration) if base is not None else best
@@ -524,18 +619,19 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     lift = {"metric": main, "baseline": best_baseline, "against": against, "model": metrics[main],
             "improvement": (best_baseline - metrics[main]) / best_baseline if best_baseline else 0.0}
 
-    say(f"refitting on all {len(rows):,} rows for serving…")
+    say(f"refitting on {'all ' if len(rows) <= FIT_ROWS else ''}{min(len(rows), FIT_ROWS):,} rows for serving…")
+    serving = sample(len(rows), FIT_ROWS)
     with _quiet():
-        refit = clone(best).fit(x_all, y)
+        refit = clone(unfitted).fit(x_all[serving], y[serving])
     reference = {name: reference_of(x_all[:, j]) for j, name in enumerate(features)}
     return Trained(
         task=task, pipeline=Served(refit, column, weight, calibration) if base is not None else refit,
-        features=features, categories=categories,
-        bgnbd=serving_fit.params(), mean_order=mean_order,
+        features=features, categories=shared.categories,
+        bgnbd=(shared.serving_fit or fits[last]).params(), mean_order=shared.mean_order,
         classes=classes, metrics=metrics, baselines=baselines, lift=lift, chosen=chosen,
         cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint(),
         people=sorted({m for r in rows for m in r.members}),
-        rows={"train": len(train_rows), "test": len(test_rows), "serving": len(rows)},
+        rows={"train": len(learnt), "test": len(test_rows), "serving": len(serving)},
         reference=reference, seconds=time.perf_counter() - started, notes=notes,
         shortfalls=shortfalls(task, metrics, {k: v for k, v in baselines.items() if k in compared}, lift),
     )

@@ -6,7 +6,7 @@ scikit-learn and skops load with this module (seconds): import it when a command
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +14,7 @@ from persona.core import Persona
 from persona.errors import ValidationError
 from persona.models import registry, scoring
 from persona.models.tasks import parse_task
-from persona.models.train import train
+from persona.models.train import train, train_many
 from persona.projector import rebuild
 from persona.services.store import event_count
 
@@ -49,6 +49,30 @@ def train_and_publish(persona: Persona, name: str, horizon: str | None = None, c
     if progress is not None:
         progress(f"scoring every profile with {name} v{version.version}…")
     return Published(version, scoring.score_all(persona, name))
+
+
+def train_and_publish_many(persona: Persona, wanted: Sequence[tuple[str, str | None]],
+                           cutoffs: list[datetime] | None = None, *, promote: bool | None = None,
+                           progress: Callable[[str], None] | None = None) -> dict[str, Published | ValidationError]:
+    """train_and_publish for several tasks ((name, horizon) each) from one read of every history —
+    one point-in-time set and one feature matrix per horizon — then one batch scoring of every
+    profile by the versions promoted. A task that cannot be trained gets its error; the others go on."""
+    tasks = [parse_task(name, horizon) for name, horizon in wanted]
+    out: dict[str, Published | ValidationError] = {}
+    promoted: dict[str, registry.ModelVersion] = {}
+    for task_name, trained in train_many(persona, tasks, cutoffs, progress=progress).items():
+        if isinstance(trained, ValidationError):
+            out[task_name] = trained
+            continue
+        version = registry.save(persona, trained, promote=promote)
+        out[task_name] = Published(version, None)
+        if version.status == "promoted":
+            promoted[task_name] = version
+    if promoted:
+        counts = scoring.score_many(persona, list(promoted), progress=progress)
+        for task_name, version in promoted.items():
+            out[task_name] = Published(version, counts[task_name])
+    return out
 
 
 def promote(persona: Persona, name: str, version: int) -> Published:
