@@ -31,7 +31,7 @@ from persona.erasure import erase_profile
 from persona.errors import TamperError, ValidationError
 from persona.ingest import ingest_jsonl
 from persona.models import bgnbd, drift, registry, scoring
-from persona.models.dataset import build, default_cutoffs, histories
+from persona.models.dataset import build, default_cutoffs, histories, rows_then
 from persona.models.tasks import parse_horizon, parse_task
 from persona.models.train import Trained, train, train_many
 from persona.testing import planted
@@ -990,3 +990,16 @@ def test_a_task_that_cannot_be_trained_does_not_stop_the_others(lab: Lab) -> Non
     assert isinstance(made["purchases_next_3000d"], ValidationError)
     assert "a horizon or more before the last" in str(made["purchases_next_3000d"])
     assert isinstance(made["churn_30d"], Trained) and made["churn_30d"].task.horizon_days == 30
+
+
+def test_rows_built_by_several_processes_are_the_rows_built_by_one(lab: Lab) -> None:
+    with opened(lab) as p:
+        found = histories(p)
+    cutoffs = default_cutoffs(lab.end, timedelta(days=91))
+    alone = build(found, cutoffs, timedelta(days=91), workers=1)
+    together = build(found, cutoffs, timedelta(days=91), workers=2)
+    # the same rows, in the same order (compared as text: a missing feature is NaN, never equal to itself)
+    assert len(alone) > PEOPLE and list(map(repr, together)) == list(map(repr, alone))
+    window = int(timedelta(days=91).total_seconds() * 1_000_000)
+    now = rows_then(found, lab.end, window, workers=1)
+    assert len(now) >= PEOPLE and list(map(repr, rows_then(found, lab.end, window, workers=3))) == list(map(repr, now))
