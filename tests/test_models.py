@@ -1003,3 +1003,28 @@ def test_rows_built_by_several_processes_are_the_rows_built_by_one(lab: Lab) -> 
     window = int(timedelta(days=91).total_seconds() * 1_000_000)
     now = rows_then(found, lab.end, window, workers=1)
     assert len(now) >= PEOPLE and list(map(repr, rows_then(found, lab.end, window, workers=3))) == list(map(repr, now))
+
+
+def test_a_large_batch_explains_the_features_that_move_its_predictions_most() -> None:
+    """Contributions (value less the value with a feature at its median): exact for every feature
+    in a small batch; in a large one, for the EXPLAINED features that move a sample most."""
+    from persona.models.scoring import EXPLAINED, PROBE, _contributions
+
+    rng = np.random.default_rng(8)
+    names = [f"f{j}" for j in range(40)]
+    meta = {"features": names, "reference": {n: {"median": 0.0} for n in names}}
+    weights = np.zeros(40)
+    weights[[3, 17, 29]] = [5.0, -2.0, 1.0]  # three features matter, in this order
+    weights[range(30, 40)] = 1e-3  # ten barely
+
+    def score(x: np.ndarray) -> tuple[np.ndarray, None, None]:
+        return x @ weights, None, None
+
+    small = rng.normal(size=(100, 40))
+    exact = _contributions(score, small, meta)
+    assert np.allclose(exact, small * weights)  # linear: each effect is the weight times the value
+    large = rng.normal(size=(PROBE + 500, 40))
+    explained = _contributions(score, large, meta)
+    kept = np.flatnonzero(np.abs(explained).sum(axis=0))
+    assert {3, 17, 29} <= set(kept.tolist()) and len(kept) <= EXPLAINED
+    assert np.allclose(explained[:, [3, 17, 29]], large[:, [3, 17, 29]] * weights[[3, 17, 29]])
