@@ -557,7 +557,10 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         if len(test_rows) < MIN_TEST:
             raise too_little(f"too few test examples of classes seen in training ({len(test_rows)}; need {MIN_TEST})")
 
-    say(f"searching {task.kind} pipelines on {len(train_rows):,} training rows…")
+    on = f"{len(train_rows):,}"
+    if len(train_rows) > SEARCH_ROWS:
+        on = f"a sample of {SEARCH_ROWS:,} of {on}"
+    say(f"searching {task.kind} pipelines on {on} training rows…")
     backtest = backtest_folds(chosen_cutoffs, task.horizon, learn)
     folds = time_folds(cutoff_of_row[train_idx], backtest)
     if not folds:
