@@ -686,14 +686,26 @@ def send_notices(persona: Persona, profile_ids: Sequence[str], *, wait_s: float 
     notices = persona.recorder.erasure_notices(profile_ids)
     if not notices:
         return []
-    done = {a.seq: a for a in send_due(persona, only=[row.seq for row in notices],
-                                       deadline=time.monotonic() + wait_s)} if wait_s > 0 else {}
+    deadline = time.monotonic() + wait_s
+    done = {a.seq: (a.status, a.outcome) for a in send_due(persona, only=[row.seq for row in notices],
+                                                           deadline=deadline)} if wait_s > 0 else {}
+    # a notice the server's own delivery pass had leased first is that pass's to send: its outcome
+    # is read back as it lands, within the same wait
+    missing = [row.seq for row in notices if row.seq not in done]
+    tried = {row.seq: row.attempts for row in notices}
+    while missing and wait_s > 0:
+        for row in persona.recorder.deliveries_of(missing):
+            if row.status != "pending" or row.attempts > tried[row.seq]:  # landed, or failed and will be retried
+                done[row.seq] = (row.status, row.outcome)
+        missing = [seq for seq in missing if seq not in done]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
     out = []
     for row in notices:
-        attempt = done.get(row.seq)
+        status, outcome = done.get(row.seq, ("pending", "queued"))
         out.append({"destination": row.destination, "profile_id": row.profile_id,
-                    "acknowledged": attempt is not None and attempt.status == "delivered",
-                    "outcome": attempt.outcome if attempt is not None else "queued"})
+                    "acknowledged": status == "delivered", "outcome": outcome if row.seq in done else "queued"})
     return out
 
 

@@ -985,8 +985,15 @@ def test_tasks_trained_together_share_one_read_and_learn_what_each_learns_alone(
 
 
 def test_a_task_that_cannot_be_trained_does_not_stop_the_others(lab: Lab) -> None:
+    import multiprocessing
+    import threading
+
+    threads = threading.active_count()
     with opened(lab) as p:
         made = train_many(p, [parse_task("purchases_next_3000d"), parse_task("churn_30d")])
+    assert made["churn_30d"].chosen["searched_rows"] >= 5_000  # type: ignore[union-attr]  # searched in parallel
+    # nothing of the parallel search outlives it: an ingest in this process may fork again
+    assert multiprocessing.active_children() == [] and threading.active_count() == threads
     assert isinstance(made["purchases_next_3000d"], ValidationError)
     assert "a horizon or more before the last" in str(made["purchases_next_3000d"])
     assert isinstance(made["churn_30d"], Trained) and made["churn_30d"].task.horizon_days == 30

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -262,8 +263,9 @@ def _in_parts(found: dict[str, History], people: list[str], work: Any, args: tup
     """work(found, people, *args) — for many people, in contiguous parts built by forked processes
     (`workers`, default a process per core from PARALLEL_PEOPLE people on; the rows pickled back over
     their private pipes only, never stored): the same rows, in the same order."""
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if len(people) >= PARALLEL_PEOPLE else 1
+    if workers is None:  # fork only a process with no other thread (whose locks a child would inherit held)
+        many = len(people) >= PARALLEL_PEOPLE and threading.active_count() == 1
+        workers = min(os.cpu_count() or 1, 8) if many else 1
     if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return list(work(found, people, *args))
     global _PARTS

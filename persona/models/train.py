@@ -12,7 +12,8 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -347,6 +348,19 @@ def search_jobs(rows: int) -> int:
     return max(1, min(2, os.cpu_count() or 1)) if rows >= PARALLEL_SEARCH_ROWS else 1
 
 
+@contextmanager
+def _no_workers_left() -> Iterator[None]:
+    """joblib keeps its worker processes, and threads to manage them, for minutes after a parallel
+    search: they are stopped as soon as it ends, so that nothing of the search outlives it (an
+    ingest in the same process forks only when it has no other thread)."""
+    try:
+        yield
+    finally:
+        from joblib.externals.loky import get_reusable_executor  # type: ignore[import-untyped]
+
+        get_reusable_executor().shutdown(wait=True)
+
+
 def sample(n: int, limit: int, seed: int = SEED) -> NDArray[np.int64]:
     """All of range(n), or a seeded sample of `limit` of them, in order."""
     if n <= limit:
@@ -581,7 +595,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     search = GridSearchCV(estimator, grid, cv=[(a, b) for a, b, _ in time_folds(cutoff_of_row[train_idx][searched],
                                                                                  backtest)],
                           scoring=scoring, refit=False, n_jobs=search_jobs(len(searched)), error_score=np.nan)
-    with _quiet():
+    with _quiet(), _no_workers_left():
         search.fit(x_train[searched], y_train[searched])
     if not np.isfinite(search.cv_results_["mean_test_score"]).any():
         raise ValidationError(f"{task.name}: no candidate pipeline could be fitted and validated on these rows")
