@@ -16,9 +16,8 @@ import orjson
 
 from persona.core import Persona
 from persona.models import registry
-from persona.models.bgnbd import BGNBD
 from persona.models.dataset import histories, matrix, rows_then
-from persona.models.train import bgnbd_columns, fit_at, shares
+from persona.models.train import Classic, bgnbd_columns, fit_at, shares
 
 PSI_LIMIT = 0.2
 MAX_AGE = timedelta(days=30)
@@ -40,7 +39,7 @@ def measure(persona: Persona, version: registry.ModelVersion, *, now: datetime |
     meta = version.meta
     window = int(meta["task"]["horizon_days"] * 86_400_000_000)
     rows = rows_then(histories(persona), moment, window)
-    fitted = fit_at(rows) or BGNBD(**meta["bgnbd"])  # as scoring everyone does: BG/NBD as of the instant
+    fitted = fit_at(rows) or Classic.of(meta)  # as scoring everyone does: BG/NBD as of the instant
     x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
     by_feature = {}
     for j, name in enumerate(meta["features"]):

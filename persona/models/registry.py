@@ -119,8 +119,8 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
     meta = {
         "task": {"name": task.name, "family": task.family, "kind": task.kind, "horizon_days": task.horizon_days},
         "features": trained.features, "categories": trained.categories, "classes": trained.classes,
-        "bgnbd": trained.bgnbd, "mean_order": trained.mean_order, "metrics": trained.metrics,
-        "baselines": trained.baselines, "lift": trained.lift,
+        "bgnbd": trained.bgnbd, "gamma_gamma": trained.gamma_gamma, "mean_order": trained.mean_order,
+        "metrics": trained.metrics, "baselines": trained.baselines, "lift": trained.lift,
         "chosen": trained.chosen, "rows": trained.rows, "fingerprint": trained.fingerprint,
         "window": {"cutoffs": [c.isoformat() for c in trained.cutoffs],
                    "horizon_days": trained.horizon.total_seconds() / 86_400},

@@ -21,10 +21,9 @@ from persona import identity
 from persona.core import Persona
 from persona.events import micros
 from persona.models import registry
-from persona.models.bgnbd import BGNBD
 from persona.models.dataset import histories, history_of, matrix, rows_at, rows_then
 from persona.models.threads import one_thread
-from persona.models.train import Histories, bgnbd_columns, fit_at
+from persona.models.train import Classic, Histories, bgnbd_columns, fit_at
 
 TOP = 5  # contributions kept per prediction
 
@@ -78,7 +77,7 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
         at_instant = None
     if not rows:
         return []
-    fitted = at_instant or BGNBD(**meta["bgnbd"])
+    fitted = at_instant or Classic.of(meta)
     x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
     kind, family = meta["task"]["kind"], meta["task"]["family"]
     pipeline = loaded.pipeline

@@ -48,7 +48,7 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from persona.core import Persona
 from persona.errors import ValidationError
-from persona.models import bgnbd
+from persona.models import bgnbd, gammagamma
 from persona.models.dataset import (
     PACE_FEATURES,
     VIEW_FEATURES,
@@ -109,36 +109,64 @@ class Trained:
     notes: list[str] = field(default_factory=list)
     shortfalls: list[str] = field(default_factory=list)  # why it should stay a candidate (none: promote it)
     seed: int = SEED  # every random choice of the search and the models (recorded in the registry)
+    gamma_gamma: dict[str, float] | None = None  # the spend model at the end of the data (None: too few orders)
 
 
-def bgnbd_columns(model: bgnbd.BGNBD, rows: Sequence[Row], horizon_days: float, mean_order: float
+@dataclass(frozen=True)
+class Classic:
+    """The classic customer-base models fitted at one instant: BG/NBD for how many orders, and
+    Gamma-Gamma for what each is worth (None: too few orders with a value to fit it, or a version
+    trained before it was: each person's own average order value then)."""
+
+    bgnbd: bgnbd.BGNBD
+    spend: gammagamma.GammaGamma | None = None
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> Classic:
+        """The fits a version recorded at the end of its training data."""
+        spend = meta.get("gamma_gamma")
+        return cls(bgnbd.BGNBD(**meta["bgnbd"]), gammagamma.GammaGamma(**spend) if spend else None)
+
+
+def bgnbd_columns(model: Classic, rows: Sequence[Row], horizon_days: float, mean_order: float
                   ) -> dict[str, NDArray[np.float64]]:
-    """BG/NBD's expected purchases in the horizon, P(alive), the expected purchases priced at the
-    person's average order (the training rows' average for those who never bought), and P(no
-    purchase in the horizon)."""
+    """BG/NBD's expected purchases in the horizon, P(alive), the expected purchases priced by
+    Gamma-Gamma's expected order value (without a Gamma-Gamma fit: the person's average order, the
+    training rows' average for those who never bought), and P(no purchase in the horizon)."""
     x = np.array([r.x for r in rows])
     t_x = np.array([r.t_x for r in rows])
     age = np.array([r.age_days for r in rows])
-    expected = model.expected(horizon_days, x, t_x, age)
-    aov = np.array([r.aov if r.aov is not None else mean_order for r in rows], dtype=np.float64)
-    return {"bgnbd_expected": expected, "bgnbd_p_alive": model.p_alive(x, t_x, age),
-            "bgnbd_expected_spend": expected * aov, "bgnbd_p_none": model.p_none(horizon_days, x, t_x, age)}
+    fitted = model.bgnbd
+    expected = fitted.expected(horizon_days, x, t_x, age)
+    if model.spend is not None:
+        bought = np.array([r.aov is not None for r in rows], dtype=bool)
+        aov = model.spend.expected(np.where(bought, x + 1.0, 0.0),
+                                   np.array([r.aov if r.aov is not None else np.nan for r in rows], dtype=np.float64))
+    else:
+        aov = np.array([r.aov if r.aov is not None else mean_order for r in rows], dtype=np.float64)
+    return {"bgnbd_expected": expected, "bgnbd_p_alive": fitted.p_alive(x, t_x, age),
+            "bgnbd_expected_spend": expected * aov, "bgnbd_p_none": fitted.p_none(horizon_days, x, t_x, age)}
 
 
-def fit_at(rows: Sequence[Row], seed: int = 0) -> bgnbd.BGNBD | None:
-    """BG/NBD fitted on everyone known at one instant (rows of one cutoff, or of the scoring
-    instant): it needs no labels, so it may use all the data up to then (issue 21, item 3). None
-    when too few people had bought. Above FIT_SAMPLE customers, a seeded sample of them."""
+def fit_at(rows: Sequence[Row], seed: int = 0) -> Classic | None:
+    """BG/NBD and Gamma-Gamma fitted on everyone known at one instant (rows of one cutoff, or of the
+    scoring instant): they need no labels, so they may use all the data up to then (issue 21, item
+    3). None when too few people had bought. Above FIT_SAMPLE customers, a seeded sample of them."""
     customers = [r for r in rows if r.aov is not None]
     if len(customers) < MIN_TRAIN:
         return None
     if len(customers) > FIT_SAMPLE:
         keep = np.sort(np.random.default_rng(seed).choice(len(customers), FIT_SAMPLE, replace=False))
         customers = [customers[i] for i in keep]
-    return bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
+    purchases = bgnbd.fit([r.x for r in customers], [r.t_x for r in customers], [r.age_days for r in customers])
+    valued = [r for r in customers if r.aov is not None and r.aov > 0]
+    spend = None
+    if len(valued) >= MIN_TRAIN:
+        spend = gammagamma.fit([r.x + 1.0 for r in valued], [float(r.aov or 0.0) for r in valued])
+    return Classic(purchases, spend)
 
 
-def columns_by_cutoff(fits: dict[int, bgnbd.BGNBD], rows: Sequence[Row], horizon_days: float, mean_order: float
+def columns_by_cutoff(fits: dict[int, Classic], rows: Sequence[Row], horizon_days: float, mean_order: float
                       ) -> dict[str, NDArray[np.float64]]:
     """The BG/NBD columns of rows from several cutoffs, each from the fit at its own cutoff."""
     out = {name: np.zeros(len(rows)) for name in BGNBD_FEATURES}
@@ -439,8 +467,8 @@ class Shared:
 
     dataset: Dataset
     index: dict[int, int]  # id(row) -> its line in x
-    fits: dict[int, bgnbd.BGNBD]
-    serving_fit: bgnbd.BGNBD | None
+    fits: dict[int, Classic]
+    serving_fit: Classic | None
     categories: list[str]
     mean_order: float
     features: list[str]
@@ -456,7 +484,7 @@ class Histories:
     start: datetime | None
     shared: dict[tuple[float, tuple[datetime, ...]], Shared] = field(default_factory=dict)
     # scoring: (instant, window, whole) -> everyone's rows then, and BG/NBD fitted on them
-    instants: dict[tuple[datetime, int, bool], tuple[list[Row], bgnbd.BGNBD | None]] = field(default_factory=dict)
+    instants: dict[tuple[datetime, int, bool], tuple[list[Row], Classic | None]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, persona: Persona) -> Histories:
@@ -470,7 +498,7 @@ def _shared(read: Histories, dataset: Dataset, learn: list[int], task: Task, say
     say("fitting BG/NBD at each cutoff…")
     known = [r for r in dataset.rows if r.cutoff in learn]
     at = {i: fit_at([r for r in dataset.rows if r.cutoff == i], SEED + i) for i in range(len(dataset.cutoffs))}
-    fits: dict[int, bgnbd.BGNBD] = {i: f for i, f in at.items() if f is not None}
+    fits: dict[int, Classic] = {i: f for i, f in at.items() if f is not None}
     if len(fits) < len(at):  # too few customers at some cutoff: the training rows' fit there
         pooled = fit_at(known, SEED)
         assert pooled is not None  # the caller checked there are enough
@@ -653,7 +681,8 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     return Trained(
         task=task, pipeline=Served(refit, column, weight, calibration) if base is not None else refit,
         features=features, categories=shared.categories,
-        bgnbd=(shared.serving_fit or fits[last]).params(), mean_order=shared.mean_order,
+        bgnbd=(shared.serving_fit or fits[last]).bgnbd.params(), mean_order=shared.mean_order,
+        gamma_gamma=spend.params() if (spend := (shared.serving_fit or fits[last]).spend) is not None else None,
         classes=classes, metrics=metrics, baselines=baselines, lift=lift, chosen=chosen,
         cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint(),
         people=sorted({m for r in rows for m in r.members}),
@@ -716,10 +745,11 @@ def shortfalls(task: Task, metrics: dict[str, float], baselines: dict[str, dict[
 
 
 def evaluate(task: Task, model: Pipeline, x_test: NDArray[np.float64], y_test: NDArray[Any], test_rows: list[Row],
-             train_rows: list[Row], y_train: NDArray[Any], fitted: bgnbd.BGNBD
+             train_rows: list[Row], y_train: NDArray[Any], classic: Classic
              ) -> tuple[dict[str, float], dict[str, dict[str, float]], list[str]]:
     """Held-out metrics of the model and of each baseline, on the same test rows."""
     h = task.horizon_days
+    fitted = classic.bgnbd
     x = np.array([r.x for r in test_rows])
     t_x = np.array([r.t_x for r in test_rows])
     age = np.array([r.age_days for r in test_rows])
@@ -734,7 +764,7 @@ def evaluate(task: Task, model: Pipeline, x_test: NDArray[np.float64], y_test: N
             baselines["BG/NBD"] = fitted.expected(h, x, t_x, age)
         elif task.family == "clv":
             baselines["last window repeated"] = np.array([r.features["spend_last_window"] for r in test_rows])
-            baselines["BG/NBD × order value"] = bgnbd_columns(fitted, test_rows, h, mean_order_value(train_rows))[
+            baselines[clv_baseline(classic)] = bgnbd_columns(classic, test_rows, h, mean_order_value(train_rows))[
                 "bgnbd_expected_spend"]
         else:  # days to the next purchase
             baselines["training median"] = np.full(len(y_test), float(np.median(y_train)))
@@ -761,6 +791,10 @@ def evaluate(task: Task, model: Pipeline, x_test: NDArray[np.float64], y_test: N
         "population frequencies": _multiclass(y_test, np.tile(prior_row, (len(y_test), 1)), classes),
         FAVOURITE: _multiclass(y_test, np.array(favourite), classes),
     }, classes
+
+
+def clv_baseline(classic: Classic) -> str:
+    return "BG/NBD × Gamma-Gamma" if classic.spend is not None else "BG/NBD × order value"
 
 
 def _regression(y: NDArray[np.float64], predicted: NDArray[np.float64]) -> dict[str, float]:
