@@ -725,6 +725,16 @@ def test_a_merge_counts_from_when_its_link_happened(persona: Persona) -> None:
     (history,) = histories(persona).values()
     labelled = rows_at(history, datetime(2025, 3, 15, tzinfo=UTC), window, labels=True)
     assert [r.orders_after for r in labelled] == [1, 1]
+    # read stream by stream in worker processes (as scoring everyone does), the merged person's
+    # streams are read together and their rows are the same: two people before the link, or one today
+    from persona.models.dataset import instant_rows
+
+    found = histories(persona)
+    at = datetime(2025, 3, 1, tzinfo=UTC)
+    for whole in (True, False):
+        apart = instant_rows(persona, at, [window], whole=whole, workers=2)[window]
+        assert len(apart) == (1 if whole else 2)
+        assert list(map(repr, apart)) == list(map(repr, rows_then(found, at, window, whole=whole, workers=1)))
 
 
 def test_unlinking_drops_the_merged_persons_predictions(persona: Persona) -> None:
@@ -1055,6 +1065,39 @@ def test_rows_built_by_several_processes_are_the_rows_built_by_one(lab: Lab) -> 
     assert len(now) >= PEOPLE and list(map(repr, rows_then(found, lab.end, window, workers=3))) == list(map(repr, now))
 
 
+def test_rows_read_and_built_by_worker_processes_are_the_rows_of_one_read(lab: Lab,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring everyone reads and folds the histories in worker processes, a part of the people
+    each (every stream of a person in the same part): the rows are those of one read of the log,
+    in the same order, for each window at once, people as they are today or as they were then."""
+    from persona.models import dataset
+
+    monkeypatch.setattr(dataset, "PARALLEL_PART", 400)  # several parts a worker
+    windows = [int(timedelta(days=d).total_seconds() * 1_000_000) for d in (30, 91)]
+    with opened(lab) as p:
+        found = histories(p)
+        for whole in (True, False):
+            apart = dataset.instant_rows(p, lab.end, windows, whole=whole, workers=2)
+            for window in windows:
+                alone = rows_then(found, lab.end, window, whole=whole, workers=1)
+                assert len(alone) >= PEOPLE and list(map(repr, apart[window])) == list(map(repr, alone))
+
+
+@pytest.mark.parametrize("name", ["churn_91d", "next_category"])
+def test_predictions_made_by_forked_processes_are_those_made_by_one(lab: Lab, monkeypatch: pytest.MonkeyPatch,
+                                                                    name: str) -> None:
+    """A batch is scored a slice of the rows a core, the features it explains chosen on a probe
+    shared among them: the same values, probabilities and contributions as in one process."""
+    monkeypatch.setattr(scoring, "PROBE", 300)  # a large batch: its explained features chosen on a probe
+    with opened(lab) as p:
+        one = scoring.predict(p, name, as_of=lab.end)
+        monkeypatch.setattr(scoring, "fork_workers", lambda rows: 2)
+        two = scoring.predict(p, name, as_of=lab.end)
+    assert len(one) >= PEOPLE and [(x.person, x.doc()) for x in two] == [(x.person, x.doc()) for x in one]
+    assert sum(1 for x in one if x.contributions) > len(one) // 2
+    assert len({c["feature"] for x in one for c in x.contributions}) <= scoring.EXPLAINED
+
+
 def test_a_large_batch_explains_the_features_that_move_its_predictions_most() -> None:
     """Contributions (value less the value with a feature at its median): exact for every feature
     in a small batch; in a large one, for the EXPLAINED features that move a sample most."""
@@ -1071,10 +1114,12 @@ def test_a_large_batch_explains_the_features_that_move_its_predictions_most() ->
         return x @ weights, None, None
 
     small = rng.normal(size=(100, 40))
-    exact = _contributions(score, small, meta)
+    small[:50, 3] = 0.0  # at the median already: not scored again, and no effect
+    exact = _contributions(score, small, meta, (small @ weights, None))
     assert np.allclose(exact, small * weights)  # linear: each effect is the weight times the value
+    assert not exact[:50, 3].any() and exact[50:, 3].all()
     large = rng.normal(size=(PROBE + 500, 40))
-    explained = _contributions(score, large, meta)
+    explained = _contributions(score, large, meta, (large @ weights, None))
     kept = np.flatnonzero(np.abs(explained).sum(axis=0))
     assert {3, 17, 29} <= set(kept.tolist()) and len(kept) <= EXPLAINED
     assert np.allclose(explained[:, [3, 17, 29]], large[:, [3, 17, 29]] * weights[[3, 17, 29]])

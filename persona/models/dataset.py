@@ -9,11 +9,13 @@ cannot be read, so they are in no set made after their erasure.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,6 +28,7 @@ from numpy.typing import NDArray
 from persona import identity
 from persona.core import Persona
 from persona.errors import ValidationError
+from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros, text_micros
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
@@ -135,13 +138,14 @@ def histories(persona: Persona, *, page: int = 20_000) -> dict[str, History]:
     people = identity.persons(rec, list(persona.log.profile_ids()))
     out: dict[str, History] = {}
     merged_at: dict[int, int] = {}  # merge edge -> when its link happened
-    for event in persona.log.iter_all(page=page):
-        person = people.get(event.profile_id)
-        key = person.id if person is not None else event.profile_id
-        history = out.get(key)
-        if history is None:
-            history = out[key] = History(key, person.members if person is not None else (key,))
-        _fold(history, event, merged_at)
+    with gc_paused():  # millions of small acyclic facts: the cyclic collector would only slow it down
+        for event in persona.log.iter_all(page=page):
+            person = people.get(event.profile_id)
+            key = person.id if person is not None else event.profile_id
+            history = out.get(key)
+            if history is None:
+                history = out[key] = History(key, person.members if person is not None else (key,))
+            _fold(history, event, merged_at)
     _joins(rec, out, merged_at)
     return out
 
@@ -156,6 +160,68 @@ def history_of(persona: Persona, profile_id: str) -> History:
             _fold(history, event, merged_at)
     _joins(persona.recorder, {person.id: history}, merged_at)
     return history
+
+
+def histories_of(persona: Persona, people: Sequence[Sequence[str]]) -> dict[str, History]:
+    """These people (each their streams, the first naming them), read stream by stream in one scan:
+    as `histories` folds them from the whole log."""
+    rec, log = persona.recorder, persona.log
+    streams = [member for members in people for member in members]
+    heads = rec.heads(streams)
+    sealers = {pid: log.sealer(pid, head) for pid, head in heads.items() if head.wrapped is not None}
+    owner = {member: members for members in people for member in members}
+    out: dict[str, History] = {}
+    merged_at: dict[int, int] = {}
+    with gc_paused():
+        for event in log.open_streams(rec.read_streams([heads[pid].no for pid in sealers]), sealers):
+            members = owner[event.profile_id]
+            history = out.get(members[0])
+            if history is None:
+                history = out[members[0]] = History(members[0], tuple(members))
+            _fold(history, event, merged_at)
+    _joins(rec, out, merged_at)
+    return out
+
+
+PARALLEL_PART = 20_000  # people a worker reads and builds rows for at a time
+
+
+def instant_rows(persona: Persona, moment: datetime, windows: Sequence[int], *, whole: bool = False,
+                 workers: int | None = None) -> dict[int, list[Row]]:
+    """Everyone's rows at one instant for each of these windows (µs), as rows_then gives them from
+    `histories`. From PARALLEL_PEOPLE people on, in worker processes: each opens the store itself,
+    reads and folds the streams of a part of the people and builds their rows (nothing of them is
+    written anywhere; the rows come back over the worker's pipe). A person's streams are always in
+    the same part."""
+    rec = persona.recorder
+    erased = {pid for pid, _ in rec.tombstones()}
+    found = identity.persons(rec, [pid for pid in rec.stream_ids() if pid not in erased])
+    people = sorted({person.id: person.members for person in found.values()}.items())
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if len(people) >= PARALLEL_PEOPLE else 1
+    if workers <= 1:
+        everyone = histories(persona)
+        return {window: rows_then(everyone, moment, window, whole=whole, workers=1) for window in windows}
+    size = min(PARALLEL_PART, -(-len(people) // (workers * 4)))  # a few parts a worker: none waits long on another
+    parts = [[list(members) for _, members in people[i:i + size]] for i in range(0, len(people), size)]
+    out: dict[int, list[Row]] = {window: [] for window in windows}
+    context = multiprocessing.get_context("spawn")  # no inherited connections or locks
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for done in pool.map(_instant_rows_part, [persona.settings] * len(parts), parts,
+                             [moment] * len(parts), [list(windows)] * len(parts), [whole] * len(parts)):
+            for window, rows in done.items():
+                out[window].extend(rows)
+    return out
+
+
+def _instant_rows_part(settings: Any, people: list[list[str]], moment: datetime, windows: list[int], whole: bool
+                       ) -> dict[int, list[Row]]:
+    """In a worker process: these people's rows at the instant, for each window."""
+    with Persona.open(settings) as persona:
+        found = histories_of(persona, people)
+    gc.freeze()  # the worker's collector leaves the histories alone (the worker ends with the batch)
+    ordered = sorted(found)
+    return {window: _instant_part(found, ordered, moment, window, whole) for window in windows}
 
 
 def _fold(history: History, event: RecordedEvent, merged_at: dict[int, int]) -> None:
@@ -263,29 +329,43 @@ def _in_parts(found: dict[str, History], people: list[str], work: Any, args: tup
     """work(found, people, *args) — for many people, in contiguous parts built by forked processes
     (`workers`, default a process per core from PARALLEL_PEOPLE people on; the rows pickled back over
     their private pipes only, never stored): the same rows, in the same order."""
-    if workers is None:  # fork only a process with no other thread (whose locks a child would inherit held)
-        many = len(people) >= PARALLEL_PEOPLE and threading.active_count() == 1
-        workers = min(os.cpu_count() or 1, 8) if many else 1
-    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return list(work(found, people, *args))
-    global _PARTS
-    size = -(-len(people) // (workers * 4))  # a few parts a process: an uneven part waits on no one
-    _PARTS = (found, [people[i:i + size] for i in range(0, len(people), size)], work, args)
+    if workers is None:
+        workers = fork_workers(len(people))
+    size = -(-len(people) // max(workers * 4, 1))  # a few parts a process: an uneven part waits on no one
+    parts = [people[i:i + size] for i in range(0, len(people), size)] or [[]]
+    done = in_forks(lambda k: list(work(found, parts[k], *args)), len(parts), workers)
+    return [row for part in done for row in part]
+
+
+def fork_workers(items: int) -> int:
+    """Processes to fork for a batch of this many people or rows: one per core (at most 8) from
+    PARALLEL_PEOPLE on, and only from a process with no other thread (whose locks a child would
+    inherit held); else 1."""
+    many = items >= PARALLEL_PEOPLE and threading.active_count() == 1
+    return min(os.cpu_count() or 1, 8) if many and "fork" in multiprocessing.get_all_start_methods() else 1
+
+
+def in_forks(work: Any, count: int, workers: int) -> list[Any]:
+    """[work(0), …, work(count − 1)], by `workers` forked processes (which see this process's memory
+    as it is now: nothing is sent to them but an index; each result comes back pickled over its own
+    pipe, never stored); with one worker, here."""
+    if workers <= 1:
+        return [work(k) for k in range(count)]
+    global _WORK
+    _WORK = work
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_part, range(len(_PARTS[1])), chunksize=1)
+            return pool.map(_run_work, range(count), chunksize=1)
     finally:
-        _PARTS = None
-    return [row for part in parts for row in part]
+        _WORK = None
 
 
-_PARTS: tuple[dict[str, History], list[list[str]], Any, tuple[Any, ...]] | None = None  # read by forked workers
+_WORK: Any = None  # read by forked workers
 
 
-def _part(index: int) -> list[Row]:
-    assert _PARTS is not None
-    found, parts, work, args = _PARTS
-    return list(work(found, parts[index], *args))
+def _run_work(index: int) -> Any:
+    assert _WORK is not None
+    return _WORK(index)
 
 
 def _build_part(found: dict[str, History], people: Sequence[str], cutoffs: Sequence[datetime], window: int

@@ -21,8 +21,17 @@ from persona import identity
 from persona.core import Persona
 from persona.events import micros
 from persona.models import registry
-from persona.models.dataset import histories, history_of, matrix, rows_at, rows_then
-from persona.models.threads import one_thread
+from persona.models.dataset import (
+    Row,
+    fork_workers,
+    history_of,
+    in_forks,
+    instant_rows,
+    matrix,
+    rows_at,
+    rows_then,
+)
+from persona.models.threads import batch, one_thread, settle
 from persona.models.train import Classic, Histories, bgnbd_columns, fit_at
 
 TOP = 5  # contributions kept per prediction
@@ -45,6 +54,7 @@ class Prediction:
                 "contributions": self.contributions, "as_of": self.as_of.isoformat()}
 
 
+@batch
 @one_thread
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
             version: int | None = None, read: Histories | None = None, moment: datetime | None = None
@@ -58,14 +68,15 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
     loaded = registry.load(persona, name, version)
     moment = as_of or moment or datetime.now(UTC)
     meta = loaded.version.meta
-    window = int(meta["task"]["horizon_days"] * 86_400_000_000)
+    window = window_of(meta)
     if profile_ids is None:
         # BG/NBD needs no labels: scoring everyone, it is fitted on everyone as of the instant scored
         # (issue 21, item 3), once for all the models of one horizon scored together
-        read = read or Histories(histories(persona), None, None)
+        read = read or Histories.read(persona)
         key = (moment, window, as_of is None)
         if key not in read.instants:
             rows = rows_then(read.found, moment, window, whole=as_of is None)
+            settle()
             read.instants[key] = (rows, fit_at(rows))
         rows, at_instant = read.instants[key]
     else:  # a few people: BG/NBD as fitted at the end of the training data
@@ -82,20 +93,52 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
     kind, family = meta["task"]["kind"], meta["task"]["family"]
     pipeline = loaded.pipeline
     score = _scorer(pipeline, kind, family)
-    values, labels, probabilities = score(x)
+    workers = fork_workers(len(rows))
+    columns = explained(score, x, meta, workers)
+    size = -(-len(rows) // workers)
+
+    def part(k: int) -> tuple[NDArray[np.float64], list[str] | None, NDArray[np.float64] | None, NDArray[np.float64]]:
+        """The values, labels, probabilities and contributions of one slice of the rows."""
+        some = x[k * size:(k + 1) * size]
+        values, labels, probabilities = score(some)
+        return values, labels, probabilities, _effects(score, some, columns, meta, (values, probabilities))
+
+    parts = in_forks(part, workers, workers)  # a slice a core: the rows are independent
+    values = np.concatenate([v for v, _, _, _ in parts])
+    labels = None if parts[0][1] is None else [label for _, some, _, _ in parts for label in some or ()]
+    probabilities = None if parts[0][2] is None else np.concatenate([q for _, _, q, _ in parts if q is not None])
+    effects = np.zeros_like(x)
+    effects[:, columns] = np.concatenate([e for _, _, _, e in parts])
     classes = [str(c) for c in getattr(pipeline, "classes_", ())]
-    effects = _contributions(score, x, meta)
-    features = meta["features"]
+    return _predictions(name, loaded.version.version, rows, x, meta["features"], values, labels, classes,
+                        probabilities, effects, moment)
+
+
+def _predictions(name: str, version: int, rows: Sequence[Row], x: NDArray[np.float64], features: list[str],
+                 values: NDArray[np.float64], labels: list[str] | None, classes: list[str],
+                 probabilities: NDArray[np.float64] | None, effects: NDArray[np.float64], moment: datetime
+                 ) -> list[Prediction]:
+    """A Prediction per row, with its TOP contributions (largest effect first; none of effect 0),
+    rounded to 6 places; whole arrays are rounded and ordered at once, then read a row at a time."""
+    rounded = np.round(effects, 6)
+    order = np.argsort(-np.abs(rounded), axis=1, kind="stable")[:, :TOP]
+    at = np.arange(len(rows))[:, None]
+    tops, shown = rounded[at, order].tolist(), np.round(x[at, order], 6).tolist()
+    names = [[features[j] for j in row] for row in order.tolist()]
+    rounded_values = np.round(values, 6).tolist()
+    shares = np.round(probabilities, 6).tolist() if probabilities is not None else None
     out = []
     for i, row in enumerate(rows):
-        order = np.argsort(-np.abs(effects[i]))[:TOP]
-        contributions = [{"feature": features[j], "value": _plain(x[i, j]), "effect": round(float(effects[i, j]), 6)}
-                         for j in order if round(float(effects[i, j]), 6) != 0]
-        out.append(Prediction(row.person, row.members, name, loaded.version.version, round(float(values[i]), 6),
+        contributions = [{"feature": f, "value": v if v == v and v not in (_INF, -_INF) else None, "effect": e}
+                         for f, v, e in zip(names[i], shown[i], tops[i], strict=True) if e != 0]
+        out.append(Prediction(row.person, row.members, name, version, rounded_values[i],
                               labels[i] if labels is not None else None,
-                              {c: round(float(p), 6) for c, p in zip(classes, probabilities[i], strict=True)}
-                              if probabilities is not None else None, contributions, moment))
+                              dict(zip(classes, shares[i], strict=True)) if shares is not None else None,
+                              contributions, moment))
     return out
+
+
+_INF = float("inf")
 
 
 Scorer = Any
@@ -123,40 +166,58 @@ EXPLAINED = 8  # in a large batch, the features whose contributions every row ge
 PROBE = 2_000  # ... chosen as those that move a seeded sample of this many rows most
 
 
-def _contributions(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any]) -> NDArray[np.float64]:
-    """value(x) − value(x with feature j at its training median), for every row and feature. In a
-    batch of more than PROBE rows, only for the EXPLAINED features with the largest mean effect
-    on a seeded sample of PROBE of them (the others: 0; a prediction keeps its TOP five anyway)."""
+def explained(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any], workers: int = 1) -> list[int]:
+    """The columns whose contributions are computed: every feature with a training median; in a
+    batch of more than PROBE rows, the EXPLAINED of them with the largest mean effect on a seeded
+    sample of PROBE rows (its columns shared among `workers` forked processes)."""
+    columns = [j for j, name in enumerate(meta["features"]) if _median(meta, name) is not None]
+    if len(x) <= PROBE or len(columns) <= EXPLAINED:
+        return columns
+    probe = x[np.sort(np.random.default_rng(0).choice(len(x), PROBE, replace=False))]
+    values, _, probabilities = score(probe)
+    groups = [columns[k::workers] for k in range(workers)]
+    moved = in_forks(lambda k: _effects(score, probe, groups[k], meta, (values, probabilities)), workers, workers)
+    strength = {j: float(np.abs(m[:, n]).mean()) for group, m in zip(groups, moved, strict=True)
+                for n, j in enumerate(group)}
+    strongest = sorted(columns, key=lambda j: -strength[j])[:EXPLAINED]  # stable: the earlier column on a tie
+    return sorted(strongest)
+
+
+def _contributions(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any],
+                   scored: tuple[NDArray[np.float64], NDArray[np.float64] | None]) -> NDArray[np.float64]:
+    """value(x) − value(x with feature j at its training median), for every row and feature (`scored`:
+    the values and multiclass probabilities of x, already computed); in a large batch, for the
+    `explained` columns only (the others: 0; a prediction keeps its TOP five anyway)."""
     out = np.zeros_like(x)
-    reference = meta["reference"]
-    medians = {j: reference.get(name, {}).get("median") for j, name in enumerate(meta["features"])}
-    columns = [j for j, median in medians.items() if median is not None]
-    if len(x) > PROBE and len(columns) > EXPLAINED:
-        probe = x[np.sort(np.random.default_rng(0).choice(len(x), PROBE, replace=False))]
-        moved = _effects(score, probe, columns, medians)
-        strongest = np.argsort(-np.abs(moved).mean(axis=0), kind="stable")[:EXPLAINED]
-        columns = [columns[k] for k in sorted(strongest)]
-    out[:, columns] = _effects(score, x, columns, medians)
+    columns = explained(score, x, meta)
+    out[:, columns] = _effects(score, x, columns, meta, scored)
     return out
 
 
-def _effects(score: Scorer, x: NDArray[np.float64], columns: list[int], medians: dict[int, Any]
-             ) -> NDArray[np.float64]:
-    base, _, probabilities = score(x)
+def _median(meta: dict[str, Any], name: str) -> float | None:
+    median: float | None = meta["reference"].get(name, {}).get("median")
+    return median
+
+
+def _effects(score: Scorer, x: NDArray[np.float64], columns: list[int], meta: dict[str, Any],
+             scored: tuple[NDArray[np.float64], NDArray[np.float64] | None]) -> NDArray[np.float64]:
+    """The effects of these columns (a column each); a row whose value is the median already is not
+    scored again (its effect is 0)."""
+    base, probabilities = scored
+    medians = {j: _median(meta, meta["features"][j]) for j in columns}
     top = np.argmax(probabilities, axis=1) if probabilities is not None else None
     out = np.zeros((len(x), len(columns)))
     for k, j in enumerate(columns):
-        changed = x.copy()
+        moves = np.flatnonzero(x[:, j] != medians[j])  # NaN included: imputed, it may not be the median
+        if not len(moves):
+            continue
+        changed = x[moves]
         changed[:, j] = medians[j]
         moved, _, moved_probabilities = score(changed)
         if top is not None and moved_probabilities is not None:  # multiclass: the predicted class's probability
-            moved = moved_probabilities[np.arange(len(top)), top]
-        out[:, k] = base - moved
+            moved = moved_probabilities[np.arange(len(moves)), top[moves]]
+        out[moves, k] = base[moves] - moved
     return out
-
-
-def _plain(value: float) -> float | None:
-    return None if not np.isfinite(value) else round(float(value), 6)
 
 
 def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> int:
@@ -165,29 +226,43 @@ def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> 
     return score_many(persona, [name], as_of=as_of)[name]
 
 
+@batch
 @one_thread
 def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None = None,
                progress: Any = None) -> dict[str, int]:
     """score_all for several models from one read of every history, at one instant (for the models
-    of one horizon, one set of rows and one BG/NBD fit too). Returns how many rows each wrote."""
-    read = Histories(histories(persona), None, None)
+    of one horizon, one set of rows and one BG/NBD fit too), written in one transaction. Returns how
+    many rows each wrote."""
     moment = as_of or datetime.now(UTC)
-    written: dict[str, int] = {}
+    whole = as_of is None
+    windows = {window_of(registry.get(persona, name).meta) for name in names}
+    if progress is not None:
+        progress("reading every history and building everyone's rows…")
+    read = Histories({}, None, None)  # each model's rows, made here at once: no history is read again
+    for window, built in instant_rows(persona, moment, sorted(windows), whole=whole).items():
+        settle()
+        read.instants[(moment, window, whole)] = (built, fit_at(built))
+    made: dict[str, list[Prediction]] = {}
     for name in names:
         if progress is not None:
             progress(f"scoring every profile with {name}…")
-        found = predict(persona, name, as_of=as_of, read=read, moment=moment)
-        at = micros(found[0].as_of) if found else micros(moment)
-        rec = persona.recorder
-        with rec.transaction():
-            # checked under the write lock: someone erased while this scored gets no row back, and a
-            # merge or an unlink meanwhile leaves only the rows of ids that still name a person
-            ids = [p.person for p in found]
-            heads, people = rec.heads(ids), identity.persons(rec, ids)
+        made[name] = predict(persona, name, as_of=as_of, read=read, moment=moment)
+    if progress is not None:
+        progress("writing the predictions…")
+    rec = persona.recorder
+    written: dict[str, int] = {}
+    with rec.transaction():
+        # checked under the write lock: someone erased while this scored gets no row back, and a
+        # merge or an unlink meanwhile leaves only the rows of ids that still name a person
+        ids = sorted({p.person for found in made.values() for p in found})
+        heads, people = rec.heads(ids), identity.persons(rec, ids)
+        current = {pid for pid in ids if pid in heads and heads[pid].wrapped is not None and people[pid].id == pid}
+        for name, found in made.items():
+            at = micros(found[0].as_of) if found else micros(moment)
             rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found
-                    if p.person in heads and heads[p.person].wrapped is not None and people[p.person].id == p.person]
+                    if p.person in current]
             rec.put_predictions(rows, model=name)
-        written[name] = len(rows)
+            written[name] = len(rows)
     return written
 
 
@@ -207,6 +282,11 @@ def stored(persona: Persona, profile_ids: Sequence[str]) -> dict[str, list[dict[
         out.setdefault(pid, []).append({"model": model, "version": version, "computed_at": computed_at,
                                         **orjson.loads(doc)})
     return out
+
+
+def window_of(meta: dict[str, Any]) -> int:
+    """A version's horizon in µs."""
+    return int(meta["task"]["horizon_days"] * 86_400_000_000)
 
 
 def horizon_of(meta: dict[str, Any]) -> timedelta:

@@ -68,7 +68,7 @@ from persona.models.dataset import (
     rows_then,
 )
 from persona.models.tasks import Task
-from persona.models.threads import one_thread
+from persona.models.threads import batch, one_thread, settle
 
 BGNBD_FEATURES = ("bgnbd_expected", "bgnbd_p_alive", "bgnbd_expected_spend", "bgnbd_p_none")
 SEED = 7
@@ -489,6 +489,7 @@ class Histories:
     @classmethod
     def read(cls, persona: Persona) -> Histories:
         found = histories(persona)
+        settle()  # kept until the batch ends
         return cls(found, data_end(found.values()), data_start(found.values()))
 
 
@@ -515,6 +516,7 @@ def _shared(read: Histories, dataset: Dataset, learn: list[int], task: Task, say
                   mean_order, features, x)
 
 
+@batch
 @one_thread
 def train_many(persona: Persona, tasks: Sequence[Task], cutoffs: Sequence[datetime] | None = None,
                progress: Any = None) -> dict[str, Trained | ValidationError]:
@@ -534,6 +536,7 @@ def train_many(persona: Persona, tasks: Sequence[Task], cutoffs: Sequence[dateti
     return out
 
 
+@batch
 @one_thread
 def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = None,
           progress: Any = None, read: Histories | None = None) -> Trained:
@@ -554,6 +557,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     if shared is None:
         say(f"building the point-in-time set at {len(chosen_cutoffs)} cutoffs…")
         dataset = Dataset(chosen_cutoffs, task.horizon, build(read.found, chosen_cutoffs, task.horizon), end)
+        settle()
     else:
         dataset = shared.dataset
     rows, y = task.labels(dataset.rows)
