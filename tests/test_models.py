@@ -267,10 +267,9 @@ def test_metrics_are_computed_on_the_held_out_cutoff_only(lab: Lab) -> None:
     """The reported metrics are those of a fit on the cutoffs whose labels had closed when the last
     one began, measured on the last cutoff's rows only; the version stored is then refit on every
     cutoff for serving, with the same choices (issue 21, item 2)."""
-    from sklearn.base import clone
 
     from persona.models.dataset import closed_before, matrix
-    from persona.models.train import Served, columns_by_cutoff, fit_at
+    from persona.models.train import Served, columns_by_cutoff, fit_at, fit_with, recency_weights
 
     trained = lab.trained["purchases_next_91d"]
     with opened(lab) as p:
@@ -292,8 +291,12 @@ def test_metrics_are_computed_on_the_held_out_cutoff_only(lab: Lab) -> None:
     at = np.array([r.cutoff for r in rows])
     served = trained.pipeline
     assert isinstance(served, Served) and 0.0 <= served.weight <= 1.0
-    evaluation = Served(clone(served.estimator).fit(x[np.isin(at, learn)], y[np.isin(at, learn)]), served.column,
-                        served.weight, served.calibration)
+    recency = trained.chosen["recency"]  # the backtest chose whether rows are weighted by recency
+    assert recency["weighted"] == (recency["backtest"]["weighted"] < recency["backtest"]["unweighted"])
+    known = np.isin(at, learn)
+    evaluation = Served(fit_with(served.estimator, x[known], y[known],
+                                 recency_weights(trained.cutoffs, at[known]) if recency["weighted"] else None),
+                        served.column, served.weight, served.calibration)
 
     def mse(model: Any, where: np.ndarray) -> float:
         return float(np.mean((np.clip(model.predict(x[where]), 0, None) - y[where]) ** 2))
@@ -417,7 +420,6 @@ def test_training_and_scoring_hold_the_native_thread_pools_to_one_thread(lab: La
         return histories_seen
 
     monkeypatch.setattr(training, "histories", looking(training.histories))
-    monkeypatch.setattr(scoring, "histories", looking(scoring.histories))
     with opened(lab) as p:
         assert scoring.predict(p, "churn_91d")
         scored = len(seen)
@@ -1063,6 +1065,33 @@ def test_rows_built_by_several_processes_are_the_rows_built_by_one(lab: Lab) -> 
     window = int(timedelta(days=91).total_seconds() * 1_000_000)
     now = rows_then(found, lab.end, window, workers=1)
     assert len(now) >= PEOPLE and list(map(repr, rows_then(found, lab.end, window, workers=3))) == list(map(repr, now))
+
+
+def test_recency_weights_halve_every_half_life_and_reach_the_model() -> None:
+    """A row a half-life older than the latest counts half; weights average 1; and a weighted fit
+    is a different fit (through OnTopOf too), while no weights is the plain fit."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+
+    from persona.models.train import HALF_LIFE_DAYS, OnTopOf, fit_with, recency_weights
+
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    cutoffs = [start, start + timedelta(days=HALF_LIFE_DAYS), start + timedelta(days=2 * HALF_LIFE_DAYS)]
+    at = np.array([0, 1, 2, 2], dtype=np.int64)
+    weights = recency_weights(cutoffs, at)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[1] / weights[0] == pytest.approx(2.0) and weights[2] / weights[1] == pytest.approx(2.0)
+    # the latest cutoff among the rows given is the reference: only the earlier two here
+    assert recency_weights(cutoffs, np.array([0, 1])).tolist() == pytest.approx([2 / 3, 4 / 3])
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(200, 3))
+    y = np.where(np.arange(200) < 100, 1.0, -1.0) * x[:, 0]  # the relation flips in the later rows
+    pipeline = Pipeline([("model", Ridge(alpha=1e-6))])
+    late = np.where(np.arange(200) < 100, 0.01, 1.99)
+    assert fit_with(pipeline, x, y, late).named_steps["model"].coef_[0] < -0.9  # follows the later rows
+    assert abs(fit_with(pipeline, x, y, None).named_steps["model"].coef_[0]) < 0.2
+    on_top = fit_with(OnTopOf(pipeline, 2), x, y + x[:, 2], late)
+    assert on_top.estimator_.named_steps["model"].coef_[0] < -0.9
 
 
 def test_rows_read_and_built_by_worker_processes_are_the_rows_of_one_read(lab: Lab,

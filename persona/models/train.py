@@ -35,6 +35,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     brier_score_loss,
+    get_scorer,
     log_loss,
     mean_absolute_error,
     mean_squared_error,
@@ -199,12 +200,35 @@ class OnTopOf(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         self.estimator = estimator
         self.column = column
 
-    def fit(self, x: NDArray[np.float64], y: NDArray[np.float64]) -> OnTopOf:
-        self.estimator_ = clone(self.estimator).fit(x, y - x[:, self.column])
+    def fit(self, x: NDArray[np.float64], y: NDArray[np.float64],
+            sample_weight: NDArray[np.float64] | None = None) -> OnTopOf:
+        self.estimator_ = fit_with(self.estimator, x, y - x[:, self.column], sample_weight)
         return self
 
     def predict(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray(x[:, self.column] + self.estimator_.predict(x), dtype=np.float64)
+
+
+def fit_with(unfitted: Any, x: NDArray[np.float64], y: NDArray[Any], weights: NDArray[np.float64] | None) -> Any:
+    """A fresh copy of a pipeline (or of OnTopOf around one) fitted, each row weighted if `weights`."""
+    model = clone(unfitted)
+    if weights is None:
+        return model.fit(x, y)
+    if isinstance(model, OnTopOf):
+        return model.fit(x, y, sample_weight=weights)
+    return model.fit(x, y, model__sample_weight=weights)
+
+
+HALF_LIFE_DAYS = 182.0  # recency weights: a row a half-life older than the latest counts half
+
+
+def recency_weights(cutoffs: Sequence[datetime], cutoff_of_row: NDArray[np.int64]) -> NDArray[np.float64]:
+    """Each row's weight by how long before the latest of these rows' cutoffs it was taken, halving
+    every HALF_LIFE_DAYS, scaled to a mean of 1 (so that a penalty means the same with or without)."""
+    latest = max(cutoffs[int(c)] for c in set(cutoff_of_row.tolist()))
+    ages = np.array([(latest - c).total_seconds() / 86_400 for c in cutoffs])[cutoff_of_row]
+    weights = 0.5 ** (ages / HALF_LIFE_DAYS)
+    return np.asarray(weights / weights.mean(), dtype=np.float64)
 
 
 class Served(BaseEstimator):  # type: ignore[misc]
@@ -633,9 +657,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         raise ValidationError(f"{task.name}: no candidate pipeline could be fitted and validated on these rows")
     unfitted = clone(estimator).set_params(**search.best_params_)
     learnt = sample(len(train_idx), FIT_ROWS)
-    with _quiet():
-        best = clone(unfitted).fit(x_train[learnt], y_train[learnt])
-    steps: Pipeline = best.estimator_ if isinstance(best, OnTopOf) else best
+    steps: Pipeline = unfitted.estimator if isinstance(unfitted, OnTopOf) else unfitted
     model = steps.named_steps["model"]
     chosen: dict[str, Any] = {"family": type(model).__name__, "reduce": type(steps.named_steps["reduce"]).__name__
               if steps.named_steps["reduce"] != "passthrough" else None,
@@ -644,19 +666,39 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
               "params": {k.removeprefix("estimator__"): v for k, v in search.best_params_.items()
                          if k.removeprefix("estimator__") not in ("model", "reduce")}}
 
-    # the backtest: the chosen pipeline refit at each fold's cutoff on what was known then, beside BG/NBD
+    # the backtest: the chosen pipeline refit at each fold's cutoff on what was known then, with rows
+    # weighted by recency and without (the weighting with the lower mean loss is kept), beside BG/NBD
     base = BASE_COLUMN.get(task.family)
     column = features.index(base) if base is not None else -1
-    weight, calibration = 1.0, None
-    if base is not None:
-        say(f"backtesting at {len(folds)} cutoff{'s' if len(folds) > 1 else ''} against BG/NBD…")
-        outcomes = []
-        with _quiet():
+    say(f"backtesting at {len(folds)} cutoff{'s' if len(folds) > 1 else ''}"
+        f"{' against BG/NBD' if base is not None else ''}, rows weighted by recency and not…")
+    measure = get_scorer(scoring) if isinstance(scoring, str) else scoring
+    tried: dict[bool, tuple[float, list[Any]]] = {}
+    with _quiet():
+        for recent in (False, True):
+            losses, outcomes = [], []
             for fold_train, fold_valid, _ in folds:
                 fold_train = fold_train[kept[fold_train]]
-                fitted_fold = clone(unfitted).fit(x_train[fold_train], y_train[fold_train])
-                outcomes.append((_predicted(task, fitted_fold, x_train[fold_valid]), x_train[fold_valid, column],
-                                 np.asarray(y_train[fold_valid], dtype=np.float64)))
+                at = cutoff_of_row[train_idx][fold_train]
+                fitted_fold = fit_with(unfitted, x_train[fold_train], y_train[fold_train],
+                                       recency_weights(chosen_cutoffs, at) if recent else None)
+                losses.append(-float(measure(fitted_fold, x_train[fold_valid], y_train[fold_valid])))
+                if base is not None:
+                    outcomes.append((_predicted(task, fitted_fold, x_train[fold_valid]), x_train[fold_valid, column],
+                                     np.asarray(y_train[fold_valid], dtype=np.float64)))
+            tried[recent] = (float(np.mean(losses)), outcomes)
+    recent = tried[True][0] < tried[False][0]
+    chosen["recency"] = {"half_life_days": HALF_LIFE_DAYS, "weighted": recent,
+                         "backtest": {"weighted": tried[True][0], "unweighted": tried[False][0]}}
+    notes.append(f"rows weighted by recency (half-life {HALF_LIFE_DAYS:.0f} days): "
+                 f"{'kept' if recent else 'not kept'}, backtest {METRIC_NAMES[MAIN_METRIC[task.kind]]} "
+                 f"{tried[True][0]:.4g} weighted, {tried[False][0]:.4g} not")
+    with _quiet():
+        best = fit_with(unfitted, x_train[learnt], y_train[learnt],
+                        recency_weights(chosen_cutoffs, cutoff_of_row[train_idx][learnt]) if recent else None)
+    weight, calibration = 1.0, None
+    if base is not None:
+        outcomes = tried[recent][1]
         weight, calibration = shrink(task, outcomes)
         chosen["backtest"] = [{"cutoff": chosen_cutoffs[v].isoformat(), "rows": len(t),
                                "model": _loss(task, t, m), "BG/NBD": _loss(task, t, b),
@@ -680,7 +722,8 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     say(f"refitting on {'all ' if len(rows) <= FIT_ROWS else ''}{min(len(rows), FIT_ROWS):,} rows for serving…")
     serving = sample(len(rows), FIT_ROWS)
     with _quiet():
-        refit = clone(unfitted).fit(x_all[serving], y[serving])
+        refit = fit_with(unfitted, x_all[serving], y[serving],
+                         recency_weights(chosen_cutoffs, cutoff_of_row[serving]) if recent else None)
     reference = {name: reference_of(x_all[:, j]) for j, name in enumerate(features)}
     return Trained(
         task=task, pipeline=Served(refit, column, weight, calibration) if base is not None else refit,
