@@ -292,7 +292,7 @@ def test_metrics_are_computed_on_the_held_out_cutoff_only(lab: Lab) -> None:
     served = trained.pipeline
     assert isinstance(served, Served) and 0.0 <= served.weight <= 1.0
     recency = trained.chosen["recency"]  # the backtest chose whether rows are weighted by recency
-    assert recency["weighted"] == (recency["backtest"]["weighted"] < recency["backtest"]["unweighted"])
+    assert recency["weighted"] == (recency["latest_fold"]["weighted"] < recency["latest_fold"]["unweighted"])
     known = np.isin(at, learn)
     evaluation = Served(fit_with(served.estimator, x[known], y[known],
                                  recency_weights(trained.cutoffs, at[known]) if recency["weighted"] else None),

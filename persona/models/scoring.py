@@ -70,7 +70,7 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
     meta = loaded.version.meta
     window = window_of(meta)
     if profile_ids is None:
-        # BG/NBD needs no labels: scoring everyone, it is fitted on everyone as of the instant scored
+        # BG/NBD and Gamma-Gamma need no labels: scoring everyone, they are fitted on everyone as of the instant scored
         # (issue 21, item 3), once for all the models of one horizon scored together
         read = read or Histories.read(persona)
         key = (moment, window, as_of is None)

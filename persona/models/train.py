@@ -666,39 +666,41 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
               "params": {k.removeprefix("estimator__"): v for k, v in search.best_params_.items()
                          if k.removeprefix("estimator__") not in ("model", "reduce")}}
 
-    # the backtest: the chosen pipeline refit at each fold's cutoff on what was known then, with rows
-    # weighted by recency and without (the weighting with the lower mean loss is kept), beside BG/NBD
+    # the backtest: the chosen pipeline refit at each fold's cutoff on what was known then, beside BG/NBD;
+    # at the latest (nearest to serving), also with rows weighted by recency, kept only if it does better
     base = BASE_COLUMN.get(task.family)
     column = features.index(base) if base is not None else -1
     say(f"backtesting at {len(folds)} cutoff{'s' if len(folds) > 1 else ''}"
-        f"{' against BG/NBD' if base is not None else ''}, rows weighted by recency and not…")
+        f"{' against BG/NBD' if base is not None else ''}, and rows weighted by recency at the latest…")
     measure = get_scorer(scoring) if isinstance(scoring, str) else scoring
-    tried: dict[bool, tuple[float, list[Any]]] = {}
+    fold_fits: dict[tuple[int, bool], Any] = {}
+
+    def fold_fit(k: int, recent: bool) -> Any:
+        if (k, recent) not in fold_fits:
+            fold_train = folds[k][0][kept[folds[k][0]]]
+            at = cutoff_of_row[train_idx][fold_train]
+            fold_fits[k, recent] = fit_with(unfitted, x_train[fold_train], y_train[fold_train],
+                                            recency_weights(chosen_cutoffs, at) if recent else None)
+        return fold_fits[k, recent]
+
+    latest = folds[-1][1]
     with _quiet():
-        for recent in (False, True):
-            losses, outcomes = [], []
-            for fold_train, fold_valid, _ in folds:
-                fold_train = fold_train[kept[fold_train]]
-                at = cutoff_of_row[train_idx][fold_train]
-                fitted_fold = fit_with(unfitted, x_train[fold_train], y_train[fold_train],
-                                       recency_weights(chosen_cutoffs, at) if recent else None)
-                losses.append(-float(measure(fitted_fold, x_train[fold_valid], y_train[fold_valid])))
-                if base is not None:
-                    outcomes.append((_predicted(task, fitted_fold, x_train[fold_valid]), x_train[fold_valid, column],
-                                     np.asarray(y_train[fold_valid], dtype=np.float64)))
-            tried[recent] = (float(np.mean(losses)), outcomes)
-    recent = tried[True][0] < tried[False][0]
+        tried = {recent: -float(measure(fold_fit(len(folds) - 1, recent), x_train[latest], y_train[latest]))
+                 for recent in (False, True)}
+        recent = tried[True] < tried[False]
+        outcomes = [(_predicted(task, fold_fit(k, recent), x_train[valid]), x_train[valid, column],
+                     np.asarray(y_train[valid], dtype=np.float64))
+                    for k, (_, valid, _) in enumerate(folds)] if base is not None else []
     chosen["recency"] = {"half_life_days": HALF_LIFE_DAYS, "weighted": recent,
-                         "backtest": {"weighted": tried[True][0], "unweighted": tried[False][0]}}
+                         "latest_fold": {"weighted": tried[True], "unweighted": tried[False]}}
     notes.append(f"rows weighted by recency (half-life {HALF_LIFE_DAYS:.0f} days): "
-                 f"{'kept' if recent else 'not kept'}, backtest {METRIC_NAMES[MAIN_METRIC[task.kind]]} "
-                 f"{tried[True][0]:.4g} weighted, {tried[False][0]:.4g} not")
+                 f"{'kept' if recent else 'not kept'}, {METRIC_NAMES[MAIN_METRIC[task.kind]]} at the latest backtest "
+                 f"cutoff {tried[True]:.4g} weighted, {tried[False]:.4g} not")
     with _quiet():
         best = fit_with(unfitted, x_train[learnt], y_train[learnt],
                         recency_weights(chosen_cutoffs, cutoff_of_row[train_idx][learnt]) if recent else None)
     weight, calibration = 1.0, None
     if base is not None:
-        outcomes = tried[recent][1]
         weight, calibration = shrink(task, outcomes)
         chosen["backtest"] = [{"cutoff": chosen_cutoffs[v].isoformat(), "rows": len(t),
                                "model": _loss(task, t, m), "BG/NBD": _loss(task, t, b),
