@@ -1130,7 +1130,13 @@ def test_predictions_made_by_forked_processes_are_those_made_by_one(lab: Lab, mo
 def test_a_large_batch_explains_the_features_that_move_its_predictions_most() -> None:
     """Contributions (value less the value with a feature at its median): exact for every feature
     in a small batch; in a large one, for the EXPLAINED features that move a sample most."""
-    from persona.models.scoring import EXPLAINED, PROBE, _contributions
+    from persona.models.scoring import EXPLAINED, PROBE, _effects
+
+    def _contributions(score: Any, x: np.ndarray, meta: dict[str, Any], scored: Any) -> np.ndarray:
+        out = np.zeros_like(x)  # as a batch in one process computes them
+        columns = scoring.explained(score, x, meta)
+        out[:, columns] = _effects(score, x, columns, meta, scored)
+        return out
 
     rng = np.random.default_rng(8)
     names = [f"f{j}" for j in range(40)]

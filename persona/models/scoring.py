@@ -183,17 +183,6 @@ def explained(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any], worke
     return sorted(strongest)
 
 
-def _contributions(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any],
-                   scored: tuple[NDArray[np.float64], NDArray[np.float64] | None]) -> NDArray[np.float64]:
-    """value(x) − value(x with feature j at its training median), for every row and feature (`scored`:
-    the values and multiclass probabilities of x, already computed); in a large batch, for the
-    `explained` columns only (the others: 0; a prediction keeps its TOP five anyway)."""
-    out = np.zeros_like(x)
-    columns = explained(score, x, meta)
-    out[:, columns] = _effects(score, x, columns, meta, scored)
-    return out
-
-
 def _median(meta: dict[str, Any], name: str) -> float | None:
     median: float | None = meta["reference"].get(name, {}).get("median")
     return median
