@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import minimize
 from scipy.special import betaln, gammaln, hyp2f1
+
+from persona.models.mle import best_of
 
 Array = NDArray[np.float64]
 
@@ -94,15 +95,10 @@ def fit(x: ArrayLike, t_x: ArrayLike, T: ArrayLike, *, penalty: float = 1e-4) ->
         value = -float(np.mean(log_likelihood(np.exp(logs), x, t_x, T))) + penalty * float(np.sum(logs**2))
         return value if np.isfinite(value) else 1e300
 
-    best = None
     scale = max(float(np.mean(T)), 1.0)
-    for start in ([0.5, scale / 10, 0.8, 2.5], [1.0, scale, 1.0, 1.0], [0.2, scale / 100, 2.0, 5.0]):
-        result = minimize(loss, np.log(start), method="Nelder-Mead",
-                          options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-10})
-        if best is None or result.fun < best.fun:
-            best = result
-    assert best is not None
-    r, alpha, a, b = (float(v) for v in np.exp(best.x))
+    starts = ([0.5, scale / 10, 0.8, 2.5], [1.0, scale, 1.0, 1.0], [0.2, scale / 100, 2.0, 5.0])
+    best = best_of(loss, [np.log(start) for start in starts], xatol=1e-7, fatol=1e-10)
+    r, alpha, a, b = (float(v) for v in np.exp(best))
     return BGNBD(r, alpha, a, b)
 
 

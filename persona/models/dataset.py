@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from operator import itemgetter
 from typing import Any
 
@@ -30,6 +31,7 @@ from persona.core import Persona
 from persona.errors import ValidationError
 from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros, text_micros
+from persona.models.columns import Columns, order_category
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
 from persona.projections.behavior import DAY_US, Fact, consent_changes
@@ -120,15 +122,20 @@ class Dataset:
     def people(self) -> list[str]:
         return sorted({row.person for row in self.rows})
 
+    @cached_property
     def fingerprint(self) -> str:
-        """What the set was made of, as a hash: the same people, cutoffs and values give the same."""
+        """What the set was made of, as a hash: the same people, cutoffs and values give the same
+        (computed once: the tasks of one horizon share the set)."""
         h = hashlib.sha256()
         for c in self.cutoffs:
             h.update(c.isoformat().encode())
         h.update(str(self.horizon.total_seconds()).encode())
-        for row in sorted(self.rows, key=lambda r: (r.cutoff, r.person)):
-            h.update(repr((row.person, row.cutoff, sorted(row.features.items()), row.orders_after,
-                           row.spend_after)).encode())
+        ordered = sorted(self.rows, key=lambda r: (r.cutoff, r.person))
+        h.update("\x00".join(r.person for r in ordered).encode())
+        h.update(np.array([r.cutoff for r in ordered], dtype=np.int64).tobytes())
+        values = matrix(ordered, ROW_FEATURES)
+        h.update(np.where(np.isnan(values), np.nan, values).tobytes())  # one NaN, whatever sign it was made with
+        h.update(np.array([(r.orders_after, r.spend_after) for r in ordered], dtype=np.float64).tobytes())
         return h.hexdigest()
 
 
@@ -201,7 +208,8 @@ def instant_rows(persona: Persona, moment: datetime, windows: Sequence[int], *, 
         workers = min(os.cpu_count() or 1, 8) if len(people) >= PARALLEL_PEOPLE else 1
     if workers <= 1:
         everyone = histories(persona)
-        return {window: rows_then(everyone, moment, window, whole=whole, workers=1) for window in windows}
+        columns = Columns(everyone, list(everyone))
+        return {window: rows_then(everyone, moment, window, whole=whole, columns=columns) for window in windows}
     size = min(PARALLEL_PART, -(-len(people) // (workers * 4)))  # a few parts a worker: none waits long on another
     parts = [[list(members) for _, members in people[i:i + size]] for i in range(0, len(people), size)]
     out: dict[int, list[Row]] = {window: [] for window in windows}
@@ -221,7 +229,9 @@ def _instant_rows_part(settings: Any, people: list[list[str]], moment: datetime,
         found = histories_of(persona, people)
     gc.freeze()  # the worker's collector leaves the histories alone (the worker ends with the batch)
     ordered = sorted(found)
-    return {window: _instant_part(found, ordered, moment, window, whole) for window in windows}
+    columns = Columns(found, ordered)  # laid out once for every window
+    return {window: point_in_time(found, ordered, [moment], window, whole=whole, columns=columns)
+            for window in windows}
 
 
 def _fold(history: History, event: RecordedEvent, merged_at: dict[int, int]) -> None:
@@ -307,34 +317,22 @@ def closed_before(cutoffs: Sequence[datetime], horizon: timedelta, index: int) -
     return [i for i, c in enumerate(cutoffs) if c + horizon <= cutoffs[index]]
 
 
-PARALLEL_PEOPLE = 20_000  # from this many people on, rows are built by a process per core
+PARALLEL_PEOPLE = 20_000  # from this many people on, a batch works in a process per core
 
 
 def build(found: dict[str, History], cutoffs: Sequence[datetime], horizon: timedelta,
-          workers: int | None = None) -> list[Row]:
+          columns: Columns | None = None) -> list[Row]:
     """A row per person and cutoff, for people seen by that cutoff, as they were then, in the order
-    people first appear in the log (the data decides, not their random ids)."""
+    people first appear in the log (the data decides, not their random ids). `columns`: everyone's
+    facts laid out already (`Columns(found, list(found))`), shared with other sets and instants."""
     window = int(horizon.total_seconds() * 1_000_000)
-    return _in_parts(found, list(found), _build_part, (list(cutoffs), window), workers)
+    return point_in_time(found, list(found), cutoffs, window, labels=True, columns=columns)
 
 
 def rows_then(found: dict[str, History], moment: datetime, window: int, *, whole: bool = False,
-              workers: int | None = None) -> list[Row]:
+              columns: Columns | None = None) -> list[Row]:
     """Everyone's rows at one instant (rows_at without labels), people in the order of their ids."""
-    return _in_parts(found, sorted(found), _instant_part, (moment, window, whole), workers)
-
-
-def _in_parts(found: dict[str, History], people: list[str], work: Any, args: tuple[Any, ...],
-              workers: int | None) -> list[Row]:
-    """work(found, people, *args) — for many people, in contiguous parts built by forked processes
-    (`workers`, default a process per core from PARALLEL_PEOPLE people on; the rows pickled back over
-    their private pipes only, never stored): the same rows, in the same order."""
-    if workers is None:
-        workers = fork_workers(len(people))
-    size = -(-len(people) // max(workers * 4, 1))  # a few parts a process: an uneven part waits on no one
-    parts = [people[i:i + size] for i in range(0, len(people), size)] or [[]]
-    done = in_forks(lambda k: list(work(found, parts[k], *args)), len(parts), workers)
-    return [row for part in done for row in part]
+    return point_in_time(found, sorted(found), [moment], window, whole=whole, columns=columns)
 
 
 def fork_workers(items: int) -> int:
@@ -368,18 +366,45 @@ def _run_work(index: int) -> Any:
     return _WORK(index)
 
 
-def _build_part(found: dict[str, History], people: Sequence[str], cutoffs: Sequence[datetime], window: int
+def point_in_time(found: dict[str, History], people: Sequence[str], cutoffs: Sequence[datetime], window: int, *,
+                  labels: bool = False, whole: bool = False, columns: Columns | None = None) -> list[Row]:
+    """These people's rows at each cutoff, person by person (each person's in cutoff order), as
+    `rows_at` folds them: computed column-wise (persona.models.columns) for everyone whose rows
+    follow from their own facts alone, and folded one by one for the others (a person of several
+    streams, a consent withdrawn). `columns`: the people's columns, laid out already."""
+    columns = columns or Columns(found, people)
+    made: dict[str, list[Row]] = {}
+    for index, cutoff in enumerate(cutoffs):
+        for row in column_rows(columns, cutoff, window, index, labels=labels):
+            made.setdefault(row.person, []).append(row)
+        for person in columns.others:
+            made.setdefault(person, []).extend(rows_at(found[person], cutoff, window, index, labels=labels,
+                                                       whole=whole))
+    return [row for person in people for row in made.get(person, ())]
+
+
+def column_rows(columns: Columns, instant: datetime, window: int, index: int = 0, *, labels: bool = False
                 ) -> list[Row]:
-    rows: list[Row] = []
-    for person in people:
-        for index, cutoff in enumerate(cutoffs):
-            rows.extend(rows_at(found[person], cutoff, window, index, labels=True))
-    return rows
-
-
-def _instant_part(found: dict[str, History], people: Sequence[str], moment: datetime, window: int, whole: bool
-                  ) -> list[Row]:
-    return [row for person in people for row in rows_at(found[person], moment, window, whole=whole)]
+    """The rows of the people laid out in `columns` seen by the instant, in their order."""
+    frame = columns.frame(instant, window, labels=labels)
+    seen = np.flatnonzero(frame["seen"])
+    values = np.column_stack([frame[name][seen] for name in ROW_FEATURES]).tolist()
+    affinity = columns.affinities(instant)
+    x, t_x, age_days, aov = (frame[k][seen].tolist() for k in ("x", "t_x", "age_days", "aov"))
+    bought = (frame["frequency"][seen] > 0).tolist()
+    nothing = [0] * len(seen)
+    after, spend, days_to, label = ((frame[k][seen].tolist() for k in ("orders_after", "spend_after", "days_to_next",
+                                                                        "next_category"))
+                                    if labels else (nothing, nothing, nothing, nothing))
+    names, people, members = columns.categories, columns.people, columns.members
+    return [
+        Row(person=people[p], members=members[p], cutoff=index,
+            features=dict(zip(ROW_FEATURES, values[i], strict=True)), categories=affinity.get(p, {}), x=x[i],
+            t_x=t_x[i], age_days=age_days[i], aov=aov[i] if bought[i] else None, orders_after=int(after[i]),
+            spend_after=float(spend[i]), days_to_next=days_to[i] if after[i] else None,
+            next_category=names[label[i]] if after[i] and label[i] >= 0 else None)
+        for i, p in enumerate(seen.tolist())
+    ]
 
 
 def rows_at(history: History, cutoff: datetime, window: int, index: int = 0, *, labels: bool = False,
@@ -452,7 +477,7 @@ def _row(part: tuple[str, ...], facts: list[Fact], profile_events: list[Recorded
         x=float(x), t_x=t_x, age_days=age_days, aov=features["aov"] if orders else None,
         orders_after=len(after), spend_after=float(sum(Decimal(f[3]) for f in after)),
         days_to_next=(after[0][0] - now) / DAY_US if after else None,
-        next_category=_category(after[0]) if after else None,
+        next_category=order_category(after[0]) if after else None,
     )
 
 
@@ -480,15 +505,6 @@ def _pace(orders: list[Fact], now: int, window: int) -> dict[str, float]:
         out["recency_over_cadence"] = since / mean if mean > 0 else nan
         out["interpurchase_cv"] = float(gaps.std()) / mean if mean > 0 and len(gaps) > 1 else nan
     return out
-
-
-def _category(order: Fact) -> str | None:
-    """The category of an order; one spanning several is labelled with one of them chosen by a
-    hash of the order's event id, so that no category is favoured (the alphabet would be)."""
-    categories = order[4]
-    if not categories:
-        return None
-    return str(min(categories, key=lambda c: hashlib.sha256(f"{order[1]}\x00{c}".encode()).digest()))
 
 
 def _number(value: Any) -> float:

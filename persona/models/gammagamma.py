@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import minimize
 from scipy.special import gammaln
+
+from persona.models.mle import best_of
 
 Array = NDArray[np.float64]
 
@@ -69,14 +70,9 @@ def fit(n: ArrayLike, m: ArrayLike, *, penalty: float = 1e-4) -> GammaGamma:
         return value if np.isfinite(value) else 1e300
 
     scale = max(float(np.mean(m)), 1e-6)
-    best = None
-    for start in ([1.0, 2.0, scale * 2.0], [5.0, 3.0, scale * 0.5], [0.5, 10.0, scale * 50.0]):
-        result = minimize(loss, np.log(start), method="Nelder-Mead",
-                          options={"maxiter": 4000, "xatol": 1e-8, "fatol": 1e-12})
-        if best is None or result.fun < best.fun:
-            best = result
-    assert best is not None
-    p, q1, gamma = (float(v) for v in np.exp(best.x))
+    starts = ([1.0, 2.0, scale * 2.0], [5.0, 3.0, scale * 0.5], [0.5, 10.0, scale * 50.0])
+    best = best_of(loss, [np.log(start) for start in starts], xatol=1e-8, fatol=1e-12)
+    p, q1, gamma = (float(v) for v in np.exp(best))
     return GammaGamma(p, 1.0 + q1, gamma)
 
 

@@ -32,7 +32,7 @@ from persona.models.dataset import (
     rows_then,
 )
 from persona.models.threads import batch, one_thread, settle
-from persona.models.train import Classic, Histories, bgnbd_columns, fit_at
+from persona.models.train import Classic, Histories, bgnbd_columns, fit_at, fits_at
 
 TOP = 5  # contributions kept per prediction
 
@@ -75,7 +75,7 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
         read = read or Histories.read(persona)
         key = (moment, window, as_of is None)
         if key not in read.instants:
-            rows = rows_then(read.found, moment, window, whole=as_of is None)
+            rows = rows_then(read.found, moment, window, whole=as_of is None, columns=read.columns)
             settle()
             read.instants[key] = (rows, fit_at(rows))
         rows, at_instant = read.instants[key]
@@ -228,9 +228,11 @@ def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None
     if progress is not None:
         progress("reading every history and building everyone's rows…")
     read = Histories({}, None, None)  # each model's rows, made here at once: no history is read again
-    for window, built in instant_rows(persona, moment, sorted(windows), whole=whole).items():
-        settle()
-        read.instants[(moment, window, whole)] = (built, fit_at(built))
+    built = instant_rows(persona, moment, sorted(windows), whole=whole)
+    settle()
+    for (window, everyone), fitted in zip(built.items(), fits_at(list(built.values()), [0] * len(built)),
+                                          strict=True):
+        read.instants[(moment, window, whole)] = (everyone, fitted)
     made: dict[str, list[Prediction]] = {}
     for name in names:
         if progress is not None:

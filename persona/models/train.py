@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from persona.core import Persona
 from persona.errors import ValidationError
 from persona.models import bgnbd, gammagamma
+from persona.models.columns import Columns
 from persona.models.dataset import (
     PACE_FEATURES,
     VIEW_FEATURES,
@@ -64,7 +66,9 @@ from persona.models.dataset import (
     data_end,
     data_start,
     default_cutoffs,
+    fork_workers,
     histories,
+    in_forks,
     matrix,
     rows_then,
 )
@@ -165,6 +169,13 @@ def fit_at(rows: Sequence[Row], seed: int = 0) -> Classic | None:
     if len(valued) >= MIN_TRAIN:
         spend = gammagamma.fit([r.x + 1.0 for r in valued], [float(r.aov or 0.0) for r in valued])
     return Classic(purchases, spend)
+
+
+def fits_at(instants: Sequence[Sequence[Row]], seeds: Sequence[int]) -> list[Classic | None]:
+    """fit_at at each of several instants (the rows of each), from many rows on in a forked process
+    per core (each sees the rows as they are; only the fitted parameters come back)."""
+    workers = min(fork_workers(sum(len(rows) for rows in instants)), len(instants))
+    return list(in_forks(lambda i: fit_at(instants[i], seeds[i]), len(instants), workers))
 
 
 def columns_by_cutoff(fits: dict[int, Classic], rows: Sequence[Row], horizon_days: float, mean_order: float
@@ -516,13 +527,21 @@ class Histories:
         settle()  # kept until the batch ends
         return cls(found, data_end(found.values()), data_start(found.values()))
 
+    @cached_property
+    def columns(self) -> Columns:
+        """Everyone's facts laid out as columns, once for every set and instant made from them."""
+        laid_out = Columns(self.found, list(self.found))
+        settle()
+        return laid_out
+
 
 def _shared(read: Histories, dataset: Dataset, learn: list[int], task: Task, say: Any) -> Shared:
     """BG/NBD at each cutoff on everyone known then (its clock starts at a first purchase; no labels
     needed) and at the end of the data for serving — a baseline, and features — and the matrix."""
     say("fitting BG/NBD at each cutoff…")
     known = [r for r in dataset.rows if r.cutoff in learn]
-    at = {i: fit_at([r for r in dataset.rows if r.cutoff == i], SEED + i) for i in range(len(dataset.cutoffs))}
+    at = dict(enumerate(fits_at([[r for r in dataset.rows if r.cutoff == i] for i in range(len(dataset.cutoffs))],
+                                [SEED + i for i in range(len(dataset.cutoffs))])))
     fits: dict[int, Classic] = {i: f for i, f in at.items() if f is not None}
     if len(fits) < len(at):  # too few customers at some cutoff: the training rows' fit there
         pooled = fit_at(known, SEED)
@@ -530,7 +549,7 @@ def _shared(read: Histories, dataset: Dataset, learn: list[int], task: Task, say
         fits = {i: f or pooled for i, f in at.items()}
     window = int(task.horizon.total_seconds() * 1_000_000)
     assert read.end is not None
-    serving_fit = fit_at(rows_then(read.found, read.end, window), SEED)
+    serving_fit = fit_at(rows_then(read.found, read.end, window, columns=read.columns), SEED)
     categories = category_columns(known)
     mean_order = mean_order_value(known)
     features = [*VIEW_FEATURES, *WINDOW_FEATURES, *PACE_FEATURES, *(f"affinity_{c}" for c in categories),
@@ -580,7 +599,8 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
     shared = read.shared.get(key)
     if shared is None:
         say(f"building the point-in-time set at {len(chosen_cutoffs)} cutoffs…")
-        dataset = Dataset(chosen_cutoffs, task.horizon, build(read.found, chosen_cutoffs, task.horizon), end)
+        rows = build(read.found, chosen_cutoffs, task.horizon, read.columns)
+        dataset = Dataset(chosen_cutoffs, task.horizon, rows, end)
         settle()
     else:
         dataset = shared.dataset
@@ -733,7 +753,7 @@ def train(persona: Persona, task: Task, cutoffs: Sequence[datetime] | None = Non
         bgnbd=(shared.serving_fit or fits[last]).bgnbd.params(), mean_order=shared.mean_order,
         gamma_gamma=spend.params() if (spend := (shared.serving_fit or fits[last]).spend) is not None else None,
         classes=classes, metrics=metrics, baselines=baselines, lift=lift, chosen=chosen,
-        cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint(),
+        cutoffs=chosen_cutoffs, horizon=task.horizon, fingerprint=dataset.fingerprint,
         people=sorted({m for r in rows for m in r.members}),
         rows={"train": len(learnt), "test": len(test_rows), "serving": len(serving)},
         reference=reference, seconds=time.perf_counter() - started, notes=notes,
