@@ -46,10 +46,14 @@ def _people(seed: int, count: int) -> list[bytes]:
 
     for k in range(count):
         me = {"namespace": "shop_user", "value": f"u{k}"}
-        born = rng.uniform(0, 200)
-        if rng.random() < 0.8:
-            add("profile_updated", born, me, {"gender": rng.choice(("female", "male", "other")),
-                                              "birth_year": rng.randint(1950, 2005)})
+        if k >= count - 3:  # the last few live one day each, the same day: a person's first day is theirs
+            for hour in (1, 2):
+                add("page_viewed", 300 + hour / 24, me, {"url": "https://shop.example/d", "category": "toys"})
+            continue
+        born = rng.uniform(0, 500)
+        if rng.random() < 0.8:  # an age is a birth year counted from the year it was said in
+            said = {"age": rng.randint(30, 33)} if rng.random() < 0.3 else {"birth_year": rng.randint(1950, 2005)}
+            add("profile_updated", born, me, {"gender": rng.choice(("female", "male", "other")), **said})
         if rng.random() < 0.3:  # they change their mind later: gender, or an age that implies a birth year
             add("profile_updated", born + rng.uniform(10, 300), me,
                 rng.choice(({"gender": rng.choice(("female", "male"))}, {"age": rng.randint(18, 80)})))
@@ -118,7 +122,7 @@ def _same(fast: Row, slow: Row) -> None:
     for name, value in slow.features.items():
         got = fast.features[name]
         assert (math.isnan(value) and math.isnan(got)) or got == pytest.approx(value, **TOLERANCE), (name, got, value)
-    assert fast.categories.keys() == slow.categories.keys()
+    assert list(fast.categories) == list(slow.categories)  # by name, as the view lists them
     assert all(fast.categories[c] == pytest.approx(v, abs=1.01e-6) for c, v in slow.categories.items())
     assert (fast.x, fast.aov, fast.orders_after, fast.next_category) == (slow.x, slow.aov, slow.orders_after,
                                                                          slow.next_category)
@@ -150,7 +154,7 @@ def test_rows_computed_column_wise_are_the_rows_folded_one_person_at_a_time(pers
             compared += len(fast)
         labelled = point_in_time(found, columns.people, [cutoff], window, labels=True, columns=columns)
         assert any(r.orders_after for r in labelled) or index == len(cutoffs) - 1
-    assert compared > 1500
+    assert compared > 1000
     # a training set stacks the cutoffs person by person; scoring takes people in the order of their ids
     stacked = build(found, cutoffs, timedelta(days=60))
     folded = [r for p in people for i, c in enumerate(cutoffs) for r in rows_at(found[p], c, window, i, labels=True)]

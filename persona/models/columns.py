@@ -101,19 +101,25 @@ class Columns:
         self.people: list[str] = []
         self.members: list[tuple[str, ...]] = []
         self.others: list[str] = []
-        b = _Builder()
+        admitted: list[list[Fact]] = []
+        money: list[int] = []
+        profiles: list[list[RecordedEvent]] = []
         for person in people:
             history = found[person]
-            if len(history.members) > 1 or len(history.facts) > 1 or not b.person(
-                    [f for facts in history.facts.values() for f in facts],
-                    [e for events in history.profile_events.values() for e in events]):
+            made = None if len(history.members) > 1 or len(history.facts) > 1 else _admit(
+                [f for facts in history.facts.values() for f in facts])
+            if made is None:
                 self.others.append(person)
                 continue
             self.people.append(person)
             self.members.append(history.members or tuple(history.facts))
-        b.close(self)
+            admitted.append(made[0])
+            money.extend(made[1])
+            profiles.append([e for events in history.profile_events.values() for e in events])
+        _Layout(admitted).lay_out(self, money)
+        _profiles(self, profiles)
 
-    # laid out by _Builder.close
+    # laid out by _Layout and _profiles
     facts: Track  # every counted fact
     new_day: NDArray[np.int64]  # totals: 1 where a fact is the first of its person's UTC day
     orders: Track
@@ -291,6 +297,8 @@ def order_category(order: Fact) -> str | None:
     categories = order[4]
     if not categories:
         return None
+    if len(categories) == 1:
+        return str(categories[0])
     return str(min(categories, key=lambda c: hashlib.sha256(f"{order[1]}\x00{c}".encode()).digest()))
 
 
@@ -308,185 +316,218 @@ def _half_even(cents: NDArray[np.int64], count: NDArray[np.int64]) -> NDArray[np
     return np.asarray(whole + up, dtype=np.int64)
 
 
-class _Builder:
-    """Python lists filled person by person, then made arrays."""
+def _admit(facts: list[Fact]) -> tuple[list[Fact], list[int]] | None:
+    """One person's counted facts in the view's order, and the cents of their orders and refunds
+    among them; None if their rows do not follow from those facts in time order alone: a consent
+    withdrawn (a grant changes nothing: everything counts until a withdrawal), or an amount finer
+    than a cent or too large to sum exactly in cents."""
+    if any(f[2] == "c" and not f[4] for f in facts):
+        return None
+    counted = sorted((f for f in facts if f[2] != "c"), key=_ORDER)
+    money = [_cents(f[3]) for f in counted if f[2] in "or"]
+    if None in money:
+        return None
+    return counted, money  # type: ignore[return-value]
 
-    def __init__(self) -> None:
+
+class _Layout:
+    """Everyone's facts at once, as arrays; Python touches each fact a few times, never per person
+    and kind."""
+
+    def __init__(self, admitted: list[list[Fact]]) -> None:
+        self.people = len(admitted)
+        counts = np.fromiter(map(len, admitted), dtype=np.int64, count=self.people)
+        self.flat = [f for facts in admitted for f in facts]
+        size = len(self.flat)
+        self.time = np.fromiter((f[0] for f in self.flat), dtype=np.int64, count=size)
+        self.kind = np.frombuffer("".join([f[2] for f in self.flat]).encode(), dtype=np.uint8)
+        self.owner = np.repeat(np.arange(self.people, dtype=np.int64), counts)
+        self.start = _starts(counts)
         self.category_code: dict[str, int] = {}
-        self.facts: list[int] = []
-        self.fact_counts: list[int] = []
-        self.new_day: list[int] = []
-        self.orders: list[int] = []
-        self.order_counts: list[int] = []
-        self.order_cents: list[int] = []
-        self.order_gaps: list[float] = []
-        self.order_label: list[int] = []
-        self.refunds: list[int] = []
-        self.refund_counts: list[int] = []
-        self.refund_cents: list[int] = []
-        self.kinds: dict[str, tuple[list[int], list[int]]] = {k: ([], []) for k in "pvswa"}
-        self.ratings: list[int] = []
-        self.minutes: list[float] = []
-        self.app_first: list[int] = []
-        self.app_counts: list[int] = []
-        self.session_times: list[int] = []
-        self.session_dwell: list[float] = []
-        self.session_counts: list[int] = []
-        self.session_owner: list[int] = []
-        self.viewed: list[int] = []
-        self.viewed_counts: list[int] = []
-        self.converted: list[int] = []
-        self.converted_counts: list[int] = []
-        self.affinity_times: list[int] = []
-        self.affinity_counts: list[int] = []
-        self.affinity_owner: list[int] = []
-        self.affinity_category: list[int] = []
-        self.profile_times: list[int] = []
-        self.profile_counts: list[int] = []
-        self.gender: list[int] = []
-        self.birth_year: list[float] = []
-        self.owner = 0
 
-    def person(self, facts: list[Fact], profile_events: list[RecordedEvent]) -> bool:
-        """Lay out one person of one stream; False (and nothing laid out) if their rows do not follow
-        from their own facts in time order alone: a consent withdrawn (a grant changes nothing:
-        everything counts until a withdrawal), or an amount finer than a cent or too large to sum
-        exactly in cents."""
-        if any(f[2] == "c" and not f[4] for f in facts):
-            return False
-        facts = sorted((f for f in facts if f[2] != "c"), key=_ORDER)
-        money = [_cents(f[3]) for f in facts if f[2] in "or"]
-        if None in money:
-            return False
-        cents = iter(money)
-        me = self.owner
-        self.owner += 1
-        counts = {k: 0 for k in "pvswa"}
-        orders = refunds = 0
-        previous_day = None
-        previous_order = None
-        sessions: dict[Any, list[tuple[int, float]]] = {}
-        app_first: dict[Any, int] = {}
-        views: dict[str, list[int]] = {}
-        bought: list[tuple[int, list[str]]] = []
-        affinity: dict[str, list[int]] = {}
-        for f in facts:
-            t, kind = f[0], f[2]
-            self.facts.append(t)
-            day = t // DAY_US
-            self.new_day.append(day != previous_day)
-            previous_day = day
-            if kind == "o":
-                orders += 1
-                self.orders.append(t)
-                self.order_cents.append(next(cents))  # type: ignore[arg-type]
-                self.order_gaps.append(0.0 if previous_order is None else (t - previous_order) / DAY_US)
-                previous_order = t
-                label = order_category(f)
-                self.order_label.append(-1 if label is None else self._code(label))
-                bought.append((t, list(f[5])))
-                for c in f[4]:
-                    affinity.setdefault(c, []).append(t)
-            elif kind == "r":
-                refunds += 1
-                self.refunds.append(t)
-                self.refund_cents.append(next(cents))  # type: ignore[arg-type]
-            elif kind in "pvs":
-                counts[kind] += 1
-                self.kinds[kind][0].append(t)
-                if f[3] is not None:
-                    dwell = float(f[4]) if kind == "p" and f[4] is not None else 0.0
-                    sessions.setdefault(f[3], []).append((t, dwell))
-                if kind == "v":
-                    views.setdefault(f[4], []).append(t)
-                    affinity.setdefault(f[5], []).append(t)
-                elif kind == "p" and f[5]:
-                    affinity.setdefault(f[5], []).append(t)
-            elif kind == "x":
-                if f[4]:
-                    affinity.setdefault(f[4], []).append(t)
-            elif kind == "a":
-                counts["a"] += 1
-                self.kinds["a"][0].append(t)
-                self.minutes.append(float(f[4]))
-                app_first.setdefault(f[3], t)
-            elif kind == "w":
-                counts["w"] += 1
-                self.kinds["w"][0].append(t)
-                self.ratings.append(int(f[3]))
-        self.fact_counts.append(len(facts))
-        self.order_counts.append(orders)
-        self.refund_counts.append(refunds)
-        for k, n in counts.items():
-            self.kinds[k][1].append(n)
-        firsts = sorted(app_first.values())
-        self.app_first.extend(firsts)
-        self.app_counts.append(len(firsts))
-        for entries in sessions.values():  # in the order sessions began: their seconds sum as the view sums them
-            self.session_times.extend(t for t, _ in entries)
-            self.session_dwell.extend(d for _, d in entries)
-            self.session_counts.append(len(entries))
-            self.session_owner.append(me)
-        first_views = sorted(times[0] for times in views.values())
-        self.viewed.extend(first_views)
-        self.viewed_counts.append(len(first_views))
-        conversions = sorted(_conversions(views, bought).values())
-        self.converted.extend(conversions)
-        self.converted_counts.append(len(conversions))
-        for category in sorted(affinity):  # by name, as the view lists them
-            times = affinity[category]
-            self.affinity_times.extend(times)
-            self.affinity_counts.append(len(times))
-            self.affinity_owner.append(me)
-            self.affinity_category.append(self._code(category))
-        self._profile(profile_events)
-        return True
+    def where(self, kinds: str) -> NDArray[np.int64]:
+        """The positions of the facts of these kinds (in order: by person, then time)."""
+        return np.flatnonzero(np.isin(self.kind, np.frombuffer(kinds.encode(), dtype=np.uint8)))
 
-    def _profile(self, events: list[RecordedEvent]) -> None:
-        instants = sorted({text_micros(e.occurred_at) for e in events})
-        for instant in instants:
-            state = replay(ATTRIBUTES, [e for e in events if text_micros(e.occurred_at) <= instant])
-            view = ATTRIBUTES.view(state, datetime(2000, 1, 1))  # the year does not matter: age is derived later
-            gender = view.get("gender", {}).get("value")
-            born = view.get("birth_year", {}).get("value")
-            self.profile_times.append(instant)
-            self.gender.append(_GENDERS.get(gender, 0) if isinstance(gender, str) else 0)
-            numeric = isinstance(born, int | float) and not isinstance(born, bool)
-            self.birth_year.append(float(born) if numeric else np.nan)
-        self.profile_counts.append(len(instants))
+    def track(self, index: NDArray[np.int64]) -> Track:
+        return Track(self.time[index], _starts(np.bincount(self.owner[index], minlength=self.people)))
 
-    def _code(self, category: str) -> int:
+    def per_person(self, owners: list[int] | NDArray[np.int64], times: list[int] | NDArray[np.int64]) -> Track:
+        """A track of one entry per (owner, time) given, the owners' entries in time order."""
+        owners, times = np.asarray(owners, dtype=np.int64), np.asarray(times, dtype=np.int64)
+        order = np.lexsort((times, owners))
+        return Track(times[order], _starts(np.bincount(owners, minlength=self.people)))
+
+    def code(self, category: str) -> int:
         code = self.category_code.get(category)
         if code is None:
             code = self.category_code[category] = len(self.category_code)
         return code
 
-    def close(self, into: Columns) -> None:
-        into.facts = Track.of(self.facts, self.fact_counts)
-        into.new_day = into.facts.totals(self.new_day)
-        into.orders = Track.of(self.orders, self.order_counts)
-        into.order_cents = into.orders.totals(self.order_cents)
-        into.order_gap_days = np.asarray(self.order_gaps, dtype=np.float64)
-        into.order_label = np.asarray(self.order_label, dtype=np.int64)
-        into.refunds = Track.of(self.refunds, self.refund_counts)
-        into.refund_cents = into.refunds.totals(self.refund_cents)
-        into.pages, into.products, into.searches, into.reviews, into.app = (
-            Track.of(*self.kinds[k]) for k in "pvswa")
-        into.ratings = into.reviews.totals(self.ratings)
-        into.app_minutes = np.asarray(self.minutes, dtype=np.float64)
-        into.app_sessions = Track.of(self.app_first, self.app_counts)
-        into.sessions = Track.of(self.session_times, self.session_counts)
-        into.session_dwell = np.asarray(self.session_dwell, dtype=np.float64)
-        into.session_owner = np.asarray(self.session_owner, dtype=np.int64)
-        into.viewed = Track.of(self.viewed, self.viewed_counts)
-        into.converted = Track.of(self.converted, self.converted_counts)
-        into.affinity = Track.of(self.affinity_times, self.affinity_counts)
-        into.affinity_owner = np.asarray(self.affinity_owner, dtype=np.int64)
-        into.affinity_category = np.asarray(self.affinity_category, dtype=np.int64)
-        into.profile = Track.of(self.profile_times, self.profile_counts)
-        into.gender = np.asarray(self.gender, dtype=np.int64)
-        into.birth_year = np.asarray(self.birth_year, dtype=np.float64)
+    def lay_out(self, into: Columns, money: list[int]) -> None:
+        flat, time, owner = self.flat, self.time, self.owner
+        into.facts = Track(time, self.start)
+        day = time // DAY_US
+        first_of_day = np.ones(len(time), dtype=bool)
+        first_of_day[1:] = (day[1:] != day[:-1]) | (owner[1:] != owner[:-1])
+        into.new_day = into.facts.totals(first_of_day)
+
+        orders, refunds = self.where("o"), self.where("r")
+        cents = np.asarray(money, dtype=np.int64)
+        is_order = self.kind[self.where("or")] == ord("o")
+        into.orders, into.refunds = self.track(orders), self.track(refunds)
+        into.order_cents = into.orders.totals(cents[is_order])
+        into.refund_cents = into.refunds.totals(cents[~is_order])
+        at, whose = time[orders], owner[orders]
+        gaps = np.zeros(len(orders), dtype=np.float64)
+        if len(orders) > 1:
+            gaps[1:] = np.where(whose[1:] == whose[:-1], (at[1:] - at[:-1]) / DAY_US, 0.0)
+        into.order_gap_days = gaps
+        into.order_label = np.array([-1 if (label := order_category(flat[i])) is None else self.code(label)
+                                     for i in orders.tolist()], dtype=np.int64)
+
+        into.pages, into.products, into.searches = (self.track(self.where(k)) for k in "pvs")
+        reviews, app = self.where("w"), self.where("a")
+        into.reviews, into.app = self.track(reviews), self.track(app)
+        into.ratings = into.reviews.totals([int(flat[i][3]) for i in reviews.tolist()])
+        into.app_minutes = np.array([float(flat[i][4]) for i in app.tolist()], dtype=np.float64)
+        first_app: dict[tuple[int, Any], int] = {}
+        for i, who in zip(app.tolist(), owner[app].tolist(), strict=True):
+            first_app.setdefault((who, flat[i][3]), flat[i][0])
+        into.app_sessions = self.per_person([who for who, _ in first_app], list(first_app.values()))
+        self._sessions(into)
+        self._conversions(into, orders)
+        self._affinity(into)
         into.categories = sorted(self.category_code, key=self.category_code.__getitem__)
+
+    def _sessions(self, into: Columns) -> None:
+        """Browsing sessions: a person's facts of one session id, each session's in time order, the
+        sessions of a person in the order they began (their seconds sum as the view sums them)."""
+        flat, browsing = self.flat, self.where("pvs")
+        sessions = [flat[i][3] for i in browsing.tolist()]
+        held = np.asarray([s is not None for s in sessions], dtype=bool)
+        groups: dict[tuple[int, Any], int] = {}
+        codes = [groups.setdefault(key, len(groups))
+                 for key in zip(self.owner[browsing][held].tolist(), [s for s in sessions if s is not None],
+                                strict=True)]
+        order = np.argsort(np.asarray(codes, dtype=np.int64), kind="stable")
+        at = browsing[held][order]
+        dwell = np.array([float(f[4]) if f[2] == "p" and f[4] is not None else 0.0
+                          for f in (flat[i] for i in at.tolist())], dtype=np.float64)
+        into.sessions = Track(self.time[at], _starts(np.bincount(np.asarray(codes, dtype=np.int64),
+                                                                minlength=len(groups))))
+        into.session_dwell = dwell
+        into.session_owner = np.array([who for who, _ in groups], dtype=np.int64)
+
+    def _conversions(self, into: Columns, orders: NDArray[np.int64]) -> None:
+        """SKUs viewed (when each first was, per person), and SKUs bought within the conversion
+        window after a view of them (when each first was)."""
+        flat, owner, views = self.flat, self.owner, self.where("v")
+        groups: dict[tuple[int, str], int] = {}
+        viewed = [groups.setdefault((who, flat[i][4]), len(groups))
+                  for i, who in zip(views.tolist(), owner[views].tolist(), strict=True)]
+        group_owner = np.array([who for who, _ in groups], dtype=np.int64)
+        codes = np.asarray(viewed, dtype=np.int64)
+        _, first = np.unique(codes, return_index=True)  # a group's first view (codes number groups as first seen)
+        into.viewed = self.per_person(group_owner, self.time[views][first])
+        bought, bought_at = [], []
+        for i, who in zip(orders.tolist(), owner[orders].tolist(), strict=True):
+            for sku in flat[i][5]:
+                group = groups.get((who, sku))
+                if group is not None:
+                    bought.append(group)
+                    bought_at.append(flat[i][0])
+        code = np.concatenate((codes, np.asarray(bought, dtype=np.int64)))
+        at = np.concatenate((self.time[views], np.asarray(bought_at, dtype=np.int64)))
+        is_order = np.concatenate((np.zeros(len(codes), dtype=bool), np.ones(len(bought), dtype=bool)))
+        order = np.lexsort((is_order, at, code))  # a view at the instant of the order comes before it
+        code, at, is_order = code[order], at[order], is_order[order]
+        last_view = np.maximum.accumulate(np.where(is_order, -1, np.arange(len(code))))
+        seen = np.maximum(last_view, 0)
+        window = FEATURES.config.conversion_days * DAY_US
+        converts = is_order & (last_view >= 0) & (code[seen] == code) & (at - at[seen] <= window)
+        converted, first = np.unique(code[converts], return_index=True)
+        into.converted = self.per_person(group_owner[converted], at[converts][first])
+
+    def _affinity(self, into: Columns) -> None:
+        """The facts that carry each (person, category): what they bought, viewed, and talked about;
+        a person's categories by name, each one's facts in time order."""
+        flat = self.flat
+        known = self.category_code
+        positions, categories = [], []
+        for kinds, field, always in (("v", 5, True), ("p", 5, False), ("x", 4, False)):  # one category each
+            index = self.where(kinds)
+            named = [flat[i][field] for i in index.tolist()]
+            if not always:
+                kept = [bool(c) for c in named]
+                index = index[np.asarray(kept, dtype=bool)]
+                named = [c for c, k in zip(named, kept, strict=True) if k]
+            positions.append(index)
+            categories.append(np.asarray([known[c] if c in known else self.code(c) for c in named], dtype=np.int64))
+        bought = [(i, c) for i in self.where("o").tolist() for c in flat[i][4]]  # an order carries each of its own
+        positions.append(np.asarray([i for i, _ in bought], dtype=np.int64))
+        categories.append(np.asarray([known[c] if c in known else self.code(c) for _, c in bought], dtype=np.int64))
+        at = np.concatenate(positions)
+        category = np.concatenate(categories)
+        who = self.owner[at]
+        names = sorted(self.category_code)
+        rank = np.zeros(len(self.category_code), dtype=np.int64)
+        rank[[self.category_code[n] for n in names]] = np.arange(len(names))
+        order = np.lexsort((at, rank[category], who))
+        who, category, at = who[order], category[order], at[order]
+        begins = np.ones(len(who), dtype=bool)
+        begins[1:] = (who[1:] != who[:-1]) | (category[1:] != category[:-1])
+        heads = np.flatnonzero(begins)
+        into.affinity = Track(self.time[at], np.append(heads, len(who)).astype(np.int64))
+        into.affinity_owner, into.affinity_category = who[heads], category[heads]
+
+
+def _starts(counts: NDArray[np.int64]) -> NDArray[np.int64]:
+    start = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=start[1:])
+    return start
+
+
+_TOLD = ("gender", "birth_year", "age")  # the claims age and gender are read from
+
+
+def _profiles(into: Columns, profiles: list[list[RecordedEvent]]) -> None:
+    """Each instant a person's profile changed, and their gender and birth year from then on. A
+    single update says the same for everyone who sent the same claims from the same source in the
+    same year (an age is a birth year counted from that year): replayed once for all of them."""
+    times: list[int] = []
+    counts: list[int] = []
+    said: list[tuple[int, float]] = []
+    once: dict[tuple[Any, ...], tuple[int, float]] = {}
+    for events in profiles:
+        if len(events) == 1:
+            e = events[0]
+            key = (e.source, e.writer, e.vouched, e.occurred_at[:4],
+                   tuple((k, repr(v)) for k, v in e.data.items() if k in _TOLD))
+            known = once.get(key)
+            if known is None:
+                known = once[key] = _said(events)
+            times.append(text_micros(e.occurred_at))
+            said.append(known)
+            counts.append(1)
+            continue
+        instants = sorted({text_micros(e.occurred_at) for e in events})
+        for instant in instants:
+            times.append(instant)
+            said.append(_said([e for e in events if text_micros(e.occurred_at) <= instant]))
+        counts.append(len(instants))
+    into.profile = Track.of(times, counts)
+    into.gender = np.asarray([g for g, _ in said], dtype=np.int64)
+    into.birth_year = np.asarray([b for _, b in said], dtype=np.float64)
+
+
+def _said(events: list[RecordedEvent]) -> tuple[int, float]:
+    """Gender (1 female, 2 male, 0 else) and birth year (NaN: none) as these updates fuse."""
+    view = ATTRIBUTES.view(replay(ATTRIBUTES, events), datetime(2000, 1, 1))  # the year does not matter here
+    gender = view.get("gender", {}).get("value")
+    born = view.get("birth_year", {}).get("value")
+    numeric = isinstance(born, int | float) and not isinstance(born, bool)
+    return _GENDERS.get(gender, 0) if isinstance(gender, str) else 0, float(born) if numeric else np.nan
 
 
 MAX_CENTS = 10 ** 11  # an order of up to a billion: the running totals of 10⁷ of them stay far inside int64
@@ -494,19 +535,13 @@ MAX_CENTS = 10 ** 11  # an order of up to a billion: the running totals of 10⁷
 
 def _cents(amount: Any) -> int | None:
     """An amount in whole cents, if it is a whole number of them and not too large to sum exactly."""
+    if isinstance(amount, str) and len(amount) > 3 and amount[-3] == "." and amount.isascii():
+        digits = amount[:-3] + amount[-2:]  # "157.00", as amounts are written: read without a Decimal
+        if digits.isdigit():
+            cents = int(digits)
+            return cents if cents < MAX_CENTS else None
     value = Decimal(amount).scaleb(2)
     if value != value.to_integral_value() or not 0 <= value < MAX_CENTS:
         return None
     return int(value)
 
-
-def _conversions(views: dict[str, list[int]], bought: list[tuple[int, list[str]]]) -> dict[str, int]:
-    """For each SKU bought within the conversion window after a view of it, when it first was."""
-    window = FEATURES.config.conversion_days * DAY_US
-    out: dict[str, int] = {}
-    for t, skus in bought:
-        for sku in skus:
-            seen = views.get(sku)
-            if seen and sku not in out and any(0 <= t - v <= window for v in seen):
-                out[sku] = t
-    return out
