@@ -25,6 +25,7 @@ from __future__ import annotations
 import hmac
 import struct
 from collections.abc import Sequence
+from typing import cast
 
 from persona.store.schema import ADOPTED, RETAGGED, TAGGED, TAGGED_ON_INSERT, UNTAGGED_INDEXES
 
@@ -37,11 +38,19 @@ TAG_BYTES = 16
 KEY_PURPOSE = "row-tags"
 
 
+_LENGTH = struct.Struct(">I").pack
+
+
 def _canonical(table: str, values: Sequence[object]) -> bytes:
     """An unambiguous encoding: each value typed and length-prefixed (the same from both backends)."""
     parts = [table.encode()]
     for value in values:
-        if value is None:
+        kind = type(value)
+        if kind is str:  # the usual cases first, by exact type (a bool is an int too: it is typed below)
+            parts.append(b"s" + cast(str, value).encode("utf-8", "surrogatepass"))
+        elif kind is int:
+            parts.append(b"i" + str(value).encode())
+        elif value is None:
             parts.append(b"n")
         elif isinstance(value, bool):
             parts.append(b"i" + str(int(value)).encode())
@@ -55,7 +64,7 @@ def _canonical(table: str, values: Sequence[object]) -> bytes:
             parts.append(b"b" + bytes(value))
         else:
             raise TypeError(f"a column of {table} holds a {type(value).__name__}")
-    return b"".join(struct.pack(">I", len(p)) + p for p in parts)
+    return b"".join([_LENGTH(len(p)) + p for p in parts])
 
 
 class Tagger:

@@ -124,7 +124,7 @@ def _predictions(name: str, version: int, rows: Sequence[Row], x: NDArray[np.flo
     order = np.argsort(-np.abs(rounded), axis=1, kind="stable")[:, :TOP]
     at = np.arange(len(rows))[:, None]
     tops, shown = rounded[at, order].tolist(), np.round(x[at, order], 6).tolist()
-    names = [[features[j] for j in row] for row in order.tolist()]
+    names = np.asarray(features, dtype=object)[order].tolist()
     rounded_values = np.round(values, 6).tolist()
     shares = np.round(probabilities, 6).tolist() if probabilities is not None else None
     out = []
