@@ -170,3 +170,21 @@ def test_nobody_seen_yet_gives_no_rows_and_nobody_at_all_gives_empty_columns(per
     ingest_jsonl(persona, _people(seed=3, count=20), origin="test")
     found = histories(persona)
     assert point_in_time(found, list(found), [START - DAY], 1, labels=True) == []
+
+
+def test_a_value_halfway_between_two_roundings_is_rounded_as_the_view_rounds_it(persona: Persona) -> None:
+    """numpy rounds a value scaled by 10^places, Python the value itself: at a tie they can part
+    (10.0005 s to 3 places: 10.0 against the view's 10.001). The columns round as the view does."""
+    me = {"namespace": "shop_user", "value": "tie"}
+    lines = [orjson.dumps({"event_id": f"t{n}", "source": "web", "type": kind, "occurred_at": at, "subject": me,
+                           "data": data}) for n, (kind, at, data) in enumerate([
+        ("page_viewed", "2024-03-01T00:00:00.000000Z", {"url": "https://shop.example/a", "session_id": "s"}),
+        ("searched", "2024-03-01T00:00:10.000500Z", {"query": "q", "session_id": "s"}),
+    ])]
+    ingest_jsonl(persona, lines, origin="test")
+    found = histories(persona)
+    at = datetime(2024, 3, 2, tzinfo=UTC)
+    (fast,) = point_in_time(found, list(found), [at], 1)
+    (slow,) = rows_at(next(iter(found.values())), at, 1)
+    assert slow.features["session_mean_duration_s"] == 10.001
+    assert fast.features["session_mean_duration_s"] == 10.001

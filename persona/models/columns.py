@@ -39,8 +39,6 @@ from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
 from persona.projections.behavior import DAY_US, Fact
 
-ROUNDED_4 = ("recency_days", "interpurchase_mean_days", "interpurchase_std_days", "review_mean_rating",
-             "conversion_rate")
 NOT_SEEN = np.iinfo(np.int64).max  # the time of something that never happened
 _ORDER = itemgetter(0, 1)  # (occurred µs, event id): the view's order
 _GENDERS = {"female": 1, "male": 2}
@@ -177,7 +175,7 @@ class Columns:
             out["monetary"] = np.maximum(spent - refunded, 0) / 100
             out["aov"] = np.where(has, _half_even(spent, np.maximum(n, 1)) / 100, nan)
             since = (now - last_order) / DAY_US
-            out["recency_days"] = np.where(has, np.round(since, 4), nan)
+            out["recency_days"] = np.where(has, _round(since, 4), nan)
             out["refunds"] = refunds.astype(np.float64)
             out["refund_amount"] = refunded / 100
             gaps = n - 1
@@ -188,14 +186,14 @@ class Columns:
             counted = in_prefix & later  # the gaps between orders by the instant
             deviation = np.where(counted, self.order_gap_days - mean_gap[orders.owner], 0.0)
             std = np.sqrt(_segment_sums(deviation * deviation, orders) / np.maximum(gaps, 1))
-            out["interpurchase_mean_days"] = np.round(mean_gap, 4)
-            out["interpurchase_std_days"] = np.where(gaps > 0, np.round(std, 4), nan)
+            out["interpurchase_mean_days"] = _round(mean_gap, 4)
+            out["interpurchase_std_days"] = np.where(gaps > 0, _round(std, 4), nan)
             out["page_views"] = self.pages.upto(now).astype(np.float64)
             out["product_views"] = self.products.upto(now).astype(np.float64)
             out["searches"] = self.searches.upto(now).astype(np.float64)
             visits, visit_seconds = self._sessions(now)
             out["sessions"] = visits.astype(np.float64)
-            out["session_mean_duration_s"] = np.where(visits > 0, np.round(visit_seconds / np.maximum(visits, 1), 3),
+            out["session_mean_duration_s"] = np.where(visits > 0, _round(visit_seconds / np.maximum(visits, 1), 3),
                                                       nan)
             out["app_sessions"] = self.app_sessions.upto(now).astype(np.float64)
             # a sum over each person's own entries: the same bits wherever the person is laid out
@@ -203,12 +201,12 @@ class Columns:
             reviews = self.reviews.upto(now)
             rated = self.ratings[self.reviews.start[:-1] + reviews] - self.ratings[self.reviews.start[:-1]]
             out["reviews"] = reviews.astype(np.float64)
-            out["review_mean_rating"] = np.where(reviews > 0, np.round(rated / np.maximum(reviews, 1), 4), nan)
+            out["review_mean_rating"] = np.where(reviews > 0, _round(rated / np.maximum(reviews, 1), 4), nan)
             viewed = self.viewed.upto(now)
             converted = self.converted.upto(now)
             out["viewed_skus"] = viewed.astype(np.float64)
             out["converted_skus"] = converted.astype(np.float64)
-            out["conversion_rate"] = np.where(viewed > 0, np.round(converted / np.maximum(viewed, 1), 4), nan)
+            out["conversion_rate"] = np.where(viewed > 0, _round(converted / np.maximum(viewed, 1), 4), nan)
             out["behavior_events"] = seen_count.astype(np.float64)
             out["active_days"] = (self.new_day[end_fact] - self.new_day[first_fact]).astype(np.float64)
 
@@ -300,6 +298,19 @@ def order_category(order: Fact) -> str | None:
     if len(categories) == 1:
         return str(categories[0])
     return str(min(categories, key=lambda c: hashlib.sha256(f"{order[1]}\x00{c}".encode()).digest()))
+
+
+def _round(values: NDArray[np.float64], places: int) -> NDArray[np.float64]:
+    """Rounded as Python's `round` rounds (the view's): numpy's agrees except near a tie, where it
+    rounds the value scaled by 10^places and Python the value itself; those few are rounded again
+    by Python."""
+    out = np.asarray(np.round(values, places), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        scaled = values * 10.0 ** places
+        near = np.flatnonzero(np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6)
+    for i in near.tolist():
+        out[i] = round(float(values[i]), places)
+    return out
 
 
 def _take(values: NDArray[Any], index: NDArray[np.int64], ok: NDArray[np.bool_], fallback: Any) -> NDArray[Any]:
