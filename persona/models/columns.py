@@ -69,6 +69,10 @@ class Track:
         np.cumsum(self.time <= instant, out=done[1:])
         return done[self.start[1:]] - done[self.start[:-1]]
 
+    def summed(self, totals: NDArray[np.int64], counts: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Each owner's sum over their first `counts` entries, from running totals (`totals`)."""
+        return np.asarray(totals[self.start[:-1] + counts] - totals[self.start[:-1]], dtype=np.int64)
+
     def totals(self, values: list[int] | NDArray[np.int64]) -> NDArray[np.int64]:
         """Running totals of an integer value per entry (0 first): a sum over entries i:j is
         totals[j] − totals[i], exactly."""
@@ -123,6 +127,7 @@ class Columns:
     orders: Track
     order_cents: NDArray[np.int64]  # totals
     order_gap_days: NDArray[np.float64]  # from the person's previous order (0 at their first)
+    order_has_gap: NDArray[np.bool_]  # not the person's first order
     order_label: NDArray[np.int64]  # the category an order is labelled with (-1: none)
     refunds: Track
     refund_cents: NDArray[np.int64]
@@ -165,9 +170,9 @@ class Columns:
             orders = self.orders
             n = orders.upto(now)
             o_first, o_end = orders.start[:-1], orders.start[:-1] + n
-            spent = self.order_cents[o_end] - self.order_cents[o_first]
+            spent = orders.summed(self.order_cents, n)
             refunds = self.refunds.upto(now)
-            refunded = self.refund_cents[self.refunds.start[:-1] + refunds] - self.refund_cents[self.refunds.start[:-1]]
+            refunded = self.refunds.summed(self.refund_cents, refunds)
             has = n > 0
             last_order = _take(orders.time, o_end - 1, has, now)
             first_order = _take(orders.time, o_first, has, now)
@@ -180,10 +185,7 @@ class Columns:
             out["refund_amount"] = refunded / 100
             gaps = n - 1
             mean_gap = np.where(gaps > 0, (last_order - first_order) / DAY_US / np.maximum(gaps, 1), nan)
-            in_prefix = orders.time <= now
-            later = np.ones(len(orders.time), dtype=bool)
-            later[orders.start[:-1][orders.start[:-1] < orders.start[1:]]] = False  # a person's first order
-            counted = in_prefix & later  # the gaps between orders by the instant
+            counted = (orders.time <= now) & self.order_has_gap  # the gaps between orders by the instant
             deviation = np.where(counted, self.order_gap_days - mean_gap[orders.owner], 0.0)
             std = np.sqrt(_segment_sums(deviation * deviation, orders) / np.maximum(gaps, 1))
             out["interpurchase_mean_days"] = _round(mean_gap, 4)
@@ -199,7 +201,7 @@ class Columns:
             # a sum over each person's own entries: the same bits wherever the person is laid out
             out["app_minutes"] = _segment_sums(np.where(self.app.time <= now, self.app_minutes, 0.0), self.app)
             reviews = self.reviews.upto(now)
-            rated = self.ratings[self.reviews.start[:-1] + reviews] - self.ratings[self.reviews.start[:-1]]
+            rated = self.reviews.summed(self.ratings, reviews)
             out["reviews"] = reviews.astype(np.float64)
             out["review_mean_rating"] = np.where(reviews > 0, _round(rated / np.maximum(reviews, 1), 4), nan)
             viewed = self.viewed.upto(now)
@@ -208,7 +210,7 @@ class Columns:
             out["converted_skus"] = converted.astype(np.float64)
             out["conversion_rate"] = np.where(viewed > 0, _round(converted / np.maximum(viewed, 1), 4), nan)
             out["behavior_events"] = seen_count.astype(np.float64)
-            out["active_days"] = (self.new_day[end_fact] - self.new_day[first_fact]).astype(np.float64)
+            out["active_days"] = facts.summed(self.new_day, seen_count).astype(np.float64)
 
             out["days_since_first_seen"] = (now - first_at) / DAY_US
             out["days_since_last_seen"] = (now - last_at) / DAY_US
@@ -391,8 +393,10 @@ class _Layout:
         into.refund_cents = into.refunds.totals(cents[~is_order])
         at, whose = time[orders], owner[orders]
         gaps = np.zeros(len(orders), dtype=np.float64)
+        into.order_has_gap = np.zeros(len(orders), dtype=bool)
+        into.order_has_gap[1:] = whose[1:] == whose[:-1]
         if len(orders) > 1:
-            gaps[1:] = np.where(whose[1:] == whose[:-1], (at[1:] - at[:-1]) / DAY_US, 0.0)
+            gaps[1:] = np.where(into.order_has_gap[1:], (at[1:] - at[:-1]) / DAY_US, 0.0)
         into.order_gap_days = gaps
         into.order_label = np.array([-1 if (label := order_category(flat[i])) is None else self.code(label)
                                      for i in orders.tolist()], dtype=np.int64)
