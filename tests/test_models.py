@@ -482,6 +482,34 @@ def test_restore_rescores_the_promoted_models_whose_predictions_a_backup_leaves_
             people)
 
 
+def test_predictions_are_tagged_as_written_and_one_altered_on_disk_is_caught(lab: Lab, tmp_path: Path) -> None:
+    """The batch tags each prediction row as it inserts it (no untagged row is read back and
+    tagged again at COMMIT): verify passes after scoring, and after scoring again over the rows
+    already there; a document changed on disk, or moved to another person, is caught."""
+    from persona.verify import verify
+
+    with small_store(tmp_path, seed=5, people=60) as p:
+        registry.save(p, lab.trained["churn_91d"], promote=True)
+        for _ in range(2):
+            assert scoring.score_all(p, "churn_91d") == 60
+            verify(p)
+        settings = p.settings
+    damages = [  # (a row of the last person is deleted first: a read model may lack a row, tags cannot tell)
+        "UPDATE predictions SET doc = doc || ' ' WHERE rowid = (SELECT min(rowid) FROM predictions)",
+        "UPDATE predictions SET profile_id = ? WHERE profile_id = (SELECT min(profile_id) FROM predictions)",
+    ]
+    for n, damage in enumerate(damages):
+        copy = tmp_path / f"copy-{n}"
+        subprocess.run(["cp", "-r", str(settings.data_dir), str(copy)], check=True)
+        altered = Settings.load(copy, env={})
+        with sqlite3.connect(altered.db_path) as conn:
+            (last,) = conn.execute("SELECT max(profile_id) FROM predictions").fetchone()
+            conn.execute("DELETE FROM predictions WHERE profile_id = ?", (last,))
+            assert conn.execute(damage, (last,) if "?" in damage else ()).rowcount == 1
+        with Persona.open(altered) as p, pytest.raises(TamperError, match="table predictions"):
+            verify(p)
+
+
 def test_erasure_names_the_models_trained_on_the_person_and_drops_their_predictions(
         tmp_path: Path) -> None:
     with small_store(tmp_path, seed=9) as p:
@@ -1140,10 +1168,11 @@ def test_a_large_batch_explains_the_features_that_move_its_predictions_most() ->
     in a small batch; in a large one, for the EXPLAINED features that move a sample most."""
     from persona.models.scoring import EXPLAINED, PROBE, _effects
 
-    def _contributions(score: Any, x: np.ndarray, meta: dict[str, Any], scored: Any) -> np.ndarray:
+    def _contributions(score: Any, x: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
         out = np.zeros_like(x)  # as a batch in one process computes them
         columns = scoring.explained(score, x, meta)
-        out[:, columns] = _effects(score, x, columns, meta, scored)
+        scored, out[:, columns] = _effects(score, x, columns, meta)
+        assert np.array_equal(scored[0], x @ weights)
         return out
 
     rng = np.random.default_rng(8)
@@ -1158,11 +1187,11 @@ def test_a_large_batch_explains_the_features_that_move_its_predictions_most() ->
 
     small = rng.normal(size=(100, 40))
     small[:50, 3] = 0.0  # at the median already: not scored again, and no effect
-    exact = _contributions(score, small, meta, (small @ weights, None))
+    exact = _contributions(score, small, meta)
     assert np.allclose(exact, small * weights)  # linear: each effect is the weight times the value
     assert not exact[:50, 3].any() and exact[50:, 3].all()
     large = rng.normal(size=(PROBE + 500, 40))
-    explained = _contributions(score, large, meta, (large @ weights, None))
+    explained = _contributions(score, large, meta)
     kept = np.flatnonzero(np.abs(explained).sum(axis=0))
     assert {3, 17, 29} <= set(kept.tolist()) and len(kept) <= EXPLAINED
     assert np.allclose(explained[:, [3, 17, 29]], large[:, [3, 17, 29]] * weights[[3, 17, 29]])

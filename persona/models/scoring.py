@@ -8,10 +8,10 @@ every feature of every person in a batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -31,10 +31,12 @@ from persona.models.dataset import (
     rows_at,
     rows_then,
 )
+from persona.models.ensembles import Ensemble
 from persona.models.threads import batch, one_thread, settle
 from persona.models.train import Classic, Histories, bgnbd_columns, fit_at, fits_at
 
 TOP = 5  # contributions kept per prediction
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,6 @@ class Prediction:
                 "contributions": self.contributions, "as_of": self.as_of.isoformat()}
 
 
-@batch
-@one_thread
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
             version: int | None = None, read: Histories | None = None, moment: datetime | None = None
             ) -> list[Prediction]:
@@ -65,6 +65,22 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
     who they were then (a merge that had not happened yet keeps its streams apart). `read`:
     every history already read, shared by the models scored together (`score_many`, which also
     gives them one `moment` for "now")."""
+    _, made = _scored(persona, name, _predictions, as_of=as_of, profile_ids=profile_ids, version=version, read=read,
+                      moment=moment)
+    return made
+
+
+Finish = Callable[..., list[T]]  # what becomes of a slice of scored rows: _predictions' arguments
+
+
+@batch
+@one_thread
+def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime | None = None,
+            profile_ids: Sequence[str] | None = None, version: int | None = None, read: Histories | None = None,
+            moment: datetime | None = None) -> tuple[int, list[T]]:
+    """predict's work, each slice of the rows finished (made Predictions, or the read model's
+    documents) where it was scored: in a forked process a core for a large batch. Returns the
+    version scored and what `finish` made of every row, in order."""
     loaded = registry.load(persona, name, version)
     moment = as_of or moment or datetime.now(UTC)
     meta = loaded.version.meta
@@ -87,86 +103,112 @@ def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profi
         rows = [row for person in sorted(found) for row in rows_at(found[person], moment, window, whole=as_of is None)]
         at_instant = None
     if not rows:
-        return []
+        return loaded.version.version, []
     fitted = at_instant or Classic.of(meta)
     x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
     kind, family = meta["task"]["kind"], meta["task"]["family"]
     pipeline = loaded.pipeline
-    score = _scorer(pipeline, kind, family)
+    score = Scorer(pipeline, kind, family)
     workers = fork_workers(len(rows))
     columns = explained(score, x, meta, workers)
+    classes = [str(c) for c in getattr(pipeline, "classes_", ())]
     size = -(-len(rows) // workers)
 
-    def part(k: int) -> tuple[NDArray[np.float64], list[str] | None, NDArray[np.float64] | None, NDArray[np.float64]]:
-        """The values, labels, probabilities and contributions of one slice of the rows."""
+    def part(k: int) -> list[T]:
+        """One slice of the rows scored, explained and finished."""
         some = x[k * size:(k + 1) * size]
-        values, labels, probabilities = score(some)
-        return values, labels, probabilities, _effects(score, some, columns, meta, (values, probabilities))
+        (values, labels, probabilities), explaining = _effects(score, some, columns, meta)
+        effects = np.zeros_like(some)
+        effects[:, columns] = explaining
+        return finish(name, loaded.version.version, rows[k * size:(k + 1) * size], some, meta["features"], values,
+                      labels, classes, probabilities, effects, moment)
 
-    parts = in_forks(part, workers, workers)  # a slice a core: the rows are independent
-    values = np.concatenate([v for v, _, _, _ in parts])
-    labels = None if parts[0][1] is None else [label for _, some, _, _ in parts for label in some or ()]
-    probabilities = None if parts[0][2] is None else np.concatenate([q for _, _, q, _ in parts if q is not None])
-    effects = np.zeros_like(x)
-    effects[:, columns] = np.concatenate([e for _, _, _, e in parts])
-    classes = [str(c) for c in getattr(pipeline, "classes_", ())]
-    return _predictions(name, loaded.version.version, rows, x, meta["features"], values, labels, classes,
-                        probabilities, effects, moment)
+    # a slice a core: the rows are independent
+    return loaded.version.version, [made for part_made in in_forks(part, workers, workers) for made in part_made]
 
 
 def _predictions(name: str, version: int, rows: Sequence[Row], x: NDArray[np.float64], features: list[str],
                  values: NDArray[np.float64], labels: list[str] | None, classes: list[str],
                  probabilities: NDArray[np.float64] | None, effects: NDArray[np.float64], moment: datetime
                  ) -> list[Prediction]:
-    """A Prediction per row, with its TOP contributions (largest effect first; none of effect 0),
-    rounded to 6 places; whole arrays are rounded and ordered at once, then read a row at a time."""
+    """A Prediction per row (see _explained)."""
+    return [Prediction(row.person, row.members, name, version, value, label, shares, contributions, moment)
+            for row, (value, label, shares, contributions)
+            in zip(rows, _explained(x, features, values, labels, classes, probabilities, effects), strict=True)]
+
+
+def _documents(name: str, version: int, rows: Sequence[Row], x: NDArray[np.float64], features: list[str],
+               values: NDArray[np.float64], labels: list[str] | None, classes: list[str],
+               probabilities: NDArray[np.float64] | None, effects: NDArray[np.float64], moment: datetime
+               ) -> list[tuple[str, str]]:
+    """_predictions as the read model stores them: each person's id and the document (JSON) that
+    Prediction.doc gives."""
+    as_of = moment.isoformat()
+    dumps = orjson.dumps
+    return [(row.person, dumps({"value": value, "label": label, "probabilities": shares,
+                                "contributions": contributions, "as_of": as_of}).decode())
+            for row, (value, label, shares, contributions)
+            in zip(rows, _explained(x, features, values, labels, classes, probabilities, effects), strict=True)]
+
+
+def _explained(x: NDArray[np.float64], features: list[str], values: NDArray[np.float64], labels: list[str] | None,
+               classes: list[str], probabilities: NDArray[np.float64] | None, effects: NDArray[np.float64]
+               ) -> Iterator[tuple[float, str | None, dict[str, float] | None, list[dict[str, Any]]]]:
+    """Each row's value, label, class probabilities and TOP contributions (largest effect first;
+    none of effect 0; a feature's value None where it is missing or infinite), rounded to 6 places:
+    whole arrays are rounded and ordered at once, then read a row at a time."""
     rounded = np.round(effects, 6)
     order = np.argsort(-np.abs(rounded), axis=1, kind="stable")[:, :TOP]
-    at = np.arange(len(rows))[:, None]
-    tops, shown = rounded[at, order].tolist(), np.round(x[at, order], 6).tolist()
-    names = np.asarray(features, dtype=object)[order].tolist()
+    at = np.arange(len(x))[:, None]
+    tops = rounded[at, order].tolist()
+    shown = np.round(x[at, order], 6)
+    kept = shown.astype(object)
+    kept[~np.isfinite(shown)] = None
+    names, values_shown = np.asarray(features, dtype=object)[order].tolist(), kept.tolist()
     rounded_values = np.round(values, 6).tolist()
     shares = np.round(probabilities, 6).tolist() if probabilities is not None else None
-    out = []
-    for i, row in enumerate(rows):
-        contributions = [{"feature": f, "value": v if v == v and v not in (_INF, -_INF) else None, "effect": e}
-                         for f, v, e in zip(names[i], shown[i], tops[i], strict=True) if e != 0]
-        out.append(Prediction(row.person, row.members, name, version, rounded_values[i],
-                              labels[i] if labels is not None else None,
-                              dict(zip(classes, shares[i], strict=True)) if shares is not None else None,
-                              contributions, moment))
-    return out
+    for i, value in enumerate(rounded_values):
+        yield (value, labels[i] if labels is not None else None,
+               dict(zip(classes, shares[i], strict=True)) if shares is not None else None,
+               [{"feature": f, "value": v, "effect": e}
+                for f, v, e in zip(names[i], values_shown[i], tops[i], strict=True) if e != 0])
 
 
-_INF = float("inf")
+Scored = tuple[NDArray[np.float64], list[str] | None, NDArray[np.float64] | None]
 
 
-Scorer = Any
+@dataclass(frozen=True)
+class Scorer:
+    """A served model scored as predictions show it."""
 
+    model: Any
+    kind: str
+    family: str
 
-def _scorer(pipeline: Any, kind: str, family: str) -> Scorer:
-    def score(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], list[str] | None, NDArray[np.float64] | None]:
+    def __call__(self, x: NDArray[np.float64]) -> Scored:
         """Values; the labels of classifiers; a multiclass model's probabilities (a row per row)."""
-        if kind == "regression":
-            values = pipeline.predict(x)
-            if family in ("purchases_next", "clv", "days_to_next_purchase"):
+        if self.kind == "regression":
+            values = self.model.predict(x)
+            if self.family in ("purchases_next", "clv", "days_to_next_purchase"):
                 values = np.clip(values, 0, None)
             return np.asarray(values, dtype=np.float64), None, None
-        proba = pipeline.predict_proba(x)
-        classes = [str(c) for c in pipeline.classes_]
-        if kind == "classification":
-            positive = proba[:, [float(c) for c in pipeline.classes_].index(1.0)]
+        proba = self.model.predict_proba(x)
+        classes = [str(c) for c in self.model.classes_]
+        if self.kind == "classification":
+            positive = proba[:, [float(c) for c in self.model.classes_].index(1.0)]
             return positive, ["churn" if p >= 0.5 else "stays" for p in positive], None
         top = np.argmax(proba, axis=1)
         return proba[np.arange(len(top)), top], [classes[k] for k in top], np.asarray(proba, dtype=np.float64)
-    return score
+
+    def on(self, model: Any) -> Scorer:
+        return replace(self, model=model)
 
 
 EXPLAINED = 8  # in a large batch, the features whose contributions every row gets
 PROBE = 2_000  # ... chosen as those that move a seeded sample of this many rows most
 
 
-def explained(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any], workers: int = 1) -> list[int]:
+def explained(score: Any, x: NDArray[np.float64], meta: dict[str, Any], workers: int = 1) -> list[int]:
     """The columns whose contributions are computed: every feature with a training median; in a
     batch of more than PROBE rows, the EXPLAINED of them with the largest mean effect on a seeded
     sample of PROBE rows (its columns shared among `workers` forked processes)."""
@@ -174,9 +216,8 @@ def explained(score: Scorer, x: NDArray[np.float64], meta: dict[str, Any], worke
     if len(x) <= PROBE or len(columns) <= EXPLAINED:
         return columns
     probe = x[np.sort(np.random.default_rng(0).choice(len(x), PROBE, replace=False))]
-    values, _, probabilities = score(probe)
     groups = [columns[k::workers] for k in range(workers)]
-    moved = in_forks(lambda k: _effects(score, probe, groups[k], meta, (values, probabilities)), workers, workers)
+    moved = in_forks(lambda k: _effects(score, probe, groups[k], meta)[1], workers, workers)
     strength = {j: float(np.abs(m[:, n]).mean()) for group, m in zip(groups, moved, strict=True)
                 for n, j in enumerate(group)}
     strongest = sorted(columns, key=lambda j: -strength[j])[:EXPLAINED]  # stable: the earlier column on a tie
@@ -188,11 +229,24 @@ def _median(meta: dict[str, Any], name: str) -> float | None:
     return median
 
 
-def _effects(score: Scorer, x: NDArray[np.float64], columns: list[int], meta: dict[str, Any],
-             scored: tuple[NDArray[np.float64], NDArray[np.float64] | None]) -> NDArray[np.float64]:
-    """The effects of these columns (a column each); a row whose value is the median already is not
-    scored again (its effect is 0)."""
-    base, probabilities = scored
+def _effects(score: Any, x: NDArray[np.float64], columns: list[int], meta: dict[str, Any]
+             ) -> tuple[Scored, NDArray[np.float64]]:
+    """The rows scored, and the effects of these columns (a column each); a row whose value is the
+    median already is not scored again (its effect is 0). A gradient-boosted model scores again
+    only the trees that split on the column changed (persona.models.ensembles)."""
+    ensemble = Ensemble.of(score.model) if isinstance(score, Scorer) else None
+    if ensemble is None:
+        scored = score(x)
+
+        def rescore(rows: NDArray[np.intp], changed: NDArray[np.float64], j: int) -> Any:
+            return score
+    else:
+        split = ensemble.split(x, columns)
+        scored = score.on(ensemble.answering(split.raw))(x)
+
+        def rescore(rows: NDArray[np.intp], changed: NDArray[np.float64], j: int) -> Any:
+            return score.on(ensemble.changed(split, rows, changed, j))
+    base, _, probabilities = scored
     medians = {j: _median(meta, meta["features"][j]) for j in columns}
     top = np.argmax(probabilities, axis=1) if probabilities is not None else None
     out = np.zeros((len(x), len(columns)))
@@ -202,11 +256,11 @@ def _effects(score: Scorer, x: NDArray[np.float64], columns: list[int], meta: di
             continue
         changed = x[moves]
         changed[:, j] = medians[j]
-        moved, _, moved_probabilities = score(changed)
+        moved, _, moved_probabilities = rescore(moves, changed, j)(changed)
         if top is not None and moved_probabilities is not None:  # multiclass: the predicted class's probability
             moved = moved_probabilities[np.arange(len(moves)), top[moves]]
         out[moves, k] = base[moves] - moved
-    return out
+    return scored, out
 
 
 def score_all(persona: Persona, name: str, *, as_of: datetime | None = None) -> int:
@@ -233,11 +287,11 @@ def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None
     for (window, everyone), fitted in zip(built.items(), fits_at(list(built.values()), [0] * len(built)),
                                           strict=True):
         read.instants[(moment, window, whole)] = (everyone, fitted)
-    made: dict[str, list[Prediction]] = {}
+    made: dict[str, tuple[int, list[tuple[str, str]]]] = {}
     for name in names:
         if progress is not None:
             progress(f"scoring every profile with {name}…")
-        made[name] = predict(persona, name, as_of=as_of, read=read, moment=moment)
+        made[name] = _scored(persona, name, _documents, as_of=as_of, read=read, moment=moment)
     if progress is not None:
         progress("writing the predictions…")
     rec = persona.recorder
@@ -245,13 +299,12 @@ def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None
     with rec.transaction():
         # checked under the write lock: someone erased while this scored gets no row back, and a
         # merge or an unlink meanwhile leaves only the rows of ids that still name a person
-        ids = sorted({p.person for found in made.values() for p in found})
+        ids = sorted({person for _, found in made.values() for person, _ in found})
         heads, people = rec.heads(ids), identity.persons(rec, ids)
         current = {pid for pid in ids if pid in heads and heads[pid].wrapped is not None and people[pid].id == pid}
-        for name, found in made.items():
-            at = micros(found[0].as_of) if found else micros(moment)
-            rows = [(p.person, p.model, p.version, at, orjson.dumps(p.doc()).decode()) for p in found
-                    if p.person in current]
+        at = micros(moment)
+        for name, (version, found) in made.items():
+            rows = [(person, name, version, at, doc) for person, doc in found if person in current]
             rec.put_predictions(rows, model=name)
             written[name] = len(rows)
     return written

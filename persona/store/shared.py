@@ -644,7 +644,7 @@ class SQLRecorder:
     def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
         if model is not None:
             self._run(self.sql.drop_predictions, (model,))
-        self._many(self.sql.put_predictions, rows)
+        self._many(self.sql.put_predictions, [(*row, self._tag("predictions", row)) for row in rows])  # no second write
 
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
         return [row for part in self._chunks(profile_ids) for row in self._all(self.sql.predictions_of, (part,))]

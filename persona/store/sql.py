@@ -261,9 +261,10 @@ class Statements:
     mark_stale: str = "UPDATE models SET stale = {p}, tag = NULL WHERE name = {p} AND version = {p}"
     drop_predictions: str = "DELETE FROM predictions WHERE model = {p}"
     put_predictions: str = (
-        "INSERT INTO predictions (profile_id, model, version, computed_at, doc) VALUES ({p}, {p}, {p}, {p}, {p})"
+        "INSERT INTO predictions (profile_id, model, version, computed_at, doc, tag)"
+        " VALUES ({p}, {p}, {p}, {p}, {p}, {p})"
         " ON CONFLICT (profile_id, model) DO UPDATE SET version = excluded.version,"
-        " computed_at = excluded.computed_at, doc = excluded.doc, tag = NULL")
+        " computed_at = excluded.computed_at, doc = excluded.doc, tag = excluded.tag")  # tagged as written
     predictions_of: str = ("SELECT profile_id, model, version, computed_at, doc FROM predictions"
                            " WHERE profile_id {text} ORDER BY model, profile_id")
     # access
