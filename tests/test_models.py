@@ -1163,6 +1163,28 @@ def test_predictions_made_by_forked_processes_are_those_made_by_one(lab: Lab, mo
     assert len({c["feature"] for x in one for c in x.contributions}) <= scoring.EXPLAINED
 
 
+def test_a_batch_of_every_model_stores_what_each_predicts_alone(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """score_many shares one set of rows and one matrix of their columns among the models (each
+    version's BG/NBD columns set in its own copy), and makes and tags each slice's documents in a
+    forked process: it stores, for every model, what that model predicts alone in one process."""
+    from persona.verify import verify
+
+    with opened(lab) as p:
+        try:
+            monkeypatch.setattr(scoring, "fork_workers", lambda rows: 2)
+            assert set(scoring.score_many(p, list(TASKS), as_of=lab.end).values()) == {PEOPLE}
+            monkeypatch.undo()
+            verify(p)  # every row tagged, in the processes that made it
+            kept = scoring.stored(p, list(p.recorder.stream_ids()))
+            for name in TASKS:
+                alone = {x.person: x.doc() for x in scoring.predict(p, name, as_of=lab.end)}
+                stored = {pid: {k: v for k, v in doc.items() if k not in ("model", "version", "computed_at")}
+                          for pid, docs in kept.items() for doc in docs if doc["model"] == name}
+                assert len(alone) == PEOPLE and stored == alone, name
+        finally:
+            scoring.score_many(p, list(TASKS))  # as the other tests found them: as of now
+
+
 def test_a_large_batch_explains_the_features_that_move_its_predictions_most() -> None:
     """Contributions (value less the value with a feature at its median): exact for every feature
     in a small batch; in a large one, for the EXPLAINED features that move a sample most."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -34,6 +35,7 @@ from persona.models.dataset import (
 from persona.models.ensembles import Ensemble
 from persona.models.threads import batch, one_thread, settle
 from persona.models.train import Classic, Histories, bgnbd_columns, fit_at, fits_at
+from persona.store.rows import RowTagger
 
 TOP = 5  # contributions kept per prediction
 T = TypeVar("T")
@@ -105,7 +107,17 @@ def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime |
     if not rows:
         return loaded.version.version, []
     fitted = at_instant or Classic.of(meta)
-    x = matrix(rows, meta["features"], bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"]))
+    extra = bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"])
+    if profile_ids is not None or read is None:
+        x = matrix(rows, meta["features"], extra)
+    else:  # the rows' own columns read once for the models scored together; each version's BG/NBD columns set
+        shape = (key, tuple(meta["features"]), tuple(sorted(extra)))
+        if shape not in read.matrices:
+            read.matrices[shape] = matrix(rows, meta["features"], {name: np.full(len(rows), np.nan) for name in extra})
+        x = read.matrices[shape].copy()
+        for j, column in enumerate(meta["features"]):
+            if column in extra:
+                x[:, j] = extra[column]
     kind, family = meta["task"]["kind"], meta["task"]["family"]
     pipeline = loaded.pipeline
     score = Scorer(pipeline, kind, family)
@@ -139,16 +151,20 @@ def _predictions(name: str, version: int, rows: Sequence[Row], x: NDArray[np.flo
 
 def _documents(name: str, version: int, rows: Sequence[Row], x: NDArray[np.float64], features: list[str],
                values: NDArray[np.float64], labels: list[str] | None, classes: list[str],
-               probabilities: NDArray[np.float64] | None, effects: NDArray[np.float64], moment: datetime
-               ) -> list[tuple[str, str]]:
-    """_predictions as the read model stores them: each person's id and the document (JSON) that
-    Prediction.doc gives."""
-    as_of = moment.isoformat()
+               probabilities: NDArray[np.float64] | None, effects: NDArray[np.float64], moment: datetime,
+               tagger: RowTagger | None = None) -> list[tuple[str, str, bytes | None]]:
+    """_predictions as the read model stores them: each person's id, the document (JSON) that
+    Prediction.doc gives, and the row's tag (with the store's tagger, if given)."""
+    as_of, at = moment.isoformat(), micros(moment)
     dumps = orjson.dumps
-    return [(row.person, dumps({"value": value, "label": label, "probabilities": shares,
-                                "contributions": contributions, "as_of": as_of}).decode())
-            for row, (value, label, shares, contributions)
-            in zip(rows, _explained(x, features, values, labels, classes, probabilities, effects), strict=True)]
+    out = []
+    for row, (value, label, shares, contributions) in zip(
+            rows, _explained(x, features, values, labels, classes, probabilities, effects), strict=True):
+        doc = dumps({"value": value, "label": label, "probabilities": shares, "contributions": contributions,
+                     "as_of": as_of}).decode()
+        tag = None if tagger is None else tagger("predictions", (row.person, name, version, at, doc))
+        out.append((row.person, doc, tag))
+    return out
 
 
 def _explained(x: NDArray[np.float64], features: list[str], values: NDArray[np.float64], labels: list[str] | None,
@@ -287,11 +303,12 @@ def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None
     for (window, everyone), fitted in zip(built.items(), fits_at(list(built.values()), [0] * len(built)),
                                           strict=True):
         read.instants[(moment, window, whole)] = (everyone, fitted)
-    made: dict[str, tuple[int, list[tuple[str, str]]]] = {}
+    made: dict[str, tuple[int, list[tuple[str, str, bytes | None]]]] = {}
     for name in names:
         if progress is not None:
             progress(f"scoring every profile with {name}…")
-        made[name] = _scored(persona, name, _documents, as_of=as_of, read=read, moment=moment)
+        made[name] = _scored(persona, name, partial(_documents, tagger=persona.recorder.tagger), as_of=as_of,
+                             read=read, moment=moment)  # each row tagged where it was made, a core a slice
     if progress is not None:
         progress("writing the predictions…")
     rec = persona.recorder
@@ -299,14 +316,15 @@ def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None
     with rec.transaction():
         # checked under the write lock: someone erased while this scored gets no row back, and a
         # merge or an unlink meanwhile leaves only the rows of ids that still name a person
-        ids = sorted({person for _, found in made.values() for person, _ in found})
+        ids = sorted({person for _, found in made.values() for person, _, _ in found})
         heads, people = rec.heads(ids), identity.persons(rec, ids)
         current = {pid for pid in ids if pid in heads and heads[pid].wrapped is not None and people[pid].id == pid}
         at = micros(moment)
         for name, (version, found) in made.items():
-            rows = [(person, name, version, at, doc) for person, doc in found if person in current]
-            rec.put_predictions(rows, model=name)
-            written[name] = len(rows)
+            kept = [(person, doc, tag) for person, doc, tag in found if person in current]
+            rec.put_predictions([(person, name, version, at, doc) for person, doc, _ in kept], model=name,
+                                tags=[tag for _, _, tag in kept])
+            written[name] = len(kept)
     return written
 
 

@@ -520,6 +520,8 @@ class Histories:
     shared: dict[tuple[float, tuple[datetime, ...]], Shared] = field(default_factory=dict)
     # scoring: (instant, window, whole) -> everyone's rows then, and BG/NBD fitted on them
     instants: dict[tuple[datetime, int, bool], tuple[list[Row], Classic | None]] = field(default_factory=dict)
+    # ... and their feature matrices, by instant and columns (before each version's BG/NBD columns are set in them)
+    matrices: dict[tuple[Any, ...], NDArray[np.float64]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, persona: Persona) -> Histories:

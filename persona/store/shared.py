@@ -641,10 +641,16 @@ class SQLRecorder:
     def mark_models_stale(self, versions: Sequence[tuple[str, int]], reason: str) -> None:
         self._many(self.sql.mark_stale, [(reason, n, v) for n, v in versions])
 
-    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None) -> None:
+    def put_predictions(self, rows: Sequence[tuple[str, str, int, int, str]], *, model: str | None = None,
+                        tags: Sequence[bytes | None] | None = None) -> None:
+        if tags is None:
+            tags = [self._tag("predictions", row) for row in rows]
+        elif len(tags) != len(rows):
+            raise ValueError(f"{len(tags)} tags for {len(rows)} prediction rows")
         if model is not None:
             self._run(self.sql.drop_predictions, (model,))
-        self._many(self.sql.put_predictions, [(*row, self._tag("predictions", row)) for row in rows])  # no second write
+        # tagged as inserted: not read back and tagged again at COMMIT
+        self._many(self.sql.put_predictions, [(*row, tag) for row, tag in zip(rows, tags, strict=True)])
 
     def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
         return [row for part in self._chunks(profile_ids) for row in self._all(self.sql.predictions_of, (part,))]
