@@ -9,6 +9,9 @@ Who writes them. Rows of most tables are inserted or updated with `tag` NULL (an
 it NULL in the same statement), and the recorder tags every untagged row just before the
 transaction commits (`retag`: a partial index finds them). The audit log and the tombstones
 refuse every UPDATE (append-only triggers), so their writers tag each row as they insert it.
+So do the writers of many rows at once (links, keys, snapshots, the profile index, and the
+predictions a batch scores, whose tags are made where their documents are): no row of theirs is
+read back and written a second time at COMMIT.
 
 Adoption. A store made before tags existed gets the `tag` columns by the additive migration
 (COLUMNS_ADDED), and its rows are tagged once, as they are, the first time persona opens it

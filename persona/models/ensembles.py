@@ -2,8 +2,8 @@
 
 A contribution (persona.models.scoring) is what a prediction loses when one feature is set to its
 training median. Scored as it is, that is a pass over every tree of the ensemble for each feature
-explained: 1,080 trees for `next_category` (150 rounds of 8 classes, 1 in 3 splitting on its most
-used feature). But a tree that never splits on a feature reaches the same leaf whatever the
+explained: 1,080 trees for `next_category` at 100,000 people (135 rounds of 8 classes; its most
+used feature is split on by 44% of them). But a tree that never splits on a feature reaches the same leaf whatever the
 feature's value. So the ensemble's raw score (before its link: the value, the log-odds, the class
 scores) is summed tree by tree once, keeping beside it each explained feature's share: the sum of
 the trees that split on it. With the feature changed, only those trees are scored again, and the
@@ -13,7 +13,8 @@ The rest of the served model — the imputer and scaler in front of the ensemble
 BG/NBD column it sits on top of, a blend, a calibration — then runs as it is, on a shallow copy
 whose ensemble answers with that raw score (the way scikit-learn's own early stopping reuses raw
 scores). The unchanged raw score is the ensemble's to the bit (the same sums in the same order); a
-changed one differs from scoring every tree by the rounding of one subtraction, ~1e-16 of it (and
+changed one differs from scoring every tree by the rounding of one subtraction, ~1e-16 of it
+relative to its size (and
 not at all where the change moved no tree to another leaf: the effect is then 0, as it is scored in
 full).
 
@@ -127,6 +128,9 @@ class Ensemble:
         """A shallow copy of the served model whose ensemble gives these raw scores (for as many
         rows, in order) instead of scoring its trees. The model itself is left as it is."""
         boosted = copy.copy(self.boosted)
+        # laid out as the ensemble lays its own out (column by column): a softmax sums each row of 8
+        # classes or more in another order otherwise, and a probability moves by a last bit
+        raw = np.asfortranarray(raw)
 
         def raw_predict(x: Any, n_threads: int | None = None) -> NDArray[np.float64]:
             if len(x) != len(raw):

@@ -87,6 +87,7 @@ def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime |
     moment = as_of or moment or datetime.now(UTC)
     meta = loaded.version.meta
     window = window_of(meta)
+    shared = read is not None  # with the other models scored together (score_many)
     if profile_ids is None:
         # BG/NBD and Gamma-Gamma need no labels: scoring everyone, they are fitted on everyone as of the instant scored
         # (issue 21, item 3), once for all the models of one horizon scored together
@@ -108,7 +109,7 @@ def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime |
         return loaded.version.version, []
     fitted = at_instant or Classic.of(meta)
     extra = bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"])
-    if profile_ids is not None or read is None:
+    if not shared or profile_ids is not None or read is None:
         x = matrix(rows, meta["features"], extra)
     else:  # the rows' own columns read once for the models scored together; each version's BG/NBD columns set
         shape = (key, tuple(meta["features"]), tuple(sorted(extra)))
