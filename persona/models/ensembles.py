@@ -3,20 +3,19 @@
 A contribution (persona.models.scoring) is what a prediction loses when one feature is set to its
 training median. Scored as it is, that is a pass over every tree of the ensemble for each feature
 explained: 1,080 trees for `next_category` at 100,000 people (135 rounds of 8 classes; its most
-used feature is split on by 44% of them). But a tree that never splits on a feature reaches the same leaf whatever the
-feature's value. So the ensemble's raw score (before its link: the value, the log-odds, the class
-scores) is summed tree by tree once, keeping beside it each explained feature's share: the sum of
-the trees that split on it. With the feature changed, only those trees are scored again, and the
-raw score is the total less the old share plus the new.
+used feature is split on by 44% of them). But a tree that never splits on a feature reaches the
+same leaf whatever the feature's value. So the ensemble's raw score (before its link: the value,
+the log-odds, the class scores) is summed tree by tree once, keeping beside it each explained
+feature's share: the sum of the trees that split on it. With the feature changed, only those trees
+are scored again, and the raw score is the total less the old share plus the new.
 
 The rest of the served model — the imputer and scaler in front of the ensemble, its link, the
 BG/NBD column it sits on top of, a blend, a calibration — then runs as it is, on a shallow copy
 whose ensemble answers with that raw score (the way scikit-learn's own early stopping reuses raw
 scores). The unchanged raw score is the ensemble's to the bit (the same sums in the same order); a
 changed one differs from scoring every tree by the rounding of one subtraction, ~1e-16 of it
-relative to its size (and
-not at all where the change moved no tree to another leaf: the effect is then 0, as it is scored in
-full).
+relative to its size, and not at all where the change moved no tree to another leaf (the effect is
+then 0, as it is scored in full).
 
 Only a HistGradientBoosting model whose pipeline keeps every column where it is (an imputer that
 drops none, a scaler, nothing reducing them) is split; anything else is scored in full.

@@ -54,8 +54,14 @@ class Prediction:
     as_of: datetime
 
     def doc(self) -> dict[str, Any]:
-        return {"value": self.value, "label": self.label, "probabilities": self.probabilities,
-                "contributions": self.contributions, "as_of": self.as_of.isoformat()}
+        return _document(self.value, self.label, self.probabilities, self.contributions, self.as_of.isoformat())
+
+
+def _document(value: float, label: str | None, probabilities: dict[str, float] | None,
+              contributions: list[dict[str, Any]], as_of: str) -> dict[str, Any]:
+    """A prediction as the read model and the API hold it."""
+    return {"value": value, "label": label, "probabilities": probabilities, "contributions": contributions,
+            "as_of": as_of}
 
 
 def predict(persona: Persona, name: str, *, as_of: datetime | None = None, profile_ids: Sequence[str] | None = None,
@@ -87,7 +93,8 @@ def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime |
     moment = as_of or moment or datetime.now(UTC)
     meta = loaded.version.meta
     window = window_of(meta)
-    shared = read is not None  # with the other models scored together (score_many)
+    # with the other models scored together (score_many): the rows' own columns read into a matrix once
+    matrices = read.matrices if read is not None and profile_ids is None else None
     if profile_ids is None:
         # BG/NBD and Gamma-Gamma need no labels: scoring everyone, they are fitted on everyone as of the instant scored
         # (issue 21, item 3), once for all the models of one horizon scored together
@@ -109,13 +116,13 @@ def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime |
         return loaded.version.version, []
     fitted = at_instant or Classic.of(meta)
     extra = bgnbd_columns(fitted, rows, meta["task"]["horizon_days"], meta["mean_order"])
-    if not shared or profile_ids is not None or read is None:
+    if matrices is None:
         x = matrix(rows, meta["features"], extra)
-    else:  # the rows' own columns read once for the models scored together; each version's BG/NBD columns set
+    else:  # each version's BG/NBD columns set in its own copy
         shape = (key, tuple(meta["features"]), tuple(sorted(extra)))
-        if shape not in read.matrices:
-            read.matrices[shape] = matrix(rows, meta["features"], {name: np.full(len(rows), np.nan) for name in extra})
-        x = read.matrices[shape].copy()
+        if shape not in matrices:
+            matrices[shape] = matrix(rows, meta["features"], {name: np.full(len(rows), np.nan) for name in extra})
+        x = matrices[shape].copy()
         for j, column in enumerate(meta["features"]):
             if column in extra:
                 x[:, j] = extra[column]
@@ -161,8 +168,7 @@ def _documents(name: str, version: int, rows: Sequence[Row], x: NDArray[np.float
     out = []
     for row, (value, label, shares, contributions) in zip(
             rows, _explained(x, features, values, labels, classes, probabilities, effects), strict=True):
-        doc = dumps({"value": value, "label": label, "probabilities": shares, "contributions": contributions,
-                     "as_of": as_of}).decode()
+        doc = dumps(_document(value, label, shares, contributions, as_of)).decode()
         tag = None if tagger is None else tagger("predictions", (row.person, name, version, at, doc))
         out.append((row.person, doc, tag))
     return out
