@@ -12,7 +12,17 @@ import click
 import orjson
 
 from persona.audit import record_local
-from persona.cli.common import audited, emit_json, friendly, opened, parse_instant
+from persona.cli.common import (
+    audited,
+    emit_json,
+    friendly,
+    opened,
+    parse_instant,
+    profile_id_of,
+    require_one,
+    who_shape,
+    with_who,
+)
 from persona.core import Persona
 from persona.errors import PersonaError, ValidationError
 from persona.models.tasks import FAMILIES, parse_task
@@ -43,6 +53,8 @@ def _train_one(persona: Persona, name: str, horizon: str | None, cutoffs: list[d
 
 def _model(name: str) -> str:
     """A model's name as the audit log may repeat it: a task's name, or "other"."""
+    if name == RECOMMENDER:
+        return name
     try:
         parse_task(name)
     except ValidationError:
@@ -112,8 +124,14 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
     from persona.models import drift, registry, scoring  # heavy: loaded when the command runs
 
     when = [parse_instant(c, "--cutoff") for c in cutoffs] or None
+    recommender = RECOMMENDER in names
+    if recommender and cutoffs:
+        raise click.UsageError(f"{RECOMMENDER} holds out the last --horizon; it takes no --cutoff")
+    names = tuple(n for n in names if n != RECOMMENDER)
     with opened(ctx) as persona:
         wanted: list[tuple[str, str | None]] = [(n, horizon) for n in names]
+        if every:
+            recommender = _retrain_recommender(persona, if_stale)
         if every:
             promoted = scoring.promoted_names(persona)
             if not promoted and if_stale:
@@ -133,11 +151,42 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
         for model, span in wanted:  # a name that is no task is refused before anything is read
             parse_task(model, span)
         done = _train(persona, wanted, when, promote) if wanted else []  # type: ignore[arg-type]
+        if recommender:
+            done.append(_train_recommender(persona, horizon if names or not every else None, promote))
     if as_json:
         emit_json([v.summary() for v in done])
         return
     for v in done:
         click.echo(_describe(v))
+
+
+RECOMMENDER = "recommendations"
+
+
+def _retrain_recommender(persona: Persona, if_stale: bool) -> bool:
+    """With --all: retrain the recommender if a version serves (with --if-stale, only if it was
+    trained on someone since erased)."""
+    from persona.models import registry  # heavy: loaded when the command runs
+
+    serving = [v for v in registry.versions(persona, RECOMMENDER) if v.status == "promoted"]
+    if not serving:
+        return False
+    if if_stale and not serving[0].stale:
+        _say(f"{RECOMMENDER} v{serving[0].version}: current")
+        return False
+    return True
+
+
+def _train_recommender(persona: Persona, horizon: str | None, promote: bool | None) -> registry.ModelVersion:
+    from persona.models.tasks import parse_horizon
+    from persona.recommend import serve, train  # heavy: loaded when the command runs
+
+    window = parse_horizon(horizon) if horizon else train.WINDOW
+    with audited(persona, "train", model=RECOMMENDER, horizon=horizon is not None) as audit:
+        trained = train.train(persona, window=window, progress=_say)
+        version = serve.save(persona, trained, promote=promote)
+        audit.update(version=version.version, promoted=version.status == "promoted")
+    return version
 
 
 def _train(persona: Persona, wanted: list[tuple[str, str | None]], cutoffs: list[datetime] | None,
@@ -322,3 +371,34 @@ def _write(rows: list[dict[str, Any]], form: str) -> None:
                 value = ";".join(f"{label}={p:g}" for label, p in value.items())
             cells.append("" if value is None else value)
         writer.writerow(cells)
+
+
+@click.command()
+@with_who
+@click.option("--first", default=10, show_default=True, type=click.IntRange(1, 100), help="How many items.")
+@click.option("--category", help="Only items of this category.")
+@click.option("--include-purchased", is_flag=True, help="Items the person already bought may come back.")
+@click.option("--as-of", "as_of", metavar="T", help="As of this instant (their interactions up to it).")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@click.pass_context
+@friendly
+def recommend(ctx: click.Context, subject: str | None, profile: str | None, first: int, category: str | None,
+              include_purchased: bool, as_of: str | None, as_json: bool) -> None:
+    """What a person is likely to want next, best first, each with why: the promoted
+    recommendations model (`persona train recommendations`) over their own interactions. Without
+    personalization consent, or with no history yet, the items popular overall."""
+    from persona.recommend import serve  # heavy: loaded when the command runs
+
+    require_one(subject, profile)
+    moment = parse_instant(as_of, "--as-of")
+    with opened(ctx) as persona:
+        found = serve.recommend(persona, profile_id_of(persona, subject, profile), first=first, category=category,
+                                exclude_purchased=not include_purchased, as_of=moment)
+        record_local(persona, "recommend", "recommend", [found.profile_id], fields="recommendations",
+                     items=len(found.items), asOf=moment is not None, **who_shape(subject))
+    if as_json:
+        emit_json({"profile_id": found.profile_id, **serve.summary(found)})
+        return
+    click.echo(f"{found.profile_id}: {found.basis} ({found.model})")
+    for n, item in enumerate(found.items, start=1):
+        click.echo(f"{n:>3}. {item.sku}" + (f" [{item.category}]" if item.category else "") + f" — {item.because}")

@@ -153,7 +153,7 @@ def histories(persona: Persona, *, page: int = 20_000) -> dict[str, History]:
             if history is None:
                 history = out[key] = History(key, person.members if person is not None else (key,))
             _fold(history, event, merged_at)
-    _joins(rec, out, merged_at)
+    add_joins(rec, out, merged_at)
     return out
 
 
@@ -165,7 +165,7 @@ def history_of(persona: Persona, profile_id: str) -> History:
     for member in person.members:
         for event in persona.log.read(member):
             _fold(history, event, merged_at)
-    _joins(persona.recorder, {person.id: history}, merged_at)
+    add_joins(persona.recorder, {person.id: history}, merged_at)
     return history
 
 
@@ -186,7 +186,7 @@ def histories_of(persona: Persona, people: Sequence[Sequence[str]]) -> dict[str,
             if history is None:
                 history = out[members[0]] = History(members[0], tuple(members))
             _fold(history, event, merged_at)
-    _joins(rec, out, merged_at)
+    add_joins(rec, out, merged_at)
     return out
 
 
@@ -242,7 +242,7 @@ def _fold(history: History, event: RecordedEvent, merged_at: dict[int, int]) -> 
         merged_at[event.data["edge"]] = text_micros(event.occurred_at)
 
 
-def _joins(rec: Any, found: dict[str, History], merged_at: dict[int, int]) -> None:
+def add_joins(rec: Any, found: dict[str, History], merged_at: dict[int, int]) -> None:
     merged = [m for h in found.values() if len(h.members) > 1 for m in h.members]
     if not merged:
         return

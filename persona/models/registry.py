@@ -39,6 +39,11 @@ TRUSTED_TYPES = frozenset({
     "sklearn.feature_selection._univariate_selection.f_classif",
     "sklearn.feature_selection._univariate_selection.f_regression",
     "sklearn.tree._tree.Tree",
+    # the recommenders (persona/recommend/models.py): NumPy arrays and a sparse similarity matrix
+    "persona.recommend.models.Factors",
+    "persona.recommend.models.ItemSimilarity",
+    "persona.recommend.models.Popular",
+    "scipy.sparse._csr.csr_matrix",
 })
 
 
@@ -99,7 +104,7 @@ def _aad(name: str, version: int, sha256: str) -> bytes:
 
 def code_versions() -> dict[str, str]:
     out = {}
-    for package in ("persona", "scikit-learn", "skops", "numpy", "scipy"):
+    for package in ("persona", "scikit-learn", "skops", "numpy", "scipy", "implicit"):
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -113,8 +118,6 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
     when it has no shortfalls (persona.models.train.shortfalls: it beats its best baseline on the
     main metric and is no worse on the headline metric, on held-out rows). The shortfalls are kept
     with the version."""
-    data = sio.dumps(trained.pipeline)
-    sha = hashlib.sha256(data).hexdigest()
     task = trained.task
     meta = {
         "task": {"name": task.name, "family": task.family, "kind": task.kind, "horizon_days": task.horizon_days},
@@ -126,26 +129,37 @@ def save(persona: Persona, trained: Trained, *, promote: bool | None = None, now
                    "horizon_days": trained.horizon.total_seconds() / 86_400},
         "reference": trained.reference, "people": len(trained.people), "seconds": round(trained.seconds, 3),
         "notes": trained.notes, "code": code_versions(), "seed": trained.seed,
-        "promotion": {"eligible": not trained.shortfalls, "shortfalls": trained.shortfalls,
-                      "override": None if promote is None else "promote" if promote else "no-promote"},
     }
+    return store(persona, task.name, trained.pipeline, meta, trained.people, trained.shortfalls, promote=promote,
+                 now=now)
+
+
+def store(persona: Persona, name: str, model: Any, meta: dict[str, Any], people: list[str], shortfalls: list[str],
+          *, promote: bool | None = None, now: datetime | None = None) -> ModelVersion:
+    """Seal and record a version of any model (a task's pipeline, a recommender): `people` are the
+    profile ids it learnt from (an erasure of one marks it stale), `shortfalls` why it should not
+    serve by itself."""
+    data = sio.dumps(model)
+    sha = hashlib.sha256(data).hexdigest()
+    meta = {**meta, "promotion": {"eligible": not shortfalls, "shortfalls": shortfalls,
+                                  "override": None if promote is None else "promote" if promote else "no-promote"}}
     at = micros(now or datetime.now(UTC))
     rec = persona.recorder
     box = sealer(persona)
     with rec.transaction():
-        version = rec.next_model_version(task.name)  # taken under the write lock; the seal binds it
-        sealed = box.seal(data, _aad(task.name, version, sha), os.urandom(12))
+        version = rec.next_model_version(name)  # taken under the write lock; the seal binds it
+        sealed = box.seal(data, _aad(name, version, sha), os.urandom(12))
         # someone erased while this trained is not recorded (their profile id is gone everywhere
         # else) and the version is marked for retraining at once
-        heads = rec.heads(trained.people)
-        kept = [pid for pid in trained.people if pid in heads and heads[pid].wrapped is not None]
-        rec.add_model(task.name, version, at, orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY).decode(), sha,
+        heads = rec.heads(people)
+        kept = [pid for pid in people if pid in heads and heads[pid].wrapped is not None]
+        rec.add_model(name, version, at, orjson.dumps(meta, option=orjson.OPT_SERIALIZE_NUMPY).decode(), sha,
                       sealed, kept)
-        if len(kept) < len(trained.people):
-            rec.mark_models_stale([(task.name, version)], ERASED_SINCE)
-        if promote or (promote is None and not trained.shortfalls):
-            rec.promote_model(task.name, version, at)
-    return get(persona, task.name, version)
+        if len(kept) < len(people):
+            rec.mark_models_stale([(name, version)], ERASED_SINCE)
+        if promote or (promote is None and not shortfalls):
+            rec.promote_model(name, version, at)
+    return get(persona, name, version)
 
 
 def _version(row: tuple[str, int, int, str, int | None, str | None, str | None, str, str]) -> ModelVersion:

@@ -341,7 +341,9 @@ def rescore(persona: Persona, *, as_of: datetime | None = None) -> int:
 
 
 def promoted_names(persona: Persona) -> list[str]:
-    return sorted({v.name for v in registry.versions(persona) if v.status == "promoted"})
+    """The tasks with a version serving (the recommender, scored apart, is not one)."""
+    return sorted({v.name for v in registry.versions(persona)
+                   if v.status == "promoted" and v.meta["task"]["kind"] != "ranking"})
 
 
 def stored(persona: Persona, profile_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

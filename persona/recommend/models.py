@@ -1,0 +1,215 @@
+"""The recommenders (issue 24, item 2): what each scores, and why it recommends an item.
+
+Every recommender scores a user from their row of decayed interest (`interactions.Matrix`): a
+person's scores come from their own interactions and what the model learnt from everyone's, so
+a person who buys something new is scored anew from the read model without retraining.
+
+- `Popular`: the items most engaged with (decayed), overall, or among the user's segment: the
+  people whose favourite category (most interest) is the same. A person with no history, or
+  whose personalization consent is withdrawn, gets the overall list.
+- `ItemSimilarity` (SAR): item-item co-occurrence — how many people engaged with both — as a
+  Jaccard similarity, each item's `neighbours` strongest kept; a user's score for an item is their
+  decayed interest in each item times its similarity to it.
+- `Factors`: implicit-feedback matrix factorisation (ALS, the `implicit` library): item factors
+  learnt from everyone's interest as confidence; a user's factors are solved from their own row
+  and the item factors (the least-squares step of ALS), so a new person needs no retraining.
+
+A model holds items, categories and numbers learnt from many people: no person's row is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from persona.models.threads import one_thread
+
+
+class Recommender:
+    """What every recommender keeps: its items (SKUs), their categories and popularity."""
+
+    family = "recommender"
+
+    def __init__(self, items: list[str], categories: list[str | None], affinity: sp.csr_matrix,
+                 segments: NDArray[np.int64]) -> None:
+        self.weighting: dict[str, float] = {}  # interactions.Weights, as set by training
+        self.items = np.array(items, dtype=np.str_)
+        self.categories = np.array([c or "" for c in categories], dtype=np.str_)
+        self.category_names = np.array(sorted({c for c in categories if c}), dtype=np.str_)
+        self.popularity = np.asarray(affinity.sum(axis=0), dtype=np.float64).ravel()
+        groups = len(self.category_names)
+        by_segment = np.zeros((groups, len(items)), dtype=np.float64)
+        for g in range(groups):
+            rows = np.flatnonzero(segments == g)
+            if len(rows):
+                by_segment[g] = np.asarray(affinity[rows].sum(axis=0)).ravel()
+        self.segment_popularity = by_segment
+
+    def segments(self, affinity: sp.csr_matrix) -> NDArray[np.int64]:
+        """Each user's favourite category (index into category_names), or −1 with no history."""
+        return favourite(affinity, self.categories, self.category_names)
+
+    def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
+        """Users by items: higher is more likely wanted."""
+        raise NotImplementedError
+
+    def popular(self, segments: NDArray[np.int64]) -> NDArray[np.float64]:
+        out = np.tile(self.popularity, (len(segments), 1))
+        known = segments >= 0
+        if known.any():
+            out[known] = self.segment_popularity[segments[known]]
+        return out
+
+    def related(self, item: int, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
+        """How much each of a user's items says about this one (for "because you …")."""
+        return np.zeros(len(candidates))
+
+
+class Popular(Recommender):
+    family = "popular"
+
+    def __init__(self, items: list[str], categories: list[str | None], affinity: sp.csr_matrix,
+                 segments: NDArray[np.int64], *, by_segment: bool) -> None:
+        super().__init__(items, categories, affinity, segments)
+        self.by_segment = by_segment
+        self.family = "popular by segment" if by_segment else "popular"
+
+    def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
+        segments = self.segments(affinity) if self.by_segment else np.full(affinity.shape[0], -1)
+        return self.popular(segments)
+
+
+class ItemSimilarity(Recommender):
+    family = "item similarity"
+
+    def __init__(self, items: list[str], categories: list[str | None], affinity: sp.csr_matrix,
+                 segments: NDArray[np.int64], *, neighbours: int = 100, min_together: int = 2) -> None:
+        super().__init__(items, categories, affinity, segments)
+        self.neighbours, self.min_together = neighbours, min_together
+        seen = (affinity > 0).astype(np.float64).tocsc()
+        together = (seen.T @ seen).tocsr()  # items × items: people who engaged with both
+        alone = together.diagonal()
+        together.data[together.data < min_together] = 0
+        together.eliminate_zeros()
+        coo = together.tocoo()
+        jaccard = coo.data / (alone[coo.row] + alone[coo.col] - coo.data)
+        self.similarity = _top(sp.csr_matrix((jaccard, (coo.row, coo.col)), shape=together.shape), neighbours)
+
+    def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
+        """Interest times similarity; items it says nothing of come after, by their segment's popularity."""
+        found = np.asarray((affinity @ self.similarity).toarray(), dtype=np.float64)
+        fill = self.popular(self.segments(affinity))
+        fill /= np.maximum(fill.max(axis=1, keepdims=True), 1e-300)
+        return np.where(found > 0, found, fill - 1.0)
+
+    def related(self, item: int, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
+        column = self.similarity[:, [item]].toarray().ravel()
+        return np.asarray(column[candidates], dtype=np.float64)
+
+
+class Factors(Recommender):
+    family = "matrix factorisation (ALS)"
+
+    def __init__(self, items: list[str], categories: list[str | None], affinity: sp.csr_matrix,
+                 segments: NDArray[np.int64], *, factors: int = 64, regularization: float = 0.05,
+                 alpha: float = 10.0, iterations: int = 15, seed: int = 0) -> None:
+        super().__init__(items, categories, affinity, segments)
+        self.factors, self.regularization, self.alpha, self.iterations = factors, regularization, alpha, iterations
+        self.item_factors = _als(affinity, factors, regularization, alpha, iterations, seed)
+        norms = np.linalg.norm(self.item_factors, axis=1)
+        self.unit = self.item_factors / np.where(norms > 0, norms, 1.0)[:, None]
+
+    def user_factors(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
+        """Each user's factors solved from their own row: (YᵀCᵤY + λI)⁻¹ YᵀCᵤpᵤ, with confidence
+        Cᵤ = α × interest, as ALS's user step."""
+        y = self.item_factors
+        base = y.T @ y + self.regularization * np.eye(y.shape[1])
+        out = np.zeros((affinity.shape[0], y.shape[1]))
+        for u in range(affinity.shape[0]):
+            lo, hi = affinity.indptr[u], affinity.indptr[u + 1]
+            if lo == hi:
+                continue
+            items, confidence = affinity.indices[lo:hi], self.alpha * affinity.data[lo:hi]
+            rows = y[items]
+            a = base + (rows.T * (confidence - 1.0)) @ rows
+            out[u] = np.linalg.solve(a, rows.T @ confidence)
+        return out
+
+    def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
+        return np.asarray(self.user_factors(affinity) @ self.item_factors.T, dtype=np.float64)
+
+    def related(self, item: int, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
+        return np.asarray(np.clip(self.unit[candidates] @ self.unit[item], 0.0, None), dtype=np.float64)
+
+
+@one_thread
+def _als(affinity: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int, seed: int
+         ) -> NDArray[np.float64]:
+    """Item factors of implicit's ALS on the users' interest (one thread: see models/threads.py)."""
+    import warnings
+
+    from implicit.cpu.als import AlternatingLeastSquares  # heavy: loaded when a model is trained
+
+    with warnings.catch_warnings():  # the BLAS pool is held to one thread here, as implicit advises
+        warnings.simplefilter("ignore", RuntimeWarning)
+        model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
+                                        iterations=iterations, random_state=seed, num_threads=1,
+                                        calculate_training_loss=False)
+    model.fit(affinity.astype(np.float32).tocsr(), show_progress=False)
+    learnt: NDArray[np.float64] = np.asarray(model.item_factors, dtype=np.float64)
+    return learnt
+
+
+def _top(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Each row's k largest entries."""
+    rows, cols, vals = [], [], []
+    for r in range(matrix.shape[0]):
+        lo, hi = matrix.indptr[r], matrix.indptr[r + 1]
+        keep = lo + np.argpartition(-matrix.data[lo:hi], k - 1)[:k] if hi - lo > k else np.arange(lo, hi)
+        rows.append(np.full(len(keep), r))
+        cols.append(matrix.indices[keep])
+        vals.append(matrix.data[keep])
+    if not rows:
+        return sp.csr_matrix(matrix.shape)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=matrix.shape)
+
+
+def favourite(affinity: sp.csr_matrix, categories: NDArray[np.str_], names: NDArray[np.str_]) -> NDArray[np.int64]:
+    """Each user's category of most interest (index into names), −1 with none."""
+    index = {c: g for g, c in enumerate(names)}
+    of_item = np.array([index.get(c, -1) for c in categories], dtype=np.int64)
+    known = of_item >= 0
+    if not len(names) or not known.any():
+        return np.full(affinity.shape[0], -1)
+    onto = sp.csr_matrix((np.ones(int(known.sum())), (np.flatnonzero(known), of_item[known])),
+                         shape=(len(categories), len(names)))
+    per = np.asarray((affinity @ onto).toarray())
+    out = np.asarray(per.argmax(axis=1), dtype=np.int64)
+    out[per.max(axis=1) <= 0] = -1
+    return out
+
+
+def top(scores: NDArray[np.float64], k: int, excluded: sp.csr_matrix | None = None) -> NDArray[np.int64]:
+    """Each row's k best items, best first (excluded pairs never; ties by item order)."""
+    scores = scores.copy()
+    if excluded is not None and excluded.nnz:
+        coo = excluded.tocoo()
+        scores[coo.row, coo.col] = -np.inf
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.empty((scores.shape[0], 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    picked = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -picked), axis=1)
+    best = np.take_along_axis(part, order, axis=1)
+    ranked = np.take_along_axis(scores, best, axis=1)
+    return np.where(np.isfinite(ranked), best, -1)
+
+
+def describe(model: Recommender) -> dict[str, Any]:
+    params = {name: getattr(model, name) for name in ("by_segment", "neighbours", "min_together", "factors",
+                                                      "regularization", "alpha", "iterations") if hasattr(model, name)}
+    return {"family": model.family, "params": params, "items": len(model.items)}

@@ -1,0 +1,335 @@
+"""Recommendations: the shoppers' generator, interactions point in time (merges, consent), the
+models and their held-out metrics, the sealed registry, serving one person (purchases left out at
+once, reasons of their own), erasure, and the CLI.
+
+One module-scoped store holds shoppers with latent tastes (persona.testing.tastes), ingested
+through the real pipeline, with a recommender trained and promoted on it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+from persona import Persona, Settings
+from persona.cli import cli
+from persona.erasure import erase_profile
+from persona.errors import PersonaError, TamperError, ValidationError
+from persona.ingest import ingest_jsonl
+from persona.models import registry, scoring
+from persona.recommend import NAME, interactions, serve, train
+from persona.recommend.models import Factors
+from persona.testing import tastes
+
+PEOPLE = 1500
+
+
+@dataclass
+class Shop:
+    settings: Settings
+    trained: train.Trained
+    version: registry.ModelVersion
+    truth: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Shop:
+    root = tmp_path_factory.mktemp("shop")
+    events = root / "shoppers.jsonl"
+    summary = tastes.write(events, PEOPLE, seed=5, days=240)
+    settings = Settings.load(root / "data", env={})
+    with Persona.init(settings) as p:
+        report = ingest_jsonl(p, events.read_bytes().splitlines(), origin="shoppers")
+        assert report.appended == summary["events"] and report.quarantined == 0
+        trained = train.train(p)
+        version = serve.save(p, trained)
+    return Shop(settings, trained, version, summary)
+
+
+def _event(n: int, kind: str, at: str, subject: dict[str, str], data: dict[str, Any]) -> bytes:
+    source = {"order_placed": "shop", "review_posted": "shop", "consent_changed": "crm"}.get(kind, "web")
+    return orjson.dumps({"event_id": f"e{n}", "source": source, "type": kind, "occurred_at": at,
+                         "subject": subject, "data": data})
+
+
+def _view(n: int, at: str, subject: dict[str, str], sku: str, category: str = "books") -> bytes:
+    return _event(n, "product_viewed", at, subject, {"sku": sku, "category": category, "session_id": f"s{n}"})
+
+
+ALICE = {"namespace": "shop_user", "value": "alice"}
+
+
+# -- the generator -------------------------------------------------------------------------------
+def test_shoppers_follow_their_own_tastes_and_a_seed_draws_the_same_log(tmp_path: Path) -> None:
+    first, again = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    summary = tastes.write(first, 300, seed=2, days=200)
+    tastes.write(again, 300, seed=2, days=200)
+    assert first.read_bytes() == again.read_bytes()
+    favourites = {t["subject"]: set(t["categories"]) for t in summary["truth"]}
+    kinds, inside, views = set(), 0, 0
+    for line in first.read_bytes().splitlines():
+        e = orjson.loads(line)
+        kinds.add(e["type"])
+        if e["type"] == "product_viewed":
+            views += 1
+            inside += e["data"]["category"] in favourites[e["subject"]["value"]]
+    assert {"product_viewed", "cart_updated", "order_placed", "review_posted", "consent_changed"} <= kinds
+    assert inside / views > 0.6  # two of eight categories: a quarter of views, were tastes not planted
+
+
+# -- metrics ------------------------------------------------------------------------------------
+def test_ranking_metrics_by_hand() -> None:
+    ranked = np.array([[3, 1, 7, -1], [5, 6, 2, 0]])
+    targets = [np.array([1, 9], dtype=np.int32), np.array([0], dtype=np.int32)]
+    engaged = np.array([0.5, 0.5, 0.25, 0.5, 0.0, 0.125, 0.25, 1.0, 0.0, 0.5])
+    found = train.metrics(ranked, targets, np.array([0, 1]), engaged, k=4)
+    d = 1 / np.log2(np.arange(2, 6))
+    assert found["recall@4"] == pytest.approx((1 / 2 + 1 / 1) / 2)
+    assert found["ndcg@4"] == pytest.approx((d[1] / (d[0] + d[1]) + d[3] / d[0]) / 2)
+    assert found["map@4"] == pytest.approx(((1 / 2) / 2 + (1 / 4) / 1) / 2)
+    shown = [3, 1, 7, 5, 6, 2, 0]
+    assert found["coverage"] == pytest.approx(len(shown) / 8)  # 8 items anyone engaged with
+    assert found["novelty"] == pytest.approx(np.mean(-np.log2(engaged[shown])))
+
+
+# -- point in time --------------------------------------------------------------------------------
+def test_an_interaction_after_the_cutoff_never_moves_the_matrix_and_becomes_the_target(persona: Persona) -> None:
+    cutoff = datetime(2025, 3, 1, tzinfo=UTC)
+    ingest_jsonl(persona, [_view(1, "2025-02-01T00:00:00Z", ALICE, "books-1"),
+                           _event(2, "order_placed", "2025-02-02T00:00:00Z", ALICE,
+                                  {"order_id": "o1", "amount": "10.00", "currency": "CNY",
+                                   "items": [{"sku": "books-2", "category": "books"}]})], origin="test")
+    before = interactions.read(persona).matrix(cutoff)
+    ingest_jsonl(persona, [_view(3, "2025-03-01T00:00:00.000001Z", ALICE, "books-3"),
+                           _view(4, "2025-03-01T00:00:00.000001Z", ALICE, "books-2")], origin="test")
+    log = interactions.read(persona)
+    after = log.matrix(cutoff)
+    assert (before.affinity != after.affinity[:, :before.affinity.shape[1]]).nnz == 0
+    assert after.affinity[:, log.items.index("books-3")].nnz == 0
+    targets = log.targets(cutoff, cutoff + timedelta(days=28), after)
+    assert [log.items[i] for i in targets[0]] == ["books-3"]  # books-2 was bought before: never a target
+    ingest_jsonl(persona, [_view(5, "2025-03-01T00:00:00Z", ALICE, "books-4")], origin="test")
+    log = interactions.read(persona)
+    assert log.matrix(cutoff).affinity[0, log.items.index("books-4")] == pytest.approx(1.0)  # at it: counts
+    # decay: a view a half-life before counts half; an order five views
+    half = cutoff + timedelta(days=interactions.Weights().half_life_days)
+    m = log.matrix(half)
+    assert m.affinity[0, log.items.index("books-4")] == pytest.approx(0.5)
+    assert m.strongest[0, log.items.index("books-2")] - 1 == interactions.ORDER
+
+
+def test_a_merge_counts_from_when_its_link_happened(persona: Persona) -> None:
+    cookie = {"namespace": "cookie", "value": "ck-1"}
+    ingest_jsonl(persona, [_view(1, "2025-01-10T00:00:00Z", ALICE, "books-1"),
+                           _view(2, "2025-02-01T00:00:00Z", cookie, "toys-1", "toys"),
+                           _event(3, "identity_linked", "2025-04-01T00:00:00Z", cookie, {"other": ALICE})],
+                 origin="test")
+    log = interactions.read(persona)
+    then = log.matrix(datetime(2025, 3, 1, tzinfo=UTC))
+    now = log.matrix(datetime(2025, 5, 1, tzinfo=UTC))
+    assert then.affinity.shape[0] == 2 and int(then.active.sum()) == 2  # two people before the link
+    assert int(now.active.sum()) == 1 and now.affinity[int(np.flatnonzero(now.active)[0])].nnz == 2
+
+
+def test_interest_under_withdrawn_consent_does_not_count(persona: Persona) -> None:
+    ingest_jsonl(persona, [_view(1, "2025-01-10T00:00:00Z", ALICE, "books-1"),
+                           _event(2, "consent_changed", "2025-02-01T00:00:00Z", ALICE,
+                                  {"purpose": "personalization", "granted": False}),
+                           _view(3, "2025-02-10T00:00:00Z", ALICE, "books-2"),
+                           _event(4, "consent_changed", "2025-03-01T00:00:00Z", ALICE,
+                                  {"purpose": "personalization", "granted": True}),
+                           _view(5, "2025-03-10T00:00:00Z", ALICE, "books-3")], origin="test")
+    log = interactions.read(persona)
+    counted = log.matrix(datetime(2025, 4, 1, tzinfo=UTC))
+    assert {log.items[i] for i in counted.affinity[0].indices} == {"books-1", "books-3"}
+    assert not counted.withdrawn[0]
+    assert log.matrix(datetime(2025, 2, 15, tzinfo=UTC)).withdrawn[0]
+    targets = log.targets(datetime(2025, 2, 5, tzinfo=UTC), datetime(2025, 3, 5, tzinfo=UTC),
+                          log.matrix(datetime(2025, 2, 5, tzinfo=UTC)))
+    assert len(targets[0]) == 0  # what they did while withdrawn is no one's answer either
+
+
+# -- models and their evaluation ----------------------------------------------------------------
+def test_the_chosen_model_beats_popularity_on_held_out_windows(shop: Shop) -> None:
+    t = shop.trained
+    assert t.chosen["candidate"] not in train.BASELINES
+    assert set(t.baselines) == set(train.BASELINES)
+    for base in t.baselines.values():
+        assert base["rows"] == t.metrics["rows"] > 100  # the same people
+        assert t.metrics["ndcg@10"] > 1.5 * base["ndcg@10"] and t.metrics["recall@10"] > 1.5 * base["recall@10"]
+    assert t.cutoffs[0] < t.cutoffs[1] < t.cutoffs[2]
+    assert shop.version.status == "promoted" and shop.version.meta["lift"]["improvement"] > 0.5
+    assert t.seconds > 0 and len(t.people) > PEOPLE * 0.9
+
+
+def test_training_is_reproducible(shop: Shop) -> None:
+    with Persona.open(shop.settings) as p:
+        again = train.train(p)
+    assert again.metrics == shop.trained.metrics and again.validation == shop.trained.validation
+
+
+def test_the_user_step_is_als_least_squares() -> None:
+    """A person's factors are solved from their own row exactly as ALS's user step (implicit's
+    reference implementation), so scoring a new person needs no retraining."""
+    from implicit.cpu.als import user_factor
+
+    rng = np.random.default_rng(0)
+    affinity = sp.random(200, 60, density=0.08, format="csr", random_state=1) * 3
+    model = Factors([f"i{n}" for n in range(60)], ["c"] * 60, affinity, np.zeros(200, dtype=np.int64), factors=8)
+    y = model.item_factors
+    mine = model.user_factors(affinity)
+    cui = (model.alpha * affinity).tocsr()
+    for u in rng.choice(200, 20, replace=False):
+        expected = user_factor(y, y.T @ y, cui, u, model.regularization, y.shape[1]) if cui[u].nnz else 0
+        assert np.allclose(mine[u], expected)
+
+
+# -- the registry ---------------------------------------------------------------------------------
+def _set(settings: Settings, sql: str, *args: Any) -> None:
+    with sqlite3.connect(settings.db_path) as db:
+        db.execute(sql, args)
+
+
+def test_the_model_is_sealed_with_skops_and_a_tampered_one_is_refused(shop: Shop) -> None:
+    with Persona.open(shop.settings) as p:
+        loaded = registry.load(p, NAME)
+        assert list(loaded.pipeline.items) == list(shop.trained.model.items)
+        spare = serve.save(p, shop.trained, promote=False)
+        assert spare.status == "candidate"
+        blob = p.recorder.model_blob(NAME, spare.version)
+        assert blob is not None and b"books-" not in blob[1]  # sealed: not even the catalogue shows
+        sealed = bytearray(blob[1])
+        sealed[len(sealed) // 2] ^= 1
+        _set(shop.settings, "UPDATE models SET blob = ? WHERE name = ? AND version = ?", bytes(sealed), NAME,
+             spare.version)
+        with pytest.raises(TamperError):
+            registry.load(p, NAME, spare.version)
+
+
+# -- serving --------------------------------------------------------------------------------------
+def _someone(shop: Shop, p: Persona) -> str:
+    for t in shop.truth["truth"]:
+        pid = p.log.profile_for("shop_user", t["subject"])
+        found = serve.recommend(p, pid)
+        if found.basis == "personal" and len(found.items) == 10:
+            return pid
+    raise AssertionError("nobody with a personal list")
+
+
+def test_a_purchase_leaves_the_list_at_once_and_reasons_are_the_persons_own(shop: Shop) -> None:
+    with Persona.open(shop.settings) as p:
+        pid = _someone(shop, p)
+        found = serve.recommend(p, pid)
+        own = {i for e in p.log.read(pid) for i in _skus(e)}
+        assert all(r.sku in own for item in found.items for r in item.reasons)
+        assert any(item.reasons for item in found.items) and all(item.because for item in found.items)
+        scores = [item.score for item in found.items]
+        assert scores == sorted(scores, reverse=True)
+        best = found.items[0]
+        subject = {"namespace": "shop_user", "value": _subject(shop, p, pid)}
+        ingest_jsonl(p, [_event(90_001, "order_placed", datetime.now(UTC).isoformat(), subject,
+                                {"order_id": "fresh", "amount": "9.00", "currency": "CNY",
+                                 "items": [{"sku": best.sku, "category": best.category}]})], origin="test")
+        after = serve.recommend(p, pid)
+        assert best.sku not in [i.sku for i in after.items]
+        assert best.sku in [i.sku for i in serve.recommend(p, pid, exclude_purchased=False, first=100).items]
+
+
+def _skus(event: Any) -> list[str]:
+    return [sku for _, sku, _, _ in interactions.interactions(event)]
+
+
+def _subject(shop: Shop, p: Persona, pid: str) -> str:
+    return next(t["subject"] for t in shop.truth["truth"] if p.log.profile_for("shop_user", t["subject"]) == pid)
+
+
+def test_first_and_category_are_checked(shop: Shop) -> None:
+    with Persona.open(shop.settings) as p:
+        pid = _someone(shop, p)
+        for bad in (0, -1, 101, 10**9):
+            with pytest.raises(ValidationError):
+                serve.recommend(p, pid, first=bad)
+        books = serve.recommend(p, pid, category="books", first=20)
+        assert books.items and {i.category for i in books.items} == {"books"}
+        assert serve.recommend(p, pid, category="no such category").items == []
+        with pytest.raises(PersonaError):
+            serve.recommend(p, "prf_nosuchprofile00000000000")
+
+
+def test_no_personal_list_without_consent_nor_history(shop: Shop, persona: Persona) -> None:
+    with Persona.open(shop.settings) as p:
+        loaded = registry.load(p, NAME)
+    ingest_jsonl(persona, [_view(1, "2025-01-10T00:00:00Z", ALICE, "books-001"),
+                           _event(2, "consent_changed", "2025-02-01T00:00:00Z", ALICE,
+                                  {"purpose": "personalization", "granted": False}),
+                           _view(3, "2025-01-10T00:00:00Z", {"namespace": "shop_user", "value": "bob"}, "toys-001",
+                                 "toys"),
+                           _event(4, "profile_updated", "2025-01-10T00:00:00Z",
+                                  {"namespace": "shop_user", "value": "carol"}, {"country": "CN"})], origin="test")
+    popular = [str(s) for s in loaded.pipeline.items[np.argsort(-loaded.pipeline.popularity, kind="stable")[:10]]]
+    alice = serve.recommend(persona, persona.log.profile_for(*ALICE.values()), loaded=loaded)
+    assert alice.basis == "popular: no consent" and [i.sku for i in alice.items] == popular
+    assert all(not i.reasons for i in alice.items) and "no personalization consent" in alice.items[0].because
+    carol = serve.recommend(persona, persona.log.profile_for("shop_user", "carol"), loaded=loaded)
+    assert carol.basis == "popular: no history" and [i.sku for i in carol.items] == popular
+    bob = serve.recommend(persona, persona.log.profile_for("shop_user", "bob"), loaded=loaded)
+    assert bob.basis == "personal" and any(i.reasons for i in bob.items)
+    assert {r.sku for i in bob.items for r in i.reasons} == {"toys-001"}
+
+
+def test_erasure_marks_the_recommender_stale_and_a_retrain_leaves_the_person_out(tmp_path: Path) -> None:
+    events = tmp_path / "few.jsonl"
+    tastes.write(events, 400, seed=8, days=200)
+    with Persona.init(Settings.load(tmp_path / "data", env={})) as p:
+        ingest_jsonl(p, events.read_bytes().splitlines(), origin="few")
+        trained = train.train(p)
+        serve.save(p, trained, promote=True)
+        victim = trained.people[0]
+        receipt = erase_profile(p, victim).receipt["receipt"]
+        assert any(m.startswith(f"{NAME} v") for m in receipt["models_to_retrain"])
+        assert registry.get(p, NAME).stale
+        with pytest.raises(PersonaError):
+            serve.recommend(p, victim)
+        again = train.train(p)
+        assert victim not in again.people and len(again.people) == len(trained.people) - 1
+        assert "recommendations" not in scoring.promoted_names(p)  # scored apart from the tasks
+
+
+# -- the command line ------------------------------------------------------------------------------
+def test_cli_trains_and_recommends_without_writing_an_identifier_to_the_audit(tmp_path: Path) -> None:
+    events = tmp_path / "few.jsonl"
+    tastes.write(events, 400, seed=4, days=200)
+    data = str(tmp_path / "data")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--data", data, "init"]).exit_code == 0
+    assert runner.invoke(cli, ["--data", data, "ingest", str(events)]).exit_code == 0
+    trained = runner.invoke(cli, ["--data", data, "train", "recommendations"])
+    assert trained.exit_code == 0, trained.output
+    assert "recommendations v1 [promoted]" in trained.output and "ndcg@10" in trained.output
+    shown = runner.invoke(cli, ["--data", data, "recommend", "--subject", "shop_user:t-000003"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert "(recommendations v1)" in lines[0] and len(lines) == 11 and " — " in lines[1]
+    as_json = runner.invoke(cli, ["--data", data, "recommend", "--subject", "shop_user:t-000003", "--json",
+                                  "--first", "3"])
+    doc = orjson.loads(as_json.output)
+    assert len(doc["items"]) == 3 and doc["model"] == "recommendations v1" and "t-000003" not in as_json.output
+    assert runner.invoke(cli, ["--data", data, "recommend", "--subject", "shop_user:t-000003", "--first",
+                               "0"]).exit_code == 2
+    unknown = runner.invoke(cli, ["--data", data, "recommend", "--subject", "shop_user:nobody"])
+    assert unknown.exit_code != 0 and "nobody" not in unknown.output
+    listed = orjson.loads(runner.invoke(cli, ["--data", data, "models", "--json"]).output)
+    assert any(v["name"] == NAME for v in listed)
+    with Persona.open(Settings.load(Path(data), env={})) as p:
+        rows = p.recorder.audit_latest(limit=20)
+    said = repr(rows)
+    assert "recommend" in said and "t-000003" not in said
