@@ -27,12 +27,18 @@ from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros
 from persona.projections import ATTRIBUTES, FEATURES, Projection
 from persona.projections.profile import attribute_values
+from persona.recommend import current as recommendations
 from persona.rfm import compute_rfm
 from persona.settings import Settings
 
 PROJECTIONS: tuple[Projection[Any], ...] = (ATTRIBUTES, FEATURES)
 _AAD = b"persona-snapshot/1\x00"
 _WRITE_BATCH = 500  # profiles per transaction
+
+
+def _withdrawn(current: Current, purpose: str = "personalization") -> bool:
+    claim = current.states[ATTRIBUTES.name]["consent"].get(purpose)
+    return claim is not None and claim[0] is False
 
 
 def _aad(profile_id: str, name: str, projection_version: int, stream_version: int) -> bytes:
@@ -334,6 +340,10 @@ class Projector:
                 # streams of a merged person are no longer anyone's, and leave theirs
                 memberships.follow(self.persona, index, [member for pid, *_ in index
                                                          for member in people[pid].members if member != pid])
+                # and the recommendations read model: a purchase leaves the person's list at once
+                written = {pid for pid, *_ in index}
+                recommendations.follow(self.persona, [(c.profile_id, c.states[FEATURES.name], _withdrawn(c))
+                                                      for c in work if c.profile_id in written])
         return len(index)
 
 

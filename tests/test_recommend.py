@@ -333,3 +333,117 @@ def test_cli_trains_and_recommends_without_writing_an_identifier_to_the_audit(tm
         rows = p.recorder.audit_latest(limit=20)
     said = repr(rows)
     assert "recommend" in said and "t-000003" not in said
+
+
+# -- the read model ----------------------------------------------------------------------------------
+def test_the_read_model_holds_each_list_drops_a_purchase_at_once_and_a_no_to_personalization(tmp_path: Path
+                                                                                              ) -> None:
+    from persona.verify import verify
+
+    events = tmp_path / "few.jsonl"
+    summary = tastes.write(events, 400, seed=12, days=200)
+    with Persona.init(Settings.load(tmp_path / "data", env={})) as p:
+        ingest_jsonl(p, events.read_bytes().splitlines(), origin="few")
+        serve.save(p, train.train(p), promote=True)
+        written = serve.score_everyone(p)
+        assert 0.8 * 400 < written <= 400
+        subjects = [t["subject"] for t in summary["truth"]]
+        pid = next(pid for pid in (p.log.profile_for("shop_user", s) for s in subjects)
+                   if serve.stored(p, pid) is not None)
+        row = serve.stored(p, pid)
+        assert row is not None and row["basis"] == "personal" and len(row["items"]) == serve.KEEP
+        live = serve.recommend(p, pid, first=serve.KEEP)
+        assert [item[0] for item in row["items"]][:10] == [i.sku for i in live.items][:10]
+        assert [[r.sku, r.interaction] for r in live.items[0].reasons] == row["items"][0][3]
+        served = serve.from_read_model(row, 10)
+        assert served is not None and served["because"][0] == live.items[0].because
+        # a purchase: the item leaves the stored list in the commit that appends the order
+        subject = {"namespace": "shop_user", "value": next(s for s in subjects if p.log.profile_for("shop_user", s)
+                                                            == pid)}
+        top_sku = row["items"][0][0]
+        ingest_jsonl(p, [_event(70_001, "order_placed", datetime.now(UTC).isoformat(), subject,
+                                {"order_id": "now", "amount": "5.00", "currency": "CNY",
+                                 "items": [{"sku": top_sku, "category": row["items"][0][1]}]})], origin="shop")
+        after = serve.stored(p, pid)
+        assert after is not None and top_sku not in [i[0] for i in after["items"]]
+        assert [i[0] for i in after["items"]] == [i[0] for i in row["items"][1:]]
+        verify(p)  # the rewritten row carries its tag
+        # someone else's list is left as it was
+        other = next(q for q in (p.log.profile_for("shop_user", s) for s in subjects)
+                     if q != pid and serve.stored(p, q) is not None)
+        kept = serve.stored(p, other)
+        # a no to personalization: the list goes at once
+        ingest_jsonl(p, [_event(70_002, "consent_changed", datetime.now(UTC).isoformat(), subject,
+                                {"purpose": "personalization", "granted": False})], origin="crm")
+        assert serve.stored(p, pid) is None and serve.stored(p, other) == kept
+        assert serve.recommend(p, pid).basis == "popular: no consent"
+        # erased: the row goes with the person
+        erase_profile(p, other)
+        assert serve.stored(p, other) is None
+        verify(p)
+
+
+def test_api_recommendations_from_the_read_model_and_made_for_the_request(tmp_path: Path) -> None:
+    """Through a real server: the scope, the stored list, a category, purchases included, bounds,
+    no consent, another person's list, and an erased person."""
+    import httpx
+
+    from persona.tokens import create_token
+    from tests.test_api_http import served
+
+    events = tmp_path / "few.jsonl"
+    summary = tastes.write(events, 300, seed=13, days=200)
+    settings = Settings.load(tmp_path / "data", env={})
+    with Persona.init(settings) as p:
+        ingest_jsonl(p, events.read_bytes().splitlines(), origin="few")
+        serve.save(p, train.train(p), promote=True)
+        serve.score_everyone(p)
+        subjects = [t["subject"] for t in summary["truth"]]
+        ids = [pid for pid in (p.log.profile_for("shop_user", s) for s in subjects) if serve.stored(p, pid)]
+        tokens = {"reader": create_token(p, "reader", frozenset({"predictions:read", "profiles:read"})),
+                  "profiles": create_token(p, "profiles", frozenset({"profiles:read"}))}
+        first, second = ids[0], ids[1]
+        stored = serve.stored(p, first)
+    assert stored is not None
+    query = ("query($id: ID, $first: Int!, $context: RecommendationContext) { profile(id: $id) {"
+             " recommendations(first: $first, context: $context) { basis model computedAt"
+             " items { sku category score because reasons { sku interaction } } } } }")
+    with served(settings, tmp_path, tokens, {}) as server, \
+            httpx.Client(base_url=server.url, trust_env=False, timeout=60) as client:
+        def ask(pid: str, token: str = "reader", first: int = 10, context: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+            response = client.post("/graphql", json={"query": query, "variables": {
+                "id": pid, "first": first, "context": context}}, headers={"Authorization": f"Bearer {tokens[token]}"})
+            assert response.status_code in (200, 403), response.text
+            assert "Traceback" not in response.text and "t-000" not in response.text
+            doc: dict[str, Any] = response.json()
+            return doc
+
+        denied = ask(first, "profiles")
+        assert "predictions:read" in denied["errors"][0]["message"]
+        found = ask(first)["data"]["profile"]["recommendations"]
+        assert found["computedAt"] is not None and found["basis"] == "personal"  # from the read model
+        assert [i["sku"] for i in found["items"]] == [i[0] for i in stored["items"][:10]]
+        assert all(i["because"] for i in found["items"])
+        mine = {i[0] for i in stored["items"]}
+        theirs = ask(second)["data"]["profile"]["recommendations"]
+        assert [i["sku"] for i in theirs["items"]] != [i["sku"] for i in found["items"]] or not mine
+        category = found["items"][0]["category"]
+        only = ask(first, context={"category": category})["data"]["profile"]["recommendations"]
+        assert only["items"] and {i["category"] for i in only["items"]} == {category}
+        everything = ask(first, context={"excludePurchased": False}, first=30)["data"]["profile"]["recommendations"]
+        assert everything["computedAt"] is None and len(everything["items"]) == 30  # made for the request
+        for bad in (0, -5, 101, 2**31 - 1):
+            error = ask(first, first=bad)["errors"][0]
+            assert "first" in error["message"] and "Traceback" not in error["message"]
+        with Persona.open(settings) as p:
+            subject = next(s for s in subjects if p.log.profile_for("shop_user", s) == second)
+            ingest_jsonl(p, [_event(80_001, "consent_changed", datetime.now(UTC).isoformat(),
+                                    {"namespace": "shop_user", "value": subject},
+                                    {"purpose": "personalization", "granted": False})], origin="crm")
+        no = ask(second)["data"]["profile"]["recommendations"]
+        assert no["basis"] == "popular: no consent" and all(not i["reasons"] for i in no["items"])
+        with Persona.open(settings) as p:
+            erase_profile(p, first)
+        gone = ask(first)
+        assert gone["data"]["profile"] is None or gone.get("errors")

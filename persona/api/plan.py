@@ -60,6 +60,7 @@ FIELD_SCOPES: dict[tuple[str, str], str] = {
     ("Subscription", "segmentChanged"): "segments:read",
     ("Profile", "history"): "history:read",
     ("Profile", "predictions"): "predictions:read",
+    ("Profile", "recommendations"): "predictions:read",
     ("Profile", "attributeSources"): "history:read",  # source event ids and times: a digest of the history
     ("Profile", "attributeProvenance"): "history:read",  # the same, typed
     # identity resolution's results: whether an identifier was known already, who is one person
@@ -106,6 +107,7 @@ PAST_PROFILES_PER_UNIT = 10
 PAGED: dict[tuple[str, str], int] = {
     ("Query", "profiles"): 20,
     ("Profile", "history"): 20,
+    ("Profile", "recommendations"): 10,
 }
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
 # Profile fields whose values the clock never moves (the rest — features, attributes with an age,

@@ -42,6 +42,7 @@ from persona.events import from_micros
 from persona.memberships import Segment as SegmentDefinition
 from persona.population import ProfileFilter as Where
 from persona.reading import HistoryPage, history_page
+from persona.recommend import NAME
 from persona.rules import RuleError, compile_rule
 
 T = TypeVar("T")
@@ -152,6 +153,51 @@ def _prediction(d: dict[str, Any]) -> Prediction:
                       probabilities=d["probabilities"], classes=_classes(d["probabilities"]),
                       contributions=[Contribution(**c) for c in d["contributions"]],
                       as_of=datetime.fromisoformat(d["as_of"]), computed_at=from_micros(d["computed_at"]))
+
+
+@strawberry.type(description="One of the person's own items behind a recommendation")
+class RecommendationReason:
+    sku: str
+    interaction: str = strawberry.field(description="How they engaged with it most: view, cart, order or review")
+
+
+@strawberry.type(description="An item the person is likely to want next")
+class RecommendedItem:
+    sku: str
+    category: str | None
+    score: float = strawberry.field(description="The model's score: higher is more likely (comparable within a"
+                                                " list only)")
+    because: str = strawberry.field(description="Why, in words: \"because you viewed X and bought Y\", or the"
+                                                " popularity it was picked by")
+    reasons: list[RecommendationReason]
+
+
+@strawberry.type(description="What the person is likely to want next (docs/recommendations.md)")
+class Recommendations:
+    basis: str = strawberry.field(description="personal; or `popular: no consent` (personalization consent"
+                                              " withdrawn) or `popular: no history`: the items popular overall")
+    model: str = strawberry.field(description="The recommender version that made it")
+    computed_at: datetime | None = strawberry.field(description="When the read model's list was made (null:"
+                                                                " made for this request)")
+    items: list[RecommendedItem]
+
+
+@strawberry.input(description="Which items a list may hold")
+class RecommendationContext:
+    category: str | None = strawberry.field(default=None, description="Only items of this category")
+    exclude_purchased: bool = strawberry.field(default=True, description="Leave out what the person bought")
+
+
+def _recommendations(found: dict[str, Any]) -> Recommendations:
+    """A list as the read model holds it, or as made for the request (persona.recommend.serve)."""
+    items: list[RecommendedItem] = []
+    for sku, category, score, reasons in found["items"]:
+        why = [RecommendationReason(sku=r, interaction=k) for r, k in reasons]
+        items.append(RecommendedItem(sku=sku, category=category, score=score, reasons=why,
+                                     because=found["because"][len(items)]))
+    return Recommendations(basis=found["basis"], model=found["model"],
+                           computed_at=None if found.get("computed_at") is None else from_micros(found["computed_at"]),
+                           items=items)
 
 
 @strawberry.type
@@ -316,7 +362,38 @@ class Profile:
         if withdrawn(self._data.attributes, "personalization"):
             return []  # personalised output is withheld from anyone who said no to it
         found = context_of(info).predictions.get(self._data.id)
-        return [_prediction(d) for d in found if models is None or d["model"] in models]
+        return [_prediction(d) for d in found if (models is None or d["model"] in models) and d["model"] != NAME]
+
+    @strawberry.field(description="What the person is likely to want next, best first, each with why (the"
+                                  " promoted recommender; the batch-scored read model, kept current as they buy)."
+                                  " Without personalization consent, or with no history, the items popular overall")
+    def recommendations(self, info: Info[RequestContext, None], first: int = 10,
+                        context: RecommendationContext | None = None) -> Recommendations:
+        if self._as_of is not None:  # the read model holds today's lists; the past is `persona recommend --as-of`
+            raise ApiError("recommendations: available for the current profile only")
+        from persona.recommend import serve  # heavy: loaded when a request first asks for recommendations
+
+        if not 1 <= first <= serve.MAX_FIRST:
+            raise ApiError(f"first: between 1 and {serve.MAX_FIRST}")
+        wanted = context or RecommendationContext()
+        consent = not withdrawn(self._data.attributes, "personalization")
+        stored = [d for d in context_of(info).predictions.get(self._data.id) if d["model"] == NAME]
+        if consent and stored and wanted.exclude_purchased:
+            found = serve.from_read_model(stored[0], first, wanted.category)
+            if found is not None:
+                return _recommendations(found)
+        profile_id, ctx = self._data.id, context_of(info)
+
+        def made(persona: Persona) -> Recommendations:
+            try:
+                return _recommendations(serve.fresh(persona, profile_id, first, wanted.category,
+                                                    wanted.exclude_purchased))
+            except (UnknownProfileError, ErasedError):
+                raise ApiError("the profile is gone (erased)", "NOT_FOUND") from None
+            except ValidationError as e:
+                raise ApiError(e.reason) from None
+
+        return later(ctx.state.scanner.run(made))  # reads the person's events and scores: off the event loop
 
     @strawberry.field(description="Identifiers linked to the person: namespace and a short hash only")
     def identities(self, info: Info[RequestContext, None]) -> list[Identity]:

@@ -186,6 +186,8 @@ def _train_recommender(persona: Persona, horizon: str | None, promote: bool | No
         trained = train.train(persona, window=window, progress=_say)
         version = serve.save(persona, trained, promote=promote)
         audit.update(version=version.version, promoted=version.status == "promoted")
+        if version.status == "promoted":  # the read model follows the version that serves
+            audit["predictions"] = serve.score_everyone(persona, progress=_say)
     return version
 
 

@@ -35,6 +35,7 @@ from persona.models.dataset import (
 from persona.models.ensembles import Ensemble
 from persona.models.threads import batch, one_thread, settle
 from persona.models.train import Classic, Histories, bgnbd_columns, fit_at, fits_at
+from persona.recommend import current, serve
 from persona.store.rows import RowTagger
 
 TOP = 5  # contributions kept per prediction
@@ -336,8 +337,12 @@ def score_many(persona: Persona, names: Sequence[str], *, as_of: datetime | None
 
 
 def rescore(persona: Persona, *, as_of: datetime | None = None) -> int:
-    """The predictions read model written again for every promoted model (after a rebuild)."""
-    return sum(score_many(persona, promoted_names(persona), as_of=as_of).values())
+    """The predictions read model written again for every promoted model (after a rebuild), and
+    the recommendations read model if a recommender serves (it is made for now only)."""
+    written = sum(score_many(persona, promoted_names(persona), as_of=as_of).values())
+    if as_of is None and current.serving(persona):
+        written += serve.score_everyone(persona)
+    return written
 
 
 def promoted_names(persona: Persona) -> list[str]:

@@ -63,9 +63,11 @@ class Recommender:
             out[known] = self.segment_popularity[segments[known]]
         return out
 
-    def related(self, item: int, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
-        """How much each of a user's items says about this one (for "because you …")."""
-        return np.zeros(len(candidates))
+    def related(self, mine: NDArray[np.int64], picked: NDArray[np.int64]) -> NDArray[np.float64]:
+        """For users (first axis), how much each of their items (`mine`, users × m) says about each
+        item picked for them (`picked`, users × k): users × m × k, what "because you …" is made of.
+        Both may be padded with −1 (nothing)."""
+        return np.zeros((mine.shape[0], mine.shape[1], picked.shape[1]))
 
 
 class Popular(Recommender):
@@ -105,9 +107,12 @@ class ItemSimilarity(Recommender):
         fill /= np.maximum(fill.max(axis=1, keepdims=True), 1e-300)
         return np.where(found > 0, found, fill - 1.0)
 
-    def related(self, item: int, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
-        column = self.similarity[:, [item]].toarray().ravel()
-        return np.asarray(column[candidates], dtype=np.float64)
+    def related(self, mine: NDArray[np.int64], picked: NDArray[np.int64]) -> NDArray[np.float64]:
+        shape = (mine.shape[0], mine.shape[1], picked.shape[1])
+        rows = np.broadcast_to(np.maximum(mine, 0)[:, :, None], shape).ravel()
+        cols = np.broadcast_to(np.maximum(picked, 0)[:, None, :], shape).ravel()
+        found = np.asarray(self.similarity[rows, cols], dtype=np.float64).reshape(shape)
+        return np.where((mine >= 0)[:, :, None] & (picked >= 0)[:, None, :], found, 0.0)
 
 
 class Factors(Recommender):
@@ -141,8 +146,10 @@ class Factors(Recommender):
     def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
         return np.asarray(self.user_factors(affinity) @ self.item_factors.T, dtype=np.float64)
 
-    def related(self, item: int, candidates: NDArray[np.int64]) -> NDArray[np.float64]:
-        return np.asarray(np.clip(self.unit[candidates] @ self.unit[item], 0.0, None), dtype=np.float64)
+    def related(self, mine: NDArray[np.int64], picked: NDArray[np.int64]) -> NDArray[np.float64]:
+        cosine = np.einsum("bmf,bkf->bmk", self.unit[np.maximum(mine, 0)], self.unit[np.maximum(picked, 0)])
+        found = np.clip(cosine, 0.0, None)
+        return np.where((mine >= 0)[:, :, None] & (picked >= 0)[:, None, :], found, 0.0)
 
 
 @one_thread

@@ -17,11 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from persona import identity
 from persona.core import Persona
 from persona.errors import ValidationError
+from persona.events import micros
 from persona.models import registry
 from persona.recommend import NAME, interactions
 from persona.recommend.interactions import KINDS, Weights
@@ -81,79 +84,243 @@ class Recommendations:
     items: list[Recommendation]
 
 
+@dataclass
+class Onto:
+    """Users' interest laid over a model's items (interactions with items it does not know dropped)."""
+
+    affinity: sp.csr_matrix
+    bought: sp.csr_matrix
+    strongest: sp.csr_matrix
+    withdrawn: np.ndarray
+    users: list[str]
+
+    @classmethod
+    def of(cls, log: interactions.Log, model: Recommender, now: datetime) -> Onto:
+        index = {sku: i for i, sku in enumerate(model.items)}
+        m = log.matrix(now, Weights(**model.weighting))
+        mine = np.array([index.get(sku, -1) for sku in log.items], dtype=np.int64)
+        shape = (len(m.users), len(model.items))
+
+        def onto(matrix: sp.csr_matrix) -> sp.csr_matrix:
+            coo = matrix.tocoo()
+            keep = mine[coo.col] >= 0
+            return sp.csr_matrix((coo.data[keep], (coo.row[keep], mine[coo.col[keep]])), shape=shape)
+
+        return cls(onto(m.affinity), onto(m.bought), onto(m.strongest), m.withdrawn, m.users)
+
+
 def recommend(persona: Persona, profile_id: str, *, first: int = K, category: str | None = None,
               exclude_purchased: bool = True, as_of: datetime | None = None,
               loaded: registry.Loaded | None = None) -> Recommendations:
-    """One person's `first` best items now (or as of an instant), best first."""
+    """One person's `first` best items now (or as of an instant), best first, each explained."""
     if not 1 <= first <= MAX_FIRST:
         raise ValidationError(f"first: between 1 and {MAX_FIRST}")
     loaded = loaded or registry.load(persona, NAME)
     model: Recommender = loaded.pipeline
     person = identity.person_of(persona.recorder, profile_id)
     log = interactions.read_person(persona, person.members)
-    now = as_of or datetime.now(UTC)
-    row, bought, strongest, withdrawn = _row(log, model, now)
-    allowed = np.ones(len(model.items), dtype=bool)
-    if category is not None:
-        allowed = model.categories == category
-    if withdrawn or row.nnz == 0:
-        basis = "popular: no consent" if withdrawn else "popular: no history"
-        scores = model.popular(np.full(1, -1))
+    found = Onto.of(log, model, as_of or datetime.now(UTC))
+    # one user: who they are now (at a past instant, the part of them that named this profile)
+    user = found.users.index(person.id) if person.id in found.users else None
+    if user is None and profile_id in found.users:
+        user = found.users.index(profile_id)
+    withdrawn = user is not None and bool(found.withdrawn[user])
+    if user is None or withdrawn:
+        row = sp.csr_matrix((1, len(model.items)))
+        bought, strongest = row, row
     else:
-        basis = "personal"
-        scores = model.scores(row)
-    scores[0, ~allowed] = -np.inf
-    excluded = bought if exclude_purchased and not withdrawn else None
-    picked = [int(i) for i in top(scores, first, excluded)[0] if i >= 0]
-    items = [_explained(model, i, float(scores[0, i]), row, strongest, basis) for i in picked]
-    return Recommendations(person.id, basis, f"{NAME} v{loaded.version.version}", items)
+        row, bought, strongest = found.affinity[[user]], found.bought[[user]], found.strongest[[user]]
+    allowed = None if category is None else model.categories == category
+    made = lists(model, row, bought if exclude_purchased else None, strongest, np.array([withdrawn]), first, allowed)
+    return Recommendations(person.id, made.basis[0], f"{NAME} v{loaded.version.version}", made.items(model, 0))
 
 
-def _row(log: interactions.Log, model: Recommender, now: datetime
-         ) -> tuple[sp.csr_matrix, sp.csr_matrix, dict[int, int], bool]:
-    """The person's decayed interest over the model's items, what they bought, each item's
-    strongest kind, and whether their consent stands withdrawn."""
-    index = {sku: i for i, sku in enumerate(model.items)}
-    shape = (1, len(model.items))
-    if log.end is None and not log.consents:
-        return sp.csr_matrix(shape), sp.csr_matrix(shape), {}, False
-    m = log.matrix(now, Weights(**model.weighting))
-    withdrawn = bool(m.withdrawn.any())
-    mine = np.array([index.get(sku, -1) for sku in log.items], dtype=np.int64)
-
-    def onto(matrix: sp.csr_matrix) -> sp.csr_matrix:
-        coo = matrix.tocoo()
-        keep = mine[coo.col] >= 0
-        return sp.csr_matrix((coo.data[keep], (np.zeros(int(keep.sum()), dtype=np.int64), mine[coo.col[keep]])),
-                             shape=shape)
-
-    strong = m.strongest.tocoo()
-    strongest = {int(mine[c]): int(k) - 1 for c, k in zip(strong.col, strong.data, strict=True) if mine[c] >= 0}
-    return onto(m.affinity), onto(m.bought), strongest, withdrawn
+REASONS = 2  # reasons given per item
+AMONG = 32  # ... found among the person's items of most interest
 
 
-def _explained(model: Recommender, item: int, score: float, row: sp.csr_matrix, strongest: dict[int, int],
-               basis: str) -> Recommendation:
-    category = str(model.categories[item]) or None
-    reasons: tuple[Reason, ...] = ()
-    if basis == "personal" and row.nnz:
-        mine = row.indices.astype(np.int64)
-        weight = row.data * model.related(item, mine)
-        order = [j for j in np.argsort(-weight, kind="stable")[:2] if weight[j] > 0]
-        reasons = tuple(Reason(str(model.items[mine[j]]), KINDS[strongest.get(int(mine[j]), 0)]) for j in order)
+@dataclass
+class Lists:
+    """Users' lists: item indices best first (−1: the list ran short), their scores, and for each
+    the person's own items behind it (−1: none) with the kind of interaction that weighed most."""
+
+    picked: NDArray[np.int64]  # users × k
+    scores: NDArray[np.float64]
+    reasons: NDArray[np.int64]  # users × k × REASONS
+    kinds: NDArray[np.int64]
+    basis: list[str]
+
+    def items(self, model: Recommender, u: int) -> list[Recommendation]:
+        out = []
+        for c, i in enumerate(self.picked[u]):
+            if i < 0:
+                break
+            why = tuple(Reason(str(model.items[r]), KINDS[k])
+                        for r, k in zip(self.reasons[u, c], self.kinds[u, c], strict=True) if r >= 0)
+            category = str(model.categories[i]) or None
+            out.append(Recommendation(str(model.items[i]), category, float(self.scores[u, c]), why,
+                                      because(why, self.basis[u], category, getattr(model, "by_segment", False))))
+        return out
+
+    def document(self, model: Recommender, u: int) -> dict[str, Any]:
+        """A user's list as the read model holds it: [sku, category, score, [[sku, kind], …]] an item."""
+        chosen = self.picked[u][self.picked[u] >= 0]
+        skus, categories = model.items[chosen].tolist(), model.categories[chosen].tolist()
+        scores = np.round(self.scores[u, :len(chosen)], 6).tolist()
+        reasons, kinds = self.reasons[u].tolist(), self.kinds[u].tolist()
+        names = model.items
+        return {"basis": self.basis[u], "by_segment": bool(getattr(model, "by_segment", False)),
+                "items": [[skus[c], categories[c] or None, scores[c],
+                           [[str(names[r]), KINDS[k]] for r, k in zip(reasons[c], kinds[c], strict=True) if r >= 0]]
+                          for c in range(len(chosen))]}
+
+
+def lists(model: Recommender, affinity: sp.csr_matrix, bought: sp.csr_matrix | None, strongest: sp.csr_matrix,
+          withdrawn: NDArray[np.bool_], first: int, allowed: NDArray[np.bool_] | None = None) -> Lists:
+    """Each user's list: personal from their interest, or the overall popular items (no history,
+    or personalization consent withdrawn)."""
+    users = affinity.shape[0]
+    plain = withdrawn | (np.diff(affinity.indptr) == 0)
+    scores = model.scores(affinity) if not plain.all() else np.empty((users, len(model.items)))
+    if plain.any():
+        scores[plain] = model.popular(np.full(int(plain.sum()), -1))
+    if allowed is not None:
+        scores[:, ~allowed] = -np.inf
+    excluded = bought
+    if excluded is not None and withdrawn.any():
+        excluded = sp.diags((~withdrawn).astype(np.float64)) @ excluded  # what they bought is not read either
+    picked = top(scores, first, excluded)
+    ranked = np.take_along_axis(scores, np.maximum(picked, 0), axis=1)
+    basis = ["popular: no consent" if withdrawn[u] else "popular: no history" if plain[u] else "personal"
+             for u in range(users)]
+    mine, weight, kinds = _strongest_items(affinity, strongest, plain)
+    related = model.related(mine, np.where(plain[:, None], -1, picked)) * weight[:, :, None]
+    best = np.argsort(-related, axis=1, kind="stable")[:, :REASONS, :]  # users × REASONS × k
+    found = np.take_along_axis(related, best, axis=1) > 0
+    width = picked.shape[1]
+    reasons = np.where(found, np.take_along_axis(np.repeat(mine[:, :, None], width, 2), best, axis=1), -1)
+    kind = np.where(found, np.take_along_axis(np.repeat(kinds[:, :, None], width, 2), best, axis=1), 0)
+    return Lists(picked, ranked, reasons.transpose(0, 2, 1), kind.transpose(0, 2, 1), basis)
+
+
+def _strongest_items(affinity: sp.csr_matrix, strongest: sp.csr_matrix, skip: NDArray[np.bool_]
+                     ) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]:
+    """Each user's AMONG items of most interest (users × AMONG, −1 padded), that interest, and the
+    kind of interaction that weighed most for each."""
+    users = affinity.shape[0]
+    mine = np.full((users, AMONG), -1, dtype=np.int64)
+    weight = np.zeros((users, AMONG))
+    kinds = np.zeros((users, AMONG), dtype=np.int64)
+    affinity, strongest = affinity.tocsr(), strongest.tocsr()
+    affinity.sort_indices()
+    strongest.sort_indices()
+    for u in np.flatnonzero(~skip):
+        lo, hi = affinity.indptr[u], affinity.indptr[u + 1]
+        data, items = affinity.data[lo:hi], affinity.indices[lo:hi]
+        keep = np.argsort(-data, kind="stable")[:AMONG]
+        mine[u, :len(keep)] = items[keep]
+        weight[u, :len(keep)] = data[keep]
+        s_lo, s_hi = strongest.indptr[u], strongest.indptr[u + 1]
+        if s_hi > s_lo:
+            where = np.minimum(np.searchsorted(strongest.indices[s_lo:s_hi], items[keep]), s_hi - s_lo - 1)
+            kinds[u, :len(keep)] = np.maximum(strongest.data[s_lo:s_hi][where].astype(np.int64) - 1, 0)
+    return mine, weight, kinds
+
+
+def because(reasons: tuple[Reason, ...], basis: str, category: str | None, by_segment: bool) -> str:
+    """An item's reasons in words."""
     if reasons:
-        because = "because you " + " and ".join(SAID[r.interaction].format(r.sku) for r in reasons)
-    elif basis == "personal" and getattr(model, "by_segment", False):
-        because = f"popular with people who like {category}" if category else "popular"
-    else:
-        because = "popular" + (" (no personalization consent)" if basis == "popular: no consent" else "")
-    return Recommendation(str(model.items[item]), category, score, reasons, because)
+        return "because you " + " and ".join(SAID[r.interaction].format(r.sku) for r in reasons)
+    if basis == "personal" and by_segment:
+        return f"popular with people who like {category}" if category else "popular"
+    return "popular" + (" (no personalization consent)" if basis == "popular: no consent" else "")
 
 
 def summary(found: Recommendations) -> dict[str, Any]:
-    return {"basis": found.basis, "model": found.model,
+    return {"model": found.model, "basis": found.basis,
             "items": [{"sku": r.sku, "category": r.category, "score": round(r.score, 6), "because": r.because,
                        "reasons": [{"sku": x.sku, "interaction": x.interaction} for x in r.reasons]}
                       for r in found.items]}
 
 
+KEEP = 50  # items kept per person in the read model: enough for a page after purchases and a category
+BATCH = 5_000
+
+
+def score_everyone(persona: Persona, *, loaded: registry.Loaded | None = None, keep: int = KEEP,
+                   progress: Any = None) -> int:
+    """Every person's list now, into the read model (the promoted version's rows replace the old
+    ones). A person whose personalization consent stands withdrawn, or with no history, gets no
+    row: they are served the popular items when asked. Returns the rows written."""
+    loaded = loaded or registry.load(persona, NAME)
+    model: Recommender = loaded.pipeline
+    now = datetime.now(UTC)
+    if progress is not None:
+        progress("reading every interaction…")
+    found = Onto.of(interactions.read(persona), model, now)
+    users = np.flatnonzero((np.diff(found.affinity.indptr) > 0) & ~found.withdrawn)
+    if progress is not None:
+        progress(f"recommending for {len(users):,} people…")
+    rows = []
+    at = micros(now)
+    for lo in range(0, len(users), BATCH):
+        part = users[lo:lo + BATCH]
+        made = lists(model, found.affinity[part], found.bought[part], found.strongest[part], found.withdrawn[part],
+                     keep)
+        rows += [(found.users[u], orjson.dumps(made.document(model, n)).decode()) for n, u in enumerate(part)]
+    rec = persona.recorder
+    with rec.transaction():
+        # checked under the write lock: someone erased while this ran gets no row back, and a merge
+        # or an unlink meanwhile leaves only the rows of ids that still name a person
+        ids = [pid for pid, _ in rows]
+        heads, people = rec.heads(ids), identity.persons(rec, ids)
+        kept = [(pid, NAME, loaded.version.version, at, doc) for pid, doc in rows
+                if pid in heads and heads[pid].wrapped is not None and people[pid].id == pid]
+        rec.put_predictions(kept, model=NAME)
+    return len(kept)
+
+
+def stored(persona: Persona, profile_id: str) -> dict[str, Any] | None:
+    """A person's row of the read model (None: no row)."""
+    found = persona.recorder.predictions_of([profile_id], NAME)
+    if not found:
+        return None
+    _, model, version, at, doc = found[0]
+    return {"model": model, "version": version, "computed_at": at, **orjson.loads(doc)}
+
+
+def from_read_model(row: dict[str, Any], first: int, category: str | None = None) -> dict[str, Any] | None:
+    """The first items of a stored row (of one category, if asked), each with why; None when the
+    row holds fewer than asked for (purchases since took some): then made afresh."""
+    items = [item for item in row["items"] if category is None or item[1] == category]
+    if len(items) < first and len(row["items"]) >= KEEP:
+        return None
+    items = items[:first]
+    said = [because(tuple(Reason(sku, kind) for sku, kind in item[3]), row["basis"], item[1], row["by_segment"])
+            for item in items]
+    return {"basis": row["basis"], "model": f"{row['model']} v{row['version']}", "computed_at": row["computed_at"],
+            "items": items, "because": said}
+
+
+def fresh(persona: Persona, profile_id: str, first: int, category: str | None, exclude_purchased: bool
+          ) -> dict[str, Any]:
+    """A list made for the request, in from_read_model's form."""
+    found = recommend(persona, profile_id, first=first, category=category, exclude_purchased=exclude_purchased,
+                      loaded=promoted(persona))
+    return {"basis": found.basis, "model": found.model, "computed_at": None,
+            "because": [r.because for r in found.items],
+            "items": [[r.sku, r.category, r.score, [[x.sku, x.interaction] for x in r.reasons]] for r in found.items]}
+
+
+_LOADED: dict[str, registry.Loaded] = {}  # sha256 -> the version loaded (a server asks again and again)
+
+
+def promoted(persona: Persona) -> registry.Loaded:
+    """The promoted version, loaded once per process (checked against the registry each time)."""
+    version = registry.get(persona, NAME)
+    found = _LOADED.get(version.sha256)
+    if found is None or found.version != version:
+        found = registry.load(persona, NAME, version.version)
+        _LOADED.clear()
+        _LOADED[version.sha256] = found
+    return found

@@ -312,7 +312,12 @@ class ModelRegistry(Protocol):
         `tags`: each row's tag, computed already with this store's `tagger` (a batch does it where
         it made the rows, in parallel); else the rows are tagged here as they are inserted."""
         ...
-    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]: ...
+    def predictions_of(self, profile_ids: Sequence[str], model: str | None = None
+                       ) -> list[tuple[str, str, int, int, str]]:
+        """The rows of these profiles (of one model, if given)."""
+
+    def drop_prediction(self, profile_id: str, model: str) -> None:
+        """One profile's row of one model (a list its person may no longer be shown)."""
 
 
 class Segments(Protocol):

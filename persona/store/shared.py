@@ -652,8 +652,15 @@ class SQLRecorder:
         # tagged as inserted: not read back and tagged again at COMMIT
         self._many(self.sql.put_predictions, [(*row, tag) for row, tag in zip(rows, tags, strict=True)])
 
-    def predictions_of(self, profile_ids: Sequence[str]) -> list[tuple[str, str, int, int, str]]:
+    def predictions_of(self, profile_ids: Sequence[str], model: str | None = None
+                       ) -> list[tuple[str, str, int, int, str]]:
+        if model is not None:
+            return [row for part in self._chunks(profile_ids)
+                    for row in self._all(self.sql.predictions_of_model, (model, part))]
         return [row for part in self._chunks(profile_ids) for row in self._all(self.sql.predictions_of, (part,))]
+
+    def drop_prediction(self, profile_id: str, model: str) -> None:
+        self._run(self.sql.drop_prediction, (profile_id, model))
 
     # access
     def put_token(self, row: tuple[str, bytes, str, int, float, float, float, str, str, str, int | None]) -> None:

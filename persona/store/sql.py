@@ -267,6 +267,9 @@ class Statements:
         " computed_at = excluded.computed_at, doc = excluded.doc, tag = excluded.tag")  # tagged as written
     predictions_of: str = ("SELECT profile_id, model, version, computed_at, doc FROM predictions"
                            " WHERE profile_id {text} ORDER BY model, profile_id")
+    predictions_of_model: str = ("SELECT profile_id, model, version, computed_at, doc FROM predictions"
+                                 " WHERE model = {p} AND profile_id {text} ORDER BY profile_id")
+    drop_prediction: str = "DELETE FROM predictions WHERE profile_id = {p} AND model = {p}"
     # access
     put_token: str = ("INSERT INTO api_tokens (name, digest, scopes, created_at, rate_per_s, epsilon_budget,"
                       " delta_budget, sources, types, subject, expires_at, epsilon_spent, delta_spent)"
