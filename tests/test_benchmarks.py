@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
                                                  ("bench_feed.py", "## Live feed"),
                                                  ("bench_segments.py", "## Live segments"),
                                                  ("bench_models.py", "## Models"),
+                                                 ("bench_recommend.py", "## Recommendations"),
                                                  ("bench_backends.py", "## Backends"),
                                                  ("bench_pg_erasure.py", "## Erasure on PostgreSQL"),
                                                  ("bench_peer.py", "## Against a peer"),
