@@ -41,7 +41,7 @@ BACKENDS = ("sqlite", "postgresql")
 CONFORMANCE = {"test_backup", "test_conformance", "test_eventlog", "test_erasure", "test_identity", "test_ingest",
                "test_keys", "test_keyset", "test_projector", "test_promises", "test_recovery", "test_profiles",
                "test_population", "test_purity", "test_write_tokens", "test_memberships",
-               "test_destinations"}
+               "test_destinations", "test_recommend"}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -329,6 +329,17 @@ def test_cli_trains_and_recommends_without_writing_an_identifier_to_the_audit(tm
     assert unknown.exit_code != 0 and "nobody" not in unknown.output
     listed = orjson.loads(runner.invoke(cli, ["--data", data, "models", "--json"]).output)
     assert any(v["name"] == NAME for v in listed)
+    refused = runner.invoke(cli, ["--data", data, "predict", NAME])
+    assert refused.exit_code == 1 and "persona recommend" in refused.output and "Traceback" not in refused.output
+    assert runner.invoke(cli, ["--data", data, "train", NAME, "--cutoff", "2024-05-01T00:00:00Z"]).exit_code == 2
+    again = runner.invoke(cli, ["--data", data, "train", NAME, "--no-promote"])
+    assert again.exit_code == 0 and "recommendations v2 [candidate]" in again.output
+    promoted = runner.invoke(cli, ["--data", data, "models", "promote", NAME, "2"])
+    assert promoted.exit_code == 0, promoted.output
+    with Persona.open(Settings.load(Path(data), env={})) as p:
+        pid = p.log.profile_for("shop_user", "t-000003")
+        row = serve.stored(p, pid)
+    assert row is not None and row["version"] == 2  # the read model follows the version served
     with Persona.open(Settings.load(Path(data), env={})) as p:
         rows = p.recorder.audit_latest(limit=20)
     said = repr(rows)
@@ -336,18 +347,26 @@ def test_cli_trains_and_recommends_without_writing_an_identifier_to_the_audit(tm
 
 
 # -- the read model ----------------------------------------------------------------------------------
-def test_the_read_model_holds_each_list_drops_a_purchase_at_once_and_a_no_to_personalization(tmp_path: Path
-                                                                                              ) -> None:
+def test_the_read_model_holds_each_list_drops_a_purchase_at_once_and_a_no_to_personalization(
+        settings: Settings, tmp_path: Path) -> None:
+    from persona.linking import link
     from persona.verify import verify
 
     events = tmp_path / "few.jsonl"
     summary = tastes.write(events, 400, seed=12, days=200)
-    with Persona.init(Settings.load(tmp_path / "data", env={})) as p:
+    subjects = [t["subject"] for t in summary["truth"]]
+    with Persona.init(settings) as p:
         ingest_jsonl(p, events.read_bytes().splitlines(), origin="few")
         serve.save(p, train.train(p), promote=True)
+        # two of them found to be one person: one list, of the person, from both histories
+        joined = link(p, ("shop_user", subjects[-1]), ("shop_user", subjects[-2]))
         written = serve.score_everyone(p)
-        assert 0.8 * 400 < written <= 400
-        subjects = [t["subject"] for t in summary["truth"]]
+        assert 0.8 * 399 < written <= 399
+        streams = [p.log.profile_for("shop_user", s) for s in subjects[-2:]]
+        assert joined.person in streams and [serve.stored(p, s) is not None for s in streams].count(True) == 1
+        both = {sku for s in streams for e in p.log.read(s) for sku in _skus(e)}
+        merged = serve.stored(p, joined.person)
+        assert merged is not None and {r for item in merged["items"] for r, _ in item[3]} <= both
         pid = next(pid for pid in (p.log.profile_for("shop_user", s) for s in subjects)
                    if serve.stored(p, pid) is not None)
         row = serve.stored(p, pid)
@@ -401,7 +420,8 @@ def test_api_recommendations_from_the_read_model_and_made_for_the_request(tmp_pa
         subjects = [t["subject"] for t in summary["truth"]]
         ids = [pid for pid in (p.log.profile_for("shop_user", s) for s in subjects) if serve.stored(p, pid)]
         tokens = {"reader": create_token(p, "reader", frozenset({"predictions:read", "profiles:read"})),
-                  "profiles": create_token(p, "profiles", frozenset({"profiles:read"}))}
+                  "profiles": create_token(p, "profiles", frozenset({"profiles:read"})),
+                  "trainer": create_token(p, "trainer", frozenset({"models:write", "predictions:read"}))}
         first, second = ids[0], ids[1]
         stored = serve.stored(p, first)
     assert stored is not None
@@ -421,6 +441,20 @@ def test_api_recommendations_from_the_read_model_and_made_for_the_request(tmp_pa
 
         denied = ask(first, "profiles")
         assert "predictions:read" in denied["errors"][0]["message"]
+        # trained through the API too: a second version, promoted, in the registry's listing
+        trained = client.post("/graphql", json={"query": 'mutation { trainModel(name: "recommendations",'
+                                                         ' horizon: "21d") { name version status task } }'},
+                              headers={"Authorization": f"Bearer {tokens['trainer']}"}).json()
+        assert trained["data"]["trainModel"] == {"name": NAME, "version": 2, "status": "promoted", "task": "ranking"}
+        listed = client.post("/graphql", json={"query": "{ models { name version heldOut { name value } training {"
+                                                        " horizonDays } } }"},
+                             headers={"Authorization": f"Bearer {tokens['trainer']}"}).json()["data"]["models"]
+        second_version = next(m for m in listed if m["version"] == 2)
+        assert {m["name"] for m in listed} == {NAME} and second_version["training"]["horizonDays"] == 21
+        assert "ndcg@10" in {f["name"] for f in second_version["heldOut"]}
+        with Persona.open(settings) as p:
+            stored = serve.stored(p, first)
+        assert stored is not None and stored["version"] == 2
         found = ask(first)["data"]["profile"]["recommendations"]
         assert found["computedAt"] is not None and found["basis"] == "personal"  # from the read model
         assert [i["sku"] for i in found["items"]] == [i[0] for i in stored["items"][:10]]
@@ -436,6 +470,13 @@ def test_api_recommendations_from_the_read_model_and_made_for_the_request(tmp_pa
         for bad in (0, -5, 101, 2**31 - 1):
             error = ask(first, first=bad)["errors"][0]
             assert "first" in error["message"] and "Traceback" not in error["message"]
+        # the console's person page shows the list with its reasons
+        signed = client.post("/console/sign-in", data={"token": tokens["reader"]}, headers={"Origin": server.url},
+                             follow_redirects=False)
+        assert signed.status_code == 303, signed.text
+        page = client.get(f"/console/person/{first}").text
+        assert "Recommendations" in page and found["items"][0]["sku"] in page, page[-1200:] + server.logs()[-3000:]
+        assert found["items"][0]["because"].split(" and ")[0] in page.replace("&#39;", "'")
         with Persona.open(settings) as p:
             subject = next(s for s in subjects if p.log.profile_for("shop_user", s) == second)
             ingest_jsonl(p, [_event(80_001, "consent_changed", datetime.now(UTC).isoformat(),

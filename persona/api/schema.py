@@ -64,9 +64,10 @@ from persona.events import Writer, valid_source
 from persona.ingest import IngestReport
 from persona.ingest.jsonl import ingest_jsonl
 from persona.insights import RFM_GROUPS, check_exact, mechanism
-from persona.models.tasks import parse_task
+from persona.models.tasks import parse_horizon, parse_task
 from persona.population import list_profiles
 from persona.reading import person_rows
+from persona.recommend import NAME as RECOMMENDER
 from persona.rules import RuleError, compile_rule
 from persona.services.people import erase, link_identities, unlink_identities
 from persona.tokens import MINT_TTL_S, MINTABLE, mint_token, spend_privacy_budget
@@ -389,7 +390,10 @@ class Mutation:
         ctx = root_context(info)
         if cutoffs is not None and len(cutoffs) > 12:
             raise ApiError("cutoffs: at most 12")
-        parse_task(name, horizon)  # a name that is no task is refused before anything is read
+        if name != RECOMMENDER:
+            parse_task(name, horizon)  # a name that is no task is refused before anything is read
+        elif horizon is not None:
+            parse_horizon(horizon)
         shape: dict[str, Any] = {"model": name, "horizon": horizon is not None, "cutoffs": len(cutoffs or ())}
         ctx.audit_ready()  # recorded once it has run, with its outcome
         try:

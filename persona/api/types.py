@@ -205,7 +205,7 @@ class Model:
     name: str
     version: int
     status: str = strawberry.field(description="candidate, promoted (serving), retired (replaced) or rolled_back")
-    task: str = strawberry.field(description="regression, classification or multiclass")
+    task: str = strawberry.field(description="regression, classification or multiclass; ranking for the recommender")
     family: str = strawberry.field(description="The scikit-learn estimator the search chose")
     created_at: datetime
     promoted_at: datetime | None
@@ -366,12 +366,14 @@ class Profile:
 
     @strawberry.field(description="What the person is likely to want next, best first, each with why (the"
                                   " promoted recommender; the batch-scored read model, kept current as they buy)."
-                                  " Without personalization consent, or with no history, the items popular overall")
+                                  " Without personalization consent, or with no history, the items popular overall;"
+                                  " null while no recommender serves (`persona train recommendations`)")
     def recommendations(self, info: Info[RequestContext, None], first: int = 10,
-                        context: RecommendationContext | None = None) -> Recommendations:
+                        context: RecommendationContext | None = None) -> Recommendations | None:
         if self._as_of is not None:  # the read model holds today's lists; the past is `persona recommend --as-of`
             raise ApiError("recommendations: available for the current profile only")
-        from persona.recommend import serve  # heavy: loaded when a request first asks for recommendations
+        from persona.models.registry import ModelError  # heavy: loaded when a request first asks for them
+        from persona.recommend import serve
 
         if not 1 <= first <= serve.MAX_FIRST:
             raise ApiError(f"first: between 1 and {serve.MAX_FIRST}")
@@ -384,10 +386,12 @@ class Profile:
                 return _recommendations(found)
         profile_id, ctx = self._data.id, context_of(info)
 
-        def made(persona: Persona) -> Recommendations:
+        def made(persona: Persona) -> Recommendations | None:
             try:
                 return _recommendations(serve.fresh(persona, profile_id, first, wanted.category,
                                                     wanted.exclude_purchased))
+            except ModelError:
+                return None  # no recommender serves yet
             except (UnknownProfileError, ErasedError):
                 raise ApiError("the profile is gone (erased)", "NOT_FOUND") from None
             except ValidationError as e:

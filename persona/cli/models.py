@@ -116,6 +116,9 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
     each cutoff; labels come only from the horizon after it. The report shows held-out
     metrics beside naive baselines and BG/NBD. Several names (or --all) share one read of
     every history, and the tasks of one horizon one point-in-time set.
+
+    NAME may also be `recommendations`: the recommender, judged on the last --horizon held out
+    (default 28d) beside popularity (docs/recommendations.md).
     """
     if every == bool(names):
         raise click.UsageError("give one or more model NAMEs, or --all")
@@ -130,9 +133,9 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
     names = tuple(n for n in names if n != RECOMMENDER)
     with opened(ctx) as persona:
         wanted: list[tuple[str, str | None]] = [(n, horizon) for n in names]
+        window = horizon
         if every:
-            recommender = _retrain_recommender(persona, if_stale)
-        if every:
+            recommender, window = _retrain_recommender(persona, if_stale)
             promoted = scoring.promoted_names(persona)
             if not promoted and if_stale:
                 _say("no promoted models to retrain")
@@ -152,7 +155,7 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
             parse_task(model, span)
         done = _train(persona, wanted, when, promote) if wanted else []  # type: ignore[arg-type]
         if recommender:
-            done.append(_train_recommender(persona, horizon if names or not every else None, promote))
+            done.append(_train_recommender(persona, window, promote))
     if as_json:
         emit_json([v.summary() for v in done])
         return
@@ -163,32 +166,29 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
 RECOMMENDER = "recommendations"
 
 
-def _retrain_recommender(persona: Persona, if_stale: bool) -> bool:
-    """With --all: retrain the recommender if a version serves (with --if-stale, only if it was
-    trained on someone since erased)."""
+def _retrain_recommender(persona: Persona, if_stale: bool) -> tuple[bool, str | None]:
+    """With --all: whether to retrain the recommender, and over the window it was trained with
+    (only if a version serves; with --if-stale, only if it was trained on someone since erased)."""
     from persona.models import registry  # heavy: loaded when the command runs
 
     serving = [v for v in registry.versions(persona, RECOMMENDER) if v.status == "promoted"]
     if not serving:
-        return False
+        return False, None
     if if_stale and not serving[0].stale:
         _say(f"{RECOMMENDER} v{serving[0].version}: current")
-        return False
-    return True
+        return False, None
+    return True, f"{round(serving[0].meta['task']['horizon_days'])}d"
 
 
 def _train_recommender(persona: Persona, horizon: str | None, promote: bool | None) -> registry.ModelVersion:
-    from persona.models.tasks import parse_horizon
-    from persona.recommend import serve, train  # heavy: loaded when the command runs
+    from persona.services.models import train_and_publish  # heavy: loaded when the command runs
 
-    window = parse_horizon(horizon) if horizon else train.WINDOW
     with audited(persona, "train", model=RECOMMENDER, horizon=horizon is not None) as audit:
-        trained = train.train(persona, window=window, progress=_say)
-        version = serve.save(persona, trained, promote=promote)
-        audit.update(version=version.version, promoted=version.status == "promoted")
-        if version.status == "promoted":  # the read model follows the version that serves
-            audit["predictions"] = serve.score_everyone(persona, progress=_say)
-    return version
+        published = train_and_publish(persona, RECOMMENDER, horizon, promote=promote, progress=_say)
+        audit.update(version=published.version.version, promoted=published.version.status == "promoted")
+        if published.predictions is not None:  # the read model follows the version that serves
+            audit["predictions"] = published.predictions
+    return published.version
 
 
 def _train(persona: Persona, wanted: list[tuple[str, str | None]], cutoffs: list[datetime] | None,

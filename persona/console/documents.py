@@ -29,6 +29,8 @@ def person(scopes: Iterable[str], *, as_of: bool) -> str:
         if "predictions:read" in held:
             parts.append("predictions { model version score label classes { name value }"
                          " contributions { feature value effect } asOf computedAt }")
+            parts.append("recommendations(first: 10) { basis model computedAt"
+                         " items { sku category because } }")
     body = "\n    ".join(parts)
     return ("query ConsolePerson($id: ID!, $asOf: DateTime) {\n"
             f"  profile(id: $id, asOf: $asOf) {{\n    {body}\n  }}\n}}")

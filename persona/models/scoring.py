@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from persona import identity
 from persona.core import Persona
+from persona.errors import ValidationError
 from persona.events import micros
 from persona.models import registry
 from persona.models.dataset import (
@@ -35,6 +36,7 @@ from persona.models.dataset import (
 from persona.models.ensembles import Ensemble
 from persona.models.threads import batch, one_thread, settle
 from persona.models.train import Classic, Histories, bgnbd_columns, fit_at, fits_at
+from persona.recommend import NAME as RECOMMENDER
 from persona.recommend import current, serve
 from persona.store.rows import RowTagger
 
@@ -90,6 +92,8 @@ def _scored(persona: Persona, name: str, finish: Finish[T], *, as_of: datetime |
     """predict's work, each slice of the rows finished (made Predictions, or the read model's
     documents) where it was scored: in a forked process a core for a large batch. Returns the
     version scored and what `finish` made of every row, in order."""
+    if name == RECOMMENDER:  # checked before the file is opened
+        raise ValidationError(f"{name} ranks items for a person: `persona recommend` (docs/recommendations.md)")
     loaded = registry.load(persona, name, version)
     moment = as_of or moment or datetime.now(UTC)
     meta = loaded.version.meta

@@ -13,9 +13,12 @@ from datetime import datetime
 from persona.core import Persona
 from persona.errors import ValidationError
 from persona.models import registry, scoring
-from persona.models.tasks import parse_task
+from persona.models.tasks import parse_horizon, parse_task
 from persona.models.train import train, train_many
 from persona.projector import rebuild
+from persona.recommend import NAME as RECOMMENDER
+from persona.recommend import serve as recommend_serve
+from persona.recommend import train as recommend_train
 from persona.services.store import event_count
 
 
@@ -37,7 +40,10 @@ def train_and_publish(persona: Persona, name: str, horizon: str | None = None, c
                       *, promote: bool | None = None, progress: Callable[[str], None] | None = None) -> Published:
     """Train the task NAME, store the version in the registry and, when it is promoted (`promote`,
     or by default when it beats its baselines: persona.models.registry.save), score every
-    profile with it. Raises UnfittableError when the rows cannot be fitted."""
+    profile with it. Raises UnfittableError when the rows cannot be fitted. NAME may be the
+    recommender (`recommendations`: its window is `horizon`, and it takes no cutoffs)."""
+    if name == RECOMMENDER:
+        return _train_recommender(persona, horizon, cutoffs, promote=promote, progress=progress)
     task = parse_task(name, horizon)
     try:
         trained = train(persona, task, cutoffs, progress=progress)
@@ -75,16 +81,35 @@ def train_and_publish_many(persona: Persona, wanted: Sequence[tuple[str, str | N
     return out
 
 
+def _train_recommender(persona: Persona, horizon: str | None, cutoffs: list[datetime] | None, *,
+                       promote: bool | None, progress: Callable[[str], None] | None) -> Published:
+    if cutoffs:
+        raise ValidationError(f"{RECOMMENDER} holds out the last horizon; it takes no cutoffs")
+    window = parse_horizon(horizon) if horizon else recommend_train.WINDOW
+    trained = recommend_train.train(persona, window=window, progress=progress or (lambda _: None))
+    version = recommend_serve.save(persona, trained, promote=promote)
+    if version.status != "promoted":
+        return Published(version, None)
+    return Published(version, recommend_serve.score_everyone(persona, progress=progress))
+
+
+def _publish(persona: Persona, name: str) -> int:
+    """Every profile scored with the version of NAME now served."""
+    if name == RECOMMENDER:
+        return recommend_serve.score_everyone(persona)
+    return scoring.score_all(persona, name)
+
+
 def promote(persona: Persona, name: str, version: int) -> Published:
     """Serve VERSION of NAME, and score every profile with it."""
     promoted = registry.promote(persona, name, version)
-    return Published(promoted, scoring.score_all(persona, name))
+    return Published(promoted, _publish(persona, name))
 
 
 def rollback(persona: Persona, name: str) -> Published:
     """Serve again the version of NAME promoted before the current one, and score every profile with it."""
     served = registry.rollback(persona, name)
-    return Published(served, scoring.score_all(persona, name))
+    return Published(served, _publish(persona, name))
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,9 @@ def person_events(rng: np.random.Generator, n: int, days: int, catalogue: Catalo
                                                                           "rating": rating}, source="shop")
     truth = {"subject": subject["value"], "born_day": born,
              "categories": [CATEGORIES[c] for c in np.argsort(-likes_category)[:2]],
-             "styles": [int(s) for s in np.argsort(-likes_style)[:2]]}
+             "styles": [int(s) for s in np.argsort(-likes_style)[:2]],
+             "likes_category": [round(float(v), 6) for v in likes_category],
+             "likes_style": [round(float(v), 6) for v in likes_style]}
     return [e for e in out if e["occurred_at"] <= _at(days)], truth
 
 
@@ -158,7 +160,9 @@ def write(out: Path, people: int, seed: int = 1, days: int = 365, shape: Shape =
             handle.write(b"".join(orjson.dumps(e) + b"\n" for e in events[start:start + 50_000]))
     catalogue = Catalogue.drawn(np.random.default_rng(seed), shape)
     summary = {"people": people, "seed": seed, "days": days, "events": len(events), "end": _at(days),
-               "shape": asdict(shape), "items": len(catalogue.skus), "truth": truths}
+               "shape": asdict(shape), "items": len(catalogue.skus), "truth": truths,
+               "catalogue": {"skus": catalogue.skus, "style": catalogue.style.tolist(),
+                             "popularity": catalogue.popularity.tolist()}}
     out.with_name(out.name + ".truth.json").write_bytes(orjson.dumps(summary))
     return summary
 
