@@ -28,11 +28,11 @@ def follow(persona: Persona, people: Sequence[tuple[str, list[Any], bool]]) -> i
     """For (person, their behaviour facts, personalization withdrawn) just refreshed, inside the
     refresh's transaction: drop what each has bought from their list, or the list of one who said
     no. Returns the rows changed."""
+    if not people or not serving(persona):
+        return 0
     # only those who ever bought or said no can have a list to change: the others are not read
     wanted = {pid: (facts, withdrawn) for pid, facts, withdrawn in people
               if withdrawn or any(f[2] == "o" for f in facts)}
-    if not wanted or not serving(persona):
-        return 0
     rec = persona.recorder
     changed = 0
     for pid, model, version, at, doc in rec.predictions_of(sorted(wanted), NAME):
