@@ -225,6 +225,7 @@ SCOPE_PROBES: dict[tuple[str, str], str] = {
     ("Mutation", "mintToken"): 'mutation { mintToken(id: "prf_doesnotexist000000000000") { token } }',
     ("Profile", "history"): Q_HISTORY,
     ("Profile", "predictions"): Q_PREDICTIONS,
+    ("Profile", "recommendations"): "{ profiles(first: 1) { nodes { recommendations { basis } } } }",
     ("Profile", "attributeSources"): "{ profiles(first: 1) { nodes { attributeSources } } }",
     ("Profile", "attributeProvenance"): "{ profiles(first: 1) { nodes { attributeProvenance { name } } } }",
     ("IngestResult", "profilesCreated"): "mutation { ingestEvents(events: []) { profilesCreated } }",
