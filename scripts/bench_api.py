@@ -424,8 +424,10 @@ def parse_wrk(output: str) -> dict[str, float]:
 
 def run_wrk(wrk: str, scenario: Scenario, script: Path, *, threads: int, connections: int, seconds: int
             ) -> dict[str, float]:
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-            f"http://127.0.0.1:{scenario.port}{scenario.path}"]
+    # an answer slower than wrk's default 2 s would be a socket error, refusing the run: on a loaded
+    # machine it is a slow answer, and the latencies say so
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
+            "-s", str(script), f"http://127.0.0.1:{scenario.port}{scenario.path}"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr}{done.stdout}")

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> None:
     before = (ROOT / "docs" / "benchmarks.md").read_bytes()
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1800, check=True)  # ends a hang; no measure
+                          capture_output=True, text=True, timeout=1800, check=False)  # ends a hang; no measure
+    assert done.returncode == 0, done.stderr[-3000:]  # what went wrong, in the test's report
     assert heading in done.stdout and "\n|---" in done.stdout  # a heading and a table
     assert (ROOT / "docs" / "benchmarks.md").read_bytes() == before  # a quick run publishes nothing
 
