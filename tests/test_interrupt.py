@@ -80,11 +80,13 @@ def interrupted(settings: Settings, env: dict[str, str], source: Path, stop: sig
         proc = subprocess.Popen(persona(settings, "ingest", str(source), *(["--json"] if json else [])), env=env,
                                 stdout=stdout, stderr=stderr, start_new_session=True)
     deadline = time.monotonic() + 300
+    seen: set[int] = set()  # every reader seen while it ran (one may be done reading before the signal)
     while proc.poll() is None and not (committed(settings) >= 3 * BATCH and PROGRESS.search(err.read_text())):
         assert time.monotonic() < deadline, "the ingest never got going"
+        seen.update(children(proc.pid))
         time.sleep(0.02)
     assert proc.poll() is None, "the ingest finished before it could be interrupted"
-    readers = children(proc.pid)
+    readers = sorted(seen | set(children(proc.pid)))
     if group:
         os.killpg(proc.pid, stop)
     else:
