@@ -33,6 +33,11 @@ PROGRESS = re.compile(r"ingesting big\.jsonl: (\d+)% \((\d+\.\d) MiB of (\d+\.\d
                       r" ([\d,]+) records/s")
 
 
+def _threads() -> list[str]:
+    """This process's threads but the main one: an ingest forks its reader only when there are none."""
+    return [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+
+
 def big_file(tmp_path: Path, lines: int = LINES) -> Path:
     source = tmp_path / "big.jsonl"
     with source.open("wb") as f:
@@ -147,7 +152,8 @@ def test_ctrl_c_mid_file_commits_and_indexes_what_was_read_reports_it_and_a_reru
     assert "run the same command again to append the rest" in done.stdout
     assert 3 * BATCH <= appended == lines < LINES  # stopped mid-file: every line read is in the log
     assert stored(settings.db_path) == appended
-    assert readers, "the file was not read in a second process"  # (on SQLite; on PostgreSQL its pool has threads)
+    # (on SQLite; on PostgreSQL its pool has threads)
+    assert readers, f"the file was not read in a second process (threads: {_threads()})"
     assert_no_reader_left(readers)
     assert_listed(settings, env, appended)
     [run_entry] = [e for e in entries(settings) if e.writer == "local:ingest" and "appended" in e.detail]
@@ -190,7 +196,7 @@ def test_a_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path: Pat
         time.sleep(0.02)
     readers = children(proc.pid)
     assert proc.poll() is None, "the ingest finished before it could be interrupted"
-    assert readers, "the file was not read in a second process"
+    assert readers, f"the file was not read in a second process (threads: {_threads()})"
     os.killpg(proc.pid, signal.SIGINT)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=300)
@@ -237,7 +243,7 @@ def test_a_stopped_ingest_ends_at_a_whole_record_committed_indexed_and_its_reade
                                catch_up=True, stop=stop)
 
     report = ingest()
-    assert readers, "the file was not read in a second process"
+    assert readers, f"the file was not read in a second process (threads: {_threads()})"
     assert multiprocessing.active_children() == []  # the reader is gone
     first_line = 2 + 3 * (stop_at - 1)  # of the last order taken (a record's line is where it starts)
     assert (report.interrupted, report.lines, report.appended) == (True, first_line, stop_at)
