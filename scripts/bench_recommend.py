@@ -66,7 +66,9 @@ def run(people: int, seed: int, where: Path, reads: int) -> dict[str, Any]:
         trained = train.train(p, log=log, progress=mark)
         out["train_seconds"] = time.perf_counter() - started + out["read_seconds"]
         steps = [(at, m.split(" ")[0]) for at, m in marks] + [(time.perf_counter(), "end")]
-        out["train_steps"] = {name: steps[i + 1][0] - at for i, (at, name) in enumerate(steps[:-1])}
+        out["train_steps"] = {}
+        for i, (at, name) in enumerate(steps[:-1]):  # a step done more than once (learning) adds up
+            out["train_steps"][name] = out["train_steps"].get(name, 0.0) + steps[i + 1][0] - at
         out["truth"] = truth_row(p, log, trained, summary)
         version = serve.save(p, trained, promote=True)
         out["chosen"] = trained.chosen

@@ -9,6 +9,7 @@ through the real pipeline, with a recommender trained and promoted on it.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +28,7 @@ from persona.errors import PersonaError, TamperError, ValidationError
 from persona.ingest import ingest_jsonl
 from persona.models import registry, scoring
 from persona.recommend import NAME, interactions, serve, train
-from persona.recommend.models import Factors
+from persona.recommend.models import Blend, Factors
 from persona.testing import tastes
 
 PEOPLE = 1500
@@ -193,6 +194,40 @@ def test_the_user_step_is_als_least_squares() -> None:
         assert np.allclose(mine[u], expected)
 
 
+def test_fitting_als_leaves_no_thread_behind() -> None:
+    """A process with a thread more no longer forks an ingest's reader (tqdm's monitor outlived
+    implicit's hidden progress bar and made later ingests in the process read in-process)."""
+    before = set(threading.enumerate())
+    affinity = sp.random(60, 40, density=0.2, format="csr", random_state=1)
+    Factors([f"i{n}" for n in range(40)], ["books"] * 40, affinity, np.zeros(60, dtype=np.int64), iterations=2)
+    assert set(threading.enumerate()) <= before
+
+
+def test_the_blend_learns_its_weights_out_of_the_windows_it_is_judged_on(shop: Shop) -> None:
+    """The blend's weights: one for each feature, learnt where its docstring says, and reproducible;
+    a blend without weights refuses to score."""
+    t = shop.trained
+    assert "blend" in t.validation
+    with Persona.open(shop.settings) as p:
+        log = interactions.read(p)
+    at, until = t.cutoffs[1], t.cutoffs[2]
+    m = log.matrix(at)
+    targets = log.targets(at, until, m)
+    blend = train.candidates()[-1].make(m, log)
+    assert isinstance(blend, Blend)
+    with pytest.raises(ValueError, match="not learnt"):
+        blend.scores(m.affinity[:1])
+    learners = train._learners(m, targets)
+    first = blend.learn(m.affinity, m.bought, targets, learners, seed=0)
+    assert first.shape == (len(Blend.FEATURES),) and np.isfinite(first).all()
+    assert np.array_equal(first, blend.learn(m.affinity, m.bought, targets, learners, seed=0))
+    # what a person engaged with before weighs for their next items
+    named = dict(zip(Blend.FEATURES, first, strict=True))
+    assert named["seen"] > 0
+    if t.chosen["candidate"] == "blend":  # served: with the weights learnt on the last window
+        assert t.chosen["params"]["weights"] == dict(zip(Blend.FEATURES, np.round(first, 4).tolist(), strict=True))
+
+
 # -- the registry ---------------------------------------------------------------------------------
 def _set(settings: Settings, sql: str, *args: Any) -> None:
     with sqlite3.connect(settings.db_path) as db:
@@ -284,6 +319,33 @@ def test_no_personal_list_without_consent_nor_history(shop: Shop, persona: Perso
     bob = serve.recommend(persona, persona.log.profile_for("shop_user", "bob"), loaded=loaded)
     assert bob.basis == "personal" and any(i.reasons for i in bob.items)
     assert {r.sku for i in bob.items for r in i.reasons} == {"toys-001"}
+
+
+def test_cold_start_is_the_segment_of_the_category_a_person_browses_unless_consent_is_withdrawn(
+        shop: Shop, persona: Persona) -> None:
+    """No product interactions yet, only pages of a category: the items popular with people whose
+    favourite category it is; the same person without personalization consent: popular overall."""
+    with Persona.open(shop.settings) as p:
+        loaded = registry.load(p, NAME)
+    model = loaded.pipeline
+    dave, erin = {"namespace": "shop_user", "value": "dave"}, {"namespace": "shop_user", "value": "erin"}
+
+    def page(n: int, who: dict[str, str], category: str) -> bytes:
+        return _event(n, "page_viewed", "2025-01-10T00:00:00Z", who, {"url": f"/c/{category}/{n}",
+                                                                      "category": category})
+    ingest_jsonl(persona, [page(1, dave, "toys"), page(2, dave, "toys"), page(3, dave, "books"),
+                           page(4, erin, "toys"), _event(5, "consent_changed", "2025-02-01T00:00:00Z", erin,
+                                                         {"purpose": "personalization", "granted": False})],
+                 origin="test")
+    toys = int(np.flatnonzero(model.category_names == "toys")[0])
+    fans = [str(s) for s in model.items[np.argsort(-model.segment_popularity[toys], kind="stable")[:10]]]
+    overall = [str(s) for s in model.items[np.argsort(-model.popularity, kind="stable")[:10]]]
+    assert fans != overall
+    found = serve.recommend(persona, persona.log.profile_for(*dave.values()), loaded=loaded)
+    assert found.basis == "popular in segment: no history" and [i.sku for i in found.items] == fans
+    assert all(not i.reasons and i.because == "popular with people who like toys" for i in found.items)
+    withdrawn = serve.recommend(persona, persona.log.profile_for(*erin.values()), loaded=loaded)
+    assert withdrawn.basis == "popular: no consent" and [i.sku for i in withdrawn.items] == overall
 
 
 def test_erasure_marks_the_recommender_stale_and_a_retrain_leaves_the_person_out(tmp_path: Path) -> None:

@@ -174,8 +174,11 @@ class RecommendedItem:
 
 @strawberry.type(description="What the person is likely to want next (docs/recommendations.md)")
 class Recommendations:
-    basis: str = strawberry.field(description="personal; or `popular: no consent` (personalization consent"
-                                              " withdrawn) or `popular: no history`: the items popular overall")
+    basis: str = strawberry.field(description="personal; `popular in segment: no history` (no product"
+                                              " interactions yet: the items popular with people who like the"
+                                              " category they browse most); or `popular: no consent`"
+                                              " (personalization consent withdrawn) or `popular: no history`:"
+                                              " the items popular overall")
     model: str = strawberry.field(description="The recommender version that made it")
     computed_at: datetime | None = strawberry.field(description="When the read model's list was made (null:"
                                                                 " made for this request)")
@@ -366,7 +369,8 @@ class Profile:
 
     @strawberry.field(description="What the person is likely to want next, best first, each with why (the"
                                   " promoted recommender; the batch-scored read model, kept current as they buy)."
-                                  " Without personalization consent, or with no history, the items popular overall;"
+                                  " With no history, the items popular in the segment of the category they"
+                                  " browse; without personalization consent, the items popular overall;"
                                   " null while no recommender serves (`persona train recommendations`)")
     def recommendations(self, info: Info[RequestContext, None], first: int = 10,
                         context: RecommendationContext | None = None) -> Recommendations | None:

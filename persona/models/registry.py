@@ -40,6 +40,7 @@ TRUSTED_TYPES = frozenset({
     "sklearn.feature_selection._univariate_selection.f_regression",
     "sklearn.tree._tree.Tree",
     # the recommenders (persona/recommend/models.py): NumPy arrays and a sparse similarity matrix
+    "persona.recommend.models.Blend",
     "persona.recommend.models.Factors",
     "persona.recommend.models.ItemSimilarity",
     "persona.recommend.models.Popular",

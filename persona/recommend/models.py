@@ -19,6 +19,8 @@ A model holds items, categories and numbers learnt from many people: no person's
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -119,7 +121,7 @@ class Factors(Recommender):
     family = "matrix factorisation (ALS)"
 
     def __init__(self, items: list[str], categories: list[str | None], affinity: sp.csr_matrix,
-                 segments: NDArray[np.int64], *, factors: int = 64, regularization: float = 0.05,
+                 segments: NDArray[np.int64], *, factors: int = 64, regularization: float = 50.0,
                  alpha: float = 10.0, iterations: int = 15, seed: int = 0) -> None:
         super().__init__(items, categories, affinity, segments)
         self.factors, self.regularization, self.alpha, self.iterations = factors, regularization, alpha, iterations
@@ -152,6 +154,109 @@ class Factors(Recommender):
         return np.where((mine >= 0)[:, :, None] & (picked >= 0)[:, None, :], found, 0.0)
 
 
+class Blend(Recommender):
+    """The others' views of a person, weighed together: a logistic regression, learnt on a window
+    of what people went on to engage with, over features of each (person, item) pair —
+
+    - the person's own interest in the item (their share of it: as is, its root, its log; whether any),
+    - what item similarity says from the person's other items,
+    - the person's share of interest in the item's category,
+    - the item's popularity, overall and in the person's segment,
+    - the ALS score.
+
+    So it learns how much people come back to what they looked at against how far their tastes
+    carry to new items, and how much popularity counts, from the data rather than by hand. The
+    weights are learnt by training (`learn`, on a window before the instant the model is made
+    at, persona.recommend.train); "because you …" comes from item similarity."""
+
+    family = "blend"
+    FEATURES = ("interest", "interest (root)", "interest (log)", "seen", "similar items (log)",
+                "category share (log)", "popular (log)", "popular in segment (log)", "factors")
+
+    def __init__(self, items: list[str], categories: list[str | None], affinity: sp.csr_matrix,
+                 segments: NDArray[np.int64], *, factors: int = 64, regularization: float = 50.0,
+                 seed: int = 0) -> None:
+        super().__init__(items, categories, affinity, segments)
+        self.similar = ItemSimilarity(items, categories, affinity, segments)
+        self.latent = Factors(items, categories, affinity, segments, factors=factors,
+                              regularization=regularization, seed=seed)
+        others = self.similar.similarity.tolil()
+        others.setdiag(0)  # an item's own interest is a feature of its own
+        self.others = others.tocsr()
+        self.others.eliminate_zeros()
+        index = {c: g for g, c in enumerate(self.category_names)}
+        groups = len(self.category_names)  # and one more: items with no category
+        self.item_group = np.array([index.get(c, groups) for c in self.categories], dtype=np.int64)
+        by_group = np.bincount(self.item_group, weights=self.popularity, minlength=groups + 1)
+        self.group_share = (by_group + 1e-9) / (by_group.sum() + 1e-9 * (groups + 1))
+        self.weights: NDArray[np.float64] | None = None
+
+    def features(self, affinity: sp.csr_matrix) -> Iterator[NDArray[np.float64]]:
+        """Each feature of FEATURES in turn, users × items."""
+        total = np.maximum(np.asarray(affinity.sum(axis=1), dtype=np.float64), 1e-12)  # users × 1
+        own = affinity.toarray() / total
+        yield own * 10.0
+        yield np.sqrt(own)
+        yield np.log(own + 1e-4)
+        yield (own > 0).astype(np.float64)
+        del own
+        yield np.log(np.asarray((affinity @ self.others).toarray()) / total + 1e-4)
+        groups = len(self.group_share)
+        onto = sp.csr_matrix((np.ones(len(self.item_group)), (np.arange(len(self.item_group)), self.item_group)),
+                             shape=(len(self.item_group), groups))
+        in_group = np.asarray((affinity @ onto).toarray())
+        share = (in_group + 2.0 * self.group_share) / (total + 2.0)  # smoothed towards everyone's
+        yield np.log(share[:, self.item_group])
+        overall = self.popularity / max(float(self.popularity.sum()), 1e-300)
+        yield np.broadcast_to(np.log(overall + 1e-7), (affinity.shape[0], len(overall)))
+        mine = self.popular(self.segments(affinity))
+        yield np.log(mine / np.maximum(mine.sum(axis=1, keepdims=True), 1e-300) + 1e-7)
+        yield self.latent.scores(affinity)
+
+    def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
+        if self.weights is None:
+            raise ValueError("the blend's weights are not learnt yet")
+        out = np.zeros((affinity.shape[0], len(self.items)))
+        for weight, feature in zip(self.weights, self.features(affinity), strict=True):
+            out += weight * feature
+        return out
+
+    def learn(self, affinity: sp.csr_matrix, bought: sp.csr_matrix, targets: list[NDArray[np.int32]],
+              users: NDArray[np.int64], seed: int, *, most: int = 20_000, negatives: float = 0.1,
+              batch: int = 500) -> NDArray[np.float64]:
+        """Weights that tell each user's next items (`targets`, what they engaged with in the window
+        after the matrix's instant) from the rest: a logistic regression over up to `most` of these
+        users, every one of their items they had not bought, a random share `negatives` of the
+        items they did not engage with (weighted up to stand for all)."""
+        from sklearn.linear_model import LogisticRegression  # heavy: loaded when a model is trained
+
+        rng = np.random.default_rng(seed)
+        if len(users) > most:
+            users = np.sort(rng.choice(users, most, replace=False))
+        rows, labels, weights = [], [], []
+        for lo in range(0, len(users), batch):
+            chunk = users[lo:lo + batch]
+            stacked = np.stack(list(self.features(affinity[chunk])), axis=-1)
+            gone = bought[chunk].toarray() > 0
+            for j, u in enumerate(chunk):
+                wanted = np.zeros(len(self.items), dtype=bool)
+                wanted[targets[u]] = True
+                keep = ~gone[j] & (wanted | (rng.random(len(self.items)) < negatives))
+                rows.append(stacked[j, keep])
+                labels.append(wanted[keep])
+                weights.append(np.where(wanted[keep], 1.0, 1.0 / negatives))
+        y = np.concatenate(labels)
+        if not y.any() or y.all():
+            raise ValueError("nothing to learn the blend's weights from: no one engaged with anything new")
+        fitted = LogisticRegression(C=1.0, max_iter=2000).fit(np.concatenate(rows), y,
+                                                              sample_weight=np.concatenate(weights))
+        learnt: NDArray[np.float64] = np.asarray(fitted.coef_, dtype=np.float64).ravel()
+        return learnt
+
+    def related(self, mine: NDArray[np.int64], picked: NDArray[np.int64]) -> NDArray[np.float64]:
+        return self.similar.related(mine, picked)
+
+
 @one_thread
 def _als(affinity: sp.csr_matrix, factors: int, regularization: float, alpha: float, iterations: int, seed: int
          ) -> NDArray[np.float64]:
@@ -165,9 +270,25 @@ def _als(affinity: sp.csr_matrix, factors: int, regularization: float, alpha: fl
         model = AlternatingLeastSquares(factors=factors, regularization=regularization, alpha=alpha,
                                         iterations=iterations, random_state=seed, num_threads=1,
                                         calculate_training_loss=False)
-    model.fit(affinity.astype(np.float32).tocsr(), show_progress=False)
+    with _no_progress_monitor():
+        model.fit(affinity.astype(np.float32).tocsr(), show_progress=False)
     learnt: NDArray[np.float64] = np.asarray(model.item_factors, dtype=np.float64)
     return learnt
+
+
+@contextmanager
+def _no_progress_monitor() -> Iterator[None]:
+    """implicit's fit makes a tqdm bar, hidden; tqdm starts its monitor thread even so, and that
+    thread outlives the fit: a process with another thread no longer forks (an ingest then reads
+    its file in-process, persona.ingest.engine). The monitor is off while the fit runs."""
+    from tqdm import tqdm
+
+    before = tqdm.monitor_interval
+    tqdm.monitor_interval = 0
+    try:
+        yield
+    finally:
+        tqdm.monitor_interval = before
 
 
 def _top(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -219,4 +340,9 @@ def top(scores: NDArray[np.float64], k: int, excluded: sp.csr_matrix | None = No
 def describe(model: Recommender) -> dict[str, Any]:
     params = {name: getattr(model, name) for name in ("by_segment", "neighbours", "min_together", "factors",
                                                       "regularization", "alpha", "iterations") if hasattr(model, name)}
+    if isinstance(model, Blend):
+        params = {"factors": model.latent.factors, "regularization": model.latent.regularization,
+                  "neighbours": model.similar.neighbours,
+                  "weights": dict(zip(model.FEATURES, np.round(model.weights, 4).tolist(), strict=True))
+                  if model.weights is not None else None}
     return {"family": model.family, "params": params, "items": len(model.items)}

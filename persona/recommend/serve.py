@@ -5,8 +5,11 @@ the promoted version's items: what they bought a moment ago is left out at once,
 retraining. Each item says why: the person's own items that weigh most for it under the model
 ("because you viewed X and bought Y"), or the popularity it was picked by.
 
-No personal list without personalization consent: a person whose consent stands withdrawn (or
-who has no history yet) gets the items popular overall, and is told so.
+No personal list without personalization consent: a person whose consent stands withdrawn gets
+the items popular overall, and is told so. A person with no interactions with products yet (cold
+start) gets the items popular in their segment — the people whose favourite category is the one
+they browse most (their profile's top category: page views, social interactions) — or, with no
+category known, the items popular overall.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class Recommendation:
 @dataclass(frozen=True)
 class Recommendations:
     profile_id: str
-    basis: str  # personal | popular: no consent | popular: no history
+    basis: str  # personal | popular: no consent | popular in segment: no history | popular: no history
     model: str  # name and version
     items: list[Recommendation]
 
@@ -131,8 +134,23 @@ def recommend(persona: Persona, profile_id: str, *, first: int = K, category: st
     else:
         row, bought, strongest = found.affinity[[user]], found.bought[[user]], found.strongest[[user]]
     allowed = None if category is None else model.categories == category
-    made = lists(model, row, bought if exclude_purchased else None, strongest, np.array([withdrawn]), first, allowed)
+    hint = np.array([-1 if withdrawn or row.nnz else _browsed(persona, profile_id, model)])
+    made = lists(model, row, bought if exclude_purchased else None, strongest, np.array([withdrawn]), first, allowed,
+                 hint)
     return Recommendations(person.id, made.basis[0], f"{NAME} v{loaded.version.version}", made.items(model, 0))
+
+
+def _browsed(persona: Persona, profile_id: str, model: Recommender) -> int:
+    """The segment (index into the model's categories) of the category a person browses most, by
+    their profile's features (−1: none the model knows)."""
+    from persona.reading import person_rows
+
+    row = person_rows(persona, [profile_id]).get(profile_id)
+    if row is None or row.index_doc is None:
+        return -1
+    top = (orjson.loads(row.index_doc).get("features") or {}).get("top_categories") or []
+    known = {str(c): g for g, c in enumerate(model.category_names)}
+    return next((known[c] for c in top if c in known), -1)
 
 
 REASONS = 2  # reasons given per item
@@ -149,6 +167,7 @@ class Lists:
     reasons: NDArray[np.int64]  # users × k × REASONS
     kinds: NDArray[np.int64]
     basis: list[str]
+    segments: list[str | None]  # the category whose fans' popular items a list is, if it is one
 
     def items(self, model: Recommender, u: int) -> list[Recommendation]:
         out = []
@@ -159,7 +178,7 @@ class Lists:
                         for r, k in zip(self.reasons[u, c], self.kinds[u, c], strict=True) if r >= 0)
             category = str(model.categories[i]) or None
             out.append(Recommendation(str(model.items[i]), category, float(self.scores[u, c]), why,
-                                      because(why, self.basis[u], category, getattr(model, "by_segment", False))))
+                                      because(why, self.basis[u], self.segments[u])))
         return out
 
     def document(self, model: Recommender, u: int) -> dict[str, Any]:
@@ -169,21 +188,24 @@ class Lists:
         scores = np.round(self.scores[u, :len(chosen)], 6).tolist()
         reasons, kinds = self.reasons[u].tolist(), self.kinds[u].tolist()
         names = model.items
-        return {"basis": self.basis[u], "by_segment": bool(getattr(model, "by_segment", False)),
+        return {"basis": self.basis[u], "segment": self.segments[u],
                 "items": [[skus[c], categories[c] or None, scores[c],
                            [[str(names[r]), KINDS[k]] for r, k in zip(reasons[c], kinds[c], strict=True) if r >= 0]]
                           for c in range(len(chosen))]}
 
 
 def lists(model: Recommender, affinity: sp.csr_matrix, bought: sp.csr_matrix | None, strongest: sp.csr_matrix,
-          withdrawn: NDArray[np.bool_], first: int, allowed: NDArray[np.bool_] | None = None) -> Lists:
-    """Each user's list: personal from their interest, or the overall popular items (no history,
-    or personalization consent withdrawn)."""
+          withdrawn: NDArray[np.bool_], first: int, allowed: NDArray[np.bool_] | None = None,
+          hints: NDArray[np.int64] | None = None) -> Lists:
+    """Each user's list: personal from their interest; with no history, the items popular in the
+    segment `hints` names (an index into the model's categories; −1 or None: none), else overall;
+    with personalization consent withdrawn, the items popular overall."""
     users = affinity.shape[0]
     plain = withdrawn | (np.diff(affinity.indptr) == 0)
+    hint = np.where(withdrawn, -1, np.full(users, -1) if hints is None else hints)
     scores = model.scores(affinity) if not plain.all() else np.empty((users, len(model.items)))
     if plain.any():
-        scores[plain] = model.popular(np.full(int(plain.sum()), -1))
+        scores[plain] = model.popular(np.where(plain, hint, -1)[plain])
     if allowed is not None:
         scores[:, ~allowed] = -np.inf
     excluded = bought
@@ -191,8 +213,10 @@ def lists(model: Recommender, affinity: sp.csr_matrix, bought: sp.csr_matrix | N
         excluded = sp.diags((~withdrawn).astype(np.float64)) @ excluded  # what they bought is not read either
     picked = top(scores, first, excluded)
     ranked = np.take_along_axis(scores, np.maximum(picked, 0), axis=1)
-    basis = ["popular: no consent" if withdrawn[u] else "popular: no history" if plain[u] else "personal"
-             for u in range(users)]
+    basis = ["popular: no consent" if withdrawn[u] else "popular in segment: no history" if plain[u] and hint[u] >= 0
+             else "popular: no history" if plain[u] else "personal" for u in range(users)]
+    segment = np.where(plain, hint, model.segments(affinity) if getattr(model, "by_segment", False) else -1)
+    names = [str(c) for c in model.category_names]
     mine, weight, kinds = _strongest_items(affinity, strongest, plain)
     related = model.related(mine, np.where(plain[:, None], -1, picked)) * weight[:, :, None]
     best = np.argsort(-related, axis=1, kind="stable")[:, :REASONS, :]  # users × REASONS × k
@@ -200,7 +224,8 @@ def lists(model: Recommender, affinity: sp.csr_matrix, bought: sp.csr_matrix | N
     width = picked.shape[1]
     reasons = np.where(found, np.take_along_axis(np.repeat(mine[:, :, None], width, 2), best, axis=1), -1)
     kind = np.where(found, np.take_along_axis(np.repeat(kinds[:, :, None], width, 2), best, axis=1), 0)
-    return Lists(picked, ranked, reasons.transpose(0, 2, 1), kind.transpose(0, 2, 1), basis)
+    return Lists(picked, ranked, reasons.transpose(0, 2, 1), kind.transpose(0, 2, 1), basis,
+                 [names[g] if g >= 0 else None for g in segment])
 
 
 def _strongest_items(affinity: sp.csr_matrix, strongest: sp.csr_matrix, skip: NDArray[np.bool_]
@@ -227,12 +252,12 @@ def _strongest_items(affinity: sp.csr_matrix, strongest: sp.csr_matrix, skip: ND
     return mine, weight, kinds
 
 
-def because(reasons: tuple[Reason, ...], basis: str, category: str | None, by_segment: bool) -> str:
+def because(reasons: tuple[Reason, ...], basis: str, segment: str | None) -> str:
     """An item's reasons in words."""
     if reasons:
         return "because you " + " and ".join(SAID[r.interaction].format(r.sku) for r in reasons)
-    if basis == "personal" and by_segment:
-        return f"popular with people who like {category}" if category else "popular"
+    if segment:
+        return f"popular with people who like {segment}"
     return "popular" + (" (no personalization consent)" if basis == "popular: no consent" else "")
 
 
@@ -296,7 +321,7 @@ def from_read_model(row: dict[str, Any], first: int, category: str | None = None
     if len(items) < first and len(row["items"]) >= KEEP:
         return None
     items = items[:first]
-    said = [because(tuple(Reason(sku, kind) for sku, kind in item[3]), row["basis"], item[1], row["by_segment"])
+    said = [because(tuple(Reason(sku, kind) for sku, kind in item[3]), row["basis"], row.get("segment"))
             for item in items]
     return {"basis": row["basis"], "model": f"{row['model']} v{row['version']}", "computed_at": row["computed_at"],
             "items": items, "because": said}

@@ -7,6 +7,11 @@ Leave the last window out: with the data ending at E and a window W (28 days by 
   are scored on the same people's next window (T, E] — the published metrics;
 - **serve**: the chosen one learns again from everything up to E.
 
+The blend (models.Blend) learns its weights from a window too, always the one just before the
+instant it is made at, so that no window it is judged on has taught it: made at V with weights
+learnt at V − W on (V − W, V]; at T with weights learnt at V on (V, T]; served with weights
+learnt at T on (T, E]. With less than three windows of history it is left out.
+
 A person's held-out items are what they engaged with in the window (viewed, carted, bought,
 liked) and had not bought before it; what they had bought is never recommended to them
 (`excludePurchased`). Metrics at k = 10, averaged over the people: recall (hits over their
@@ -32,7 +37,7 @@ from persona.errors import ValidationError
 from persona.events import micros
 from persona.recommend import interactions
 from persona.recommend.interactions import Log, Matrix, Weights
-from persona.recommend.models import Factors, ItemSimilarity, Popular, Recommender, describe, favourite, top
+from persona.recommend.models import Blend, Factors, ItemSimilarity, Popular, Recommender, describe, favourite, top
 
 K = 10
 WINDOW = timedelta(days=28)
@@ -59,6 +64,8 @@ def candidates(seed: int = SEED) -> list[Candidate]:
                                                                    _segments(m, log))),
         Candidate("matrix factorisation (ALS)", lambda m, log: Factors(log.items, log.item_category, m.affinity,
                                                                         _segments(m, log), seed=seed)),
+        Candidate("blend", lambda m, log: Blend(log.items, log.item_category, m.affinity, _segments(m, log),
+                                                seed=seed)),
     ]
 
 
@@ -144,23 +151,43 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
         raise ValidationError(f"too little history: nothing happened before {choose_at.isoformat()}, two windows "
                               f"({window.days} days each) before the data ends; give a shorter --window")
     found = candidates(seed)
+    notes = []
+    learnt = _blend_weights(log, choose_at - window, choose_at, weights, seed, progress)
+    if learnt is None:
+        found = [c for c in found if c.name != "blend"]
+        notes.append(f"blend left out: it learns its weights on a window before the choosing one, and fewer than"
+                     f" {MIN_PEOPLE} people engaged with something in it")
     progress(f"choosing at {choose_at.date()} among {', '.join(c.name for c in found)}…")
     at_choice = log.matrix(choose_at, weights)
     choice_targets = log.targets(choose_at, test_at, at_choice)
     _enough(at_choice, choice_targets, choose_at)
-    validation = {c.name: judged(c.make(at_choice, log), at_choice, choice_targets) for c in found}
+    validation = {}
+    chosen_blend: Blend | None = None
+    for c in found:
+        made = _made(c, at_choice, log, learnt)
+        validation[c.name] = judged(made, at_choice, choice_targets)
+        if isinstance(made, Blend):
+            chosen_blend = made
     best = max(found, key=lambda c: (validation[c.name][f"ndcg@{K}"], -found.index(c)))
+    if chosen_blend is not None and best.name == "blend":
+        progress(f"learning the blend's weights on the window after {choose_at.date()}…")
+        learnt = _learn(chosen_blend, at_choice, choice_targets, seed)
     progress(f"testing {best.name} at {test_at.date()} beside the baselines…")
     at_test = log.matrix(test_at, weights)
     test_targets = log.targets(test_at, end, at_test)
     _enough(at_test, test_targets, test_at)
-    tested = {c.name: judged(c.make(at_test, log), at_test, test_targets) for c in found
-              if c.name == best.name or c.name in BASELINES}
+    tested = {}
+    for c in found:
+        if c.name == best.name or c.name in BASELINES:
+            made = _made(c, at_test, log, learnt)
+            tested[c.name] = judged(made, at_test, test_targets)
+            if isinstance(made, Blend):
+                progress(f"learning the blend's weights on the window after {test_at.date()}…")
+                learnt = _learn(made, at_test, test_targets, seed)
     progress(f"refitting {best.name} on everything up to {end.date()}…")
     at_end = log.matrix(end, weights)
-    model = best.make(at_end, log)
+    model = _made(best, at_end, log, learnt)
     model.weighting = asdict(weights)  # serving weighs a person's interactions as the model learnt them
-    notes = []
     if best.name in BASELINES:
         notes.append(f"serving {best.name}: no personalised model beat it when choosing")
     user, _ = log.users_at(end)
@@ -170,6 +197,36 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
                    [choose_at, test_at, end], window, [log.streams[s] for s in used],
                    {"train": int(at_test.active.sum()), "test": int(tested[best.name]["rows"]),
                     "items": len(log.items)}, time.monotonic() - started, notes, seed)
+
+
+def _made(c: Candidate, m: Matrix, log: Log, learnt: NDArray[np.float64] | None) -> Recommender:
+    model = c.make(m, log)
+    if isinstance(model, Blend):
+        model.weights = learnt
+    return model
+
+
+def _learners(m: Matrix, targets: list[NDArray[np.int32]]) -> NDArray[np.int64]:
+    """The users whose next window teaches: a history, something in the window, consent standing."""
+    return np.array([u for u in range(len(m.users)) if m.active[u] and len(targets[u]) and not m.withdrawn[u]],
+                    dtype=np.int64)
+
+
+def _learn(model: Blend, m: Matrix, targets: list[NDArray[np.int32]], seed: int) -> NDArray[np.float64]:
+    return model.learn(m.affinity, m.bought, targets, _learners(m, targets), seed)
+
+
+def _blend_weights(log: Log, at: datetime, until: datetime, weights: Weights, seed: int,
+                   progress: Callable[[str], None]) -> NDArray[np.float64] | None:
+    """The blend's weights learnt at `at` on the window up to `until`; None with too few people in it."""
+    if not (log.time <= micros(at)).any():
+        return None
+    m = log.matrix(at, weights)
+    targets = log.targets(at, until, m)
+    if len(_learners(m, targets)) < MIN_PEOPLE:
+        return None
+    progress(f"learning the blend's weights on the window after {at.date()}…")
+    return _learn(Blend(log.items, log.item_category, m.affinity, _segments(m, log), seed=seed), m, targets, seed)
 
 
 def _enough(m: Matrix, targets: list[NDArray[np.int32]], at: datetime) -> None:
