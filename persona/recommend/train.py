@@ -171,7 +171,7 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
     best = max(found, key=lambda c: (validation[c.name][f"ndcg@{K}"], -found.index(c)))
     if chosen_blend is not None and best.name == "blend":
         progress(f"learning the blend's weights on the window after {choose_at.date()}…")
-        learnt = _learn(chosen_blend, at_choice, choice_targets, seed)
+        learnt = _learn(chosen_blend, at_choice, choice_targets, seed, learnt)
     progress(f"testing {best.name} at {test_at.date()} beside the baselines…")
     at_test = log.matrix(test_at, weights)
     test_targets = log.targets(test_at, end, at_test)
@@ -183,7 +183,7 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
             tested[c.name] = judged(made, at_test, test_targets)
             if isinstance(made, Blend):
                 progress(f"learning the blend's weights on the window after {test_at.date()}…")
-                learnt = _learn(made, at_test, test_targets, seed)
+                learnt = _learn(made, at_test, test_targets, seed, learnt)
     progress(f"refitting {best.name} on everything up to {end.date()}…")
     at_end = log.matrix(end, weights)
     model = _made(best, at_end, log, learnt)
@@ -212,8 +212,13 @@ def _learners(m: Matrix, targets: list[NDArray[np.int32]]) -> NDArray[np.int64]:
                     dtype=np.int64)
 
 
-def _learn(model: Blend, m: Matrix, targets: list[NDArray[np.int32]], seed: int) -> NDArray[np.float64]:
-    return model.learn(m.affinity, m.bought, targets, _learners(m, targets), seed)
+def _learn(model: Blend, m: Matrix, targets: list[NDArray[np.int32]], seed: int,
+           before: NDArray[np.float64] | None = None) -> NDArray[np.float64] | None:
+    """The blend's weights learnt on this window; with too few people to learn from, the ones before."""
+    learners = _learners(m, targets)
+    if len(learners) < MIN_PEOPLE:
+        return before
+    return model.learn(m.affinity, m.bought, targets, learners, seed)
 
 
 def _blend_weights(log: Log, at: datetime, until: datetime, weights: Weights, seed: int,
