@@ -346,6 +346,15 @@ def test_cold_start_is_the_segment_of_the_category_a_person_browses_unless_conse
     assert all(not i.reasons and i.because == "popular with people who like toys" for i in found.items)
     withdrawn = serve.recommend(persona, persona.log.profile_for(*erin.values()), loaded=loaded)
     assert withdrawn.basis == "popular: no consent" and [i.sku for i in withdrawn.items] == overall
+    # a category no one's favourite: its fans' list would be empty, so the next one browsed is taken,
+    # and with none left, no segment is claimed
+    model.segment_popularity[toys] = 0.0
+    found = serve.recommend(persona, persona.log.profile_for(*dave.values()), loaded=loaded)
+    assert found.basis == "popular in segment: no history" and found.items[0].because.endswith("like books")
+    model.segment_popularity[model.category_names == "books"] = 0.0
+    found = serve.recommend(persona, persona.log.profile_for(*dave.values()), loaded=loaded)
+    assert found.basis == "popular: no history" and [i.sku for i in found.items] == overall
+    assert all(i.because == "popular" for i in found.items)
 
 
 def test_erasure_marks_the_recommender_stale_and_a_retrain_leaves_the_person_out(tmp_path: Path) -> None:

@@ -68,8 +68,9 @@ COMMANDS = {
     "receipt": Entry("erasure", "receipt", "Erasure receipts: check them offline against a published public key."),
     "recommend": Entry("models", "recommend", "What a person is likely to want next, best first, each with why: the"
                                               " promoted recommendations model (`persona train recommendations`)"
-                                              " over their own interactions. Without personalization consent, or"
-                                              " with no history yet, the items popular overall."),
+                                              " over their own interactions. With no history yet, the items"
+                                              " popular with people who like the category they browse; without"
+                                              " personalization consent, the items popular overall."),
     "restore": Entry("store", "restore", "Replace the database with BACKUP, re-applying every erasure made since and"
                                          " rebuilding the read models."),
     "segments": Entry("segments", "segments", "Live segments: named rules kept current on ingest (add, list, members,"

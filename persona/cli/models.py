@@ -387,8 +387,9 @@ def _write(rows: list[dict[str, Any]], form: str) -> None:
 def recommend(ctx: click.Context, subject: str | None, profile: str | None, first: int, category: str | None,
               include_purchased: bool, as_of: str | None, as_json: bool) -> None:
     """What a person is likely to want next, best first, each with why: the promoted
-    recommendations model (`persona train recommendations`) over their own interactions. Without
-    personalization consent, or with no history yet, the items popular overall."""
+    recommendations model (`persona train recommendations`) over their own interactions. With no
+    history yet, the items popular with people who like the category they browse; without
+    personalization consent, the items popular overall."""
     from persona.recommend import serve  # heavy: loaded when the command runs
 
     require_one(subject, profile)

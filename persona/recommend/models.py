@@ -13,6 +13,8 @@ a person who buys something new is scored anew from the read model without retra
 - `Factors`: implicit-feedback matrix factorisation (ALS, the `implicit` library): item factors
   learnt from everyone's interest as confidence; a user's factors are solved from their own row
   and the item factors (the least-squares step of ALS), so a new person needs no retraining.
+- `Blend`: the person's own interest, item similarity, ALS, category share and popularity,
+  weighed together by a logistic regression learnt on a window of what people did next.
 
 A model holds items, categories and numbers learnt from many people: no person's row is kept.
 """
@@ -59,11 +61,19 @@ class Recommender:
         raise NotImplementedError
 
     def popular(self, segments: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Each user's segment's interest in every item (−1: everyone's)."""
         out = np.tile(self.popularity, (len(segments), 1))
         known = segments >= 0
         if known.any():
             out[known] = self.segment_popularity[segments[known]]
         return out
+
+    def ranked_popular(self, segments: NDArray[np.int64]) -> NDArray[np.float64]:
+        """`popular` as a ranking: the items a segment never engaged with after the rest, by
+        everyone's interest (not by their order in the catalogue)."""
+        out = self.popular(segments)
+        overall = self.popularity / max(float(self.popularity.sum()), 1e-300)
+        return np.where(out > 0, out, overall[None, :] - 1.0)
 
     def related(self, mine: NDArray[np.int64], picked: NDArray[np.int64]) -> NDArray[np.float64]:
         """For users (first axis), how much each of their items (`mine`, users × m) says about each
@@ -83,7 +93,7 @@ class Popular(Recommender):
 
     def scores(self, affinity: sp.csr_matrix) -> NDArray[np.float64]:
         segments = self.segments(affinity) if self.by_segment else np.full(affinity.shape[0], -1)
-        return self.popular(segments)
+        return self.ranked_popular(segments)
 
 
 class ItemSimilarity(Recommender):
@@ -222,12 +232,13 @@ class Blend(Recommender):
         return out
 
     def learn(self, affinity: sp.csr_matrix, bought: sp.csr_matrix, targets: list[NDArray[np.int32]],
-              users: NDArray[np.int64], seed: int, *, most: int = 20_000, negatives: float = 0.1,
+              users: NDArray[np.int64], seed: int, *, most: int = 20_000, negatives: int = 200,
               batch: int = 500) -> NDArray[np.float64]:
         """Weights that tell each user's next items (`targets`, what they engaged with in the window
         after the matrix's instant) from the rest: a logistic regression over up to `most` of these
-        users, every one of their items they had not bought, a random share `negatives` of the
-        items they did not engage with (weighted up to stand for all)."""
+        users, every one of their items they had not bought, and `negatives` of the items they did
+        not engage with, drawn at random and weighted up to stand for all of them (so the rows
+        grow with the people, not the catalogue). ValueError when there is nothing to contrast."""
         from sklearn.linear_model import LogisticRegression  # heavy: loaded when a model is trained
 
         rng = np.random.default_rng(seed)
@@ -241,10 +252,13 @@ class Blend(Recommender):
             for j, u in enumerate(chunk):
                 wanted = np.zeros(len(self.items), dtype=bool)
                 wanted[targets[u]] = True
-                keep = ~gone[j] & (wanted | (rng.random(len(self.items)) < negatives))
+                wanted &= ~gone[j]
+                rest = np.flatnonzero(~gone[j] & ~wanted)
+                drawn = rng.choice(rest, min(negatives, len(rest)), replace=False) if len(rest) else rest
+                keep = np.concatenate([np.flatnonzero(wanted), drawn])
                 rows.append(stacked[j, keep])
                 labels.append(wanted[keep])
-                weights.append(np.where(wanted[keep], 1.0, 1.0 / negatives))
+                weights.append(np.where(wanted[keep], 1.0, len(rest) / max(len(drawn), 1)))
         y = np.concatenate(labels)
         if not y.any() or y.all():
             raise ValueError("nothing to learn the blend's weights from: no one engaged with anything new")

@@ -32,7 +32,7 @@ from persona.models import registry
 from persona.recommend import NAME, interactions
 from persona.recommend.interactions import KINDS, Weights
 from persona.recommend.models import Recommender, top
-from persona.recommend.train import BASELINES, K, Trained
+from persona.recommend.train import BASELINES, K, Trained, batch_of
 
 MAX_FIRST = 100
 SAID = {"view": "viewed {}", "cart": "put {} in your cart", "order": "bought {}", "review": "reviewed {}"}
@@ -134,7 +134,9 @@ def recommend(persona: Persona, profile_id: str, *, first: int = K, category: st
     else:
         row, bought, strongest = found.affinity[[user]], found.bought[[user]], found.strongest[[user]]
     allowed = None if category is None else model.categories == category
-    hint = np.array([-1 if withdrawn or row.nnz else _browsed(persona, profile_id, model)])
+    # cold start: what they browse, as their profile shows it now (not at a past instant)
+    cold = user is not None and not withdrawn and not row.nnz and as_of is None
+    hint = np.array([_browsed(persona, profile_id, model) if cold else -1])
     made = lists(model, row, bought if exclude_purchased else None, strongest, np.array([withdrawn]), first, allowed,
                  hint)
     return Recommendations(person.id, made.basis[0], f"{NAME} v{loaded.version.version}", made.items(model, 0))
@@ -142,14 +144,14 @@ def recommend(persona: Persona, profile_id: str, *, first: int = K, category: st
 
 def _browsed(persona: Persona, profile_id: str, model: Recommender) -> int:
     """The segment (index into the model's categories) of the category a person browses most, by
-    their profile's features (−1: none the model knows)."""
+    their profile's features (−1: none the model knows, or one whose fans engaged with nothing)."""
     from persona.reading import person_rows
 
     row = person_rows(persona, [profile_id]).get(profile_id)
     if row is None or row.index_doc is None:
         return -1
     top = (orjson.loads(row.index_doc).get("features") or {}).get("top_categories") or []
-    known = {str(c): g for g, c in enumerate(model.category_names)}
+    known = {str(c): g for g, c in enumerate(model.category_names) if model.segment_popularity[g].sum() > 0}
     return next((known[c] for c in top if c in known), -1)
 
 
@@ -205,7 +207,7 @@ def lists(model: Recommender, affinity: sp.csr_matrix, bought: sp.csr_matrix | N
     hint = np.where(withdrawn, -1, np.full(users, -1) if hints is None else hints)
     scores = model.scores(affinity) if not plain.all() else np.empty((users, len(model.items)))
     if plain.any():
-        scores[plain] = model.popular(np.where(plain, hint, -1)[plain])
+        scores[plain] = model.ranked_popular(np.where(plain, hint, -1)[plain])
     if allowed is not None:
         scores[:, ~allowed] = -np.inf
     excluded = bought
@@ -288,8 +290,9 @@ def score_everyone(persona: Persona, *, loaded: registry.Loaded | None = None, k
         progress(f"recommending for {len(users):,} people…")
     rows = []
     at = micros(now)
-    for lo in range(0, len(users), BATCH):
-        part = users[lo:lo + BATCH]
+    batch = batch_of(len(model.items), BATCH)
+    for lo in range(0, len(users), batch):
+        part = users[lo:lo + batch]
         made = lists(model, found.affinity[part], found.bought[part], found.strongest[part], found.withdrawn[part],
                      keep)
         rows += [(found.users[u], orjson.dumps(made.document(model, n)).decode()) for n, u in enumerate(part)]

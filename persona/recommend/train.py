@@ -124,9 +124,15 @@ def judged(model: Recommender, m: Matrix, targets: list[NDArray[np.int32]], k: i
     return metrics(ranked, targets, users, engaged, k)
 
 
+def batch_of(items: int, most: int = 5_000) -> int:
+    """Users scored at once: dense users × items arrays stay near 10M cells, whatever the catalogue."""
+    return max(16, min(most, 10_000_000 // max(items, 1)))
+
+
 def recommend_rows(model: Recommender, affinity: sp.csr_matrix, bought: sp.csr_matrix, users: NDArray[np.int64],
                    withdrawn: NDArray[np.bool_], k: int, batch: int = 5_000) -> NDArray[np.int64]:
     """The k best items of each of these users, a batch of rows at a time."""
+    batch = batch_of(affinity.shape[1], batch)
     out = np.full((len(users), k), -1, dtype=np.int64)
     for lo in range(0, len(users), batch):
         rows = users[lo:lo + batch]
@@ -155,8 +161,9 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
     learnt = _blend_weights(log, choose_at - window, choose_at, weights, seed, progress)
     if learnt is None:
         found = [c for c in found if c.name != "blend"]
-        notes.append(f"blend left out: it learns its weights on a window before the choosing one, and fewer than"
-                     f" {MIN_PEOPLE} people engaged with something in it")
+        notes.append(f"blend left out: it learns its weights on the window before the choosing one, and that"
+                     f" window had too little to learn from (at least {MIN_PEOPLE} people with a history, consent"
+                     " and something engaged with in it)")
     progress(f"choosing at {choose_at.date()} among {', '.join(c.name for c in found)}…")
     at_choice = log.matrix(choose_at, weights)
     choice_targets = log.targets(choose_at, test_at, at_choice)
@@ -218,7 +225,10 @@ def _learn(model: Blend, m: Matrix, targets: list[NDArray[np.int32]], seed: int,
     learners = _learners(m, targets)
     if len(learners) < MIN_PEOPLE:
         return before
-    return model.learn(m.affinity, m.bought, targets, learners, seed)
+    try:
+        return model.learn(m.affinity, m.bought, targets, learners, seed)
+    except ValueError:  # nothing to contrast: every item engaged with, or none
+        return before
 
 
 def _blend_weights(log: Log, at: datetime, until: datetime, weights: Weights, seed: int,
