@@ -106,6 +106,54 @@ def test_the_change_feed_wakes_on_another_connections_commit(persona: Persona) -
     assert feed.wait(timeout=0.1) == []  # nothing twice
 
 
+def test_an_append_that_commits_late_is_never_skipped_by_a_follower(persona: Persona) -> None:
+    """Catch-up by position never skips an event that commits late (docs/scale.md): writer A
+    appends and holds its transaction open while writer B appends; a follower reads throughout,
+    and ends with both events, each once — whichever commit comes first, whatever positions
+    they were given. (A design that hands out positions without ordering commits fails here:
+    the follower moves past B's position while A's lower one is still uncommitted.)"""
+    feed = ChangeFeed.of(persona)
+    holding, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def late() -> None:
+        try:
+            with Persona.open(persona.settings) as a, a.recorder.transaction():
+                a.log.append([event("late@example.com", event_id="late")])
+                holding.set()
+                release.wait(30)
+        except BaseException as e:
+            failures.append(e)
+            holding.set()
+
+    def early() -> None:
+        try:
+            with Persona.open(persona.settings) as b:
+                b.log.append([event("early@example.com", event_id="early")])
+        except BaseException as e:
+            failures.append(e)
+
+    writer_a = threading.Thread(target=late)
+    writer_a.start()
+    assert holding.wait(30)
+    writer_b = threading.Thread(target=early)
+    writer_b.start()
+    seen = []
+    until = time.monotonic() + 1.0
+    while time.monotonic() < until:  # the follower reads while A's append is still open
+        seen += feed.wait(timeout=0.1)
+    release.set()
+    writer_a.join(60)
+    writer_b.join(60)
+    assert not failures, failures
+    until = time.monotonic() + 30
+    while time.monotonic() < until and sum(ChangeFeed.events_in([r], 0) for r in seen) < 2:
+        seen += feed.wait(timeout=0.2)
+    late_id, early_id = (persona.log.profile_for("email", e) for e in ("late@example.com", "early@example.com"))
+    assert sorted(r.stream_id for r in seen) == sorted([late_id, early_id])  # each once, neither skipped
+    assert feed.position == persona.recorder.last_position() and feed.wait(timeout=0.2) == []
+
+
 def _write_concurrently(settings: Settings, writer: int, ready: Any) -> int:
     """One of WRITERS processes: batches over shared people, with event ids some other writers
     send too. Returns how many events it appended."""
