@@ -116,10 +116,22 @@ def one_run(writers: int, events: int, people: int, root: Path, pg_url: str, sch
     close_pool(url)
     if report.events != events or stored != events:
         raise SystemExit(f"bench-writers: the log after {writers} writers does not verify ({stored:,} events)")
+    size = on_disk(pg_url, schema)
     slowest = max(d[3] for d in done)
     print(f"  {writers} writer(s): {events / wall:,.0f} events/s over {wall:.1f} s", file=sys.stderr)
     return {"writers": writers, "seconds": wall, "eps": events / wall, "slowest_writer_s": slowest,
-            "per_writer_eps": [round(d[1] / d[3]) for d in done]}
+            "per_writer_eps": [round(d[1] / d[3]) for d in done], "bytes": size, "bytes_per_event": size / events}
+
+
+def on_disk(url: str, schema: str) -> int:
+    """The schema's tables with their indexes and TOAST, in bytes (the log, the keys, the read models)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute("SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+                             " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                             (schema,)).fetchone()
+    return int(found[0]) if found else 0
 
 
 def report(r: dict[str, Any]) -> str:
@@ -134,11 +146,15 @@ def report(r: dict[str, Any]) -> str:
         f" {r['pg'].get('server_version', '?')}, synchronous_commit {r['pg'].get('synchronous_commit', '?')}."
         " After each run the log verifies and holds every event once.",
         "",
-        "| writers | events/s, together | × one writer | wall | each writer alone (events/s while it ran) |",
-        "|---:|---:|---:|---:|---|",
+        "| writers | events/s, together | × one writer | wall | each writer alone (events/s while it ran) |"
+        " bytes on disk per event |",
+        "|---:|---:|---:|---:|---|---:|",
     ]
     lines += [f"| {x['writers']} | {x['eps']:,.0f} | {x['eps'] / base:.2f} | {x['seconds']:.1f} s |"
-              f" {', '.join(f'{v:,}' for v in x['per_writer_eps'])} |" for x in r["runs"]]
+              f" {', '.join(f'{v:,}' for v in x['per_writer_eps'])} | {x['bytes_per_event']:,.0f} |"
+              for x in r["runs"]]
+    lines += ["", "Bytes on disk: every table of the schema with its indexes and TOAST (the log, the event keys, the"
+              " identity links, the read models), over the events, right after the run (no VACUUM)."]
     lines += ["", r["design"], ""]
     return "\n".join(lines)
 
