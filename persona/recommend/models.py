@@ -68,12 +68,16 @@ class Recommender:
             out[known] = self.segment_popularity[segments[known]]
         return out
 
+    def popularity_share(self) -> NDArray[np.float64]:
+        """Each item's share of everyone's interest."""
+        share: NDArray[np.float64] = self.popularity / max(float(self.popularity.sum()), 1e-300)
+        return share
+
     def ranked_popular(self, segments: NDArray[np.int64]) -> NDArray[np.float64]:
         """`popular` as a ranking: the items a segment never engaged with after the rest, by
         everyone's interest (not by their order in the catalogue)."""
         out = self.popular(segments)
-        overall = self.popularity / max(float(self.popularity.sum()), 1e-300)
-        return np.where(out > 0, out, overall[None, :] - 1.0)
+        return np.where(out > 0, out, self.popularity_share()[None, :] - 1.0)
 
     def related(self, mine: NDArray[np.int64], picked: NDArray[np.int64]) -> NDArray[np.float64]:
         """For users (first axis), how much each of their items (`mine`, users × m) says about each
@@ -217,7 +221,7 @@ class Blend(Recommender):
         in_group = np.asarray((affinity @ onto).toarray())
         share = (in_group + 2.0 * self.group_share) / (total + 2.0)  # smoothed towards everyone's
         yield np.log(share[:, self.item_group])
-        overall = self.popularity / max(float(self.popularity.sum()), 1e-300)
+        overall = self.popularity_share()
         yield np.broadcast_to(np.log(overall + 1e-7), (affinity.shape[0], len(overall)))
         mine = self.popular(self.segments(affinity))
         yield np.log(mine / np.maximum(mine.sum(axis=1, keepdims=True), 1e-300) + 1e-7)

@@ -158,7 +158,8 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
                               f"({window.days} days each) before the data ends; give a shorter --window")
     found = candidates(seed)
     notes = []
-    learnt = _blend_weights(log, choose_at - window, choose_at, weights, seed, progress)
+    blend = next(c for c in found if c.name == "blend")
+    learnt = _blend_weights(blend, log, choose_at - window, choose_at, weights, seed, progress)
     if learnt is None:
         found = [c for c in found if c.name != "blend"]
         notes.append(f"blend left out: it learns its weights on the window before the choosing one, and that"
@@ -168,17 +169,13 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
     at_choice = log.matrix(choose_at, weights)
     choice_targets = log.targets(choose_at, test_at, at_choice)
     _enough(at_choice, choice_targets, choose_at)
-    validation = {}
-    chosen_blend: Blend | None = None
-    for c in found:
-        made = _made(c, at_choice, log, learnt)
-        validation[c.name] = judged(made, at_choice, choice_targets)
-        if isinstance(made, Blend):
-            chosen_blend = made
+    made = {c.name: _made(c, at_choice, log, learnt) for c in found}
+    validation = {name: judged(model, at_choice, choice_targets) for name, model in made.items()}
     best = max(found, key=lambda c: (validation[c.name][f"ndcg@{K}"], -found.index(c)))
-    if chosen_blend is not None and best.name == "blend":
+    chosen = made[best.name]
+    if isinstance(chosen, Blend):
         progress(f"learning the blend's weights on the window after {choose_at.date()}…")
-        learnt = _learn(chosen_blend, at_choice, choice_targets, seed, learnt)
+        learnt = _learn(chosen, at_choice, choice_targets, seed, learnt)
     progress(f"testing {best.name} at {test_at.date()} beside the baselines…")
     at_test = log.matrix(test_at, weights)
     test_targets = log.targets(test_at, end, at_test)
@@ -186,11 +183,11 @@ def train(persona: Persona, *, window: timedelta = WINDOW, seed: int = SEED, wei
     tested = {}
     for c in found:
         if c.name == best.name or c.name in BASELINES:
-            made = _made(c, at_test, log, learnt)
-            tested[c.name] = judged(made, at_test, test_targets)
-            if isinstance(made, Blend):
+            at = _made(c, at_test, log, learnt)
+            tested[c.name] = judged(at, at_test, test_targets)
+            if isinstance(at, Blend):
                 progress(f"learning the blend's weights on the window after {test_at.date()}…")
-                learnt = _learn(made, at_test, test_targets, seed, learnt)
+                learnt = _learn(at, at_test, test_targets, seed, learnt)
     progress(f"refitting {best.name} on everything up to {end.date()}…")
     at_end = log.matrix(end, weights)
     model = _made(best, at_end, log, learnt)
@@ -231,7 +228,7 @@ def _learn(model: Blend, m: Matrix, targets: list[NDArray[np.int32]], seed: int,
         return before
 
 
-def _blend_weights(log: Log, at: datetime, until: datetime, weights: Weights, seed: int,
+def _blend_weights(blend: Candidate, log: Log, at: datetime, until: datetime, weights: Weights, seed: int,
                    progress: Callable[[str], None]) -> NDArray[np.float64] | None:
     """The blend's weights learnt at `at` on the window up to `until`; None with too few people in it."""
     if not (log.time <= micros(at)).any():
@@ -241,7 +238,9 @@ def _blend_weights(log: Log, at: datetime, until: datetime, weights: Weights, se
     if len(_learners(m, targets)) < MIN_PEOPLE:
         return None
     progress(f"learning the blend's weights on the window after {at.date()}…")
-    return _learn(Blend(log.items, log.item_category, m.affinity, _segments(m, log), seed=seed), m, targets, seed)
+    model = blend.make(m, log)
+    assert isinstance(model, Blend)
+    return _learn(model, m, targets, seed)
 
 
 def _enough(m: Matrix, targets: list[NDArray[np.int32]], at: datetime) -> None:
