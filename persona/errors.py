@@ -29,6 +29,11 @@ class ConcurrencyError(PersonaError):
         """Another writer took a version this append meant to use."""
         return cls("", -1, -1, "another writer appended to the same stream concurrently; retry the append")
 
+    @classmethod
+    def claimed(cls) -> ConcurrencyError:
+        """Another writer linked an identifier this append meant to link, at the same moment."""
+        return cls("", -1, -1, "another writer linked the same new identifier concurrently; retry the append")
+
 
 class DuplicateEventError(PersonaError):
     """An event id is already in the log."""

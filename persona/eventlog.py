@@ -28,6 +28,7 @@ from persona.errors import (
     DuplicateEventError,
     ErasedError,
     KeyMismatchError,
+    StoreBusyError,
     TamperError,
     UnknownProfileError,
 )
@@ -316,11 +317,13 @@ class EventLog:
             try:
                 result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, explicit=explicit,
                                             writer=writer)
-            except (DuplicateEventError, ConcurrencyError):
+            except (DuplicateEventError, ConcurrencyError, StoreBusyError):
                 if nested:  # the caller's transaction holds what the failed attempt wrote: theirs to roll back
                     raise
                 # The fast path assumes new events and a current cache; a re-ingest (or a
-                # writer we did not see) takes the careful path, from the database alone.
+                # writer we did not see, or one that claimed the same identifier or stream at the
+                # same moment: PostgreSQL ends one of two writers waiting on each other) takes
+                # the careful path, from the database alone.
                 result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, explicit=explicit,
                                             writer=writer)
         result.duplicates += len(events) - len(keyed)
@@ -331,7 +334,9 @@ class EventLog:
         rec = self.recorder
         result = AppendResult()
         try:
-            with rec.transaction():
+            # concurrent: other writers append beside this one (PostgreSQL); _append_locked holds
+            # what it writes — the streams, the new identifiers, the persons it merges
+            with rec.transaction(concurrent=True):
                 if check_duplicates or not self._writer_cache_valid():
                     self._forget_writer_cache()
                 if check_duplicates:
@@ -405,15 +410,22 @@ class EventLog:
                 elif links[oh] != pid:  # joining two existing profiles is a merge (identity resolution)
                     joins.append((key, event, pid, links[oh]))
             items.append((pid, key, event, h))
+        if new_links and rec.insert_links(new_links) < len(new_links):
+            raise ConcurrencyError.claimed()  # (append() starts again from what the other writer committed)
         if new_streams:
             numbers = rec.create_streams(new_streams)
             for no, (pid, first, *_), dek in zip(numbers, new_streams, new_keys, strict=True):
                 tips[pid] = (no, 0, first, dek)
-        if new_links:
-            rec.insert_links(new_links)
         if joins:
             self._merge(joins, hashes, items, recorded, result, explicit)
         touched = list(dict.fromkeys(item[0] for item in items))
+        if rec.beside_others():  # another writer may append to them until they are held: as they stand once held
+            created = {row[0] for row in new_streams}
+            for pid, head in rec.heads([pid for pid in touched if pid not in created], lock=True).items():
+                tip = tips.get(pid)
+                if tip is None or (tip[1], tip[2]) != (head.version, bytes(head.hash)):
+                    tips[pid] = (head.no, head.version, bytes(head.hash),
+                                 self.data_key(pid, head) if tip is None else tip[3])
         missing = [pid for pid in touched if pid not in tips]
         if missing:
             for pid, head in rec.heads(missing).items():
@@ -442,7 +454,7 @@ class EventLog:
         """Merge the people these links join: record each merge and append a `profiles_merged`
         event to both streams (ids derived from the link's key: a re-run adds nothing)."""
         rec = self.recorder
-        people = identity.persons(rec, {pid for join in joins for pid in join[2:]})
+        people = identity.hold_persons(rec, {pid for join in joins for pid in join[2:]})
         # merges undone before, between any streams of these people: one query for the batch
         apart = {frozenset((e.a, e.b)) for e in rec.merge_edges(sorted({m for p in people.values() for m in p.members}))
                  if e.undone_at is not None}
@@ -481,8 +493,8 @@ class EventLog:
         recorded = micros(now or datetime.now(UTC))
         rec = self.recorder
         self._forget_writer_cache()
-        with rec.transaction():
-            head = rec.heads([profile_id]).get(profile_id)
+        with rec.transaction(concurrent=True):
+            head = rec.heads([profile_id], lock=True).get(profile_id)
             if head is None:
                 if rec.tombstone(profile_id) is not None:
                     raise ErasedError(profile_id)

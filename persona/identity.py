@@ -64,6 +64,24 @@ def persons(rec: Recorder, profile_ids: Iterable[str]) -> dict[str, Person]:
     return out
 
 
+def hold_persons(rec: Recorder, profile_ids: Iterable[str]) -> dict[str, Person]:
+    """`persons`, each held to the end of the caller's transaction where other writers write
+    beside it (PostgreSQL's concurrent transactions): the row of its first stream locked, so
+    that another writer's merge of it, or write of its read-model rows, waits. Read again
+    until every person read is held (a merge may have changed them while they were taken)."""
+    ids = list(dict.fromkeys(profile_ids))
+    if not rec.beside_others():
+        return persons(rec, ids)  # (an exclusive transaction holds everyone already)
+    held: set[str] = set()
+    while True:
+        found = persons(rec, ids)
+        roots = {person.id for person in found.values()} - held
+        if not roots:
+            return found
+        rec.heads(sorted(roots), lock=True)
+        held |= roots
+
+
 def person_of(rec: Recorder, profile_id: str) -> Person:
     return persons(rec, [profile_id])[profile_id]
 

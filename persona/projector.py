@@ -241,7 +241,7 @@ class Projector:
         if not behind:
             return
         rec, log = self.persona.recorder, self.persona.log
-        with rec.transaction():
+        with rec.transaction(concurrent=True):  # never over a newer snapshot (put_snapshots): nothing to hold
             heads = rec.heads([c.profile_id for c in behind if c.sealer is None])
             rows = []
             for current in behind:
@@ -327,11 +327,12 @@ class Projector:
             index = [(current.profile_id, current.version, self.index_doc(current)) for current in work]
         if index:
             rec = self.persona.recorder
-            with rec.transaction():
+            with rec.transaction(concurrent=True):
                 # Who is whom may have changed since the states were read (a merge or an unmerge by
                 # another process, which refreshes them itself): a row is written only for a person
-                # whose profiles are still exactly those folded. Checked under the write lock.
-                still = identity.persons(rec, [row[0] for row in index])
+                # whose profiles are still exactly those folded. Checked with each person held (by
+                # the write lock, or beside other writers by their first stream's row) to COMMIT.
+                still = identity.hold_persons(rec, [row[0] for row in index])
                 index = [row for row in index if still[row[0]] == people[row[0]]]
                 rec.put_index(index)
                 if snaps:

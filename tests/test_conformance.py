@@ -118,7 +118,8 @@ def test_an_append_that_commits_late_is_never_skipped_by_a_follower(persona: Per
 
     def late() -> None:
         try:
-            with Persona.open(persona.settings) as a, a.recorder.transaction():
+            # concurrent: an append in flight beside others (PostgreSQL: it does not keep B out)
+            with Persona.open(persona.settings) as a, a.recorder.transaction(concurrent=True):
                 a.log.append([event("late@example.com", event_id="late")])
                 holding.set()
                 release.wait(30)

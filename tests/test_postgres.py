@@ -21,11 +21,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from persona import Persona, Settings
+from persona import Persona, Settings, identity
 from persona.cli import cli
-from persona.erasure import erase_profile
+from persona.erasure import erase_profile, erase_subject
 from persona.errors import ConfigurationError
 from persona.store.postgres import PARTITIONS, PostgresRecorder, close_pool, without_password
+from persona.verify import verify
 from tests.conftest import event, pg_schema, raw_execute, record, store_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +108,117 @@ def test_a_writer_that_skips_the_lock_still_cannot_store_a_version_or_an_event_t
     with pytest.raises(psycopg.errors.UniqueViolation):  # the same event id again
         raw_execute(persona, "INSERT INTO event_keys SELECT 0, keys FROM chunks LIMIT 1")
     assert persona.recorder.counts()["events"] == 1
+
+
+class Beside(threading.Thread):
+    """Another writer (a Persona of its own) doing one thing in a thread: `waits()` returns once
+    its connection is seen waiting on a lock (pg_stat_activity), `done()` once it has finished."""
+
+    def __init__(self, settings: Settings, work: Any) -> None:
+        super().__init__(daemon=True)
+        self.other = Persona.open(settings)
+        self.pid = self.other.recorder.conn.info.backend_pid  # (PostgresRecorder: its connection)
+        self.work, self.result, self.failure = work, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.work(self.other)
+        except BaseException as e:
+            self.failure = e
+        finally:
+            self.other.close()
+
+    def waits(self, url: str) -> None:
+        deadline = time.monotonic() + 30  # ends a hang; measures nothing
+        with psycopg.connect(url, autocommit=True) as watch:
+            while watch.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                (self.pid,)).fetchone() != ("Lock",):
+                assert self.is_alive() and time.monotonic() < deadline, "the other writer never waited"
+                time.sleep(0.01)
+
+    def done(self, timeout: float = 30) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), "the other writer is still waiting"
+        if self.failure is not None:
+            raise self.failure
+        return self.result
+
+
+def test_appends_run_side_by_side_and_wait_only_for_a_stream_they_share(persona: Persona) -> None:
+    """Several writers (docs/scale.md): while one append is in flight — its stream held, its
+    transaction open — another writer's append to someone else commits, and one to the same
+    stream waits for it, then continues from the version it left."""
+    persona.log.append([event("x@example.com", event_id="x1")])
+    x = persona.log.profile_for("email", "x@example.com")
+    assert x is not None
+    rec, url = persona.recorder, str(persona.settings.database_url)
+    with rec.transaction(concurrent=True):
+        assert rec.beside_others()
+        rec.heads([x], lock=True)  # an append to x in flight: x held, the log not yet
+        other = Beside(persona.settings, lambda b: b.log.append([event("y@example.com", event_id="y1")]))
+        assert other.done().appended == 1  # committed while ours is open (one lock for all: it waited)
+        same = Beside(persona.settings, lambda c: c.log.append([event("x@example.com", event_id="x2")]))
+        same.waits(url)
+        persona.log.append([event("x@example.com", event_id="x3")])  # ours, in the open transaction
+    assert same.done().appended == 1
+    assert [e.event_id for e in persona.log.read(x)] == ["x1", "x3", "x2"]  # versions 1, 2, 3: none taken twice
+    report = verify(persona)
+    assert report.events == 4 and report.streams == 2
+
+
+def test_two_writers_seeing_the_same_new_identifier_at_once_make_one_profile(persona: Persona) -> None:
+    """The identity link's key claims a new identifier: the second writer waits for the first
+    one's commit, learns it lost, and appends to the profile the first one made."""
+    url = str(persona.settings.database_url)
+    with persona.recorder.transaction(concurrent=True):
+        persona.log.append([event("new@example.com", event_id="a1")])  # linked, not committed yet
+        second = Beside(persona.settings, lambda b: b.log.append([event("new@example.com", event_id="b1")]))
+        second.waits(url)
+    result = second.done()
+    assert result.appended == 1 and result.profiles_created == 0
+    pid = persona.log.profile_for("email", "new@example.com")
+    assert pid is not None and [e.event_id for e in persona.log.read(pid)] == ["a1", "b1"]
+    assert verify(persona).streams == 1 and persona.recorder.counts()["keys"] == 1  # no second profile, no orphan key
+
+
+def test_a_merge_waits_for_a_writer_holding_either_person(persona: Persona) -> None:
+    """A person's read-model rows and merges are held by the row of their first stream: a merge
+    arriving while another writer writes one of the two people's rows waits for that commit —
+    also when neither stream the merge appends to is that first one."""
+    def linked(a: str, b: str, event_id: str) -> Any:
+        return event(a, "identity_linked", {"other": {"namespace": "email", "value": b}}, event_id=event_id)
+
+    persona.log.append([event("r@example.com", event_id="r1")])
+    persona.log.append([event("p@example.com", event_id="p1"), event("q@example.com", event_id="q1")])
+    persona.log.append([linked("p@example.com", "r@example.com", "rp")])
+    p, r = (persona.log.profile_for("email", f"{who}@example.com") for who in "pr")
+    assert p is not None and identity.person_of(persona.recorder, p).id == r  # r's stream is the person's first
+    with persona.recorder.transaction(concurrent=True):
+        assert identity.hold_persons(persona.recorder, [p])[p].id == r  # a refresh of that person in flight
+        merge = Beside(persona.settings, lambda b: b.log.append([linked("q@example.com", "p@example.com", "qp")]))
+        merge.waits(str(persona.settings.database_url))  # (it appends to q's and p's streams only)
+    assert merge.done().merges == 1
+    assert len(identity.person_of(persona.recorder, p).members) == 3
+    assert verify(persona).events == 9  # three events, two links and their four merge markers: every chain whole
+
+
+def test_an_erasure_waits_for_appends_in_flight_and_they_wait_for_it(persona: Persona) -> None:
+    """Everything but appends takes turns with them: an erasure waits until no append is open,
+    and an append waits while an erasure (or any other exclusive transaction) is open."""
+    persona.log.append([event("gone@example.com", event_id="g1")])
+    url = str(persona.settings.database_url)
+    with persona.recorder.transaction(concurrent=True):
+        erasure = Beside(persona.settings, lambda b: erase_subject(b, "email", "gone@example.com"))
+        erasure.waits(url)
+        persona.log.append([event("gone@example.com", event_id="g2")])  # in flight before the erasure began
+    assert erasure.done().receipt["receipt"]["counts"]["events"] == 2  # what was committed before it: both events
+    with persona.recorder.transaction():
+        late = Beside(persona.settings, lambda b: b.log.append([event("gone@example.com", event_id="g3")]))
+        late.waits(url)
+    assert late.done().profiles_created == 1  # after the erasure: a new person, never the erased stream
+    report = verify(persona)
+    assert report.erased == 1 and report.opened == 1
 
 
 def test_an_old_snapshot_holding_erased_rows_is_reported_not_ignored(persona: Persona) -> None:

@@ -91,8 +91,8 @@ def test_an_erasure_committed_by_another_writer_right_after_ours_is_not_missed(p
     fired = []
 
     @contextmanager
-    def then_erase() -> Iterator[None]:
-        with original():
+    def then_erase(**kwargs: bool) -> Iterator[None]:
+        with original(**kwargs):
             yield
         if not fired:  # right after our COMMIT, before we look at data_version
             fired.append(True)

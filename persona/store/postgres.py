@@ -2,14 +2,27 @@
 
 What differs from the SQLite default, and why:
 
-- **Writers are serialised by one advisory lock** (`pg_advisory_xact_lock`), taken at the
-  start of every write transaction, like SQLite's write lock. Identity resolution, merges,
-  erasure and the read models all assume that nobody else writes between their read and
-  their write; the lock keeps every invariant the same on both backends, and it makes
-  global positions commit in order, so catch-up by position never skips an event that
-  commits late. Readers never wait for it. The database's own constraints and triggers still
+- **Appends run side by side; everything else takes turns** (docs/scale.md). Every write
+  transaction takes the schema's advisory write lock: shared by concurrent transactions
+  (`transaction(concurrent=True)`: appending events, and writing the read models of the
+  people appended to), exclusive for all others (erasure, merges asked for by hand, rebuilds,
+  models, tokens…), which so still assume that nobody writes between their read and their
+  write. A concurrent transaction guards what it writes itself, each invariant by the
+  narrowest lock that keeps it:
+  - a stream's versions and chain: its row in `streams`, locked (`heads(..., lock=True)`,
+    FOR UPDATE, in stream order) before its head is read, held to COMMIT;
+  - one profile per identifier: the identity link's primary key (`insert_links`, ON CONFLICT
+    DO NOTHING): a writer that sees an identifier another has just linked waits for that
+    commit and is told, and the append starts again from what is committed;
+  - a person's read-model rows and merges: the row of the person's first stream, locked the
+    same way;
+  - positions: handed out under the log's own advisory lock, taken in `insert_chunks` and
+    held to COMMIT, so positions still commit in order and catch-up by position never skips
+    an event that commits late. Only that last step of an append (the log's rows, its key
+    set, COMMIT) is taken in turns.
+  Readers never wait for any of them. The database's own constraints and triggers still
   refuse a duplicate or missing version, or an event id already in the log, from a writer that
-  ignored the lock.
+  ignored the locks.
 - **Chunks are partitioned by a hash of the stream**, so the log splits evenly and each
   stream's rows stay together (docs/postgresql.md: the Citus layout). A unique index on a
   partitioned table must contain the partition key, so positions are kept increasing by the
@@ -37,8 +50,9 @@ What differs from the SQLite default, and why:
   SQLite, in-process, does not pay. Rows to be untagged are found by `ctid`, SQLite's by rowid.
 - **Long reads page by key** (`scan_chains`, `stream_ids`), holding no cursor or transaction
   between pages; `dump` reads through a server-side cursor inside a REPEATABLE READ snapshot.
-- **`data_version` is a counter** (`persona_clock`) that every write transaction bumps, since
-  PostgreSQL has no PRAGMA data_version; counters continue after a load by `setval`.
+- **`data_version` is a counter** (`persona_clock`) that every write transaction bumps last,
+  just before COMMIT (its row lock is held only through the commit), since PostgreSQL has no
+  PRAGMA data_version; counters continue after a load by `setval`.
 - **Errors lose their DETAIL line** when translated (persona.errors.StoreError): PostgreSQL
   puts a row's values there.
 
@@ -53,7 +67,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,7 +101,7 @@ from persona.store.postgres_schema import (
     UPGRADE_KEYS,
     UPGRADE_LOG,
 )
-from persona.store.rows import RowTagger, StoredChunk
+from persona.store.rows import ChunkRow, Head, RowTagger, StoredChunk
 from persona.store.schema import (
     ADOPTED,
     COLUMNS_ADDED,
@@ -111,6 +125,13 @@ log = logging.getLogger("persona.store")
 PAGE = 5_000  # rows per page of a long scan (keyset paging: no cursor held between pages)
 CHANNEL = "persona_events"  # + a digest of the store's schema: stores in one database do not wake each other
 WRITE_LOCK = 0x70657273  # 'pers' (and a hash of the schema): the advisory lock every write transaction takes
+LOG_LOCK = 0x6C6F6773  # 'logs' (and the same hash): positions handed out, and committed, in turn
+_LOCK_HEADS = ("SELECT s.stream_id, s.stream_no, s.version, s.head, k.kek_version, k.wrapped FROM streams s"
+               " LEFT JOIN keys k ON k.profile_id = s.stream_id WHERE s.stream_id = ANY(%s::text[])"
+               " ORDER BY s.stream_no FOR UPDATE OF s")  # in stream order: two writers never wait in a circle
+_CLAIM_LINKS = ("INSERT INTO links (subject_hash, profile_id, namespace, created_at, tag)"
+                " SELECT * FROM unnest(%s::bytea[], %s::text[], %s::text[], %s::bigint[], %s::bytea[])"
+                " ON CONFLICT (subject_hash) DO NOTHING")
 _SCAN_PAGE = ("SELECT c.stream_no, " + CHUNK_COLUMNS + " FROM chunks c JOIN streams s ON s.stream_no = c.stream_no"
               " WHERE (c.stream_no, c.last_version) > (%s, %s) ORDER BY c.stream_no, c.last_version LIMIT %s")
 _READ_AFTER = (
@@ -156,6 +177,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
         self._depth = 0
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
+        self._concurrent = False  # this transaction shares the write lock (transaction(concurrent=True))
         self.commits = 0
         self.upgraded = False
         self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
@@ -309,27 +331,37 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
-    def _outermost(self, durable: bool) -> Iterator[None]:
+    def _outermost(self, durable: bool, concurrent: bool) -> Iterator[None]:
         conn = self.conn
-        with conn.transaction():
-            self._lock()
-            if durable:  # whatever the server's setting: COMMIT waits for the WAL flush
-                conn.execute("SET LOCAL synchronous_commit = on")
-            conn.execute("UPDATE persona_clock SET n = n + 1")
-            self._mine += 1
-            self._depth = 1
-            self._appended = False
-            try:
-                yield
-                self._retag()
-                if self._appended:
-                    conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
-            except BaseException:
+        bumped = False
+        try:
+            with conn.transaction():
+                self._lock(shared=concurrent)
+                if durable:  # whatever the server's setting: COMMIT waits for the WAL flush
+                    conn.execute("SET LOCAL synchronous_commit = on")
+                self._depth = 1
+                self._concurrent = concurrent
+                self._appended = False
+                try:
+                    yield
+                    self._retag()
+                    if self._appended:
+                        conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+                    # the clock last: its row is held from here through COMMIT, not the whole transaction
+                    conn.execute("UPDATE persona_clock SET n = n + 1")
+                    self._mine += 1
+                    bumped = True
+                finally:
+                    self._depth = 0
+                    self._concurrent = False
+        except BaseException:
+            if bumped:  # COMMIT failed: the bump never happened
                 self._mine -= 1
-                raise
-            finally:
-                self._depth = 0
+            raise
         self.commits += 1
+
+    def beside_others(self) -> bool:
+        return self._depth > 0 and self._concurrent
 
     def _retag(self) -> None:
         """Tag the rows this transaction wrote (inserted, or updated with tag NULL), before COMMIT."""
@@ -361,9 +393,13 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             self.set_meta(ADOPTED, "1")
         return adopted
 
-    def _lock(self) -> None:
-        """The store's write lock (one per schema), held to the end of the transaction."""
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,))
+    def _lock(self, *, shared: bool = False) -> None:
+        """The store's write lock (one per schema), held to the end of the transaction: shared by
+        concurrent transactions, exclusive for every other."""
+        if shared:
+            self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s, hashtext(current_schema()))", (WRITE_LOCK,))
+        else:
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (WRITE_LOCK,))
 
     def close(self) -> None:
         if self._listener is not None:
@@ -431,6 +467,11 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value, tag = NULL", (key, value))
 
     # -- events --------------------------------------------------------------------------
+    def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
+        if rows and self._concurrent:  # positions in turn, from here to COMMIT (an exclusive transaction has them)
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOG_LOCK,))
+        return super().insert_chunks(rows)
+
     def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
         # by COPY, the keys first: their table refuses an event id already in the log
         conn = self.conn
@@ -483,6 +524,19 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
                               ([found[r[0]] for r in rows],
                                [self.tagger("streams", (found[r[0]], r[0], r[4])) for r in rows]))
         return [found[r[0]] for r in rows]
+
+    def heads(self, stream_ids: Iterable[str], *, lock: bool = False) -> dict[str, Head]:
+        if not (lock and self._concurrent):  # an exclusive transaction holds every stream already
+            return super().heads(stream_ids, lock=lock)
+        return {sid: Head(no, version, bytes(head), kek, None if wrapped is None else bytes(wrapped))
+                for sid, no, version, head, kek, wrapped in self.conn.execute(_LOCK_HEADS, (list(stream_ids),))}
+
+    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> int:
+        if not rows:
+            return 0
+        rows = sorted(rows)  # in key order: two writers claiming some of the same never wait in a circle
+        columns = [list(column) for column in zip(*[(*row, self._tag("links", row)) for row in rows], strict=True)]
+        return int(self.conn.execute(_CLAIM_LINKS, columns).rowcount)
 
     def set_heads(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
         if rows:

@@ -35,12 +35,25 @@ class Connection(Protocol):
     upgraded: bool  # opening it upgraded the store's format (schema.UPGRADABLE): its meta rows need their tags anew
     tagger: RowTagger | None  # computes row tags (persona.integrity); set by Persona, with the key file
 
-    def transaction(self, *, durable: bool = False) -> AbstractContextManager[None]:
+    def transaction(self, *, durable: bool = False, concurrent: bool = False) -> AbstractContextManager[None]:
         """durable: the commit (and every one before it) survives a power cut once this returns,
-        whatever the backend's usual trade-off (SQLite synchronous=NORMAL)."""
+        whatever the backend's usual trade-off (SQLite synchronous=NORMAL).
+
+        concurrent: other connections' concurrent transactions may write while this one is
+        open, because it guards what it writes itself: the streams it appends to or whose
+        person it writes by `heads(..., lock=True)`, new identifiers by `insert_links` (which
+        says whether another writer claimed one first), event ids and positions by
+        `insert_chunks`. Any other transaction waits until no concurrent one is open, and they
+        for it (PostgreSQL: the schema's write lock, shared or exclusive). SQLite has one
+        writer at a time whatever is asked. A transaction nested in another is the outer one's
+        kind."""
         ...
     def in_transaction(self) -> bool:
         """True inside `transaction()`: a nested one commits (or rolls back) with the outermost."""
+        ...
+    def beside_others(self) -> bool:
+        """True inside a transaction that other connections may write beside (a concurrent one,
+        on a backend that runs them at once): what it read unlocked may change before COMMIT."""
         ...
     def snapshot(self) -> AbstractContextManager[None]:
         """A consistent, read-only view of the whole store for the reads inside it."""
@@ -127,7 +140,11 @@ class EventLog(Protocol):
 class Streams(Protocol):
     """Streams, where each stands, and the wrapped data keys (per stream, and the system's)."""
 
-    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]: ...
+    def heads(self, stream_ids: Iterable[str], *, lock: bool = False) -> dict[str, Head]:
+        """Where each stream stands. lock: in a transaction, hold these streams until it ends —
+        another transaction's append to one, or its write of their person, waits (and then
+        reads what this one wrote); the heads returned are as they stand once held."""
+        ...
     def create_streams(self, rows: Sequence[tuple[str, bytes, int, bytes, int]]) -> list[int]:
         """rows: (profile_id, genesis hash, kek_version, wrapped DEK, created_at); returns stream numbers."""
         ...
@@ -149,7 +166,11 @@ class Identities(Protocol):
     (persona.identity)."""
 
     def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]: ...
-    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None: ...
+    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> int:
+        """rows: (subject hash, profile id, namespace, created_at) of identifiers not linked yet;
+        how many were linked — fewer when another writer linked one of them first (it waits for
+        that writer to commit, and leaves its link as it is)."""
+        ...
     def links_of(self, profile_id: str) -> list[tuple[bytes, str]]: ...
     def links_of_many(self, profile_ids: Sequence[str]) -> list[tuple[str, bytes, str]]:
         """(profile_id, subject hash, namespace) of each profile's identifiers."""

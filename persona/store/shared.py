@@ -80,14 +80,15 @@ class SQLRecorder:
         """A LIMIT's value for "a negative limit reads them all"."""
         return limit
 
-    def _outermost(self, durable: bool) -> AbstractContextManager[None]:
-        """The outermost transaction: begun under the store's write lock, the rows it wrote tagged
-        before it commits (or rolled back), `_depth` 1 inside it."""
+    def _outermost(self, durable: bool, concurrent: bool) -> AbstractContextManager[None]:
+        """The outermost transaction: begun under the store's write lock (shared by concurrent
+        ones, where the backend runs them at once), the rows it wrote tagged before it commits
+        (or rolled back), `_depth` 1 inside it."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------
     @contextmanager
-    def transaction(self, *, durable: bool = False) -> Iterator[None]:
+    def transaction(self, *, durable: bool = False, concurrent: bool = False) -> Iterator[None]:
         if self._depth:  # a nested one commits (or rolls back) with the outermost
             if durable:
                 raise ConfigurationError("a durable transaction cannot nest in another")
@@ -98,7 +99,7 @@ class SQLRecorder:
                 self._depth -= 1
             return
         try:
-            with self._outermost(durable):
+            with self._outermost(durable, concurrent):
                 yield
         except BaseException:
             self._key_filters = None
@@ -106,6 +107,9 @@ class SQLRecorder:
 
     def in_transaction(self) -> bool:
         return self._depth > 0
+
+    def beside_others(self) -> bool:
+        return False  # (PostgreSQL's concurrent transactions are; SQLite's never)
 
     def _tag(self, table: str, values: Sequence[object]) -> bytes | None:
         return None if self.tagger is None else self.tagger(table, values)
@@ -281,7 +285,8 @@ class SQLRecorder:
         return dict(self._pairs(self.sql.stream_names, stream_numbers))
 
     # streams and keys
-    def heads(self, stream_ids: Iterable[str]) -> dict[str, Head]:
+    def heads(self, stream_ids: Iterable[str], *, lock: bool = False) -> dict[str, Head]:
+        # (lock: SQLite's write lock holds every stream already; PostgreSQL's rows are locked)
         return {sid: Head(no, version, bytes(head), kek, None if wrapped is None else bytes(wrapped))
                 for part in self._chunks(list(stream_ids))
                 for sid, no, version, head, kek, wrapped in self._all(self.sql.heads, (part,))}
@@ -314,8 +319,10 @@ class SQLRecorder:
     def resolve(self, hashes: Sequence[bytes]) -> dict[bytes, str]:
         return {bytes(h): pid for h, pid in self._pairs(self.sql.resolve, hashes)}
 
-    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> None:
+    def insert_links(self, rows: Sequence[tuple[bytes, str, str, int]]) -> int:
+        # one writer at a time (SQLite): nobody can have linked one since it was resolved
         self._many(self.sql.insert_links, [(*row, self._tag("links", row)) for row in rows])  # tagged here
+        return len(rows)
 
     def links_of(self, profile_id: str) -> list[tuple[bytes, str]]:
         return [(bytes(h), ns) for h, ns in self._all(self.sql.links_of, (profile_id,))]

@@ -187,7 +187,7 @@ class SQLiteRecorder(SQLRecorder, SQLiteSchema):
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
-    def _outermost(self, durable: bool) -> Iterator[None]:
+    def _outermost(self, durable: bool, concurrent: bool) -> Iterator[None]:  # (one writer: never concurrent)
         if self.conn.in_transaction:  # a BEGIN whose caller was interrupted (Ctrl+C) before it could know
             self.conn.execute("ROLLBACK")
         if durable:  # WAL synced at this COMMIT: it and every earlier commit survive a power cut
