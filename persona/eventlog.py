@@ -333,6 +333,7 @@ class EventLog:
                       keep: bool, explicit: bool = False, writer: Writer = LIBRARY) -> AppendResult:
         rec = self.recorder
         result = AppendResult()
+        finish: Callable[[], None] | None = None
         try:
             # concurrent: other writers append beside this one (PostgreSQL); _append_locked holds
             # what it writes — the streams, the new identifiers, the persons it merges
@@ -344,19 +345,23 @@ class EventLog:
                     result.duplicates = len(existing)
                     keyed = {k: e for k, e in keyed.items() if k not in existing}
                 if keyed:
-                    self._append_locked(keyed, recorded, result, keep, explicit, writer)
+                    finish = self._append_locked(keyed, recorded, result, keep, explicit, writer)
                 # Read under the write lock: after COMMIT another writer could slip in unseen.
                 seen = rec.data_version()
         except BaseException:
             self._forget_writer_cache()
             raise
+        if finish is not None:
+            finish()
         # Our own commit does not change data_version. Inside a caller's transaction nothing is
         # committed yet (it may still roll back): the cache is not to be trusted after it.
         self._synced = None if rec.in_transaction() else (seen, rec.commits)
         return result
 
     def _append_locked(self, keyed: dict[bytes, Event], recorded: int, result: AppendResult, keep: bool,
-                       explicit: bool, writer: Writer) -> None:
+                       explicit: bool, writer: Writer) -> Callable[[], None] | None:
+        """Append inside the caller's transaction; returns what is left for after it (`keep`: the
+        recorded events, made once the log's lock is no longer held), if anything."""
         rec = self.recorder
         pepper = self.keyring.pepper
         hashes: dict[Subject, bytes] = {}
@@ -431,9 +436,18 @@ class EventLog:
             for pid, head in rec.heads(missing).items():
                 tips[pid] = (head.no, head.version, bytes(head.hash), self.data_key(pid, head))
         rows, ordered = self._seal(items, touched, hashes, recorded, writer, keep=keep)
-        start = rec.insert_chunks(rows)
+        # the heads first: the log's rows last, since from them to COMMIT appends take turns (PostgreSQL)
         rec.set_heads([(tips[sid][1], tips[sid][2], tips[sid][0]) for sid in touched])
-        if keep:  # hand the opened events to projections: no need to read them back
+        start = rec.insert_chunks(rows)
+        result.appended = len(items)
+        result.profiles_created = len(new_streams)
+        result.streams = {sid: tips[sid][1] for sid in touched}
+        if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
+            self._forget_writer_cache()
+        if not keep:
+            return None
+
+        def hand_over() -> None:  # the opened events, for projections: no need to read them back
             subjects = {h: (subj.namespace, h[:6].hex()) for subj, h in hashes.items()}  # one tuple per person
             vouched = {source: writer.vouches(source) for source in {item[2].source for item in ordered}}
             by, new = writer.name, _new_tuple
@@ -442,11 +456,7 @@ class EventLog:
                                     event.occurred_at, recorded, subjects[h], event.data, by, vouched[event.source]))
                 for n, (pid, _, event, h, version) in enumerate(ordered)
             ]
-        result.appended = len(items)
-        result.profiles_created = len(new_streams)
-        result.streams = {sid: tips[sid][1] for sid in touched}
-        if len(tips) > _CACHE_LIMIT or len(links) > 4 * _CACHE_LIMIT:
-            self._forget_writer_cache()
+        return hand_over
 
     def _merge(self, joins: list[tuple[bytes, Event, str, str]], hashes: dict[Subject, bytes],
                items: list[tuple[str, bytes, Event, bytes]], recorded: int, result: AppendResult,

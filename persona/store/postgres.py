@@ -178,6 +178,8 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
         self._mine = 0  # write transactions of this connection (each bumps the clock once)
         self._appended = False  # this transaction wrote events: NOTIFY at COMMIT
         self._concurrent = False  # this transaction shares the write lock (transaction(concurrent=True))
+        self._log_since: float | None = None  # when this transaction took the log's lock
+        self.log_lock_s = 0.0  # seconds this connection held the log's lock (bench-writers: the serial share)
         self.commits = 0
         self.upgraded = False
         self.tagger: RowTagger | None = None  # set by Persona: without it rows stay untagged (verify says so)
@@ -358,6 +360,10 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             if bumped:  # COMMIT failed: the bump never happened
                 self._mine -= 1
             raise
+        finally:
+            if self._log_since is not None:  # released at COMMIT (or rollback)
+                self.log_lock_s += time.perf_counter() - self._log_since
+                self._log_since = None
         self.commits += 1
 
     def beside_others(self) -> bool:
@@ -470,6 +476,8 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
     def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
         if rows and self._concurrent:  # positions in turn, from here to COMMIT (an exclusive transaction has them)
             self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOG_LOCK,))
+            if self._log_since is None:
+                self._log_since = time.perf_counter()
         return super().insert_chunks(rows)
 
     def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
