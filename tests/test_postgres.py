@@ -107,7 +107,42 @@ def test_a_writer_that_skips_the_lock_still_cannot_store_a_version_or_an_event_t
         raw_execute(persona, copy.format(shift=2))
     with pytest.raises(psycopg.errors.UniqueViolation):  # the same event id again
         raw_execute(persona, "INSERT INTO event_keys SELECT 0, keys FROM chunks LIMIT 1")
+    with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream and the log"):
+        raw_execute(persona, copy.format(shift=1).replace("position + 1", "position"))  # version 2, position 1 again
+    with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream and the log"):
+        # versions 2 and 3 in one statement, at one position
+        raw_execute(persona, copy.replace("LIMIT 1", "UNION ALL SELECT 2, stream_no, 3, 3, recorded_at, types, keys,"
+                                          " payload, hash FROM chunks LIMIT 2").format(shift=1))
     assert persona.recorder.counts()["events"] == 1
+
+
+def test_a_store_checking_chunks_row_by_row_checks_them_per_statement_once_opened(persona: Persona) -> None:
+    """Revision 7: a store whose chunks were checked by a row trigger (two queries per row, while
+    appends take turns) has it replaced by the statement trigger when opened, which refuses the same."""
+    persona.log.append([event(event_id="old")])
+    old = ("CREATE OR REPLACE FUNCTION persona_chunk_continues() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+           " IF NEW.first_version <> coalesce((SELECT max(c.last_version) FROM chunks c"
+           " WHERE c.stream_no = NEW.stream_no), 0) + 1 THEN RAISE EXCEPTION 'refused'"
+           " USING ERRCODE = 'unique_violation'; END IF; RETURN NEW; END $$")
+    for statement in ("DROP TRIGGER chunks_continue ON chunks", old,
+                      "CREATE TRIGGER chunks_continue BEFORE INSERT ON chunks FOR EACH ROW"
+                      " EXECUTE FUNCTION persona_chunk_continues()",
+                      "UPDATE meta SET value = '6' WHERE key = 'schema_revision'"):
+        raw_execute(persona, statement)
+    kind = ("SELECT t.tgtype & 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+            " WHERE t.tgname = 'chunks_continue' AND c.relname = 'chunks'"
+            " AND c.relnamespace = current_schema()::regnamespace")
+    assert persona.recorder.conn.execute(kind).fetchone() == (1,)  # (bit 1: FOR EACH ROW)
+    with Persona.open(persona.settings) as again:
+        assert again.recorder.get_meta("schema_revision") == "7"
+        assert again.recorder.conn.execute(kind).fetchone() == (0,)  # per statement now
+        again.log.append([event(event_id="new"), event("bob@example.com", event_id="bob")])
+        assert verify(again).events == 3 and again.recorder.schema_problems() == []
+    copy = ("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types, keys,"
+            " payload, hash) SELECT position + 10, stream_no, first_version + 1, last_version + 1,"
+            " recorded_at, types, keys, payload, hash FROM chunks ORDER BY position DESC LIMIT 1")
+    with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream and the log"):
+        raw_execute(persona, copy.replace("+ 1,", "+ 2,"))  # the last stream's version 2 skipped
 
 
 class Beside(threading.Thread):

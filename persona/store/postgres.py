@@ -98,6 +98,7 @@ from persona.store.postgres_schema import (
     SEGMENT_DDL,
     TRIGGER_NAMES,
     TRIGGERS_PRESENT,
+    UPGRADE_CHUNK_CHECK,
     UPGRADE_KEYS,
     UPGRADE_LOG,
 )
@@ -259,7 +260,8 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
             self._lock()
             for _, table, column, declaration in COLUMNS_ADDED:  # constant names of persona.store.base
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}")
-            for statement in (*SEGMENT_DDL, *DESTINATION_DDL, *UNTAGGED_INDEXES):
+            chunk_check = UPGRADE_CHUNK_CHECK if self._has_chunks() else ()  # (format 1: made with the chunks)
+            for statement in (*SEGMENT_DDL, *DESTINATION_DDL, *UNTAGGED_INDEXES, *chunk_check):
                 self.conn.execute(statement)
             self.set_meta("schema_revision", str(SCHEMA_REVISION))
 
@@ -283,6 +285,10 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
         if row is None:
             raise ConfigurationError("the persona store in PostgreSQL is damaged (a counter is missing)")
         return row[0]
+
+    def _has_chunks(self) -> bool:
+        row = self.conn.execute("SELECT to_regclass('chunks') IS NOT NULL").fetchone()
+        return bool(row and row[0])
 
     def _has_schema(self) -> bool:
         row = self.conn.execute("SELECT to_regclass('persona_clock') IS NOT NULL").fetchone()

@@ -22,23 +22,40 @@ LOG_TABLES = (
       for i in range(PARTITIONS)),
     "CREATE INDEX chunks_position ON chunks (position)",
 )
-# A chunk continues its stream (first version = the stream's last + 1), holds 1..CHUNK_CAP events
-# with one key and one type each, and starts after the log's last position; the log is
+# Each statement's chunks (checked together, once the statement has inserted them: the transition
+# table `new_chunks`) hold 1..CHUNK_CAP events with one key and one type each; each continues
+# its stream (it starts right after the stream's chunk before it, and no chunk of another
+# statement comes after it), and they come after every other chunk of the log, without overlap.
+# Once per statement, as a set, rather than two queries per row: the check runs while appends
+# take turns (persona/store/postgres.py), and per row it was most of an append's turn. The log is
 # append-only (statement triggers are not inherited: each partition refuses TRUNCATE itself).
-LOG_TRIGGERS = (
-    "CREATE FUNCTION persona_chunk_continues() RETURNS trigger LANGUAGE plpgsql AS $$"
-    " DECLARE stream_last integer; log_last bigint; BEGIN"
-    " SELECT max(c.last_version) INTO stream_last FROM chunks c WHERE c.stream_no = NEW.stream_no;"
-    " SELECT c.position + c.last_version - c.first_version INTO log_last FROM chunks c"
-    " ORDER BY c.position DESC LIMIT 1;"
-    " IF NEW.first_version <> coalesce(stream_last, 0) + 1 OR NEW.last_version < NEW.first_version"
-    f" OR NEW.last_version - NEW.first_version >= {CHUNK_CAP}"
-    f" OR length(NEW.keys) <> {KEY_SIZE} * (NEW.last_version - NEW.first_version + 1)"
-    " OR length(NEW.types) - length(replace(NEW.types, ' ', '')) <> NEW.last_version - NEW.first_version"
-    " OR NEW.position <= coalesce(log_last, 0) THEN"
+CHUNKS_CONTINUE = (
+    "CREATE OR REPLACE FUNCTION persona_chunk_continues() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " DECLARE first_new bigint; BEGIN"
+    " SELECT min(n.position) INTO first_new FROM new_chunks n;"
+    " IF EXISTS (SELECT 1 FROM new_chunks n WHERE n.last_version < n.first_version"
+    f" OR n.last_version - n.first_version >= {CHUNK_CAP}"
+    f" OR length(n.keys) <> {KEY_SIZE} * (n.last_version - n.first_version + 1)"
+    " OR length(n.types) - length(replace(n.types, ' ', '')) <> n.last_version - n.first_version"
+    " OR n.first_version <> coalesce((SELECT max(c.last_version) FROM chunks c WHERE c.stream_no = n.stream_no"
+    " AND c.last_version < n.last_version), 0) + 1"
+    " OR EXISTS (SELECT 1 FROM chunks c WHERE c.stream_no = n.stream_no AND c.last_version > n.last_version"
+    " AND NOT EXISTS (SELECT 1 FROM new_chunks m WHERE m.stream_no = c.stream_no AND m.last_version = c.last_version)))"
+    " OR EXISTS (SELECT 1 FROM (SELECT n.position, lag(n.position + n.last_version - n.first_version)"
+    " OVER (ORDER BY n.position) AS before FROM new_chunks n) o WHERE o.position <= o.before)"
+    " OR first_new <= coalesce((SELECT c.position + c.last_version - c.first_version FROM chunks c"
+    " WHERE c.position < first_new ORDER BY c.position DESC LIMIT 1), 0)"
+    " OR EXISTS (SELECT 1 FROM chunks c WHERE c.position >= first_new AND NOT EXISTS"
+    " (SELECT 1 FROM new_chunks m WHERE m.stream_no = c.stream_no AND m.last_version = c.last_version)) THEN"
     " RAISE EXCEPTION 'persona: a chunk must continue its stream and the log (refused)'"
-    " USING ERRCODE = 'unique_violation', TABLE = 'chunks'; END IF; RETURN NEW; END $$",
-    "CREATE TRIGGER chunks_continue BEFORE INSERT ON chunks FOR EACH ROW EXECUTE FUNCTION persona_chunk_continues()",
+    " USING ERRCODE = 'unique_violation', TABLE = 'chunks'; END IF; RETURN NULL; END $$",
+    "CREATE TRIGGER chunks_continue AFTER INSERT ON chunks REFERENCING NEW TABLE AS new_chunks"
+    " FOR EACH STATEMENT EXECUTE FUNCTION persona_chunk_continues()",
+)
+# A store made before revision 7 checked each chunk row by row: the same check, replaced.
+UPGRADE_CHUNK_CHECK = ("DROP TRIGGER IF EXISTS chunks_continue ON chunks", *CHUNKS_CONTINUE)
+LOG_TRIGGERS = (
+    *CHUNKS_CONTINUE,
     "CREATE TRIGGER chunks_append_only BEFORE UPDATE OR DELETE ON chunks FOR EACH ROW"
     " EXECUTE FUNCTION persona_refuse()",
     *(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION"

@@ -28,8 +28,9 @@ COLUMNS_ADDED: tuple[tuple[int, str, str, str], ...] = (
     (6, "api_tokens", "expires_at", "bigint"),  # when a minted token stops working (NULL: never)
 )
 # Tables added by a later release are made, when missing, every time a store is opened (each
-# backend's schema module): revision 5 added the live segments, 6 the webhook destinations.
-SCHEMA_REVISION = 6
+# backend's schema module): revision 5 added the live segments, 6 the webhook destinations; 7 checks
+# PostgreSQL's new chunks once per statement (postgres_schema.UPGRADE_CHUNK_CHECK).
+SCHEMA_REVISION = 7
 
 # Every table a store holds, with the columns a copy between backends carries (`persona
 # migrate`, backups of a PostgreSQL store): the same names on both, numbers kept as they are.
