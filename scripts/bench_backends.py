@@ -166,9 +166,9 @@ def write_report(r: dict[str, Any], out: Path, *, quick: bool) -> None:
     for label, key, fmt in rows:
         text += f"| {label} | {cell(s[key], fmt)} | {cell(p[key], fmt)} | {p[key]['median'] / s[key]['median']:.2f} |\n"
     text += (
-        "\nBoth stores take one writer at a time (SQLite's write lock; on PostgreSQL an advisory lock, so that"
-        " positions commit in order and identity resolution stays exact): PostgreSQL's gain is many processes and"
-        " machines sharing one log, not a faster single writer. Erasure on PostgreSQL deletes the person's rows"
+        "\nOne writer here, on both: PostgreSQL's gain is several writers appending side by side (SQLite takes one"
+        " at a time; `scripts/bench-writers`) and many processes and machines sharing one log, not a faster single"
+        " writer. Erasure on PostgreSQL deletes the person's rows"
         " and leaves the VACUUM to one purge per window, off the request path (docs/postgresql.md; its cost as"
         " the population grows: `scripts/bench-pg-erasure`).\n"
     )
