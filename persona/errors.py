@@ -113,6 +113,11 @@ class StoreBusyError(StoreError):
     """The database stayed locked or busy (another connection held it) past the wait."""
 
 
+class StoreConflictError(StoreBusyError):
+    """Two transactions waited on each other and the database ended this one (PostgreSQL's
+    deadlock detection): nothing of it was kept, and running it again is safe."""
+
+
 class StoreDamagedError(StoreError):
     """The file is not a database, or what it holds does not read as the database wrote it."""
 

@@ -28,7 +28,7 @@ from persona.errors import (
     DuplicateEventError,
     ErasedError,
     KeyMismatchError,
-    StoreBusyError,
+    StoreConflictError,
     TamperError,
     UnknownProfileError,
 )
@@ -41,6 +41,7 @@ from persona.store.rows import ChunkRow, LogChunk
 QUARANTINE_KEY = "quarantine"
 _EVENT_AAD = b"persona-event/1\x00"
 _CHUNK_AAD = b"persona-chunk/1\x00"
+_ATTEMPTS = 4  # an append that met other writers beside it tries again from what they committed
 _CACHE_LIMIT = 100_000
 # Sealers kept for reads: each holds an OpenSSL context, ≈1.6 KB with its methods, where making
 # one costs ≈0.5 µs: a writer's stream tips keep the 32-byte data keys instead (docs/ingest.md, "Speed").
@@ -314,18 +315,21 @@ class EventLog:
                 h.update(scope + event.event_id.encode())
                 keyed.setdefault(h.digest(), event)
             nested = self.recorder.in_transaction()
-            try:
-                result = self._append_batch(keyed, recorded, check_duplicates=nested, keep=keep, explicit=explicit,
-                                            writer=writer)
-            except (DuplicateEventError, ConcurrencyError, StoreBusyError):
-                if nested:  # the caller's transaction holds what the failed attempt wrote: theirs to roll back
-                    raise
-                # The fast path assumes new events and a current cache; a re-ingest (or a
-                # writer we did not see, or one that claimed the same identifier or stream at the
-                # same moment: PostgreSQL ends one of two writers waiting on each other) takes
-                # the careful path, from the database alone.
-                result = self._append_batch(keyed, recorded, check_duplicates=True, keep=keep, explicit=explicit,
-                                            writer=writer)
+            careful = nested
+            for attempt in range(_ATTEMPTS):
+                try:
+                    result = self._append_batch(keyed, recorded, check_duplicates=careful, keep=keep,
+                                                explicit=explicit, writer=writer)
+                    break
+                except (DuplicateEventError, ConcurrencyError, StoreConflictError):
+                    if nested or attempt == _ATTEMPTS - 1:  # (nested: the caller's transaction holds what the
+                        raise                               # failed attempt wrote, theirs to roll back)
+                    # The fast path assumes new events and a current cache; a re-ingest (or a
+                    # writer we did not see) takes the careful path, from the database alone. So
+                    # does an append that met another writer beside it (PostgreSQL): one that linked
+                    # the same new identifier or stored the same event id first, or that PostgreSQL
+                    # ended to break a wait in a circle — once more, up to _ATTEMPTS in all.
+                    careful = True
         result.duplicates += len(events) - len(keyed)
         return result
 
@@ -421,14 +425,29 @@ class EventLog:
             numbers = rec.create_streams(new_streams)
             for no, (pid, first, *_), dek in zip(numbers, new_streams, new_keys, strict=True):
                 tips[pid] = (no, 0, first, dek)
+        beside = rec.beside_others()
+        created = {row[0] for row in new_streams}
+        held: dict[str, Head] = {}
+        if beside:
+            # Another writer may append to these streams, or merge or write their persons, until
+            # they are held: every stream this append writes (and, merging, each one's person's
+            # first stream) held in one statement, in stream order — two writers never wait on
+            # each other in a circle — and read as they stand once held.
+            wanted = {item[0] for item in items} | {pid for join in joins for pid in join[2:]}
+            if joins:
+                wanted |= {person.id for person in identity.persons(rec, wanted - created).values()}
+            held = rec.heads(sorted(wanted - created), lock=True)
         if joins:
             self._merge(joins, hashes, items, recorded, result, explicit)
         touched = list(dict.fromkeys(item[0] for item in items))
-        if rec.beside_others():  # another writer may append to them until they are held: as they stand once held
-            created = {row[0] for row in new_streams}
-            for pid, head in rec.heads([pid for pid in touched if pid not in created], lock=True).items():
+        if beside:
+            late = [pid for pid in touched if pid not in held and pid not in created]
+            if late:  # (a merge's marker for a stream not foreseen: not expected, but held all the same)
+                held.update(rec.heads(late, lock=True))
+            for pid in touched:
+                head = held.get(pid)
                 tip = tips.get(pid)
-                if tip is None or (tip[1], tip[2]) != (head.version, bytes(head.hash)):
+                if head is not None and (tip is None or (tip[1], tip[2]) != (head.version, bytes(head.hash))):
                     tips[pid] = (head.no, head.version, bytes(head.hash),
                                  self.data_key(pid, head) if tip is None else tip[3])
         missing = [pid for pid in touched if pid not in tips]

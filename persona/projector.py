@@ -22,7 +22,7 @@ import orjson
 from persona import identity, memberships
 from persona.core import Persona
 from persona.crypto import Sealer
-from persona.errors import ErasedError, UnknownProfileError, UnknownProjectionError
+from persona.errors import ErasedError, StoreConflictError, UnknownProfileError, UnknownProjectionError
 from persona.eventlog import gc_paused
 from persona.events import RecordedEvent, from_micros, micros
 from persona.projections import ATTRIBUTES, FEATURES, Projection
@@ -49,6 +49,7 @@ def _aad(profile_id: str, name: str, projection_version: int, stream_version: in
 def canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
+_ATTEMPTS = 4  # a refresh that PostgreSQL ended to break a wait in a circle is written again
 
 @dataclass
 class Current:
@@ -326,27 +327,39 @@ class Projector:
         else:
             index = [(current.profile_id, current.version, self.index_doc(current)) for current in work]
         if index:
-            rec = self.persona.recorder
-            with rec.transaction(concurrent=True):
-                # Who is whom may have changed since the states were read (a merge or an unmerge by
-                # another process, which refreshes them itself): a row is written only for a person
-                # whose profiles are still exactly those folded. Checked with each person held (by
-                # the write lock, or beside other writers by their first stream's row) to COMMIT.
-                still = identity.hold_persons(rec, [row[0] for row in index])
-                index = [row for row in index if still[row[0]] == people[row[0]]]
-                rec.put_index(index)
-                if snaps:
-                    rec.put_snapshots(snaps)
-                # live segments change in the same commit as the rows that change them; the other
-                # streams of a merged person are no longer anyone's, and leave theirs
-                memberships.follow(self.persona, index, [member for pid, *_ in index
-                                                         for member in people[pid].members if member != pid])
-                # and the recommendations read model: a purchase leaves the person's list at once
-                written = {pid for pid, *_ in index}
-                recommendations.follow(self.persona, [(c.profile_id, c.states[FEATURES.name], _withdrawn(c))
-                                                      for c in work if c.profile_id in written])
+            for attempt in range(_ATTEMPTS):
+                try:
+                    index = self._write_refreshed(index, snaps, people, work)
+                    break
+                except StoreConflictError:  # ended to break a wait in a circle (PostgreSQL): nothing was kept
+                    if attempt == _ATTEMPTS - 1 or self.persona.recorder.in_transaction():
+                        raise
         return len(index)
 
+    def _write_refreshed(self, index: list[tuple[str, int, str]], snaps: list[Any], people: dict[str, Any],
+                         work: list[Current]) -> list[tuple[str, int, str]]:
+        """Write refreshed index rows and snapshots, and what follows them, in one transaction;
+        the index rows written."""
+        rec = self.persona.recorder
+        with rec.transaction(concurrent=True):
+            # Who is whom may have changed since the states were read (a merge or an unmerge by
+            # another process, which refreshes them itself): a row is written only for a person
+            # whose profiles are still exactly those folded. Checked with each person held (by
+            # the write lock, or beside other writers by their first stream's row) to COMMIT.
+            still = identity.hold_persons(rec, [row[0] for row in index])
+            index = [row for row in index if still[row[0]] == people[row[0]]]
+            rec.put_index(index)
+            if snaps:
+                rec.put_snapshots(snaps)
+            # live segments change in the same commit as the rows that change them; the other
+            # streams of a merged person are no longer anyone's, and leave theirs
+            memberships.follow(self.persona, index, [member for pid, *_ in index
+                                                     for member in people[pid].members if member != pid])
+            # and the recommendations read model: a purchase leaves the person's list at once
+            written = {pid for pid, *_ in index}
+            recommendations.follow(self.persona, [(c.profile_id, c.states[FEATURES.name], _withdrawn(c))
+                                                  for c in work if c.profile_id in written])
+        return index
 
     def _index_rows_forked(self, work: list[Current]) -> list[tuple[str, int, str]]:
         """Index rows of these states, the second half computed by a forked child from the states

@@ -108,10 +108,10 @@ def test_the_change_feed_wakes_on_another_connections_commit(persona: Persona) -
 
 def test_an_append_that_commits_late_is_never_skipped_by_a_follower(persona: Persona) -> None:
     """Catch-up by position never skips an event that commits late (docs/scale.md): writer A
-    appends and holds its transaction open while writer B appends; a follower reads throughout,
-    and ends with both events, each once — whichever commit comes first, whatever positions
-    they were given. (A design that hands out positions without ordering commits fails here:
-    the follower moves past B's position while A's lower one is still uncommitted.)"""
+    appends beside others and holds its transaction open while writer B appends; a follower
+    reads throughout, and ends with both events, each once. (On PostgreSQL B waits for A's turn
+    at the log; a design that hands out positions without ordering commits fails here: the
+    follower moves past B's position while A's lower one is still uncommitted.)"""
     feed = ChangeFeed.of(persona)
     holding, release = threading.Event(), threading.Event()
     failures: list[BaseException] = []

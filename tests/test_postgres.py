@@ -113,6 +113,14 @@ def test_a_writer_that_skips_the_lock_still_cannot_store_a_version_or_an_event_t
         # versions 2 and 3 in one statement, at one position
         raw_execute(persona, copy.replace("LIMIT 1", "UNION ALL SELECT 2, stream_no, 3, 3, recorded_at, types, keys,"
                                           " payload, hash FROM chunks LIMIT 2").format(shift=1))
+    out_of_order = ("INSERT INTO chunks (position, stream_no, first_version, last_version, recorded_at, types, keys,"
+                    " payload, hash) SELECT 3, stream_no, 2, 2, recorded_at, types, keys, payload, hash FROM chunks"
+                    " UNION ALL SELECT 2, stream_no, 3, 3, recorded_at, types, keys, payload, hash FROM chunks")
+    with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream and the log"):
+        raw_execute(persona, out_of_order)  # versions 2 and 3 in one statement, 3 before 2 in the log
+    (partition,) = persona.recorder.conn.execute("SELECT tableoid::regclass::text FROM chunks").fetchone()
+    with pytest.raises(psycopg.errors.UniqueViolation, match="continue its stream and the log"):  # named directly
+        raw_execute(persona, copy.format(shift=2).replace("INSERT INTO chunks", f"INSERT INTO {partition}"))
     assert persona.recorder.counts()["events"] == 1
 
 
@@ -236,6 +244,29 @@ def test_a_merge_waits_for_a_writer_holding_either_person(persona: Persona) -> N
     assert merge.done().merges == 1
     assert len(identity.person_of(persona.recorder, p).members) == 3
     assert verify(persona).events == 9  # three events, two links and their four merge markers: every chain whole
+
+
+def test_segment_changes_commit_in_the_order_they_are_numbered(persona: Persona) -> None:
+    """Segment changes are read after a number (the `segmentChanged` subscription), as the log is
+    by position: two refreshes beside each other write them in turns, so a change numbered first
+    never commits after a later one that a reader has already passed."""
+    persona.log.append([event(event_id="a"), event("bob@example.com", event_id="b")])
+    alice, bob = (persona.log.profile_for("email", e) for e in ("alice@example.com", "bob@example.com"))
+    assert alice is not None and bob is not None
+    rec = persona.recorder
+
+    def later(b: Persona) -> None:  # another process's refresh, beside ours
+        with b.recorder.transaction(concurrent=True):
+            b.recorder.change_memberships([("vip", bob)], [], 2)
+
+    with rec.transaction(concurrent=True):
+        rec.change_memberships([("vip", alice)], [], 1)  # numbered, not committed yet
+        other = Beside(persona.settings, later)
+        other.waits(str(persona.settings.database_url))  # for its turn: it has no number yet
+    other.done()
+    changes = rec.segment_changes()
+    assert [(pid, at) for _, at, _, pid, _ in changes] == [(alice, 1), (bob, 2)]
+    assert changes[0][0] < changes[1][0]  # numbered in the order they committed
 
 
 def test_an_erasure_waits_for_appends_in_flight_and_they_wait_for_it(persona: Persona) -> None:
@@ -396,3 +427,25 @@ def test_restore_reapplies_erasures_made_on_other_machines(persona: Persona, tmp
         assert p.log.profile_for("email", "x@example.com") is None and p.recorder.tombstone(x) == erased_at
         assert p.recorder.tombstone(y) is not None  # not in the backup, still remembered as erased
         assert verify(p).erased == 2 and p.log.profile_for("email", "alice@example.com") is not None
+
+
+def test_the_citus_layout_names_what_the_schema_still_breaks(persona: Persona) -> None:
+    """docs/scale.md ("Citus"): the layout, checked over a live store's catalog against the rules
+    Citus documents, finds exactly the changes the document says the schema still needs — and
+    a table added without a place in the layout is named too."""
+    from persona.store.citus import DISTRIBUTED, layout_problems, main
+
+    conn = persona.recorder.conn
+    assert layout_problems(conn) == [
+        "chunks: has no column stream_id, its distribution column",
+        "chunks: unique index chunks_pkey (stream_no, last_version) lacks stream_id, the distribution column",
+        "streams: unique index streams_pkey (stream_no) lacks stream_id, the distribution column",
+        "chunks: trigger chunks_continue reads chunks, a distributed table, of which it would see one shard",
+        "key_filters: trigger key_filters_seal_in_order reads event_keys, a distributed table, of which it would"
+        " see one shard",
+    ]
+    assert set(DISTRIBUTED) >= {"keys", "links", "profile_index", "snapshots"}  # the person's rows, and lookups
+    raw_execute(persona, "CREATE UNIQUE INDEX keys_by_version ON keys (kek_version, wrapped)")
+    assert "keys: unique index keys_by_version (kek_version, wrapped) lacks profile_id, the distribution column" \
+        in layout_problems(conn)
+    assert main([str(persona.settings.database_url)]) == 1  # the command line: problems found (URL: the schema)

@@ -11,15 +11,17 @@ from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from persona.errors import StoreBusyError, StoreDamagedError, StoreError
+from persona.errors import StoreBusyError, StoreConflictError, StoreDamagedError, StoreError
 
 T = TypeVar("T")
 Translate = Callable[[BaseException], StoreError | None]  # None: not a driver error
 
 
-def store_error(message: str, *, busy: bool = False, damaged: bool = False) -> StoreError:
-    """persona's error for a driver's: busy (locked past the wait), damaged (not a database, or not
-    readable as one), else plain. The message must name no value."""
+def store_error(message: str, *, busy: bool = False, damaged: bool = False, conflict: bool = False) -> StoreError:
+    """persona's error for a driver's: conflict (ended to break a deadlock), busy (locked past the
+    wait), damaged (not a database, or not readable as one), else plain. The message must name no value."""
+    if conflict:
+        return StoreConflictError(message)
     if busy:
         return StoreBusyError(message)
     if damaged:

@@ -18,8 +18,11 @@ What differs from the SQLite default, and why:
     same way;
   - positions: handed out under the log's own advisory lock, taken in `insert_chunks` and
     held to COMMIT, so positions still commit in order and catch-up by position never skips
-    an event that commits late. Only that last step of an append (the log's rows, its key
-    set, COMMIT) is taken in turns.
+    an event that commits late (segment changes, also followed by number, take the same turn).
+    Only that last step of an append (the log's rows, its key set, COMMIT) is taken in turns.
+  Locks are taken in one order (streams in one statement, links and read-model rows in key
+  order, the turn last); a wait in a circle that still forms is ended by PostgreSQL
+  (StoreConflictError), and the append or refresh runs again.
   Readers never wait for any of them. The database's own constraints and triggers still
   refuse a duplicate or missing version, or an event id already in the log, from a writer that
   ignored the locks.
@@ -480,11 +483,23 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
 
     # -- events --------------------------------------------------------------------------
     def insert_chunks(self, rows: Sequence[ChunkRow]) -> int:
-        if rows and self._concurrent:  # positions in turn, from here to COMMIT (an exclusive transaction has them)
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOG_LOCK,))
-            if self._log_since is None:
-                self._log_since = time.perf_counter()
+        if rows:  # positions in turn, from here to COMMIT
+            self._take_turn()
         return super().insert_chunks(rows)
+
+    def change_memberships(self, entered: Sequence[tuple[str, str]], left: Sequence[tuple[str, str]],
+                           at: int) -> None:
+        if entered or left:  # segment changes are numbered, and read after a number, as the log's positions are
+            self._take_turn()
+        super().change_memberships(entered, left, at)
+
+    def _take_turn(self) -> None:
+        """In a concurrent transaction, the log's lock, to COMMIT: what is numbered for readers that
+        follow it by number (positions, segment changes) commits in the order it was numbered. (An
+        exclusive transaction has its turn already.)"""
+        if self._concurrent and self._log_since is None:
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (LOG_LOCK,))
+            self._log_since = time.perf_counter()
 
     def _insert_log(self, keys: Sequence[tuple[int, bytes]], rows: Sequence[tuple[Any, ...]]) -> None:
         # by COPY, the keys first: their table refuses an event id already in the log
@@ -701,5 +716,7 @@ class PostgresRecorder(SQLRecorder, PostgresPurge):
 def _newest(rows: Sequence[tuple[Any, ...]], width: int, version: Callable[[tuple[Any, ...]], Any]
             ) -> list[tuple[Any, ...]]:
     """One row per key (the first `width` columns), the newest by `version`, as SQLite's row-by-row
-    "never over a newer one" leaves it: one INSERT ... ON CONFLICT may not touch a row twice."""
-    return list({row[:width]: row for row in sorted(rows, key=version)}.values())
+    "never over a newer one" leaves it: one INSERT ... ON CONFLICT may not touch a row twice. In key
+    order: two writers upserting some of the same rows take them in one order, never in a circle."""
+    newest = {row[:width]: row for row in sorted(rows, key=version)}
+    return [newest[key] for key in sorted(newest)]

@@ -47,7 +47,8 @@ def translate(error: BaseException) -> StoreError | None:
     if not is_database_error(error):
         return None
     return store_error(describe_error(error),
-                       busy=isinstance(error, PoolTimeout | pg_errors.LockNotAvailable | pg_errors.DeadlockDetected),
+                       busy=isinstance(error, PoolTimeout | pg_errors.LockNotAvailable),
+                       conflict=isinstance(error, pg_errors.DeadlockDetected),
                        damaged=isinstance(error, pg_errors.DataCorrupted | pg_errors.IndexCorrupted))
 
 

@@ -25,7 +25,8 @@ LOG_TABLES = (
 # Each statement's chunks (checked together, once the statement has inserted them: the transition
 # table `new_chunks`) hold 1..CHUNK_CAP events with one key and one type each; each continues
 # its stream (it starts right after the stream's chunk before it, and no chunk of another
-# statement comes after it), and they come after every other chunk of the log, without overlap.
+# statement comes after it), and they come after every other chunk of the log, without overlap,
+# each stream's in the order of its versions.
 # Once per statement, as a set, rather than two queries per row: the check runs while appends
 # take turns (persona/store/postgres.py), and per row it was most of an append's turn. The log is
 # append-only (statement triggers are not inherited: each partition refuses TRUNCATE itself).
@@ -43,6 +44,8 @@ CHUNKS_CONTINUE = (
     " AND NOT EXISTS (SELECT 1 FROM new_chunks m WHERE m.stream_no = c.stream_no AND m.last_version = c.last_version)))"
     " OR EXISTS (SELECT 1 FROM (SELECT n.position, lag(n.position + n.last_version - n.first_version)"
     " OVER (ORDER BY n.position) AS before FROM new_chunks n) o WHERE o.position <= o.before)"
+    " OR EXISTS (SELECT 1 FROM (SELECT n.position, lag(n.position) OVER (PARTITION BY n.stream_no"
+    " ORDER BY n.last_version) AS before FROM new_chunks n) o WHERE o.position < o.before)"
     " OR first_new <= coalesce((SELECT c.position + c.last_version - c.first_version FROM chunks c"
     " WHERE c.position < first_new ORDER BY c.position DESC LIMIT 1), 0)"
     " OR EXISTS (SELECT 1 FROM chunks c WHERE c.position >= first_new AND NOT EXISTS"
@@ -51,9 +54,14 @@ CHUNKS_CONTINUE = (
     " USING ERRCODE = 'unique_violation', TABLE = 'chunks'; END IF; RETURN NULL; END $$",
     "CREATE TRIGGER chunks_continue AFTER INSERT ON chunks REFERENCING NEW TABLE AS new_chunks"
     " FOR EACH STATEMENT EXECUTE FUNCTION persona_chunk_continues()",
+    # a statement trigger fires for the table the statement names: a partition named directly too
+    *(f"CREATE TRIGGER chunks_p{i}_continue AFTER INSERT ON chunks_p{i} REFERENCING NEW TABLE AS new_chunks"
+      " FOR EACH STATEMENT EXECUTE FUNCTION persona_chunk_continues()" for i in range(PARTITIONS)),
 )
 # A store made before revision 7 checked each chunk row by row: the same check, replaced.
-UPGRADE_CHUNK_CHECK = ("DROP TRIGGER IF EXISTS chunks_continue ON chunks", *CHUNKS_CONTINUE)
+UPGRADE_CHUNK_CHECK = ("DROP TRIGGER IF EXISTS chunks_continue ON chunks",
+                       *(f"DROP TRIGGER IF EXISTS chunks_p{i}_continue ON chunks_p{i}" for i in range(PARTITIONS)),
+                       *CHUNKS_CONTINUE)
 LOG_TRIGGERS = (
     *CHUNKS_CONTINUE,
     "CREATE TRIGGER chunks_append_only BEFORE UPDATE OR DELETE ON chunks FOR EACH ROW"
