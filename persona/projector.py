@@ -34,6 +34,7 @@ from persona.settings import Settings
 PROJECTIONS: tuple[Projection[Any], ...] = (ATTRIBUTES, FEATURES)
 _AAD = b"persona-snapshot/1\x00"
 _WRITE_BATCH = 500  # profiles per transaction
+_ATTEMPTS = 4  # a refresh that PostgreSQL ended to break a wait in a circle is written again
 
 
 def _withdrawn(current: Current, purpose: str = "personalization") -> bool:
@@ -49,7 +50,6 @@ def _aad(profile_id: str, name: str, projection_version: int, stream_version: in
 def canonical(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
-_ATTEMPTS = 4  # a refresh that PostgreSQL ended to break a wait in a circle is written again
 
 @dataclass
 class Current:

@@ -74,7 +74,7 @@ def layout_problems(conn: Any) -> list[str]:
                             " the distribution column")
     for table, trigger, function in conn.execute(_TRIGGERS).fetchall():
         if table not in DISTRIBUTED and table not in REFERENCE:
-            continue  # (the coordinator's own tables, and chunks' partitions, which refuse TRUNCATE only)
+            continue  # (the coordinator's own tables; chunks' partitions, whose triggers are the log's)
         if function not in TRIGGER_READS:
             problems.append(f"{table}: trigger {trigger} runs {function}, which this layout does not know")
         for read in TRIGGER_READS.get(function, ()):
