@@ -6,6 +6,7 @@ docs/benchmarks.md (writers section) and docs/benchmarks-writers.json.
     scripts/bench-writers --events 50000 --writers 1,2
     scripts/bench-writers --pg postgresql://...   # default: the local test server, schema persona_writers
     scripts/bench-writers --quick                 # a smoke run (used by the tests); publishes nothing
+    scripts/bench-writers --shared                # every writer sees every person (contention); its own section
 
 Each writer is a process of its own with its own connections, as an ingest on another machine
 would be; they share the key file and the database, nothing else. The people are split between
@@ -41,19 +42,23 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "persona_writers"  # a constant: the only schema this script makes and drops (and its _quick)
 
 
-def split(path: Path, events: int, people: int, writers: int) -> list[Path]:
-    """The workload as one JSONL file per writer, each person's events in one file only."""
+def split(path: Path, events: int, people: int, writers: int, *, shared: bool = False) -> tuple[list[Path], int]:
+    """The workload as one JSONL file per writer: each person's events in one file only, or with
+    `shared` dealt round the writers in turn, so that every writer sees (nearly) every person and
+    they race for the same new identifiers and streams. Also how many people the events name."""
     files = [path.with_name(f"{path.stem}-{w}-of-{writers}.jsonl") for w in range(writers)]
     handles = [f.open("wb") for f in files]
+    named: set[str] = set()
     try:
-        for record in iter_events(events, people, 1):
-            who = record["subject"]["value"].encode()
-            handles[int.from_bytes(hashlib.blake2b(who, digest_size=4).digest(), "big") % writers].write(
-                orjson.dumps(record) + b"\n")
+        for n, record in enumerate(iter_events(events, people, 1)):
+            named.add(record["subject"]["value"])
+            who = hashlib.blake2b(record["subject"]["value"].encode(), digest_size=4).digest()
+            to = n % writers if shared else int.from_bytes(who, "big") % writers
+            handles[to].write(orjson.dumps(record) + b"\n")
     finally:
         for h in handles:
             h.close()
-    return files
+    return files, len(named)
 
 
 def writer(data_dir: str, url: str, source: str, ready: Any, go: Any, out: Any) -> None:
@@ -79,7 +84,8 @@ def writer(data_dir: str, url: str, source: str, ready: Any, go: Any, out: Any) 
         close_pool(url)
 
 
-def one_run(writers: int, events: int, people: int, root: Path, pg_url: str, schema: str) -> dict[str, Any]:
+def one_run(writers: int, events: int, people: int, root: Path, pg_url: str, schema: str, *,
+            shared: bool = False) -> dict[str, Any]:
     from persona import Persona, Settings
     from persona.store.postgres import close_pool
     from persona.verify import verify
@@ -91,7 +97,7 @@ def one_run(writers: int, events: int, people: int, root: Path, pg_url: str, sch
     with Persona.init(settings):
         pass
     close_pool(url)
-    files = split(root / "events.jsonl", events, people, writers)
+    files, named = split(root / "events.jsonl", events, people, writers, shared=shared)
     context = multiprocessing.get_context("spawn")
     ready, go, out = context.Semaphore(0), context.Event(), context.Queue()
     procs = [context.Process(target=writer, args=(str(folder), url, str(f), ready, go, out)) for f in files]
@@ -110,7 +116,7 @@ def one_run(writers: int, events: int, people: int, root: Path, pg_url: str, sch
     if failed:
         raise SystemExit(f"bench-writers: a writer failed: {failed[0][3]}")
     appended = sum(d[1] for d in done)
-    if appended != events or any(d[2] for d in done):
+    if appended != events or any(d[2] for d in done):  # (shared: each event is in one file, appended once)
         raise SystemExit(f"bench-writers: {appended:,} of {events:,} events appended")
     with Persona.open(settings) as p:
         report = verify(p)  # raises TamperError at the first broken chain, version or table
@@ -118,6 +124,8 @@ def one_run(writers: int, events: int, people: int, root: Path, pg_url: str, sch
     close_pool(url)
     if report.events != events or stored != events:
         raise SystemExit(f"bench-writers: the log after {writers} writers does not verify ({stored:,} events)")
+    if report.streams != named:  # writers racing for the same new identifiers made one profile each
+        raise SystemExit(f"bench-writers: {report.streams:,} profiles for {named:,} people")
     size = on_disk(pg_url, schema)
     slowest = max(d[3] for d in done)
     print(f"  {writers} writer(s): {events / wall:,.0f} events/s over {wall:.1f} s", file=sys.stderr)
@@ -139,13 +147,16 @@ def on_disk(url: str, schema: str) -> int:
 
 def report(r: dict[str, Any]) -> str:
     base = r["runs"][0]["eps"]
+    shared = r.get("shared", False)
     lines = [
-        "## Writers at once on PostgreSQL",
+        "## Writers at once on PostgreSQL" + (", every writer seeing every person" if shared else ""),
         "",
-        f"`scripts/bench-writers`: {r['events']:,} events over {r['people']:,} people, ingested by"
-        f" {', '.join(str(x['writers']) for x in r['runs'])} processes at once into one PostgreSQL schema"
-        " (loopback), each process with its own share of the people"
-        f" (`ingest_jsonl` end to end). Measured {r['measured_at']} on {r['machine']}; PostgreSQL"
+        f"`scripts/bench-writers{' --shared' if shared else ''}`: {r['events']:,} events over {r['people']:,}"
+        f" people, ingested by {', '.join(str(x['writers']) for x in r['runs'])} processes at once into one"
+        " PostgreSQL schema (loopback), "
+        + ("the events dealt round the processes in turn, so that they race for the same new identifiers and"
+           " streams" if shared else "each process with its own share of the people")
+        + f" (`ingest_jsonl` end to end). Measured {r['measured_at']} on {r['machine']}; PostgreSQL"
         f" {r['pg'].get('server_version', '?')}, synchronous_commit {r['pg'].get('synchronous_commit', '?')}."
         " After each run the log verifies and holds every event once.",
         "",
@@ -172,14 +183,16 @@ def main() -> None:
     parser.add_argument("--writers", default="1,2,4", help="writer counts, comma-separated")
     parser.add_argument("--pg", default=os.environ.get("PERSONA_BENCH_PG", DEFAULT_PG))
     parser.add_argument("--quick", action="store_true", help="2,000 events, 1 and 2 writers; publishes nothing")
+    parser.add_argument("--shared", action="store_true",
+                        help="deal the events round the writers, so that every writer sees every person")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
     events, people = (2_000, 200) if args.quick else (args.events, args.people)
     counts = [1, 2] if args.quick else [int(w) for w in args.writers.split(",")]
     schema = SCHEMA + ("_quick" if args.quick else "")
-    r: dict[str, Any] = {"events": events, "people": people, "pg": pg_settings(args.pg)}
+    r: dict[str, Any] = {"events": events, "people": people, "pg": pg_settings(args.pg), "shared": args.shared}
     with tempfile.TemporaryDirectory(prefix="persona-bench-writers-") as tmp:
-        r["runs"] = [one_run(w, events, people, Path(tmp), args.pg, schema) for w in counts]
+        r["runs"] = [one_run(w, events, people, Path(tmp), args.pg, schema, shared=args.shared) for w in counts]
     r["measured_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     r["machine"] = machine()
     r["design"] = ("The design (persona/store/postgres.py, docs/scale.md): appends share the write lock and hold only"
@@ -189,7 +202,7 @@ def main() -> None:
     text = report(r)
     print(text)
     if not args.quick:
-        publish(args.out, "writers", r, text)
+        publish(args.out, "writers-shared" if args.shared else "writers", r, text)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,15 @@ def test_benchmark_script_runs(script: str, heading: str, tmp_path: Path) -> Non
     assert (ROOT / "docs" / "benchmarks.md").read_bytes() == before  # a quick run publishes nothing
 
 
+def test_writers_racing_for_the_same_people_make_one_profile_each(tmp_path: Path) -> None:
+    """bench-writers --shared: every writer sees every person; the run checks, and so refuses to
+    report otherwise, that the log verifies and holds one profile per person."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_writers.py"), "--quick", "--shared", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=1800, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every writer seeing every person" in done.stdout and "| 2 |" in done.stdout
+
+
 def test_the_report_draws_the_scaling_curve_with_large(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_report.py"), "--quick", "--large", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=1800, check=True)
