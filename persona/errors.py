@@ -11,6 +11,10 @@ class ConfigurationError(PersonaError):
     """The data directory, key file or environment is missing or inconsistent."""
 
 
+class EngineError(PersonaError):
+    """The engine batch work ran on failed it (a worker lost, the scheduler gone): nothing was kept."""
+
+
 class KeyMismatchError(ConfigurationError):
     """The keys supplied do not belong to this database."""
 

@@ -170,6 +170,28 @@ def open_chunk(position: int, stream_id: str, decrypt: Decrypt, prefixes: Prefix
     return out
 
 
+def open_streams(rows: Iterable[StoredChunk], sealers: Mapping[str, Sealer],
+                 after: Mapping[str, int] | None = None) -> Iterator[RecordedEvent]:
+    """The events of chunks read stream by stream (each in version order), opened with their
+    streams' keys: each stream's after its version in `after` (0 if absent); TamperError where a
+    version is missing. A worker holding only some streams' data keys reads them with this."""
+    reached: dict[str, int] = {}
+    subjects: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        sid = row.stream_id
+        at = reached.get(sid)
+        if at is None:
+            at = after.get(sid, 0) if after else 0
+        if row.first_version > at + 1:
+            raise TamperError(f"stream {sid} skips from version {at} to {row.first_version}", position=row.position)
+        events = open_chunk(row.position, sid, sealers[sid].decrypt, aad_prefixes(sid), row.first_version,
+                            row.last_version, row.recorded_at, row.types, row.keys, row.payload, subjects)
+        reached[sid] = max(at, row.last_version)
+        for event in events:
+            if event.version > at:
+                yield event
+
+
 @dataclass
 class AppendResult:
     appended: int = 0
@@ -632,23 +654,8 @@ class EventLog:
 
     def open_streams(self, rows: Iterable[StoredChunk], sealers: Mapping[str, Sealer],
                      after: Mapping[str, int] | None = None) -> Iterator[RecordedEvent]:
-        """The events of chunks read stream by stream (each in version order), opened: each
-        stream's after its version in `after` (0 if absent); TamperError where a version is missing."""
-        reached: dict[str, int] = {}
-        subjects: dict[str, tuple[str, str]] = {}
-        for row in rows:
-            sid = row.stream_id
-            at = reached.get(sid)
-            if at is None:
-                at = after.get(sid, 0) if after else 0
-            if row.first_version > at + 1:
-                raise TamperError(f"stream {sid} skips from version {at} to {row.first_version}", position=row.position)
-            events = open_chunk(row.position, sid, sealers[sid].decrypt, aad_prefixes(sid), row.first_version,
-                                row.last_version, row.recorded_at, row.types, row.keys, row.payload, subjects)
-            reached[sid] = max(at, row.last_version)
-            for event in events:
-                if event.version > at:
-                    yield event
+        """persona.eventlog.open_streams (which needs no key but the streams' own)."""
+        return open_streams(rows, sealers, after)
 
     def linked_by_hand(self, profile_id: str, one: bytes, other: bytes, prefix: str) -> bool:
         """Does this stream hold a link asked for by hand (its event id starts with `prefix`) between

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import gc
 import itertools
-import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,14 +20,16 @@ import orjson
 from persona import identity, memberships
 from persona.core import Persona
 from persona.crypto import Sealer
+from persona.engine import Engine, Local, Part, StoreAddress, active
+from persona.engine import parts as engine_parts
 from persona.errors import ErasedError, StoreConflictError, UnknownProfileError, UnknownProjectionError
-from persona.eventlog import gc_paused
+from persona.eventlog import gc_paused, open_streams
 from persona.events import RecordedEvent, from_micros, micros
 from persona.projections import ATTRIBUTES, FEATURES, Projection
 from persona.projections.profile import attribute_values
 from persona.recommend import current as recommendations
 from persona.rfm import compute_rfm
-from persona.settings import Settings
+from persona.store.base import Head, Recorder
 
 PROJECTIONS: tuple[Projection[Any], ...] = (ATTRIBUTES, FEATURES)
 _AAD = b"persona-snapshot/1\x00"
@@ -71,6 +71,77 @@ class Current:
         return from_micros(max(times)) if times else None
 
 
+
+def combine(projections: Sequence[Projection[Any]], person: identity.Person, parts: Sequence[Current]) -> Current:
+    """A merged person's states: its streams' states folded together (version: their sum)."""
+    states = {p.name: p.combine([part.states[p.name] for part in parts]) for p in projections}
+    return Current(person.id, sum(part.version for part in parts), states, {p.name: 0 for p in projections})
+
+
+def index_doc(projections: Sequence[Projection[Any]], current: Current) -> str:
+    """The profile index row: every projection's view at the profile's latest event.
+
+    Computed for that instant, not the wall clock, so that a rebuild reproduces it byte
+    for byte; readers recompute time-dependent values (recency, stage) for their own now.
+    """
+    instant = current.last_instant()
+    doc: dict[str, Any] = {"as_of": instant.isoformat() if instant else None}
+    for p in projections:
+        view = p.view(current.states[p.name], instant) if instant else {}
+        doc[p.name] = attribute_values(view) if p.name == ATTRIBUTES.name else view
+    return canonical(doc).decode()
+
+
+def snapshot_rows(projections: Sequence[Projection[Any]], current: Current, sealer: Sealer,
+                  every: int | None) -> list[tuple[Any, ...]]:
+    """Sealed snapshots of the states `every` events or more ahead of their last (all: None)."""
+    rows = []
+    for p in projections:
+        if every is None or current.version - current.snapshot_versions[p.name] >= every:
+            aad = _aad(current.profile_id, p.name, p.version, current.version)
+            payload = sealer.seal(canonical(p.dump(current.states[p.name])), aad, os.urandom(12))
+            rows.append((current.profile_id, p.name, p.version, current.version, payload))
+            current.snapshot_versions[p.name] = current.version
+    return rows
+
+
+def from_snapshots(rec: Recorder, projections: Sequence[Projection[Any]], heads: dict[str, Head],
+                   sealers: dict[str, Sealer], fresh: str | None = None) -> dict[str, Current]:
+    """These streams' states from their latest snapshots (a projection without one, or whose
+    version moved, or the `fresh` one: from its start), not caught up: `version` is where the
+    furthest snapshot stands."""
+    snapshots = rec.snapshots_of_many(list(sealers))
+    out = {}
+    for profile_id, sealer in sealers.items():
+        current, found = Current(profile_id, 0, {}, {}, sealer), snapshots.get(profile_id, {})
+        version = heads[profile_id].version
+        for p in projections:
+            snap = found.get(p.name)
+            if p.name != fresh and snap is not None and snap[0] == p.version and snap[1] <= version:
+                plain = sealer.open(snap[2], _aad(profile_id, p.name, snap[0], snap[1]))
+                current.states[p.name], current.snapshot_versions[p.name] = p.load(orjson.loads(plain)), snap[1]
+            else:
+                current.states[p.name], current.snapshot_versions[p.name] = p.initial(), 0
+        current.version = max(current.snapshot_versions.values(), default=0)
+        out[profile_id] = current
+    return out
+
+
+def catch_up(rec: Recorder, projections: Sequence[Projection[Any]], heads: dict[str, Head],
+             out: dict[str, Current], since: dict[str, dict[str, int]]) -> None:
+    """Fold into each state the events after the version its projections stand at (`since`),
+    every stream's read in one pass."""
+    after = {pid: min(since[pid].values(), default=0) for pid in out}
+    wanted = [(heads[pid].no, after[pid]) for pid in out if heads[pid].version > after[pid]]
+    sealers = {pid: current.sealer for pid, current in out.items() if current.sealer is not None}
+    for event in open_streams(rec.read_after(wanted), sealers, after):
+        current, at = out[event.profile_id], since[event.profile_id]
+        for p in projections:
+            if event.version > at[p.name]:
+                current.states[p.name] = p.apply(current.states[p.name], event)
+        current.version = max(current.version, event.version)
+
+
 class Projector:
     """One per open store (and thread)."""
 
@@ -106,9 +177,7 @@ class Projector:
         return self.combine(person, [self.stream_current(member) for member in person.members])
 
     def combine(self, person: identity.Person, parts: Sequence[Current]) -> Current:
-        """A merged person's states: its streams' states folded together (version: their sum)."""
-        states = {p.name: p.combine([part.states[p.name] for part in parts]) for p in self.projections}
-        return Current(person.id, sum(part.version for part in parts), states, {p.name: 0 for p in self.projections})
+        return combine(self.projections, person, parts)
 
     def stream_current(self, profile_id: str) -> Current:
         """One stream's latest snapshot of each projection, caught up with the events after it."""
@@ -168,47 +237,27 @@ class Projector:
         rec, log = self.persona.recorder, self.persona.log
         heads = rec.heads(profile_ids)
         out: dict[str, Current] = {}
-        since: dict[str, dict[str, int]] = {}
+        sealers: dict[str, Sealer] = {}
         cold = []
         for profile_id in profile_ids:
             head = heads.get(profile_id)
             if head is None or head.wrapped is None:
                 self._cache.pop(profile_id, None)
                 continue
-            sealer = log.sealer(profile_id, head)
+            sealer = sealers[profile_id] = log.sealer(profile_id, head)
             cached = self._cache.pop(profile_id, None)
             if cached is not None and cached.version <= head.version:
                 self._cache[profile_id] = cached  # the most recently used last: evicted last
                 cached.sealer = sealer
                 out[profile_id] = cached
-                since[profile_id] = {p.name: cached.version for p in self.projections}
             else:
                 cold.append(profile_id)
-                out[profile_id] = Current(profile_id, 0, {}, {}, sealer)
-        snapshots = rec.snapshots_of_many(cold)
-        for profile_id in cold:
-            current, found = out[profile_id], snapshots.get(profile_id, {})
-            assert current.sealer is not None
-            version = heads[profile_id].version
-            for p in self.projections:
-                snap = found.get(p.name)
-                if snap is not None and snap[0] == p.version and snap[1] <= version:
-                    plain = current.sealer.open(snap[2], _aad(profile_id, p.name, snap[0], snap[1]))
-                    current.states[p.name], current.snapshot_versions[p.name] = p.load(orjson.loads(plain)), snap[1]
-                else:
-                    current.states[p.name], current.snapshot_versions[p.name] = p.initial(), 0
-            since[profile_id] = dict(current.snapshot_versions)
-            current.version = max(current.snapshot_versions.values(), default=0)
-        wanted = [(heads[pid].no, min(since[pid].values(), default=0)) for pid in out
-                  if heads[pid].version > min(since[pid].values(), default=0)]
-        sealers = {pid: current.sealer for pid, current in out.items() if current.sealer is not None}
-        for event in log.open_streams(rec.read_after(wanted), sealers,
-                                      {pid: min(since[pid].values(), default=0) for pid in out}):
-            current = out[event.profile_id]
-            for p in self.projections:
-                if event.version > since[event.profile_id][p.name]:
-                    current.states[p.name] = p.apply(current.states[p.name], event)
-            current.version = max(current.version, event.version)
+        since = {pid: {p.name: current.version for p in self.projections} for pid, current in out.items()}
+        loaded = from_snapshots(rec, self.projections, heads, {pid: sealers[pid] for pid in cold})
+        since.update({pid: dict(current.snapshot_versions) for pid, current in loaded.items()})
+        out.update(loaded)
+        out = {pid: out[pid] for pid in profile_ids if pid in out}
+        catch_up(rec, self.projections, heads, out, since)
         self._make_room(len(cold))
         for profile_id in cold:
             self._cache[profile_id] = out[profile_id]
@@ -280,29 +329,12 @@ class Projector:
         self._make_room(0)
 
     def index_doc(self, current: Current) -> str:
-        """The profile index row: every projection's view at the profile's latest event.
-
-        Computed for that instant, not the wall clock, so that a rebuild reproduces it byte
-        for byte; readers recompute time-dependent values (recency, stage) for their own now.
-        """
-        instant = current.last_instant()
-        doc: dict[str, Any] = {"as_of": instant.isoformat() if instant else None}
-        for p in self.projections:
-            view = p.view(current.states[p.name], instant) if instant else {}
-            doc[p.name] = attribute_values(view) if p.name == ATTRIBUTES.name else view
-        return canonical(doc).decode()
+        return index_doc(self.projections, current)
 
     def snapshot_rows(self, current: Current, sealer: Sealer, *, force: bool = False,
                       every: int | None = None) -> list[tuple[Any, ...]]:
-        rows = []
         every = self.snapshot_every if every is None else min(every, self.snapshot_every)
-        for p in self.projections:
-            if force or current.version - current.snapshot_versions[p.name] >= every:
-                aad = _aad(current.profile_id, p.name, p.version, current.version)
-                payload = sealer.seal(canonical(p.dump(current.states[p.name])), aad, os.urandom(12))
-                rows.append((current.profile_id, p.name, p.version, current.version, payload))
-                current.snapshot_versions[p.name] = current.version
-        return rows
+        return snapshot_rows(self.projections, current, sealer, None if force else every)
 
     def refresh(self, profile_ids: Iterable[str], *, force_snapshots: bool = False,
                 snapshot_every: int | None = None, parallel: bool = False) -> int:
@@ -401,80 +433,69 @@ class Projector:
 FORK_INDEX_ROWS = 1_000  # below this, forking costs more than it saves
 
 
-def _rebuild_part(settings: Settings, people: list[list[str]], only: str | None) -> tuple[list[Any], list[Any]]:
-    """In a worker process: fold these persons' streams from the log (one scan for the lot),
-    then one index row per person and fresh sealed snapshots per stream."""
-    profile_ids = [member for members in people for member in members]
-    with Persona.open(settings) as persona:
-        projector = Projector(persona)
-        rec, log = persona.recorder, persona.log
-        with gc_paused():
-            heads = rec.heads(profile_ids)
-            sealers = {pid: log.sealer(pid, head) for pid, head in heads.items() if head.wrapped is not None}
-            kept = {p.name: only is None or p.name == only for p in projector.projections}
-            if only is not None:  # the other projections start from their snapshots
-                currents = {pid: projector.stream_current(pid) for pid in sealers}
-            else:
-                currents = {pid: Current(pid, 0, {p.name: p.initial() for p in projector.projections},
-                                         {p.name: 0 for p in projector.projections}) for pid in sealers}
-                for event in log.open_streams(rec.read_streams([heads[pid].no for pid in sealers]), sealers):
-                    current = currents[event.profile_id]
-                    for p in projector.projections:
-                        current.states[p.name] = p.apply(current.states[p.name], event)
-                    current.version = event.version
-            index: list[Any] = []
-            snaps: list[Any] = []
-            for members in people:
-                parts = [currents[pid] for pid in members if pid in currents]
-                if len(parts) < len(members):
-                    continue  # erased meanwhile
-                for found in parts:
-                    missing = {name for name, at in found.snapshot_versions.items() if at == 0}
-                    rows = projector.snapshot_rows(found, sealers[found.profile_id], force=True)
-                    snaps.extend(row for row in rows if kept[row[1]] or row[1] in missing)
-                person = identity.Person(members[0], tuple(members))
-                current = projector.combine(person, parts) if person.merged else parts[0]
-                index.append((person.id, current.version, projector.index_doc(current)))
-        return index, snaps
+def rebuild_part(where: StoreAddress, part: Part, only: str | None) -> tuple[list[Any], list[Any]]:
+    """In a worker, holding only these people's keys: fold their streams from the log (one scan
+    for the lot; for one projection, the others from their snapshots), then one index row per
+    person and fresh sealed snapshots per stream."""
+    projections = PROJECTIONS
+    with part.opened(where) as (rec, heads, sealers), gc_paused():
+        kept = {p.name: only is None or p.name == only for p in projections}
+        if only is not None:  # the one rebuilt from the start, the others caught up from their snapshots
+            currents = from_snapshots(rec, projections, heads, sealers, fresh=only)
+            catch_up(rec, projections, heads, currents,
+                     {pid: dict(current.snapshot_versions) for pid, current in currents.items()})
+        else:
+            currents = {pid: Current(pid, 0, {p.name: p.initial() for p in projections},
+                                     {p.name: 0 for p in projections}) for pid in sealers}
+            for event in open_streams(rec.read_streams([heads[pid].no for pid in sealers]), sealers):
+                current = currents[event.profile_id]
+                for p in projections:
+                    current.states[p.name] = p.apply(current.states[p.name], event)
+                current.version = event.version
+        index: list[Any] = []
+        snaps: list[Any] = []
+        for members in part.people:
+            found = [currents[pid] for pid in members if pid in currents]
+            if len(found) < len(members):
+                continue  # erased meanwhile
+            for current in found:
+                missing = {name for name, at in current.snapshot_versions.items() if at == 0}
+                rows = snapshot_rows(projections, current, sealers[current.profile_id], None)
+                snaps.extend(row for row in rows if kept[row[1]] or row[1] in missing)
+            person = identity.Person(members[0], tuple(members))
+            current = combine(projections, person, found) if person.merged else found[0]
+            index.append((person.id, current.version, index_doc(projections, current)))
+    return index, snaps
 
 
 def rebuild(persona: Persona, *, projection: str | None = None, workers: int | None = None,
-            progress: Callable[[int], None] | None = None, chunk: int = 200) -> int:
+            engine: Engine | None = None, progress: Callable[[int], None] | None = None, chunk: int = 200) -> int:
     """Drop the snapshots (of every projection, or of one) and the profile index, and rebuild
-    them from the log, in parallel processes. Returns the number of profiles rebuilt."""
+    them from the log, a part of the people at a time: in `workers` processes here, or on an
+    engine's workers (persona.engine), each given only its part's keys. Returns the number of
+    profiles rebuilt."""
     names = {p.name for p in PROJECTIONS}
     if projection is not None and projection not in names:
         raise UnknownProjectionError(f"no projection named {projection!r}; there are: {', '.join(sorted(names))}")
     rec = persona.recorder
     erased = {pid for pid, _ in rec.tombstones()}
     profile_ids = [pid for pid in rec.stream_ids() if pid not in erased]
-    people = list({person.id: list(person.members) for person in identity.persons(rec, profile_ids).values()}
-                  .values())  # a merged person's streams are folded in the same part
-    parts = [people[i : i + chunk] for i in range(0, len(people), chunk)]
-    workers = workers or os.cpu_count() or 1
+    people = sorted({person.id: list(person.members) for person in identity.persons(rec, profile_ids).values()}
+                    .values())  # a merged person's streams are folded in the same part; in id order
+    engine = engine or active() or Local(workers)
+    where = StoreAddress.of(persona)
     done = 0
-
-    def write(index: list[Any], snaps: list[Any]) -> None:
-        nonlocal done
-        rec.put_index(index)
-        rec.put_snapshots(snaps)
-        done += len(index)
-        if progress is not None:
-            progress(len(index))
-
     # One transaction: readers keep the old index until the new one is complete, and a
     # failure half-way leaves the old one in place. Other writers wait (WAL readers do not).
     with rec.transaction():
         rec.clear_derived(projection)
-        if workers <= 1 or len(parts) <= 1:
-            for part in parts:
-                write(*_rebuild_part(persona.settings, part, projection))
-        else:
-            context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                for index, snaps in pool.map(_rebuild_part, [persona.settings] * len(parts), parts,
-                                             [projection] * len(parts)):
-                    write(index, snaps)
+        for index, snaps in engine.map(rebuild_part, ((where, part, projection) for part in
+                                                       engine_parts(persona, people, chunk))):
+            rec.put_index(index)
+            rec.put_snapshots(snaps)
+            done += len(index)
+            if progress is not None:
+                progress(len(index))
         compute_rfm(persona)  # RFM quintiles: across the population, recomputed at rebuild
         memberships.sweep(persona)  # reconciled, not emptied: members keep their `since`
     return done

@@ -10,12 +10,11 @@ Neither engine is a dependency of persona yet; install them beside it to run thi
 
 It ingests the events into a fresh PostgreSQL schema (`persona_engines`, the only one it makes
 and drops), splits the people into the rebuild's parts (200 people each, a merged person's
-streams together) and times `persona.projector._rebuild_part` over every part: in this process,
+streams together), each with its streams' data keys (persona.engine.Part, as `persona rebuild`
+hands them out), and times `persona.projector.rebuild_part` over every part: in this process,
 on a spawned process pool (startup included), on a Dask LocalCluster and on Ray, twice each
 (engine startup timed apart). Every way must give the same number of index rows. Figures go in
-docs/scale.md by hand; the workers here open the store with the data directory's key file, as
-the local rebuild does — how a cluster worker gets only its partition's keys is the design
-question docs/scale.md takes up.
+docs/scale.md by hand: they are what chose the engine.
 """
 
 from __future__ import annotations
@@ -40,8 +39,9 @@ from bench_backends import DEFAULT_PG, fresh_schema
 from bench_core import iter_events
 
 from persona import Persona, Settings, identity
+from persona.engine import StoreAddress, parts
 from persona.ingest import ingest_jsonl
-from persona.projector import _rebuild_part
+from persona.projector import rebuild_part
 from persona.store.postgres import close_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,10 +83,11 @@ def main() -> None:
         with Persona.init(settings) as p, source.open("rb") as handle:
             ingest_jsonl(p, handle, origin=source.name)
             ids = list(p.recorder.stream_ids())
-            people = list({x.id: list(x.members) for x in identity.persons(p.recorder, ids).values()}.values())
+            people = sorted({x.id: list(x.members) for x in identity.persons(p.recorder, ids).values()}.values())
+            shipped = list(parts(p, people, PART))  # each part with its streams' keys, unwrapped here
+            where = StoreAddress.of(p)
         close_pool(url)
-        parts = [people[i:i + PART] for i in range(0, len(people), PART)]
-        work = ([settings] * len(parts), parts, [None] * len(parts))
+        work = ([where] * len(shipped), shipped, [None] * len(shipped))
 
         def rows(results: Any) -> int:
             return sum(len(index) for index, _ in results)
@@ -94,10 +95,10 @@ def main() -> None:
         def pool() -> int:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(args.workers, mp_context=context) as ex:
-                return rows(ex.map(_rebuild_part, *work))
+                return rows(ex.map(rebuild_part, *work))
 
-        print(f"{args.events:,} events over {args.people:,} people, {len(parts)} parts:", file=sys.stderr)
-        expected = timed("one process", lambda: rows(map(_rebuild_part, *work)), None, out)
+        print(f"{args.events:,} events over {args.people:,} people, {len(shipped)} parts:", file=sys.stderr)
+        expected = timed("one process", lambda: rows(map(rebuild_part, *work)), None, out)
         timed(f"process pool ({args.workers}, spawned; startup included)", pool, expected, out)
 
         started = time.perf_counter()
@@ -106,7 +107,7 @@ def main() -> None:
         client.run(lambda: __import__("persona.projector"))
         out["dask startup"] = time.perf_counter() - started
         for run in ("dask", "dask, again"):
-            timed(run, lambda: rows(client.gather(client.map(_rebuild_part, *work, pure=False))), expected, out)
+            timed(run, lambda: rows(client.gather(client.map(rebuild_part, *work, pure=False))), expected, out)
         client.close()
         cluster.close()
 
@@ -114,8 +115,8 @@ def main() -> None:
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR",
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
-        remote = ray.remote(num_cpus=1)(_rebuild_part)
-        ray.get([remote.remote(settings, parts[0], None) for _ in range(args.workers)])
+        remote = ray.remote(num_cpus=1)(rebuild_part)
+        ray.get([remote.remote(where, shipped[0], None) for _ in range(args.workers)])
         out["ray startup"] = time.perf_counter() - started
         for run in ("ray", "ray, again"):
             timed(run, lambda: rows(ray.get([remote.remote(*a) for a in zip(*work, strict=True)])), expected, out)

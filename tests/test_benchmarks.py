@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
                                                  ("bench_backends.py", "## Backends"),
                                                  ("bench_pg_erasure.py", "## Erasure on PostgreSQL"),
                                                  ("bench_writers.py", "## Writers at once on PostgreSQL"),
+                                                 ("bench_engines.py", "## Engines"),
                                                  ("bench_peer.py", "## Against a peer"),
                                                  ("bench_scans.py", "## Point reads during scans"),
                                                  ("bench_report.py", "## Report")])

@@ -15,6 +15,7 @@ import orjson
 
 from persona.audit import namespace_of, record_local
 from persona.core import Persona
+from persona.engine import ENGINES, Engine, open_engine, running_on
 from persona.errors import ConfigurationError, PersonaError, StoreError, TamperError, UnknownProfileError
 from persona.settings import Settings
 
@@ -50,6 +51,26 @@ def friendly(func: F) -> F:
             sys.exit(1)
 
     return run  # type: ignore[return-value]
+
+
+def engine_options(func: F) -> F:
+    """--engine and --scheduler: where a command's batch work runs (persona.engine, docs/scale.md)."""
+    func = click.option("--scheduler", metavar="ADDRESS",
+                        help="With --engine dask: the scheduler, tcp://HOST:PORT on this machine or tls://HOST:PORT"
+                             " (default: DASK_SCHEDULER_ADDRESS).")(func)
+    return click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+                        help="Where the batch work runs: this machine's processes, or a Dask cluster, each worker"
+                             " given only its part's keys.")(func)
+
+
+@contextmanager
+def on_engine(engine: str, scheduler: str | None, workers: int | None = None) -> Iterator[Engine | None]:
+    """The batch work started inside runs on this engine (this machine, as before, for local)."""
+    if engine == "local" and scheduler is None:
+        yield None
+        return
+    with running_on(open_engine(engine, scheduler=scheduler, workers=workers)) as running:
+        yield running
 
 
 def settings_of(ctx: click.Context) -> Settings:

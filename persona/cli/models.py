@@ -15,7 +15,9 @@ from persona.audit import record_local
 from persona.cli.common import (
     audited,
     emit_json,
+    engine_options,
     friendly,
+    on_engine,
     opened,
     parse_instant,
     profile_id_of,
@@ -105,10 +107,11 @@ DEFAULT_TASKS = ("purchases_next_91d", "churn_91d", "clv_91d", "days_to_next_pur
               help="Serve the new version at once, or not (default: when it beats its best baseline on the "
                    "main metric and is no worse on the headline one: R² ≥ 0, accuracy, ROC-AUC).")
 @click.option("--json", "as_json", is_flag=True, help="Print the new version(s) as JSON.")
+@engine_options
 @click.pass_context
 @friendly
 def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutoffs: tuple[str, ...], every: bool,
-          if_stale: bool, promote: bool | None, as_json: bool) -> None:
+          if_stale: bool, promote: bool | None, as_json: bool, engine: str, scheduler: str | None) -> None:
     """Train each NAME on point-in-time features and store the versions in the registry.
 
     NAME is one of: purchases_next_{H}d, churn_{H}d, clv_{H}d, days_to_next_purchase,
@@ -119,6 +122,9 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
 
     NAME may also be `recommendations`: the recommender, judged on the last --horizon held out
     (default 28d) beside popularity (docs/recommendations.md).
+
+    With --engine dask every history is read on a Dask cluster's workers, a part of the people
+    each, and so are the rows the promoted versions then score; fitting runs here (docs/scale.md).
     """
     if every == bool(names):
         raise click.UsageError("give one or more model NAMEs, or --all")
@@ -131,7 +137,7 @@ def train(ctx: click.Context, names: tuple[str, ...], horizon: str | None, cutof
     if recommender and cutoffs:
         raise click.UsageError(f"{RECOMMENDER} holds out the last --horizon; it takes no --cutoff")
     names = tuple(n for n in names if n != RECOMMENDER)
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, on_engine(engine, scheduler):
         wanted: list[tuple[str, str | None]] = [(n, horizon) for n in names]
         window = horizon
         if every:
@@ -286,16 +292,22 @@ def models_rollback(ctx: click.Context, name: str) -> None:
 @click.option("--format", "form", type=click.Choice(["csv", "jsonl"]), default="jsonl", show_default=True,
               help="jsonl: one JSON object a line (contributions as a list); csv: one row each, contributions"
                    " as feature=effect pairs.")
+@engine_options
 @click.pass_context
 @friendly
 def predict(ctx: click.Context, name: str, as_of: str | None, subjects: Path | None, version: int | None,
-            form: str) -> None:
+            form: str, engine: str, scheduler: str | None) -> None:
     """Score every profile (or the --subjects) with NAME; one prediction a line on standard output,
-    with the features that moved it most."""
+    with the features that moved it most.
+
+    With --engine dask every history is read on a Dask cluster's workers, a part of the people
+    each; scoring runs here (docs/scale.md)."""
     from persona.models import scoring  # heavy: loaded when the command runs
 
+    if subjects is not None and (engine != "local" or scheduler is not None):
+        raise click.UsageError("--subjects scores a few people here: --engine is for scoring every profile")
     moment = parse_instant(as_of, "--as-of")
-    with opened(ctx) as persona:
+    with opened(ctx) as persona, on_engine(engine, scheduler):
         if subjects is None:
             with audited(persona, "predict", model=_model(name), asOf=moment is not None) as audit:
                 found = scoring.predict(persona, name, as_of=moment, version=version)

@@ -20,7 +20,9 @@ from persona.backup import restore as restore_db
 from persona.cli.common import (
     TORN_LEDGER,
     audited,
+    engine_options,
     friendly,
+    on_engine,
     opened,
     record_failure,
     settings_of,
@@ -247,16 +249,21 @@ def restore(ctx: click.Context, source: Path, yes: bool) -> None:
 @click.command()
 @click.option("--projection", metavar="NAME", help="Rebuild only this projection's snapshots (and the index).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Processes to use (default: one per core).")
+@engine_options
 @click.pass_context
 @friendly
-def rebuild(ctx: click.Context, projection: str | None, workers: int | None) -> None:
+def rebuild(ctx: click.Context, projection: str | None, workers: int | None, engine: str,
+            scheduler: str | None) -> None:
     """Drop the profile index and snapshots and rebuild them from the log, in parallel.
 
     Nothing outside the log and the keys is authoritative: the result is what ingest
     maintains incrementally (the snapshots' plaintext and the index rows, byte for byte).
     Without a terminal, a progress line goes to stderr every PERSONA_PROGRESS_S seconds (10).
+    With --engine dask the parts run on a Dask cluster's workers, and so do the promoted
+    models' rescoring reads (docs/scale.md).
     """
-    with opened(ctx) as persona, audited(persona, "rebuild", projection=projection is not None) as audit:
+    with opened(ctx) as persona, on_engine(engine, scheduler, workers), \
+            audited(persona, "rebuild", projection=projection is not None, engine=engine) as audit:
         from persona.services.models import rebuild_and_rescore  # heavy: loaded when the command runs
 
         total = stream_count(persona)

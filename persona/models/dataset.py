@@ -9,13 +9,11 @@ cannot be read, so they are in no set made after their erasure.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import multiprocessing
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,13 +26,16 @@ from numpy.typing import NDArray
 
 from persona import identity
 from persona.core import Persona
+from persona.crypto import Sealer
+from persona.engine import Engine, Local, Part, StoreAddress, active, parts
 from persona.errors import ValidationError
-from persona.eventlog import gc_paused
+from persona.eventlog import gc_paused, open_streams
 from persona.events import RecordedEvent, from_micros, micros, text_micros
 from persona.models.columns import Columns, order_category
 from persona.projections import ATTRIBUTES, FEATURES
 from persona.projections.base import replay
 from persona.projections.behavior import DAY_US, Fact, consent_changes
+from persona.store.base import Head
 
 # Features read from the behaviour projection's view, as numbers (missing: NaN, imputed later)
 VIEW_FEATURES = (
@@ -173,65 +174,105 @@ def histories_of(persona: Persona, people: Sequence[Sequence[str]]) -> dict[str,
     """These people (each their streams, the first naming them), read stream by stream in one scan:
     as `histories` folds them from the whole log."""
     rec, log = persona.recorder, persona.log
-    streams = [member for members in people for member in members]
-    heads = rec.heads(streams)
-    sealers = {pid: log.sealer(pid, head) for pid, head in heads.items() if head.wrapped is not None}
+    heads = rec.heads([member for members in people for member in members])
+    return histories_in(rec, people, heads, {pid: log.sealer(pid, head) for pid, head in heads.items()
+                                             if head.wrapped is not None})
+
+
+def histories_in(rec: Any, people: Sequence[Sequence[str]], heads: dict[str, Head], sealers: dict[str, Sealer],
+                 firsts: dict[str, int] | None = None) -> dict[str, History]:
+    """histories_of with the streams' keys given (a worker's, persona.engine.Part): every stream
+    with a key, folded. `firsts`, if given, gets each person's first position in the log."""
     owner = {member: members for members in people for member in members}
     out: dict[str, History] = {}
     merged_at: dict[int, int] = {}
+    first: dict[str, int] = {} if firsts is None else firsts
     with gc_paused():
-        for event in log.open_streams(rec.read_streams([heads[pid].no for pid in sealers]), sealers):
+        for event in open_streams(rec.read_streams([heads[pid].no for pid in sealers]), sealers):
             members = owner[event.profile_id]
             history = out.get(members[0])
             if history is None:
                 history = out[members[0]] = History(members[0], tuple(members))
+                first[members[0]] = event.position
+            elif event.version == 1 and event.position < first[members[0]]:  # another stream of theirs, older
+                first[members[0]] = event.position
             _fold(history, event, merged_at)
     add_joins(rec, out, merged_at)
     return out
+
+
+def everyone(persona: Persona) -> list[tuple[str, tuple[str, ...]]]:
+    """Every person not erased, with their streams, in id order (a part of them is a hash partition)."""
+    rec = persona.recorder
+    erased = {pid for pid, _ in rec.tombstones()}
+    found = identity.persons(rec, [pid for pid in rec.stream_ids() if pid not in erased])
+    return sorted({person.id: person.members for person in found.values()}.items())
+
+
+def histories_on(persona: Persona, engine: Engine) -> dict[str, History]:
+    """`histories`, read a part of the people at a time on an engine's workers (persona.engine),
+    each given only its part's keys; in the order `histories` gives (each person's first event
+    in the log), so that what is made of them is made in the same order."""
+    people = [members for _, members in everyone(persona)]
+    found: dict[str, History] = {}
+    firsts: dict[str, int] = {}
+    for done, first in engine.map(_histories_part, ((StoreAddress.of(persona), part) for part in
+                                                    parts(persona, people, part_size(len(people), engine)))):
+        found.update(done)
+        firsts.update(first)
+    return {person: found[person] for person in sorted(found, key=firsts.__getitem__)}
+
+
+def _histories_part(where: StoreAddress, part: Part) -> tuple[dict[str, History], dict[str, int]]:
+    """In a worker: these people's histories, and where each first appears in the log."""
+    firsts: dict[str, int] = {}
+    with part.opened(where) as (rec, heads, sealers):
+        return histories_in(rec, part.people, heads, sealers, firsts), firsts
+
+
+def part_size(people: int, engine: Engine) -> int:
+    """People a part: a few parts a worker, so that none waits long on another."""
+    return max(1, min(PARALLEL_PART, -(-people // (engine.slots() * 4))))
 
 
 PARALLEL_PART = 20_000  # people a worker reads and builds rows for at a time
 
 
 def instant_rows(persona: Persona, moment: datetime, windows: Sequence[int], *, whole: bool = False,
-                 workers: int | None = None) -> dict[int, list[Row]]:
+                 workers: int | None = None, engine: Engine | None = None) -> dict[int, list[Row]]:
     """Everyone's rows at one instant for each of these windows (µs), as rows_then gives them from
-    `histories`. From PARALLEL_PEOPLE people on, in worker processes: each opens the store itself,
-    reads and folds the streams of a part of the people and builds their rows (nothing of them is
-    written anywhere; the rows come back over the worker's pipe). A person's streams are always in
-    the same part."""
-    rec = persona.recorder
-    erased = {pid for pid, _ in rec.tombstones()}
-    found = identity.persons(rec, [pid for pid in rec.stream_ids() if pid not in erased])
-    people = sorted({person.id: person.members for person in found.values()}.items())
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if len(people) >= PARALLEL_PEOPLE else 1
-    if workers <= 1:
-        everyone = histories(persona)
-        columns = Columns(everyone, list(everyone))
-        return {window: rows_then(everyone, moment, window, whole=whole, columns=columns) for window in windows}
-    size = min(PARALLEL_PART, -(-len(people) // (workers * 4)))  # a few parts a worker: none waits long on another
-    parts = [[list(members) for _, members in people[i:i + size]] for i in range(0, len(people), size)]
+    `histories`. From PARALLEL_PEOPLE people on (or on an engine), a part of the people at a time in
+    worker processes: each is given the part's keys, reads and folds those people's streams and
+    builds their rows (nothing of them is written anywhere; the rows come back to this process).
+    A person's streams are always in the same part."""
+    people = [list(members) for _, members in everyone(persona)]
+    engine = engine or active()
+    if engine is None:
+        if workers is None:
+            workers = min(os.cpu_count() or 1, 8) if len(people) >= PARALLEL_PEOPLE else 1
+        if workers <= 1:
+            found = histories(persona)
+            columns = Columns(found, list(found))
+            return {window: rows_then(found, moment, window, whole=whole, columns=columns) for window in windows}
+        engine = Local(workers)
     out: dict[int, list[Row]] = {window: [] for window in windows}
-    context = multiprocessing.get_context("spawn")  # no inherited connections or locks
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for done in pool.map(_instant_rows_part, [persona.settings] * len(parts), parts,
-                             [moment] * len(parts), [list(windows)] * len(parts), [whole] * len(parts)):
-            for window, rows in done.items():
-                out[window].extend(rows)
+    where = StoreAddress.of(persona)
+    for done in engine.map(_instant_rows_part, ((where, part, moment, list(windows), whole) for part in
+                                                parts(persona, people, part_size(len(people), engine)))):
+        for window, rows in done.items():
+            out[window].extend(rows)
     return out
 
 
-def _instant_rows_part(settings: Any, people: list[list[str]], moment: datetime, windows: list[int], whole: bool
+def _instant_rows_part(where: StoreAddress, part: Part, moment: datetime, windows: list[int], whole: bool
                        ) -> dict[int, list[Row]]:
-    """In a worker process: these people's rows at the instant, for each window."""
-    with Persona.open(settings) as persona:
-        found = histories_of(persona, people)
-    gc.freeze()  # the worker's collector leaves the histories alone (the worker ends with the batch)
-    ordered = sorted(found)
-    columns = Columns(found, ordered)  # laid out once for every window
-    return {window: point_in_time(found, ordered, [moment], window, whole=whole, columns=columns)
-            for window in windows}
+    """In a worker: these people's rows at the instant, for each window."""
+    with gc_paused():  # the collector would only walk the histories
+        found, _ = _histories_part(where, part)
+        ordered = sorted(found)
+        columns = Columns(found, ordered)  # laid out once for every window
+        return {window: point_in_time(found, ordered, [moment], window, whole=whole, columns=columns)
+                for window in windows}
 
 
 def _fold(history: History, event: RecordedEvent, merged_at: dict[int, int]) -> None:

@@ -49,6 +49,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from persona.core import Persona
+from persona.engine import Local, active
 from persona.errors import ValidationError
 from persona.models import bgnbd, gammagamma
 from persona.models.columns import Columns
@@ -68,6 +69,7 @@ from persona.models.dataset import (
     default_cutoffs,
     fork_workers,
     histories,
+    histories_on,
     in_forks,
     matrix,
     rows_then,
@@ -525,7 +527,10 @@ class Histories:
 
     @classmethod
     def read(cls, persona: Persona) -> Histories:
-        found = histories(persona)
+        """Every history: from one pass over the log here, or a part of the people at a time on
+        the engine the batch runs on (persona.engine); either way in the order of the log."""
+        engine = active()
+        found = histories(persona) if engine is None or isinstance(engine, Local) else histories_on(persona, engine)
         settle()  # kept until the batch ends
         return cls(found, data_end(found.values()), data_start(found.values()))
 
