@@ -71,7 +71,6 @@ class Current:
         return from_micros(max(times)) if times else None
 
 
-
 def combine(projections: Sequence[Projection[Any]], person: identity.Person, parts: Sequence[Current]) -> Current:
     """A merged person's states: its streams' states folded together (version: their sum)."""
     states = {p.name: p.combine([part.states[p.name] for part in parts]) for p in projections}

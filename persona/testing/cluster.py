@@ -32,8 +32,10 @@ def local_cluster(where: Path, *, workers: int = 2, memory_limit: str = "0",
     file = where / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
     quiet = {"env": env, "cwd": where, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    # (with no dashboard, each still serves its health and metrics over HTTP: on loopback too)
     procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                               "--scheduler-file", str(file)], **quiet)]  # type: ignore[call-overload]
+                               "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(file)],
+                              **quiet)]  # type: ignore[call-overload]
     try:
         deadline = time.monotonic() + 60
         while not file.exists() or not file.read_text().strip().endswith("}"):
@@ -44,7 +46,8 @@ def local_cluster(where: Path, *, workers: int = 2, memory_limit: str = "0",
         for n in range(workers):
             procs.append(subprocess.Popen(
                 [*dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--memory-limit", memory_limit,
-                 "--no-dashboard", "--local-directory", str(where / f"worker{n}")], **quiet))  # type: ignore[call-overload]
+                 "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
+                 "--local-directory", str(where / f"worker{n}")], **quiet))  # type: ignore[call-overload]
         connect: Any = distributed.Client  # (untyped)
         with connect(address, timeout=60) as client:
             client.wait_for_workers(workers, timeout=60)
