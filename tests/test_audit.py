@@ -394,7 +394,7 @@ def test_local_commands_that_touch_everyones_data_are_audited_with_their_outcome
     by_op = {(e["operation"], e["outcome"]): e for e in shown}
     assert by_op[("backup", "ok")]["detail"] == {"events": 2, "profiles": 2}
     assert by_op[("verify", "ok")]["detail"] == {"events": 2, "streams": 2, "opened": 2}
-    assert by_op[("rebuild", "ok")]["detail"] == {"profiles": 2}
+    assert by_op[("rebuild", "ok")]["detail"] == {"profiles": 2, "engine": "local"}
     assert by_op[("restore", "ok")]["detail"]["reapplied"] == 1
     assert by_op[("migrate", "ok")]["detail"]["events"] == 2 and by_op[("migrate", "ok")]["detail"]["to"] == "sqlite"
     assert all(e["profile_id"] == "" for e in shown if e["operation"] in ("backup", "verify", "rebuild", "migrate"))

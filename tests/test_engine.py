@@ -37,14 +37,16 @@ from persona.testing.cluster import local_cluster
 from tests.conftest import pg_schema
 from tests.test_tamper import attacker
 
+ROOT = Path(__file__).resolve().parent.parent
 PEOPLE = 500
 MERGED = 40  # of them also browse under a cookie they later log in from: two streams, one person
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def cluster(tmp: Path, *, workers: int = 2, memory_limit: str = "0") -> Any:
-    """A scheduler and worker processes on 127.0.0.1, as `dask` starts them: its address."""
-    return local_cluster(tmp, workers=workers, memory_limit=memory_limit, pythonpath=ROOT)  # (probes here)
+    """A scheduler and worker processes on 127.0.0.1, as `dask` starts them: its address. The
+    workers import persona, and this module's probes (from the repository's root)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return local_cluster(tmp, workers=workers, memory_limit=memory_limit, env={**os.environ, "PYTHONPATH": path})
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,10 @@ scripts/bench-engines.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,13 @@ import orjson
 
 @contextmanager
 def local_cluster(where: Path, *, workers: int = 2, memory_limit: str = "0",
-                  pythonpath: Path | None = None) -> Iterator[str]:
+                  env: Mapping[str, str] | None = None) -> Iterator[str]:
     """A scheduler and `workers` worker processes, their files under `where`: the scheduler's
-    address, once every worker has joined. Everything is stopped on leaving."""
+    address, once every worker has joined. Everything is stopped on leaving. `env`: the
+    processes' environment (default: this one's)."""
     import distributed
 
     where.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if pythonpath is not None:  # what the workers import besides persona (a test's probes)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), env.get("PYTHONPATH", "")) if p)
     file = where / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
     quiet = {"env": env, "cwd": where, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
