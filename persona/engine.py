@@ -187,15 +187,22 @@ class Dask:
             raise ConfigurationError("--engine dask needs a scheduler: --scheduler tcp://HOST:PORT, or "
                                      "DASK_SCHEDULER_ADDRESS")
         check_scheduler(address)
+        # made, then started, so that a client that fails to connect can be stopped: it marks itself
+        # closed but leaves its event loop's thread running (and a process with a thread never forks,
+        # which persona's parallel work, the batch scoring here among it, would do afterwards)
+        client: Any = distributed.Client.__new__(distributed.Client)  # (untyped)
         try:
-            connect: Any = distributed.Client  # (untyped)
-            self.client: Any = connect(address, timeout=timeout, set_as_default=False)
+            client.__init__(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
+            runner = getattr(client, "_loop_runner", None)  # distributed's own (no public way to stop it)
+            if runner is not None:
+                runner.stop()
             raise ConfigurationError(f"no Dask scheduler answers at {address} ({type(e).__name__})") from None
+        self.client = client
         try:
             self.client.wait_for_workers(1, timeout=timeout)
         except TimeoutError:
-            self.client.close()
+            self.close()
             raise ConfigurationError(f"the Dask scheduler at {address} has no workers") from None
 
     def slots(self) -> int:

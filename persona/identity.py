@@ -86,6 +86,14 @@ def person_of(rec: Recorder, profile_id: str) -> Person:
     return persons(rec, [profile_id])[profile_id]
 
 
+def everyone(rec: Recorder) -> list[list[str]]:
+    """Every person not erased, as their streams (the first naming them), in person id order:
+    ids are random, so a slice of them is a hash partition of the store (persona.engine)."""
+    erased = {pid for pid, _ in rec.tombstones()}
+    found = persons(rec, [pid for pid in rec.stream_ids() if pid not in erased])
+    return [list(members) for _, members in sorted({p.id: p.members for p in found.values()}.items())]
+
+
 def components(rec: Recorder, seeds: Iterable[str]) -> list[list[str]]:
     """The groups of streams joined by active merges that hold these streams."""
     seen: set[str] = set()

@@ -477,10 +477,7 @@ def rebuild(persona: Persona, *, projection: str | None = None, workers: int | N
     if projection is not None and projection not in names:
         raise UnknownProjectionError(f"no projection named {projection!r}; there are: {', '.join(sorted(names))}")
     rec = persona.recorder
-    erased = {pid for pid, _ in rec.tombstones()}
-    profile_ids = [pid for pid in rec.stream_ids() if pid not in erased]
-    people = sorted({person.id: list(person.members) for person in identity.persons(rec, profile_ids).values()}
-                    .values())  # a merged person's streams are folded in the same part; in id order
+    people = identity.everyone(rec)  # a merged person's streams are folded in the same part
     engine = engine or active() or Local(workers)
     where = StoreAddress.of(persona)
     done = 0

@@ -10,6 +10,7 @@ run as it fails here.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +27,10 @@ from persona.cli import cli
 from persona.engine import Dask, Local, Part, StoreAddress, check_scheduler, open_engine, parts, running_on
 from persona.erasure import erase_profile
 from persona.errors import ConfigurationError, TamperError
+from persona.identity import everyone
 from persona.ingest import ingest_jsonl
 from persona.models import scoring
-from persona.models.dataset import everyone, histories, histories_on
+from persona.models.dataset import histories, histories_on
 from persona.models.tasks import parse_task
 from persona.models.train import train
 from persona.projector import _aad, rebuild
@@ -121,7 +123,7 @@ def read_models(p: Persona) -> tuple[list[Any], dict[tuple[str, str], tuple[int,
 def test_a_rebuild_on_a_two_worker_cluster_makes_what_the_local_rebuild_makes(
         tmp_path: Path, kind: str, scheduler: str) -> None:
     with store(tmp_path, kind) as p:
-        assert len(everyone(p)) == PEOPLE  # the cookies joined their shoppers
+        assert len(everyone(p.recorder)) == PEOPLE  # the cookies joined their shoppers
         assert rebuild(p, workers=2) == PEOPLE
         local = read_models(p)
         assert len(local[0]) == PEOPLE and len(local[1]) == 2 * (PEOPLE + MERGED)
@@ -170,7 +172,7 @@ def keys_of_part(where: StoreAddress, part: Part) -> tuple[list[list[str]], list
 
 def test_a_worker_is_given_the_keys_of_its_part_and_no_other(tmp_path: Path, scheduler: str) -> None:
     with store(tmp_path, "sqlite") as p:
-        people = [list(members) for _, members in everyone(p)]
+        people = everyone(p.recorder)
         engine = Dask(scheduler)
         try:
             seen = list(engine.map(keys_of_part, ((StoreAddress.of(p), part) for part in parts(p, people, 60))))
@@ -195,7 +197,7 @@ def test_what_a_failed_task_would_log_names_no_key_no_id_and_no_password(tmp_pat
 
 def test_a_person_erased_after_their_part_was_made_is_left_out_there(tmp_path: Path) -> None:
     with store(tmp_path, "sqlite") as p:
-        people = [list(members) for _, members in everyone(p)][:5]
+        people = everyone(p.recorder)[:5]
         (part,) = parts(p, people, 5)
         erase_profile(p, people[0][0])
         with part.opened(StoreAddress.of(p)) as (_, heads, sealers):
@@ -243,8 +245,10 @@ def test_a_missing_or_silent_scheduler_is_a_clear_error(monkeypatch: pytest.Monk
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
     with pytest.raises(ConfigurationError, match="needs a scheduler"):
         open_engine("dask")
+    threads = threading.active_count()
     with pytest.raises(ConfigurationError, match="no Dask scheduler answers"):
         Dask("tcp://127.0.0.1:9", timeout=2)
+    assert threading.active_count() == threads  # its client's event loop stopped: this process may fork again
     with pytest.raises(ConfigurationError, match="--workers is for --engine local"):
         open_engine("dask", scheduler="tcp://127.0.0.1:9", workers=2)
     with pytest.raises(ConfigurationError, match="no engine named"):

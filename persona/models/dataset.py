@@ -201,19 +201,11 @@ def histories_in(rec: Any, people: Sequence[Sequence[str]], heads: dict[str, Hea
     return out
 
 
-def everyone(persona: Persona) -> list[tuple[str, tuple[str, ...]]]:
-    """Every person not erased, with their streams, in id order (a part of them is a hash partition)."""
-    rec = persona.recorder
-    erased = {pid for pid, _ in rec.tombstones()}
-    found = identity.persons(rec, [pid for pid in rec.stream_ids() if pid not in erased])
-    return sorted({person.id: person.members for person in found.values()}.items())
-
-
 def histories_on(persona: Persona, engine: Engine) -> dict[str, History]:
     """`histories`, read a part of the people at a time on an engine's workers (persona.engine),
     each given only its part's keys; in the order `histories` gives (each person's first event
     in the log), so that what is made of them is made in the same order."""
-    people = [members for _, members in everyone(persona)]
+    people = identity.everyone(persona.recorder)
     found: dict[str, History] = {}
     firsts: dict[str, int] = {}
     for done, first in engine.map(_histories_part, ((StoreAddress.of(persona), part) for part in
@@ -245,7 +237,7 @@ def instant_rows(persona: Persona, moment: datetime, windows: Sequence[int], *, 
     worker processes: each is given the part's keys, reads and folds those people's streams and
     builds their rows (nothing of them is written anywhere; the rows come back to this process).
     A person's streams are always in the same part."""
-    people = [list(members) for _, members in everyone(persona)]
+    people = identity.everyone(persona.recorder)
     engine = engine or active()
     if engine is None:
         if workers is None:
