@@ -79,9 +79,15 @@ class Part:
     def opened(self, where: StoreAddress) -> Iterator[tuple[Recorder, dict[str, Head], dict[str, Sealer]]]:
         """In a worker: the store, and the heads and sealers of the part's streams that are not
         erased (one erased since the part was made is left out: its key opens nothing now)."""
+        if where.database_url is None and not where.db_path.exists():
+            raise ConfigurationError(f"this worker has no SQLite store at {where.db_path}: a SQLite store's "
+                                     "workers must run on its machine (or use PostgreSQL, docs/scale.md)")
         rec = open_recorder(where)
         try:
             heads = rec.heads(self.streams)
+            if len(heads) < len(self.streams):  # (an erased stream keeps its row: only another store lacks one)
+                raise ConfigurationError("this worker's store lacks streams of its part: its database is not the "
+                                         "command's (a URL naming localhost names each worker's own)")
             yield rec, heads, {pid: Sealer(self.keys[pid]) for pid, head in heads.items()
                                if head.wrapped is not None and pid in self.keys}
         finally:
@@ -148,7 +154,11 @@ def _loopback(host: str) -> bool:
 def check_scheduler(address: str) -> None:
     """Refuse a scheduler that data keys would reach in clear over a network: `tcp://` only on
     this machine; anywhere else `tls://` (with dask's TLS configuration, docs/scale.md)."""
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        parts = urlsplit(address if "://" in address else f"tcp://{address}")
+        parts.port  # noqa: B018 (a malformed port raises here)
+    except ValueError:
+        raise ConfigurationError("a Dask scheduler is named tcp://HOST:PORT or tls://HOST:PORT") from None
     if parts.scheme == "tls":
         return
     if parts.scheme != "tcp":
@@ -156,6 +166,11 @@ def check_scheduler(address: str) -> None:
     if not _loopback(parts.hostname or ""):
         raise ConfigurationError("the scheduler is on another machine over plain tcp://: data keys would cross the "
                                  "network in clear; use tls:// with dask's TLS settings (docs/scale.md)")
+
+
+def _steals(dask_scheduler: Any) -> bool:
+    """On the scheduler: whether it moves queued tasks between workers."""
+    return "stealing" in dask_scheduler.extensions
 
 
 def on_worker(fn: Callable[..., R], *args: Any) -> R:
@@ -166,7 +181,12 @@ def on_worker(fn: Callable[..., R], *args: Any) -> R:
     if type(get_worker().data) is not dict:
         raise ConfigurationError("this Dask worker may spill task data to its disk; start its workers with "
                                  "`--memory-limit 0` (docs/scale.md): persona's parts carry data keys")
-    return fn(*args)
+    try:
+        return fn(*args)
+    except (PersonaError, StoreError, MemoryError):  # persona's messages carry no value (persona.errors)
+        raise
+    except Exception as e:  # anyone else's may (a value it choked on): the worker logs it, so only its type
+        raise EngineError(f"a part failed on a Dask worker ({type(e).__name__})") from None
 
 
 class Dask:
@@ -193,22 +213,42 @@ class Dask:
         client: Any = distributed.Client.__new__(distributed.Client)  # (untyped)
         try:
             client.__init__(address, timeout=timeout, set_as_default=False)
-        except (OSError, TimeoutError) as e:
+        except Exception as e:  # unreachable, or TLS asked for without Dask's TLS settings, or a bad address
             runner = getattr(client, "_loop_runner", None)  # distributed's own (no public way to stop it)
             if runner is not None:
                 runner.stop()
-            raise ConfigurationError(f"no Dask scheduler answers at {address} ({type(e).__name__})") from None
+            why = "no Dask scheduler answers at" if isinstance(e, OSError | TimeoutError) else "cannot connect to"
+            raise ConfigurationError(f"{why} {address} ({type(e).__name__}; docs/scale.md)") from None
         self.client = client
         try:
             self.client.wait_for_workers(1, timeout=timeout)
+            self._check_cluster()
         except TimeoutError:
             self.close()
             raise ConfigurationError(f"the Dask scheduler at {address} has no workers") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_cluster(self) -> None:
+        """Refuse a cluster whose scheduler could hand a part to a worker other than the one that runs
+        it (work stealing moves queued tasks), or whose workers it reaches in clear over a network."""
+        if self.client.run_on_scheduler(_steals):
+            raise ConfigurationError("the Dask scheduler steals work between workers: a part's keys would reach "
+                                     "workers that do not process it; start it with work stealing off "
+                                     "(DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False, docs/scale.md)")
+        for worker in self.client.scheduler_info(n_workers=-1)["workers"]:
+            try:
+                check_scheduler(worker)
+            except ConfigurationError:
+                raise ConfigurationError("a Dask worker is reached over plain tcp:// from another machine: parts' "
+                                         "keys would cross the network in clear; use tls:// (docs/scale.md)") from None
 
     def slots(self) -> int:
         return max(1, int(sum(self.client.nthreads().values())))
 
     def map(self, fn: Callable[..., R], tasks: Iterable[tuple[Any, ...]]) -> Iterator[R]:
+        self._check_cluster()  # workers may have joined since
         batch = uuid.uuid4().hex[:12]
         window = IN_FLIGHT * self.slots()
         pending: deque[Any] = deque()

@@ -78,7 +78,7 @@ def main() -> None:
                 r["events"], r["ingest_s"] = report.appended, round(seconds, 1)
                 print(f"{report.appended:,} events of {people:,} people ingested in {seconds:.0f} s", file=sys.stderr)
                 started = time.perf_counter()
-                with local_cluster(root / "cluster", workers=args.workers) as address:
+                with local_cluster(root / "cluster", dict(os.environ), workers=args.workers) as address:
                     r["cluster_start_s"] = round(time.perf_counter() - started, 1)
                     r.update(compare(p, address, args.workers, runs, end))
         finally:

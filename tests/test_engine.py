@@ -26,14 +26,15 @@ from persona import Persona, Settings
 from persona.cli import cli
 from persona.engine import Dask, Local, Part, StoreAddress, check_scheduler, open_engine, parts, running_on
 from persona.erasure import erase_profile
-from persona.errors import ConfigurationError, TamperError
+from persona.errors import ConfigurationError, EngineError, TamperError
 from persona.identity import everyone
 from persona.ingest import ingest_jsonl
 from persona.models import scoring
 from persona.models.dataset import histories, histories_on
 from persona.models.tasks import parse_task
 from persona.models.train import train
-from persona.projector import _aad, rebuild
+from persona.projections import ATTRIBUTES
+from persona.projector import Current, _aad, rebuild, snapshot_rows
 from persona.testing import planted
 from persona.testing.cluster import local_cluster
 from tests.conftest import pg_schema
@@ -44,11 +45,12 @@ PEOPLE = 500
 MERGED = 40  # of them also browse under a cookie they later log in from: two streams, one person
 
 
-def cluster(tmp: Path, *, workers: int = 2, memory_limit: str = "0") -> Any:
+def cluster(tmp: Path, *, workers: int = 2, memory_limit: str = "0", work_stealing: bool = False) -> Any:
     """A scheduler and worker processes on 127.0.0.1, as `dask` starts them: its address. The
     workers import persona, and this module's probes (from the repository's root)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return local_cluster(tmp, workers=workers, memory_limit=memory_limit, env={**os.environ, "PYTHONPATH": path})
+    return local_cluster(tmp, {**os.environ, "PYTHONPATH": path}, workers=workers, memory_limit=memory_limit,
+                         work_stealing=work_stealing)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,15 @@ def test_a_rebuild_on_a_two_worker_cluster_makes_what_the_local_rebuild_makes(
         with running_on(open_engine("dask", scheduler=scheduler)):
             assert rebuild(p, chunk=37) == PEOPLE  # parts of 37 people: a merged person is never split
         assert read_models(p) == local
-        # one projection rebuilt from the start on the cluster, the other from its snapshots
+        # one projection rebuilt from the start on the cluster, the other from its snapshots: first its
+        # snapshots replaced by sealed, valid, wrong ones (empty, at the head), which it must not start from
+        rec = p.recorder
+        heads = rec.heads(rec.stream_ids())
+        with rec.transaction():
+            rec.put_snapshots([row for pid, head in heads.items() for row in snapshot_rows(
+                [ATTRIBUTES], Current(pid, head.version, {ATTRIBUTES.name: ATTRIBUTES.initial()}, {ATTRIBUTES.name: 0}),
+                p.log.sealer(pid, head), None)])
+        assert read_models(p) != local
         with running_on(open_engine("dask", scheduler=scheduler)):
             assert rebuild(p, projection="attributes", chunk=100) == PEOPLE
         assert read_models(p) == local
@@ -205,6 +215,19 @@ def test_a_person_erased_after_their_part_was_made_is_left_out_there(tmp_path: P
             assert set(sealers) == {m for members in people[1:] for m in members}
 
 
+def test_a_worker_whose_store_is_not_the_commands_refuses_its_part(tmp_path: Path) -> None:
+    """A URL naming localhost names each worker's own database; a SQLite path, a file that may not
+    be there: a part is refused, never folded as if its people had been erased."""
+    with store(tmp_path / "one", "sqlite") as p:
+        (part,) = parts(p, everyone(p.recorder)[:5], 5)
+    with Persona.init(Settings.load(tmp_path / "other", env={})) as other, \
+            pytest.raises(ConfigurationError, match="lacks streams of its part"), part.opened(StoreAddress.of(other)):
+        pass
+    with pytest.raises(ConfigurationError, match="no SQLite store at"), \
+            part.opened(StoreAddress(None, tmp_path / "elsewhere" / "persona.db")):
+        pass
+
+
 def test_a_tampered_chunk_fails_the_rebuild_on_the_cluster_and_the_old_index_stays(
         tmp_path: Path, scheduler: str) -> None:
     with store(tmp_path, "sqlite") as p:
@@ -221,15 +244,46 @@ def test_a_tampered_chunk_fails_the_rebuild_on_the_cluster_and_the_old_index_sta
 
 
 def test_a_worker_that_could_spill_task_data_to_disk_is_refused(tmp_path: Path) -> None:
-    with store(tmp_path, "sqlite") as p, cluster(tmp_path / "spilling", workers=1, memory_limit="2GB") as address:
-        with pytest.raises(ConfigurationError, match="spill"), running_on(open_engine("dask", scheduler=address)):
-            rebuild(p)
-        assert not (tmp_path / "spilling" / "worker0").exists() or not any(
-            (tmp_path / "spilling" / "worker0").rglob("storage/*"))
+    with store(tmp_path, "sqlite") as p, cluster(tmp_path / "spilling", workers=1, memory_limit="2GB") as address, \
+            pytest.raises(ConfigurationError, match="spill"), running_on(open_engine("dask", scheduler=address)):
+        rebuild(p)
+
+
+def test_a_scheduler_that_steals_work_between_workers_is_refused(tmp_path: Path) -> None:
+    """Work stealing moves a queued task to another worker: the part's keys would be in a worker
+    that never processes it."""
+    with cluster(tmp_path, workers=1, work_stealing=True) as address, pytest.raises(ConfigurationError,
+                                                                                   match="steals work"):
+        open_engine("dask", scheduler=address)
+    assert threading.active_count() == 1  # the refused client's thread stopped too
+
+
+def leaky(where: StoreAddress, part: Part) -> None:
+    """On a worker: fail as a careless library would, with a value in its message."""
+    pid, key = next(iter(part.keys.items()))
+    raise ValueError(f"cannot fold {pid}: key {key.hex()}")
+
+
+def test_a_part_that_fails_leaves_no_key_and_no_id_in_the_clusters_logs(tmp_path: Path, scheduler: str) -> None:
+    import distributed
+
+    with store(tmp_path, "sqlite") as p:
+        (part,) = parts(p, everyone(p.recorder)[:3], 3)
+        engine = Dask(scheduler)
+        try:
+            with pytest.raises(EngineError, match=r"a part failed on a Dask worker \(ValueError\)$"):
+                list(engine.map(leaky, [(StoreAddress.of(p), part)]))
+        finally:
+            engine.close()
+    with distributed.Client(scheduler, timeout=30) as client:
+        logs = str(client.get_worker_logs()) + str(client.get_scheduler_logs())
+    assert "Compute Failed" in logs or "ValueError" in logs  # the failure is in the logs...
+    for pid, key in part.keys.items():  # ...but no value of the part
+        assert key.hex() not in logs and pid not in logs
 
 
 @pytest.mark.parametrize("address", ["tcp://10.1.2.3:8786", "10.1.2.3:8786", "tcp://scheduler.internal:8786",
-                                     "ws://127.0.0.1:8786", "inproc://x"])
+                                     "ws://127.0.0.1:8786", "inproc://x", "tcp://[::1", "tcp://127.0.0.1:port"])
 def test_a_scheduler_keys_would_reach_in_clear_is_refused(address: str) -> None:
     with pytest.raises(ConfigurationError):
         check_scheduler(address)

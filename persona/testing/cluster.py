@@ -1,6 +1,6 @@
 """A Dask cluster on this machine, started as a deployment starts one (docs/scale.md): a
-`dask scheduler` and `dask worker` processes on 127.0.0.1, each worker one process of one
-thread with no memory limit (so nothing it holds can spill to disk). For the tests and
+`dask scheduler` that steals no work and `dask worker` processes on 127.0.0.1, each worker one
+process of one thread with no memory limit (so nothing it holds can spill to disk). For the tests and
 scripts/bench-engines.
 """
 
@@ -18,16 +18,17 @@ import orjson
 
 
 @contextmanager
-def local_cluster(where: Path, *, workers: int = 2, memory_limit: str = "0",
-                  env: Mapping[str, str] | None = None) -> Iterator[str]:
-    """A scheduler and `workers` worker processes, their files under `where`: the scheduler's
-    address, once every worker has joined. Everything is stopped on leaving. `env`: the
-    processes' environment (default: this one's)."""
+def local_cluster(where: Path, env: Mapping[str, str], *, workers: int = 2, memory_limit: str = "0",
+                  work_stealing: bool = False) -> Iterator[str]:
+    """A scheduler and `workers` worker processes, their files under `where`, in environment `env`
+    (the caller's, as a rule): the scheduler's address, once every worker has joined. The scheduler
+    steals no work unless told to (persona.engine refuses one that does). Everything is stopped on leaving."""
     import distributed
 
     where.mkdir(parents=True, exist_ok=True)
     file = where / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
+    env = {**env, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": str(work_stealing)}
     quiet = {"env": env, "cwd": where, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     # (with no dashboard, each still serves its health and metrics over HTTP: on loopback too)
     procs = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
