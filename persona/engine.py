@@ -173,6 +173,13 @@ def _steals(dask_scheduler: Any) -> bool:
     return "stealing" in dask_scheduler.extensions
 
 
+def _version() -> str:
+    """The persona installed where this runs (a scheduler and its workers unpickle persona's parts)."""
+    from importlib.metadata import version
+
+    return version("persona")
+
+
 def on_worker(fn: Callable[..., R], *args: Any) -> R:
     """Run on a Dask worker: refused where the worker could spill what it holds to disk (its
     memory limit turns spilling on; start workers with `--memory-limit 0`)."""
@@ -232,8 +239,18 @@ class Dask:
 
     def _check_cluster(self) -> None:
         """Refuse a cluster whose scheduler could hand a part to a worker other than the one that runs
-        it (work stealing moves queued tasks), or whose workers it reaches in clear over a network."""
-        if self.client.run_on_scheduler(_steals):
+        it (work stealing moves queued tasks), whose workers it reaches in clear over a network, or where
+        persona is missing or another version (they unpickle its parts)."""
+        try:
+            steals = self.client.run_on_scheduler(_steals)
+            found = {self.client.run_on_scheduler(_version), *self.client.run(_version).values()}
+        except Exception as e:  # (the check itself is persona's: it does not unpickle where persona is missing)
+            raise ConfigurationError(f"persona's check does not run on the Dask cluster ({type(e).__name__}): the "
+                                     "scheduler and every worker need persona installed (docs/scale.md)") from None
+        if found != {_version()}:
+            raise ConfigurationError(f"the Dask cluster runs persona {', '.join(sorted(found))}, this is "
+                                     f"{_version()}: install the same version on the scheduler and every worker")
+        if steals:
             raise ConfigurationError("the Dask scheduler steals work between workers: a part's keys would reach "
                                      "workers that do not process it; start it with work stealing off "
                                      "(DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False, docs/scale.md)")
@@ -272,6 +289,9 @@ class Dask:
         except (PersonaError, StoreError, MemoryError):  # the part's own failure (a tampered chunk), as raised there
             raise
         except Exception as e:  # the cluster's (a worker lost, the scheduler gone), or a bug's: said without values
+            if isinstance(e, ModuleNotFoundError) or "deserializ" in str(e).lower():
+                raise EngineError("the Dask cluster could not unpickle a part: the scheduler and every worker need "
+                                  "persona installed, at this version (docs/scale.md)") from None
             said = f": {str(e)[:200]}" if type(e).__module__.startswith("distributed") else ""
             raise EngineError(f"the Dask cluster failed a part ({type(e).__name__}{said})") from None
         finally:
