@@ -104,6 +104,12 @@ def parts(persona: Persona, people: Sequence[Sequence[str]], size: int) -> Itera
         yield Part(some, {pid: log.data_key(pid, head) for pid, head in heads.items() if head.wrapped is not None})
 
 
+def tasks(persona: Persona, people: Sequence[Sequence[str]], size: int, *rest: Any) -> Iterator[tuple[Any, ...]]:
+    """A task a part (`parts`): the store's address, the part, and `rest`."""
+    where = StoreAddress.of(persona)
+    return ((where, part, *rest) for part in parts(persona, people, size))
+
+
 class Engine(Protocol):
     name: str
 

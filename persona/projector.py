@@ -20,8 +20,7 @@ import orjson
 from persona import identity, memberships
 from persona.core import Persona
 from persona.crypto import Sealer
-from persona.engine import Engine, Local, Part, StoreAddress, active
-from persona.engine import parts as engine_parts
+from persona.engine import Engine, Local, Part, StoreAddress, active, tasks
 from persona.errors import ErasedError, StoreConflictError, UnknownProfileError, UnknownProjectionError
 from persona.eventlog import gc_paused, open_streams
 from persona.events import RecordedEvent, from_micros, micros
@@ -479,14 +478,12 @@ def rebuild(persona: Persona, *, projection: str | None = None, workers: int | N
     rec = persona.recorder
     people = identity.everyone(rec)  # a merged person's streams are folded in the same part
     engine = engine or active() or Local(workers)
-    where = StoreAddress.of(persona)
     done = 0
     # One transaction: readers keep the old index until the new one is complete, and a
     # failure half-way leaves the old one in place. Other writers wait (WAL readers do not).
     with rec.transaction():
         rec.clear_derived(projection)
-        for index, snaps in engine.map(rebuild_part, ((where, part, projection) for part in
-                                                       engine_parts(persona, people, chunk))):
+        for index, snaps in engine.map(rebuild_part, tasks(persona, people, chunk, projection)):
             rec.put_index(index)
             rec.put_snapshots(snaps)
             done += len(index)

@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from persona import identity
 from persona.core import Persona
 from persona.crypto import Sealer
-from persona.engine import Engine, Local, Part, StoreAddress, active, parts
+from persona.engine import Engine, Local, Part, StoreAddress, active, tasks
 from persona.errors import ValidationError
 from persona.eventlog import gc_paused, open_streams
 from persona.events import RecordedEvent, from_micros, micros, text_micros
@@ -208,8 +208,7 @@ def histories_on(persona: Persona, engine: Engine) -> dict[str, History]:
     people = identity.everyone(persona.recorder)
     found: dict[str, History] = {}
     firsts: dict[str, int] = {}
-    for done, first in engine.map(_histories_part, ((StoreAddress.of(persona), part) for part in
-                                                    parts(persona, people, part_size(len(people), engine)))):
+    for done, first in engine.map(_histories_part, tasks(persona, people, part_size(len(people), engine))):
         found.update(done)
         firsts.update(first)
     return {person: found[person] for person in sorted(found, key=firsts.__getitem__)}
@@ -248,9 +247,8 @@ def instant_rows(persona: Persona, moment: datetime, windows: Sequence[int], *, 
             return {window: rows_then(found, moment, window, whole=whole, columns=columns) for window in windows}
         engine = Local(workers)
     out: dict[int, list[Row]] = {window: [] for window in windows}
-    where = StoreAddress.of(persona)
-    for done in engine.map(_instant_rows_part, ((where, part, moment, list(windows), whole) for part in
-                                                parts(persona, people, part_size(len(people), engine)))):
+    for done in engine.map(_instant_rows_part, tasks(persona, people, part_size(len(people), engine), moment,
+                                                     list(windows), whole)):
         for window, rows in done.items():
             out[window].extend(rows)
     return out
